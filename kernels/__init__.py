@@ -1,0 +1,1 @@
+"""Triton kernels of glm47, each with a plain torch reference."""

@@ -1,0 +1,1 @@
+"""glm47 GPU worker: model, engine and ZeroMQ service."""

@@ -1,0 +1,85 @@
+"""The attention backend interface: metadata built once per step and the per-layer call.
+
+MLA keeps one 576-wide latent per token and layer in the cache: [512 normalised latent c | 64 roped
+k_rope]. Every backend receives the projected query and the new latents and returns the attention
+output per head, before o_proj. Whether it attends in the absorbed form (queries projected into the
+latent space with W_UK, a single shared 576-wide key) or the expanded form (k_nope and v rebuilt from
+cached latents with kv_b_proj) is the backend's choice; both give the same numbers up to rounding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+
+@dataclass
+class AttentionMetadata:
+    """Per-step batch layout, shared by every layer. Sequences are concatenated along tokens."""
+
+    positions: torch.Tensor  # [T] int64: position of each new token in its sequence
+    slot_mapping: torch.Tensor  # [T] int64: cache row of each new token (page * page_size + offset)
+    query_start_loc: torch.Tensor  # [B + 1] int32: cumulative count of new tokens per sequence
+    seq_lens: torch.Tensor  # [B] int32: tokens in the cache after this step (cached + new)
+    page_table: torch.Tensor  # [B, max_pages] int32: page ids of each sequence, padded with 0
+    page_size: int  # tokens per page (a power of two, 1 allowed)
+    max_query_len: int  # host copy of max(new tokens per sequence)
+    max_seq_len: int  # host copy of max(seq_lens)
+    is_decode: bool  # every sequence has exactly one new token
+
+    @property
+    def num_seqs(self) -> int:
+        return int(self.seq_lens.shape[0])
+
+
+@dataclass(frozen=True)
+class MLAWeights:
+    """The absorbed views of one layer's kv_b_proj, prepared once at load time."""
+
+    w_uk: torch.Tensor  # [H, qk_nope_head_dim, kv_lora_rank]: k_nope_h = W_UK[h] @ c
+    w_uv: torch.Tensor  # [H, v_head_dim, kv_lora_rank]: v_h = W_UV[h] @ c
+
+
+class AttentionBackend(Protocol):
+    """One attention implementation. Stateless per layer; may keep per-step plans."""
+
+    name: str
+
+    def forward(
+        self,
+        q_nope: torch.Tensor,  # [T, H, qk_nope_head_dim]
+        q_rope: torch.Tensor,  # [T, H, qk_rope_head_dim], rope applied
+        latent: torch.Tensor,  # [T, kv_lora_rank], normalised
+        k_rope: torch.Tensor,  # [T, qk_rope_head_dim], rope applied
+        kv_cache: torch.Tensor,  # [num_slots, kv_lora_rank + qk_rope_head_dim] of this layer
+        weights: MLAWeights,
+        meta: AttentionMetadata,
+        scale: float,
+    ) -> torch.Tensor:  # [T, H, v_head_dim]
+        """Write the new latents into `kv_cache` at `meta.slot_mapping`, then attend causally over
+        each sequence's cached and new tokens."""
+        ...
+
+
+BackendFactory = Callable[[], AttentionBackend]
+_REGISTRY: dict[str, BackendFactory] = {}
+
+
+def register_backend(name: str, factory: BackendFactory) -> None:
+    """Make a backend selectable by name (`--prefill-att-backend`, `--decode-att-backend`)."""
+    _REGISTRY[name] = factory
+
+
+def create_backend(name: str) -> AttentionBackend:
+    """Build a registered backend; unknown names and missing packages raise with a clear message."""
+    if name not in _REGISTRY:
+        known = ", ".join(sorted(_REGISTRY))
+        raise ValueError(f"unknown attention backend {name!r} (known: {known})")
+    return _REGISTRY[name]()
+
+
+def registered_backends() -> list[str]:
+    return sorted(_REGISTRY)

@@ -1,0 +1,81 @@
+"""The objects that cross the scheduler → runner → scheduler boundary.
+
+The scheduler decides, per step, which tokens of which requests are computed; the runner turns that
+into tensors, runs the model and samples; the scheduler then applies the sampled tokens. Nothing else
+crosses this seam.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Per-request sampling settings (the `Request` fields of docs/wire.md)."""
+
+    temperature: float = 1.0  # 0 = greedy
+    top_p: float = 1.0  # (0, 1]
+    top_k: int = -1  # -1 or 0 = off
+    min_p: float = 0.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    seed: int | None = None
+    logprobs: int = -1  # -1 none, 0 sampled token only, k > 0 also top k
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0.0 or self.top_k == 1
+
+
+@dataclass
+class ScheduledSeq:
+    """One request's share of a step.
+
+    Invariant: the KV cache already holds positions [0, start_pos) of this request in the pages
+    `page_ids`; this step computes positions [start_pos, start_pos + len(token_ids)) and writes their
+    latents into the same pages. `page_ids` covers at least start_pos + len(token_ids) positions.
+    """
+
+    rid: str
+    token_ids: list[int]  # tokens computed this step (a prompt chunk, or the last sampled token)
+    start_pos: int  # tokens of this request already in the KV cache
+    page_ids: list[int]  # page table: page i holds positions [i*page_size, (i+1)*page_size)
+    sample: bool  # True when this step ends at a position whose next token must be sampled
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    prompt_ids: list[int] = field(default_factory=list)  # for the repetition penalty
+    output_ids: list[int] = field(default_factory=list)  # generated so far, for penalties and seeds
+
+
+@dataclass
+class ScheduledBatch:
+    """Everything the runner needs for one forward pass."""
+
+    seqs: list[ScheduledSeq]
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(len(s.token_ids) for s in self.seqs)
+
+    @property
+    def is_decode(self) -> bool:
+        """True when every sequence computes exactly one token (the CUDA-graph case)."""
+        return all(len(s.token_ids) == 1 for s in self.seqs)
+
+
+@dataclass
+class SampleOutput:
+    """What the runner returns for one sequence with `sample=True`."""
+
+    rid: str
+    token_id: int
+    logprob: float | None = None  # log_softmax of the penalised logits at token_id
+    top_logprobs: list[tuple[int, float]] | None = None  # best first
+
+
+@dataclass
+class RunnerOutput:
+    """The runner's answer to a `ScheduledBatch`, one entry per sequence that asked to sample."""
+
+    samples: list[SampleOutput]

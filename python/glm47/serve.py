@@ -1,0 +1,234 @@
+"""`glm47 serve`: run one worker and one router as child processes and supervise them.
+
+The command line is split between the two: the flags in `ROUTER_FLAGS` go to the router, `--host` and
+`--port` to the router, `--model-dir` to both, everything else to the worker (which rejects what it
+does not know). Without `--model-dir`, the built-in tiny model is written once into the cache folder
+and served on the CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger("glm47.serve")
+
+# Router flags that take a value, in every accepted spelling (LightLLM's underscores included).
+ROUTER_FLAGS = {
+    "--tool-call-parser": "--tool-call-parser",
+    "--tool_call_parser": "--tool-call-parser",
+    "--reasoning-parser": "--reasoning-parser",
+    "--reasoning_parser": "--reasoning-parser",
+    "--served-model-name": "--served-model-name",
+    "--served_model_name": "--served-model-name",
+    "--max-body-bytes": "--max-body-bytes",
+}
+# Flags that both processes need.
+SHARED_FLAGS = {"--log-level": "--log-level", "--log_level": "--log-level"}
+
+CACHE_DIR_ENV = "GLM47_CACHE_DIR"
+
+
+@dataclass(frozen=True)
+class ServePlan:
+    """The two command lines `glm47 serve` starts, and where the router answers."""
+
+    worker_cmd: list[str]
+    router_cmd: list[str]
+    health_url: str
+    startup_timeout_s: float
+
+
+def default_cache_dir() -> Path:
+    """Where the built-in tiny model is kept (`$GLM47_CACHE_DIR`, else ~/.cache/glm47)."""
+    return Path(os.environ.get(CACHE_DIR_ENV) or Path.home() / ".cache" / "glm47")
+
+
+def ensure_tiny_model(cache_dir: Path) -> Path:
+    """Write the built-in tiny model into `cache_dir` once; return its directory."""
+    model_dir = cache_dir / "tiny-model"
+    if (model_dir / "config.json").exists():
+        return model_dir
+    from glm47.worker.model.tiny import make_tiny_model
+
+    partial = cache_dir / f"tiny-model.partial-{os.getpid()}"
+    make_tiny_model(str(partial), seed=0)
+    try:
+        partial.rename(model_dir)
+    except OSError:  # another process finished first; its copy is identical
+        shutil.rmtree(partial, ignore_errors=True)
+    return model_dir
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _split_args(rest: list[str]) -> tuple[list[str], list[str]]:
+    """Split unknown flags into (router_args, worker_args)."""
+    router: list[str] = []
+    worker: list[str] = []
+    i = 0
+    while i < len(rest):
+        flag, _, inline = rest[i].partition("=")
+        table = (
+            ROUTER_FLAGS if flag in ROUTER_FLAGS else SHARED_FLAGS if flag in SHARED_FLAGS else None
+        )
+        if table is None:
+            worker.append(rest[i])
+            i += 1
+            continue
+        if inline:
+            values = [f"{table[flag]}={inline}"]
+            i += 1
+        else:
+            if i + 1 >= len(rest):
+                raise SystemExit(f"glm47 serve: {flag} needs a value")
+            values = [table[flag], rest[i + 1]]
+            i += 2
+        router += values
+        if table is SHARED_FLAGS:
+            worker += values
+    return router, worker
+
+
+def plan(argv: list[str]) -> ServePlan:
+    """Parse `glm47 serve` arguments into the worker and router command lines."""
+    parser = argparse.ArgumentParser(
+        prog="glm47 serve",
+        description="Start a glm47 worker and router. Flags not listed here go to the worker "
+        "(see `glm47 worker --help`); router flags: "
+        + ", ".join(sorted(set(ROUTER_FLAGS.values()))),
+    )
+    parser.add_argument(
+        "--model-dir",
+        "--model_dir",
+        dest="model_dir",
+        default=None,
+        help="model directory (default: the built-in tiny model, on the CPU)",
+    )
+    parser.add_argument("--host", default="0.0.0.0", help="HTTP bind address")
+    parser.add_argument("--port", type=int, default=8000, help="HTTP port")
+    parser.add_argument(
+        "--worker-listen",
+        default=None,
+        help="address the worker binds (default: a free local TCP port)",
+    )
+    parser.add_argument(
+        "--startup-timeout",
+        type=float,
+        default=1800.0,
+        help="seconds to wait for the server to become ready",
+    )
+    args, rest = parser.parse_known_args(argv)
+    router_args, worker_args = _split_args(rest)
+
+    model_dir = args.model_dir
+    if model_dir is None:
+        model_dir = str(ensure_tiny_model(default_cache_dir()))
+        if not any(a.split("=")[0] == "--device" for a in worker_args):
+            worker_args += ["--device", "cpu"]
+    listen = args.worker_listen or f"tcp://127.0.0.1:{free_port()}"
+    py = sys.executable
+    worker_cmd = [py, "-m", "glm47.worker", "--listen", listen, "--model-dir", model_dir]
+    router_cmd = [
+        py,
+        "-m",
+        "glm47.router",
+        "--worker-addr",
+        listen,
+        "--model-dir",
+        model_dir,
+        "--host",
+        args.host,
+        "--port",
+        str(args.port),
+    ]
+    probe_host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
+    return ServePlan(
+        worker_cmd=worker_cmd + worker_args,
+        router_cmd=router_cmd + router_args,
+        health_url=f"http://{probe_host}:{args.port}/health",
+        startup_timeout_s=args.startup_timeout,
+    )
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return bool(resp.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _stop(procs: list[subprocess.Popen[bytes]], grace_s: float = 10.0) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    for p in procs:
+        try:
+            p.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            log.warning("pid %d did not stop in %.0f s; killing it", p.pid, grace_s)
+            p.kill()
+            p.wait()
+
+
+def supervise(p: ServePlan) -> int:
+    """Start both processes, report readiness, and stop both when either exits or on a signal."""
+    stopping = False
+
+    def on_signal(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        log.info("received signal %d, shutting down", signum)
+        stopping = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    worker = subprocess.Popen(p.worker_cmd)
+    router = subprocess.Popen(p.router_cmd)
+    procs = [worker, router]
+    started = time.monotonic()
+    ready = False
+    code = 0
+    try:
+        while not stopping:
+            exited = [q for q in procs if q.poll() is not None]
+            if exited:
+                name = "worker" if exited[0] is worker else "router"
+                code = exited[0].returncode or 1
+                log.error("%s exited with code %s; stopping", name, exited[0].returncode)
+                break
+            if not ready:
+                if _healthy(p.health_url):
+                    ready = True
+                    log.info("glm47 is ready: %s", p.health_url.removesuffix("/health"))
+                elif time.monotonic() - started > p.startup_timeout_s:
+                    log.error("not ready after %.0f s; stopping", p.startup_timeout_s)
+                    code = 1
+                    break
+            time.sleep(0.2)
+    finally:
+        _stop(procs)
+    return code
+
+
+def main(argv: list[str]) -> int:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    return supervise(plan(argv))

@@ -1,0 +1,91 @@
+"""Fixtures that start the real `glm47 serve` (router + worker) on the tiny model."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import requests
+
+
+@dataclass(frozen=True)
+class Server:
+    base_url: str  # http://127.0.0.1:PORT
+    model_dir: Path
+    log_path: Path
+
+    @property
+    def openai_base(self) -> str:
+        return f"{self.base_url}/v1"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from glm47.worker.model.tiny import make_tiny_model
+
+    path = tmp_path_factory.mktemp("tiny-model")
+    make_tiny_model(str(path), seed=0)
+    return path
+
+
+def start_server(model_dir: Path, log_path: Path, *extra: str) -> tuple[subprocess.Popen[bytes], str]:
+    port = _free_port()
+    cmd = [
+        sys.executable, "-m", "glm47.cli", "serve", "--model-dir", str(model_dir),
+        "--host", "127.0.0.1", "--port", str(port), "--device", "cpu", *extra,
+    ]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"glm47 serve exited early:\n{log_path.read_text()}")
+        try:
+            if requests.get(f"{base}/health", timeout=1).status_code == 200:
+                return proc, base
+        except requests.RequestException:
+            pass
+        time.sleep(0.3)
+    proc.kill()
+    raise RuntimeError(f"glm47 serve not ready in time:\n{log_path.read_text()}")
+
+
+def stop_server(proc: subprocess.Popen[bytes]) -> int:
+    proc.send_signal(signal.SIGINT)
+    try:
+        return proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise
+
+
+@pytest.fixture(scope="session")
+def server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    log_path = tmp_path_factory.mktemp("serve") / "serve.log"
+    proc, base = start_server(
+        tiny_model_dir, log_path, "--tool-call-parser", "glm47", "--reasoning-parser", "glm45"
+    )
+    try:
+        yield Server(base_url=base, model_dir=tiny_model_dir, log_path=log_path)
+    finally:
+        stop_server(proc)

@@ -1,0 +1,52 @@
+"""Bad input gets a clear OpenAI-style error with the right status, and the server keeps serving."""
+
+from __future__ import annotations
+
+import pytest
+import requests
+
+from .conftest import Server
+
+pytestmark = pytest.mark.e2e
+
+
+def _error(resp: requests.Response, status: int) -> dict:
+    assert resp.status_code == status, resp.text
+    err = resp.json()["error"]
+    assert err["message"]
+    return err
+
+
+def test_malformed_json_is_400(server: Server) -> None:
+    resp = requests.post(f"{server.base_url}/v1/chat/completions", data=b"{not json",
+                         headers={"content-type": "application/json"}, timeout=10)
+    _error(resp, 400)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("temperature", "hot"), ("temperature", -1.0), ("top_p", 1.5), ("max_tokens", -3),
+     ("n", 0), ("messages", "hello")],
+)
+def test_invalid_chat_field_is_400_and_named(server: Server, field: str, value: object) -> None:
+    body: dict = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    body[field] = value
+    resp = requests.post(f"{server.base_url}/v1/chat/completions", json=body, timeout=10)
+    err = _error(resp, 400)
+    assert field in (err.get("param") or "") + err["message"]
+
+
+def test_prompt_longer_than_the_limit_is_400(server: Server) -> None:
+    prompt = "hello " * 20000
+    resp = requests.post(f"{server.base_url}/v1/completions",
+                         json={"model": "m", "prompt": prompt, "max_tokens": 2}, timeout=60)
+    _error(resp, 400)
+
+
+def test_unknown_route_is_404(server: Server) -> None:
+    _error(requests.get(f"{server.base_url}/v1/nothing-here", timeout=10), 404)
+
+
+def test_server_still_serves_after_bad_requests(server: Server) -> None:
+    body = {"inputs": "ok", "parameters": {"max_new_tokens": 2, "ignore_eos": True}}
+    assert requests.post(f"{server.base_url}/generate", json=body, timeout=60).status_code == 200

@@ -1,0 +1,60 @@
+"""The LightLLM/TGI `/generate` and `/generate_stream` endpoints, and the plain GET endpoints."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import requests
+
+from .conftest import Server
+
+pytestmark = pytest.mark.e2e
+
+
+def _sse_events(resp: requests.Response) -> list[dict]:
+    events = []
+    for line in resp.iter_lines(decode_unicode=True):
+        if line and line.startswith("data:"):
+            payload = line[len("data:") :].strip()
+            if payload != "[DONE]":
+                events.append(json.loads(payload))
+    return events
+
+
+def test_generate_and_generate_stream_agree(server: Server) -> None:
+    body = {"inputs": "Hello world", "parameters": {"max_new_tokens": 10, "do_sample": False,
+                                                     "ignore_eos": True}}
+    whole = requests.post(f"{server.base_url}/generate", json=body, timeout=60)
+    assert whole.status_code == 200, whole.text
+    out = whole.json()
+    assert out["count_output_tokens"] == 10
+    assert out["finish_reason"] == "length"
+    assert out["prompt_tokens"] > 0
+
+    with requests.post(f"{server.base_url}/generate_stream", json=body, stream=True, timeout=60) as resp:
+        assert resp.status_code == 200
+        events = _sse_events(resp)
+    assert len(events) == 10
+    assert "".join(e["token"]["text"] for e in events) == out["generated_text"]
+    assert [e["finished"] for e in events] == [False] * 9 + [True]
+    assert events[-1]["finish_reason"] == "length"
+
+
+def test_generate_accepts_token_ids_and_reports_details(server: Server) -> None:
+    body = {"inputs": [5, 6, 7, 8], "parameters": {"max_new_tokens": 3, "ignore_eos": True,
+                                                    "do_sample": False, "return_details": True}}
+    resp = requests.post(f"{server.base_url}/generate", json=body, timeout=60)
+    assert resp.status_code == 200, resp.text
+    tokens = resp.json()["details"]["tokens"]
+    assert len(tokens) == 3
+    assert all(t["logprob"] <= 0 for t in tokens)
+
+
+def test_health_models_and_metrics(server: Server) -> None:
+    assert requests.get(f"{server.base_url}/health", timeout=5).status_code == 200
+    models = requests.get(f"{server.base_url}/v1/models", timeout=5).json()
+    assert models["object"] == "list" and models["data"][0]["object"] == "model"
+    metrics = requests.get(f"{server.base_url}/metrics", timeout=5)
+    assert metrics.status_code == 200
+    assert "# TYPE" in metrics.text

@@ -1,0 +1,236 @@
+"""MLA decode attention over the paged latent cache (absorbed form, split-K flash decoding).
+
+Every sequence has one query token with H heads, each a `D_LAT + D_ROPE`-wide vector
+(`q_nope @ W_UK` concatenated with the roped `q_rope`). All heads attend to the same single key per
+cached token: the latent row `[c | k_rope]`; the value is `c` (the first `D_LAT` columns). One
+program handles all heads of one sequence over one slice of its tokens, so each cached row is read
+from memory once per step. A second kernel merges the slices with their log-sum-exp.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+_LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _mla_decode_split_kernel(
+    q_ptr,  # [B, H, D_LAT + D_ROPE]
+    kv_ptr,  # [num_slots, >= D_LAT + D_ROPE]
+    page_table_ptr,  # [B, max_pages] int32
+    seq_lens_ptr,  # [B] int32
+    part_out_ptr,  # [B, NUM_SPLITS, H, D_LAT] fp32
+    part_lse_ptr,  # [B, NUM_SPLITS, H] fp32, log2 units
+    stride_qb,
+    stride_qh,
+    stride_kv,
+    stride_pt,
+    stride_pob,
+    stride_pos,
+    stride_poh,
+    stride_plb,
+    stride_pls,
+    num_heads,
+    scale_log2,
+    PAGE_SIZE: tl.constexpr,
+    D_LAT: tl.constexpr,
+    D_ROPE: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    NUM_SPLITS: tl.constexpr,
+):
+    b = tl.program_id(0)
+    split = tl.program_id(1)
+    seq_len = tl.load(seq_lens_ptr + b)
+    per_split = tl.cdiv(tl.cdiv(seq_len, NUM_SPLITS), BLOCK_N) * BLOCK_N
+    start = split * per_split
+    end = tl.minimum(start + per_split, seq_len)
+
+    offs_h = tl.arange(0, BLOCK_H)
+    offs_c = tl.arange(0, D_LAT)
+    offs_r = tl.arange(0, D_ROPE)
+    mask_h = offs_h < num_heads
+    q_row = q_ptr + b * stride_qb + offs_h[:, None] * stride_qh
+    q_lat = tl.load(q_row + offs_c[None, :], mask=mask_h[:, None], other=0.0)  # [BLOCK_H, D_LAT]
+    q_rope = tl.load(q_row + D_LAT + offs_r[None, :], mask=mask_h[:, None], other=0.0)
+
+    m_i = tl.full([BLOCK_H], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_H], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_H, D_LAT], dtype=tl.float32)
+    for n0 in range(start, end, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        mask_n = offs_n < end
+        page = tl.load(page_table_ptr + b * stride_pt + offs_n // PAGE_SIZE, mask=mask_n, other=0)
+        slot = page.to(tl.int64) * PAGE_SIZE + offs_n % PAGE_SIZE  # [BLOCK_N]
+        kv_row = kv_ptr + slot[:, None] * stride_kv
+        k_lat = tl.load(kv_row + offs_c[None, :], mask=mask_n[:, None], other=0.0)  # [N, D_LAT]
+        k_rope = tl.load(kv_row + D_LAT + offs_r[None, :], mask=mask_n[:, None], other=0.0)
+        s = tl.dot(q_lat, tl.trans(k_lat)) + tl.dot(q_rope, tl.trans(k_rope))  # [BLOCK_H, N]
+        s = tl.where(mask_n[None, :], s * scale_log2, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        alpha = tl.exp2(m_i - m_new)
+        p = tl.exp2(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(k_lat.dtype), k_lat)
+        m_i = m_new
+
+    has = l_i > 0.0
+    out = acc / tl.where(has, l_i, 1.0)[:, None]
+    lse = tl.where(has, m_i + tl.log2(tl.where(has, l_i, 1.0)), float("-inf"))
+    po = part_out_ptr + b * stride_pob + split * stride_pos + offs_h[:, None] * stride_poh
+    tl.store(po + offs_c[None, :], out, mask=mask_h[:, None])
+    tl.store(part_lse_ptr + b * stride_plb + split * stride_pls + offs_h, lse, mask=mask_h)
+
+
+@triton.jit
+def _mla_decode_merge_kernel(
+    part_out_ptr,  # [B, NUM_SPLITS, H, D_LAT] fp32
+    part_lse_ptr,  # [B, NUM_SPLITS, H] fp32, log2 units
+    out_ptr,  # [B, H, D_LAT]
+    stride_pob,
+    stride_pos,
+    stride_poh,
+    stride_plb,
+    stride_pls,
+    stride_ob,
+    stride_oh,
+    D_LAT: tl.constexpr,
+    NUM_SPLITS: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+):
+    b = tl.program_id(0)
+    h = tl.program_id(1)
+    offs_s = tl.arange(0, BLOCK_S)
+    offs_c = tl.arange(0, D_LAT)
+    mask_s = offs_s < NUM_SPLITS
+    lse = tl.load(
+        part_lse_ptr + b * stride_plb + offs_s * stride_pls + h, mask=mask_s, other=float("-inf")
+    )  # [BLOCK_S]
+    m = tl.max(lse, 0)
+    w = tl.where(mask_s, tl.exp2(lse - m), 0.0)
+    parts = tl.load(
+        part_out_ptr
+        + b * stride_pob
+        + h * stride_poh
+        + offs_s[:, None] * stride_pos
+        + offs_c[None, :],
+        mask=mask_s[:, None] & (w[:, None] > 0.0),
+        other=0.0,
+    )  # [BLOCK_S, D_LAT]
+    out = tl.sum(parts * w[:, None], 0) / tl.sum(w, 0)
+    tl.store(out_ptr + b * stride_ob + h * stride_oh + offs_c, out.to(out_ptr.dtype.element_ty))
+
+
+def default_num_splits(batch: int, max_seq_len: int, num_sms: int = 132) -> int:
+    """Enough slices to give every multiprocessor about two programs, none shorter than 256 tokens."""
+    want = max(1, (2 * num_sms + batch - 1) // batch)
+    by_len = max(1, max_seq_len // 256)
+    return int(min(want, by_len, 64))
+
+
+def mla_decode(
+    q: torch.Tensor,  # [B, H, D_LAT + D_ROPE]
+    kv_cache: torch.Tensor,  # [num_slots, D_LAT + D_ROPE]
+    page_table: torch.Tensor,  # [B, max_pages] int32
+    seq_lens: torch.Tensor,  # [B] int32, >= 1
+    page_size: int,
+    scale: float,
+    d_rope: int = 64,
+    num_splits: int = 4,
+    block_n: int = 32,
+    num_warps: int = 4,
+    num_stages: int = 2,
+) -> torch.Tensor:  # [B, H, D_LAT]
+    """Attention of one query token per sequence over its cached latents (values = first D_LAT)."""
+    b, h, width = q.shape
+    d_lat = width - d_rope
+    if kv_cache.dim() != 2 or kv_cache.shape[1] < width:
+        raise ValueError(f"kv_cache must be [slots, >= {width}], got {tuple(kv_cache.shape)}")
+    if kv_cache.stride(1) != 1 or q.stride(2) != 1:
+        raise ValueError("q and kv_cache need a contiguous last dimension")
+    if q.dtype != kv_cache.dtype:
+        raise ValueError(f"q dtype {q.dtype} != kv_cache dtype {kv_cache.dtype}")
+    if page_table.dtype != torch.int32 or seq_lens.dtype != torch.int32:
+        raise ValueError("page_table and seq_lens must be int32")
+    if page_table.shape[0] != b or seq_lens.shape != (b,):
+        raise ValueError("page_table and seq_lens need one row per sequence")
+    for dim in (d_lat, d_rope):
+        if dim & (dim - 1):
+            raise ValueError(f"latent and rope widths must be powers of two, got {dim}")
+    if page_size < 1 or page_size & (page_size - 1):
+        raise ValueError(f"page_size must be a power of two, got {page_size}")
+    block_h = max(16, triton.next_power_of_2(h))
+    part_out = torch.empty((b, num_splits, h, d_lat), dtype=torch.float32, device=q.device)
+    part_lse = torch.empty((b, num_splits, h), dtype=torch.float32, device=q.device)
+    _mla_decode_split_kernel[(b, num_splits)](
+        q, kv_cache, page_table, seq_lens, part_out, part_lse,
+        q.stride(0), q.stride(1), kv_cache.stride(0), page_table.stride(0),
+        part_out.stride(0), part_out.stride(1), part_out.stride(2),
+        part_lse.stride(0), part_lse.stride(1),
+        h, scale * _LOG2E,
+        PAGE_SIZE=page_size, D_LAT=d_lat, D_ROPE=d_rope, BLOCK_H=block_h, BLOCK_N=block_n,
+        NUM_SPLITS=num_splits, num_warps=num_warps, num_stages=num_stages,
+    )  # fmt: skip
+    out = torch.empty((b, h, d_lat), dtype=q.dtype, device=q.device)
+    _mla_decode_merge_kernel[(b, h)](
+        part_out, part_lse, out,
+        part_out.stride(0), part_out.stride(1), part_out.stride(2),
+        part_lse.stride(0), part_lse.stride(1), out.stride(0), out.stride(1),
+        D_LAT=d_lat, NUM_SPLITS=num_splits, BLOCK_S=max(2, triton.next_power_of_2(num_splits)),
+        num_warps=4,
+    )  # fmt: skip
+    return out
+
+
+def gather_latents(
+    kv_cache: torch.Tensor,  # [num_slots, W]
+    page_ids: torch.Tensor,  # [max_pages] int
+    length: int,
+    page_size: int,
+) -> torch.Tensor:  # [length, W]
+    """The cached rows of positions [0, length) of one sequence."""
+    pos = torch.arange(length, device=kv_cache.device)
+    slots = page_ids.long()[pos // page_size] * page_size + pos % page_size
+    return kv_cache[slots]
+
+
+def mla_decode_ref(
+    q: torch.Tensor,  # [B, H, D_LAT + D_ROPE]
+    kv_cache: torch.Tensor,  # [num_slots, D_LAT + D_ROPE]
+    page_table: torch.Tensor,  # [B, max_pages] int32
+    seq_lens: torch.Tensor,  # [B] int32
+    page_size: int,
+    scale: float,
+    d_rope: int = 64,
+) -> torch.Tensor:  # [B, H, D_LAT]
+    """Plain torch reference of `mla_decode`, in fp32."""
+    width = q.shape[2]
+    d_lat = width - d_rope
+    outs = []
+    for i in range(q.shape[0]):
+        rows = gather_latents(kv_cache, page_table[i], int(seq_lens[i]), page_size).float()
+        s = q[i].float() @ rows[:, :width].T * scale  # [H, S]
+        outs.append(torch.softmax(s, dim=-1) @ rows[:, :d_lat])  # [H, D_LAT]
+    return torch.stack(outs).to(q.dtype)
+
+
+def decode_bytes(batch: int, heads: int, seq_len: int, width: int = 576, d_lat: int = 512) -> int:
+    """Fewest bytes a decode step must move in bf16: each cached row once, q in, out once."""
+    return 2 * (batch * seq_len * width + batch * heads * width + batch * heads * d_lat)
+
+
+def decode_flops(batch: int, heads: int, seq_len: int, width: int = 576, d_lat: int = 512) -> int:
+    return 2 * batch * heads * seq_len * (width + d_lat)
+
+
+__all__ = [
+    "decode_bytes",
+    "decode_flops",
+    "default_num_splits",
+    "gather_latents",
+    "mla_decode",
+    "mla_decode_ref",
+]

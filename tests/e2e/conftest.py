@@ -45,11 +45,24 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def start_server(model_dir: Path, log_path: Path, *extra: str) -> tuple[subprocess.Popen[bytes], str]:
+def start_server(
+    model_dir: Path, log_path: Path, *extra: str
+) -> tuple[subprocess.Popen[bytes], str]:
     port = _free_port()
     cmd = [
-        sys.executable, "-m", "glm47.cli", "serve", "--model-dir", str(model_dir),
-        "--host", "127.0.0.1", "--port", str(port), "--device", "cpu", *extra,
+        sys.executable,
+        "-m",
+        "glm47.cli",
+        "serve",
+        "--model-dir",
+        str(model_dir),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--device",
+        "cpu",
+        *extra,
     ]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     with log_path.open("wb") as log:

@@ -18,15 +18,25 @@ def _error(resp: requests.Response, status: int) -> dict:
 
 
 def test_malformed_json_is_400(server: Server) -> None:
-    resp = requests.post(f"{server.base_url}/v1/chat/completions", data=b"{not json",
-                         headers={"content-type": "application/json"}, timeout=10)
+    resp = requests.post(
+        f"{server.base_url}/v1/chat/completions",
+        data=b"{not json",
+        headers={"content-type": "application/json"},
+        timeout=10,
+    )
     _error(resp, 400)
 
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("temperature", "hot"), ("temperature", -1.0), ("top_p", 1.5), ("max_tokens", -3),
-     ("n", 0), ("messages", "hello")],
+    [
+        ("temperature", "hot"),
+        ("temperature", -1.0),
+        ("top_p", 1.5),
+        ("max_tokens", -3),
+        ("n", 0),
+        ("messages", "hello"),
+    ],
 )
 def test_invalid_chat_field_is_400_and_named(server: Server, field: str, value: object) -> None:
     body: dict = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
@@ -38,8 +48,11 @@ def test_invalid_chat_field_is_400_and_named(server: Server, field: str, value: 
 
 def test_prompt_longer_than_the_limit_is_400(server: Server) -> None:
     prompt = "hello " * 20000
-    resp = requests.post(f"{server.base_url}/v1/completions",
-                         json={"model": "m", "prompt": prompt, "max_tokens": 2}, timeout=60)
+    resp = requests.post(
+        f"{server.base_url}/v1/completions",
+        json={"model": "m", "prompt": prompt, "max_tokens": 2},
+        timeout=60,
+    )
     _error(resp, 400)
 
 

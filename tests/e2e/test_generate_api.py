@@ -23,8 +23,10 @@ def _sse_events(resp: requests.Response) -> list[dict]:
 
 
 def test_generate_and_generate_stream_agree(server: Server) -> None:
-    body = {"inputs": "Hello world", "parameters": {"max_new_tokens": 10, "do_sample": False,
-                                                     "ignore_eos": True}}
+    body = {
+        "inputs": "Hello world",
+        "parameters": {"max_new_tokens": 10, "do_sample": False, "ignore_eos": True},
+    }
     whole = requests.post(f"{server.base_url}/generate", json=body, timeout=60)
     assert whole.status_code == 200, whole.text
     out = whole.json()
@@ -32,7 +34,9 @@ def test_generate_and_generate_stream_agree(server: Server) -> None:
     assert out["finish_reason"] == "length"
     assert out["prompt_tokens"] > 0
 
-    with requests.post(f"{server.base_url}/generate_stream", json=body, stream=True, timeout=60) as resp:
+    with requests.post(
+        f"{server.base_url}/generate_stream", json=body, stream=True, timeout=60
+    ) as resp:
         assert resp.status_code == 200
         events = _sse_events(resp)
     assert len(events) == 10
@@ -42,8 +46,15 @@ def test_generate_and_generate_stream_agree(server: Server) -> None:
 
 
 def test_generate_accepts_token_ids_and_reports_details(server: Server) -> None:
-    body = {"inputs": [5, 6, 7, 8], "parameters": {"max_new_tokens": 3, "ignore_eos": True,
-                                                    "do_sample": False, "return_details": True}}
+    body = {
+        "inputs": [5, 6, 7, 8],
+        "parameters": {
+            "max_new_tokens": 3,
+            "ignore_eos": True,
+            "do_sample": False,
+            "return_details": True,
+        },
+    }
     resp = requests.post(f"{server.base_url}/generate", json=body, timeout=60)
     assert resp.status_code == 200, resp.text
     tokens = resp.json()["details"]["tokens"]

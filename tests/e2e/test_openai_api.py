@@ -39,18 +39,30 @@ def _hf_greedy(model_dir: str, ids: list[int], n: int) -> list[int]:
 def test_greedy_tokens_match_transformers(server: Server) -> None:
     tok = glm47.Tokenizer(str(server.model_dir))
     ids = tok.encode("[gMASK]<sop><|user|>hello there, how are you?<|assistant|><think>")
-    body = {"inputs": ids, "parameters": {"max_new_tokens": 12, "do_sample": False,
-                                          "ignore_eos": True, "return_details": True}}
+    body = {
+        "inputs": ids,
+        "parameters": {
+            "max_new_tokens": 12,
+            "do_sample": False,
+            "ignore_eos": True,
+            "return_details": True,
+        },
+    }
     resp = requests.post(f"{server.base_url}/generate", json=body, timeout=60)
     assert resp.status_code == 200, resp.text
     got = [t["id"] for t in resp.json()["details"]["tokens"]]
     assert got == _hf_greedy(str(server.model_dir), ids, 12)
 
 
-def test_chat_completion_reports_usage_and_finish(client: openai.OpenAI, model_name: str, server: Server) -> None:
+def test_chat_completion_reports_usage_and_finish(
+    client: openai.OpenAI, model_name: str, server: Server
+) -> None:
     messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]
     resp = client.chat.completions.create(
-        model=model_name, messages=messages, max_tokens=6, temperature=0,
+        model=model_name,
+        messages=messages,
+        max_tokens=6,
+        temperature=0,
         extra_body={"ignore_eos": True},
     )
     tok = glm47.Tokenizer(str(server.model_dir))
@@ -76,10 +88,17 @@ def _collect_stream(stream: openai.Stream) -> tuple[str, str, str | None, object
 
 
 def test_streamed_chat_equals_non_streamed(client: openai.OpenAI, model_name: str) -> None:
-    kwargs = dict(model=model_name, messages=[{"role": "user", "content": "tell me a story"}],
-                  max_tokens=24, temperature=0, extra_body={"ignore_eos": True})
+    kwargs = dict(
+        model=model_name,
+        messages=[{"role": "user", "content": "tell me a story"}],
+        max_tokens=24,
+        temperature=0,
+        extra_body={"ignore_eos": True},
+    )
     whole = client.chat.completions.create(**kwargs)
-    stream = client.chat.completions.create(stream=True, stream_options={"include_usage": True}, **kwargs)
+    stream = client.chat.completions.create(
+        stream=True, stream_options={"include_usage": True}, **kwargs
+    )
     reasoning, content, finish, usage = _collect_stream(stream)
     msg = whole.choices[0].message
     assert content == (msg.content or "")
@@ -88,11 +107,20 @@ def test_streamed_chat_equals_non_streamed(client: openai.OpenAI, model_name: st
     assert usage is not None and usage.completion_tokens == 24
 
 
-def test_completion_stream_equals_non_stream_and_echo(client: openai.OpenAI, model_name: str) -> None:
-    kwargs = dict(model=model_name, prompt="The capital of France is", max_tokens=10,
-                  temperature=0, extra_body={"ignore_eos": True})
+def test_completion_stream_equals_non_stream_and_echo(
+    client: openai.OpenAI, model_name: str
+) -> None:
+    kwargs = dict(
+        model=model_name,
+        prompt="The capital of France is",
+        max_tokens=10,
+        temperature=0,
+        extra_body={"ignore_eos": True},
+    )
     whole = client.completions.create(**kwargs)
-    text = "".join(c.choices[0].text for c in client.completions.create(stream=True, **kwargs) if c.choices)
+    text = "".join(
+        c.choices[0].text for c in client.completions.create(stream=True, **kwargs) if c.choices
+    )
     assert text == whole.choices[0].text
     assert whole.usage.completion_tokens == 10
     echoed = client.completions.create(echo=True, **kwargs)
@@ -100,8 +128,9 @@ def test_completion_stream_equals_non_stream_and_echo(client: openai.OpenAI, mod
 
 
 def test_stop_string_cuts_the_output(client: openai.OpenAI, model_name: str) -> None:
-    kwargs = dict(model=model_name, prompt="Once upon a time", temperature=0,
-                  extra_body={"ignore_eos": True})
+    kwargs = dict(
+        model=model_name, prompt="Once upon a time", temperature=0, extra_body={"ignore_eos": True}
+    )
     full = client.completions.create(max_tokens=20, **kwargs).choices[0].text
     stop = full[len(full) // 2 : len(full) // 2 + 2]
     assert stop.strip(), "tiny model produced blank text; pick another prompt"
@@ -110,9 +139,17 @@ def test_stop_string_cuts_the_output(client: openai.OpenAI, model_name: str) -> 
     assert cut.finish_reason == "stop"
 
 
-def test_same_seed_gives_same_sample_and_n_gives_n_choices(client: openai.OpenAI, model_name: str) -> None:
-    kwargs = dict(model=model_name, prompt="Hello", max_tokens=12, temperature=1.0, seed=1234,
-                  extra_body={"ignore_eos": True})
+def test_same_seed_gives_same_sample_and_n_gives_n_choices(
+    client: openai.OpenAI, model_name: str
+) -> None:
+    kwargs = dict(
+        model=model_name,
+        prompt="Hello",
+        max_tokens=12,
+        temperature=1.0,
+        seed=1234,
+        extra_body={"ignore_eos": True},
+    )
     a = client.completions.create(**kwargs).choices[0].text
     b = client.completions.create(**kwargs).choices[0].text
     assert a == b
@@ -123,8 +160,13 @@ def test_same_seed_gives_same_sample_and_n_gives_n_choices(client: openai.OpenAI
 
 def test_logprobs_are_returned_per_token(client: openai.OpenAI, model_name: str) -> None:
     resp = client.chat.completions.create(
-        model=model_name, messages=[{"role": "user", "content": "hi"}], max_tokens=4,
-        temperature=0, logprobs=True, top_logprobs=3, extra_body={"ignore_eos": True},
+        model=model_name,
+        messages=[{"role": "user", "content": "hi"}],
+        max_tokens=4,
+        temperature=0,
+        logprobs=True,
+        top_logprobs=3,
+        extra_body={"ignore_eos": True},
     )
     entries = resp.choices[0].logprobs.content
     assert len(entries) == 4

@@ -1,0 +1,1 @@
+"""`glm47 bench`: a serving benchmark client for any OpenAI-compatible endpoint."""

@@ -1,0 +1,137 @@
+"""`glm47 bench`: run one or more workloads against an endpoint and write the reports."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import urllib.request
+from pathlib import Path
+
+from glm47.bench.client import Arrival, Endpoint, run_workload
+from glm47.bench.dataset import (
+    BenchRequest,
+    random_requests,
+    read_packaged_sharegpt,
+    sample_sharegpt,
+)
+from glm47.bench.report import Summary, markdown_table, summarize, write_json, write_plots
+
+# Named workloads (the LightLLM table's): name -> arrival.
+PRESETS = {
+    "burst": Arrival(),
+    "high-conc": Arrival(concurrency=512),
+    "moderate": Arrival(rate=10.0),
+    "steady": Arrival(rate=5.0),
+}
+
+
+def parse_workload(spec: str, seed: int) -> tuple[str, Arrival]:
+    """`burst`, a preset name, `conc:N` (fixed concurrency) or `rate:R` (Poisson, req/s)."""
+    if spec in PRESETS:
+        a = PRESETS[spec]
+        return spec, Arrival(concurrency=a.concurrency, rate=a.rate, seed=seed)
+    kind, _, value = spec.partition(":")
+    try:
+        if kind == "conc":
+            return spec, Arrival(concurrency=int(value), seed=seed)
+        if kind == "rate":
+            return spec, Arrival(rate=float(value), seed=seed)
+    except ValueError:
+        pass
+    raise SystemExit(
+        f"glm47 bench: bad workload {spec!r} (use {', '.join(PRESETS)}, conc:N, rate:R)"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="glm47 bench", description=__doc__)
+    p.add_argument("--base-url", default="http://127.0.0.1:8000", help="server root URL")
+    p.add_argument("--model", default=None, help="model name (default: the server's first model)")
+    p.add_argument("--endpoint", choices=[e.value for e in Endpoint], default="completions")
+    p.add_argument("--dataset", choices=["sharegpt", "random"], default="sharegpt")
+    p.add_argument(
+        "--tokenizer",
+        default=None,
+        help="model directory whose tokenizer measures ShareGPT lengths (required for sharegpt)",
+    )
+    p.add_argument("--num-prompts", type=int, default=2000)
+    p.add_argument("--random-input-len", type=int, default=256)
+    p.add_argument("--random-output-len", type=int, default=256)
+    p.add_argument("--random-range-ratio", type=float, default=0.0)
+    p.add_argument("--vocab-size", type=int, default=154880, help="for random token ids")
+    p.add_argument(
+        "--workload",
+        action="append",
+        default=None,
+        help="burst | high-conc | moderate | steady | conc:N | rate:R (repeatable)",
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--output-dir", default=None, help="write bench.json, bench.md and PNG plots here"
+    )
+    p.add_argument("--label", default="", help="free text stored with the results (GPU, flags)")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def load_requests(args: argparse.Namespace) -> list[BenchRequest]:
+    if args.dataset == "random":
+        return random_requests(
+            args.num_prompts,
+            args.random_input_len,
+            args.random_output_len,
+            args.random_range_ratio,
+            args.vocab_size,
+            args.seed,
+        )
+    if args.tokenizer is None:
+        raise SystemExit("glm47 bench: --tokenizer MODEL_DIR is required for the sharegpt dataset")
+    from glm47 import _native
+
+    tok = _native.Tokenizer(args.tokenizer)
+    return sample_sharegpt(read_packaged_sharegpt(), tok.encode, args.num_prompts, args.seed)
+
+
+def first_model(base_url: str) -> str:
+    with urllib.request.urlopen(base_url.rstrip("/") + "/v1/models", timeout=30) as resp:
+        return str(json.load(resp)["data"][0]["id"])
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    requests = load_requests(args)
+    model = args.model or first_model(args.base_url)
+    endpoint = Endpoint(args.endpoint)
+    out_dir = Path(args.output_dir) if args.output_dir else None
+    if out_dir:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    rows: dict[str, Summary] = {}
+    for spec in args.workload or ["burst"]:
+        name, arrival = parse_workload(spec, args.seed)
+        print(f"== {name}: {len(requests)} requests, {arrival}")
+        results, wall = asyncio.run(
+            run_workload(args.base_url, model, requests, endpoint, arrival, not args.no_progress)
+        )
+        rows[name] = summarize(results, wall)
+        if out_dir:
+            write_plots(
+                out_dir / f"{name.replace(':', '_')}.png", f"{name} ({args.label})", results
+            )
+    table = markdown_table(rows)
+    print(table)
+    if out_dir:
+        meta = {
+            "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "base_url": args.base_url,
+            "model": model,
+            "endpoint": args.endpoint,
+            "dataset": args.dataset,
+            "num_prompts": len(requests),
+            "seed": args.seed,
+            "label": args.label,
+        }
+        write_json(out_dir / "bench.json", meta, rows)
+        (out_dir / "bench.md").write_text(f"{args.label}\n\n{table}")
+    return 0 if all(s.errors == 0 for s in rows.values()) else 1

@@ -1,0 +1,165 @@
+"""Sends benchmark requests to an OpenAI-compatible endpoint and times every streamed token."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from dataclasses import dataclass, field
+from enum import Enum
+
+import httpx
+
+from glm47.bench.dataset import BenchRequest
+
+
+class Endpoint(Enum):
+    COMPLETIONS = "completions"
+    CHAT = "chat"
+
+
+@dataclass(frozen=True)
+class Arrival:
+    """How requests are released: all at once, under a fixed concurrency, or as a Poisson process."""
+
+    concurrency: int | None = None  # at most this many in flight (None: unbounded)
+    rate: float | None = None  # requests per second, exponential gaps (None: all at once)
+    seed: int = 0
+
+
+@dataclass
+class RequestResult:
+    """Timings of one request, in seconds since the benchmark started."""
+
+    prompt_len: int
+    output_len_wanted: int
+    start: float = 0.0
+    end: float = 0.0
+    ttft: float | None = None  # first content token
+    token_times: list[float] = field(default_factory=list)  # arrival of each streamed chunk
+    output_tokens: int = 0  # from the server's usage when reported, else chunks counted
+    error: str | None = None
+
+    @property
+    def latency(self) -> float:
+        return self.end - self.start
+
+    @property
+    def itls(self) -> list[float]:
+        return [b - a for a, b in zip(self.token_times, self.token_times[1:], strict=False)]
+
+    @property
+    def tpot(self) -> float | None:
+        if self.ttft is None or self.output_tokens < 2:
+            return None
+        return (self.latency - self.ttft) / (self.output_tokens - 1)
+
+
+def _payload(req: BenchRequest, endpoint: Endpoint, model: str) -> dict:
+    body: dict = {
+        "model": model,
+        "max_tokens": req.output_len,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "ignore_eos": True,
+        "temperature": 0.0,
+    }
+    if endpoint is Endpoint.CHAT:
+        content = req.prompt if isinstance(req.prompt, str) else json.dumps(req.prompt)
+        body["messages"] = [{"role": "user", "content": content}]
+    else:
+        body["prompt"] = req.prompt
+    return body
+
+
+def _chunk_has_text(chunk: dict) -> bool:
+    for choice in chunk.get("choices") or []:
+        delta = choice.get("delta") or {}
+        if choice.get("text") or delta.get("content") or delta.get("reasoning_content"):
+            return True
+        if delta.get("tool_calls"):
+            return True
+    return False
+
+
+async def send_one(
+    http: httpx.AsyncClient, url: str, req: BenchRequest, endpoint: Endpoint, model: str, t0: float
+) -> RequestResult:
+    """Stream one request and record its timings; errors are recorded, never raised."""
+    res = RequestResult(prompt_len=req.prompt_len, output_len_wanted=req.output_len)
+    res.start = time.perf_counter() - t0
+    try:
+        async with http.stream("POST", url, json=_payload(req, endpoint, model)) as resp:
+            if resp.status_code != 200:
+                res.error = f"HTTP {resp.status_code}: {(await resp.aread())[:200]!r}"
+                return res
+            chunks = 0
+            async for line in resp.aiter_lines():
+                if not line.startswith("data:"):
+                    continue
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    break
+                chunk = json.loads(data)
+                now = time.perf_counter() - t0
+                if _chunk_has_text(chunk):
+                    chunks += 1
+                    res.token_times.append(now)
+                    if res.ttft is None:
+                        res.ttft = now - res.start
+                usage = chunk.get("usage")
+                if usage:
+                    res.output_tokens = int(usage.get("completion_tokens", 0))
+            res.output_tokens = res.output_tokens or chunks
+    except (httpx.HTTPError, json.JSONDecodeError) as e:
+        res.error = f"{type(e).__name__}: {e}"
+    finally:
+        res.end = time.perf_counter() - t0
+    return res
+
+
+async def run_workload(
+    base_url: str,
+    model: str,
+    requests: list[BenchRequest],
+    endpoint: Endpoint,
+    arrival: Arrival,
+    progress: bool = True,
+) -> tuple[list[RequestResult], float]:
+    """Run every request; returns the results (in request order) and the wall time in seconds."""
+    path = "/v1/chat/completions" if endpoint is Endpoint.CHAT else "/v1/completions"
+    url = base_url.rstrip("/") + path
+    gate = asyncio.Semaphore(arrival.concurrency) if arrival.concurrency else None
+    rng = random.Random(arrival.seed)
+    bar = _progress(len(requests)) if progress else None
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
+    async with httpx.AsyncClient(timeout=httpx.Timeout(None), limits=limits) as http:
+        t0 = time.perf_counter()
+
+        async def one(req: BenchRequest) -> RequestResult:
+            if gate is None:
+                out = await send_one(http, url, req, endpoint, model, t0)
+            else:
+                async with gate:
+                    out = await send_one(http, url, req, endpoint, model, t0)
+            if bar is not None:
+                bar.update(1)
+            return out
+
+        tasks = []
+        for req in requests:
+            tasks.append(asyncio.create_task(one(req)))
+            if arrival.rate:
+                await asyncio.sleep(rng.expovariate(arrival.rate))
+        results = await asyncio.gather(*tasks)
+        wall = time.perf_counter() - t0
+    if bar is not None:
+        bar.close()
+    return list(results), wall
+
+
+def _progress(total: int):  # type: ignore[no-untyped-def]
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc="requests", unit="req")

@@ -1,0 +1,80 @@
+"""The benchmark client's data handling and statistics, without a server."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from glm47.bench.client import RequestResult
+from glm47.bench.dataset import (
+    LengthFilter,
+    iter_sharegpt_records,
+    random_requests,
+    sample_sharegpt,
+    sharegpt_pairs,
+)
+from glm47.bench.report import Dist, markdown_table, summarize
+
+
+def _conv(human: str, reply: str) -> dict:
+    return {
+        "id": "x",
+        "conversations": [{"from": "human", "value": human}, {"from": "gpt", "value": reply}],
+    }
+
+
+def test_truncated_sharegpt_file_yields_only_complete_records() -> None:
+    records = [_conv("a b c d e", "f g h i j"), _conv("k", "l"), {"id": "y", "conversations": []}]
+    text = json.dumps(records, indent=2)
+    cut = text + ',\n  {"id": "z", "conversations": [{"from": "hum'
+    cut = cut.replace("\n]", "", 1)
+    assert [r["id"] for r in iter_sharegpt_records(cut)] == ["x", "x", "y"]
+    assert len(list(sharegpt_pairs(cut))) == 2
+
+
+def test_sharegpt_sampling_filters_lengths_and_is_seeded() -> None:
+    records = [
+        _conv(" ".join(["w"] * n), " ".join(["r"] * m))
+        for n, m in [(2, 10), (10, 10), (20, 5), (1500, 10), (600, 1500), (8, 3), (12, 40)]
+    ]
+    text = json.dumps(records)
+    encode = str.split
+    a = sample_sharegpt(text, encode, 10, seed=1)
+    assert sorted((r.prompt_len, r.output_len) for r in a) == [(10, 10), (12, 40), (20, 5)]
+    assert a == sample_sharegpt(text, encode, 10, seed=1)
+    assert len(sample_sharegpt(text, encode, 2, seed=1)) == 2
+    assert LengthFilter().keep(4, 4) and not LengthFilter().keep(3, 4)
+
+
+def test_random_requests_have_lengths_in_range() -> None:
+    reqs = random_requests(50, 100, 20, 0.5, vocab_size=5000, seed=3)
+    assert all(50 <= r.prompt_len <= 150 and 10 <= r.output_len <= 30 for r in reqs)
+    assert all(isinstance(r.prompt, list) and len(r.prompt) == r.prompt_len for r in reqs)
+    assert reqs == random_requests(50, 100, 20, 0.5, vocab_size=5000, seed=3)
+
+
+def test_summary_counts_tokens_and_latencies() -> None:
+    r1 = RequestResult(
+        prompt_len=10,
+        output_len_wanted=3,
+        start=0.0,
+        end=1.0,
+        ttft=0.4,
+        token_times=[0.4, 0.7, 1.0],
+        output_tokens=3,
+    )
+    r2 = RequestResult(prompt_len=5, output_len_wanted=3, start=0.5, end=2.0, error="HTTP 500")
+    s = summarize([r1, r2], duration_s=2.0)
+    assert (s.completed, s.errors, s.total_output_tokens) == (1, 1, 3)
+    assert s.output_throughput == pytest.approx(1.5)
+    assert s.ttft_ms.median == pytest.approx(400.0)
+    assert s.tpot_ms.mean == pytest.approx(300.0)
+    assert s.itl_ms.mean == pytest.approx(300.0)
+    assert "| w | 1 | 1 |" in markdown_table({"w": s})
+
+
+def test_p99_of_a_hundred_values() -> None:
+    d = Dist.of([i / 1000 for i in range(1, 101)])
+    assert d.median == pytest.approx(50.5)
+    assert d.p99 == pytest.approx(99.0)

@@ -1,0 +1,75 @@
+"""`glm47 bench` against the real server: every request completes and the reports are written."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from glm47.bench.cli import main as bench_main
+
+from .conftest import Server
+
+pytestmark = pytest.mark.e2e
+
+
+def test_bench_random_workloads_write_reports(server: Server, tmp_path: Path) -> None:
+    code = bench_main(
+        [
+            "--base-url",
+            server.base_url,
+            "--dataset",
+            "random",
+            "--num-prompts",
+            "6",
+            "--random-input-len",
+            "12",
+            "--random-output-len",
+            "5",
+            "--vocab-size",
+            "600",
+            "--workload",
+            "conc:3",
+            "--workload",
+            "rate:50",
+            "--output-dir",
+            str(tmp_path),
+            "--label",
+            "tiny model on CPU",
+            "--no-progress",
+        ]
+    )
+    assert code == 0
+    report = json.loads((tmp_path / "bench.json").read_text())
+    for name in ("conc:3", "rate:50"):
+        w = report["workloads"][name]
+        assert w["completed"] == 6 and w["errors"] == 0
+        assert w["total_output_tokens"] == 30
+    assert (tmp_path / "conc_3.png").stat().st_size > 1000
+    assert "output tok/s" in (tmp_path / "bench.md").read_text()
+
+
+def test_bench_sharegpt_chat_uses_the_dataset(server: Server, tmp_path: Path) -> None:
+    code = bench_main(
+        [
+            "--base-url",
+            server.base_url,
+            "--endpoint",
+            "chat",
+            "--dataset",
+            "sharegpt",
+            "--tokenizer",
+            str(server.model_dir),
+            "--num-prompts",
+            "3",
+            "--workload",
+            "burst",
+            "--output-dir",
+            str(tmp_path),
+            "--no-progress",
+        ]
+    )
+    report = json.loads((tmp_path / "bench.json").read_text())
+    assert report["meta"]["num_prompts"] == 3
+    assert code == 0 and report["workloads"]["burst"]["completed"] == 3

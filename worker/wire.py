@@ -1,0 +1,403 @@
+"""The router <-> worker messages of docs/wire.md as typed dataclasses, and their msgpack codec.
+
+Every message is one msgpack array `[type, version, body]`. `decode` checks the envelope and the
+types of every known key, ignores unknown keys and fills defaults; anything malformed raises
+`WireError` carrying the error code to answer with and, when it could be read, the request id.
+A `submit` is decoded request by request: a bad request lands in `Submit.rejected` and the good
+ones still go through.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import msgpack
+
+PROTOCOL_VERSION = 1
+
+
+class WireError(Exception):
+    """A message (or one request of a `submit`) that does not follow the contract."""
+
+    def __init__(
+        self, message: str, *, code: str = "protocol", rid: str | None = None, fatal: bool = False
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code  # an `Error.code` of docs/wire.md
+        self.rid = rid
+        self.fatal = fatal
+
+    def to_message(self) -> Error:
+        return Error(rid=self.rid, code=self.code, message=self.message, fatal=self.fatal)
+
+
+@dataclass(frozen=True)
+class WireRequest:
+    """One request of a `submit` (docs/wire.md `Request`)."""
+
+    rid: str
+    input_ids: list[int]
+    max_new_tokens: int
+    min_new_tokens: int = 0
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = -1
+    min_p: float = 0.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    seed: int | None = None
+    stop_token_ids: list[int] = field(default_factory=list)
+    ignore_eos: bool = False
+    logprobs: int = -1
+    mtp: bool = True
+
+
+@dataclass(frozen=True)
+class Hello:
+    client: str | None = None
+
+
+@dataclass(frozen=True)
+class Submit:
+    reqs: list[WireRequest]
+    rejected: list[WireError] = field(default_factory=list)  # decode only: bad requests, in order
+
+
+@dataclass(frozen=True)
+class Abort:
+    rids: list[str]
+
+
+@dataclass(frozen=True)
+class Ready:
+    model: str
+    vocab_size: int
+    eos_token_ids: list[int]
+    max_req_total_len: int
+    max_running_requests: int
+    kv_capacity_tokens: int
+    mtp_step: int
+    worker_id: str
+    protocol: int = PROTOCOL_VERSION
+
+
+@dataclass(frozen=True)
+class Output:
+    """One request's news in a `step` message."""
+
+    rid: str
+    ids: list[int]
+    logprobs: list[float] | None = None
+    top_logprobs: list[list[tuple[int, float]]] | None = None
+    finish: str | None = None  # "stop", "length" or "abort" on the last output
+    prompt_tokens: int | None = None
+    cached_tokens: int | None = None
+    spec_accepted: int | None = None
+
+
+STATS_KEYS = (
+    "waiting",
+    "running",
+    "kv_pages_used",
+    "kv_pages_cached",
+    "kv_pages_total",
+    "prefix_hit_tokens",
+    "prompt_tokens",
+    "spec_drafted",
+    "spec_accepted",
+)
+
+
+@dataclass(frozen=True)
+class Step:
+    outs: list[Output]
+    stats: dict[str, int] = field(default_factory=dict)  # keys from STATS_KEYS
+
+
+@dataclass(frozen=True)
+class Error:
+    rid: str | None
+    code: str  # invalid_request, queue_full, too_long, protocol, internal
+    message: str
+    fatal: bool = False
+
+
+Message = Hello | Submit | Abort | Ready | Step | Error
+
+_TYPE_NAMES: dict[type, str] = {
+    Hello: "hello",
+    Submit: "submit",
+    Abort: "abort",
+    Ready: "ready",
+    Step: "step",
+    Error: "error",
+}
+
+
+def encode(msg: Message) -> bytes:
+    """The msgpack bytes of one message (floats as 64-bit, every field written)."""
+    if isinstance(msg, Submit):
+        body: dict[str, Any] = {"reqs": [asdict(r) for r in msg.reqs]}
+    elif isinstance(msg, Step):
+        outs = []
+        for out in msg.outs:
+            d = asdict(out)
+            if out.top_logprobs is not None:
+                d["top_logprobs"] = [[[t, v] for t, v in row] for row in out.top_logprobs]
+            outs.append(d)
+        body = {"outs": outs, "stats": dict(msg.stats)}
+    else:
+        body = asdict(msg)
+    data = msgpack.packb([_TYPE_NAMES[type(msg)], PROTOCOL_VERSION, body], use_bin_type=True)
+    assert isinstance(data, bytes)
+    return data
+
+
+def decode(data: bytes) -> Message:
+    """Parse one message; raises `WireError` (code `protocol`) on a malformed envelope or body."""
+    try:
+        raw = msgpack.unpackb(data, raw=False, strict_map_key=True)
+    except Exception as exc:  # msgpack raises several unrelated types
+        raise WireError(f"undecodable msgpack: {exc}", fatal=True) from exc
+    if not isinstance(raw, list) or len(raw) != 3:
+        raise WireError("a message must be an array [type, version, body]", fatal=True)
+    kind, version, body = raw
+    if not isinstance(kind, str) or kind not in _DECODERS:
+        raise WireError(f"unknown message type {kind!r}", fatal=True)
+    if not _is_int(version) or version != PROTOCOL_VERSION:
+        raise WireError(
+            f"protocol version {version!r} not spoken (this worker speaks {PROTOCOL_VERSION})",
+            fatal=True,
+        )
+    if not isinstance(body, dict) or not all(isinstance(k, str) for k in body):
+        raise WireError(f"the body of {kind!r} must be a map with string keys", fatal=True)
+    return _DECODERS[kind](body)
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_float(v: object) -> bool:
+    return isinstance(v, float) or _is_int(v)
+
+
+def _is_int_list(v: object) -> bool:
+    return isinstance(v, list) and all(_is_int(x) for x in v)
+
+
+def _is_str_list(v: object) -> bool:
+    return isinstance(v, list) and all(isinstance(x, str) for x in v)
+
+
+def _is_opt_int(v: object) -> bool:
+    return v is None or _is_int(v)
+
+
+# key -> (check, description); a key absent here is ignored by the decoders
+_REQUEST_FIELDS = {
+    "rid": (lambda v: isinstance(v, str), "str"),
+    "input_ids": (_is_int_list, "array of int"),
+    "max_new_tokens": (_is_int, "int"),
+    "min_new_tokens": (_is_int, "int"),
+    "temperature": (_is_float, "float"),
+    "top_p": (_is_float, "float"),
+    "top_k": (_is_int, "int"),
+    "min_p": (_is_float, "float"),
+    "presence_penalty": (_is_float, "float"),
+    "frequency_penalty": (_is_float, "float"),
+    "repetition_penalty": (_is_float, "float"),
+    "seed": (_is_opt_int, "int or nil"),
+    "stop_token_ids": (_is_int_list, "array of int"),
+    "ignore_eos": (lambda v: isinstance(v, bool), "bool"),
+    "logprobs": (_is_int, "int"),
+    "mtp": (lambda v: isinstance(v, bool), "bool"),
+}
+_FLOAT_FIELDS = {k for k, (check, _) in _REQUEST_FIELDS.items() if check is _is_float}
+_REQUIRED_REQUEST = ("rid", "input_ids", "max_new_tokens")
+
+
+def _checked(
+    body: dict[str, Any],
+    fields: dict[str, Any],
+    required: tuple[str, ...],
+    what: str,
+    code: str,
+    rid: str | None,
+) -> dict[str, Any]:
+    """The known keys of `body`, type-checked; missing required keys and bad types raise."""
+    for key in required:
+        if key not in body:
+            raise WireError(f"{what}: missing required key {key!r}", code=code, rid=rid)
+    out: dict[str, Any] = {}
+    for key, (check, desc) in fields.items():
+        if key not in body:
+            continue
+        value = body[key]
+        if value is None and key not in required and desc.endswith("or nil"):
+            out[key] = None
+            continue
+        if value is None and key not in required:
+            continue  # nil means "not set": keep the default
+        if not check(value):
+            raise WireError(f"{what}: {key!r} must be {desc}, got {value!r}", code=code, rid=rid)
+        out[key] = value
+    return out
+
+
+def decode_request(raw: object) -> WireRequest:
+    """One `Request` map; errors carry the rid when it is readable (code `invalid_request`)."""
+    if not isinstance(raw, dict):
+        raise WireError("submit: every request must be a map", code="invalid_request")
+    rid = raw.get("rid") if isinstance(raw.get("rid"), str) else None
+    values = _checked(
+        raw, _REQUEST_FIELDS, _REQUIRED_REQUEST, f"request {rid!r}", "invalid_request", rid
+    )
+    for key in _FLOAT_FIELDS & values.keys():
+        values[key] = float(values[key])
+    req = WireRequest(**values)
+    problem = _range_problem(req)
+    if problem:
+        raise WireError(f"request {rid!r}: {problem}", code="invalid_request", rid=rid)
+    return req
+
+
+def _range_problem(r: WireRequest) -> str | None:
+    """The first field of `r` outside its documented range, described; None when all are fine."""
+    bad_floats = [k for k in sorted(_FLOAT_FIELDS) if not math.isfinite(getattr(r, k))]
+    checks = (
+        (not bad_floats, f"{', '.join(bad_floats)} must be finite"),
+        (len(r.input_ids) > 0, "input_ids must not be empty"),
+        (all(t >= 0 for t in r.input_ids), "input_ids must be non-negative"),
+        (r.max_new_tokens >= 1, "max_new_tokens must be >= 1"),
+        (r.min_new_tokens >= 0, "min_new_tokens must be >= 0"),
+        (r.temperature >= 0.0, "temperature must be >= 0"),
+        (0.0 < r.top_p <= 1.0, "top_p must be in (0, 1]"),
+        (r.top_k >= -1, "top_k must be -1, 0 or positive"),
+        (0.0 <= r.min_p <= 1.0, "min_p must be in [0, 1]"),
+        (r.repetition_penalty > 0.0, "repetition_penalty must be > 0"),
+        (-2.0 <= r.presence_penalty <= 2.0, "presence_penalty must be in [-2, 2]"),
+        (-2.0 <= r.frequency_penalty <= 2.0, "frequency_penalty must be in [-2, 2]"),
+        (r.logprobs >= -1, "logprobs must be >= -1"),
+        (all(t >= 0 for t in r.stop_token_ids), "stop_token_ids must be non-negative"),
+    )
+    return next((msg for ok, msg in checks if not ok), None)
+
+
+def _decode_hello(body: dict[str, Any]) -> Hello:
+    client = body.get("client")
+    return Hello(client=client if isinstance(client, str) else None)
+
+
+def _decode_submit(body: dict[str, Any]) -> Submit:
+    reqs = body.get("reqs")
+    if not isinstance(reqs, list):
+        raise WireError("submit: 'reqs' must be an array of requests", fatal=True)
+    good: list[WireRequest] = []
+    bad: list[WireError] = []
+    for raw in reqs:
+        try:
+            good.append(decode_request(raw))
+        except WireError as err:
+            bad.append(err)
+    return Submit(reqs=good, rejected=bad)
+
+
+def _decode_abort(body: dict[str, Any]) -> Abort:
+    rids = body.get("rids")
+    if not _is_str_list(rids):
+        raise WireError("abort: 'rids' must be an array of str", fatal=True)
+    assert isinstance(rids, list)
+    return Abort(rids=rids)
+
+
+_READY_FIELDS = {
+    "protocol": (_is_int, "int"),
+    "model": (lambda v: isinstance(v, str), "str"),
+    "vocab_size": (_is_int, "int"),
+    "eos_token_ids": (_is_int_list, "array of int"),
+    "max_req_total_len": (_is_int, "int"),
+    "max_running_requests": (_is_int, "int"),
+    "kv_capacity_tokens": (_is_int, "int"),
+    "mtp_step": (_is_int, "int"),
+    "worker_id": (lambda v: isinstance(v, str), "str"),
+}
+
+
+def _decode_ready(body: dict[str, Any]) -> Ready:
+    required = tuple(k for k in _READY_FIELDS if k != "protocol")
+    return Ready(**_checked(body, _READY_FIELDS, required, "ready", "protocol", None))
+
+
+def _is_top_row(v: object) -> bool:
+    return isinstance(v, list) and all(
+        isinstance(p, list) and len(p) == 2 and _is_int(p[0]) and _is_float(p[1]) for p in v
+    )
+
+
+_OUTPUT_FIELDS = {
+    "rid": (lambda v: isinstance(v, str), "str"),
+    "ids": (_is_int_list, "array of int"),
+    "logprobs": (
+        lambda v: isinstance(v, list) and all(_is_float(x) for x in v),
+        "array of float or nil",
+    ),
+    "top_logprobs": (
+        lambda v: isinstance(v, list) and all(_is_top_row(r) for r in v),
+        "array of [int, float] arrays or nil",
+    ),
+    "finish": (lambda v: v in ("stop", "length", "abort"), "stop, length, abort or nil"),
+    "prompt_tokens": (_is_int, "int or nil"),
+    "cached_tokens": (_is_int, "int or nil"),
+    "spec_accepted": (_is_int, "int or nil"),
+}
+
+
+def _decode_step(body: dict[str, Any]) -> Step:
+    outs = body.get("outs")
+    if not isinstance(outs, list) or not all(isinstance(o, dict) for o in outs):
+        raise WireError("step: 'outs' must be an array of maps")
+    decoded = []
+    for raw in outs:
+        values = _checked(raw, _OUTPUT_FIELDS, ("rid", "ids"), "step output", "protocol", None)
+        if values.get("logprobs") is not None:
+            values["logprobs"] = [float(x) for x in values["logprobs"]]
+        if values.get("top_logprobs") is not None:
+            values["top_logprobs"] = [
+                [(int(t), float(v)) for t, v in row] for row in values["top_logprobs"]
+            ]
+        decoded.append(Output(**values))
+    stats = body.get("stats") or {}
+    if not isinstance(stats, dict):
+        raise WireError("step: 'stats' must be a map")
+    return Step(
+        outs=decoded, stats={k: v for k, v in stats.items() if k in STATS_KEYS and _is_int(v)}
+    )
+
+
+_ERROR_FIELDS = {
+    "rid": (lambda v: isinstance(v, str), "str or nil"),
+    "code": (lambda v: isinstance(v, str), "str"),
+    "message": (lambda v: isinstance(v, str), "str"),
+    "fatal": (lambda v: isinstance(v, bool), "bool"),
+}
+
+
+def _decode_error(body: dict[str, Any]) -> Error:
+    values = _checked(body, _ERROR_FIELDS, ("code", "message"), "error", "protocol", None)
+    values.setdefault("rid", None)
+    return Error(**values)
+
+
+_DECODERS: dict[str, Any] = {
+    "hello": _decode_hello,
+    "submit": _decode_submit,
+    "abort": _decode_abort,
+    "ready": _decode_ready,
+    "step": _decode_step,
+    "error": _decode_error,
+}

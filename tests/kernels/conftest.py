@@ -19,7 +19,6 @@ if not _has_gpu():
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
-
 from kernel_utils import ON_GPU  # noqa: E402
 
 

@@ -1,0 +1,231 @@
+"""Fused MoE experts: two grouped GEMMs over the expert-sorted routed pairs.
+
+GEMM 1 reads `x[t]` for each pair and `w13[e]` (`[2I, H]`, gate rows first) and writes
+`silu(x W_gate^T) * (x W_up^T)` per pair (`[P, I]`, P = T * top_k). GEMM 2 multiplies that by
+`w2[e]^T` (`w2[e]` is `[H, I]`) and the routing weight, per pair (`[P, H]`); the top_k rows of a
+token are then summed. Rows of a block all belong to one expert (see moe_align), so each program
+reads one expert's weight tile: at decode sizes the kernel is bound by reading the active experts.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from glm47.kernels.moe_align import MoeAlignment, moe_align
+from glm47.kernels.moe_config import MoeConfig, select_config, shape_key
+
+
+@triton.jit
+def _moe_gemm_kernel(
+    a_ptr,  # [rows_a, K]: x [T, K] when A_PER_TOKEN, else the intermediate [P, K]
+    w_ptr,  # [E, N_total, K]: N_total = 2N when GATED (gate rows, then up rows), else N
+    c_ptr,  # [P, N]
+    topk_w_ptr,  # [P] fp32 routing weights (read when MUL_WEIGHT)
+    sorted_ids_ptr,  # [max_padded] int32
+    expert_ids_ptr,  # [max_padded // BLOCK_M] int32
+    num_padded_ptr,  # [1] int32
+    N,
+    K,
+    num_pairs,
+    max_padded,
+    stride_am,
+    stride_we,
+    stride_wn,
+    stride_cm,
+    TOP_K: tl.constexpr,
+    A_PER_TOKEN: tl.constexpr,
+    GATED: tl.constexpr,
+    MUL_WEIGHT: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    num_pid_m = tl.cdiv(max_padded, BLOCK_M)
+    num_pid_n = tl.cdiv(N, BLOCK_N)
+    per_group = GROUP_M * num_pid_n
+    first_m = (pid // per_group) * GROUP_M
+    group_size = tl.minimum(num_pid_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % per_group) % group_size
+    pid_n = (pid % per_group) // group_size
+    if pid_m * BLOCK_M >= tl.load(num_padded_ptr):
+        return
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    pair = tl.load(sorted_ids_ptr + offs_m)  # [BLOCK_M]
+    row_ok = pair < num_pairs
+    a_row = pair // TOP_K if A_PER_TOKEN else pair
+    expert = tl.load(expert_ids_ptr + pid_m).to(tl.int64)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    col_ok = offs_n < N
+    offs_k = tl.arange(0, BLOCK_K)
+    a_ptrs = a_ptr + a_row[:, None].to(tl.int64) * stride_am + offs_k[None, :]  # [BM, BK]
+    w_ptrs = w_ptr + expert * stride_we + offs_n[None, :] * stride_wn + offs_k[:, None]  # [BK, BN]
+
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    acc_up = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        k_ok = offs_k < K - k0
+        a = tl.load(a_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+        w = tl.load(w_ptrs, mask=k_ok[:, None] & col_ok[None, :], other=0.0)
+        acc = tl.dot(a, w, acc)
+        if GATED:
+            w_up = tl.load(w_ptrs + N * stride_wn, mask=k_ok[:, None] & col_ok[None, :], other=0.0)
+            acc_up = tl.dot(a, w_up, acc_up)
+        a_ptrs += BLOCK_K
+        w_ptrs += BLOCK_K
+
+    if GATED:
+        acc = acc * tl.sigmoid(acc) * acc_up
+    if MUL_WEIGHT:
+        acc = acc * tl.load(topk_w_ptr + pair, mask=row_ok, other=0.0)[:, None]
+    c_ptrs = c_ptr + pair[:, None].to(tl.int64) * stride_cm + offs_n[None, :]
+    tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
+
+
+def moe_gemm(
+    a: torch.Tensor,  # [T, K] (a_per_token) or [P, K]
+    w: torch.Tensor,  # [E, 2N or N, K]
+    out: torch.Tensor,  # [P, N]
+    topk_weights: torch.Tensor,  # [P] fp32
+    align: MoeAlignment,
+    top_k: int,
+    *,
+    a_per_token: bool,
+    gated: bool,
+    mul_weight: bool,
+    cfg: MoeConfig,
+) -> None:
+    """One grouped GEMM over the aligned pairs (see the module docstring)."""
+    n, k = out.shape[1], a.shape[1]
+    if w.shape[2] != k or w.shape[1] != (2 * n if gated else n):
+        raise ValueError(f"weights {tuple(w.shape)} do not fit K={k}, N={n}, gated={gated}")
+    if a.stride(1) != 1 or w.stride(2) != 1 or out.stride(1) != 1:
+        raise ValueError("a, w and out need a contiguous last dimension")
+    if align.block_m != cfg.block_m:
+        raise ValueError(f"alignment block {align.block_m} != config block_m {cfg.block_m}")
+    max_padded = int(align.sorted_ids.shape[0])
+    grid = (triton.cdiv(max_padded, cfg.block_m) * triton.cdiv(n, cfg.block_n),)
+    _moe_gemm_kernel[grid](
+        a, w, out, topk_weights, align.sorted_ids, align.expert_ids, align.num_padded,
+        n, k, out.shape[0], max_padded, a.stride(0), w.stride(0), w.stride(1), out.stride(0),
+        TOP_K=top_k, A_PER_TOKEN=a_per_token, GATED=gated, MUL_WEIGHT=mul_weight,
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )  # fmt: skip
+
+
+def fused_experts(
+    x: torch.Tensor,  # [T, H]
+    w13: torch.Tensor,  # [E, 2I, H], gate rows first
+    w2: torch.Tensor,  # [E, H, I]
+    topk_weights: torch.Tensor,  # [T, top_k] fp32, already renormalised and scaled
+    topk_ids: torch.Tensor,  # [T, top_k] int32
+    cfg: MoeConfig | None = None,
+) -> torch.Tensor:  # [T, H]
+    """sum_j topk_weights[t, j] * expert_{topk_ids[t, j]}(x[t]), expert(x) = down(silu(gate x) * up x)."""
+    t, hidden = x.shape
+    num_experts, two_inter, _ = w13.shape
+    inter = two_inter // 2
+    top_k = topk_ids.shape[1]
+    if w13.shape[2] != hidden or w2.shape != (num_experts, hidden, inter):
+        raise ValueError(f"w13 {tuple(w13.shape)} / w2 {tuple(w2.shape)} do not fit H={hidden}")
+    if x.dtype != w13.dtype or x.dtype != w2.dtype:
+        raise ValueError(f"x {x.dtype}, w13 {w13.dtype}, w2 {w2.dtype} must share a dtype")
+    if topk_ids.shape != topk_weights.shape or topk_ids.shape[0] != t:
+        raise ValueError("topk_ids and topk_weights must both be [T, top_k]")
+    if topk_weights.dtype != torch.float32:
+        raise ValueError("topk_weights must be float32")
+    if cfg is None:
+        cfg = choose_config(x, w13, w2, top_k)
+    x = x.contiguous()
+    align = moe_align(topk_ids, num_experts, cfg.block_m)
+    pairs = t * top_k
+    weights = topk_weights.reshape(-1).contiguous()  # [P]
+    inter_act = torch.empty((pairs, inter), dtype=x.dtype, device=x.device)  # [P, I]
+    moe_gemm(x, w13, inter_act, weights, align, top_k, a_per_token=True, gated=True,
+             mul_weight=False, cfg=cfg)  # fmt: skip
+    per_pair = torch.empty((pairs, hidden), dtype=x.dtype, device=x.device)  # [P, H]
+    moe_gemm(inter_act, w2, per_pair, weights, align, top_k, a_per_token=False, gated=False,
+             mul_weight=True, cfg=cfg)  # fmt: skip
+    return per_pair.view(t, top_k, hidden).sum(dim=1)
+
+
+def _gpu_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
+def choose_config(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, top_k: int) -> MoeConfig:
+    """Stored, default or autotuned config for this call's shape (see moe_config)."""
+    num_experts, two_inter, hidden = w13.shape
+    t = x.shape[0]
+    key = shape_key(num_experts, hidden, two_inter // 2, top_k, str(x.dtype).removeprefix("torch."))
+
+    def tune(candidates: list[MoeConfig]) -> MoeConfig:
+        return tune_config(x, w13, w2, top_k, candidates)
+
+    return select_config(_gpu_name(x.device), key, t, num_experts, top_k, tune)
+
+
+def tune_config(
+    x: torch.Tensor,  # [T, H]
+    w13: torch.Tensor,  # [E, 2I, H]
+    w2: torch.Tensor,  # [E, H, I]
+    top_k: int,
+    candidates: list[MoeConfig],
+) -> MoeConfig:
+    """The fastest candidate on random routing of x's token count (median of do_bench)."""
+    t, e = x.shape[0], w13.shape[0]
+    ids = torch.rand((t, e), device=x.device).topk(top_k, dim=1).indices.to(torch.int32)
+    wts = torch.rand((t, top_k), device=x.device, dtype=torch.float32)
+    best: tuple[float, MoeConfig] | None = None
+    for cfg in candidates:
+        try:
+            ms = float(
+                triton.testing.do_bench(
+                    lambda cfg=cfg: fused_experts(x, w13, w2, wts, ids, cfg),
+                    warmup=5,
+                    rep=20,
+                    return_mode="median",
+                )
+            )
+        except triton.runtime.errors.OutOfResources:
+            continue
+        if best is None or ms < best[0]:
+            best = (ms, cfg)
+    if best is None:
+        raise RuntimeError("no fused MoE config candidate could run on this device")
+    return best[1]
+
+
+def fused_experts_ref(
+    x: torch.Tensor,  # [T, H]
+    w13: torch.Tensor,  # [E, 2I, H]
+    w2: torch.Tensor,  # [E, H, I]
+    topk_weights: torch.Tensor,  # [T, top_k]
+    topk_ids: torch.Tensor,  # [T, top_k]
+) -> torch.Tensor:  # [T, H]
+    """Plain torch reference: each token through each of its experts, in fp32."""
+    inter = w13.shape[1] // 2
+    xf = x.float()
+    out = torch.zeros_like(xf)
+    for e in topk_ids.unique().tolist():
+        tok, slot = (topk_ids == e).nonzero(as_tuple=True)
+        gate_up = xf[tok] @ w13[e].float().T  # [n, 2I]
+        act = torch.nn.functional.silu(gate_up[:, :inter]) * gate_up[:, inter:]
+        out.index_add_(0, tok, (act @ w2[e].float().T) * topk_weights[tok, slot, None].float())
+    return out.to(x.dtype)
+
+
+def moe_bytes(num_tokens: int, active_experts: int, hidden: int, inter: int, top_k: int) -> int:
+    """Fewest bytes in bf16: each active expert's weights once, activations in and out."""
+    weights = active_experts * 3 * hidden * inter
+    acts = num_tokens * hidden * 2 + num_tokens * top_k * inter * 2
+    return 2 * (weights + acts)
+
+
+def moe_flops(num_tokens: int, hidden: int, inter: int, top_k: int) -> int:
+    return 2 * num_tokens * top_k * 3 * hidden * inter

@@ -1,0 +1,70 @@
+"""moe_align's layout and the fused MoE experts against the per-expert torch reference."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from kernel_utils import ON_GPU, rel_err
+
+from glm47.kernels.fused_moe import fused_experts, fused_experts_ref
+from glm47.kernels.moe_align import moe_align
+from glm47.kernels.moe_config import MoeConfig, default_config
+
+
+def random_routing(t: int, e: int, k: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    ids = torch.rand((t, e), device=device).topk(k, dim=1).indices.to(torch.int32)
+    weights = torch.rand((t, k), device=device, dtype=torch.float32)
+    return weights, ids
+
+
+@pytest.mark.parametrize(("t", "e", "k", "block_m"), [(1, 8, 2, 16), (37, 6, 3, 4), (5, 64, 4, 16)])
+def test_moe_align_groups_every_pair_once_by_expert(t: int, e: int, k: int, block_m: int) -> None:
+    _, ids = random_routing(t, e, k, "cpu")
+    al = moe_align(ids, e, block_m)
+    used = int(al.num_padded)
+    assert used % block_m == 0
+    real = al.sorted_ids[:used]
+    valid = real[real < t * k].long()
+    assert sorted(valid.tolist()) == list(range(t * k))
+    assert (al.sorted_ids[used:] == t * k).all()
+    block_expert = al.expert_ids[torch.arange(used) // block_m].long()
+    assert torch.equal(block_expert[real < t * k], ids.reshape(-1).long()[valid])
+    counts = torch.bincount(ids.reshape(-1).long(), minlength=e)
+    assert used == int(((counts + block_m - 1) // block_m * block_m).sum())
+
+
+SHAPES = (
+    [(1, 64, 32, 8, 2), (9, 32, 16, 4, 3)]
+    if not ON_GPU
+    else [(1, 2048, 1536, 64, 4), (32, 2048, 1536, 64, 4), (700, 2048, 1536, 64, 4)]
+)
+CONFIGS = (
+    [MoeConfig(16, 16, 16, 1, 4, 1), MoeConfig(16, 32, 32, 2, 4, 1)]
+    if not ON_GPU
+    else [None, MoeConfig(16, 64, 128, 1, 4, 4), MoeConfig(64, 128, 64, 8, 4, 3)]
+)
+
+
+@pytest.mark.parametrize(("t", "hidden", "inter", "e", "k"), SHAPES)
+@pytest.mark.parametrize("cfg", CONFIGS)
+def test_fused_experts_matches_reference(
+    t: int, hidden: int, inter: int, e: int, k: int, cfg: MoeConfig | None, device: str,
+    dtype: torch.dtype,
+) -> None:  # fmt: skip
+    x = torch.randn((t, hidden), dtype=dtype, device=device)
+    w13 = torch.randn((e, 2 * inter, hidden), dtype=dtype, device=device) * hidden**-0.5
+    w2 = torch.randn((e, hidden, inter), dtype=dtype, device=device) * inter**-0.5
+    weights, ids = random_routing(t, e, k, device)
+    out = fused_experts(x, w13, w2, weights, ids, cfg)
+    ref = fused_experts_ref(x.double(), w13.double(), w2.double(), weights.double(), ids)
+    assert out.shape == (t, hidden) and out.dtype == dtype
+    assert rel_err(out, ref) < 2e-2
+
+
+def test_fused_experts_rejects_wrong_weight_dtype(device: str) -> None:
+    x = torch.randn((2, 32), dtype=torch.float16, device=device)
+    w13 = torch.randn((4, 32, 32), dtype=torch.float32, device=device)
+    w2 = torch.randn((4, 32, 16), dtype=torch.float16, device=device)
+    weights, ids = random_routing(2, 4, 2, device)
+    with pytest.raises(ValueError, match="dtype"):
+        fused_experts(x, w13, w2, weights, ids, default_config(2, 4, 2))

@@ -1,0 +1,143 @@
+"""A fake model runner and a small harness for CPU engine tests (no weights, no torch).
+
+The fake runner keeps a fake KV cache: one token id per cache row. Every step it checks that the
+rows a sequence attends to (positions [0, start_pos)) hold exactly that sequence's known tokens,
+writes the new tokens into their rows, and never lets a sequence write a page another sequence of
+the batch also holds. The "model" then reads the whole context back from the fake cache and returns
+a deterministic function of it, so a wrong page table changes the output.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from glm47.worker.batch import RunnerOutput, SampleOutput, ScheduledBatch, ScheduledSeq
+from glm47.worker.config import EngineConfig
+from glm47.worker.engine import Engine, Request, StepOutput
+
+EOS = 1
+
+
+def next_token(context: list[int]) -> int:
+    """The fake model: a token in [10, 1000) determined by the whole context."""
+    return 10 + sum((i + 1) * t for i, t in enumerate(context)) % 990
+
+
+class FakeRunner:
+    def __init__(
+        self, num_pages: int, page_size: int, script: dict[str, list[int]] | None = None
+    ) -> None:
+        self.num_pages = num_pages
+        self.page_size = page_size
+        self.kv: list[int | None] = [None] * (num_pages * page_size)  # token id per cache row
+        self.script = script or {}  # rid -> tokens to return, in order, instead of next_token
+        self.batches: list[ScheduledBatch] = []  # snapshots of every batch run
+
+    def run(self, batch: ScheduledBatch, sampler: Any) -> RunnerOutput:
+        self.batches.append(ScheduledBatch([self._snapshot(s) for s in batch.seqs]))
+        holders: dict[int, int] = {}
+        for seq in batch.seqs:
+            for p in seq.page_ids:
+                holders[p] = holders.get(p, 0) + 1
+        samples = []
+        for seq in batch.seqs:
+            self._write(seq, holders)
+            if seq.sample:
+                samples.append(self._sample(seq))
+        return RunnerOutput(samples)
+
+    @staticmethod
+    def _snapshot(seq: ScheduledSeq) -> ScheduledSeq:
+        return replace(
+            seq,
+            token_ids=list(seq.token_ids),
+            page_ids=list(seq.page_ids),
+            prompt_ids=list(seq.prompt_ids),
+            output_ids=list(seq.output_ids),
+        )
+
+    def _row(self, seq: ScheduledSeq, pos: int) -> int:
+        return seq.page_ids[pos // self.page_size] * self.page_size + pos % self.page_size
+
+    def _write(self, seq: ScheduledSeq, holders: dict[int, int]) -> None:
+        end = seq.start_pos + len(seq.token_ids)
+        assert len(seq.page_ids) * self.page_size >= end, "page table too short"
+        assert len(set(seq.page_ids)) == len(seq.page_ids), "a page twice in one page table"
+        assert 0 not in seq.page_ids, "padding page in a page table"
+        known = seq.prompt_ids + seq.output_ids
+        cached = [self.kv[self._row(seq, p)] for p in range(seq.start_pos)]
+        assert cached == known[: seq.start_pos], f"{seq.rid}: KV cache does not hold its prefix"
+        for i, tok in enumerate(seq.token_ids):
+            page = seq.page_ids[(seq.start_pos + i) // self.page_size]
+            assert holders[page] == 1, f"{seq.rid} writes page {page} shared in the batch"
+            self.kv[self._row(seq, seq.start_pos + i)] = tok
+
+    def _sample(self, seq: ScheduledSeq) -> SampleOutput:
+        end = seq.start_pos + len(seq.token_ids)
+        if seq.rid in self.script:
+            token = self.script[seq.rid][len(seq.output_ids)]
+        else:
+            context = [self.kv[self._row(seq, p)] for p in range(end)]
+            token = next_token([t for t in context if t is not None])
+        logprob = -0.25 if seq.sampling.logprobs >= 0 else None
+        top = [(token, -0.25), (token + 1, -2.0)] if seq.sampling.logprobs > 0 else None
+        return SampleOutput(seq.rid, token, logprob=logprob, top_logprobs=top)
+
+
+@dataclass
+class Harness:
+    engine: Engine
+    runner: FakeRunner
+    outputs: dict[str, list[StepOutput]] = field(default_factory=dict)
+
+    def add(self, rid: str, prompt: list[int], max_new_tokens: int = 4, **kw: Any) -> Request:
+        req = Request(rid=rid, prompt_ids=list(prompt), max_new_tokens=max_new_tokens, **kw)
+        self.engine.add_request(req)
+        return req
+
+    def step(self) -> list[StepOutput]:
+        outs = self.engine.step()
+        self.engine.check_accounting()
+        for out in outs:
+            self.outputs.setdefault(out.rid, []).append(out)
+        return outs
+
+    def run(self, max_steps: int = 2000) -> int:
+        """Step until idle; returns the number of steps."""
+        steps = 0
+        while self.engine.has_work():
+            self.step()
+            steps += 1
+            assert steps <= max_steps, "engine did not finish"
+        return steps
+
+    def tokens(self, rid: str) -> list[int]:
+        return [t for out in self.outputs.get(rid, []) for t in out.ids]
+
+    def finish(self, rid: str) -> str | None:
+        outs = self.outputs.get(rid, [])
+        return outs[-1].finish if outs else None
+
+    def last_batch(self) -> dict[str, ScheduledSeq]:
+        return {s.rid: s for s in self.runner.batches[-1].seqs}
+
+
+MakeHarness = Callable[..., Harness]
+
+
+def harness_factory() -> MakeHarness:
+    def make(
+        num_pages: int = 64,
+        page_size: int = 4,
+        script: dict[str, list[int]] | None = None,
+        eos: tuple[int, ...] = (EOS,),
+        **config: Any,
+    ) -> Harness:
+        config.setdefault("max_req_total_len", 4096)
+        cfg = EngineConfig(device="cpu", dtype="float32", page_size=page_size, **config)
+        runner = FakeRunner(num_pages, page_size, script)
+        return Harness(Engine(cfg, runner, sampler=None, eos_token_ids=list(eos)), runner)
+
+    return make

@@ -1,0 +1,199 @@
+"""The engine: requests in, one step at a time, per-request outputs out.
+
+One step = schedule (tokens under a budget) → runner.run (model + sampler) → apply samples (append,
+check stop) → free finished requests → outputs. The service calls `add_request`, `abort` and `step`
+from one thread; nothing here is thread-safe or blocking besides the runner.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from glm47.worker.batch import RunnerOutput, SampleOutput, ScheduledBatch
+from glm47.worker.config import EngineConfig
+from glm47.worker.engine.errors import InvalidRequestError, QueueFullError, TooLongError
+from glm47.worker.engine.page_pool import PagePool
+from glm47.worker.engine.prefix_cache import PrefixCache
+from glm47.worker.engine.request import FinishReason, Request, RequestState
+from glm47.worker.engine.scheduler import Scheduler
+
+
+class Runner(Protocol):
+    """What the engine needs of `worker.runner.ModelRunner`."""
+
+    @property
+    def num_pages(self) -> int: ...  # KV pages, padding page 0 included
+
+    @property
+    def page_size(self) -> int: ...
+
+    def run(self, batch: ScheduledBatch, sampler: Any) -> RunnerOutput: ...
+
+
+@dataclass
+class StepOutput:
+    """One request's news from one step: the fields of the wire `Output` (docs/wire.md)."""
+
+    rid: str
+    ids: list[int]  # new token ids (empty on an abort)
+    logprobs: list[float] | None = None  # one per id, when the request asked for logprobs >= 0
+    top_logprobs: list[list[tuple[int, float]]] | None = None  # per id, best first (logprobs > 0)
+    finish: str | None = None  # "stop" | "length" | "abort" on the last output
+    prompt_tokens: int | None = None  # on a request's first output
+    cached_tokens: int | None = None  # on a request's first output
+    spec_accepted: int | None = None  # draft tokens accepted this step (MTP)
+
+
+class Engine:
+    """Continuous batching over a paged KV cache with chunked prefill, prefix cache, preemption."""
+
+    def __init__(
+        self, config: EngineConfig, runner: Runner, sampler: Any, eos_token_ids: list[int]
+    ) -> None:
+        if config.max_req_total_len is None:
+            raise ValueError("EngineConfig.max_req_total_len unset: use config.with_model_limits()")
+        self.config = config
+        self.runner = runner
+        self.sampler = sampler
+        self.eos_token_ids = frozenset(eos_token_ids)
+        self.pool = PagePool(runner.num_pages, runner.page_size)
+        self.cache = PrefixCache(self.pool, enabled=config.enable_prefix_cache)
+        self.scheduler = Scheduler(config, self.pool, self.cache)
+        # Longest prompt + output served: the configured limit, capped so one request alone always
+        # fits the KV pool (then preempting everyone else always makes room for the oldest).
+        self.max_req_total_len = min(config.max_req_total_len, self.pool.capacity_tokens)
+        self._requests: dict[str, Request] = {}  # waiting and running, by rid
+        self._pending: list[StepOutput] = []  # abort outputs for the next step
+        self.spec_drafted = 0  # cumulative draft tokens proposed
+        self.spec_accepted = 0  # cumulative draft tokens accepted
+
+    # -- requests in --------------------------------------------------------------------------
+
+    def add_request(self, req: Request) -> None:
+        """Queue a request. Raises `InvalidRequestError`, `TooLongError` or `QueueFullError`
+        (their `.code` is the wire error code); a rejected request leaves no trace."""
+        self._validate(req)
+        if not req.eos_token_ids:
+            req.eos_token_ids = self.eos_token_ids
+        self._requests[req.rid] = req
+        self.scheduler.add(req)
+
+    def _validate(self, req: Request) -> None:
+        if req.rid in self._requests:
+            raise InvalidRequestError(req.rid, f"request id {req.rid!r} is already in use")
+        if not req.prompt_ids:
+            raise InvalidRequestError(req.rid, "input_ids must not be empty")
+        if req.max_new_tokens < 1 or req.min_new_tokens < 0:
+            raise InvalidRequestError(req.rid, "need max_new_tokens >= 1 and min_new_tokens >= 0")
+        if req.state is not RequestState.WAITING or req.output_ids:
+            raise InvalidRequestError(req.rid, "a request can be added only once")
+        if req.num_prompt_tokens >= self.max_req_total_len:
+            cap = self.config.max_req_total_len
+            why = (
+                f"max_req_total_len {cap}"
+                if cap == self.max_req_total_len
+                else (f"the KV cache capacity of {self.max_req_total_len} tokens")
+            )
+            raise TooLongError(
+                req.rid,
+                f"prompt of {req.num_prompt_tokens} tokens leaves no room for output under {why}",
+            )
+        if len(self.scheduler.waiting) >= self.config.max_waiting_requests:
+            raise QueueFullError(
+                req.rid, f"waiting queue full ({self.config.max_waiting_requests} requests)"
+            )
+
+    def abort(self, rid: str) -> None:
+        """Stop a request now and free its pages; the next step reports finish "abort". Unknown
+        or already finished ids are ignored."""
+        req = self._requests.pop(rid, None)
+        if req is None:
+            return
+        self.scheduler.finish([req])
+        req.finish_reason = FinishReason.ABORT
+        out = StepOutput(rid=rid, ids=[], finish=FinishReason.ABORT.value)
+        self._pending.append(self._first_output_fields(req, out))
+
+    # -- the step -----------------------------------------------------------------------------
+
+    def step(self) -> list[StepOutput]:
+        """Run one engine step; returns every request's news (possibly none)."""
+        outputs, self._pending = self._pending, []
+        batch = self.scheduler.schedule()
+        if batch.seqs:
+            result = self.runner.run(batch, self.sampler)
+            finished = self._apply_samples(result.samples, outputs)
+            self.scheduler.finish(finished)
+        if not self.has_work():
+            self.check_accounting()
+        return outputs
+
+    def _apply_samples(
+        self, samples: list[SampleOutput], outputs: list[StepOutput]
+    ) -> list[Request]:
+        """Append each sampled token, decide finishes; returns the finished requests."""
+        finished = []
+        for sample in samples:
+            req = self._requests[sample.rid]
+            req.append_output(sample.token_id)
+            reason = req.check_finish(self.max_req_total_len)
+            out = StepOutput(rid=req.rid, ids=[sample.token_id])
+            if req.sampling.logprobs >= 0 and sample.logprob is not None:
+                out.logprobs = [sample.logprob]
+                if req.sampling.logprobs > 0 and sample.top_logprobs is not None:
+                    out.top_logprobs = [sample.top_logprobs]
+            if reason is not None:
+                req.finish_reason = reason
+                out.finish = reason.value
+                finished.append(req)
+                del self._requests[req.rid]
+            outputs.append(self._first_output_fields(req, out))
+        return finished
+
+    @staticmethod
+    def _first_output_fields(req: Request, out: StepOutput) -> StepOutput:
+        if not req.first_output_sent:
+            req.first_output_sent = True
+            out.prompt_tokens = req.num_prompt_tokens
+            out.cached_tokens = req.num_cached_tokens or 0
+        return out
+
+    # -- observation --------------------------------------------------------------------------
+
+    def has_work(self) -> bool:
+        """True while requests are queued or running, or outputs are pending."""
+        return bool(self._requests or self._pending)
+
+    @property
+    def kv_capacity_tokens(self) -> int:
+        return self.pool.capacity_tokens
+
+    def stats(self) -> dict[str, int]:
+        """The wire `Stats` map."""
+        return {
+            "waiting": len(self.scheduler.waiting),
+            "running": len(self.scheduler.running),
+            "kv_pages_used": self.pool.num_in_use,
+            "kv_pages_cached": self.pool.num_cached_only,
+            "kv_pages_total": self.pool.total,
+            "prefix_hit_tokens": self.cache.hit_tokens,
+            "prompt_tokens": self.scheduler.prompt_tokens,
+            "spec_drafted": self.spec_drafted,
+            "spec_accepted": self.spec_accepted,
+        }
+
+    def check_accounting(self) -> None:
+        """Assert that page tables, reference counts, the prefix tree and the free list agree."""
+        self.pool.check()
+        self.cache.check()
+        held: dict[int, int] = {}
+        for req in self.scheduler.running:
+            for p in req.page_ids:
+                held[p] = held.get(p, 0) + 1
+        for p in range(1, self.pool.num_pages):
+            assert held.get(p, 0) == self.pool.ref(p), (
+                f"page {p}: {held.get(p, 0)} page tables hold it, reference count {self.pool.ref(p)}"
+            )
+        for req in self.scheduler.waiting:
+            assert not req.page_ids, f"waiting request {req.rid} holds pages"

@@ -1,0 +1,117 @@
+"""One request's state inside the engine.
+
+Terms, used the same way in every engine file:
+- known tokens: `all_token_ids` = prompt + generated output, in order.
+- wanted tokens: known tokens + `draft_token_ids` (speculative tokens proposed for verification);
+  `num_tokens_wanted` is their count. With no speculation, wanted == known.
+- computed tokens: the first `num_computed_tokens` wanted tokens, whose latents are in the KV cache
+  in the pages `page_ids` (page i holds positions [i * page_size, (i + 1) * page_size)).
+
+Invariants while RUNNING: 0 <= num_computed_tokens < num_tokens_wanted (there is always something
+to compute: the rest of the prompt, or the last sampled token) and
+len(page_ids) * page_size >= num_computed_tokens. WAITING and PREEMPTED requests hold no pages and
+have num_computed_tokens == 0. A FINISHED request holds no pages.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+from glm47.worker.batch import SamplingParams
+
+
+class RequestState(enum.Enum):
+    WAITING = "waiting"  # queued, never admitted
+    RUNNING = "running"  # in the running batch, holds pages
+    PREEMPTED = "preempted"  # was running, pages given back; queued again at the front
+    FINISHED = "finished"  # done; holds nothing
+
+
+class FinishReason(enum.StrEnum):
+    """The wire `finish` values."""
+
+    STOP = "stop"  # an eos id (unless ignore_eos) or a stop id, at or after min_new_tokens
+    LENGTH = "length"  # max_new_tokens generated, or max_req_total_len reached
+    ABORT = "abort"  # aborted by the router
+
+
+@dataclass(eq=False)
+class Request:
+    """A request as the engine tracks it. Built by the service from a wire `submit` entry."""
+
+    rid: str
+    prompt_ids: list[int]  # [P] prompt token ids, P >= 1
+    max_new_tokens: int  # >= 1
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    min_new_tokens: int = 0  # eos and stop ids do not finish the request before this many tokens
+    stop_token_ids: frozenset[int] = frozenset()  # extra ids that finish with reason "stop"
+    ignore_eos: bool = False  # do not finish on eos_token_ids
+    eos_token_ids: frozenset[int] = frozenset()  # empty: Engine.add_request fills the model's ids
+    mtp: bool = True  # speculative drafting allowed for this request
+
+    # Engine-owned state below; never set by the caller.
+    state: RequestState = field(default=RequestState.WAITING, init=False)
+    output_ids: list[int] = field(default_factory=list, init=False)  # [O] generated tokens
+    all_token_ids: list[int] = field(default_factory=list, init=False)  # [P + O] prompt + output
+    draft_token_ids: list[int] = field(default_factory=list, init=False)  # [D] drafts to verify
+    num_computed_tokens: int = field(default=0, init=False)  # wanted tokens already in the KV cache
+    page_ids: list[int] = field(default_factory=list, init=False)  # page table, see module doc
+    # Prompt tokens served from the prefix cache at first admission; None until admitted once.
+    num_cached_tokens: int | None = field(default=None, init=False)
+    finish_reason: FinishReason | None = field(default=None, init=False)
+    first_output_sent: bool = field(default=False, init=False)  # prompt_tokens already reported
+    num_preemptions: int = field(default=0, init=False)
+
+    def __post_init__(self) -> None:
+        self.all_token_ids = list(self.prompt_ids)
+
+    @property
+    def num_prompt_tokens(self) -> int:
+        return len(self.prompt_ids)
+
+    @property
+    def num_output_tokens(self) -> int:
+        return len(self.output_ids)
+
+    @property
+    def num_tokens(self) -> int:
+        """Known tokens: prompt + output."""
+        return len(self.all_token_ids)
+
+    @property
+    def num_tokens_wanted(self) -> int:
+        """Known tokens + draft tokens: what the KV cache should hold before the next sample."""
+        return len(self.all_token_ids) + len(self.draft_token_ids)
+
+    @property
+    def num_tokens_to_compute(self) -> int:
+        return self.num_tokens_wanted - self.num_computed_tokens
+
+    @property
+    def is_finished(self) -> bool:
+        return self.state is RequestState.FINISHED
+
+    def wanted_tokens(self, start: int, end: int) -> list[int]:
+        """Wanted tokens [start, end): known tokens, then drafts."""
+        known = len(self.all_token_ids)
+        if end <= known:
+            return self.all_token_ids[start:end]
+        drafts = self.draft_token_ids[max(0, start - known) : end - known]
+        return self.all_token_ids[start:known] + drafts
+
+    def append_output(self, token_id: int) -> None:
+        self.output_ids.append(token_id)
+        self.all_token_ids.append(token_id)
+
+    def check_finish(self, max_total_len: int) -> FinishReason | None:
+        """The finish reason after the last appended token, if any. A stop beats a length limit."""
+        if not self.output_ids:
+            return None
+        if self.num_output_tokens >= self.min_new_tokens:
+            last = self.output_ids[-1]
+            if last in self.stop_token_ids or (not self.ignore_eos and last in self.eos_token_ids):
+                return FinishReason.STOP
+        if self.num_output_tokens >= self.max_new_tokens or self.num_tokens >= max_total_len:
+            return FinishReason.LENGTH
+        return None

@@ -1,0 +1,176 @@
+"""The token-budget scheduler: which tokens of which requests the next step computes.
+
+There are no prefill and decode phases, only tokens: each request has computed tokens and wanted
+tokens (see request.py), and a step hands out at most `max_num_batched_tokens` of the difference.
+Order of service:
+1. running requests that are decoding (one token each; with speculation, 1 + drafts);
+2. running requests part-way through their prompt (chunked prefill continues);
+3. waiting requests, oldest first: a prefix-cache match, then pages for their first chunk.
+A request gets min(tokens it still wants, budget left, chunked_prefill_size) tokens per step.
+
+When a running request needs a page and none is free (after evicting unreferenced cache pages),
+the newest running request is preempted: its full pages are offered to the prefix cache, its
+references dropped, and it goes back to the front of the waiting queue to be recomputed from
+prompt + output so far. No waiting request is admitted in a step that preempted.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from glm47.worker.batch import ScheduledBatch, ScheduledSeq
+from glm47.worker.config import EngineConfig
+from glm47.worker.engine.page_pool import PagePool
+from glm47.worker.engine.prefix_cache import PrefixCache
+from glm47.worker.engine.request import Request, RequestState
+
+
+@dataclass
+class _Plan:
+    """The step being planned: tokens per request (in batch order) and the budget left."""
+
+    budget: int
+    chunks: dict[Request, int] = field(default_factory=dict)
+    preempted: bool = False
+
+
+class Scheduler:
+    """Waiting and running queues; delegates pages to `PagePool` and prefixes to `PrefixCache`."""
+
+    def __init__(self, config: EngineConfig, pool: PagePool, cache: PrefixCache) -> None:
+        self.config = config
+        self.pool = pool
+        self.cache = cache
+        self.waiting: deque[Request] = deque()  # FIFO; preempted requests re-enter at the front
+        self.running: list[Request] = []  # admission order: oldest first, newest last
+        self.prompt_tokens = 0  # cumulative prompt tokens admitted (first admission only)
+        self.num_preemptions = 0  # cumulative
+
+    def add(self, req: Request) -> None:
+        req.state = RequestState.WAITING
+        self.waiting.append(req)
+
+    # -- planning -----------------------------------------------------------------------------
+
+    def schedule(self) -> ScheduledBatch:
+        """Plan one step and advance every scheduled request's `num_computed_tokens`."""
+        plan = _Plan(budget=self.config.token_budget)
+        for decoding in (True, False):
+            for req in list(self.running):
+                if plan.budget == 0:
+                    break
+                if req.state is RequestState.RUNNING and self._is_decoding(req) == decoding:
+                    self._schedule_running(req, plan)
+        if not plan.preempted:
+            self._admit_waiting(plan)
+        return self._build(plan)
+
+    @staticmethod
+    def _is_decoding(req: Request) -> bool:
+        """Only the last known token (and drafts) remain to compute."""
+        return req.num_computed_tokens >= req.num_tokens - 1
+
+    def _chunk(self, req: Request, plan: _Plan) -> int:
+        return min(req.num_tokens_to_compute, plan.budget, self.config.chunked_prefill_size)
+
+    def _schedule_running(self, req: Request, plan: _Plan) -> None:
+        n = self._chunk(req, plan)
+        need = self.pool.pages_for(req.num_computed_tokens + n) - len(req.page_ids)
+        while not self._make_room(need):
+            victim = self.running[-1]
+            plan.preempted = True
+            plan.budget += plan.chunks.pop(victim, 0)
+            self.preempt(victim)
+            if victim is req:
+                return
+        req.page_ids += self.pool.allocate(need)
+        plan.chunks[req] = n
+        plan.budget -= n
+
+    def _admit_waiting(self, plan: _Plan) -> None:
+        while self.waiting and plan.budget > 0:
+            if len(self.running) >= self.config.max_running_requests:
+                return
+            req = self.waiting[0]
+            num_cached, shared = self.cache.match(req.all_token_ids)
+            self.pool.retain(shared)  # protects the matched pages from the eviction below
+            n = min(
+                req.num_tokens_wanted - num_cached, plan.budget, self.config.chunked_prefill_size
+            )
+            need = self.pool.pages_for(num_cached + n) - len(shared)
+            if not self._make_room(need):
+                self.pool.release(shared)
+                return
+            self.waiting.popleft()
+            req.page_ids = shared + self.pool.allocate(need)
+            req.num_computed_tokens = num_cached
+            if req.num_cached_tokens is None:
+                req.num_cached_tokens = num_cached
+                self.prompt_tokens += req.num_prompt_tokens
+                self.cache.record_lookup(req.num_prompt_tokens, num_cached)
+            req.state = RequestState.RUNNING
+            self.running.append(req)
+            plan.chunks[req] = n
+            plan.budget -= n
+
+    def _make_room(self, num_pages: int) -> bool:
+        """True when `num_pages` pages are free, evicting unreferenced cache pages if needed."""
+        short = num_pages - self.pool.num_free
+        if short > 0:
+            self.cache.evict(short)
+        return self.pool.num_free >= num_pages
+
+    def _build(self, plan: _Plan) -> ScheduledBatch:
+        seqs = []
+        for req, n in plan.chunks.items():
+            start = req.num_computed_tokens
+            seqs.append(
+                ScheduledSeq(
+                    rid=req.rid,
+                    token_ids=req.wanted_tokens(start, start + n),
+                    start_pos=start,
+                    page_ids=list(req.page_ids),
+                    sample=start + n >= req.num_tokens,
+                    sampling=req.sampling,
+                    prompt_ids=req.prompt_ids,  # read-only views, valid until the step's samples
+                    output_ids=req.output_ids,  # are applied
+                )
+            )
+            req.num_computed_tokens = start + n
+        return ScheduledBatch(seqs=seqs)
+
+    # -- leaving the running batch ------------------------------------------------------------
+
+    def preempt(self, req: Request) -> None:
+        """Give back a running request's pages; it will be recomputed from its known tokens."""
+        self.running.remove(req)
+        self._release_pages(req)
+        req.draft_token_ids.clear()
+        req.num_computed_tokens = 0
+        req.num_preemptions += 1
+        req.state = RequestState.PREEMPTED
+        self.waiting.appendleft(req)
+        self.num_preemptions += 1
+
+    def finish(self, reqs: list[Request]) -> None:
+        """Take finished or aborted requests out of the queues; their full pages are offered to
+        the prefix cache and every other page is freed at once."""
+        if not reqs:
+            return
+        gone = set(reqs)
+        for req in reqs:
+            if req.state is RequestState.RUNNING:
+                self._release_pages(req)
+            req.state = RequestState.FINISHED
+        self.running = [r for r in self.running if r not in gone]
+        if any(r in gone for r in self.waiting):
+            self.waiting = deque(r for r in self.waiting if r not in gone)
+
+    def _release_pages(self, req: Request) -> None:
+        full = min(req.num_computed_tokens, req.num_tokens) // self.pool.page_size
+        if full:
+            self.cache.insert(req.all_token_ids[: full * self.pool.page_size], req.page_ids[:full])
+        self.pool.release(req.page_ids)
+        req.page_ids = []
+        req.num_computed_tokens = 0

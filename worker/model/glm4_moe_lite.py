@@ -1,0 +1,98 @@
+"""glm4_moe_lite (GLM-4.7-Flash): embed → decoder layers (MLA + dense MLP or MoE) → norm → lm_head.
+
+Architecture only. Parameters are created empty on the current default device and dtype (see
+`loader.build_model`) and filled by the loader.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from glm47.worker.model.config import ModelConfig
+from glm47.worker.model.context import ForwardContext
+from glm47.worker.model.layers.embedding import LMHead, VocabEmbedding
+from glm47.worker.model.layers.experts import ExpertsBackend
+from glm47.worker.model.layers.mla import MLAAttention
+from glm47.worker.model.layers.mlp import DenseMLP
+from glm47.worker.model.layers.moe import MoE
+from glm47.worker.model.layers.norm import RMSNorm
+from glm47.worker.model.layers.rope import InterleavedRope
+from glm47.worker.model.mtp import MTPLayer
+
+
+class DecoderLayer(nn.Module):
+    """`h += attn(input_layernorm(h)); h += mlp(post_attention_layernorm(h))`, with the residual
+    adds fused into the norms: the layer takes and returns (hidden, residual)."""
+
+    def __init__(
+        self, cfg: ModelConfig, layer: int, rope: InterleavedRope, experts: ExpertsBackend
+    ) -> None:
+        super().__init__()
+        self.self_attn = MLAAttention(cfg, layer, rope)
+        self.mlp: nn.Module
+        if cfg.is_moe_layer(layer):
+            self.mlp = MoE(cfg, experts)
+        else:
+            self.mlp = DenseMLP(cfg.hidden_size, cfg.intermediate_size)
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+    def forward(
+        self,
+        positions: torch.Tensor,  # [T]
+        hidden: torch.Tensor,  # [T, H]: output of the previous layer's MLP (or the embedding)
+        residual: torch.Tensor | None,  # [T, H]: the residual stream before that output
+        ctx: ForwardContext,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if residual is None:
+            residual = hidden
+            hidden = self.input_layernorm(hidden)
+        else:
+            hidden, residual = self.input_layernorm(hidden, residual)
+        hidden = self.self_attn(positions, hidden, ctx)
+        hidden, residual = self.post_attention_layernorm(hidden, residual)
+        return self.mlp(hidden), residual
+
+
+class Glm4MoeLiteForCausalLM(nn.Module):
+    def __init__(self, cfg: ModelConfig, experts: ExpertsBackend, *, with_mtp: bool) -> None:
+        super().__init__()
+        self.cfg = cfg
+        dtype = torch.get_default_dtype()
+        rope = InterleavedRope(
+            cfg.qk_rope_head_dim, cfg.max_position_embeddings, cfg.rope_theta, dtype
+        )
+        self.rope = rope
+        self.embed_tokens = VocabEmbedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(
+            DecoderLayer(cfg, i, rope, experts) for i in range(cfg.num_hidden_layers)
+        )
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.lm_head = LMHead(cfg.vocab_size, cfg.hidden_size)
+        self.mtp: MTPLayer | None = None
+        if with_mtp:
+            mtp_layer = DecoderLayer(cfg, cfg.mtp_layer_index, rope, experts)
+            self.mtp = MTPLayer(cfg, mtp_layer, self.embed_tokens, self.lm_head)
+
+    @property
+    def num_cache_layers(self) -> int:
+        """KV cache layers: one per decoder layer, plus the MTP layer's when present."""
+        return self.cfg.num_hidden_layers + (1 if self.mtp is not None else 0)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,  # [T] int64
+        positions: torch.Tensor,  # [T] int64
+        ctx: ForwardContext,
+    ) -> torch.Tensor:  # [T, H]: final hidden states after model.norm
+        hidden = self.embed_tokens(input_ids)
+        residual: torch.Tensor | None = None
+        for layer in self.layers:
+            hidden, residual = layer(positions, hidden, residual, ctx)
+        assert residual is not None
+        hidden, _ = self.norm(hidden, residual)
+        return hidden
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:  # [N, H] -> [N, V] fp32
+        return self.lm_head(hidden)

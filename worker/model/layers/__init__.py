@@ -1,0 +1,1 @@
+"""Building blocks of the model: linear, norm, rope, MLA attention, dense MLP, MoE, embedding."""

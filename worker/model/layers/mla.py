@@ -1,0 +1,71 @@
+"""Multi-head latent attention: projections and rope here, the attention itself in a backend."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from glm47.worker.attention.base import MLAWeights
+from glm47.worker.model.config import ModelConfig
+from glm47.worker.model.context import ForwardContext
+from glm47.worker.model.layers.linear import Linear
+from glm47.worker.model.layers.norm import RMSNorm
+from glm47.worker.model.layers.rope import InterleavedRope
+
+
+class MLAAttention(nn.Module):
+    """q = q_b(norm(q_a(x))); [c | k_rope] = kv_a(x), c normalised; rope on q_rope and k_rope;
+    the backend caches [c | k_rope] in KV cache layer `cache_layer` and attends; then o_proj.
+
+    `mla_weights` are views of `kv_b_proj.weight`, so the weight must be filled in place (the
+    loader copies into it) and the module must be built on its final device.
+    """
+
+    def __init__(self, cfg: ModelConfig, cache_layer: int, rope: InterleavedRope) -> None:
+        super().__init__()
+        self.cache_layer = cache_layer
+        self.num_heads = cfg.num_attention_heads
+        self.nope_dim = cfg.qk_nope_head_dim
+        self.rope_dim = cfg.qk_rope_head_dim
+        self.v_dim = cfg.v_head_dim
+        self.kv_lora_rank = cfg.kv_lora_rank
+        self.scale = cfg.softmax_scale
+        self.rope = rope
+        heads = cfg.num_attention_heads
+        self.q_a_proj = Linear(cfg.hidden_size, cfg.q_lora_rank)
+        self.q_a_layernorm = RMSNorm(cfg.q_lora_rank, cfg.latent_norm_eps)
+        self.q_b_proj = Linear(cfg.q_lora_rank, heads * cfg.qk_head_dim)
+        self.kv_a_proj_with_mqa = Linear(cfg.hidden_size, cfg.kv_cache_dim)
+        self.kv_a_layernorm = RMSNorm(cfg.kv_lora_rank, cfg.latent_norm_eps)
+        self.kv_b_proj = Linear(cfg.kv_lora_rank, heads * (cfg.qk_nope_head_dim + cfg.v_head_dim))
+        self.o_proj = Linear(heads * cfg.v_head_dim, cfg.hidden_size)
+        kv_b = self.kv_b_proj.weight.detach().view(heads, self.nope_dim + self.v_dim, -1)
+        self.mla_weights = MLAWeights(
+            w_uk=kv_b[:, : self.nope_dim],  # [heads, nope_dim, kv_lora_rank]
+            w_uv=kv_b[:, self.nope_dim :],  # [heads, v_dim, kv_lora_rank]
+        )
+
+    def forward(
+        self,
+        positions: torch.Tensor,  # [T] int64
+        x: torch.Tensor,  # [T, H]
+        ctx: ForwardContext,
+    ) -> torch.Tensor:  # [T, H]
+        num_tokens = x.shape[0]
+        q = self.q_b_proj(self.q_a_layernorm(self.q_a_proj(x)))
+        q = q.view(num_tokens, self.num_heads, self.nope_dim + self.rope_dim)
+        q_nope, q_rope = q.split([self.nope_dim, self.rope_dim], dim=-1)
+        latent, k_rope = self.kv_a_proj_with_mqa(x).split([self.kv_lora_rank, self.rope_dim], -1)
+        latent = self.kv_a_layernorm(latent)  # [T, kv_lora_rank]
+        q_rope, k_rope = self.rope(positions, q_rope, k_rope)
+        out = ctx.backend.forward(
+            q_nope,
+            q_rope,
+            latent,
+            k_rope,
+            ctx.kv_cache[self.cache_layer],
+            self.mla_weights,
+            ctx.meta,
+            self.scale,
+        )  # [T, heads, v_dim]
+        return self.o_proj(out.reshape(num_tokens, self.num_heads * self.v_dim))

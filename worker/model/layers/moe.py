@@ -1,0 +1,82 @@
+"""The MoE layer: sigmoid router with a selection-only correction bias, group-limited top-k,
+renormalisation and scaling, routed experts (through an experts backend) plus the shared expert.
+
+Every routing knob lives here; `select_experts` is the only routing code, reused by every experts
+backend.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from glm47.worker.model.config import ModelConfig
+from glm47.worker.model.layers.experts import ExpertsBackend
+from glm47.worker.model.layers.mlp import DenseMLP
+
+
+def select_experts(
+    x: torch.Tensor,  # [T, H]
+    gate_weight: torch.Tensor,  # [E, H]
+    correction_bias: torch.Tensor,  # [E] fp32, used to choose experts, not to weight them
+    *,
+    top_k: int,
+    n_group: int,
+    topk_group: int,
+    norm_topk_prob: bool,
+    routed_scaling_factor: float,
+) -> tuple[torch.Tensor, torch.Tensor]:  # topk_ids [T, k] int32, topk_weights [T, k] fp32
+    """DeepSeek-V3 `noaux_tc` routing with sigmoid scores."""
+    scores = torch.sigmoid(F.linear(x.float(), gate_weight.float()))  # [T, E]
+    choice = scores + correction_bias  # [T, E]
+    if n_group > 1:
+        num_experts = choice.shape[-1]
+        grouped = choice.view(-1, n_group, num_experts // n_group)  # [T, G, E/G]
+        group_scores = grouped.topk(min(2, grouped.shape[-1]), dim=-1)[0].sum(dim=-1)  # [T, G]
+        kept = torch.topk(group_scores, k=topk_group, dim=-1, sorted=False)[1]  # [T, topk_group]
+        group_mask = torch.zeros_like(group_scores, dtype=torch.bool).scatter_(1, kept, True)
+        expert_mask = group_mask.unsqueeze(-1).expand_as(grouped).reshape(-1, num_experts)
+        choice = choice.masked_fill(~expert_mask, float("-inf"))
+    topk_ids = torch.topk(choice, k=top_k, dim=-1, sorted=False)[1]  # [T, k]
+    topk_weights = scores.gather(1, topk_ids)  # [T, k] fp32
+    if norm_topk_prob:
+        topk_weights = topk_weights / (topk_weights.sum(dim=-1, keepdim=True) + 1e-20)
+    topk_weights = topk_weights * routed_scaling_factor
+    return topk_ids.to(torch.int32), topk_weights
+
+
+class MoE(nn.Module):
+    """`y = sum_k w_k * expert_k(x) + shared_experts(x)`."""
+
+    def __init__(self, cfg: ModelConfig, experts: ExpertsBackend) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.experts = experts
+        num_e, hidden, inter = cfg.n_routed_experts, cfg.hidden_size, cfg.moe_intermediate_size
+        self.gate_weight = nn.Parameter(torch.empty(num_e, hidden), requires_grad=False)
+        self.e_score_correction_bias = nn.Parameter(
+            torch.empty(num_e, dtype=torch.float32), requires_grad=False
+        )
+        self.w13 = nn.Parameter(torch.empty(num_e, 2 * inter, hidden), requires_grad=False)
+        self.w2 = nn.Parameter(torch.empty(num_e, hidden, inter), requires_grad=False)
+        self.shared_experts = DenseMLP(hidden, inter * cfg.n_shared_experts)
+
+    def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """topk_ids [T, k] int32 and topk_weights [T, k] fp32 for this layer's router."""
+        cfg = self.cfg
+        return select_experts(
+            x,
+            self.gate_weight,
+            self.e_score_correction_bias,
+            top_k=cfg.num_experts_per_tok,
+            n_group=cfg.n_group,
+            topk_group=cfg.topk_group,
+            norm_topk_prob=cfg.norm_topk_prob,
+            routed_scaling_factor=cfg.routed_scaling_factor,
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [T, H] -> [T, H]
+        topk_ids, topk_weights = self.route(x)
+        routed = self.experts.forward(x, self.w13, self.w2, topk_ids, topk_weights)  # [T, H]
+        return routed + self.shared_experts(x)

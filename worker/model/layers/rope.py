@@ -1,0 +1,46 @@
+"""Interleaved rotary embedding (GPT-J style pairs) with a cos/sin cache in the activation dtype.
+
+Pairs (x0, x1), (x2, x3), … are rotated by one frequency each. The output is laid out as
+[rotated evens | rotated odds], as transformers returns it: queries and keys get the same
+permutation, so their dot products equal those of the interleaved layout. The k_rope values
+cached by attention backends are in this layout.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class InterleavedRope(nn.Module):
+    def __init__(self, rope_dim: int, max_positions: int, theta: float, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.rope_dim = rope_dim
+        # Computed on the CPU in fp32 exactly as the reference does, then cast and moved.
+        exponents = torch.arange(0, rope_dim, 2, dtype=torch.float, device="cpu") / rope_dim
+        inv_freq = 1.0 / (theta**exponents)  # [rope_dim / 2]
+        positions = torch.arange(max_positions, dtype=torch.float, device="cpu")
+        freqs = torch.outer(positions, inv_freq)  # [max_positions, rope_dim / 2]
+        device = torch.get_default_device()
+        self.cos_cache: torch.Tensor
+        self.sin_cache: torch.Tensor
+        self.register_buffer("cos_cache", freqs.cos().to(dtype).to(device), persistent=False)
+        self.register_buffer("sin_cache", freqs.sin().to(dtype).to(device), persistent=False)
+
+    def forward(
+        self,
+        positions: torch.Tensor,  # [T] int64
+        q: torch.Tensor,  # [T, heads, rope_dim]
+        k: torch.Tensor,  # [T, rope_dim]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        cos = self.cos_cache[positions]  # [T, rope_dim / 2]
+        sin = self.sin_cache[positions]
+        q_out = _rotate(q, cos.unsqueeze(1), sin.unsqueeze(1))
+        k_out = _rotate(k, cos, sin)
+        return q_out, k_out
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    x1 = x[..., 0::2]
+    x2 = x[..., 1::2]
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)

@@ -1,0 +1,236 @@
+"""The model runner: turns a `ScheduledBatch` into tensors, runs the model over the paged KV cache,
+and samples the sequences that ask for it.
+
+The KV cache is one tensor [num_cache_layers, num_pages * page_size, kv_lora_rank + rope_dim]
+(num_cache_layers = num_hidden_layers, + 1 with the MTP layer). Page 0 is the padding page.
+Step inputs are staged into device buffers that persist across steps (`StaticBuffers`), the shape
+CUDA-graph capture of decode steps builds on.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import torch
+
+import glm47.worker.attention.torch_backend  # noqa: F401  (registers "torch")
+from glm47.worker.attention.base import AttentionBackend, AttentionMetadata, create_backend
+from glm47.worker.batch import RunnerOutput, SampleOutput, ScheduledBatch, ScheduledSeq
+from glm47.worker.model.config import ModelConfig
+from glm47.worker.model.context import ForwardContext
+from glm47.worker.model.loader import load_model
+
+log = logging.getLogger(__name__)
+
+
+class Sampler(Protocol):
+    def sample(self, logits: torch.Tensor, seqs: list[ScheduledSeq]) -> list[SampleOutput]:
+        """logits [N, V] fp32, one row per entry of `seqs` (the sequences with sample=True)."""
+        ...
+
+
+@dataclass
+class StepInputs:
+    """Device tensors of one step."""
+
+    input_ids: torch.Tensor  # [T] int64
+    meta: AttentionMetadata
+    sample_rows: torch.Tensor  # [N] int64: row in [0, T) of the last token of each sampled seq
+    sample_seqs: list[ScheduledSeq]  # the N sequences with sample=True, in batch order
+
+
+def resolve_attention_backend(name: str, device: torch.device) -> str:
+    """`auto` → the best backend for the device; other names pass through."""
+    if name != "auto":
+        return name
+    return "torch"
+
+
+def resolve_experts_backend(name: str, device: torch.device) -> str:
+    if name != "auto":
+        return name
+    return "torch"
+
+
+class StaticBuffers:
+    """Named device buffers reused every step; a step's tensors are leading slices of them."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self._buffers: dict[str, torch.Tensor] = {}
+
+    def stage(self, name: str, host: torch.Tensor) -> torch.Tensor:
+        """Copy `host` into buffer `name` (grown when too small) and return the filled view."""
+        buf = self._buffers.get(name)
+        if buf is None or buf.numel() < host.numel() or buf.dtype != host.dtype:
+            size = max(host.numel(), 2 * (buf.numel() if buf is not None else 0), 1)
+            buf = torch.zeros(size, dtype=host.dtype, device=self.device)
+            self._buffers[name] = buf
+        view = buf[: host.numel()].view(host.shape)
+        view.copy_(host, non_blocking=True)
+        return view
+
+
+class ModelRunner:
+    def __init__(
+        self,
+        model_config: ModelConfig,
+        model_dir: str | Path | None,
+        *,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.bfloat16,
+        page_size: int = 16,
+        num_pages: int | None = None,
+        kv_tokens: int | None = None,
+        mem_fraction: float = 0.9,
+        prefill_backend: str = "auto",
+        decode_backend: str = "auto",
+        moe_backend: str = "auto",
+        load_format: str = "safetensors",
+        seed: int = 0,
+    ) -> None:
+        if page_size < 1 or page_size & (page_size - 1):
+            raise ValueError(f"page_size must be a power of two, got {page_size}")
+        self.cfg = model_config
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.page_size = page_size
+        moe = resolve_experts_backend(moe_backend, self.device)
+        self.model = load_model(
+            model_config,
+            model_dir,
+            device=self.device,
+            dtype=dtype,
+            load_format=load_format,
+            experts_backend=moe,
+            seed=seed,
+        )
+        self.num_pages = self._pool_pages(num_pages, kv_tokens, mem_fraction)
+        self.kv_cache = torch.zeros(
+            self.model.num_cache_layers,
+            self.num_pages * page_size,
+            model_config.kv_cache_dim,
+            dtype=dtype,
+            device=self.device,
+        )  # [num_cache_layers, num_slots, kv_lora_rank + rope_dim]
+        prefill = resolve_attention_backend(prefill_backend, self.device)
+        decode = resolve_attention_backend(decode_backend, self.device)
+        self.prefill_backend: AttentionBackend = create_backend(prefill)
+        self.decode_backend: AttentionBackend = create_backend(decode)
+        self.buffers = StaticBuffers(self.device)
+        log.info(
+            "runner: device=%s dtype=%s attention prefill=%s decode=%s experts=%s mtp=%s "
+            "kv pages=%d x %d tokens (%.2f GiB)",
+            self.device,
+            dtype,
+            prefill,
+            decode,
+            moe,
+            self.model.mtp is not None,
+            self.num_pages,
+            page_size,
+            self.kv_cache.numel() * self.kv_cache.element_size() / 2**30,
+        )
+
+    @property
+    def bytes_per_page(self) -> int:
+        per_token = self.model.num_cache_layers * self.cfg.kv_cache_dim
+        return per_token * self.page_size * torch.empty((), dtype=self.dtype).element_size()
+
+    def _pool_pages(self, num_pages: int | None, kv_tokens: int | None, mem_fraction: float) -> int:
+        """Pages in the pool, page 0 (padding) included."""
+        if num_pages is None and kv_tokens is not None:
+            num_pages = math.ceil(kv_tokens / self.page_size) + 1
+        if num_pages is None:
+            if self.device.type != "cuda":
+                raise ValueError("on the CPU give num_pages or kv_tokens")
+            torch.cuda.empty_cache()
+            free, total = torch.cuda.mem_get_info(self.device)
+            budget = free - (1.0 - mem_fraction) * total
+            num_pages = int(budget // self.bytes_per_page)
+            log.info("free GPU memory %.2f GiB of %.2f GiB", free / 2**30, total / 2**30)
+        if num_pages < 2:
+            raise ValueError(f"the KV pool needs at least 2 pages, got {num_pages}")
+        return num_pages
+
+    def prepare(self, batch: ScheduledBatch) -> StepInputs:
+        """Host-side layout of the batch, staged into the static device buffers."""
+        if not batch.seqs:
+            raise ValueError("empty batch")
+        ps = self.page_size
+        ids: list[int] = []
+        positions: list[int] = []
+        seq_of_token: list[int] = []
+        starts = [0]
+        seq_lens: list[int] = []
+        pages_needed: list[int] = []
+        sample_rows: list[int] = []
+        for i, seq in enumerate(batch.seqs):
+            n = len(seq.token_ids)
+            if n == 0:
+                raise ValueError(f"sequence {seq.rid} schedules no tokens")
+            end = seq.start_pos + n
+            need = -(-end // ps)
+            if len(seq.page_ids) < need:
+                raise ValueError(
+                    f"sequence {seq.rid} has {len(seq.page_ids)} pages for {end} tokens"
+                )
+            ids.extend(seq.token_ids)
+            positions.extend(range(seq.start_pos, end))
+            seq_of_token.extend([i] * n)
+            starts.append(starts[-1] + n)
+            seq_lens.append(end)
+            pages_needed.append(need)
+            if seq.sample:
+                sample_rows.append(starts[-1] - 1)
+        width = max(pages_needed)
+        table = torch.zeros(len(batch.seqs), width, dtype=torch.int32)  # [B, max_pages]
+        for i, seq in enumerate(batch.seqs):
+            table[i, : pages_needed[i]] = torch.tensor(seq.page_ids[: pages_needed[i]])
+        pos = torch.tensor(positions, dtype=torch.int64)  # [T]
+        slots = table[torch.tensor(seq_of_token), pos // ps].long() * ps + pos % ps  # [T]
+        stage = self.buffers.stage
+        meta = AttentionMetadata(
+            positions=stage("positions", pos),
+            slot_mapping=stage("slot_mapping", slots),
+            query_start_loc=stage("query_start_loc", torch.tensor(starts, dtype=torch.int32)),
+            seq_lens=stage("seq_lens", torch.tensor(seq_lens, dtype=torch.int32)),
+            page_table=stage("page_table", table),
+            page_size=ps,
+            max_query_len=max(len(s.token_ids) for s in batch.seqs),
+            max_seq_len=max(seq_lens),
+            is_decode=batch.is_decode,
+        )
+        return StepInputs(
+            input_ids=stage("input_ids", torch.tensor(ids, dtype=torch.int64)),
+            meta=meta,
+            sample_rows=stage("sample_rows", torch.tensor(sample_rows, dtype=torch.int64)),
+            sample_seqs=[s for s in batch.seqs if s.sample],
+        )
+
+    @torch.inference_mode()
+    def forward(self, inputs: StepInputs) -> torch.Tensor:  # [T, H] final hidden states
+        backend = self.decode_backend if inputs.meta.is_decode else self.prefill_backend
+        ctx = ForwardContext(meta=inputs.meta, kv_cache=self.kv_cache, backend=backend)
+        return self.model(inputs.input_ids, inputs.meta.positions, ctx)
+
+    @torch.inference_mode()
+    def run_logits(self, batch: ScheduledBatch) -> torch.Tensor:  # [N, V] fp32
+        """Logits of the sequences with sample=True, in batch order."""
+        inputs = self.prepare(batch)
+        hidden = self.forward(inputs)
+        return self.model.compute_logits(hidden[inputs.sample_rows])
+
+    @torch.inference_mode()
+    def run(self, batch: ScheduledBatch, sampler: Sampler) -> RunnerOutput:
+        """One forward pass; a sample for every sequence with sample=True."""
+        inputs = self.prepare(batch)
+        hidden = self.forward(inputs)
+        if not inputs.sample_seqs:
+            return RunnerOutput(samples=[])
+        logits = self.model.compute_logits(hidden[inputs.sample_rows])  # [N, V] fp32
+        return RunnerOutput(samples=sampler.sample(logits, inputs.sample_seqs))

@@ -1,0 +1,69 @@
+"""RMSNorm (+ residual), interleaved rope and the KV-cache write against their torch references."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from kernel_utils import ON_GPU, rel_err
+
+from glm47.kernels.kv_write import write_kv, write_kv_ref
+from glm47.kernels.rmsnorm import rmsnorm, rmsnorm_ref
+from glm47.kernels.rope import apply_rope_, rope_cos_sin, rope_ref
+
+HIDDEN = 2048 if ON_GPU else 96
+
+
+@pytest.mark.parametrize("with_residual", [False, True])
+def test_rmsnorm_matches_reference(with_residual: bool, device: str, dtype: torch.dtype) -> None:
+    x = torch.randn((7, HIDDEN), dtype=dtype, device=device)
+    w = torch.rand(HIDDEN, dtype=dtype, device=device) + 0.5
+    res = torch.randn_like(x) if with_residual else None
+    out, new_res = rmsnorm(x, w, 1e-5, res)
+    ref, ref_res = rmsnorm_ref(x, w, 1e-5, res)
+    assert rel_err(out, ref) < 8e-3
+    if with_residual:
+        assert new_res is not None and ref_res is not None
+        torch.testing.assert_close(new_res, ref_res)
+    else:
+        assert new_res is None
+
+
+def test_rope_rotates_q_and_k_in_place(device: str, dtype: torch.dtype) -> None:
+    t, h, r = 5, 3, 16
+    cs = rope_cos_sin(64, r, 1e6 if ON_GPU else 1e4, dtype, device)
+    q = torch.randn((t, h, 8 + r), dtype=dtype, device=device)  # rope part is a strided view
+    k = torch.randn((t, r), dtype=dtype, device=device)
+    pos = torch.randint(0, 64, (t,), device=device)
+    q_ref = rope_ref(q[..., 8:].float(), pos, cs.float())
+    k_ref = rope_ref(k.float(), pos, cs.float())
+    nope = q[..., :8].clone()
+    apply_rope_(q[..., 8:], k, pos, cs)
+    assert rel_err(q[..., 8:], q_ref) < 5e-3 and rel_err(k, k_ref) < 5e-3
+    assert torch.equal(q[..., :8], nope)
+
+
+def test_rope_at_position_zero_only_deinterleaves(device: str, dtype: torch.dtype) -> None:
+    cs = rope_cos_sin(4, 8, 1e4, dtype, device)
+    q = torch.randn((1, 2, 8), dtype=dtype, device=device)
+    k = torch.randn((1, 8), dtype=dtype, device=device)
+    expect = torch.cat([q[..., 0::2], q[..., 1::2]], dim=-1)
+    apply_rope_(q, k, torch.zeros(1, dtype=torch.int64, device=device), cs)
+    torch.testing.assert_close(q, expect)
+
+
+def test_write_kv_fills_slots_and_skips_negative(device: str, dtype: torch.dtype) -> None:
+    cache = torch.randn((40, 48), dtype=dtype, device=device)
+    expect = cache.clone()
+    latent = torch.randn((6, 32), dtype=dtype, device=device)
+    k_rope = torch.randn((6, 16), dtype=dtype, device=device)
+    slots = torch.tensor([3, 17, -1, 39, 0, 8], dtype=torch.int64, device=device)
+    write_kv(cache, latent, k_rope, slots)
+    write_kv_ref(expect, latent, k_rope, slots)
+    assert torch.equal(cache, expect)
+
+
+def test_write_kv_rejects_int32_slots(device: str) -> None:
+    cache = torch.zeros((4, 48), device=device)
+    with pytest.raises(ValueError, match="int64"):
+        write_kv(cache, torch.zeros((1, 32), device=device), torch.zeros((1, 16), device=device),
+                 torch.zeros(1, dtype=torch.int32, device=device))  # fmt: skip

@@ -124,11 +124,17 @@ def _mla_decode_merge_kernel(
     tl.store(out_ptr + b * stride_ob + h * stride_oh + offs_c, out.to(out_ptr.dtype.element_ty))
 
 
-def default_num_splits(batch: int, max_seq_len: int, num_sms: int = 132) -> int:
-    """Enough slices to give every multiprocessor about two programs, none shorter than 256 tokens."""
-    want = max(1, (2 * num_sms + batch - 1) // batch)
-    by_len = max(1, max_seq_len // 256)
-    return int(min(want, by_len, 64))
+def default_num_splits(batch: int, num_sms: int = 132, max_seq_len: int | None = None) -> int:
+    """Slices per sequence so that every multiprocessor gets about two programs.
+
+    Depends on the batch size alone unless `max_seq_len` is given (then no slice is shorter than
+    256 tokens), so a CUDA graph captured per batch size stays valid for any context length:
+    slices past a sequence's end return at once.
+    """
+    splits = max(1, (2 * num_sms + batch - 1) // batch)
+    if max_seq_len is not None:
+        splits = min(splits, max(1, max_seq_len // 256))
+    return int(min(splits, 32))
 
 
 def mla_decode(

@@ -1,0 +1,69 @@
+"""The Triton MLA backend: absorbed attention over the paged latent cache.
+
+Per layer: write the new latents into the cache (kv_write), project the queries into the latent
+space with W_UK, attend with the split-K decode kernel when every sequence has one new token and
+with the variable-length causal prefill kernel otherwise, then map the attended latents to values
+with W_UV. Both kernels read the cache in place; nothing is expanded per head.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from glm47.kernels.kv_write import write_kv
+from glm47.kernels.mla_decode import default_num_splits, mla_decode
+from glm47.kernels.mla_prefill import mla_prefill
+from glm47.worker.attention.base import AttentionMetadata, MLAWeights, register_backend
+
+
+def _num_sms(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 4
+    return int(torch.cuda.get_device_properties(device).multi_processor_count)
+
+
+class TritonMLABackend:
+    """Registered as "triton"; works wherever Triton runs (the interpreter included)."""
+
+    name = "triton"
+
+    def __init__(self) -> None:
+        self._sms: dict[torch.device, int] = {}
+
+    def forward(
+        self,
+        q_nope: torch.Tensor,  # [T, H, qk_nope_head_dim]
+        q_rope: torch.Tensor,  # [T, H, qk_rope_head_dim], rope applied
+        latent: torch.Tensor,  # [T, kv_lora_rank], normalised
+        k_rope: torch.Tensor,  # [T, qk_rope_head_dim], rope applied
+        kv_cache: torch.Tensor,  # [num_slots, kv_lora_rank + qk_rope_head_dim]
+        weights: MLAWeights,
+        meta: AttentionMetadata,
+        scale: float,
+    ) -> torch.Tensor:  # [T, H, v_head_dim]
+        dtype = kv_cache.dtype
+        rope_dim = k_rope.shape[-1]
+        write_kv(kv_cache, latent.to(dtype), k_rope.to(dtype), meta.slot_mapping)
+        q_lat = torch.bmm(q_nope.transpose(0, 1), weights.w_uk)  # [H, T, kv_lora_rank]
+        q = torch.cat([q_lat.transpose(0, 1), q_rope], dim=-1).to(dtype)  # [T, H, rank + rope]
+        if meta.is_decode:
+            splits = default_num_splits(q.shape[0], self._sm_count(q.device))
+            att = mla_decode(
+                q, kv_cache, meta.page_table, meta.seq_lens, meta.page_size, scale,
+                d_rope=rope_dim, num_splits=splits,
+            )  # fmt: skip
+        else:
+            att = mla_prefill(
+                q, kv_cache, meta.page_table, meta.query_start_loc, meta.seq_lens,
+                meta.max_query_len, meta.page_size, scale, d_rope=rope_dim,
+            )  # fmt: skip
+        out = torch.bmm(att.to(weights.w_uv.dtype).transpose(0, 1), weights.w_uv.transpose(1, 2))
+        return out.transpose(0, 1).to(q_nope.dtype)  # [T, H, v_head_dim]
+
+    def _sm_count(self, device: torch.device) -> int:
+        if device not in self._sms:
+            self._sms[device] = _num_sms(device)
+        return self._sms[device]
+
+
+register_backend("triton", TritonMLABackend)

@@ -9,10 +9,12 @@ from typing import Any
 
 import msgpack
 import pytest
+
 from glm47.worker.wire import (
     Abort,
     Error,
     Hello,
+    Message,
     Output,
     Ready,
     Step,
@@ -176,7 +178,7 @@ def test_an_unknown_version_is_fatal() -> None:
 
 
 def test_worker_messages_round_trip() -> None:
-    msgs = [
+    msgs: list[Message] = [
         Hello(client="glm47-router 0.1"),
         Abort(rids=["a", "b"]),
         Ready(

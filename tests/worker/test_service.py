@@ -1,0 +1,268 @@
+"""The ZeroMQ service loop, driven through real DEALER sockets against a fake engine."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+import pytest
+import zmq
+
+from glm47.worker.engine.engine import StepOutput
+from glm47.worker.engine.errors import QueueFullError
+from glm47.worker.engine.request import Request
+from glm47.worker.service import EngineFailure, Service
+from glm47.worker.wire import (
+    Abort,
+    Error,
+    Hello,
+    Message,
+    Ready,
+    Step,
+    Submit,
+    WireRequest,
+    decode,
+    encode,
+)
+
+VOCAB = 100
+READY = Ready(
+    model="fake",
+    vocab_size=VOCAB,
+    eos_token_ids=[0],
+    max_req_total_len=64,
+    max_running_requests=8,
+    kv_capacity_tokens=256,
+    mtp_step=0,
+    worker_id="w-test",
+)
+TIMEOUT_MS = 5000
+
+
+@dataclass
+class FakeEngine:
+    """Emits token (last + 1) % VOCAB per step for every request; finishes on max_new_tokens."""
+
+    max_waiting: int = 4
+    fail_after: int | None = None  # raise on this step number
+    requests: dict[str, Request] = field(default_factory=dict)
+    pending: list[StepOutput] = field(default_factory=list)
+    steps: int = 0
+
+    def add_request(self, req: Request) -> None:
+        if len(self.requests) >= self.max_waiting:
+            raise QueueFullError(req.rid, "queue full")
+        self.requests[req.rid] = req
+
+    def abort(self, rid: str) -> None:
+        if self.requests.pop(rid, None) is not None:
+            self.pending.append(StepOutput(rid=rid, ids=[], finish="abort"))
+
+    def step(self) -> list[StepOutput]:
+        self.steps += 1
+        if self.fail_after is not None and self.steps >= self.fail_after:
+            raise RuntimeError("device lost")
+        outs, self.pending = self.pending, []
+        for rid, req in list(self.requests.items()):
+            token = (req.all_token_ids[-1] + 1) % VOCAB
+            req.append_output(token)
+            out = StepOutput(rid=rid, ids=[token])
+            if req.num_output_tokens == 1:
+                out.prompt_tokens, out.cached_tokens = req.num_prompt_tokens, 0
+            if req.num_output_tokens >= req.max_new_tokens:
+                out.finish = "length"
+                del self.requests[rid]
+            outs.append(out)
+        return outs
+
+    def has_work(self) -> bool:
+        return bool(self.requests or self.pending)
+
+    def stats(self) -> dict[str, int]:
+        return {"running": len(self.requests), "waiting": 0, "not_a_wire_key": 1}
+
+
+@dataclass
+class Running:
+    service: Service
+    engine: FakeEngine
+    ctx: zmq.Context[zmq.Socket[bytes]]
+    thread: threading.Thread
+    errors: list[BaseException]
+
+    def dealer(self) -> zmq.Socket[bytes]:
+        sock = self.ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.RCVTIMEO, TIMEOUT_MS)
+        sock.connect(self.service.endpoint)
+        return sock
+
+
+def start(engine: FakeEngine) -> tuple[Running, threading.Event]:
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    service = Service(engine, READY, "tcp://127.0.0.1:*", context=ctx)
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def body() -> None:
+        try:
+            service.serve(stop)
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            service.close()
+
+    thread = threading.Thread(target=body, daemon=True)
+    thread.start()
+    return Running(service, engine, ctx, thread, errors), stop
+
+
+@pytest.fixture
+def running() -> Iterator[Running]:
+    run, stop = start(FakeEngine())
+    yield run
+    stop.set()
+    run.thread.join(timeout=5)
+    run.ctx.destroy(linger=0)
+    assert not run.errors
+
+
+def send(sock: zmq.Socket[bytes], msg: Message) -> None:
+    sock.send(encode(msg))
+
+
+def recv(sock: zmq.Socket[bytes]) -> Message:
+    return decode(sock.recv())
+
+
+def req(rid: str, prompt: list[int], n: int, **kw: Any) -> WireRequest:
+    return WireRequest(rid=rid, input_ids=prompt, max_new_tokens=n, **kw)
+
+
+def collect(sock: zmq.Socket[bytes], rids: set[str]) -> dict[str, list[Any]]:
+    """Read step messages until every rid has finished; returns each rid's outputs in order."""
+    outs: dict[str, list[Any]] = {r: [] for r in rids}
+    done: set[str] = set()
+    while done != rids:
+        msg = recv(sock)
+        assert isinstance(msg, Step), msg
+        assert msg.stats == {"running": msg.stats["running"], "waiting": 0}
+        for out in msg.outs:
+            outs[out.rid].append(out)
+            if out.finish is not None:
+                done.add(out.rid)
+    return outs
+
+
+def test_hello_is_answered_with_ready(running: Running) -> None:
+    sock = running.dealer()
+    send(sock, Hello(client="test"))
+    assert recv(sock) == READY
+
+
+def test_two_requests_in_one_submit_stream_their_tokens(running: Running) -> None:
+    sock = running.dealer()
+    send(sock, Submit(reqs=[req("a", [5, 6], 3), req("b", [40], 2)]))
+    outs = collect(sock, {"a", "b"})
+    assert [t for o in outs["a"] for t in o.ids] == [7, 8, 9]
+    assert [t for o in outs["b"] for t in o.ids] == [41, 42]
+    assert outs["a"][0].prompt_tokens == 2 and outs["b"][0].prompt_tokens == 1
+    assert [o.finish for o in outs["a"]] == [None, None, "length"]
+
+
+def test_abort_ends_a_request_with_finish_abort(running: Running) -> None:
+    sock = running.dealer()
+    send(sock, Submit(reqs=[req("long", [1], 10_000)]))
+    first = recv(sock)
+    assert isinstance(first, Step) and first.outs[0].rid == "long"
+    send(sock, Abort(rids=["long", "never-seen"]))
+    outs = collect(sock, {"long"})
+    assert outs["long"][-1].finish == "abort" and outs["long"][-1].ids == []
+    assert not running.engine.requests
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"\xc1not msgpack",
+        msgpack.packb(["hello", 99, {}]),
+        msgpack.packb(["submit", 1, {"reqs": 5}]),
+        msgpack.packb(["step", 1, {"outs": []}]),
+    ],
+)
+def test_malformed_messages_get_errors_and_the_loop_keeps_serving(
+    running: Running, payload: bytes
+) -> None:
+    sock = running.dealer()
+    sock.send(payload)
+    err = recv(sock)
+    assert isinstance(err, Error) and err.rid is None and err.code == "protocol"
+    send(sock, Submit(reqs=[req("ok", [3], 1)]))
+    assert [o.ids for o in collect(sock, {"ok"})["ok"]] == [[4]]
+
+
+def test_bad_requests_get_per_request_errors(running: Running) -> None:
+    sock = running.dealer()
+    bad_type = {"rid": "t", "input_ids": [1], "max_new_tokens": "many"}
+    good = {"rid": "g", "input_ids": [1], "max_new_tokens": 1}
+    sock.send(msgpack.packb(["submit", 1, {"reqs": [bad_type, good]}]))
+    dup = [req("d", [2], 10_000), req("d", [2], 1)]
+    send(sock, Submit(reqs=[req("v", [VOCAB + 1], 1), req("h", [2], 1), *dup]))
+    errors: dict[str, Error] = {}
+    outs: list[str] = []
+    while len(errors) < 3 or sorted(outs) != ["g", "h"]:
+        msg = recv(sock)
+        if isinstance(msg, Error):
+            assert msg.rid is not None and msg.rid not in errors and not msg.fatal
+            errors[msg.rid] = msg
+        else:
+            assert isinstance(msg, Step)
+            outs += [o.rid for o in msg.outs if o.rid != "d"]
+    assert {k: e.code for k, e in errors.items()} == dict.fromkeys("tvd", "invalid_request")
+    assert "max_new_tokens" in errors["t"].message and "already in use" in errors["d"].message
+
+
+def test_queue_full_maps_to_its_error_code(running: Running) -> None:
+    sock = running.dealer()
+    send(sock, Submit(reqs=[req(f"r{i}", [1], 10_000) for i in range(5)]))
+    err = recv(sock)
+    while not isinstance(err, Error):
+        err = recv(sock)
+    assert (err.rid, err.code, err.fatal) == ("r4", "queue_full", False)
+    send(sock, Abort(rids=[f"r{i}" for i in range(4)]))
+    assert set(collect(sock, {f"r{i}" for i in range(4)})) == {"r0", "r1", "r2", "r3"}
+
+
+def test_two_connections_are_isolated(running: Running) -> None:
+    one, two = running.dealer(), running.dealer()
+    send(one, Submit(reqs=[req("same", [10], 2)]))
+    send(two, Submit(reqs=[req("same", [50], 3)]))
+    a = collect(one, {"same"})["same"]
+    b = collect(two, {"same"})["same"]
+    assert [t for o in a for t in o.ids] == [11, 12]
+    assert [t for o in b for t in o.ids] == [51, 52, 53]
+    send(one, Abort(rids=["same"]))  # finished already on this connection: ignored
+    send(one, Hello())
+    assert recv(one) == READY
+
+
+def test_engine_failure_is_reported_as_fatal_and_stops_the_loop() -> None:
+    run, stop = start(FakeEngine(fail_after=2))
+    try:
+        sock = run.dealer()
+        send(sock, Submit(reqs=[req("x", [1], 100)]))
+        assert isinstance(recv(sock), Step)
+        got = [recv(sock), recv(sock)]
+        assert [(e.rid, e.code, e.fatal) for e in got if isinstance(e, Error)] == [
+            ("x", "internal", True),
+            (None, "internal", True),
+        ]
+        run.thread.join(timeout=5)
+        assert not run.thread.is_alive()
+        assert len(run.errors) == 1 and isinstance(run.errors[0], EngineFailure)
+    finally:
+        stop.set()
+        run.ctx.destroy(linger=0)

@@ -1,0 +1,257 @@
+"""The worker's ZeroMQ service: one ROUTER socket, the request table, and the step loop.
+
+Loop: drain every pending message (without blocking while the engine has work, else waiting on the
+socket with a timeout), run one engine step, and send each connection ONE `step` message holding all
+its outputs and the engine's stats. Requests are keyed by (connection identity, rid) so several
+routers can share a worker; inside the engine they carry a worker-unique id `"<conn>:<rid>"`.
+
+Bad input never stops the loop: undecodable messages and bad requests are logged and answered with
+`error`. An exception out of the engine (the model failing) is fatal: every connected router gets
+`error` fatal=true for each of its live requests and for the connection, then `serve` raises
+`EngineFailure`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import zmq
+
+from glm47.worker.batch import SamplingParams
+from glm47.worker.engine.request import Request
+from glm47.worker.wire import (
+    STATS_KEYS,
+    Abort,
+    Error,
+    Hello,
+    Message,
+    Output,
+    Ready,
+    Step,
+    Submit,
+    WireError,
+    WireRequest,
+    decode,
+    encode,
+)
+
+log = logging.getLogger(__name__)
+
+POLL_MS = 100  # idle wait on the socket between checks of the stop flag
+OUTPUT_FIELDS = (
+    "logprobs",
+    "top_logprobs",
+    "finish",
+    "prompt_tokens",
+    "cached_tokens",
+    "spec_accepted",
+)
+
+
+class EngineLike(Protocol):
+    """What the service needs of `worker.engine.Engine`."""
+
+    def add_request(self, req: Request) -> None: ...
+    def abort(self, rid: str) -> None: ...
+    def step(self) -> list[Any]: ...  # objects with the attributes of a wire `Output`
+    def has_work(self) -> bool: ...
+    def stats(self) -> dict[str, int]: ...
+
+
+class EngineFailure(RuntimeError):
+    """The engine raised during a step; the worker cannot continue."""
+
+
+@dataclass(frozen=True)
+class _Live:
+    """A request the engine holds: who asked for it, under which id."""
+
+    identity: bytes  # ROUTER identity of the connection
+    rid: str  # the router's id
+
+
+def to_engine_request(engine_rid: str, w: WireRequest) -> Request:
+    """The engine's `Request` for one wire request."""
+    sampling = SamplingParams(
+        temperature=w.temperature,
+        top_p=w.top_p,
+        top_k=w.top_k,
+        min_p=w.min_p,
+        presence_penalty=w.presence_penalty,
+        frequency_penalty=w.frequency_penalty,
+        repetition_penalty=w.repetition_penalty,
+        seed=w.seed,
+        logprobs=w.logprobs,
+    )
+    return Request(
+        rid=engine_rid,
+        prompt_ids=list(w.input_ids),
+        max_new_tokens=w.max_new_tokens,
+        sampling=sampling,
+        min_new_tokens=w.min_new_tokens,
+        stop_token_ids=frozenset(w.stop_token_ids),
+        ignore_eos=w.ignore_eos,
+        mtp=w.mtp,
+    )
+
+
+class Service:
+    """Serves one engine on one bound ROUTER socket. Single-threaded: call `serve` once."""
+
+    def __init__(
+        self,
+        engine: EngineLike,
+        ready: Ready,
+        listen: str,
+        *,
+        context: zmq.Context[zmq.Socket[bytes]] | None = None,
+    ) -> None:
+        self.engine = engine
+        self.ready = ready
+        self._ctx = context or zmq.Context.instance()
+        self._sock: zmq.Socket[bytes] = self._ctx.socket(zmq.ROUTER)
+        self._sock.setsockopt(zmq.LINGER, 2000)  # let final errors out on close
+        self._sock.setsockopt(zmq.SNDHWM, 0)  # never drop or block on a slow router
+        self._sock.bind(listen)
+        self.endpoint: str = self._sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        self._conn_ids: dict[bytes, int] = {}  # identity -> small connection number
+        self._live: dict[str, _Live] = {}  # engine rid -> owner
+        log.info("worker %s listening on %s", ready.worker_id, self.endpoint)
+
+    def close(self) -> None:
+        self._sock.close()
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    def serve(self, stop: threading.Event | None = None) -> None:
+        """Run until `stop` is set. Raises `EngineFailure` after reporting a failed step."""
+        stop = stop or threading.Event()
+        while not stop.is_set():
+            self._drain(block=not self.engine.has_work())
+            if self.engine.has_work():
+                self._step()
+
+    def _drain(self, block: bool) -> None:
+        """Handle every message already queued; first wait up to POLL_MS when `block`."""
+        if block and not self._sock.poll(POLL_MS, zmq.POLLIN):
+            return
+        while True:
+            try:
+                frames = self._sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if len(frames) != 2:
+                log.warning("dropping a message of %d frames (want identity + body)", len(frames))
+                if frames:
+                    self._error(frames[0], None, "protocol", "one msgpack frame per message", True)
+                continue
+            self._handle(frames[0], frames[1])
+
+    def _step(self) -> None:
+        try:
+            outputs = self.engine.step()
+        except Exception as exc:
+            log.exception("engine step failed; reporting and exiting")
+            self._report_fatal(f"engine failure: {type(exc).__name__}: {exc}")
+            raise EngineFailure(str(exc)) from exc
+        by_conn: dict[bytes, list[Output]] = {}
+        for out in outputs:
+            owner = self._live.get(out.rid)
+            if owner is None:
+                log.warning("engine output for unknown request %s dropped", out.rid)
+                continue
+            if out.finish is not None:
+                del self._live[out.rid]
+            fields = {name: getattr(out, name, None) for name in OUTPUT_FIELDS}
+            by_conn.setdefault(owner.identity, []).append(
+                Output(rid=owner.rid, ids=list(out.ids), **fields)
+            )
+        if by_conn:
+            stats = {k: v for k, v in self.engine.stats().items() if k in STATS_KEYS}
+            for identity, outs in by_conn.items():
+                self._send(identity, Step(outs=outs, stats=stats))
+
+    # -- messages ------------------------------------------------------------------------------
+
+    def _handle(self, identity: bytes, data: bytes) -> None:
+        self._conn_ids.setdefault(identity, len(self._conn_ids))
+        try:
+            msg: Message = decode(data)
+        except WireError as err:
+            log.warning("bad message from %s: %s", identity.hex(), err.message)
+            self._send(identity, err.to_message())
+            return
+        if isinstance(msg, Hello):
+            log.info("hello from %s (%s)", identity.hex(), msg.client or "unnamed")
+            self._send(identity, self.ready)
+        elif isinstance(msg, Submit):
+            self._submit(identity, msg)
+        elif isinstance(msg, Abort):
+            self._abort(identity, msg.rids)
+        else:
+            kind = type(msg).__name__.lower()
+            log.warning("unexpected %r message from %s", kind, identity.hex())
+            self._error(identity, None, "protocol", f"a worker does not accept {kind!r}", False)
+
+    def _submit(self, identity: bytes, msg: Submit) -> None:
+        for err in msg.rejected:
+            log.warning("rejected request %r from %s: %s", err.rid, identity.hex(), err.message)
+            self._send(identity, err.to_message())
+        for w in msg.reqs:
+            engine_rid = self._engine_rid(identity, w.rid)
+            problem = self._check_ids(w, engine_rid)
+            if problem is not None:
+                log.warning("rejected request %r from %s: %s", w.rid, identity.hex(), problem)
+                self._error(identity, w.rid, "invalid_request", problem, False)
+                continue
+            try:
+                self.engine.add_request(to_engine_request(engine_rid, w))
+            except Exception as exc:
+                code = getattr(exc, "code", "internal")
+                code = code if code in ("invalid_request", "queue_full", "too_long") else "internal"
+                log.warning("engine refused %r from %s: %s (%s)", w.rid, identity.hex(), exc, code)
+                self._error(identity, w.rid, code, str(exc), False)
+                continue
+            self._live[engine_rid] = _Live(identity=identity, rid=w.rid)
+
+    def _check_ids(self, w: WireRequest, engine_rid: str) -> str | None:
+        if engine_rid in self._live:
+            return f"request id {w.rid!r} is already in use on this connection"
+        vocab = self.ready.vocab_size
+        if any(t >= vocab for t in w.input_ids) or any(t >= vocab for t in w.stop_token_ids):
+            return f"token ids must be below the vocabulary size {vocab}"
+        return None
+
+    def _abort(self, identity: bytes, rids: list[str]) -> None:
+        for rid in rids:
+            engine_rid = self._engine_rid(identity, rid)
+            if engine_rid in self._live:
+                self.engine.abort(engine_rid)  # the engine reports finish "abort" next step
+
+    def _engine_rid(self, identity: bytes, rid: str) -> str:
+        conn = self._conn_ids.setdefault(identity, len(self._conn_ids))
+        return f"{conn}:{rid}"
+
+    # -- sending -------------------------------------------------------------------------------
+
+    def _error(
+        self, identity: bytes, rid: str | None, code: str, message: str, fatal: bool
+    ) -> None:
+        self._send(identity, Error(rid=rid, code=code, message=message, fatal=fatal))
+
+    def _send(self, identity: bytes, msg: Message) -> None:
+        try:
+            self._sock.send_multipart([identity, encode(msg)], zmq.NOBLOCK)
+        except zmq.ZMQError as exc:  # the router went away or its queue is full
+            log.warning("could not send %s to %s: %s", type(msg).__name__, identity.hex(), exc)
+
+    def _report_fatal(self, message: str) -> None:
+        """Tell every connection about the failure: each live request, then the connection."""
+        for live in list(self._live.values()):
+            self._error(live.identity, live.rid, "internal", message, True)
+        self._live.clear()
+        for identity in self._conn_ids:
+            self._error(identity, None, "internal", message, True)

@@ -104,10 +104,10 @@ class PrefixCache:
             if child is None:
                 self._add_leaf(node, tuple(tokens[i * ps :]), pages[i:], now)
                 return len(pages) - i
-            child.last_access = now
             n = self._common_pages(child, tokens, i * ps, len(pages) - i)
             if n < len(child.pages):
-                child = self._split(child, n)
+                child = self._split(child, n)  # the lower part keeps its own access time
+            child.last_access = now
             node, i = child, i + n
         return 0
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
 from glm47.worker.batch import SampleOutput, SamplingParams, ScheduledSeq
 
 _MASK64 = (1 << 64) - 1

@@ -139,22 +139,30 @@ _TYPE_NAMES: dict[type, str] = {
 
 
 def encode(msg: Message) -> bytes:
-    """The msgpack bytes of one message (floats as 64-bit, every field written)."""
+    """The msgpack bytes of one message. Floats are 64-bit; a step `Output` omits its nil fields
+    (receivers read a missing optional key as nil), every other message writes every field."""
     if isinstance(msg, Submit):
         body: dict[str, Any] = {"reqs": [asdict(r) for r in msg.reqs]}
     elif isinstance(msg, Step):
-        outs = []
-        for out in msg.outs:
-            d = asdict(out)
-            if out.top_logprobs is not None:
-                d["top_logprobs"] = [[[t, v] for t, v in row] for row in out.top_logprobs]
-            outs.append(d)
-        body = {"outs": outs, "stats": dict(msg.stats)}
+        body = {"outs": [_output_map(o) for o in msg.outs], "stats": dict(msg.stats)}
     else:
         body = asdict(msg)
     data = msgpack.packb([_TYPE_NAMES[type(msg)], PROTOCOL_VERSION, body], use_bin_type=True)
     assert isinstance(data, bytes)
     return data
+
+
+def _output_map(out: Output) -> dict[str, Any]:
+    d: dict[str, Any] = {"rid": out.rid, "ids": out.ids}
+    if out.logprobs is not None:
+        d["logprobs"] = out.logprobs
+    if out.top_logprobs is not None:
+        d["top_logprobs"] = [[[t, v] for t, v in row] for row in out.top_logprobs]
+    for key in ("finish", "prompt_tokens", "cached_tokens", "spec_accepted"):
+        value = getattr(out, key)
+        if value is not None:
+            d[key] = value
+    return d
 
 
 def decode(data: bytes) -> Message:

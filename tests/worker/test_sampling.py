@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+
 from glm47.worker.batch import SamplingParams, ScheduledSeq
 from glm47.worker.sampling import Sampler, apply_penalties, row_key, seeded_exponentials
 

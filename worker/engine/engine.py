@@ -148,6 +148,8 @@ class Engine:
                 out.finish = reason.value
                 finished.append(req)
                 del self._requests[req.rid]
+            elif req.num_output_tokens == 1:
+                self.scheduler.publish_prefix(req)  # its prompt is computed: share it
             outputs.append(self._first_output_fields(req, out))
         return finished
 

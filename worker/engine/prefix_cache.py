@@ -6,10 +6,10 @@ child is keyed by the tuple of its first page's tokens, so siblings never share 
 full pages are shared: a partly filled last page stays private to its request.
 
 Ownership: a page in the tree is "cached" in the `PagePool`. Requests that match a prefix take one
-reference per page (`PagePool.retain`); a referenced page is never evicted. References along a path
-never grow with depth (a request references a whole prefix of the path), so the unreferenced pages
-of a leaf are always a suffix of it, and eviction trims leaves from their tail, least recently used
-first.
+reference per page (`PagePool.retain`); a running request that offered its pages keeps its own
+references. A referenced page is never evicted: eviction trims the unreferenced tail pages of
+leaves, least recently used leaf first, and removes a leaf once it is empty (its parent may then
+become a leaf in turn). Interior pages are evicted only after everything below them.
 """
 
 from __future__ import annotations
@@ -137,7 +137,7 @@ class PrefixCache:
     def evict(self, num_pages: int) -> int:
         """Free up to `num_pages` unreferenced pages, least recently used leaves first, trimming
         each leaf from its tail. Returns the pages freed (fewer when everything left is in use)."""
-        if not self.enabled or num_pages <= 0:
+        if not self.enabled or num_pages <= 0 or self.pool.num_cached_only == 0:
             return 0
         heap = [(leaf.last_access, id(leaf), leaf) for leaf in self._leaves]
         heapq.heapify(heap)

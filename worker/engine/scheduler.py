@@ -46,6 +46,7 @@ class Scheduler:
         self.running: list[Request] = []  # admission order: oldest first, newest last
         self.prompt_tokens = 0  # cumulative prompt tokens admitted (first admission only)
         self.num_preemptions = 0  # cumulative
+        self._evict_batch = max(1, pool.total // 256)  # fewest pages one eviction frees
 
     def add(self, req: Request) -> None:
         req.state = RequestState.WAITING
@@ -115,10 +116,11 @@ class Scheduler:
             plan.budget -= n
 
     def _make_room(self, num_pages: int) -> bool:
-        """True when `num_pages` pages are free, evicting unreferenced cache pages if needed."""
+        """True when `num_pages` pages are free, evicting unreferenced cache pages if needed (at
+        least `_evict_batch` at a time, so that a step of many small needs evicts once)."""
         short = num_pages - self.pool.num_free
         if short > 0:
-            self.cache.evict(short)
+            self.cache.evict(max(short, self._evict_batch))
         return self.pool.num_free >= num_pages
 
     def _build(self, plan: _Plan) -> ScheduledBatch:
@@ -167,10 +169,15 @@ class Scheduler:
         if any(r in gone for r in self.waiting):
             self.waiting = deque(r for r in self.waiting if r not in gone)
 
-    def _release_pages(self, req: Request) -> None:
+    def publish_prefix(self, req: Request) -> None:
+        """Offer a running request's full computed pages to the prefix cache now (after its
+        prompt is computed) so that requests arriving while it decodes can share them."""
         full = min(req.num_computed_tokens, req.num_tokens) // self.pool.page_size
         if full:
             self.cache.insert(req.all_token_ids[: full * self.pool.page_size], req.page_ids[:full])
+
+    def _release_pages(self, req: Request) -> None:
+        self.publish_prefix(req)
         self.pool.release(req.page_ids)
         req.page_ids = []
         req.num_computed_tokens = 0

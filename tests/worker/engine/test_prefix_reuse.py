@@ -90,3 +90,23 @@ def test_least_recently_used_prefixes_are_evicted_to_admit_new_requests(
     assert h.engine.cache.match([3] * 9) == (0, [])  # p1 was least recently used
     for k in (0, 2, 3):
         assert h.engine.cache.match([k + 2] * 9)[0] == 8
+
+
+def test_a_request_arriving_while_another_decodes_shares_its_prompt_pages(
+    make_harness: MakeHarness,
+) -> None:
+    h = make_harness(page_size=4)
+    first = h.add("first", PROMPT, max_new_tokens=6)
+    h.step()  # the prompt is computed and offered to the cache
+    h.add("second", [*PROMPT, 3], max_new_tokens=2)
+    h.step()
+    assert h.last_batch()["second"].start_pos == 8
+    second = h.engine.scheduler.running[1]
+    assert second.page_ids[:2] == first.page_ids[:2]
+    assert [h.engine.pool.ref(p) for p in first.page_ids[:2]] == [2, 2]
+    assert h.outputs["second"][0].cached_tokens == 8
+    h.run()
+    fresh = make_harness(page_size=4, enable_prefix_cache=False)
+    fresh.add("second", [*PROMPT, 3], max_new_tokens=2)
+    fresh.run()
+    assert h.tokens("second") == fresh.tokens("second")

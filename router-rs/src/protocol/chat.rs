@@ -1,0 +1,410 @@
+//! `POST /v1/chat/completions`: request validation and response shapes.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use super::openai::{ChatLogprobs, FinishReason, ToolCall, ToolCallDelta, Usage};
+use super::sampling::{OpenAiSampling, SamplingParams};
+use super::{check_range, from_value, ValidationError};
+
+/// How the model may use the request's tools.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ToolChoice {
+    /// Tools are not offered to the model.
+    None,
+    /// The model decides.
+    Auto,
+    /// The model must call some tool.
+    Required,
+    /// The model must call this function.
+    Named(String),
+}
+
+/// A validated chat request.
+#[derive(Debug, Clone)]
+pub struct ChatRequest {
+    pub model: Option<String>,
+    /// Messages as the chat template reads them: text parts joined, tool-call arguments as objects.
+    pub messages: Value,
+    /// The tool list given to the template and the tool parser (empty when `tool_choice` is none).
+    pub tools: Vec<Value>,
+    pub tool_choice: ToolChoice,
+    pub parallel_tool_calls: bool,
+    pub stream: bool,
+    pub include_usage: bool,
+    /// Extra variables for the chat template (`enable_thinking`, `clear_thinking`, ...).
+    pub template_kwargs: Map<String, Value>,
+    pub n: u32,
+    pub sampling: SamplingParams,
+}
+
+#[derive(Debug, Deserialize)]
+struct StreamOptions {
+    include_usage: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawChat {
+    model: Option<String>,
+    messages: Vec<Value>,
+    tools: Option<Vec<Value>>,
+    tool_choice: Option<Value>,
+    parallel_tool_calls: Option<bool>,
+    stream: Option<bool>,
+    stream_options: Option<StreamOptions>,
+    logprobs: Option<bool>,
+    top_logprobs: Option<u32>,
+    response_format: Option<Value>,
+    chat_template_kwargs: Option<Map<String, Value>>,
+}
+
+impl ChatRequest {
+    /// Reads and validates a chat request body.
+    pub fn from_json(body: &Value) -> Result<Self, ValidationError> {
+        let raw: RawChat = from_value(body)?;
+        let sampling: OpenAiSampling = from_value(body)?;
+        let n = sampling.n.unwrap_or(1);
+        let logprobs = chat_logprobs(raw.logprobs, raw.top_logprobs)?;
+        let sampling = sampling.validate(logprobs)?;
+        check_response_format(raw.response_format.as_ref())?;
+        let messages = normalize_messages(raw.messages)?;
+        let tools = raw.tools.unwrap_or_default();
+        check_tools(&tools)?;
+        let tool_choice = parse_tool_choice(raw.tool_choice.as_ref(), &tools)?;
+        let tools = if tool_choice == ToolChoice::None {
+            Vec::new()
+        } else {
+            tools
+        };
+        Ok(Self {
+            model: raw.model,
+            messages: Value::Array(messages),
+            tools,
+            tool_choice,
+            parallel_tool_calls: raw.parallel_tool_calls.unwrap_or(true),
+            stream: raw.stream.unwrap_or(false),
+            include_usage: raw
+                .stream_options
+                .and_then(|o| o.include_usage)
+                .unwrap_or(false),
+            template_kwargs: raw.chat_template_kwargs.unwrap_or_default(),
+            n,
+            sampling,
+        })
+    }
+
+    /// `enable_thinking` from the template kwargs (the template's default is on).
+    pub fn thinking_enabled(&self) -> bool {
+        self.template_kwargs
+            .get("enable_thinking")
+            .and_then(Value::as_bool)
+            .unwrap_or(true)
+    }
+}
+
+fn chat_logprobs(logprobs: Option<bool>, top: Option<u32>) -> Result<i32, ValidationError> {
+    check_range("top_logprobs", top, 0, 20)?;
+    match (logprobs.unwrap_or(false), top) {
+        (true, top) => Ok(top.unwrap_or(0) as i32),
+        (false, Some(t)) if t > 0 => Err(ValidationError::new(
+            "top_logprobs",
+            "top_logprobs requires logprobs to be true",
+        )),
+        (false, _) => Ok(-1),
+    }
+}
+
+fn check_response_format(format: Option<&Value>) -> Result<(), ValidationError> {
+    let Some(format) = format else { return Ok(()) };
+    match format.get("type").and_then(Value::as_str) {
+        Some("text") | Some("json_object") => Ok(()),
+        Some(other) => Err(ValidationError::new(
+            "response_format.type",
+            format!("response_format type {other:?} is not supported (text, json_object)"),
+        )),
+        None => Err(ValidationError::new(
+            "response_format",
+            "response_format needs a type",
+        )),
+    }
+}
+
+/// Joins text parts into strings and parses assistant tool-call arguments into objects.
+fn normalize_messages(messages: Vec<Value>) -> Result<Vec<Value>, ValidationError> {
+    if messages.is_empty() {
+        return Err(ValidationError::new(
+            "messages",
+            "messages must not be empty",
+        ));
+    }
+    messages
+        .into_iter()
+        .enumerate()
+        .map(|(i, m)| normalize_message(i, m))
+        .collect()
+}
+
+fn normalize_message(i: usize, message: Value) -> Result<Value, ValidationError> {
+    let Value::Object(mut m) = message else {
+        return Err(ValidationError::new(
+            format!("messages[{i}]"),
+            "a message must be an object",
+        ));
+    };
+    let role = match m.get("role").and_then(Value::as_str) {
+        Some(r @ ("system" | "user" | "assistant" | "tool")) => r.to_owned(),
+        Some("developer") => "system".to_owned(),
+        _ => {
+            return Err(ValidationError::new(
+                format!("messages[{i}].role"),
+                "role must be one of system, developer, user, assistant, tool",
+            ))
+        }
+    };
+    m.insert("role".into(), Value::String(role));
+    if let Some(content) = m.remove("content") {
+        m.insert("content".into(), content_text(i, content)?);
+    }
+    if let Some(Value::Array(calls)) = m.get_mut("tool_calls") {
+        for (j, call) in calls.iter_mut().enumerate() {
+            parse_call_arguments(i, j, call)?;
+        }
+    }
+    Ok(Value::Object(m))
+}
+
+fn content_text(i: usize, content: Value) -> Result<Value, ValidationError> {
+    let parts = match content {
+        Value::String(_) | Value::Null => return Ok(content),
+        Value::Array(parts) => parts,
+        _ => {
+            return Err(ValidationError::new(
+                format!("messages[{i}].content"),
+                "content must be a string or a list of text parts",
+            ))
+        }
+    };
+    let mut text = String::new();
+    for (j, part) in parts.iter().enumerate() {
+        let kind = part.get("type").and_then(Value::as_str);
+        match (kind, part.get("text").and_then(Value::as_str)) {
+            (Some("text"), Some(t)) => text.push_str(t),
+            _ => {
+                return Err(ValidationError::new(
+                    format!("messages[{i}].content[{j}]"),
+                    "only text content parts ({\"type\": \"text\", \"text\": ...}) are supported",
+                ))
+            }
+        }
+    }
+    Ok(Value::String(text))
+}
+
+fn parse_call_arguments(i: usize, j: usize, call: &mut Value) -> Result<(), ValidationError> {
+    let Some(args) = call
+        .get_mut("function")
+        .and_then(|f| f.get_mut("arguments"))
+    else {
+        return Ok(());
+    };
+    if let Value::String(text) = args {
+        let parsed: Value = serde_json::from_str(text).map_err(|e| {
+            ValidationError::new(
+                format!("messages[{i}].tool_calls[{j}].function.arguments"),
+                format!("arguments must be a JSON object: {e}"),
+            )
+        })?;
+        *args = parsed;
+    }
+    if !args.is_object() {
+        return Err(ValidationError::new(
+            format!("messages[{i}].tool_calls[{j}].function.arguments"),
+            "arguments must be a JSON object",
+        ));
+    }
+    Ok(())
+}
+
+/// The function name of an OpenAI tools entry.
+pub fn tool_name(tool: &Value) -> Option<&str> {
+    tool.get("function")?.get("name")?.as_str()
+}
+
+fn check_tools(tools: &[Value]) -> Result<(), ValidationError> {
+    for (i, tool) in tools.iter().enumerate() {
+        if tool.get("type").and_then(Value::as_str) != Some("function") {
+            return Err(ValidationError::new(
+                format!("tools[{i}].type"),
+                "tool type must be function",
+            ));
+        }
+        if tool_name(tool).is_none() {
+            return Err(ValidationError::new(
+                format!("tools[{i}].function.name"),
+                "a tool needs a function name",
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn parse_tool_choice(
+    choice: Option<&Value>,
+    tools: &[Value],
+) -> Result<ToolChoice, ValidationError> {
+    let bad = |msg: &str| ValidationError::new("tool_choice", msg);
+    let choice = match choice {
+        None | Some(Value::Null) => return Ok(ToolChoice::Auto),
+        Some(Value::String(s)) => match s.as_str() {
+            "none" => ToolChoice::None,
+            "auto" => ToolChoice::Auto,
+            "required" => ToolChoice::Required,
+            _ => {
+                return Err(bad(
+                    "tool_choice must be none, auto, required or a named function",
+                ))
+            }
+        },
+        Some(v) => match v
+            .get("function")
+            .and_then(|f| f.get("name"))
+            .and_then(Value::as_str)
+        {
+            Some(name) => ToolChoice::Named(name.to_owned()),
+            None => return Err(bad("a named tool_choice needs function.name")),
+        },
+    };
+    match &choice {
+        ToolChoice::Required if tools.is_empty() => Err(bad("tool_choice required needs tools")),
+        ToolChoice::Named(name) if !tools.iter().any(|t| tool_name(t) == Some(name)) => Err(bad(
+            &format!("tool_choice names {name:?}, which is not in tools"),
+        )),
+        _ => Ok(choice),
+    }
+}
+
+/// The assistant message of a non-streaming answer.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ChatMessage {
+    pub role: &'static str,
+    pub content: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reasoning_content: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCall>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ChatChoice {
+    pub index: u32,
+    pub message: ChatMessage,
+    pub logprobs: Option<ChatLogprobs>,
+    pub finish_reason: Option<FinishReason>,
+}
+
+/// The body of a non-streaming chat answer.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChatCompletion {
+    pub id: String,
+    pub object: &'static str,
+    pub created: u64,
+    pub model: String,
+    pub choices: Vec<ChatChoice>,
+    pub usage: Usage,
+}
+
+/// The `delta` of a streamed chat chunk; empty fields are left out.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ChatDelta {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub content: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reasoning_content: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCallDelta>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ChatChunkChoice {
+    pub index: u32,
+    pub delta: ChatDelta,
+    pub logprobs: Option<ChatLogprobs>,
+    pub finish_reason: Option<FinishReason>,
+}
+
+/// One streamed chat chunk (`object: chat.completion.chunk`).
+#[derive(Debug, Clone, Serialize)]
+pub struct ChatChunk {
+    pub id: String,
+    pub object: &'static str,
+    pub created: u64,
+    pub model: String,
+    pub choices: Vec<ChatChunkChoice>,
+    /// `null` on every chunk but the last when usage was asked for; absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Option<Usage>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn text_parts_are_joined_and_arguments_parsed() {
+        let req = ChatRequest::from_json(&json!({"messages": [
+            {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]},
+            {"role": "assistant", "content": null, "tool_calls": [
+                {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{\"x\": 1}"}}]}
+        ]}))
+        .unwrap();
+        assert_eq!(req.messages[0]["content"], "ab");
+        assert_eq!(
+            req.messages[1]["tool_calls"][0]["function"]["arguments"]["x"],
+            1
+        );
+    }
+
+    #[test]
+    fn tool_choice_none_drops_the_tools() {
+        let tools = json!([{"type": "function", "function": {"name": "f"}}]);
+        let req = ChatRequest::from_json(&json!({"messages": [{"role": "user", "content": "hi"}],
+            "tools": tools, "tool_choice": "none"}))
+        .unwrap();
+        assert!(req.tools.is_empty());
+    }
+
+    #[test]
+    fn a_named_tool_choice_must_exist() {
+        let err = ChatRequest::from_json(&json!({"messages": [{"role": "user", "content": "hi"}],
+            "tools": [{"type": "function", "function": {"name": "f"}}],
+            "tool_choice": {"type": "function", "function": {"name": "g"}}}))
+        .unwrap_err();
+        assert_eq!(err.param, "tool_choice");
+    }
+
+    #[test]
+    fn image_parts_and_unknown_formats_are_rejected() {
+        let img = json!({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]});
+        assert_eq!(
+            ChatRequest::from_json(&img).unwrap_err().param,
+            "messages[0].content[0]"
+        );
+        let fmt = json!({"messages": [{"role": "user", "content": "x"}],
+            "response_format": {"type": "yaml"}});
+        assert_eq!(
+            ChatRequest::from_json(&fmt).unwrap_err().param,
+            "response_format.type"
+        );
+    }
+
+    #[test]
+    fn logprobs_turn_into_the_wire_count() {
+        let req = ChatRequest::from_json(&json!({"messages": [{"role": "user", "content": "x"}],
+            "logprobs": true, "top_logprobs": 3}))
+        .unwrap();
+        assert_eq!(req.sampling.logprobs, 3);
+    }
+}

@@ -1,0 +1,184 @@
+//! `POST /v1/completions`: request validation and response shapes.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::openai::{CompletionLogprobs, FinishReason, Usage};
+use super::sampling::{OpenAiSampling, SamplingParams};
+use super::{check_range, from_value, token_ids, ValidationError};
+
+/// One prompt: text to tokenize, or token ids to send as they are.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PromptInput {
+    Text(String),
+    Ids(Vec<u32>),
+}
+
+impl PromptInput {
+    /// Reads `prompt` (or `inputs`): a string, a list of strings, token ids, or lists of token ids.
+    pub fn list_from(value: &Value, param: &str) -> Result<Vec<PromptInput>, ValidationError> {
+        let bad = || {
+            ValidationError::new(
+                param,
+                format!(
+                    "{param} must be a string, a list of strings, token ids or lists of token ids"
+                ),
+            )
+        };
+        let prompts = match value {
+            Value::String(s) => vec![PromptInput::Text(s.clone())],
+            Value::Array(items) if items.is_empty() => return Err(bad()),
+            Value::Array(items) if items[0].is_number() => {
+                vec![PromptInput::Ids(token_ids(value).ok_or_else(bad)?)]
+            }
+            Value::Array(items) => items
+                .iter()
+                .map(|item| Self::one_of_list(item).ok_or_else(bad))
+                .collect::<Result<_, _>>()?,
+            _ => return Err(bad()),
+        };
+        if prompts.iter().any(PromptInput::is_empty) {
+            return Err(ValidationError::new(
+                param,
+                format!("{param} must not be empty"),
+            ));
+        }
+        Ok(prompts)
+    }
+
+    fn one_of_list(item: &Value) -> Option<PromptInput> {
+        match item {
+            Value::String(s) => Some(PromptInput::Text(s.clone())),
+            Value::Array(_) => token_ids(item).map(PromptInput::Ids),
+            _ => None,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        match self {
+            PromptInput::Text(s) => s.is_empty(),
+            PromptInput::Ids(ids) => ids.is_empty(),
+        }
+    }
+}
+
+/// A validated completions request.
+#[derive(Debug, Clone)]
+pub struct CompletionRequest {
+    pub model: Option<String>,
+    pub prompts: Vec<PromptInput>,
+    /// Return the prompt text before the completion.
+    pub echo: bool,
+    pub stream: bool,
+    pub include_usage: bool,
+    pub n: u32,
+    pub sampling: SamplingParams,
+}
+
+#[derive(Debug, Deserialize)]
+struct StreamOptions {
+    include_usage: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawCompletion {
+    model: Option<String>,
+    prompt: Option<Value>,
+    echo: Option<bool>,
+    stream: Option<bool>,
+    stream_options: Option<StreamOptions>,
+    logprobs: Option<u32>,
+    suffix: Option<String>,
+}
+
+impl CompletionRequest {
+    /// Reads and validates a completions request body.
+    pub fn from_json(body: &Value) -> Result<Self, ValidationError> {
+        let raw: RawCompletion = from_value(body)?;
+        let sampling: OpenAiSampling = from_value(body)?;
+        let n = sampling.n.unwrap_or(1);
+        check_range("logprobs", raw.logprobs, 0, 20)?;
+        let logprobs = raw.logprobs.map_or(-1, |k| k as i32);
+        let sampling = sampling.validate(logprobs)?;
+        if raw.suffix.is_some_and(|s| !s.is_empty()) {
+            return Err(ValidationError::new("suffix", "suffix is not supported"));
+        }
+        let prompt = raw
+            .prompt
+            .ok_or_else(|| ValidationError::new("prompt", "prompt is required"))?;
+        Ok(Self {
+            model: raw.model,
+            prompts: PromptInput::list_from(&prompt, "prompt")?,
+            echo: raw.echo.unwrap_or(false),
+            stream: raw.stream.unwrap_or(false),
+            include_usage: raw
+                .stream_options
+                .and_then(|o| o.include_usage)
+                .unwrap_or(false),
+            n,
+            sampling,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CompletionChoice {
+    pub index: u32,
+    pub text: String,
+    pub logprobs: Option<CompletionLogprobs>,
+    pub finish_reason: Option<FinishReason>,
+}
+
+/// The body of a completions answer, and of each streamed chunk (`object: text_completion`).
+#[derive(Debug, Clone, Serialize)]
+pub struct Completion {
+    pub id: String,
+    pub object: &'static str,
+    pub created: u64,
+    pub model: String,
+    pub choices: Vec<CompletionChoice>,
+    /// Always present on a non-streaming answer; on chunks, as for chat.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Option<Usage>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn prompt_takes_every_openai_form() {
+        let cases = [
+            (json!("hi"), vec![PromptInput::Text("hi".into())]),
+            (
+                json!(["a", "b"]),
+                vec![PromptInput::Text("a".into()), PromptInput::Text("b".into())],
+            ),
+            (json!([1, 2]), vec![PromptInput::Ids(vec![1, 2])]),
+            (
+                json!([[1], [2, 3]]),
+                vec![PromptInput::Ids(vec![1]), PromptInput::Ids(vec![2, 3])],
+            ),
+        ];
+        for (prompt, want) in cases {
+            let req = CompletionRequest::from_json(&json!({"prompt": prompt})).unwrap();
+            assert_eq!(req.prompts, want);
+        }
+    }
+
+    #[test]
+    fn bad_prompts_name_the_prompt_field() {
+        for prompt in [
+            json!(3),
+            json!([]),
+            json!([1, "a"]),
+            json!([-1]),
+            json!(""),
+            json!([[]]),
+        ] {
+            let err = CompletionRequest::from_json(&json!({"prompt": prompt})).unwrap_err();
+            assert_eq!(err.param, "prompt", "{prompt}");
+        }
+    }
+}

@@ -1,0 +1,167 @@
+//! `POST /generate` and `POST /generate_stream` (LightLLM / TGI shapes).
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::completions::PromptInput;
+use super::sampling::{SamplingParams, StopField};
+use super::{from_value, ValidationError};
+
+/// Output budget when `max_new_tokens` is not given (LightLLM's default).
+pub const DEFAULT_MAX_NEW_TOKENS: u32 = 16;
+
+/// A validated `/generate` request.
+#[derive(Debug, Clone)]
+pub struct GenerateRequest {
+    pub input: PromptInput,
+    /// Return per-token details in the answer.
+    pub return_details: bool,
+    pub sampling: SamplingParams,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct RawParameters {
+    max_new_tokens: Option<u32>,
+    min_new_tokens: Option<u32>,
+    temperature: Option<f32>,
+    top_p: Option<f32>,
+    top_k: Option<i32>,
+    min_p: Option<f32>,
+    do_sample: Option<bool>,
+    frequency_penalty: Option<f32>,
+    presence_penalty: Option<f32>,
+    repetition_penalty: Option<f32>,
+    stop_sequences: Option<StopField>,
+    ignore_eos: Option<bool>,
+    seed: Option<i64>,
+    return_details: Option<bool>,
+    skip_special_tokens: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawGenerate {
+    inputs: Value,
+    parameters: Option<RawParameters>,
+}
+
+impl GenerateRequest {
+    /// Reads and validates a `/generate` body. As in LightLLM, sampling is greedy unless
+    /// `do_sample` is true.
+    pub fn from_json(body: &Value) -> Result<Self, ValidationError> {
+        let raw: RawGenerate = from_value(body)?;
+        let mut inputs = PromptInput::list_from(&raw.inputs, "inputs")?;
+        if inputs.len() != 1 {
+            return Err(ValidationError::new(
+                "inputs",
+                "inputs must be one string or one id list",
+            ));
+        }
+        let p = raw.parameters.unwrap_or_default();
+        let max_new_tokens = p.max_new_tokens.unwrap_or(DEFAULT_MAX_NEW_TOKENS);
+        if max_new_tokens == 0 {
+            return Err(ValidationError::new(
+                "parameters.max_new_tokens",
+                "max_new_tokens must be at least 1",
+            ));
+        }
+        let greedy = !p.do_sample.unwrap_or(false);
+        let sampling = SamplingParams {
+            max_new_tokens: Some(max_new_tokens),
+            min_new_tokens: p.min_new_tokens.unwrap_or(0).min(max_new_tokens),
+            temperature: if greedy { Some(0.0) } else { p.temperature },
+            top_p: p.top_p,
+            top_k: p.top_k,
+            min_p: p.min_p,
+            presence_penalty: p.presence_penalty.unwrap_or(0.0),
+            frequency_penalty: p.frequency_penalty.unwrap_or(0.0),
+            repetition_penalty: p.repetition_penalty,
+            seed: p.seed,
+            stop: p
+                .stop_sequences
+                .map(StopField::into_vec)
+                .unwrap_or_default(),
+            stop_token_ids: Vec::new(),
+            ignore_eos: p.ignore_eos.unwrap_or(false),
+            logprobs: 0,
+            skip_special_tokens: p.skip_special_tokens.unwrap_or(true),
+        };
+        sampling
+            .check()
+            .map_err(|e| ValidationError::new(format!("parameters.{}", e.param), e.message))?;
+        Ok(Self {
+            input: inputs.remove(0),
+            return_details: p.return_details.unwrap_or(false),
+            sampling,
+        })
+    }
+}
+
+/// One generated token as `/generate_stream` and `details` report it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GenerateToken {
+    pub id: u32,
+    pub text: String,
+    pub logprob: Option<f32>,
+    pub special: bool,
+    pub count_output_tokens: u32,
+    pub prompt_tokens: u32,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct GenerateDetails {
+    pub tokens: Vec<GenerateToken>,
+    pub cached_tokens: u32,
+}
+
+/// The body of a `/generate` answer (`generated_text` is a one-element list, as in LightLLM).
+#[derive(Debug, Clone, Serialize)]
+pub struct GenerateResponse {
+    pub generated_text: Vec<String>,
+    pub count_output_tokens: u32,
+    pub finish_reason: Option<&'static str>,
+    pub prompt_tokens: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub details: Option<GenerateDetails>,
+}
+
+/// One `/generate_stream` event; the last one has `finished` and the whole `generated_text`.
+#[derive(Debug, Clone, Serialize)]
+pub struct GenerateStreamEvent {
+    pub token: GenerateToken,
+    pub generated_text: Option<String>,
+    pub finished: bool,
+    pub finish_reason: Option<&'static str>,
+    pub details: Option<Value>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn generate_is_greedy_unless_do_sample() {
+        let greedy =
+            GenerateRequest::from_json(&json!({"inputs": "x", "parameters": {"temperature": 0.7}}))
+                .unwrap();
+        assert_eq!(greedy.sampling.temperature, Some(0.0));
+        let body = json!({"inputs": [5, 6], "parameters": {"do_sample": true, "temperature": 0.7}});
+        let sampled = GenerateRequest::from_json(&body).unwrap();
+        assert_eq!(sampled.sampling.temperature, Some(0.7));
+        assert_eq!(sampled.input, PromptInput::Ids(vec![5, 6]));
+    }
+
+    #[test]
+    fn parameter_errors_carry_the_parameters_prefix() {
+        let body = json!({"inputs": "x", "parameters": {"do_sample": true, "top_p": 3.0}});
+        assert_eq!(
+            GenerateRequest::from_json(&body).unwrap_err().param,
+            "parameters.top_p"
+        );
+        let body = json!({"inputs": "x", "parameters": {"max_new_tokens": "many"}});
+        assert_eq!(
+            GenerateRequest::from_json(&body).unwrap_err().param,
+            "parameters.max_new_tokens"
+        );
+    }
+}

@@ -1,0 +1,67 @@
+//! Request and response shapes of the HTTP API, with validation.
+//!
+//! Requests are read in two passes from one parsed `serde_json::Value`: the endpoint's own fields
+//! and the shared sampling fields ([`sampling::OpenAiSampling`]). Numbers never go through untagged
+//! enums or `flatten` (serde_json's `arbitrary_precision` breaks both), so polymorphic fields such as
+//! `prompt` and `inputs` are read as `Value` and interpreted here.
+
+pub mod chat;
+pub mod completions;
+pub mod generate;
+pub mod openai;
+pub mod sampling;
+
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+/// A client error in one request field: becomes HTTP 400 with `param` set to `param`.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{message}")]
+pub struct ValidationError {
+    /// The offending field, as a dotted path (`messages.0.content`), or empty for the whole body.
+    pub param: String,
+    pub message: String,
+}
+
+impl ValidationError {
+    pub fn new(param: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            param: param.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Deserializes `T` from `body`, naming the field that has the wrong type on failure.
+pub fn from_value<T: DeserializeOwned>(body: &Value) -> Result<T, ValidationError> {
+    serde_path_to_error::deserialize(body).map_err(|err| {
+        let path = err.path().to_string();
+        let param = if path == "." { String::new() } else { path };
+        ValidationError::new(param, err.into_inner().to_string())
+    })
+}
+
+/// Checks that `value` lies in `[lo, hi]`, naming `param` otherwise.
+pub fn check_range<T: PartialOrd + std::fmt::Display + Copy>(
+    param: &str,
+    value: Option<T>,
+    lo: T,
+    hi: T,
+) -> Result<(), ValidationError> {
+    match value {
+        Some(v) if !(v >= lo && v <= hi) => Err(ValidationError::new(
+            param,
+            format!("{param} must be between {lo} and {hi}, got {v}"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Reads a token id list (`[1, 2, 3]`) from `value`, or `None` when it is not an array of ints.
+pub fn token_ids(value: &Value) -> Option<Vec<u32>> {
+    let items = value.as_array()?;
+    items
+        .iter()
+        .map(|v| v.as_u64().and_then(|n| u32::try_from(n).ok()))
+        .collect()
+}

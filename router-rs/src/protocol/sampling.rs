@@ -1,0 +1,209 @@
+//! Sampling settings shared by every endpoint, validated into [`SamplingParams`].
+
+use serde::Deserialize;
+
+use super::{check_range, ValidationError};
+
+/// The validated sampling settings of one request, before model defaults are applied.
+///
+/// `None` means "not given by the client": the router fills it from the model's
+/// `generation_config.json`, then from the wire protocol defaults.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SamplingParams {
+    /// Output token budget; `None` lets the router use what fits in `max_req_total_len`.
+    pub max_new_tokens: Option<u32>,
+    /// Eos and stop ids are ignored before this many tokens.
+    pub min_new_tokens: u32,
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    /// -1 or 0 disables top-k.
+    pub top_k: Option<i32>,
+    pub min_p: Option<f32>,
+    pub presence_penalty: f32,
+    pub frequency_penalty: f32,
+    pub repetition_penalty: Option<f32>,
+    pub seed: Option<i64>,
+    /// Strings that end the output; the matched string is not returned.
+    pub stop: Vec<String>,
+    /// Extra token ids that end the output.
+    pub stop_token_ids: Vec<u32>,
+    pub ignore_eos: bool,
+    /// -1: no logprobs; 0: sampled token only; k > 0: also the top k.
+    pub logprobs: i32,
+    /// Leave special tokens out of the returned text.
+    pub skip_special_tokens: bool,
+}
+
+/// `stop`: one string or a list of strings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum StopField {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl StopField {
+    pub fn into_vec(self) -> Vec<String> {
+        match self {
+            StopField::One(s) => vec![s],
+            StopField::Many(v) => v,
+        }
+    }
+}
+
+/// The sampling fields the OpenAI endpoints share (plus the vLLM extras).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct OpenAiSampling {
+    pub max_tokens: Option<u32>,
+    pub max_completion_tokens: Option<u32>,
+    pub min_tokens: Option<u32>,
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub top_k: Option<i32>,
+    pub min_p: Option<f32>,
+    pub presence_penalty: Option<f32>,
+    pub frequency_penalty: Option<f32>,
+    pub repetition_penalty: Option<f32>,
+    pub seed: Option<i64>,
+    pub stop: Option<StopField>,
+    pub stop_token_ids: Option<Vec<u32>>,
+    pub ignore_eos: Option<bool>,
+    pub skip_special_tokens: Option<bool>,
+    pub n: Option<u32>,
+}
+
+/// Most choices one request may ask for.
+pub const MAX_N: u32 = 16;
+
+impl OpenAiSampling {
+    /// Validates ranges and returns the settings; `logprobs` comes from the endpoint's own field.
+    pub fn validate(self, logprobs: i32) -> Result<SamplingParams, ValidationError> {
+        let (max_param, max_new_tokens) = match (self.max_completion_tokens, self.max_tokens) {
+            (Some(v), _) => ("max_completion_tokens", Some(v)),
+            (None, v) => ("max_tokens", v),
+        };
+        if max_new_tokens == Some(0) {
+            return Err(ValidationError::new(
+                max_param,
+                format!("{max_param} must be at least 1"),
+            ));
+        }
+        let min_new_tokens = self.min_tokens.unwrap_or(0);
+        if let Some(max) = max_new_tokens {
+            if min_new_tokens > max {
+                return Err(ValidationError::new(
+                    "min_tokens",
+                    format!("min_tokens ({min_new_tokens}) must not exceed {max_param} ({max})"),
+                ));
+            }
+        }
+        check_range("n", self.n, 1, MAX_N)?;
+        let params = SamplingParams {
+            max_new_tokens,
+            min_new_tokens,
+            temperature: self.temperature,
+            top_p: self.top_p,
+            top_k: self.top_k,
+            min_p: self.min_p,
+            presence_penalty: self.presence_penalty.unwrap_or(0.0),
+            frequency_penalty: self.frequency_penalty.unwrap_or(0.0),
+            repetition_penalty: self.repetition_penalty,
+            seed: self.seed,
+            stop: self.stop.map(StopField::into_vec).unwrap_or_default(),
+            stop_token_ids: self.stop_token_ids.unwrap_or_default(),
+            ignore_eos: self.ignore_eos.unwrap_or(false),
+            logprobs,
+            skip_special_tokens: self.skip_special_tokens.unwrap_or(true),
+        };
+        params.check()?;
+        Ok(params)
+    }
+}
+
+impl SamplingParams {
+    /// Checks every range the wire protocol relies on.
+    pub fn check(&self) -> Result<(), ValidationError> {
+        check_range("temperature", self.temperature, 0.0, 2.0)?;
+        if let Some(p) = self.top_p {
+            if !(p > 0.0 && p <= 1.0) {
+                return Err(ValidationError::new(
+                    "top_p",
+                    format!("top_p must be in (0, 1], got {p}"),
+                ));
+            }
+        }
+        if let Some(k) = self.top_k {
+            if k < -1 {
+                return Err(ValidationError::new(
+                    "top_k",
+                    format!("top_k must be -1 or >= 0, got {k}"),
+                ));
+            }
+        }
+        check_range("min_p", self.min_p, 0.0, 1.0)?;
+        check_range("presence_penalty", Some(self.presence_penalty), -2.0, 2.0)?;
+        check_range("frequency_penalty", Some(self.frequency_penalty), -2.0, 2.0)?;
+        if let Some(r) = self.repetition_penalty {
+            if !(r > 0.0 && r <= 2.0) {
+                return Err(ValidationError::new(
+                    "repetition_penalty",
+                    format!("repetition_penalty must be in (0, 2], got {r}"),
+                ));
+            }
+        }
+        if self.stop.iter().any(String::is_empty) {
+            return Err(ValidationError::new(
+                "stop",
+                "stop strings must not be empty",
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sampling(json: serde_json::Value) -> Result<SamplingParams, ValidationError> {
+        super::super::from_value::<OpenAiSampling>(&json)?.validate(-1)
+    }
+
+    #[test]
+    fn max_completion_tokens_wins_over_max_tokens() {
+        let p = sampling(serde_json::json!({"max_tokens": 5, "max_completion_tokens": 7})).unwrap();
+        assert_eq!(p.max_new_tokens, Some(7));
+    }
+
+    #[test]
+    fn out_of_range_values_name_their_field() {
+        for (body, param) in [
+            (serde_json::json!({"temperature": 2.5}), "temperature"),
+            (serde_json::json!({"top_p": 0.0}), "top_p"),
+            (serde_json::json!({"top_k": -2}), "top_k"),
+            (serde_json::json!({"max_tokens": 0}), "max_tokens"),
+            (serde_json::json!({"n": 0}), "n"),
+            (serde_json::json!({"stop": [""]}), "stop"),
+            (
+                serde_json::json!({"min_tokens": 9, "max_tokens": 3}),
+                "min_tokens",
+            ),
+        ] {
+            assert_eq!(sampling(body).unwrap_err().param, param);
+        }
+    }
+
+    #[test]
+    fn wrong_types_name_their_field() {
+        let err = sampling(serde_json::json!({"temperature": "hot"})).unwrap_err();
+        assert_eq!(err.param, "temperature");
+    }
+
+    #[test]
+    fn stop_accepts_a_string_or_a_list() {
+        let one = sampling(serde_json::json!({"stop": "x"})).unwrap();
+        let many = sampling(serde_json::json!({"stop": ["x", "y"]})).unwrap();
+        assert_eq!(one.stop, vec!["x"]);
+        assert_eq!(many.stop, vec!["x", "y"]);
+    }
+}

@@ -1,0 +1,120 @@
+"""The worker's command line: dashed flags, LightLLM underscore aliases, clear refusals."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from glm47.worker.__main__ import eos_token_ids
+from glm47.worker.cli_args import parse_args
+from glm47.worker.model.config import ModelConfig
+
+BASE = ["--listen", "tcp://127.0.0.1:5557", "--model-dir", "/m"]
+
+
+def test_lightllm_spellings_give_the_same_config_as_dashes() -> None:
+    dashed = parse_args(
+        [
+            *BASE,
+            "--device=cpu",
+            "--max-req-total-len",
+            "4096",
+            "--chunked-prefill-size",
+            "512",
+            "--graph-max-batch-size",
+            "64",
+            "--mem-fraction",
+            "0.8",
+            "--prefill-att-backend",
+            "triton",
+            "--decode-att-backend",
+            "triton",
+            "--mtp-step",
+            "2",
+            "--mtp-mode",
+            "eagle_with_att",
+            "--max-running-requests",
+            "32",
+            "--disable-prefix-cache",
+        ]
+    )
+    lightllm = parse_args(
+        [
+            "--listen",
+            "tcp://127.0.0.1:5557",
+            "--model_dir",
+            "/m",
+            "--device",
+            "cpu",
+            "--max_req_total_len",
+            "4096",
+            "--chunked_prefill_size=512",
+            "--graph_max_batch_size",
+            "64",
+            "--mem_fraction",
+            "0.8",
+            "--llm_prefill_att_backend",
+            "triton",
+            "--llm_decode_att_backend",
+            "triton",
+            "--mtp_step",
+            "2",
+            "--mtp_mode",
+            "eagle_with_att",
+            "--max_running_requests",
+            "32",
+            "--disable_prefix_cache",
+            "--tp",
+            "1",
+        ]
+    )
+    assert dashed == lightllm
+    cfg = dashed.engine
+    assert (cfg.max_req_total_len, cfg.chunked_prefill_size, cfg.graph_max_batch_size) == (
+        4096,
+        512,
+        64,
+    )
+    assert (cfg.prefill_att_backend, cfg.mtp_step, cfg.enable_prefix_cache) == ("triton", 2, False)
+    assert cfg.model_dir == "/m" and cfg.dtype == "float32"  # the CPU default
+
+
+def test_defaults() -> None:
+    args = parse_args([*BASE, "--device", "cuda:1"])
+    assert args.engine.device == "cuda:1" and args.engine.dtype == "bfloat16"
+    assert args.engine.chunked_prefill_size == 8192 and args.engine.max_req_total_len is None
+    assert args.worker_id == "worker@tcp://127.0.0.1:5557" and args.log_level == "info"
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        ([*BASE, "--port", "8000"], "router"),
+        ([*BASE, "--host=0.0.0.0"], "router"),
+        ([*BASE, "--tool_call_parser", "glm47"], "router"),
+        ([*BASE, "--no-such-flag"], "unrecognized"),
+        ([*BASE, "--max-req"], "unrecognized"),  # no abbreviations
+        ([*BASE, "--tp", "2"], "one GPU"),
+        ([*BASE, "--page-size", "3"], "power of two"),
+        ([*BASE, "--prefill-att-backend", "cudnn"], "invalid choice"),
+        (["--model-dir", "/m"], "--listen"),
+    ],
+)
+def test_bad_flags_exit_with_a_clear_message(
+    argv: list[str], says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        parse_args(argv)
+    assert info.value.code == 2
+    assert says in capsys.readouterr().err
+
+
+def test_eos_ids_merge_generation_config(tmp_path: Path) -> None:
+    (tmp_path / "generation_config.json").write_text(json.dumps({"eos_token_id": [7, 3]}))
+    cfg = ModelConfig.__new__(ModelConfig)
+    object.__setattr__(cfg, "eos_token_ids", (3, 5))
+    assert eos_token_ids(str(tmp_path), cfg) == [3, 5, 7]
+    (tmp_path / "generation_config.json").write_text(json.dumps({"eos_token_id": 9}))
+    assert eos_token_ids(str(tmp_path), cfg) == [3, 5, 9]

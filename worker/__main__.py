@@ -1,0 +1,135 @@
+"""`python -m glm47.worker`: load the model, build the engine, serve routers over ZeroMQ."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import threading
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from glm47.worker.cli_args import WorkerArgs, parse_args
+from glm47.worker.config import EngineConfig
+from glm47.worker.model.config import ModelConfig
+from glm47.worker.service import EngineFailure, Service
+from glm47.worker.wire import Ready
+
+if TYPE_CHECKING:
+    from glm47.worker.engine.engine import Engine
+
+log = logging.getLogger("glm47.worker")
+
+CPU_KV_CACHE_TOKENS = 16384  # KV capacity on the CPU when --kv-cache-tokens is not given
+
+
+def eos_token_ids(model_dir: str, model_cfg: ModelConfig) -> list[int]:
+    """The model's eos ids: config.json's, plus generation_config.json's when present."""
+    ids = set(model_cfg.eos_token_ids)
+    gen_path = Path(model_dir) / "generation_config.json"
+    if gen_path.is_file():
+        raw = json.loads(gen_path.read_text(encoding="utf-8")).get("eos_token_id")
+        ids.update([raw] if isinstance(raw, int) else [i for i in raw or [] if isinstance(i, int)])
+    return sorted(ids)
+
+
+def resolve_config(cfg: EngineConfig, model_cfg: ModelConfig) -> EngineConfig:
+    """Fill what depends on the model and the device: the length limit, the CPU KV size."""
+    cfg = cfg.with_model_limits(model_cfg.max_position_embeddings)
+    if cfg.kv_cache_tokens is None and not cfg.device.startswith("cuda"):
+        cfg = replace(cfg, kv_cache_tokens=CPU_KV_CACHE_TOKENS)
+    return cfg
+
+
+def build(args: WorkerArgs) -> tuple[Engine, Ready]:
+    """Load the model and build runner, sampler and engine; returns the engine and its `ready`."""
+    import torch
+
+    from glm47.worker.engine.engine import Engine
+    from glm47.worker.runner import ModelRunner
+    from glm47.worker.sampling import Sampler
+
+    assert args.engine.model_dir is not None
+    model_dir = args.engine.model_dir
+    model_cfg = ModelConfig.from_dir(model_dir)
+    cfg = resolve_config(args.engine, model_cfg)
+    if cfg.mtp_step > 0:
+        log.warning(
+            "--mtp-step %d: MTP drafting is not available yet; decoding without it", cfg.mtp_step
+        )
+    log.info(
+        "worker %s: model %s, device %s, dtype %s, attention prefill=%s decode=%s, page size %d",
+        args.worker_id,
+        model_dir,
+        cfg.device,
+        cfg.dtype,
+        cfg.prefill_att_backend,
+        cfg.decode_att_backend,
+        cfg.page_size,
+    )
+    runner = ModelRunner(
+        model_cfg,
+        model_dir,
+        device=cfg.device,
+        dtype=getattr(torch, cfg.dtype),
+        page_size=cfg.page_size,
+        kv_tokens=cfg.kv_cache_tokens,
+        mem_fraction=cfg.mem_fraction,
+        prefill_backend=cfg.prefill_att_backend,
+        decode_backend=cfg.decode_att_backend,
+        load_format="dummy" if cfg.load_format == "dummy" else "safetensors",
+        seed=cfg.seed,
+    )
+    eos = eos_token_ids(model_dir, model_cfg)
+    engine = Engine(cfg, runner, Sampler(seed=cfg.seed), eos)
+    ready = Ready(
+        model=args.model_name or Path(model_dir).resolve().name,
+        vocab_size=model_cfg.vocab_size,
+        eos_token_ids=eos,
+        max_req_total_len=engine.max_req_total_len,
+        max_running_requests=cfg.max_running_requests,
+        kv_capacity_tokens=engine.kv_capacity_tokens,
+        mtp_step=0,
+        worker_id=args.worker_id,
+    )
+    log.info(
+        "KV cache %d tokens (%d pages of %d); max_req_total_len %d; eos %s",
+        engine.kv_capacity_tokens,
+        runner.num_pages,
+        cfg.page_size,
+        engine.max_req_total_len,
+        eos,
+    )
+    return engine, ready
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the worker until SIGINT/SIGTERM (exit 0) or an engine failure (exit 1)."""
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        engine, ready = build(args)
+    except (ValueError, OSError, KeyError) as exc:
+        log.error("cannot start the worker: %s", exc)
+        return 1
+    service = Service(engine, ready, args.listen)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda signum, frame: stop.set())
+    try:
+        service.serve(stop)
+    except EngineFailure:
+        return 1
+    finally:
+        service.close()
+    log.info("worker %s stopped", ready.worker_id)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,152 @@
+"""Command line of the worker: `python -m glm47.worker --listen ADDR --model-dir DIR [flags]`.
+
+Flags use dashes; LightLLM's underscore spellings (`--model_dir`, `--max_req_total_len`,
+`--llm_prefill_att_backend`, ...) are accepted as aliases so deployments can keep their flags.
+Unknown flags are an error; router flags given to the worker get a hint instead of a bare refusal.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from typing import Any
+
+from glm47.worker.config import (
+    ATTENTION_BACKEND_CHOICES,
+    DTYPE_CHOICES,
+    LOAD_FORMAT_CHOICES,
+    MTP_MODE_CHOICES,
+    EngineConfig,
+)
+
+# Flags that belong to the router (or `glm47 serve`), with the reason the worker refuses them.
+ROUTER_ONLY = {
+    "--host": "the worker binds --listen; --host is the router's HTTP address",
+    "--port": "the worker binds --listen; --port is the router's HTTP port",
+    "--tool-call-parser": "tool calls are parsed by the router",
+    "--tool_call_parser": "tool calls are parsed by the router",
+    "--reasoning-parser": "reasoning is parsed by the router",
+    "--reasoning_parser": "reasoning is parsed by the router",
+    "--worker-addr": "--worker-addr is a router flag; the worker binds --listen",
+}
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+@dataclass(frozen=True)
+class WorkerArgs:
+    """The parsed command line: where to listen, what to call the worker, and the engine config."""
+
+    listen: str  # ZeroMQ address the ROUTER socket binds
+    worker_id: str  # name in `ready`, logs and metrics
+    model_name: str | None  # model name announced in `ready`; None: the model directory's name
+    log_level: str
+    engine: EngineConfig
+
+
+def default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _flag(parser: argparse.ArgumentParser, names: list[str], **kw: Any) -> None:
+    """Add a flag under its dashed name and every alias; the dest is the first name's."""
+    dest = names[0].lstrip("-").replace("-", "_")
+    parser.add_argument(*names, dest=dest, **kw)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="glm47 worker",
+        description="The glm47 GPU worker: loads the model and serves the router over ZeroMQ.",
+        allow_abbrev=False,
+    )
+    _flag(p, ["--listen"], required=True, help="address to bind, e.g. tcp://0.0.0.0:5557")
+    _flag(p, ["--model-dir", "--model_dir"], required=True, help="checkpoint directory")
+    _flag(p, ["--model-name", "--model_name"], help="model name announced to routers")
+    _flag(p, ["--worker-id", "--worker_id"], default=None, help="name of this worker in logs")
+    _flag(p, ["--log-level", "--log_level"], default="info", choices=LOG_LEVELS)
+    _flag(p, ["--device"], default=None, help="cuda, cuda:N or cpu (default: cuda if available)")
+    _flag(p, ["--dtype", "--data-type", "--data_type"], default=None, choices=DTYPE_CHOICES)
+    _flag(p, ["--tp"], type=int, default=1, help="tensor-parallel GPUs")
+    _flag(p, ["--seed"], type=int, default=0, help="seed of sampling and dummy weights")
+    _flag(p, ["--load-format", "--load_format"], default="auto", choices=LOAD_FORMAT_CHOICES)
+    _flag(p, ["--page-size", "--page_size"], type=int, default=16, help="tokens per KV page")
+    _flag(p, ["--kv-cache-tokens", "--kv_cache_tokens"], type=int, default=None)
+    _flag(p, ["--mem-fraction", "--mem_fraction"], type=float, default=0.9)
+    _flag(p, ["--chunked-prefill-size", "--chunked_prefill_size"], type=int, default=8192)
+    _flag(p, ["--max-num-batched-tokens", "--max_num_batched_tokens"], type=int, default=None)
+    _flag(p, ["--max-req-total-len", "--max_req_total_len"], type=int, default=None)
+    _flag(p, ["--max-running-requests", "--max_running_requests"], type=int, default=512)
+    _flag(p, ["--max-waiting-requests", "--max_waiting_requests"], type=int, default=4096)
+    _flag(
+        p,
+        ["--disable-prefix-cache", "--disable_prefix_cache"],
+        action="store_true",
+        help="no KV sharing between requests with a common prefix",
+    )
+    backends: dict[str, Any] = {"choices": ATTENTION_BACKEND_CHOICES, "default": "auto"}
+    _flag(
+        p,
+        ["--prefill-att-backend", "--llm_prefill_att_backend", "--llm-prefill-att-backend"],
+        **backends,
+    )
+    _flag(
+        p,
+        ["--decode-att-backend", "--llm_decode_att_backend", "--llm-decode-att-backend"],
+        **backends,
+    )
+    _flag(p, ["--graph-max-batch-size", "--graph_max_batch_size"], type=int, default=512)
+    _flag(p, ["--disable-cuda-graph", "--disable_cuda_graph"], action="store_true")
+    _flag(p, ["--mtp-step", "--mtp_step"], type=int, default=0, help="MTP draft tokens per step")
+    _flag(p, ["--mtp-mode", "--mtp_mode"], default="vanilla_with_att", choices=MTP_MODE_CHOICES)
+    _flag(p, ["--mtp-draft-model-dir", "--mtp_draft_model_dir"], default=None)
+    return p
+
+
+def parse_args(argv: list[str]) -> WorkerArgs:
+    """Parse and validate; exits with a usage message (status 2) on any bad flag or value."""
+    parser = build_parser()
+    for arg in argv:
+        flag = arg.split("=", 1)[0]
+        if flag in ROUTER_ONLY:
+            parser.error(f"{flag} is not a worker flag: {ROUTER_ONLY[flag]}")
+    ns = parser.parse_args(argv)
+    device = ns.device or default_device()
+    dtype = ns.dtype or ("bfloat16" if device.startswith("cuda") else "float32")
+    if ns.tp != 1:
+        parser.error(f"--tp {ns.tp}: this worker runs on one GPU; start one worker per GPU")
+    try:
+        engine = EngineConfig(
+            model_dir=ns.model_dir,
+            device=device,
+            dtype=dtype,
+            tp=ns.tp,
+            seed=ns.seed,
+            load_format=ns.load_format,
+            page_size=ns.page_size,
+            kv_cache_tokens=ns.kv_cache_tokens,
+            mem_fraction=ns.mem_fraction,
+            chunked_prefill_size=ns.chunked_prefill_size,
+            max_num_batched_tokens=ns.max_num_batched_tokens,
+            max_req_total_len=ns.max_req_total_len,
+            max_running_requests=ns.max_running_requests,
+            max_waiting_requests=ns.max_waiting_requests,
+            enable_prefix_cache=not ns.disable_prefix_cache,
+            prefill_att_backend=ns.prefill_att_backend,
+            decode_att_backend=ns.decode_att_backend,
+            graph_max_batch_size=ns.graph_max_batch_size,
+            disable_cuda_graph=ns.disable_cuda_graph,
+            mtp_step=ns.mtp_step,
+            mtp_mode=ns.mtp_mode,
+            mtp_draft_model_dir=ns.mtp_draft_model_dir,
+        )
+    except ValueError as exc:
+        parser.error(str(exc))
+    return WorkerArgs(
+        listen=ns.listen,
+        worker_id=ns.worker_id or f"worker@{ns.listen}",
+        model_name=ns.model_name,
+        log_level=ns.log_level,
+        engine=engine,
+    )

@@ -1,0 +1,107 @@
+"""Layers against transformers' modules (or a plain formula) on fresh random inputs."""
+
+from __future__ import annotations
+
+import torch
+from transformers import Glm4MoeLiteConfig
+from transformers.models.glm4_moe_lite import modeling_glm4_moe_lite as hf
+
+from glm47.worker.model.layers.experts import TorchExperts, create_experts_backend
+from glm47.worker.model.layers.moe import select_experts
+from glm47.worker.model.layers.norm import RMSNorm
+from glm47.worker.model.layers.rope import InterleavedRope
+from tests.worker.model.reference import TINY_HF
+
+
+def _hf_config(**overrides: object) -> Glm4MoeLiteConfig:
+    cfg = Glm4MoeLiteConfig(**{**TINY_HF, **overrides})
+    cfg._experts_implementation = "eager"
+    return cfg
+
+
+def test_group_limited_routing_matches_transformers_router() -> None:
+    torch.manual_seed(0)
+    cfg = _hf_config(n_routed_experts=16, n_group=4, topk_group=2, num_experts_per_tok=4)
+    router = hf.Glm4MoeLiteTopkRouter(cfg)
+    torch.nn.init.normal_(router.weight, std=0.2)
+    router.e_score_correction_bias.uniform_(-0.2, 0.2)
+    x = torch.randn(37, cfg.hidden_size)
+    _, ref_weights, ref_ids = router(x)
+    ids, weights = select_experts(
+        x,
+        router.weight,
+        router.e_score_correction_bias,
+        top_k=4,
+        n_group=4,
+        topk_group=2,
+        norm_topk_prob=True,
+        routed_scaling_factor=cfg.routed_scaling_factor,
+    )
+    assert ids.dtype == torch.int32 and weights.dtype == torch.float32
+    order, ref_order = ids.long().sort(-1), ref_ids.sort(-1)
+    torch.testing.assert_close(order.values, ref_order.values)
+    torch.testing.assert_close(
+        weights.gather(1, order.indices), ref_weights.gather(1, ref_order.indices)
+    )
+    # the experts of a token come from at most topk_group = 2 of the 4 groups
+    groups_per_token = [len(set((row // 4).tolist())) for row in ids]
+    assert max(groups_per_token) <= 2
+
+
+def test_correction_bias_changes_the_choice_but_not_the_weights() -> None:
+    torch.manual_seed(1)
+    x, gate = torch.randn(8, 16), torch.randn(6, 16)
+    bias = torch.zeros(6)
+    bias[5] = 10.0  # expert 5 is always chosen, weighted by its own sigmoid score
+    kwargs = dict(top_k=2, n_group=1, topk_group=1, norm_topk_prob=False, routed_scaling_factor=1.0)
+    ids, weights = select_experts(x, gate, bias, **kwargs)  # type: ignore[arg-type]
+    assert (ids == 5).any(-1).all()
+    scores = torch.sigmoid(x @ gate.T)
+    torch.testing.assert_close(weights, scores.gather(1, ids.long()))
+
+
+def test_torch_experts_match_transformers_bit_for_bit_in_bf16() -> None:
+    torch.manual_seed(2)
+    cfg = _hf_config()
+    experts = hf.Glm4MoeLiteExperts(cfg).to(torch.bfloat16)
+    torch.nn.init.normal_(experts.gate_up_proj, std=0.1)
+    torch.nn.init.normal_(experts.down_proj, std=0.1)
+    x = torch.randn(29, cfg.hidden_size, dtype=torch.bfloat16)
+    ids = torch.stack([torch.randperm(8)[:3] for _ in range(29)])
+    weights = torch.rand(29, 3)
+    expected = experts(x, ids, weights)
+    got = create_experts_backend("torch").forward(
+        x, experts.gate_up_proj, experts.down_proj, ids.to(torch.int32), weights
+    )
+    assert isinstance(create_experts_backend("torch"), TorchExperts)
+    assert torch.equal(got, expected)
+
+
+def test_rmsnorm_matches_transformers_and_fuses_the_residual_add() -> None:
+    torch.manual_seed(3)
+    ref = hf.Glm4MoeLiteRMSNorm(32, eps=1e-5).to(torch.bfloat16)
+    ref.weight.data.uniform_(0.5, 1.5)
+    norm = RMSNorm(32, 1e-5).to(torch.bfloat16)
+    norm.weight.data.copy_(ref.weight.data)
+    x, residual = torch.randn(2, 5, 32, dtype=torch.bfloat16).unbind(0)
+    assert torch.equal(norm(x), ref(x))
+    normed, new_residual = norm(x, residual)
+    assert torch.equal(new_residual, residual + x)
+    assert torch.equal(normed, ref(residual + x))
+
+
+def test_rope_matches_transformers_interleaved_rope() -> None:
+    torch.manual_seed(4)
+    cfg = _hf_config(rope_parameters={"rope_type": "default", "rope_theta": 1e6})
+    rotary = hf.Glm4MoeLiteRotaryEmbedding(cfg)
+    positions = torch.tensor([0, 3, 17, 400, 511])
+    q = torch.randn(5, 3, cfg.qk_rope_head_dim, dtype=torch.bfloat16)
+    k = torch.randn(5, cfg.qk_rope_head_dim, dtype=torch.bfloat16)
+    cos, sin = rotary(q, positions[None])
+    ref_q, ref_k = hf.apply_rotary_pos_emb_interleave(
+        q.transpose(0, 1)[None], k[None, None], cos, sin
+    )
+    rope = InterleavedRope(cfg.qk_rope_head_dim, 512, 1e6, torch.bfloat16)
+    got_q, got_k = rope(positions, q, k)
+    assert torch.equal(got_q, ref_q[0].transpose(0, 1))
+    assert torch.equal(got_k, ref_k[0, 0])

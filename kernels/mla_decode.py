@@ -22,8 +22,8 @@ def _mla_decode_split_kernel(
     kv_ptr,  # [num_slots, >= D_LAT + D_ROPE]
     page_table_ptr,  # [B, max_pages] int32
     seq_lens_ptr,  # [B] int32
-    part_out_ptr,  # [B, NUM_SPLITS, H, D_LAT] fp32
-    part_lse_ptr,  # [B, NUM_SPLITS, H] fp32, log2 units
+    part_out_ptr,  # [B, num_splits, H, D_LAT] fp32
+    part_lse_ptr,  # [B, num_splits, H] fp32, log2 units
     stride_qb,
     stride_qh,
     stride_kv,
@@ -34,18 +34,18 @@ def _mla_decode_split_kernel(
     stride_plb,
     stride_pls,
     num_heads,
+    num_splits,
     scale_log2,
     PAGE_SIZE: tl.constexpr,
     D_LAT: tl.constexpr,
     D_ROPE: tl.constexpr,
     BLOCK_H: tl.constexpr,
     BLOCK_N: tl.constexpr,
-    NUM_SPLITS: tl.constexpr,
 ):
     b = tl.program_id(0)
     split = tl.program_id(1)
     seq_len = tl.load(seq_lens_ptr + b)
-    per_split = tl.cdiv(tl.cdiv(seq_len, NUM_SPLITS), BLOCK_N) * BLOCK_N
+    per_split = tl.cdiv(tl.cdiv(seq_len, num_splits), BLOCK_N) * BLOCK_N
     start = split * per_split
     end = tl.minimum(start + per_split, seq_len)
 
@@ -87,8 +87,8 @@ def _mla_decode_split_kernel(
 
 @triton.jit
 def _mla_decode_merge_kernel(
-    part_out_ptr,  # [B, NUM_SPLITS, H, D_LAT] fp32
-    part_lse_ptr,  # [B, NUM_SPLITS, H] fp32, log2 units
+    part_out_ptr,  # [B, num_splits, H, D_LAT] fp32
+    part_lse_ptr,  # [B, num_splits, H] fp32, log2 units
     out_ptr,  # [B, H, D_LAT]
     stride_pob,
     stride_pos,
@@ -97,15 +97,15 @@ def _mla_decode_merge_kernel(
     stride_pls,
     stride_ob,
     stride_oh,
+    num_splits,
     D_LAT: tl.constexpr,
-    NUM_SPLITS: tl.constexpr,
     BLOCK_S: tl.constexpr,
 ):
     b = tl.program_id(0)
     h = tl.program_id(1)
     offs_s = tl.arange(0, BLOCK_S)
     offs_c = tl.arange(0, D_LAT)
-    mask_s = offs_s < NUM_SPLITS
+    mask_s = offs_s < num_splits
     lse = tl.load(
         part_lse_ptr + b * stride_plb + offs_s * stride_pls + h, mask=mask_s, other=float("-inf")
     )  # [BLOCK_S]
@@ -168,6 +168,8 @@ def mla_decode(
             raise ValueError(f"latent and rope widths must be powers of two, got {dim}")
     if page_size < 1 or page_size & (page_size - 1):
         raise ValueError(f"page_size must be a power of two, got {page_size}")
+    if not 1 <= num_splits <= 64:
+        raise ValueError(f"num_splits must be in [1, 64], got {num_splits}")
     block_h = max(16, triton.next_power_of_2(h))
     part_out = torch.empty((b, num_splits, h, d_lat), dtype=torch.float32, device=q.device)
     part_lse = torch.empty((b, num_splits, h), dtype=torch.float32, device=q.device)
@@ -176,16 +178,16 @@ def mla_decode(
         q.stride(0), q.stride(1), kv_cache.stride(0), page_table.stride(0),
         part_out.stride(0), part_out.stride(1), part_out.stride(2),
         part_lse.stride(0), part_lse.stride(1),
-        h, scale * _LOG2E,
+        h, num_splits, scale * _LOG2E,
         PAGE_SIZE=page_size, D_LAT=d_lat, D_ROPE=d_rope, BLOCK_H=block_h, BLOCK_N=block_n,
-        NUM_SPLITS=num_splits, num_warps=num_warps, num_stages=num_stages,
+        num_warps=num_warps, num_stages=num_stages,
     )  # fmt: skip
     out = torch.empty((b, h, d_lat), dtype=q.dtype, device=q.device)
     _mla_decode_merge_kernel[(b, h)](
         part_out, part_lse, out,
         part_out.stride(0), part_out.stride(1), part_out.stride(2),
-        part_lse.stride(0), part_lse.stride(1), out.stride(0), out.stride(1),
-        D_LAT=d_lat, NUM_SPLITS=num_splits, BLOCK_S=max(2, triton.next_power_of_2(num_splits)),
+        part_lse.stride(0), part_lse.stride(1), out.stride(0), out.stride(1), num_splits,
+        D_LAT=d_lat, BLOCK_S=max(2, triton.next_power_of_2(num_splits)),
         num_warps=4,
     )  # fmt: skip
     return out

@@ -100,18 +100,22 @@ def default_config(num_tokens: int, num_experts: int, top_k: int) -> MoeConfig:
 
 
 def candidate_configs(num_tokens: int, num_experts: int, top_k: int) -> list[MoeConfig]:
-    """The search space of the autotuner, sized to the rows each expert sees."""
+    """The search space of the autotuner (24 configs), sized to the rows each expert sees."""
     rows_per_expert = num_tokens * top_k / max(1, num_experts)
-    block_ms = (
-        [16, 32] if rows_per_expert <= 16 else [32, 64] if rows_per_expert <= 128 else [64, 128]
-    )
-    out = []
-    for bm in block_ms:
-        for bn in (32, 64, 128):
-            for bk in (64, 128):
-                for warps, stages in ((4, 3), (4, 4), (8, 3)):
-                    out.append(MoeConfig(bm, bn, bk, 8, warps, stages))
-    return out
+    if rows_per_expert <= 16:
+        space = ([16, 32], [32, 64, 128], [128, 256], [(4, 4), (8, 4)])
+    elif rows_per_expert <= 128:
+        space = ([32, 64], [64, 128], [64, 128], [(4, 3), (4, 4), (8, 3)])
+    else:
+        space = ([64, 128], [64, 128], [64, 128], [(4, 3), (8, 3), (8, 4)])
+    block_ms, block_ns, block_ks, launches = space
+    return [
+        MoeConfig(bm, bn, bk, 8, warps, stages)
+        for bm in block_ms
+        for bn in block_ns
+        for bk in block_ks
+        for warps, stages in launches
+    ]
 
 
 def nearest(table: dict[int, MoeConfig], num_tokens: int) -> MoeConfig:

@@ -1,0 +1,382 @@
+"""Kernel timings at the real GLM-4.7-Flash shapes against the ceilings measured in the same run.
+
+    python benchmarks/kernels.py [--only ceil,decode,prefill,moe,small,fa3] [--moe-sweep] [--json F]
+
+Every time is the median of `triton.testing.do_bench` (L2 flushed before each run, events around
+the call). Fractions are of the measured device-to-device copy bandwidth (memory-bound kernels) or
+of the measured bf16 matmul rate (compute-bound ones). Needs a CUDA GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from functools import partial
+from pathlib import Path
+
+import torch
+import triton
+from triton.testing import do_bench
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
+
+from glm47.kernels.fused_moe import (
+    choose_config,
+    fused_experts,
+    moe_bytes,
+    moe_flops,
+    moe_gemm,
+)
+from glm47.kernels.kv_write import write_kv
+from glm47.kernels.mla_decode import (
+    decode_bytes,
+    decode_flops,
+    default_num_splits,
+    mla_decode,
+)
+from glm47.kernels.mla_prefill import mla_prefill, prefill_flops
+from glm47.kernels.moe_align import moe_align
+from glm47.kernels.moe_config import MoeConfig, candidate_configs
+from glm47.kernels.rmsnorm import rmsnorm
+from glm47.kernels.rope import apply_rope_, rope_cos_sin
+
+HEADS, D_LAT, D_ROPE, HIDDEN, INTER, EXPERTS, TOP_K = 20, 512, 64, 2048, 1536, 64, 4
+WIDTH = D_LAT + D_ROPE
+SCALE = 256**-0.5
+DEV = "cuda"
+BF16 = torch.bfloat16
+
+
+@dataclass
+class Row:
+    kernel: str
+    shape: str
+    variant: str
+    ms: float
+    gbps: float
+    tflops: float
+    frac: float  # of the ceiling that bounds this case
+    bound: str  # "mem" or "compute"
+
+
+def tag(cfg: MoeConfig) -> str:
+    return (
+        f"bm{cfg.block_m} bn{cfg.block_n} bk{cfg.block_k} g{cfg.group_m} "
+        f"w{cfg.num_warps} s{cfg.num_stages}"
+    )
+
+
+def time_ms(fn: Callable[..., object], *args: object, **kwargs: object) -> float:
+    """Median milliseconds of fn(*args, **kwargs)."""
+    return float(do_bench(partial(fn, *args, **kwargs), warmup=25, rep=100, return_mode="median"))
+
+
+def row(
+    kernel: str, shape: str, variant: str, ms: float, nbytes: int, flops: int, ceil: dict
+) -> Row:
+    gbps, tflops = nbytes / ms / 1e6, flops / ms / 1e9
+    t_mem, t_cmp = nbytes / (ceil["copy_gbps"] * 1e6), flops / (ceil["mm_tflops"] * 1e9)
+    bound = "mem" if t_mem >= t_cmp else "compute"
+    frac = max(t_mem, t_cmp) / ms
+    return Row(kernel, shape, variant, ms, gbps, tflops, frac, bound)
+
+
+def ceilings() -> dict:
+    src = torch.randn(1 << 29, dtype=BF16, device=DEV)  # 1 GiB
+    dst = torch.empty_like(src)
+    copy_ms = time_ms(dst.copy_, src)
+    a = torch.randn((8192, 8192), dtype=BF16, device=DEV)
+    b = torch.randn((8192, 8192), dtype=BF16, device=DEV)
+    mm_ms = time_ms(torch.matmul, a, b)
+    del src, dst, a, b
+    return {"copy_gbps": 2 * (1 << 30) / copy_ms / 1e6, "mm_tflops": 2 * 8192**3 / mm_ms / 1e9}
+
+
+def paged_cache(batch: int, ctx: int, page_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    pages = batch * ctx // page_size
+    cache = torch.randn(((pages + 1) * page_size, WIDTH), dtype=BF16, device=DEV)
+    table = (torch.randperm(pages, device=DEV) + 1).int().view(batch, ctx // page_size)
+    return cache, table
+
+
+DECODE_CFGS = [(32, 4, 2), (32, 8, 2), (64, 4, 2), (64, 8, 2), (32, 4, 3), (16, 4, 2)]
+
+
+def bench_decode(ceil: dict, sms: int) -> list[Row]:
+    rows = []
+    for batch in (1, 32, 256):
+        for ctx in (1024, 8192):
+            cache, table = paged_cache(batch, ctx, 16)
+            q = torch.randn((batch, HEADS, WIDTH), dtype=BF16, device=DEV)
+            lens = torch.full((batch,), ctx, dtype=torch.int32, device=DEV)
+            nbytes, flops = decode_bytes(batch, HEADS, ctx), decode_flops(batch, HEADS, ctx)
+            base = default_num_splits(batch, sms)
+            for bn, warps, stages in DECODE_CFGS:
+                for splits in sorted({base, max(1, base // 2), min(64, base * 2)}):
+                    ms = time_ms(
+                        mla_decode, q, cache, table, lens, 16, SCALE, num_splits=splits,
+                        block_n=bn, num_warps=warps, num_stages=stages,
+                    )  # fmt: skip
+                    var = f"bn{bn} w{warps} s{stages} splits{splits}"
+                    rows.append(
+                        row("mla_decode", f"B={batch} ctx={ctx}", var, ms, nbytes, flops, ceil)
+                    )
+            del cache, table
+    return rows
+
+
+PREFILL_CFGS = [(32, 32, 4, 2), (64, 32, 4, 2), (64, 64, 8, 2), (128, 32, 8, 2), (64, 32, 8, 3)]
+
+
+def bench_prefill(ceil: dict) -> list[Row]:
+    rows = []
+    for nseq, new, prefix in ((1, 8192, 0), (4, 1024, 3072)):
+        ctx = new + prefix
+        cache, table = paged_cache(nseq, ctx, 16)
+        q = torch.randn((nseq * new, HEADS, WIDTH), dtype=BF16, device=DEV)
+        qsl = torch.arange(0, nseq + 1, dtype=torch.int32, device=DEV) * new
+        lens = torch.full((nseq,), ctx, dtype=torch.int32, device=DEV)
+        flops = nseq * prefill_flops(new, prefix, HEADS)
+        nbytes = 2 * (nseq * ctx * WIDTH + q.numel() + nseq * new * HEADS * D_LAT)
+        for bm, bn, warps, stages in PREFILL_CFGS:
+            try:
+                ms = time_ms(
+                    mla_prefill, q, cache, table, qsl, lens, new, 16, SCALE, block_m=bm,
+                    block_n=bn, num_warps=warps, num_stages=stages,
+                )  # fmt: skip
+            except triton.runtime.errors.OutOfResources as err:
+                print(f"mla_prefill bm{bm} bn{bn}: {err}")
+                continue
+            shape = f"seqs={nseq} new={new} prefix={prefix}"
+            rows.append(
+                row(
+                    "mla_prefill",
+                    shape,
+                    f"bm{bm} bn{bn} w{warps} s{stages}",
+                    ms,
+                    nbytes,
+                    flops,
+                    ceil,
+                )
+            )
+    return rows
+
+
+def grouped_mm_baseline(
+    x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, ids: torch.Tensor
+) -> torch.Tensor:
+    """torch._grouped_mm over tokens sorted by expert (the reference of docs/gpu.md), unweighted."""
+    order = ids.view(-1).argsort()
+    xs = x[order // TOP_K]
+    counts = torch.bincount(ids.view(-1), minlength=EXPERTS)
+    offs = counts.cumsum(0).int()
+    h = torch._grouped_mm(xs, w13.transpose(1, 2), offs=offs)
+    act = torch.nn.functional.silu(h[:, :INTER]) * h[:, INTER:]
+    return torch._grouped_mm(act, w2.transpose(1, 2), offs=offs)
+
+
+def bench_moe(ceil: dict, sweep: bool) -> tuple[list[Row], dict[int, MoeConfig]]:
+    rows, tuned = [], {}
+    w13 = torch.randn((EXPERTS, 2 * INTER, HIDDEN), dtype=BF16, device=DEV) * 0.02
+    w2 = torch.randn((EXPERTS, HIDDEN, INTER), dtype=BF16, device=DEV) * 0.02
+    for t in (1, 32, 256, 8192):
+        x = torch.randn((t, HIDDEN), dtype=BF16, device=DEV)
+        ids = torch.rand((t, EXPERTS), device=DEV).topk(TOP_K, dim=1).indices.int()
+        wts = torch.rand((t, TOP_K), device=DEV)
+        active = int(ids.unique().numel())
+        nbytes, flops = (
+            moe_bytes(t, active, HIDDEN, INTER, TOP_K),
+            moe_flops(t, HIDDEN, INTER, TOP_K),
+        )
+        shape = f"T={t} active={active}"
+        stored = choose_config(x, w13, w2, TOP_K)
+        cfgs = [(f"stored/default {tag(stored)}", stored)]
+        if sweep:
+            cfgs += [(tag(c), c) for c in candidate_configs(t, EXPERTS, TOP_K)]
+        best: tuple[float, MoeConfig] | None = None
+        for name, cfg in cfgs:
+            try:
+                ms = time_ms(fused_experts, x, w13, w2, wts, ids, cfg)
+            except triton.runtime.errors.OutOfResources:
+                continue
+            rows.append(row("fused_moe", shape, name, ms, nbytes, flops, ceil))
+            if best is None or ms < best[0]:
+                best = (ms, cfg)
+        assert best is not None
+        tuned[t] = best[1]
+        rows.append(gemm_only_row(x, w13, w2, wts, ids, best[1], shape, nbytes, flops, ceil))
+        if t <= 256:
+            graph_fn = partial(fused_experts, x, w13, w2, wts, ids, best[1])
+            g_ms = float(triton.testing.do_bench_cudagraph(graph_fn, rep=50, return_mode="median"))
+            rows.append(
+                row("fused_moe", shape, f"graph replay {tag(best[1])}", g_ms, nbytes, flops, ceil)
+            )
+        try:
+            ms = time_ms(grouped_mm_baseline, x, w13, w2, ids)
+            rows.append(row("torch_grouped_mm", shape, "baseline", ms, nbytes, flops, ceil))
+        except RuntimeError as err:
+            print(f"torch._grouped_mm baseline failed: {err}")
+    return rows, tuned
+
+
+def gemm_only_row(x, w13, w2, wts, ids, cfg, shape, nbytes, flops, ceil) -> Row:  # type: ignore[no-untyped-def]
+    """The two grouped GEMMs alone (alignment done once outside), to show the alignment's share."""
+    t = x.shape[0]
+    align = moe_align(ids, EXPERTS, cfg.block_m)
+    inter = torch.empty((t * TOP_K, INTER), dtype=BF16, device=DEV)
+    out = torch.empty((t * TOP_K, HIDDEN), dtype=BF16, device=DEV)
+    flat_w = wts.reshape(-1)
+
+    def run() -> None:
+        moe_gemm(
+            x,
+            w13,
+            inter,
+            flat_w,
+            align,
+            TOP_K,
+            a_per_token=True,
+            gated=True,
+            mul_weight=False,
+            cfg=cfg,
+        )
+        moe_gemm(
+            inter,
+            w2,
+            out,
+            flat_w,
+            align,
+            TOP_K,
+            a_per_token=False,
+            gated=False,
+            mul_weight=True,
+            cfg=cfg,
+        )
+
+    return row("fused_moe", shape, f"gemms only {tag(cfg)}", time_ms(run), nbytes, flops, ceil)
+
+
+def bench_small(ceil: dict) -> list[Row]:
+    t = 8192
+    x = torch.randn((t, HIDDEN), dtype=BF16, device=DEV)
+    res = torch.randn_like(x)
+    w = torch.rand(HIDDEN, dtype=BF16, device=DEV)
+    rows = [row("rmsnorm+residual", f"T={t} D={HIDDEN}", "", time_ms(rmsnorm, x, w, 1e-5, res),
+                8 * t * HIDDEN, 0, ceil)]  # fmt: skip
+    q = torch.randn((t, HEADS, 256), dtype=BF16, device=DEV)
+    k = torch.randn((t, D_ROPE), dtype=BF16, device=DEV)
+    pos = torch.randint(0, 200000, (t,), device=DEV)
+    cs = rope_cos_sin(202752, D_ROPE, 1e6, BF16, DEV)
+    ms = time_ms(apply_rope_, q[..., 192:], k, pos, cs)
+    nbytes = 4 * (t * HEADS * D_ROPE + t * D_ROPE) + 2 * t * D_ROPE
+    rows.append(row("rope", f"T={t} H={HEADS}", "", ms, nbytes, 0, ceil))
+    cache = torch.randn((4 * t, WIDTH), dtype=BF16, device=DEV)
+    lat = torch.randn((t, D_LAT), dtype=BF16, device=DEV)
+    slots = torch.randperm(4 * t, device=DEV)[:t]
+    ms = time_ms(write_kv, cache, lat, k, slots)
+    rows.append(row("kv_write", f"T={t}", "", ms, 4 * t * WIDTH, 0, ceil))
+    return rows
+
+
+def bench_fa3(ceil: dict) -> list[Row]:
+    """The expanded-form prefill through fa3-fwd, if installed: correctness, then time."""
+    try:
+        from fa3_fwd_interface import flash_attn_varlen_func  # type: ignore[import-not-found]
+    except ImportError as err:
+        print(f"fa3: not importable: {err}")
+        return []
+    rows = []
+    for t in (512, 8192):
+        q = torch.randn((t, HEADS, 256), dtype=BF16, device=DEV)
+        k, v = torch.randn_like(q), torch.randn_like(q)
+        cu = torch.tensor([0, t], dtype=torch.int32, device=DEV)
+        fn = partial(
+            flash_attn_varlen_func, q, k, v, cu, cu, t, t, softmax_scale=SCALE, causal=True
+        )
+        out = fn()
+        out = out[0] if isinstance(out, tuple) else out
+        if t == 512:
+            ref = torch.nn.functional.scaled_dot_product_attention(
+                q.transpose(0, 1).float(), k.transpose(0, 1).float(), v.transpose(0, 1).float(),
+                is_causal=True, scale=SCALE,
+            ).transpose(0, 1)  # fmt: skip
+            rel = float((out.float() - ref).norm() / ref.norm())
+            print(f"fa3 varlen causal hdim 256/256, T=512: rel err vs fp32 sdpa = {rel:.2e}")
+        flops = 2 * HEADS * (t * (t + 1) // 2) * 512
+        rows.append(
+            row(
+                "fa3_varlen",
+                f"T={t} hdim=256/256",
+                "causal",
+                time_ms(fn),
+                6 * t * HEADS * 256,
+                flops,
+                ceil,
+            )
+        )
+    c = torch.randn((8192, D_LAT), dtype=BF16, device=DEV)
+    wkv = torch.randn((HEADS * 448, D_LAT), dtype=BF16, device=DEV)
+    ms = time_ms(torch.matmul, c, wkv.T)
+    rows.append(row("kv_b_proj expand", "T=8192", "matmul", ms, 2 * (c.numel() + wkv.numel() + 8192 * HEADS * 448),
+                    2 * 8192 * D_LAT * HEADS * 448, ceil))  # fmt: skip
+    return rows
+
+
+def print_table(rows: list[Row]) -> None:
+    print(
+        f"{'kernel':<18}{'shape':<30}{'variant':<44}{'ms':>9}{'GB/s':>8}{'TFLOP/s':>9}{'frac':>6} bound"
+    )
+    for r in rows:
+        print(f"{r.kernel:<18}{r.shape:<30}{r.variant[:43]:<44}{r.ms:>9.4f}{r.gbps:>8.0f}{r.tflops:>9.1f}"
+              f"{r.frac:>6.2f} {r.bound}")  # fmt: skip
+
+
+def best_rows(rows: list[Row]) -> list[Row]:
+    best: dict[tuple[str, str], Row] = {}
+    for r in rows:
+        key = (r.kernel, r.shape)
+        if key not in best or r.ms < best[key].ms:
+            best[key] = r
+    return list(best.values())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--only", default="ceil,decode,prefill,moe,small,fa3")
+    ap.add_argument("--moe-sweep", action="store_true", help="time every candidate MoE config")
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args()
+    parts = set(args.only.split(","))
+    torch.manual_seed(0)
+    gpu = torch.cuda.get_device_name()
+    ceil = ceilings()
+    print(f"{gpu}: copy {ceil['copy_gbps']:.0f} GB/s, bf16 matmul {ceil['mm_tflops']:.0f} TFLOP/s")
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    rows: list[Row] = []
+    tuned: dict[int, MoeConfig] = {}
+    if "decode" in parts:
+        rows += bench_decode(ceil, sms)
+    if "prefill" in parts:
+        rows += bench_prefill(ceil)
+    if "moe" in parts:
+        moe_rows, tuned = bench_moe(ceil, args.moe_sweep)
+        rows += moe_rows
+    if "small" in parts:
+        rows += bench_small(ceil)
+    if "fa3" in parts:
+        rows += bench_fa3(ceil)
+    if args.json:
+        payload = {"gpu": gpu, "ceilings": ceil, "rows": [asdict(r) for r in rows],
+                   "moe_best": {t: asdict(c) for t, c in tuned.items()}}  # fmt: skip
+        args.json.write_text(json.dumps(payload, indent=1))
+    print("\n== all ==")
+    print_table(rows)
+    print("\n== best per kernel and shape ==")
+    print_table(best_rows(rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,61 @@
+"""Tune the fused MoE block configs on this GPU and store them as data.
+
+    python -m glm47.kernels.tune_moe [--tokens 1 32 256 ...] [--experts 64 --hidden 2048
+        --inter 1536 --top-k 4] [--out-dir DIR]
+
+For every token count, times each candidate config (moe_config.candidate_configs) on random
+routing and writes the fastest into `fused_moe_<gpu>.json` (kernels/configs by default), merged with
+what is there. Needs a CUDA GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+
+from glm47.kernels import moe_config
+from glm47.kernels.fused_moe import tune_config
+from glm47.kernels.moe_config import MoeConfig, candidate_configs, save_stored, shape_key
+
+DEFAULT_TOKENS = [1, 8, 32, 64, 128, 256, 512, 1024, 2048, 8192]
+
+
+def tune_shape(
+    tokens: list[int], experts: int, hidden: int, inter: int, top_k: int, dtype: torch.dtype
+) -> dict[int, MoeConfig]:
+    """The fastest config per token count for one expert shape."""
+    w13 = torch.randn((experts, 2 * inter, hidden), dtype=dtype, device="cuda") * 0.02
+    w2 = torch.randn((experts, hidden, inter), dtype=dtype, device="cuda") * 0.02
+    best = {}
+    for t in tokens:
+        start = time.perf_counter()
+        x = torch.randn((t, hidden), dtype=dtype, device="cuda")
+        best[t] = tune_config(x, w13, w2, top_k, candidate_configs(t, experts, top_k))
+        print(f"T={t}: {best[t]} ({time.perf_counter() - start:.1f} s)", flush=True)
+    return best
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--tokens", type=int, nargs="+", default=DEFAULT_TOKENS)
+    ap.add_argument("--experts", type=int, default=64)
+    ap.add_argument("--hidden", type=int, default=2048)
+    ap.add_argument("--inter", type=int, default=1536)
+    ap.add_argument("--top-k", type=int, default=4)
+    ap.add_argument("--out-dir", type=Path, default=None)
+    args = ap.parse_args()
+    if args.out_dir is not None:
+        moe_config.CONFIG_DIR = args.out_dir
+    dtype = torch.bfloat16
+    gpu = torch.cuda.get_device_name()
+    table = tune_shape(args.tokens, args.experts, args.hidden, args.inter, args.top_k, dtype)
+    key = shape_key(args.experts, args.hidden, args.inter, args.top_k, "bfloat16")
+    path = save_stored(gpu, {key: table})
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -7,6 +7,7 @@ from one thread; nothing here is thread-safe or blocking besides the runner.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -189,13 +190,13 @@ class Engine:
         """Assert that page tables, reference counts, the prefix tree and the free list agree."""
         self.pool.check()
         self.cache.check()
-        held: dict[int, int] = {}
-        for req in self.scheduler.running:
-            for p in req.page_ids:
-                held[p] = held.get(p, 0) + 1
-        for p in range(1, self.pool.num_pages):
-            assert held.get(p, 0) == self.pool.ref(p), (
-                f"page {p}: {held.get(p, 0)} page tables hold it, reference count {self.pool.ref(p)}"
+        held = Counter(p for req in self.scheduler.running for p in req.page_ids)
+        refs = self.pool.referenced()
+        if held != refs:
+            page = next(p for p in held.keys() | refs.keys() if held[p] != refs.get(p, 0))
+            raise AssertionError(
+                f"page {page}: {held[page]} page tables hold it, reference count "
+                f"{refs.get(page, 0)}"
             )
         for req in self.scheduler.waiting:
             assert not req.page_ids, f"waiting request {req.rid} holds pages"

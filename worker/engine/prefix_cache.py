@@ -183,17 +183,17 @@ class PrefixCache:
     def check(self) -> None:
         """Assert the tree's structure and that its pages are exactly the pool's cached pages."""
         ps = self.page_size
-        seen: set[int] = set()
+        pages: list[int] = []
         for node in self._walk():
             assert node.pages and len(node.tokens) == len(node.pages) * ps, "malformed node"
             assert node.parent is not None and node.parent.children[node.tokens[:ps]] is node
             assert (not node.children) == (node in self._leaves), "leaf set out of date"
-            for p in node.pages:
-                assert p not in seen, f"page {p} twice in the prefix tree"
-                assert self.pool.is_cached(p), f"tree page {p} not marked cached in the pool"
-                seen.add(p)
-        cached = sum(1 for p in range(self.pool.num_pages) if self.pool.is_cached(p))
-        assert cached == len(seen), f"pool marks {cached} pages cached, the tree holds {len(seen)}"
+            pages.extend(node.pages)
+        assert len(set(pages)) == len(pages), "a page appears twice in the prefix tree"
+        assert self.pool.all_cached(pages), "a tree page is not marked cached in the pool"
+        assert self.pool.num_cached == len(pages), (
+            f"the pool marks {self.pool.num_cached} pages cached, the tree holds {len(pages)}"
+        )
 
     def _walk(self) -> list[_Node]:
         out, stack = [], list(self._root.children.values())

@@ -106,12 +106,13 @@ class Request:
 
     def check_finish(self, max_total_len: int) -> FinishReason | None:
         """The finish reason after the last appended token, if any. A stop beats a length limit."""
-        if not self.output_ids:
+        num_out = len(self.output_ids)
+        if num_out == 0:
             return None
-        if self.num_output_tokens >= self.min_new_tokens:
+        if num_out >= self.min_new_tokens:
             last = self.output_ids[-1]
             if last in self.stop_token_ids or (not self.ignore_eos and last in self.eos_token_ids):
                 return FinishReason.STOP
-        if self.num_output_tokens >= self.max_new_tokens or self.num_tokens >= max_total_len:
+        if num_out >= self.max_new_tokens or len(self.all_token_ids) >= max_total_len:
             return FinishReason.LENGTH
         return None

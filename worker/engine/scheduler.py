@@ -57,35 +57,30 @@ class Scheduler:
     def schedule(self) -> ScheduledBatch:
         """Plan one step and advance every scheduled request's `num_computed_tokens`."""
         plan = _Plan(budget=self.config.token_budget)
-        for decoding in (True, False):
-            for req in list(self.running):
-                if plan.budget == 0:
-                    break
-                if req.state is RequestState.RUNNING and self._is_decoding(req) == decoding:
-                    self._schedule_running(req, plan)
+        decoding = [r for r in self.running if r.num_computed_tokens >= len(r.all_token_ids) - 1]
+        prefilling = [r for r in self.running if r.num_computed_tokens < len(r.all_token_ids) - 1]
+        for req in decoding + prefilling:
+            if plan.budget == 0:
+                break
+            if req.state is RequestState.RUNNING:  # not preempted earlier in this loop
+                self._schedule_running(req, plan)
         if not plan.preempted:
             self._admit_waiting(plan)
         return self._build(plan)
 
-    @staticmethod
-    def _is_decoding(req: Request) -> bool:
-        """Only the last known token (and drafts) remain to compute."""
-        return req.num_computed_tokens >= req.num_tokens - 1
-
-    def _chunk(self, req: Request, plan: _Plan) -> int:
-        return min(req.num_tokens_to_compute, plan.budget, self.config.chunked_prefill_size)
-
     def _schedule_running(self, req: Request, plan: _Plan) -> None:
-        n = self._chunk(req, plan)
+        """Give a running request its chunk, preempting the newest requests for pages."""
+        n = min(req.num_tokens_to_compute, plan.budget, self.config.chunked_prefill_size)
         need = self.pool.pages_for(req.num_computed_tokens + n) - len(req.page_ids)
-        while not self._make_room(need):
+        while need > 0 and not self._make_room(need):
             victim = self.running[-1]
             plan.preempted = True
             plan.budget += plan.chunks.pop(victim, 0)
             self.preempt(victim)
             if victim is req:
                 return
-        req.page_ids += self.pool.allocate(need)
+        if need > 0:
+            req.page_ids += self.pool.allocate(need)
         plan.chunks[req] = n
         plan.budget -= n
 

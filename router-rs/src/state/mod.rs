@@ -1,0 +1,288 @@
+//! The per-choice output pipeline, shared by streaming and non-streaming answers.
+//!
+//! Worker outputs flow through fixed stages, each fed what the previous one released:
+//! token ids → incremental detokenizer → stop strings → (reasoning parser) → (tool-call parser)
+//! → a [`Delta`]. A non-streaming answer folds the deltas of one choice into its final message
+//! ([`Collected`]); a stream sends each delta as it comes. The pipeline is synchronous: the async
+//! driver (`http::run`) reads the worker and drops the request handle (an abort) when a delta
+//! reports that a stop string ended the choice.
+
+mod stages;
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+
+use crate::parsers::{Glm45ReasoningParser, Glm47ToolParser, ToolEvent};
+use crate::protocol::openai::{FinishReason, FunctionDelta, ToolCallDelta};
+use crate::tokenizer::Tokenizer;
+use crate::wire;
+
+pub use stages::{Detokenize, StopStrings};
+
+/// One generated token, for logprobs and `/generate_stream`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenInfo {
+    pub id: u32,
+    /// The text this token added to the output (may be empty while a character is incomplete).
+    pub text: String,
+    pub logprob: Option<f32>,
+    /// The best alternatives, best first (empty unless top logprobs were asked for).
+    pub top: Vec<(u32, f32)>,
+    pub special: bool,
+}
+
+/// How a choice ended, with its token counts.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Finish {
+    pub reason: FinishReason,
+    pub prompt_tokens: u32,
+    pub completion_tokens: u32,
+    pub cached_tokens: u32,
+}
+
+/// What one worker output added to a choice.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Delta {
+    /// Answer text (after stop strings and parsers).
+    pub content: String,
+    /// Reasoning text (only with a reasoning parser).
+    pub reasoning: String,
+    pub tool_calls: Vec<ToolCallDelta>,
+    /// The tokens consumed, in order (tokens after a matched stop string are left out).
+    pub tokens: Vec<TokenInfo>,
+    /// Set on the choice's last delta.
+    pub finish: Option<Finish>,
+}
+
+impl Delta {
+    /// True when there is nothing to send.
+    pub fn is_empty(&self) -> bool {
+        self.content.is_empty()
+            && self.reasoning.is_empty()
+            && self.tool_calls.is_empty()
+            && self.tokens.is_empty()
+            && self.finish.is_none()
+    }
+}
+
+/// The stages of one choice.
+pub struct Pipeline {
+    tokenizer: Arc<Tokenizer>,
+    detok: Box<dyn Detokenize>,
+    stop: Box<dyn StopStrings>,
+    reasoning: Option<Glm45ReasoningParser>,
+    tools: Option<Glm47ToolParser>,
+    prompt_tokens: u32,
+    cached_tokens: u32,
+    completion_tokens: u32,
+    called_tool: bool,
+    done: bool,
+}
+
+impl Pipeline {
+    /// A pipeline with no parser stage; add them with [`Pipeline::with_reasoning`] and
+    /// [`Pipeline::with_tools`].
+    pub fn new(
+        tokenizer: Arc<Tokenizer>,
+        detok: Box<dyn Detokenize>,
+        stop: Box<dyn StopStrings>,
+    ) -> Self {
+        Self {
+            tokenizer,
+            detok,
+            stop,
+            reasoning: None,
+            tools: None,
+            prompt_tokens: 0,
+            cached_tokens: 0,
+            completion_tokens: 0,
+            called_tool: false,
+            done: false,
+        }
+    }
+
+    /// Splits reasoning from the answer; `in_reasoning`: the prompt left the model inside `<think>`.
+    pub fn with_reasoning(mut self, parser: Glm45ReasoningParser) -> Self {
+        self.reasoning = Some(parser);
+        self
+    }
+
+    /// Parses tool calls out of the answer text.
+    pub fn with_tools(mut self, parser: Glm47ToolParser) -> Self {
+        self.tools = Some(parser);
+        self
+    }
+
+    /// True once the choice has finished (worker finish or stop string).
+    pub fn is_done(&self) -> bool {
+        self.done
+    }
+
+    /// Runs one worker output through every stage.
+    pub fn push(&mut self, out: &wire::Output) -> Delta {
+        let mut delta = Delta::default();
+        if self.done {
+            return delta;
+        }
+        if let Some(p) = out.prompt_tokens {
+            self.prompt_tokens = p;
+            self.cached_tokens = out.cached_tokens.unwrap_or(0);
+        }
+        let mut text = String::new();
+        let mut reason = None;
+        for (k, &id) in out.ids.iter().enumerate() {
+            self.completion_tokens += 1;
+            let piece = self.detok.push(id);
+            delta.tokens.push(self.token_info(out, k, id, &piece));
+            let (emit, stopped) = self.stop.push(&piece);
+            text.push_str(&emit);
+            if stopped {
+                reason = Some(FinishReason::Stop);
+                break;
+            }
+        }
+        if reason.is_none() {
+            reason = out.finish.map(finish_reason);
+            if reason.is_some() {
+                let (emit, stopped) = self.stop.push(&self.detok.finish());
+                text.push_str(&emit);
+                if !stopped {
+                    text.push_str(&self.stop.finish());
+                }
+            }
+        }
+        self.parse(&text, reason.is_some(), &mut delta);
+        if let Some(reason) = reason {
+            self.done = true;
+            delta.finish = Some(self.finish(reason));
+        }
+        delta
+    }
+
+    fn token_info(&self, out: &wire::Output, k: usize, id: u32, piece: &str) -> TokenInfo {
+        let logprob = out
+            .logprobs
+            .as_ref()
+            .and_then(|l| l.get(k))
+            .map(|&l| l as f32);
+        let top = out
+            .top_logprobs
+            .as_ref()
+            .and_then(|t| t.get(k))
+            .map(|alts| alts.iter().map(|&(i, l)| (i, l as f32)).collect())
+            .unwrap_or_default();
+        TokenInfo {
+            id,
+            text: piece.to_owned(),
+            logprob,
+            top,
+            special: self.tokenizer.is_special(id),
+        }
+    }
+
+    fn finish(&self, reason: FinishReason) -> Finish {
+        let reason = match reason {
+            FinishReason::Stop if self.called_tool => FinishReason::ToolCalls,
+            other => other,
+        };
+        Finish {
+            reason,
+            prompt_tokens: self.prompt_tokens,
+            completion_tokens: self.completion_tokens,
+            cached_tokens: self.cached_tokens,
+        }
+    }
+
+    /// Reasoning parser, then tool parser; `last` flushes both.
+    fn parse(&mut self, text: &str, last: bool, delta: &mut Delta) {
+        let mut answer = match &mut self.reasoning {
+            Some(parser) => {
+                let mut r = parser.feed(text);
+                if last {
+                    let tail = parser.finish();
+                    r.reasoning.push_str(&tail.reasoning);
+                    r.content.push_str(&tail.content);
+                }
+                delta.reasoning = r.reasoning;
+                r.content
+            }
+            None => text.to_owned(),
+        };
+        let Some(parser) = &mut self.tools else {
+            delta.content = answer;
+            return;
+        };
+        let mut events = parser.feed(&answer);
+        if last {
+            events.extend(parser.finish());
+        }
+        answer.clear();
+        for event in events {
+            match event {
+                ToolEvent::Content(text) => answer.push_str(&text),
+                ToolEvent::Call {
+                    index,
+                    id,
+                    name,
+                    arguments,
+                } => {
+                    self.called_tool = true;
+                    delta.tool_calls.push(ToolCallDelta {
+                        index,
+                        kind: id.as_ref().map(|_| "function"),
+                        id,
+                        function: FunctionDelta { name, arguments },
+                    });
+                }
+            }
+        }
+        delta.content = answer;
+    }
+}
+
+fn finish_reason(reason: wire::FinishReason) -> FinishReason {
+    match reason {
+        wire::FinishReason::Stop => FinishReason::Stop,
+        wire::FinishReason::Length => FinishReason::Length,
+        wire::FinishReason::Abort => FinishReason::Abort,
+    }
+}
+
+/// A choice's deltas folded together: the non-streaming answer.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Collected {
+    pub content: String,
+    pub reasoning: String,
+    /// `(id, name, arguments)` per call, in index order.
+    pub tool_calls: Vec<(String, String, String)>,
+    pub tokens: Vec<TokenInfo>,
+    pub finish: Option<Finish>,
+}
+
+impl Collected {
+    /// Adds one delta.
+    pub fn absorb(&mut self, delta: Delta) {
+        self.content.push_str(&delta.content);
+        self.reasoning.push_str(&delta.reasoning);
+        for call in delta.tool_calls {
+            if self.tool_calls.len() <= call.index {
+                self.tool_calls.resize(call.index + 1, Default::default());
+            }
+            let slot = &mut self.tool_calls[call.index];
+            if let Some(id) = call.id {
+                slot.0 = id;
+            }
+            if let Some(name) = call.function.name {
+                slot.1.push_str(&name);
+            }
+            if let Some(args) = call.function.arguments {
+                slot.2.push_str(&args);
+            }
+        }
+        self.tokens.extend(delta.tokens);
+        if delta.finish.is_some() {
+            self.finish = delta.finish;
+        }
+    }
+}

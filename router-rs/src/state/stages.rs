@@ -1,0 +1,19 @@
+//! The text stages of a [`super::Pipeline`] as small interfaces, so that a choice can run with
+//! any detokenizer and stop matcher (and tests can script them).
+
+/// Turns token ids into text, one id at a time, never splitting a UTF-8 character.
+pub trait Detokenize: Send {
+    /// Text added by `id` (empty while a character is still incomplete).
+    fn push(&mut self, id: u32) -> String;
+    /// Whatever is still held back at the end of the output.
+    fn finish(&mut self) -> String;
+}
+
+/// Holds back text a stop string may still claim and reports when one matched.
+pub trait StopStrings: Send {
+    /// Feeds `text`; returns the text now safe to release and whether a stop string matched (the
+    /// match and everything after it are never released).
+    fn push(&mut self, text: &str) -> (String, bool);
+    /// Releases the text held back at the end of the output.
+    fn finish(&mut self) -> String;
+}

@@ -1,0 +1,162 @@
+use std::sync::Arc;
+
+use serde_json::json;
+
+use super::*;
+use crate::protocol::openai::FinishReason;
+
+/// Each id is one ASCII character.
+struct CharDetok;
+
+impl Detokenize for CharDetok {
+    fn push(&mut self, id: u32) -> String {
+        char::from_u32(id).map(String::from).unwrap_or_default()
+    }
+    fn finish(&mut self) -> String {
+        String::new()
+    }
+}
+
+/// Holds back any suffix that could start `stop`.
+struct OneStop {
+    stop: String,
+    held: String,
+}
+
+impl StopStrings for OneStop {
+    fn push(&mut self, text: &str) -> (String, bool) {
+        self.held.push_str(text);
+        if let Some(at) = self.held.find(&self.stop) {
+            let emit = self.held[..at].to_owned();
+            self.held.clear();
+            return (emit, true);
+        }
+        let keep = (1..self.stop.len())
+            .rev()
+            .find(|&n| self.held.ends_with(&self.stop[..n]))
+            .unwrap_or(0);
+        let emit = self.held[..self.held.len() - keep].to_owned();
+        self.held.drain(..self.held.len() - keep);
+        (emit, false)
+    }
+    fn finish(&mut self) -> String {
+        std::mem::take(&mut self.held)
+    }
+}
+
+fn tokenizer() -> Arc<Tokenizer> {
+    let vocab = (0u32..128).map(|i| (format!("t{i}"), i)).collect();
+    let model = tokenizers::models::wordlevel::WordLevel::builder()
+        .vocab(vocab)
+        .unk_token("t0".into())
+        .build()
+        .expect("vocab builds");
+    Arc::new(Tokenizer::new(tokenizers::Tokenizer::new(model), vec![0]))
+}
+
+fn pipeline(stop: &str) -> Pipeline {
+    let stop = Box::new(OneStop {
+        stop: stop.into(),
+        held: String::new(),
+    });
+    Pipeline::new(tokenizer(), Box::new(CharDetok), stop)
+}
+
+fn output(text: &str, finish: Option<wire::FinishReason>) -> wire::Output {
+    wire::Output {
+        rid: "r".into(),
+        ids: text.chars().map(u32::from).collect(),
+        logprobs: None,
+        top_logprobs: None,
+        finish,
+        prompt_tokens: Some(7),
+        cached_tokens: Some(2),
+        spec_accepted: None,
+    }
+}
+
+fn run(mut p: Pipeline, chunks: &[(&str, Option<wire::FinishReason>)]) -> Collected {
+    let mut all = Collected::default();
+    for (text, finish) in chunks {
+        all.absorb(p.push(&output(text, *finish)));
+    }
+    all
+}
+
+#[test]
+fn worker_finish_ends_the_choice_and_releases_held_text() {
+    let got = run(
+        pipeline("XYZ"),
+        &[("ab X", None), ("Y", Some(wire::FinishReason::Length))],
+    );
+    assert_eq!(got.content, "ab XY");
+    let finish = got.finish.expect("finished");
+    assert_eq!(finish.reason, FinishReason::Length);
+    assert_eq!(
+        (
+            finish.prompt_tokens,
+            finish.completion_tokens,
+            finish.cached_tokens
+        ),
+        (7, 5, 2)
+    );
+}
+
+#[test]
+fn a_stop_string_split_over_outputs_ends_the_choice_and_drops_later_tokens() {
+    let mut p = pipeline("END");
+    let first = p.push(&output("hello E", None));
+    assert_eq!(first.content, "hello ");
+    let second = p.push(&output("N", None));
+    assert_eq!(second.content, "");
+    let third = p.push(&output("D tail", None));
+    assert_eq!(third.finish.map(|f| f.reason), Some(FinishReason::Stop));
+    assert_eq!(
+        third.tokens.len(),
+        1,
+        "tokens after the match are not consumed"
+    );
+    assert!(p.is_done());
+    assert!(p.push(&output("more", None)).is_empty());
+}
+
+#[test]
+fn logprobs_follow_their_tokens() {
+    let mut out = output("ab", Some(wire::FinishReason::Stop));
+    out.logprobs = Some(vec![-0.5, -1.5]);
+    out.top_logprobs = Some(vec![vec![(97, -0.5)], vec![(98, -1.5), (99, -2.0)]]);
+    let delta = pipeline("zz").push(&out);
+    assert_eq!(delta.tokens[1].text, "b");
+    assert_eq!(delta.tokens[1].logprob, Some(-1.5));
+    assert_eq!(delta.tokens[1].top, vec![(98, -1.5), (99, -2.0)]);
+}
+
+#[test]
+fn reasoning_then_tool_calls_are_split_and_finish_as_tool_calls() {
+    let tools = [
+        json!({"type": "function", "function": {"name": "get", "parameters":
+        {"type": "object", "properties": {"city": {"type": "string"}}}}}),
+    ];
+    let p = pipeline("\u{1}")
+        .with_reasoning(Glm45ReasoningParser::new(true))
+        .with_tools(Glm47ToolParser::new(&tools));
+    let got = run(
+        p,
+        &[
+            ("hmm</thi", None),
+            ("nk>ok<tool_call>get<arg_key>city</arg_key>", None),
+            (
+                "<arg_value>Paris</arg_value></tool_call>",
+                Some(wire::FinishReason::Stop),
+            ),
+        ],
+    );
+    assert_eq!(got.reasoning, "hmm");
+    assert_eq!(got.content, "ok");
+    assert_eq!(got.tool_calls.len(), 1);
+    assert_eq!(got.tool_calls[0].1, "get");
+    let args: serde_json::Value = serde_json::from_str(&got.tool_calls[0].2).expect("json");
+    assert_eq!(args, json!({"city": "Paris"}));
+    assert!(got.tool_calls[0].0.starts_with("call_"));
+    assert_eq!(got.finish.map(|f| f.reason), Some(FinishReason::ToolCalls));
+}

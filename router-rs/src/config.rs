@@ -1,1 +1,180 @@
-//! Empty until its first code lands.
+//! Command-line configuration of the router process.
+//!
+//! Flags use dashes; the underscore spellings of LightLLM (`--worker_addr`, `--model_dir`,
+//! `--tool_call_parser`, `--reasoning_parser`, `--max_req_total_len`, ...) are accepted as aliases so
+//! that existing launch scripts keep working.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+/// Default request body limit: 32 MiB.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
+
+/// Tool-call formats the router can parse out of generated text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ToolCallParser {
+    /// GLM-4.5 / 4.7 `<tool_call>NAME<arg_key>K</arg_key><arg_value>V</arg_value></tool_call>`.
+    Glm47,
+}
+
+/// Reasoning formats the router can split from the answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ReasoningParser {
+    /// GLM-4.5 style `<think>...</think>`.
+    Glm45,
+}
+
+/// Everything the router process is configured with.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "glm47-router",
+    version,
+    about = "OpenAI-compatible HTTP front end of glm47: talks to glm47 workers over ZeroMQ"
+)]
+pub struct RouterConfig {
+    /// ZeroMQ address of a worker (`tcp://host:port`, `ipc://path`); repeat for data-parallel
+    /// replicas.
+    #[arg(
+        long = "worker-addr",
+        alias = "worker_addr",
+        required = true,
+        num_args = 1
+    )]
+    pub worker_addr: Vec<String>,
+
+    /// Model directory holding tokenizer.json, tokenizer_config.json and the chat template.
+    #[arg(long = "model-dir", alias = "model_dir")]
+    pub model_dir: Option<PathBuf>,
+
+    /// Address the HTTP server listens on.
+    #[arg(long, default_value = "0.0.0.0")]
+    pub host: String,
+
+    /// Port the HTTP server listens on.
+    #[arg(long, default_value_t = 8000)]
+    pub port: u16,
+
+    /// Parse tool calls out of chat completions in this format.
+    #[arg(long = "tool-call-parser", alias = "tool_call_parser", value_enum)]
+    pub tool_call_parser: Option<ToolCallParser>,
+
+    /// Return reasoning separately (`reasoning_content`) using this format.
+    #[arg(long = "reasoning-parser", alias = "reasoning_parser", value_enum)]
+    pub reasoning_parser: Option<ReasoningParser>,
+
+    /// Longest prompt + output accepted; default (and upper bound): the worker's own limit.
+    #[arg(long = "max-req-total-len", alias = "max_req_total_len")]
+    pub max_req_total_len: Option<u32>,
+
+    /// Model name reported by `/v1/models` and in responses; default: the worker's model name.
+    #[arg(long = "served-model-name", alias = "served_model_name")]
+    pub served_model_name: Option<String>,
+
+    /// Largest accepted request body, in bytes (larger bodies get HTTP 413).
+    #[arg(long = "max-body-bytes", alias = "max_body_bytes", default_value_t = DEFAULT_MAX_BODY_BYTES)]
+    pub max_body_bytes: usize,
+
+    /// Log filter (`error`, `warn`, `info`, `debug`, `trace`, or a tracing directive such as
+    /// `glm47_router=debug`); `RUST_LOG` overrides it when set.
+    #[arg(long = "log-level", alias = "log_level", default_value = "info")]
+    pub log_level: String,
+
+    /// Seconds a ready worker may stay silent (not answering probes) before it is considered lost
+    /// and its requests fail.
+    #[arg(long = "worker-timeout", alias = "worker_timeout", default_value_t = 60.0,
+          value_parser = parse_positive_seconds)]
+    pub worker_timeout: f64,
+}
+
+impl RouterConfig {
+    /// `host:port` for binding the HTTP listener.
+    pub fn listen_addr(&self) -> String {
+        if self.host.contains(':') && !self.host.starts_with('[') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+
+    /// Dispatcher probe timing derived from the flags.
+    pub fn dispatch_options(&self) -> crate::dispatch::DispatchOptions {
+        crate::dispatch::DispatchOptions {
+            silence_timeout: Duration::from_secs_f64(self.worker_timeout),
+            ..crate::dispatch::DispatchOptions::default()
+        }
+    }
+}
+
+fn parse_positive_seconds(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|e| format!("{e}"))?;
+    if v.is_finite() && v > 0.0 && v < 1e9 {
+        Ok(v)
+    } else {
+        Err(format!("{v} is not a positive number of seconds"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<RouterConfig, clap::Error> {
+        RouterConfig::try_parse_from(std::iter::once("glm47-router").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn defaults_apply_when_only_the_worker_is_given() {
+        let c = parse(&["--worker-addr", "tcp://127.0.0.1:5557"]).expect("parses");
+        assert_eq!(c.worker_addr, vec!["tcp://127.0.0.1:5557"]);
+        assert_eq!(c.host, "0.0.0.0");
+        assert_eq!(c.port, 8000);
+        assert_eq!(c.max_body_bytes, 32 * 1024 * 1024);
+        assert_eq!(c.tool_call_parser, None);
+        assert_eq!(c.max_req_total_len, None);
+        assert_eq!(c.listen_addr(), "0.0.0.0:8000");
+    }
+
+    #[test]
+    fn lightllm_underscore_spellings_are_aliases() {
+        let c = parse(&[
+            "--worker_addr",
+            "tcp://a:1",
+            "--worker-addr",
+            "tcp://b:2",
+            "--model_dir",
+            "/m",
+            "--tool_call_parser",
+            "glm47",
+            "--reasoning_parser",
+            "glm45",
+            "--max_req_total_len",
+            "202752",
+        ])
+        .expect("parses");
+        assert_eq!(c.worker_addr, vec!["tcp://a:1", "tcp://b:2"]);
+        assert_eq!(c.model_dir, Some(PathBuf::from("/m")));
+        assert_eq!(c.tool_call_parser, Some(ToolCallParser::Glm47));
+        assert_eq!(c.reasoning_parser, Some(ReasoningParser::Glm45));
+        assert_eq!(c.max_req_total_len, Some(202752));
+    }
+
+    #[test]
+    fn a_missing_worker_or_unknown_parser_is_rejected() {
+        assert!(parse(&[]).is_err());
+        assert!(parse(&["--worker-addr", "tcp://a:1", "--tool-call-parser", "hermes"]).is_err());
+        assert!(parse(&["--worker-addr", "tcp://a:1", "--worker-timeout", "-1"]).is_err());
+    }
+
+    #[test]
+    fn an_ipv6_host_is_bracketed() {
+        let c =
+            parse(&["--worker-addr", "tcp://a:1", "--host", "::", "--port", "9"]).expect("parses");
+        assert_eq!(c.listen_addr(), "[::]:9");
+        assert_eq!(
+            c.dispatch_options().silence_timeout,
+            Duration::from_secs(60)
+        );
+    }
+}

@@ -1,1 +1,554 @@
-//! Empty until its first code lands.
+//! Router metrics in the Prometheus text exposition format (version 0.0.4).
+//!
+//! One [`Metrics`] is shared (`Arc`) by the HTTP layer, which counts requests per endpoint and status,
+//! and the dispatcher, which counts tokens and finishes, times every request (TTFT, inter-token
+//! latency, end-to-end latency) and mirrors each worker's latest `stats`. Every method takes `&self`
+//! and is safe to call from any thread; [`Metrics::render`] produces the `/metrics` body.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use crate::wire::Stats;
+
+/// Buckets (seconds) of the time-to-first-token histogram.
+const TTFT_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0,
+    40.0, 80.0,
+];
+/// Buckets (seconds) of the inter-token latency histogram.
+const ITL_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3,
+    0.4, 0.5, 0.75, 1.0, 2.5,
+];
+/// Buckets (seconds) of the end-to-end request latency histogram.
+const E2E_BUCKETS: &[f64] = &[
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 240.0, 480.0,
+];
+
+/// A cumulative histogram with fixed upper bounds.
+#[derive(Debug)]
+pub struct Histogram {
+    bounds: &'static [f64],
+    /// Non-cumulative count per bound, plus one for `+Inf`.
+    counts: Vec<AtomicU64>,
+    /// Sum of observations, as `f64` bits.
+    sum_bits: AtomicU64,
+}
+
+impl Histogram {
+    fn new(bounds: &'static [f64]) -> Self {
+        Self {
+            bounds,
+            counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
+            sum_bits: AtomicU64::new(0f64.to_bits()),
+        }
+    }
+
+    /// Records one observation (non-finite values are ignored).
+    pub fn observe(&self, value: f64) {
+        if !value.is_finite() {
+            return;
+        }
+        let slot = self
+            .bounds
+            .iter()
+            .position(|&b| value <= b)
+            .unwrap_or(self.bounds.len());
+        self.counts[slot].fetch_add(1, Ordering::Relaxed);
+        let mut current = self.sum_bits.load(Ordering::Relaxed);
+        loop {
+            let next = (f64::from_bits(current) + value).to_bits();
+            match self.sum_bits.compare_exchange_weak(
+                current,
+                next,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => break,
+                Err(seen) => current = seen,
+            }
+        }
+    }
+
+    /// Number of observations so far.
+    pub fn count(&self) -> u64 {
+        self.counts.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        let mut cumulative = 0u64;
+        for (i, count) in self.counts.iter().enumerate() {
+            cumulative += count.load(Ordering::Relaxed);
+            let le = match self.bounds.get(i) {
+                Some(b) => format_float(*b),
+                None => "+Inf".to_owned(),
+            };
+            let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
+        }
+        let sum = f64::from_bits(self.sum_bits.load(Ordering::Relaxed));
+        let _ = writeln!(out, "{name}_sum {}", format_float(sum));
+        let _ = writeln!(out, "{name}_count {cumulative}");
+    }
+}
+
+/// The latest load report of one worker, plus whether it is ready.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct WorkerGauges {
+    ready: bool,
+    stats: Stats,
+}
+
+/// All router metrics.
+#[derive(Debug)]
+pub struct Metrics {
+    /// HTTP requests by (endpoint, status code).
+    requests: Mutex<BTreeMap<(String, u16), u64>>,
+    /// Finished generation requests by finish reason (`stop`, `length`, `abort`, `error`).
+    finishes: Mutex<BTreeMap<String, u64>>,
+    prompt_tokens: AtomicU64,
+    generation_tokens: AtomicU64,
+    cached_prompt_tokens: AtomicU64,
+    spec_accepted_tokens: AtomicU64,
+    /// Requests submitted to a worker and not finished yet.
+    in_flight: AtomicU64,
+    workers: Mutex<BTreeMap<String, WorkerGauges>>,
+    /// Seconds from submission to the first generated token.
+    pub ttft: Histogram,
+    /// Seconds between consecutive generated tokens of one request.
+    pub itl: Histogram,
+    /// Seconds from submission to the finish.
+    pub e2e: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Empty metrics: every counter at zero, no worker known.
+    pub fn new() -> Self {
+        Self {
+            requests: Mutex::new(BTreeMap::new()),
+            finishes: Mutex::new(BTreeMap::new()),
+            prompt_tokens: AtomicU64::new(0),
+            generation_tokens: AtomicU64::new(0),
+            cached_prompt_tokens: AtomicU64::new(0),
+            spec_accepted_tokens: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
+            workers: Mutex::new(BTreeMap::new()),
+            ttft: Histogram::new(TTFT_BUCKETS),
+            itl: Histogram::new(ITL_BUCKETS),
+            e2e: Histogram::new(E2E_BUCKETS),
+        }
+    }
+
+    /// Counts one HTTP request answered on `endpoint` (a route such as `/v1/chat/completions`)
+    /// with `status`.
+    pub fn inc_request(&self, endpoint: &str, status: u16) {
+        let mut map = self.requests.lock().unwrap_or_else(|e| e.into_inner());
+        *map.entry((endpoint.to_owned(), status)).or_default() += 1;
+    }
+
+    /// Counts one finished generation request (`stop`, `length`, `abort` or `error`).
+    pub fn inc_finish(&self, reason: &str) {
+        let mut map = self.finishes.lock().unwrap_or_else(|e| e.into_inner());
+        *map.entry(reason.to_owned()).or_default() += 1;
+    }
+
+    /// Adds the prompt length and prefix-cache hits of a request (from its first output).
+    pub fn add_prompt_tokens(&self, prompt: u64, cached: u64) {
+        self.prompt_tokens.fetch_add(prompt, Ordering::Relaxed);
+        self.cached_prompt_tokens
+            .fetch_add(cached, Ordering::Relaxed);
+    }
+
+    /// Adds generated tokens, of which `spec_accepted` came from accepted drafts.
+    pub fn add_generation_tokens(&self, tokens: u64, spec_accepted: u64) {
+        self.generation_tokens.fetch_add(tokens, Ordering::Relaxed);
+        self.spec_accepted_tokens
+            .fetch_add(spec_accepted, Ordering::Relaxed);
+    }
+
+    /// Sets the number of requests submitted to workers and not finished.
+    pub fn set_in_flight(&self, n: u64) {
+        self.in_flight.store(n, Ordering::Relaxed);
+    }
+
+    /// Records whether the worker at `addr` is ready.
+    pub fn set_worker_ready(&self, addr: &str, ready: bool) {
+        let mut map = self.workers.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry(addr.to_owned()).or_default().ready = ready;
+    }
+
+    /// Merges a worker's `stats` into its gauges (absent keys keep their last value).
+    pub fn set_worker_stats(&self, addr: &str, stats: &Stats) {
+        let mut map = self.workers.lock().unwrap_or_else(|e| e.into_inner());
+        let slot = &mut map.entry(addr.to_owned()).or_default().stats;
+        let merge = |old: &mut Option<u64>, new: Option<u64>| {
+            if new.is_some() {
+                *old = new;
+            }
+        };
+        merge(&mut slot.waiting, stats.waiting);
+        merge(&mut slot.running, stats.running);
+        merge(&mut slot.kv_pages_used, stats.kv_pages_used);
+        merge(&mut slot.kv_pages_cached, stats.kv_pages_cached);
+        merge(&mut slot.kv_pages_total, stats.kv_pages_total);
+        merge(&mut slot.prefix_hit_tokens, stats.prefix_hit_tokens);
+        merge(&mut slot.prompt_tokens, stats.prompt_tokens);
+        merge(&mut slot.spec_drafted, stats.spec_drafted);
+        merge(&mut slot.spec_accepted, stats.spec_accepted);
+    }
+
+    /// The whole exposition, ready to serve with content type `text/plain; version=0.0.4`.
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(8192);
+        self.render_counters(&mut out);
+        self.render_workers(&mut out);
+        self.ttft.render(
+            &mut out,
+            "glm47_time_to_first_token_seconds",
+            "Seconds from submission to the first generated token.",
+        );
+        self.itl.render(
+            &mut out,
+            "glm47_inter_token_latency_seconds",
+            "Seconds between consecutive generated tokens of a request.",
+        );
+        self.e2e.render(
+            &mut out,
+            "glm47_e2e_request_latency_seconds",
+            "Seconds from submission to the finish of a request.",
+        );
+        out
+    }
+
+    fn render_counters(&self, out: &mut String) {
+        header(
+            out,
+            "glm47_requests_total",
+            "HTTP requests by endpoint and status.",
+            "counter",
+        );
+        let requests = self.requests.lock().unwrap_or_else(|e| e.into_inner());
+        for ((endpoint, status), n) in requests.iter() {
+            let endpoint = escape_label(endpoint);
+            let _ = writeln!(
+                out,
+                "glm47_requests_total{{endpoint=\"{endpoint}\",status=\"{status}\"}} {n}"
+            );
+        }
+        drop(requests);
+        header(
+            out,
+            "glm47_request_finish_total",
+            "Generation requests finished, by reason.",
+            "counter",
+        );
+        let finishes = self.finishes.lock().unwrap_or_else(|e| e.into_inner());
+        for (reason, n) in finishes.iter() {
+            let reason = escape_label(reason);
+            let _ = writeln!(out, "glm47_request_finish_total{{reason=\"{reason}\"}} {n}");
+        }
+        drop(finishes);
+        let plain = [
+            (
+                "glm47_prompt_tokens_total",
+                "Prompt tokens of finished prefills.",
+                &self.prompt_tokens,
+            ),
+            (
+                "glm47_generation_tokens_total",
+                "Generated tokens.",
+                &self.generation_tokens,
+            ),
+            (
+                "glm47_cached_prompt_tokens_total",
+                "Prompt tokens served from the prefix cache.",
+                &self.cached_prompt_tokens,
+            ),
+            (
+                "glm47_spec_accepted_tokens_total",
+                "Generated tokens that were accepted speculative drafts.",
+                &self.spec_accepted_tokens,
+            ),
+        ];
+        for (name, help, value) in plain {
+            header(out, name, help, "counter");
+            let _ = writeln!(out, "{name} {}", value.load(Ordering::Relaxed));
+        }
+        header(
+            out,
+            "glm47_requests_in_flight",
+            "Requests submitted to workers and not finished.",
+            "gauge",
+        );
+        let _ = writeln!(
+            out,
+            "glm47_requests_in_flight {}",
+            self.in_flight.load(Ordering::Relaxed)
+        );
+    }
+
+    fn render_workers(&self, out: &mut String) {
+        let workers = self.workers.lock().unwrap_or_else(|e| e.into_inner());
+        type Getter = fn(&WorkerGauges) -> Option<f64>;
+        let gauges: [(&str, &str, Getter); 8] = [
+            (
+                "glm47_worker_ready",
+                "1 when the worker answered hello.",
+                |w| Some(if w.ready { 1.0 } else { 0.0 }),
+            ),
+            (
+                "glm47_num_requests_waiting",
+                "Requests queued in the worker.",
+                |w| w.stats.waiting.map(|v| v as f64),
+            ),
+            (
+                "glm47_num_requests_running",
+                "Requests in the worker's running batch.",
+                |w| w.stats.running.map(|v| v as f64),
+            ),
+            (
+                "glm47_kv_pages_used",
+                "KV pages used by running requests.",
+                |w| w.stats.kv_pages_used.map(|v| v as f64),
+            ),
+            (
+                "glm47_kv_pages_total",
+                "Size of the worker's KV page pool.",
+                |w| w.stats.kv_pages_total.map(|v| v as f64),
+            ),
+            (
+                "glm47_kv_cache_usage_ratio",
+                "Fraction of KV pages used by running requests.",
+                |w| ratio(w.stats.kv_pages_used, w.stats.kv_pages_total),
+            ),
+            (
+                "glm47_prefix_cache_hit_rate",
+                "Prompt tokens served from the prefix cache / prompt tokens.",
+                |w| ratio(w.stats.prefix_hit_tokens, w.stats.prompt_tokens),
+            ),
+            (
+                "glm47_spec_acceptance_rate",
+                "Accepted / proposed MTP draft tokens.",
+                |w| ratio(w.stats.spec_accepted, w.stats.spec_drafted),
+            ),
+        ];
+        for (name, help, get) in gauges {
+            header(out, name, help, "gauge");
+            for (addr, w) in workers.iter() {
+                if let Some(v) = get(w) {
+                    let addr = escape_label(addr);
+                    let _ = writeln!(out, "{name}{{worker=\"{addr}\"}} {}", format_float(v));
+                }
+            }
+        }
+    }
+}
+
+fn header(out: &mut String, name: &str, help: &str, kind: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+fn ratio(num: Option<u64>, den: Option<u64>) -> Option<f64> {
+    match (num, den) {
+        (Some(n), Some(d)) if d > 0 => Some(n as f64 / d as f64),
+        _ => None,
+    }
+}
+
+/// Formats a float the way Prometheus parsers expect (`1`, `0.25`, `+Inf`).
+fn format_float(v: f64) -> String {
+    if v.is_infinite() {
+        return if v > 0.0 {
+            "+Inf".into()
+        } else {
+            "-Inf".into()
+        };
+    }
+    format!("{v}")
+}
+
+/// Escapes a label value: backslash, double quote and newline.
+fn escape_label(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line_value(text: &str, prefix: &str) -> Option<String> {
+        text.lines()
+            .find(|l| l.starts_with(prefix) && l[prefix.len()..].starts_with(' '))
+            .map(|l| l[prefix.len() + 1..].to_owned())
+    }
+
+    #[test]
+    fn counters_render_with_labels_and_help() {
+        let m = Metrics::new();
+        m.inc_request("/v1/chat/completions", 200);
+        m.inc_request("/v1/chat/completions", 200);
+        m.inc_request("/generate", 400);
+        m.inc_finish("stop");
+        m.add_prompt_tokens(10, 4);
+        m.add_generation_tokens(7, 2);
+        let text = m.render();
+        assert!(text.contains("# TYPE glm47_requests_total counter"));
+        let key = "glm47_requests_total{endpoint=\"/v1/chat/completions\",status=\"200\"}";
+        assert_eq!(line_value(&text, key).as_deref(), Some("2"));
+        let key = "glm47_requests_total{endpoint=\"/generate\",status=\"400\"}";
+        assert_eq!(line_value(&text, key).as_deref(), Some("1"));
+        let key = "glm47_request_finish_total{reason=\"stop\"}";
+        assert_eq!(line_value(&text, key).as_deref(), Some("1"));
+        assert_eq!(
+            line_value(&text, "glm47_prompt_tokens_total").as_deref(),
+            Some("10")
+        );
+        assert_eq!(
+            line_value(&text, "glm47_cached_prompt_tokens_total").as_deref(),
+            Some("4")
+        );
+        assert_eq!(
+            line_value(&text, "glm47_generation_tokens_total").as_deref(),
+            Some("7")
+        );
+    }
+
+    #[test]
+    fn histogram_buckets_are_cumulative_and_end_with_inf() {
+        let m = Metrics::new();
+        m.ttft.observe(0.007);
+        m.ttft.observe(0.05);
+        m.ttft.observe(1000.0);
+        let text = m.render();
+        let name = "glm47_time_to_first_token_seconds";
+        assert_eq!(
+            line_value(&text, &format!("{name}_bucket{{le=\"0.005\"}}")).as_deref(),
+            Some("0")
+        );
+        assert_eq!(
+            line_value(&text, &format!("{name}_bucket{{le=\"0.01\"}}")).as_deref(),
+            Some("1")
+        );
+        assert_eq!(
+            line_value(&text, &format!("{name}_bucket{{le=\"0.06\"}}")).as_deref(),
+            Some("2")
+        );
+        assert_eq!(
+            line_value(&text, &format!("{name}_bucket{{le=\"80\"}}")).as_deref(),
+            Some("2")
+        );
+        assert_eq!(
+            line_value(&text, &format!("{name}_bucket{{le=\"+Inf\"}}")).as_deref(),
+            Some("3")
+        );
+        assert_eq!(
+            line_value(&text, &format!("{name}_count")).as_deref(),
+            Some("3")
+        );
+        let sum: f64 = line_value(&text, &format!("{name}_sum"))
+            .unwrap_or_default()
+            .parse()
+            .unwrap_or(0.0);
+        assert!((sum - 1000.057).abs() < 1e-9);
+    }
+
+    #[test]
+    fn worker_stats_become_gauges_and_ratios() {
+        let m = Metrics::new();
+        m.set_worker_ready("tcp://w:1", true);
+        m.set_worker_stats(
+            "tcp://w:1",
+            &Stats {
+                waiting: Some(3),
+                running: Some(5),
+                kv_pages_used: Some(25),
+                kv_pages_total: Some(100),
+                prefix_hit_tokens: Some(30),
+                prompt_tokens: Some(120),
+                ..Stats::default()
+            },
+        );
+        m.set_worker_stats(
+            "tcp://w:1",
+            &Stats {
+                running: Some(6),
+                ..Stats::default()
+            },
+        );
+        let text = m.render();
+        let label = "{worker=\"tcp://w:1\"}";
+        assert_eq!(
+            line_value(&text, &format!("glm47_worker_ready{label}")).as_deref(),
+            Some("1")
+        );
+        assert_eq!(
+            line_value(&text, &format!("glm47_num_requests_waiting{label}")).as_deref(),
+            Some("3")
+        );
+        assert_eq!(
+            line_value(&text, &format!("glm47_num_requests_running{label}")).as_deref(),
+            Some("6")
+        );
+        assert_eq!(
+            line_value(&text, &format!("glm47_kv_cache_usage_ratio{label}")).as_deref(),
+            Some("0.25")
+        );
+        assert_eq!(
+            line_value(&text, &format!("glm47_prefix_cache_hit_rate{label}")).as_deref(),
+            Some("0.25")
+        );
+        assert!(line_value(&text, &format!("glm47_spec_acceptance_rate{label}")).is_none());
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        let m = Metrics::new();
+        m.inc_request("/a\"b\\c\nd", 404);
+        let text = m.render();
+        assert!(text.contains("endpoint=\"/a\\\"b\\\\c\\nd\""));
+    }
+
+    #[test]
+    fn every_sample_line_names_a_declared_metric() {
+        let m = Metrics::new();
+        m.inc_request("/health", 200);
+        m.set_worker_ready("w", false);
+        m.e2e.observe(1.5);
+        let text = m.render();
+        let declared: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split(' ').next())
+            .collect();
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let name = line.split(['{', ' ']).next().unwrap_or_default();
+            let base = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s).filter(|b| declared.contains(b)))
+                .unwrap_or(name);
+            assert!(declared.contains(&base), "undeclared sample {line}");
+            let value = line.rsplit(' ').next().unwrap_or_default();
+            assert!(
+                value.parse::<f64>().is_ok() || value == "+Inf",
+                "bad value in {line}"
+            );
+        }
+    }
+}

@@ -99,6 +99,10 @@ class ModelRunner:
         self.device = torch.device(device)
         self.dtype = dtype
         self.page_size = page_size
+        prefill = resolve_attention_backend(prefill_backend, self.device)
+        decode = resolve_attention_backend(decode_backend, self.device)
+        self.prefill_backend: AttentionBackend = create_backend(prefill)
+        self.decode_backend: AttentionBackend = create_backend(decode)
         moe = resolve_experts_backend(moe_backend, self.device)
         self.model = load_model(
             model_config,
@@ -117,10 +121,6 @@ class ModelRunner:
             dtype=dtype,
             device=self.device,
         )  # [num_cache_layers, num_slots, kv_lora_rank + rope_dim]
-        prefill = resolve_attention_backend(prefill_backend, self.device)
-        decode = resolve_attention_backend(decode_backend, self.device)
-        self.prefill_backend: AttentionBackend = create_backend(prefill)
-        self.decode_backend: AttentionBackend = create_backend(decode)
         self.buffers = StaticBuffers(self.device)
         log.info(
             "runner: device=%s dtype=%s attention prefill=%s decode=%s experts=%s mtp=%s "

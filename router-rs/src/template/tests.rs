@@ -1,0 +1,128 @@
+//! Chat template tests against outputs of transformers' `apply_chat_template` (Jinja2).
+
+use super::*;
+use serde_json::json;
+
+const GLM47: &str = include_str!("../../../tests/fixtures/glm47_chat_template.jinja");
+
+fn glm47() -> ChatTemplate {
+    ChatTemplate::new(GLM47).expect("the GLM-4.7 template compiles")
+}
+
+fn kwargs(value: Json) -> Map<String, Json> {
+    value.as_object().cloned().unwrap_or_default()
+}
+
+#[test]
+fn plain_chat_ends_in_the_thinking_generation_prompt() {
+    let msgs = json!([{"role": "user", "content": "hello"}]);
+    let text = glm47().render(&msgs, None, true, &Map::new()).unwrap();
+    assert_eq!(text, "[gMASK]<sop><|user|>hello<|assistant|><think>");
+}
+
+#[test]
+fn enable_thinking_false_closes_the_think_block() {
+    let msgs = json!([{"role": "user", "content": "hello"}]);
+    let kw = kwargs(json!({"enable_thinking": false}));
+    let text = glm47().render(&msgs, None, true, &kw).unwrap();
+    assert_eq!(text, "[gMASK]<sop><|user|>hello<|assistant|></think>");
+}
+
+#[test]
+fn string_tool_arguments_render_like_parsed_ones_with_exact_integers() {
+    let args = r#"{"n": 123456789012345678901234567890, "s": "x y", "f": 1.0, "o": {"b": 1, "a": [true]}}"#;
+    let msgs = json!([
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": null, "tool_calls": [
+            {"id": "c1", "type": "function", "function": {"name": "f", "arguments": args}}]},
+        {"role": "tool", "content": "ok"},
+        {"role": "tool", "content": "ok2"}
+    ]);
+    let want = "[gMASK]<sop><|system|>Be brief.<|user|>hi<|assistant|></think>None<tool_call>f\
+        <arg_key>n</arg_key><arg_value>123456789012345678901234567890</arg_value>\
+        <arg_key>s</arg_key><arg_value>x y</arg_value><arg_key>f</arg_key><arg_value>1.0</arg_value>\
+        <arg_key>o</arg_key><arg_value>{\"b\": 1, \"a\": [true]}</arg_value></tool_call>\
+        <|observation|><tool_response>ok</tool_response><tool_response>ok2</tool_response>\
+        <|assistant|><think>";
+    assert_eq!(glm47().render(&msgs, None, true, &Map::new()).unwrap(), want);
+}
+
+#[test]
+fn tools_are_listed_as_python_json_without_html_escaping() {
+    let tools = json!([{"type": "function", "function": {"name": "get", "description": "天气 <b>",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]);
+    let msgs = json!([{"role": "user", "content": "q"}]);
+    let text = glm47().render(&msgs, Some(&tools), false, &Map::new()).unwrap();
+    let line = r#"{"type": "function", "function": {"name": "get", "description": "天气 <b>", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}"#;
+    assert!(text.contains(&format!("<tools>\n{line}\n</tools>")), "{text}");
+    assert!(text.ends_with("...</tool_call><|user|>q"), "{text}");
+}
+
+#[test]
+fn malformed_tool_arguments_are_a_clear_error() {
+    let bad = |arguments: &str| {
+        json!([{"role": "assistant", "content": "", "tool_calls": [
+            {"function": {"name": "f", "arguments": arguments}}]}])
+    };
+    let err = glm47().render(&bad("{oops"), None, true, &Map::new()).unwrap_err();
+    assert!(matches!(err, TemplateError::InvalidToolArguments { message: 0, call: 0, .. }));
+    let err = glm47().render(&bad("[1]"), None, true, &Map::new()).unwrap_err();
+    assert!(matches!(err, TemplateError::InvalidToolArguments { .. }));
+    let text = glm47().render(&bad(" "), None, false, &Map::new()).unwrap();
+    assert!(text.ends_with("<tool_call>f</tool_call>"), "{text}");
+}
+
+#[test]
+fn messages_must_be_a_list_of_objects() {
+    for msgs in [json!({"role": "user"}), json!(["hi"])] {
+        let err = glm47().render(&msgs, None, true, &Map::new()).unwrap_err();
+        assert!(matches!(err, TemplateError::InvalidMessages));
+    }
+}
+
+#[test]
+fn raise_exception_aborts_with_its_message() {
+    let t = ChatTemplate::new("{{ raise_exception('no system role here') }}").unwrap();
+    let err = t.render(&json!([]), None, true, &Map::new()).unwrap_err();
+    assert!(err.to_string().contains("no system role here"), "{err}");
+}
+
+#[test]
+fn broken_template_source_fails_to_compile() {
+    assert!(matches!(ChatTemplate::new("{% if %}"), Err(TemplateError::Compile(_))));
+}
+
+#[test]
+fn tojson_honours_python_keyword_arguments() {
+    let src = "{{ x | tojson(indent=2, sort_keys=true) }}|{{ x | tojson(separators=[',', ':']) }}\
+               |{{ 'é' | tojson(ensure_ascii=true) }}";
+    let t = ChatTemplate::new(src).unwrap();
+    let kw = kwargs(json!({"x": {"b": [1], "a": null}}));
+    let text = t.render(&json!([]), None, true, &kw).unwrap();
+    assert_eq!(text, "{\n  \"a\": null,\n  \"b\": [\n    1\n  ]\n}|{\"b\":[1],\"a\":null}|\"\\u00e9\"");
+    let bad = ChatTemplate::new("{{ 1 | tojson(colour=1) }}").unwrap();
+    assert!(bad.render(&json!([]), None, true, &Map::new()).is_err());
+}
+
+#[test]
+fn values_print_as_python_str_and_keys_keep_their_order() {
+    let src = "{{ x }} {{ n }} {{ t }} {% for k, v in x.items() %}{{ k }}={{ v }};{% endfor %}";
+    let t = ChatTemplate::new(src).unwrap();
+    let kw = kwargs(json!({"x": {"z": 1, "a": "s", "m": [null]}, "n": null, "t": true}));
+    let text = t.render(&json!([]), None, true, &kw).unwrap();
+    assert_eq!(text, "{'z': 1, 'a': 's', 'm': [None]} None True z=1;a=s;m=[None];");
+}
+
+#[test]
+fn strftime_now_is_available() {
+    let t = ChatTemplate::new("{{ strftime_now('%Y') }}").unwrap();
+    let year: i64 = t.render(&json!([]), None, true, &Map::new()).unwrap().parse().unwrap();
+    assert!(year >= 2024);
+}
+
+#[test]
+fn template_is_shareable_across_threads() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<ChatTemplate>();
+}

@@ -1,0 +1,415 @@
+//! Streaming parser for GLM-4.7 tool calls:
+//! `<tool_call>NAME<arg_key>K</arg_key><arg_value>V</arg_value>…</tool_call>`.
+//!
+//! The parser is a state machine over a buffer of unconsumed text. It only ever decides from text
+//! it has seen, holding back a possible partial tag at the end of a chunk, so the concatenated
+//! output does not depend on how the text was split (see docs/parsers.md for the rules).
+//!
+//! Failure behaviour: a `<tool_call>` whose name is unknown, malformed or cut off by the end of
+//! the output is plain content, byte for byte. Once a declared name is complete the call is
+//! emitted and is always closed with valid JSON arguments: stray text between tags is skipped, a
+//! key without a value is dropped, and a call cut off by `finish` keeps the pairs seen so far (an
+//! open string value is closed). Each of these is logged as a warning.
+
+use rand::distr::Alphanumeric;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::Value;
+
+use super::glm47_name::{
+    scan_name, NameEnd, NameScan, CALL_CLOSE, CALL_OPEN, KEY_CLOSE, KEY_OPEN, VALUE_CLOSE,
+    VALUE_OPEN,
+};
+use super::scan::{escape_json_into, find_tag, json_string, TagScan};
+use super::schema::{render_json_value, ToolSchemas, ValueKind};
+use super::tool_events::{EventSink, ParsedToolCalls, ToolEvent};
+
+/// Length of the random part of a call id.
+const ID_CHARS: usize = 24;
+
+/// Where the parser is in the output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Plain content; looking for `<tool_call>`.
+    Text,
+    /// The buffer position is at a `<tool_call>` whose name is not complete yet.
+    Name,
+    /// Inside a call, expecting `<arg_key>` or `</tool_call>`.
+    BeforeKey,
+    /// Inside `<arg_key>`; the key text stays in the buffer until `</arg_key>`.
+    Key,
+    /// After `</arg_key>`, expecting `<arg_value>`.
+    BeforeValue,
+    /// Inside `<arg_value>`; string values stream, others stay in the buffer until complete.
+    Value(ValueKind),
+}
+
+/// The call being emitted.
+#[derive(Debug)]
+struct OpenCall {
+    index: usize,
+    name: String,
+    /// Number of arguments emitted so far.
+    args: usize,
+    /// Key of the pair being read.
+    key: String,
+    /// Whether a recovery warning was already logged for this call.
+    warned: bool,
+}
+
+/// Incremental GLM-4.7 tool-call parser for one response.
+pub struct Glm47ToolParser {
+    schemas: ToolSchemas,
+    /// Unconsumed text; `buf[..pos]` is consumed and dropped at the end of each call.
+    buf: String,
+    pos: usize,
+    /// Offset of `buf[0]` in the whole output.
+    base: usize,
+    /// Content before this output offset came from the prefix and is never emitted.
+    hidden_until: usize,
+    state: State,
+    call: Option<OpenCall>,
+    next_index: usize,
+    rng: StdRng,
+    events: EventSink,
+}
+
+impl Glm47ToolParser {
+    /// A parser for a response to a request declaring `tools` (OpenAI `tools` entries).
+    pub fn new(tools: &[Value]) -> Self {
+        Self::with_options(tools, "", None)
+    }
+
+    /// A parser that behaves as if `prefix` (e.g. `<tool_call>NAME` appended to the prompt for a
+    /// forced `tool_choice`) had already been fed; the prefix itself is never emitted as content.
+    pub fn with_prefix(tools: &[Value], prefix: &str) -> Self {
+        Self::with_options(tools, prefix, None)
+    }
+
+    /// Full constructor: `id_seed` makes call ids deterministic (tests); `None` seeds from the OS.
+    pub fn with_options(tools: &[Value], prefix: &str, id_seed: Option<u64>) -> Self {
+        let rng = match id_seed {
+            Some(seed) => StdRng::seed_from_u64(seed),
+            None => StdRng::from_os_rng(),
+        };
+        let mut parser = Self {
+            schemas: ToolSchemas::new(tools),
+            buf: String::new(),
+            pos: 0,
+            base: 0,
+            hidden_until: prefix.len(),
+            state: State::Text,
+            call: None,
+            next_index: 0,
+            rng,
+            events: EventSink::default(),
+        };
+        // Events of the prefix (a call header when its name is already complete) are returned
+        // by the first `feed` or `finish`.
+        parser.buf.push_str(prefix);
+        parser.run(false);
+        parser.compact();
+        parser
+    }
+
+    /// Parses a whole output at once; same rules and result as streaming it.
+    pub fn parse(text: &str, tools: &[Value]) -> ParsedToolCalls {
+        Self::new(tools).collect(text)
+    }
+
+    /// Feeds the rest of the output at once and returns the accumulated result.
+    pub fn collect(mut self, text: &str) -> ParsedToolCalls {
+        let mut parsed = ParsedToolCalls::default();
+        parsed.absorb(self.feed(text));
+        parsed.absorb(self.finish());
+        parsed
+    }
+
+    /// Consumes the next chunk of output and returns what became certain.
+    pub fn feed(&mut self, text: &str) -> Vec<ToolEvent> {
+        self.buf.push_str(text);
+        self.run(false);
+        self.compact();
+        self.events.take()
+    }
+
+    /// Ends the output: flushes held-back text and closes or rejects an unfinished call.
+    pub fn finish(&mut self) -> Vec<ToolEvent> {
+        self.run(true);
+        self.compact();
+        self.events.take()
+    }
+
+    fn run(&mut self, eof: bool) {
+        while self.step(eof) {}
+    }
+
+    /// Advances by one decision; false when nothing more can be decided.
+    fn step(&mut self, eof: bool) -> bool {
+        match self.state {
+            State::Text => self.step_text(eof),
+            State::Name => self.step_name(eof),
+            State::BeforeKey => self.step_before_key(eof),
+            State::Key => self.step_key(eof),
+            State::BeforeValue => self.step_before_value(eof),
+            State::Value(kind) => self.step_value(kind, eof),
+        }
+    }
+
+    fn compact(&mut self) {
+        self.buf.drain(..self.pos);
+        self.base += self.pos;
+        self.pos = 0;
+    }
+
+    fn step_text(&mut self, eof: bool) -> bool {
+        let rest = &self.buf[self.pos..];
+        let end = match find_tag(rest, &[CALL_OPEN]) {
+            TagScan::Found { at, .. } => {
+                self.emit_content(at);
+                self.state = State::Name;
+                return true;
+            }
+            TagScan::Partial { at } if !eof => at,
+            _ => rest.len(),
+        };
+        self.emit_content(end);
+        end > 0
+    }
+
+    fn step_name(&mut self, eof: bool) -> bool {
+        let region = &self.buf[self.pos + CALL_OPEN.len()..];
+        match scan_name(region) {
+            NameScan::Complete { len, end } => {
+                let name = region[..len].trim().to_string();
+                if self.schemas.has_function(&name) {
+                    self.pos += CALL_OPEN.len() + len + end.len();
+                    self.open_call(name, end);
+                } else {
+                    tracing::warn!(name = %name, "tool call to an undeclared function kept as content");
+                    self.reject_call();
+                }
+                true
+            }
+            NameScan::NeedMore if !eof => false,
+            NameScan::NeedMore | NameScan::Malformed => {
+                tracing::warn!("malformed or cut-off tool call opening kept as content");
+                self.reject_call();
+                true
+            }
+        }
+    }
+
+    fn step_before_key(&mut self, eof: bool) -> bool {
+        match self.skip_to(&[KEY_OPEN, CALL_CLOSE]) {
+            Some(0) => self.state = State::Key,
+            Some(_) => self.close_call(),
+            None if eof => self.cut_off(),
+            None => return false,
+        }
+        true
+    }
+
+    fn step_key(&mut self, eof: bool) -> bool {
+        let rest = &self.buf[self.pos..];
+        match find_tag(rest, &[KEY_CLOSE, CALL_CLOSE]) {
+            TagScan::Found { at, tag: 0 } => {
+                let key = rest[..at].trim().to_string();
+                self.pos += at + KEY_CLOSE.len();
+                if let Some(call) = self.call.as_mut() {
+                    call.key = key;
+                }
+                self.state = State::BeforeValue;
+            }
+            TagScan::Found { at, .. } => {
+                self.pos += at + CALL_CLOSE.len();
+                self.warn_once("argument key without a value dropped");
+                self.close_call();
+            }
+            _ if eof => {
+                self.pos = self.buf.len();
+                self.cut_off();
+            }
+            _ => return false,
+        }
+        true
+    }
+
+    fn step_before_value(&mut self, eof: bool) -> bool {
+        match self.skip_to(&[VALUE_OPEN, KEY_OPEN, CALL_CLOSE]) {
+            Some(0) => self.open_value(),
+            Some(1) => {
+                self.warn_once("argument key without a value dropped");
+                self.state = State::Key;
+            }
+            Some(_) => {
+                self.warn_once("argument key without a value dropped");
+                self.close_call();
+            }
+            None if eof => self.cut_off(),
+            None => return false,
+        }
+        true
+    }
+
+    fn step_value(&mut self, kind: ValueKind, eof: bool) -> bool {
+        let rest = &self.buf[self.pos..];
+        let (value_len, closer) = match find_tag(rest, &[VALUE_CLOSE, CALL_CLOSE]) {
+            TagScan::Found { at, tag } => (at, Some(tag)),
+            _ if eof => (rest.len(), None),
+            TagScan::Partial { at } if kind == ValueKind::String => {
+                self.stream_string(at);
+                return at > 0;
+            }
+            TagScan::Absent if kind == ValueKind::String => {
+                let len = rest.len();
+                self.stream_string(len);
+                return len > 0;
+            }
+            _ => return false,
+        };
+        let tail = match kind {
+            ValueKind::String => {
+                self.stream_string(value_len);
+                "\"".to_string()
+            }
+            ValueKind::Json => {
+                let rendered = render_json_value(&rest[..value_len]);
+                self.pos += value_len;
+                rendered
+            }
+        };
+        self.push_arguments(&tail);
+        match closer {
+            Some(0) => {
+                self.pos += VALUE_CLOSE.len();
+                self.state = State::BeforeKey;
+            }
+            Some(_) => {
+                self.pos += CALL_CLOSE.len();
+                self.warn_once("argument value closed by </tool_call>");
+                self.close_call();
+            }
+            None => self.cut_off(),
+        }
+        true
+    }
+
+    /// Skips to the first of `tags` and past it, returning its number. Text skipped inside a call
+    /// is not part of any value and is dropped with a warning. Without a complete tag, skips up to
+    /// a possible partial one and returns None.
+    fn skip_to(&mut self, tags: &[&str]) -> Option<usize> {
+        let rest = &self.buf[self.pos..];
+        let (skip, found) = match find_tag(rest, tags) {
+            TagScan::Found { at, tag } => (at, Some(tag)),
+            TagScan::Partial { at } => (at, None),
+            TagScan::Absent => (rest.len(), None),
+        };
+        if !rest[..skip].trim().is_empty() {
+            self.warn_once("text between tool-call tags skipped");
+        }
+        self.pos += skip + found.map_or(0, |tag| tags[tag].len());
+        found
+    }
+
+    /// Emits `buf[pos..pos + len]` as content (minus any part of the hidden prefix) and consumes it.
+    fn emit_content(&mut self, len: usize) {
+        let end = self.pos + len;
+        let start = self
+            .pos
+            .max(self.hidden_until.saturating_sub(self.base).min(end));
+        if start < end {
+            self.events.content(&self.buf[start..end]);
+        }
+        self.pos = end;
+    }
+
+    /// The `<tool_call>` at the buffer position is not a call: it is content, and scanning resumes
+    /// right after it.
+    fn reject_call(&mut self) {
+        self.emit_content(CALL_OPEN.len());
+        self.state = State::Text;
+    }
+
+    fn open_call(&mut self, name: String, end: NameEnd) {
+        let index = self.next_index;
+        self.next_index += 1;
+        let suffix: String = (&mut self.rng)
+            .sample_iter(Alphanumeric)
+            .take(ID_CHARS)
+            .map(char::from)
+            .collect();
+        self.events
+            .header(index, format!("call_{suffix}"), name.clone());
+        self.call = Some(OpenCall {
+            index,
+            name,
+            args: 0,
+            key: String::new(),
+            warned: false,
+        });
+        match end {
+            NameEnd::Newline => self.state = State::BeforeKey,
+            NameEnd::ArgKey => self.state = State::Key,
+            NameEnd::Close => self.close_call(),
+        }
+    }
+
+    fn open_value(&mut self) {
+        let Some(call) = self.call.as_mut() else {
+            return;
+        };
+        let kind = self.schemas.kind(&call.name, &call.key);
+        let mut head = String::from(if call.args == 0 { "{" } else { ", " });
+        head.push_str(&json_string(&call.key));
+        head.push_str(": ");
+        if kind == ValueKind::String {
+            head.push('"');
+        }
+        call.args += 1;
+        self.push_arguments(&head);
+        self.state = State::Value(kind);
+    }
+
+    /// Streams `buf[pos..pos + len]` as escaped string-value text and consumes it.
+    fn stream_string(&mut self, len: usize) {
+        let mut escaped = String::with_capacity(len + 8);
+        escape_json_into(&mut escaped, &self.buf[self.pos..self.pos + len]);
+        self.pos += len;
+        self.push_arguments(&escaped);
+    }
+
+    fn push_arguments(&mut self, text: &str) {
+        if let Some(call) = &self.call {
+            self.events.arguments(call.index, text);
+        }
+    }
+
+    fn close_call(&mut self) {
+        let closing = match &self.call {
+            Some(call) if call.args == 0 => "{}",
+            _ => "}",
+        };
+        self.push_arguments(closing);
+        self.call = None;
+        self.state = State::Text;
+    }
+
+    fn cut_off(&mut self) {
+        self.warn_once("tool call cut off before </tool_call>; closed with the arguments so far");
+        self.close_call();
+    }
+
+    fn warn_once(&mut self, what: &'static str) {
+        if let Some(call) = self.call.as_mut() {
+            if !call.warned {
+                call.warned = true;
+                tracing::warn!(name = %call.name, index = call.index, "{what}");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "glm47_tool_tests.rs"]
+pub(crate) mod tests;

@@ -8,7 +8,9 @@ requests to gather their settings into a few small tensors. Order of operations 
 2. logprobs = log_softmax of the penalised logits (independent of the sampling settings);
 3. greedy rows (temperature 0 or top_k 1) take the argmax of the penalised logits;
 4. the other rows: temperature, then top-k, top-p and min-p masks, then an exponential race
-   (`argmax(p / q)` with `q ~ Exp(1)`), which draws exactly from `p`.
+   (`argmax(p / q)` with `q ~ Exp(1)`, computed as `argmax(logits / T - log q)`), which draws
+   exactly from `p`. Rows with top-k or top-p only look at their best tokens (`torch.topk`, much
+   cheaper than sorting the vocab) unless the kept set may reach past them.
 
 The race noise of a row with a seed is a counter-based hash of (seed, tokens generated so far,
 token id), so a seeded request gives the same tokens whatever else is in the batch. Rows without a
@@ -22,11 +24,13 @@ from dataclasses import dataclass
 import torch
 
 from glm47.worker.batch import SampleOutput, SamplingParams, ScheduledSeq
+from glm47.worker.sampling_penalties import TokenHistory, apply_penalties
 
 _MASK64 = (1 << 64) - 1
 _GOLDEN = 0x9E3779B97F4A7C15
 _MIX1 = 0xBF58476D1CE4E5B9
 _MIX2 = 0x94D049BB133111EB
+CANDIDATES = 1024  # tokens a top-k/top-p row is drawn from when they hold its whole kept set
 _SEEDED_CHUNK_ROWS = 32  # rows of seeded noise built at once (bounds the [rows, V] int64 buffer)
 
 
@@ -62,32 +66,61 @@ def row_key(seed: int, step: int) -> int:
     return _signed64(_splitmix64_int(_splitmix64_int(seed & _MASK64) ^ (step & _MASK64)))
 
 
-def seeded_exponentials(keys: torch.Tensor, vocab: int) -> torch.Tensor:  # [R, V] fp32
+def seeded_exponentials(
+    keys: torch.Tensor,  # [R] int64, from row_key
+    tokens: torch.Tensor,  # [R, K] or [1, K] int64 token ids
+) -> torch.Tensor:  # [R, K] fp32
     """Exp(1) noise, a pure function of (key, token id): the same on any batch and device."""
-    token = torch.arange(vocab, device=keys.device, dtype=torch.int64)  # [V]
-    h = _splitmix64(keys[:, None] + token[None, :] * _signed64(_GOLDEN))  # [R, V]
-    bits = _shr(h, 11)  # [R, V] uniform in [0, 2**53)
-    u = (bits.to(torch.float64) + 0.5) * (1.0 / (1 << 53))  # [R, V] in (0, 1)
+    h = _splitmix64(keys[:, None] + tokens * _signed64(_GOLDEN))  # [R, K]
+    bits = _shr(h, 11)  # [R, K] uniform in [0, 2**53)
+    u = (bits.to(torch.float64) + 0.5) * (1.0 / (1 << 53))  # [R, K] in (0, 1)
     return (-torch.log(u)).to(torch.float32)
 
 
 @dataclass
-class _RowParams:
-    """The batch's sampling settings as device tensors, one entry per row."""
+class _Rows:
+    """Sampling settings of a set of rows as device columns."""
 
-    temperature: torch.Tensor  # [N, 1] fp32, 1.0 on greedy rows
-    top_k: torch.Tensor  # [N, 1] int64, V when off
-    top_p: torch.Tensor  # [N, 1] fp32
-    min_p: torch.Tensor  # [N, 1] fp32
-    greedy: torch.Tensor  # [N] bool
+    temperature: torch.Tensor  # [n, 1] fp32 (> 0: greedy rows never get here)
+    top_k: torch.Tensor  # [n, 1] int64, V when off
+    top_p: torch.Tensor  # [n, 1] fp32
+    log_min_p: torch.Tensor  # [n, 1] fp32, -inf when off
+
+    @staticmethod
+    def of(params: list[SamplingParams], vocab: int, device: torch.device) -> _Rows:
+        host = torch.tensor(
+            [[p.temperature, _top_k(p, vocab), p.top_p, p.min_p] for p in params],
+            dtype=torch.float64,
+        )  # [n, 4]: one host-to-device copy
+        dev = host.to(device, non_blocking=True)
+        return _Rows(
+            temperature=dev[:, 0:1].float(),
+            top_k=dev[:, 1:2].long(),
+            top_p=dev[:, 2:3].float(),
+            log_min_p=dev[:, 3:4].float().log(),
+        )
+
+
+def _top_k(p: SamplingParams, vocab: int) -> int:
+    return p.top_k if 0 < p.top_k < vocab else vocab
+
+
+def _needs_sorting(p: SamplingParams, vocab: int) -> bool:
+    return _top_k(p, vocab) < vocab or p.top_p < 1.0
 
 
 class Sampler:
-    """Samples one token per row of a logits batch. Stateless apart from the unseeded generator."""
+    """Samples one token per row of a logits batch.
+
+    State: the generator of rows without a seed (one per device), and the token history that makes
+    penalties cheap. Rows with top-k or top-p draw from their best `CANDIDATES` tokens (or top_k,
+    if larger) when those hold the whole kept set, which is exact; other rows use the whole vocab.
+    """
 
     def __init__(self, seed: int | None = None) -> None:
         self._seed = seed
         self._generators: dict[torch.device, torch.Generator] = {}
+        self._history = TokenHistory()
 
     def generator(self, device: torch.device) -> torch.Generator:
         """The global generator for rows without a seed, one per device."""
@@ -109,8 +142,9 @@ class Sampler:
         if logits.dim() != 2 or logits.shape[0] != len(seqs):
             raise ValueError(f"logits {tuple(logits.shape)} do not match {len(seqs)} sequences")
         params = [s.sampling for s in seqs]
-        logits = apply_penalties(logits.float(), seqs)
-        tokens = self._choose(logits, seqs, params)  # [N] int64
+        self._history.retain({s.rid for s in seqs})
+        logits = apply_penalties(logits.float(), seqs, self._history)
+        tokens = self._choose(logits, seqs)  # [N] int64
         want_lp = [p.logprobs for p in params]
         if max(want_lp, default=-1) < 0:
             ids = tokens.tolist()
@@ -119,128 +153,84 @@ class Sampler:
             ]
         return _with_logprobs(logits, tokens, seqs, want_lp)
 
-    def _choose(
-        self, logits: torch.Tensor, seqs: list[ScheduledSeq], params: list[SamplingParams]
-    ) -> torch.Tensor:  # [N] int64
-        greedy_ids = logits.argmax(dim=-1)  # [N]
-        if all(p.greedy for p in params):
-            return greedy_ids
-        rows = _row_params(params, logits.shape[1], logits.device)
-        probs = _filtered_probs(logits, rows, params)  # [N, V]
-        noise = self._noise(probs, seqs, params)  # [N, V]
-        sampled = (probs / noise).argmax(dim=-1)  # [N]
-        return torch.where(rows.greedy, greedy_ids, sampled)
+    def _choose(self, logits: torch.Tensor, seqs: list[ScheduledSeq]) -> torch.Tensor:  # [N]
+        """Greedy rows take the argmax; the others are split by whether they need sorting."""
+        tokens = logits.argmax(dim=-1)  # [N]
+        vocab = logits.shape[1]
+        params = [s.sampling for s in seqs]
+        plain = [i for i, p in enumerate(params) if not p.greedy and not _needs_sorting(p, vocab)]
+        ranked = [i for i, p in enumerate(params) if not p.greedy and _needs_sorting(p, vocab)]
+        for rows, draw in ((plain, self._draw_full), (ranked, self._draw_ranked)):
+            if len(rows) == len(seqs):
+                return draw(logits, seqs)
+            if rows:
+                idx = torch.tensor(rows, dtype=torch.int64).to(logits.device, non_blocking=True)
+                tokens.index_copy_(0, idx, draw(logits[idx], [seqs[i] for i in rows]))
+        return tokens
 
-    def _noise(
-        self, probs: torch.Tensor, seqs: list[ScheduledSeq], params: list[SamplingParams]
-    ) -> torch.Tensor:  # [N, V] fp32, Exp(1)
-        noise = torch.empty_like(probs).exponential_(generator=self.generator(probs.device))
-        seeded = [i for i, p in enumerate(params) if p.seed is not None and not p.greedy]
+    def _draw_full(self, logits: torch.Tensor, seqs: list[ScheduledSeq]) -> torch.Tensor:  # [n]
+        """Temperature and min-p over the whole vocab, then the exponential race."""
+        rows = _Rows.of([s.sampling for s in seqs], logits.shape[1], logits.device)
+        scaled = logits / rows.temperature  # [n, V]
+        if any(s.sampling.min_p > 0.0 for s in seqs):
+            floor = scaled.amax(dim=-1, keepdim=True) + rows.log_min_p  # [n, 1]
+            scaled = scaled.masked_fill(scaled < floor, float("-inf"))
+        log_q = self._log_noise(seqs, logits.shape[1], None, logits.device)  # [n, V]
+        return (scaled - log_q).argmax(dim=-1)
+
+    def _draw_ranked(
+        self, logits: torch.Tensor, seqs: list[ScheduledSeq], width: int | None = None
+    ) -> torch.Tensor:  # [n]
+        """Top-k, top-p and min-p over each row's best `width` tokens, then the exponential race.
+        Rows whose kept set may reach past the candidates are drawn again over the whole vocab."""
+        vocab = logits.shape[1]
+        params = [s.sampling for s in seqs]
+        rows = _Rows.of(params, vocab, logits.device)
+        top_ks = [_top_k(p, vocab) for p in params]
+        width = width or min(vocab, max([CANDIDATES] + [k for k in top_ks if k < vocab]))
+        vals, ids = logits.topk(width, dim=-1)  # [n, W] each, best first
+        rank = torch.arange(width, device=logits.device)[None, :]  # [1, W]
+        drop = rank >= rows.top_k  # [n, W]
+        vals = (vals / rows.temperature).masked_fill(drop, float("-inf"))  # [n, W]
+        log_norm = vals.logsumexp(dim=-1, keepdim=True)  # [n, 1] over the top-k set
+        top_k_off = rows.top_k >= vocab  # [n, 1]
+        if width < vocab and any(k >= vocab for k in top_ks):
+            full = (logits / rows.temperature).logsumexp(dim=-1, keepdim=True)  # [n, 1]
+            log_norm = torch.where(top_k_off, full, log_norm)
+        probs = (vals - log_norm).exp()  # [n, W]
+        before = probs.cumsum(dim=-1) - probs  # [n, W] mass of the better tokens
+        drop = drop | ((before >= rows.top_p) & (rank > 0)) | (vals < vals[:, :1] + rows.log_min_p)
+        log_q = self._log_noise(seqs, width, ids, logits.device)  # [n, W]
+        chosen = (vals.masked_fill(drop, float("-inf")) - log_q).argmax(dim=-1, keepdim=True)
+        tokens = ids.gather(1, chosen)[:, 0]  # [n]
+        if width < vocab:
+            cut = top_k_off[:, 0] & (probs.sum(dim=-1) < rows.top_p[:, 0])  # [n]
+            redo = cut.nonzero()[:, 0]  # [r] (a host sync)
+            if redo.numel() > 0:
+                again = [seqs[i] for i in redo.tolist()]
+                tokens[redo] = self._draw_ranked(logits[redo], again, width=vocab)
+        return tokens
+
+    def _log_noise(
+        self,
+        seqs: list[ScheduledSeq],
+        width: int,
+        token_ids: torch.Tensor | None,  # [n, W] token id of each column; None: column = token id
+        device: torch.device,
+    ) -> torch.Tensor:  # [n, W] fp32, log of Exp(1) noise
+        """Unseeded rows draw from the generator; seeded rows hash (seed, step, token id)."""
+        noise = torch.empty(len(seqs), width, device=device)
+        noise.exponential_(generator=self.generator(device))
+        seeded = [i for i, s in enumerate(seqs) if s.sampling.seed is not None]
+        columns = torch.arange(width, device=device, dtype=torch.int64)[None, :]  # [1, W]
         for start in range(0, len(seeded), _SEEDED_CHUNK_ROWS):
             chunk = seeded[start : start + _SEEDED_CHUNK_ROWS]
-            keys = [row_key(params[i].seed or 0, len(seqs[i].output_ids)) for i in chunk]
-            key_t = torch.tensor(keys, dtype=torch.int64).to(probs.device, non_blocking=True)
-            idx = torch.tensor(chunk, dtype=torch.int64).to(probs.device, non_blocking=True)
-            noise.index_copy_(0, idx, seeded_exponentials(key_t, probs.shape[1]))
-        return noise.clamp_min_(1e-30)
-
-
-def _row_params(params: list[SamplingParams], vocab: int, device: torch.device) -> _RowParams:
-    """Pack the settings into one host tensor, copy it once, and split it into columns."""
-    host = torch.tensor(
-        [
-            [
-                1.0 if p.greedy else p.temperature,
-                float(p.top_k if 0 < p.top_k < vocab else vocab),
-                p.top_p,
-                p.min_p,
-                1.0 if p.greedy else 0.0,
-            ]
-            for p in params
-        ],
-        dtype=torch.float64,
-    )  # [N, 5]
-    dev = host.to(device, non_blocking=True)
-    return _RowParams(
-        temperature=dev[:, 0:1].float(),
-        top_k=dev[:, 1:2].long(),
-        top_p=dev[:, 2:3].float(),
-        min_p=dev[:, 3:4].float(),
-        greedy=dev[:, 4] > 0.5,
-    )
-
-
-def _filtered_probs(
-    logits: torch.Tensor, rows: _RowParams, params: list[SamplingParams]
-) -> torch.Tensor:  # [N, V] fp32, zero outside each row's kept set
-    """Temperature, then top-k and top-p (on the sorted row), then min-p, as probabilities."""
-    scaled = logits / rows.temperature  # [N, V]
-    vocab = scaled.shape[1]
-    need_sort = any((0 < p.top_k < vocab) or p.top_p < 1.0 for p in params if not p.greedy)
-    if need_sort:
-        sorted_vals, sorted_idx = scaled.sort(dim=-1, descending=True)  # [N, V] each
-        rank = torch.arange(vocab, device=scaled.device)[None, :]  # [1, V]
-        drop = rank >= rows.top_k  # [N, V]
-        sorted_vals = sorted_vals.masked_fill(drop, float("-inf"))
-        sorted_probs = sorted_vals.softmax(dim=-1)  # [N, V]
-        before = sorted_probs.cumsum(dim=-1) - sorted_probs  # [N, V] mass of better tokens
-        drop = drop | ((before >= rows.top_p) & (rank > 0))
-        scaled = scaled.scatter(1, sorted_idx, sorted_vals.masked_fill(drop, float("-inf")))
-    probs = scaled.softmax(dim=-1)  # [N, V]
-    if any(p.min_p > 0.0 for p in params if not p.greedy):
-        threshold = rows.min_p * probs.amax(dim=-1, keepdim=True)  # [N, 1]
-        probs = probs.masked_fill(probs < threshold, 0.0)
-    return probs
-
-
-def apply_penalties(logits: torch.Tensor, seqs: list[ScheduledSeq]) -> torch.Tensor:  # [N, V]
-    """Repetition penalty over prompt + output tokens, then frequency and presence penalties over
-    output tokens. Rows without penalties are left untouched; returns a new tensor when any row has
-    one, else `logits` itself."""
-    params = [s.sampling for s in seqs]
-    rep_rows = [i for i, p in enumerate(params) if p.repetition_penalty != 1.0]
-    oai_rows = [
-        i for i, p in enumerate(params) if p.frequency_penalty != 0.0 or p.presence_penalty != 0.0
-    ]
-    if not rep_rows and not oai_rows:
-        return logits
-    logits = logits.clone()
-    n, vocab = logits.shape
-    device = logits.device
-    if rep_rows:
-        seen = torch.zeros(n, vocab, dtype=torch.bool, device=device)  # [N, V]
-        row_idx, tok_idx = _flat_indices(
-            rep_rows, [seqs[i].prompt_ids + seqs[i].output_ids for i in rep_rows], device
-        )
-        seen[row_idx, tok_idx] = True
-        penalty = _column([p.repetition_penalty for p in params], device)  # [N, 1]
-        penalised = torch.where(logits > 0, logits / penalty, logits * penalty)
-        logits = torch.where(seen, penalised, logits)
-    if oai_rows:
-        counts = torch.zeros(n, vocab, dtype=torch.float32, device=device)  # [N, V]
-        row_idx, tok_idx = _flat_indices(oai_rows, [seqs[i].output_ids for i in oai_rows], device)
-        counts.index_put_(
-            (row_idx, tok_idx), torch.ones_like(tok_idx, dtype=torch.float32), accumulate=True
-        )
-        freq = _column([p.frequency_penalty for p in params], device)  # [N, 1]
-        pres = _column([p.presence_penalty for p in params], device)  # [N, 1]
-        logits = logits - freq * counts - pres * (counts > 0).float()
-    return logits
-
-
-def _column(values: list[float], device: torch.device) -> torch.Tensor:  # [N, 1] fp32
-    return torch.tensor(values, dtype=torch.float32).to(device, non_blocking=True)[:, None]
-
-
-def _flat_indices(
-    rows: list[int], tokens: list[list[int]], device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor]:  # ([M] int64 row index, [M] int64 token id)
-    """(row, token) index pairs for every token of every listed row, as device tensors."""
-    lengths = torch.tensor([len(t) for t in tokens], dtype=torch.int64)  # [R]
-    row_idx = torch.repeat_interleave(torch.tensor(rows, dtype=torch.int64), lengths)  # [M]
-    flat = [t for toks in tokens for t in toks]
-    tok_idx = torch.tensor(flat, dtype=torch.int64)  # [M]
-    return row_idx.to(device, non_blocking=True), tok_idx.to(device, non_blocking=True)
+            keys = [row_key(seqs[i].sampling.seed or 0, len(seqs[i].output_ids)) for i in chunk]
+            key_t = torch.tensor(keys, dtype=torch.int64).to(device, non_blocking=True)
+            idx = torch.tensor(chunk, dtype=torch.int64).to(device, non_blocking=True)
+            toks = columns if token_ids is None else token_ids[idx]  # [1 or c, W]
+            noise.index_copy_(0, idx, seeded_exponentials(key_t, toks))
+        return noise.clamp_min_(1e-30).log_()
 
 
 def _with_logprobs(

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from glm47.worker.batch import SamplingParams, ScheduledSeq
-from glm47.worker.sampling import Sampler, apply_penalties, row_key, seeded_exponentials
+from glm47.worker.sampling import CANDIDATES, Sampler, row_key, seeded_exponentials
+from glm47.worker.sampling_penalties import TokenHistory, apply_penalties
 
 V = 50
 
@@ -150,7 +151,7 @@ def test_seeded_rows_repeat_across_batch_compositions() -> None:
 
 def test_seeded_noise_is_exponential() -> None:
     keys = torch.tensor([row_key(s, 0) for s in range(64)], dtype=torch.int64)
-    noise = seeded_exponentials(keys, 4096).double()
+    noise = seeded_exponentials(keys, torch.arange(4096)[None, :]).double()
     assert noise.min() > 0
     assert noise.mean().item() == pytest.approx(1.0, abs=0.01)
     assert noise.var().item() == pytest.approx(1.0, abs=0.03)
@@ -197,3 +198,34 @@ def test_min_p_top_k_top_p_combined_distribution() -> None:
 def test_mismatched_rows_are_rejected() -> None:
     with pytest.raises(ValueError):
         Sampler().sample(rand_logits(2), [seq()])
+
+
+def test_top_p_reaching_past_the_candidates_samples_the_whole_kept_set() -> None:
+    vocab = 3 * CANDIDATES
+    n = 2000
+    logits = torch.zeros(n, vocab)  # uniform: top_p 0.9 keeps 2765 tokens
+    out = Sampler(seed=12).sample(logits, [seq(f"r{i}", top_p=0.9) for i in range(n)])
+    distinct = {o.token_id for o in out}
+    assert len(distinct) > CANDIDATES + 200  # about 1400 expected; at most 1024 without fallback
+
+
+def test_top_k_larger_than_the_candidates_is_honoured() -> None:
+    vocab = 3 * CANDIDATES
+    logits = torch.arange(vocab, dtype=torch.float32).flip(0)[None].repeat(400, 1) * 1e-4
+    k = 2 * CANDIDATES
+    out = Sampler(seed=13).sample(logits, [seq(f"r{i}", top_k=k) for i in range(400)])
+    ids = [o.token_id for o in out]
+    assert max(ids) < k and max(ids) > CANDIDATES
+
+
+def test_token_history_follows_growing_outputs_and_new_requests() -> None:
+    history = TokenHistory()
+    logits = torch.ones(1, 8)
+    s = seq("a", prompt=[1], out=[2], repetition_penalty=2.0, frequency_penalty=1.0)
+    first = apply_penalties(logits, [s], history)
+    s.output_ids.append(3)
+    second = apply_penalties(logits, [s], history)
+    assert second[0, 3] == 0.5 - 1.0 and first[0, 3] == 1.0
+    reused = seq("a", prompt=[5], out=[], repetition_penalty=2.0)  # same rid, new lists
+    third = apply_penalties(logits, [reused], history)
+    assert third[0].tolist() == [1, 1, 1, 1, 1, 0.5, 1, 1]

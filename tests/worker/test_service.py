@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import msgpack
@@ -266,3 +267,61 @@ def test_engine_failure_is_reported_as_fatal_and_stops_the_loop() -> None:
     finally:
         stop.set()
         run.ctx.destroy(linger=0)
+
+
+def test_the_real_engine_on_the_tiny_model_through_the_socket(tmp_path: Path) -> None:
+    from glm47.worker.__main__ import build
+    from glm47.worker.cli_args import parse_args
+    from glm47.worker.model.tiny import make_tiny_model
+
+    make_tiny_model(tmp_path, seed=0)
+    args = parse_args(
+        [
+            *("--listen", "tcp://127.0.0.1:*", "--model-dir", str(tmp_path), "--device", "cpu"),
+            *("--kv-cache-tokens", "512", "--page-size", "4", "--worker-id", "tiny"),
+        ]
+    )
+    engine, ready = build(args)
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    service = Service(engine, ready, args.listen, context=ctx)
+    stop = threading.Event()
+    thread = threading.Thread(target=service.serve, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.RCVTIMEO, 60_000)
+        sock.connect(service.endpoint)
+        send(sock, Hello())
+        got = recv(sock)
+        assert isinstance(got, Ready) and got.worker_id == "tiny" and got.vocab_size > 100
+        assert got.eos_token_ids and got.kv_capacity_tokens >= 512
+        prompts = {"a": [5, 6, 7, 8, 9], "b": [11, 12]}
+        greedy = {"temperature": 0.0, "ignore_eos": True, "logprobs": 2}
+        send(sock, Submit(reqs=[req(r, p, 4, **greedy) for r, p in prompts.items()]))
+        together = collect_real(sock, set(prompts))
+        send(sock, Submit(reqs=[req("a2", prompts["a"], 4, **greedy)]))
+        alone = collect_real(sock, {"a2"})
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+        service.close()
+        ctx.destroy(linger=0)
+    for rid, outs in together.items():
+        ids = [t for o in outs for t in o.ids]
+        assert len(ids) == 4 and all(0 <= t < got.vocab_size for t in ids)
+        assert outs[0].prompt_tokens == len(prompts[rid]) and outs[-1].finish == "length"
+        assert all(o.logprobs and len(o.top_logprobs[0]) == 2 for o in outs)
+        assert all(o.top_logprobs[0][0][0] == o.ids[0] for o in outs)  # greedy = the best
+    assert [o.ids for o in alone["a2"]] == [o.ids for o in together["a"]]
+
+
+def collect_real(sock: zmq.Socket[bytes], rids: set[str]) -> dict[str, list[Any]]:
+    outs: dict[str, list[Any]] = {r: [] for r in rids}
+    done: set[str] = set()
+    while done != rids:
+        msg = recv(sock)
+        assert isinstance(msg, Step), msg
+        for out in msg.outs:
+            outs[out.rid].append(out)
+            done |= {out.rid} if out.finish else set()
+    return outs

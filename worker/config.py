@@ -11,7 +11,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
-ATTENTION_BACKEND_CHOICES = ("auto", "triton", "fa3", "flashinfer")
+ATTENTION_BACKEND_CHOICES = ("auto", "triton", "fa3", "flashinfer", "torch")  # torch: reference
 LOAD_FORMAT_CHOICES = ("auto", "dummy")
 MTP_MODE_CHOICES = ("vanilla_with_att", "eagle_with_att")
 DTYPE_CHOICES = ("bfloat16", "float16", "float32")
@@ -43,6 +43,9 @@ class EngineConfig:
     max_running_requests: int = 512  # requests in the running batch at most
     max_waiting_requests: int = 4096  # queued requests at most; more are rejected with queue_full
     enable_prefix_cache: bool = True  # share KV pages of common prompt prefixes (radix cache)
+    # Admission keeps KV room for running requests to grow: this share of their remaining output
+    # budget (see engine/admission.py; decays while nothing is preempted). 0: known tokens only.
+    reserve_output_ratio: float = 0.7
     # Kernels.
     prefill_att_backend: str = (
         "auto"  # attention for steps with prompt chunks; ATTENTION_BACKEND_CHOICES
@@ -84,6 +87,7 @@ class EngineConfig:
         )
         _check(self.max_running_requests >= 1, "max_running_requests must be >= 1")
         _check(self.max_waiting_requests >= 0, "max_waiting_requests must be >= 0")
+        _check(0.0 <= self.reserve_output_ratio <= 1.0, "reserve_output_ratio must be in [0, 1]")
         for name in ("prefill_att_backend", "decode_att_backend"):
             value = getattr(self, name)
             _check(

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from glm47.worker.batch import ScheduledBatch, ScheduledSeq
 from glm47.worker.config import EngineConfig
+from glm47.worker.engine.admission import GrowthReserve
 from glm47.worker.engine.page_pool import PagePool
 from glm47.worker.engine.prefix_cache import PrefixCache
 from glm47.worker.engine.request import Request, RequestState
@@ -47,6 +48,7 @@ class Scheduler:
         self.prompt_tokens = 0  # cumulative prompt tokens admitted (first admission only)
         self.num_preemptions = 0  # cumulative
         self._evict_batch = max(1, pool.total // 256)  # fewest pages one eviction frees
+        self.reserve = GrowthReserve(config.reserve_output_ratio)
 
     def add(self, req: Request) -> None:
         req.state = RequestState.WAITING
@@ -66,6 +68,7 @@ class Scheduler:
                 self._schedule_running(req, plan)
         if not plan.preempted:
             self._admit_waiting(plan)
+        self.reserve.on_step(plan.preempted)
         return self._build(plan)
 
     def _schedule_running(self, req: Request, plan: _Plan) -> None:
@@ -85,11 +88,17 @@ class Scheduler:
         plan.budget -= n
 
     def _admit_waiting(self, plan: _Plan) -> None:
+        """Admit from the head of the queue while budget, slots and KV room (with the growth
+        reserve of admission.py) allow; the first request that does not fit blocks the rest."""
+        room = self.reserve.room(self.pool, self.running) if self.waiting else 0.0
         while self.waiting and plan.budget > 0:
             if len(self.running) >= self.config.max_running_requests:
                 return
             req = self.waiting[0]
             num_cached, shared = self.cache.match(req.all_token_ids)
+            cost = self.reserve.cost(req, num_cached)
+            if self.running and cost > room:
+                return
             self.pool.retain(shared)  # protects the matched pages from the eviction below
             n = min(
                 req.num_tokens_wanted - num_cached, plan.budget, self.config.chunked_prefill_size
@@ -98,6 +107,7 @@ class Scheduler:
             if not self._make_room(need):
                 self.pool.release(shared)
                 return
+            room -= cost
             self.waiting.popleft()
             req.page_ids = shared + self.pool.allocate(need)
             req.num_computed_tokens = num_cached

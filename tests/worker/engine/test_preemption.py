@@ -7,6 +7,9 @@ from engine_fakes import Harness, MakeHarness
 
 from glm47.worker.engine import TooLongError
 
+# Admission without an output reserve: requests are admitted on their prompt alone and then
+# outgrow the pool, which is what these tests need.
+EAGER = {"reserve_output_ratio": 0.0}
 PROMPTS = {f"r{i}": [3 + i, 4 + i, 5 + i, 6 * i] for i in range(4)}
 
 
@@ -22,8 +25,10 @@ def run_all(h: Harness, max_new_tokens: int = 8) -> dict[str, list[int]]:
 def test_a_tiny_pool_preempts_and_the_output_matches_an_unconstrained_run(
     make_harness: MakeHarness, enable_prefix_cache: bool
 ) -> None:
-    tiny = make_harness(num_pages=9, page_size=2, enable_prefix_cache=enable_prefix_cache)
-    roomy = make_harness(num_pages=128, page_size=2, enable_prefix_cache=enable_prefix_cache)
+    tiny = make_harness(num_pages=9, page_size=2, enable_prefix_cache=enable_prefix_cache, **EAGER)
+    roomy = make_harness(
+        num_pages=128, page_size=2, enable_prefix_cache=enable_prefix_cache, **EAGER
+    )
     assert run_all(tiny) == run_all(roomy)
     assert tiny.engine.scheduler.num_preemptions > 0
     assert roomy.engine.scheduler.num_preemptions == 0
@@ -32,7 +37,7 @@ def test_a_tiny_pool_preempts_and_the_output_matches_an_unconstrained_run(
 def test_the_newest_running_request_is_preempted_and_requeued_at_the_front(
     make_harness: MakeHarness,
 ) -> None:
-    h = make_harness(num_pages=5, page_size=2)  # 4 usable pages
+    h = make_harness(num_pages=5, page_size=2, **EAGER)  # 4 usable pages
     old = h.add("old", [1, 2, 3], max_new_tokens=4)
     new = h.add("new", [4, 5, 6], max_new_tokens=4)
     h.add("third", [7, 8], max_new_tokens=1)
@@ -51,7 +56,7 @@ def test_the_newest_running_request_is_preempted_and_requeued_at_the_front(
 def test_no_waiting_request_is_admitted_in_a_step_that_preempted(
     make_harness: MakeHarness,
 ) -> None:
-    h = make_harness(num_pages=5, page_size=2, enable_prefix_cache=False)
+    h = make_harness(num_pages=5, page_size=2, enable_prefix_cache=False, **EAGER)
     h.add("old", [1, 2, 3], max_new_tokens=4)
     h.add("new", [4, 5, 6], max_new_tokens=4)
     h.step()
@@ -64,7 +69,7 @@ def test_no_waiting_request_is_admitted_in_a_step_that_preempted(
 
 
 def test_a_resumed_request_recomputes_prompt_and_output_so_far(make_harness: MakeHarness) -> None:
-    h = make_harness(num_pages=5, page_size=2, enable_prefix_cache=False)
+    h = make_harness(num_pages=5, page_size=2, enable_prefix_cache=False, **EAGER)
     h.add("old", [1, 2, 3], max_new_tokens=3)
     h.add("new", [4, 5, 6], max_new_tokens=4)
     h.step()
@@ -92,7 +97,7 @@ def test_a_prompt_that_cannot_fit_the_kv_pool_is_rejected_as_too_long(
 def test_a_request_that_would_outgrow_the_kv_pool_finishes_with_length(
     make_harness: MakeHarness,
 ) -> None:
-    h = make_harness(num_pages=5, page_size=4)
+    h = make_harness(num_pages=5, page_size=4, **EAGER)
     h.add("grow", list(range(10)), max_new_tokens=100)
     h.add("other", [1, 2], max_new_tokens=100)
     h.run()

@@ -1,1 +1,180 @@
-//! Empty until its first code lands.
+//! Stop strings over streamed text.
+//!
+//! Text arrives in pieces; a stop string may straddle any number of them. [`StopMatcher`] emits
+//! text as soon as it cannot be the start of a stop string, holds back the longest tail that is
+//! still a prefix of one, and on a match emits the text before the stop string (the stop string
+//! itself is not emitted) and reports the stop. With no stop strings nothing is ever held back.
+
+/// Finds the first occurrence of any stop string in a stream of text.
+#[derive(Debug, Clone, Default)]
+pub struct StopMatcher {
+    /// Non-empty stop strings, in the order given.
+    stops: Vec<String>,
+    /// Text received but not yet emitted: a tail that may begin a stop string.
+    held: String,
+    /// Index into `stops` of the string that matched, once one has.
+    matched: Option<usize>,
+}
+
+impl StopMatcher {
+    /// A matcher for `stops`; empty strings are ignored.
+    pub fn new<I, S>(stops: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Self {
+            stops: stops.into_iter().map(Into::into).filter(|s| !s.is_empty()).collect(),
+            held: String::new(),
+            matched: None,
+        }
+    }
+
+    /// Feeds `text`; returns the text that is safe to emit and whether a stop string matched.
+    /// When several stop strings occur, the one starting earliest wins (on a tie, the one given
+    /// first). After a stop, every call returns `("", true)`.
+    pub fn push(&mut self, text: &str) -> (String, bool) {
+        if self.matched.is_some() {
+            return (String::new(), true);
+        }
+        if self.stops.is_empty() {
+            return (text.to_string(), false);
+        }
+        self.held.push_str(text);
+        if let Some((start, index)) = self.first_match() {
+            self.matched = Some(index);
+            let mut emit = std::mem::take(&mut self.held);
+            emit.truncate(start);
+            return (emit, true);
+        }
+        let keep_from = self.held_tail_start();
+        let rest = self.held.split_off(keep_from);
+        (std::mem::replace(&mut self.held, rest), false)
+    }
+
+    /// Ends the stream: returns the held-back text (none after a stop).
+    pub fn finish(&mut self) -> String {
+        std::mem::take(&mut self.held)
+    }
+
+    /// The stop string that matched, if any.
+    pub fn matched(&self) -> Option<&str> {
+        self.matched.map(|i| self.stops[i].as_str())
+    }
+
+    /// Whether a stop string has matched.
+    pub fn is_stopped(&self) -> bool {
+        self.matched.is_some()
+    }
+
+    /// Byte offset in `held` and stop index of the earliest match.
+    fn first_match(&self) -> Option<(usize, usize)> {
+        self.stops
+            .iter()
+            .enumerate()
+            .filter_map(|(i, stop)| self.held.find(stop.as_str()).map(|at| (at, i)))
+            .min()
+    }
+
+    /// Start of the longest tail of `held` that is a proper prefix of some stop string
+    /// (`held.len()` when there is none).
+    fn held_tail_start(&self) -> usize {
+        let longest = self.stops.iter().map(String::len).max().unwrap_or(0);
+        let lowest = self.held.len().saturating_sub(longest.saturating_sub(1));
+        self.held
+            .char_indices()
+            .map(|(i, _)| i)
+            .filter(|&i| i >= lowest)
+            .find(|&i| {
+                let tail = &self.held[i..];
+                self.stops.iter().any(|s| s.starts_with(tail))
+            })
+            .unwrap_or(self.held.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feeds `chunks` and returns (all emitted text, stopped, chunk index of the stop).
+    fn run(stops: &[&str], chunks: &[&str]) -> (String, bool, Option<usize>) {
+        let mut m = StopMatcher::new(stops.iter().copied());
+        let mut out = String::new();
+        for (i, chunk) in chunks.iter().enumerate() {
+            let (emit, stopped) = m.push(chunk);
+            out.push_str(&emit);
+            if stopped {
+                return (out, true, Some(i));
+            }
+        }
+        out.push_str(&m.finish());
+        (out, false, None)
+    }
+
+    #[test]
+    fn stop_split_across_many_chunks_is_found_and_excluded() {
+        let (out, stopped, at) = run(&["</answer>"], &["The end", "<", "/an", "s", "wer", "> tail"]);
+        assert_eq!((out.as_str(), stopped, at), ("The end", true, Some(5)));
+    }
+
+    #[test]
+    fn a_partial_stop_is_held_then_released_when_it_diverges() {
+        let mut m = StopMatcher::new(["STOP"]);
+        assert_eq!(m.push("abST"), ("ab".to_string(), false));
+        assert_eq!(m.push("O"), (String::new(), false));
+        assert_eq!(m.push("P!"), (String::new(), true));
+        assert_eq!(m.matched(), Some("STOP"));
+        assert_eq!(m.push("more"), (String::new(), true));
+        let mut m = StopMatcher::new(["STOP"]);
+        assert_eq!(m.push("xST"), ("x".to_string(), false));
+        assert_eq!(m.push("Ox"), ("STOx".to_string(), false));
+        assert_eq!(m.finish(), "");
+    }
+
+    #[test]
+    fn overlapping_stops_match_at_the_earliest_position() {
+        let (out, stopped, _) = run(&["bcd", "abcx", "cd"], &["xxab", "cd"]);
+        assert_eq!((out.as_str(), stopped), ("xxa", true));
+        let mut m = StopMatcher::new(["aab", "ab"]);
+        assert_eq!(m.push("a").0, "");
+        assert_eq!(m.push("a").0, "");
+        assert_eq!(m.push("ab"), ("a".to_string(), true));
+        assert_eq!(m.matched(), Some("aab"));
+    }
+
+    #[test]
+    fn no_stop_strings_means_no_hold_back() {
+        let mut m = StopMatcher::new(Vec::<String>::new());
+        assert_eq!(m.push("<"), ("<".to_string(), false));
+        let mut m = StopMatcher::new([""]);
+        assert_eq!(m.push("abc"), ("abc".to_string(), false));
+        assert!(!m.is_stopped());
+    }
+
+    #[test]
+    fn unmatched_tail_comes_out_on_finish() {
+        let (out, stopped, _) = run(&["###"], &["a#", "#"]);
+        assert_eq!((out.as_str(), stopped), ("a##", false));
+    }
+
+    #[test]
+    fn multibyte_text_is_held_on_character_boundaries() {
+        let (out, stopped, _) = run(&["。\n"], &["你好", "。", "\n后"]);
+        assert_eq!((out.as_str(), stopped), ("你好", true));
+        let (out, stopped, _) = run(&["é!"], &["aé", "é", "x"]);
+        assert_eq!((out.as_str(), stopped), ("aééx", false));
+    }
+
+    #[test]
+    fn every_split_of_a_text_gives_the_same_result() {
+        let text = "one two <stop> three";
+        for cut1 in 0..=text.len() {
+            for cut2 in cut1..=text.len() {
+                let chunks = [&text[..cut1], &text[cut1..cut2], &text[cut2..]];
+                let (out, stopped, _) = run(&["<stop>", "two  "], &chunks);
+                assert_eq!((out.as_str(), stopped), ("one two ", true), "{chunks:?}");
+            }
+        }
+    }
+}

@@ -90,12 +90,9 @@ class Engine:
         if req.state is not RequestState.WAITING or req.output_ids:
             raise InvalidRequestError(req.rid, "a request can be added only once")
         if req.num_prompt_tokens >= self.max_req_total_len:
-            cap = self.config.max_req_total_len
-            why = (
-                f"max_req_total_len {cap}"
-                if cap == self.max_req_total_len
-                else (f"the KV cache capacity of {self.max_req_total_len} tokens")
-            )
+            why = f"max_req_total_len {self.max_req_total_len}"
+            if self.max_req_total_len < (self.config.max_req_total_len or 0):
+                why = f"the KV cache capacity of {self.max_req_total_len} tokens"
             raise TooLongError(
                 req.rid,
                 f"prompt of {req.num_prompt_tokens} tokens leaves no room for output under {why}",
@@ -124,6 +121,10 @@ class Engine:
         batch = self.scheduler.schedule()
         if batch.seqs:
             result = self.runner.run(batch, self.sampler)
+            wanted = sum(seq.sample for seq in batch.seqs)
+            assert len(result.samples) == wanted, (
+                f"runner sampled {len(result.samples)} of {wanted}"
+            )
             finished = self._apply_samples(result.samples, outputs)
             self.scheduler.finish(finished)
         if not self.has_work():
@@ -134,6 +135,7 @@ class Engine:
         self, samples: list[SampleOutput], outputs: list[StepOutput]
     ) -> list[Request]:
         """Append each sampled token, decide finishes; returns the finished requests."""
+        assert len({s.rid for s in samples}) == len(samples), "the runner sampled a sequence twice"
         finished = []
         for sample in samples:
             req = self._requests[sample.rid]

@@ -5,7 +5,8 @@ tokens (see request.py), and a step hands out at most `max_num_batched_tokens` o
 Order of service:
 1. running requests that are decoding (one token each; with speculation, 1 + drafts);
 2. running requests part-way through their prompt (chunked prefill continues);
-3. waiting requests, oldest first: a prefix-cache match, then pages for their first chunk.
+3. waiting requests, oldest first, while the KV room left after the running requests' growth
+   reserve (admission.py) covers them: a prefix-cache match, then pages for their first chunk.
 A request gets min(tokens it still wants, budget left, chunked_prefill_size) tokens per step.
 
 When a running request needs a page and none is free (after evicting unreferenced cache pages),

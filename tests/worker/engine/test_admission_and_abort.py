@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from engine_fakes import MakeHarness
 
+from glm47.worker.batch import RunnerOutput
 from glm47.worker.engine import InvalidRequestError, QueueFullError, TooLongError
 
 
@@ -116,4 +117,13 @@ def test_the_engine_checks_page_accounting_whenever_it_goes_idle(
     h.run()
     h.engine.pool._free.pop()  # leak a page behind the engine's back
     with pytest.raises(AssertionError, match="KV page accounting broken"):
+        h.engine.step()
+
+
+def test_a_runner_that_drops_a_sample_is_caught_at_once(make_harness: MakeHarness) -> None:
+    h = make_harness()
+    h.add("r", [1, 2], max_new_tokens=3)
+    run = h.runner.run
+    h.runner.run = lambda batch, sampler: RunnerOutput(run(batch, sampler).samples[:0])  # type: ignore[method-assign]
+    with pytest.raises(AssertionError, match="runner sampled 0 of 1"):
         h.engine.step()

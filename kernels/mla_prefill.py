@@ -98,9 +98,9 @@ def mla_prefill(
     page_size: int,
     scale: float,
     d_rope: int = 64,
-    block_m: int = 32,
-    block_n: int = 32,
-    num_warps: int = 4,
+    block_m: int = 64,
+    block_n: int = 64,
+    num_warps: int = 8,
     num_stages: int = 2,
 ) -> torch.Tensor:  # [T, H, D_LAT]
     """Causal attention of every new token over its sequence's cached prefix and new tokens."""

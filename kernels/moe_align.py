@@ -4,8 +4,10 @@ A routed pair is identified by its flat id `t * top_k + j` (token t, its j-th ex
 GEMM walks `sorted_ids` in blocks of `block_m` rows; every block belongs to one expert, so each
 expert's run of ids is padded to a multiple of `block_m` with the invalid id `T * top_k`.
 
-Built from torch operations that never read back to the host, so it can be captured in a CUDA
-graph: the output sizes depend only on T, top_k, the expert count and block_m.
+Two implementations with the same output: a single-program Triton kernel for decode-sized
+batches (one launch instead of a dozen small torch operations) and torch operations for larger
+ones. Neither reads back to the host, so both can be captured in a CUDA graph: the output sizes
+depend only on T, top_k, the expert count and block_m.
 """
 
 from __future__ import annotations
@@ -13,6 +15,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import triton
+import triton.language as tl
+
+SMALL_MAX_PAIRS = 512  # routed pairs up to which the single-program kernel is used
 
 
 @dataclass(frozen=True)
@@ -35,6 +41,45 @@ def max_padded_rows(num_pairs: int, num_experts: int, block_m: int) -> int:
     return (bound + block_m - 1) // block_m * block_m
 
 
+@triton.jit
+def _moe_align_small_kernel(
+    topk_ids_ptr,  # [P] int32, the flattened [T, top_k]
+    sorted_ids_ptr,  # [max_padded] int32
+    expert_ids_ptr,  # [max_blocks] int32
+    num_padded_ptr,  # [1] int32
+    num_pairs,
+    max_padded,
+    max_blocks,
+    NUM_EXPERTS: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+    BLOCK_E: tl.constexpr,
+    BLOCK_FILL: tl.constexpr,
+):
+    offs_p = tl.arange(0, BLOCK_P)
+    pair_ok = offs_p < num_pairs
+    ids = tl.load(topk_ids_ptr + offs_p, mask=pair_ok, other=-1)
+    offs_e = tl.arange(0, BLOCK_E)
+    onehot = (ids[:, None] == offs_e[None, :]).to(tl.int32)  # [BLOCK_P, BLOCK_E]
+    counts = tl.sum(onehot, 0)  # [BLOCK_E]
+    padded = (counts + BLOCK_M - 1) // BLOCK_M * BLOCK_M
+    ends = tl.cumsum(padded, 0)
+    starts = ends - padded
+    rank = tl.cumsum(onehot, 0) - onehot  # earlier pairs of the same expert
+    dest = tl.sum(onehot * (starts[None, :] + rank), 1)  # [BLOCK_P]
+    for f in range(0, max_padded, BLOCK_FILL):
+        offs = f + tl.arange(0, BLOCK_FILL)
+        tl.store(sorted_ids_ptr + offs, tl.zeros_like(offs) + num_pairs, mask=offs < max_padded)
+    tl.debug_barrier()
+    tl.store(sorted_ids_ptr + dest, offs_p, mask=pair_ok)
+    tl.store(num_padded_ptr, tl.sum(padded, 0))
+    for b0 in range(0, max_blocks, BLOCK_FILL):
+        offs_b = b0 + tl.arange(0, BLOCK_FILL)
+        done = (ends[None, :] <= (offs_b * BLOCK_M)[:, None]).to(tl.int32)  # [FILL, BLOCK_E]
+        expert = tl.minimum(tl.sum(done, 1), NUM_EXPERTS - 1)
+        tl.store(expert_ids_ptr + offs_b, expert, mask=offs_b < max_blocks)
+
+
 def moe_align(
     topk_ids: torch.Tensor,  # [T, top_k] int
     num_experts: int,
@@ -45,6 +90,38 @@ def moe_align(
         raise ValueError(f"topk_ids must be [T, top_k], got {tuple(topk_ids.shape)}")
     if block_m < 1:
         raise ValueError(f"block_m must be positive, got {block_m}")
+    if 0 < topk_ids.numel() <= SMALL_MAX_PAIRS and num_experts <= 256:
+        return moe_align_small(topk_ids, num_experts, block_m)
+    return moe_align_torch(topk_ids, num_experts, block_m)
+
+
+def moe_align_small(
+    topk_ids: torch.Tensor,  # [T, top_k] int
+    num_experts: int,
+    block_m: int,
+) -> MoeAlignment:
+    """The single-program kernel: every pair and expert of the batch in one block."""
+    num_pairs = topk_ids.numel()
+    dev = topk_ids.device
+    flat = topk_ids.reshape(-1).to(torch.int32)  # [P]
+    max_rows = max_padded_rows(num_pairs, num_experts, block_m)
+    sorted_ids = torch.empty((max_rows,), dtype=torch.int32, device=dev)
+    expert_ids = torch.empty((max_rows // block_m,), dtype=torch.int32, device=dev)
+    num_padded = torch.empty((1,), dtype=torch.int32, device=dev)
+    _moe_align_small_kernel[(1,)](
+        flat, sorted_ids, expert_ids, num_padded, num_pairs, max_rows, max_rows // block_m,
+        NUM_EXPERTS=num_experts, BLOCK_M=block_m, BLOCK_P=triton.next_power_of_2(num_pairs),
+        BLOCK_E=triton.next_power_of_2(num_experts), BLOCK_FILL=256, num_warps=4,
+    )  # fmt: skip
+    return MoeAlignment(sorted_ids, expert_ids, num_padded, block_m)
+
+
+def moe_align_torch(
+    topk_ids: torch.Tensor,  # [T, top_k] int
+    num_experts: int,
+    block_m: int,
+) -> MoeAlignment:
+    """The torch-operation version (any batch size; the reference of the kernel)."""
     dev = topk_ids.device
     flat = topk_ids.reshape(-1).long()  # [P]
     num_pairs = flat.numel()

@@ -119,7 +119,9 @@ def candidate_configs(num_tokens: int, num_experts: int, top_k: int) -> list[Moe
 
 
 def nearest(table: dict[int, MoeConfig], num_tokens: int) -> MoeConfig:
-    return table[min(table, key=lambda m: abs(m - num_tokens))]
+    """The entry whose token count is nearest in ratio (log scale)."""
+    n = max(1, num_tokens)
+    return table[min(table, key=lambda m: max(m, n) / max(1, min(m, n)))]
 
 
 _TUNED: dict[tuple[str, str, int], MoeConfig] = {}

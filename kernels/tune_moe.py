@@ -20,13 +20,20 @@ from glm47.kernels import moe_config
 from glm47.kernels.fused_moe import tune_config
 from glm47.kernels.moe_config import MoeConfig, candidate_configs, save_stored, shape_key
 
-DEFAULT_TOKENS = [1, 8, 32, 64, 128, 256, 512, 1024, 2048, 8192]
+DEFAULT_TOKENS = [1, 8, 32, 128, 512, 2048, 8192]
 
 
 def tune_shape(
-    tokens: list[int], experts: int, hidden: int, inter: int, top_k: int, dtype: torch.dtype
+    tokens: list[int],
+    experts: int,
+    hidden: int,
+    inter: int,
+    top_k: int,
+    dtype: torch.dtype,
+    gpu: str,
 ) -> dict[int, MoeConfig]:
-    """The fastest config per token count for one expert shape."""
+    """The fastest config per token count for one expert shape, stored after each count."""
+    key = shape_key(experts, hidden, inter, top_k, str(dtype).removeprefix("torch."))
     w13 = torch.randn((experts, 2 * inter, hidden), dtype=dtype, device="cuda") * 0.02
     w2 = torch.randn((experts, hidden, inter), dtype=dtype, device="cuda") * 0.02
     best = {}
@@ -34,7 +41,8 @@ def tune_shape(
         start = time.perf_counter()
         x = torch.randn((t, hidden), dtype=dtype, device="cuda")
         best[t] = tune_config(x, w13, w2, top_k, candidate_configs(t, experts, top_k))
-        print(f"T={t}: {best[t]} ({time.perf_counter() - start:.1f} s)", flush=True)
+        path = save_stored(gpu, {key: {t: best[t]}})
+        print(f"T={t}: {best[t]} ({time.perf_counter() - start:.1f} s) -> {path}", flush=True)
     return best
 
 
@@ -51,10 +59,7 @@ def main() -> None:
         moe_config.CONFIG_DIR = args.out_dir
     dtype = torch.bfloat16
     gpu = torch.cuda.get_device_name()
-    table = tune_shape(args.tokens, args.experts, args.hidden, args.inter, args.top_k, dtype)
-    key = shape_key(args.experts, args.hidden, args.inter, args.top_k, "bfloat16")
-    path = save_stored(gpu, {key: table})
-    print(f"wrote {path}")
+    tune_shape(args.tokens, args.experts, args.hidden, args.inter, args.top_k, dtype, gpu)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import torch
 from kernel_utils import ON_GPU, rel_err
 
 from glm47.kernels.fused_moe import fused_experts, fused_experts_ref
-from glm47.kernels.moe_align import moe_align
+from glm47.kernels.moe_align import moe_align, moe_align_small, moe_align_torch
 from glm47.kernels.moe_config import MoeConfig, default_config
 
 
@@ -68,3 +68,17 @@ def test_fused_experts_rejects_wrong_weight_dtype(device: str) -> None:
     weights, ids = random_routing(2, 4, 2, device)
     with pytest.raises(ValueError, match="dtype"):
         fused_experts(x, w13, w2, weights, ids, default_config(2, 4, 2))
+
+
+@pytest.mark.parametrize(
+    ("t", "e", "k", "block_m"), [(1, 64, 4, 16), (13, 6, 3, 4), (64, 64, 4, 32)]
+)
+def test_moe_align_kernel_equals_torch_version(
+    t: int, e: int, k: int, block_m: int, device: str
+) -> None:
+    _, ids = random_routing(t, e, k, device)
+    small = moe_align_small(ids, e, block_m)
+    ref = moe_align_torch(ids, e, block_m)
+    assert torch.equal(small.num_padded, ref.num_padded)
+    assert torch.equal(small.sorted_ids, ref.sorted_ids)
+    assert torch.equal(small.expert_ids, ref.expert_ids)

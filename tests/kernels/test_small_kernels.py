@@ -39,8 +39,9 @@ def test_rope_rotates_q_and_k_in_place(device: str, dtype: torch.dtype) -> None:
     q_exact = rope_ref(q[..., 8:].double(), pos, cs.double())
     nope = q[..., :8].clone()
     apply_rope_(q[..., 8:], k, pos, cs)
-    torch.testing.assert_close(q[..., 8:], q_ref)
-    torch.testing.assert_close(k, k_ref)
+    # the GPU may contract a product and a sum into one rounding: one bf16 ulp of slack
+    torch.testing.assert_close(q[..., 8:], q_ref, atol=1e-3, rtol=1.6e-2)
+    torch.testing.assert_close(k, k_ref, atol=1e-3, rtol=1.6e-2)
     assert rel_err(q[..., 8:], q_exact) < 1e-2
     assert torch.equal(q[..., :8], nope)
 

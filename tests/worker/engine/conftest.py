@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from engine_fakes import MakeHarness, harness_factory
+
+from tests.worker.engine.engine_fakes import MakeHarness, harness_factory
 
 
 @pytest.fixture

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from engine_fakes import MakeHarness
 
 from glm47.worker.batch import RunnerOutput
 from glm47.worker.engine import InvalidRequestError, QueueFullError, TooLongError
+from tests.worker.engine.engine_fakes import MakeHarness
 
 
 def test_a_full_waiting_queue_rejects_with_queue_full(make_harness: MakeHarness) -> None:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from engine_fakes import MakeHarness
 
 from glm47.worker.engine.admission import DECAY_STEPS, OUTPUT_ESTIMATE_CLIP, GrowthReserve
 from glm47.worker.engine.request import Request
+from tests.worker.engine.engine_fakes import MakeHarness
 
 
 def test_a_request_waits_while_the_running_ones_need_their_reserve(

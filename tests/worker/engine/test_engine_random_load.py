@@ -6,7 +6,8 @@ from __future__ import annotations
 import random
 
 import pytest
-from engine_fakes import MakeHarness
+
+from tests.worker.engine.engine_fakes import MakeHarness
 
 
 @pytest.mark.parametrize(

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from engine_fakes import Harness, MakeHarness
 
 from glm47.worker.engine import TooLongError
+from tests.worker.engine.engine_fakes import Harness, MakeHarness
 
 # Admission without an output reserve: requests are admitted on their prompt alone and then
 # outgrow the pool, which is what these tests need.

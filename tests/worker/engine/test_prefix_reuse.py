@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from engine_fakes import MakeHarness
+
+from tests.worker.engine.engine_fakes import MakeHarness
 
 PROMPT = list(range(40, 50))  # 10 tokens: two full pages of 4 and a partial one
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from engine_fakes import Harness, MakeHarness
+from tests.worker.engine.engine_fakes import Harness, MakeHarness
 
 
 def chunk_sizes(h: Harness, step: int) -> dict[str, int]:

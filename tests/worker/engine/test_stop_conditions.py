@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from engine_fakes import EOS, MakeHarness
-
 from glm47.worker.batch import SamplingParams
+from tests.worker.engine.engine_fakes import EOS, MakeHarness
 
 
 def test_max_new_tokens_finishes_with_length(make_harness: MakeHarness) -> None:

@@ -1,15 +1,14 @@
 """Build the model on its device and fill it: from safetensors through the name table, or with
 random "dummy" weights of the real shapes.
 
-Checkpoint files are read in parallel by a thread pool of `LOADWORKER` threads (environment;
-default: min(8, CPU count)). Unknown checkpoint keys, missing keys and shape mismatches raise
+Checkpoint files are read in parallel by a thread pool of `LOADWORKER` threads (environment,
+declared in worker/config.py). Unknown checkpoint keys, missing keys and shape mismatches raise
 with the offending names. The MTP layer is loaded when the config declares it and the checkpoint
 holds it; its optional copies of the embedding and lm_head are checked and skipped.
 """
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -20,6 +19,7 @@ import torch
 from safetensors import safe_open
 from tqdm import tqdm
 
+from glm47.worker.config import ENV_LOAD_WORKERS, Env
 from glm47.worker.model.config import ModelConfig
 from glm47.worker.model.glm4_moe_lite import Glm4MoeLiteForCausalLM
 from glm47.worker.model.layers.experts import create_experts_backend
@@ -31,7 +31,7 @@ from glm47.worker.model.weight_map import (
     mtp_duplicate_names,
 )
 
-LOAD_WORKERS_ENV = "LOADWORKER"  # threads reading checkpoint files
+LOAD_WORKERS_ENV = ENV_LOAD_WORKERS  # threads reading checkpoint files
 LOAD_FORMATS = ("safetensors", "dummy")
 DUMMY_STD = 0.02
 
@@ -41,13 +41,8 @@ class CheckpointError(ValueError):
 
 
 def load_workers() -> int:
-    value = os.environ.get(LOAD_WORKERS_ENV)
-    if value is None:
-        return min(8, os.cpu_count() or 1)
-    workers = int(value)
-    if workers < 1:
-        raise ValueError(f"{LOAD_WORKERS_ENV} must be at least 1, got {value!r}")
-    return workers
+    """Threads reading checkpoint files (`LOADWORKER`); malformed values raise."""
+    return Env.from_environ().load_workers
 
 
 @contextmanager
@@ -149,7 +144,7 @@ def plan_load(
         if name in duplicates:
             expected = tuple(params[duplicates[name]].shape)
         else:
-            expected = tuple(_destination(params[table[name].param], table[name]).shape)
+            expected = tuple(param_slice(params[table[name].param], table[name]).shape)
         if shape != expected:
             wrong.append(f"{name} {list(shape)} (expected {list(expected)})")
     if wrong:
@@ -157,7 +152,7 @@ def plan_load(
     return {name: table[name] for name in shapes if name in table}
 
 
-def _destination(param: torch.Tensor, target: Target) -> torch.Tensor:
+def param_slice(param: torch.Tensor, target: Target) -> torch.Tensor:
     """The view of `param` a checkpoint tensor fills."""
     dst = param.data if target.expert is None else param.data[target.expert]
     if target.shard is None:
@@ -178,7 +173,7 @@ def _copy_files(
                 target = plan.get(name)
                 if target is None:
                     continue
-                _destination(params[target.param], target).copy_(f.get_tensor(name))
+                param_slice(params[target.param], target).copy_(f.get_tensor(name))
                 with lock:
                     progress.update(1)
 

@@ -16,7 +16,7 @@ from safetensors.torch import save_file
 
 from glm47.worker.model.config import ModelConfig
 from glm47.worker.model.layers.norm import RMSNorm
-from glm47.worker.model.loader import _destination, build_model
+from glm47.worker.model.loader import build_model, param_slice
 from glm47.worker.model.tiny_tokenizer import (
     CHAT_TEMPLATE,
     EOS_TOKENS,
@@ -129,7 +129,7 @@ def _random_checkpoint(cfg: ModelConfig, seed: int) -> dict[str, torch.Tensor]:
     params = dict(model.named_parameters())
     tensors = {}
     for name, target in build_name_table(cfg, with_mtp=cfg.has_mtp).items():
-        tensor = _destination(params[target.param], target)
+        tensor = param_slice(params[target.param], target)
         keep_fp32 = name.endswith("e_score_correction_bias")
         tensors[name] = tensor.to(torch.float32 if keep_fp32 else torch.bfloat16).contiguous()
     return tensors

@@ -177,6 +177,7 @@ class Service:
     # -- messages ------------------------------------------------------------------------------
 
     def _handle(self, identity: bytes, data: bytes) -> None:
+        first_contact = identity not in self._conn_ids
         self._conn_ids.setdefault(identity, len(self._conn_ids))
         try:
             msg: Message = decode(data)
@@ -185,7 +186,8 @@ class Service:
             self._send(identity, err.to_message())
             return
         if isinstance(msg, Hello):
-            log.info("hello from %s (%s)", identity.hex(), msg.client or "unnamed")
+            level = logging.INFO if first_contact else logging.DEBUG  # hellos double as probes
+            log.log(level, "hello from %s (%s)", identity.hex(), msg.client or "unnamed")
             self._send(identity, self.ready)
         elif isinstance(msg, Submit):
             self._submit(identity, msg)
@@ -221,7 +223,7 @@ class Service:
         if engine_rid in self._live:
             return f"request id {w.rid!r} is already in use on this connection"
         vocab = self.ready.vocab_size
-        if any(t >= vocab for t in w.input_ids) or any(t >= vocab for t in w.stop_token_ids):
+        if max(w.input_ids) >= vocab or max(w.stop_token_ids, default=0) >= vocab:
             return f"token ids must be below the vocabulary size {vocab}"
         return None
 

@@ -195,7 +195,7 @@ def _is_float(v: object) -> bool:
 
 
 def _is_int_list(v: object) -> bool:
-    return isinstance(v, list) and all(_is_int(x) for x in v)
+    return isinstance(v, list) and all(type(x) is int for x in v)  # bool is not int here
 
 
 def _is_str_list(v: object) -> bool:
@@ -280,7 +280,7 @@ def _range_problem(r: WireRequest) -> str | None:
     checks = (
         (not bad_floats, f"{', '.join(bad_floats)} must be finite"),
         (len(r.input_ids) > 0, "input_ids must not be empty"),
-        (all(t >= 0 for t in r.input_ids), "input_ids must be non-negative"),
+        (not r.input_ids or min(r.input_ids) >= 0, "input_ids must be non-negative"),
         (r.max_new_tokens >= 1, "max_new_tokens must be >= 1"),
         (r.min_new_tokens >= 0, "min_new_tokens must be >= 0"),
         (r.temperature >= 0.0, "temperature must be >= 0"),
@@ -291,7 +291,7 @@ def _range_problem(r: WireRequest) -> str | None:
         (-2.0 <= r.presence_penalty <= 2.0, "presence_penalty must be in [-2, 2]"),
         (-2.0 <= r.frequency_penalty <= 2.0, "frequency_penalty must be in [-2, 2]"),
         (r.logprobs >= -1, "logprobs must be >= -1"),
-        (all(t >= 0 for t in r.stop_token_ids), "stop_token_ids must be non-negative"),
+        (min(r.stop_token_ids, default=0) >= 0, "stop_token_ids must be non-negative"),
     )
     return next((msg for ok, msg in checks if not ok), None)
 

@@ -9,6 +9,7 @@ CUDA-graph capture of decode steps builds on.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import math
 from dataclasses import dataclass
@@ -18,10 +19,16 @@ from typing import Protocol
 import torch
 
 import glm47.worker.attention.torch_backend  # noqa: F401  (registers "torch")
-from glm47.worker.attention.base import AttentionBackend, AttentionMetadata, create_backend
+from glm47.worker.attention.base import (
+    AttentionBackend,
+    AttentionMetadata,
+    create_backend,
+    registered_backends,
+)
 from glm47.worker.batch import RunnerOutput, SampleOutput, ScheduledBatch, ScheduledSeq
 from glm47.worker.model.config import ModelConfig
 from glm47.worker.model.context import ForwardContext
+from glm47.worker.model.layers.experts import registered_experts_backends
 from glm47.worker.model.loader import load_model
 
 log = logging.getLogger(__name__)
@@ -43,16 +50,37 @@ class StepInputs:
     sample_seqs: list[ScheduledSeq]  # the N sequences with sample=True, in batch order
 
 
+# Modules whose import registers optional backends; one that fails to import (no Triton) just
+# leaves its names unregistered.
+OPTIONAL_BACKEND_MODULES = (
+    "glm47.worker.attention.triton_backend",
+    "glm47.worker.moe_triton",
+)
+
+
+def import_optional_backends() -> None:
+    for module in OPTIONAL_BACKEND_MODULES:
+        try:
+            importlib.import_module(module)
+        except ImportError as err:
+            log.info("backend module %s not available: %s", module, err)
+
+
 def resolve_attention_backend(name: str, device: torch.device) -> str:
-    """`auto` → the best backend for the device; other names pass through."""
+    """`auto` → "triton" on a GPU when it is registered, else "torch"; other names pass through."""
     if name != "auto":
         return name
+    if device.type == "cuda" and "triton" in registered_backends():
+        return "triton"
     return "torch"
 
 
 def resolve_experts_backend(name: str, device: torch.device) -> str:
+    """`auto` → "triton" on a GPU when it is registered, else "torch"."""
     if name != "auto":
         return name
+    if device.type == "cuda" and "triton" in registered_experts_backends():
+        return "triton"
     return "torch"
 
 
@@ -99,6 +127,7 @@ class ModelRunner:
         self.device = torch.device(device)
         self.dtype = dtype
         self.page_size = page_size
+        import_optional_backends()
         prefill = resolve_attention_backend(prefill_backend, self.device)
         decode = resolve_attention_backend(decode_backend, self.device)
         self.prefill_backend: AttentionBackend = create_backend(prefill)

@@ -17,3 +17,29 @@ pub trait StopStrings: Send {
     /// Releases the text held back at the end of the output.
     fn finish(&mut self) -> String;
 }
+
+impl Detokenize for crate::detokenize::Detokenizer {
+    fn push(&mut self, id: u32) -> String {
+        crate::detokenize::Detokenizer::push(self, &[id]).unwrap_or_else(|e| {
+            tracing::warn!("dropping undecodable token {id}: {e}");
+            String::new()
+        })
+    }
+
+    fn finish(&mut self) -> String {
+        crate::detokenize::Detokenizer::finish(self).unwrap_or_else(|e| {
+            tracing::warn!("dropping undecodable tail: {e}");
+            String::new()
+        })
+    }
+}
+
+impl StopStrings for crate::stop::StopMatcher {
+    fn push(&mut self, text: &str) -> (String, bool) {
+        crate::stop::StopMatcher::push(self, text)
+    }
+
+    fn finish(&mut self) -> String {
+        crate::stop::StopMatcher::finish(self)
+    }
+}

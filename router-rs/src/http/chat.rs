@@ -1,0 +1,189 @@
+//! `POST /v1/chat/completions`.
+
+use std::sync::{Arc, Mutex};
+
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use futures::stream::{self, StreamExt};
+
+use super::prepare::{chat_pipeline, chat_prompt, max_new_tokens, ready_worker, wire_requests};
+use super::run::{collect, drive, start, ChoiceDelta, ChoiceStream};
+use super::{logprobs, sse, ApiError, AppState, JsonBody};
+use crate::protocol::chat::{
+    ChatChoice, ChatChunk, ChatChunkChoice, ChatCompletion, ChatDelta, ChatMessage, ChatRequest,
+};
+use crate::protocol::openai::{random_id, unix_now, FunctionCall, ToolCall, Usage};
+use crate::state::Collected;
+
+/// Fields every chunk and answer of one request repeats.
+#[derive(Clone)]
+struct Meta {
+    id: String,
+    created: u64,
+    model: String,
+}
+
+pub async fn chat(
+    State(state): State<Arc<AppState>>,
+    JsonBody(body): JsonBody,
+) -> Result<Response, ApiError> {
+    let req = ChatRequest::from_json(&body)?;
+    let worker = ready_worker(&state)?;
+    let prompt = chat_prompt(&state, &req).await?;
+    let max_new = max_new_tokens(
+        &state,
+        &worker,
+        prompt.ids.len(),
+        req.sampling.max_new_tokens,
+        "messages",
+    )?;
+    let handles = state.dispatcher.submit_many(wire_requests(
+        &state,
+        &prompt.ids,
+        &req.sampling,
+        max_new,
+        req.n,
+    ))?;
+    let pipelines = (0..req.n)
+        .map(|_| chat_pipeline(&state, &req, &prompt))
+        .collect();
+    let stream = drive(handles, pipelines, 0);
+    let meta = Meta {
+        id: random_id("chatcmpl-"),
+        created: unix_now(),
+        model: req.model.clone().unwrap_or_else(|| state.model_name()),
+    };
+    if req.stream {
+        let stream = start(stream).await?;
+        Ok(sse::respond(chunks(state, meta, &req, stream), true))
+    } else {
+        let collected = collect(stream, req.n as usize).await?;
+        Ok(Json(answer(&state, meta, &req, collected)).into_response())
+    }
+}
+
+fn answer(
+    state: &AppState,
+    meta: Meta,
+    req: &ChatRequest,
+    collected: Vec<Collected>,
+) -> ChatCompletion {
+    let mut usage = Usage::default();
+    let choices = collected
+        .into_iter()
+        .zip(0u32..)
+        .map(|(c, index)| {
+            if let Some(f) = c.finish {
+                usage = Usage::new(
+                    f.prompt_tokens,
+                    usage.completion_tokens + f.completion_tokens,
+                    f.cached_tokens,
+                );
+            }
+            let tool_calls: Vec<ToolCall> = c
+                .tool_calls
+                .into_iter()
+                .map(|(id, name, arguments)| ToolCall {
+                    id,
+                    kind: "function",
+                    function: FunctionCall { name, arguments },
+                })
+                .collect();
+            let content = (!c.content.is_empty() || tool_calls.is_empty()).then_some(c.content);
+            let logprobs = (req.sampling.logprobs >= 0)
+                .then(|| logprobs::chat(&state.model.tokenizer, &c.tokens));
+            ChatChoice {
+                index,
+                message: ChatMessage {
+                    role: "assistant",
+                    content,
+                    reasoning_content: (!c.reasoning.is_empty()).then_some(c.reasoning),
+                    tool_calls,
+                },
+                logprobs,
+                finish_reason: c.finish.map(|f| f.reason),
+            }
+        })
+        .collect();
+    ChatCompletion {
+        id: meta.id,
+        object: "chat.completion",
+        created: meta.created,
+        model: meta.model,
+        choices,
+        usage,
+    }
+}
+
+/// The chunks of a streamed answer: a role chunk per choice, a chunk per delta, then (with
+/// `stream_options.include_usage`) a chunk with no choices and the usage.
+fn chunks(
+    state: Arc<AppState>,
+    meta: Meta,
+    req: &ChatRequest,
+    stream: ChoiceStream,
+) -> sse::JsonEvents {
+    let include_usage = req.include_usage;
+    let want_logprobs = req.sampling.logprobs >= 0;
+    let usage_field = include_usage.then_some(None);
+    let roles: Vec<_> = (0..req.n)
+        .map(|index| {
+            let delta = ChatDelta {
+                role: Some("assistant"),
+                content: Some(String::new()),
+                ..Default::default()
+            };
+            let choice = ChatChunkChoice {
+                index,
+                delta,
+                logprobs: None,
+                finish_reason: None,
+            };
+            sse::json(&chunk(&meta, vec![choice], usage_field.clone()))
+        })
+        .collect();
+    let usage = Arc::new(Mutex::new(Usage::default()));
+    let (tail_meta, tail_usage) = (meta.clone(), usage.clone());
+    let body = stream.map(move |item| {
+        let ChoiceDelta { index, delta } = item?;
+        if let Some(f) = delta.finish {
+            let mut u = usage.lock().unwrap_or_else(|e| e.into_inner());
+            *u = Usage::new(
+                f.prompt_tokens,
+                u.completion_tokens + f.completion_tokens,
+                f.cached_tokens,
+            );
+        }
+        let logprobs = want_logprobs.then(|| logprobs::chat(&state.model.tokenizer, &delta.tokens));
+        let choice = ChatChunkChoice {
+            index,
+            delta: ChatDelta {
+                role: None,
+                content: (!delta.content.is_empty()).then_some(delta.content),
+                reasoning_content: (!delta.reasoning.is_empty()).then_some(delta.reasoning),
+                tool_calls: delta.tool_calls,
+            },
+            logprobs,
+            finish_reason: delta.finish.map(|f| f.reason),
+        };
+        sse::json(&chunk(&meta, vec![choice], usage_field.clone()))
+    });
+    let tail = stream::once(async move {
+        let usage = tail_usage.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        sse::json(&chunk(&tail_meta, Vec::new(), Some(Some(usage))))
+    })
+    .filter(move |_| futures::future::ready(include_usage));
+    stream::iter(roles).chain(body).chain(tail).boxed()
+}
+
+fn chunk(meta: &Meta, choices: Vec<ChatChunkChoice>, usage: Option<Option<Usage>>) -> ChatChunk {
+    ChatChunk {
+        id: meta.id.clone(),
+        object: "chat.completion.chunk",
+        created: meta.created,
+        model: meta.model.clone(),
+        choices,
+        usage,
+    }
+}

@@ -1,0 +1,143 @@
+//! The one error type of the HTTP layer, its status mapping, and the JSON body extractor.
+//!
+//! Every failure a client can see becomes an [`ApiError`], answered as
+//! `{"error": {"message", "type", "param", "code"}}` with the status chosen in
+//! [`ApiError::status`], and nowhere else.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Request};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Value};
+
+use crate::dispatch::DispatchError;
+use crate::protocol::ValidationError;
+use crate::wire::ErrorCode;
+
+/// Everything that can go wrong with one HTTP request.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// A field is missing, of the wrong type or out of range (400).
+    #[error("{0}")]
+    Invalid(#[from] ValidationError),
+    /// The body is not JSON (400).
+    #[error("the body is not valid JSON: {0}")]
+    MalformedJson(String),
+    /// The body is larger than `--max-body-bytes` (413).
+    #[error("the body is larger than {limit} bytes")]
+    BodyTooLarge { limit: usize },
+    /// No such route (404).
+    #[error("no route for {method} {path}")]
+    NotFound { method: String, path: String },
+    /// The route exists but not for this method (405).
+    #[error("method {method} is not allowed on {path}")]
+    MethodNotAllowed { method: String, path: String },
+    /// No worker is ready (503).
+    #[error("no worker is ready to serve requests")]
+    NoWorkerReady,
+    /// The worker's queue is full (429).
+    #[error("the server is overloaded: {0}")]
+    Overloaded(String),
+    /// The worker failed the request; `code` decides the status.
+    #[error("{message}")]
+    Worker { code: ErrorCode, message: String },
+    /// Anything on our side (500).
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// The HTTP status of this error.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::Invalid(_) | ApiError::MalformedJson(_) => StatusCode::BAD_REQUEST,
+            ApiError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::NoWorkerReady => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Overloaded(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Worker { code, .. } => match code {
+                ErrorCode::QueueFull => StatusCode::TOO_MANY_REQUESTS,
+                ErrorCode::InvalidRequest | ErrorCode::TooLong => StatusCode::BAD_REQUEST,
+                ErrorCode::Protocol | ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            },
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The OpenAI error object (`{"error": {...}}`).
+    pub fn body(&self) -> Value {
+        let status = self.status();
+        let kind = match status.as_u16() {
+            400 | 413 => "invalid_request_error",
+            404 | 405 => "not_found_error",
+            429 => "rate_limit_error",
+            503 => "service_unavailable_error",
+            _ => "server_error",
+        };
+        let param = match self {
+            ApiError::Invalid(e) if !e.param.is_empty() => Value::String(e.param.clone()),
+            _ => Value::Null,
+        };
+        json!({"error": {
+            "message": self.to_string(),
+            "type": kind,
+            "param": param,
+            "code": status.as_u16(),
+        }})
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if self.status().is_server_error() {
+            tracing::warn!("request failed: {self}");
+        }
+        (self.status(), Json(self.body())).into_response()
+    }
+}
+
+impl From<DispatchError> for ApiError {
+    fn from(e: DispatchError) -> Self {
+        match e {
+            DispatchError::NoWorkerReady => ApiError::NoWorkerReady,
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<crate::template::TemplateError> for ApiError {
+    fn from(e: crate::template::TemplateError) -> Self {
+        ApiError::Invalid(ValidationError::new("messages", e.to_string()))
+    }
+}
+
+/// A request body parsed as a JSON object. Malformed JSON is a 400, an oversized body a 413
+/// (the limit is axum's `DefaultBodyLimit`, set from `--max-body-bytes`).
+pub struct JsonBody(pub Value);
+
+impl<S: Send + Sync> FromRequest<S> for JsonBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let limit = req.extensions().get::<BodyLimit>().map_or(0, |l| l.0);
+        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::BodyTooLarge { limit }
+            } else {
+                ApiError::MalformedJson(e.body_text())
+            }
+        })?;
+        let value: Value =
+            serde_json::from_slice(&bytes).map_err(|e| ApiError::MalformedJson(e.to_string()))?;
+        if !value.is_object() {
+            return Err(ValidationError::new("", "the body must be a JSON object").into());
+        }
+        Ok(JsonBody(value))
+    }
+}
+
+/// The body limit in force, put into request extensions so errors can state it.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimit(pub usize);

@@ -1,0 +1,205 @@
+//! The HTTP server: routes, shared state, and the entry point [`serve`].
+//!
+//! Handlers parse and validate bodies into `protocol` types (the only place client errors arise),
+//! prepare prompts on the blocking pool (`prepare`), submit to the dispatcher and run every choice
+//! through the shared output pipeline (`run`, `crate::state`), then shape OpenAI or `/generate`
+//! answers (`openai`, `generate`). Errors of every kind go through [`ApiError`].
+
+mod chat;
+mod completions;
+mod error;
+mod generate;
+mod logprobs;
+mod prepare;
+mod run;
+mod sse;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{header, Method, StatusCode, Uri};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::json;
+
+use crate::config::{ReasoningParser, RouterConfig, ToolCallParser};
+use crate::dispatch::Dispatcher;
+use crate::metrics::Metrics;
+use crate::template::ChatTemplate;
+use crate::tokenizer::ModelFiles;
+
+pub use error::{ApiError, BodyLimit, JsonBody};
+
+/// Settings of the HTTP layer taken from [`RouterConfig`].
+#[derive(Debug, Clone)]
+pub struct HttpOptions {
+    /// Model name in answers; `None`: the worker's, else the model directory's name.
+    pub served_model_name: Option<String>,
+    /// Longest prompt + output; the worker's own limit also applies.
+    pub max_req_total_len: Option<u32>,
+    pub tool_call_parser: Option<ToolCallParser>,
+    pub reasoning_parser: Option<ReasoningParser>,
+    pub max_body_bytes: usize,
+}
+
+impl HttpOptions {
+    pub fn from_config(config: &RouterConfig) -> Self {
+        Self {
+            served_model_name: config.served_model_name.clone(),
+            max_req_total_len: config.max_req_total_len,
+            tool_call_parser: config.tool_call_parser,
+            reasoning_parser: config.reasoning_parser,
+            max_body_bytes: config.max_body_bytes,
+        }
+    }
+}
+
+/// What every handler shares.
+pub struct AppState {
+    pub dispatcher: Arc<Dispatcher>,
+    pub model: ModelFiles,
+    pub template: ChatTemplate,
+    pub options: HttpOptions,
+}
+
+impl AppState {
+    /// The model name reported in answers and by `/v1/models`.
+    pub fn model_name(&self) -> String {
+        if let Some(name) = &self.options.served_model_name {
+            return name.clone();
+        }
+        match self.dispatcher.ready_worker() {
+            Some(info) if !info.model.is_empty() => info.model,
+            _ => self.model.name.clone(),
+        }
+    }
+
+    fn metrics(&self) -> &Arc<Metrics> {
+        self.dispatcher.metrics()
+    }
+}
+
+/// Loads the model directory, starts the dispatcher, binds `host:port` and serves until
+/// `shutdown` resolves.
+pub async fn serve(
+    config: RouterConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(config.listen_addr()).await?;
+    serve_on(config, listener, shutdown).await
+}
+
+/// [`serve`] on an already bound listener (tests bind port 0 and read the port first).
+pub async fn serve_on(
+    config: RouterConfig,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let dir = config
+        .model_dir
+        .clone()
+        .ok_or_else(|| anyhow::anyhow!("--model-dir is required"))?;
+    let model = tokio::task::spawn_blocking(move || ModelFiles::load(dir)).await??;
+    let template = ChatTemplate::new(&model.chat_template)?;
+    let metrics = Arc::new(Metrics::new());
+    let dispatcher = Dispatcher::start_with(
+        config.worker_addr.clone(),
+        metrics,
+        config.dispatch_options(),
+    )?;
+    let state = Arc::new(AppState {
+        dispatcher: dispatcher.clone(),
+        model,
+        template,
+        options: HttpOptions::from_config(&config),
+    });
+    tracing::info!("listening on {}", listener.local_addr()?);
+    let served = axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await;
+    dispatcher.shutdown();
+    Ok(served?)
+}
+
+/// Every route, the JSON 404 and 405 answers, the body limit and request counting.
+pub fn router(state: Arc<AppState>) -> Router {
+    let limit = state.options.max_body_bytes;
+    Router::new()
+        .route("/v1/chat/completions", post(chat::chat))
+        .route("/v1/completions", post(completions::completions))
+        .route("/generate", post(generate::generate))
+        .route("/generate_stream", post(generate::generate_stream))
+        .route("/v1/models", get(models))
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            count_requests,
+        ))
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+async fn count_requests(
+    State(state): State<Arc<AppState>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    req.extensions_mut()
+        .insert(BodyLimit(state.options.max_body_bytes));
+    let path = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned());
+    let response = next.run(req).await;
+    if let Some(path) = path {
+        state
+            .metrics()
+            .inc_request(&path, response.status().as_u16());
+    }
+    response
+}
+
+async fn not_found(method: Method, uri: Uri) -> ApiError {
+    ApiError::NotFound {
+        method: method.to_string(),
+        path: uri.path().to_owned(),
+    }
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError::MethodNotAllowed {
+        method: method.to_string(),
+        path: uri.path().to_owned(),
+    }
+}
+
+/// 200 while a worker is ready, else 503.
+async fn health(State(state): State<Arc<AppState>>) -> Response {
+    if state.dispatcher.is_ready() {
+        (StatusCode::OK, Json(json!({"status": "ok"}))).into_response()
+    } else {
+        ApiError::NoWorkerReady.into_response()
+    }
+}
+
+async fn models(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
+    let max_len = state.dispatcher.ready_worker().map(|w| w.max_req_total_len);
+    Json(json!({"object": "list", "data": [{
+        "id": state.model_name(),
+        "object": "model",
+        "created": crate::protocol::openai::unix_now(),
+        "owned_by": "glm47",
+        "max_model_len": max_len,
+    }]}))
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    let text = state.metrics().render();
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}

@@ -1,0 +1,212 @@
+//! From a validated request to wire requests: chat rendering, tokenization (on the blocking pool),
+//! length limits, model sampling defaults, and the per-choice pipelines.
+
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use super::{ApiError, AppState};
+use crate::detokenize::Detokenizer;
+use crate::dispatch::WorkerInfo;
+use crate::parsers::{Glm45ReasoningParser, Glm47ToolParser};
+use crate::protocol::chat::{ChatRequest, ToolChoice};
+use crate::protocol::completions::PromptInput;
+use crate::protocol::sampling::SamplingParams;
+use crate::protocol::ValidationError;
+use crate::state::Pipeline;
+use crate::stop::StopMatcher;
+use crate::wire;
+
+/// A rendered and tokenized chat prompt.
+pub struct ChatPrompt {
+    pub ids: Vec<u32>,
+    /// The prompt leaves the model inside `<think>`.
+    pub in_reasoning: bool,
+    /// Text appended to force a tool call (`<tool_call>` or `<tool_call>NAME`), if any.
+    pub tool_prefix: Option<String>,
+}
+
+/// The worker that will answer, or 503.
+pub fn ready_worker(state: &AppState) -> Result<WorkerInfo, ApiError> {
+    state
+        .dispatcher
+        .ready_worker()
+        .ok_or(ApiError::NoWorkerReady)
+}
+
+/// Renders the chat template and tokenizes the prompt on the blocking pool.
+///
+/// With `tool_choice` required or named and thinking disabled, the prompt ends in `<tool_call>`
+/// (or `<tool_call>NAME`) so that the model must call; the tool parser is told the text starts
+/// there. With thinking on, the model is asked through the template alone.
+pub async fn chat_prompt(state: &Arc<AppState>, req: &ChatRequest) -> Result<ChatPrompt, ApiError> {
+    let state = state.clone();
+    let messages = req.messages.clone();
+    let tools = (!req.tools.is_empty()).then(|| Value::Array(req.tools.clone()));
+    let kwargs = req.template_kwargs.clone();
+    let tool_prefix = match (&req.tool_choice, req.thinking_enabled()) {
+        (ToolChoice::Required, false) => Some("<tool_call>".to_owned()),
+        (ToolChoice::Named(name), false) => Some(format!("<tool_call>{name}")),
+        _ => None,
+    };
+    tokio::task::spawn_blocking(move || {
+        let mut text = state
+            .template
+            .render(&messages, tools.as_ref(), true, &kwargs)?;
+        let in_reasoning = ends_in_reasoning(&text);
+        if let Some(prefix) = &tool_prefix {
+            text.push_str(prefix);
+        }
+        let ids = state
+            .model
+            .tokenizer
+            .encode(&text)
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        Ok(ChatPrompt {
+            ids,
+            in_reasoning,
+            tool_prefix,
+        })
+    })
+    .await
+    .map_err(|e| ApiError::Internal(e.to_string()))?
+}
+
+/// True when the last think tag of `prompt` opens reasoning.
+fn ends_in_reasoning(prompt: &str) -> bool {
+    match (prompt.rfind("<think>"), prompt.rfind("</think>")) {
+        (Some(open), Some(close)) => open > close,
+        (Some(_), None) => true,
+        _ => false,
+    }
+}
+
+/// Tokenizes text prompts (ids pass through, checked against the vocabulary) on the blocking pool.
+pub async fn prompt_ids(
+    state: &Arc<AppState>,
+    prompts: Vec<PromptInput>,
+    param: &'static str,
+) -> Result<Vec<Vec<u32>>, ApiError> {
+    let state = state.clone();
+    tokio::task::spawn_blocking(move || {
+        let vocab = state.model.tokenizer.vocab_size();
+        prompts
+            .into_iter()
+            .map(|p| match p {
+                PromptInput::Text(text) => state
+                    .model
+                    .tokenizer
+                    .encode(&text)
+                    .map_err(|e| ApiError::Internal(e.to_string())),
+                PromptInput::Ids(ids) if ids.iter().any(|&id| id as usize >= vocab) => Err(
+                    ValidationError::new(param, format!("token ids must be below {vocab}")).into(),
+                ),
+                PromptInput::Ids(ids) => Ok(ids),
+            })
+            .collect()
+    })
+    .await
+    .map_err(|e| ApiError::Internal(e.to_string()))?
+}
+
+/// Decodes a prompt back to text (for `echo`) on the blocking pool.
+pub async fn prompt_text(state: &Arc<AppState>, ids: Vec<u32>) -> Result<String, ApiError> {
+    let state = state.clone();
+    tokio::task::spawn_blocking(move || state.model.tokenizer.decode(&ids, false))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .map_err(|e| ApiError::Internal(e.to_string()))
+}
+
+/// The output budget for a prompt of `prompt_len` tokens: the requested one when it fits, all
+/// that fits when none was requested. `param` names the prompt field in errors.
+pub fn max_new_tokens(
+    state: &AppState,
+    worker: &WorkerInfo,
+    prompt_len: usize,
+    requested: Option<u32>,
+    param: &str,
+) -> Result<u32, ApiError> {
+    let limit = state
+        .options
+        .max_req_total_len
+        .map_or(worker.max_req_total_len, |l| {
+            l.min(worker.max_req_total_len)
+        });
+    let prompt_len = u32::try_from(prompt_len).unwrap_or(u32::MAX);
+    if prompt_len >= limit {
+        let msg = format!(
+            "the prompt has {prompt_len} tokens; at most {} fit (max_req_total_len {limit})",
+            limit.saturating_sub(1)
+        );
+        return Err(ValidationError::new(param, msg).into());
+    }
+    let room = limit - prompt_len;
+    match requested {
+        None => Ok(room),
+        Some(n) if n <= room => Ok(n),
+        Some(n) => Err(ValidationError::new(
+            "max_tokens",
+            format!("{n} output tokens do not fit: the prompt has {prompt_len} tokens and max_req_total_len is {limit}"),
+        )
+        .into()),
+    }
+}
+
+/// One wire request per choice (`seed + i` for choice `i` when a seed is given), with the model's
+/// generation_config defaults filling what the client left out.
+pub fn wire_requests(
+    state: &AppState,
+    ids: &[u32],
+    sampling: &SamplingParams,
+    max_new_tokens: u32,
+    n: u32,
+) -> Vec<wire::Request> {
+    let gen = &state.model.generation;
+    (0..n)
+        .map(|i| {
+            let mut r = wire::Request::new("", ids.to_vec(), max_new_tokens);
+            r.min_new_tokens = sampling.min_new_tokens.min(max_new_tokens);
+            r.temperature = sampling
+                .temperature
+                .map(f64::from)
+                .or(gen.temperature)
+                .unwrap_or(1.0);
+            r.top_p = sampling.top_p.map(f64::from).or(gen.top_p).unwrap_or(1.0);
+            r.top_k = sampling
+                .top_k
+                .or(gen.top_k.and_then(|k| i32::try_from(k).ok()))
+                .unwrap_or(-1);
+            r.min_p = sampling.min_p.map_or(0.0, f64::from);
+            r.presence_penalty = f64::from(sampling.presence_penalty);
+            r.frequency_penalty = f64::from(sampling.frequency_penalty);
+            r.repetition_penalty = sampling.repetition_penalty.map_or(1.0, f64::from);
+            r.seed = sampling.seed.map(|s| s.wrapping_add(i64::from(i)));
+            r.stop_token_ids = sampling.stop_token_ids.clone();
+            r.ignore_eos = sampling.ignore_eos;
+            r.logprobs = sampling.logprobs;
+            r
+        })
+        .collect()
+}
+
+/// A pipeline for one choice: detokenizer and stop strings, no parsers.
+pub fn plain_pipeline(state: &AppState, sampling: &SamplingParams) -> Pipeline {
+    let tokenizer = state.model.tokenizer.clone();
+    let detok = Detokenizer::new(tokenizer.clone(), sampling.skip_special_tokens);
+    let stop = StopMatcher::new(&sampling.stop);
+    Pipeline::new(tokenizer, Box::new(detok), Box::new(stop))
+}
+
+/// A pipeline for one chat choice, with the parsers the server was started with.
+pub fn chat_pipeline(state: &AppState, req: &ChatRequest, prompt: &ChatPrompt) -> Pipeline {
+    let mut pipeline = plain_pipeline(state, &req.sampling);
+    if state.options.reasoning_parser.is_some() {
+        pipeline = pipeline.with_reasoning(Glm45ReasoningParser::new(prompt.in_reasoning));
+    }
+    if state.options.tool_call_parser.is_some() && !req.tools.is_empty() {
+        let prefix = prompt.tool_prefix.as_deref().unwrap_or("");
+        pipeline = pipeline.with_tools(Glm47ToolParser::with_prefix(&req.tools, prefix));
+    }
+    pipeline
+}

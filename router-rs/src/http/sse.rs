@@ -1,0 +1,43 @@
+//! Server-sent events: one JSON object per `data:` line, an error object if the request fails
+//! mid-stream, and (for the OpenAI endpoints) a final `data: [DONE]`.
+
+use std::convert::Infallible;
+
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures::stream::{self, BoxStream, StreamExt};
+use serde::Serialize;
+
+use super::ApiError;
+
+/// A stream of JSON events, already serialized.
+pub type JsonEvents = BoxStream<'static, Result<String, ApiError>>;
+
+/// Serializes `value` for a `data:` line.
+pub fn json<T: Serialize>(value: &T) -> Result<String, ApiError> {
+    serde_json::to_string(value).map_err(|e| ApiError::Internal(e.to_string()))
+}
+
+/// Answers with `events`; stops at the first error (sent as an OpenAI error object) and ends with
+/// `data: [DONE]` when `done_marker` is set.
+pub fn respond(events: JsonEvents, done_marker: bool) -> Response {
+    let body = events
+        .scan(false, |failed, item| {
+            if *failed {
+                return futures::future::ready(None);
+            }
+            let data = match item {
+                Ok(data) => data,
+                Err(e) => {
+                    *failed = true;
+                    e.body().to_string()
+                }
+            };
+            futures::future::ready(Some(data))
+        })
+        .chain(stream::iter(done_marker.then(|| "[DONE]".to_owned())))
+        .map(|data| Ok::<_, Infallible>(Event::default().data(data)));
+    Sse::new(body)
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}

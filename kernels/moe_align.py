@@ -12,6 +12,7 @@ depend only on T, top_k, the expert count and block_m.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -90,7 +91,8 @@ def moe_align(
         raise ValueError(f"topk_ids must be [T, top_k], got {tuple(topk_ids.shape)}")
     if block_m < 1:
         raise ValueError(f"block_m must be positive, got {block_m}")
-    if 0 < topk_ids.numel() <= SMALL_MAX_PAIRS and num_experts <= 256:
+    runs_triton = topk_ids.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
+    if runs_triton and 0 < topk_ids.numel() <= SMALL_MAX_PAIRS and num_experts <= 256:
         return moe_align_small(topk_ids, num_experts, block_m)
     return moe_align_torch(topk_ids, num_experts, block_m)
 

@@ -18,8 +18,10 @@ def random_routing(t: int, e: int, k: int, device: str) -> tuple[torch.Tensor, t
 
 
 @pytest.mark.parametrize(("t", "e", "k", "block_m"), [(1, 8, 2, 16), (37, 6, 3, 4), (5, 64, 4, 16)])
-def test_moe_align_groups_every_pair_once_by_expert(t: int, e: int, k: int, block_m: int) -> None:
-    _, ids = random_routing(t, e, k, "cpu")
+def test_moe_align_groups_every_pair_once_by_expert(
+    t: int, e: int, k: int, block_m: int, device: str
+) -> None:
+    _, ids = random_routing(t, e, k, device)
     al = moe_align(ids, e, block_m)
     used = int(al.num_padded)
     assert used % block_m == 0
@@ -27,7 +29,7 @@ def test_moe_align_groups_every_pair_once_by_expert(t: int, e: int, k: int, bloc
     valid = real[real < t * k].long()
     assert sorted(valid.tolist()) == list(range(t * k))
     assert (al.sorted_ids[used:] == t * k).all()
-    block_expert = al.expert_ids[torch.arange(used) // block_m].long()
+    block_expert = al.expert_ids[torch.arange(used, device=device) // block_m].long()
     assert torch.equal(block_expert[real < t * k], ids.reshape(-1).long()[valid])
     counts = torch.bincount(ids.reshape(-1).long(), minlength=e)
     assert used == int(((counts + block_m - 1) // block_m * block_m).sum())

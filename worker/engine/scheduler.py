@@ -141,8 +141,10 @@ class Scheduler:
                     page_ids=list(req.page_ids),
                     sample=start + n >= req.num_tokens,
                     sampling=req.sampling,
-                    prompt_ids=req.prompt_ids,  # read-only views, valid until the step's samples
-                    output_ids=req.output_ids,  # are applied
+                    # The request's own lists, read-only, the same objects every step (the
+                    # sampler keys its penalty history on them); valid until samples are applied.
+                    prompt_ids=req.prompt_ids,
+                    output_ids=req.output_ids,
                 )
             )
             req.num_computed_tokens = start + n

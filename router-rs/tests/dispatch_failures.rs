@@ -104,6 +104,29 @@ async fn a_silent_worker_is_lost_and_its_requests_fail() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_exits_fails_its_requests_at_once_and_can_come_back() {
+    let worker = FakeWorker::bind();
+    let addr = worker.addr.clone();
+    // A long silence timeout: only the closed connection can end the request in time.
+    let (d, _) = start(vec![addr.clone()], Duration::from_secs(60));
+    worker.handshake("tiny");
+    wait_until("ready", || d.is_ready());
+    let mut orphan = d.submit(request("orphan")).expect("submitted");
+    worker.recv_submit();
+    drop(worker);
+    assert_eq!(
+        error_code(next_event(&mut orphan).await),
+        ErrorCode::Internal
+    );
+    assert!(!d.is_ready());
+    let restarted = FakeWorker::bind_at(&addr);
+    restarted.handshake("tiny");
+    wait_until("ready after the restart", || d.is_ready());
+    let _again = d.submit(request("again")).expect("submitted");
+    assert_eq!(restarted.recv_submit().1.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_speaking_another_version_is_not_used() {
     let worker = FakeWorker::bind();
     let (d, _) = start(vec![worker.addr.clone()], Duration::from_secs(30));

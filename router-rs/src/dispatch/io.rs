@@ -3,15 +3,16 @@
 //! One loop turn: poll (wakeup + every worker socket), take queued commands, read every waiting
 //! worker message, flush one `submit` and one `abort` per worker, then run the probe timers.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::HashSet;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc;
-
-use super::{Command, DispatchError, DispatchOptions, RequestEvent, Shared, Submitted, WorkerInfo};
-use crate::wire::{self, ErrorCode, Message};
+use super::shared::{Command, Shared, Submitted};
+use super::sockets::{read_link_events, LinkEvent, WorkerSockets};
+use super::table::RequestTable;
+use super::{DispatchOptions, RequestEvent, WorkerInfo};
+use crate::wire::{self, Message};
 
 /// At most this many messages are read from one worker per loop turn, so one busy worker cannot
 /// starve the others or the command queue.
@@ -19,66 +20,27 @@ const MAX_READS_PER_TURN: usize = 256;
 /// Longest sleep in `poll` when no timer is due sooner.
 const MAX_POLL: Duration = Duration::from_millis(100);
 
-static PAIR_ID: AtomicU64 = AtomicU64::new(0);
-
-fn zmq_err(context: impl Into<String>) -> impl FnOnce(zmq::Error) -> DispatchError {
-    let context = context.into();
-    move |source| DispatchError::Zmq { context, source }
-}
-
-/// An in-process PAIR: (sending end for callers, receiving end for the I/O thread).
-pub(super) fn wake_pair(ctx: &zmq::Context) -> Result<(zmq::Socket, zmq::Socket), DispatchError> {
-    let endpoint = format!(
-        "inproc://glm47-dispatch-wake-{}",
-        PAIR_ID.fetch_add(1, Ordering::Relaxed)
-    );
-    let rx = ctx.socket(zmq::PAIR).map_err(zmq_err("wake socket"))?;
-    rx.bind(&endpoint).map_err(zmq_err("wake socket bind"))?;
-    let tx = ctx.socket(zmq::PAIR).map_err(zmq_err("wake socket"))?;
-    tx.connect(&endpoint)
-        .map_err(zmq_err("wake socket connect"))?;
-    Ok((tx, rx))
-}
-
-/// A DEALER connected to a worker: queues only on live connections, never lingers on close,
-/// and never drops what the worker sends.
-pub(super) fn connect_dealer(ctx: &zmq::Context, addr: &str) -> Result<zmq::Socket, DispatchError> {
-    let sock = ctx.socket(zmq::DEALER).map_err(zmq_err("dealer socket"))?;
-    let setup = || -> Result<(), zmq::Error> {
-        sock.set_linger(0)?;
-        sock.set_immediate(true)?;
-        sock.set_rcvhwm(0)?;
-        sock.set_sndhwm(100_000)?;
-        sock.set_reconnect_ivl(100)?;
-        sock.set_reconnect_ivl_max(1000)?;
-        sock.connect(addr)
-    };
-    setup().map_err(zmq_err(format!("worker address {addr:?}")))?;
-    Ok(sock)
-}
-
 /// The I/O thread's view of one worker.
 struct Link {
     sock: zmq::Socket,
+    monitor: zmq::Socket,
     last_heard: Instant,
     last_hello: Option<Instant>,
     pending_submit: Vec<wire::Request>,
     pending_abort: Vec<String>,
 }
 
-/// A request the I/O thread routes outputs for.
-struct Tracked {
-    worker: usize,
-    events: mpsc::UnboundedSender<RequestEvent>,
-    submitted: Instant,
-    last_token: Option<Instant>,
+/// What `poll` found: the wakeup, and per worker (message waiting, connection event waiting).
+struct Readable {
+    wake: bool,
+    links: Vec<(bool, bool)>,
 }
 
 pub(super) struct IoLoop {
     shared: Arc<Shared>,
     wake: zmq::Socket,
     links: Vec<Link>,
-    table: HashMap<String, Tracked>,
+    table: RequestTable,
     options: DispatchOptions,
 }
 
@@ -86,14 +48,15 @@ impl IoLoop {
     pub(super) fn new(
         shared: Arc<Shared>,
         wake: zmq::Socket,
-        sockets: Vec<zmq::Socket>,
+        sockets: Vec<WorkerSockets>,
         options: DispatchOptions,
     ) -> Self {
         let now = Instant::now();
         let links = sockets
             .into_iter()
-            .map(|sock| Link {
-                sock,
+            .map(|s| Link {
+                sock: s.dealer,
+                monitor: s.monitor,
                 last_heard: now,
                 last_hello: None,
                 pending_submit: Vec::new(),
@@ -101,10 +64,10 @@ impl IoLoop {
             })
             .collect();
         Self {
+            table: RequestTable::new(shared.clone()),
             shared,
             wake,
             links,
-            table: HashMap::new(),
             options,
         }
     }
@@ -112,40 +75,67 @@ impl IoLoop {
     pub(super) fn run(mut self) {
         self.tick(Instant::now());
         loop {
-            let readable = match self.poll() {
+            let ready = match self.poll() {
                 Ok(r) => r,
                 Err(e) => {
                     tracing::error!("dispatch poll failed: {e}");
                     break;
                 }
             };
-            if readable[0] {
+            if ready.wake {
                 while self.wake.recv_bytes(zmq::DONTWAIT).is_ok() {}
             }
             self.shared.wake_pending.store(false, Ordering::SeqCst);
             if !self.apply_commands() {
                 break;
             }
-            for (w, ready) in readable[1..].iter().enumerate() {
-                if *ready {
+            for (w, (message, event)) in ready.links.into_iter().enumerate() {
+                if message {
                     self.receive(w);
+                }
+                if event {
+                    self.on_link_events(w);
                 }
             }
             self.flush();
             self.tick(Instant::now());
         }
         self.shared.closed.store(true, Ordering::SeqCst);
-        self.fail_where(|_| true, "the router is shutting down");
+        for rid in self.table.rids_on(None) {
+            self.table.fail(&rid, "the router is shutting down");
+        }
     }
 
-    /// Waits for a wakeup or a worker message; returns readability, wakeup first.
-    fn poll(&self) -> Result<Vec<bool>, zmq::Error> {
-        let mut items = Vec::with_capacity(self.links.len() + 1);
+    /// Waits for a wakeup, a worker message or a connection event.
+    fn poll(&self) -> Result<Readable, zmq::Error> {
+        let mut items = Vec::with_capacity(2 * self.links.len() + 1);
         items.push(self.wake.as_poll_item(zmq::POLLIN));
-        items.extend(self.links.iter().map(|l| l.sock.as_poll_item(zmq::POLLIN)));
+        for link in &self.links {
+            items.push(link.sock.as_poll_item(zmq::POLLIN));
+            items.push(link.monitor.as_poll_item(zmq::POLLIN));
+        }
         let timeout = self.options.probe_interval.min(MAX_POLL);
         zmq::poll(&mut items, timeout.as_millis() as i64)?;
-        Ok(items.iter().map(|i| i.is_readable()).collect())
+        Ok(Readable {
+            wake: items[0].is_readable(),
+            links: items[1..]
+                .chunks(2)
+                .map(|pair| (pair[0].is_readable(), pair[1].is_readable()))
+                .collect(),
+        })
+    }
+
+    /// Probes a worker as soon as a connection is up; loses it as soon as the connection drops.
+    fn on_link_events(&mut self, worker: usize) {
+        for event in read_link_events(&self.links[worker].monitor) {
+            match event {
+                LinkEvent::Connected => {
+                    tracing::debug!("connected to {}", self.shared.workers[worker].addr);
+                    self.probe(worker, Instant::now());
+                }
+                LinkEvent::Disconnected => self.lose(worker, "the connection to the worker closed"),
+            }
+        }
     }
 
     /// Applies queued commands; false on shutdown.
@@ -161,40 +151,23 @@ impl IoLoop {
     }
 
     fn admit(&mut self, worker: usize, reqs: Vec<Submitted>) {
-        let now = Instant::now();
         let ready = self.shared.workers[worker].ready.load(Ordering::SeqCst);
         for Submitted { req, events } in reqs {
-            let rid = req.rid.clone();
-            let tracked = Tracked {
-                worker,
-                events,
-                submitted: now,
-                last_token: None,
-            };
-            self.table.insert(rid.clone(), tracked);
+            self.table.insert(req.rid.clone(), worker, events);
             if ready {
                 self.links[worker].pending_submit.push(req);
             } else {
                 let addr = &self.shared.workers[worker].addr;
-                let event = RequestEvent::Error {
-                    code: ErrorCode::Internal,
-                    message: format!("worker {addr} became unavailable"),
-                };
-                self.finish(&rid, event, "error");
+                self.table
+                    .fail(&req.rid, &format!("worker {addr} became unavailable"));
             }
         }
-        self.publish_in_flight();
     }
 
     fn abort(&mut self, worker: usize, rid: String) {
-        if self.table.remove(&rid).is_none() {
+        if !self.table.abort(&rid) {
             return;
         }
-        self.shared.workers[worker]
-            .in_flight
-            .fetch_sub(1, Ordering::SeqCst);
-        self.shared.metrics.inc_finish("abort");
-        self.publish_in_flight();
         let link = &mut self.links[worker];
         let before = link.pending_submit.len();
         link.pending_submit.retain(|r| r.rid != rid);
@@ -237,7 +210,7 @@ impl IoLoop {
             Message::Ready(ready) => self.on_ready(worker, ready),
             Message::Step(step) => {
                 for out in step.outs {
-                    self.route(out);
+                    self.table.route(out);
                 }
                 self.shared.metrics.set_worker_stats(&addr, &step.stats);
             }
@@ -247,7 +220,7 @@ impl IoLoop {
                         code: err.code,
                         message: err.message,
                     };
-                    self.finish(&rid, event, "error");
+                    self.table.finish(&rid, event, "error");
                 }
                 None if err.fatal => {
                     self.lose(worker, &format!("worker {addr} failed: {}", err.message));
@@ -285,77 +258,6 @@ impl IoLoop {
         self.shared.metrics.set_worker_ready(&slot.addr, true);
     }
 
-    /// Hands one output to its request's handle and records its metrics.
-    fn route(&mut self, out: wire::Output) {
-        let Some(tracked) = self.table.get_mut(&out.rid) else {
-            return;
-        };
-        let metrics = &self.shared.metrics;
-        let now = Instant::now();
-        if let Some(prompt) = out.prompt_tokens {
-            metrics.add_prompt_tokens(u64::from(prompt), u64::from(out.cached_tokens.unwrap_or(0)));
-        }
-        if !out.ids.is_empty() {
-            match tracked.last_token {
-                None => metrics
-                    .ttft
-                    .observe((now - tracked.submitted).as_secs_f64()),
-                Some(prev) => {
-                    let gap = (now - prev).as_secs_f64() / out.ids.len() as f64;
-                    for _ in 0..out.ids.len() {
-                        metrics.itl.observe(gap);
-                    }
-                }
-            }
-            tracked.last_token = Some(now);
-            let accepted = u64::from(out.spec_accepted.unwrap_or(0));
-            metrics.add_generation_tokens(out.ids.len() as u64, accepted);
-        }
-        match out.finish {
-            None => {
-                let _ = tracked.events.send(RequestEvent::Output(out));
-            }
-            Some(reason) => {
-                let rid = out.rid.clone();
-                self.finish(&rid, RequestEvent::Output(out), reason.as_str());
-            }
-        }
-    }
-
-    /// Delivers a request's final event and forgets it.
-    fn finish(&mut self, rid: &str, event: RequestEvent, reason: &str) {
-        let Some(tracked) = self.table.remove(rid) else {
-            return;
-        };
-        let _ = tracked.events.send(event);
-        self.shared.workers[tracked.worker]
-            .in_flight
-            .fetch_sub(1, Ordering::SeqCst);
-        let metrics = &self.shared.metrics;
-        metrics
-            .e2e
-            .observe(tracked.submitted.elapsed().as_secs_f64());
-        metrics.inc_finish(reason);
-        self.publish_in_flight();
-    }
-
-    /// Fails every tracked request matching `which` with an `internal` error.
-    fn fail_where(&mut self, which: impl Fn(&Tracked) -> bool, message: &str) {
-        let rids: Vec<String> = self
-            .table
-            .iter()
-            .filter(|(_, t)| which(t))
-            .map(|(rid, _)| rid.clone())
-            .collect();
-        for rid in rids {
-            let event = RequestEvent::Error {
-                code: ErrorCode::Internal,
-                message: message.to_owned(),
-            };
-            self.finish(&rid, event, "error");
-        }
-    }
-
     /// Marks a worker not ready and fails its in-flight requests. Those already sent are also
     /// aborted, in case the worker is alive after all and would keep computing them.
     fn lose(&mut self, worker: usize, reason: &str) {
@@ -371,11 +273,13 @@ impl IoLoop {
             .collect();
         let sent: Vec<String> = self
             .table
-            .iter()
-            .filter(|(rid, t)| t.worker == worker && !unsent.contains(*rid))
-            .map(|(rid, _)| rid.clone())
+            .rids_on(Some(worker))
+            .into_iter()
+            .filter(|rid| !unsent.contains(rid))
             .collect();
-        self.fail_where(|t| t.worker == worker, reason);
+        for rid in self.table.rids_on(Some(worker)) {
+            self.table.fail(&rid, reason);
+        }
         self.links[worker].pending_abort.extend(sent);
     }
 
@@ -388,11 +292,7 @@ impl IoLoop {
                 if let Err(reason) = self.send(worker, &Message::Submit(wire::Submit { reqs })) {
                     let msg = format!("cannot send to worker: {reason}");
                     for rid in rids {
-                        let event = RequestEvent::Error {
-                            code: ErrorCode::Internal,
-                            message: msg.clone(),
-                        };
-                        self.finish(&rid, event, "error");
+                        self.table.fail(&rid, &msg);
                     }
                 }
             }
@@ -426,17 +326,17 @@ impl IoLoop {
             let link = &self.links[worker];
             let due = link.last_hello.is_none_or(|t| now - t >= probe);
             if due && (link.last_hello.is_none() || silent >= probe) {
-                let hello = Message::Hello(wire::Hello {
-                    client: Some(self.options.client_name.clone()),
-                });
-                // An unreachable worker rejects the send; it stays not ready and is probed again.
-                let _ = self.send(worker, &hello);
-                self.links[worker].last_hello = Some(now);
+                self.probe(worker, now);
             }
         }
     }
 
-    fn publish_in_flight(&self) {
-        self.shared.metrics.set_in_flight(self.table.len() as u64);
+    /// Sends `hello`. An unreachable worker rejects it; it stays not ready and is probed again.
+    fn probe(&mut self, worker: usize, now: Instant) {
+        let hello = Message::Hello(wire::Hello {
+            client: Some(self.options.client_name.clone()),
+        });
+        let _ = self.send(worker, &hello);
+        self.links[worker].last_hello = Some(now);
     }
 }

@@ -15,13 +15,20 @@
 //! 4. Dropping a handle whose request has not finished sends `abort` for it, which frees its KV cache
 //!    in the worker. That is how a client disconnect ends a request.
 //!
-//! Health: the dispatcher sends `hello` when it connects and whenever a worker has been silent for
-//! [`DispatchOptions::probe_interval`]; a worker is ready once it answers `ready`. A ready worker
-//! that stays silent for [`DispatchOptions::silence_timeout`], reports a fatal error, or speaks
-//! another protocol version is marked not ready and each of its in-flight requests gets an error
-//! event, so no handle waits forever. Probing continues and the worker comes back on its next `ready`.
+//! Health: the dispatcher sends `hello` as soon as a connection is up and whenever a worker has been
+//! silent for [`DispatchOptions::probe_interval`]; a worker is ready once it answers `ready`. A
+//! worker whose connection drops (its process exited), that stays silent for
+//! [`DispatchOptions::silence_timeout`], reports a fatal error, or speaks another protocol version
+//! is marked not ready and each of its in-flight requests gets an error event, so no handle waits
+//! forever. Probing continues and the worker comes back on its next `ready`.
 
+mod handle;
 mod io;
+mod shared;
+mod sockets;
+mod table;
+
+pub use handle::RequestHandle;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -32,6 +39,7 @@ use tokio::sync::mpsc;
 
 use crate::metrics::Metrics;
 use crate::wire::{self, ErrorCode};
+use shared::{Command, Shared, Submitted, WorkerSlot};
 
 /// Why the dispatcher could not start or accept a request.
 #[derive(Debug, thiserror::Error)]
@@ -128,90 +136,6 @@ pub enum RequestEvent {
     Error { code: ErrorCode, message: String },
 }
 
-/// A request's route from the caller to the I/O thread.
-pub(crate) struct Submitted {
-    pub req: wire::Request,
-    pub events: mpsc::UnboundedSender<RequestEvent>,
-}
-
-/// Work for the I/O thread.
-pub(crate) enum Command {
-    /// Send these requests to `worker` (in one `submit` with anything else queued for it).
-    Submit { worker: usize, reqs: Vec<Submitted> },
-    /// Stop a request if it has not finished.
-    Abort { worker: usize, rid: String },
-    /// Fail every in-flight request and end the thread.
-    Shutdown,
-}
-
-/// The state of one worker shared between callers and the I/O thread.
-pub(crate) struct WorkerSlot {
-    pub addr: String,
-    pub ready: AtomicBool,
-    /// Requests submitted to this worker and not finished.
-    pub in_flight: AtomicUsize,
-    pub info: RwLock<Option<WorkerInfo>>,
-}
-
-/// Everything callers and the I/O thread share.
-pub(crate) struct Shared {
-    pub workers: Vec<WorkerSlot>,
-    queue: Mutex<Vec<Command>>,
-    /// The sending end of the wakeup pair; the I/O thread owns the receiving end.
-    wake: Mutex<zmq::Socket>,
-    /// True while a wakeup is on its way and not yet consumed.
-    pub wake_pending: AtomicBool,
-    pub closed: AtomicBool,
-    next_rid: AtomicU64,
-    pub metrics: Arc<Metrics>,
-}
-
-impl Shared {
-    /// Queues a command and wakes the I/O thread unless a wakeup is already pending.
-    fn push(&self, cmd: Command) -> Result<(), DispatchError> {
-        if self.closed.load(Ordering::SeqCst) {
-            return Err(DispatchError::Closed);
-        }
-        self.queue
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(cmd);
-        if !self.wake_pending.swap(true, Ordering::SeqCst) {
-            let wake = self.wake.lock().unwrap_or_else(|e| e.into_inner());
-            // A full pipe means wakeups are already queued; nothing is lost by dropping this one.
-            let _ = wake.send(&[] as &[u8], zmq::DONTWAIT);
-        }
-        Ok(())
-    }
-
-    /// Takes every queued command, oldest first.
-    pub fn take_commands(&self) -> Vec<Command> {
-        std::mem::take(&mut *self.queue.lock().unwrap_or_else(|e| e.into_inner()))
-    }
-
-    /// The ready worker with the fewest in-flight requests, charged with `n` more.
-    fn pick_worker(&self, n: usize) -> Option<usize> {
-        let best = self
-            .workers
-            .iter()
-            .enumerate()
-            .filter(|(_, w)| w.ready.load(Ordering::SeqCst))
-            .min_by_key(|(_, w)| w.in_flight.load(Ordering::SeqCst))
-            .map(|(i, _)| i)?;
-        self.workers[best].in_flight.fetch_add(n, Ordering::SeqCst);
-        Some(best)
-    }
-
-    fn fresh_rid(&self, prefix: &str) -> String {
-        let n = self.next_rid.fetch_add(1, Ordering::Relaxed);
-        if prefix.is_empty() {
-            format!("r{n}")
-        } else {
-            format!("{prefix}-{n}")
-        }
-    }
-}
-
 /// The router's connection to its workers. Cheap to share as `Arc<Dispatcher>`; dropping the last
 /// reference stops the I/O thread, and every unfinished handle then gets an error event.
 pub struct Dispatcher {
@@ -237,10 +161,10 @@ impl Dispatcher {
             return Err(DispatchError::NoWorkers);
         }
         let ctx = zmq::Context::new();
-        let (wake_tx, wake_rx) = io::wake_pair(&ctx)?;
+        let (wake_tx, wake_rx) = sockets::wake_pair(&ctx)?;
         let sockets = addrs
             .iter()
-            .map(|addr| io::connect_dealer(&ctx, addr))
+            .map(|addr| sockets::connect_worker(&ctx, addr))
             .collect::<Result<Vec<_>, _>>()?;
         for addr in &addrs {
             metrics.set_worker_ready(addr, false);
@@ -302,13 +226,12 @@ impl Dispatcher {
         for mut req in reqs {
             req.rid = self.shared.fresh_rid(&req.rid);
             let (tx, rx) = mpsc::unbounded_channel();
-            handles.push(RequestHandle {
-                rid: req.rid.clone(),
+            handles.push(RequestHandle::new(
+                req.rid.clone(),
                 worker,
-                events: rx,
-                done: false,
-                shared: self.shared.clone(),
-            });
+                rx,
+                self.shared.clone(),
+            ));
             submitted.push(Submitted { req, events: tx });
         }
         let pushed = self.shared.push(Command::Submit {
@@ -320,7 +243,7 @@ impl Dispatcher {
                 .in_flight
                 .fetch_sub(n, Ordering::SeqCst);
             for h in &mut handles {
-                h.done = true;
+                h.disarm();
             }
             return Err(e);
         }
@@ -386,60 +309,5 @@ impl Dispatcher {
 impl Drop for Dispatcher {
     fn drop(&mut self) {
         self.shutdown();
-    }
-}
-
-/// The caller's end of one request. Dropping it before the request finished aborts the request.
-pub struct RequestHandle {
-    rid: String,
-    worker: usize,
-    events: mpsc::UnboundedReceiver<RequestEvent>,
-    done: bool,
-    shared: Arc<Shared>,
-}
-
-impl RequestHandle {
-    /// The request id sent to the worker.
-    pub fn rid(&self) -> &str {
-        &self.rid
-    }
-
-    /// The address of the worker serving this request.
-    pub fn worker_addr(&self) -> &str {
-        &self.shared.workers[self.worker].addr
-    }
-
-    /// The next event, in order; `None` after the final event (or after [`RequestHandle::abort`]
-    /// once buffered events are read).
-    pub async fn next(&mut self) -> Option<RequestEvent> {
-        let event = self.events.recv().await;
-        match &event {
-            Some(RequestEvent::Output(out)) if out.finish.is_none() => {}
-            _ => self.done = true,
-        }
-        event
-    }
-
-    /// True once the final event was read or the request was aborted.
-    pub fn is_finished(&self) -> bool {
-        self.done
-    }
-
-    /// Aborts the request now (the worker frees its resources). No further event is produced
-    /// beyond those already received by the dispatcher. Does nothing after the final event.
-    pub fn abort(&mut self) {
-        if !self.done {
-            self.done = true;
-            let _ = self.shared.push(Command::Abort {
-                worker: self.worker,
-                rid: self.rid.clone(),
-            });
-        }
-    }
-}
-
-impl Drop for RequestHandle {
-    fn drop(&mut self) {
-        self.abort();
     }
 }

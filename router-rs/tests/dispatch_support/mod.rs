@@ -21,12 +21,17 @@ pub struct FakeWorker {
 
 impl FakeWorker {
     pub fn bind() -> Self {
+        Self::bind_at("tcp://127.0.0.1:*")
+    }
+
+    /// Binds at `endpoint` (a worker restarting at the address it had).
+    pub fn bind_at(endpoint: &str) -> Self {
         let ctx = zmq::Context::new();
         let sock = ctx.socket(zmq::ROUTER).expect("router socket");
         sock.set_linger(0).expect("linger");
         sock.set_rcvtimeo(PATIENCE.as_millis() as i32)
             .expect("rcvtimeo");
-        sock.bind("tcp://127.0.0.1:*").expect("bind");
+        sock.bind(endpoint).expect("bind");
         let addr = sock
             .get_last_endpoint()
             .expect("endpoint")

@@ -1,0 +1,94 @@
+//! State shared by the callers of the dispatcher and its I/O thread.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use tokio::sync::mpsc;
+
+use super::{DispatchError, RequestEvent, WorkerInfo};
+use crate::metrics::Metrics;
+use crate::wire;
+
+/// A request's route from the caller to the I/O thread.
+pub(super) struct Submitted {
+    pub req: wire::Request,
+    pub events: mpsc::UnboundedSender<RequestEvent>,
+}
+
+/// Work for the I/O thread.
+pub(super) enum Command {
+    /// Send these requests to `worker` (in one `submit` with anything else queued for it).
+    Submit { worker: usize, reqs: Vec<Submitted> },
+    /// Stop a request if it has not finished.
+    Abort { worker: usize, rid: String },
+    /// Fail every in-flight request and end the thread.
+    Shutdown,
+}
+
+/// The state of one worker shared between callers and the I/O thread.
+pub(super) struct WorkerSlot {
+    pub addr: String,
+    pub ready: AtomicBool,
+    /// Requests submitted to this worker and not finished.
+    pub in_flight: AtomicUsize,
+    pub info: RwLock<Option<WorkerInfo>>,
+}
+
+/// Everything callers and the I/O thread share.
+pub(super) struct Shared {
+    pub workers: Vec<WorkerSlot>,
+    pub queue: Mutex<Vec<Command>>,
+    /// The sending end of the wakeup pair; the I/O thread owns the receiving end.
+    pub wake: Mutex<zmq::Socket>,
+    /// True while a wakeup is on its way and not yet consumed.
+    pub wake_pending: AtomicBool,
+    pub closed: AtomicBool,
+    pub next_rid: AtomicU64,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Shared {
+    /// Queues a command and wakes the I/O thread unless a wakeup is already pending.
+    pub fn push(&self, cmd: Command) -> Result<(), DispatchError> {
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(DispatchError::Closed);
+        }
+        self.queue
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(cmd);
+        if !self.wake_pending.swap(true, Ordering::SeqCst) {
+            let wake = self.wake.lock().unwrap_or_else(|e| e.into_inner());
+            // A full pipe means wakeups are already queued; nothing is lost by dropping this one.
+            let _ = wake.send(&[] as &[u8], zmq::DONTWAIT);
+        }
+        Ok(())
+    }
+
+    /// Takes every queued command, oldest first.
+    pub fn take_commands(&self) -> Vec<Command> {
+        std::mem::take(&mut *self.queue.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// The ready worker with the fewest in-flight requests, charged with `n` more.
+    pub fn pick_worker(&self, n: usize) -> Option<usize> {
+        let best = self
+            .workers
+            .iter()
+            .enumerate()
+            .filter(|(_, w)| w.ready.load(Ordering::SeqCst))
+            .min_by_key(|(_, w)| w.in_flight.load(Ordering::SeqCst))
+            .map(|(i, _)| i)?;
+        self.workers[best].in_flight.fetch_add(n, Ordering::SeqCst);
+        Some(best)
+    }
+
+    pub fn fresh_rid(&self, prefix: &str) -> String {
+        let n = self.next_rid.fetch_add(1, Ordering::Relaxed);
+        if prefix.is_empty() {
+            format!("r{n}")
+        } else {
+            format!("{prefix}-{n}")
+        }
+    }
+}

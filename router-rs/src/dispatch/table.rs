@@ -1,0 +1,142 @@
+//! The I/O thread's table of in-flight requests: routes outputs to handles, keeps each worker's
+//! in-flight count, and records per-request metrics (tokens, TTFT, inter-token and end-to-end
+//! latency, finish reasons).
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::mpsc;
+
+use super::shared::Shared;
+use super::RequestEvent;
+use crate::wire::{self, ErrorCode};
+
+/// A request the I/O thread routes outputs for.
+struct Tracked {
+    worker: usize,
+    events: mpsc::UnboundedSender<RequestEvent>,
+    submitted: Instant,
+    last_token: Option<Instant>,
+}
+
+pub(super) struct RequestTable {
+    entries: HashMap<String, Tracked>,
+    shared: Arc<Shared>,
+}
+
+impl RequestTable {
+    pub(super) fn new(shared: Arc<Shared>) -> Self {
+        Self {
+            entries: HashMap::new(),
+            shared,
+        }
+    }
+
+    /// Starts tracking a request (its worker's in-flight count was charged at submission).
+    pub(super) fn insert(
+        &mut self,
+        rid: String,
+        worker: usize,
+        events: mpsc::UnboundedSender<RequestEvent>,
+    ) {
+        let tracked = Tracked {
+            worker,
+            events,
+            submitted: Instant::now(),
+            last_token: None,
+        };
+        self.entries.insert(rid, tracked);
+        self.publish_in_flight();
+    }
+
+    /// Forgets an aborted request; false when it had already finished.
+    pub(super) fn abort(&mut self, rid: &str) -> bool {
+        let Some(tracked) = self.entries.remove(rid) else {
+            return false;
+        };
+        self.release(&tracked, "abort");
+        true
+    }
+
+    /// Hands one output to its request's handle (outputs of unknown ids are dropped).
+    pub(super) fn route(&mut self, out: wire::Output) {
+        let Some(tracked) = self.entries.get_mut(&out.rid) else {
+            return;
+        };
+        let metrics = &self.shared.metrics;
+        let now = Instant::now();
+        if let Some(prompt) = out.prompt_tokens {
+            let cached = out.cached_tokens.unwrap_or(0);
+            metrics.add_prompt_tokens(u64::from(prompt), u64::from(cached));
+        }
+        if !out.ids.is_empty() {
+            let n = out.ids.len();
+            match tracked.last_token {
+                None => metrics
+                    .ttft
+                    .observe((now - tracked.submitted).as_secs_f64()),
+                Some(prev) => {
+                    let gap = (now - prev).as_secs_f64() / n as f64;
+                    (0..n).for_each(|_| metrics.itl.observe(gap));
+                }
+            }
+            tracked.last_token = Some(now);
+            let accepted = u64::from(out.spec_accepted.unwrap_or(0));
+            metrics.add_generation_tokens(n as u64, accepted);
+        }
+        match out.finish {
+            None => {
+                let _ = tracked.events.send(RequestEvent::Output(out));
+            }
+            Some(reason) => {
+                let rid = out.rid.clone();
+                self.finish(&rid, RequestEvent::Output(out), reason.as_str());
+            }
+        }
+    }
+
+    /// Delivers a request's final event and forgets it; `reason` labels the finish metric.
+    pub(super) fn finish(&mut self, rid: &str, event: RequestEvent, reason: &str) {
+        let Some(tracked) = self.entries.remove(rid) else {
+            return;
+        };
+        let _ = tracked.events.send(event);
+        self.release(&tracked, reason);
+    }
+
+    /// Fails a request with an `internal` error.
+    pub(super) fn fail(&mut self, rid: &str, message: &str) {
+        let event = RequestEvent::Error {
+            code: ErrorCode::Internal,
+            message: message.to_owned(),
+        };
+        self.finish(rid, event, "error");
+    }
+
+    /// Ids of the requests on `worker` (every worker when `None`).
+    pub(super) fn rids_on(&self, worker: Option<usize>) -> Vec<String> {
+        self.entries
+            .iter()
+            .filter(|(_, t)| worker.is_none_or(|w| t.worker == w))
+            .map(|(rid, _)| rid.clone())
+            .collect()
+    }
+
+    fn release(&self, tracked: &Tracked, reason: &str) {
+        let metrics = &self.shared.metrics;
+        self.shared.workers[tracked.worker]
+            .in_flight
+            .fetch_sub(1, Ordering::SeqCst);
+        metrics
+            .e2e
+            .observe(tracked.submitted.elapsed().as_secs_f64());
+        metrics.inc_finish(reason);
+        self.publish_in_flight();
+    }
+
+    fn publish_in_flight(&self) {
+        self.shared.metrics.set_in_flight(self.entries.len() as u64);
+    }
+}

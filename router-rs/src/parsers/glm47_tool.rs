@@ -16,12 +16,9 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
 
-use super::glm47_name::{
-    scan_name, NameEnd, NameScan, CALL_CLOSE, CALL_OPEN, KEY_CLOSE, KEY_OPEN, VALUE_CLOSE,
-    VALUE_OPEN,
-};
-use super::scan::{escape_json_into, find_tag, json_string, TagScan};
-use super::schema::{render_json_value, ToolSchemas, ValueKind};
+use super::glm47_name::{scan_name, NameEnd, NameScan, CALL_OPEN};
+use super::scan::{find_tag, TagScan};
+use super::schema::{ToolSchemas, ValueKind};
 use super::tool_events::{EventSink, ParsedToolCalls, ToolEvent};
 
 /// Length of the random part of a call id.
@@ -63,6 +60,8 @@ pub struct Glm47ToolParser {
     /// Unconsumed text; `buf[..pos]` is consumed and dropped at the end of each call.
     buf: String,
     pos: usize,
+    /// While a key or JSON value accumulates: bytes after `pos` already known to hold no tag.
+    resume: usize,
     /// Offset of `buf[0]` in the whole output.
     base: usize,
     /// Content before this output offset came from the prefix and is never emitted.
@@ -96,6 +95,7 @@ impl Glm47ToolParser {
             schemas: ToolSchemas::new(tools),
             buf: String::new(),
             pos: 0,
+            resume: 0,
             base: 0,
             hidden_until: prefix.len(),
             state: State::Text,
@@ -200,118 +200,6 @@ impl Glm47ToolParser {
         }
     }
 
-    fn step_before_key(&mut self, eof: bool) -> bool {
-        match self.skip_to(&[KEY_OPEN, CALL_CLOSE]) {
-            Some(0) => self.state = State::Key,
-            Some(_) => self.close_call(),
-            None if eof => self.cut_off(),
-            None => return false,
-        }
-        true
-    }
-
-    fn step_key(&mut self, eof: bool) -> bool {
-        let rest = &self.buf[self.pos..];
-        match find_tag(rest, &[KEY_CLOSE, CALL_CLOSE]) {
-            TagScan::Found { at, tag: 0 } => {
-                let key = rest[..at].trim().to_string();
-                self.pos += at + KEY_CLOSE.len();
-                if let Some(call) = self.call.as_mut() {
-                    call.key = key;
-                }
-                self.state = State::BeforeValue;
-            }
-            TagScan::Found { at, .. } => {
-                self.pos += at + CALL_CLOSE.len();
-                self.warn_once("argument key without a value dropped");
-                self.close_call();
-            }
-            _ if eof => {
-                self.pos = self.buf.len();
-                self.cut_off();
-            }
-            _ => return false,
-        }
-        true
-    }
-
-    fn step_before_value(&mut self, eof: bool) -> bool {
-        match self.skip_to(&[VALUE_OPEN, KEY_OPEN, CALL_CLOSE]) {
-            Some(0) => self.open_value(),
-            Some(1) => {
-                self.warn_once("argument key without a value dropped");
-                self.state = State::Key;
-            }
-            Some(_) => {
-                self.warn_once("argument key without a value dropped");
-                self.close_call();
-            }
-            None if eof => self.cut_off(),
-            None => return false,
-        }
-        true
-    }
-
-    fn step_value(&mut self, kind: ValueKind, eof: bool) -> bool {
-        let rest = &self.buf[self.pos..];
-        let (value_len, closer) = match find_tag(rest, &[VALUE_CLOSE, CALL_CLOSE]) {
-            TagScan::Found { at, tag } => (at, Some(tag)),
-            _ if eof => (rest.len(), None),
-            TagScan::Partial { at } if kind == ValueKind::String => {
-                self.stream_string(at);
-                return at > 0;
-            }
-            TagScan::Absent if kind == ValueKind::String => {
-                let len = rest.len();
-                self.stream_string(len);
-                return len > 0;
-            }
-            _ => return false,
-        };
-        let tail = match kind {
-            ValueKind::String => {
-                self.stream_string(value_len);
-                "\"".to_string()
-            }
-            ValueKind::Json => {
-                let rendered = render_json_value(&rest[..value_len]);
-                self.pos += value_len;
-                rendered
-            }
-        };
-        self.push_arguments(&tail);
-        match closer {
-            Some(0) => {
-                self.pos += VALUE_CLOSE.len();
-                self.state = State::BeforeKey;
-            }
-            Some(_) => {
-                self.pos += CALL_CLOSE.len();
-                self.warn_once("argument value closed by </tool_call>");
-                self.close_call();
-            }
-            None => self.cut_off(),
-        }
-        true
-    }
-
-    /// Skips to the first of `tags` and past it, returning its number. Text skipped inside a call
-    /// is not part of any value and is dropped with a warning. Without a complete tag, skips up to
-    /// a possible partial one and returns None.
-    fn skip_to(&mut self, tags: &[&str]) -> Option<usize> {
-        let rest = &self.buf[self.pos..];
-        let (skip, found) = match find_tag(rest, tags) {
-            TagScan::Found { at, tag } => (at, Some(tag)),
-            TagScan::Partial { at } => (at, None),
-            TagScan::Absent => (rest.len(), None),
-        };
-        if !rest[..skip].trim().is_empty() {
-            self.warn_once("text between tool-call tags skipped");
-        }
-        self.pos += skip + found.map_or(0, |tag| tags[tag].len());
-        found
-    }
-
     /// Emits `buf[pos..pos + len]` as content (minus any part of the hidden prefix) and consumes it.
     fn emit_content(&mut self, len: usize) {
         let end = self.pos + len;
@@ -355,30 +243,6 @@ impl Glm47ToolParser {
         }
     }
 
-    fn open_value(&mut self) {
-        let Some(call) = self.call.as_mut() else {
-            return;
-        };
-        let kind = self.schemas.kind(&call.name, &call.key);
-        let mut head = String::from(if call.args == 0 { "{" } else { ", " });
-        head.push_str(&json_string(&call.key));
-        head.push_str(": ");
-        if kind == ValueKind::String {
-            head.push('"');
-        }
-        call.args += 1;
-        self.push_arguments(&head);
-        self.state = State::Value(kind);
-    }
-
-    /// Streams `buf[pos..pos + len]` as escaped string-value text and consumes it.
-    fn stream_string(&mut self, len: usize) {
-        let mut escaped = String::with_capacity(len + 8);
-        escape_json_into(&mut escaped, &self.buf[self.pos..self.pos + len]);
-        self.pos += len;
-        self.push_arguments(&escaped);
-    }
-
     fn push_arguments(&mut self, text: &str) {
         if let Some(call) = &self.call {
             self.events.arguments(call.index, text);
@@ -392,6 +256,7 @@ impl Glm47ToolParser {
         };
         self.push_arguments(closing);
         self.call = None;
+        self.resume = 0;
         self.state = State::Text;
     }
 
@@ -409,6 +274,9 @@ impl Glm47ToolParser {
         }
     }
 }
+
+#[path = "glm47_call.rs"]
+mod call;
 
 #[cfg(test)]
 #[path = "glm47_tool_tests.rs"]

@@ -30,6 +30,8 @@ const TOOL_TEXTS: &[&str] = &[
     "<tool_call>\nnoop\n</tool_call><tool_call>get_weather<arg_key>days</arg_key><arg_value>1",
     "<tool_call>get_weather<arg_key>days</arg_key><arg_value> 12 </arg_value><arg_key>opts\
      </arg_key><arg_value>{broken</arg_value></tool_call>",
+    "<tool_call>get_weather<arg_key>opts</arg_key><arg_value>{\"e\": \"a < b </arg_val c\"}\
+     </arg_value><arg_key>c<i</arg_key>ty</arg_key><arg_value>x</arg_value></tool_call>",
 ];
 
 /// Streams `chunks` and checks the event contract on the way: each call's first event carries
@@ -203,5 +205,9 @@ fn the_one_shot_results_of_the_corpus_are_the_intended_ones() {
     assert_eq!(
         parse(12).tool_calls[0].arguments,
         r#"{"days": 12, "opts": "{broken"}"#
+    );
+    assert_eq!(
+        parse(13).tool_calls[0].arguments,
+        r#"{"opts": {"e":"a < b </arg_val c"}, "c<i": "x"}"#
     );
 }

@@ -125,16 +125,22 @@ def _mla_decode_merge_kernel(
 
 
 def default_num_splits(batch: int, num_sms: int = 132, max_seq_len: int | None = None) -> int:
-    """Slices per sequence so that every multiprocessor gets about two programs.
+    """Slices per sequence so that every multiprocessor gets about one program.
 
     Depends on the batch size alone unless `max_seq_len` is given (then no slice is shorter than
     256 tokens), so a CUDA graph captured per batch size stays valid for any context length:
-    slices past a sequence's end return at once.
+    slices past a sequence's end return at once. (H100, 2026-11-25: one program per
+    multiprocessor beat two at batch 1, 32 and 256; see docs/gpu-notes.md.)
     """
-    splits = max(1, (2 * num_sms + batch - 1) // batch)
+    splits = max(1, -(-num_sms // batch))
     if max_seq_len is not None:
         splits = min(splits, max(1, max_seq_len // 256))
-    return int(min(splits, 32))
+    return int(min(splits, 64))
+
+
+def default_launch(batch: int) -> tuple[int, int, int]:
+    """(block_n, num_warps, num_stages) measured best on an H100 for this batch size."""
+    return (32, 4, 3) if batch >= 128 else (64, 8, 2)
 
 
 def mla_decode(
@@ -146,12 +152,19 @@ def mla_decode(
     scale: float,
     d_rope: int = 64,
     num_splits: int = 4,
-    block_n: int = 32,
-    num_warps: int = 4,
-    num_stages: int = 2,
+    block_n: int | None = None,
+    num_warps: int | None = None,
+    num_stages: int | None = None,
 ) -> torch.Tensor:  # [B, H, D_LAT]
-    """Attention of one query token per sequence over its cached latents (values = first D_LAT)."""
+    """Attention of one query token per sequence over its cached latents (values = first D_LAT).
+
+    Launch settings left as None take `default_launch(B)`.
+    """
     b, h, width = q.shape
+    auto_n, auto_warps, auto_stages = default_launch(b)
+    block_n = block_n or auto_n
+    num_warps = num_warps or auto_warps
+    num_stages = num_stages or auto_stages
     d_lat = width - d_rope
     if kv_cache.dim() != 2 or kv_cache.shape[1] < width:
         raise ValueError(f"kv_cache must be [slots, >= {width}], got {tuple(kv_cache.shape)}")
@@ -237,6 +250,7 @@ def decode_flops(batch: int, heads: int, seq_len: int, width: int = 576, d_lat: 
 __all__ = [
     "decode_bytes",
     "decode_flops",
+    "default_launch",
     "default_num_splits",
     "gather_latents",
     "mla_decode",

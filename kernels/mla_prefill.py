@@ -101,7 +101,7 @@ def mla_prefill(
     block_m: int = 64,
     block_n: int = 64,
     num_warps: int = 8,
-    num_stages: int = 2,
+    num_stages: int = 3,
 ) -> torch.Tensor:  # [T, H, D_LAT]
     """Causal attention of every new token over its sequence's cached prefix and new tokens."""
     t, h, width = q.shape

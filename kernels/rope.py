@@ -33,8 +33,9 @@ def _rope_kernel(
     cos = tl.load(cs_ptr + pos * stride_cs + offs_i)[None, :]  # [1, HALF]
     sin = tl.load(cs_ptr + pos * stride_cs + HALF + offs_i)[None, :]
     row = x_ptr + t * stride_t + offs_h[:, None] * stride_h
-    x1 = tl.load(row + 2 * offs_i[None, :], mask=mask, other=0.0)  # [BLOCK_H, HALF] evens
-    x2 = tl.load(row + 2 * offs_i[None, :] + 1, mask=mask, other=0.0)  # odds
+    offs_r = tl.arange(0, 2 * HALF)
+    x = tl.load(row + offs_r[None, :], mask=mask, other=0.0)  # [BLOCK_H, R], contiguous
+    x1, x2 = tl.split(tl.reshape(x, [BLOCK_H, HALF, 2]))  # evens, odds: [BLOCK_H, HALF]
     dt = x1.dtype
     a = (x1 * cos).to(dt).to(tl.float32) - (x2 * sin).to(dt).to(tl.float32)
     b = (x2 * cos).to(dt).to(tl.float32) + (x1 * sin).to(dt).to(tl.float32)
@@ -59,7 +60,7 @@ def _launch(x: torch.Tensor, positions: torch.Tensor, cos_sin: torch.Tensor) -> 
         raise ValueError("rope input needs a contiguous last dimension")
     _rope_kernel[(t,)](
         x, positions, cos_sin, x.stride(0), x.stride(1), cos_sin.stride(0), nh,
-        HALF=r // 2, BLOCK_H=triton.next_power_of_2(nh), num_warps=1,
+        HALF=r // 2, BLOCK_H=triton.next_power_of_2(nh), num_warps=2 if nh > 4 else 1,
     )  # fmt: skip
 
 

@@ -3,6 +3,7 @@
 //! It owns everything textual (tokenizer, chat template, incremental detokenization, stop strings,
 //! reasoning and tool-call parsing) and sends token ids to workers over ZeroMQ (docs/wire.md).
 
+pub mod app;
 pub mod config;
 pub mod detokenize;
 pub mod dispatch;

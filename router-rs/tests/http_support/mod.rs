@@ -1,0 +1,393 @@
+//! A real router (axum app on an ephemeral port) in front of a scripted fake worker, with a tiny
+//! byte-level model directory written for the test.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use glm47_router::config::RouterConfig;
+use glm47_router::wire::{self, ErrorCode, Message};
+use serde_json::Value;
+use tokenizers::models::bpe::{Vocab, BPE};
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::{AddedToken, Tokenizer};
+
+const TEMPLATE: &str = "{% if tools %}<|system|>tools:{% for t in tools %}{{ t.function.name }};{% endfor %}{% endif %}\
+{% for m in messages %}<|{{ m.role }}|>{{ m.content }}{% endfor %}\
+{% if add_generation_prompt %}<|assistant|>{{ '</think>' if (enable_thinking is defined and not enable_thinking) else '<think>' }}{% endif %}";
+
+const SPECIAL: [&str; 5] = [
+    "<|endoftext|>",
+    "<|system|>",
+    "<|user|>",
+    "<|assistant|>",
+    "<|tool|>",
+];
+const TAGS: [&str; 8] = [
+    "<think>",
+    "</think>",
+    "<tool_call>",
+    "</tool_call>",
+    "<arg_key>",
+    "</arg_key>",
+    "<arg_value>",
+    "</arg_value>",
+];
+
+/// A model directory in the temp dir, removed on drop.
+pub struct ModelDir {
+    pub path: PathBuf,
+    pub tokenizer: Tokenizer,
+    pub eos: u32,
+}
+
+impl ModelDir {
+    /// Byte-level BPE without merges (one token per byte), the special tokens of the template, and
+    /// generation defaults temperature 0.6 / top_p 0.9.
+    pub fn create() -> Self {
+        let path =
+            std::env::temp_dir().join(format!("glm47-http-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&path).expect("temp dir");
+        let mut chars: Vec<char> = ByteLevel::alphabet().into_iter().collect();
+        chars.sort_unstable();
+        let vocab: Vocab = chars
+            .iter()
+            .zip(0u32..)
+            .map(|(c, i)| (c.to_string(), i))
+            .collect();
+        let bpe = BPE::builder()
+            .vocab_and_merges(vocab, vec![])
+            .build()
+            .expect("bpe");
+        let mut tokenizer = Tokenizer::new(bpe);
+        tokenizer.with_pre_tokenizer(Some(ByteLevel::default().add_prefix_space(false)));
+        tokenizer.with_decoder(Some(ByteLevel::default()));
+        let special: Vec<_> = SPECIAL.iter().map(|t| AddedToken::from(*t, true)).collect();
+        tokenizer.add_special_tokens(&special);
+        let tags: Vec<_> = TAGS.iter().map(|t| AddedToken::from(*t, false)).collect();
+        tokenizer.add_tokens(&tags);
+        tokenizer
+            .save(path.join("tokenizer.json"), false)
+            .expect("save tokenizer");
+        let eos = tokenizer.token_to_id("<|endoftext|>").expect("eos id");
+        std::fs::write(path.join("chat_template.jinja"), TEMPLATE).expect("template");
+        let gen = serde_json::json!({"eos_token_id": [eos], "temperature": 0.6, "top_p": 0.9});
+        std::fs::write(path.join("generation_config.json"), gen.to_string())
+            .expect("generation config");
+        Self {
+            path,
+            tokenizer,
+            eos,
+        }
+    }
+
+    pub fn encode(&self, text: &str) -> Vec<u32> {
+        self.tokenizer
+            .encode(text, false)
+            .expect("encodes")
+            .get_ids()
+            .to_vec()
+    }
+}
+
+impl Drop for ModelDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// What the fake worker answers to every submitted request.
+#[derive(Clone)]
+pub struct Script {
+    /// Generated ids (cut at `max_new_tokens`, which then finishes with `length`).
+    pub reply: Vec<u32>,
+    /// Ids per `step` message.
+    pub chunk: usize,
+    /// Finish reason after the whole reply.
+    pub finish: wire::FinishReason,
+    /// Answer every request with this error instead.
+    pub error: Option<ErrorCode>,
+    /// Answer `logprobs` requests with logprob `-0.5 * (k + 1)` for the k-th id.
+    pub logprobs: bool,
+    /// Pause before each `step` after the first.
+    pub delay: Duration,
+}
+
+impl Script {
+    pub fn reply(ids: Vec<u32>, chunk: usize) -> Self {
+        Self {
+            reply: ids,
+            chunk,
+            finish: wire::FinishReason::Stop,
+            error: None,
+            logprobs: true,
+            delay: Duration::ZERO,
+        }
+    }
+}
+
+/// A worker thread: answers `hello` with `ready` and every request with its [`Script`].
+pub struct FakeWorker {
+    pub addr: String,
+    pub requests: Arc<Mutex<Vec<wire::Request>>>,
+    pub aborts: Arc<Mutex<Vec<String>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl FakeWorker {
+    pub fn start(script: Script, max_req_total_len: u32) -> Self {
+        let ctx = zmq::Context::new();
+        let sock = ctx.socket(zmq::ROUTER).expect("router socket");
+        sock.set_linger(0).expect("linger");
+        sock.bind("tcp://127.0.0.1:*").expect("bind");
+        let addr = sock.get_last_endpoint().expect("endpoint").expect("utf-8");
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let aborts = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (r, a, s) = (requests.clone(), aborts.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let _ctx = ctx;
+            while !s.load(Ordering::SeqCst) {
+                if sock.poll(zmq::POLLIN, 20).expect("poll") == 0 {
+                    continue;
+                }
+                let frames = sock.recv_multipart(0).expect("recv");
+                let msg = wire::decode(&frames[1]).expect("valid message");
+                let send = |m: &Message| {
+                    let bytes = wire::encode(m).expect("encode");
+                    sock.send_multipart([&frames[0][..], &bytes[..]], 0)
+                        .expect("send");
+                };
+                match msg {
+                    Message::Hello(_) => send(&Message::Ready(ready(max_req_total_len))),
+                    Message::Submit(submit) => {
+                        for req in submit.reqs {
+                            r.lock().expect("lock").push(req.clone());
+                            answer(&script, &req, &send);
+                        }
+                    }
+                    Message::Abort(abort) => a.lock().expect("lock").extend(abort.rids),
+                    _ => {}
+                }
+            }
+        });
+        Self {
+            addr,
+            requests,
+            aborts,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn requests(&self) -> Vec<wire::Request> {
+        self.requests.lock().expect("lock").clone()
+    }
+}
+
+impl Drop for FakeWorker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn ready(max_req_total_len: u32) -> wire::Ready {
+    wire::Ready {
+        protocol: 1,
+        model: "tiny-glm".into(),
+        vocab_size: 300,
+        eos_token_ids: vec![256],
+        max_req_total_len,
+        max_running_requests: 8,
+        kv_capacity_tokens: 4096,
+        mtp_step: 0,
+        worker_id: "fake".into(),
+    }
+}
+
+fn answer(script: &Script, req: &wire::Request, send: &dyn Fn(&Message)) {
+    if let Some(code) = script.error {
+        let err = wire::WorkerError {
+            rid: Some(req.rid.clone()),
+            code,
+            message: "scripted".into(),
+            fatal: false,
+        };
+        send(&Message::Error(err));
+        return;
+    }
+    let budget = req.max_new_tokens as usize;
+    let (ids, finish) = if script.reply.len() > budget {
+        (&script.reply[..budget], wire::FinishReason::Length)
+    } else {
+        (&script.reply[..], script.finish)
+    };
+    let chunks: Vec<&[u32]> = ids.chunks(script.chunk.max(1)).collect();
+    let mut done = 0usize;
+    for (k, chunk) in chunks.iter().enumerate() {
+        let last = k + 1 == chunks.len();
+        if k > 0 {
+            std::thread::sleep(script.delay);
+        }
+        let want = req.logprobs >= 0 && script.logprobs;
+        let logprobs: Vec<f64> = (done..done + chunk.len())
+            .map(|i| -0.5 * (i as f64 + 1.0))
+            .collect();
+        let top = chunk
+            .iter()
+            .map(|&id| vec![(id, -0.5), (id + 1, -1.5)])
+            .collect();
+        done += chunk.len();
+        let out = wire::Output {
+            rid: req.rid.clone(),
+            ids: chunk.to_vec(),
+            logprobs: want.then_some(logprobs),
+            top_logprobs: (want && req.logprobs > 0).then_some(top),
+            finish: last.then_some(finish),
+            prompt_tokens: (k == 0).then_some(req.input_ids.len() as u32),
+            cached_tokens: (k == 0).then_some(1),
+            spec_accepted: None,
+        };
+        send(&Message::Step(wire::Step {
+            outs: vec![out],
+            stats: wire::Stats::default(),
+        }));
+    }
+}
+
+/// The router, serving on 127.0.0.1 until dropped.
+pub struct Server {
+    pub url: String,
+    pub client: reqwest::Client,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Server {
+    /// Starts the router for `worker_addr`; waits until `/health` is 200 when `wait_ready`.
+    pub async fn start(
+        model: &ModelDir,
+        worker_addr: &str,
+        extra: &[&str],
+        wait_ready: bool,
+    ) -> Self {
+        let dir = model.path.to_string_lossy().into_owned();
+        let mut args = vec![
+            "glm47-router",
+            "--worker-addr",
+            worker_addr,
+            "--model-dir",
+            &dir,
+        ];
+        args.extend_from_slice(extra);
+        let config = <RouterConfig as clap::Parser>::try_parse_from(args).expect("config");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(glm47_router::http::serve_on(config, listener, async {
+            let _ = rx.await;
+        }));
+        let server = Self {
+            url,
+            client: reqwest::Client::new(),
+            shutdown: Some(tx),
+            task: Some(task),
+        };
+        if wait_ready {
+            server.wait_ready().await;
+        }
+        server
+    }
+
+    async fn wait_ready(&self) {
+        for _ in 0..200 {
+            if let Ok(r) = self.client.get(format!("{}/health", self.url)).send().await {
+                if r.status() == 200 {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the router never became ready");
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        let r = self
+            .client
+            .post(format!("{}{path}", self.url))
+            .json(&body)
+            .send()
+            .await
+            .expect("post");
+        let status = r.status().as_u16();
+        (status, r.json().await.expect("json body"))
+    }
+
+    /// Posts and returns the `data:` payloads of the event stream, in order.
+    pub async fn post_stream(&self, path: &str, body: Value) -> (u16, Vec<String>) {
+        let r = self
+            .client
+            .post(format!("{}{path}", self.url))
+            .json(&body)
+            .send()
+            .await
+            .expect("post");
+        let status = r.status().as_u16();
+        let text = r.text().await.expect("body");
+        let events = text
+            .split("\n\n")
+            .filter_map(|e| e.lines().find_map(|l| l.strip_prefix("data:")))
+            .map(|d| d.trim_start().to_owned())
+            .collect();
+        (status, events)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// A model dir, a worker answering `reply` (chunked by `chunk` ids) and a ready router.
+pub async fn setup(reply: &str, chunk: usize, extra: &[&str]) -> (ModelDir, FakeWorker, Server) {
+    setup_with(reply, extra, |s| s.chunk = chunk).await
+}
+
+/// [`setup`] with the script adjusted by `edit`.
+pub async fn setup_with(
+    reply: &str,
+    extra: &[&str],
+    edit: impl FnOnce(&mut Script),
+) -> (ModelDir, FakeWorker, Server) {
+    let model = ModelDir::create();
+    let mut script = Script::reply(model.encode(reply), 1);
+    edit(&mut script);
+    let worker = FakeWorker::start(script, 4096);
+    let server = Server::start(&model, &worker.addr, extra, true).await;
+    (model, worker, server)
+}
+
+/// Parses every event but `[DONE]` as JSON.
+pub fn json_events(events: &[String]) -> Vec<Value> {
+    events
+        .iter()
+        .filter(|e| *e != "[DONE]")
+        .map(|e| serde_json::from_str(e).expect("json event"))
+        .collect()
+}

@@ -24,7 +24,7 @@ for step in $steps; do
     tests)
       timeout 300 python3 -m pytest tests/kernels -q -p no:cacheprovider 2>&1 | tee "$OUT/tests.log" | tail -25 ;;
     tune)
-      timeout 300 python3 -m glm47.kernels.tune_moe --out-dir kernels/configs 2>&1 | tee "$OUT/tune.log"
+      timeout 240 python3 -m glm47.kernels.tune_moe --out-dir kernels/configs 2>&1 | tee "$OUT/tune.log"
       cp kernels/configs/fused_moe_*.json "$OUT/" 2>/dev/null ;;
     bench)
       timeout 400 python3 benchmarks/kernels.py --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.log" | tail -60 ;;

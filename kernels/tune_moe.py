@@ -20,7 +20,7 @@ from glm47.kernels import moe_config
 from glm47.kernels.fused_moe import tune_config
 from glm47.kernels.moe_config import MoeConfig, candidate_configs, save_stored, shape_key
 
-DEFAULT_TOKENS = [1, 8, 32, 128, 512, 2048, 8192]
+DEFAULT_TOKENS = [1, 32, 256, 2048, 8192]
 
 
 def tune_shape(

@@ -240,13 +240,13 @@ def _with_logprobs(
     want: list[int],
 ) -> list[SampleOutput]:
     """Attach the sampled token's logprob and the requested top-k pairs, with one host transfer."""
-    logprobs = logits.log_softmax(dim=-1)  # [N, V]
-    chosen = logprobs.gather(1, tokens[:, None])[:, 0]  # [N]
+    log_norm = logits.logsumexp(dim=-1, keepdim=True)  # [N, 1]: log_softmax without [N, V]
+    chosen = (logits.gather(1, tokens[:, None]) - log_norm)[:, 0]  # [N]
     k = max(want)
     cols = [tokens.double(), chosen.double()]
     if k > 0:
-        top_vals, top_ids = logprobs.topk(min(k, logits.shape[1]), dim=-1)  # [N, k] each
-        cols += [top_ids.double().T, top_vals.double().T]
+        top_vals, top_ids = logits.topk(min(k, logits.shape[1]), dim=-1)  # [N, k] each
+        cols += [top_ids.double().T, (top_vals - log_norm).double().T]
     host = torch.cat([c.reshape(-1, logits.shape[0]) for c in cols], dim=0).T.tolist()  # [N, 2+2k]
     width = (len(host[0]) - 2) // 2 if host else 0
     out = []

@@ -35,7 +35,11 @@ impl Detokenizer {
     /// A detokenizer whose first tokens are decoded after `context` (e.g. the prompt's last few
     /// ids), for decoders whose output depends on the previous token. The context itself is
     /// never emitted.
-    pub fn with_context(tokenizer: Arc<Tokenizer>, context: &[u32], skip_special_tokens: bool) -> Self {
+    pub fn with_context(
+        tokenizer: Arc<Tokenizer>,
+        context: &[u32],
+        skip_special_tokens: bool,
+    ) -> Self {
         Self {
             tokenizer,
             skip_special_tokens,
@@ -124,14 +128,20 @@ mod tests {
         let (tok, mut d) = detok(false);
         let text = "a你好😀b 世界!";
         let ids = tok.encode(text).unwrap();
-        assert!(ids.len() > text.chars().count(), "some characters span several tokens");
+        assert!(
+            ids.len() > text.chars().count(),
+            "some characters span several tokens"
+        );
         let mut pieces = Vec::new();
         for id in &ids {
             pieces.push(d.push(&[*id]).unwrap());
         }
         pieces.push(d.finish().unwrap());
         assert!(pieces.iter().all(|p| !p.contains('\u{FFFD}')), "{pieces:?}");
-        assert!(pieces.iter().any(String::is_empty), "a split character was held back");
+        assert!(
+            pieces.iter().any(String::is_empty),
+            "a split character was held back"
+        );
         assert_eq!(pieces.concat(), text);
     }
 

@@ -24,7 +24,11 @@ impl StopMatcher {
         S: Into<String>,
     {
         Self {
-            stops: stops.into_iter().map(Into::into).filter(|s| !s.is_empty()).collect(),
+            stops: stops
+                .into_iter()
+                .map(Into::into)
+                .filter(|s| !s.is_empty())
+                .collect(),
             held: String::new(),
             matched: None,
         }
@@ -114,7 +118,10 @@ mod tests {
 
     #[test]
     fn stop_split_across_many_chunks_is_found_and_excluded() {
-        let (out, stopped, at) = run(&["</answer>"], &["The end", "<", "/an", "s", "wer", "> tail"]);
+        let (out, stopped, at) = run(
+            &["</answer>"],
+            &["The end", "<", "/an", "s", "wer", "> tail"],
+        );
         assert_eq!((out.as_str(), stopped, at), ("The end", true, Some(5)));
     }
 

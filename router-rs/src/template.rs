@@ -101,13 +101,18 @@ impl ChatTemplate {
         ctx.push(("messages".into(), messages));
         ctx.push(("tools".into(), tools.map_or(Value::from(()), json_value)));
         ctx.push(("documents".into(), Value::from(())));
-        ctx.push(("add_generation_prompt".into(), Value::from(add_generation_prompt)));
+        ctx.push((
+            "add_generation_prompt".into(),
+            Value::from(add_generation_prompt),
+        ));
         let ctx: Value = ctx.into_iter().collect();
         let template = self
             .env
             .get_template(TEMPLATE_NAME)
             .map_err(|e| TemplateError::Compile(e.to_string()))?;
-        template.render(ctx).map_err(|e| TemplateError::Render(e.to_string()))
+        template
+            .render(ctx)
+            .map_err(|e| TemplateError::Render(e.to_string()))
     }
 }
 
@@ -175,7 +180,10 @@ impl Object for OrderedMap {
     }
 
     fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
-        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone())
+        self.0
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.clone())
     }
 
     fn enumerate(self: &Arc<Self>) -> Enumerator {

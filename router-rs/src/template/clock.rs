@@ -86,7 +86,10 @@ impl DateTime {
                 out.push('%');
                 break;
             };
-            let hour12 = if self.hour % 12 == 0 { 12 } else { self.hour % 12 };
+            let hour12 = match self.hour % 12 {
+                0 => 12,
+                h => h,
+            };
             let piece = match d {
                 'Y' => self.year.to_string(),
                 'y' => format!("{:02}", self.year.rem_euclid(100)),
@@ -129,9 +132,18 @@ mod tests {
         // 2024-02-29T13:05:09Z, a Thursday, day 60 of a leap year.
         let t = DateTime::from_unix(1_709_211_909);
         assert_eq!(t.format("%Y-%m-%d %H:%M:%S"), "2024-02-29 13:05:09");
-        assert_eq!(t.format("%A %a %B %b %j %I%p %y %%"), "Thursday Thu February Feb 060 01PM 24 %");
-        assert_eq!(DateTime::from_unix(0).format("%d %B %Y %A"), "01 January 1970 Thursday");
-        assert_eq!(DateTime::from_unix(1_735_603_200).format("%j %d-%m"), "366 31-12");
+        assert_eq!(
+            t.format("%A %a %B %b %j %I%p %y %%"),
+            "Thursday Thu February Feb 060 01PM 24 %"
+        );
+        assert_eq!(
+            DateTime::from_unix(0).format("%d %B %Y %A"),
+            "01 January 1970 Thursday"
+        );
+        assert_eq!(
+            DateTime::from_unix(1_735_603_200).format("%j %d-%m"),
+            "366 31-12"
+        );
     }
 
     #[test]

@@ -75,12 +75,19 @@ fn newline_indent(out: &mut String, opts: &DumpOptions, depth: usize) {
     }
 }
 
-fn write_json(out: &mut String, value: &Value, opts: &DumpOptions, depth: usize) -> Result<(), Error> {
+fn write_json(
+    out: &mut String,
+    value: &Value,
+    opts: &DumpOptions,
+    depth: usize,
+) -> Result<(), Error> {
     match value.kind() {
         ValueKind::None => out.push_str("null"),
         ValueKind::Bool => out.push_str(if value.is_true() { "true" } else { "false" }),
         ValueKind::Number => out.push_str(&number_text(value, true)?),
-        ValueKind::String => write_json_str(out, value.as_str().unwrap_or_default(), opts.ensure_ascii),
+        ValueKind::String => {
+            write_json_str(out, value.as_str().unwrap_or_default(), opts.ensure_ascii)
+        }
         ValueKind::Seq | ValueKind::Iterable => {
             let items: Vec<Value> = value.try_iter()?.collect();
             write_container(out, opts, depth, ('[', ']'), items.len(), |out, i| {
@@ -144,7 +151,10 @@ fn json_key(key: &Value) -> Result<String, Error> {
         ValueKind::None => Ok("null".to_string()),
         _ => Err(Error::new(
             ErrorKind::InvalidOperation,
-            format!("keys must be str, int, float, bool or None, not {}", key.kind()),
+            format!(
+                "keys must be str, int, float, bool or None, not {}",
+                key.kind()
+            ),
         )),
     }
 }
@@ -202,7 +212,11 @@ pub(crate) fn float_repr(f: f64) -> String {
     let point = exp + 1; // value = 0.DIGITS × 10^point
     let body = if !(-4 < point && point <= 16) {
         let (head, tail) = digits.split_at(1);
-        let frac = if tail.is_empty() { String::new() } else { format!(".{tail}") };
+        let frac = if tail.is_empty() {
+            String::new()
+        } else {
+            format!(".{tail}")
+        };
         let exp_sign = if exp < 0 { '-' } else { '+' };
         format!("{head}{frac}e{exp_sign}{:02}", exp.abs())
     } else if point <= 0 {
@@ -266,7 +280,11 @@ fn python_repr(out: &mut String, value: &Value) -> Result<(), Error> {
 
 /// Python's `repr(str)`: single quotes unless the text has `'` and no `"`.
 fn repr_str(out: &mut String, s: &str) {
-    let quote = if s.contains('\'') && !s.contains('"') { '"' } else { '\'' };
+    let quote = if s.contains('\'') && !s.contains('"') {
+        '"'
+    } else {
+        '\''
+    };
     out.push(quote);
     for c in s.chars() {
         match c {
@@ -323,7 +341,10 @@ mod tests {
             ensure_ascii: true,
             ..DumpOptions::default()
         };
-        assert_eq!(dumps(&Value::from("é😀"), &ascii).unwrap(), r#""\u00e9\ud83d\ude00""#);
+        assert_eq!(
+            dumps(&Value::from("é😀"), &ascii).unwrap(),
+            r#""\u00e9\ud83d\ude00""#
+        );
     }
 
     #[test]
@@ -343,7 +364,10 @@ mod tests {
         assert_eq!(python_str(&Value::from(())).unwrap(), "None");
         assert_eq!(python_str(&Value::from(true)).unwrap(), "True");
         let v = json_value(&serde_json::json!({"k": ["it's", null, false, 1.0]}));
-        assert_eq!(python_str(&v).unwrap(), r#"{'k': ["it's", None, False, 1.0]}"#);
+        assert_eq!(
+            python_str(&v).unwrap(),
+            r#"{'k': ["it's", None, False, 1.0]}"#
+        );
         assert_eq!(python_str(&Value::UNDEFINED).unwrap(), "");
     }
 

@@ -45,7 +45,10 @@ fn string_tool_arguments_render_like_parsed_ones_with_exact_integers() {
         <arg_key>o</arg_key><arg_value>{\"b\": 1, \"a\": [true]}</arg_value></tool_call>\
         <|observation|><tool_response>ok</tool_response><tool_response>ok2</tool_response>\
         <|assistant|><think>";
-    assert_eq!(glm47().render(&msgs, None, true, &Map::new()).unwrap(), want);
+    assert_eq!(
+        glm47().render(&msgs, None, true, &Map::new()).unwrap(),
+        want
+    );
 }
 
 #[test]
@@ -53,9 +56,14 @@ fn tools_are_listed_as_python_json_without_html_escaping() {
     let tools = json!([{"type": "function", "function": {"name": "get", "description": "天气 <b>",
         "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]);
     let msgs = json!([{"role": "user", "content": "q"}]);
-    let text = glm47().render(&msgs, Some(&tools), false, &Map::new()).unwrap();
+    let text = glm47()
+        .render(&msgs, Some(&tools), false, &Map::new())
+        .unwrap();
     let line = r#"{"type": "function", "function": {"name": "get", "description": "天气 <b>", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}"#;
-    assert!(text.contains(&format!("<tools>\n{line}\n</tools>")), "{text}");
+    assert!(
+        text.contains(&format!("<tools>\n{line}\n</tools>")),
+        "{text}"
+    );
     assert!(text.ends_with("...</tool_call><|user|>q"), "{text}");
 }
 
@@ -65,9 +73,20 @@ fn malformed_tool_arguments_are_a_clear_error() {
         json!([{"role": "assistant", "content": "", "tool_calls": [
             {"function": {"name": "f", "arguments": arguments}}]}])
     };
-    let err = glm47().render(&bad("{oops"), None, true, &Map::new()).unwrap_err();
-    assert!(matches!(err, TemplateError::InvalidToolArguments { message: 0, call: 0, .. }));
-    let err = glm47().render(&bad("[1]"), None, true, &Map::new()).unwrap_err();
+    let err = glm47()
+        .render(&bad("{oops"), None, true, &Map::new())
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        TemplateError::InvalidToolArguments {
+            message: 0,
+            call: 0,
+            ..
+        }
+    ));
+    let err = glm47()
+        .render(&bad("[1]"), None, true, &Map::new())
+        .unwrap_err();
     assert!(matches!(err, TemplateError::InvalidToolArguments { .. }));
     let text = glm47().render(&bad(" "), None, false, &Map::new()).unwrap();
     assert!(text.ends_with("<tool_call>f</tool_call>"), "{text}");
@@ -90,7 +109,10 @@ fn raise_exception_aborts_with_its_message() {
 
 #[test]
 fn broken_template_source_fails_to_compile() {
-    assert!(matches!(ChatTemplate::new("{% if %}"), Err(TemplateError::Compile(_))));
+    assert!(matches!(
+        ChatTemplate::new("{% if %}"),
+        Err(TemplateError::Compile(_))
+    ));
 }
 
 #[test]
@@ -100,7 +122,10 @@ fn tojson_honours_python_keyword_arguments() {
     let t = ChatTemplate::new(src).unwrap();
     let kw = kwargs(json!({"x": {"b": [1], "a": null}}));
     let text = t.render(&json!([]), None, true, &kw).unwrap();
-    assert_eq!(text, "{\n  \"a\": null,\n  \"b\": [\n    1\n  ]\n}|{\"b\":[1],\"a\":null}|\"\\u00e9\"");
+    assert_eq!(
+        text,
+        "{\n  \"a\": null,\n  \"b\": [\n    1\n  ]\n}|{\"b\":[1],\"a\":null}|\"\\u00e9\""
+    );
     let bad = ChatTemplate::new("{{ 1 | tojson(colour=1) }}").unwrap();
     assert!(bad.render(&json!([]), None, true, &Map::new()).is_err());
 }
@@ -111,13 +136,20 @@ fn values_print_as_python_str_and_keys_keep_their_order() {
     let t = ChatTemplate::new(src).unwrap();
     let kw = kwargs(json!({"x": {"z": 1, "a": "s", "m": [null]}, "n": null, "t": true}));
     let text = t.render(&json!([]), None, true, &kw).unwrap();
-    assert_eq!(text, "{'z': 1, 'a': 's', 'm': [None]} None True z=1;a=s;m=[None];");
+    assert_eq!(
+        text,
+        "{'z': 1, 'a': 's', 'm': [None]} None True z=1;a=s;m=[None];"
+    );
 }
 
 #[test]
 fn strftime_now_is_available() {
     let t = ChatTemplate::new("{{ strftime_now('%Y') }}").unwrap();
-    let year: i64 = t.render(&json!([]), None, true, &Map::new()).unwrap().parse().unwrap();
+    let year: i64 = t
+        .render(&json!([]), None, true, &Map::new())
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!(year >= 2024);
 }
 

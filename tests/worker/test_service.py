@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -269,15 +273,20 @@ def test_engine_failure_is_reported_as_fatal_and_stops_the_loop() -> None:
         run.ctx.destroy(linger=0)
 
 
-def test_the_real_engine_on_the_tiny_model_through_the_socket(tmp_path: Path) -> None:
-    from glm47.worker.__main__ import build
-    from glm47.worker.cli_args import parse_args
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from glm47.worker.model.tiny import make_tiny_model
 
-    make_tiny_model(tmp_path, seed=0)
+    return make_tiny_model(tmp_path_factory.mktemp("tiny"), seed=0)
+
+
+def test_the_real_engine_on_the_tiny_model_through_the_socket(tiny_dir: Path) -> None:
+    from glm47.worker.__main__ import build
+    from glm47.worker.cli_args import parse_args
+
     args = parse_args(
         [
-            *("--listen", "tcp://127.0.0.1:*", "--model-dir", str(tmp_path), "--device", "cpu"),
+            *("--listen", "tcp://127.0.0.1:*", "--model-dir", str(tiny_dir), "--device", "cpu"),
             *("--kv-cache-tokens", "512", "--page-size", "4", "--worker-id", "tiny"),
         ]
     )
@@ -325,3 +334,35 @@ def collect_real(sock: zmq.Socket[bytes], rids: set[str]) -> dict[str, list[Any]
             outs[out.rid].append(out)
             done |= {out.rid} if out.finish else set()
     return outs
+
+
+def test_the_worker_process_serves_and_exits_cleanly_on_sigterm(
+    tiny_dir: Path, tmp_path: Path
+) -> None:
+    address = f"ipc://{tmp_path}/w.sock"
+    log_path = tmp_path / "worker.log"
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[2] / "python"))
+    cmd = [sys.executable, "-m", "glm47.worker", "--listen", address, "--model-dir", str(tiny_dir)]
+    cmd += ["--device", "cpu", "--kv-cache-tokens", "256", "--max_req_total_len", "200"]
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    try:
+        sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.RCVTIMEO, 120_000)
+        sock.connect(address)  # queued until the worker binds
+        send(sock, Hello(client="test"))
+        ready = recv(sock)
+        assert isinstance(ready, Ready) and ready.max_req_total_len == 200
+        send(sock, Submit(reqs=[req("p", [3, 4, 5], 3, temperature=0.0, ignore_eos=True)]))
+        outs = collect_real(sock, {"p"})["p"]
+        assert sum(len(o.ids) for o in outs) == 3 and outs[-1].finish == "length"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        ctx.destroy(linger=0)
+    text = log_path.read_text()
+    assert "KV cache" in text and "stopped" in text, text

@@ -1,0 +1,78 @@
+//! Process entry: command line, logging, runtime, and graceful shutdown on SIGINT or SIGTERM.
+//!
+//! Both the `glm47-router` binary and `glm47._native.router_main` (the `glm47-router` Python
+//! command) call [`run_blocking`].
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+use crate::config::RouterConfig;
+
+/// The command line was invalid (the message, with usage, was already printed); exit with 2.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid command line")]
+pub struct UsageError;
+
+/// Parses `args` (program name first), sets up logging and runs the router until SIGINT or
+/// SIGTERM. `--help` and `--version` print and return `Ok`. Blocks the calling thread.
+pub fn run_blocking(args: Vec<String>) -> anyhow::Result<()> {
+    let config = match RouterConfig::try_parse_from(args) {
+        Ok(config) => config,
+        Err(e) => {
+            let usage = e.use_stderr();
+            e.print()?;
+            return if usage {
+                Err(UsageError.into())
+            } else {
+                Ok(())
+            };
+        }
+    };
+    init_logging(&config.log_level);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("glm47-router")
+        .build()?;
+    runtime.block_on(crate::http::serve(config, shutdown_signal()))
+}
+
+/// Logs to stderr; `RUST_LOG` wins over `--log-level`. A second call (the Python module run twice
+/// in one process) keeps the first subscriber.
+fn init_logging(level: &str) {
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Resolves on the first SIGINT or SIGTERM (or Ctrl-C where there are no Unix signals).
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!("cannot listen for SIGINT: {e}");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!("cannot listen for SIGTERM: {e}");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => tracing::info!("SIGINT received, shutting down"),
+        () = terminate => tracing::info!("SIGTERM received, shutting down"),
+    }
+}

@@ -127,12 +127,16 @@ class Service:
     # -- the loop ------------------------------------------------------------------------------
 
     def serve(self, stop: threading.Event | None = None) -> None:
-        """Run until `stop` is set. Raises `EngineFailure` after reporting a failed step."""
+        """Run until `stop` is set, then fail the requests still running (`error` fatal=true, the
+        worker is going away). Raises `EngineFailure` after reporting a failed step."""
         stop = stop or threading.Event()
         while not stop.is_set():
             self._drain(block=not self.engine.has_work())
             if self.engine.has_work():
                 self._step()
+        if self._live:
+            log.warning("stopping with %d requests unfinished", len(self._live))
+            self._report_fatal("the worker is shutting down")
 
     def _drain(self, block: bool) -> None:
         """Handle every message already queued; first wait up to POLL_MS when `block`."""

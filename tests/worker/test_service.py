@@ -254,6 +254,24 @@ def test_two_connections_are_isolated(running: Running) -> None:
     assert recv(one) == READY
 
 
+def test_stopping_fails_the_unfinished_requests() -> None:
+    run, stop = start(FakeEngine())
+    try:
+        sock = run.dealer()
+        send(sock, Submit(reqs=[req("slow", [1], 10_000)]))
+        assert isinstance(recv(sock), Step)
+        stop.set()
+        run.thread.join(timeout=5)
+        assert not run.thread.is_alive() and not run.errors
+        msg = recv(sock)
+        while isinstance(msg, Step):
+            msg = recv(sock)
+        assert isinstance(msg, Error) and (msg.rid, msg.fatal) == ("slow", True)
+        assert "shutting down" in msg.message
+    finally:
+        run.ctx.destroy(linger=0)
+
+
 def test_engine_failure_is_reported_as_fatal_and_stops_the_loop() -> None:
     run, stop = start(FakeEngine(fail_after=2))
     try:

@@ -99,17 +99,10 @@ class Output:
     spec_accepted: int | None = None
 
 
-STATS_KEYS = (
-    "waiting",
-    "running",
-    "kv_pages_used",
-    "kv_pages_cached",
-    "kv_pages_total",
-    "prefix_hit_tokens",
-    "prompt_tokens",
-    "spec_drafted",
-    "spec_accepted",
-)
+STATS_KEYS = tuple(
+    "waiting running kv_pages_used kv_pages_cached kv_pages_total prefix_hit_tokens prompt_tokens "
+    "spec_drafted spec_accepted".split()
+)  # the keys of the wire `Stats` map
 
 
 @dataclass(frozen=True)
@@ -246,13 +239,14 @@ def _checked(
         if key not in body:
             continue
         value = body[key]
-        if value is None and key not in required and desc.endswith("or nil"):
-            out[key] = None
-            continue
         if value is None and key not in required:
-            continue  # nil means "not set": keep the default
+            if desc.endswith("or nil"):
+                out[key] = None
+            continue  # otherwise nil means "not set": keep the default
         if not check(value):
-            raise WireError(f"{what}: {key!r} must be {desc}, got {value!r}", code=code, rid=rid)
+            text = repr(value)
+            got = text if len(text) <= 60 else text[:57] + "..."
+            raise WireError(f"{what}: {key!r} must be {desc}, got {got}", code=code, rid=rid)
         out[key] = value
     return out
 

@@ -222,6 +222,9 @@ class Service:
                 self._error(identity, w.rid, code, str(exc), False)
                 continue
             self._live[engine_rid] = _Live(identity=identity, rid=w.rid)
+            log.debug(
+                "request %r from %s: %d prompt tokens", w.rid, identity.hex(), len(w.input_ids)
+            )
 
     def _check_ids(self, w: WireRequest, engine_rid: str) -> str | None:
         if engine_rid in self._live:
@@ -235,6 +238,7 @@ class Service:
         for rid in rids:
             engine_rid = self._engine_rid(identity, rid)
             if engine_rid in self._live:
+                log.debug("abort %r from %s", rid, identity.hex())
                 self.engine.abort(engine_rid)  # the engine reports finish "abort" next step
 
     def _engine_rid(self, identity: bytes, rid: str) -> str:

@@ -190,21 +190,22 @@ def test_abort_ends_a_request_with_finish_abort(running: Running) -> None:
 
 
 @pytest.mark.parametrize(
-    "payload",
+    ("payload", "fatal"),
     [
-        b"\xc1not msgpack",
-        msgpack.packb(["hello", 99, {}]),
-        msgpack.packb(["submit", 1, {"reqs": 5}]),
-        msgpack.packb(["step", 1, {"outs": []}]),
+        (b"\xc1not msgpack", True),
+        (msgpack.packb(["hello", 99, {}]), True),  # a version this worker does not speak
+        (msgpack.packb(["submit", 1, {"reqs": 5}]), True),
+        (msgpack.packb(["step", 1, {"outs": []}]), False),  # well-formed, wrong direction
     ],
 )
 def test_malformed_messages_get_errors_and_the_loop_keeps_serving(
-    running: Running, payload: bytes
+    running: Running, payload: bytes, fatal: bool
 ) -> None:
     sock = running.dealer()
     sock.send(payload)
     err = recv(sock)
     assert isinstance(err, Error) and err.rid is None and err.code == "protocol"
+    assert err.fatal is fatal
     send(sock, Submit(reqs=[req("ok", [3], 1)]))
     assert [o.ids for o in collect(sock, {"ok"})["ok"]] == [[4]]
 

@@ -219,12 +219,14 @@ def bench_moe(ceil: dict, sweep: bool) -> tuple[list[Row], dict[int, MoeConfig]]
         for name, cfg in cfgs:
             try:
                 ms = time_ms(fused_experts, x, w13, w2, wts, ids, cfg)
-            except triton.runtime.errors.OutOfResources:
+            except triton.runtime.errors.OutOfResources as err:
+                print(f"fused_moe {shape} {name}: {err}")
                 continue
             rows.append(row("fused_moe", shape, name, ms, nbytes, flops, ceil))
             if best is None or ms < best[0]:
                 best = (ms, cfg)
-        assert best is not None
+        if best is None:
+            continue
         tuned[t] = best[1]
         rows.append(gemm_only_row(x, w13, w2, wts, ids, best[1], shape, nbytes, flops, ceil))
         if t <= 256:

@@ -192,7 +192,8 @@ def tune_config(
                     return_mode="median",
                 )
             )
-        except triton.runtime.errors.OutOfResources:
+        except triton.runtime.errors.OutOfResources as err:
+            print(f"fused MoE tuning: {cfg} skipped: {err}")
             continue
         if best is None or ms < best[0]:
             best = (ms, cfg)

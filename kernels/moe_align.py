@@ -19,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-SMALL_MAX_PAIRS = 1024  # routed pairs up to which the single-program kernel is used
+SMALL_MAX_PAIRS = 256  # routed pairs up to which the single-program kernel is used
 
 
 @dataclass(frozen=True)
@@ -114,7 +114,7 @@ def moe_align_small(
         flat, sorted_ids, expert_ids, num_padded, num_pairs, max_rows, max_rows // block_m,
         NUM_EXPERTS=num_experts, BLOCK_M=block_m, BLOCK_P=triton.next_power_of_2(num_pairs),
         BLOCK_E=triton.next_power_of_2(num_experts), BLOCK_FILL=256,
-        num_warps=4 if num_pairs <= 256 else 8 if num_pairs <= 512 else 16,
+        num_warps=4 if num_pairs <= 256 else 8,
     )  # fmt: skip
     return MoeAlignment(sorted_ids, expert_ids, num_padded, block_m)
 

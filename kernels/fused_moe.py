@@ -9,12 +9,16 @@ reads one expert's weight tile: at decode sizes the kernel is bound by reading t
 
 from __future__ import annotations
 
+import logging
+
 import torch
 import triton
 import triton.language as tl
 
 from glm47.kernels.moe_align import MoeAlignment, moe_align
 from glm47.kernels.moe_config import MoeConfig, select_config, shape_key
+
+log = logging.getLogger(__name__)
 
 
 @triton.jit
@@ -193,7 +197,7 @@ def tune_config(
                 )
             )
         except triton.runtime.errors.OutOfResources as err:
-            print(f"fused MoE tuning: {cfg} skipped: {err}")
+            log.info("fused MoE tuning: %s skipped: %s", cfg, err)
             continue
         if best is None or ms < best[0]:
             best = (ms, cfg)

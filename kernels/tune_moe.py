@@ -11,6 +11,7 @@ what is there. Needs a CUDA GPU.
 from __future__ import annotations
 
 import argparse
+import logging
 import time
 from pathlib import Path
 
@@ -55,6 +56,7 @@ def main() -> None:
     ap.add_argument("--top-k", type=int, default=4)
     ap.add_argument("--out-dir", type=Path, default=None)
     args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.out_dir is not None:
         moe_config.CONFIG_DIR = args.out_dir
     dtype = torch.bfloat16

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import pytest
 import torch
@@ -229,3 +230,27 @@ def test_token_history_follows_growing_outputs_and_new_requests() -> None:
     reused = seq("a", prompt=[5], out=[], repetition_penalty=2.0)  # same rid, new lists
     third = apply_penalties(logits, [reused], history)
     assert third[0].tolist() == [1, 1, 1, 1, 1, 0.5, 1, 1]
+
+
+def test_a_mixed_batch_applies_each_rows_own_settings() -> None:
+    logits = rand_logits(40, seed=21)
+    kinds: list[dict[str, Any]] = [
+        {"temperature": 0.0},
+        {"temperature": 2.0},
+        {"temperature": 2.0, "top_k": 2},
+        {"temperature": 2.0, "top_p": 1e-6, "seed": 4},
+    ]
+    seqs = [seq(f"r{i}", **kinds[i % 4]) for i in range(40)]
+    sampler = Sampler(seed=22)
+    spread: set[int] = set()
+    for _ in range(10):
+        out = sampler.sample(logits, seqs)
+        for i, o in enumerate(out):
+            best2 = logits[i].topk(2).indices.tolist()
+            if i % 4 in (0, 3):
+                assert o.token_id == best2[0]
+            elif i % 4 == 2:
+                assert o.token_id in best2
+            else:
+                spread.add(o.token_id)
+    assert len(spread) > 20  # temperature 2 rows really sample

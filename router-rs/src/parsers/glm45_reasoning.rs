@@ -56,9 +56,13 @@ impl Glm45ReasoningParser {
     /// Consumes the next chunk and returns the text that became certain.
     pub fn feed(&mut self, text: &str) -> ReasoningDelta {
         let mut delta = ReasoningDelta::default();
-        let mut buf = std::mem::take(&mut self.held);
-        buf.push_str(text);
-        let mut rest = buf.as_str();
+        let joined: String;
+        let mut rest = if self.held.is_empty() {
+            text
+        } else {
+            joined = std::mem::take(&mut self.held) + text;
+            joined.as_str()
+        };
         loop {
             match find_tag(rest, &[THINK_OPEN, THINK_CLOSE]) {
                 TagScan::Found { at, tag } => {

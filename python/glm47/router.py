@@ -10,10 +10,18 @@ import sys
 
 
 def main() -> None:
-    """Runs the router with this process's command line until SIGINT or SIGTERM."""
+    """Runs the router with this process's command line until SIGINT or SIGTERM.
+
+    An invalid command line exits with status 2 (after printing the usage), a failure to start or
+    serve with status 1.
+    """
     from glm47 import _native
 
-    _native.router_main(sys.argv)
+    try:
+        _native.router_main(["glm47-router", *sys.argv[1:]])
+    except RuntimeError as e:
+        print(f"glm47-router: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

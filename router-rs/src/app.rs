@@ -20,7 +20,8 @@ pub fn run_blocking(args: Vec<String>) -> anyhow::Result<()> {
         Ok(config) => config,
         Err(e) => {
             let usage = e.use_stderr();
-            e.print()?;
+            // Printing fails only when stdout is gone (`--help | head`); nothing to report then.
+            let _ = e.print();
             return if usage {
                 Err(UsageError.into())
             } else {

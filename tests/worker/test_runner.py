@@ -9,8 +9,13 @@ import torch
 
 from glm47.worker.batch import ScheduledBatch, ScheduledSeq
 from glm47.worker.model.config import ModelConfig
+from glm47.worker.model.layers.experts import registered_experts_backends
 from glm47.worker.model.tiny import make_tiny_model
-from glm47.worker.runner import ModelRunner
+from glm47.worker.runner import (
+    ModelRunner,
+    import_optional_backends,
+    resolve_experts_backend,
+)
 from tests.worker.model.reference import GreedySampler, PageAllocator, batch, make_runner, seq
 
 
@@ -85,3 +90,21 @@ def test_invalid_batches_and_settings_raise(tiny: Path) -> None:
         ModelRunner(cfg, tiny, page_size=4)
     with pytest.raises(ValueError, match="unknown attention backend"):
         ModelRunner(cfg, tiny, page_size=4, kv_tokens=64, decode_backend="nope")
+
+
+def test_step_inputs_live_in_buffers_reused_across_steps(tiny: Path) -> None:
+    runner = make_runner(tiny, torch.float32, page_size=4)
+    first = runner.prepare(ScheduledBatch([ScheduledSeq("a", [1, 2, 3], 0, [3], True)]))
+    ptr = first.meta.slot_mapping.data_ptr()
+    second = runner.prepare(ScheduledBatch([ScheduledSeq("a", [4], 3, [3], True)]))
+    assert second.meta.slot_mapping.data_ptr() == ptr
+    assert second.meta.slot_mapping.tolist() == [3 * 4 + 3]
+
+
+def test_auto_experts_backend_resolves_per_device() -> None:
+    import_optional_backends()
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert resolve_experts_backend("auto", cpu) == "torch"
+    expected = "triton" if "triton" in registered_experts_backends() else "torch"
+    assert resolve_experts_backend("auto", gpu) == expected
+    assert resolve_experts_backend("torch", gpu) == "torch"

@@ -81,6 +81,9 @@ def build(args: WorkerArgs) -> tuple[Engine, Ready]:
         decode_backend=cfg.decode_att_backend,
         load_format="dummy" if cfg.load_format == "dummy" else "safetensors",
         seed=cfg.seed,
+        graph_max_batch_size=cfg.graph_max_batch_size,
+        disable_cuda_graph=cfg.disable_cuda_graph,
+        max_req_total_len=cfg.max_req_total_len,
     )
     eos = eos_token_ids(model_dir, model_cfg)
     engine = Engine(cfg, runner, Sampler(seed=cfg.seed), eos)

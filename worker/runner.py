@@ -19,16 +19,19 @@ from typing import Protocol
 import torch
 
 import glm47.worker.attention.torch_backend  # noqa: F401  (registers "torch")
-from glm47.worker.attention.base import (
-    AttentionBackend,
-    AttentionMetadata,
-    create_backend,
-    registered_backends,
-)
+from glm47.worker.attention.base import AttentionBackend, AttentionMetadata, create_backend
+from glm47.worker.attention.select import resolve_backends
 from glm47.worker.batch import RunnerOutput, SampleOutput, ScheduledBatch, ScheduledSeq
+from glm47.worker.cuda_graph import (
+    CudaGraphCapturer,
+    DecodeGraphRunner,
+    capture_sizes,
+    supports_cuda_graph,
+)
 from glm47.worker.model.config import ModelConfig
 from glm47.worker.model.context import ForwardContext
 from glm47.worker.model.layers.experts import registered_experts_backends
+from glm47.worker.model.layers.moe import MoE
 from glm47.worker.model.loader import load_model
 
 log = logging.getLogger(__name__)
@@ -64,15 +67,6 @@ def import_optional_backends() -> None:
             importlib.import_module(module)
         except ImportError as err:
             log.info("backend module %s not available: %s", module, err)
-
-
-def resolve_attention_backend(name: str, device: torch.device) -> str:
-    """`auto` → "triton" on a GPU when it is registered, else "torch"; other names pass through."""
-    if name != "auto":
-        return name
-    if device.type == "cuda" and "triton" in registered_backends():
-        return "triton"
-    return "torch"
 
 
 def resolve_experts_backend(name: str, device: torch.device) -> str:
@@ -120,6 +114,10 @@ class ModelRunner:
         moe_backend: str = "auto",
         load_format: str = "safetensors",
         seed: int = 0,
+        graph_max_batch_size: int = 512,
+        graph_batch_sizes: list[int] | None = None,
+        disable_cuda_graph: bool = False,
+        max_req_total_len: int | None = None,
     ) -> None:
         if page_size < 1 or page_size & (page_size - 1):
             raise ValueError(f"page_size must be a power of two, got {page_size}")
@@ -128,8 +126,7 @@ class ModelRunner:
         self.dtype = dtype
         self.page_size = page_size
         import_optional_backends()
-        prefill = resolve_attention_backend(prefill_backend, self.device)
-        decode = resolve_attention_backend(decode_backend, self.device)
+        prefill, decode = resolve_backends(prefill_backend, decode_backend, self.device)
         self.prefill_backend: AttentionBackend = create_backend(prefill)
         self.decode_backend: AttentionBackend = create_backend(decode)
         moe = resolve_experts_backend(moe_backend, self.device)
@@ -164,6 +161,12 @@ class ModelRunner:
             page_size,
             self.kv_cache.numel() * self.kv_cache.element_size() / 2**30,
         )
+        self.graphs: DecodeGraphRunner | None = None
+        if not disable_cuda_graph:
+            max_len = max_req_total_len or model_config.max_position_embeddings
+            self.graphs = self._capture_graphs(
+                capture_sizes(graph_max_batch_size, graph_batch_sizes), -(-max_len // page_size)
+            )
 
     @property
     def bytes_per_page(self) -> int:
@@ -185,6 +188,36 @@ class ModelRunner:
         if num_pages < 2:
             raise ValueError(f"the KV pool needs at least 2 pages, got {num_pages}")
         return num_pages
+
+    @torch.inference_mode()
+    def _capture_graphs(self, sizes: list[int], max_pages: int) -> DecodeGraphRunner | None:
+        """Decode graphs on a CUDA device when the decode and experts backends are capturable."""
+        if self.device.type != "cuda":
+            return None
+        experts = next((m.experts for m in self.model.modules() if isinstance(m, MoE)), None)
+        parts = [self.decode_backend, experts]
+        blockers = [p.name for p in parts if p is not None and not supports_cuda_graph(p)]
+        if blockers:
+            log.warning("decode CUDA graphs off: backend(s) %s cannot be captured", blockers)
+            return None
+        free_before = torch.cuda.mem_get_info(self.device)[0]
+        graphs = DecodeGraphRunner(
+            self._decode_forward,
+            self.decode_backend,
+            sizes=sizes,
+            max_pages=min(max_pages, self.num_pages),
+            page_size=self.page_size,
+            device=self.device,
+            capturer=CudaGraphCapturer(self.device),
+        )
+        graphs.capture()
+        used = free_before - torch.cuda.mem_get_info(self.device)[0]
+        log.info("decode CUDA graphs for batch sizes %s use %.2f GiB", sizes, used / 2**30)
+        return graphs
+
+    def _decode_forward(self, input_ids: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+        ctx = ForwardContext(meta=meta, kv_cache=self.kv_cache, backend=self.decode_backend)
+        return self.model(input_ids, meta.positions, ctx)
 
     def prepare(self, batch: ScheduledBatch) -> StepInputs:
         """Host-side layout of the batch, staged into the static device buffers."""
@@ -243,6 +276,8 @@ class ModelRunner:
 
     @torch.inference_mode()
     def forward(self, inputs: StepInputs) -> torch.Tensor:  # [T, H] final hidden states
+        if self.graphs is not None and self.graphs.can_run(inputs.input_ids, inputs.meta):
+            return self.graphs.run(inputs.input_ids, inputs.meta)
         backend = self.decode_backend if inputs.meta.is_decode else self.prefill_backend
         ctx = ForwardContext(meta=inputs.meta, kv_cache=self.kv_cache, backend=backend)
         return self.model(inputs.input_ids, inputs.meta.positions, ctx)

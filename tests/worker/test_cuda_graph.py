@@ -1,0 +1,162 @@
+"""Decode graph bookkeeping on the CPU: capture sizes, padding to captured sizes, the static
+buffers, and a full replay path with a stand-in capturer that re-runs the model eagerly."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import pytest
+import torch
+
+from glm47.worker.attention.base import AttentionMetadata
+from glm47.worker.cuda_graph import (
+    DecodeGraphInputs,
+    DecodeGraphRunner,
+    capture_sizes,
+    eager_capturer,
+    padded_batch_size,
+    supports_cuda_graph,
+)
+from glm47.worker.model.tiny import make_tiny_model
+from tests.worker.model.reference import PageAllocator, batch, make_runner, seq
+
+
+def test_default_ladder_doubles_to_16_then_24_32_then_steps_by_16() -> None:
+    sizes = capture_sizes(512)
+    assert sizes[:8] == [1, 2, 4, 8, 16, 24, 32, 48]
+    assert sizes[-2:] == [496, 512]
+    assert all(b - a == 16 for a, b in itertools.pairwise(sizes[6:]))
+    assert len(sizes) == 37
+
+
+def test_the_largest_size_is_always_captured_and_nothing_above_it() -> None:
+    assert capture_sizes(20) == [1, 2, 4, 8, 16, 20]
+    assert capture_sizes(1) == [1]
+    assert capture_sizes(100, [64, 3, 3, 200]) == [3, 64, 100]
+
+
+def test_invalid_sizes_are_refused() -> None:
+    with pytest.raises(ValueError, match="graph_max_batch_size"):
+        capture_sizes(0)
+    with pytest.raises(ValueError, match=">= 1"):
+        capture_sizes(8, [0, 4])
+
+
+@pytest.mark.parametrize(
+    ("batch", "padded"), [(1, 1), (3, 4), (4, 4), (17, 24), (33, 48), (512, 512), (513, None)]
+)
+def test_a_batch_runs_in_the_smallest_graph_that_holds_it(batch: int, padded: int | None) -> None:
+    assert padded_batch_size(batch, capture_sizes(512)) == padded
+
+
+def test_backends_declare_graph_support_or_are_known_by_name() -> None:
+    class Declared:
+        name = "triton"
+        supports_cuda_graph = False
+
+    class Legacy:
+        name = "triton"
+
+    class Unknown:
+        name = "torch"
+
+    assert not supports_cuda_graph(Declared())
+    assert supports_cuda_graph(Legacy())
+    assert not supports_cuda_graph(Unknown())
+
+
+def _decode_meta(seq_lens: list[int], tables: list[list[int]], page_size: int) -> AttentionMetadata:
+    pos = [n - 1 for n in seq_lens]
+    slots = [
+        t[p // page_size] * page_size + p % page_size for t, p in zip(tables, pos, strict=True)
+    ]
+    return AttentionMetadata(
+        positions=torch.tensor(pos),
+        slot_mapping=torch.tensor(slots),
+        query_start_loc=torch.arange(len(seq_lens) + 1, dtype=torch.int32),
+        seq_lens=torch.tensor(seq_lens, dtype=torch.int32),
+        page_table=torch.tensor(tables, dtype=torch.int32),
+        page_size=page_size,
+        max_query_len=1,
+        max_seq_len=max(seq_lens),
+        is_decode=True,
+    )
+
+
+def test_fill_copies_the_rows_and_resets_padding_left_by_a_larger_step() -> None:
+    inputs = DecodeGraphInputs(max_batch=8, max_pages=4, page_size=2, device=torch.device("cpu"))
+    big = _decode_meta([5, 6, 3, 6], [[1, 2, 3], [4, 5, 6], [7, 8, 0], [9, 10, 11]], 2)
+    inputs.fill(torch.tensor([11, 12, 13, 14]), big, 4)
+    small = _decode_meta([3, 2], [[12, 13], [14, 0]], 2)
+    inputs.fill(torch.tensor([21, 22]), small, 4)
+    meta = inputs.meta(4)
+    assert inputs.input_ids[:4].tolist() == [21, 22, 0, 0]
+    assert meta.positions.tolist() == [2, 1, 0, 0]
+    assert meta.slot_mapping.tolist() == [13 * 2, 14 * 2 + 1, 0, 0]  # padding: slot 0 of page 0
+    assert meta.seq_lens.tolist() == [3, 2, 1, 1]
+    assert meta.page_table[:2, :2].tolist() == [[12, 13], [14, 0]]
+    assert meta.page_table[2:, 0].tolist() == [0, 0]  # the only page padding rows read
+    assert meta.query_start_loc.tolist() == [0, 1, 2, 3, 4]
+    assert (meta.is_decode, meta.max_query_len, meta.num_seqs) == (True, 1, 4)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_model(tmp_path_factory.mktemp("tiny"), seed=0)
+
+
+def test_padded_replay_gives_the_eager_logits_and_writes_only_real_slots(tiny: Path) -> None:
+    """Batch 3 runs in the graph of 4; the model itself stands in for the captured graph."""
+    runner = make_runner(tiny, torch.float32, page_size=2)
+    with torch.inference_mode():
+        assert runner.graphs is None  # never on the CPU
+        graphs = DecodeGraphRunner(
+            runner._decode_forward,
+            runner.decode_backend,
+            sizes=[1, 2, 4],
+            max_pages=16,
+            page_size=2,
+            device=runner.device,
+            capturer=eager_capturer,
+        )
+        graphs.capture()
+        alloc = PageAllocator(runner.num_pages, 2)
+        prompts = {"a": [5, 6, 7], "b": [30, 31, 32, 33, 34], "c": [100]}
+        runner.run_logits(batch(*[seq(alloc, r, p, 0) for r, p in prompts.items()]))
+        step = batch(*[seq(alloc, r, [40 + i], len(p)) for i, (r, p) in enumerate(prompts.items())])
+        inputs = runner.prepare(step)
+        assert graphs.can_run(inputs.input_ids, inputs.meta)
+        before = runner.kv_cache.clone()
+        eager = runner.model.compute_logits(runner.forward(inputs))
+        eager_cache, runner.kv_cache[:] = runner.kv_cache.clone(), before
+        hidden = graphs.run(inputs.input_ids, inputs.meta)  # 3 rows padded to 4
+        assert hidden.shape[0] == 3
+        torch.testing.assert_close(runner.model.compute_logits(hidden), eager, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(runner.kv_cache, eager_cache, atol=1e-5, rtol=1e-5)
+        changed = (runner.kv_cache != before).any(dim=2).any(dim=0).nonzero().flatten().tolist()
+        assert [s for s in changed if s >= 2] == sorted(inputs.meta.slot_mapping.tolist())
+        assert set(changed) - set(inputs.meta.slot_mapping.tolist()) <= {0}  # padding: page 0
+
+
+def test_steps_that_do_not_fit_are_left_to_the_eager_path(tiny: Path) -> None:
+    runner = make_runner(tiny, torch.float32, page_size=2)
+    graphs = DecodeGraphRunner(
+        runner._decode_forward,
+        runner.decode_backend,
+        sizes=[1, 2],
+        max_pages=2,
+        page_size=2,
+        device=runner.device,
+        capturer=eager_capturer,
+    )
+    graphs.capture()
+    alloc = PageAllocator(runner.num_pages, 2)
+    three = runner.prepare(batch(*[seq(alloc, f"r{i}", [1], 0) for i in range(3)]))
+    assert not graphs.can_run(three.input_ids, three.meta)
+    with pytest.raises(ValueError, match="no captured decode graph fits a batch of 3"):
+        graphs.run(three.input_ids, three.meta)
+    long = runner.prepare(batch(seq(alloc, "long", [1], 6)))  # 7 tokens: 4 pages > 2
+    assert not graphs.can_run(long.input_ids, long.meta)
+    prefill = runner.prepare(batch(seq(alloc, "p", [1, 2], 0)))
+    assert not graphs.can_run(prefill.input_ids, prefill.meta)

@@ -213,4 +213,29 @@ mod tests {
         let (_, mut d) = detok(false);
         assert_eq!(d.push(&[1_000_000, 104]).unwrap(), "h");
     }
+
+    proptest::proptest! {
+        #[test]
+        fn any_chunking_gives_the_full_text_without_broken_characters(
+            text in "[a-e 你好世界😀é!]{0,30}",
+            sizes in proptest::collection::vec(1usize..4, 1..40),
+        ) {
+            let (tok, mut d) = detok(false);
+            let ids = tok.encode(&text).unwrap();
+            let mut out = String::new();
+            let mut rest = ids.as_slice();
+            for size in sizes.iter().cycle() {
+                if rest.is_empty() {
+                    break;
+                }
+                let (chunk, tail) = rest.split_at((*size).min(rest.len()));
+                let piece = d.push(chunk).unwrap();
+                proptest::prop_assert!(!piece.contains(char::REPLACEMENT_CHARACTER), "broken character in {:?}", piece);
+                out.push_str(&piece);
+                rest = tail;
+            }
+            out.push_str(&d.finish().unwrap());
+            proptest::prop_assert_eq!(out, text);
+        }
+    }
 }

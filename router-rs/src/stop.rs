@@ -184,4 +184,38 @@ mod tests {
             }
         }
     }
+
+    /// The text before the earliest stop in the whole text, as a one-shot search finds it.
+    fn one_shot(stops: &[String], text: &str) -> (String, bool) {
+        let hit = stops
+            .iter()
+            .filter(|s| !s.is_empty())
+            .filter_map(|s| text.find(s.as_str()))
+            .min();
+        match hit {
+            Some(at) => (text[..at].to_string(), true),
+            None => (text.to_string(), false),
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn streaming_equals_one_shot_for_any_chunking(
+            text in "[ab<>/é]{0,40}",
+            stops in proptest::collection::vec("[ab<>/é]{0,4}", 0..4),
+            cuts in proptest::collection::vec(0usize..40, 0..8),
+        ) {
+            let mut bounds: Vec<usize> = cuts
+                .into_iter()
+                .map(|c| c.min(text.len()))
+                .filter(|&c| text.is_char_boundary(c))
+                .collect();
+            bounds.extend([0, text.len()]);
+            bounds.sort_unstable();
+            let chunks: Vec<&str> = bounds.windows(2).map(|w| &text[w[0]..w[1]]).collect();
+            let refs: Vec<&str> = stops.iter().map(String::as_str).collect();
+            let (out, stopped, _) = run(&refs, &chunks);
+            proptest::prop_assert_eq!((out, stopped), one_shot(&stops, &text));
+        }
+    }
 }

@@ -154,8 +154,8 @@ async fn reasoning_and_tool_calls_are_split_out_when_the_parsers_are_on() {
     );
     let finish = chunks
         .iter()
-        .filter_map(|c| c["choices"][0]["finish_reason"].as_str())
-        .last();
+        .rev()
+        .find_map(|c| c["choices"][0]["finish_reason"].as_str());
     assert_eq!(finish, Some("tool_calls"));
 }
 

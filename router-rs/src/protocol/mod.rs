@@ -32,12 +32,21 @@ impl ValidationError {
     }
 }
 
-/// Deserializes `T` from `body`, naming the field that has the wrong type on failure.
+/// Deserializes `T` from `body`, naming the field that is missing or has the wrong type.
 pub fn from_value<T: DeserializeOwned>(body: &Value) -> Result<T, ValidationError> {
     serde_path_to_error::deserialize(body).map_err(|err| {
         let path = err.path().to_string();
-        let param = if path == "." { String::new() } else { path };
-        ValidationError::new(param, err.into_inner().to_string())
+        let path = if path == "." { String::new() } else { path };
+        let message = err.into_inner().to_string();
+        let missing = message
+            .strip_prefix("missing field `")
+            .and_then(|rest| rest.split('`').next());
+        let param = match missing {
+            Some(field) if path.is_empty() => field.to_owned(),
+            Some(field) => format!("{path}.{field}"),
+            None => path,
+        };
+        ValidationError::new(param, message)
     })
 }
 

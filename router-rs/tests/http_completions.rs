@@ -1,0 +1,122 @@
+//! `/v1/completions`, `/generate` and `/generate_stream` through the real router.
+
+mod http_support;
+
+use http_support::{json_events, setup};
+use serde_json::{json, Value};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_completion_echoes_the_prompt_and_reports_offsets() {
+    let (model, worker, server) = setup(" world", 2, &[]).await;
+    let body = json!({"prompt": "hello", "echo": true, "logprobs": 1, "max_tokens": 10});
+    let (status, answer) = server.post("/v1/completions", body).await;
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer["id"].as_str().unwrap().starts_with("cmpl-"));
+    assert_eq!(answer["object"], "text_completion");
+    let choice = &answer["choices"][0];
+    assert_eq!(choice["text"], "hello world");
+    assert_eq!(choice["finish_reason"], "stop");
+    assert_eq!(worker.requests()[0].input_ids, model.encode("hello"));
+    let lp = &choice["logprobs"];
+    assert_eq!(lp["tokens"].as_array().unwrap().len(), 6);
+    assert_eq!(lp["text_offset"], json!([5, 6, 7, 8, 9, 10]));
+    assert_eq!(lp["token_logprobs"][0], -0.5);
+    assert_eq!(lp["top_logprobs"][0].as_object().unwrap().len(), 2);
+    assert_eq!(answer["usage"]["prompt_tokens"], 5);
+    assert_eq!(answer["usage"]["completion_tokens"], 6);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_list_of_token_id_prompts_gives_one_choice_per_prompt() {
+    let (_model, worker, server) = setup("x", 1, &[]).await;
+    let body = json!({"prompt": [[1, 2, 3], [4, 5]], "max_tokens": 1});
+    let (status, answer) = server.post("/v1/completions", body).await;
+    assert_eq!(status, 200, "{answer}");
+    let choices = answer["choices"].as_array().unwrap();
+    assert_eq!(choices.len(), 2);
+    assert_eq!(
+        (choices[0]["index"].clone(), choices[1]["index"].clone()),
+        (json!(0), json!(1))
+    );
+    let mut inputs: Vec<Vec<u32>> = worker.requests().into_iter().map(|r| r.input_ids).collect();
+    inputs.sort();
+    assert_eq!(inputs, vec![vec![1, 2, 3], vec![4, 5]]);
+    assert_eq!(answer["usage"]["prompt_tokens"], 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_completion_ends_with_the_reason_and_done() {
+    let (_model, _worker, server) = setup("abcdef", 2, &[]).await;
+    let body = json!({"prompt": "p", "stream": true, "max_tokens": 4});
+    let (status, events) = server.post_stream("/v1/completions", body).await;
+    assert_eq!(status, 200);
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+    let chunks = json_events(&events);
+    let text: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["text"].as_str())
+        .collect();
+    assert_eq!(text, "abcd");
+    assert_eq!(
+        chunks.last().unwrap()["choices"][0]["finish_reason"],
+        "length"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generate_answers_in_the_lightllm_shape() {
+    let (model, worker, server) = setup("généré", 1, &[]).await;
+    let body = json!({"inputs": "q", "parameters": {"max_new_tokens": 50, "return_details": true}});
+    let (status, answer) = server.post("/generate", body).await;
+    assert_eq!(status, 200, "{answer}");
+    let reply_len = model.encode("généré").len();
+    assert_eq!(answer["generated_text"], json!(["généré"]));
+    assert_eq!(answer["count_output_tokens"], reply_len);
+    assert_eq!(answer["finish_reason"], "stop");
+    assert_eq!(answer["prompt_tokens"], 1);
+    assert_eq!(
+        answer["details"]["tokens"].as_array().unwrap().len(),
+        reply_len
+    );
+    assert_eq!(
+        worker.requests()[0].temperature,
+        0.0,
+        "greedy without do_sample"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generate_stops_at_max_new_tokens_with_length() {
+    let (_model, _worker, server) = setup("abcdef", 2, &[]).await;
+    let body = json!({"inputs": [7, 8], "parameters": {"max_new_tokens": 3}});
+    let (status, answer) = server.post("/generate", body).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["generated_text"], json!(["abc"]));
+    assert_eq!(answer["finish_reason"], "length");
+    assert_eq!(answer["count_output_tokens"], 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generate_stream_sends_one_event_per_token_and_the_text_at_the_end() {
+    let (_model, _worker, server) = setup("ab😀", 2, &[]).await;
+    let body =
+        json!({"inputs": "q", "parameters": {"max_new_tokens": 20, "stop_sequences": ["zz"]}});
+    let (status, events) = server.post_stream("/generate_stream", body).await;
+    assert_eq!(status, 200);
+    assert!(!events.iter().any(|e| e == "[DONE]"));
+    let events: Vec<Value> = json_events(&events);
+    assert_eq!(events.len(), 6, "a, b and the four bytes of the emoji");
+    let text: String = events
+        .iter()
+        .filter_map(|e| e["token"]["text"].as_str())
+        .collect();
+    assert_eq!(text, "ab😀", "no token text splits a character");
+    let last = events.last().unwrap();
+    assert_eq!(last["finished"], true);
+    assert_eq!(last["finish_reason"], "stop");
+    assert_eq!(last["generated_text"], "ab😀");
+    assert_eq!(last["token"]["count_output_tokens"], 6);
+    assert!(events[..5]
+        .iter()
+        .all(|e| e["finished"] == false && e["generated_text"].is_null()));
+}

@@ -1,0 +1,252 @@
+//! Every client-visible failure: status, OpenAI error body and the field named in `param`.
+
+mod http_support;
+
+use http_support::{setup, setup_with, FakeWorker, ModelDir, Script, Server};
+use serde_json::{json, Value};
+
+fn user() -> Value {
+    json!([{"role": "user", "content": "hi"}])
+}
+
+fn assert_error(status: u16, body: &Value, want_status: u16, want_param: Option<&str>) {
+    assert_eq!(status, want_status, "{body}");
+    let err = &body["error"];
+    assert!(
+        err["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+    assert!(err["type"].is_string(), "{body}");
+    assert_eq!(err["code"], want_status, "{body}");
+    match want_param {
+        Some(p) => assert_eq!(err["param"], p, "{body}"),
+        None => assert!(err["param"].is_null(), "{body}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_json_and_non_object_bodies_are_400() {
+    let (_model, _worker, server) = setup("x", 1, &[]).await;
+    for raw in ["{\"messages\": [", "[1, 2]"] {
+        let r = server
+            .client
+            .post(format!("{}/v1/chat/completions", server.url))
+            .header("content-type", "application/json")
+            .body(raw)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let body: Value = r.json().await.unwrap();
+        assert_error(status, &body, 400, None);
+        assert_eq!(body["error"]["type"], "invalid_request_error");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_types_and_out_of_range_fields_are_400_naming_the_field() {
+    let (_model, worker, server) = setup("x", 1, &[]).await;
+    let cases = [
+        (
+            "/v1/chat/completions",
+            json!({"messages": user(), "temperature": "hot"}),
+            "temperature",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"messages": user(), "temperature": 3.0}),
+            "temperature",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"messages": user(), "top_p": 1.5}),
+            "top_p",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"messages": user(), "max_tokens": 0}),
+            "max_tokens",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"messages": user(), "max_tokens": -3}),
+            "max_tokens",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"messages": "hi"}),
+            "messages",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"messages": user(), "response_format": {"type": "xml"}}),
+            "response_format.type",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"messages": user(), "tool_choice": "required"}),
+            "tool_choice",
+        ),
+        ("/v1/completions", json!({"prompt": 5}), "prompt"),
+        ("/v1/completions", json!({"prompt": [999999]}), "prompt"),
+        ("/v1/completions", json!({"prompt": "x", "n": 0}), "n"),
+        (
+            "/generate",
+            json!({"inputs": "x", "parameters": {"do_sample": true, "top_k": -5}}),
+            "parameters.top_k",
+        ),
+        ("/generate", json!({"parameters": {}}), "inputs"),
+    ];
+    for (path, body, param) in cases {
+        let (status, answer) = server.post(path, body.clone()).await;
+        assert_eq!(status, 400, "{path} {body}: {answer}");
+        assert_error(status, &answer, 400, Some(param));
+    }
+    assert!(
+        worker.requests().is_empty(),
+        "nothing invalid reaches the worker"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prompts_over_max_req_total_len_are_400_and_max_tokens_is_capped_or_rejected() {
+    let model = ModelDir::create();
+    let worker = FakeWorker::start(Script::reply(model.encode("ok"), 1), 24);
+    let server = Server::start(&model, &worker.addr, &[], true).await;
+    let long = json!([{"role": "user", "content": "a much longer prompt than fits"}]);
+    let (status, body) = server
+        .post("/v1/chat/completions", json!({"messages": long}))
+        .await;
+    assert_error(status, &body, 400, Some("messages"));
+    let (status, body) = server
+        .post(
+            "/v1/completions",
+            json!({"prompt": "0123456789", "max_tokens": 20}),
+        )
+        .await;
+    assert_error(status, &body, 400, Some("max_tokens"));
+    let (status, body) = server
+        .post("/v1/completions", json!({"prompt": "0123456789"}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        worker.requests()[0].max_new_tokens,
+        14,
+        "capped to what fits"
+    );
+    let flag = ["--max-req-total-len", "12"];
+    let capped = Server::start(&model, &worker.addr, &flag, true).await;
+    let (status, body) = capped
+        .post("/generate", json!({"inputs": "0123456789abc"}))
+        .await;
+    assert_error(status, &body, 400, Some("inputs"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_routes_are_404_and_wrong_methods_405_in_json() {
+    let (_model, _worker, server) = setup("x", 1, &[]).await;
+    let r = server
+        .client
+        .get(format!("{}/v1/nothing", server.url))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    assert_error(status, &r.json().await.unwrap(), 404, None);
+    let r = server
+        .client
+        .get(format!("{}/v1/chat/completions", server.url))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    assert_error(status, &r.json().await.unwrap(), 405, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_over_max_body_bytes_are_413() {
+    let (_model, worker, server) = setup("x", 1, &["--max-body-bytes", "1000"]).await;
+    let big = "y".repeat(2000);
+    let (status, body) = server.post("/v1/completions", json!({"prompt": big})).await;
+    assert_error(status, &body, 413, None);
+    let (status, _) = server
+        .post(
+            "/v1/completions",
+            json!({"prompt": "small", "max_tokens": 1}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(worker.requests().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_ready_worker_health_and_requests_are_503() {
+    let model = ModelDir::create();
+    let silent = zmq::Context::new().socket(zmq::ROUTER).unwrap();
+    silent.bind("tcp://127.0.0.1:*").unwrap();
+    let addr = silent.get_last_endpoint().unwrap().unwrap();
+    let server = Server::start(&model, &addr, &[], false).await;
+    let r = server
+        .client
+        .get(format!("{}/health", server.url))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    assert_error(status, &r.json().await.unwrap(), 503, None);
+    let (status, body) = server
+        .post("/v1/chat/completions", json!({"messages": user()}))
+        .await;
+    assert_error(status, &body, 503, None);
+    let (status, body) = server.post("/generate", json!({"inputs": "x"})).await;
+    assert_error(status, &body, 503, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_errors_map_to_429_and_400() {
+    let full = |s: &mut Script| s.error = Some(glm47_router::wire::ErrorCode::QueueFull);
+    let (_model, _worker, server) = setup_with("x", &[], full).await;
+    let (status, body) = server
+        .post("/v1/chat/completions", json!({"messages": user()}))
+        .await;
+    assert_error(status, &body, 429, None);
+    let stream = json!({"messages": user(), "stream": true});
+    let (status, body) = server.post("/v1/chat/completions", stream).await;
+    assert_error(status, &body, 429, None);
+    let too_long = |s: &mut Script| s.error = Some(glm47_router::wire::ErrorCode::TooLong);
+    let (_model, _worker, server) = setup_with("x", &[], too_long).await;
+    let (status, body) = server.post("/generate", json!({"inputs": "x"})).await;
+    assert_error(status, &body, 400, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn models_and_metrics_describe_the_server() {
+    let (_model, _worker, server) = setup("ok", 1, &[]).await;
+    let (status, _) = server
+        .post("/v1/completions", json!({"prompt": "a", "max_tokens": 2}))
+        .await;
+    assert_eq!(status, 200);
+    let models: Value = server
+        .client
+        .get(format!("{}/v1/models", server.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(models["data"][0]["id"], "tiny-glm");
+    assert_eq!(models["data"][0]["max_model_len"], 4096);
+    let r = server
+        .client
+        .get(format!("{}/metrics", server.url))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain"));
+    let text = r.text().await.unwrap();
+    assert!(text.contains("/v1/completions"), "{text}");
+}

@@ -1,6 +1,6 @@
 """Kernel timings at the real GLM-4.7-Flash shapes against the ceilings measured in the same run.
 
-    python benchmarks/kernels.py [--only ceil,decode,prefill,moe,small,fa3] [--moe-sweep] [--json F]
+    python benchmarks/kernels.py [--only ceil,decode,prefill,moe,small,align,fa3] [--moe-sweep] [--json F]
 
 Every time is the median of `triton.testing.do_bench` (L2 flushed before each run, events around
 the call). Fractions are of the measured device-to-device copy bandwidth (memory-bound kernels) or
@@ -38,7 +38,7 @@ from glm47.kernels.mla_decode import (
     mla_decode,
 )
 from glm47.kernels.mla_prefill import mla_prefill, prefill_flops
-from glm47.kernels.moe_align import moe_align
+from glm47.kernels.moe_align import moe_align, moe_align_small, moe_align_torch
 from glm47.kernels.moe_config import MoeConfig, candidate_configs
 from glm47.kernels.rmsnorm import rmsnorm
 from glm47.kernels.rope import apply_rope_, rope_cos_sin
@@ -280,6 +280,29 @@ def gemm_only_row(x, w13, w2, wts, ids, cfg, shape, nbytes, flops, ceil) -> Row:
     return row("fused_moe", shape, f"gemms only {tag(cfg)}", time_ms(run), nbytes, flops, ceil)
 
 
+def bench_align(ceil: dict) -> list[Row]:
+    """The single-program alignment kernel against the torch version, from CUDA graphs."""
+    rows = []
+    for t in (64, 128, 256, 512):
+        ids = torch.rand((t, EXPERTS), device=DEV).topk(TOP_K, dim=1).indices.int()
+        ref = moe_align_torch(ids, EXPERTS, 32)
+        ms = graph_ms(moe_align_torch, [(ids, EXPERTS, 32)])
+        rows.append(row("moe_align", f"T={t} pairs={t * TOP_K}", "torch ops", ms, 0, 0, ceil))
+        for warps in (4, 8, 16):
+            try:
+                got = moe_align_small(ids, EXPERTS, 32, warps)
+                same = torch.equal(got.sorted_ids, ref.sorted_ids) and torch.equal(
+                    got.expert_ids, ref.expert_ids
+                )
+                ms = graph_ms(moe_align_small, [(ids, EXPERTS, 32, warps)])
+            except (triton.runtime.errors.OutOfResources, RuntimeError) as err:
+                print(f"moe_align_small T={t} warps={warps}: {type(err).__name__}: {err}")
+                continue
+            var = f"triton w{warps} {'equal' if same else 'DIFFERENT'}"
+            rows.append(row("moe_align", f"T={t} pairs={t * TOP_K}", var, ms, 0, 0, ceil))
+    return rows
+
+
 def bench_small(ceil: dict) -> list[Row]:
     t = 8192
     x = torch.randn((t, HIDDEN), dtype=BF16, device=DEV)
@@ -366,7 +389,7 @@ def best_rows(rows: list[Row]) -> list[Row]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--only", default="ceil,decode,prefill,moe,small,fa3")
+    ap.add_argument("--only", default="ceil,decode,prefill,moe,small,align,fa3")
     ap.add_argument("--moe-sweep", action="store_true", help="time every candidate MoE config")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
@@ -387,6 +410,8 @@ def main() -> None:
         rows += moe_rows
     if "small" in parts:
         rows += bench_small(ceil)
+    if "align" in parts:
+        rows += bench_align(ceil)
     if "fa3" in parts:
         rows += bench_fa3(ceil)
     if args.json:

@@ -125,14 +125,14 @@ def _mla_decode_merge_kernel(
 
 
 def default_num_splits(batch: int, num_sms: int = 132, max_seq_len: int | None = None) -> int:
-    """Slices per sequence so that every multiprocessor gets about one program.
+    """Slices per sequence so that the programs fill the multiprocessors in one wave.
 
     Depends on the batch size alone unless `max_seq_len` is given (then no slice is shorter than
     256 tokens), so a CUDA graph captured per batch size stays valid for any context length:
-    slices past a sequence's end return at once. (H100, 2026-11-25: one program per
-    multiprocessor beat two at batch 1, 32 and 256; see docs/gpu-notes.md.)
+    slices past a sequence's end return at once. (H100, 2026-11-25: one wave of at most one
+    program per multiprocessor beat two waves at batch 1, 32 and 256; see docs/gpu-notes.md.)
     """
-    splits = max(1, -(-num_sms // batch))
+    splits = max(1, num_sms // batch)
     if max_seq_len is not None:
         splits = min(splits, max(1, max_seq_len // 256))
     return int(min(splits, 64))

@@ -101,6 +101,7 @@ def moe_align_small(
     topk_ids: torch.Tensor,  # [T, top_k] int
     num_experts: int,
     block_m: int,
+    num_warps: int | None = None,
 ) -> MoeAlignment:
     """The single-program kernel: every pair and expert of the batch in one block."""
     num_pairs = topk_ids.numel()
@@ -114,7 +115,7 @@ def moe_align_small(
         flat, sorted_ids, expert_ids, num_padded, num_pairs, max_rows, max_rows // block_m,
         NUM_EXPERTS=num_experts, BLOCK_M=block_m, BLOCK_P=triton.next_power_of_2(num_pairs),
         BLOCK_E=triton.next_power_of_2(num_experts), BLOCK_FILL=256,
-        num_warps=4 if num_pairs <= 256 else 8,
+        num_warps=num_warps or (4 if num_pairs <= 256 else 8),
     )  # fmt: skip
     return MoeAlignment(sorted_ids, expert_ids, num_padded, block_m)
 

@@ -41,12 +41,22 @@ pub fn run_blocking(args: Vec<String>) -> anyhow::Result<()> {
 /// in one process) keeps the first subscriber.
 fn init_logging(level: &str) {
     let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(level))
+        .or_else(|_| EnvFilter::try_new(log_directive(level)))
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .try_init();
+}
+
+/// Accepts Python's level names too (`glm47 serve` passes one `--log-level` to both processes):
+/// `WARNING` means `warn`, `CRITICAL` and `FATAL` mean `error`; case does not matter.
+fn log_directive(level: &str) -> String {
+    match level.to_ascii_lowercase().as_str() {
+        "warning" => "warn".to_owned(),
+        "critical" | "fatal" => "error".to_owned(),
+        other => other.to_owned(),
+    }
 }
 
 /// Resolves on the first SIGINT or SIGTERM (or Ctrl-C where there are no Unix signals).
@@ -75,5 +85,29 @@ pub async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => tracing::info!("SIGINT received, shutting down"),
         () = terminate => tracing::info!("SIGTERM received, shutting down"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn python_level_names_become_tracing_levels() {
+        assert_eq!(log_directive("WARNING"), "warn");
+        assert_eq!(log_directive("CRITICAL"), "error");
+        assert_eq!(log_directive("Info"), "info");
+        assert_eq!(log_directive("glm47_router=debug"), "glm47_router=debug");
+        for level in ["DEBUG", "warning", "critical", "error", "trace"] {
+            assert!(EnvFilter::try_new(log_directive(level)).is_ok(), "{level}");
+        }
+    }
+
+    #[test]
+    fn help_returns_ok_and_a_bad_flag_is_a_usage_error() {
+        let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(run_blocking(args(&["glm47-router", "--version"])).is_ok());
+        let err = run_blocking(args(&["glm47-router", "--no-such-flag"])).expect_err("rejected");
+        assert!(err.is::<UsageError>());
     }
 }

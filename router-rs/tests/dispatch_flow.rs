@@ -190,3 +190,28 @@ async fn replicas_share_the_load_by_in_flight_count() {
         .collect();
     assert!(more.iter().all(|h| h.worker_addr() == w0.addr));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_round_trip_takes_far_less_than_the_idle_poll_period() {
+    let worker = FakeWorker::bind();
+    let (d, _) = start(vec![worker.addr.clone()], Duration::from_secs(30));
+    let id = worker.handshake("tiny");
+    wait_until("ready", || d.is_ready());
+    let rounds = 50;
+    let started = std::time::Instant::now();
+    for i in 0..rounds {
+        let mut handle = d.submit(request(&format!("rt{i}"))).expect("submitted");
+        let (_, reqs) = worker.recv_submit();
+        worker.step(
+            &id,
+            vec![output(&reqs[0].rid, vec![1], Some(FinishReason::Stop))],
+        );
+        assert!(matches!(
+            next_event(&mut handle).await,
+            Some(RequestEvent::Output(_))
+        ));
+    }
+    let mean = started.elapsed() / rounds;
+    // The I/O thread sleeps up to 50 ms here when idle; woken by events it answers at once.
+    assert!(mean < Duration::from_millis(10), "mean round trip {mean:?}");
+}

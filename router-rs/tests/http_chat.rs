@@ -197,3 +197,31 @@ async fn chat_logprobs_come_in_the_openai_shape() {
     assert_eq!(content[1]["top_logprobs"].as_array().unwrap().len(), 2);
     assert_eq!(content[1]["top_logprobs"][0]["token"], "b");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_leaving_mid_stream_aborts_its_worker_request() {
+    use futures::StreamExt;
+    let slow = |s: &mut http_support::Script| s.delay = std::time::Duration::from_millis(20);
+    let (_model, worker, server) = setup_with("a long answer that keeps going", &[], slow).await;
+    let body = json!({"messages": user("talk"), "stream": true});
+    let response = server
+        .client
+        .post(format!("{}/v1/chat/completions", server.url))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let mut bytes = response.bytes_stream();
+    let first = bytes.next().await.expect("a first chunk").unwrap();
+    assert!(String::from_utf8_lossy(&first).contains("chat.completion.chunk"));
+    drop(bytes);
+    let rid = worker.requests()[0].rid.clone();
+    for _ in 0..100 {
+        if worker.aborts.lock().unwrap().contains(&rid) {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("the worker request was not aborted after the client left");
+}

@@ -14,6 +14,7 @@ use super::run::{collect, drive, merge, start, ChoiceDelta, ChoiceStream};
 use super::{logprobs, sse, ApiError, AppState, JsonBody};
 use crate::protocol::completions::{Completion, CompletionChoice, CompletionRequest};
 use crate::protocol::openai::{random_id, unix_now, Usage};
+use crate::state::Collected;
 
 /// Fields every chunk and answer of one request repeats.
 #[derive(Clone)]
@@ -81,33 +82,42 @@ pub async fn completions(
         ))
     } else {
         let collected = collect(stream, echo.len()).await?;
-        let mut usage = Usage::new(prompt_tokens, 0, 0);
-        let choices = collected
-            .into_iter()
-            .zip(echo)
-            .zip(0u32..)
-            .map(|((c, echo), index)| {
-                if let Some(f) = c.finish {
-                    usage = add_choice(
-                        &usage,
-                        f.completion_tokens,
-                        (index % req.n == 0).then_some(f.cached_tokens),
-                    );
-                }
-                let mut offset = echo.len();
-                let logprobs = (req.sampling.logprobs >= 0)
-                    .then(|| logprobs::completion(&state.model.tokenizer, &c.tokens, &mut offset));
-                CompletionChoice {
-                    index,
-                    text: echo + &c.content,
-                    logprobs,
-                    finish_reason: c.finish.map(|f| f.reason),
-                }
-            })
-            .collect();
-        let answer = completion(&meta, choices, Some(Some(usage)));
+        let answer = answer(&state, &meta, &req, collected, echo, prompt_tokens);
         Ok(Json(answer).into_response())
     }
+}
+
+/// The non-streaming answer: choice `i` is `echo[i]` followed by its generated text.
+fn answer(
+    state: &AppState,
+    meta: &Meta,
+    req: &CompletionRequest,
+    collected: Vec<Collected>,
+    echo: Vec<String>,
+    prompt_tokens: u32,
+) -> Completion {
+    let mut usage = Usage::new(prompt_tokens, 0, 0);
+    let choices = collected
+        .into_iter()
+        .zip(echo)
+        .zip(0u32..)
+        .map(|((c, echo), index)| {
+            if let Some(f) = c.finish {
+                let cached = (index % req.n == 0).then_some(f.cached_tokens);
+                usage = add_choice(&usage, f.completion_tokens, cached);
+            }
+            let mut offset = echo.len();
+            let logprobs = (req.sampling.logprobs >= 0)
+                .then(|| logprobs::completion(&state.model.tokenizer, &c.tokens, &mut offset));
+            CompletionChoice {
+                index,
+                text: echo + &c.content,
+                logprobs,
+                finish_reason: c.finish.map(|f| f.reason),
+            }
+        })
+        .collect();
+    completion(meta, choices, Some(Some(usage)))
 }
 
 /// `usage` plus one finished choice (`cached` only for the first choice of each prompt).

@@ -1,0 +1,58 @@
+use super::*;
+use serde_json::json;
+
+#[test]
+fn text_parts_are_joined_and_arguments_parsed() {
+    let req = ChatRequest::from_json(&json!({"messages": [
+        {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]},
+        {"role": "assistant", "content": null, "tool_calls": [
+            {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{\"x\": 1}"}}]}
+    ]}))
+    .unwrap();
+    assert_eq!(req.messages[0]["content"], "ab");
+    assert_eq!(
+        req.messages[1]["tool_calls"][0]["function"]["arguments"]["x"],
+        1
+    );
+}
+
+#[test]
+fn tool_choice_none_drops_the_tools() {
+    let tools = json!([{"type": "function", "function": {"name": "f"}}]);
+    let req = ChatRequest::from_json(&json!({"messages": [{"role": "user", "content": "hi"}],
+        "tools": tools, "tool_choice": "none"}))
+    .unwrap();
+    assert!(req.tools.is_empty());
+}
+
+#[test]
+fn a_named_tool_choice_must_exist() {
+    let err = ChatRequest::from_json(&json!({"messages": [{"role": "user", "content": "hi"}],
+        "tools": [{"type": "function", "function": {"name": "f"}}],
+        "tool_choice": {"type": "function", "function": {"name": "g"}}}))
+    .unwrap_err();
+    assert_eq!(err.param, "tool_choice");
+}
+
+#[test]
+fn image_parts_and_unknown_formats_are_rejected() {
+    let img = json!({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]});
+    assert_eq!(
+        ChatRequest::from_json(&img).unwrap_err().param,
+        "messages[0].content[0]"
+    );
+    let fmt = json!({"messages": [{"role": "user", "content": "x"}],
+        "response_format": {"type": "yaml"}});
+    assert_eq!(
+        ChatRequest::from_json(&fmt).unwrap_err().param,
+        "response_format.type"
+    );
+}
+
+#[test]
+fn logprobs_turn_into_the_wire_count() {
+    let req = ChatRequest::from_json(&json!({"messages": [{"role": "user", "content": "x"}],
+        "logprobs": true, "top_logprobs": 3}))
+    .unwrap();
+    assert_eq!(req.sampling.logprobs, 3);
+}

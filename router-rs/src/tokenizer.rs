@@ -29,8 +29,9 @@ pub enum TokenizerError {
     /// `tokenizer.json` is missing or not a tokenizer the `tokenizers` crate understands.
     #[error("cannot load tokenizer {path}: {message}")]
     Load { path: PathBuf, message: String },
-    /// Neither `chat_template.jinja` nor a `chat_template` string in tokenizer_config.json.
-    #[error("no chat template in {dir}: expected chat_template.jinja or a \"chat_template\" string in tokenizer_config.json")]
+    /// Neither `chat_template.jinja` nor a `chat_template` in tokenizer_config.json (a string, or
+    /// a list of named templates with one named "default").
+    #[error("no chat template in {dir}: expected chat_template.jinja or a \"chat_template\" in tokenizer_config.json")]
     MissingChatTemplate { dir: PathBuf },
     /// A config field has a value of the wrong type (e.g. `eos_token_id: "x"`).
     #[error("{path}: field {field} is invalid: {message}")]
@@ -230,12 +231,21 @@ fn read_chat_template(
         return std::fs::read_to_string(&path)
             .map_err(|source| TokenizerError::Io { path, source });
     }
-    match tokenizer_config.and_then(|(_, json)| json.get("chat_template")) {
-        Some(Json::String(source)) => Ok(source.clone()),
-        _ => Err(TokenizerError::MissingChatTemplate {
+    // Either one template string or a list of `{"name", "template"}`, of which "default" is used.
+    let source = match tokenizer_config.and_then(|(_, json)| json.get("chat_template")) {
+        Some(Json::String(source)) => Some(source.as_str()),
+        Some(Json::Array(named)) => named
+            .iter()
+            .find(|t| t.get("name").and_then(Json::as_str) == Some("default"))
+            .and_then(|t| t.get("template"))
+            .and_then(Json::as_str),
+        _ => None,
+    };
+    source
+        .map(str::to_string)
+        .ok_or_else(|| TokenizerError::MissingChatTemplate {
             dir: dir.to_path_buf(),
-        }),
-    }
+        })
 }
 
 /// Reads an eos id field that may be an integer or a list of integers.

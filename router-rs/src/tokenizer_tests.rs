@@ -165,6 +165,18 @@ fn load_falls_back_to_tokenizer_config_for_template_and_eos() {
 }
 
 #[test]
+fn load_takes_the_default_of_named_templates() {
+    let dir = model_dir("named");
+    write(
+        &dir,
+        "tokenizer_config.json",
+        r#"{"chat_template": [{"name": "tool_use", "template": "A"}, {"name": "default", "template": "B"}]}"#,
+    );
+    write(&dir, "config.json", r#"{"eos_token_id": 261}"#);
+    assert_eq!(ModelFiles::load(&dir).unwrap().chat_template, "B");
+}
+
+#[test]
 fn load_uses_config_eos_when_generation_config_has_none() {
     let dir = model_dir("config-eos");
     write(&dir, "chat_template.jinja", "T");

@@ -1,0 +1,293 @@
+"""Whole-model timings on the GPU with dummy weights of the real GLM-4.7-Flash shapes.
+
+Decode: one step (CUDA-graph replay of the forward plus lm_head on every row) at each batch size,
+every sequence with `--context` cached tokens of random latents; median of `--iters` steps timed
+with CUDA events. Next to it the byte floor of a step: always-read weights + the routed experts the
+batch touches (expected distinct experts per MoE layer with uniform routing: E(1 - (1 - k/E)^B))
++ the embedding rows + the cached latents read (B x context x 576 x 2 bytes x layers), over the
+device-to-device copy bandwidth measured in the same run.
+
+Prefill: one `--prefill-tokens` chunk of a fresh prompt, per available prefill backend, next to its
+FLOP floor: 2 x active matmul parameters x tokens + causal attention in the expanded form
+(2 x heads x pairs x (qk + v head dims) per layer), over the bf16 matmul rate measured here.
+
+The model is the real config without the MTP layer (not used by plain decoding). The KV pool holds
+what memory leaves: when B x context exceeds it, sequences share page sets (column kv_sets), which
+lets some KV reads hit L2 and flatters those rows.
+
+    python3 benchmarks/model_bench.py [--batches 1,8,32,128,256,512] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_model import GLM47_FLASH_CONFIG
+
+from glm47.worker.attention.base import create_backend
+from glm47.worker.attention.select import unavailable_reason
+from glm47.worker.batch import ScheduledBatch, ScheduledSeq
+from glm47.worker.model.config import ModelConfig
+from glm47.worker.runner import ModelRunner
+
+PAGE_SIZE = 16
+
+
+@dataclass
+class Ceilings:
+    copy_bytes_per_s: float  # bytes read + written per second, 1 GiB device-to-device copy
+    matmul_flops_per_s: float  # 8192^3 bf16 matmul on random data
+
+
+@dataclass
+class DecodeRow:
+    batch: int
+    step_ms: float
+    floor_ms: float
+    tok_per_s: float
+    prepare_ms: float  # host-side batch layout (runner.prepare), not in step_ms
+    kv_sets: int  # distinct page sets among the batch's sequences
+    graphed: bool
+
+
+@dataclass
+class PrefillRow:
+    backend: str
+    ms: float
+    floor_ms: float
+    tok_per_s: float
+
+
+def time_cuda(fn: Callable[[], object], iters: int, warmup: int = 3) -> float:
+    """Median milliseconds of `fn` over `iters` runs, CUDA events around each."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(iters):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def measure_ceilings() -> Ceilings:
+    src = torch.randn(2**29, dtype=torch.bfloat16, device="cuda")  # 1 GiB
+    dst = torch.empty_like(src)
+    copy_ms = time_cuda(lambda: dst.copy_(src), iters=10)
+    a = torch.randn(8192, 8192, dtype=torch.bfloat16, device="cuda")
+    b = torch.randn(8192, 8192, dtype=torch.bfloat16, device="cuda")
+    mm_ms = time_cuda(lambda: a @ b, iters=10)
+    return Ceilings(2 * 2**30 / (copy_ms / 1e3), 2 * 8192**3 / (mm_ms / 1e3))
+
+
+def model_config() -> ModelConfig:
+    raw = dict(GLM47_FLASH_CONFIG)
+    raw["num_nextn_predict_layers"] = 0
+    return ModelConfig.from_dict(raw)
+
+
+@dataclass(frozen=True)
+class WeightBytes:
+    always: int  # read every step whatever the batch: all but embeddings and routed experts
+    embed_row: int  # one embedding row
+    expert: int  # one routed expert (gate, up, down)
+    active_params: int  # matmul parameters per token: always-read minus lm_head, plus k experts
+
+
+def weight_bytes(runner: ModelRunner) -> WeightBytes:
+    cfg = runner.cfg
+    always = always_params = lm_head = embed_row = routed = routed_params = 0
+    for name, p in runner.model.named_parameters():
+        size = p.numel() * p.element_size()
+        if name.endswith((".w13", ".w2")):  # [E, ...] fused routed experts of one layer
+            routed += size
+            routed_params += p.numel()
+        elif name.endswith("embed_tokens.weight"):
+            embed_row = size // p.shape[0]
+        else:
+            always += size
+            always_params += p.numel()
+            if name.endswith("lm_head.weight"):
+                lm_head = p.numel()
+    moe_layers = sum(cfg.is_moe_layer(i) for i in range(cfg.num_hidden_layers))
+    e, k = cfg.n_routed_experts, cfg.num_experts_per_tok
+    active = always_params - lm_head + k * routed_params // e
+    return WeightBytes(always, embed_row, routed // (e * moe_layers), active)
+
+
+def decode_floor_ms(
+    runner: ModelRunner, w: WeightBytes, batch: int, context: int, bw: float
+) -> float:
+    cfg = runner.cfg
+    e, k = cfg.n_routed_experts, cfg.num_experts_per_tok
+    moe_layers = sum(cfg.is_moe_layer(i) for i in range(cfg.num_hidden_layers))
+    experts = e * (1.0 - (1.0 - k / e) ** batch) * moe_layers
+    kv = batch * context * cfg.kv_cache_dim * runner.kv_cache.element_size() * cfg.num_hidden_layers
+    total = w.always + batch * w.embed_row + experts * w.expert + kv
+    return total / bw * 1e3
+
+
+def prefill_floor_ms(runner: ModelRunner, w: WeightBytes, tokens: int, flops: float) -> float:
+    cfg = runner.cfg
+    pairs = tokens * (tokens + 1) // 2
+    attn = 2 * cfg.num_attention_heads * pairs * (cfg.qk_head_dim + cfg.v_head_dim)
+    total = 2 * w.active_params * tokens + attn * cfg.num_hidden_layers
+    return total / flops * 1e3
+
+
+def build_runner(batches: list[int], context: int) -> ModelRunner:
+    """Dummy weights on the GPU, the KV pool from what memory leaves, graphs at `batches`."""
+    return ModelRunner(
+        model_config(),
+        None,
+        device="cuda",
+        dtype=torch.bfloat16,
+        page_size=PAGE_SIZE,
+        load_format="dummy",
+        prefill_backend="triton",
+        decode_backend="triton",
+        graph_max_batch_size=max(batches),
+        graph_batch_sizes=batches,
+        max_req_total_len=context + PAGE_SIZE,
+    )
+
+
+def decode_batch(runner: ModelRunner, batch: int, context: int) -> tuple[ScheduledBatch, int]:
+    """`batch` sequences at position `context`; page set i % kv_sets (page 0 is padding)."""
+    pages = -(-(context + 1) // PAGE_SIZE)
+    kv_sets = max(1, min(batch, (runner.num_pages - 1) // pages))
+    gen = torch.Generator().manual_seed(batch)
+    ids = torch.randint(0, runner.cfg.vocab_size, (batch,), generator=gen).tolist()
+    seqs = []
+    for i in range(batch):
+        first = 1 + (i % kv_sets) * pages
+        table = list(range(first, first + pages))
+        seqs.append(ScheduledSeq(f"d{i}", [ids[i]], context, table, sample=True))
+    return ScheduledBatch(seqs), kv_sets
+
+
+@torch.inference_mode()
+def run_decode(
+    runner: ModelRunner, w: WeightBytes, ceil: Ceilings, batch: int, context: int, iters: int
+) -> DecodeRow:
+    step, kv_sets = decode_batch(runner, batch, context)
+    start = time.perf_counter()
+    inputs = runner.prepare(step)
+    prepare_ms = (time.perf_counter() - start) * 1e3
+    graphed = runner.graphs is not None and runner.graphs.can_run(inputs.input_ids, inputs.meta)
+
+    def one_step() -> torch.Tensor:
+        hidden = runner.forward(inputs)
+        return runner.model.compute_logits(hidden[inputs.sample_rows])
+
+    ms = time_cuda(one_step, iters)
+    floor = decode_floor_ms(runner, w, batch, context, ceil.copy_bytes_per_s)
+    return DecodeRow(batch, ms, floor, batch / ms * 1e3, prepare_ms, kv_sets, graphed)
+
+
+@torch.inference_mode()
+def run_prefill(
+    runner: ModelRunner, w: WeightBytes, ceil: Ceilings, backend: str, tokens: int
+) -> PrefillRow:
+    runner.prefill_backend = create_backend(backend)
+    gen = torch.Generator().manual_seed(tokens)
+    ids = torch.randint(0, runner.cfg.vocab_size, (tokens,), generator=gen).tolist()
+    table = list(range(1, 1 + -(-tokens // PAGE_SIZE)))
+    inputs = runner.prepare(ScheduledBatch([ScheduledSeq("p", ids, 0, table, sample=True)]))
+
+    def one_chunk() -> torch.Tensor:
+        hidden = runner.forward(inputs)
+        return runner.model.compute_logits(hidden[inputs.sample_rows])
+
+    ms = time_cuda(one_chunk, iters=3, warmup=1)
+    floor = prefill_floor_ms(runner, w, tokens, ceil.matmul_flops_per_s)
+    return PrefillRow(backend, ms, floor, tokens / ms * 1e3)
+
+
+def print_tables(
+    ceil: Ceilings, decode: list[DecodeRow], prefill: list[PrefillRow], args: argparse.Namespace
+) -> None:
+    print(f"\n== model bench: {torch.cuda.get_device_name()}, dummy weights, real shapes, no MTP")
+    print(
+        f"ceilings measured here: copy {ceil.copy_bytes_per_s / 1e12:.2f} TB/s, "
+        f"bf16 matmul {ceil.matmul_flops_per_s / 1e12:.0f} TFLOP/s"
+    )
+    print(f"decode, context {args.context}, step = forward + lm_head (median of {args.iters})")
+    print(f"{'batch':>6} {'step ms':>8} {'floor ms':>9} {'ratio':>6} {'tok/s':>8} "
+          f"{'prep ms':>8} {'kv_sets':>7} graph")  # fmt: skip
+    for r in decode:
+        print(f"{r.batch:>6} {r.step_ms:>8.2f} {r.floor_ms:>9.2f} {r.step_ms / r.floor_ms:>6.2f} "
+              f"{r.tok_per_s:>8.0f} {r.prepare_ms:>8.1f} {r.kv_sets:>7} {r.graphed}")  # fmt: skip
+    print(f"prefill, one chunk of {args.prefill_tokens} tokens")
+    print(f"{'backend':>8} {'ms':>8} {'floor ms':>9} {'ratio':>6} {'tok/s':>8}")
+    for p in prefill:
+        print(f"{p.backend:>8} {p.ms:>8.1f} {p.floor_ms:>9.1f} {p.ms / p.floor_ms:>6.2f} "
+              f"{p.tok_per_s:>8.0f}")  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--batches", default="1,8,32,128,256,512")
+    parser.add_argument("--context", type=int, default=1024)
+    parser.add_argument("--prefill-tokens", type=int, default=8192)
+    parser.add_argument("--iters", type=int, default=20)
+    parser.add_argument("--budget-s", type=float, default=280.0, help="skip what would start later")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    t0 = time.perf_counter()
+    batches = sorted(int(b) for b in args.batches.split(","))
+    ceil = measure_ceilings()
+    runner = build_runner(batches, args.context)
+    print(f"model built and graphs captured in {time.perf_counter() - t0:.0f} s; "
+          f"KV pool {runner.num_pages} pages of {PAGE_SIZE}")  # fmt: skip
+    with torch.inference_mode():
+        runner.kv_cache.normal_()  # random latents: timing on zeros hides work
+    w = weight_bytes(runner)
+    decode: list[DecodeRow] = []
+    prefill: list[PrefillRow] = []
+
+    def save() -> None:
+        if args.json is not None:
+            data = {"ceilings": asdict(ceil), "weights": asdict(w), "args": vars(args) | {"json": str(args.json)},
+                    "decode": [asdict(r) for r in decode], "prefill": [asdict(p) for p in prefill]}  # fmt: skip
+            args.json.write_text(json.dumps(data, indent=2))
+
+    for batch in batches:
+        if time.perf_counter() - t0 > args.budget_s:
+            print(f"decode batch {batch}: skipped, over the time budget")
+            continue
+        try:
+            decode.append(run_decode(runner, w, ceil, batch, args.context, args.iters))
+        except RuntimeError as err:  # out of memory included: the other sizes still run
+            print(f"decode batch {batch}: failed: {err}")
+            continue
+        print(f"decode batch {batch}: {decode[-1].step_ms:.2f} ms", flush=True)
+        save()
+    for backend in ("triton", "fa3"):
+        reason = unavailable_reason(backend, runner.device)
+        if reason is not None or time.perf_counter() - t0 > args.budget_s:
+            print(f"prefill {backend}: skipped ({reason or 'over the time budget'})")
+            continue
+        try:
+            prefill.append(run_prefill(runner, w, ceil, backend, args.prefill_tokens))
+        except (RuntimeError, ValueError) as err:
+            print(f"prefill {backend}: failed: {err}")
+        save()
+    print_tables(ceil, decode, prefill, args)
+
+
+if __name__ == "__main__":
+    main()

@@ -19,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-SMALL_MAX_PAIRS = 256  # routed pairs up to which the single-program kernel is used
+SMALL_MAX_PAIRS = 512  # routed pairs up to which the single-program kernel is used
 
 
 @dataclass(frozen=True)
@@ -103,8 +103,16 @@ def moe_align_small(
     block_m: int,
     num_warps: int | None = None,
 ) -> MoeAlignment:
-    """The single-program kernel: every pair and expert of the batch in one block."""
+    """The single-program kernel: every pair and expert of the batch in one block.
+
+    Up to SMALL_MAX_PAIRS pairs and 256 experts: at 1024 pairs x 64 experts its scan needs 256 KB of
+    shared memory, more than an H100 has (measured 2026-11-25).
+    """
     num_pairs = topk_ids.numel()
+    if not 0 < num_pairs <= SMALL_MAX_PAIRS or num_experts > 256:
+        raise ValueError(
+            f"{num_pairs} pairs / {num_experts} experts exceed the single-program kernel"
+        )
     dev = topk_ids.device
     flat = topk_ids.reshape(-1).to(torch.int32)  # [P]
     max_rows = max_padded_rows(num_pairs, num_experts, block_m)
@@ -115,7 +123,7 @@ def moe_align_small(
         flat, sorted_ids, expert_ids, num_padded, num_pairs, max_rows, max_rows // block_m,
         NUM_EXPERTS=num_experts, BLOCK_M=block_m, BLOCK_P=triton.next_power_of_2(num_pairs),
         BLOCK_E=triton.next_power_of_2(num_experts), BLOCK_FILL=256,
-        num_warps=num_warps or (4 if num_pairs <= 256 else 8),
+        num_warps=num_warps or 8,
     )  # fmt: skip
     return MoeAlignment(sorted_ids, expert_ids, num_padded, block_m)
 

@@ -72,8 +72,12 @@ def test_fused_experts_rejects_wrong_weight_dtype(device: str) -> None:
         fused_experts(x, w13, w2, weights, ids, default_config(2, 4, 2))
 
 
+ALIGN_CASES = [(1, 64, 4, 16), (13, 6, 3, 4), (64, 64, 4, 32)]
+GPU_ALIGN_CASES = [(128, 64, 4, 32), (100, 64, 4, 16)]  # up to the kernel's 512-pair limit
+
+
 @pytest.mark.parametrize(
-    ("t", "e", "k", "block_m"), [(1, 64, 4, 16), (13, 6, 3, 4), (64, 64, 4, 32)]
+    ("t", "e", "k", "block_m"), ALIGN_CASES + (GPU_ALIGN_CASES if ON_GPU else [])
 )
 def test_moe_align_kernel_equals_torch_version(
     t: int, e: int, k: int, block_m: int, device: str
@@ -84,3 +88,10 @@ def test_moe_align_kernel_equals_torch_version(
     assert torch.equal(small.num_padded, ref.num_padded)
     assert torch.equal(small.sorted_ids, ref.sorted_ids)
     assert torch.equal(small.expert_ids, ref.expert_ids)
+
+
+def test_moe_align_small_rejects_batches_past_its_limit(device: str) -> None:
+    _, ids = random_routing(129, 64, 4, device)
+    with pytest.raises(ValueError, match="single-program"):
+        moe_align_small(ids, 64, 16)
+    assert int(moe_align(ids, 64, 16).num_padded) % 16 == 0

@@ -120,3 +120,11 @@ async fn generate_stream_sends_one_event_per_token_and_the_text_at_the_end() {
         .iter()
         .all(|e| e["finished"] == false && e["generated_text"].is_null()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_completion_without_max_tokens_gets_sixteen() {
+    let (_model, worker, server) = setup("x", 1, &[]).await;
+    let (status, answer) = server.post("/v1/completions", json!({"prompt": "p"})).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(worker.requests()[0].max_new_tokens, 16);
+}

@@ -12,7 +12,9 @@ use super::prepare::{
 };
 use super::run::{collect, drive, merge, start, ChoiceDelta, ChoiceStream};
 use super::{logprobs, sse, ApiError, AppState, JsonBody};
-use crate::protocol::completions::{Completion, CompletionChoice, CompletionRequest};
+use crate::protocol::completions::{
+    Completion, CompletionChoice, CompletionRequest, DEFAULT_MAX_TOKENS,
+};
 use crate::protocol::openai::{random_id, unix_now, Usage};
 use crate::state::Collected;
 
@@ -31,18 +33,14 @@ pub async fn completions(
     let req = CompletionRequest::from_json(&body)?;
     let worker = ready_worker(&state)?;
     let prompts = prompt_ids(&state, req.prompts.clone(), "prompt").await?;
+    let requested = req.sampling.max_new_tokens;
     let budgets = prompts
         .iter()
         .map(|ids| {
-            max_new_tokens(
-                &state,
-                &worker,
-                ids.len(),
-                req.sampling.max_new_tokens,
-                "prompt",
-            )
+            let room = max_new_tokens(&state, &worker, ids.len(), requested, "prompt")?;
+            Ok(requested.map_or(room.min(DEFAULT_MAX_TOKENS), |_| room))
         })
-        .collect::<Result<Vec<_>, _>>()?;
+        .collect::<Result<Vec<_>, ApiError>>()?;
     let mut echoes = Vec::new();
     if req.echo {
         for ids in &prompts {

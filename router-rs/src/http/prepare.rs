@@ -206,7 +206,10 @@ pub fn chat_pipeline(state: &AppState, req: &ChatRequest, prompt: &ChatPrompt) -
     }
     if state.options.tool_call_parser.is_some() && !req.tools.is_empty() {
         let prefix = prompt.tool_prefix.as_deref().unwrap_or("");
-        pipeline = pipeline.with_tools(Glm47ToolParser::with_prefix(&req.tools, prefix));
+        pipeline = pipeline.with_tools(
+            Glm47ToolParser::with_prefix(&req.tools, prefix),
+            req.parallel_tool_calls,
+        );
     }
     pipeline
 }

@@ -7,6 +7,9 @@ use super::openai::{CompletionLogprobs, FinishReason, Usage};
 use super::sampling::{OpenAiSampling, SamplingParams};
 use super::{check_range, from_value, token_ids, ValidationError};
 
+/// Output budget of a completion when `max_tokens` is not given (OpenAI's default).
+pub const DEFAULT_MAX_TOKENS: u32 = 16;
+
 /// One prompt: text to tokenize, or token ids to send as they are.
 #[derive(Debug, Clone, PartialEq)]
 pub enum PromptInput {

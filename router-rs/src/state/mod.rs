@@ -73,6 +73,8 @@ pub struct Pipeline {
     stop: Box<dyn StopStrings>,
     reasoning: Option<Glm45ReasoningParser>,
     tools: Option<Glm47ToolParser>,
+    /// Only the first tool call is returned (`parallel_tool_calls: false`).
+    single_call: bool,
     prompt_tokens: u32,
     cached_tokens: u32,
     completion_tokens: u32,
@@ -94,6 +96,7 @@ impl Pipeline {
             stop,
             reasoning: None,
             tools: None,
+            single_call: false,
             prompt_tokens: 0,
             cached_tokens: 0,
             completion_tokens: 0,
@@ -108,9 +111,11 @@ impl Pipeline {
         self
     }
 
-    /// Parses tool calls out of the answer text.
-    pub fn with_tools(mut self, parser: Glm47ToolParser) -> Self {
+    /// Parses tool calls out of the answer text; with `parallel` false, calls after the first
+    /// are dropped.
+    pub fn with_tools(mut self, parser: Glm47ToolParser, parallel: bool) -> Self {
         self.tools = Some(parser);
+        self.single_call = !parallel;
         self
     }
 
@@ -221,6 +226,7 @@ impl Pipeline {
         for event in events {
             match event {
                 ToolEvent::Content(text) => answer.push_str(&text),
+                ToolEvent::Call { index, .. } if self.single_call && index > 0 => {}
                 ToolEvent::Call {
                     index,
                     id,

@@ -139,7 +139,7 @@ fn reasoning_then_tool_calls_are_split_and_finish_as_tool_calls() {
     ];
     let p = pipeline("\u{1}")
         .with_reasoning(Glm45ReasoningParser::new(true))
-        .with_tools(Glm47ToolParser::new(&tools));
+        .with_tools(Glm47ToolParser::new(&tools), true);
     let got = run(
         p,
         &[
@@ -158,5 +158,19 @@ fn reasoning_then_tool_calls_are_split_and_finish_as_tool_calls() {
     let args: serde_json::Value = serde_json::from_str(&got.tool_calls[0].2).expect("json");
     assert_eq!(args, json!({"city": "Paris"}));
     assert!(got.tool_calls[0].0.starts_with("call_"));
+    assert_eq!(got.finish.map(|f| f.reason), Some(FinishReason::ToolCalls));
+}
+
+#[test]
+fn without_parallel_tool_calls_only_the_first_call_is_returned() {
+    let tools = [json!({"type": "function", "function": {"name": "f"}})];
+    let p = pipeline("\u{1}").with_tools(Glm47ToolParser::new(&tools), false);
+    let call = "<tool_call>f<arg_key>a</arg_key><arg_value>1</arg_value></tool_call>";
+    let got = run(
+        p,
+        &[(&format!("{call}{call}"), Some(wire::FinishReason::Stop))],
+    );
+    assert_eq!(got.tool_calls.len(), 1);
+    assert_eq!(got.tool_calls[0].1, "f");
     assert_eq!(got.finish.map(|f| f.reason), Some(FinishReason::ToolCalls));
 }

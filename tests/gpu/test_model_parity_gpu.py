@@ -1,5 +1,5 @@
 """The worker on the GPU against transformers' Glm4MoeLiteForCausalLM (fp32 on the same bf16
-weights): real layer widths, 3 layers, 4096-token vocabulary, bf16. A session prefills three
+weights): real layer widths, 3 layers, 4096-token vocabulary, bf16. A session prefills six
 prompts (one of them in two chunks, the second chunk batched with the others' decode tokens) and
 then decodes four teacher-forced tokens."""
 
@@ -23,7 +23,7 @@ from tests.gpu.harness import (
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 ROW_TOL = 0.05  # max |ours - ref| / max |ref| per row; a wrong kernel gives O(1)
-SESSION = Session.random([150, 60, 33], steps=4, vocab=4096, seed=0)
+SESSION = Session.random([150, 60, 33, 97, 12, 201], steps=4, vocab=4096, seed=0)
 SPLIT = 100
 
 

@@ -73,9 +73,8 @@ class FlashInferMLABackend:
         self._workspace: torch.Tensor | None = None
         self._shape: PlanShape | None = None
         self._eager: Any = None
-        self._graph_wrappers: dict[
-            int, tuple[Any, AttentionMetadata]
-        ] = {}  # batch -> (wrapper, meta)
+        # captured batch size -> (its wrapper, the graph's static metadata)
+        self._graph_wrappers: dict[int, tuple[Any, AttentionMetadata]] = {}
         self._planned: tuple[AttentionMetadata, Any] | None = None
         self._graph_indices: torch.Tensor | None = None
 

@@ -238,3 +238,10 @@ def test_bad_tool_arguments_raise_value_error(native_tokenizer: Any) -> None:
 def test_messages_must_be_a_list(native_tokenizer: Any) -> None:
     with pytest.raises(ValueError, match="messages must be a list"):
         native_tokenizer.apply_chat_template({"role": "user", "content": "hi"})
+
+
+def test_values_json_cannot_hold_raise_value_error(native_tokenizer: Any) -> None:
+    with pytest.raises(ValueError, match="not JSON data"):
+        native_tokenizer.apply_chat_template([{"role": "user", "content": {1, 2}}])
+    with pytest.raises(ValueError, match="not JSON data"):
+        native_tokenizer.apply_chat_template([{"role": "user", "content": float("nan")}])

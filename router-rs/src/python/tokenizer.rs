@@ -14,15 +14,17 @@ fn value_error(e: impl std::fmt::Display) -> PyErr {
 }
 
 /// Converts a Python object (lists, dicts, strings, numbers) to JSON through Python's `json`
-/// module, so key order and exact integers survive.
+/// module, so key order and exact integers survive; anything JSON cannot hold (sets, NaN) is a
+/// ValueError.
 fn to_json(py: Python<'_>, obj: &Bound<'_, PyAny>) -> PyResult<serde_json::Value> {
     let kwargs = PyDict::new(py);
     kwargs.set_item("ensure_ascii", false)?;
     let text: String = py
         .import("json")?
-        .call_method("dumps", (obj,), Some(&kwargs))?
-        .extract()?;
-    serde_json::from_str(&text).map_err(value_error)
+        .call_method("dumps", (obj,), Some(&kwargs))
+        .and_then(|text| text.extract())
+        .map_err(|e| value_error(format!("not JSON data: {e}")))?;
+    serde_json::from_str(&text).map_err(|e| value_error(format!("not JSON data: {e}")))
 }
 
 /// The tokenizer and chat template of a model directory.

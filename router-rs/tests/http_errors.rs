@@ -125,6 +125,9 @@ async fn prompts_over_max_req_total_len_are_400_and_max_tokens_is_capped_or_reje
         )
         .await;
     assert_error(status, &body, 400, Some("max_tokens"));
+    let short = json!({"messages": user(), "max_completion_tokens": 100});
+    let (status, body) = server.post("/v1/chat/completions", short).await;
+    assert_error(status, &body, 400, Some("max_completion_tokens"));
     let (status, body) = server
         .post("/v1/completions", json!({"prompt": "0123456789"}))
         .await;

@@ -31,13 +31,7 @@ pub async fn chat(
     let req = ChatRequest::from_json(&body)?;
     let worker = ready_worker(&state)?;
     let prompt = chat_prompt(&state, &req).await?;
-    let max_new = max_new_tokens(
-        &state,
-        &worker,
-        prompt.ids.len(),
-        req.sampling.max_new_tokens,
-        "messages",
-    )?;
+    let max_new = max_new_tokens(&state, &worker, prompt.ids.len(), &req.sampling, "messages")?;
     let handles = state.dispatcher.submit_many(wire_requests(
         &state,
         &prompt.ids,
@@ -52,7 +46,7 @@ pub async fn chat(
     let meta = Meta {
         id: random_id("chatcmpl-"),
         created: unix_now(),
-        model: req.model.clone().unwrap_or_else(|| state.model_name()),
+        model: state.model_name(),
     };
     if req.stream {
         let stream = start(stream).await?;

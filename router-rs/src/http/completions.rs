@@ -37,7 +37,7 @@ pub async fn completions(
     let budgets = prompts
         .iter()
         .map(|ids| {
-            let room = max_new_tokens(&state, &worker, ids.len(), requested, "prompt")?;
+            let room = max_new_tokens(&state, &worker, ids.len(), &req.sampling, "prompt")?;
             Ok(requested.map_or(room.min(DEFAULT_MAX_TOKENS), |_| room))
         })
         .collect::<Result<Vec<_>, ApiError>>()?;
@@ -70,7 +70,7 @@ pub async fn completions(
     let meta = Meta {
         id: random_id("cmpl-"),
         created: unix_now(),
-        model: req.model.clone().unwrap_or_else(|| state.model_name()),
+        model: state.model_name(),
     };
     if req.stream {
         let stream = start(stream).await?;

@@ -24,13 +24,7 @@ async fn submit(
     let worker = ready_worker(state)?;
     let mut prompts = prompt_ids(state, vec![req.input.clone()], "inputs").await?;
     let ids = prompts.pop().unwrap_or_default();
-    let budget = max_new_tokens(
-        state,
-        &worker,
-        ids.len(),
-        req.sampling.max_new_tokens,
-        "inputs",
-    )?;
+    let budget = max_new_tokens(state, &worker, ids.len(), &req.sampling, "inputs")?;
     let handles =
         state
             .dispatcher

@@ -124,9 +124,10 @@ pub fn max_new_tokens(
     state: &AppState,
     worker: &WorkerInfo,
     prompt_len: usize,
-    requested: Option<u32>,
+    sampling: &SamplingParams,
     param: &str,
 ) -> Result<u32, ApiError> {
+    let (requested, max_param) = (sampling.max_new_tokens, sampling.max_new_tokens_param);
     let limit = state
         .options
         .max_req_total_len
@@ -146,7 +147,7 @@ pub fn max_new_tokens(
         None => Ok(room),
         Some(n) if n <= room => Ok(n),
         Some(n) => Err(ValidationError::new(
-            "max_tokens",
+            max_param,
             format!("{n} output tokens do not fit: the prompt has {prompt_len} tokens and max_req_total_len is {limit}"),
         )
         .into()),

@@ -67,6 +67,7 @@ impl GenerateRequest {
         let greedy = !p.do_sample.unwrap_or(false);
         let sampling = SamplingParams {
             max_new_tokens: Some(max_new_tokens),
+            max_new_tokens_param: "parameters.max_new_tokens",
             min_new_tokens: p.min_new_tokens.unwrap_or(0).min(max_new_tokens),
             temperature: if greedy { Some(0.0) } else { p.temperature },
             top_p: p.top_p,

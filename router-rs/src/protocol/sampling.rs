@@ -12,6 +12,8 @@ use super::{check_range, ValidationError};
 pub struct SamplingParams {
     /// Output token budget; `None` lets the router use what fits in `max_req_total_len`.
     pub max_new_tokens: Option<u32>,
+    /// The request field that set `max_new_tokens`, for error messages.
+    pub max_new_tokens_param: &'static str,
     /// Eos and stop ids are ignored before this many tokens.
     pub min_new_tokens: u32,
     pub temperature: Option<f32>,
@@ -100,6 +102,7 @@ impl OpenAiSampling {
         check_range("n", self.n, 1, MAX_N)?;
         let params = SamplingParams {
             max_new_tokens,
+            max_new_tokens_param: max_param,
             min_new_tokens,
             temperature: self.temperature,
             top_p: self.top_p,

@@ -1,24 +1,64 @@
 """Block configurations of the fused MoE kernels: stored data per GPU and shape, or autotuned.
 
-Stored configs live in `kernels/configs/fused_moe_<gpu>.json` (written by `kernels/tune_moe.py`):
+Stored configs are JSON files `fused_moe_<gpu>.json` (written by `kernels/tune_moe.py`):
 `{shape_key: {num_tokens: config}}`; a lookup takes the entry of the nearest stored token count.
-`GLM47_TRITON_AUTOTUNE_LEVEL` (read here and nowhere else) chooses what happens at run time:
-0 = stored configs, else built-in defaults; 1 = autotune shapes with no stored entry; 2 = autotune
-every shape. Autotuned results are kept for the life of the process.
+They are read from `kernels/configs/` and from `GLM47_TUNED_CONFIG_DIR` (whose entries win).
+The autotune level (`GLM47_TRITON_AUTOTUNE_LEVEL`, or LightLLM's spelling; both declared in
+`glm47.worker.config.Env`, the one place that reads the environment) chooses what happens at run
+time: 0 = stored configs, else built-in defaults; 1 = autotune shapes with no stored entry;
+2 = autotune every shape. Tuned results are kept for the process and, when a tuned-config
+directory is set, stored there. Tuning runs kernels: do it (warm up) before CUDA-graph capture.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from functools import cache
 from pathlib import Path
 
-AUTOTUNE_ENV = "GLM47_TRITON_AUTOTUNE_LEVEL"
+from glm47.worker.config import Env
+
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+
+@dataclass(frozen=True)
+class TuneSettings:
+    """How configs are chosen at run time."""
+
+    level: int  # 0, 1 or 2 (see the module docstring)
+    extra_dir: Path | None  # searched before CONFIG_DIR; tuned results are written here
+
+    def __post_init__(self) -> None:
+        if self.level not in (0, 1, 2):
+            raise ValueError(f"autotune level must be 0, 1 or 2, got {self.level}")
+
+    @classmethod
+    def from_env(cls, env: Env) -> TuneSettings:
+        extra = Path(env.tuned_config_dir) if env.tuned_config_dir else None
+        return cls(level=env.triton_autotune_level, extra_dir=extra)
+
+
+_settings: TuneSettings | None = None
+
+
+def configure(settings: TuneSettings | None) -> None:
+    """Set the tuning settings (the runner passes `TuneSettings.from_env(env)` at start-up);
+    None makes the next lookup read the environment again."""
+    global _settings
+    _settings = settings
+    load_stored.cache_clear()
+    _TUNED.clear()
+    _TUNING.clear()
+
+
+def current_settings() -> TuneSettings:
+    global _settings
+    if _settings is None:
+        _settings = TuneSettings.from_env(Env.from_environ())
+    return _settings
 
 
 @dataclass(frozen=True)
@@ -42,11 +82,7 @@ class MoeConfig:
 
 
 def autotune_level() -> int:
-    """The autotune level from the environment (0, 1 or 2; unset means 0)."""
-    raw = os.environ.get(AUTOTUNE_ENV, "0").strip() or "0"
-    if raw not in ("0", "1", "2"):
-        raise ValueError(f"{AUTOTUNE_ENV} must be 0, 1 or 2, got {raw!r}")
-    return int(raw)
+    return current_settings().level
 
 
 def shape_key(num_experts: int, hidden: int, inter: int, top_k: int, dtype: str) -> str:
@@ -57,14 +93,11 @@ def gpu_slug(gpu_name: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "_", gpu_name).strip("_")
 
 
-def config_path(gpu_name: str) -> Path:
-    return CONFIG_DIR / f"fused_moe_{gpu_slug(gpu_name)}.json"
+def config_path(gpu_name: str, directory: Path | None = None) -> Path:
+    return (directory or CONFIG_DIR) / f"fused_moe_{gpu_slug(gpu_name)}.json"
 
 
-@cache
-def load_stored(gpu_name: str) -> dict[str, dict[int, MoeConfig]]:
-    """Every stored config for this GPU, by shape key and token count ({} without a file)."""
-    path = config_path(gpu_name)
+def _read(path: Path) -> dict[str, dict[int, MoeConfig]]:
     if not path.exists():
         return {}
     raw = json.loads(path.read_text())
@@ -73,9 +106,22 @@ def load_stored(gpu_name: str) -> dict[str, dict[int, MoeConfig]]:
     }
 
 
-def save_stored(gpu_name: str, table: dict[str, dict[int, MoeConfig]]) -> Path:
-    """Write (merge into) this GPU's config file; returns its path."""
-    path = config_path(gpu_name)
+@cache
+def load_stored(gpu_name: str) -> dict[str, dict[int, MoeConfig]]:
+    """Every stored config for this GPU by shape key and token count; the extra directory wins."""
+    table = _read(config_path(gpu_name))
+    extra = current_settings().extra_dir
+    if extra is not None:
+        for key, by_m in _read(config_path(gpu_name, extra)).items():
+            table.setdefault(key, {}).update(by_m)
+    return table
+
+
+def save_stored(
+    gpu_name: str, table: dict[str, dict[int, MoeConfig]], directory: Path | None = None
+) -> Path:
+    """Write (merge into) this GPU's config file in `directory` (default CONFIG_DIR)."""
+    path = config_path(gpu_name, directory)
     raw = json.loads(path.read_text()) if path.exists() else {}
     for key, by_m in table.items():
         entry = raw.setdefault(key, {})
@@ -125,7 +171,8 @@ def nearest(table: dict[int, MoeConfig], num_tokens: int) -> MoeConfig:
     return table[min(table, key=lambda m: max(m, n) / max(1, min(m, n)))]
 
 
-_TUNED: dict[tuple[str, str, int], MoeConfig] = {}
+_TUNED: dict[tuple[str, str, int], MoeConfig] = {}  # (gpu, shape key, token bucket) -> config
+_TUNING: set[tuple[str, str]] = set()  # shapes tuned by this process
 
 
 def bucket(num_tokens: int) -> int:
@@ -142,13 +189,18 @@ def select_config(
     tune: Callable[[list[MoeConfig]], MoeConfig],
 ) -> MoeConfig:
     """The config for one call, following the autotune level; `tune` times the candidates."""
-    level = autotune_level()
+    settings = current_settings()
+    slot = (gpu_name, key, bucket(num_tokens))
+    if slot in _TUNED:
+        return _TUNED[slot]
     stored = load_stored(gpu_name).get(key)
-    if level == 0 or (level == 1 and stored):
+    tuning_shape = (gpu_name, key) in _TUNING  # its stored entries were written by this process
+    if settings.level == 0 or (settings.level == 1 and stored and not tuning_shape):
         if stored:
             return nearest(stored, num_tokens)
         return default_config(num_tokens, num_experts, top_k)
-    slot = (gpu_name, key, bucket(num_tokens))
-    if slot not in _TUNED:
-        _TUNED[slot] = tune(candidate_configs(num_tokens, num_experts, top_k))
+    _TUNING.add((gpu_name, key))
+    _TUNED[slot] = tune(candidate_configs(num_tokens, num_experts, top_k))
+    if settings.extra_dir is not None:
+        save_stored(gpu_name, {key: {slot[2]: _TUNED[slot]}}, settings.extra_dir)
     return _TUNED[slot]

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import torch
 
-from glm47.kernels import moe_config
 from glm47.kernels.fused_moe import tune_config
 from glm47.kernels.moe_config import MoeConfig, candidate_configs, save_stored, shape_key
 
@@ -32,6 +31,7 @@ def tune_shape(
     top_k: int,
     dtype: torch.dtype,
     gpu: str,
+    out_dir: Path | None,
 ) -> dict[int, MoeConfig]:
     """The fastest config per token count for one expert shape, stored after each count."""
     key = shape_key(experts, hidden, inter, top_k, str(dtype).removeprefix("torch."))
@@ -42,7 +42,7 @@ def tune_shape(
         start = time.perf_counter()
         x = torch.randn((t, hidden), dtype=dtype, device="cuda")
         best[t] = tune_config(x, w13, w2, top_k, candidate_configs(t, experts, top_k))
-        path = save_stored(gpu, {key: {t: best[t]}})
+        path = save_stored(gpu, {key: {t: best[t]}}, out_dir)
         print(f"T={t}: {best[t]} ({time.perf_counter() - start:.1f} s) -> {path}", flush=True)
     return best
 
@@ -57,11 +57,11 @@ def main() -> None:
     ap.add_argument("--out-dir", type=Path, default=None)
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if args.out_dir is not None:
-        moe_config.CONFIG_DIR = args.out_dir
     dtype = torch.bfloat16
     gpu = torch.cuda.get_device_name()
-    tune_shape(args.tokens, args.experts, args.hidden, args.inter, args.top_k, dtype, gpu)
+    tune_shape(
+        args.tokens, args.experts, args.hidden, args.inter, args.top_k, dtype, gpu, args.out_dir
+    )
 
 
 if __name__ == "__main__":

@@ -2,24 +2,28 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from glm47.kernels import moe_config
-from glm47.kernels.moe_config import MoeConfig, select_config
+from glm47.kernels.moe_config import MoeConfig, TuneSettings, select_config
+from glm47.worker.config import Env
 
+GPU = "Test GPU 80GB"
 STORED = {1: MoeConfig(16, 32, 64, 1, 4, 3), 256: MoeConfig(64, 64, 64, 8, 4, 3)}
 TUNED = MoeConfig(32, 128, 128, 4, 8, 2)
 
 
 @pytest.fixture
-def config_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setattr(moe_config, "CONFIG_DIR", tmp_path)
-    moe_config.load_stored.cache_clear()
-    moe_config._TUNED.clear()
-    moe_config.save_stored("Test GPU 80GB", {"shape-a": STORED})
-    return tmp_path
+def builtin_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A built-in config directory holding STORED for "shape-a"."""
+    builtin = tmp_path / "builtin"
+    monkeypatch.setattr(moe_config, "CONFIG_DIR", builtin)
+    moe_config.save_stored(GPU, {"shape-a": STORED})
+    yield builtin
+    moe_config.configure(None)
 
 
 def pick(key: str, tokens: int, calls: list[int]) -> MoeConfig:
@@ -27,42 +31,56 @@ def pick(key: str, tokens: int, calls: list[int]) -> MoeConfig:
         calls.append(len(cands))
         return TUNED
 
-    return select_config("Test GPU 80GB", key, tokens, 64, 4, tune)
+    return select_config(GPU, key, tokens, 64, 4, tune)
 
 
-def test_level0_uses_nearest_stored_entry_then_defaults(
-    config_dir: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.delenv(moe_config.AUTOTUNE_ENV, raising=False)
+def test_level0_uses_nearest_stored_entry_then_defaults(builtin_dir: Path) -> None:
+    moe_config.configure(TuneSettings(level=0, extra_dir=None))
     calls: list[int] = []
-    assert (config_dir / "fused_moe_Test_GPU_80GB.json").exists()
+    assert (builtin_dir / "fused_moe_Test_GPU_80GB.json").exists()
     assert pick("shape-a", 3, calls) == STORED[1]
     assert pick("shape-a", 200, calls) == STORED[256]
     assert pick("shape-b", 3, calls) == moe_config.default_config(3, 64, 4)
     assert calls == []
 
 
-def test_level1_tunes_only_missing_shapes_once(
-    config_dir: Path, monkeypatch: pytest.MonkeyPatch
+def test_level1_tunes_missing_shapes_per_bucket_and_stores_them(
+    builtin_dir: Path, tmp_path: Path
 ) -> None:
-    monkeypatch.setenv(moe_config.AUTOTUNE_ENV, "1")
+    extra = tmp_path / "tuned"
+    moe_config.configure(TuneSettings(level=1, extra_dir=extra))
     calls: list[int] = []
     assert pick("shape-a", 3, calls) == STORED[1]
     assert pick("shape-b", 3, calls) == TUNED
-    assert pick("shape-b", 4, calls) == TUNED
-    assert len(calls) == 1 and calls[0] > 1
+    assert pick("shape-b", 4, calls) == TUNED  # same bucket: no second tuning
+    assert pick("shape-b", 100, calls) == TUNED  # new bucket of a shape this process tunes
+    assert len(calls) == 2 and calls[0] > 1
+    written = moe_config._read(moe_config.config_path(GPU, extra))
+    assert written == {"shape-b": {4: TUNED, 128: TUNED}}
 
 
-def test_level2_tunes_stored_shapes_too(config_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(moe_config.AUTOTUNE_ENV, "2")
+def test_level2_tunes_stored_shapes_too(builtin_dir: Path) -> None:
+    moe_config.configure(TuneSettings(level=2, extra_dir=None))
     calls: list[int] = []
     assert pick("shape-a", 3, calls) == TUNED
     assert len(calls) == 1
 
 
-def test_bad_level_and_bad_config_are_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(moe_config.AUTOTUNE_ENV, "3")
-    with pytest.raises(ValueError, match="GLM47_TRITON_AUTOTUNE_LEVEL"):
-        moe_config.autotune_level()
+def test_extra_directory_entries_win(builtin_dir: Path, tmp_path: Path) -> None:
+    extra = tmp_path / "tuned"
+    moe_config.save_stored(GPU, {"shape-a": {1: TUNED}}, extra)
+    moe_config.configure(TuneSettings(level=0, extra_dir=extra))
+    assert pick("shape-a", 1, []) == TUNED
+    assert pick("shape-a", 300, []) == STORED[256]
+
+
+def test_settings_come_from_the_worker_environment() -> None:
+    env = Env.from_environ({"LIGHTLLM_TRITON_AUTOTUNE_LEVEL": "2", "GLM47_TUNED_CONFIG_DIR": "/x"})
+    assert TuneSettings.from_env(env) == TuneSettings(level=2, extra_dir=Path("/x"))
+
+
+def test_bad_level_and_bad_config_are_rejected() -> None:
+    with pytest.raises(ValueError, match="autotune level"):
+        TuneSettings(level=3, extra_dir=None)
     with pytest.raises(ValueError, match="block_n"):
         MoeConfig(16, 24, 64, 1, 4, 3)

@@ -64,7 +64,7 @@ pub async fn generate(
         cached_tokens: choice.finish.map_or(0, |f| f.cached_tokens),
     });
     Ok(Json(GenerateResponse {
-        generated_text: vec![choice.content],
+        generated_text: choice.content,
         count_output_tokens: count,
         finish_reason: choice.finish.map(|f| f.reason.as_str()),
         prompt_tokens,

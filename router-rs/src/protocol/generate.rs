@@ -114,10 +114,11 @@ pub struct GenerateDetails {
     pub cached_tokens: u32,
 }
 
-/// The body of a `/generate` answer (`generated_text` is a one-element list, as in LightLLM).
+/// The body of a `/generate` answer (TGI's string `generated_text`; LightLLM itself wraps it in a
+/// one-element list).
 #[derive(Debug, Clone, Serialize)]
 pub struct GenerateResponse {
-    pub generated_text: Vec<String>,
+    pub generated_text: String,
     pub count_output_tokens: u32,
     pub finish_reason: Option<&'static str>,
     pub prompt_tokens: u32,

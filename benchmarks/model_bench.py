@@ -21,6 +21,7 @@ lets some KV reads hit L2 and flatters those rows.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import statistics
 import sys
@@ -148,7 +149,7 @@ def prefill_floor_ms(runner: ModelRunner, w: WeightBytes, tokens: int, flops: fl
     return total / flops * 1e3
 
 
-def build_runner(batches: list[int], context: int) -> ModelRunner:
+def build_runner(batches: list[int], context: int, graphs: bool = True) -> ModelRunner:
     """Dummy weights on the GPU, the KV pool from what memory leaves, graphs at `batches`."""
     return ModelRunner(
         model_config(),
@@ -162,7 +163,19 @@ def build_runner(batches: list[int], context: int) -> ModelRunner:
         graph_max_batch_size=max(batches),
         graph_batch_sizes=batches,
         max_req_total_len=context + PAGE_SIZE,
+        disable_cuda_graph=not graphs,
     )
+
+
+def build_runner_or_eager(batches: list[int], context: int) -> ModelRunner:
+    """With decode graphs; if capturing fails, eagerly (the decode rows then say graph False)."""
+    try:
+        return build_runner(batches, context)
+    except RuntimeError as err:
+        print(f"building with CUDA graphs failed, timing eager decode instead: {err}")
+    gc.collect()  # the failed runner's frames are gone with the exception: free its memory
+    torch.cuda.empty_cache()
+    return build_runner(batches, context, graphs=False)
 
 
 def decode_batch(runner: ModelRunner, batch: int, context: int) -> tuple[ScheduledBatch, int]:
@@ -250,7 +263,7 @@ def main() -> None:
     t0 = time.perf_counter()
     batches = sorted(int(b) for b in args.batches.split(","))
     ceil = measure_ceilings()
-    runner = build_runner(batches, args.context)
+    runner = build_runner_or_eager(batches, args.context)
     print(f"model built and graphs captured in {time.perf_counter() - t0:.0f} s; "
           f"KV pool {runner.num_pages} pages of {PAGE_SIZE}")  # fmt: skip
     with torch.inference_mode():

@@ -33,8 +33,8 @@ pub enum TemplateError {
     /// Rendering failed: the template raised an exception or used a value the wrong way.
     #[error("chat template rendering failed: {0}")]
     Render(String),
-    /// `messages` is not a list of objects.
-    #[error("messages must be a list of objects")]
+    /// `messages` is not a non-empty list of objects.
+    #[error("messages must be a non-empty list of objects")]
     InvalidMessages,
     /// An assistant tool call's `arguments` string is not a JSON object.
     #[error("messages[{message}].tool_calls[{call}]: arguments must be a JSON object: {reason}")]
@@ -83,8 +83,8 @@ impl ChatTemplate {
     /// `messages` is the OpenAI message list, `tools` the tool list (passed as `none` when
     /// absent), and `kwargs` extra template variables such as `enable_thinking`; `messages`,
     /// `tools` and `add_generation_prompt` take precedence over keys of the same name in
-    /// `kwargs`. Fails with [`TemplateError::InvalidMessages`] when `messages` is not a list of
-    /// objects, [`TemplateError::InvalidToolArguments`] when a tool call's arguments string does
+    /// `kwargs`. Fails with [`TemplateError::InvalidMessages`] when `messages` is not a non-empty
+    /// list of objects, [`TemplateError::InvalidToolArguments`] when a tool call's arguments string does
     /// not parse to a JSON object, and [`TemplateError::Render`] when the template raises.
     pub fn render(
         &self,
@@ -118,7 +118,10 @@ impl ChatTemplate {
 
 /// Converts messages to template values, parsing tool-call `arguments` strings into objects.
 fn prepare_messages(messages: &Json) -> Result<Value, TemplateError> {
-    let list = messages.as_array().ok_or(TemplateError::InvalidMessages)?;
+    let list = messages
+        .as_array()
+        .filter(|list| !list.is_empty())
+        .ok_or(TemplateError::InvalidMessages)?;
     let mut out = Vec::with_capacity(list.len());
     for (index, message) in list.iter().enumerate() {
         let object = message.as_object().ok_or(TemplateError::InvalidMessages)?;

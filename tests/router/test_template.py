@@ -13,6 +13,8 @@ import json
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from transformers import PreTrainedTokenizerFast
 
 WEATHER_TOOL = {
@@ -236,8 +238,9 @@ def test_bad_tool_arguments_raise_value_error(native_tokenizer: Any) -> None:
 
 
 def test_messages_must_be_a_list(native_tokenizer: Any) -> None:
-    with pytest.raises(ValueError, match="messages must be a list"):
-        native_tokenizer.apply_chat_template({"role": "user", "content": "hi"})
+    for messages in ({"role": "user", "content": "hi"}, [], ["hi"]):
+        with pytest.raises(ValueError, match="messages must be a non-empty list"):
+            native_tokenizer.apply_chat_template(messages)
 
 
 def test_values_json_cannot_hold_raise_value_error(native_tokenizer: Any) -> None:
@@ -245,3 +248,70 @@ def test_values_json_cannot_hold_raise_value_error(native_tokenizer: Any) -> Non
         native_tokenizer.apply_chat_template([{"role": "user", "content": {1, 2}}])
     with pytest.raises(ValueError, match="not JSON data"):
         native_tokenizer.apply_chat_template([{"role": "user", "content": float("nan")}])
+
+
+_TEXT = st.lists(
+    st.sampled_from([*"ab \n\t'\"\\{}<>/é你😀", "<think>", "</think>", "\n\n", "None", "<|user|>"]),
+    max_size=8,
+).map("".join)
+_ARG_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-(10**30), 10**30) | _TEXT,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_TEXT, inner, max_size=3),
+    max_leaves=6,
+)
+
+
+@st.composite
+def _messages(draw: st.DrawFn) -> list[dict[str, Any]]:
+    messages: list[dict[str, Any]] = []
+    for role in draw(
+        st.lists(st.sampled_from(["system", "user", "assistant", "tool"]), min_size=1, max_size=6)
+    ):
+        message: dict[str, Any] = {"role": role, "content": draw(_TEXT)}
+        if role == "assistant" and draw(st.booleans()):
+            message["reasoning_content"] = draw(_TEXT)
+        if role == "assistant" and draw(st.booleans()):
+            args = draw(st.dictionaries(_TEXT, _ARG_VALUES, max_size=3))
+            as_text = draw(st.booleans())
+            arguments = json.dumps(args, ensure_ascii=False) if as_text else args
+            message["tool_calls"] = [_call(draw(_TEXT), arguments)]
+        messages.append(message)
+    return messages
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    messages=_messages(),
+    with_tools=st.booleans(),
+    kwargs=st.fixed_dictionaries(
+        {},
+        optional={
+            "enable_thinking": st.booleans(),
+            "clear_thinking": st.booleans(),
+            "add_generation_prompt": st.booleans(),
+        },
+    ),
+)
+def test_random_conversations_match_transformers(
+    messages: list[dict[str, Any]],
+    with_tools: bool,
+    kwargs: dict[str, Any],
+    native_tokenizer: Any,
+    hf_tokenizer: PreTrainedTokenizerFast,
+) -> None:
+    kwargs = dict(kwargs)
+    add_generation_prompt = kwargs.pop("add_generation_prompt", True)
+    tools = [WEATHER_TOOL, SEARCH_TOOL] if with_tools else None
+    want = hf_tokenizer.apply_chat_template(
+        _reference_messages(messages),
+        tools=tools,
+        tokenize=False,
+        add_generation_prompt=add_generation_prompt,
+        **kwargs,
+    )
+    got = native_tokenizer.apply_chat_template(
+        messages, tools=tools, add_generation_prompt=add_generation_prompt, **kwargs
+    )
+    assert got == want

@@ -93,8 +93,8 @@ fn malformed_tool_arguments_are_a_clear_error() {
 }
 
 #[test]
-fn messages_must_be_a_list_of_objects() {
-    for msgs in [json!({"role": "user"}), json!(["hi"])] {
+fn messages_must_be_a_non_empty_list_of_objects() {
+    for msgs in [json!({"role": "user"}), json!(["hi"]), json!([])] {
         let err = glm47().render(&msgs, None, true, &Map::new()).unwrap_err();
         assert!(matches!(err, TemplateError::InvalidMessages));
     }

@@ -91,8 +91,9 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        if self.status().is_server_error() {
-            tracing::warn!("request failed: {self}");
+        match self.status() {
+            StatusCode::INTERNAL_SERVER_ERROR => tracing::warn!("request failed: {self}"),
+            status => tracing::debug!("request answered {status}: {self}"),
         }
         (self.status(), Json(self.body())).into_response()
     }

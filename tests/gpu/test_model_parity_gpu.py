@@ -29,7 +29,7 @@ SPLIT = 100
 
 def _check(name: str, runner: ModelRunner, checkpoint: Checkpoint) -> None:
     result = run_session(runner, SESSION, split=SPLIT)
-    agreement = compare(result.logits, reference_logits(checkpoint[1], result))
+    agreement = compare(result.logits, reference_logits(checkpoint[1], result), near=2 * ROW_TOL)
     print(f"\n[{name}] vs transformers fp32: {agreement.summary()}")
     assert_agree(agreement, ROW_TOL)
 

@@ -9,6 +9,11 @@ fn glm47() -> ChatTemplate {
     ChatTemplate::new(GLM47).expect("the GLM-4.7 template compiles")
 }
 
+/// A minimal valid message list, for templates that do not look at messages.
+fn one_message() -> Json {
+    json!([{"role": "user", "content": "x"}])
+}
+
 fn kwargs(value: Json) -> Map<String, Json> {
     value.as_object().cloned().unwrap_or_default()
 }
@@ -103,7 +108,9 @@ fn messages_must_be_a_non_empty_list_of_objects() {
 #[test]
 fn raise_exception_aborts_with_its_message() {
     let t = ChatTemplate::new("{{ raise_exception('no system role here') }}").unwrap();
-    let err = t.render(&json!([]), None, true, &Map::new()).unwrap_err();
+    let err = t
+        .render(&one_message(), None, true, &Map::new())
+        .unwrap_err();
     assert!(err.to_string().contains("no system role here"), "{err}");
 }
 
@@ -121,13 +128,13 @@ fn tojson_honours_python_keyword_arguments() {
                |{{ 'é' | tojson(ensure_ascii=true) }}";
     let t = ChatTemplate::new(src).unwrap();
     let kw = kwargs(json!({"x": {"b": [1], "a": null}}));
-    let text = t.render(&json!([]), None, true, &kw).unwrap();
+    let text = t.render(&one_message(), None, true, &kw).unwrap();
     assert_eq!(
         text,
         "{\n  \"a\": null,\n  \"b\": [\n    1\n  ]\n}|{\"b\":[1],\"a\":null}|\"\\u00e9\""
     );
     let bad = ChatTemplate::new("{{ 1 | tojson(colour=1) }}").unwrap();
-    assert!(bad.render(&json!([]), None, true, &Map::new()).is_err());
+    assert!(bad.render(&one_message(), None, true, &Map::new()).is_err());
 }
 
 #[test]
@@ -135,7 +142,7 @@ fn values_print_as_python_str_and_keys_keep_their_order() {
     let src = "{{ x }} {{ n }} {{ t }} {% for k, v in x.items() %}{{ k }}={{ v }};{% endfor %}";
     let t = ChatTemplate::new(src).unwrap();
     let kw = kwargs(json!({"x": {"z": 1, "a": "s", "m": [null]}, "n": null, "t": true}));
-    let text = t.render(&json!([]), None, true, &kw).unwrap();
+    let text = t.render(&one_message(), None, true, &kw).unwrap();
     assert_eq!(
         text,
         "{'z': 1, 'a': 's', 'm': [None]} None True z=1;a=s;m=[None];"
@@ -146,7 +153,7 @@ fn values_print_as_python_str_and_keys_keep_their_order() {
 fn strftime_now_is_available() {
     let t = ChatTemplate::new("{{ strftime_now('%Y') }}").unwrap();
     let year: i64 = t
-        .render(&json!([]), None, true, &Map::new())
+        .render(&one_message(), None, true, &Map::new())
         .unwrap()
         .parse()
         .unwrap();

@@ -2,7 +2,7 @@
 
 Decode: one step (CUDA-graph replay of the forward plus lm_head on every row) at each batch size,
 every sequence with `--context` cached tokens of random latents; median of `--iters` steps timed
-with CUDA events. Next to it the byte floor of a step: always-read weights + the routed experts the
+with CUDA events, and the same step without graphs. Next to it the byte floor of a step: always-read weights + the routed experts the
 batch touches (expected distinct experts per MoE layer with uniform routing: E(1 - (1 - k/E)^B))
 + the embedding rows + the cached latents read (B x context x 576 x 2 bytes x layers), over the
 device-to-device copy bandwidth measured in the same run.
@@ -59,6 +59,7 @@ class DecodeRow:
     prepare_ms: float  # host-side batch layout (runner.prepare), not in step_ms
     kv_sets: int  # distinct page sets among the batch's sequences
     graphed: bool
+    eager_ms: float  # the same step without CUDA graphs
 
 
 @dataclass
@@ -207,8 +208,13 @@ def run_decode(
         return runner.model.compute_logits(hidden[inputs.sample_rows])
 
     ms = time_cuda(one_step, iters)
+    graphs, runner.graphs = runner.graphs, None
+    try:
+        eager_ms = time_cuda(one_step, max(3, iters // 2))
+    finally:
+        runner.graphs = graphs
     floor = decode_floor_ms(runner, w, batch, context, ceil.copy_bytes_per_s)
-    return DecodeRow(batch, ms, floor, batch / ms * 1e3, prepare_ms, kv_sets, graphed)
+    return DecodeRow(batch, ms, floor, batch / ms * 1e3, prepare_ms, kv_sets, graphed, eager_ms)
 
 
 @torch.inference_mode()
@@ -240,10 +246,11 @@ def print_tables(
     )
     print(f"decode, context {args.context}, step = forward + lm_head (median of {args.iters})")
     print(f"{'batch':>6} {'step ms':>8} {'floor ms':>9} {'ratio':>6} {'tok/s':>8} "
-          f"{'prep ms':>8} {'kv_sets':>7} graph")  # fmt: skip
+          f"{'eager ms':>8} {'prep ms':>8} {'kv_sets':>7} graph")  # fmt: skip
     for r in decode:
         print(f"{r.batch:>6} {r.step_ms:>8.2f} {r.floor_ms:>9.2f} {r.step_ms / r.floor_ms:>6.2f} "
-              f"{r.tok_per_s:>8.0f} {r.prepare_ms:>8.1f} {r.kv_sets:>7} {r.graphed}")  # fmt: skip
+              f"{r.tok_per_s:>8.0f} {r.eager_ms:>8.2f} {r.prepare_ms:>8.1f} {r.kv_sets:>7} "
+              f"{r.graphed}")  # fmt: skip
     print(f"prefill, one chunk of {args.prefill_tokens} tokens")
     print(f"{'backend':>8} {'ms':>8} {'floor ms':>9} {'ratio':>6} {'tok/s':>8}")
     for p in prefill:

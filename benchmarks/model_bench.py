@@ -2,10 +2,11 @@
 
 Decode: one step (CUDA-graph replay of the forward plus lm_head on every row) at each batch size,
 every sequence with `--context` cached tokens of random latents; median of `--iters` steps timed
-with CUDA events, and the same step without graphs. Next to it the byte floor of a step: always-read weights + the routed experts the
-batch touches (expected distinct experts per MoE layer with uniform routing: E(1 - (1 - k/E)^B))
-+ the embedding rows + the cached latents read (B x context x 576 x 2 bytes x layers), over the
-device-to-device copy bandwidth measured in the same run.
+with CUDA events, and the same step without graphs. Next to it the byte floor of a step:
+always-read weights + the routed experts the batch touches (expected distinct experts per MoE
+layer with uniform routing: E(1 - (1 - k/E)^B)) + the embedding rows + the cached latents read
+(B x context x 576 x 2 bytes x layers), over the device-to-device copy bandwidth measured in the
+same run.
 
 Prefill: one `--prefill-tokens` chunk of a fresh prompt, per available prefill backend, next to its
 FLOP floor: 2 x active matmul parameters x tokens + causal attention in the expanded form

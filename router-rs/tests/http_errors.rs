@@ -253,3 +253,24 @@ async fn models_and_metrics_describe_the_server() {
     let text = r.text().await.unwrap();
     assert!(text.contains("/v1/completions"), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_error_mid_stream_ends_the_stream_with_an_error_event() {
+    let fail = |s: &mut Script| {
+        s.error = Some(glm47_router::wire::ErrorCode::Internal);
+        s.error_after = 2;
+    };
+    let (_model, _worker, server) = setup_with("abcdef", &[], fail).await;
+    let body = json!({"messages": user(), "stream": true});
+    let (status, events) = server.post_stream("/v1/chat/completions", body).await;
+    assert_eq!(status, 200, "the stream had started");
+    let payloads = http_support::json_events(&events);
+    let text: String = payloads
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(text, "ab");
+    let last = payloads.last().expect("events");
+    assert_eq!(last["error"]["code"], 500, "{last}");
+    assert_eq!(last["error"]["message"], "scripted");
+}

@@ -109,8 +109,9 @@ pub struct Script {
     pub chunk: usize,
     /// Finish reason after the whole reply.
     pub finish: wire::FinishReason,
-    /// Answer every request with this error instead.
+    /// Answer every request with this error, after `error_after` steps.
     pub error: Option<ErrorCode>,
+    pub error_after: usize,
     /// Answer `logprobs` requests with logprob `-0.5 * (k + 1)` for the k-th id.
     pub logprobs: bool,
     /// Pause before each `step` after the first.
@@ -124,6 +125,7 @@ impl Script {
             chunk,
             finish: wire::FinishReason::Stop,
             error: None,
+            error_after: 0,
             logprobs: true,
             delay: Duration::ZERO,
         }
@@ -214,16 +216,6 @@ fn ready(max_req_total_len: u32) -> wire::Ready {
 }
 
 fn answer(script: &Script, req: &wire::Request, send: &dyn Fn(&Message)) {
-    if let Some(code) = script.error {
-        let err = wire::WorkerError {
-            rid: Some(req.rid.clone()),
-            code,
-            message: "scripted".into(),
-            fatal: false,
-        };
-        send(&Message::Error(err));
-        return;
-    }
     let budget = req.max_new_tokens as usize;
     let (ids, finish) = if script.reply.len() > budget {
         (&script.reply[..budget], wire::FinishReason::Length)
@@ -233,6 +225,16 @@ fn answer(script: &Script, req: &wire::Request, send: &dyn Fn(&Message)) {
     let chunks: Vec<&[u32]> = ids.chunks(script.chunk.max(1)).collect();
     let mut done = 0usize;
     for (k, chunk) in chunks.iter().enumerate() {
+        if let Some(code) = script.error.filter(|_| k == script.error_after) {
+            let err = wire::WorkerError {
+                rid: Some(req.rid.clone()),
+                code,
+                message: "scripted".into(),
+                fatal: false,
+            };
+            send(&Message::Error(err));
+            return;
+        }
         let last = k + 1 == chunks.len();
         if k > 0 {
             std::thread::sleep(script.delay);

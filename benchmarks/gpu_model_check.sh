@@ -43,7 +43,8 @@ echo
 echo "==================== summary ($(( $(date +%s) - start_all )) s) ===================="
 cat "$OUT/sections.txt"
 echo "-- GPU tests (agreement per row; see $OUT/gpu_tests.log)"
-grep -E '^\[|passed|failed|skipped|error' "$OUT/gpu_tests.log" | grep -v '^platform' | tail -n 20
+grep -E '^\[|^(PASSED|FAILED|ERROR|SKIPPED)|[0-9]+ (passed|failed|skipped|error)' \
+  "$OUT/gpu_tests.log" | tail -n 24
 echo "-- model bench"
 sed -n '/^== model bench/,$p' "$OUT/model_bench.log"
 grep -E 'skipped|failed|Error' "$OUT/model_bench.log" | grep -v '^== ' | tail -n 5

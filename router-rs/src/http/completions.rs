@@ -57,7 +57,7 @@ pub async fn completions(
             req.n,
         ))?;
         let pipelines = (0..req.n)
-            .map(|_| plain_pipeline(&state, &req.sampling))
+            .map(|_| plain_pipeline(&state, &req.sampling, ids.len()))
             .collect();
         streams.push(drive(handles, pipelines, p * req.n));
     }

@@ -29,7 +29,7 @@ async fn submit(
         state
             .dispatcher
             .submit_many(wire_requests(state, &ids, &req.sampling, budget, 1))?;
-    let pipeline = plain_pipeline(state, &req.sampling);
+    let pipeline = plain_pipeline(state, &req.sampling, ids.len());
     Ok((drive(handles, vec![pipeline], 0), ids.len() as u32))
 }
 

@@ -191,17 +191,19 @@ pub fn wire_requests(
         .collect()
 }
 
-/// A pipeline for one choice: detokenizer and stop strings, no parsers.
-pub fn plain_pipeline(state: &AppState, sampling: &SamplingParams) -> Pipeline {
+/// A pipeline for one choice of a `prompt_len`-token prompt: detokenizer and stop strings, no
+/// parsers.
+pub fn plain_pipeline(state: &AppState, sampling: &SamplingParams, prompt_len: usize) -> Pipeline {
     let tokenizer = state.model.tokenizer.clone();
     let detok = Detokenizer::new(tokenizer.clone(), sampling.skip_special_tokens);
     let stop = StopMatcher::new(&sampling.stop);
     Pipeline::new(tokenizer, Box::new(detok), Box::new(stop))
+        .with_prompt_tokens(u32::try_from(prompt_len).unwrap_or(u32::MAX))
 }
 
 /// A pipeline for one chat choice, with the parsers the server was started with.
 pub fn chat_pipeline(state: &AppState, req: &ChatRequest, prompt: &ChatPrompt) -> Pipeline {
-    let mut pipeline = plain_pipeline(state, &req.sampling);
+    let mut pipeline = plain_pipeline(state, &req.sampling, prompt.ids.len());
     if state.options.reasoning_parser.is_some() {
         pipeline = pipeline.with_reasoning(Glm45ReasoningParser::new(prompt.in_reasoning));
     }
@@ -213,4 +215,17 @@ pub fn chat_pipeline(state: &AppState, req: &ChatRequest, prompt: &ChatPrompt) -
         );
     }
     pipeline
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ends_in_reasoning;
+
+    #[test]
+    fn the_last_think_tag_decides_where_the_answer_starts() {
+        assert!(ends_in_reasoning("<|user|>hi<|assistant|><think>"));
+        assert!(!ends_in_reasoning("<|user|>hi<|assistant|></think>"));
+        assert!(ends_in_reasoning("<think>a</think><|user|>b<|assistant|><think>"));
+        assert!(!ends_in_reasoning("<|user|>plain template<|assistant|>"));
+    }
 }

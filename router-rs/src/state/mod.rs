@@ -119,6 +119,12 @@ impl Pipeline {
         self
     }
 
+    /// The prompt length to report until the worker reports its own.
+    pub fn with_prompt_tokens(mut self, prompt_tokens: u32) -> Self {
+        self.prompt_tokens = prompt_tokens;
+        self
+    }
+
     /// True once the choice has finished (worker finish or stop string).
     pub fn is_done(&self) -> bool {
         self.done

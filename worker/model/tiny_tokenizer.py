@@ -3,7 +3,7 @@ tokens appended after the learned vocabulary, and a chat template in the GLM-4.7
 
 from __future__ import annotations
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 
 # The GLM special tokens, in the real tokenizer's order; they get the ids after the BPE vocabulary.
 SPECIAL_TOKENS = (
@@ -31,6 +31,22 @@ SPECIAL_TOKENS = (
     "</arg_key>",
     "<arg_value>",
     "</arg_value>",
+)
+# Tags the model writes in its own output: registered as plain (non-special) added tokens, as the
+# real tokenizer does, so that decoding with skip_special_tokens keeps them for the output parsers.
+OUTPUT_TAGS = frozenset(
+    {
+        "<think>",
+        "</think>",
+        "<tool_call>",
+        "</tool_call>",
+        "<tool_response>",
+        "</tool_response>",
+        "<arg_key>",
+        "</arg_key>",
+        "<arg_value>",
+        "</arg_value>",
+    }
 )
 EOS_TOKENS = ("<|endoftext|>", "<|user|>", "<|observation|>")
 PAD_TOKEN = "<|endoftext|>"
@@ -168,5 +184,7 @@ def train_tokenizer() -> Tokenizer:
         show_progress=False,
     )
     tokenizer.train_from_iterator(CORPUS.splitlines(), trainer=trainer)
-    tokenizer.add_special_tokens(list(SPECIAL_TOKENS))
+    for token in SPECIAL_TOKENS:  # one at a time, so ids follow SPECIAL_TOKENS' order
+        special = token not in OUTPUT_TAGS
+        tokenizer.add_tokens([AddedToken(token, special=special, normalized=False)])
     return tokenizer

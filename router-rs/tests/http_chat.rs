@@ -21,6 +21,11 @@ async fn a_chat_answer_carries_the_reply_usage_and_model_defaults() {
     assert_eq!(body["model"], "tiny-glm");
     assert_eq!(body["choices"][0]["message"]["role"], "assistant");
     assert_eq!(body["choices"][0]["message"]["content"], "Hello there");
+    let message = body["choices"][0]["message"].as_object().unwrap();
+    assert!(
+        message["reasoning_content"].is_null(),
+        "present and null without reasoning"
+    );
     assert_eq!(body["choices"][0]["finish_reason"], "stop");
     let prompt = model.encode("<|user|>hi<|assistant|><think>");
     let reqs = worker.requests();

@@ -288,7 +288,7 @@ fn parse_tool_choice(
 pub struct ChatMessage {
     pub role: &'static str,
     pub content: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Always present (`null` without reasoning), as clients read it as an attribute.
     pub reasoning_content: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub tool_calls: Vec<ToolCall>,

@@ -14,7 +14,10 @@ impl Glm47ToolParser {
         match self.skip_to(&[KEY_OPEN, CALL_CLOSE]) {
             Some(0) => self.state = State::Key,
             Some(_) => self.close_call(),
-            None if eof => self.cut_off(),
+            None if eof => {
+                self.pos = self.buf.len();
+                self.cut_off();
+            }
             None => return false,
         }
         true
@@ -57,7 +60,10 @@ impl Glm47ToolParser {
                 self.warn_once("argument key without a value dropped");
                 self.close_call();
             }
-            None if eof => self.cut_off(),
+            None if eof => {
+                self.pos = self.buf.len();
+                self.cut_off();
+            }
             None => return false,
         }
         true

@@ -265,6 +265,11 @@ fn a_call_cut_off_after_its_name_is_closed_with_the_arguments_so_far() {
             json!({"days": 4}),
         ),
         ("<tool_call>get_weather\n", json!({})),
+        ("<tool_call>noop\n</tool_ca", json!({})),
+        (
+            "<tool_call>get_weather<arg_key>days</arg_key>\n<arg_val",
+            json!({}),
+        ),
     ];
     for (text, want) in cases {
         let got = Glm47ToolParser::parse(text, &tools());

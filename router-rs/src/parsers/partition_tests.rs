@@ -32,6 +32,8 @@ const TOOL_TEXTS: &[&str] = &[
      </arg_key><arg_value>{broken</arg_value></tool_call>",
     "<tool_call>get_weather<arg_key>opts</arg_key><arg_value>{\"e\": \"a < b </arg_val c\"}\
      </arg_value><arg_key>c<i</arg_key>ty</arg_key><arg_value>x</arg_value></tool_call>",
+    "a<tool_call>noop\n</tool_ca",
+    "<tool_call>get_weather<arg_key>days</arg_key>\n<arg_val",
 ];
 
 /// Streams `chunks` and checks the event contract on the way: each call's first event carries

@@ -105,7 +105,8 @@ impl Pipeline {
         }
     }
 
-    /// Splits reasoning from the answer; `in_reasoning`: the prompt left the model inside `<think>`.
+    /// Splits reasoning from the answer (the parser knows whether the prompt left the model
+    /// inside `<think>`).
     pub fn with_reasoning(mut self, parser: Glm45ReasoningParser) -> Self {
         self.reasoning = Some(parser);
         self

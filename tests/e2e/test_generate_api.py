@@ -41,8 +41,7 @@ def test_generate_and_generate_stream_agree(server: Server) -> None:
         assert resp.status_code == 200
         events = _sse_events(resp)
     assert len(events) == 10
-    # LightLLM's shape: generated_text is a list holding the one generated text
-    assert out["generated_text"] == ["".join(e["token"]["text"] for e in events)]
+    assert out["generated_text"] == "".join(e["token"]["text"] for e in events)
     assert [e["finished"] for e in events] == [False] * 9 + [True]
     assert events[-1]["finish_reason"] == "length"
 

@@ -36,9 +36,10 @@ def _worker(argv: list[str]) -> int:
 
 
 def _router(argv: list[str]) -> int:
-    from glm47 import _native
+    from glm47.router import main as router_main
 
-    _native.router_main(["glm47-router", *argv])
+    sys.argv = ["glm47-router", *argv]
+    router_main()
     return 0
 
 

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 
 
@@ -17,6 +18,9 @@ def main() -> None:
     """
     from glm47 import _native
 
+    # The router handles SIGINT itself (graceful shutdown); Python must not also turn it into a
+    # KeyboardInterrupt when the call returns.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         _native.router_main(["glm47-router", *sys.argv[1:]])
     except RuntimeError as e:

@@ -3,6 +3,8 @@
 //! Both the `glm47-router` binary and `glm47._native.router_main` (the `glm47-router` Python
 //! command) call [`run_blocking`].
 
+use std::io::IsTerminal;
+
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
@@ -46,6 +48,7 @@ fn init_logging(level: &str) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .try_init();
 }
 

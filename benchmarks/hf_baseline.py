@@ -19,7 +19,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
 
-from glm47.bench.dataset import read_packaged_sharegpt, sample_sharegpt
+from glm47.bench.dataset import load_requests
 
 
 def build_model(model_dir: str) -> torch.nn.Module:
@@ -44,18 +44,18 @@ def build_model(model_dir: str) -> torch.nn.Module:
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--model-dir", required=True, help="the bench model directory")
+    p.add_argument(
+        "--requests", required=True, help="JSON lines from `glm47 bench --save-requests`"
+    )
     p.add_argument("--num-prompts", type=int, default=256)
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None)
     args = p.parse_args()
 
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_file(str(Path(args.model_dir) / "tokenizer.json"))
-    reqs = sample_sharegpt(
-        read_packaged_sharegpt(), lambda s: tok.encode(s).ids, args.num_prompts, args.seed
-    )
+    reqs = load_requests(args.requests)[: args.num_prompts]
     model = build_model(args.model_dir)
     order = sorted(range(len(reqs)), key=lambda i: reqs[i].prompt_len)
     generated = 0

@@ -78,3 +78,27 @@ def test_p99_of_a_hundred_values() -> None:
     d = Dist.of([i / 1000 for i in range(1, 101)])
     assert d.median == pytest.approx(50.5)
     assert d.p99 == pytest.approx(99.0)
+
+
+def test_saved_requests_load_back_identically(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from glm47.bench.dataset import BenchRequest, load_requests, save_requests
+
+    reqs = [BenchRequest("héllo wörld", 3, 7), BenchRequest([1, 2, 3], 3, 4)]
+    save_requests(str(tmp_path / "r.jsonl"), reqs)
+    assert load_requests(str(tmp_path / "r.jsonl")) == reqs
+
+
+def test_raw_results_round_trip(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from glm47.bench.report import read_raw, write_raw
+
+    r = RequestResult(
+        prompt_len=1,
+        output_len_wanted=2,
+        start=0.1,
+        end=0.5,
+        ttft=0.2,
+        token_times=[0.3, 0.5],
+        output_tokens=2,
+    )
+    write_raw(tmp_path / "w.requests.json", [r])
+    assert read_raw(tmp_path / "w.requests.json") == [r]

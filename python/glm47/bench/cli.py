@@ -12,11 +12,20 @@ from pathlib import Path
 from glm47.bench.client import Arrival, Endpoint, run_workload
 from glm47.bench.dataset import (
     BenchRequest,
+    load_requests,
     random_requests,
     read_packaged_sharegpt,
     sample_sharegpt,
+    save_requests,
 )
-from glm47.bench.report import Summary, markdown_table, summarize, write_json, write_plots
+from glm47.bench.report import (
+    Summary,
+    markdown_table,
+    summarize,
+    write_json,
+    write_plots,
+    write_raw,
+)
 
 # Named workloads (the LightLLM table's): name -> arrival.
 PRESETS = {
@@ -50,7 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base-url", default="http://127.0.0.1:8000", help="server root URL")
     p.add_argument("--model", default=None, help="model name (default: the server's first model)")
     p.add_argument("--endpoint", choices=[e.value for e in Endpoint], default="completions")
-    p.add_argument("--dataset", choices=["sharegpt", "random"], default="sharegpt")
+    p.add_argument("--dataset", choices=["sharegpt", "random", "file"], default="sharegpt")
+    p.add_argument("--dataset-path", default=None, help="JSON lines written by --save-requests")
+    p.add_argument("--save-requests", default=None, help="write the sampled requests here")
+    p.add_argument("--dry-run", action="store_true", help="only sample (and save) the requests")
     p.add_argument(
         "--tokenizer",
         default=None,
@@ -76,7 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def load_requests(args: argparse.Namespace) -> list[BenchRequest]:
+def build_requests(args: argparse.Namespace) -> list[BenchRequest]:
+    if args.dataset == "file":
+        if args.dataset_path is None:
+            raise SystemExit("glm47 bench: --dataset file needs --dataset-path")
+        return load_requests(args.dataset_path)[: args.num_prompts]
     if args.dataset == "random":
         return random_requests(
             args.num_prompts,
@@ -101,7 +117,15 @@ def first_model(base_url: str) -> str:
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    requests = load_requests(args)
+    requests = build_requests(args)
+    if args.save_requests:
+        save_requests(args.save_requests, requests)
+    if args.dry_run:
+        print(
+            f"{len(requests)} requests"
+            + (f" saved to {args.save_requests}" if args.save_requests else "")
+        )
+        return 0
     model = args.model or first_model(args.base_url)
     endpoint = Endpoint(args.endpoint)
     out_dir = Path(args.output_dir) if args.output_dir else None
@@ -116,6 +140,7 @@ def main(argv: list[str]) -> int:
         )
         rows[name] = summarize(results, wall)
         if out_dir:
+            write_raw(out_dir / f"{name.replace(':', '_')}.requests.json", results)
             write_plots(
                 out_dir / f"{name.replace(':', '_')}.png", f"{name} ({args.label})", results
             )

@@ -92,6 +92,21 @@ def sample_sharegpt(
     return out
 
 
+def save_requests(path: str, requests: list[BenchRequest]) -> None:
+    """Write requests as JSON lines, to replay the same workload elsewhere (`load_requests`)."""
+    with open(path, "w", encoding="utf-8") as f:
+        for r in requests:
+            row = {"prompt": r.prompt, "prompt_len": r.prompt_len, "output_len": r.output_len}
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def load_requests(path: str) -> list[BenchRequest]:
+    """Read requests written by `save_requests`."""
+    with open(path, encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    return [BenchRequest(r["prompt"], int(r["prompt_len"]), int(r["output_len"])) for r in rows]
+
+
 def random_requests(
     num_prompts: int,
     input_len: int,

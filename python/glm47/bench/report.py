@@ -93,9 +93,25 @@ def write_json(path: Path, meta: dict, rows: dict[str, Summary]) -> None:
     )
 
 
+def write_raw(path: Path, results: list[RequestResult]) -> None:
+    """Every request's timings, so that tables and plots can be made again elsewhere."""
+    path.write_text(json.dumps([asdict(r) for r in results]) + "\n")
+
+
+def read_raw(path: Path) -> list[RequestResult]:
+    return [RequestResult(**row) for row in json.loads(path.read_text())]
+
+
 def write_plots(path: Path, name: str, results: list[RequestResult], bin_s: float = 1.0) -> None:
-    """A PNG with TTFT, TPOT and E2E latency histograms and output tokens/s over time."""
-    import matplotlib
+    """A PNG with TTFT, TPOT and E2E latency histograms and output tokens/s over time.
+
+    Skipped with a message where matplotlib is not installed (the raw results are kept, and
+    `python -m glm47.bench.report RAW.json...` draws them later)."""
+    try:
+        import matplotlib
+    except ImportError:
+        print(f"matplotlib is not installed: no plot {path.name}")
+        return
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -125,3 +141,16 @@ def write_plots(path: Path, name: str, results: list[RequestResult], bin_s: floa
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
+
+
+def main(argv: list[str]) -> None:
+    """Redraw the plots of raw result files: `python -m glm47.bench.report a.requests.json ...`."""
+    for raw in map(Path, argv):
+        name = raw.name.removesuffix(".requests.json")
+        write_plots(raw.with_name(f"{name}.png"), name, read_raw(raw))
+
+
+if __name__ == "__main__":
+    import sys
+
+    main(sys.argv[1:])

@@ -6,6 +6,10 @@
 //! with the new tokens, and emits the difference once it no longer ends in U+FFFD. After each
 //! emission the window slides forward, so the work per token stays constant however long the
 //! output grows.
+//!
+//! `skip_special_tokens` drops the ids of [`Tokenizer::output_skip_ids`]: control tokens such as
+//! `<|user|>`, `[gMASK]` or eos go, but the tags the output parsers read (`<think>`,
+//! `<tool_call>`, …) always reach them, even when the tokenizer file marks them special.
 
 use std::sync::Arc;
 
@@ -27,7 +31,8 @@ pub struct Detokenizer {
 }
 
 impl Detokenizer {
-    /// A detokenizer with no context; special tokens are dropped when `skip_special_tokens`.
+    /// A detokenizer with no context; special tokens other than the parser tags are dropped when
+    /// `skip_special_tokens`.
     pub fn new(tokenizer: Arc<Tokenizer>, skip_special_tokens: bool) -> Self {
         Self::with_context(tokenizer, &[], skip_special_tokens)
     }
@@ -40,11 +45,16 @@ impl Detokenizer {
         context: &[u32],
         skip_special_tokens: bool,
     ) -> Self {
+        let ids: Vec<u32> = context
+            .iter()
+            .copied()
+            .filter(|id| !(skip_special_tokens && tokenizer.output_skip_ids().contains(id)))
+            .collect();
         Self {
             tokenizer,
             skip_special_tokens,
-            ids: context.to_vec(),
-            read_offset: context.len(),
+            read_offset: ids.len(),
+            ids,
         }
     }
 
@@ -55,6 +65,9 @@ impl Detokenizer {
     pub fn push(&mut self, ids: &[u32]) -> Result<String, TokenizerError> {
         let mut out = String::new();
         for &id in ids {
+            if self.skip_special_tokens && self.tokenizer.output_skip_ids().contains(&id) {
+                continue;
+            }
             self.ids.push(id);
             if let Err(e) = self.step(&mut out, false) {
                 self.ids.pop();
@@ -82,9 +95,11 @@ impl Detokenizer {
     /// Decodes the window; when the new text is complete (or `force`), appends it to `out` and
     /// slides the window so the emitted tokens become the next context.
     fn step(&mut self, out: &mut String, force: bool) -> Result<(), TokenizerError> {
-        let skip = self.skip_special_tokens;
-        let prefix = self.tokenizer.decode(&self.ids[..self.read_offset], skip)?;
-        let full = self.tokenizer.decode(&self.ids, skip)?;
+        // Skipped ids never enter the window, so everything in it is decoded.
+        let prefix = self
+            .tokenizer
+            .decode(&self.ids[..self.read_offset], false)?;
+        let full = self.tokenizer.decode(&self.ids, false)?;
         let pending = self.ids.len() - self.read_offset;
         let complete = full.len() > prefix.len() && !full.ends_with('\u{FFFD}');
         if !(complete || force || pending > MAX_PENDING) {
@@ -159,9 +174,10 @@ mod tests {
     }
 
     #[test]
-    fn special_tokens_follow_the_skip_flag() {
-        let text = "<|user|>hi<think>x</think>";
-        for (skip, want) in [(true, "hix"), (false, text)] {
+    fn skipping_drops_control_tokens_but_keeps_the_parser_tags() {
+        let text = "[gMASK]<|user|>hi<think>x</think><|endoftext|>";
+        let kept = "hi<think>x</think>";
+        for (skip, want) in [(true, kept), (false, text)] {
             let (tok, mut d) = detok(skip);
             let ids = tok.encode(text).unwrap();
             let mut out: String = ids.iter().map(|id| d.push(&[*id]).unwrap()).collect();

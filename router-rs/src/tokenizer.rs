@@ -59,6 +59,19 @@ pub struct GenerationDefaults {
     pub top_k: Option<i64>,
 }
 
+/// Tags the output parsers read in the model's text. Some tokenizer files mark them special; they
+/// are never dropped from generated text, whatever `skip_special_tokens` says.
+pub const OUTPUT_TAGS: [&str; 8] = [
+    "<think>",
+    "</think>",
+    "<tool_call>",
+    "</tool_call>",
+    "<arg_key>",
+    "</arg_key>",
+    "<arg_value>",
+    "</arg_value>",
+];
+
 /// A tokenizer that adds nothing of its own: the chat template writes `[gMASK]<sop>` itself.
 ///
 /// Special tokens written in the text (`<|user|>`) are recognised and map to their single id.
@@ -66,6 +79,9 @@ pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     /// Ids of tokens marked special in tokenizer.json's added tokens, sorted.
     special_ids: BTreeSet<u32>,
+    /// `special_ids` minus the ids of [`OUTPUT_TAGS`]: what generated text drops with
+    /// `skip_special_tokens`.
+    output_skip_ids: BTreeSet<u32>,
     /// Ids that end generation, in the order the config lists them.
     eos_token_ids: Vec<u32>,
 }
@@ -82,15 +98,21 @@ impl std::fmt::Debug for Tokenizer {
 impl Tokenizer {
     /// Wraps a loaded `tokenizers` tokenizer with the given end-of-sequence ids.
     pub fn new(inner: tokenizers::Tokenizer, eos_token_ids: Vec<u32>) -> Self {
-        let special_ids = inner
+        let special_ids: BTreeSet<u32> = inner
             .get_added_tokens_decoder()
             .into_iter()
             .filter(|(_, token)| token.special)
             .map(|(id, _)| id)
             .collect();
+        let tag_ids: BTreeSet<u32> = OUTPUT_TAGS
+            .iter()
+            .filter_map(|tag| inner.token_to_id(tag))
+            .collect();
+        let output_skip_ids = special_ids.difference(&tag_ids).copied().collect();
         Self {
             inner,
             special_ids,
+            output_skip_ids,
             eos_token_ids,
         }
     }
@@ -126,6 +148,12 @@ impl Tokenizer {
     /// Ids of all special tokens.
     pub fn special_token_ids(&self) -> &BTreeSet<u32> {
         &self.special_ids
+    }
+
+    /// Ids that generated text drops with `skip_special_tokens`: the special tokens except the
+    /// [`OUTPUT_TAGS`] the parsers need (so `<|user|>`, `[gMASK]` and eos go, `<think>` stays).
+    pub fn output_skip_ids(&self) -> &BTreeSet<u32> {
+        &self.output_skip_ids
     }
 
     /// Whether `id` is a special token (`<|user|>`, `<think>`, …).

@@ -127,6 +127,21 @@ fn decode_skips_special_tokens_only_when_asked() {
 }
 
 #[test]
+fn output_skip_ids_are_the_special_ids_without_the_parser_tags() {
+    let tok = tiny_tokenizer();
+    let want: BTreeSet<u32> = [261, 262, 263, 264, 265].into_iter().collect();
+    assert_eq!(
+        tok.output_skip_ids(),
+        &want,
+        "<think> 266 and </think> 267 stay"
+    );
+    assert!(
+        tok.is_special(266),
+        "the tags are still reported as special"
+    );
+}
+
+#[test]
 fn load_reads_all_model_files() {
     let dir = model_dir("load-all");
     write(&dir, "chat_template.jinja", "[gMASK]<sop>{{ messages }}");

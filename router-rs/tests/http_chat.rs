@@ -184,6 +184,105 @@ async fn a_named_tool_choice_without_thinking_forces_the_call_in_the_prompt() {
     );
 }
 
+const BOTH_PARSERS: [&str; 4] = ["--tool-call-parser", "glm47", "--reasoning-parser", "glm45"];
+
+fn get_tool() -> Value {
+    json!([{"type": "function", "function": {"name": "get", "parameters":
+        {"type": "object", "properties": {"city": {"type": "string"}}}}}])
+}
+
+/// The arguments of the first call of a non-streamed answer, parsed.
+fn first_call_args(answer: &Value) -> Value {
+    let args = answer["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"]
+        .as_str()
+        .expect("a call with arguments");
+    serde_json::from_str(args).expect("arguments are JSON")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_required_tool_choice_with_thinking_closes_reasoning_and_opens_the_call() {
+    let reply = "get<arg_key>city</arg_key><arg_value>Rome</arg_value></tool_call>";
+    let (model, worker, server) = setup(reply, 3, &BOTH_PARSERS).await;
+    let body = json!({"messages": user("go"), "tools": get_tool(), "tool_choice": "required"});
+    let (status, answer) = server.post("/v1/chat/completions", body.clone()).await;
+    assert_eq!(status, 200, "{answer}");
+    let prompt =
+        model.encode("<|system|>tools:get;<|user|>go<|assistant|><think></think><tool_call>");
+    assert_eq!(worker.requests()[0].input_ids, prompt);
+    let message = &answer["choices"][0]["message"];
+    assert_eq!(message["tool_calls"][0]["function"]["name"], "get");
+    assert_eq!(first_call_args(&answer), json!({"city": "Rome"}));
+    assert!(message["content"].is_null(), "{message}");
+    assert!(message["reasoning_content"].is_null(), "{message}");
+    assert_eq!(answer["choices"][0]["finish_reason"], "tool_calls");
+
+    let mut streamed = body;
+    streamed["stream"] = json!(true);
+    let (status, events) = server.post_stream("/v1/chat/completions", streamed).await;
+    assert_eq!(status, 200);
+    let chunks = json_events(&events);
+    let calls: Vec<&Value> = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["tool_calls"].as_array())
+        .flatten()
+        .collect();
+    let names: Vec<&str> = calls
+        .iter()
+        .filter_map(|c| c["function"]["name"].as_str())
+        .collect();
+    let arguments: String = calls
+        .iter()
+        .filter_map(|c| c["function"]["arguments"].as_str())
+        .collect();
+    assert_eq!(names, vec!["get"]);
+    assert_eq!(
+        serde_json::from_str::<Value>(&arguments).unwrap(),
+        json!({"city": "Rome"})
+    );
+    let finish = chunks
+        .iter()
+        .rev()
+        .find_map(|c| c["choices"][0]["finish_reason"].as_str());
+    assert_eq!(finish, Some("tool_calls"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_named_tool_choice_with_thinking_forces_that_call_and_keeps_one_without_parallel() {
+    let reply = "<arg_key>city</arg_key><arg_value>Rome</arg_value></tool_call>\
+        <tool_call>get<arg_key>city</arg_key><arg_value>Oslo</arg_value></tool_call>";
+    let (model, worker, server) = setup(reply, 4, &BOTH_PARSERS).await;
+    let body = json!({"messages": user("go"), "tools": get_tool(),
+        "tool_choice": {"type": "function", "function": {"name": "get"}},
+        "parallel_tool_calls": false});
+    let (status, answer) = server.post("/v1/chat/completions", body).await;
+    assert_eq!(status, 200, "{answer}");
+    let prompt =
+        model.encode("<|system|>tools:get;<|user|>go<|assistant|><think></think><tool_call>get");
+    assert_eq!(worker.requests()[0].input_ids, prompt);
+    let calls = answer["choices"][0]["message"]["tool_calls"]
+        .as_array()
+        .expect("tool calls");
+    assert_eq!(calls.len(), 1, "only the first call: {calls:?}");
+    assert_eq!(first_call_args(&answer), json!({"city": "Rome"}));
+    assert_eq!(answer["choices"][0]["finish_reason"], "tool_calls");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_none_tool_choice_renders_no_tools_and_parses_no_calls() {
+    let reply = "sure<tool_call>get<arg_key>city</arg_key><arg_value>Rome</arg_value></tool_call>";
+    let (model, worker, server) = setup(reply, 5, &BOTH_PARSERS).await;
+    let body = json!({"messages": user("go"), "tools": get_tool(), "tool_choice": "none",
+        "chat_template_kwargs": {"enable_thinking": false}});
+    let (status, answer) = server.post("/v1/chat/completions", body).await;
+    assert_eq!(status, 200, "{answer}");
+    let prompt = model.encode("<|user|>go<|assistant|></think>");
+    assert_eq!(worker.requests()[0].input_ids, prompt);
+    let message = &answer["choices"][0]["message"];
+    assert_eq!(message["content"], reply);
+    assert!(message.get("tool_calls").is_none(), "{message}");
+    assert_eq!(answer["choices"][0]["finish_reason"], "stop");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chat_logprobs_come_in_the_openai_shape() {
     let (_model, worker, server) = setup("abc", 2, &[]).await;

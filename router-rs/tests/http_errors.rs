@@ -87,6 +87,12 @@ async fn wrong_types_and_out_of_range_fields_are_400_naming_the_field() {
             json!({"messages": user(), "tool_choice": "required"}),
             "tool_choice",
         ),
+        (
+            "/v1/chat/completions",
+            json!({"messages": user(), "tools": [{"type": "function", "function": {"name": "get"}}],
+                "tool_choice": {"type": "function", "function": {"name": "put"}}}),
+            "tool_choice",
+        ),
         ("/v1/completions", json!({"prompt": 5}), "prompt"),
         ("/v1/completions", json!({"prompt": [999999]}), "prompt"),
         ("/v1/completions", json!({"prompt": "x", "n": 0}), "n"),

@@ -22,7 +22,8 @@ pub struct ChatPrompt {
     pub ids: Vec<u32>,
     /// The prompt leaves the model inside `<think>`.
     pub in_reasoning: bool,
-    /// Text appended to force a tool call (`<tool_call>` or `<tool_call>NAME`), if any.
+    /// The opened call the tool parser starts from (`<tool_call>` or `<tool_call>NAME`) when
+    /// `tool_choice` forces one.
     pub tool_prefix: Option<String>,
 }
 
@@ -36,25 +37,29 @@ pub fn ready_worker(state: &AppState) -> Result<WorkerInfo, ApiError> {
 
 /// Renders the chat template and tokenizes the prompt on the blocking pool.
 ///
-/// With `tool_choice` required or named and thinking disabled, the prompt ends in `<tool_call>`
-/// (or `<tool_call>NAME`) so that the model must call; the tool parser is told the text starts
-/// there. With thinking on, the model is asked through the template alone.
+/// A `tool_choice` of `required` or a named function is enforced in the prompt when the tool
+/// parser is on: the rendered text gets `<tool_call>` (or `<tool_call>NAME`) appended, so the
+/// model can only continue the call, and the tool parser starts from that prefix. When the
+/// generation prompt ends inside reasoning (`<think>`, thinking on), `</think>` is appended first:
+/// reasoning is skipped for a forced call, and the reasoning parser starts outside reasoning.
+/// With `tool_choice` none the request carries no tools, so the template renders none and no
+/// call is parsed.
 pub async fn chat_prompt(state: &Arc<AppState>, req: &ChatRequest) -> Result<ChatPrompt, ApiError> {
     let state = state.clone();
     let messages = req.messages.clone();
     let tools = (!req.tools.is_empty()).then(|| Value::Array(req.tools.clone()));
     let kwargs = req.template_kwargs.clone();
-    let tool_prefix = match (&req.tool_choice, req.thinking_enabled()) {
-        (ToolChoice::Required, false) => Some("<tool_call>".to_owned()),
-        (ToolChoice::Named(name), false) => Some(format!("<tool_call>{name}")),
-        _ => None,
-    };
+    let tool_prefix = forced_call(req).filter(|_| state.options.tool_call_parser.is_some());
     tokio::task::spawn_blocking(move || {
         let mut text = state
             .template
             .render(&messages, tools.as_ref(), true, &kwargs)?;
-        let in_reasoning = ends_in_reasoning(&text);
+        let mut in_reasoning = ends_in_reasoning(&text);
         if let Some(prefix) = &tool_prefix {
+            if in_reasoning {
+                text.push_str(THINK_CLOSE);
+                in_reasoning = false;
+            }
             text.push_str(prefix);
         }
         let ids = state
@@ -70,6 +75,21 @@ pub async fn chat_prompt(state: &Arc<AppState>, req: &ChatRequest) -> Result<Cha
     })
     .await
     .map_err(|e| ApiError::Internal(e.to_string()))?
+}
+
+/// Closes the reasoning a generation prompt left open, before a forced call.
+const THINK_CLOSE: &str = "</think>";
+
+/// The opened call that `tool_choice` forces, if any (`required`, or a function by name).
+fn forced_call(req: &ChatRequest) -> Option<String> {
+    if req.tools.is_empty() {
+        return None;
+    }
+    match &req.tool_choice {
+        ToolChoice::Required => Some("<tool_call>".to_owned()),
+        ToolChoice::Named(name) => Some(format!("<tool_call>{name}")),
+        ToolChoice::None | ToolChoice::Auto => None,
+    }
 }
 
 /// True when the last think tag of `prompt` opens reasoning.
@@ -225,7 +245,9 @@ mod tests {
     fn the_last_think_tag_decides_where_the_answer_starts() {
         assert!(ends_in_reasoning("<|user|>hi<|assistant|><think>"));
         assert!(!ends_in_reasoning("<|user|>hi<|assistant|></think>"));
-        assert!(ends_in_reasoning("<think>a</think><|user|>b<|assistant|><think>"));
+        assert!(ends_in_reasoning(
+            "<think>a</think><|user|>b<|assistant|><think>"
+        ));
         assert!(!ends_in_reasoning("<|user|>plain template<|assistant|>"));
     }
 }

@@ -17,6 +17,7 @@ prompt + output so far. No waiting request is admitted in a step that preempted.
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -26,6 +27,8 @@ from glm47.worker.engine.admission import GrowthReserve
 from glm47.worker.engine.page_pool import PagePool
 from glm47.worker.engine.prefix_cache import PrefixCache
 from glm47.worker.engine.request import Request, RequestState
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -162,6 +165,13 @@ class Scheduler:
         req.state = RequestState.PREEMPTED
         self.waiting.appendleft(req)
         self.num_preemptions += 1
+        log.info(
+            "preempted request %s: %d known tokens to recompute, %d pages free, %d running",
+            req.rid,
+            req.num_tokens,
+            self.pool.num_free,
+            len(self.running),
+        )
 
     def finish(self, reqs: list[Request]) -> None:
         """Take finished or aborted requests out of the queues; their full pages are offered to

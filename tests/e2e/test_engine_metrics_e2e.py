@@ -1,0 +1,102 @@
+"""The engine's observable state through the real router and worker on the tiny model: a client
+that disconnects mid-stream frees its KV pages, and /metrics reports queue, batch, KV, prefix cache,
+token counters and latency histograms."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import random
+import time
+from urllib.parse import urlsplit
+
+import pytest
+
+from .conftest import Server
+from .engine_client import Job, generate, metrics, random_prompt, worker_gauge
+
+pytestmark = pytest.mark.e2e
+
+HISTOGRAMS = (
+    "glm47_time_to_first_token_seconds",
+    "glm47_inter_token_latency_seconds",
+    "glm47_e2e_request_latency_seconds",
+)
+WORKER_GAUGES = (
+    "glm47_num_requests_waiting",
+    "glm47_num_requests_running",
+    "glm47_kv_pages_used",
+    "glm47_kv_pages_total",
+    "glm47_kv_cache_usage_ratio",
+    "glm47_prefix_cache_hit_rate",
+)
+
+
+def _idle(server: Server) -> dict[str, float]:
+    """/metrics once the worker reports nothing running and no KV page in use (or the last
+    samples after 2 seconds)."""
+    deadline = time.monotonic() + 2.0
+    while True:
+        samples = metrics(server)
+        busy = worker_gauge(samples, "glm47_num_requests_running") + worker_gauge(
+            samples, "glm47_kv_pages_used"
+        )
+        if busy == 0 or time.monotonic() > deadline:
+            return samples
+        time.sleep(0.05)
+
+
+def test_client_disconnect_mid_stream_frees_pages(server: Server) -> None:
+    prompt = random_prompt(random.Random(5), 40)
+    body = {
+        "inputs": prompt,
+        "parameters": {"do_sample": False, "ignore_eos": True, "max_new_tokens": 3000},
+    }
+    url = urlsplit(server.base_url)
+    conn = http.client.HTTPConnection(url.hostname or "127.0.0.1", url.port, timeout=60)
+    conn.request("POST", "/generate_stream", json.dumps(body), {"Content-Type": "application/json"})
+    resp = conn.getresponse()
+    assert resp.status == 200
+    events = 0
+    while events < 3:
+        line = resp.readline()
+        assert line, "the stream ended early"
+        events += line.startswith(b"data:")
+    busy = metrics(server)
+    assert worker_gauge(busy, "glm47_num_requests_running") == 1
+    assert worker_gauge(busy, "glm47_kv_pages_used") >= 3  # 40 + 3 tokens, pages of 16
+    conn.close()  # the client goes away with ~3000 tokens still to generate
+    idle = _idle(server)
+    assert worker_gauge(idle, "glm47_num_requests_running") == 0
+    assert worker_gauge(idle, "glm47_num_requests_waiting") == 0
+    assert worker_gauge(idle, "glm47_kv_pages_used") == 0
+    # The server still serves.
+    assert len(generate(server, Job(prompt, 2)).ids) == 2
+
+
+def test_metrics_report_engine_state_and_latencies(server: Server) -> None:
+    rng = random.Random(6)
+    before = metrics(server)
+    prompt = random_prompt(rng, 64)
+    jobs = [Job(prompt, 4), Job(prompt, 3)]  # the second hits the prefix cache
+    for job in jobs:
+        generate(server, job)
+    after = _idle(server)
+
+    def delta(name: str) -> float:
+        return after[name] - before.get(name, 0.0)
+
+    assert delta("glm47_prompt_tokens_total") == 2 * len(prompt)
+    assert delta("glm47_generation_tokens_total") == 7
+    assert delta("glm47_cached_prompt_tokens_total") == 48  # 3 full pages of the 64-token prompt
+    for name in HISTOGRAMS:
+        assert f'{name}_bucket{{le="+Inf"}}' in after, name
+        assert after[f"{name}_sum"] > 0
+    assert delta("glm47_time_to_first_token_seconds_count") == 2
+    assert delta("glm47_e2e_request_latency_seconds_count") == 2
+    assert delta("glm47_inter_token_latency_seconds_count") == 3 + 2
+    for name in WORKER_GAUGES:
+        worker_gauge(after, name)  # present, one series for the one worker
+    assert worker_gauge(after, "glm47_num_requests_waiting") == 0
+    assert worker_gauge(after, "glm47_kv_pages_total") > 0
+    assert 0 < worker_gauge(after, "glm47_prefix_cache_hit_rate") <= 1

@@ -92,14 +92,6 @@ impl ChatRequest {
             sampling,
         })
     }
-
-    /// `enable_thinking` from the template kwargs (the template's default is on).
-    pub fn thinking_enabled(&self) -> bool {
-        self.template_kwargs
-            .get("enable_thinking")
-            .and_then(Value::as_bool)
-            .unwrap_or(true)
-    }
 }
 
 fn chat_logprobs(logprobs: Option<bool>, top: Option<u32>) -> Result<i32, ValidationError> {

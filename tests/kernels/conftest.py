@@ -1,25 +1,13 @@
-"""Kernel tests run on the GPU when one is present, else under the Triton interpreter on the CPU.
-
-The interpreter must be chosen before triton is imported, so this file decides it first.
-"""
+"""Kernel tests run on the GPU when one is present, else under the Triton interpreter on the CPU
+(chosen in tests/conftest.py, before anything imports triton)."""
 
 from __future__ import annotations
 
-import os
-import shutil
 import zlib
 
-
-def _has_gpu() -> bool:
-    return os.path.exists("/dev/nvidia0") or shutil.which("nvidia-smi") is not None
-
-
-if not _has_gpu():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from kernel_utils import ON_GPU  # noqa: E402
+import pytest
+import torch
+from kernel_utils import ON_GPU
 
 
 @pytest.fixture

@@ -1,0 +1,83 @@
+"""The `glm47` command: sub-command dispatch, `make-tiny-model`, and how `serve` splits its flags."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from glm47 import cli, serve
+
+
+def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for name in cli.COMMANDS:
+        assert name in out
+
+
+def test_unknown_command_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["frobnicate"]) == 2
+    assert "unknown command" in capsys.readouterr().err
+
+
+def test_make_tiny_model_writes_a_complete_directory(tmp_path: Path) -> None:
+    assert cli.main(["make-tiny-model", str(tmp_path / "m"), "--seed", "3"]) == 0
+    names = {p.name for p in (tmp_path / "m").iterdir()}
+    assert {
+        "config.json",
+        "tokenizer.json",
+        "chat_template.jinja",
+        "generation_config.json",
+    } <= names
+    assert any(n.endswith(".safetensors") for n in names)
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert config["model_type"] == "glm4_moe_lite"
+    assert config["num_nextn_predict_layers"] == 1
+
+
+def test_serve_sends_router_flags_to_the_router_and_the_rest_to_the_worker(tmp_path: Path) -> None:
+    p = serve.plan(
+        [
+            "--model-dir",
+            str(tmp_path),
+            "--port",
+            "8123",
+            "--tool_call_parser",
+            "glm47",
+            "--reasoning-parser=glm45",
+            "--chunked_prefill_size",
+            "512",
+            "--log-level",
+            "debug",
+            "--worker-listen",
+            "tcp://127.0.0.1:7001",
+        ]
+    )
+    router, worker = " ".join(p.router_cmd), " ".join(p.worker_cmd)
+    assert "--tool-call-parser glm47" in router and "--reasoning-parser=glm45" in router
+    assert "--chunked_prefill_size 512" in worker and "chunked" not in router
+    assert "--log-level debug" in router and "--log-level debug" in worker
+    assert (
+        "--worker-addr tcp://127.0.0.1:7001" in router and "--listen tcp://127.0.0.1:7001" in worker
+    )
+    assert f"--model-dir {tmp_path}" in router and f"--model-dir {tmp_path}" in worker
+    assert p.health_url == "http://127.0.0.1:8123/health"
+
+
+def test_serve_without_a_model_dir_uses_the_cached_tiny_model_on_the_cpu(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(serve.CACHE_DIR_ENV, str(tmp_path))
+    p = serve.plan(["--port", "8124"])
+    assert (tmp_path / "tiny-model" / "config.json").exists()
+    assert "--device cpu" in " ".join(p.worker_cmd)
+    again = serve.plan(["--port", "8124", "--device", "cuda"])
+    assert "--device cuda" in " ".join(again.worker_cmd)
+    assert "--device cpu" not in " ".join(again.worker_cmd)
+
+
+def test_serve_flag_without_value_is_an_error() -> None:
+    with pytest.raises(SystemExit):
+        serve.plan(["--model-dir", "x", "--tool-call-parser"])

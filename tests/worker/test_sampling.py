@@ -254,3 +254,42 @@ def test_a_mixed_batch_applies_each_rows_own_settings() -> None:
             else:
                 spread.add(o.token_id)
     assert len(spread) > 20  # temperature 2 rows really sample
+
+
+def test_banned_ids_are_never_sampled_and_logprobs_see_the_mask() -> None:
+    logits = torch.zeros(4, 8)
+    logits[:, 3] = 9.0  # eos is every row's best token by far
+    logits[:, 5] = 8.0  # a stop id comes next
+    logits[:, 6] = 7.0
+    seqs = [
+        seq("greedy", temperature=0.0, logprobs=2),
+        seq("hot", temperature=3.0, logprobs=0),
+        seq("ranked", temperature=3.0, top_k=3, top_p=0.99, seed=3),
+        seq("free", temperature=0.0),  # no ban: still picks eos
+    ]
+    for s in seqs[:3]:
+        s.banned_token_ids = (3, 5)
+    sampler = Sampler(seed=14)
+    drawn: set[int] = set()
+    for _ in range(50):
+        out = sampler.sample(logits, seqs)
+        drawn |= {o.token_id for o in out[:3]}
+        assert out[0].token_id == 6 and out[3].token_id == 3
+    assert drawn.isdisjoint({3, 5}) and len(drawn) > 2  # the sampled rows do vary
+    out = sampler.sample(logits, seqs)
+    ref = logits[0].clone()
+    ref[[3, 5]] = -math.inf
+    ref = ref.log_softmax(-1)
+    assert out[0].logprob == pytest.approx(ref[6].item(), abs=1e-5)
+    assert out[0].top_logprobs is not None and out[0].top_logprobs[0][0] == 6
+    assert all(t not in (3, 5) for t, _ in out[0].top_logprobs)
+    assert logits[0, 3] == 9.0  # the caller's logits are left alone
+
+
+def test_banned_ids_apply_after_penalties_and_lift_when_empty() -> None:
+    logits = torch.tensor([[0.0, 5.0, 4.0, 3.0]])
+    s = seq(out=[2], temperature=0.0, frequency_penalty=2.0)
+    s.banned_token_ids = (1,)
+    assert Sampler().sample(logits, [s])[0].token_id == 3  # 2 is penalised to 2.0, 1 is banned
+    s.banned_token_ids = ()
+    assert Sampler().sample(logits, [s])[0].token_id == 1  # min_new_tokens reached: eos allowed

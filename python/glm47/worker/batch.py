@@ -46,6 +46,9 @@ class ScheduledSeq:
     sampling: SamplingParams = field(default_factory=SamplingParams)
     prompt_ids: list[int] = field(default_factory=list)  # for the repetition penalty
     output_ids: list[int] = field(default_factory=list)  # generated so far, for penalties and seeds
+    # Ids the sampler sets to -inf after penalties: the stop and eos ids while fewer than
+    # min_new_tokens tokens are generated, else empty.
+    banned_token_ids: tuple[int, ...] = ()
 
 
 @dataclass

@@ -4,8 +4,9 @@ One call handles the whole batch with tensor operations over [N, V]; Python only
 requests to gather their settings into a few small tensors. Order of operations per row:
 
 1. penalties on the raw logits: repetition (HF/CTRL: prompt and output tokens), then frequency and
-   presence (OpenAI: output tokens only);
-2. logprobs = log_softmax of the penalised logits (independent of the sampling settings);
+   presence (OpenAI: output tokens only), then the row's `banned_token_ids` set to -inf (its stop
+   and eos ids while fewer than min_new_tokens tokens are generated);
+2. logprobs = log_softmax of the penalised, masked logits (independent of the sampling settings);
 3. greedy rows (temperature 0 or top_k 1) take the argmax of the penalised logits;
 4. the other rows: temperature, then top-k, top-p and min-p masks, then an exponential race
    (`argmax(p / q)` with `q ~ Exp(1)`, computed as `argmax(logits / T - log q)`), which draws
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from glm47.worker.batch import SampleOutput, SamplingParams, ScheduledSeq
-from glm47.worker.sampling_penalties import TokenHistory, apply_penalties
+from glm47.worker.sampling_penalties import TokenHistory, apply_bans, apply_penalties
 
 _MASK64 = (1 << 64) - 1
 _GOLDEN = 0x9E3779B97F4A7C15
@@ -143,7 +144,7 @@ class Sampler:
             raise ValueError(f"logits {tuple(logits.shape)} do not match {len(seqs)} sequences")
         params = [s.sampling for s in seqs]
         self._history.retain({s.rid for s in seqs})
-        logits = apply_penalties(logits.float(), seqs, self._history)
+        logits = apply_bans(apply_penalties(logits.float(), seqs, self._history), seqs)
         tokens = self._choose(logits, seqs)  # [N] int64
         want_lp = [p.logprobs for p in params]
         if max(want_lp, default=-1) < 0:

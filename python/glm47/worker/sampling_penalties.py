@@ -4,6 +4,9 @@ Repetition (HF/CTRL) divides positive logits and multiplies negative ones by the
 token of the prompt or the output. Frequency and presence (OpenAI) subtract
 `count * frequency + (count > 0) * presence`, counting output tokens only.
 
+Before `min_new_tokens` outputs, a row's `banned_token_ids` (its stop and eos ids) are set to
+-inf after the penalties, so they are never sampled and the logprobs reflect the mask.
+
 Building the (row, token) index pairs from Python lists each step would cost O(prompt) host work
 per request and step; `TokenHistory` keeps each request's prompt on the device and its output in a
 growing host buffer, keyed by request id and checked against the list objects it was built from.
@@ -112,6 +115,25 @@ def apply_penalties(
         pres = _column([p.presence_penalty for p in params], device)  # [N, 1]
         logits = logits - freq * counts - pres * (counts > 0).float()
     return logits
+
+
+def apply_bans(
+    logits: torch.Tensor,  # [N, V] fp32
+    seqs: list[ScheduledSeq],
+) -> torch.Tensor:  # [N, V] fp32
+    """`logits` with each row's `banned_token_ids` set to -inf (a new tensor when any row bans
+    ids, else `logits` itself): the ids that would stop a request before its min_new_tokens."""
+    rows: list[int] = []
+    ids: list[int] = []
+    for i, s in enumerate(seqs):
+        if s.banned_token_ids:
+            rows += [i] * len(s.banned_token_ids)
+            ids += s.banned_token_ids
+    if not ids:
+        return logits
+    pairs = torch.tensor([rows, ids], dtype=torch.int64).to(logits.device, non_blocking=True)
+    fill = torch.full((len(ids),), float("-inf"), dtype=logits.dtype, device=logits.device)
+    return logits.index_put((pairs[0], pairs[1]), fill)  # [N, V]
 
 
 def _column(values: list[float], device: torch.device) -> torch.Tensor:  # [N, 1] fp32

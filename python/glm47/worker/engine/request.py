@@ -62,6 +62,8 @@ class Request:
     finish_reason: FinishReason | None = field(default=None, init=False)
     first_output_sent: bool = field(default=False, init=False)  # prompt_tokens already reported
     num_preemptions: int = field(default=0, init=False)
+    # The ids masked while fewer than min_new_tokens are generated; built on first use.
+    _min_tokens_ban: tuple[int, ...] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.all_token_ids = list(self.prompt_ids)
@@ -99,6 +101,16 @@ class Request:
             return self.all_token_ids[start:end]
         drafts = self.draft_token_ids[max(0, start - known) : end - known]
         return self.all_token_ids[start:known] + drafts
+
+    def banned_token_ids(self) -> tuple[int, ...]:
+        """Ids the next sample must not be: before `min_new_tokens` outputs, every id that would
+        stop the request (stop ids, and eos ids unless `ignore_eos`); afterwards none."""
+        if len(self.output_ids) >= self.min_new_tokens:
+            return ()
+        if self._min_tokens_ban is None:
+            eos = frozenset() if self.ignore_eos else self.eos_token_ids
+            self._min_tokens_ban = tuple(sorted(self.stop_token_ids | eos))
+        return self._min_tokens_ban
 
     def append_output(self, token_id: int) -> None:
         self.output_ids.append(token_id)

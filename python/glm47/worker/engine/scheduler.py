@@ -136,18 +136,20 @@ class Scheduler:
         seqs = []
         for req, n in plan.chunks.items():
             start = req.num_computed_tokens
+            sample = start + n >= req.num_tokens
             seqs.append(
                 ScheduledSeq(
                     rid=req.rid,
                     token_ids=req.wanted_tokens(start, start + n),
                     start_pos=start,
                     page_ids=list(req.page_ids),
-                    sample=start + n >= req.num_tokens,
+                    sample=sample,
                     sampling=req.sampling,
                     # The request's own lists, read-only, the same objects every step (the
                     # sampler keys its penalty history on them); valid until samples are applied.
                     prompt_ids=req.prompt_ids,
                     output_ids=req.output_ids,
+                    banned_token_ids=req.banned_token_ids() if sample else (),
                 )
             )
             req.num_computed_tokens = start + n

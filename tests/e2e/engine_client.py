@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import http.client
+import json
 import random
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
+import openai
+import pytest
 import requests
 
 from glm47.worker.model.tiny_tokenizer import BPE_VOCAB_SIZE
@@ -73,6 +79,21 @@ def generate_concurrently(server: Server, jobs: list[Job]) -> list[Greedy]:
         return list(pool.map(lambda job: generate(server, job), jobs))
 
 
+def completion(server: Server, prompt: list[int], n: int) -> tuple[str, int, int]:
+    """Greedy /v1/completions by token ids: the text, usage.prompt_tokens and
+    usage.prompt_tokens_details.cached_tokens."""
+    client = openai.OpenAI(base_url=server.openai_base, api_key="unused", max_retries=0)
+    model = client.models.list().data[0].id
+    resp = client.completions.create(
+        model=model, prompt=prompt, max_tokens=n, temperature=0, extra_body={"ignore_eos": True}
+    )
+    usage = resp.usage
+    assert usage is not None and usage.prompt_tokens_details is not None
+    cached = usage.prompt_tokens_details.cached_tokens
+    assert cached is not None
+    return resp.choices[0].text, usage.prompt_tokens, cached
+
+
 def metrics(server: Server) -> dict[str, float]:
     """The `/metrics` samples by series (`name{labels}`), and by bare name for unlabelled ones."""
     resp = requests.get(f"{server.base_url}/metrics", timeout=10)
@@ -93,9 +114,49 @@ def worker_gauge(samples: dict[str, float], name: str) -> float:
     return values[0]
 
 
+def open_stream(
+    server: Server, job: Job
+) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+    """Start a greedy `/generate_stream`; returns the connection and its response, unread.
+    Closing the connection is a client that goes away mid-stream."""
+    body = {
+        "inputs": job.prompt,
+        "parameters": {
+            "do_sample": False,
+            "ignore_eos": True,
+            "max_new_tokens": job.max_new_tokens,
+        },
+    }
+    url = urlsplit(server.base_url)
+    conn = http.client.HTTPConnection(url.hostname or "127.0.0.1", url.port, timeout=120)
+    conn.request("POST", "/generate_stream", json.dumps(body), {"Content-Type": "application/json"})
+    resp = conn.getresponse()
+    assert resp.status == 200
+    return conn, resp
+
+
+def wait_idle(server: Server, timeout_s: float = 2.0) -> dict[str, float]:
+    """/metrics once the worker reports nothing waiting or running and no KV page in use (or
+    the last samples after `timeout_s`)."""
+    deadline = time.monotonic() + timeout_s
+    names = ("glm47_num_requests_waiting", "glm47_num_requests_running", "glm47_kv_pages_used")
+    while True:
+        samples = metrics(server)
+        busy = sum(worker_gauge(samples, name) for name in names)
+        if busy == 0 or time.monotonic() > deadline:
+            return samples
+        time.sleep(0.05)
+
+
 @contextmanager
 def running_server(model_dir: Path, log_path: Path, *flags: str) -> Iterator[Server]:
-    proc, base = start_server(model_dir, log_path, *flags)
+    """`glm47 serve` on the tiny model with one CPU thread per process. On a small shared machine
+    two OpenMP threads per worker stall at every barrier while other processes hold a core: the
+    same steps then take several times longer. Compare outputs only between servers started here,
+    so that every reference ran with the same thread count."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("OMP_NUM_THREADS", "1")
+        proc, base = start_server(model_dir, log_path, *flags)
     try:
         yield Server(base_url=base, model_dir=model_dir, log_path=log_path)
     finally:

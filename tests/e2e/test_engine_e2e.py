@@ -4,22 +4,26 @@ prefill, prefix cache and preemption give exactly the greedy tokens of plain one
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import openai
 import pytest
 
 from .conftest import Server
 from .engine_client import (
     PAGE_SIZE,
     Job,
+    completion,
     generate,
     generate_concurrently,
     generate_one_at_a_time,
     metrics,
+    open_stream,
     random_prompt,
     running_server,
+    wait_idle,
     worker_gauge,
 )
 
@@ -29,9 +33,20 @@ TINY_KV_TOKENS = 320  # 20 pages: 16 requests of ~100 tokens (7 pages each) cann
 
 
 @pytest.fixture(scope="module")
+def default_server(
+    tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    """Default flags: prefix cache on, prompts prefilled in one piece."""
+    log = tmp_path_factory.mktemp("default") / "serve.log"
+    with running_server(tiny_model_dir, log) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
 def nocache_server(
     tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Server]:
+    """The roomy reference: no prefix cache, prompts prefilled in one piece."""
     log = tmp_path_factory.mktemp("nocache") / "serve.log"
     with running_server(tiny_model_dir, log, "--disable-prefix-cache") as srv:
         yield srv
@@ -41,8 +56,11 @@ def nocache_server(
 def chunked_server(
     tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Server]:
+    """Prompts prefilled 16 tokens a step; no prefix cache, so only the chunking differs from
+    `nocache_server`."""
     log = tmp_path_factory.mktemp("chunked") / "serve.log"
-    with running_server(tiny_model_dir, log, "--chunked-prefill-size", "16") as srv:
+    flags = ("--chunked-prefill-size", "16", "--disable-prefix-cache")
+    with running_server(tiny_model_dir, log, *flags) as srv:
         yield srv
 
 
@@ -67,35 +85,28 @@ def test_concurrent_batching_matches_one_at_a_time(nocache_server: Server) -> No
         assert got.prompt_tokens == len(job.prompt)
 
 
-def test_chunked_prefill_matches_one_piece_prefill(server: Server, chunked_server: Server) -> None:
+def test_chunked_prefill_matches_one_piece_prefill(
+    nocache_server: Server, chunked_server: Server
+) -> None:
     rng = random.Random(2)
     jobs = [Job(random_prompt(rng, n), 6) for n in (17, 100, 257)]
-    for job in jobs:
+    whole = generate_one_at_a_time(nocache_server, jobs)
+    for job, want in zip(jobs, whole, strict=True):
         chunked = generate(chunked_server, job)
-        whole = generate(server, job)
-        assert chunked.ids == whole.ids, f"prompt of {len(job.prompt)} tokens"
-        assert chunked.prompt_tokens == whole.prompt_tokens == len(job.prompt)
+        assert chunked.ids == want.ids, f"prompt of {len(job.prompt)} tokens"
+        assert chunked.prompt_tokens == want.prompt_tokens == len(job.prompt)
     # Chunks of long prompts interleaved with other requests' decode steps.
     together = generate_concurrently(chunked_server, jobs)
-    assert [g.ids for g in together] == [g.ids for g in generate_one_at_a_time(server, jobs)]
-
-
-def _completion(srv: Server, prompt: list[int], n: int) -> tuple[str, int, int]:
-    """Greedy /v1/completions by token ids: text, prompt_tokens, cached_tokens."""
-    client = openai.OpenAI(base_url=srv.openai_base, api_key="unused", max_retries=0)
-    model = client.models.list().data[0].id
-    resp = client.completions.create(
-        model=model, prompt=prompt, max_tokens=n, temperature=0, extra_body={"ignore_eos": True}
-    )
-    usage = resp.usage
-    assert usage is not None and usage.prompt_tokens_details is not None
-    cached = usage.prompt_tokens_details.cached_tokens
-    assert cached is not None
-    return resp.choices[0].text, usage.prompt_tokens, cached
+    assert [g.ids for g in together] == [g.ids for g in whole]
+    # The OpenAI API reports the whole prompt in usage.prompt_tokens, however it was chunked.
+    long = jobs[-1]
+    text, prompt_tokens, _ = completion(chunked_server, long.prompt, long.max_new_tokens)
+    assert prompt_tokens == len(long.prompt)
+    assert (text, prompt_tokens) == completion(nocache_server, long.prompt, long.max_new_tokens)[:2]
 
 
 def test_prefix_cache_reuses_pages_and_keeps_outputs(
-    server: Server, nocache_server: Server
+    default_server: Server, nocache_server: Server
 ) -> None:
     rng = random.Random(3)
     prefix = random_prompt(rng, 150)
@@ -103,27 +114,29 @@ def test_prefix_cache_reuses_pages_and_keeps_outputs(
     second = Job(prefix + random_prompt(rng, 20), 6)
     want = generate_one_at_a_time(nocache_server, [first, second, first])
     assert [g.cached_tokens for g in want] == [0, 0, 0]
-    got = generate_one_at_a_time(server, [first, second, first])
+    got = generate_one_at_a_time(default_server, [first, second, first])
     assert [g.ids for g in got] == [g.ids for g in want]
     assert got[0].cached_tokens == 0
     # The shared prefix's full pages come from the cache; the repeated prompt's too.
-    assert got[1].cached_tokens == len(prefix) // PAGE_SIZE * PAGE_SIZE
-    assert 0 < got[2].cached_tokens < len(first.prompt)
+    full_prefix = len(prefix) // PAGE_SIZE * PAGE_SIZE
+    assert got[1].cached_tokens == full_prefix
+    assert full_prefix <= got[2].cached_tokens < len(first.prompt)
     assert got[2].cached_tokens % PAGE_SIZE == 0
-    assert got[2].cached_tokens >= len(prefix) // PAGE_SIZE * PAGE_SIZE
 
-    # The OpenAI usage reports the same, and the text of the same tokens.
-    third = Job(random_prompt(rng, 90), 5)
+
+def test_prefix_cache_in_openai_usage(default_server: Server, nocache_server: Server) -> None:
+    prompt = random_prompt(random.Random(8), 90)
     texts = []
-    for srv, first_cached in ((server, 0), (nocache_server, 0)):
-        text, prompt_tokens, cached = _completion(srv, third.prompt, third.max_new_tokens)
-        assert (prompt_tokens, cached) == (len(third.prompt), first_cached)
-        text2, _, cached2 = _completion(srv, third.prompt, third.max_new_tokens)
-        texts += [text, text2]
-        if srv is server:
-            assert cached2 > 0 and cached2 % PAGE_SIZE == 0
+    for srv in (default_server, nocache_server):
+        text, prompt_tokens, cached = completion(srv, prompt, 5)
+        assert (prompt_tokens, cached) == (len(prompt), 0)
+        again, prompt_tokens, cached = completion(srv, prompt, 5)
+        assert prompt_tokens == len(prompt)
+        if srv is default_server:
+            assert 0 < cached < len(prompt) and cached % PAGE_SIZE == 0
         else:
-            assert cached2 == 0
+            assert cached == 0
+        texts += [text, again]
     assert len(set(texts)) == 1
 
 
@@ -131,10 +144,12 @@ def test_preemption_keeps_outputs_and_fails_nothing(
     nocache_server: Server, tiny_kv_server: Server
 ) -> None:
     rng = random.Random(4)
-    jobs = [Job(random_prompt(rng, rng.randint(50, 70)), rng.randint(30, 40)) for _ in range(16)]
-    assert all(len(j.prompt) + j.max_new_tokens < 7 * PAGE_SIZE for j in jobs)
-    assert 16 * 7 * PAGE_SIZE > TINY_KV_TOKENS
-    want = generate_one_at_a_time(nocache_server, jobs)
+    # Short prompts and long outputs: admission reserves only part of the output to come, so the
+    # admitted requests (4 at least: each reserves under 80 tokens of the 320) outgrow the pool.
+    jobs = [Job(random_prompt(rng, rng.randint(5, 12)), rng.randint(90, 100)) for _ in range(16)]
+    assert all(len(j.prompt) + j.max_new_tokens <= 7 * PAGE_SIZE for j in jobs)
+    assert 4 * 7 * PAGE_SIZE > TINY_KV_TOKENS
+    want = generate_concurrently(nocache_server, jobs)  # equal to one at a time (test above)
     got = generate_concurrently(tiny_kv_server, jobs)
     assert [g.ids for g in got] == [g.ids for g in want]
     assert all(g.finish_reason == "length" for g in got)
@@ -142,3 +157,40 @@ def test_preemption_keeps_outputs_and_fails_nothing(
     after = metrics(tiny_kv_server)
     assert worker_gauge(after, "glm47_kv_pages_used") == 0
     assert worker_gauge(after, "glm47_kv_pages_total") == TINY_KV_TOKENS // PAGE_SIZE
+
+
+def _wait_for_queue(server: Server, timeout_s: float = 5.0) -> float:
+    """The worker's queue depth once it is positive (or the last one seen after `timeout_s`)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        waiting = worker_gauge(metrics(server), "glm47_num_requests_waiting")
+        if waiting > 0 or time.monotonic() > deadline:
+            return waiting
+        time.sleep(0.05)
+
+
+def test_tight_pool_with_shared_prefixes_and_aborted_streams(
+    nocache_server: Server, tiny_kv_server: Server
+) -> None:
+    """Prefix sharing, preemption and clients that go away, all at once, in a pool of 20 pages:
+    the requests that stay give the roomy server's tokens, and every page comes back."""
+    rng = random.Random(7)
+    prefixes = [random_prompt(rng, 40), random_prompt(rng, 24)]
+    jobs = [
+        Job(prefixes[i % 2] + random_prompt(rng, rng.randint(5, 30)), rng.randint(10, 30))
+        for i in range(12)
+    ]
+    want = generate_concurrently(nocache_server, jobs)
+    streams = [open_stream(tiny_kv_server, Job(prefixes[i % 2] + [i], 150)) for i in range(4)]
+    with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
+        futures = [pool.submit(generate, tiny_kv_server, job) for job in jobs]
+        # The long streams hold the pool: the queue depth shows requests waiting behind them.
+        assert _wait_for_queue(tiny_kv_server) > 0
+        for conn, _ in streams:
+            conn.close()  # the four long streams go away, admitted or not
+        got = [f.result() for f in futures]
+    assert [g.ids for g in got] == [g.ids for g in want]
+    idle = wait_idle(tiny_kv_server, timeout_s=5.0)
+    for name in ("glm47_num_requests_waiting", "glm47_num_requests_running"):
+        assert worker_gauge(idle, name) == 0, name
+    assert worker_gauge(idle, "glm47_kv_pages_used") == 0

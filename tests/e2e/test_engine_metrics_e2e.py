@@ -4,16 +4,20 @@ token counters and latency histograms."""
 
 from __future__ import annotations
 
-import http.client
-import json
 import random
-import time
-from urllib.parse import urlsplit
 
 import pytest
 
 from .conftest import Server
-from .engine_client import Job, generate, metrics, random_prompt, worker_gauge
+from .engine_client import (
+    Job,
+    generate,
+    metrics,
+    open_stream,
+    random_prompt,
+    wait_idle,
+    worker_gauge,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -32,31 +36,9 @@ WORKER_GAUGES = (
 )
 
 
-def _idle(server: Server) -> dict[str, float]:
-    """/metrics once the worker reports nothing running and no KV page in use (or the last
-    samples after 2 seconds)."""
-    deadline = time.monotonic() + 2.0
-    while True:
-        samples = metrics(server)
-        busy = worker_gauge(samples, "glm47_num_requests_running") + worker_gauge(
-            samples, "glm47_kv_pages_used"
-        )
-        if busy == 0 or time.monotonic() > deadline:
-            return samples
-        time.sleep(0.05)
-
-
 def test_client_disconnect_mid_stream_frees_pages(server: Server) -> None:
     prompt = random_prompt(random.Random(5), 40)
-    body = {
-        "inputs": prompt,
-        "parameters": {"do_sample": False, "ignore_eos": True, "max_new_tokens": 3000},
-    }
-    url = urlsplit(server.base_url)
-    conn = http.client.HTTPConnection(url.hostname or "127.0.0.1", url.port, timeout=60)
-    conn.request("POST", "/generate_stream", json.dumps(body), {"Content-Type": "application/json"})
-    resp = conn.getresponse()
-    assert resp.status == 200
+    conn, resp = open_stream(server, Job(prompt, 3000))
     events = 0
     while events < 3:
         line = resp.readline()
@@ -66,7 +48,7 @@ def test_client_disconnect_mid_stream_frees_pages(server: Server) -> None:
     assert worker_gauge(busy, "glm47_num_requests_running") == 1
     assert worker_gauge(busy, "glm47_kv_pages_used") >= 3  # 40 + 3 tokens, pages of 16
     conn.close()  # the client goes away with ~3000 tokens still to generate
-    idle = _idle(server)
+    idle = wait_idle(server)
     assert worker_gauge(idle, "glm47_num_requests_running") == 0
     assert worker_gauge(idle, "glm47_num_requests_waiting") == 0
     assert worker_gauge(idle, "glm47_kv_pages_used") == 0
@@ -81,7 +63,7 @@ def test_metrics_report_engine_state_and_latencies(server: Server) -> None:
     jobs = [Job(prompt, 4), Job(prompt, 3)]  # the second hits the prefix cache
     for job in jobs:
         generate(server, job)
-    after = _idle(server)
+    after = wait_idle(server)
 
     def delta(name: str) -> float:
         return after[name] - before.get(name, 0.0)

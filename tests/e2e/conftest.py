@@ -64,7 +64,9 @@ def start_server(
         "cpu",
         *extra,
     ]
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    # one torch thread per worker: with the CI machine's 2 cores shared by the test process and
+    # the router, more threads only stall each other
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
     with log_path.open("wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
     base = f"http://127.0.0.1:{port}"

@@ -97,6 +97,11 @@ async fn wrong_types_and_out_of_range_fields_are_400_naming_the_field() {
         ("/v1/completions", json!({"prompt": [999999]}), "prompt"),
         ("/v1/completions", json!({"prompt": "x", "n": 0}), "n"),
         (
+            "/v1/completions",
+            json!({"prompt": "x", "stop_token_ids": [3, 99_999_999]}),
+            "stop_token_ids",
+        ),
+        (
             "/generate",
             json!({"inputs": "x", "parameters": {"do_sample": true, "top_k": -5}}),
             "parameters.top_k",

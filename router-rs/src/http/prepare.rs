@@ -139,7 +139,8 @@ pub async fn prompt_text(state: &Arc<AppState>, ids: Vec<u32>) -> Result<String,
 }
 
 /// The output budget for a prompt of `prompt_len` tokens: the requested one when it fits, all
-/// that fits when none was requested. `param` names the prompt field in errors.
+/// that fits when none was requested. `param` names the prompt field in errors. Stop token ids
+/// outside the worker's vocabulary are rejected here too, where the worker's limits are known.
 pub fn max_new_tokens(
     state: &AppState,
     worker: &WorkerInfo,
@@ -147,6 +148,17 @@ pub fn max_new_tokens(
     sampling: &SamplingParams,
     param: &str,
 ) -> Result<u32, ApiError> {
+    if let Some(id) = sampling
+        .stop_token_ids
+        .iter()
+        .find(|&&id| id >= worker.vocab_size)
+    {
+        let msg = format!(
+            "token id {id} is not below the vocabulary size {}",
+            worker.vocab_size
+        );
+        return Err(ValidationError::new("stop_token_ids", msg).into());
+    }
     let (requested, max_param) = (sampling.max_new_tokens, sampling.max_new_tokens_param);
     let limit = state
         .options

@@ -12,7 +12,6 @@ from __future__ import annotations
 import importlib
 import logging
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -33,6 +32,7 @@ from glm47.worker.model.context import ForwardContext
 from glm47.worker.model.layers.experts import registered_experts_backends
 from glm47.worker.model.layers.moe import MoE
 from glm47.worker.model.loader import load_model
+from glm47.worker.step_inputs import StepInputBuilder, StepInputs
 
 log = logging.getLogger(__name__)
 
@@ -41,16 +41,6 @@ class Sampler(Protocol):
     def sample(self, logits: torch.Tensor, seqs: list[ScheduledSeq]) -> list[SampleOutput]:
         """logits [N, V] fp32, one row per entry of `seqs` (the sequences with sample=True)."""
         ...
-
-
-@dataclass
-class StepInputs:
-    """Device tensors of one step."""
-
-    input_ids: torch.Tensor  # [T] int64
-    meta: AttentionMetadata
-    sample_rows: torch.Tensor  # [N] int64: row in [0, T) of the last token of each sampled seq
-    sample_seqs: list[ScheduledSeq]  # the N sequences with sample=True, in batch order
 
 
 # Modules whose import registers optional backends; one that fails to import (no Triton) just
@@ -76,25 +66,6 @@ def resolve_experts_backend(name: str, device: torch.device) -> str:
     if device.type == "cuda" and "triton" in registered_experts_backends():
         return "triton"
     return "torch"
-
-
-class StaticBuffers:
-    """Named device buffers reused every step; a step's tensors are leading slices of them."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self._buffers: dict[str, torch.Tensor] = {}
-
-    def stage(self, name: str, host: torch.Tensor) -> torch.Tensor:
-        """Copy `host` into buffer `name` (grown when too small) and return the filled view."""
-        buf = self._buffers.get(name)
-        if buf is None or buf.numel() < host.numel() or buf.dtype != host.dtype:
-            size = max(host.numel(), 2 * (buf.numel() if buf is not None else 0), 1)
-            buf = torch.zeros(size, dtype=host.dtype, device=self.device)
-            self._buffers[name] = buf
-        view = buf[: host.numel()].view(host.shape)
-        view.copy_(host, non_blocking=True)
-        return view
 
 
 class ModelRunner:
@@ -147,7 +118,7 @@ class ModelRunner:
             dtype=dtype,
             device=self.device,
         )  # [num_cache_layers, num_slots, kv_lora_rank + rope_dim]
-        self.buffers = StaticBuffers(self.device)
+        self.inputs = StepInputBuilder(page_size, self.device)
         log.info(
             "runner: device=%s dtype=%s attention prefill=%s decode=%s experts=%s mtp=%s "
             "kv pages=%d x %d tokens (%.2f GiB)",
@@ -221,58 +192,7 @@ class ModelRunner:
 
     def prepare(self, batch: ScheduledBatch) -> StepInputs:
         """Host-side layout of the batch, staged into the static device buffers."""
-        if not batch.seqs:
-            raise ValueError("empty batch")
-        ps = self.page_size
-        ids: list[int] = []
-        positions: list[int] = []
-        seq_of_token: list[int] = []
-        starts = [0]
-        seq_lens: list[int] = []
-        pages_needed: list[int] = []
-        sample_rows: list[int] = []
-        for i, seq in enumerate(batch.seqs):
-            n = len(seq.token_ids)
-            if n == 0:
-                raise ValueError(f"sequence {seq.rid} schedules no tokens")
-            end = seq.start_pos + n
-            need = -(-end // ps)
-            if len(seq.page_ids) < need:
-                raise ValueError(
-                    f"sequence {seq.rid} has {len(seq.page_ids)} pages for {end} tokens"
-                )
-            ids.extend(seq.token_ids)
-            positions.extend(range(seq.start_pos, end))
-            seq_of_token.extend([i] * n)
-            starts.append(starts[-1] + n)
-            seq_lens.append(end)
-            pages_needed.append(need)
-            if seq.sample:
-                sample_rows.append(starts[-1] - 1)
-        width = max(pages_needed)
-        table = torch.zeros(len(batch.seqs), width, dtype=torch.int32)  # [B, max_pages]
-        for i, seq in enumerate(batch.seqs):
-            table[i, : pages_needed[i]] = torch.tensor(seq.page_ids[: pages_needed[i]])
-        pos = torch.tensor(positions, dtype=torch.int64)  # [T]
-        slots = table[torch.tensor(seq_of_token), pos // ps].long() * ps + pos % ps  # [T]
-        stage = self.buffers.stage
-        meta = AttentionMetadata(
-            positions=stage("positions", pos),
-            slot_mapping=stage("slot_mapping", slots),
-            query_start_loc=stage("query_start_loc", torch.tensor(starts, dtype=torch.int32)),
-            seq_lens=stage("seq_lens", torch.tensor(seq_lens, dtype=torch.int32)),
-            page_table=stage("page_table", table),
-            page_size=ps,
-            max_query_len=max(len(s.token_ids) for s in batch.seqs),
-            max_seq_len=max(seq_lens),
-            is_decode=batch.is_decode,
-        )
-        return StepInputs(
-            input_ids=stage("input_ids", torch.tensor(ids, dtype=torch.int64)),
-            meta=meta,
-            sample_rows=stage("sample_rows", torch.tensor(sample_rows, dtype=torch.int64)),
-            sample_seqs=[s for s in batch.seqs if s.sample],
-        )
+        return self.inputs.build(batch)
 
     @torch.inference_mode()
     def forward(self, inputs: StepInputs) -> torch.Tensor:  # [T, H] final hidden states

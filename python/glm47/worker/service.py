@@ -21,6 +21,7 @@ from typing import Any, Protocol
 import zmq
 
 from glm47.worker.batch import SamplingParams
+from glm47.worker.engine.engine import StepOutput
 from glm47.worker.engine.request import Request
 from glm47.worker.wire import (
     STATS_KEYS,
@@ -28,27 +29,19 @@ from glm47.worker.wire import (
     Error,
     Hello,
     Message,
-    Output,
     Ready,
-    Step,
     Submit,
     WireError,
     WireRequest,
     decode,
     encode,
+    encode_step,
+    output_map,
 )
 
 log = logging.getLogger(__name__)
 
 POLL_MS = 100  # idle wait on the socket between checks of the stop flag
-OUTPUT_FIELDS = (
-    "logprobs",
-    "top_logprobs",
-    "finish",
-    "prompt_tokens",
-    "cached_tokens",
-    "spec_accepted",
-)
 
 
 class EngineLike(Protocol):
@@ -56,7 +49,7 @@ class EngineLike(Protocol):
 
     def add_request(self, req: Request) -> None: ...
     def abort(self, rid: str) -> None: ...
-    def step(self) -> list[Any]: ...  # objects with the attributes of a wire `Output`
+    def step(self) -> list[StepOutput]: ...
     def has_work(self) -> bool: ...
     def stats(self) -> dict[str, int]: ...
 
@@ -161,22 +154,23 @@ class Service:
             log.exception("engine step failed; reporting and exiting")
             self._report_fatal(f"engine failure: {type(exc).__name__}: {exc}")
             raise EngineFailure(str(exc)) from exc
-        by_conn: dict[bytes, list[Output]] = {}
+        by_conn: dict[bytes, list[dict[str, Any]]] = {}  # wire output maps per connection
+        live = self._live
         for out in outputs:
-            owner = self._live.get(out.rid)
+            owner = live.get(out.rid)
             if owner is None:
                 log.warning("engine output for unknown request %s dropped", out.rid)
                 continue
             if out.finish is not None:
-                del self._live[out.rid]
-            fields = {name: getattr(out, name, None) for name in OUTPUT_FIELDS}
-            by_conn.setdefault(owner.identity, []).append(
-                Output(rid=owner.rid, ids=list(out.ids), **fields)
-            )
+                del live[out.rid]
+            outs = by_conn.get(owner.identity)
+            if outs is None:
+                outs = by_conn[owner.identity] = []
+            outs.append(output_map(owner.rid, out))
         if by_conn:
             stats = {k: v for k, v in self.engine.stats().items() if k in STATS_KEYS}
-            for identity, outs in by_conn.items():
-                self._send(identity, Step(outs=outs, stats=stats))
+            for identity, maps in by_conn.items():
+                self._send_bytes(identity, encode_step(maps, stats), "Step")
 
     # -- messages ------------------------------------------------------------------------------
 
@@ -253,10 +247,13 @@ class Service:
         self._send(identity, Error(rid=rid, code=code, message=message, fatal=fatal))
 
     def _send(self, identity: bytes, msg: Message) -> None:
+        self._send_bytes(identity, encode(msg), type(msg).__name__)
+
+    def _send_bytes(self, identity: bytes, data: bytes, kind: str) -> None:
         try:
-            self._sock.send_multipart([identity, encode(msg)], zmq.NOBLOCK)
+            self._sock.send_multipart([identity, data], zmq.NOBLOCK)
         except zmq.ZMQError as exc:  # the router went away or its queue is full
-            log.warning("could not send %s to %s: %s", type(msg).__name__, identity.hex(), exc)
+            log.warning("could not send %s to %s: %s", kind, identity.hex(), exc)
 
     def _report_fatal(self, message: str) -> None:
         """Tell every connection about the failure: each live request, then the connection."""

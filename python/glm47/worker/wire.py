@@ -137,7 +137,7 @@ def encode(msg: Message) -> bytes:
     if isinstance(msg, Submit):
         body: dict[str, Any] = {"reqs": [asdict(r) for r in msg.reqs]}
     elif isinstance(msg, Step):
-        body = {"outs": [_output_map(o) for o in msg.outs], "stats": dict(msg.stats)}
+        return encode_step([output_map(o.rid, o) for o in msg.outs], msg.stats)
     else:
         body = asdict(msg)
     data = msgpack.packb([_TYPE_NAMES[type(msg)], PROTOCOL_VERSION, body], use_bin_type=True)
@@ -145,16 +145,34 @@ def encode(msg: Message) -> bytes:
     return data
 
 
-def _output_map(out: Output) -> dict[str, Any]:
-    d: dict[str, Any] = {"rid": out.rid, "ids": out.ids}
+def encode_step(outs: list[dict[str, Any]], stats: dict[str, int]) -> bytes:
+    """The bytes of `encode(Step(...))` from outputs already in map form (`output_map`): the
+    worker's per-step path, which skips building `Output` objects."""
+    data = msgpack.packb(
+        [_TYPE_NAMES[Step], PROTOCOL_VERSION, {"outs": outs, "stats": dict(stats)}],
+        use_bin_type=True,
+    )
+    assert isinstance(data, bytes)
+    return data
+
+
+def output_map(rid: str, out: Any) -> dict[str, Any]:
+    """The wire map of one step output under the router's `rid`; `out` has the attributes of
+    `Output` (its own `rid` is ignored). Nil fields are omitted."""
+    d: dict[str, Any] = {"rid": rid, "ids": out.ids}
     if out.logprobs is not None:
         d["logprobs"] = out.logprobs
     if out.top_logprobs is not None:
         d["top_logprobs"] = [[[t, v] for t, v in row] for row in out.top_logprobs]
-    for key in ("finish", "prompt_tokens", "cached_tokens", "spec_accepted"):
-        value = getattr(out, key)
-        if value is not None:
-            d[key] = value
+    # The other optional keys, written out (not a loop over names): this runs per request per step.
+    if out.finish is not None:
+        d["finish"] = out.finish
+    if out.prompt_tokens is not None:
+        d["prompt_tokens"] = out.prompt_tokens
+    if out.cached_tokens is not None:
+        d["cached_tokens"] = out.cached_tokens
+    if out.spec_accepted is not None:
+        d["spec_accepted"] = out.spec_accepted
     return d
 
 

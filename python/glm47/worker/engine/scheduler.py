@@ -142,11 +142,12 @@ class Scheduler:
                     rid=req.rid,
                     token_ids=req.wanted_tokens(start, start + n),
                     start_pos=start,
-                    page_ids=list(req.page_ids),
                     sample=sample,
                     sampling=req.sampling,
                     # The request's own lists, read-only, the same objects every step (the
-                    # sampler keys its penalty history on them); valid until samples are applied.
+                    # sampler keys its penalty history on them, the runner its page tables);
+                    # valid until samples are applied.
+                    page_ids=req.page_ids,
                     prompt_ids=req.prompt_ids,
                     output_ids=req.output_ids,
                     banned_token_ids=req.banned_token_ids() if sample else (),

@@ -1,0 +1,183 @@
+"""Host-side layout of a `ScheduledBatch`: token ids, positions, cache slots and page tables,
+staged into device buffers that persist across steps (the shape CUDA-graph capture builds on).
+
+Needs no model: the runner owns one `StepInputBuilder`, and CPU benchmarks of the step loop build
+the same tensors with it.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from glm47.worker.attention.base import AttentionMetadata
+from glm47.worker.batch import ScheduledBatch, ScheduledSeq
+
+
+@dataclass
+class StepInputs:
+    """Device tensors of one step."""
+
+    input_ids: torch.Tensor  # [T] int64
+    meta: AttentionMetadata
+    sample_rows: torch.Tensor  # [N] int64: row in [0, T) of the last token of each sampled seq
+    sample_seqs: list[ScheduledSeq]  # the N sequences with sample=True, in batch order
+
+
+class StaticBuffers:
+    """Named device buffers reused every step; a step's tensors are leading slices of them."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self._buffers: dict[str, torch.Tensor] = {}
+
+    def stage(self, name: str, host: torch.Tensor) -> torch.Tensor:
+        """Copy `host` into buffer `name` (grown when too small) and return the filled view."""
+        buf = self._buffers.get(name)
+        if buf is None or buf.numel() < host.numel() or buf.dtype != host.dtype:
+            size = max(host.numel(), 2 * (buf.numel() if buf is not None else 0), 1)
+            buf = torch.zeros(size, dtype=host.dtype, device=self.device)
+            self._buffers[name] = buf
+        view = buf[: host.numel()].view(host.shape)
+        view.copy_(host, non_blocking=True)
+        return view
+
+
+class PageTables:
+    """Host page tables kept across steps, one row of a growing int32 array per request.
+
+    A request's page list only grows by appending while it runs (the scheduler replaces the list
+    object when the request leaves the running batch), so a row is rebuilt only when the list
+    object changes or shrinks, and otherwise extended by the pages appended since the last step:
+    a decode step copies no page ids at all except a new page every `page_size` tokens.
+    """
+
+    def __init__(self, rows: int = 64, width: int = 64) -> None:
+        self.table = np.zeros((rows, width), dtype=np.int32)  # [rows, width] page ids per row
+        self._rows: dict[str, tuple[list[int], int]] = {}  # rid -> (page list object, row)
+        self._filled = [0] * rows  # [rows] page ids copied into each row
+        self._free: list[int] = list(range(rows - 1, -1, -1))
+
+    def rows_of(self, seqs: list[ScheduledSeq]) -> tuple[np.ndarray, np.ndarray]:
+        """([B] row, [B] pages held) of each sequence, its row brought up to date with its page
+        list; rows of requests absent from this step are given back."""
+        entries = self._rows
+        fresh: dict[str, tuple[list[int], int]] = {}
+        spare: list[int] = []  # rows of repeated request ids, given back at the end
+        filled = self._filled
+        out: list[int] = []
+        for seq in seqs:
+            pages = seq.page_ids
+            entry = entries.pop(seq.rid, None)
+            if seq.rid in fresh:
+                spare.append(fresh[seq.rid][1])
+            if entry is None or entry[0] is not pages:
+                row = self._take() if entry is None else entry[1]
+                filled[row] = 0
+            else:
+                row = entry[1]
+            if len(pages) != filled[row]:
+                self._sync(row, pages)
+            fresh[seq.rid] = (pages, row)
+            out.append(row)
+        self._free.extend(row for _, row in entries.values())
+        self._free.extend(spare)
+        self._rows = fresh
+        rows = np.array(out, dtype=np.int64)  # [B]
+        return rows, np.array([self._filled[r] for r in out], dtype=np.int64)  # [B] each
+
+    def _take(self) -> int:
+        if not self._free:
+            old = self.table.shape[0]
+            self.table = np.concatenate([self.table, np.zeros_like(self.table)])
+            self._filled += [0] * old
+            self._free = list(range(2 * old - 1, old - 1, -1))
+        return self._free.pop()
+
+    def _sync(self, row: int, pages: list[int]) -> None:
+        done = self._filled[row]
+        if len(pages) < done:  # shrank: copy it whole
+            done = 0
+        if len(pages) > self.table.shape[1]:
+            rows, width = self.table.shape
+            wider = np.zeros((rows, max(len(pages), 2 * width)), dtype=np.int32)
+            wider[:, :width] = self.table
+            self.table = wider
+        self.table[row, done : len(pages)] = pages[done:]
+        self._filled[row] = len(pages)
+
+
+class StepInputBuilder:
+    """Builds a step's `StepInputs` into its own `StaticBuffers`, with array operations over the
+    batch (no per-token Python work, one pass over the sequences)."""
+
+    def __init__(self, page_size: int, device: torch.device) -> None:
+        self.page_size = page_size
+        self.buffers = StaticBuffers(device)
+        self.page_tables = PageTables()
+
+    def build(self, batch: ScheduledBatch) -> StepInputs:
+        """Host-side layout of the batch, staged into the static device buffers."""
+        seqs = batch.seqs
+        if not seqs:
+            raise ValueError("empty batch")
+        ps = self.page_size
+        b = len(seqs)
+        n = np.fromiter(map(len, (s.token_ids for s in seqs)), dtype=np.int64, count=b)  # [B]
+        start = np.fromiter((s.start_pos for s in seqs), dtype=np.int64, count=b)  # [B]
+        end = start + n  # [B] seq_lens
+        need = -(-end // ps)  # [B] pages each sequence reads
+        rows, held = self.page_tables.rows_of(seqs)  # [B] each
+        _check(seqs, n, end, need, held)
+        width = int(need.max())
+        table = self.page_tables.table[rows, :width]  # [B, width] int32, a copy
+        table[np.arange(width)[None, :] >= need[:, None]] = 0  # only the pages in use
+        starts = np.zeros(b + 1, dtype=np.int64)  # [B + 1]
+        np.cumsum(n, out=starts[1:])
+        t = int(starts[-1])
+        if t == b:  # one token per sequence
+            ids = np.fromiter((s.token_ids[0] for s in seqs), dtype=np.int64, count=b)  # [T]
+            pos, seq_of_token = start, np.arange(b)  # [T] each
+        else:
+            flat = itertools.chain.from_iterable(s.token_ids for s in seqs)
+            ids = np.fromiter(flat, dtype=np.int64, count=t)  # [T]
+            seq_of_token = np.repeat(np.arange(b), n)  # [T]
+            pos = np.arange(t) + (start - starts[:-1])[seq_of_token]  # [T]
+        slots = table[seq_of_token, pos // ps].astype(np.int64) * ps + pos % ps  # [T]
+        sample = np.fromiter((s.sample for s in seqs), dtype=bool, count=b)  # [B]
+        stage = self.buffers.stage
+        meta = AttentionMetadata(
+            positions=stage("positions", torch.from_numpy(pos)),
+            slot_mapping=stage("slot_mapping", torch.from_numpy(slots)),
+            query_start_loc=stage("query_start_loc", torch.from_numpy(starts.astype(np.int32))),
+            seq_lens=stage("seq_lens", torch.from_numpy(end.astype(np.int32))),
+            page_table=stage("page_table", torch.from_numpy(table)),
+            page_size=ps,
+            max_query_len=int(n.max()),
+            max_seq_len=int(end.max()),
+            is_decode=t == b,
+        )
+        return StepInputs(
+            input_ids=stage("input_ids", torch.from_numpy(ids)),
+            meta=meta,
+            sample_rows=stage("sample_rows", torch.from_numpy(starts[1:][sample] - 1)),
+            sample_seqs=[s for s in seqs if s.sample],
+        )
+
+
+def _check(
+    seqs: list[ScheduledSeq], n: np.ndarray, end: np.ndarray, need: np.ndarray, held: np.ndarray
+) -> None:
+    """Every sequence computes a token and holds the pages its tokens land in."""
+    bad = np.flatnonzero((n == 0) | (held < need))
+    if bad.size == 0:
+        return
+    i = int(bad[0])
+    if n[i] == 0:
+        raise ValueError(f"sequence {seqs[i].rid} schedules no tokens")
+    raise ValueError(
+        f"sequence {seqs[i].rid} has {len(seqs[i].page_ids)} pages for {end[i]} tokens"
+    )

@@ -125,6 +125,7 @@ impl Metrics {
         merge(&mut slot.prompt_tokens, stats.prompt_tokens);
         merge(&mut slot.spec_drafted, stats.spec_drafted);
         merge(&mut slot.spec_accepted, stats.spec_accepted);
+        merge(&mut slot.preemptions, stats.preemptions);
     }
 
     /// The whole exposition, ready to serve with content type `text/plain; version=0.0.4`.
@@ -220,7 +221,7 @@ impl Metrics {
     fn render_workers(&self, out: &mut String) {
         let workers = self.workers.lock().unwrap_or_else(|e| e.into_inner());
         type Getter = fn(&WorkerGauges) -> Option<f64>;
-        let gauges: [(&str, &str, Getter); 8] = [
+        let gauges: [(&str, &str, Getter); 9] = [
             (
                 "glm47_worker_ready",
                 "1 when the worker answered hello.",
@@ -255,6 +256,11 @@ impl Metrics {
                 "glm47_prefix_cache_hit_rate",
                 "Prompt tokens served from the prefix cache / prompt tokens.",
                 |w| ratio(w.stats.prefix_hit_tokens, w.stats.prompt_tokens),
+            ),
+            (
+                "glm47_preemptions",
+                "Requests preempted so far (pages freed, recomputed later).",
+                |w| w.stats.preemptions.map(|v| v as f64),
             ),
             (
                 "glm47_spec_acceptance_rate",

@@ -101,7 +101,7 @@ class Output:
 
 STATS_KEYS = tuple(
     "waiting running kv_pages_used kv_pages_cached kv_pages_total prefix_hit_tokens prompt_tokens "
-    "spec_drafted spec_accepted".split()
+    "spec_drafted spec_accepted preemptions".split()
 )  # the keys of the wire `Stats` map
 
 

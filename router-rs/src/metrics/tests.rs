@@ -91,6 +91,7 @@ fn worker_stats_become_gauges_and_ratios() {
             kv_pages_total: Some(100),
             prefix_hit_tokens: Some(30),
             prompt_tokens: Some(120),
+            preemptions: Some(2),
             ..Stats::default()
         },
     );
@@ -122,6 +123,10 @@ fn worker_stats_become_gauges_and_ratios() {
     assert_eq!(
         line_value(&text, &format!("glm47_prefix_cache_hit_rate{label}")).as_deref(),
         Some("0.25")
+    );
+    assert_eq!(
+        line_value(&text, &format!("glm47_preemptions{label}")).as_deref(),
+        Some("2")
     );
     assert!(line_value(&text, &format!("glm47_spec_acceptance_rate{label}")).is_none());
 }

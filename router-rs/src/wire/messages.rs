@@ -230,6 +230,8 @@ pub struct Stats {
     pub spec_drafted: Option<u64>,
     /// Cumulative draft tokens accepted.
     pub spec_accepted: Option<u64>,
+    /// Cumulative requests preempted (KV pages freed, recomputed later).
+    pub preemptions: Option<u64>,
 }
 
 /// The `code` of a worker error.

@@ -186,6 +186,7 @@ class Engine:
             "prompt_tokens": self.scheduler.prompt_tokens,
             "spec_drafted": self.spec_drafted,
             "spec_accepted": self.spec_accepted,
+            "preemptions": self.scheduler.num_preemptions,
         }
 
     def check_accounting(self) -> None:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,3 +105,38 @@ def server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> It
         yield Server(base_url=base, model_dir=tiny_model_dir, log_path=log_path)
     finally:
         stop_server(proc)
+
+
+@contextmanager
+def scripted_router(model_dir: Path, tmp: Path, text: str) -> Iterator[str]:
+    """The real router in front of tests/e2e/scripted_worker.py answering every request with
+    `text`; yields the router's base URL."""
+    (tmp / "text").write_text(text)
+    listen = f"tcp://127.0.0.1:{_free_port()}"
+    port = _free_port()
+    log = (tmp / "log").open("wb")
+    worker_cmd = ["-m", "tests.e2e.scripted_worker", "--listen", listen]
+    worker_cmd += ["--model-dir", str(model_dir), "--text-file", str(tmp / "text")]
+    router_cmd = ["-m", "glm47.router", "--worker-addr", listen, "--model-dir", str(model_dir)]
+    router_cmd += ["--host", "127.0.0.1", "--port", str(port)]
+    router_cmd += ["--tool-call-parser", "glm47", "--reasoning-parser", "glm45"]
+    procs = [
+        subprocess.Popen([sys.executable, *cmd], stdout=log, stderr=subprocess.STDOUT)
+        for cmd in (worker_cmd, router_cmd)
+    ]
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(f"{base}/health", timeout=1).status_code == 200:
+                    break
+            except requests.RequestException:
+                time.sleep(0.2)
+        else:
+            raise RuntimeError((tmp / "log").read_text())
+        yield base
+    finally:
+        for p in reversed(procs):
+            p.terminate()
+            p.wait(timeout=20)

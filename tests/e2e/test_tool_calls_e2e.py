@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import openai
 import pytest
-import requests
 
-from .conftest import _free_port
+from .conftest import scripted_router
 
 pytestmark = pytest.mark.e2e
 
@@ -42,74 +38,17 @@ EXPECTED_ARGS = [{"city": "Paris", "days": 3}, {"city": "12345", "days": 1}]
 
 
 @pytest.fixture(scope="module")
-def scripted_router(
-    tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[str]:
-    tmp = tmp_path_factory.mktemp("scripted")
-    (tmp / "text").write_text(MODEL_TEXT)
-    listen = f"tcp://127.0.0.1:{_free_port()}"
-    port = _free_port()
-    log = (tmp / "log").open("wb")
-    worker = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tests.e2e.scripted_worker",
-            "--listen",
-            listen,
-            "--model-dir",
-            str(tiny_model_dir),
-            "--text-file",
-            str(tmp / "text"),
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    router = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "glm47.router",
-            "--worker-addr",
-            listen,
-            "--model-dir",
-            str(tiny_model_dir),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--tool-call-parser",
-            "glm47",
-            "--reasoning-parser",
-            "glm45",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if requests.get(f"{base}/health", timeout=1).status_code == 200:
-                    break
-            except requests.RequestException:
-                time.sleep(0.2)
-        else:
-            raise RuntimeError((tmp / "log").read_text())
+def tool_router(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with scripted_router(tiny_model_dir, tmp_path_factory.mktemp("scripted"), MODEL_TEXT) as base:
         yield base
-    finally:
-        for p in (router, worker):
-            p.terminate()
-            p.wait(timeout=20)
 
 
 def _client(base: str) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0)
 
 
-def test_non_streaming_chat_returns_reasoning_content_and_typed_calls(scripted_router: str) -> None:
-    resp = _client(scripted_router).chat.completions.create(
+def test_non_streaming_chat_returns_reasoning_content_and_typed_calls(tool_router: str) -> None:
+    resp = _client(tool_router).chat.completions.create(
         model="scripted",
         messages=[{"role": "user", "content": "weather?"}],
         tools=TOOLS,
@@ -124,8 +63,8 @@ def test_non_streaming_chat_returns_reasoning_content_and_typed_calls(scripted_r
     assert len({c.id for c in calls}) == 2 and all(c.id.startswith("call_") for c in calls)
 
 
-def test_streamed_tool_calls_match_the_non_streamed_ones(scripted_router: str) -> None:
-    stream = _client(scripted_router).chat.completions.create(
+def test_streamed_tool_calls_match_the_non_streamed_ones(tool_router: str) -> None:
+    stream = _client(tool_router).chat.completions.create(
         model="scripted",
         messages=[{"role": "user", "content": "weather?"}],
         tools=TOOLS,
@@ -156,8 +95,8 @@ def test_streamed_tool_calls_match_the_non_streamed_ones(scripted_router: str) -
     assert finish == "tool_calls"
 
 
-def test_without_tools_the_text_passes_through_as_content(scripted_router: str) -> None:
-    resp = _client(scripted_router).chat.completions.create(
+def test_without_tools_the_text_passes_through_as_content(tool_router: str) -> None:
+    resp = _client(tool_router).chat.completions.create(
         model="scripted",
         messages=[{"role": "user", "content": "weather?"}],
         extra_body={"chat_template_kwargs": {"enable_thinking": False}},

@@ -7,19 +7,14 @@ prompt, so the scripted worker's text starts right after that prefix.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import openai
 import pytest
-import requests
 
-from .conftest import _free_port
+from .conftest import scripted_router
 
 pytestmark = pytest.mark.e2e
 
@@ -42,50 +37,17 @@ MESSAGES = [{"role": "user", "content": "weather in Rome?"}]
 NAMED = {"type": "function", "function": {"name": "get_weather"}}
 
 
-@contextmanager
-def _scripted_router(model_dir: Path, tmp: Path, text: str) -> Iterator[str]:
-    (tmp / "text").write_text(text)
-    listen = f"tcp://127.0.0.1:{_free_port()}"
-    port = _free_port()
-    log = (tmp / "log").open("wb")
-    worker_cmd = ["-m", "tests.e2e.scripted_worker", "--listen", listen]
-    worker_cmd += ["--model-dir", str(model_dir), "--text-file", str(tmp / "text")]
-    router_cmd = ["-m", "glm47.router", "--worker-addr", listen, "--model-dir", str(model_dir)]
-    router_cmd += ["--host", "127.0.0.1", "--port", str(port)]
-    router_cmd += ["--tool-call-parser", "glm47", "--reasoning-parser", "glm45"]
-    procs = [
-        subprocess.Popen([sys.executable, *cmd], stdout=log, stderr=subprocess.STDOUT)
-        for cmd in (worker_cmd, router_cmd)
-    ]
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if requests.get(f"{base}/health", timeout=1).status_code == 200:
-                    break
-            except requests.RequestException:
-                time.sleep(0.2)
-        else:
-            raise RuntimeError((tmp / "log").read_text())
-        yield base
-    finally:
-        for p in reversed(procs):
-            p.terminate()
-            p.wait(timeout=20)
-
-
 @pytest.fixture(scope="module")
 def required_router(
     tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[str]:
-    with _scripted_router(tiny_model_dir, tmp_path_factory.mktemp("required"), REQUIRED_TEXT) as b:
+    with scripted_router(tiny_model_dir, tmp_path_factory.mktemp("required"), REQUIRED_TEXT) as b:
         yield b
 
 
 @pytest.fixture(scope="module")
 def named_router(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with _scripted_router(tiny_model_dir, tmp_path_factory.mktemp("named"), NAMED_TEXT) as b:
+    with scripted_router(tiny_model_dir, tmp_path_factory.mktemp("named"), NAMED_TEXT) as b:
         yield b
 
 

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from glm47.bench.dataset import read_packaged_sharegpt, sharegpt_pairs
+from glm47.worker.model.tiny_tokenizer import OUTPUT_TAGS
 
 VOCAB_SIZE = 154880
 FIRST_SPECIAL_ID = 154820
@@ -36,19 +37,6 @@ KNOWN_SPECIALS = {
     154848: "</arg_key>",
     154849: "<arg_value>",
     154850: "</arg_value>",
-}
-# Tags the model writes in its output: they must survive decoding, so they are not "special".
-OUTPUT_TAGS = {
-    "<think>",
-    "</think>",
-    "<tool_call>",
-    "</tool_call>",
-    "<arg_key>",
-    "</arg_key>",
-    "<arg_value>",
-    "</arg_value>",
-    "<tool_response>",
-    "</tool_response>",
 }
 
 GLM47_FLASH_CONFIG = {
@@ -138,7 +126,7 @@ def train_stand_in_tokenizer(max_chars: int) -> dict:
             "lstrip": False,
             "rstrip": False,
             "normalized": False,
-            "special": s not in OUTPUT_TAGS,
+            "special": s not in OUTPUT_TAGS,  # tags the model writes must survive decoding
         }
         for i, s in special_tokens().items()
     ]
@@ -153,8 +141,8 @@ def make_bench_model_dir(
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(GLM47_FLASH_CONFIG, indent=2) + "\n")
     gen = {
-        "eos_token_id": [154820, 154827, 154829],
-        "pad_token_id": 154820,
+        "eos_token_id": GLM47_FLASH_CONFIG["eos_token_id"],
+        "pad_token_id": GLM47_FLASH_CONFIG["pad_token_id"],
         "temperature": 1.0,
         "top_p": 0.95,
         "do_sample": True,

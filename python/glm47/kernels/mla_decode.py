@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-_LOG2E = 1.4426950408889634
+LOG2E = 1.4426950408889634  # softmax runs in exp2: scores are pre-scaled by log2(e)
 
 
 @triton.jit
@@ -124,6 +124,18 @@ def _mla_decode_merge_kernel(
     tl.store(out_ptr + b * stride_ob + h * stride_oh + offs_c, out.to(out_ptr.dtype.element_ty))
 
 
+def check_q_and_cache(q: torch.Tensor, kv_cache: torch.Tensor) -> None:
+    """The checks shared by the MLA launchers: q is [..., W], kv_cache [slots, >= W], both with
+    a contiguous last dimension and one dtype."""
+    width = q.shape[-1]
+    if kv_cache.dim() != 2 or kv_cache.shape[1] < width:
+        raise ValueError(f"kv_cache must be [slots, >= {width}], got {tuple(kv_cache.shape)}")
+    if kv_cache.stride(1) != 1 or q.stride(-1) != 1:
+        raise ValueError("q and kv_cache need a contiguous last dimension")
+    if q.dtype != kv_cache.dtype:
+        raise ValueError(f"q dtype {q.dtype} != kv_cache dtype {kv_cache.dtype}")
+
+
 def default_launch(batch: int) -> tuple[int, int, int]:
     """(block_n, num_warps, num_stages) measured best on an H100 for this batch size."""
     return (32, 4, 3) if batch >= 16 else (64, 8, 2)
@@ -168,12 +180,7 @@ def mla_decode(
     num_warps = num_warps or auto_warps
     num_stages = num_stages or auto_stages
     d_lat = width - d_rope
-    if kv_cache.dim() != 2 or kv_cache.shape[1] < width:
-        raise ValueError(f"kv_cache must be [slots, >= {width}], got {tuple(kv_cache.shape)}")
-    if kv_cache.stride(1) != 1 or q.stride(2) != 1:
-        raise ValueError("q and kv_cache need a contiguous last dimension")
-    if q.dtype != kv_cache.dtype:
-        raise ValueError(f"q dtype {q.dtype} != kv_cache dtype {kv_cache.dtype}")
+    check_q_and_cache(q, kv_cache)
     if page_table.dtype != torch.int32 or seq_lens.dtype != torch.int32:
         raise ValueError("page_table and seq_lens must be int32")
     if page_table.shape[0] != b or seq_lens.shape != (b,):
@@ -193,7 +200,7 @@ def mla_decode(
         q.stride(0), q.stride(1), kv_cache.stride(0), page_table.stride(0),
         part_out.stride(0), part_out.stride(1), part_out.stride(2),
         part_lse.stride(0), part_lse.stride(1),
-        h, num_splits, scale * _LOG2E,
+        h, num_splits, scale * LOG2E,
         PAGE_SIZE=page_size, D_LAT=d_lat, D_ROPE=d_rope, BLOCK_H=block_h, BLOCK_N=block_n,
         num_warps=num_warps, num_stages=num_stages,
     )  # fmt: skip
@@ -250,6 +257,8 @@ def decode_flops(batch: int, heads: int, seq_len: int, width: int = 576, d_lat: 
 
 
 __all__ = [
+    "LOG2E",
+    "check_q_and_cache",
     "decode_bytes",
     "decode_flops",
     "default_launch",

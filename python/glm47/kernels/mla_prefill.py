@@ -13,9 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from glm47.kernels.mla_decode import gather_latents
-
-_LOG2E = 1.4426950408889634
+from glm47.kernels.mla_decode import LOG2E, check_q_and_cache, gather_latents
 
 
 @triton.jit
@@ -107,12 +105,7 @@ def mla_prefill(
     t, h, width = q.shape
     d_lat = width - d_rope
     b = seq_lens.shape[0]
-    if kv_cache.dim() != 2 or kv_cache.shape[1] < width:
-        raise ValueError(f"kv_cache must be [slots, >= {width}], got {tuple(kv_cache.shape)}")
-    if kv_cache.stride(1) != 1 or q.stride(2) != 1:
-        raise ValueError("q and kv_cache need a contiguous last dimension")
-    if q.dtype != kv_cache.dtype:
-        raise ValueError(f"q dtype {q.dtype} != kv_cache dtype {kv_cache.dtype}")
+    check_q_and_cache(q, kv_cache)
     for name, ten in (("page_table", page_table), ("query_start_loc", query_start_loc)):
         if ten.dtype != torch.int32:
             raise ValueError(f"{name} must be int32")
@@ -129,7 +122,7 @@ def mla_prefill(
     _mla_prefill_kernel[grid](
         q, kv_cache, page_table, query_start_loc, seq_lens, out,
         q.stride(0), q.stride(1), kv_cache.stride(0), page_table.stride(0),
-        out.stride(0), out.stride(1), h, scale * _LOG2E,
+        out.stride(0), out.stride(1), h, scale * LOG2E,
         PAGE_SIZE=page_size, D_LAT=d_lat, D_ROPE=d_rope, BLOCK_M=block_m, BLOCK_N=block_n,
         num_warps=num_warps, num_stages=num_stages,
     )  # fmt: skip

@@ -140,10 +140,9 @@ def main(argv: list[str]) -> int:
         )
         rows[name] = summarize(results, wall)
         if out_dir:
-            write_raw(out_dir / f"{name.replace(':', '_')}.requests.json", results)
-            write_plots(
-                out_dir / f"{name.replace(':', '_')}.png", f"{name} ({args.label})", results
-            )
+            stem = name.replace(":", "_")
+            write_raw(out_dir / f"{stem}.requests.json", results)
+            write_plots(out_dir / f"{stem}.png", f"{name} ({args.label})", results)
     table = markdown_table(rows)
     print(table)
     if out_dir:

@@ -5,6 +5,21 @@ from __future__ import annotations
 
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 
+# Tags the model writes in its own output: registered as plain (non-special) added tokens, as the
+# real tokenizer does, so that decoding with skip_special_tokens keeps them for the output parsers.
+_OUTPUT_TAG_ORDER = (
+    "<think>",
+    "</think>",
+    "<tool_call>",
+    "</tool_call>",
+    "<tool_response>",
+    "</tool_response>",
+    "<arg_key>",
+    "</arg_key>",
+    "<arg_value>",
+    "</arg_value>",
+)
+OUTPUT_TAGS = frozenset(_OUTPUT_TAG_ORDER)
 # The GLM special tokens, in the real tokenizer's order; they get the ids after the BPE vocabulary.
 SPECIAL_TOKENS = (
     "<|endoftext|>",
@@ -21,32 +36,7 @@ SPECIAL_TOKENS = (
     "<|end_of_image|>",
     "<|begin_of_video|>",
     "<|end_of_video|>",
-    "<think>",
-    "</think>",
-    "<tool_call>",
-    "</tool_call>",
-    "<tool_response>",
-    "</tool_response>",
-    "<arg_key>",
-    "</arg_key>",
-    "<arg_value>",
-    "</arg_value>",
-)
-# Tags the model writes in its own output: registered as plain (non-special) added tokens, as the
-# real tokenizer does, so that decoding with skip_special_tokens keeps them for the output parsers.
-OUTPUT_TAGS = frozenset(
-    {
-        "<think>",
-        "</think>",
-        "<tool_call>",
-        "</tool_call>",
-        "<tool_response>",
-        "</tool_response>",
-        "<arg_key>",
-        "</arg_key>",
-        "<arg_value>",
-        "</arg_value>",
-    }
+    *_OUTPUT_TAG_ORDER,
 )
 EOS_TOKENS = ("<|endoftext|>", "<|user|>", "<|observation|>")
 PAD_TOKEN = "<|endoftext|>"

@@ -41,6 +41,7 @@ from glm47.worker.attention.select import unavailable_reason
 from glm47.worker.batch import ScheduledBatch, ScheduledSeq
 from glm47.worker.model.config import ModelConfig
 from glm47.worker.runner import ModelRunner
+from glm47.worker.step_inputs import StepInputs
 
 PAGE_SIZE = 16
 
@@ -102,6 +103,10 @@ def model_config() -> ModelConfig:
     return ModelConfig.from_dict(raw)
 
 
+def moe_layer_count(cfg: ModelConfig) -> int:
+    return sum(cfg.is_moe_layer(i) for i in range(cfg.num_hidden_layers))
+
+
 @dataclass(frozen=True)
 class WeightBytes:
     always: int  # read every step whatever the batch: all but embeddings and routed experts
@@ -125,7 +130,7 @@ def weight_bytes(runner: ModelRunner) -> WeightBytes:
             always_params += p.numel()
             if name.endswith("lm_head.weight"):
                 lm_head = p.numel()
-    moe_layers = sum(cfg.is_moe_layer(i) for i in range(cfg.num_hidden_layers))
+    moe_layers = moe_layer_count(cfg)
     e, k = cfg.n_routed_experts, cfg.num_experts_per_tok
     active = always_params - lm_head + k * routed_params // e
     return WeightBytes(always, embed_row, routed // (e * moe_layers), active)
@@ -136,8 +141,7 @@ def decode_floor_ms(
 ) -> float:
     cfg = runner.cfg
     e, k = cfg.n_routed_experts, cfg.num_experts_per_tok
-    moe_layers = sum(cfg.is_moe_layer(i) for i in range(cfg.num_hidden_layers))
-    experts = e * (1.0 - (1.0 - k / e) ** batch) * moe_layers
+    experts = e * (1.0 - (1.0 - k / e) ** batch) * moe_layer_count(cfg)
     kv = batch * context * cfg.kv_cache_dim * runner.kv_cache.element_size() * cfg.num_hidden_layers
     total = w.always + batch * w.embed_row + experts * w.expert + kv
     return total / bw * 1e3
@@ -194,6 +198,16 @@ def decode_batch(runner: ModelRunner, batch: int, context: int) -> tuple[Schedul
     return ScheduledBatch(seqs), kv_sets
 
 
+def logits_step(runner: ModelRunner, inputs: StepInputs) -> Callable[[], torch.Tensor]:
+    """What one timed step computes: the forward pass, then lm_head on the sampled rows."""
+
+    def step() -> torch.Tensor:
+        hidden = runner.forward(inputs)
+        return runner.model.compute_logits(hidden[inputs.sample_rows])
+
+    return step
+
+
 @torch.inference_mode()
 def run_decode(
     runner: ModelRunner, w: WeightBytes, ceil: Ceilings, batch: int, context: int, iters: int
@@ -203,11 +217,7 @@ def run_decode(
     inputs = runner.prepare(step)
     prepare_ms = (time.perf_counter() - start) * 1e3
     graphed = runner.graphs is not None and runner.graphs.can_run(inputs.input_ids, inputs.meta)
-
-    def one_step() -> torch.Tensor:
-        hidden = runner.forward(inputs)
-        return runner.model.compute_logits(hidden[inputs.sample_rows])
-
+    one_step = logits_step(runner, inputs)
     ms = time_cuda(one_step, iters)
     graphs, runner.graphs = runner.graphs, None
     try:
@@ -227,12 +237,7 @@ def run_prefill(
     ids = torch.randint(0, runner.cfg.vocab_size, (tokens,), generator=gen).tolist()
     table = list(range(1, 1 + -(-tokens // PAGE_SIZE)))
     inputs = runner.prepare(ScheduledBatch([ScheduledSeq("p", ids, 0, table, sample=True)]))
-
-    def one_chunk() -> torch.Tensor:
-        hidden = runner.forward(inputs)
-        return runner.model.compute_logits(hidden[inputs.sample_rows])
-
-    ms = time_cuda(one_chunk, iters=3, warmup=1)
+    ms = time_cuda(logits_step(runner, inputs), iters=3, warmup=1)
     floor = prefill_floor_ms(runner, w, tokens, ceil.matmul_flops_per_s)
     return PrefillRow(backend, ms, floor, tokens / ms * 1e3)
 

@@ -1,4 +1,5 @@
-"""The router <-> worker messages of docs/wire.md as typed dataclasses, and their msgpack codec.
+"""The msgpack codec of the router <-> worker messages of docs/wire.md (typed in
+`glm47.worker.wire_messages`, re-exported here).
 
 Every message is one msgpack array `[type, version, body]`. `decode` checks the envelope and the
 types of every known key, ignores unknown keys and fills defaults; anything malformed raises
@@ -10,116 +11,45 @@ ones still go through.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from typing import Any
 
 import msgpack
 
-PROTOCOL_VERSION = 1
+from glm47.worker.wire_messages import (
+    PROTOCOL_VERSION,
+    STATS_KEYS,
+    Abort,
+    Error,
+    Hello,
+    Message,
+    Output,
+    Ready,
+    Step,
+    Submit,
+    WireError,
+    WireRequest,
+)
 
-
-class WireError(Exception):
-    """A message (or one request of a `submit`) that does not follow the contract."""
-
-    def __init__(
-        self, message: str, *, code: str = "protocol", rid: str | None = None, fatal: bool = False
-    ) -> None:
-        super().__init__(message)
-        self.message = message
-        self.code = code  # an `Error.code` of docs/wire.md
-        self.rid = rid
-        self.fatal = fatal
-
-    def to_message(self) -> Error:
-        return Error(rid=self.rid, code=self.code, message=self.message, fatal=self.fatal)
-
-
-@dataclass(frozen=True)
-class WireRequest:
-    """One request of a `submit` (docs/wire.md `Request`)."""
-
-    rid: str
-    input_ids: list[int]
-    max_new_tokens: int
-    min_new_tokens: int = 0
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = -1
-    min_p: float = 0.0
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    repetition_penalty: float = 1.0
-    seed: int | None = None
-    stop_token_ids: list[int] = field(default_factory=list)
-    ignore_eos: bool = False
-    logprobs: int = -1
-    mtp: bool = True
-
-
-@dataclass(frozen=True)
-class Hello:
-    client: str | None = None
-
-
-@dataclass(frozen=True)
-class Submit:
-    reqs: list[WireRequest]
-    rejected: list[WireError] = field(default_factory=list)  # decode only: bad requests, in order
-
-
-@dataclass(frozen=True)
-class Abort:
-    rids: list[str]
-
-
-@dataclass(frozen=True)
-class Ready:
-    model: str
-    vocab_size: int
-    eos_token_ids: list[int]
-    max_req_total_len: int
-    max_running_requests: int
-    kv_capacity_tokens: int
-    mtp_step: int
-    worker_id: str
-    protocol: int = PROTOCOL_VERSION
-
-
-@dataclass(frozen=True)
-class Output:
-    """One request's news in a `step` message."""
-
-    rid: str
-    ids: list[int]
-    logprobs: list[float] | None = None
-    top_logprobs: list[list[tuple[int, float]]] | None = None
-    finish: str | None = None  # "stop", "length" or "abort" on the last output
-    prompt_tokens: int | None = None
-    cached_tokens: int | None = None
-    spec_accepted: int | None = None
-
-
-STATS_KEYS = tuple(
-    "waiting running kv_pages_used kv_pages_cached kv_pages_total prefix_hit_tokens prompt_tokens "
-    "spec_drafted spec_accepted preemptions".split()
-)  # the keys of the wire `Stats` map
-
-
-@dataclass(frozen=True)
-class Step:
-    outs: list[Output]
-    stats: dict[str, int] = field(default_factory=dict)  # keys from STATS_KEYS
-
-
-@dataclass(frozen=True)
-class Error:
-    rid: str | None
-    code: str  # invalid_request, queue_full, too_long, protocol, internal
-    message: str
-    fatal: bool = False
-
-
-Message = Hello | Submit | Abort | Ready | Step | Error
+__all__ = [
+    "PROTOCOL_VERSION",
+    "STATS_KEYS",
+    "Abort",
+    "Error",
+    "Hello",
+    "Message",
+    "Output",
+    "Ready",
+    "Step",
+    "Submit",
+    "WireError",
+    "WireRequest",
+    "decode",
+    "decode_request",
+    "encode",
+    "encode_step",
+    "output_map",
+]
 
 _TYPE_NAMES: dict[type, str] = {
     Hello: "hello",

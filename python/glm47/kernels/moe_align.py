@@ -31,10 +31,6 @@ class MoeAlignment:
     num_padded: torch.Tensor  # [1] int32: rows in use (blocks at or past it are skipped)
     block_m: int
 
-    @property
-    def max_blocks(self) -> int:
-        return int(self.expert_ids.shape[0])
-
 
 def max_padded_rows(num_pairs: int, num_experts: int, block_m: int) -> int:
     """Upper bound of the padded row count: every expert may add up to block_m - 1 pad rows."""

@@ -81,10 +81,6 @@ class MoeConfig:
             raise ValueError(f"invalid launch settings in {self}")
 
 
-def autotune_level() -> int:
-    return current_settings().level
-
-
 def shape_key(num_experts: int, hidden: int, inter: int, top_k: int, dtype: str) -> str:
     return f"E={num_experts},H={hidden},I={inter},k={top_k},dtype={dtype}"
 

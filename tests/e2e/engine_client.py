@@ -47,17 +47,14 @@ def random_prompt(rng: random.Random, n: int) -> list[int]:
     return [rng.randrange(BPE_VOCAB_SIZE) for _ in range(n)]
 
 
+def _greedy_parameters(job: Job) -> dict[str, object]:
+    """The parameters of a greedy `ignore_eos` request for `job`."""
+    return {"do_sample": False, "ignore_eos": True, "max_new_tokens": job.max_new_tokens}
+
+
 def generate(server: Server, job: Job) -> Greedy:
     """Greedy `/generate` by token ids with `ignore_eos`, so exactly `max_new_tokens` come back."""
-    body = {
-        "inputs": job.prompt,
-        "parameters": {
-            "do_sample": False,
-            "ignore_eos": True,
-            "max_new_tokens": job.max_new_tokens,
-            "return_details": True,
-        },
-    }
+    body = {"inputs": job.prompt, "parameters": {**_greedy_parameters(job), "return_details": True}}
     resp = requests.post(f"{server.base_url}/generate", json=body, timeout=300)
     assert resp.status_code == 200, resp.text
     out = resp.json()
@@ -119,14 +116,7 @@ def open_stream(
 ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
     """Start a greedy `/generate_stream`; returns the connection and its response, unread.
     Closing the connection is a client that goes away mid-stream."""
-    body = {
-        "inputs": job.prompt,
-        "parameters": {
-            "do_sample": False,
-            "ignore_eos": True,
-            "max_new_tokens": job.max_new_tokens,
-        },
-    }
+    body = {"inputs": job.prompt, "parameters": _greedy_parameters(job)}
     url = urlsplit(server.base_url)
     conn = http.client.HTTPConnection(url.hostname or "127.0.0.1", url.port, timeout=120)
     conn.request("POST", "/generate_stream", json.dumps(body), {"Content-Type": "application/json"})

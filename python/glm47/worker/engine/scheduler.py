@@ -63,9 +63,10 @@ class Scheduler:
     def schedule(self) -> ScheduledBatch:
         """Plan one step and advance every scheduled request's `num_computed_tokens`."""
         plan = _Plan(budget=self.config.token_budget)
-        decoding = [r for r in self.running if r.num_computed_tokens >= len(r.all_token_ids) - 1]
-        prefilling = [r for r in self.running if r.num_computed_tokens < len(r.all_token_ids) - 1]
-        for req in decoding + prefilling:
+        # Decoding requests (at most the last known token left) first, then those part-way
+        # through their prompt; the sort is stable, so each group keeps admission order.
+        order = sorted(self.running, key=lambda r: r.num_computed_tokens < r.num_tokens - 1)
+        for req in order:
             if plan.budget == 0:
                 break
             if req.state is RequestState.RUNNING:  # not preempted earlier in this loop

@@ -79,7 +79,7 @@ def encode_step(outs: list[dict[str, Any]], stats: dict[str, int]) -> bytes:
     """The bytes of `encode(Step(...))` from outputs already in map form (`output_map`): the
     worker's per-step path, which skips building `Output` objects."""
     data = msgpack.packb(
-        [_TYPE_NAMES[Step], PROTOCOL_VERSION, {"outs": outs, "stats": dict(stats)}],
+        [_TYPE_NAMES[Step], PROTOCOL_VERSION, {"outs": outs, "stats": stats}],
         use_bin_type=True,
     )
     assert isinstance(data, bytes)

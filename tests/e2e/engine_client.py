@@ -14,7 +14,6 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import openai
-import pytest
 import requests
 
 from glm47.worker.model.tiny_tokenizer import BPE_VOCAB_SIZE
@@ -140,13 +139,9 @@ def wait_idle(server: Server, timeout_s: float = 2.0) -> dict[str, float]:
 
 @contextmanager
 def running_server(model_dir: Path, log_path: Path, *flags: str) -> Iterator[Server]:
-    """`glm47 serve` on the tiny model with one CPU thread per process. On a small shared machine
-    two OpenMP threads per worker stall at every barrier while other processes hold a core: the
-    same steps then take several times longer. Compare outputs only between servers started here,
-    so that every reference ran with the same thread count."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("OMP_NUM_THREADS", "1")
-        proc, base = start_server(model_dir, log_path, *flags)
+    """`glm47 serve` on the tiny model with `flags`, stopped on exit (`start_server` gives every
+    process one CPU thread, so all servers of the suite compute with the same thread count)."""
+    proc, base = start_server(model_dir, log_path, *flags)
     try:
         yield Server(base_url=base, model_dir=model_dir, log_path=log_path)
     finally:

@@ -4,19 +4,8 @@
 mod http_support;
 
 use glm47_router::tokenizer::ModelFiles;
-use http_support::{json_events, FakeWorker, ModelDir, Script, Server};
+use http_support::{json_events, FakeWorker, ModelDir, Script, Server, TAGS};
 use serde_json::{json, Value};
-
-const TAGS: [&str; 8] = [
-    "<think>",
-    "</think>",
-    "<tool_call>",
-    "</tool_call>",
-    "<arg_key>",
-    "</arg_key>",
-    "<arg_value>",
-    "</arg_value>",
-];
 
 /// Rewrites the model directory's tokenizer.json with every output tag marked `"special": true`.
 fn mark_tags_special(model: &ModelDir) {

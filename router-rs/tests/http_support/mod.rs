@@ -27,7 +27,8 @@ const SPECIAL: [&str; 5] = [
     "<|assistant|>",
     "<|tool|>",
 ];
-const TAGS: [&str; 8] = [
+/// The tags the output parsers read; the test tokenizer adds them as plain (non-special) tokens.
+pub const TAGS: [&str; 8] = [
     "<think>",
     "</think>",
     "<tool_call>",
@@ -323,27 +324,24 @@ impl Server {
         panic!("the router never became ready");
     }
 
-    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
-        let r = self
-            .client
+    async fn send(&self, path: &str, body: Value) -> reqwest::Response {
+        self.client
             .post(format!("{}{path}", self.url))
             .json(&body)
             .send()
             .await
-            .expect("post");
+            .expect("post")
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        let r = self.send(path, body).await;
         let status = r.status().as_u16();
         (status, r.json().await.expect("json body"))
     }
 
     /// Posts and returns the `data:` payloads of the event stream, in order.
     pub async fn post_stream(&self, path: &str, body: Value) -> (u16, Vec<String>) {
-        let r = self
-            .client
-            .post(format!("{}{path}", self.url))
-            .json(&body)
-            .send()
-            .await
-            .expect("post");
+        let r = self.send(path, body).await;
         let status = r.status().as_u16();
         let text = r.text().await.expect("body");
         let events = text

@@ -9,20 +9,12 @@ use futures::stream::{self, StreamExt};
 
 use super::prepare::{chat_pipeline, chat_prompt, max_new_tokens, ready_worker, wire_requests};
 use super::run::{collect, drive, start, ChoiceDelta, ChoiceStream};
-use super::{logprobs, sse, ApiError, AppState, JsonBody};
+use super::{logprobs, sse, ApiError, AppState, JsonBody, Meta};
 use crate::protocol::chat::{
     ChatChoice, ChatChunk, ChatChunkChoice, ChatCompletion, ChatDelta, ChatMessage, ChatRequest,
 };
-use crate::protocol::openai::{random_id, unix_now, FunctionCall, ToolCall, Usage};
-use crate::state::Collected;
-
-/// Fields every chunk and answer of one request repeats.
-#[derive(Clone)]
-struct Meta {
-    id: String,
-    created: u64,
-    model: String,
-}
+use crate::protocol::openai::{FunctionCall, ToolCall, Usage};
+use crate::state::{Collected, Finish};
 
 pub async fn chat(
     State(state): State<Arc<AppState>>,
@@ -43,11 +35,7 @@ pub async fn chat(
         .map(|_| chat_pipeline(&state, &req, &prompt))
         .collect();
     let stream = drive(handles, pipelines, 0);
-    let meta = Meta {
-        id: random_id("chatcmpl-"),
-        created: unix_now(),
-        model: state.model_name(),
-    };
+    let meta = Meta::new(&state, "chatcmpl-");
     if req.stream {
         let stream = start(stream).await?;
         Ok(sse::respond(chunks(state, meta, &req, stream), true))
@@ -69,11 +57,7 @@ fn answer(
         .zip(0u32..)
         .map(|(c, index)| {
             if let Some(f) = c.finish {
-                usage = Usage::new(
-                    f.prompt_tokens,
-                    usage.completion_tokens + f.completion_tokens,
-                    f.cached_tokens,
-                );
+                usage = add_choice(&usage, f);
             }
             let tool_calls: Vec<ToolCall> = c
                 .tool_calls
@@ -110,6 +94,15 @@ fn answer(
     }
 }
 
+/// `usage` plus one finished choice (every choice of a chat request shares its prompt).
+fn add_choice(usage: &Usage, f: Finish) -> Usage {
+    Usage::new(
+        f.prompt_tokens,
+        usage.completion_tokens + f.completion_tokens,
+        f.cached_tokens,
+    )
+}
+
 /// The chunks of a streamed answer: a role chunk per choice, a chunk per delta, then (with
 /// `stream_options.include_usage`) a chunk with no choices and the usage.
 fn chunks(
@@ -143,11 +136,7 @@ fn chunks(
         let ChoiceDelta { index, delta } = item?;
         if let Some(f) = delta.finish {
             let mut u = usage.lock().unwrap_or_else(|e| e.into_inner());
-            *u = Usage::new(
-                f.prompt_tokens,
-                u.completion_tokens + f.completion_tokens,
-                f.cached_tokens,
-            );
+            *u = add_choice(&u, f);
         }
         let logprobs = want_logprobs.then(|| logprobs::chat(&state.model.tokenizer, &delta.tokens));
         let choice = ChatChunkChoice {

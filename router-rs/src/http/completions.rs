@@ -11,20 +11,12 @@ use super::prepare::{
     max_new_tokens, plain_pipeline, prompt_ids, prompt_text, ready_worker, wire_requests,
 };
 use super::run::{collect, drive, merge, start, ChoiceDelta, ChoiceStream};
-use super::{logprobs, sse, ApiError, AppState, JsonBody};
+use super::{logprobs, sse, ApiError, AppState, JsonBody, Meta};
 use crate::protocol::completions::{
     Completion, CompletionChoice, CompletionRequest, DEFAULT_MAX_TOKENS,
 };
-use crate::protocol::openai::{random_id, unix_now, Usage};
+use crate::protocol::openai::Usage;
 use crate::state::Collected;
-
-/// Fields every chunk and answer of one request repeats.
-#[derive(Clone)]
-struct Meta {
-    id: String,
-    created: u64,
-    model: String,
-}
 
 pub async fn completions(
     State(state): State<Arc<AppState>>,
@@ -67,11 +59,7 @@ pub async fn completions(
         .map(|i| echoes.get(i / req.n as usize).cloned().unwrap_or_default())
         .collect();
     let prompt_tokens: u32 = prompts.iter().map(|p| p.len() as u32).sum();
-    let meta = Meta {
-        id: random_id("cmpl-"),
-        created: unix_now(),
-        model: state.model_name(),
-    };
+    let meta = Meta::new(&state, "cmpl-");
     if req.stream {
         let stream = start(stream).await?;
         Ok(sse::respond(

@@ -82,6 +82,25 @@ impl AppState {
     }
 }
 
+/// Fields every chunk and answer of one OpenAI request repeats.
+#[derive(Clone)]
+struct Meta {
+    id: String,
+    created: u64,
+    model: String,
+}
+
+impl Meta {
+    /// A fresh answer id (`id_prefix` and random characters), the current time and model name.
+    fn new(state: &AppState, id_prefix: &str) -> Self {
+        Self {
+            id: crate::protocol::openai::random_id(id_prefix),
+            created: crate::protocol::openai::unix_now(),
+            model: state.model_name(),
+        }
+    }
+}
+
 /// Loads the model directory, starts the dispatcher, binds `host:port` and serves until
 /// `shutdown` resolves.
 pub async fn serve(

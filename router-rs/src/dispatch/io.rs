@@ -205,14 +205,14 @@ impl IoLoop {
     }
 
     fn handle(&mut self, worker: usize, msg: Message) {
-        let addr = self.shared.workers[worker].addr.clone();
+        let addr = &self.shared.workers[worker].addr;
         match msg {
             Message::Ready(ready) => self.on_ready(worker, ready),
             Message::Step(step) => {
                 for out in step.outs {
                     self.table.route(out);
                 }
-                self.shared.metrics.set_worker_stats(&addr, &step.stats);
+                self.shared.metrics.set_worker_stats(addr, &step.stats);
             }
             Message::Error(err) => match err.rid {
                 Some(rid) => {
@@ -223,7 +223,8 @@ impl IoLoop {
                     self.table.finish(&rid, event, "error");
                 }
                 None if err.fatal => {
-                    self.lose(worker, &format!("worker {addr} failed: {}", err.message));
+                    let reason = format!("worker {addr} failed: {}", err.message);
+                    self.lose(worker, &reason);
                 }
                 None => {
                     tracing::warn!(
@@ -271,15 +272,11 @@ impl IoLoop {
             .drain(..)
             .map(|r| r.rid)
             .collect();
-        let sent: Vec<String> = self
-            .table
-            .rids_on(Some(worker))
-            .into_iter()
-            .filter(|rid| !unsent.contains(rid))
-            .collect();
-        for rid in self.table.rids_on(Some(worker)) {
-            self.table.fail(&rid, reason);
+        let in_flight = self.table.rids_on(Some(worker));
+        for rid in &in_flight {
+            self.table.fail(rid, reason);
         }
+        let sent = in_flight.into_iter().filter(|rid| !unsent.contains(rid));
         self.links[worker].pending_abort.extend(sent);
     }
 

@@ -146,8 +146,8 @@ impl Pipeline {
         for (k, &id) in out.ids.iter().enumerate() {
             self.completion_tokens += 1;
             let piece = self.detok.push(id);
-            delta.tokens.push(self.token_info(out, k, id, &piece));
             let (emit, stopped) = self.stop.push(&piece);
+            delta.tokens.push(self.token_info(out, k, id, piece));
             text.push_str(&emit);
             if stopped {
                 reason = Some(FinishReason::Stop);
@@ -172,7 +172,7 @@ impl Pipeline {
         delta
     }
 
-    fn token_info(&self, out: &wire::Output, k: usize, id: u32, piece: &str) -> TokenInfo {
+    fn token_info(&self, out: &wire::Output, k: usize, id: u32, piece: String) -> TokenInfo {
         let logprob = out
             .logprobs
             .as_ref()
@@ -186,7 +186,7 @@ impl Pipeline {
             .unwrap_or_default();
         TokenInfo {
             id,
-            text: piece.to_owned(),
+            text: piece,
             logprob,
             top,
             special: self.tokenizer.is_special(id),

@@ -75,9 +75,6 @@ class PagePool:
     def ref(self, page: int) -> int:
         return self._ref[page]
 
-    def is_cached(self, page: int) -> bool:
-        return self._cached[page]
-
     def all_cached(self, pages: Iterable[int]) -> bool:
         return all(map(self._cached.__getitem__, pages))
 

@@ -90,10 +90,6 @@ class Request:
     def num_tokens_to_compute(self) -> int:
         return self.num_tokens_wanted - self.num_computed_tokens
 
-    @property
-    def is_finished(self) -> bool:
-        return self.state is RequestState.FINISHED
-
     def wanted_tokens(self, start: int, end: int) -> list[int]:
         """Wanted tokens [start, end): known tokens, then drafts."""
         known = len(self.all_token_ids)

@@ -37,6 +37,22 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _wait_healthy(base: str, timeout_s: float, procs: list[subprocess.Popen[bytes]]) -> bool:
+    """Poll `base`/health: True once it answers 200, False when one of `procs` exits first or
+    `timeout_s` pass."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if any(p.poll() is not None for p in procs):
+            return False
+        try:
+            if requests.get(f"{base}/health", timeout=1).status_code == 200:
+                return True
+        except requests.RequestException:
+            pass
+        time.sleep(0.2)
+    return False
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from glm47.worker.model.tiny import make_tiny_model
@@ -65,22 +81,18 @@ def start_server(
         "cpu",
         *extra,
     ]
-    # one torch thread per worker: with the CI machine's 2 cores shared by the test process and
-    # the router, more threads only stall each other
+    # One torch thread per worker: on the CI machine's 2 cores, shared by the test process and
+    # the router, a second OpenMP thread stalls at every barrier while another process holds a
+    # core, and the same steps take several times longer. Every server of the suite starts here,
+    # so outputs compared between servers come from the same thread count.
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
     with log_path.open("wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"glm47 serve exited early:\n{log_path.read_text()}")
-        try:
-            if requests.get(f"{base}/health", timeout=1).status_code == 200:
-                return proc, base
-        except requests.RequestException:
-            pass
-        time.sleep(0.3)
+    if _wait_healthy(base, 180, [proc]):
+        return proc, base
+    if proc.poll() is not None:
+        raise RuntimeError(f"glm47 serve exited early:\n{log_path.read_text()}")
     proc.kill()
     raise RuntimeError(f"glm47 serve not ready in time:\n{log_path.read_text()}")
 
@@ -126,14 +138,7 @@ def scripted_router(model_dir: Path, tmp: Path, text: str) -> Iterator[str]:
     ]
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if requests.get(f"{base}/health", timeout=1).status_code == 200:
-                    break
-            except requests.RequestException:
-                time.sleep(0.2)
-        else:
+        if not _wait_healthy(base, 60, procs):
             raise RuntimeError((tmp / "log").read_text())
         yield base
     finally:

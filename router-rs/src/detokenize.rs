@@ -28,6 +28,9 @@ pub struct Detokenizer {
     ids: Vec<u32>,
     /// `ids[..read_offset]` is the context, whose text has been emitted already.
     read_offset: usize,
+    /// The context decoded, kept while characters are held back so it is decoded once per
+    /// window position.
+    prefix: Option<String>,
 }
 
 impl Detokenizer {
@@ -55,6 +58,7 @@ impl Detokenizer {
             skip_special_tokens,
             read_offset: ids.len(),
             ids,
+            prefix: None,
         }
     }
 
@@ -96,9 +100,13 @@ impl Detokenizer {
     /// slides the window so the emitted tokens become the next context.
     fn step(&mut self, out: &mut String, force: bool) -> Result<(), TokenizerError> {
         // Skipped ids never enter the window, so everything in it is decoded.
-        let prefix = self
-            .tokenizer
-            .decode(&self.ids[..self.read_offset], false)?;
+        let prefix = match &mut self.prefix {
+            Some(prefix) => prefix,
+            empty => empty.insert(
+                self.tokenizer
+                    .decode(&self.ids[..self.read_offset], false)?,
+            ),
+        };
         let full = self.tokenizer.decode(&self.ids, false)?;
         let pending = self.ids.len() - self.read_offset;
         let complete = full.len() > prefix.len() && !full.ends_with('\u{FFFD}');
@@ -106,16 +114,17 @@ impl Detokenizer {
             return Ok(());
         }
         let new_text = match full.get(prefix.len()..) {
-            Some(text) if full.starts_with(&prefix) => text,
+            Some(text) if full.starts_with(prefix.as_str()) => text,
             // The context decoded differently inside the longer window: emit what differs.
             _ => {
-                let common = common_prefix_len(&prefix, &full);
+                let common = common_prefix_len(prefix, &full);
                 &full[common..]
             }
         };
         out.push_str(new_text);
         self.ids.drain(..self.read_offset);
         self.read_offset = self.ids.len();
+        self.prefix = None;
         Ok(())
     }
 }

@@ -142,11 +142,10 @@ class Sampler:
         """Sample the next token of every row; `seqs[i]` holds row i's settings and history."""
         if logits.dim() != 2 or logits.shape[0] != len(seqs):
             raise ValueError(f"logits {tuple(logits.shape)} do not match {len(seqs)} sequences")
-        params = [s.sampling for s in seqs]
         self._history.retain({s.rid for s in seqs})
         logits = apply_bans(apply_penalties(logits.float(), seqs, self._history), seqs)
         tokens = self._choose(logits, seqs)  # [N] int64
-        want_lp = [p.logprobs for p in params]
+        want_lp = [s.sampling.logprobs for s in seqs]
         if max(want_lp, default=-1) < 0:
             ids = tokens.tolist()
             return [
@@ -158,9 +157,11 @@ class Sampler:
         """Greedy rows take the argmax; the others are split by whether they need sorting."""
         tokens = logits.argmax(dim=-1)  # [N]
         vocab = logits.shape[1]
-        params = [s.sampling for s in seqs]
-        plain = [i for i, p in enumerate(params) if not p.greedy and not _needs_sorting(p, vocab)]
-        ranked = [i for i, p in enumerate(params) if not p.greedy and _needs_sorting(p, vocab)]
+        plain: list[int] = []
+        ranked: list[int] = []
+        for i, s in enumerate(seqs):
+            if not s.sampling.greedy:
+                (ranked if _needs_sorting(s.sampling, vocab) else plain).append(i)
         for rows, draw in ((plain, self._draw_full), (ranked, self._draw_ranked)):
             if len(rows) == len(seqs):
                 return draw(logits, seqs)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,8 @@ from pathlib import Path
 
 import pytest
 import requests
+
+from glm47.serve import free_port
 
 
 @dataclass(frozen=True)
@@ -29,12 +30,6 @@ class Server:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _wait_healthy(base: str, timeout_s: float, procs: list[subprocess.Popen[bytes]]) -> bool:
@@ -65,7 +60,7 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def start_server(
     model_dir: Path, log_path: Path, *extra: str
 ) -> tuple[subprocess.Popen[bytes], str]:
-    port = _free_port()
+    port = free_port()
     cmd = [
         sys.executable,
         "-m",
@@ -124,8 +119,8 @@ def scripted_router(model_dir: Path, tmp: Path, text: str) -> Iterator[str]:
     """The real router in front of tests/e2e/scripted_worker.py answering every request with
     `text`; yields the router's base URL."""
     (tmp / "text").write_text(text)
-    listen = f"tcp://127.0.0.1:{_free_port()}"
-    port = _free_port()
+    listen = f"tcp://127.0.0.1:{free_port()}"
+    port = free_port()
     log = (tmp / "log").open("wb")
     worker_cmd = ["-m", "tests.e2e.scripted_worker", "--listen", listen]
     worker_cmd += ["--model-dir", str(model_dir), "--text-file", str(tmp / "text")]

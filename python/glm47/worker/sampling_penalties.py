@@ -97,8 +97,7 @@ def apply_penalties(
         return logits
     history = history or TokenHistory()
     n, vocab = logits.shape
-    device = logits.device
-    logits = logits.clone()
+    device = logits.device  # below, every step makes a new tensor: `logits` is never written
     if rep_rows:
         seen = torch.zeros(n, vocab, dtype=torch.bool, device=device)  # [N, V]
         row_idx, tok_idx = history.gather(seqs, rep_rows, device, prompt=True)

@@ -165,11 +165,6 @@ impl Tokenizer {
     pub fn token_to_id(&self, token: &str) -> Option<u32> {
         self.inner.token_to_id(token)
     }
-
-    /// The text of one id as stored in the vocabulary (byte-level pieces stay encoded).
-    pub fn id_to_token(&self, id: u32) -> Option<String> {
-        self.inner.id_to_token(id)
-    }
 }
 
 /// Everything the router reads from a model directory.

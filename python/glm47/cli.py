@@ -38,8 +38,7 @@ def _worker(argv: list[str]) -> int:
 def _router(argv: list[str]) -> int:
     from glm47.router import main as router_main
 
-    sys.argv = ["glm47-router", *argv]
-    router_main()
+    router_main(argv)
     return 0
 
 

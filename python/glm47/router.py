@@ -10,8 +10,8 @@ import signal
 import sys
 
 
-def main() -> None:
-    """Runs the router with this process's command line until SIGINT or SIGTERM.
+def main(argv: list[str] | None = None) -> None:
+    """Runs the router with `argv` (default: this process's command line) until SIGINT or SIGTERM.
 
     An invalid command line exits with status 2 (after printing the usage), a failure to start or
     serve with status 1.
@@ -22,7 +22,7 @@ def main() -> None:
     # KeyboardInterrupt when the call returns.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        _native.router_main(["glm47-router", *sys.argv[1:]])
+        _native.router_main(["glm47-router", *(sys.argv[1:] if argv is None else argv)])
     except RuntimeError as e:
         print(f"glm47-router: {e}", file=sys.stderr)
         raise SystemExit(1) from None

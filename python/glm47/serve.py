@@ -84,23 +84,21 @@ def _split_args(rest: list[str]) -> tuple[list[str], list[str]]:
     i = 0
     while i < len(rest):
         flag, _, inline = rest[i].partition("=")
-        table = (
-            ROUTER_FLAGS if flag in ROUTER_FLAGS else SHARED_FLAGS if flag in SHARED_FLAGS else None
-        )
-        if table is None:
+        canonical = ROUTER_FLAGS.get(flag) or SHARED_FLAGS.get(flag)
+        if canonical is None:
             worker.append(rest[i])
             i += 1
             continue
         if inline:
-            values = [f"{table[flag]}={inline}"]
+            values = [f"{canonical}={inline}"]
             i += 1
         else:
             if i + 1 >= len(rest):
                 raise SystemExit(f"glm47 serve: {flag} needs a value")
-            values = [table[flag], rest[i + 1]]
+            values = [canonical, rest[i + 1]]
             i += 2
         router += values
-        if table is SHARED_FLAGS:
+        if flag in SHARED_FLAGS:
             worker += values
     return router, worker
 

@@ -64,6 +64,16 @@ class AttentionBackend(Protocol):
         ...
 
 
+def write_latents(
+    kv_cache: torch.Tensor,  # [num_slots, kv_lora_rank + qk_rope_head_dim]
+    latent: torch.Tensor,  # [T, kv_lora_rank]
+    k_rope: torch.Tensor,  # [T, qk_rope_head_dim]
+    meta: AttentionMetadata,
+) -> None:
+    """Store the step's new tokens in the cache layout [latent | k_rope] at `meta.slot_mapping`."""
+    kv_cache[meta.slot_mapping] = torch.cat([latent, k_rope], dim=-1).to(kv_cache.dtype)
+
+
 BackendFactory = Callable[[], AttentionBackend]
 _REGISTRY: dict[str, BackendFactory] = {}
 

@@ -24,7 +24,12 @@ from typing import Any
 
 import torch
 
-from glm47.worker.attention.base import AttentionMetadata, MLAWeights, register_backend
+from glm47.worker.attention.base import (
+    AttentionMetadata,
+    MLAWeights,
+    register_backend,
+    write_latents,
+)
 
 # Modules that provide `flash_attn_varlen_func`, in order of preference.
 REQUIRED_MODULES = ("fa3_fwd_interface", "flash_attn_interface")
@@ -116,7 +121,7 @@ class Fa3MLABackend:
         dtype = q_nope.dtype
         rank = latent.shape[-1]
         heads = q_nope.shape[1]
-        kv_cache[meta.slot_mapping] = torch.cat([latent, k_rope], dim=-1).to(kv_cache.dtype)
+        write_latents(kv_cache, latent, k_rope, meta)
         gather = self._gather(meta)
         cached = kv_cache[gather.slots].to(dtype)  # [S, rank + rope]
         c, kr = cached[:, :rank], cached[:, rank:]

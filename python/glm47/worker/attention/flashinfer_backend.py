@@ -19,7 +19,12 @@ from typing import Any
 
 import torch
 
-from glm47.worker.attention.base import AttentionMetadata, MLAWeights, register_backend
+from glm47.worker.attention.base import (
+    AttentionMetadata,
+    MLAWeights,
+    register_backend,
+    write_latents,
+)
 
 REQUIRED_MODULES = ("flashinfer",)
 INSTALL_HINT = (
@@ -91,7 +96,7 @@ class FlashInferMLABackend:
     ) -> torch.Tensor:  # [T, H, v_head_dim]
         dtype = kv_cache.dtype
         rank = latent.shape[-1]
-        kv_cache[meta.slot_mapping] = torch.cat([latent, k_rope], dim=-1).to(dtype)
+        write_latents(kv_cache, latent, k_rope, meta)
         if self._shape is None:
             self._shape = PlanShape(q_nope.shape[1], rank, k_rope.shape[-1], scale, dtype)
         wrapper = self._wrapper_for(meta)

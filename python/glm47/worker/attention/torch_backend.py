@@ -10,7 +10,12 @@ from __future__ import annotations
 
 import torch
 
-from glm47.worker.attention.base import AttentionMetadata, MLAWeights, register_backend
+from glm47.worker.attention.base import (
+    AttentionMetadata,
+    MLAWeights,
+    register_backend,
+    write_latents,
+)
 
 
 class TorchMLABackend:
@@ -28,7 +33,7 @@ class TorchMLABackend:
         scale: float,
     ) -> torch.Tensor:  # [T, H, v]
         rank = latent.shape[-1]
-        kv_cache[meta.slot_mapping] = torch.cat([latent, k_rope], dim=-1).to(kv_cache.dtype)
+        write_latents(kv_cache, latent, k_rope, meta)
         q_latent = torch.einsum("thd,hdr->thr", q_nope.float(), weights.w_uk.float())  # [T, H, R]
         q_full = torch.cat([q_latent, q_rope.float()], dim=-1)  # [T, H, R + rope]
         out = torch.empty(q_latent.shape, dtype=torch.float32, device=q_latent.device)

@@ -86,9 +86,8 @@ class Session:
 @dataclass
 class SessionResult:
     logits: list[torch.Tensor]  # per step: [N, V] fp32 of the rows that sampled
-    contexts: list[
-        list[list[int]]
-    ]  # per step: every sampled row's tokens so far (the reference input)
+    # per step: every sampled row's tokens so far (the reference input)
+    contexts: list[list[list[int]]]
 
 
 @torch.inference_mode()

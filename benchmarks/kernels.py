@@ -170,17 +170,8 @@ def bench_prefill(ceil: dict) -> list[Row]:
                 print(f"mla_prefill bm{bm} bn{bn}: {err}")
                 continue
             shape = f"seqs={nseq} new={new} prefix={prefix}"
-            rows.append(
-                row(
-                    "mla_prefill",
-                    shape,
-                    f"bm{bm} bn{bn} w{warps} s{stages}",
-                    ms,
-                    nbytes,
-                    flops,
-                    ceil,
-                )
-            )
+            var = f"bm{bm} bn{bn} w{warps} s{stages}"
+            rows.append(row("mla_prefill", shape, var, ms, nbytes, flops, ceil))
     return rows
 
 
@@ -349,18 +340,9 @@ def bench_fa3(ceil: dict) -> list[Row]:
             ).transpose(0, 1)  # fmt: skip
             rel = float((out.float() - ref).norm() / ref.norm())
             print(f"fa3 varlen causal hdim 256/256, T=512: rel err vs fp32 sdpa = {rel:.2e}")
-        flops = 2 * HEADS * (t * (t + 1) // 2) * 512
-        rows.append(
-            row(
-                "fa3_varlen",
-                f"T={t} hdim=256/256",
-                "causal",
-                time_ms(fn),
-                6 * t * HEADS * 256,
-                flops,
-                ceil,
-            )
-        )
+        flops, nbytes = 2 * HEADS * (t * (t + 1) // 2) * 512, 6 * t * HEADS * 256
+        ms = time_ms(fn)
+        rows.append(row("fa3_varlen", f"T={t} hdim=256/256", "causal", ms, nbytes, flops, ceil))
     c = torch.randn((8192, D_LAT), dtype=BF16, device=DEV)
     wkv = torch.randn((HEADS * 448, D_LAT), dtype=BF16, device=DEV)
     ms = time_ms(torch.matmul, c, wkv.T)

@@ -162,9 +162,8 @@ class Scheduler:
     def preempt(self, req: Request) -> None:
         """Give back a running request's pages; it will be recomputed from its known tokens."""
         self.running.remove(req)
-        self._release_pages(req)
+        self._release_pages(req)  # also resets num_computed_tokens
         req.draft_token_ids.clear()
-        req.num_computed_tokens = 0
         req.num_preemptions += 1
         req.state = RequestState.PREEMPTED
         self.waiting.appendleft(req)

@@ -236,8 +236,7 @@ class Service:
                 self.engine.abort(engine_rid)  # the engine reports finish "abort" next step
 
     def _engine_rid(self, identity: bytes, rid: str) -> str:
-        conn = self._conn_ids.setdefault(identity, len(self._conn_ids))
-        return f"{conn}:{rid}"
+        return f"{self._conn_ids[identity]}:{rid}"  # `_handle` numbered the connection
 
     # -- sending -------------------------------------------------------------------------------
 

@@ -1,21 +1,34 @@
 #!/usr/bin/env bash
-# One GPU device call for the model fast path: the GPU tests (parity with transformers at the real
-# layer widths, CUDA-graph replay against eager), then the whole-model benchmark (decode steps and
-# an 8192-token prefill at full size with dummy weights). Each section has its own time limit and
-# a failing section does not stop the next; the summary table is printed last. About 8 minutes.
-# Logs and JSON go to $OUT (default ./gpu-out).
-#   bash benchmarks/gpu_model_check.sh          (device call: carry .whl, timeout 600)
+# One GPU device call for the model fast path:
+#   - the GPU tests: parity with transformers at the real layer widths (triton eager and graphed,
+#     fa3 prefill, flashinfer decode eager and graphed), CUDA-graph replay against eager; the
+#     flashinfer tests run beside the others, since their first call compiles FlashInfer's kernels
+#     on the CPU;
+#   - the whole-model benchmark (decode steps, flashinfer eager decode, an 8192-token prefill at
+#     full size with dummy weights);
+#   - a serving smoke run: `glm47 serve` on the bench model directory with dummy weights, 400
+#     ShareGPT requests at once through `glm47 bench` (needs the glm47 wheel in .whl and
+#     .bench-model with requests.jsonl; see benchmarks/serve_bench.sh).
+# Each section has its own time limit and a failing section does not stop the next; the summary
+# is printed last. About 9 minutes. Logs go to $OUT (default ./gpu-out), packed in logs.tar.gz.
+#   bash benchmarks/gpu_model_check.sh     (device call: carry .whl and .bench-model, timeout 600)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu-out}
-mkdir -p "$OUT"
+mkdir -p "$OUT/logs"
+LOGS=$OUT/logs
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD/python${PYTHONPATH:+:$PYTHONPATH}
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/*.whl \
-    && export PYTHONPATH=/tmp/site:$PWD/python
+    || echo "wheel install failed"
+  # The repository's Python code, with the router extension from the wheel beside it.
+  if [ -f /tmp/site/glm47/_native.abi3.so ]; then
+    cp /tmp/site/glm47/_native.abi3.so python/glm47/ && rm -rf /tmp/site/glm47 /tmp/site/glm47-*
+  fi
+  export PYTHONPATH=$PWD/python:/tmp/site PATH=/tmp/site/bin:$PATH
 fi
 start_all=$(date +%s)
-: >"$OUT/sections.txt"
+: >"$LOGS/sections.txt"
 
 section() {  # name, limit in seconds, command...
   local name=$1 limit=$2
@@ -23,28 +36,58 @@ section() {  # name, limit in seconds, command...
   local t0
   t0=$(date +%s)
   echo "== $name (limit ${limit}s)"
-  timeout -k 10 "$limit" "$@" >"$OUT/$name.log" 2>&1
+  timeout -k 10 "$limit" "$@" >"$LOGS/$name.log" 2>&1
   local rc=$?
-  echo "$name rc=$rc $(( $(date +%s) - t0 ))s" | tee -a "$OUT/sections.txt"
-  tail -n 15 "$OUT/$name.log"
+  echo "$name rc=$rc $(( $(date +%s) - t0 ))s" | tee -a "$LOGS/sections.txt"
+  tail -n 8 "$LOGS/$name.log"
 }
 
 section info 60 bash -c '
   date -u; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
   python3 -c "import torch, triton, transformers; print(\"torch\", torch.__version__, \"triton\", triton.__version__, \"transformers\", transformers.__version__)"
   python3 -c "import fa3_fwd_interface; print(\"fa3_fwd_interface importable\")" || echo "fa3 not importable"
-  python3 -c "import flashinfer; print(\"flashinfer\", flashinfer.__version__)" || echo "flashinfer not importable"'
+  python3 -c "import flashinfer; print(\"flashinfer\", flashinfer.__version__)" || echo "flashinfer not importable"
+  which nvcc ninja; nvcc --version | tail -2'
 
-section gpu_tests 230 python3 -m pytest tests/gpu -q -s -rA -p no:cacheprovider
+PYTEST=(python3 -m pytest -q -s -rA -p no:cacheprovider)
+section flashinfer_tests 220 "${PYTEST[@]}" tests/gpu/test_model_parity_gpu.py -k flashinfer &
+FI_PID=$!
+section gpu_tests 170 "${PYTEST[@]}" tests/gpu -k "not flashinfer"
+wait $FI_PID
 
-section model_bench 280 python3 benchmarks/model_bench.py --budget-s 200 --json "$OUT/model_bench.json"
+section model_bench 190 python3 benchmarks/model_bench.py --budget-s 150 --iters 10 \
+  --json "$OUT/model_bench.json"
+
+serve_smoke() {
+  python3 -m glm47.cli serve --model-dir .bench-model --host 127.0.0.1 --port 8000 \
+    --load-format dummy --tool-call-parser glm47 --reasoning-parser glm45 >"$LOGS/serve.log" 2>&1 &
+  local pid=$! t0
+  t0=$(date +%s)
+  for _ in $(seq 1 150); do
+    curl -sf http://127.0.0.1:8000/health >/dev/null && break
+    kill -0 $pid 2>/dev/null || { echo "server exited"; tail -40 "$LOGS/serve.log"; return 1; }
+    sleep 1
+  done
+  echo "server ready after $(( $(date +%s) - t0 )) s"
+  python3 -m glm47.cli bench --base-url http://127.0.0.1:8000 --dataset file \
+    --dataset-path .bench-model/requests.jsonl --num-prompts 400 --workload burst \
+    --output-dir "$OUT/smoke" --no-progress --label "smoke: dummy weights, stand-in tokenizer"
+  curl -s http://127.0.0.1:8000/metrics | grep -E '^glm47_' | head -30
+  kill -INT $pid; wait $pid
+  grep -E 'graph|backend|KV|pages|ERROR|Traceback' "$LOGS/serve.log" | head -20
+}
+section serve_smoke 150 bash -c "$(declare -f serve_smoke); LOGS=$LOGS OUT=$OUT serve_smoke"
 
 echo
 echo "==================== summary ($(( $(date +%s) - start_all )) s) ===================="
-cat "$OUT/sections.txt"
-echo "-- GPU tests (agreement per row; see $OUT/gpu_tests.log)"
-grep -E '^\[|^(PASSED|FAILED|ERROR|SKIPPED)|[0-9]+ (passed|failed|skipped|error)' \
-  "$OUT/gpu_tests.log" | tail -n 24
+cat "$LOGS/sections.txt"
+echo "-- GPU tests (agreement per row)"
+grep -hE '^\[|^(PASSED|FAILED|ERROR|SKIPPED)|[0-9]+ (passed|failed|skipped|error)' \
+  "$LOGS/gpu_tests.log" "$LOGS/flashinfer_tests.log" | tail -n 30
 echo "-- model bench"
-sed -n '/^== model bench/,$p' "$OUT/model_bench.log"
-grep -E 'skipped|failed|Error' "$OUT/model_bench.log" | grep -v '^== ' | tail -n 5
+sed -n '/^== model bench/,$p' "$LOGS/model_bench.log"
+grep -E 'skipped|failed|Error' "$LOGS/model_bench.log" | grep -v '^== ' | tail -n 5
+echo "-- serve smoke"
+grep -vE '^\s*$' "$LOGS/serve_smoke.log" | tail -n 40
+cp "$OUT"/smoke/*.md "$LOGS/" 2>/dev/null
+tar -czf "$OUT/logs.tar.gz" -C "$OUT" logs && rm -rf "$LOGS" "$OUT/smoke"

@@ -65,6 +65,13 @@ class DecodeRow:
 
 
 @dataclass
+class AltDecodeRow:
+    backend: str
+    batch: int
+    eager_ms: float  # the decode step without CUDA graphs, this backend's attention
+
+
+@dataclass
 class PrefillRow:
     backend: str
     ms: float
@@ -229,6 +236,22 @@ def run_decode(
 
 
 @torch.inference_mode()
+def run_alt_decode(
+    runner: ModelRunner, backend: str, batch: int, context: int, iters: int
+) -> AltDecodeRow:
+    """The eager decode step with another decode attention backend (graphs off)."""
+    step, _ = decode_batch(runner, batch, context)
+    inputs = runner.prepare(step)
+    saved = runner.decode_backend, runner.graphs
+    runner.decode_backend, runner.graphs = create_backend(backend), None
+    try:
+        ms = time_cuda(logits_step(runner, inputs), max(3, iters // 2))
+    finally:
+        runner.decode_backend, runner.graphs = saved
+    return AltDecodeRow(backend, batch, ms)
+
+
+@torch.inference_mode()
 def run_prefill(
     runner: ModelRunner, w: WeightBytes, ceil: Ceilings, backend: str, tokens: int
 ) -> PrefillRow:
@@ -243,7 +266,11 @@ def run_prefill(
 
 
 def print_tables(
-    ceil: Ceilings, decode: list[DecodeRow], prefill: list[PrefillRow], args: argparse.Namespace
+    ceil: Ceilings,
+    decode: list[DecodeRow],
+    alt: list[AltDecodeRow],
+    prefill: list[PrefillRow],
+    args: argparse.Namespace,
 ) -> None:
     print(f"\n== model bench: {torch.cuda.get_device_name()}, dummy weights, real shapes, no MTP")
     print(
@@ -257,6 +284,13 @@ def print_tables(
         print(f"{r.batch:>6} {r.step_ms:>8.2f} {r.floor_ms:>9.2f} {r.step_ms / r.floor_ms:>6.2f} "
               f"{r.tok_per_s:>8.0f} {r.eager_ms:>8.2f} {r.prepare_ms:>8.1f} {r.kv_sets:>7} "
               f"{r.graphed}")  # fmt: skip
+    if alt:
+        triton_eager = {r.batch: r.eager_ms for r in decode}
+        print("decode without graphs, other attention backends (triton eager for comparison)")
+        print(f"{'backend':>10} {'batch':>6} {'eager ms':>8} {'triton ms':>9}")
+        for a in alt:
+            ref = triton_eager.get(a.batch, float("nan"))
+            print(f"{a.backend:>10} {a.batch:>6} {a.eager_ms:>8.2f} {ref:>9.2f}")
     print(f"prefill, one chunk of {args.prefill_tokens} tokens")
     print(f"{'backend':>8} {'ms':>8} {'floor ms':>9} {'ratio':>6} {'tok/s':>8}")
     for p in prefill:
@@ -283,12 +317,14 @@ def main() -> None:
         runner.kv_cache.normal_()  # random latents: timing on zeros hides work
     w = weight_bytes(runner)
     decode: list[DecodeRow] = []
+    alt: list[AltDecodeRow] = []
     prefill: list[PrefillRow] = []
 
     def save() -> None:
         if args.json is not None:
             data = {"ceilings": asdict(ceil), "weights": asdict(w), "args": vars(args) | {"json": str(args.json)},
-                    "decode": [asdict(r) for r in decode], "prefill": [asdict(p) for p in prefill]}  # fmt: skip
+                    "decode": [asdict(r) for r in decode], "alt_decode": [asdict(a) for a in alt],
+                    "prefill": [asdict(p) for p in prefill]}  # fmt: skip
             args.json.write_text(json.dumps(data, indent=2))
 
     for batch in batches:
@@ -302,6 +338,20 @@ def main() -> None:
             continue
         print(f"decode batch {batch}: {decode[-1].step_ms:.2f} ms", flush=True)
         save()
+    reason = unavailable_reason("flashinfer", runner.device)
+    for batch in batches if reason is None else []:
+        if time.perf_counter() - t0 > args.budget_s:
+            print(f"flashinfer decode batch {batch}: skipped, over the time budget")
+            continue
+        try:
+            alt.append(run_alt_decode(runner, "flashinfer", batch, args.context, args.iters))
+        except (RuntimeError, ValueError) as err:
+            print(f"flashinfer decode batch {batch}: failed: {err}")
+            continue
+        print(f"flashinfer decode batch {batch}: {alt[-1].eager_ms:.2f} ms", flush=True)
+        save()
+    if reason is not None:
+        print(f"flashinfer decode: skipped ({reason})")
     for backend in ("triton", "fa3"):
         reason = unavailable_reason(backend, runner.device)
         if reason is not None or time.perf_counter() - t0 > args.budget_s:
@@ -312,7 +362,7 @@ def main() -> None:
         except (RuntimeError, ValueError) as err:
             print(f"prefill {backend}: failed: {err}")
         save()
-    print_tables(ceil, decode, prefill, args)
+    print_tables(ceil, decode, alt, prefill, args)
 
 
 if __name__ == "__main__":

@@ -62,3 +62,34 @@ def test_fa3_prefill_matches_transformers(checkpoint: Checkpoint, cuda: torch.de
         checkpoint[0], cuda, prefill_backend="fa3", decode_backend="triton", disable_cuda_graph=True
     )
     _check("fa3 prefill + triton decode", runner, checkpoint)
+
+
+def test_flashinfer_decode_matches_transformers(checkpoint: Checkpoint, cuda: torch.device) -> None:
+    reason = unavailable_reason("flashinfer", cuda)
+    if reason is not None:
+        pytest.skip(reason)
+    runner = load_runner(
+        checkpoint[0],
+        cuda,
+        prefill_backend="triton",
+        decode_backend="flashinfer",
+        disable_cuda_graph=True,
+    )
+    _check("triton prefill + flashinfer decode", runner, checkpoint)
+
+
+def test_flashinfer_decode_with_graphs_matches_transformers(
+    checkpoint: Checkpoint, cuda: torch.device
+) -> None:
+    reason = unavailable_reason("flashinfer", cuda)
+    if reason is not None:
+        pytest.skip(reason)
+    runner = load_runner(
+        checkpoint[0],
+        cuda,
+        prefill_backend="triton",
+        decode_backend="flashinfer",
+        graph_max_batch_size=8,
+    )
+    assert runner.graphs is not None, "decode CUDA graphs were not captured"
+    _check("triton prefill + flashinfer decode, graphed", runner, checkpoint)

@@ -1,56 +1,90 @@
 #!/usr/bin/env bash
 # The serving benchmark on one GPU: `glm47 serve` on the bench model directory (real config, real
-# template format, stand-in tokenizer, dummy weights), then the four workloads of the published
-# LightLLM table (burst, 512 concurrent, Poisson 10 and 5 req/s) on the same ShareGPT requests,
-# then transformers' baseline on the burst requests. Results (JSON, markdown, raw timings, logs) go
-# to $OUT; copy them into benchmarks/results/<date>-<gpu>/ and redraw plots with
-# `python -m glm47.bench.report $dir/*.requests.json`.
+# template format, stand-in tokenizer, dummy weights), then the workloads of the published LightLLM
+# table (burst, 512 concurrent, Poisson 10 and 5 req/s) on the same ShareGPT requests, then
+# transformers' baseline on the same requests. Everything lands in $OUT/results.tar.gz (JSON,
+# markdown, raw timings, plots, logs); unpack it into benchmarks/results/<date>-<gpu>/.
 #
 # Prepare on the development machine (no GPU), from the repository root:
 #   python benchmarks/bench_model.py .bench-model
 #   glm47 bench --dataset sharegpt --tokenizer .bench-model --num-prompts 2000 \
 #       --save-requests .bench-model/requests.jsonl --dry-run
-#   maturin build --release -o .whl     # plus the pyzmq 27.3.0 wheel for Python 3.12 in .whl
-# and carry `.bench-model` and `.whl`. Environment knobs: NUM_PROMPTS (2000), WORKLOADS, SERVE_FLAGS,
-# BASELINE_PROMPTS (256; 0 skips the baseline).
+#   maturin build --release -o .whl     # plus the pyzmq 27.3.0 and fa3-fwd 0.0.3 wheels in .whl
+# and carry `.bench-model` and `.whl`. All four workloads take longer than one 10-minute device
+# command (the Poisson ones alone last 200 s and 400 s), so run it twice:
+#   GPU_TESTS=triton WORKLOADS="burst high-conc moderate" BASELINE_BUDGET_S=0 BENCH_LIMIT_S=430 \
+#       bash benchmarks/serve_bench.sh
+#   WORKLOADS=steady BASELINE_BUDGET_S=60 bash benchmarks/serve_bench.sh
+# Environment knobs: NUM_PROMPTS (2000), WORKLOADS, SERVE_FLAGS, BASELINE_BUDGET_S (60; 0 skips the
+# transformers baseline), MODEL_BENCH (1: run benchmarks/model_bench.py first), GPU_TESTS (a pytest
+# -k expression: run those GPU tests first), BENCH_LIMIT_S (480: the limit of all workloads).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/glm47-bench}
-mkdir -p "$OUT"
+RES=$OUT/results
+mkdir -p "$RES"
 NUM_PROMPTS=${NUM_PROMPTS:-2000}
 WORKLOADS=${WORKLOADS:-"burst high-conc moderate steady"}
-BASELINE_PROMPTS=${BASELINE_PROMPTS:-256}
+BASELINE_BUDGET_S=${BASELINE_BUDGET_S:-60}
+MODEL_BENCH=${MODEL_BENCH:-0}
+BENCH_LIMIT_S=${BENCH_LIMIT_S:-480}
 SERVE_FLAGS=${SERVE_FLAGS:-"--load-format dummy --chunked-prefill-size 8192 --graph-max-batch-size 512 \
---tool-call-parser glm47 --reasoning-parser glm45"}
+--max-running-requests 512 --tool-call-parser glm47 --reasoning-parser glm45"}
+export PYTHONUNBUFFERED=1
 
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
-  export PYTHONPATH=/tmp/site
+  # The repository's Python code, with the router extension from the wheel beside it.
+  if [ -f /tmp/site/glm47/_native.abi3.so ]; then
+    cp /tmp/site/glm47/_native.abi3.so python/glm47/ && rm -rf /tmp/site/glm47 /tmp/site/glm47-*
+  fi
+  export PYTHONPATH=$PWD/python:/tmp/site PATH=/tmp/site/bin:$PATH
 fi
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
-git rev-parse HEAD 2>/dev/null | tee "$OUT/commit.txt"
+pack() { tar -czf "$OUT/results.tar.gz" -C "$OUT" results; }
+trap pack EXIT
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$RES/gpu.txt"
+git rev-parse HEAD 2>/dev/null | tee "$RES/commit.txt"
+
+if [ -n "${GPU_TESTS:-}" ]; then  # a pytest -k expression over tests/gpu, run before serving
+  timeout -k 10 150 python3 -m pytest -q -s -rA -p no:cacheprovider tests/gpu -k "$GPU_TESTS" \
+    >"$RES/gpu_tests.log" 2>&1
+  grep -hE '^\[|^(PASSED|FAILED|ERROR)|[0-9]+ (passed|failed|error)' "$RES/gpu_tests.log" | cut -c1-400
+fi
+if [ "$MODEL_BENCH" = 1 ]; then
+  timeout -k 10 120 python3 benchmarks/model_bench.py --budget-s 70 --iters 10 \
+    --json "$RES/model_bench.json" >"$RES/model_bench.log" 2>&1
+  sed -n '/^== model bench/,$p' "$RES/model_bench.log"
+fi
 
 # shellcheck disable=SC2086
 python3 -m glm47.cli serve --model-dir .bench-model --host 127.0.0.1 --port 8000 $SERVE_FLAGS \
-  >"$OUT/serve.log" 2>&1 &
+  >"$RES/serve.log" 2>&1 &
 SERVE_PID=$!
-trap 'kill -INT $SERVE_PID 2>/dev/null; wait $SERVE_PID' EXIT
+trap 'kill -INT $SERVE_PID 2>/dev/null; wait $SERVE_PID; pack' EXIT
+t0=$(date +%s)
 for _ in $(seq 1 300); do
   curl -sf http://127.0.0.1:8000/health >/dev/null && break
-  kill -0 $SERVE_PID 2>/dev/null || { tail -50 "$OUT/serve.log"; exit 1; }
+  kill -0 $SERVE_PID 2>/dev/null || { tail -50 "$RES/serve.log"; exit 1; }
   sleep 1
 done
+echo "server ready after $(( $(date +%s) - t0 )) s"
+grep -E 'backends|runner:|graphs|warm-up|KV cache' "$RES/serve.log" | cut -c1-240
 
-LABEL="$(cat "$OUT/gpu.txt"); dummy weights; stand-in tokenizer; glm47 serve $SERVE_FLAGS"
+LABEL="$(cat "$RES/gpu.txt"); dummy weights; stand-in tokenizer; glm47 serve $SERVE_FLAGS"
 ARGS=(--base-url http://127.0.0.1:8000 --dataset file --dataset-path .bench-model/requests.jsonl
-      --num-prompts "$NUM_PROMPTS" --output-dir "$OUT" --label "$LABEL" --no-progress)
+      --num-prompts "$NUM_PROMPTS" --output-dir "$RES" --label "$LABEL" --no-progress)
 for w in $WORKLOADS; do ARGS+=(--workload "$w"); done
-python3 -m glm47.cli bench "${ARGS[@]}" 2>&1 | tee "$OUT/bench.log"
-curl -s http://127.0.0.1:8000/metrics >"$OUT/metrics.txt"
-kill -INT $SERVE_PID; wait $SERVE_PID; trap - EXIT
+timeout -k 10 "$BENCH_LIMIT_S" python3 -m glm47.cli bench "${ARGS[@]}" 2>&1 | tee "$RES/bench.log"
+curl -s http://127.0.0.1:8000/metrics >"$RES/metrics.txt"
+grep -E '^glm47_(preemptions|request_finish|generation_tokens|prompt_tokens|cached)' "$RES/metrics.txt"
+kill -INT $SERVE_PID; wait $SERVE_PID
+trap pack EXIT
+grep -iE 'error|traceback|cancelled' "$RES/serve.log" | head -5
 
-if [ "$BASELINE_PROMPTS" -gt 0 ]; then
-  python3 benchmarks/hf_baseline.py --model-dir .bench-model --requests .bench-model/requests.jsonl \
-    --num-prompts "$BASELINE_PROMPTS" --out "$OUT/hf_baseline.json" 2>&1 | tail -5
+if [ "$BASELINE_BUDGET_S" != 0 ]; then
+  timeout -k 10 $((BASELINE_BUDGET_S + 90)) python3 benchmarks/hf_baseline.py \
+    --model-dir .bench-model --requests .bench-model/requests.jsonl --num-prompts "$NUM_PROMPTS" \
+    --budget-s "$BASELINE_BUDGET_S" --out "$RES/hf_baseline.json" >"$RES/hf_baseline.log" 2>&1
+  tail -3 "$RES/hf_baseline.log"
 fi
-cat "$OUT/bench.md"
+cat "$RES/bench.md"

@@ -7,6 +7,7 @@ import asyncio
 import datetime as dt
 import json
 import urllib.request
+from collections import Counter
 from pathlib import Path
 
 from glm47.bench.client import Arrival, Endpoint, run_workload
@@ -115,6 +116,24 @@ def first_model(base_url: str) -> str:
         return str(json.load(resp)["data"][0]["id"])
 
 
+def write_reports(
+    out_dir: Path, args: argparse.Namespace, model: str, num_prompts: int, rows: dict[str, Summary]
+) -> None:
+    """bench.json and bench.md for the workloads finished so far."""
+    meta = {
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "base_url": args.base_url,
+        "model": model,
+        "endpoint": args.endpoint,
+        "dataset": args.dataset,
+        "num_prompts": num_prompts,
+        "seed": args.seed,
+        "label": args.label,
+    }
+    write_json(out_dir / "bench.json", meta, rows)
+    (out_dir / "bench.md").write_text(f"{args.label}\n\n{markdown_table(rows)}")
+
+
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     requests = build_requests(args)
@@ -139,23 +158,13 @@ def main(argv: list[str]) -> int:
             run_workload(args.base_url, model, requests, endpoint, arrival, not args.no_progress)
         )
         rows[name] = summarize(results, wall)
+        print(markdown_table({name: rows[name]}), flush=True)
+        for message, count in Counter(r.error for r in results if r.error).most_common(5):
+            print(f"  {count} request(s) failed: {message}")
         if out_dir:
             stem = name.replace(":", "_")
             write_raw(out_dir / f"{stem}.requests.json", results)
             write_plots(out_dir / f"{stem}.png", f"{name} ({args.label})", results)
-    table = markdown_table(rows)
-    print(table)
-    if out_dir:
-        meta = {
-            "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            "base_url": args.base_url,
-            "model": model,
-            "endpoint": args.endpoint,
-            "dataset": args.dataset,
-            "num_prompts": len(requests),
-            "seed": args.seed,
-            "label": args.label,
-        }
-        write_json(out_dir / "bench.json", meta, rows)
-        (out_dir / "bench.md").write_text(f"{args.label}\n\n{table}")
+            write_reports(out_dir, args, model, len(requests), rows)  # after each workload
+    print(markdown_table(rows))
     return 0 if all(s.errors == 0 for s in rows.values()) else 1

@@ -98,6 +98,7 @@ def build(args: WorkerArgs) -> tuple[Engine, Ready]:
         graph_max_batch_size=cfg.graph_max_batch_size,
         disable_cuda_graph=cfg.disable_cuda_graph,
         max_req_total_len=cfg.max_req_total_len,
+        warmup_tokens=cfg.max_num_batched_tokens or cfg.chunked_prefill_size,
     )
     eos = eos_token_ids(model_dir, model_cfg)
     engine = Engine(cfg, runner, Sampler(seed=cfg.seed), eos)

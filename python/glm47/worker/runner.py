@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import logging
 import math
+import time
 from pathlib import Path
 from typing import Protocol
 
@@ -89,7 +90,12 @@ class ModelRunner:
         graph_batch_sizes: list[int] | None = None,
         disable_cuda_graph: bool = False,
         max_req_total_len: int | None = None,
+        fused_kernels: bool | None = None,
+        warmup_tokens: int = 0,
     ) -> None:
+        """`fused_kernels`: RMSNorm, rope and routing as Triton kernels (None: on CUDA devices).
+        `warmup_tokens`: on a GPU, run prefill steps of up to this many tokens before returning,
+        so that the kernels' first-call compilation is not paid by the first requests."""
         if page_size < 1 or page_size & (page_size - 1):
             raise ValueError(f"page_size must be a power of two, got {page_size}")
         self.cfg = model_config
@@ -110,6 +116,9 @@ class ModelRunner:
             experts_backend=moe,
             seed=seed,
         )
+        if fused_kernels is None:
+            fused_kernels = self.device.type == "cuda"
+        self.model.enable_fused_kernels(fused_kernels)
         self.num_pages = self._pool_pages(num_pages, kv_tokens, mem_fraction)
         self.kv_cache = torch.zeros(
             self.model.num_cache_layers,
@@ -120,13 +129,14 @@ class ModelRunner:
         )  # [num_cache_layers, num_slots, kv_lora_rank + rope_dim]
         self.inputs = StepInputBuilder(page_size, self.device)
         log.info(
-            "runner: device=%s dtype=%s attention prefill=%s decode=%s experts=%s mtp=%s "
-            "kv pages=%d x %d tokens (%.2f GiB)",
+            "runner: device=%s dtype=%s attention prefill=%s decode=%s experts=%s "
+            "fused norm/rope/routing=%s mtp=%s kv pages=%d x %d tokens (%.2f GiB)",
             self.device,
             dtype,
             prefill,
             decode,
             moe,
+            fused_kernels,
             self.model.mtp is not None,
             self.num_pages,
             page_size,
@@ -138,6 +148,8 @@ class ModelRunner:
             self.graphs = self._capture_graphs(
                 capture_sizes(graph_max_batch_size, graph_batch_sizes), -(-max_len // page_size)
             )
+        if warmup_tokens > 0 and self.device.type == "cuda":
+            self.warmup(warmup_tokens)
 
     @property
     def bytes_per_page(self) -> int:
@@ -185,6 +197,34 @@ class ModelRunner:
         used = free_before - torch.cuda.mem_get_info(self.device)[0]
         log.info("decode CUDA graphs for batch sizes %s use %.2f GiB", sizes, used / 2**30)
         return graphs
+
+    @torch.inference_mode()
+    def warmup(self, max_tokens: int) -> None:
+        """Prefill and extend steps of several sizes up to `max_tokens` (the largest step the
+        scheduler builds), eagerly: compiles the prefill-side kernels and their size-dependent
+        configs, and shows at start-up that the largest step fits in memory. Uses the pool's
+        first pages, which hold nothing yet."""
+        start = time.perf_counter()
+        budget = min(max_tokens, (self.num_pages - 1) * self.page_size)
+        sizes = sorted({n for n in (budget, 2048, 512, 64, 7) if n <= budget})
+        vocab = self.cfg.vocab_size
+        for n in sizes:
+            ids = [(i * 7919 + 13) % vocab for i in range(n)]
+            self.run_logits(ScheduledBatch([ScheduledSeq("warmup", ids, 0, self._pages(n), True)]))
+        if self.num_pages > 5 and budget >= 23:  # an extend over cached prefixes, two sequences
+            a_pages = self._pages(self.page_size + 20)
+            a = ScheduledSeq("warmup-a", [5] * 20, self.page_size, a_pages, True)
+            b = ScheduledSeq("warmup-b", [6] * 3, 1, self._pages(4, first=len(a_pages) + 1), True)
+            self.run_logits(ScheduledBatch([a, b]))
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        log.info(
+            "warm-up: prefill steps of %s tokens in %.1f s", sizes, time.perf_counter() - start
+        )
+
+    def _pages(self, tokens: int, first: int = 1) -> list[int]:
+        """Consecutive pool pages from `first` (page 0 is padding) holding `tokens` tokens."""
+        return list(range(first, first + -(-tokens // self.page_size)))
 
     def _decode_forward(self, input_ids: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
         ctx = ForwardContext(meta=meta, kv_cache=self.kv_cache, backend=self.decode_backend)

@@ -77,7 +77,12 @@ impl RequestHandle {
 }
 
 impl Drop for RequestHandle {
+    /// Dropped before its final event: the client went away (or its stream was dropped), so the
+    /// worker is told to stop, and the log says so.
     fn drop(&mut self) {
-        self.abort();
+        if !self.done {
+            tracing::info!(rid = %self.rid, "request cancelled before it finished: the client disconnected");
+            self.abort();
+        }
     }
 }

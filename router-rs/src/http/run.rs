@@ -62,9 +62,8 @@ fn choice(
             };
             let delta = pipeline.push(&out);
             if pipeline.is_done() {
-                // A stop string may end the choice before the worker does: dropping the handle
-                // aborts the request.
-                drop(handle);
+                // A stop string may end the choice before the worker does: stop the request.
+                handle.abort();
                 return Some((Ok(ChoiceDelta { index, delta }), None));
             }
             if !delta.is_empty() {

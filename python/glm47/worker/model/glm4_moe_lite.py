@@ -75,6 +75,13 @@ class Glm4MoeLiteForCausalLM(nn.Module):
             mtp_layer = DecoderLayer(cfg, cfg.mtp_layer_index, rope, experts)
             self.mtp = MTPLayer(cfg, mtp_layer, self.embed_tokens, self.lm_head)
 
+    def enable_fused_kernels(self, enabled: bool = True) -> None:
+        """Run RMSNorm (with its residual add), rope and MoE routing as Triton kernels (GPU, or the
+        CPU under TRITON_INTERPRET=1) instead of chains of torch operations."""
+        for module in self.modules():
+            if isinstance(module, (RMSNorm, InterleavedRope, MoE)):
+                module.fused = enabled
+
     @property
     def num_cache_layers(self) -> int:
         """KV cache layers: one per decoder layer, plus the MTP layer's when present."""

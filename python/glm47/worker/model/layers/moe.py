@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from glm47.kernels.routing import route_topk
 from glm47.worker.model.config import ModelConfig
 from glm47.worker.model.layers.experts import ExpertsBackend
 from glm47.worker.model.layers.mlp import DenseMLP
@@ -47,14 +48,23 @@ def select_experts(
 
 
 class MoE(nn.Module):
-    """`y = sum_k w_k * expert_k(x) + shared_experts(x)`."""
+    """`y = sum_k w_k * expert_k(x) + shared_experts(x)`.
+
+    The router weight is kept in fp32 (the router runs in fp32). With `fused` set (see
+    `enable_fused_kernels`), everything after the router GEMM runs as one Triton kernel
+    (kernels/routing) where the config allows it (one expert group, a power-of-two top-k).
+    """
+
+    fused = False
 
     def __init__(self, cfg: ModelConfig, experts: ExpertsBackend) -> None:
         super().__init__()
         self.cfg = cfg
         self.experts = experts
         num_e, hidden, inter = cfg.n_routed_experts, cfg.hidden_size, cfg.moe_intermediate_size
-        self.gate_weight = nn.Parameter(torch.empty(num_e, hidden), requires_grad=False)
+        self.gate_weight = nn.Parameter(
+            torch.empty(num_e, hidden, dtype=torch.float32), requires_grad=False
+        )
         self.e_score_correction_bias = nn.Parameter(
             torch.empty(num_e, dtype=torch.float32), requires_grad=False
         )
@@ -65,6 +75,16 @@ class MoE(nn.Module):
     def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """topk_ids [T, k] int32 and topk_weights [T, k] fp32 for this layer's router."""
         cfg = self.cfg
+        k = cfg.num_experts_per_tok
+        if self.fused and cfg.n_group <= 1 and k & (k - 1) == 0:
+            logits = F.linear(x.float(), self.gate_weight)  # [T, E] fp32
+            return route_topk(
+                logits,
+                self.e_score_correction_bias,
+                k,
+                cfg.norm_topk_prob,
+                cfg.routed_scaling_factor,
+            )
         return select_experts(
             x,
             self.gate_weight,

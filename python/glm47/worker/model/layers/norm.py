@@ -7,6 +7,8 @@ from typing import overload
 import torch
 from torch import nn
 
+from glm47.kernels.rmsnorm import rmsnorm
+
 
 class RMSNorm(nn.Module):
     """`w * (x.float() * rsqrt(mean(x^2) + eps)).to(x.dtype)`.
@@ -14,7 +16,12 @@ class RMSNorm(nn.Module):
     `forward(x)` returns the normalised tensor. `forward(x, residual)` first adds: the new residual
     is `x + residual` (in the activation dtype, as the unfused `h = h + f(h)` of the reference does)
     and the result is `(norm(new_residual), new_residual)`.
+
+    With `fused` set (see `enable_fused_kernels`), both run as one Triton kernel (kernels/rmsnorm)
+    with the same rounding points; `x` must then be 2-D with a contiguous last dimension.
     """
+
+    fused = False
 
     def __init__(self, size: int, eps: float) -> None:
         super().__init__()
@@ -32,6 +39,9 @@ class RMSNorm(nn.Module):
     def forward(
         self, x: torch.Tensor, residual: torch.Tensor | None = None
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        if self.fused:
+            normed, new_residual = rmsnorm(x, self.weight, self.eps, residual)
+            return normed if new_residual is None else (normed, new_residual)
         if residual is None:
             return self._norm(x)
         summed = x + residual  # [T, H]

@@ -4,6 +4,9 @@ Pairs (x0, x1), (x2, x3), … are rotated by one frequency each. The output is l
 [rotated evens | rotated odds], as transformers returns it: queries and keys get the same
 permutation, so their dot products equal those of the interleaved layout. The k_rope values
 cached by attention backends are in this layout.
+
+With `fused` set (see `enable_fused_kernels`), q and k are rotated in place by one Triton kernel
+each (kernels/rope) from the same cos/sin values, with the same rounding points.
 """
 
 from __future__ import annotations
@@ -11,8 +14,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from glm47.kernels.rope import apply_rope_
+
 
 class InterleavedRope(nn.Module):
+    fused = False
+
     def __init__(self, rope_dim: int, max_positions: int, theta: float, dtype: torch.dtype) -> None:
         super().__init__()
         self.rope_dim = rope_dim
@@ -26,6 +33,10 @@ class InterleavedRope(nn.Module):
         self.sin_cache: torch.Tensor
         self.register_buffer("cos_cache", freqs.cos().to(dtype).to(device), persistent=False)
         self.register_buffer("sin_cache", freqs.sin().to(dtype).to(device), persistent=False)
+        self.cos_sin: torch.Tensor  # [max_positions, rope_dim]: cos | sin, for the fused kernel
+        self.register_buffer(
+            "cos_sin", torch.cat([self.cos_cache, self.sin_cache], dim=-1), persistent=False
+        )
 
     def forward(
         self,
@@ -33,6 +44,11 @@ class InterleavedRope(nn.Module):
         q: torch.Tensor,  # [T, heads, rope_dim]
         k: torch.Tensor,  # [T, rope_dim]
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.fused:
+            apply_rope_(
+                q, k, positions, self.cos_sin
+            )  # in place: q and k are views of fresh outputs
+            return q, k
         cos = self.cos_cache[positions]  # [T, rope_dim / 2]
         sin = self.sin_cache[positions]
         q_out = _rotate(q, cos.unsqueeze(1), sin.unsqueeze(1))

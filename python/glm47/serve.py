@@ -22,6 +22,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from glm47.system import raise_open_file_limit
+
 log = logging.getLogger("glm47.serve")
 
 # Router flags that take a value, in every accepted spelling (LightLLM's underscores included).
@@ -229,4 +231,5 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    raise_open_file_limit()  # inherited by the router and the worker
     return supervise(plan(argv))

@@ -6,12 +6,14 @@ import asyncio
 import json
 import random
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from enum import Enum
 
 import httpx
 
 from glm47.bench.dataset import BenchRequest
+from glm47.system import raise_open_file_limit
 
 
 class Endpoint(Enum):
@@ -83,6 +85,19 @@ def _chunk_has_text(chunk: dict) -> bool:
     return False
 
 
+async def sse_lines(resp: httpx.Response) -> AsyncIterator[str]:
+    """The lines of an event stream, split at "\n" only: generated text inside a JSON string may
+    hold U+0085, U+2028 or U+2029, which a general line splitter would also break at."""
+    pending = b""
+    async for chunk in resp.aiter_bytes():
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        for line in lines:
+            yield line.rstrip(b"\r").decode("utf-8")
+    if pending:
+        yield pending.decode("utf-8")
+
+
 async def send_one(
     http: httpx.AsyncClient, url: str, req: BenchRequest, endpoint: Endpoint, model: str, t0: float
 ) -> RequestResult:
@@ -95,7 +110,7 @@ async def send_one(
                 res.error = f"HTTP {resp.status_code}: {(await resp.aread())[:200]!r}"
                 return res
             chunks = 0
-            async for line in resp.aiter_lines():
+            async for line in sse_lines(resp):
                 if not line.startswith("data:"):
                     continue
                 data = line[5:].strip()
@@ -133,6 +148,7 @@ async def run_workload(
     gate = asyncio.Semaphore(arrival.concurrency) if arrival.concurrency else None
     rng = random.Random(arrival.seed)
     bar = _progress(len(requests)) if progress else None
+    raise_open_file_limit()
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
     async with httpx.AsyncClient(timeout=httpx.Timeout(None), limits=limits) as http:
         t0 = time.perf_counter()

@@ -81,6 +81,13 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(p, ["--max-waiting-requests", "--max_waiting_requests"], type=int, default=4096)
     _flag(
         p,
+        ["--max-wait-steps", "--max_wait_steps", "--router-max-wait-tokens"],
+        type=int,
+        default=6,
+        help="while requests decode, admit new ones at most once per this many steps (1: always)",
+    )
+    _flag(
+        p,
         ["--disable-prefix-cache", "--disable_prefix_cache"],
         action="store_true",
         help="no KV sharing between requests with a common prefix",
@@ -132,6 +139,7 @@ def parse_args(argv: list[str]) -> WorkerArgs:
             max_req_total_len=ns.max_req_total_len,
             max_running_requests=ns.max_running_requests,
             max_waiting_requests=ns.max_waiting_requests,
+            max_wait_steps=ns.max_wait_steps,
             enable_prefix_cache=not ns.disable_prefix_cache,
             prefill_att_backend=ns.prefill_att_backend,
             decode_att_backend=ns.decode_att_backend,

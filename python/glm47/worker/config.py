@@ -42,6 +42,11 @@ class EngineConfig:
     )
     max_running_requests: int = 512  # requests in the running batch at most
     max_waiting_requests: int = 4096  # queued requests at most; more are rejected with queue_full
+    # While requests are decoding, new ones are admitted at most once per this many steps: a step
+    # with prompt tokens cannot replay a decode CUDA graph, so admissions are batched (LightLLM's
+    # router_max_wait_tokens). A request arriving after a quiet stretch is admitted at once. 1:
+    # admit whenever there is room.
+    max_wait_steps: int = 6
     enable_prefix_cache: bool = True  # share KV pages of common prompt prefixes (radix cache)
     # Admission keeps KV room for running requests to grow: this share of their remaining output
     # budget (see engine/admission.py; decays while nothing is preempted). 0: known tokens only.
@@ -79,6 +84,7 @@ class EngineConfig:
         )
         _check(0.0 < self.mem_fraction <= 1.0, "mem_fraction must be in (0, 1]")
         _check(self.chunked_prefill_size >= 1, "chunked_prefill_size must be >= 1")
+        _check(self.max_wait_steps >= 1, "max_wait_steps must be >= 1")
         assert self.max_num_batched_tokens is not None
         _check(self.max_num_batched_tokens >= 1, "max_num_batched_tokens must be >= 1")
         _check(

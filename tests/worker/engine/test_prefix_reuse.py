@@ -96,7 +96,7 @@ def test_least_recently_used_prefixes_are_evicted_to_admit_new_requests(
 def test_a_request_arriving_while_another_decodes_shares_its_prompt_pages(
     make_harness: MakeHarness,
 ) -> None:
-    h = make_harness(page_size=4)
+    h = make_harness(page_size=4, max_wait_steps=1)  # admitted in the step it arrives
     first = h.add("first", PROMPT, max_new_tokens=6)
     h.step()  # the prompt is computed and offered to the cache
     h.add("second", [*PROMPT, 3], max_new_tokens=2)

@@ -56,7 +56,7 @@ def test_running_requests_decode_one_token_each_in_one_batch(make_harness: MakeH
 
 
 def test_a_request_that_arrives_mid_way_joins_the_running_batch(make_harness: MakeHarness) -> None:
-    h = make_harness()
+    h = make_harness(max_wait_steps=1)
     h.add("first", [5, 6, 7], max_new_tokens=6)
     h.step()
     h.step()
@@ -105,3 +105,26 @@ def test_pages_are_allocated_per_chunk_not_for_the_whole_prompt(make_harness: Ma
     assert len(req.page_ids) == 2 and h.engine.pool.num_in_use == 2
     h.step()
     assert len(req.page_ids) == 4
+
+
+def test_admissions_wait_for_max_wait_steps_while_requests_decode(
+    make_harness: MakeHarness,
+) -> None:
+    h = make_harness(max_wait_steps=3)
+    h.add("first", [5, 6, 7], max_new_tokens=10)
+    h.step()  # nothing was decoding: admitted at once
+    assert chunk_sizes(h, 0) == {"first": 3}
+    h.add("second", [8, 9], max_new_tokens=2)
+    h.step()
+    h.step()  # two steps since the last admission: "second" waits while "first" decodes
+    assert chunk_sizes(h, 1) == {"first": 1} and chunk_sizes(h, 2) == {"first": 1}
+    h.add("third", [4, 4, 4], max_new_tokens=2)
+    h.step()  # the third step since the last admission: both waiting requests join together
+    assert chunk_sizes(h, 3) == {"first": 1, "second": 2, "third": 3}
+    for _ in range(4):
+        h.step()
+    h.add("quiet", [6, 6], max_new_tokens=1)
+    h.step()  # after a quiet stretch a newcomer is admitted at once
+    assert chunk_sizes(h, 8)["quiet"] == 2
+    h.run()
+    assert [len(h.tokens(r)) for r in ("first", "second", "third", "quiet")] == [10, 2, 2, 1]

@@ -9,6 +9,11 @@ Order of service:
    reserve (admission.py) covers them: a prefix-cache match, then pages for their first chunk.
 A request gets min(tokens it still wants, budget left, chunked_prefill_size) tokens per step.
 
+While requests are decoding, waiting requests are admitted at most once per `max_wait_steps`
+steps: an all-decode step replays a CUDA graph, a step with prompt tokens runs eagerly and costs
+several decode steps, so admissions are gathered into fewer such steps. The count runs from the
+last step that admitted, so a request arriving after a quiet stretch is admitted at once.
+
 When a running request needs a page and none is free (after evicting unreferenced cache pages),
 the newest running request is preempted: its full pages are offered to the prefix cache, its
 references dropped, and it goes back to the front of the waiting queue to be recomputed from
@@ -53,6 +58,7 @@ class Scheduler:
         self.num_preemptions = 0  # cumulative
         self._evict_batch = max(1, pool.total // 256)  # fewest pages one eviction frees
         self.reserve = GrowthReserve(config.reserve_output_ratio)
+        self._steps_since_admission = config.max_wait_steps  # the first arrival is admitted at once
 
     def add(self, req: Request) -> None:
         req.state = RequestState.WAITING
@@ -71,8 +77,11 @@ class Scheduler:
                 break
             if req.state is RequestState.RUNNING:  # not preempted earlier in this loop
                 self._schedule_running(req, plan)
-        if not plan.preempted:
-            self._admit_waiting(plan)
+        self._steps_since_admission += 1
+        decoding = any(r.num_computed_tokens >= r.num_tokens - 1 for r in self.running)
+        may_admit = not decoding or self._steps_since_admission >= self.config.max_wait_steps
+        if not plan.preempted and may_admit and self._admit_waiting(plan):
+            self._steps_since_admission = 0
         self.reserve.on_step(plan.preempted)
         return self._build(plan)
 
@@ -92,18 +101,20 @@ class Scheduler:
         plan.chunks[req] = n
         plan.budget -= n
 
-    def _admit_waiting(self, plan: _Plan) -> None:
+    def _admit_waiting(self, plan: _Plan) -> int:
         """Admit from the head of the queue while budget, slots and KV room (with the growth
-        reserve of admission.py) allow; the first request that does not fit blocks the rest."""
+        reserve of admission.py) allow; the first request that does not fit blocks the rest.
+        Returns how many were admitted."""
         room = self.reserve.room(self.pool, self.running) if self.waiting else 0.0
+        admitted = 0
         while self.waiting and plan.budget > 0:
             if len(self.running) >= self.config.max_running_requests:
-                return
+                return admitted
             req = self.waiting[0]
             num_cached, shared = self.cache.match(req.all_token_ids)
             cost = self.reserve.cost(req, num_cached)
             if self.running and cost > room:
-                return
+                return admitted
             self.pool.retain(shared)  # protects the matched pages from the eviction below
             n = min(
                 req.num_tokens_wanted - num_cached, plan.budget, self.config.chunked_prefill_size
@@ -111,7 +122,7 @@ class Scheduler:
             need = self.pool.pages_for(num_cached + n) - len(shared)
             if not self._make_room(need):
                 self.pool.release(shared)
-                return
+                return admitted
             room -= cost
             self.waiting.popleft()
             req.page_ids = shared + self.pool.allocate(need)
@@ -124,6 +135,8 @@ class Scheduler:
             self.running.append(req)
             plan.chunks[req] = n
             plan.budget -= n
+            admitted += 1
+        return admitted
 
     def _make_room(self, num_pages: int) -> bool:
         """True when `num_pages` pages are free, evicting unreferenced cache pages if needed (at

@@ -32,12 +32,52 @@ pub fn run_blocking(args: Vec<String>) -> anyhow::Result<()> {
         }
     };
     init_logging(&config.log_level);
+    raise_open_file_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("glm47-router")
         .build()?;
     runtime.block_on(crate::http::serve(config, shutdown_signal()))
 }
+
+/// Lifts the soft limit on open files towards the hard one (at most 65536: one socket per HTTP
+/// stream, thousands in a burst); warns when it stays low, since every connection past it waits in
+/// the accept queue or fails.
+#[cfg(unix)]
+pub fn raise_open_file_limit() {
+    const WANTED: libc::rlim_t = 65536;
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed to them.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return;
+    }
+    let wanted = lim.rlim_max.min(WANTED);
+    if lim.rlim_cur < wanted {
+        let raised = libc::rlimit {
+            rlim_cur: wanted,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            lim.rlim_cur = wanted;
+        }
+    }
+    if lim.rlim_cur < 4096 {
+        tracing::warn!(
+            "open-file limit is {} (hard {}): connections beyond it will wait or fail; raise it with `ulimit -n`",
+            lim.rlim_cur,
+            lim.rlim_max
+        );
+    } else {
+        tracing::debug!("open-file limit {}", lim.rlim_cur);
+    }
+}
+
+#[cfg(not(unix))]
+fn raise_open_file_limit() {}
 
 /// Logs to stderr; `RUST_LOG` wins over `--log-level`. A second call (the Python module run twice
 /// in one process) keeps the first subscriber.

@@ -107,8 +107,28 @@ pub async fn serve(
     config: RouterConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(config.listen_addr()).await?;
+    let listener = bind(&config.listen_addr()).await?;
     serve_on(config, listener, shutdown).await
+}
+
+/// Pending connections the kernel queues before they are accepted: a burst of thousands of
+/// clients connecting at once must not overflow it (the kernel caps it at `somaxconn`).
+const LISTEN_BACKLOG: u32 = 8192;
+
+/// Binds `addr` (host:port; the first address it resolves to) with a deep accept queue.
+pub async fn bind(addr: &str) -> anyhow::Result<tokio::net::TcpListener> {
+    let resolved = tokio::net::lookup_host(addr)
+        .await?
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("{addr} resolves to no address"))?;
+    let socket = if resolved.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(resolved)?;
+    Ok(socket.listen(LISTEN_BACKLOG)?)
 }
 
 /// [`serve`] on an already bound listener (tests bind port 0 and read the port first).

@@ -102,3 +102,14 @@ def test_raw_results_round_trip(tmp_path) -> None:  # type: ignore[no-untyped-de
     )
     write_raw(tmp_path / "w.requests.json", [r])
     assert read_raw(tmp_path / "w.requests.json") == [r]
+
+
+def test_send_offsets_follow_the_arrival_mode() -> None:
+    from glm47.bench.client import Arrival, send_offsets
+
+    assert send_offsets(4, Arrival()) == [0.0] * 4
+    assert send_offsets(3, Arrival(concurrency=2)) == [0.0] * 3
+    poisson = send_offsets(4000, Arrival(rate=10.0, seed=3))
+    assert poisson == send_offsets(4000, Arrival(rate=10.0, seed=3))  # seeded
+    assert poisson[0] == 0.0 and poisson == sorted(poisson)
+    assert 380 < poisson[-1] < 420  # 3999 gaps of mean 0.1 s

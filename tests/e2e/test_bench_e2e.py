@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from glm47.bench.cli import main as bench_main
+from glm47.bench.client import Arrival, send_offsets
 
 from .conftest import Server
 
@@ -38,6 +39,8 @@ def test_bench_random_workloads_write_reports(server: Server, tmp_path: Path) ->
             "--label",
             "tiny model on CPU",
             "--no-progress",
+            "--client-procs",
+            "2",
         ]
     )
     assert code == 0
@@ -46,6 +49,13 @@ def test_bench_random_workloads_write_reports(server: Server, tmp_path: Path) ->
         w = report["workloads"][name]
         assert w["completed"] == 6 and w["errors"] == 0
         assert w["total_output_tokens"] == 30
+    # Two client processes on one clock, merged back in request order: each request was released
+    # at its time in the shared Poisson schedule.
+    raw = json.loads((tmp_path / "rate_50.requests.json").read_text())
+    offsets = send_offsets(6, Arrival(rate=50.0, seed=0))
+    assert len(raw) == 6 and offsets[-1] > 0.02
+    for r, offset in zip(raw, offsets, strict=True):
+        assert offset - 0.005 <= r["start"] <= offset + 0.05
     assert (tmp_path / "conc_3.png").stat().st_size > 1000
     assert "output tok/s" in (tmp_path / "bench.md").read_text()
 

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import datetime as dt
 import json
+import os
 import urllib.request
 from collections import Counter
 from pathlib import Path
 
-from glm47.bench.client import Arrival, Endpoint, run_workload
+from glm47.bench.client import Arrival, Endpoint, run_workload_procs
 from glm47.bench.dataset import (
     BenchRequest,
     load_requests,
@@ -55,6 +55,9 @@ def parse_workload(spec: str, seed: int) -> tuple[str, Arrival]:
     )
 
 
+DEFAULT_CLIENT_PROCS = max(1, min(8, (os.cpu_count() or 2) // 2))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="glm47 bench", description=__doc__)
     p.add_argument("--base-url", default="http://127.0.0.1:8000", help="server root URL")
@@ -81,6 +84,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="burst | high-conc | moderate | steady | conc:N | rate:R (repeatable)",
     )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--client-procs",
+        type=int,
+        default=DEFAULT_CLIENT_PROCS,
+        help="client processes sharing the requests, so that the client keeps up with the "
+        f"server's streams (default {DEFAULT_CLIENT_PROCS}: half the CPUs, at most 8)",
+    )
     p.add_argument(
         "--output-dir", default=None, help="write bench.json, bench.md and PNG plots here"
     )
@@ -154,9 +164,10 @@ def main(argv: list[str]) -> int:
     for spec in args.workload or ["burst"]:
         name, arrival = parse_workload(spec, args.seed)
         print(f"== {name}: {len(requests)} requests, {arrival}")
-        results, wall = asyncio.run(
-            run_workload(args.base_url, model, requests, endpoint, arrival, not args.no_progress)
-        )
+        results, wall = run_workload_procs(
+            args.base_url, model, requests, endpoint, arrival, args.client_procs,
+            not args.no_progress,
+        )  # fmt: skip
         rows[name] = summarize(results, wall)
         print(markdown_table({name: rows[name]}), flush=True)
         for message, count in Counter(r.error for r in results if r.error).most_common(5):

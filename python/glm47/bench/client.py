@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
+import multiprocessing
 import random
 import time
 from collections.abc import AsyncIterator
@@ -134,6 +136,19 @@ async def send_one(
     return res
 
 
+def send_offsets(num: int, arrival: Arrival) -> list[float]:
+    """When each request is released, in seconds from the start: all at 0, or a Poisson process
+    (seeded exponential gaps) at `arrival.rate`."""
+    if not arrival.rate:
+        return [0.0] * num
+    rng = random.Random(arrival.seed)
+    offsets, now = [], 0.0
+    for _ in range(num):
+        offsets.append(now)
+        now += rng.expovariate(arrival.rate)
+    return offsets
+
+
 async def run_workload(
     base_url: str,
     model: str,
@@ -141,16 +156,24 @@ async def run_workload(
     endpoint: Endpoint,
     arrival: Arrival,
     progress: bool = True,
+    offsets: list[float] | None = None,
+    start_at: float | None = None,
 ) -> tuple[list[RequestResult], float]:
-    """Run every request; returns the results (in request order) and the wall time in seconds."""
+    """Run every request; returns the results (in request order) and the wall time in seconds.
+
+    `offsets` (default: from `arrival`) release the requests; `start_at` (a `time.time()` value)
+    delays the start, so that several processes share one clock (see `run_workload_procs`)."""
     path = "/v1/chat/completions" if endpoint is Endpoint.CHAT else "/v1/completions"
     url = base_url.rstrip("/") + path
     gate = asyncio.Semaphore(arrival.concurrency) if arrival.concurrency else None
-    rng = random.Random(arrival.seed)
+    if offsets is None:
+        offsets = send_offsets(len(requests), arrival)
     bar = _progress(len(requests)) if progress else None
     raise_open_file_limit()
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
     async with httpx.AsyncClient(timeout=httpx.Timeout(None), limits=limits) as http:
+        if start_at is not None:
+            await asyncio.sleep(max(0.0, start_at - time.time()))
         t0 = time.perf_counter()
 
         async def one(req: BenchRequest) -> RequestResult:
@@ -164,15 +187,71 @@ async def run_workload(
             return out
 
         tasks = []
-        for req in requests:
+        for req, offset in zip(requests, offsets, strict=True):
+            delay = t0 + offset - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
             tasks.append(asyncio.create_task(one(req)))
-            if arrival.rate:
-                await asyncio.sleep(rng.expovariate(arrival.rate))
         results = await asyncio.gather(*tasks)
         wall = time.perf_counter() - t0
     if bar is not None:
         bar.close()
     return list(results), wall
+
+
+def _run_share(
+    base_url: str,
+    model: str,
+    requests: list[BenchRequest],
+    endpoint: Endpoint,
+    arrival: Arrival,
+    offsets: list[float],
+    start_at: float,
+) -> tuple[list[RequestResult], float]:
+    """One client process's share (module level, so that it can be sent to a process)."""
+    return asyncio.run(
+        run_workload(base_url, model, requests, endpoint, arrival, False, offsets, start_at)
+    )
+
+
+def run_workload_procs(
+    base_url: str,
+    model: str,
+    requests: list[BenchRequest],
+    endpoint: Endpoint,
+    arrival: Arrival,
+    procs: int,
+    progress: bool = True,
+) -> tuple[list[RequestResult], float]:
+    """`run_workload` spread over `procs` client processes, so that reading thousands of streams
+    does not make the client the bottleneck (a single Python event loop falls behind a fast
+    server, which inflates every latency it measures). Request i goes to process i % procs with
+    its release time from the one shared schedule; a concurrency limit is divided between the
+    processes. All processes start on one wall-clock instant, and the timings are merged in
+    request order."""
+    if procs <= 1 or len(requests) < 2:
+        return asyncio.run(run_workload(base_url, model, requests, endpoint, arrival, progress))
+    procs = min(procs, len(requests))
+    offsets = send_offsets(len(requests), arrival)
+    shares = []
+    for i in range(procs):
+        conc = None
+        if arrival.concurrency:
+            conc = max(1, arrival.concurrency // procs + (i < arrival.concurrency % procs))
+        share = Arrival(concurrency=conc, rate=arrival.rate, seed=arrival.seed)
+        shares.append((requests[i::procs], share, offsets[i::procs]))
+    start_at = time.time() + 2.0  # the processes' start-up (spawn imports) fits in this
+    ctx = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(procs, mp_context=ctx) as pool:
+        futures = [
+            pool.submit(_run_share, base_url, model, reqs, endpoint, share, offs, start_at)
+            for reqs, share, offs in shares
+        ]
+        outs = [f.result() for f in futures]
+    results: list[RequestResult | None] = [None] * len(requests)
+    for i, (share_results, _) in enumerate(outs):
+        results[i::procs] = share_results
+    return [r for r in results if r is not None], max(wall for _, wall in outs)
 
 
 def _progress(total: int):  # type: ignore[no-untyped-def]

@@ -67,9 +67,7 @@ def test_fused_kernels_are_switched_on_for_every_norm_rope_and_router(
 ) -> None:
     fused = runner(model_dir[0], fused=True)
     flags = [
-        m.fused
-        for m in fused.model.modules()
-        if isinstance(m, (RMSNorm, InterleavedRope, MoE))
+        m.fused for m in fused.model.modules() if isinstance(m, (RMSNorm, InterleavedRope, MoE))
     ]
     assert flags and all(flags)
     plain = runner(model_dir[0], fused=False)

@@ -15,7 +15,9 @@ from .conftest import Server
 pytestmark = pytest.mark.e2e
 
 
-def test_bench_random_workloads_write_reports(server: Server, tmp_path: Path) -> None:
+def test_bench_random_workloads_write_reports(
+    server: Server, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     code = bench_main(
         [
             "--base-url",
@@ -38,12 +40,12 @@ def test_bench_random_workloads_write_reports(server: Server, tmp_path: Path) ->
             str(tmp_path),
             "--label",
             "tiny model on CPU",
-            "--no-progress",
             "--client-procs",
             "2",
         ]
     )
     assert code == 0
+    assert "requests: 100%" in capsys.readouterr().err  # the progress bar of both processes
     report = json.loads((tmp_path / "bench.json").read_text())
     for name in ("conc:3", "rate:50"):
         w = report["workloads"][name]
@@ -55,7 +57,7 @@ def test_bench_random_workloads_write_reports(server: Server, tmp_path: Path) ->
     offsets = send_offsets(6, Arrival(rate=50.0, seed=0))
     assert len(raw) == 6 and offsets[-1] > 0.02
     for r, offset in zip(raw, offsets, strict=True):
-        assert offset - 0.005 <= r["start"] <= offset + 0.05
+        assert offset - 0.005 <= r["start"] <= offset + 0.5  # late only on a loaded machine
     assert (tmp_path / "conc_3.png").stat().st_size > 1000
     assert "output tok/s" in (tmp_path / "bench.md").read_text()
 

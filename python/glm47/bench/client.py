@@ -11,6 +11,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Any
 
 import httpx
 
@@ -155,20 +156,22 @@ async def run_workload(
     requests: list[BenchRequest],
     endpoint: Endpoint,
     arrival: Arrival,
-    progress: bool = True,
+    progress: Any = True,
     offsets: list[float] | None = None,
     start_at: float | None = None,
 ) -> tuple[list[RequestResult], float]:
     """Run every request; returns the results (in request order) and the wall time in seconds.
 
     `offsets` (default: from `arrival`) release the requests; `start_at` (a `time.time()` value)
-    delays the start, so that several processes share one clock (see `run_workload_procs`)."""
+    delays the start, so that several processes share one clock (see `run_workload_procs`).
+    `progress`: True for a progress bar, False for none, or an object with `update(n)` and
+    `close()`."""
     path = "/v1/chat/completions" if endpoint is Endpoint.CHAT else "/v1/completions"
     url = base_url.rstrip("/") + path
     gate = asyncio.Semaphore(arrival.concurrency) if arrival.concurrency else None
     if offsets is None:
         offsets = send_offsets(len(requests), arrival)
-    bar = _progress(len(requests)) if progress else None
+    bar = _progress(len(requests)) if progress is True else (progress or None)
     raise_open_file_limit()
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
     async with httpx.AsyncClient(timeout=httpx.Timeout(None), limits=limits) as http:
@@ -199,6 +202,25 @@ async def run_workload(
     return list(results), wall
 
 
+_done_counter: Any = None  # in a client process: the shared count of finished requests
+
+
+def _init_share(counter: Any) -> None:
+    global _done_counter
+    _done_counter = counter
+
+
+class _SharedCount:
+    """A progress sink for `run_workload` that adds to the parent's shared counter."""
+
+    def update(self, n: int) -> None:
+        with _done_counter.get_lock():
+            _done_counter.value += n
+
+    def close(self) -> None:
+        pass
+
+
 def _run_share(
     base_url: str,
     model: str,
@@ -210,7 +232,9 @@ def _run_share(
 ) -> tuple[list[RequestResult], float]:
     """One client process's share (module level, so that it can be sent to a process)."""
     return asyncio.run(
-        run_workload(base_url, model, requests, endpoint, arrival, False, offsets, start_at)
+        run_workload(
+            base_url, model, requests, endpoint, arrival, _SharedCount(), offsets, start_at
+        )
     )
 
 
@@ -242,12 +266,22 @@ def run_workload_procs(
         shares.append((requests[i::procs], share, offsets[i::procs]))
     start_at = time.time() + 2.0  # the processes' start-up (spawn imports) fits in this
     ctx = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(procs, mp_context=ctx) as pool:
+    counter = ctx.Value("l", 0)
+    bar = _progress(len(requests)) if progress else None
+    with concurrent.futures.ProcessPoolExecutor(
+        procs, mp_context=ctx, initializer=_init_share, initargs=(counter,)
+    ) as pool:
         futures = [
             pool.submit(_run_share, base_url, model, reqs, endpoint, share, offs, start_at)
             for reqs, share, offs in shares
         ]
+        while concurrent.futures.wait(futures, timeout=0.5).not_done:
+            if bar is not None:
+                bar.update(counter.value - bar.n)
         outs = [f.result() for f in futures]
+    if bar is not None:
+        bar.update(counter.value - bar.n)
+        bar.close()
     results: list[RequestResult | None] = [None] * len(requests)
     for i, (share_results, _) in enumerate(outs):
         results[i::procs] = share_results

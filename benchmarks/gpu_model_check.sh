@@ -6,11 +6,13 @@
 #     on the CPU;
 #   - the whole-model benchmark (decode steps, flashinfer eager decode, an 8192-token prefill at
 #     full size with dummy weights);
+#   - the host time of eager steps (benchmarks/eager_profile.py: a mixed decode + prompt step and
+#     a decode step without graphs, kernels per layer, top host functions);
 #   - a serving smoke run: `glm47 serve` on the bench model directory with dummy weights, 400
 #     ShareGPT requests at once through `glm47 bench` (needs the glm47 wheel in .whl and
 #     .bench-model with requests.jsonl; see benchmarks/serve_bench.sh).
 # Each section has its own time limit and a failing section does not stop the next; the summary
-# is printed last. About 9 minutes. Logs go to $OUT (default ./gpu-out), packed in logs.tar.gz.
+# is printed last. About 6 minutes. Logs go to $OUT (default ./gpu-out), packed in logs.tar.gz.
 #   bash benchmarks/gpu_model_check.sh     (device call: carry .whl and .bench-model, timeout 600)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -58,6 +60,8 @@ wait $FI_PID
 section model_bench 190 python3 benchmarks/model_bench.py --budget-s 150 --iters 10 \
   --json "$OUT/model_bench.json"
 
+section eager_profile 150 python3 benchmarks/eager_profile.py --json "$OUT/eager_profile.json"
+
 serve_smoke() {
   python3 -m glm47.cli serve --model-dir .bench-model --host 127.0.0.1 --port 8000 \
     --load-format dummy --tool-call-parser glm47 --reasoning-parser glm45 >"$LOGS/serve.log" 2>&1 &
@@ -87,6 +91,8 @@ grep -hE '^\[|^(PASSED|FAILED|ERROR|SKIPPED)|[0-9]+ (passed|failed|skipped|error
 echo "-- model bench"
 sed -n '/^== model bench/,$p' "$LOGS/model_bench.log"
 grep -E 'skipped|failed|Error' "$LOGS/model_bench.log" | grep -v '^== ' | tail -n 5
+echo "-- eager profile"
+sed -n '/^== eager profile/,+3p' "$LOGS/eager_profile.log"
 echo "-- serve smoke"
 grep -vE '^\s*$' "$LOGS/serve_smoke.log" | tail -n 40
 cp "$OUT"/smoke/*.md "$LOGS/" 2>/dev/null

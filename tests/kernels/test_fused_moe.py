@@ -7,7 +7,12 @@ import torch
 from kernel_utils import ON_GPU, rel_err
 
 from glm47.kernels.fused_moe import fused_experts, fused_experts_ref
-from glm47.kernels.moe_align import moe_align, moe_align_small, moe_align_torch
+from glm47.kernels.moe_align import (
+    moe_align,
+    moe_align_blocked,
+    moe_align_small,
+    moe_align_torch,
+)
 from glm47.kernels.moe_config import MoeConfig, default_config
 
 
@@ -90,8 +95,55 @@ def test_moe_align_kernel_equals_torch_version(
     assert torch.equal(small.expert_ids, ref.expert_ids)
 
 
+# Pair counts across tile edges (128 pairs per tile), one expert per tile, and many tiles.
+BLOCKED_CASES = [(1, 64, 4, 16), (32, 64, 4, 16), (33, 64, 4, 32), (300, 64, 4, 64), (97, 6, 3, 8)]
+GPU_BLOCKED_CASES = [(8192, 64, 4, 64), (2049, 64, 4, 128)]
+
+
+@pytest.mark.parametrize(
+    ("t", "e", "k", "block_m"), BLOCKED_CASES + (GPU_BLOCKED_CASES if ON_GPU else [])
+)
+def test_moe_align_blocked_equals_torch_version(
+    t: int, e: int, k: int, block_m: int, device: str
+) -> None:
+    _, ids = random_routing(t, e, k, device)
+    blocked = moe_align_blocked(ids, e, block_m)
+    ref = moe_align_torch(ids, e, block_m)
+    assert torch.equal(blocked.num_padded, ref.num_padded)
+    assert torch.equal(blocked.sorted_ids, ref.sorted_ids)
+    assert torch.equal(blocked.expert_ids, ref.expert_ids)
+
+
+def test_moe_align_blocked_with_one_hot_expert(device: str) -> None:
+    """Every pair routed to expert 5 (a skewed batch): one run, the rest of the blocks padding."""
+    ids = torch.full((200, 2), 5, dtype=torch.int32, device=device)
+    blocked = moe_align_blocked(ids, 8, 16)
+    ref = moe_align_torch(ids, 8, 16)
+    assert int(blocked.num_padded) == 400
+    assert torch.equal(blocked.sorted_ids, ref.sorted_ids)
+    assert torch.equal(blocked.expert_ids, ref.expert_ids)
+
+
 def test_moe_align_small_rejects_batches_past_its_limit(device: str) -> None:
     _, ids = random_routing(129, 64, 4, device)
     with pytest.raises(ValueError, match="single-program"):
         moe_align_small(ids, 64, 16)
     assert int(moe_align(ids, 64, 16).num_padded) % 16 == 0
+
+
+def test_moe_align_falls_back_to_torch_when_the_blocked_kernels_fail(
+    device: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from triton.errors import TritonError
+
+    import glm47.kernels.moe_align as align_module
+
+    def broken(*args: object) -> None:
+        raise TritonError("out of resources")
+
+    monkeypatch.setattr(align_module, "moe_align_blocked", broken)
+    monkeypatch.setattr(align_module, "_blocked_failed", False)
+    _, ids = random_routing(300, 64, 4, device)
+    got = moe_align(ids, 64, 16)
+    assert torch.equal(got.sorted_ids, moe_align_torch(ids, 64, 16).sorted_ids)
+    assert align_module._blocked_failed and "using torch" in caplog.text

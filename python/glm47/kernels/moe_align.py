@@ -4,22 +4,28 @@ A routed pair is identified by its flat id `t * top_k + j` (token t, its j-th ex
 GEMM walks `sorted_ids` in blocks of `block_m` rows; every block belongs to one expert, so each
 expert's run of ids is padded to a multiple of `block_m` with the invalid id `T * top_k`.
 
-Two implementations with the same output: a single-program Triton kernel for decode-sized
-batches (one launch instead of a dozen small torch operations) and torch operations for larger
-ones. Neither reads back to the host, so both can be captured in a CUDA graph: the output sizes
-depend only on T, top_k, the expert count and block_m.
+Three implementations with the same output: a single-program Triton kernel for decode-sized
+batches (one launch instead of two dozen small torch operations), a three-launch blocked Triton
+version for any size (count per tile of pairs, one scan, scatter), and torch operations (the
+reference, and the path where Triton does not run). None reads back to the host, so all can be
+captured in a CUDA graph: the output sizes depend only on T, top_k, the expert count and block_m.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
+from triton.errors import TritonError
+
+log = logging.getLogger(__name__)
 
 SMALL_MAX_PAIRS = 512  # routed pairs up to which the single-program kernel is used
+TILE_PAIRS = 128  # pairs per program of the blocked kernels
 
 
 @dataclass(frozen=True)
@@ -87,10 +93,130 @@ def moe_align(
         raise ValueError(f"topk_ids must be [T, top_k], got {tuple(topk_ids.shape)}")
     if block_m < 1:
         raise ValueError(f"block_m must be positive, got {block_m}")
+    global _blocked_failed
     runs_triton = topk_ids.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
-    if runs_triton and 0 < topk_ids.numel() <= SMALL_MAX_PAIRS and num_experts <= 256:
-        return moe_align_small(topk_ids, num_experts, block_m)
+    if runs_triton and 0 < topk_ids.numel() and num_experts <= 256:
+        if topk_ids.numel() <= SMALL_MAX_PAIRS:
+            return moe_align_small(topk_ids, num_experts, block_m)
+        if not _blocked_failed:
+            try:
+                return moe_align_blocked(topk_ids, num_experts, block_m)
+            except TritonError as err:  # compilation or resources: the torch version still runs
+                _blocked_failed = True
+                log.warning("blocked MoE alignment kernel unavailable, using torch: %s", err)
     return moe_align_torch(topk_ids, num_experts, block_m)
+
+
+_blocked_failed = False  # set once the blocked kernels failed to build on this device
+
+
+@triton.jit
+def _tile_counts_kernel(
+    topk_ids_ptr,  # [P] int32
+    tile_counts_ptr,  # [num_tiles, BLOCK_E] int32
+    num_pairs,
+    TILE: tl.constexpr,
+    BLOCK_E: tl.constexpr,
+):
+    tile = tl.program_id(0)
+    offs_p = tile * TILE + tl.arange(0, TILE)
+    ids = tl.load(topk_ids_ptr + offs_p, mask=offs_p < num_pairs, other=-1)
+    offs_e = tl.arange(0, BLOCK_E)
+    onehot = (ids[:, None] == offs_e[None, :]).to(tl.int32)  # [TILE, BLOCK_E]
+    tl.store(tile_counts_ptr + tile * BLOCK_E + offs_e, tl.sum(onehot, 0))
+
+
+@triton.jit
+def _scan_kernel(
+    tile_counts_ptr,  # [num_tiles, BLOCK_E] int32: in, counts; out, each tile's first row
+    sorted_ids_ptr,  # [max_padded] int32
+    expert_ids_ptr,  # [max_blocks] int32
+    num_padded_ptr,  # [1] int32
+    num_tiles,
+    num_pairs,
+    max_padded,
+    max_blocks,
+    NUM_EXPERTS: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_E: tl.constexpr,
+    BLOCK_FILL: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+):
+    offs_e = tl.arange(0, BLOCK_E)
+    counts = tl.zeros([BLOCK_E], dtype=tl.int32)
+    for tile in range(0, num_tiles):
+        counts += tl.load(tile_counts_ptr + tile * BLOCK_E + offs_e)
+    padded = (counts + BLOCK_M - 1) // BLOCK_M * BLOCK_M
+    ends = tl.cumsum(padded, 0)
+    running = ends - padded  # each expert's first row
+    for tile in range(0, num_tiles):  # counts in, first rows of the tile's pairs out
+        ptrs = tile_counts_ptr + tile * BLOCK_E + offs_e
+        here = tl.load(ptrs)
+        tl.store(ptrs, running)
+        running += here
+    for f in range(0, max_padded, BLOCK_FILL):
+        offs = f + tl.arange(0, BLOCK_FILL)
+        tl.store(sorted_ids_ptr + offs, tl.zeros_like(offs) + num_pairs, mask=offs < max_padded)
+    tl.store(num_padded_ptr, tl.sum(padded, 0))
+    for b0 in range(0, max_blocks, BLOCK_B):
+        offs_b = b0 + tl.arange(0, BLOCK_B)
+        done = (ends[None, :] <= (offs_b * BLOCK_M)[:, None]).to(tl.int32)  # [BLOCK_B, BLOCK_E]
+        expert = tl.minimum(tl.sum(done, 1), NUM_EXPERTS - 1)
+        tl.store(expert_ids_ptr + offs_b, expert, mask=offs_b < max_blocks)
+
+
+@triton.jit
+def _scatter_kernel(
+    topk_ids_ptr,  # [P] int32
+    tile_first_ptr,  # [num_tiles, BLOCK_E] int32: the row of the tile's first pair per expert
+    sorted_ids_ptr,  # [max_padded] int32
+    num_pairs,
+    TILE: tl.constexpr,
+    BLOCK_E: tl.constexpr,
+):
+    tile = tl.program_id(0)
+    offs_p = tile * TILE + tl.arange(0, TILE)
+    pair_ok = offs_p < num_pairs
+    ids = tl.load(topk_ids_ptr + offs_p, mask=pair_ok, other=-1)
+    offs_e = tl.arange(0, BLOCK_E)
+    onehot = (ids[:, None] == offs_e[None, :]).to(tl.int32)  # [TILE, BLOCK_E]
+    rank = tl.cumsum(onehot, 0) - onehot  # earlier pairs of the same expert in this tile
+    first = tl.load(tile_first_ptr + tile * BLOCK_E + offs_e)  # [BLOCK_E]
+    dest = tl.sum(onehot * (first[None, :] + rank), 1)  # [TILE]
+    tl.store(sorted_ids_ptr + dest, offs_p, mask=pair_ok)
+
+
+def moe_align_blocked(
+    topk_ids: torch.Tensor,  # [T, top_k] int
+    num_experts: int,
+    block_m: int,
+) -> MoeAlignment:
+    """Any batch size in three launches: per-tile expert counts, one program that scans them
+    (each tile's first row per expert, the padding, the block experts), then the scatter."""
+    num_pairs = topk_ids.numel()
+    if num_pairs == 0 or num_experts > 256:
+        raise ValueError(f"{num_pairs} pairs / {num_experts} experts: use moe_align_torch")
+    dev = topk_ids.device
+    flat = topk_ids.reshape(-1).to(torch.int32)  # [P]
+    block_e = triton.next_power_of_2(num_experts)
+    num_tiles = triton.cdiv(num_pairs, TILE_PAIRS)
+    max_rows = max_padded_rows(num_pairs, num_experts, block_m)
+    tiles = torch.empty((num_tiles, block_e), dtype=torch.int32, device=dev)
+    sorted_ids = torch.empty((max_rows,), dtype=torch.int32, device=dev)
+    expert_ids = torch.empty((max_rows // block_m,), dtype=torch.int32, device=dev)
+    num_padded = torch.empty((1,), dtype=torch.int32, device=dev)
+    _tile_counts_kernel[(num_tiles,)](
+        flat, tiles, num_pairs, TILE=TILE_PAIRS, BLOCK_E=block_e, num_warps=4
+    )
+    _scan_kernel[(1,)](
+        tiles, sorted_ids, expert_ids, num_padded, num_tiles, num_pairs, max_rows,
+        max_rows // block_m, NUM_EXPERTS=num_experts, BLOCK_M=block_m, BLOCK_E=block_e,
+        BLOCK_FILL=1024, BLOCK_B=128, num_warps=4,
+    )  # fmt: skip
+    _scatter_kernel[(num_tiles,)](
+        flat, tiles, sorted_ids, num_pairs, TILE=TILE_PAIRS, BLOCK_E=block_e, num_warps=4
+    )
+    return MoeAlignment(sorted_ids, expert_ids, num_padded, block_m)
 
 
 def moe_align_small(

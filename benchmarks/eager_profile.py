@@ -10,8 +10,11 @@ at `--context` plus one `--prefill`-token prompt) and a pure decode step, both e
 - kernels launched per step and per layer (torch profiler, CUDA activity);
 - the top functions by own host time (cProfile over `--iters` steps): Triton launches show up as
   `JITFunction.run`, torch operations under their names.
+With `--segment-graphs`, both steps are also timed through segment graphs (segment_graph.py), the
+rows marked `+sg`.
 
-    python3 benchmarks/eager_profile.py [--layers 47] [--decode 256] [--prefill 512] [--json out]
+    python3 benchmarks/eager_profile.py [--layers 47] [--decode 256] [--prefill 512]
+        [--segment-graphs] [--json out]
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ def build(args: argparse.Namespace) -> ModelRunner:
         num_pages=pages,
         load_format="dummy",
         disable_cuda_graph=True,
+        segment_graph_max_tokens=args.decode + args.prefill if args.segment_graphs else 0,
     )
 
 
@@ -136,19 +140,27 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=5)
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument(
+        "--segment-graphs", action="store_true", help="also time both steps with segment graphs"
+    )
     args = parser.parse_args()
     runner = build(args)
-    rows = {
-        "mixed": measure(runner, step(runner, args.decode, args.context, args.prefill), args),
-        "decode": measure(runner, step(runner, args.decode, args.context, 0), args),
-    }
+    mixed = step(runner, args.decode, args.context, args.prefill)
+    decode = step(runner, args.decode, args.context, 0)
+    rows = {}
+    if runner.segments is not None:
+        rows["mixed+sg"] = measure(runner, mixed, args)
+        rows["decode+sg"] = measure(runner, decode, args)
+    runner.segments = None
+    rows["mixed"] = measure(runner, mixed, args)
+    rows["decode"] = measure(runner, decode, args)
     name = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
     print(f"== eager profile: {name}, {runner.cfg.num_hidden_layers} layers, dummy weights")
-    print(f"{'step':>7} {'tokens':>7} {'wall ms':>8} {'gpu ms':>8} {'kernels':>8} {'/layer':>7} "
+    print(f"{'step':>9} {'tokens':>7} {'wall ms':>8} {'gpu ms':>8} {'kernels':>8} {'/layer':>7} "
           f"{'torch ops':>9}")  # fmt: skip
     for label, r in rows.items():
         gpu = f"{r['gpu_ms']:.1f}" if r["gpu_ms"] is not None else "-"
-        print(f"{label:>7} {r['tokens']:>7} {r['wall_ms']:>8.1f} {gpu:>8} "
+        print(f"{label:>9} {r['tokens']:>7} {r['wall_ms']:>8.1f} {gpu:>8} "
               f"{r['kernels_per_step']:>8} {r['kernels_per_layer']:>7.1f} "
               f"{r['torch_ops_per_step']:>9}")  # fmt: skip
     print("-- mixed step, top host functions by own time (cProfile):")

@@ -60,7 +60,8 @@ wait $FI_PID
 section model_bench 190 python3 benchmarks/model_bench.py --budget-s 150 --iters 10 \
   --json "$OUT/model_bench.json"
 
-section eager_profile 150 python3 benchmarks/eager_profile.py --json "$OUT/eager_profile.json"
+section eager_profile 150 python3 benchmarks/eager_profile.py --segment-graphs \
+  --json "$OUT/eager_profile.json"
 
 serve_smoke() {
   python3 -m glm47.cli serve --model-dir .bench-model --host 127.0.0.1 --port 8000 \
@@ -92,7 +93,7 @@ echo "-- model bench"
 sed -n '/^== model bench/,$p' "$LOGS/model_bench.log"
 grep -E 'skipped|failed|Error' "$LOGS/model_bench.log" | grep -v '^== ' | tail -n 5
 echo "-- eager profile"
-sed -n '/^== eager profile/,+3p' "$LOGS/eager_profile.log"
+sed -n '/^== eager profile/,+5p' "$LOGS/eager_profile.log"
 echo "-- serve smoke"
 grep -vE '^\s*$' "$LOGS/serve_smoke.log" | tail -n 40
 cp "$OUT"/smoke/*.md "$LOGS/" 2>/dev/null

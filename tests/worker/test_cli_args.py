@@ -118,3 +118,13 @@ def test_eos_ids_merge_generation_config(tmp_path: Path) -> None:
     assert eos_token_ids(str(tmp_path), cfg) == [3, 5, 7]
     (tmp_path / "generation_config.json").write_text(json.dumps({"eos_token_id": 9}))
     assert eos_token_ids(str(tmp_path), cfg) == [3, 5, 9]
+
+
+def test_scheduling_and_graph_flags_reach_the_config() -> None:
+    args = parse_args([*BASE, "--max-wait-steps", "3", "--segment-graph-max-tokens", "4096"])
+    assert args.engine.max_wait_steps == 3
+    assert args.engine.segment_graph_max_tokens == 4096
+    lightllm = parse_args([*BASE, "--router_max_wait_tokens", "9"])
+    assert lightllm.engine.max_wait_steps == 9
+    defaults = parse_args(BASE)
+    assert defaults.engine.max_wait_steps == 6 and defaults.engine.segment_graph_max_tokens == 0

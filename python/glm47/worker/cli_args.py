@@ -81,7 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(p, ["--max-waiting-requests", "--max_waiting_requests"], type=int, default=4096)
     _flag(
         p,
-        ["--max-wait-steps", "--max_wait_steps", "--router-max-wait-tokens"],
+        [
+            "--max-wait-steps",
+            "--max_wait_steps",
+            "--router-max-wait-tokens",
+            "--router_max_wait_tokens",
+        ],
         type=int,
         default=6,
         help="while requests decode, admit new ones at most once per this many steps (1: always)",
@@ -105,6 +110,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _flag(p, ["--graph-max-batch-size", "--graph_max_batch_size"], type=int, default=512)
     _flag(p, ["--disable-cuda-graph", "--disable_cuda_graph"], action="store_true")
+    _flag(
+        p,
+        ["--segment-graph-max-tokens", "--segment_graph_max_tokens"],
+        type=int,
+        default=0,
+        help="capture steps with prompt tokens, up to this many tokens, as CUDA graphs between "
+        "the attention calls (0: run them eagerly)",
+    )
     _flag(p, ["--mtp-step", "--mtp_step"], type=int, default=0, help="MTP draft tokens per step")
     _flag(p, ["--mtp-mode", "--mtp_mode"], default="vanilla_with_att", choices=MTP_MODE_CHOICES)
     _flag(p, ["--mtp-draft-model-dir", "--mtp_draft_model_dir"], default=None)
@@ -145,6 +158,7 @@ def parse_args(argv: list[str]) -> WorkerArgs:
             decode_att_backend=ns.decode_att_backend,
             graph_max_batch_size=ns.graph_max_batch_size,
             disable_cuda_graph=ns.disable_cuda_graph,
+            segment_graph_max_tokens=ns.segment_graph_max_tokens,
             mtp_step=ns.mtp_step,
             mtp_mode=ns.mtp_mode,
             mtp_draft_model_dir=ns.mtp_draft_model_dir,

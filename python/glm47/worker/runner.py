@@ -23,6 +23,7 @@ from glm47.worker.attention.base import AttentionBackend, AttentionMetadata, cre
 from glm47.worker.attention.select import resolve_backends
 from glm47.worker.batch import RunnerOutput, SampleOutput, ScheduledBatch, ScheduledSeq
 from glm47.worker.cuda_graph import (
+    Capturer,
     CudaGraphCapturer,
     DecodeGraphRunner,
     capture_sizes,
@@ -33,6 +34,7 @@ from glm47.worker.model.context import ForwardContext
 from glm47.worker.model.layers.experts import registered_experts_backends
 from glm47.worker.model.layers.moe import MoE
 from glm47.worker.model.loader import load_model
+from glm47.worker.segment_graph import SegmentGraphRunner, segment_sizes
 from glm47.worker.step_inputs import StepInputBuilder, StepInputs
 
 log = logging.getLogger(__name__)
@@ -92,10 +94,15 @@ class ModelRunner:
         max_req_total_len: int | None = None,
         fused_kernels: bool | None = None,
         warmup_tokens: int = 0,
+        segment_graph_max_tokens: int = 0,
+        segment_capturer: Capturer | None = None,
     ) -> None:
         """`fused_kernels`: RMSNorm, rope and routing as Triton kernels (None: on CUDA devices).
         `warmup_tokens`: on a GPU, run prefill steps of up to this many tokens before returning,
-        so that the kernels' first-call compilation is not paid by the first requests."""
+        so that the kernels' first-call compilation is not paid by the first requests.
+        `segment_graph_max_tokens`: capture the steps that decode graphs do not serve, up to this
+        many tokens, as graphs between the attention calls (segment_graph.py; 0: eager);
+        `segment_capturer` replaces CUDA graph capture (tests on the CPU)."""
         if page_size < 1 or page_size & (page_size - 1):
             raise ValueError(f"page_size must be a power of two, got {page_size}")
         self.cfg = model_config
@@ -148,6 +155,14 @@ class ModelRunner:
             self.graphs = self._capture_graphs(
                 capture_sizes(graph_max_batch_size, graph_batch_sizes), -(-max_len // page_size)
             )
+        self.segments: SegmentGraphRunner | None = None
+        if segment_graph_max_tokens > 0 and (
+            self.device.type == "cuda" or segment_capturer is not None
+        ):
+            capturer = segment_capturer or CudaGraphCapturer(self.device)
+            sizes = segment_sizes(segment_graph_max_tokens)
+            self.segments = SegmentGraphRunner(self.model, sizes, self.device, capturer)
+            self.segments.capture()
         if warmup_tokens > 0 and self.device.type == "cuda":
             self.warmup(warmup_tokens)
 
@@ -240,6 +255,8 @@ class ModelRunner:
             return self.graphs.run(inputs.input_ids, inputs.meta)
         backend = self.decode_backend if inputs.meta.is_decode else self.prefill_backend
         ctx = ForwardContext(meta=inputs.meta, kv_cache=self.kv_cache, backend=backend)
+        if self.segments is not None and self.segments.can_run(inputs.input_ids.shape[0]):
+            return self.segments.run(inputs.input_ids, ctx)
         return self.model(inputs.input_ids, inputs.meta.positions, ctx)
 
     @torch.inference_mode()

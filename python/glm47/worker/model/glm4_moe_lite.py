@@ -6,6 +6,8 @@ Architecture only. Parameters are created empty on the current default device an
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import nn
 
@@ -13,7 +15,7 @@ from glm47.worker.model.config import ModelConfig
 from glm47.worker.model.context import ForwardContext
 from glm47.worker.model.layers.embedding import LMHead, VocabEmbedding
 from glm47.worker.model.layers.experts import ExpertsBackend
-from glm47.worker.model.layers.mla import MLAAttention
+from glm47.worker.model.layers.mla import AttentionInputs, MLAAttention
 from glm47.worker.model.layers.mlp import DenseMLP
 from glm47.worker.model.layers.moe import MoE
 from glm47.worker.model.layers.norm import RMSNorm
@@ -45,13 +47,25 @@ class DecoderLayer(nn.Module):
         residual: torch.Tensor | None,  # [T, H]: the residual stream before that output
         ctx: ForwardContext,
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        inputs, residual = self.begin(positions, hidden, residual)
+        return self.end(self.self_attn.attend(inputs, ctx), residual)
+
+    def begin(
+        self, positions: torch.Tensor, hidden: torch.Tensor, residual: torch.Tensor | None
+    ) -> tuple[AttentionInputs, torch.Tensor]:
+        """The layer up to attention: input norm (with the residual add) and projections."""
         if residual is None:
             residual = hidden
             hidden = self.input_layernorm(hidden)
         else:
             hidden, residual = self.input_layernorm(hidden, residual)
-        hidden = self.self_attn(positions, hidden, ctx)
-        hidden, residual = self.post_attention_layernorm(hidden, residual)
+        return self.self_attn.project(positions, hidden), residual
+
+    def end(
+        self, attended: torch.Tensor, residual: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The layer after attention: o_proj, post-attention norm (with the add), MLP."""
+        hidden, residual = self.post_attention_layernorm(self.self_attn.output(attended), residual)
         return self.mlp(hidden), residual
 
 
@@ -74,6 +88,11 @@ class Glm4MoeLiteForCausalLM(nn.Module):
         if with_mtp:
             mtp_layer = DecoderLayer(cfg, cfg.mtp_layer_index, rope, experts)
             self.mtp = MTPLayer(cfg, mtp_layer, self.embed_tokens, self.lm_head)
+
+    @property
+    def decoder_layers(self) -> list[DecoderLayer]:
+        """The decoder layers, typed."""
+        return [cast(DecoderLayer, layer) for layer in self.layers]
 
     def enable_fused_kernels(self, enabled: bool = True) -> None:
         """Run RMSNorm (with its residual add), rope and MoE routing as Triton kernels (GPU, or the

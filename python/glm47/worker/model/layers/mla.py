@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import nn
 
@@ -11,6 +13,15 @@ from glm47.worker.model.context import ForwardContext
 from glm47.worker.model.layers.linear import Linear
 from glm47.worker.model.layers.norm import RMSNorm
 from glm47.worker.model.layers.rope import InterleavedRope
+
+
+class AttentionInputs(NamedTuple):
+    """What the attention backend takes from the projections (views into their outputs)."""
+
+    q_nope: torch.Tensor  # [T, heads, qk_nope_head_dim]
+    q_rope: torch.Tensor  # [T, heads, qk_rope_head_dim], rope applied
+    latent: torch.Tensor  # [T, kv_lora_rank], normalised
+    k_rope: torch.Tensor  # [T, qk_rope_head_dim], rope applied
 
 
 class MLAAttention(nn.Module):
@@ -45,12 +56,12 @@ class MLAAttention(nn.Module):
             w_uv=kv_b[:, self.nope_dim :],  # [heads, v_dim, kv_lora_rank]
         )
 
-    def forward(
+    def project(
         self,
         positions: torch.Tensor,  # [T] int64
         x: torch.Tensor,  # [T, H]
-        ctx: ForwardContext,
-    ) -> torch.Tensor:  # [T, H]
+    ) -> AttentionInputs:
+        """Everything before attention: the query and the new latent, rope applied."""
         num_tokens = x.shape[0]
         q = self.q_b_proj(self.q_a_layernorm(self.q_a_proj(x)))
         q = q.view(num_tokens, self.num_heads, self.nope_dim + self.rope_dim)
@@ -58,14 +69,28 @@ class MLAAttention(nn.Module):
         latent, k_rope = self.kv_a_proj_with_mqa(x).split([self.kv_lora_rank, self.rope_dim], -1)
         latent = self.kv_a_layernorm(latent)  # [T, kv_lora_rank]
         q_rope, k_rope = self.rope(positions, q_rope, k_rope)
-        out = ctx.backend.forward(
-            q_nope,
-            q_rope,
-            latent,
-            k_rope,
+        return AttentionInputs(q_nope, q_rope, latent, k_rope)
+
+    def attend(self, inputs: AttentionInputs, ctx: ForwardContext) -> torch.Tensor:
+        """The backend caches the new latents and attends: [T, heads, v_dim]."""
+        return ctx.backend.forward(
+            inputs.q_nope,
+            inputs.q_rope,
+            inputs.latent,
+            inputs.k_rope,
             ctx.kv_cache[self.cache_layer],
             self.mla_weights,
             ctx.meta,
             self.scale,
-        )  # [T, heads, v_dim]
-        return self.o_proj(out.reshape(num_tokens, self.num_heads * self.v_dim))
+        )
+
+    def output(self, attended: torch.Tensor) -> torch.Tensor:  # [T, heads, v_dim] -> [T, H]
+        return self.o_proj(attended.reshape(attended.shape[0], self.num_heads * self.v_dim))
+
+    def forward(
+        self,
+        positions: torch.Tensor,  # [T] int64
+        x: torch.Tensor,  # [T, H]
+        ctx: ForwardContext,
+    ) -> torch.Tensor:  # [T, H]
+        return self.output(self.attend(self.project(positions, x), ctx))

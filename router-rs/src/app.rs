@@ -42,9 +42,9 @@ pub fn run_blocking(args: Vec<String>) -> anyhow::Result<()> {
 
 /// Lifts the soft limit on open files towards the hard one (at most 65536: one socket per HTTP
 /// stream, thousands in a burst); warns when it stays low, since every connection past it waits in
-/// the accept queue or fails.
+/// the accept queue or fails. Returns the soft limit now in force (None where it cannot be read).
 #[cfg(unix)]
-pub fn raise_open_file_limit() {
+pub fn raise_open_file_limit() -> Option<u64> {
     const WANTED: libc::rlim_t = 65536;
     let mut lim = libc::rlimit {
         rlim_cur: 0,
@@ -52,7 +52,7 @@ pub fn raise_open_file_limit() {
     };
     // SAFETY: getrlimit and setrlimit only read and write the struct passed to them.
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
-        return;
+        return None;
     }
     let wanted = lim.rlim_max.min(WANTED);
     if lim.rlim_cur < wanted {
@@ -74,10 +74,13 @@ pub fn raise_open_file_limit() {
     } else {
         tracing::debug!("open-file limit {}", lim.rlim_cur);
     }
+    Some(lim.rlim_cur)
 }
 
 #[cfg(not(unix))]
-fn raise_open_file_limit() {}
+pub fn raise_open_file_limit() -> Option<u64> {
+    None
+}
 
 /// Logs to stderr; `RUST_LOG` wins over `--log-level`. A second call (the Python module run twice
 /// in one process) keeps the first subscriber.

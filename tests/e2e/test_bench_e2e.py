@@ -51,6 +51,9 @@ def test_bench_random_workloads_write_reports(
         w = report["workloads"][name]
         assert w["completed"] == 6 and w["errors"] == 0
         assert w["total_output_tokens"] == 30
+        # the server's own view, from its /metrics, next to the client's
+        assert 0 < w["server_ttft_mean_ms"] <= w["ttft_ms"]["mean"] + 1
+        assert w["server_ttft_mean_ms"] < w["server_e2e_mean_ms"] <= w["e2e_ms"]["mean"] + 1
     # Two client processes on one clock, merged back in request order: each request was released
     # at its time in the shared Poisson schedule.
     raw = json.loads((tmp_path / "rate_50.requests.json").read_text())

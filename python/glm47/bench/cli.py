@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -121,6 +122,50 @@ def build_requests(args: argparse.Namespace) -> list[BenchRequest]:
     return sample_sharegpt(read_packaged_sharegpt(), tok.encode, args.num_prompts, args.seed)
 
 
+SERVER_HISTOGRAMS = {
+    "ttft": "glm47_time_to_first_token_seconds",
+    "e2e": "glm47_e2e_request_latency_seconds",
+}
+
+
+def server_totals(base_url: str) -> dict[str, tuple[float, float]] | None:
+    """(sum, count) of the server's latency histograms, from glm47's /metrics; None where the
+    endpoint has none (another server)."""
+    try:
+        with urllib.request.urlopen(base_url.rstrip("/") + "/metrics", timeout=10) as resp:
+            text = resp.read().decode("utf-8", "replace")
+    except (OSError, ValueError):
+        return None
+    values: dict[str, float] = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name.endswith(("_sum", "_count")):
+            try:
+                values[name] = float(value)
+            except ValueError:
+                continue
+    totals = {}
+    for key, metric in SERVER_HISTOGRAMS.items():
+        if f"{metric}_sum" not in values or f"{metric}_count" not in values:
+            return None
+        totals[key] = (values[f"{metric}_sum"], values[f"{metric}_count"])
+    return totals
+
+
+def server_means(
+    before: dict[str, tuple[float, float]] | None, after: dict[str, tuple[float, float]] | None
+) -> dict[str, float | None]:
+    """Mean milliseconds of each histogram between two readings."""
+    means: dict[str, float | None] = dict.fromkeys(SERVER_HISTOGRAMS)
+    if before is None or after is None:
+        return means
+    for key in SERVER_HISTOGRAMS:
+        total = after[key][0] - before[key][0]
+        count = after[key][1] - before[key][1]
+        means[key] = 1e3 * total / count if count > 0 else None
+    return means
+
+
 def first_model(base_url: str) -> str:
     with urllib.request.urlopen(base_url.rstrip("/") + "/v1/models", timeout=30) as resp:
         return str(json.load(resp)["data"][0]["id"])
@@ -164,12 +209,22 @@ def main(argv: list[str]) -> int:
     for spec in args.workload or ["burst"]:
         name, arrival = parse_workload(spec, args.seed)
         print(f"== {name}: {len(requests)} requests, {arrival}")
+        before = server_totals(args.base_url)
         results, wall = run_workload_procs(
             args.base_url, model, requests, endpoint, arrival, args.client_procs,
             not args.no_progress,
         )  # fmt: skip
-        rows[name] = summarize(results, wall)
+        means = server_means(before, server_totals(args.base_url))
+        rows[name] = dataclasses.replace(
+            summarize(results, wall),
+            server_ttft_mean_ms=means["ttft"],
+            server_e2e_mean_ms=means["e2e"],
+        )
         print(markdown_table({name: rows[name]}), flush=True)
+        if means["ttft"] is not None and means["e2e"] is not None:
+            print(
+                f"  the server's own means: TTFT {means['ttft']:.0f} ms, E2E {means['e2e']:.0f} ms"
+            )
         for message, count in Counter(r.error for r in results if r.error).most_common(5):
             print(f"  {count} request(s) failed: {message}")
         if out_dir:

@@ -43,6 +43,10 @@ class Summary:
     tpot_ms: Dist
     itl_ms: Dist
     e2e_ms: Dist
+    # The server's own means over the workload (glm47's /metrics), when the endpoint has them:
+    # what the requests cost inside the server, without the network and the client.
+    server_ttft_mean_ms: float | None = None
+    server_e2e_mean_ms: float | None = None
 
 
 def summarize(results: list[RequestResult], duration_s: float) -> Summary:

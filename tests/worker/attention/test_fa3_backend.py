@@ -3,6 +3,7 @@ for FlashAttention-3, against the torch reference backend (fp32, CPU)."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from glm47.worker.attention.base import AttentionMetadata, MLAWeights
@@ -65,7 +66,8 @@ def test_key_gather_walks_the_page_tables() -> None:
     assert gather.slots.tolist() == [28, 29, 30, 31, 12, 20, 21]
 
 
-def test_expanded_attention_matches_the_absorbed_torch_reference() -> None:
+@pytest.mark.parametrize("whole_kv_b", [True, False])
+def test_expanded_attention_matches_the_absorbed_torch_reference(whole_kv_b: bool) -> None:
     torch.manual_seed(0)
     prefixes, news = [5, 0, 7, 2], [3, 4, 1, 1]
     tables = [[9, 2], [4], [1, 6], [3]]
@@ -73,7 +75,9 @@ def test_expanded_attention_matches_the_absorbed_torch_reference() -> None:
     t = sum(news)
     cache = torch.randn(12 * PAGE, RANK + ROPE)  # prefixes: random cached latents
     kv_b = torch.randn(H, NOPE + V, RANK) / RANK**0.5
-    weights = MLAWeights(w_uk=kv_b[:, :NOPE], w_uv=kv_b[:, NOPE:])
+    weights = MLAWeights(
+        w_uk=kv_b[:, :NOPE], w_uv=kv_b[:, NOPE:], w_kv=kv_b if whole_kv_b else None
+    )
     args = (torch.randn(t, H, NOPE), torch.randn(t, H, ROPE), torch.randn(t, RANK))
     k_rope = torch.randn(t, ROPE)
     scale = (NOPE + ROPE) ** -0.5

@@ -41,6 +41,10 @@ class MLAWeights:
 
     w_uk: torch.Tensor  # [H, qk_nope_head_dim, kv_lora_rank]: k_nope_h = W_UK[h] @ c
     w_uv: torch.Tensor  # [H, v_head_dim, kv_lora_rank]: v_h = W_UV[h] @ c
+    # [H, qk_nope_head_dim + v_head_dim, kv_lora_rank]: the whole kv_b_proj, of which w_uk and w_uv
+    # are the slices (backends that expand keys and values take both in one matmul); None when
+    # only the slices are known
+    w_kv: torch.Tensor | None = None
 
 
 class AttentionBackend(Protocol):

@@ -97,6 +97,24 @@ def build_key_gather(meta: AttentionMetadata) -> KeyGather:
     return KeyGather(slots=pages * meta.page_size + pos % meta.page_size, cu_seqlens_k=cu.int())
 
 
+def expand_keys_values(
+    c: torch.Tensor,  # [S, rank]: cached latents
+    weights: MLAWeights,
+    dtype: torch.dtype,
+) -> tuple[torch.Tensor, torch.Tensor]:  # k_nope [S, H, nope], v [S, H, v]
+    """Keys and values of the expanded form. With the whole kv_b at hand, one matmul, and v stays
+    a strided view of its output (attention kernels need only a contiguous last dimension)."""
+    if weights.w_kv is not None:
+        heads, width, rank = weights.w_kv.shape
+        nope = weights.w_uk.shape[1]
+        kv = c @ weights.w_kv.reshape(heads * width, rank).to(dtype).t()  # [S, H * (nope + v)]
+        kv = kv.view(-1, heads, width)
+        return kv[..., :nope], kv[..., nope:]
+    k_nope = torch.einsum("sr,hdr->shd", c, weights.w_uk.to(dtype))
+    v = torch.einsum("sr,hdr->shd", c, weights.w_uv.to(dtype)).contiguous()
+    return k_nope, v
+
+
 class Fa3MLABackend:
     """Registered as "fa3". Host reads once per step, so it is not captured in CUDA graphs."""
 
@@ -125,8 +143,7 @@ class Fa3MLABackend:
         gather = self._gather(meta)
         cached = kv_cache[gather.slots].to(dtype)  # [S, rank + rope]
         c, kr = cached[:, :rank], cached[:, rank:]
-        k_nope = torch.einsum("sr,hdr->shd", c, weights.w_uk.to(dtype))  # [S, H, nope]
-        v = torch.einsum("sr,hdr->shd", c, weights.w_uv.to(dtype)).contiguous()  # [S, H, v]
+        k_nope, v = expand_keys_values(c, weights, dtype)  # [S, H, nope], [S, H, v]
         k = torch.cat([k_nope, kr.unsqueeze(1).expand(-1, heads, -1)], dim=-1)  # [S, H, nope+rope]
         q = torch.cat([q_nope, q_rope], dim=-1).contiguous()  # [T, H, nope + rope]
         out = self._attend(

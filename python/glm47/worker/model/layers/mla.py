@@ -54,6 +54,7 @@ class MLAAttention(nn.Module):
         self.mla_weights = MLAWeights(
             w_uk=kv_b[:, : self.nope_dim],  # [heads, nope_dim, kv_lora_rank]
             w_uv=kv_b[:, self.nope_dim :],  # [heads, v_dim, kv_lora_rank]
+            w_kv=kv_b,  # [heads, nope_dim + v_dim, kv_lora_rank]
         )
 
     def project(

@@ -128,3 +128,21 @@ def test_admissions_wait_for_max_wait_steps_while_requests_decode(
     assert chunk_sizes(h, 8)["quiet"] == 2
     h.run()
     assert [len(h.tokens(r)) for r in ("first", "second", "third", "quiet")] == [10, 2, 2, 1]
+
+
+def test_a_burst_larger_than_the_budget_is_admitted_step_after_step(
+    make_harness: MakeHarness,
+) -> None:
+    """Waiting prompts beyond one step's budget do not wait for max_wait_steps: every step takes
+    the next ones while earlier ones decode."""
+    h = make_harness(max_wait_steps=50, chunked_prefill_size=8, max_num_batched_tokens=8)
+    for i in range(4):
+        h.add(f"r{i}", [10 + i] * 6, max_new_tokens=4)
+    h.step()  # r0 (6 tokens) and 2 tokens of r1: the budget is spent
+    assert chunk_sizes(h, 0) == {"r0": 6, "r1": 2}
+    h.step()  # r0 decodes, r1 continues (4), then r2 is admitted with what is left
+    assert chunk_sizes(h, 1) == {"r0": 1, "r1": 4, "r2": 3}
+    h.step()
+    assert chunk_sizes(h, 2) == {"r0": 1, "r1": 1, "r2": 3, "r3": 3}
+    h.run()
+    assert all(len(h.tokens(f"r{i}")) == 4 for i in range(4))

@@ -12,7 +12,8 @@ A request gets min(tokens it still wants, budget left, chunked_prefill_size) tok
 While requests are decoding, waiting requests are admitted at most once per `max_wait_steps`
 steps: an all-decode step replays a CUDA graph, a step with prompt tokens runs eagerly and costs
 several decode steps, so admissions are gathered into fewer such steps. The count runs from the
-last step that admitted, so a request arriving after a quiet stretch is admitted at once.
+last step that admitted, so a request arriving after a quiet stretch is admitted at once; and
+while the waiting prompts exceed a step's token budget (a burst), every step admits.
 
 When a running request needs a page and none is free (after evicting unreferenced cache pages),
 the newest running request is preempted: its full pages are offered to the prefix cache, its
@@ -59,6 +60,7 @@ class Scheduler:
         self._evict_batch = max(1, pool.total // 256)  # fewest pages one eviction frees
         self.reserve = GrowthReserve(config.reserve_output_ratio)
         self._steps_since_admission = config.max_wait_steps  # the first arrival is admitted at once
+        self._backlog = False  # the last admission stopped at the step's token budget
 
     def add(self, req: Request) -> None:
         req.state = RequestState.WAITING
@@ -79,9 +81,18 @@ class Scheduler:
                 self._schedule_running(req, plan)
         self._steps_since_admission += 1
         decoding = any(r.num_computed_tokens >= r.num_tokens - 1 for r in self.running)
-        may_admit = not decoding or self._steps_since_admission >= self.config.max_wait_steps
+        may_admit = (
+            not decoding
+            or self._backlog
+            or self._steps_since_admission >= self.config.max_wait_steps
+        )
         if not plan.preempted and may_admit and self._admit_waiting(plan):
             self._steps_since_admission = 0
+            # More waiting work than one step's budget: the next step admits again, since it
+            # carries prompt tokens anyway.
+            self._backlog = plan.budget == 0 and bool(self.waiting)
+        elif not self.waiting:
+            self._backlog = False
         self.reserve.on_step(plan.preempted)
         return self._build(plan)
 

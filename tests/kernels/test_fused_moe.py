@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import torch
 from kernel_utils import ON_GPU, rel_err
 
 from glm47.kernels.fused_moe import fused_experts, fused_experts_ref
 from glm47.kernels.moe_align import (
+    MoeAlignment,
     moe_align,
     moe_align_blocked,
     moe_align_small,
@@ -81,37 +84,30 @@ ALIGN_CASES = [(1, 64, 4, 16), (13, 6, 3, 4), (64, 64, 4, 32)]
 GPU_ALIGN_CASES = [(128, 64, 4, 32), (100, 64, 4, 16)]  # up to the kernel's 512-pair limit
 
 
-@pytest.mark.parametrize(
-    ("t", "e", "k", "block_m"), ALIGN_CASES + (GPU_ALIGN_CASES if ON_GPU else [])
-)
-def test_moe_align_kernel_equals_torch_version(
-    t: int, e: int, k: int, block_m: int, device: str
-) -> None:
-    _, ids = random_routing(t, e, k, device)
-    small = moe_align_small(ids, e, block_m)
-    ref = moe_align_torch(ids, e, block_m)
-    assert torch.equal(small.num_padded, ref.num_padded)
-    assert torch.equal(small.sorted_ids, ref.sorted_ids)
-    assert torch.equal(small.expert_ids, ref.expert_ids)
-
-
-# Pair counts across tile edges (128 pairs per tile), one expert per tile, and many tiles.
+# The blocked version: pair counts across tile edges (128 pairs per tile), and many tiles.
 BLOCKED_CASES = [(1, 64, 4, 16), (32, 64, 4, 16), (33, 64, 4, 32), (300, 64, 4, 64), (97, 6, 3, 8)]
 GPU_BLOCKED_CASES = [(8192, 64, 4, 64), (2049, 64, 4, 128)]
+KERNEL_CASES = [(moe_align_small, *c) for c in ALIGN_CASES + (GPU_ALIGN_CASES if ON_GPU else [])]
+KERNEL_CASES += [
+    (moe_align_blocked, *c) for c in BLOCKED_CASES + (GPU_BLOCKED_CASES if ON_GPU else [])
+]
 
 
-@pytest.mark.parametrize(
-    ("t", "e", "k", "block_m"), BLOCKED_CASES + (GPU_BLOCKED_CASES if ON_GPU else [])
-)
-def test_moe_align_blocked_equals_torch_version(
-    t: int, e: int, k: int, block_m: int, device: str
+@pytest.mark.parametrize(("align", "t", "e", "k", "block_m"), KERNEL_CASES)
+def test_moe_align_kernels_equal_torch_version(
+    align: Callable[[torch.Tensor, int, int], MoeAlignment],
+    t: int,
+    e: int,
+    k: int,
+    block_m: int,
+    device: str,
 ) -> None:
     _, ids = random_routing(t, e, k, device)
-    blocked = moe_align_blocked(ids, e, block_m)
+    got = align(ids, e, block_m)
     ref = moe_align_torch(ids, e, block_m)
-    assert torch.equal(blocked.num_padded, ref.num_padded)
-    assert torch.equal(blocked.sorted_ids, ref.sorted_ids)
-    assert torch.equal(blocked.expert_ids, ref.expert_ids)
+    assert torch.equal(got.num_padded, ref.num_padded)
+    assert torch.equal(got.sorted_ids, ref.sorted_ids)
+    assert torch.equal(got.expert_ids, ref.expert_ids)
 
 
 def test_moe_align_blocked_with_one_hot_expert(device: str) -> None:

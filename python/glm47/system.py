@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+WANTED_OPEN_FILES = 65536
+
 
 def raise_open_file_limit() -> None:
-    """Lift the soft limit on open files to the hard one: every HTTP stream holds a socket, and a
-    burst of thousands of requests passes the usual soft limit of 1024."""
+    """Lift the soft limit on open files towards the hard one (at most 65536): every HTTP stream
+    holds a socket, and a burst of thousands of requests passes the usual soft limit of 1024."""
     try:
         import resource
 
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        if soft != hard:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        wanted = (
+            WANTED_OPEN_FILES if hard == resource.RLIM_INFINITY else min(hard, WANTED_OPEN_FILES)
+        )
+        if soft != resource.RLIM_INFINITY and soft < wanted:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
     except (ImportError, ValueError, OSError):  # not on this platform, or not allowed
         pass

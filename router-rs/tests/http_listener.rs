@@ -43,3 +43,13 @@ async fn bind_takes_ipv4_and_names() {
         .await
         .is_err());
 }
+
+#[tokio::test]
+async fn bind_reports_a_port_in_use() {
+    let held = glm47_router::http::bind("127.0.0.1:0").await.unwrap();
+    let port = held.local_addr().unwrap().port();
+    let err = glm47_router::http::bind(&format!("127.0.0.1:{port}"))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("cannot listen on"), "{err}");
+}

@@ -113,3 +113,44 @@ def test_send_offsets_follow_the_arrival_mode() -> None:
     assert poisson == send_offsets(4000, Arrival(rate=10.0, seed=3))  # seeded
     assert poisson[0] == 0.0 and poisson == sorted(poisson)
     assert 380 < poisson[-1] < 420  # 3999 gaps of mean 0.1 s
+
+
+def test_client_processes_never_exceed_the_concurrency(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """conc:N over more processes than N: at most N processes, each with its share of N."""
+    import glm47.bench.client as client
+    from glm47.bench.client import Arrival, Endpoint, RequestResult
+    from glm47.bench.dataset import BenchRequest
+
+    shares: list[Arrival] = []
+
+    class FakePool:
+        def __init__(self, procs: int, **kwargs: object) -> None:
+            self.procs = procs
+
+        def __enter__(self) -> FakePool:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            return None
+
+        def submit(self, fn, base_url, model, reqs, endpoint, share, offsets, start_at):  # type: ignore[no-untyped-def]
+            import concurrent.futures
+
+            shares.append(share)
+            done: concurrent.futures.Future = concurrent.futures.Future()
+            results = [RequestResult(prompt_len=r.prompt_len, output_len_wanted=1) for r in reqs]
+            done.set_result((results, 1.0))
+            return done
+
+    monkeypatch.setattr(client.concurrent.futures, "ProcessPoolExecutor", FakePool)
+    reqs = [BenchRequest(prompt=str(i), prompt_len=i, output_len=1) for i in range(10)]
+    results, _ = client.run_workload_procs(
+        "http://x", "m", reqs, Endpoint.COMPLETIONS, Arrival(concurrency=3), procs=8, progress=False
+    )
+    assert sorted(s.concurrency for s in shares) == [1, 1, 1]  # type: ignore[type-var]
+    assert [r.prompt_len for r in results] == list(range(10))  # merged back in request order
+    shares.clear()
+    client.run_workload_procs(
+        "http://x", "m", reqs, Endpoint.COMPLETIONS, Arrival(concurrency=5), procs=2, progress=False
+    )
+    assert sorted(s.concurrency for s in shares) == [2, 3]  # type: ignore[type-var]

@@ -86,6 +86,7 @@ GPU_ALIGN_CASES = [(128, 64, 4, 32), (100, 64, 4, 16)]  # up to the kernel's 512
 
 # The blocked version: pair counts across tile edges (128 pairs per tile), and many tiles.
 BLOCKED_CASES = [(1, 64, 4, 16), (32, 64, 4, 16), (33, 64, 4, 32), (300, 64, 4, 64), (97, 6, 3, 8)]
+BLOCKED_CASES += [(1100, 64, 4, 16)]  # 35 tiles: the scan takes them 32 at a time
 GPU_BLOCKED_CASES = [(8192, 64, 4, 64), (2049, 64, 4, 128)]
 KERNEL_CASES = [(moe_align_small, *c) for c in ALIGN_CASES + (GPU_ALIGN_CASES if ON_GPU else [])]
 KERNEL_CASES += [

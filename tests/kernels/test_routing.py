@@ -59,3 +59,11 @@ def test_route_topk_rejects_bad_input(device: str) -> None:
         route_topk(logits, torch.zeros(8, device=device), 3, True, 1.0)
     ids, weights = route_topk(logits[:0], torch.zeros(8, device=device), 2, True, 1.0)
     assert ids.shape == (0, 2) and weights.shape == (0, 2)
+
+
+def test_route_topk_keeps_nan_rows_on_valid_experts(device: str) -> None:
+    """A row of NaN logits (a broken upstream value) still names experts that exist."""
+    logits = torch.full((2, 20), float("nan"), device=device)
+    logits[1] = torch.randn(20, device=device)
+    ids, _ = route_topk(logits, torch.zeros(20, device=device), 4, True, 1.0)
+    assert int(ids.min()) >= 0 and int(ids.max()) < 20

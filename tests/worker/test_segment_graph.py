@@ -30,6 +30,7 @@ def runner(path: Path, segments: int) -> ModelRunner:
         dtype=torch.float32,
         page_size=4,
         kv_tokens=512,
+        moe_backend="triton",  # capturable (under the Triton interpreter here)
         segment_graph_max_tokens=segments,
         segment_capturer=eager_capturer if segments else None,
     )
@@ -86,3 +87,18 @@ def test_segment_sizes_ladder() -> None:
     assert segment_sizes(8) == [8]
     with pytest.raises(ValueError):
         segment_sizes(0)
+
+
+def test_segment_graphs_stay_off_when_the_experts_cannot_be_captured(model_dir: Path) -> None:
+    r = ModelRunner(
+        ModelConfig.from_dir(model_dir),
+        model_dir,
+        device="cpu",
+        dtype=torch.float32,
+        page_size=4,
+        kv_tokens=128,
+        moe_backend="torch",  # reads routing back to the host: not capturable
+        segment_graph_max_tokens=32,
+        segment_capturer=eager_capturer,
+    )
+    assert r.segments is None

@@ -177,7 +177,9 @@ async def run_workload(
     async with httpx.AsyncClient(timeout=httpx.Timeout(None), limits=limits) as http:
         if start_at is not None:
             await asyncio.sleep(max(0.0, start_at - time.time()))
-        t0 = time.perf_counter()
+        # Time zero is `start_at` on the shared clock, also for a process that started late.
+        late = max(0.0, time.time() - start_at) if start_at is not None else 0.0
+        t0 = time.perf_counter() - late
 
         async def one(req: BenchRequest) -> RequestResult:
             if gate is None:
@@ -251,17 +253,19 @@ def run_workload_procs(
     does not make the client the bottleneck (a single Python event loop falls behind a fast
     server, which inflates every latency it measures). Request i goes to process i % procs with
     its release time from the one shared schedule; a concurrency limit is divided between the
-    processes. All processes start on one wall-clock instant, and the timings are merged in
+    processes (no more processes than that limit). All processes start on one wall-clock instant, and the timings are merged in
     request order."""
     if procs <= 1 or len(requests) < 2:
         return asyncio.run(run_workload(base_url, model, requests, endpoint, arrival, progress))
-    procs = min(procs, len(requests))
+    procs = min(procs, len(requests), arrival.concurrency or len(requests))
+    if procs <= 1:
+        return asyncio.run(run_workload(base_url, model, requests, endpoint, arrival, progress))
     offsets = send_offsets(len(requests), arrival)
     shares = []
     for i in range(procs):
         conc = None
         if arrival.concurrency:
-            conc = max(1, arrival.concurrency // procs + (i < arrival.concurrency % procs))
+            conc = arrival.concurrency // procs + (i < arrival.concurrency % procs)
         share = Arrival(concurrency=conc, rate=arrival.rate, seed=arrival.seed)
         shares.append((requests[i::procs], share, offsets[i::procs]))
     start_at = time.time() + 2.0  # the processes' start-up (spawn imports) fits in this

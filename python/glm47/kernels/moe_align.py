@@ -139,21 +139,27 @@ def _scan_kernel(
     NUM_EXPERTS: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_E: tl.constexpr,
+    BLOCK_T: tl.constexpr,
     BLOCK_FILL: tl.constexpr,
     BLOCK_B: tl.constexpr,
 ):
     offs_e = tl.arange(0, BLOCK_E)
+    offs_t = tl.arange(0, BLOCK_T)
     counts = tl.zeros([BLOCK_E], dtype=tl.int32)
-    for tile in range(0, num_tiles):
-        counts += tl.load(tile_counts_ptr + tile * BLOCK_E + offs_e)
+    for t0 in range(0, num_tiles, BLOCK_T):  # BLOCK_T tiles per load
+        rows = t0 + offs_t
+        ptrs = tile_counts_ptr + rows[:, None] * BLOCK_E + offs_e[None, :]
+        counts += tl.sum(tl.load(ptrs, mask=(rows < num_tiles)[:, None], other=0), 0)
     padded = (counts + BLOCK_M - 1) // BLOCK_M * BLOCK_M
     ends = tl.cumsum(padded, 0)
     running = ends - padded  # each expert's first row
-    for tile in range(0, num_tiles):  # counts in, first rows of the tile's pairs out
-        ptrs = tile_counts_ptr + tile * BLOCK_E + offs_e
-        here = tl.load(ptrs)
-        tl.store(ptrs, running)
-        running += here
+    for t0 in range(0, num_tiles, BLOCK_T):  # counts in, first rows of the tiles' pairs out
+        rows = t0 + offs_t
+        ok = (rows < num_tiles)[:, None]
+        ptrs = tile_counts_ptr + rows[:, None] * BLOCK_E + offs_e[None, :]
+        here = tl.load(ptrs, mask=ok, other=0)  # [BLOCK_T, BLOCK_E]
+        tl.store(ptrs, running[None, :] + tl.cumsum(here, 0) - here, mask=ok)
+        running += tl.sum(here, 0)
     for f in range(0, max_padded, BLOCK_FILL):
         offs = f + tl.arange(0, BLOCK_FILL)
         tl.store(sorted_ids_ptr + offs, tl.zeros_like(offs) + num_pairs, mask=offs < max_padded)
@@ -211,7 +217,7 @@ def moe_align_blocked(
     _scan_kernel[(1,)](
         tiles, sorted_ids, expert_ids, num_padded, num_tiles, num_pairs, max_rows,
         max_rows // block_m, NUM_EXPERTS=num_experts, BLOCK_M=block_m, BLOCK_E=block_e,
-        BLOCK_FILL=1024, BLOCK_B=128, num_warps=4,
+        BLOCK_T=32, BLOCK_FILL=1024, BLOCK_B=128, num_warps=4,
     )  # fmt: skip
     _scatter_kernel[(num_tiles,)](
         flat, tiles, sorted_ids, num_pairs, TILE=TILE_PAIRS, BLOCK_E=block_e, num_warps=4

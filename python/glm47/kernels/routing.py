@@ -40,6 +40,7 @@ def _route_kernel(
     for i in tl.static_range(K):
         best = tl.max(choice, 0)
         idx = tl.min(tl.where(choice == best, offs, BLOCK_E), 0)  # first index of the maximum
+        idx = tl.minimum(idx, num_experts - 1)  # NaN logits match nothing: stay a valid expert
         w = tl.sum(tl.where(offs == idx, score, 0.0), 0)
         ids = tl.where(offs_k == i, idx, ids)
         picked = tl.where(offs_k == i, w, picked)

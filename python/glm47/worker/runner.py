@@ -156,7 +156,14 @@ class ModelRunner:
                 capture_sizes(graph_max_batch_size, graph_batch_sizes), -(-max_len // page_size)
             )
         self.segments: SegmentGraphRunner | None = None
-        if segment_graph_max_tokens > 0 and (
+        experts = next((m.experts for m in self.model.modules() if isinstance(m, MoE)), None)
+        if (
+            segment_graph_max_tokens > 0
+            and experts is not None
+            and not supports_cuda_graph(experts)
+        ):
+            log.warning("segment graphs off: experts backend %s cannot be captured", experts.name)
+        elif segment_graph_max_tokens > 0 and (
             self.device.type == "cuda" or segment_capturer is not None
         ):
             capturer = segment_capturer or CudaGraphCapturer(self.device)
@@ -226,10 +233,11 @@ class ModelRunner:
         for n in sizes:
             ids = [(i * 7919 + 13) % vocab for i in range(n)]
             self.run_logits(ScheduledBatch([ScheduledSeq("warmup", ids, 0, self._pages(n), True)]))
-        if self.num_pages > 5 and budget >= 23:  # an extend over cached prefixes, two sequences
-            a_pages = self._pages(self.page_size + 20)
+        a_pages = self._pages(self.page_size + 20)
+        b_pages = self._pages(4, first=len(a_pages) + 1)
+        if b_pages[-1] < self.num_pages and budget >= 23:  # an extend over cached prefixes
             a = ScheduledSeq("warmup-a", [5] * 20, self.page_size, a_pages, True)
-            b = ScheduledSeq("warmup-b", [6] * 3, 1, self._pages(4, first=len(a_pages) + 1), True)
+            b = ScheduledSeq("warmup-b", [6] * 3, 1, b_pages, True)
             self.run_logits(ScheduledBatch([a, b]))
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)

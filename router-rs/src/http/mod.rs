@@ -115,20 +115,31 @@ pub async fn serve(
 /// clients connecting at once must not overflow it (the kernel caps it at `somaxconn`).
 const LISTEN_BACKLOG: u32 = 8192;
 
-/// Binds `addr` (host:port; the first address it resolves to) with a deep accept queue.
+/// Binds `addr` (host:port; the first address it resolves to that can be bound) with a deep
+/// accept queue.
 pub async fn bind(addr: &str) -> anyhow::Result<tokio::net::TcpListener> {
-    let resolved = tokio::net::lookup_host(addr)
-        .await?
-        .next()
-        .ok_or_else(|| anyhow::anyhow!("{addr} resolves to no address"))?;
-    let socket = if resolved.is_ipv4() {
+    let mut last_error = None;
+    for resolved in tokio::net::lookup_host(addr).await? {
+        match bind_one(resolved) {
+            Ok(listener) => return Ok(listener),
+            Err(e) => last_error = Some(e),
+        }
+    }
+    Err(match last_error {
+        Some(e) => anyhow::anyhow!("cannot listen on {addr}: {e}"),
+        None => anyhow::anyhow!("{addr} resolves to no address"),
+    })
+}
+
+fn bind_one(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
         tokio::net::TcpSocket::new_v4()?
     } else {
         tokio::net::TcpSocket::new_v6()?
     };
     socket.set_reuseaddr(true)?;
-    socket.bind(resolved)?;
-    Ok(socket.listen(LISTEN_BACKLOG)?)
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// [`serve`] on an already bound listener (tests bind port 0 and read the port first).

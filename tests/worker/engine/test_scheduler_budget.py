@@ -146,3 +146,16 @@ def test_a_burst_larger_than_the_budget_is_admitted_step_after_step(
     assert chunk_sizes(h, 2) == {"r0": 1, "r1": 1, "r2": 3, "r3": 3}
     h.run()
     assert all(len(h.tokens(f"r{i}")) == 4 for i in range(4))
+
+
+def test_a_step_continuing_a_chunked_prompt_admits_at_once(make_harness: MakeHarness) -> None:
+    h = make_harness(max_wait_steps=50, chunked_prefill_size=4, max_num_batched_tokens=8)
+    h.add("short", [3, 4], max_new_tokens=10)
+    h.add("long", list(range(30, 42)), max_new_tokens=2)
+    h.step()
+    assert chunk_sizes(h, 0) == {"short": 2, "long": 4}
+    h.add("late", [9, 9, 9], max_new_tokens=2)
+    h.step()  # "short" decodes, but "long" carries prompt tokens: "late" joins this step
+    assert chunk_sizes(h, 1) == {"short": 1, "long": 4, "late": 3}
+    h.run()
+    assert [len(h.tokens(r)) for r in ("short", "long", "late")] == [10, 2, 2]

@@ -12,8 +12,9 @@ A request gets min(tokens it still wants, budget left, chunked_prefill_size) tok
 While requests are decoding, waiting requests are admitted at most once per `max_wait_steps`
 steps: an all-decode step replays a CUDA graph, a step with prompt tokens runs eagerly and costs
 several decode steps, so admissions are gathered into fewer such steps. The count runs from the
-last step that admitted, so a request arriving after a quiet stretch is admitted at once; and
-while the waiting prompts exceed a step's token budget (a burst), every step admits.
+last step that admitted, so a request arriving after a quiet stretch is admitted at once; a
+step that continues a chunked prompt admits too (it runs eagerly anyway); and while the waiting
+prompts exceed a step's token budget (a burst), every step admits.
 
 When a running request needs a page and none is free (after evicting unreferenced cache pages),
 the newest running request is preempted: its full pages are offered to the prefix cache, its
@@ -81,8 +82,10 @@ class Scheduler:
                 self._schedule_running(req, plan)
         self._steps_since_admission += 1
         decoding = any(r.num_computed_tokens >= r.num_tokens - 1 for r in self.running)
+        prefilling = any(r.num_computed_tokens < r.num_tokens - 1 for r in plan.chunks)
         may_admit = (
             not decoding
+            or prefilling  # the step carries prompt tokens anyway
             or self._backlog
             or self._steps_since_admission >= self.config.max_wait_steps
         )

@@ -6,6 +6,7 @@ import pytest
 import torch
 from kernel_utils import ON_GPU, rel_err
 
+from glm47.kernels.activation import silu_and_mul, silu_and_mul_ref
 from glm47.kernels.kv_write import write_kv, write_kv_ref
 from glm47.kernels.rmsnorm import rmsnorm, rmsnorm_ref
 from glm47.kernels.rope import apply_rope_, rope_cos_sin, rope_ref
@@ -71,3 +72,16 @@ def test_write_kv_rejects_int32_slots(device: str) -> None:
     with pytest.raises(ValueError, match="int64"):
         write_kv(cache, torch.zeros((1, 32), device=device), torch.zeros((1, 16), device=device),
                  torch.zeros(1, dtype=torch.int32, device=device))  # fmt: skip
+
+
+@pytest.mark.parametrize("inter", [24, 1536 if ON_GPU else 40])
+def test_silu_and_mul_matches_reference(inter: int, device: str, dtype: torch.dtype) -> None:
+    x = torch.randn((5, 2 * inter), dtype=dtype, device=device) * 3
+    out = silu_and_mul(x)
+    ref = silu_and_mul_ref(x)  # the torch expression, same rounding points
+    assert out.shape == (5, inter)
+    # exp may round differently in its last fp32 bit: one activation-dtype ulp of slack
+    torch.testing.assert_close(out, ref, atol=1e-3, rtol=1.6e-2)
+    assert rel_err(out, silu_and_mul_ref(x.double())) < 1e-2
+    with pytest.raises(ValueError):
+        silu_and_mul(x[:, :-1])

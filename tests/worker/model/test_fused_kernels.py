@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from glm47.worker.model.config import ModelConfig
+from glm47.worker.model.layers.mlp import DenseMLP
 from glm47.worker.model.layers.moe import MoE
 from glm47.worker.model.layers.norm import RMSNorm
 from glm47.worker.model.layers.rope import InterleavedRope
@@ -67,12 +68,16 @@ def test_fused_kernels_are_switched_on_for_every_norm_rope_and_router(
 ) -> None:
     fused = runner(model_dir[0], fused=True)
     flags = [
-        m.fused for m in fused.model.modules() if isinstance(m, (RMSNorm, InterleavedRope, MoE))
+        m.fused
+        for m in fused.model.modules()
+        if isinstance(m, (RMSNorm, InterleavedRope, MoE, DenseMLP))
     ]
     assert flags and all(flags)
     plain = runner(model_dir[0], fused=False)
     assert not any(
-        m.fused for m in plain.model.modules() if isinstance(m, (RMSNorm, InterleavedRope, MoE))
+        m.fused
+        for m in plain.model.modules()
+        if isinstance(m, (RMSNorm, InterleavedRope, MoE, DenseMLP))
     )
 
 

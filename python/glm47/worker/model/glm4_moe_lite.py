@@ -95,10 +95,10 @@ class Glm4MoeLiteForCausalLM(nn.Module):
         return [cast(DecoderLayer, layer) for layer in self.layers]
 
     def enable_fused_kernels(self, enabled: bool = True) -> None:
-        """Run RMSNorm (with its residual add), rope and MoE routing as Triton kernels (GPU, or the
-        CPU under TRITON_INTERPRET=1) instead of chains of torch operations."""
+        """Run RMSNorm (with its residual add), rope, MoE routing and the SwiGLU activation as Triton
+        kernels (GPU, or the CPU under TRITON_INTERPRET=1) instead of chains of torch operations."""
         for module in self.modules():
-            if isinstance(module, (RMSNorm, InterleavedRope, MoE)):
+            if isinstance(module, (RMSNorm, InterleavedRope, MoE, DenseMLP)):
                 module.fused = enabled
 
     @property

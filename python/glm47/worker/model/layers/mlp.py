@@ -6,11 +6,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from glm47.kernels.activation import silu_and_mul
 from glm47.worker.model.layers.linear import Linear
 
 
 class DenseMLP(nn.Module):
-    """`down(silu(gate(x)) * up(x))`; `gate_up_proj` rows are [gate (I) | up (I)]."""
+    """`down(silu(gate(x)) * up(x))`; `gate_up_proj` rows are [gate (I) | up (I)].
+
+    With `fused` set (see `enable_fused_kernels`), the activation and product run as one Triton
+    kernel (kernels/activation) with the same rounding points.
+    """
+
+    fused = False
 
     def __init__(self, hidden_size: int, intermediate_size: int) -> None:
         super().__init__()
@@ -19,5 +26,7 @@ class DenseMLP(nn.Module):
         self.down_proj = Linear(intermediate_size, hidden_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [T, H] -> [T, H]
+        if self.fused:
+            return self.down_proj(silu_and_mul(self.gate_up_proj(x)))
         gate, up = self.gate_up_proj(x).chunk(2, dim=-1)  # [T, I] each
         return self.down_proj(F.silu(gate) * up)

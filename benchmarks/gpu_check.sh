@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The one script of a GPU device call: kernel tests on the GPU, MoE tuning, kernel benchmarks,
+# One script for a GPU run: kernel tests on the GPU, MoE tuning, kernel benchmarks,
 # the fa3-fwd check. Logs and JSON go to $OUT (default ./gpu-out).
 #   benchmarks/gpu_check.sh [steps...]   steps: info tests tune bench (default: all four)
 set -uo pipefail

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One GPU device call for the model fast path:
+# One GPU run for the model fast path:
 #   - the GPU tests: parity with transformers at the real layer widths (triton eager and graphed,
 #     fa3 prefill, flashinfer decode eager and graphed), CUDA-graph replay against eager; the
 #     flashinfer tests run beside the others, since their first call compiles FlashInfer's kernels
@@ -13,7 +13,7 @@
 #     .bench-model with requests.jsonl; see benchmarks/serve_bench.sh).
 # Each section has its own time limit and a failing section does not stop the next; the summary
 # is printed last. About 6 minutes. Logs go to $OUT (default ./gpu-out), packed in logs.tar.gz.
-#   bash benchmarks/gpu_model_check.sh     (device call: carry .whl and .bench-model, timeout 600)
+#   bash benchmarks/gpu_model_check.sh     (on the GPU machine, .whl and .bench-model beside it)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu-out}

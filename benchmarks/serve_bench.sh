@@ -10,8 +10,8 @@
 #   glm47 bench --dataset sharegpt --tokenizer .bench-model --num-prompts 2000 \
 #       --save-requests .bench-model/requests.jsonl --dry-run
 #   maturin build --release -o .whl     # plus the pyzmq 27.3.0 and fa3-fwd 0.0.3 wheels in .whl
-# and carry `.bench-model` and `.whl`. All four workloads take longer than one 10-minute device
-# command (the Poisson ones alone last 200 s and 400 s), so run it twice:
+# and copy `.bench-model` and `.whl` to the GPU machine. The four workloads take over ten minutes
+# together (the Poisson ones alone last 200 s and 400 s); to split them into two runs:
 #   GPU_TESTS=triton WORKLOADS="burst high-conc moderate" BASELINE_BUDGET_S=0 BENCH_LIMIT_S=430 \
 #       bash benchmarks/serve_bench.sh
 #   WORKLOADS=steady BASELINE_BUDGET_S=60 bash benchmarks/serve_bench.sh

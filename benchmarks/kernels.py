@@ -23,6 +23,7 @@ from triton.testing import do_bench
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
 
+from glm47.kernels.activation import silu_and_mul, silu_and_mul_ref
 from glm47.kernels.fused_moe import (
     choose_config,
     fused_experts,
@@ -38,10 +39,16 @@ from glm47.kernels.mla_decode import (
     mla_decode,
 )
 from glm47.kernels.mla_prefill import mla_prefill, prefill_flops
-from glm47.kernels.moe_align import moe_align, moe_align_small, moe_align_torch
+from glm47.kernels.moe_align import (
+    moe_align,
+    moe_align_blocked,
+    moe_align_small,
+    moe_align_torch,
+)
 from glm47.kernels.moe_config import MoeConfig, candidate_configs
 from glm47.kernels.rmsnorm import rmsnorm
 from glm47.kernels.rope import apply_rope_, rope_cos_sin
+from glm47.kernels.routing import route_topk, route_topk_ref
 
 HEADS, D_LAT, D_ROPE, HIDDEN, INTER, EXPERTS, TOP_K = 20, 512, 64, 2048, 1536, 64, 4
 WIDTH = D_LAT + D_ROPE
@@ -291,6 +298,19 @@ def bench_align(ceil: dict) -> list[Row]:
                 continue
             var = f"triton w{warps} {'equal' if same else 'DIFFERENT'}"
             rows.append(row("moe_align", f"T={t} pairs={t * TOP_K}", var, ms, 0, 0, ceil))
+    for t in (256, 512, 2048, 8192):  # the blocked kernels, above the single program's limit too
+        ids = torch.rand((t, EXPERTS), device=DEV).topk(TOP_K, dim=1).indices.int()
+        ref = moe_align_torch(ids, EXPERTS, 64)
+        got = moe_align_blocked(ids, EXPERTS, 64)
+        same = torch.equal(got.sorted_ids, ref.sorted_ids) and torch.equal(
+            got.expert_ids, ref.expert_ids
+        )
+        shape = f"T={t} pairs={t * TOP_K}"
+        ms = graph_ms(moe_align_torch, [(ids, EXPERTS, 64)])
+        rows.append(row("moe_align", shape, "torch ops bm64", ms, 0, 0, ceil))
+        ms = graph_ms(moe_align_blocked, [(ids, EXPERTS, 64)])
+        var = f"blocked bm64 {'equal' if same else 'DIFFERENT'}"
+        rows.append(row("moe_align", shape, var, ms, 0, 0, ceil))
     return rows
 
 
@@ -313,6 +333,20 @@ def bench_small(ceil: dict) -> list[Row]:
     slots = torch.randperm(4 * t, device=DEV)[:t]
     ms = time_ms(write_kv, cache, lat, k, slots)
     rows.append(row("kv_write", f"T={t}", "", ms, 4 * t * WIDTH, 0, ceil))
+    inter = 1536  # the shared expert's width
+    gate_up = torch.randn((t, 2 * inter), dtype=BF16, device=DEV)
+    ms = time_ms(silu_and_mul, gate_up)
+    rows.append(row("silu_and_mul", f"T={t} I={inter}", "", ms, 6 * t * inter, 0, ceil))
+    ms = time_ms(silu_and_mul_ref, gate_up)
+    rows.append(row("silu_and_mul", f"T={t} I={inter}", "torch ops", ms, 6 * t * inter, 0, ceil))
+    bias = torch.rand(EXPERTS, device=DEV) * 0.1
+    for tokens in (1, 256, t):
+        logits = torch.randn((tokens, EXPERTS), device=DEV)
+        shape = f"T={tokens} E={EXPERTS}"
+        ms = graph_ms(route_topk, [(logits, bias, TOP_K, True, 1.8)])
+        rows.append(row("routing", shape, "", ms, 4 * tokens * EXPERTS, 0, ceil))
+        ms = graph_ms(route_topk_ref, [(logits, bias, TOP_K, True, 1.8)])
+        rows.append(row("routing", shape, "torch ops", ms, 4 * tokens * EXPERTS, 0, ceil))
     return rows
 
 

@@ -52,6 +52,7 @@ def test_client_disconnect_mid_stream_frees_pages(server: Server) -> None:
     assert worker_gauge(idle, "glm47_num_requests_running") == 0
     assert worker_gauge(idle, "glm47_num_requests_waiting") == 0
     assert worker_gauge(idle, "glm47_kv_pages_used") == 0
+    assert "request cancelled before it finished: the client disconnected" in server.log()
     # The server still serves.
     assert len(generate(server, Job(prompt, 2)).ids) == 2
 

@@ -64,22 +64,9 @@ def test_fa3_prefill_matches_transformers(checkpoint: Checkpoint, cuda: torch.de
     _check("fa3 prefill + triton decode", runner, checkpoint)
 
 
-def test_flashinfer_decode_matches_transformers(checkpoint: Checkpoint, cuda: torch.device) -> None:
-    reason = unavailable_reason("flashinfer", cuda)
-    if reason is not None:
-        pytest.skip(reason)
-    runner = load_runner(
-        checkpoint[0],
-        cuda,
-        prefill_backend="triton",
-        decode_backend="flashinfer",
-        disable_cuda_graph=True,
-    )
-    _check("triton prefill + flashinfer decode", runner, checkpoint)
-
-
-def test_flashinfer_decode_with_graphs_matches_transformers(
-    checkpoint: Checkpoint, cuda: torch.device
+@pytest.mark.parametrize("graphed", [False, True], ids=["eager", "graphed"])
+def test_flashinfer_decode_matches_transformers(
+    graphed: bool, checkpoint: Checkpoint, cuda: torch.device
 ) -> None:
     reason = unavailable_reason("flashinfer", cuda)
     if reason is not None:
@@ -89,7 +76,9 @@ def test_flashinfer_decode_with_graphs_matches_transformers(
         cuda,
         prefill_backend="triton",
         decode_backend="flashinfer",
+        disable_cuda_graph=not graphed,
         graph_max_batch_size=8,
     )
-    assert runner.graphs is not None, "decode CUDA graphs were not captured"
-    _check("triton prefill + flashinfer decode, graphed", runner, checkpoint)
+    assert (runner.graphs is not None) == graphed, "decode CUDA graphs captured or not as asked"
+    name = "triton prefill + flashinfer decode" + (", graphed" if graphed else "")
+    _check(name, runner, checkpoint)

@@ -10,10 +10,16 @@ import pytest
 import torch
 
 from glm47.worker.cuda_graph import eager_capturer
-from glm47.worker.model.config import ModelConfig
 from glm47.worker.runner import ModelRunner
 from glm47.worker.segment_graph import segment_sizes
-from tests.worker.model.reference import PageAllocator, batch, make_hf_model, save_hf_model, seq
+from tests.worker.model.reference import (
+    PageAllocator,
+    batch,
+    make_hf_model,
+    make_runner,
+    save_hf_model,
+    seq,
+)
 
 
 @pytest.fixture(scope="module")
@@ -22,15 +28,13 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_hf_model(model, tmp_path_factory.mktemp("segments"))
 
 
-def runner(path: Path, segments: int) -> ModelRunner:
-    return ModelRunner(
-        ModelConfig.from_dir(path),
+def runner(path: Path, segments: int, moe_backend: str = "triton") -> ModelRunner:
+    """Triton experts by default: capturable (under the Triton interpreter here)."""
+    return make_runner(
         path,
-        device="cpu",
-        dtype=torch.float32,
+        torch.float32,
         page_size=4,
-        kv_tokens=512,
-        moe_backend="triton",  # capturable (under the Triton interpreter here)
+        moe_backend=moe_backend,
         segment_graph_max_tokens=segments,
         segment_capturer=eager_capturer if segments else None,
     )
@@ -90,15 +94,5 @@ def test_segment_sizes_ladder() -> None:
 
 
 def test_segment_graphs_stay_off_when_the_experts_cannot_be_captured(model_dir: Path) -> None:
-    r = ModelRunner(
-        ModelConfig.from_dir(model_dir),
-        model_dir,
-        device="cpu",
-        dtype=torch.float32,
-        page_size=4,
-        kv_tokens=128,
-        moe_backend="torch",  # reads routing back to the host: not capturable
-        segment_graph_max_tokens=32,
-        segment_capturer=eager_capturer,
-    )
+    r = runner(model_dir, segments=32, moe_backend="torch")  # reads routing back to the host
     assert r.segments is None

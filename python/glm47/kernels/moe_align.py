@@ -45,6 +45,31 @@ def max_padded_rows(num_pairs: int, num_experts: int, block_m: int) -> int:
 
 
 @triton.jit
+def _fill_padding(sorted_ids_ptr, num_pairs, max_padded, BLOCK: tl.constexpr):
+    """Every row of sorted_ids to the invalid pair id (the runs are written over it)."""
+    for f in range(0, max_padded, BLOCK):
+        offs = f + tl.arange(0, BLOCK)
+        tl.store(sorted_ids_ptr + offs, tl.zeros_like(offs) + num_pairs, mask=offs < max_padded)
+
+
+@triton.jit
+def _write_block_experts(
+    ends,  # [BLOCK_E] int32: the padded end row of each expert's run
+    expert_ids_ptr,
+    max_blocks,
+    NUM_EXPERTS: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+):
+    """The expert of each row block: how many runs end at or before its first row."""
+    for b0 in range(0, max_blocks, BLOCK_B):
+        offs_b = b0 + tl.arange(0, BLOCK_B)
+        done = (ends[None, :] <= (offs_b * BLOCK_M)[:, None]).to(tl.int32)  # [BLOCK_B, BLOCK_E]
+        expert = tl.minimum(tl.sum(done, 1), NUM_EXPERTS - 1)
+        tl.store(expert_ids_ptr + offs_b, expert, mask=offs_b < max_blocks)
+
+
+@triton.jit
 def _moe_align_small_kernel(
     topk_ids_ptr,  # [P] int32, the flattened [T, top_k]
     sorted_ids_ptr,  # [max_padded] int32
@@ -70,17 +95,11 @@ def _moe_align_small_kernel(
     starts = ends - padded
     rank = tl.cumsum(onehot, 0) - onehot  # earlier pairs of the same expert
     dest = tl.sum(onehot * (starts[None, :] + rank), 1)  # [BLOCK_P]
-    for f in range(0, max_padded, BLOCK_FILL):
-        offs = f + tl.arange(0, BLOCK_FILL)
-        tl.store(sorted_ids_ptr + offs, tl.zeros_like(offs) + num_pairs, mask=offs < max_padded)
+    _fill_padding(sorted_ids_ptr, num_pairs, max_padded, BLOCK_FILL)
     tl.debug_barrier()
     tl.store(sorted_ids_ptr + dest, offs_p, mask=pair_ok)
     tl.store(num_padded_ptr, tl.sum(padded, 0))
-    for b0 in range(0, max_blocks, BLOCK_FILL):
-        offs_b = b0 + tl.arange(0, BLOCK_FILL)
-        done = (ends[None, :] <= (offs_b * BLOCK_M)[:, None]).to(tl.int32)  # [FILL, BLOCK_E]
-        expert = tl.minimum(tl.sum(done, 1), NUM_EXPERTS - 1)
-        tl.store(expert_ids_ptr + offs_b, expert, mask=offs_b < max_blocks)
+    _write_block_experts(ends, expert_ids_ptr, max_blocks, NUM_EXPERTS, BLOCK_M, BLOCK_FILL)
 
 
 def moe_align(
@@ -160,15 +179,9 @@ def _scan_kernel(
         here = tl.load(ptrs, mask=ok, other=0)  # [BLOCK_T, BLOCK_E]
         tl.store(ptrs, running[None, :] + tl.cumsum(here, 0) - here, mask=ok)
         running += tl.sum(here, 0)
-    for f in range(0, max_padded, BLOCK_FILL):
-        offs = f + tl.arange(0, BLOCK_FILL)
-        tl.store(sorted_ids_ptr + offs, tl.zeros_like(offs) + num_pairs, mask=offs < max_padded)
+    _fill_padding(sorted_ids_ptr, num_pairs, max_padded, BLOCK_FILL)
     tl.store(num_padded_ptr, tl.sum(padded, 0))
-    for b0 in range(0, max_blocks, BLOCK_B):
-        offs_b = b0 + tl.arange(0, BLOCK_B)
-        done = (ends[None, :] <= (offs_b * BLOCK_M)[:, None]).to(tl.int32)  # [BLOCK_B, BLOCK_E]
-        expert = tl.minimum(tl.sum(done, 1), NUM_EXPERTS - 1)
-        tl.store(expert_ids_ptr + offs_b, expert, mask=offs_b < max_blocks)
+    _write_block_experts(ends, expert_ids_ptr, max_blocks, NUM_EXPERTS, BLOCK_M, BLOCK_B)
 
 
 @triton.jit

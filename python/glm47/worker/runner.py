@@ -31,7 +31,7 @@ from glm47.worker.cuda_graph import (
 )
 from glm47.worker.model.config import ModelConfig
 from glm47.worker.model.context import ForwardContext
-from glm47.worker.model.layers.experts import registered_experts_backends
+from glm47.worker.model.layers.experts import ExpertsBackend, registered_experts_backends
 from glm47.worker.model.layers.moe import MoE
 from glm47.worker.model.loader import load_model
 from glm47.worker.segment_graph import SegmentGraphRunner, segment_sizes
@@ -156,7 +156,7 @@ class ModelRunner:
                 capture_sizes(graph_max_batch_size, graph_batch_sizes), -(-max_len // page_size)
             )
         self.segments: SegmentGraphRunner | None = None
-        experts = next((m.experts for m in self.model.modules() if isinstance(m, MoE)), None)
+        experts = self._experts_backend()
         if (
             segment_graph_max_tokens > 0
             and experts is not None
@@ -194,13 +194,16 @@ class ModelRunner:
             raise ValueError(f"the KV pool needs at least 2 pages, got {num_pages}")
         return num_pages
 
+    def _experts_backend(self) -> ExpertsBackend | None:
+        """The routed-experts backend the MoE layers share (None without MoE layers)."""
+        return next((m.experts for m in self.model.modules() if isinstance(m, MoE)), None)
+
     @torch.inference_mode()
     def _capture_graphs(self, sizes: list[int], max_pages: int) -> DecodeGraphRunner | None:
         """Decode graphs on a CUDA device when the decode and experts backends are capturable."""
         if self.device.type != "cuda":
             return None
-        experts = next((m.experts for m in self.model.modules() if isinstance(m, MoE)), None)
-        parts = [self.decode_backend, experts]
+        parts = [self.decode_backend, self._experts_backend()]
         blockers = [p.name for p in parts if p is not None and not supports_cuda_graph(p)]
         if blockers:
             log.warning("decode CUDA graphs off: backend(s) %s cannot be captured", blockers)

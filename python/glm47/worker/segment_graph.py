@@ -162,9 +162,10 @@ class SegmentGraphRunner:
         replays = self.replays[size]
         buf.input_ids[:rows].copy_(input_ids)
         buf.positions[:rows].copy_(ctx.meta.positions)
+        inputs = buf.attention_inputs(rows)  # the same rows of the buffers for every layer
+        attended = buf.attended[:rows]
         replays[0]()
-        for i, layer in enumerate(self.layers):
-            attended = layer.self_attn.attend(buf.attention_inputs(rows), ctx)
-            buf.attended[:rows].copy_(attended)
-            replays[i + 1]()
+        for layer, replay in zip(self.layers, replays[1:], strict=True):
+            attended.copy_(layer.self_attn.attend(inputs, ctx))
+            replay()
         return buf.hidden[:rows]

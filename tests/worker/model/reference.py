@@ -69,8 +69,9 @@ def hf_last_logits(model: Glm4MoeLiteForCausalLM, tokens: list[int]) -> torch.Te
 
 
 def make_runner(
-    model_dir: Path, dtype: torch.dtype, page_size: int, kv_tokens: int = 512
+    model_dir: Path, dtype: torch.dtype, page_size: int, kv_tokens: int = 512, **kwargs: Any
 ) -> ModelRunner:
+    """A CPU runner of `model_dir`; `kwargs` go to ModelRunner."""
     return ModelRunner(
         ModelConfig.from_dir(model_dir),
         model_dir,
@@ -78,6 +79,7 @@ def make_runner(
         dtype=dtype,
         page_size=page_size,
         kv_tokens=kv_tokens,
+        **kwargs,
     )
 
 

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from glm47.worker.model.config import ModelConfig
 from glm47.worker.model.layers.mlp import DenseMLP
 from glm47.worker.model.layers.moe import MoE
 from glm47.worker.model.layers.norm import RMSNorm
@@ -19,6 +18,7 @@ from tests.worker.model.reference import (
     batch,
     hf_last_logits,
     make_hf_model,
+    make_runner,
     save_hf_model,
     seq,
 )
@@ -36,15 +36,7 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
 
 
 def runner(path: Path, fused: bool) -> ModelRunner:
-    return ModelRunner(
-        ModelConfig.from_dir(path),
-        path,
-        device="cpu",
-        dtype=torch.float32,
-        page_size=4,
-        kv_tokens=256,
-        fused_kernels=fused,
-    )
+    return make_runner(path, torch.float32, page_size=4, kv_tokens=256, fused_kernels=fused)
 
 
 def session(r: ModelRunner) -> tuple[list[torch.Tensor], list[list[int]]]:
@@ -90,9 +82,20 @@ def test_fused_path_matches_torch_path_and_transformers(model_dir: tuple[Path, o
         torch.testing.assert_close(fused[0], hf_last_logits(hf, ctx), rtol=1e-3, atol=1e-3)  # type: ignore[arg-type]
 
 
-def test_warmup_runs_prefill_and_extend_steps(model_dir: tuple[Path, object]) -> None:
+def test_warmup_runs_prefill_and_extend_steps(
+    model_dir: tuple[Path, object], monkeypatch: pytest.MonkeyPatch
+) -> None:
     r = runner(model_dir[0], fused=True)
+    steps: list[list[tuple[int, int]]] = []  # (start_pos, tokens) of each sequence, per step
+    real_run = r.run_logits
+    monkeypatch.setattr(
+        r,
+        "run_logits",
+        lambda b: steps.append([(s.start_pos, len(s.token_ids)) for s in b.seqs]) or real_run(b),
+    )
     r.warmup(64)  # the start-up warm-up, here on the CPU: prefill sizes up to 64 and an extend
+    assert steps[:3] == [[(0, 7)], [(0, 64)], [(4, 20), (1, 3)]]
+    monkeypatch.undo()
     logits, _ = session(r)  # the pool it scribbled on still serves correct requests
     reference, _ = session(runner(model_dir[0], fused=True))
     for a, b in zip(logits, reference, strict=True):

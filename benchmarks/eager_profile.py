@@ -4,10 +4,11 @@ costs.
 
 Builds the runner with dummy weights (the real GLM-4.7-Flash config, or `--layers` of it; `--tiny`
 for the small built-in shapes on the CPU), then times a mixed step (`--decode` sequences decoding
-at `--context` plus one `--prefill`-token prompt) and a pure decode step, both eagerly:
+at `--context` plus one `--prefill`-token prompt) and a pure decode step (and a decode step of one sequence), eagerly:
 - wall ms of the step with a device sync at the end, and the GPU time of the same step (CUDA
   events around it, the host running ahead);
-- kernels launched per step and per layer (torch profiler, CUDA activity);
+- kernels launched per step and per layer (torch profiler, CUDA activity), and the GPU time of
+  each kind of kernel: their sum is what a step would take with no host time at all;
 - the top functions by own host time (cProfile over `--iters` steps): Triton launches show up as
   `JITFunction.run`, torch operations under their names.
 With `--segment-graphs`, both steps are also timed through segment graphs (segment_graph.py), the
@@ -108,6 +109,13 @@ def measure(runner: ModelRunner, batch: ScheduledBatch, args: argparse.Namespace
         sync(args.device)
     events = prof.events()
     kernels = sum(1 for e in events if e.device_type == torch.autograd.DeviceType.CUDA)
+    by_kernel: dict[str, list[float]] = {}  # name -> [count, GPU us]
+    for e in events:
+        if e.device_type == torch.autograd.DeviceType.CUDA:
+            entry = by_kernel.setdefault(e.name[:60], [0, 0.0])
+            entry[0] += 1
+            entry[1] += e.time_range.elapsed_us()
+    top_kernels = sorted(by_kernel.items(), key=lambda kv: -kv[1][1])[: args.top]
     cpu_ops = sum(1 for e in events if e.device_type == torch.autograd.DeviceType.CPU)
     profiler = cProfile.Profile()
     profiler.enable()
@@ -125,6 +133,8 @@ def measure(runner: ModelRunner, batch: ScheduledBatch, args: argparse.Namespace
         "kernels_per_step": kernels,
         "kernels_per_layer": kernels / layers,
         "torch_ops_per_step": cpu_ops,
+        "kernel_gpu_us": sum(v[1] for v in by_kernel.values()),
+        "top_kernels": [(name, int(n), round(us, 1)) for name, (n, us) in top_kernels],
         "cprofile_top": text.getvalue(),
     }
 
@@ -147,6 +157,7 @@ def main() -> None:
     runner = build(args)
     mixed = step(runner, args.decode, args.context, args.prefill)
     decode = step(runner, args.decode, args.context, 0)
+    single = step(runner, 1, args.context, 0)
     rows = {}
     if runner.segments is not None:
         rows["mixed+sg"] = measure(runner, mixed, args)
@@ -154,6 +165,7 @@ def main() -> None:
     runner.segments = None
     rows["mixed"] = measure(runner, mixed, args)
     rows["decode"] = measure(runner, decode, args)
+    rows["decode1"] = measure(runner, single, args)
     name = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
     print(f"== eager profile: {name}, {runner.cfg.num_hidden_layers} layers, dummy weights")
     print(f"{'step':>9} {'tokens':>7} {'wall ms':>8} {'gpu ms':>8} {'kernels':>8} {'/layer':>7} "
@@ -163,6 +175,11 @@ def main() -> None:
         print(f"{label:>9} {r['tokens']:>7} {r['wall_ms']:>8.1f} {gpu:>8} "
               f"{r['kernels_per_step']:>8} {r['kernels_per_layer']:>7.1f} "
               f"{r['torch_ops_per_step']:>9}")  # fmt: skip
+    for label in ("decode1", "decode", "mixed"):
+        r = rows[label]
+        print(f"-- {label} step: GPU time by kernel (sum of kernel times {r['kernel_gpu_us']:.0f} us)")
+        for name, n, us in r["top_kernels"]:
+            print(f"{us:>10.1f} us {n:>5}x  {name}")
     print("-- mixed step, top host functions by own time (cProfile):")
     print(rows["mixed"]["cprofile_top"])
     if args.json is not None:

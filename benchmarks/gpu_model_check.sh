@@ -11,8 +11,10 @@
 #   - a serving smoke run: `glm47 serve` on the bench model directory with dummy weights, 400
 #     ShareGPT requests at once through `glm47 bench` (needs the glm47 wheel in .whl and
 #     .bench-model with requests.jsonl; see benchmarks/serve_bench.sh).
+#   - the kernel tests on the GPU and the kernel benchmark (ceilings, MoE, small kernels, alignment);
 # Each section has its own time limit and a failing section does not stop the next; the summary
-# is printed last. About 6 minutes. Logs go to $OUT (default ./gpu-out), packed in logs.tar.gz.
+# is printed last. About 8 minutes. Logs go to $OUT (default ./gpu-out), packed in logs.tar.gz.
+# SKIP="serve_smoke flashinfer_tests ..." leaves sections out.
 #   bash benchmarks/gpu_model_check.sh     (on the GPU machine, .whl and .bench-model beside it)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -32,9 +34,11 @@ fi
 start_all=$(date +%s)
 : >"$LOGS/sections.txt"
 
+SKIP=${SKIP:-}
 section() {  # name, limit in seconds, command...
   local name=$1 limit=$2
   shift 2
+  case " $SKIP " in *" $name "*) echo "$name skipped" | tee -a "$LOGS/sections.txt"; return 0 ;; esac
   local t0
   t0=$(date +%s)
   echo "== $name (limit ${limit}s)"
@@ -63,6 +67,10 @@ section model_bench 190 python3 benchmarks/model_bench.py --budget-s 150 --iters
 section eager_profile 150 python3 benchmarks/eager_profile.py --segment-graphs \
   --json "$OUT/eager_profile.json"
 
+section kernel_tests 150 python3 -m pytest -q -p no:cacheprovider tests/kernels
+section kernel_bench 150 python3 benchmarks/kernels.py --only decode,moe,small,align \
+  --json "$OUT/kernel_bench.json"
+
 serve_smoke() {
   python3 -m glm47.cli serve --model-dir .bench-model --host 127.0.0.1 --port 8000 \
     --load-format dummy --tool-call-parser glm47 --reasoning-parser glm45 >"$LOGS/serve.log" 2>&1 &
@@ -89,11 +97,13 @@ cat "$LOGS/sections.txt"
 echo "-- GPU tests (agreement per row)"
 grep -hE '^\[|^(PASSED|FAILED|ERROR|SKIPPED)|[0-9]+ (passed|failed|skipped|error)' \
   "$LOGS/gpu_tests.log" "$LOGS/flashinfer_tests.log" | tail -n 30
+echo "-- kernel tests"
+tail -n 3 "$LOGS/kernel_tests.log" 2>/dev/null
 echo "-- model bench"
 sed -n '/^== model bench/,$p' "$LOGS/model_bench.log"
 grep -E 'skipped|failed|Error' "$LOGS/model_bench.log" | grep -v '^== ' | tail -n 5
 echo "-- eager profile"
-sed -n '/^== eager profile/,+5p' "$LOGS/eager_profile.log"
+sed -n '/^== eager profile/,/^-- mixed step, top host/p' "$LOGS/eager_profile.log" | head -n 75
 echo "-- serve smoke"
 grep -vE '^\s*$' "$LOGS/serve_smoke.log" | tail -n 40
 cp "$OUT"/smoke/*.md "$LOGS/" 2>/dev/null

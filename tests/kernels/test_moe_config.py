@@ -84,3 +84,21 @@ def test_bad_level_and_bad_config_are_rejected() -> None:
         TuneSettings(level=3, extra_dir=None)
     with pytest.raises(ValueError, match="block_n"):
         MoeConfig(16, 24, 64, 1, 4, 3)
+
+
+def test_a_gpu_without_a_file_reads_its_same_chip_sibling(
+    builtin_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(moe_config.SAME_CHIP, "Test GPU 141GB", GPU)
+    moe_config.configure(TuneSettings(level=0, extra_dir=None))
+
+    def tune(cands: list[MoeConfig]) -> MoeConfig:
+        raise AssertionError("level 0 never tunes")
+
+    assert select_config("Test GPU 141GB", "shape-a", 3, 64, 4, tune) == STORED[1]
+    assert select_config("Other GPU", "shape-a", 3, 64, 4, tune) == moe_config.default_config(
+        3, 64, 4
+    )
+    # A file of its own wins over the sibling's.
+    moe_config.save_stored("Test GPU 141GB", {"shape-a": {1: TUNED}})
+    assert select_config("Test GPU 141GB", "shape-a", 3, 64, 4, tune) == TUNED

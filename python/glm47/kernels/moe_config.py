@@ -3,6 +3,8 @@
 Stored configs are JSON files `fused_moe_<gpu>.json` (written by `kernels/tune_moe.py`):
 `{shape_key: {num_tokens: config}}`; a lookup takes the entry of the nearest stored token count.
 They are read from `kernels/configs/` and from `GLM47_TUNED_CONFIG_DIR` (whose entries win).
+A GPU with no stored file of its own uses the file of a sibling on the same chip (`SAME_CHIP`:
+the H200 is the H100's processor with faster memory, so the same tiles fit its multiprocessors).
 The autotune level (`GLM47_TRITON_AUTOTUNE_LEVEL`, or LightLLM's spelling; both declared in
 `glm47.worker.config.Env`, the one place that reads the environment) chooses what happens at run
 time: 0 = stored configs, else built-in defaults; 1 = autotune shapes with no stored entry;
@@ -22,6 +24,14 @@ from pathlib import Path
 from glm47.worker.config import Env
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+# GPUs whose stored configs stand in for another's when it has none: same multiprocessors, same
+# shared memory per multiprocessor, different memory.
+SAME_CHIP: dict[str, str] = {
+    "NVIDIA H200": "NVIDIA H100 80GB HBM3",
+    "NVIDIA H200 NVL": "NVIDIA H100 80GB HBM3",
+    "NVIDIA H100 NVL": "NVIDIA H100 80GB HBM3",
+}
 
 
 @dataclass(frozen=True)
@@ -104,8 +114,12 @@ def _read(path: Path) -> dict[str, dict[int, MoeConfig]]:
 
 @cache
 def load_stored(gpu_name: str) -> dict[str, dict[int, MoeConfig]]:
-    """Every stored config for this GPU by shape key and token count; the extra directory wins."""
-    table = _read(config_path(gpu_name))
+    """Every stored config for this GPU by shape key and token count; the extra directory wins.
+    Without a file of its own, a GPU reads its `SAME_CHIP` sibling's."""
+    path = config_path(gpu_name)
+    if not path.exists() and gpu_name in SAME_CHIP:
+        path = config_path(SAME_CHIP[gpu_name])
+    table = _read(path)
     extra = current_settings().extra_dir
     if extra is not None:
         for key, by_m in _read(config_path(gpu_name, extra)).items():

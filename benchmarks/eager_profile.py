@@ -177,7 +177,9 @@ def main() -> None:
               f"{r['torch_ops_per_step']:>9}")  # fmt: skip
     for label in ("decode1", "decode", "mixed"):
         r = rows[label]
-        print(f"-- {label} step: GPU time by kernel (sum of kernel times {r['kernel_gpu_us']:.0f} us)")
+        print(
+            f"-- {label} step: GPU time by kernel (sum of kernel times {r['kernel_gpu_us']:.0f} us)"
+        )
         for name, n, us in r["top_kernels"]:
             print(f"{us:>10.1f} us {n:>5}x  {name}")
     print("-- mixed step, top host functions by own time (cProfile):")

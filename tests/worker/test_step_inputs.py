@@ -7,6 +7,7 @@ import random
 import pytest
 import torch
 
+from glm47.worker.attention.base import AttentionMetadata
 from glm47.worker.batch import ScheduledBatch, ScheduledSeq
 from glm47.worker.step_inputs import PageTables, StepInputBuilder
 
@@ -69,7 +70,7 @@ def test_builder_matches_the_plain_construction_over_many_steps(page_size: int) 
     work = Workload(rng, page_size)
     builder = StepInputBuilder(page_size, torch.device("cpu"))
     builder.page_tables = PageTables(rows=2, width=2)  # forces both kinds of growth
-    steps = 0
+    steps = split_steps = 0
     while steps < 150:
         batch = work.step()
         if not batch.seqs:
@@ -90,6 +91,34 @@ def test_builder_matches_the_plain_construction_over_many_steps(page_size: int) 
         assert meta.max_query_len == max(len(s.token_ids) for s in batch.seqs)
         assert meta.positions.dtype == meta.slot_mapping.dtype == torch.int64
         assert meta.page_table.dtype == meta.seq_lens.dtype == torch.int32
+        check_parts(batch, meta, want)
+        split_steps += meta.parts is not None
+    assert split_steps > 10  # the workload mixes decoding sequences with prompt chunks
+
+
+def check_parts(batch: ScheduledBatch, meta: AttentionMetadata, want: dict[str, list]) -> None:
+    """A mixed step splits after its leading one-token sequences; each part is that slice."""
+    lens = [len(s.token_ids) for s in batch.seqs]
+    d = next((i for i, n in enumerate(lens) if n != 1), len(lens))
+    if meta.is_decode or d == 0:
+        assert meta.parts is None
+        return
+    assert meta.parts is not None
+    head, tail = meta.parts
+    assert head.is_decode and not tail.is_decode
+    assert head.positions.tolist() == want["pos"][:d]
+    assert tail.positions.tolist() == want["pos"][d:]
+    assert head.slot_mapping.tolist() == want["slots"][:d]
+    assert tail.slot_mapping.tolist() == want["slots"][d:]
+    assert head.query_start_loc.tolist() == list(range(d + 1))
+    assert tail.query_start_loc.tolist() == [x - d for x in want["starts"][d:]]
+    assert head.seq_lens.tolist() == want["lens"][:d]
+    assert tail.seq_lens.tolist() == want["lens"][d:]
+    assert head.page_table.tolist() == want["table"][:d]
+    assert tail.page_table.tolist() == want["table"][d:]
+    assert (head.max_query_len, head.max_seq_len) == (1, max(want["lens"][:d]))
+    assert tail.max_query_len == max(lens[d:])
+    assert tail.max_seq_len == max(want["lens"][d:])
 
 
 def test_a_page_list_replaced_or_shrunk_is_read_afresh() -> None:

@@ -19,7 +19,12 @@ from typing import Protocol
 import torch
 
 import glm47.worker.attention.torch_backend  # noqa: F401  (registers "torch")
-from glm47.worker.attention.base import AttentionBackend, AttentionMetadata, create_backend
+from glm47.worker.attention.base import (
+    AttentionBackend,
+    AttentionMetadata,
+    SplitAttention,
+    create_backend,
+)
 from glm47.worker.attention.select import resolve_backends
 from glm47.worker.batch import RunnerOutput, SampleOutput, ScheduledBatch, ScheduledSeq
 from glm47.worker.cuda_graph import (
@@ -113,6 +118,9 @@ class ModelRunner:
         prefill, decode = resolve_backends(prefill_backend, decode_backend, self.device)
         self.prefill_backend: AttentionBackend = create_backend(prefill)
         self.decode_backend: AttentionBackend = create_backend(decode)
+        # Steps with prompt tokens: decoding rows through the decode backend, the rest through
+        # the prefill backend.
+        self.mixed_backend = SplitAttention(self.decode_backend, self.prefill_backend)
         moe = resolve_experts_backend(moe_backend, self.device)
         self.model = load_model(
             model_config,
@@ -264,7 +272,7 @@ class ModelRunner:
     def forward(self, inputs: StepInputs) -> torch.Tensor:  # [T, H] final hidden states
         if self.graphs is not None and self.graphs.can_run(inputs.input_ids, inputs.meta):
             return self.graphs.run(inputs.input_ids, inputs.meta)
-        backend = self.decode_backend if inputs.meta.is_decode else self.prefill_backend
+        backend = self.decode_backend if inputs.meta.is_decode else self.mixed_backend
         ctx = ForwardContext(meta=inputs.meta, kv_cache=self.kv_cache, backend=backend)
         if self.segments is not None and self.segments.can_run(inputs.input_ids.shape[0]):
             return self.segments.run(inputs.input_ids, ctx)

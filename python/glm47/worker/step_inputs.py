@@ -160,12 +160,45 @@ class StepInputBuilder:
             max_seq_len=int(end.max()),
             is_decode=t == b,
         )
+        singles = int(np.argmin(n == 1)) if t != b else b  # leading one-token sequences
+        if singles > 0 and t != b:
+            meta.parts = self._split(meta, singles, starts, end)
         return StepInputs(
             input_ids=stage("input_ids", torch.from_numpy(ids)),
             meta=meta,
             sample_rows=stage("sample_rows", torch.from_numpy(starts[1:][sample] - 1)),
             sample_seqs=[s for s in seqs if s.sample],
         )
+
+    def _split(
+        self, meta: AttentionMetadata, d: int, starts: np.ndarray, end: np.ndarray
+    ) -> tuple[AttentionMetadata, AttentionMetadata]:
+        """Metadata of the first `d` sequences (one token each) and of the rest, as views of the
+        step's buffers; only the rest's query offsets are staged anew."""
+        decode = AttentionMetadata(
+            positions=meta.positions[:d],
+            slot_mapping=meta.slot_mapping[:d],
+            query_start_loc=meta.query_start_loc[: d + 1],
+            seq_lens=meta.seq_lens[:d],
+            page_table=meta.page_table[:d],
+            page_size=meta.page_size,
+            max_query_len=1,
+            max_seq_len=int(end[:d].max()),
+            is_decode=True,
+        )
+        rest_starts = (starts[d:] - d).astype(np.int32)  # [B - d + 1]
+        prefill = AttentionMetadata(
+            positions=meta.positions[d:],
+            slot_mapping=meta.slot_mapping[d:],
+            query_start_loc=self.buffers.stage("rest_start_loc", torch.from_numpy(rest_starts)),
+            seq_lens=meta.seq_lens[d:],
+            page_table=meta.page_table[d:],
+            page_size=meta.page_size,
+            max_query_len=meta.max_query_len,
+            max_seq_len=int(end[d:].max()),
+            is_decode=False,
+        )
+        return decode, prefill
 
 
 def _check(

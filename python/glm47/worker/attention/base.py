@@ -29,6 +29,10 @@ class AttentionMetadata:
     max_query_len: int  # host copy of max(new tokens per sequence)
     max_seq_len: int  # host copy of max(seq_lens)
     is_decode: bool  # every sequence has exactly one new token
+    # A step that mixes decoding sequences with prompt chunks: (the leading sequences with one new
+    # token each, the rest), each with its own metadata over its rows; None otherwise. The decode
+    # backend takes the first part and the prefill backend the second (`SplitAttention`).
+    parts: tuple[AttentionMetadata, AttentionMetadata] | None = None
 
     @property
     def num_seqs(self) -> int:
@@ -76,6 +80,43 @@ def write_latents(
 ) -> None:
     """Store the step's new tokens in the cache layout [latent | k_rope] at `meta.slot_mapping`."""
     kv_cache[meta.slot_mapping] = torch.cat([latent, k_rope], dim=-1).to(kv_cache.dtype)
+
+
+class SplitAttention:
+    """The attention of a mixed step: the decoding sequences (its leading rows, one token each)
+    through the decode backend, the prompt chunks through the prefill backend. An expanded-form
+    prefill backend would otherwise rebuild keys and values for every cached token of every
+    decoding sequence, and the decode kernel splits long contexts over the multiprocessors."""
+
+    name = "split"
+
+    def __init__(self, decode: AttentionBackend, prefill: AttentionBackend) -> None:
+        self.decode = decode
+        self.prefill = prefill
+
+    def forward(
+        self,
+        q_nope: torch.Tensor,  # [T, H, qk_nope_head_dim]
+        q_rope: torch.Tensor,  # [T, H, qk_rope_head_dim], rope applied
+        latent: torch.Tensor,  # [T, kv_lora_rank], normalised
+        k_rope: torch.Tensor,  # [T, qk_rope_head_dim], rope applied
+        kv_cache: torch.Tensor,  # [num_slots, kv_lora_rank + qk_rope_head_dim]
+        weights: MLAWeights,
+        meta: AttentionMetadata,
+        scale: float,
+    ) -> torch.Tensor:  # [T, H, v_head_dim]
+        if meta.parts is None:
+            backend = self.decode if meta.is_decode else self.prefill
+            return backend.forward(q_nope, q_rope, latent, k_rope, kv_cache, weights, meta, scale)
+        decode_meta, prefill_meta = meta.parts
+        d = decode_meta.num_seqs  # one row per decoding sequence
+        head = self.decode.forward(
+            q_nope[:d], q_rope[:d], latent[:d], k_rope[:d], kv_cache, weights, decode_meta, scale
+        )
+        tail = self.prefill.forward(
+            q_nope[d:], q_rope[d:], latent[d:], k_rope[d:], kv_cache, weights, prefill_meta, scale
+        )
+        return torch.cat([head, tail])
 
 
 BackendFactory = Callable[[], AttentionBackend]

@@ -1,0 +1,79 @@
+"""A mixed step's attention: decoding rows through the decode backend, prompt chunks through the
+prefill backend, built from the step builder's metadata, against one backend over the whole step."""
+
+from __future__ import annotations
+
+import torch
+
+from glm47.worker.attention.base import AttentionMetadata, MLAWeights, SplitAttention
+from glm47.worker.attention.fa3_backend import Fa3MLABackend
+from glm47.worker.attention.torch_backend import TorchMLABackend
+from glm47.worker.batch import ScheduledBatch, ScheduledSeq
+from glm47.worker.step_inputs import StepInputBuilder
+from tests.worker.attention.test_fa3_backend import varlen_ref
+
+H, NOPE, ROPE, RANK, V = 3, 8, 4, 16, 6
+PAGE = 4
+
+
+class Recording:
+    """A backend that remembers the rows and metadata it was given."""
+
+    def __init__(self, inner: TorchMLABackend | Fa3MLABackend) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.calls: list[tuple[int, AttentionMetadata]] = []
+
+    def forward(self, q_nope, q_rope, latent, k_rope, kv_cache, weights, meta, scale):  # type: ignore[no-untyped-def]
+        self.calls.append((q_nope.shape[0], meta))
+        return self.inner.forward(q_nope, q_rope, latent, k_rope, kv_cache, weights, meta, scale)
+
+
+def test_mixed_step_splits_into_decode_and_prefill_backends() -> None:
+    torch.manual_seed(0)
+    # three decoding sequences first (as the scheduler orders them), then a fresh prompt, a chunk
+    # after a cached prefix, and a one-token chunk that is not among the leading decode rows
+    starts, news = [9, 3, 14, 0, 6, 5], [1, 1, 1, 7, 5, 1]
+    pages, seqs, first = [], [], 1
+    for i, (start, n) in enumerate(zip(starts, news, strict=True)):
+        count = -(-(start + n) // PAGE)
+        pages.append(list(range(first, first + count)))
+        first += count
+        seqs.append(ScheduledSeq(f"s{i}", [7] * n, start, pages[-1], True))
+    inputs = StepInputBuilder(PAGE, torch.device("cpu")).build(ScheduledBatch(seqs))
+    meta = inputs.meta
+    assert meta.parts is not None and meta.parts[0].num_seqs == 3
+
+    tokens = sum(news)
+    cache = torch.randn(first * PAGE, RANK + ROPE)
+    cache[:PAGE] = 0
+    kv_b = torch.randn(H, NOPE + V, RANK) * 0.3
+    weights = MLAWeights(w_uk=kv_b[:, :NOPE], w_uv=kv_b[:, NOPE:], w_kv=kv_b)
+    q_nope, q_rope = torch.randn(tokens, H, NOPE), torch.randn(tokens, H, ROPE)
+    latent, k_rope = torch.randn(tokens, RANK), torch.randn(tokens, ROPE)
+
+    decode = Recording(TorchMLABackend())
+    prefill = Recording(Fa3MLABackend(attend=varlen_ref))
+    split_cache = cache.clone()
+    got = SplitAttention(decode, prefill).forward(
+        q_nope, q_rope, latent, k_rope, split_cache, weights, meta, 0.25
+    )
+    whole = TorchMLABackend().forward(q_nope, q_rope, latent, k_rope, cache, weights, meta, 0.25)
+
+    torch.testing.assert_close(got, whole, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(split_cache, cache)  # every new latent written once, in place
+    assert [(rows, m.is_decode) for rows, m in decode.calls] == [(3, True)]
+    assert [(rows, m.is_decode) for rows, m in prefill.calls] == [(tokens - 3, False)]
+
+
+def test_steps_without_parts_go_to_one_backend() -> None:
+    seqs = [ScheduledSeq("a", [1, 2, 3], 0, [1], True), ScheduledSeq("b", [4], 2, [2], True)]
+    meta = StepInputBuilder(PAGE, torch.device("cpu")).build(ScheduledBatch(seqs)).meta
+    assert meta.parts is None  # the prompt comes first: nothing leads with one token
+    decode, prefill = Recording(TorchMLABackend()), Recording(TorchMLABackend())
+    cache = torch.zeros(3 * PAGE, RANK + ROPE)
+    kv_b = torch.randn(H, NOPE + V, RANK)
+    weights = MLAWeights(w_uk=kv_b[:, :NOPE], w_uv=kv_b[:, NOPE:])
+    args = (torch.randn(4, H, NOPE), torch.randn(4, H, ROPE), torch.randn(4, RANK))
+    SplitAttention(decode, prefill).forward(*args, torch.randn(4, ROPE), cache, weights, meta, 0.3)
+    assert decode.calls == [] and len(prefill.calls) == 1

@@ -127,4 +127,9 @@ def test_scheduling_and_graph_flags_reach_the_config() -> None:
     lightllm = parse_args([*BASE, "--router_max_wait_tokens", "9"])
     assert lightllm.engine.max_wait_steps == 9
     defaults = parse_args(BASE)
-    assert defaults.engine.max_wait_steps == 6 and defaults.engine.segment_graph_max_tokens == 0
+    assert defaults.engine.max_wait_steps == 6
+    assert defaults.engine.segment_graph_max_tokens == 8192  # the step token budget
+    budget = parse_args([*BASE, "--max-num-batched-tokens", "2048"])
+    assert budget.engine.segment_graph_max_tokens == 2048
+    off = parse_args([*BASE, "--segment-graph-max-tokens", "0"])
+    assert off.engine.segment_graph_max_tokens == 0

@@ -99,7 +99,7 @@ def build(args: WorkerArgs) -> tuple[Engine, Ready]:
         disable_cuda_graph=cfg.disable_cuda_graph,
         max_req_total_len=cfg.max_req_total_len,
         warmup_tokens=cfg.max_num_batched_tokens or cfg.chunked_prefill_size,
-        segment_graph_max_tokens=0 if cfg.disable_cuda_graph else cfg.segment_graph_max_tokens,
+        segment_graph_max_tokens=0 if cfg.disable_cuda_graph else cfg.segment_graph_max_tokens or 0,
     )
     eos = eos_token_ids(model_dir, model_cfg)
     engine = Engine(cfg, runner, Sampler(seed=cfg.seed), eos)

@@ -114,9 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
         p,
         ["--segment-graph-max-tokens", "--segment_graph_max_tokens"],
         type=int,
-        default=0,
-        help="capture steps with prompt tokens, up to this many tokens, as CUDA graphs between "
-        "the attention calls (0: run them eagerly)",
+        default=None,
+        help="capture steps that decode graphs do not serve (prompt tokens, larger batches), up "
+        "to this many tokens, as CUDA graphs between the attention calls (default: the step "
+        "token budget; 0: run them eagerly)",
     )
     _flag(p, ["--mtp-step", "--mtp_step"], type=int, default=0, help="MTP draft tokens per step")
     _flag(p, ["--mtp-mode", "--mtp_mode"], default="vanilla_with_att", choices=MTP_MODE_CHOICES)

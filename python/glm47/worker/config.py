@@ -58,9 +58,10 @@ class EngineConfig:
     decode_att_backend: str = "auto"  # attention for all-decode steps; ATTENTION_BACKEND_CHOICES
     graph_max_batch_size: int = 512  # largest decode batch captured in a CUDA graph
     disable_cuda_graph: bool = False  # run decode eagerly
-    # Steps the decode graphs do not serve (prompt tokens), up to this many tokens, as CUDA graphs
-    # between the attention calls (segment_graph.py). 0: such steps run eagerly.
-    segment_graph_max_tokens: int = 0
+    # Steps the decode graphs do not serve (prompt tokens, decode batches above the largest
+    # graph), up to this many tokens, as CUDA graphs between the attention calls
+    # (segment_graph.py). None: the step's token budget; 0: such steps run eagerly.
+    segment_graph_max_tokens: int | None = None
     # Speculative decoding with the model's MTP layer.
     mtp_step: int = 0  # draft tokens proposed per step; 0 disables speculation
     mtp_mode: str = "vanilla_with_att"  # one of MTP_MODE_CHOICES
@@ -69,6 +70,8 @@ class EngineConfig:
     def __post_init__(self) -> None:
         if self.max_num_batched_tokens is None:
             object.__setattr__(self, "max_num_batched_tokens", self.chunked_prefill_size)
+        if self.segment_graph_max_tokens is None:
+            object.__setattr__(self, "segment_graph_max_tokens", self.max_num_batched_tokens)
         self._validate()
 
     def _validate(self) -> None:
@@ -88,8 +91,8 @@ class EngineConfig:
         _check(0.0 < self.mem_fraction <= 1.0, "mem_fraction must be in (0, 1]")
         _check(self.chunked_prefill_size >= 1, "chunked_prefill_size must be >= 1")
         _check(self.max_wait_steps >= 1, "max_wait_steps must be >= 1")
+        assert self.max_num_batched_tokens is not None and self.segment_graph_max_tokens is not None
         _check(self.segment_graph_max_tokens >= 0, "segment_graph_max_tokens must be >= 0")
-        assert self.max_num_batched_tokens is not None
         _check(self.max_num_batched_tokens >= 1, "max_num_batched_tokens must be >= 1")
         _check(
             self.max_req_total_len is None or self.max_req_total_len >= 2,

@@ -29,7 +29,7 @@ BASELINE_BUDGET_S=${BASELINE_BUDGET_S:-60}
 MODEL_BENCH=${MODEL_BENCH:-0}
 BENCH_LIMIT_S=${BENCH_LIMIT_S:-480}
 SERVE_FLAGS=${SERVE_FLAGS:-"--load-format dummy --chunked-prefill-size 8192 --graph-max-batch-size 512 \
---max-running-requests 512 --tool-call-parser glm47 --reasoning-parser glm45"}
+--max-running-requests 1024 --tool-call-parser glm47 --reasoning-parser glm45"}
 export PYTHONUNBUFFERED=1
 
 if ls .whl/*.whl >/dev/null 2>&1; then
@@ -43,7 +43,8 @@ fi
 pack() { tar -czf "$OUT/results.tar.gz" -C "$OUT" results; }
 trap pack EXIT
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$RES/gpu.txt"
-git rev-parse HEAD 2>/dev/null | tee "$RES/commit.txt"
+# "-dirty" when the tree differs from that commit (a copied tree may carry an older .git)
+git describe --always --dirty 2>/dev/null | tee "$RES/commit.txt"
 
 if [ -n "${GPU_TESTS:-}" ]; then  # a pytest -k expression over tests/gpu, run before serving
   timeout -k 10 150 python3 -m pytest -q -s -rA -p no:cacheprovider tests/gpu -k "$GPU_TESTS" \

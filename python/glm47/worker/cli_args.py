@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(p, ["--chunked-prefill-size", "--chunked_prefill_size"], type=int, default=8192)
     _flag(p, ["--max-num-batched-tokens", "--max_num_batched_tokens"], type=int, default=None)
     _flag(p, ["--max-req-total-len", "--max_req_total_len"], type=int, default=None)
-    _flag(p, ["--max-running-requests", "--max_running_requests"], type=int, default=512)
+    _flag(p, ["--max-running-requests", "--max_running_requests"], type=int, default=1024)
     _flag(p, ["--max-waiting-requests", "--max_waiting_requests"], type=int, default=4096)
     _flag(
         p,

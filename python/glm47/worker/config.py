@@ -40,7 +40,7 @@ class EngineConfig:
     max_req_total_len: int | None = (
         None  # prompt + output limit; None: model max_position_embeddings
     )
-    max_running_requests: int = 512  # requests in the running batch at most
+    max_running_requests: int = 1024  # requests in the running batch at most
     max_waiting_requests: int = 4096  # queued requests at most; more are rejected with queue_full
     # While requests are decoding, new ones are admitted at most once per this many steps: a step
     # with prompt tokens cannot replay a decode CUDA graph, so admissions are batched (LightLLM's

@@ -53,3 +53,17 @@ async fn bind_reports_a_port_in_use() {
         .unwrap_err();
     assert!(err.to_string().contains("cannot listen on"), "{err}");
 }
+
+#[tokio::test]
+async fn accepted_connections_send_small_writes_at_once() {
+    let listener = glm47_router::http::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut accepted, _) = listener.accept().await.unwrap();
+    assert!(
+        !accepted.nodelay().unwrap(),
+        "a fresh socket has Nagle's algorithm on"
+    );
+    glm47_router::http::tune_accepted(&mut accepted);
+    assert!(accepted.nodelay().unwrap());
+}

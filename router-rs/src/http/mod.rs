@@ -22,6 +22,7 @@ use axum::http::{header, Method, StatusCode, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::serve::ListenerExt;
 use axum::{Json, Router};
 use serde_json::json;
 
@@ -142,6 +143,15 @@ fn bind_one(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListen
     socket.listen(LISTEN_BACKLOG)
 }
 
+/// Socket options of every accepted connection: no Nagle delay, since a token stream is a run of
+/// small writes, each of which the client is waiting for (with Nagle on, a write waits for the
+/// acknowledgement of the previous one, which the client may hold back for tens of milliseconds).
+pub fn tune_accepted(stream: &mut tokio::net::TcpStream) {
+    if let Err(e) = stream.set_nodelay(true) {
+        tracing::debug!("cannot set TCP_NODELAY on an accepted connection: {e}");
+    }
+}
+
 /// [`serve`] on an already bound listener (tests bind port 0 and read the port first).
 pub async fn serve_on(
     config: RouterConfig,
@@ -167,7 +177,7 @@ pub async fn serve_on(
         options: HttpOptions::from_config(&config),
     });
     tracing::info!("listening on {}", listener.local_addr()?);
-    let served = axum::serve(listener, router(state))
+    let served = axum::serve(listener.tap_io(tune_accepted), router(state))
         .with_graceful_shutdown(shutdown)
         .await;
     dispatcher.shutdown();

@@ -56,6 +56,34 @@ def test_mla_decode_matches_reference(
     ref = mla_decode_ref(q.double(), cache.double(), table, seq_lens, page_size, scale, d_rope)
     assert out.shape == (len(lens), heads, d_lat)
     assert rel_err(out, ref) < 1e-2
+    q_lat, q_pe = query_parts(q, d_lat)
+    apart = mla_decode(
+        q_lat, cache, table, seq_lens, page_size, scale, d_rope=d_rope, num_splits=num_splits,
+        q_rope=q_pe,
+    )  # fmt: skip
+    torch.testing.assert_close(apart, out, rtol=0, atol=0)
+
+
+def query_parts(q: torch.Tensor, d_lat: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The query as the attention backend hands it over: the latent part a head-major [H, T, .]
+    product seen token-major, the rope part a strided slice of a wider tensor."""
+    q_lat = q[..., :d_lat].transpose(0, 1).contiguous().transpose(0, 1)  # [T, H, D_LAT]
+    wide = torch.zeros((*q.shape[:-1], 2 * q.shape[-1]), dtype=q.dtype, device=q.device)
+    wide[..., 3 : 3 + q.shape[-1] - d_lat] = q[..., d_lat:]
+    q_pe = wide[..., 3 : 3 + q.shape[-1] - d_lat]
+    assert not q_lat.is_contiguous() and not q_pe.is_contiguous()
+    return q_lat, q_pe
+
+
+def test_query_parts_must_match_in_shape_and_dtype(device: str) -> None:
+    q = torch.randn((2, 3, 32), device=device)
+    cache = torch.randn((8, 48), device=device)
+    table = torch.ones((2, 1), dtype=torch.int32, device=device)
+    lens = torch.ones(2, dtype=torch.int32, device=device)
+    with pytest.raises(ValueError, match="q_rope must be"):
+        mla_decode(q, cache, table, lens, 8, 0.1, d_rope=16, q_rope=torch.randn(2, 3, 8))
+    with pytest.raises(ValueError, match="dtype"):
+        mla_decode(q, cache, table, lens, 8, 0.1, d_rope=16, q_rope=torch.randn(2, 3, 16).half())
 
 
 def test_mla_decode_rejects_mismatched_dtype(device: str) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from kernel_utils import ON_GPU, rel_err
-from test_mla_decode import make_paged_cache
+from test_mla_decode import make_paged_cache, query_parts
 
 from glm47.kernels.mla_prefill import mla_prefill, mla_prefill_ref
 
@@ -51,6 +51,12 @@ def test_mla_prefill_matches_reference(
     )
     assert out.shape == (sum(new), heads, d_lat)
     assert rel_err(out, ref) < 1e-2
+    q_lat, q_pe = query_parts(q, d_lat)
+    apart = mla_prefill(
+        q_lat, cache, table, qsl, seq_lens, max(new), page_size, scale, d_rope=d_rope,
+        block_m=block_m, q_rope=q_pe,
+    )  # fmt: skip
+    torch.testing.assert_close(apart, out, rtol=0, atol=0)
 
 
 def test_mla_prefill_first_token_sees_only_itself(device: str, dtype: torch.dtype) -> None:

@@ -18,7 +18,8 @@ LOG2E = 1.4426950408889634  # softmax runs in exp2: scores are pre-scaled by log
 
 @triton.jit
 def _mla_decode_split_kernel(
-    q_ptr,  # [B, H, D_LAT + D_ROPE]
+    q_ptr,  # [B, H, D_LAT] (any strides, contiguous last dimension)
+    qr_ptr,  # [B, H, D_ROPE] the roped part of the query
     kv_ptr,  # [num_slots, >= D_LAT + D_ROPE]
     page_table_ptr,  # [B, max_pages] int32
     seq_lens_ptr,  # [B] int32
@@ -26,6 +27,8 @@ def _mla_decode_split_kernel(
     part_lse_ptr,  # [B, num_splits, H] fp32, log2 units
     stride_qb,
     stride_qh,
+    stride_qrb,
+    stride_qrh,
     stride_kv,
     stride_pt,
     stride_pob,
@@ -55,7 +58,8 @@ def _mla_decode_split_kernel(
     mask_h = offs_h < num_heads
     q_row = q_ptr + b * stride_qb + offs_h[:, None] * stride_qh
     q_lat = tl.load(q_row + offs_c[None, :], mask=mask_h[:, None], other=0.0)  # [BLOCK_H, D_LAT]
-    q_rope = tl.load(q_row + D_LAT + offs_r[None, :], mask=mask_h[:, None], other=0.0)
+    qr_row = qr_ptr + b * stride_qrb + offs_h[:, None] * stride_qrh
+    q_rope = tl.load(qr_row + offs_r[None, :], mask=mask_h[:, None], other=0.0)
 
     m_i = tl.full([BLOCK_H], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_H], dtype=tl.float32)
@@ -124,16 +128,31 @@ def _mla_decode_merge_kernel(
     tl.store(out_ptr + b * stride_ob + h * stride_oh + offs_c, out.to(out_ptr.dtype.element_ty))
 
 
-def check_q_and_cache(q: torch.Tensor, kv_cache: torch.Tensor) -> None:
-    """The checks shared by the MLA launchers: q is [..., W], kv_cache [slots, >= W], both with
-    a contiguous last dimension and one dtype."""
-    width = q.shape[-1]
+def check_q_and_cache(q: torch.Tensor, kv_cache: torch.Tensor, width: int) -> None:
+    """The checks shared by the MLA launchers: the query is W wide, kv_cache [slots, >= W], both
+    with a contiguous last dimension and one dtype."""
     if kv_cache.dim() != 2 or kv_cache.shape[1] < width:
         raise ValueError(f"kv_cache must be [slots, >= {width}], got {tuple(kv_cache.shape)}")
     if kv_cache.stride(1) != 1 or q.stride(-1) != 1:
         raise ValueError("q and kv_cache need a contiguous last dimension")
     if q.dtype != kv_cache.dtype:
         raise ValueError(f"q dtype {q.dtype} != kv_cache dtype {kv_cache.dtype}")
+
+
+def split_query(
+    q: torch.Tensor, q_rope: torch.Tensor | None, d_rope: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(latent part [.., H, D_LAT], rope part [.., H, D_ROPE]) of the query: views of one
+    `[.., H, D_LAT + D_ROPE]` tensor, or `q` and `q_rope` given apart (then no concatenation is
+    needed before the launch). Both need a contiguous last dimension and q's dtype."""
+    if q_rope is None:
+        d_lat = q.shape[-1] - d_rope
+        return q[..., :d_lat], q[..., d_lat:]
+    if q_rope.shape[:-1] != q.shape[:-1] or q_rope.shape[-1] != d_rope:
+        raise ValueError(f"q_rope must be {(*q.shape[:-1], d_rope)}, got {tuple(q_rope.shape)}")
+    if q_rope.stride(-1) != 1 or q_rope.dtype != q.dtype:
+        raise ValueError("q_rope needs a contiguous last dimension and the dtype of q")
+    return q, q_rope
 
 
 def default_launch(batch: int) -> tuple[int, int, int]:
@@ -158,7 +177,7 @@ def default_num_splits(batch: int, num_sms: int = 132, max_seq_len: int | None =
 
 
 def mla_decode(
-    q: torch.Tensor,  # [B, H, D_LAT + D_ROPE]
+    q: torch.Tensor,  # [B, H, D_LAT + D_ROPE], or [B, H, D_LAT] with q_rope
     kv_cache: torch.Tensor,  # [num_slots, D_LAT + D_ROPE]
     page_table: torch.Tensor,  # [B, max_pages] int32
     seq_lens: torch.Tensor,  # [B] int32, >= 1
@@ -169,18 +188,19 @@ def mla_decode(
     block_n: int | None = None,
     num_warps: int | None = None,
     num_stages: int | None = None,
+    q_rope: torch.Tensor | None = None,  # [B, H, D_ROPE]: the roped part, when q holds D_LAT
 ) -> torch.Tensor:  # [B, H, D_LAT]
     """Attention of one query token per sequence over its cached latents (values = first D_LAT).
 
     Launch settings left as None take `default_launch(B)`.
     """
-    b, h, width = q.shape
+    q_lat, q_pe = split_query(q, q_rope, d_rope)
+    b, h, d_lat = q_lat.shape
     auto_n, auto_warps, auto_stages = default_launch(b)
     block_n = block_n or auto_n
     num_warps = num_warps or auto_warps
     num_stages = num_stages or auto_stages
-    d_lat = width - d_rope
-    check_q_and_cache(q, kv_cache)
+    check_q_and_cache(q_lat, kv_cache, d_lat + d_rope)
     if page_table.dtype != torch.int32 or seq_lens.dtype != torch.int32:
         raise ValueError("page_table and seq_lens must be int32")
     if page_table.shape[0] != b or seq_lens.shape != (b,):
@@ -193,18 +213,19 @@ def mla_decode(
     if not 1 <= num_splits <= 64:
         raise ValueError(f"num_splits must be in [1, 64], got {num_splits}")
     block_h = max(16, triton.next_power_of_2(h))
-    part_out = torch.empty((b, num_splits, h, d_lat), dtype=torch.float32, device=q.device)
-    part_lse = torch.empty((b, num_splits, h), dtype=torch.float32, device=q.device)
+    part_out = torch.empty((b, num_splits, h, d_lat), dtype=torch.float32, device=q_lat.device)
+    part_lse = torch.empty((b, num_splits, h), dtype=torch.float32, device=q_lat.device)
     _mla_decode_split_kernel[(b, num_splits)](
-        q, kv_cache, page_table, seq_lens, part_out, part_lse,
-        q.stride(0), q.stride(1), kv_cache.stride(0), page_table.stride(0),
+        q_lat, q_pe, kv_cache, page_table, seq_lens, part_out, part_lse,
+        q_lat.stride(0), q_lat.stride(1), q_pe.stride(0), q_pe.stride(1),
+        kv_cache.stride(0), page_table.stride(0),
         part_out.stride(0), part_out.stride(1), part_out.stride(2),
         part_lse.stride(0), part_lse.stride(1),
         h, num_splits, scale * LOG2E,
         PAGE_SIZE=page_size, D_LAT=d_lat, D_ROPE=d_rope, BLOCK_H=block_h, BLOCK_N=block_n,
         num_warps=num_warps, num_stages=num_stages,
     )  # fmt: skip
-    out = torch.empty((b, h, d_lat), dtype=q.dtype, device=q.device)
+    out = torch.empty((b, h, d_lat), dtype=q_lat.dtype, device=q_lat.device)
     _mla_decode_merge_kernel[(b, h)](
         part_out, part_lse, out,
         part_out.stride(0), part_out.stride(1), part_out.stride(2),
@@ -266,4 +287,5 @@ __all__ = [
     "gather_latents",
     "mla_decode",
     "mla_decode_ref",
+    "split_query",
 ]

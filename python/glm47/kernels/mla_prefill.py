@@ -13,12 +13,13 @@ import torch
 import triton
 import triton.language as tl
 
-from glm47.kernels.mla_decode import LOG2E, check_q_and_cache, gather_latents
+from glm47.kernels.mla_decode import LOG2E, check_q_and_cache, gather_latents, split_query
 
 
 @triton.jit
 def _mla_prefill_kernel(
-    q_ptr,  # [T, H, D_LAT + D_ROPE]
+    q_ptr,  # [T, H, D_LAT] (any strides, contiguous last dimension)
+    qr_ptr,  # [T, H, D_ROPE] the roped part of the query
     kv_ptr,  # [num_slots, >= D_LAT + D_ROPE]
     page_table_ptr,  # [B, max_pages] int32
     query_start_loc_ptr,  # [B + 1] int32
@@ -26,6 +27,8 @@ def _mla_prefill_kernel(
     out_ptr,  # [T, H, D_LAT]
     stride_qt,
     stride_qh,
+    stride_qrt,
+    stride_qrh,
     stride_kv,
     stride_pt,
     stride_ot,
@@ -54,9 +57,11 @@ def _mla_prefill_kernel(
     q_pos = prefix + tok  # [BLOCK_M]
     offs_c = tl.arange(0, D_LAT)
     offs_r = tl.arange(0, D_ROPE)
-    q_row = q_ptr + (q_start + tok)[:, None].to(tl.int64) * stride_qt + head[:, None] * stride_qh
+    q_tok = (q_start + tok)[:, None].to(tl.int64)
+    q_row = q_ptr + q_tok * stride_qt + head[:, None] * stride_qh
     q_lat = tl.load(q_row + offs_c[None, :], mask=valid[:, None], other=0.0)  # [BLOCK_M, D_LAT]
-    q_rope = tl.load(q_row + D_LAT + offs_r[None, :], mask=valid[:, None], other=0.0)
+    qr_row = qr_ptr + q_tok * stride_qrt + head[:, None] * stride_qrh
+    q_rope = tl.load(qr_row + offs_r[None, :], mask=valid[:, None], other=0.0)
 
     last_tok = tl.minimum((mblk * BLOCK_M + BLOCK_M - 1) // num_heads, q_len - 1)
     end = prefix + last_tok + 1  # keys past the block's last query are masked for every row
@@ -87,7 +92,7 @@ def _mla_prefill_kernel(
 
 
 def mla_prefill(
-    q: torch.Tensor,  # [T, H, D_LAT + D_ROPE]
+    q: torch.Tensor,  # [T, H, D_LAT + D_ROPE], or [T, H, D_LAT] with q_rope
     kv_cache: torch.Tensor,  # [num_slots, D_LAT + D_ROPE], new tokens' latents already written
     page_table: torch.Tensor,  # [B, max_pages] int32
     query_start_loc: torch.Tensor,  # [B + 1] int32
@@ -100,12 +105,13 @@ def mla_prefill(
     block_n: int = 64,
     num_warps: int = 8,
     num_stages: int = 3,
+    q_rope: torch.Tensor | None = None,  # [T, H, D_ROPE]: the roped part, when q holds D_LAT
 ) -> torch.Tensor:  # [T, H, D_LAT]
     """Causal attention of every new token over its sequence's cached prefix and new tokens."""
-    t, h, width = q.shape
-    d_lat = width - d_rope
+    q_lat, q_pe = split_query(q, q_rope, d_rope)
+    t, h, d_lat = q_lat.shape
     b = seq_lens.shape[0]
-    check_q_and_cache(q, kv_cache)
+    check_q_and_cache(q_lat, kv_cache, d_lat + d_rope)
     for name, ten in (("page_table", page_table), ("query_start_loc", query_start_loc)):
         if ten.dtype != torch.int32:
             raise ValueError(f"{name} must be int32")
@@ -115,13 +121,14 @@ def mla_prefill(
         raise ValueError("page_table needs one row per sequence")
     if page_size < 1 or page_size & (page_size - 1):
         raise ValueError(f"page_size must be a power of two, got {page_size}")
-    out = torch.empty((t, h, d_lat), dtype=q.dtype, device=q.device)
+    out = torch.empty((t, h, d_lat), dtype=q_lat.dtype, device=q_lat.device)
     if t == 0:
         return out
     grid = (triton.cdiv(max_query_len * h, block_m), b)
     _mla_prefill_kernel[grid](
-        q, kv_cache, page_table, query_start_loc, seq_lens, out,
-        q.stride(0), q.stride(1), kv_cache.stride(0), page_table.stride(0),
+        q_lat, q_pe, kv_cache, page_table, query_start_loc, seq_lens, out,
+        q_lat.stride(0), q_lat.stride(1), q_pe.stride(0), q_pe.stride(1),
+        kv_cache.stride(0), page_table.stride(0),
         out.stride(0), out.stride(1), h, scale * LOG2E,
         PAGE_SIZE=page_size, D_LAT=d_lat, D_ROPE=d_rope, BLOCK_M=block_m, BLOCK_N=block_n,
         num_warps=num_warps, num_stages=num_stages,

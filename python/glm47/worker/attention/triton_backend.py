@@ -44,18 +44,22 @@ class TritonMLABackend:
         dtype = kv_cache.dtype
         rope_dim = k_rope.shape[-1]
         write_kv(kv_cache, latent.to(dtype), k_rope.to(dtype), meta.slot_mapping)
-        q_lat = torch.bmm(q_nope.transpose(0, 1), weights.w_uk)  # [H, T, kv_lora_rank]
-        q = torch.cat([q_lat.transpose(0, 1), q_rope], dim=-1).to(dtype)  # [T, H, rank + rope]
+        # The kernels read the latent and rope parts of the query from two tensors, so the
+        # [T, H, rank] view of the absorbed product is never copied into a concatenation.
+        q_lat = torch.bmm(q_nope.transpose(0, 1), weights.w_uk).transpose(0, 1)  # [T, H, rank]
+        q_lat, q_pe = q_lat.to(dtype), q_rope.to(dtype)
+        if q_pe.stride(-1) != 1:
+            q_pe = q_pe.contiguous()
         if meta.is_decode:
-            splits = default_num_splits(q.shape[0], self._sm_count(q.device))
+            splits = default_num_splits(q_lat.shape[0], self._sm_count(q_lat.device))
             att = mla_decode(
-                q, kv_cache, meta.page_table, meta.seq_lens, meta.page_size, scale,
-                d_rope=rope_dim, num_splits=splits,
+                q_lat, kv_cache, meta.page_table, meta.seq_lens, meta.page_size, scale,
+                d_rope=rope_dim, num_splits=splits, q_rope=q_pe,
             )  # fmt: skip
         else:
             att = mla_prefill(
-                q, kv_cache, meta.page_table, meta.query_start_loc, meta.seq_lens,
-                meta.max_query_len, meta.page_size, scale, d_rope=rope_dim,
+                q_lat, kv_cache, meta.page_table, meta.query_start_loc, meta.seq_lens,
+                meta.max_query_len, meta.page_size, scale, d_rope=rope_dim, q_rope=q_pe,
             )  # fmt: skip
         out = torch.bmm(att.to(weights.w_uv.dtype).transpose(0, 1), weights.w_uv.transpose(1, 2))
         return out.transpose(0, 1).to(q_nope.dtype)  # [T, H, v_head_dim]

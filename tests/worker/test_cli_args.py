@@ -133,3 +133,10 @@ def test_scheduling_and_graph_flags_reach_the_config() -> None:
     assert budget.engine.segment_graph_max_tokens == 2048
     off = parse_args([*BASE, "--segment-graph-max-tokens", "0"])
     assert off.engine.segment_graph_max_tokens == 0
+
+
+def test_log_stats_flags() -> None:
+    assert parse_args(BASE).engine.log_stats_interval == 5.0
+    assert parse_args([*BASE, "--log-stats-interval", "2.5"]).engine.log_stats_interval == 2.5
+    assert parse_args([*BASE, "--disable-log-stats"]).engine.log_stats_interval == 0.0
+    assert parse_args([*BASE, "--log_stats_interval", "1"]).engine.log_stats_interval == 1.0

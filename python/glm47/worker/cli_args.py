@@ -93,6 +93,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _flag(
         p,
+        ["--log-stats-interval", "--log_stats_interval"],
+        type=float,
+        default=5.0,
+        help="seconds between the engine's summary lines (step times, throughput, batch, KV)",
+    )
+    _flag(
+        p,
+        ["--disable-log-stats", "--disable_log_stats"],
+        action="store_true",
+        help="no periodic engine summary in the log",
+    )
+    _flag(
+        p,
         ["--disable-prefix-cache", "--disable_prefix_cache"],
         action="store_true",
         help="no KV sharing between requests with a common prefix",
@@ -155,6 +168,7 @@ def parse_args(argv: list[str]) -> WorkerArgs:
             max_waiting_requests=ns.max_waiting_requests,
             max_wait_steps=ns.max_wait_steps,
             enable_prefix_cache=not ns.disable_prefix_cache,
+            log_stats_interval=0.0 if ns.disable_log_stats else ns.log_stats_interval,
             prefill_att_backend=ns.prefill_att_backend,
             decode_att_backend=ns.decode_att_backend,
             graph_max_batch_size=ns.graph_max_batch_size,

@@ -48,6 +48,9 @@ class EngineConfig:
     # admit whenever there is room.
     max_wait_steps: int = 6
     enable_prefix_cache: bool = True  # share KV pages of common prompt prefixes (radix cache)
+    # Seconds between the engine's summary lines in the log (steps, step times, throughput, batch
+    # and KV state) while it works; 0: none.
+    log_stats_interval: float = 5.0
     # Admission keeps KV room for running requests to grow: this share of their remaining output
     # budget (see engine/admission.py; decays while nothing is preempted). 0: known tokens only.
     reserve_output_ratio: float = 0.7
@@ -91,6 +94,7 @@ class EngineConfig:
         _check(0.0 < self.mem_fraction <= 1.0, "mem_fraction must be in (0, 1]")
         _check(self.chunked_prefill_size >= 1, "chunked_prefill_size must be >= 1")
         _check(self.max_wait_steps >= 1, "max_wait_steps must be >= 1")
+        _check(self.log_stats_interval >= 0, "log_stats_interval must be >= 0")
         assert self.max_num_batched_tokens is not None and self.segment_graph_max_tokens is not None
         _check(self.segment_graph_max_tokens >= 0, "segment_graph_max_tokens must be >= 0")
         _check(self.max_num_batched_tokens >= 1, "max_num_batched_tokens must be >= 1")

@@ -7,6 +7,8 @@ from one thread; nothing here is thread-safe or blocking besides the runner.
 
 from __future__ import annotations
 
+import logging
+import time
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -18,6 +20,9 @@ from glm47.worker.engine.page_pool import PagePool
 from glm47.worker.engine.prefix_cache import PrefixCache
 from glm47.worker.engine.request import FinishReason, Request, RequestState
 from glm47.worker.engine.scheduler import Scheduler
+from glm47.worker.engine.step_log import StepLog, prompt_tokens_of
+
+log = logging.getLogger(__name__)
 
 
 class Runner(Protocol):
@@ -68,6 +73,7 @@ class Engine:
         self._pending: list[StepOutput] = []  # abort outputs for the next step
         self.spec_drafted = 0  # cumulative draft tokens proposed
         self.spec_accepted = 0  # cumulative draft tokens accepted
+        self.step_log = StepLog(config.log_stats_interval)
 
     # -- requests in --------------------------------------------------------------------------
 
@@ -118,6 +124,7 @@ class Engine:
     def step(self) -> list[StepOutput]:
         """Run one engine step; returns every request's news (possibly none)."""
         outputs, self._pending = self._pending, []
+        start = time.perf_counter()
         batch = self.scheduler.schedule()
         if batch.seqs:
             result = self.runner.run(batch, self.sampler)
@@ -127,6 +134,12 @@ class Engine:
             )
             finished = self._apply_samples(result.samples, outputs)
             self.scheduler.finish(finished)
+            self.step_log.record(
+                time.perf_counter() - start, prompt_tokens_of(batch), len(result.samples)
+            )
+        line = self.step_log.report(self.stats())
+        if line is not None:
+            log.info("%s", line)
         if not self.has_work():
             self.check_accounting()
         return outputs

@@ -1,0 +1,72 @@
+"""A periodic one-line summary of the engine's steps, for the worker's log.
+
+Every `interval_s` seconds in which steps ran, one line: how many steps, their mean and longest
+wall time, prompt and generation throughput, and the batch and KV state at the end of the period.
+The longest step is what shows a stall (a compilation, a slow admission step) that averages hide.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from glm47.worker.batch import ScheduledBatch
+
+
+def prompt_tokens_of(batch: ScheduledBatch) -> int:
+    """Tokens of the batch that are prompt tokens (the rest are outputs fed back to decode)."""
+    total = 0
+    for seq in batch.seqs:
+        end = seq.start_pos + len(seq.token_ids)
+        total += max(0, min(end, len(seq.prompt_ids)) - seq.start_pos)
+    return total
+
+
+@dataclass
+class StepLog:
+    """Accumulates step timings; `report` returns the period's line once it is due."""
+
+    interval_s: float  # 0: never report
+    clock: Callable[[], float] = time.monotonic
+    _start: float = field(init=False)
+    _steps: int = field(default=0, init=False)
+    _seconds: float = field(default=0.0, init=False)
+    _longest: float = field(default=0.0, init=False)
+    _prompt: int = field(default=0, init=False)
+    _generated: int = field(default=0, init=False)
+
+    def __post_init__(self) -> None:
+        if self.interval_s < 0:
+            raise ValueError(f"the stats interval must be >= 0 seconds, got {self.interval_s}")
+        self._start = self.clock()
+
+    def record(self, seconds: float, prompt_tokens: int, generated_tokens: int) -> None:
+        """One step: its wall time, prompt tokens computed, tokens sampled."""
+        if self._steps == 0 and self.clock() - self._start > self.interval_s:
+            self._start = self.clock() - seconds  # an idle stretch does not dilute the rates
+        self._steps += 1
+        self._seconds += seconds
+        self._longest = max(self._longest, seconds)
+        self._prompt += prompt_tokens
+        self._generated += generated_tokens
+
+    def report(self, stats: dict[str, int]) -> str | None:
+        """The line for the period just ended, if `interval_s` has passed and steps ran; the
+        period then starts again. `stats` is the engine's wire stats map."""
+        now = self.clock()
+        elapsed = now - self._start
+        if self.interval_s == 0 or self._steps == 0 or elapsed < self.interval_s:
+            return None
+        total = max(1, stats.get("kv_pages_total", 0))
+        line = (
+            f"{self._steps} steps in {elapsed:.1f} s (mean {1e3 * self._seconds / self._steps:.1f}"
+            f" ms, longest {1e3 * self._longest:.1f} ms); prompt {self._prompt / elapsed:.0f}"
+            f" tok/s, generation {self._generated / elapsed:.0f} tok/s; running"
+            f" {stats.get('running', 0)}, waiting {stats.get('waiting', 0)}, KV"
+            f" {100 * stats.get('kv_pages_used', 0) / total:.1f}% used"
+        )
+        self._start = now
+        self._steps = self._prompt = self._generated = 0
+        self._seconds = self._longest = 0.0
+        return line

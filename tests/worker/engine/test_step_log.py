@@ -1,0 +1,92 @@
+"""The engine's periodic summary line: step counts and times, throughput, batch and KV state."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from glm47.worker.batch import ScheduledBatch, ScheduledSeq
+from glm47.worker.engine.step_log import StepLog, prompt_tokens_of
+from tests.worker.engine.engine_fakes import MakeHarness
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+STATS = {"running": 7, "waiting": 3, "kv_pages_used": 25, "kv_pages_total": 100}
+
+
+def test_a_line_per_period_with_the_longest_step() -> None:
+    clock = Clock()
+    steps = StepLog(5.0, clock=clock)
+    steps.record(0.040, prompt_tokens=1000, generated_tokens=10)
+    steps.record(0.800, prompt_tokens=0, generated_tokens=10)
+    clock.now += 2.0
+    assert steps.report(STATS) is None  # not due yet
+    steps.record(0.060, prompt_tokens=0, generated_tokens=10)
+    clock.now += 3.0
+    line = steps.report(STATS)
+    assert line == (
+        "3 steps in 5.0 s (mean 300.0 ms, longest 800.0 ms); prompt 200 tok/s, generation 6 "
+        "tok/s; running 7, waiting 3, KV 25.0% used"
+    )
+    clock.now += 10.0
+    assert steps.report(STATS) is None  # no steps in the new period: nothing to say
+
+
+def test_an_idle_stretch_does_not_dilute_the_next_period() -> None:
+    clock = Clock()
+    steps = StepLog(5.0, clock=clock)
+    clock.now += 60.0  # idle
+    steps.record(0.5, prompt_tokens=500, generated_tokens=5)  # the period starts as it started
+    clock.now += 4.0
+    assert steps.report(STATS) is None
+    clock.now += 0.5
+    line = steps.report(STATS)
+    assert line is not None and line.startswith("1 steps in 5.0 s") and "prompt 100 tok/s" in line
+
+
+def test_interval_zero_never_reports_and_negative_is_refused() -> None:
+    clock = Clock()
+    steps = StepLog(0.0, clock=clock)
+    steps.record(0.1, 1, 1)
+    clock.now += 100
+    assert steps.report(STATS) is None
+    with pytest.raises(ValueError, match=">= 0"):
+        StepLog(-1.0)
+
+
+def test_prompt_tokens_count_only_the_prompt_part() -> None:
+    prompt = list(range(10))
+    batch = ScheduledBatch(
+        [
+            ScheduledSeq("chunk", prompt[4:8], 4, [1], True, prompt_ids=prompt),  # 4 prompt
+            ScheduledSeq("last", prompt[8:], 8, [2], True, prompt_ids=prompt),  # 2 prompt
+            ScheduledSeq("decode", [77], 12, [3], True, prompt_ids=prompt),  # an output fed back
+            # recomputed after preemption: 2 prompt tokens, then 3 outputs
+            ScheduledSeq("again", [*prompt[8:], 5, 6, 7], 8, [4], True, prompt_ids=prompt),
+        ]
+    )
+    assert prompt_tokens_of(batch) == 4 + 2 + 0 + 2
+
+
+def test_the_engine_logs_its_summary_while_it_works(
+    make_harness: MakeHarness, caplog: pytest.LogCaptureFixture
+) -> None:
+    h = make_harness(num_pages=64, page_size=4)
+    clock = Clock()
+    h.engine.step_log = StepLog(1.0, clock=clock)
+    h.add("a", [3, 4, 5], max_new_tokens=6)
+    with caplog.at_level(logging.INFO, logger="glm47.worker.engine.engine"):
+        h.engine.step()
+        clock.now += 1.5
+        h.engine.step()
+    lines = [r.getMessage() for r in caplog.records if " steps in " in r.getMessage()]
+    assert len(lines) == 1
+    assert lines[0].startswith("2 steps in 1.5 s") and "running 1, waiting 0" in lines[0]

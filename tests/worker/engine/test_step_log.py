@@ -90,3 +90,19 @@ def test_the_engine_logs_its_summary_while_it_works(
     lines = [r.getMessage() for r in caplog.records if " steps in " in r.getMessage()]
     assert len(lines) == 1
     assert lines[0].startswith("2 steps in 1.5 s") and "running 1, waiting 0" in lines[0]
+
+
+def test_a_slow_step_is_logged_with_its_shape(
+    make_harness: MakeHarness, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from glm47.worker.engine import engine as engine_module
+
+    h = make_harness(num_pages=64, page_size=4)
+    h.add("a", [3, 4, 5], max_new_tokens=6)
+    h.add("b", [6, 7], max_new_tokens=6)
+    monkeypatch.setattr(engine_module, "SLOW_STEP_S", 0.0)  # every step counts as slow
+    with caplog.at_level(logging.WARNING, logger="glm47.worker.engine.engine"):
+        h.engine.step()
+    slow = [r.getMessage() for r in caplog.records if r.getMessage().startswith("slow step")]
+    assert len(slow) == 1
+    assert slow[0].endswith("for 2 sequences, 5 tokens (5 of them prompt tokens)")

@@ -24,6 +24,10 @@ from glm47.worker.engine.step_log import StepLog, prompt_tokens_of
 
 log = logging.getLogger(__name__)
 
+# A step this long is logged with its shape: far above any steady-state step, so it points at a
+# stall (a kernel compiled at run time, a host-side hitch) rather than at load.
+SLOW_STEP_S = 1.0
+
 
 class Runner(Protocol):
     """What the engine needs of `worker.runner.ModelRunner`."""
@@ -134,9 +138,17 @@ class Engine:
             )
             finished = self._apply_samples(result.samples, outputs)
             self.scheduler.finish(finished)
-            self.step_log.record(
-                time.perf_counter() - start, prompt_tokens_of(batch), len(result.samples)
-            )
+            seconds = time.perf_counter() - start
+            prompt_tokens = prompt_tokens_of(batch)
+            self.step_log.record(seconds, prompt_tokens, len(result.samples))
+            if seconds >= SLOW_STEP_S:
+                log.warning(
+                    "slow step: %.2f s for %d sequences, %d tokens (%d of them prompt tokens)",
+                    seconds,
+                    len(batch.seqs),
+                    sum(len(seq.token_ids) for seq in batch.seqs),
+                    prompt_tokens,
+                )
         line = self.step_log.report(self.stats())
         if line is not None:
             log.info("%s", line)

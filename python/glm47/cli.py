@@ -1,4 +1,4 @@
-"""The `glm47` command: serve, make-tiny-model, worker, router, bench."""
+"""The `glm47` command: serve, make-tiny-model, worker, router, bench, bfcl."""
 
 from __future__ import annotations
 
@@ -48,12 +48,22 @@ def _bench(argv: list[str]) -> int:
     return bench_main(argv)
 
 
+def _bfcl(argv: list[str]) -> int:
+    from glm47.bench.bfcl import main as bfcl_main
+
+    return bfcl_main(argv)
+
+
 COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "serve": (_serve, "start a worker and the router together (the usual way to run glm47)"),
     "make-tiny-model": (_make_tiny_model, "write a tiny random model directory"),
     "worker": (_worker, "run only the GPU worker (listens on --listen)"),
     "router": (_router, "run only the HTTP router (connects to --worker-addr)"),
     "bench": (_bench, "benchmark an OpenAI-compatible endpoint"),
+    "bfcl": (
+        _bfcl,
+        "function-calling accuracy (BFCL single-turn) of an OpenAI-compatible endpoint",
+    ),
 }
 
 

@@ -70,8 +70,20 @@ def build(args: WorkerArgs) -> tuple[Engine, Ready]:
     model_cfg = ModelConfig.from_dir(model_dir)
     cfg = resolve_config(args.engine, model_cfg)
     if cfg.mtp_step > 0:
-        log.warning(
-            "--mtp-step %d: MTP drafting is not available yet; decoding without it", cfg.mtp_step
+        draft_dir = cfg.mtp_draft_model_dir
+        if draft_dir is not None and Path(draft_dir).resolve() != Path(model_dir).resolve():
+            raise SystemExit(
+                f"--mtp-draft-model-dir {draft_dir}: the MTP layer is read from --model-dir "
+                "(the checkpoint's layer num_hidden_layers); a separate draft checkpoint is not "
+                "supported"
+            )
+        if model_cfg.num_nextn_predict_layers < 1:
+            raise SystemExit(f"--mtp-step {cfg.mtp_step}: {model_dir} has no MTP layer")
+        log.info(
+            "speculative decoding: %d draft token(s) per step from the MTP layer (%s: one layer, "
+            "chained on its own output past the first draft)",
+            cfg.mtp_step,
+            cfg.mtp_mode,
         )
     log.info(
         "worker %s: model %s, device %s, dtype %s, attention prefill=%s decode=%s, page size %d",
@@ -101,6 +113,8 @@ def build(args: WorkerArgs) -> tuple[Engine, Ready]:
         warmup_tokens=cfg.max_num_batched_tokens or cfg.chunked_prefill_size,
         segment_graph_max_tokens=0 if cfg.disable_cuda_graph else cfg.segment_graph_max_tokens or 0,
     )
+    if cfg.mtp_step > 0 and not runner.can_draft:
+        raise SystemExit(f"--mtp-step {cfg.mtp_step}: no MTP layer weights in {model_dir}")
     eos = eos_token_ids(model_dir, model_cfg)
     engine = Engine(cfg, runner, Sampler(seed=cfg.seed), eos)
     ready = Ready(
@@ -110,7 +124,7 @@ def build(args: WorkerArgs) -> tuple[Engine, Ready]:
         max_req_total_len=engine.max_req_total_len,
         max_running_requests=cfg.max_running_requests,
         kv_capacity_tokens=engine.kv_capacity_tokens,
-        mtp_step=0,
+        mtp_step=cfg.mtp_step,
         worker_id=args.worker_id,
     )
     log.info(

@@ -49,6 +49,14 @@ class ScheduledSeq:
     # Ids the sampler sets to -inf after penalties: the stop and eos ids while fewer than
     # min_new_tokens tokens are generated, else empty.
     banned_token_ids: tuple[int, ...] = ()
+    # Draft tokens (speculative decoding) at the end of token_ids, to verify: the runner samples
+    # the row of the last known token and the row of every draft, in order.
+    draft_ids: list[int] = field(default_factory=list)
+
+    @property
+    def num_samples(self) -> int:
+        """Rows sampled this step: 0, or 1 plus one per draft."""
+        return 1 + len(self.draft_ids) if self.sample else 0
 
 
 @dataclass
@@ -69,7 +77,7 @@ class ScheduledBatch:
 
 @dataclass
 class SampleOutput:
-    """What the runner returns for one sequence with `sample=True`."""
+    """What the runner returns for one sampled row of a sequence."""
 
     rid: str
     token_id: int
@@ -79,6 +87,20 @@ class SampleOutput:
 
 @dataclass
 class RunnerOutput:
-    """The runner's answer to a `ScheduledBatch`, one entry per sequence that asked to sample."""
+    """The runner's answer to a `ScheduledBatch`: `num_samples` entries per sequence, in batch
+    order (one per sequence that asked to sample, plus one per draft)."""
 
     samples: list[SampleOutput]
+
+
+@dataclass
+class DraftInput:
+    """One sequence of the step just run, for the drafter (speculative decoding): its first rows,
+    whose next token is known now, and how many draft tokens to propose after them."""
+
+    rid: str
+    first_row: int  # index of the sequence's first row in the step's batch
+    start_pos: int  # position of that row
+    next_ids: list[int]  # the token that follows each of its first len(next_ids) rows, >= 1
+    page_ids: list[int]  # its page table, covering the positions the drafts will take
+    num_drafts: int  # tokens to propose; 0: only bring the drafter's KV cache up to date

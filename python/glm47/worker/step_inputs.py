@@ -8,7 +8,7 @@ the same tensors with it.
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -23,8 +23,10 @@ class StepInputs:
 
     input_ids: torch.Tensor  # [T] int64
     meta: AttentionMetadata
-    sample_rows: torch.Tensor  # [N] int64: row in [0, T) of the last token of each sampled seq
-    sample_seqs: list[ScheduledSeq]  # the N sequences with sample=True, in batch order
+    # [N] int64: the rows in [0, T) to sample: the last token of each sampled sequence, and each
+    # of its draft tokens
+    sample_rows: torch.Tensor
+    sample_seqs: list[ScheduledSeq]  # the sequence of each sampled row, as the sampler sees it
 
 
 class StaticBuffers:
@@ -163,11 +165,15 @@ class StepInputBuilder:
         singles = int(np.argmin(n == 1)) if t != b else b  # leading one-token sequences
         if singles > 0 and t != b:
             meta.parts = self._split(meta, singles, starts, end)
+        if any(s.draft_ids for s in seqs):
+            rows, views = _draft_rows(seqs, starts)
+        else:
+            rows, views = starts[1:][sample] - 1, [s for s in seqs if s.sample]
         return StepInputs(
             input_ids=stage("input_ids", torch.from_numpy(ids)),
             meta=meta,
-            sample_rows=stage("sample_rows", torch.from_numpy(starts[1:][sample] - 1)),
-            sample_seqs=[s for s in seqs if s.sample],
+            sample_rows=stage("sample_rows", torch.from_numpy(rows)),
+            sample_seqs=views,
         )
 
     def _split(
@@ -199,6 +205,26 @@ class StepInputBuilder:
             is_decode=False,
         )
         return decode, prefill
+
+
+def _draft_rows(
+    seqs: list[ScheduledSeq], starts: np.ndarray
+) -> tuple[np.ndarray, list[ScheduledSeq]]:
+    """Sampled rows when some sequences carry drafts: the last `num_samples` rows of each, and per
+    row the sequence as the sampler must see it there (the drafts before that row count as its
+    output, for penalties and seeded draws)."""
+    rows: list[int] = []
+    views: list[ScheduledSeq] = []
+    for i, seq in enumerate(seqs):
+        count = seq.num_samples
+        if count == 0:
+            continue
+        end = int(starts[i + 1])
+        rows.extend(range(end - count, end))
+        views.append(seq)
+        for j in range(1, count):
+            views.append(replace(seq, output_ids=seq.output_ids + seq.draft_ids[:j]))
+    return np.array(rows, dtype=np.int64), views
 
 
 def _check(

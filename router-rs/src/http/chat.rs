@@ -96,11 +96,15 @@ fn answer(
 
 /// `usage` plus one finished choice (every choice of a chat request shares its prompt).
 fn add_choice(usage: &Usage, f: Finish) -> Usage {
-    Usage::new(
-        f.prompt_tokens,
-        usage.completion_tokens + f.completion_tokens,
-        f.cached_tokens,
-    )
+    Usage {
+        completion_tokens_details: usage.completion_tokens_details.clone(),
+        ..Usage::new(
+            f.prompt_tokens,
+            usage.completion_tokens + f.completion_tokens,
+            f.cached_tokens,
+        )
+    }
+    .with_accepted_drafts(f.accepted_draft_tokens)
 }
 
 /// The chunks of a streamed answer: a role chunk per choice, a chunk per delta, then (with

@@ -16,7 +16,7 @@ use crate::protocol::completions::{
     Completion, CompletionChoice, CompletionRequest, DEFAULT_MAX_TOKENS,
 };
 use crate::protocol::openai::Usage;
-use crate::state::Collected;
+use crate::state::{Collected, Finish};
 
 pub async fn completions(
     State(state): State<Arc<AppState>>,
@@ -90,7 +90,7 @@ fn answer(
         .map(|((c, echo), index)| {
             if let Some(f) = c.finish {
                 let cached = (index % req.n == 0).then_some(f.cached_tokens);
-                usage = add_choice(&usage, f.completion_tokens, cached);
+                usage = add_choice(&usage, &f, cached);
             }
             let mut offset = echo.len();
             let logprobs = (req.sampling.logprobs >= 0)
@@ -107,13 +107,17 @@ fn answer(
 }
 
 /// `usage` plus one finished choice (`cached` only for the first choice of each prompt).
-fn add_choice(usage: &Usage, completion_tokens: u32, cached: Option<u32>) -> Usage {
+fn add_choice(usage: &Usage, f: &Finish, cached: Option<u32>) -> Usage {
     let cached_total = usage.prompt_tokens_details.cached_tokens + cached.unwrap_or(0);
-    Usage::new(
-        usage.prompt_tokens,
-        usage.completion_tokens + completion_tokens,
-        cached_total,
-    )
+    Usage {
+        completion_tokens_details: usage.completion_tokens_details.clone(),
+        ..Usage::new(
+            usage.prompt_tokens,
+            usage.completion_tokens + f.completion_tokens,
+            cached_total,
+        )
+    }
+    .with_accepted_drafts(f.accepted_draft_tokens)
 }
 
 /// Streamed chunks: the echoed prompt first (under `echo`), a chunk per delta, then the usage.
@@ -150,11 +154,7 @@ fn chunks(
         let ChoiceDelta { index, delta } = item?;
         if let Some(f) = delta.finish {
             let mut u = usage.lock().unwrap_or_else(|e| e.into_inner());
-            *u = add_choice(
-                &u,
-                f.completion_tokens,
-                (index % n == 0).then_some(f.cached_tokens),
-            );
+            *u = add_choice(&u, &f, (index % n == 0).then_some(f.cached_tokens));
         }
         let logprobs = match offsets.get_mut(index as usize) {
             Some(offset) if want_logprobs => Some(logprobs::completion(

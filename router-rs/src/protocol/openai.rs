@@ -34,11 +34,21 @@ pub struct Usage {
     pub completion_tokens: u32,
     pub total_tokens: u32,
     pub prompt_tokens_details: PromptTokensDetails,
+    /// Present when speculative decoding produced some of the completion tokens.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub completion_tokens_details: Option<CompletionTokensDetails>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct PromptTokensDetails {
     pub cached_tokens: u32,
+}
+
+/// OpenAI's breakdown of completion tokens; `accepted_prediction_tokens` counts the tokens that
+/// came from accepted speculative (MTP) drafts.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct CompletionTokensDetails {
+    pub accepted_prediction_tokens: u32,
 }
 
 impl Usage {
@@ -48,7 +58,22 @@ impl Usage {
             completion_tokens,
             total_tokens: prompt_tokens + completion_tokens,
             prompt_tokens_details: PromptTokensDetails { cached_tokens },
+            completion_tokens_details: None,
         }
+    }
+
+    /// The same counts with `accepted` more accepted draft tokens (none recorded while zero).
+    pub fn with_accepted_drafts(mut self, accepted: u32) -> Self {
+        let before = self
+            .completion_tokens_details
+            .as_ref()
+            .map_or(0, |d| d.accepted_prediction_tokens);
+        if before + accepted > 0 {
+            self.completion_tokens_details = Some(CompletionTokensDetails {
+                accepted_prediction_tokens: before + accepted,
+            });
+        }
+        self
     }
 }
 

@@ -39,6 +39,8 @@ pub struct Finish {
     pub prompt_tokens: u32,
     pub completion_tokens: u32,
     pub cached_tokens: u32,
+    /// Completion tokens that were accepted speculative drafts (MTP).
+    pub accepted_draft_tokens: u32,
 }
 
 /// What one worker output added to a choice.
@@ -78,6 +80,7 @@ pub struct Pipeline {
     prompt_tokens: u32,
     cached_tokens: u32,
     completion_tokens: u32,
+    accepted_draft_tokens: u32,
     called_tool: bool,
     done: bool,
 }
@@ -100,6 +103,7 @@ impl Pipeline {
             prompt_tokens: 0,
             cached_tokens: 0,
             completion_tokens: 0,
+            accepted_draft_tokens: 0,
             called_tool: false,
             done: false,
         }
@@ -141,6 +145,7 @@ impl Pipeline {
             self.prompt_tokens = p;
             self.cached_tokens = out.cached_tokens.unwrap_or(0);
         }
+        self.accepted_draft_tokens += out.spec_accepted.unwrap_or(0);
         let mut text = String::new();
         let mut reason = None;
         for (k, &id) in out.ids.iter().enumerate() {
@@ -203,6 +208,7 @@ impl Pipeline {
             prompt_tokens: self.prompt_tokens,
             completion_tokens: self.completion_tokens,
             cached_tokens: self.cached_tokens,
+            accepted_draft_tokens: self.accepted_draft_tokens,
         }
     }
 

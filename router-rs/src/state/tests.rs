@@ -174,3 +174,33 @@ fn without_parallel_tool_calls_only_the_first_call_is_returned() {
     assert_eq!(got.tool_calls[0].1, "f");
     assert_eq!(got.finish.map(|f| f.reason), Some(FinishReason::ToolCalls));
 }
+
+#[test]
+fn accepted_drafts_add_up_into_the_finish() {
+    let mut p = pipeline("XYZ");
+    let mut first = output("abc", None);
+    first.spec_accepted = Some(2);
+    p.push(&first);
+    p.push(&output("d", None));
+    let mut last = output("ef", Some(wire::FinishReason::Length));
+    last.spec_accepted = Some(1);
+    let finish = p.push(&last).finish.expect("finished");
+    assert_eq!(
+        (finish.completion_tokens, finish.accepted_draft_tokens),
+        (6, 3)
+    );
+}
+
+#[test]
+fn usage_reports_accepted_predictions_only_when_there_were_some() {
+    use crate::protocol::openai::Usage;
+    let plain = serde_json::to_value(Usage::new(3, 4, 0).with_accepted_drafts(0)).unwrap();
+    assert!(plain.get("completion_tokens_details").is_none());
+    let spec = Usage::new(3, 4, 0)
+        .with_accepted_drafts(2)
+        .with_accepted_drafts(1);
+    assert_eq!(
+        serde_json::to_value(spec).unwrap()["completion_tokens_details"],
+        json!({"accepted_prediction_tokens": 3})
+    );
+}

@@ -11,9 +11,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, cast
 
-from glm47.worker.batch import RunnerOutput, SampleOutput, ScheduledBatch, ScheduledSeq
+from glm47.worker.batch import (
+    DraftInput,
+    RunnerOutput,
+    SampleOutput,
+    ScheduledBatch,
+    ScheduledSeq,
+)
 from glm47.worker.config import EngineConfig
 from glm47.worker.engine import Engine, Request, StepOutput
 
@@ -34,6 +40,7 @@ class FakeRunner:
         self.kv: list[int | None] = [None] * (num_pages * page_size)  # token id per cache row
         self.script = script or {}  # rid -> tokens to return, in order, instead of next_token
         self.batches: list[ScheduledBatch] = []  # snapshots of every batch run
+        self.draft_calls = []
 
     def run(self, batch: ScheduledBatch, sampler: Any) -> RunnerOutput:
         self.batches.append(ScheduledBatch([self._snapshot(s) for s in batch.seqs]))
@@ -44,15 +51,40 @@ class FakeRunner:
         samples = []
         for seq in batch.seqs:
             self._write(seq, holders)
-            if seq.sample:
-                samples.append(self._sample(seq))
+            for j in range(seq.num_samples):  # the last known token's row, then each draft's
+                samples.append(self._sample(seq, seq.num_samples - 1 - j))
         return RunnerOutput(samples)
+
+    # -- drafting (speculative decoding) -------------------------------------------------------
+
+    drafter: Callable[[list[int], int], list[int]] | None = None  # (context, count) -> drafts
+    draft_calls: list[list[DraftInput]]
+
+    @property
+    def can_draft(self) -> bool:
+        return self.drafter is not None
+
+    def propose_drafts(self, items: list[DraftInput]) -> dict[str, list[int]]:
+        """Drafts from `drafter` on the context the KV cache holds plus the newest known token."""
+        assert self.drafter is not None
+        self.draft_calls.append(items)
+        out = {}
+        for it in items:
+            end = it.start_pos + len(it.next_ids)  # positions [0, end) computed, then one known
+            seq = ScheduledSeq(it.rid, [], 0, it.page_ids, False)
+            context = [self.kv[self._row(seq, p)] for p in range(end)] + [it.next_ids[-1]]
+            assert None not in context, f"{it.rid}: drafter reads an unwritten row"
+            assert len(it.page_ids) * self.page_size >= end + it.num_drafts, "no room for drafts"
+            if it.num_drafts:
+                out[it.rid] = self.drafter(cast(list[int], context), it.num_drafts)
+        return out
 
     @staticmethod
     def _snapshot(seq: ScheduledSeq) -> ScheduledSeq:
         return replace(
             seq,
             token_ids=list(seq.token_ids),
+            draft_ids=list(seq.draft_ids),
             page_ids=list(seq.page_ids),
             prompt_ids=list(seq.prompt_ids),
             output_ids=list(seq.output_ids),
@@ -74,10 +106,12 @@ class FakeRunner:
             assert holders[page] == 1, f"{seq.rid} writes page {page} shared in the batch"
             self.kv[self._row(seq, seq.start_pos + i)] = tok
 
-    def _sample(self, seq: ScheduledSeq) -> SampleOutput:
-        end = seq.start_pos + len(seq.token_ids)
+    def _sample(self, seq: ScheduledSeq, back: int = 0) -> SampleOutput:
+        """The sample at the row `back` rows before the sequence's last one."""
+        end = seq.start_pos + len(seq.token_ids) - back
         if seq.rid in self.script:
-            token = self.script[seq.rid][len(seq.output_ids)]
+            drafts_before = len(seq.draft_ids) - back
+            token = self.script[seq.rid][len(seq.output_ids) + drafts_before]
         else:
             context = [self.kv[self._row(seq, p)] for p in range(end)]
             token = next_token([t for t in context if t is not None])
@@ -133,11 +167,13 @@ def harness_factory() -> MakeHarness:
         page_size: int = 4,
         script: dict[str, list[int]] | None = None,
         eos: tuple[int, ...] = (EOS,),
+        drafter: Callable[[list[int], int], list[int]] | None = None,
         **config: Any,
     ) -> Harness:
         config.setdefault("max_req_total_len", 4096)
         cfg = EngineConfig(device="cpu", dtype="float32", page_size=page_size, **config)
         runner = FakeRunner(num_pages, page_size, script)
+        runner.drafter = drafter
         return Harness(Engine(cfg, runner, sampler=None, eos_token_ids=list(eos)), runner)
 
     return make

@@ -13,7 +13,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from glm47.worker.batch import RunnerOutput, SampleOutput, ScheduledBatch
+from glm47.worker.batch import DraftInput, RunnerOutput, SampleOutput, ScheduledBatch
 from glm47.worker.config import EngineConfig
 from glm47.worker.engine.errors import InvalidRequestError, QueueFullError, TooLongError
 from glm47.worker.engine.page_pool import PagePool
@@ -39,6 +39,8 @@ class Runner(Protocol):
     def page_size(self) -> int: ...
 
     def run(self, batch: ScheduledBatch, sampler: Any) -> RunnerOutput: ...
+
+    def propose_drafts(self, items: list[DraftInput]) -> dict[str, list[int]]: ...
 
 
 @dataclass
@@ -78,6 +80,10 @@ class Engine:
         self.spec_drafted = 0  # cumulative draft tokens proposed
         self.spec_accepted = 0  # cumulative draft tokens accepted
         self.step_log = StepLog(config.log_stats_interval)
+        # Draft tokens proposed per request and step (MTP speculative decoding); 0: none.
+        self.mtp_step = config.mtp_step if getattr(runner, "can_draft", False) else 0
+        if config.mtp_step and not self.mtp_step:
+            raise ValueError("mtp_step > 0 needs a model with its MTP layer loaded")
 
     # -- requests in --------------------------------------------------------------------------
 
@@ -132,12 +138,14 @@ class Engine:
         batch = self.scheduler.schedule()
         if batch.seqs:
             result = self.runner.run(batch, self.sampler)
-            wanted = sum(seq.sample for seq in batch.seqs)
+            wanted = sum(seq.num_samples for seq in batch.seqs)
             assert len(result.samples) == wanted, (
                 f"runner sampled {len(result.samples)} of {wanted}"
             )
-            finished = self._apply_samples(result.samples, outputs)
+            finished = self._apply_samples(batch, result.samples, outputs)
             self.scheduler.finish(finished)
+            if self.mtp_step:
+                self._propose_drafts(batch)
             seconds = time.perf_counter() - start
             prompt_tokens = prompt_tokens_of(batch)
             self.step_log.record(seconds, prompt_tokens, len(result.samples))
@@ -157,29 +165,102 @@ class Engine:
         return outputs
 
     def _apply_samples(
-        self, samples: list[SampleOutput], outputs: list[StepOutput]
+        self, batch: ScheduledBatch, samples: list[SampleOutput], outputs: list[StepOutput]
     ) -> list[Request]:
-        """Append each sampled token, decide finishes; returns the finished requests."""
-        assert len({s.rid for s in samples}) == len(samples), "the runner sampled a sequence twice"
+        """Append each sequence's sampled tokens, decide finishes; returns the finished requests.
+
+        A sequence with drafts has one sample per row from its last known token on: the drafts
+        are accepted while each equals the sample of the row before it, and the sample after the
+        last accepted draft is appended too. Every emitted token is a sample of the model at its
+        position, so greedy output (and any sampled output) is what decoding without drafts gives.
+        """
         finished = []
-        for sample in samples:
-            req = self._requests[sample.rid]
-            req.append_output(sample.token_id)
-            reason = req.check_finish(self.max_req_total_len)
-            out = StepOutput(rid=req.rid, ids=[sample.token_id])
-            if req.sampling.logprobs >= 0 and sample.logprob is not None:
-                out.logprobs = [sample.logprob]
-                if req.sampling.logprobs > 0 and sample.top_logprobs is not None:
-                    out.top_logprobs = [sample.top_logprobs]
+        taken = 0
+        for seq in batch.seqs:
+            count = seq.num_samples
+            if count == 0:
+                continue
+            rows = samples[taken : taken + count]
+            taken += count
+            assert all(s.rid == seq.rid for s in rows), f"samples out of order at {seq.rid}"
+            req = self._requests[seq.rid]
+            drafts = seq.draft_ids
+            accepted = 0
+            while accepted < len(drafts) and rows[accepted].token_id == drafts[accepted]:
+                accepted += 1
+            if drafts:
+                # Positions of the rejected drafts hold stale latents: recompute from the first.
+                req.num_computed_tokens = req.num_tokens + accepted
+                req.draft_token_ids = []
+            out = StepOutput(rid=req.rid, ids=[])
+            reason = None
+            for sample in rows[: accepted + 1]:
+                req.append_output(sample.token_id)
+                out.ids.append(sample.token_id)
+                if req.sampling.logprobs >= 0 and sample.logprob is not None:
+                    out.logprobs = (out.logprobs or []) + [sample.logprob]
+                    if req.sampling.logprobs > 0 and sample.top_logprobs is not None:
+                        out.top_logprobs = (out.top_logprobs or []) + [sample.top_logprobs]
+                reason = req.check_finish(self.max_req_total_len)
+                if reason is not None:
+                    break
+            if drafts:
+                out.spec_accepted = min(accepted, len(out.ids))
+                self.spec_drafted += len(drafts)
+                self.spec_accepted += out.spec_accepted
             if reason is not None:
                 req.finish_reason = reason
                 out.finish = reason.value
                 finished.append(req)
                 del self._requests[req.rid]
-            elif req.num_output_tokens == 1:
+            elif req.num_output_tokens == len(out.ids):
                 self.scheduler.publish_prefix(req)  # its prompt is computed: share it
             outputs.append(self._first_output_fields(req, out))
+        assert taken == len(samples), "the runner sampled rows of no sequence"
         return finished
+
+    def _propose_drafts(self, batch: ScheduledBatch) -> None:
+        """After a step: the drafter reads every row whose next token is now known, and proposes
+        the next drafts of the sequences that go on decoding."""
+        items = []
+        first_row = 0
+        for seq in batch.seqs:
+            row = first_row
+            first_row += len(seq.token_ids)
+            req = self._requests.get(seq.rid)
+            if req is None or req.state is not RequestState.RUNNING:
+                continue
+            computed = req.num_computed_tokens
+            next_ids = req.all_token_ids[seq.start_pos + 1 : computed + 1]
+            drafts = self._draft_count(req) if seq.sample else 0
+            items.append(DraftInput(seq.rid, row, seq.start_pos, next_ids, req.page_ids, drafts))
+        for rid, ids in self.runner.propose_drafts(items).items():
+            self._requests[rid].draft_token_ids = ids
+
+    def _draft_count(self, req: Request) -> int:
+        """Drafts to propose for `req`: up to `mtp_step`, none past its length limits, none while
+        penalties (which read the output history row by row) or a min-tokens ban apply, and only
+        when the pool has the pages they (and the drafter's chained steps) will take."""
+        p = req.sampling
+        if (
+            not req.mtp
+            or p.presence_penalty
+            or p.frequency_penalty
+            or p.repetition_penalty != 1.0
+            or req.num_output_tokens < req.min_new_tokens
+        ):
+            return 0
+        room = min(
+            req.max_new_tokens - req.num_output_tokens, self.max_req_total_len - req.num_tokens
+        )
+        count = max(0, min(self.mtp_step, room - 1))
+        if count:
+            need = self.pool.pages_for(req.num_tokens + count) - len(req.page_ids)
+            if need > 0:
+                if self.pool.num_free < need:
+                    return 0
+                req.page_ids += self.pool.allocate(need)
+        return count
 
     @staticmethod
     def _first_output_fields(req: Request, out: StepOutput) -> StepOutput:

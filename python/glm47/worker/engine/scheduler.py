@@ -164,7 +164,9 @@ class Scheduler:
         seqs = []
         for req, n in plan.chunks.items():
             start = req.num_computed_tokens
-            sample = start + n >= req.num_tokens
+            known = req.num_tokens
+            sample = start + n >= known
+            drafts = req.draft_token_ids[: start + n - known] if start + n > known else []
             seqs.append(
                 ScheduledSeq(
                     rid=req.rid,
@@ -179,6 +181,7 @@ class Scheduler:
                     prompt_ids=req.prompt_ids,
                     output_ids=req.output_ids,
                     banned_token_ids=req.banned_token_ids() if sample else (),
+                    draft_ids=drafts,
                 )
             )
             req.num_computed_tokens = start + n

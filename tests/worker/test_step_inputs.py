@@ -9,7 +9,7 @@ import torch
 
 from glm47.worker.attention.base import AttentionMetadata
 from glm47.worker.batch import ScheduledBatch, ScheduledSeq
-from glm47.worker.step_inputs import PageTables, StepInputBuilder
+from glm47.worker.step_inputs import SHORT_QUERY, PageTables, StepInputBuilder
 
 
 def reference(batch: ScheduledBatch, ps: int) -> dict[str, list]:
@@ -54,7 +54,7 @@ class Workload:
         for rid, (pages, done) in self.live.items():
             if rng.random() < 0.2:
                 continue  # not scheduled this step
-            n = rng.choice([1, 1, 1, rng.randint(1, 3 * self.ps)])
+            n = rng.choice([1, 1, 1, rng.randint(1, 3 * self.ps), rng.randint(1, 24)])
             while len(pages) * self.ps < done + n:
                 pages.append(self.next_page)  # grows in place, as the scheduler's lists do
                 self.next_page += 1
@@ -97,26 +97,29 @@ def test_builder_matches_the_plain_construction_over_many_steps(page_size: int) 
 
 
 def check_parts(batch: ScheduledBatch, meta: AttentionMetadata, want: dict[str, list]) -> None:
-    """A mixed step splits after its leading one-token sequences; each part is that slice."""
+    """A step with longer chunks splits after its leading short sequences (at most SHORT_QUERY
+    tokens each); each part is that slice. A step of short sequences only is not split."""
     lens = [len(s.token_ids) for s in batch.seqs]
-    d = next((i for i, n in enumerate(lens) if n != 1), len(lens))
-    if meta.is_decode or d == 0:
+    d = next((i for i, n in enumerate(lens) if n > SHORT_QUERY), len(lens))
+    assert meta.short_queries == (not meta.is_decode and d == len(lens))
+    if meta.is_decode or d in (0, len(lens)):
         assert meta.parts is None
         return
     assert meta.parts is not None
     head, tail = meta.parts
-    assert head.is_decode and not tail.is_decode
-    assert head.positions.tolist() == want["pos"][:d]
-    assert tail.positions.tolist() == want["pos"][d:]
-    assert head.slot_mapping.tolist() == want["slots"][:d]
-    assert tail.slot_mapping.tolist() == want["slots"][d:]
-    assert head.query_start_loc.tolist() == list(range(d + 1))
-    assert tail.query_start_loc.tolist() == [x - d for x in want["starts"][d:]]
+    r = sum(lens[:d])  # rows of the head
+    assert head.is_decode == (r == d) and head.short_queries and not tail.is_decode
+    assert head.positions.tolist() == want["pos"][:r]
+    assert tail.positions.tolist() == want["pos"][r:]
+    assert head.slot_mapping.tolist() == want["slots"][:r]
+    assert tail.slot_mapping.tolist() == want["slots"][r:]
+    assert head.query_start_loc.tolist() == want["starts"][: d + 1]
+    assert tail.query_start_loc.tolist() == [x - r for x in want["starts"][d:]]
     assert head.seq_lens.tolist() == want["lens"][:d]
     assert tail.seq_lens.tolist() == want["lens"][d:]
     assert head.page_table.tolist() == want["table"][:d]
     assert tail.page_table.tolist() == want["table"][d:]
-    assert (head.max_query_len, head.max_seq_len) == (1, max(want["lens"][:d]))
+    assert (head.max_query_len, head.max_seq_len) == (max(lens[:d]), max(want["lens"][:d]))
     assert tail.max_query_len == max(lens[d:])
     assert tail.max_seq_len == max(want["lens"][d:])
 

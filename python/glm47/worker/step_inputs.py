@@ -16,6 +16,11 @@ import torch
 from glm47.worker.attention.base import AttentionMetadata
 from glm47.worker.batch import ScheduledBatch, ScheduledSeq
 
+# Sequences computing at most this many tokens (decoding, or verifying a few drafts) attend
+# through the decode backend, which reads the paged cache in place; longer chunks through the
+# prefill backend.
+SHORT_QUERY = 8
+
 
 @dataclass
 class StepInputs:
@@ -162,9 +167,12 @@ class StepInputBuilder:
             max_seq_len=int(end.max()),
             is_decode=t == b,
         )
-        singles = int(np.argmin(n == 1)) if t != b else b  # leading one-token sequences
-        if singles > 0 and t != b:
-            meta.parts = self._split(meta, singles, starts, end)
+        if t != b:
+            short = n <= SHORT_QUERY
+            lead = b if short.all() else int(np.argmin(short))  # leading short sequences
+            meta.short_queries = lead == b
+            if 0 < lead < b:
+                meta.parts = self._split(meta, lead, starts, end, n)
         if any(s.draft_ids for s in seqs):
             rows, views = _draft_rows(seqs, starts)
         else:
@@ -177,25 +185,27 @@ class StepInputBuilder:
         )
 
     def _split(
-        self, meta: AttentionMetadata, d: int, starts: np.ndarray, end: np.ndarray
+        self, meta: AttentionMetadata, d: int, starts: np.ndarray, end: np.ndarray, n: np.ndarray
     ) -> tuple[AttentionMetadata, AttentionMetadata]:
-        """Metadata of the first `d` sequences (one token each) and of the rest, as views of the
+        """Metadata of the first `d` sequences (few tokens each) and of the rest, as views of the
         step's buffers; only the rest's query offsets are staged anew."""
-        decode = AttentionMetadata(
-            positions=meta.positions[:d],
-            slot_mapping=meta.slot_mapping[:d],
+        head_len = int(starts[d])
+        head = AttentionMetadata(
+            positions=meta.positions[:head_len],
+            slot_mapping=meta.slot_mapping[:head_len],
             query_start_loc=meta.query_start_loc[: d + 1],
             seq_lens=meta.seq_lens[:d],
             page_table=meta.page_table[:d],
             page_size=meta.page_size,
-            max_query_len=1,
+            max_query_len=int(n[:d].max()),
             max_seq_len=int(end[:d].max()),
-            is_decode=True,
+            is_decode=head_len == d,
+            short_queries=True,
         )
-        rest_starts = (starts[d:] - d).astype(np.int32)  # [B - d + 1]
-        prefill = AttentionMetadata(
-            positions=meta.positions[d:],
-            slot_mapping=meta.slot_mapping[d:],
+        rest_starts = (starts[d:] - head_len).astype(np.int32)  # [B - d + 1]
+        rest = AttentionMetadata(
+            positions=meta.positions[head_len:],
+            slot_mapping=meta.slot_mapping[head_len:],
             query_start_loc=self.buffers.stage("rest_start_loc", torch.from_numpy(rest_starts)),
             seq_lens=meta.seq_lens[d:],
             page_table=meta.page_table[d:],
@@ -204,7 +214,7 @@ class StepInputBuilder:
             max_seq_len=int(end[d:].max()),
             is_decode=False,
         )
-        return decode, prefill
+        return head, rest
 
 
 def _draft_rows(

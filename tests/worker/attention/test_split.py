@@ -31,9 +31,10 @@ class Recording:
 
 def test_mixed_step_splits_into_decode_and_prefill_backends() -> None:
     torch.manual_seed(0)
-    # three decoding sequences first (as the scheduler orders them), then a fresh prompt, a chunk
-    # after a cached prefix, and a one-token chunk that is not among the leading decode rows
-    starts, news = [9, 3, 14, 0, 6, 5], [1, 1, 1, 7, 5, 1]
+    # three decoding sequences and one verifying three drafts first (as the scheduler orders
+    # them), then a fresh prompt, a chunk after a cached prefix, and a one-token chunk that is not
+    # among the leading rows
+    starts, news = [9, 3, 14, 11, 0, 6, 5], [1, 1, 1, 4, 12, 10, 1]
     pages, seqs, first = [], [], 1
     for i, (start, n) in enumerate(zip(starts, news, strict=True)):
         count = -(-(start + n) // PAGE)
@@ -42,7 +43,7 @@ def test_mixed_step_splits_into_decode_and_prefill_backends() -> None:
         seqs.append(ScheduledSeq(f"s{i}", [7] * n, start, pages[-1], True))
     inputs = StepInputBuilder(PAGE, torch.device("cpu")).build(ScheduledBatch(seqs))
     meta = inputs.meta
-    assert meta.parts is not None and meta.parts[0].num_seqs == 3
+    assert meta.parts is not None and meta.parts[0].num_seqs == 4
 
     tokens = sum(news)
     cache = torch.randn(first * PAGE, RANK + ROPE)
@@ -62,18 +63,35 @@ def test_mixed_step_splits_into_decode_and_prefill_backends() -> None:
 
     torch.testing.assert_close(got, whole, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(split_cache, cache)  # every new latent written once, in place
-    assert [(rows, m.is_decode) for rows, m in decode.calls] == [(3, True)]
-    assert [(rows, m.is_decode) for rows, m in prefill.calls] == [(tokens - 3, False)]
+    assert [(rows, m.is_decode) for rows, m in decode.calls] == [(7, False)]
+    assert [(rows, m.is_decode) for rows, m in prefill.calls] == [(tokens - 7, False)]
+
+
+def run_split(seqs: list[ScheduledSeq]) -> tuple[Recording, Recording]:
+    meta = StepInputBuilder(PAGE, torch.device("cpu")).build(ScheduledBatch(seqs)).meta
+    assert meta.parts is None
+    decode, prefill = Recording(TorchMLABackend()), Recording(TorchMLABackend())
+    tokens = sum(len(s.token_ids) for s in seqs)
+    cache = torch.zeros(16 * PAGE, RANK + ROPE)
+    kv_b = torch.randn(H, NOPE + V, RANK)
+    weights = MLAWeights(w_uk=kv_b[:, :NOPE], w_uv=kv_b[:, NOPE:])
+    args = (torch.randn(tokens, H, NOPE), torch.randn(tokens, H, ROPE), torch.randn(tokens, RANK))
+    SplitAttention(decode, prefill).forward(
+        *args, torch.randn(tokens, ROPE), cache, weights, meta, 0.3
+    )
+    return decode, prefill
 
 
 def test_steps_without_parts_go_to_one_backend() -> None:
-    seqs = [ScheduledSeq("a", [1, 2, 3], 0, [1], True), ScheduledSeq("b", [4], 2, [2], True)]
-    meta = StepInputBuilder(PAGE, torch.device("cpu")).build(ScheduledBatch(seqs)).meta
-    assert meta.parts is None  # the prompt comes first: nothing leads with one token
-    decode, prefill = Recording(TorchMLABackend()), Recording(TorchMLABackend())
-    cache = torch.zeros(3 * PAGE, RANK + ROPE)
-    kv_b = torch.randn(H, NOPE + V, RANK)
-    weights = MLAWeights(w_uk=kv_b[:, :NOPE], w_uv=kv_b[:, NOPE:])
-    args = (torch.randn(4, H, NOPE), torch.randn(4, H, ROPE), torch.randn(4, RANK))
-    SplitAttention(decode, prefill).forward(*args, torch.randn(4, ROPE), cache, weights, meta, 0.3)
+    # a long prompt first: nothing short leads, the prefill backend takes the step
+    decode, prefill = run_split(
+        [ScheduledSeq("a", list(range(12)), 0, [1, 2, 3], True),
+         ScheduledSeq("b", [4], 2, [4], True)]
+    )  # fmt: skip
     assert decode.calls == [] and len(prefill.calls) == 1
+    # short sequences only (decoding and verifying drafts): the decode backend takes it
+    decode, prefill = run_split(
+        [ScheduledSeq("a", [1, 2, 3], 5, [1, 2], True), ScheduledSeq("b", [4], 2, [4], True)]
+    )
+    assert len(decode.calls) == 1 and prefill.calls == []
+    assert decode.calls[0][1].short_queries and not decode.calls[0][1].is_decode

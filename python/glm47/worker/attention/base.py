@@ -29,9 +29,12 @@ class AttentionMetadata:
     max_query_len: int  # host copy of max(new tokens per sequence)
     max_seq_len: int  # host copy of max(seq_lens)
     is_decode: bool  # every sequence has exactly one new token
-    # A step that mixes decoding sequences with prompt chunks: (the leading sequences with one new
-    # token each, the rest), each with its own metadata over its rows; None otherwise. The decode
-    # backend takes the first part and the prefill backend the second (`SplitAttention`).
+    # Every sequence computes a few tokens at most (step_inputs.SHORT_QUERY: decoding, or
+    # verifying drafts): the decode backend takes the whole step.
+    short_queries: bool = False
+    # A step whose leading sequences compute a few tokens each and whose others are longer chunks:
+    # (the leading ones, the rest), each with its own metadata over its rows; None otherwise. The
+    # decode backend takes the first part and the prefill backend the second (`SplitAttention`).
     parts: tuple[AttentionMetadata, AttentionMetadata] | None = None
 
     @property
@@ -83,10 +86,11 @@ def write_latents(
 
 
 class SplitAttention:
-    """The attention of a mixed step: the decoding sequences (its leading rows, one token each)
-    through the decode backend, the prompt chunks through the prefill backend. An expanded-form
-    prefill backend would otherwise rebuild keys and values for every cached token of every
-    decoding sequence, and the decode kernel splits long contexts over the multiprocessors."""
+    """The attention of a step with prompt chunks: the leading sequences that compute a few
+    tokens each (decoding, or verifying drafts) through the decode backend, the longer chunks
+    through the prefill backend. An expanded-form prefill backend would otherwise rebuild keys and
+    values for every cached token of every decoding sequence; the decode backend reads the paged
+    cache in place (its decode kernel also splits long contexts over the multiprocessors)."""
 
     name = "split"
 
@@ -106,10 +110,11 @@ class SplitAttention:
         scale: float,
     ) -> torch.Tensor:  # [T, H, v_head_dim]
         if meta.parts is None:
-            backend = self.decode if meta.is_decode else self.prefill
+            short = meta.is_decode or meta.short_queries
+            backend = self.decode if short else self.prefill
             return backend.forward(q_nope, q_rope, latent, k_rope, kv_cache, weights, meta, scale)
         decode_meta, prefill_meta = meta.parts
-        d = decode_meta.num_seqs  # one row per decoding sequence
+        d = decode_meta.positions.shape[0]  # the leading sequences' rows
         head = self.decode.forward(
             q_nope[:d], q_rope[:d], latent[:d], k_rope[:d], kv_cache, weights, decode_meta, scale
         )

@@ -64,6 +64,9 @@ class ScheduledBatch:
     """Everything the runner needs for one forward pass."""
 
     seqs: list[ScheduledSeq]
+    # Tokens of the batch that are prompt tokens (the scheduler counts them as it plans; the
+    # rest are outputs fed back to decode, drafts, or recomputed outputs).
+    num_prompt_tokens: int = 0
 
     @property
     def num_tokens(self) -> int:

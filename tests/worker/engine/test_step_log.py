@@ -6,8 +6,7 @@ import logging
 
 import pytest
 
-from glm47.worker.batch import ScheduledBatch, ScheduledSeq
-from glm47.worker.engine.step_log import StepLog, prompt_tokens_of
+from glm47.worker.engine.step_log import StepLog
 from tests.worker.engine.engine_fakes import MakeHarness
 
 
@@ -62,18 +61,17 @@ def test_interval_zero_never_reports_and_negative_is_refused() -> None:
         StepLog(-1.0)
 
 
-def test_prompt_tokens_count_only_the_prompt_part() -> None:
-    prompt = list(range(10))
-    batch = ScheduledBatch(
-        [
-            ScheduledSeq("chunk", prompt[4:8], 4, [1], True, prompt_ids=prompt),  # 4 prompt
-            ScheduledSeq("last", prompt[8:], 8, [2], True, prompt_ids=prompt),  # 2 prompt
-            ScheduledSeq("decode", [77], 12, [3], True, prompt_ids=prompt),  # an output fed back
-            # recomputed after preemption: 2 prompt tokens, then 3 outputs
-            ScheduledSeq("again", [*prompt[8:], 5, 6, 7], 8, [4], True, prompt_ids=prompt),
-        ]
-    )
-    assert prompt_tokens_of(batch) == 4 + 2 + 0 + 2
+def test_the_scheduler_counts_the_prompt_tokens_of_each_step(make_harness: MakeHarness) -> None:
+    h = make_harness(num_pages=64, page_size=4, chunked_prefill_size=4)
+    recorded: list[tuple[int, int]] = []  # (prompt tokens, samples) per step
+    h.engine.step_log.record = lambda s, p, g: recorded.append((p, g))  # type: ignore[method-assign]
+    h.add("a", list(range(3, 13)), max_new_tokens=2)  # 10 prompt tokens: chunks of 4, 4, 2
+    h.add("b", [20, 21], max_new_tokens=2)
+    h.run()
+    assert recorded[0] == (4, 0)  # a's first chunk takes the whole step budget of 4 tokens
+    # 12 prompt tokens in all, then only outputs fed back; two samples per request
+    assert sum(p for p, _ in recorded) == 12 and sum(g for _, g in recorded) == 4
+    assert recorded[-1][0] == 0
 
 
 def test_the_engine_logs_its_summary_while_it_works(

@@ -20,7 +20,7 @@ from glm47.worker.engine.page_pool import PagePool
 from glm47.worker.engine.prefix_cache import PrefixCache
 from glm47.worker.engine.request import FinishReason, Request, RequestState
 from glm47.worker.engine.scheduler import Scheduler
-from glm47.worker.engine.step_log import StepLog, prompt_tokens_of
+from glm47.worker.engine.step_log import StepLog
 
 log = logging.getLogger(__name__)
 
@@ -138,28 +138,24 @@ class Engine:
         batch = self.scheduler.schedule()
         if batch.seqs:
             result = self.runner.run(batch, self.sampler)
-            wanted = sum(seq.num_samples for seq in batch.seqs)
-            assert len(result.samples) == wanted, (
-                f"runner sampled {len(result.samples)} of {wanted}"
-            )
             finished = self._apply_samples(batch, result.samples, outputs)
             self.scheduler.finish(finished)
             if self.mtp_step:
                 self._propose_drafts(batch)
             seconds = time.perf_counter() - start
-            prompt_tokens = prompt_tokens_of(batch)
-            self.step_log.record(seconds, prompt_tokens, len(result.samples))
+            self.step_log.record(seconds, batch.num_prompt_tokens, len(result.samples))
             if seconds >= SLOW_STEP_S:
                 log.warning(
                     "slow step: %.2f s for %d sequences, %d tokens (%d of them prompt tokens)",
                     seconds,
                     len(batch.seqs),
-                    sum(len(seq.token_ids) for seq in batch.seqs),
-                    prompt_tokens,
+                    batch.num_tokens,
+                    batch.num_prompt_tokens,
                 )
-        line = self.step_log.report(self.stats())
-        if line is not None:
-            log.info("%s", line)
+        if self.step_log.due():
+            line = self.step_log.report(self.stats())
+            if line is not None:
+                log.info("%s", line)
         if not self.has_work():
             self.check_accounting()
         return outputs
@@ -175,29 +171,35 @@ class Engine:
         position, so greedy output (and any sampled output) is what decoding without drafts gives.
         """
         finished = []
+        rows = iter(samples)
         taken = 0
         for seq in batch.seqs:
-            count = seq.num_samples
-            if count == 0:
+            if not seq.sample:
                 continue
-            rows = samples[taken : taken + count]
-            taken += count
-            assert all(s.rid == seq.rid for s in rows), f"samples out of order at {seq.rid}"
+            first = next(rows, None)
+            assert first is not None and first.rid == seq.rid, (
+                f"the runner sampled no row for {seq.rid}"
+            )
             req = self._requests[seq.rid]
             drafts = seq.draft_ids
+            picked = [first]
             accepted = 0
-            while accepted < len(drafts) and rows[accepted].token_id == drafts[accepted]:
-                accepted += 1
             if drafts:
+                picked += [next(rows) for _ in drafts]
+                while accepted < len(drafts) and picked[accepted].token_id == drafts[accepted]:
+                    accepted += 1
+                del picked[accepted + 1 :]
                 # Positions of the rejected drafts hold stale latents: recompute from the first.
                 req.num_computed_tokens = req.num_tokens + accepted
                 req.draft_token_ids = []
+            taken += 1 + len(drafts)
             out = StepOutput(rid=req.rid, ids=[])
             reason = None
-            for sample in rows[: accepted + 1]:
+            want_logprobs = req.sampling.logprobs >= 0
+            for sample in picked:
                 req.append_output(sample.token_id)
                 out.ids.append(sample.token_id)
-                if req.sampling.logprobs >= 0 and sample.logprob is not None:
+                if want_logprobs and sample.logprob is not None:
                     out.logprobs = (out.logprobs or []) + [sample.logprob]
                     if req.sampling.logprobs > 0 and sample.top_logprobs is not None:
                         out.top_logprobs = (out.top_logprobs or []) + [sample.top_logprobs]
@@ -216,7 +218,7 @@ class Engine:
             elif req.num_output_tokens == len(out.ids):
                 self.scheduler.publish_prefix(req)  # its prompt is computed: share it
             outputs.append(self._first_output_fields(req, out))
-        assert taken == len(samples), "the runner sampled rows of no sequence"
+        assert taken == len(samples), f"runner sampled {len(samples)} rows, {taken} wanted"
         return finished
 
     def _propose_drafts(self, batch: ScheduledBatch) -> None:

@@ -162,9 +162,12 @@ class Scheduler:
 
     def _build(self, plan: _Plan) -> ScheduledBatch:
         seqs = []
+        prompt_tokens = 0
         for req, n in plan.chunks.items():
             start = req.num_computed_tokens
             known = req.num_tokens
+            if start < len(req.prompt_ids):
+                prompt_tokens += min(start + n, len(req.prompt_ids)) - start
             sample = start + n >= known
             drafts = req.draft_token_ids[: start + n - known] if start + n > known else []
             seqs.append(
@@ -185,7 +188,7 @@ class Scheduler:
                 )
             )
             req.num_computed_tokens = start + n
-        return ScheduledBatch(seqs=seqs)
+        return ScheduledBatch(seqs=seqs, num_prompt_tokens=prompt_tokens)
 
     # -- leaving the running batch ------------------------------------------------------------
 

@@ -11,17 +11,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from glm47.worker.batch import ScheduledBatch
-
-
-def prompt_tokens_of(batch: ScheduledBatch) -> int:
-    """Tokens of the batch that are prompt tokens (the rest are outputs fed back to decode)."""
-    total = 0
-    for seq in batch.seqs:
-        end = seq.start_pos + len(seq.token_ids)
-        total += max(0, min(end, len(seq.prompt_ids)) - seq.start_pos)
-    return total
-
 
 @dataclass
 class StepLog:
@@ -50,6 +39,12 @@ class StepLog:
         self._longest = max(self._longest, seconds)
         self._prompt += prompt_tokens
         self._generated += generated_tokens
+
+    def due(self) -> bool:
+        """True when a report would say something now (cheap: call it every step)."""
+        return bool(
+            self.interval_s and self._steps and self.clock() - self._start >= self.interval_s
+        )
 
     def report(self, stats: dict[str, int]) -> str | None:
         """The line for the period just ended, if `interval_s` has passed and steps ran; the

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -172,7 +173,7 @@ class Engine:
         """
         finished = []
         rows = iter(samples)
-        taken = 0
+        max_len = self.max_req_total_len
         for seq in batch.seqs:
             if not seq.sample:
                 continue
@@ -181,35 +182,17 @@ class Engine:
                 f"the runner sampled no row for {seq.rid}"
             )
             req = self._requests[seq.rid]
-            drafts = seq.draft_ids
-            picked = [first]
-            accepted = 0
-            if drafts:
-                picked += [next(rows) for _ in drafts]
-                while accepted < len(drafts) and picked[accepted].token_id == drafts[accepted]:
-                    accepted += 1
-                del picked[accepted + 1 :]
-                # Positions of the rejected drafts hold stale latents: recompute from the first.
-                req.num_computed_tokens = req.num_tokens + accepted
-                req.draft_token_ids = []
-            taken += 1 + len(drafts)
-            out = StepOutput(rid=req.rid, ids=[])
-            reason = None
-            want_logprobs = req.sampling.logprobs >= 0
-            for sample in picked:
-                req.append_output(sample.token_id)
-                out.ids.append(sample.token_id)
-                if want_logprobs and sample.logprob is not None:
-                    out.logprobs = (out.logprobs or []) + [sample.logprob]
-                    if req.sampling.logprobs > 0 and sample.top_logprobs is not None:
-                        out.top_logprobs = (out.top_logprobs or []) + [sample.top_logprobs]
-                reason = req.check_finish(self.max_req_total_len)
-                if reason is not None:
-                    break
-            if drafts:
-                out.spec_accepted = min(accepted, len(out.ids))
-                self.spec_drafted += len(drafts)
-                self.spec_accepted += out.spec_accepted
+            if seq.draft_ids:
+                out, reason = self._verify(req, seq.draft_ids, first, rows)
+            else:
+                token = first.token_id
+                req.append_output(token)
+                out = StepOutput(rid=req.rid, ids=[token])
+                if req.sampling.logprobs >= 0 and first.logprob is not None:
+                    out.logprobs = [first.logprob]
+                    if req.sampling.logprobs > 0 and first.top_logprobs is not None:
+                        out.top_logprobs = [first.top_logprobs]
+                reason = req.check_finish(max_len)
             if reason is not None:
                 req.finish_reason = reason
                 out.finish = reason.value
@@ -218,8 +201,39 @@ class Engine:
             elif req.num_output_tokens == len(out.ids):
                 self.scheduler.publish_prefix(req)  # its prompt is computed: share it
             outputs.append(self._first_output_fields(req, out))
-        assert taken == len(samples), f"runner sampled {len(samples)} rows, {taken} wanted"
+        assert next(rows, None) is None, "the runner sampled rows of no sequence"
         return finished
+
+    def _verify(
+        self, req: Request, drafts: list[int], first: SampleOutput, rows: Iterator[SampleOutput]
+    ) -> tuple[StepOutput, FinishReason | None]:
+        """Accept `drafts` while each equals the sample of the row before it; append the accepted
+        tokens and the sample after them (stopping at a finish). Returns the output and the finish
+        reason, if any."""
+        picked = [first]
+        picked.extend(next(rows) for _ in drafts)
+        accepted = 0
+        while accepted < len(drafts) and picked[accepted].token_id == drafts[accepted]:
+            accepted += 1
+        # Positions of the rejected drafts hold stale latents: recompute from the first of them.
+        req.num_computed_tokens = req.num_tokens + accepted
+        req.draft_token_ids = []
+        out = StepOutput(rid=req.rid, ids=[])
+        reason = None
+        for sample in picked[: accepted + 1]:
+            req.append_output(sample.token_id)
+            out.ids.append(sample.token_id)
+            if req.sampling.logprobs >= 0 and sample.logprob is not None:
+                out.logprobs = (out.logprobs or []) + [sample.logprob]
+                if req.sampling.logprobs > 0 and sample.top_logprobs is not None:
+                    out.top_logprobs = (out.top_logprobs or []) + [sample.top_logprobs]
+            reason = req.check_finish(self.max_req_total_len)
+            if reason is not None:
+                break
+        out.spec_accepted = min(accepted, len(out.ids))
+        self.spec_drafted += len(drafts)
+        self.spec_accepted += out.spec_accepted
+        return out, reason
 
     def _propose_drafts(self, batch: ScheduledBatch) -> None:
         """After a step: the drafter reads every row whose next token is now known, and proposes

@@ -37,6 +37,8 @@ from glm47.worker.engine.request import Request, RequestState
 
 log = logging.getLogger(__name__)
 
+NO_DRAFTS: list[int] = []  # shared by every sequence without drafts; never modified
+
 
 @dataclass
 class _Plan:
@@ -169,7 +171,7 @@ class Scheduler:
             if start < len(req.prompt_ids):
                 prompt_tokens += min(start + n, len(req.prompt_ids)) - start
             sample = start + n >= known
-            drafts = req.draft_token_ids[: start + n - known] if start + n > known else []
+            drafts = req.draft_token_ids[: start + n - known] if start + n > known else NO_DRAFTS
             seqs.append(
                 ScheduledSeq(
                     rid=req.rid,

@@ -124,8 +124,8 @@ class ModelRunner:
         prefill, decode = resolve_backends(prefill_backend, decode_backend, self.device)
         self.prefill_backend: AttentionBackend = create_backend(prefill)
         self.decode_backend: AttentionBackend = create_backend(decode)
-        # Steps with prompt tokens: decoding rows through the decode backend, the rest through
-        # the prefill backend.
+        # Steps that are not plain decode: sequences with a few tokens (decoding, verifying
+        # drafts) through the decode backend, longer chunks through the prefill backend.
         self.mixed_backend = SplitAttention(self.decode_backend, self.prefill_backend)
         moe = resolve_experts_backend(moe_backend, self.device)
         self.model = load_model(
@@ -339,7 +339,7 @@ class ModelRunner:
             tokens = mtp.compute_logits(last).argmax(dim=-1).tolist()
             for it, token in zip(drafting, tokens, strict=True):
                 drafts[it.rid].append(int(token))
-            drafting, last = self._still_drafting(drafting, drafts, last, step)
+            drafting, last = self._still_drafting(drafting, last, step)
             if not drafting:
                 break
             chain = [ScheduledSeq(it.rid, [drafts[it.rid][-1]], it.start_pos + len(it.next_ids)
@@ -350,7 +350,7 @@ class ModelRunner:
 
     @staticmethod
     def _still_drafting(
-        drafting: list[DraftInput], drafts: dict[str, list[int]], last: torch.Tensor, step: int
+        drafting: list[DraftInput], last: torch.Tensor, step: int
     ) -> tuple[list[DraftInput], torch.Tensor]:
         """The sequences that want more drafts after `step + 1`, and their rows of `last`."""
         keep = [i for i, it in enumerate(drafting) if it.num_drafts > step + 1]

@@ -1,13 +1,15 @@
-"""The bench client's event-stream line splitting."""
+"""The bench client: event-stream line splitting, and the timings it records per request."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import httpx
 
-from glm47.bench.client import sse_lines
+from glm47.bench.client import Endpoint, send_one, sse_lines
+from glm47.bench.dataset import BenchRequest
 
 
 def test_sse_lines_split_at_newlines_only() -> None:
@@ -33,3 +35,30 @@ class _Chunks(httpx.AsyncByteStream):
     async def __aiter__(self):  # type: ignore[no-untyped-def]
         for piece in self.pieces:
             yield piece
+
+
+def test_a_request_records_headers_first_event_and_first_text_in_order() -> None:
+    events = [
+        {"choices": [{"index": 0, "text": ""}]},  # held-back text: an event with none
+        {"choices": [{"index": 0, "text": "hi"}]},
+        {"choices": [{"index": 0, "text": " there"}], "usage": {"completion_tokens": 3}},
+    ]
+    body = "".join(f"data: {json.dumps(e)}\n\n" for e in events) + "data: [DONE]\n\n"
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(
+            200, content=body.encode(), headers={"content-type": "text/event-stream"}
+        )
+
+    async def run():  # type: ignore[no-untyped-def]
+        async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http:
+            req = BenchRequest("a prompt", prompt_len=2, output_len=3)
+            return await send_one(
+                http, "http://x/v1/completions", req, Endpoint.COMPLETIONS, "m", time.perf_counter()
+            )
+
+    res = asyncio.run(run())
+    assert res.error is None and res.output_tokens == 3 and len(res.token_times) == 2
+    assert res.headers_at is not None and res.first_event_at is not None and res.ttft is not None
+    assert res.start <= res.headers_at <= res.first_event_at <= res.start + res.ttft
+    assert res.first_event_at <= res.token_times[0]

@@ -43,6 +43,10 @@ class RequestResult:
     end: float = 0.0
     ttft: float | None = None  # first content token
     token_times: list[float] = field(default_factory=list)  # arrival of each streamed chunk
+    # When the response headers came, and the first event (with text or not): together with
+    # `ttft` they tell a slow server from text held back in empty chunks, or a slow client.
+    headers_at: float | None = None
+    first_event_at: float | None = None
     output_tokens: int = 0  # from the server's usage when reported, else chunks counted
     error: str | None = None
 
@@ -109,6 +113,7 @@ async def send_one(
     res.start = time.perf_counter() - t0
     try:
         async with http.stream("POST", url, json=_payload(req, endpoint, model)) as resp:
+            res.headers_at = time.perf_counter() - t0
             if resp.status_code != 200:
                 res.error = f"HTTP {resp.status_code}: {(await resp.aread())[:200]!r}"
                 return res
@@ -121,6 +126,8 @@ async def send_one(
                     break
                 chunk = json.loads(data)
                 now = time.perf_counter() - t0
+                if res.first_event_at is None:
+                    res.first_event_at = now
                 if _chunk_has_text(chunk):
                     chunks += 1
                     res.token_times.append(now)

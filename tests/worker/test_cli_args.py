@@ -129,6 +129,7 @@ def test_scheduling_and_graph_flags_reach_the_config() -> None:
     defaults = parse_args(BASE)
     assert defaults.engine.max_wait_steps == 6
     assert defaults.engine.segment_graph_max_tokens == 8192  # the step token budget
+    assert defaults.engine.max_running_requests == 1024
     budget = parse_args([*BASE, "--max-num-batched-tokens", "2048"])
     assert budget.engine.segment_graph_max_tokens == 2048
     off = parse_args([*BASE, "--segment-graph-max-tokens", "0"])

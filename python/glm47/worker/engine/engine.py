@@ -270,12 +270,8 @@ class Engine:
             req.max_new_tokens - req.num_output_tokens, self.max_req_total_len - req.num_tokens
         )
         count = max(0, min(self.mtp_step, room - 1))
-        if count:
-            need = self.pool.pages_for(req.num_tokens + count) - len(req.page_ids)
-            if need > 0:
-                if self.pool.num_free < need:
-                    return 0
-                req.page_ids += self.pool.allocate(need)
+        if count and not self.scheduler.grow_from_free(req, req.num_tokens + count):
+            return 0
         return count
 
     @staticmethod

@@ -154,6 +154,18 @@ class Scheduler:
             admitted += 1
         return admitted
 
+    def grow_from_free(self, req: Request, num_tokens: int) -> bool:
+        """Extend a running request's pages to hold `num_tokens` positions from free pages only
+        (nothing is evicted or preempted for it); False, with nothing taken, if too few are
+        free."""
+        need = self.pool.pages_for(num_tokens) - len(req.page_ids)
+        if need <= 0:
+            return True
+        if self.pool.num_free < need:
+            return False
+        req.page_ids += self.pool.allocate(need)
+        return True
+
     def _make_room(self, num_pages: int) -> bool:
         """True when `num_pages` pages are free, evicting unreferenced cache pages if needed (at
         least `_evict_batch` at a time, so that a step of many small needs evicts once)."""

@@ -141,3 +141,8 @@ def test_log_stats_flags() -> None:
     assert parse_args([*BASE, "--log-stats-interval", "2.5"]).engine.log_stats_interval == 2.5
     assert parse_args([*BASE, "--disable-log-stats"]).engine.log_stats_interval == 0.0
     assert parse_args([*BASE, "--log_stats_interval", "1"]).engine.log_stats_interval == 1.0
+
+
+def test_server_warmup_is_on_unless_skipped() -> None:
+    assert parse_args(BASE).engine.server_warmup
+    assert not parse_args([*BASE, "--skip-server-warmup"]).engine.server_warmup

@@ -108,3 +108,23 @@ def test_auto_experts_backend_resolves_per_device() -> None:
     expected = "triton" if "triton" in registered_experts_backends() else "torch"
     assert resolve_experts_backend("auto", gpu) == expected
     assert resolve_experts_backend("torch", gpu) == "torch"
+
+
+def test_a_replaced_prefill_backend_takes_the_prompt_chunks(tiny: Path) -> None:
+    """Swapping `runner.prefill_backend` (as the model benchmark does per backend) must change
+    which backend attends a prompt chunk; the mixed-step splitter follows the current pair."""
+    runner = make_runner(tiny, torch.float32, page_size=4)
+    calls: list[int] = []
+    inner = runner.prefill_backend
+
+    class Recording:
+        name = "recording"
+
+        def forward(self, q_nope, *args, **kwargs):  # type: ignore[no-untyped-def]
+            calls.append(int(q_nope.shape[0]))
+            return inner.forward(q_nope, *args, **kwargs)
+
+    runner.prefill_backend = Recording()  # type: ignore[assignment]
+    chunk = ScheduledSeq("p", list(range(3, 23)), 0, [1, 2, 3, 4, 5], sample=True)
+    runner.forward(runner.prepare(ScheduledBatch([chunk])))
+    assert calls == [20] * runner.cfg.num_hidden_layers

@@ -61,7 +61,9 @@ def build(args: WorkerArgs) -> tuple[Engine, Ready]:
     """Load the model and build runner, sampler and engine; returns the engine and its `ready`."""
     import torch
 
+    from glm47.worker.compile_watch import CompileWatch
     from glm47.worker.engine.engine import Engine
+    from glm47.worker.engine.warmup import warm_up
     from glm47.worker.runner import ModelRunner
     from glm47.worker.sampling import Sampler
 
@@ -69,6 +71,8 @@ def build(args: WorkerArgs) -> tuple[Engine, Ready]:
     model_dir = args.engine.model_dir
     model_cfg = ModelConfig.from_dir(model_dir)
     cfg = resolve_config(args.engine, model_cfg)
+    compiles = CompileWatch()
+    compiles.install()
     if cfg.mtp_step > 0:
         draft_dir = cfg.mtp_draft_model_dir
         if draft_dir is not None and Path(draft_dir).resolve() != Path(model_dir).resolve():
@@ -116,6 +120,11 @@ def build(args: WorkerArgs) -> tuple[Engine, Ready]:
     if cfg.mtp_step > 0 and not runner.can_draft:
         raise SystemExit(f"--mtp-step {cfg.mtp_step}: no MTP layer weights in {model_dir}")
     eos = eos_token_ids(model_dir, model_cfg)
+    if cfg.server_warmup and runner.device.type == "cuda":
+        # A throwaway engine: the synthetic requests leave no cache entries, counters or sampler
+        # state in the one that serves.
+        warm_up(Engine(cfg, runner, Sampler(seed=cfg.seed), eos), model_cfg.vocab_size)
+    compiles.start_serving()
     engine = Engine(cfg, runner, Sampler(seed=cfg.seed), eos)
     ready = Ready(
         model=args.model_name or Path(model_dir).resolve().name,

@@ -106,6 +106,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _flag(
         p,
+        ["--skip-server-warmup", "--skip_server_warmup"],
+        action="store_true",
+        help="on a GPU, serve without first running synthetic requests through the engine "
+        "(the first real steps then compile kernels while requests wait)",
+    )
+    _flag(
+        p,
         ["--disable-prefix-cache", "--disable_prefix_cache"],
         action="store_true",
         help="no KV sharing between requests with a common prefix",
@@ -169,6 +176,7 @@ def parse_args(argv: list[str]) -> WorkerArgs:
             max_wait_steps=ns.max_wait_steps,
             enable_prefix_cache=not ns.disable_prefix_cache,
             log_stats_interval=0.0 if ns.disable_log_stats else ns.log_stats_interval,
+            server_warmup=not ns.skip_server_warmup,
             prefill_att_backend=ns.prefill_att_backend,
             decode_att_backend=ns.decode_att_backend,
             graph_max_batch_size=ns.graph_max_batch_size,

@@ -51,6 +51,8 @@ class EngineConfig:
     # Seconds between the engine's summary lines in the log (steps, step times, throughput, batch
     # and KV state) while it works; 0: none.
     log_stats_interval: float = 5.0
+    # On a GPU, run synthetic requests through a throwaway engine before serving (engine/warmup.py).
+    server_warmup: bool = True
     # Admission keeps KV room for running requests to grow: this share of their remaining output
     # budget (see engine/admission.py; decays while nothing is preempted). 0: known tokens only.
     reserve_output_ratio: float = 0.7

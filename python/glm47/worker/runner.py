@@ -124,9 +124,6 @@ class ModelRunner:
         prefill, decode = resolve_backends(prefill_backend, decode_backend, self.device)
         self.prefill_backend: AttentionBackend = create_backend(prefill)
         self.decode_backend: AttentionBackend = create_backend(decode)
-        # Steps that are not plain decode: sequences with a few tokens (decoding, verifying
-        # drafts) through the decode backend, longer chunks through the prefill backend.
-        self.mixed_backend = SplitAttention(self.decode_backend, self.prefill_backend)
         moe = resolve_experts_backend(moe_backend, self.device)
         self.model = load_model(
             model_config,
@@ -271,6 +268,13 @@ class ModelRunner:
     def _decode_forward(self, input_ids: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
         ctx = ForwardContext(meta=meta, kv_cache=self.kv_cache, backend=self.decode_backend)
         return self.model(input_ids, meta.positions, ctx)
+
+    @property
+    def mixed_backend(self) -> SplitAttention:
+        """The backend of steps that are not plain decode: sequences with a few tokens (decoding,
+        verifying drafts) through the decode backend, longer chunks through the prefill backend;
+        built from the current pair, so that replacing either backend takes effect."""
+        return SplitAttention(self.decode_backend, self.prefill_backend)
 
     def prepare(self, batch: ScheduledBatch) -> StepInputs:
         """Host-side layout of the batch, staged into the static device buffers."""

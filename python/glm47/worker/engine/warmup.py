@@ -1,0 +1,139 @@
+"""Serving warm-up: synthetic requests through an engine before the worker says it is ready.
+
+Triton compiles a kernel the first time it sees a new specialisation: another block config of the
+fused MoE for a token count, an integer argument that is now 1, now a multiple of 16, now neither,
+a causal prefill over a cached prefix, a short query verifying drafts. The runner's own warm-up
+covers single prompts; real traffic then compiled the rest inside its first steps, one of which
+took 11 s on the H200 while 2000 requests waited. This traffic takes the paths serving takes: several
+prompts in one step, prompts longer than a step's budget (chunked, beside decoding sequences), prefix
+cache hits (partial and whole-prompt), decode batches growing and shrinking, every sampling
+transform, and drafts when the engine drafts.
+
+Run it on a throwaway `Engine` over the real runner and serve with a fresh one: the synthetic
+requests then leave no prefix-cache entries, counters or sampler state behind.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from dataclasses import dataclass
+
+from glm47.worker.batch import SamplingParams
+from glm47.worker.engine.engine import Engine
+from glm47.worker.engine.request import Request
+
+log = logging.getLogger(__name__)
+
+# The sampling settings the requests cycle through: greedy, every filter, the penalties, a seed,
+# log probabilities.
+SAMPLINGS = (
+    SamplingParams(temperature=0.0),
+    SamplingParams(temperature=0.8, top_p=0.9, top_k=40, min_p=0.05),
+    SamplingParams(temperature=1.0, presence_penalty=0.5, frequency_penalty=0.3),
+    SamplingParams(temperature=0.7, repetition_penalty=1.1, seed=7, logprobs=3),
+    SamplingParams(temperature=0.0, logprobs=0),
+)
+
+
+@dataclass
+class WarmUpReport:
+    requests: int = 0
+    steps: int = 0
+    prefix_hit_tokens: int = 0
+    mixed_steps: int = 0  # steps with prompt tokens and decoding sequences together
+    largest_decode_batch: int = 0
+    drafted: int = 0
+    seconds: float = 0.0
+
+
+def prompt_lengths(budget: int, longest: int) -> list[int]:
+    """Prompt lengths from one token to a little over a step's token budget (so that one prompt
+    is chunked), none above `longest`."""
+    lengths = [1, 2, 5, 13, 16, 40, 100, 250, 600, 1500, budget // 2 + 3, budget + 7]
+    return sorted({max(1, min(n, longest)) for n in lengths})
+
+
+def crowd_size(engine: Engine) -> int:
+    """Requests in the crowd wave: a few more than fit in the running batch (so admission waits
+    too), as the KV pool allows at 64 tokens a request."""
+    running = engine.config.max_running_requests
+    return max(2, min(running + running // 8, engine.kv_capacity_tokens // 64))
+
+
+def warm_up(engine: Engine, vocab_size: int, seed: int = 0) -> WarmUpReport:
+    """Drive synthetic requests through `engine` until none is left; returns what they covered.
+
+    Waves: every prompt length at once (a multi-sequence prefill, the longest chunked); a wave of
+    prompts sharing the first wave's prefixes, added while the first decodes (mixed steps, partial
+    hits); whole-prompt repeats (a hit up to the last token); then single requests as the batch
+    drains."""
+    start = time.perf_counter()
+    rng = random.Random(seed)
+    config = engine.config
+    budget = config.max_num_batched_tokens or config.chunked_prefill_size
+    # Room for every request of a wave at once, whatever the pool: the longest prompt is capped
+    # at a share of the KV capacity.
+    longest = max(1, min(engine.max_req_total_len - 40, engine.kv_capacity_tokens // 8))
+    lengths = prompt_lengths(budget, longest)
+    report = WarmUpReport()
+    first: list[list[int]] = []
+
+    def add(prompt: list[int], max_new: int) -> None:
+        sampling = SAMPLINGS[report.requests % len(SAMPLINGS)]
+        rid = f"warmup-{report.requests}"
+        engine.add_request(
+            Request(rid, prompt, max_new, sampling=sampling, min_new_tokens=min(2, max_new))
+        )
+        report.requests += 1
+
+    for n in lengths:
+        prompt = [rng.randrange(1, vocab_size) for _ in range(n)]
+        first.append(prompt)
+        add(prompt, 8 + 4 * (len(first) % 5))
+    stem = [rng.randrange(1, vocab_size) for _ in range(24)]
+    waves = [
+        # Shared prefixes with a new tail: partial prefix-cache hits.
+        [
+            p[: max(1, len(p) // 2)] + [rng.randrange(1, vocab_size) for _ in range(9)]
+            for p in first
+        ],
+        # The same prompts again: hits up to the last token, which is computed anew.
+        [list(p) for p in first[: len(first) // 2]],
+        # A crowd of short prompts, as a burst of chat requests brings: steps with hundreds of
+        # sequences, many of them hits on a common stem, then decode batches past the largest
+        # decode graph.
+        [
+            stem[: rng.randrange(0, len(stem))] + [rng.randrange(1, vocab_size) for _ in range(4)]
+            for _ in range(crowd_size(engine))
+        ],
+    ]
+    step = 0
+    while engine.has_work() or waves:
+        if waves and (step >= 3 * (4 - len(waves)) or not engine.has_work()):
+            for prompt in waves.pop(0):
+                add(prompt, 6)
+        running = engine.scheduler.running
+        decoding = sum(r.num_computed_tokens >= r.num_prompt_tokens for r in running)
+        prefilling = len(running) - decoding + len(engine.scheduler.waiting)
+        engine.step()
+        step += 1
+        report.mixed_steps += bool(decoding and prefilling)
+        report.largest_decode_batch = max(report.largest_decode_batch, decoding)
+    report.steps = step
+    report.prefix_hit_tokens = engine.cache.hit_tokens
+    report.drafted = engine.spec_drafted
+    report.seconds = time.perf_counter() - start
+    log.info(
+        "serving warm-up: %d requests in %d steps, %.1f s (%d prompt tokens from the prefix "
+        "cache, %d steps with prompts beside decoding, decode batches up to %d, %d drafts)",
+        report.requests,
+        report.steps,
+        report.seconds,
+        report.prefix_hit_tokens,
+        report.mixed_steps,
+        report.largest_decode_batch,
+        report.drafted,
+    )
+    return report

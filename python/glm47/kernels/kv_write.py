@@ -10,7 +10,7 @@ import triton
 import triton.language as tl
 
 
-@triton.jit
+@triton.jit(do_not_specialize_on_alignment=["slot_ptr"])
 def _kv_write_kernel(
     latent_ptr,  # [T, D_LAT]
     k_rope_ptr,  # [T, D_ROPE]

@@ -16,7 +16,10 @@ import triton.language as tl
 from glm47.kernels.mla_decode import LOG2E, check_q_and_cache, gather_latents, split_query
 
 
-@triton.jit
+@triton.jit(
+    do_not_specialize=["stride_pt"],
+    do_not_specialize_on_alignment=["page_table_ptr", "seq_lens_ptr", "query_start_loc_ptr"],
+)
 def _mla_prefill_kernel(
     q_ptr,  # [T, H, D_LAT] (any strides, contiguous last dimension)
     qr_ptr,  # [T, H, D_ROPE] the roped part of the query

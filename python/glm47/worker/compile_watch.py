@@ -36,16 +36,17 @@ class CompileWatch:
         self._started[_hashable(key)] = time.perf_counter()
         return False  # True would make Triton skip the compile
 
-    def after(self, *, key: Any, repr: str, **_: Any) -> bool:
+    def after(self, *, key: Any, repr: str, fn: Any = None, **_: Any) -> bool:
         start = self._started.pop(_hashable(key), None)
         seconds = time.perf_counter() - start if start is not None else 0.0
+        what = describe(key, fn) or repr
         if self.serving:
             self.serving_count += 1
-            log.warning("triton kernel compiled while serving (%.2f s): %s", seconds, repr)
+            log.warning("triton kernel compiled while serving (%.2f s): %s", seconds, what)
         else:
             self.startup_count += 1
             self.startup_seconds += seconds
-            log.debug("triton kernel compiled (%.2f s): %s", seconds, repr)
+            log.debug("triton kernel compiled (%.2f s): %s", seconds, what)
         return False
 
     def start_serving(self) -> None:
@@ -55,6 +56,20 @@ class CompileWatch:
             self.startup_seconds,
         )
         self.serving = True
+
+
+def describe(key: Any, fn: Any) -> str | None:
+    """`kernel(arg: type+specialisation, ...)` from the cache key (its first item holds one
+    (type, specialisation) pair per argument: "D" divisible by 16, a constant's value, ...);
+    None where the key has another shape."""
+    try:
+        params = [p.name for p in fn.jit_function.params]
+        specs = key[0]
+        args = ", ".join(f"{name}: {ty}{'/' + str(spec) if spec else ''}"
+                         for name, (ty, spec) in zip(params, specs, strict=True))  # fmt: skip
+        return f"{fn.name}({args})"
+    except (AttributeError, TypeError, ValueError, IndexError):
+        return None
 
 
 def _hashable(key: Any) -> Any:

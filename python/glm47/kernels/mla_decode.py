@@ -16,11 +16,11 @@ import triton.language as tl
 LOG2E = 1.4426950408889634  # softmax runs in exp2: scores are pre-scaled by log2(e)
 
 # Arguments that change from step to step outside CUDA graphs (the page table's width, the split
-# count of the batch size). Triton would build one specialisation per class of value (1, a
-# multiple of 16, other) and compile it the first time a step brings it: one such compile took
-# 11.5 s in the middle of a burst. The same for the pointers of sliced step tensors (their
-# 16-byte alignment).
-STEP_VARYING_DECODE = ["stride_pt", "num_splits"]
+# count of the batch size and the partials' row stride, 20 x splits). Triton would build one
+# specialisation per class of value (1, a multiple of 16, other) and compile it the first time a
+# step brings it: one such compile took 11.5 s in the middle of a burst. The same for the pointers
+# of sliced step tensors (their 16-byte alignment).
+STEP_VARYING_DECODE = ["stride_pt", "stride_plb", "num_splits"]
 STEP_VARYING_POINTERS = ["page_table_ptr", "seq_lens_ptr"]
 
 
@@ -99,7 +99,7 @@ def _mla_decode_split_kernel(
     tl.store(part_lse_ptr + b * stride_plb + split * stride_pls + offs_h, lse, mask=mask_h)
 
 
-@triton.jit(do_not_specialize=["num_splits"])
+@triton.jit(do_not_specialize=["stride_plb", "num_splits"])
 def _mla_decode_merge_kernel(
     part_out_ptr,  # [B, num_splits, H, D_LAT] fp32
     part_lse_ptr,  # [B, num_splits, H] fp32, log2 units

@@ -39,6 +39,10 @@ pub struct Metrics {
     workers: Mutex<BTreeMap<String, WorkerGauges>>,
     /// Seconds from submission to the first generated token.
     pub ttft: Histogram,
+    /// Seconds from a streaming request's arrival at the HTTP server (its headers read) to the
+    /// start of its response, which carries the first chunk: the time to first token as the
+    /// router sees it from outside, request parsing, tokenization and dispatch included.
+    pub first_chunk: Histogram,
     /// Seconds between consecutive generated tokens of one request.
     pub itl: Histogram,
     /// Seconds from submission to the finish.
@@ -64,6 +68,7 @@ impl Metrics {
             in_flight: AtomicU64::new(0),
             workers: Mutex::new(BTreeMap::new()),
             ttft: Histogram::new(TTFT_BUCKETS),
+            first_chunk: Histogram::new(TTFT_BUCKETS),
             itl: Histogram::new(ITL_BUCKETS),
             e2e: Histogram::new(E2E_BUCKETS),
         }
@@ -137,6 +142,11 @@ impl Metrics {
             &mut out,
             "glm47_time_to_first_token_seconds",
             "Seconds from submission to the first generated token.",
+        );
+        self.first_chunk.render(
+            &mut out,
+            "glm47_http_time_to_first_chunk_seconds",
+            "Seconds from a streaming request's arrival to the start of its response (the first chunk).",
         );
         self.itl.render(
             &mut out,

@@ -263,6 +263,31 @@ async fn models_and_metrics_describe_the_server() {
         .starts_with("text/plain"));
     let text = r.text().await.unwrap();
     assert!(text.contains("/v1/completions"), "{text}");
+    // Only streams count toward the time to the first chunk.
+    assert!(
+        text.contains("glm47_http_time_to_first_chunk_seconds_count 0"),
+        "{text}"
+    );
+    let body = json!({"prompt": "a", "max_tokens": 2, "stream": true});
+    let (status, _) = server.post_stream("/v1/completions", body).await;
+    assert_eq!(status, 200);
+    let (status, _) = server
+        .post_stream("/generate_stream", json!({"inputs": "a"}))
+        .await;
+    assert_eq!(status, 200);
+    let text = server
+        .client
+        .get(format!("{}/metrics", server.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains("glm47_http_time_to_first_chunk_seconds_count 2"),
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

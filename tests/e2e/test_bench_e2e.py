@@ -54,6 +54,9 @@ def test_bench_random_workloads_write_reports(
         # the server's own view, from its /metrics, next to the client's
         assert 0 < w["server_ttft_mean_ms"] <= w["ttft_ms"]["mean"] + 1
         assert w["server_ttft_mean_ms"] < w["server_e2e_mean_ms"] <= w["e2e_ms"]["mean"] + 1
+        # from arrival at the router: the dispatch-to-token time plus the router's own work
+        first_chunk = w["server_first_chunk_mean_ms"]
+        assert w["server_ttft_mean_ms"] - 1 <= first_chunk <= w["ttft_ms"]["mean"] + 1
     # Two client processes on one clock, merged back in request order: each request was released
     # at its time in the shared Poisson schedule.
     raw = json.loads((tmp_path / "rate_50.requests.json").read_text())

@@ -126,6 +126,8 @@ SERVER_HISTOGRAMS = {
     "ttft": "glm47_time_to_first_token_seconds",
     "e2e": "glm47_e2e_request_latency_seconds",
 }
+# Read where present (servers from before it lack it).
+OPTIONAL_HISTOGRAMS = {"first_chunk": "glm47_http_time_to_first_chunk_seconds"}
 
 
 def server_totals(base_url: str) -> dict[str, tuple[float, float]] | None:
@@ -149,6 +151,9 @@ def server_totals(base_url: str) -> dict[str, tuple[float, float]] | None:
         if f"{metric}_sum" not in values or f"{metric}_count" not in values:
             return None
         totals[key] = (values[f"{metric}_sum"], values[f"{metric}_count"])
+    for key, metric in OPTIONAL_HISTOGRAMS.items():
+        if f"{metric}_sum" in values and f"{metric}_count" in values:
+            totals[key] = (values[f"{metric}_sum"], values[f"{metric}_count"])
     return totals
 
 
@@ -156,10 +161,12 @@ def server_means(
     before: dict[str, tuple[float, float]] | None, after: dict[str, tuple[float, float]] | None
 ) -> dict[str, float | None]:
     """Mean milliseconds of each histogram between two readings."""
-    means: dict[str, float | None] = dict.fromkeys(SERVER_HISTOGRAMS)
+    means: dict[str, float | None] = dict.fromkeys([*SERVER_HISTOGRAMS, *OPTIONAL_HISTOGRAMS])
     if before is None or after is None:
         return means
-    for key in SERVER_HISTOGRAMS:
+    for key in means:
+        if key not in before or key not in after:
+            continue
         total = after[key][0] - before[key][0]
         count = after[key][1] - before[key][1]
         means[key] = 1e3 * total / count if count > 0 else None
@@ -219,11 +226,15 @@ def main(argv: list[str]) -> int:
             summarize(results, wall),
             server_ttft_mean_ms=means["ttft"],
             server_e2e_mean_ms=means["e2e"],
+            server_first_chunk_mean_ms=means["first_chunk"],
         )
         print(markdown_table({name: rows[name]}), flush=True)
         if means["ttft"] is not None and means["e2e"] is not None:
+            from_arrival = means["first_chunk"]
             print(
-                f"  the server's own means: TTFT {means['ttft']:.0f} ms, E2E {means['e2e']:.0f} ms"
+                f"  the server's own means: TTFT {means['ttft']:.0f} ms from dispatch"
+                + (f" ({from_arrival:.0f} ms from arrival)" if from_arrival is not None else "")
+                + f", E2E {means['e2e']:.0f} ms"
             )
         for message, count in Counter(r.error for r in results if r.error).most_common(5):
             print(f"  {count} request(s) failed: {message}")

@@ -45,8 +45,11 @@ class Summary:
     e2e_ms: Dist
     # The server's own means over the workload (glm47's /metrics), when the endpoint has them:
     # what the requests cost inside the server, without the network and the client.
-    server_ttft_mean_ms: float | None = None
+    server_ttft_mean_ms: float | None = None  # from dispatch to the worker
     server_e2e_mean_ms: float | None = None
+    # From the request's arrival at the router's HTTP server to its first chunk (parsing,
+    # tokenization and dispatch included); streams only, and only servers that report it.
+    server_first_chunk_mean_ms: float | None = None
 
 
 def summarize(results: list[RequestResult], duration_s: float) -> Summary:

@@ -216,13 +216,30 @@ async fn count_requests(
         .extensions()
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_owned());
+    let arrived = std::time::Instant::now();
     let response = next.run(req).await;
     if let Some(path) = path {
         state
             .metrics()
             .inc_request(&path, response.status().as_u16());
     }
+    // A stream's handler answers once the first event is ready, so this is the time to the
+    // first chunk, everything in the router included.
+    if response.status() == StatusCode::OK && is_event_stream(&response) {
+        state
+            .metrics()
+            .first_chunk
+            .observe(arrived.elapsed().as_secs_f64());
+    }
     response
+}
+
+fn is_event_stream(response: &Response) -> bool {
+    response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"))
 }
 
 async fn not_found(method: Method, uri: Uri) -> ApiError {

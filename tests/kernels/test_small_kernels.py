@@ -33,7 +33,9 @@ def test_rope_rotates_q_and_k_in_place(device: str, dtype: torch.dtype) -> None:
     t, h, r = 5, 3, 16
     cs = rope_cos_sin(64, r, 1e6 if ON_GPU else 1e4, dtype, device)
     q = torch.randn((t, h, 8 + r), dtype=dtype, device=device)  # rope part is a strided view
-    k = torch.randn((t, r), dtype=dtype, device=device)
+    k_wide = torch.randn((t, 4 + r), dtype=dtype, device=device)  # k_rope: after the latent
+    k = k_wide[:, 4:]
+    latent = k_wide[:, :4].clone()
     pos = torch.randint(0, 64, (t,), device=device)
     q_ref = rope_ref(q[..., 8:], pos, cs)  # same rounding points, in the activation dtype
     k_ref = rope_ref(k, pos, cs)
@@ -45,6 +47,7 @@ def test_rope_rotates_q_and_k_in_place(device: str, dtype: torch.dtype) -> None:
     torch.testing.assert_close(k, k_ref, atol=1e-3, rtol=1.6e-2)
     assert rel_err(q[..., 8:], q_exact) < 1e-2
     assert torch.equal(q[..., :8], nope)
+    assert torch.equal(k_wide[:, :4], latent)
 
 
 def test_rope_at_position_zero_only_deinterleaves(device: str, dtype: torch.dtype) -> None:

@@ -14,33 +14,45 @@ import triton.language as tl
 
 
 @triton.jit
-def _rope_kernel(
-    x_ptr,  # [T, NH, R] (q_rope: NH = heads; k_rope: NH = 1)
-    pos_ptr,  # [T] int64
-    cs_ptr,  # [max_pos, R]: cos of the R/2 pair angles, then their sin
-    stride_t,
-    stride_h,
-    stride_cs,
-    num_heads,
-    HALF: tl.constexpr,
-    BLOCK_H: tl.constexpr,
-):
-    t = tl.program_id(0).to(tl.int64)
-    offs_h = tl.arange(0, BLOCK_H)
+def _rotate_rows(row, cos, sin, mask, HALF: tl.constexpr, ROWS: tl.constexpr):
+    """Rotate `ROWS` rows of width 2 * HALF at `row` (pointers [ROWS, 1]) in place."""
     offs_i = tl.arange(0, HALF)
-    mask = (offs_h < num_heads)[:, None]
-    pos = tl.load(pos_ptr + t)
-    cos = tl.load(cs_ptr + pos * stride_cs + offs_i)[None, :]  # [1, HALF]
-    sin = tl.load(cs_ptr + pos * stride_cs + HALF + offs_i)[None, :]
-    row = x_ptr + t * stride_t + offs_h[:, None] * stride_h
     offs_r = tl.arange(0, 2 * HALF)
-    x = tl.load(row + offs_r[None, :], mask=mask, other=0.0)  # [BLOCK_H, R], contiguous
-    x1, x2 = tl.split(tl.reshape(x, [BLOCK_H, HALF, 2]))  # evens, odds: [BLOCK_H, HALF]
+    x = tl.load(row + offs_r[None, :], mask=mask, other=0.0)  # [ROWS, R], contiguous
+    x1, x2 = tl.split(tl.reshape(x, [ROWS, HALF, 2]))  # evens, odds: [ROWS, HALF]
     dt = x1.dtype
     a = (x1 * cos).to(dt).to(tl.float32) - (x2 * sin).to(dt).to(tl.float32)
     b = (x2 * cos).to(dt).to(tl.float32) + (x1 * sin).to(dt).to(tl.float32)
     tl.store(row + offs_i[None, :], a.to(dt), mask=mask)
     tl.store(row + HALF + offs_i[None, :], b.to(dt), mask=mask)
+
+
+@triton.jit
+def _rope_kernel(
+    q_ptr,  # [T, H, R] q_rope
+    k_ptr,  # [T, R] k_rope
+    pos_ptr,  # [T] int64
+    cs_ptr,  # [max_pos, R]: cos of the R/2 pair angles, then their sin
+    stride_qt,
+    stride_qh,
+    stride_kt,
+    stride_cs,
+    num_heads,
+    HALF: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+):
+    """One token per program: its query heads and its key, with one read of cos and sin."""
+    t = tl.program_id(0).to(tl.int64)
+    offs_h = tl.arange(0, BLOCK_H)
+    offs_i = tl.arange(0, HALF)
+    pos = tl.load(pos_ptr + t)
+    cos = tl.load(cs_ptr + pos * stride_cs + offs_i)[None, :]  # [1, HALF]
+    sin = tl.load(cs_ptr + pos * stride_cs + HALF + offs_i)[None, :]
+    q_rows = q_ptr + t * stride_qt + offs_h[:, None] * stride_qh
+    _rotate_rows(q_rows, cos, sin, (offs_h < num_heads)[:, None], HALF, BLOCK_H)
+    one = tl.arange(0, 1)
+    k_row = k_ptr + t * stride_kt + one[:, None]
+    _rotate_rows(k_row, cos, sin, (one < 1)[:, None], HALF, 1)
 
 
 def rope_cos_sin(
@@ -54,23 +66,13 @@ def rope_cos_sin(
     return torch.cat([angles.cos(), angles.sin()], dim=-1).to(dtype)
 
 
-def _launch(x: torch.Tensor, positions: torch.Tensor, cos_sin: torch.Tensor) -> None:
-    t, nh, r = x.shape
-    if x.stride(2) != 1:
-        raise ValueError("rope input needs a contiguous last dimension")
-    _rope_kernel[(t,)](
-        x, positions, cos_sin, x.stride(0), x.stride(1), cos_sin.stride(0), nh,
-        HALF=r // 2, BLOCK_H=triton.next_power_of_2(nh), num_warps=2 if nh > 4 else 1,
-    )  # fmt: skip
-
-
 def apply_rope_(
     q_rope: torch.Tensor,  # [T, H, R], may be a strided view of q
     k_rope: torch.Tensor,  # [T, R]
     positions: torch.Tensor,  # [T] int64
     cos_sin: torch.Tensor,  # [max_pos, R], from rope_cos_sin
 ) -> None:
-    """Rotate q_rope and k_rope in place."""
+    """Rotate q_rope and k_rope in place, in one launch."""
     t, _, r = q_rope.shape
     if k_rope.shape != (t, r) or positions.shape != (t,) or cos_sin.shape[1] != r:
         raise ValueError(
@@ -81,10 +83,16 @@ def apply_rope_(
         raise ValueError(f"rope width must be a power of two >= 4, got {r}")
     if positions.dtype != torch.int64 or cos_sin.dtype != q_rope.dtype:
         raise ValueError("positions must be int64 and cos_sin in the activation dtype")
+    if q_rope.stride(2) != 1 or k_rope.stride(1) != 1:
+        raise ValueError("rope inputs need a contiguous last dimension")
     if t == 0:
         return
-    _launch(q_rope, positions, cos_sin)
-    _launch(k_rope.unsqueeze(1), positions, cos_sin)
+    heads = q_rope.shape[1]
+    _rope_kernel[(t,)](
+        q_rope, k_rope, positions, cos_sin,
+        q_rope.stride(0), q_rope.stride(1), k_rope.stride(0), cos_sin.stride(0), heads,
+        HALF=r // 2, BLOCK_H=triton.next_power_of_2(heads), num_warps=2 if heads > 4 else 1,
+    )  # fmt: skip
 
 
 def rope_ref(

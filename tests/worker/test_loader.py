@@ -16,6 +16,7 @@ from glm47.worker.model.loader import (
     CheckpointError,
     load_model,
     load_workers,
+    param_slice,
 )
 from glm47.worker.model.tiny import make_tiny_model
 from glm47.worker.model.weight_map import build_name_table
@@ -148,13 +149,22 @@ def _raw_config(path: Path) -> dict[str, object]:
 def test_name_table_covers_every_parameter_exactly_once(tiny: Path) -> None:
     cfg = ModelConfig.from_dir(tiny)
     model = load_model(cfg, None, device=CPU, dtype=torch.float32, load_format="dummy")
-    covered: dict[str, int] = {}
+    params = dict(model.named_parameters())
+    hits = {name: torch.zeros(p.shape, dtype=torch.int32) for name, p in params.items()}
     for target in build_name_table(cfg, with_mtp=True).values():
-        param = dict(model.named_parameters())[target.param]
-        rows = param.shape[1 if target.expert is not None else 0] // target.num_shards
-        block = param[0] if target.expert is not None else param
-        covered[target.param] = covered.get(target.param, 0) + rows * block[0].numel()
-    assert covered == {name: p.numel() for name, p in model.named_parameters()}
+        param_slice(hits[target.param], target).add_(1)  # the view each checkpoint tensor fills
+    for name, count in hits.items():
+        assert bool((count == 1).all()), name
+
+
+def test_fused_qkv_a_rows_hold_q_a_then_kv_a(tiny: Path) -> None:
+    cfg = ModelConfig.from_dir(tiny)
+    table = build_name_table(cfg, with_mtp=False)
+    q_a = table["model.layers.0.self_attn.q_a_proj.weight"]
+    kv_a = table["model.layers.0.self_attn.kv_a_proj_with_mqa.weight"]
+    assert q_a.param == kv_a.param == "layers.0.self_attn.qkv_a_proj.weight"
+    assert q_a.rows == (0, cfg.q_lora_rank)
+    assert kv_a.rows == (cfg.q_lora_rank, cfg.q_lora_rank + cfg.kv_cache_dim)
 
 
 def test_dummy_weights_have_the_real_shapes_on_the_target_device(

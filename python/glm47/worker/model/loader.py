@@ -155,6 +155,8 @@ def plan_load(
 def param_slice(param: torch.Tensor, target: Target) -> torch.Tensor:
     """The view of `param` a checkpoint tensor fills."""
     dst = param.data if target.expert is None else param.data[target.expert]
+    if target.rows is not None:
+        return dst[target.rows[0] : target.rows[1]]
     if target.shard is None:
         return dst
     rows = dst.shape[0] // target.num_shards

@@ -2,7 +2,8 @@
 
 Each rule maps a checkpoint name template to a parameter name template and says where in the
 parameter the tensor goes: the whole parameter, a block of rows of a fused projection (gate_up:
-[gate | up]), or one expert of a fused expert tensor (w13: [E, gate | up, H], w2: [E, H, I]).
+[gate | up]; qkv_a: [q_a | kv_a], blocks of unequal height), or one expert of a fused expert tensor
+(w13: [E, gate | up, H], w2: [E, H, I]).
 `build_name_table` expands the rules for one config into a dict keyed by checkpoint name, which
 the loader uses both to place tensors and to report unknown and missing keys.
 """
@@ -21,6 +22,9 @@ class Rule:
     shard: int | None = None  # index of the row block this tensor fills (of num_shards)
     num_shards: int = 1  # equal row blocks the parameter is split into
     per_expert: bool = False  # the tensor is expert {e} of an [E, ...] parameter
+    # Unequal row blocks: the config attributes giving each block's height, in order (then
+    # `shard` indexes them and num_shards is ignored).
+    block_heights: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -31,6 +35,7 @@ class Target:
     expert: int | None  # index into dim 0 of the parameter, for per-expert tensors
     shard: int | None  # row block (along the first dim after `expert`), None: the whole tensor
     num_shards: int
+    rows: tuple[int, int] | None = None  # [start, stop) of the block, when blocks are unequal
 
 
 GLOBAL_RULES = (
@@ -39,13 +44,23 @@ GLOBAL_RULES = (
     Rule("lm_head.weight", "lm_head.weight"),
 )
 
+# q_a_proj and kv_a_proj_with_mqa read the same input: one matmul, [q_a | kv_a] rows.
+_QKV_A = ("q_lora_rank", "kv_cache_dim")
+
 ATTENTION_RULES = (
     Rule("{p}.input_layernorm.weight", "{p}.input_layernorm.weight"),
     Rule("{p}.post_attention_layernorm.weight", "{p}.post_attention_layernorm.weight"),
-    Rule("{p}.self_attn.q_a_proj.weight", "{p}.self_attn.q_a_proj.weight"),
+    Rule(
+        "{p}.self_attn.q_a_proj.weight", "{p}.self_attn.qkv_a_proj.weight", 0, block_heights=_QKV_A
+    ),
     Rule("{p}.self_attn.q_a_layernorm.weight", "{p}.self_attn.q_a_layernorm.weight"),
     Rule("{p}.self_attn.q_b_proj.weight", "{p}.self_attn.q_b_proj.weight"),
-    Rule("{p}.self_attn.kv_a_proj_with_mqa.weight", "{p}.self_attn.kv_a_proj_with_mqa.weight"),
+    Rule(
+        "{p}.self_attn.kv_a_proj_with_mqa.weight",
+        "{p}.self_attn.qkv_a_proj.weight",
+        1,
+        block_heights=_QKV_A,
+    ),
     Rule("{p}.self_attn.kv_a_layernorm.weight", "{p}.self_attn.kv_a_layernorm.weight"),
     Rule("{p}.self_attn.kv_b_proj.weight", "{p}.self_attn.kv_b_proj.weight"),
     Rule("{p}.self_attn.o_proj.weight", "{p}.self_attn.o_proj.weight"),
@@ -89,14 +104,14 @@ def build_name_table(cfg: ModelConfig, with_mtp: bool) -> dict[str, Target]:
     """Every checkpoint tensor the model needs, and where each goes."""
     table: dict[str, Target] = {}
     for rule in GLOBAL_RULES:
-        _add(table, rule, "", "")
+        _add(table, cfg, rule, "", "")
     for layer in range(cfg.num_hidden_layers):
         _add_layer(table, cfg, layer, f"layers.{layer}")
     if with_mtp:
         layer = cfg.mtp_layer_index
         _add_layer(table, cfg, layer, "mtp.layer")
         for rule in MTP_HEAD_RULES:
-            _add(table, rule, f"model.layers.{layer}", "")
+            _add(table, cfg, rule, f"model.layers.{layer}", "")
     return table
 
 
@@ -113,14 +128,24 @@ def is_mtp_name(cfg: ModelConfig, name: str) -> bool:
 def _add_layer(table: dict[str, Target], cfg: ModelConfig, layer: int, module: str) -> None:
     rules = ATTENTION_RULES + (MOE_RULES if cfg.is_moe_layer(layer) else DENSE_MLP_RULES)
     for rule in rules:
-        _add(table, rule, f"model.layers.{layer}", module, cfg.n_routed_experts)
+        _add(table, cfg, rule, f"model.layers.{layer}", module, cfg.n_routed_experts)
 
 
 def _add(
-    table: dict[str, Target], rule: Rule, ckpt_prefix: str, module: str, num_experts: int = 0
+    table: dict[str, Target],
+    cfg: ModelConfig,
+    rule: Rule,
+    ckpt_prefix: str,
+    module: str,
+    num_experts: int = 0,
 ) -> None:
     experts = range(num_experts) if rule.per_expert else [None]
+    rows = None
+    if rule.block_heights and rule.shard is not None:
+        heights = [int(getattr(cfg, attr)) for attr in rule.block_heights]
+        start = sum(heights[: rule.shard])
+        rows = (start, start + heights[rule.shard])
     for expert in experts:
         name = rule.checkpoint.format(p=ckpt_prefix, e=expert)
         param = rule.param.format(p=module)
-        table[name] = Target(param, expert, rule.shard, rule.num_shards)
+        table[name] = Target(param, expert, rule.shard, rule.num_shards, rows)

@@ -25,7 +25,7 @@ class AttentionInputs(NamedTuple):
 
 
 class MLAAttention(nn.Module):
-    """q = q_b(norm(q_a(x))); [c | k_rope] = kv_a(x), c normalised; rope on q_rope and k_rope;
+    """[q_a | c | k_rope] = qkv_a(x); q = q_b(norm(q_a)), c normalised; rope on q_rope and k_rope;
     the backend caches [c | k_rope] in KV cache layer `cache_layer` and attends; then o_proj.
 
     `mla_weights` are views of `kv_b_proj.weight`, so the weight must be filled in place (the
@@ -43,10 +43,12 @@ class MLAAttention(nn.Module):
         self.scale = cfg.softmax_scale
         self.rope = rope
         heads = cfg.num_attention_heads
-        self.q_a_proj = Linear(cfg.hidden_size, cfg.q_lora_rank)
+        self.q_lora_rank = cfg.q_lora_rank
+        self.kv_cache_dim = cfg.kv_cache_dim
+        # q_a_proj and kv_a_proj_with_mqa in one matmul: rows [q_a | kv_a] (the loader fills them)
+        self.qkv_a_proj = Linear(cfg.hidden_size, cfg.q_lora_rank + cfg.kv_cache_dim)
         self.q_a_layernorm = RMSNorm(cfg.q_lora_rank, cfg.latent_norm_eps)
         self.q_b_proj = Linear(cfg.q_lora_rank, heads * cfg.qk_head_dim)
-        self.kv_a_proj_with_mqa = Linear(cfg.hidden_size, cfg.kv_cache_dim)
         self.kv_a_layernorm = RMSNorm(cfg.kv_lora_rank, cfg.latent_norm_eps)
         self.kv_b_proj = Linear(cfg.kv_lora_rank, heads * (cfg.qk_nope_head_dim + cfg.v_head_dim))
         self.o_proj = Linear(heads * cfg.v_head_dim, cfg.hidden_size)
@@ -64,10 +66,11 @@ class MLAAttention(nn.Module):
     ) -> AttentionInputs:
         """Everything before attention: the query and the new latent, rope applied."""
         num_tokens = x.shape[0]
-        q = self.q_b_proj(self.q_a_layernorm(self.q_a_proj(x)))
+        q_a, kv_a = self.qkv_a_proj(x).split([self.q_lora_rank, self.kv_cache_dim], dim=-1)
+        q = self.q_b_proj(self.q_a_layernorm(q_a))
         q = q.view(num_tokens, self.num_heads, self.nope_dim + self.rope_dim)
         q_nope, q_rope = q.split([self.nope_dim, self.rope_dim], dim=-1)
-        latent, k_rope = self.kv_a_proj_with_mqa(x).split([self.kv_lora_rank, self.rope_dim], -1)
+        latent, k_rope = kv_a.split([self.kv_lora_rank, self.rope_dim], -1)
         latent = self.kv_a_layernorm(latent)  # [T, kv_lora_rank]
         q_rope, k_rope = self.rope(positions, q_rope, k_rope)
         return AttentionInputs(q_nope, q_rope, latent, k_rope)

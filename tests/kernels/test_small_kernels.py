@@ -8,7 +8,7 @@ from kernel_utils import ON_GPU, rel_err
 
 from glm47.kernels.activation import silu_and_mul, silu_and_mul_ref
 from glm47.kernels.kv_write import write_kv, write_kv_ref
-from glm47.kernels.rmsnorm import rmsnorm, rmsnorm_ref
+from glm47.kernels.rmsnorm import rmsnorm, rmsnorm_pair, rmsnorm_ref
 from glm47.kernels.rope import apply_rope_, rope_cos_sin, rope_ref
 
 HIDDEN = 2048 if ON_GPU else 96
@@ -27,6 +27,25 @@ def test_rmsnorm_matches_reference(with_residual: bool, device: str, dtype: torc
         torch.testing.assert_close(new_res, ref_res)
     else:
         assert new_res is None
+
+
+def test_rmsnorm_pair_normalises_both_ranges_of_each_row(device: str, dtype: torch.dtype) -> None:
+    """MLA's layout: [q_a | latent | k_rope] per row; q_a and latent normalised, k_rope left."""
+    d_a, d_b, rest = (768, 512, 64) if ON_GPU else (24, 16, 8)
+    x = torch.randn((5, d_a + d_b + rest), dtype=dtype, device=device)
+    before = x.clone()
+    w_a = torch.rand(d_a, dtype=dtype, device=device) + 0.5
+    w_b = torch.rand(d_b, dtype=dtype, device=device) + 0.5
+    out_a, out_b = rmsnorm_pair(x, w_a, w_b, d_a, 1e-6)
+    ref_a, _ = rmsnorm_ref(x[:, :d_a], w_a, 1e-6)
+    ref_b, _ = rmsnorm_ref(x[:, d_a : d_a + d_b], w_b, 1e-6)
+    assert out_a.is_contiguous() and out_b.is_contiguous()
+    assert rel_err(out_a, ref_a) < 8e-3 and rel_err(out_b, ref_b) < 8e-3
+    single_a, _ = rmsnorm(x[:, :d_a], w_a, 1e-6)  # the one-range kernel, same rounding points
+    torch.testing.assert_close(out_a, single_a, rtol=0, atol=0)
+    assert torch.equal(x, before)
+    with pytest.raises(ValueError, match="do not fit"):
+        rmsnorm_pair(x, w_a, w_b, d_a + rest + 1, 1e-6)
 
 
 def test_rope_rotates_q_and_k_in_place(device: str, dtype: torch.dtype) -> None:

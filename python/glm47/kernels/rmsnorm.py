@@ -2,6 +2,9 @@
 
 `h = x + residual` (rounded to the activation dtype, returned as the new residual), then
 `weight * (h.float() * rsqrt(mean(h^2) + eps)).to(dtype)`, the model's RMSNorm rounding.
+
+`rmsnorm_pair` normalises two column ranges of each row with their own weights in one launch: MLA's
+compressed query and latent, which sit side by side in the output of one projection.
 """
 
 from __future__ import annotations
@@ -41,6 +44,75 @@ def _rmsnorm_kernel(
     normed = (hf * rstd).to(h.dtype).to(tl.float32)
     w = tl.load(w_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     tl.store(out_ptr + row * stride_o + offs, (normed * w).to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _norm_row(x_row, w_ptr, out_row, eps, D: tl.constexpr, BLOCK_D: tl.constexpr):
+    """One row of RMSNorm without a residual, with `_rmsnorm_kernel`'s rounding points."""
+    offs = tl.arange(0, BLOCK_D)
+    mask = offs < D
+    h = tl.load(x_row + offs, mask=mask, other=0.0)
+    hf = h.to(tl.float32)
+    rstd = tl.rsqrt(tl.sum(hf * hf, 0) / D + eps)
+    normed = (hf * rstd).to(h.dtype).to(tl.float32)
+    w = tl.load(w_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    tl.store(out_row + offs, (normed * w).to(out_row.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _rmsnorm_pair_kernel(
+    x_ptr,  # [T, >= OFF_B + D_B]
+    wa_ptr,  # [D_A]
+    wb_ptr,  # [D_B]
+    out_a_ptr,  # [T, D_A]
+    out_b_ptr,  # [T, D_B]
+    stride_x,
+    stride_a,
+    stride_b,
+    eps,
+    D_A: tl.constexpr,
+    D_B: tl.constexpr,
+    OFF_B: tl.constexpr,
+    BLOCK_A: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    if tl.program_id(1) == 0:
+        _norm_row(x_ptr + row * stride_x, wa_ptr, out_a_ptr + row * stride_a, eps, D_A, BLOCK_A)
+    else:
+        x_b = x_ptr + row * stride_x + OFF_B
+        _norm_row(x_b, wb_ptr, out_b_ptr + row * stride_b, eps, D_B, BLOCK_B)
+
+
+def rmsnorm_pair(
+    x: torch.Tensor,  # [T, W]
+    weight_a: torch.Tensor,  # [D_A]: normalises columns [0, D_A)
+    weight_b: torch.Tensor,  # [D_B]: normalises columns [offset_b, offset_b + D_B)
+    offset_b: int,
+    eps: float,
+) -> tuple[torch.Tensor, torch.Tensor]:  # [T, D_A], [T, D_B], both contiguous
+    """RMSNorm of two column ranges of every row, each with its weight, in one launch."""
+    d_a, d_b = weight_a.shape[0], weight_b.shape[0]
+    if x.dim() != 2 or x.stride(1) != 1:
+        raise ValueError(f"x must be [T, W] with a contiguous last dimension, got {tuple(x.shape)}")
+    if not (d_a <= offset_b and offset_b + d_b <= x.shape[1]):
+        raise ValueError(
+            f"ranges [0, {d_a}) and [{offset_b}, {offset_b + d_b}) do not fit {x.shape[1]}"
+        )
+    if weight_a.stride(0) != 1 or weight_b.stride(0) != 1:
+        raise ValueError("weights must be contiguous")
+    t = x.shape[0]
+    out_a = torch.empty((t, d_a), dtype=x.dtype, device=x.device)
+    out_b = torch.empty((t, d_b), dtype=x.dtype, device=x.device)
+    if t == 0:
+        return out_a, out_b
+    block_a, block_b = triton.next_power_of_2(d_a), triton.next_power_of_2(d_b)
+    _rmsnorm_pair_kernel[(t, 2)](
+        x, weight_a, weight_b, out_a, out_b, x.stride(0), out_a.stride(0), out_b.stride(0), eps,
+        D_A=d_a, D_B=d_b, OFF_B=offset_b, BLOCK_A=block_a, BLOCK_B=block_b,
+        num_warps=min(16, max(1, max(block_a, block_b) // 256)),
+    )  # fmt: skip
+    return out_a, out_b
 
 
 def rmsnorm(

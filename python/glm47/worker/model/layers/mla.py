@@ -7,6 +7,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from glm47.kernels.rmsnorm import rmsnorm_pair
 from glm47.worker.attention.base import MLAWeights
 from glm47.worker.model.config import ModelConfig
 from glm47.worker.model.context import ForwardContext
@@ -66,12 +67,21 @@ class MLAAttention(nn.Module):
     ) -> AttentionInputs:
         """Everything before attention: the query and the new latent, rope applied."""
         num_tokens = x.shape[0]
-        q_a, kv_a = self.qkv_a_proj(x).split([self.q_lora_rank, self.kv_cache_dim], dim=-1)
-        q = self.q_b_proj(self.q_a_layernorm(q_a))
+        qkv_a = self.qkv_a_proj(x)  # [T, q_lora_rank + kv_lora_rank + rope_dim]
+        k_rope = qkv_a[:, self.q_lora_rank + self.kv_lora_rank :]  # [T, rope_dim]
+        if self.q_a_layernorm.fused:  # both norms in one launch
+            q_a, latent = rmsnorm_pair(
+                qkv_a, self.q_a_layernorm.weight, self.kv_a_layernorm.weight, self.q_lora_rank,
+                self.q_a_layernorm.eps,
+            )  # fmt: skip
+        else:
+            q_a = self.q_a_layernorm(qkv_a[:, : self.q_lora_rank])
+            latent = self.kv_a_layernorm(
+                qkv_a[:, self.q_lora_rank : self.q_lora_rank + self.kv_lora_rank]
+            )
+        q = self.q_b_proj(q_a)
         q = q.view(num_tokens, self.num_heads, self.nope_dim + self.rope_dim)
         q_nope, q_rope = q.split([self.nope_dim, self.rope_dim], dim=-1)
-        latent, k_rope = kv_a.split([self.kv_lora_rank, self.rope_dim], -1)
-        latent = self.kv_a_layernorm(latent)  # [T, kv_lora_rank]
         q_rope, k_rope = self.rope(positions, q_rope, k_rope)
         return AttentionInputs(q_nope, q_rope, latent, k_rope)
 

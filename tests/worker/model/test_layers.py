@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from transformers import Glm4MoeLiteConfig
 from transformers.models.glm4_moe_lite import modeling_glm4_moe_lite as hf
 
 from glm47.worker.model.layers.experts import TorchExperts, create_experts_backend
+from glm47.worker.model.layers.mlp import DenseMLP
 from glm47.worker.model.layers.moe import select_experts
 from glm47.worker.model.layers.norm import RMSNorm
 from glm47.worker.model.layers.rope import InterleavedRope
@@ -105,3 +107,18 @@ def test_rope_matches_transformers_interleaved_rope() -> None:
     got_q, got_k = rope(positions, q, k)
     assert torch.equal(got_q, ref_q[0].transpose(0, 1))
     assert torch.equal(got_k, ref_k[0, 0])
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_dense_mlp_adds_the_given_tensor_on_both_paths(fused: bool) -> None:
+    """The MoE layer hands the routed output to the shared expert to add (on the fused path in
+    the down projection's matmul): the sum equals computing both and adding."""
+    torch.manual_seed(0)
+    mlp = DenseMLP(16, 24)
+    mlp.gate_up_proj.weight.data.normal_(0, 0.2)
+    mlp.down_proj.weight.data.normal_(0, 0.2)
+    x, other = torch.randn(5, 16), torch.randn(5, 16)
+    plain = mlp(x)
+    mlp.fused = fused
+    torch.testing.assert_close(mlp(x, add=other), plain + other, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(mlp(x), plain, rtol=1e-5, atol=1e-5)

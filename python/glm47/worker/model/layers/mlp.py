@@ -25,8 +25,14 @@ class DenseMLP(nn.Module):
         self.gate_up_proj = Linear(hidden_size, 2 * intermediate_size)
         self.down_proj = Linear(intermediate_size, hidden_size)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [T, H] -> [T, H]
+    def forward(self, x: torch.Tensor, add: torch.Tensor | None = None) -> torch.Tensor:
+        """[T, H] -> [T, H]; plus `add` [T, H] when given (on the fused path, in the epilogue of the
+        down projection's matmul: one launch and one rounding instead of two)."""
         if self.fused:
-            return self.down_proj(silu_and_mul(self.gate_up_proj(x)))
+            act = silu_and_mul(self.gate_up_proj(x))  # [T, I]
+            if add is None:
+                return self.down_proj(act)
+            return torch.addmm(add, act, self.down_proj.weight.t())
         gate, up = self.gate_up_proj(x).chunk(2, dim=-1)  # [T, I] each
-        return self.down_proj(F.silu(gate) * up)
+        out = self.down_proj(F.silu(gate) * up)
+        return out if add is None else out + add

@@ -61,7 +61,7 @@ FI_PID=$!
 section gpu_tests 170 "${PYTEST[@]}" tests/gpu -k "not flashinfer"
 wait $FI_PID
 
-section model_bench 190 python3 benchmarks/model_bench.py --budget-s 150 --iters 10 \
+section model_bench 220 python3 benchmarks/model_bench.py --budget-s 170 --iters 10 --verify-tokens 2 \
   --json "$OUT/model_bench.json"
 
 section eager_profile 150 python3 benchmarks/eager_profile.py --segment-graphs \

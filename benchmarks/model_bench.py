@@ -72,6 +72,17 @@ class AltDecodeRow:
 
 
 @dataclass
+class VerifyRow:
+    """A verification step of speculative decoding: every sequence computes its last token and
+    tokens - 1 drafts (MTP), logits at all of them."""
+
+    batch: int
+    tokens: int  # per sequence
+    step_ms: float
+    graphed: bool  # replayed a verification graph
+
+
+@dataclass
 class PrefillRow:
     backend: str
     ms: float
@@ -162,8 +173,11 @@ def prefill_floor_ms(runner: ModelRunner, w: WeightBytes, tokens: int, flops: fl
     return total / flops * 1e3
 
 
-def build_runner(batches: list[int], context: int, graphs: bool = True) -> ModelRunner:
-    """Dummy weights on the GPU, the KV pool from what memory leaves, graphs at `batches`."""
+def build_runner(
+    batches: list[int], context: int, graphs: bool = True, verify_tokens: int = 0
+) -> ModelRunner:
+    """Dummy weights on the GPU, the KV pool from what memory leaves, graphs at `batches` (and
+    verification graphs of `verify_tokens` tokens a sequence, when given)."""
     return ModelRunner(
         model_config(),
         None,
@@ -177,13 +191,14 @@ def build_runner(batches: list[int], context: int, graphs: bool = True) -> Model
         graph_batch_sizes=batches,
         max_req_total_len=context + PAGE_SIZE,
         disable_cuda_graph=not graphs,
+        verify_tokens=verify_tokens,
     )
 
 
-def build_runner_or_eager(batches: list[int], context: int) -> ModelRunner:
+def build_runner_or_eager(batches: list[int], context: int, verify_tokens: int = 0) -> ModelRunner:
     """With decode graphs; if capturing fails, eagerly (the decode rows then say graph False)."""
     try:
-        return build_runner(batches, context)
+        return build_runner(batches, context, verify_tokens=verify_tokens)
     except RuntimeError as err:
         print(f"building with CUDA graphs failed, timing eager decode instead: {err}")
     gc.collect()  # the failed runner's frames are gone with the exception: free its memory
@@ -236,6 +251,21 @@ def run_decode(
 
 
 @torch.inference_mode()
+def run_verify(runner: ModelRunner, batch: int, context: int, tokens: int, iters: int) -> VerifyRow:
+    """The decode batch's sequences, each verifying `tokens - 1` drafts after its last token."""
+    step, _ = decode_batch(runner, batch, context)
+    gen = torch.Generator().manual_seed(batch + tokens)
+    for s in step.seqs:
+        drafts = torch.randint(0, runner.cfg.vocab_size, (tokens - 1,), generator=gen).tolist()
+        s.token_ids, s.draft_ids = s.token_ids + drafts, drafts
+        s.start_pos -= tokens - 1  # the same context length as the decode rows
+    inputs = runner.prepare(step)
+    graphs = runner.verify_graphs
+    graphed = graphs is not None and graphs.can_run(inputs.input_ids, inputs.meta)
+    return VerifyRow(batch, tokens, time_cuda(logits_step(runner, inputs), iters), graphed)
+
+
+@torch.inference_mode()
 def run_alt_decode(
     runner: ModelRunner, backend: str, batch: int, context: int, iters: int
 ) -> AltDecodeRow:
@@ -271,6 +301,7 @@ def print_tables(
     alt: list[AltDecodeRow],
     prefill: list[PrefillRow],
     args: argparse.Namespace,
+    verify: list[VerifyRow] | None = None,
 ) -> None:
     print(f"\n== model bench: {torch.cuda.get_device_name()}, dummy weights, real shapes, no MTP")
     print(
@@ -284,6 +315,13 @@ def print_tables(
         print(f"{r.batch:>6} {r.step_ms:>8.2f} {r.floor_ms:>9.2f} {r.step_ms / r.floor_ms:>6.2f} "
               f"{r.tok_per_s:>8.0f} {r.eager_ms:>8.2f} {r.prepare_ms:>8.1f} {r.kv_sets:>7} "
               f"{r.graphed}")  # fmt: skip
+    if verify:
+        plain = {r.batch: r.step_ms for r in decode}
+        print(f"verification steps ({verify[0].tokens} tokens a sequence) against the decode step")
+        print(f"{'batch':>6} {'step ms':>8} {'decode ms':>9} {'ratio':>6} graph")
+        for v in verify:
+            ref = plain.get(v.batch, float("nan"))
+            print(f"{v.batch:>6} {v.step_ms:>8.2f} {ref:>9.2f} {v.step_ms / ref:>6.2f} {v.graphed}")
     if alt:
         triton_eager = {r.batch: r.eager_ms for r in decode}
         print("decode without graphs, other attention backends (triton eager for comparison)")
@@ -306,11 +344,18 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--budget-s", type=float, default=280.0, help="skip what would start later")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument(
+        "--verify-tokens",
+        type=int,
+        default=0,
+        help="also time verification steps of this many tokens a sequence (1 + MTP drafts) at "
+        "the decode batches, with their graphs (0: none)",
+    )
     args = parser.parse_args()
     t0 = time.perf_counter()
     batches = sorted(int(b) for b in args.batches.split(","))
     ceil = measure_ceilings()
-    runner = build_runner_or_eager(batches, args.context)
+    runner = build_runner_or_eager(batches, args.context, args.verify_tokens)
     print(f"model built and graphs captured in {time.perf_counter() - t0:.0f} s; "
           f"KV pool {runner.num_pages} pages of {PAGE_SIZE}")  # fmt: skip
     with torch.inference_mode():
@@ -319,12 +364,14 @@ def main() -> None:
     decode: list[DecodeRow] = []
     alt: list[AltDecodeRow] = []
     prefill: list[PrefillRow] = []
+    verify: list[VerifyRow] = []
 
     def save() -> None:
         if args.json is not None:
             data = {"ceilings": asdict(ceil), "weights": asdict(w), "args": vars(args) | {"json": str(args.json)},
                     "decode": [asdict(r) for r in decode], "alt_decode": [asdict(a) for a in alt],
-                    "prefill": [asdict(p) for p in prefill]}  # fmt: skip
+                    "prefill": [asdict(p) for p in prefill],
+                    "verify": [asdict(v) for v in verify]}  # fmt: skip
             args.json.write_text(json.dumps(data, indent=2))
 
     for batch in batches:
@@ -337,6 +384,17 @@ def main() -> None:
             print(f"decode batch {batch}: failed: {err}")
             continue
         print(f"decode batch {batch}: {decode[-1].step_ms:.2f} ms", flush=True)
+        save()
+    for batch in batches if args.verify_tokens > 1 else []:
+        if time.perf_counter() - t0 > args.budget_s:
+            print(f"verification batch {batch}: skipped, over the time budget")
+            continue
+        try:
+            verify.append(run_verify(runner, batch, args.context, args.verify_tokens, args.iters))
+        except RuntimeError as err:
+            print(f"verification batch {batch}: failed: {err}")
+            continue
+        print(f"verification batch {batch}: {verify[-1].step_ms:.2f} ms", flush=True)
         save()
     reason = unavailable_reason("flashinfer", runner.device)
     for batch in batches if reason is None else []:
@@ -362,7 +420,7 @@ def main() -> None:
         except (RuntimeError, ValueError) as err:
             print(f"prefill {backend}: failed: {err}")
         save()
-    print_tables(ceil, decode, alt, prefill, args)
+    print_tables(ceil, decode, alt, prefill, args, verify)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """MTP speculative decoding on the GPU at the real layer widths (3 layers and the MTP layer, dummy
-weights, bf16), through the Triton backends, decode CUDA graphs for plain decode steps and segment
-graphs for verification steps.
+weights, bf16), through the Triton backends, decode CUDA graphs for plain decode steps,
+verification graphs (3 tokens a sequence) for verification steps where every sequence has two
+drafts, and segment graphs for the rest.
 
 In bf16 a verification step computes a row in another kernel and batch layout than a plain decode
 step, so logits differ in their last bits; with dummy weights the logits are flat and such a
@@ -52,6 +53,7 @@ def make_runner() -> ModelRunner:
         decode_backend="triton",
         graph_max_batch_size=16,
         segment_graph_max_tokens=1024,
+        verify_tokens=1 + NUM_DRAFTS,
     )
 
 
@@ -77,6 +79,7 @@ def test_verification_rows_agree_with_one_token_decode_steps() -> None:
     """The logits a verification step gives for the last known token and each draft agree with
     decoding the same tokens one step at a time (each copy of a sequence in its own pages)."""
     runner = make_runner()
+    assert runner.verify_graphs is not None  # the verification steps below replay it
     pages = Pages(runner.page_size)
     gen = torch.Generator().manual_seed(1)
     decoded, verified = [], []

@@ -160,3 +160,77 @@ def test_steps_that_do_not_fit_are_left_to_the_eager_path(tiny: Path) -> None:
     assert not graphs.can_run(long.input_ids, long.meta)
     prefill = runner.prepare(batch(seq(alloc, "p", [1, 2], 0)))
     assert not graphs.can_run(prefill.input_ids, prefill.meta)
+
+
+def test_verification_graphs_pad_whole_sequences_of_q_tokens() -> None:
+    inputs = DecodeGraphInputs(
+        max_batch=4, max_pages=4, page_size=2, device=torch.device("cpu"), tokens_per_seq=3
+    )
+    meta = inputs.meta(4)
+    assert (meta.is_decode, meta.short_queries, meta.max_query_len) == (False, True, 3)
+    assert meta.query_start_loc.tolist() == [0, 3, 6, 9, 12]
+    inputs.page_table.fill_(9)  # pages of an earlier, larger step
+    step = AttentionMetadata(
+        positions=torch.tensor([4, 5, 6]),
+        slot_mapping=torch.tensor([10, 11, 14]),
+        query_start_loc=torch.tensor([0, 3], dtype=torch.int32),
+        seq_lens=torch.tensor([7], dtype=torch.int32),
+        page_table=torch.tensor([[3, 4, 5, 7]], dtype=torch.int32),
+        page_size=2,
+        max_query_len=3,
+        max_seq_len=7,
+        is_decode=False,
+        short_queries=True,
+    )
+    inputs.fill(torch.tensor([1, 2, 3]), step, 2)
+    meta = inputs.meta(2)
+    assert inputs.input_ids[:6].tolist() == [1, 2, 3, 0, 0, 0]
+    assert meta.positions.tolist() == [4, 5, 6, 0, 1, 2]
+    # the padded sequence writes positions 0..2 into page 0 (slots 0, 1, 0) and reads them back
+    assert meta.slot_mapping.tolist() == [10, 11, 14, 0, 1, 0]
+    assert meta.seq_lens.tolist() == [7, 3]
+    assert meta.page_table[1, :2].tolist() == [0, 0]  # the two pages positions 0..2 fall in
+
+
+def test_verification_steps_replay_their_graph_with_the_eager_logits(tiny: Path) -> None:
+    """Three sequences verifying two drafts each run in the 3-token graph of 4 sequences."""
+    runner = make_runner(tiny, torch.float32, page_size=2)
+    with torch.inference_mode():
+        graphs = DecodeGraphRunner(
+            runner._decode_forward,
+            runner.decode_backend,
+            sizes=[1, 2, 4],
+            max_pages=16,
+            page_size=2,
+            device=runner.device,
+            capturer=eager_capturer,
+            tokens_per_seq=3,
+        )
+        graphs.capture()
+        alloc = PageAllocator(runner.num_pages, 2)
+        prompts = {"a": [5, 6, 7], "b": [30, 31, 32, 33, 34], "c": [100]}
+        runner.run_logits(batch(*[seq(alloc, r, p, 0) for r, p in prompts.items()]))
+        seqs = []
+        for i, (rid, prompt) in enumerate(prompts.items()):
+            step = seq(alloc, rid, [40 + i, 50 + i, 60 + i], len(prompt))
+            step.draft_ids = [50 + i, 60 + i]
+            seqs.append(step)
+        inputs = runner.prepare(batch(*seqs))
+        assert graphs.can_run(inputs.input_ids, inputs.meta)
+        before = runner.kv_cache.clone()
+        eager = runner.model.compute_logits(runner.forward(inputs)[inputs.sample_rows])
+        eager_cache, runner.kv_cache[:] = runner.kv_cache.clone(), before
+        hidden = graphs.run(inputs.input_ids, inputs.meta)  # 3 sequences padded to 4
+        assert hidden.shape[0] == 9
+        logits = runner.model.compute_logits(hidden[inputs.sample_rows])
+        torch.testing.assert_close(logits, eager, atol=1e-5, rtol=1e-5)
+        # pages past the padding page hold what the eager step wrote
+        torch.testing.assert_close(runner.kv_cache[:, 2:], eager_cache[:, 2:], atol=1e-5, rtol=1e-5)
+        changed = (runner.kv_cache != before).any(dim=2).any(dim=0).nonzero().flatten().tolist()
+        assert set(changed) - set(inputs.meta.slot_mapping.tolist()) <= {0, 1}  # padding: page 0
+        # A step whose sequences verify different numbers of tokens is not this graph's.
+        alloc2 = PageAllocator(runner.num_pages, 2)
+        mixed = runner.prepare(batch(seq(alloc2, "x", [1, 2, 3], 0), seq(alloc2, "y", [4, 5], 0)))
+        assert not graphs.can_run(mixed.input_ids, mixed.meta)
+        decode = runner.prepare(batch(seq(alloc2, "z", [7], 0)))
+        assert not graphs.can_run(decode.input_ids, decode.meta)

@@ -116,6 +116,7 @@ def build(args: WorkerArgs) -> tuple[Engine, Ready]:
         max_req_total_len=cfg.max_req_total_len,
         warmup_tokens=cfg.max_num_batched_tokens or cfg.chunked_prefill_size,
         segment_graph_max_tokens=0 if cfg.disable_cuda_graph else cfg.segment_graph_max_tokens or 0,
+        verify_tokens=1 + cfg.mtp_step if cfg.mtp_step > 0 else 0,
     )
     if cfg.mtp_step > 0 and not runner.can_draft:
         raise SystemExit(f"--mtp-step {cfg.mtp_step}: no MTP layer weights in {model_dir}")

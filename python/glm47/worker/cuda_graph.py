@@ -2,9 +2,14 @@
 
 A decode step of B sequences runs the graph of the smallest captured size G >= B. All graphs read
 one set of static buffers (`DecodeGraphInputs`, sized for the largest graph; graph G uses their
-leading G rows). Before a replay the step's inputs are copied into rows [0, B) and rows [B, G)
-become padding: token 0 at position 0, seq_len 1, its only page page 0 (the reserved padding page)
-and its slot 0 of page 0, so padded rows attend to one padding row and write only there.
+leading G sequences). Before a replay the step's inputs are copied into sequences [0, B) and
+sequences [B, G) become padding: token 0 at position 0, seq_len 1, its only page page 0 (the
+reserved padding page) and its slot 0 of page 0, so padded rows attend to one padding row and write
+only there.
+
+Verification steps of speculative decoding have the same shape with Q = 1 + drafts tokens per
+sequence (`tokens_per_seq`): a graph set of its own, whose padded sequences hold Q tokens at
+positions 0..Q-1, all in page 0, each attending to what the same step wrote.
 
 The attention backend's side of the contract (docs/style.md point 7):
 - `supports_cuda_graph` (bool attribute): its decode `forward` reads the metadata only from the
@@ -12,7 +17,8 @@ The attention backend's side of the contract (docs/style.md point 7):
   on the static buffers stays right when the buffers change in place;
 - optionally `prepare_graph_replay(meta)`: called outside the graph, before capture and before
   every replay, with the static metadata of the graph about to run (FlashInfer plans there).
-The experts backend must be capturable too (`supports_cuda_graph`, same rule).
+The experts backend must be capturable too (`supports_cuda_graph`, same rule). Verification graphs
+also need `supports_multi_token_cuda_graph` on the decode backend.
 
 Logits are computed outside the graph from the returned hidden states, exactly as in eager mode.
 """
@@ -48,6 +54,13 @@ def supports_cuda_graph(backend: object) -> bool:
     return bool(flag)
 
 
+def supports_multi_token_graphs(backend: object) -> bool:
+    """Whether a backend's graphs may also hold steps of several tokens per sequence (its
+    `supports_multi_token_cuda_graph`, default False): its short-query path must read the
+    metadata only from the tensors it is given, like its decode path."""
+    return bool(getattr(backend, "supports_multi_token_cuda_graph", False))
+
+
 def capture_sizes(max_batch: int, sizes: Sequence[int] | None = None) -> list[int]:
     """Sorted batch sizes to capture, none above `max_batch`, `max_batch` always included.
 
@@ -71,52 +84,67 @@ def padded_batch_size(batch: int, sizes: Sequence[int]) -> int | None:
 
 
 class DecodeGraphInputs:
-    """The static input buffers every graph reads; graph G uses rows [0, G)."""
+    """The static input buffers every graph reads; graph G uses sequences [0, G), that is token
+    rows [0, G * tokens_per_seq)."""
 
     def __init__(
-        self, max_batch: int, max_pages: int, page_size: int, device: torch.device
+        self,
+        max_batch: int,
+        max_pages: int,
+        page_size: int,
+        device: torch.device,
+        tokens_per_seq: int = 1,
     ) -> None:
+        q = tokens_per_seq
         self.page_size = page_size
         self.max_pages = max_pages
-        self.input_ids = torch.zeros(max_batch, dtype=torch.int64, device=device)  # [G]
-        self.positions = torch.zeros(max_batch, dtype=torch.int64, device=device)  # [G]
-        self.slot_mapping = torch.zeros(max_batch, dtype=torch.int64, device=device)  # [G]
-        self.seq_lens = torch.ones(max_batch, dtype=torch.int32, device=device)  # [G]
-        # [G, max_pages]: page ids of each row; columns past a row's pages are never read
+        self.tokens_per_seq = q
+        rows = max_batch * q
+        self.input_ids = torch.zeros(rows, dtype=torch.int64, device=device)  # [G * Q]
+        self.positions = torch.zeros(rows, dtype=torch.int64, device=device)  # [G * Q]
+        self.slot_mapping = torch.zeros(rows, dtype=torch.int64, device=device)  # [G * Q]
+        self.seq_lens = torch.full((max_batch,), q, dtype=torch.int32, device=device)  # [G]
+        # [G, max_pages]: page ids of each sequence; columns past its pages are never read
         self.page_table = torch.zeros(max_batch, max_pages, dtype=torch.int32, device=device)
-        # [G + 1]: one new token per row
-        self.query_start_loc = torch.arange(max_batch + 1, dtype=torch.int32, device=device)
+        # [G + 1]: Q new tokens per sequence
+        self.query_start_loc = torch.arange(max_batch + 1, dtype=torch.int32, device=device) * q
+        # What padded sequences hold: positions 0..Q-1, written at the same slots of page 0.
+        self._pad_positions = torch.arange(q, device=device).repeat(max_batch)  # [G * Q]
+        self._pad_slots = self._pad_positions % page_size
+        self._pad_pages = -(-q // page_size)  # page-table columns a padded sequence reads
 
     def meta(self, graph_batch: int) -> AttentionMetadata:
-        """Metadata over the leading `graph_batch` rows (views: in-place fills show through)."""
-        g = graph_batch
+        """Metadata over the leading `graph_batch` sequences (views: in-place fills show through)."""
+        g, q = graph_batch, self.tokens_per_seq
         return AttentionMetadata(
-            positions=self.positions[:g],
-            slot_mapping=self.slot_mapping[:g],
+            positions=self.positions[: g * q],
+            slot_mapping=self.slot_mapping[: g * q],
             query_start_loc=self.query_start_loc[: g + 1],
             seq_lens=self.seq_lens[:g],
             page_table=self.page_table[:g],
             page_size=self.page_size,
-            max_query_len=1,
+            max_query_len=q,
             max_seq_len=self.max_pages * self.page_size,  # an upper bound; decode kernels ignore it
-            is_decode=True,
+            is_decode=q == 1,
+            short_queries=q > 1,
         )
 
     def fill(self, input_ids: torch.Tensor, meta: AttentionMetadata, graph_batch: int) -> None:
-        """Rows [0, B) from the step, rows [B, graph_batch) padding (see the module doc)."""
-        b, g = input_ids.shape[0], graph_batch
+        """Sequences [0, B) from the step, [B, graph_batch) padding (see the module doc)."""
+        b, g, q = meta.num_seqs, graph_batch, self.tokens_per_seq
+        n = b * q
         width = meta.page_table.shape[1]
-        self.input_ids[:b].copy_(input_ids)
-        self.positions[:b].copy_(meta.positions)
-        self.slot_mapping[:b].copy_(meta.slot_mapping)
+        self.input_ids[:n].copy_(input_ids)
+        self.positions[:n].copy_(meta.positions)
+        self.slot_mapping[:n].copy_(meta.slot_mapping)
         self.seq_lens[:b].copy_(meta.seq_lens)
         self.page_table[:b, :width].copy_(meta.page_table)
         if g > b:
-            self.input_ids[b:g].zero_()
-            self.positions[b:g].zero_()
-            self.slot_mapping[b:g].zero_()
-            self.seq_lens[b:g].fill_(1)
-            self.page_table[b:g, 0].zero_()
+            self.input_ids[n : g * q].zero_()
+            self.positions[n : g * q].copy_(self._pad_positions[n : g * q])
+            self.slot_mapping[n : g * q].copy_(self._pad_slots[n : g * q])
+            self.seq_lens[b:g].fill_(q)
+            self.page_table[b:g, : self._pad_pages].zero_()
 
 
 def eager_capturer(body: Callable[[], torch.Tensor]) -> tuple[Callable[[], None], torch.Tensor]:
@@ -166,10 +194,14 @@ class DecodeGraphRunner:
         page_size: int,
         device: torch.device,
         capturer: Capturer,
+        tokens_per_seq: int = 1,
     ) -> None:
         self.sizes = sorted(sizes)
         self.max_pages = max_pages
-        self.inputs = DecodeGraphInputs(self.sizes[-1], max_pages, page_size, device)
+        self.tokens_per_seq = tokens_per_seq
+        self.inputs = DecodeGraphInputs(
+            self.sizes[-1], max_pages, page_size, device, tokens_per_seq
+        )
         self._forward = forward
         self._backend = backend
         self._capturer = capturer
@@ -180,13 +212,14 @@ class DecodeGraphRunner:
         start = time.perf_counter()
         for size in reversed(self.sizes):
             meta = self.inputs.meta(size)
-            ids = self.inputs.input_ids[:size]
+            ids = self.inputs.input_ids[: size * self.tokens_per_seq]
             self._prepare(meta)
             replay, out = self._capturer(self._body(ids, meta))
             self._graphs[size] = (replay, out, meta)
         log.info(
-            "captured %d decode graphs (batch %d..%d) in %.1f s",
+            "captured %d %s graphs (batch %d..%d) in %.1f s",
             len(self.sizes),
+            "decode" if self.tokens_per_seq == 1 else f"{self.tokens_per_seq}-token verification",
             self.sizes[0],
             self.sizes[-1],
             time.perf_counter() - start,
@@ -199,17 +232,29 @@ class DecodeGraphRunner:
         return body
 
     def can_run(self, input_ids: torch.Tensor, meta: AttentionMetadata) -> bool:
-        """A decode step that fits the largest graph and the static page table."""
-        return (
+        """A step of `tokens_per_seq` tokens for every sequence (decode: one) that fits the
+        largest graph and the static page table."""
+        q = self.tokens_per_seq
+        shaped = (
             meta.is_decode
+            if q == 1
+            else (
+                meta.short_queries
+                and meta.parts is None
+                and meta.max_query_len == q
+                and input_ids.shape[0] == meta.num_seqs * q
+            )
+        )
+        return (
+            shaped
             and bool(self._graphs)
-            and input_ids.shape[0] <= self.sizes[-1]
+            and meta.num_seqs <= self.sizes[-1]
             and meta.page_table.shape[1] <= self.max_pages
         )
 
     def run(self, input_ids: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
-        """Hidden states [B, H] of the step's B rows (a view, valid until the next replay)."""
-        batch = input_ids.shape[0]
+        """Hidden states [B * Q, H] of the step's rows (a view, valid until the next replay)."""
+        batch = meta.num_seqs
         size = padded_batch_size(batch, self.sizes)
         if size is None or not self.can_run(input_ids, meta):
             raise ValueError(f"no captured decode graph fits a batch of {batch}")
@@ -217,7 +262,7 @@ class DecodeGraphRunner:
         self.inputs.fill(input_ids, meta, size)
         self._prepare(graph_meta)
         replay()
-        return out[:batch]
+        return out[: batch * self.tokens_per_seq]
 
     def _prepare(self, meta: AttentionMetadata) -> None:
         hook = getattr(self._backend, "prepare_graph_replay", None)

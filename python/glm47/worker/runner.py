@@ -39,6 +39,7 @@ from glm47.worker.cuda_graph import (
     DecodeGraphRunner,
     capture_sizes,
     supports_cuda_graph,
+    supports_multi_token_graphs,
 )
 from glm47.worker.model.config import ModelConfig
 from glm47.worker.model.context import ForwardContext
@@ -107,13 +108,17 @@ class ModelRunner:
         warmup_tokens: int = 0,
         segment_graph_max_tokens: int = 0,
         segment_capturer: Capturer | None = None,
+        verify_tokens: int = 0,
     ) -> None:
         """`fused_kernels`: RMSNorm, rope and routing as Triton kernels (None: on CUDA devices).
         `warmup_tokens`: on a GPU, run prefill steps of up to this many tokens before returning,
         so that the kernels' first-call compilation is not paid by the first requests.
         `segment_graph_max_tokens`: capture the steps that decode graphs do not serve, up to this
         many tokens, as graphs between the attention calls (segment_graph.py; 0: eager);
-        `segment_capturer` replaces CUDA graph capture (tests on the CPU)."""
+        `segment_capturer` replaces CUDA graph capture (tests on the CPU).
+        `verify_tokens`: with speculative decoding, the tokens a sequence verifies per step (1 +
+        drafts); decode graphs are also captured for steps where every sequence has that many,
+        up to `graph_max_batch_size // verify_tokens` sequences."""
         if page_size < 1 or page_size & (page_size - 1):
             raise ValueError(f"page_size must be a power of two, got {page_size}")
         self.cfg = model_config
@@ -163,11 +168,23 @@ class ModelRunner:
             self.kv_cache.numel() * self.kv_cache.element_size() / 2**30,
         )
         self.graphs: DecodeGraphRunner | None = None
+        self.verify_graphs: DecodeGraphRunner | None = None
         if not disable_cuda_graph:
             max_len = max_req_total_len or model_config.max_position_embeddings
+            max_pages = -(-max_len // page_size)
             self.graphs = self._capture_graphs(
-                capture_sizes(graph_max_batch_size, graph_batch_sizes), -(-max_len // page_size)
+                capture_sizes(graph_max_batch_size, graph_batch_sizes), max_pages
             )
+            verify_batch = graph_max_batch_size // max(1, verify_tokens)
+            if (
+                verify_tokens > 1
+                and verify_batch >= 1
+                and self.graphs is not None
+                and supports_multi_token_graphs(self.decode_backend)
+            ):
+                self.verify_graphs = self._capture_graphs(
+                    capture_sizes(verify_batch), max_pages, tokens_per_seq=verify_tokens
+                )
         self.segments: SegmentGraphRunner | None = None
         experts = self._experts_backend()
         if (
@@ -212,7 +229,9 @@ class ModelRunner:
         return next((m.experts for m in self.model.modules() if isinstance(m, MoE)), None)
 
     @torch.inference_mode()
-    def _capture_graphs(self, sizes: list[int], max_pages: int) -> DecodeGraphRunner | None:
+    def _capture_graphs(
+        self, sizes: list[int], max_pages: int, tokens_per_seq: int = 1
+    ) -> DecodeGraphRunner | None:
         """Decode graphs on a CUDA device when the decode and experts backends are capturable."""
         if self.device.type != "cuda":
             return None
@@ -230,6 +249,7 @@ class ModelRunner:
             page_size=self.page_size,
             device=self.device,
             capturer=CudaGraphCapturer(self.device),
+            tokens_per_seq=tokens_per_seq,
         )
         graphs.capture()
         used = free_before - torch.cuda.mem_get_info(self.device)[0]
@@ -282,8 +302,9 @@ class ModelRunner:
 
     @torch.inference_mode()
     def forward(self, inputs: StepInputs) -> torch.Tensor:  # [T, H] final hidden states
-        if self.graphs is not None and self.graphs.can_run(inputs.input_ids, inputs.meta):
-            return self.graphs.run(inputs.input_ids, inputs.meta)
+        for graphs in (self.graphs, self.verify_graphs):
+            if graphs is not None and graphs.can_run(inputs.input_ids, inputs.meta):
+                return graphs.run(inputs.input_ids, inputs.meta)
         backend = self.decode_backend if inputs.meta.is_decode else self.mixed_backend
         ctx = ForwardContext(meta=inputs.meta, kv_cache=self.kv_cache, backend=backend)
         if self.segments is not None and self.segments.can_run(inputs.input_ids.shape[0]):

@@ -26,6 +26,10 @@ class TritonMLABackend:
     """Registered as "triton"; works wherever Triton runs (the interpreter included)."""
 
     name = "triton"
+    supports_cuda_graph = True
+    # Its short-query path (mla_prefill) takes its grid from max_query_len and the batch, and
+    # every position from the metadata tensors: graphs of verification steps hold.
+    supports_multi_token_cuda_graph = True
 
     def __init__(self) -> None:
         self._sms: dict[torch.device, int] = {}

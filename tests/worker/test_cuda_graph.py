@@ -19,6 +19,7 @@ from glm47.worker.cuda_graph import (
     supports_cuda_graph,
 )
 from glm47.worker.model.tiny import make_tiny_model
+from glm47.worker.runner import ModelRunner
 from tests.worker.model.reference import PageAllocator, batch, make_runner, seq
 
 
@@ -106,21 +107,28 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_model(tmp_path_factory.mktemp("tiny"), seed=0)
 
 
+def eager_graphs(runner: ModelRunner, tokens_per_seq: int = 1) -> DecodeGraphRunner:
+    """Graphs of 1, 2 and 4 sequences (page size 2) whose replays re-run the model eagerly."""
+    graphs = DecodeGraphRunner(
+        runner._decode_forward,
+        runner.decode_backend,
+        sizes=[1, 2, 4],
+        max_pages=16,
+        page_size=2,
+        device=runner.device,
+        capturer=eager_capturer,
+        tokens_per_seq=tokens_per_seq,
+    )
+    graphs.capture()
+    return graphs
+
+
 def test_padded_replay_gives_the_eager_logits_and_writes_only_real_slots(tiny: Path) -> None:
     """Batch 3 runs in the graph of 4; the model itself stands in for the captured graph."""
     runner = make_runner(tiny, torch.float32, page_size=2)
     with torch.inference_mode():
         assert runner.graphs is None  # never on the CPU
-        graphs = DecodeGraphRunner(
-            runner._decode_forward,
-            runner.decode_backend,
-            sizes=[1, 2, 4],
-            max_pages=16,
-            page_size=2,
-            device=runner.device,
-            capturer=eager_capturer,
-        )
-        graphs.capture()
+        graphs = eager_graphs(runner)
         alloc = PageAllocator(runner.num_pages, 2)
         prompts = {"a": [5, 6, 7], "b": [30, 31, 32, 33, 34], "c": [100]}
         runner.run_logits(batch(*[seq(alloc, r, p, 0) for r, p in prompts.items()]))
@@ -196,17 +204,7 @@ def test_verification_steps_replay_their_graph_with_the_eager_logits(tiny: Path)
     """Three sequences verifying two drafts each run in the 3-token graph of 4 sequences."""
     runner = make_runner(tiny, torch.float32, page_size=2)
     with torch.inference_mode():
-        graphs = DecodeGraphRunner(
-            runner._decode_forward,
-            runner.decode_backend,
-            sizes=[1, 2, 4],
-            max_pages=16,
-            page_size=2,
-            device=runner.device,
-            capturer=eager_capturer,
-            tokens_per_seq=3,
-        )
-        graphs.capture()
+        graphs = eager_graphs(runner, tokens_per_seq=3)
         alloc = PageAllocator(runner.num_pages, 2)
         prompts = {"a": [5, 6, 7], "b": [30, 31, 32, 33, 34], "c": [100]}
         runner.run_logits(batch(*[seq(alloc, r, p, 0) for r, p in prompts.items()]))

@@ -20,10 +20,22 @@ def test_compiles_after_start_up_are_warnings_with_the_specialisation(
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
     watch.start_serving()
     assert "1 kernel specialisations compiled during start-up" in caplog.text
-    watch.before(key=("k2", ["i32"]), repr="_kernel_b[num_warps=8](m: i32)")
-    watch.after(key=("k2", ["i32"]), repr="_kernel_b[num_warps=8](m: i32)")
+    # What Triton 3.6 hands the hooks: a string key and the compile description.
+    key = "[('*bf16', 'D'), ('i32', ''), ('constexpr', 64)]{'num_warps': 8}"
+    info = {
+        "signature": {"x_ptr": "*bf16", "stride": "i32", "BLOCK": "constexpr"},
+        "constants": {(2,): 64},
+        "configs": [{(0,): [["tt.divisibility", 16]]}],
+    }
+
+    class Fn:
+        name = "_kernel_b"
+
+    watch.before(key=key, repr="_kernel_b[num_warps=8](x_ptr: ()")
+    watch.after(key=key, repr="_kernel_b[num_warps=8](x_ptr: ()", fn=Fn(), compile=info)
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert len(warnings) == 1 and "_kernel_b[num_warps=8](m: i32)" in warnings[0]
+    assert len(warnings) == 1
+    assert "_kernel_b(x_ptr: *bf16/tt.divisibility=16, stride: i32, BLOCK=64)" in warnings[0]
     assert watch.serving_count == 1
 
 

@@ -36,10 +36,10 @@ class CompileWatch:
         self._started[_hashable(key)] = time.perf_counter()
         return False  # True would make Triton skip the compile
 
-    def after(self, *, key: Any, repr: str, fn: Any = None, **_: Any) -> bool:
+    def after(self, *, key: Any, repr: str, fn: Any = None, compile: Any = None, **_: Any) -> bool:
         start = self._started.pop(_hashable(key), None)
         seconds = time.perf_counter() - start if start is not None else 0.0
-        what = describe(key, fn) or repr
+        what = describe(fn, compile) or repr
         if self.serving:
             self.serving_count += 1
             log.warning("triton kernel compiled while serving (%.2f s): %s", seconds, what)
@@ -58,17 +58,25 @@ class CompileWatch:
         self.serving = True
 
 
-def describe(key: Any, fn: Any) -> str | None:
-    """`kernel(arg: type+specialisation, ...)` from the cache key (its first item holds one
-    (type, specialisation) pair per argument: "D" divisible by 16, a constant's value, ...);
-    None where the key has another shape."""
+def describe(fn: Any, compile: Any) -> str | None:
+    """`kernel(arg: type/attributes, constexpr=value, ...)` from what Triton hands its hooks:
+    `compile["signature"]` (argument name to type, "constexpr" for constants),
+    `compile["constants"]` and `compile["configs"][0]` (both keyed by argument path, e.g. (3,);
+    the attributes are the specialisations, such as divisibility by 16). None where they have
+    another shape (another Triton version)."""
     try:
-        params = [p.name for p in fn.jit_function.params]
-        specs = key[0]
-        args = ", ".join(f"{name}: {ty}{'/' + str(spec) if spec else ''}"
-                         for name, (ty, spec) in zip(params, specs, strict=True))  # fmt: skip
-        return f"{fn.name}({args})"
-    except (AttributeError, TypeError, ValueError, IndexError):
+        signature = compile["signature"]
+        constants = compile["constants"]
+        attrs = compile["configs"][0]
+        parts = []
+        for i, (name, ty) in enumerate(signature.items()):
+            if ty == "constexpr":
+                parts.append(f"{name}={constants.get((i,))}")
+                continue
+            marks = "".join(f"/{attr}={value}" for attr, value in attrs.get((i,), []))
+            parts.append(f"{name}: {ty}{marks}")
+        return f"{fn.name}({', '.join(parts)})"
+    except (AttributeError, TypeError, ValueError, KeyError, IndexError):
         return None
 
 

@@ -47,7 +47,7 @@ from glm47.worker.model.layers.experts import ExpertsBackend, registered_experts
 from glm47.worker.model.layers.moe import MoE
 from glm47.worker.model.loader import load_model
 from glm47.worker.segment_graph import SegmentGraphRunner, segment_sizes
-from glm47.worker.step_inputs import StepInputBuilder, StepInputs
+from glm47.worker.step_inputs import SHORT_QUERY, StepInputBuilder, StepInputs
 
 log = logging.getLogger(__name__)
 
@@ -169,6 +169,7 @@ class ModelRunner:
         )
         self.graphs: DecodeGraphRunner | None = None
         self.verify_graphs: DecodeGraphRunner | None = None
+        self._graph_capturer: CudaGraphCapturer | None = None
         if not disable_cuda_graph:
             max_len = max_req_total_len or model_config.max_position_embeddings
             max_pages = -(-max_len // page_size)
@@ -177,7 +178,7 @@ class ModelRunner:
             )
             verify_batch = graph_max_batch_size // max(1, verify_tokens)
             if (
-                verify_tokens > 1
+                1 < verify_tokens <= SHORT_QUERY  # longer ones are not short-query steps
                 and verify_batch >= 1
                 and self.graphs is not None
                 and supports_multi_token_graphs(self.decode_backend)
@@ -241,6 +242,8 @@ class ModelRunner:
             log.warning("decode CUDA graphs off: backend(s) %s cannot be captured", blockers)
             return None
         free_before = torch.cuda.mem_get_info(self.device)[0]
+        if self._graph_capturer is None:  # one memory pool for every graph set
+            self._graph_capturer = CudaGraphCapturer(self.device)
         graphs = DecodeGraphRunner(
             self._decode_forward,
             self.decode_backend,
@@ -248,7 +251,7 @@ class ModelRunner:
             max_pages=min(max_pages, self.num_pages),
             page_size=self.page_size,
             device=self.device,
-            capturer=CudaGraphCapturer(self.device),
+            capturer=self._graph_capturer,
             tokens_per_seq=tokens_per_seq,
         )
         graphs.capture()

@@ -4,6 +4,7 @@ with nothing left in its engine, and leaves the runner serving exactly as an unu
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -82,3 +83,15 @@ def test_a_fresh_engine_after_warm_up_serves_as_on_an_unused_runner(model_dir: P
         return out
 
     assert serve(warm=True) == serve(warm=False)
+
+
+def test_warm_up_skips_what_small_limits_refuse(model_dir: Path) -> None:
+    """A queue of 4 and requests of 24 tokens at most: the waves do not fit, and the warm-up
+    still runs what does and ends cleanly (it must never stop a worker from starting)."""
+    runner = make_runner(model_dir, torch.float32, PAGE_SIZE, kv_tokens=2048)
+    small = dataclasses.replace(config(), max_waiting_requests=4, max_req_total_len=24)
+    engine = Engine(small, runner, Sampler(seed=0), eos_token_ids=[])
+    report = warm_up(engine, ModelConfig.from_dir(model_dir).vocab_size)
+    assert report.rejected > 0 and report.requests > 0
+    assert not engine.has_work()
+    engine.check_accounting()

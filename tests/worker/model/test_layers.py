@@ -120,5 +120,6 @@ def test_dense_mlp_adds_the_given_tensor_on_both_paths(fused: bool) -> None:
     x, other = torch.randn(5, 16), torch.randn(5, 16)
     plain = mlp(x)
     mlp.fused = fused
-    torch.testing.assert_close(mlp(x, add=other), plain + other, rtol=1e-5, atol=1e-5)
+    expected = plain + other
+    torch.testing.assert_close(mlp(x, add=other.clone()), expected, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(mlp(x), plain, rtol=1e-5, atol=1e-5)

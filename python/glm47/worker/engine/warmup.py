@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 from glm47.worker.batch import SamplingParams
 from glm47.worker.engine.engine import Engine
+from glm47.worker.engine.errors import EngineError
 from glm47.worker.engine.request import Request
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,7 @@ SAMPLINGS = (
 @dataclass
 class WarmUpReport:
     requests: int = 0
+    rejected: int = 0  # refused by the engine's limits (queue size, length): skipped
     steps: int = 0
     prefix_hit_tokens: int = 0
     mixed_steps: int = 0  # steps with prompt tokens and decoding sequences together
@@ -81,11 +83,17 @@ def warm_up(engine: Engine, vocab_size: int, seed: int = 0) -> WarmUpReport:
     first: list[list[int]] = []
 
     def add(prompt: list[int], max_new: int) -> None:
-        sampling = SAMPLINGS[report.requests % len(SAMPLINGS)]
-        rid = f"warmup-{report.requests}"
-        engine.add_request(
-            Request(rid, prompt, max_new, sampling=sampling, min_new_tokens=min(2, max_new))
-        )
+        """Queue one request; one the engine's limits refuse is skipped (small test configs)."""
+        sampling = SAMPLINGS[(report.requests + report.rejected) % len(SAMPLINGS)]
+        rid = f"warmup-{report.requests + report.rejected}"
+        prompt = prompt[: max(1, engine.max_req_total_len - 1)]
+        request = Request(rid, prompt, max_new, sampling=sampling, min_new_tokens=min(2, max_new))
+        try:
+            engine.add_request(request)
+        except EngineError as err:
+            log.debug("warm-up request %s skipped: %s", rid, err)
+            report.rejected += 1
+            return
         report.requests += 1
 
     for n in lengths:
@@ -126,9 +134,10 @@ def warm_up(engine: Engine, vocab_size: int, seed: int = 0) -> WarmUpReport:
     report.drafted = engine.spec_drafted
     report.seconds = time.perf_counter() - start
     log.info(
-        "serving warm-up: %d requests in %d steps, %.1f s (%d prompt tokens from the prefix "
-        "cache, %d steps with prompts beside decoding, decode batches up to %d, %d drafts)",
+        "serving warm-up: %d requests (%d skipped) in %d steps, %.1f s (%d prompt tokens from the "
+        "prefix cache, %d steps with prompts beside decoding, decode batches up to %d, %d drafts)",
         report.requests,
+        report.rejected,
         report.steps,
         report.seconds,
         report.prefix_hit_tokens,

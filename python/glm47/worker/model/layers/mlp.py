@@ -26,13 +26,14 @@ class DenseMLP(nn.Module):
         self.down_proj = Linear(intermediate_size, hidden_size)
 
     def forward(self, x: torch.Tensor, add: torch.Tensor | None = None) -> torch.Tensor:
-        """[T, H] -> [T, H]; plus `add` [T, H] when given (on the fused path, in the epilogue of the
-        down projection's matmul: one launch and one rounding instead of two)."""
+        """[T, H] -> [T, H]; plus `add` [T, H] when given. On the fused path the down projection
+        accumulates into `add` itself (an in-place addmm: one matmul with beta = 1, no copy and no
+        separate add; one rounding instead of two), so `add` must be a tensor the caller gives up."""
         if self.fused:
             act = silu_and_mul(self.gate_up_proj(x))  # [T, I]
             if add is None:
                 return self.down_proj(act)
-            return torch.addmm(add, act, self.down_proj.weight.t())
+            return add.addmm_(act, self.down_proj.weight.t())
         gate, up = self.gate_up_proj(x).chunk(2, dim=-1)  # [T, I] each
         out = self.down_proj(F.silu(gate) * up)
         return out if add is None else out + add

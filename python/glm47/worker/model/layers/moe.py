@@ -99,4 +99,4 @@ class MoE(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [T, H] -> [T, H]
         topk_ids, topk_weights = self.route(x)
         routed = self.experts.forward(x, self.w13, self.w2, topk_ids, topk_weights)  # [T, H]
-        return self.shared_experts(x, add=routed)
+        return self.shared_experts(x, add=routed)  # routed is fresh: summed into in place

@@ -14,20 +14,6 @@ import triton.language as tl
 
 
 @triton.jit
-def _rotate_rows(row, cos, sin, mask, HALF: tl.constexpr, ROWS: tl.constexpr):
-    """Rotate `ROWS` rows of width 2 * HALF at `row` (pointers [ROWS, 1]) in place."""
-    offs_i = tl.arange(0, HALF)
-    offs_r = tl.arange(0, 2 * HALF)
-    x = tl.load(row + offs_r[None, :], mask=mask, other=0.0)  # [ROWS, R], contiguous
-    x1, x2 = tl.split(tl.reshape(x, [ROWS, HALF, 2]))  # evens, odds: [ROWS, HALF]
-    dt = x1.dtype
-    a = (x1 * cos).to(dt).to(tl.float32) - (x2 * sin).to(dt).to(tl.float32)
-    b = (x2 * cos).to(dt).to(tl.float32) + (x1 * sin).to(dt).to(tl.float32)
-    tl.store(row + offs_i[None, :], a.to(dt), mask=mask)
-    tl.store(row + HALF + offs_i[None, :], b.to(dt), mask=mask)
-
-
-@triton.jit
 def _rope_kernel(
     q_ptr,  # [T, H, R] q_rope
     k_ptr,  # [T, R] k_rope
@@ -39,20 +25,27 @@ def _rope_kernel(
     stride_cs,
     num_heads,
     HALF: tl.constexpr,
-    BLOCK_H: tl.constexpr,
+    BLOCK_H: tl.constexpr,  # > num_heads: rows 0..H-1 are the query heads, row H the key
 ):
-    """One token per program: its query heads and its key, with one read of cos and sin."""
+    """One token per program: its query heads and its key as one tile, one read of cos and sin."""
     t = tl.program_id(0).to(tl.int64)
     offs_h = tl.arange(0, BLOCK_H)
     offs_i = tl.arange(0, HALF)
     pos = tl.load(pos_ptr + t)
     cos = tl.load(cs_ptr + pos * stride_cs + offs_i)[None, :]  # [1, HALF]
     sin = tl.load(cs_ptr + pos * stride_cs + HALF + offs_i)[None, :]
-    q_rows = q_ptr + t * stride_qt + offs_h[:, None] * stride_qh
-    _rotate_rows(q_rows, cos, sin, (offs_h < num_heads)[:, None], HALF, BLOCK_H)
-    one = tl.arange(0, 1)
-    k_row = k_ptr + t * stride_kt + one[:, None]
-    _rotate_rows(k_row, cos, sin, (one < 1)[:, None], HALF, 1)
+    q_rows = q_ptr + t * stride_qt + offs_h * stride_qh
+    k_rows = k_ptr + t * stride_kt + offs_h * 0
+    row = tl.where(offs_h < num_heads, q_rows, k_rows)[:, None]  # [BLOCK_H, 1]
+    mask = (offs_h <= num_heads)[:, None]
+    offs_r = tl.arange(0, 2 * HALF)
+    x = tl.load(row + offs_r[None, :], mask=mask, other=0.0)  # [BLOCK_H, R], contiguous
+    x1, x2 = tl.split(tl.reshape(x, [BLOCK_H, HALF, 2]))  # evens, odds: [BLOCK_H, HALF]
+    dt = x1.dtype
+    a = (x1 * cos).to(dt).to(tl.float32) - (x2 * sin).to(dt).to(tl.float32)
+    b = (x2 * cos).to(dt).to(tl.float32) + (x1 * sin).to(dt).to(tl.float32)
+    tl.store(row + offs_i[None, :], a.to(dt), mask=mask)
+    tl.store(row + HALF + offs_i[None, :], b.to(dt), mask=mask)
 
 
 def rope_cos_sin(
@@ -91,7 +84,7 @@ def apply_rope_(
     _rope_kernel[(t,)](
         q_rope, k_rope, positions, cos_sin,
         q_rope.stride(0), q_rope.stride(1), k_rope.stride(0), cos_sin.stride(0), heads,
-        HALF=r // 2, BLOCK_H=triton.next_power_of_2(heads), num_warps=2 if heads > 4 else 1,
+        HALF=r // 2, BLOCK_H=triton.next_power_of_2(heads + 1), num_warps=2 if heads > 4 else 1,
     )  # fmt: skip
 
 

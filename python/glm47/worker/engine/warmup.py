@@ -69,8 +69,8 @@ def warm_up(engine: Engine, vocab_size: int, seed: int = 0) -> WarmUpReport:
 
     Waves: every prompt length at once (a multi-sequence prefill, the longest chunked); a wave of
     prompts sharing the first wave's prefixes, added while the first decodes (mixed steps, partial
-    hits); whole-prompt repeats (a hit up to the last token); then single requests as the batch
-    drains."""
+    hits); whole-prompt repeats (a hit up to the last token); a crowd of short prompts a little
+    larger than the running batch; each wave drains through ever smaller decode batches."""
     start = time.perf_counter()
     rng = random.Random(seed)
     config = engine.config

@@ -39,24 +39,27 @@ def _rmsnorm_kernel(
             h.dtype
         )
         tl.store(res_out_ptr + row * stride_ro + offs, h, mask=mask)
-    hf = h.to(tl.float32)
-    rstd = tl.rsqrt(tl.sum(hf * hf, 0) / D + eps)
-    normed = (hf * rstd).to(h.dtype).to(tl.float32)
-    w = tl.load(w_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    tl.store(out_ptr + row * stride_o + offs, (normed * w).to(out_ptr.dtype.element_ty), mask=mask)
+    _store_normed(h, w_ptr, out_ptr + row * stride_o, offs, mask, eps, D)
 
 
 @triton.jit
-def _norm_row(x_row, w_ptr, out_row, eps, D: tl.constexpr, BLOCK_D: tl.constexpr):
-    """One row of RMSNorm without a residual, with `_rmsnorm_kernel`'s rounding points."""
-    offs = tl.arange(0, BLOCK_D)
-    mask = offs < D
-    h = tl.load(x_row + offs, mask=mask, other=0.0)
+def _store_normed(h, w_ptr, out_row, offs, mask, eps, D):
+    """`weight * (h.float() * rsqrt(mean(h^2) + eps)).to(dtype)` of one row `h` (masked past D),
+    stored at `out_row`: the model's rounding points, shared by both kernels."""
     hf = h.to(tl.float32)
     rstd = tl.rsqrt(tl.sum(hf * hf, 0) / D + eps)
     normed = (hf * rstd).to(h.dtype).to(tl.float32)
     w = tl.load(w_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     tl.store(out_row + offs, (normed * w).to(out_row.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _norm_row(x_row, w_ptr, out_row, eps, D: tl.constexpr, BLOCK_D: tl.constexpr):
+    """One row of RMSNorm without a residual."""
+    offs = tl.arange(0, BLOCK_D)
+    mask = offs < D
+    h = tl.load(x_row + offs, mask=mask, other=0.0)
+    _store_normed(h, w_ptr, out_row, offs, mask, eps, D)
 
 
 @triton.jit

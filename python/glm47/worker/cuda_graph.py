@@ -235,18 +235,12 @@ class DecodeGraphRunner:
         """A step of `tokens_per_seq` tokens for every sequence (decode: one) that fits the
         largest graph and the static page table."""
         q = self.tokens_per_seq
-        shaped = (
-            meta.is_decode
-            if q == 1
-            else (
-                meta.short_queries
-                and meta.parts is None
-                and meta.max_query_len == q
-                and input_ids.shape[0] == meta.num_seqs * q
-            )
-        )
+        # Every sequence has exactly q tokens: as many rows as q per sequence, none longer.
+        shaped = (meta.is_decode or meta.short_queries) and meta.parts is None
         return (
             shaped
+            and meta.max_query_len == q
+            and input_ids.shape[0] == meta.num_seqs * q
             and bool(self._graphs)
             and meta.num_seqs <= self.sizes[-1]
             and meta.page_table.shape[1] <= self.max_pages

@@ -299,6 +299,12 @@ class ModelRunner:
         built from the current pair, so that replacing either backend takes effect."""
         return SplitAttention(self.decode_backend, self.prefill_backend)
 
+    def _context(self, meta: AttentionMetadata) -> ForwardContext:
+        """The forward context of an eager or segment-graphed step: plain decode through the
+        decode backend, anything else through the split of the two."""
+        backend = self.decode_backend if meta.is_decode else self.mixed_backend
+        return ForwardContext(meta=meta, kv_cache=self.kv_cache, backend=backend)
+
     def prepare(self, batch: ScheduledBatch) -> StepInputs:
         """Host-side layout of the batch, staged into the static device buffers."""
         return self.inputs.build(batch)
@@ -308,8 +314,7 @@ class ModelRunner:
         for graphs in (self.graphs, self.verify_graphs):
             if graphs is not None and graphs.can_run(inputs.input_ids, inputs.meta):
                 return graphs.run(inputs.input_ids, inputs.meta)
-        backend = self.decode_backend if inputs.meta.is_decode else self.mixed_backend
-        ctx = ForwardContext(meta=inputs.meta, kv_cache=self.kv_cache, backend=backend)
+        ctx = self._context(inputs.meta)
         if self.segments is not None and self.segments.can_run(inputs.input_ids.shape[0]):
             return self.segments.run(inputs.input_ids, ctx)
         return self.model(inputs.input_ids, inputs.meta.positions, ctx)
@@ -391,6 +396,5 @@ class ModelRunner:
         mtp = self.model.mtp
         assert mtp is not None
         meta = inputs.meta
-        backend = self.decode_backend if meta.is_decode else self.mixed_backend
-        ctx = ForwardContext(meta=meta, kv_cache=self.kv_cache, backend=backend)
+        ctx = self._context(meta)
         return mtp(inputs.input_ids, prev_hidden, meta.positions, ctx)

@@ -84,6 +84,9 @@ pub struct Tokenizer {
     output_skip_ids: BTreeSet<u32>,
     /// Ids that end generation, in the order the config lists them.
     eos_token_ids: Vec<u32>,
+    /// Number of ids, added tokens included. Counted once: `tokenizers` counts by building the
+    /// whole vocabulary map (about 10 MB and tens of milliseconds for this model's vocabulary).
+    vocab_size: usize,
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -109,11 +112,13 @@ impl Tokenizer {
             .filter_map(|tag| inner.token_to_id(tag))
             .collect();
         let output_skip_ids = special_ids.difference(&tag_ids).copied().collect();
+        let vocab_size = inner.get_vocab_size(true);
         Self {
             inner,
             special_ids,
             output_skip_ids,
             eos_token_ids,
+            vocab_size,
         }
     }
 
@@ -142,7 +147,7 @@ impl Tokenizer {
 
     /// Number of ids the tokenizer knows, added tokens included.
     pub fn vocab_size(&self) -> usize {
-        self.inner.get_vocab_size(true)
+        self.vocab_size
     }
 
     /// Ids of all special tokens.

@@ -135,7 +135,9 @@ def main() -> int:
     p.add_argument("--step-ms", type=float, default=50.0)
     p.add_argument("--capacity", type=int, default=2048)
     p.add_argument("--hold-s", type=float, default=0.0, help="least wait before a request runs")
-    p.add_argument("--router-arg", action="append", default=[], help="extra router flag (repeatable)")
+    p.add_argument(
+        "--router-arg", action="append", default=[], help="extra router flag (repeatable)"
+    )
     args, bench_args = p.parse_known_args()
     listen = f"tcp://127.0.0.1:{free_port()}"
     port = free_port()
@@ -170,8 +172,10 @@ def main() -> int:
         cpu0 = process_cpu_s(router.pid)
         rc = subprocess.run(bench, check=False).returncode
         rss = peak_rss_mib(router.pid)
-        print(f"router_bench: the router used {process_cpu_s(router.pid) - cpu0:.1f} CPU seconds"
-              f" (peak resident memory {rss:.0f} MiB)")
+        print(
+            f"router_bench: the router used {process_cpu_s(router.pid) - cpu0:.1f} CPU seconds"
+            f" (peak resident memory {rss:.0f} MiB)"
+        )
         return rc
     finally:
         router.terminate()

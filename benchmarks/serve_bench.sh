@@ -32,7 +32,7 @@ BASELINE_BUDGET_S=${BASELINE_BUDGET_S:-60}
 MODEL_BENCH=${MODEL_BENCH:-0}
 BENCH_LIMIT_S=${BENCH_LIMIT_S:-480}
 SERVE_FLAGS=${SERVE_FLAGS:-"--load-format dummy --chunked-prefill-size 8192 --graph-max-batch-size 512 \
---max-running-requests 1024 --tool-call-parser glm47 --reasoning-parser glm45"}
+--max-running-requests 2048 --tool-call-parser glm47 --reasoning-parser glm45"}
 export PYTHONUNBUFFERED=1
 
 if ls .whl/*.whl >/dev/null 2>&1; then

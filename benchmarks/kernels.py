@@ -110,6 +110,8 @@ def paged_cache(batch: int, ctx: int, page_size: int) -> tuple[torch.Tensor, tor
 
 
 DECODE_CFGS = [(32, 4, 2), (32, 4, 3), (64, 4, 2), (64, 8, 2)]
+# The transposed-product kernel: 64 cached rows a tile make each product a warpgroup MMA.
+SWAPPED_CFGS = [(64, 4, 2), (64, 4, 3), (64, 8, 2), (32, 4, 3)]
 
 
 def graph_ms(fn: Callable[..., object], sets: list[tuple], **kwargs: object) -> float:
@@ -141,13 +143,15 @@ def bench_decode(ceil: dict, sms: int) -> list[Row]:
                 q = torch.randn((batch, HEADS, WIDTH), dtype=BF16, device=DEV)
                 sets.append((q, cache, table, lens, 16, SCALE))
             base = default_num_splits(batch, sms)
-            for bn, warps, stages in DECODE_CFGS:
+            cfgs = [(*cfg, False) for cfg in DECODE_CFGS] + [(*cfg, True) for cfg in SWAPPED_CFGS]
+            for bn, warps, stages, swap in cfgs:
                 for splits in sorted({base, max(1, base // 2), min(64, base * 2)}):
                     ms = graph_ms(
                         mla_decode, sets, num_splits=splits, block_n=bn, num_warps=warps,
-                        num_stages=stages,
+                        num_stages=stages, swap_ab=swap,
                     )  # fmt: skip
-                    var = f"graph x{copies} bn{bn} w{warps} s{stages} splits{splits}"
+                    kind = "swapped " if swap else ""
+                    var = f"graph x{copies} {kind}bn{bn} w{warps} s{stages} splits{splits}"
                     shape = f"B={batch} ctx={ctx}"
                     rows.append(row("mla_decode", shape, var, ms, nbytes, flops, ceil))
             del sets

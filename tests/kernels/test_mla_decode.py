@@ -35,6 +35,7 @@ CASES = (
 
 @pytest.mark.parametrize(("heads", "d_lat", "d_rope", "lens", "page_size"), CASES)
 @pytest.mark.parametrize("num_splits", [1, 3])
+@pytest.mark.parametrize("swap_ab", [False, True])
 def test_mla_decode_matches_reference(
     heads: int,
     d_lat: int,
@@ -42,6 +43,7 @@ def test_mla_decode_matches_reference(
     lens: list[int],
     page_size: int,
     num_splits: int,
+    swap_ab: bool,
     device: str,
     dtype: torch.dtype,
 ) -> None:
@@ -51,15 +53,16 @@ def test_mla_decode_matches_reference(
     seq_lens = torch.tensor(lens, dtype=torch.int32, device=device)
     scale = (d_lat // 2) ** -0.5
     out = mla_decode(
-        q, cache, table, seq_lens, page_size, scale, d_rope=d_rope, num_splits=num_splits
-    )
+        q, cache, table, seq_lens, page_size, scale, d_rope=d_rope, num_splits=num_splits,
+        swap_ab=swap_ab,
+    )  # fmt: skip
     ref = mla_decode_ref(q.double(), cache.double(), table, seq_lens, page_size, scale, d_rope)
     assert out.shape == (len(lens), heads, d_lat)
     assert rel_err(out, ref) < 1e-2
     q_lat, q_pe = query_parts(q, d_lat)
     apart = mla_decode(
         q_lat, cache, table, seq_lens, page_size, scale, d_rope=d_rope, num_splits=num_splits,
-        q_rope=q_pe,
+        q_rope=q_pe, swap_ab=swap_ab,
     )  # fmt: skip
     torch.testing.assert_close(apart, out, rtol=0, atol=0)
 

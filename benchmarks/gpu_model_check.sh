@@ -68,7 +68,7 @@ section eager_profile 150 python3 benchmarks/eager_profile.py --segment-graphs \
   --json "$OUT/eager_profile.json"
 
 section kernel_tests 150 python3 -m pytest -q -p no:cacheprovider tests/kernels
-section kernel_bench 150 python3 benchmarks/kernels.py --only decode,moe,small,align \
+section kernel_bench 200 python3 benchmarks/kernels.py --only decode,moe,small,skinny,align \
   --json "$OUT/kernel_bench.json"
 
 serve_smoke() {

@@ -1,6 +1,6 @@
 """Kernel timings at the real GLM-4.7-Flash shapes against the ceilings measured in the same run.
 
-    python benchmarks/kernels.py [--only ceil,decode,prefill,moe,small,align,fa3] [--moe-sweep] [--json F]
+    python benchmarks/kernels.py [--only ceil,decode,prefill,moe,small,skinny,align,fa3] [--moe-sweep] [--json F]
 
 Every time is the median of `triton.testing.do_bench` (L2 flushed before each run, events around
 the call). Fractions are of the measured device-to-device copy bandwidth (memory-bound kernels) or
@@ -49,6 +49,7 @@ from glm47.kernels.moe_config import MoeConfig, candidate_configs
 from glm47.kernels.rmsnorm import rmsnorm
 from glm47.kernels.rope import apply_rope_, rope_cos_sin
 from glm47.kernels.routing import route_topk, route_topk_ref
+from glm47.kernels.skinny_gemm import skinny_gemm
 
 HEADS, D_LAT, D_ROPE, HIDDEN, INTER, EXPERTS, TOP_K = 20, 512, 64, 2048, 1536, 64, 4
 WIDTH = D_LAT + D_ROPE
@@ -354,6 +355,34 @@ def bench_small(ceil: dict) -> list[Row]:
     return rows
 
 
+# (name, N, K) of the dense projections of a decode step: the fused q_a + kv_a down-projection,
+# q_b, o_proj, and the shared expert's gate_up and down.
+SKINNY_SHAPES = [("qkv_a", 1344, 2048), ("q_b", 5120, 768), ("o_proj", 2048, 5120),
+                 ("shared gate_up", 3072, 2048), ("shared down", 2048, 1536)]  # fmt: skip
+
+
+def bench_skinny(ceil: dict, sms: int) -> list[Row]:
+    """skinny_gemm against torch's F.linear (cuBLAS) for 1-16 tokens, from CUDA graphs over
+    rotating weights (a decode step reads each weight once, from memory, not L2)."""
+    rows = []
+    for name, n, k in SKINNY_SHAPES:
+        copies = max(2, -(-200_000_000 // (2 * n * k)))
+        for m in (1, 4, 8, 16):
+            sets = [
+                (torch.randn((m, k), dtype=BF16, device=DEV),
+                 torch.randn((n, k), dtype=BF16, device=DEV))
+                for _ in range(copies)
+            ]  # fmt: skip
+            nbytes, flops = 2 * (n * k + m * k + m * n), 2 * m * n * k
+            shape = f"{name} M={m} N={n} K={k}"
+            ms = graph_ms(torch.nn.functional.linear, sets)
+            rows.append(row("skinny_gemm", shape, "torch F.linear", ms, nbytes, flops, ceil))
+            ms = graph_ms(skinny_gemm, sets, num_sms=sms)
+            rows.append(row("skinny_gemm", shape, "triton", ms, nbytes, flops, ceil))
+            del sets
+    return rows
+
+
 def bench_fa3(ceil: dict) -> list[Row]:
     """The expanded-form prefill through fa3-fwd, if installed: correctness, then time."""
     try:
@@ -409,7 +438,7 @@ def best_rows(rows: list[Row]) -> list[Row]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--only", default="ceil,decode,prefill,moe,small,align,fa3")
+    ap.add_argument("--only", default="ceil,decode,prefill,moe,small,skinny,align,fa3")
     ap.add_argument("--moe-sweep", action="store_true", help="time every candidate MoE config")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
@@ -425,10 +454,11 @@ def main() -> None:
         "decode": lambda: bench_decode(ceil, sms),
         "prefill": lambda: bench_prefill(ceil),
         "small": lambda: bench_small(ceil),
+        "skinny": lambda: bench_skinny(ceil, sms),
         "align": lambda: bench_align(ceil),
         "fa3": lambda: bench_fa3(ceil),
     }
-    for part in ("decode", "prefill", "moe", "small", "align", "fa3"):
+    for part in ("decode", "prefill", "moe", "small", "skinny", "align", "fa3"):
         if part not in parts:
             continue
         try:  # one failing part does not lose the others' rows

@@ -174,7 +174,11 @@ def prefill_floor_ms(runner: ModelRunner, w: WeightBytes, tokens: int, flops: fl
 
 
 def build_runner(
-    batches: list[int], context: int, graphs: bool = True, verify_tokens: int = 0
+    batches: list[int],
+    context: int,
+    graphs: bool = True,
+    verify_tokens: int = 0,
+    skinny_gemm: bool = False,
 ) -> ModelRunner:
     """Dummy weights on the GPU, the KV pool from what memory leaves, graphs at `batches` (and
     verification graphs of `verify_tokens` tokens a sequence, when given)."""
@@ -192,18 +196,21 @@ def build_runner(
         max_req_total_len=context + PAGE_SIZE,
         disable_cuda_graph=not graphs,
         verify_tokens=verify_tokens,
+        skinny_gemm=skinny_gemm,
     )
 
 
-def build_runner_or_eager(batches: list[int], context: int, verify_tokens: int = 0) -> ModelRunner:
+def build_runner_or_eager(
+    batches: list[int], context: int, verify_tokens: int = 0, skinny_gemm: bool = False
+) -> ModelRunner:
     """With decode graphs; if capturing fails, eagerly (the decode rows then say graph False)."""
     try:
-        return build_runner(batches, context, verify_tokens=verify_tokens)
+        return build_runner(batches, context, verify_tokens=verify_tokens, skinny_gemm=skinny_gemm)
     except RuntimeError as err:
         print(f"building with CUDA graphs failed, timing eager decode instead: {err}")
     gc.collect()  # the failed runner's frames are gone with the exception: free its memory
     torch.cuda.empty_cache()
-    return build_runner(batches, context, graphs=False)
+    return build_runner(batches, context, graphs=False, skinny_gemm=skinny_gemm)
 
 
 def decode_batch(runner: ModelRunner, batch: int, context: int) -> tuple[ScheduledBatch, int]:
@@ -351,11 +358,16 @@ def main() -> None:
         help="also time verification steps of this many tokens a sequence (1 + MTP drafts) at "
         "the decode batches, with their graphs (0: none)",
     )
+    parser.add_argument(
+        "--skinny-gemm",
+        action="store_true",
+        help="dense projections of steps of at most 16 tokens through kernels/skinny_gemm",
+    )
     args = parser.parse_args()
     t0 = time.perf_counter()
     batches = sorted(int(b) for b in args.batches.split(","))
     ceil = measure_ceilings()
-    runner = build_runner_or_eager(batches, args.context, args.verify_tokens)
+    runner = build_runner_or_eager(batches, args.context, args.verify_tokens, args.skinny_gemm)
     print(f"model built and graphs captured in {time.perf_counter() - t0:.0f} s; "
           f"KV pool {runner.num_pages} pages of {PAGE_SIZE}")  # fmt: skip
     with torch.inference_mode():

@@ -136,6 +136,12 @@ def test_scheduling_and_graph_flags_reach_the_config() -> None:
     assert off.engine.segment_graph_max_tokens == 0
 
 
+def test_skinny_gemm_is_off_unless_asked_for() -> None:
+    assert not parse_args(BASE).engine.skinny_gemm
+    assert parse_args([*BASE, "--skinny-gemm"]).engine.skinny_gemm
+    assert parse_args([*BASE, "--skinny_gemm"]).engine.skinny_gemm
+
+
 def test_log_stats_flags() -> None:
     assert parse_args(BASE).engine.log_stats_interval == 5.0
     assert parse_args([*BASE, "--log-stats-interval", "2.5"]).engine.log_stats_interval == 2.5

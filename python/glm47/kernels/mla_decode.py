@@ -99,6 +99,85 @@ def _mla_decode_split_kernel(
     tl.store(part_lse_ptr + b * stride_plb + split * stride_pls + offs_h, lse, mask=mask_h)
 
 
+@triton.jit(
+    do_not_specialize=STEP_VARYING_DECODE, do_not_specialize_on_alignment=STEP_VARYING_POINTERS
+)
+def _mla_decode_split_swapped_kernel(
+    q_ptr,
+    qr_ptr,
+    kv_ptr,
+    page_table_ptr,
+    seq_lens_ptr,
+    part_out_ptr,
+    part_lse_ptr,
+    stride_qb,
+    stride_qh,
+    stride_qrb,
+    stride_qrh,
+    stride_kv,
+    stride_pt,
+    stride_pob,
+    stride_pos,
+    stride_poh,
+    stride_plb,
+    stride_pls,
+    num_heads,
+    num_splits,
+    scale_log2,
+    PAGE_SIZE: tl.constexpr,
+    D_LAT: tl.constexpr,
+    D_ROPE: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    """`_mla_decode_split_kernel` with the products transposed: scores are `K @ Q^T`
+    ([BLOCK_N, BLOCK_H]) and the accumulator `V^T @ P` ([D_LAT, BLOCK_H]), so the cached rows, not
+    the 20 heads padded to BLOCK_H, are the rows of each matrix product. Hopper's warpgroup MMA
+    needs 64 rows; with BLOCK_N = 64 both products qualify."""
+    b = tl.program_id(0)
+    split = tl.program_id(1)
+    seq_len = tl.load(seq_lens_ptr + b)
+    per_split = tl.cdiv(tl.cdiv(seq_len, num_splits), BLOCK_N) * BLOCK_N
+    start = split * per_split
+    end = tl.minimum(start + per_split, seq_len)
+
+    offs_h = tl.arange(0, BLOCK_H)
+    offs_c = tl.arange(0, D_LAT)
+    offs_r = tl.arange(0, D_ROPE)
+    mask_h = offs_h < num_heads
+    q_row = q_ptr + b * stride_qb + offs_h[None, :] * stride_qh
+    q_lat_t = tl.load(q_row + offs_c[:, None], mask=mask_h[None, :], other=0.0)  # [D_LAT, H]
+    qr_row = qr_ptr + b * stride_qrb + offs_h[None, :] * stride_qrh
+    q_rope_t = tl.load(qr_row + offs_r[:, None], mask=mask_h[None, :], other=0.0)  # [D_ROPE, H]
+
+    m_i = tl.full([BLOCK_H], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_H], dtype=tl.float32)
+    acc = tl.zeros([D_LAT, BLOCK_H], dtype=tl.float32)
+    for n0 in range(start, end, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        mask_n = offs_n < end
+        page = tl.load(page_table_ptr + b * stride_pt + offs_n // PAGE_SIZE, mask=mask_n, other=0)
+        slot = page.to(tl.int64) * PAGE_SIZE + offs_n % PAGE_SIZE  # [BLOCK_N]
+        kv_row = kv_ptr + slot[:, None] * stride_kv
+        k_lat = tl.load(kv_row + offs_c[None, :], mask=mask_n[:, None], other=0.0)  # [N, D_LAT]
+        k_rope = tl.load(kv_row + D_LAT + offs_r[None, :], mask=mask_n[:, None], other=0.0)
+        s = tl.dot(k_lat, q_lat_t) + tl.dot(k_rope, q_rope_t)  # [N, BLOCK_H]
+        s = tl.where(mask_n[:, None], s * scale_log2, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 0))
+        alpha = tl.exp2(m_i - m_new)
+        p = tl.exp2(s - m_new[None, :])
+        l_i = l_i * alpha + tl.sum(p, 0)
+        acc = acc * alpha[None, :] + tl.dot(tl.trans(k_lat), p.to(k_lat.dtype))  # [D_LAT, H]
+        m_i = m_new
+
+    has = l_i > 0.0
+    out = acc / tl.where(has, l_i, 1.0)[None, :]
+    lse = tl.where(has, m_i + tl.log2(tl.where(has, l_i, 1.0)), float("-inf"))
+    po = part_out_ptr + b * stride_pob + split * stride_pos + offs_h[None, :] * stride_poh
+    tl.store(po + offs_c[:, None], out, mask=mask_h[None, :])
+    tl.store(part_lse_ptr + b * stride_plb + split * stride_pls + offs_h, lse, mask=mask_h)
+
+
 @triton.jit(do_not_specialize=["stride_plb", "num_splits"])
 def _mla_decode_merge_kernel(
     part_out_ptr,  # [B, num_splits, H, D_LAT] fp32
@@ -199,10 +278,12 @@ def mla_decode(
     num_warps: int | None = None,
     num_stages: int | None = None,
     q_rope: torch.Tensor | None = None,  # [B, H, D_ROPE]: the roped part, when q holds D_LAT
+    swap_ab: bool = False,
 ) -> torch.Tensor:  # [B, H, D_LAT]
     """Attention of one query token per sequence over its cached latents (values = first D_LAT).
 
-    Launch settings left as None take `default_launch(B)`.
+    Launch settings left as None take `default_launch(B)`. `swap_ab` runs the transposed-product
+    kernel (`_mla_decode_split_swapped_kernel`; same result up to rounding).
     """
     q_lat, q_pe = split_query(q, q_rope, d_rope)
     b, h, d_lat = q_lat.shape
@@ -225,7 +306,8 @@ def mla_decode(
     block_h = max(16, triton.next_power_of_2(h))
     part_out = torch.empty((b, num_splits, h, d_lat), dtype=torch.float32, device=q_lat.device)
     part_lse = torch.empty((b, num_splits, h), dtype=torch.float32, device=q_lat.device)
-    _mla_decode_split_kernel[(b, num_splits)](
+    split_kernel = _mla_decode_split_swapped_kernel if swap_ab else _mla_decode_split_kernel
+    split_kernel[(b, num_splits)](
         q_lat, q_pe, kv_cache, page_table, seq_lens, part_out, part_lse,
         q_lat.stride(0), q_lat.stride(1), q_pe.stride(0), q_pe.stride(1),
         kv_cache.stride(0), page_table.stride(0),

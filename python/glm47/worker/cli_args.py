@@ -132,6 +132,13 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(p, ["--disable-cuda-graph", "--disable_cuda_graph"], action="store_true")
     _flag(
         p,
+        ["--skinny-gemm", "--skinny_gemm"],
+        action="store_true",
+        help="dense projections of steps of at most 16 tokens through glm47's Triton "
+        "matrix-vector kernel instead of the GEMM library",
+    )
+    _flag(
+        p,
         ["--segment-graph-max-tokens", "--segment_graph_max_tokens"],
         type=int,
         default=None,
@@ -181,6 +188,7 @@ def parse_args(argv: list[str]) -> WorkerArgs:
             decode_att_backend=ns.decode_att_backend,
             graph_max_batch_size=ns.graph_max_batch_size,
             disable_cuda_graph=ns.disable_cuda_graph,
+            skinny_gemm=ns.skinny_gemm,
             segment_graph_max_tokens=ns.segment_graph_max_tokens,
             mtp_step=ns.mtp_step,
             mtp_mode=ns.mtp_mode,

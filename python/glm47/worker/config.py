@@ -63,6 +63,7 @@ class EngineConfig:
     decode_att_backend: str = "auto"  # attention for all-decode steps; ATTENTION_BACKEND_CHOICES
     graph_max_batch_size: int = 512  # largest decode batch captured in a CUDA graph
     disable_cuda_graph: bool = False  # run decode eagerly
+    skinny_gemm: bool = False  # dense projections of <= 16-token steps through kernels/skinny_gemm
     # Steps the decode graphs do not serve (prompt tokens, decode batches above the largest
     # graph), up to this many tokens, as CUDA graphs between the attention calls
     # (segment_graph.py). None: the step's token budget; 0: such steps run eagerly.

@@ -105,12 +105,15 @@ class ModelRunner:
         disable_cuda_graph: bool = False,
         max_req_total_len: int | None = None,
         fused_kernels: bool | None = None,
+        skinny_gemm: bool = False,
         warmup_tokens: int = 0,
         segment_graph_max_tokens: int = 0,
         segment_capturer: Capturer | None = None,
         verify_tokens: int = 0,
     ) -> None:
         """`fused_kernels`: RMSNorm, rope and routing as Triton kernels (None: on CUDA devices).
+        `skinny_gemm`: dense projections of steps of at most 16 tokens through the Triton
+        matrix-vector kernel instead of the GEMM library.
         `warmup_tokens`: on a GPU, run prefill steps of up to this many tokens before returning,
         so that the kernels' first-call compilation is not paid by the first requests.
         `segment_graph_max_tokens`: capture the steps that decode graphs do not serve, up to this
@@ -142,6 +145,7 @@ class ModelRunner:
         if fused_kernels is None:
             fused_kernels = self.device.type == "cuda"
         self.model.enable_fused_kernels(fused_kernels)
+        self.model.enable_skinny_gemm(skinny_gemm)
         self.num_pages = self._pool_pages(num_pages, kv_tokens, mem_fraction)
         self.kv_cache = torch.zeros(
             self.model.num_cache_layers,
@@ -155,13 +159,14 @@ class ModelRunner:
         self._last_hidden: torch.Tensor | None = None  # final hidden states of the last run()
         log.info(
             "runner: device=%s dtype=%s attention prefill=%s decode=%s experts=%s "
-            "fused norm/rope/routing=%s mtp=%s kv pages=%d x %d tokens (%.2f GiB)",
+            "fused norm/rope/routing=%s skinny gemm=%s mtp=%s kv pages=%d x %d tokens (%.2f GiB)",
             self.device,
             dtype,
             prefill,
             decode,
             moe,
             fused_kernels,
+            skinny_gemm,
             self.model.mtp is not None,
             self.num_pages,
             page_size,

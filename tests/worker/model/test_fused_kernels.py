@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from glm47.worker.model.layers import linear as linear_module
+from glm47.worker.model.layers.linear import Linear
 from glm47.worker.model.layers.mlp import DenseMLP
 from glm47.worker.model.layers.moe import MoE
 from glm47.worker.model.layers.norm import RMSNorm
@@ -35,8 +37,10 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
     return save_hf_model(model, tmp_path_factory.mktemp("fusable")), model
 
 
-def runner(path: Path, fused: bool) -> ModelRunner:
-    return make_runner(path, torch.float32, page_size=4, kv_tokens=256, fused_kernels=fused)
+def runner(path: Path, fused: bool, skinny: bool = False) -> ModelRunner:
+    return make_runner(
+        path, torch.float32, page_size=4, kv_tokens=256, fused_kernels=fused, skinny_gemm=skinny
+    )
 
 
 def session(r: ModelRunner) -> tuple[list[torch.Tensor], list[list[int]]]:
@@ -80,6 +84,37 @@ def test_fused_path_matches_torch_path_and_transformers(model_dir: tuple[Path, o
     for fused, plain, ctx in zip(fused_logits, plain_logits, contexts, strict=True):
         torch.testing.assert_close(fused, plain, rtol=1e-4, atol=1e-4)
         torch.testing.assert_close(fused[0], hf_last_logits(hf, ctx), rtol=1e-3, atol=1e-3)  # type: ignore[arg-type]
+
+
+def test_skinny_gemm_path_matches_the_library_path(model_dir: tuple[Path, object]) -> None:
+    """Every step of the session has at most 16 tokens, so every dense projection (attention's
+    and the shared expert's, the latter accumulating into the routed output) takes the kernel."""
+    path, _ = model_dir
+    r = runner(path, fused=True, skinny=True)
+    linears = {name: m for name, m in r.model.named_modules() if isinstance(m, Linear)}
+    assert linears and all(m.skinny for m in linears.values())
+    served: set[int] = set()  # the weights the kernel multiplied
+    real = linear_module.skinny_gemm
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(
+            linear_module,
+            "skinny_gemm",
+            lambda x, w, **kw: served.add(w.data_ptr()) or real(x, w, **kw),
+        )
+        skinny_logits, _ = session(r)
+    # kv_b_proj only feeds the absorbed weights (decode) and prefill expansions, not a forward
+    # of its own here; the MTP layer does not run in these steps.
+    expected = {
+        m.weight.data_ptr()
+        for name, m in linears.items()
+        if "kv_b_proj" not in name and not name.startswith("mtp")
+    }
+    assert served == expected, sorted(
+        n for n, m in linears.items() if m.weight.data_ptr() not in served
+    )
+    plain_logits, _ = session(runner(path, fused=True))
+    for skinny, plain in zip(skinny_logits, plain_logits, strict=True):
+        torch.testing.assert_close(skinny, plain, rtol=1e-4, atol=1e-4)
 
 
 def test_warmup_runs_prefill_and_extend_steps(

@@ -109,10 +109,11 @@ def test_rope_matches_transformers_interleaved_rope() -> None:
     assert torch.equal(got_k, ref_k[0, 0])
 
 
-@pytest.mark.parametrize("fused", [False, True])
-def test_dense_mlp_adds_the_given_tensor_on_both_paths(fused: bool) -> None:
+@pytest.mark.parametrize(("fused", "skinny"), [(False, False), (True, False), (True, True)])
+def test_dense_mlp_adds_the_given_tensor_on_both_paths(fused: bool, skinny: bool) -> None:
     """The MoE layer hands the routed output to the shared expert to add (on the fused path in
-    the down projection's matmul): the sum equals computing both and adding."""
+    the down projection's matmul, or the skinny kernel's accumulating store): the sum equals
+    computing both and adding."""
     torch.manual_seed(0)
     mlp = DenseMLP(16, 24)
     mlp.gate_up_proj.weight.data.normal_(0, 0.2)
@@ -120,6 +121,7 @@ def test_dense_mlp_adds_the_given_tensor_on_both_paths(fused: bool) -> None:
     x, other = torch.randn(5, 16), torch.randn(5, 16)
     plain = mlp(x)
     mlp.fused = fused
+    mlp.gate_up_proj.skinny = mlp.down_proj.skinny = skinny
     expected = plain + other
     torch.testing.assert_close(mlp(x, add=other.clone()), expected, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(mlp(x), plain, rtol=1e-5, atol=1e-5)

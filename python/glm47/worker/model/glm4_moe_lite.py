@@ -15,6 +15,7 @@ from glm47.worker.model.config import ModelConfig
 from glm47.worker.model.context import ForwardContext
 from glm47.worker.model.layers.embedding import LMHead, VocabEmbedding
 from glm47.worker.model.layers.experts import ExpertsBackend
+from glm47.worker.model.layers.linear import Linear
 from glm47.worker.model.layers.mla import AttentionInputs, MLAAttention
 from glm47.worker.model.layers.mlp import DenseMLP
 from glm47.worker.model.layers.moe import MoE
@@ -100,6 +101,13 @@ class Glm4MoeLiteForCausalLM(nn.Module):
         for module in self.modules():
             if isinstance(module, (RMSNorm, InterleavedRope, MoE, DenseMLP)):
                 module.fused = enabled
+
+    def enable_skinny_gemm(self, enabled: bool = True) -> None:
+        """Run the dense projections of steps of at most 16 tokens through the Triton
+        matrix-vector kernel (kernels/skinny_gemm) instead of the GEMM library."""
+        for module in self.modules():
+            if isinstance(module, Linear):
+                module.skinny = enabled
 
     @property
     def num_cache_layers(self) -> int:

@@ -2,17 +2,32 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from glm47.kernels.skinny_gemm import MAX_ROWS, skinny_gemm
+
+
+@functools.cache
+def _sm_count(device: torch.device) -> int:
+    if device.type == "cuda":
+        return int(torch.cuda.get_device_properties(device).multi_processor_count)
+    return 132  # the interpreter on the CPU: only the grid's size depends on it
 
 
 class Linear(nn.Module):
     """`y = x @ W^T` with `W` [out_features, in_features], the checkpoint's layout.
 
     Fused projections (gate_up) are one Linear whose rows are the concatenated checkpoint tensors;
-    the loader's name table says which rows each checkpoint tensor fills.
+    the loader's name table says which rows each checkpoint tensor fills. With `skinny` set (see
+    `enable_skinny_gemm`), inputs of at most `MAX_ROWS` rows go through the Triton matrix-vector
+    kernel (kernels/skinny_gemm) instead of the GEMM library.
     """
+
+    skinny = False
 
     def __init__(self, in_features: int, out_features: int) -> None:
         super().__init__()
@@ -21,7 +36,26 @@ class Linear(nn.Module):
         self.weight = nn.Parameter(torch.empty(out_features, in_features), requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [T, in] -> [T, out]
+        if self._takes_skinny(x):
+            return skinny_gemm(x, self.weight, num_sms=_sm_count(x.device))
         return F.linear(x, self.weight)
+
+    def add_into(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """`out += x @ W^T` in place (one matmul that accumulates: no copy, one rounding)."""
+        if self._takes_skinny(x) and out.stride(-1) == 1:
+            return skinny_gemm(
+                x, self.weight, out=out, accumulate=True, num_sms=_sm_count(x.device)
+            )
+        return out.addmm_(x, self.weight.t())
+
+    def _takes_skinny(self, x: torch.Tensor) -> bool:
+        return (
+            self.skinny
+            and x.dim() == 2
+            and 0 < x.shape[0] <= MAX_ROWS
+            and x.stride(-1) == 1
+            and x.dtype == self.weight.dtype
+        )
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}"

@@ -33,7 +33,7 @@ class DenseMLP(nn.Module):
             act = silu_and_mul(self.gate_up_proj(x))  # [T, I]
             if add is None:
                 return self.down_proj(act)
-            return add.addmm_(act, self.down_proj.weight.t())
+            return self.down_proj.add_into(act, add)
         gate, up = self.gate_up_proj(x).chunk(2, dim=-1)  # [T, I] each
         out = self.down_proj(F.silu(gate) * up)
         return out if add is None else out + add

@@ -5,7 +5,7 @@
 #     flashinfer tests run beside the others, since their first call compiles FlashInfer's kernels
 #     on the CPU;
 #   - the whole-model benchmark (decode steps, flashinfer eager decode, an 8192-token prefill at
-#     full size with dummy weights);
+#     full size with dummy weights), and its batch 1 and 8 decode steps with --skinny-gemm;
 #   - the host time of eager steps (benchmarks/eager_profile.py: a mixed decode + prompt step and
 #     a decode step without graphs, kernels per layer, top host functions);
 #   - a serving smoke run: `glm47 serve` on the bench model directory with dummy weights, 400
@@ -64,6 +64,11 @@ wait $FI_PID
 section model_bench 220 python3 benchmarks/model_bench.py --budget-s 170 --iters 10 --verify-tokens 2 \
   --json "$OUT/model_bench.json"
 
+# The same decode steps at small batches with the dense projections through kernels/skinny_gemm
+# (`--skinny-gemm`), to set beside the rows above.
+section model_bench_skinny 120 python3 benchmarks/model_bench.py --budget-s 80 --iters 10 \
+  --batches 1,8 --prefill-tokens 0 --skinny-gemm --json "$OUT/model_bench_skinny.json"
+
 section eager_profile 150 python3 benchmarks/eager_profile.py --segment-graphs \
   --json "$OUT/eager_profile.json"
 
@@ -102,6 +107,8 @@ tail -n 3 "$LOGS/kernel_tests.log" 2>/dev/null
 echo "-- model bench"
 sed -n '/^== model bench/,$p' "$LOGS/model_bench.log"
 grep -E 'skipped|failed|Error' "$LOGS/model_bench.log" | grep -v '^== ' | tail -n 5
+echo "-- model bench with --skinny-gemm"
+sed -n '/^== model bench/,/^prefill/p' "$LOGS/model_bench_skinny.log" 2>/dev/null | head -n 8
 echo "-- eager profile"
 sed -n '/^== eager profile/,/^-- mixed step, top host/p' "$LOGS/eager_profile.log" | head -n 75
 echo "-- serve smoke"

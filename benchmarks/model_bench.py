@@ -347,7 +347,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batches", default="1,8,32,128,256,512")
     parser.add_argument("--context", type=int, default=1024)
-    parser.add_argument("--prefill-tokens", type=int, default=8192)
+    parser.add_argument("--prefill-tokens", type=int, default=8192, help="0: no prefill rows")
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--budget-s", type=float, default=280.0, help="skip what would start later")
     parser.add_argument("--json", type=Path, default=None)
@@ -422,7 +422,7 @@ def main() -> None:
         save()
     if reason is not None:
         print(f"flashinfer decode: skipped ({reason})")
-    for backend in ("triton", "fa3"):
+    for backend in ("triton", "fa3") if args.prefill_tokens > 0 else ():
         reason = unavailable_reason(backend, runner.device)
         if reason is not None or time.perf_counter() - t0 > args.budget_s:
             print(f"prefill {backend}: skipped ({reason or 'over the time budget'})")

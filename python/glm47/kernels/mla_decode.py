@@ -24,6 +24,43 @@ STEP_VARYING_DECODE = ["stride_pt", "stride_plb", "num_splits"]
 STEP_VARYING_POINTERS = ["page_table_ptr", "seq_lens_ptr"]
 
 
+@triton.jit
+def _slice_bounds(seq_lens_ptr, b, split, num_splits, BLOCK_N: tl.constexpr):
+    """[start, end) of sequence b's cached tokens that slice `split` of `num_splits` covers."""
+    seq_len = tl.load(seq_lens_ptr + b)
+    per_split = tl.cdiv(tl.cdiv(seq_len, num_splits), BLOCK_N) * BLOCK_N
+    start = split * per_split
+    return start, tl.minimum(start + per_split, seq_len)
+
+
+@triton.jit
+def _cached_rows(
+    kv_ptr,
+    page_table_ptr,
+    b,
+    stride_pt,
+    stride_kv,
+    n0,
+    end,
+    PAGE_SIZE: tl.constexpr,
+    D_LAT: tl.constexpr,
+    D_ROPE: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    """Positions [n0, n0 + BLOCK_N) of sequence b through its page table: (mask [N], latent part
+    [N, D_LAT], rope part [N, D_ROPE]); rows at or past `end` read as zeros."""
+    offs_n = n0 + tl.arange(0, BLOCK_N)
+    mask_n = offs_n < end
+    page = tl.load(page_table_ptr + b * stride_pt + offs_n // PAGE_SIZE, mask=mask_n, other=0)
+    slot = page.to(tl.int64) * PAGE_SIZE + offs_n % PAGE_SIZE  # [BLOCK_N]
+    kv_row = kv_ptr + slot[:, None] * stride_kv
+    k_lat = tl.load(kv_row + tl.arange(0, D_LAT)[None, :], mask=mask_n[:, None], other=0.0)
+    k_rope = tl.load(
+        kv_row + D_LAT + tl.arange(0, D_ROPE)[None, :], mask=mask_n[:, None], other=0.0
+    )
+    return mask_n, k_lat, k_rope
+
+
 @triton.jit(
     do_not_specialize=STEP_VARYING_DECODE, do_not_specialize_on_alignment=STEP_VARYING_POINTERS
 )
@@ -54,127 +91,66 @@ def _mla_decode_split_kernel(
     D_ROPE: tl.constexpr,
     BLOCK_H: tl.constexpr,
     BLOCK_N: tl.constexpr,
+    SWAP_AB: tl.constexpr,
 ):
+    """One slice of one sequence, all heads: partial output and log-sum-exp.
+
+    Scores are `Q @ K^T` ([BLOCK_H, BLOCK_N]) and the accumulator `P @ V` ([BLOCK_H, D_LAT]); with
+    SWAP_AB both products are transposed (`K @ Q^T`, `V^T @ P`), so the cached rows, not the 20
+    heads padded to BLOCK_H, are the rows of each product: Hopper's warpgroup MMA needs 64 rows,
+    which BLOCK_N = 64 gives.
+    """
     b = tl.program_id(0)
     split = tl.program_id(1)
-    seq_len = tl.load(seq_lens_ptr + b)
-    per_split = tl.cdiv(tl.cdiv(seq_len, num_splits), BLOCK_N) * BLOCK_N
-    start = split * per_split
-    end = tl.minimum(start + per_split, seq_len)
+    start, end = _slice_bounds(seq_lens_ptr, b, split, num_splits, BLOCK_N)
 
     offs_h = tl.arange(0, BLOCK_H)
     offs_c = tl.arange(0, D_LAT)
     offs_r = tl.arange(0, D_ROPE)
     mask_h = offs_h < num_heads
-    q_row = q_ptr + b * stride_qb + offs_h[:, None] * stride_qh
-    q_lat = tl.load(q_row + offs_c[None, :], mask=mask_h[:, None], other=0.0)  # [BLOCK_H, D_LAT]
-    qr_row = qr_ptr + b * stride_qrb + offs_h[:, None] * stride_qrh
-    q_rope = tl.load(qr_row + offs_r[None, :], mask=mask_h[:, None], other=0.0)
-
+    q_row = q_ptr + b * stride_qb + offs_h * stride_qh  # [BLOCK_H]
+    qr_row = qr_ptr + b * stride_qrb + offs_h * stride_qrh
+    if SWAP_AB:
+        q_lat = tl.load(q_row[None, :] + offs_c[:, None], mask=mask_h[None, :], other=0.0)
+        q_rope = tl.load(qr_row[None, :] + offs_r[:, None], mask=mask_h[None, :], other=0.0)
+        acc = tl.zeros([D_LAT, BLOCK_H], dtype=tl.float32)
+    else:
+        q_lat = tl.load(q_row[:, None] + offs_c[None, :], mask=mask_h[:, None], other=0.0)
+        q_rope = tl.load(qr_row[:, None] + offs_r[None, :], mask=mask_h[:, None], other=0.0)
+        acc = tl.zeros([BLOCK_H, D_LAT], dtype=tl.float32)
     m_i = tl.full([BLOCK_H], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_H], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_H, D_LAT], dtype=tl.float32)
     for n0 in range(start, end, BLOCK_N):
-        offs_n = n0 + tl.arange(0, BLOCK_N)
-        mask_n = offs_n < end
-        page = tl.load(page_table_ptr + b * stride_pt + offs_n // PAGE_SIZE, mask=mask_n, other=0)
-        slot = page.to(tl.int64) * PAGE_SIZE + offs_n % PAGE_SIZE  # [BLOCK_N]
-        kv_row = kv_ptr + slot[:, None] * stride_kv
-        k_lat = tl.load(kv_row + offs_c[None, :], mask=mask_n[:, None], other=0.0)  # [N, D_LAT]
-        k_rope = tl.load(kv_row + D_LAT + offs_r[None, :], mask=mask_n[:, None], other=0.0)
-        s = tl.dot(q_lat, tl.trans(k_lat)) + tl.dot(q_rope, tl.trans(k_rope))  # [BLOCK_H, N]
-        s = tl.where(mask_n[None, :], s * scale_log2, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(s - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(k_lat.dtype), k_lat)
+        mask_n, k_lat, k_rope = _cached_rows(
+            kv_ptr, page_table_ptr, b, stride_pt, stride_kv, n0, end, PAGE_SIZE, D_LAT, D_ROPE,
+            BLOCK_N,
+        )  # fmt: skip
+        if SWAP_AB:
+            s = tl.dot(k_lat, q_lat) + tl.dot(k_rope, q_rope)  # [N, BLOCK_H]
+            s = tl.where(mask_n[:, None], s * scale_log2, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, 0))
+            alpha = tl.exp2(m_i - m_new)
+            p = tl.exp2(s - m_new[None, :])
+            l_i = l_i * alpha + tl.sum(p, 0)
+            acc = acc * alpha[None, :] + tl.dot(tl.trans(k_lat), p.to(k_lat.dtype))
+        else:
+            s = tl.dot(q_lat, tl.trans(k_lat)) + tl.dot(q_rope, tl.trans(k_rope))  # [BLOCK_H, N]
+            s = tl.where(mask_n[None, :], s * scale_log2, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            alpha = tl.exp2(m_i - m_new)
+            p = tl.exp2(s - m_new[:, None])
+            l_i = l_i * alpha + tl.sum(p, 1)
+            acc = acc * alpha[:, None] + tl.dot(p.to(k_lat.dtype), k_lat)
         m_i = m_new
 
     has = l_i > 0.0
-    out = acc / tl.where(has, l_i, 1.0)[:, None]
-    lse = tl.where(has, m_i + tl.log2(tl.where(has, l_i, 1.0)), float("-inf"))
-    po = part_out_ptr + b * stride_pob + split * stride_pos + offs_h[:, None] * stride_poh
-    tl.store(po + offs_c[None, :], out, mask=mask_h[:, None])
-    tl.store(part_lse_ptr + b * stride_plb + split * stride_pls + offs_h, lse, mask=mask_h)
-
-
-@triton.jit(
-    do_not_specialize=STEP_VARYING_DECODE, do_not_specialize_on_alignment=STEP_VARYING_POINTERS
-)
-def _mla_decode_split_swapped_kernel(
-    q_ptr,
-    qr_ptr,
-    kv_ptr,
-    page_table_ptr,
-    seq_lens_ptr,
-    part_out_ptr,
-    part_lse_ptr,
-    stride_qb,
-    stride_qh,
-    stride_qrb,
-    stride_qrh,
-    stride_kv,
-    stride_pt,
-    stride_pob,
-    stride_pos,
-    stride_poh,
-    stride_plb,
-    stride_pls,
-    num_heads,
-    num_splits,
-    scale_log2,
-    PAGE_SIZE: tl.constexpr,
-    D_LAT: tl.constexpr,
-    D_ROPE: tl.constexpr,
-    BLOCK_H: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-):
-    """`_mla_decode_split_kernel` with the products transposed: scores are `K @ Q^T`
-    ([BLOCK_N, BLOCK_H]) and the accumulator `V^T @ P` ([D_LAT, BLOCK_H]), so the cached rows, not
-    the 20 heads padded to BLOCK_H, are the rows of each matrix product. Hopper's warpgroup MMA
-    needs 64 rows; with BLOCK_N = 64 both products qualify."""
-    b = tl.program_id(0)
-    split = tl.program_id(1)
-    seq_len = tl.load(seq_lens_ptr + b)
-    per_split = tl.cdiv(tl.cdiv(seq_len, num_splits), BLOCK_N) * BLOCK_N
-    start = split * per_split
-    end = tl.minimum(start + per_split, seq_len)
-
-    offs_h = tl.arange(0, BLOCK_H)
-    offs_c = tl.arange(0, D_LAT)
-    offs_r = tl.arange(0, D_ROPE)
-    mask_h = offs_h < num_heads
-    q_row = q_ptr + b * stride_qb + offs_h[None, :] * stride_qh
-    q_lat_t = tl.load(q_row + offs_c[:, None], mask=mask_h[None, :], other=0.0)  # [D_LAT, H]
-    qr_row = qr_ptr + b * stride_qrb + offs_h[None, :] * stride_qrh
-    q_rope_t = tl.load(qr_row + offs_r[:, None], mask=mask_h[None, :], other=0.0)  # [D_ROPE, H]
-
-    m_i = tl.full([BLOCK_H], float("-inf"), dtype=tl.float32)
-    l_i = tl.zeros([BLOCK_H], dtype=tl.float32)
-    acc = tl.zeros([D_LAT, BLOCK_H], dtype=tl.float32)
-    for n0 in range(start, end, BLOCK_N):
-        offs_n = n0 + tl.arange(0, BLOCK_N)
-        mask_n = offs_n < end
-        page = tl.load(page_table_ptr + b * stride_pt + offs_n // PAGE_SIZE, mask=mask_n, other=0)
-        slot = page.to(tl.int64) * PAGE_SIZE + offs_n % PAGE_SIZE  # [BLOCK_N]
-        kv_row = kv_ptr + slot[:, None] * stride_kv
-        k_lat = tl.load(kv_row + offs_c[None, :], mask=mask_n[:, None], other=0.0)  # [N, D_LAT]
-        k_rope = tl.load(kv_row + D_LAT + offs_r[None, :], mask=mask_n[:, None], other=0.0)
-        s = tl.dot(k_lat, q_lat_t) + tl.dot(k_rope, q_rope_t)  # [N, BLOCK_H]
-        s = tl.where(mask_n[:, None], s * scale_log2, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 0))
-        alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(s - m_new[None, :])
-        l_i = l_i * alpha + tl.sum(p, 0)
-        acc = acc * alpha[None, :] + tl.dot(tl.trans(k_lat), p.to(k_lat.dtype))  # [D_LAT, H]
-        m_i = m_new
-
-    has = l_i > 0.0
-    out = acc / tl.where(has, l_i, 1.0)[None, :]
-    lse = tl.where(has, m_i + tl.log2(tl.where(has, l_i, 1.0)), float("-inf"))
-    po = part_out_ptr + b * stride_pob + split * stride_pos + offs_h[None, :] * stride_poh
-    tl.store(po + offs_c[:, None], out, mask=mask_h[None, :])
+    norm = tl.where(has, l_i, 1.0)
+    lse = tl.where(has, m_i + tl.log2(norm), float("-inf"))
+    po = part_out_ptr + b * stride_pob + split * stride_pos + offs_h * stride_poh  # [BLOCK_H]
+    if SWAP_AB:
+        tl.store(po[None, :] + offs_c[:, None], acc / norm[None, :], mask=mask_h[None, :])
+    else:
+        tl.store(po[:, None] + offs_c[None, :], acc / norm[:, None], mask=mask_h[:, None])
     tl.store(part_lse_ptr + b * stride_plb + split * stride_pls + offs_h, lse, mask=mask_h)
 
 
@@ -282,8 +258,8 @@ def mla_decode(
 ) -> torch.Tensor:  # [B, H, D_LAT]
     """Attention of one query token per sequence over its cached latents (values = first D_LAT).
 
-    Launch settings left as None take `default_launch(B)`. `swap_ab` runs the transposed-product
-    kernel (`_mla_decode_split_swapped_kernel`; same result up to rounding).
+    Launch settings left as None take `default_launch(B)`. `swap_ab` transposes the split kernel's
+    products (see `_mla_decode_split_kernel`; the same result up to rounding).
     """
     q_lat, q_pe = split_query(q, q_rope, d_rope)
     b, h, d_lat = q_lat.shape
@@ -306,8 +282,7 @@ def mla_decode(
     block_h = max(16, triton.next_power_of_2(h))
     part_out = torch.empty((b, num_splits, h, d_lat), dtype=torch.float32, device=q_lat.device)
     part_lse = torch.empty((b, num_splits, h), dtype=torch.float32, device=q_lat.device)
-    split_kernel = _mla_decode_split_swapped_kernel if swap_ab else _mla_decode_split_kernel
-    split_kernel[(b, num_splits)](
+    _mla_decode_split_kernel[(b, num_splits)](
         q_lat, q_pe, kv_cache, page_table, seq_lens, part_out, part_lse,
         q_lat.stride(0), q_lat.stride(1), q_pe.stride(0), q_pe.stride(1),
         kv_cache.stride(0), page_table.stride(0),
@@ -315,7 +290,7 @@ def mla_decode(
         part_lse.stride(0), part_lse.stride(1),
         h, num_splits, scale * LOG2E,
         PAGE_SIZE=page_size, D_LAT=d_lat, D_ROPE=d_rope, BLOCK_H=block_h, BLOCK_N=block_n,
-        num_warps=num_warps, num_stages=num_stages,
+        SWAP_AB=swap_ab, num_warps=num_warps, num_stages=num_stages,
     )  # fmt: skip
     out = torch.empty((b, h, d_lat), dtype=q_lat.dtype, device=q_lat.device)
     _mla_decode_merge_kernel[(b, h)](

@@ -13,7 +13,9 @@
 #     .bench-model with requests.jsonl; see benchmarks/serve_bench.sh).
 #   - the kernel tests on the GPU and the kernel benchmark (ceilings, MoE, small kernels, alignment);
 # Each section has its own time limit and a failing section does not stop the next; the summary
-# is printed last. About 8 minutes. Logs go to $OUT (default ./gpu-out), packed in logs.tar.gz.
+# is printed last. With SKIP="flashinfer_tests serve_smoke" it took 194 s on an H200 (2026-12-02,
+# before the skinny and swapped-decode rows were added). Logs go to $OUT (default ./gpu-out),
+# packed in logs.tar.gz.
 # SKIP="serve_smoke flashinfer_tests ..." leaves sections out.
 #   bash benchmarks/gpu_model_check.sh     (on the GPU machine, .whl and .bench-model beside it)
 set -uo pipefail
@@ -67,7 +69,8 @@ section model_bench 220 python3 benchmarks/model_bench.py --budget-s 170 --iters
 # The same decode steps at small batches with the dense projections through kernels/skinny_gemm
 # (`--skinny-gemm`), to set beside the rows above.
 section model_bench_skinny 120 python3 benchmarks/model_bench.py --budget-s 80 --iters 10 \
-  --batches 1,8 --prefill-tokens 0 --skinny-gemm --json "$OUT/model_bench_skinny.json"
+  --batches 1,8 --prefill-tokens 0 --verify-tokens 2 --skinny-gemm \
+  --json "$OUT/model_bench_skinny.json"
 
 section eager_profile 150 python3 benchmarks/eager_profile.py --segment-graphs \
   --json "$OUT/eager_profile.json"

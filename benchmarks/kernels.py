@@ -464,15 +464,20 @@ def main() -> None:
         try:  # one failing part does not lose the others' rows
             if part == "moe":
                 moe_rows, tuned = bench_moe(ceil, args.moe_sweep)
-                rows += moe_rows
+                new_rows = moe_rows
             else:
-                rows += benches[part]()
+                new_rows = benches[part]()
         except Exception as err:
             print(f"== {part}: failed: {type(err).__name__}: {err}")
-    if args.json:
-        payload = {"gpu": gpu, "ceilings": ceil, "rows": [asdict(r) for r in rows],
-                   "moe_best": {t: asdict(c) for t, c in tuned.items()}}  # fmt: skip
-        args.json.write_text(json.dumps(payload, indent=1))
+            continue
+        rows += new_rows
+        # Each part's rows as soon as it ends: a run stopped by a time limit keeps them.
+        print(f"\n== {part} ==")
+        print_table(new_rows)
+        if args.json:
+            payload = {"gpu": gpu, "ceilings": ceil, "rows": [asdict(r) for r in rows],
+                       "moe_best": {t: asdict(c) for t, c in tuned.items()}}  # fmt: skip
+            args.json.write_text(json.dumps(payload, indent=1))
     print("\n== all ==")
     print_table(rows)
     print("\n== best per kernel and shape ==")

@@ -13,6 +13,7 @@ split its time to first chunk into the part before a request reaches the worker 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import random
 import shutil
@@ -55,7 +56,7 @@ def paced_worker(
     running: dict[tuple[bytes, str], Running] = {}
     next_step = time.perf_counter()
     while not stop.is_set():
-        timeout = max(0.0, next_step - time.perf_counter()) * 1e3
+        timeout = math.ceil(max(0.0, next_step - time.perf_counter()) * 1e3)  # whole ms
         while sock.poll(timeout=timeout):
             ident, data = sock.recv_multipart()
             msg = wire.decode(data)
@@ -78,6 +79,7 @@ def paced_worker(
                 gone = set(msg.rids)
                 for key in [k for k in running if k[0] == ident and k[1] in gone]:
                     del running[key]
+                waiting = deque(w for w in waiting if w[1] != ident or w[2].rid not in gone)
             timeout = 0
         if time.perf_counter() < next_step:
             continue
@@ -142,11 +144,15 @@ def main() -> int:
     listen = f"tcp://127.0.0.1:{free_port()}"
     port = free_port()
     stop = threading.Event()
-    worker = threading.Thread(
-        target=paced_worker,
-        args=(listen, args.model_dir, args.step_ms, args.capacity, args.hold_s, stop),
-        daemon=True,
-    )
+    failure: list[BaseException] = []
+
+    def serve() -> None:
+        try:
+            paced_worker(listen, args.model_dir, args.step_ms, args.capacity, args.hold_s, stop)
+        except BaseException as err:  # reported by main(), which stops the benchmark
+            failure.append(err)
+
+    worker = threading.Thread(target=serve, daemon=True)
     worker.start()
     router = subprocess.Popen(
         [*router_command(), "--worker-addr", listen, "--model-dir", args.model_dir,
@@ -155,7 +161,7 @@ def main() -> int:
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not failure:
             try:
                 with urllib.request.urlopen(base + "/health", timeout=2) as resp:
                     if resp.status == 200:
@@ -163,14 +169,23 @@ def main() -> int:
             except OSError:
                 time.sleep(0.2)
         else:
-            print("router_bench: the router did not become ready", file=sys.stderr)
+            why = f"the paced worker failed: {failure[0]!r}" if failure else "no ready router"
+            print(f"router_bench: {why}", file=sys.stderr)
             return 1
         print(f"router_bench: paced worker at {args.step_ms} ms a step, capacity {args.capacity}")
         bench = [sys.executable, "-m", "glm47.cli", "bench", "--base-url", base, *bench_args]
         if "--tokenizer" not in bench_args and "--dataset" not in bench_args:
             bench += ["--tokenizer", args.model_dir]
         cpu0 = process_cpu_s(router.pid)
-        rc = subprocess.run(bench, check=False).returncode
+        client = subprocess.Popen(bench)
+        while client.poll() is None:
+            if failure:
+                client.terminate()
+                client.wait()
+                print(f"router_bench: the paced worker failed: {failure[0]!r}", file=sys.stderr)
+                return 1
+            time.sleep(0.2)
+        rc = client.returncode
         rss = peak_rss_mib(router.pid)
         print(
             f"router_bench: the router used {process_cpu_s(router.pid) - cpu0:.1f} CPU seconds"

@@ -19,8 +19,8 @@
 # transformers baseline), MODEL_BENCH (1: run benchmarks/model_bench.py first), GPU_TESTS (a pytest
 # -k expression: run those GPU tests first), BENCH_LIMIT_S (480: the limit of all workloads),
 # PROFILE_S (0; N: for the first N seconds of the workloads, per-process CPU from top every 2 s and,
-# where py-spy is installed (its wheel in .whl), py-spy samples of the worker (worker.pyspy.txt,
-# collapsed stacks) and snapshots of the router's threads (router.dump.*.txt, router_threads.log)).
+# the router's thread count, memory and busiest threads (router_threads.log) and, where py-spy is
+# installed (its wheel in .whl), py-spy samples of the worker (worker.pyspy.txt, collapsed stacks)).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/glm47-bench}
@@ -79,25 +79,31 @@ ARGS=(--base-url http://127.0.0.1:8000 --dataset file --dataset-path .bench-mode
       --num-prompts "$NUM_PROMPTS" --output-dir "$RES" --label "$LABEL" --no-progress)
 for w in $WORKLOADS; do ARGS+=(--workload "$w"); done
 PROFILE_S=${PROFILE_S:-0}
+PROF_PIDS=()
 if [ "$PROFILE_S" != 0 ]; then
+  [ "$PROFILE_S" -lt 2 ] && PROFILE_S=2
   (sleep 1; top -b -d 2 -n $((PROFILE_S / 2)) -o %CPU -w 220 \
     | awk '/^top -/ {n = 0} n++ < 24' >"$RES/top.log") &
+  PROF_PIDS+=($!)
   rpid=$(pgrep -f "glm47\.router " | head -1)
   (for t in $(seq 2 2 "$PROFILE_S"); do  # the router's threads, memory and busiest threads
     sleep 2
     { echo "== +${t} s"; grep -E "Threads|VmRSS" "/proc/$rpid/status"
       top -H -b -n 1 -p "$rpid" -w 200 | sed -n 7,18p; } >>"$RES/router_threads.log" 2>&1
   done) &
+  PROF_PIDS+=($!)
   if command -v py-spy >/dev/null; then
     wpid=$(pgrep -f "glm47\.worker " | head -1)
     timeout $((PROFILE_S + 30)) py-spy record --pid "$wpid" --duration "$PROFILE_S" --rate 50 \
       --nonblocking --format raw -o "$RES/worker.pyspy.txt" >"$RES/worker.pyspy.log" 2>&1 &
-    # Snapshots of every router thread (native stacks: the router is Rust).
-    (for t in 3 6 9; do sleep 3; timeout 60 py-spy dump --native --pid "$rpid" \
-      >"$RES/router.dump.${t}s.txt" 2>&1; done) &
+    PROF_PIDS+=($!)
   fi
 fi
 timeout -k 10 "$BENCH_LIMIT_S" python3 -m glm47.cli bench "${ARGS[@]}" 2>&1 | tee "$RES/bench.log"
+if [ ${#PROF_PIDS[@]} -gt 0 ]; then  # profilers still sampling (a short run) write what they have
+  kill -INT "${PROF_PIDS[@]}" 2>/dev/null
+  wait "${PROF_PIDS[@]}" 2>/dev/null
+fi
 curl -s http://127.0.0.1:8000/metrics >"$RES/metrics.txt"
 grep -E '^glm47_(preemptions|request_finish|generation_tokens|prompt_tokens|cached)' "$RES/metrics.txt"
 kill -INT $SERVE_PID; wait $SERVE_PID

@@ -33,4 +33,3 @@ def test_router_bench_streams_every_request_through_the_real_router(tmp_path: Pa
     used = re.search(r"the router used ([0-9.]+) CPU seconds \(peak resident memory (\d+) MiB\)",
                      proc.stdout)  # fmt: skip
     assert used is not None, proc.stdout[-2000:]
-    assert int(used.group(2)) > 0  # the router's CPU time may round to 0.0 for 40 requests

@@ -35,7 +35,7 @@ CASES = (
 
 @pytest.mark.parametrize(("heads", "d_lat", "d_rope", "lens", "page_size"), CASES)
 @pytest.mark.parametrize("num_splits", [1, 3])
-@pytest.mark.parametrize("swap_ab", [False, True])
+@pytest.mark.parametrize(("swap_ab", "block_n"), [(False, None), (True, 32), (True, 64)])
 def test_mla_decode_matches_reference(
     heads: int,
     d_lat: int,
@@ -44,6 +44,7 @@ def test_mla_decode_matches_reference(
     page_size: int,
     num_splits: int,
     swap_ab: bool,
+    block_n: int | None,
     device: str,
     dtype: torch.dtype,
 ) -> None:
@@ -54,7 +55,7 @@ def test_mla_decode_matches_reference(
     scale = (d_lat // 2) ** -0.5
     out = mla_decode(
         q, cache, table, seq_lens, page_size, scale, d_rope=d_rope, num_splits=num_splits,
-        swap_ab=swap_ab,
+        swap_ab=swap_ab, block_n=block_n,
     )  # fmt: skip
     ref = mla_decode_ref(q.double(), cache.double(), table, seq_lens, page_size, scale, d_rope)
     assert out.shape == (len(lens), heads, d_lat)
@@ -62,7 +63,7 @@ def test_mla_decode_matches_reference(
     q_lat, q_pe = query_parts(q, d_lat)
     apart = mla_decode(
         q_lat, cache, table, seq_lens, page_size, scale, d_rope=d_rope, num_splits=num_splits,
-        q_rope=q_pe, swap_ab=swap_ab,
+        q_rope=q_pe, swap_ab=swap_ab, block_n=block_n,
     )  # fmt: skip
     torch.testing.assert_close(apart, out, rtol=0, atol=0)
 

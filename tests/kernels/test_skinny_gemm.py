@@ -44,6 +44,14 @@ def test_accumulate_adds_into_out_and_reads_strided_rows(
     assert rel_err(out, skinny_gemm_ref(x, w, base, accumulate=True)) < 5e-3
 
 
+def test_empty_products_leave_out_as_it_was(device: str, dtype: torch.dtype) -> None:
+    w = torch.randn((8, 32), dtype=dtype, device=device)
+    assert skinny_gemm(torch.randn((0, 32), dtype=dtype, device=device), w).shape == (0, 8)
+    out = torch.randn((2, 0), dtype=dtype, device=device)
+    x = torch.randn((2, 32), dtype=dtype, device=device)
+    assert skinny_gemm(x, w[:0], out=out, accumulate=True) is out
+
+
 def test_skinny_gemm_rejects_what_it_cannot_compute(device: str) -> None:
     w = torch.randn((8, 32), device=device)
     with pytest.raises(ValueError, match="at most"):

@@ -28,6 +28,7 @@ def _skinny_gemm_kernel(
     stride_wn,
     stride_om,
     ACCUMULATE: tl.constexpr,
+    PRECISION: tl.constexpr,  # "ieee" for fp32 inputs (no TF32 rounding), else the default
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -50,7 +51,7 @@ def _skinny_gemm_kernel(
             mask=mask_n[:, None] & mask_k[None, :],
             other=0.0,
         )  # [BLOCK_N, BLOCK_K]
-        acc += tl.dot(x, tl.trans(w))
+        acc += tl.dot(x, tl.trans(w), input_precision=PRECISION)
     out = out_ptr + offs_m[:, None] * stride_om + offs_n[None, :]
     mask = mask_m[:, None] & mask_n[None, :]
     if ACCUMULATE:
@@ -96,9 +97,10 @@ def skinny_gemm(
     if m == 0 or n == 0:
         return out
     block_n, block_k, num_warps, num_stages = launch or skinny_launch(n, k, num_sms)
+    precision = "ieee" if x.dtype == torch.float32 else "tf32"
     _skinny_gemm_kernel[(triton.cdiv(n, block_n),)](
         x, w, out, m, n, k, x.stride(0), w.stride(0), out.stride(0),
-        ACCUMULATE=accumulate, BLOCK_M=16, BLOCK_N=block_n, BLOCK_K=block_k,
+        ACCUMULATE=accumulate, PRECISION=precision, BLOCK_M=16, BLOCK_N=block_n, BLOCK_K=block_k,
         num_warps=num_warps, num_stages=num_stages,
     )  # fmt: skip
     return out

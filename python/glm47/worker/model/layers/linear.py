@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 
 import torch
 import torch.nn.functional as F
@@ -42,19 +43,29 @@ class Linear(nn.Module):
 
     def add_into(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         """`out += x @ W^T` in place (one matmul that accumulates: no copy, one rounding)."""
-        if self._takes_skinny(x) and out.stride(-1) == 1:
+        if (
+            self._takes_skinny(x)
+            and out.shape == (x.shape[0], self.out_features)
+            and out.stride(-1) == 1
+            and out.dtype == x.dtype
+        ):
             return skinny_gemm(
                 x, self.weight, out=out, accumulate=True, num_sms=_sm_count(x.device)
             )
         return out.addmm_(x, self.weight.t())
 
     def _takes_skinny(self, x: torch.Tensor) -> bool:
+        """The kernel runs on CUDA devices (or under the Triton interpreter), on half-precision
+        inputs of at most MAX_ROWS rows; anything else goes to the library."""
         return (
             self.skinny
+            and (x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1")
             and x.dim() == 2
             and 0 < x.shape[0] <= MAX_ROWS
             and x.stride(-1) == 1
+            and self.weight.stride(-1) == 1
             and x.dtype == self.weight.dtype
+            and (x.dtype in (torch.float16, torch.bfloat16) or not x.is_cuda)
         )
 
     def extra_repr(self) -> str:

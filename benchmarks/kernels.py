@@ -146,7 +146,11 @@ def bench_decode(ceil: dict, sms: int) -> list[Row]:
             base = default_num_splits(batch, sms)
             cfgs = [(*cfg, False) for cfg in DECODE_CFGS] + [(*cfg, True) for cfg in SWAPPED_CFGS]
             for bn, warps, stages, swap in cfgs:
-                for splits in sorted({base, max(1, base // 2), min(64, base * 2)}):
+                # Besides the default and its neighbours, fewer slices for short contexts: each
+                # slice writes a 20 x 512 fp32 partial, which at batch 1 and 1K tokens with 64
+                # slices is twice the bytes of the cache it reads.
+                few = {max(1, base // 8), max(1, base // 4)} if batch * ctx <= 32 * 1024 else set()
+                for splits in sorted({base, max(1, base // 2), min(64, base * 2), *few}):
                     ms = graph_ms(
                         mla_decode, sets, num_splits=splits, block_n=bn, num_warps=warps,
                         num_stages=stages, swap_ab=swap,

@@ -46,13 +46,11 @@ def eager_runner(checkpoint: Checkpoint, cuda: torch.device) -> ModelRunner:
     )
 
 
+# Triton attention and experts, decode graphs for batches up to 32.
+GRAPH_RUNNER = dict(prefill_backend="triton", decode_backend="triton", graph_max_batch_size=32)
+
+
 @pytest.fixture(scope="session")
 def graph_runner(checkpoint: Checkpoint, cuda: torch.device) -> ModelRunner:
     """Triton attention and experts, decode graphs for batches up to 32."""
-    return load_runner(
-        checkpoint[0],
-        cuda,
-        prefill_backend="triton",
-        decode_backend="triton",
-        graph_max_batch_size=32,
-    )
+    return load_runner(checkpoint[0], cuda, **GRAPH_RUNNER)

@@ -10,7 +10,7 @@ import torch
 
 from glm47.worker.model.layers.linear import Linear
 from glm47.worker.runner import ModelRunner
-from tests.gpu.conftest import Checkpoint
+from tests.gpu.conftest import GRAPH_RUNNER, Checkpoint
 from tests.gpu.harness import Session, assert_agree, compare, load_runner, run_session
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -20,14 +20,8 @@ ROW_TOL = 0.02  # the same products, summed in another order and rounded once mo
 
 @pytest.fixture(scope="module")
 def skinny_runner(checkpoint: Checkpoint, cuda: torch.device) -> ModelRunner:
-    return load_runner(
-        checkpoint[0],
-        cuda,
-        prefill_backend="triton",
-        decode_backend="triton",
-        graph_max_batch_size=32,
-        skinny_gemm=True,
-    )
+    """`graph_runner` with the skinny projections."""
+    return load_runner(checkpoint[0], cuda, **GRAPH_RUNNER, skinny_gemm=True)
 
 
 @pytest.mark.parametrize("batch", [1, 8])

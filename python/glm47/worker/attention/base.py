@@ -85,6 +85,16 @@ def write_latents(
     kv_cache[meta.slot_mapping] = torch.cat([latent, k_rope], dim=-1).to(kv_cache.dtype)
 
 
+def values_from_latents(att: torch.Tensor, w_uv: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The heads' values from the attended latents, `v[t, h] = W_UV[h] @ att[t, h]`: [T, H, v]
+    in `dtype`, contiguous. The batched matmul runs head-major but writes token-major through a
+    transposed view of its output, so o_proj reads it as [T, H * v] without a copy."""
+    t, heads, _ = att.shape  # [T, H, kv_lora_rank]
+    out = torch.empty((t, heads, w_uv.shape[1]), dtype=w_uv.dtype, device=att.device)
+    torch.bmm(att.to(w_uv.dtype).transpose(0, 1), w_uv.transpose(1, 2), out=out.transpose(0, 1))
+    return out.to(dtype)
+
+
 class SplitAttention:
     """The attention of a step with prompt chunks: the leading sequences that compute a few
     tokens each (decoding, or verifying drafts) through the decode backend, the longer chunks

@@ -23,6 +23,7 @@ from glm47.worker.attention.base import (
     AttentionMetadata,
     MLAWeights,
     register_backend,
+    values_from_latents,
     write_latents,
 )
 
@@ -108,8 +109,7 @@ class FlashInferMLABackend:
             pages[:, :, :rank],
             pages[:, :, rank:],
         )  # [T, H, rank]
-        out = torch.bmm(att.to(weights.w_uv.dtype).transpose(0, 1), weights.w_uv.transpose(1, 2))
-        return out.transpose(0, 1).to(q_nope.dtype)  # [T, H, v_head_dim]
+        return values_from_latents(att, weights.w_uv, q_nope.dtype)  # [T, H, v_head_dim]
 
     def prepare_graph_replay(self, meta: AttentionMetadata) -> None:
         """Plan the wrapper of this captured batch size on the static metadata (outside the graph).

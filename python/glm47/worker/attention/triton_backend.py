@@ -13,7 +13,12 @@ import torch
 from glm47.kernels.kv_write import write_kv
 from glm47.kernels.mla_decode import default_num_splits, mla_decode
 from glm47.kernels.mla_prefill import mla_prefill
-from glm47.worker.attention.base import AttentionMetadata, MLAWeights, register_backend
+from glm47.worker.attention.base import (
+    AttentionMetadata,
+    MLAWeights,
+    register_backend,
+    values_from_latents,
+)
 
 
 def _num_sms(device: torch.device) -> int:
@@ -65,8 +70,7 @@ class TritonMLABackend:
                 q_lat, kv_cache, meta.page_table, meta.query_start_loc, meta.seq_lens,
                 meta.max_query_len, meta.page_size, scale, d_rope=rope_dim, q_rope=q_pe,
             )  # fmt: skip
-        out = torch.bmm(att.to(weights.w_uv.dtype).transpose(0, 1), weights.w_uv.transpose(1, 2))
-        return out.transpose(0, 1).to(q_nope.dtype)  # [T, H, v_head_dim]
+        return values_from_latents(att, weights.w_uv, q_nope.dtype)  # [T, H, v_head_dim]
 
     def _sm_count(self, device: torch.device) -> int:
         if device not in self._sms:

@@ -24,6 +24,7 @@ from triton.testing import do_bench
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
 
 from glm47.kernels.activation import silu_and_mul, silu_and_mul_ref
+from glm47.kernels.device import num_sms
 from glm47.kernels.fused_moe import (
     choose_config,
     fused_experts,
@@ -365,7 +366,7 @@ SKINNY_SHAPES = [("qkv_a", 1344, 2048), ("q_b", 5120, 768), ("o_proj", 2048, 512
                  ("shared gate_up", 3072, 2048), ("shared down", 2048, 1536)]  # fmt: skip
 
 
-def bench_skinny(ceil: dict, sms: int) -> list[Row]:
+def bench_skinny(ceil: dict) -> list[Row]:
     """skinny_gemm against torch's F.linear (cuBLAS) for 1-16 tokens, from CUDA graphs over
     rotating weights (a decode step reads each weight once, from memory, not L2)."""
     rows = []
@@ -381,7 +382,7 @@ def bench_skinny(ceil: dict, sms: int) -> list[Row]:
             shape = f"{name} M={m} N={n} K={k}"
             ms = graph_ms(torch.nn.functional.linear, sets)
             rows.append(row("skinny_gemm", shape, "torch F.linear", ms, nbytes, flops, ceil))
-            ms = graph_ms(skinny_gemm, sets, num_sms=sms)
+            ms = graph_ms(skinny_gemm, sets)
             rows.append(row("skinny_gemm", shape, "triton", ms, nbytes, flops, ceil))
             del sets
     return rows
@@ -451,14 +452,14 @@ def main() -> None:
     gpu = torch.cuda.get_device_name()
     ceil = ceilings()
     print(f"{gpu}: copy {ceil['copy_gbps']:.0f} GB/s, bf16 matmul {ceil['mm_tflops']:.0f} TFLOP/s")
-    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    sms = num_sms(torch.device(DEV))
     rows: list[Row] = []
     tuned: dict[int, MoeConfig] = {}
     benches: dict[str, Callable[[], list[Row]]] = {
         "decode": lambda: bench_decode(ceil, sms),
         "prefill": lambda: bench_prefill(ceil),
         "small": lambda: bench_small(ceil),
-        "skinny": lambda: bench_skinny(ceil, sms),
+        "skinny": lambda: bench_skinny(ceil),
         "align": lambda: bench_align(ceil),
         "fa3": lambda: bench_fa3(ceil),
     }

@@ -12,6 +12,8 @@ import torch
 import triton
 import triton.language as tl
 
+from glm47.kernels.device import num_sms
+
 MAX_ROWS = 16  # one tensor-core tile of rows; larger batches belong to a GEMM library
 
 
@@ -74,7 +76,6 @@ def skinny_gemm(
     w: torch.Tensor,  # [N, K] (an nn.Linear weight)
     out: torch.Tensor | None = None,  # [M, N]
     accumulate: bool = False,
-    num_sms: int = 132,
     launch: tuple[int, int, int, int] | None = None,
 ) -> torch.Tensor:  # [M, N]
     """`x @ w.T`, or `out += x @ w.T` with `accumulate`; fp32 accumulation, rounded once."""
@@ -96,7 +97,7 @@ def skinny_gemm(
         raise ValueError(f"out must be [{m}, {n}] with a contiguous last dimension")
     if m == 0 or n == 0:
         return out
-    block_n, block_k, num_warps, num_stages = launch or skinny_launch(n, k, num_sms)
+    block_n, block_k, num_warps, num_stages = launch or skinny_launch(n, k, num_sms(x.device))
     precision = "ieee" if x.dtype == torch.float32 else "tf32"
     _skinny_gemm_kernel[(triton.cdiv(n, block_n),)](
         x, w, out, m, n, k, x.stride(0), w.stride(0), out.stride(0),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from glm47.kernels.device import num_sms
 from glm47.kernels.kv_write import write_kv
 from glm47.kernels.mla_decode import default_num_splits, mla_decode
 from glm47.kernels.mla_prefill import mla_prefill
@@ -21,12 +22,6 @@ from glm47.worker.attention.base import (
 )
 
 
-def _num_sms(device: torch.device) -> int:
-    if device.type != "cuda":
-        return 4
-    return int(torch.cuda.get_device_properties(device).multi_processor_count)
-
-
 class TritonMLABackend:
     """Registered as "triton"; works wherever Triton runs (the interpreter included)."""
 
@@ -35,9 +30,6 @@ class TritonMLABackend:
     # Its short-query path (mla_prefill) takes its grid from max_query_len and the batch, and
     # every position from the metadata tensors: graphs of verification steps hold.
     supports_multi_token_cuda_graph = True
-
-    def __init__(self) -> None:
-        self._sms: dict[torch.device, int] = {}
 
     def forward(
         self,
@@ -60,7 +52,7 @@ class TritonMLABackend:
         if q_pe.stride(-1) != 1:
             q_pe = q_pe.contiguous()
         if meta.is_decode:
-            splits = default_num_splits(q_lat.shape[0], self._sm_count(q_lat.device))
+            splits = default_num_splits(q_lat.shape[0], num_sms(q_lat.device))
             att = mla_decode(
                 q_lat, kv_cache, meta.page_table, meta.seq_lens, meta.page_size, scale,
                 d_rope=rope_dim, num_splits=splits, q_rope=q_pe,
@@ -71,11 +63,6 @@ class TritonMLABackend:
                 meta.max_query_len, meta.page_size, scale, d_rope=rope_dim, q_rope=q_pe,
             )  # fmt: skip
         return values_from_latents(att, weights.w_uv, q_nope.dtype)  # [T, H, v_head_dim]
-
-    def _sm_count(self, device: torch.device) -> int:
-        if device not in self._sms:
-            self._sms[device] = _num_sms(device)
-        return self._sms[device]
 
 
 register_backend("triton", TritonMLABackend)

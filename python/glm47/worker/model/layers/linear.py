@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import os
 
 import torch
@@ -10,13 +9,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from glm47.kernels.skinny_gemm import MAX_ROWS, skinny_gemm
-
-
-@functools.cache
-def _sm_count(device: torch.device) -> int:
-    if device.type == "cuda":
-        return int(torch.cuda.get_device_properties(device).multi_processor_count)
-    return 132  # the interpreter on the CPU: only the grid's size depends on it
 
 
 class Linear(nn.Module):
@@ -38,7 +30,7 @@ class Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [T, in] -> [T, out]
         if self._takes_skinny(x):
-            return skinny_gemm(x, self.weight, num_sms=_sm_count(x.device))
+            return skinny_gemm(x, self.weight)
         return F.linear(x, self.weight)
 
     def add_into(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
@@ -49,9 +41,7 @@ class Linear(nn.Module):
             and out.stride(-1) == 1
             and out.dtype == x.dtype
         ):
-            return skinny_gemm(
-                x, self.weight, out=out, accumulate=True, num_sms=_sm_count(x.device)
-            )
+            return skinny_gemm(x, self.weight, out=out, accumulate=True)
         return out.addmm_(x, self.weight.t())
 
     def _takes_skinny(self, x: torch.Tensor) -> bool:

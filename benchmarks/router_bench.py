@@ -17,7 +17,6 @@ import math
 import os
 import random
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -30,6 +29,7 @@ from pathlib import Path
 import zmq
 
 from glm47 import _native
+from glm47.serve import free_port
 from glm47.worker import wire
 
 
@@ -105,12 +105,6 @@ def paced_worker(
         stats = {"running": len(running), "waiting": len(waiting)}
         for ident, outs in by_conn.items():
             sock.send_multipart([ident, wire.encode(wire.Step(outs=outs, stats=stats))])
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def process_cpu_s(pid: int) -> float:

@@ -16,7 +16,6 @@ import argparse
 import math
 import os
 import random
-import shutil
 import subprocess
 import sys
 import threading
@@ -120,11 +119,6 @@ def peak_rss_mib(pid: int) -> float:
     return float("nan")
 
 
-def router_command() -> list[str]:
-    exe = shutil.which("glm47-router")
-    return [exe] if exe else [sys.executable, "-m", "glm47.router"]
-
-
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--model-dir", required=True, help="tokenizer and chat template for the router")
@@ -149,8 +143,9 @@ def main() -> int:
     worker = threading.Thread(target=serve, daemon=True)
     worker.start()
     router = subprocess.Popen(
-        [*router_command(), "--worker-addr", listen, "--model-dir", args.model_dir,
-         "--host", "127.0.0.1", "--port", str(port), *args.router_arg]
+        [sys.executable, "-m", "glm47.router", "--worker-addr", listen,
+         "--model-dir", args.model_dir, "--host", "127.0.0.1", "--port", str(port),
+         *args.router_arg]
     )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     try:

@@ -111,9 +111,18 @@ def paged_cache(batch: int, ctx: int, page_size: int) -> tuple[torch.Tensor, tor
     return cache, table
 
 
-DECODE_CFGS = [(32, 4, 2), (32, 4, 3), (64, 4, 2), (64, 8, 2)]
-# The transposed-product kernel: 64 cached rows a tile make each product a warpgroup MMA.
-SWAPPED_CFGS = [(64, 4, 2), (64, 4, 3), (64, 8, 2), (32, 4, 3)]
+# (block_n, warps, stages, register cap, rescale slack). Slack 0 rescales the accumulator
+# whenever a head's maximum grows (as the kernel did before the slack); the 128-register cap lets
+# two 8-warp programs share a multiprocessor.
+DECODE_CFGS = [
+    (32, 4, 3, None, 0.0),
+    (32, 4, 3, None, 8.0),
+    (32, 8, 2, 128, 0.0),
+    (32, 8, 2, 128, 8.0),
+    (16, 8, 3, 128, 8.0),
+    (32, 8, 3, None, 8.0),
+    (64, 8, 2, None, 8.0),
+]
 
 
 def graph_ms(fn: Callable[..., object], sets: list[tuple], **kwargs: object) -> float:
@@ -145,8 +154,7 @@ def bench_decode(ceil: dict, sms: int) -> list[Row]:
                 q = torch.randn((batch, HEADS, WIDTH), dtype=BF16, device=DEV)
                 sets.append((q, cache, table, lens, 16, SCALE))
             base = default_num_splits(batch, sms)
-            cfgs = [(*cfg, False) for cfg in DECODE_CFGS] + [(*cfg, True) for cfg in SWAPPED_CFGS]
-            for bn, warps, stages, swap in cfgs:
+            for bn, warps, stages, regs, slack in DECODE_CFGS:
                 # Besides the default and its neighbours, fewer slices for short contexts: each
                 # slice writes a 20 x 512 fp32 partial, which at batch 1 and 1K tokens with 64
                 # slices is twice the bytes of the cache it reads.
@@ -154,10 +162,10 @@ def bench_decode(ceil: dict, sms: int) -> list[Row]:
                 for splits in sorted({base, max(1, base // 2), min(64, base * 2), *few}):
                     ms = graph_ms(
                         mla_decode, sets, num_splits=splits, block_n=bn, num_warps=warps,
-                        num_stages=stages, swap_ab=swap,
+                        num_stages=stages, max_regs=regs, rescale_slack=slack,
                     )  # fmt: skip
-                    kind = "swapped " if swap else ""
-                    var = f"graph x{copies} {kind}bn{bn} w{warps} s{stages} splits{splits}"
+                    cap = f" r{regs}" if regs else ""
+                    var = f"graph x{copies} bn{bn} w{warps} s{stages}{cap} slack{slack:g} splits{splits}"
                     shape = f"B={batch} ctx={ctx}"
                     rows.append(row("mla_decode", shape, var, ms, nbytes, flops, ceil))
             del sets

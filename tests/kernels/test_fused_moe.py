@@ -8,9 +8,10 @@ import pytest
 import torch
 from kernel_utils import ON_GPU, rel_err
 
-from glm47.kernels.fused_moe import fused_experts, fused_experts_ref
+from glm47.kernels.fused_moe import fused_experts, fused_experts_ref, tune_config
 from glm47.kernels.moe_align import (
     MoeAlignment,
+    max_padded_rows,
     moe_align,
     moe_align_blocked,
     moe_align_small,
@@ -41,6 +42,22 @@ def test_moe_align_groups_every_pair_once_by_expert(
     assert torch.equal(block_expert[real < t * k], ids.reshape(-1).long()[valid])
     counts = torch.bincount(ids.reshape(-1).long(), minlength=e)
     assert used == int(((counts + block_m - 1) // block_m * block_m).sum())
+
+
+@pytest.mark.parametrize(
+    ("t", "e", "k", "block_m"), [(1, 64, 4, 16), (4, 64, 4, 16), (50, 6, 3, 8)]
+)
+def test_moe_align_row_bound_is_reached_by_spread_routing(
+    t: int, e: int, k: int, block_m: int, device: str
+) -> None:
+    # Pairs spread over as many experts as there are: the most padding a batch can need. The
+    # bound counts pad rows only for experts that can receive a pair, and this routing needs them.
+    ids = (torch.arange(t * k, device=device) % e).reshape(t, k).to(torch.int32)
+    al = moe_align(ids, e, block_m)
+    bound = max_padded_rows(t * k, e, block_m)
+    assert al.sorted_ids.shape[0] == bound
+    assert int(al.num_padded) == bound
+    assert torch.equal(al.sorted_ids, moe_align_torch(ids, e, block_m).sorted_ids)
 
 
 SHAPES = (
@@ -144,3 +161,15 @@ def test_moe_align_falls_back_to_torch_when_the_blocked_kernels_fail(
     got = moe_align(ids, 64, 16)
     assert torch.equal(got.sorted_ids, moe_align_torch(ids, 64, 16).sorted_ids)
     assert align_module._blocked_failed and "using torch" in caplog.text
+
+
+def test_tune_config_returns_a_candidate_that_runs(device: str) -> None:
+    x = torch.randn((3, 64), dtype=torch.float16, device=device)
+    w13 = torch.randn((8, 64, 64), dtype=torch.float16, device=device) * 0.1
+    w2 = torch.randn((8, 64, 32), dtype=torch.float16, device=device) * 0.1
+    candidates = [MoeConfig(16, 16, 16, 1, 4, 1), MoeConfig(16, 32, 32, 2, 4, 1)]
+    best = tune_config(x, w13, w2, 2, candidates)
+    assert best in candidates
+    weights, ids = random_routing(3, 8, 2, device)
+    ref = fused_experts_ref(x, w13, w2, weights, ids)
+    assert rel_err(fused_experts(x, w13, w2, weights, ids, best), ref) < 2e-2

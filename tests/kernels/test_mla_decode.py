@@ -35,7 +35,7 @@ CASES = (
 
 @pytest.mark.parametrize(("heads", "d_lat", "d_rope", "lens", "page_size"), CASES)
 @pytest.mark.parametrize("num_splits", [1, 3])
-@pytest.mark.parametrize(("swap_ab", "block_n"), [(False, None), (True, 32), (True, 64)])
+@pytest.mark.parametrize(("rescale_slack", "block_n"), [(8.0, None), (0.0, 32), (8.0, 16)])
 def test_mla_decode_matches_reference(
     heads: int,
     d_lat: int,
@@ -43,7 +43,7 @@ def test_mla_decode_matches_reference(
     lens: list[int],
     page_size: int,
     num_splits: int,
-    swap_ab: bool,
+    rescale_slack: float,
     block_n: int | None,
     device: str,
     dtype: torch.dtype,
@@ -55,7 +55,7 @@ def test_mla_decode_matches_reference(
     scale = (d_lat // 2) ** -0.5
     out = mla_decode(
         q, cache, table, seq_lens, page_size, scale, d_rope=d_rope, num_splits=num_splits,
-        swap_ab=swap_ab, block_n=block_n,
+        rescale_slack=rescale_slack, block_n=block_n,
     )  # fmt: skip
     ref = mla_decode_ref(q.double(), cache.double(), table, seq_lens, page_size, scale, d_rope)
     assert out.shape == (len(lens), heads, d_lat)
@@ -63,9 +63,44 @@ def test_mla_decode_matches_reference(
     q_lat, q_pe = query_parts(q, d_lat)
     apart = mla_decode(
         q_lat, cache, table, seq_lens, page_size, scale, d_rope=d_rope, num_splits=num_splits,
-        q_rope=q_pe, swap_ab=swap_ab, block_n=block_n,
+        q_rope=q_pe, rescale_slack=rescale_slack, block_n=block_n,
     )  # fmt: skip
     torch.testing.assert_close(apart, out, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("rescale_slack", [0.0, 8.0])
+def test_mla_decode_with_scores_growing_along_the_sequence(
+    rescale_slack: float, device: str, dtype: torch.dtype
+) -> None:
+    # Rows grow along each sequence and the queries are large, so a head's maximum passes the
+    # running one by more than the slack tile after tile: every rescale path runs. Sixteen
+    # sequences take the default launch of batches >= 16 (its register cap included).
+    heads, d_lat, d_rope, page_size = 4, 32, 16, 16
+    lens = [64 + 9 * i for i in range(16)]
+    cache, table = make_paged_cache(lens, d_lat + d_rope, page_size, dtype, device)
+    ramp = torch.linspace(0.2, 3.0, cache.shape[0], device=device)[:, None]
+    cache = (cache.float().abs() * ramp).to(dtype)  # positive rows, larger for later slots
+    for i, n in enumerate(lens):  # each sequence's pages ascending: later positions, larger rows
+        pages = (n + page_size - 1) // page_size
+        table[i, :pages] = torch.sort(table[i, :pages]).values
+    q = (torch.rand((16, heads, d_lat + d_rope), device=device) * 2.0).to(dtype)
+    seq_lens = torch.tensor(lens, dtype=torch.int32, device=device)
+    scale = 1.0
+    out = mla_decode(
+        q, cache, table, seq_lens, page_size, scale, d_rope=d_rope, num_splits=2,
+        rescale_slack=rescale_slack,
+    )  # fmt: skip
+    ref = mla_decode_ref(q.double(), cache.double(), table, seq_lens, page_size, scale, d_rope)
+    assert rel_err(out, ref) < 1e-2
+
+
+def test_mla_decode_rejects_a_negative_rescale_slack(device: str) -> None:
+    q = torch.randn((1, 2, 48), device=device)
+    cache = torch.randn((8, 48), device=device)
+    table = torch.ones((1, 1), dtype=torch.int32, device=device)
+    lens = torch.ones(1, dtype=torch.int32, device=device)
+    with pytest.raises(ValueError, match="rescale_slack"):
+        mla_decode(q, cache, table, lens, 8, 0.1, d_rope=16, rescale_slack=-1.0)
 
 
 def query_parts(q: torch.Tensor, d_lat: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -14,6 +14,9 @@ import triton
 import triton.language as tl
 
 LOG2E = 1.4426950408889634  # softmax runs in exp2: scores are pre-scaled by log2(e)
+# How far (log2 units) a head's score may pass the running maximum before the decode kernel
+# rescales its accumulator: probabilities stay below 2**8, far inside fp32 and bf16.
+RESCALE_SLACK = 8.0
 
 # Arguments that change from step to step outside CUDA graphs (the page table's width, the split
 # count of the batch size and the partials' row stride, 20 x splits). Triton would build one
@@ -47,18 +50,21 @@ def _cached_rows(
     D_ROPE: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
-    """Positions [n0, n0 + BLOCK_N) of sequence b through its page table: (mask [N], latent part
-    [N, D_LAT], rope part [N, D_ROPE]); rows at or past `end` read as zeros."""
+    """Positions [n0, n0 + BLOCK_N) of sequence b through its page table: (mask [N], the two
+    halves of the latent part [N, D_LAT / 2] each, rope part [N, D_ROPE]); rows at or past `end`
+    read as zeros."""
     offs_n = n0 + tl.arange(0, BLOCK_N)
     mask_n = offs_n < end
     page = tl.load(page_table_ptr + b * stride_pt + offs_n // PAGE_SIZE, mask=mask_n, other=0)
     slot = page.to(tl.int64) * PAGE_SIZE + offs_n % PAGE_SIZE  # [BLOCK_N]
     kv_row = kv_ptr + slot[:, None] * stride_kv
-    k_lat = tl.load(kv_row + tl.arange(0, D_LAT)[None, :], mask=mask_n[:, None], other=0.0)
+    offs_half = tl.arange(0, D_LAT // 2)[None, :]
+    k_lo = tl.load(kv_row + offs_half, mask=mask_n[:, None], other=0.0)
+    k_hi = tl.load(kv_row + D_LAT // 2 + offs_half, mask=mask_n[:, None], other=0.0)
     k_rope = tl.load(
         kv_row + D_LAT + tl.arange(0, D_ROPE)[None, :], mask=mask_n[:, None], other=0.0
     )
-    return mask_n, k_lat, k_rope
+    return mask_n, k_lo, k_hi, k_rope
 
 
 @triton.jit(
@@ -91,66 +97,66 @@ def _mla_decode_split_kernel(
     D_ROPE: tl.constexpr,
     BLOCK_H: tl.constexpr,
     BLOCK_N: tl.constexpr,
-    SWAP_AB: tl.constexpr,
+    RESCALE_SLACK: tl.constexpr,
 ):
     """One slice of one sequence, all heads: partial output and log-sum-exp.
 
-    Scores are `Q @ K^T` ([BLOCK_H, BLOCK_N]) and the accumulator `P @ V` ([BLOCK_H, D_LAT]); with
-    SWAP_AB both products are transposed (`K @ Q^T`, `V^T @ P`), so the cached rows, not the 20
-    heads padded to BLOCK_H, are the rows of each product: Hopper's warpgroup MMA needs 64 rows,
-    which BLOCK_N = 64 gives.
+    Per tile of BLOCK_N cached rows: scores `Q @ K^T` ([BLOCK_H, BLOCK_N]) and the accumulator
+    `P @ V` ([BLOCK_H, D_LAT]). The latent columns are taken in two halves, so each product is two
+    independent chains of tensor-core steps rather than one (the scores' chain runs over the 576
+    columns with only BLOCK_N = 32 outputs: latency, not bandwidth, bounded it). The running
+    maximum moves, and the accumulator is rescaled, only when a head's tile maximum exceeds it by
+    more than RESCALE_SLACK (log2 units; 0 = whenever it grows): until then the probabilities are
+    exp2 of at most the slack, and the [BLOCK_H, D_LAT] rescale is skipped.
     """
     b = tl.program_id(0)
     split = tl.program_id(1)
     start, end = _slice_bounds(seq_lens_ptr, b, split, num_splits, BLOCK_N)
 
     offs_h = tl.arange(0, BLOCK_H)
-    offs_c = tl.arange(0, D_LAT)
+    offs_half = tl.arange(0, D_LAT // 2)
     offs_r = tl.arange(0, D_ROPE)
     mask_h = offs_h < num_heads
     q_row = q_ptr + b * stride_qb + offs_h * stride_qh  # [BLOCK_H]
     qr_row = qr_ptr + b * stride_qrb + offs_h * stride_qrh
-    if SWAP_AB:
-        q_lat = tl.load(q_row[None, :] + offs_c[:, None], mask=mask_h[None, :], other=0.0)
-        q_rope = tl.load(qr_row[None, :] + offs_r[:, None], mask=mask_h[None, :], other=0.0)
-        acc = tl.zeros([D_LAT, BLOCK_H], dtype=tl.float32)
-    else:
-        q_lat = tl.load(q_row[:, None] + offs_c[None, :], mask=mask_h[:, None], other=0.0)
-        q_rope = tl.load(qr_row[:, None] + offs_r[None, :], mask=mask_h[:, None], other=0.0)
-        acc = tl.zeros([BLOCK_H, D_LAT], dtype=tl.float32)
+    q_lo = tl.load(q_row[:, None] + offs_half[None, :], mask=mask_h[:, None], other=0.0)
+    q_hi = tl.load(
+        q_row[:, None] + D_LAT // 2 + offs_half[None, :], mask=mask_h[:, None], other=0.0
+    )
+    q_rope = tl.load(qr_row[:, None] + offs_r[None, :], mask=mask_h[:, None], other=0.0)
+    acc_lo = tl.zeros([BLOCK_H, D_LAT // 2], dtype=tl.float32)
+    acc_hi = tl.zeros([BLOCK_H, D_LAT // 2], dtype=tl.float32)
     m_i = tl.full([BLOCK_H], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_H], dtype=tl.float32)
     for n0 in range(start, end, BLOCK_N):
-        mask_n, k_lat, k_rope = _cached_rows(
+        mask_n, k_lo, k_hi, k_rope = _cached_rows(
             kv_ptr, page_table_ptr, b, stride_pt, stride_kv, n0, end, PAGE_SIZE, D_LAT, D_ROPE,
             BLOCK_N,
         )  # fmt: skip
-        if SWAP_AB:
-            s = tl.dot(k_lat, q_lat) + tl.dot(k_rope, q_rope)  # [N, BLOCK_H]
-            s = tl.where(mask_n[:, None], s * scale_log2, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(s, 0))
+        s = tl.dot(q_lo, tl.trans(k_lo)) + tl.dot(q_hi, tl.trans(k_hi))
+        s += tl.dot(q_rope, tl.trans(k_rope))  # [BLOCK_H, N]
+        s = tl.where(mask_n[None, :], s * scale_log2, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        if tl.max(m_new - m_i, 0) > RESCALE_SLACK:  # the first tile always (m_i = -inf)
             alpha = tl.exp2(m_i - m_new)
-            p = tl.exp2(s - m_new[None, :])
-            l_i = l_i * alpha + tl.sum(p, 0)
-            acc = acc * alpha[None, :] + tl.dot(tl.trans(k_lat), p.to(k_lat.dtype))
-        else:
-            s = tl.dot(q_lat, tl.trans(k_lat)) + tl.dot(q_rope, tl.trans(k_rope))  # [BLOCK_H, N]
-            s = tl.where(mask_n[None, :], s * scale_log2, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(s, 1))
-            alpha = tl.exp2(m_i - m_new)
-            p = tl.exp2(s - m_new[:, None])
-            l_i = l_i * alpha + tl.sum(p, 1)
-            acc = acc * alpha[:, None] + tl.dot(p.to(k_lat.dtype), k_lat)
-        m_i = m_new
+            acc_lo = acc_lo * alpha[:, None]
+            acc_hi = acc_hi * alpha[:, None]
+            l_i = l_i * alpha
+            m_i = m_new
+        p = tl.exp2(s - m_i[:, None])
+        l_i += tl.sum(p, 1)
+        p = p.to(k_lo.dtype)
+        acc_lo = tl.dot(p, k_lo, acc_lo)
+        acc_hi = tl.dot(p, k_hi, acc_hi)
 
     has = l_i > 0.0
     norm = tl.where(has, l_i, 1.0)
     lse = tl.where(has, m_i + tl.log2(norm), float("-inf"))
     po = part_out_ptr + b * stride_pob + split * stride_pos + offs_h * stride_poh  # [BLOCK_H]
-    if SWAP_AB:
-        tl.store(po[None, :] + offs_c[:, None], acc / norm[None, :], mask=mask_h[None, :])
-    else:
-        tl.store(po[:, None] + offs_c[None, :], acc / norm[:, None], mask=mask_h[:, None])
+    tl.store(po[:, None] + offs_half[None, :], acc_lo / norm[:, None], mask=mask_h[:, None])
+    tl.store(
+        po[:, None] + D_LAT // 2 + offs_half[None, :], acc_hi / norm[:, None], mask=mask_h[:, None]
+    )
     tl.store(part_lse_ptr + b * stride_plb + split * stride_pls + offs_h, lse, mask=mask_h)
 
 
@@ -220,9 +226,17 @@ def split_query(
     return q, q_rope
 
 
-def default_launch(batch: int) -> tuple[int, int, int]:
-    """(block_n, num_warps, num_stages) measured best on an H100 for this batch size."""
-    return (32, 4, 3) if batch >= 16 else (64, 8, 2)
+def default_launch(batch: int) -> tuple[int, int, int, int | None]:
+    """(block_n, num_warps, num_stages, max_regs) for this batch size.
+
+    From batch 16: 8 warps capped at 128 registers a thread, so two programs (16 warps) share a
+    multiprocessor. Nsight Compute on an H200 (batch 256, 8K tokens) found the 4-warp launch at 255
+    registers with two programs (8 warps) a multiprocessor issuing an instruction every 3.1
+    cycles, stalled on short fixed-latency chains, at 51% of DRAM bandwidth; 8 warps at 128
+    registers compile without spills (ptxas, sm_90a). Below 16, one program a multiprocessor
+    (the split count makes up the parallelism) with 64-row tiles, measured best on an H100.
+    """
+    return (32, 8, 2, 128) if batch >= 16 else (64, 8, 2, None)
 
 
 def default_num_splits(batch: int, num_sms: int = 132, max_seq_len: int | None = None) -> int:
@@ -254,27 +268,37 @@ def mla_decode(
     num_warps: int | None = None,
     num_stages: int | None = None,
     q_rope: torch.Tensor | None = None,  # [B, H, D_ROPE]: the roped part, when q holds D_LAT
-    swap_ab: bool = False,
+    rescale_slack: float = RESCALE_SLACK,
+    max_regs: int | None = None,
 ) -> torch.Tensor:  # [B, H, D_LAT]
     """Attention of one query token per sequence over its cached latents (values = first D_LAT).
 
-    Launch settings left as None take `default_launch(B)`. `swap_ab` transposes the split kernel's
-    products (see `_mla_decode_split_kernel`; the same result up to rounding).
+    Launch settings left as None take `default_launch(B)` (its register cap only when none of
+    block_n, num_warps and num_stages is given). `rescale_slack` (log2 units, >= 0) is
+    how far a head's score may pass the running maximum before the accumulator is rescaled (see
+    `_mla_decode_split_kernel`); every value gives the same result up to rounding.
     """
     q_lat, q_pe = split_query(q, q_rope, d_rope)
     b, h, d_lat = q_lat.shape
-    auto_n, auto_warps, auto_stages = default_launch(b)
+    auto_n, auto_warps, auto_stages, auto_regs = default_launch(b)
+    launch_set = block_n is not None or num_warps is not None or num_stages is not None
     block_n = block_n or auto_n
     num_warps = num_warps or auto_warps
     num_stages = num_stages or auto_stages
+    if max_regs is None and not launch_set:
+        max_regs = auto_regs
     check_q_and_cache(q_lat, kv_cache, d_lat + d_rope)
     if page_table.dtype != torch.int32 or seq_lens.dtype != torch.int32:
         raise ValueError("page_table and seq_lens must be int32")
     if page_table.shape[0] != b or seq_lens.shape != (b,):
         raise ValueError("page_table and seq_lens need one row per sequence")
     for dim in (d_lat, d_rope):
-        if dim & (dim - 1):
-            raise ValueError(f"latent and rope widths must be powers of two, got {dim}")
+        if dim & (dim - 1) or dim < 16:
+            raise ValueError(f"latent and rope widths must be powers of two >= 16, got {dim}")
+    if d_lat < 32:
+        raise ValueError(f"the latent width must be at least 32 (two halves of 16), got {d_lat}")
+    if not 0.0 <= rescale_slack <= 16.0:
+        raise ValueError(f"rescale_slack must be in [0, 16], got {rescale_slack}")
     if page_size < 1 or page_size & (page_size - 1):
         raise ValueError(f"page_size must be a power of two, got {page_size}")
     if not 1 <= num_splits <= 64:
@@ -290,7 +314,8 @@ def mla_decode(
         part_lse.stride(0), part_lse.stride(1),
         h, num_splits, scale * LOG2E,
         PAGE_SIZE=page_size, D_LAT=d_lat, D_ROPE=d_rope, BLOCK_H=block_h, BLOCK_N=block_n,
-        SWAP_AB=swap_ab, num_warps=num_warps, num_stages=num_stages,
+        RESCALE_SLACK=float(rescale_slack), num_warps=num_warps, num_stages=num_stages,
+        **({"maxnreg": max_regs} if max_regs else {}),
     )  # fmt: skip
     out = torch.empty((b, h, d_lat), dtype=q_lat.dtype, device=q_lat.device)
     _mla_decode_merge_kernel[(b, h)](
@@ -346,6 +371,7 @@ def decode_flops(batch: int, heads: int, seq_len: int, width: int = 576, d_lat: 
 
 __all__ = [
     "LOG2E",
+    "RESCALE_SLACK",
     "check_q_and_cache",
     "decode_bytes",
     "decode_flops",

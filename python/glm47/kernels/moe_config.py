@@ -156,11 +156,13 @@ def default_config(num_tokens: int, num_experts: int, top_k: int) -> MoeConfig:
 
 
 def candidate_configs(num_tokens: int, num_experts: int, top_k: int) -> list[MoeConfig]:
-    """The search space of the autotuner (12-16 configs), sized to the rows each expert sees."""
+    """The search space of the autotuner (16 configs), sized to the rows each expert sees. At
+    decode sizes the narrow column blocks matter: a program streams BLOCK_N rows of an expert's
+    weights, so one token's 4 experts give 4 * 2I / BLOCK_N programs to fill the GPU."""
     rows_per_expert = num_tokens * top_k / max(1, num_experts)
     space: tuple[list[int], list[int], list[int], list[tuple[int, int]]]
     if rows_per_expert <= 16:
-        space = ([16, 32], [32, 64, 128], [128, 256], [(4, 4)])
+        space = ([16, 32], [16, 32, 64, 128], [128, 256], [(4, 4)])
     elif rows_per_expert <= 128:
         space = ([32, 64], [64, 128], [64, 128], [(4, 3), (8, 3)])
     else:

@@ -20,7 +20,8 @@ import torch
 from glm47.kernels.fused_moe import tune_config
 from glm47.kernels.moe_config import MoeConfig, candidate_configs, save_stored, shape_key
 
-DEFAULT_TOKENS = [1, 32, 256, 2048, 8192]
+# Decode batch sizes first (the tuned file is written after each count), then prompt chunks.
+DEFAULT_TOKENS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 8192]
 
 
 def tune_shape(

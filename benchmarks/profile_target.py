@@ -1,0 +1,67 @@
+"""One kernel at a real GLM-4.7-Flash shape, launched a few times: a target for Nsight Compute.
+
+    ncu --clock-control none --kernel-name regex:_mla_decode_split --launch-skip 2 \
+        --launch-count 1 --section SpeedOfLight ... python3 benchmarks/profile_target.py mla_decode
+
+`mla_decode --batch B --ctx N` runs the decode kernel with its default launch (the server's);
+`fused_moe --tokens T` runs the fused experts with the stored config for T tokens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
+
+from glm47.kernels.device import num_sms
+from glm47.kernels.fused_moe import fused_experts
+from glm47.kernels.mla_decode import default_num_splits, mla_decode
+
+HEADS, D_LAT, D_ROPE, HIDDEN, INTER, EXPERTS, TOP_K, PAGE = 20, 512, 64, 2048, 1536, 64, 4, 16
+BF16 = torch.bfloat16
+
+
+def run_mla_decode(batch: int, ctx: int, launches: int) -> None:
+    pages = batch * ctx // PAGE
+    cache = torch.randn(((pages + 1) * PAGE, D_LAT + D_ROPE), dtype=BF16, device="cuda")
+    table = (torch.randperm(pages, device="cuda") + 1).int().view(batch, ctx // PAGE)
+    lens = torch.full((batch,), ctx, dtype=torch.int32, device="cuda")
+    q = torch.randn((batch, HEADS, D_LAT + D_ROPE), dtype=BF16, device="cuda")
+    splits = default_num_splits(batch, num_sms(q.device))
+    for _ in range(launches):
+        mla_decode(q, cache, table, lens, PAGE, 256**-0.5, d_rope=D_ROPE, num_splits=splits)
+    print(f"mla_decode batch {batch} ctx {ctx}: {splits} slices, {launches} launches")
+
+
+def run_fused_moe(tokens: int, launches: int) -> None:
+    w13 = torch.randn((EXPERTS, 2 * INTER, HIDDEN), dtype=BF16, device="cuda") * 0.02
+    w2 = torch.randn((EXPERTS, HIDDEN, INTER), dtype=BF16, device="cuda") * 0.02
+    x = torch.randn((tokens, HIDDEN), dtype=BF16, device="cuda")
+    for _ in range(launches):
+        ids = torch.rand((tokens, EXPERTS), device="cuda").topk(TOP_K, dim=1).indices.int()
+        wts = torch.rand((tokens, TOP_K), device="cuda")
+        fused_experts(x, w13, w2, wts, ids)
+    print(f"fused_moe tokens {tokens}: {launches} calls")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("kernel", choices=["mla_decode", "fused_moe"])
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--ctx", type=int, default=8192)
+    ap.add_argument("--tokens", type=int, default=1)
+    ap.add_argument("--launches", type=int, default=4)
+    args = ap.parse_args()
+    if args.kernel == "mla_decode":
+        run_mla_decode(args.batch, args.ctx, args.launches)
+    else:
+        run_fused_moe(args.tokens, args.launches)
+    torch.cuda.synchronize()
+
+
+if __name__ == "__main__":
+    main()

@@ -293,10 +293,10 @@ def mla_decode(
     if page_table.shape[0] != b or seq_lens.shape != (b,):
         raise ValueError("page_table and seq_lens need one row per sequence")
     for dim in (d_lat, d_rope):
-        if dim & (dim - 1) or dim < 16:
-            raise ValueError(f"latent and rope widths must be powers of two >= 16, got {dim}")
-    if d_lat < 32:
-        raise ValueError(f"the latent width must be at least 32 (two halves of 16), got {d_lat}")
+        if dim & (dim - 1):
+            raise ValueError(f"latent and rope widths must be powers of two, got {dim}")
+    if d_lat < 2:
+        raise ValueError(f"the latent width is taken in two halves, got {d_lat}")
     if not 0.0 <= rescale_slack <= 16.0:
         raise ValueError(f"rescale_slack must be in [0, 16], got {rescale_slack}")
     if page_size < 1 or page_size & (page_size - 1):

@@ -74,7 +74,7 @@ def test_mla_decode_with_scores_growing_along_the_sequence(
 ) -> None:
     # Rows grow along each sequence and the queries are large, so a head's maximum passes the
     # running one by more than the slack tile after tile: every rescale path runs. Sixteen
-    # sequences take the default launch of batches >= 16 (its register cap included).
+    # sequences take the default launch of batches >= 16.
     heads, d_lat, d_rope, page_size = 4, 32, 16, 16
     lens = [64 + 9 * i for i in range(16)]
     cache, table = make_paged_cache(lens, d_lat + d_rope, page_size, dtype, device)

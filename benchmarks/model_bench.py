@@ -179,6 +179,7 @@ def build_runner(
     graphs: bool = True,
     verify_tokens: int = 0,
     skinny_gemm: bool = False,
+    decode_backend: str = "triton",
 ) -> ModelRunner:
     """Dummy weights on the GPU, the KV pool from what memory leaves, graphs at `batches` (and
     verification graphs of `verify_tokens` tokens a sequence, when given)."""
@@ -190,7 +191,7 @@ def build_runner(
         page_size=PAGE_SIZE,
         load_format="dummy",
         prefill_backend="triton",
-        decode_backend="triton",
+        decode_backend=decode_backend,
         graph_max_batch_size=max(batches),
         graph_batch_sizes=batches,
         max_req_total_len=context + PAGE_SIZE,
@@ -201,16 +202,25 @@ def build_runner(
 
 
 def build_runner_or_eager(
-    batches: list[int], context: int, verify_tokens: int = 0, skinny_gemm: bool = False
+    batches: list[int],
+    context: int,
+    verify_tokens: int = 0,
+    skinny_gemm: bool = False,
+    decode_backend: str = "triton",
 ) -> ModelRunner:
     """With decode graphs; if capturing fails, eagerly (the decode rows then say graph False)."""
     try:
-        return build_runner(batches, context, verify_tokens=verify_tokens, skinny_gemm=skinny_gemm)
+        return build_runner(
+            batches, context, verify_tokens=verify_tokens, skinny_gemm=skinny_gemm,
+            decode_backend=decode_backend,
+        )  # fmt: skip
     except RuntimeError as err:
         print(f"building with CUDA graphs failed, timing eager decode instead: {err}")
     gc.collect()  # the failed runner's frames are gone with the exception: free its memory
     torch.cuda.empty_cache()
-    return build_runner(batches, context, graphs=False, skinny_gemm=skinny_gemm)
+    return build_runner(
+        batches, context, graphs=False, skinny_gemm=skinny_gemm, decode_backend=decode_backend
+    )
 
 
 def decode_batch(runner: ModelRunner, batch: int, context: int) -> tuple[ScheduledBatch, int]:
@@ -315,7 +325,8 @@ def print_tables(
         f"ceilings measured here: copy {ceil.copy_bytes_per_s / 1e12:.2f} TB/s, "
         f"bf16 matmul {ceil.matmul_flops_per_s / 1e12:.0f} TFLOP/s"
     )
-    print(f"decode, context {args.context}, step = forward + lm_head (median of {args.iters})")
+    print(f"decode ({args.decode_backend} attention), context {args.context}, "
+          f"step = forward + lm_head (median of {args.iters})")  # fmt: skip
     print(f"{'batch':>6} {'step ms':>8} {'floor ms':>9} {'ratio':>6} {'tok/s':>8} "
           f"{'eager ms':>8} {'prep ms':>8} {'kv_sets':>7} graph")  # fmt: skip
     for r in decode:
@@ -359,6 +370,11 @@ def main() -> None:
         "the decode batches, with their graphs (0: none)",
     )
     parser.add_argument(
+        "--decode-backend",
+        default="triton",
+        help="decode attention backend of the decode rows, graphed (triton, flashinfer)",
+    )
+    parser.add_argument(
         "--skinny-gemm",
         action="store_true",
         help="dense projections of steps of at most 16 tokens through kernels/skinny_gemm",
@@ -367,7 +383,9 @@ def main() -> None:
     t0 = time.perf_counter()
     batches = sorted(int(b) for b in args.batches.split(","))
     ceil = measure_ceilings()
-    runner = build_runner_or_eager(batches, args.context, args.verify_tokens, args.skinny_gemm)
+    runner = build_runner_or_eager(
+        batches, args.context, args.verify_tokens, args.skinny_gemm, args.decode_backend
+    )
     print(f"model built and graphs captured in {time.perf_counter() - t0:.0f} s; "
           f"KV pool {runner.num_pages} pages of {PAGE_SIZE}")  # fmt: skip
     with torch.inference_mode():
@@ -409,6 +427,8 @@ def main() -> None:
         print(f"verification batch {batch}: {verify[-1].step_ms:.2f} ms", flush=True)
         save()
     reason = unavailable_reason("flashinfer", runner.device)
+    if args.decode_backend == "flashinfer":
+        reason = "the decode rows above are FlashInfer's"
     for batch in batches if reason is None else []:
         if time.perf_counter() - t0 > args.budget_s:
             print(f"flashinfer decode batch {batch}: skipped, over the time budget")

@@ -94,15 +94,6 @@ def test_mla_decode_with_scores_growing_along_the_sequence(
     assert rel_err(out, ref) < 1e-2
 
 
-def test_mla_decode_rejects_a_negative_rescale_slack(device: str) -> None:
-    q = torch.randn((1, 2, 48), device=device)
-    cache = torch.randn((8, 48), device=device)
-    table = torch.ones((1, 1), dtype=torch.int32, device=device)
-    lens = torch.ones(1, dtype=torch.int32, device=device)
-    with pytest.raises(ValueError, match="rescale_slack"):
-        mla_decode(q, cache, table, lens, 8, 0.1, d_rope=16, rescale_slack=-1.0)
-
-
 def query_parts(q: torch.Tensor, d_lat: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The query as the attention backend hands it over: the latent part a head-major [H, T, .]
     product seen token-major, the rope part a strided slice of a wider tensor."""
@@ -125,10 +116,12 @@ def test_query_parts_must_match_in_shape_and_dtype(device: str) -> None:
         mla_decode(q, cache, table, lens, 8, 0.1, d_rope=16, q_rope=torch.randn(2, 3, 16).half())
 
 
-def test_mla_decode_rejects_mismatched_dtype(device: str) -> None:
+def test_mla_decode_rejects_mismatched_dtype_and_negative_slack(device: str) -> None:
     q = torch.randn((1, 2, 48), dtype=torch.float16, device=device)
     cache = torch.randn((8, 48), dtype=torch.float32, device=device)
     table = torch.ones((1, 1), dtype=torch.int32, device=device)
     lens = torch.ones(1, dtype=torch.int32, device=device)
     with pytest.raises(ValueError, match="dtype"):
         mla_decode(q, cache, table, lens, 8, 0.1, d_rope=16)
+    with pytest.raises(ValueError, match="rescale_slack"):
+        mla_decode(q, cache.half(), table, lens, 8, 0.1, d_rope=16, rescale_slack=-1.0)

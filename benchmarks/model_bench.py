@@ -372,6 +372,7 @@ def main() -> None:
     parser.add_argument(
         "--decode-backend",
         default="triton",
+        choices=["triton", "flashinfer"],
         help="decode attention backend of the decode rows, graphed (triton, flashinfer)",
     )
     parser.add_argument(

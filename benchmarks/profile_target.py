@@ -26,6 +26,8 @@ BF16 = torch.bfloat16
 
 
 def run_mla_decode(batch: int, ctx: int, launches: int) -> None:
+    if ctx % PAGE:
+        raise SystemExit(f"--ctx must be a multiple of the page size {PAGE}")
     pages = batch * ctx // PAGE
     cache = torch.randn(((pages + 1) * PAGE, D_LAT + D_ROPE), dtype=BF16, device="cuda")
     table = (torch.randperm(pages, device="cuda") + 1).int().view(batch, ctx // PAGE)

@@ -123,5 +123,6 @@ def test_mla_decode_rejects_mismatched_dtype_and_negative_slack(device: str) -> 
     lens = torch.ones(1, dtype=torch.int32, device=device)
     with pytest.raises(ValueError, match="dtype"):
         mla_decode(q, cache, table, lens, 8, 0.1, d_rope=16)
-    with pytest.raises(ValueError, match="rescale_slack"):
-        mla_decode(q, cache.half(), table, lens, 8, 0.1, d_rope=16, rescale_slack=-1.0)
+    for slack in (-1.0, 16.0):  # fp16 probabilities overflow from 2**16
+        with pytest.raises(ValueError, match="rescale_slack"):
+            mla_decode(q, cache.half(), table, lens, 8, 0.1, d_rope=16, rescale_slack=slack)

@@ -66,6 +66,23 @@ def test_level2_tunes_stored_shapes_too(builtin_dir: Path) -> None:
     assert len(calls) == 1
 
 
+def test_no_tuning_when_not_allowed_and_nothing_cached(builtin_dir: Path) -> None:
+    moe_config.configure(TuneSettings(level=2, extra_dir=None))
+    calls: list[int] = []
+
+    def tune(cands: list[MoeConfig]) -> MoeConfig:
+        calls.append(len(cands))
+        return TUNED
+
+    assert select_config(GPU, "shape-a", 3, 64, 4, tune, may_tune=False) == STORED[1]
+    assert select_config(GPU, "shape-b", 3, 64, 4, tune, may_tune=False) == (
+        moe_config.default_config(3, 64, 4)
+    )
+    assert calls == []
+    assert select_config(GPU, "shape-a", 3, 64, 4, tune) == TUNED  # allowed later: tunes then
+    assert calls != []
+
+
 def test_extra_directory_entries_win(builtin_dir: Path, tmp_path: Path) -> None:
     extra = tmp_path / "tuned"
     moe_config.save_stored(GPU, {"shape-a": {1: TUNED}}, extra)

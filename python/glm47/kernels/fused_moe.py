@@ -176,7 +176,12 @@ def choose_config(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, top_k: i
     def tune(candidates: list[MoeConfig]) -> MoeConfig:
         return tune_config(x, w13, w2, top_k, candidates)
 
-    return select_config(_gpu_name(x.device), key, t, num_experts, top_k, tune)
+    # Tuning runs kernels and captures graphs of its own: inside a capture (a bucket the graph
+    # runner's warm-up did not see) the stored or default config is used, and nothing is cached.
+    capturing = x.is_cuda and torch.cuda.is_current_stream_capturing()
+    return select_config(
+        _gpu_name(x.device), key, t, num_experts, top_k, tune, may_tune=not capturing
+    )
 
 
 def tune_config(
@@ -194,7 +199,7 @@ def tune_config(
     """
     t, e = x.shape[0], w13.shape[0]
     expert_bytes = (w13[0].numel() + w2[0].numel()) * w13.element_size()
-    call_bytes = min(e, t * top_k) * expert_bytes
+    call_bytes = max(1, min(e, t * top_k)) * expert_bytes
     num_sets = max(1, min(16, -(-TUNE_ROTATION_BYTES // call_bytes))) if x.is_cuda else 1
     routings = []
     for _ in range(num_sets):

@@ -17,6 +17,9 @@ LOG2E = 1.4426950408889634  # softmax runs in exp2: scores are pre-scaled by log
 # How far (log2 units) a head's score may pass the running maximum before the decode kernel
 # rescales its accumulator: probabilities stay below 2**8, far inside fp32 and bf16.
 RESCALE_SLACK = 8.0
+# Unscaled probabilities reach 2**slack and are cast to the cache dtype for the value product:
+# fp16 ends at 65504 (just under 2**16).
+MAX_RESCALE_SLACK = 15.0
 
 # Arguments that change from step to step outside CUDA graphs (the page table's width, the split
 # count of the batch size and the partials' row stride, 20 x splits). Triton would build one
@@ -267,7 +270,7 @@ def mla_decode(
 ) -> torch.Tensor:  # [B, H, D_LAT]
     """Attention of one query token per sequence over its cached latents (values = first D_LAT).
 
-    Launch settings left as None take `default_launch(B)`. `rescale_slack` (log2 units, >= 0) is
+    Launch settings left as None take `default_launch(B)`. `rescale_slack` (log2 units, 0-15) is
     how far a head's score may pass the running maximum before the accumulator is rescaled (see
     `_mla_decode_split_kernel`); every value gives the same result up to rounding.
     """
@@ -287,8 +290,12 @@ def mla_decode(
             raise ValueError(f"latent and rope widths must be powers of two, got {dim}")
     if d_lat < 2:
         raise ValueError(f"the latent width is taken in two halves, got {d_lat}")
-    if not 0.0 <= rescale_slack <= 16.0:
-        raise ValueError(f"rescale_slack must be in [0, 16], got {rescale_slack}")
+    if not 0.0 <= rescale_slack <= MAX_RESCALE_SLACK:
+        raise ValueError(f"rescale_slack must be in [0, {MAX_RESCALE_SLACK}], got {rescale_slack}")
+    if q_lat.is_cuda and (d_lat < 32 or d_rope < 16):
+        raise ValueError(
+            f"on a GPU the products need d_lat >= 32 and d_rope >= 16, got {d_lat}, {d_rope}"
+        )
     if page_size < 1 or page_size & (page_size - 1):
         raise ValueError(f"page_size must be a power of two, got {page_size}")
     if not 1 <= num_splits <= 64:

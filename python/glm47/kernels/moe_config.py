@@ -199,15 +199,18 @@ def select_config(
     num_experts: int,
     top_k: int,
     tune: Callable[[list[MoeConfig]], MoeConfig],
+    may_tune: bool = True,
 ) -> MoeConfig:
-    """The config for one call, following the autotune level; `tune` times the candidates."""
+    """The config for one call, following the autotune level; `tune` times the candidates.
+    With `may_tune` off, a call that would tune takes the stored or default config instead,
+    and caches nothing."""
     settings = current_settings()
     slot = (gpu_name, key, bucket(num_tokens))
     if slot in _TUNED:
         return _TUNED[slot]
     stored = load_stored(gpu_name).get(key)
     tuning_shape = (gpu_name, key) in _TUNING  # its stored entries were written by this process
-    if settings.level == 0 or (settings.level == 1 and stored and not tuning_shape):
+    if settings.level == 0 or not may_tune or (settings.level == 1 and stored and not tuning_shape):
         if stored:
             return nearest(stored, num_tokens)
         return default_config(num_tokens, num_experts, top_k)

@@ -16,26 +16,25 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
+# `kernels` below is benchmarks/kernels.py (this script's directory): its shapes and paged cache.
 
 from glm47.kernels.device import num_sms
 from glm47.kernels.fused_moe import fused_experts
 from glm47.kernels.mla_decode import default_num_splits, mla_decode
+from kernels import BF16, D_ROPE, EXPERTS, HEADS, HIDDEN, INTER, SCALE, TOP_K, WIDTH, paged_cache
 
-HEADS, D_LAT, D_ROPE, HIDDEN, INTER, EXPERTS, TOP_K, PAGE = 20, 512, 64, 2048, 1536, 64, 4, 16
-BF16 = torch.bfloat16
+PAGE = 16
 
 
 def run_mla_decode(batch: int, ctx: int, launches: int) -> None:
     if ctx % PAGE:
         raise SystemExit(f"--ctx must be a multiple of the page size {PAGE}")
-    pages = batch * ctx // PAGE
-    cache = torch.randn(((pages + 1) * PAGE, D_LAT + D_ROPE), dtype=BF16, device="cuda")
-    table = (torch.randperm(pages, device="cuda") + 1).int().view(batch, ctx // PAGE)
+    cache, table = paged_cache(batch, ctx, PAGE)
     lens = torch.full((batch,), ctx, dtype=torch.int32, device="cuda")
-    q = torch.randn((batch, HEADS, D_LAT + D_ROPE), dtype=BF16, device="cuda")
+    q = torch.randn((batch, HEADS, WIDTH), dtype=BF16, device="cuda")
     splits = default_num_splits(batch, num_sms(q.device))
     for _ in range(launches):
-        mla_decode(q, cache, table, lens, PAGE, 256**-0.5, d_rope=D_ROPE, num_splits=splits)
+        mla_decode(q, cache, table, lens, PAGE, SCALE, d_rope=D_ROPE, num_splits=splits)
     print(f"mla_decode batch {batch} ctx {ctx}: {splits} slices, {launches} launches")
 
 

@@ -1,8 +1,9 @@
-"""The device property the launchers size their grids by."""
+"""Where the Triton kernels run, and the device property the launchers size their grids by."""
 
 from __future__ import annotations
 
 import functools
+import os
 
 import torch
 
@@ -16,4 +17,10 @@ def num_sms(device: torch.device) -> int:
     return int(torch.cuda.get_device_properties(device).multi_processor_count)
 
 
-__all__ = ["num_sms"]
+def runs_triton(t: torch.Tensor) -> bool:
+    """Whether Triton kernels can take this tensor: on a CUDA device, or anywhere under the
+    Triton interpreter (TRITON_INTERPRET=1, the CPU test runs)."""
+    return t.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
+
+
+__all__ = ["num_sms", "runs_triton"]

@@ -14,13 +14,14 @@ captured in a CUDA graph: the output sizes depend only on T, top_k, the expert c
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
 from triton.errors import TritonError
+
+from glm47.kernels.device import runs_triton
 
 log = logging.getLogger(__name__)
 
@@ -116,8 +117,7 @@ def moe_align(
     if block_m < 1:
         raise ValueError(f"block_m must be positive, got {block_m}")
     global _blocked_failed
-    runs_triton = topk_ids.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
-    if runs_triton and 0 < topk_ids.numel() and num_experts <= 256:
+    if runs_triton(topk_ids) and 0 < topk_ids.numel() and num_experts <= 256:
         if topk_ids.numel() <= SMALL_MAX_PAIRS:
             return moe_align_small(topk_ids, num_experts, block_m)
         if not _blocked_failed:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from glm47.kernels.device import runs_triton
 from glm47.kernels.skinny_gemm import MAX_ROWS, skinny_gemm
 
 
@@ -49,7 +48,7 @@ class Linear(nn.Module):
         inputs of at most MAX_ROWS rows; anything else goes to the library."""
         return (
             self.skinny
-            and (x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1")
+            and runs_triton(x)
             and x.dim() == 2
             and 0 < x.shape[0] <= MAX_ROWS
             and x.stride(-1) == 1

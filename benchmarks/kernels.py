@@ -1,6 +1,6 @@
 """Kernel timings at the real GLM-4.7-Flash shapes against the ceilings measured in the same run.
 
-    python benchmarks/kernels.py [--only ceil,decode,prefill,moe,small,skinny,align,fa3] [--moe-sweep] [--json F]
+    python benchmarks/kernels.py [--only ceil,decode,fi_decode,prefill,moe,small,skinny,align,fa3] [--moe-sweep] [--json F]
 
 Every time is the median of `triton.testing.do_bench` (L2 flushed before each run, events around
 the call). Fractions are of the measured device-to-device copy bandwidth (memory-bound kernels) or
@@ -165,6 +165,51 @@ def bench_decode(ceil: dict, sms: int) -> list[Row]:
                     shape = f"B={batch} ctx={ctx}"
                     rows.append(row("mla_decode", shape, var, ms, nbytes, flops, ceil))
             del sets
+    return rows
+
+
+def bench_fi_decode(ceil: dict) -> list[Row]:
+    """FlashInfer's paged MLA decode (BatchMLAPagedAttentionWrapper), if installed, at the shapes of
+    `bench_decode`: checked against our kernel, then timed. Shapes whose cache fills L2 many times
+    over replay one planned call from a CUDA graph; smaller ones are timed eagerly with L2 flushed
+    (launch included), since a plan covers one page table and so cannot rotate input sets."""
+    try:
+        from flashinfer.mla import BatchMLAPagedAttentionWrapper  # type: ignore[import-not-found]
+    except ImportError as err:
+        print(f"fi_decode: flashinfer not importable: {err}")
+        return []
+    rows = []
+    workspace = torch.empty(128 << 20, dtype=torch.uint8, device=DEV)
+    for backend in ("fa2", "fa3"):
+        for batch in (1, 32, 256):
+            for ctx in (1024, 8192):
+                nbytes, flops = decode_bytes(batch, HEADS, ctx), decode_flops(batch, HEADS, ctx)
+                cache, table = paged_cache(batch, ctx, 16)
+                q = torch.randn((batch, HEADS, WIDTH), dtype=BF16, device=DEV)
+                lens = torch.full((batch,), ctx, dtype=torch.int32, device=DEV)
+                pages = cache.view(-1, 16, WIDTH)
+                qo_indptr = torch.arange(batch + 1, dtype=torch.int32, device=DEV)
+                kv_indptr = qo_indptr * (ctx // 16)
+                try:
+                    wrapper = BatchMLAPagedAttentionWrapper(workspace, backend=backend)
+                    wrapper.plan(qo_indptr, kv_indptr, table.reshape(-1), lens, HEADS, D_LAT,
+                                 D_ROPE, 16, False, SCALE, BF16, BF16)  # fmt: skip
+                    q_nope, q_pe = q[..., :D_LAT].contiguous(), q[..., D_LAT:].contiguous()
+                    fn = partial(wrapper.run, q_nope, q_pe, pages[..., :D_LAT], pages[..., D_LAT:])
+                    ref = mla_decode(q, cache, table, lens, 16, SCALE)
+                    err = float((fn().float() - ref.float()).abs().max())
+                except Exception as exc:  # a backend this card or build cannot run
+                    print(f"fi_decode {backend} B={batch} ctx={ctx}: {type(exc).__name__}: {exc}")
+                    continue
+                if nbytes >= 200_000_000:
+                    ms, how = graph_ms(fn, [()]), "graph"
+                else:
+                    ms, how = time_ms(fn), "eager, L2 flushed"
+                var = f"flashinfer {backend} {how} maxdiff {err:.1e}"
+                rows.append(
+                    row("fi_mla_decode", f"B={batch} ctx={ctx}", var, ms, nbytes, flops, ceil)
+                )
+            del cache, table
     return rows
 
 
@@ -447,7 +492,7 @@ def best_rows(rows: list[Row]) -> list[Row]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--only", default="ceil,decode,prefill,moe,small,skinny,align,fa3")
+    ap.add_argument("--only", default="ceil,decode,fi_decode,prefill,moe,small,skinny,align,fa3")
     ap.add_argument("--moe-sweep", action="store_true", help="time every candidate MoE config")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
@@ -461,13 +506,14 @@ def main() -> None:
     tuned: dict[int, MoeConfig] = {}
     benches: dict[str, Callable[[], list[Row]]] = {
         "decode": lambda: bench_decode(ceil, sms),
+        "fi_decode": lambda: bench_fi_decode(ceil),
         "prefill": lambda: bench_prefill(ceil),
         "small": lambda: bench_small(ceil),
         "skinny": lambda: bench_skinny(ceil),
         "align": lambda: bench_align(ceil),
         "fa3": lambda: bench_fa3(ceil),
     }
-    for part in ("decode", "prefill", "moe", "small", "skinny", "align", "fa3"):
+    for part in ("decode", "fi_decode", "prefill", "moe", "small", "skinny", "align", "fa3"):
         if part not in parts:
             continue
         try:  # one failing part does not lose the others' rows

@@ -372,8 +372,9 @@ def main() -> None:
     parser.add_argument(
         "--decode-backend",
         default="triton",
-        choices=["triton", "flashinfer"],
-        help="decode attention backend of the decode rows, graphed (triton, flashinfer)",
+        choices=["triton", "flashinfer", "triton+flashinfer"],
+        help="decode attention backend of the decode rows, graphed (triton+flashinfer: Triton "
+        "below attention/hybrid.FLASHINFER_MIN_BATCH sequences, FlashInfer from there on)",
     )
     parser.add_argument(
         "--skinny-gemm",
@@ -428,8 +429,8 @@ def main() -> None:
         print(f"verification batch {batch}: {verify[-1].step_ms:.2f} ms", flush=True)
         save()
     reason = unavailable_reason("flashinfer", runner.device)
-    if args.decode_backend == "flashinfer":
-        reason = "the decode rows above are FlashInfer's"
+    if args.decode_backend != "triton":
+        reason = f"the decode rows above are {args.decode_backend}'s"
     for batch in batches if reason is None else []:
         if time.perf_counter() - t0 > args.budget_s:
             print(f"flashinfer decode batch {batch}: skipped, over the time budget")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import glm47.worker.attention.hybrid as hybrid
 from glm47.worker.attention.select import resolve_backends, unavailable_reason
 from glm47.worker.runner import ModelRunner
 from tests.gpu.conftest import Checkpoint
@@ -57,7 +58,7 @@ def test_fa3_prefill_matches_transformers(checkpoint: Checkpoint, cuda: torch.de
     reason = unavailable_reason("fa3", cuda)
     if reason is not None:
         pytest.skip(reason)
-    assert resolve_backends("auto", "auto", cuda) == ("fa3", "triton")
+    assert resolve_backends("auto", "auto", cuda)[0] == "fa3"
     runner = load_runner(
         checkpoint[0], cuda, prefill_backend="fa3", decode_backend="triton", disable_cuda_graph=True
     )
@@ -82,3 +83,28 @@ def test_flashinfer_decode_matches_transformers(
     assert (runner.graphs is not None) == graphed, "decode CUDA graphs captured or not as asked"
     name = "triton prefill + flashinfer decode" + (", graphed" if graphed else "")
     _check(name, runner, checkpoint)
+
+
+def test_triton_below_and_flashinfer_above_the_batch_threshold_match_transformers(
+    checkpoint: Checkpoint, cuda: torch.device, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`triton+flashinfer` with its threshold at 4 sequences: the session's decode steps (six
+    sequences, the graph of 8) go to FlashInfer, its smaller graphs and prompt steps to Triton."""
+    reason = unavailable_reason("triton+flashinfer", cuda)
+    if reason is not None:
+        pytest.skip(reason)
+    monkeypatch.setattr(hybrid, "FLASHINFER_MIN_BATCH", 4)
+    runner = load_runner(
+        checkpoint[0],
+        cuda,
+        prefill_backend="triton",
+        decode_backend="triton+flashinfer",
+        graph_max_batch_size=8,
+    )
+    backend = runner.decode_backend
+    assert isinstance(backend, hybrid.TritonFlashInferBackend) and runner.graphs is not None
+    served: list[str] = []
+    real = backend.backend_for
+    monkeypatch.setattr(backend, "backend_for", lambda m: served.append(real(m).name) or real(m))
+    _check("triton+flashinfer decode, graphed", runner, checkpoint)
+    assert "flashinfer" in served and "triton" in served

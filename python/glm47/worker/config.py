@@ -11,7 +11,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
-ATTENTION_BACKEND_CHOICES = ("auto", "triton", "fa3", "flashinfer", "torch")  # torch: reference
+# torch: the reference; triton+flashinfer: decode by batch size (attention/hybrid.py)
+ATTENTION_BACKEND_CHOICES = ("auto", "triton", "fa3", "flashinfer", "triton+flashinfer", "torch")
 LOAD_FORMAT_CHOICES = ("auto", "dummy")
 MTP_MODE_CHOICES = ("vanilla_with_att", "eagle_with_att")
 DTYPE_CHOICES = ("bfloat16", "float16", "float32")

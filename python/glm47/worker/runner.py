@@ -25,7 +25,7 @@ from glm47.worker.attention.base import (
     SplitAttention,
     create_backend,
 )
-from glm47.worker.attention.select import resolve_backends
+from glm47.worker.attention.select import flashinfer_probe, resolve_backends
 from glm47.worker.batch import (
     DraftInput,
     RunnerOutput,
@@ -62,6 +62,7 @@ class Sampler(Protocol):
 # leaves its names unregistered.
 OPTIONAL_BACKEND_MODULES = (
     "glm47.worker.attention.triton_backend",
+    "glm47.worker.attention.hybrid",
     "glm47.worker.moe_triton",
 )
 
@@ -129,7 +130,14 @@ class ModelRunner:
         self.dtype = dtype
         self.page_size = page_size
         import_optional_backends()
-        prefill, decode = resolve_backends(prefill_backend, decode_backend, self.device)
+        probe = flashinfer_probe(
+            model_config.num_attention_heads,
+            model_config.kv_lora_rank,
+            model_config.qk_rope_head_dim,
+            dtype,
+            self.device,
+        )
+        prefill, decode = resolve_backends(prefill_backend, decode_backend, self.device, probe)
         self.prefill_backend: AttentionBackend = create_backend(prefill)
         self.decode_backend: AttentionBackend = create_backend(decode)
         moe = resolve_experts_backend(moe_backend, self.device)

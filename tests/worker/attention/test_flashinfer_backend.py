@@ -42,11 +42,20 @@ class FakeMLAWrapper:
         self.plans += 1
 
     def run(
-        self, q_nope: torch.Tensor, q_pe: torch.Tensor, ckv: torch.Tensor, kpe: torch.Tensor
+        self,
+        q_nope: torch.Tensor,
+        q_pe: torch.Tensor,
+        ckv: torch.Tensor,
+        kpe: torch.Tensor,
+        out: torch.Tensor | None = None,
     ) -> torch.Tensor:
         assert ckv.shape[1:] == (self.page_size, RANK) and kpe.shape[1:] == (self.page_size, ROPE)
+        # FlashInfer takes token and head strides; only the last dimension must be dense
+        assert q_nope.stride(-1) == q_pe.stride(-1) == 1
         b = self.bufs
-        out = torch.empty_like(q_nope)
+        if out is None:
+            out = torch.empty_like(q_nope)
+        assert out.shape == q_nope.shape and out.stride(-1) == 1
         for i in range(b["kv_len_arr"].shape[0]):
             q0, q1 = int(b["qo_indptr"][i]), int(b["qo_indptr"][i + 1])
             pages = b["kv_indices"][int(b["kv_indptr"][i]) : int(b["kv_indptr"][i + 1])].long()
@@ -155,3 +164,22 @@ def test_a_captured_batch_size_replans_its_static_buffers_before_each_replay(
         real = torch.ones(fi_cache.shape[0], dtype=torch.bool)
         real[:PAGE] = False  # padding rows write page 0 only
         torch.testing.assert_close(fi_cache[real], ref_cache[real], atol=0, rtol=0)
+
+
+def test_the_probe_runs_one_decode_at_the_given_widths_and_checks_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fake = SimpleNamespace(BatchMLAPagedAttentionWrapper=FakeMLAWrapper)
+    monkeypatch.setattr(fib, "load_flashinfer_mla", lambda: fake)
+    monkeypatch.setattr(fib, "WORKSPACE_BYTES", 1024)
+    fib.probe(H, RANK, ROPE, torch.float32, torch.device("cpu"))  # passes its own check
+
+    class Wrong(FakeMLAWrapper):
+        def run(self, *args: torch.Tensor, **kwargs: torch.Tensor | None) -> torch.Tensor:
+            return super().run(*args, **kwargs) + 1.0
+
+    fake.BatchMLAPagedAttentionWrapper = Wrong
+    with pytest.raises(RuntimeError, match="wrong result on a one-token check"):
+        fib.probe(H, RANK, ROPE, torch.float32, torch.device("cpu"))
+    with pytest.raises(RuntimeError, match="does not run here"):
+        fib.probe(H + 1, RANK, ROPE, torch.float32, torch.device("cpu"))  # the fake's shape check

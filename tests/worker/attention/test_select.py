@@ -45,12 +45,55 @@ def test_auto_falls_back_to_triton_without_fa3_or_off_hopper(
     assert select.resolve_backends("auto", "auto", CUDA) == ("triton", "triton")
 
 
-def test_auto_never_picks_flashinfer_until_it_is_listed_as_faster(
+def test_auto_decodes_with_triton_and_flashinfer_on_a_hopper_with_flashinfer(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     _installed(monkeypatch, "flashinfer")
-    assert select.resolve_backends("auto", "auto", CUDA)[1] == "triton"
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    probed: list[str] = []
+    chosen = select.resolve_backends("auto", "auto", CUDA, lambda n: probed.append(n) or None)
+    assert chosen == ("triton", "triton+flashinfer")
+    assert probed == ["triton", "triton+flashinfer"]  # fa3 does not import: never probed
     assert select.resolve_backends("auto", "flashinfer", CUDA)[1] == "flashinfer"
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
+    assert select.resolve_backends("auto", "auto", CUDA)[1] == "triton"  # measured on Hopper only
+
+
+def test_auto_passes_over_a_backend_whose_probe_fails_and_says_why(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    _installed(monkeypatch, "flashinfer")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+
+    def probe(name: str) -> str | None:
+        return "no nvcc to build the kernel" if "flashinfer" in name else None
+
+    with caplog.at_level("WARNING", logger=select.__name__):
+        assert select.resolve_backends("auto", "auto", CUDA, probe) == ("triton", "triton")
+    assert any("triton+flashinfer passed over: no nvcc" in r.getMessage() for r in caplog.records)
+    with pytest.raises(ValueError, match="no nvcc to build the kernel"):
+        select.resolve_backends("auto", "triton+flashinfer", CUDA, probe)
+
+
+def test_the_flashinfer_probe_runs_once_and_only_for_flashinfer_backends(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls: list[tuple[int, int, int]] = []
+
+    def fake_probe(heads: int, rank: int, rope: int, dtype: torch.dtype, device: object) -> None:
+        calls.append((heads, rank, rope))
+        raise RuntimeError("FlashInfer's MLA decode does not run here: boom")
+
+    monkeypatch.setattr(select.flashinfer_backend, "probe", fake_probe)
+    probe = select.flashinfer_probe(20, 512, 64, torch.bfloat16, CUDA)
+    assert probe("triton") is None and probe("fa3") is None
+    assert (
+        probe("flashinfer")
+        == probe("triton+flashinfer")
+        == ("FlashInfer's MLA decode does not run here: boom")
+    )
+    assert calls == [(20, 512, 64)]
+    assert select.flashinfer_probe(20, 512, 64, torch.bfloat16, CPU)("flashinfer") is None
 
 
 def test_a_missing_package_is_an_error_that_names_it_and_the_install(

@@ -2,8 +2,13 @@
 
 `resolve_backends(prefill, decode, device)` turns the two flags into registered backend names:
 - `auto` on a GPU: prefill `fa3` when FlashAttention-3 imports and the GPU is a Hopper, else
-  `triton`; decode the first importable backend of `AUTO_DECODE_ORDER` (Triton; FlashInfer joins
-  the list once it has been measured faster on the device); `torch` when Triton is missing.
+  `triton`; decode the first backend of `AUTO_DECODE_ORDER` that imports and passes the probe:
+  `triton+flashinfer` (Triton for small decode batches, FlashInfer's MLA kernel for large ones,
+  measured faster there on an H200) on a Hopper with FlashInfer, else `triton`; `torch` when
+  Triton is missing.
+- a probe (given by the caller) runs a backend once at the model's widths: FlashInfer compiles
+  its kernel on first use, and a build or launch failure there makes `auto` pass it over (logged)
+  and an explicit request a start-up error.
 - `auto` on the CPU: `torch`.
 - an explicit name is checked: its package must import and its device must fit, else ValueError
   with a message that names the package and how to install it.
@@ -14,6 +19,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -26,7 +32,10 @@ from glm47.worker.attention.base import registered_backends
 log = logging.getLogger(__name__)
 
 AUTO_PREFILL_ORDER = ("fa3", "triton", "torch")
-AUTO_DECODE_ORDER = ("triton", "torch")
+AUTO_DECODE_ORDER = ("triton+flashinfer", "triton", "torch")
+
+# Runs a backend once; returns None when it works, else why not.
+Probe = Callable[[str], str | None]
 
 
 @dataclass(frozen=True)
@@ -57,14 +66,22 @@ REQUIREMENTS: dict[str, Requirement] = {
         install=flashinfer_backend.INSTALL_HINT,
         cuda_only=True,
     ),
+    # measured against Triton on Hopper only; FlashInfer's MLA kernel there is its sm90 one
+    "triton+flashinfer": Requirement(
+        modules=flashinfer_backend.REQUIRED_MODULES,
+        install=flashinfer_backend.INSTALL_HINT,
+        cuda_only=True,
+        capability_major=9,
+    ),
 }
 
 
 def _register_triton() -> None:
-    try:
-        importlib.import_module("glm47.worker.attention.triton_backend")
-    except ImportError as err:
-        log.info("triton attention backend not available: %s", err)
+    for module in ("triton_backend", "hybrid"):
+        try:
+            importlib.import_module(f"glm47.worker.attention.{module}")
+        except ImportError as err:
+            log.info("attention backend module %s not available: %s", module, err)
 
 
 def _imports(module: str) -> bool:
@@ -95,27 +112,59 @@ def unavailable_reason(name: str, device: torch.device) -> str | None:
     return None
 
 
-def _resolve_one(requested: str, order: tuple[str, ...], device: torch.device) -> str:
+def flashinfer_probe(
+    num_heads: int, rank: int, rope: int, dtype: torch.dtype, device: torch.device
+) -> Probe:
+    """A probe that runs FlashInfer's MLA decode once (flashinfer_backend.probe) for the backends
+    that use it, once per process; the others pass."""
+    outcome: list[str | None] = []
+
+    def probe(name: str) -> str | None:
+        if "flashinfer" not in name or device.type != "cuda":
+            return None
+        if not outcome:
+            try:
+                flashinfer_backend.probe(num_heads, rank, rope, dtype, device)
+                outcome.append(None)
+            except (ValueError, RuntimeError) as err:
+                outcome.append(str(err))
+        return outcome[0]
+
+    return probe
+
+
+def _resolve_one(
+    requested: str, order: tuple[str, ...], device: torch.device, probe: Probe | None
+) -> str:
     if requested != "auto":
         reason = unavailable_reason(requested, device)
+        if reason is None and probe is not None:
+            reason = probe(requested)
         if reason is not None:
             raise ValueError(reason)
         return requested
     if device.type != "cuda":
         return "torch"
     for name in order:
-        if unavailable_reason(name, device) is None:
+        reason = unavailable_reason(name, device)
+        if reason is None and probe is not None:
+            reason = probe(name)
+            if reason is not None:
+                log.warning("attention backend %s passed over: %s", name, reason)
+        if reason is None:
             return name
     return "torch"
 
 
-def resolve_backends(prefill: str, decode: str, device: torch.device) -> tuple[str, str]:
+def resolve_backends(
+    prefill: str, decode: str, device: torch.device, probe: Probe | None = None
+) -> tuple[str, str]:
     """(prefill backend, decode backend) names for the flags; raises ValueError on an explicit
-    request that cannot run here."""
+    request that cannot run here. `probe`, when given, runs each candidate once (see above)."""
     _register_triton()
     chosen = (
-        _resolve_one(prefill, AUTO_PREFILL_ORDER, device),
-        _resolve_one(decode, AUTO_DECODE_ORDER, device),
+        _resolve_one(prefill, AUTO_PREFILL_ORDER, device, probe),
+        _resolve_one(decode, AUTO_DECODE_ORDER, device, probe),
     )
     log.info(
         "attention backends: prefill=%s (asked %s), decode=%s (asked %s) on %s",

@@ -88,12 +88,12 @@ def test_flashinfer_decode_matches_transformers(
 def test_triton_below_and_flashinfer_above_the_batch_threshold_match_transformers(
     checkpoint: Checkpoint, cuda: torch.device, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """`triton+flashinfer` with its threshold at 4 sequences: the session's decode steps (six
-    sequences, the graph of 8) go to FlashInfer, its smaller graphs and prompt steps to Triton."""
+    """`triton+flashinfer` with its threshold at 6 sequences: the decode graphs of 8 (the session's
+    six decoding sequences) go to FlashInfer, the five decoding beside a prompt chunk to Triton."""
     reason = unavailable_reason("triton+flashinfer", cuda)
     if reason is not None:
         pytest.skip(reason)
-    monkeypatch.setattr(hybrid, "FLASHINFER_MIN_BATCH", 4)
+    monkeypatch.setattr(hybrid, "FLASHINFER_MIN_BATCH", 6)
     runner = load_runner(
         checkpoint[0],
         cuda,

@@ -3,7 +3,9 @@ ones through FlashInfer's MLA kernel.
 
 On an H200 (benchmarks/results/2026-12-02-h200, runs AE-AF) FlashInfer's paged MLA decode reads
 the cache at 0.83-0.95 of the copy bandwidth at batch 256, where the Triton kernel reaches
-0.55-0.60; at batch 1-32 the Triton kernel's whole decode step is the faster one. Each captured
+0.55-0.60. Whole decode steps (context 1024) are faster with FlashInfer from batch 192 on (23.92
+against 25.17 ms; 30.64 against 34.04 at 512) and slower up to batch 128 (22.82 against 21.94 ms;
+6.40 against 5.45 at batch 1), hence the threshold. Each captured
 decode graph and each eager step takes one of the two by its number of sequences; steps of several
 tokens a sequence (verification, prompt chunks) always go to Triton.
 """
@@ -21,7 +23,7 @@ from glm47.worker.attention.base import (
 from glm47.worker.attention.flashinfer_backend import FlashInferMLABackend
 from glm47.worker.attention.triton_backend import TritonMLABackend
 
-# Decode steps of at least this many sequences go to FlashInfer (measured, see the docstring).
+# Decode steps of at least this many sequences go to FlashInfer (run AF, see the docstring).
 FLASHINFER_MIN_BATCH = 192
 
 

@@ -85,15 +85,20 @@ def test_flashinfer_decode_matches_transformers(
     _check(name, runner, checkpoint)
 
 
+@pytest.mark.parametrize(("threshold", "side"), [(6, "flashinfer"), (16, "triton")])
 def test_triton_below_and_flashinfer_above_the_batch_threshold_match_transformers(
-    checkpoint: Checkpoint, cuda: torch.device, monkeypatch: pytest.MonkeyPatch
+    threshold: int,
+    side: str,
+    checkpoint: Checkpoint,
+    cuda: torch.device,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """`triton+flashinfer` with its threshold at 6 sequences: the decode graphs of 8 (the session's
-    six decoding sequences) go to FlashInfer, the five decoding beside a prompt chunk to Triton."""
+    """`triton+flashinfer`, graphed: the session's decode steps (six sequences, the graph of 8)
+    go to FlashInfer with the threshold at 6 and to Triton with it at 16."""
     reason = unavailable_reason("triton+flashinfer", cuda)
     if reason is not None:
         pytest.skip(reason)
-    monkeypatch.setattr(hybrid, "FLASHINFER_MIN_BATCH", 6)
+    monkeypatch.setattr(hybrid, "FLASHINFER_MIN_BATCH", threshold)
     runner = load_runner(
         checkpoint[0],
         cuda,
@@ -106,5 +111,5 @@ def test_triton_below_and_flashinfer_above_the_batch_threshold_match_transformer
     served: list[str] = []
     real = backend.backend_for
     monkeypatch.setattr(backend, "backend_for", lambda m: served.append(real(m).name) or real(m))
-    _check("triton+flashinfer decode, graphed", runner, checkpoint)
-    assert "flashinfer" in served and "triton" in served
+    _check(f"triton+flashinfer decode at threshold {threshold}, graphed", runner, checkpoint)
+    assert set(served) == {side}

@@ -85,20 +85,22 @@ def test_flashinfer_decode_matches_transformers(
     _check(name, runner, checkpoint)
 
 
-@pytest.mark.parametrize(("threshold", "side"), [(6, "flashinfer"), (16, "triton")])
-def test_triton_below_and_flashinfer_above_the_batch_threshold_match_transformers(
-    threshold: int,
+@pytest.mark.parametrize(("min_kv_tokens", "side"), [(1, "flashinfer"), (1 << 30, "triton")])
+def test_triton_below_and_flashinfer_above_the_thresholds_match_transformers(
+    min_kv_tokens: int,
     side: str,
     checkpoint: Checkpoint,
     cuda: torch.device,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """`triton+flashinfer`, graphed: the session's decode steps (six sequences, the graph of 8)
-    go to FlashInfer with the threshold at 6 and to Triton with it at 16."""
+    """`triton+flashinfer`, graphed, its sequence threshold at 4: the session's decode steps (six
+    sequences, the graphs of 8) replay FlashInfer's graph set when the token threshold is low and
+    Triton's when it is out of reach."""
     reason = unavailable_reason("triton+flashinfer", cuda)
     if reason is not None:
         pytest.skip(reason)
-    monkeypatch.setattr(hybrid, "FLASHINFER_MIN_BATCH", threshold)
+    monkeypatch.setattr(hybrid, "FLASHINFER_MIN_SEQS", 4)
+    monkeypatch.setattr(hybrid, "FLASHINFER_MIN_KV_TOKENS", min_kv_tokens)
     runner = load_runner(
         checkpoint[0],
         cuda,
@@ -106,10 +108,13 @@ def test_triton_below_and_flashinfer_above_the_batch_threshold_match_transformer
         decode_backend="triton+flashinfer",
         graph_max_batch_size=8,
     )
-    backend = runner.decode_backend
-    assert isinstance(backend, hybrid.TritonFlashInferBackend) and runner.graphs is not None
-    served: list[str] = []
-    real = backend.backend_for
-    monkeypatch.setattr(backend, "backend_for", lambda m: served.append(real(m).name) or real(m))
-    _check(f"triton+flashinfer decode at threshold {threshold}, graphed", runner, checkpoint)
-    assert set(served) == {side}
+    assert isinstance(runner.decode_backend, hybrid.TritonFlashInferBackend)
+    assert runner.graphs is not None and runner.large_graphs is not None
+    replays: list[str] = []
+    for name, graphs in (("triton", runner.graphs), ("flashinfer", runner.large_graphs)):
+        real = graphs.run
+        monkeypatch.setattr(
+            graphs, "run", lambda ids, meta, n=name, r=real: replays.append(n) or r(ids, meta)
+        )
+    _check(f"triton+flashinfer decode, {side} graphs", runner, checkpoint)
+    assert replays == [side] * (len(SESSION.forced) - 1)

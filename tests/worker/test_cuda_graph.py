@@ -4,12 +4,15 @@ buffers, and a full replay path with a stand-in capturer that re-runs the model 
 from __future__ import annotations
 
 import itertools
+from functools import partial
 from pathlib import Path
 
 import pytest
 import torch
 
 from glm47.worker.attention.base import AttentionMetadata
+from glm47.worker.attention.hybrid import TritonFlashInferBackend
+from glm47.worker.attention.torch_backend import TorchMLABackend
 from glm47.worker.cuda_graph import (
     DecodeGraphInputs,
     DecodeGraphRunner,
@@ -232,3 +235,46 @@ def test_verification_steps_replay_their_graph_with_the_eager_logits(tiny: Path)
         assert not graphs.can_run(mixed.input_ids, mixed.meta)
         decode = runner.prepare(batch(seq(alloc2, "z", [7], 0)))
         assert not graphs.can_run(decode.input_ids, decode.meta)
+
+
+def test_a_dispatching_decode_backend_replays_the_graph_set_of_the_part_it_picks(
+    tiny: Path,
+) -> None:
+    """`triton+flashinfer`'s runner keeps a graph set per part; each decode step replays the set
+    `prefers_large` names (torch backends stand in for both parts, models re-run for graphs)."""
+    runner = make_runner(tiny, torch.float32, page_size=2)
+    small, large = TorchMLABackend(), TorchMLABackend()
+    runner.decode_backend = TritonFlashInferBackend(small, large, min_seqs=2, min_kv_tokens=10)  # type: ignore[arg-type]
+    sets = {}
+    for name, part, sizes in (("small", small, [1, 2, 4]), ("large", large, [2, 4])):
+        graphs = DecodeGraphRunner(
+            partial(runner._forward_with, part), part, sizes=sizes, max_pages=16, page_size=2,
+            device=runner.device, capturer=eager_capturer,
+        )  # fmt: skip
+        graphs.capture()
+        sets[name] = graphs
+    runner.graphs, runner.large_graphs = sets["small"], sets["large"]
+    replays: list[str] = []
+    for name, graphs in sets.items():
+        real = graphs.run
+        graphs.run = lambda ids, meta, n=name, r=real: replays.append(n) or r(ids, meta)  # type: ignore[method-assign]
+    alloc = PageAllocator(runner.num_pages, 2)
+    prompts = {"a": [5, 6, 7], "b": [30, 31, 32, 33, 34], "c": [100]}
+    with torch.inference_mode():
+        runner.run_logits(batch(*[seq(alloc, r, p, 0) for r, p in prompts.items()]))
+        steps = [
+            (["a", "b", "c"], "large"),  # 3 sequences over 4 + 6 + 2 = 12 cached tokens
+            (["a", "c"], "small"),  # 2 sequences over 5 + 3 = 8 tokens: too few
+            (["b"], "small"),  # one sequence: too few
+        ]
+        lengths = {r: len(p) for r, p in prompts.items()}
+        for rids, expected in steps:
+            step = batch(*[seq(alloc, r, [40], lengths[r]) for r in rids])
+            lengths.update({r: lengths[r] + 1 for r in rids})
+            inputs = runner.prepare(step)
+            graphed = runner.forward(inputs)
+            assert replays.pop() == expected and not replays
+            eager = runner.model(
+                inputs.input_ids, inputs.meta.positions, runner._context(inputs.meta)
+            )
+            torch.testing.assert_close(graphed, eager, atol=1e-5, rtol=1e-5)

@@ -88,6 +88,7 @@ def test_builder_matches_the_plain_construction_over_many_steps(page_size: int) 
         assert [s.rid for s in got.sample_seqs] == [s.rid for s in batch.seqs if s.sample]
         assert meta.is_decode == all(len(s.token_ids) == 1 for s in batch.seqs)
         assert meta.max_seq_len == max(want["lens"])
+        assert meta.total_seq_len == sum(want["lens"])
         assert meta.max_query_len == max(len(s.token_ids) for s in batch.seqs)
         assert meta.positions.dtype == meta.slot_mapping.dtype == torch.int64
         assert meta.page_table.dtype == meta.seq_lens.dtype == torch.int32
@@ -122,6 +123,10 @@ def check_parts(batch: ScheduledBatch, meta: AttentionMetadata, want: dict[str, 
     assert (head.max_query_len, head.max_seq_len) == (max(lens[:d]), max(want["lens"][:d]))
     assert tail.max_query_len == max(lens[d:])
     assert tail.max_seq_len == max(want["lens"][d:])
+    assert (head.total_seq_len, tail.total_seq_len) == (
+        sum(want["lens"][:d]),
+        sum(want["lens"][d:]),
+    )
 
 
 def test_a_page_list_replaced_or_shrunk_is_read_afresh() -> None:

@@ -13,6 +13,7 @@ import importlib
 import logging
 import math
 import time
+from functools import partial
 from pathlib import Path
 from typing import Protocol
 
@@ -181,14 +182,22 @@ class ModelRunner:
             self.kv_cache.numel() * self.kv_cache.element_size() / 2**30,
         )
         self.graphs: DecodeGraphRunner | None = None
+        # With a decode backend that dispatches by step (`triton+flashinfer`): the graphs of its
+        # large part, for the steps it sends there (`self.graphs` holds its small part's).
+        self.large_graphs: DecodeGraphRunner | None = None
         self.verify_graphs: DecodeGraphRunner | None = None
         self._graph_capturer: CudaGraphCapturer | None = None
         if not disable_cuda_graph:
             max_len = max_req_total_len or model_config.max_position_embeddings
             max_pages = -(-max_len // page_size)
-            self.graphs = self._capture_graphs(
-                capture_sizes(graph_max_batch_size, graph_batch_sizes), max_pages
-            )
+            sizes = capture_sizes(graph_max_batch_size, graph_batch_sizes)
+            large = getattr(self.decode_backend, "large", None)
+            small = getattr(self.decode_backend, "small", self.decode_backend)
+            self.graphs = self._capture_graphs(sizes, max_pages, backend=small)
+            min_seqs = getattr(self.decode_backend, "min_seqs", 1)
+            large_sizes = [s for s in sizes if s >= min_seqs]
+            if large is not None and self.graphs is not None and large_sizes:
+                self.large_graphs = self._capture_graphs(large_sizes, max_pages, backend=large)
             verify_batch = graph_max_batch_size // max(1, verify_tokens)
             if (
                 1 < verify_tokens <= SHORT_QUERY  # longer ones are not short-query steps
@@ -244,12 +253,18 @@ class ModelRunner:
 
     @torch.inference_mode()
     def _capture_graphs(
-        self, sizes: list[int], max_pages: int, tokens_per_seq: int = 1
+        self,
+        sizes: list[int],
+        max_pages: int,
+        tokens_per_seq: int = 1,
+        backend: AttentionBackend | None = None,
     ) -> DecodeGraphRunner | None:
-        """Decode graphs on a CUDA device when the decode and experts backends are capturable."""
+        """Decode graphs on a CUDA device when the attention backend (default: the decode
+        backend) and the experts backend are capturable."""
         if self.device.type != "cuda":
             return None
-        parts = [self.decode_backend, self._experts_backend()]
+        backend = self.decode_backend if backend is None else backend
+        parts = [backend, self._experts_backend()]
         blockers = [p.name for p in parts if p is not None and not supports_cuda_graph(p)]
         if blockers:
             log.warning("decode CUDA graphs off: backend(s) %s cannot be captured", blockers)
@@ -258,8 +273,8 @@ class ModelRunner:
         if self._graph_capturer is None:  # one memory pool for every graph set
             self._graph_capturer = CudaGraphCapturer(self.device)
         graphs = DecodeGraphRunner(
-            self._decode_forward,
-            self.decode_backend,
+            partial(self._forward_with, backend),
+            backend,
             sizes=sizes,
             max_pages=min(max_pages, self.num_pages),
             page_size=self.page_size,
@@ -269,7 +284,12 @@ class ModelRunner:
         )
         graphs.capture()
         used = free_before - torch.cuda.mem_get_info(self.device)[0]
-        log.info("decode CUDA graphs for batch sizes %s use %.2f GiB", sizes, used / 2**30)
+        log.info(
+            "decode CUDA graphs (%s attention) for batch sizes %s use %.2f GiB",
+            backend.name,
+            sizes,
+            used / 2**30,
+        )
         return graphs
 
     @torch.inference_mode()
@@ -302,7 +322,12 @@ class ModelRunner:
         return list(range(first, first + -(-tokens // self.page_size)))
 
     def _decode_forward(self, input_ids: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
-        ctx = ForwardContext(meta=meta, kv_cache=self.kv_cache, backend=self.decode_backend)
+        return self._forward_with(self.decode_backend, input_ids, meta)
+
+    def _forward_with(
+        self, backend: AttentionBackend, input_ids: torch.Tensor, meta: AttentionMetadata
+    ) -> torch.Tensor:
+        ctx = ForwardContext(meta=meta, kv_cache=self.kv_cache, backend=backend)
         return self.model(input_ids, meta.positions, ctx)
 
     @property
@@ -324,7 +349,12 @@ class ModelRunner:
 
     @torch.inference_mode()
     def forward(self, inputs: StepInputs) -> torch.Tensor:  # [T, H] final hidden states
-        for graphs in (self.graphs, self.verify_graphs):
+        decode = self.graphs
+        prefers_large = getattr(self.decode_backend, "prefers_large", None)
+        if decode is not None and self.large_graphs is not None and prefers_large is not None:
+            if prefers_large(inputs.meta):
+                decode = self.large_graphs
+        for graphs in (decode, self.verify_graphs):
             if graphs is not None and graphs.can_run(inputs.input_ids, inputs.meta):
                 return graphs.run(inputs.input_ids, inputs.meta)
         ctx = self._context(inputs.meta)

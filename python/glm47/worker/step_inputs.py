@@ -166,6 +166,7 @@ class StepInputBuilder:
             max_query_len=int(n.max()),
             max_seq_len=int(end.max()),
             is_decode=t == b,
+            total_seq_len=int(end.sum()),
         )
         if t != b:
             short = n <= SHORT_QUERY
@@ -200,6 +201,7 @@ class StepInputBuilder:
             max_query_len=int(n[:d].max()),
             max_seq_len=int(end[:d].max()),
             is_decode=head_len == d,
+            total_seq_len=int(end[:d].sum()),
             short_queries=True,
         )
         rest_starts = (starts[d:] - head_len).astype(np.int32)  # [B - d + 1]
@@ -213,6 +215,7 @@ class StepInputBuilder:
             max_query_len=meta.max_query_len,
             max_seq_len=int(end[d:].max()),
             is_decode=False,
+            total_seq_len=int(end[d:].sum()),
         )
         return head, rest
 

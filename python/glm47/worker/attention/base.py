@@ -29,6 +29,9 @@ class AttentionMetadata:
     max_query_len: int  # host copy of max(new tokens per sequence)
     max_seq_len: int  # host copy of max(seq_lens)
     is_decode: bool  # every sequence has exactly one new token
+    # host copy of sum(seq_lens), the cached tokens the step attends over (a decode backend may
+    # choose its kernel by it); 0 where not known (a graph's static metadata)
+    total_seq_len: int = 0
     # Every sequence computes a few tokens at most (step_inputs.SHORT_QUERY: decoding, or
     # verifying drafts): the decode backend takes the whole step.
     short_queries: bool = False

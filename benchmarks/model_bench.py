@@ -180,6 +180,7 @@ def build_runner(
     verify_tokens: int = 0,
     skinny_gemm: bool = False,
     decode_backend: str = "triton",
+    shared_overlap_tokens: int | None = None,
 ) -> ModelRunner:
     """Dummy weights on the GPU, the KV pool from what memory leaves, graphs at `batches` (and
     verification graphs of `verify_tokens` tokens a sequence, when given)."""
@@ -198,6 +199,7 @@ def build_runner(
         disable_cuda_graph=not graphs,
         verify_tokens=verify_tokens,
         skinny_gemm=skinny_gemm,
+        shared_overlap_tokens=shared_overlap_tokens,
     )
 
 
@@ -207,20 +209,22 @@ def build_runner_or_eager(
     verify_tokens: int = 0,
     skinny_gemm: bool = False,
     decode_backend: str = "triton",
+    shared_overlap_tokens: int | None = None,
 ) -> ModelRunner:
     """With decode graphs; if capturing fails, eagerly (the decode rows then say graph False)."""
     try:
         return build_runner(
             batches, context, verify_tokens=verify_tokens, skinny_gemm=skinny_gemm,
-            decode_backend=decode_backend,
+            decode_backend=decode_backend, shared_overlap_tokens=shared_overlap_tokens,
         )  # fmt: skip
     except RuntimeError as err:
         print(f"building with CUDA graphs failed, timing eager decode instead: {err}")
     gc.collect()  # the failed runner's frames are gone with the exception: free its memory
     torch.cuda.empty_cache()
     return build_runner(
-        batches, context, graphs=False, skinny_gemm=skinny_gemm, decode_backend=decode_backend
-    )
+        batches, context, graphs=False, skinny_gemm=skinny_gemm, decode_backend=decode_backend,
+        shared_overlap_tokens=shared_overlap_tokens,
+    )  # fmt: skip
 
 
 def decode_batch(runner: ModelRunner, batch: int, context: int) -> tuple[ScheduledBatch, int]:
@@ -325,8 +329,9 @@ def print_tables(
         f"ceilings measured here: copy {ceil.copy_bytes_per_s / 1e12:.2f} TB/s, "
         f"bf16 matmul {ceil.matmul_flops_per_s / 1e12:.0f} TFLOP/s"
     )
-    print(f"decode ({args.decode_backend} attention), context {args.context}, "
-          f"step = forward + lm_head (median of {args.iters})")  # fmt: skip
+    overlap = "default" if args.shared_overlap_tokens is None else args.shared_overlap_tokens
+    print(f"decode ({args.decode_backend} attention, shared expert overlap up to {overlap} "
+          f"tokens), context {args.context}, step = forward + lm_head (median of {args.iters})")  # fmt: skip
     print(f"{'batch':>6} {'step ms':>8} {'floor ms':>9} {'ratio':>6} {'tok/s':>8} "
           f"{'eager ms':>8} {'prep ms':>8} {'kv_sets':>7} graph")  # fmt: skip
     for r in decode:
@@ -377,6 +382,13 @@ def main() -> None:
         "below attention/hybrid.FLASHINFER_MIN_BATCH sequences, FlashInfer from there on)",
     )
     parser.add_argument(
+        "--shared-overlap-tokens",
+        type=int,
+        default=None,
+        help="steps of at most this many tokens run the shared expert on a second stream "
+        "(default: the runner's SHARED_OVERLAP_TOKENS; 0: never)",
+    )
+    parser.add_argument(
         "--skinny-gemm",
         action="store_true",
         help="dense projections of steps of at most 16 tokens through kernels/skinny_gemm",
@@ -386,8 +398,9 @@ def main() -> None:
     batches = sorted(int(b) for b in args.batches.split(","))
     ceil = measure_ceilings()
     runner = build_runner_or_eager(
-        batches, args.context, args.verify_tokens, args.skinny_gemm, args.decode_backend
-    )
+        batches, args.context, args.verify_tokens, args.skinny_gemm, args.decode_backend,
+        args.shared_overlap_tokens,
+    )  # fmt: skip
     print(f"model built and graphs captured in {time.perf_counter() - t0:.0f} s; "
           f"KV pool {runner.num_pages} pages of {PAGE_SIZE}")  # fmt: skip
     with torch.inference_mode():

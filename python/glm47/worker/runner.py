@@ -61,6 +61,10 @@ class Sampler(Protocol):
 
 # Modules whose import registers optional backends; one that fails to import (no Triton) just
 # leaves its names unregistered.
+# Steps of at most this many tokens run the shared expert beside the routed experts on a second
+# CUDA stream (MoE); see docs/gpu-notes.md for the measurement behind it.
+SHARED_OVERLAP_TOKENS = 64
+
 OPTIONAL_BACKEND_MODULES = (
     "glm47.worker.attention.triton_backend",
     "glm47.worker.attention.hybrid",
@@ -108,6 +112,7 @@ class ModelRunner:
         max_req_total_len: int | None = None,
         fused_kernels: bool | None = None,
         skinny_gemm: bool = False,
+        shared_overlap_tokens: int | None = None,
         warmup_tokens: int = 0,
         segment_graph_max_tokens: int = 0,
         segment_capturer: Capturer | None = None,
@@ -116,6 +121,9 @@ class ModelRunner:
         """`fused_kernels`: RMSNorm, rope and routing as Triton kernels (None: on CUDA devices).
         `skinny_gemm`: dense projections of steps of at most 16 tokens through the Triton
         matrix-vector kernel instead of the GEMM library.
+        `shared_overlap_tokens`: on a GPU, steps of at most this many tokens run the MoE
+        layers' shared expert on a second CUDA stream beside the routed experts (None:
+        SHARED_OVERLAP_TOKENS; 0: never).
         `warmup_tokens`: on a GPU, run prefill steps of up to this many tokens before returning,
         so that the kernels' first-call compilation is not paid by the first requests.
         `segment_graph_max_tokens`: capture the steps that decode graphs do not serve, up to this
@@ -155,6 +163,10 @@ class ModelRunner:
             fused_kernels = self.device.type == "cuda"
         self.model.enable_fused_kernels(fused_kernels)
         self.model.enable_skinny_gemm(skinny_gemm)
+        if shared_overlap_tokens is None:
+            shared_overlap_tokens = SHARED_OVERLAP_TOKENS
+        if self.device.type == "cuda" and shared_overlap_tokens > 0:
+            self.model.overlap_shared_experts(torch.cuda.Stream(self.device), shared_overlap_tokens)
         self.num_pages = self._pool_pages(num_pages, kv_tokens, mem_fraction)
         self.kv_cache = torch.zeros(
             self.model.num_cache_layers,
@@ -168,7 +180,7 @@ class ModelRunner:
         self._last_hidden: torch.Tensor | None = None  # final hidden states of the last run()
         log.info(
             "runner: device=%s dtype=%s attention prefill=%s decode=%s experts=%s "
-            "fused norm/rope/routing=%s skinny gemm=%s mtp=%s kv pages=%d x %d tokens (%.2f GiB)",
+            "fused norm/rope/routing=%s skinny gemm=%s shared expert overlap up to %d tokens mtp=%s kv pages=%d x %d tokens (%.2f GiB)",
             self.device,
             dtype,
             prefill,
@@ -176,6 +188,7 @@ class ModelRunner:
             moe,
             fused_kernels,
             skinny_gemm,
+            shared_overlap_tokens if self.device.type == "cuda" else 0,
             self.model.mtp is not None,
             self.num_pages,
             page_size,

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import pytest
 import torch
 from transformers import Glm4MoeLiteConfig
 from transformers.models.glm4_moe_lite import modeling_glm4_moe_lite as hf
 
+from glm47.worker.model.config import ModelConfig
 from glm47.worker.model.layers.experts import TorchExperts, create_experts_backend
 from glm47.worker.model.layers.mlp import DenseMLP
-from glm47.worker.model.layers.moe import select_experts
+from glm47.worker.model.layers.moe import MoE, select_experts
 from glm47.worker.model.layers.norm import RMSNorm
 from glm47.worker.model.layers.rope import InterleavedRope
 from tests.worker.model.reference import TINY_HF
@@ -125,3 +129,52 @@ def test_dense_mlp_adds_the_given_tensor_on_both_paths(fused: bool, skinny: bool
     expected = plain + other
     torch.testing.assert_close(mlp(x, add=other.clone()), expected, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(mlp(x), plain, rtol=1e-5, atol=1e-5)
+
+
+class _FakeStream:
+    """Stands in for a CUDA stream on the CPU: records forks and joins."""
+
+    def __init__(self, name: str, log: list[str]) -> None:
+        self.name, self.log = name, log
+
+    def wait_stream(self, other: _FakeStream) -> None:
+        self.log.append(f"{self.name} waits {other.name}")
+
+
+def test_the_shared_expert_overlap_forks_and_joins_around_the_routed_experts_and_sums_the_same(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Steps of at most `overlap_max_tokens` tokens: the side stream waits for x, the shared
+    expert runs inside it, the routed experts on the current stream, which then waits for the
+    side stream before the add; the sum is the serial path's up to the extra rounding."""
+    torch.manual_seed(0)
+    cfg = ModelConfig.from_dict(TINY_HF)
+    moe = MoE(cfg, TorchExperts())
+    for p in moe.parameters():
+        p.data.normal_(0, 0.2)
+    x = torch.randn(3, cfg.hidden_size)
+    serial = moe(x)
+    log: list[str] = []
+    main, side = _FakeStream("main", log), _FakeStream("side", log)
+    current = [main]
+
+    @contextlib.contextmanager
+    def on(stream: _FakeStream) -> Iterator[None]:
+        current.append(stream)
+        yield
+        current.pop()
+
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: current[-1])
+    monkeypatch.setattr(torch.cuda, "stream", on)
+    real_shared, real_route = moe.shared_experts.forward, moe.route
+    monkeypatch.setattr(moe.shared_experts, "forward",
+                        lambda *a, **k: log.append(f"shared on {current[-1].name}") or real_shared(*a, **k))  # fmt: skip
+    monkeypatch.setattr(moe, "route", lambda t: log.append(f"route on {current[-1].name}") or real_route(t))  # fmt: skip
+    moe.side_stream, moe.overlap_max_tokens = side, 3  # type: ignore[assignment]
+    overlapped = moe(x)
+    assert log == ["side waits main", "shared on side", "route on main", "main waits side"]
+    torch.testing.assert_close(overlapped, serial, rtol=1e-5, atol=1e-5)
+    log.clear()
+    moe.overlap_max_tokens = 2  # a step above the bound runs serially
+    torch.testing.assert_close(moe(x), serial, rtol=0, atol=0)
+    assert log == ["route on main", "shared on main"]

@@ -102,6 +102,14 @@ class Glm4MoeLiteForCausalLM(nn.Module):
             if isinstance(module, (RMSNorm, InterleavedRope, MoE, DenseMLP)):
                 module.fused = enabled
 
+    def overlap_shared_experts(self, stream: torch.cuda.Stream | None, max_tokens: int) -> None:
+        """Run the MoE layers' shared experts on `stream`, beside the routed experts, in steps of
+        at most `max_tokens` tokens (None or 0: never); see `MoE`."""
+        for module in self.modules():
+            if isinstance(module, MoE):
+                module.side_stream = stream if max_tokens > 0 else None
+                module.overlap_max_tokens = max_tokens
+
     def enable_skinny_gemm(self, enabled: bool = True) -> None:
         """Run the dense projections of steps of at most 16 tokens through the Triton
         matrix-vector kernel (kernels/skinny_gemm) instead of the GEMM library."""

@@ -53,9 +53,17 @@ class MoE(nn.Module):
     The router weight is kept in fp32 (the router runs in fp32). With `fused` set (see
     `enable_fused_kernels`), everything after the router GEMM runs as one Triton kernel
     (kernels/routing) where the config allows it (one expert group, a power-of-two top-k).
+
+    With `side_stream` set (see `Glm4MoeLiteForCausalLM.overlap_shared_experts`), steps of at most
+    `overlap_max_tokens` tokens run the shared expert on that CUDA stream while the router and the
+    routed experts run on the current one: at decode sizes each of these kernels is short and
+    latency-bound, so the two chains overlap. Captured into a CUDA graph, the fork and join become
+    parallel branches of the graph.
     """
 
     fused = False
+    side_stream: torch.cuda.Stream | None = None
+    overlap_max_tokens = 0
 
     def __init__(self, cfg: ModelConfig, experts: ExpertsBackend) -> None:
         super().__init__()
@@ -97,6 +105,20 @@ class MoE(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [T, H] -> [T, H]
+        if self.side_stream is not None and 0 < x.shape[0] <= self.overlap_max_tokens:
+            return self._forward_overlapped(x, self.side_stream)
         topk_ids, topk_weights = self.route(x)
         routed = self.experts.forward(x, self.w13, self.w2, topk_ids, topk_weights)  # [T, H]
         return self.shared_experts(x, add=routed)  # routed is fresh: summed into in place
+
+    def _forward_overlapped(self, x: torch.Tensor, side: torch.cuda.Stream) -> torch.Tensor:
+        """The shared expert on `side`, the routed experts on the current stream, then the sum
+        (as the reference adds them: both rounded to the activation dtype, then added)."""
+        main = torch.cuda.current_stream(x.device)
+        side.wait_stream(main)  # x is ready
+        with torch.cuda.stream(side):
+            shared = self.shared_experts(x)  # [T, H]
+        topk_ids, topk_weights = self.route(x)
+        routed = self.experts.forward(x, self.w13, self.w2, topk_ids, topk_weights)  # [T, H]
+        main.wait_stream(side)
+        return routed.add_(shared)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from kernel_utils import ON_GPU, rel_err
 
-from glm47.kernels.fused_moe import fused_experts, fused_experts_ref, tune_config
+from glm47.kernels.fused_moe import fused_experts, fused_experts_ref, topk_sum, tune_config
 from glm47.kernels.moe_align import (
     MoeAlignment,
     max_padded_rows,
@@ -173,3 +173,22 @@ def test_tune_config_returns_a_candidate_that_runs(device: str) -> None:
     weights, ids = random_routing(3, 8, 2, device)
     ref = fused_experts_ref(x, w13, w2, weights, ids)
     assert rel_err(fused_experts(x, w13, w2, weights, ids, best), ref) < 2e-2
+
+
+@pytest.mark.parametrize(
+    ("tokens", "top_k", "hidden", "dtype"),
+    [(1, 4, 2048, torch.bfloat16), (7, 4, 300, torch.float16), (3, 2, 1500, torch.float32)],
+)
+def test_topk_sum_equals_torch_sum_over_a_tokens_rows(
+    tokens: int, top_k: int, hidden: int, dtype: torch.dtype, device: str
+) -> None:
+    per_pair = torch.randn(tokens * top_k, hidden, device=device).to(dtype)
+    got = topk_sum(per_pair, top_k)
+    expected = per_pair.float().view(tokens, top_k, hidden).sum(1).to(dtype)
+    assert got.dtype == dtype
+    # exact on the GPU; the Triton interpreter's fp32 -> bf16 cast may land one bf16 step off
+    step = 2**-7 if dtype == torch.bfloat16 and not per_pair.is_cuda else 0.0
+    torch.testing.assert_close(got, expected, rtol=step, atol=0)
+    assert topk_sum(per_pair[:0], top_k).shape == (0, hidden)
+    with pytest.raises(ValueError, match="contiguous"):
+        topk_sum(per_pair[:, ::2], top_k)

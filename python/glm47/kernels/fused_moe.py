@@ -127,6 +127,43 @@ def moe_gemm(
     )  # fmt: skip
 
 
+@triton.jit
+def _topk_sum_kernel(
+    pairs_ptr,  # [T * TOP_K, H]: a token's TOP_K rows are consecutive
+    out_ptr,  # [T, H]
+    hidden,
+    TOP_K: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    t = tl.program_id(0).to(tl.int64)
+    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    ok = offs < hidden
+    acc = tl.zeros([BLOCK], dtype=tl.float32)
+    for j in tl.static_range(TOP_K):
+        row = tl.load(pairs_ptr + (t * TOP_K + j) * hidden + offs, mask=ok, other=0.0)
+        acc += row.to(tl.float32)
+    tl.store(out_ptr + t * hidden + offs, acc.to(out_ptr.dtype.element_ty), mask=ok)
+
+
+def topk_sum(
+    per_pair: torch.Tensor,  # [T * top_k, H] contiguous, a token's rows consecutive
+    top_k: int,
+) -> torch.Tensor:  # [T, H] in per_pair's dtype
+    """`per_pair.view(T, top_k, H).sum(1)`, summed in fp32 and rounded once (as torch's sum)."""
+    pairs, hidden = per_pair.shape
+    if not per_pair.is_contiguous() or pairs % top_k:
+        raise ValueError(f"per_pair must be a contiguous [T * {top_k}, H], got {per_pair.shape}")
+    t = pairs // top_k
+    out = torch.empty((t, hidden), dtype=per_pair.dtype, device=per_pair.device)
+    if t == 0:
+        return out
+    block = min(1024, triton.next_power_of_2(hidden))
+    _topk_sum_kernel[(t, triton.cdiv(hidden, block))](
+        per_pair, out, hidden, TOP_K=top_k, BLOCK=block, num_warps=4
+    )
+    return out
+
+
 def fused_experts(
     x: torch.Tensor,  # [T, H]
     w13: torch.Tensor,  # [E, 2I, H], gate rows first
@@ -160,7 +197,7 @@ def fused_experts(
     per_pair = torch.empty((pairs, hidden), dtype=x.dtype, device=x.device)  # [P, H]
     moe_gemm(inter_act, w2, per_pair, weights, align, top_k, a_per_token=False, gated=False,
              mul_weight=True, cfg=cfg)  # fmt: skip
-    return per_pair.view(t, top_k, hidden).sum(dim=1)
+    return topk_sum(per_pair, top_k)
 
 
 def _gpu_name(device: torch.device) -> str:

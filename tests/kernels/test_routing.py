@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from glm47.kernels.routing import route_topk, route_topk_from_hidden, route_topk_ref
+from glm47.kernels.routing import route_topk, route_topk_ref
 from glm47.worker.model.layers.moe import select_experts
 
 
@@ -67,39 +67,3 @@ def test_route_topk_keeps_nan_rows_on_valid_experts(device: str) -> None:
     logits[1] = torch.randn(20, device=device)
     ids, _ = route_topk(logits, torch.zeros(20, device=device), 4, True, 1.0)
     assert int(ids.min()) >= 0 and int(ids.max()) < 20
-
-
-@pytest.mark.parametrize(
-    ("tokens", "experts", "hidden", "dtype"),
-    [(1, 64, 2048, torch.bfloat16), (5, 64, 300, torch.float16), (3, 20, 96, torch.float32)],
-)
-@pytest.mark.parametrize("renormalize", [True, False])
-def test_route_topk_from_hidden_matches_the_fp32_router_gemm_then_routing(
-    tokens: int, experts: int, hidden: int, dtype: torch.dtype, renormalize: bool, device: str
-) -> None:
-    """The router logits computed in the kernel (fp32 products of the activations and the fp32
-    weight) choose the same experts as the fp32 GEMM followed by the reference routing."""
-    x = torch.randn(tokens, hidden, device=device).to(dtype)
-    gate = torch.randn(experts, hidden, device=device) * hidden**-0.5 * 3
-    bias = torch.rand(experts, device=device) * 0.2 - 0.1
-    ids, weights = route_topk_from_hidden(x, gate, bias, 4 if experts > 20 else 2, renormalize, 2.5)
-    logits = torch.nn.functional.linear(x.float(), gate)
-    ref_ids, ref_weights = route_topk_ref(logits, bias, ids.shape[1], renormalize, 2.5)
-    assert ids.dtype == torch.int32 and weights.dtype == torch.float32
-    assert torch.equal(ids.cpu(), ref_ids.cpu())
-    torch.testing.assert_close(weights.cpu(), ref_weights.cpu(), rtol=1e-5, atol=1e-6)
-
-
-def test_route_topk_from_hidden_rejects_bad_input(device: str) -> None:
-    x = torch.randn(2, 32, device=device)
-    gate = torch.randn(8, 32, device=device)
-    with pytest.raises(ValueError, match="fp32"):
-        route_topk_from_hidden(x, gate.half(), torch.zeros(8, device=device), 2, True, 1.0)
-    with pytest.raises(ValueError, match=r"\[E, 32\]"):
-        route_topk_from_hidden(x, gate[:, :16], torch.zeros(8, device=device), 2, True, 1.0)
-    with pytest.raises(ValueError, match="power of two"):
-        route_topk_from_hidden(x, gate, torch.zeros(8, device=device), 3, True, 1.0)
-    with pytest.raises(ValueError, match="contiguous by row"):
-        route_topk_from_hidden(x.t(), gate, torch.zeros(8, device=device), 2, True, 1.0)
-    ids, _ = route_topk_from_hidden(x[:0], gate, torch.zeros(8, device=device), 2, True, 1.0)
-    assert ids.shape == (0, 2)

@@ -11,8 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from glm47.kernels.device import runs_triton
-from glm47.kernels.routing import route_topk, route_topk_from_hidden
+from glm47.kernels.routing import route_topk
 from glm47.worker.model.config import ModelConfig
 from glm47.worker.model.layers.experts import ExpertsBackend
 from glm47.worker.model.layers.mlp import DenseMLP
@@ -63,9 +62,6 @@ class MoE(nn.Module):
     """
 
     fused = False
-    # On the fused path, steps of at most this many tokens compute the router logits inside the
-    # routing kernel (kernels/routing.route_topk_from_hidden: one launch instead of four).
-    router_in_kernel_max_tokens = 16
     side_stream: torch.cuda.Stream | None = None
     overlap_max_tokens = 0
 
@@ -89,15 +85,6 @@ class MoE(nn.Module):
         cfg = self.cfg
         k = cfg.num_experts_per_tok
         if self.fused and cfg.n_group <= 1 and k & (k - 1) == 0:
-            if x.shape[0] <= self.router_in_kernel_max_tokens and runs_triton(x):
-                return route_topk_from_hidden(
-                    x,
-                    self.gate_weight,
-                    self.e_score_correction_bias,
-                    k,
-                    cfg.norm_topk_prob,
-                    cfg.routed_scaling_factor,
-                )
             logits = F.linear(x.float(), self.gate_weight)  # [T, E] fp32
             return route_topk(
                 logits,

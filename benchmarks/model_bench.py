@@ -179,7 +179,7 @@ def build_runner(
     graphs: bool = True,
     verify_tokens: int = 0,
     skinny_gemm: bool = False,
-    decode_backend: str = "triton",
+    decode_backend: str = "auto",
     shared_overlap_tokens: int | None = None,
 ) -> ModelRunner:
     """Dummy weights on the GPU, the KV pool from what memory leaves, graphs at `batches` (and
@@ -208,7 +208,7 @@ def build_runner_or_eager(
     context: int,
     verify_tokens: int = 0,
     skinny_gemm: bool = False,
-    decode_backend: str = "triton",
+    decode_backend: str = "auto",
     shared_overlap_tokens: int | None = None,
 ) -> ModelRunner:
     """With decode graphs; if capturing fails, eagerly (the decode rows then say graph False)."""
@@ -330,7 +330,7 @@ def print_tables(
         f"bf16 matmul {ceil.matmul_flops_per_s / 1e12:.0f} TFLOP/s"
     )
     overlap = "default" if args.shared_overlap_tokens is None else args.shared_overlap_tokens
-    print(f"decode ({args.decode_backend} attention, shared expert overlap up to {overlap} "
+    print(f"decode ({args.decode_backend_name} attention, shared expert overlap up to {overlap} "
           f"tokens), context {args.context}, step = forward + lm_head (median of {args.iters})")  # fmt: skip
     print(f"{'batch':>6} {'step ms':>8} {'floor ms':>9} {'ratio':>6} {'tok/s':>8} "
           f"{'eager ms':>8} {'prep ms':>8} {'kv_sets':>7} graph")  # fmt: skip
@@ -376,10 +376,10 @@ def main() -> None:
     )
     parser.add_argument(
         "--decode-backend",
-        default="triton",
-        choices=["triton", "flashinfer", "triton+flashinfer"],
-        help="decode attention backend of the decode rows, graphed (triton+flashinfer: Triton "
-        "below attention/hybrid.FLASHINFER_MIN_BATCH sequences, FlashInfer from there on)",
+        default="auto",
+        choices=["auto", "triton", "flashinfer", "triton+flashinfer"],
+        help="decode attention backend of the decode rows, graphed (auto: the server's choice; "
+        "triton+flashinfer: FlashInfer for the steps attention/hybrid.py sends there)",
     )
     parser.add_argument(
         "--shared-overlap-tokens",
@@ -401,6 +401,7 @@ def main() -> None:
         batches, args.context, args.verify_tokens, args.skinny_gemm, args.decode_backend,
         args.shared_overlap_tokens,
     )  # fmt: skip
+    args.decode_backend_name = runner.decode_backend.name  # what "auto" resolved to
     print(f"model built and graphs captured in {time.perf_counter() - t0:.0f} s; "
           f"KV pool {runner.num_pages} pages of {PAGE_SIZE}")  # fmt: skip
     with torch.inference_mode():
@@ -442,8 +443,8 @@ def main() -> None:
         print(f"verification batch {batch}: {verify[-1].step_ms:.2f} ms", flush=True)
         save()
     reason = unavailable_reason("flashinfer", runner.device)
-    if args.decode_backend != "triton":
-        reason = f"the decode rows above are {args.decode_backend}'s"
+    if args.decode_backend_name != "triton":
+        reason = f"the decode rows above are {args.decode_backend_name}'s"
     for batch in batches if reason is None else []:
         if time.perf_counter() - t0 > args.budget_s:
             print(f"flashinfer decode batch {batch}: skipped, over the time budget")

@@ -8,7 +8,13 @@ import pytest
 import torch
 from kernel_utils import ON_GPU, rel_err
 
-from glm47.kernels.fused_moe import fused_experts, fused_experts_ref, topk_sum, tune_config
+from glm47.kernels.fused_moe import (
+    fused_experts,
+    fused_experts_ref,
+    topk_sum,
+    topk_sum_ref,
+    tune_config,
+)
 from glm47.kernels.moe_align import (
     MoeAlignment,
     max_padded_rows,
@@ -184,7 +190,7 @@ def test_topk_sum_equals_torch_sum_over_a_tokens_rows(
 ) -> None:
     per_pair = torch.randn(tokens * top_k, hidden, device=device).to(dtype)
     got = topk_sum(per_pair, top_k)
-    expected = per_pair.float().view(tokens, top_k, hidden).sum(1).to(dtype)
+    expected = topk_sum_ref(per_pair, top_k)
     assert got.dtype == dtype
     # exact on the GPU; the Triton interpreter's fp32 -> bf16 cast may land one bf16 step off
     step = 2**-7 if dtype == torch.bfloat16 and not per_pair.is_cuda else 0.0
@@ -192,3 +198,5 @@ def test_topk_sum_equals_torch_sum_over_a_tokens_rows(
     assert topk_sum(per_pair[:0], top_k).shape == (0, hidden)
     with pytest.raises(ValueError, match="contiguous"):
         topk_sum(per_pair[:, ::2], top_k)
+    with pytest.raises(ValueError, match="top_k must be >= 1"):
+        topk_sum(per_pair, 0)

@@ -98,6 +98,7 @@ def test_defaults() -> None:
         ([*BASE, "--max-req"], "unrecognized"),  # no abbreviations
         ([*BASE, "--tp", "2"], "one GPU"),
         ([*BASE, "--page-size", "3"], "power of two"),
+        ([*BASE, "--shared-expert-overlap-tokens", "-1"], "shared_expert_overlap_tokens must be"),
         ([*BASE, "--prefill-att-backend", "cudnn"], "invalid choice"),
         (["--model-dir", "/m"], "--listen"),
     ],
@@ -140,6 +141,14 @@ def test_skinny_gemm_is_off_unless_asked_for() -> None:
     assert not parse_args(BASE).engine.skinny_gemm
     assert parse_args([*BASE, "--skinny-gemm"]).engine.skinny_gemm
     assert parse_args([*BASE, "--skinny_gemm"]).engine.skinny_gemm
+
+
+def test_shared_expert_overlap_flag_and_its_check() -> None:
+    assert parse_args(BASE).engine.shared_expert_overlap_tokens is None  # the runner's default
+    off = parse_args([*BASE, "--shared-expert-overlap-tokens", "0"])
+    assert off.engine.shared_expert_overlap_tokens == 0
+    alias = parse_args([*BASE, "--shared_expert_overlap_tokens", "64"])
+    assert alias.engine.shared_expert_overlap_tokens == 64
 
 
 def test_log_stats_flags() -> None:

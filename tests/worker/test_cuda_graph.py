@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import glm47.worker.runner as runner_module
 from glm47.worker.attention.base import AttentionMetadata
 from glm47.worker.attention.hybrid import TritonFlashInferBackend
 from glm47.worker.attention.torch_backend import TorchMLABackend
@@ -113,7 +114,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def eager_graphs(runner: ModelRunner, tokens_per_seq: int = 1) -> DecodeGraphRunner:
     """Graphs of 1, 2 and 4 sequences (page size 2) whose replays re-run the model eagerly."""
     graphs = DecodeGraphRunner(
-        runner._decode_forward,
+        partial(runner._forward_with, runner.decode_backend),
         runner.decode_backend,
         sizes=[1, 2, 4],
         max_pages=16,
@@ -153,7 +154,7 @@ def test_padded_replay_gives_the_eager_logits_and_writes_only_real_slots(tiny: P
 def test_steps_that_do_not_fit_are_left_to_the_eager_path(tiny: Path) -> None:
     runner = make_runner(tiny, torch.float32, page_size=2)
     graphs = DecodeGraphRunner(
-        runner._decode_forward,
+        partial(runner._forward_with, runner.decode_backend),
         runner.decode_backend,
         sizes=[1, 2],
         max_pages=2,
@@ -237,25 +238,23 @@ def test_verification_steps_replay_their_graph_with_the_eager_logits(tiny: Path)
         assert not graphs.can_run(decode.input_ids, decode.meta)
 
 
-def test_a_dispatching_decode_backend_replays_the_graph_set_of_the_part_it_picks(
-    tiny: Path,
+def test_a_dispatching_decode_backend_gets_a_graph_set_per_part_and_each_step_the_right_one(
+    tiny: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """`triton+flashinfer`'s runner keeps a graph set per part; each decode step replays the set
-    `prefers_large` names (torch backends stand in for both parts, models re-run for graphs)."""
+    """`triton+flashinfer`'s runner captures a graph set per part (the large part's from its
+    `min_seqs` up) and each decode step replays the set `prefers_large` names (torch backends
+    stand in for both parts; the eager capturer re-runs the model for a replay)."""
     runner = make_runner(tiny, torch.float32, page_size=2)
     small, large = TorchMLABackend(), TorchMLABackend()
     runner.decode_backend = TritonFlashInferBackend(small, large, min_seqs=2, min_kv_tokens=10)  # type: ignore[arg-type]
-    sets = {}
-    for name, part, sizes in (("small", small, [1, 2, 4]), ("large", large, [2, 4])):
-        graphs = DecodeGraphRunner(
-            partial(runner._forward_with, part), part, sizes=sizes, max_pages=16, page_size=2,
-            device=runner.device, capturer=eager_capturer,
-        )  # fmt: skip
-        graphs.capture()
-        sets[name] = graphs
-    runner.graphs, runner.large_graphs = sets["small"], sets["large"]
+    runner._graph_capturer = eager_capturer
+    # the torch backends are not capturable; the eager capturer does not need them to be
+    monkeypatch.setattr(runner_module, "supports_cuda_graph", lambda backend: True)
+    runner.capture_decode_graphs([1, 2, 4], max_pages=16)
+    assert runner.graphs is not None and runner.large_graphs is not None
+    assert (runner.graphs.sizes, runner.large_graphs.sizes) == ([1, 2, 4], [2, 4])
     replays: list[str] = []
-    for name, graphs in sets.items():
+    for name, graphs in (("small", runner.graphs), ("large", runner.large_graphs)):
         real = graphs.run
         graphs.run = lambda ids, meta, n=name, r=real: replays.append(n) or r(ids, meta)  # type: ignore[method-assign]
     alloc = PageAllocator(runner.num_pages, 2)

@@ -150,9 +150,11 @@ def topk_sum(
     top_k: int,
 ) -> torch.Tensor:  # [T, H] in per_pair's dtype
     """`per_pair.view(T, top_k, H).sum(1)`, summed in fp32 and rounded once (as torch's sum)."""
-    pairs, hidden = per_pair.shape
-    if not per_pair.is_contiguous() or pairs % top_k:
+    if top_k < 1:
+        raise ValueError(f"top_k must be >= 1, got {top_k}")
+    if per_pair.dim() != 2 or not per_pair.is_contiguous() or per_pair.shape[0] % top_k:
         raise ValueError(f"per_pair must be a contiguous [T * {top_k}, H], got {per_pair.shape}")
+    pairs, hidden = per_pair.shape
     t = pairs // top_k
     out = torch.empty((t, hidden), dtype=per_pair.dtype, device=per_pair.device)
     if t == 0:
@@ -162,6 +164,12 @@ def topk_sum(
         per_pair, out, hidden, TOP_K=top_k, BLOCK=block, num_warps=4
     )
     return out
+
+
+def topk_sum_ref(per_pair: torch.Tensor, top_k: int) -> torch.Tensor:
+    """Plain torch reference of `topk_sum`."""
+    t = per_pair.shape[0] // top_k
+    return per_pair.float().view(t, top_k, -1).sum(1).to(per_pair.dtype)
 
 
 def fused_experts(

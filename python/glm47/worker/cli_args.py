@@ -139,6 +139,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _flag(
         p,
+        ["--shared-expert-overlap-tokens", "--shared_expert_overlap_tokens"],
+        type=int,
+        default=None,
+        help="steps of at most this many tokens run the MoE shared expert on a second CUDA "
+        "stream beside the routed experts (default 128; 0: never; best a decode graph size, "
+        "since graphed steps decide on their padded size)",
+    )
+    _flag(
+        p,
         ["--segment-graph-max-tokens", "--segment_graph_max_tokens"],
         type=int,
         default=None,
@@ -189,6 +198,7 @@ def parse_args(argv: list[str]) -> WorkerArgs:
             graph_max_batch_size=ns.graph_max_batch_size,
             disable_cuda_graph=ns.disable_cuda_graph,
             skinny_gemm=ns.skinny_gemm,
+            shared_expert_overlap_tokens=ns.shared_expert_overlap_tokens,
             segment_graph_max_tokens=ns.segment_graph_max_tokens,
             mtp_step=ns.mtp_step,
             mtp_mode=ns.mtp_mode,

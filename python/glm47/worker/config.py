@@ -11,7 +11,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
-# torch: the reference; triton+flashinfer: decode by batch size (attention/hybrid.py)
+# torch: the reference; triton+flashinfer: each decode step through one of the two, by its
+# sequences and cached tokens (attention/hybrid.py)
 ATTENTION_BACKEND_CHOICES = ("auto", "triton", "fa3", "flashinfer", "triton+flashinfer", "torch")
 LOAD_FORMAT_CHOICES = ("auto", "dummy")
 MTP_MODE_CHOICES = ("vanilla_with_att", "eagle_with_att")
@@ -65,6 +66,9 @@ class EngineConfig:
     graph_max_batch_size: int = 512  # largest decode batch captured in a CUDA graph
     disable_cuda_graph: bool = False  # run decode eagerly
     skinny_gemm: bool = False  # dense projections of <= 16-token steps through kernels/skinny_gemm
+    # Steps of at most this many tokens run the MoE layers' shared expert on a second CUDA stream
+    # beside the routed experts. None: the runner's SHARED_OVERLAP_TOKENS; 0: never.
+    shared_expert_overlap_tokens: int | None = None
     # Steps the decode graphs do not serve (prompt tokens, decode batches above the largest
     # graph), up to this many tokens, as CUDA graphs between the attention calls
     # (segment_graph.py). None: the step's token budget; 0: such steps run eagerly.
@@ -115,6 +119,10 @@ class EngineConfig:
                 value in ATTENTION_BACKEND_CHOICES, f"{name}: one of {ATTENTION_BACKEND_CHOICES}"
             )
         _check(self.graph_max_batch_size >= 1, "graph_max_batch_size must be >= 1")
+        _check(
+            self.shared_expert_overlap_tokens is None or self.shared_expert_overlap_tokens >= 0,
+            "shared_expert_overlap_tokens must be >= 0",
+        )
         _check(self.mtp_step >= 0, "mtp_step must be >= 0")
         _check(self.mtp_mode in MTP_MODE_CHOICES, f"mtp_mode must be one of {MTP_MODE_CHOICES}")
 

@@ -23,6 +23,7 @@ import glm47.worker.attention.torch_backend  # noqa: F401  (registers "torch")
 from glm47.worker.attention.base import (
     AttentionBackend,
     AttentionMetadata,
+    DispatchingBackend,
     SplitAttention,
     create_backend,
 )
@@ -59,13 +60,14 @@ class Sampler(Protocol):
         ...
 
 
-# Modules whose import registers optional backends; one that fails to import (no Triton) just
-# leaves its names unregistered.
 # Steps of at most this many tokens run the shared expert beside the routed experts on a second
 # CUDA stream (MoE). On an H200 (run AK, docs/gpu-notes.md) the overlap took 0.15-0.41 ms off
-# decode steps of batch 1-128 and added 0.31 ms at batch 256.
+# decode steps of batch 1-128 and added 0.31 ms at batch 256. A decode graph size, since graphed
+# steps decide on their padded size.
 SHARED_OVERLAP_TOKENS = 128
 
+# Modules whose import registers optional backends; one that fails to import (no Triton) just
+# leaves its names unregistered.
 OPTIONAL_BACKEND_MODULES = (
     "glm47.worker.attention.triton_backend",
     "glm47.worker.attention.hybrid",
@@ -146,6 +148,7 @@ class ModelRunner:
             model_config.qk_rope_head_dim,
             dtype,
             self.device,
+            page_size,
         )
         prefill, decode = resolve_backends(prefill_backend, decode_backend, self.device, probe)
         self.prefill_backend: AttentionBackend = create_backend(prefill)
@@ -181,7 +184,8 @@ class ModelRunner:
         self._last_hidden: torch.Tensor | None = None  # final hidden states of the last run()
         log.info(
             "runner: device=%s dtype=%s attention prefill=%s decode=%s experts=%s "
-            "fused norm/rope/routing=%s skinny gemm=%s shared expert overlap up to %d tokens mtp=%s kv pages=%d x %d tokens (%.2f GiB)",
+            "fused norm/rope/routing=%s skinny gemm=%s shared expert overlap up to %d tokens "
+            "mtp=%s kv pages=%d x %d tokens (%.2f GiB)",
             self.device,
             dtype,
             prefill,
@@ -196,32 +200,18 @@ class ModelRunner:
             self.kv_cache.numel() * self.kv_cache.element_size() / 2**30,
         )
         self.graphs: DecodeGraphRunner | None = None
-        # With a decode backend that dispatches by step (`triton+flashinfer`): the graphs of its
-        # large part, for the steps it sends there (`self.graphs` holds its small part's).
+        # With a dispatching decode backend (`triton+flashinfer`): the graphs of its large part,
+        # for the steps it sends there (`self.graphs` then holds its small part's).
         self.large_graphs: DecodeGraphRunner | None = None
         self.verify_graphs: DecodeGraphRunner | None = None
-        self._graph_capturer: CudaGraphCapturer | None = None
+        self._graph_capturer: Capturer | None = None
         if not disable_cuda_graph:
             max_len = max_req_total_len or model_config.max_position_embeddings
-            max_pages = -(-max_len // page_size)
-            sizes = capture_sizes(graph_max_batch_size, graph_batch_sizes)
-            large = getattr(self.decode_backend, "large", None)
-            small = getattr(self.decode_backend, "small", self.decode_backend)
-            self.graphs = self._capture_graphs(sizes, max_pages, backend=small)
-            min_seqs = getattr(self.decode_backend, "min_seqs", 1)
-            large_sizes = [s for s in sizes if s >= min_seqs]
-            if large is not None and self.graphs is not None and large_sizes:
-                self.large_graphs = self._capture_graphs(large_sizes, max_pages, backend=large)
-            verify_batch = graph_max_batch_size // max(1, verify_tokens)
-            if (
-                1 < verify_tokens <= SHORT_QUERY  # longer ones are not short-query steps
-                and verify_batch >= 1
-                and self.graphs is not None
-                and supports_multi_token_graphs(self.decode_backend)
-            ):
-                self.verify_graphs = self._capture_graphs(
-                    capture_sizes(verify_batch), max_pages, tokens_per_seq=verify_tokens
-                )
+            self.capture_decode_graphs(
+                capture_sizes(graph_max_batch_size, graph_batch_sizes),
+                -(-max_len // page_size),
+                verify_tokens,
+            )
         self.segments: SegmentGraphRunner | None = None
         experts = self._experts_backend()
         if (
@@ -265,6 +255,34 @@ class ModelRunner:
         """The routed-experts backend the MoE layers share (None without MoE layers)."""
         return next((m.experts for m in self.model.modules() if isinstance(m, MoE)), None)
 
+    def capture_decode_graphs(
+        self, sizes: list[int], max_pages: int, verify_tokens: int = 0
+    ) -> None:
+        """Decode graphs of `sizes` sequences (with a dispatching decode backend, one set for
+        each of its backends, the large one's from its `min_seqs` up), and verification graphs
+        of `verify_tokens` tokens a sequence (1 + drafts) when that is a short query. On a CUDA
+        device, or anywhere with `_graph_capturer` set (tests)."""
+        backend = self.decode_backend
+        if isinstance(backend, DispatchingBackend):
+            self.graphs = self._capture_graphs(sizes, max_pages, backend=backend.small)
+            large_sizes = [s for s in sizes if s >= backend.min_seqs]
+            if self.graphs is not None and large_sizes:
+                self.large_graphs = self._capture_graphs(
+                    large_sizes, max_pages, backend=backend.large
+                )
+        else:
+            self.graphs = self._capture_graphs(sizes, max_pages)
+        verify_batch = max(sizes) // max(1, verify_tokens)
+        if (
+            1 < verify_tokens <= SHORT_QUERY  # longer ones are not short-query steps
+            and verify_batch >= 1
+            and self.graphs is not None
+            and supports_multi_token_graphs(backend)
+        ):
+            self.verify_graphs = self._capture_graphs(
+                capture_sizes(verify_batch), max_pages, tokens_per_seq=verify_tokens
+            )
+
     @torch.inference_mode()
     def _capture_graphs(
         self,
@@ -273,9 +291,10 @@ class ModelRunner:
         tokens_per_seq: int = 1,
         backend: AttentionBackend | None = None,
     ) -> DecodeGraphRunner | None:
-        """Decode graphs on a CUDA device when the attention backend (default: the decode
-        backend) and the experts backend are capturable."""
-        if self.device.type != "cuda":
+        """Graphs of the decode forward through `backend` (default: the decode backend) when it
+        and the experts backend are capturable."""
+        on_gpu = self.device.type == "cuda"
+        if not on_gpu and self._graph_capturer is None:
             return None
         backend = self.decode_backend if backend is None else backend
         parts = [backend, self._experts_backend()]
@@ -283,7 +302,7 @@ class ModelRunner:
         if blockers:
             log.warning("decode CUDA graphs off: backend(s) %s cannot be captured", blockers)
             return None
-        free_before = torch.cuda.mem_get_info(self.device)[0]
+        free_before = torch.cuda.mem_get_info(self.device)[0] if on_gpu else 0
         if self._graph_capturer is None:  # one memory pool for every graph set
             self._graph_capturer = CudaGraphCapturer(self.device)
         graphs = DecodeGraphRunner(
@@ -297,10 +316,12 @@ class ModelRunner:
             tokens_per_seq=tokens_per_seq,
         )
         graphs.capture()
-        used = free_before - torch.cuda.mem_get_info(self.device)[0]
+        used = free_before - torch.cuda.mem_get_info(self.device)[0] if on_gpu else 0
         log.info(
-            "decode CUDA graphs (%s attention) for batch sizes %s use %.2f GiB",
+            "decode CUDA graphs (%s attention, %d tokens a sequence) for batch sizes %s use "
+            "%.2f GiB",
             backend.name,
+            tokens_per_seq,
             sizes,
             used / 2**30,
         )
@@ -335,26 +356,21 @@ class ModelRunner:
         """Consecutive pool pages from `first` (page 0 is padding) holding `tokens` tokens."""
         return list(range(first, first + -(-tokens // self.page_size)))
 
-    def _decode_forward(self, input_ids: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
-        return self._forward_with(self.decode_backend, input_ids, meta)
-
     def _forward_with(
         self, backend: AttentionBackend, input_ids: torch.Tensor, meta: AttentionMetadata
     ) -> torch.Tensor:
         ctx = ForwardContext(meta=meta, kv_cache=self.kv_cache, backend=backend)
         return self.model(input_ids, meta.positions, ctx)
 
-    @property
-    def mixed_backend(self) -> SplitAttention:
-        """The backend of steps that are not plain decode: sequences with a few tokens (decoding,
-        verifying drafts) through the decode backend, longer chunks through the prefill backend;
-        built from the current pair, so that replacing either backend takes effect."""
-        return SplitAttention(self.decode_backend, self.prefill_backend)
-
-    def _context(self, meta: AttentionMetadata) -> ForwardContext:
+    def _context(self, meta: AttentionMetadata, draft: bool = False) -> ForwardContext:
         """The forward context of an eager or segment-graphed step: plain decode through the
-        decode backend, anything else through the split of the two."""
-        backend = self.decode_backend if meta.is_decode else self.mixed_backend
+        decode backend, anything else through the split of the two. With `draft` (the MTP
+        layer's passes, one layer each), a dispatching decode backend's small part stands in for
+        it: its rule was measured on whole-model steps, and its large part plans per step."""
+        decode = self.decode_backend
+        if draft and isinstance(decode, DispatchingBackend):
+            decode = decode.small
+        backend = decode if meta.is_decode else SplitAttention(decode, self.prefill_backend)
         return ForwardContext(meta=meta, kv_cache=self.kv_cache, backend=backend)
 
     def prepare(self, batch: ScheduledBatch) -> StepInputs:
@@ -364,9 +380,9 @@ class ModelRunner:
     @torch.inference_mode()
     def forward(self, inputs: StepInputs) -> torch.Tensor:  # [T, H] final hidden states
         decode = self.graphs
-        prefers_large = getattr(self.decode_backend, "prefers_large", None)
-        if decode is not None and self.large_graphs is not None and prefers_large is not None:
-            if prefers_large(inputs.meta):
+        backend = self.decode_backend
+        if decode is not None and self.large_graphs is not None:
+            if isinstance(backend, DispatchingBackend) and backend.prefers_large(inputs.meta):
                 decode = self.large_graphs
         for graphs in (decode, self.verify_graphs):
             if graphs is not None and graphs.can_run(inputs.input_ids, inputs.meta):
@@ -453,5 +469,5 @@ class ModelRunner:
         mtp = self.model.mtp
         assert mtp is not None
         meta = inputs.meta
-        ctx = self._context(meta)
+        ctx = self._context(meta, draft=True)
         return mtp(inputs.input_ids, prev_hidden, meta.positions, ctx)

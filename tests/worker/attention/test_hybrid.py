@@ -46,7 +46,8 @@ def _run(backend: TritonFlashInferBackend, meta: AttentionMetadata) -> float:
     ("seqs", "tokens_per_seq", "context", "large"),
     [
         (1, 1, 1000, False),  # enough cached tokens, too few sequences
-        (3, 1, 30, False),  # enough sequences, too few cached tokens (90)
+        (3, 1, 1000, False),
+        (4, 1, 24, False),  # enough sequences, too few cached tokens (96)
         (4, 1, 25, True),  # both, just (100 tokens)
         (9, 1, 500, True),
         (4, 2, 500, False),  # several tokens a sequence: always Triton

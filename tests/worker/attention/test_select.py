@@ -78,21 +78,23 @@ def test_auto_passes_over_a_backend_whose_probe_fails_and_says_why(
 def test_the_flashinfer_probe_runs_once_and_only_for_flashinfer_backends(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    calls: list[tuple[int, int, int]] = []
+    calls: list[tuple[int, int, int, int]] = []
 
-    def fake_probe(heads: int, rank: int, rope: int, dtype: torch.dtype, device: object) -> None:
-        calls.append((heads, rank, rope))
+    def fake_probe(
+        heads: int, rank: int, rope: int, dtype: torch.dtype, device: object, page_size: int
+    ) -> None:
+        calls.append((heads, rank, rope, page_size))
         raise RuntimeError("FlashInfer's MLA decode does not run here: boom")
 
     monkeypatch.setattr(select.flashinfer_backend, "probe", fake_probe)
-    probe = select.flashinfer_probe(20, 512, 64, torch.bfloat16, CUDA)
+    probe = select.flashinfer_probe(20, 512, 64, torch.bfloat16, CUDA, page_size=32)
     assert probe("triton") is None and probe("fa3") is None
     assert (
         probe("flashinfer")
         == probe("triton+flashinfer")
         == ("FlashInfer's MLA decode does not run here: boom")
     )
-    assert calls == [(20, 512, 64)]
+    assert calls == [(20, 512, 64, 32)]
     assert select.flashinfer_probe(20, 512, 64, torch.bfloat16, CPU)("flashinfer") is None
 
 

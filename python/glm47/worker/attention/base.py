@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import torch
 
@@ -76,6 +76,20 @@ class AttentionBackend(Protocol):
         """Write the new latents into `kv_cache` at `meta.slot_mapping`, then attend causally over
         each sequence's cached and new tokens."""
         ...
+
+
+@runtime_checkable
+class DispatchingBackend(Protocol):
+    """A decode backend that sends each step to one of two backends (`triton+flashinfer`). Under
+    CUDA graphs the runner captures a decode graph set with each and replays, per step, the set
+    that `prefers_large` names; eager steps go through `forward`, which applies the same rule."""
+
+    name: str
+    small: AttentionBackend
+    large: AttentionBackend
+    min_seqs: int  # steps of fewer sequences never go to `large`
+
+    def prefers_large(self, meta: AttentionMetadata) -> bool: ...
 
 
 def write_latents(

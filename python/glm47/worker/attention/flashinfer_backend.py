@@ -20,7 +20,6 @@ from typing import Any
 
 import torch
 
-from glm47.kernels.kv_write import write_kv
 from glm47.worker.attention.base import (
     AttentionMetadata,
     MLAWeights,
@@ -77,6 +76,8 @@ class FlashInferMLABackend:
 
     def __init__(self) -> None:
         self._mla = load_flashinfer_mla()
+        # the Triton cache write, imported here: this module is imported where Triton is not
+        self._write_kv = importlib.import_module("glm47.kernels.kv_write").write_kv
         self._workspace: torch.Tensor | None = None
         self._shape: PlanShape | None = None
         self._eager: Any = None
@@ -98,7 +99,7 @@ class FlashInferMLABackend:
     ) -> torch.Tensor:  # [T, H, v_head_dim]
         dtype = kv_cache.dtype
         rank = latent.shape[-1]
-        write_kv(kv_cache, latent.to(dtype), k_rope.to(dtype), meta.slot_mapping)
+        self._write_kv(kv_cache, latent.to(dtype), k_rope.to(dtype), meta.slot_mapping)
         if self._shape is None:
             self._shape = PlanShape(q_nope.shape[1], rank, k_rope.shape[-1], scale, dtype)
         wrapper = self._wrapper_for(meta)
@@ -185,21 +186,32 @@ class FlashInferMLABackend:
 register_backend("flashinfer", FlashInferMLABackend)
 
 
-def probe(num_heads: int, rank: int, rope: int, dtype: torch.dtype, device: torch.device) -> None:
-    """One decode of one cached token through FlashInfer at the model's widths: compiles (or loads)
-    its kernel and shows that it runs here. Attention over a single key returns that key's latent,
-    which is checked. Raises ValueError when FlashInfer is missing, RuntimeError when it fails."""
+def probe(
+    num_heads: int,
+    rank: int,
+    rope: int,
+    dtype: torch.dtype,
+    device: torch.device,
+    page_size: int = 16,
+) -> None:
+    """One decode of one cached token through FlashInfer at the model's widths and page size, its
+    queries and output laid out as `forward` hands them over (head-major, strided): compiles (or
+    loads) the kernel and shows that it runs here. Attention over a single key returns that key's
+    latent, which is checked. Raises ValueError when FlashInfer is missing, RuntimeError when it
+    fails."""
     mla = load_flashinfer_mla()
-    page = 16
     ints = partial(torch.tensor, dtype=torch.int32, device=device)
-    pages = torch.randn((1, page, rank + rope), dtype=dtype, device=device)
-    q = torch.randn((1, num_heads, rank + rope), dtype=dtype, device=device)
+    pages = torch.randn((1, page_size, rank + rope), dtype=dtype, device=device)
+    q = torch.randn((num_heads, 1, rank + rope), dtype=dtype, device=device).transpose(0, 1)
+    out = torch.empty((num_heads, 1, rank), dtype=dtype, device=device).transpose(0, 1)
     try:
         workspace = torch.empty(WORKSPACE_BYTES, dtype=torch.uint8, device=device)
         wrapper = mla.BatchMLAPagedAttentionWrapper(workspace)
-        wrapper.plan(ints([0, 1]), ints([0, 1]), ints([0]), ints([1]), num_heads, rank, rope, page,
-                     False, 1.0, dtype, dtype)  # fmt: skip
-        out = wrapper.run(q[..., :rank], q[..., rank:], pages[..., :rank], pages[..., rank:])
+        wrapper.plan(ints([0, 1]), ints([0, 1]), ints([0]), ints([1]), num_heads, rank, rope,
+                     page_size, False, 1.0, dtype, dtype)  # fmt: skip
+        out = wrapper.run(
+            q[..., :rank], q[..., rank:], pages[..., :rank], pages[..., rank:], out=out
+        )
         expected = pages[0, 0, :rank].expand(1, num_heads, rank)
         ok = bool(torch.allclose(out.float(), expected.float(), atol=1e-2, rtol=1e-2))
     except Exception as err:  # a JIT build or launch failure: report it as one error

@@ -113,10 +113,15 @@ def unavailable_reason(name: str, device: torch.device) -> str | None:
 
 
 def flashinfer_probe(
-    num_heads: int, rank: int, rope: int, dtype: torch.dtype, device: torch.device
+    num_heads: int,
+    rank: int,
+    rope: int,
+    dtype: torch.dtype,
+    device: torch.device,
+    page_size: int = 16,
 ) -> Probe:
-    """A probe that runs FlashInfer's MLA decode once (flashinfer_backend.probe) for the backends
-    that use it, once per process; the others pass."""
+    """A probe that runs FlashInfer's MLA decode (flashinfer_backend.probe) for the backends that
+    use it, once for all of them; the others pass."""
     outcome: list[str | None] = []
 
     def probe(name: str) -> str | None:
@@ -124,7 +129,7 @@ def flashinfer_probe(
             return None
         if not outcome:
             try:
-                flashinfer_backend.probe(num_heads, rank, rope, dtype, device)
+                flashinfer_backend.probe(num_heads, rank, rope, dtype, device, page_size)
                 outcome.append(None)
             except (ValueError, RuntimeError) as err:
                 outcome.append(str(err))

@@ -115,7 +115,10 @@ class MoE(nn.Module):
         """The shared expert on `side`, the routed experts on the current stream, then the sum
         (as the reference adds them: both rounded to the activation dtype, then added)."""
         main = torch.cuda.current_stream(x.device)
-        side.wait_stream(main)  # x is ready
+        # x is ready. Waiting first also keeps the caching allocator safe without record_stream:
+        # `shared` is freed (back to the side stream's pool) after the current stream's add, and
+        # the side stream reuses that memory only in a later call, after this wait.
+        side.wait_stream(main)
         with torch.cuda.stream(side):
             shared = self.shared_experts(x)  # [T, H]
         topk_ids, topk_weights = self.route(x)

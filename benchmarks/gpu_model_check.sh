@@ -4,8 +4,9 @@
 #     fa3 prefill, flashinfer decode eager and graphed), CUDA-graph replay against eager; the
 #     flashinfer tests run beside the others, since their first call compiles FlashInfer's kernels
 #     on the CPU;
-#   - the whole-model benchmark (decode steps, flashinfer eager decode, an 8192-token prefill at
-#     full size with dummy weights), and its batch 1 and 8 decode steps with --skinny-gemm;
+#   - the whole-model benchmark (decode steps with the decode attention `auto` picks, FlashInfer's
+#     eager decode rows when that is plain Triton, an 8192-token prefill at full size with dummy
+#     weights), and its batch 1 and 8 decode steps with --skinny-gemm;
 #   - the host time of eager steps (benchmarks/eager_profile.py: a mixed decode + prompt step and
 #     a decode step without graphs, kernels per layer, top host functions);
 #   - a serving smoke run: `glm47 serve` on the bench model directory with dummy weights, 400

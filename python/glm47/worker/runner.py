@@ -212,23 +212,25 @@ class ModelRunner:
                 -(-max_len // page_size),
                 verify_tokens,
             )
-        self.segments: SegmentGraphRunner | None = None
-        experts = self._experts_backend()
-        if (
-            segment_graph_max_tokens > 0
-            and experts is not None
-            and not supports_cuda_graph(experts)
-        ):
-            log.warning("segment graphs off: experts backend %s cannot be captured", experts.name)
-        elif segment_graph_max_tokens > 0 and (
-            self.device.type == "cuda" or segment_capturer is not None
-        ):
-            capturer = segment_capturer or CudaGraphCapturer(self.device)
-            sizes = segment_sizes(segment_graph_max_tokens)
-            self.segments = SegmentGraphRunner(self.model, sizes, self.device, capturer)
-            self.segments.capture()
+        self.segments = self._capture_segments(segment_graph_max_tokens, segment_capturer)
         if warmup_tokens > 0 and self.device.type == "cuda":
             self.warmup(warmup_tokens)
+
+    def _capture_segments(
+        self, max_tokens: int, capturer: Capturer | None
+    ) -> SegmentGraphRunner | None:
+        """Segment graphs up to `max_tokens` tokens (0: none), on a CUDA device or with
+        `capturer` (tests), when the experts backend is capturable."""
+        experts = self._experts_backend()
+        if max_tokens <= 0 or (self.device.type != "cuda" and capturer is None):
+            return None
+        if experts is not None and not supports_cuda_graph(experts):
+            log.warning("segment graphs off: experts backend %s cannot be captured", experts.name)
+            return None
+        capturer = capturer or CudaGraphCapturer(self.device)
+        segments = SegmentGraphRunner(self.model, segment_sizes(max_tokens), self.device, capturer)
+        segments.capture()
+        return segments
 
     @property
     def bytes_per_page(self) -> int:

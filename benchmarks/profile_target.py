@@ -16,12 +16,24 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
-# `kernels` below is benchmarks/kernels.py (this script's directory): its shapes and paged cache.
+# `bench_common` is benchmarks/bench_common.py (this script's directory): shapes, paged cache.
+
+from bench_common import (
+    BF16,
+    D_ROPE,
+    EXPERTS,
+    HEADS,
+    HIDDEN,
+    INTER,
+    SCALE,
+    TOP_K,
+    WIDTH,
+    paged_cache,
+)
 
 from glm47.kernels.device import num_sms
 from glm47.kernels.fused_moe import fused_experts
 from glm47.kernels.mla_decode import default_num_splits, mla_decode
-from kernels import BF16, D_ROPE, EXPERTS, HEADS, HIDDEN, INTER, SCALE, TOP_K, WIDTH, paged_cache
 
 PAGE = 16
 

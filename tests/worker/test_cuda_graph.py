@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import glm47.worker.runner as runner_module
-from glm47.worker.attention.base import AttentionMetadata
+from glm47.worker.attention.base import AttentionMetadata, SplitAttention
 from glm47.worker.attention.hybrid import TritonFlashInferBackend
 from glm47.worker.attention.torch_backend import TorchMLABackend
 from glm47.worker.cuda_graph import (
@@ -277,3 +277,20 @@ def test_a_dispatching_decode_backend_gets_a_graph_set_per_part_and_each_step_th
                 inputs.input_ids, inputs.meta.positions, runner._context(inputs.meta)
             )
             torch.testing.assert_close(graphed, eager, atol=1e-5, rtol=1e-5)
+
+
+def test_mtp_draft_passes_take_the_small_part_of_a_dispatching_decode_backend(tiny: Path) -> None:
+    """The MTP layer's one-layer passes go to the small part even where the rule would pick the
+    large one (its plan per step is not worth one layer); other steps follow the rule."""
+    runner = make_runner(tiny, torch.float32, page_size=2)
+    small, large = TorchMLABackend(), TorchMLABackend()
+    dispatching = TritonFlashInferBackend(small, large, min_seqs=1, min_kv_tokens=1)  # type: ignore[arg-type]
+    runner.decode_backend = dispatching
+    alloc = PageAllocator(runner.num_pages, 2)
+    decode = runner.prepare(batch(seq(alloc, "a", [5], 3), seq(alloc, "b", [6], 4))).meta
+    assert dispatching.prefers_large(decode)
+    assert runner._context(decode, draft=True).backend is small
+    assert runner._context(decode).backend is dispatching
+    extend = runner.prepare(batch(seq(alloc, "c", [7, 8, 9], 0))).meta
+    split = runner._context(extend, draft=True).backend
+    assert isinstance(split, SplitAttention) and split.decode is small

@@ -13,6 +13,7 @@ import importlib
 import logging
 import math
 import time
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Protocol
@@ -70,7 +71,6 @@ SHARED_OVERLAP_TOKENS = 128
 # leaves its names unregistered.
 OPTIONAL_BACKEND_MODULES = (
     "glm47.worker.attention.triton_backend",
-    "glm47.worker.attention.hybrid",
     "glm47.worker.moe_triton",
 )
 
@@ -203,6 +203,8 @@ class ModelRunner:
         # With a dispatching decode backend (`triton+flashinfer`): the graphs of its large part,
         # for the steps it sends there (`self.graphs` then holds its small part's).
         self.large_graphs: DecodeGraphRunner | None = None
+        # the rule that sends a step to `large_graphs`: that of the backend they were captured for
+        self._prefers_large: Callable[[AttentionMetadata], bool] | None = None
         self.verify_graphs: DecodeGraphRunner | None = None
         self._graph_capturer: Capturer | None = None
         if not disable_cuda_graph:
@@ -272,6 +274,7 @@ class ModelRunner:
                 self.large_graphs = self._capture_graphs(
                     large_sizes, max_pages, backend=backend.large
                 )
+                self._prefers_large = backend.prefers_large
         else:
             self.graphs = self._capture_graphs(sizes, max_pages)
         verify_batch = max(sizes) // max(1, verify_tokens)
@@ -382,9 +385,9 @@ class ModelRunner:
     @torch.inference_mode()
     def forward(self, inputs: StepInputs) -> torch.Tensor:  # [T, H] final hidden states
         decode = self.graphs
-        backend = self.decode_backend
         if decode is not None and self.large_graphs is not None:
-            if isinstance(backend, DispatchingBackend) and backend.prefers_large(inputs.meta):
+            assert self._prefers_large is not None  # set with large_graphs
+            if self._prefers_large(inputs.meta):
                 decode = self.large_graphs
         for graphs in (decode, self.verify_graphs):
             if graphs is not None and graphs.can_run(inputs.input_ids, inputs.meta):

@@ -3,9 +3,9 @@
 `resolve_backends(prefill, decode, device)` turns the two flags into registered backend names:
 - `auto` on a GPU: prefill `fa3` when FlashAttention-3 imports and the GPU is a Hopper, else
   `triton`; decode the first backend of `AUTO_DECODE_ORDER` that imports and passes the probe:
-  `triton+flashinfer` (Triton for small decode batches, FlashInfer's MLA kernel for large ones,
-  measured faster there on an H200) on a Hopper with FlashInfer, else `triton`; `torch` when
-  Triton is missing.
+  `triton+flashinfer` (FlashInfer's MLA kernel for the decode steps that read much cache, where
+  it measured faster on an H200, Triton for the others) on a Hopper with FlashInfer, else
+  `triton`; `torch` when Triton is missing.
 - a probe (given by the caller) runs a backend once at the model's widths: FlashInfer compiles
   its kernel on first use, and a build or launch failure there makes `auto` pass it over (logged)
   and an explicit request a start-up error.

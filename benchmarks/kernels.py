@@ -1,6 +1,6 @@
 """Kernel timings at the real GLM-4.7-Flash shapes against the ceilings measured in the same run.
 
-    python benchmarks/kernels.py [--only ceil,decode,fi_decode,prefill,moe,moe_gemv,small,skinny,align,fa3] [--moe-sweep] [--json F]
+    python benchmarks/kernels.py [--only ceil,decode,fi_decode,prefill,moe,small,skinny,align,fa3] [--moe-sweep] [--json F]
 
 Every time is the median of `triton.testing.do_bench` (L2 flushed before each run, events around
 the call). Fractions are of the measured device-to-device copy bandwidth (memory-bound kernels) or
@@ -68,7 +68,6 @@ from glm47.kernels.moe_align import (
     moe_align_torch,
 )
 from glm47.kernels.moe_config import MoeConfig, candidate_configs
-from glm47.kernels.moe_gemv import GemvLaunch, fused_experts_gemv
 from glm47.kernels.rmsnorm import rmsnorm
 from glm47.kernels.rope import apply_rope_, rope_cos_sin
 from glm47.kernels.routing import route_topk, route_topk_ref
@@ -255,50 +254,6 @@ def bench_moe(ceil: dict, sweep: bool) -> tuple[list[Row], dict[int, MoeConfig]]
     return rows, tuned
 
 
-GEMV_UP = [(8, 256), (16, 128), (32, 128), (32, 64)]
-GEMV_DOWN = [(4, 512), (8, 512), (16, 128), (16, 256)]
-
-
-def bench_moe_gemv(ceil: dict) -> list[Row]:
-    """The matrix-vector MoE path (moe_gemv) against the grouped GEMMs with their stored config,
-    at 1-8 tokens, replayed from CUDA graphs over 8 routings (different experts each, so the
-    weights come from memory, as in a decode step's successive layers). The launch sweep varies
-    one kernel's blocks at a time around the default."""
-    rows = []
-    w13 = torch.randn((EXPERTS, 2 * INTER, HIDDEN), dtype=BF16, device=DEV) * 0.02
-    w2 = torch.randn((EXPERTS, HIDDEN, INTER), dtype=BF16, device=DEV) * 0.02
-    base = GemvLaunch()
-    launches = [base]
-    for warps in (4, 8):
-        launches += [base._replace(up_block_n=n, up_block_k=k, num_warps=warps) for n, k in GEMV_UP]
-        launches += [
-            base._replace(down_block_n=n, down_block_k=k, num_warps=warps) for n, k in GEMV_DOWN
-        ]
-    launches = list(dict.fromkeys(launches))
-    for t in (1, 2, 4, 8):
-        x = torch.randn((t, HIDDEN), dtype=BF16, device=DEV)
-        sets = []
-        for _ in range(8):
-            ids = torch.rand((t, EXPERTS), device=DEV).topk(TOP_K, dim=1).indices.int()
-            sets.append((x, w13, w2, torch.rand((t, TOP_K), device=DEV), ids))
-        active = sum(int(s[4].unique().numel()) for s in sets) / len(sets)
-        nbytes = moe_bytes(t, round(active), HIDDEN, INTER, TOP_K)
-        flops = moe_flops(t, HIDDEN, INTER, TOP_K)
-        shape = f"T={t} active~{active:.1f}"
-        cfg = choose_config(x, w13, w2, TOP_K)
-        ms = graph_ms(fused_experts, sets, cfg=cfg)
-        rows.append(row("moe_small_t", shape, f"grouped {tag(cfg)}", ms, nbytes, flops, ceil))
-        for launch in launches:
-            try:
-                ms = graph_ms(fused_experts_gemv, sets, launch=launch)
-            except triton.runtime.errors.OutOfResources as err:
-                print(f"moe_gemv {shape} {launch}: {err}")
-                continue
-            name = "gemv up {}x{} down {}x{} w{}".format(*launch)
-            rows.append(row("moe_small_t", shape, name, ms, nbytes, flops, ceil))
-    return rows
-
-
 def gemm_only_row(x, w13, w2, wts, ids, cfg, shape, nbytes, flops, ceil) -> Row:  # type: ignore[no-untyped-def]
     """The two grouped GEMMs alone (alignment done once outside), to show the alignment's share."""
     t = x.shape[0]
@@ -473,9 +428,7 @@ def bench_fa3(ceil: dict) -> list[Row]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument(
-        "--only", default="ceil,decode,fi_decode,prefill,moe,moe_gemv,small,skinny,align,fa3"
-    )
+    ap.add_argument("--only", default="ceil,decode,fi_decode,prefill,moe,small,skinny,align,fa3")
     ap.add_argument("--moe-sweep", action="store_true", help="time every candidate MoE config")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
@@ -491,15 +444,12 @@ def main() -> None:
         "decode": lambda: bench_decode(ceil, sms),
         "fi_decode": lambda: bench_fi_decode(ceil),
         "prefill": lambda: bench_prefill(ceil),
-        "moe_gemv": lambda: bench_moe_gemv(ceil),
         "small": lambda: bench_small(ceil),
         "skinny": lambda: bench_skinny(ceil),
         "align": lambda: bench_align(ceil),
         "fa3": lambda: bench_fa3(ceil),
     }
-    for part in (
-        "decode", "fi_decode", "prefill", "moe", "moe_gemv", "small", "skinny", "align", "fa3",
-    ):  # fmt: skip
+    for part in ("decode", "fi_decode", "prefill", "moe", "small", "skinny", "align", "fa3"):
         if part not in parts:
             continue
         try:  # one failing part does not lose the others' rows

@@ -36,7 +36,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_model import GLM47_FLASH_CONFIG
 
-from glm47.kernels import fused_moe
 from glm47.worker.attention.base import create_backend
 from glm47.worker.attention.select import unavailable_reason
 from glm47.worker.batch import ScheduledBatch, ScheduledSeq
@@ -332,8 +331,7 @@ def print_tables(
     )
     overlap = "default" if args.shared_overlap_tokens is None else args.shared_overlap_tokens
     print(f"decode ({args.decode_backend_name} attention, shared expert overlap up to {overlap} "
-          f"tokens, MoE matrix-vector path up to {fused_moe.GEMV_MAX_TOKENS} tokens), context "
-          f"{args.context}, step = forward + lm_head (median of {args.iters})")  # fmt: skip
+          f"tokens), context {args.context}, step = forward + lm_head (median of {args.iters})")  # fmt: skip
     print(f"{'batch':>6} {'step ms':>8} {'floor ms':>9} {'ratio':>6} {'tok/s':>8} "
           f"{'eager ms':>8} {'prep ms':>8} {'kv_sets':>7} graph")  # fmt: skip
     for r in decode:
@@ -391,21 +389,12 @@ def main() -> None:
         "(default: the runner's SHARED_OVERLAP_TOKENS; 0: never)",
     )
     parser.add_argument(
-        "--moe-gemv-tokens",
-        type=int,
-        default=None,
-        help="steps of at most this many tokens run the routed experts through the "
-        "matrix-vector kernels (kernels/moe_gemv; default: fused_moe.GEMV_MAX_TOKENS; 0: never)",
-    )
-    parser.add_argument(
         "--skinny-gemm",
         action="store_true",
         help="dense projections of steps of at most 16 tokens through kernels/skinny_gemm",
     )
     args = parser.parse_args()
     t0 = time.perf_counter()
-    if args.moe_gemv_tokens is not None:  # read by every fused MoE call, graph captures included
-        fused_moe.GEMV_MAX_TOKENS = args.moe_gemv_tokens
     batches = sorted(int(b) for b in args.batches.split(","))
     ceil = measure_ceilings()
     runner = build_runner_or_eager(

@@ -24,7 +24,6 @@ from glm47.kernels.moe_align import (
     moe_align_torch,
 )
 from glm47.kernels.moe_config import MoeConfig, default_config
-from glm47.kernels.moe_gemv import GemvLaunch, fused_experts_gemv
 
 
 def random_routing(t: int, e: int, k: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -93,66 +92,6 @@ def test_fused_experts_matches_reference(
     ref = fused_experts_ref(x.double(), w13.double(), w2.double(), weights.double(), ids)
     assert out.shape == (t, hidden) and out.dtype == dtype
     assert rel_err(out, ref) < 2e-2
-
-
-GEMV_SHAPES = (
-    [(1, 64, 48, 8, 2), (3, 100, 40, 6, 3), (4, 64, 32, 8, 4)]
-    if not ON_GPU
-    else [(1, 2048, 1536, 64, 4), (4, 2048, 1536, 64, 4), (8, 2048, 1536, 64, 4)]
-)
-GEMV_LAUNCHES = (
-    [GemvLaunch(16, 32, 8, 32, 4), GemvLaunch(8, 64, 16, 16, 2)]
-    if not ON_GPU
-    else [GemvLaunch(), GemvLaunch(32, 128, 4, 512, 8)]
-)
-
-
-@pytest.mark.parametrize(("t", "hidden", "inter", "e", "k"), GEMV_SHAPES)
-@pytest.mark.parametrize("launch", GEMV_LAUNCHES)
-def test_gemv_experts_match_reference(
-    t: int, hidden: int, inter: int, e: int, k: int, launch: GemvLaunch, device: str,
-    dtype: torch.dtype,
-) -> None:  # fmt: skip
-    # Widths that are not multiples of the blocks (100, 40 on the CPU) exercise the masks.
-    x = torch.randn((t, hidden), dtype=dtype, device=device)
-    w13 = torch.randn((e, 2 * inter, hidden), dtype=dtype, device=device) * hidden**-0.5
-    w2 = torch.randn((e, hidden, inter), dtype=dtype, device=device) * inter**-0.5
-    weights, ids = random_routing(t, e, k, device)
-    ids[0, -1] = ids[-1, 0] if t > 1 else ids[0, -1]  # two tokens share an expert
-    out = fused_experts_gemv(x, w13, w2, weights, ids, launch)
-    ref = fused_experts_ref(x.double(), w13.double(), w2.double(), weights.double(), ids)
-    assert out.shape == (t, hidden) and out.dtype == dtype
-    assert rel_err(out, ref) < 2e-2
-    grouped = fused_experts(x, w13, w2, weights, ids, default_config(t, e, k))
-    assert rel_err(out, grouped) < 1e-2
-
-
-def test_fused_experts_takes_the_gemv_path_up_to_its_token_limit(
-    device: str, dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import glm47.kernels.fused_moe as fused_module
-
-    calls: list[int] = []
-    real = fused_module.fused_experts_gemv
-
-    def counting(x: torch.Tensor, *args: torch.Tensor) -> torch.Tensor:
-        calls.append(x.shape[0])
-        return real(x, *args)
-
-    monkeypatch.setattr(fused_module, "fused_experts_gemv", counting)
-    e, hidden, inter = 8, 64, 32
-    w13 = torch.randn((e, 2 * inter, hidden), dtype=dtype, device=device) * 0.1
-    w2 = torch.randn((e, hidden, inter), dtype=dtype, device=device) * 0.1
-    for t in (1, 3, 4):
-        x = torch.randn((t, hidden), dtype=dtype, device=device)
-        weights, ids = random_routing(t, e, 2, device)
-        out = fused_experts(x, w13, w2, weights, ids, gemv_max_tokens=3)
-        assert rel_err(out, fused_experts_ref(x, w13, w2, weights, ids)) < 2e-2
-    assert calls == [1, 3]  # 4 tokens: the grouped GEMMs
-    x = torch.randn((1, hidden), dtype=dtype, device=device)
-    weights, ids = random_routing(1, e, 2, device)
-    fused_experts(x, w13, w2, weights, ids, default_config(1, e, 2), gemv_max_tokens=3)
-    assert calls == [1, 3]  # a named grouped config is honoured
 
 
 def test_fused_experts_rejects_wrong_weight_dtype(device: str) -> None:

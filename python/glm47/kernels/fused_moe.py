@@ -18,17 +18,12 @@ import triton.language as tl
 
 from glm47.kernels.moe_align import MoeAlignment, moe_align
 from glm47.kernels.moe_config import MoeConfig, select_config, shape_key
-from glm47.kernels.moe_gemv import fused_experts_gemv
 
 log = logging.getLogger(__name__)
 
 # The tuner cycles through routings whose expert weights add up to at least this many bytes, so
 # that one replay's experts are not left in L2 for the next (an H200 has 50 MB of L2).
 TUNE_ROTATION_BYTES = 256 << 20
-
-# Token counts up to which `fused_experts` takes the matrix-vector path (moe_gemv: two launches,
-# no expert sorting) instead of the grouped GEMMs.
-GEMV_MAX_TOKENS = 4
 
 
 @triton.jit
@@ -184,13 +179,8 @@ def fused_experts(
     topk_weights: torch.Tensor,  # [T, top_k] fp32, already renormalised and scaled
     topk_ids: torch.Tensor,  # [T, top_k] int32
     cfg: MoeConfig | None = None,
-    gemv_max_tokens: int | None = None,
 ) -> torch.Tensor:  # [T, H]
-    """sum_j topk_weights[t, j] * expert_{topk_ids[t, j]}(x[t]), expert(x) = down(silu(gate x) * up x).
-
-    Batches of at most `gemv_max_tokens` tokens (None: GEMV_MAX_TOKENS, read at the call) run
-    through the matrix-vector kernels (moe_gemv) unless `cfg` names a grouped-GEMM config; the
-    rest through the grouped GEMMs."""
+    """sum_j topk_weights[t, j] * expert_{topk_ids[t, j]}(x[t]), expert(x) = down(silu(gate x) * up x)."""
     t, hidden = x.shape
     num_experts, two_inter, _ = w13.shape
     inter = two_inter // 2
@@ -203,13 +193,9 @@ def fused_experts(
         raise ValueError("topk_ids and topk_weights must both be [T, top_k]")
     if topk_weights.dtype != torch.float32:
         raise ValueError("topk_weights must be float32")
-    x = x.contiguous()
-    if gemv_max_tokens is None:
-        gemv_max_tokens = GEMV_MAX_TOKENS
-    if cfg is None and t <= gemv_max_tokens:
-        return fused_experts_gemv(x, w13, w2, topk_weights, topk_ids)
     if cfg is None:
         cfg = choose_config(x, w13, w2, top_k)
+    x = x.contiguous()
     align = moe_align(topk_ids, num_experts, cfg.block_m)
     pairs = t * top_k
     weights = topk_weights.reshape(-1).contiguous()  # [P]

@@ -331,7 +331,7 @@ def print_tables(
     )
     overlap = "default" if args.shared_overlap_tokens is None else args.shared_overlap_tokens
     print(f"decode ({args.decode_backend_name} attention, shared expert overlap up to {overlap} "
-          f"tokens), context {args.context}, step = forward + lm_head (median of {args.iters})")  # fmt: skip
+          f"tokens, BLAS library {args.blas_library}), context {args.context}, step = forward + lm_head (median of {args.iters})")  # fmt: skip
     print(f"{'batch':>6} {'step ms':>8} {'floor ms':>9} {'ratio':>6} {'tok/s':>8} "
           f"{'eager ms':>8} {'prep ms':>8} {'kv_sets':>7} graph")  # fmt: skip
     for r in decode:
@@ -389,12 +389,19 @@ def main() -> None:
         "(default: the runner's SHARED_OVERLAP_TOKENS; 0: never)",
     )
     parser.add_argument(
+        "--blas-library",
+        default="default",
+        choices=["default", "cublas", "cublaslt"],
+        help="torch.backends.cuda.preferred_blas_library for the dense projections",
+    )
+    parser.add_argument(
         "--skinny-gemm",
         action="store_true",
         help="dense projections of steps of at most 16 tokens through kernels/skinny_gemm",
     )
     args = parser.parse_args()
     t0 = time.perf_counter()
+    torch.backends.cuda.preferred_blas_library(args.blas_library)
     batches = sorted(int(b) for b in args.batches.split(","))
     ceil = measure_ceilings()
     runner = build_runner_or_eager(

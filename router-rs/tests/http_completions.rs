@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_completion_echoes_the_prompt_and_reports_offsets() {
     let (model, worker, server) = setup(" world", 2, &[]).await;
-    let body = json!({"prompt": "hello", "echo": true, "logprobs": 1, "max_tokens": 10});
+    let body = json!({"prompt": "hello", "echo": true, "max_tokens": 10});
     let (status, answer) = server.post("/v1/completions", body).await;
     assert_eq!(status, 200, "{answer}");
     assert!(answer["id"].as_str().unwrap().starts_with("cmpl-"));
@@ -17,9 +17,19 @@ async fn a_completion_echoes_the_prompt_and_reports_offsets() {
     assert_eq!(choice["text"], "hello world");
     assert_eq!(choice["finish_reason"], "stop");
     assert_eq!(worker.requests()[0].input_ids, model.encode("hello"));
+    // With echo, logprobs would have to cover the prompt's tokens too, which are not computed.
+    let body = json!({"prompt": "hello", "echo": true, "logprobs": 1, "max_tokens": 10});
+    let (status, answer) = server.post("/v1/completions", body).await;
+    assert_eq!(status, 400, "{answer}");
+    assert_eq!(answer["error"]["param"], "logprobs");
+    let body = json!({"prompt": "hello", "logprobs": 1, "max_tokens": 10});
+    let (status, answer) = server.post("/v1/completions", body).await;
+    assert_eq!(status, 200, "{answer}");
+    let choice = &answer["choices"][0];
+    assert_eq!(choice["text"], " world");
     let lp = &choice["logprobs"];
     assert_eq!(lp["tokens"].as_array().unwrap().len(), 6);
-    assert_eq!(lp["text_offset"], json!([5, 6, 7, 8, 9, 10]));
+    assert_eq!(lp["text_offset"], json!([0, 1, 2, 3, 4, 5]));
     assert_eq!(lp["token_logprobs"][0], -0.5);
     assert_eq!(lp["top_logprobs"][0].as_object().unwrap().len(), 2);
     assert_eq!(answer["usage"]["prompt_tokens"], 5);

@@ -7,6 +7,7 @@ from __future__ import annotations
 import random
 
 import pytest
+import requests
 
 from .conftest import Server
 from .engine_client import (
@@ -83,3 +84,19 @@ def test_metrics_report_engine_state_and_latencies(server: Server) -> None:
     assert worker_gauge(after, "glm47_num_requests_waiting") == 0
     assert worker_gauge(after, "glm47_kv_pages_total") > 0
     assert 0 < worker_gauge(after, "glm47_prefix_cache_hit_rate") <= 1
+
+
+def test_a_stop_string_finish_is_counted_as_stop_not_abort(server: Server) -> None:
+    url = f"{server.base_url}/v1/completions"
+    body = {"prompt": "Once upon a time", "max_tokens": 20, "temperature": 0, "ignore_eos": True}
+    full = requests.post(url, json=body, timeout=120).json()["choices"][0]["text"]
+    stop = full[len(full) // 2 : len(full) // 2 + 2]
+    assert stop.strip(), "tiny model produced blank text; pick another prompt"
+    before = wait_idle(server)
+    cut = requests.post(url, json=body | {"stop": [stop]}, timeout=120).json()["choices"][0]
+    assert cut["finish_reason"] == "stop"
+    after = wait_idle(server)
+    stopped = 'glm47_request_finish_total{reason="stop"}'
+    aborted = 'glm47_request_finish_total{reason="abort"}'
+    assert after.get(stopped, 0.0) - before.get(stopped, 0.0) == 1
+    assert after.get(aborted, 0.0) == before.get(aborted, 0.0)

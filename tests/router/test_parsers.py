@@ -155,8 +155,13 @@ def test_reasoning_parser_splits_reasoning_from_content() -> None:
     assert parser.feed("ink>answer") == {"reasoning_content": "", "content": "answer"}
     assert parser.finish() == {"reasoning_content": "", "content": ""}
     outside = _native.Glm45ReasoningParser(False)
-    assert outside.feed("<think>r</think>c <") == {"reasoning_content": "r", "content": "c "}
-    assert outside.finish() == {"reasoning_content": "", "content": "<"}
+    # After reasoning, the answer is passed on verbatim: nothing is held back any more.
+    assert outside.feed("<think>r</think>c <") == {"reasoning_content": "r", "content": "c <"}
+    assert outside.finish() == {"reasoning_content": "", "content": ""}
+    assert outside.feed("<think>x") == {"reasoning_content": "", "content": "<think>x"}
+    undecided = _native.Glm45ReasoningParser(False)
+    assert undecided.feed(" <thi") == {"reasoning_content": "", "content": " "}
+    assert undecided.finish() == {"reasoning_content": "", "content": "<thi"}
 
 
 @settings(max_examples=150, deadline=None)

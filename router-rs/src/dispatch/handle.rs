@@ -66,11 +66,22 @@ impl RequestHandle {
     /// Aborts the request now (the worker frees its resources). No further event is produced
     /// beyond those already received by the dispatcher. Does nothing after the final event.
     pub fn abort(&mut self) {
+        self.stop_with("abort");
+    }
+
+    /// Stops the request because the answer is complete on the router's side (a stop string
+    /// matched): the same as [`RequestHandle::abort`], counted as a `stop` finish.
+    pub fn stop_early(&mut self) {
+        self.stop_with("stop");
+    }
+
+    fn stop_with(&mut self, reason: &'static str) {
         if !self.done {
             self.done = true;
             let _ = self.shared.push(Command::Abort {
                 worker: self.worker,
                 rid: self.rid.clone(),
+                reason,
             });
         }
     }

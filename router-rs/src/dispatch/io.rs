@@ -143,7 +143,11 @@ impl IoLoop {
         for cmd in self.shared.take_commands() {
             match cmd {
                 Command::Submit { worker, reqs } => self.admit(worker, reqs),
-                Command::Abort { worker, rid } => self.abort(worker, rid),
+                Command::Abort {
+                    worker,
+                    rid,
+                    reason,
+                } => self.abort(worker, rid, reason),
                 Command::Shutdown => return false,
             }
         }
@@ -164,8 +168,8 @@ impl IoLoop {
         }
     }
 
-    fn abort(&mut self, worker: usize, rid: String) {
-        if !self.table.abort(&rid) {
+    fn abort(&mut self, worker: usize, rid: String, reason: &'static str) {
+        if !self.table.abort(&rid, reason) {
             return;
         }
         let link = &mut self.links[worker];

@@ -20,7 +20,13 @@ pub(super) enum Command {
     /// Send these requests to `worker` (in one `submit` with anything else queued for it).
     Submit { worker: usize, reqs: Vec<Submitted> },
     /// Stop a request if it has not finished.
-    Abort { worker: usize, rid: String },
+    /// Stop a request; `reason` is what the finish metrics count (`abort`, or `stop` when a stop
+    /// string ended the answer before the worker did).
+    Abort {
+        worker: usize,
+        rid: String,
+        reason: &'static str,
+    },
     /// Fail every in-flight request and end the thread.
     Shutdown,
 }

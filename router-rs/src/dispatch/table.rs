@@ -52,11 +52,11 @@ impl RequestTable {
     }
 
     /// Forgets an aborted request; false when it had already finished.
-    pub(super) fn abort(&mut self, rid: &str) -> bool {
+    pub(super) fn abort(&mut self, rid: &str, reason: &str) -> bool {
         let Some(tracked) = self.entries.remove(rid) else {
             return false;
         };
-        self.release(&tracked, "abort");
+        self.release(&tracked, reason);
         true
     }
 

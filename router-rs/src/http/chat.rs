@@ -136,7 +136,21 @@ fn chunks(
         .collect();
     let usage = Arc::new(Mutex::new(Usage::default()));
     let (tail_meta, tail_usage) = (meta.clone(), usage.clone());
-    let body = stream.map(move |item| {
+    // Tokens held back by the parsers (a partial tag, a value still being read) add nothing to
+    // send unless their logprobs were asked for.
+    let body = stream.filter(move |item| {
+        futures::future::ready(match item {
+            Ok(ChoiceDelta { delta, .. }) => {
+                delta.finish.is_some()
+                    || !delta.content.is_empty()
+                    || !delta.reasoning.is_empty()
+                    || !delta.tool_calls.is_empty()
+                    || (want_logprobs && !delta.tokens.is_empty())
+            }
+            Err(_) => true,
+        })
+    });
+    let body = body.map(move |item| {
         let ChoiceDelta { index, delta } = item?;
         if let Some(f) = delta.finish {
             let mut u = usage.lock().unwrap_or_else(|e| e.into_inner());

@@ -49,7 +49,16 @@ pub async fn chat_prompt(state: &Arc<AppState>, req: &ChatRequest) -> Result<Cha
     let messages = req.messages.clone();
     let tools = (!req.tools.is_empty()).then(|| Value::Array(req.tools.clone()));
     let kwargs = req.template_kwargs.clone();
-    let tool_prefix = forced_call(req).filter(|_| state.options.tool_call_parser.is_some());
+    let tool_prefix = forced_call(req);
+    if tool_prefix.is_some() && state.options.tool_call_parser.is_none() {
+        // Without the parser the call could neither be forced nor returned as a call.
+        return Err(ValidationError::new(
+            "tool_choice",
+            "tool_choice required or a named function needs the server started with \
+             --tool-call-parser glm47",
+        )
+        .into());
+    }
     tokio::task::spawn_blocking(move || {
         let mut text = state
             .template

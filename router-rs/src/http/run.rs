@@ -63,7 +63,7 @@ fn choice(
             let delta = pipeline.push(&out);
             if pipeline.is_done() {
                 // A stop string may end the choice before the worker does: stop the request.
-                handle.abort();
+                handle.stop_early();
                 return Some((Ok(ChoiceDelta { index, delta }), None));
             }
             if !delta.is_empty() {

@@ -2,10 +2,15 @@
 //! rest is content.
 //!
 //! The generation prompt usually ends in `<think>`, so a response starts inside reasoning unless
-//! the prompt ended in `</think>`. Both tags are markup and never appear in the output: `<think>`
-//! switches to reasoning and `</think>` to content wherever they occur (a repeated tag changes
-//! nothing). Other text, `<tool_call>` included, never changes the section. A possible partial tag
-//! at the end of a chunk is held back until the next chunk or `finish`.
+//! the prompt ended in `</think>`. A response has at most one reasoning block:
+//! - inside reasoning, `</think>` ends it and a repeated `<think>` is dropped;
+//! - a response that starts in content opens reasoning with `<think>` only before any other text
+//!   (whitespace aside), and a stray leading `</think>` is dropped;
+//! - once reasoning has ended, or the answer has begun, the rest is content verbatim: the tags
+//!   are then ordinary text (an answer or a tool argument may talk about `<think>` tags).
+//!
+//! Other text, `<tool_call>` included, never changes the section. A possible partial tag at the
+//! end of a chunk is held back until the next chunk or `finish`.
 
 use super::scan::{find_tag, TagScan};
 
@@ -22,8 +27,11 @@ pub struct ReasoningDelta {
 /// Which section the parser is in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Section {
+    /// Content before any text: `<think>` may still open reasoning.
+    Start,
     Reasoning,
-    Content,
+    /// The answer: everything is content, tags included.
+    Answer,
 }
 
 /// Incremental reasoning/content splitter for one response.
@@ -40,7 +48,7 @@ impl Glm45ReasoningParser {
         let section = if in_reasoning {
             Section::Reasoning
         } else {
-            Section::Content
+            Section::Start
         };
         Self {
             section,
@@ -64,26 +72,36 @@ impl Glm45ReasoningParser {
             joined.as_str()
         };
         loop {
-            match find_tag(rest, &[THINK_OPEN, THINK_CLOSE]) {
+            if self.section == Section::Answer {
+                delta.content.push_str(rest);
+                return delta;
+            }
+            let scan = find_tag(rest, &[THINK_OPEN, THINK_CLOSE]);
+            let before = match scan {
+                TagScan::Found { at, .. } | TagScan::Partial { at } => &rest[..at],
+                TagScan::Absent => rest,
+            };
+            if self.section == Section::Start && !before.trim().is_empty() {
+                // The answer began before any tag: what follows is all content.
+                self.section = Section::Answer;
+                continue;
+            }
+            self.emit(&mut delta, before);
+            match scan {
                 TagScan::Found { at, tag } => {
-                    self.emit(&mut delta, &rest[..at]);
                     let (section, len) = if tag == 0 {
                         (Section::Reasoning, THINK_OPEN.len())
                     } else {
-                        (Section::Content, THINK_CLOSE.len())
+                        (Section::Answer, THINK_CLOSE.len())
                     };
                     self.section = section;
                     rest = &rest[at + len..];
                 }
                 TagScan::Partial { at } => {
-                    self.emit(&mut delta, &rest[..at]);
                     self.held = rest[at..].to_string();
                     return delta;
                 }
-                TagScan::Absent => {
-                    self.emit(&mut delta, rest);
-                    return delta;
-                }
+                TagScan::Absent => return delta,
             }
         }
     }
@@ -99,7 +117,7 @@ impl Glm45ReasoningParser {
     fn emit(&self, delta: &mut ReasoningDelta, text: &str) {
         match self.section {
             Section::Reasoning => delta.reasoning.push_str(text),
-            Section::Content => delta.content.push_str(text),
+            Section::Start | Section::Answer => delta.content.push_str(text),
         }
     }
 }
@@ -169,6 +187,36 @@ mod tests {
     fn a_partial_tag_at_the_end_is_text() {
         assert_eq!(run(true, &["a </thi"]), ("a </thi".into(), String::new()));
         assert_eq!(run(false, &["x < y <"]), (String::new(), "x < y <".into()));
+    }
+
+    #[test]
+    fn think_tags_after_reasoning_ended_are_answer_text() {
+        let text = "x</think><tool_call>w<arg_key>c</arg_key><arg_value>use <think> tags</think> \
+                    ok</arg_value></tool_call>done";
+        let want = ("x".to_string(), text["x</think>".len()..].to_string());
+        assert_eq!(run(true, &[text]), want);
+        let chars: Vec<String> = text.chars().map(String::from).collect();
+        let chunks: Vec<&str> = chars.iter().map(String::as_str).collect();
+        assert_eq!(run(true, &chunks), want);
+    }
+
+    #[test]
+    fn think_tags_inside_an_answer_without_reasoning_are_text() {
+        let text = "Use the <think> tag, then </think>.";
+        assert_eq!(run(false, &[text]), (String::new(), text.into()));
+        assert_eq!(
+            run(false, &["Use the <th", "ink> tag"]),
+            (String::new(), "Use the <think> tag".into())
+        );
+        // Leading whitespace does not start the answer; a stray leading close tag is dropped.
+        assert_eq!(
+            run(false, &["\n <think>a</think>b"]),
+            ("a".into(), "\n b".into())
+        );
+        assert_eq!(
+            run(false, &["</think>b <think>"]),
+            (String::new(), "b <think>".into())
+        );
     }
 
     #[test]

@@ -77,6 +77,8 @@ impl Glm47ToolParser {
         let rest = &self.buf[self.pos..];
         let (value_len, closer) = match scan {
             TagScan::Found { at, tag } => (at, Some(tag)),
+            // A partial closing tag at the end of the output belongs to the call: dropped.
+            TagScan::Partial { at } if eof => (at, None),
             _ if eof => (rest.len(), None),
             TagScan::Partial { at } if kind == ValueKind::String => {
                 self.stream_string(at);
@@ -111,7 +113,10 @@ impl Glm47ToolParser {
                 self.warn_once("argument value closed by </tool_call>");
                 self.close_call();
             }
-            None => self.cut_off(),
+            None => {
+                self.pos = self.buf.len();
+                self.cut_off();
+            }
         }
         true
     }

@@ -192,12 +192,28 @@ impl Glm47ToolParser {
                 true
             }
             NameScan::NeedMore if !eof => false,
+            NameScan::NeedMore if self.cut_off_name().is_some() => {
+                // The output ended right after a declared name (a call without arguments, or a
+                // forced call whose name came from the prompt): the call, cut off.
+                let name = self.cut_off_name().unwrap_or_default();
+                self.pos = self.buf.len();
+                self.open_call(name, NameEnd::Newline);
+                true
+            }
             NameScan::NeedMore | NameScan::Malformed => {
                 tracing::warn!("malformed or cut-off tool call opening kept as content");
                 self.reject_call();
                 true
             }
         }
+    }
+
+    /// At the end of the output, inside an unfinished `<tool_call>` opening: the declared function
+    /// named by the text before any partial tag, if there is one.
+    fn cut_off_name(&self) -> Option<String> {
+        let region = &self.buf[self.pos + CALL_OPEN.len()..];
+        let name = region[..region.find('<').unwrap_or(region.len())].trim();
+        (!name.is_empty() && self.schemas.has_function(name)).then(|| name.to_string())
     }
 
     /// Emits `buf[pos..pos + len]` as content (minus any part of the hidden prefix) and consumes it.

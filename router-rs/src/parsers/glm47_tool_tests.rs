@@ -247,6 +247,25 @@ fn a_call_cut_off_before_its_name_is_complete_is_content() {
     let got = streamed(&["see <tool_call>get_weat"]);
     assert_eq!(got.content, "see <tool_call>get_weat");
     assert!(got.tool_calls.is_empty());
+    let got = streamed(&["see <tool_call>noop <b"]);
+    assert_eq!(
+        got.content, "see <tool_call>noop <b",
+        "a stray `<` after the name"
+    );
+    assert!(got.tool_calls.is_empty());
+}
+
+#[test]
+fn a_forced_call_whose_output_ends_at_once_is_still_a_call() {
+    // The prompt ended in `<tool_call>noop` (a named tool_choice) and the model stopped.
+    let mut parser = Glm47ToolParser::with_options(&tools(), "<tool_call>noop", Some(7));
+    let mut got = ParsedToolCalls::default();
+    got.absorb(parser.feed(""));
+    got.absorb(parser.finish());
+    assert_eq!(got.content, "");
+    assert_eq!(got.tool_calls.len(), 1);
+    assert_eq!(got.tool_calls[0].name, "noop");
+    assert_eq!(args(&got, 0), json!({}));
 }
 
 #[test]
@@ -270,6 +289,23 @@ fn a_call_cut_off_after_its_name_is_closed_with_the_arguments_so_far() {
             "<tool_call>get_weather<arg_key>days</arg_key>\n<arg_val",
             json!({}),
         ),
+        // A partial closing tag at the end belongs to the call, whatever the value's type.
+        (
+            "<tool_call>get_weather<arg_key>city</arg_key><arg_value>Lyon</arg_val",
+            json!({"city": "Lyon"}),
+        ),
+        (
+            "<tool_call>get_weather<arg_key>days</arg_key><arg_value>4</",
+            json!({"days": 4}),
+        ),
+        (
+            "<tool_call>get_weather<arg_key>city</arg_key><arg_value>Lyon</tool_ca",
+            json!({"city": "Lyon"}),
+        ),
+        // The output ended right after a declared name: a call without arguments.
+        ("<tool_call>noop", json!({})),
+        ("<tool_call>\nnoop", json!({})),
+        ("<tool_call>noop</tool_ca", json!({})),
     ];
     for (text, want) in cases {
         let got = Glm47ToolParser::parse(text, &tools());

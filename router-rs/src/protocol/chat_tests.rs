@@ -11,6 +11,10 @@ fn text_parts_are_joined_and_arguments_parsed() {
     .unwrap();
     assert_eq!(req.messages[0]["content"], "ab");
     assert_eq!(
+        req.messages[1]["content"], "",
+        "a null content renders as no text"
+    );
+    assert_eq!(
         req.messages[1]["tool_calls"][0]["function"]["arguments"]["x"],
         1
     );
@@ -55,4 +59,24 @@ fn logprobs_turn_into_the_wire_count() {
         "logprobs": true, "top_logprobs": 3}))
     .unwrap();
     assert_eq!(req.sampling.logprobs, 3);
+}
+
+#[test]
+fn an_unenforced_response_format_is_refused_and_empty_arguments_are_an_empty_object() {
+    let fmt = json!({"messages": [{"role": "user", "content": "x"}],
+        "response_format": {"type": "json_object"}});
+    let err = ChatRequest::from_json(&fmt).unwrap_err();
+    assert_eq!(err.param, "response_format.type");
+    let text = json!({"messages": [{"role": "user", "content": "x"}],
+        "response_format": {"type": "text"}});
+    assert!(ChatRequest::from_json(&text).is_ok());
+    let req = ChatRequest::from_json(&json!({"messages": [
+        {"role": "assistant", "tool_calls": [
+            {"id": "c", "type": "function", "function": {"name": "f", "arguments": ""}}]}
+    ]}))
+    .unwrap();
+    assert_eq!(
+        req.messages[0]["tool_calls"][0]["function"]["arguments"],
+        json!({})
+    );
 }

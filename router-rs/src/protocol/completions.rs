@@ -92,6 +92,7 @@ struct RawCompletion {
     stream_options: Option<StreamOptions>,
     logprobs: Option<u32>,
     suffix: Option<String>,
+    best_of: Option<u32>,
 }
 
 impl CompletionRequest {
@@ -105,6 +106,20 @@ impl CompletionRequest {
         let sampling = sampling.validate(logprobs)?;
         if raw.suffix.is_some_and(|s| !s.is_empty()) {
             return Err(ValidationError::new("suffix", "suffix is not supported"));
+        }
+        if raw.best_of.is_some_and(|b| b != n) {
+            return Err(ValidationError::new(
+                "best_of",
+                "best_of is not supported (only best_of equal to n)",
+            ));
+        }
+        if raw.echo == Some(true) && raw.logprobs.is_some() {
+            // The answer would need the prompt tokens' logprobs, which are not computed: an
+            // answer with only the generated tokens' would be silently wrong for scoring.
+            return Err(ValidationError::new(
+                "logprobs",
+                "logprobs with echo (prompt logprobs) are not supported",
+            ));
         }
         let prompt = raw
             .prompt
@@ -183,5 +198,22 @@ mod tests {
             let err = CompletionRequest::from_json(&json!({"prompt": prompt})).unwrap_err();
             assert_eq!(err.param, "prompt", "{prompt}");
         }
+    }
+
+    #[test]
+    fn options_that_would_be_ignored_are_refused() {
+        let best_of = json!({"prompt": "hi", "best_of": 3});
+        let err = CompletionRequest::from_json(&best_of).unwrap_err();
+        assert_eq!(err.param, "best_of");
+        assert!(
+            CompletionRequest::from_json(&json!({"prompt": "hi", "best_of": 2, "n": 2})).is_ok()
+        );
+        let echo = json!({"prompt": "hi", "echo": true, "logprobs": 1});
+        assert_eq!(
+            CompletionRequest::from_json(&echo).unwrap_err().param,
+            "logprobs"
+        );
+        assert!(CompletionRequest::from_json(&json!({"prompt": "hi", "echo": true})).is_ok());
+        assert!(CompletionRequest::from_json(&json!({"prompt": "hi", "logprobs": 1})).is_ok());
     }
 }

@@ -247,12 +247,31 @@ impl Pipeline {
                     arguments,
                 } => {
                     self.called_tool = true;
-                    delta.tool_calls.push(ToolCallDelta {
-                        index,
-                        kind: id.as_ref().map(|_| "function"),
-                        id,
-                        function: FunctionDelta { name, arguments },
-                    });
+                    match delta.tool_calls.last_mut() {
+                        // `feed` and `finish` events of one call: one entry per index a chunk.
+                        Some(prev) if prev.index == index && id.is_none() => {
+                            if let Some(more) = arguments {
+                                prev.function
+                                    .arguments
+                                    .get_or_insert_with(String::new)
+                                    .push_str(&more);
+                            }
+                        }
+                        _ => {
+                            // A call's first entry carries `arguments` too, "" if none yet (as
+                            // OpenAI sends it: clients append to it).
+                            let arguments = match (&id, arguments) {
+                                (Some(_), None) => Some(String::new()),
+                                (_, arguments) => arguments,
+                            };
+                            delta.tool_calls.push(ToolCallDelta {
+                                index,
+                                kind: id.as_ref().map(|_| "function"),
+                                id,
+                                function: FunctionDelta { name, arguments },
+                            });
+                        }
+                    }
                 }
             }
         }

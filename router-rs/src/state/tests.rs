@@ -204,3 +204,55 @@ fn usage_reports_accepted_predictions_only_when_there_were_some() {
         json!({"accepted_prediction_tokens": 3})
     );
 }
+
+#[test]
+fn a_calls_feed_and_finish_pieces_share_one_entry_and_its_header_carries_arguments() {
+    let tools = [
+        json!({"type": "function", "function": {"name": "get", "parameters":
+        {"type": "object", "properties": {"city": {"type": "string"}}}}}),
+    ];
+    let mut p = pipeline("\u{1}").with_tools(Glm47ToolParser::new(&tools), true);
+    let first = p.push(&output("<tool_call>get<arg_key>city</arg_key>", None));
+    assert_eq!(first.tool_calls.len(), 1);
+    assert_eq!(first.tool_calls[0].function.name.as_deref(), Some("get"));
+    assert_eq!(first.tool_calls[0].function.arguments.as_deref(), Some(""));
+    // The last output streams "Pa" (feed) and closes the cut-off call (finish): one entry.
+    let last = p.push(&output("<arg_value>Pa", Some(wire::FinishReason::Length)));
+    assert_eq!(last.tool_calls.len(), 1);
+    assert_eq!(last.tool_calls[0].index, 0);
+    assert!(last.tool_calls[0].id.is_none());
+    let tail = last.tool_calls[0]
+        .function
+        .arguments
+        .as_deref()
+        .unwrap_or("");
+    let whole = format!(
+        "{}{tail}",
+        first.tool_calls[0]
+            .function
+            .arguments
+            .as_deref()
+            .unwrap_or("")
+    );
+    let args: serde_json::Value = serde_json::from_str(&whole).expect("json");
+    assert_eq!(args, json!({"city": "Pa"}));
+    assert_eq!(last.finish.map(|f| f.reason), Some(FinishReason::Length));
+}
+
+#[test]
+fn think_tags_inside_a_tool_argument_stay_in_the_argument() {
+    let tools = [
+        json!({"type": "function", "function": {"name": "w", "parameters":
+        {"type": "object", "properties": {"c": {"type": "string"}}}}}),
+    ];
+    let p = pipeline("\u{1}")
+        .with_reasoning(Glm45ReasoningParser::new(true))
+        .with_tools(Glm47ToolParser::new(&tools), true);
+    let text = "x</think><tool_call>w<arg_key>c</arg_key><arg_value>use <think> tags\
+                </arg_value></tool_call>done";
+    let got = run(p, &[(text, Some(wire::FinishReason::Stop))]);
+    assert_eq!(got.reasoning, "x");
+    assert_eq!(got.content, "done");
+    let args: serde_json::Value = serde_json::from_str(&got.tool_calls[0].2).expect("json");
+    assert_eq!(args, json!({"c": "use <think> tags"}));
+}

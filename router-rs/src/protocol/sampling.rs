@@ -147,10 +147,10 @@ impl SamplingParams {
         check_range("presence_penalty", Some(self.presence_penalty), -2.0, 2.0)?;
         check_range("frequency_penalty", Some(self.frequency_penalty), -2.0, 2.0)?;
         if let Some(r) = self.repetition_penalty {
-            if !(r > 0.0 && r <= 2.0) {
+            if !(r > 0.0 && r.is_finite()) {
                 return Err(ValidationError::new(
                     "repetition_penalty",
-                    format!("repetition_penalty must be in (0, 2], got {r}"),
+                    format!("repetition_penalty must be a finite number > 0, got {r}"),
                 ));
             }
         }
@@ -193,6 +193,16 @@ mod tests {
             ),
         ] {
             assert_eq!(sampling(body).unwrap_err().param, param);
+        }
+    }
+
+    #[test]
+    fn repetition_penalty_takes_any_positive_value() {
+        let p = sampling(serde_json::json!({"repetition_penalty": 3.5})).unwrap();
+        assert_eq!(p.repetition_penalty, Some(3.5));
+        for bad in [0.0, -1.0] {
+            let err = sampling(serde_json::json!({"repetition_penalty": bad})).unwrap_err();
+            assert_eq!(err.param, "repetition_penalty");
         }
     }
 

@@ -143,6 +143,14 @@ async fn reasoning_and_tool_calls_are_split_out_when_the_parsers_are_on() {
     streamed["stream"] = json!(true);
     let (_, events) = server.post_stream("/v1/chat/completions", streamed).await;
     let chunks = json_events(&events);
+    for chunk in &chunks {
+        // Outputs the parsers hold back entirely (a name or tag still incomplete) send nothing.
+        let choice = &chunk["choices"][0];
+        let said = choice["delta"]
+            .as_object()
+            .is_some_and(|d| d.values().any(|v| !v.is_null()));
+        assert!(said || !choice["finish_reason"].is_null(), "{chunk}");
+    }
     let deltas: Vec<&Value> = chunks.iter().map(|c| &c["choices"][0]["delta"]).collect();
     let reasoning: String = deltas
         .iter()
@@ -181,6 +189,27 @@ async fn a_named_tool_choice_without_thinking_forces_the_call_in_the_prompt() {
     assert_eq!(
         serde_json::from_str::<Value>(call["function"]["arguments"].as_str().unwrap()).unwrap(),
         json!({"city": "Rome"})
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forced_tool_choice_without_the_tool_parser_is_refused() {
+    let (_model, worker, server) = setup("x", 1, &[]).await;
+    let tools = json!([{"type": "function", "function": {"name": "get"}}]);
+    let named = json!({"type": "function", "function": {"name": "get"}});
+    for choice in [json!("required"), named] {
+        let body = json!({"messages": user("go"), "tools": tools, "tool_choice": choice});
+        let (status, answer) = server.post("/v1/chat/completions", body).await;
+        assert_eq!(status, 400, "{answer}");
+        assert_eq!(answer["error"]["param"], "tool_choice");
+    }
+    let body = json!({"messages": user("go"), "tools": tools, "tool_choice": "auto"});
+    let (status, answer) = server.post("/v1/chat/completions", body).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        worker.requests().len(),
+        1,
+        "refused requests never reach the worker"
     );
 }
 

@@ -140,13 +140,7 @@ fn chunks(
     // send unless their logprobs were asked for.
     let body = stream.filter(move |item| {
         futures::future::ready(match item {
-            Ok(ChoiceDelta { delta, .. }) => {
-                delta.finish.is_some()
-                    || !delta.content.is_empty()
-                    || !delta.reasoning.is_empty()
-                    || !delta.tool_calls.is_empty()
-                    || (want_logprobs && !delta.tokens.is_empty())
-            }
+            Ok(ChoiceDelta { delta, .. }) => !delta.is_silent(want_logprobs),
             Err(_) => true,
         })
     });

@@ -120,8 +120,7 @@ impl Glm47ToolParser {
     /// Feeds the rest of the output at once and returns the accumulated result.
     pub fn collect(mut self, text: &str) -> ParsedToolCalls {
         let mut parsed = ParsedToolCalls::default();
-        parsed.absorb(self.feed(text));
-        parsed.absorb(self.finish());
+        parsed.absorb(self.finish_with(text));
         parsed
     }
 
@@ -135,6 +134,14 @@ impl Glm47ToolParser {
 
     /// Ends the output: flushes held-back text and closes or rejects an unfinished call.
     pub fn finish(&mut self) -> Vec<ToolEvent> {
+        self.finish_with("")
+    }
+
+    /// `feed(text)` then `finish()`, their events merged as those of one `feed` are (a call's
+    /// last fragments and its closing come as one event).
+    pub fn finish_with(&mut self, text: &str) -> Vec<ToolEvent> {
+        self.buf.push_str(text);
+        self.run(false);
         self.run(true);
         self.compact();
         self.events.take()
@@ -192,17 +199,19 @@ impl Glm47ToolParser {
                 true
             }
             NameScan::NeedMore if !eof => false,
-            NameScan::NeedMore if self.cut_off_name().is_some() => {
-                // The output ended right after a declared name (a call without arguments, or a
-                // forced call whose name came from the prompt): the call, cut off.
-                let name = self.cut_off_name().unwrap_or_default();
-                self.pos = self.buf.len();
-                self.open_call(name, NameEnd::Newline);
-                true
-            }
-            NameScan::NeedMore | NameScan::Malformed => {
-                tracing::warn!("malformed or cut-off tool call opening kept as content");
-                self.reject_call();
+            scan => {
+                // The output may end right after a declared name (a call without arguments, or
+                // a forced call whose name came from the prompt): that call, cut off.
+                match self.cut_off_name().filter(|_| scan == NameScan::NeedMore) {
+                    Some(name) => {
+                        self.pos = self.buf.len();
+                        self.open_call(name, NameEnd::Newline);
+                    }
+                    None => {
+                        tracing::warn!("malformed or cut-off tool call opening kept as content");
+                        self.reject_call();
+                    }
+                }
                 true
             }
         }

@@ -60,10 +60,16 @@ pub struct Delta {
 impl Delta {
     /// True when there is nothing to send.
     pub fn is_empty(&self) -> bool {
+        self.is_silent(true)
+    }
+
+    /// True when nothing a client sees changed: no text, call or finish, and (where
+    /// `tokens_matter`, e.g. for logprobs) no token.
+    pub fn is_silent(&self, tokens_matter: bool) -> bool {
         self.content.is_empty()
             && self.reasoning.is_empty()
             && self.tool_calls.is_empty()
-            && self.tokens.is_empty()
+            && (!tokens_matter || self.tokens.is_empty())
             && self.finish.is_none()
     }
 }
@@ -231,10 +237,11 @@ impl Pipeline {
             delta.content = answer;
             return;
         };
-        let mut events = parser.feed(&answer);
-        if last {
-            events.extend(parser.finish());
-        }
+        let events = if last {
+            parser.finish_with(&answer)
+        } else {
+            parser.feed(&answer)
+        };
         answer.clear();
         for event in events {
             match event {
@@ -247,31 +254,18 @@ impl Pipeline {
                     arguments,
                 } => {
                     self.called_tool = true;
-                    match delta.tool_calls.last_mut() {
-                        // `feed` and `finish` events of one call: one entry per index a chunk.
-                        Some(prev) if prev.index == index && id.is_none() => {
-                            if let Some(more) = arguments {
-                                prev.function
-                                    .arguments
-                                    .get_or_insert_with(String::new)
-                                    .push_str(&more);
-                            }
-                        }
-                        _ => {
-                            // A call's first entry carries `arguments` too, "" if none yet (as
-                            // OpenAI sends it: clients append to it).
-                            let arguments = match (&id, arguments) {
-                                (Some(_), None) => Some(String::new()),
-                                (_, arguments) => arguments,
-                            };
-                            delta.tool_calls.push(ToolCallDelta {
-                                index,
-                                kind: id.as_ref().map(|_| "function"),
-                                id,
-                                function: FunctionDelta { name, arguments },
-                            });
-                        }
-                    }
+                    // A call's first entry carries `arguments` too, "" if none yet (as OpenAI
+                    // sends it: clients append to it).
+                    let arguments = match (&id, arguments) {
+                        (Some(_), None) => Some(String::new()),
+                        (_, arguments) => arguments,
+                    };
+                    delta.tool_calls.push(ToolCallDelta {
+                        index,
+                        kind: id.as_ref().map(|_| "function"),
+                        id,
+                        function: FunctionDelta { name, arguments },
+                    });
                 }
             }
         }

@@ -181,6 +181,7 @@ def build_runner(
     skinny_gemm: bool = False,
     decode_backend: str = "auto",
     shared_overlap_tokens: int | None = None,
+    pdl: bool = False,
 ) -> ModelRunner:
     """Dummy weights on the GPU, the KV pool from what memory leaves, graphs at `batches` (and
     verification graphs of `verify_tokens` tokens a sequence, when given)."""
@@ -200,6 +201,7 @@ def build_runner(
         verify_tokens=verify_tokens,
         skinny_gemm=skinny_gemm,
         shared_overlap_tokens=shared_overlap_tokens,
+        pdl=pdl,
     )
 
 
@@ -210,12 +212,13 @@ def build_runner_or_eager(
     skinny_gemm: bool = False,
     decode_backend: str = "auto",
     shared_overlap_tokens: int | None = None,
+    pdl: bool = False,
 ) -> ModelRunner:
     """With decode graphs; if capturing fails, eagerly (the decode rows then say graph False)."""
     try:
         return build_runner(
             batches, context, verify_tokens=verify_tokens, skinny_gemm=skinny_gemm,
-            decode_backend=decode_backend, shared_overlap_tokens=shared_overlap_tokens,
+            decode_backend=decode_backend, shared_overlap_tokens=shared_overlap_tokens, pdl=pdl,
         )  # fmt: skip
     except RuntimeError as err:
         print(f"building with CUDA graphs failed, timing eager decode instead: {err}")
@@ -223,7 +226,7 @@ def build_runner_or_eager(
     torch.cuda.empty_cache()
     return build_runner(
         batches, context, graphs=False, skinny_gemm=skinny_gemm, decode_backend=decode_backend,
-        shared_overlap_tokens=shared_overlap_tokens,
+        shared_overlap_tokens=shared_overlap_tokens, pdl=pdl,
     )  # fmt: skip
 
 
@@ -399,6 +402,11 @@ def main() -> None:
         action="store_true",
         help="dense projections of steps of at most 16 tokens through kernels/skinny_gemm",
     )
+    parser.add_argument(
+        "--pdl",
+        action="store_true",
+        help="decode-path Triton kernels with programmatic dependent launch (kernels/pdl)",
+    )
     args = parser.parse_args()
     t0 = time.perf_counter()
     torch.backends.cuda.preferred_blas_library(args.blas_library)
@@ -406,7 +414,7 @@ def main() -> None:
     ceil = measure_ceilings()
     runner = build_runner_or_eager(
         batches, args.context, args.verify_tokens, args.skinny_gemm, args.decode_backend,
-        args.shared_overlap_tokens,
+        args.shared_overlap_tokens, args.pdl,
     )  # fmt: skip
     args.decode_backend_name = runner.decode_backend.name  # what "auto" resolved to
     print(f"model built and graphs captured in {time.perf_counter() - t0:.0f} s; "

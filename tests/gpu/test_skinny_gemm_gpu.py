@@ -1,13 +1,18 @@
-"""The dense projections through kernels/skinny_gemm (`--skinny-gemm`) at the real layer widths,
-in bf16, replayed from decode CUDA graphs: the logits of the library path."""
+"""The small-step products through kernels/skinny_gemm (`--skinny-gemm`: dense projections, MLA's
+absorbed per-head products, the router) at the real layer widths, in bf16, replayed from decode
+CUDA graphs, with and without programmatic dependent launch (`--pdl`): the logits of the library
+path."""
 
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
 
 import pytest
 import torch
 
+from glm47.kernels.pdl import pdl_supported, set_pdl
+from glm47.kernels.skinny_gemm import counters_at_rest
 from glm47.worker.model.layers.linear import Linear
 from glm47.worker.runner import ModelRunner
 from tests.gpu.conftest import GRAPH_RUNNER, Checkpoint
@@ -19,13 +24,28 @@ ROW_TOL = 0.02  # the same products, summed in another order and rounded once mo
 
 
 @pytest.fixture(scope="module")
-def skinny_runner(checkpoint: Checkpoint, cuda: torch.device) -> ModelRunner:
-    """`graph_runner` with the skinny projections."""
-    return load_runner(checkpoint[0], cuda, **GRAPH_RUNNER, skinny_gemm=True)
+def skinny_runner(checkpoint: Checkpoint, cuda: torch.device) -> Iterator[ModelRunner]:
+    """`graph_runner` with the skinny products."""
+    runner = load_runner(checkpoint[0], cuda, **GRAPH_RUNNER, skinny_gemm=True)
+    set_pdl(False)
+    yield runner
+
+
+@pytest.fixture(scope="module")
+def pdl_runner(checkpoint: Checkpoint, cuda: torch.device) -> Iterator[ModelRunner]:
+    """The skinny products and every decode-path Triton kernel launched dependently (graphs
+    captured that way)."""
+    if not pdl_supported(cuda):
+        pytest.skip("programmatic dependent launch needs compute capability 9.0")
+    runner = load_runner(checkpoint[0], cuda, **GRAPH_RUNNER, skinny_gemm=True, pdl=True)
+    assert runner.pdl
+    set_pdl(False)
+    yield runner
+    set_pdl(False)
 
 
 @pytest.mark.parametrize("batch", [1, 8])
-def test_skinny_projections_give_the_library_logits(
+def test_skinny_products_give_the_library_logits(
     batch: int,
     skinny_runner: ModelRunner,
     graph_runner: ModelRunner,
@@ -40,3 +60,24 @@ def test_skinny_projections_give_the_library_logits(
     agreement = compare(skinny.logits, library.logits)
     print(f"\n[skinny vs library, batch {batch}] {agreement.summary()}")
     assert_agree(agreement, ROW_TOL, min_fraction=0.9)
+    assert counters_at_rest()
+
+
+@pytest.mark.parametrize("batch", [1, 3, 8])
+def test_dependent_launches_give_the_plain_logits(
+    batch: int,
+    pdl_runner: ModelRunner,
+    skinny_runner: ModelRunner,
+) -> None:
+    """Same kernels, same order of sums: only the launches differ, so the logits are equal."""
+    lengths = [random.Random(7 * batch + i).randint(5, 60) for i in range(batch)]
+    session = Session.random(lengths, steps=4, vocab=4096, seed=batch + 100)
+    set_pdl(True)  # the eager prefill steps too
+    try:
+        dependent = run_session(pdl_runner, session)
+    finally:
+        set_pdl(False)
+    plain = run_session(skinny_runner, session)
+    for got, want in zip(dependent.logits, plain.logits, strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+    assert counters_at_rest()

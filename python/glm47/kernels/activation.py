@@ -10,6 +10,8 @@ import torch
 import triton
 import triton.language as tl
 
+from glm47.kernels.pdl import pdl_wait, use_pdl
+
 
 @triton.jit
 def _silu_and_mul_kernel(
@@ -19,7 +21,9 @@ def _silu_and_mul_kernel(
     stride_o,
     inter,
     BLOCK: tl.constexpr,
+    USE_PDL: tl.constexpr,
 ):
+    pdl_wait(USE_PDL)
     row = tl.program_id(0).to(tl.int64)
     offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < inter
@@ -40,7 +44,15 @@ def silu_and_mul(x: torch.Tensor) -> torch.Tensor:  # [T, 2I] -> [T, I]
         return out
     block = min(1024, triton.next_power_of_2(inter))
     _silu_and_mul_kernel[(t, triton.cdiv(inter, block))](
-        x, out, x.stride(0), out.stride(0), inter, BLOCK=block, num_warps=4
+        x,
+        out,
+        x.stride(0),
+        out.stride(0),
+        inter,
+        BLOCK=block,
+        num_warps=4,
+        USE_PDL=use_pdl(x),
+        launch_pdl=use_pdl(x),
     )
     return out
 

@@ -18,12 +18,16 @@ import triton.language as tl
 
 from glm47.kernels.moe_align import MoeAlignment, moe_align
 from glm47.kernels.moe_config import MoeConfig, select_config, shape_key
+from glm47.kernels.pdl import pdl_wait, prefetch_l2, use_pdl
 
 log = logging.getLogger(__name__)
 
 # The tuner cycles through routings whose expert weights add up to at least this many bytes, so
 # that one replay's experts are not left in L2 for the next (an H200 has 50 MB of L2).
 TUNE_ROTATION_BYTES = 256 << 20
+# With programmatic dependent launch, at most this many expert-weight bytes a launch are asked into
+# L2 before the wait (see kernels/pdl): about what the memory moves during the kernel before.
+PREFETCH_BYTES = 16 << 20
 
 
 @triton.jit
@@ -35,6 +39,7 @@ def _moe_gemm_kernel(
     sorted_ids_ptr,  # [max_padded] int32
     expert_ids_ptr,  # [max_padded // BLOCK_M] int32
     num_padded_ptr,  # [1] int32
+    hint_ids_ptr,  # [P] int32 expert of each pair (the routing output; read when PREFETCH_K)
     N,
     K,
     num_pairs,
@@ -51,6 +56,15 @@ def _moe_gemm_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
     GROUP_M: tl.constexpr,
+    NUM_EXPERTS: tl.constexpr,
+    # Before the wait, the first PREFETCH_K columns of the block's weight tile are asked into L2
+    # (0: none), LINE_ELEMS elements a request. HINT_FROM_PAIRS: the block's expert is guessed as
+    # the expert of pair pid_m (GEMM 1, whose alignment may still run), else read from the
+    # alignment (GEMM 2: the alignment ran before GEMM 1, so it is complete).
+    PREFETCH_K: tl.constexpr,
+    LINE_ELEMS: tl.constexpr,
+    HINT_FROM_PAIRS: tl.constexpr,
+    USE_PDL: tl.constexpr,
 ):
     pid = tl.program_id(0)
     num_pid_m = tl.cdiv(max_padded, BLOCK_M)
@@ -60,6 +74,13 @@ def _moe_gemm_kernel(
     group_size = tl.minimum(num_pid_m - first_m, GROUP_M)
     pid_m = first_m + (pid % per_group) % group_size
     pid_n = (pid % per_group) // group_size
+    if PREFETCH_K > 0:
+        _prefetch_expert_tile(
+            w_ptr, hint_ids_ptr, expert_ids_ptr, num_padded_ptr, pid_m, pid_n, N, num_pairs,
+            stride_we, stride_wn, GATED, NUM_EXPERTS, BLOCK_M, BLOCK_N, PREFETCH_K, LINE_ELEMS,
+            HINT_FROM_PAIRS,
+        )  # fmt: skip
+    pdl_wait(USE_PDL)
     if pid_m * BLOCK_M >= tl.load(num_padded_ptr):
         return
 
@@ -95,6 +116,32 @@ def _moe_gemm_kernel(
     tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
 
 
+@triton.jit
+def _prefetch_expert_tile(
+    w_ptr, hint_ids_ptr, expert_ids_ptr, num_padded_ptr, pid_m, pid_n, N, num_pairs,
+    stride_we, stride_wn, GATED: tl.constexpr, NUM_EXPERTS: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr, PREFETCH_K: tl.constexpr, LINE_ELEMS: tl.constexpr,
+    HINT_FROM_PAIRS: tl.constexpr,
+):  # fmt: skip
+    """Ask for the start of this block's weight tile in L2. Only a hint: what it reads was written
+    by kernels that finished before the previous one started, and a wrong guess costs bandwidth,
+    never a result (the addresses are clamped into the weights)."""
+    if HINT_FROM_PAIRS:
+        wanted = pid_m < num_pairs
+        expert = tl.load(hint_ids_ptr + tl.minimum(pid_m, num_pairs - 1), cache_modifier=".cg")
+    else:
+        wanted = pid_m * BLOCK_M < tl.load(num_padded_ptr, cache_modifier=".cg")
+        expert = tl.load(expert_ids_ptr + pid_m, cache_modifier=".cg")
+    if wanted:
+        e = tl.minimum(tl.maximum(expert, 0), NUM_EXPERTS - 1).to(tl.int64)
+        rows = tl.minimum(pid_n * BLOCK_N + tl.arange(0, BLOCK_N), N - 1)
+        cols = tl.arange(0, PREFETCH_K // LINE_ELEMS) * LINE_ELEMS
+        tile = w_ptr + e * stride_we + rows[:, None] * stride_wn + cols[None, :]
+        prefetch_l2(tile)
+        if GATED:
+            prefetch_l2(tile + N * stride_wn)
+
+
 def moe_gemm(
     a: torch.Tensor,  # [T, K] (a_per_token) or [P, K]
     w: torch.Tensor,  # [E, 2N or N, K]
@@ -107,6 +154,7 @@ def moe_gemm(
     gated: bool,
     mul_weight: bool,
     cfg: MoeConfig,
+    hint_ids: torch.Tensor | None = None,  # [P] int32: the pairs' experts, for the L2 prefetch
 ) -> None:
     """One grouped GEMM over the aligned pairs (see the module docstring)."""
     n, k = out.shape[1], a.shape[1]
@@ -117,14 +165,30 @@ def moe_gemm(
     if align.block_m != cfg.block_m:
         raise ValueError(f"alignment block {align.block_m} != config block_m {cfg.block_m}")
     max_padded = int(align.sorted_ids.shape[0])
-    grid = (triton.cdiv(max_padded, cfg.block_m) * triton.cdiv(n, cfg.block_n),)
+    num_blocks = triton.cdiv(max_padded, cfg.block_m)
+    grid = (num_blocks * triton.cdiv(n, cfg.block_n),)
+    pdl = use_pdl(a)
+    hinted = min(num_blocks, out.shape[0]) if a_per_token else num_blocks
+    prefetch_k = _prefetch_columns(k, hinted * w.shape[1] * w.element_size(), w.element_size())
+    prefetch_k = prefetch_k if pdl and hint_ids is not None else 0
     _moe_gemm_kernel[grid](
         a, w, out, topk_weights, align.sorted_ids, align.expert_ids, align.num_padded,
+        hint_ids if hint_ids is not None else align.expert_ids,
         n, k, out.shape[0], max_padded, a.stride(0), w.stride(0), w.stride(1), out.stride(0),
         TOP_K=top_k, A_PER_TOKEN=a_per_token, GATED=gated, MUL_WEIGHT=mul_weight,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        NUM_EXPERTS=w.shape[0], PREFETCH_K=prefetch_k, LINE_ELEMS=128 // w.element_size(),
+        HINT_FROM_PAIRS=a_per_token, USE_PDL=pdl,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, launch_pdl=pdl,
     )  # fmt: skip
+
+
+def _prefetch_columns(k: int, bytes_per_column: int, elem: int) -> int:
+    """Weight columns a GEMM asks into L2 ahead of its wait: a power of two that keeps the launch
+    within PREFETCH_BYTES, at least one 128-byte line, at most K; 0 when none fits."""
+    cols = min(k, PREFETCH_BYTES // max(1, bytes_per_column))
+    cols = 1 << (cols.bit_length() - 1) if cols > 0 else 0
+    return cols if cols * elem >= 128 else 0
 
 
 @triton.jit
@@ -134,7 +198,9 @@ def _topk_sum_kernel(
     hidden,
     TOP_K: tl.constexpr,
     BLOCK: tl.constexpr,
+    USE_PDL: tl.constexpr,
 ):
+    pdl_wait(USE_PDL)
     t = tl.program_id(0).to(tl.int64)
     offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     ok = offs < hidden
@@ -160,8 +226,9 @@ def topk_sum(
     if t == 0:
         return out
     block = min(1024, triton.next_power_of_2(hidden))
+    pdl = use_pdl(per_pair)
     _topk_sum_kernel[(t, triton.cdiv(hidden, block))](
-        per_pair, out, hidden, TOP_K=top_k, BLOCK=block, num_warps=4
+        per_pair, out, hidden, TOP_K=top_k, BLOCK=block, USE_PDL=pdl, num_warps=4, launch_pdl=pdl
     )
     return out
 
@@ -200,11 +267,13 @@ def fused_experts(
     pairs = t * top_k
     weights = topk_weights.reshape(-1).contiguous()  # [P]
     inter_act = torch.empty((pairs, inter), dtype=x.dtype, device=x.device)  # [P, I]
+    flat_ids = topk_ids.reshape(-1)
+    hint_ids = flat_ids if flat_ids.dtype == torch.int32 and flat_ids.is_contiguous() else None
     moe_gemm(x, w13, inter_act, weights, align, top_k, a_per_token=True, gated=True,
-             mul_weight=False, cfg=cfg)  # fmt: skip
+             mul_weight=False, cfg=cfg, hint_ids=hint_ids)  # fmt: skip
     per_pair = torch.empty((pairs, hidden), dtype=x.dtype, device=x.device)  # [P, H]
     moe_gemm(inter_act, w2, per_pair, weights, align, top_k, a_per_token=False, gated=False,
-             mul_weight=True, cfg=cfg)  # fmt: skip
+             mul_weight=True, cfg=cfg, hint_ids=hint_ids)  # fmt: skip
     return topk_sum(per_pair, top_k)
 
 

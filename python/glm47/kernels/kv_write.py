@@ -9,6 +9,8 @@ import torch
 import triton
 import triton.language as tl
 
+from glm47.kernels.pdl import pdl_wait, use_pdl
+
 
 @triton.jit(do_not_specialize_on_alignment=["slot_ptr"])
 def _kv_write_kernel(
@@ -21,7 +23,9 @@ def _kv_write_kernel(
     stride_c,
     D_LAT: tl.constexpr,
     D_ROPE: tl.constexpr,
+    USE_PDL: tl.constexpr,
 ):
+    pdl_wait(USE_PDL)
     t = tl.program_id(0).to(tl.int64)
     slot = tl.load(slot_ptr + t)
     if slot < 0:
@@ -61,6 +65,7 @@ def write_kv(
         latent, k_rope, slot_mapping, kv_cache,
         latent.stride(0), k_rope.stride(0), kv_cache.stride(0),
         D_LAT=d_lat, D_ROPE=d_rope, num_warps=2,
+        USE_PDL=use_pdl(kv_cache), launch_pdl=use_pdl(kv_cache),
     )  # fmt: skip
 
 

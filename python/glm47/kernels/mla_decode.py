@@ -13,6 +13,8 @@ import torch
 import triton
 import triton.language as tl
 
+from glm47.kernels.pdl import pdl_wait, use_pdl
+
 LOG2E = 1.4426950408889634  # softmax runs in exp2: scores are pre-scaled by log2(e)
 # How far (log2 units) a head's score may pass the running maximum before the decode kernel
 # rescales its accumulator: probabilities stay below 2**8, far inside fp32 and bf16.
@@ -101,6 +103,7 @@ def _mla_decode_split_kernel(
     BLOCK_H: tl.constexpr,
     BLOCK_N: tl.constexpr,
     RESCALE_SLACK: tl.constexpr,
+    USE_PDL: tl.constexpr,
 ):
     """One slice of one sequence, all heads: partial output and log-sum-exp.
 
@@ -112,6 +115,7 @@ def _mla_decode_split_kernel(
     more than RESCALE_SLACK (log2 units; 0 = whenever it grows): until then the probabilities are
     exp2 of at most the slack, and the [BLOCK_H, D_LAT] rescale is skipped.
     """
+    pdl_wait(USE_PDL)
     b = tl.program_id(0)
     split = tl.program_id(1)
     start, end = _slice_bounds(seq_lens_ptr, b, split, num_splits, BLOCK_N)
@@ -178,7 +182,9 @@ def _mla_decode_merge_kernel(
     num_splits,
     D_LAT: tl.constexpr,
     BLOCK_S: tl.constexpr,
+    USE_PDL: tl.constexpr,
 ):
+    pdl_wait(USE_PDL)
     b = tl.program_id(0)
     h = tl.program_id(1)
     offs_s = tl.arange(0, BLOCK_S)
@@ -312,6 +318,7 @@ def mla_decode(
         h, num_splits, scale * LOG2E,
         PAGE_SIZE=page_size, D_LAT=d_lat, D_ROPE=d_rope, BLOCK_H=block_h, BLOCK_N=block_n,
         RESCALE_SLACK=float(rescale_slack), num_warps=num_warps, num_stages=num_stages,
+        USE_PDL=use_pdl(q_lat), launch_pdl=use_pdl(q_lat),
     )  # fmt: skip
     out = torch.empty((b, h, d_lat), dtype=q_lat.dtype, device=q_lat.device)
     _mla_decode_merge_kernel[(b, h)](
@@ -320,6 +327,7 @@ def mla_decode(
         part_lse.stride(0), part_lse.stride(1), out.stride(0), out.stride(1), num_splits,
         D_LAT=d_lat, BLOCK_S=max(2, triton.next_power_of_2(num_splits)),
         num_warps=4,
+        USE_PDL=use_pdl(q_lat), launch_pdl=use_pdl(q_lat),
     )  # fmt: skip
     return out
 

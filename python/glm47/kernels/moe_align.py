@@ -22,6 +22,7 @@ import triton.language as tl
 from triton.errors import TritonError
 
 from glm47.kernels.device import runs_triton
+from glm47.kernels.pdl import pdl_wait, use_pdl
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +88,9 @@ def _moe_align_small_kernel(
     BLOCK_P: tl.constexpr,
     BLOCK_E: tl.constexpr,
     BLOCK_FILL: tl.constexpr,
+    USE_PDL: tl.constexpr,
 ):
+    pdl_wait(USE_PDL)
     offs_p = tl.arange(0, BLOCK_P)
     pair_ok = offs_p < num_pairs
     ids = tl.load(topk_ids_ptr + offs_p, mask=pair_ok, other=-1)
@@ -268,6 +271,7 @@ def moe_align_small(
         NUM_EXPERTS=num_experts, BLOCK_M=block_m, BLOCK_P=triton.next_power_of_2(num_pairs),
         BLOCK_E=triton.next_power_of_2(num_experts), BLOCK_FILL=256,
         num_warps=num_warps or 8,
+        USE_PDL=use_pdl(topk_ids), launch_pdl=use_pdl(topk_ids),
     )  # fmt: skip
     return MoeAlignment(sorted_ids, expert_ids, num_padded, block_m)
 

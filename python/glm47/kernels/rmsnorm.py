@@ -13,6 +13,8 @@ import torch
 import triton
 import triton.language as tl
 
+from glm47.kernels.pdl import pdl_wait, use_pdl
+
 
 @triton.jit
 def _rmsnorm_kernel(
@@ -29,7 +31,9 @@ def _rmsnorm_kernel(
     eps,
     HAS_RES: tl.constexpr,
     BLOCK_D: tl.constexpr,
+    USE_PDL: tl.constexpr,
 ):
+    pdl_wait(USE_PDL)
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK_D)
     mask = offs < D
@@ -78,7 +82,9 @@ def _rmsnorm_pair_kernel(
     OFF_B: tl.constexpr,
     BLOCK_A: tl.constexpr,
     BLOCK_B: tl.constexpr,
+    USE_PDL: tl.constexpr,
 ):
+    pdl_wait(USE_PDL)
     row = tl.program_id(0).to(tl.int64)
     if tl.program_id(1) == 0:
         _norm_row(x_ptr + row * stride_x, wa_ptr, out_a_ptr + row * stride_a, eps, D_A, BLOCK_A)
@@ -114,6 +120,7 @@ def rmsnorm_pair(
         x, weight_a, weight_b, out_a, out_b, x.stride(0), out_a.stride(0), out_b.stride(0), eps,
         D_A=d_a, D_B=d_b, OFF_B=offset_b, BLOCK_A=block_a, BLOCK_B=block_b,
         num_warps=min(16, max(1, max(block_a, block_b) // 256)),
+        USE_PDL=use_pdl(x), launch_pdl=use_pdl(x),
     )  # fmt: skip
     return out_a, out_b
 
@@ -147,6 +154,7 @@ def rmsnorm(
         x, res_in, weight, out, res_dst,
         x.stride(0), res_in.stride(0), out.stride(0), res_dst.stride(0), d, eps,
         HAS_RES=residual is not None, BLOCK_D=block, num_warps=min(16, max(1, block // 256)),
+        USE_PDL=use_pdl(x), launch_pdl=use_pdl(x),
     )  # fmt: skip
     return out, res_out
 

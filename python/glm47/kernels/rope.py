@@ -12,6 +12,8 @@ import torch
 import triton
 import triton.language as tl
 
+from glm47.kernels.pdl import pdl_wait, use_pdl
+
 
 @triton.jit
 def _rope_kernel(
@@ -26,8 +28,10 @@ def _rope_kernel(
     num_heads,
     HALF: tl.constexpr,
     BLOCK_H: tl.constexpr,  # > num_heads: rows 0..H-1 are the query heads, row H the key
+    USE_PDL: tl.constexpr,
 ):
     """One token per program: its query heads and its key as one tile, one read of cos and sin."""
+    pdl_wait(USE_PDL)
     t = tl.program_id(0).to(tl.int64)
     offs_h = tl.arange(0, BLOCK_H)
     offs_i = tl.arange(0, HALF)
@@ -85,6 +89,7 @@ def apply_rope_(
         q_rope, k_rope, positions, cos_sin,
         q_rope.stride(0), q_rope.stride(1), k_rope.stride(0), cos_sin.stride(0), heads,
         HALF=r // 2, BLOCK_H=triton.next_power_of_2(heads + 1), num_warps=2 if heads > 4 else 1,
+        USE_PDL=use_pdl(k_rope), launch_pdl=use_pdl(k_rope),
     )  # fmt: skip
 
 

@@ -13,6 +13,8 @@ import torch
 import triton
 import triton.language as tl
 
+from glm47.kernels.pdl import pdl_wait, use_pdl
+
 
 @triton.jit
 def _route_kernel(
@@ -26,7 +28,9 @@ def _route_kernel(
     K: tl.constexpr,
     RENORMALIZE: tl.constexpr,
     BLOCK_E: tl.constexpr,
+    USE_PDL: tl.constexpr,
 ):
+    pdl_wait(USE_PDL)
     t = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK_E)
     valid = offs < num_experts
@@ -73,6 +77,7 @@ def route_topk(
     _route_kernel[(t,)](
         logits, correction_bias.contiguous(), ids, weights, logits.stride(0), e, scale,
         K=top_k, RENORMALIZE=renormalize, BLOCK_E=triton.next_power_of_2(e), num_warps=1,
+        USE_PDL=use_pdl(logits), launch_pdl=use_pdl(logits),
     )  # fmt: skip
     return ids, weights
 

@@ -1,108 +1,254 @@
-"""`x @ w.T` for a few rows of `x`: the dense projections of a small decode batch.
+"""`x @ w.T` for a few rows of `x`: the projections of a small decode batch.
 
-With 1-16 tokens a projection is a matrix-vector product bound by reading its weight once. Each
-program owns BLOCK_N output columns for every row of `x` and streams their weight rows along K;
-`x` (at most 16 rows) is re-read from L2. `accumulate` adds the product into `out` (the shared
-expert's down projection summed into the routed experts' output) instead of overwriting it.
+With 1-16 tokens a projection is a matrix-vector product bound by reading its weight once, and
+at these sizes (2-21 MB a weight) the fixed costs of a launch (start-up, the first loads' latency,
+the tail) weigh as much as the bytes. So:
+
+- the grid splits K as well as N (`SPLIT_K` programs per column block), enough programs to keep
+  every multiprocessor streaming; the last program of a column block to finish (a counter per
+  block, reset by that program) sums the fp32 partials and writes the output, so a split product
+  is still one launch;
+- with programmatic dependent launch (kernels/pdl) a program first asks for the start of its
+  weight slice in L2, then waits for the kernel before it: the weight read overlaps that kernel.
+
+Batched form: `x` [G, M, K], `w` [G, N, K] (any strides; W^T views included), `out` [G, M, N],
+one product per group (MLA's per-head absorbed products). `x` is cast to `w`'s dtype in the
+kernel (the fp32 router weight takes a bf16 activation). `accumulate` adds the product into `out`
+(the shared expert's down projection summed into the routed experts' output).
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 import triton
 import triton.language as tl
 
 from glm47.kernels.device import num_sms
+from glm47.kernels.pdl import pdl_wait, prefetch_l2, use_pdl
 
 MAX_ROWS = 16  # one tensor-core tile of rows; larger batches belong to a GEMM library
+# At most this many weight bytes a launch are prefetched into L2 ahead of the wait: about what
+# the memory system moves during a short kernel, well inside the 50 MB L2 of an H100 / H200.
+PREFETCH_BYTES = 16 << 20
+_LINE = 128  # bytes per L2 prefetch
+
+
+class SkinnyLaunch(NamedTuple):
+    block_n: int
+    block_k: int
+    split_k: int
+    k_per_split: int  # a multiple of block_k
+    num_warps: int
+    num_stages: int
+    fma_rows: int = 4  # up to this many rows the products run on the CUDA cores, not tl.dot
 
 
 # The row count changes from step to step outside CUDA graphs: one compiled variant serves all.
 @triton.jit(do_not_specialize=["m"])
 def _skinny_gemm_kernel(
-    x_ptr,  # [M, K]
-    w_ptr,  # [N, K]
-    out_ptr,  # [M, N]
+    x_ptr,  # [G, M, K]
+    w_ptr,  # [G, N, K]
+    out_ptr,  # [G, M, N]
+    part_ptr,  # [SPLIT_K, G, M, N] fp32 partial products (used when SPLIT_K > 1)
+    count_ptr,  # [G, cdiv(N, BLOCK_N)] int32, zero between launches (used when SPLIT_K > 1)
     m,
     n,
     k,
+    stride_xg,
     stride_xm,
+    stride_xk,
+    stride_wg,
     stride_wn,
+    stride_wk,
+    stride_og,
     stride_om,
     ACCUMULATE: tl.constexpr,
-    PRECISION: tl.constexpr,  # "ieee" for fp32 inputs (no TF32 rounding), else the default
+    PRECISION: tl.constexpr,  # "ieee" for fp32 weights (no TF32 rounding), else the default
+    USE_DOT: tl.constexpr,  # tensor-core products (BLOCK_M >= 16), else CUDA-core sums
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
+    SPLIT_K: tl.constexpr,
+    K_PER_SPLIT: tl.constexpr,
+    # Before the wait, a program asks for a [PF_ROWS, PF_COLS] grid of 128-byte lines of its
+    # weight slice, steps PF_ROW_STEP along N and PF_COL_STEP along K (PF_ROWS = 0: none).
+    PF_ROWS: tl.constexpr,
+    PF_ROW_STEP: tl.constexpr,
+    PF_COLS: tl.constexpr,
+    PF_COL_STEP: tl.constexpr,
+    USE_PDL: tl.constexpr,
 ):
-    offs_m = tl.arange(0, BLOCK_M)
-    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask_m = offs_m < m
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    g = tl.program_id(2).to(tl.int64)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = offs_n < n
+    k_start = pid_k * K_PER_SPLIT
+    w_base = w_ptr + g * stride_wg
+    if PF_ROWS > 0:
+        # Addresses clamped into the weight: a hint must not point outside it.
+        rows = tl.minimum(pid_n * BLOCK_N + tl.arange(0, PF_ROWS) * PF_ROW_STEP, n - 1)
+        cols = tl.minimum(k_start + tl.arange(0, PF_COLS) * PF_COL_STEP, k - 1)
+        prefetch_l2(
+            w_base + rows[:, None].to(tl.int64) * stride_wn + cols[None, :].to(tl.int64) * stride_wk
+        )
+    pdl_wait(USE_PDL)
+
+    offs_m = tl.arange(0, BLOCK_M)
+    mask_m = offs_m < m
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    for k0 in range(0, k, BLOCK_K):
+    for k0 in range(k_start, k_start + K_PER_SPLIT, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
         mask_k = offs_k < k
         x = tl.load(
-            x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :],
+            x_ptr + g * stride_xg + offs_m[:, None] * stride_xm + offs_k[None, :] * stride_xk,
             mask=mask_m[:, None] & mask_k[None, :],
             other=0.0,
         )  # [BLOCK_M, BLOCK_K]
-        w = tl.load(
-            w_ptr + offs_n[:, None].to(tl.int64) * stride_wn + offs_k[None, :],
-            mask=mask_n[:, None] & mask_k[None, :],
-            other=0.0,
-        )  # [BLOCK_N, BLOCK_K]
-        acc += tl.dot(x, tl.trans(w), input_precision=PRECISION)
-    out = out_ptr + offs_m[:, None] * stride_om + offs_n[None, :]
+        if USE_DOT:
+            w = tl.load(
+                w_base + offs_n[None, :].to(tl.int64) * stride_wn + offs_k[:, None] * stride_wk,
+                mask=mask_n[None, :] & mask_k[:, None],
+                other=0.0,
+            )  # [BLOCK_K, BLOCK_N]
+            acc += tl.dot(x.to(w.dtype), w, input_precision=PRECISION)
+        else:  # a few rows: products and sums on the CUDA cores, the tile straight to registers
+            w = tl.load(
+                w_base + offs_n[:, None].to(tl.int64) * stride_wn + offs_k[None, :] * stride_wk,
+                mask=mask_n[:, None] & mask_k[None, :],
+                other=0.0,
+            )  # [BLOCK_N, BLOCK_K]
+            xf = x.to(w.dtype).to(tl.float32)
+            acc += tl.sum(xf[:, None, :] * w.to(tl.float32)[None, :, :], axis=2)
+
+    out = out_ptr + g * stride_og + offs_m[:, None] * stride_om + offs_n[None, :]
     mask = mask_m[:, None] & mask_n[None, :]
-    if ACCUMULATE:
-        acc += tl.load(out, mask=mask, other=0.0).to(tl.float32)
-    tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=mask)
+    if SPLIT_K == 1:
+        if ACCUMULATE:
+            acc += tl.load(out, mask=mask, other=0.0).to(tl.float32)
+        tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=mask)
+    else:
+        num_g = tl.num_programs(2)
+        part = part_ptr + (pid_k * num_g + g) * m * n + offs_m[:, None] * n + offs_n[None, :]
+        tl.store(part, acc, mask=mask)
+        tl.debug_barrier()  # every thread's partial is stored before the counter moves
+        counter = count_ptr + g * tl.num_programs(0) + pid_n
+        if tl.atomic_add(counter, 1, sem="acq_rel") == SPLIT_K - 1:
+            # The last of the column block: sum the partials (read from L2, not a stale L1).
+            total = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+            for s in range(SPLIT_K):
+                src = part_ptr + (s * num_g + g) * m * n + offs_m[:, None] * n + offs_n[None, :]
+                total += tl.load(src, mask=mask, other=0.0, cache_modifier=".cg")
+            if ACCUMULATE:
+                total += tl.load(out, mask=mask, other=0.0).to(tl.float32)
+            tl.store(out, total.to(out_ptr.dtype.element_ty), mask=mask)
+            tl.atomic_xchg(counter, 0)
 
 
-def skinny_launch(n: int, k: int, num_sms: int = 132) -> tuple[int, int, int, int]:
-    """(block_n, block_k, num_warps, num_stages): the widest column block that still gives every
-    multiprocessor a program, so that the weight streams through all of them at once."""
-    block_n = 64
-    while block_n > 16 and triton.cdiv(n, block_n) < num_sms:
-        block_n //= 2
-    block_k = min(256, max(32, triton.next_power_of_2(k)))
-    return block_n, block_k, 4, 4
+def skinny_launch(n: int, k: int, num_sms: int = 132) -> SkinnyLaunch:
+    """Column blocks of 32, and K split so that about two programs per multiprocessor stream
+    the weight (each at least two K blocks, so the pipeline has something to overlap)."""
+    block_n = 32
+    block_k = 256 if k >= 512 else max(32, triton.next_power_of_2(k) // 2)
+    n_blocks = triton.cdiv(n, block_n)
+    k_blocks = triton.cdiv(k, block_k)
+    split = max(1, min(round(2 * num_sms / n_blocks), k_blocks // 2))
+    k_per_split = triton.cdiv(k_blocks, split) * block_k
+    split = triton.cdiv(k, k_per_split)
+    return SkinnyLaunch(block_n, block_k, split, k_per_split, 4, 3)
+
+
+def _pow2_floor(v: int) -> int:
+    return 1 << (v.bit_length() - 1) if v > 0 else 0
+
+
+def _prefetch_grid(cfg: SkinnyLaunch, w3: torch.Tensor, rows: int) -> tuple[int, int, int, int]:
+    """(PF_ROWS, PF_ROW_STEP, PF_COLS, PF_COL_STEP): one address per 128-byte line of the first
+    columns of a program's weight slice, as many columns as keep the whole launch within
+    PREFETCH_BYTES (`rows`: weight rows over all groups). (0, 1, 1, 1) when nothing fits."""
+    elem = w3.element_size()
+    line = _LINE // elem
+    cols = _pow2_floor(min(cfg.k_per_split, PREFETCH_BYTES // max(1, rows * elem)))
+    if w3.stride(2) == 1 and cols >= line:  # rows contiguous along K
+        return cfg.block_n, 1, cols // line, line
+    if w3.stride(1) == 1 and cols >= 1:  # a transposed view: contiguous along N
+        return max(1, cfg.block_n // line), line, cols, 1
+    return 0, 1, 1, 1
+
+
+# Split launches count finished programs here, one buffer per weight (and size): a weight is never
+# multiplied on two streams at once, while two weights may be (the shared expert's projections
+# beside the router). Buffers live as long as the process: captured CUDA graphs hold them.
+_counters: dict[tuple[torch.device, int, int], torch.Tensor] = {}
+
+
+def split_counters(w: torch.Tensor, size: int) -> torch.Tensor:
+    """Zeroed int32 counters for split launches on weight `w`; every launch leaves them at zero."""
+    key = (w.device, w.data_ptr(), size)
+    buf = _counters.get(key)
+    if buf is None:
+        buf = _counters[key] = torch.zeros(size, dtype=torch.int32, device=w.device)
+    return buf
+
+
+def counters_at_rest() -> bool:
+    """Whether every split counter is back at zero (no launch left one behind)."""
+    return all(bool((c == 0).all()) for c in _counters.values())
 
 
 def skinny_gemm(
-    x: torch.Tensor,  # [M, K], M <= MAX_ROWS
-    w: torch.Tensor,  # [N, K] (an nn.Linear weight)
-    out: torch.Tensor | None = None,  # [M, N]
+    x: torch.Tensor,  # [M, K] or [G, M, K], M <= MAX_ROWS
+    w: torch.Tensor,  # [N, K] (an nn.Linear weight) or [G, N, K]
+    out: torch.Tensor | None = None,  # [M, N] or [G, M, N]
     accumulate: bool = False,
-    launch: tuple[int, int, int, int] | None = None,
-) -> torch.Tensor:  # [M, N]
-    """`x @ w.T`, or `out += x @ w.T` with `accumulate`; fp32 accumulation, rounded once."""
-    if x.dim() != 2 or w.dim() != 2 or x.shape[1] != w.shape[1]:
-        raise ValueError(f"x {tuple(x.shape)} and w {tuple(w.shape)} must be [M, K] and [N, K]")
-    m, k = x.shape
-    n = w.shape[0]
+    launch: SkinnyLaunch | None = None,
+) -> torch.Tensor:  # [M, N] or [G, M, N] in out's dtype (w's without out)
+    """`x @ w.T` per group, or `out += x @ w.T` with `accumulate`; fp32 accumulation, rounded once."""
+    batched = x.dim() == 3
+    if x.dim() not in (2, 3) or w.dim() != x.dim() or x.shape[-1] != w.shape[-1]:
+        raise ValueError(
+            f"x {tuple(x.shape)} and w {tuple(w.shape)} must be [(G,) M, K], [(G,) N, K]"
+        )
+    if batched and x.shape[0] != w.shape[0]:
+        raise ValueError(f"x has {x.shape[0]} groups, w {w.shape[0]}")
+    x3 = x if batched else x.unsqueeze(0)
+    w3 = w if batched else w.unsqueeze(0)
+    g, m, k = x3.shape
+    n = w3.shape[1]
     if m > MAX_ROWS:
         raise ValueError(f"skinny_gemm takes at most {MAX_ROWS} rows, got {m}")
-    if x.stride(1) != 1 or w.stride(1) != 1:
-        raise ValueError("x and w need a contiguous last dimension")
-    if x.dtype != w.dtype:
-        raise ValueError(f"x dtype {x.dtype} != w dtype {w.dtype}")
     if out is None:
         if accumulate:
             raise ValueError("accumulate needs out")
-        out = torch.empty((m, n), dtype=x.dtype, device=x.device)
-    elif out.shape != (m, n) or out.stride(1) != 1:
-        raise ValueError(f"out must be [{m}, {n}] with a contiguous last dimension")
-    if m == 0 or n == 0:
+        out = torch.empty((*x.shape[:-1], n), dtype=w.dtype, device=x.device)
+    if out.shape != (*x.shape[:-1], n) or out.stride(-1) != 1:
+        raise ValueError(f"out must be {(*x.shape[:-1], n)} with a contiguous last dim")
+    o3 = out if batched else out.unsqueeze(0)
+    if m == 0 or n == 0 or g == 0:
         return out
-    block_n, block_k, num_warps, num_stages = launch or skinny_launch(n, k, num_sms(x.device))
-    precision = "ieee" if x.dtype == torch.float32 else "tf32"
-    _skinny_gemm_kernel[(triton.cdiv(n, block_n),)](
-        x, w, out, m, n, k, x.stride(0), w.stride(0), out.stride(0),
-        ACCUMULATE=accumulate, PRECISION=precision, BLOCK_M=16, BLOCK_N=block_n, BLOCK_K=block_k,
-        num_warps=num_warps, num_stages=num_stages,
+    cfg = launch or skinny_launch(n, k, num_sms(x.device))
+    n_blocks = triton.cdiv(n, cfg.block_n)
+    pdl = use_pdl(x)
+    pf = _prefetch_grid(cfg, w3, g * n) if pdl else (0, 1, 1, 1)
+    if cfg.split_k > 1:
+        part = torch.empty((cfg.split_k, g, m, n), dtype=torch.float32, device=x.device)
+        counters = split_counters(w, g * n_blocks)
+    else:
+        part = counters = o3  # unused
+    precision = "ieee" if w.dtype == torch.float32 else "tf32"
+    use_dot = m > cfg.fma_rows
+    block_m = 16 if use_dot else triton.next_power_of_2(m)
+    _skinny_gemm_kernel[(n_blocks, cfg.split_k, g)](
+        x3, w3, o3, part, counters, m, n, k,
+        x3.stride(0), x3.stride(1), x3.stride(2), w3.stride(0), w3.stride(1), w3.stride(2),
+        o3.stride(0), o3.stride(1),
+        ACCUMULATE=accumulate, PRECISION=precision, USE_DOT=use_dot, BLOCK_M=block_m,
+        BLOCK_N=cfg.block_n,
+        BLOCK_K=cfg.block_k, SPLIT_K=cfg.split_k, K_PER_SPLIT=cfg.k_per_split,
+        PF_ROWS=pf[0], PF_ROW_STEP=pf[1], PF_COLS=pf[2], PF_COL_STEP=pf[3], USE_PDL=pdl,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, launch_pdl=pdl,
     )  # fmt: skip
     return out
 
@@ -110,11 +256,19 @@ def skinny_gemm(
 def skinny_gemm_ref(
     x: torch.Tensor, w: torch.Tensor, out: torch.Tensor | None = None, accumulate: bool = False
 ) -> torch.Tensor:
-    prod = x.float() @ w.float().T
+    prod = x.float() @ w.float().transpose(-1, -2)
     if accumulate:
         assert out is not None
         prod = prod + out.float()
-    return prod.to(x.dtype)
+    return prod.to(w.dtype if out is None else out.dtype)
 
 
-__all__ = ["MAX_ROWS", "skinny_gemm", "skinny_gemm_ref", "skinny_launch"]
+__all__ = [
+    "MAX_ROWS",
+    "SkinnyLaunch",
+    "counters_at_rest",
+    "skinny_gemm",
+    "skinny_gemm_ref",
+    "skinny_launch",
+    "split_counters",
+]

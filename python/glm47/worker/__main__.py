@@ -114,6 +114,7 @@ def build(args: WorkerArgs) -> tuple[Engine, Ready]:
         graph_max_batch_size=cfg.graph_max_batch_size,
         disable_cuda_graph=cfg.disable_cuda_graph,
         skinny_gemm=cfg.skinny_gemm,
+        pdl=cfg.pdl,
         shared_overlap_tokens=cfg.shared_expert_overlap_tokens,
         max_req_total_len=cfg.max_req_total_len,
         warmup_tokens=cfg.max_num_batched_tokens or cfg.chunked_prefill_size,

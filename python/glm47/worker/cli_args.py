@@ -139,6 +139,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _flag(
         p,
+        ["--pdl"],
+        action="store_true",
+        help="launch the decode-path Triton kernels with programmatic dependent launch (compute "
+        "capability 9.0 and up; ignored elsewhere): each prefetches its weights into L2 while the "
+        "kernel before it runs",
+    )
+    _flag(
+        p,
         ["--shared-expert-overlap-tokens", "--shared_expert_overlap_tokens"],
         type=int,
         default=None,
@@ -198,6 +206,7 @@ def parse_args(argv: list[str]) -> WorkerArgs:
             graph_max_batch_size=ns.graph_max_batch_size,
             disable_cuda_graph=ns.disable_cuda_graph,
             skinny_gemm=ns.skinny_gemm,
+            pdl=ns.pdl,
             shared_expert_overlap_tokens=ns.shared_expert_overlap_tokens,
             segment_graph_max_tokens=ns.segment_graph_max_tokens,
             mtp_step=ns.mtp_step,

@@ -66,6 +66,7 @@ class EngineConfig:
     graph_max_batch_size: int = 512  # largest decode batch captured in a CUDA graph
     disable_cuda_graph: bool = False  # run decode eagerly
     skinny_gemm: bool = False  # dense projections of <= 16-token steps through kernels/skinny_gemm
+    pdl: bool = False  # decode-path Triton kernels with programmatic dependent launch (kernels/pdl)
     # Steps of at most this many tokens run the MoE layers' shared expert on a second CUDA stream
     # beside the routed experts. None: the runner's SHARED_OVERLAP_TOKENS; 0: never.
     shared_expert_overlap_tokens: int | None = None

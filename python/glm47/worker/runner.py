@@ -21,6 +21,7 @@ from typing import Protocol
 import torch
 
 import glm47.worker.attention.torch_backend  # noqa: F401  (registers "torch")
+from glm47.kernels.pdl import pdl_supported, set_pdl
 from glm47.worker.attention.base import (
     AttentionBackend,
     AttentionMetadata,
@@ -115,6 +116,7 @@ class ModelRunner:
         max_req_total_len: int | None = None,
         fused_kernels: bool | None = None,
         skinny_gemm: bool = False,
+        pdl: bool = False,
         shared_overlap_tokens: int | None = None,
         warmup_tokens: int = 0,
         segment_graph_max_tokens: int = 0,
@@ -124,6 +126,9 @@ class ModelRunner:
         """`fused_kernels`: RMSNorm, rope and routing as Triton kernels (None: on CUDA devices).
         `skinny_gemm`: dense projections of steps of at most 16 tokens through the Triton
         matrix-vector kernel instead of the GEMM library.
+        `pdl`: on a GPU that supports it (compute capability 9.0 and up), launch the decode-path
+        Triton kernels with programmatic dependent launch (kernels/pdl): each may start while the
+        one before it runs, prefetching its weights into L2 until its inputs are ready.
         `shared_overlap_tokens`: on a GPU, steps of at most this many tokens run the MoE
         layers' shared expert on a second CUDA stream beside the routed experts (None:
         SHARED_OVERLAP_TOKENS; 0: never).
@@ -167,6 +172,10 @@ class ModelRunner:
             fused_kernels = self.device.type == "cuda"
         self.model.enable_fused_kernels(fused_kernels)
         self.model.enable_skinny_gemm(skinny_gemm)
+        self.pdl = pdl and pdl_supported(self.device)
+        if pdl and not self.pdl:
+            log.warning("--pdl: %s cannot launch kernels that way; launching plainly", self.device)
+        set_pdl(self.pdl)
         if shared_overlap_tokens is None:
             shared_overlap_tokens = SHARED_OVERLAP_TOKENS
         if self.device.type == "cuda" and shared_overlap_tokens > 0:
@@ -184,7 +193,7 @@ class ModelRunner:
         self._last_hidden: torch.Tensor | None = None  # final hidden states of the last run()
         log.info(
             "runner: device=%s dtype=%s attention prefill=%s decode=%s experts=%s "
-            "fused norm/rope/routing=%s skinny gemm=%s shared expert overlap up to %d tokens "
+            "fused norm/rope/routing=%s skinny gemm=%s pdl=%s shared expert overlap up to %d tokens "
             "mtp=%s kv pages=%d x %d tokens (%.2f GiB)",
             self.device,
             dtype,
@@ -193,6 +202,7 @@ class ModelRunner:
             moe,
             fused_kernels,
             skinny_gemm,
+            self.pdl,
             shared_overlap_tokens if self.device.type == "cuda" else 0,
             self.model.mtp is not None,
             self.num_pages,

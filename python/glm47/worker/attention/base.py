@@ -15,6 +15,9 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
+from glm47.kernels.device import runs_triton
+from glm47.kernels.skinny_gemm import MAX_ROWS, skinny_gemm
+
 
 @dataclass
 class AttentionMetadata:
@@ -55,6 +58,9 @@ class MLAWeights:
     # are the slices (backends that expand keys and values take both in one matmul); None when
     # only the slices are known
     w_kv: torch.Tensor | None = None
+    # the absorbed products of steps of at most MAX_ROWS tokens through kernels/skinny_gemm (on
+    # CUDA tensors) instead of the batched-matmul library call
+    skinny: bool = False
 
 
 class AttentionBackend(Protocol):
@@ -102,13 +108,33 @@ def write_latents(
     kv_cache[meta.slot_mapping] = torch.cat([latent, k_rope], dim=-1).to(kv_cache.dtype)
 
 
-def values_from_latents(att: torch.Tensor, w_uv: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+def _takes_skinny(x: torch.Tensor, weights: MLAWeights) -> bool:
+    return weights.skinny and runs_triton(x) and 0 < x.shape[0] <= MAX_ROWS
+
+
+def absorb_query(q_nope: torch.Tensor, weights: MLAWeights) -> torch.Tensor:
+    """The query in the latent space, `q_lat[t, h] = q_nope[t, h] @ W_UK[h]`: [T, H, rank] in
+    W_UK's dtype, token-major (a transposed view of the head-major product)."""
+    t, heads, _ = q_nope.shape
+    if _takes_skinny(q_nope, weights):
+        out = torch.empty((t, heads, weights.w_uk.shape[2]), dtype=weights.w_uk.dtype,
+                          device=q_nope.device)  # fmt: skip
+        skinny_gemm(q_nope.transpose(0, 1), weights.w_uk.transpose(1, 2), out=out.transpose(0, 1))
+        return out
+    return torch.bmm(q_nope.transpose(0, 1), weights.w_uk).transpose(0, 1)
+
+
+def values_from_latents(att: torch.Tensor, weights: MLAWeights, dtype: torch.dtype) -> torch.Tensor:
     """The heads' values from the attended latents, `v[t, h] = W_UV[h] @ att[t, h]`: [T, H, v]
     in `dtype`, contiguous. The batched matmul runs head-major but writes token-major through a
     transposed view of its output, so o_proj reads it as [T, H * v] without a copy."""
+    w_uv = weights.w_uv
     t, heads, _ = att.shape  # [T, H, kv_lora_rank]
     out = torch.empty((t, heads, w_uv.shape[1]), dtype=w_uv.dtype, device=att.device)
-    torch.bmm(att.to(w_uv.dtype).transpose(0, 1), w_uv.transpose(1, 2), out=out.transpose(0, 1))
+    if _takes_skinny(att, weights):
+        skinny_gemm(att.transpose(0, 1), w_uv, out=out.transpose(0, 1))
+    else:
+        torch.bmm(att.to(w_uv.dtype).transpose(0, 1), w_uv.transpose(1, 2), out=out.transpose(0, 1))
     return out.to(dtype)
 
 

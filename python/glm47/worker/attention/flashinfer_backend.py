@@ -23,6 +23,7 @@ import torch
 from glm47.worker.attention.base import (
     AttentionMetadata,
     MLAWeights,
+    absorb_query,
     register_backend,
     values_from_latents,
 )
@@ -106,7 +107,7 @@ class FlashInferMLABackend:
         # FlashInfer reads the queries and writes the output through their token and head strides,
         # so neither is copied: the absorbed product stays in its head-major layout, the roped part
         # a view of q, and the output is head-major for W_UV's batched matmul.
-        q_lat = torch.bmm(q_nope.transpose(0, 1), weights.w_uk).transpose(0, 1)  # [T, H, rank]
+        q_lat = absorb_query(q_nope, weights)  # [T, H, rank]
         q_lat, q_pe = q_lat.to(dtype), q_rope.to(dtype)
         if q_pe.stride(-1) != 1:
             q_pe = q_pe.contiguous()
@@ -114,7 +115,7 @@ class FlashInferMLABackend:
         out = torch.empty((heads, tokens, rank), dtype=dtype, device=q_lat.device).transpose(0, 1)
         pages = kv_cache.view(-1, meta.page_size, kv_cache.shape[-1])  # [P, page_size, 576]
         att = wrapper.run(q_lat, q_pe, pages[:, :, :rank], pages[:, :, rank:], out=out)
-        return values_from_latents(att, weights.w_uv, q_nope.dtype)  # [T, H, v_head_dim]
+        return values_from_latents(att, weights, q_nope.dtype)  # [T, H, v_head_dim]
 
     def prepare_graph_replay(self, meta: AttentionMetadata) -> None:
         """Plan the wrapper of this captured batch size on the static metadata (outside the graph).

@@ -17,6 +17,7 @@ from glm47.kernels.mla_prefill import mla_prefill
 from glm47.worker.attention.base import (
     AttentionMetadata,
     MLAWeights,
+    absorb_query,
     register_backend,
     values_from_latents,
 )
@@ -47,7 +48,7 @@ class TritonMLABackend:
         write_kv(kv_cache, latent.to(dtype), k_rope.to(dtype), meta.slot_mapping)
         # The kernels read the latent and rope parts of the query from two tensors, so the
         # [T, H, rank] view of the absorbed product is never copied into a concatenation.
-        q_lat = torch.bmm(q_nope.transpose(0, 1), weights.w_uk).transpose(0, 1)  # [T, H, rank]
+        q_lat = absorb_query(q_nope, weights)  # [T, H, rank]
         q_lat, q_pe = q_lat.to(dtype), q_rope.to(dtype)
         if q_pe.stride(-1) != 1:
             q_pe = q_pe.contiguous()
@@ -62,7 +63,7 @@ class TritonMLABackend:
                 q_lat, kv_cache, meta.page_table, meta.query_start_loc, meta.seq_lens,
                 meta.max_query_len, meta.page_size, scale, d_rope=rope_dim, q_rope=q_pe,
             )  # fmt: skip
-        return values_from_latents(att, weights.w_uv, q_nope.dtype)  # [T, H, v_head_dim]
+        return values_from_latents(att, weights, q_nope.dtype)  # [T, H, v_head_dim]
 
 
 register_backend("triton", TritonMLABackend)

@@ -6,6 +6,7 @@ Architecture only. Parameters are created empty on the current default device an
 
 from __future__ import annotations
 
+import dataclasses
 from typing import cast
 
 import torch
@@ -111,11 +112,14 @@ class Glm4MoeLiteForCausalLM(nn.Module):
                 module.overlap_max_tokens = max_tokens
 
     def enable_skinny_gemm(self, enabled: bool = True) -> None:
-        """Run the dense projections of steps of at most 16 tokens through the Triton
-        matrix-vector kernel (kernels/skinny_gemm) instead of the GEMM library."""
+        """Run the products of steps of at most 16 tokens (the dense projections, MLA's absorbed
+        per-head products, the router) through the Triton kernel kernels/skinny_gemm instead of
+        the GEMM library."""
         for module in self.modules():
-            if isinstance(module, Linear):
+            if isinstance(module, (Linear, MoE)):
                 module.skinny = enabled
+            elif isinstance(module, MLAAttention):
+                module.mla_weights = dataclasses.replace(module.mla_weights, skinny=enabled)
 
     @property
     def num_cache_layers(self) -> int:

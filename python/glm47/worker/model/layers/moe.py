@@ -11,7 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from glm47.kernels.device import runs_triton
 from glm47.kernels.routing import route_topk
+from glm47.kernels.skinny_gemm import MAX_ROWS, skinny_gemm
 from glm47.worker.model.config import ModelConfig
 from glm47.worker.model.layers.experts import ExpertsBackend
 from glm47.worker.model.layers.mlp import DenseMLP
@@ -62,6 +64,7 @@ class MoE(nn.Module):
     """
 
     fused = False
+    skinny = False  # the router's product through kernels/skinny_gemm at decode sizes
     side_stream: torch.cuda.Stream | None = None
     overlap_max_tokens = 0
 
@@ -85,7 +88,10 @@ class MoE(nn.Module):
         cfg = self.cfg
         k = cfg.num_experts_per_tok
         if self.fused and cfg.n_group <= 1 and k & (k - 1) == 0:
-            logits = F.linear(x.float(), self.gate_weight)  # [T, E] fp32
+            if self.skinny and runs_triton(x) and 0 < x.shape[0] <= MAX_ROWS:
+                logits = skinny_gemm(x, self.gate_weight)  # [T, E] fp32, x cast in the kernel
+            else:
+                logits = F.linear(x.float(), self.gate_weight)  # [T, E] fp32
             return route_topk(
                 logits,
                 self.e_score_correction_bias,

@@ -57,7 +57,7 @@ def test_k_split_over_programs_sums_every_part(
     split_k: int, fma_rows: int, device: str, dtype: torch.dtype, pdl: bool
 ) -> None:
     n, k = 70, 96 * split_k  # three column blocks, the last one ragged
-    launch = SkinnyLaunch(32, 32, split_k, 96, 4, 2, fma_rows)
+    launch = SkinnyLaunch(32 if fma_rows == 0 else 8, 32, split_k, 96, 4, 2, fma_rows)
     x = torch.randn((3, k), dtype=dtype, device=device)
     w = torch.randn((n, k), dtype=dtype, device=device) / k**0.5
     for _ in range(2):  # the counters are back at zero after a launch: a second one sums again
@@ -112,12 +112,28 @@ def test_fp32_weight_takes_a_half_precision_input(device: str, dtype: torch.dtyp
 
 
 def test_default_launch_splits_k_to_feed_every_multiprocessor() -> None:
-    for n, k in [(1344, 2048), (5120, 768), (2048, 5120), (3072, 2048), (2048, 1536)]:
+    for n, k in [(1000, 2048), (4096, 768), (1024, 8192), (300, 1536)]:  # shapes not measured
         cfg = skinny_launch(n, k, num_sms=132)
         programs = -(-n // cfg.block_n) * cfg.split_k
-        assert 132 <= programs <= 4 * 132, (n, k, cfg)
+        # a program per multiprocessor at least, unless a program would get fewer than two K
+        # blocks; at most four per multiprocessor
+        assert programs >= 132 or cfg.split_k == max(1, -(-k // cfg.block_k) // 2), (n, k, cfg)
+        assert programs <= 4 * 132, (n, k, cfg)
         assert cfg.k_per_split % cfg.block_k == 0 and cfg.split_k * cfg.k_per_split >= k
         assert (cfg.split_k - 1) * cfg.k_per_split < k  # no program without columns
+
+
+@pytest.mark.parametrize("m", [1, 2, 8, 16])
+def test_measured_launches_cover_k_and_fit_the_row_count(m: int) -> None:
+    """The real model's shapes take their measured launches: tensor-core tiles of at least 16
+    columns wherever the CUDA-core path does not take that many rows."""
+    shapes = [(1, 1344, 2048, 2), (1, 5120, 768, 2), (20, 512, 192, 2), (20, 256, 512, 2),
+              (1, 2048, 5120, 2), (1, 64, 2048, 4), (1, 3072, 2048, 2), (1, 2048, 1536, 2)]  # fmt: skip
+    for g, n, k, elem in shapes:
+        cfg = skinny_launch(n, k, 132, m, g, elem)
+        assert cfg.k_per_split % cfg.block_k == 0 and cfg.split_k * cfg.k_per_split >= k
+        assert (cfg.split_k - 1) * cfg.k_per_split < k
+        assert m <= cfg.fma_rows or cfg.block_n >= 16, (g, n, k, m, cfg)
 
 
 def test_empty_products_leave_out_as_it_was(device: str, dtype: torch.dtype) -> None:

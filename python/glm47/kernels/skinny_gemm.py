@@ -42,7 +42,9 @@ class SkinnyLaunch(NamedTuple):
     k_per_split: int  # a multiple of block_k
     num_warps: int
     num_stages: int
-    fma_rows: int = 4  # up to this many rows the products run on the CUDA cores, not tl.dot
+    fma_rows: int = (
+        0  # up to this many rows the products run on the CUDA cores (block_n >= 16 else)
+    )
 
 
 # The row count changes from step to step outside CUDA graphs: one compiled variant serves all.
@@ -147,17 +149,49 @@ def _skinny_gemm_kernel(
             tl.atomic_xchg(counter, 0)
 
 
-def skinny_launch(n: int, k: int, num_sms: int = 132) -> SkinnyLaunch:
-    """Column blocks of 32, and K split so that about two programs per multiprocessor stream
-    the weight (each at least two K blocks, so the pipeline has something to overlap)."""
+# The fastest launches of `benchmarks/kernels.py --only skinny` on an H200 (2026-12-02, CUDA-graph
+# replays over rotating weights), per (groups, N, K, weight bytes): at one row the fastest of the
+# whole sweep, for more rows the fastest with tensor-core products. Other shapes (and GPUs with
+# the same shapes) take the rule in `skinny_launch`.
+_MEASURED: dict[tuple[int, int, int, int], tuple[SkinnyLaunch, SkinnyLaunch]] = {
+    # qkv_a: 5.81 us at one row (library 6.86)
+    (1, 1344, 2048, 2): (SkinnyLaunch(32, 128, 6, 384, 4, 3, 0),) * 2,
+    # q_b: 5.22 us (library 4.81)
+    (1, 5120, 768, 2): (SkinnyLaunch(32, 256, 1, 768, 4, 3, 0),) * 2,
+    # W_UK through its transposed view: 3.86 us (library 3.82)
+    (20, 512, 192, 2): (SkinnyLaunch(32, 256, 1, 256, 4, 3, 0),) * 2,
+    # W_UV: 3.94 us with CUDA-core sums (library 4.18); 5.62 us with tensor cores
+    (20, 256, 512, 2): (SkinnyLaunch(8, 512, 1, 512, 4, 3, 1), SkinnyLaunch(32, 128, 4, 128, 4, 3, 0)),
+    # o_proj: 9.39 us (library 10.89)
+    (1, 2048, 5120, 2): (SkinnyLaunch(32, 128, 8, 640, 4, 3, 0),) * 2,
+    # the fp32 router: 3.75 us with CUDA-core sums (library, with the cast, 7.73); 6.33 us
+    (1, 64, 2048, 4): (SkinnyLaunch(8, 256, 8, 256, 4, 3, 1), SkinnyLaunch(16, 128, 16, 128, 4, 3, 0)),
+    # the shared expert's gate_up: 7.72 us (library 6.39); 7.74 us with tensor cores
+    (1, 3072, 2048, 2): (SkinnyLaunch(8, 512, 1, 2048, 4, 3, 1), SkinnyLaunch(32, 256, 1, 2048, 4, 3, 0)),
+    # its down projection: 5.44 us (library 5.28); 5.85 us with tensor cores
+    (1, 2048, 1536, 2): (SkinnyLaunch(8, 512, 1, 1536, 4, 3, 1), SkinnyLaunch(32, 128, 4, 384, 4, 3, 0)),
+}  # fmt: skip
+
+
+def skinny_launch(
+    n: int, k: int, num_sms: int = 132, m: int = 1, groups: int = 1, elem_bytes: int = 2
+) -> SkinnyLaunch:
+    """The measured launch of a known shape, else: tensor-core products, column blocks of 32, and
+    K split so that about two programs per multiprocessor stream the weight (each at least two K
+    blocks, so the pipeline has something to overlap)."""
+    measured = _MEASURED.get((groups, n, k, elem_bytes))
+    if measured is not None:
+        return (
+            measured[0] if m <= measured[0].fma_rows or measured[0].fma_rows == 0 else measured[1]
+        )
     block_n = 32
     block_k = 256 if k >= 512 else max(32, triton.next_power_of_2(k) // 2)
-    n_blocks = triton.cdiv(n, block_n)
+    n_blocks = triton.cdiv(n, block_n) * groups
     k_blocks = triton.cdiv(k, block_k)
     split = max(1, min(round(2 * num_sms / n_blocks), k_blocks // 2))
     k_per_split = triton.cdiv(k_blocks, split) * block_k
     split = triton.cdiv(k, k_per_split)
-    return SkinnyLaunch(block_n, block_k, split, k_per_split, 4, 3)
+    return SkinnyLaunch(block_n, block_k, split, k_per_split, 4, 3, 0)
 
 
 def _pow2_floor(v: int) -> int:
@@ -228,7 +262,7 @@ def skinny_gemm(
     o3 = out if batched else out.unsqueeze(0)
     if m == 0 or n == 0 or g == 0:
         return out
-    cfg = launch or skinny_launch(n, k, num_sms(x.device))
+    cfg = launch or skinny_launch(n, k, num_sms(x.device), m, g, w.element_size())
     n_blocks = triton.cdiv(n, cfg.block_n)
     pdl = use_pdl(x)
     pf = _prefetch_grid(cfg, w3, g * n) if pdl else (0, 1, 1, 1)
@@ -239,6 +273,8 @@ def skinny_gemm(
         part = counters = o3  # unused
     precision = "ieee" if w.dtype == torch.float32 else "tf32"
     use_dot = m > cfg.fma_rows
+    if use_dot and cfg.block_n < 16:
+        raise ValueError(f"tensor-core products need block_n >= 16, got {cfg}")
     block_m = 16 if use_dot else triton.next_power_of_2(m)
     _skinny_gemm_kernel[(n_blocks, cfg.split_k, g)](
         x3, w3, o3, part, counters, m, n, k,

@@ -178,10 +178,10 @@ def build_runner(
     context: int,
     graphs: bool = True,
     verify_tokens: int = 0,
-    skinny_gemm: bool = False,
+    skinny_gemm: bool | None = None,
     decode_backend: str = "auto",
     shared_overlap_tokens: int | None = None,
-    pdl: bool = False,
+    pdl: bool | None = None,
 ) -> ModelRunner:
     """Dummy weights on the GPU, the KV pool from what memory leaves, graphs at `batches` (and
     verification graphs of `verify_tokens` tokens a sequence, when given)."""
@@ -209,10 +209,10 @@ def build_runner_or_eager(
     batches: list[int],
     context: int,
     verify_tokens: int = 0,
-    skinny_gemm: bool = False,
+    skinny_gemm: bool | None = None,
     decode_backend: str = "auto",
     shared_overlap_tokens: int | None = None,
-    pdl: bool = False,
+    pdl: bool | None = None,
 ) -> ModelRunner:
     """With decode graphs; if capturing fails, eagerly (the decode rows then say graph False)."""
     try:
@@ -334,7 +334,8 @@ def print_tables(
     )
     overlap = "default" if args.shared_overlap_tokens is None else args.shared_overlap_tokens
     print(f"decode ({args.decode_backend_name} attention, shared expert overlap up to {overlap} "
-          f"tokens, BLAS library {args.blas_library}), context {args.context}, step = forward + lm_head (median of {args.iters})")  # fmt: skip
+          f"tokens, BLAS library {args.blas_library}, skinny products {args.skinny_on}, "
+          f"dependent launch {args.pdl_on}), context {args.context}, step = forward + lm_head (median of {args.iters})")  # fmt: skip
     print(f"{'batch':>6} {'step ms':>8} {'floor ms':>9} {'ratio':>6} {'tok/s':>8} "
           f"{'eager ms':>8} {'prep ms':>8} {'kv_sets':>7} graph")  # fmt: skip
     for r in decode:
@@ -399,13 +400,17 @@ def main() -> None:
     )
     parser.add_argument(
         "--skinny-gemm",
-        action="store_true",
-        help="dense projections of steps of at most 16 tokens through kernels/skinny_gemm",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="products of steps of at most 16 tokens through kernels/skinny_gemm (default: the "
+        "runner's, on)",
     )
     parser.add_argument(
         "--pdl",
-        action="store_true",
-        help="decode-path Triton kernels with programmatic dependent launch (kernels/pdl)",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="decode-path Triton kernels with programmatic dependent launch (kernels/pdl; "
+        "default: the runner's, on where supported)",
     )
     args = parser.parse_args()
     t0 = time.perf_counter()
@@ -417,6 +422,8 @@ def main() -> None:
         args.shared_overlap_tokens, args.pdl,
     )  # fmt: skip
     args.decode_backend_name = runner.decode_backend.name  # what "auto" resolved to
+    args.skinny_on = any(getattr(m, "skinny", False) for m in runner.model.modules())
+    args.pdl_on = runner.pdl
     print(f"model built and graphs captured in {time.perf_counter() - t0:.0f} s; "
           f"KV pool {runner.num_pages} pages of {PAGE_SIZE}")  # fmt: skip
     with torch.inference_mode():

@@ -24,22 +24,25 @@ ROW_TOL = 0.02  # the same products, summed in another order and rounded once mo
 
 
 @pytest.fixture(scope="module")
-def skinny_runner(checkpoint: Checkpoint, cuda: torch.device) -> Iterator[ModelRunner]:
-    """`graph_runner` with the skinny products."""
-    runner = load_runner(checkpoint[0], cuda, **GRAPH_RUNNER, skinny_gemm=True)
-    set_pdl(False)
-    yield runner
+def library_runner(checkpoint: Checkpoint, cuda: torch.device) -> ModelRunner:
+    """`graph_runner` with every product through the GEMM library and plain launches."""
+    return load_runner(checkpoint[0], cuda, **GRAPH_RUNNER, skinny_gemm=False, pdl=False)
+
+
+@pytest.fixture(scope="module")
+def skinny_runner(checkpoint: Checkpoint, cuda: torch.device) -> ModelRunner:
+    """The skinny products, plain launches."""
+    return load_runner(checkpoint[0], cuda, **GRAPH_RUNNER, skinny_gemm=True, pdl=False)
 
 
 @pytest.fixture(scope="module")
 def pdl_runner(checkpoint: Checkpoint, cuda: torch.device) -> Iterator[ModelRunner]:
     """The skinny products and every decode-path Triton kernel launched dependently (graphs
-    captured that way)."""
+    captured that way): the default on a Hopper GPU."""
     if not pdl_supported(cuda):
         pytest.skip("programmatic dependent launch needs compute capability 9.0")
-    runner = load_runner(checkpoint[0], cuda, **GRAPH_RUNNER, skinny_gemm=True, pdl=True)
+    runner = load_runner(checkpoint[0], cuda, **GRAPH_RUNNER)
     assert runner.pdl
-    set_pdl(False)
     yield runner
     set_pdl(False)
 
@@ -48,7 +51,7 @@ def pdl_runner(checkpoint: Checkpoint, cuda: torch.device) -> Iterator[ModelRunn
 def test_skinny_products_give_the_library_logits(
     batch: int,
     skinny_runner: ModelRunner,
-    graph_runner: ModelRunner,
+    library_runner: ModelRunner,
 ) -> None:
     lengths = [random.Random(batch + i).randint(5, 60) for i in range(batch)]
     session = Session.random(lengths, steps=3, vocab=4096, seed=batch)
@@ -56,7 +59,7 @@ def test_skinny_products_give_the_library_logits(
     assert linears and all(m.skinny for m in linears)
     assert skinny_runner.graphs is not None  # decode steps replay graphs captured with the kernel
     skinny = run_session(skinny_runner, session)
-    library = run_session(graph_runner, session)
+    library = run_session(library_runner, session)
     agreement = compare(skinny.logits, library.logits)
     print(f"\n[skinny vs library, batch {batch}] {agreement.summary()}")
     assert_agree(agreement, ROW_TOL, min_fraction=0.9)
@@ -72,11 +75,7 @@ def test_dependent_launches_give_the_plain_logits(
     """Same kernels, same order of sums: only the launches differ, so the logits are equal."""
     lengths = [random.Random(7 * batch + i).randint(5, 60) for i in range(batch)]
     session = Session.random(lengths, steps=4, vocab=4096, seed=batch + 100)
-    set_pdl(True)  # the eager prefill steps too
-    try:
-        dependent = run_session(pdl_runner, session)
-    finally:
-        set_pdl(False)
+    dependent = run_session(pdl_runner, session)  # the runner sets the switch every step
     plain = run_session(skinny_runner, session)
     for got, want in zip(dependent.logits, plain.logits, strict=True):
         torch.testing.assert_close(got, want, rtol=0, atol=0)

@@ -133,17 +133,20 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(
         p,
         ["--skinny-gemm", "--skinny_gemm"],
-        action="store_true",
-        help="dense projections of steps of at most 16 tokens through glm47's Triton "
-        "matrix-vector kernel instead of the GEMM library",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="the products of steps of at most 16 tokens (dense projections, MLA's absorbed "
+        "products, the router) through glm47's Triton kernel instead of the GEMM library "
+        "(default: on CUDA devices)",
     )
     _flag(
         p,
         ["--pdl"],
-        action="store_true",
-        help="launch the decode-path Triton kernels with programmatic dependent launch (compute "
-        "capability 9.0 and up; ignored elsewhere): each prefetches its weights into L2 while the "
-        "kernel before it runs",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="launch the decode-path Triton kernels with programmatic dependent launch: each "
+        "prefetches its weights into L2 while the kernel before it runs (default: on GPUs of "
+        "compute capability 9.0 and up; ignored elsewhere)",
     )
     _flag(
         p,

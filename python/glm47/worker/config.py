@@ -65,8 +65,11 @@ class EngineConfig:
     decode_att_backend: str = "auto"  # attention for all-decode steps; ATTENTION_BACKEND_CHOICES
     graph_max_batch_size: int = 512  # largest decode batch captured in a CUDA graph
     disable_cuda_graph: bool = False  # run decode eagerly
-    skinny_gemm: bool = False  # dense projections of <= 16-token steps through kernels/skinny_gemm
-    pdl: bool = False  # decode-path Triton kernels with programmatic dependent launch (kernels/pdl)
+    # Products of <= 16-token steps through kernels/skinny_gemm. None: on CUDA devices.
+    skinny_gemm: bool | None = None
+    # Decode-path Triton kernels with programmatic dependent launch (kernels/pdl). None: where
+    # the GPU supports it.
+    pdl: bool | None = None
     # Steps of at most this many tokens run the MoE layers' shared expert on a second CUDA stream
     # beside the routed experts. None: the runner's SHARED_OVERLAP_TOKENS; 0: never.
     shared_expert_overlap_tokens: int | None = None

@@ -115,8 +115,8 @@ class ModelRunner:
         disable_cuda_graph: bool = False,
         max_req_total_len: int | None = None,
         fused_kernels: bool | None = None,
-        skinny_gemm: bool = False,
-        pdl: bool = False,
+        skinny_gemm: bool | None = None,
+        pdl: bool | None = None,
         shared_overlap_tokens: int | None = None,
         warmup_tokens: int = 0,
         segment_graph_max_tokens: int = 0,
@@ -124,11 +124,13 @@ class ModelRunner:
         verify_tokens: int = 0,
     ) -> None:
         """`fused_kernels`: RMSNorm, rope and routing as Triton kernels (None: on CUDA devices).
-        `skinny_gemm`: dense projections of steps of at most 16 tokens through the Triton
-        matrix-vector kernel instead of the GEMM library.
+        `skinny_gemm`: the products of steps of at most 16 tokens (dense projections, MLA's
+        absorbed products, the router) through kernels/skinny_gemm instead of the GEMM library
+        (None: on CUDA devices).
         `pdl`: on a GPU that supports it (compute capability 9.0 and up), launch the decode-path
         Triton kernels with programmatic dependent launch (kernels/pdl): each may start while the
-        one before it runs, prefetching its weights into L2 until its inputs are ready.
+        one before it runs, prefetching its weights into L2 until its inputs are ready (None:
+        wherever supported).
         `shared_overlap_tokens`: on a GPU, steps of at most this many tokens run the MoE
         layers' shared expert on a second CUDA stream beside the routed experts (None:
         SHARED_OVERLAP_TOKENS; 0: never).
@@ -171,8 +173,10 @@ class ModelRunner:
         if fused_kernels is None:
             fused_kernels = self.device.type == "cuda"
         self.model.enable_fused_kernels(fused_kernels)
+        if skinny_gemm is None:
+            skinny_gemm = self.device.type == "cuda"
         self.model.enable_skinny_gemm(skinny_gemm)
-        self.pdl = pdl and pdl_supported(self.device)
+        self.pdl = pdl is not False and pdl_supported(self.device)
         if pdl and not self.pdl:
             log.warning("--pdl: %s cannot launch kernels that way; launching plainly", self.device)
         set_pdl(self.pdl)
@@ -394,6 +398,7 @@ class ModelRunner:
 
     @torch.inference_mode()
     def forward(self, inputs: StepInputs) -> torch.Tensor:  # [T, H] final hidden states
+        set_pdl(self.pdl)  # the launch switch is process-wide; tests hold several runners
         decode = self.graphs
         if decode is not None and self.large_graphs is not None:
             assert self._prefers_large is not None  # set with large_graphs

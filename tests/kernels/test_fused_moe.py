@@ -195,7 +195,15 @@ def test_topk_sum_equals_torch_sum_over_a_tokens_rows(
     # exact on the GPU; the Triton interpreter's fp32 -> bf16 cast may land one bf16 step off
     step = 2**-7 if dtype == torch.bfloat16 and not per_pair.is_cuda else 0.0
     torch.testing.assert_close(got, expected, rtol=step, atol=0)
+    # with an addend (the shared expert): the rounded sum plus it, as torch adds the two
+    add = torch.randn(tokens, 2 * hidden, device=device).to(dtype)[:, :hidden]  # strided rows
+    got = topk_sum(per_pair, top_k, add=add)
+    # (an interpreter step off in the rounded sum is a step of the sum, not of the result)
+    atol = 4 * step  # the sums are about N(0, 4): a step of 2**-7 relative is below 4 * 2**-7
+    torch.testing.assert_close(got, topk_sum_ref(per_pair, top_k, add), rtol=step, atol=atol)
     assert topk_sum(per_pair[:0], top_k).shape == (0, hidden)
+    with pytest.raises(ValueError, match="add must be"):
+        topk_sum(per_pair, top_k, add=add.float() if dtype != torch.float32 else add.half())
     with pytest.raises(ValueError, match="contiguous"):
         topk_sum(per_pair[:, ::2], top_k)
     with pytest.raises(ValueError, match="top_k must be >= 1"):

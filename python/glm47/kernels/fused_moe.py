@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 import torch
 import triton
@@ -194,8 +195,11 @@ def _prefetch_columns(k: int, bytes_per_column: int, elem: int) -> int:
 @triton.jit
 def _topk_sum_kernel(
     pairs_ptr,  # [T * TOP_K, H]: a token's TOP_K rows are consecutive
+    add_ptr,  # [T, H] (read when HAS_ADD)
     out_ptr,  # [T, H]
     hidden,
+    stride_add,
+    HAS_ADD: tl.constexpr,
     TOP_K: tl.constexpr,
     BLOCK: tl.constexpr,
     USE_PDL: tl.constexpr,
@@ -208,35 +212,58 @@ def _topk_sum_kernel(
     for j in tl.static_range(TOP_K):
         row = tl.load(pairs_ptr + (t * TOP_K + j) * hidden + offs, mask=ok, other=0.0)
         acc += row.to(tl.float32)
-    tl.store(out_ptr + t * hidden + offs, acc.to(out_ptr.dtype.element_ty), mask=ok)
+    total = acc.to(out_ptr.dtype.element_ty)
+    if HAS_ADD:  # rounded sum, plus the addend, rounded again: torch's add of the two
+        addend = tl.load(add_ptr + t * stride_add + offs, mask=ok, other=0.0)
+        total = (total.to(tl.float32) + addend.to(tl.float32)).to(out_ptr.dtype.element_ty)
+    tl.store(out_ptr + t * hidden + offs, total, mask=ok)
 
 
 def topk_sum(
     per_pair: torch.Tensor,  # [T * top_k, H] contiguous, a token's rows consecutive
     top_k: int,
+    add: torch.Tensor | None = None,  # [T, H] in per_pair's dtype, last dim contiguous
 ) -> torch.Tensor:  # [T, H] in per_pair's dtype
-    """`per_pair.view(T, top_k, H).sum(1)`, summed in fp32 and rounded once (as torch's sum)."""
+    """`per_pair.view(T, top_k, H).sum(1)`, summed in fp32 and rounded once (as torch's sum);
+    with `add`, `sum + add` as torch adds two tensors of that dtype (the sum rounded first)."""
     if top_k < 1:
         raise ValueError(f"top_k must be >= 1, got {top_k}")
     if per_pair.dim() != 2 or not per_pair.is_contiguous() or per_pair.shape[0] % top_k:
         raise ValueError(f"per_pair must be a contiguous [T * {top_k}, H], got {per_pair.shape}")
     pairs, hidden = per_pair.shape
     t = pairs // top_k
+    if add is not None and (
+        add.shape != (t, hidden) or add.dtype != per_pair.dtype or add.stride(1) != 1
+    ):
+        raise ValueError(f"add must be a [{t}, {hidden}] {per_pair.dtype} tensor, got {add.shape}")
     out = torch.empty((t, hidden), dtype=per_pair.dtype, device=per_pair.device)
     if t == 0:
         return out
     block = min(1024, triton.next_power_of_2(hidden))
     pdl = use_pdl(per_pair)
     _topk_sum_kernel[(t, triton.cdiv(hidden, block))](
-        per_pair, out, hidden, TOP_K=top_k, BLOCK=block, USE_PDL=pdl, num_warps=4, launch_pdl=pdl
+        per_pair,
+        out if add is None else add,
+        out,
+        hidden,
+        0 if add is None else add.stride(0),
+        HAS_ADD=add is not None,
+        TOP_K=top_k,
+        BLOCK=block,
+        USE_PDL=pdl,
+        num_warps=4,
+        launch_pdl=pdl,
     )
     return out
 
 
-def topk_sum_ref(per_pair: torch.Tensor, top_k: int) -> torch.Tensor:
+def topk_sum_ref(
+    per_pair: torch.Tensor, top_k: int, add: torch.Tensor | None = None
+) -> torch.Tensor:
     """Plain torch reference of `topk_sum`."""
     t = per_pair.shape[0] // top_k
-    return per_pair.float().view(t, top_k, -1).sum(1).to(per_pair.dtype)
+    total = per_pair.float().view(t, top_k, -1).sum(1).to(per_pair.dtype)
+    return total if add is None else total + add
 
 
 def fused_experts(
@@ -246,8 +273,11 @@ def fused_experts(
     topk_weights: torch.Tensor,  # [T, top_k] fp32, already renormalised and scaled
     topk_ids: torch.Tensor,  # [T, top_k] int32
     cfg: MoeConfig | None = None,
+    extra: Callable[[], torch.Tensor] | None = None,
 ) -> torch.Tensor:  # [T, H]
-    """sum_j topk_weights[t, j] * expert_{topk_ids[t, j]}(x[t]), expert(x) = down(silu(gate x) * up x)."""
+    """sum_j topk_weights[t, j] * expert_{topk_ids[t, j]}(x[t]), expert(x) = down(silu(gate x) * up x).
+    With `extra`, that sum rounded to x's dtype plus `extra()` ([T, H], x's dtype), rounded once
+    more, in the top-k sum's launch; `extra` is called after both GEMMs are enqueued."""
     t, hidden = x.shape
     num_experts, two_inter, _ = w13.shape
     inter = two_inter // 2
@@ -274,7 +304,7 @@ def fused_experts(
     per_pair = torch.empty((pairs, hidden), dtype=x.dtype, device=x.device)  # [P, H]
     moe_gemm(inter_act, w2, per_pair, weights, align, top_k, a_per_token=False, gated=False,
              mul_weight=True, cfg=cfg, hint_ids=hint_ids)  # fmt: skip
-    return topk_sum(per_pair, top_k)
+    return topk_sum(per_pair, top_k, add=None if extra is None else extra())
 
 
 def _gpu_name(device: torch.device) -> str:

@@ -7,6 +7,8 @@ the top-k (see glm47.kernels.fused_moe). Block configs come from kernels/configs
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from glm47.kernels.fused_moe import fused_experts
@@ -23,8 +25,9 @@ class TritonExperts:
         w2: torch.Tensor,  # [E, H, I]
         topk_ids: torch.Tensor,  # [T, k] int32
         topk_weights: torch.Tensor,  # [T, k] fp32
+        extra: Callable[[], torch.Tensor] | None = None,
     ) -> torch.Tensor:  # [T, H]
-        return fused_experts(x, w13, w2, topk_weights.float(), topk_ids)
+        return fused_experts(x, w13, w2, topk_weights.float(), topk_ids, extra=extra)
 
 
 register_experts_backend("triton", TritonExperts)

@@ -25,7 +25,12 @@ class ExpertsBackend(Protocol):
         w2: torch.Tensor,  # [E, H, I]
         topk_ids: torch.Tensor,  # [T, k] int32
         topk_weights: torch.Tensor,  # [T, k] fp32, already renormalised and scaled
+        extra: Callable[[], torch.Tensor] | None = None,
     ) -> torch.Tensor:  # [T, H] activation dtype: sum_k w_k * down(silu(gate) * up)
+        """With `extra`, the result is the routed sum rounded to the activation dtype plus
+        `extra()` (a [T, H] tensor, also in that dtype), rounded again: the MoE layer's shared
+        expert, whose stream `extra` joins. It is called once, after the experts' GEMMs are
+        enqueued, so that they overlap whatever produces it."""
         ...
 
 
@@ -65,6 +70,7 @@ class TorchExperts:
         w2: torch.Tensor,
         topk_ids: torch.Tensor,
         topk_weights: torch.Tensor,
+        extra: Callable[[], torch.Tensor] | None = None,
     ) -> torch.Tensor:
         out = torch.zeros_like(x)  # [T, H]
         ids = topk_ids.long()
@@ -74,7 +80,7 @@ class TorchExperts:
             y = F.linear(F.silu(gate) * up, w2[expert])  # [n, H]
             y = y * topk_weights[token_idx, slot, None]  # fp32
             out.index_add_(0, token_idx, y.to(out.dtype))
-        return out
+        return out if extra is None else out.add_(extra())
 
 
 register_experts_backend("torch", TorchExperts)

@@ -128,6 +128,10 @@ class MoE(nn.Module):
         with torch.cuda.stream(side):
             shared = self.shared_experts(x)  # [T, H]
         topk_ids, topk_weights = self.route(x)
-        routed = self.experts.forward(x, self.w13, self.w2, topk_ids, topk_weights)  # [T, H]
-        main.wait_stream(side)
-        return routed.add_(shared)
+
+        def joined_shared() -> torch.Tensor:  # the routed GEMMs are enqueued: join the streams
+            main.wait_stream(side)
+            return shared
+
+        # [T, H]: routed + shared, the sum in the experts' last launch
+        return self.experts.forward(x, self.w13, self.w2, topk_ids, topk_weights, joined_shared)

@@ -24,16 +24,7 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu-out}
 mkdir -p "$OUT/logs"
 LOGS=$OUT/logs
-export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD/python${PYTHONPATH:+:$PYTHONPATH}
-if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/*.whl \
-    || echo "wheel install failed"
-  # The repository's Python code, with the router extension from the wheel beside it.
-  if [ -f /tmp/site/glm47/_native.abi3.so ]; then
-    cp /tmp/site/glm47/_native.abi3.so python/glm47/ && rm -rf /tmp/site/glm47 /tmp/site/glm47-*
-  fi
-  export PYTHONPATH=$PWD/python:/tmp/site PATH=/tmp/site/bin:$PATH
-fi
+source benchmarks/gpu_env.sh
 start_all=$(date +%s)
 : >"$LOGS/sections.txt"
 

@@ -33,16 +33,7 @@ MODEL_BENCH=${MODEL_BENCH:-0}
 BENCH_LIMIT_S=${BENCH_LIMIT_S:-480}
 SERVE_FLAGS=${SERVE_FLAGS:-"--load-format dummy --chunked-prefill-size 8192 --graph-max-batch-size 512 \
 --max-running-requests 2048 --tool-call-parser glm47 --reasoning-parser glm45"}
-export PYTHONUNBUFFERED=1
-
-if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
-  # The repository's Python code, with the router extension from the wheel beside it.
-  if [ -f /tmp/site/glm47/_native.abi3.so ]; then
-    cp /tmp/site/glm47/_native.abi3.so python/glm47/ && rm -rf /tmp/site/glm47 /tmp/site/glm47-*
-  fi
-  export PYTHONPATH=$PWD/python:/tmp/site PATH=/tmp/site/bin:$PATH
-fi
+source benchmarks/gpu_env.sh
 pack() { tar -czf "$OUT/results.tar.gz" -C "$OUT" results; }
 trap pack EXIT
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$RES/gpu.txt"

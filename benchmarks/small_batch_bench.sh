@@ -11,15 +11,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu-out}
 mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD/python${PYTHONPATH:+:$PYTHONPATH}
-if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/*.whl \
-    || echo "wheel install failed"
-  if [ -f /tmp/site/glm47/_native.abi3.so ]; then
-    cp /tmp/site/glm47/_native.abi3.so python/glm47/ && rm -rf /tmp/site/glm47 /tmp/site/glm47-*
-  fi
-  export PYTHONPATH=$PWD/python:/tmp/site PATH=/tmp/site/bin:$PATH
-fi
+source benchmarks/gpu_env.sh
 BATCHES=${BATCHES:-1,2,4,8,16,32}
 VARIANTS=${VARIANTS:--;--skinny-gemm;--skinny-gemm --pdl;--pdl}
 TESTS=${TESTS:-1}

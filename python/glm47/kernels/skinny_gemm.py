@@ -9,7 +9,10 @@ the tail) weigh as much as the bytes. So:
   block, reset by that program) sums the fp32 partials and writes the output, so a split product
   is still one launch;
 - with programmatic dependent launch (kernels/pdl) a program first asks for the start of its
-  weight slice in L2, then waits for the kernel before it: the weight read overlaps that kernel.
+  weight slice in L2, then waits for the kernel before it: the weight read overlaps that kernel;
+- the products run on the tensor cores (rows padded to 16), or for a single row on the CUDA
+  cores with the weight tile loaded straight into registers; the launch settings of the model's
+  shapes are the fastest measured (`_MEASURED`).
 
 Batched form: `x` [G, M, K], `w` [G, N, K] (any strides; W^T views included), `out` [G, M, N],
 one product per group (MLA's per-head absorbed products). `x` is cast to `w`'s dtype in the
@@ -42,9 +45,9 @@ class SkinnyLaunch(NamedTuple):
     k_per_split: int  # a multiple of block_k
     num_warps: int
     num_stages: int
-    fma_rows: int = (
-        0  # up to this many rows the products run on the CUDA cores (block_n >= 16 else)
-    )
+    # Up to this many rows the products run on the CUDA cores; above, on the tensor cores
+    # (which need block_n >= 16).
+    fma_rows: int = 0
 
 
 # The row count changes from step to step outside CUDA graphs: one compiled variant serves all.

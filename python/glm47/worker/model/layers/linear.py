@@ -15,8 +15,9 @@ class Linear(nn.Module):
 
     Fused projections (gate_up) are one Linear whose rows are the concatenated checkpoint tensors;
     the loader's name table says which rows each checkpoint tensor fills. With `skinny` set (see
-    `enable_skinny_gemm`), inputs of at most `MAX_ROWS` rows go through the Triton matrix-vector
-    kernel (kernels/skinny_gemm) instead of the GEMM library.
+    `enable_skinny_gemm`; on by default on CUDA devices), inputs of at most `MAX_ROWS` rows go
+    through the Triton kernel for few-row products (kernels/skinny_gemm) instead of the GEMM
+    library.
     """
 
     skinny = False

@@ -169,9 +169,10 @@ def moe_gemm(
     num_blocks = triton.cdiv(max_padded, cfg.block_m)
     grid = (num_blocks * triton.cdiv(n, cfg.block_n),)
     pdl = use_pdl(a)
-    hinted = min(num_blocks, out.shape[0]) if a_per_token else num_blocks
-    prefetch_k = _prefetch_columns(k, hinted * w.shape[1] * w.element_size(), w.element_size())
-    prefetch_k = prefetch_k if pdl and hint_ids is not None else 0
+    prefetch_k = 0
+    if pdl and hint_ids is not None:  # GEMM 1 guesses one block per pair
+        hinted = min(num_blocks, out.shape[0]) if a_per_token else num_blocks
+        prefetch_k = _prefetch_columns(k, hinted * w.shape[1] * w.element_size(), w.element_size())
     _moe_gemm_kernel[grid](
         a, w, out, topk_weights, align.sorted_ids, align.expert_ids, align.num_padded,
         hint_ids if hint_ids is not None else align.expert_ids,

@@ -38,10 +38,6 @@ def set_pdl(enabled: bool) -> None:
     _enabled = enabled
 
 
-def pdl_enabled() -> bool:
-    return _enabled
-
-
 def use_pdl(t: torch.Tensor) -> bool:
     """Whether a launcher whose kernel reads `t` launches with it."""
     return _enabled and t.is_cuda
@@ -70,4 +66,4 @@ def prefetch_l2(ptrs):
     )
 
 
-__all__ = ["pdl_enabled", "pdl_supported", "pdl_wait", "prefetch_l2", "set_pdl", "use_pdl"]
+__all__ = ["pdl_supported", "pdl_wait", "prefetch_l2", "set_pdl", "use_pdl"]

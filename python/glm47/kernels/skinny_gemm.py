@@ -28,7 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
-from glm47.kernels.device import num_sms
+from glm47.kernels.device import num_sms, runs_triton
 from glm47.kernels.pdl import pdl_wait, prefetch_l2, use_pdl
 
 MAX_ROWS = 16  # one tensor-core tile of rows; larger batches belong to a GEMM library
@@ -36,6 +36,12 @@ MAX_ROWS = 16  # one tensor-core tile of rows; larger batches belong to a GEMM l
 # the memory system moves during a short kernel, well inside the 50 MB L2 of an H100 / H200.
 PREFETCH_BYTES = 16 << 20
 _LINE = 128  # bytes per L2 prefetch
+
+
+def takes_rows(x: torch.Tensor, rows: int) -> bool:
+    """Whether a product of `rows` rows of `x` belongs to this kernel: 1 to MAX_ROWS rows, on a
+    device Triton runs on (CUDA, or the CPU under the interpreter)."""
+    return runs_triton(x) and 0 < rows <= MAX_ROWS
 
 
 class SkinnyLaunch(NamedTuple):
@@ -310,4 +316,5 @@ __all__ = [
     "skinny_gemm_ref",
     "skinny_launch",
     "split_counters",
+    "takes_rows",
 ]

@@ -15,8 +15,7 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
-from glm47.kernels.device import runs_triton
-from glm47.kernels.skinny_gemm import MAX_ROWS, skinny_gemm
+from glm47.kernels.skinny_gemm import skinny_gemm, takes_rows
 
 
 @dataclass
@@ -108,8 +107,8 @@ def write_latents(
     kv_cache[meta.slot_mapping] = torch.cat([latent, k_rope], dim=-1).to(kv_cache.dtype)
 
 
-def _takes_skinny(x: torch.Tensor, weights: MLAWeights) -> bool:
-    return weights.skinny and runs_triton(x) and 0 < x.shape[0] <= MAX_ROWS
+def _takes_skinny(x: torch.Tensor, weights: MLAWeights) -> bool:  # x: [T, H, D]
+    return weights.skinny and takes_rows(x, x.shape[0])
 
 
 def absorb_query(q_nope: torch.Tensor, weights: MLAWeights) -> torch.Tensor:

@@ -6,8 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from glm47.kernels.device import runs_triton
-from glm47.kernels.skinny_gemm import MAX_ROWS, skinny_gemm
+from glm47.kernels.skinny_gemm import skinny_gemm, takes_rows
 
 
 class Linear(nn.Module):
@@ -49,9 +48,8 @@ class Linear(nn.Module):
         inputs of at most MAX_ROWS rows; anything else goes to the library."""
         return (
             self.skinny
-            and runs_triton(x)
             and x.dim() == 2
-            and 0 < x.shape[0] <= MAX_ROWS
+            and takes_rows(x, x.shape[0])
             and x.stride(-1) == 1
             and self.weight.stride(-1) == 1
             and x.dtype == self.weight.dtype

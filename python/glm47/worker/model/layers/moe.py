@@ -11,9 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from glm47.kernels.device import runs_triton
 from glm47.kernels.routing import route_topk
-from glm47.kernels.skinny_gemm import MAX_ROWS, skinny_gemm
+from glm47.kernels.skinny_gemm import skinny_gemm, takes_rows
 from glm47.worker.model.config import ModelConfig
 from glm47.worker.model.layers.experts import ExpertsBackend
 from glm47.worker.model.layers.mlp import DenseMLP
@@ -88,7 +87,7 @@ class MoE(nn.Module):
         cfg = self.cfg
         k = cfg.num_experts_per_tok
         if self.fused and cfg.n_group <= 1 and k & (k - 1) == 0:
-            if self.skinny and runs_triton(x) and 0 < x.shape[0] <= MAX_ROWS:
+            if self.skinny and takes_rows(x, x.shape[0]):
                 logits = skinny_gemm(x, self.gate_weight)  # [T, E] fp32, x cast in the kernel
             else:
                 logits = F.linear(x.float(), self.gate_weight)  # [T, E] fp32

@@ -182,6 +182,7 @@ def build_runner(
     decode_backend: str = "auto",
     shared_overlap_tokens: int | None = None,
     pdl: bool | None = None,
+    shared_fold_tokens: int | None = None,
 ) -> ModelRunner:
     """Dummy weights on the GPU, the KV pool from what memory leaves, graphs at `batches` (and
     verification graphs of `verify_tokens` tokens a sequence, when given)."""
@@ -202,6 +203,7 @@ def build_runner(
         skinny_gemm=skinny_gemm,
         shared_overlap_tokens=shared_overlap_tokens,
         pdl=pdl,
+        shared_fold_tokens=shared_fold_tokens,
     )
 
 
@@ -213,12 +215,14 @@ def build_runner_or_eager(
     decode_backend: str = "auto",
     shared_overlap_tokens: int | None = None,
     pdl: bool | None = None,
+    shared_fold_tokens: int | None = None,
 ) -> ModelRunner:
     """With decode graphs; if capturing fails, eagerly (the decode rows then say graph False)."""
     try:
         return build_runner(
             batches, context, verify_tokens=verify_tokens, skinny_gemm=skinny_gemm,
             decode_backend=decode_backend, shared_overlap_tokens=shared_overlap_tokens, pdl=pdl,
+            shared_fold_tokens=shared_fold_tokens,
         )  # fmt: skip
     except RuntimeError as err:
         print(f"building with CUDA graphs failed, timing eager decode instead: {err}")
@@ -226,7 +230,7 @@ def build_runner_or_eager(
     torch.cuda.empty_cache()
     return build_runner(
         batches, context, graphs=False, skinny_gemm=skinny_gemm, decode_backend=decode_backend,
-        shared_overlap_tokens=shared_overlap_tokens, pdl=pdl,
+        shared_overlap_tokens=shared_overlap_tokens, pdl=pdl, shared_fold_tokens=shared_fold_tokens,
     )  # fmt: skip
 
 
@@ -333,8 +337,9 @@ def print_tables(
         f"bf16 matmul {ceil.matmul_flops_per_s / 1e12:.0f} TFLOP/s"
     )
     overlap = "default" if args.shared_overlap_tokens is None else args.shared_overlap_tokens
+    fold = args.fold_on
     print(f"decode ({args.decode_backend_name} attention, shared expert overlap up to {overlap} "
-          f"tokens, BLAS library {args.blas_library}, skinny products {args.skinny_on}, "
+          f"tokens, folded up to {fold}, BLAS library {args.blas_library}, skinny products {args.skinny_on}, "
           f"dependent launch {args.pdl_on}), context {args.context}, step = forward + lm_head (median of {args.iters})")  # fmt: skip
     print(f"{'batch':>6} {'step ms':>8} {'floor ms':>9} {'ratio':>6} {'tok/s':>8} "
           f"{'eager ms':>8} {'prep ms':>8} {'kv_sets':>7} graph")  # fmt: skip
@@ -393,6 +398,13 @@ def main() -> None:
         "(default: the runner's SHARED_OVERLAP_TOKENS; 0: never)",
     )
     parser.add_argument(
+        "--shared-fold-tokens",
+        type=int,
+        default=None,
+        help="steps of at most this many tokens run the shared expert inside the routed experts' "
+        "grouped GEMMs (default: the runner's SHARED_FOLD_TOKENS; 0: never)",
+    )
+    parser.add_argument(
         "--blas-library",
         default="default",
         choices=["default", "cublas", "cublaslt"],
@@ -419,11 +431,14 @@ def main() -> None:
     ceil = measure_ceilings()
     runner = build_runner_or_eager(
         batches, args.context, args.verify_tokens, args.skinny_gemm, args.decode_backend,
-        args.shared_overlap_tokens, args.pdl,
+        args.shared_overlap_tokens, args.pdl, args.shared_fold_tokens,
     )  # fmt: skip
     args.decode_backend_name = runner.decode_backend.name  # what "auto" resolved to
     args.skinny_on = any(getattr(m, "skinny", False) for m in runner.model.modules())
     args.pdl_on = runner.pdl
+    args.fold_on = max(
+        (getattr(m, "fold_max_tokens", 0) for m in runner.model.modules()), default=0
+    )
     print(f"model built and graphs captured in {time.perf_counter() - t0:.0f} s; "
           f"KV pool {runner.num_pages} pages of {PAGE_SIZE}")  # fmt: skip
     with torch.inference_mode():

@@ -11,6 +11,7 @@ from kernel_utils import ON_GPU, rel_err
 from glm47.kernels.fused_moe import (
     fused_experts,
     fused_experts_ref,
+    fused_moe_from_logits,
     topk_sum,
     topk_sum_ref,
     tune_config,
@@ -24,6 +25,7 @@ from glm47.kernels.moe_align import (
     moe_align_torch,
 )
 from glm47.kernels.moe_config import MoeConfig, default_config
+from glm47.kernels.routing import route_topk_ref
 
 
 def random_routing(t: int, e: int, k: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -208,3 +210,54 @@ def test_topk_sum_equals_torch_sum_over_a_tokens_rows(
         topk_sum(per_pair[:, ::2], top_k)
     with pytest.raises(ValueError, match="top_k must be >= 1"):
         topk_sum(per_pair, 0)
+
+
+def test_topk_sum_with_the_shared_expert_last(device: str) -> None:
+    """`shared_last`: a token's last row is added to its rounded routed sum, as torch adds the
+    shared expert's output to the routed output."""
+    tokens, top_k, hidden = 5, 5, 700
+    per_pair = torch.randn(tokens * top_k, hidden, device=device).to(torch.float16)
+    got = topk_sum(per_pair, top_k, shared_last=True)
+    rows = per_pair.view(tokens, top_k, hidden)
+    expected = rows[:, :-1].float().sum(1).half() + rows[:, -1]
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    torch.testing.assert_close(got, topk_sum_ref(per_pair, top_k, shared_last=True), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="top_k must be >= 2"):
+        topk_sum(per_pair, 1, shared_last=True)
+
+
+FOLD_SHAPES = [(1, 64, 32, 8, 2), (6, 64, 32, 8, 2)] if not ON_GPU else [(1, 2048, 1536, 64, 4), (16, 2048, 1536, 64, 4)]  # fmt: skip
+
+
+@pytest.mark.parametrize(("t", "hidden", "inter", "e", "k"), FOLD_SHAPES)
+def test_fused_moe_from_logits_with_the_shared_expert(
+    t: int, hidden: int, inter: int, e: int, k: int, device: str, dtype: torch.dtype
+) -> None:
+    """Routing, the grouped GEMMs with the shared expert as expert E, and the top-k sum: the
+    routed experts' weighted sum, rounded, plus the shared expert's output."""
+    x = torch.randn((t, hidden), dtype=dtype, device=device)
+    w13 = torch.randn((e, 2 * inter, hidden), dtype=dtype, device=device) * hidden**-0.5
+    w2 = torch.randn((e, hidden, inter), dtype=dtype, device=device) * inter**-0.5
+    shared_w13 = torch.randn((2 * inter, hidden), dtype=dtype, device=device) * hidden**-0.5
+    shared_w2 = torch.randn((hidden, inter), dtype=dtype, device=device) * inter**-0.5
+    logits = torch.randn((t, e), device=device) * 2
+    bias = torch.rand(e, device=device) * 0.1
+    out = fused_moe_from_logits(x, logits, bias, k, True, 1.8, w13, w2, (shared_w13, shared_w2))
+    ids, weights = route_topk_ref(logits, bias, k, True, 1.8)
+    routed = fused_experts_ref(x.double(), w13.double(), w2.double(), weights.double(), ids)
+    ones = torch.ones((t, 1), dtype=torch.float64, device=device)
+    shared = fused_experts_ref(
+        x.double(), shared_w13[None].double(), shared_w2[None].double(), ones,
+        torch.zeros((t, 1), dtype=torch.int32, device=device),
+    )  # fmt: skip
+    assert out.shape == (t, hidden) and out.dtype == dtype
+    assert rel_err(out, routed + shared) < 2e-2
+    # the same through fused_experts with the routing given
+    got = fused_experts(
+        x, w13, w2, torch.cat([weights, ones.float()], 1),
+        torch.cat([ids, torch.full((t, 1), e, dtype=torch.int32, device=device)], 1),
+        shared=(shared_w13, shared_w2),
+    )  # fmt: skip
+    assert rel_err(got, routed + shared) < 2e-2
+    with pytest.raises(ValueError, match="laid out as one expert"):
+        fused_experts(x, w13, w2, weights, ids, shared=(shared_w13[:, :-1], shared_w2))

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from glm47.kernels.routing import route_topk, route_topk_ref
+from glm47.kernels.moe_align import moe_align_torch
+from glm47.kernels.rmsnorm import rmsnorm_ref
+from glm47.kernels.routing import norm_route_align, route_align, route_topk, route_topk_ref
+from glm47.kernels.skinny_gemm import counters_at_rest
 from glm47.worker.model.layers.moe import select_experts
 
 
@@ -67,3 +71,82 @@ def test_route_topk_keeps_nan_rows_on_valid_experts(device: str) -> None:
     logits[1] = torch.randn(20, device=device)
     ids, _ = route_topk(logits, torch.zeros(20, device=device), 4, True, 1.0)
     assert int(ids.min()) >= 0 and int(ids.max()) < 20
+
+
+ROUTE_ALIGN_CASES = [
+    (1, 64, 4, 16),
+    (5, 64, 4, 16),
+    (16, 64, 4, 16),
+    (64, 64, 4, 32),
+    (9, 20, 2, 4),
+]
+
+
+@pytest.mark.parametrize(("tokens", "experts", "top_k", "block_m"), ROUTE_ALIGN_CASES)
+@pytest.mark.parametrize("shared", [False, True])
+def test_route_align_equals_route_then_align(
+    tokens: int, experts: int, top_k: int, block_m: int, shared: bool, device: str
+) -> None:
+    """The one-launch routing gives route_topk's experts and weights and moe_align's layout of
+    them; with `shared`, one more pair per token, last: expert E, weight 1."""
+    logits = torch.randn(tokens, experts, device=device) * 3
+    bias = torch.rand(experts, device=device) * 0.2 - 0.1
+    ids, weights, align = route_align(logits, bias, top_k, True, 2.5, block_m, shared=shared)
+    ref_ids, ref_weights = route_topk_ref(logits, bias, top_k, True, 2.5)
+    if shared:
+        assert torch.equal(ids[:, -1].cpu(), torch.full((tokens,), experts, dtype=torch.int32))
+        assert torch.equal(weights[:, -1].cpu(), torch.ones(tokens))
+    k1 = top_k + int(shared)
+    assert ids.shape == weights.shape == (tokens, k1)
+    assert torch.equal(ids[:, :top_k].cpu(), ref_ids.cpu())
+    torch.testing.assert_close(weights[:, :top_k].cpu(), ref_weights.cpu(), rtol=1e-5, atol=1e-6)
+    ref = moe_align_torch(ids, experts + int(shared), block_m)
+    assert align.block_m == block_m
+    assert torch.equal(align.num_padded.cpu(), ref.num_padded.cpu())
+    assert torch.equal(align.sorted_ids.cpu(), ref.sorted_ids.cpu())
+    assert torch.equal(align.expert_ids.cpu(), ref.expert_ids.cpu())
+
+
+def test_route_align_rejects_batches_past_its_limit(device: str) -> None:
+    bias = torch.zeros(8, device=device)
+    with pytest.raises(ValueError, match="1 to 64 tokens"):
+        route_align(torch.randn(65, 8, device=device), bias, 2, True, 1.0, 16)
+    with pytest.raises(ValueError, match="fp32"):
+        route_align(torch.randn(3, 8, device=device).half(), bias, 2, True, 1.0, 16)
+    with pytest.raises(ValueError, match="power of two"):
+        route_align(torch.randn(3, 8, device=device), bias, 3, True, 1.0, 16)
+
+
+@pytest.mark.parametrize(
+    ("tokens", "hidden", "experts", "top_k"), [(1, 256, 64, 4), (7, 100, 20, 2)]
+)
+def test_norm_route_align_is_rmsnorm_router_and_route_align(
+    tokens: int, hidden: int, experts: int, top_k: int, device: str, dtype: torch.dtype
+) -> None:
+    """One launch: the residual add and RMSNorm as kernels/rmsnorm rounds them, the router's
+    fp32 product, then the routing and layout of `route_align` (in the last program to finish,
+    which leaves the launch's counter at zero)."""
+    x = torch.randn(tokens, hidden, device=device).to(dtype)
+    residual = torch.randn(tokens, hidden, device=device).to(dtype)
+    norm_w = (torch.rand(hidden, device=device) + 0.5).to(dtype)
+    gate = torch.randn(experts, hidden, device=device)
+    bias = torch.rand(experts, device=device) * 0.1
+    normed, new_res, ids, weights, align = norm_route_align(
+        x, residual, norm_w, 1e-5, gate, bias, top_k, True, 1.8, 16, shared=True
+    )
+    ref_normed, ref_res = rmsnorm_ref(x, norm_w, 1e-5, residual)
+    step = 2**-10 if not normed.is_cuda else 0.0  # the interpreter's casts may round a step off
+    torch.testing.assert_close(new_res, ref_res, rtol=0, atol=0)
+    torch.testing.assert_close(normed, ref_normed, rtol=2 * step, atol=2 * step)
+    logits = F.linear(normed.float(), gate)
+    ref_ids, ref_weights = route_topk_ref(logits, bias, top_k, True, 1.8)
+    assert torch.equal(ids[:, :top_k].cpu(), ref_ids.cpu())
+    torch.testing.assert_close(weights[:, :top_k].cpu(), ref_weights.cpu(), rtol=1e-4, atol=1e-5)
+    assert torch.equal(ids[:, -1].cpu(), torch.full((tokens,), experts, dtype=torch.int32))
+    ref = moe_align_torch(ids, experts + 1, 16)
+    assert torch.equal(align.sorted_ids.cpu(), ref.sorted_ids.cpu())
+    assert torch.equal(align.expert_ids.cpu(), ref.expert_ids.cpu())
+    assert torch.equal(align.num_padded.cpu(), ref.num_padded.cpu())
+    assert counters_at_rest()
+    with pytest.raises(ValueError, match="fp32"):
+        norm_route_align(x, residual, norm_w, 1e-5, gate.to(dtype), bias, top_k, True, 1.8, 16)

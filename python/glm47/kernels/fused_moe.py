@@ -5,6 +5,12 @@ GEMM 1 reads `x[t]` for each pair and `w13[e]` (`[2I, H]`, gate rows first) and 
 `w2[e]^T` (`w2[e]` is `[H, I]`) and the routing weight, per pair (`[P, H]`); the top_k rows of a
 token are then summed. Rows of a block all belong to one expert (see moe_align), so each program
 reads one expert's weight tile: at decode sizes the kernel is bound by reading the active experts.
+
+The shared expert can run as one more expert of the same launches (`shared`): expert id E (one past
+the routed ones) reads its own weight tensors, every token has one pair of it, last in the token's
+row, with weight 1, and the top-k sum adds that row after rounding the routed sum (as the reference
+adds the two outputs). At decode sizes that replaces the shared expert's three launches (and the
+second stream they ran on) with a few more programs in two launches that run anyway.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import triton.language as tl
 from glm47.kernels.moe_align import MoeAlignment, moe_align
 from glm47.kernels.moe_config import MoeConfig, select_config, shape_key
 from glm47.kernels.pdl import pdl_wait, prefetch_l2, use_pdl
+from glm47.kernels.routing import norm_route_align, route_align
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +42,7 @@ PREFETCH_BYTES = 16 << 20
 def _moe_gemm_kernel(
     a_ptr,  # [rows_a, K]: x [T, K] when A_PER_TOKEN, else the intermediate [P, K]
     w_ptr,  # [E, N_total, K]: N_total = 2N when GATED (gate rows, then up rows), else N
+    shared_w_ptr,  # [N_total, K] expert E's weights, same row stride (read when HAS_SHARED)
     c_ptr,  # [P, N]
     topk_w_ptr,  # [P] fp32 routing weights (read when MUL_WEIGHT)
     sorted_ids_ptr,  # [max_padded] int32
@@ -58,6 +66,7 @@ def _moe_gemm_kernel(
     BLOCK_K: tl.constexpr,
     GROUP_M: tl.constexpr,
     NUM_EXPERTS: tl.constexpr,
+    HAS_SHARED: tl.constexpr,
     # Before the wait, the first PREFETCH_K columns of the block's weight tile are asked into L2
     # (0: none), LINE_ELEMS elements a request. HINT_FROM_PAIRS: the block's expert is guessed as
     # the expert of pair pid_m (GEMM 1, whose alignment may still run), else read from the
@@ -77,9 +86,9 @@ def _moe_gemm_kernel(
     pid_n = (pid % per_group) // group_size
     if PREFETCH_K > 0:
         _prefetch_expert_tile(
-            w_ptr, hint_ids_ptr, expert_ids_ptr, num_padded_ptr, pid_m, pid_n, N, num_pairs,
-            stride_we, stride_wn, GATED, NUM_EXPERTS, BLOCK_M, BLOCK_N, PREFETCH_K, LINE_ELEMS,
-            HINT_FROM_PAIRS,
+            w_ptr, shared_w_ptr, hint_ids_ptr, expert_ids_ptr, num_padded_ptr, pid_m, pid_n, N,
+            num_pairs, stride_we, stride_wn, GATED, NUM_EXPERTS, HAS_SHARED, BLOCK_M, BLOCK_N,
+            PREFETCH_K, LINE_ELEMS, HINT_FROM_PAIRS,
         )  # fmt: skip
     pdl_wait(USE_PDL)
     if pid_m * BLOCK_M >= tl.load(num_padded_ptr):
@@ -90,11 +99,12 @@ def _moe_gemm_kernel(
     row_ok = pair < num_pairs
     a_row = pair // TOP_K if A_PER_TOKEN else pair
     expert = tl.load(expert_ids_ptr + pid_m).to(tl.int64)
+    w_base = _expert_weights(w_ptr, shared_w_ptr, expert, stride_we, NUM_EXPERTS, HAS_SHARED)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     col_ok = offs_n < N
     offs_k = tl.arange(0, BLOCK_K)
     a_ptrs = a_ptr + a_row[:, None].to(tl.int64) * stride_am + offs_k[None, :]  # [BM, BK]
-    w_ptrs = w_ptr + expert * stride_we + offs_n[None, :] * stride_wn + offs_k[:, None]  # [BK, BN]
+    w_ptrs = w_base + offs_n[None, :] * stride_wn + offs_k[:, None]  # [BK, BN]
 
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     acc_up = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
@@ -118,11 +128,23 @@ def _moe_gemm_kernel(
 
 
 @triton.jit
+def _expert_weights(w_ptr, shared_w_ptr, expert, stride_we, NUM_EXPERTS: tl.constexpr,
+                    HAS_SHARED: tl.constexpr):  # fmt: skip
+    """The first weight of `expert`: a routed expert's slice of w, or the shared expert's tensor
+    for id NUM_EXPERTS."""
+    base = w_ptr + expert * stride_we
+    if HAS_SHARED:
+        if expert == NUM_EXPERTS:
+            base = shared_w_ptr
+    return base
+
+
+@triton.jit
 def _prefetch_expert_tile(
-    w_ptr, hint_ids_ptr, expert_ids_ptr, num_padded_ptr, pid_m, pid_n, N, num_pairs,
-    stride_we, stride_wn, GATED: tl.constexpr, NUM_EXPERTS: tl.constexpr, BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr, PREFETCH_K: tl.constexpr, LINE_ELEMS: tl.constexpr,
-    HINT_FROM_PAIRS: tl.constexpr,
+    w_ptr, shared_w_ptr, hint_ids_ptr, expert_ids_ptr, num_padded_ptr, pid_m, pid_n, N,
+    num_pairs, stride_we, stride_wn, GATED: tl.constexpr, NUM_EXPERTS: tl.constexpr,
+    HAS_SHARED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    PREFETCH_K: tl.constexpr, LINE_ELEMS: tl.constexpr, HINT_FROM_PAIRS: tl.constexpr,
 ):  # fmt: skip
     """Ask for the start of this block's weight tile in L2. Only a hint: what it reads was written
     by kernels that finished before the previous one started, and a wrong guess costs bandwidth,
@@ -134,10 +156,12 @@ def _prefetch_expert_tile(
         wanted = pid_m * BLOCK_M < tl.load(num_padded_ptr, cache_modifier=".cg")
         expert = tl.load(expert_ids_ptr + pid_m, cache_modifier=".cg")
     if wanted:
-        e = tl.minimum(tl.maximum(expert, 0), NUM_EXPERTS - 1).to(tl.int64)
+        last: tl.constexpr = NUM_EXPERTS if HAS_SHARED else NUM_EXPERTS - 1
+        e = tl.minimum(tl.maximum(expert, 0), last).to(tl.int64)
+        base = _expert_weights(w_ptr, shared_w_ptr, e, stride_we, NUM_EXPERTS, HAS_SHARED)
         rows = tl.minimum(pid_n * BLOCK_N + tl.arange(0, BLOCK_N), N - 1)
         cols = tl.arange(0, PREFETCH_K // LINE_ELEMS) * LINE_ELEMS
-        tile = w_ptr + e * stride_we + rows[:, None] * stride_wn + cols[None, :]
+        tile = base + rows[:, None] * stride_wn + cols[None, :]
         prefetch_l2(tile)
         if GATED:
             prefetch_l2(tile + N * stride_wn)
@@ -156,6 +180,7 @@ def moe_gemm(
     mul_weight: bool,
     cfg: MoeConfig,
     hint_ids: torch.Tensor | None = None,  # [P] int32: the pairs' experts, for the L2 prefetch
+    shared_w: torch.Tensor | None = None,  # [2N or N, K]: expert E's weights
 ) -> None:
     """One grouped GEMM over the aligned pairs (see the module docstring)."""
     n, k = out.shape[1], a.shape[1]
@@ -163,6 +188,14 @@ def moe_gemm(
         raise ValueError(f"weights {tuple(w.shape)} do not fit K={k}, N={n}, gated={gated}")
     if a.stride(1) != 1 or w.stride(2) != 1 or out.stride(1) != 1:
         raise ValueError("a, w and out need a contiguous last dimension")
+    if shared_w is not None and (
+        shared_w.shape != w.shape[1:]
+        or shared_w.stride() != w.stride()[1:]
+        or shared_w.dtype != w.dtype
+    ):
+        raise ValueError(
+            f"shared weights {tuple(shared_w.shape)} must be laid out as one expert of {tuple(w.shape)}"
+        )
     if align.block_m != cfg.block_m:
         raise ValueError(f"alignment block {align.block_m} != config block_m {cfg.block_m}")
     max_padded = int(align.sorted_ids.shape[0])
@@ -174,12 +207,12 @@ def moe_gemm(
         hinted = min(num_blocks, out.shape[0]) if a_per_token else num_blocks
         prefetch_k = _prefetch_columns(k, hinted * w.shape[1] * w.element_size(), w.element_size())
     _moe_gemm_kernel[grid](
-        a, w, out, topk_weights, align.sorted_ids, align.expert_ids, align.num_padded,
+        a, w, w if shared_w is None else shared_w, out, topk_weights, align.sorted_ids, align.expert_ids, align.num_padded,
         hint_ids if hint_ids is not None else align.expert_ids,
         n, k, out.shape[0], max_padded, a.stride(0), w.stride(0), w.stride(1), out.stride(0),
         TOP_K=top_k, A_PER_TOKEN=a_per_token, GATED=gated, MUL_WEIGHT=mul_weight,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m,
-        NUM_EXPERTS=w.shape[0], PREFETCH_K=prefetch_k, LINE_ELEMS=128 // w.element_size(),
+        NUM_EXPERTS=w.shape[0], HAS_SHARED=shared_w is not None, PREFETCH_K=prefetch_k, LINE_ELEMS=128 // w.element_size(),
         HINT_FROM_PAIRS=a_per_token, USE_PDL=pdl,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, launch_pdl=pdl,
     )  # fmt: skip
@@ -201,6 +234,7 @@ def _topk_sum_kernel(
     hidden,
     stride_add,
     HAS_ADD: tl.constexpr,
+    SHARED_LAST: tl.constexpr,
     TOP_K: tl.constexpr,
     BLOCK: tl.constexpr,
     USE_PDL: tl.constexpr,
@@ -210,10 +244,14 @@ def _topk_sum_kernel(
     offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     ok = offs < hidden
     acc = tl.zeros([BLOCK], dtype=tl.float32)
-    for j in tl.static_range(TOP_K):
+    summed: tl.constexpr = TOP_K - 1 if SHARED_LAST else TOP_K
+    for j in tl.static_range(summed):
         row = tl.load(pairs_ptr + (t * TOP_K + j) * hidden + offs, mask=ok, other=0.0)
         acc += row.to(tl.float32)
     total = acc.to(out_ptr.dtype.element_ty)
+    if SHARED_LAST:  # the token's last row is an addend, as below
+        addend = tl.load(pairs_ptr + (t * TOP_K + TOP_K - 1) * hidden + offs, mask=ok, other=0.0)
+        total = (total.to(tl.float32) + addend.to(tl.float32)).to(out_ptr.dtype.element_ty)
     if HAS_ADD:  # rounded sum, plus the addend, rounded again: torch's add of the two
         addend = tl.load(add_ptr + t * stride_add + offs, mask=ok, other=0.0)
         total = (total.to(tl.float32) + addend.to(tl.float32)).to(out_ptr.dtype.element_ty)
@@ -224,11 +262,14 @@ def topk_sum(
     per_pair: torch.Tensor,  # [T * top_k, H] contiguous, a token's rows consecutive
     top_k: int,
     add: torch.Tensor | None = None,  # [T, H] in per_pair's dtype, last dim contiguous
+    shared_last: bool = False,
 ) -> torch.Tensor:  # [T, H] in per_pair's dtype
     """`per_pair.view(T, top_k, H).sum(1)`, summed in fp32 and rounded once (as torch's sum);
-    with `add`, `sum + add` as torch adds two tensors of that dtype (the sum rounded first)."""
-    if top_k < 1:
-        raise ValueError(f"top_k must be >= 1, got {top_k}")
+    with `add`, `sum + add` as torch adds two tensors of that dtype (the sum rounded first).
+    With `shared_last`, each token's last row is such an addend (the shared expert's output) and
+    only the first top_k - 1 are summed; `add`, if also given, is added after it."""
+    if top_k < 1 + int(shared_last):
+        raise ValueError(f"top_k must be >= {1 + int(shared_last)}, got {top_k}")
     if per_pair.dim() != 2 or not per_pair.is_contiguous() or per_pair.shape[0] % top_k:
         raise ValueError(f"per_pair must be a contiguous [T * {top_k}, H], got {per_pair.shape}")
     pairs, hidden = per_pair.shape
@@ -249,6 +290,7 @@ def topk_sum(
         hidden,
         0 if add is None else add.stride(0),
         HAS_ADD=add is not None,
+        SHARED_LAST=shared_last,
         TOP_K=top_k,
         BLOCK=block,
         USE_PDL=pdl,
@@ -259,11 +301,14 @@ def topk_sum(
 
 
 def topk_sum_ref(
-    per_pair: torch.Tensor, top_k: int, add: torch.Tensor | None = None
+    per_pair: torch.Tensor, top_k: int, add: torch.Tensor | None = None, shared_last: bool = False
 ) -> torch.Tensor:
     """Plain torch reference of `topk_sum`."""
     t = per_pair.shape[0] // top_k
-    total = per_pair.float().view(t, top_k, -1).sum(1).to(per_pair.dtype)
+    rows = per_pair.view(t, top_k, -1)
+    total = rows[:, : top_k - int(shared_last)].float().sum(1).to(per_pair.dtype)
+    if shared_last:
+        total = total + rows[:, -1]
     return total if add is None else total + add
 
 
@@ -275,10 +320,17 @@ def fused_experts(
     topk_ids: torch.Tensor,  # [T, top_k] int32
     cfg: MoeConfig | None = None,
     extra: Callable[[], torch.Tensor] | None = None,
+    shared: tuple[torch.Tensor, torch.Tensor] | None = None,
+    align: MoeAlignment | None = None,
 ) -> torch.Tensor:  # [T, H]
     """sum_j topk_weights[t, j] * expert_{topk_ids[t, j]}(x[t]), expert(x) = down(silu(gate x) * up x).
     With `extra`, that sum rounded to x's dtype plus `extra()` ([T, H], x's dtype), rounded once
-    more, in the top-k sum's launch; `extra` is called after both GEMMs are enqueued."""
+    more, in the top-k sum's launch; `extra` is called after both GEMMs are enqueued.
+
+    With `shared` (its gate_up [2I, H] and down [H, I] weights), each token's last column is the
+    shared expert (id E, weight 1; see `routing.route_align`), added after the routed sum is
+    rounded. `align`: the pairs' layout when the routing already made it (its block_m must be
+    `cfg`'s)."""
     t, hidden = x.shape
     num_experts, two_inter, _ = w13.shape
     inter = two_inter // 2
@@ -291,21 +343,76 @@ def fused_experts(
         raise ValueError("topk_ids and topk_weights must both be [T, top_k]")
     if topk_weights.dtype != torch.float32:
         raise ValueError("topk_weights must be float32")
+    if shared is not None and top_k < 2:
+        raise ValueError("with a shared expert, topk_ids hold the routed experts and one more")
+    routed_k = top_k - int(shared is not None)
     if cfg is None:
-        cfg = choose_config(x, w13, w2, top_k)
+        cfg = choose_config(x, w13, w2, routed_k)
     x = x.contiguous()
-    align = moe_align(topk_ids, num_experts, cfg.block_m)
+    if align is None:
+        align = moe_align(topk_ids, num_experts + int(shared is not None), cfg.block_m)
+    shared_w13, shared_w2 = shared if shared is not None else (None, None)
     pairs = t * top_k
     weights = topk_weights.reshape(-1).contiguous()  # [P]
     inter_act = torch.empty((pairs, inter), dtype=x.dtype, device=x.device)  # [P, I]
     flat_ids = topk_ids.reshape(-1)
     hint_ids = flat_ids if flat_ids.dtype == torch.int32 and flat_ids.is_contiguous() else None
     moe_gemm(x, w13, inter_act, weights, align, top_k, a_per_token=True, gated=True,
-             mul_weight=False, cfg=cfg, hint_ids=hint_ids)  # fmt: skip
+             mul_weight=False, cfg=cfg, hint_ids=hint_ids, shared_w=shared_w13)  # fmt: skip
     per_pair = torch.empty((pairs, hidden), dtype=x.dtype, device=x.device)  # [P, H]
     moe_gemm(inter_act, w2, per_pair, weights, align, top_k, a_per_token=False, gated=False,
-             mul_weight=True, cfg=cfg, hint_ids=hint_ids)  # fmt: skip
-    return topk_sum(per_pair, top_k, add=None if extra is None else extra())
+             mul_weight=True, cfg=cfg, hint_ids=hint_ids, shared_w=shared_w2)  # fmt: skip
+    return topk_sum(
+        per_pair, top_k, add=None if extra is None else extra(), shared_last=shared is not None
+    )
+
+
+def fused_moe_from_logits(
+    x: torch.Tensor,  # [T, H], T <= routing.ROUTE_ALIGN_MAX_TOKENS
+    logits: torch.Tensor,  # [T, E] fp32 router logits
+    correction_bias: torch.Tensor,  # [E] fp32
+    top_k: int,
+    renormalize: bool,
+    scale: float,
+    w13: torch.Tensor,  # [E, 2I, H]
+    w2: torch.Tensor,  # [E, H, I]
+    shared: tuple[torch.Tensor, torch.Tensor] | None = None,  # the shared expert's [2I, H], [H, I]
+) -> torch.Tensor:  # [T, H]
+    """The whole MoE of a decode-sized step after the router's product, in four launches: routing
+    with the pairs' layout (`route_align`), the two grouped GEMMs (with the shared expert as one
+    more expert when given) and the top-k sum."""
+    cfg = choose_config(x, w13, w2, top_k)
+    ids, weights, align = route_align(
+        logits, correction_bias, top_k, renormalize, scale, cfg.block_m, shared=shared is not None
+    )
+    return fused_experts(x, w13, w2, weights, ids, cfg, shared=shared, align=align)
+
+
+def fused_moe_from_residual(
+    x: torch.Tensor,  # [T, H], T <= routing.ROUTE_ALIGN_MAX_TOKENS: the attention block's output
+    residual: torch.Tensor,  # [T, H]
+    norm_weight: torch.Tensor,  # [H]: the RMSNorm before the MoE
+    eps: float,
+    gate_weight: torch.Tensor,  # [E, H] fp32 router
+    correction_bias: torch.Tensor,  # [E] fp32
+    top_k: int,
+    renormalize: bool,
+    scale: float,
+    w13: torch.Tensor,  # [E, 2I, H]
+    w2: torch.Tensor,  # [E, H, I]
+    shared: tuple[torch.Tensor, torch.Tensor] | None = None,  # the shared expert's [2I, H], [H, I]
+) -> tuple[torch.Tensor, torch.Tensor]:  # the MoE output [T, H], the new residual x + residual
+    """A decode-sized step's RMSNorm (with the residual add) and MoE in four launches: the norm,
+    the router's product and the routing with the pairs' layout (`routing.norm_route_align`),
+    the two grouped GEMMs (with the shared expert as one more expert when given) and the top-k
+    sum."""
+    cfg = choose_config(x, w13, w2, top_k)
+    normed, new_residual, ids, weights, align = norm_route_align(
+        x, residual, norm_weight, eps, gate_weight, correction_bias, top_k, renormalize, scale,
+        cfg.block_m, shared=shared is not None,
+    )  # fmt: skip
+    out = fused_experts(normed, w13, w2, weights, ids, cfg, shared=shared, align=align)
+    return out, new_residual
 
 
 def _gpu_name(device: torch.device) -> str:

@@ -50,7 +50,7 @@ def max_padded_rows(num_pairs: int, num_experts: int, block_m: int) -> int:
 
 
 @triton.jit
-def _fill_padding(sorted_ids_ptr, num_pairs, max_padded, BLOCK: tl.constexpr):
+def fill_padding(sorted_ids_ptr, num_pairs, max_padded, BLOCK: tl.constexpr):
     """Every row of sorted_ids to the invalid pair id (the runs are written over it)."""
     for f in range(0, max_padded, BLOCK):
         offs = f + tl.arange(0, BLOCK)
@@ -58,7 +58,7 @@ def _fill_padding(sorted_ids_ptr, num_pairs, max_padded, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _write_block_experts(
+def write_block_experts(
     ends,  # [BLOCK_E] int32: the padded end row of each expert's run
     expert_ids_ptr,
     max_blocks,
@@ -102,11 +102,11 @@ def _moe_align_small_kernel(
     starts = ends - padded
     rank = tl.cumsum(onehot, 0) - onehot  # earlier pairs of the same expert
     dest = tl.sum(onehot * (starts[None, :] + rank), 1)  # [BLOCK_P]
-    _fill_padding(sorted_ids_ptr, num_pairs, max_padded, BLOCK_FILL)
+    fill_padding(sorted_ids_ptr, num_pairs, max_padded, BLOCK_FILL)
     tl.debug_barrier()
     tl.store(sorted_ids_ptr + dest, offs_p, mask=pair_ok)
     tl.store(num_padded_ptr, tl.sum(padded, 0))
-    _write_block_experts(ends, expert_ids_ptr, max_blocks, NUM_EXPERTS, BLOCK_M, BLOCK_FILL)
+    write_block_experts(ends, expert_ids_ptr, max_blocks, NUM_EXPERTS, BLOCK_M, BLOCK_FILL)
 
 
 def moe_align(
@@ -185,9 +185,9 @@ def _scan_kernel(
         here = tl.load(ptrs, mask=ok, other=0)  # [BLOCK_T, BLOCK_E]
         tl.store(ptrs, running[None, :] + tl.cumsum(here, 0) - here, mask=ok)
         running += tl.sum(here, 0)
-    _fill_padding(sorted_ids_ptr, num_pairs, max_padded, BLOCK_FILL)
+    fill_padding(sorted_ids_ptr, num_pairs, max_padded, BLOCK_FILL)
     tl.store(num_padded_ptr, tl.sum(padded, 0))
-    _write_block_experts(ends, expert_ids_ptr, max_blocks, NUM_EXPERTS, BLOCK_M, BLOCK_B)
+    write_block_experts(ends, expert_ids_ptr, max_blocks, NUM_EXPERTS, BLOCK_M, BLOCK_B)
 
 
 @triton.jit

@@ -5,6 +5,11 @@ One program per token: the E router logits are loaded once, the k best experts o
 `sigmoid(logit) + bias` are picked one after another (the lowest index wins a tie), and their
 sigmoid scores are normalised to sum to one (when `renormalize`) and multiplied by `scale`. Experts
 come out in descending order of their biased score.
+
+`route_align` does the same for a decode-sized batch in a single program and, in the same launch,
+sorts the routed pairs by expert for the grouped GEMMs (the layout of kernels/moe_align). With
+`shared`, every token gets one more pair, last in its row: expert id E (one past the routed
+experts) with weight 1, the shared expert run inside the grouped GEMMs.
 """
 
 from __future__ import annotations
@@ -13,7 +18,17 @@ import torch
 import triton
 import triton.language as tl
 
+from glm47.kernels.moe_align import (
+    MoeAlignment,
+    fill_padding,
+    max_padded_rows,
+    write_block_experts,
+)
 from glm47.kernels.pdl import pdl_wait, use_pdl
+from glm47.kernels.skinny_gemm import split_counters
+
+# Tokens up to which `route_align` runs (one program holds every token's logits and pairs).
+ROUTE_ALIGN_MAX_TOKENS = 64
 
 
 @triton.jit
@@ -80,6 +95,270 @@ def route_topk(
         USE_PDL=use_pdl(logits), launch_pdl=use_pdl(logits),
     )  # fmt: skip
     return ids, weights
+
+
+@triton.jit
+def _route_align_kernel(
+    logits_ptr,  # [T, E] fp32
+    bias_ptr,  # [E] fp32
+    ids_ptr,  # [T, K1] int32, K1 = K + SHARED
+    weights_ptr,  # [T, K1] fp32
+    sorted_ids_ptr,  # [max_padded] int32
+    expert_ids_ptr,  # [max_blocks] int32
+    num_padded_ptr,  # [1] int32
+    num_tokens,
+    stride_l,
+    scale,
+    max_padded,
+    max_blocks,
+    NUM_EXPERTS: tl.constexpr,
+    K: tl.constexpr,
+    SHARED: tl.constexpr,
+    RENORMALIZE: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+    BLOCK_E: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_FILL: tl.constexpr,
+    USE_PDL: tl.constexpr,
+):
+    pdl_wait(USE_PDL)
+    _route_align_body(
+        logits_ptr, bias_ptr, ids_ptr, weights_ptr, sorted_ids_ptr, expert_ids_ptr,
+        num_padded_ptr, num_tokens, stride_l, scale, max_padded, max_blocks, NUM_EXPERTS, K,
+        SHARED, RENORMALIZE, BLOCK_T, BLOCK_E, BLOCK_M, BLOCK_FILL,
+    )  # fmt: skip
+
+
+@triton.jit
+def _route_align_body(
+    logits_ptr, bias_ptr, ids_ptr, weights_ptr, sorted_ids_ptr, expert_ids_ptr, num_padded_ptr,
+    num_tokens, stride_l, scale, max_padded, max_blocks, NUM_EXPERTS: tl.constexpr,
+    K: tl.constexpr, SHARED: tl.constexpr, RENORMALIZE: tl.constexpr, BLOCK_T: tl.constexpr,
+    BLOCK_E: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_FILL: tl.constexpr,
+):  # fmt: skip
+    """Every token of the batch in one program: its top-k (as `_route_kernel`, a token per row),
+    then the pairs' expert-sorted layout (as moe_align's single-program kernel). The logits are
+    read through L2 (`.cg`): other programs of the same launch may have written them."""
+    K1: tl.constexpr = K + SHARED
+    offs_t = tl.arange(0, BLOCK_T)
+    offs_e = tl.arange(0, BLOCK_E)
+    tok_ok = offs_t < num_tokens
+    valid = tok_ok[:, None] & (offs_e < NUM_EXPERTS)[None, :]  # [BLOCK_T, BLOCK_E]
+    logit = tl.load(
+        logits_ptr + offs_t[:, None].to(tl.int64) * stride_l + offs_e[None, :],
+        mask=valid, other=0.0, cache_modifier=".cg",
+    )  # fmt: skip
+    score = tl.sigmoid(logit)
+    bias = tl.load(bias_ptr + offs_e, mask=offs_e < NUM_EXPERTS, other=0.0)
+    choice = tl.where(valid, score + bias[None, :], float("-inf"))
+    offs_k = tl.arange(0, K)
+    ids = tl.zeros([BLOCK_T, K], dtype=tl.int32)
+    picked = tl.zeros([BLOCK_T, K], dtype=tl.float32)
+    for i in tl.static_range(K):
+        best = tl.max(choice, 1)  # [BLOCK_T]
+        idx = tl.min(tl.where(choice == best[:, None], offs_e[None, :], BLOCK_E), 1)
+        idx = tl.minimum(idx, NUM_EXPERTS - 1)  # NaN logits match nothing: stay a valid expert
+        hit = offs_e[None, :] == idx[:, None]  # [BLOCK_T, BLOCK_E]
+        w = tl.sum(tl.where(hit, score, 0.0), 1)
+        ids = tl.where(offs_k[None, :] == i, idx[:, None], ids)
+        picked = tl.where(offs_k[None, :] == i, w[:, None], picked)
+        choice = tl.where(hit, float("-inf"), choice)
+    if RENORMALIZE:
+        picked = picked / (tl.sum(picked, 1) + 1e-20)[:, None]
+    row = offs_t[:, None] * K1 + offs_k[None, :]  # [BLOCK_T, K]: the routed pairs' flat ids
+    tl.store(ids_ptr + row, ids, mask=tok_ok[:, None])
+    tl.store(weights_ptr + row, picked * scale, mask=tok_ok[:, None])
+    if SHARED:
+        tl.store(ids_ptr + offs_t * K1 + K, tl.zeros_like(offs_t) + NUM_EXPERTS, mask=tok_ok)
+        tl.store(weights_ptr + offs_t * K1 + K, tl.full([BLOCK_T], 1.0, tl.float32), mask=tok_ok)
+
+    # The routed pairs in flat-id order (token-major), as moe_align sorts them.
+    pair = tl.reshape(row, [BLOCK_T * K])
+    pair_ok = tl.reshape(tok_ok[:, None] & (offs_k[None, :] >= 0), [BLOCK_T * K])
+    expert = tl.where(pair_ok, tl.reshape(ids, [BLOCK_T * K]), -1)
+    onehot = (expert[:, None] == offs_e[None, :]).to(tl.int32)  # [BLOCK_T * K, BLOCK_E]
+    counts = tl.sum(onehot, 0)  # [BLOCK_E]
+    padded = (counts + BLOCK_M - 1) // BLOCK_M * BLOCK_M
+    ends = tl.cumsum(padded, 0)
+    rank = tl.cumsum(onehot, 0) - onehot  # earlier pairs of the same expert
+    dest = tl.sum(onehot * (ends - padded + rank), 1)
+    routed_rows = tl.sum(padded, 0)
+    fill_padding(sorted_ids_ptr, num_tokens * K1, max_padded, BLOCK_FILL)
+    tl.debug_barrier()
+    tl.store(sorted_ids_ptr + dest, pair, mask=pair_ok)
+    total = routed_rows
+    if SHARED:  # the shared expert's run comes last: every token, in order
+        tl.store(sorted_ids_ptr + routed_rows + offs_t, offs_t * K1 + K, mask=tok_ok)
+        total += (num_tokens + BLOCK_M - 1) // BLOCK_M * BLOCK_M
+    tl.store(num_padded_ptr, total)
+    write_block_experts(ends, expert_ids_ptr, max_blocks, NUM_EXPERTS + SHARED, BLOCK_M, BLOCK_FILL)
+
+
+def _check_route_align(
+    t: int, e: int, correction_bias: torch.Tensor, top_k: int, block_m: int
+) -> None:
+    if not 0 < t <= ROUTE_ALIGN_MAX_TOKENS:
+        raise ValueError(f"route_align takes 1 to {ROUTE_ALIGN_MAX_TOKENS} tokens, got {t}")
+    if correction_bias.shape != (e,) or correction_bias.dtype != torch.float32:
+        raise ValueError(f"correction_bias must be [{e}] fp32, got {tuple(correction_bias.shape)}")
+    if not 1 <= top_k <= e or top_k & (top_k - 1):
+        raise ValueError(f"top_k must be a power of two in [1, {e}], got {top_k}")
+    if e > 256 or block_m < 1:
+        raise ValueError(
+            f"route_align takes up to 256 experts and block_m >= 1, got {e}, {block_m}"
+        )
+
+
+def _route_outputs(
+    t: int, e: int, top_k: int, block_m: int, shared: bool, dev: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, MoeAlignment]:
+    """Empty ids, weights and alignment of `route_align`'s shapes."""
+    k1 = top_k + int(shared)
+    ids = torch.empty(t, k1, dtype=torch.int32, device=dev)
+    weights = torch.empty(t, k1, dtype=torch.float32, device=dev)
+    max_rows = max_padded_rows(t * k1, e + int(shared), block_m)
+    sorted_ids = torch.empty((max_rows,), dtype=torch.int32, device=dev)
+    expert_ids = torch.empty((max_rows // block_m,), dtype=torch.int32, device=dev)
+    num_padded = torch.empty((1,), dtype=torch.int32, device=dev)
+    return ids, weights, MoeAlignment(sorted_ids, expert_ids, num_padded, block_m)
+
+
+def route_align(
+    logits: torch.Tensor,  # [T, E] fp32 router logits
+    correction_bias: torch.Tensor,  # [E] fp32
+    top_k: int,
+    renormalize: bool,
+    scale: float,
+    block_m: int,
+    shared: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, MoeAlignment]:
+    """`route_topk` and `moe_align` of its ids in one launch, for up to ROUTE_ALIGN_MAX_TOKENS
+    tokens. With `shared`, ids and weights are [T, k + 1]: each token's last pair is expert E
+    (the shared expert) with weight 1, and the alignment covers E + 1 experts."""
+    if logits.dim() != 2 or logits.dtype != torch.float32 or logits.stride(1) != 1:
+        raise ValueError(f"logits must be [T, E] fp32, contiguous by row, got {logits.shape}")
+    t, e = logits.shape
+    _check_route_align(t, e, correction_bias, top_k, block_m)
+    ids, weights, al = _route_outputs(t, e, top_k, block_m, shared, logits.device)
+    pdl = use_pdl(logits)
+    _route_align_kernel[(1,)](
+        logits, correction_bias.contiguous(), ids, weights, al.sorted_ids, al.expert_ids,
+        al.num_padded, t, logits.stride(0), scale, al.sorted_ids.shape[0], al.expert_ids.shape[0],
+        NUM_EXPERTS=e, K=top_k, SHARED=int(shared), RENORMALIZE=renormalize,
+        BLOCK_T=triton.next_power_of_2(t), BLOCK_E=triton.next_power_of_2(e), BLOCK_M=block_m,
+        BLOCK_FILL=256, USE_PDL=pdl, num_warps=4, launch_pdl=pdl,
+    )  # fmt: skip
+    return ids, weights, al
+
+
+@triton.jit
+def _norm_route_align_kernel(
+    x_ptr,  # [T, D]
+    res_ptr,  # [T, D]
+    norm_w_ptr,  # [D]
+    out_ptr,  # [T, D]: the normalised rows (the experts' input)
+    res_out_ptr,  # [T, D]: x + residual
+    gate_ptr,  # [E, D] fp32
+    logits_ptr,  # [T, E] fp32
+    count_ptr,  # [1] int32, zero between launches
+    bias_ptr, ids_ptr, weights_ptr, sorted_ids_ptr, expert_ids_ptr, num_padded_ptr,
+    num_tokens, stride_x, stride_r, eps, scale, max_padded, max_blocks,
+    D: tl.constexpr, BLOCK_D: tl.constexpr, EXPERTS_PER_PROGRAM: tl.constexpr,
+    NUM_EXPERTS: tl.constexpr, K: tl.constexpr, SHARED: tl.constexpr,
+    RENORMALIZE: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_FILL: tl.constexpr, USE_PDL: tl.constexpr,
+):  # fmt: skip
+    """RMSNorm with the residual add (kernels/rmsnorm's rounding), the router's fp32 product for
+    EXPERTS_PER_PROGRAM experts a program, then, in the last program to finish, the routing and
+    the pairs' layout (`_route_align_body`). Every program normalises every row (a few KB);
+    program 0 stores them."""
+    pid = tl.program_id(0)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < D
+    offs_e = pid * EXPERTS_PER_PROGRAM + tl.arange(0, EXPERTS_PER_PROGRAM)
+    e_ok = offs_e < NUM_EXPERTS
+    # weights no kernel writes: read before the wait for the previous kernel
+    gate = tl.load(gate_ptr + offs_e[:, None] * D + offs_d[None, :],
+                   mask=e_ok[:, None] & d_ok[None, :], other=0.0)  # fmt: skip
+    norm_w = tl.load(norm_w_ptr + offs_d, mask=d_ok, other=0.0).to(tl.float32)
+    pdl_wait(USE_PDL)
+    for t in range(num_tokens):
+        row = tl.load(x_ptr + t * stride_x + offs_d, mask=d_ok, other=0.0)
+        res = tl.load(res_ptr + t * stride_r + offs_d, mask=d_ok, other=0.0)
+        h = (row.to(tl.float32) + res.to(tl.float32)).to(row.dtype)
+        hf = h.to(tl.float32)
+        rstd = tl.rsqrt(tl.sum(hf * hf, 0) / D + eps)
+        y = ((hf * rstd).to(h.dtype).to(tl.float32) * norm_w).to(h.dtype)
+        if pid == 0:
+            tl.store(res_out_ptr + t * D + offs_d, h, mask=d_ok)
+            tl.store(out_ptr + t * D + offs_d, y, mask=d_ok)
+        logit = tl.sum(gate * y.to(tl.float32)[None, :], 1)  # [EXPERTS_PER_PROGRAM]
+        tl.store(logits_ptr + t * NUM_EXPERTS + offs_e, logit, mask=e_ok)
+    tl.debug_barrier()  # every thread's logits are stored before the counter moves
+    if tl.atomic_add(count_ptr, 1, sem="acq_rel") == tl.num_programs(0) - 1:
+        _route_align_body(
+            logits_ptr, bias_ptr, ids_ptr, weights_ptr, sorted_ids_ptr, expert_ids_ptr,
+            num_padded_ptr, num_tokens, NUM_EXPERTS, scale, max_padded, max_blocks, NUM_EXPERTS,
+            K, SHARED, RENORMALIZE, BLOCK_T, BLOCK_E, BLOCK_M, BLOCK_FILL,
+        )  # fmt: skip
+        tl.atomic_xchg(count_ptr, 0)
+
+
+NORM_ROUTE_EXPERTS_PER_PROGRAM = 4
+
+
+def norm_route_align(
+    x: torch.Tensor,  # [T, D]
+    residual: torch.Tensor,  # [T, D]
+    norm_weight: torch.Tensor,  # [D]
+    eps: float,
+    gate_weight: torch.Tensor,  # [E, D] fp32, the router
+    correction_bias: torch.Tensor,  # [E] fp32
+    top_k: int,
+    renormalize: bool,
+    scale: float,
+    block_m: int,
+    shared: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, MoeAlignment]:
+    """The MoE layer's input and routing in one launch: `normed, new_residual =
+    rmsnorm(x, norm_weight, eps, residual)` (kernels/rmsnorm), the router's logits
+    `normed.float() @ gate_weight.T`, then `route_align` of them. Returns (normed, new_residual,
+    ids, weights, alignment)."""
+    t, d = x.shape
+    e = gate_weight.shape[0]
+    if residual.shape != x.shape or residual.dtype != x.dtype or norm_weight.shape != (d,):
+        raise ValueError(
+            f"x {tuple(x.shape)}, residual {tuple(residual.shape)} and norm weight "
+            f"{tuple(norm_weight.shape)} do not fit"
+        )
+    if x.stride(1) != 1 or residual.stride(1) != 1 or not norm_weight.is_contiguous():
+        raise ValueError("x, residual and the norm weight need a contiguous last dimension")
+    if gate_weight.shape != (e, d) or gate_weight.dtype != torch.float32:
+        raise ValueError(f"gate_weight must be [E, {d}] fp32, got {tuple(gate_weight.shape)}")
+    if not gate_weight.is_contiguous():
+        raise ValueError("gate_weight must be contiguous")
+    _check_route_align(t, e, correction_bias, top_k, block_m)
+    dev = x.device
+    ids, weights, al = _route_outputs(t, e, top_k, block_m, shared, dev)
+    normed = torch.empty((t, d), dtype=x.dtype, device=dev)
+    new_residual = torch.empty((t, d), dtype=x.dtype, device=dev)
+    logits = torch.empty((t, e), dtype=torch.float32, device=dev)
+    per_program = NORM_ROUTE_EXPERTS_PER_PROGRAM
+    programs = triton.cdiv(e, per_program)
+    counter = split_counters(gate_weight, 1)
+    block_d = triton.next_power_of_2(d)
+    pdl = use_pdl(x)
+    _norm_route_align_kernel[(programs,)](
+        x, residual, norm_weight, normed, new_residual, gate_weight, logits, counter,
+        correction_bias.contiguous(), ids, weights, al.sorted_ids, al.expert_ids, al.num_padded,
+        t, x.stride(0), residual.stride(0), eps, scale, al.sorted_ids.shape[0],
+        al.expert_ids.shape[0],
+        D=d, BLOCK_D=block_d, EXPERTS_PER_PROGRAM=per_program, NUM_EXPERTS=e, K=top_k,
+        SHARED=int(shared), RENORMALIZE=renormalize, BLOCK_T=triton.next_power_of_2(t),
+        BLOCK_E=triton.next_power_of_2(e), BLOCK_M=block_m, BLOCK_FILL=256, USE_PDL=pdl,
+        num_warps=min(8, max(1, block_d // 256)), launch_pdl=pdl,
+    )  # fmt: skip
+    return normed, new_residual, ids, weights, al
 
 
 def route_topk_ref(

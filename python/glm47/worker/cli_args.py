@@ -159,6 +159,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _flag(
         p,
+        ["--shared-expert-fold-tokens", "--shared_expert_fold_tokens"],
+        type=int,
+        default=None,
+        help="steps of at most this many tokens run the MoE shared expert inside the routed "
+        "experts' grouped GEMMs, one more expert per token (default 16 on a GPU with the Triton "
+        "experts, at most 64; 0: never; before the overlap above)",
+    )
+    _flag(
+        p,
         ["--segment-graph-max-tokens", "--segment_graph_max_tokens"],
         type=int,
         default=None,
@@ -211,6 +220,7 @@ def parse_args(argv: list[str]) -> WorkerArgs:
             skinny_gemm=ns.skinny_gemm,
             pdl=ns.pdl,
             shared_expert_overlap_tokens=ns.shared_expert_overlap_tokens,
+            shared_expert_fold_tokens=ns.shared_expert_fold_tokens,
             segment_graph_max_tokens=ns.segment_graph_max_tokens,
             mtp_step=ns.mtp_step,
             mtp_mode=ns.mtp_mode,

@@ -73,6 +73,9 @@ class EngineConfig:
     # Steps of at most this many tokens run the MoE layers' shared expert on a second CUDA stream
     # beside the routed experts. None: the runner's SHARED_OVERLAP_TOKENS; 0: never.
     shared_expert_overlap_tokens: int | None = None
+    # Steps of at most this many tokens run the shared expert inside the routed experts' grouped
+    # GEMMs (Triton experts). None: the runner's SHARED_FOLD_TOKENS; 0: never.
+    shared_expert_fold_tokens: int | None = None
     # Steps the decode graphs do not serve (prompt tokens, decode batches above the largest
     # graph), up to this many tokens, as CUDA graphs between the attention calls
     # (segment_graph.py). None: the step's token budget; 0: such steps run eagerly.
@@ -126,6 +129,10 @@ class EngineConfig:
         _check(
             self.shared_expert_overlap_tokens is None or self.shared_expert_overlap_tokens >= 0,
             "shared_expert_overlap_tokens must be >= 0",
+        )
+        _check(
+            self.shared_expert_fold_tokens is None or self.shared_expert_fold_tokens >= 0,
+            "shared_expert_fold_tokens must be >= 0",
         )
         _check(self.mtp_step >= 0, "mtp_step must be >= 0")
         _check(self.mtp_mode in MTP_MODE_CHOICES, f"mtp_mode must be one of {MTP_MODE_CHOICES}")

@@ -67,6 +67,10 @@ class Sampler(Protocol):
 # decode steps of batch 1-128 and added 0.31 ms at batch 256. A decode graph size, since graphed
 # steps decide on their padded size.
 SHARED_OVERLAP_TOKENS = 128
+# Steps of at most this many tokens run the shared expert inside the routed experts' grouped GEMMs,
+# with the routing and the pairs' layout in one launch (MoE.fold_max_tokens): on a GPU with the
+# Triton experts and the fused routing kernel.
+SHARED_FOLD_TOKENS = 16
 
 # Modules whose import registers optional backends; one that fails to import (no Triton) just
 # leaves its names unregistered.
@@ -118,6 +122,7 @@ class ModelRunner:
         skinny_gemm: bool | None = None,
         pdl: bool | None = None,
         shared_overlap_tokens: int | None = None,
+        shared_fold_tokens: int | None = None,
         warmup_tokens: int = 0,
         segment_graph_max_tokens: int = 0,
         segment_capturer: Capturer | None = None,
@@ -134,6 +139,9 @@ class ModelRunner:
         `shared_overlap_tokens`: on a GPU, steps of at most this many tokens run the MoE
         layers' shared expert on a second CUDA stream beside the routed experts (None:
         SHARED_OVERLAP_TOKENS; 0: never).
+        `shared_fold_tokens`: on a GPU with the Triton experts, steps of at most this many tokens
+        run the shared expert inside the routed experts' grouped GEMMs instead (None:
+        SHARED_FOLD_TOKENS; 0: never; takes precedence over the overlap).
         `warmup_tokens`: on a GPU, run prefill steps of up to this many tokens before returning,
         so that the kernels' first-call compilation is not paid by the first requests.
         `segment_graph_max_tokens`: capture the steps that decode graphs do not serve, up to this
@@ -184,6 +192,11 @@ class ModelRunner:
             shared_overlap_tokens = SHARED_OVERLAP_TOKENS
         if self.device.type == "cuda" and shared_overlap_tokens > 0:
             self.model.overlap_shared_experts(torch.cuda.Stream(self.device), shared_overlap_tokens)
+        if shared_fold_tokens is None:
+            shared_fold_tokens = SHARED_FOLD_TOKENS if self.device.type == "cuda" else 0
+        if shared_fold_tokens < 0:
+            raise ValueError(f"shared_fold_tokens must be >= 0, got {shared_fold_tokens}")
+        shared_fold_tokens = self.model.fold_shared_experts(shared_fold_tokens)
         self.num_pages = self._pool_pages(num_pages, kv_tokens, mem_fraction)
         self.kv_cache = torch.zeros(
             self.model.num_cache_layers,
@@ -197,7 +210,8 @@ class ModelRunner:
         self._last_hidden: torch.Tensor | None = None  # final hidden states of the last run()
         log.info(
             "runner: device=%s dtype=%s attention prefill=%s decode=%s experts=%s "
-            "fused norm/rope/routing=%s skinny gemm=%s pdl=%s shared expert overlap up to %d tokens "
+            "fused norm/rope/routing=%s skinny gemm=%s pdl=%s shared expert overlap up to %d tokens, "
+            "folded into the routed experts up to %d "
             "mtp=%s kv pages=%d x %d tokens (%.2f GiB)",
             self.device,
             dtype,
@@ -208,6 +222,7 @@ class ModelRunner:
             skinny_gemm,
             self.pdl,
             shared_overlap_tokens if self.device.type == "cuda" else 0,
+            shared_fold_tokens,
             self.model.mtp is not None,
             self.num_pages,
             page_size,

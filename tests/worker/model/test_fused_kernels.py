@@ -4,11 +4,13 @@ Triton interpreter on the CPU) against the plain torch path and transformers."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
 from glm47.worker.model.layers import linear as linear_module
+from glm47.worker.model.layers import moe as moe_module
 from glm47.worker.model.layers.linear import Linear
 from glm47.worker.model.layers.mlp import DenseMLP
 from glm47.worker.model.layers.moe import MoE
@@ -37,10 +39,11 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
     return save_hf_model(model, tmp_path_factory.mktemp("fusable")), model
 
 
-def runner(path: Path, fused: bool, skinny: bool = False) -> ModelRunner:
+def runner(path: Path, fused: bool, skinny: bool = False, **kwargs: Any) -> ModelRunner:
     return make_runner(
-        path, torch.float32, page_size=4, kv_tokens=256, fused_kernels=fused, skinny_gemm=skinny
-    )
+        path, torch.float32, page_size=4, kv_tokens=256, fused_kernels=fused, skinny_gemm=skinny,
+        **kwargs,
+    )  # fmt: skip
 
 
 def session(r: ModelRunner) -> tuple[list[torch.Tensor], list[list[int]]]:
@@ -135,3 +138,37 @@ def test_warmup_runs_prefill_and_extend_steps(
     reference, _ = session(runner(model_dir[0], fused=True))
     for a, b in zip(logits, reference, strict=True):
         torch.testing.assert_close(a, b)
+
+
+def test_the_folded_shared_expert_matches_the_unfolded_moe(
+    model_dir: tuple[Path, object], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Steps of at most 16 tokens (every step here) run the post-attention norm, the router and
+    the routing in one launch and the shared expert inside the routed experts' GEMMs; the logits
+    are those of the unfolded Triton experts and of transformers."""
+    path, hf = model_dir
+    folded = runner(path, fused=True, moe_backend="triton", shared_fold_tokens=16)
+    moes = [m for m in folded.model.modules() if isinstance(m, MoE)]
+    assert moes and all(m.fold_max_tokens == 16 for m in moes)
+    calls: list[int] = []
+    real = moe_module.fused_moe_from_residual
+    monkeypatch.setattr(
+        moe_module,
+        "fused_moe_from_residual",
+        lambda x, *args, **kw: calls.append(x.shape[0]) or real(x, *args, **kw),
+    )
+    folded_logits, contexts = session(folded)
+    assert calls.count(13) == len(moes) and calls.count(2) == 3 * len(moes)  # prefill, 3 decodes
+    plain_logits, _ = session(runner(path, fused=True, moe_backend="triton", shared_fold_tokens=0))
+    for a, b, ctx in zip(folded_logits, plain_logits, contexts, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(a[0], hf_last_logits(hf, ctx), rtol=1e-3, atol=1e-3)  # type: ignore[arg-type]
+
+
+def test_the_shared_expert_folds_only_into_the_triton_experts(
+    model_dir: tuple[Path, object],
+) -> None:
+    r = runner(model_dir[0], fused=True, moe_backend="torch", shared_fold_tokens=16)
+    assert all(m.fold_max_tokens == 0 for m in r.model.modules() if isinstance(m, MoE))
+    r = runner(model_dir[0], fused=False, moe_backend="triton", shared_fold_tokens=16)
+    assert all(m.fold_max_tokens == 0 for m in r.model.modules() if isinstance(m, MoE))

@@ -12,6 +12,7 @@ from typing import cast
 import torch
 from torch import nn
 
+from glm47.kernels.routing import ROUTE_ALIGN_MAX_TOKENS
 from glm47.worker.model.config import ModelConfig
 from glm47.worker.model.context import ForwardContext
 from glm47.worker.model.layers.embedding import LMHead, VocabEmbedding
@@ -66,9 +67,14 @@ class DecoderLayer(nn.Module):
     def end(
         self, attended: torch.Tensor, residual: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The layer after attention: o_proj, post-attention norm (with the add), MLP."""
-        hidden, residual = self.post_attention_layernorm(self.self_attn.output(attended), residual)
-        return self.mlp(hidden), residual
+        """The layer after attention: o_proj, post-attention norm (with the add), MLP. A MoE
+        layer that folds this step's shared expert takes the norm into its routing launch."""
+        out = self.self_attn.output(attended)
+        mlp, norm = self.mlp, self.post_attention_layernorm
+        if isinstance(mlp, MoE) and norm.fused and mlp.folds(out.shape[0]):
+            return mlp.forward_from_residual(out, residual, norm)
+        hidden, residual = norm(out, residual)
+        return mlp(hidden), residual
 
 
 class Glm4MoeLiteForCausalLM(nn.Module):
@@ -110,6 +116,18 @@ class Glm4MoeLiteForCausalLM(nn.Module):
             if isinstance(module, MoE):
                 module.side_stream = stream if max_tokens > 0 else None
                 module.overlap_max_tokens = max_tokens
+
+    def fold_shared_experts(self, max_tokens: int) -> int:
+        """Run the MoE layers' shared experts inside the routed experts' grouped GEMMs in steps of
+        at most `max_tokens` tokens (0: never; see `MoE`). Needs the fused routing kernels and the
+        Triton experts; returns the limit that took effect (0 where the layers cannot fold)."""
+        limit = min(max_tokens, ROUTE_ALIGN_MAX_TOKENS)
+        moes = [m for m in self.modules() if isinstance(m, MoE)]
+        if any(not m.can_fold_shared or m.experts.name != "triton" for m in moes):
+            limit = 0
+        for module in moes:
+            module.fold_max_tokens = limit
+        return limit
 
     def enable_skinny_gemm(self, enabled: bool = True) -> None:
         """Run the products of steps of at most 16 tokens (the dense projections, MLA's absorbed

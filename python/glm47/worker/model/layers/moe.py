@@ -11,11 +11,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from glm47.kernels.fused_moe import fused_moe_from_logits, fused_moe_from_residual
 from glm47.kernels.routing import route_topk
 from glm47.kernels.skinny_gemm import skinny_gemm, takes_rows
 from glm47.worker.model.config import ModelConfig
 from glm47.worker.model.layers.experts import ExpertsBackend
 from glm47.worker.model.layers.mlp import DenseMLP
+from glm47.worker.model.layers.norm import RMSNorm
 
 
 def select_experts(
@@ -60,12 +62,21 @@ class MoE(nn.Module):
     routed experts run on the current one: at decode sizes each of these kernels is short and
     latency-bound, so the two chains overlap. Captured into a CUDA graph, the fork and join become
     parallel branches of the graph.
+
+    With `fold_max_tokens` set (see `Glm4MoeLiteForCausalLM.fold_shared_experts`; the Triton
+    experts only), steps of at most that many tokens run everything after the router's product in
+    four launches (`fused_moe_from_logits`): the routing with the pairs' layout, the two grouped
+    GEMMs with the shared expert as one more expert, and the top-k sum, which adds the shared
+    expert's output to the rounded routed sum as the unfolded path does. The decoder layer hands
+    such steps to `forward_from_residual`, where the RMSNorm before the MoE and the router's product
+    join the routing's launch.
     """
 
     fused = False
     skinny = False  # the router's product through kernels/skinny_gemm at decode sizes
     side_stream: torch.cuda.Stream | None = None
     overlap_max_tokens = 0
+    fold_max_tokens = 0
 
     def __init__(self, cfg: ModelConfig, experts: ExpertsBackend) -> None:
         super().__init__()
@@ -82,15 +93,28 @@ class MoE(nn.Module):
         self.w2 = nn.Parameter(torch.empty(num_e, hidden, inter), requires_grad=False)
         self.shared_experts = DenseMLP(hidden, inter * cfg.n_shared_experts)
 
+    @property
+    def routes_in_kernel(self) -> bool:
+        """Whether the routing runs as a Triton kernel (one expert group, power-of-two top-k)."""
+        k = self.cfg.num_experts_per_tok
+        return self.fused and self.cfg.n_group <= 1 and k & (k - 1) == 0
+
+    @property
+    def can_fold_shared(self) -> bool:
+        """Whether the shared expert has a routed expert's shape (one shared expert)."""
+        return self.cfg.n_shared_experts == 1 and self.routes_in_kernel
+
+    def router_logits(self, x: torch.Tensor) -> torch.Tensor:  # [T, H] -> [T, E] fp32
+        if self.skinny and takes_rows(x, x.shape[0]):
+            return skinny_gemm(x, self.gate_weight)  # x cast in the kernel
+        return F.linear(x.float(), self.gate_weight)
+
     def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """topk_ids [T, k] int32 and topk_weights [T, k] fp32 for this layer's router."""
         cfg = self.cfg
         k = cfg.num_experts_per_tok
-        if self.fused and cfg.n_group <= 1 and k & (k - 1) == 0:
-            if self.skinny and takes_rows(x, x.shape[0]):
-                logits = skinny_gemm(x, self.gate_weight)  # [T, E] fp32, x cast in the kernel
-            else:
-                logits = F.linear(x.float(), self.gate_weight)  # [T, E] fp32
+        if self.routes_in_kernel:
+            logits = self.router_logits(x)  # [T, E] fp32
             return route_topk(
                 logits,
                 self.e_score_correction_bias,
@@ -110,6 +134,8 @@ class MoE(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [T, H] -> [T, H]
+        if self.folds(x.shape[0]):
+            return self._forward_folded(x)
         if self.side_stream is not None and 0 < x.shape[0] <= self.overlap_max_tokens:
             return self._forward_overlapped(x, self.side_stream)
         topk_ids, topk_weights = self.route(x)
@@ -134,3 +160,45 @@ class MoE(nn.Module):
 
         # [T, H]: routed + shared, the sum in the experts' last launch
         return self.experts.forward(x, self.w13, self.w2, topk_ids, topk_weights, joined_shared)
+
+    def _forward_folded(self, x: torch.Tensor) -> torch.Tensor:
+        """The shared expert inside the routed experts' launches (see the class docstring)."""
+        cfg = self.cfg
+        shared = self.shared_experts
+        return fused_moe_from_logits(
+            x,
+            self.router_logits(x),
+            self.e_score_correction_bias,
+            cfg.num_experts_per_tok,
+            cfg.norm_topk_prob,
+            cfg.routed_scaling_factor,
+            self.w13,
+            self.w2,
+            shared=(shared.gate_up_proj.weight, shared.down_proj.weight),
+        )
+
+    def folds(self, num_tokens: int) -> bool:
+        """Whether a step of `num_tokens` tokens runs the shared expert folded in."""
+        return 0 < num_tokens <= self.fold_max_tokens
+
+    def forward_from_residual(
+        self, x: torch.Tensor, residual: torch.Tensor, norm: RMSNorm
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(self(norm(x + residual)), x + residual)` for a step that `folds`: the norm, the
+        router's product and the routing in one launch, then the experts as `_forward_folded`."""
+        cfg = self.cfg
+        shared = self.shared_experts
+        return fused_moe_from_residual(
+            x,
+            residual,
+            norm.weight,
+            norm.eps,
+            self.gate_weight,
+            self.e_score_correction_bias,
+            cfg.num_experts_per_tok,
+            cfg.norm_topk_prob,
+            cfg.routed_scaling_factor,
+            self.w13,
+            self.w2,
+            shared=(shared.gate_up_proj.weight, shared.down_proj.weight),
+        )

@@ -118,7 +118,7 @@ def test_route_align_rejects_batches_past_its_limit(device: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("tokens", "hidden", "experts", "top_k"), [(1, 256, 64, 4), (7, 100, 20, 2)]
+    ("tokens", "hidden", "experts", "top_k"), [(1, 256, 64, 4), (7, 100, 20, 2), (16, 64, 64, 4)]
 )
 def test_norm_route_align_is_rmsnorm_router_and_route_align(
     tokens: int, hidden: int, experts: int, top_k: int, device: str, dtype: torch.dtype

@@ -24,7 +24,7 @@ from glm47.kernels.moe_align import (
     max_padded_rows,
     write_block_experts,
 )
-from glm47.kernels.pdl import pdl_wait, use_pdl
+from glm47.kernels.pdl import pdl_wait, prefetch_l2, use_pdl
 from glm47.kernels.skinny_gemm import split_counters
 
 # Tokens up to which `route_align` runs (one program holds every token's logits and pairs).
@@ -264,38 +264,47 @@ def _norm_route_align_kernel(
     bias_ptr, ids_ptr, weights_ptr, sorted_ids_ptr, expert_ids_ptr, num_padded_ptr,
     num_tokens, stride_x, stride_r, eps, scale, max_padded, max_blocks,
     D: tl.constexpr, BLOCK_D: tl.constexpr, EXPERTS_PER_PROGRAM: tl.constexpr,
-    NUM_EXPERTS: tl.constexpr, K: tl.constexpr, SHARED: tl.constexpr,
-    RENORMALIZE: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_FILL: tl.constexpr, USE_PDL: tl.constexpr,
+    TOKENS_PER_PROGRAM: tl.constexpr, NUM_EXPERTS: tl.constexpr, K: tl.constexpr,
+    SHARED: tl.constexpr, RENORMALIZE: tl.constexpr, BLOCK_T: tl.constexpr,
+    BLOCK_E: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_FILL: tl.constexpr,
+    USE_PDL: tl.constexpr,
 ):  # fmt: skip
-    """RMSNorm with the residual add (kernels/rmsnorm's rounding), the router's fp32 product for
-    EXPERTS_PER_PROGRAM experts a program, then, in the last program to finish, the routing and
-    the pairs' layout (`_route_align_body`). Every program normalises every row (a few KB);
-    program 0 stores them."""
-    pid = tl.program_id(0)
+    """Program (i, j): RMSNorm with the residual add (kernels/rmsnorm's rounding) of token tile j
+    and the router's fp32 product of those rows with expert block i; programs (0, j) store the
+    rows. The last program to finish routes every token and lays out the pairs
+    (`_route_align_body`)."""
+    pid_e = tl.program_id(0)
+    offs_t = tl.program_id(1) * TOKENS_PER_PROGRAM + tl.arange(0, TOKENS_PER_PROGRAM)
     offs_d = tl.arange(0, BLOCK_D)
+    t_ok = offs_t < num_tokens
     d_ok = offs_d < D
-    offs_e = pid * EXPERTS_PER_PROGRAM + tl.arange(0, EXPERTS_PER_PROGRAM)
-    e_ok = offs_e < NUM_EXPERTS
-    # weights no kernel writes: read before the wait for the previous kernel
-    gate = tl.load(gate_ptr + offs_e[:, None] * D + offs_d[None, :],
-                   mask=e_ok[:, None] & d_ok[None, :], other=0.0)  # fmt: skip
+    mask = t_ok[:, None] & d_ok[None, :]
     norm_w = tl.load(norm_w_ptr + offs_d, mask=d_ok, other=0.0).to(tl.float32)
+    if USE_PDL:  # the router rows (no kernel writes them) into L2 while the previous kernel runs
+        offs_e = pid_e * EXPERTS_PER_PROGRAM + tl.arange(0, EXPERTS_PER_PROGRAM)
+        lines = tl.arange(0, BLOCK_D // 32) * 32  # 32 fp32 = one 128-byte line
+        rows = tl.minimum(offs_e, NUM_EXPERTS - 1)[:, None] * D
+        prefetch_l2(gate_ptr + rows + tl.minimum(lines, D - 1)[None, :])
     pdl_wait(USE_PDL)
-    for t in range(num_tokens):
-        row = tl.load(x_ptr + t * stride_x + offs_d, mask=d_ok, other=0.0)
-        res = tl.load(res_ptr + t * stride_r + offs_d, mask=d_ok, other=0.0)
-        h = (row.to(tl.float32) + res.to(tl.float32)).to(row.dtype)
-        hf = h.to(tl.float32)
-        rstd = tl.rsqrt(tl.sum(hf * hf, 0) / D + eps)
-        y = ((hf * rstd).to(h.dtype).to(tl.float32) * norm_w).to(h.dtype)
-        if pid == 0:
-            tl.store(res_out_ptr + t * D + offs_d, h, mask=d_ok)
-            tl.store(out_ptr + t * D + offs_d, y, mask=d_ok)
-        logit = tl.sum(gate * y.to(tl.float32)[None, :], 1)  # [EXPERTS_PER_PROGRAM]
-        tl.store(logits_ptr + t * NUM_EXPERTS + offs_e, logit, mask=e_ok)
+    row = tl.load(x_ptr + offs_t[:, None] * stride_x + offs_d[None, :], mask=mask, other=0.0)
+    res = tl.load(res_ptr + offs_t[:, None] * stride_r + offs_d[None, :], mask=mask, other=0.0)
+    h = (row.to(tl.float32) + res.to(tl.float32)).to(row.dtype)  # [TOKENS, BLOCK_D]
+    hf = h.to(tl.float32)
+    rstd = tl.rsqrt(tl.sum(hf * hf, 1) / D + eps)
+    y = ((hf * rstd[:, None]).to(h.dtype).to(tl.float32) * norm_w[None, :]).to(h.dtype)
+    if pid_e == 0:
+        tl.store(res_out_ptr + offs_t[:, None] * D + offs_d[None, :], h, mask=mask)
+        tl.store(out_ptr + offs_t[:, None] * D + offs_d[None, :], y, mask=mask)
+    yf = y.to(tl.float32)
+    for i in tl.static_range(EXPERTS_PER_PROGRAM):
+        e = pid_e * EXPERTS_PER_PROGRAM + i
+        if e < NUM_EXPERTS:
+            gate = tl.load(gate_ptr + e * D + offs_d, mask=d_ok, other=0.0)  # [BLOCK_D] fp32
+            logit = tl.sum(yf * gate[None, :], 1)  # [TOKENS]
+            tl.store(logits_ptr + offs_t * NUM_EXPERTS + e, logit, mask=t_ok)
     tl.debug_barrier()  # every thread's logits are stored before the counter moves
-    if tl.atomic_add(count_ptr, 1, sem="acq_rel") == tl.num_programs(0) - 1:
+    last = tl.num_programs(0) * tl.num_programs(1) - 1
+    if tl.atomic_add(count_ptr, 1, sem="acq_rel") == last:
         _route_align_body(
             logits_ptr, bias_ptr, ids_ptr, weights_ptr, sorted_ids_ptr, expert_ids_ptr,
             num_padded_ptr, num_tokens, NUM_EXPERTS, scale, max_padded, max_blocks, NUM_EXPERTS,
@@ -305,6 +314,7 @@ def _norm_route_align_kernel(
 
 
 NORM_ROUTE_EXPERTS_PER_PROGRAM = 4
+NORM_ROUTE_TOKENS_PER_PROGRAM = 4
 
 
 def norm_route_align(
@@ -344,19 +354,20 @@ def norm_route_align(
     new_residual = torch.empty((t, d), dtype=x.dtype, device=dev)
     logits = torch.empty((t, e), dtype=torch.float32, device=dev)
     per_program = NORM_ROUTE_EXPERTS_PER_PROGRAM
-    programs = triton.cdiv(e, per_program)
+    tokens = min(NORM_ROUTE_TOKENS_PER_PROGRAM, triton.next_power_of_2(t))
+    grid = (triton.cdiv(e, per_program), triton.cdiv(t, tokens))
     counter = split_counters(gate_weight, 1)
     block_d = triton.next_power_of_2(d)
     pdl = use_pdl(x)
-    _norm_route_align_kernel[(programs,)](
+    _norm_route_align_kernel[grid](
         x, residual, norm_weight, normed, new_residual, gate_weight, logits, counter,
         correction_bias.contiguous(), ids, weights, al.sorted_ids, al.expert_ids, al.num_padded,
         t, x.stride(0), residual.stride(0), eps, scale, al.sorted_ids.shape[0],
         al.expert_ids.shape[0],
-        D=d, BLOCK_D=block_d, EXPERTS_PER_PROGRAM=per_program, NUM_EXPERTS=e, K=top_k,
-        SHARED=int(shared), RENORMALIZE=renormalize, BLOCK_T=triton.next_power_of_2(t),
-        BLOCK_E=triton.next_power_of_2(e), BLOCK_M=block_m, BLOCK_FILL=256, USE_PDL=pdl,
-        num_warps=min(8, max(1, block_d // 256)), launch_pdl=pdl,
+        D=d, BLOCK_D=block_d, EXPERTS_PER_PROGRAM=per_program, TOKENS_PER_PROGRAM=tokens,
+        NUM_EXPERTS=e, K=top_k, SHARED=int(shared), RENORMALIZE=renormalize,
+        BLOCK_T=triton.next_power_of_2(t), BLOCK_E=triton.next_power_of_2(e), BLOCK_M=block_m,
+        BLOCK_FILL=256, USE_PDL=pdl, num_warps=min(8, max(1, block_d // 256)), launch_pdl=pdl,
     )  # fmt: skip
     return normed, new_residual, ids, weights, al
 

@@ -34,6 +34,8 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 VOCAB = 4096
 NUM_DRAFTS = 2
+# An emitted token this far below the greedy pick (in units of max|logit|) is not a near tie.
+FAR_GAP = 0.1
 
 
 def make_runner() -> ModelRunner:
@@ -147,10 +149,14 @@ def greedy_gaps(requests: list[list[int]], outputs: list[list[int]]) -> torch.Te
 
 
 def test_mtp_output_is_as_greedy_as_decoding_without_drafts() -> None:
-    """Teacher-forced, the tokens emitted with drafts are the model's greedy picks as often as the
-    tokens emitted without: a draft kept wrongly, or a rewind that leaves a stale latent, would
-    emit tokens far from the greedy pick over and over. Both runs stray on a few bf16 near ties or
-    routing flips (random weights give flat logits and flat router scores)."""
+    """Teacher-forced, the tokens emitted with drafts are nearly all the model's greedy picks: a
+    draft kept wrongly, or a rewind that leaves a stale latent, would emit tokens far from the
+    greedy pick over and over. Both runs stray on a few bf16 near ties or routing flips (random
+    weights give flat logits and flat router scores), the run with drafts more often: its tokens
+    come from verification steps, whose kernels differ from the one-token decode steps of the
+    teacher forcing (attention, and the MoE's shared expert, folded into the routed experts only
+    in steps of up to 16 tokens). Those strays sit close to the greedy pick (in runs AU and AW,
+    all within 0.07 of max|logit|); the test bounds how many there are and how many are far."""
     requests = prompts(12, seed=0)
     plain, _ = generate(0, requests)
     spec, engine = generate(NUM_DRAFTS, requests)
@@ -165,5 +171,9 @@ def test_mtp_output_is_as_greedy_as_decoding_without_drafts() -> None:
           f"tokens that are not the teacher-forced greedy pick, of {spec_gap.numel()}: {strays}; "
           f"largest gap plain {float(plain_gap.max()):.4f}, mtp {float(spec_gap.max()):.4f} "
           f"of max|logit|")  # fmt: skip
-    assert strays["mtp"] <= 2 * strays["plain"] + 4
+    far = {
+        name: int((gap > FAR_GAP).sum()) for name, gap in (("plain", plain_gap), ("mtp", spec_gap))
+    }
+    print(f"[mtp] strays farther than {FAR_GAP} of max|logit|: {far}")
     assert strays["mtp"] <= 0.05 * spec_gap.numel()
+    assert far["mtp"] <= far["plain"] + 2

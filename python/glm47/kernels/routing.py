@@ -9,7 +9,8 @@ come out in descending order of their biased score.
 `route_align` does the same for a decode-sized batch in a single program and, in the same launch,
 sorts the routed pairs by expert for the grouped GEMMs (the layout of kernels/moe_align). With
 `shared`, every token gets one more pair, last in its row: expert id E (one past the routed
-experts) with weight 1, the shared expert run inside the grouped GEMMs.
+experts) with weight 1, the shared expert run inside the grouped GEMMs. `norm_route_align` puts
+the RMSNorm before the MoE and the router's product in front of it, in one more launch.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ from glm47.kernels.moe_align import (
     write_block_experts,
 )
 from glm47.kernels.pdl import pdl_wait, prefetch_l2, use_pdl
-from glm47.kernels.skinny_gemm import split_counters
 
 # Tokens up to which `route_align` runs (one program holds every token's logits and pairs).
 ROUTE_ALIGN_MAX_TOKENS = 64
@@ -119,26 +119,12 @@ def _route_align_kernel(
     BLOCK_E: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_FILL: tl.constexpr,
+    BLOCK_B: tl.constexpr,
     USE_PDL: tl.constexpr,
 ):
-    pdl_wait(USE_PDL)
-    _route_align_body(
-        logits_ptr, bias_ptr, ids_ptr, weights_ptr, sorted_ids_ptr, expert_ids_ptr,
-        num_padded_ptr, num_tokens, stride_l, scale, max_padded, max_blocks, NUM_EXPERTS, K,
-        SHARED, RENORMALIZE, BLOCK_T, BLOCK_E, BLOCK_M, BLOCK_FILL,
-    )  # fmt: skip
-
-
-@triton.jit
-def _route_align_body(
-    logits_ptr, bias_ptr, ids_ptr, weights_ptr, sorted_ids_ptr, expert_ids_ptr, num_padded_ptr,
-    num_tokens, stride_l, scale, max_padded, max_blocks, NUM_EXPERTS: tl.constexpr,
-    K: tl.constexpr, SHARED: tl.constexpr, RENORMALIZE: tl.constexpr, BLOCK_T: tl.constexpr,
-    BLOCK_E: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_FILL: tl.constexpr,
-):  # fmt: skip
     """Every token of the batch in one program: its top-k (as `_route_kernel`, a token per row),
-    then the pairs' expert-sorted layout (as moe_align's single-program kernel). The logits are
-    read through L2 (`.cg`): other programs of the same launch may have written them."""
+    then the pairs' expert-sorted layout (as moe_align's single-program kernel)."""
+    pdl_wait(USE_PDL)
     K1: tl.constexpr = K + SHARED
     offs_t = tl.arange(0, BLOCK_T)
     offs_e = tl.arange(0, BLOCK_E)
@@ -146,7 +132,7 @@ def _route_align_body(
     valid = tok_ok[:, None] & (offs_e < NUM_EXPERTS)[None, :]  # [BLOCK_T, BLOCK_E]
     logit = tl.load(
         logits_ptr + offs_t[:, None].to(tl.int64) * stride_l + offs_e[None, :],
-        mask=valid, other=0.0, cache_modifier=".cg",
+        mask=valid, other=0.0,
     )  # fmt: skip
     score = tl.sigmoid(logit)
     bias = tl.load(bias_ptr + offs_e, mask=offs_e < NUM_EXPERTS, other=0.0)
@@ -191,7 +177,7 @@ def _route_align_body(
         tl.store(sorted_ids_ptr + routed_rows + offs_t, offs_t * K1 + K, mask=tok_ok)
         total += (num_tokens + BLOCK_M - 1) // BLOCK_M * BLOCK_M
     tl.store(num_padded_ptr, total)
-    write_block_experts(ends, expert_ids_ptr, max_blocks, NUM_EXPERTS + SHARED, BLOCK_M, BLOCK_FILL)
+    write_block_experts(ends, expert_ids_ptr, max_blocks, NUM_EXPERTS + SHARED, BLOCK_M, BLOCK_B)
 
 
 def _check_route_align(
@@ -246,13 +232,13 @@ def route_align(
         al.num_padded, t, logits.stride(0), scale, al.sorted_ids.shape[0], al.expert_ids.shape[0],
         NUM_EXPERTS=e, K=top_k, SHARED=int(shared), RENORMALIZE=renormalize,
         BLOCK_T=triton.next_power_of_2(t), BLOCK_E=triton.next_power_of_2(e), BLOCK_M=block_m,
-        BLOCK_FILL=256, USE_PDL=pdl, num_warps=4, launch_pdl=pdl,
+        BLOCK_FILL=256, BLOCK_B=32, USE_PDL=pdl, num_warps=1 if t <= 16 else 4, launch_pdl=pdl,
     )  # fmt: skip
     return ids, weights, al
 
 
 @triton.jit
-def _norm_route_align_kernel(
+def _norm_router_kernel(
     x_ptr,  # [T, D]
     res_ptr,  # [T, D]
     norm_w_ptr,  # [D]
@@ -260,19 +246,20 @@ def _norm_route_align_kernel(
     res_out_ptr,  # [T, D]: x + residual
     gate_ptr,  # [E, D] fp32
     logits_ptr,  # [T, E] fp32
-    count_ptr,  # [1] int32, zero between launches
-    bias_ptr, ids_ptr, weights_ptr, sorted_ids_ptr, expert_ids_ptr, num_padded_ptr,
-    num_tokens, stride_x, stride_r, eps, scale, max_padded, max_blocks,
-    D: tl.constexpr, BLOCK_D: tl.constexpr, EXPERTS_PER_PROGRAM: tl.constexpr,
-    TOKENS_PER_PROGRAM: tl.constexpr, NUM_EXPERTS: tl.constexpr, K: tl.constexpr,
-    SHARED: tl.constexpr, RENORMALIZE: tl.constexpr, BLOCK_T: tl.constexpr,
-    BLOCK_E: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_FILL: tl.constexpr,
+    num_tokens,
+    stride_x,
+    stride_r,
+    eps,
+    D: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    EXPERTS_PER_PROGRAM: tl.constexpr,
+    TOKENS_PER_PROGRAM: tl.constexpr,
+    NUM_EXPERTS: tl.constexpr,
     USE_PDL: tl.constexpr,
-):  # fmt: skip
+):
     """Program (i, j): RMSNorm with the residual add (kernels/rmsnorm's rounding) of token tile j
     and the router's fp32 product of those rows with expert block i; programs (0, j) store the
-    rows. The last program to finish routes every token and lays out the pairs
-    (`_route_align_body`)."""
+    rows."""
     pid_e = tl.program_id(0)
     offs_t = tl.program_id(1) * TOKENS_PER_PROGRAM + tl.arange(0, TOKENS_PER_PROGRAM)
     offs_d = tl.arange(0, BLOCK_D)
@@ -302,15 +289,6 @@ def _norm_route_align_kernel(
             gate = tl.load(gate_ptr + e * D + offs_d, mask=d_ok, other=0.0)  # [BLOCK_D] fp32
             logit = tl.sum(yf * gate[None, :], 1)  # [TOKENS]
             tl.store(logits_ptr + offs_t * NUM_EXPERTS + e, logit, mask=t_ok)
-    tl.debug_barrier()  # every thread's logits are stored before the counter moves
-    last = tl.num_programs(0) * tl.num_programs(1) - 1
-    if tl.atomic_add(count_ptr, 1, sem="acq_rel") == last:
-        _route_align_body(
-            logits_ptr, bias_ptr, ids_ptr, weights_ptr, sorted_ids_ptr, expert_ids_ptr,
-            num_padded_ptr, num_tokens, NUM_EXPERTS, scale, max_padded, max_blocks, NUM_EXPERTS,
-            K, SHARED, RENORMALIZE, BLOCK_T, BLOCK_E, BLOCK_M, BLOCK_FILL,
-        )  # fmt: skip
-        tl.atomic_xchg(count_ptr, 0)
 
 
 NORM_ROUTE_EXPERTS_PER_PROGRAM = 4
@@ -330,10 +308,11 @@ def norm_route_align(
     block_m: int,
     shared: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, MoeAlignment]:
-    """The MoE layer's input and routing in one launch: `normed, new_residual =
-    rmsnorm(x, norm_weight, eps, residual)` (kernels/rmsnorm), the router's logits
-    `normed.float() @ gate_weight.T`, then `route_align` of them. Returns (normed, new_residual,
-    ids, weights, alignment)."""
+    """The MoE layer's input and routing in two launches: `normed, new_residual =
+    rmsnorm(x, norm_weight, eps, residual)` (kernels/rmsnorm) with the router's logits
+    `normed.float() @ gate_weight.T` in one, then `route_align` of them (one program of one warp:
+    its top-k and scans are chains of reductions, which cost least inside one warp). Returns
+    (normed, new_residual, ids, weights, alignment)."""
     t, d = x.shape
     e = gate_weight.shape[0]
     if residual.shape != x.shape or residual.dtype != x.dtype or norm_weight.shape != (d,):
@@ -349,26 +328,23 @@ def norm_route_align(
         raise ValueError("gate_weight must be contiguous")
     _check_route_align(t, e, correction_bias, top_k, block_m)
     dev = x.device
-    ids, weights, al = _route_outputs(t, e, top_k, block_m, shared, dev)
     normed = torch.empty((t, d), dtype=x.dtype, device=dev)
     new_residual = torch.empty((t, d), dtype=x.dtype, device=dev)
     logits = torch.empty((t, e), dtype=torch.float32, device=dev)
     per_program = NORM_ROUTE_EXPERTS_PER_PROGRAM
     tokens = min(NORM_ROUTE_TOKENS_PER_PROGRAM, triton.next_power_of_2(t))
     grid = (triton.cdiv(e, per_program), triton.cdiv(t, tokens))
-    counter = split_counters(gate_weight, 1)
     block_d = triton.next_power_of_2(d)
     pdl = use_pdl(x)
-    _norm_route_align_kernel[grid](
-        x, residual, norm_weight, normed, new_residual, gate_weight, logits, counter,
-        correction_bias.contiguous(), ids, weights, al.sorted_ids, al.expert_ids, al.num_padded,
-        t, x.stride(0), residual.stride(0), eps, scale, al.sorted_ids.shape[0],
-        al.expert_ids.shape[0],
-        D=d, BLOCK_D=block_d, EXPERTS_PER_PROGRAM=per_program, TOKENS_PER_PROGRAM=tokens,
-        NUM_EXPERTS=e, K=top_k, SHARED=int(shared), RENORMALIZE=renormalize,
-        BLOCK_T=triton.next_power_of_2(t), BLOCK_E=triton.next_power_of_2(e), BLOCK_M=block_m,
-        BLOCK_FILL=256, USE_PDL=pdl, num_warps=min(8, max(1, block_d // 256)), launch_pdl=pdl,
+    _norm_router_kernel[grid](
+        x, residual, norm_weight, normed, new_residual, gate_weight, logits, t, x.stride(0),
+        residual.stride(0), eps, D=d, BLOCK_D=block_d, EXPERTS_PER_PROGRAM=per_program,
+        TOKENS_PER_PROGRAM=tokens, NUM_EXPERTS=e, USE_PDL=pdl,
+        num_warps=min(8, max(1, block_d // 256)), launch_pdl=pdl,
     )  # fmt: skip
+    ids, weights, al = route_align(
+        logits, correction_bias, top_k, renormalize, scale, block_m, shared=shared
+    )
     return normed, new_residual, ids, weights, al
 
 

@@ -99,6 +99,7 @@ def test_defaults() -> None:
         ([*BASE, "--tp", "2"], "one GPU"),
         ([*BASE, "--page-size", "3"], "power of two"),
         ([*BASE, "--shared-expert-overlap-tokens", "-1"], "shared_expert_overlap_tokens must be"),
+        ([*BASE, "--shared-expert-fold-tokens", "-2"], "shared_expert_fold_tokens must be"),
         ([*BASE, "--prefill-att-backend", "cudnn"], "invalid choice"),
         (["--model-dir", "/m"], "--listen"),
     ],
@@ -149,6 +150,16 @@ def test_shared_expert_overlap_flag_and_its_check() -> None:
     assert off.engine.shared_expert_overlap_tokens == 0
     alias = parse_args([*BASE, "--shared_expert_overlap_tokens", "64"])
     assert alias.engine.shared_expert_overlap_tokens == 64
+
+
+def test_shared_expert_fold_flag() -> None:
+    assert parse_args(BASE).engine.shared_expert_fold_tokens is None  # the runner's default
+    assert (
+        parse_args([*BASE, "--shared-expert-fold-tokens", "0"]).engine.shared_expert_fold_tokens
+        == 0
+    )
+    alias = parse_args([*BASE, "--shared_expert_fold_tokens", "4"])
+    assert alias.engine.shared_expert_fold_tokens == 4
 
 
 def test_log_stats_flags() -> None:

@@ -163,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="steps of at most this many tokens run the MoE shared expert inside the routed "
-        "experts' grouped GEMMs, one more expert per token (default 16 on a GPU with the Triton "
+        "experts' grouped GEMMs, one more expert per token (default 1 on a GPU with the Triton "
         "experts, at most 64; 0: never; before the overlap above)",
     )
     _flag(

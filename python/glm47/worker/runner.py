@@ -68,9 +68,11 @@ class Sampler(Protocol):
 # steps decide on their padded size.
 SHARED_OVERLAP_TOKENS = 128
 # Steps of at most this many tokens run the shared expert inside the routed experts' grouped GEMMs,
-# with the routing and the pairs' layout in one launch (MoE.fold_max_tokens): on a GPU with the
-# Triton experts and the fused routing kernel.
-SHARED_FOLD_TOKENS = 16
+# after the norm with the router's product and the routing with the pairs' layout (two launches;
+# MoE.fold_max_tokens): on a GPU with the Triton experts and the fused routing kernel. On an H100
+# (run AZ, docs/gpu-notes.md) that took batch 1 from 5.29 to 5.00 ms and left batch 2, 8 and 16
+# within 0.03 ms; batch 4 was 0.14 ms slower. So one-token steps only.
+SHARED_FOLD_TOKENS = 1
 
 # Modules whose import registers optional backends; one that fails to import (no Triton) just
 # leaves its names unregistered.

@@ -178,3 +178,30 @@ def test_the_shared_expert_overlap_forks_and_joins_around_the_routed_experts_and
     moe.overlap_max_tokens = 2  # a step above the bound runs serially
     torch.testing.assert_close(moe(x), serial, rtol=0, atol=0)
     assert log == ["route on main", "shared on main"]
+
+
+def test_the_folded_moe_layer_matches_the_unfolded_one() -> None:
+    """A step of at most `fold_max_tokens` tokens through MoE.forward (the router's product, then
+    routing, both GEMMs with the shared expert as expert E and the top-k sum) and through
+    `forward_from_residual` (the norm joins the router's launch) gives the unfolded layer's result
+    (Triton experts under the interpreter; fp32, so only summation order differs)."""
+    import glm47.worker.moe_triton  # noqa: F401  (registers "triton")
+
+    torch.manual_seed(0)
+    cfg = ModelConfig.from_dict(dict(TINY_HF, n_group=1, topk_group=1, num_experts_per_tok=2))
+    moe = MoE(cfg, create_experts_backend("triton"))
+    for p in moe.parameters():
+        p.data.normal_(0, 0.2)
+    moe.fused = moe.shared_experts.fused = True
+    norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+    norm.weight.data.uniform_(0.5, 1.5)
+    norm.fused = True
+    x, residual = torch.randn(3, cfg.hidden_size), torch.randn(3, cfg.hidden_size)
+    hidden, new_residual = norm(x, residual)
+    unfolded = moe(hidden)
+    assert moe.can_fold_shared and not moe.folds(3)
+    moe.fold_max_tokens = 3
+    torch.testing.assert_close(moe(hidden), unfolded, rtol=1e-5, atol=1e-5)
+    out, res = moe.forward_from_residual(x, residual, norm)
+    torch.testing.assert_close(res, new_residual, rtol=0, atol=0)
+    torch.testing.assert_close(out, unfolded, rtol=1e-5, atol=1e-5)

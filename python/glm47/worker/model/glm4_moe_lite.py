@@ -123,7 +123,7 @@ class Glm4MoeLiteForCausalLM(nn.Module):
         Triton experts; returns the limit that took effect (0 where the layers cannot fold)."""
         limit = min(max_tokens, ROUTE_ALIGN_MAX_TOKENS)
         moes = [m for m in self.modules() if isinstance(m, MoE)]
-        if any(not m.can_fold_shared or m.experts.name != "triton" for m in moes):
+        if not moes or any(not m.can_fold_shared or m.experts.name != "triton" for m in moes):
             limit = 0
         for module in moes:
             module.fold_max_tokens = limit

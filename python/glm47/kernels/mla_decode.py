@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from glm47.kernels.pdl import pdl_wait, use_pdl
+from glm47.kernels.pdl import pdl_wait, prefetch_l2, use_pdl
 
 LOG2E = 1.4426950408889634  # softmax runs in exp2: scores are pre-scaled by log2(e)
 # How far (log2 units) a head's score may pass the running maximum before the decode kernel
@@ -29,6 +29,8 @@ MAX_RESCALE_SLACK = 15.0
 # step brings it: one such compile took 11.5 s in the middle of a burst. The same for the pointers
 # of sliced step tensors (their 16-byte alignment).
 STEP_VARYING_DECODE = ["stride_pt", "stride_plb", "num_splits"]
+# 128-byte lines a decode program asks into L2 per loop step of the prefetch (see `mla_decode`).
+PREFETCH_CHUNK = tl.constexpr(1024)
 STEP_VARYING_POINTERS = ["page_table_ptr", "seq_lens_ptr"]
 
 
@@ -104,8 +106,15 @@ def _mla_decode_split_kernel(
     BLOCK_N: tl.constexpr,
     RESCALE_SLACK: tl.constexpr,
     USE_PDL: tl.constexpr,
+    pf_ptr=None,  # a tensor a later kernel reads (read when PREFETCH)
+    pf_lines=0,  # its 128-byte lines
+    PREFETCH: tl.constexpr = False,
+    LINE_ELEMS: tl.constexpr = 64,
 ):
     """One slice of one sequence, all heads: partial output and log-sum-exp.
+
+    With PREFETCH, each program first asks for its share of `pf_ptr`'s lines in L2 (a hint; at
+    small batches this kernel leaves most of the memory bandwidth idle).
 
     Per tile of BLOCK_N cached rows: scores `Q @ K^T` ([BLOCK_H, BLOCK_N]) and the accumulator
     `P @ V` ([BLOCK_H, D_LAT]). The latent columns are taken in two halves, so each product is two
@@ -115,6 +124,13 @@ def _mla_decode_split_kernel(
     more than RESCALE_SLACK (log2 units; 0 = whenever it grows): until then the probabilities are
     exp2 of at most the slack, and the [BLOCK_H, D_LAT] rescale is skipped.
     """
+    if PREFETCH:
+        programs = tl.num_programs(0) * tl.num_programs(1)
+        per_program = tl.cdiv(pf_lines, programs)
+        first = (tl.program_id(0) * tl.num_programs(1) + tl.program_id(1)) * per_program
+        for c in range(0, per_program, PREFETCH_CHUNK):
+            line = tl.minimum(first + c + tl.arange(0, PREFETCH_CHUNK), pf_lines - 1)
+            prefetch_l2(pf_ptr + line.to(tl.int64) * LINE_ELEMS)
     pdl_wait(USE_PDL)
     b = tl.program_id(0)
     split = tl.program_id(1)
@@ -273,12 +289,17 @@ def mla_decode(
     num_stages: int | None = None,
     q_rope: torch.Tensor | None = None,  # [B, H, D_ROPE]: the roped part, when q holds D_LAT
     rescale_slack: float = RESCALE_SLACK,
+    prefetch: torch.Tensor | None = None,  # contiguous: a weight a later kernel reads
 ) -> torch.Tensor:  # [B, H, D_LAT]
     """Attention of one query token per sequence over its cached latents (values = first D_LAT).
 
     Launch settings left as None take `default_launch(B)`. `rescale_slack` (log2 units, 0-15) is
     how far a head's score may pass the running maximum before the accumulator is rescaled (see
     `_mla_decode_split_kernel`); every value gives the same result up to rounding.
+
+    `prefetch`: with dependent launch (kernels/pdl), the programs ask for this tensor in L2 before
+    they wait for the previous kernel, so that a later kernel (o_proj after the attention) reads
+    it from L2; nothing else changes. Ignored without dependent launch.
     """
     q_lat, q_pe = split_query(q, q_rope, d_rope)
     b, h, d_lat = q_lat.shape
@@ -307,6 +328,11 @@ def mla_decode(
     if not 1 <= num_splits <= 64:
         raise ValueError(f"num_splits must be in [1, 64], got {num_splits}")
     block_h = max(16, triton.next_power_of_2(h))
+    if prefetch is not None and not prefetch.is_contiguous():
+        raise ValueError("the prefetched tensor must be contiguous")
+    pdl = use_pdl(q_lat)
+    pf = prefetch if pdl and prefetch is not None and prefetch.numel() > 0 else None
+    pf_lines = 0 if pf is None else triton.cdiv(pf.numel() * pf.element_size(), 128)
     part_out = torch.empty((b, num_splits, h, d_lat), dtype=torch.float32, device=q_lat.device)
     part_lse = torch.empty((b, num_splits, h), dtype=torch.float32, device=q_lat.device)
     _mla_decode_split_kernel[(b, num_splits)](
@@ -318,7 +344,8 @@ def mla_decode(
         h, num_splits, scale * LOG2E,
         PAGE_SIZE=page_size, D_LAT=d_lat, D_ROPE=d_rope, BLOCK_H=block_h, BLOCK_N=block_n,
         RESCALE_SLACK=float(rescale_slack), num_warps=num_warps, num_stages=num_stages,
-        USE_PDL=use_pdl(q_lat), launch_pdl=use_pdl(q_lat),
+        USE_PDL=pdl, launch_pdl=pdl, pf_ptr=pf, pf_lines=pf_lines, PREFETCH=pf is not None,
+        LINE_ELEMS=128 // (pf.element_size() if pf is not None else 2),
     )  # fmt: skip
     out = torch.empty((b, h, d_lat), dtype=q_lat.dtype, device=q_lat.device)
     _mla_decode_merge_kernel[(b, h)](

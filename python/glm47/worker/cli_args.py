@@ -159,6 +159,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _flag(
         p,
+        ["--attention-prefetch", "--attention_prefetch"],
+        action="store_true",
+        help="decode steps of at most 16 sequences: the Triton attention kernel asks for each "
+        "layer's o_proj weight in L2 while it runs (with dependent launch; not yet measured)",
+    )
+    _flag(
+        p,
         ["--shared-expert-fold-tokens", "--shared_expert_fold_tokens"],
         type=int,
         default=None,
@@ -221,6 +228,7 @@ def parse_args(argv: list[str]) -> WorkerArgs:
             pdl=ns.pdl,
             shared_expert_overlap_tokens=ns.shared_expert_overlap_tokens,
             shared_expert_fold_tokens=ns.shared_expert_fold_tokens,
+            attention_prefetch=ns.attention_prefetch,
             segment_graph_max_tokens=ns.segment_graph_max_tokens,
             mtp_step=ns.mtp_step,
             mtp_mode=ns.mtp_mode,

@@ -172,3 +172,36 @@ def test_the_shared_expert_folds_only_into_the_triton_experts(
     assert all(m.fold_max_tokens == 0 for m in r.model.modules() if isinstance(m, MoE))
     r = runner(model_dir[0], fused=False, moe_backend="triton", shared_fold_tokens=16)
     assert all(m.fold_max_tokens == 0 for m in r.model.modules() if isinstance(m, MoE))
+
+
+def test_attention_prefetch_hands_each_layers_o_proj_weight_to_the_decode_kernel(
+    model_dir: tuple[Path, object], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`attention_prefetch`: every layer's MLA weights name its o_proj weight, and the Triton
+    decode kernel of a small batch receives it (on the CPU, without dependent launch, the kernel
+    ignores it: the logits are those of the runner without it)."""
+    from glm47.worker.attention import triton_backend
+    from glm47.worker.model.layers.mla import MLAAttention
+
+    backends = dict(prefill_backend="triton", decode_backend="triton")
+    r = runner(model_dir[0], fused=True, attention_prefetch=True, **backends)
+    layers = [m for m in r.model.modules() if isinstance(m, MLAAttention)]
+    assert layers and all(m.mla_weights.prefetch is m.o_proj.weight for m in layers)
+    handed: list[int] = []
+    real = triton_backend.mla_decode
+
+    def spy(*args: Any, prefetch: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor:
+        assert prefetch is not None
+        handed.append(prefetch.data_ptr())
+        return real(*args, prefetch=prefetch, **kwargs)
+
+    monkeypatch.setattr(triton_backend, "mla_decode", spy)
+    logits, _ = session(r)
+    main_layers = {
+        m.o_proj.weight.data_ptr() for m in layers if m.cache_layer < r.cfg.num_hidden_layers
+    }
+    assert len(handed) == 3 * len(main_layers) and set(handed) == main_layers  # 3 decode steps
+    monkeypatch.undo()
+    plain, _ = session(runner(model_dir[0], fused=True, **backends))
+    for a, b in zip(logits, plain, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

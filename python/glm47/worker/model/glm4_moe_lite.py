@@ -139,6 +139,14 @@ class Glm4MoeLiteForCausalLM(nn.Module):
             elif isinstance(module, MLAAttention):
                 module.mla_weights = dataclasses.replace(module.mla_weights, skinny=enabled)
 
+    def enable_attention_prefetch(self, enabled: bool = True) -> None:
+        """Let the decode attention of small batches ask for each layer's o_proj weight in L2
+        while it runs (`MLAWeights.prefetch`; with dependent launch on a GPU, else a no-op)."""
+        for module in self.modules():
+            if isinstance(module, MLAAttention):
+                weight = module.o_proj.weight if enabled else None
+                module.mla_weights = dataclasses.replace(module.mla_weights, prefetch=weight)
+
     @property
     def num_cache_layers(self) -> int:
         """KV cache layers: one per decoder layer, plus the MTP layer's when present."""

@@ -184,6 +184,7 @@ def build_runner(
     pdl: bool | None = None,
     shared_fold_tokens: int | None = None,
     attention_prefetch: bool = False,
+    projection_prefetch: bool = False,
 ) -> ModelRunner:
     """Dummy weights on the GPU, the KV pool from what memory leaves, graphs at `batches` (and
     verification graphs of `verify_tokens` tokens a sequence, when given)."""
@@ -206,6 +207,7 @@ def build_runner(
         pdl=pdl,
         shared_fold_tokens=shared_fold_tokens,
         attention_prefetch=attention_prefetch,
+        projection_prefetch=projection_prefetch,
     )
 
 
@@ -219,6 +221,7 @@ def build_runner_or_eager(
     pdl: bool | None = None,
     shared_fold_tokens: int | None = None,
     attention_prefetch: bool = False,
+    projection_prefetch: bool = False,
 ) -> ModelRunner:
     """With decode graphs; if capturing fails, eagerly (the decode rows then say graph False)."""
     try:
@@ -226,6 +229,7 @@ def build_runner_or_eager(
             batches, context, verify_tokens=verify_tokens, skinny_gemm=skinny_gemm,
             decode_backend=decode_backend, shared_overlap_tokens=shared_overlap_tokens, pdl=pdl,
             shared_fold_tokens=shared_fold_tokens, attention_prefetch=attention_prefetch,
+            projection_prefetch=projection_prefetch,
         )  # fmt: skip
     except RuntimeError as err:
         print(f"building with CUDA graphs failed, timing eager decode instead: {err}")
@@ -234,7 +238,7 @@ def build_runner_or_eager(
     return build_runner(
         batches, context, graphs=False, skinny_gemm=skinny_gemm, decode_backend=decode_backend,
         shared_overlap_tokens=shared_overlap_tokens, pdl=pdl, shared_fold_tokens=shared_fold_tokens,
-        attention_prefetch=attention_prefetch,
+        attention_prefetch=attention_prefetch, projection_prefetch=projection_prefetch,
     )  # fmt: skip
 
 
@@ -343,7 +347,7 @@ def print_tables(
     overlap = "default" if args.shared_overlap_tokens is None else args.shared_overlap_tokens
     fold = args.fold_on
     print(f"decode ({args.decode_backend_name} attention, shared expert overlap up to {overlap} "
-          f"tokens, folded up to {fold}, attention prefetch {args.attention_prefetch}, BLAS library {args.blas_library}, skinny products {args.skinny_on}, "
+          f"tokens, folded up to {fold}, attention prefetch {args.attention_prefetch}, projection prefetch {args.projection_prefetch}, BLAS library {args.blas_library}, skinny products {args.skinny_on}, "
           f"dependent launch {args.pdl_on}), context {args.context}, step = forward + lm_head (median of {args.iters})")  # fmt: skip
     print(f"{'batch':>6} {'step ms':>8} {'floor ms':>9} {'ratio':>6} {'tok/s':>8} "
           f"{'eager ms':>8} {'prep ms':>8} {'kv_sets':>7} graph")  # fmt: skip
@@ -407,6 +411,11 @@ def main() -> None:
         help="the decode attention of batches up to 16 asks for o_proj's weight in L2",
     )
     parser.add_argument(
+        "--projection-prefetch",
+        action="store_true",
+        help="the skinny qkv_a and q_b products ask for q_b's and kv_b's weights in L2",
+    )
+    parser.add_argument(
         "--shared-fold-tokens",
         type=int,
         default=None,
@@ -441,6 +450,7 @@ def main() -> None:
     runner = build_runner_or_eager(
         batches, args.context, args.verify_tokens, args.skinny_gemm, args.decode_backend,
         args.shared_overlap_tokens, args.pdl, args.shared_fold_tokens, args.attention_prefetch,
+        args.projection_prefetch,
     )  # fmt: skip
     args.decode_backend_name = runner.decode_backend.name  # what "auto" resolved to
     args.skinny_on = any(getattr(m, "skinny", False) for m in runner.model.modules())

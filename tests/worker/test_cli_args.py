@@ -178,3 +178,5 @@ def test_attention_prefetch_is_off_unless_asked_for() -> None:
     assert not parse_args(BASE).engine.attention_prefetch
     assert parse_args([*BASE, "--attention-prefetch"]).engine.attention_prefetch
     assert parse_args([*BASE, "--attention_prefetch"]).engine.attention_prefetch
+    assert not parse_args(BASE).engine.projection_prefetch
+    assert parse_args([*BASE, "--projection-prefetch"]).engine.projection_prefetch

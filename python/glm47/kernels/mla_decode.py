@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from glm47.kernels.pdl import pdl_wait, prefetch_l2, use_pdl
+from glm47.kernels.pdl import pdl_wait, prefetch_args, prefetch_share, use_pdl
 
 LOG2E = 1.4426950408889634  # softmax runs in exp2: scores are pre-scaled by log2(e)
 # How far (log2 units) a head's score may pass the running maximum before the decode kernel
@@ -29,8 +29,6 @@ MAX_RESCALE_SLACK = 15.0
 # step brings it: one such compile took 11.5 s in the middle of a burst. The same for the pointers
 # of sliced step tensors (their 16-byte alignment).
 STEP_VARYING_DECODE = ["stride_pt", "stride_plb", "num_splits"]
-# 128-byte lines a decode program asks into L2 per loop step of the prefetch (see `mla_decode`).
-PREFETCH_CHUNK = tl.constexpr(1024)
 STEP_VARYING_POINTERS = ["page_table_ptr", "seq_lens_ptr"]
 
 
@@ -125,12 +123,7 @@ def _mla_decode_split_kernel(
     exp2 of at most the slack, and the [BLOCK_H, D_LAT] rescale is skipped.
     """
     if PREFETCH:
-        programs = tl.num_programs(0) * tl.num_programs(1)
-        per_program = tl.cdiv(pf_lines, programs)
-        first = (tl.program_id(0) * tl.num_programs(1) + tl.program_id(1)) * per_program
-        for c in range(0, per_program, PREFETCH_CHUNK):
-            line = tl.minimum(first + c + tl.arange(0, PREFETCH_CHUNK), pf_lines - 1)
-            prefetch_l2(pf_ptr + line.to(tl.int64) * LINE_ELEMS)
+        prefetch_share(pf_ptr, pf_lines, LINE_ELEMS)
     pdl_wait(USE_PDL)
     b = tl.program_id(0)
     split = tl.program_id(1)
@@ -328,11 +321,8 @@ def mla_decode(
     if not 1 <= num_splits <= 64:
         raise ValueError(f"num_splits must be in [1, 64], got {num_splits}")
     block_h = max(16, triton.next_power_of_2(h))
-    if prefetch is not None and not prefetch.is_contiguous():
-        raise ValueError("the prefetched tensor must be contiguous")
     pdl = use_pdl(q_lat)
-    pf = prefetch if pdl and prefetch is not None and prefetch.numel() > 0 else None
-    pf_lines = 0 if pf is None else triton.cdiv(pf.numel() * pf.element_size(), 128)
+    pf, pf_lines, line_elems = prefetch_args(prefetch, pdl)
     part_out = torch.empty((b, num_splits, h, d_lat), dtype=torch.float32, device=q_lat.device)
     part_lse = torch.empty((b, num_splits, h), dtype=torch.float32, device=q_lat.device)
     _mla_decode_split_kernel[(b, num_splits)](
@@ -345,7 +335,7 @@ def mla_decode(
         PAGE_SIZE=page_size, D_LAT=d_lat, D_ROPE=d_rope, BLOCK_H=block_h, BLOCK_N=block_n,
         RESCALE_SLACK=float(rescale_slack), num_warps=num_warps, num_stages=num_stages,
         USE_PDL=pdl, launch_pdl=pdl, pf_ptr=pf, pf_lines=pf_lines, PREFETCH=pf is not None,
-        LINE_ELEMS=128 // (pf.element_size() if pf is not None else 2),
+        LINE_ELEMS=line_elems,
     )  # fmt: skip
     out = torch.empty((b, h, d_lat), dtype=q_lat.dtype, device=q_lat.device)
     _mla_decode_merge_kernel[(b, h)](

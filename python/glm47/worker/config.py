@@ -79,6 +79,9 @@ class EngineConfig:
     # The Triton decode attention of small batches asks for each layer's o_proj weight in L2
     # (with dependent launch). Off unless asked for.
     attention_prefetch: bool = False
+    # The skinny qkv_a and q_b products ask for the next projections' weights in L2. Off unless
+    # asked for.
+    projection_prefetch: bool = False
     # Steps the decode graphs do not serve (prompt tokens, decode batches above the largest
     # graph), up to this many tokens, as CUDA graphs between the attention calls
     # (segment_graph.py). None: the step's token budget; 0: such steps run eagerly.

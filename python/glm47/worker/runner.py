@@ -126,6 +126,7 @@ class ModelRunner:
         shared_overlap_tokens: int | None = None,
         shared_fold_tokens: int | None = None,
         attention_prefetch: bool = False,
+        projection_prefetch: bool = False,
         warmup_tokens: int = 0,
         segment_graph_max_tokens: int = 0,
         segment_capturer: Capturer | None = None,
@@ -147,7 +148,8 @@ class ModelRunner:
         SHARED_FOLD_TOKENS; 0: never; takes precedence over the overlap).
         `attention_prefetch`: with dependent launch, the Triton decode attention of small batches
         asks for each layer's o_proj weight in L2 while it runs (not yet measured: off by
-        default).
+        default). `projection_prefetch`: likewise the skinny qkv_a and q_b products for the
+        weights of q_b and kv_b (not yet measured: off by default).
         `warmup_tokens`: on a GPU, run prefill steps of up to this many tokens before returning,
         so that the kernels' first-call compilation is not paid by the first requests.
         `segment_graph_max_tokens`: capture the steps that decode graphs do not serve, up to this
@@ -204,6 +206,7 @@ class ModelRunner:
             raise ValueError(f"shared_fold_tokens must be >= 0, got {shared_fold_tokens}")
         shared_fold_tokens = self.model.fold_shared_experts(shared_fold_tokens)
         self.model.enable_attention_prefetch(attention_prefetch)
+        self.model.enable_projection_prefetch(projection_prefetch)
         self.num_pages = self._pool_pages(num_pages, kv_tokens, mem_fraction)
         self.kv_cache = torch.zeros(
             self.model.num_cache_layers,
@@ -218,7 +221,8 @@ class ModelRunner:
         log.info(
             "runner: device=%s dtype=%s attention prefill=%s decode=%s experts=%s "
             "fused norm/rope/routing=%s skinny gemm=%s pdl=%s shared expert overlap up to %d tokens, "
-            "folded into the routed experts up to %d, attention prefetch=%s "
+            "folded into the routed experts up to %d, attention prefetch=%s projection "
+            "prefetch=%s "
             "mtp=%s kv pages=%d x %d tokens (%.2f GiB)",
             self.device,
             dtype,
@@ -231,6 +235,7 @@ class ModelRunner:
             shared_overlap_tokens if self.device.type == "cuda" else 0,
             shared_fold_tokens,
             attention_prefetch and self.pdl,
+            projection_prefetch and self.pdl,
             self.model.mtp is not None,
             self.num_pages,
             page_size,

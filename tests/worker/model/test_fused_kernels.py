@@ -205,3 +205,39 @@ def test_attention_prefetch_hands_each_layers_o_proj_weight_to_the_decode_kernel
     plain, _ = session(runner(model_dir[0], fused=True, **backends))
     for a, b in zip(logits, plain, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_projection_prefetch_hands_the_next_weights_to_the_skinny_kernel(
+    model_dir: tuple[Path, object], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`projection_prefetch`: the skinny qkv_a product is given q_b's weight to warm, q_b's
+    product kv_b's; other products nothing. On the CPU the kernel ignores it (no dependent
+    launch): the logits are those without it."""
+    from glm47.worker.model.layers.mla import MLAAttention
+
+    r = runner(model_dir[0], fused=True, skinny=True, projection_prefetch=True)
+    layers = [m for m in r.model.modules() if isinstance(m, MLAAttention)]
+    expected = {}
+    for m in layers:
+        expected[m.qkv_a_proj.weight.data_ptr()] = m.q_b_proj.weight.data_ptr()
+        expected[m.q_b_proj.weight.data_ptr()] = m.kv_b_proj.weight.data_ptr()
+    handed: dict[int, int | None] = {}
+    real = linear_module.skinny_gemm
+
+    def spy(x: torch.Tensor, w: torch.Tensor, **kw: Any) -> torch.Tensor:
+        pf = kw.get("prefetch")
+        handed[w.data_ptr()] = None if pf is None else pf.data_ptr()
+        return real(x, w, **kw)
+
+    monkeypatch.setattr(linear_module, "skinny_gemm", spy)
+    logits, _ = session(r)
+    monkeypatch.undo()
+    warmed = {w: p for w, p in handed.items() if p is not None}
+    ran = {w: p for w, p in expected.items() if w in handed}  # the MTP layer does not run here
+    assert ran and warmed == ran
+    plain_runner = runner(model_dir[0], fused=True, skinny=True)
+    # the weights are handed over, not registered twice
+    assert len(list(r.model.parameters())) == len(list(plain_runner.model.parameters()))
+    plain, _ = session(plain_runner)
+    for a, b in zip(logits, plain, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

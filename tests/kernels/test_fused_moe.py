@@ -74,9 +74,17 @@ SHAPES = (
     else [(1, 2048, 1536, 64, 4), (32, 2048, 1536, 64, 4), (700, 2048, 1536, 64, 4)]
 )
 CONFIGS = (
-    [MoeConfig(16, 16, 16, 1, 4, 1), MoeConfig(16, 32, 32, 2, 4, 1)]
+    [
+        MoeConfig(16, 16, 16, 1, 4, 1),
+        MoeConfig(16, 32, 32, 2, 4, 1, down_block_n=16, down_block_k=64),
+    ]
     if not ON_GPU
-    else [None, MoeConfig(16, 64, 128, 1, 4, 4), MoeConfig(64, 128, 64, 8, 4, 3)]
+    else [
+        None,
+        MoeConfig(16, 64, 128, 1, 4, 4),
+        MoeConfig(64, 128, 64, 8, 4, 3),
+        MoeConfig(16, 32, 128, 8, 4, 4, down_block_n=64, down_block_k=256, down_num_stages=3),
+    ]
 )
 
 

@@ -119,3 +119,30 @@ def test_a_gpu_without_a_file_reads_its_same_chip_sibling(
     # A file of its own wins over the sibling's.
     moe_config.save_stored("Test GPU 141GB", {"shape-a": {1: TUNED}})
     assert select_config("Test GPU 141GB", "shape-a", 3, 64, 4, tune) == TUNED
+
+
+def test_the_down_gemm_tile_defaults_to_the_gate_up_tile_and_is_stored_only_when_set(
+    builtin_dir: Path,
+) -> None:
+    joint = MoeConfig(16, 32, 128, 8, 4, 4)
+    assert joint.down() == joint
+    own = MoeConfig(16, 32, 128, 8, 4, 4, down_block_n=64, down_block_k=256, down_num_stages=3)
+    assert own.down() == MoeConfig(16, 64, 256, 8, 4, 3)
+    assert "down_block_n" not in joint.stored() and own.stored()["down_block_k"] == 256
+    assert "down_num_warps" not in own.stored()  # 0: the gate/up GEMM's
+    moe_config.save_stored(GPU, {"shape-b": {1: own, 8: joint}})
+    assert pick("shape-b", 1, []) == own and pick("shape-b", 8, []) == joint
+    with pytest.raises(ValueError, match="down_block_n"):
+        MoeConfig(16, 32, 128, 8, 4, 4, down_block_n=24)
+    with pytest.raises(ValueError, match="down-GEMM"):
+        MoeConfig(16, 32, 128, 8, 4, 4, down_num_warps=3)
+
+
+@pytest.mark.parametrize("tokens", [1, 256])
+def test_down_candidates_keep_the_tile_first_and_the_row_block(tokens: int) -> None:
+    base = MoeConfig(16, 32, 128, 8, 4, 4)
+    cands = moe_config.down_candidates(base, tokens, 64, 4)
+    assert cands[0] == base and len(cands) > 1
+    assert all(c.block_m == base.block_m and c.block_n == base.block_n for c in cands)
+    downs = [c.down() for c in cands]
+    assert len(set(downs)) == len(downs)  # no tile twice

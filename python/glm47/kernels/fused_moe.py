@@ -24,7 +24,7 @@ import triton
 import triton.language as tl
 
 from glm47.kernels.moe_align import MoeAlignment, moe_align
-from glm47.kernels.moe_config import MoeConfig, select_config, shape_key
+from glm47.kernels.moe_config import MoeConfig, down_candidates, select_config, shape_key
 from glm47.kernels.pdl import pdl_wait, prefetch_l2, use_pdl
 from glm47.kernels.routing import norm_route_align, route_align
 
@@ -361,7 +361,7 @@ def fused_experts(
              mul_weight=False, cfg=cfg, hint_ids=hint_ids, shared_w=shared_w13)  # fmt: skip
     per_pair = torch.empty((pairs, hidden), dtype=x.dtype, device=x.device)  # [P, H]
     moe_gemm(inter_act, w2, per_pair, weights, align, top_k, a_per_token=False, gated=False,
-             mul_weight=True, cfg=cfg, hint_ids=hint_ids, shared_w=shared_w2)  # fmt: skip
+             mul_weight=True, cfg=cfg.down(), hint_ids=hint_ids, shared_w=shared_w2)  # fmt: skip
     return topk_sum(
         per_pair, top_k, add=None if extra is None else extra(), shared_last=shared is not None
     )
@@ -425,8 +425,9 @@ def choose_config(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, top_k: i
     t = x.shape[0]
     key = shape_key(num_experts, hidden, two_inter // 2, top_k, str(x.dtype).removeprefix("torch."))
 
-    def tune(candidates: list[MoeConfig]) -> MoeConfig:
-        return tune_config(x, w13, w2, top_k, candidates)
+    def tune(candidates: list[MoeConfig]) -> MoeConfig:  # the tile, then the down GEMM's own
+        best = tune_config(x, w13, w2, top_k, candidates)
+        return tune_config(x, w13, w2, top_k, down_candidates(best, t, num_experts, top_k))
 
     # Tuning runs kernels and captures graphs of its own: inside a capture (a bucket the graph
     # runner's warm-up did not see) the stored or default config is used, and nothing is cached.

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import cache
 from pathlib import Path
 
@@ -73,7 +73,9 @@ def current_settings() -> TuneSettings:
 
 @dataclass(frozen=True)
 class MoeConfig:
-    """Tile shape and launch settings of the grouped GEMMs (both GEMMs share block_m)."""
+    """Tile shape and launch settings of the grouped GEMMs (both GEMMs share block_m). The down
+    GEMM may have a tile of its own (the `down_` fields; 0 = the gate/up GEMM's value): its N and K
+    are the gate/up GEMM's K and N / 2, and at decode sizes another tile can read faster."""
 
     block_m: int  # rows (routed pairs) per program; also the expert padding granule
     block_n: int  # output columns per program
@@ -81,6 +83,10 @@ class MoeConfig:
     group_m: int  # row blocks walked together for L2 reuse of weights
     num_warps: int
     num_stages: int
+    down_block_n: int = 0
+    down_block_k: int = 0
+    down_num_warps: int = 0
+    down_num_stages: int = 0
 
     def __post_init__(self) -> None:
         for name in ("block_m", "block_n", "block_k"):
@@ -89,6 +95,27 @@ class MoeConfig:
                 raise ValueError(f"{name} must be a power of two >= 16, got {value}")
         if self.group_m < 1 or self.num_warps not in (1, 2, 4, 8, 16) or self.num_stages < 1:
             raise ValueError(f"invalid launch settings in {self}")
+        for name in ("down_block_n", "down_block_k"):
+            value = getattr(self, name)
+            if value and (value < 16 or value & (value - 1)):
+                raise ValueError(f"{name} must be 0 or a power of two >= 16, got {value}")
+        if self.down_num_warps not in (0, 1, 2, 4, 8, 16) or self.down_num_stages < 0:
+            raise ValueError(f"invalid down-GEMM launch settings in {self}")
+
+    def down(self) -> MoeConfig:
+        """The config the down GEMM launches with (its own tile where set)."""
+        return MoeConfig(
+            self.block_m,
+            self.down_block_n or self.block_n,
+            self.down_block_k or self.block_k,
+            self.group_m,
+            self.down_num_warps or self.num_warps,
+            self.down_num_stages or self.num_stages,
+        )
+
+    def stored(self) -> dict[str, int]:
+        """The fields written to a config file: the down tile only where it is set."""
+        return {k: v for k, v in asdict(self).items() if not (k.startswith("down_") and v == 0)}
 
 
 def shape_key(num_experts: int, hidden: int, inter: int, top_k: int, dtype: str) -> str:
@@ -136,7 +163,7 @@ def save_stored(
     for key, by_m in table.items():
         entry = raw.setdefault(key, {})
         for m, cfg in sorted(by_m.items()):
-            entry[str(m)] = asdict(cfg)
+            entry[str(m)] = cfg.stored()
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(raw, indent=1, sort_keys=True) + "\n")
     load_stored.cache_clear()
@@ -175,6 +202,28 @@ def candidate_configs(num_tokens: int, num_experts: int, top_k: int) -> list[Moe
         for bk in block_ks
         for warps, stages in launches
     ]
+
+
+def down_candidates(
+    cfg: MoeConfig, num_tokens: int, num_experts: int, top_k: int
+) -> list[MoeConfig]:
+    """The down GEMM's own tiles to try beside `cfg` (which comes first: the search never ends
+    worse than it), sized like `candidate_configs`."""
+    rows_per_expert = num_tokens * top_k / max(1, num_experts)
+    if rows_per_expert <= 16:
+        space = ([16, 32, 64, 128], [64, 128, 256], [(4, 4), (4, 3)])
+    else:
+        space = ([64, 128], [64, 128], [(4, 3), (8, 3)])
+    block_ns, block_ks, launches = space
+    found = [cfg]
+    for bn in block_ns:
+        for bk in block_ks:
+            for warps, stages in launches:
+                cand = replace(cfg, down_block_n=bn, down_block_k=bk, down_num_warps=warps,
+                               down_num_stages=stages)  # fmt: skip
+                if cand.down() != cfg.down():
+                    found.append(cand)
+    return found
 
 
 def nearest(table: dict[int, MoeConfig], num_tokens: int) -> MoeConfig:

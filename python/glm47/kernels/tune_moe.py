@@ -4,8 +4,9 @@
         --inter 1536 --top-k 4] [--out-dir DIR]
 
 For every token count, times each candidate config (moe_config.candidate_configs) on random
-routing and writes the fastest into `fused_moe_<gpu>.json` (kernels/configs by default), merged with
-what is there. Needs a CUDA GPU.
+routing, then the down GEMM's own tiles beside the fastest (moe_config.down_candidates), and writes
+the result into `fused_moe_<gpu>.json` (kernels/configs by default), merged with what is there.
+Needs a CUDA GPU.
 """
 
 from __future__ import annotations
@@ -18,7 +19,13 @@ from pathlib import Path
 import torch
 
 from glm47.kernels.fused_moe import tune_config
-from glm47.kernels.moe_config import MoeConfig, candidate_configs, save_stored, shape_key
+from glm47.kernels.moe_config import (
+    MoeConfig,
+    candidate_configs,
+    down_candidates,
+    save_stored,
+    shape_key,
+)
 
 # Decode batch sizes first (the tuned file is written after each count), then prompt chunks.
 DEFAULT_TOKENS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 8192]
@@ -42,7 +49,8 @@ def tune_shape(
     for t in tokens:
         start = time.perf_counter()
         x = torch.randn((t, hidden), dtype=dtype, device="cuda")
-        best[t] = tune_config(x, w13, w2, top_k, candidate_configs(t, experts, top_k))
+        joint = tune_config(x, w13, w2, top_k, candidate_configs(t, experts, top_k))
+        best[t] = tune_config(x, w13, w2, top_k, down_candidates(joint, t, experts, top_k))
         path = save_stored(gpu, {key: {t: best[t]}}, out_dir)
         print(f"T={t}: {best[t]} ({time.perf_counter() - start:.1f} s) -> {path}", flush=True)
     return best

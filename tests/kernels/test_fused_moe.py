@@ -9,6 +9,7 @@ import torch
 from kernel_utils import ON_GPU, rel_err
 
 from glm47.kernels.fused_moe import (
+    RoutedExperts,
     fused_experts,
     fused_experts_ref,
     fused_moe_from_logits,
@@ -250,7 +251,8 @@ def test_fused_moe_from_logits_with_the_shared_expert(
     shared_w2 = torch.randn((hidden, inter), dtype=dtype, device=device) * inter**-0.5
     logits = torch.randn((t, e), device=device) * 2
     bias = torch.rand(e, device=device) * 0.1
-    out = fused_moe_from_logits(x, logits, bias, k, True, 1.8, w13, w2, (shared_w13, shared_w2))
+    moe = RoutedExperts(bias, k, True, 1.8, w13, w2, (shared_w13, shared_w2))
+    out = fused_moe_from_logits(x, logits, moe)
     ids, weights = route_topk_ref(logits, bias, k, True, 1.8)
     routed = fused_experts_ref(x.double(), w13.double(), w2.double(), weights.double(), ids)
     ones = torch.ones((t, 1), dtype=torch.float64, device=device)

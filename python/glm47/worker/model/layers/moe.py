@@ -11,7 +11,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from glm47.kernels.fused_moe import fused_moe_from_logits, fused_moe_from_residual
+from glm47.kernels.fused_moe import (
+    RoutedExperts,
+    fused_moe_from_logits,
+    fused_moe_from_residual,
+)
 from glm47.kernels.routing import route_topk
 from glm47.kernels.skinny_gemm import skinny_gemm, takes_rows
 from glm47.worker.model.config import ModelConfig
@@ -163,11 +167,12 @@ class MoE(nn.Module):
 
     def _forward_folded(self, x: torch.Tensor) -> torch.Tensor:
         """The shared expert inside the routed experts' launches (see the class docstring)."""
+        return fused_moe_from_logits(x, self.router_logits(x), self._routed_experts())
+
+    def _routed_experts(self) -> RoutedExperts:
         cfg = self.cfg
         shared = self.shared_experts
-        return fused_moe_from_logits(
-            x,
-            self.router_logits(x),
+        return RoutedExperts(
             self.e_score_correction_bias,
             cfg.num_experts_per_tok,
             cfg.norm_topk_prob,
@@ -184,21 +189,8 @@ class MoE(nn.Module):
     def forward_from_residual(
         self, x: torch.Tensor, residual: torch.Tensor, norm: RMSNorm
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """`(self(norm(x + residual)), x + residual)` for a step that `folds`: the norm, the
-        router's product and the routing in one launch, then the experts as `_forward_folded`."""
-        cfg = self.cfg
-        shared = self.shared_experts
+        """`(self(norm(x + residual)), x + residual)` for a step that `folds`: the norm with the
+        router's product, the routing, then the experts as `_forward_folded`."""
         return fused_moe_from_residual(
-            x,
-            residual,
-            norm.weight,
-            norm.eps,
-            self.gate_weight,
-            self.e_score_correction_bias,
-            cfg.num_experts_per_tok,
-            cfg.norm_topk_prob,
-            cfg.routed_scaling_factor,
-            self.w13,
-            self.w2,
-            shared=(shared.gate_up_proj.weight, shared.down_proj.weight),
+            x, residual, norm.weight, norm.eps, self.gate_weight, self._routed_experts()
         )

@@ -9,10 +9,8 @@ import torch
 from kernel_utils import ON_GPU, rel_err
 
 from glm47.kernels.fused_moe import (
-    RoutedExperts,
     fused_experts,
     fused_experts_ref,
-    fused_moe_from_logits,
     topk_sum,
     topk_sum_ref,
     tune_config,
@@ -26,6 +24,7 @@ from glm47.kernels.moe_align import (
     moe_align_torch,
 )
 from glm47.kernels.moe_config import MoeConfig, default_config
+from glm47.kernels.moe_decode import RoutedExperts, fused_moe_from_logits
 from glm47.kernels.routing import route_topk_ref
 
 

@@ -10,7 +10,8 @@ The shared expert can run as one more expert of the same launches (`shared`): ex
 the routed ones) reads its own weight tensors, every token has one pair of it, last in the token's
 row, with weight 1, and the top-k sum adds that row after rounding the routed sum (as the reference
 adds the two outputs). At decode sizes that replaces the shared expert's three launches (and the
-second stream they ran on) with a few more programs in two launches that run anyway.
+second stream they ran on) with a few more programs in two launches that run anyway; the
+decode-sized entry points that route and run the experts are in kernels/moe_decode.py.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 import triton
@@ -27,7 +27,6 @@ import triton.language as tl
 from glm47.kernels.moe_align import MoeAlignment, moe_align
 from glm47.kernels.moe_config import MoeConfig, down_candidates, select_config, shape_key
 from glm47.kernels.pdl import pdl_wait, prefetch_l2, use_pdl
-from glm47.kernels.routing import norm_route_align, route_align
 
 log = logging.getLogger(__name__)
 
@@ -366,57 +365,6 @@ def fused_experts(
     return topk_sum(
         per_pair, top_k, add=None if extra is None else extra(), shared_last=shared is not None
     )
-
-
-@dataclass(frozen=True)
-class RoutedExperts:
-    """What a decode-sized step's MoE reads after the router's product: the routing's knobs and
-    the experts' weights, with the shared expert as one more expert when given."""
-
-    correction_bias: torch.Tensor  # [E] fp32, chooses experts without weighting them
-    top_k: int
-    renormalize: bool
-    scale: float
-    w13: torch.Tensor  # [E, 2I, H]
-    w2: torch.Tensor  # [E, H, I]
-    shared: tuple[torch.Tensor, torch.Tensor] | None = None  # the shared expert's [2I, H], [H, I]
-
-
-def fused_moe_from_logits(
-    x: torch.Tensor,  # [T, H], T <= routing.ROUTE_ALIGN_MAX_TOKENS
-    logits: torch.Tensor,  # [T, E] fp32 router logits
-    moe: RoutedExperts,
-) -> torch.Tensor:  # [T, H]
-    """The whole MoE of a decode-sized step after the router's product, in four launches: routing
-    with the pairs' layout (`route_align`), the two grouped GEMMs (with the shared expert as one
-    more expert when given) and the top-k sum."""
-    cfg = choose_config(x, moe.w13, moe.w2, moe.top_k)
-    ids, weights, align = route_align(
-        logits, moe.correction_bias, moe.top_k, moe.renormalize, moe.scale, cfg.block_m,
-        shared=moe.shared is not None,
-    )  # fmt: skip
-    return fused_experts(x, moe.w13, moe.w2, weights, ids, cfg, shared=moe.shared, align=align)
-
-
-def fused_moe_from_residual(
-    x: torch.Tensor,  # [T, H], T <= routing.ROUTE_ALIGN_MAX_TOKENS: the attention block's output
-    residual: torch.Tensor,  # [T, H]
-    norm_weight: torch.Tensor,  # [H]: the RMSNorm before the MoE
-    eps: float,
-    gate_weight: torch.Tensor,  # [E, H] fp32 router
-    moe: RoutedExperts,
-) -> tuple[torch.Tensor, torch.Tensor]:  # the MoE output [T, H], the new residual x + residual
-    """A decode-sized step's RMSNorm (with the residual add) and MoE in five launches: the norm
-    with the router's product, the routing with the pairs' layout (`routing.norm_route_align`),
-    the two grouped GEMMs (with the shared expert as one more expert when given) and the top-k
-    sum."""
-    cfg = choose_config(x, moe.w13, moe.w2, moe.top_k)
-    normed, new_residual, ids, weights, align = norm_route_align(
-        x, residual, norm_weight, eps, gate_weight, moe.correction_bias, moe.top_k,
-        moe.renormalize, moe.scale, cfg.block_m, shared=moe.shared is not None,
-    )  # fmt: skip
-    out = fused_experts(normed, moe.w13, moe.w2, weights, ids, cfg, shared=moe.shared, align=align)
-    return out, new_residual
 
 
 def _gpu_name(device: torch.device) -> str:

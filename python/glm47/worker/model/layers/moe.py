@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from glm47.kernels.fused_moe import (
+from glm47.kernels.moe_decode import (
     RoutedExperts,
     fused_moe_from_logits,
     fused_moe_from_residual,
@@ -72,8 +72,8 @@ class MoE(nn.Module):
     four launches (`fused_moe_from_logits`): the routing with the pairs' layout, the two grouped
     GEMMs with the shared expert as one more expert, and the top-k sum, which adds the shared
     expert's output to the rounded routed sum as the unfolded path does. The decoder layer hands
-    such steps to `forward_from_residual`, where the RMSNorm before the MoE and the router's product
-    join the routing's launch.
+    such steps to `forward_from_residual`, where the RMSNorm before the MoE runs in the launch of
+    the router's product.
     """
 
     fused = False

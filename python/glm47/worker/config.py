@@ -71,10 +71,10 @@ class EngineConfig:
     # the GPU supports it.
     pdl: bool | None = None
     # Steps of at most this many tokens run the MoE layers' shared expert on a second CUDA stream
-    # beside the routed experts. None: the runner's SHARED_OVERLAP_TOKENS; 0: never.
+    # beside the routed experts. None: kernel_options.SHARED_OVERLAP_TOKENS; 0: never.
     shared_expert_overlap_tokens: int | None = None
     # Steps of at most this many tokens run the shared expert inside the routed experts' grouped
-    # GEMMs (Triton experts). None: the runner's SHARED_FOLD_TOKENS; 0: never.
+    # GEMMs (Triton experts). None: kernel_options.SHARED_FOLD_TOKENS; 0: never.
     shared_expert_fold_tokens: int | None = None
     # The Triton decode attention of small batches asks for each layer's o_proj weight in L2
     # (with dependent launch). Off unless asked for.

@@ -21,7 +21,7 @@ from typing import Protocol
 import torch
 
 import glm47.worker.attention.torch_backend  # noqa: F401  (registers "torch")
-from glm47.kernels.pdl import pdl_supported, set_pdl
+from glm47.kernels.pdl import set_pdl
 from glm47.worker.attention.base import (
     AttentionBackend,
     AttentionMetadata,
@@ -45,6 +45,7 @@ from glm47.worker.cuda_graph import (
     supports_cuda_graph,
     supports_multi_token_graphs,
 )
+from glm47.worker.kernel_options import KernelOptions
 from glm47.worker.model.config import ModelConfig
 from glm47.worker.model.context import ForwardContext
 from glm47.worker.model.layers.experts import ExpertsBackend, registered_experts_backends
@@ -61,18 +62,6 @@ class Sampler(Protocol):
         """logits [N, V] fp32, one row per entry of `seqs` (the sequences with sample=True)."""
         ...
 
-
-# Steps of at most this many tokens run the shared expert beside the routed experts on a second
-# CUDA stream (MoE). On an H200 (run AK, docs/gpu-notes.md) the overlap took 0.15-0.41 ms off
-# decode steps of batch 1-128 and added 0.31 ms at batch 256. A decode graph size, since graphed
-# steps decide on their padded size.
-SHARED_OVERLAP_TOKENS = 128
-# Steps of at most this many tokens run the shared expert inside the routed experts' grouped GEMMs,
-# after the norm with the router's product and the routing with the pairs' layout (two launches;
-# MoE.fold_max_tokens): on a GPU with the Triton experts and the fused routing kernel. On an H100
-# (run AZ, docs/gpu-notes.md) that took batch 1 from 5.29 to 5.00 ms and left batch 2, 8 and 16
-# within 0.03 ms; batch 4 was 0.14 ms slower. So one-token steps only.
-SHARED_FOLD_TOKENS = 1
 
 # Modules whose import registers optional backends; one that fails to import (no Triton) just
 # leaves its names unregistered.
@@ -132,24 +121,8 @@ class ModelRunner:
         segment_capturer: Capturer | None = None,
         verify_tokens: int = 0,
     ) -> None:
-        """`fused_kernels`: RMSNorm, rope and routing as Triton kernels (None: on CUDA devices).
-        `skinny_gemm`: the products of steps of at most 16 tokens (dense projections, MLA's
-        absorbed products, the router) through kernels/skinny_gemm instead of the GEMM library
-        (None: on CUDA devices).
-        `pdl`: on a GPU that supports it (compute capability 9.0 and up), launch the decode-path
-        Triton kernels with programmatic dependent launch (kernels/pdl): each may start while the
-        one before it runs, prefetching its weights into L2 until its inputs are ready (None:
-        wherever supported).
-        `shared_overlap_tokens`: on a GPU, steps of at most this many tokens run the MoE
-        layers' shared expert on a second CUDA stream beside the routed experts (None:
-        SHARED_OVERLAP_TOKENS; 0: never).
-        `shared_fold_tokens`: on a GPU with the Triton experts, steps of at most this many tokens
-        run the shared expert inside the routed experts' grouped GEMMs instead (None:
-        SHARED_FOLD_TOKENS; 0: never; takes precedence over the overlap).
-        `attention_prefetch`: with dependent launch, the Triton decode attention of small batches
-        asks for each layer's o_proj weight in L2 while it runs (not yet measured: off by
-        default). `projection_prefetch`: likewise the skinny qkv_a and q_b products for the
-        weights of q_b and kv_b (not yet measured: off by default).
+        """`fused_kernels`, `skinny_gemm`, `pdl`, `shared_overlap_tokens`, `shared_fold_tokens`,
+        `attention_prefetch` and `projection_prefetch`: the model's kernel paths (`KernelOptions`).
         `warmup_tokens`: on a GPU, run prefill steps of up to this many tokens before returning,
         so that the kernels' first-call compilation is not paid by the first requests.
         `segment_graph_max_tokens`: capture the steps that decode graphs do not serve, up to this
@@ -186,27 +159,11 @@ class ModelRunner:
             experts_backend=moe,
             seed=seed,
         )
-        if fused_kernels is None:
-            fused_kernels = self.device.type == "cuda"
-        self.model.enable_fused_kernels(fused_kernels)
-        if skinny_gemm is None:
-            skinny_gemm = self.device.type == "cuda"
-        self.model.enable_skinny_gemm(skinny_gemm)
-        self.pdl = pdl is not False and pdl_supported(self.device)
-        if pdl and not self.pdl:
-            log.warning("--pdl: %s cannot launch kernels that way; launching plainly", self.device)
-        set_pdl(self.pdl)
-        if shared_overlap_tokens is None:
-            shared_overlap_tokens = SHARED_OVERLAP_TOKENS
-        if self.device.type == "cuda" and shared_overlap_tokens > 0:
-            self.model.overlap_shared_experts(torch.cuda.Stream(self.device), shared_overlap_tokens)
-        if shared_fold_tokens is None:
-            shared_fold_tokens = SHARED_FOLD_TOKENS if self.device.type == "cuda" else 0
-        if shared_fold_tokens < 0:
-            raise ValueError(f"shared_fold_tokens must be >= 0, got {shared_fold_tokens}")
-        shared_fold_tokens = self.model.fold_shared_experts(shared_fold_tokens)
-        self.model.enable_attention_prefetch(attention_prefetch)
-        self.model.enable_projection_prefetch(projection_prefetch)
+        self.kernels = KernelOptions(
+            fused_kernels, skinny_gemm, pdl, shared_overlap_tokens, shared_fold_tokens,
+            attention_prefetch, projection_prefetch,
+        ).apply(self.model, self.device)  # fmt: skip
+        self.pdl = bool(self.kernels.pdl)
         self.num_pages = self._pool_pages(num_pages, kv_tokens, mem_fraction)
         self.kv_cache = torch.zeros(
             self.model.num_cache_layers,
@@ -219,23 +176,14 @@ class ModelRunner:
         self.draft_inputs = StepInputBuilder(page_size, self.device)  # the MTP layer's passes
         self._last_hidden: torch.Tensor | None = None  # final hidden states of the last run()
         log.info(
-            "runner: device=%s dtype=%s attention prefill=%s decode=%s experts=%s "
-            "fused norm/rope/routing=%s skinny gemm=%s pdl=%s shared expert overlap up to %d tokens, "
-            "folded into the routed experts up to %d, attention prefetch=%s projection "
-            "prefetch=%s "
+            "runner: device=%s dtype=%s attention prefill=%s decode=%s experts=%s %s "
             "mtp=%s kv pages=%d x %d tokens (%.2f GiB)",
             self.device,
             dtype,
             prefill,
             decode,
             moe,
-            fused_kernels,
-            skinny_gemm,
-            self.pdl,
-            shared_overlap_tokens if self.device.type == "cuda" else 0,
-            shared_fold_tokens,
-            attention_prefetch and self.pdl,
-            projection_prefetch and self.pdl,
+            self.kernels.describe(),
             self.model.mtp is not None,
             self.num_pages,
             page_size,

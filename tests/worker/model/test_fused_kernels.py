@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import torch
 
+from glm47.worker.kernel_options import KernelOptions
 from glm47.worker.model.layers import linear as linear_module
 from glm47.worker.model.layers import moe as moe_module
 from glm47.worker.model.layers.linear import Linear
@@ -241,3 +242,18 @@ def test_projection_prefetch_hands_the_next_weights_to_the_skinny_kernel(
     plain, _ = session(plain_runner)
     for a, b in zip(logits, plain, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_kernel_options_resolve_against_the_device(model_dir: tuple[Path, object]) -> None:
+    """On the CPU the defaults take the torch paths, nothing overlaps or folds, and no dependent
+    launch or prefetch takes effect; asked for, the fused and skinny paths and the fold do."""
+    plain = make_runner(model_dir[0], torch.float32, page_size=4, kv_tokens=256).kernels
+    assert plain == KernelOptions(False, False, False, 0, 0, False, False)
+    asked = runner(
+        model_dir[0], fused=True, skinny=True, pdl=True, moe_backend="triton",
+        shared_fold_tokens=8, attention_prefetch=True,
+    ).kernels  # fmt: skip
+    assert asked == KernelOptions(True, True, False, 0, 8, False, False)
+    assert "folded into the routed experts up to 8" in asked.describe()
+    with pytest.raises(ValueError, match="shared_fold_tokens"):
+        runner(model_dir[0], fused=True, shared_fold_tokens=-1)

@@ -12,7 +12,7 @@ position in it, the kernel's name, its mean duration and its mean advance over t
 the kernels outside the period (embedding, the dense first layer, the final norm, lm_head).
 
     python3 benchmarks/graph_profile.py [--batches 1,8] [--context 1024] [--json out.json]
-        [--shared-fold-tokens N] [--attention-prefetch] [--projection-prefetch] [--no-pdl] [--no-skinny-gemm]
+        [the kernel flags of bench_kernel_flags.py]
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_kernel_flags import add_kernel_flags, kernel_options
 from model_bench import build_runner, decode_batch, logits_step
 
 
@@ -145,21 +146,13 @@ def main() -> None:
     parser.add_argument("--batches", default="1,8")
     parser.add_argument("--context", type=int, default=1024)
     parser.add_argument("--iters", type=int, default=3)
-    parser.add_argument("--shared-fold-tokens", type=int, default=None)
-    parser.add_argument("--pdl", action=argparse.BooleanOptionalAction, default=None)
-    parser.add_argument("--skinny-gemm", action=argparse.BooleanOptionalAction, default=None)
-    parser.add_argument("--attention-prefetch", action="store_true")
-    parser.add_argument("--projection-prefetch", action="store_true")
     parser.add_argument("--json", default=None)
+    add_kernel_flags(parser)
     args = parser.parse_args()
     batches = sorted(int(b) for b in args.batches.split(","))
-    runner = build_runner(
-        batches, args.context, skinny_gemm=args.skinny_gemm, pdl=args.pdl,
-        shared_fold_tokens=args.shared_fold_tokens, attention_prefetch=args.attention_prefetch,
-        projection_prefetch=args.projection_prefetch,
-    )  # fmt: skip
+    runner = build_runner(batches, args.context, kernel_options(args))
     print(f"{torch.cuda.get_device_name()}, dummy weights, context {args.context}, "
-          f"pdl {runner.pdl}, fold {args.shared_fold_tokens}, skinny {args.skinny_gemm}")  # fmt: skip
+          f"{runner.kernels.describe()}")  # fmt: skip
     results = []
     with torch.inference_mode():
         for batch in batches:

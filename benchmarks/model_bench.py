@@ -34,11 +34,13 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_kernel_flags import add_kernel_flags, kernel_options
 from bench_model import GLM47_FLASH_CONFIG
 
 from glm47.worker.attention.base import create_backend
 from glm47.worker.attention.select import unavailable_reason
 from glm47.worker.batch import ScheduledBatch, ScheduledSeq
+from glm47.worker.kernel_options import KernelOptions
 from glm47.worker.model.config import ModelConfig
 from glm47.worker.runner import ModelRunner
 from glm47.worker.step_inputs import StepInputs
@@ -176,15 +178,10 @@ def prefill_floor_ms(runner: ModelRunner, w: WeightBytes, tokens: int, flops: fl
 def build_runner(
     batches: list[int],
     context: int,
+    options: KernelOptions,
     graphs: bool = True,
     verify_tokens: int = 0,
-    skinny_gemm: bool | None = None,
     decode_backend: str = "auto",
-    shared_overlap_tokens: int | None = None,
-    pdl: bool | None = None,
-    shared_fold_tokens: int | None = None,
-    attention_prefetch: bool = False,
-    projection_prefetch: bool = False,
 ) -> ModelRunner:
     """Dummy weights on the GPU, the KV pool from what memory leaves, graphs at `batches` (and
     verification graphs of `verify_tokens` tokens a sequence, when given)."""
@@ -202,44 +199,25 @@ def build_runner(
         max_req_total_len=context + PAGE_SIZE,
         disable_cuda_graph=not graphs,
         verify_tokens=verify_tokens,
-        skinny_gemm=skinny_gemm,
-        shared_overlap_tokens=shared_overlap_tokens,
-        pdl=pdl,
-        shared_fold_tokens=shared_fold_tokens,
-        attention_prefetch=attention_prefetch,
-        projection_prefetch=projection_prefetch,
+        **asdict(options),
     )
 
 
 def build_runner_or_eager(
     batches: list[int],
     context: int,
+    options: KernelOptions,
     verify_tokens: int = 0,
-    skinny_gemm: bool | None = None,
     decode_backend: str = "auto",
-    shared_overlap_tokens: int | None = None,
-    pdl: bool | None = None,
-    shared_fold_tokens: int | None = None,
-    attention_prefetch: bool = False,
-    projection_prefetch: bool = False,
 ) -> ModelRunner:
     """With decode graphs; if capturing fails, eagerly (the decode rows then say graph False)."""
     try:
-        return build_runner(
-            batches, context, verify_tokens=verify_tokens, skinny_gemm=skinny_gemm,
-            decode_backend=decode_backend, shared_overlap_tokens=shared_overlap_tokens, pdl=pdl,
-            shared_fold_tokens=shared_fold_tokens, attention_prefetch=attention_prefetch,
-            projection_prefetch=projection_prefetch,
-        )  # fmt: skip
+        return build_runner(batches, context, options, True, verify_tokens, decode_backend)
     except RuntimeError as err:
         print(f"building with CUDA graphs failed, timing eager decode instead: {err}")
     gc.collect()  # the failed runner's frames are gone with the exception: free its memory
     torch.cuda.empty_cache()
-    return build_runner(
-        batches, context, graphs=False, skinny_gemm=skinny_gemm, decode_backend=decode_backend,
-        shared_overlap_tokens=shared_overlap_tokens, pdl=pdl, shared_fold_tokens=shared_fold_tokens,
-        attention_prefetch=attention_prefetch, projection_prefetch=projection_prefetch,
-    )  # fmt: skip
+    return build_runner(batches, context, options, False, decode_backend=decode_backend)
 
 
 def decode_batch(runner: ModelRunner, batch: int, context: int) -> tuple[ScheduledBatch, int]:
@@ -344,11 +322,9 @@ def print_tables(
         f"ceilings measured here: copy {ceil.copy_bytes_per_s / 1e12:.2f} TB/s, "
         f"bf16 matmul {ceil.matmul_flops_per_s / 1e12:.0f} TFLOP/s"
     )
-    overlap = "default" if args.shared_overlap_tokens is None else args.shared_overlap_tokens
-    fold = args.fold_on
-    print(f"decode ({args.decode_backend_name} attention, shared expert overlap up to {overlap} "
-          f"tokens, folded up to {fold}, attention prefetch {args.attention_prefetch}, projection prefetch {args.projection_prefetch}, BLAS library {args.blas_library}, skinny products {args.skinny_on}, "
-          f"dependent launch {args.pdl_on}), context {args.context}, step = forward + lm_head (median of {args.iters})")  # fmt: skip
+    print(f"decode ({args.decode_backend_name} attention, {args.kernels}, BLAS library "
+          f"{args.blas_library}), context {args.context}, step = forward + lm_head (median of "
+          f"{args.iters})")  # fmt: skip
     print(f"{'batch':>6} {'step ms':>8} {'floor ms':>9} {'ratio':>6} {'tok/s':>8} "
           f"{'eager ms':>8} {'prep ms':>8} {'kv_sets':>7} graph")  # fmt: skip
     for r in decode:
@@ -399,65 +375,22 @@ def main() -> None:
         "triton+flashinfer: FlashInfer for the steps attention/hybrid.py sends there)",
     )
     parser.add_argument(
-        "--shared-overlap-tokens",
-        type=int,
-        default=None,
-        help="steps of at most this many tokens run the shared expert on a second stream "
-        "(default: the runner's SHARED_OVERLAP_TOKENS; 0: never)",
-    )
-    parser.add_argument(
-        "--attention-prefetch",
-        action="store_true",
-        help="the decode attention of batches up to 16 asks for o_proj's weight in L2",
-    )
-    parser.add_argument(
-        "--projection-prefetch",
-        action="store_true",
-        help="the skinny qkv_a and q_b products ask for q_b's and kv_b's weights in L2",
-    )
-    parser.add_argument(
-        "--shared-fold-tokens",
-        type=int,
-        default=None,
-        help="steps of at most this many tokens run the shared expert inside the routed experts' "
-        "grouped GEMMs (default: the runner's SHARED_FOLD_TOKENS; 0: never)",
-    )
-    parser.add_argument(
         "--blas-library",
         default="default",
         choices=["default", "cublas", "cublaslt"],
         help="torch.backends.cuda.preferred_blas_library for the dense projections",
     )
-    parser.add_argument(
-        "--skinny-gemm",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="products of steps of at most 16 tokens through kernels/skinny_gemm (default: the "
-        "runner's, on)",
-    )
-    parser.add_argument(
-        "--pdl",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="decode-path Triton kernels with programmatic dependent launch (kernels/pdl; "
-        "default: the runner's, on where supported)",
-    )
+    add_kernel_flags(parser)
     args = parser.parse_args()
     t0 = time.perf_counter()
     torch.backends.cuda.preferred_blas_library(args.blas_library)
     batches = sorted(int(b) for b in args.batches.split(","))
     ceil = measure_ceilings()
     runner = build_runner_or_eager(
-        batches, args.context, args.verify_tokens, args.skinny_gemm, args.decode_backend,
-        args.shared_overlap_tokens, args.pdl, args.shared_fold_tokens, args.attention_prefetch,
-        args.projection_prefetch,
-    )  # fmt: skip
-    args.decode_backend_name = runner.decode_backend.name  # what "auto" resolved to
-    args.skinny_on = any(getattr(m, "skinny", False) for m in runner.model.modules())
-    args.pdl_on = runner.pdl
-    args.fold_on = max(
-        (getattr(m, "fold_max_tokens", 0) for m in runner.model.modules()), default=0
+        batches, args.context, kernel_options(args), args.verify_tokens, args.decode_backend
     )
+    args.decode_backend_name = runner.decode_backend.name  # what "auto" resolved to
+    args.kernels = runner.kernels.describe()
     print(f"model built and graphs captured in {time.perf_counter() - t0:.0f} s; "
           f"KV pool {runner.num_pages} pages of {PAGE_SIZE}")  # fmt: skip
     with torch.inference_mode():

@@ -4,7 +4,9 @@
 #     the GPU parity tests of the skinny and dependent-launch paths (tests/gpu/test_skinny_gemm_gpu.py);
 #   - benchmarks/model_bench.py's decode steps at batches $BATCHES (default 1,2,4,8,16,32) for each
 #     of $VARIANTS (flag sets separated by ';', "-" = the defaults): the library projections,
-#     `--skinny-gemm`, `--skinny-gemm --pdl`, `--pdl`.
+#     `--skinny-gemm`, `--skinny-gemm --pdl`, `--pdl`;
+#   - with PROFILE=1, benchmarks/graph_profile.py at batch 1 for each variant as well (what each
+#     kernel of a layer costs the chain).
 # Logs and JSON go to $OUT (default ./gpu-out); the table of every variant is printed last.
 #   bash benchmarks/small_batch_bench.sh      (on the GPU machine; .whl optional)
 set -uo pipefail
@@ -15,6 +17,7 @@ source benchmarks/gpu_env.sh
 BATCHES=${BATCHES:-1,2,4,8,16,32}
 VARIANTS=${VARIANTS:--;--skinny-gemm;--skinny-gemm --pdl;--pdl}
 TESTS=${TESTS:-1}
+PROFILE=${PROFILE:-0}
 
 if [ "$TESTS" = 1 ]; then
   timeout -k 10 240 python3 -m pytest -q -p no:cacheprovider tests/kernels/test_skinny_gemm.py \
@@ -36,4 +39,10 @@ for flags in "${SETS[@]}"; do
     --prefill-tokens 0 $flags --json "$OUT/small_batch_$i.json" >"$OUT/small_batch_$i.log" 2>&1
   echo "== variant $i: ${flags:-defaults} (rc=$?)"
   sed -n '/^ batch/,/^prefill/p' "$OUT/small_batch_$i.log" | grep -v '^prefill'
+  if [ "$PROFILE" = 1 ]; then
+    # shellcheck disable=SC2086
+    timeout -k 10 150 python3 benchmarks/graph_profile.py --batches 1 $flags \
+      --json "$OUT/profile_$i.json" >"$OUT/profile_$i.log" 2>&1
+    echo "   graph profile (rc=$?): $(grep -m1 'one layer' "$OUT/profile_$i.log")"
+  fi
 done

@@ -7,6 +7,8 @@ backend.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -167,9 +169,12 @@ class MoE(nn.Module):
 
     def _forward_folded(self, x: torch.Tensor) -> torch.Tensor:
         """The shared expert inside the routed experts' launches (see the class docstring)."""
-        return fused_moe_from_logits(x, self.router_logits(x), self._routed_experts())
+        return fused_moe_from_logits(x, self.router_logits(x), self._routed_experts)
 
+    @functools.cached_property
     def _routed_experts(self) -> RoutedExperts:
+        """The folded path's view of this layer's routing and weights (built once: the weights
+        are filled in place)."""
         cfg = self.cfg
         shared = self.shared_experts
         return RoutedExperts(
@@ -192,5 +197,5 @@ class MoE(nn.Module):
         """`(self(norm(x + residual)), x + residual)` for a step that `folds`: the norm with the
         router's product, the routing, then the experts as `_forward_folded`."""
         return fused_moe_from_residual(
-            x, residual, norm.weight, norm.eps, self.gate_weight, self._routed_experts()
+            x, residual, norm.weight, norm.eps, self.gate_weight, self._routed_experts
         )

@@ -47,14 +47,21 @@ def _rmsnorm_kernel(
 
 
 @triton.jit
-def _store_normed(h, w_ptr, out_row, offs, mask, eps, D):
-    """`weight * (h.float() * rsqrt(mean(h^2) + eps)).to(dtype)` of one row `h` (masked past D),
-    stored at `out_row`: the model's rounding points, shared by both kernels."""
+def rms_normed(h, w, eps, D, AXIS: tl.constexpr):
+    """`w * (h.float() * rsqrt(mean(h^2) + eps)).to(dtype)` along AXIS of `h` (masked past D, in
+    the activation dtype; `w` fp32, broadcastable): the model's rounding points, shared by every
+    kernel that normalises."""
     hf = h.to(tl.float32)
-    rstd = tl.rsqrt(tl.sum(hf * hf, 0) / D + eps)
-    normed = (hf * rstd).to(h.dtype).to(tl.float32)
+    rstd = tl.rsqrt(tl.sum(hf * hf, AXIS, keep_dims=True) / D + eps)
+    return ((hf * rstd).to(h.dtype).to(tl.float32) * w).to(h.dtype)
+
+
+@triton.jit
+def _store_normed(h, w_ptr, out_row, offs, mask, eps, D):
+    """`rms_normed` of one row `h`, stored at `out_row`."""
     w = tl.load(w_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    tl.store(out_row + offs, (normed * w).to(out_row.dtype.element_ty), mask=mask)
+    y = rms_normed(h, w, eps, D, 0)
+    tl.store(out_row + offs, y.to(out_row.dtype.element_ty), mask=mask)
 
 
 @triton.jit

@@ -26,6 +26,7 @@ from glm47.kernels.moe_align import (
     write_block_experts,
 )
 from glm47.kernels.pdl import pdl_wait, prefetch_l2, use_pdl
+from glm47.kernels.rmsnorm import rms_normed
 
 # Tokens up to which `route_align` runs (one program holds every token's logits and pairs).
 ROUTE_ALIGN_MAX_TOKENS = 64
@@ -78,13 +79,7 @@ def route_topk(
     scale: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:  # ids [T, k] int32, weights [T, k] fp32
     """The k experts of each token and their routing weights."""
-    if logits.dim() != 2 or logits.dtype != torch.float32 or logits.stride(1) != 1:
-        raise ValueError(f"logits must be [T, E] fp32, contiguous by row, got {logits.shape}")
-    t, e = logits.shape
-    if correction_bias.shape != (e,) or correction_bias.dtype != torch.float32:
-        raise ValueError(f"correction_bias must be [{e}] fp32, got {tuple(correction_bias.shape)}")
-    if not 1 <= top_k <= e or top_k & (top_k - 1):
-        raise ValueError(f"top_k must be a power of two in [1, {e}], got {top_k}")
+    t, e = _check_routing(logits.shape, logits, correction_bias, top_k)
     ids = torch.empty(t, top_k, dtype=torch.int32, device=logits.device)
     weights = torch.empty(t, top_k, dtype=torch.float32, device=logits.device)
     if t == 0:
@@ -180,33 +175,30 @@ def _route_align_kernel(
     write_block_experts(ends, expert_ids_ptr, max_blocks, NUM_EXPERTS + SHARED, BLOCK_M, BLOCK_B)
 
 
-def _check_route_align(
-    t: int, e: int, correction_bias: torch.Tensor, top_k: int, block_m: int
-) -> None:
-    if not 0 < t <= ROUTE_ALIGN_MAX_TOKENS:
-        raise ValueError(f"route_align takes 1 to {ROUTE_ALIGN_MAX_TOKENS} tokens, got {t}")
+def _check_routing(
+    shape: tuple[int, ...], logits: torch.Tensor | None, correction_bias: torch.Tensor, top_k: int
+) -> tuple[int, int]:
+    """(T, E) of a routing call on logits of `shape` (checked for dtype and layout when given),
+    after checking the bias and top-k against them."""
+    if len(shape) != 2 or (
+        logits is not None and (logits.dtype != torch.float32 or logits.stride(1) != 1)
+    ):
+        raise ValueError(f"logits must be [T, E] fp32, contiguous by row, got {tuple(shape)}")
+    t, e = shape
     if correction_bias.shape != (e,) or correction_bias.dtype != torch.float32:
         raise ValueError(f"correction_bias must be [{e}] fp32, got {tuple(correction_bias.shape)}")
     if not 1 <= top_k <= e or top_k & (top_k - 1):
         raise ValueError(f"top_k must be a power of two in [1, {e}], got {top_k}")
+    return t, e
+
+
+def _check_route_align(t: int, e: int, block_m: int) -> None:
+    if not 0 < t <= ROUTE_ALIGN_MAX_TOKENS:
+        raise ValueError(f"route_align takes 1 to {ROUTE_ALIGN_MAX_TOKENS} tokens, got {t}")
     if e > 256 or block_m < 1:
         raise ValueError(
             f"route_align takes up to 256 experts and block_m >= 1, got {e}, {block_m}"
         )
-
-
-def _route_outputs(
-    t: int, e: int, top_k: int, block_m: int, shared: bool, dev: torch.device
-) -> tuple[torch.Tensor, torch.Tensor, MoeAlignment]:
-    """Empty ids, weights and alignment of `route_align`'s shapes."""
-    k1 = top_k + int(shared)
-    ids = torch.empty(t, k1, dtype=torch.int32, device=dev)
-    weights = torch.empty(t, k1, dtype=torch.float32, device=dev)
-    max_rows = max_padded_rows(t * k1, e + int(shared), block_m)
-    sorted_ids = torch.empty((max_rows,), dtype=torch.int32, device=dev)
-    expert_ids = torch.empty((max_rows // block_m,), dtype=torch.int32, device=dev)
-    num_padded = torch.empty((1,), dtype=torch.int32, device=dev)
-    return ids, weights, MoeAlignment(sorted_ids, expert_ids, num_padded, block_m)
 
 
 def route_align(
@@ -221,11 +213,18 @@ def route_align(
     """`route_topk` and `moe_align` of its ids in one launch, for up to ROUTE_ALIGN_MAX_TOKENS
     tokens. With `shared`, ids and weights are [T, k + 1]: each token's last pair is expert E
     (the shared expert) with weight 1, and the alignment covers E + 1 experts."""
-    if logits.dim() != 2 or logits.dtype != torch.float32 or logits.stride(1) != 1:
-        raise ValueError(f"logits must be [T, E] fp32, contiguous by row, got {logits.shape}")
-    t, e = logits.shape
-    _check_route_align(t, e, correction_bias, top_k, block_m)
-    ids, weights, al = _route_outputs(t, e, top_k, block_m, shared, logits.device)
+    t, e = _check_routing(logits.shape, logits, correction_bias, top_k)
+    _check_route_align(t, e, block_m)
+    dev, k1 = logits.device, top_k + int(shared)
+    ids = torch.empty(t, k1, dtype=torch.int32, device=dev)
+    weights = torch.empty(t, k1, dtype=torch.float32, device=dev)
+    max_rows = max_padded_rows(t * k1, e + int(shared), block_m)
+    al = MoeAlignment(
+        sorted_ids=torch.empty((max_rows,), dtype=torch.int32, device=dev),
+        expert_ids=torch.empty((max_rows // block_m,), dtype=torch.int32, device=dev),
+        num_padded=torch.empty((1,), dtype=torch.int32, device=dev),
+        block_m=block_m,
+    )
     pdl = use_pdl(logits)
     _route_align_kernel[(1,)](
         logits, correction_bias.contiguous(), ids, weights, al.sorted_ids, al.expert_ids,
@@ -276,9 +275,7 @@ def _norm_router_kernel(
     row = tl.load(x_ptr + offs_t[:, None] * stride_x + offs_d[None, :], mask=mask, other=0.0)
     res = tl.load(res_ptr + offs_t[:, None] * stride_r + offs_d[None, :], mask=mask, other=0.0)
     h = (row.to(tl.float32) + res.to(tl.float32)).to(row.dtype)  # [TOKENS, BLOCK_D]
-    hf = h.to(tl.float32)
-    rstd = tl.rsqrt(tl.sum(hf * hf, 1) / D + eps)
-    y = ((hf * rstd[:, None]).to(h.dtype).to(tl.float32) * norm_w[None, :]).to(h.dtype)
+    y = rms_normed(h, norm_w[None, :], eps, D, 1)
     if pid_e == 0:
         tl.store(res_out_ptr + offs_t[:, None] * D + offs_d[None, :], h, mask=mask)
         tl.store(out_ptr + offs_t[:, None] * D + offs_d[None, :], y, mask=mask)
@@ -326,7 +323,8 @@ def norm_route_align(
         raise ValueError(f"gate_weight must be [E, {d}] fp32, got {tuple(gate_weight.shape)}")
     if not gate_weight.is_contiguous():
         raise ValueError("gate_weight must be contiguous")
-    _check_route_align(t, e, correction_bias, top_k, block_m)
+    _check_routing((t, e), None, correction_bias, top_k)  # before any launch
+    _check_route_align(t, e, block_m)
     dev = x.device
     normed = torch.empty((t, d), dtype=x.dtype, device=dev)
     new_residual = torch.empty((t, d), dtype=x.dtype, device=dev)

@@ -72,6 +72,79 @@ def _cached_rows(
     return mask_n, k_lo, k_hi, k_rope
 
 
+@triton.jit
+def _attend_slice(
+    q_row_ptr,  # sequence b's query rows
+    qr_row_ptr,
+    kv_ptr,
+    page_table_ptr,
+    po_ptr,  # this slice's partial output [H, D_LAT]
+    lse_ptr,  # this slice's log-sum-exp [H]
+    b,
+    start,
+    end,
+    stride_qh,
+    stride_qrh,
+    stride_kv,
+    stride_pt,
+    stride_poh,
+    num_heads,
+    scale_log2,
+    PAGE_SIZE: tl.constexpr,
+    D_LAT: tl.constexpr,
+    D_ROPE: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    RESCALE_SLACK: tl.constexpr,
+):
+    """All heads of one sequence over cached positions [start, end): the normalised partial output
+    and its log-sum-exp (log2 units), stored."""
+    offs_h = tl.arange(0, BLOCK_H)
+    offs_half = tl.arange(0, D_LAT // 2)
+    offs_r = tl.arange(0, D_ROPE)
+    mask_h = offs_h < num_heads
+    q_row = q_row_ptr + offs_h * stride_qh  # [BLOCK_H]
+    qr_row = qr_row_ptr + offs_h * stride_qrh
+    q_lo = tl.load(q_row[:, None] + offs_half[None, :], mask=mask_h[:, None], other=0.0)
+    q_hi = tl.load(
+        q_row[:, None] + D_LAT // 2 + offs_half[None, :], mask=mask_h[:, None], other=0.0
+    )
+    q_rope = tl.load(qr_row[:, None] + offs_r[None, :], mask=mask_h[:, None], other=0.0)
+    acc_lo = tl.zeros([BLOCK_H, D_LAT // 2], dtype=tl.float32)
+    acc_hi = tl.zeros([BLOCK_H, D_LAT // 2], dtype=tl.float32)
+    m_i = tl.full([BLOCK_H], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_H], dtype=tl.float32)
+    for n0 in range(start, end, BLOCK_N):
+        mask_n, k_lo, k_hi, k_rope = _cached_rows(
+            kv_ptr, page_table_ptr, b, stride_pt, stride_kv, n0, end, PAGE_SIZE, D_LAT, D_ROPE,
+            BLOCK_N,
+        )  # fmt: skip
+        s = tl.dot(q_lo, tl.trans(k_lo)) + tl.dot(q_hi, tl.trans(k_hi))
+        s += tl.dot(q_rope, tl.trans(k_rope))  # [BLOCK_H, N]
+        s = tl.where(mask_n[None, :], s * scale_log2, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        if tl.max(m_new - m_i, 0) > RESCALE_SLACK:  # the first tile always (m_i = -inf)
+            alpha = tl.exp2(m_i - m_new)
+            acc_lo = acc_lo * alpha[:, None]
+            acc_hi = acc_hi * alpha[:, None]
+            l_i = l_i * alpha
+            m_i = m_new
+        p = tl.exp2(s - m_i[:, None])
+        l_i += tl.sum(p, 1)
+        p = p.to(k_lo.dtype)
+        acc_lo = tl.dot(p, k_lo, acc_lo)
+        acc_hi = tl.dot(p, k_hi, acc_hi)
+
+    has = l_i > 0.0
+    norm = tl.where(has, l_i, 1.0)
+    po = po_ptr + offs_h * stride_poh  # [BLOCK_H]
+    tl.store(po[:, None] + offs_half[None, :], acc_lo / norm[:, None], mask=mask_h[:, None])
+    tl.store(
+        po[:, None] + D_LAT // 2 + offs_half[None, :], acc_hi / norm[:, None], mask=mask_h[:, None]
+    )
+    tl.store(lse_ptr + offs_h, tl.where(has, m_i + tl.log2(norm), float("-inf")), mask=mask_h)
+
+
 @triton.jit(
     do_not_specialize=STEP_VARYING_DECODE, do_not_specialize_on_alignment=STEP_VARYING_POINTERS
 )
@@ -129,51 +202,20 @@ def _mla_decode_split_kernel(
     split = tl.program_id(1)
     start, end = _slice_bounds(seq_lens_ptr, b, split, num_splits, BLOCK_N)
 
-    offs_h = tl.arange(0, BLOCK_H)
-    offs_half = tl.arange(0, D_LAT // 2)
-    offs_r = tl.arange(0, D_ROPE)
-    mask_h = offs_h < num_heads
-    q_row = q_ptr + b * stride_qb + offs_h * stride_qh  # [BLOCK_H]
-    qr_row = qr_ptr + b * stride_qrb + offs_h * stride_qrh
-    q_lo = tl.load(q_row[:, None] + offs_half[None, :], mask=mask_h[:, None], other=0.0)
-    q_hi = tl.load(
-        q_row[:, None] + D_LAT // 2 + offs_half[None, :], mask=mask_h[:, None], other=0.0
-    )
-    q_rope = tl.load(qr_row[:, None] + offs_r[None, :], mask=mask_h[:, None], other=0.0)
-    acc_lo = tl.zeros([BLOCK_H, D_LAT // 2], dtype=tl.float32)
-    acc_hi = tl.zeros([BLOCK_H, D_LAT // 2], dtype=tl.float32)
-    m_i = tl.full([BLOCK_H], float("-inf"), dtype=tl.float32)
-    l_i = tl.zeros([BLOCK_H], dtype=tl.float32)
-    for n0 in range(start, end, BLOCK_N):
-        mask_n, k_lo, k_hi, k_rope = _cached_rows(
-            kv_ptr, page_table_ptr, b, stride_pt, stride_kv, n0, end, PAGE_SIZE, D_LAT, D_ROPE,
-            BLOCK_N,
+    lse_row = part_lse_ptr + b * stride_plb + split * stride_pls
+    if start < end:
+        _attend_slice(
+            q_ptr + b * stride_qb, qr_ptr + b * stride_qrb, kv_ptr, page_table_ptr,
+            part_out_ptr + b * stride_pob + split * stride_pos, lse_row, b, start, end,
+            stride_qh, stride_qrh, stride_kv, stride_pt, stride_poh, num_heads, scale_log2,
+            PAGE_SIZE, D_LAT, D_ROPE, BLOCK_H, BLOCK_N, RESCALE_SLACK,
         )  # fmt: skip
-        s = tl.dot(q_lo, tl.trans(k_lo)) + tl.dot(q_hi, tl.trans(k_hi))
-        s += tl.dot(q_rope, tl.trans(k_rope))  # [BLOCK_H, N]
-        s = tl.where(mask_n[None, :], s * scale_log2, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        if tl.max(m_new - m_i, 0) > RESCALE_SLACK:  # the first tile always (m_i = -inf)
-            alpha = tl.exp2(m_i - m_new)
-            acc_lo = acc_lo * alpha[:, None]
-            acc_hi = acc_hi * alpha[:, None]
-            l_i = l_i * alpha
-            m_i = m_new
-        p = tl.exp2(s - m_i[:, None])
-        l_i += tl.sum(p, 1)
-        p = p.to(k_lo.dtype)
-        acc_lo = tl.dot(p, k_lo, acc_lo)
-        acc_hi = tl.dot(p, k_hi, acc_hi)
-
-    has = l_i > 0.0
-    norm = tl.where(has, l_i, 1.0)
-    lse = tl.where(has, m_i + tl.log2(norm), float("-inf"))
-    po = part_out_ptr + b * stride_pob + split * stride_pos + offs_h * stride_poh  # [BLOCK_H]
-    tl.store(po[:, None] + offs_half[None, :], acc_lo / norm[:, None], mask=mask_h[:, None])
-    tl.store(
-        po[:, None] + D_LAT // 2 + offs_half[None, :], acc_hi / norm[:, None], mask=mask_h[:, None]
-    )
-    tl.store(part_lse_ptr + b * stride_plb + split * stride_pls + offs_h, lse, mask=mask_h)
+    else:
+        # Past the sequence's end (most slices at small batches): the partial is left unwritten
+        # and its log-sum-exp at -inf, so the merge neither weighs nor reads it.
+        offs_h = tl.arange(0, BLOCK_H)
+        tl.store(lse_row + offs_h, tl.full([BLOCK_H], float("-inf"), tl.float32),
+                 mask=offs_h < num_heads)  # fmt: skip
 
 
 @triton.jit(do_not_specialize=["stride_plb", "num_splits"])

@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from glm47.kernels.pdl import pdl_wait, prefetch_args, prefetch_share, use_pdl
+from glm47.kernels.pdl import pdl_wait, prefetch_args, prefetch_l2, prefetch_share, use_pdl
 
 LOG2E = 1.4426950408889634  # softmax runs in exp2: scores are pre-scaled by log2(e)
 # How far (log2 units) a head's score may pass the running maximum before the decode kernel
@@ -70,6 +70,30 @@ def _cached_rows(
         kv_row + D_LAT + tl.arange(0, D_ROPE)[None, :], mask=mask_n[:, None], other=0.0
     )
     return mask_n, k_lo, k_hi, k_rope
+
+
+@triton.jit
+def _prefetch_rows(
+    kv_ptr,
+    page_table_ptr,
+    b,
+    stride_pt,
+    stride_kv,
+    n0,
+    end,
+    PAGE_SIZE: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    LINES: tl.constexpr,  # 128-byte lines a row
+    BLOCK_L: tl.constexpr,  # LINES rounded up to a power of two
+    LINE_ELEMS: tl.constexpr,
+):
+    """Ask for the 128-byte lines of the cached rows [n0, min(n0 + BLOCK_N, end)) of sequence b
+    in L2 (rows past `end` clamp to the last one: every address is a row of the cache)."""
+    offs_n = tl.minimum(n0 + tl.arange(0, BLOCK_N), end - 1)
+    page = tl.load(page_table_ptr + b * stride_pt + offs_n // PAGE_SIZE)
+    slot = page.to(tl.int64) * PAGE_SIZE + offs_n % PAGE_SIZE  # [BLOCK_N]
+    cols = tl.minimum(tl.arange(0, BLOCK_L), LINES - 1) * LINE_ELEMS
+    prefetch_l2(kv_ptr + slot[:, None] * stride_kv + cols[None, :])
 
 
 @triton.jit
@@ -181,6 +205,9 @@ def _mla_decode_split_kernel(
     pf_lines=0,  # its 128-byte lines
     PREFETCH: tl.constexpr = False,
     LINE_ELEMS: tl.constexpr = 64,
+    KV_LINES: tl.constexpr = 9,  # 128-byte lines of a cached row
+    KV_BLOCK_L: tl.constexpr = 16,  # KV_LINES rounded up to a power of two
+    KV_LINE_ELEMS: tl.constexpr = 64,
 ):
     """One slice of one sequence, all heads: partial output and log-sum-exp.
 
@@ -197,10 +224,16 @@ def _mla_decode_split_kernel(
     """
     if PREFETCH:
         prefetch_share(pf_ptr, pf_lines, LINE_ELEMS)
-    pdl_wait(USE_PDL)
+    # The step's inputs (lengths, page table) were written before its first kernel, so they are
+    # read before the wait, and with dependent launch the slice's first cached rows are asked
+    # into L2 there too: after the wait only the query and this step's row are new.
     b = tl.program_id(0)
     split = tl.program_id(1)
     start, end = _slice_bounds(seq_lens_ptr, b, split, num_splits, BLOCK_N)
+    if USE_PDL and start < end:
+        _prefetch_rows(kv_ptr, page_table_ptr, b, stride_pt, stride_kv, start, end, PAGE_SIZE,
+                       BLOCK_N, KV_LINES, KV_BLOCK_L, KV_LINE_ELEMS)  # fmt: skip
+    pdl_wait(USE_PDL)
 
     lse_row = part_lse_ptr + b * stride_plb + split * stride_pls
     if start < end:
@@ -365,6 +398,7 @@ def mla_decode(
     block_h = max(16, triton.next_power_of_2(h))
     pdl = use_pdl(q_lat)
     pf, pf_lines, line_elems = prefetch_args(prefetch, pdl)
+    kv_lines = triton.cdiv((d_lat + d_rope) * kv_cache.element_size(), 128)  # a cached row's
     part_out = torch.empty((b, num_splits, h, d_lat), dtype=torch.float32, device=q_lat.device)
     part_lse = torch.empty((b, num_splits, h), dtype=torch.float32, device=q_lat.device)
     _mla_decode_split_kernel[(b, num_splits)](
@@ -377,7 +411,8 @@ def mla_decode(
         PAGE_SIZE=page_size, D_LAT=d_lat, D_ROPE=d_rope, BLOCK_H=block_h, BLOCK_N=block_n,
         RESCALE_SLACK=float(rescale_slack), num_warps=num_warps, num_stages=num_stages,
         USE_PDL=pdl, launch_pdl=pdl, pf_ptr=pf, pf_lines=pf_lines, PREFETCH=pf is not None,
-        LINE_ELEMS=line_elems,
+        LINE_ELEMS=line_elems, KV_LINES=kv_lines, KV_BLOCK_L=triton.next_power_of_2(kv_lines),
+        KV_LINE_ELEMS=128 // kv_cache.element_size(),
     )  # fmt: skip
     out = torch.empty((b, h, d_lat), dtype=q_lat.dtype, device=q_lat.device)
     _mla_decode_merge_kernel[(b, h)](

@@ -46,29 +46,39 @@ def _library(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 
 
 def _skinny_variants(n: int, k: int) -> list[SkinnyLaunch]:
-    """Launch settings swept at one token: CUDA-core and tensor-core products, column blocks,
-    K blocks, and the split of K set for about 1, 2 or 4 programs per multiprocessor."""
+    """Launch settings swept at one token: CUDA-core and tensor-core products, column blocks, K
+    blocks, the split of K, warps and pipeline stages, with the K loop unrolled or not."""
     sms = torch.cuda.get_device_properties(DEV).multi_processor_count
     out = []
-    for fma, block_ns, block_ks in ((4, (8, 16, 32), (256, 512)), (0, (16, 32), (128, 256))):
-        for bn in block_ns:
-            for bk in block_ks:
-                k_blocks = -(-k // bk)
-                for per_sm in (1, 2, 4):
-                    split = max(1, min(round(per_sm * sms / -(-n // bn)), k_blocks))
-                    kps = -(-k_blocks // split) * bk
-                    out.append(SkinnyLaunch(bn, bk, -(-k // kps), kps, 4, 3, fma))
+    for bn in (4, 8, 16):  # CUDA-core products: the weight tile straight to registers
+        for bk in (512, 1024):
+            k_blocks = -(-k // bk)
+            for split in (1, 2, 4):
+                kps = -(-k_blocks // min(split, k_blocks)) * bk
+                for warps, unroll in ((4, False), (4, True), (8, True)):
+                    out.append(SkinnyLaunch(bn, bk, -(-k // kps), kps, warps, 3, 4, unroll))
+    for bn in (16, 32):  # tensor-core products
+        for bk in (128, 256):
+            k_blocks = -(-k // bk)
+            for per_sm in (1, 2, 4):
+                split = max(1, min(round(per_sm * sms / -(-n // bn)), k_blocks))
+                kps = -(-k_blocks // split) * bk
+                for stages, unroll in ((3, False), (5, False), (3, True)):
+                    out.append(SkinnyLaunch(bn, bk, -(-k // kps), kps, 4, stages, 0, unroll))
     return sorted(set(out))
 
 
-def bench_skinny(ceil: dict, sweep_s: float = 200.0) -> list[Row]:
+def bench_skinny(ceil: dict, sweep_s: float = 200.0, shapes: set[str] | None = None) -> list[Row]:
     """skinny_gemm against the library (F.linear / bmm) at 1 and 8 tokens, from CUDA graphs over
     rotating weights: the default launch, plainly and with programmatic dependent launch (calls of
     the graph then overlap as a decode step's chain would), and at one token a sweep of launch
-    settings while `sweep_s` seconds last."""
+    settings while `sweep_s` seconds last. `shapes`: the names of SKINNY_SHAPES to run (all by
+    default)."""
     sweep_until = time.monotonic() + sweep_s
     rows = []
     for name, g, n, k, dtype, transposed in SKINNY_SHAPES:
+        if shapes is not None and name not in shapes:
+            continue
         for m in (1, 8):
             sets = _skinny_sets(g, n, k, m, dtype, transposed)
             elem = torch.finfo(dtype).bits // 8

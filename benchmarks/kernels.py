@@ -403,7 +403,10 @@ def main() -> None:
     ap.add_argument("--only", default="ceil,decode,fi_decode,prefill,moe,small,skinny,align,fa3")
     ap.add_argument("--moe-sweep", action="store_true", help="time every candidate MoE config")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--skinny-shapes", default=None, help="e.g. o_proj,q_b (default: all)")
+    ap.add_argument("--skinny-sweep-s", type=float, default=200.0)
     args = ap.parse_args()
+    skinny_shapes = set(args.skinny_shapes.split(",")) if args.skinny_shapes else None
     parts = set(args.only.split(","))
     torch.manual_seed(0)
     gpu = torch.cuda.get_device_name()
@@ -417,7 +420,7 @@ def main() -> None:
         "fi_decode": lambda: bench_fi_decode(ceil),
         "prefill": lambda: bench_prefill(ceil),
         "small": lambda: bench_small(ceil),
-        "skinny": lambda: bench_skinny(ceil),
+        "skinny": lambda: bench_skinny(ceil, args.skinny_sweep_s, skinny_shapes),
         "align": lambda: bench_align(ceil),
         "fa3": lambda: bench_fa3(ceil),
     }

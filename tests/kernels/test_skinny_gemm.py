@@ -51,13 +51,14 @@ def test_skinny_gemm_matches_the_product(
     assert counters_at_rest()
 
 
+@pytest.mark.parametrize("unroll", [False, True], ids=["loop", "unrolled"])
 @pytest.mark.parametrize("fma_rows", [0, 4], ids=["tensor-core", "cuda-core"])
 @pytest.mark.parametrize("split_k", [1, 2, 3])
 def test_k_split_over_programs_sums_every_part(
-    split_k: int, fma_rows: int, device: str, dtype: torch.dtype, pdl: bool
+    split_k: int, fma_rows: int, unroll: bool, device: str, dtype: torch.dtype, pdl: bool
 ) -> None:
     n, k = 70, 96 * split_k  # three column blocks, the last one ragged
-    launch = SkinnyLaunch(32 if fma_rows == 0 else 8, 32, split_k, 96, 4, 2, fma_rows)
+    launch = SkinnyLaunch(32 if fma_rows == 0 else 8, 32, split_k, 96, 4, 2, fma_rows, unroll)
     x = torch.randn((3, k), dtype=dtype, device=device)
     w = torch.randn((n, k), dtype=dtype, device=device) / k**0.5
     for _ in range(2):  # the counters are back at zero after a launch: a second one sums again

@@ -54,6 +54,49 @@ class SkinnyLaunch(NamedTuple):
     # Up to this many rows the products run on the CUDA cores; above, on the tensor cores
     # (which need block_n >= 16).
     fma_rows: int = 0
+    # The K loop unrolled (k_per_split // block_k steps), so its loads need not wait for the
+    # products before them.
+    unroll: bool = False
+
+
+@triton.jit
+def _add_block(
+    acc,  # [BLOCK_M, BLOCK_N] fp32
+    x_base,  # [BLOCK_M, 1] row pointers of x
+    w_base,
+    k0,
+    offs_n,
+    mask_m,
+    mask_n,
+    k,
+    stride_xk,
+    stride_wn,
+    stride_wk,
+    PRECISION: tl.constexpr,
+    USE_DOT: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    """acc + x[:, k0:k0 + BLOCK_K] @ w[offs_n, k0:k0 + BLOCK_K].T"""
+    offs_k = k0 + tl.arange(0, BLOCK_K)
+    mask_k = offs_k < k
+    x = tl.load(
+        x_base + offs_k[None, :] * stride_xk, mask=mask_m[:, None] & mask_k[None, :], other=0.0
+    )  # [BLOCK_M, BLOCK_K]
+    if USE_DOT:
+        w = tl.load(
+            w_base + offs_n[None, :].to(tl.int64) * stride_wn + offs_k[:, None] * stride_wk,
+            mask=mask_n[None, :] & mask_k[:, None],
+            other=0.0,
+        )  # [BLOCK_K, BLOCK_N]
+        return acc + tl.dot(x.to(w.dtype), w, input_precision=PRECISION)
+    # a few rows: products and sums on the CUDA cores, the tile straight to registers
+    w = tl.load(
+        w_base + offs_n[:, None].to(tl.int64) * stride_wn + offs_k[None, :] * stride_wk,
+        mask=mask_n[:, None] & mask_k[None, :],
+        other=0.0,
+    )  # [BLOCK_N, BLOCK_K]
+    xf = x.to(w.dtype).to(tl.float32)
+    return acc + tl.sum(xf[:, None, :] * w.to(tl.float32)[None, :, :], axis=2)
 
 
 # The row count changes from step to step outside CUDA graphs: one compiled variant serves all.
@@ -83,6 +126,7 @@ def _skinny_gemm_kernel(
     BLOCK_K: tl.constexpr,
     SPLIT_K: tl.constexpr,
     K_PER_SPLIT: tl.constexpr,
+    UNROLL: tl.constexpr,  # the K loop unrolled
     # Before the wait, a program asks for a [PF_ROWS, PF_COLS] grid of 128-byte lines of its
     # weight slice, steps PF_ROW_STEP along N and PF_COL_STEP along K (PF_ROWS = 0: none).
     PF_ROWS: tl.constexpr,
@@ -115,30 +159,16 @@ def _skinny_gemm_kernel(
 
     offs_m = tl.arange(0, BLOCK_M)
     mask_m = offs_m < m
+    x_base = x_ptr + g * stride_xg + offs_m[:, None] * stride_xm
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    for k0 in range(k_start, k_start + K_PER_SPLIT, BLOCK_K):
-        offs_k = k0 + tl.arange(0, BLOCK_K)
-        mask_k = offs_k < k
-        x = tl.load(
-            x_ptr + g * stride_xg + offs_m[:, None] * stride_xm + offs_k[None, :] * stride_xk,
-            mask=mask_m[:, None] & mask_k[None, :],
-            other=0.0,
-        )  # [BLOCK_M, BLOCK_K]
-        if USE_DOT:
-            w = tl.load(
-                w_base + offs_n[None, :].to(tl.int64) * stride_wn + offs_k[:, None] * stride_wk,
-                mask=mask_n[None, :] & mask_k[:, None],
-                other=0.0,
-            )  # [BLOCK_K, BLOCK_N]
-            acc += tl.dot(x.to(w.dtype), w, input_precision=PRECISION)
-        else:  # a few rows: products and sums on the CUDA cores, the tile straight to registers
-            w = tl.load(
-                w_base + offs_n[:, None].to(tl.int64) * stride_wn + offs_k[None, :] * stride_wk,
-                mask=mask_n[:, None] & mask_k[None, :],
-                other=0.0,
-            )  # [BLOCK_N, BLOCK_K]
-            xf = x.to(w.dtype).to(tl.float32)
-            acc += tl.sum(xf[:, None, :] * w.to(tl.float32)[None, :, :], axis=2)
+    if UNROLL:  # every load of the slice issued up front, none waiting for an earlier product
+        for i in tl.static_range(K_PER_SPLIT // BLOCK_K):
+            acc = _add_block(acc, x_base, w_base, k_start + i * BLOCK_K, offs_n, mask_m, mask_n,
+                             k, stride_xk, stride_wn, stride_wk, PRECISION, USE_DOT, BLOCK_K)  # fmt: skip
+    else:
+        for k0 in range(k_start, k_start + K_PER_SPLIT, BLOCK_K):
+            acc = _add_block(acc, x_base, w_base, k0, offs_n, mask_m, mask_n, k, stride_xk,
+                             stride_wn, stride_wk, PRECISION, USE_DOT, BLOCK_K)  # fmt: skip
 
     out = out_ptr + g * stride_og + offs_m[:, None] * stride_om + offs_n[None, :]
     mask = mask_m[:, None] & mask_n[None, :]
@@ -301,7 +331,7 @@ def skinny_gemm(
         o3.stride(0), o3.stride(1),
         ACCUMULATE=accumulate, PRECISION=precision, USE_DOT=use_dot, BLOCK_M=block_m,
         BLOCK_N=cfg.block_n,
-        BLOCK_K=cfg.block_k, SPLIT_K=cfg.split_k, K_PER_SPLIT=cfg.k_per_split,
+        BLOCK_K=cfg.block_k, SPLIT_K=cfg.split_k, K_PER_SPLIT=cfg.k_per_split, UNROLL=cfg.unroll,
         PF_ROWS=pf[0], PF_ROW_STEP=pf[1], PF_COLS=pf[2], PF_COL_STEP=pf[3], USE_PDL=pdl,
         next_ptr=nxt, next_lines=next_lines, PREFETCH_NEXT=nxt is not None,
         NEXT_LINE_ELEMS=next_elems,

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 import pytest
 import torch
 from kernel_utils import ON_GPU, rel_err
 
 from glm47.kernels.fused_moe import (
+    choose_config,
     fused_experts,
     fused_experts_ref,
     topk_sum,
@@ -77,6 +79,7 @@ CONFIGS = (
     [
         MoeConfig(16, 16, 16, 1, 4, 1),
         MoeConfig(16, 32, 32, 2, 4, 1, down_block_n=16, down_block_k=64),
+        MoeConfig(16, 16, 16, 1, 4, 1, down_split_k=2),  # K of 16 takes one split, 32 two
     ]
     if not ON_GPU
     else [
@@ -84,6 +87,7 @@ CONFIGS = (
         MoeConfig(16, 64, 128, 1, 4, 4),
         MoeConfig(64, 128, 64, 8, 4, 3),
         MoeConfig(16, 32, 128, 8, 4, 4, down_block_n=64, down_block_k=256, down_num_stages=3),
+        MoeConfig(16, 32, 128, 8, 4, 4, down_split_k=4),
     ]
 )
 
@@ -234,6 +238,27 @@ def test_topk_sum_with_the_shared_expert_last(device: str) -> None:
         topk_sum(per_pair, 1, shared_last=True)
 
 
+@pytest.mark.parametrize("splits", [2, 3])
+def test_topk_sum_rounds_the_parts_of_each_row_then_sums(splits: int, device: str) -> None:
+    """fp32 parts of a split GEMM: each pair's row is their sum rounded to the output dtype (where
+    the unsplit GEMM rounds), then the rows are summed as without parts."""
+    tokens, top_k, hidden = 3, 5, 300
+    parts = torch.randn(splits, tokens * top_k, hidden, device=device)
+    add = torch.randn(tokens, hidden, device=device).half()
+    got = topk_sum(parts, top_k, add=add, shared_last=True, dtype=torch.float16)
+    rows = parts.sum(0).half().view(tokens, top_k, hidden)
+    expected = rows[:, :-1].float().sum(1).half() + rows[:, -1] + add
+    assert got.dtype == torch.float16
+    # the parts summed in another order may land a row one fp16 step off
+    torch.testing.assert_close(got, expected, rtol=2e-3, atol=2e-3)
+    ref = topk_sum_ref(parts, top_k, add=add, shared_last=True, dtype=torch.float16)
+    torch.testing.assert_close(got, ref, rtol=2e-3, atol=2e-3)
+    with pytest.raises(ValueError, match="fp32 parts"):
+        topk_sum(parts.half(), top_k)
+    with pytest.raises(ValueError, match="add must be"):
+        topk_sum(parts, top_k, add=add)  # the output dtype is fp32 unless given
+
+
 FOLD_SHAPES = [(1, 64, 32, 8, 2), (6, 64, 32, 8, 2)] if not ON_GPU else [(1, 2048, 1536, 64, 4), (16, 2048, 1536, 64, 4)]  # fmt: skip
 
 
@@ -268,5 +293,13 @@ def test_fused_moe_from_logits_with_the_shared_expert(
         shared=(shared_w13, shared_w2),
     )  # fmt: skip
     assert rel_err(got, routed + shared) < 2e-2
+    # the down GEMM's K split over programs: the same sum up to where its parts round
+    split = replace(choose_config(x, w13, w2, k), down_split_k=2)
+    ids_e = torch.cat([ids, torch.full((t, 1), e, dtype=torch.int32, device=device)], 1)
+    got_split = fused_experts(
+        x, w13, w2, torch.cat([weights, ones.float()], 1), ids_e, split,
+        shared=(shared_w13, shared_w2),
+    )  # fmt: skip
+    assert rel_err(got_split, got) < 1e-2
     with pytest.raises(ValueError, match="laid out as one expert"):
         fused_experts(x, w13, w2, weights, ids, shared=(shared_w13[:, :-1], shared_w2))

@@ -136,13 +136,22 @@ def test_the_down_gemm_tile_defaults_to_the_gate_up_tile_and_is_stored_only_when
         MoeConfig(16, 32, 128, 8, 4, 4, down_block_n=24)
     with pytest.raises(ValueError, match="down-GEMM"):
         MoeConfig(16, 32, 128, 8, 4, 4, down_num_warps=3)
+    split = MoeConfig(16, 32, 128, 8, 4, 4, down_split_k=4)
+    assert split.down() == joint and split.down_splits == 4 and joint.down_splits == 1
+    assert split.stored()["down_split_k"] == 4 and "down_split_k" not in joint.stored()
+    moe_config.save_stored(GPU, {"shape-c": {1: split}})
+    assert pick("shape-c", 1, []) == split
+    with pytest.raises(ValueError, match="down_split_k"):
+        MoeConfig(16, 32, 128, 8, 4, 4, down_split_k=moe_config.MAX_DOWN_SPLIT_K + 1)
 
 
-@pytest.mark.parametrize("tokens", [1, 256])
+@pytest.mark.parametrize("tokens", [1, 256, 1024])
 def test_down_candidates_keep_the_tile_first_and_the_row_block(tokens: int) -> None:
     base = MoeConfig(16, 32, 128, 8, 4, 4)
     cands = moe_config.down_candidates(base, tokens, 64, 4)
     assert cands[0] == base and len(cands) > 1
     assert all(c.block_m == base.block_m and c.block_n == base.block_n for c in cands)
-    downs = [c.down() for c in cands]
-    assert len(set(downs)) == len(downs)  # no tile twice
+    downs = [(c.down(), c.down_splits) for c in cands]
+    assert len(set(downs)) == len(downs)  # no tile and split twice
+    # K splits over more programs are searched at decode sizes only (<= 16 rows an expert)
+    assert any(c.down_splits > 1 for c in cands) == (tokens * 4 / 64 <= 16)

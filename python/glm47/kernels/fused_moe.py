@@ -12,6 +12,10 @@ row, with weight 1, and the top-k sum adds that row after rounding the routed su
 adds the two outputs). At decode sizes that replaces the shared expert's three launches (and the
 second stream they ran on) with a few more programs in two launches that run anyway; the
 decode-sized entry points that route and run the experts are in kernels/moe_decode.py.
+
+At decode sizes a tile row of GEMM 2 has few programs (one per active expert and column block),
+each streaming its weight over the whole of K; `MoeConfig.down_split_k` splits K over more
+programs, which write fp32 parts that the top-k sum adds and rounds where GEMM 2 would have.
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ def _moe_gemm_kernel(
     a_ptr,  # [rows_a, K]: x [T, K] when A_PER_TOKEN, else the intermediate [P, K]
     w_ptr,  # [E, N_total, K]: N_total = 2N when GATED (gate rows, then up rows), else N
     shared_w_ptr,  # [N_total, K] expert E's weights, same row stride (read when HAS_SHARED)
-    c_ptr,  # [P, N]
+    c_ptr,  # [P, N], or [SPLIT_K, P, N] fp32 parts
     topk_w_ptr,  # [P] fp32 routing weights (read when MUL_WEIGHT)
     sorted_ids_ptr,  # [max_padded] int32
     expert_ids_ptr,  # [max_padded // BLOCK_M] int32
@@ -57,6 +61,7 @@ def _moe_gemm_kernel(
     stride_we,
     stride_wn,
     stride_cm,
+    stride_cs,
     TOP_K: tl.constexpr,
     A_PER_TOKEN: tl.constexpr,
     GATED: tl.constexpr,
@@ -67,6 +72,9 @@ def _moe_gemm_kernel(
     GROUP_M: tl.constexpr,
     NUM_EXPERTS: tl.constexpr,
     HAS_SHARED: tl.constexpr,
+    # K is split over the programs of grid axis 1, K_PER_SPLIT columns each (a multiple of
+    # BLOCK_K); split s writes its part of the product to c + s * stride_cs
+    K_PER_SPLIT: tl.constexpr,
     # Before the wait, the first PREFETCH_K columns of the block's weight tile are asked into L2
     # (0: none), LINE_ELEMS elements a request. HINT_FROM_PAIRS: the block's expert is guessed as
     # the expert of pair pid_m (GEMM 1, whose alignment may still run), else read from the
@@ -84,11 +92,12 @@ def _moe_gemm_kernel(
     group_size = tl.minimum(num_pid_m - first_m, GROUP_M)
     pid_m = first_m + (pid % per_group) % group_size
     pid_n = (pid % per_group) // group_size
+    k_start = tl.program_id(1) * K_PER_SPLIT
     if PREFETCH_K > 0:
         _prefetch_expert_tile(
             w_ptr, shared_w_ptr, hint_ids_ptr, expert_ids_ptr, num_padded_ptr, pid_m, pid_n, N,
-            num_pairs, stride_we, stride_wn, GATED, NUM_EXPERTS, HAS_SHARED, BLOCK_M, BLOCK_N,
-            PREFETCH_K, LINE_ELEMS, HINT_FROM_PAIRS,
+            k_start, num_pairs, stride_we, stride_wn, GATED, NUM_EXPERTS, HAS_SHARED, BLOCK_M,
+            BLOCK_N, PREFETCH_K, LINE_ELEMS, HINT_FROM_PAIRS,
         )  # fmt: skip
     pdl_wait(USE_PDL)
     if pid_m * BLOCK_M >= tl.load(num_padded_ptr):
@@ -102,13 +111,13 @@ def _moe_gemm_kernel(
     w_base = _expert_weights(w_ptr, shared_w_ptr, expert, stride_we, NUM_EXPERTS, HAS_SHARED)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     col_ok = offs_n < N
-    offs_k = tl.arange(0, BLOCK_K)
+    offs_k = k_start + tl.arange(0, BLOCK_K)
     a_ptrs = a_ptr + a_row[:, None].to(tl.int64) * stride_am + offs_k[None, :]  # [BM, BK]
     w_ptrs = w_base + offs_n[None, :] * stride_wn + offs_k[:, None]  # [BK, BN]
 
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     acc_up = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
+    for k0 in range(0, tl.minimum(K_PER_SPLIT, K - k_start), BLOCK_K):
         k_ok = offs_k < K - k0
         a = tl.load(a_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
         w = tl.load(w_ptrs, mask=k_ok[:, None] & col_ok[None, :], other=0.0)
@@ -123,7 +132,8 @@ def _moe_gemm_kernel(
         acc = acc * tl.sigmoid(acc) * acc_up
     if MUL_WEIGHT:
         acc = acc * tl.load(topk_w_ptr + pair, mask=row_ok, other=0.0)[:, None]
-    c_ptrs = c_ptr + pair[:, None].to(tl.int64) * stride_cm + offs_n[None, :]
+    c_ptrs = c_ptr + tl.program_id(1) * stride_cs + pair[:, None].to(tl.int64) * stride_cm
+    c_ptrs += offs_n[None, :]
     tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
 
 
@@ -141,12 +151,12 @@ def _expert_weights(w_ptr, shared_w_ptr, expert, stride_we, NUM_EXPERTS: tl.cons
 
 @triton.jit
 def _prefetch_expert_tile(
-    w_ptr, shared_w_ptr, hint_ids_ptr, expert_ids_ptr, num_padded_ptr, pid_m, pid_n, N,
+    w_ptr, shared_w_ptr, hint_ids_ptr, expert_ids_ptr, num_padded_ptr, pid_m, pid_n, N, k_start,
     num_pairs, stride_we, stride_wn, GATED: tl.constexpr, NUM_EXPERTS: tl.constexpr,
     HAS_SHARED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     PREFETCH_K: tl.constexpr, LINE_ELEMS: tl.constexpr, HINT_FROM_PAIRS: tl.constexpr,
 ):  # fmt: skip
-    """Ask for the start of this block's weight tile in L2. Only a hint: what it reads was written
+    """Ask for the start (from column k_start) of this block's weight tile in L2. Only a hint: what it reads was written
     by kernels that finished before the previous one started, and a wrong guess costs bandwidth,
     never a result (the addresses are clamped into the weights)."""
     if HINT_FROM_PAIRS:
@@ -160,7 +170,7 @@ def _prefetch_expert_tile(
         e = tl.minimum(tl.maximum(expert, 0), last).to(tl.int64)
         base = _expert_weights(w_ptr, shared_w_ptr, e, stride_we, NUM_EXPERTS, HAS_SHARED)
         rows = tl.minimum(pid_n * BLOCK_N + tl.arange(0, BLOCK_N), N - 1)
-        cols = tl.arange(0, PREFETCH_K // LINE_ELEMS) * LINE_ELEMS
+        cols = k_start + tl.arange(0, PREFETCH_K // LINE_ELEMS) * LINE_ELEMS
         tile = base + rows[:, None] * stride_wn + cols[None, :]
         prefetch_l2(tile)
         if GATED:
@@ -170,7 +180,7 @@ def _prefetch_expert_tile(
 def moe_gemm(
     a: torch.Tensor,  # [T, K] (a_per_token) or [P, K]
     w: torch.Tensor,  # [E, 2N or N, K]
-    out: torch.Tensor,  # [P, N]
+    out: torch.Tensor,  # [P, N], or [split_k, P, N] fp32
     topk_weights: torch.Tensor,  # [P] fp32
     align: MoeAlignment,
     top_k: int,
@@ -181,12 +191,21 @@ def moe_gemm(
     cfg: MoeConfig,
     hint_ids: torch.Tensor | None = None,  # [P] int32: the pairs' experts, for the L2 prefetch
     shared_w: torch.Tensor | None = None,  # [2N or N, K]: expert E's weights
+    split_k: int = 1,
 ) -> None:
-    """One grouped GEMM over the aligned pairs (see the module docstring)."""
-    n, k = out.shape[1], a.shape[1]
+    """One grouped GEMM over the aligned pairs (see the module docstring). With `split_k` > 1
+    (not gated), K is split over that many programs a tile, each writing its fp32 part of the
+    (weighted) product to `out[split]`; `topk_sum` adds the parts."""
+    k = a.shape[1]
+    k_per_split, splits = k_splits(k, cfg.block_k, split_k)
+    parts = out if splits > 1 else out.unsqueeze(0)
+    if splits > 1 and (gated or out.dim() != 3 or out.shape[0] != splits
+                       or out.dtype != torch.float32):  # fmt: skip
+        raise ValueError(f"a split GEMM is not gated and writes [{splits}, P, N] fp32 parts")
+    n = parts.shape[2]
     if w.shape[2] != k or w.shape[1] != (2 * n if gated else n):
         raise ValueError(f"weights {tuple(w.shape)} do not fit K={k}, N={n}, gated={gated}")
-    if a.stride(1) != 1 or w.stride(2) != 1 or out.stride(1) != 1:
+    if a.stride(1) != 1 or w.stride(2) != 1 or parts.stride(2) != 1:
         raise ValueError("a, w and out need a contiguous last dimension")
     if shared_w is not None and (
         shared_w.shape != w.shape[1:]
@@ -200,22 +219,31 @@ def moe_gemm(
         raise ValueError(f"alignment block {align.block_m} != config block_m {cfg.block_m}")
     max_padded = int(align.sorted_ids.shape[0])
     num_blocks = triton.cdiv(max_padded, cfg.block_m)
-    grid = (num_blocks * triton.cdiv(n, cfg.block_n),)
+    grid = (num_blocks * triton.cdiv(n, cfg.block_n), splits)
     pdl = use_pdl(a)
     prefetch_k = 0
     if pdl and hint_ids is not None:  # GEMM 1 guesses one block per pair
-        hinted = min(num_blocks, out.shape[0]) if a_per_token else num_blocks
-        prefetch_k = _prefetch_columns(k, hinted * w.shape[1] * w.element_size(), w.element_size())
+        hinted = min(num_blocks, parts.shape[1]) if a_per_token else num_blocks
+        prefetch_k = _prefetch_columns(
+            min(k, k_per_split), hinted * w.shape[1] * w.element_size() * grid[1], w.element_size()
+        )
     _moe_gemm_kernel[grid](
         a, w, w if shared_w is None else shared_w, out, topk_weights, align.sorted_ids, align.expert_ids, align.num_padded,
         hint_ids if hint_ids is not None else align.expert_ids,
-        n, k, out.shape[0], max_padded, a.stride(0), w.stride(0), w.stride(1), out.stride(0),
-        TOP_K=top_k, A_PER_TOKEN=a_per_token, GATED=gated, MUL_WEIGHT=mul_weight,
+        n, k, parts.shape[1], max_padded, a.stride(0), w.stride(0), w.stride(1), parts.stride(1),
+        parts.stride(0), TOP_K=top_k, A_PER_TOKEN=a_per_token, GATED=gated, MUL_WEIGHT=mul_weight,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m,
-        NUM_EXPERTS=w.shape[0], HAS_SHARED=shared_w is not None, PREFETCH_K=prefetch_k, LINE_ELEMS=128 // w.element_size(),
+        NUM_EXPERTS=w.shape[0], HAS_SHARED=shared_w is not None, K_PER_SPLIT=k_per_split, PREFETCH_K=prefetch_k, LINE_ELEMS=128 // w.element_size(),
         HINT_FROM_PAIRS=a_per_token, USE_PDL=pdl,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, launch_pdl=pdl,
     )  # fmt: skip
+
+
+def k_splits(k: int, block_k: int, split_k: int) -> tuple[int, int]:
+    """(columns a split, number of splits) when K is split over about `split_k` programs in
+    whole BLOCK_K steps: fewer where K has fewer steps."""
+    k_per_split = triton.cdiv(triton.cdiv(k, block_k), max(1, split_k)) * block_k
+    return k_per_split, triton.cdiv(k, k_per_split)
 
 
 def _prefetch_columns(k: int, bytes_per_column: int, elem: int) -> int:
@@ -227,15 +255,29 @@ def _prefetch_columns(k: int, bytes_per_column: int, elem: int) -> int:
 
 
 @triton.jit
+def _pair_row(pairs_ptr, row, offs, ok, stride_split, SPLITS: tl.constexpr, dtype: tl.constexpr):
+    """One pair's output row in `dtype`: as stored, or its SPLITS fp32 parts summed and rounded
+    (where the unsplit GEMM rounds)."""
+    if SPLITS == 1:
+        return tl.load(pairs_ptr + row + offs, mask=ok, other=0.0)
+    total = tl.zeros(offs.shape, dtype=tl.float32)
+    for s in tl.static_range(SPLITS):
+        total += tl.load(pairs_ptr + s * stride_split + row + offs, mask=ok, other=0.0)
+    return total.to(dtype)
+
+
+@triton.jit
 def _topk_sum_kernel(
-    pairs_ptr,  # [T * TOP_K, H]: a token's TOP_K rows are consecutive
+    pairs_ptr,  # [T * TOP_K, H]: a token's TOP_K rows are consecutive; or [SPLITS, ...] fp32
     add_ptr,  # [T, H] (read when HAS_ADD)
     out_ptr,  # [T, H]
     hidden,
     stride_add,
+    stride_split,
     HAS_ADD: tl.constexpr,
     SHARED_LAST: tl.constexpr,
     TOP_K: tl.constexpr,
+    SPLITS: tl.constexpr,
     BLOCK: tl.constexpr,
     USE_PDL: tl.constexpr,
 ):
@@ -243,42 +285,56 @@ def _topk_sum_kernel(
     t = tl.program_id(0).to(tl.int64)
     offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     ok = offs < hidden
+    dtype: tl.constexpr = out_ptr.dtype.element_ty
     acc = tl.zeros([BLOCK], dtype=tl.float32)
     summed: tl.constexpr = TOP_K - 1 if SHARED_LAST else TOP_K
     for j in tl.static_range(summed):
-        row = tl.load(pairs_ptr + (t * TOP_K + j) * hidden + offs, mask=ok, other=0.0)
+        row = _pair_row(pairs_ptr, (t * TOP_K + j) * hidden, offs, ok, stride_split, SPLITS, dtype)
         acc += row.to(tl.float32)
-    total = acc.to(out_ptr.dtype.element_ty)
+    total = acc.to(dtype)
     if SHARED_LAST:  # the token's last row is an addend, as below
-        addend = tl.load(pairs_ptr + (t * TOP_K + TOP_K - 1) * hidden + offs, mask=ok, other=0.0)
-        total = (total.to(tl.float32) + addend.to(tl.float32)).to(out_ptr.dtype.element_ty)
+        last = (t * TOP_K + TOP_K - 1) * hidden
+        addend = _pair_row(pairs_ptr, last, offs, ok, stride_split, SPLITS, dtype)
+        total = (total.to(tl.float32) + addend.to(tl.float32)).to(dtype)
     if HAS_ADD:  # rounded sum, plus the addend, rounded again: torch's add of the two
         addend = tl.load(add_ptr + t * stride_add + offs, mask=ok, other=0.0)
-        total = (total.to(tl.float32) + addend.to(tl.float32)).to(out_ptr.dtype.element_ty)
+        total = (total.to(tl.float32) + addend.to(tl.float32)).to(dtype)
     tl.store(out_ptr + t * hidden + offs, total, mask=ok)
 
 
 def topk_sum(
-    per_pair: torch.Tensor,  # [T * top_k, H] contiguous, a token's rows consecutive
+    per_pair: torch.Tensor,  # [T * top_k, H] contiguous, a token's rows consecutive; or [S, ...]
     top_k: int,
-    add: torch.Tensor | None = None,  # [T, H] in per_pair's dtype, last dim contiguous
+    add: torch.Tensor | None = None,  # [T, H] in the output dtype, last dim contiguous
     shared_last: bool = False,
-) -> torch.Tensor:  # [T, H] in per_pair's dtype
+    dtype: torch.dtype | None = None,  # the output's (per_pair's by default)
+) -> torch.Tensor:  # [T, H]
     """`per_pair.view(T, top_k, H).sum(1)`, summed in fp32 and rounded once (as torch's sum);
     with `add`, `sum + add` as torch adds two tensors of that dtype (the sum rounded first).
     With `shared_last`, each token's last row is such an addend (the shared expert's output) and
-    only the first top_k - 1 are summed; `add`, if also given, is added after it."""
+    only the first top_k - 1 are summed; `add`, if also given, is added after it.
+
+    A 3-D `per_pair` holds S fp32 parts of each row (a split GEMM's): a row is their sum rounded
+    to `dtype`, then summed as above."""
     if top_k < 1 + int(shared_last):
         raise ValueError(f"top_k must be >= {1 + int(shared_last)}, got {top_k}")
-    if per_pair.dim() != 2 or not per_pair.is_contiguous() or per_pair.shape[0] % top_k:
-        raise ValueError(f"per_pair must be a contiguous [T * {top_k}, H], got {per_pair.shape}")
-    pairs, hidden = per_pair.shape
-    t = pairs // top_k
-    if add is not None and (
-        add.shape != (t, hidden) or add.dtype != per_pair.dtype or add.stride(1) != 1
+    parts = per_pair if per_pair.dim() == 3 else per_pair.unsqueeze(0)
+    if (
+        per_pair.dim() not in (2, 3)
+        or not per_pair.is_contiguous()
+        or parts.shape[1] % top_k
+        or (per_pair.dim() == 3 and per_pair.dtype != torch.float32)
     ):
-        raise ValueError(f"add must be a [{t}, {hidden}] {per_pair.dtype} tensor, got {add.shape}")
-    out = torch.empty((t, hidden), dtype=per_pair.dtype, device=per_pair.device)
+        raise ValueError(
+            f"per_pair must be a contiguous [T * {top_k}, H], or [S, T * {top_k}, H] fp32 parts, "
+            f"got {tuple(per_pair.shape)} {per_pair.dtype}"
+        )
+    splits, pairs, hidden = parts.shape
+    t = pairs // top_k
+    dtype = dtype or per_pair.dtype
+    if add is not None and (add.shape != (t, hidden) or add.dtype != dtype or add.stride(1) != 1):
+        raise ValueError(f"add must be a [{t}, {hidden}] {dtype} tensor, got {add.shape}")
+    out = torch.empty((t, hidden), dtype=dtype, device=per_pair.device)
     if t == 0:
         return out
     block = min(1024, triton.next_power_of_2(hidden))
@@ -289,9 +345,11 @@ def topk_sum(
         out,
         hidden,
         0 if add is None else add.stride(0),
+        parts.stride(0),
         HAS_ADD=add is not None,
         SHARED_LAST=shared_last,
         TOP_K=top_k,
+        SPLITS=splits,
         BLOCK=block,
         USE_PDL=pdl,
         num_warps=4,
@@ -301,9 +359,15 @@ def topk_sum(
 
 
 def topk_sum_ref(
-    per_pair: torch.Tensor, top_k: int, add: torch.Tensor | None = None, shared_last: bool = False
+    per_pair: torch.Tensor,
+    top_k: int,
+    add: torch.Tensor | None = None,
+    shared_last: bool = False,
+    dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """Plain torch reference of `topk_sum`."""
+    if per_pair.dim() == 3:  # fp32 parts: each row their sum, rounded
+        per_pair = per_pair.sum(0).to(dtype or per_pair.dtype)
     t = per_pair.shape[0] // top_k
     rows = per_pair.view(t, top_k, -1)
     total = rows[:, : top_k - int(shared_last)].float().sum(1).to(per_pair.dtype)
@@ -359,12 +423,19 @@ def fused_experts(
     hint_ids = flat_ids if flat_ids.dtype == torch.int32 and flat_ids.is_contiguous() else None
     moe_gemm(x, w13, inter_act, weights, align, top_k, a_per_token=True, gated=True,
              mul_weight=False, cfg=cfg, hint_ids=hint_ids, shared_w=shared_w13)  # fmt: skip
-    per_pair = torch.empty((pairs, hidden), dtype=x.dtype, device=x.device)  # [P, H]
+    down = cfg.down()
+    _, splits = k_splits(inter, down.block_k, cfg.down_splits)
+    per_pair = torch.empty(  # [P, H], or [S, P, H] fp32 parts
+        (pairs, hidden) if splits == 1 else (splits, pairs, hidden),
+        dtype=x.dtype if splits == 1 else torch.float32, device=x.device,
+    )  # fmt: skip
     moe_gemm(inter_act, w2, per_pair, weights, align, top_k, a_per_token=False, gated=False,
-             mul_weight=True, cfg=cfg.down(), hint_ids=hint_ids, shared_w=shared_w2)  # fmt: skip
+             mul_weight=True, cfg=down, hint_ids=hint_ids, shared_w=shared_w2,
+             split_k=splits)  # fmt: skip
     return topk_sum(
-        per_pair, top_k, add=None if extra is None else extra(), shared_last=shared is not None
-    )
+        per_pair, top_k, add=None if extra is None else extra(), shared_last=shared is not None,
+        dtype=x.dtype,
+    )  # fmt: skip
 
 
 def _gpu_name(device: torch.device) -> str:

@@ -24,6 +24,7 @@ from pathlib import Path
 from glm47.worker.config import Env
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+MAX_DOWN_SPLIT_K = 8
 
 # GPUs whose stored configs stand in for another's when it has none: same multiprocessors, same
 # shared memory per multiprocessor, different memory.
@@ -87,6 +88,9 @@ class MoeConfig:
     down_block_k: int = 0
     down_num_warps: int = 0
     down_num_stages: int = 0
+    # The down GEMM's K split over this many programs a tile (0 or 1: none); the top-k sum adds
+    # the fp32 parts (see fused_moe.fused_experts)
+    down_split_k: int = 0
 
     def __post_init__(self) -> None:
         for name in ("block_m", "block_n", "block_k"):
@@ -101,9 +105,16 @@ class MoeConfig:
                 raise ValueError(f"{name} must be 0 or a power of two >= 16, got {value}")
         if self.down_num_warps not in (0, 1, 2, 4, 8, 16) or self.down_num_stages < 0:
             raise ValueError(f"invalid down-GEMM launch settings in {self}")
+        if not 0 <= self.down_split_k <= MAX_DOWN_SPLIT_K:
+            raise ValueError(f"down_split_k must be in [0, {MAX_DOWN_SPLIT_K}], got {self}")
+
+    @property
+    def down_splits(self) -> int:
+        """Programs a tile of the down GEMM's output is split over along K."""
+        return max(1, self.down_split_k)
 
     def down(self) -> MoeConfig:
-        """The config the down GEMM launches with (its own tile where set)."""
+        """The tile the down GEMM launches with (its own where set; its split: `down_splits`)."""
         return MoeConfig(
             self.block_m,
             self.down_block_n or self.block_n,
@@ -114,7 +125,7 @@ class MoeConfig:
         )
 
     def stored(self) -> dict[str, int]:
-        """The fields written to a config file: the down tile only where it is set."""
+        """The fields written to a config file: the down GEMM's own settings only where set."""
         return {k: v for k, v in asdict(self).items() if not (k.startswith("down_") and v == 0)}
 
 
@@ -210,19 +221,20 @@ def down_candidates(
     """The down GEMM's own tiles to try beside `cfg` (which comes first: the search never ends
     worse than it), sized like `candidate_configs`."""
     rows_per_expert = num_tokens * top_k / max(1, num_experts)
-    if rows_per_expert <= 16:
-        space = ([16, 32, 64, 128], [64, 128, 256], [(4, 4), (4, 3)])
+    if rows_per_expert <= 16:  # decode sizes: few programs a tile row, so K splits as well
+        space = ([16, 32, 64, 128], [64, 128, 256], [(4, 4), (4, 3)], [0, 2, 4])
     else:
-        space = ([64, 128], [64, 128], [(4, 3), (8, 3)])
-    block_ns, block_ks, launches = space
+        space = ([64, 128], [64, 128], [(4, 3), (8, 3)], [0])
+    block_ns, block_ks, launches, splits = space
     found = [cfg]
     for bn in block_ns:
         for bk in block_ks:
             for warps, stages in launches:
-                cand = replace(cfg, down_block_n=bn, down_block_k=bk, down_num_warps=warps,
-                               down_num_stages=stages)  # fmt: skip
-                if cand.down() != cfg.down():
-                    found.append(cand)
+                for split in splits:
+                    cand = replace(cfg, down_block_n=bn, down_block_k=bk, down_num_warps=warps,
+                                   down_num_stages=stages, down_split_k=split)  # fmt: skip
+                    if (cand.down(), cand.down_splits) != (cfg.down(), cfg.down_splits):
+                        found.append(cand)
     return found
 
 

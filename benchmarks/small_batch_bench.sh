@@ -4,7 +4,8 @@
 #     the GPU parity tests of the skinny and dependent-launch paths (tests/gpu/test_skinny_gemm_gpu.py);
 #   - benchmarks/model_bench.py's decode steps at batches $BATCHES (default 1,2,4,8,16,32) for each
 #     of $VARIANTS (flag sets separated by ';', "-" = the defaults): the library projections,
-#     `--skinny-gemm`, `--skinny-gemm --pdl`, `--pdl`;
+#     `--skinny-gemm`, `--skinny-gemm --pdl`, `--pdl`; words of the form NAME=value set that
+#     environment variable for the variant (e.g. GLM47_TUNED_CONFIG_DIR=/tmp/cfg: other MoE configs);
 #   - with PROFILE=1, benchmarks/graph_profile.py at batch 1 for each variant as well (what each
 #     kernel of a layer costs the chain).
 # Logs and JSON go to $OUT (default ./gpu-out); the table of every variant is printed last.
@@ -34,14 +35,17 @@ IFS=';' read -ra SETS <<<"$VARIANTS"
 for flags in "${SETS[@]}"; do
   i=$((i + 1))
   [ "$flags" = "-" ] && flags=""
-  # shellcheck disable=SC2086
-  timeout -k 10 200 python3 benchmarks/model_bench.py --budget-s 150 --iters 20 --batches "$BATCHES" \
-    --prefill-tokens 0 $flags --json "$OUT/small_batch_$i.json" >"$OUT/small_batch_$i.log" 2>&1
+  envs=() args=()
+  for word in $flags; do
+    if [[ $word == [A-Z]*=* ]]; then envs+=("$word"); else args+=("$word"); fi
+  done
+  timeout -k 10 200 env "${envs[@]}" python3 benchmarks/model_bench.py --budget-s 150 --iters 20 \
+    --batches "$BATCHES" --prefill-tokens 0 "${args[@]}" --json "$OUT/small_batch_$i.json" \
+    >"$OUT/small_batch_$i.log" 2>&1
   echo "== variant $i: ${flags:-defaults} (rc=$?)"
   sed -n '/^ batch/,/^prefill/p' "$OUT/small_batch_$i.log" | grep -v '^prefill'
   if [ "$PROFILE" = 1 ]; then
-    # shellcheck disable=SC2086
-    timeout -k 10 150 python3 benchmarks/graph_profile.py --batches 1 $flags \
+    timeout -k 10 150 env "${envs[@]}" python3 benchmarks/graph_profile.py --batches 1 "${args[@]}" \
       --json "$OUT/profile_$i.json" >"$OUT/profile_$i.log" 2>&1
     echo "   graph profile (rc=$?): $(grep -m1 'one layer' "$OUT/profile_$i.log")"
   fi

@@ -54,7 +54,6 @@ from glm47.kernels.fused_moe import (
     moe_flops,
     moe_gemm,
 )
-from glm47.kernels.kv_write import write_kv
 from glm47.kernels.mla_decode import (
     decode_bytes,
     decode_flops,
@@ -70,7 +69,7 @@ from glm47.kernels.moe_align import (
 )
 from glm47.kernels.moe_config import MoeConfig, candidate_configs
 from glm47.kernels.rmsnorm import rmsnorm
-from glm47.kernels.rope import apply_rope_, rope_cos_sin
+from glm47.kernels.rope import apply_rope_, rope_and_cache_, rope_cos_sin
 from glm47.kernels.routing import route_topk, route_topk_ref
 
 
@@ -344,8 +343,9 @@ def bench_small(ceil: dict) -> list[Row]:
     cache = torch.randn((4 * t, WIDTH), dtype=BF16, device=DEV)
     lat = torch.randn((t, D_LAT), dtype=BF16, device=DEV)
     slots = torch.randperm(4 * t, device=DEV)[:t]
-    ms = time_ms(write_kv, cache, lat, k, slots)
-    rows.append(row("kv_write", f"T={t}", "", ms, 4 * t * WIDTH, 0, ceil))
+    ms = time_ms(rope_and_cache_, q[..., 192:], k, lat, pos, cs, cache, slots)
+    rows.append(row("rope", f"T={t} H={HEADS}", "with the KV write", ms, nbytes + 4 * t * WIDTH,
+                    0, ceil))  # fmt: skip
     inter = 1536  # the shared expert's width
     gate_up = torch.randn((t, 2 * inter), dtype=BF16, device=DEV)
     ms = time_ms(silu_and_mul, gate_up)

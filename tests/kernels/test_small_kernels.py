@@ -1,4 +1,5 @@
-"""RMSNorm (+ residual), interleaved rope and the KV-cache write against their torch references."""
+"""RMSNorm (+ residual), interleaved rope (alone and with the KV-cache write) and SwiGLU against
+their torch references."""
 
 from __future__ import annotations
 
@@ -7,9 +8,14 @@ import torch
 from kernel_utils import ON_GPU, rel_err
 
 from glm47.kernels.activation import silu_and_mul, silu_and_mul_ref
-from glm47.kernels.kv_write import write_kv, write_kv_ref
 from glm47.kernels.rmsnorm import rmsnorm, rmsnorm_pair, rmsnorm_ref
-from glm47.kernels.rope import apply_rope_, rope_cos_sin, rope_ref
+from glm47.kernels.rope import (
+    apply_rope_,
+    rope_and_cache_,
+    rope_cos_sin,
+    rope_ref,
+    write_kv_ref,
+)
 
 HIDDEN = 2048 if ON_GPU else 96
 
@@ -78,22 +84,67 @@ def test_rope_at_position_zero_only_deinterleaves(device: str, dtype: torch.dtyp
     torch.testing.assert_close(q, expect)
 
 
-def test_write_kv_fills_slots_and_skips_negative(device: str, dtype: torch.dtype) -> None:
-    cache = torch.randn((40, 48), dtype=dtype, device=device)
-    expect = cache.clone()
-    latent = torch.randn((6, 32), dtype=dtype, device=device)
-    k_rope = torch.randn((6, 16), dtype=dtype, device=device)
+@pytest.mark.parametrize("fp32", [False, True])
+def test_rope_and_cache_rotates_and_fills_slots_skipping_negative(
+    fp32: bool, device: str, dtype: torch.dtype
+) -> None:
+    """The model's layout: q_rope a strided view of q, k_rope after the latent in one row."""
+    dtype = torch.float32 if fp32 else dtype
+    t, h, r, d_lat = 6, 20 if ON_GPU else 3, 64 if ON_GPU else 16, 512 if ON_GPU else 32
+    cs = rope_cos_sin(64, r, 1e6 if ON_GPU else 1e4, dtype, device)
+    q = torch.randn((t, h, 8 + r), dtype=dtype, device=device)
+    kv_a = torch.randn((t, d_lat + r), dtype=dtype, device=device)  # [latent | k_rope]
+    latent, k = kv_a[:, :d_lat], kv_a[:, d_lat:]
+    pos = torch.randint(0, 64, (t,), device=device)
     slots = torch.tensor([3, 17, -1, 39, 0, 8], dtype=torch.int64, device=device)
-    write_kv(cache, latent, k_rope, slots)
-    write_kv_ref(expect, latent, k_rope, slots)
-    assert torch.equal(cache, expect)
+    cache = torch.randn((40, d_lat + r), dtype=dtype, device=device)
+    q_ref, k_ref = rope_ref(q[..., 8:], pos, cs), rope_ref(k, pos, cs)
+    cache_ref = cache.clone()
+    write_kv_ref(cache_ref, latent, k_ref, slots)
+    nope, latent_before = q[..., :8].clone(), latent.clone()
+    rope_and_cache_(q[..., 8:], k, latent, pos, cs, cache, slots)
+    # the GPU may contract a product and a sum into one rounding: one ulp of slack
+    tol = {"atol": 1e-5, "rtol": 1e-5} if fp32 else {"atol": 1e-3, "rtol": 1.6e-2}
+    torch.testing.assert_close(q[..., 8:], q_ref, **tol)
+    torch.testing.assert_close(k, k_ref, **tol)
+    assert torch.equal(q[..., :8], nope) and torch.equal(latent, latent_before)
+    torch.testing.assert_close(cache, cache_ref, **tol)
+    kept = slots >= 0
+    assert torch.equal(cache[slots[kept]], kv_a[kept])  # [latent | k] exactly as k was rotated
+    assert torch.equal(cache[:, :d_lat], cache_ref[:, :d_lat])  # latents copied, others kept
 
 
-def test_write_kv_rejects_int32_slots(device: str) -> None:
-    cache = torch.zeros((4, 48), device=device)
-    with pytest.raises(ValueError, match="int64"):
-        write_kv(cache, torch.zeros((1, 32), device=device), torch.zeros((1, 16), device=device),
-                 torch.zeros(1, dtype=torch.int32, device=device))  # fmt: skip
+def test_rope_and_cache_rejects_inputs_that_do_not_fit(device: str) -> None:
+    t, h, r, d_lat = 2, 3, 16, 32
+
+    def z(*shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return torch.zeros(shape, dtype=dtype, device=device)
+
+    def call(**over: torch.Tensor) -> None:
+        args = {
+            "q_rope": z(t, h, r),
+            "k_rope": z(t, r),
+            "latent": z(t, d_lat),
+            "positions": z(t, dtype=torch.int64),
+            "cos_sin": z(8, r),
+            "kv_cache": z(10, d_lat + r),
+            "slot_mapping": z(t, dtype=torch.int64),
+        }
+        rope_and_cache_(**(args | over))
+
+    call()  # the defaults fit
+    bad = {
+        "int64": {"slot_mapping": z(t, dtype=torch.int32)},
+        "one row per token": {"latent": z(t + 1, d_lat)},
+        "kv_cache must be": {"kv_cache": z(10, d_lat + r + 1)},
+        "share a dtype": {"kv_cache": z(10, d_lat + r, dtype=torch.float16)},
+        "contiguous": {"latent": z(d_lat, t).t()},
+        "power of two": {"latent": z(t, 24), "kv_cache": z(10, 24 + r)},
+        "do not fit": {"positions": z(t + 1, dtype=torch.int64)},
+    }
+    for message, over in bad.items():
+        with pytest.raises(ValueError, match=message):
+            call(**over)
 
 
 @pytest.mark.parametrize("inter", [24, 1536 if ON_GPU else 40])

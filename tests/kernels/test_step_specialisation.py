@@ -1,4 +1,4 @@
-"""On the GPU: the MLA and KV-write kernels serve every step layout with the specialisations the
+"""On the GPU: the MLA and rope-with-KV-write kernels serve every step layout with the specialisations the
 first call built. Outside CUDA graphs each step brings another page-table width, split count and
 row offset of its sliced metadata; a kernel that specialised on them compiled anew in the middle
 of serving (once for 11.5 s). Under the interpreter nothing compiles, so these run on a GPU only."""
@@ -11,14 +11,15 @@ import pytest
 import torch
 from kernel_utils import ON_GPU
 
-from glm47.kernels.kv_write import write_kv
 from glm47.kernels.mla_decode import mla_decode
 from glm47.kernels.mla_prefill import mla_prefill
+from glm47.kernels.rope import rope_and_cache_, rope_cos_sin
 from glm47.worker.compile_watch import CompileWatch
 
 pytestmark = pytest.mark.skipif(not ON_GPU, reason="counts Triton compiles: needs a GPU")
 
 HEADS, D_LAT, D_ROPE, PAGE = 20, 512, 64, 16
+MAX_POS = 1024
 
 
 @pytest.fixture
@@ -64,10 +65,11 @@ def test_mla_decode_compiles_once_for_every_step_layout(compiles: CompileWatch) 
         assert new_compiles(compiles, run, width, rows, offset, splits) == 0, (width, offset)
 
 
-def test_mla_prefill_and_kv_write_compile_once_for_every_step_layout(
+def test_mla_prefill_and_rope_with_kv_write_compile_once_for_every_step_layout(
     compiles: CompileWatch,
 ) -> None:
     cache = torch.randn((64 * PAGE, D_LAT + D_ROPE), dtype=torch.bfloat16, device="cuda")
+    cos_sin = rope_cos_sin(MAX_POS, D_ROPE, 1e6, torch.bfloat16, "cuda")
 
     def run(width: int, rows: int, offset: int) -> None:
         table, lens = layout(width, rows, offset)
@@ -78,8 +80,10 @@ def test_mla_prefill_and_kv_write_compile_once_for_every_step_layout(
         q = torch.randn((tokens, HEADS, D_LAT + D_ROPE), dtype=torch.bfloat16, device="cuda")
         mla_prefill(q, cache, table, loc, lens, per_seq, PAGE, 0.1, d_rope=D_ROPE)
         slots = torch.randint(0, 64 * PAGE, (tokens + offset,), device="cuda")[offset:]
+        positions = torch.randint(0, MAX_POS, (tokens + offset,), device="cuda")[offset:]
         fresh = torch.randn((tokens + offset, D_LAT + D_ROPE), dtype=torch.bfloat16, device="cuda")
-        write_kv(cache, fresh[offset:, :D_LAT], fresh[offset:, D_LAT:], slots)
+        latent, k_pe = fresh[offset:, :D_LAT], fresh[offset:, D_LAT:]
+        rope_and_cache_(q[..., D_LAT:], k_pe, latent, positions, cos_sin, cache, slots)
 
     new_compiles(compiles, run, 1, 3, 0)
     for width, rows, offset in [(16, 5, 1), (17, 2, 4), (32, 7, 3), (1, 1, 1)]:

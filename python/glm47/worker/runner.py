@@ -220,7 +220,9 @@ class ModelRunner:
             log.warning("segment graphs off: experts backend %s cannot be captured", experts.name)
             return None
         capturer = capturer or CudaGraphCapturer(self.device)
-        segments = SegmentGraphRunner(self.model, segment_sizes(max_tokens), self.device, capturer)
+        segments = SegmentGraphRunner(
+            self.model, segment_sizes(max_tokens), self.device, capturer, self.kv_cache
+        )
         segments.capture()
         return segments
 

@@ -4,21 +4,23 @@ A step that carries prompt tokens cannot replay a decode graph: its attention de
 sequences' layout. Everything else in a layer depends only on the token count, so the forward
 pass is cut at each attention call into L + 1 segments, each captured once per padded token count
 G (`sizes`):
-- segment 0: embedding, then layer 0 up to attention (input norm, projections, rope);
+- segment 0: embedding, then layer 0 up to attention (input norm, projections, rope and the
+  new latents stored in the KV cache);
 - segment i (1 <= i < L): the end of layer i - 1 (o_proj, post-attention norm, MLP), then layer i
   up to attention;
 - segment L: the end of layer L - 1 and the final norm.
-Between segments the step's attention backend runs eagerly on the first T rows (it writes the new
-latents into the KV cache and attends with this step's metadata). One replay costs microseconds
-of host time where the same segment run eagerly costs dozens of kernel launches.
+Between segments the step's attention backend runs eagerly on the first T rows (it attends with
+this step's metadata over the cache the segment filled). One replay costs microseconds of host
+time where the same segment run eagerly costs dozens of kernel launches.
 
-Segments exchange data through static buffers of G rows: the token ids and positions (inputs),
-the attention inputs and the residual stream (written by a segment, read by the attention and the
-next segment) and the attention output (written by the runner, read by the next segment). Rows
-[T, G) are padding: they hold whatever an earlier step left there (finite values of the same
-computation, zeros before the first step), never reach the KV cache (only the first T rows are
-given to attention) and are dropped from the result. All graphs share one memory pool and replay
-in the order they were captured.
+Segments exchange data through static buffers of G rows: the token ids, positions and cache slots
+(inputs), the attention inputs and the residual stream (written by a segment, read by the
+attention and the next segment) and the attention output (written by the runner, read by the next
+segment). Rows [T, G) are padding: they hold whatever an earlier step left there (finite values
+of the same computation, zeros before the first step), store their latents in slot 0 of page 0
+(the reserved padding page; their slots are reset every step), are never given to attention and
+are dropped from the result. All graphs share one memory pool and replay in the order they were
+captured.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from glm47.worker.cuda_graph import Capturer
-from glm47.worker.model.context import ForwardContext
+from glm47.worker.model.context import CacheWrite, ForwardContext
 from glm47.worker.model.glm4_moe_lite import Glm4MoeLiteForCausalLM
 from glm47.worker.model.layers.mla import AttentionInputs
 
@@ -61,10 +63,9 @@ class _Buffers:
 
         self.input_ids = zeros(size, dt=torch.int64)
         self.positions = zeros(size, dt=torch.int64)
+        self.slot_mapping = zeros(size, dt=torch.int64)  # [G]: rows [T, G) at slot 0 (page 0)
         self.q_nope = zeros(size, heads, cfg.qk_nope_head_dim)
         self.q_rope = zeros(size, heads, cfg.qk_rope_head_dim)
-        self.latent = zeros(size, cfg.kv_lora_rank)
-        self.k_rope = zeros(size, cfg.qk_rope_head_dim)
         self.residual = zeros(size, cfg.hidden_size)
         self.attended = zeros(size, heads, cfg.v_head_dim)
         self.hidden = zeros(size, cfg.hidden_size)  # the final hidden states
@@ -73,15 +74,11 @@ class _Buffers:
         """Copies one layer's attention inputs and the residual into the buffers."""
         self.q_nope.copy_(inputs.q_nope)
         self.q_rope.copy_(inputs.q_rope)
-        self.latent.copy_(inputs.latent)
-        self.k_rope.copy_(inputs.k_rope)
         self.residual.copy_(residual)
         return self.residual
 
     def attention_inputs(self, rows: int) -> AttentionInputs:
-        return AttentionInputs(
-            self.q_nope[:rows], self.q_rope[:rows], self.latent[:rows], self.k_rope[:rows]
-        )
+        return AttentionInputs(self.q_nope[:rows], self.q_rope[:rows])
 
 
 class SegmentGraphRunner:
@@ -93,8 +90,10 @@ class SegmentGraphRunner:
         sizes: Sequence[int],
         device: torch.device,
         capturer: Capturer,
+        kv_cache: torch.Tensor,  # [num_cache_layers, num_slots, kv_lora_rank + rope_dim]
     ) -> None:
         self.model = model
+        self.kv_cache = kv_cache
         self.layers = model.decoder_layers
         self.sizes = sorted(sizes)
         self.device = device
@@ -122,16 +121,17 @@ class SegmentGraphRunner:
         """The L + 1 segment bodies over `buf` (see the module doc)."""
         model = self.model
         layers = self.layers
+        cache = CacheWrite(self.kv_cache, buf.slot_mapping)
 
         def first() -> torch.Tensor:
             hidden = model.embed_tokens(buf.input_ids)
-            inputs, residual = layers[0].begin(buf.positions, hidden, None)
+            inputs, residual = layers[0].begin(buf.positions, hidden, None, cache)
             return buf.store(inputs, residual)
 
         def middle(i: int) -> Callable[[], torch.Tensor]:
             def body() -> torch.Tensor:
                 hidden, residual = layers[i - 1].end(buf.attended, buf.residual)
-                inputs, residual = layers[i].begin(buf.positions, hidden, residual)
+                inputs, residual = layers[i].begin(buf.positions, hidden, residual, cache)
                 return buf.store(inputs, residual)
 
             return body
@@ -156,12 +156,15 @@ class SegmentGraphRunner:
     ) -> torch.Tensor:  # [T, H] final hidden states
         """One step of T tokens: the segments of the smallest size >= T, attention between."""
         rows = input_ids.shape[0]
+        assert ctx.kv_cache is self.kv_cache, "the segments were captured writing another cache"
         size = self.padded_size(rows)
         assert size is not None and size in self.replays, f"no segment graphs for {rows} tokens"
         buf = self.buffers[size]
         replays = self.replays[size]
         buf.input_ids[:rows].copy_(input_ids)
         buf.positions[:rows].copy_(ctx.meta.positions)
+        buf.slot_mapping[:rows].copy_(ctx.meta.slot_mapping)
+        buf.slot_mapping[rows:].zero_()  # an earlier, larger step left its slots there
         inputs = buf.attention_inputs(rows)  # the same rows of the buffers for every layer
         attended = buf.attended[:rows]
         replays[0]()

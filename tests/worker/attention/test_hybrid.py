@@ -36,7 +36,7 @@ def _meta(seqs: int, tokens_per_seq: int = 1, context: int = 8) -> AttentionMeta
 
 def _run(backend: TritonFlashInferBackend, meta: AttentionMetadata) -> float:
     t = meta.positions.shape[0]
-    args = [torch.zeros(t, 2, 4), torch.zeros(t, 2, 2), torch.zeros(t, 4), torch.zeros(t, 2)]
+    args = [torch.zeros(t, 2, 4), torch.zeros(t, 2, 2)]
     weights = MLAWeights(w_uk=torch.zeros(2, 4, 4), w_uv=torch.zeros(2, 3, 4))
     out = backend.forward(*args, torch.zeros(16, 6), weights, meta, 1.0)
     return float(out[0, 0, 0])

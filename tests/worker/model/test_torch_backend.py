@@ -47,8 +47,9 @@ def test_mixed_batch_with_cached_prefixes_matches_expanded_attention(page_size: 
     def slot(b: int, pos: int) -> int:
         return tables[b][pos // page_size] * page_size + pos % page_size
 
-    for b in range(3):  # the cached prefixes were written by earlier steps
-        for pos in range(cached[b]):
+    # the cached prefixes were written by earlier steps, this step's tokens by the layer
+    for b in range(3):
+        for pos in range(totals[b]):
             kv_cache[slot(b, pos)] = torch.cat([latents[b][pos], k_ropes[b][pos]])
     page_table = torch.zeros(3, max(widths), dtype=torch.int32)
     for b in range(3):
@@ -70,12 +71,11 @@ def test_mixed_batch_with_cached_prefixes_matches_expanded_attention(page_size: 
     view = kv_b.view(HEADS, NOPE + V, RANK)
     weights = MLAWeights(w_uk=view[:, :NOPE], w_uv=view[:, NOPE:])
     q_nope, q_rope = torch.randn(11, HEADS, NOPE), torch.randn(11, HEADS, ROPE)
-    new_latent = torch.cat([latents[b][cached[b] :] for b in range(3)])
-    new_k_rope = torch.cat([k_ropes[b][cached[b] :] for b in range(3)])
 
     backend = create_backend("torch")
     assert isinstance(backend, TorchMLABackend)
-    out = backend.forward(q_nope, q_rope, new_latent, new_k_rope, kv_cache, weights, meta, 0.3)
+    before = kv_cache.clone()
+    out = backend.forward(q_nope, q_rope, kv_cache, weights, meta, 0.3)
 
     assert out.shape == (11, HEADS, V)
     starts = [0, 6, 10, 11]
@@ -85,8 +85,4 @@ def test_mixed_batch_with_cached_prefixes_matches_expanded_attention(page_size: 
             q_nope[rows], q_rope[rows], latents[b], k_ropes[b], kv_b, 0.3
         )
         torch.testing.assert_close(out[rows], expected, atol=1e-5, rtol=1e-5)
-        for pos in range(totals[b]):  # every position of every sequence is now cached
-            torch.testing.assert_close(
-                kv_cache[slot(b, pos)], torch.cat([latents[b][pos], k_ropes[b][pos]])
-            )
-    assert kv_cache[:page_size].abs().sum() == 0  # the padding page is never written
+    assert torch.equal(kv_cache, before)  # the backend only reads the cache

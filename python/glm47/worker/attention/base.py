@@ -1,10 +1,12 @@
 """The attention backend interface: metadata built once per step and the per-layer call.
 
 MLA keeps one 576-wide latent per token and layer in the cache: [512 normalised latent c | 64 roped
-k_rope]. Every backend receives the projected query and the new latents and returns the attention
-output per head, before o_proj. Whether it attends in the absorbed form (queries projected into the
-latent space with W_UK, a single shared 576-wide key) or the expanded form (k_nope and v rebuilt from
-cached latents with kv_b_proj) is the backend's choice; both give the same numbers up to rounding.
+k_rope]. The MLA layer stores the step's new latents there (in its rope launch) before it calls
+the backend; every backend receives the projected query and the layer's cache, which already
+holds the step's tokens, and returns the attention output per head, before o_proj. Whether it
+attends in the absorbed form (queries projected into the latent space with W_UK, a single shared
+576-wide key) or the expanded form (k_nope and v rebuilt from cached latents with kv_b_proj) is
+the backend's choice; both give the same numbers up to rounding.
 """
 
 from __future__ import annotations
@@ -79,15 +81,13 @@ class AttentionBackend(Protocol):
         self,
         q_nope: torch.Tensor,  # [T, H, qk_nope_head_dim]
         q_rope: torch.Tensor,  # [T, H, qk_rope_head_dim], rope applied
-        latent: torch.Tensor,  # [T, kv_lora_rank], normalised
-        k_rope: torch.Tensor,  # [T, qk_rope_head_dim], rope applied
         kv_cache: torch.Tensor,  # [num_slots, kv_lora_rank + qk_rope_head_dim] of this layer
         weights: MLAWeights,
         meta: AttentionMetadata,
         scale: float,
     ) -> torch.Tensor:  # [T, H, v_head_dim]
-        """Write the new latents into `kv_cache` at `meta.slot_mapping`, then attend causally over
-        each sequence's cached and new tokens."""
+        """Attend causally over each sequence's tokens in `kv_cache`: the cached ones and the
+        step's new ones, which the layer stored at `meta.slot_mapping` before the call."""
         ...
 
 
@@ -103,16 +103,6 @@ class DispatchingBackend(Protocol):
     min_seqs: int  # steps of fewer sequences never go to `large`
 
     def prefers_large(self, meta: AttentionMetadata) -> bool: ...
-
-
-def write_latents(
-    kv_cache: torch.Tensor,  # [num_slots, kv_lora_rank + qk_rope_head_dim]
-    latent: torch.Tensor,  # [T, kv_lora_rank]
-    k_rope: torch.Tensor,  # [T, qk_rope_head_dim]
-    meta: AttentionMetadata,
-) -> None:
-    """Store the step's new tokens in the cache layout [latent | k_rope] at `meta.slot_mapping`."""
-    kv_cache[meta.slot_mapping] = torch.cat([latent, k_rope], dim=-1).to(kv_cache.dtype)
 
 
 def _takes_skinny(x: torch.Tensor, weights: MLAWeights) -> bool:  # x: [T, H, D]
@@ -162,8 +152,6 @@ class SplitAttention:
         self,
         q_nope: torch.Tensor,  # [T, H, qk_nope_head_dim]
         q_rope: torch.Tensor,  # [T, H, qk_rope_head_dim], rope applied
-        latent: torch.Tensor,  # [T, kv_lora_rank], normalised
-        k_rope: torch.Tensor,  # [T, qk_rope_head_dim], rope applied
         kv_cache: torch.Tensor,  # [num_slots, kv_lora_rank + qk_rope_head_dim]
         weights: MLAWeights,
         meta: AttentionMetadata,
@@ -172,15 +160,11 @@ class SplitAttention:
         if meta.parts is None:
             short = meta.is_decode or meta.short_queries
             backend = self.decode if short else self.prefill
-            return backend.forward(q_nope, q_rope, latent, k_rope, kv_cache, weights, meta, scale)
+            return backend.forward(q_nope, q_rope, kv_cache, weights, meta, scale)
         decode_meta, prefill_meta = meta.parts
         d = decode_meta.positions.shape[0]  # the leading sequences' rows
-        head = self.decode.forward(
-            q_nope[:d], q_rope[:d], latent[:d], k_rope[:d], kv_cache, weights, decode_meta, scale
-        )
-        tail = self.prefill.forward(
-            q_nope[d:], q_rope[d:], latent[d:], k_rope[d:], kv_cache, weights, prefill_meta, scale
-        )
+        head = self.decode.forward(q_nope[:d], q_rope[:d], kv_cache, weights, decode_meta, scale)
+        tail = self.prefill.forward(q_nope[d:], q_rope[d:], kv_cache, weights, prefill_meta, scale)
         return torch.cat([head, tail])
 
 

@@ -1,8 +1,8 @@
 """The `fa3` MLA backend: FlashAttention-3 over keys and values expanded from the latent cache.
 
 Expanded form, for prefill and extend steps (any batch layout works, decode included, but decode is
-cheaper absorbed). Per layer:
-  cache  <- [c | k_rope] of the new tokens at their slots
+cheaper absorbed). Per layer, after the layer has stored [c | k_rope] of the new tokens at their
+slots:
   c, kr  <- the cached rows of every sequence's positions [0, seq_len), gathered through the pages
   k_h    = [W_UK[h] c | kr]        (qk head dim nope + rope, 256 on the real model)
   v_h    = W_UV[h] c               (v head dim, 256 on the real model)
@@ -24,12 +24,7 @@ from typing import Any
 
 import torch
 
-from glm47.worker.attention.base import (
-    AttentionMetadata,
-    MLAWeights,
-    register_backend,
-    write_latents,
-)
+from glm47.worker.attention.base import AttentionMetadata, MLAWeights, register_backend
 
 # Modules that provide `flash_attn_varlen_func`, in order of preference.
 REQUIRED_MODULES = ("fa3_fwd_interface", "flash_attn_interface")
@@ -129,17 +124,14 @@ class Fa3MLABackend:
         self,
         q_nope: torch.Tensor,  # [T, H, qk_nope_head_dim]
         q_rope: torch.Tensor,  # [T, H, qk_rope_head_dim], rope applied
-        latent: torch.Tensor,  # [T, kv_lora_rank], normalised
-        k_rope: torch.Tensor,  # [T, qk_rope_head_dim], rope applied
         kv_cache: torch.Tensor,  # [num_slots, kv_lora_rank + qk_rope_head_dim]
         weights: MLAWeights,
         meta: AttentionMetadata,
         scale: float,
     ) -> torch.Tensor:  # [T, H, v_head_dim]
         dtype = q_nope.dtype
-        rank = latent.shape[-1]
+        rank = weights.w_uk.shape[2]
         heads = q_nope.shape[1]
-        write_latents(kv_cache, latent, k_rope, meta)
         gather = self._gather(meta)
         cached = kv_cache[gather.slots].to(dtype)  # [S, rank + rope]
         c, kr = cached[:, :rank], cached[:, rank:]

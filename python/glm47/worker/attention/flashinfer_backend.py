@@ -77,8 +77,6 @@ class FlashInferMLABackend:
 
     def __init__(self) -> None:
         self._mla = load_flashinfer_mla()
-        # the Triton cache write, imported here: this module is imported where Triton is not
-        self._write_kv = importlib.import_module("glm47.kernels.kv_write").write_kv
         self._workspace: torch.Tensor | None = None
         self._shape: PlanShape | None = None
         self._eager: Any = None
@@ -91,18 +89,15 @@ class FlashInferMLABackend:
         self,
         q_nope: torch.Tensor,  # [T, H, qk_nope_head_dim]
         q_rope: torch.Tensor,  # [T, H, qk_rope_head_dim], rope applied
-        latent: torch.Tensor,  # [T, kv_lora_rank], normalised
-        k_rope: torch.Tensor,  # [T, qk_rope_head_dim], rope applied
         kv_cache: torch.Tensor,  # [num_slots, kv_lora_rank + qk_rope_head_dim]
         weights: MLAWeights,
         meta: AttentionMetadata,
         scale: float,
     ) -> torch.Tensor:  # [T, H, v_head_dim]
         dtype = kv_cache.dtype
-        rank = latent.shape[-1]
-        self._write_kv(kv_cache, latent.to(dtype), k_rope.to(dtype), meta.slot_mapping)
+        rank = weights.w_uk.shape[2]
         if self._shape is None:
-            self._shape = PlanShape(q_nope.shape[1], rank, k_rope.shape[-1], scale, dtype)
+            self._shape = PlanShape(q_nope.shape[1], rank, q_rope.shape[-1], scale, dtype)
         wrapper = self._wrapper_for(meta)
         # FlashInfer reads the queries and writes the output through their token and head strides,
         # so neither is copied: the absorbed product stays in its head-major layout, the roped part

@@ -78,15 +78,13 @@ class TritonFlashInferBackend:
         self,
         q_nope: torch.Tensor,  # [T, H, qk_nope_head_dim]
         q_rope: torch.Tensor,  # [T, H, qk_rope_head_dim], rope applied
-        latent: torch.Tensor,  # [T, kv_lora_rank], normalised
-        k_rope: torch.Tensor,  # [T, qk_rope_head_dim], rope applied
         kv_cache: torch.Tensor,  # [num_slots, kv_lora_rank + qk_rope_head_dim]
         weights: MLAWeights,
         meta: AttentionMetadata,
         scale: float,
     ) -> torch.Tensor:  # [T, H, v_head_dim]
         backend = self.backend_for(meta)
-        return backend.forward(q_nope, q_rope, latent, k_rope, kv_cache, weights, meta, scale)
+        return backend.forward(q_nope, q_rope, kv_cache, weights, meta, scale)
 
 
 register_backend("triton+flashinfer", TritonFlashInferBackend)

@@ -1,6 +1,7 @@
 """The reference MLA backend in plain torch: simple, slow, and the yardstick for the others.
 
-Absorbed form over the latent cache, per sequence, in fp32:
+Absorbed form over the latent cache (the layer has stored the step's tokens there), per sequence,
+in fp32:
   score[t, h, s] = (q_nope[t, h] @ W_UK[h]) . c[s] + q_rope[t, h] . k_rope[s]
   out[t, h]      = W_UV[h] @ sum_s softmax(score * scale)[t, h, s] * c[s]
 with query t at position p attending cache positions s <= p.
@@ -10,12 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from glm47.worker.attention.base import (
-    AttentionMetadata,
-    MLAWeights,
-    register_backend,
-    write_latents,
-)
+from glm47.worker.attention.base import AttentionMetadata, MLAWeights, register_backend
 
 
 class TorchMLABackend:
@@ -25,15 +21,12 @@ class TorchMLABackend:
         self,
         q_nope: torch.Tensor,  # [T, H, nope]
         q_rope: torch.Tensor,  # [T, H, rope]
-        latent: torch.Tensor,  # [T, R]
-        k_rope: torch.Tensor,  # [T, rope]
         kv_cache: torch.Tensor,  # [num_slots, R + rope]
         weights: MLAWeights,
         meta: AttentionMetadata,
         scale: float,
     ) -> torch.Tensor:  # [T, H, v]
-        rank = latent.shape[-1]
-        write_latents(kv_cache, latent, k_rope, meta)
+        rank = weights.w_uk.shape[2]
         q_latent = torch.einsum("thd,hdr->thr", q_nope.float(), weights.w_uk.float())  # [T, H, R]
         q_full = torch.cat([q_latent, q_rope.float()], dim=-1)  # [T, H, R + rope]
         out = torch.empty(q_latent.shape, dtype=torch.float32, device=q_latent.device)

@@ -1,9 +1,9 @@
 """The Triton MLA backend: absorbed attention over the paged latent cache.
 
-Per layer: write the new latents into the cache (kv_write), project the queries into the latent
-space with W_UK, attend with the split-K decode kernel when every sequence has one new token and
-with the variable-length causal prefill kernel otherwise, then map the attended latents to values
-with W_UV. Both kernels read the cache in place; nothing is expanded per head. Small decode
+Per layer (the layer has stored the step's new latents in the cache): project the queries into
+the latent space with W_UK, attend with the split-K decode kernel when every sequence has one new
+token and with the variable-length causal prefill kernel otherwise, then map the attended latents
+to values with W_UV. Both kernels read the cache in place; nothing is expanded per head. Small decode
 steps pass the layer's `MLAWeights.prefetch` (o_proj's weight) to the decode kernel, which asks
 for it in L2 while it attends.
 """
@@ -13,7 +13,6 @@ from __future__ import annotations
 import torch
 
 from glm47.kernels.device import num_sms
-from glm47.kernels.kv_write import write_kv
 from glm47.kernels.mla_decode import default_num_splits, mla_decode
 from glm47.kernels.mla_prefill import mla_prefill
 from glm47.worker.attention.base import (
@@ -39,16 +38,13 @@ class TritonMLABackend:
         self,
         q_nope: torch.Tensor,  # [T, H, qk_nope_head_dim]
         q_rope: torch.Tensor,  # [T, H, qk_rope_head_dim], rope applied
-        latent: torch.Tensor,  # [T, kv_lora_rank], normalised
-        k_rope: torch.Tensor,  # [T, qk_rope_head_dim], rope applied
         kv_cache: torch.Tensor,  # [num_slots, kv_lora_rank + qk_rope_head_dim]
         weights: MLAWeights,
         meta: AttentionMetadata,
         scale: float,
     ) -> torch.Tensor:  # [T, H, v_head_dim]
         dtype = kv_cache.dtype
-        rope_dim = k_rope.shape[-1]
-        write_kv(kv_cache, latent.to(dtype), k_rope.to(dtype), meta.slot_mapping)
+        rope_dim = q_rope.shape[-1]
         # The kernels read the latent and rope parts of the query from two tensors, so the
         # [T, H, rank] view of the absorbed product is never copied into a concatenation.
         q_lat = absorb_query(q_nope, weights)  # [T, H, rank]

@@ -14,7 +14,7 @@ from torch import nn
 
 from glm47.kernels.routing import ROUTE_ALIGN_MAX_TOKENS
 from glm47.worker.model.config import ModelConfig
-from glm47.worker.model.context import ForwardContext
+from glm47.worker.model.context import CacheWrite, ForwardContext
 from glm47.worker.model.layers.embedding import LMHead, VocabEmbedding
 from glm47.worker.model.layers.experts import ExpertsBackend
 from glm47.worker.model.layers.linear import Linear
@@ -50,19 +50,24 @@ class DecoderLayer(nn.Module):
         residual: torch.Tensor | None,  # [T, H]: the residual stream before that output
         ctx: ForwardContext,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        inputs, residual = self.begin(positions, hidden, residual)
+        inputs, residual = self.begin(positions, hidden, residual, ctx.cache_write)
         return self.end(self.self_attn.attend(inputs, ctx), residual)
 
     def begin(
-        self, positions: torch.Tensor, hidden: torch.Tensor, residual: torch.Tensor | None
+        self,
+        positions: torch.Tensor,  # [T]
+        hidden: torch.Tensor,  # [T, H]
+        residual: torch.Tensor | None,  # [T, H]
+        cache: CacheWrite,
     ) -> tuple[AttentionInputs, torch.Tensor]:
-        """The layer up to attention: input norm (with the residual add) and projections."""
+        """The layer up to attention: input norm (with the residual add), projections, rope and
+        the new latents stored in the layer's cache."""
         if residual is None:
             residual = hidden
             hidden = self.input_layernorm(hidden)
         else:
             hidden, residual = self.input_layernorm(hidden, residual)
-        return self.self_attn.project(positions, hidden), residual
+        return self.self_attn.project(positions, hidden, cache), residual
 
     def end(
         self, attended: torch.Tensor, residual: torch.Tensor

@@ -10,24 +10,24 @@ from torch import nn
 from glm47.kernels.rmsnorm import rmsnorm_pair
 from glm47.worker.attention.base import MLAWeights
 from glm47.worker.model.config import ModelConfig
-from glm47.worker.model.context import ForwardContext
+from glm47.worker.model.context import CacheWrite, ForwardContext
 from glm47.worker.model.layers.linear import Linear
 from glm47.worker.model.layers.norm import RMSNorm
 from glm47.worker.model.layers.rope import InterleavedRope
 
 
 class AttentionInputs(NamedTuple):
-    """What the attention backend takes from the projections (views into their outputs)."""
+    """The queries the attention backend takes (views into the projections' outputs); the step's
+    new latents are in the KV cache by then."""
 
     q_nope: torch.Tensor  # [T, heads, qk_nope_head_dim]
     q_rope: torch.Tensor  # [T, heads, qk_rope_head_dim], rope applied
-    latent: torch.Tensor  # [T, kv_lora_rank], normalised
-    k_rope: torch.Tensor  # [T, qk_rope_head_dim], rope applied
 
 
 class MLAAttention(nn.Module):
-    """[q_a | c | k_rope] = qkv_a(x); q = q_b(norm(q_a)), c normalised; rope on q_rope and k_rope;
-    the backend caches [c | k_rope] in KV cache layer `cache_layer` and attends; then o_proj.
+    """[q_a | c | k_rope] = qkv_a(x); q = q_b(norm(q_a)), c normalised; rope on q_rope and k_rope,
+    and [c | k_rope] stored in KV cache layer `cache_layer` (the same launch on the fused path);
+    the backend attends over the cache; then o_proj.
 
     `mla_weights` are views of `kv_b_proj.weight`, so the weight must be filled in place (the
     loader copies into it) and the module must be built on its final device.
@@ -64,8 +64,10 @@ class MLAAttention(nn.Module):
         self,
         positions: torch.Tensor,  # [T] int64
         x: torch.Tensor,  # [T, H]
+        cache: CacheWrite,
     ) -> AttentionInputs:
-        """Everything before attention: the query and the new latent, rope applied."""
+        """Everything before attention: the query, rope applied, and the new latents stored in
+        this layer's cache at `cache.slot_mapping`."""
         num_tokens = x.shape[0]
         qkv_a = self.qkv_a_proj(x)  # [T, q_lora_rank + kv_lora_rank + rope_dim]
         k_rope = qkv_a[:, self.q_lora_rank + self.kv_lora_rank :]  # [T, rope_dim]
@@ -82,16 +84,16 @@ class MLAAttention(nn.Module):
         q = self.q_b_proj(q_a)
         q = q.view(num_tokens, self.num_heads, self.nope_dim + self.rope_dim)
         q_nope, q_rope = q.split([self.nope_dim, self.rope_dim], dim=-1)
-        q_rope, k_rope = self.rope(positions, q_rope, k_rope)
-        return AttentionInputs(q_nope, q_rope, latent, k_rope)
+        q_rope = self.rope.rotate_and_cache(
+            positions, q_rope, k_rope, latent, cache.kv_cache[self.cache_layer], cache.slot_mapping
+        )
+        return AttentionInputs(q_nope, q_rope)
 
     def attend(self, inputs: AttentionInputs, ctx: ForwardContext) -> torch.Tensor:
-        """The backend caches the new latents and attends: [T, heads, v_dim]."""
+        """The backend attends over the cache, which `project` filled: [T, heads, v_dim]."""
         return ctx.backend.forward(
             inputs.q_nope,
             inputs.q_rope,
-            inputs.latent,
-            inputs.k_rope,
             ctx.kv_cache[self.cache_layer],
             self.mla_weights,
             ctx.meta,
@@ -107,4 +109,4 @@ class MLAAttention(nn.Module):
         x: torch.Tensor,  # [T, H]
         ctx: ForwardContext,
     ) -> torch.Tensor:  # [T, H]
-        return self.output(self.attend(self.project(positions, x), ctx))
+        return self.output(self.attend(self.project(positions, x, ctx.cache_write), ctx))

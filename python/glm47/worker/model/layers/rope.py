@@ -2,11 +2,13 @@
 
 Pairs (x0, x1), (x2, x3), … are rotated by one frequency each. The output is laid out as
 [rotated evens | rotated odds], as transformers returns it: queries and keys get the same
-permutation, so their dot products equal those of the interleaved layout. The k_rope values
-cached by attention backends are in this layout.
+permutation, so their dot products equal those of the interleaved layout. The k_rope values in
+the KV cache are in this layout.
 
-With `fused` set (see `enable_fused_kernels`), q and k are rotated in place by one Triton kernel
-each (kernels/rope) from the same cos/sin values, with the same rounding points.
+`rotate_and_cache` also stores the new tokens' latents [c | rotated k_rope] in the KV cache: the
+MLA layer fills the cache before its attention backend runs. With `fused` set (see
+`enable_fused_kernels`), q and k are rotated in place by one Triton kernel launch (kernels/rope),
+from the same cos/sin values with the same rounding points, and that launch also writes the cache.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from glm47.kernels.rope import apply_rope_
+from glm47.kernels.rope import apply_rope_, rope_and_cache_
 
 
 class InterleavedRope(nn.Module):
@@ -45,15 +47,31 @@ class InterleavedRope(nn.Module):
         k: torch.Tensor,  # [T, rope_dim]
     ) -> tuple[torch.Tensor, torch.Tensor]:
         if self.fused:
-            apply_rope_(
-                q, k, positions, self.cos_sin
-            )  # in place: q and k are views of fresh outputs
+            apply_rope_(q, k, positions, self.cos_sin)  # in place: views of fresh outputs
             return q, k
         cos = self.cos_cache[positions]  # [T, rope_dim / 2]
         sin = self.sin_cache[positions]
         q_out = _rotate(q, cos.unsqueeze(1), sin.unsqueeze(1))
         k_out = _rotate(k, cos, sin)
         return q_out, k_out
+
+    def rotate_and_cache(
+        self,
+        positions: torch.Tensor,  # [T] int64
+        q: torch.Tensor,  # [T, heads, rope_dim]
+        k: torch.Tensor,  # [T, rope_dim]
+        latent: torch.Tensor,  # [T, kv_lora_rank]
+        kv_cache: torch.Tensor,  # [num_slots, kv_lora_rank + rope_dim]: one layer's
+        slot_mapping: torch.Tensor,  # [T] int64: cache row of each token
+    ) -> torch.Tensor:  # [T, heads, rope_dim]: q rotated
+        """Rotate q and k and store [latent | rotated k] in `kv_cache` at `slot_mapping`."""
+        if self.fused:  # in place: q and k are views of fresh outputs
+            rope_and_cache_(q, k, latent, positions, self.cos_sin, kv_cache, slot_mapping)
+            return q
+        q_out, k_out = self(positions, q, k)
+        # Slots index as given: the worker points padding rows at page 0, never below 0.
+        kv_cache[slot_mapping] = torch.cat([latent, k_out], dim=-1).to(kv_cache.dtype)
+        return q_out
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

@@ -42,14 +42,20 @@ def _rope_kernel(
     CACHE: tl.constexpr,  # also store [latent | rotated key] at the token's slot
     USE_PDL: tl.constexpr,
 ):
-    """One token per program: its query heads and its key as one tile, one read of cos and sin."""
-    pdl_wait(USE_PDL)
+    """One token per program: its query heads and its key as one tile, one read of cos and sin.
+
+    Positions and slots are step inputs, written before the step's first kernel, so they (and
+    the cos and sin they select) are read before the dependent-launch wait; after it only the
+    projections' outputs are new."""
     t = tl.program_id(0).to(tl.int64)
     offs_h = tl.arange(0, BLOCK_H)
     offs_i = tl.arange(0, HALF)
     pos = tl.load(pos_ptr + t)
     cos = tl.load(cs_ptr + pos * stride_cs + offs_i)[None, :]  # [1, HALF]
     sin = tl.load(cs_ptr + pos * stride_cs + HALF + offs_i)[None, :]
+    if CACHE:
+        slot = tl.load(slot_ptr + t)
+    pdl_wait(USE_PDL)
     q_rows = q_ptr + t * stride_qt + offs_h * stride_qh
     k_rows = k_ptr + t * stride_kt + offs_h * 0
     row = tl.where(offs_h < num_heads, q_rows, k_rows)[:, None]  # [BLOCK_H, 1]
@@ -63,7 +69,6 @@ def _rope_kernel(
     tl.store(row + offs_i[None, :], a, mask=mask)
     tl.store(row + HALF + offs_i[None, :], b, mask=mask)
     if CACHE:
-        slot = tl.load(slot_ptr + t)
         if slot >= 0:
             dst = cache_ptr + slot * stride_c
             offs_c = tl.arange(0, D_LAT)

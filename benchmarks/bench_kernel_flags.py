@@ -35,16 +35,6 @@ def add_kernel_flags(parser: argparse.ArgumentParser) -> None:
         help="steps of at most this many tokens run the shared expert inside the routed experts' "
         "grouped GEMMs (default: kernel_options.SHARED_FOLD_TOKENS; 0: never)",
     )
-    parser.add_argument(
-        "--attention-prefetch",
-        action="store_true",
-        help="the decode attention of batches up to 16 asks for o_proj's weight in L2",
-    )
-    parser.add_argument(
-        "--projection-prefetch",
-        action="store_true",
-        help="the skinny qkv_a and q_b products ask for q_b's and kv_b's weights in L2",
-    )
 
 
 def kernel_options(args: argparse.Namespace) -> KernelOptions:
@@ -53,6 +43,4 @@ def kernel_options(args: argparse.Namespace) -> KernelOptions:
         pdl=args.pdl,
         shared_overlap_tokens=args.shared_overlap_tokens,
         shared_fold_tokens=args.shared_fold_tokens,
-        attention_prefetch=args.attention_prefetch,
-        projection_prefetch=args.projection_prefetch,
     )

@@ -80,22 +80,3 @@ def test_dependent_launches_give_the_plain_logits(
     for got, want in zip(dependent.logits, plain.logits, strict=True):
         torch.testing.assert_close(got, want, rtol=0, atol=0)
     assert counters_at_rest()
-
-
-@pytest.mark.parametrize("batch", [1, 8])
-def test_weight_prefetch_gives_the_same_logits(
-    batch: int, pdl_runner: ModelRunner, checkpoint: Checkpoint, cuda: torch.device
-) -> None:
-    """`attention_prefetch` and `projection_prefetch`: the decode kernel of a small batch asks for
-    o_proj's weight in L2 before its wait, the skinny qkv_a and q_b products for q_b's and kv_b's;
-    hints, so the logits are bitwise those without them."""
-    warmed = load_runner(
-        checkpoint[0], cuda, **GRAPH_RUNNER, attention_prefetch=True, projection_prefetch=True
-    )
-    assert warmed.pdl
-    lengths = [random.Random(11 * batch + i).randint(5, 60) for i in range(batch)]
-    session = Session.random(lengths, steps=4, vocab=4096, seed=batch + 200)
-    with_prefetch = run_session(warmed, session)
-    without = run_session(pdl_runner, session)
-    for got, want in zip(with_prefetch.logits, without.logits, strict=True):
-        torch.testing.assert_close(got, want, rtol=0, atol=0)

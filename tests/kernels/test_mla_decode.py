@@ -7,9 +7,6 @@ import torch
 from kernel_utils import ON_GPU, rel_err
 
 from glm47.kernels.mla_decode import mla_decode, mla_decode_ref
-from glm47.kernels.pdl import pdl_supported, set_pdl
-
-PDL_ON_GPU = ON_GPU and pdl_supported(torch.device("cuda"))
 
 
 def make_paged_cache(
@@ -129,31 +126,3 @@ def test_mla_decode_rejects_mismatched_dtype_and_negative_slack(device: str) -> 
     for slack in (-1.0, 16.0):  # fp16 probabilities overflow from 2**16
         with pytest.raises(ValueError, match="rescale_slack"):
             mla_decode(q, cache.half(), table, lens, 8, 0.1, d_rope=16, rescale_slack=slack)
-
-
-@pytest.mark.parametrize("dependent", [False, True] if PDL_ON_GPU else [False])
-def test_mla_decode_prefetch_changes_nothing_but_l2(
-    dependent: bool, device: str, dtype: torch.dtype
-) -> None:
-    """A tensor to warm in L2 (with dependent launch the programs ask for it before their wait;
-    plain launches ignore it): the output is bitwise the same, and the tensor is untouched."""
-    heads, d_lat, d_rope = (20, 512, 64) if ON_GPU else (4, 32, 16)
-    lens = [3, 200, 1024] if ON_GPU else [3, 40]
-    width = d_lat + d_rope
-    cache, table = make_paged_cache(lens, width, 16, dtype, device)
-    q = torch.randn((len(lens), heads, width), dtype=dtype, device=device)
-    seq_lens = torch.tensor(lens, dtype=torch.int32, device=device)
-    weight = torch.randn((2048 + 7, 513) if ON_GPU else (9, 5), dtype=dtype, device=device)
-    before = weight.clone()
-    set_pdl(dependent)
-    try:
-        plain = mla_decode(q, cache, table, seq_lens, 16, 0.1, d_rope=d_rope, num_splits=4)
-        warmed = mla_decode(
-            q, cache, table, seq_lens, 16, 0.1, d_rope=d_rope, num_splits=4, prefetch=weight
-        )
-        with pytest.raises(ValueError, match="contiguous"):
-            mla_decode(q, cache, table, seq_lens, 16, 0.1, d_rope=d_rope, prefetch=weight.t())
-    finally:
-        set_pdl(False)
-    torch.testing.assert_close(warmed, plain, rtol=0, atol=0)
-    torch.testing.assert_close(weight, before, rtol=0, atol=0)

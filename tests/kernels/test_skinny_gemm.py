@@ -157,22 +157,3 @@ def test_skinny_gemm_rejects_what_it_cannot_compute(device: str) -> None:
         skinny_gemm(torch.randn((2, 2, 32), device=device), torch.randn((3, 8, 32), device=device))
     with pytest.raises(ValueError, match="out must be"):
         skinny_gemm(torch.randn((2, 32), device=device), w, out=torch.empty((2, 9), device=device))
-
-
-def test_prefetch_of_a_later_weight_changes_nothing_but_l2(
-    device: str, dtype: torch.dtype, pdl: bool
-) -> None:
-    """`prefetch`: with dependent launch the programs ask for that tensor in L2 before their wait
-    (plain launches ignore it); the product is bitwise the same and the tensor untouched."""
-    x = torch.randn(3, 256, device=device, dtype=dtype)
-    w = torch.randn(96, 256, device=device, dtype=dtype)
-    later = torch.randn(4099, 33, device=device, dtype=dtype)
-    before = later.clone()
-    launch = SkinnyLaunch(32, 64, 2, 128, 4, 2, 0)
-    plain = skinny_gemm(x, w, launch=launch)
-    warmed = skinny_gemm(x, w, launch=launch, prefetch=later)
-    torch.testing.assert_close(warmed, plain, rtol=0, atol=0)
-    torch.testing.assert_close(later, before, rtol=0, atol=0)
-    with pytest.raises(ValueError, match="contiguous"):
-        skinny_gemm(x, w, launch=launch, prefetch=later.t())
-    assert counters_at_rest()

@@ -172,11 +172,3 @@ def test_log_stats_flags() -> None:
 def test_server_warmup_is_on_unless_skipped() -> None:
     assert parse_args(BASE).engine.server_warmup
     assert not parse_args([*BASE, "--skip-server-warmup"]).engine.server_warmup
-
-
-def test_attention_prefetch_is_off_unless_asked_for() -> None:
-    assert not parse_args(BASE).engine.attention_prefetch
-    assert parse_args([*BASE, "--attention-prefetch"]).engine.attention_prefetch
-    assert parse_args([*BASE, "--attention_prefetch"]).engine.attention_prefetch
-    assert not parse_args(BASE).engine.projection_prefetch
-    assert parse_args([*BASE, "--projection-prefetch"]).engine.projection_prefetch

@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from glm47.kernels.pdl import pdl_wait, prefetch_args, prefetch_l2, prefetch_share, use_pdl
+from glm47.kernels.pdl import pdl_wait, prefetch_l2, use_pdl
 
 LOG2E = 1.4426950408889634  # softmax runs in exp2: scores are pre-scaled by log2(e)
 # How far (log2 units) a head's score may pass the running maximum before the decode kernel
@@ -201,18 +201,11 @@ def _mla_decode_split_kernel(
     BLOCK_N: tl.constexpr,
     RESCALE_SLACK: tl.constexpr,
     USE_PDL: tl.constexpr,
-    pf_ptr=None,  # a tensor a later kernel reads (read when PREFETCH)
-    pf_lines=0,  # its 128-byte lines
-    PREFETCH: tl.constexpr = False,
-    LINE_ELEMS: tl.constexpr = 64,
     KV_LINES: tl.constexpr = 9,  # 128-byte lines of a cached row
     KV_BLOCK_L: tl.constexpr = 16,  # KV_LINES rounded up to a power of two
     KV_LINE_ELEMS: tl.constexpr = 64,
 ):
     """One slice of one sequence, all heads: partial output and log-sum-exp.
-
-    With PREFETCH, each program first asks for its share of `pf_ptr`'s lines in L2 (a hint; at
-    small batches this kernel leaves most of the memory bandwidth idle).
 
     Per tile of BLOCK_N cached rows: scores `Q @ K^T` ([BLOCK_H, BLOCK_N]) and the accumulator
     `P @ V` ([BLOCK_H, D_LAT]). The latent columns are taken in two halves, so each product is two
@@ -222,8 +215,6 @@ def _mla_decode_split_kernel(
     more than RESCALE_SLACK (log2 units; 0 = whenever it grows): until then the probabilities are
     exp2 of at most the slack, and the [BLOCK_H, D_LAT] rescale is skipped.
     """
-    if PREFETCH:
-        prefetch_share(pf_ptr, pf_lines, LINE_ELEMS)
     # The step's inputs (lengths, page table) were written before its first kernel, so they are
     # read before the wait, and with dependent launch the slice's first cached rows are asked
     # into L2 there too: after the wait only the query and this step's row are new.
@@ -357,17 +348,12 @@ def mla_decode(
     num_stages: int | None = None,
     q_rope: torch.Tensor | None = None,  # [B, H, D_ROPE]: the roped part, when q holds D_LAT
     rescale_slack: float = RESCALE_SLACK,
-    prefetch: torch.Tensor | None = None,  # contiguous: a weight a later kernel reads
 ) -> torch.Tensor:  # [B, H, D_LAT]
     """Attention of one query token per sequence over its cached latents (values = first D_LAT).
 
     Launch settings left as None take `default_launch(B)`. `rescale_slack` (log2 units, 0-15) is
     how far a head's score may pass the running maximum before the accumulator is rescaled (see
     `_mla_decode_split_kernel`); every value gives the same result up to rounding.
-
-    `prefetch`: with dependent launch (kernels/pdl), the programs ask for this tensor in L2 before
-    they wait for the previous kernel, so that a later kernel (o_proj after the attention) reads
-    it from L2; nothing else changes. Ignored without dependent launch.
     """
     q_lat, q_pe = split_query(q, q_rope, d_rope)
     b, h, d_lat = q_lat.shape
@@ -397,7 +383,6 @@ def mla_decode(
         raise ValueError(f"num_splits must be in [1, 64], got {num_splits}")
     block_h = max(16, triton.next_power_of_2(h))
     pdl = use_pdl(q_lat)
-    pf, pf_lines, line_elems = prefetch_args(prefetch, pdl)
     kv_lines = triton.cdiv((d_lat + d_rope) * kv_cache.element_size(), 128)  # a cached row's
     part_out = torch.empty((b, num_splits, h, d_lat), dtype=torch.float32, device=q_lat.device)
     part_lse = torch.empty((b, num_splits, h), dtype=torch.float32, device=q_lat.device)
@@ -410,9 +395,8 @@ def mla_decode(
         h, num_splits, scale * LOG2E,
         PAGE_SIZE=page_size, D_LAT=d_lat, D_ROPE=d_rope, BLOCK_H=block_h, BLOCK_N=block_n,
         RESCALE_SLACK=float(rescale_slack), num_warps=num_warps, num_stages=num_stages,
-        USE_PDL=pdl, launch_pdl=pdl, pf_ptr=pf, pf_lines=pf_lines, PREFETCH=pf is not None,
-        LINE_ELEMS=line_elems, KV_LINES=kv_lines, KV_BLOCK_L=triton.next_power_of_2(kv_lines),
-        KV_LINE_ELEMS=128 // kv_cache.element_size(),
+        USE_PDL=pdl, launch_pdl=pdl, KV_LINES=kv_lines,
+        KV_BLOCK_L=triton.next_power_of_2(kv_lines), KV_LINE_ELEMS=128 // kv_cache.element_size(),
     )  # fmt: skip
     out = torch.empty((b, h, d_lat), dtype=q_lat.dtype, device=q_lat.device)
     _mla_decode_merge_kernel[(b, h)](

@@ -66,40 +66,4 @@ def prefetch_l2(ptrs):
     )
 
 
-PREFETCH_CHUNK = tl.constexpr(1024)  # lines a program asks for per loop step of prefetch_share
-
-
-@triton.jit
-def prefetch_share(ptr, lines, LINE_ELEMS: tl.constexpr):
-    """Ask for this program's share of the `lines` 128-byte lines at `ptr` (a contiguous tensor
-    of LINE_ELEMS elements a line) in L2: the lines are spread evenly over the launch's programs.
-    A kernel calls this before `pdl_wait` to warm a tensor that a later kernel reads."""
-    programs = tl.num_programs(0) * tl.num_programs(1) * tl.num_programs(2)
-    pid = (tl.program_id(0) * tl.num_programs(1) + tl.program_id(1)) * tl.num_programs(2)
-    pid += tl.program_id(2)
-    per_program = tl.cdiv(lines, programs)
-    first = pid * per_program
-    for c in range(0, per_program, PREFETCH_CHUNK):
-        line = tl.minimum(first + c + tl.arange(0, PREFETCH_CHUNK), lines - 1)
-        prefetch_l2(ptr + line.to(tl.int64) * LINE_ELEMS)
-
-
-def prefetch_args(t: torch.Tensor | None, pdl: bool) -> tuple[torch.Tensor | None, int, int]:
-    """(tensor, lines, elements a line) for a launcher's `prefetch_share`: the tensor only with
-    dependent launch (else (None, 0, 64): the kernel skips it). It must be contiguous."""
-    if t is not None and not t.is_contiguous():
-        raise ValueError("the prefetched tensor must be contiguous")
-    if not pdl or t is None or t.numel() == 0:
-        return None, 0, 64
-    return t, triton.cdiv(t.numel() * t.element_size(), 128), 128 // t.element_size()
-
-
-__all__ = [
-    "pdl_supported",
-    "pdl_wait",
-    "prefetch_args",
-    "prefetch_l2",
-    "prefetch_share",
-    "set_pdl",
-    "use_pdl",
-]
+__all__ = ["pdl_supported", "pdl_wait", "prefetch_l2", "set_pdl", "use_pdl"]

@@ -29,7 +29,7 @@ import triton
 import triton.language as tl
 
 from glm47.kernels.device import num_sms, runs_triton
-from glm47.kernels.pdl import pdl_wait, prefetch_args, prefetch_l2, prefetch_share, use_pdl
+from glm47.kernels.pdl import pdl_wait, prefetch_l2, use_pdl
 
 MAX_ROWS = 16  # one tensor-core tile of rows; larger batches belong to a GEMM library
 # At most this many weight bytes a launch are prefetched into L2 ahead of the wait: about what
@@ -134,10 +134,6 @@ def _skinny_gemm_kernel(
     PF_COLS: tl.constexpr,
     PF_COL_STEP: tl.constexpr,
     USE_PDL: tl.constexpr,
-    next_ptr=None,  # a tensor a later kernel reads, asked into L2 (read when PREFETCH_NEXT)
-    next_lines=0,
-    PREFETCH_NEXT: tl.constexpr = False,
-    NEXT_LINE_ELEMS: tl.constexpr = 64,
 ):
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -153,8 +149,6 @@ def _skinny_gemm_kernel(
         prefetch_l2(
             w_base + rows[:, None].to(tl.int64) * stride_wn + cols[None, :].to(tl.int64) * stride_wk
         )
-    if PREFETCH_NEXT:
-        prefetch_share(next_ptr, next_lines, NEXT_LINE_ELEMS)
     pdl_wait(USE_PDL)
 
     offs_m = tl.arange(0, BLOCK_M)
@@ -283,11 +277,8 @@ def skinny_gemm(
     out: torch.Tensor | None = None,  # [M, N] or [G, M, N]
     accumulate: bool = False,
     launch: SkinnyLaunch | None = None,
-    prefetch: torch.Tensor | None = None,  # contiguous: a weight a later kernel reads
 ) -> torch.Tensor:  # [M, N] or [G, M, N] in out's dtype (w's without out)
-    """`x @ w.T` per group, or `out += x @ w.T` with `accumulate`; fp32 accumulation, rounded once.
-    With dependent launch, the programs also ask for `prefetch` in L2 before their wait (a hint
-    for a later kernel; ignored otherwise)."""
+    """`x @ w.T` per group, or `out += x @ w.T` with `accumulate`; fp32 accumulation, rounded once."""
     batched = x.dim() == 3
     if x.dim() not in (2, 3) or w.dim() != x.dim() or x.shape[-1] != w.shape[-1]:
         raise ValueError(
@@ -314,7 +305,6 @@ def skinny_gemm(
     n_blocks = triton.cdiv(n, cfg.block_n)
     pdl = use_pdl(x)
     pf = _prefetch_grid(cfg, w3, g * n) if pdl else (0, 1, 1, 1)
-    nxt, next_lines, next_elems = prefetch_args(prefetch, pdl)
     if cfg.split_k > 1:
         part = torch.empty((cfg.split_k, g, m, n), dtype=torch.float32, device=x.device)
         counters = split_counters(w, g * n_blocks)
@@ -333,8 +323,6 @@ def skinny_gemm(
         BLOCK_N=cfg.block_n,
         BLOCK_K=cfg.block_k, SPLIT_K=cfg.split_k, K_PER_SPLIT=cfg.k_per_split, UNROLL=cfg.unroll,
         PF_ROWS=pf[0], PF_ROW_STEP=pf[1], PF_COLS=pf[2], PF_COL_STEP=pf[3], USE_PDL=pdl,
-        next_ptr=nxt, next_lines=next_lines, PREFETCH_NEXT=nxt is not None,
-        NEXT_LINE_ELEMS=next_elems,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, launch_pdl=pdl,
     )  # fmt: skip
     return out

@@ -117,8 +117,6 @@ def build(args: WorkerArgs) -> tuple[Engine, Ready]:
         pdl=cfg.pdl,
         shared_overlap_tokens=cfg.shared_expert_overlap_tokens,
         shared_fold_tokens=cfg.shared_expert_fold_tokens,
-        attention_prefetch=cfg.attention_prefetch,
-        projection_prefetch=cfg.projection_prefetch,
         max_req_total_len=cfg.max_req_total_len,
         warmup_tokens=cfg.max_num_batched_tokens or cfg.chunked_prefill_size,
         segment_graph_max_tokens=0 if cfg.disable_cuda_graph else cfg.segment_graph_max_tokens or 0,

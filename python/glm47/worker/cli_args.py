@@ -159,20 +159,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _flag(
         p,
-        ["--attention-prefetch", "--attention_prefetch"],
-        action="store_true",
-        help="decode steps of at most 16 sequences: the Triton attention kernel asks for each "
-        "layer's o_proj weight in L2 while it runs (with dependent launch; not yet measured)",
-    )
-    _flag(
-        p,
-        ["--projection-prefetch", "--projection_prefetch"],
-        action="store_true",
-        help="steps of at most 16 tokens: the skinny qkv_a and q_b products ask for the weights "
-        "of q_b and kv_b in L2 while they run (with dependent launch; not yet measured)",
-    )
-    _flag(
-        p,
         ["--shared-expert-fold-tokens", "--shared_expert_fold_tokens"],
         type=int,
         default=None,
@@ -235,8 +221,6 @@ def parse_args(argv: list[str]) -> WorkerArgs:
             pdl=ns.pdl,
             shared_expert_overlap_tokens=ns.shared_expert_overlap_tokens,
             shared_expert_fold_tokens=ns.shared_expert_fold_tokens,
-            attention_prefetch=ns.attention_prefetch,
-            projection_prefetch=ns.projection_prefetch,
             segment_graph_max_tokens=ns.segment_graph_max_tokens,
             mtp_step=ns.mtp_step,
             mtp_mode=ns.mtp_mode,

@@ -76,12 +76,6 @@ class EngineConfig:
     # Steps of at most this many tokens run the shared expert inside the routed experts' grouped
     # GEMMs (Triton experts). None: kernel_options.SHARED_FOLD_TOKENS; 0: never.
     shared_expert_fold_tokens: int | None = None
-    # The Triton decode attention of small batches asks for each layer's o_proj weight in L2
-    # (with dependent launch). Off unless asked for.
-    attention_prefetch: bool = False
-    # The skinny qkv_a and q_b products ask for the next projections' weights in L2. Off unless
-    # asked for.
-    projection_prefetch: bool = False
     # Steps the decode graphs do not serve (prompt tokens, decode batches above the largest
     # graph), up to this many tokens, as CUDA graphs between the attention calls
     # (segment_graph.py). None: the step's token budget; 0: such steps run eagerly.

@@ -1,7 +1,7 @@
 """Which of the model's kernel paths a runner switches on: the fused Triton norms, rope and
-routing, the skinny products, programmatic dependent launch, the shared expert's overlap or fold,
-and the weight-prefetch hints. The flags ask (None: the device's default); `apply` resolves them
-against the device, switches the model and returns what took effect."""
+routing, the skinny products, programmatic dependent launch, and the shared expert's overlap or
+fold. The flags ask (None: the device's default); `apply` resolves them against the device,
+switches the model and returns what took effect."""
 
 from __future__ import annotations
 
@@ -44,19 +44,13 @@ class KernelOptions:
     0: never).
     `shared_fold_tokens`: on a GPU with the Triton experts, steps of at most this many tokens run
     the shared expert inside the routed experts' grouped GEMMs instead (None: SHARED_FOLD_TOKENS;
-    0: never; takes precedence over the overlap).
-    `attention_prefetch`: with dependent launch, the Triton decode attention of small batches asks
-    for each layer's o_proj weight in L2 while it runs. `projection_prefetch`: likewise the skinny
-    qkv_a and q_b products for the weights of q_b and kv_b. Neither is measured yet: off by
-    default."""
+    0: never; takes precedence over the overlap)."""
 
     fused_kernels: bool | None = None
     skinny_gemm: bool | None = None
     pdl: bool | None = None
     shared_overlap_tokens: int | None = None
     shared_fold_tokens: int | None = None
-    attention_prefetch: bool = False
-    projection_prefetch: bool = False
 
     def apply(self, model: Glm4MoeLiteForCausalLM, device: torch.device) -> KernelOptions:
         """Switch the model's paths for `device`; the options that took effect, none left None."""
@@ -83,8 +77,6 @@ class KernelOptions:
         if fold < 0:
             raise ValueError(f"shared_fold_tokens must be >= 0, got {fold}")
         fold = model.fold_shared_experts(fold)
-        model.enable_attention_prefetch(self.attention_prefetch)
-        model.enable_projection_prefetch(self.projection_prefetch)
         return dataclasses.replace(
             self,
             fused_kernels=fused,
@@ -92,8 +84,6 @@ class KernelOptions:
             pdl=pdl,
             shared_overlap_tokens=overlap,
             shared_fold_tokens=fold,
-            attention_prefetch=self.attention_prefetch and pdl,
-            projection_prefetch=self.projection_prefetch and pdl,
         )
 
     def describe(self) -> str:
@@ -101,6 +91,5 @@ class KernelOptions:
         return (
             f"fused norm/rope/routing={self.fused_kernels} skinny gemm={self.skinny_gemm} "
             f"pdl={self.pdl} shared expert overlap up to {self.shared_overlap_tokens} tokens, "
-            f"folded into the routed experts up to {self.shared_fold_tokens}, attention "
-            f"prefetch={self.attention_prefetch} projection prefetch={self.projection_prefetch}"
+            f"folded into the routed experts up to {self.shared_fold_tokens}"
         )

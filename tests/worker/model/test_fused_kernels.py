@@ -175,85 +175,16 @@ def test_the_shared_expert_folds_only_into_the_triton_experts(
     assert all(m.fold_max_tokens == 0 for m in r.model.modules() if isinstance(m, MoE))
 
 
-def test_attention_prefetch_hands_each_layers_o_proj_weight_to_the_decode_kernel(
-    model_dir: tuple[Path, object], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """`attention_prefetch`: every layer's MLA weights name its o_proj weight, and the Triton
-    decode kernel of a small batch receives it (on the CPU, without dependent launch, the kernel
-    ignores it: the logits are those of the runner without it)."""
-    from glm47.worker.attention import triton_backend
-    from glm47.worker.model.layers.mla import MLAAttention
-
-    backends = dict(prefill_backend="triton", decode_backend="triton")
-    r = runner(model_dir[0], fused=True, attention_prefetch=True, **backends)
-    layers = [m for m in r.model.modules() if isinstance(m, MLAAttention)]
-    assert layers and all(m.mla_weights.prefetch is m.o_proj.weight for m in layers)
-    handed: list[int] = []
-    real = triton_backend.mla_decode
-
-    def spy(*args: Any, prefetch: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor:
-        assert prefetch is not None
-        handed.append(prefetch.data_ptr())
-        return real(*args, prefetch=prefetch, **kwargs)
-
-    monkeypatch.setattr(triton_backend, "mla_decode", spy)
-    logits, _ = session(r)
-    main_layers = {
-        m.o_proj.weight.data_ptr() for m in layers if m.cache_layer < r.cfg.num_hidden_layers
-    }
-    assert len(handed) == 3 * len(main_layers) and set(handed) == main_layers  # 3 decode steps
-    monkeypatch.undo()
-    plain, _ = session(runner(model_dir[0], fused=True, **backends))
-    for a, b in zip(logits, plain, strict=True):
-        torch.testing.assert_close(a, b, rtol=0, atol=0)
-
-
-def test_projection_prefetch_hands_the_next_weights_to_the_skinny_kernel(
-    model_dir: tuple[Path, object], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """`projection_prefetch`: the skinny qkv_a product is given q_b's weight to warm, q_b's
-    product kv_b's; other products nothing. On the CPU the kernel ignores it (no dependent
-    launch): the logits are those without it."""
-    from glm47.worker.model.layers.mla import MLAAttention
-
-    r = runner(model_dir[0], fused=True, skinny=True, projection_prefetch=True)
-    layers = [m for m in r.model.modules() if isinstance(m, MLAAttention)]
-    expected = {}
-    for m in layers:
-        expected[m.qkv_a_proj.weight.data_ptr()] = m.q_b_proj.weight.data_ptr()
-        expected[m.q_b_proj.weight.data_ptr()] = m.kv_b_proj.weight.data_ptr()
-    handed: dict[int, int | None] = {}
-    real = linear_module.skinny_gemm
-
-    def spy(x: torch.Tensor, w: torch.Tensor, **kw: Any) -> torch.Tensor:
-        pf = kw.get("prefetch")
-        handed[w.data_ptr()] = None if pf is None else pf.data_ptr()
-        return real(x, w, **kw)
-
-    monkeypatch.setattr(linear_module, "skinny_gemm", spy)
-    logits, _ = session(r)
-    monkeypatch.undo()
-    warmed = {w: p for w, p in handed.items() if p is not None}
-    ran = {w: p for w, p in expected.items() if w in handed}  # the MTP layer does not run here
-    assert ran and warmed == ran
-    plain_runner = runner(model_dir[0], fused=True, skinny=True)
-    # the weights are handed over, not registered twice
-    assert len(list(r.model.parameters())) == len(list(plain_runner.model.parameters()))
-    plain, _ = session(plain_runner)
-    for a, b in zip(logits, plain, strict=True):
-        torch.testing.assert_close(a, b, rtol=0, atol=0)
-
-
 def test_kernel_options_resolve_against_the_device(model_dir: tuple[Path, object]) -> None:
     """On the CPU the defaults take the torch paths, nothing overlaps or folds, and no dependent
-    launch or prefetch takes effect; asked for, the fused and skinny paths and the fold do."""
+    launch takes effect; asked for, the fused and skinny paths and the fold do."""
     plain = make_runner(model_dir[0], torch.float32, page_size=4, kv_tokens=256).kernels
-    assert plain == KernelOptions(False, False, False, 0, 0, False, False)
+    assert plain == KernelOptions(False, False, False, 0, 0)
     asked = runner(
         model_dir[0], fused=True, skinny=True, pdl=True, moe_backend="triton",
-        shared_fold_tokens=8, attention_prefetch=True,
+        shared_fold_tokens=8,
     ).kernels  # fmt: skip
-    assert asked == KernelOptions(True, True, False, 0, 8, False, False)
+    assert asked == KernelOptions(True, True, False, 0, 8)
     assert "folded into the routed experts up to 8" in asked.describe()
     with pytest.raises(ValueError, match="shared_fold_tokens"):
         runner(model_dir[0], fused=True, shared_fold_tokens=-1)

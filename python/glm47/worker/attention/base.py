@@ -62,14 +62,6 @@ class MLAWeights:
     # the absorbed products of steps of at most MAX_ROWS tokens through kernels/skinny_gemm (on
     # CUDA tensors) instead of the batched-matmul library call
     skinny: bool = False
-    # a weight the layer reads after attention (o_proj's), which a decode backend may ask into L2
-    # while its kernel runs at small batches (see `ATTENTION_PREFETCH_MAX_BATCH`); None: nothing
-    prefetch: torch.Tensor | None = None
-
-
-# Decode steps of at most this many sequences ask for `MLAWeights.prefetch` in L2 during attention:
-# at small batches the attention kernel leaves most of the memory bandwidth idle.
-ATTENTION_PREFETCH_MAX_BATCH = 16
 
 
 class AttentionBackend(Protocol):

@@ -3,9 +3,7 @@
 Per layer (the layer has stored the step's new latents in the cache): project the queries into
 the latent space with W_UK, attend with the split-K decode kernel when every sequence has one new
 token and with the variable-length causal prefill kernel otherwise, then map the attended latents
-to values with W_UV. Both kernels read the cache in place; nothing is expanded per head. Small decode
-steps pass the layer's `MLAWeights.prefetch` (o_proj's weight) to the decode kernel, which asks
-for it in L2 while it attends.
+to values with W_UV. Both kernels read the cache in place; nothing is expanded per head.
 """
 
 from __future__ import annotations
@@ -16,7 +14,6 @@ from glm47.kernels.device import num_sms
 from glm47.kernels.mla_decode import default_num_splits, mla_decode
 from glm47.kernels.mla_prefill import mla_prefill
 from glm47.worker.attention.base import (
-    ATTENTION_PREFETCH_MAX_BATCH,
     AttentionMetadata,
     MLAWeights,
     absorb_query,
@@ -52,12 +49,10 @@ class TritonMLABackend:
         if q_pe.stride(-1) != 1:
             q_pe = q_pe.contiguous()
         if meta.is_decode:
-            batch = q_lat.shape[0]
-            splits = default_num_splits(batch, num_sms(q_lat.device))
-            prefetch = weights.prefetch if batch <= ATTENTION_PREFETCH_MAX_BATCH else None
+            splits = default_num_splits(q_lat.shape[0], num_sms(q_lat.device))
             att = mla_decode(
                 q_lat, kv_cache, meta.page_table, meta.seq_lens, meta.page_size, scale,
-                d_rope=rope_dim, num_splits=splits, q_rope=q_pe, prefetch=prefetch,
+                d_rope=rope_dim, num_splits=splits, q_rope=q_pe,
             )  # fmt: skip
         else:
             att = mla_prefill(

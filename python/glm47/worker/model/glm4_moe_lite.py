@@ -144,24 +144,6 @@ class Glm4MoeLiteForCausalLM(nn.Module):
             elif isinstance(module, MLAAttention):
                 module.mla_weights = dataclasses.replace(module.mla_weights, skinny=enabled)
 
-    def enable_attention_prefetch(self, enabled: bool = True) -> None:
-        """Let the decode attention of small batches ask for each layer's o_proj weight in L2
-        while it runs (`MLAWeights.prefetch`; with dependent launch on a GPU, else a no-op)."""
-        for module in self.modules():
-            if isinstance(module, MLAAttention):
-                weight = module.o_proj.weight if enabled else None
-                module.mla_weights = dataclasses.replace(module.mla_weights, prefetch=weight)
-
-    def enable_projection_prefetch(self, enabled: bool = True) -> None:
-        """Let each layer's skinny projections ask for the next projections' weights in L2 while
-        they run: qkv_a for q_b's, q_b for kv_b's (W_UK and W_UV). With dependent launch on a GPU,
-        in steps the skinny kernel takes; a no-op elsewhere."""
-        for module in self.modules():
-            if isinstance(module, MLAAttention):  # detached: a plain attribute, no parameter
-                q_b, kv_b = module.q_b_proj.weight.detach(), module.kv_b_proj.weight.detach()
-                module.qkv_a_proj.prefetch_next = q_b if enabled else None
-                module.q_b_proj.prefetch_next = kv_b if enabled else None
-
     @property
     def num_cache_layers(self) -> int:
         """KV cache layers: one per decoder layer, plus the MTP layer's when present."""

@@ -11,8 +11,8 @@ from collections.abc import Iterator
 import pytest
 import torch
 
+from glm47.kernels.counters import counters_at_rest
 from glm47.kernels.pdl import pdl_supported, set_pdl
-from glm47.kernels.skinny_gemm import counters_at_rest
 from glm47.worker.model.layers.linear import Linear
 from glm47.worker.runner import ModelRunner
 from tests.gpu.conftest import GRAPH_RUNNER, Checkpoint

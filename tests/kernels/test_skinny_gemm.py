@@ -11,11 +11,11 @@ import pytest
 import torch
 from kernel_utils import ON_GPU, rel_err
 
+from glm47.kernels.counters import counters_at_rest
 from glm47.kernels.pdl import pdl_supported, set_pdl
 from glm47.kernels.skinny_gemm import (
     MAX_ROWS,
     SkinnyLaunch,
-    counters_at_rest,
     skinny_gemm,
     skinny_gemm_ref,
     skinny_launch,

@@ -1,6 +1,7 @@
 """The MoE of a decode-sized step from the router's logits or from the attention block's output:
-the routing with the pairs' layout (kernels/routing), then the grouped GEMMs with the shared
-expert as one more expert and the top-k sum (kernels/fused_moe)."""
+the routing with the pairs' layout (kernels/routing; kernels/norm_route with the norm and the
+router's product), then the grouped GEMMs with the shared expert as one more expert and the top-k
+sum (kernels/fused_moe)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from dataclasses import dataclass
 import torch
 
 from glm47.kernels.fused_moe import choose_config, fused_experts
-from glm47.kernels.routing import norm_route_align, route_align
+from glm47.kernels.norm_route import norm_route_align
+from glm47.kernels.routing import route_align
 
 
 @dataclass(frozen=True)
@@ -50,10 +52,9 @@ def fused_moe_from_residual(
     gate_weight: torch.Tensor,  # [E, H] fp32 router
     moe: RoutedExperts,
 ) -> tuple[torch.Tensor, torch.Tensor]:  # the MoE output [T, H], the new residual x + residual
-    """A decode-sized step's RMSNorm (with the residual add) and MoE in five launches: the norm
-    with the router's product, the routing with the pairs' layout (`routing.norm_route_align`),
-    the two grouped GEMMs (with the shared expert as one more expert when given) and the top-k
-    sum."""
+    """A decode-sized step's RMSNorm (with the residual add) and MoE in four launches: the norm
+    with the router's product and the routing with the pairs' layout (`norm_route_align`), the
+    two grouped GEMMs (with the shared expert as one more expert when given) and the top-k sum."""
     cfg = choose_config(x, moe.w13, moe.w2, moe.top_k)
     normed, new_residual, ids, weights, align = norm_route_align(
         x, residual, norm_weight, eps, gate_weight, moe.correction_bias, moe.top_k,

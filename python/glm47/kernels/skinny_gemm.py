@@ -28,6 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
+from glm47.kernels.counters import launch_counters
 from glm47.kernels.device import num_sms, runs_triton
 from glm47.kernels.pdl import pdl_wait, prefetch_l2, use_pdl
 
@@ -251,26 +252,6 @@ def _prefetch_grid(cfg: SkinnyLaunch, w3: torch.Tensor, rows: int) -> tuple[int,
     return 0, 1, 1, 1
 
 
-# Split launches count finished programs here, one buffer per weight (and size): a weight is never
-# multiplied on two streams at once, while two weights may be (the shared expert's projections
-# beside the router). Buffers live as long as the process: captured CUDA graphs hold them.
-_counters: dict[tuple[torch.device, int, int], torch.Tensor] = {}
-
-
-def split_counters(w: torch.Tensor, size: int) -> torch.Tensor:
-    """Zeroed int32 counters for split launches on weight `w`; every launch leaves them at zero."""
-    key = (w.device, w.data_ptr(), size)
-    buf = _counters.get(key)
-    if buf is None:
-        buf = _counters[key] = torch.zeros(size, dtype=torch.int32, device=w.device)
-    return buf
-
-
-def counters_at_rest() -> bool:
-    """Whether every split counter is back at zero (no launch left one behind)."""
-    return all(bool((c == 0).all()) for c in _counters.values())
-
-
 def skinny_gemm(
     x: torch.Tensor,  # [M, K] or [G, M, K], M <= MAX_ROWS
     w: torch.Tensor,  # [N, K] (an nn.Linear weight) or [G, N, K]
@@ -307,7 +288,7 @@ def skinny_gemm(
     pf = _prefetch_grid(cfg, w3, g * n) if pdl else (0, 1, 1, 1)
     if cfg.split_k > 1:
         part = torch.empty((cfg.split_k, g, m, n), dtype=torch.float32, device=x.device)
-        counters = split_counters(w, g * n_blocks)
+        counters = launch_counters("skinny_gemm", w, g * n_blocks)
     else:
         part = counters = o3  # unused
     precision = "ieee" if w.dtype == torch.float32 else "tf32"
@@ -341,10 +322,8 @@ def skinny_gemm_ref(
 __all__ = [
     "MAX_ROWS",
     "SkinnyLaunch",
-    "counters_at_rest",
     "skinny_gemm",
     "skinny_gemm_ref",
     "skinny_launch",
-    "split_counters",
     "takes_rows",
 ]

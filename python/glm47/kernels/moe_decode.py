@@ -1,16 +1,19 @@
 """The MoE of a decode-sized step from the router's logits or from the attention block's output:
 the routing with the pairs' layout (kernels/routing; kernels/norm_route with the norm and the
 router's product), then the grouped GEMMs with the shared expert as one more expert and the top-k
-sum (kernels/fused_moe)."""
+sum (kernels/fused_moe), which can end in the RMSNorm that follows the MoE (the next layer's input
+norm)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import overload
 
 import torch
 
 from glm47.kernels.fused_moe import choose_config, fused_experts
 from glm47.kernels.norm_route import norm_route_align
+from glm47.kernels.rmsnorm import ResidualNorm
 from glm47.kernels.routing import route_align
 
 
@@ -28,20 +31,36 @@ class RoutedExperts:
     shared: tuple[torch.Tensor, torch.Tensor] | None = None  # the shared expert's [2I, H], [H, I]
 
 
+@overload
+def fused_moe_from_logits(
+    x: torch.Tensor, logits: torch.Tensor, moe: RoutedExperts, next_norm: None = ...
+) -> torch.Tensor: ...
+
+
+@overload
+def fused_moe_from_logits(
+    x: torch.Tensor, logits: torch.Tensor, moe: RoutedExperts, next_norm: ResidualNorm
+) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
 def fused_moe_from_logits(
     x: torch.Tensor,  # [T, H], T <= routing.ROUTE_ALIGN_MAX_TOKENS
     logits: torch.Tensor,  # [T, E] fp32 router logits
     moe: RoutedExperts,
-) -> torch.Tensor:  # [T, H]
+    next_norm: ResidualNorm | None = None,  # the RMSNorm after, with its residual add
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:  # [T, H]; with next_norm, two [T, H]
     """The whole MoE of a decode-sized step after the router's product, in four launches: routing
     with the pairs' layout (`route_align`), the two grouped GEMMs (with the shared expert as one
-    more expert when given) and the top-k sum."""
+    more expert when given) and the top-k sum, which with `next_norm` also runs that norm and
+    returns its (normed, new residual)."""
     cfg = choose_config(x, moe.w13, moe.w2, moe.top_k)
     ids, weights, align = route_align(
         logits, moe.correction_bias, moe.top_k, moe.renormalize, moe.scale, cfg.block_m,
         shared=moe.shared is not None,
     )  # fmt: skip
-    return fused_experts(x, moe.w13, moe.w2, weights, ids, cfg, shared=moe.shared, align=align)
+    return fused_experts(
+        x, moe.w13, moe.w2, weights, ids, cfg, shared=moe.shared, align=align, next_norm=next_norm
+    )
 
 
 def fused_moe_from_residual(
@@ -51,14 +70,22 @@ def fused_moe_from_residual(
     eps: float,
     gate_weight: torch.Tensor,  # [E, H] fp32 router
     moe: RoutedExperts,
+    next_norm: tuple[torch.Tensor, float] | None = None,  # weight [H] and eps of the norm after
 ) -> tuple[torch.Tensor, torch.Tensor]:  # the MoE output [T, H], the new residual x + residual
     """A decode-sized step's RMSNorm (with the residual add) and MoE in four launches: the norm
     with the router's product and the routing with the pairs' layout (`norm_route_align`), the
-    two grouped GEMMs (with the shared expert as one more expert when given) and the top-k sum."""
+    two grouped GEMMs (with the shared expert as one more expert when given) and the top-k sum.
+
+    With `next_norm`, the top-k sum also runs the RMSNorm after the MoE, with the residual add
+    of its output: the result is then that norm's (normed, new residual)."""
     cfg = choose_config(x, moe.w13, moe.w2, moe.top_k)
     normed, new_residual, ids, weights, align = norm_route_align(
         x, residual, norm_weight, eps, gate_weight, moe.correction_bias, moe.top_k,
         moe.renormalize, moe.scale, cfg.block_m, shared=moe.shared is not None,
     )  # fmt: skip
-    out = fused_experts(normed, moe.w13, moe.w2, weights, ids, cfg, shared=moe.shared, align=align)
+    experts = (normed, moe.w13, moe.w2, weights, ids, cfg)
+    if next_norm is not None:
+        then = ResidualNorm(*next_norm, new_residual)
+        return fused_experts(*experts, shared=moe.shared, align=align, next_norm=then)
+    out = fused_experts(*experts, shared=moe.shared, align=align)
     return out, new_residual

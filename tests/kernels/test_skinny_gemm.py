@@ -1,8 +1,7 @@
 """skinny_gemm against `x @ w.T` on random inputs: every row count up to 16, ragged N and K, K
 split over programs (the last one of a column block sums), per-group products with transposed
-weight views, an fp32 weight taking a half-precision input, and the RMSNorm folded into the
-product against rmsnorm then the product. On the GPU the same tests also run with programmatic
-dependent launch and the L2 prefetch."""
+weight views, an fp32 weight taking a half-precision input. On the GPU the same tests also run
+with programmatic dependent launch and the L2 prefetch."""
 
 from __future__ import annotations
 
@@ -14,7 +13,6 @@ from kernel_utils import ON_GPU, rel_err
 
 from glm47.kernels.counters import counters_at_rest
 from glm47.kernels.pdl import pdl_supported, set_pdl
-from glm47.kernels.rmsnorm import rmsnorm
 from glm47.kernels.skinny_gemm import (
     MAX_ROWS,
     SkinnyLaunch,
@@ -50,58 +48,6 @@ def test_skinny_gemm_matches_the_product(
     out = skinny_gemm(x, w)
     assert out.shape == (m, n) and out.dtype == dtype
     assert rel_err(out, skinny_gemm_ref(x, w)) < 5e-3
-    assert counters_at_rest()
-
-
-def assert_same_product(folded: torch.Tensor, unfolded: torch.Tensor) -> None:
-    """Under the interpreter the folded norm sums the squares in rmsnorm's order, so both
-    products see the same normalised activations and sum the same terms: equal bit for bit. On
-    the GPU each kernel's sum of squares follows its own reduction tree, so a normalised element
-    may round the other way (one ulp of its dtype, rarely): close, not equal."""
-    if ON_GPU:
-        assert rel_err(folded, unfolded) < 1e-3
-    else:
-        torch.testing.assert_close(folded, unfolded, rtol=0, atol=0)
-
-
-@pytest.mark.parametrize("fp32", [False, True], ids=["half", "fp32"])
-@pytest.mark.parametrize(("n", "k"), SHAPES)
-@pytest.mark.parametrize("m", [1, 3, 16])
-def test_the_folded_norm_gives_the_product_of_rmsnorms_output(
-    m: int, n: int, k: int, fp32: bool, device: str, dtype: torch.dtype, pdl: bool
-) -> None:
-    """MLA's q_b on the raw compressed query: x a view of the first K columns of wider rows."""
-    dtype = torch.float32 if fp32 else dtype
-    wide = torch.randn((m, k + 24), dtype=dtype, device=device) * 4
-    x = wide[:, :k]
-    norm_w = torch.rand(k, dtype=dtype, device=device) + 0.5
-    w = torch.randn((n, k), dtype=dtype, device=device) / k**0.5
-    normed, _ = rmsnorm(x, norm_w, 1e-6)
-    folded = skinny_gemm(x, w, norm_weight=norm_w, eps=1e-6)
-    assert_same_product(folded, skinny_gemm(normed, w))
-    ref = skinny_gemm_ref(x, w, norm_weight=norm_w, eps=1e-6)  # the torch norm, then the product
-    assert rel_err(folded, ref) < 5e-3
-    assert counters_at_rest()
-
-
-@pytest.mark.parametrize("unroll", [False, True], ids=["loop", "unrolled"])
-@pytest.mark.parametrize("fma_rows", [0, 4], ids=["tensor-core", "cuda-core"])
-def test_every_k_slice_of_a_split_product_scales_by_the_whole_rows_rms(
-    fma_rows: int, unroll: bool, device: str, dtype: torch.dtype, pdl: bool
-) -> None:
-    """Three programs per column block, each with its own third of K (the last ragged), each
-    taking the rms of all of K; accumulating into out as the shared expert's product does."""
-    n, k = 70, 280
-    launch = SkinnyLaunch(32 if fma_rows == 0 else 8, 32, 3, 96, 4, 2, fma_rows, unroll)
-    x = torch.randn((3, k), dtype=dtype, device=device)
-    norm_w = torch.rand(k, dtype=dtype, device=device) + 0.5
-    w = torch.randn((n, k), dtype=dtype, device=device) / k**0.5
-    base = torch.randn((3, n), dtype=dtype, device=device)
-    normed, _ = rmsnorm(x, norm_w, 1e-5)
-    folded, unfolded = base.clone(), base.clone()
-    skinny_gemm(x, w, folded, accumulate=True, launch=launch, norm_weight=norm_w, eps=1e-5)
-    skinny_gemm(normed, w, unfolded, accumulate=True, launch=launch)
-    assert_same_product(folded, unfolded)
     assert counters_at_rest()
 
 
@@ -211,10 +157,3 @@ def test_skinny_gemm_rejects_what_it_cannot_compute(device: str) -> None:
         skinny_gemm(torch.randn((2, 2, 32), device=device), torch.randn((3, 8, 32), device=device))
     with pytest.raises(ValueError, match="out must be"):
         skinny_gemm(torch.randn((2, 32), device=device), w, out=torch.empty((2, 9), device=device))
-    x, norm_w = torch.randn((2, 32), device=device), torch.ones(32, device=device)
-    with pytest.raises(ValueError, match="needs its eps"):
-        skinny_gemm(x, w, norm_weight=norm_w)
-    with pytest.raises(ValueError, match="norm_weight must be"):
-        skinny_gemm(x, w, norm_weight=norm_w[:31], eps=1e-6)
-    with pytest.raises(ValueError, match="2-D"):
-        skinny_gemm(x[None], w[None], norm_weight=norm_w, eps=1e-6)

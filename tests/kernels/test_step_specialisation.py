@@ -86,7 +86,6 @@ def test_mla_prefill_and_rope_with_kv_write_compile_once_for_every_step_layout(
 ) -> None:
     cache = torch.randn((64 * PAGE, D_LAT + D_ROPE), dtype=torch.bfloat16, device="cuda")
     cos_sin = rope_cos_sin(MAX_POS, D_ROPE, 1e6, torch.bfloat16, "cuda")
-    norm_weight = torch.rand(D_LAT, dtype=torch.bfloat16, device="cuda") + 0.5
 
     def run(width: int, rows: int, offset: int) -> None:
         table, lens = layout(width, rows, offset)
@@ -101,9 +100,6 @@ def test_mla_prefill_and_rope_with_kv_write_compile_once_for_every_step_layout(
         fresh = torch.randn((tokens + offset, D_LAT + D_ROPE), dtype=torch.bfloat16, device="cuda")
         latent, k_pe = fresh[offset:, :D_LAT], fresh[offset:, D_LAT:]
         rope_and_cache_(q[..., D_LAT:], k_pe, latent, positions, cos_sin, cache, slots)
-        # the decode steps' variant, which normalises the latent it stores
-        rope_and_cache_(q[..., D_LAT:], k_pe, latent, positions, cos_sin, cache, slots,
-                        norm_weight=norm_weight, eps=1e-6)  # fmt: skip
 
     new_compiles(compiles, run, 1, 3, 0)
     for width, rows, offset in [(16, 5, 1), (17, 2, 4), (32, 7, 3), (1, 1, 1)]:

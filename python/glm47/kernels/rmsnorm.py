@@ -4,9 +4,7 @@
 `weight * (h.float() * rsqrt(mean(h^2) + eps)).to(dtype)`, the model's RMSNorm rounding.
 
 `rmsnorm_pair` normalises two column ranges of each row with their own weights in one launch: MLA's
-compressed query and latent, which sit side by side in the output of one projection. In steps
-whose q_b product takes kernels/skinny_gemm, those two norms run inside that product and the rope
-launch instead, from `rms_rstd` and `rms_scaled` here: this kernel's rounding points.
+compressed query and latent, which sit side by side in the output of one projection.
 """
 
 from __future__ import annotations
@@ -72,23 +70,9 @@ def rms_normed(h, w, eps, D, AXIS: tl.constexpr):
     """`w * (h.float() * rsqrt(mean(h^2) + eps)).to(dtype)` along AXIS of `h` (masked past D, in
     the activation dtype; `w` fp32, broadcastable): the model's rounding points, shared by every
     kernel that normalises."""
-    return rms_scaled(h, rms_rstd(h, eps, D, AXIS), w)
-
-
-@triton.jit
-def rms_rstd(h, eps, D, AXIS: tl.constexpr):
-    """`rsqrt(mean(h^2) + eps)` along AXIS of `h` (masked past D), fp32, the axis kept. Kernels
-    that scale `h` a block at a time (the skinny product's folded norm) take it from the whole
-    row first, summed as `rms_normed` sums it."""
     hf = h.to(tl.float32)
-    return tl.rsqrt(tl.sum(hf * hf, AXIS, keep_dims=True) / D + eps)
-
-
-@triton.jit
-def rms_scaled(h, rstd, w):
-    """`w * (h.float() * rstd).to(dtype)` rounded to `h`'s dtype: any block of a row whose
-    `rms_rstd` is known."""
-    return ((h.to(tl.float32) * rstd).to(h.dtype).to(tl.float32) * w).to(h.dtype)
+    rstd = tl.rsqrt(tl.sum(hf * hf, AXIS, keep_dims=True) / D + eps)
+    return ((hf * rstd).to(h.dtype).to(tl.float32) * w).to(h.dtype)
 
 
 @triton.jit

@@ -9,9 +9,6 @@ Products are rounded to the activation dtype before the sum, as in the reference
 The cache write rides on the rope launch (`rope_and_cache_`): the program that rotates a token's
 key already holds it, and each kernel of a layer's chain of short kernels costs a decode step
 about a microsecond. A negative slot skips the token's cache write (its rotation still happens).
-Given the latent norm's weight, the launch also RMS-normalises the raw latent on its way into the
-cache, with kernels/rmsnorm's rounding points: in MLA's steps of at most 16 tokens q_b's skinny
-product takes the other norm, and neither norm needs a launch of its own.
 """
 
 from __future__ import annotations
@@ -21,7 +18,6 @@ import triton
 import triton.language as tl
 
 from glm47.kernels.pdl import pdl_wait, use_pdl
-from glm47.kernels.rmsnorm import rms_normed
 
 
 @triton.jit(do_not_specialize_on_alignment=["pos_ptr", "slot_ptr"])
@@ -33,7 +29,6 @@ def _rope_kernel(
     latent_ptr,  # [T, D_LAT] (CACHE only)
     slot_ptr,  # [T] int64 (CACHE only): cache row of each token, negative: not stored
     cache_ptr,  # [num_slots, D_LAT + R] (CACHE only)
-    nw_ptr,  # [D_LAT] the latent's RMSNorm weight (NORM only)
     stride_qt,
     stride_qh,
     stride_kt,
@@ -41,12 +36,10 @@ def _rope_kernel(
     stride_lt,
     stride_c,
     num_heads,
-    eps,  # the latent norm's (NORM only)
     HALF: tl.constexpr,
     BLOCK_H: tl.constexpr,  # > num_heads: rows 0..H-1 are the query heads, row H the key
     D_LAT: tl.constexpr,
     CACHE: tl.constexpr,  # also store [latent | rotated key] at the token's slot
-    NORM: tl.constexpr,  # the latent RMS-normalised before it is stored
     USE_PDL: tl.constexpr,
 ):
     """One token per program: its query heads and its key as one tile, one read of cos and sin.
@@ -79,10 +72,7 @@ def _rope_kernel(
         if slot >= 0:
             dst = cache_ptr + slot * stride_c
             offs_c = tl.arange(0, D_LAT)
-            c = tl.load(latent_ptr + t * stride_lt + offs_c)
-            if NORM:
-                c = rms_normed(c, tl.load(nw_ptr + offs_c).to(tl.float32), eps, D_LAT, 0)
-            tl.store(dst + offs_c, c)
+            tl.store(dst + offs_c, tl.load(latent_ptr + t * stride_lt + offs_c))
             # the key is row H of the tile: every row points at the cache row, only H stores
             k_dst = dst + D_LAT + (offs_h * 0)[:, None] + offs_i[None, :]  # [BLOCK_H, HALF]
             is_key = (offs_h == num_heads)[:, None]
@@ -148,22 +138,19 @@ def _launch(
     positions: torch.Tensor,
     cos_sin: torch.Tensor,
     cache: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None,  # latent, kv_cache, slots
-    norm: tuple[torch.Tensor, float] | None = None,  # the latent norm's weight and eps
 ) -> None:
     t, heads, r = q_rope.shape
     if t == 0:
         return
     latent, kv_cache, slots = cache if cache is not None else (None, None, None)
-    norm_weight, eps = norm if norm is not None else (None, 0.0)
     pdl = use_pdl(k_rope)
     _rope_kernel[(t,)](
-        q_rope, k_rope, positions, cos_sin, latent, slots, kv_cache, norm_weight,
+        q_rope, k_rope, positions, cos_sin, latent, slots, kv_cache,
         q_rope.stride(0), q_rope.stride(1), k_rope.stride(0), cos_sin.stride(0),
         0 if latent is None else latent.stride(0), 0 if kv_cache is None else kv_cache.stride(0),
-        heads, eps,
+        heads,
         HALF=r // 2, BLOCK_H=triton.next_power_of_2(heads + 1),
         D_LAT=1 if latent is None else latent.shape[1], CACHE=cache is not None,
-        NORM=norm is not None,
         num_warps=2 if heads > 4 else 1, USE_PDL=pdl, launch_pdl=pdl,
     )  # fmt: skip
 
@@ -187,26 +174,12 @@ def rope_and_cache_(
     cos_sin: torch.Tensor,  # [max_pos, R], from rope_cos_sin
     kv_cache: torch.Tensor,  # [num_slots, D_LAT + R]
     slot_mapping: torch.Tensor,  # [T] int64, negative: not stored
-    norm_weight: torch.Tensor | None = None,  # [D_LAT]: store rmsnorm(latent) instead
-    eps: float | None = None,  # the norm's, given with norm_weight
 ) -> None:
     """Rotate q_rope and k_rope in place and set kv_cache[slot_mapping[t]] = [latent[t] | rotated
-    k_rope[t]] for every token t with a slot, in one launch; with `norm_weight`, the latent stored
-    is `rmsnorm(latent[t], norm_weight, eps)`, rounded as kernels/rmsnorm rounds (`latent` is only
-    read)."""
+    k_rope[t]] for every token t with a slot, in one launch."""
     _check_rope(q_rope, k_rope, positions, cos_sin)
     _check_cache(k_rope, latent, kv_cache, slot_mapping)
-    norm = None
-    if norm_weight is not None:
-        if norm_weight.shape != (latent.shape[1],) or norm_weight.stride(0) != 1:
-            raise ValueError(
-                f"norm_weight must be a contiguous [{latent.shape[1]}], got "
-                f"{tuple(norm_weight.shape)}"
-            )
-        if eps is None:
-            raise ValueError("norm_weight needs its eps")
-        norm = (norm_weight, eps)
-    _launch(q_rope, k_rope, positions, cos_sin, (latent, kv_cache, slot_mapping), norm)
+    _launch(q_rope, k_rope, positions, cos_sin, (latent, kv_cache, slot_mapping))
 
 
 def rope_ref(

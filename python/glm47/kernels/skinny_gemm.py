@@ -17,9 +17,7 @@ the tail) weigh as much as the bytes. So:
 Batched form: `x` [G, M, K], `w` [G, N, K] (any strides; W^T views included), `out` [G, M, N],
 one product per group (MLA's per-head absorbed products). `x` is cast to `w`'s dtype in the
 kernel (the fp32 router weight takes a bf16 activation). `accumulate` adds the product into `out`
-(the shared expert's down projection summed into the routed experts' output). With `norm_weight`
-(one group), x's rows are RMS-normalised as they are read, rounded as kernels/rmsnorm rounds:
-MLA's q_b takes the raw compressed query, and the norm's launch is gone from the decode chain.
+(the shared expert's down projection summed into the routed experts' output).
 """
 
 from __future__ import annotations
@@ -33,7 +31,6 @@ import triton.language as tl
 from glm47.kernels.counters import launch_counters
 from glm47.kernels.device import num_sms, runs_triton
 from glm47.kernels.pdl import pdl_wait, prefetch_l2, use_pdl
-from glm47.kernels.rmsnorm import rms_rstd, rms_scaled, rmsnorm_ref
 
 MAX_ROWS = 16  # one tensor-core tile of rows; larger batches belong to a GEMM library
 # At most this many weight bytes a launch are prefetched into L2 ahead of the wait: about what
@@ -68,8 +65,6 @@ def _add_block(
     acc,  # [BLOCK_M, BLOCK_N] fp32
     x_base,  # [BLOCK_M, 1] row pointers of x
     w_base,
-    rstd,  # [BLOCK_M, 1] fp32 (NORM only)
-    nw_ptr,  # [K] norm weight (NORM only)
     k0,
     offs_n,
     mask_m,
@@ -80,18 +75,14 @@ def _add_block(
     stride_wk,
     PRECISION: tl.constexpr,
     USE_DOT: tl.constexpr,
-    NORM: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
-    """acc + x[:, k0:k0 + BLOCK_K] @ w[offs_n, k0:k0 + BLOCK_K].T, x normalised first with NORM"""
+    """acc + x[:, k0:k0 + BLOCK_K] @ w[offs_n, k0:k0 + BLOCK_K].T"""
     offs_k = k0 + tl.arange(0, BLOCK_K)
     mask_k = offs_k < k
     x = tl.load(
         x_base + offs_k[None, :] * stride_xk, mask=mask_m[:, None] & mask_k[None, :], other=0.0
     )  # [BLOCK_M, BLOCK_K]
-    if NORM:
-        nw = tl.load(nw_ptr + offs_k, mask=mask_k, other=0.0).to(tl.float32)
-        x = rms_scaled(x, rstd, nw[None, :])
     if USE_DOT:
         w = tl.load(
             w_base + offs_n[None, :].to(tl.int64) * stride_wn + offs_k[:, None] * stride_wk,
@@ -117,11 +108,9 @@ def _skinny_gemm_kernel(
     out_ptr,  # [G, M, N]
     part_ptr,  # [SPLIT_K, G, M, N] fp32 partial products (used when SPLIT_K > 1)
     count_ptr,  # [G, cdiv(N, BLOCK_N)] int32, zero between launches (used when SPLIT_K > 1)
-    nw_ptr,  # [K] RMSNorm weight of x's rows (used when NORM)
     m,
     n,
     k,
-    eps,  # of the norm (used when NORM)
     stride_xg,
     stride_xm,
     stride_xk,
@@ -133,10 +122,6 @@ def _skinny_gemm_kernel(
     ACCUMULATE: tl.constexpr,
     PRECISION: tl.constexpr,  # "ieee" for fp32 weights (no TF32 rounding), else the default
     USE_DOT: tl.constexpr,  # tensor-core products (BLOCK_M >= 16), else CUDA-core sums
-    # x's rows RMS-normalised (weight nw_ptr) as they are loaded; the rms over a [BLOCK_M, NORM_K]
-    # tile of whole rows first (NORM_K: K to the next power of two, as kernels/rmsnorm sums it).
-    NORM: tl.constexpr,
-    NORM_K: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -170,24 +155,15 @@ def _skinny_gemm_kernel(
     offs_m = tl.arange(0, BLOCK_M)
     mask_m = offs_m < m
     x_base = x_ptr + g * stride_xg + offs_m[:, None] * stride_xm
-    if NORM:  # every program, whatever its K slice, scales by the rms of the whole rows
-        offs_nk = tl.arange(0, NORM_K)
-        rows = tl.load(x_base + offs_nk[None, :] * stride_xk,
-                       mask=mask_m[:, None] & (offs_nk < k)[None, :], other=0.0)  # fmt: skip
-        rstd = rms_rstd(rows, eps, k, 1)  # [BLOCK_M, 1]
-    else:
-        rstd = tl.zeros([BLOCK_M, 1], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     if UNROLL:  # every load of the slice issued up front, none waiting for an earlier product
         for i in tl.static_range(K_PER_SPLIT // BLOCK_K):
-            acc = _add_block(acc, x_base, w_base, rstd, nw_ptr, k_start + i * BLOCK_K, offs_n,
-                             mask_m, mask_n, k, stride_xk, stride_wn, stride_wk, PRECISION,
-                             USE_DOT, NORM, BLOCK_K)  # fmt: skip
+            acc = _add_block(acc, x_base, w_base, k_start + i * BLOCK_K, offs_n, mask_m, mask_n,
+                             k, stride_xk, stride_wn, stride_wk, PRECISION, USE_DOT, BLOCK_K)  # fmt: skip
     else:
         for k0 in range(k_start, k_start + K_PER_SPLIT, BLOCK_K):
-            acc = _add_block(acc, x_base, w_base, rstd, nw_ptr, k0, offs_n, mask_m, mask_n, k,
-                             stride_xk, stride_wn, stride_wk, PRECISION, USE_DOT, NORM,
-                             BLOCK_K)  # fmt: skip
+            acc = _add_block(acc, x_base, w_base, k0, offs_n, mask_m, mask_n, k, stride_xk,
+                             stride_wn, stride_wk, PRECISION, USE_DOT, BLOCK_K)  # fmt: skip
 
     out = out_ptr + g * stride_og + offs_m[:, None] * stride_om + offs_n[None, :]
     mask = mask_m[:, None] & mask_n[None, :]
@@ -282,17 +258,8 @@ def skinny_gemm(
     out: torch.Tensor | None = None,  # [M, N] or [G, M, N]
     accumulate: bool = False,
     launch: SkinnyLaunch | None = None,
-    norm_weight: torch.Tensor | None = None,  # [K]: RMSNorm x's rows first (2-D x only)
-    eps: float | None = None,  # the norm's, given with norm_weight
 ) -> torch.Tensor:  # [M, N] or [G, M, N] in out's dtype (w's without out)
-    """`x @ w.T` per group, or `out += x @ w.T` with `accumulate`; fp32 accumulation, rounded once.
-
-    With `norm_weight`, `rmsnorm(x, norm_weight, eps) @ w.T` without rmsnorm's launch: each
-    program takes the rms of its rows over the whole K (summed over the row padded to a power of
-    two, as rmsnorm sums it) before its K slice, and scales x block by block with rmsnorm's
-    rounding points. Under the Triton interpreter the product equals rmsnorm then skinny_gemm bit
-    for bit; on a GPU the two sums of squares may associate differently (each reduction follows
-    its kernel's layout), and a normalised element then rounds one ulp apart."""
+    """`x @ w.T` per group, or `out += x @ w.T` with `accumulate`; fp32 accumulation, rounded once."""
     batched = x.dim() == 3
     if x.dim() not in (2, 3) or w.dim() != x.dim() or x.shape[-1] != w.shape[-1]:
         raise ValueError(
@@ -313,8 +280,6 @@ def skinny_gemm(
     if out.shape != (*x.shape[:-1], n) or out.stride(-1) != 1:
         raise ValueError(f"out must be {(*x.shape[:-1], n)} with a contiguous last dim")
     o3 = out if batched else out.unsqueeze(0)
-    if norm_weight is not None:
-        _check_norm(x, norm_weight, eps)
     if m == 0 or n == 0 or g == 0:
         return out
     cfg = launch or skinny_launch(n, k, num_sms(x.device), m, g, w.element_size())
@@ -331,15 +296,12 @@ def skinny_gemm(
     if use_dot and cfg.block_n < 16:
         raise ValueError(f"tensor-core products need block_n >= 16, got {cfg}")
     block_m = 16 if use_dot else triton.next_power_of_2(m)
-    norm = norm_weight is not None
     _skinny_gemm_kernel[(n_blocks, cfg.split_k, g)](
-        x3, w3, o3, part, counters, norm_weight if norm else w3, m, n, k,
-        0.0 if eps is None else eps,
+        x3, w3, o3, part, counters, m, n, k,
         x3.stride(0), x3.stride(1), x3.stride(2), w3.stride(0), w3.stride(1), w3.stride(2),
         o3.stride(0), o3.stride(1),
-        ACCUMULATE=accumulate, PRECISION=precision, USE_DOT=use_dot,
-        NORM=norm, NORM_K=triton.next_power_of_2(k) if norm else 1,
-        BLOCK_M=block_m, BLOCK_N=cfg.block_n,
+        ACCUMULATE=accumulate, PRECISION=precision, USE_DOT=use_dot, BLOCK_M=block_m,
+        BLOCK_N=cfg.block_n,
         BLOCK_K=cfg.block_k, SPLIT_K=cfg.split_k, K_PER_SPLIT=cfg.k_per_split, UNROLL=cfg.unroll,
         PF_ROWS=pf[0], PF_ROW_STEP=pf[1], PF_COLS=pf[2], PF_COL_STEP=pf[3], USE_PDL=pdl,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, launch_pdl=pdl,
@@ -347,28 +309,9 @@ def skinny_gemm(
     return out
 
 
-def _check_norm(x: torch.Tensor, norm_weight: torch.Tensor, eps: float | None) -> None:
-    if x.dim() != 2:
-        raise ValueError(f"the folded norm takes 2-D x, got {tuple(x.shape)}")
-    if norm_weight.shape != (x.shape[1],) or norm_weight.stride(0) != 1:
-        raise ValueError(
-            f"norm_weight must be a contiguous [{x.shape[1]}], got {norm_weight.shape}"
-        )
-    if eps is None:
-        raise ValueError("norm_weight needs its eps")
-
-
 def skinny_gemm_ref(
-    x: torch.Tensor,
-    w: torch.Tensor,
-    out: torch.Tensor | None = None,
-    accumulate: bool = False,
-    norm_weight: torch.Tensor | None = None,
-    eps: float | None = None,
+    x: torch.Tensor, w: torch.Tensor, out: torch.Tensor | None = None, accumulate: bool = False
 ) -> torch.Tensor:
-    if norm_weight is not None:
-        assert eps is not None
-        x, _ = rmsnorm_ref(x, norm_weight, eps)
     prod = x.float() @ w.float().transpose(-1, -2)
     if accumulate:
         assert out is not None

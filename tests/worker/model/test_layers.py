@@ -114,28 +114,6 @@ def test_rope_matches_transformers_interleaved_rope() -> None:
     assert torch.equal(got_k, ref_k[0, 0])
 
 
-@pytest.mark.parametrize("fused", [False, True])
-def test_rotate_and_cache_given_the_latent_norm_stores_the_normalised_latent(fused: bool) -> None:
-    """The MLA layer's folded path hands the raw latent and its norm to the rope layer: the cache
-    holds what normalising first and storing gives (the kernels under the interpreter)."""
-    torch.manual_seed(6)
-    rope = InterleavedRope(8, 64, 1e4, torch.float16)
-    norm = RMSNorm(16, 1e-6).to(torch.float16)
-    norm.weight.data.uniform_(0.5, 1.5)
-    rope.fused = norm.fused = fused
-    positions, slots = torch.tensor([5, 0, 63]), torch.tensor([2, 7, 4])
-    q, kv_a = torch.randn(3, 2, 8, dtype=torch.float16), torch.randn(3, 24, dtype=torch.float16)
-    q_ref, kv_a_ref = q.clone(), kv_a.clone()
-    cache = torch.zeros(9, 24, dtype=torch.float16)
-    cache_ref = cache.clone()
-    q_out = rope.rotate_and_cache(positions, q, kv_a[:, 16:], kv_a[:, :16], cache, slots, norm)
-    q_ref_out = rope.rotate_and_cache(
-        positions, q_ref, kv_a_ref[:, 16:], norm(kv_a_ref[:, :16]), cache_ref, slots
-    )
-    assert torch.equal(q_out, q_ref_out) and torch.equal(cache, cache_ref)
-    assert torch.equal(cache[slots, :16], norm(kv_a_ref[:, :16]))  # not the raw latent
-
-
 @pytest.mark.parametrize(("fused", "skinny"), [(False, False), (True, False), (True, True)])
 def test_dense_mlp_adds_the_given_tensor_on_both_paths(fused: bool, skinny: bool) -> None:
     """The MoE layer hands the routed output to the shared expert to add (on the fused path in

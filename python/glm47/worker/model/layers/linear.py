@@ -7,7 +7,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from glm47.kernels.skinny_gemm import skinny_gemm, takes_rows
-from glm47.worker.model.layers.norm import RMSNorm
 
 
 class Linear(nn.Module):
@@ -17,8 +16,7 @@ class Linear(nn.Module):
     the loader's name table says which rows each checkpoint tensor fills. With `skinny` set (see
     `enable_skinny_gemm`; on by default on CUDA devices), inputs of at most `MAX_ROWS` rows go
     through the Triton kernel for few-row products (kernels/skinny_gemm) instead of the GEMM
-    library. `forward(x, norm)` is `norm(x) @ W^T`; on the skinny path, with the norm's kernel
-    switched on, the norm runs inside the product's launch (MLA's q_b on its raw input).
+    library.
     """
 
     skinny = False
@@ -29,20 +27,10 @@ class Linear(nn.Module):
         self.out_features = out_features
         self.weight = nn.Parameter(torch.empty(out_features, in_features), requires_grad=False)
 
-    def forward(self, x: torch.Tensor, norm: RMSNorm | None = None) -> torch.Tensor:
-        """[T, in] -> [T, out]: `x @ W^T`, or `norm(x) @ W^T` with `norm`."""
-        if norm is not None and self.folds_norm(x, norm):
-            return skinny_gemm(x, self.weight, norm_weight=norm.weight, eps=norm.eps)
-        if norm is not None:
-            x = norm(x)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [T, in] -> [T, out]
         if self._takes_skinny(x):
             return skinny_gemm(x, self.weight)
         return F.linear(x, self.weight)
-
-    def folds_norm(self, x: torch.Tensor, norm: RMSNorm) -> bool:
-        """Whether `self(x, norm)` runs the norm inside the skinny product: the kernel takes `x`
-        and the norm is on its Triton path, whose rounding the fold repeats."""
-        return norm.fused and self._takes_skinny(x)
 
     def add_into(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         """`out += x @ W^T` in place (one matmul that accumulates: no copy, one rounding)."""

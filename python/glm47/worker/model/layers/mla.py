@@ -29,11 +29,6 @@ class MLAAttention(nn.Module):
     and [c | k_rope] stored in KV cache layer `cache_layer` (the same launch on the fused path);
     the backend attends over the cache; then o_proj.
 
-    On the fused path the two norms are one launch (kernels/rmsnorm `rmsnorm_pair`), except in
-    steps whose q_b product takes the skinny kernel: there q_b normalises its raw input itself
-    and the rope launch normalises the latent it stores, so qkv_a, q_b and rope-and-cache are the
-    whole chain. Only the cache holds the normalised latent either way.
-
     `mla_weights` are views of `kv_b_proj.weight`, so the weight must be filled in place (the
     loader copies into it) and the module must be built on its final device.
     """
@@ -75,28 +70,23 @@ class MLAAttention(nn.Module):
         this layer's cache at `cache.slot_mapping`."""
         num_tokens = x.shape[0]
         qkv_a = self.qkv_a_proj(x)  # [T, q_lora_rank + kv_lora_rank + rope_dim]
-        q_a = qkv_a[:, : self.q_lora_rank]  # [T, q_lora_rank], raw
-        latent = qkv_a[:, self.q_lora_rank : self.q_lora_rank + self.kv_lora_rank]  # raw
         k_rope = qkv_a[:, self.q_lora_rank + self.kv_lora_rank :]  # [T, rope_dim]
-        latent_norm: RMSNorm | None = None  # set: the rope launch normalises the latent
-        if self.q_b_proj.folds_norm(q_a, self.q_a_layernorm):
-            q = self.q_b_proj(q_a, self.q_a_layernorm)
-            latent_norm = self.kv_a_layernorm
-        elif self.q_a_layernorm.fused:  # both norms in one launch
+        if self.q_a_layernorm.fused:  # both norms in one launch
             q_a, latent = rmsnorm_pair(
                 qkv_a, self.q_a_layernorm.weight, self.kv_a_layernorm.weight, self.q_lora_rank,
                 self.q_a_layernorm.eps,
             )  # fmt: skip
-            q = self.q_b_proj(q_a)
         else:
-            q = self.q_b_proj(self.q_a_layernorm(q_a))
-            latent = self.kv_a_layernorm(latent)
+            q_a = self.q_a_layernorm(qkv_a[:, : self.q_lora_rank])
+            latent = self.kv_a_layernorm(
+                qkv_a[:, self.q_lora_rank : self.q_lora_rank + self.kv_lora_rank]
+            )
+        q = self.q_b_proj(q_a)
         q = q.view(num_tokens, self.num_heads, self.nope_dim + self.rope_dim)
         q_nope, q_rope = q.split([self.nope_dim, self.rope_dim], dim=-1)
         q_rope = self.rope.rotate_and_cache(
-            positions, q_rope, k_rope, latent, cache.kv_cache[self.cache_layer],
-            cache.slot_mapping, latent_norm,
-        )  # fmt: skip
+            positions, q_rope, k_rope, latent, cache.kv_cache[self.cache_layer], cache.slot_mapping
+        )
         return AttentionInputs(q_nope, q_rope)
 
     def attend(self, inputs: AttentionInputs, ctx: ForwardContext) -> torch.Tensor:

@@ -6,10 +6,9 @@ permutation, so their dot products equal those of the interleaved layout. The k_
 the KV cache are in this layout.
 
 `rotate_and_cache` also stores the new tokens' latents [c | rotated k_rope] in the KV cache: the
-MLA layer fills the cache before its attention backend runs; given the latent's RMSNorm, it takes
-the raw latent and stores the normalised one. With `fused` set (see `enable_fused_kernels`), q and
-k are rotated in place by one Triton kernel launch (kernels/rope), from the same cos/sin values
-with the same rounding points, and that launch also normalises the latent and writes the cache.
+MLA layer fills the cache before its attention backend runs. With `fused` set (see
+`enable_fused_kernels`), q and k are rotated in place by one Triton kernel launch (kernels/rope),
+from the same cos/sin values with the same rounding points, and that launch also writes the cache.
 """
 
 from __future__ import annotations
@@ -18,7 +17,6 @@ import torch
 from torch import nn
 
 from glm47.kernels.rope import apply_rope_, rope_and_cache_
-from glm47.worker.model.layers.norm import RMSNorm
 
 
 class InterleavedRope(nn.Module):
@@ -65,18 +63,11 @@ class InterleavedRope(nn.Module):
         latent: torch.Tensor,  # [T, kv_lora_rank]
         kv_cache: torch.Tensor,  # [num_slots, kv_lora_rank + rope_dim]: one layer's
         slot_mapping: torch.Tensor,  # [T] int64: cache row of each token
-        latent_norm: RMSNorm | None = None,  # given: `latent` is raw, the cache takes its norm
     ) -> torch.Tensor:  # [T, heads, rope_dim]: q rotated
-        """Rotate q and k and store [latent | rotated k] in `kv_cache` at `slot_mapping` (with
-        `latent_norm`, [latent_norm(latent) | rotated k])."""
+        """Rotate q and k and store [latent | rotated k] in `kv_cache` at `slot_mapping`."""
         if self.fused:  # in place: q and k are views of fresh outputs
-            norm_weight = None if latent_norm is None else latent_norm.weight
-            eps = None if latent_norm is None else latent_norm.eps
-            rope_and_cache_(q, k, latent, positions, self.cos_sin, kv_cache, slot_mapping,
-                            norm_weight=norm_weight, eps=eps)  # fmt: skip
+            rope_and_cache_(q, k, latent, positions, self.cos_sin, kv_cache, slot_mapping)
             return q
-        if latent_norm is not None:
-            latent = latent_norm(latent)
         q_out, k_out = self(positions, q, k)
         # Slots index as given: the worker points padding rows at page 0, never below 0.
         kv_cache[slot_mapping] = torch.cat([latent, k_out], dim=-1).to(kv_cache.dtype)

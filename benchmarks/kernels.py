@@ -61,7 +61,6 @@ from glm47.kernels.mla_decode import (
     mla_decode,
 )
 from glm47.kernels.mla_prefill import mla_prefill, prefill_flops
-from glm47.kernels.mla_values import mla_decode_values
 from glm47.kernels.moe_align import (
     moe_align,
     moe_align_blocked,
@@ -72,7 +71,6 @@ from glm47.kernels.moe_config import MoeConfig, candidate_configs
 from glm47.kernels.rmsnorm import rmsnorm
 from glm47.kernels.rope import apply_rope_, rope_and_cache_, rope_cos_sin
 from glm47.kernels.routing import route_topk, route_topk_ref
-from glm47.kernels.skinny_gemm import skinny_gemm
 
 
 def tag(cfg: MoeConfig) -> str:
@@ -120,47 +118,6 @@ def bench_decode(ceil: dict, sms: int) -> list[Row]:
                     shape = f"B={batch} ctx={ctx}"
                     rows.append(row("mla_decode", shape, var, ms, nbytes, flops, ceil))
             del sets
-    return rows
-
-
-V_DIM = 256  # v_head_dim: W_UV is [HEADS, V_DIM, D_LAT]
-
-
-def decode_then_values(q, cache, table, lens, page_size, scale, w_uv, num_splits):  # type: ignore[no-untyped-def]
-    """The path the fused kernel replaces: split + merge kernels, then the skinny W_UV product."""
-    att = mla_decode(q, cache, table, lens, page_size, scale, num_splits=num_splits)
-    out = torch.empty((q.shape[0], HEADS, V_DIM), dtype=BF16, device=DEV)
-    skinny_gemm(att.transpose(0, 1), w_uv, out=out.transpose(0, 1))
-    return out
-
-
-def bench_decode_values(ceil: dict, sms: int) -> list[Row]:
-    """Decode attention with its W_UV product at the small batches where the triton backend merges
-    the slices inside the product: split + fused (a few launch settings) against split + merge +
-    skinny W_UV."""
-    rows = []
-    for batch in (1, 4):
-        ctx = 1024
-        nbytes = decode_bytes(batch, HEADS, ctx) + 2 * HEADS * V_DIM * D_LAT
-        flops = decode_flops(batch, HEADS, ctx) + 2 * batch * HEADS * V_DIM * D_LAT
-        lens = torch.full((batch,), ctx, dtype=torch.int32, device=DEV)
-        sets = []
-        for _ in range(64):
-            cache, table = paged_cache(batch, ctx, 16)
-            q = torch.randn((batch, HEADS, WIDTH), dtype=BF16, device=DEV)
-            w_uv = torch.randn((HEADS, V_DIM, D_LAT), dtype=BF16, device=DEV) * D_LAT**-0.5
-            sets.append((q, cache, table, lens, 16, SCALE, w_uv))
-        splits = default_num_splits(batch, sms)
-        shape = f"B={batch} ctx={ctx}"
-        ms = graph_ms(decode_then_values, sets, num_splits=splits)
-        rows.append(row("mla_decode+W_UV", shape, f"merge + skinny splits{splits}", ms, nbytes,
-                        flops, ceil))  # fmt: skip
-        for bn, warps, chunk in ((16, 4, 16), (8, 4, 16), (32, 4, 16), (32, 8, 16), (16, 8, 32)):
-            ms = graph_ms(mla_decode_values, sets, num_splits=splits, block_n=bn, num_warps=warps,
-                          chunk_s=chunk)  # fmt: skip
-            var = f"fused bn{bn} w{warps} chunk{chunk} splits{splits}"
-            rows.append(row("mla_decode+W_UV", shape, var, ms, nbytes, flops, ceil))
-        del sets
     return rows
 
 
@@ -459,7 +416,7 @@ def main() -> None:
     rows: list[Row] = []
     tuned: dict[int, MoeConfig] = {}
     benches: dict[str, Callable[[], list[Row]]] = {
-        "decode": lambda: bench_decode(ceil, sms) + bench_decode_values(ceil, sms),
+        "decode": lambda: bench_decode(ceil, sms),
         "fi_decode": lambda: bench_fi_decode(ceil),
         "prefill": lambda: bench_prefill(ceil),
         "small": lambda: bench_small(ceil),

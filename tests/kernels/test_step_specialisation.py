@@ -13,7 +13,6 @@ from kernel_utils import ON_GPU
 
 from glm47.kernels.mla_decode import mla_decode
 from glm47.kernels.mla_prefill import mla_prefill
-from glm47.kernels.mla_values import mla_decode_values
 from glm47.kernels.rope import rope_and_cache_, rope_cos_sin
 from glm47.worker.compile_watch import CompileWatch
 
@@ -64,21 +63,6 @@ def test_mla_decode_compiles_once_for_every_step_layout(compiles: CompileWatch) 
     # row strides 60 and 80: not and a multiple of 16).
     for width, rows, offset, splits in [(16, 5, 1, 4), (17, 2, 4, 3), (32, 7, 3, 4), (1, 1, 1, 3)]:
         assert new_compiles(compiles, run, width, rows, offset, splits) == 0, (width, offset)
-
-
-def test_mla_decode_values_compiles_once_for_every_small_step(compiles: CompileWatch) -> None:
-    """The batch size (1 included) and split count reach the fused merge as plain arguments."""
-    cache = torch.randn((64 * PAGE, D_LAT + D_ROPE), dtype=torch.bfloat16, device="cuda")
-    w_uv = torch.randn((HEADS, 256, D_LAT), dtype=torch.bfloat16, device="cuda")
-
-    def run(width: int, rows: int, offset: int, splits: int) -> None:
-        table, lens = layout(width, rows, offset)
-        q = torch.randn((rows, HEADS, D_LAT + D_ROPE), dtype=torch.bfloat16, device="cuda")
-        mla_decode_values(q, cache, table, lens, PAGE, 0.1, w_uv, D_ROPE, num_splits=splits)
-
-    new_compiles(compiles, run, 1, 3, 0, 3)
-    for width, rows, offset, splits in [(16, 1, 1, 4), (17, 2, 4, 3), (32, 4, 3, 4), (1, 1, 0, 3)]:
-        assert new_compiles(compiles, run, width, rows, offset, splits) == 0, (rows, splits)
 
 
 def test_mla_prefill_and_rope_with_kv_write_compile_once_for_every_step_layout(

@@ -48,12 +48,7 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-@pytest.mark.parametrize("skinny", [False, True])
-def test_triton_backend_matches_torch_backend(
-    case: str, skinny: bool, device: str, dtype: torch.dtype
-) -> None:
-    """With the skinny products, the decode case (4 sequences) merges the slices inside the W_UV
-    product (`FUSED_VALUES_MAX_SEQS`)."""
+def test_triton_backend_matches_torch_backend(case: str, device: str, dtype: torch.dtype) -> None:
     heads, nope, rope, rank, v = DIMS
     seqs = CASES[case] if not ON_GPU else [(n * 7, c * 50) for n, c in CASES[case]]
     if ON_GPU and case == "decode":
@@ -67,7 +62,6 @@ def test_triton_backend_matches_torch_backend(
     weights = MLAWeights(
         w_uk=torch.randn((heads, nope, rank), dtype=dtype, device=device) * nope**-0.5,
         w_uv=torch.randn((heads, v, rank), dtype=dtype, device=device) * rank**-0.5,
-        skinny=skinny,
     )
     scale = (nope + rope) ** -0.5
     cache[meta.slot_mapping] = torch.cat([latent, k_rope], dim=-1)  # the layer's write

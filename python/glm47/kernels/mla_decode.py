@@ -4,9 +4,7 @@ Every sequence has one query token with H heads, each a `D_LAT + D_ROPE`-wide ve
 (`q_nope @ W_UK` concatenated with the roped `q_rope`). All heads attend to the same single key per
 cached token: the latent row `[c | k_rope]`; the value is `c` (the first `D_LAT` columns). One
 program handles all heads of one sequence over one slice of its tokens, so each cached row is read
-from memory once per step. A second kernel merges the slices with their log-sum-exp; at small
-batches the Triton attention backend instead merges them inside the W_UV product
-(`kernels/mla_values.py`).
+from memory once per step. A second kernel merges the slices with their log-sum-exp.
 """
 
 from __future__ import annotations
@@ -244,52 +242,6 @@ def _mla_decode_split_kernel(
                  mask=offs_h < num_heads)  # fmt: skip
 
 
-@triton.jit
-def merged_row(
-    part_out_ptr,  # [B, num_splits, H, D_LAT] fp32
-    part_lse_ptr,  # [B, num_splits, H] fp32, log2 units
-    b,
-    h,
-    stride_pob,
-    stride_pos,
-    stride_poh,
-    stride_plb,
-    stride_pls,
-    num_splits,
-    D_LAT: tl.constexpr,
-    BLOCK_S: tl.constexpr,  # >= num_splits
-    CHUNK_S: tl.constexpr,  # slices summed per step (BLOCK_S: all at once)
-):
-    """Head h of sequence b over all its slices, fp32 [D_LAT]: the partials weighted by
-    exp2(lse - max lse), summed CHUNK_S slices a step up to the last slice that holds tokens.
-    Slices past the end (lse = -inf; the split kernel leaves their partials unwritten) weigh
-    nothing and are not read."""
-    offs_s = tl.arange(0, BLOCK_S)
-    offs_c = tl.arange(0, D_LAT)
-    lse_row = part_lse_ptr + b * stride_plb + h
-    part_row = part_out_ptr + b * stride_pob + h * stride_poh
-    lse = tl.load(lse_row + offs_s * stride_pls, mask=offs_s < num_splits, other=float("-inf"))
-    m = tl.max(lse, 0)
-    w = tl.where(offs_s < num_splits, tl.exp2(lse - m), 0.0)  # [BLOCK_S]
-    live_end = tl.max(tl.where(w > 0.0, offs_s + 1, 0), 0)
-    total = tl.zeros([D_LAT], dtype=tl.float32)
-    for s0 in range(0, live_end, CHUNK_S):
-        # A step's weights and partials load side by side: the partials' mask is the live range,
-        # not the weights. The slices past the end are the last ones (`_slice_bounds`), so every
-        # partial inside the range was written.
-        offs_cs = s0 + tl.arange(0, CHUNK_S)
-        mask_cs = offs_cs < live_end
-        lse_c = tl.load(lse_row + offs_cs * stride_pls, mask=mask_cs, other=float("-inf"))
-        parts = tl.load(
-            part_row + offs_cs[:, None] * stride_pos + offs_c[None, :],
-            mask=mask_cs[:, None],
-            other=0.0,
-        )  # [CHUNK_S, D_LAT]
-        w_c = tl.where(mask_cs, tl.exp2(lse_c - m), 0.0)  # [CHUNK_S]: these slices' entries of w
-        total += tl.sum(parts * w_c[:, None], 0)
-    return total / tl.sum(w, 0)
-
-
 @triton.jit(do_not_specialize=["stride_plb", "num_splits"])
 def _mla_decode_merge_kernel(
     part_out_ptr,  # [B, num_splits, H, D_LAT] fp32
@@ -310,9 +262,24 @@ def _mla_decode_merge_kernel(
     pdl_wait(USE_PDL)
     b = tl.program_id(0)
     h = tl.program_id(1)
-    out = merged_row(part_out_ptr, part_lse_ptr, b, h, stride_pob, stride_pos, stride_poh,
-                     stride_plb, stride_pls, num_splits, D_LAT, BLOCK_S, BLOCK_S)  # fmt: skip
+    offs_s = tl.arange(0, BLOCK_S)
     offs_c = tl.arange(0, D_LAT)
+    mask_s = offs_s < num_splits
+    lse = tl.load(
+        part_lse_ptr + b * stride_plb + offs_s * stride_pls + h, mask=mask_s, other=float("-inf")
+    )  # [BLOCK_S]
+    m = tl.max(lse, 0)
+    w = tl.where(mask_s, tl.exp2(lse - m), 0.0)
+    parts = tl.load(
+        part_out_ptr
+        + b * stride_pob
+        + h * stride_poh
+        + offs_s[:, None] * stride_pos
+        + offs_c[None, :],
+        mask=mask_s[:, None] & (w[:, None] > 0.0),
+        other=0.0,
+    )  # [BLOCK_S, D_LAT]
+    out = tl.sum(parts * w[:, None], 0) / tl.sum(w, 0)
     tl.store(out_ptr + b * stride_ob + h * stride_oh + offs_c, out.to(out_ptr.dtype.element_ty))
 
 
@@ -367,7 +334,7 @@ def default_num_splits(batch: int, num_sms: int = 132, max_seq_len: int | None =
     return int(min(splits, 64))
 
 
-def decode_partials(
+def mla_decode(
     q: torch.Tensor,  # [B, H, D_LAT + D_ROPE], or [B, H, D_LAT] with q_rope
     kv_cache: torch.Tensor,  # [num_slots, D_LAT + D_ROPE]
     page_table: torch.Tensor,  # [B, max_pages] int32
@@ -381,10 +348,13 @@ def decode_partials(
     num_stages: int | None = None,
     q_rope: torch.Tensor | None = None,  # [B, H, D_ROPE]: the roped part, when q holds D_LAT
     rescale_slack: float = RESCALE_SLACK,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The split kernel's output, (partials [B, num_splits, H, D_LAT] fp32, their log-sum-exp
-    [B, num_splits, H] fp32 in log2 units), for a merge to combine; the arguments are
-    `mla_decode`'s. Partials of slices past a sequence's end are left unwritten (lse = -inf)."""
+) -> torch.Tensor:  # [B, H, D_LAT]
+    """Attention of one query token per sequence over its cached latents (values = first D_LAT).
+
+    Launch settings left as None take `default_launch(B)`. `rescale_slack` (log2 units, 0-15) is
+    how far a head's score may pass the running maximum before the accumulator is rescaled (see
+    `_mla_decode_split_kernel`); every value gives the same result up to rounding.
+    """
     q_lat, q_pe = split_query(q, q_rope, d_rope)
     b, h, d_lat = q_lat.shape
     auto_n, auto_warps, auto_stages = default_launch(b)
@@ -428,43 +398,14 @@ def decode_partials(
         USE_PDL=pdl, launch_pdl=pdl, KV_LINES=kv_lines,
         KV_BLOCK_L=triton.next_power_of_2(kv_lines), KV_LINE_ELEMS=128 // kv_cache.element_size(),
     )  # fmt: skip
-    return part_out, part_lse
-
-
-def mla_decode(
-    q: torch.Tensor,  # [B, H, D_LAT + D_ROPE], or [B, H, D_LAT] with q_rope
-    kv_cache: torch.Tensor,  # [num_slots, D_LAT + D_ROPE]
-    page_table: torch.Tensor,  # [B, max_pages] int32
-    seq_lens: torch.Tensor,  # [B] int32, >= 1
-    page_size: int,
-    scale: float,
-    d_rope: int = 64,
-    num_splits: int = 4,
-    block_n: int | None = None,
-    num_warps: int | None = None,
-    num_stages: int | None = None,
-    q_rope: torch.Tensor | None = None,  # [B, H, D_ROPE]: the roped part, when q holds D_LAT
-    rescale_slack: float = RESCALE_SLACK,
-) -> torch.Tensor:  # [B, H, D_LAT]
-    """Attention of one query token per sequence over its cached latents (values = first D_LAT).
-
-    Launch settings left as None take `default_launch(B)`. `rescale_slack` (log2 units, 0-15) is
-    how far a head's score may pass the running maximum before the accumulator is rescaled (see
-    `_mla_decode_split_kernel`); every value gives the same result up to rounding.
-    """
-    part_out, part_lse = decode_partials(
-        q, kv_cache, page_table, seq_lens, page_size, scale, d_rope, num_splits, block_n,
-        num_warps, num_stages, q_rope, rescale_slack,
-    )  # fmt: skip
-    b, _, h, d_lat = part_out.shape
-    out = torch.empty((b, h, d_lat), dtype=q.dtype, device=q.device)
-    pdl = use_pdl(q)
+    out = torch.empty((b, h, d_lat), dtype=q_lat.dtype, device=q_lat.device)
     _mla_decode_merge_kernel[(b, h)](
         part_out, part_lse, out,
         part_out.stride(0), part_out.stride(1), part_out.stride(2),
         part_lse.stride(0), part_lse.stride(1), out.stride(0), out.stride(1), num_splits,
         D_LAT=d_lat, BLOCK_S=max(2, triton.next_power_of_2(num_splits)),
-        num_warps=4, USE_PDL=pdl, launch_pdl=pdl,
+        num_warps=4,
+        USE_PDL=use_pdl(q_lat), launch_pdl=use_pdl(q_lat),
     )  # fmt: skip
     return out
 
@@ -516,11 +457,9 @@ __all__ = [
     "check_q_and_cache",
     "decode_bytes",
     "decode_flops",
-    "decode_partials",
     "default_launch",
     "default_num_splits",
     "gather_latents",
-    "merged_row",
     "mla_decode",
     "mla_decode_ref",
     "split_query",

@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from glm47.kernels import fused_moe
-from glm47.worker.attention import triton_backend
 from glm47.worker.kernel_options import KernelOptions
 from glm47.worker.model.context import ForwardContext
 from glm47.worker.model.layers import linear as linear_module
@@ -50,18 +49,15 @@ def runner(path: Path, fused: bool, skinny: bool = False, **kwargs: Any) -> Mode
     )  # fmt: skip
 
 
-def session(
-    r: ModelRunner, rids: tuple[str, ...] = tuple(PROMPTS)
-) -> tuple[list[torch.Tensor], list[list[int]]]:
-    """Prefill the prompts `rids` (starting with "a"), then decode the forced tokens; logits and
-    contexts of "a" per step."""
+def session(r: ModelRunner) -> tuple[list[torch.Tensor], list[list[int]]]:
+    """Prefill both prompts, then decode the forced tokens; logits and contexts per step."""
     alloc = PageAllocator(r.num_pages, r.page_size, seed=1)
-    tokens = {rid: list(PROMPTS[rid]) for rid in rids}
-    logits = [r.run_logits(batch(*(seq(alloc, rid, p, 0) for rid, p in tokens.items())))]
+    tokens = {rid: list(p) for rid, p in PROMPTS.items()}
+    logits = [r.run_logits(batch(*(seq(alloc, rid, p, 0) for rid, p in PROMPTS.items())))]
     contexts = [list(tokens["a"])]
     for step in FORCED:
         seqs = []
-        for rid, tok in zip(rids, step[: len(rids)], strict=True):
+        for rid, tok in zip(PROMPTS, step, strict=True):
             seqs.append(seq(alloc, rid, [tok], len(tokens[rid])))
             tokens[rid].append(tok)
         logits.append(r.run_logits(batch(*seqs)))
@@ -125,31 +121,6 @@ def test_skinny_gemm_path_matches_the_library_path(model_dir: tuple[Path, object
     plain_logits, _ = session(runner(path, fused=True))
     for skinny, plain in zip(skinny_logits, plain_logits, strict=True):
         torch.testing.assert_close(skinny, plain, rtol=1e-4, atol=1e-4)
-
-
-@pytest.mark.parametrize("rids", [("a",), ("a", "b")])
-def test_small_triton_decode_steps_merge_inside_the_values_product(
-    model_dir: tuple[Path, object], rids: tuple[str, ...], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """On the triton decode backend with the skinny products, decode steps of one and two
-    sequences merge the decode kernel's slices inside the W_UV product, in every layer; the
-    logits are those of the torch backend and of transformers."""
-    path, hf = model_dir
-    r = runner(path, fused=True, skinny=True, decode_backend="triton")
-    calls: list[int] = []  # sequences of each fused launch
-    real = triton_backend.mla_decode_values
-    monkeypatch.setattr(
-        triton_backend,
-        "mla_decode_values",
-        lambda q, *args, **kw: calls.append(q.shape[0]) or real(q, *args, **kw),
-    )
-    logits, contexts = session(r, rids)
-    layers = r.cfg.num_hidden_layers
-    assert calls == [len(rids)] * (layers * len(FORCED))
-    reference, _ = session(runner(path, fused=True, skinny=True), rids)
-    for a, b, ctx in zip(logits, reference, contexts, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
-        torch.testing.assert_close(a[0], hf_last_logits(hf, ctx), rtol=1e-3, atol=1e-3)  # type: ignore[arg-type]
 
 
 def test_warmup_runs_prefill_and_extend_steps(

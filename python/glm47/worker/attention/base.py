@@ -97,8 +97,7 @@ class DispatchingBackend(Protocol):
     def prefers_large(self, meta: AttentionMetadata) -> bool: ...
 
 
-def takes_skinny(x: torch.Tensor, weights: MLAWeights) -> bool:  # x: [T, H, D]
-    """Whether the absorbed products of `x`'s tokens go through kernels/skinny_gemm."""
+def _takes_skinny(x: torch.Tensor, weights: MLAWeights) -> bool:  # x: [T, H, D]
     return weights.skinny and takes_rows(x, x.shape[0])
 
 
@@ -106,7 +105,7 @@ def absorb_query(q_nope: torch.Tensor, weights: MLAWeights) -> torch.Tensor:
     """The query in the latent space, `q_lat[t, h] = q_nope[t, h] @ W_UK[h]`: [T, H, rank] in
     W_UK's dtype, token-major (a transposed view of the head-major product)."""
     t, heads, _ = q_nope.shape
-    if takes_skinny(q_nope, weights):
+    if _takes_skinny(q_nope, weights):
         out = torch.empty((t, heads, weights.w_uk.shape[2]), dtype=weights.w_uk.dtype,
                           device=q_nope.device)  # fmt: skip
         skinny_gemm(q_nope.transpose(0, 1), weights.w_uk.transpose(1, 2), out=out.transpose(0, 1))
@@ -121,7 +120,7 @@ def values_from_latents(att: torch.Tensor, weights: MLAWeights, dtype: torch.dty
     w_uv = weights.w_uv
     t, heads, _ = att.shape  # [T, H, kv_lora_rank]
     out = torch.empty((t, heads, w_uv.shape[1]), dtype=w_uv.dtype, device=att.device)
-    if takes_skinny(att, weights):
+    if _takes_skinny(att, weights):
         skinny_gemm(att.transpose(0, 1), w_uv, out=out.transpose(0, 1))
     else:
         torch.bmm(att.to(w_uv.dtype).transpose(0, 1), w_uv.transpose(1, 2), out=out.transpose(0, 1))

@@ -3,10 +3,7 @@
 Per layer (the layer has stored the step's new latents in the cache): project the queries into
 the latent space with W_UK, attend with the split-K decode kernel when every sequence has one new
 token and with the variable-length causal prefill kernel otherwise, then map the attended latents
-to values with W_UV. Both kernels read the cache in place; nothing is expanded per head. Decode
-steps of up to FUSED_VALUES_MAX_SEQS sequences whose W_UV product would take the skinny kernel
-merge the decode kernel's slices inside that product instead (`kernels/mla_values.py`): one
-launch where there were two.
+to values with W_UV. Both kernels read the cache in place; nothing is expanded per head.
 """
 
 from __future__ import annotations
@@ -16,22 +13,13 @@ import torch
 from glm47.kernels.device import num_sms
 from glm47.kernels.mla_decode import default_num_splits, mla_decode
 from glm47.kernels.mla_prefill import mla_prefill
-from glm47.kernels.mla_values import mla_decode_values
 from glm47.worker.attention.base import (
     AttentionMetadata,
     MLAWeights,
     absorb_query,
     register_backend,
-    takes_skinny,
     values_from_latents,
 )
-
-# Decode steps of at most this many sequences merge the slices inside the W_UV product. Every
-# column-block program of that kernel repeats its head's merge, one sequence after another, so its
-# partial reads (x 16 column blocks) and its chain of dependent loads grow with sequences x live
-# slices; the merge kernel reads them once, all sequences in parallel. A few sequences keep the
-# repeated merge smaller than the launch and the product it saves (reasoned, not yet timed).
-FUSED_VALUES_MAX_SEQS = 4
 
 
 class TritonMLABackend:
@@ -62,13 +50,10 @@ class TritonMLABackend:
             q_pe = q_pe.contiguous()
         if meta.is_decode:
             splits = default_num_splits(q_lat.shape[0], num_sms(q_lat.device))
-            decode_args = (q_lat, kv_cache, meta.page_table, meta.seq_lens, meta.page_size, scale)
-            if q_lat.shape[0] <= FUSED_VALUES_MAX_SEQS and takes_skinny(q_lat, weights):
-                values = mla_decode_values(
-                    *decode_args, weights.w_uv, d_rope=rope_dim, num_splits=splits, q_rope=q_pe
-                )
-                return values.to(q_nope.dtype)  # [T, H, v_head_dim]
-            att = mla_decode(*decode_args, d_rope=rope_dim, num_splits=splits, q_rope=q_pe)
+            att = mla_decode(
+                q_lat, kv_cache, meta.page_table, meta.seq_lens, meta.page_size, scale,
+                d_rope=rope_dim, num_splits=splits, q_rope=q_pe,
+            )  # fmt: skip
         else:
             att = mla_prefill(
                 q_lat, kv_cache, meta.page_table, meta.query_start_loc, meta.seq_lens,

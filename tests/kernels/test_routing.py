@@ -1,5 +1,4 @@
-"""The fused MoE routing kernels against their torch references and the model's `select_experts`;
-the one-launch norm, router product and routing against `route_align` of its logits."""
+"""The fused MoE routing kernel against its torch reference and the model's `select_experts`."""
 
 from __future__ import annotations
 
@@ -7,11 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from glm47.kernels.counters import counters_at_rest
-from glm47.kernels.moe_align import MoeAlignment, moe_align_torch
-from glm47.kernels.norm_route import _norm_route_align, norm_route_align
+from glm47.kernels.moe_align import moe_align_torch
 from glm47.kernels.rmsnorm import rmsnorm_ref
-from glm47.kernels.routing import route_align, route_topk, route_topk_ref
+from glm47.kernels.routing import norm_route_align, route_align, route_topk, route_topk_ref
 from glm47.worker.model.layers.moe import select_experts
 
 
@@ -150,69 +147,3 @@ def test_norm_route_align_is_rmsnorm_router_and_route_align(
     assert torch.equal(align.num_padded.cpu(), ref.num_padded.cpu())
     with pytest.raises(ValueError, match="fp32"):
         norm_route_align(x, residual, norm_w, 1e-5, gate.to(dtype), bias, top_k, True, 1.8, 16)
-
-
-def _assert_same_routing(
-    got: tuple[torch.Tensor, torch.Tensor, MoeAlignment],
-    want: tuple[torch.Tensor, torch.Tensor, MoeAlignment],
-) -> None:
-    """Bit for bit: the ids, the weights and the whole alignment."""
-    (ids, weights, al), (ref_ids, ref_weights, ref_al) = got, want
-    assert torch.equal(ids.cpu(), ref_ids.cpu())
-    assert torch.equal(weights.cpu(), ref_weights.cpu())
-    assert al.block_m == ref_al.block_m
-    assert torch.equal(al.num_padded.cpu(), ref_al.num_padded.cpu())
-    assert torch.equal(al.sorted_ids.cpu(), ref_al.sorted_ids.cpu())
-    assert torch.equal(al.expert_ids.cpu(), ref_al.expert_ids.cpu())
-
-
-@pytest.mark.parametrize(
-    ("tokens", "hidden", "experts", "top_k", "block_m"),
-    [(1, 256, 64, 4, 16), (3, 100, 20, 2, 4), (16, 64, 64, 4, 16), (5, 64, 9, 2, 2)],
-)
-@pytest.mark.parametrize("renormalize", [True, False])
-@pytest.mark.parametrize("shared", [False, True])
-def test_norm_route_align_routes_its_logits_as_route_align(
-    tokens: int,
-    hidden: int,
-    experts: int,
-    top_k: int,
-    block_m: int,
-    renormalize: bool,
-    shared: bool,
-    device: str,
-    dtype: torch.dtype,
-) -> None:
-    """The routing run by the launch's last program equals `route_align` of the logits that
-    launch computed (with several programs over experts and tokens), and leaves its counter at
-    zero."""
-    x = torch.randn(tokens, hidden, device=device).to(dtype)
-    residual = torch.randn(tokens, hidden, device=device).to(dtype)
-    norm_w = (torch.rand(hidden, device=device) + 0.5).to(dtype)
-    gate = torch.randn(experts, hidden, device=device)
-    bias = torch.rand(experts, device=device) * 0.2 - 0.1
-    normed, _, logits, *routed = _norm_route_align(
-        x, residual, norm_w, 1e-5, gate, bias, top_k, renormalize, 1.8, block_m, shared
-    )
-    assert counters_at_rest()
-    torch.testing.assert_close(logits, F.linear(normed.float(), gate), rtol=1e-4, atol=1e-4)
-    want = route_align(logits, bias, top_k, renormalize, 1.8, block_m, shared=shared)
-    _assert_same_routing((routed[0], routed[1], routed[2]), want)
-
-
-def test_norm_route_align_repeats_itself(device: str, dtype: torch.dtype) -> None:
-    """A second launch on the same router (its counter reused) gives the same outputs: the first
-    left the counter at zero, so the second's last program routes again."""
-    x = torch.randn(6, 128, device=device).to(dtype)
-    residual = torch.randn(6, 128, device=device).to(dtype)
-    norm_w = (torch.rand(128, device=device) + 0.5).to(dtype)
-    gate = torch.randn(64, 128, device=device)
-    bias = torch.rand(64, device=device) * 0.1
-    args = (x, residual, norm_w, 1e-5, gate, bias, 4, True, 2.5, 16)
-    first = norm_route_align(*args, shared=True)
-    assert counters_at_rest()
-    second = norm_route_align(*args, shared=True)
-    assert counters_at_rest()
-    assert torch.equal(first[0].cpu(), second[0].cpu())
-    assert torch.equal(first[1].cpu(), second[1].cpu())
-    _assert_same_routing((first[2], first[3], first[4]), (second[2], second[3], second[4]))

@@ -1,8 +1,7 @@
 """The MoE of a decode-sized step from the router's logits or from the attention block's output:
-the routing with the pairs' layout (kernels/routing; kernels/norm_route with the norm and the
-router's product), then the grouped GEMMs with the shared expert as one more expert and the top-k
-sum (kernels/fused_moe), which can end in the RMSNorm that follows the MoE (the next layer's input
-norm)."""
+the routing with the pairs' layout (kernels/routing), then the grouped GEMMs with the shared
+expert as one more expert and the top-k sum (kernels/fused_moe), which can end in the RMSNorm that
+follows the MoE (the next layer's input norm)."""
 
 from __future__ import annotations
 
@@ -12,9 +11,8 @@ from typing import overload
 import torch
 
 from glm47.kernels.fused_moe import choose_config, fused_experts
-from glm47.kernels.norm_route import norm_route_align
 from glm47.kernels.rmsnorm import ResidualNorm
-from glm47.kernels.routing import route_align
+from glm47.kernels.routing import norm_route_align, route_align
 
 
 @dataclass(frozen=True)
@@ -72,9 +70,10 @@ def fused_moe_from_residual(
     moe: RoutedExperts,
     next_norm: tuple[torch.Tensor, float] | None = None,  # weight [H] and eps of the norm after
 ) -> tuple[torch.Tensor, torch.Tensor]:  # the MoE output [T, H], the new residual x + residual
-    """A decode-sized step's RMSNorm (with the residual add) and MoE in four launches: the norm
-    with the router's product and the routing with the pairs' layout (`norm_route_align`), the
-    two grouped GEMMs (with the shared expert as one more expert when given) and the top-k sum.
+    """A decode-sized step's RMSNorm (with the residual add) and MoE in five launches: the norm
+    with the router's product, the routing with the pairs' layout (`routing.norm_route_align`),
+    the two grouped GEMMs (with the shared expert as one more expert when given) and the top-k
+    sum.
 
     With `next_norm`, the top-k sum also runs the RMSNorm after the MoE, with the residual add
     of its output: the result is then that norm's (normed, new residual)."""

@@ -9,8 +9,8 @@ come out in descending order of their biased score.
 `route_align` does the same for a decode-sized batch in a single program and, in the same launch,
 sorts the routed pairs by expert for the grouped GEMMs (the layout of kernels/moe_align). With
 `shared`, every token gets one more pair, last in its row: expert id E (one past the routed
-experts) with weight 1, the shared expert run inside the grouped GEMMs. `route_align_rows` is that
-program's body, which kernels/norm_route also runs at the end of the norm and the router's product.
+experts) with weight 1, the shared expert run inside the grouped GEMMs. `norm_route_align` puts
+the RMSNorm before the MoE and the router's product in front of it, in one more launch.
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ from glm47.kernels.moe_align import (
     max_padded_rows,
     write_block_experts,
 )
-from glm47.kernels.pdl import pdl_wait, use_pdl
+from glm47.kernels.pdl import pdl_wait, prefetch_l2, use_pdl
+from glm47.kernels.rmsnorm import rms_normed
 
 # Tokens up to which `route_align` runs (one program holds every token's logits and pairs).
 ROUTE_ALIGN_MAX_TOKENS = 64
@@ -78,7 +79,7 @@ def route_topk(
     scale: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:  # ids [T, k] int32, weights [T, k] fp32
     """The k experts of each token and their routing weights."""
-    t, e = check_routing(logits.shape, logits, correction_bias, top_k)
+    t, e = _check_routing(logits.shape, logits, correction_bias, top_k)
     ids = torch.empty(t, top_k, dtype=torch.int32, device=logits.device)
     weights = torch.empty(t, top_k, dtype=torch.float32, device=logits.device)
     if t == 0:
@@ -92,7 +93,7 @@ def route_topk(
 
 
 @triton.jit
-def route_align_rows(
+def _route_align_kernel(
     logits_ptr,  # [T, E] fp32
     bias_ptr,  # [E] fp32
     ids_ptr,  # [T, K1] int32, K1 = K + SHARED
@@ -114,10 +115,11 @@ def route_align_rows(
     BLOCK_M: tl.constexpr,
     BLOCK_FILL: tl.constexpr,
     BLOCK_B: tl.constexpr,
-    LOGITS_CACHE: tl.constexpr,  # the logits' load cache modifier ("" or ".cg")
+    USE_PDL: tl.constexpr,
 ):
-    """Every token of the batch in the calling program: its top-k (as `_route_kernel`, a token per
-    row), then the pairs' expert-sorted layout (as moe_align's single-program kernel)."""
+    """Every token of the batch in one program: its top-k (as `_route_kernel`, a token per row),
+    then the pairs' expert-sorted layout (as moe_align's single-program kernel)."""
+    pdl_wait(USE_PDL)
     K1: tl.constexpr = K + SHARED
     offs_t = tl.arange(0, BLOCK_T)
     offs_e = tl.arange(0, BLOCK_E)
@@ -125,7 +127,7 @@ def route_align_rows(
     valid = tok_ok[:, None] & (offs_e < NUM_EXPERTS)[None, :]  # [BLOCK_T, BLOCK_E]
     logit = tl.load(
         logits_ptr + offs_t[:, None].to(tl.int64) * stride_l + offs_e[None, :],
-        mask=valid, other=0.0, cache_modifier=LOGITS_CACHE,
+        mask=valid, other=0.0,
     )  # fmt: skip
     score = tl.sigmoid(logit)
     bias = tl.load(bias_ptr + offs_e, mask=offs_e < NUM_EXPERTS, other=0.0)
@@ -173,41 +175,7 @@ def route_align_rows(
     write_block_experts(ends, expert_ids_ptr, max_blocks, NUM_EXPERTS + SHARED, BLOCK_M, BLOCK_B)
 
 
-@triton.jit
-def _route_align_kernel(
-    logits_ptr,  # [T, E] fp32
-    bias_ptr,  # [E] fp32
-    ids_ptr,  # [T, K1] int32, K1 = K + SHARED
-    weights_ptr,  # [T, K1] fp32
-    sorted_ids_ptr,  # [max_padded] int32
-    expert_ids_ptr,  # [max_blocks] int32
-    num_padded_ptr,  # [1] int32
-    num_tokens,
-    stride_l,
-    scale,
-    max_padded,
-    max_blocks,
-    NUM_EXPERTS: tl.constexpr,
-    K: tl.constexpr,
-    SHARED: tl.constexpr,
-    RENORMALIZE: tl.constexpr,
-    BLOCK_T: tl.constexpr,
-    BLOCK_E: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-    BLOCK_FILL: tl.constexpr,
-    BLOCK_B: tl.constexpr,
-    USE_PDL: tl.constexpr,
-):
-    """One program: `route_align_rows` once the logits are ready."""
-    pdl_wait(USE_PDL)
-    route_align_rows(
-        logits_ptr, bias_ptr, ids_ptr, weights_ptr, sorted_ids_ptr, expert_ids_ptr, num_padded_ptr,
-        num_tokens, stride_l, scale, max_padded, max_blocks, NUM_EXPERTS, K, SHARED, RENORMALIZE,
-        BLOCK_T, BLOCK_E, BLOCK_M, BLOCK_FILL, BLOCK_B, "",
-    )  # fmt: skip
-
-
-def check_routing(
+def _check_routing(
     shape: tuple[int, ...], logits: torch.Tensor | None, correction_bias: torch.Tensor, top_k: int
 ) -> tuple[int, int]:
     """(T, E) of a routing call on logits of `shape` (checked for dtype and layout when given),
@@ -224,42 +192,13 @@ def check_routing(
     return t, e
 
 
-def check_route_align(t: int, e: int, block_m: int) -> None:
-    """Checks that `route_align_rows` can take T tokens of E experts in blocks of `block_m`."""
+def _check_route_align(t: int, e: int, block_m: int) -> None:
     if not 0 < t <= ROUTE_ALIGN_MAX_TOKENS:
         raise ValueError(f"route_align takes 1 to {ROUTE_ALIGN_MAX_TOKENS} tokens, got {t}")
     if e > 256 or block_m < 1:
         raise ValueError(
             f"route_align takes up to 256 experts and block_m >= 1, got {e}, {block_m}"
         )
-
-
-def route_outputs(
-    t: int, e: int, top_k: int, shared: bool, block_m: int, dev: torch.device
-) -> tuple[torch.Tensor, torch.Tensor, MoeAlignment]:
-    """Empty ids and weights [T, k (+ 1 with `shared`)] and the alignment a routing launch fills."""
-    k1 = top_k + int(shared)
-    max_rows = max_padded_rows(t * k1, e + int(shared), block_m)
-    al = MoeAlignment(
-        sorted_ids=torch.empty((max_rows,), dtype=torch.int32, device=dev),
-        expert_ids=torch.empty((max_rows // block_m,), dtype=torch.int32, device=dev),
-        num_padded=torch.empty((1,), dtype=torch.int32, device=dev),
-        block_m=block_m,
-    )
-    ids = torch.empty(t, k1, dtype=torch.int32, device=dev)
-    weights = torch.empty(t, k1, dtype=torch.float32, device=dev)
-    return ids, weights, al
-
-
-def route_meta(
-    t: int, e: int, top_k: int, shared: bool, renormalize: bool, block_m: int
-) -> dict[str, int]:
-    """The constexpr arguments of `route_align_rows`, but the logits' cache modifier."""
-    return dict(
-        NUM_EXPERTS=e, K=top_k, SHARED=int(shared), RENORMALIZE=renormalize,
-        BLOCK_T=triton.next_power_of_2(t), BLOCK_E=triton.next_power_of_2(e), BLOCK_M=block_m,
-        BLOCK_FILL=256, BLOCK_B=32,
-    )  # fmt: skip
 
 
 def route_align(
@@ -274,19 +213,137 @@ def route_align(
     """`route_topk` and `moe_align` of its ids in one launch, for up to ROUTE_ALIGN_MAX_TOKENS
     tokens. With `shared`, ids and weights are [T, k + 1]: each token's last pair is expert E
     (the shared expert) with weight 1, and the alignment covers E + 1 experts."""
-    t, e = check_routing(logits.shape, logits, correction_bias, top_k)
-    check_route_align(t, e, block_m)
-    ids, weights, al = route_outputs(t, e, top_k, shared, block_m, logits.device)
+    t, e = _check_routing(logits.shape, logits, correction_bias, top_k)
+    _check_route_align(t, e, block_m)
+    dev, k1 = logits.device, top_k + int(shared)
+    ids = torch.empty(t, k1, dtype=torch.int32, device=dev)
+    weights = torch.empty(t, k1, dtype=torch.float32, device=dev)
+    max_rows = max_padded_rows(t * k1, e + int(shared), block_m)
+    al = MoeAlignment(
+        sorted_ids=torch.empty((max_rows,), dtype=torch.int32, device=dev),
+        expert_ids=torch.empty((max_rows // block_m,), dtype=torch.int32, device=dev),
+        num_padded=torch.empty((1,), dtype=torch.int32, device=dev),
+        block_m=block_m,
+    )
     pdl = use_pdl(logits)
-    # One warp up to 16 tokens: the top-k and the scans are chains of reductions, cheapest when
-    # none of them crosses warps.
     _route_align_kernel[(1,)](
         logits, correction_bias.contiguous(), ids, weights, al.sorted_ids, al.expert_ids,
         al.num_padded, t, logits.stride(0), scale, al.sorted_ids.shape[0], al.expert_ids.shape[0],
-        **route_meta(t, e, top_k, shared, renormalize, block_m), USE_PDL=pdl,
-        num_warps=1 if t <= 16 else 4, launch_pdl=pdl,
+        NUM_EXPERTS=e, K=top_k, SHARED=int(shared), RENORMALIZE=renormalize,
+        BLOCK_T=triton.next_power_of_2(t), BLOCK_E=triton.next_power_of_2(e), BLOCK_M=block_m,
+        BLOCK_FILL=256, BLOCK_B=32, USE_PDL=pdl, num_warps=1 if t <= 16 else 4, launch_pdl=pdl,
     )  # fmt: skip
     return ids, weights, al
+
+
+@triton.jit
+def _norm_router_kernel(
+    x_ptr,  # [T, D]
+    res_ptr,  # [T, D]
+    norm_w_ptr,  # [D]
+    out_ptr,  # [T, D]: the normalised rows (the experts' input)
+    res_out_ptr,  # [T, D]: x + residual
+    gate_ptr,  # [E, D] fp32
+    logits_ptr,  # [T, E] fp32
+    num_tokens,
+    stride_x,
+    stride_r,
+    eps,
+    D: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    EXPERTS_PER_PROGRAM: tl.constexpr,
+    TOKENS_PER_PROGRAM: tl.constexpr,
+    NUM_EXPERTS: tl.constexpr,
+    USE_PDL: tl.constexpr,
+):
+    """Program (i, j): RMSNorm with the residual add (kernels/rmsnorm's rounding) of token tile j
+    and the router's fp32 product of those rows with expert block i; programs (0, j) store the
+    rows."""
+    pid_e = tl.program_id(0)
+    offs_t = tl.program_id(1) * TOKENS_PER_PROGRAM + tl.arange(0, TOKENS_PER_PROGRAM)
+    offs_d = tl.arange(0, BLOCK_D)
+    t_ok = offs_t < num_tokens
+    d_ok = offs_d < D
+    mask = t_ok[:, None] & d_ok[None, :]
+    norm_w = tl.load(norm_w_ptr + offs_d, mask=d_ok, other=0.0).to(tl.float32)
+    if USE_PDL:  # the router rows (no kernel writes them) into L2 while the previous kernel runs
+        offs_e = pid_e * EXPERTS_PER_PROGRAM + tl.arange(0, EXPERTS_PER_PROGRAM)
+        lines = tl.arange(0, BLOCK_D // 32) * 32  # 32 fp32 = one 128-byte line
+        rows = tl.minimum(offs_e, NUM_EXPERTS - 1)[:, None] * D
+        prefetch_l2(gate_ptr + rows + tl.minimum(lines, D - 1)[None, :])
+    pdl_wait(USE_PDL)
+    row = tl.load(x_ptr + offs_t[:, None] * stride_x + offs_d[None, :], mask=mask, other=0.0)
+    res = tl.load(res_ptr + offs_t[:, None] * stride_r + offs_d[None, :], mask=mask, other=0.0)
+    h = (row.to(tl.float32) + res.to(tl.float32)).to(row.dtype)  # [TOKENS, BLOCK_D]
+    y = rms_normed(h, norm_w[None, :], eps, D, 1)
+    if pid_e == 0:
+        tl.store(res_out_ptr + offs_t[:, None] * D + offs_d[None, :], h, mask=mask)
+        tl.store(out_ptr + offs_t[:, None] * D + offs_d[None, :], y, mask=mask)
+    yf = y.to(tl.float32)
+    for i in tl.static_range(EXPERTS_PER_PROGRAM):
+        e = pid_e * EXPERTS_PER_PROGRAM + i
+        if e < NUM_EXPERTS:
+            gate = tl.load(gate_ptr + e * D + offs_d, mask=d_ok, other=0.0)  # [BLOCK_D] fp32
+            logit = tl.sum(yf * gate[None, :], 1)  # [TOKENS]
+            tl.store(logits_ptr + offs_t * NUM_EXPERTS + e, logit, mask=t_ok)
+
+
+NORM_ROUTE_EXPERTS_PER_PROGRAM = 4
+NORM_ROUTE_TOKENS_PER_PROGRAM = 4
+
+
+def norm_route_align(
+    x: torch.Tensor,  # [T, D]
+    residual: torch.Tensor,  # [T, D]
+    norm_weight: torch.Tensor,  # [D]
+    eps: float,
+    gate_weight: torch.Tensor,  # [E, D] fp32, the router
+    correction_bias: torch.Tensor,  # [E] fp32
+    top_k: int,
+    renormalize: bool,
+    scale: float,
+    block_m: int,
+    shared: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, MoeAlignment]:
+    """The MoE layer's input and routing in two launches: `normed, new_residual =
+    rmsnorm(x, norm_weight, eps, residual)` (kernels/rmsnorm) with the router's logits
+    `normed.float() @ gate_weight.T` in one, then `route_align` of them (one program of one warp:
+    its top-k and scans are chains of reductions, which cost least inside one warp). Returns
+    (normed, new_residual, ids, weights, alignment)."""
+    t, d = x.shape
+    e = gate_weight.shape[0]
+    if residual.shape != x.shape or residual.dtype != x.dtype or norm_weight.shape != (d,):
+        raise ValueError(
+            f"x {tuple(x.shape)}, residual {tuple(residual.shape)} and norm weight "
+            f"{tuple(norm_weight.shape)} do not fit"
+        )
+    if x.stride(1) != 1 or residual.stride(1) != 1 or not norm_weight.is_contiguous():
+        raise ValueError("x, residual and the norm weight need a contiguous last dimension")
+    if gate_weight.shape != (e, d) or gate_weight.dtype != torch.float32:
+        raise ValueError(f"gate_weight must be [E, {d}] fp32, got {tuple(gate_weight.shape)}")
+    if not gate_weight.is_contiguous():
+        raise ValueError("gate_weight must be contiguous")
+    _check_routing((t, e), None, correction_bias, top_k)  # before any launch
+    _check_route_align(t, e, block_m)
+    dev = x.device
+    normed = torch.empty((t, d), dtype=x.dtype, device=dev)
+    new_residual = torch.empty((t, d), dtype=x.dtype, device=dev)
+    logits = torch.empty((t, e), dtype=torch.float32, device=dev)
+    per_program = NORM_ROUTE_EXPERTS_PER_PROGRAM
+    tokens = min(NORM_ROUTE_TOKENS_PER_PROGRAM, triton.next_power_of_2(t))
+    grid = (triton.cdiv(e, per_program), triton.cdiv(t, tokens))
+    block_d = triton.next_power_of_2(d)
+    pdl = use_pdl(x)
+    _norm_router_kernel[grid](
+        x, residual, norm_weight, normed, new_residual, gate_weight, logits, t, x.stride(0),
+        residual.stride(0), eps, D=d, BLOCK_D=block_d, EXPERTS_PER_PROGRAM=per_program,
+        TOKENS_PER_PROGRAM=tokens, NUM_EXPERTS=e, USE_PDL=pdl,
+        num_warps=min(8, max(1, block_d // 256)), launch_pdl=pdl,
+    )  # fmt: skip
+    ids, weights, al = route_align(
+        logits, correction_bias, top_k, renormalize, scale, block_m, shared=shared
+    )
+    return normed, new_residual, ids, weights, al
 
 
 def route_topk_ref(
@@ -303,16 +360,3 @@ def route_topk_ref(
     if renormalize:
         weights = weights / (weights.sum(dim=-1, keepdim=True) + 1e-20)
     return ids.to(torch.int32), weights * scale
-
-
-__all__ = [
-    "ROUTE_ALIGN_MAX_TOKENS",
-    "check_route_align",
-    "check_routing",
-    "route_align",
-    "route_align_rows",
-    "route_meta",
-    "route_outputs",
-    "route_topk",
-    "route_topk_ref",
-]

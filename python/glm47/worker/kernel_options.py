@@ -22,11 +22,10 @@ log = logging.getLogger(__name__)
 # steps decide on their padded size.
 SHARED_OVERLAP_TOKENS = 128
 # Steps of at most this many tokens run the shared expert inside the routed experts' grouped GEMMs,
-# after the norm with the router's product and the routing with the pairs' layout (one launch,
-# kernels/norm_route; MoE.fold_max_tokens): on a GPU with the Triton experts and the fused routing
-# kernel. On an H100 (run AZ, docs/gpu-notes.md, with the norm and the routing still two launches)
-# that took batch 1 from 5.29 to 5.00 ms and left batch 2, 8 and 16 within 0.03 ms; batch 4 was
-# 0.14 ms slower. So one-token steps only.
+# after the norm with the router's product and the routing with the pairs' layout (two launches;
+# MoE.fold_max_tokens): on a GPU with the Triton experts and the fused routing kernel. On an H100
+# (run AZ, docs/gpu-notes.md) that took batch 1 from 5.29 to 5.00 ms and left batch 2, 8 and 16
+# within 0.03 ms; batch 4 was 0.14 ms slower. So one-token steps only.
 SHARED_FOLD_TOKENS = 1
 
 

@@ -74,8 +74,8 @@ class MoE(nn.Module):
     four launches (`fused_moe_from_logits`): the routing with the pairs' layout, the two grouped
     GEMMs with the shared expert as one more expert, and the top-k sum, which adds the shared
     expert's output to the rounded routed sum as the unfolded path does. The decoder layer hands
-    such steps to `forward_from_residual`, where the RMSNorm before the MoE, the router's product
-    and the routing with the pairs' layout are one launch (kernels/norm_route).
+    such steps to `forward_from_residual`, where the RMSNorm before the MoE runs in the launch of
+    the router's product.
 
     Given the RMSNorm after the MoE (`next_norm`: the next layer's input norm, or the model's
     final norm, with the residual add before it), the layer returns that norm's output and the new

@@ -13,7 +13,6 @@ from glm47.kernels.fused_moe import (
     choose_config,
     fused_experts,
     fused_experts_ref,
-    k_splits,
     topk_sum,
     topk_sum_ref,
     tune_config,
@@ -28,7 +27,6 @@ from glm47.kernels.moe_align import (
 )
 from glm47.kernels.moe_config import MoeConfig, default_config
 from glm47.kernels.moe_decode import RoutedExperts, fused_moe_from_logits
-from glm47.kernels.rmsnorm import ResidualNorm, rmsnorm
 from glm47.kernels.routing import route_topk_ref
 
 
@@ -259,84 +257,6 @@ def test_topk_sum_rounds_the_parts_of_each_row_then_sums(splits: int, device: st
         topk_sum(parts.half(), top_k)
     with pytest.raises(ValueError, match="add must be"):
         topk_sum(parts, top_k, add=add)  # the output dtype is fp32 unless given
-
-
-def _random_norm(t: int, hidden: int, dtype: torch.dtype, device: str) -> ResidualNorm:
-    weight = torch.empty(hidden, device=device).uniform_(0.5, 1.5).to(dtype)
-    residual = (4 * torch.randn(t, hidden, device=device)).to(dtype)  # the stream is larger
-    return ResidualNorm(weight, 1e-5, residual)
-
-
-@pytest.mark.parametrize("tokens", [1, 5, 16])
-@pytest.mark.parametrize(
-    ("splits", "hidden", "shared_last", "with_add", "dtype"),
-    [
-        (1, 2048, False, False, torch.float16),
-        (1, 300, True, True, torch.float32),
-        (1, 2048, True, False, torch.bfloat16),
-        (2, 2048, True, True, torch.float16),
-        (3, 700, False, True, torch.float32),
-    ],
-)
-def test_topk_sum_with_the_next_norm_equals_topk_sum_then_rmsnorm(
-    tokens: int,
-    splits: int,
-    hidden: int,
-    shared_last: bool,
-    with_add: bool,
-    dtype: torch.dtype,
-    device: str,
-) -> None:
-    """The RMSNorm (with its residual add) after the top-k sum, in its launch: bit for bit the
-    top-k sum's launch, then kernels/rmsnorm's, from 2-D rows or a split GEMM's fp32 parts."""
-    top_k = 5
-    shape = (tokens * top_k, hidden) if splits == 1 else (splits, tokens * top_k, hidden)
-    per_pair = torch.randn(shape, device=device).to(dtype if splits == 1 else torch.float32)
-    add = torch.randn(tokens, hidden, device=device).to(dtype) if with_add else None
-    norm = _random_norm(tokens, hidden, dtype, device)
-    args = (per_pair, top_k, add, shared_last, dtype)
-    normed, residual = topk_sum(*args, norm=norm)
-    want_normed, want_residual = rmsnorm(topk_sum(*args), *norm)
-    assert want_residual is not None and normed.dtype == residual.dtype == dtype
-    torch.testing.assert_close(residual, want_residual, rtol=0, atol=0)
-    torch.testing.assert_close(normed, want_normed, rtol=0, atol=0)
-    if dtype == torch.bfloat16:  # the interpreter's bf16 casts may land a step off torch's
-        return
-    ref_normed, ref_residual = topk_sum_ref(*args, norm=norm)  # the sums in another order
-    tol = 5e-3 if dtype == torch.float16 else 1e-5
-    torch.testing.assert_close(residual, ref_residual, rtol=tol, atol=tol)
-    torch.testing.assert_close(normed, ref_normed, rtol=tol, atol=tol)
-
-
-def test_topk_sum_checks_the_next_norm(device: str) -> None:
-    per_pair = torch.randn(3 * 2, 64, device=device).half()
-    norm = _random_norm(3, 64, torch.float16, device)
-    empty = topk_sum(per_pair[:0], 2, norm=norm._replace(residual=norm.residual[:0]))
-    assert [x.shape for x in empty] == [(0, 64), (0, 64)]
-    with pytest.raises(ValueError, match="residual"):
-        topk_sum(per_pair, 2, norm=norm._replace(residual=norm.residual.float()))
-    with pytest.raises(ValueError, match="residual"):
-        topk_sum(per_pair, 2, norm=norm._replace(residual=norm.residual[:2]))
-    with pytest.raises(ValueError, match="weight"):
-        topk_sum(per_pair, 2, norm=norm._replace(weight=norm.weight[:32]))
-
-
-@pytest.mark.parametrize("split", [1, 2])
-def test_fused_experts_end_in_the_next_norm(split: int, device: str, dtype: torch.dtype) -> None:
-    """`next_norm` runs in the top-k sum's launch: bit for bit the experts, then the norm."""
-    t, hidden, inter, e, k = 4, 64, 32, 8, 2
-    x = torch.randn(t, hidden, device=device).to(dtype)
-    w13 = (0.1 * torch.randn(e, 2 * inter, hidden, device=device)).to(dtype)
-    w2 = (0.1 * torch.randn(e, hidden, inter, device=device)).to(dtype)
-    weights, ids = random_routing(t, e, k, device)
-    cfg = MoeConfig(16, 32, 16, 1, 4, 1, down_split_k=split)
-    assert k_splits(inter, cfg.down().block_k, cfg.down_splits)[1] == split
-    extra = torch.randn(t, hidden, device=device).to(dtype)
-    norm = _random_norm(t, hidden, dtype, device)
-    got = fused_experts(x, w13, w2, weights, ids, cfg, extra=lambda: extra, next_norm=norm)
-    out = fused_experts(x, w13, w2, weights, ids, cfg, extra=lambda: extra)
-    for a, b in zip(got, rmsnorm(out, *norm), strict=True):
-        torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
 FOLD_SHAPES = [(1, 64, 32, 8, 2), (6, 64, 32, 8, 2)] if not ON_GPU else [(1, 2048, 1536, 64, 4), (16, 2048, 1536, 64, 4)]  # fmt: skip

@@ -16,10 +16,6 @@ decode-sized entry points that route and run the experts are in kernels/moe_deco
 At decode sizes a tile row of GEMM 2 has few programs (one per active expert and column block),
 each streaming its weight over the whole of K; `MoeConfig.down_split_k` splits K over more
 programs, which write fp32 parts that the top-k sum adds and rounds where GEMM 2 would have.
-
-The top-k sum can end in the RMSNorm that follows the MoE (`next_norm`: the next layer's input
-norm with its residual add), rounded as kernels/rmsnorm rounds it: a decoder layer's last launch
-then also does the next layer's first.
 """
 
 from __future__ import annotations
@@ -27,7 +23,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import overload
 
 import torch
 import triton
@@ -36,7 +31,6 @@ import triton.language as tl
 from glm47.kernels.moe_align import MoeAlignment, moe_align
 from glm47.kernels.moe_config import MoeConfig, down_candidates, select_config, shape_key
 from glm47.kernels.pdl import pdl_wait, prefetch_l2, use_pdl
-from glm47.kernels.rmsnorm import ResidualNorm, rms_normed, rmsnorm_ref, row_warps
 
 log = logging.getLogger(__name__)
 
@@ -276,20 +270,14 @@ def _pair_row(pairs_ptr, row, offs, ok, stride_split, SPLITS: tl.constexpr, dtyp
 def _topk_sum_kernel(
     pairs_ptr,  # [T * TOP_K, H]: a token's TOP_K rows are consecutive; or [SPLITS, ...] fp32
     add_ptr,  # [T, H] (read when HAS_ADD)
-    out_ptr,  # [T, H]: the sum, or with HAS_NORM its RMSNorm
-    res_ptr,  # [T, H] (read when HAS_NORM): the residual the sum is added to
-    res_out_ptr,  # [T, H] (written when HAS_NORM): sum + residual
-    norm_w_ptr,  # [H] (read when HAS_NORM)
+    out_ptr,  # [T, H]
     hidden,
     stride_add,
     stride_split,
-    stride_res,
-    eps,
     HAS_ADD: tl.constexpr,
     SHARED_LAST: tl.constexpr,
     TOP_K: tl.constexpr,
     SPLITS: tl.constexpr,
-    HAS_NORM: tl.constexpr,  # then BLOCK >= hidden: a program holds the whole row
     BLOCK: tl.constexpr,
     USE_PDL: tl.constexpr,
 ):
@@ -311,36 +299,7 @@ def _topk_sum_kernel(
     if HAS_ADD:  # rounded sum, plus the addend, rounded again: torch's add of the two
         addend = tl.load(add_ptr + t * stride_add + offs, mask=ok, other=0.0)
         total = (total.to(tl.float32) + addend.to(tl.float32)).to(dtype)
-    if HAS_NORM:  # kernels/rmsnorm on the stored sum: the residual add, rounded, then the norm
-        res = tl.load(res_ptr + t * stride_res + offs, mask=ok, other=0.0)
-        total = (total.to(tl.float32) + res.to(tl.float32)).to(dtype)
-        tl.store(res_out_ptr + t * hidden + offs, total, mask=ok)
-        w = tl.load(norm_w_ptr + offs, mask=ok, other=0.0).to(tl.float32)
-        total = rms_normed(total, w, eps, hidden, 0)
     tl.store(out_ptr + t * hidden + offs, total, mask=ok)
-
-
-@overload
-def topk_sum(
-    per_pair: torch.Tensor,
-    top_k: int,
-    add: torch.Tensor | None = ...,
-    shared_last: bool = ...,
-    dtype: torch.dtype | None = ...,
-    norm: None = ...,
-) -> torch.Tensor: ...
-
-
-@overload
-def topk_sum(
-    per_pair: torch.Tensor,
-    top_k: int,
-    add: torch.Tensor | None = ...,
-    shared_last: bool = ...,
-    dtype: torch.dtype | None = ...,
-    *,
-    norm: ResidualNorm,
-) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
 def topk_sum(
@@ -349,18 +308,14 @@ def topk_sum(
     add: torch.Tensor | None = None,  # [T, H] in the output dtype, last dim contiguous
     shared_last: bool = False,
     dtype: torch.dtype | None = None,  # the output's (per_pair's by default)
-    norm: ResidualNorm | None = None,  # the RMSNorm after, with its residual add
-) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:  # [T, H], or with norm two [T, H]
+) -> torch.Tensor:  # [T, H]
     """`per_pair.view(T, top_k, H).sum(1)`, summed in fp32 and rounded once (as torch's sum);
     with `add`, `sum + add` as torch adds two tensors of that dtype (the sum rounded first).
     With `shared_last`, each token's last row is such an addend (the shared expert's output) and
     only the first top_k - 1 are summed; `add`, if also given, is added after it.
 
     A 3-D `per_pair` holds S fp32 parts of each row (a split GEMM's): a row is their sum rounded
-    to `dtype`, then summed as above.
-
-    With `norm`, the result is `rmsnorm(out, *norm)` of that output instead, rounded as
-    kernels/rmsnorm rounds it: (the normed `out + residual`, `out + residual`)."""
+    to `dtype`, then summed as above."""
     if top_k < 1 + int(shared_last):
         raise ValueError(f"top_k must be >= {1 + int(shared_last)}, got {top_k}")
     parts = per_pair if per_pair.dim() == 3 else per_pair.unsqueeze(0)
@@ -379,54 +334,28 @@ def topk_sum(
     dtype = dtype or per_pair.dtype
     if add is not None and (add.shape != (t, hidden) or add.dtype != dtype or add.stride(1) != 1):
         raise ValueError(f"add must be a [{t}, {hidden}] {dtype} tensor, got {add.shape}")
-    if norm is not None:
-        _check_norm(norm, t, hidden, dtype)
     out = torch.empty((t, hidden), dtype=dtype, device=per_pair.device)
-    res_out = None if norm is None else torch.empty_like(out)
-    result = out if res_out is None else (out, res_out)
     if t == 0:
-        return result
-    if norm is None:  # rows in blocks of up to 1024 columns: more programs at few tokens
-        block, warps = min(1024, triton.next_power_of_2(hidden)), 4
-    else:  # the norm reduces over the row: one program a row, spread over threads as rmsnorm's
-        block = triton.next_power_of_2(hidden)
-        warps = row_warps(block)
+        return out
+    block = min(1024, triton.next_power_of_2(hidden))
     pdl = use_pdl(per_pair)
     _topk_sum_kernel[(t, triton.cdiv(hidden, block))](
         per_pair,
         out if add is None else add,
         out,
-        out if norm is None else norm.residual,
-        out if res_out is None else res_out,
-        out if norm is None else norm.weight,
         hidden,
         0 if add is None else add.stride(0),
         parts.stride(0),
-        0 if norm is None else norm.residual.stride(0),
-        0.0 if norm is None else norm.eps,
         HAS_ADD=add is not None,
         SHARED_LAST=shared_last,
         TOP_K=top_k,
         SPLITS=splits,
-        HAS_NORM=norm is not None,
         BLOCK=block,
         USE_PDL=pdl,
-        num_warps=warps,
+        num_warps=4,
         launch_pdl=pdl,
     )
-    return result
-
-
-def _check_norm(norm: ResidualNorm, t: int, hidden: int, dtype: torch.dtype) -> None:
-    """`norm` fits a [t, hidden] output of `dtype` (as `rmsnorm` checks its arguments)."""
-    weight, _, residual = norm
-    if weight.shape != (hidden,) or weight.stride(0) != 1:
-        raise ValueError(f"the norm's weight must be a contiguous [{hidden}], got {weight.shape}")
-    if residual.shape != (t, hidden) or residual.dtype != dtype or residual.stride(1) != 1:
-        raise ValueError(
-            f"the norm's residual must be a [{t}, {hidden}] {dtype} tensor with a contiguous "
-            f"last dimension, got {tuple(residual.shape)} {residual.dtype}"
-        )
+    return out
 
 
 def topk_sum_ref(
@@ -435,8 +364,7 @@ def topk_sum_ref(
     add: torch.Tensor | None = None,
     shared_last: bool = False,
     dtype: torch.dtype | None = None,
-    norm: ResidualNorm | None = None,
-) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+) -> torch.Tensor:
     """Plain torch reference of `topk_sum`."""
     if per_pair.dim() == 3:  # fp32 parts: each row their sum, rounded
         per_pair = per_pair.sum(0).to(dtype or per_pair.dtype)
@@ -445,43 +373,7 @@ def topk_sum_ref(
     total = rows[:, : top_k - int(shared_last)].float().sum(1).to(per_pair.dtype)
     if shared_last:
         total = total + rows[:, -1]
-    total = total if add is None else total + add
-    if norm is None:
-        return total
-    normed, new_residual = rmsnorm_ref(total, norm.weight, norm.eps, norm.residual)
-    assert new_residual is not None
-    return normed, new_residual
-
-
-@overload
-def fused_experts(
-    x: torch.Tensor,
-    w13: torch.Tensor,
-    w2: torch.Tensor,
-    topk_weights: torch.Tensor,
-    topk_ids: torch.Tensor,
-    cfg: MoeConfig | None = ...,
-    extra: Callable[[], torch.Tensor] | None = ...,
-    shared: tuple[torch.Tensor, torch.Tensor] | None = ...,
-    align: MoeAlignment | None = ...,
-    next_norm: None = ...,
-) -> torch.Tensor: ...
-
-
-@overload
-def fused_experts(
-    x: torch.Tensor,
-    w13: torch.Tensor,
-    w2: torch.Tensor,
-    topk_weights: torch.Tensor,
-    topk_ids: torch.Tensor,
-    cfg: MoeConfig | None = ...,
-    extra: Callable[[], torch.Tensor] | None = ...,
-    shared: tuple[torch.Tensor, torch.Tensor] | None = ...,
-    align: MoeAlignment | None = ...,
-    *,
-    next_norm: ResidualNorm,
-) -> tuple[torch.Tensor, torch.Tensor]: ...
+    return total if add is None else total + add
 
 
 def fused_experts(
@@ -494,8 +386,7 @@ def fused_experts(
     extra: Callable[[], torch.Tensor] | None = None,
     shared: tuple[torch.Tensor, torch.Tensor] | None = None,
     align: MoeAlignment | None = None,
-    next_norm: ResidualNorm | None = None,
-) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:  # [T, H], or with next_norm two [T, H]
+) -> torch.Tensor:  # [T, H]
     """sum_j topk_weights[t, j] * expert_{topk_ids[t, j]}(x[t]), expert(x) = down(silu(gate x) * up x).
     With `extra`, that sum rounded to x's dtype plus `extra()` ([T, H], x's dtype), rounded once
     more, in the top-k sum's launch; `extra` is called after both GEMMs are enqueued.
@@ -503,11 +394,7 @@ def fused_experts(
     With `shared` (its gate_up [2I, H] and down [H, I] weights), each token's last column is the
     shared expert (id E, weight 1; see `routing.route_align`), added after the routed sum is
     rounded. `align`: the pairs' layout when the routing already made it (its block_m must be
-    `cfg`'s).
-
-    With `next_norm` (the RMSNorm that follows, with its residual), the result is
-    `rmsnorm(out, *next_norm)` of that output, run in the top-k sum's launch: (the normed
-    `out + residual`, `out + residual`), as the two launches would give them."""
+    `cfg`'s)."""
     t, hidden = x.shape
     num_experts, two_inter, _ = w13.shape
     inter = two_inter // 2
@@ -545,8 +432,10 @@ def fused_experts(
     moe_gemm(inter_act, w2, per_pair, weights, align, top_k, a_per_token=False, gated=False,
              mul_weight=True, cfg=down, hint_ids=hint_ids, shared_w=shared_w2,
              split_k=splits)  # fmt: skip
-    add = None if extra is None else extra()
-    return topk_sum(per_pair, top_k, add, shared is not None, x.dtype, norm=next_norm)
+    return topk_sum(
+        per_pair, top_k, add=None if extra is None else extra(), shared_last=shared is not None,
+        dtype=x.dtype,
+    )  # fmt: skip
 
 
 def _gpu_name(device: torch.device) -> str:

@@ -1,17 +1,14 @@
 """The MoE of a decode-sized step from the router's logits or from the attention block's output:
 the routing with the pairs' layout (kernels/routing), then the grouped GEMMs with the shared
-expert as one more expert and the top-k sum (kernels/fused_moe), which can end in the RMSNorm that
-follows the MoE (the next layer's input norm)."""
+expert as one more expert and the top-k sum (kernels/fused_moe)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import overload
 
 import torch
 
 from glm47.kernels.fused_moe import choose_config, fused_experts
-from glm47.kernels.rmsnorm import ResidualNorm
 from glm47.kernels.routing import norm_route_align, route_align
 
 
@@ -29,36 +26,20 @@ class RoutedExperts:
     shared: tuple[torch.Tensor, torch.Tensor] | None = None  # the shared expert's [2I, H], [H, I]
 
 
-@overload
-def fused_moe_from_logits(
-    x: torch.Tensor, logits: torch.Tensor, moe: RoutedExperts, next_norm: None = ...
-) -> torch.Tensor: ...
-
-
-@overload
-def fused_moe_from_logits(
-    x: torch.Tensor, logits: torch.Tensor, moe: RoutedExperts, next_norm: ResidualNorm
-) -> tuple[torch.Tensor, torch.Tensor]: ...
-
-
 def fused_moe_from_logits(
     x: torch.Tensor,  # [T, H], T <= routing.ROUTE_ALIGN_MAX_TOKENS
     logits: torch.Tensor,  # [T, E] fp32 router logits
     moe: RoutedExperts,
-    next_norm: ResidualNorm | None = None,  # the RMSNorm after, with its residual add
-) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:  # [T, H]; with next_norm, two [T, H]
+) -> torch.Tensor:  # [T, H]
     """The whole MoE of a decode-sized step after the router's product, in four launches: routing
     with the pairs' layout (`route_align`), the two grouped GEMMs (with the shared expert as one
-    more expert when given) and the top-k sum, which with `next_norm` also runs that norm and
-    returns its (normed, new residual)."""
+    more expert when given) and the top-k sum."""
     cfg = choose_config(x, moe.w13, moe.w2, moe.top_k)
     ids, weights, align = route_align(
         logits, moe.correction_bias, moe.top_k, moe.renormalize, moe.scale, cfg.block_m,
         shared=moe.shared is not None,
     )  # fmt: skip
-    return fused_experts(
-        x, moe.w13, moe.w2, weights, ids, cfg, shared=moe.shared, align=align, next_norm=next_norm
-    )
+    return fused_experts(x, moe.w13, moe.w2, weights, ids, cfg, shared=moe.shared, align=align)
 
 
 def fused_moe_from_residual(
@@ -68,23 +49,15 @@ def fused_moe_from_residual(
     eps: float,
     gate_weight: torch.Tensor,  # [E, H] fp32 router
     moe: RoutedExperts,
-    next_norm: tuple[torch.Tensor, float] | None = None,  # weight [H] and eps of the norm after
 ) -> tuple[torch.Tensor, torch.Tensor]:  # the MoE output [T, H], the new residual x + residual
     """A decode-sized step's RMSNorm (with the residual add) and MoE in five launches: the norm
     with the router's product, the routing with the pairs' layout (`routing.norm_route_align`),
     the two grouped GEMMs (with the shared expert as one more expert when given) and the top-k
-    sum.
-
-    With `next_norm`, the top-k sum also runs the RMSNorm after the MoE, with the residual add
-    of its output: the result is then that norm's (normed, new residual)."""
+    sum."""
     cfg = choose_config(x, moe.w13, moe.w2, moe.top_k)
     normed, new_residual, ids, weights, align = norm_route_align(
         x, residual, norm_weight, eps, gate_weight, moe.correction_bias, moe.top_k,
         moe.renormalize, moe.scale, cfg.block_m, shared=moe.shared is not None,
     )  # fmt: skip
-    experts = (normed, moe.w13, moe.w2, weights, ids, cfg)
-    if next_norm is not None:
-        then = ResidualNorm(*next_norm, new_residual)
-        return fused_experts(*experts, shared=moe.shared, align=align, next_norm=then)
-    out = fused_experts(*experts, shared=moe.shared, align=align)
+    out = fused_experts(normed, moe.w13, moe.w2, weights, ids, cfg, shared=moe.shared, align=align)
     return out, new_residual

@@ -9,30 +9,11 @@ compressed query and latent, which sit side by side in the output of one project
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import torch
 import triton
 import triton.language as tl
 
 from glm47.kernels.pdl import pdl_wait, use_pdl
-
-
-class ResidualNorm(NamedTuple):
-    """An RMSNorm with the residual add before it, for a kernel to run after its own output `y`:
-    `rmsnorm(y, weight, eps, residual)`, i.e. (the normed `y + residual`, `y + residual`)."""
-
-    weight: torch.Tensor  # [D]
-    eps: float
-    residual: torch.Tensor  # [T, D], y's dtype, last dim contiguous
-
-
-def row_warps(block: int) -> int:
-    """Warps of a program that normalises one row of `block` elements: 8 elements a thread
-    (16 bytes of bf16), at most 16 warps. A kernel that ends in `rms_normed` of a whole row
-    launches with these too, so that the row is spread over the threads as in `rmsnorm` and the
-    sum of squares, whose order follows that spread, is the same."""
-    return min(16, max(1, block // 256))
 
 
 @triton.jit
@@ -145,7 +126,7 @@ def rmsnorm_pair(
     _rmsnorm_pair_kernel[(t, 2)](
         x, weight_a, weight_b, out_a, out_b, x.stride(0), out_a.stride(0), out_b.stride(0), eps,
         D_A=d_a, D_B=d_b, OFF_B=offset_b, BLOCK_A=block_a, BLOCK_B=block_b,
-        num_warps=row_warps(max(block_a, block_b)),
+        num_warps=min(16, max(1, max(block_a, block_b) // 256)),
         USE_PDL=use_pdl(x), launch_pdl=use_pdl(x),
     )  # fmt: skip
     return out_a, out_b
@@ -179,7 +160,7 @@ def rmsnorm(
     _rmsnorm_kernel[(t,)](
         x, res_in, weight, out, res_dst,
         x.stride(0), res_in.stride(0), out.stride(0), res_dst.stride(0), d, eps,
-        HAS_RES=residual is not None, BLOCK_D=block, num_warps=row_warps(block),
+        HAS_RES=residual is not None, BLOCK_D=block, num_warps=min(16, max(1, block // 256)),
         USE_PDL=use_pdl(x), launch_pdl=use_pdl(x),
     )  # fmt: skip
     return out, res_out

@@ -6,9 +6,9 @@ pass is cut at each attention call into L + 1 segments, each captured once per p
 G (`sizes`):
 - segment 0: embedding, then layer 0 up to attention (input norm, projections, rope and the
   new latents stored in the KV cache);
-- segment i (1 <= i < L): the end of layer i - 1 (o_proj, post-attention norm, MLP, and layer i's
-  input norm), then layer i up to attention;
-- segment L: the end of layer L - 1, which ends with the final norm.
+- segment i (1 <= i < L): the end of layer i - 1 (o_proj, post-attention norm, MLP), then layer i
+  up to attention;
+- segment L: the end of layer L - 1 and the final norm.
 Between segments the step's attention backend runs eagerly on the first T rows (it attends with
 this step's metadata over the cache the segment filled). One replay costs microseconds of host
 time where the same segment run eagerly costs dozens of kernel launches.
@@ -121,7 +121,6 @@ class SegmentGraphRunner:
         """The L + 1 segment bodies over `buf` (see the module doc)."""
         model = self.model
         layers = self.layers
-        next_norms = model.next_norms
         cache = CacheWrite(self.kv_cache, buf.slot_mapping)
 
         def first() -> torch.Tensor:
@@ -130,17 +129,16 @@ class SegmentGraphRunner:
             return buf.store(inputs, residual)
 
         def middle(i: int) -> Callable[[], torch.Tensor]:
-            def body() -> torch.Tensor:  # layer i - 1 ends with layer i's input norm
-                normed, residual = layers[i - 1].end(buf.attended, buf.residual, next_norms[i - 1])
-                inputs, residual = layers[i].begin(
-                    buf.positions, normed, residual, cache, normed=True
-                )
+            def body() -> torch.Tensor:
+                hidden, residual = layers[i - 1].end(buf.attended, buf.residual)
+                inputs, residual = layers[i].begin(buf.positions, hidden, residual, cache)
                 return buf.store(inputs, residual)
 
             return body
 
-        def last() -> torch.Tensor:  # the last layer ends with the final norm
-            hidden, _ = layers[-1].end(buf.attended, buf.residual, next_norms[-1])
+        def last() -> torch.Tensor:
+            hidden, residual = layers[-1].end(buf.attended, buf.residual)
+            hidden, _ = model.norm(hidden, residual)
             buf.hidden.copy_(hidden)
             return buf.hidden
 

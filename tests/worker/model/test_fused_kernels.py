@@ -9,9 +9,7 @@ from typing import Any
 import pytest
 import torch
 
-from glm47.kernels import fused_moe
 from glm47.worker.kernel_options import KernelOptions
-from glm47.worker.model.context import ForwardContext
 from glm47.worker.model.layers import linear as linear_module
 from glm47.worker.model.layers import moe as moe_module
 from glm47.worker.model.layers.linear import Linear
@@ -190,45 +188,3 @@ def test_kernel_options_resolve_against_the_device(model_dir: tuple[Path, object
     assert "folded into the routed experts up to 8" in asked.describe()
     with pytest.raises(ValueError, match="shared_fold_tokens"):
         runner(model_dir[0], fused=True, shared_fold_tokens=-1)
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-def test_the_next_norm_in_the_top_k_sum_gives_the_logits_of_the_norm_run_after(
-    model_dir: tuple[Path, object], dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Folded steps end each MoE layer with the next layer's input norm (the last layer with the
-    final norm) in the top-k sum's launch: the logits are, bit for bit, those of the same kernels
-    with each norm launched on its own after its layer."""
-    path, _ = model_dir
-    in_sum: list[bool] = []
-    real_topk_sum = fused_moe.topk_sum
-    monkeypatch.setattr(fused_moe, "topk_sum",
-                        lambda *a, **k: in_sum.append(k.get("norm") is not None) or real_topk_sum(*a, **k))  # fmt: skip
-
-    def fold_runner() -> ModelRunner:
-        return make_runner(
-            path, dtype, page_size=4, kv_tokens=256, fused_kernels=True, moe_backend="triton",
-            shared_fold_tokens=16,
-        )  # fmt: skip
-
-    ending, _ = session(fold_runner())
-    num_moes = sum(isinstance(m, MoE) for m in fold_runner().model.modules())
-    assert in_sum == [True] * 4 * num_moes  # the prefill and 3 decode steps
-    separate = fold_runner()
-    model = separate.model
-
-    def norms_after(
-        input_ids: torch.Tensor, positions: torch.Tensor, ctx: ForwardContext
-    ) -> torch.Tensor:
-        hidden, residual = model.embed_tokens(input_ids), None
-        for layer in model.decoder_layers:
-            hidden, residual = layer(positions, hidden, residual, ctx)
-        return model.norm(hidden, residual)[0]
-
-    monkeypatch.setattr(model, "forward", norms_after)
-    in_sum.clear()
-    after, _ = session(separate)
-    assert in_sum and not any(in_sum)
-    for a, b in zip(ending, after, strict=True):
-        assert a.dtype == torch.float32 and torch.isfinite(a).all()
-        torch.testing.assert_close(a, b, rtol=0, atol=0)

@@ -10,12 +10,11 @@ import torch
 from transformers import Glm4MoeLiteConfig
 from transformers.models.glm4_moe_lite import modeling_glm4_moe_lite as hf
 
-from glm47.kernels import fused_moe
 from glm47.worker.model.config import ModelConfig
 from glm47.worker.model.layers.experts import TorchExperts, create_experts_backend
 from glm47.worker.model.layers.mlp import DenseMLP
 from glm47.worker.model.layers.moe import MoE, select_experts
-from glm47.worker.model.layers.norm import NextNorm, RMSNorm
+from glm47.worker.model.layers.norm import RMSNorm
 from glm47.worker.model.layers.rope import InterleavedRope
 from tests.worker.model.reference import TINY_HF
 
@@ -206,49 +205,3 @@ def test_the_folded_moe_layer_matches_the_unfolded_one() -> None:
     out, res = moe.forward_from_residual(x, residual, norm)
     torch.testing.assert_close(res, new_residual, rtol=0, atol=0)
     torch.testing.assert_close(out, unfolded, rtol=1e-5, atol=1e-5)
-
-
-@pytest.mark.parametrize("next_norm_fused", [True, False])
-@pytest.mark.parametrize("path", ["serial", "overlapped", "folded", "from_residual"])
-def test_the_moe_layer_ends_in_the_next_norm_on_every_path(
-    path: str, next_norm_fused: bool, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Given the norm after it, the MoE layer returns exactly that norm of its output (with the
-    residual add) on every path: in the top-k sum's launch where the path ends in one and the norm
-    is the Triton kernel, else after (Triton experts under the interpreter)."""
-    import glm47.worker.moe_triton  # noqa: F401  (registers "triton")
-
-    torch.manual_seed(0)
-    cfg = ModelConfig.from_dict(dict(TINY_HF, n_group=1, topk_group=1, num_experts_per_tok=2))
-    moe = MoE(cfg, create_experts_backend("triton"))
-    for p in moe.parameters():
-        p.data.normal_(0, 0.2)
-    moe.fused = moe.shared_experts.fused = True
-    norm, next_norm = (RMSNorm(cfg.hidden_size, cfg.rms_norm_eps) for _ in range(2))
-    for n in (norm, next_norm):
-        n.weight.data.uniform_(0.5, 1.5)
-    norm.fused, next_norm.fused = True, next_norm_fused
-    if path == "overlapped":
-        log: list[str] = []
-        monkeypatch.setattr(
-            torch.cuda, "current_stream", lambda device=None: _FakeStream("main", log)
-        )
-        monkeypatch.setattr(torch.cuda, "stream", lambda stream: contextlib.nullcontext())
-        moe.side_stream, moe.overlap_max_tokens = _FakeStream("side", log), 3  # type: ignore[assignment]
-    elif path != "serial":
-        moe.fold_max_tokens = 3
-    in_sum: list[bool] = []
-    real_topk_sum = fused_moe.topk_sum
-    monkeypatch.setattr(fused_moe, "topk_sum",
-                        lambda *a, **k: in_sum.append(k.get("norm") is not None) or real_topk_sum(*a, **k))  # fmt: skip
-    x, residual = torch.randn(3, cfg.hidden_size), torch.randn(3, cfg.hidden_size)
-    if path == "from_residual":
-        got = moe.forward_from_residual(x, residual, norm, next_norm)
-        out, res = moe.forward_from_residual(x, residual, norm)
-    else:
-        hidden, res = norm(x, residual)
-        got = moe(hidden, NextNorm(next_norm, res))
-        out = moe(hidden)
-    for a, b in zip(got, next_norm(out, res), strict=True):
-        torch.testing.assert_close(a, b, rtol=0, atol=0)
-    assert in_sum[0] == (next_norm_fused and path != "serial") and not any(in_sum[1:])

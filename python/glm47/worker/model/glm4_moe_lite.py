@@ -21,17 +21,14 @@ from glm47.worker.model.layers.linear import Linear
 from glm47.worker.model.layers.mla import AttentionInputs, MLAAttention
 from glm47.worker.model.layers.mlp import DenseMLP
 from glm47.worker.model.layers.moe import MoE
-from glm47.worker.model.layers.norm import NextNorm, RMSNorm
+from glm47.worker.model.layers.norm import RMSNorm
 from glm47.worker.model.layers.rope import InterleavedRope
 from glm47.worker.model.mtp import MTPLayer
 
 
 class DecoderLayer(nn.Module):
     """`h += attn(input_layernorm(h)); h += mlp(post_attention_layernorm(h))`, with the residual
-    adds fused into the norms: the layer takes and returns (hidden, residual). Given the norm that
-    follows it (the next layer's input norm, or the model's final norm), the layer ends with that
-    norm, in the MoE's last launch where it can, and the next layer's `begin` takes its output as
-    already normalised."""
+    adds fused into the norms: the layer takes and returns (hidden, residual)."""
 
     def __init__(
         self, cfg: ModelConfig, layer: int, rope: InterleavedRope, experts: ExpertsBackend
@@ -52,11 +49,9 @@ class DecoderLayer(nn.Module):
         hidden: torch.Tensor,  # [T, H]: output of the previous layer's MLP (or the embedding)
         residual: torch.Tensor | None,  # [T, H]: the residual stream before that output
         ctx: ForwardContext,
-        next_norm: RMSNorm | None = None,  # the norm after this layer
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The whole layer (see `end` for what it returns)."""
         inputs, residual = self.begin(positions, hidden, residual, ctx.cache_write)
-        return self.end(self.self_attn.attend(inputs, ctx), residual, next_norm)
+        return self.end(self.self_attn.attend(inputs, ctx), residual)
 
     def begin(
         self,
@@ -64,45 +59,27 @@ class DecoderLayer(nn.Module):
         hidden: torch.Tensor,  # [T, H]
         residual: torch.Tensor | None,  # [T, H]
         cache: CacheWrite,
-        *,
-        normed: bool = False,
     ) -> tuple[AttentionInputs, torch.Tensor]:
         """The layer up to attention: input norm (with the residual add), projections, rope and
-        the new latents stored in the layer's cache. With `normed`, `hidden` is already the input
-        norm's output and `residual` the stream it normalised: what the previous layer's `end`
-        returns given this layer's `input_layernorm`."""
+        the new latents stored in the layer's cache."""
         if residual is None:
-            if normed:
-                raise ValueError("a normed input needs the residual stream it was normalised from")
             residual = hidden
             hidden = self.input_layernorm(hidden)
-        elif not normed:
+        else:
             hidden, residual = self.input_layernorm(hidden, residual)
         return self.self_attn.project(positions, hidden, cache), residual
 
     def end(
-        self,
-        attended: torch.Tensor,  # [T, heads, v_head_dim]
-        residual: torch.Tensor,  # [T, H]
-        next_norm: RMSNorm | None = None,  # the norm after this layer
-    ) -> tuple[torch.Tensor, torch.Tensor]:  # [T, H] each
-        """The layer after attention: o_proj, post-attention norm (with the add), MLP; returns the
-        MLP's output and the residual stream it is to be added to. With `next_norm`, that norm too
-        (with the add): returns its output and the residual stream after the layer.
-
-        A MoE layer that folds this step's shared expert takes the post-attention norm into its
-        routing launch; a MoE whose step ends in the top-k sum takes `next_norm` into that launch.
-        """
+        self, attended: torch.Tensor, residual: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The layer after attention: o_proj, post-attention norm (with the add), MLP. A MoE
+        layer that folds this step's shared expert takes the norm into its routing launch."""
         out = self.self_attn.output(attended)
         mlp, norm = self.mlp, self.post_attention_layernorm
         if isinstance(mlp, MoE) and norm.fused and mlp.folds(out.shape[0]):
-            return mlp.forward_from_residual(out, residual, norm, next_norm)
+            return mlp.forward_from_residual(out, residual, norm)
         hidden, residual = norm(out, residual)
-        if next_norm is None:
-            return mlp(hidden), residual
-        if isinstance(mlp, MoE):
-            return mlp(hidden, NextNorm(next_norm, residual))
-        return next_norm(mlp(hidden), residual)
+        return mlp(hidden), residual
 
 
 class Glm4MoeLiteForCausalLM(nn.Module):
@@ -180,20 +157,11 @@ class Glm4MoeLiteForCausalLM(nn.Module):
     ) -> torch.Tensor:  # [T, H]: final hidden states after model.norm
         hidden = self.embed_tokens(input_ids)
         residual: torch.Tensor | None = None
-        for layer, next_norm in zip(self.decoder_layers, self.next_norms, strict=True):
-            # from the second layer on, `hidden` is this layer's normalised input
-            inputs, residual = layer.begin(
-                positions, hidden, residual, ctx.cache_write, normed=residual is not None
-            )
-            hidden, residual = layer.end(layer.self_attn.attend(inputs, ctx), residual, next_norm)
+        for layer in self.layers:
+            hidden, residual = layer(positions, hidden, residual, ctx)
+        assert residual is not None
+        hidden, _ = self.norm(hidden, residual)
         return hidden
-
-    @property
-    def next_norms(self) -> list[RMSNorm]:
-        """The norm after each decoder layer, which its `end` runs: the next layer's input norm,
-        and the final norm after the last layer."""
-        layers = self.decoder_layers
-        return [layer.input_layernorm for layer in layers[1:]] + [self.norm]
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:  # [N, H] -> [N, V] fp32
         return self.lm_head(hidden)

@@ -44,7 +44,8 @@ class MTPLayer(nn.Module):
     ) -> torch.Tensor:  # [T, H]: hidden states for compute_logits
         embeds = self.enorm(self._main[0](input_ids))
         hidden = self.eh_proj(torch.cat([embeds, self.hnorm(prev_hidden)], dim=-1))
-        hidden, _ = self.layer(positions, hidden, None, ctx, next_norm=self.shared_head_norm)
+        hidden, residual = self.layer(positions, hidden, None, ctx)
+        hidden, _ = self.shared_head_norm(hidden, residual)
         return hidden
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:  # [N, H] -> [N, V] fp32

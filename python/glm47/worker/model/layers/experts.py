@@ -14,8 +14,6 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 
-from glm47.worker.model.layers.norm import NextNorm
-
 
 class ExpertsBackend(Protocol):
     name: str
@@ -33,19 +31,6 @@ class ExpertsBackend(Protocol):
         `extra()` (a [T, H] tensor, also in that dtype), rounded again: the MoE layer's shared
         expert, whose stream `extra` joins. It is called once, after the experts' GEMMs are
         enqueued, so that they overlap whatever produces it."""
-        ...
-
-    def forward_then_norm(
-        self,
-        x: torch.Tensor,
-        w13: torch.Tensor,
-        w2: torch.Tensor,
-        topk_ids: torch.Tensor,
-        topk_weights: torch.Tensor,
-        extra: Callable[[], torch.Tensor] | None,
-        next_norm: NextNorm,
-    ) -> tuple[torch.Tensor, torch.Tensor]:  # the normed next input, the new residual: [T, H]
-        """`next_norm(self.forward(...))`, which a backend may run in its last launch."""
         ...
 
 
@@ -96,18 +81,6 @@ class TorchExperts:
             y = y * topk_weights[token_idx, slot, None]  # fp32
             out.index_add_(0, token_idx, y.to(out.dtype))
         return out if extra is None else out.add_(extra())
-
-    def forward_then_norm(
-        self,
-        x: torch.Tensor,
-        w13: torch.Tensor,
-        w2: torch.Tensor,
-        topk_ids: torch.Tensor,
-        topk_weights: torch.Tensor,
-        extra: Callable[[], torch.Tensor] | None,
-        next_norm: NextNorm,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        return next_norm(self.forward(x, w13, w2, topk_ids, topk_weights, extra))
 
 
 register_experts_backend("torch", TorchExperts)

@@ -23,7 +23,7 @@ from glm47.kernels.skinny_gemm import skinny_gemm, takes_rows
 from glm47.worker.model.config import ModelConfig
 from glm47.worker.model.layers.experts import ExpertsBackend
 from glm47.worker.model.layers.mlp import DenseMLP
-from glm47.worker.model.layers.norm import NextNorm, RMSNorm
+from glm47.worker.model.layers.norm import RMSNorm
 
 
 def select_experts(
@@ -76,12 +76,6 @@ class MoE(nn.Module):
     expert's output to the rounded routed sum as the unfolded path does. The decoder layer hands
     such steps to `forward_from_residual`, where the RMSNorm before the MoE runs in the launch of
     the router's product.
-
-    Given the RMSNorm after the MoE (`next_norm`: the next layer's input norm, or the model's
-    final norm, with the residual add before it), the layer returns that norm's output and the new
-    residual. Where the step's path ends in the top-k sum (folded, or overlapped with the Triton
-    experts) and the norm runs as the Triton kernel, the norm runs in the top-k sum's launch, with
-    the same rounding; otherwise it runs after.
     """
 
     fused = False
@@ -145,26 +139,18 @@ class MoE(nn.Module):
             routed_scaling_factor=cfg.routed_scaling_factor,
         )
 
-    def forward(
-        self, x: torch.Tensor, next_norm: NextNorm | None = None
-    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:  # [T, H]; with next_norm, two [T, H]
-        """The MoE's output; with `next_norm`, `next_norm(output)` (the normed next input and the
-        new residual), run in the top-k sum's launch where the step's path ends in one."""
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [T, H] -> [T, H]
         if self.folds(x.shape[0]):
-            return self._forward_folded(x, next_norm)
+            return self._forward_folded(x)
         if self.side_stream is not None and 0 < x.shape[0] <= self.overlap_max_tokens:
-            return self._forward_overlapped(x, self.side_stream, next_norm)
+            return self._forward_overlapped(x, self.side_stream)
         topk_ids, topk_weights = self.route(x)
         routed = self.experts.forward(x, self.w13, self.w2, topk_ids, topk_weights)  # [T, H]
-        out = self.shared_experts(x, add=routed)  # routed is fresh: summed into in place
-        return out if next_norm is None else next_norm(out)
+        return self.shared_experts(x, add=routed)  # routed is fresh: summed into in place
 
-    def _forward_overlapped(
-        self, x: torch.Tensor, side: torch.cuda.Stream, next_norm: NextNorm | None
-    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    def _forward_overlapped(self, x: torch.Tensor, side: torch.cuda.Stream) -> torch.Tensor:
         """The shared expert on `side`, the routed experts on the current stream, then the sum
-        (as the reference adds them: both rounded to the activation dtype, then added), and
-        `next_norm` of it when given."""
+        (as the reference adds them: both rounded to the activation dtype, then added)."""
         main = torch.cuda.current_stream(x.device)
         # x is ready. Waiting first also keeps the caching allocator safe without record_stream:
         # `shared` is freed (back to the side stream's pool) after the current stream's add, and
@@ -178,24 +164,12 @@ class MoE(nn.Module):
             main.wait_stream(side)
             return shared
 
-        # routed + shared, the sum in the experts' last launch (with the norm after, if given)
-        args = (x, self.w13, self.w2, topk_ids, topk_weights, joined_shared)
-        if next_norm is None:
-            return self.experts.forward(*args)
-        return self.experts.forward_then_norm(*args, next_norm)
+        # [T, H]: routed + shared, the sum in the experts' last launch
+        return self.experts.forward(x, self.w13, self.w2, topk_ids, topk_weights, joined_shared)
 
-    def _forward_folded(
-        self, x: torch.Tensor, next_norm: NextNorm | None
-    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """The shared expert inside the routed experts' launches (see the class docstring), and
-        `next_norm` of the output when given."""
-        logits = self.router_logits(x)
-        if next_norm is None:
-            return fused_moe_from_logits(x, logits, self._routed_experts)
-        in_kernel = next_norm.in_kernel
-        if in_kernel is None:
-            return next_norm(fused_moe_from_logits(x, logits, self._routed_experts))
-        return fused_moe_from_logits(x, logits, self._routed_experts, in_kernel)
+    def _forward_folded(self, x: torch.Tensor) -> torch.Tensor:
+        """The shared expert inside the routed experts' launches (see the class docstring)."""
+        return fused_moe_from_logits(x, self.router_logits(x), self._routed_experts)
 
     @functools.cached_property
     def _routed_experts(self) -> RoutedExperts:
@@ -218,19 +192,10 @@ class MoE(nn.Module):
         return 0 < num_tokens <= self.fold_max_tokens
 
     def forward_from_residual(
-        self,
-        x: torch.Tensor,  # [T, H]: the attention block's output
-        residual: torch.Tensor,  # [T, H]
-        norm: RMSNorm,  # the post-attention norm
-        next_norm: RMSNorm | None = None,  # the norm after the MoE (the next layer's input norm)
+        self, x: torch.Tensor, residual: torch.Tensor, norm: RMSNorm
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """`(self(norm(x + residual)), x + residual)` for a step that `folds`: the norm with the
-        router's product, the routing, then the experts as `_forward_folded`. With `next_norm`,
-        `next_norm(*that)` (the normed next input and the new residual), in the top-k sum's
-        launch when that norm runs as the Triton kernel."""
-        if next_norm is not None and not next_norm.fused:
-            return next_norm(*self.forward_from_residual(x, residual, norm, None))
-        then = None if next_norm is None else (next_norm.weight, next_norm.eps)
+        router's product, the routing, then the experts as `_forward_folded`."""
         return fused_moe_from_residual(
-            x, residual, norm.weight, norm.eps, self.gate_weight, self._routed_experts, then
+            x, residual, norm.weight, norm.eps, self.gate_weight, self._routed_experts
         )

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import overload
 
 import torch
 from torch import nn
 
-from glm47.kernels.rmsnorm import ResidualNorm, rmsnorm
+from glm47.kernels.rmsnorm import rmsnorm
 
 
 class RMSNorm(nn.Module):
@@ -55,26 +54,3 @@ class RMSNorm(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{tuple(self.weight.shape)}, eps={self.eps}"
-
-
-@dataclass(frozen=True)
-class NextNorm:
-    """The RMSNorm that follows a block, with the residual stream the block's output `y` is added
-    to: `self(y)` is `norm(y, residual)`, i.e. (the next block's input, the new residual).
-
-    A block whose last launch is a Triton kernel may run the norm in it (`in_kernel`); it then
-    returns what `self(y)` would, bit for bit."""
-
-    norm: RMSNorm
-    residual: torch.Tensor  # [T, H]
-
-    def __call__(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # y [T, H]
-        return self.norm(y, self.residual)
-
-    @property
-    def in_kernel(self) -> ResidualNorm | None:
-        """The norm as a kernel's arguments when it runs as kernels/rmsnorm (`norm.fused`), whose
-        rounding a kernel ending in it reproduces; None on the torch path."""
-        if not self.norm.fused:
-            return None
-        return ResidualNorm(self.norm.weight, self.norm.eps, self.residual)

@@ -1,6 +1,5 @@
-"""Arrival counters for kernels whose last program to finish does the launch's final step: the sum
-of the split-K parts (kernels/skinny_gemm), the routing after the router's product
-(kernels/routing).
+"""Arrival counters for kernels whose last program to finish does the launch's final step (the sum
+of the split-K parts in kernels/skinny_gemm).
 
 A counter is int32 and zero between launches: every program adds one after its stores, the one
 that gets back the count of all the others does the final step and sets the counter back to zero.

@@ -13,8 +13,6 @@ from glm47.kernels.fused_moe import (
     choose_config,
     fused_experts,
     fused_experts_ref,
-    topk_sum,
-    topk_sum_ref,
     tune_config,
 )
 from glm47.kernels.moe_align import (
@@ -28,6 +26,7 @@ from glm47.kernels.moe_align import (
 from glm47.kernels.moe_config import MoeConfig, default_config
 from glm47.kernels.moe_decode import RoutedExperts, fused_moe_from_logits
 from glm47.kernels.routing import route_topk_ref
+from glm47.kernels.topk_sum import topk_sum, topk_sum_ref
 
 
 def random_routing(t: int, e: int, k: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:

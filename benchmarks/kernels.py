@@ -1,6 +1,6 @@
 """Kernel timings at the real GLM-4.7-Flash shapes against the ceilings measured in the same run.
 
-    python benchmarks/kernels.py [--only ceil,decode,fi_decode,prefill,moe,small,skinny,align,fa3] [--moe-sweep] [--json F]
+    python benchmarks/kernels.py [--only ceil,decode,fi_decode,prefill,varlen,moe,small,skinny,align,fa3] [--moe-sweep] [--json F]
 
 Every time is the median of `triton.testing.do_bench` (L2 flushed before each run, events around
 the call). Fractions are of the measured device-to-device copy bandwidth (memory-bound kernels) or
@@ -71,6 +71,7 @@ from glm47.kernels.moe_config import MoeConfig, candidate_configs
 from glm47.kernels.rmsnorm import rmsnorm
 from glm47.kernels.rope import apply_rope_, rope_and_cache_, rope_cos_sin
 from glm47.kernels.routing import route_topk, route_topk_ref
+from glm47.kernels.varlen_attention import varlen_attention
 
 
 def tag(cfg: MoeConfig) -> str:
@@ -191,6 +192,46 @@ def bench_prefill(ceil: dict) -> list[Row]:
             shape = f"seqs={nseq} new={new} prefix={prefix}"
             var = f"bm{bm} bn{bn} w{warps} s{stages}"
             rows.append(row("mla_prefill", shape, var, ms, nbytes, flops, ceil))
+    return rows
+
+
+# Launches of kernels/varlen_attention swept at head dims 256 / 256 (block_m, block_n, warps, stages)
+VARLEN_CFGS = [(64, 64, 4, 2), (64, 32, 4, 2), (64, 64, 8, 2), (128, 64, 8, 2), (128, 32, 8, 2),
+               (64, 32, 4, 3), (128, 64, 8, 1)]  # fmt: skip
+
+
+def bench_varlen(ceil: dict) -> list[Row]:
+    """MLA's expanded form through kernels/varlen_attention (the Triton backend's long prefill
+    steps): correctness against fp32 sdpa, then each launch at one 8K prompt and at four 1K
+    chunks after 3K cached tokens; FLOPs of the causal pairs over 256 + 256 columns a head."""
+    rows = []
+    for nseq, new, prefix in ((1, 512, 0), (1, 8192, 0), (4, 1024, 3072)):
+        ctx = new + prefix
+        q = torch.randn((nseq * new, HEADS, 256), dtype=BF16, device=DEV)
+        k = torch.randn((nseq * ctx, HEADS, 256), dtype=BF16, device=DEV)
+        v = torch.randn_like(k)
+        cu_q = torch.arange(nseq + 1, dtype=torch.int32, device=DEV) * new
+        cu_k = torch.arange(nseq + 1, dtype=torch.int32, device=DEV) * ctx
+        if new == 512:
+            out = varlen_attention(q, k, v, cu_q, cu_k, new, ctx, SCALE)
+            ref = torch.nn.functional.scaled_dot_product_attention(
+                q.transpose(0, 1).float(), k.transpose(0, 1).float(), v.transpose(0, 1).float(),
+                is_causal=True, scale=SCALE,
+            ).transpose(0, 1)  # fmt: skip
+            rel = float((out.float() - ref).norm() / ref.norm())
+            print(f"varlen_attention causal hdim 256/256, T=512: rel err vs fp32 sdpa = {rel:.2e}")
+            continue
+        pairs = nseq * (new * prefix + new * (new + 1) // 2)
+        flops, nbytes = 2 * HEADS * pairs * 512, 2 * (q.numel() + k.numel() + v.numel() + q.numel())
+        for launch in VARLEN_CFGS:
+            try:
+                ms = time_ms(varlen_attention, q, k, v, cu_q, cu_k, new, ctx, SCALE, launch)
+            except triton.runtime.errors.OutOfResources as err:
+                print(f"varlen_attention {launch}: {err}")
+                continue
+            shape = f"seqs={nseq} new={new} prefix={prefix} hdim=256/256"
+            var = "bm{} bn{} w{} s{}".format(*launch)
+            rows.append(row("varlen_attention", shape, var, ms, nbytes, flops, ceil))
     return rows
 
 
@@ -400,7 +441,9 @@ def bench_fa3(ceil: dict) -> list[Row]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--only", default="ceil,decode,fi_decode,prefill,moe,small,skinny,align,fa3")
+    ap.add_argument(
+        "--only", default="ceil,decode,fi_decode,prefill,varlen,moe,small,skinny,align,fa3"
+    )
     ap.add_argument("--moe-sweep", action="store_true", help="time every candidate MoE config")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--skinny-shapes", default=None, help="e.g. o_proj,q_b (default: all)")
@@ -423,8 +466,10 @@ def main() -> None:
         "skinny": lambda: bench_skinny(ceil, args.skinny_sweep_s, skinny_shapes),
         "align": lambda: bench_align(ceil),
         "fa3": lambda: bench_fa3(ceil),
+        "varlen": lambda: bench_varlen(ceil),
     }
-    for part in ("decode", "fi_decode", "prefill", "moe", "small", "skinny", "align", "fa3"):
+    for part in ("decode", "fi_decode", "prefill", "varlen", "moe", "small", "skinny", "align",
+                 "fa3"):  # fmt: skip
         if part not in parts:
             continue
         try:  # one failing part does not lose the others' rows

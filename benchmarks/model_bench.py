@@ -8,7 +8,8 @@ layer with uniform routing: E(1 - (1 - k/E)^B)) + the embedding rows + the cache
 (B x context x 576 x 2 bytes x layers), over the device-to-device copy bandwidth measured in the
 same run.
 
-Prefill: one `--prefill-tokens` chunk of a fresh prompt, per available prefill backend, next to its
+Prefill: one `--prefill-tokens` chunk of a fresh prompt, per available prefill backend ("triton"
+choosing its form per step, "triton absorbed" with the absorbed form forced, "fa3"), next to its
 FLOP floor: 2 x active matmul parameters x tokens + causal attention in the expanded form
 (2 x heads x pairs x (qk + v head dims) per layer), over the bf16 matmul rate measured here.
 
@@ -39,6 +40,7 @@ from bench_model import GLM47_FLASH_CONFIG
 
 from glm47.worker.attention.base import create_backend
 from glm47.worker.attention.select import unavailable_reason
+from glm47.worker.attention.triton_backend import TritonMLABackend
 from glm47.worker.batch import ScheduledBatch, ScheduledSeq
 from glm47.worker.kernel_options import KernelOptions
 from glm47.worker.model.config import ModelConfig
@@ -299,7 +301,12 @@ def run_alt_decode(
 def run_prefill(
     runner: ModelRunner, w: WeightBytes, ceil: Ceilings, backend: str, tokens: int
 ) -> PrefillRow:
-    runner.prefill_backend = create_backend(backend)
+    # "triton absorbed": the Triton backend with every prefill step in the absorbed form ("triton"
+    # chooses per step, a long fresh chunk expanded)
+    if backend == "triton absorbed":
+        runner.prefill_backend = TritonMLABackend(prefill_form="absorbed")
+    else:
+        runner.prefill_backend = create_backend(backend)
     gen = torch.Generator().manual_seed(tokens)
     ids = torch.randint(0, runner.cfg.vocab_size, (tokens,), generator=gen).tolist()
     table = list(range(1, 1 + -(-tokens // PAGE_SIZE)))
@@ -447,8 +454,8 @@ def main() -> None:
         save()
     if reason is not None:
         print(f"flashinfer decode: skipped ({reason})")
-    for backend in ("triton", "fa3") if args.prefill_tokens > 0 else ():
-        reason = unavailable_reason(backend, runner.device)
+    for backend in ("triton", "triton absorbed", "fa3") if args.prefill_tokens > 0 else ():
+        reason = unavailable_reason(backend.split()[0], runner.device)
         if reason is not None or time.perf_counter() - t0 > args.budget_s:
             print(f"prefill {backend}: skipped ({reason or 'over the time budget'})")
             continue

@@ -10,6 +10,7 @@ import torch
 
 import glm47.worker.attention.hybrid as hybrid
 from glm47.worker.attention.select import resolve_backends, unavailable_reason
+from glm47.worker.attention.triton_backend import TritonMLABackend
 from glm47.worker.runner import ModelRunner
 from tests.gpu.conftest import Checkpoint
 from tests.gpu.harness import (
@@ -52,6 +53,19 @@ def test_triton_with_decode_graphs_matches_transformers(
     monkeypatch.setattr(graphs, "run", lambda ids, meta: replays.append(1) or real_run(ids, meta))
     _check("triton graphed", graph_runner, checkpoint)
     assert len(replays) == len(SESSION.forced) - 1  # every all-decode step; step 1 is an extend
+
+
+def test_triton_expanded_prefill_matches_transformers(
+    checkpoint: Checkpoint, cuda: torch.device
+) -> None:
+    """The Triton backend's expanded form (kernels/varlen_attention) on every prefill step, the
+    split prompt's second chunk (an extend after a cached prefix) among them."""
+    runner = load_runner(
+        checkpoint[0], cuda, prefill_backend="triton", decode_backend="triton",
+        disable_cuda_graph=True,
+    )  # fmt: skip
+    runner.prefill_backend = TritonMLABackend(prefill_form="expanded")
+    _check("triton expanded prefill + triton decode", runner, checkpoint)
 
 
 def test_fa3_prefill_matches_transformers(checkpoint: Checkpoint, cuda: torch.device) -> None:

@@ -89,6 +89,7 @@ def test_builder_matches_the_plain_construction_over_many_steps(page_size: int) 
         assert meta.is_decode == all(len(s.token_ids) == 1 for s in batch.seqs)
         assert meta.max_seq_len == max(want["lens"])
         assert meta.total_seq_len == sum(want["lens"])
+        assert meta.attended_pairs == causal_pairs(batch.seqs, want["lens"])
         assert meta.max_query_len == max(len(s.token_ids) for s in batch.seqs)
         assert meta.positions.dtype == meta.slot_mapping.dtype == torch.int64
         assert meta.page_table.dtype == meta.seq_lens.dtype == torch.int32
@@ -127,6 +128,18 @@ def check_parts(batch: ScheduledBatch, meta: AttentionMetadata, want: dict[str, 
         sum(want["lens"][:d]),
         sum(want["lens"][d:]),
     )
+    assert head.attended_pairs == causal_pairs(batch.seqs[:d], want["lens"][:d])
+    assert tail.attended_pairs == causal_pairs(batch.seqs[d:], want["lens"][d:])
+
+
+def causal_pairs(seqs: list[ScheduledSeq], lens: list[int]) -> int:
+    """Query i of a sequence's new tokens sits at position end - n + i and sees that many keys
+    plus itself."""
+    total = 0
+    for seq, end in zip(seqs, lens, strict=True):
+        n = len(seq.token_ids)
+        total += sum(end - n + i + 1 for i in range(n))
+    return total
 
 
 def test_a_page_list_replaced_or_shrunk_is_read_afresh() -> None:

@@ -167,6 +167,7 @@ class StepInputBuilder:
             max_seq_len=int(end.max()),
             is_decode=t == b,
             total_seq_len=int(end.sum()),
+            attended_pairs=_attended_pairs(n, end),
         )
         if t != b:
             short = n <= SHORT_QUERY
@@ -202,6 +203,7 @@ class StepInputBuilder:
             max_seq_len=int(end[:d].max()),
             is_decode=head_len == d,
             total_seq_len=int(end[:d].sum()),
+            attended_pairs=_attended_pairs(n[:d], end[:d]),
             short_queries=True,
         )
         rest_starts = (starts[d:] - head_len).astype(np.int32)  # [B - d + 1]
@@ -216,8 +218,16 @@ class StepInputBuilder:
             max_seq_len=int(end[d:].max()),
             is_decode=False,
             total_seq_len=int(end[d:].sum()),
+            attended_pairs=_attended_pairs(n[d:], end[d:]),
         )
         return head, rest
+
+
+def _attended_pairs(n: np.ndarray, end: np.ndarray) -> int:
+    """(query, key) pairs of causal attention: each sequence's `n` new tokens at the end of its
+    `end` tokens see the cached `end - n` and the new ones up to themselves."""
+    n64 = n.astype(np.int64)
+    return int((n64 * (end.astype(np.int64) - n64) + n64 * (n64 + 1) // 2).sum())
 
 
 def _draft_rows(

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from glm47.worker.attention.base import AttentionMetadata, MLAWeights
-from glm47.worker.attention.fa3_backend import Fa3MLABackend, build_key_gather
+from glm47.worker.attention.expanded import build_key_gather
+from glm47.worker.attention.fa3_backend import Fa3MLABackend
 from glm47.worker.attention.torch_backend import TorchMLABackend
 
 H, NOPE, ROPE, RANK, V = 3, 8, 4, 16, 6

@@ -36,6 +36,10 @@ class AttentionMetadata:
     # host copy of sum(seq_lens), the cached tokens the step attends over (a decode backend may
     # choose its kernel by it); 0 where not known (a graph's static metadata)
     total_seq_len: int = 0
+    # host copy of the (query, key) pairs the step's causal attention weighs, summed over its
+    # sequences (the prefill backends weigh the absorbed against the expanded form by it); 0 where
+    # not known (a graph's static metadata)
+    attended_pairs: int = 0
     # Every sequence computes a few tokens at most (step_inputs.SHORT_QUERY: decoding, or
     # verifying drafts): the decode backend takes the whole step.
     short_queries: bool = False

@@ -1,9 +1,17 @@
-"""The Triton MLA backend: absorbed attention over the paged latent cache.
+"""The Triton MLA backend: absorbed attention over the paged latent cache, and the expanded form
+for long prefill steps.
 
 Per layer (the layer has stored the step's new latents in the cache): project the queries into
 the latent space with W_UK, attend with the split-K decode kernel when every sequence has one new
 token and with the variable-length causal prefill kernel otherwise, then map the attended latents
 to values with W_UV. Both kernels read the cache in place; nothing is expanded per head.
+
+The absorbed form weighs every (query, key) pair over 576 + 512 columns a head, the expanded form
+(attention/expanded with kernels/varlen_attention) over 256 + 256 on the real model but first
+rebuilds keys and values for every token the step attends over. So a step with many pairs for its
+keys (a long fresh prompt) takes the expanded form, an extend of a few tokens after a long prefix
+the absorbed one: `prefers_expanded` weighs the two by their products' FLOPs at their measured
+rates.
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ import torch
 from glm47.kernels.device import num_sms
 from glm47.kernels.mla_decode import default_num_splits, mla_decode
 from glm47.kernels.mla_prefill import mla_prefill
+from glm47.kernels.varlen_attention import varlen_attention
 from glm47.worker.attention.base import (
     AttentionMetadata,
     MLAWeights,
@@ -20,6 +29,29 @@ from glm47.worker.attention.base import (
     register_backend,
     values_from_latents,
 )
+from glm47.worker.attention.expanded import ExpandedMLA
+
+# Rates of the three products, as fractions of the bf16 matmul peak, that `prefers_expanded`
+# weighs: the absorbed prefill kernel (0.36-0.38 on an H200, gpu-notes), the expanded attention
+# kernel and the expansion's GEMM (a library matmul).
+ABSORBED_RATE = 0.37
+EXPANDED_RATE = 0.45
+EXPANSION_RATE = 0.7
+PREFILL_FORMS = ("auto", "absorbed", "expanded")
+
+
+def prefers_expanded(meta: AttentionMetadata, weights: MLAWeights, rope_dim: int) -> bool:
+    """Whether a prefill step costs less expanded: its pairs over 256 + 256 columns a head plus
+    the expansion of its keys (nope + v columns from the latent each) against its pairs over
+    576 + 512. Never for decode steps or where the pair count is not known (graphs)."""
+    if meta.is_decode or meta.attended_pairs <= 0:
+        return False
+    _, nope, rank = weights.w_uk.shape
+    v_dim = weights.w_uv.shape[1]
+    absorbed = meta.attended_pairs * (2 * rank + rope_dim) / ABSORBED_RATE
+    expansion = meta.total_seq_len * (nope + v_dim) * rank / EXPANSION_RATE
+    expanded = expansion + meta.attended_pairs * (nope + rope_dim + v_dim) / EXPANDED_RATE
+    return expanded < absorbed
 
 
 class TritonMLABackend:
@@ -30,6 +62,19 @@ class TritonMLABackend:
     # Its short-query path (mla_prefill) takes its grid from max_query_len and the batch, and
     # every position from the metadata tensors: graphs of verification steps hold.
     supports_multi_token_cuda_graph = True
+
+    def __init__(self, prefill_form: str = "auto") -> None:
+        """`prefill_form`: "auto" (`prefers_expanded` decides per step), "absorbed" or
+        "expanded" (every prefill step; the benchmarks compare the two)."""
+        if prefill_form not in PREFILL_FORMS:
+            raise ValueError(f"prefill_form must be one of {PREFILL_FORMS}, got {prefill_form!r}")
+        self.prefill_form = prefill_form
+        self.expanded = ExpandedMLA(varlen_attention)
+
+    def _expands(self, meta: AttentionMetadata, weights: MLAWeights, rope_dim: int) -> bool:
+        if self.prefill_form == "auto":
+            return prefers_expanded(meta, weights, rope_dim)
+        return self.prefill_form == "expanded" and not meta.is_decode
 
     def forward(
         self,
@@ -42,6 +87,8 @@ class TritonMLABackend:
     ) -> torch.Tensor:  # [T, H, v_head_dim]
         dtype = kv_cache.dtype
         rope_dim = q_rope.shape[-1]
+        if self._expands(meta, weights, rope_dim):
+            return self.expanded.forward(q_nope, q_rope, kv_cache, weights, meta, scale)
         # The kernels read the latent and rope parts of the query from two tensors, so the
         # [T, H, rank] view of the absorbed product is never copied into a concatenation.
         q_lat = absorb_query(q_nope, weights)  # [T, H, rank]

@@ -10,7 +10,7 @@ Sequence b has `q_len` queries (rows [cu_q[b], cu_q[b+1]) of q) and `kv_len` key
 [cu_k[b], cu_k[b+1]) of k and v); its queries are its last `q_len` positions, so query i sees keys
 [0, kv_len - q_len + i] (bottom-right causal alignment, as FlashAttention's varlen call).
 
-One program per (block of BLOCK_M queries, head, sequence), flash-attention style: an online
+One program per (head, sequence, block of BLOCK_M queries), flash-attention style: an online
 softmax over key tiles in exp2, the key tiles left of the block's diagonal without a mask, the
 others masked.
 """
@@ -86,9 +86,11 @@ def _varlen_attention_kernel(
     BLOCK_N: tl.constexpr,
     DOT_FP32: tl.constexpr,
 ):
-    mblk = tl.program_id(0)
-    h = tl.program_id(1)
-    b = tl.program_id(2)
+    # The blocks with the most keys (the last queries) first, over every head and sequence: the
+    # grid's tail is short blocks, not long ones.
+    h = tl.program_id(0)
+    b = tl.program_id(1)
+    mblk = tl.num_programs(2) - 1 - tl.program_id(2)
     q_start = tl.load(cu_q_ptr + b)
     q_len = tl.load(cu_q_ptr + b + 1) - q_start
     if mblk * BLOCK_M >= q_len:
@@ -176,7 +178,7 @@ def varlen_attention(
         return out
     block_m, block_n, warps, stages = launch or default_launch(d_qk, d_v)
     interpreted = not q.is_cuda
-    _varlen_attention_kernel[(triton.cdiv(max_seqlen_q, block_m), h, b)](
+    _varlen_attention_kernel[(h, b, triton.cdiv(max_seqlen_q, block_m))](
         q, k, v, out, cu_seqlens_q, cu_seqlens_k,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         out.stride(0), out.stride(1), scale * LOG2E,

@@ -38,16 +38,24 @@ ABSORBED_RATE = 0.37
 EXPANDED_RATE = 0.45
 EXPANSION_RATE = 0.7
 PREFILL_FORMS = ("auto", "absorbed", "expanded")
+# The expanded form's keys and values of a step ([S, H, nope + v] from the expansion, [S, H, nope
+# + rope] keys) are made per layer; above this many bytes the step stays absorbed, which reads the
+# cache in place (2 GiB: about 76K attended tokens at the real widths).
+EXPANDED_MAX_BYTES = 2 << 30
 
 
 def prefers_expanded(meta: AttentionMetadata, weights: MLAWeights, rope_dim: int) -> bool:
     """Whether a prefill step costs less expanded: its pairs over 256 + 256 columns a head plus
     the expansion of its keys (nope + v columns from the latent each) against its pairs over
-    576 + 512. Never for decode steps or where the pair count is not known (graphs)."""
+    576 + 512. Never for decode steps, where the pair count is not known (graphs), or where the
+    expanded keys and values would pass EXPANDED_MAX_BYTES."""
     if meta.is_decode or meta.attended_pairs <= 0:
         return False
-    _, nope, rank = weights.w_uk.shape
+    heads, nope, rank = weights.w_uk.shape
     v_dim = weights.w_uv.shape[1]
+    width = (2 * nope + rope_dim + v_dim) * weights.w_uk.element_size()
+    if meta.total_seq_len * heads * width > EXPANDED_MAX_BYTES:
+        return False
     absorbed = meta.attended_pairs * (2 * rank + rope_dim) / ABSORBED_RATE
     expansion = meta.total_seq_len * (nope + v_dim) * rank / EXPANSION_RATE
     expanded = expansion + meta.attended_pairs * (nope + rope_dim + v_dim) / EXPANDED_RATE

@@ -229,7 +229,7 @@ def bench_varlen(ceil: dict) -> list[Row]:
             except triton.runtime.errors.OutOfResources as err:
                 print(f"varlen_attention {launch}: {err}")
                 continue
-            shape = f"seqs={nseq} new={new} prefix={prefix} hdim=256/256"
+            shape = f"seqs={nseq} new={new} prefix={prefix}"
             var = "bm{} bn{} w{} s{}".format(*launch)
             rows.append(row("varlen_attention", shape, var, ms, nbytes, flops, ceil))
     return rows

@@ -107,5 +107,5 @@ def test_empty_batch_and_bad_arguments(device: str, dtype: torch.dtype) -> None:
 
 
 def test_default_launch_by_head_dim() -> None:
-    assert default_launch(256, 256)[0] == 64
+    assert default_launch(256, 256) == (128, 64, 8, 2)
     assert default_launch(64, 64)[0] == 128

@@ -32,10 +32,11 @@ from glm47.worker.attention.base import (
 from glm47.worker.attention.expanded import ExpandedMLA
 
 # Rates of the three products, as fractions of the bf16 matmul peak, that `prefers_expanded`
-# weighs: the absorbed prefill kernel (0.36-0.38 on an H200, gpu-notes), the expanded attention
-# kernel and the expansion's GEMM (a library matmul).
+# weighs, measured on an H200 (docs/gpu-notes.md): the absorbed prefill kernel 0.36-0.38; the
+# expanded attention kernel 0.59 (four 1K chunks after 3K cached tokens) to 0.71 (an 8K prompt);
+# the expansion's GEMM alone 0.88, taken lower for the gather and concatenations around it.
 ABSORBED_RATE = 0.37
-EXPANDED_RATE = 0.45
+EXPANDED_RATE = 0.6
 EXPANSION_RATE = 0.7
 PREFILL_FORMS = ("auto", "absorbed", "expanded")
 # The expanded form's keys and values of a step ([S, H, nope + v] from the expansion, [S, H, nope

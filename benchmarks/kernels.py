@@ -195,6 +195,15 @@ def bench_prefill(ceil: dict) -> list[Row]:
     return rows
 
 
+def _sdpa_err(out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> str:
+    """`out`'s relative error against fp32 causal SDPA of one sequence ([T, H, D] each)."""
+    ref = torch.nn.functional.scaled_dot_product_attention(
+        q.transpose(0, 1).float(), k.transpose(0, 1).float(), v.transpose(0, 1).float(),
+        is_causal=True, scale=SCALE,
+    ).transpose(0, 1)  # fmt: skip
+    return f"rel err vs fp32 sdpa = {float((out.float() - ref).norm() / ref.norm()):.2e}"
+
+
 # Launches of kernels/varlen_attention swept at head dims 256 / 256 (block_m, block_n, warps, stages)
 VARLEN_CFGS = [(64, 64, 4, 2), (64, 32, 4, 2), (64, 64, 8, 2), (128, 64, 8, 2), (128, 32, 8, 2),
                (64, 32, 4, 3), (128, 64, 8, 1)]  # fmt: skip
@@ -214,12 +223,7 @@ def bench_varlen(ceil: dict) -> list[Row]:
         cu_k = torch.arange(nseq + 1, dtype=torch.int32, device=DEV) * ctx
         if new == 512:
             out = varlen_attention(q, k, v, cu_q, cu_k, new, ctx, SCALE)
-            ref = torch.nn.functional.scaled_dot_product_attention(
-                q.transpose(0, 1).float(), k.transpose(0, 1).float(), v.transpose(0, 1).float(),
-                is_causal=True, scale=SCALE,
-            ).transpose(0, 1)  # fmt: skip
-            rel = float((out.float() - ref).norm() / ref.norm())
-            print(f"varlen_attention causal hdim 256/256, T=512: rel err vs fp32 sdpa = {rel:.2e}")
+            print(f"varlen_attention causal hdim 256/256, T=512: {_sdpa_err(out, q, k, v)}")
             continue
         pairs = nseq * (new * prefix + new * (new + 1) // 2)
         flops, nbytes = 2 * HEADS * pairs * 512, 2 * (q.numel() + k.numel() + v.numel() + q.numel())
@@ -422,12 +426,7 @@ def bench_fa3(ceil: dict) -> list[Row]:
         out = fn()
         out = out[0] if isinstance(out, tuple) else out
         if t == 512:
-            ref = torch.nn.functional.scaled_dot_product_attention(
-                q.transpose(0, 1).float(), k.transpose(0, 1).float(), v.transpose(0, 1).float(),
-                is_causal=True, scale=SCALE,
-            ).transpose(0, 1)  # fmt: skip
-            rel = float((out.float() - ref).norm() / ref.norm())
-            print(f"fa3 varlen causal hdim 256/256, T=512: rel err vs fp32 sdpa = {rel:.2e}")
+            print(f"fa3 varlen causal hdim 256/256, T=512: {_sdpa_err(out, q, k, v)}")
         flops, nbytes = 2 * HEADS * (t * (t + 1) // 2) * 512, 6 * t * HEADS * 256
         ms = time_ms(fn)
         rows.append(row("fa3_varlen", f"T={t} hdim=256/256", "causal", ms, nbytes, flops, ceil))

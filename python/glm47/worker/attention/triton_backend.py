@@ -4,7 +4,7 @@ for long prefill steps.
 Per layer (the layer has stored the step's new latents in the cache): project the queries into
 the latent space with W_UK, attend with the split-K decode kernel when every sequence has one new
 token and with the variable-length causal prefill kernel otherwise, then map the attended latents
-to values with W_UV. Both kernels read the cache in place; nothing is expanded per head.
+to values with W_UV. Both absorbed kernels read the cache in place; nothing is expanded per head.
 
 The absorbed form weighs every (query, key) pair over 576 + 512 columns a head, the expanded form
 (attention/expanded with kernels/varlen_attention) over 256 + 256 on the real model but first

@@ -1,0 +1,56 @@
+"""The tiny model through the Triton attention backend (under the Triton interpreter on the CPU),
+both prefill forms against transformers: a long fresh prompt goes expanded (kernels/
+varlen_attention), a short extend after it absorbed (kernels/mla_prefill), then decode steps."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import glm47.worker.attention.triton_backend as triton_backend
+from tests.worker.model.reference import (
+    PageAllocator,
+    batch,
+    hf_last_logits,
+    make_hf_model,
+    make_runner,
+    save_hf_model,
+    seq,
+)
+
+PROMPT = [(7 * i + 3) % 90 + 2 for i in range(40)]  # long enough for the expanded form
+EXTEND = [5, 81, 19, 44]  # a second chunk: short after 40 cached tokens, absorbed
+DECODE = [23, 9]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
+    model = make_hf_model(seed=11, dtype=torch.float32)
+    return save_hf_model(model, tmp_path_factory.mktemp("prefill_forms")), model
+
+
+def test_both_prefill_forms_match_transformers(
+    model_dir: tuple[Path, object], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path, hf = model_dir
+    chosen: list[bool] = []
+    weigh = triton_backend.prefers_expanded
+
+    def spy(*args: object) -> bool:
+        chosen.append(weigh(*args))  # type: ignore[arg-type]
+        return chosen[-1]
+
+    monkeypatch.setattr(triton_backend, "prefers_expanded", spy)
+    r = make_runner(path, torch.float32, page_size=4, kv_tokens=256, prefill_backend="triton",
+                    decode_backend="triton")  # fmt: skip
+    alloc = PageAllocator(r.num_pages, r.page_size, seed=3)
+    context: list[int] = []
+    for tokens in (PROMPT, EXTEND, *([t] for t in DECODE)):
+        logits = r.run_logits(batch(seq(alloc, "a", tokens, len(context))))
+        context += tokens
+        ref = hf_last_logits(hf, context)  # type: ignore[arg-type]
+        torch.testing.assert_close(logits[0], ref, rtol=1e-3, atol=1e-3)
+    layers = r.cfg.num_hidden_layers  # one choice a layer and step: the prompt expanded only
+    assert chosen == [True] * layers + [False] * layers * (1 + len(DECODE))

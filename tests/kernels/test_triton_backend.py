@@ -84,7 +84,7 @@ def test_triton_backend_matches_torch_backend(case: str, device: str, dtype: tor
 def test_the_expanded_form_is_weighed_against_the_absorbed_one() -> None:
     """At the real widths: a long fresh prompt expanded, a short extend after a long prefix and a
     short prompt absorbed, decode steps and graphs' metadata (no pair count) never expanded, nor
-    steps whose expanded keys and values would pass EXPANDED_MAX_BYTES (76K tokens in bf16)."""
+    steps whose expanded keys and values would pass EXPANDED_MAX_BYTES (74K tokens in bf16)."""
     heads, nope, rope, rank, v = 20, 192, 64, 512, 256
     bf16 = torch.bfloat16
     weights = MLAWeights(
@@ -108,5 +108,5 @@ def test_the_expanded_form_is_weighed_against_the_absorbed_one() -> None:
     assert not prefers_expanded(meta([(64, 0)]), weights, rope)
     assert not prefers_expanded(meta([(1, 9000)] * 8), weights, rope)
     assert not prefers_expanded(meta([(8192, 0)], pairs=0), weights, rope)
-    assert prefers_expanded(meta([(8192, 64 * 1024)]), weights, rope)
-    assert not prefers_expanded(meta([(8192, 72 * 1024)]), weights, rope)
+    assert prefers_expanded(meta([(8192, 60 * 1024)]), weights, rope)
+    assert not prefers_expanded(meta([(8192, 68 * 1024)]), weights, rope)

@@ -75,9 +75,8 @@ def test_first_query_of_a_fresh_prompt_sees_only_its_own_key(
 
 
 def test_a_query_after_a_prefix_ignores_later_keys(device: str, dtype: torch.dtype) -> None:
-    """Extend: one new token after 10 cached ones sees all 11 keys; changing a key past a query's
-    position (here none exist for the last row, so change an earlier row's future) moves only the
-    rows that see it."""
+    """Extend: three new tokens after 10 cached ones, at positions 10-12. Key 12 is the last
+    query's own; changing it moves that row only."""
     cu_q, cu_k = _cu([3], device), _cu([13], device)
     q = torch.randn((3, 2, 16), dtype=dtype, device=device)
     k = torch.randn((13, 2, 16), dtype=dtype, device=device)

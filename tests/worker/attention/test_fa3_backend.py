@@ -65,6 +65,8 @@ def test_key_gather_walks_the_page_tables() -> None:
     gather = build_key_gather(meta)
     assert gather.cu_seqlens_k.tolist() == [0, 5, 7]
     assert gather.slots.tolist() == [28, 29, 30, 31, 12, 20, 21]
+    meta.total_seq_len = 7  # the step builder's host copy: the same gather without a device read
+    assert build_key_gather(meta).slots.tolist() == gather.slots.tolist()
 
 
 @pytest.mark.parametrize("whole_kv_b", [True, False])

@@ -40,8 +40,9 @@ EXPANDED_RATE = 0.6
 EXPANSION_RATE = 0.7
 PREFILL_FORMS = ("auto", "absorbed", "expanded")
 # The expanded form's keys and values of a step ([S, H, nope + v] from the expansion, [S, H, nope
-# + rope] keys) are made per layer; above this many bytes the step stays absorbed, which reads the
-# cache in place (2 GiB: about 76K attended tokens at the real widths).
+# + rope] keys, and the [S, rank + rope] rows gathered from the cache) are made per layer; above
+# this many bytes the step stays absorbed, which reads the cache in place (2 GiB: about 74K
+# attended tokens at the real widths).
 EXPANDED_MAX_BYTES = 2 << 30
 
 
@@ -54,8 +55,8 @@ def prefers_expanded(meta: AttentionMetadata, weights: MLAWeights, rope_dim: int
         return False
     heads, nope, rank = weights.w_uk.shape
     v_dim = weights.w_uv.shape[1]
-    width = (2 * nope + rope_dim + v_dim) * weights.w_uk.element_size()
-    if meta.total_seq_len * heads * width > EXPANDED_MAX_BYTES:
+    per_token = heads * (2 * nope + rope_dim + v_dim) + rank + rope_dim  # and the gathered rows
+    if meta.total_seq_len * per_token * weights.w_uk.element_size() > EXPANDED_MAX_BYTES:
         return False
     absorbed = meta.attended_pairs * (2 * rank + rope_dim) / ABSORBED_RATE
     expansion = meta.total_seq_len * (nope + v_dim) * rank / EXPANSION_RATE
@@ -83,7 +84,8 @@ class TritonMLABackend:
     def _expands(self, meta: AttentionMetadata, weights: MLAWeights, rope_dim: int) -> bool:
         if self.prefill_form == "auto":
             return prefers_expanded(meta, weights, rope_dim)
-        return self.prefill_form == "expanded" and not meta.is_decode
+        # forced, still not in graphs (no pair count there): the expansion reads its size on the host
+        return self.prefill_form == "expanded" and not meta.is_decode and meta.attended_pairs > 0
 
     def forward(
         self,

@@ -17,11 +17,7 @@ async fn a_completion_echoes_the_prompt_and_reports_offsets() {
     assert_eq!(choice["text"], "hello world");
     assert_eq!(choice["finish_reason"], "stop");
     assert_eq!(worker.requests()[0].input_ids, model.encode("hello"));
-    // With echo, logprobs would have to cover the prompt's tokens too, which are not computed.
-    let body = json!({"prompt": "hello", "echo": true, "logprobs": 1, "max_tokens": 10});
-    let (status, answer) = server.post("/v1/completions", body).await;
-    assert_eq!(status, 400, "{answer}");
-    assert_eq!(answer["error"]["param"], "logprobs");
+    assert_eq!(worker.requests()[0].prompt_logprobs, -1);
     let body = json!({"prompt": "hello", "logprobs": 1, "max_tokens": 10});
     let (status, answer) = server.post("/v1/completions", body).await;
     assert_eq!(status, 200, "{answer}");
@@ -34,6 +30,68 @@ async fn a_completion_echoes_the_prompt_and_reports_offsets() {
     assert_eq!(lp["top_logprobs"][0].as_object().unwrap().len(), 2);
     assert_eq!(answer["usage"]["prompt_tokens"], 5);
     assert_eq!(answer["usage"]["completion_tokens"], 6);
+}
+
+/// The scripted worker scores prompt token i (i >= 1) -0.25 * i, with itself and the next id as
+/// the top two; the generated tokens get -0.5, -1.0, ...
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_echo_with_logprobs_scores_the_prompt_tokens() {
+    let (model, worker, server) = setup(" world", 2, &[]).await;
+    let body = json!({"prompt": "hello", "echo": true, "logprobs": 1, "max_tokens": 10});
+    let (status, answer) = server.post("/v1/completions", body).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(worker.requests()[0].prompt_logprobs, 1);
+    assert_eq!(worker.requests()[0].logprobs, 1);
+    let choice = &answer["choices"][0];
+    assert_eq!(choice["text"], "hello world");
+    let lp = &choice["logprobs"];
+    let tokens: Vec<&str> = lp["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    assert_eq!(tokens.concat(), "hello world");
+    assert_eq!(lp["text_offset"], json!([0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10]));
+    assert_eq!(
+        lp["token_logprobs"],
+        json!([null, -0.25, -0.5, -0.75, -1.0, -0.5, -1.0, -1.5, -2.0, -2.5, -3.0])
+    );
+    assert_eq!(lp["top_logprobs"][0], Value::Null);
+    // Top alternatives: the prompt's own token and the next id ("f" in this byte vocab).
+    assert_eq!(model.encode("f")[0], model.encode("e")[0] + 1);
+    assert_eq!(lp["top_logprobs"][1], json!({"e": -0.25, "f": -3.0}));
+    assert_eq!(answer["usage"]["prompt_tokens"], 5);
+    assert_eq!(answer["usage"]["completion_tokens"], 6);
+
+    // Streamed: the echo waits for the scores and leads the first chunk.
+    let body = json!({"prompt": "hello", "echo": true, "logprobs": 0, "max_tokens": 10,
+                      "stream": true});
+    let (status, events) = server.post_stream("/v1/completions", body).await;
+    assert_eq!(status, 200);
+    let chunks = json_events(&events);
+    let first = &chunks[0]["choices"][0];
+    assert_eq!(first["text"], "hello w");
+    assert_eq!(
+        first["logprobs"]["token_logprobs"],
+        json!([null, -0.25, -0.5, -0.75, -1.0, -0.5, -1.0])
+    );
+    assert_eq!(
+        first["logprobs"]["text_offset"],
+        json!([0, 1, 2, 3, 4, 5, 6])
+    );
+    let offsets: Vec<Value> = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["logprobs"]["text_offset"].as_array())
+        .flatten()
+        .cloned()
+        .collect();
+    assert_eq!(offsets, (0..11).map(Value::from).collect::<Vec<_>>());
+    let text: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["text"].as_str())
+        .collect();
+    assert_eq!(text, "hello world");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

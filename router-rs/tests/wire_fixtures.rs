@@ -86,6 +86,7 @@ fn the_full_submit_keeps_every_field() {
     assert_eq!(req.stop_token_ids, vec![151336, 151338]);
     assert!(req.ignore_eos);
     assert_eq!(req.logprobs, 3);
+    assert_eq!(req.prompt_logprobs, 2);
     assert!(!req.mtp);
     assert!((req.repetition_penalty - 1.1).abs() < 1e-12);
 }
@@ -101,6 +102,13 @@ fn the_step_fixture_carries_logprobs_finishes_and_stats() {
     assert_eq!(top[1][0], (11, -2.0625));
     assert_eq!(first.finish, None);
     assert_eq!(first.prompt_tokens, Some(5));
+    assert_eq!(first.prompt_logprobs, Some(vec![-7.5, -0.375, -1.25, -2.0]));
+    let prompt_top = first
+        .prompt_top_logprobs
+        .as_ref()
+        .expect("prompt top logprobs");
+    assert_eq!(prompt_top[2], vec![(11, -0.25), (198, -1.25)]);
+    assert_eq!(step.outs[1].prompt_logprobs, None);
     assert_eq!(step.outs[1].finish, Some(FinishReason::Stop));
     assert_eq!(step.outs[2].finish, Some(FinishReason::Abort));
     assert!(step.outs[2].ids.is_empty());

@@ -175,3 +175,42 @@ def test_logprobs_are_returned_per_token(client: openai.OpenAI, model_name: str)
         assert len(e.top_logprobs) == 3
         # greedy: the sampled token is the most likely one
         assert e.top_logprobs[0].logprob == pytest.approx(e.logprob, abs=1e-4)
+
+
+def _hf_prompt_logprobs(model_dir: str, ids: list[int], k: int) -> tuple[list[float], list]:
+    """Logprob of prompt tokens 1..P-1 and the top-k ids at the positions before them."""
+    import torch
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([ids])).logits[0, :-1].float()
+    logp = logits.log_softmax(dim=-1)
+    chosen = logp.gather(1, torch.tensor(ids[1:])[:, None])[:, 0]
+    return chosen.tolist(), logp.topk(k, dim=-1).indices.tolist()
+
+
+def test_echo_with_logprobs_scores_the_prompt_like_transformers(
+    client: openai.OpenAI, model_name: str, server: Server
+) -> None:
+    """The request lm-eval's loglikelihood sends: echo, logprobs, one generated token."""
+    tok = glm47.Tokenizer(str(server.model_dir))
+    ids = tok.encode("The quick brown fox jumps over the lazy dog")
+    kwargs = dict(model=model_name, prompt=ids, max_tokens=1, temperature=0, echo=True, logprobs=2)
+    resp = client.completions.create(**kwargs)
+    lp = resp.choices[0].logprobs
+    assert len(lp.tokens) == len(ids) + 1
+    assert lp.token_logprobs[0] is None and lp.top_logprobs[0] is None
+    want, top_ids = _hf_prompt_logprobs(str(server.model_dir), ids, 2)
+    assert lp.token_logprobs[1 : len(ids)] == pytest.approx(want, abs=2e-3)
+    for i, alternatives in enumerate(lp.top_logprobs[1 : len(ids)]):
+        texts = [tok.decode([t], False) for t in top_ids[i]]
+        assert set(alternatives) == set(texts)
+    echo = tok.decode(ids, False)
+    assert resp.choices[0].text.startswith(echo)
+    assert lp.text_offset[: len(ids) + 1] == sorted(lp.text_offset[: len(ids) + 1])
+    assert lp.text_offset[len(ids)] == len(echo)  # the generated token starts after the echo
+    streamed = [c for c in client.completions.create(stream=True, **kwargs) if c.choices]
+    assert "".join(c.choices[0].text for c in streamed) == resp.choices[0].text
+    lp_stream = [x for c in streamed for x in c.choices[0].logprobs.token_logprobs]
+    assert lp_stream[0] is None
+    assert lp_stream[1:] == pytest.approx(lp.token_logprobs[1:], abs=1e-5)

@@ -32,6 +32,7 @@ FULL_REQUEST: dict[str, Any] = {
     "ignore_eos": True,
     "logprobs": 3,
     "mtp": False,
+    "prompt_logprobs": 2,
 }
 
 EXAMPLES: dict[str, tuple[list[Any], bool]] = {
@@ -89,6 +90,13 @@ EXAMPLES: dict[str, tuple[list[Any], bool]] = {
                         "prompt_tokens": 5,
                         "cached_tokens": 0,
                         "spec_accepted": 1,
+                        "prompt_logprobs": [-7.5, -0.375, -1.25, -2.0],
+                        "prompt_top_logprobs": [
+                            [[151333, -7.5], [872, -0.5]],
+                            [[872, -0.375], [13, -2.75]],
+                            [[11, -0.25], [198, -1.25]],
+                            [[9707, -2.0], [11, -2.25]],
+                        ],
                     },
                     {
                         "rid": "gen-7",

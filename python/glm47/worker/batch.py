@@ -52,6 +52,11 @@ class ScheduledSeq:
     # Draft tokens (speculative decoding) at the end of token_ids, to verify: the runner samples
     # the row of the last known token and the row of every draft, in order.
     draft_ids: list[int] = field(default_factory=list)
+    # Prompt logprobs: the prompt tokens that follow its first len(score_ids) rows; the runner
+    # reports each one's logprob under the logits of the row before it (and the top
+    # `score_top` there), unpenalised. Empty: nothing to score.
+    score_ids: list[int] = field(default_factory=list)
+    score_top: int = 0
 
     @property
     def num_samples(self) -> int:
@@ -89,11 +94,23 @@ class SampleOutput:
 
 
 @dataclass
+class PromptScores:
+    """The logprobs of one sequence's `score_ids`, in order."""
+
+    rid: str
+    start_pos: int  # the position of the first scored row: it scores prompt token start_pos + 1
+    logprobs: list[float]
+    top: list[list[tuple[int, float]]] | None = None  # best first, when score_top > 0
+
+
+@dataclass
 class RunnerOutput:
     """The runner's answer to a `ScheduledBatch`: `num_samples` entries per sequence, in batch
-    order (one per sequence that asked to sample, plus one per draft)."""
+    order (one per sequence that asked to sample, plus one per draft), and the prompt scores of
+    the sequences with `score_ids`."""
 
     samples: list[SampleOutput]
+    scores: list[PromptScores] = field(default_factory=list)
 
 
 @dataclass

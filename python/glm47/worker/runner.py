@@ -32,6 +32,7 @@ from glm47.worker.attention.base import (
 from glm47.worker.attention.select import flashinfer_probe, resolve_backends
 from glm47.worker.batch import (
     DraftInput,
+    PromptScores,
     RunnerOutput,
     SampleOutput,
     ScheduledBatch,
@@ -51,10 +52,15 @@ from glm47.worker.model.context import ForwardContext
 from glm47.worker.model.layers.experts import ExpertsBackend, registered_experts_backends
 from glm47.worker.model.layers.moe import MoE
 from glm47.worker.model.loader import load_model
+from glm47.worker.sampling import score_tokens
 from glm47.worker.segment_graph import SegmentGraphRunner, segment_sizes
 from glm47.worker.step_inputs import SHORT_QUERY, StepInputBuilder, StepInputs
 
 log = logging.getLogger(__name__)
+
+# Rows whose logits are computed at once for prompt logprobs: [SCORE_ROWS, vocab] fp32 is 0.3 GiB
+# at the real vocabulary.
+SCORE_ROWS = 512
 
 
 class Sampler(Protocol):
@@ -401,10 +407,32 @@ class ModelRunner:
         hidden = self.forward(inputs)
         if self.model.mtp is not None:
             self._last_hidden = hidden  # the drafter's input, read before the next forward
+        scores = self._score_prompts(batch, hidden)
         if not inputs.sample_seqs:
-            return RunnerOutput(samples=[])
+            return RunnerOutput(samples=[], scores=scores)
         logits = self.model.compute_logits(hidden[inputs.sample_rows])  # [N, V] fp32
-        return RunnerOutput(samples=sampler.sample(logits, inputs.sample_seqs))
+        return RunnerOutput(samples=sampler.sample(logits, inputs.sample_seqs), scores=scores)
+
+    def _score_prompts(self, batch: ScheduledBatch, hidden: torch.Tensor) -> list[PromptScores]:
+        """The prompt logprobs of the sequences with `score_ids`, their logits computed
+        `SCORE_ROWS` rows at a time (a whole chunk's [T, V] logits would not fit)."""
+        scores = []
+        first_row = 0  # a sequence's rows are consecutive, in batch order
+        for seq in batch.seqs:
+            if seq.score_ids:
+                logprobs: list[float] = []
+                top: list[list[tuple[int, float]]] | None = [] if seq.score_top > 0 else None
+                next_ids = torch.tensor(seq.score_ids, dtype=torch.int64, device=hidden.device)
+                for lo in range(0, len(seq.score_ids), SCORE_ROWS):
+                    hi = min(lo + SCORE_ROWS, len(seq.score_ids))
+                    logits = self.model.compute_logits(hidden[first_row + lo : first_row + hi])
+                    values, best = score_tokens(logits, next_ids[lo:hi], seq.score_top)
+                    logprobs += values
+                    if top is not None and best is not None:
+                        top += best
+                scores.append(PromptScores(seq.rid, seq.start_pos, logprobs, top))
+            first_row += len(seq.token_ids)
+        return scores
 
     @property
     def can_draft(self) -> bool:

@@ -263,3 +263,27 @@ def _with_logprobs(
             ]
         out.append(sample)
     return out
+
+
+def score_tokens(
+    logits: torch.Tensor,  # [R, V] fp32
+    next_ids: torch.Tensor,  # [R] int64, the token that follows each row
+    k: int,
+) -> tuple[list[float], list[list[tuple[int, float]]] | None]:
+    """Each row's logprob of its next token under log_softmax(logits) and, for k > 0, the row's
+    top k (token id, logprob) pairs, best first: prompt logprobs (no penalty or ban applies)."""
+    log_norm = logits.logsumexp(dim=-1, keepdim=True)  # [R, 1]
+    chosen = (logits.gather(1, next_ids[:, None]) - log_norm)[:, 0]  # [R]
+    if k <= 0:
+        return chosen.tolist(), None
+    top_vals, top_ids = logits.topk(min(k, logits.shape[1]), dim=-1)  # [R, k] each
+    cols = torch.cat(
+        [chosen[:, None].double(), top_ids.double(), (top_vals - log_norm).double()], 1
+    )
+    width = top_ids.shape[1]
+    host = cols.tolist()  # [R, 1 + 2k]: one host transfer
+    top = [
+        [(int(t), float(v)) for t, v in zip(row[1 : 1 + width], row[1 + width :], strict=True)]
+        for row in host
+    ]
+    return [float(row[0]) for row in host], top

@@ -88,6 +88,7 @@ def to_engine_request(engine_rid: str, w: WireRequest) -> Request:
         stop_token_ids=frozenset(w.stop_token_ids),
         ignore_eos=w.ignore_eos,
         mtp=w.mtp,
+        prompt_logprobs=w.prompt_logprobs,
     )
 
 

@@ -103,6 +103,10 @@ def output_map(rid: str, out: Any) -> dict[str, Any]:
         d["cached_tokens"] = out.cached_tokens
     if out.spec_accepted is not None:
         d["spec_accepted"] = out.spec_accepted
+    if out.prompt_logprobs is not None:
+        d["prompt_logprobs"] = out.prompt_logprobs
+    if out.prompt_top_logprobs is not None:
+        d["prompt_top_logprobs"] = [[[t, v] for t, v in row] for row in out.prompt_top_logprobs]
     return d
 
 
@@ -165,6 +169,7 @@ _REQUEST_FIELDS = {
     "ignore_eos": (lambda v: isinstance(v, bool), "bool"),
     "logprobs": (_is_int, "int"),
     "mtp": (lambda v: isinstance(v, bool), "bool"),
+    "prompt_logprobs": (_is_int, "int"),
 }
 _FLOAT_FIELDS = {k for k, (check, _) in _REQUEST_FIELDS.items() if check is _is_float}
 _REQUIRED_REQUEST = ("rid", "input_ids", "max_new_tokens")
@@ -233,6 +238,7 @@ def _range_problem(r: WireRequest) -> str | None:
         (-2.0 <= r.presence_penalty <= 2.0, "presence_penalty must be in [-2, 2]"),
         (-2.0 <= r.frequency_penalty <= 2.0, "frequency_penalty must be in [-2, 2]"),
         (r.logprobs >= -1, "logprobs must be >= -1"),
+        (r.prompt_logprobs >= -1, "prompt_logprobs must be >= -1"),
         (min(r.stop_token_ids, default=0) >= 0, "stop_token_ids must be non-negative"),
     )
     return next((msg for ok, msg in checks if not ok), None)
@@ -304,6 +310,14 @@ _OUTPUT_FIELDS = {
     "prompt_tokens": (_is_int, "int or nil"),
     "cached_tokens": (_is_int, "int or nil"),
     "spec_accepted": (_is_int, "int or nil"),
+    "prompt_logprobs": (
+        lambda v: isinstance(v, list) and all(_is_float(x) for x in v),
+        "array of float or nil",
+    ),
+    "prompt_top_logprobs": (
+        lambda v: isinstance(v, list) and all(_is_top_row(r) for r in v),
+        "array of [int, float] arrays or nil",
+    ),
 }
 
 
@@ -314,12 +328,12 @@ def _decode_step(body: dict[str, Any]) -> Step:
     decoded = []
     for raw in outs:
         values = _checked(raw, _OUTPUT_FIELDS, ("rid", "ids"), "step output", "protocol", None)
-        if values.get("logprobs") is not None:
-            values["logprobs"] = [float(x) for x in values["logprobs"]]
-        if values.get("top_logprobs") is not None:
-            values["top_logprobs"] = [
-                [(int(t), float(v)) for t, v in row] for row in values["top_logprobs"]
-            ]
+        for key in ("logprobs", "prompt_logprobs"):
+            if values.get(key) is not None:
+                values[key] = [float(x) for x in values[key]]
+        for key in ("top_logprobs", "prompt_top_logprobs"):
+            if values.get(key) is not None:
+                values[key] = [[(int(t), float(v)) for t, v in row] for row in values[key]]
         decoded.append(Output(**values))
     stats = body.get("stats") or {}
     if not isinstance(stats, dict):

@@ -45,6 +45,7 @@ class WireRequest:
     ignore_eos: bool = False
     logprobs: int = -1
     mtp: bool = True
+    prompt_logprobs: int = -1
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,8 @@ class Output:
     prompt_tokens: int | None = None
     cached_tokens: int | None = None
     spec_accepted: int | None = None
+    prompt_logprobs: list[float] | None = None  # of prompt tokens 1..P-1, on the first output
+    prompt_top_logprobs: list[list[tuple[int, float]]] | None = None  # per prompt token 1..P-1
 
 
 STATS_KEYS = tuple(

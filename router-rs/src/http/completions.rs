@@ -8,15 +8,40 @@ use axum::Json;
 use futures::stream::{self, StreamExt};
 
 use super::prepare::{
-    max_new_tokens, plain_pipeline, prompt_ids, prompt_text, ready_worker, wire_requests,
+    max_new_tokens, plain_pipeline, prompt_ids, prompt_pieces, prompt_text, ready_worker,
+    wire_requests,
 };
 use super::run::{collect, drive, merge, start, ChoiceDelta, ChoiceStream};
 use super::{logprobs, sse, ApiError, AppState, JsonBody, Meta};
 use crate::protocol::completions::{
     Completion, CompletionChoice, CompletionRequest, DEFAULT_MAX_TOKENS,
 };
-use crate::protocol::openai::Usage;
-use crate::state::{Collected, Finish};
+use crate::protocol::openai::{CompletionLogprobs, Usage};
+use crate::state::{Collected, Finish, PromptLogprobs, TokenInfo};
+use crate::tokenizer::Tokenizer;
+
+/// What a choice starts with under `echo`: the prompt's text and, when its logprobs are asked
+/// for too, its ids and the text each adds (else both empty).
+#[derive(Debug, Clone, Default)]
+struct Echo {
+    text: String,
+    ids: Vec<u32>,
+    pieces: Vec<String>,
+}
+
+impl Echo {
+    /// The choice's logprobs: the echoed prompt's (when scored), then those of `tokens`.
+    fn logprobs(
+        &self,
+        tokenizer: &Tokenizer,
+        scores: Option<&PromptLogprobs>,
+        tokens: &[TokenInfo],
+        offset: &mut usize,
+    ) -> CompletionLogprobs {
+        let prompt = logprobs::echoed_prompt(tokenizer, &self.ids, &self.pieces, scores, offset);
+        logprobs::join(prompt, logprobs::completion(tokenizer, tokens, offset))
+    }
+}
 
 pub async fn completions(
     State(state): State<Arc<AppState>>,
@@ -36,7 +61,20 @@ pub async fn completions(
     let mut echoes = Vec::new();
     if req.echo {
         for ids in &prompts {
-            echoes.push(prompt_text(&state, ids.clone()).await?);
+            let echo = if req.sampling.prompt_logprobs.is_some() {
+                let pieces = prompt_pieces(&state, ids.clone()).await?;
+                Echo {
+                    text: pieces.concat(),
+                    ids: ids.clone(),
+                    pieces,
+                }
+            } else {
+                Echo {
+                    text: prompt_text(&state, ids.clone()).await?,
+                    ..Echo::default()
+                }
+            };
+            echoes.push(echo);
         }
     }
     let mut streams = Vec::with_capacity(prompts.len());
@@ -55,7 +93,7 @@ pub async fn completions(
     }
     let stream = merge(streams);
     // Choice `i` answers prompt `i / n`; its text starts with that prompt under `echo`.
-    let echo: Vec<String> = (0..prompts.len() * req.n as usize)
+    let echo: Vec<Echo> = (0..prompts.len() * req.n as usize)
         .map(|i| echoes.get(i / req.n as usize).cloned().unwrap_or_default())
         .collect();
     let prompt_tokens: u32 = prompts.iter().map(|p| p.len() as u32).sum();
@@ -79,9 +117,10 @@ fn answer(
     meta: &Meta,
     req: &CompletionRequest,
     collected: Vec<Collected>,
-    echo: Vec<String>,
+    echo: Vec<Echo>,
     prompt_tokens: u32,
 ) -> Completion {
+    let tokenizer = &state.model.tokenizer;
     let mut usage = Usage::new(prompt_tokens, 0, 0);
     let choices = collected
         .into_iter()
@@ -92,12 +131,17 @@ fn answer(
                 let cached = (index % req.n == 0).then_some(f.cached_tokens);
                 usage = add_choice(&usage, &f, cached);
             }
-            let mut offset = echo.len();
-            let logprobs = (req.sampling.logprobs >= 0)
-                .then(|| logprobs::completion(&state.model.tokenizer, &c.tokens, &mut offset));
+            let mut offset = 0;
+            let scores = c.prompt_logprobs.as_ref();
+            let logprobs = (req.sampling.logprobs >= 0).then(|| {
+                if echo.pieces.is_empty() {
+                    offset = echo.text.len();
+                }
+                echo.logprobs(tokenizer, scores, &c.tokens, &mut offset)
+            });
             CompletionChoice {
                 index,
-                text: echo + &c.content,
+                text: echo.text + &c.content,
                 logprobs,
                 finish_reason: c.finish.map(|f| f.reason),
             }
@@ -121,11 +165,12 @@ fn add_choice(usage: &Usage, f: &Finish, cached: Option<u32>) -> Usage {
 }
 
 /// Streamed chunks: the echoed prompt first (under `echo`), a chunk per delta, then the usage.
+/// An echo with prompt logprobs waits for them: it leads the choice's first delta.
 fn chunks(
     state: Arc<AppState>,
     meta: Meta,
     req: &CompletionRequest,
-    echo: Vec<String>,
+    echo: Vec<Echo>,
     prompt_tokens: u32,
     stream: ChoiceStream,
 ) -> sse::JsonEvents {
@@ -136,18 +181,26 @@ fn chunks(
     let heads: Vec<_> = echo
         .iter()
         .zip(0u32..)
-        .filter(|(text, _)| !text.is_empty())
-        .map(|(text, index)| {
+        .filter(|(e, _)| !e.text.is_empty() && e.pieces.is_empty())
+        .map(|(e, index)| {
             let choice = CompletionChoice {
                 index,
-                text: text.clone(),
+                text: e.text.clone(),
                 logprobs: None,
                 finish_reason: None,
             };
             sse::json(&completion(&meta, vec![choice], usage_field.clone()))
         })
         .collect();
-    let mut offsets: Vec<usize> = echo.iter().map(String::len).collect();
+    let mut offsets: Vec<usize> = echo
+        .iter()
+        .map(|e| if e.pieces.is_empty() { e.text.len() } else { 0 })
+        .collect();
+    // The scored echoes not yet sent, by choice.
+    let mut waiting: Vec<Option<Echo>> = echo
+        .into_iter()
+        .map(|e| (!e.pieces.is_empty()).then_some(e))
+        .collect();
     let usage = Arc::new(Mutex::new(Usage::new(prompt_tokens, 0, 0)));
     let (tail_meta, tail_usage) = (meta.clone(), usage.clone());
     let body = stream.map(move |item| {
@@ -156,18 +209,28 @@ fn chunks(
             let mut u = usage.lock().unwrap_or_else(|e| e.into_inner());
             *u = add_choice(&u, &f, (index % n == 0).then_some(f.cached_tokens));
         }
-        let logprobs = match offsets.get_mut(index as usize) {
-            Some(offset) if want_logprobs => Some(logprobs::completion(
-                &state.model.tokenizer,
+        let tokenizer = &state.model.tokenizer;
+        let head = waiting.get_mut(index as usize).and_then(Option::take);
+        let logprobs = match (offsets.get_mut(index as usize), &head) {
+            (Some(offset), Some(echo)) => Some(echo.logprobs(
+                tokenizer,
+                delta.prompt_logprobs.as_ref(),
                 &delta.tokens,
                 offset,
             )),
+            (Some(offset), None) if want_logprobs => {
+                Some(logprobs::completion(tokenizer, &delta.tokens, offset))
+            }
             _ => None,
         };
         let finish_reason = delta.finish.map(|f| f.reason);
+        let text = match head {
+            Some(echo) => echo.text + &delta.content,
+            None => delta.content,
+        };
         let choice = CompletionChoice {
             index,
-            text: delta.content,
+            text,
             logprobs,
             finish_reason,
         };

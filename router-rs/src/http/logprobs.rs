@@ -3,7 +3,7 @@
 use serde_json::{Map, Value};
 
 use crate::protocol::openai::{ChatLogprobs, ChatTokenLogprob, ChatTopLogprob, CompletionLogprobs};
-use crate::state::TokenInfo;
+use crate::state::{PromptLogprobs, TokenInfo};
 use crate::tokenizer::Tokenizer;
 
 /// The text of one token on its own (special tokens included).
@@ -62,4 +62,44 @@ pub fn completion(
         out.tokens.push(token);
     }
     out
+}
+
+/// `choices[i].logprobs` of an echoed prompt: one entry per prompt token, the first with null
+/// logprob and alternatives (no logits come before it); `pieces[i]` is the text token i adds to
+/// the echo, so offsets advance from `offset` to the echo's end. Missing `scores` (a request
+/// that ended before its first token) read as null too.
+pub fn echoed_prompt(
+    tokenizer: &Tokenizer,
+    ids: &[u32],
+    pieces: &[String],
+    scores: Option<&PromptLogprobs>,
+    offset: &mut usize,
+) -> CompletionLogprobs {
+    let mut out = CompletionLogprobs::default();
+    for (i, (&id, piece)) in ids.iter().zip(pieces).enumerate() {
+        out.tokens.push(token_text(tokenizer, id));
+        out.text_offset.push(*offset);
+        *offset += piece.len();
+        let scored = i.checked_sub(1).and_then(|j| {
+            let s = scores?;
+            Some((*s.logprobs.get(j)?, s.top.get(j)))
+        });
+        out.token_logprobs.push(scored.map(|(logprob, _)| logprob));
+        out.top_logprobs.push(scored.map(|(_, top)| {
+            top.into_iter()
+                .flatten()
+                .map(|&(id, logprob)| (token_text(tokenizer, id), Value::from(f64::from(logprob))))
+                .collect()
+        }));
+    }
+    out
+}
+
+/// `first` followed by `then`.
+pub fn join(mut first: CompletionLogprobs, then: CompletionLogprobs) -> CompletionLogprobs {
+    first.tokens.extend(then.tokens);
+    first.token_logprobs.extend(then.token_logprobs);
+    first.top_logprobs.extend(then.top_logprobs);
+    first.text_offset.extend(then.text_offset);
+    first
 }

@@ -147,6 +147,28 @@ pub async fn prompt_text(state: &Arc<AppState>, ids: Vec<u32>) -> Result<String,
         .map_err(|e| ApiError::Internal(e.to_string()))
 }
 
+/// The text each prompt token adds to the prompt's text, decoded incrementally on the blocking
+/// pool (special tokens kept, as in [`prompt_text`]); their concatenation is the prompt's text.
+pub async fn prompt_pieces(state: &Arc<AppState>, ids: Vec<u32>) -> Result<Vec<String>, ApiError> {
+    let tokenizer = state.model.tokenizer.clone();
+    let pieces = tokio::task::spawn_blocking(move || {
+        let mut detok = Detokenizer::new(tokenizer, false);
+        let mut pieces = ids
+            .iter()
+            .map(|&id| detok.push(&[id]))
+            .collect::<Result<Vec<_>, _>>()?;
+        let tail = detok.finish()?;
+        if let Some(last) = pieces.last_mut() {
+            last.push_str(&tail);
+        }
+        Ok::<_, crate::tokenizer::TokenizerError>(pieces)
+    });
+    pieces
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .map_err(|e| ApiError::Internal(e.to_string()))
+}
+
 /// The output budget for a prompt of `prompt_len` tokens: the requested one when it fits, all
 /// that fits when none was requested. `param` names the prompt field in errors. Stop token ids
 /// outside the worker's vocabulary are rejected here too, where the worker's limits are known.
@@ -227,6 +249,7 @@ pub fn wire_requests(
             r.stop_token_ids = sampling.stop_token_ids.clone();
             r.ignore_eos = sampling.ignore_eos;
             r.logprobs = sampling.logprobs;
+            r.prompt_logprobs = sampling.prompt_logprobs.map_or(-1, |k| k as i32);
             r
         })
         .collect()

@@ -103,7 +103,7 @@ impl CompletionRequest {
         let n = sampling.n.unwrap_or(1);
         check_range("logprobs", raw.logprobs, 0, 20)?;
         let logprobs = raw.logprobs.map_or(-1, |k| k as i32);
-        let sampling = sampling.validate(logprobs)?;
+        let mut sampling = sampling.validate(logprobs)?;
         if raw.suffix.is_some_and(|s| !s.is_empty()) {
             return Err(ValidationError::new("suffix", "suffix is not supported"));
         }
@@ -113,13 +113,9 @@ impl CompletionRequest {
                 "best_of is not supported (only best_of equal to n)",
             ));
         }
-        if raw.echo == Some(true) && raw.logprobs.is_some() {
-            // The answer would need the prompt tokens' logprobs, which are not computed: an
-            // answer with only the generated tokens' would be silently wrong for scoring.
-            return Err(ValidationError::new(
-                "logprobs",
-                "logprobs with echo (prompt logprobs) are not supported",
-            ));
+        if raw.echo == Some(true) {
+            // The echoed prompt carries its tokens' logprobs too (the first token's is null).
+            sampling.prompt_logprobs = raw.logprobs;
         }
         let prompt = raw
             .prompt
@@ -208,12 +204,24 @@ mod tests {
         assert!(
             CompletionRequest::from_json(&json!({"prompt": "hi", "best_of": 2, "n": 2})).is_ok()
         );
-        let echo = json!({"prompt": "hi", "echo": true, "logprobs": 1});
+    }
+
+    #[test]
+    fn only_an_echo_with_logprobs_asks_for_prompt_logprobs() {
+        let prompt_logprobs = |body: Value| {
+            CompletionRequest::from_json(&body)
+                .expect("valid")
+                .sampling
+                .prompt_logprobs
+        };
+        let echo = json!({"prompt": "hi", "echo": true, "logprobs": 2});
+        assert_eq!(prompt_logprobs(echo), Some(2));
+        assert_eq!(prompt_logprobs(json!({"prompt": "hi", "echo": true})), None);
         assert_eq!(
-            CompletionRequest::from_json(&echo).unwrap_err().param,
-            "logprobs"
+            prompt_logprobs(json!({"prompt": "hi", "logprobs": 1})),
+            None
         );
-        assert!(CompletionRequest::from_json(&json!({"prompt": "hi", "echo": true})).is_ok());
-        assert!(CompletionRequest::from_json(&json!({"prompt": "hi", "logprobs": 1})).is_ok());
+        let echo_off = json!({"prompt": "hi", "echo": false, "logprobs": 0});
+        assert_eq!(prompt_logprobs(echo_off), None);
     }
 }

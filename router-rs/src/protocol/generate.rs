@@ -84,6 +84,7 @@ impl GenerateRequest {
             stop_token_ids: Vec::new(),
             ignore_eos: p.ignore_eos.unwrap_or(false),
             logprobs: 0,
+            prompt_logprobs: None,
             skip_special_tokens: p.skip_special_tokens.unwrap_or(true),
         };
         sampling

@@ -32,6 +32,8 @@ pub struct SamplingParams {
     pub ignore_eos: bool,
     /// -1: no logprobs; 0: sampled token only; k > 0: also the top k.
     pub logprobs: i32,
+    /// The prompt tokens' logprobs too (echo with logprobs), with the top k when `Some(k > 0)`.
+    pub prompt_logprobs: Option<u32>,
     /// Leave special tokens out of the returned text.
     pub skip_special_tokens: bool,
 }
@@ -116,6 +118,7 @@ impl OpenAiSampling {
             stop_token_ids: self.stop_token_ids.unwrap_or_default(),
             ignore_eos: self.ignore_eos.unwrap_or(false),
             logprobs,
+            prompt_logprobs: None,
             skip_special_tokens: self.skip_special_tokens.unwrap_or(true),
         };
         params.check()?;

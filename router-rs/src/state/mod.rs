@@ -32,6 +32,34 @@ pub struct TokenInfo {
     pub special: bool,
 }
 
+/// The logprobs of a prompt's tokens after the first (echo with logprobs).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PromptLogprobs {
+    /// Logprob of prompt token i + 1 under the model's logits at position i.
+    pub logprobs: Vec<f32>,
+    /// Per entry of `logprobs`: the top k `(id, logprob)` at that position, best first (empty
+    /// unless top logprobs were asked for).
+    pub top: Vec<Vec<(u32, f32)>>,
+}
+
+impl PromptLogprobs {
+    fn from_output(out: &wire::Output) -> Option<Self> {
+        let logprobs = out.prompt_logprobs.as_ref()?;
+        let top = out
+            .prompt_top_logprobs
+            .as_ref()
+            .map_or_else(Vec::new, |rows| {
+                rows.iter()
+                    .map(|row| row.iter().map(|&(id, l)| (id, l as f32)).collect())
+                    .collect()
+            });
+        Some(Self {
+            logprobs: logprobs.iter().map(|&l| l as f32).collect(),
+            top,
+        })
+    }
+}
+
 /// How a choice ended, with its token counts.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Finish {
@@ -55,6 +83,8 @@ pub struct Delta {
     pub tokens: Vec<TokenInfo>,
     /// Set on the choice's last delta.
     pub finish: Option<Finish>,
+    /// The prompt's logprobs, on the first delta when the request asked for them.
+    pub prompt_logprobs: Option<PromptLogprobs>,
 }
 
 impl Delta {
@@ -69,7 +99,7 @@ impl Delta {
         self.content.is_empty()
             && self.reasoning.is_empty()
             && self.tool_calls.is_empty()
-            && (!tokens_matter || self.tokens.is_empty())
+            && (!tokens_matter || (self.tokens.is_empty() && self.prompt_logprobs.is_none()))
             && self.finish.is_none()
     }
 }
@@ -152,6 +182,7 @@ impl Pipeline {
             self.cached_tokens = out.cached_tokens.unwrap_or(0);
         }
         self.accepted_draft_tokens += out.spec_accepted.unwrap_or(0);
+        delta.prompt_logprobs = PromptLogprobs::from_output(out);
         let mut text = String::new();
         let mut reason = None;
         for (k, &id) in out.ids.iter().enumerate() {
@@ -290,6 +321,7 @@ pub struct Collected {
     pub tool_calls: Vec<(String, String, String)>,
     pub tokens: Vec<TokenInfo>,
     pub finish: Option<Finish>,
+    pub prompt_logprobs: Option<PromptLogprobs>,
 }
 
 impl Collected {
@@ -313,6 +345,9 @@ impl Collected {
             }
         }
         self.tokens.extend(delta.tokens);
+        if delta.prompt_logprobs.is_some() {
+            self.prompt_logprobs = delta.prompt_logprobs;
+        }
         if delta.finish.is_some() {
             self.finish = delta.finish;
         }

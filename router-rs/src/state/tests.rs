@@ -71,7 +71,7 @@ fn output(text: &str, finish: Option<wire::FinishReason>) -> wire::Output {
         finish,
         prompt_tokens: Some(7),
         cached_tokens: Some(2),
-        spec_accepted: None,
+        ..wire::Output::default()
     }
 }
 

@@ -65,6 +65,10 @@ pub struct Request {
     /// Allow speculative drafting for this request.
     #[serde(default = "true_bool")]
     pub mtp: bool,
+    /// Prompt logprobs: -1 none; 0: the logprob of each prompt token after the first; k > 0:
+    /// also the top k at each of those positions.
+    #[serde(default = "minus_one")]
+    pub prompt_logprobs: i32,
 }
 
 impl Request {
@@ -87,6 +91,7 @@ impl Request {
             ignore_eos: false,
             logprobs: -1,
             mtp: true,
+            prompt_logprobs: -1,
         }
     }
 }
@@ -206,6 +211,12 @@ pub struct Output {
     /// Draft tokens accepted in this step.
     #[serde(default)]
     pub spec_accepted: Option<u32>,
+    /// Logprob of prompt tokens 1..P-1, on the first output of a request that asked for them.
+    #[serde(default)]
+    pub prompt_logprobs: Option<Vec<f64>>,
+    /// Per prompt token 1..P-1: the top k `(token id, logprob)` pairs at its position.
+    #[serde(default)]
+    pub prompt_top_logprobs: Option<Vec<Vec<(u32, f64)>>>,
 }
 
 /// The worker's load after a step; every key optional.

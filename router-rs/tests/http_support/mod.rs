@@ -249,6 +249,20 @@ fn answer(script: &Script, req: &wire::Request, send: &dyn Fn(&Message)) {
             .map(|&id| vec![(id, -0.5), (id + 1, -1.5)])
             .collect();
         done += chunk.len();
+        // Prompt logprobs: -0.25 * position for prompt tokens 1..P-1, the top two at each
+        // position being the token itself and the next id.
+        let prompt_logprobs = (k == 0 && req.prompt_logprobs >= 0).then(|| {
+            (1..req.input_ids.len())
+                .map(|i| -0.25 * i as f64)
+                .collect::<Vec<_>>()
+        });
+        let prompt_top = (k == 0 && req.prompt_logprobs > 0).then(|| {
+            req.input_ids[1..]
+                .iter()
+                .zip(1..)
+                .map(|(&id, i)| vec![(id, -0.25 * f64::from(i)), (id + 1, -3.0)])
+                .collect::<Vec<_>>()
+        });
         let out = wire::Output {
             rid: req.rid.clone(),
             ids: chunk.to_vec(),
@@ -258,6 +272,8 @@ fn answer(script: &Script, req: &wire::Request, send: &dyn Fn(&Message)) {
             prompt_tokens: (k == 0).then_some(req.input_ids.len() as u32),
             cached_tokens: (k == 0).then_some(1),
             spec_accepted: None,
+            prompt_logprobs,
+            prompt_top_logprobs: prompt_top,
         };
         send(&Message::Step(wire::Step {
             outs: vec![out],

@@ -56,6 +56,8 @@ class StepOutput:
     prompt_tokens: int | None = None  # on a request's first output
     cached_tokens: int | None = None  # on a request's first output
     spec_accepted: int | None = None  # draft tokens accepted this step (MTP)
+    prompt_logprobs: list[float] | None = None  # prompt tokens 1..P-1, on the first output
+    prompt_top_logprobs: list[list[tuple[int, float]]] | None = None  # per prompt token 1..P-1
 
 
 class Engine:
@@ -139,6 +141,10 @@ class Engine:
         batch = self.scheduler.schedule()
         if batch.seqs:
             result = self.runner.run(batch, self.sampler)
+            for scores in result.scores:
+                self._requests[scores.rid].record_prompt_scores(
+                    scores.start_pos, scores.logprobs, scores.top
+                )
             finished = self._apply_samples(batch, result.samples, outputs)
             self.scheduler.finish(finished)
             if self.mtp_step:
@@ -280,6 +286,10 @@ class Engine:
             req.first_output_sent = True
             out.prompt_tokens = req.num_prompt_tokens
             out.cached_tokens = req.num_cached_tokens or 0
+            if req.prompt_logprobs >= 0 and out.ids:  # an abort before any sample has none
+                out.prompt_logprobs = req.prompt_scores or []
+                if req.prompt_logprobs > 0:
+                    out.prompt_top_logprobs = req.prompt_top or []
         return out
 
     # -- observation --------------------------------------------------------------------------

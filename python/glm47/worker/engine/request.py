@@ -49,6 +49,9 @@ class Request:
     ignore_eos: bool = False  # do not finish on eos_token_ids
     eos_token_ids: frozenset[int] = frozenset()  # empty: Engine.add_request fills the model's ids
     mtp: bool = True  # speculative drafting allowed for this request
+    # Prompt logprobs: -1 none; 0: the logprob of each prompt token after the first, under the
+    # model's logits at the position before it; k > 0: also the top k there.
+    prompt_logprobs: int = -1
 
     # Engine-owned state below; never set by the caller.
     state: RequestState = field(default=RequestState.WAITING, init=False)
@@ -62,6 +65,10 @@ class Request:
     finish_reason: FinishReason | None = field(default=None, init=False)
     first_output_sent: bool = field(default=False, init=False)  # prompt_tokens already reported
     num_preemptions: int = field(default=0, init=False)
+    # The prompt logprobs computed so far, position p - 1 holding prompt token p's (p >= 1):
+    # allocated when the first ones arrive; read for the first output.
+    prompt_scores: list[float] | None = field(default=None, init=False, repr=False)
+    prompt_top: list[list[tuple[int, float]]] | None = field(default=None, init=False, repr=False)
     # The ids masked while fewer than min_new_tokens are generated; built on first use.
     _min_tokens_ban: tuple[int, ...] | None = field(default=None, init=False, repr=False)
 
@@ -75,6 +82,26 @@ class Request:
     @property
     def num_output_tokens(self) -> int:
         return len(self.output_ids)
+
+    @property
+    def scores_prompt(self) -> bool:
+        """True while the prompt's logprobs are still to be computed and reported: its prompt
+        positions then run through the model (no prefix-cache hit) and are scored."""
+        return self.prompt_logprobs >= 0 and not self.first_output_sent
+
+    def record_prompt_scores(
+        self, start_pos: int, logprobs: list[float], top: list[list[tuple[int, float]]] | None
+    ) -> None:
+        """Store the scores of prompt tokens start_pos + 1 .. start_pos + len(logprobs)."""
+        size = self.num_prompt_tokens - 1
+        if self.prompt_scores is None:
+            self.prompt_scores = [0.0] * size
+            self.prompt_top = [[] for _ in range(size)] if self.prompt_logprobs > 0 else None
+        end = start_pos + len(logprobs)
+        assert end <= size, f"{self.rid}: scores past the prompt ({end} > {size})"
+        self.prompt_scores[start_pos:end] = logprobs
+        if self.prompt_top is not None and top is not None:
+            self.prompt_top[start_pos:end] = top
 
     @property
     def num_tokens(self) -> int:

@@ -38,6 +38,7 @@ from glm47.worker.engine.request import Request, RequestState
 log = logging.getLogger(__name__)
 
 NO_DRAFTS: list[int] = []  # shared by every sequence without drafts; never modified
+NO_SCORES: list[int] = []  # shared by every sequence that scores no prompt token; never modified
 
 
 @dataclass
@@ -127,7 +128,11 @@ class Scheduler:
             if len(self.running) >= self.config.max_running_requests:
                 return admitted
             req = self.waiting[0]
-            num_cached, shared = self.cache.match(req.all_token_ids)
+            # A prompt whose logprobs are asked for runs whole: cached pages hold no logits.
+            shared: list[int] = []
+            num_cached = 0
+            if not req.scores_prompt:
+                num_cached, shared = self.cache.match(req.all_token_ids)
             cost = self.reserve.cost(req, num_cached)
             if self.running and cost > room:
                 return admitted
@@ -199,10 +204,21 @@ class Scheduler:
                     output_ids=req.output_ids,
                     banned_token_ids=req.banned_token_ids() if sample else (),
                     draft_ids=drafts,
+                    score_ids=self._score_ids(req, start, n),
+                    score_top=max(0, req.prompt_logprobs),
                 )
             )
             req.num_computed_tokens = start + n
         return ScheduledBatch(seqs=seqs, num_prompt_tokens=prompt_tokens)
+
+    @staticmethod
+    def _score_ids(req: Request, start: int, n: int) -> list[int]:
+        """The prompt tokens after rows [start, start + n) to score, while the request scores its
+        prompt (the last prompt row samples instead)."""
+        end = min(start + n, req.num_prompt_tokens - 1)
+        if not req.scores_prompt or end <= start:
+            return NO_SCORES
+        return req.prompt_ids[start + 1 : end + 1]
 
     # -- leaving the running batch ------------------------------------------------------------
 

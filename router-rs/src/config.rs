@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
+use crate::dispatch::{BalanceOptions, BalancePolicy};
+
 /// Default request body limit: 32 MiB.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
 
@@ -86,6 +88,12 @@ pub struct RouterConfig {
     #[arg(long = "worker-timeout", alias = "worker_timeout", default_value_t = 60.0,
           value_parser = parse_positive_seconds)]
     pub worker_timeout: f64,
+
+    /// How requests are spread over several `--worker-addr`: `prefix` sends a prompt to the
+    /// worker that was sent its longest prefix (its KV cache likely holds it) while the load is
+    /// balanced, else to the least loaded; `least-loaded` always to the least loaded.
+    #[arg(long = "balance-policy", alias = "balance_policy", value_enum, default_value_t = BalancePolicy::Prefix)]
+    pub balance_policy: BalancePolicy,
 }
 
 impl RouterConfig {
@@ -102,6 +110,10 @@ impl RouterConfig {
     pub fn dispatch_options(&self) -> crate::dispatch::DispatchOptions {
         crate::dispatch::DispatchOptions {
             silence_timeout: Duration::from_secs_f64(self.worker_timeout),
+            balance: BalanceOptions {
+                policy: self.balance_policy,
+                ..BalanceOptions::default()
+            },
             ..crate::dispatch::DispatchOptions::default()
         }
     }
@@ -165,6 +177,24 @@ mod tests {
         assert!(parse(&[]).is_err());
         assert!(parse(&["--worker-addr", "tcp://a:1", "--tool-call-parser", "hermes"]).is_err());
         assert!(parse(&["--worker-addr", "tcp://a:1", "--worker-timeout", "-1"]).is_err());
+    }
+
+    #[test]
+    fn the_balance_policy_defaults_to_prefix() {
+        let c = parse(&["--worker-addr", "tcp://a:1"]).expect("parses");
+        assert_eq!(c.dispatch_options().balance.policy, BalancePolicy::Prefix);
+        let c = parse(&[
+            "--worker-addr",
+            "tcp://a:1",
+            "--balance_policy",
+            "least-loaded",
+        ])
+        .expect("parses");
+        assert_eq!(
+            c.dispatch_options().balance.policy,
+            BalancePolicy::LeastLoaded
+        );
+        assert!(parse(&["--worker-addr", "tcp://a:1", "--balance-policy", "random"]).is_err());
     }
 
     #[test]

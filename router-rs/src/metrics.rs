@@ -34,6 +34,8 @@ pub struct Metrics {
     generation_tokens: AtomicU64,
     cached_prompt_tokens: AtomicU64,
     spec_accepted_tokens: AtomicU64,
+    /// Prompts sent to the worker that holds their longest prefix (prefix-aware balancing).
+    prefix_routed: AtomicU64,
     /// Requests submitted to a worker and not finished yet.
     in_flight: AtomicU64,
     workers: Mutex<BTreeMap<String, WorkerGauges>>,
@@ -65,6 +67,7 @@ impl Metrics {
             generation_tokens: AtomicU64::new(0),
             cached_prompt_tokens: AtomicU64::new(0),
             spec_accepted_tokens: AtomicU64::new(0),
+            prefix_routed: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
             workers: Mutex::new(BTreeMap::new()),
             ttft: Histogram::new(TTFT_BUCKETS),
@@ -99,6 +102,11 @@ impl Metrics {
         self.generation_tokens.fetch_add(tokens, Ordering::Relaxed);
         self.spec_accepted_tokens
             .fetch_add(spec_accepted, Ordering::Relaxed);
+    }
+
+    /// Counts one prompt sent to a worker for the prefix it was sent before.
+    pub fn inc_prefix_routed(&self) {
+        self.prefix_routed.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Sets the number of requests submitted to workers and not finished.
@@ -209,6 +217,11 @@ impl Metrics {
                 "glm47_spec_accepted_tokens_total",
                 "Generated tokens that were accepted speculative drafts.",
                 &self.spec_accepted_tokens,
+            ),
+            (
+                "glm47_prefix_routed_total",
+                "Prompts sent to the worker that was sent their longest prefix (prefix-aware balancing).",
+                &self.prefix_routed,
             ),
         ];
         for (name, help, value) in plain {

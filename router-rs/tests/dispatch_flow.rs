@@ -6,8 +6,9 @@ mod dispatch_support;
 use std::time::Duration;
 
 use dispatch_support::*;
-use glm47_router::dispatch::{DispatchError, RequestEvent};
-use glm47_router::wire::{FinishReason, Message};
+use glm47_router::dispatch::{BalancePolicy, DispatchError, Dispatcher, RequestEvent};
+use glm47_router::metrics::Metrics;
+use glm47_router::wire::{self, FinishReason, Message};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_is_ready_only_after_answering_hello() {
@@ -189,6 +190,86 @@ async fn replicas_share_the_load_by_in_flight_count() {
         .map(|i| d.submit(request(&format!("s{i}"))).expect("submitted"))
         .collect();
     assert!(more.iter().all(|h| h.worker_addr() == w0.addr));
+}
+
+/// A prompt of `len` tokens of its own.
+fn prompt(conversation: u32, len: usize) -> Vec<u32> {
+    (0..len as u32).map(|i| conversation * 10_000 + i).collect()
+}
+
+fn start_balanced(
+    addrs: Vec<String>,
+    policy: BalancePolicy,
+) -> (std::sync::Arc<Dispatcher>, std::sync::Arc<Metrics>) {
+    let metrics = std::sync::Arc::new(Metrics::new());
+    let mut opts = options(Duration::from_secs(30));
+    opts.balance.policy = policy;
+    let d = Dispatcher::start_with(addrs, metrics.clone(), opts).expect("dispatcher starts");
+    (d, metrics)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conversation_follows_its_prefix_to_the_worker_that_was_sent_it() {
+    let (w0, w1) = (FakeWorker::bind(), FakeWorker::bind());
+    let (d, metrics) = start_balanced(
+        vec![w0.addr.clone(), w1.addr.clone()],
+        BalancePolicy::Prefix,
+    );
+    w0.handshake("tiny");
+    w1.handshake("tiny");
+    wait_until("both ready", || d.ready_workers().len() == 2);
+    let submit = |ids: Vec<u32>| {
+        d.submit(wire::Request::new("c", ids, 4))
+            .expect("submitted")
+    };
+    // First turns of two conversations and an unrelated prompt: spread by load.
+    let a1 = submit(prompt(1, 100));
+    let b1 = submit(prompt(2, 100));
+    let _x = submit(prompt(9, 100));
+    assert_eq!(
+        (a1.worker_addr(), b1.worker_addr()),
+        (&w0.addr[..], &w1.addr[..])
+    );
+    assert_eq!(d.in_flight(), vec![2, 1]);
+    // The next turn of the first conversation (its 100 tokens and 40 more) goes where its
+    // prefix went, though that worker is the busier one.
+    let mut turn = prompt(1, 100);
+    turn.extend(500..540);
+    let a2 = submit(turn.clone());
+    assert_eq!(a2.worker_addr(), w0.addr);
+    let mut b_turn = prompt(2, 100);
+    b_turn.extend(600..640);
+    let b2 = submit(b_turn);
+    assert_eq!(b2.worker_addr(), w1.addr);
+    // 240 tokens, of which the 128 of the last turn's full blocks match: more than half.
+    turn.extend(800..900);
+    let a3 = submit(turn);
+    assert_eq!(a3.worker_addr(), w0.addr);
+    assert_eq!(d.in_flight(), vec![4, 2]);
+    assert!(metrics.render().contains("glm47_prefix_routed_total 3"));
+    // A prompt that shares only its first 32 tokens with anything goes by load.
+    let mut c = prompt(1, 32);
+    c.extend(&prompt(3, 100)[32..]);
+    assert_eq!(submit(c).worker_addr(), w1.addr);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_least_loaded_policy_ignores_prefixes() {
+    let (w0, w1) = (FakeWorker::bind(), FakeWorker::bind());
+    let (d, _) = start_balanced(
+        vec![w0.addr.clone(), w1.addr.clone()],
+        BalancePolicy::LeastLoaded,
+    );
+    w0.handshake("tiny");
+    w1.handshake("tiny");
+    wait_until("both ready", || d.ready_workers().len() == 2);
+    let submit = |ids: Vec<u32>| {
+        d.submit(wire::Request::new("c", ids, 4))
+            .expect("submitted")
+    };
+    let first = submit(prompt(1, 100));
+    let again = submit(prompt(1, 100));
+    assert_ne!(first.worker_addr(), again.worker_addr());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

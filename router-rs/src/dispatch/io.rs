@@ -269,6 +269,13 @@ impl IoLoop {
         let slot = &self.shared.workers[worker];
         if slot.ready.swap(false, Ordering::SeqCst) {
             tracing::warn!("worker {} is not ready: {reason}", slot.addr);
+            // It may come back with an empty cache.
+            let mut prefixes = self
+                .shared
+                .prefixes
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            prefixes.forget(worker);
         }
         self.shared.metrics.set_worker_ready(&slot.addr, false);
         let unsent: HashSet<String> = self.links[worker]

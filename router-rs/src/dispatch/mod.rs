@@ -6,8 +6,10 @@
 //! until a command or a worker message arrives.
 //!
 //! Life of a request:
-//! 1. [`Dispatcher::submit`] picks the ready worker with the fewest in-flight requests (several worker
-//!    addresses are data-parallel replicas) and returns a [`RequestHandle`] at once. It fails with
+//! 1. [`Dispatcher::submit`] picks a ready worker (several worker addresses are data-parallel
+//!    replicas): the one that was sent the longest prefix of the prompt while the load is
+//!    balanced, else the one with the fewest in-flight requests (prefix.rs), and returns a
+//!    [`RequestHandle`] at once. It fails with
 //!    [`DispatchError::NoWorkerReady`] when no worker has answered `hello` (HTTP 503).
 //! 2. The I/O thread sends every request queued since its last turn to a worker as one `submit`.
 //! 3. [`RequestHandle::next`] yields the request's outputs in order. The last event is an output with
@@ -24,11 +26,13 @@
 
 mod handle;
 mod io;
+mod prefix;
 mod shared;
 mod sockets;
 mod table;
 
 pub use handle::RequestHandle;
+pub use prefix::{BalanceOptions, BalancePolicy, BLOCK_TOKENS};
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -39,6 +43,7 @@ use tokio::sync::mpsc;
 
 use crate::metrics::Metrics;
 use crate::wire::{self, ErrorCode};
+use prefix::PrefixIndex;
 use shared::{Command, Shared, Submitted, WorkerSlot};
 
 /// Why the dispatcher could not start or accept a request.
@@ -74,6 +79,8 @@ pub struct DispatchOptions {
     pub silence_timeout: Duration,
     /// The `client` string sent in `hello`.
     pub client_name: String,
+    /// How requests are spread over several workers.
+    pub balance: BalanceOptions,
 }
 
 impl Default for DispatchOptions {
@@ -82,6 +89,7 @@ impl Default for DispatchOptions {
             probe_interval: Duration::from_secs(1),
             silence_timeout: Duration::from_secs(60),
             client_name: format!("glm47-router {}", env!("CARGO_PKG_VERSION")),
+            balance: BalanceOptions::default(),
         }
     }
 }
@@ -185,6 +193,8 @@ impl Dispatcher {
             closed: AtomicBool::new(false),
             next_rid: AtomicU64::new(0),
             metrics,
+            prefixes: Mutex::new(PrefixIndex::new(options.balance.capacity)),
+            balance: options.balance.clone(),
         });
         let io_loop = io::IoLoop::new(shared.clone(), wake_rx, sockets, options);
         let thread = std::thread::Builder::new()
@@ -217,9 +227,10 @@ impl Dispatcher {
             return Err(DispatchError::Closed);
         }
         let n = reqs.len();
+        let prompt = reqs.first().map_or(&[][..], |r| &r.input_ids[..]);
         let worker = self
             .shared
-            .pick_worker(n)
+            .pick_worker(prompt, n)
             .ok_or(DispatchError::NoWorkerReady)?;
         let mut handles = Vec::with_capacity(n);
         let mut submitted = Vec::with_capacity(n);

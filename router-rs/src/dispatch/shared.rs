@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use tokio::sync::mpsc;
 
+use super::prefix::{block_hashes, choose, BalanceOptions, BalancePolicy, PrefixIndex};
 use super::{DispatchError, RequestEvent, WorkerInfo};
 use crate::metrics::Metrics;
 use crate::wire;
@@ -51,6 +52,9 @@ pub(super) struct Shared {
     pub closed: AtomicBool,
     pub next_rid: AtomicU64,
     pub metrics: Arc<Metrics>,
+    pub balance: BalanceOptions,
+    /// The prompts sent to each worker, for prefix-aware balancing.
+    pub prefixes: Mutex<PrefixIndex>,
 }
 
 impl Shared {
@@ -76,15 +80,32 @@ impl Shared {
         std::mem::take(&mut *self.queue.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
-    /// The ready worker with the fewest in-flight requests, charged with `n` more.
-    pub fn pick_worker(&self, n: usize) -> Option<usize> {
-        let best = self
+    /// The worker for `n` requests of one prompt under the balance policy (prefix.rs), charged
+    /// with them; the prompt is recorded as sent there.
+    pub fn pick_worker(&self, prompt: &[u32], n: usize) -> Option<usize> {
+        let loads: Vec<Option<usize>> = self
             .workers
             .iter()
-            .enumerate()
-            .filter(|(_, w)| w.ready.load(Ordering::SeqCst))
-            .min_by_key(|(_, w)| w.in_flight.load(Ordering::SeqCst))
-            .map(|(i, _)| i)?;
+            .map(|w| {
+                w.ready
+                    .load(Ordering::SeqCst)
+                    .then(|| w.in_flight.load(Ordering::SeqCst))
+            })
+            .collect();
+        let by_prefix = self.balance.policy == BalancePolicy::Prefix && self.workers.len() > 1;
+        let best = if by_prefix {
+            let hashes = block_hashes(prompt);
+            let mut index = self.prefixes.lock().unwrap_or_else(|e| e.into_inner());
+            let matched = index.matches(&hashes, self.workers.len());
+            let (best, by_match) = choose(&loads, &matched, prompt.len(), &self.balance)?;
+            index.insert(&hashes, best);
+            if by_match {
+                self.metrics.inc_prefix_routed();
+            }
+            best
+        } else {
+            choose(&loads, &[], prompt.len(), &self.balance)?.0
+        };
         self.workers[best].in_flight.fetch_add(n, Ordering::SeqCst);
         Some(best)
     }

@@ -5,7 +5,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use glm47_router::dispatch::{DispatchOptions, Dispatcher, RequestEvent, RequestHandle};
+use glm47_router::dispatch::{
+    BalanceOptions, DispatchOptions, Dispatcher, RequestEvent, RequestHandle,
+};
 use glm47_router::metrics::Metrics;
 use glm47_router::wire::{self, Message};
 
@@ -151,6 +153,7 @@ pub fn options(silence_timeout: Duration) -> DispatchOptions {
         probe_interval: Duration::from_millis(50),
         silence_timeout,
         client_name: "dispatch-test".into(),
+        balance: BalanceOptions::default(),
     }
 }
 

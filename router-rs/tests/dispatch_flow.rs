@@ -3,6 +3,7 @@
 
 mod dispatch_support;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use dispatch_support::*;
@@ -197,27 +198,23 @@ fn prompt(conversation: u32, len: usize) -> Vec<u32> {
     (0..len as u32).map(|i| conversation * 10_000 + i).collect()
 }
 
-fn start_balanced(
-    addrs: Vec<String>,
-    policy: BalancePolicy,
-) -> (std::sync::Arc<Dispatcher>, std::sync::Arc<Metrics>) {
-    let metrics = std::sync::Arc::new(Metrics::new());
+/// Two fake workers, both ready, behind a dispatcher balancing by `policy`.
+fn two_balanced(policy: BalancePolicy) -> (FakeWorker, FakeWorker, Arc<Dispatcher>, Arc<Metrics>) {
+    let (w0, w1) = (FakeWorker::bind(), FakeWorker::bind());
+    let metrics = Arc::new(Metrics::new());
     let mut opts = options(Duration::from_secs(30));
     opts.balance.policy = policy;
+    let addrs = vec![w0.addr.clone(), w1.addr.clone()];
     let d = Dispatcher::start_with(addrs, metrics.clone(), opts).expect("dispatcher starts");
-    (d, metrics)
+    w0.handshake("tiny");
+    w1.handshake("tiny");
+    wait_until("both ready", || d.ready_workers().len() == 2);
+    (w0, w1, d, metrics)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_conversation_follows_its_prefix_to_the_worker_that_was_sent_it() {
-    let (w0, w1) = (FakeWorker::bind(), FakeWorker::bind());
-    let (d, metrics) = start_balanced(
-        vec![w0.addr.clone(), w1.addr.clone()],
-        BalancePolicy::Prefix,
-    );
-    w0.handshake("tiny");
-    w1.handshake("tiny");
-    wait_until("both ready", || d.ready_workers().len() == 2);
+    let (w0, w1, d, metrics) = two_balanced(BalancePolicy::Prefix);
     let submit = |ids: Vec<u32>| {
         d.submit(wire::Request::new("c", ids, 4))
             .expect("submitted")
@@ -255,14 +252,7 @@ async fn a_conversation_follows_its_prefix_to_the_worker_that_was_sent_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_least_loaded_policy_ignores_prefixes() {
-    let (w0, w1) = (FakeWorker::bind(), FakeWorker::bind());
-    let (d, _) = start_balanced(
-        vec![w0.addr.clone(), w1.addr.clone()],
-        BalancePolicy::LeastLoaded,
-    );
-    w0.handshake("tiny");
-    w1.handshake("tiny");
-    wait_until("both ready", || d.ready_workers().len() == 2);
+    let (_w0, _w1, d, _) = two_balanced(BalancePolicy::LeastLoaded);
     let submit = |ids: Vec<u32>| {
         d.submit(wire::Request::new("c", ids, 4))
             .expect("submitted")

@@ -295,29 +295,25 @@ def _is_top_row(v: object) -> bool:
     )
 
 
+_LOGPROBS = (
+    lambda v: isinstance(v, list) and all(_is_float(x) for x in v),
+    "array of float or nil",
+)
+_TOP_LOGPROBS = (
+    lambda v: isinstance(v, list) and all(_is_top_row(r) for r in v),
+    "array of [int, float] arrays or nil",
+)
 _OUTPUT_FIELDS = {
     "rid": (lambda v: isinstance(v, str), "str"),
     "ids": (_is_int_list, "array of int"),
-    "logprobs": (
-        lambda v: isinstance(v, list) and all(_is_float(x) for x in v),
-        "array of float or nil",
-    ),
-    "top_logprobs": (
-        lambda v: isinstance(v, list) and all(_is_top_row(r) for r in v),
-        "array of [int, float] arrays or nil",
-    ),
+    "logprobs": _LOGPROBS,
+    "top_logprobs": _TOP_LOGPROBS,
     "finish": (lambda v: v in ("stop", "length", "abort"), "stop, length, abort or nil"),
     "prompt_tokens": (_is_int, "int or nil"),
     "cached_tokens": (_is_int, "int or nil"),
     "spec_accepted": (_is_int, "int or nil"),
-    "prompt_logprobs": (
-        lambda v: isinstance(v, list) and all(_is_float(x) for x in v),
-        "array of float or nil",
-    ),
-    "prompt_top_logprobs": (
-        lambda v: isinstance(v, list) and all(_is_top_row(r) for r in v),
-        "array of [int, float] arrays or nil",
-    ),
+    "prompt_logprobs": _LOGPROBS,
+    "prompt_top_logprobs": _TOP_LOGPROBS,
 }
 
 

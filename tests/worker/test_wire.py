@@ -122,6 +122,8 @@ def test_submit_applies_defaults_and_ignores_unknown_keys() -> None:
         ("seed", "x"),
         ("ignore_eos", 1),
         ("logprobs", -3),
+        ("prompt_logprobs", -2),
+        ("prompt_logprobs", 21),
     ],
 )
 def test_a_bad_request_is_rejected_with_its_rid_and_others_pass(field: str, value: Any) -> None:

@@ -72,6 +72,8 @@ class ScheduledBatch:
     # Tokens of the batch that are prompt tokens (the scheduler counts them as it plans; the
     # rest are outputs fed back to decode, drafts, or recomputed outputs).
     num_prompt_tokens: int = 0
+    # True when a sequence has `score_ids` (prompt logprobs to compute this step).
+    scores_prompts: bool = False
 
     @property
     def num_tokens(self) -> int:

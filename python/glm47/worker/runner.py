@@ -407,7 +407,7 @@ class ModelRunner:
         hidden = self.forward(inputs)
         if self.model.mtp is not None:
             self._last_hidden = hidden  # the drafter's input, read before the next forward
-        scores = self._score_prompts(batch, hidden)
+        scores = self._score_prompts(batch, hidden) if batch.scores_prompts else []
         if not inputs.sample_seqs:
             return RunnerOutput(samples=[], scores=scores)
         logits = self.model.compute_logits(hidden[inputs.sample_rows])  # [N, V] fp32

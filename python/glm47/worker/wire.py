@@ -152,6 +152,10 @@ def _is_opt_int(v: object) -> bool:
 
 
 # key -> (check, description); a key absent here is ignored by the decoders
+# Most alternatives a prompt position reports (the OpenAI `logprobs` limit): a prompt's top lists
+# stay on the host until its first output.
+MAX_PROMPT_TOP = 20
+
 _REQUEST_FIELDS = {
     "rid": (lambda v: isinstance(v, str), "str"),
     "input_ids": (_is_int_list, "array of int"),
@@ -238,7 +242,10 @@ def _range_problem(r: WireRequest) -> str | None:
         (-2.0 <= r.presence_penalty <= 2.0, "presence_penalty must be in [-2, 2]"),
         (-2.0 <= r.frequency_penalty <= 2.0, "frequency_penalty must be in [-2, 2]"),
         (r.logprobs >= -1, "logprobs must be >= -1"),
-        (r.prompt_logprobs >= -1, "prompt_logprobs must be >= -1"),
+        (
+            -1 <= r.prompt_logprobs <= MAX_PROMPT_TOP,
+            f"prompt_logprobs must be in [-1, {MAX_PROMPT_TOP}]",
+        ),
         (min(r.stop_token_ids, default=0) >= 0, "stop_token_ids must be non-negative"),
     )
     return next((msg for ok, msg in checks if not ok), None)

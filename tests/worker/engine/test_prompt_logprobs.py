@@ -4,6 +4,7 @@ reports them on the request's first output. Checked against transformers on the 
 
 from __future__ import annotations
 
+import math
 import random
 from pathlib import Path
 
@@ -91,7 +92,9 @@ def test_prompt_logprobs_equal_the_reference_across_chunks_and_the_prefix_cache(
         Request(rid=rid, prompt_ids=p, max_new_tokens=3, prompt_logprobs=want[rid])
         for rid, p in prompts.items()
     ]
-    outs = run_all(engine_for(model_dir, kv_tokens=512), reqs)
+    engine = engine_for(model_dir, kv_tokens=512)
+    outs = run_all(engine, reqs[:1])  # the shared prefix is in the cache before the others come
+    outs.update(run_all(engine, reqs[1:]))
 
     for rid, prompt in prompts.items():
         first = outs[rid][0]
@@ -169,3 +172,15 @@ def test_recorded_scores_are_overwritten_by_a_recompute() -> None:
     assert req.prompt_top == [[(2, -1.5)], [(3, -2.5)], [(4, -3.0)], [(5, -4.0)]]
     with pytest.raises(AssertionError):
         req.record_prompt_scores(3, [-1.0, -1.0], None)  # past the prompt
+
+
+def test_positions_never_scored_read_as_nan_and_the_request_keeps_no_copy() -> None:
+    req = Request(rid="r", prompt_ids=[1, 2, 3, 4], max_new_tokens=1, prompt_logprobs=1)
+    req.record_prompt_scores(1, [-2.0], [[(3, -2.0)]])
+    scores, top = req.take_prompt_scores()
+    assert math.isnan(scores[0]) and scores[1] == -2.0 and math.isnan(scores[2])
+    assert top == [[], [(3, -2.0)], []]
+    assert req.prompt_scores is None and req.prompt_top is None
+    empty = Request(rid="e", prompt_ids=[1, 2, 3], max_new_tokens=1, prompt_logprobs=0)
+    scores, top = empty.take_prompt_scores()
+    assert len(scores) == 2 and all(math.isnan(x) for x in scores) and top is None

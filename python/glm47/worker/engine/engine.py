@@ -287,9 +287,7 @@ class Engine:
             out.prompt_tokens = req.num_prompt_tokens
             out.cached_tokens = req.num_cached_tokens or 0
             if req.prompt_logprobs >= 0 and out.ids:  # an abort before any sample has none
-                out.prompt_logprobs = req.prompt_scores or []
-                if req.prompt_logprobs > 0:
-                    out.prompt_top_logprobs = req.prompt_top or []
+                out.prompt_logprobs, out.prompt_top_logprobs = req.take_prompt_scores()
         return out
 
     # -- observation --------------------------------------------------------------------------

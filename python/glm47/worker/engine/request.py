@@ -16,6 +16,7 @@ have num_computed_tokens == 0. A FINISHED request holds no pages.
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass, field
 
 from glm47.worker.batch import SamplingParams
@@ -65,8 +66,8 @@ class Request:
     finish_reason: FinishReason | None = field(default=None, init=False)
     first_output_sent: bool = field(default=False, init=False)  # prompt_tokens already reported
     num_preemptions: int = field(default=0, init=False)
-    # The prompt logprobs computed so far, position p - 1 holding prompt token p's (p >= 1):
-    # allocated when the first ones arrive; read for the first output.
+    # The prompt logprobs computed so far, position p - 1 holding prompt token p's (p >= 1), NaN
+    # where none arrived: allocated with the first ones, handed to the first output.
     prompt_scores: list[float] | None = field(default=None, init=False, repr=False)
     prompt_top: list[list[tuple[int, float]]] | None = field(default=None, init=False, repr=False)
     # The ids masked while fewer than min_new_tokens are generated; built on first use.
@@ -89,13 +90,24 @@ class Request:
         positions then run through the model (no prefix-cache hit) and are scored."""
         return self.prompt_logprobs >= 0 and not self.first_output_sent
 
+    def take_prompt_scores(self) -> tuple[list[float], list[list[tuple[int, float]]] | None]:
+        """The prompt's logprobs (NaN where none were computed) and, with prompt_logprobs > 0,
+        its top alternatives; the request keeps no copy."""
+        size = max(0, self.num_prompt_tokens - 1)
+        scores = self.prompt_scores or [math.nan] * size
+        top = None
+        if self.prompt_logprobs > 0:
+            top = self.prompt_top or [[] for _ in range(size)]
+        self.prompt_scores = self.prompt_top = None
+        return scores, top
+
     def record_prompt_scores(
         self, start_pos: int, logprobs: list[float], top: list[list[tuple[int, float]]] | None
     ) -> None:
         """Store the scores of prompt tokens start_pos + 1 .. start_pos + len(logprobs)."""
         size = self.num_prompt_tokens - 1
         if self.prompt_scores is None:
-            self.prompt_scores = [0.0] * size
+            self.prompt_scores = [math.nan] * size
             self.prompt_top = [[] for _ in range(size)] if self.prompt_logprobs > 0 else None
         end = start_pos + len(logprobs)
         assert end <= size, f"{self.rid}: scores past the prompt ({end} > {size})"

@@ -182,6 +182,7 @@ class Scheduler:
     def _build(self, plan: _Plan) -> ScheduledBatch:
         seqs = []
         prompt_tokens = 0
+        scores = False
         for req, n in plan.chunks.items():
             start = req.num_computed_tokens
             known = req.num_tokens
@@ -208,8 +209,9 @@ class Scheduler:
                     score_top=max(0, req.prompt_logprobs),
                 )
             )
+            scores = scores or bool(seqs[-1].score_ids)
             req.num_computed_tokens = start + n
-        return ScheduledBatch(seqs=seqs, num_prompt_tokens=prompt_tokens)
+        return ScheduledBatch(seqs=seqs, num_prompt_tokens=prompt_tokens, scores_prompts=scores)
 
     @staticmethod
     def _score_ids(req: Request, start: int, n: int) -> list[int]:

@@ -247,7 +247,12 @@ async fn a_conversation_follows_its_prefix_to_the_worker_that_was_sent_it() {
     // A prompt that shares only its first 32 tokens with anything goes by load.
     let mut c = prompt(1, 32);
     c.extend(&prompt(3, 100)[32..]);
-    assert_eq!(submit(c).worker_addr(), w1.addr);
+    let c = submit(c);
+    assert_eq!(c.worker_addr(), w1.addr);
+    // So does a prompt whose logprobs are asked for: it is computed whole wherever it goes.
+    let mut scored = wire::Request::new("s", prompt(1, 100), 4);
+    scored.prompt_logprobs = 0;
+    assert_eq!(d.submit(scored).expect("submitted").worker_addr(), w1.addr);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

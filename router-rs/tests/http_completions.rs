@@ -64,6 +64,15 @@ async fn an_echo_with_logprobs_scores_the_prompt_tokens() {
     assert_eq!(answer["usage"]["prompt_tokens"], 5);
     assert_eq!(answer["usage"]["completion_tokens"], 6);
 
+    // Offsets count characters: "é" is two byte tokens here, the first adding no text.
+    let body = json!({"prompt": "héllo", "echo": true, "logprobs": 0, "max_tokens": 1});
+    let (status, answer) = server.post("/v1/completions", body).await;
+    assert_eq!(status, 200, "{answer}");
+    let lp = &answer["choices"][0]["logprobs"];
+    assert_eq!(answer["choices"][0]["text"], "héllo ");
+    assert_eq!(lp["text_offset"], json!([0, 1, 1, 2, 3, 4, 5]));
+    assert_eq!(lp["token_logprobs"][2], -0.5);
+
     // Streamed: the echo waits for the scores and leads the first chunk.
     let body = json!({"prompt": "hello", "echo": true, "logprobs": 0, "max_tokens": 10,
                       "stream": true});

@@ -22,8 +22,11 @@ pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
-def two_workers(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The router's base URL, in front of two workers, prefix-aware balancing (the default)."""
+def two_workers(
+    tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, list[str]]]:
+    """The router's base URL and its two workers' addresses, prefix-aware balancing (the
+    default)."""
     log_path = tmp_path_factory.mktemp("balance") / "log"
     log = log_path.open("wb")
     listens = [f"tcp://127.0.0.1:{free_port()}" for _ in range(2)]
@@ -49,7 +52,7 @@ def two_workers(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
             if time.monotonic() > deadline:
                 raise RuntimeError("the second worker is not ready:\n" + log_path.read_text())
             time.sleep(0.2)
-        yield base
+        yield base, listens
     finally:
         for p in reversed(procs):
             p.terminate()
@@ -59,6 +62,12 @@ def two_workers(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
 def _ready_workers(base: str) -> int:
     metrics = requests.get(f"{base}/metrics", timeout=5).text.splitlines()
     return sum(line.startswith("glm47_worker_ready") and line.endswith(" 1") for line in metrics)
+
+
+def _has_served(base: str, worker: str) -> bool:
+    """True once `worker` has reported a step (its stats reach the router with its steps)."""
+    metrics = requests.get(f"{base}/metrics", timeout=5).text
+    return f'glm47_kv_pages_total{{worker="{worker}"}}' in metrics
 
 
 def _complete(base: str, prompt: list[int], max_tokens: int) -> dict:
@@ -72,8 +81,10 @@ def _cached(answer: dict) -> int:
     return int(answer["usage"].get("prompt_tokens_details", {}).get("cached_tokens", 0))
 
 
-def test_a_next_turn_follows_its_prefix_to_the_busier_worker(two_workers: str) -> None:
-    base = two_workers
+def test_a_next_turn_follows_its_prefix_to_the_busier_worker(
+    two_workers: tuple[str, list[str]],
+) -> None:
+    base, (_, second_worker) = two_workers
     turn1 = [(i * 37 + 11) % 90 + 3 for i in range(160)]
     first = _complete(base, turn1, 4)  # both idle: the first worker
     assert _cached(first) == 0
@@ -91,8 +102,10 @@ def test_a_next_turn_follows_its_prefix_to_the_busier_worker(two_workers: str) -
         turn2 = [*turn1, 4, 5, 6, 7, 8, 9, 10, 11]
         second = _complete(base, turn2, 4)
         assert _cached(second) >= 144, second["usage"]  # the full pages of turn 1
-        # An unrelated prompt goes by load: to the idle second worker, nothing cached.
+        assert not _has_served(base, second_worker)
+        # An unrelated prompt goes by load: to the idle second worker.
         other = _complete(base, [(i * 53 + 7) % 90 + 3 for i in range(160)], 4)
         assert _cached(other) == 0
+        assert _has_served(base, second_worker)
     metrics = requests.get(f"{base}/metrics", timeout=5).text
     assert "glm47_prefix_routed_total 1" in metrics

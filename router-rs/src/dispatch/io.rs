@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use super::shared::{Command, Shared, Submitted};
 use super::sockets::{read_link_events, LinkEvent, WorkerSockets};
 use super::table::RequestTable;
-use super::{DispatchOptions, RequestEvent, WorkerInfo};
+use super::{DispatchOptions, RequestEvent, WorkerInfo, BLOCK_TOKENS};
 use crate::wire::{self, Message};
 
 /// At most this many messages are read from one worker per loop turn, so one busy worker cannot
@@ -260,7 +260,29 @@ impl IoLoop {
         }
         *slot.info.write().unwrap_or_else(|e| e.into_inner()) = Some(info);
         slot.ready.store(true, Ordering::SeqCst);
+        self.size_prefix_record();
         self.shared.metrics.set_worker_ready(&slot.addr, true);
+    }
+
+    /// Sizes the prefix record (prefix.rs) to what the ready workers' KV caches hold together.
+    fn size_prefix_record(&self) {
+        let tokens: u64 = self
+            .shared
+            .workers
+            .iter()
+            .filter(|w| w.ready.load(Ordering::SeqCst))
+            .filter_map(|w| {
+                let info = w.info.read().unwrap_or_else(|e| e.into_inner());
+                info.as_ref().map(|i| i.kv_capacity_tokens)
+            })
+            .sum();
+        let blocks = usize::try_from(tokens / BLOCK_TOKENS as u64).unwrap_or(usize::MAX);
+        let mut prefixes = self
+            .shared
+            .prefixes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        prefixes.set_capacity(blocks);
     }
 
     /// Marks a worker not ready and fails its in-flight requests. Those already sent are also

@@ -193,7 +193,7 @@ impl Dispatcher {
             closed: AtomicBool::new(false),
             next_rid: AtomicU64::new(0),
             metrics,
-            prefixes: Mutex::new(PrefixIndex::new(options.balance.capacity)),
+            prefixes: Mutex::new(PrefixIndex::new(prefix::DEFAULT_CAPACITY)),
             balance: options.balance.clone(),
         });
         let io_loop = io::IoLoop::new(shared.clone(), wake_rx, sockets, options);
@@ -228,9 +228,11 @@ impl Dispatcher {
         }
         let n = reqs.len();
         let prompt = reqs.first().map_or(&[][..], |r| &r.input_ids[..]);
+        // A prompt whose logprobs are asked for is computed whole: no cache can serve it.
+        let cacheable = reqs.first().is_some_and(|r| r.prompt_logprobs < 0);
         let worker = self
             .shared
-            .pick_worker(prompt, n)
+            .pick_worker(prompt, cacheable, n)
             .ok_or(DispatchError::NoWorkerReady)?;
         let mut handles = Vec::with_capacity(n);
         let mut submitted = Vec::with_capacity(n);

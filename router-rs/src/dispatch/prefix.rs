@@ -4,7 +4,9 @@
 //! prompts it sent to each worker, as chained hashes of their full [`BLOCK_TOKENS`]-token blocks
 //! (block k's hash covers tokens `[0, (k + 1) * BLOCK_TOKENS)`), with the workers that were sent
 //! each one. A new prompt's match on a worker is the number of leading blocks recorded for it.
-//! The record holds at most `capacity` blocks, forgetting the least recently used; a worker that
+//! The record holds as many blocks as the ready workers' KV caches hold tokens together (until
+//! they report it, [`DEFAULT_CAPACITY`]), forgetting the least recently used first, and within a
+//! prompt its last blocks first (its leading blocks are what later prompts share); a worker that
 //! is lost (it may restart with an empty cache) is forgotten entirely.
 //!
 //! The rule ([`choose`]): while the load is balanced, a prompt goes to the ready worker with the
@@ -17,6 +19,9 @@ use std::hash::{Hash, Hasher};
 
 /// Tokens per hashed block: the granularity of a match.
 pub const BLOCK_TOKENS: usize = 16;
+
+/// Blocks the record holds until the workers report their KV capacity.
+pub const DEFAULT_CAPACITY: usize = 1 << 16;
 
 /// Workers past this index are balanced by load only (one bit per worker in a block's mask).
 pub const MAX_INDEXED_WORKERS: usize = 64;
@@ -43,8 +48,6 @@ pub struct BalanceOptions {
     pub max_load_ratio: f64,
     /// Smallest fraction of the prompt a match must cover to decide the worker.
     pub min_match: f64,
-    /// Blocks the record keeps (16 tokens each).
-    pub capacity: usize,
 }
 
 impl Default for BalanceOptions {
@@ -54,7 +57,6 @@ impl Default for BalanceOptions {
             max_load_gap: 32,
             max_load_ratio: 1.5,
             min_match: 0.5,
-            capacity: 1 << 20,
         }
     }
 }
@@ -118,12 +120,19 @@ impl PrefixIndex {
         matched
     }
 
-    /// Records that `worker` was sent a prompt with these block hashes.
+    /// Sets how many blocks the record holds, dropping the least recently used beyond it.
+    pub fn set_capacity(&mut self, capacity: usize) {
+        self.capacity = capacity.max(1);
+        self.evict();
+    }
+
+    /// Records that `worker` was sent a prompt with these block hashes. The last block is
+    /// stamped first, so that a prompt's leading blocks are the last of it to be dropped.
     pub fn insert(&mut self, hashes: &[u64], worker: usize) {
         if worker >= MAX_INDEXED_WORKERS {
             return;
         }
-        for &h in hashes {
+        for &h in hashes.iter().rev() {
             self.clock += 1;
             let entry = self.entries.entry(h).or_insert(Entry {
                 workers: 0,
@@ -242,21 +251,24 @@ mod tests {
         index.insert(&block_hashes(&a[..16]), 1); // a's first block used again
         index.insert(&block_hashes(&b[..48]), 1);
         assert_eq!(index.entries.len(), 6);
-        // a's blocks 1..3 were least recently used: a now matches one block on both workers.
-        assert_eq!(index.matches(&block_hashes(&a), 2), vec![1, 1]);
+        // a's last block was the least recently used: a now matches three blocks on worker 0,
+        // and its first one on worker 1.
+        assert_eq!(index.matches(&block_hashes(&a), 2), vec![3, 1]);
         assert_eq!(index.matches(&block_hashes(&b), 2), vec![0, 3]);
         index.forget(1);
-        assert_eq!(index.matches(&block_hashes(&a), 2), vec![1, 0]);
+        assert_eq!(index.matches(&block_hashes(&a), 2), vec![3, 0]);
+        assert_eq!(index.entries.len(), 3, "a's blocks 0 to 2 stay, worker 0's");
+        index.set_capacity(2);
         assert_eq!(
-            index.entries.len(),
-            3,
-            "a's blocks 0, 2 and 3 stay, worker 0's"
+            index.matches(&block_hashes(&a), 2),
+            vec![2, 0],
+            "its tail goes first"
         );
         for k in 0..100 {
             index.insert(&block_hashes(&prompt(10 + k, 32)), (k % 2) as usize);
         }
-        assert_eq!(index.entries.len(), 6);
-        assert!(index.order.len() <= 2 * 6 + 2, "use records stay bounded");
+        assert_eq!(index.entries.len(), 2);
+        assert!(index.order.len() <= 2 * 2 + 2, "use records stay bounded");
     }
 
     #[test]

@@ -81,8 +81,9 @@ impl Shared {
     }
 
     /// The worker for `n` requests of one prompt under the balance policy (prefix.rs), charged
-    /// with them; the prompt is recorded as sent there.
-    pub fn pick_worker(&self, prompt: &[u32], n: usize) -> Option<usize> {
+    /// with them; the prompt is recorded as sent there. A prompt that is not `cacheable` (its
+    /// worker will compute it whole) goes by load alone, and is recorded all the same.
+    pub fn pick_worker(&self, prompt: &[u32], cacheable: bool, n: usize) -> Option<usize> {
         let loads: Vec<Option<usize>> = self
             .workers
             .iter()
@@ -96,7 +97,10 @@ impl Shared {
         let best = if by_prefix {
             let hashes = block_hashes(prompt);
             let mut index = self.prefixes.lock().unwrap_or_else(|e| e.into_inner());
-            let matched = index.matches(&hashes, self.workers.len());
+            let mut matched = index.matches(&hashes, self.workers.len());
+            if !cacheable {
+                matched.fill(0);
+            }
             let (best, by_match) = choose(&loads, &matched, prompt.len(), &self.balance)?;
             index.insert(&hashes, best);
             if by_match {

@@ -106,7 +106,12 @@ pub async fn completions(
         ))
     } else {
         let collected = collect(stream, echo.len()).await?;
-        let answer = answer(&state, &meta, &req, collected, echo, prompt_tokens);
+        // Token texts for logprobs are decoded one token at a time: off the async threads.
+        let answer = tokio::task::spawn_blocking(move || {
+            answer(&state, &meta, &req, collected, echo, prompt_tokens)
+        })
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
         Ok(Json(answer).into_response())
     }
 }
@@ -135,7 +140,7 @@ fn answer(
             let scores = c.prompt_logprobs.as_ref();
             let logprobs = (req.sampling.logprobs >= 0).then(|| {
                 if echo.pieces.is_empty() {
-                    offset = echo.text.len();
+                    offset = echo.text.chars().count();
                 }
                 echo.logprobs(tokenizer, scores, &c.tokens, &mut offset)
             });
@@ -194,7 +199,13 @@ fn chunks(
         .collect();
     let mut offsets: Vec<usize> = echo
         .iter()
-        .map(|e| if e.pieces.is_empty() { e.text.len() } else { 0 })
+        .map(|e| {
+            if e.pieces.is_empty() {
+                e.text.chars().count()
+            } else {
+                0
+            }
+        })
         .collect();
     // The scored echoes not yet sent, by choice.
     let mut waiting: Vec<Option<Echo>> = echo

@@ -41,7 +41,8 @@ pub fn chat(tokenizer: &Tokenizer, tokens: &[TokenInfo]) -> ChatLogprobs {
 }
 
 /// `choices[i].logprobs` of a completions answer or chunk; offsets start at `offset` (the length
-/// of the text already returned for this choice) and advance by each token's text.
+/// of the text already returned for this choice) and advance by each token's text, counted in
+/// characters (as OpenAI and vLLM count them).
 pub fn completion(
     tokenizer: &Tokenizer,
     tokens: &[TokenInfo],
@@ -51,7 +52,7 @@ pub fn completion(
     for t in tokens {
         let token = token_text(tokenizer, t.id);
         out.text_offset.push(*offset);
-        *offset += t.text.len();
+        *offset += t.text.chars().count();
         out.token_logprobs.push(t.logprob);
         let top: Map<String, Value> = t
             .top
@@ -66,8 +67,9 @@ pub fn completion(
 
 /// `choices[i].logprobs` of an echoed prompt: one entry per prompt token, the first with null
 /// logprob and alternatives (no logits come before it); `pieces[i]` is the text token i adds to
-/// the echo, so offsets advance from `offset` to the echo's end. Missing `scores` (a request
-/// that ended before its first token) read as null too.
+/// the echo, so offsets advance from `offset` to the echo's end (in characters). Missing
+/// `scores` (a request that ended before its first token, a NaN for a position the worker did
+/// not score) read as null too.
 pub fn echoed_prompt(
     tokenizer: &Tokenizer,
     ids: &[u32],
@@ -79,10 +81,11 @@ pub fn echoed_prompt(
     for (i, (&id, piece)) in ids.iter().zip(pieces).enumerate() {
         out.tokens.push(token_text(tokenizer, id));
         out.text_offset.push(*offset);
-        *offset += piece.len();
+        *offset += piece.chars().count();
         let scored = i.checked_sub(1).and_then(|j| {
             let s = scores?;
-            Some((*s.logprobs.get(j)?, s.top.get(j)))
+            let logprob = *s.logprobs.get(j).filter(|l| !l.is_nan())?;
+            Some((logprob, s.top.get(j)))
         });
         out.token_logprobs.push(scored.map(|(logprob, _)| logprob));
         out.top_logprobs.push(scored.map(|(_, top)| {

@@ -190,6 +190,10 @@ class Scheduler:
                 prompt_tokens += min(start + n, len(req.prompt_ids)) - start
             sample = start + n >= known
             drafts = req.draft_token_ids[: start + n - known] if start + n > known else NO_DRAFTS
+            score_ids, score_top = NO_SCORES, 0
+            if req.prompt_logprobs >= 0:
+                score_ids, score_top = self._score_ids(req, start, n), req.prompt_logprobs
+                scores = scores or bool(score_ids)
             seqs.append(
                 ScheduledSeq(
                     rid=req.rid,
@@ -205,11 +209,10 @@ class Scheduler:
                     output_ids=req.output_ids,
                     banned_token_ids=req.banned_token_ids() if sample else (),
                     draft_ids=drafts,
-                    score_ids=self._score_ids(req, start, n),
-                    score_top=max(0, req.prompt_logprobs),
+                    score_ids=score_ids,
+                    score_top=score_top,
                 )
             )
-            scores = scores or bool(seqs[-1].score_ids)
             req.num_computed_tokens = start + n
         return ScheduledBatch(seqs=seqs, num_prompt_tokens=prompt_tokens, scores_prompts=scores)
 

@@ -73,6 +73,31 @@ async fn an_echo_with_logprobs_scores_the_prompt_tokens() {
     assert_eq!(lp["text_offset"], json!([0, 1, 1, 2, 3, 4, 5]));
     assert_eq!(lp["token_logprobs"][2], -0.5);
 
+    // `max_tokens: 0` with echo: the prompt and its scores only.
+    let body = json!({"prompt": "hello", "echo": true, "logprobs": 0, "max_tokens": 0});
+    let (status, answer) = server.post("/v1/completions", body).await;
+    assert_eq!(status, 200, "{answer}");
+    let choice = &answer["choices"][0];
+    assert_eq!(choice["text"], "hello");
+    assert_eq!(choice["finish_reason"], "length");
+    assert_eq!(
+        choice["logprobs"]["token_logprobs"],
+        json!([null, -0.25, -0.5, -0.75, -1.0])
+    );
+    assert_eq!(answer["usage"]["completion_tokens"], 0);
+    let body = json!({"prompt": "hello", "echo": true, "logprobs": 0, "max_tokens": 0,
+                      "stream": true});
+    let (status, events) = server.post_stream("/v1/completions", body).await;
+    assert_eq!(status, 200);
+    let chunks = json_events(&events);
+    let text: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["text"].as_str())
+        .collect();
+    assert_eq!(text, "hello");
+    let last = &chunks.last().unwrap()["choices"][0];
+    assert_eq!(last["finish_reason"], "length");
+
     // Streamed: the echo waits for the scores and leads the first chunk.
     let body = json!({"prompt": "hello", "echo": true, "logprobs": 0, "max_tokens": 10,
                       "stream": true});

@@ -214,3 +214,7 @@ def test_echo_with_logprobs_scores_the_prompt_like_transformers(
     lp_stream = [x for c in streamed for x in c.choices[0].logprobs.token_logprobs]
     assert lp_stream[0] is None
     assert lp_stream[1:] == pytest.approx(lp.token_logprobs[1:], abs=1e-5)
+    # max_tokens 0: the prompt's scores alone.
+    only = client.completions.create(**{**kwargs, "max_tokens": 0}).choices[0]
+    assert only.text == echo and only.finish_reason == "length"
+    assert only.logprobs.token_logprobs[1:] == pytest.approx(want, abs=2e-3)

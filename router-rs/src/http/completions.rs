@@ -16,8 +16,8 @@ use super::{logprobs, sse, ApiError, AppState, JsonBody, Meta};
 use crate::protocol::completions::{
     Completion, CompletionChoice, CompletionRequest, DEFAULT_MAX_TOKENS,
 };
-use crate::protocol::openai::{CompletionLogprobs, Usage};
-use crate::state::{Collected, Finish, PromptLogprobs, TokenInfo};
+use crate::protocol::openai::{CompletionLogprobs, FinishReason, Usage};
+use crate::state::{Collected, Delta, Finish, PromptLogprobs, TokenInfo};
 use crate::tokenizer::Tokenizer;
 
 /// What a choice starts with under `echo`: the prompt's text and, when its logprobs are asked
@@ -91,7 +91,17 @@ pub async fn completions(
             .collect();
         streams.push(drive(handles, pipelines, p * req.n));
     }
-    let stream = merge(streams);
+    let mut stream = merge(streams);
+    if req.score_only {
+        stream = stream
+            .map(|item| {
+                item.map(|ChoiceDelta { index, delta }| ChoiceDelta {
+                    index,
+                    delta: prompt_only(delta),
+                })
+            })
+            .boxed();
+    }
     // Choice `i` answers prompt `i / n`; its text starts with that prompt under `echo`.
     let echo: Vec<Echo> = (0..prompts.len() * req.n as usize)
         .map(|i| echoes.get(i / req.n as usize).cloned().unwrap_or_default())
@@ -114,6 +124,19 @@ pub async fn completions(
         .map_err(|e| ApiError::Internal(e.to_string()))?;
         Ok(Json(answer).into_response())
     }
+}
+
+/// A delta of a `score_only` request: the token the worker had to sample is left out, and the
+/// choice ends as `max_tokens: 0` asked (length, no completion tokens).
+fn prompt_only(mut delta: Delta) -> Delta {
+    delta.content.clear();
+    delta.tokens.clear();
+    if let Some(f) = &mut delta.finish {
+        f.reason = FinishReason::Length;
+        f.completion_tokens = 0;
+        f.accepted_draft_tokens = 0;
+    }
+    delta
 }
 
 /// The non-streaming answer: choice `i` is `echo[i]` followed by its generated text.

@@ -72,6 +72,9 @@ pub struct CompletionRequest {
     pub prompts: Vec<PromptInput>,
     /// Return the prompt text before the completion.
     pub echo: bool,
+    /// `echo` with `max_tokens: 0`: only the echoed prompt (and its logprobs) is returned. The
+    /// worker still samples one token (its budget is at least 1), which the answer leaves out.
+    pub score_only: bool,
     pub stream: bool,
     pub include_usage: bool,
     pub n: u32,
@@ -99,7 +102,19 @@ impl CompletionRequest {
     /// Reads and validates a completions request body.
     pub fn from_json(body: &Value) -> Result<Self, ValidationError> {
         let raw: RawCompletion = from_value(body)?;
-        let sampling: OpenAiSampling = from_value(body)?;
+        let mut sampling: OpenAiSampling = from_value(body)?;
+        let score_only = raw.echo == Some(true)
+            && sampling.max_completion_tokens.or(sampling.max_tokens) == Some(0);
+        if score_only {
+            if sampling.min_tokens.unwrap_or(0) > 0 {
+                return Err(ValidationError::new(
+                    "min_tokens",
+                    "min_tokens must be 0 when max_tokens is 0",
+                ));
+            }
+            sampling.max_tokens = Some(1);
+            sampling.max_completion_tokens = None;
+        }
         let n = sampling.n.unwrap_or(1);
         check_range("logprobs", raw.logprobs, 0, 20)?;
         let logprobs = raw.logprobs.map_or(-1, |k| k as i32);
@@ -124,6 +139,7 @@ impl CompletionRequest {
             model: raw.model,
             prompts: PromptInput::list_from(&prompt, "prompt")?,
             echo: raw.echo.unwrap_or(false),
+            score_only,
             stream: raw.stream.unwrap_or(false),
             include_usage: raw
                 .stream_options
@@ -204,6 +220,22 @@ mod tests {
         assert!(
             CompletionRequest::from_json(&json!({"prompt": "hi", "best_of": 2, "n": 2})).is_ok()
         );
+    }
+
+    #[test]
+    fn max_tokens_zero_is_a_scoring_request_with_echo_only() {
+        let req = |body: Value| CompletionRequest::from_json(&body);
+        let score = req(json!({"prompt": "hi", "echo": true, "logprobs": 1, "max_tokens": 0}))
+            .expect("valid");
+        assert!(score.score_only);
+        assert_eq!(score.sampling.max_new_tokens, Some(1));
+        let plain = req(json!({"prompt": "hi", "echo": true, "max_tokens": 3})).expect("valid");
+        assert!(!plain.score_only);
+        let err = req(json!({"prompt": "hi", "max_tokens": 0})).unwrap_err();
+        assert_eq!(err.param, "max_tokens");
+        let err = req(json!({"prompt": "hi", "echo": true, "max_tokens": 0, "min_tokens": 1}))
+            .unwrap_err();
+        assert_eq!(err.param, "min_tokens");
     }
 
     #[test]

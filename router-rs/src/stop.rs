@@ -2,8 +2,9 @@
 //!
 //! Text arrives in pieces; a stop string may straddle any number of them. [`StopMatcher`] emits
 //! text as soon as it cannot be the start of a stop string, holds back the longest tail that is
-//! still a prefix of one, and on a match emits the text before the stop string (the stop string
-//! itself is not emitted) and reports the stop. With no stop strings nothing is ever held back.
+//! still a prefix of one, and on a match emits the text before the stop string (and the stop
+//! string itself only when asked: vLLM's `include_stop_str_in_output`) and reports the stop. With
+//! no stop strings nothing is ever held back.
 
 /// Finds the first occurrence of any stop string in a stream of text.
 #[derive(Debug, Clone, Default)]
@@ -14,6 +15,8 @@ pub struct StopMatcher {
     held: String,
     /// Index into `stops` of the string that matched, once one has.
     matched: Option<usize>,
+    /// Emit the matched stop string too.
+    include_match: bool,
 }
 
 impl StopMatcher {
@@ -31,7 +34,14 @@ impl StopMatcher {
                 .collect(),
             held: String::new(),
             matched: None,
+            include_match: false,
         }
+    }
+
+    /// With `include` true, a match emits the stop string too (the text after it still goes).
+    pub fn including_match(mut self, include: bool) -> Self {
+        self.include_match = include;
+        self
     }
 
     /// Feeds `text`; returns the text that is safe to emit and whether a stop string matched.
@@ -48,7 +58,12 @@ impl StopMatcher {
         if let Some((start, index)) = self.first_match() {
             self.matched = Some(index);
             let mut emit = std::mem::take(&mut self.held);
-            emit.truncate(start);
+            let end = if self.include_match {
+                start + self.stops[index].len()
+            } else {
+                start
+            };
+            emit.truncate(end);
             return (emit, true);
         }
         let keep_from = self.held_tail_start();
@@ -123,6 +138,14 @@ mod tests {
             &["The end", "<", "/an", "s", "wer", "> tail"],
         );
         assert_eq!((out.as_str(), stopped, at), ("The end", true, Some(5)));
+    }
+
+    #[test]
+    fn an_included_stop_string_is_emitted_and_what_follows_is_not() {
+        let mut m = StopMatcher::new(["</a>", "b"]).including_match(true);
+        assert_eq!(m.push("x</"), ("x".to_string(), false));
+        assert_eq!(m.push("a> tail b"), ("</a>".to_string(), true));
+        assert_eq!(m.matched(), Some("</a>"));
     }
 
     #[test]

@@ -230,3 +230,18 @@ async fn a_completion_without_max_tokens_gets_sixteen() {
     assert_eq!(status, 200, "{answer}");
     assert_eq!(worker.requests()[0].max_new_tokens, 16);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_string_is_kept_when_asked_to() {
+    let (_model, _worker, server) = setup(" world, and more", 2, &[]).await;
+    let cut = |include: bool| {
+        json!({"prompt": "p", "max_tokens": 20, "stop": ["ld,"],
+                                     "include_stop_str_in_output": include})
+    };
+    let (status, answer) = server.post("/v1/completions", cut(false)).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["choices"][0]["text"], " wor");
+    let (_, answer) = server.post("/v1/completions", cut(true)).await;
+    assert_eq!(answer["choices"][0]["text"], " world,");
+    assert_eq!(answer["choices"][0]["finish_reason"], "stop");
+}

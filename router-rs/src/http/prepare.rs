@@ -260,7 +260,7 @@ pub fn wire_requests(
 pub fn plain_pipeline(state: &AppState, sampling: &SamplingParams, prompt_len: usize) -> Pipeline {
     let tokenizer = state.model.tokenizer.clone();
     let detok = Detokenizer::new(tokenizer.clone(), sampling.skip_special_tokens);
-    let stop = StopMatcher::new(&sampling.stop);
+    let stop = StopMatcher::new(&sampling.stop).including_match(sampling.include_stop_str);
     Pipeline::new(tokenizer, Box::new(detok), Box::new(stop))
         .with_prompt_tokens(u32::try_from(prompt_len).unwrap_or(u32::MAX))
 }

@@ -86,6 +86,7 @@ impl GenerateRequest {
             logprobs: 0,
             prompt_logprobs: None,
             skip_special_tokens: p.skip_special_tokens.unwrap_or(true),
+            include_stop_str: false,
         };
         sampling
             .check()

@@ -36,6 +36,8 @@ pub struct SamplingParams {
     pub prompt_logprobs: Option<u32>,
     /// Leave special tokens out of the returned text.
     pub skip_special_tokens: bool,
+    /// Keep a matched stop string at the end of the text (vLLM's `include_stop_str_in_output`).
+    pub include_stop_str: bool,
 }
 
 /// `stop`: one string or a list of strings.
@@ -73,6 +75,7 @@ pub struct OpenAiSampling {
     pub stop_token_ids: Option<Vec<u32>>,
     pub ignore_eos: Option<bool>,
     pub skip_special_tokens: Option<bool>,
+    pub include_stop_str_in_output: Option<bool>,
     pub n: Option<u32>,
 }
 
@@ -120,6 +123,7 @@ impl OpenAiSampling {
             logprobs,
             prompt_logprobs: None,
             skip_special_tokens: self.skip_special_tokens.unwrap_or(true),
+            include_stop_str: self.include_stop_str_in_output.unwrap_or(false),
         };
         params.check()?;
         Ok(params)

@@ -87,6 +87,7 @@ fn the_full_submit_keeps_every_field() {
     assert!(req.ignore_eos);
     assert_eq!(req.logprobs, 3);
     assert_eq!(req.prompt_logprobs, 2);
+    assert_eq!(req.logit_bias, vec![(13, -100.0), (872, 2.5)]);
     assert!(!req.mtp);
     assert!((req.repetition_penalty - 1.1).abs() < 1e-12);
 }

@@ -218,3 +218,18 @@ def test_echo_with_logprobs_scores_the_prompt_like_transformers(
     only = client.completions.create(**{**kwargs, "max_tokens": 0}).choices[0]
     assert only.text == echo and only.finish_reason == "length"
     assert only.logprobs.token_logprobs[1:] == pytest.approx(want, abs=2e-3)
+
+
+def test_logit_bias_steers_and_out_of_range_ids_are_refused(
+    client: openai.OpenAI, model_name: str, server: Server
+) -> None:
+    tok = glm47.Tokenizer(str(server.model_dir))
+    target = tok.encode("hello")[0]
+    kwargs = dict(model=model_name, prompt="Once upon a time", max_tokens=5, temperature=0.8)
+    resp = client.completions.create(
+        logit_bias={str(target): 100}, logprobs=0, extra_body={"ignore_eos": True}, **kwargs
+    )
+    assert resp.choices[0].text == tok.decode([target], False) * 5
+    with pytest.raises(openai.BadRequestError) as err:
+        client.completions.create(logit_bias={"99999999": 5}, **kwargs)
+    assert "is not below the vocabulary size" in str(err.value)

@@ -33,6 +33,7 @@ FULL_REQUEST: dict[str, Any] = {
     "logprobs": 3,
     "mtp": False,
     "prompt_logprobs": 2,
+    "logit_bias": [[13, -100.0], [872, 2.5]],
 }
 
 EXAMPLES: dict[str, tuple[list[Any], bool]] = {

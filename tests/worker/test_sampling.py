@@ -293,3 +293,27 @@ def test_banned_ids_apply_after_penalties_and_lift_when_empty() -> None:
     assert Sampler().sample(logits, [s])[0].token_id == 3  # 2 is penalised to 2.0, 1 is banned
     s.banned_token_ids = ()
     assert Sampler().sample(logits, [s])[0].token_id == 1  # min_new_tokens reached: eos allowed
+
+
+def test_logit_bias_is_added_per_row_before_sampling_and_logprobs() -> None:
+    logits = rand_logits(3, seed=11)
+    worst = int(logits[0].argmin())
+    best = int(logits[1].argmax())
+    seqs = [
+        seq("lift", temperature=0.0, logprobs=0, logit_bias=((worst, 100.0),)),
+        seq("ban", temperature=0.0, logprobs=0, logit_bias=((best, -100.0), (V + 5, 50.0))),
+        seq("plain", temperature=0.0, logprobs=0),
+    ]
+    out = Sampler(seed=1).sample(logits.clone(), seqs)
+    assert out[0].token_id == worst
+    banned = logits[1].clone()
+    banned[best] -= 100.0
+    assert out[1].token_id == int(banned.argmax()) != best
+    assert out[1].logprob == pytest.approx(float(banned.log_softmax(-1).max()), abs=1e-5)
+    assert out[2].token_id == int(logits[2].argmax())
+    lifted = logits[0].clone()
+    lifted[worst] += 100.0
+    assert out[0].logprob == pytest.approx(float(lifted.log_softmax(-1)[worst]), abs=1e-5)
+    # Sampled rows see the bias too: a +100 token is drawn (almost) surely.
+    hot = [seq(f"s{i}", temperature=1.0, logit_bias=((worst, 100.0),)) for i in range(3)]
+    assert [o.token_id for o in Sampler(seed=3).sample(logits.clone(), hot)] == [worst] * 3

@@ -3,7 +3,7 @@
 One call handles the whole batch with tensor operations over [N, V]; Python only loops over the
 requests to gather their settings into a few small tensors. Order of operations per row:
 
-1. penalties on the raw logits: repetition (HF/CTRL: prompt and output tokens), then frequency and
+1. the row's `logit_bias` added to the raw logits; then penalties: repetition (HF/CTRL: prompt and output tokens), then frequency and
    presence (OpenAI: output tokens only), then the row's `banned_token_ids` set to -inf (its stop
    and eos ids while fewer than min_new_tokens tokens are generated);
 2. logprobs = log_softmax of the penalised, masked logits (independent of the sampling settings);
@@ -25,7 +25,12 @@ from dataclasses import dataclass
 import torch
 
 from glm47.worker.batch import SampleOutput, SamplingParams, ScheduledSeq
-from glm47.worker.sampling_penalties import TokenHistory, apply_bans, apply_penalties
+from glm47.worker.sampling_penalties import (
+    TokenHistory,
+    apply_bans,
+    apply_logit_bias,
+    apply_penalties,
+)
 
 _MASK64 = (1 << 64) - 1
 _GOLDEN = 0x9E3779B97F4A7C15
@@ -143,7 +148,10 @@ class Sampler:
         if logits.dim() != 2 or logits.shape[0] != len(seqs):
             raise ValueError(f"logits {tuple(logits.shape)} do not match {len(seqs)} sequences")
         self._history.retain({s.rid for s in seqs})
-        logits = apply_bans(apply_penalties(logits.float(), seqs, self._history), seqs)
+        logits = logits.float()
+        if any(s.sampling.logit_bias for s in seqs):
+            logits = apply_logit_bias(logits, seqs)
+        logits = apply_bans(apply_penalties(logits, seqs, self._history), seqs)
         tokens = self._choose(logits, seqs)  # [N] int64
         want_lp = [s.sampling.logprobs for s in seqs]
         if max(want_lp, default=-1) < 0:

@@ -116,6 +116,30 @@ def apply_penalties(
     return logits
 
 
+def apply_logit_bias(
+    logits: torch.Tensor,  # [N, V] fp32
+    seqs: list[ScheduledSeq],
+) -> torch.Tensor:  # [N, V] fp32
+    """`logits` plus each row's `logit_bias` (OpenAI's: added to the model's logits before
+    anything else; a new tensor when any row has one, else `logits` itself). Ids outside the
+    vocabulary are left out."""
+    vocab = logits.shape[1]
+    rows: list[int] = []
+    ids: list[int] = []
+    biases: list[float] = []
+    for i, s in enumerate(seqs):
+        for token, bias in s.sampling.logit_bias:
+            if token < vocab:
+                rows.append(i)
+                ids.append(token)
+                biases.append(bias)
+    if not ids:
+        return logits
+    pairs = torch.tensor([rows, ids], dtype=torch.int64).to(logits.device, non_blocking=True)
+    values = torch.tensor(biases, dtype=logits.dtype).to(logits.device, non_blocking=True)
+    return logits.index_put((pairs[0], pairs[1]), values, accumulate=True)  # [N, V]
+
+
 def apply_bans(
     logits: torch.Tensor,  # [N, V] fp32
     seqs: list[ScheduledSeq],

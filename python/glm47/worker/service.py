@@ -78,6 +78,7 @@ def to_engine_request(engine_rid: str, w: WireRequest) -> Request:
         repetition_penalty=w.repetition_penalty,
         seed=w.seed,
         logprobs=w.logprobs,
+        logit_bias=tuple(w.logit_bias),
     )
     return Request(
         rid=engine_rid,

@@ -152,6 +152,12 @@ def _is_opt_int(v: object) -> bool:
 
 
 # key -> (check, description); a key absent here is ignored by the decoders
+def _is_top_row(v: object) -> bool:
+    return isinstance(v, list) and all(
+        isinstance(p, list) and len(p) == 2 and _is_int(p[0]) and _is_float(p[1]) for p in v
+    )
+
+
 # Most alternatives a prompt position reports (the OpenAI `logprobs` limit): a prompt's top lists
 # stay on the host until its first output.
 MAX_PROMPT_TOP = 20
@@ -174,6 +180,7 @@ _REQUEST_FIELDS = {
     "logprobs": (_is_int, "int"),
     "mtp": (lambda v: isinstance(v, bool), "bool"),
     "prompt_logprobs": (_is_int, "int"),
+    "logit_bias": (_is_top_row, "array of [int, float] pairs"),
 }
 _FLOAT_FIELDS = {k for k, (check, _) in _REQUEST_FIELDS.items() if check is _is_float}
 _REQUIRED_REQUEST = ("rid", "input_ids", "max_new_tokens")
@@ -218,6 +225,8 @@ def decode_request(raw: object) -> WireRequest:
     )
     for key in _FLOAT_FIELDS & values.keys():
         values[key] = float(values[key])
+    if "logit_bias" in values:
+        values["logit_bias"] = [(int(t), float(b)) for t, b in values["logit_bias"]]
     req = WireRequest(**values)
     problem = _range_problem(req)
     if problem:
@@ -247,6 +256,10 @@ def _range_problem(r: WireRequest) -> str | None:
             f"prompt_logprobs must be in [-1, {MAX_PROMPT_TOP}]",
         ),
         (min(r.stop_token_ids, default=0) >= 0, "stop_token_ids must be non-negative"),
+        (
+            all(t >= 0 and math.isfinite(b) for t, b in r.logit_bias),
+            "logit_bias needs non-negative ids and finite biases",
+        ),
     )
     return next((msg for ok, msg in checks if not ok), None)
 
@@ -294,12 +307,6 @@ _READY_FIELDS = {
 def _decode_ready(body: dict[str, Any]) -> Ready:
     required = tuple(k for k in _READY_FIELDS if k != "protocol")
     return Ready(**_checked(body, _READY_FIELDS, required, "ready", "protocol", None))
-
-
-def _is_top_row(v: object) -> bool:
-    return isinstance(v, list) and all(
-        isinstance(p, list) and len(p) == 2 and _is_int(p[0]) and _is_float(p[1]) for p in v
-    )
 
 
 _LOGPROBS = (

@@ -46,6 +46,7 @@ class WireRequest:
     logprobs: int = -1
     mtp: bool = True
     prompt_logprobs: int = -1
+    logit_bias: list[tuple[int, float]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

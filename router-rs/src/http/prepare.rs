@@ -171,7 +171,8 @@ pub async fn prompt_pieces(state: &Arc<AppState>, ids: Vec<u32>) -> Result<Vec<S
 
 /// The output budget for a prompt of `prompt_len` tokens: the requested one when it fits, all
 /// that fits when none was requested. `param` names the prompt field in errors. Stop token ids
-/// outside the worker's vocabulary are rejected here too, where the worker's limits are known.
+/// and `logit_bias` ids outside the worker's vocabulary are rejected here too, where the
+/// worker's limits are known.
 pub fn max_new_tokens(
     state: &AppState,
     worker: &WorkerInfo,
@@ -189,6 +190,17 @@ pub fn max_new_tokens(
             worker.vocab_size
         );
         return Err(ValidationError::new("stop_token_ids", msg).into());
+    }
+    if let Some(&(id, _)) = sampling
+        .logit_bias
+        .iter()
+        .find(|&&(id, _)| id >= worker.vocab_size)
+    {
+        let msg = format!(
+            "token id {id} is not below the vocabulary size {}",
+            worker.vocab_size
+        );
+        return Err(ValidationError::new("logit_bias", msg).into());
     }
     let (requested, max_param) = (sampling.max_new_tokens, sampling.max_new_tokens_param);
     let limit = state
@@ -250,6 +262,11 @@ pub fn wire_requests(
             r.ignore_eos = sampling.ignore_eos;
             r.logprobs = sampling.logprobs;
             r.prompt_logprobs = sampling.prompt_logprobs.map_or(-1, |k| k as i32);
+            r.logit_bias = sampling
+                .logit_bias
+                .iter()
+                .map(|&(id, bias)| (id, f64::from(bias)))
+                .collect();
             r
         })
         .collect()

@@ -87,6 +87,7 @@ impl GenerateRequest {
             prompt_logprobs: None,
             skip_special_tokens: p.skip_special_tokens.unwrap_or(true),
             include_stop_str: false,
+            logit_bias: Vec::new(),
         };
         sampling
             .check()

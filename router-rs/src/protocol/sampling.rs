@@ -1,5 +1,7 @@
 //! Sampling settings shared by every endpoint, validated into [`SamplingParams`].
 
+use std::collections::BTreeMap;
+
 use serde::Deserialize;
 
 use super::{check_range, ValidationError};
@@ -38,6 +40,8 @@ pub struct SamplingParams {
     pub skip_special_tokens: bool,
     /// Keep a matched stop string at the end of the text (vLLM's `include_stop_str_in_output`).
     pub include_stop_str: bool,
+    /// `(token id, bias)` added to the logits before sampling, ids ascending.
+    pub logit_bias: Vec<(u32, f32)>,
 }
 
 /// `stop`: one string or a list of strings.
@@ -76,7 +80,31 @@ pub struct OpenAiSampling {
     pub ignore_eos: Option<bool>,
     pub skip_special_tokens: Option<bool>,
     pub include_stop_str_in_output: Option<bool>,
+    pub logit_bias: Option<BTreeMap<String, f32>>,
     pub n: Option<u32>,
+}
+
+/// Largest bias magnitude `logit_bias` accepts (OpenAI's range).
+pub const MAX_LOGIT_BIAS: f32 = 100.0;
+
+/// `logit_bias`: token ids (as JSON object keys) to biases in [-100, 100].
+fn logit_bias(map: Option<BTreeMap<String, f32>>) -> Result<Vec<(u32, f32)>, ValidationError> {
+    let mut pairs = map
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(key, bias)| {
+            let id = key.trim().parse::<u32>().map_err(|_| {
+                ValidationError::new("logit_bias", format!("key {key:?} is not a token id"))
+            })?;
+            if !(bias.is_finite() && bias.abs() <= MAX_LOGIT_BIAS) {
+                let msg = format!("bias {bias} of token {id} is not in [-100, 100]");
+                return Err(ValidationError::new("logit_bias", msg));
+            }
+            Ok((id, bias))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    pairs.sort_unstable_by_key(|&(id, _)| id);
+    Ok(pairs)
 }
 
 /// Most choices one request may ask for.
@@ -124,6 +152,7 @@ impl OpenAiSampling {
             prompt_logprobs: None,
             skip_special_tokens: self.skip_special_tokens.unwrap_or(true),
             include_stop_str: self.include_stop_str_in_output.unwrap_or(false),
+            logit_bias: logit_bias(self.logit_bias)?,
         };
         params.check()?;
         Ok(params)
@@ -177,6 +206,24 @@ mod tests {
 
     fn sampling(json: serde_json::Value) -> Result<SamplingParams, ValidationError> {
         super::super::from_value::<OpenAiSampling>(&json)?.validate(-1)
+    }
+
+    #[test]
+    fn logit_bias_keys_are_token_ids_and_biases_stay_in_range() {
+        let p = sampling(serde_json::json!({"logit_bias": {"42": -100, "7": 2.5}})).unwrap();
+        assert_eq!(p.logit_bias, vec![(7, 2.5), (42, -100.0)]);
+        for bad in [
+            serde_json::json!({"logit_bias": {"x": 1}}),
+            serde_json::json!({"logit_bias": {"-3": 1}}),
+            serde_json::json!({"logit_bias": {"5": 100.5}}),
+        ] {
+            assert_eq!(sampling(bad).unwrap_err().param, "logit_bias");
+        }
+        assert!(sampling(serde_json::json!({"logit_bias": [1, 2]})).is_err());
+        assert!(sampling(serde_json::json!({}))
+            .unwrap()
+            .logit_bias
+            .is_empty());
     }
 
     #[test]

@@ -69,6 +69,9 @@ pub struct Request {
     /// also the top k at each of those positions.
     #[serde(default = "minus_one")]
     pub prompt_logprobs: i32,
+    /// `(token id, bias)` pairs added to the logits before sampling (OpenAI's `logit_bias`).
+    #[serde(default)]
+    pub logit_bias: Vec<(u32, f64)>,
 }
 
 impl Request {
@@ -92,6 +95,7 @@ impl Request {
             logprobs: -1,
             mtp: true,
             prompt_logprobs: -1,
+            logit_bias: Vec::new(),
         }
     }
 }

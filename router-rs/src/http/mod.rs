@@ -13,6 +13,7 @@ mod logprobs;
 mod prepare;
 mod run;
 mod sse;
+mod tokenize;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -192,6 +193,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/completions", post(completions::completions))
         .route("/generate", post(generate::generate))
         .route("/generate_stream", post(generate::generate_stream))
+        .route("/tokenize", post(tokenize::tokenize))
+        .route("/detokenize", post(tokenize::detokenize))
         .route("/v1/models", get(models))
         .route("/health", get(health))
         .route("/metrics", get(metrics))

@@ -1,0 +1,60 @@
+//! `/tokenize` and `/detokenize` through the real router.
+
+mod http_support;
+
+use http_support::setup;
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_and_chat_prompts_tokenize_as_generation_would_see_them() {
+    let (model, _worker, server) = setup("x", 1, &[]).await;
+    let (status, body) = server
+        .post(
+            "/tokenize",
+            json!({"prompt": "héllo", "return_token_strs": true}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let ids = model.encode("héllo");
+    assert_eq!(body["tokens"], json!(ids));
+    assert_eq!(body["count"], ids.len());
+    assert_eq!(body["max_model_len"], 4096);
+    assert_eq!(body["token_strs"][0], "h");
+    let chat = json!({"messages": [{"role": "user", "content": "hi"}],
+                      "chat_template_kwargs": {"enable_thinking": false}});
+    let (status, body) = server.post("/tokenize", chat).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["tokens"],
+        json!(model.encode("<|user|>hi<|assistant|></think>"))
+    );
+    assert!(body.get("token_strs").is_none());
+
+    let (status, body) = server
+        .post(
+            "/detokenize",
+            json!({"tokens": model.encode("<|user|>héllo")}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["prompt"], "<|user|>héllo");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_tokenize_bodies_get_a_400_naming_the_field() {
+    let (_model, _worker, server) = setup("x", 1, &[]).await;
+    for (body, param) in [
+        (json!({}), "prompt"),
+        (json!({"prompt": "a", "messages": []}), "messages"),
+        (json!({"prompt": 5}), "prompt"),
+    ] {
+        let (status, answer) = server.post("/tokenize", body.clone()).await;
+        assert_eq!(status, 400, "{body}: {answer}");
+        assert_eq!(answer["error"]["param"], param, "{body}");
+    }
+    for tokens in [json!("abc"), json!([1, -2]), json!([99_999_999])] {
+        let (status, answer) = server.post("/detokenize", json!({"tokens": tokens})).await;
+        assert_eq!(status, 400, "{answer}");
+        assert_eq!(answer["error"]["param"], "tokens");
+    }
+}

@@ -237,38 +237,57 @@ fn chunks(
         .collect();
     let usage = Arc::new(Mutex::new(Usage::new(prompt_tokens, 0, 0)));
     let (tail_meta, tail_usage) = (meta.clone(), usage.clone());
-    let body = stream.map(move |item| {
-        let ChoiceDelta { index, delta } = item?;
-        if let Some(f) = delta.finish {
-            let mut u = usage.lock().unwrap_or_else(|e| e.into_inner());
-            *u = add_choice(&u, &f, (index % n == 0).then_some(f.cached_tokens));
-        }
-        let tokenizer = &state.model.tokenizer;
-        let head = waiting.get_mut(index as usize).and_then(Option::take);
-        let logprobs = match (offsets.get_mut(index as usize), &head) {
-            (Some(offset), Some(echo)) => Some(echo.logprobs(
-                tokenizer,
-                delta.prompt_logprobs.as_ref(),
-                &delta.tokens,
-                offset,
-            )),
-            (Some(offset), None) if want_logprobs => {
-                Some(logprobs::completion(tokenizer, &delta.tokens, offset))
+    // The offsets advance as deltas are taken; an echo's logprobs (a decode per prompt token
+    // and alternative) are built on the blocking pool.
+    let body = stream.then(move |item| {
+        let taken = item.map(|ChoiceDelta { index, delta }| {
+            if let Some(f) = delta.finish {
+                let mut u = usage.lock().unwrap_or_else(|e| e.into_inner());
+                *u = add_choice(&u, &f, (index % n == 0).then_some(f.cached_tokens));
             }
-            _ => None,
-        };
-        let finish_reason = delta.finish.map(|f| f.reason);
-        let text = match head {
-            Some(echo) => echo.text + &delta.content,
-            None => delta.content,
-        };
-        let choice = CompletionChoice {
-            index,
-            text,
-            logprobs,
-            finish_reason,
-        };
-        sse::json(&completion(&meta, vec![choice], usage_field.clone()))
+            let head = waiting.get_mut(index as usize).and_then(Option::take);
+            let start = offsets.get_mut(index as usize).map(|offset| {
+                let from = *offset;
+                let pieces = head
+                    .iter()
+                    .flat_map(|e| &e.pieces)
+                    .map(|p| p.chars().count());
+                let tokens = delta.tokens.iter().map(|t| t.text.chars().count());
+                *offset += pieces.sum::<usize>() + tokens.sum::<usize>();
+                from
+            });
+            (index, delta, head, start)
+        });
+        let (state, meta, usage_field) = (state.clone(), meta.clone(), usage_field.clone());
+        async move {
+            let (index, delta, head, start) = taken?;
+            let tokenizer = state.model.tokenizer.clone();
+            let (logprobs, delta, head) = match (start, head) {
+                (Some(mut offset), Some(echo)) => tokio::task::spawn_blocking(move || {
+                    let scores = delta.prompt_logprobs.as_ref();
+                    let lp = echo.logprobs(&tokenizer, scores, &delta.tokens, &mut offset);
+                    (Some(lp), delta, Some(echo))
+                })
+                .await
+                .map_err(|e| ApiError::Internal(e.to_string()))?,
+                (Some(mut offset), None) if want_logprobs => {
+                    let lp = logprobs::completion(&tokenizer, &delta.tokens, &mut offset);
+                    (Some(lp), delta, None)
+                }
+                (_, head) => (None, delta, head),
+            };
+            let text = match head {
+                Some(echo) => echo.text + &delta.content,
+                None => delta.content,
+            };
+            let choice = CompletionChoice {
+                index,
+                text,
+                logprobs,
+                finish_reason: delta.finish.map(|f| f.reason),
+            };
+            sse::json(&completion(&meta, vec![choice], usage_field))
+        }
     });
     let tail = stream::once(async move {
         let usage = tail_usage.lock().unwrap_or_else(|e| e.into_inner()).clone();

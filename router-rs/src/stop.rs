@@ -38,7 +38,8 @@ impl StopMatcher {
         }
     }
 
-    /// With `include` true, a match emits the stop string too (the text after it still goes).
+    /// With `include` true, a match emits the stop string too (the text after it is still
+    /// dropped).
     pub fn including_match(mut self, include: bool) -> Self {
         self.include_match = include;
         self

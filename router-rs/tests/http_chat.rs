@@ -358,3 +358,15 @@ async fn a_client_leaving_mid_stream_aborts_its_worker_request() {
     }
     panic!("the worker request was not aborted after the client left");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chat_keeps_its_stop_string_when_asked_to() {
+    let (_model, _worker, server) = setup("Hello there. More", 3, &[]).await;
+    let body = |include: bool| json!({"messages": user("hi"), "stop": "there.", "include_stop_str_in_output": include});
+    let (status, answer) = server.post("/v1/chat/completions", body(false)).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["choices"][0]["message"]["content"], "Hello ");
+    let (_, answer) = server.post("/v1/chat/completions", body(true)).await;
+    assert_eq!(answer["choices"][0]["message"]["content"], "Hello there.");
+    assert_eq!(answer["choices"][0]["finish_reason"], "stop");
+}

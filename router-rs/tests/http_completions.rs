@@ -86,7 +86,7 @@ async fn an_echo_with_logprobs_scores_the_prompt_tokens() {
     );
     assert_eq!(answer["usage"]["completion_tokens"], 0);
     let body = json!({"prompt": "hello", "echo": true, "logprobs": 0, "max_tokens": 0,
-                      "stream": true});
+                      "stream": true, "stream_options": {"include_usage": true}});
     let (status, events) = server.post_stream("/v1/completions", body).await;
     assert_eq!(status, 200);
     let chunks = json_events(&events);
@@ -95,8 +95,24 @@ async fn an_echo_with_logprobs_scores_the_prompt_tokens() {
         .filter_map(|c| c["choices"][0]["text"].as_str())
         .collect();
     assert_eq!(text, "hello");
-    let last = &chunks.last().unwrap()["choices"][0];
-    assert_eq!(last["finish_reason"], "length");
+    let finish = chunks
+        .iter()
+        .find_map(|c| c["choices"][0]["finish_reason"].as_str());
+    assert_eq!(finish, Some("length"));
+    assert_eq!(chunks.last().unwrap()["usage"]["completion_tokens"], 0);
+    let streamed_lp: Vec<Value> = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["logprobs"]["token_logprobs"].as_array())
+        .flatten()
+        .cloned()
+        .collect();
+    assert_eq!(
+        streamed_lp,
+        json!([null, -0.25, -0.5, -0.75, -1.0])
+            .as_array()
+            .unwrap()
+            .clone()
+    );
 
     // Streamed: the echo waits for the scores and leads the first chunk.
     let body = json!({"prompt": "hello", "echo": true, "logprobs": 0, "max_tokens": 10,

@@ -300,8 +300,16 @@ def test_logit_bias_is_added_per_row_before_sampling_and_logprobs() -> None:
     worst = int(logits[0].argmin())
     best = int(logits[1].argmax())
     seqs = [
-        seq("lift", temperature=0.0, logprobs=0, logit_bias=((worst, 100.0),)),
-        seq("ban", temperature=0.0, logprobs=0, logit_bias=((best, -100.0), (V + 5, 50.0))),
+        seq(
+            "lift", temperature=0.0, logprobs=0, logit_bias_ids=(worst,), logit_bias_values=(100.0,)
+        ),
+        seq(
+            "ban",
+            temperature=0.0,
+            logprobs=0,
+            logit_bias_ids=(best, V + 5),
+            logit_bias_values=(-100.0, 50.0),
+        ),
         seq("plain", temperature=0.0, logprobs=0),
     ]
     out = Sampler(seed=1).sample(logits.clone(), seqs)
@@ -315,5 +323,16 @@ def test_logit_bias_is_added_per_row_before_sampling_and_logprobs() -> None:
     lifted[worst] += 100.0
     assert out[0].logprob == pytest.approx(float(lifted.log_softmax(-1)[worst]), abs=1e-5)
     # Sampled rows see the bias too: a +100 token is drawn (almost) surely.
-    hot = [seq(f"s{i}", temperature=1.0, logit_bias=((worst, 100.0),)) for i in range(3)]
+    hot = [
+        seq(
+            f"s{i}",
+            temperature=t,
+            top_k=k,
+            seed=seed,
+            logit_bias_ids=(worst,),
+            logit_bias_values=(100.0,),
+        )
+        for i, (t, k, seed) in enumerate([(1.0, -1, None), (0.7, 5, 3), (1.3, -1, 9)])
+    ]
+    # (plain, top-k with a seed, seeded: the fast paths all see the biased logits)
     assert [o.token_id for o in Sampler(seed=3).sample(logits.clone(), hot)] == [worst] * 3

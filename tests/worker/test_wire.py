@@ -124,6 +124,9 @@ def test_submit_applies_defaults_and_ignores_unknown_keys() -> None:
         ("logprobs", -3),
         ("prompt_logprobs", -2),
         ("prompt_logprobs", 21),
+        ("logit_bias", [[3, 1.0], [3, 2.0]]),
+        ("logit_bias", [[3, 100.5]]),
+        ("logit_bias", [[-1, 1.0]]),
     ],
 )
 def test_a_bad_request_is_rejected_with_its_rid_and_others_pass(field: str, value: Any) -> None:

@@ -23,7 +23,10 @@ class SamplingParams:
     repetition_penalty: float = 1.0
     seed: int | None = None
     logprobs: int = -1  # -1 none, 0 sampled token only, k > 0 also top k
-    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias) added to the logits
+    # OpenAI's logit_bias as two columns: bias logit_bias_values[j] added to the logit of token
+    # logit_bias_ids[j] (distinct ids).
+    logit_bias_ids: tuple[int, ...] = ()
+    logit_bias_values: tuple[float, ...] = ()
 
     @property
     def greedy(self) -> bool:

@@ -3,9 +3,10 @@
 One call handles the whole batch with tensor operations over [N, V]; Python only loops over the
 requests to gather their settings into a few small tensors. Order of operations per row:
 
-1. the row's `logit_bias` added to the raw logits; then penalties: repetition (HF/CTRL: prompt and output tokens), then frequency and
-   presence (OpenAI: output tokens only), then the row's `banned_token_ids` set to -inf (its stop
-   and eos ids while fewer than min_new_tokens tokens are generated);
+1. the row's `logit_bias` added to the raw logits; then penalties: repetition (HF/CTRL: prompt
+   and output tokens), then frequency and presence (OpenAI: output tokens only), then the row's
+   `banned_token_ids` set to -inf (its stop and eos ids while fewer than min_new_tokens tokens
+   are generated);
 2. logprobs = log_softmax of the penalised, masked logits (independent of the sampling settings);
 3. greedy rows (temperature 0 or top_k 1) take the argmax of the penalised logits;
 4. the other rows: temperature, then top-k, top-p and min-p masks, then an exponential race
@@ -149,7 +150,7 @@ class Sampler:
             raise ValueError(f"logits {tuple(logits.shape)} do not match {len(seqs)} sequences")
         self._history.retain({s.rid for s in seqs})
         logits = logits.float()
-        if any(s.sampling.logit_bias for s in seqs):
+        if any(s.sampling.logit_bias_ids for s in seqs):
             logits = apply_logit_bias(logits, seqs)
         logits = apply_bans(apply_penalties(logits, seqs, self._history), seqs)
         tokens = self._choose(logits, seqs)  # [N] int64

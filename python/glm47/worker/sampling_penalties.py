@@ -122,21 +122,22 @@ def apply_logit_bias(
 ) -> torch.Tensor:  # [N, V] fp32
     """`logits` plus each row's `logit_bias` (OpenAI's: added to the model's logits before
     anything else; a new tensor when any row has one, else `logits` itself). Ids outside the
-    vocabulary are left out."""
-    vocab = logits.shape[1]
+    vocabulary are left out. Python touches each row's bias columns once, as whole tuples."""
     rows: list[int] = []
     ids: list[int] = []
     biases: list[float] = []
     for i, s in enumerate(seqs):
-        for token, bias in s.sampling.logit_bias:
-            if token < vocab:
-                rows.append(i)
-                ids.append(token)
-                biases.append(bias)
+        p = s.sampling
+        if p.logit_bias_ids:
+            rows += [i] * len(p.logit_bias_ids)
+            ids += p.logit_bias_ids
+            biases += p.logit_bias_values
     if not ids:
         return logits
     pairs = torch.tensor([rows, ids], dtype=torch.int64).to(logits.device, non_blocking=True)
     values = torch.tensor(biases, dtype=logits.dtype).to(logits.device, non_blocking=True)
+    inside = pairs[1] < logits.shape[1]  # [E]
+    pairs, values = pairs[:, inside], values[inside]
     return logits.index_put((pairs[0], pairs[1]), values, accumulate=True)  # [N, V]
 
 

@@ -78,7 +78,8 @@ def to_engine_request(engine_rid: str, w: WireRequest) -> Request:
         repetition_penalty=w.repetition_penalty,
         seed=w.seed,
         logprobs=w.logprobs,
-        logit_bias=tuple(w.logit_bias),
+        logit_bias_ids=tuple(t for t, _ in w.logit_bias),
+        logit_bias_values=tuple(b for _, b in w.logit_bias),
     )
     return Request(
         rid=engine_rid,

@@ -151,17 +151,21 @@ def _is_opt_int(v: object) -> bool:
     return v is None or _is_int(v)
 
 
-# key -> (check, description); a key absent here is ignored by the decoders
 def _is_top_row(v: object) -> bool:
     return isinstance(v, list) and all(
         isinstance(p, list) and len(p) == 2 and _is_int(p[0]) and _is_float(p[1]) for p in v
     )
 
 
+# OpenAI's `logit_bias` limits: entries per request and magnitude of a bias.
+MAX_LOGIT_BIAS_ENTRIES = 1024
+MAX_LOGIT_BIAS = 100.0
+
 # Most alternatives a prompt position reports (the OpenAI `logprobs` limit): a prompt's top lists
 # stay on the host until its first output.
 MAX_PROMPT_TOP = 20
 
+# key -> (check, description); a key absent here is ignored by the decoders
 _REQUEST_FIELDS = {
     "rid": (lambda v: isinstance(v, str), "str"),
     "input_ids": (_is_int_list, "array of int"),
@@ -257,8 +261,11 @@ def _range_problem(r: WireRequest) -> str | None:
         ),
         (min(r.stop_token_ids, default=0) >= 0, "stop_token_ids must be non-negative"),
         (
-            all(t >= 0 and math.isfinite(b) for t, b in r.logit_bias),
-            "logit_bias needs non-negative ids and finite biases",
+            len(r.logit_bias) <= MAX_LOGIT_BIAS_ENTRIES
+            and len({t for t, _ in r.logit_bias}) == len(r.logit_bias)
+            and all(t >= 0 and abs(b) <= MAX_LOGIT_BIAS for t, b in r.logit_bias),
+            f"logit_bias needs at most {MAX_LOGIT_BIAS_ENTRIES} distinct non-negative ids with "
+            f"biases in [-{MAX_LOGIT_BIAS:g}, {MAX_LOGIT_BIAS:g}]",
         ),
     )
     return next((msg for ok, msg in checks if not ok), None)

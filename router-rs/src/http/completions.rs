@@ -127,12 +127,14 @@ pub async fn completions(
 }
 
 /// A delta of a `score_only` request: the token the worker had to sample is left out, and the
-/// choice ends as `max_tokens: 0` asked (length, no completion tokens).
+/// choice ends as `max_tokens: 0` asked (length, no completion tokens; an abort stays one).
 fn prompt_only(mut delta: Delta) -> Delta {
     delta.content.clear();
     delta.tokens.clear();
     if let Some(f) = &mut delta.finish {
-        f.reason = FinishReason::Length;
+        if f.reason != FinishReason::Abort {
+            f.reason = FinishReason::Length;
+        }
         f.completion_tokens = 0;
         f.accepted_draft_tokens = 0;
     }

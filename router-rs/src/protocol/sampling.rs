@@ -86,16 +86,30 @@ pub struct OpenAiSampling {
 
 /// Largest bias magnitude `logit_bias` accepts (OpenAI's range).
 pub const MAX_LOGIT_BIAS: f32 = 100.0;
+/// Most `logit_bias` entries one request may give (the worker applies them every step).
+pub const MAX_LOGIT_BIAS_ENTRIES: usize = 1024;
 
-/// `logit_bias`: token ids (as JSON object keys) to biases in [-100, 100].
+/// `logit_bias`: token ids (as JSON object keys written plainly, so that no two name the same
+/// id) to biases in [-100, 100].
 fn logit_bias(map: Option<BTreeMap<String, f32>>) -> Result<Vec<(u32, f32)>, ValidationError> {
+    let map = map.unwrap_or_default();
+    if map.len() > MAX_LOGIT_BIAS_ENTRIES {
+        let msg = format!(
+            "at most {MAX_LOGIT_BIAS_ENTRIES} entries, got {}",
+            map.len()
+        );
+        return Err(ValidationError::new("logit_bias", msg));
+    }
     let mut pairs = map
-        .unwrap_or_default()
         .into_iter()
         .map(|(key, bias)| {
-            let id = key.trim().parse::<u32>().map_err(|_| {
-                ValidationError::new("logit_bias", format!("key {key:?} is not a token id"))
-            })?;
+            let id = key
+                .parse::<u32>()
+                .ok()
+                .filter(|id| id.to_string() == key)
+                .ok_or_else(|| {
+                    ValidationError::new("logit_bias", format!("key {key:?} is not a token id"))
+                })?;
             if !(bias.is_finite() && bias.abs() <= MAX_LOGIT_BIAS) {
                 let msg = format!("bias {bias} of token {id} is not in [-100, 100]");
                 return Err(ValidationError::new("logit_bias", msg));
@@ -215,11 +229,21 @@ mod tests {
         for bad in [
             serde_json::json!({"logit_bias": {"x": 1}}),
             serde_json::json!({"logit_bias": {"-3": 1}}),
+            serde_json::json!({"logit_bias": {"+3": 1}}),
+            serde_json::json!({"logit_bias": {" 3": 1}}),
             serde_json::json!({"logit_bias": {"5": 100.5}}),
         ] {
             assert_eq!(sampling(bad).unwrap_err().param, "logit_bias");
         }
         assert!(sampling(serde_json::json!({"logit_bias": [1, 2]})).is_err());
+        // One id written two ways would be biased twice.
+        let twice = serde_json::json!({"logit_bias": {"7": 100, "07": 100}});
+        assert_eq!(sampling(twice).unwrap_err().param, "logit_bias");
+        let many: serde_json::Map<String, serde_json::Value> = (0..=MAX_LOGIT_BIAS_ENTRIES)
+            .map(|i| (i.to_string(), 1.into()))
+            .collect();
+        let many = serde_json::json!({ "logit_bias": many });
+        assert_eq!(sampling(many).unwrap_err().param, "logit_bias");
         assert!(sampling(serde_json::json!({}))
             .unwrap()
             .logit_bias

@@ -55,7 +55,9 @@ def test_serve_sends_router_flags_to_the_router_and_the_rest_to_the_worker(tmp_p
             "tcp://127.0.0.1:7001",
         ]
     )
-    router, worker = " ".join(p.router_cmd), " ".join(p.worker_cmd)
+    (worker_cmd,) = p.worker_cmds
+    router, worker = " ".join(p.router_cmd), " ".join(worker_cmd)
+    assert p.worker_envs == [{}]
     assert "--tool-call-parser glm47" in router and "--reasoning-parser=glm45" in router
     assert "--chunked_prefill_size 512" in worker and "chunked" not in router
     assert "--log-level debug" in router and "--log-level debug" in worker
@@ -72,12 +74,31 @@ def test_serve_without_a_model_dir_uses_the_cached_tiny_model_on_the_cpu(
     monkeypatch.setenv(serve.CACHE_DIR_ENV, str(tmp_path))
     p = serve.plan(["--port", "8124"])
     assert (tmp_path / "tiny-model" / "config.json").exists()
-    assert "--device cpu" in " ".join(p.worker_cmd)
+    assert "--device cpu" in " ".join(p.worker_cmds[0])
     again = serve.plan(["--port", "8124", "--device", "cuda"])
-    assert "--device cuda" in " ".join(again.worker_cmd)
-    assert "--device cpu" not in " ".join(again.worker_cmd)
+    assert "--device cuda" in " ".join(again.worker_cmds[0])
+    assert "--device cpu" not in " ".join(again.worker_cmds[0])
 
 
 def test_serve_flag_without_value_is_an_error() -> None:
     with pytest.raises(SystemExit):
         serve.plan(["--model-dir", "x", "--tool-call-parser"])
+
+
+def test_serve_with_dp_starts_one_worker_per_gpu_behind_one_router(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    p = serve.plan(["--model-dir", str(tmp_path), "--dp", "2", "--chunked-prefill-size", "64"])
+    listens = [cmd[cmd.index("--listen") + 1] for cmd in p.worker_cmds]
+    assert len(set(listens)) == 2
+    router = " ".join(p.router_cmd)
+    assert all(f"--worker-addr {addr}" in router for addr in listens)
+    assert all("--chunked-prefill-size 64" in " ".join(cmd) for cmd in p.worker_cmds)
+    assert p.worker_envs == [{"CUDA_VISIBLE_DEVICES": "0"}, {"CUDA_VISIBLE_DEVICES": "1"}]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3, 5")
+    p = serve.plan(["--model-dir", str(tmp_path), "--data-parallel-size", "2"])
+    assert p.worker_envs == [{"CUDA_VISIBLE_DEVICES": "3"}, {"CUDA_VISIBLE_DEVICES": "5"}]
+    for bad in (["--dp", "3"], ["--dp", "0"], ["--dp", "2", "--worker-listen", "tcp://x:1"]):
+        with pytest.raises(SystemExit):
+            serve.plan(["--model-dir", str(tmp_path), *bad])

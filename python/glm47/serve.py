@@ -1,9 +1,10 @@
-"""`glm47 serve`: run one worker and one router as child processes and supervise them.
+"""`glm47 serve`: run the worker (one per data-parallel replica, `--dp N`) and one router as child
+processes and supervise them.
 
-The command line is split between the two: the flags in `ROUTER_FLAGS` go to the router, `--host` and
-`--port` to the router, `--model-dir` to both, everything else to the worker (which rejects what it
-does not know). Without `--model-dir`, the built-in tiny model is written once into the cache folder
-and served on the CPU.
+The command line is split between them: the flags in `ROUTER_FLAGS` go to the router, `--host` and
+`--port` to the router, `--model-dir` to all, everything else to the workers (which reject what
+they do not know). Without `--model-dir`, the built-in tiny model is written once into the cache
+folder and served on the CPU.
 """
 
 from __future__ import annotations
@@ -44,9 +45,11 @@ CACHE_DIR_ENV = "GLM47_CACHE_DIR"
 
 @dataclass(frozen=True)
 class ServePlan:
-    """The two command lines `glm47 serve` starts, and where the router answers."""
+    """The command lines `glm47 serve` starts (one worker per data-parallel replica, then the
+    router), each worker's extra environment, and where the router answers."""
 
-    worker_cmd: list[str]
+    worker_cmds: list[list[str]]
+    worker_envs: list[dict[str, str]]
     router_cmd: list[str]
     health_url: str
     startup_timeout_s: float
@@ -128,6 +131,16 @@ def plan(argv: list[str]) -> ServePlan:
         help="address the worker binds (default: a free local TCP port)",
     )
     parser.add_argument(
+        "--dp",
+        "--dp-size",
+        "--data-parallel-size",
+        dest="dp",
+        type=int,
+        default=1,
+        help="data-parallel replicas: one worker each, on its own GPU (the i-th of "
+        "CUDA_VISIBLE_DEVICES, else GPU i), behind one router",
+    )
+    parser.add_argument(
         "--startup-timeout",
         type=float,
         default=1800.0,
@@ -141,15 +154,20 @@ def plan(argv: list[str]) -> ServePlan:
         model_dir = str(ensure_tiny_model(default_cache_dir()))
         if not any(a.split("=")[0] == "--device" for a in worker_args):
             worker_args += ["--device", "cpu"]
-    listen = args.worker_listen or f"tcp://127.0.0.1:{free_port()}"
+    if args.dp < 1:
+        parser.error(f"--dp {args.dp}: need at least one replica")
+    if args.dp > 1 and args.worker_listen:
+        parser.error("--worker-listen names one worker's address: leave it out with --dp above 1")
+    listens = [args.worker_listen or f"tcp://127.0.0.1:{free_port()}" for _ in range(args.dp)]
     py = sys.executable
-    worker_cmd = [py, "-m", "glm47.worker", "--listen", listen, "--model-dir", model_dir]
-    router_cmd = [
-        py,
-        "-m",
-        "glm47.router",
-        "--worker-addr",
-        listen,
+    worker_cmds = [
+        [py, "-m", "glm47.worker", "--listen", listen, "--model-dir", model_dir, *worker_args]
+        for listen in listens
+    ]
+    router_cmd = [py, "-m", "glm47.router"]
+    for listen in listens:
+        router_cmd += ["--worker-addr", listen]
+    router_cmd += [
         "--model-dir",
         model_dir,
         "--host",
@@ -159,11 +177,24 @@ def plan(argv: list[str]) -> ServePlan:
     ]
     probe_host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
     return ServePlan(
-        worker_cmd=worker_cmd + worker_args,
+        worker_cmds=worker_cmds,
+        worker_envs=_replica_envs(args.dp, parser),
         router_cmd=router_cmd + router_args,
         health_url=f"http://{probe_host}:{args.port}/health",
         startup_timeout_s=args.startup_timeout,
     )
+
+
+def _replica_envs(dp: int, parser: argparse.ArgumentParser) -> list[dict[str, str]]:
+    """Each worker's extra environment: with several replicas, its own GPU (the i-th of
+    CUDA_VISIBLE_DEVICES when that is set, else GPU i); with one, nothing."""
+    if dp == 1:
+        return [{}]
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    gpus = [g.strip() for g in visible.split(",") if g.strip()] if visible else []
+    if visible and len(gpus) < dp:
+        parser.error(f"--dp {dp} needs {dp} GPUs; CUDA_VISIBLE_DEVICES names {len(gpus)}")
+    return [{"CUDA_VISIBLE_DEVICES": gpus[i] if gpus else str(i)} for i in range(dp)]
 
 
 def _healthy(url: str) -> bool:
@@ -189,7 +220,8 @@ def _stop(procs: list[subprocess.Popen[bytes]], grace_s: float = 10.0) -> None:
 
 
 def supervise(p: ServePlan) -> int:
-    """Start both processes, report readiness, and stop both when either exits or on a signal."""
+    """Start the workers and the router, report readiness, and stop them all when one exits or
+    on a signal."""
     stopping = False
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -199,9 +231,12 @@ def supervise(p: ServePlan) -> int:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    worker = subprocess.Popen(p.worker_cmd)
+    workers = [
+        subprocess.Popen(cmd, env={**os.environ, **env})
+        for cmd, env in zip(p.worker_cmds, p.worker_envs, strict=True)
+    ]
     router = subprocess.Popen(p.router_cmd)
-    procs = [worker, router]
+    procs = [*workers, router]
     started = time.monotonic()
     ready = False
     code = 0
@@ -209,7 +244,9 @@ def supervise(p: ServePlan) -> int:
         while not stopping:
             exited = [q for q in procs if q.poll() is not None]
             if exited:
-                name = "worker" if exited[0] is worker else "router"
+                name = "router" if exited[0] is router else "worker"
+                if len(workers) > 1 and exited[0] is not router:
+                    name = f"worker {workers.index(exited[0])}"
                 code = exited[0].returncode or 1
                 log.error("%s exited with code %s; stopping", name, exited[0].returncode)
                 break

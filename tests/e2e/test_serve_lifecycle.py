@@ -1,4 +1,5 @@
-"""`glm47 serve` supervises its two processes: Ctrl-C stops both, and a dead worker stops the router."""
+"""`glm47 serve` supervises its processes: Ctrl-C stops them all, a dead worker stops the router, and
+`--dp 2` serves from two workers."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+import requests
 
 from .conftest import start_server, stop_server
 
@@ -41,3 +43,28 @@ def test_a_dead_worker_stops_serve_with_an_error(tiny_model_dir: Path, tmp_path:
     assert code != 0
     time.sleep(0.5)
     assert "worker exited" in (tmp_path / "serve.log").read_text()
+
+
+def test_dp_serves_from_two_workers_and_stops_them_all(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    proc, base = start_server(tiny_model_dir, tmp_path / "serve.log", "--dp", "2")
+    try:
+        kids = _children(proc.pid)
+        workers = [k for k in kids if "glm47.worker" in " ".join(k.cmdline())]
+        assert len(workers) == 2
+        deadline = time.monotonic() + 120
+        while True:  # /health answers once one worker is ready; wait for the second one too
+            metrics = requests.get(f"{base}/metrics", timeout=5).text.splitlines()
+            ready = [m for m in metrics if m.startswith("glm47_worker_ready") and m.endswith(" 1")]
+            if len(ready) == 2:
+                break
+            assert time.monotonic() < deadline, "the second worker did not become ready"
+            time.sleep(0.2)
+        body = {"prompt": "hello", "max_tokens": 4, "ignore_eos": True}
+        answers = [requests.post(f"{base}/v1/completions", json=body, timeout=60) for _ in range(2)]
+        assert all(a.status_code == 200 for a in answers)
+    finally:
+        assert stop_server(proc) == 0
+    _, alive = psutil.wait_procs(kids, timeout=10)
+    assert not alive

@@ -1,4 +1,4 @@
-//! `/tokenize` and `/detokenize` through the real router.
+//! `/tokenize`, `/detokenize` and `/version` through the real router.
 
 mod http_support;
 
@@ -57,4 +57,19 @@ async fn bad_tokenize_bodies_get_a_400_naming_the_field() {
         assert_eq!(status, 400, "{answer}");
         assert_eq!(answer["error"]["param"], "tokens");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn version_names_the_package_version() {
+    let (_model, _worker, server) = setup("x", 1, &[]).await;
+    let answer: serde_json::Value = server
+        .client
+        .get(format!("{}/version", server.url))
+        .send()
+        .await
+        .expect("answers")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(answer["version"], env!("CARGO_PKG_VERSION"));
 }

@@ -197,6 +197,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/detokenize", post(tokenize::detokenize))
         .route("/v1/models", get(models))
         .route("/health", get(health))
+        .route("/version", get(version))
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -277,6 +278,11 @@ async fn models(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
         "owned_by": "glm47",
         "max_model_len": max_len,
     }]}))
+}
+
+/// The router's version (vLLM's `/version`).
+async fn version() -> Json<serde_json::Value> {
+    Json(json!({"version": env!("CARGO_PKG_VERSION")}))
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {

@@ -251,7 +251,8 @@ impl IoLoop {
         }
         let info = WorkerInfo::from_ready(&slot.addr, ready);
         let changed = slot.info.read().unwrap_or_else(|e| e.into_inner()).as_ref() != Some(&info);
-        if changed || !slot.ready.load(Ordering::SeqCst) {
+        let fresh = changed || !slot.ready.load(Ordering::SeqCst);
+        if fresh {
             tracing::info!(
                 "worker {} ready: model {:?}, id {:?}, max_req_total_len {}, capacity {} requests / {} tokens, mtp_step {}",
                 slot.addr, info.model, info.worker_id, info.max_req_total_len,
@@ -260,7 +261,9 @@ impl IoLoop {
         }
         *slot.info.write().unwrap_or_else(|e| e.into_inner()) = Some(info);
         slot.ready.store(true, Ordering::SeqCst);
-        self.size_prefix_record();
+        if fresh {
+            self.size_prefix_record();
+        }
         self.shared.metrics.set_worker_ready(&slot.addr, true);
     }
 

@@ -38,8 +38,7 @@ impl Echo {
         tokens: &[TokenInfo],
         offset: &mut usize,
     ) -> CompletionLogprobs {
-        let prompt = logprobs::echoed_prompt(tokenizer, &self.ids, &self.pieces, scores, offset);
-        logprobs::join(prompt, logprobs::completion(tokenizer, tokens, offset))
+        logprobs::echoed_prompt(tokenizer, &self.ids, &self.pieces, scores, tokens, offset)
     }
 }
 

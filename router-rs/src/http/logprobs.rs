@@ -49,60 +49,68 @@ pub fn completion(
     offset: &mut usize,
 ) -> CompletionLogprobs {
     let mut out = CompletionLogprobs::default();
-    for t in tokens {
-        let token = token_text(tokenizer, t.id);
-        out.text_offset.push(*offset);
-        *offset += t.text.chars().count();
-        out.token_logprobs.push(t.logprob);
-        let top: Map<String, Value> = t
-            .top
-            .iter()
-            .map(|&(id, logprob)| (token_text(tokenizer, id), Value::from(f64::from(logprob))))
-            .collect();
-        out.top_logprobs.push(Some(top));
-        out.tokens.push(token);
-    }
+    push_tokens(&mut out, tokenizer, tokens, offset);
     out
 }
 
-/// `choices[i].logprobs` of an echoed prompt: one entry per prompt token, the first with null
-/// logprob and alternatives (no logits come before it); `pieces[i]` is the text token i adds to
-/// the echo, so offsets advance from `offset` to the echo's end (in characters). Missing
-/// `scores` (a request that ended before its first token, a NaN for a position the worker did
-/// not score) read as null too.
+/// Appends the entries of generated `tokens`.
+fn push_tokens(
+    out: &mut CompletionLogprobs,
+    tokenizer: &Tokenizer,
+    tokens: &[TokenInfo],
+    offset: &mut usize,
+) {
+    for t in tokens {
+        let top = Some(&t.top[..]);
+        push(out, tokenizer, t.id, &t.text, t.logprob, top, offset);
+    }
+}
+
+/// Appends one token's entry: its text, where it starts, its logprob and alternatives (`None`:
+/// null, for a token no logits came before).
+fn push(
+    out: &mut CompletionLogprobs,
+    tokenizer: &Tokenizer,
+    id: u32,
+    text: &str,
+    logprob: Option<f32>,
+    top: Option<&[(u32, f32)]>,
+    offset: &mut usize,
+) {
+    out.tokens.push(token_text(tokenizer, id));
+    out.text_offset.push(*offset);
+    *offset += text.chars().count();
+    out.token_logprobs.push(logprob);
+    out.top_logprobs.push(top.map(|alts| {
+        alts.iter()
+            .map(|&(id, logprob)| (token_text(tokenizer, id), Value::from(f64::from(logprob))))
+            .collect::<Map<String, Value>>()
+    }));
+}
+
+/// `choices[i].logprobs` of an echoed prompt followed by generated `tokens`: one entry per
+/// prompt token, the first with null logprob and alternatives (no logits come before it);
+/// `pieces[i]` is the text prompt token i adds to the echo, so offsets advance from `offset`
+/// through the echo (in characters). Missing `scores` (a request that ended before its first
+/// token, a NaN for a position the worker did not score) read as null too.
 pub fn echoed_prompt(
     tokenizer: &Tokenizer,
     ids: &[u32],
     pieces: &[String],
     scores: Option<&PromptLogprobs>,
+    tokens: &[TokenInfo],
     offset: &mut usize,
 ) -> CompletionLogprobs {
     let mut out = CompletionLogprobs::default();
     for (i, (&id, piece)) in ids.iter().zip(pieces).enumerate() {
-        out.tokens.push(token_text(tokenizer, id));
-        out.text_offset.push(*offset);
-        *offset += piece.chars().count();
         let scored = i.checked_sub(1).and_then(|j| {
             let s = scores?;
             let logprob = *s.logprobs.get(j).filter(|l| !l.is_nan())?;
-            Some((logprob, s.top.get(j)))
+            Some((logprob, s.top.get(j).map_or(&[][..], Vec::as_slice)))
         });
-        out.token_logprobs.push(scored.map(|(logprob, _)| logprob));
-        out.top_logprobs.push(scored.map(|(_, top)| {
-            top.into_iter()
-                .flatten()
-                .map(|&(id, logprob)| (token_text(tokenizer, id), Value::from(f64::from(logprob))))
-                .collect()
-        }));
+        let (logprob, top) = (scored.map(|s| s.0), scored.map(|s| s.1));
+        push(&mut out, tokenizer, id, piece, logprob, top, offset);
     }
+    push_tokens(&mut out, tokenizer, tokens, offset);
     out
-}
-
-/// `first` followed by `then`.
-pub fn join(mut first: CompletionLogprobs, then: CompletionLogprobs) -> CompletionLogprobs {
-    first.tokens.extend(then.tokens);
-    first.token_logprobs.extend(then.token_logprobs);
-    first.top_logprobs.extend(then.top_logprobs);
-    first.text_offset.extend(then.text_offset);
-    first
 }

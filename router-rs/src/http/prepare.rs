@@ -147,6 +147,21 @@ pub async fn prompt_text(state: &Arc<AppState>, ids: Vec<u32>) -> Result<String,
         .map_err(|e| ApiError::Internal(e.to_string()))
 }
 
+/// A 400 naming `param` when one of `ids` is not below `vocab`.
+fn below_vocab(
+    param: &str,
+    mut ids: impl Iterator<Item = u32>,
+    vocab: u32,
+) -> Result<(), ApiError> {
+    match ids.find(|&id| id >= vocab) {
+        Some(id) => {
+            let msg = format!("token id {id} is not below the vocabulary size {vocab}");
+            Err(ValidationError::new(param, msg).into())
+        }
+        None => Ok(()),
+    }
+}
+
 /// The text each prompt token adds to the prompt's text, decoded incrementally on the blocking
 /// pool (special tokens kept, as in [`prompt_text`]); their concatenation is the prompt's text.
 pub async fn prompt_pieces(state: &Arc<AppState>, ids: Vec<u32>) -> Result<Vec<String>, ApiError> {
@@ -180,28 +195,17 @@ pub fn max_new_tokens(
     sampling: &SamplingParams,
     param: &str,
 ) -> Result<u32, ApiError> {
-    if let Some(id) = sampling
-        .stop_token_ids
-        .iter()
-        .find(|&&id| id >= worker.vocab_size)
-    {
-        let msg = format!(
-            "token id {id} is not below the vocabulary size {}",
-            worker.vocab_size
-        );
-        return Err(ValidationError::new("stop_token_ids", msg).into());
-    }
-    if let Some(&(id, _)) = sampling
-        .logit_bias
-        .iter()
-        .find(|&&(id, _)| id >= worker.vocab_size)
-    {
-        let msg = format!(
-            "token id {id} is not below the vocabulary size {}",
-            worker.vocab_size
-        );
-        return Err(ValidationError::new("logit_bias", msg).into());
-    }
+    let vocab = worker.vocab_size;
+    below_vocab(
+        "stop_token_ids",
+        sampling.stop_token_ids.iter().copied(),
+        vocab,
+    )?;
+    below_vocab(
+        "logit_bias",
+        sampling.logit_bias.iter().map(|&(id, _)| id),
+        vocab,
+    )?;
     let (requested, max_param) = (sampling.max_new_tokens, sampling.max_new_tokens_param);
     let limit = state
         .options

@@ -9,9 +9,10 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::prepare::{chat_prompt, prompt_text};
+use super::prepare::{chat_prompt, prompt_ids, prompt_text};
 use super::{ApiError, AppState, JsonBody};
 use crate::protocol::chat::ChatRequest;
+use crate::protocol::completions::PromptInput;
 use crate::protocol::{from_value, token_ids, ValidationError};
 
 #[derive(Debug, Deserialize)]
@@ -37,11 +38,7 @@ pub async fn tokenize(
             return Err(ValidationError::new("messages", msg).into());
         }
         (Some(text), false) => {
-            let tokenizer = state.model.tokenizer.clone();
-            tokio::task::spawn_blocking(move || tokenizer.encode(&text))
-                .await
-                .map_err(|e| ApiError::Internal(e.to_string()))?
-                .map_err(|e| ApiError::Internal(e.to_string()))?
+            only(prompt_ids(&state, vec![PromptInput::Text(text)], "prompt").await?)
         }
         (None, true) => {
             chat_prompt(&state, &ChatRequest::from_json(&body)?)
@@ -79,10 +76,11 @@ pub async fn detokenize(
 ) -> Result<Json<Value>, ApiError> {
     let bad = || ValidationError::new("tokens", "tokens must be a list of token ids");
     let ids = token_ids(body.get("tokens").ok_or_else(bad)?).ok_or_else(bad)?;
-    let vocab = state.model.tokenizer.vocab_size();
-    if ids.iter().any(|&id| id as usize >= vocab) {
-        let msg = format!("token ids must be below {vocab}");
-        return Err(ValidationError::new("tokens", msg).into());
-    }
+    let ids = only(prompt_ids(&state, vec![PromptInput::Ids(ids)], "tokens").await?);
     Ok(Json(json!({"prompt": prompt_text(&state, ids).await?})))
+}
+
+/// The one prompt of a one-prompt list.
+fn only(mut prompts: Vec<Vec<u32>>) -> Vec<u32> {
+    prompts.pop().unwrap_or_default()
 }

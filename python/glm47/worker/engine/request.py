@@ -93,23 +93,27 @@ class Request:
     def take_prompt_scores(self) -> tuple[list[float], list[list[tuple[int, float]]] | None]:
         """The prompt's logprobs (NaN where none were computed) and, with prompt_logprobs > 0,
         its top alternatives; the request keeps no copy."""
-        size = max(0, self.num_prompt_tokens - 1)
-        scores = self.prompt_scores or [math.nan] * size
-        top = None
-        if self.prompt_logprobs > 0:
-            top = self.prompt_top or [[] for _ in range(size)]
+        if self.prompt_scores is None:
+            self._allocate_prompt_scores()
+        scores, top = self.prompt_scores or [], self.prompt_top
         self.prompt_scores = self.prompt_top = None
         return scores, top
+
+    def _allocate_prompt_scores(self) -> None:
+        """NaN scores (and empty alternatives, with prompt_logprobs > 0) for every position."""
+        size = max(0, self.num_prompt_tokens - 1)
+        self.prompt_scores = [math.nan] * size
+        self.prompt_top = [[] for _ in range(size)] if self.prompt_logprobs > 0 else None
 
     def record_prompt_scores(
         self, start_pos: int, logprobs: list[float], top: list[list[tuple[int, float]]] | None
     ) -> None:
         """Store the scores of prompt tokens start_pos + 1 .. start_pos + len(logprobs)."""
-        size = self.num_prompt_tokens - 1
         if self.prompt_scores is None:
-            self.prompt_scores = [math.nan] * size
-            self.prompt_top = [[] for _ in range(size)] if self.prompt_logprobs > 0 else None
+            self._allocate_prompt_scores()
+        assert self.prompt_scores is not None
         end = start_pos + len(logprobs)
+        size = len(self.prompt_scores)
         assert end <= size, f"{self.rid}: scores past the prompt ({end} > {size})"
         self.prompt_scores[start_pos:end] = logprobs
         if self.prompt_top is not None and top is not None:

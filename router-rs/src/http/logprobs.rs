@@ -114,3 +114,53 @@ pub fn echoed_prompt(
     push_tokens(&mut out, tokenizer, tokens, offset);
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tokenizer() -> Tokenizer {
+        let vocab = (0u32..16).map(|i| (format!("t{i}"), i)).collect();
+        let model = tokenizers::models::wordlevel::WordLevel::builder()
+            .vocab(vocab)
+            .unk_token("t0".into())
+            .build()
+            .expect("vocab builds");
+        Tokenizer::new(tokenizers::Tokenizer::new(model), vec![0])
+    }
+
+    #[test]
+    fn an_echoed_prompt_has_null_where_nothing_was_scored() {
+        let tok = tokenizer();
+        let pieces: Vec<String> = ["ab", "é", "c"].iter().map(|s| s.to_string()).collect();
+        let scores = PromptLogprobs {
+            logprobs: vec![f32::NAN, -2.0],
+            top: vec![vec![], vec![(3, -0.5)]],
+        };
+        let generated = [TokenInfo {
+            id: 4,
+            text: "d".into(),
+            logprob: Some(-1.0),
+            top: vec![],
+            special: false,
+        }];
+        let mut offset = 0;
+        let lp = echoed_prompt(
+            &tok,
+            &[1, 2, 3],
+            &pieces,
+            Some(&scores),
+            &generated,
+            &mut offset,
+        );
+        assert_eq!(lp.token_logprobs, vec![None, None, Some(-2.0), Some(-1.0)]);
+        assert_eq!(lp.top_logprobs[0], None);
+        assert_eq!(lp.top_logprobs[1], None, "a NaN score is not a score");
+        assert_eq!(lp.top_logprobs[2].as_ref().map(Map::len), Some(1));
+        assert_eq!(lp.text_offset, vec![0, 2, 3, 4], "offsets count characters");
+        assert_eq!(offset, 5);
+        let mut offset = 0;
+        let lp = echoed_prompt(&tok, &[1, 2], &pieces[..2], None, &[], &mut offset);
+        assert_eq!(lp.token_logprobs, vec![None, None]);
+    }
+}

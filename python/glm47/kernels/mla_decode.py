@@ -30,38 +30,43 @@ MAX_RESCALE_SLACK = 15.0
 # of sliced step tensors (their 16-byte alignment).
 STEP_VARYING_DECODE = ["stride_pt", "stride_plb", "num_splits"]
 STEP_VARYING_POINTERS = ["page_table_ptr", "seq_lens_ptr"]
+# Programs per head of the merge below batch 16 (each takes D_LAT / this many value columns).
+MERGE_COLUMN_BLOCKS = 4
+
+
+@triton.jit
+def _slice_length(seq_len, num_splits, BLOCK_N: tl.constexpr):
+    """Cached tokens each slice of a sequence of `seq_len` covers: whole tiles, at least one."""
+    return tl.maximum(tl.cdiv(tl.cdiv(seq_len, num_splits), BLOCK_N), 1) * BLOCK_N
 
 
 @triton.jit
 def _slice_bounds(seq_lens_ptr, b, split, num_splits, BLOCK_N: tl.constexpr):
     """[start, end) of sequence b's cached tokens that slice `split` of `num_splits` covers."""
     seq_len = tl.load(seq_lens_ptr + b)
-    per_split = tl.cdiv(tl.cdiv(seq_len, num_splits), BLOCK_N) * BLOCK_N
-    start = split * per_split
-    return start, tl.minimum(start + per_split, seq_len)
+    length = _slice_length(seq_len, num_splits, BLOCK_N)
+    start = split * length
+    return start, tl.minimum(start + length, seq_len)
+
+
+@triton.jit
+def _tile_slots(
+    page_table_ptr, b, stride_pt, n0, end, PAGE_SIZE: tl.constexpr, BLOCK_N: tl.constexpr
+):
+    """(mask [N], cache slot [N]) of sequence b's positions [n0, n0 + BLOCK_N) through its page
+    table; positions at or past `end` are masked and point at page 0 (still a row of the cache)."""
+    offs_n = n0 + tl.arange(0, BLOCK_N)
+    mask_n = offs_n < end
+    page = tl.load(page_table_ptr + b * stride_pt + offs_n // PAGE_SIZE, mask=mask_n, other=0)
+    return mask_n, page.to(tl.int64) * PAGE_SIZE + offs_n % PAGE_SIZE
 
 
 @triton.jit
 def _cached_rows(
-    kv_ptr,
-    page_table_ptr,
-    b,
-    stride_pt,
-    stride_kv,
-    n0,
-    end,
-    PAGE_SIZE: tl.constexpr,
-    D_LAT: tl.constexpr,
-    D_ROPE: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-):
-    """Positions [n0, n0 + BLOCK_N) of sequence b through its page table: (mask [N], the two
-    halves of the latent part [N, D_LAT / 2] each, rope part [N, D_ROPE]); rows at or past `end`
-    read as zeros."""
-    offs_n = n0 + tl.arange(0, BLOCK_N)
-    mask_n = offs_n < end
-    page = tl.load(page_table_ptr + b * stride_pt + offs_n // PAGE_SIZE, mask=mask_n, other=0)
-    slot = page.to(tl.int64) * PAGE_SIZE + offs_n % PAGE_SIZE  # [BLOCK_N]
+    kv_ptr, slot, mask_n, stride_kv, D_LAT: tl.constexpr, D_ROPE: tl.constexpr
+):  # fmt: skip
+    """The cached rows at `slot` ([N]): the two halves of the latent part [N, D_LAT / 2] each and
+    the rope part [N, D_ROPE]; masked rows read as zeros."""
     kv_row = kv_ptr + slot[:, None] * stride_kv
     offs_half = tl.arange(0, D_LAT // 2)[None, :]
     k_lo = tl.load(kv_row + offs_half, mask=mask_n[:, None], other=0.0)
@@ -69,29 +74,19 @@ def _cached_rows(
     k_rope = tl.load(
         kv_row + D_LAT + tl.arange(0, D_ROPE)[None, :], mask=mask_n[:, None], other=0.0
     )
-    return mask_n, k_lo, k_hi, k_rope
+    return k_lo, k_hi, k_rope
 
 
 @triton.jit
 def _prefetch_rows(
     kv_ptr,
-    page_table_ptr,
-    b,
-    stride_pt,
+    slot,  # [N] cache slots, every one a row of the cache
     stride_kv,
-    n0,
-    end,
-    PAGE_SIZE: tl.constexpr,
-    BLOCK_N: tl.constexpr,
     LINES: tl.constexpr,  # 128-byte lines a row
     BLOCK_L: tl.constexpr,  # LINES rounded up to a power of two
     LINE_ELEMS: tl.constexpr,
 ):
-    """Ask for the 128-byte lines of the cached rows [n0, min(n0 + BLOCK_N, end)) of sequence b
-    in L2 (rows past `end` clamp to the last one: every address is a row of the cache)."""
-    offs_n = tl.minimum(n0 + tl.arange(0, BLOCK_N), end - 1)
-    page = tl.load(page_table_ptr + b * stride_pt + offs_n // PAGE_SIZE)
-    slot = page.to(tl.int64) * PAGE_SIZE + offs_n % PAGE_SIZE  # [BLOCK_N]
+    """Ask for the 128-byte lines of the cached rows at `slot` in L2."""
     cols = tl.minimum(tl.arange(0, BLOCK_L), LINES - 1) * LINE_ELEMS
     prefetch_l2(kv_ptr + slot[:, None] * stride_kv + cols[None, :])
 
@@ -114,6 +109,8 @@ def _attend_slice(
     stride_poh,
     num_heads,
     scale_log2,
+    mask_n,  # [BLOCK_N]: which of the first tile's positions are in the slice
+    slot,  # [BLOCK_N]: the first tile's cache slots
     PAGE_SIZE: tl.constexpr,
     D_LAT: tl.constexpr,
     D_ROPE: tl.constexpr,
@@ -122,7 +119,9 @@ def _attend_slice(
     RESCALE_SLACK: tl.constexpr,
 ):
     """All heads of one sequence over cached positions [start, end): the normalised partial output
-    and its log-sum-exp (log2 units), stored."""
+    and its log-sum-exp (log2 units), stored. A tile's slots are read from the page table one
+    tile ahead (the first tile's by the caller), so a tile's rows load at once with no page-table
+    load before them."""
     offs_h = tl.arange(0, BLOCK_H)
     offs_half = tl.arange(0, D_LAT // 2)
     offs_r = tl.arange(0, D_ROPE)
@@ -139,13 +138,13 @@ def _attend_slice(
     m_i = tl.full([BLOCK_H], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_H], dtype=tl.float32)
     for n0 in range(start, end, BLOCK_N):
-        mask_n, k_lo, k_hi, k_rope = _cached_rows(
-            kv_ptr, page_table_ptr, b, stride_pt, stride_kv, n0, end, PAGE_SIZE, D_LAT, D_ROPE,
-            BLOCK_N,
-        )  # fmt: skip
+        k_lo, k_hi, k_rope = _cached_rows(kv_ptr, slot, mask_n, stride_kv, D_LAT, D_ROPE)
+        tile_mask = mask_n
+        mask_n, slot = _tile_slots(page_table_ptr, b, stride_pt, n0 + BLOCK_N, end, PAGE_SIZE,
+                                   BLOCK_N)  # fmt: skip
         s = tl.dot(q_lo, tl.trans(k_lo)) + tl.dot(q_hi, tl.trans(k_hi))
         s += tl.dot(q_rope, tl.trans(k_rope))  # [BLOCK_H, N]
-        s = tl.where(mask_n[None, :], s * scale_log2, float("-inf"))
+        s = tl.where(tile_mask[None, :], s * scale_log2, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         if tl.max(m_new - m_i, 0) > RESCALE_SLACK:  # the first tile always (m_i = -inf)
             alpha = tl.exp2(m_i - m_new)
@@ -216,14 +215,15 @@ def _mla_decode_split_kernel(
     exp2 of at most the slack, and the [BLOCK_H, D_LAT] rescale is skipped.
     """
     # The step's inputs (lengths, page table) were written before its first kernel, so they are
-    # read before the wait, and with dependent launch the slice's first cached rows are asked
-    # into L2 there too: after the wait only the query and this step's row are new.
+    # read before the wait: the first tile's slots, and with dependent launch its cached rows
+    # asked into L2. After the wait only the query and this step's row are new, and they load
+    # together with the first tile's rows.
     b = tl.program_id(0)
     split = tl.program_id(1)
     start, end = _slice_bounds(seq_lens_ptr, b, split, num_splits, BLOCK_N)
+    mask_n, slot = _tile_slots(page_table_ptr, b, stride_pt, start, end, PAGE_SIZE, BLOCK_N)
     if USE_PDL and start < end:
-        _prefetch_rows(kv_ptr, page_table_ptr, b, stride_pt, stride_kv, start, end, PAGE_SIZE,
-                       BLOCK_N, KV_LINES, KV_BLOCK_L, KV_LINE_ELEMS)  # fmt: skip
+        _prefetch_rows(kv_ptr, slot, stride_kv, KV_LINES, KV_BLOCK_L, KV_LINE_ELEMS)
     pdl_wait(USE_PDL)
 
     lse_row = part_lse_ptr + b * stride_plb + split * stride_pls
@@ -232,7 +232,7 @@ def _mla_decode_split_kernel(
             q_ptr + b * stride_qb, qr_ptr + b * stride_qrb, kv_ptr, page_table_ptr,
             part_out_ptr + b * stride_pob + split * stride_pos, lse_row, b, start, end,
             stride_qh, stride_qrh, stride_kv, stride_pt, stride_poh, num_heads, scale_log2,
-            PAGE_SIZE, D_LAT, D_ROPE, BLOCK_H, BLOCK_N, RESCALE_SLACK,
+            mask_n, slot, PAGE_SIZE, D_LAT, D_ROPE, BLOCK_H, BLOCK_N, RESCALE_SLACK,
         )  # fmt: skip
     else:
         # Past the sequence's end (most slices at small batches): the partial is left unwritten
@@ -242,10 +242,12 @@ def _mla_decode_split_kernel(
                  mask=offs_h < num_heads)  # fmt: skip
 
 
-@triton.jit(do_not_specialize=["stride_plb", "num_splits"])
+@triton.jit(do_not_specialize=["stride_plb", "num_splits"],
+            do_not_specialize_on_alignment=["seq_lens_ptr"])  # fmt: skip
 def _mla_decode_merge_kernel(
     part_out_ptr,  # [B, num_splits, H, D_LAT] fp32
     part_lse_ptr,  # [B, num_splits, H] fp32, log2 units
+    seq_lens_ptr,  # [B] int32
     out_ptr,  # [B, H, D_LAT]
     stride_pob,
     stride_pos,
@@ -255,30 +257,35 @@ def _mla_decode_merge_kernel(
     stride_ob,
     stride_oh,
     num_splits,
-    D_LAT: tl.constexpr,
+    BLOCK_C: tl.constexpr,  # value columns a program
     BLOCK_S: tl.constexpr,
+    SPLIT_BLOCK_N: tl.constexpr,  # the split kernel's BLOCK_N
     USE_PDL: tl.constexpr,
 ):
-    pdl_wait(USE_PDL)
+    """Columns [c * BLOCK_C, (c + 1) * BLOCK_C) of head h of sequence b, from its slices."""
     b = tl.program_id(0)
     h = tl.program_id(1)
+    offs_c = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
     offs_s = tl.arange(0, BLOCK_S)
-    offs_c = tl.arange(0, D_LAT)
-    mask_s = offs_s < num_splits
+    # Which slices hold rows follows from the length (written before the step), so it is known
+    # before the wait: the partials then load together with their log-sum-exps, not after them.
+    seq_len = tl.load(seq_lens_ptr + b)
+    used = tl.cdiv(seq_len, _slice_length(seq_len, num_splits, SPLIT_BLOCK_N))
+    mask_s = offs_s < used
+    pdl_wait(USE_PDL)
     lse = tl.load(
         part_lse_ptr + b * stride_plb + offs_s * stride_pls + h, mask=mask_s, other=float("-inf")
     )  # [BLOCK_S]
-    m = tl.max(lse, 0)
-    w = tl.where(mask_s, tl.exp2(lse - m), 0.0)
     parts = tl.load(
         part_out_ptr
         + b * stride_pob
         + h * stride_poh
         + offs_s[:, None] * stride_pos
         + offs_c[None, :],
-        mask=mask_s[:, None] & (w[:, None] > 0.0),
+        mask=mask_s[:, None],
         other=0.0,
-    )  # [BLOCK_S, D_LAT]
+    )  # [BLOCK_S, BLOCK_C]
+    w = tl.where(mask_s, tl.exp2(lse - tl.max(lse, 0)), 0.0)
     out = tl.sum(parts * w[:, None], 0) / tl.sum(w, 0)
     tl.store(out_ptr + b * stride_ob + h * stride_oh + offs_c, out.to(out_ptr.dtype.element_ty))
 
@@ -399,13 +406,15 @@ def mla_decode(
         KV_BLOCK_L=triton.next_power_of_2(kv_lines), KV_LINE_ELEMS=128 // kv_cache.element_size(),
     )  # fmt: skip
     out = torch.empty((b, h, d_lat), dtype=q_lat.dtype, device=q_lat.device)
-    _mla_decode_merge_kernel[(b, h)](
-        part_out, part_lse, out,
+    # Small batches spread each head's columns over MERGE_COLUMN_BLOCKS programs, so the few
+    # heads' partials are read by more multiprocessors.
+    column_blocks = min(MERGE_COLUMN_BLOCKS, d_lat) if b < 16 else 1
+    _mla_decode_merge_kernel[(b, h, column_blocks)](
+        part_out, part_lse, seq_lens, out,
         part_out.stride(0), part_out.stride(1), part_out.stride(2),
         part_lse.stride(0), part_lse.stride(1), out.stride(0), out.stride(1), num_splits,
-        D_LAT=d_lat, BLOCK_S=max(2, triton.next_power_of_2(num_splits)),
-        num_warps=4,
-        USE_PDL=use_pdl(q_lat), launch_pdl=use_pdl(q_lat),
+        BLOCK_C=d_lat // column_blocks, BLOCK_S=max(2, triton.next_power_of_2(num_splits)),
+        SPLIT_BLOCK_N=block_n, num_warps=4, USE_PDL=pdl, launch_pdl=pdl,
     )  # fmt: skip
     return out
 

@@ -279,13 +279,14 @@ def _norm_router_kernel(
     if pid_e == 0:
         tl.store(res_out_ptr + offs_t[:, None] * D + offs_d[None, :], h, mask=mask)
         tl.store(out_ptr + offs_t[:, None] * D + offs_d[None, :], y, mask=mask)
-    yf = y.to(tl.float32)
-    for i in tl.static_range(EXPERTS_PER_PROGRAM):
-        e = pid_e * EXPERTS_PER_PROGRAM + i
-        if e < NUM_EXPERTS:
-            gate = tl.load(gate_ptr + e * D + offs_d, mask=d_ok, other=0.0)  # [BLOCK_D] fp32
-            logit = tl.sum(yf * gate[None, :], 1)  # [TOKENS]
-            tl.store(logits_ptr + offs_t * NUM_EXPERTS + e, logit, mask=t_ok)
+    # The block's experts in one reduction (one exchange between the warps, not one an expert).
+    offs_x = pid_e * EXPERTS_PER_PROGRAM + tl.arange(0, EXPERTS_PER_PROGRAM)
+    x_ok = offs_x < NUM_EXPERTS
+    gate_rows = gate_ptr + offs_x[:, None] * D + offs_d[None, :]
+    gate = tl.load(gate_rows, mask=x_ok[:, None] & d_ok[None, :], other=0.0)  # [EXPERTS, BLOCK_D]
+    logit = tl.sum(y.to(tl.float32)[:, None, :] * gate[None, :, :], 2)  # [TOKENS, EXPERTS]
+    tl.store(logits_ptr + offs_t[:, None] * NUM_EXPERTS + offs_x[None, :], logit,
+             mask=t_ok[:, None] & x_ok[None, :])  # fmt: skip
 
 
 NORM_ROUTE_EXPERTS_PER_PROGRAM = 4

@@ -36,7 +36,7 @@ async fn a_completion_echoes_the_prompt_and_reports_offsets() {
 /// the top two; the generated tokens get -0.5, -1.0, ...
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_echo_with_logprobs_scores_the_prompt_tokens() {
-    let (model, worker, server) = setup(" world", 2, &[]).await;
+    let (_model, worker, server) = setup(" world", 2, &[]).await;
     let body = json!({"prompt": "hello", "echo": true, "logprobs": 1, "max_tokens": 10});
     let (status, answer) = server.post("/v1/completions", body).await;
     assert_eq!(status, 200, "{answer}");
@@ -58,9 +58,8 @@ async fn an_echo_with_logprobs_scores_the_prompt_tokens() {
         json!([null, -0.25, -0.5, -0.75, -1.0, -0.5, -1.0, -1.5, -2.0, -2.5, -3.0])
     );
     assert_eq!(lp["top_logprobs"][0], Value::Null);
-    // Top alternatives: the prompt's own token and the next id ("f" in this byte vocab).
-    assert_eq!(model.encode("f")[0], model.encode("e")[0] + 1);
-    assert_eq!(lp["top_logprobs"][1], json!({"e": -0.25, "f": -3.0}));
+    // Top alternatives: the prompt's own token (then the next id, "f" in this byte vocab).
+    assert_eq!(lp["top_logprobs"][1], json!({"e": -0.25}));
     assert_eq!(answer["usage"]["prompt_tokens"], 5);
     assert_eq!(answer["usage"]["completion_tokens"], 6);
 

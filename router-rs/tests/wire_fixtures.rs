@@ -109,7 +109,9 @@ fn the_step_fixture_carries_logprobs_finishes_and_stats() {
         .as_ref()
         .expect("prompt top logprobs");
     assert_eq!(prompt_top[2], vec![(11, -0.25), (198, -1.25)]);
+    assert_eq!(first.prompt_ranks, Some(vec![40, 1, 2, 1]));
     assert_eq!(step.outs[1].prompt_logprobs, None);
+    assert_eq!(step.outs[1].prompt_ranks, None);
     assert_eq!(step.outs[1].finish, Some(FinishReason::Stop));
     assert_eq!(step.outs[2].finish, Some(FinishReason::Abort));
     assert!(step.outs[2].ids.is_empty());

@@ -98,6 +98,7 @@ EXAMPLES: dict[str, tuple[list[Any], bool]] = {
                             [[11, -0.25], [198, -1.25]],
                             [[9707, -2.0], [11, -2.25]],
                         ],
+                        "prompt_ranks": [40, 1, 2, 1],
                     },
                     {
                         "rid": "gen-7",

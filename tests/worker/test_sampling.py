@@ -9,7 +9,13 @@ import pytest
 import torch
 
 from glm47.worker.batch import SamplingParams, ScheduledSeq
-from glm47.worker.sampling import CANDIDATES, Sampler, row_key, seeded_exponentials
+from glm47.worker.sampling import (
+    CANDIDATES,
+    Sampler,
+    row_key,
+    score_tokens,
+    seeded_exponentials,
+)
 from glm47.worker.sampling_penalties import TokenHistory, apply_penalties
 
 V = 50
@@ -336,3 +342,28 @@ def test_logit_bias_is_added_per_row_before_sampling_and_logprobs() -> None:
     ]
     # (plain, top-k with a seed, seeded: the fast paths all see the biased logits)
     assert [o.token_id for o in Sampler(seed=3).sample(logits.clone(), hot)] == [worst] * 3
+
+
+def test_score_tokens_gives_logprobs_ranks_and_top_like_plain_torch() -> None:
+    logits = rand_logits(7)
+    next_ids = torch.tensor([0, 5, 17, 49, 3, 3, 21])
+    logp = logits.log_softmax(dim=-1)
+    chosen = logp.gather(1, next_ids[:, None])[:, 0]
+    for k in (0, 3):
+        logprobs, ranks, top = score_tokens(logits, next_ids, k)
+        torch.testing.assert_close(torch.tensor(logprobs), chosen)
+        assert ranks == ((logp > chosen[:, None]).sum(dim=-1) + 1).tolist()
+        assert min(ranks) >= 1 and max(ranks) > 1
+        if k == 0:
+            assert top is None
+            continue
+        assert top is not None
+        vals, ids = logp.topk(k, dim=-1)
+        assert [[t for t, _ in row] for row in top] == ids.tolist()
+        torch.testing.assert_close(torch.tensor([[v for _, v in row] for row in top]), vals)
+
+
+def test_a_token_tied_with_others_takes_the_best_rank_of_its_tie() -> None:
+    logits = torch.tensor([[1.0, 3.0, 3.0, 0.0]] * 3)
+    _, ranks, _ = score_tokens(logits, torch.tensor([2, 0, 3]), 0)
+    assert ranks == [1, 3, 4]

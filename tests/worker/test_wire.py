@@ -208,6 +208,14 @@ def test_worker_messages_round_trip() -> None:
                     spec_accepted=1,
                 ),
                 Output(rid="c", ids=[], finish="abort"),
+                Output(
+                    rid="d",
+                    ids=[8],
+                    prompt_tokens=3,
+                    prompt_logprobs=[-2.5, -0.75],
+                    prompt_top_logprobs=[[(4, -0.5), (9, -1.5)], []],
+                    prompt_ranks=[3, 0],
+                ),
             ],
             stats={"waiting": 1, "running": 2},
         ),
@@ -216,6 +224,15 @@ def test_worker_messages_round_trip() -> None:
     ]
     for msg in msgs:
         assert decode(encode(msg)) == msg
+
+
+def test_prompt_ranks_must_be_ints() -> None:
+    out = {"rid": "a", "ids": [1], "prompt_logprobs": [-1.0], "prompt_ranks": [1.5]}
+    with pytest.raises(WireError) as info:
+        decode(pack(["step", 1, {"outs": [out]}]))
+    assert "prompt_ranks" in info.value.message
+    (decoded,) = decode(pack(["step", 1, {"outs": [{**out, "prompt_ranks": [2]}]}])).outs
+    assert decoded.prompt_ranks == [2]
 
 
 def test_step_outputs_are_plain_msgpack_maps() -> None:

@@ -101,11 +101,14 @@ class SampleOutput:
 
 @dataclass
 class PromptScores:
-    """The logprobs of one sequence's `score_ids`, in order."""
+    """The logprobs of one sequence's `score_ids`, in order, with their ranks."""
 
     rid: str
     start_pos: int  # the position of the first scored row: it scores prompt token start_pos + 1
     logprobs: list[float]
+    # Per scored token: 1 + the number of ids with a strictly larger logprob at its row (1 = the
+    # most likely id); 0 where no score was computed.
+    ranks: list[int]
     top: list[list[tuple[int, float]]] | None = None  # best first, when score_top > 0
 
 

@@ -421,16 +421,18 @@ class ModelRunner:
         for seq in batch.seqs:
             if seq.score_ids:
                 logprobs: list[float] = []
+                ranks: list[int] = []
                 top: list[list[tuple[int, float]]] | None = [] if seq.score_top > 0 else None
                 next_ids = torch.tensor(seq.score_ids, dtype=torch.int64, device=hidden.device)
                 for lo in range(0, len(seq.score_ids), SCORE_ROWS):
                     hi = min(lo + SCORE_ROWS, len(seq.score_ids))
                     logits = self.model.compute_logits(hidden[first_row + lo : first_row + hi])
-                    values, best = score_tokens(logits, next_ids[lo:hi], seq.score_top)
+                    values, places, best = score_tokens(logits, next_ids[lo:hi], seq.score_top)
                     logprobs += values
+                    ranks += places
                     if top is not None and best is not None:
                         top += best
-                scores.append(PromptScores(seq.rid, seq.start_pos, logprobs, top))
+                scores.append(PromptScores(seq.rid, seq.start_pos, logprobs, ranks, top))
             first_row += len(seq.token_ids)
         return scores
 

@@ -278,21 +278,31 @@ def score_tokens(
     logits: torch.Tensor,  # [R, V] fp32
     next_ids: torch.Tensor,  # [R] int64, the token that follows each row
     k: int,
-) -> tuple[list[float], list[list[tuple[int, float]]] | None]:
-    """Each row's logprob of its next token under log_softmax(logits) and, for k > 0, the row's
-    top k (token id, logprob) pairs, best first: prompt logprobs (no penalty or ban applies)."""
+) -> tuple[list[float], list[int], list[list[tuple[int, float]]] | None]:
+    """Each row's logprob of its next token under log_softmax(logits), that token's rank in the
+    row and, for k > 0, the row's top k (token id, logprob) pairs, best first: prompt logprobs (no
+    penalty or ban applies).
+
+    The rank is 1 + the number of ids whose logit is strictly larger: ids tied with the next token
+    do not push it down (it takes the best rank of its tie). Logits and logprobs of one row differ
+    by a constant, so this is their order under log_softmax too."""
     log_norm = logits.logsumexp(dim=-1, keepdim=True)  # [R, 1]
-    chosen = (logits.gather(1, next_ids[:, None]) - log_norm)[:, 0]  # [R]
+    next_logits = logits.gather(1, next_ids[:, None])  # [R, 1]
+    chosen = (next_logits - log_norm)[:, 0]  # [R]
+    ranks = (logits > next_logits).sum(dim=-1) + 1  # [R]
+    cols = [chosen[:, None].double(), ranks[:, None].double()]
+    width = 0
+    if k > 0:
+        top_vals, top_ids = logits.topk(min(k, logits.shape[1]), dim=-1)  # [R, k] each
+        cols += [top_ids.double(), (top_vals - log_norm).double()]
+        width = top_ids.shape[1]
+    host = torch.cat(cols, 1).tolist()  # [R, 2 + 2k]: one host transfer
+    logprobs = [float(row[0]) for row in host]
+    rank_list = [int(row[1]) for row in host]
     if k <= 0:
-        return chosen.tolist(), None
-    top_vals, top_ids = logits.topk(min(k, logits.shape[1]), dim=-1)  # [R, k] each
-    cols = torch.cat(
-        [chosen[:, None].double(), top_ids.double(), (top_vals - log_norm).double()], 1
-    )
-    width = top_ids.shape[1]
-    host = cols.tolist()  # [R, 1 + 2k]: one host transfer
+        return logprobs, rank_list, None
     top = [
-        [(int(t), float(v)) for t, v in zip(row[1 : 1 + width], row[1 + width :], strict=True)]
+        [(int(t), float(v)) for t, v in zip(row[2 : 2 + width], row[2 + width :], strict=True)]
         for row in host
     ]
-    return [float(row[0]) for row in host], top
+    return logprobs, rank_list, top

@@ -107,6 +107,8 @@ def output_map(rid: str, out: Any) -> dict[str, Any]:
         d["prompt_logprobs"] = out.prompt_logprobs
     if out.prompt_top_logprobs is not None:
         d["prompt_top_logprobs"] = [[[t, v] for t, v in row] for row in out.prompt_top_logprobs]
+    if out.prompt_ranks is not None:
+        d["prompt_ranks"] = out.prompt_ranks
     return d
 
 
@@ -335,6 +337,7 @@ _OUTPUT_FIELDS = {
     "spec_accepted": (_is_int, "int or nil"),
     "prompt_logprobs": _LOGPROBS,
     "prompt_top_logprobs": _TOP_LOGPROBS,
+    "prompt_ranks": (_is_int_list, "array of int or nil"),
 }
 
 

@@ -92,6 +92,8 @@ class Output:
     spec_accepted: int | None = None
     prompt_logprobs: list[float] | None = None  # of prompt tokens 1..P-1, on the first output
     prompt_top_logprobs: list[list[tuple[int, float]]] | None = None  # per prompt token 1..P-1
+    # Per prompt token 1..P-1: 1 + the ids more likely than it at its position; 0 where unscored.
+    prompt_ranks: list[int] | None = None
 
 
 STATS_KEYS = tuple(

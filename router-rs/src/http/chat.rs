@@ -41,16 +41,29 @@ pub async fn chat(
         Ok(sse::respond(chunks(state, meta, &req, stream), true))
     } else {
         let collected = collect(stream, req.n as usize).await?;
-        Ok(Json(answer(&state, meta, &req, collected)).into_response())
+        // Token texts for logprobs are decoded one token at a time: off the async threads.
+        let answer =
+            tokio::task::spawn_blocking(move || answer(&state, meta, &req, &prompt.ids, collected))
+                .await
+                .map_err(|e| ApiError::Internal(e.to_string()))?;
+        Ok(Json(answer).into_response())
     }
 }
 
+/// The non-streaming answer; `prompt_logprobs` (refused on streams) lists the scores of
+/// `prompt_ids` that the first choice brought (every choice's prompt is scored alike).
 fn answer(
     state: &AppState,
     meta: Meta,
     req: &ChatRequest,
+    prompt_ids: &[u32],
     collected: Vec<Collected>,
 ) -> ChatCompletion {
+    let tokenizer = &state.model.tokenizer;
+    let prompt_logprobs = req.sampling.prompt_logprobs.map(|k| {
+        let scores = collected.iter().find_map(|c| c.prompt_logprobs.as_ref());
+        logprobs::prompt_list(tokenizer, prompt_ids, scores, k as usize)
+    });
     let mut usage = Usage::default();
     let choices = collected
         .into_iter()
@@ -69,8 +82,8 @@ fn answer(
                 })
                 .collect();
             let content = (!c.content.is_empty() || tool_calls.is_empty()).then_some(c.content);
-            let logprobs = (req.sampling.logprobs >= 0)
-                .then(|| logprobs::chat(&state.model.tokenizer, &c.tokens));
+            let logprobs =
+                (req.sampling.logprobs >= 0).then(|| logprobs::chat(tokenizer, &c.tokens));
             ChatChoice {
                 index,
                 message: ChatMessage {
@@ -91,6 +104,7 @@ fn answer(
         model: meta.model,
         choices,
         usage,
+        prompt_logprobs,
     }
 }
 

@@ -16,20 +16,59 @@ use super::{logprobs, sse, ApiError, AppState, JsonBody, Meta};
 use crate::protocol::completions::{
     Completion, CompletionChoice, CompletionRequest, DEFAULT_MAX_TOKENS,
 };
-use crate::protocol::openai::{CompletionLogprobs, FinishReason, Usage};
+use crate::protocol::openai::{CompletionLogprobs, FinishReason, PromptLogprobList, Usage};
 use crate::state::{Collected, Delta, Finish, PromptLogprobs, TokenInfo};
 use crate::tokenizer::Tokenizer;
 
-/// What a choice starts with under `echo`: the prompt's text and, when its logprobs are asked
-/// for too, its ids and the text each adds (else both empty).
+/// What a choice's answer starts with: the echoed prompt (under `echo`) and, when the prompt is
+/// scored (an echo with `logprobs`, vLLM's `prompt_logprobs`), its ids. A scored lead waits for
+/// the choice's first delta, which brings the scores.
 #[derive(Debug, Clone, Default)]
-struct Echo {
+struct Lead {
+    /// The echoed prompt's text (empty without `echo`).
     text: String,
+    /// The prompt's ids when it is scored, else empty.
     ids: Vec<u32>,
+    /// The text each prompt token adds to the echo, when the echo's logprobs are asked for (else
+    /// empty).
     pieces: Vec<String>,
+    /// Alternatives per position in the echo's logprobs.
+    echo_top: usize,
+    /// Alternatives per position in vLLM's `prompt_logprobs`; `None` when not asked for.
+    listed_top: Option<usize>,
 }
 
-impl Echo {
+impl Lead {
+    /// The lead of the choices of prompt `ids` (the echo's text decoded on the blocking pool).
+    async fn new(
+        state: &Arc<AppState>,
+        req: &CompletionRequest,
+        ids: &[u32],
+    ) -> Result<Self, ApiError> {
+        let echo_top = usize::try_from(req.sampling.logprobs).ok();
+        let (text, pieces) = match (req.echo, echo_top) {
+            (true, Some(_)) => {
+                let pieces = prompt_pieces(state, ids.to_vec()).await?;
+                (pieces.concat(), pieces)
+            }
+            (true, None) => (prompt_text(state, ids.to_vec()).await?, Vec::new()),
+            (false, _) => (String::new(), Vec::new()),
+        };
+        let scored = req.sampling.score_prompt.is_some();
+        Ok(Self {
+            text,
+            ids: if scored { ids.to_vec() } else { Vec::new() },
+            pieces,
+            echo_top: echo_top.unwrap_or(0),
+            listed_top: req.sampling.prompt_logprobs.map(|k| k as usize),
+        })
+    }
+
+    /// True when the lead waits for the prompt's scores.
+    fn is_scored(&self) -> bool {
+        !self.ids.is_empty()
+    }
+
     /// The choice's logprobs: the echoed prompt's (when scored), then those of `tokens`.
     fn logprobs(
         &self,
@@ -38,7 +77,18 @@ impl Echo {
         tokens: &[TokenInfo],
         offset: &mut usize,
     ) -> CompletionLogprobs {
-        logprobs::echoed_prompt(tokenizer, &self.ids, &self.pieces, scores, tokens, offset)
+        let (ids, pieces, top) = (&self.ids, &self.pieces, self.echo_top);
+        logprobs::echoed_prompt(tokenizer, ids, pieces, scores, top, tokens, offset)
+    }
+
+    /// The choice's `prompt_logprobs`, when asked for.
+    fn listed(
+        &self,
+        tokenizer: &Tokenizer,
+        scores: Option<&PromptLogprobs>,
+    ) -> Option<PromptLogprobList> {
+        let top = self.listed_top?;
+        Some(logprobs::prompt_list(tokenizer, &self.ids, scores, top))
     }
 }
 
@@ -57,24 +107,9 @@ pub async fn completions(
             Ok(requested.map_or(room.min(DEFAULT_MAX_TOKENS), |_| room))
         })
         .collect::<Result<Vec<_>, ApiError>>()?;
-    let mut echoes = Vec::new();
-    if req.echo {
-        for ids in &prompts {
-            let echo = if req.sampling.prompt_logprobs.is_some() {
-                let pieces = prompt_pieces(&state, ids.clone()).await?;
-                Echo {
-                    text: pieces.concat(),
-                    ids: ids.clone(),
-                    pieces,
-                }
-            } else {
-                Echo {
-                    text: prompt_text(&state, ids.clone()).await?,
-                    ..Echo::default()
-                }
-            };
-            echoes.push(echo);
-        }
+    let mut leads = Vec::with_capacity(prompts.len());
+    for ids in &prompts {
+        leads.push(Lead::new(&state, &req, ids).await?);
     }
     let mut streams = Vec::with_capacity(prompts.len());
     for ((ids, budget), p) in prompts.iter().zip(budgets).zip(0u32..) {
@@ -101,23 +136,23 @@ pub async fn completions(
             })
             .boxed();
     }
-    // Choice `i` answers prompt `i / n`; its text starts with that prompt under `echo`.
-    let echo: Vec<Echo> = (0..prompts.len() * req.n as usize)
-        .map(|i| echoes.get(i / req.n as usize).cloned().unwrap_or_default())
+    // Choice `i` answers prompt `i / n`: it starts with that prompt's lead.
+    let leads: Vec<Lead> = (0..prompts.len() * req.n as usize)
+        .map(|i| leads.get(i / req.n as usize).cloned().unwrap_or_default())
         .collect();
     let prompt_tokens: u32 = prompts.iter().map(|p| p.len() as u32).sum();
     let meta = Meta::new(&state, "cmpl-");
     if req.stream {
         let stream = start(stream).await?;
         Ok(sse::respond(
-            chunks(state, meta, &req, echo, prompt_tokens, stream),
+            chunks(state, meta, &req, leads, prompt_tokens, stream),
             true,
         ))
     } else {
-        let collected = collect(stream, echo.len()).await?;
+        let collected = collect(stream, leads.len()).await?;
         // Token texts for logprobs are decoded one token at a time: off the async threads.
         let answer = tokio::task::spawn_blocking(move || {
-            answer(&state, &meta, &req, collected, echo, prompt_tokens)
+            answer(&state, &meta, &req, collected, leads, prompt_tokens)
         })
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?;
@@ -140,22 +175,22 @@ fn prompt_only(mut delta: Delta) -> Delta {
     delta
 }
 
-/// The non-streaming answer: choice `i` is `echo[i]` followed by its generated text.
+/// The non-streaming answer: choice `i` is `leads[i]` followed by its generated text.
 fn answer(
     state: &AppState,
     meta: &Meta,
     req: &CompletionRequest,
     collected: Vec<Collected>,
-    echo: Vec<Echo>,
+    leads: Vec<Lead>,
     prompt_tokens: u32,
 ) -> Completion {
     let tokenizer = &state.model.tokenizer;
     let mut usage = Usage::new(prompt_tokens, 0, 0);
     let choices = collected
         .into_iter()
-        .zip(echo)
+        .zip(leads)
         .zip(0u32..)
-        .map(|((c, echo), index)| {
+        .map(|((c, lead), index)| {
             if let Some(f) = c.finish {
                 let cached = (index % req.n == 0).then_some(f.cached_tokens);
                 usage = add_choice(&usage, &f, cached);
@@ -163,14 +198,15 @@ fn answer(
             let mut offset = 0;
             let scores = c.prompt_logprobs.as_ref();
             let logprobs = (req.sampling.logprobs >= 0).then(|| {
-                if echo.pieces.is_empty() {
-                    offset = echo.text.chars().count();
+                if lead.pieces.is_empty() {
+                    offset = lead.text.chars().count();
                 }
-                echo.logprobs(tokenizer, scores, &c.tokens, &mut offset)
+                lead.logprobs(tokenizer, scores, &c.tokens, &mut offset)
             });
             CompletionChoice {
                 index,
-                text: echo.text + &c.content,
+                prompt_logprobs: lead.listed(tokenizer, scores),
+                text: lead.text + &c.content,
                 logprobs,
                 finish_reason: c.finish.map(|f| f.reason),
             }
@@ -194,12 +230,13 @@ fn add_choice(usage: &Usage, f: &Finish, cached: Option<u32>) -> Usage {
 }
 
 /// Streamed chunks: the echoed prompt first (under `echo`), a chunk per delta, then the usage.
-/// An echo with prompt logprobs waits for them: it leads the choice's first delta.
+/// A scored lead waits for the prompt's scores: it leads the choice's first delta, with the
+/// echo's logprobs and `prompt_logprobs` as asked for.
 fn chunks(
     state: Arc<AppState>,
     meta: Meta,
     req: &CompletionRequest,
-    echo: Vec<Echo>,
+    leads: Vec<Lead>,
     prompt_tokens: u32,
     stream: ChoiceStream,
 ) -> sse::JsonEvents {
@@ -207,38 +244,39 @@ fn chunks(
     let want_logprobs = req.sampling.logprobs >= 0;
     let usage_field = include_usage.then_some(None);
     let n = req.n;
-    let heads: Vec<_> = echo
+    let heads: Vec<_> = leads
         .iter()
         .zip(0u32..)
-        .filter(|(e, _)| !e.text.is_empty() && e.pieces.is_empty())
-        .map(|(e, index)| {
+        .filter(|(lead, _)| !lead.text.is_empty() && !lead.is_scored())
+        .map(|(lead, index)| {
             let choice = CompletionChoice {
                 index,
-                text: e.text.clone(),
+                text: lead.text.clone(),
                 logprobs: None,
                 finish_reason: None,
+                prompt_logprobs: None,
             };
             sse::json(&completion(&meta, vec![choice], usage_field.clone()))
         })
         .collect();
-    let mut offsets: Vec<usize> = echo
+    let mut offsets: Vec<usize> = leads
         .iter()
-        .map(|e| {
-            if e.pieces.is_empty() {
-                e.text.chars().count()
+        .map(|lead| {
+            if lead.pieces.is_empty() {
+                lead.text.chars().count()
             } else {
                 0
             }
         })
         .collect();
-    // The scored echoes not yet sent, by choice.
-    let mut waiting: Vec<Option<Echo>> = echo
+    // The scored leads not yet sent, by choice.
+    let mut waiting: Vec<Option<Lead>> = leads
         .into_iter()
-        .map(|e| (!e.pieces.is_empty()).then_some(e))
+        .map(|lead| lead.is_scored().then_some(lead))
         .collect();
     let usage = Arc::new(Mutex::new(Usage::new(prompt_tokens, 0, 0)));
     let (tail_meta, tail_usage) = (meta.clone(), usage.clone());
-    // The offsets advance as deltas are taken; an echo's logprobs (a decode per prompt token
+    // The offsets advance as deltas are taken; a prompt's logprobs (a decode per prompt token
     // and alternative) are built on the blocking pool.
     let body = stream.then(move |item| {
         let taken = item.map(|ChoiceDelta { index, delta }| {
@@ -251,7 +289,7 @@ fn chunks(
                 let from = *offset;
                 let pieces = head
                     .iter()
-                    .flat_map(|e| &e.pieces)
+                    .flat_map(|lead| &lead.pieces)
                     .map(|p| p.chars().count());
                 let tokens = delta.tokens.iter().map(|t| t.text.chars().count());
                 *offset += pieces.sum::<usize>() + tokens.sum::<usize>();
@@ -263,22 +301,24 @@ fn chunks(
         async move {
             let (index, delta, head, start) = taken?;
             let tokenizer = state.model.tokenizer.clone();
-            let (logprobs, delta, head) = match (start, head) {
-                (Some(mut offset), Some(echo)) => tokio::task::spawn_blocking(move || {
+            let (logprobs, listed, delta, head) = match (start, head) {
+                (Some(mut offset), Some(lead)) => tokio::task::spawn_blocking(move || {
                     let scores = delta.prompt_logprobs.as_ref();
-                    let lp = echo.logprobs(&tokenizer, scores, &delta.tokens, &mut offset);
-                    (Some(lp), delta, Some(echo))
+                    let lp = want_logprobs
+                        .then(|| lead.logprobs(&tokenizer, scores, &delta.tokens, &mut offset));
+                    let listed = lead.listed(&tokenizer, scores);
+                    (lp, listed, delta, Some(lead))
                 })
                 .await
                 .map_err(|e| ApiError::Internal(e.to_string()))?,
                 (Some(mut offset), None) if want_logprobs => {
                     let lp = logprobs::completion(&tokenizer, &delta.tokens, &mut offset);
-                    (Some(lp), delta, None)
+                    (Some(lp), None, delta, None)
                 }
-                (_, head) => (None, delta, head),
+                (_, head) => (None, None, delta, head),
             };
             let text = match head {
-                Some(echo) => echo.text + &delta.content,
+                Some(lead) => lead.text + &delta.content,
                 None => delta.content,
             };
             let choice = CompletionChoice {
@@ -286,6 +326,7 @@ fn chunks(
                 text,
                 logprobs,
                 finish_reason: delta.finish.map(|f| f.reason),
+                prompt_logprobs: listed,
             };
             sse::json(&completion(&meta, vec![choice], usage_field))
         }

@@ -1,8 +1,11 @@
-//! Token logprobs in the two OpenAI shapes.
+//! Token logprobs in the two OpenAI shapes, and prompt logprobs in vLLM's.
 
 use serde_json::{Map, Value};
 
-use crate::protocol::openai::{ChatLogprobs, ChatTokenLogprob, ChatTopLogprob, CompletionLogprobs};
+use crate::protocol::openai::{
+    ChatLogprobs, ChatTokenLogprob, ChatTopLogprob, CompletionLogprobs, PromptLogprobList,
+    PromptPosition, PromptTokenLogprob,
+};
 use crate::state::{PromptLogprobs, TokenInfo};
 use crate::tokenizer::Tokenizer;
 
@@ -89,15 +92,18 @@ fn push(
 }
 
 /// `choices[i].logprobs` of an echoed prompt followed by generated `tokens`: one entry per
-/// prompt token, the first with null logprob and alternatives (no logits come before it);
-/// `pieces[i]` is the text prompt token i adds to the echo, so offsets advance from `offset`
-/// through the echo (in characters). Missing `scores` (a request that ended before its first
-/// token, a NaN for a position the worker did not score) read as null too.
+/// prompt token, the first with null logprob and alternatives (no logits come before it), the
+/// others with at most `top` alternatives (the worker may have scored more, for
+/// `prompt_logprobs`); `pieces[i]` is the text prompt token i adds to the echo, so offsets
+/// advance from `offset` through the echo (in characters). Missing `scores` (a request that
+/// ended before its first token, a NaN for a position the worker did not score) read as null
+/// too.
 pub fn echoed_prompt(
     tokenizer: &Tokenizer,
     ids: &[u32],
     pieces: &[String],
     scores: Option<&PromptLogprobs>,
+    top: usize,
     tokens: &[TokenInfo],
     offset: &mut usize,
 ) -> CompletionLogprobs {
@@ -106,13 +112,72 @@ pub fn echoed_prompt(
         let scored = i.checked_sub(1).and_then(|j| {
             let s = scores?;
             let logprob = *s.logprobs.get(j).filter(|l| !l.is_nan())?;
-            Some((logprob, s.top.get(j).map_or(&[][..], Vec::as_slice)))
+            Some((logprob, alternatives(s, j, top)))
         });
         let (logprob, top) = (scored.map(|s| s.0), scored.map(|s| s.1));
         push(&mut out, tokenizer, id, piece, logprob, top, offset);
     }
     push_tokens(&mut out, tokenizer, tokens, offset);
     out
+}
+
+/// The best `top` alternatives `scores` holds at entry `j` (prompt token j + 1), best first.
+fn alternatives(scores: &PromptLogprobs, j: usize, top: usize) -> &[(u32, f32)] {
+    let all = scores.top.get(j).map_or(&[][..], Vec::as_slice);
+    &all[..top.min(all.len())]
+}
+
+/// vLLM writes an infinitely unlikely token's logprob as this (JSON has no infinity).
+const NEG_INF_LOGPROB: f32 = -9999.0;
+
+/// A prompt logprob as the JSON holds it: null for NaN (not scored), -9999 for -inf (as vLLM
+/// clamps it).
+fn json_logprob(logprob: f32) -> Option<f32> {
+    match logprob {
+        l if l.is_nan() => None,
+        f32::NEG_INFINITY => Some(NEG_INF_LOGPROB),
+        l => Some(l),
+    }
+}
+
+/// vLLM's `prompt_logprobs` of prompt `ids`: null for the first token, then per token the
+/// object of its position: the prompt's token first, with its logprob and its rank from the
+/// worker (kept when the token is among the alternatives too: within a tie its place in the list
+/// may be lower), then the best `top` alternatives other than it, each ranked by its place in
+/// the best-first list. A position with no score (a NaN; every position when `scores` is
+/// missing, for a request that ended before its first token) holds the prompt's token alone,
+/// with null logprob and rank. A rank of 0, or one the worker did not send, reads as null.
+pub fn prompt_list(
+    tokenizer: &Tokenizer,
+    ids: &[u32],
+    scores: Option<&PromptLogprobs>,
+    top: usize,
+) -> PromptLogprobList {
+    let entry = |id: u32, logprob: Option<f32>, rank: Option<u32>| PromptTokenLogprob {
+        logprob,
+        rank,
+        decoded_token: token_text(tokenizer, id),
+    };
+    let position = |j: usize, id: u32| {
+        let logprob = scores.and_then(|s| s.logprobs.get(j).copied().and_then(json_logprob));
+        let Some(s) = scores.filter(|_| logprob.is_some()) else {
+            return PromptPosition(vec![(id, entry(id, None, None))]);
+        };
+        let rank = s.ranks.get(j).copied().filter(|&r| r > 0);
+        let mut listed = vec![(id, entry(id, logprob, rank))];
+        for (&(alt, l), place) in alternatives(s, j, top).iter().zip(1u32..) {
+            if alt != id {
+                listed.push((alt, entry(alt, json_logprob(l), Some(place))));
+            }
+        }
+        PromptPosition(listed)
+    };
+    let rest = ids
+        .iter()
+        .skip(1)
+        .enumerate()
+        .map(|(j, &id)| Some(position(j, id)));
+    ids.first().map(|_| None).into_iter().chain(rest).collect()
 }
 
 #[cfg(test)]
@@ -136,6 +201,7 @@ mod tests {
         let scores = PromptLogprobs {
             logprobs: vec![f32::NAN, -2.0],
             top: vec![vec![], vec![(3, -0.5)]],
+            ranks: vec![0, 1],
         };
         let generated = [TokenInfo {
             id: 4,
@@ -150,6 +216,7 @@ mod tests {
             &[1, 2, 3],
             &pieces,
             Some(&scores),
+            1,
             &generated,
             &mut offset,
         );
@@ -160,7 +227,97 @@ mod tests {
         assert_eq!(lp.text_offset, vec![0, 2, 3, 4], "offsets count characters");
         assert_eq!(offset, 5);
         let mut offset = 0;
-        let lp = echoed_prompt(&tok, &[1, 2], &pieces[..2], None, &[], &mut offset);
+        let lp = echoed_prompt(&tok, &[1, 2], &pieces[..2], None, 1, &[], &mut offset);
         assert_eq!(lp.token_logprobs, vec![None, None]);
+    }
+
+    #[test]
+    fn an_echo_shows_only_the_alternatives_its_logprobs_asked_for() {
+        let tok = tokenizer();
+        let pieces: Vec<String> = ["a", "b"].iter().map(|s| s.to_string()).collect();
+        let scores = PromptLogprobs {
+            logprobs: vec![-1.0],
+            top: vec![vec![(5, -0.5), (2, -1.0), (7, -2.0)]],
+            ranks: vec![2],
+        };
+        let mut offset = 0;
+        let lp = echoed_prompt(&tok, &[1, 2], &pieces, Some(&scores), 2, &[], &mut offset);
+        let alts = lp.top_logprobs[1].as_ref().expect("alternatives");
+        assert_eq!(alts.keys().collect::<Vec<_>>(), ["t5", "t2"]);
+        let lp = echoed_prompt(&tok, &[1, 2], &pieces, Some(&scores), 0, &[], &mut offset);
+        assert_eq!(lp.top_logprobs[1].as_ref().map(Map::len), Some(0));
+    }
+
+    /// The JSON of a `prompt_list` answer.
+    fn listed(ids: &[u32], scores: Option<&PromptLogprobs>, top: usize) -> Value {
+        serde_json::to_value(prompt_list(&tokenizer(), ids, scores, top)).expect("serializes")
+    }
+
+    #[test]
+    fn a_prompt_list_starts_with_null_and_lists_the_prompt_token_with_its_rank() {
+        let scores = PromptLogprobs {
+            // Token 2 is in its position's top list; token 3 is not.
+            logprobs: vec![-0.25, -3.0],
+            top: vec![
+                vec![(2, -0.25), (9, -2.0), (4, -2.5)],
+                vec![(8, -0.5), (9, -1.0), (4, -1.5)],
+            ],
+            ranks: vec![1, 7],
+        };
+        let got = listed(&[1, 2, 3], Some(&scores), 2);
+        let want = serde_json::json!([
+            null,
+            {
+                "2": {"logprob": -0.25, "rank": 1, "decoded_token": "t2"},
+                "9": {"logprob": -2.0, "rank": 2, "decoded_token": "t9"}
+            },
+            {
+                "3": {"logprob": -3.0, "rank": 7, "decoded_token": "t3"},
+                "8": {"logprob": -0.5, "rank": 1, "decoded_token": "t8"},
+                "9": {"logprob": -1.0, "rank": 2, "decoded_token": "t9"}
+            }
+        ]);
+        assert_eq!(got, want);
+        let keys: Vec<&String> = got[2].as_object().expect("object").keys().collect();
+        assert_eq!(
+            keys,
+            ["3", "8", "9"],
+            "the prompt's token first, then best first"
+        );
+        // k = 0: the prompt's token alone.
+        let alone = listed(&[1, 2, 3], Some(&scores), 0);
+        assert_eq!(
+            alone[2],
+            serde_json::json!({"3": {"logprob": -3.0, "rank": 7, "decoded_token": "t3"}})
+        );
+    }
+
+    #[test]
+    fn unscored_positions_and_infinite_logprobs_stay_valid_json() {
+        let scores = PromptLogprobs {
+            logprobs: vec![f32::NAN, f32::NEG_INFINITY],
+            top: vec![vec![(5, -0.5)], vec![(5, -0.5)]],
+            ranks: vec![0, 16],
+        };
+        let got = listed(&[1, 2, 3], Some(&scores), 1);
+        let null_entry = serde_json::json!({"logprob": null, "rank": null, "decoded_token": "t2"});
+        assert_eq!(got[1], serde_json::json!({ "2": null_entry }));
+        assert_eq!(got[2]["3"]["logprob"], -9999.0);
+        assert_eq!(got[2]["5"]["rank"], 1);
+        let text = serde_json::to_string(&got).expect("serializes");
+        assert!(!text.contains("NaN") && !text.contains("inf"), "{text}");
+        // No scores at all (the request ended first), or no ranks from the worker.
+        let none = listed(&[1, 2], None, 1);
+        assert_eq!(none[1]["2"]["logprob"], Value::Null);
+        let unranked = PromptLogprobs {
+            logprobs: vec![-1.0],
+            ..PromptLogprobs::default()
+        };
+        let got = listed(&[1, 2], Some(&unranked), 1);
+        assert_eq!(
+            got[1],
+            serde_json::json!({"2": {"logprob": -1.0, "rank": null, "decoded_token": "t2"}})
+        );
+        assert_eq!(listed(&[7], Some(&unranked), 1), serde_json::json!([null]));
     }
 }

@@ -265,7 +265,7 @@ pub fn wire_requests(
             r.stop_token_ids = sampling.stop_token_ids.clone();
             r.ignore_eos = sampling.ignore_eos;
             r.logprobs = sampling.logprobs;
-            r.prompt_logprobs = sampling.prompt_logprobs.map_or(-1, |k| k as i32);
+            r.prompt_logprobs = sampling.score_prompt.map_or(-1, |k| k as i32);
             r.logit_bias = sampling
                 .logit_bias
                 .iter()

@@ -3,8 +3,10 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::openai::{ChatLogprobs, FinishReason, ToolCall, ToolCallDelta, Usage};
-use super::sampling::{OpenAiSampling, SamplingParams};
+use super::openai::{
+    ChatLogprobs, FinishReason, PromptLogprobList, ToolCall, ToolCallDelta, Usage,
+};
+use super::sampling::{OpenAiSampling, SamplingParams, MAX_TOP_LOGPROBS};
 use super::{check_range, from_value, ValidationError};
 
 /// How the model may use the request's tools.
@@ -66,6 +68,13 @@ impl ChatRequest {
         let n = sampling.n.unwrap_or(1);
         let logprobs = chat_logprobs(raw.logprobs, raw.top_logprobs)?;
         let sampling = sampling.validate(logprobs)?;
+        if raw.stream == Some(true) && sampling.prompt_logprobs.is_some() {
+            // A chat stream has no place for them (vLLM refuses the pair too).
+            return Err(ValidationError::new(
+                "prompt_logprobs",
+                "prompt_logprobs is not available with stream: true on chat completions",
+            ));
+        }
         check_response_format(raw.response_format.as_ref())?;
         let messages = normalize_messages(raw.messages)?;
         let tools = raw.tools.unwrap_or_default();
@@ -95,7 +104,7 @@ impl ChatRequest {
 }
 
 fn chat_logprobs(logprobs: Option<bool>, top: Option<u32>) -> Result<i32, ValidationError> {
-    check_range("top_logprobs", top, 0, 20)?;
+    check_range("top_logprobs", top, 0, MAX_TOP_LOGPROBS)?;
     match (logprobs.unwrap_or(false), top) {
         (true, top) => Ok(top.unwrap_or(0) as i32),
         (false, Some(t)) if t > 0 => Err(ValidationError::new(
@@ -310,6 +319,9 @@ pub struct ChatCompletion {
     pub model: String,
     pub choices: Vec<ChatChoice>,
     pub usage: Usage,
+    /// vLLM's `prompt_logprobs` of the rendered prompt, when asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prompt_logprobs: Option<PromptLogprobList>,
 }
 
 /// The `delta` of a streamed chat chunk; empty fields are left out.

@@ -80,3 +80,26 @@ fn an_unenforced_response_format_is_refused_and_empty_arguments_are_an_empty_obj
         json!({})
     );
 }
+
+#[test]
+fn prompt_logprobs_are_scored_but_refused_on_a_stream() {
+    let messages = json!([{"role": "user", "content": "hi"}]);
+    let req = ChatRequest::from_json(&json!({"messages": messages, "prompt_logprobs": 2})).unwrap();
+    assert_eq!(req.sampling.prompt_logprobs, Some(2));
+    assert_eq!(req.sampling.score_prompt, Some(2));
+    assert_eq!(
+        req.sampling.logprobs, -1,
+        "the answer's own logprobs stay off"
+    );
+    let err = ChatRequest::from_json(
+        &json!({"messages": messages, "prompt_logprobs": 0, "stream": true}),
+    )
+    .unwrap_err();
+    assert_eq!(err.param, "prompt_logprobs");
+    assert!(err.message.contains("stream"), "{}", err.message);
+    let plain = ChatRequest::from_json(&json!({"messages": messages, "stream": true})).unwrap();
+    assert_eq!(plain.sampling.score_prompt, None);
+    let err =
+        ChatRequest::from_json(&json!({"messages": messages, "prompt_logprobs": -1})).unwrap_err();
+    assert_eq!(err.param, "prompt_logprobs");
+}

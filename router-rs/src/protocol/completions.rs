@@ -3,8 +3,8 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::openai::{CompletionLogprobs, FinishReason, Usage};
-use super::sampling::{OpenAiSampling, SamplingParams};
+use super::openai::{CompletionLogprobs, FinishReason, PromptLogprobList, Usage};
+use super::sampling::{OpenAiSampling, SamplingParams, MAX_TOP_LOGPROBS};
 use super::{check_range, from_value, token_ids, ValidationError};
 
 /// Output budget of a completion when `max_tokens` is not given (OpenAI's default).
@@ -116,7 +116,7 @@ impl CompletionRequest {
             sampling.max_completion_tokens = None;
         }
         let n = sampling.n.unwrap_or(1);
-        check_range("logprobs", raw.logprobs, 0, 20)?;
+        check_range("logprobs", raw.logprobs, 0, MAX_TOP_LOGPROBS)?;
         let logprobs = raw.logprobs.map_or(-1, |k| k as i32);
         let mut sampling = sampling.validate(logprobs)?;
         if raw.suffix.is_some_and(|s| !s.is_empty()) {
@@ -129,8 +129,9 @@ impl CompletionRequest {
             ));
         }
         if raw.echo == Some(true) {
-            // The echoed prompt carries its tokens' logprobs too (the first token's is null).
-            sampling.prompt_logprobs = raw.logprobs;
+            // The echoed prompt carries its tokens' logprobs too (the first token's is null); the
+            // worker scores the larger top k of this and `prompt_logprobs`.
+            sampling.score_prompt = sampling.score_prompt.max(raw.logprobs);
         }
         let prompt = raw
             .prompt
@@ -157,6 +158,9 @@ pub struct CompletionChoice {
     pub text: String,
     pub logprobs: Option<CompletionLogprobs>,
     pub finish_reason: Option<FinishReason>,
+    /// vLLM's `prompt_logprobs`, when asked for (on a stream, in the choice's first chunk).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prompt_logprobs: Option<PromptLogprobList>,
 }
 
 /// The body of a completions answer, and of each streamed chunk (`object: text_completion`).
@@ -239,12 +243,12 @@ mod tests {
     }
 
     #[test]
-    fn only_an_echo_with_logprobs_asks_for_prompt_logprobs() {
+    fn only_an_echo_with_logprobs_or_prompt_logprobs_scores_the_prompt() {
         let prompt_logprobs = |body: Value| {
             CompletionRequest::from_json(&body)
                 .expect("valid")
                 .sampling
-                .prompt_logprobs
+                .score_prompt
         };
         let echo = json!({"prompt": "hi", "echo": true, "logprobs": 2});
         assert_eq!(prompt_logprobs(echo), Some(2));
@@ -255,5 +259,20 @@ mod tests {
         );
         let echo_off = json!({"prompt": "hi", "echo": false, "logprobs": 0});
         assert_eq!(prompt_logprobs(echo_off), None);
+        let listed = json!({"prompt": "hi", "prompt_logprobs": 0});
+        assert_eq!(prompt_logprobs(listed), Some(0));
+        // Both: the larger top k is scored, each part of the answer takes its own.
+        let both = json!({"prompt": "hi", "echo": true, "logprobs": 3, "prompt_logprobs": 1});
+        assert_eq!(prompt_logprobs(both.clone()), Some(3));
+        let req = CompletionRequest::from_json(&both).expect("valid");
+        assert_eq!(
+            (req.sampling.logprobs, req.sampling.prompt_logprobs),
+            (3, Some(1))
+        );
+        let both = json!({"prompt": "hi", "echo": true, "logprobs": 0, "prompt_logprobs": 4});
+        assert_eq!(prompt_logprobs(both), Some(4));
+        let err = CompletionRequest::from_json(&json!({"prompt": "hi", "prompt_logprobs": 21}))
+            .unwrap_err();
+        assert_eq!(err.param, "prompt_logprobs");
     }
 }

@@ -85,6 +85,7 @@ impl GenerateRequest {
             ignore_eos: p.ignore_eos.unwrap_or(false),
             logprobs: 0,
             prompt_logprobs: None,
+            score_prompt: None,
             skip_special_tokens: p.skip_special_tokens.unwrap_or(true),
             include_stop_str: false,
             logit_bias: Vec::new(),

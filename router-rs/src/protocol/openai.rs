@@ -1,6 +1,6 @@
 //! Response pieces shared by the OpenAI endpoints: usage, finish reasons, logprobs, ids.
 
-use serde::Serialize;
+use serde::{Serialize, Serializer};
 
 /// Why a choice ended, as OpenAI spells it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -108,6 +108,33 @@ pub struct CompletionLogprobs {
     pub top_logprobs: Vec<Option<serde_json::Map<String, serde_json::Value>>>,
     pub text_offset: Vec<usize>,
 }
+
+/// One token of a prompt position in vLLM's `prompt_logprobs`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PromptTokenLogprob {
+    /// Null where the worker computed none (JSON has no NaN).
+    pub logprob: Option<f32>,
+    /// 1-based rank at this position over the whole vocabulary (1: the most likely token); null
+    /// where the worker gave none.
+    pub rank: Option<u32>,
+    /// The token's text on its own.
+    pub decoded_token: String,
+}
+
+/// One prompt position of vLLM's `prompt_logprobs`: token id → entry, written as a JSON object
+/// keyed by the id in decimal, in this order (the prompt's token first).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PromptPosition(pub Vec<(u32, PromptTokenLogprob)>);
+
+impl Serialize for PromptPosition {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.0.iter().map(|(id, entry)| (id.to_string(), entry)))
+    }
+}
+
+/// vLLM's `prompt_logprobs`: one entry per prompt token, null for the first (no logits come
+/// before it).
+pub type PromptLogprobList = Vec<Option<PromptPosition>>;
 
 /// A tool call in a non-streaming chat answer.
 #[derive(Debug, Clone, PartialEq, Serialize)]

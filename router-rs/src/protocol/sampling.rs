@@ -34,8 +34,13 @@ pub struct SamplingParams {
     pub ignore_eos: bool,
     /// -1: no logprobs; 0: sampled token only; k > 0: also the top k.
     pub logprobs: i32,
-    /// The prompt tokens' logprobs too (echo with logprobs), with the top k when `Some(k > 0)`.
+    /// vLLM's `prompt_logprobs`: the answer lists each prompt token's logprob and rank, with the
+    /// top k alternatives of its position.
     pub prompt_logprobs: Option<u32>,
+    /// The alternatives the worker scores at each prompt position (the wire's `prompt_logprobs`);
+    /// `None`: the prompt is not scored. The most any part of the answer shows: vLLM's
+    /// `prompt_logprobs`, an echo with `logprobs`.
+    pub score_prompt: Option<u32>,
     /// Leave special tokens out of the returned text.
     pub skip_special_tokens: bool,
     /// Keep a matched stop string at the end of the text (vLLM's `include_stop_str_in_output`).
@@ -82,6 +87,8 @@ pub struct OpenAiSampling {
     pub include_stop_str_in_output: Option<bool>,
     pub logit_bias: Option<BTreeMap<String, f32>>,
     pub n: Option<u32>,
+    /// Signed, so that a negative value is refused by [`check_range`] under its own name.
+    pub prompt_logprobs: Option<i64>,
 }
 
 /// Largest bias magnitude `logit_bias` accepts (OpenAI's range).
@@ -123,6 +130,8 @@ fn logit_bias(map: Option<BTreeMap<String, f32>>) -> Result<Vec<(u32, f32)>, Val
 
 /// Most choices one request may ask for.
 pub const MAX_N: u32 = 16;
+/// Most alternatives per position `logprobs`, `top_logprobs` and `prompt_logprobs` may ask for.
+pub const MAX_TOP_LOGPROBS: u32 = 20;
 
 impl OpenAiSampling {
     /// Validates ranges and returns the settings; `logprobs` comes from the endpoint's own field.
@@ -147,6 +156,14 @@ impl OpenAiSampling {
             }
         }
         check_range("n", self.n, 1, MAX_N)?;
+        check_range(
+            "prompt_logprobs",
+            self.prompt_logprobs,
+            0,
+            i64::from(MAX_TOP_LOGPROBS),
+        )?;
+        // In range, so it fits.
+        let prompt_logprobs = self.prompt_logprobs.and_then(|k| u32::try_from(k).ok());
         let params = SamplingParams {
             max_new_tokens,
             max_new_tokens_param: max_param,
@@ -163,7 +180,8 @@ impl OpenAiSampling {
             stop_token_ids: self.stop_token_ids.unwrap_or_default(),
             ignore_eos: self.ignore_eos.unwrap_or(false),
             logprobs,
-            prompt_logprobs: None,
+            prompt_logprobs,
+            score_prompt: prompt_logprobs,
             skip_special_tokens: self.skip_special_tokens.unwrap_or(true),
             include_stop_str: self.include_stop_str_in_output.unwrap_or(false),
             logit_bias: logit_bias(self.logit_bias)?,
@@ -282,6 +300,30 @@ mod tests {
             let err = sampling(serde_json::json!({"repetition_penalty": bad})).unwrap_err();
             assert_eq!(err.param, "repetition_penalty");
         }
+    }
+
+    #[test]
+    fn prompt_logprobs_takes_0_to_20_and_scores_the_prompt() {
+        for k in [0u32, 2, 20] {
+            let p = sampling(serde_json::json!({ "prompt_logprobs": k })).unwrap();
+            assert_eq!((p.prompt_logprobs, p.score_prompt), (Some(k), Some(k)));
+        }
+        let p = sampling(serde_json::json!({"prompt_logprobs": null})).unwrap();
+        assert_eq!((p.prompt_logprobs, p.score_prompt), (None, None));
+        for bad in [
+            serde_json::json!(-1),
+            serde_json::json!(21),
+            serde_json::json!(1.5),
+            serde_json::json!("2"),
+        ] {
+            let err = sampling(serde_json::json!({ "prompt_logprobs": bad })).unwrap_err();
+            assert_eq!(err.param, "prompt_logprobs", "{bad}");
+        }
+        let err = sampling(serde_json::json!({"prompt_logprobs": -1})).unwrap_err();
+        assert_eq!(
+            err.message,
+            "prompt_logprobs must be between 0 and 20, got -1"
+        );
     }
 
     #[test]

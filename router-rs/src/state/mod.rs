@@ -40,6 +40,9 @@ pub struct PromptLogprobs {
     /// Per entry of `logprobs`: the top k `(id, logprob)` at that position, best first (empty
     /// unless top logprobs were asked for).
     pub top: Vec<Vec<(u32, f32)>>,
+    /// Per entry of `logprobs`: the token's rank at that position (1: the most likely), 0 where
+    /// it was not scored; empty from a worker that sends no ranks.
+    pub ranks: Vec<u32>,
 }
 
 impl PromptLogprobs {
@@ -56,6 +59,7 @@ impl PromptLogprobs {
         Some(Self {
             logprobs: logprobs.iter().map(|&l| l as f32).collect(),
             top,
+            ranks: out.prompt_ranks.clone().unwrap_or_default(),
         })
     }
 }

@@ -256,3 +256,31 @@ fn think_tags_inside_a_tool_argument_stay_in_the_argument() {
     let args: serde_json::Value = serde_json::from_str(&got.tool_calls[0].2).expect("json");
     assert_eq!(args, json!({"c": "use <think> tags"}));
 }
+
+#[test]
+fn the_prompt_scores_and_ranks_of_the_first_output_reach_the_first_delta_only() {
+    let mut p = pipeline("END");
+    let first = wire::Output {
+        prompt_logprobs: Some(vec![-1.5, f64::NAN]),
+        prompt_top_logprobs: Some(vec![vec![(3, -0.25)], vec![]]),
+        prompt_ranks: Some(vec![4, 0]),
+        ..output("a", None)
+    };
+    let delta = p.push(&first);
+    let scores = delta.prompt_logprobs.expect("scores on the first delta");
+    assert_eq!(scores.logprobs[0], -1.5);
+    assert!(scores.logprobs[1].is_nan());
+    assert_eq!(scores.top, vec![vec![(3, -0.25)], vec![]]);
+    assert_eq!(scores.ranks, vec![4, 0]);
+    assert_eq!(p.push(&output("b", None)).prompt_logprobs, None);
+    // A worker without ranks: the scores come with none.
+    let older = wire::Output {
+        prompt_logprobs: Some(vec![-1.0]),
+        ..output("a", None)
+    };
+    let scores = pipeline("END")
+        .push(&older)
+        .prompt_logprobs
+        .expect("scores");
+    assert!(scores.ranks.is_empty() && scores.top.is_empty());
+}

@@ -221,6 +221,10 @@ pub struct Output {
     /// Per prompt token 1..P-1: the top k `(token id, logprob)` pairs at its position.
     #[serde(default)]
     pub prompt_top_logprobs: Option<Vec<Vec<(u32, f64)>>>,
+    /// Per prompt token 1..P-1: its rank at its position (1 + the ids with a larger logprob), 0
+    /// where it was not scored; nil from a worker that does not compute ranks.
+    #[serde(default)]
+    pub prompt_ranks: Option<Vec<u32>>,
 }
 
 /// The worker's load after a step; every key optional.

@@ -249,8 +249,9 @@ fn answer(script: &Script, req: &wire::Request, send: &dyn Fn(&Message)) {
             .map(|&id| vec![(id, -0.5), (id + 1, -1.5)])
             .collect();
         done += chunk.len();
-        // Prompt logprobs: -0.25 * position for prompt tokens 1..P-1, the top two at each
-        // position being the token itself and the next id.
+        // Prompt logprobs: -0.25 * position for prompt tokens 1..P-1, each ranked first, the
+        // best two at each position being the token itself and the next id (the first
+        // `prompt_logprobs` of them are sent).
         let prompt_logprobs = (k == 0 && req.prompt_logprobs >= 0).then(|| {
             (1..req.input_ids.len())
                 .map(|i| -0.25 * i as f64)
@@ -260,9 +261,15 @@ fn answer(script: &Script, req: &wire::Request, send: &dyn Fn(&Message)) {
             req.input_ids[1..]
                 .iter()
                 .zip(1..)
-                .map(|(&id, i)| vec![(id, -0.25 * f64::from(i)), (id + 1, -3.0)])
+                .map(|(&id, i)| {
+                    let best = [(id, -0.25 * f64::from(i)), (id + 1, -3.0)];
+                    best.into_iter()
+                        .take(req.prompt_logprobs as usize)
+                        .collect()
+                })
                 .collect::<Vec<_>>()
         });
+        let prompt_ranks = prompt_logprobs.as_ref().map(|l| vec![1; l.len()]);
         let out = wire::Output {
             rid: req.rid.clone(),
             ids: chunk.to_vec(),
@@ -274,6 +281,7 @@ fn answer(script: &Script, req: &wire::Request, send: &dyn Fn(&Message)) {
             spec_accepted: None,
             prompt_logprobs,
             prompt_top_logprobs: prompt_top,
+            prompt_ranks,
         };
         send(&Message::Step(wire::Step {
             outs: vec![out],

@@ -1,6 +1,7 @@
 """Prompt logprobs: the engine scores every prompt token after the first under the logits of the
-position before it, across prefill chunks, past the prefix cache and through preemption, and
-reports them on the request's first output. Checked against transformers on the tiny model."""
+position before it, with its rank there, across prefill chunks, past the prefix cache and through
+preemption, and reports them on the request's first output. Checked against transformers on the
+tiny model."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 import torch
 from transformers import Glm4MoeLiteForCausalLM
 
+from glm47.worker.batch import PromptScores
 from glm47.worker.config import EngineConfig
 from glm47.worker.engine import Engine, Request
 from glm47.worker.engine.engine import StepOutput
@@ -37,14 +39,16 @@ def model_dir(hf_model: Glm4MoeLiteForCausalLM, tmp_path_factory: pytest.TempPat
 @torch.no_grad()
 def reference(
     model: Glm4MoeLiteForCausalLM, prompt: list[int]
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Logprob of prompt tokens 1..P-1 [P-1], and the top-TOP ids and logprobs [P-1, TOP] at
-    the positions before them, from one full forward."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Logprob of prompt tokens 1..P-1 [P-1], their ranks [P-1] (1 + the ids with a larger
+    logprob), and the top-TOP ids and logprobs [P-1, TOP] at the positions before them, from one
+    full forward."""
     logits = model(input_ids=torch.tensor([prompt]), use_cache=False).logits[0, :-1].float()
     logp = logits.log_softmax(dim=-1)
     chosen = logp.gather(1, torch.tensor(prompt[1:])[:, None])[:, 0]
+    ranks = (logp > chosen[:, None]).sum(dim=-1) + 1
     top_vals, top_ids = logp.topk(TOP, dim=-1)
-    return chosen, top_ids, top_vals
+    return chosen, ranks, top_ids, top_vals
 
 
 def engine_for(model_dir: Path, kv_tokens: int) -> Engine:
@@ -102,23 +106,28 @@ def test_prompt_logprobs_equal_the_reference_across_chunks_and_the_prefix_cache(
         assert all(o.prompt_logprobs is None for o in outs[rid][1:]), "only the first output"
         if want[rid] < 0:
             assert first.prompt_logprobs is None and first.prompt_top_logprobs is None
+            assert first.prompt_ranks is None
             continue
         assert first.cached_tokens == 0, "a scored prompt is computed whole"
         assert first.prompt_logprobs is not None
         assert len(first.prompt_logprobs) == len(prompt) - 1
         if len(prompt) == 1:
-            assert first.prompt_logprobs == []
+            assert first.prompt_logprobs == [] and first.prompt_ranks == []
             continue
-        chosen, top_ids, top_vals = reference(hf_model, prompt)
+        chosen, ranks, top_ids, top_vals = reference(hf_model, prompt)
         torch.testing.assert_close(
             torch.tensor(first.prompt_logprobs), chosen, atol=1e-4, rtol=1e-4
         )
+        assert first.prompt_ranks == ranks.tolist()
         if want[rid] == 0:
             assert first.prompt_top_logprobs is None
             continue
         top = first.prompt_top_logprobs
         assert top is not None and len(top) == len(prompt) - 1
         assert [[t for t, _ in row] for row in top] == top_ids.tolist()
+        for rank, row, token in zip(first.prompt_ranks, top, prompt[1:], strict=True):
+            if rank <= TOP:  # a token in its position's top list sits at its rank there
+                assert row[rank - 1][0] == token
         torch.testing.assert_close(
             torch.tensor([[v for _, v in row] for row in top]), top_vals, atol=1e-4, rtol=1e-4
         )
@@ -165,22 +174,26 @@ def test_a_prompt_preempted_before_its_first_token_is_scored_again_from_the_star
 
 def test_recorded_scores_are_overwritten_by_a_recompute() -> None:
     req = Request(rid="r", prompt_ids=[1, 2, 3, 4, 5], max_new_tokens=1, prompt_logprobs=1)
-    req.record_prompt_scores(0, [-1.0, -2.0], [[(2, -1.0)], [(3, -2.0)]])
-    req.record_prompt_scores(2, [-3.0, -4.0], [[(4, -3.0)], [(5, -4.0)]])
-    req.record_prompt_scores(0, [-1.5, -2.5], [[(2, -1.5)], [(3, -2.5)]])
+    req.record_prompt_scores(PromptScores("r", 0, [-1.0, -2.0], [1, 4], [[(2, -1.0)], [(3, -2.0)]]))
+    req.record_prompt_scores(PromptScores("r", 2, [-3.0, -4.0], [2, 3], [[(4, -3.0)], [(5, -4.0)]]))
+    req.record_prompt_scores(PromptScores("r", 0, [-1.5, -2.5], [5, 6], [[(2, -1.5)], [(3, -2.5)]]))
     assert req.prompt_scores == [-1.5, -2.5, -3.0, -4.0]
+    assert req.prompt_ranks == [5, 6, 2, 3]
     assert req.prompt_top == [[(2, -1.5)], [(3, -2.5)], [(4, -3.0)], [(5, -4.0)]]
     with pytest.raises(AssertionError):
-        req.record_prompt_scores(3, [-1.0, -1.0], None)  # past the prompt
+        req.record_prompt_scores(PromptScores("r", 3, [-1.0, -1.0], [1, 1]))  # past the prompt
 
 
 def test_positions_never_scored_read_as_nan_and_the_request_keeps_no_copy() -> None:
     req = Request(rid="r", prompt_ids=[1, 2, 3, 4], max_new_tokens=1, prompt_logprobs=1)
-    req.record_prompt_scores(1, [-2.0], [[(3, -2.0)]])
-    scores, top = req.take_prompt_scores()
-    assert math.isnan(scores[0]) and scores[1] == -2.0 and math.isnan(scores[2])
-    assert top == [[], [(3, -2.0)], []]
-    assert req.prompt_scores is None and req.prompt_top is None
+    req.record_prompt_scores(PromptScores("r", 1, [-2.0], [7], [[(3, -2.0)]]))
+    scores = req.take_prompt_scores()
+    assert math.isnan(scores.logprobs[0]) and scores.logprobs[1] == -2.0
+    assert math.isnan(scores.logprobs[2])
+    assert scores.ranks == [0, 7, 0], "rank 0: not scored"
+    assert scores.top == [[], [(3, -2.0)], []]
+    assert req.prompt_scores is None and req.prompt_ranks is None and req.prompt_top is None
     empty = Request(rid="e", prompt_ids=[1, 2, 3], max_new_tokens=1, prompt_logprobs=0)
-    scores, top = empty.take_prompt_scores()
-    assert len(scores) == 2 and all(math.isnan(x) for x in scores) and top is None
+    scores = empty.take_prompt_scores()
+    assert len(scores.logprobs) == 2 and all(math.isnan(x) for x in scores.logprobs)
+    assert scores.ranks == [0, 0] and scores.top is None

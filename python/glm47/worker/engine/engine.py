@@ -58,6 +58,7 @@ class StepOutput:
     spec_accepted: int | None = None  # draft tokens accepted this step (MTP)
     prompt_logprobs: list[float] | None = None  # prompt tokens 1..P-1, on the first output
     prompt_top_logprobs: list[list[tuple[int, float]]] | None = None  # per prompt token 1..P-1
+    prompt_ranks: list[int] | None = None  # per prompt token 1..P-1: its rank, 0 where unscored
 
 
 class Engine:
@@ -142,9 +143,7 @@ class Engine:
         if batch.seqs:
             result = self.runner.run(batch, self.sampler)
             for scores in result.scores:
-                self._requests[scores.rid].record_prompt_scores(
-                    scores.start_pos, scores.logprobs, scores.top
-                )
+                self._requests[scores.rid].record_prompt_scores(scores)
             finished = self._apply_samples(batch, result.samples, outputs)
             self.scheduler.finish(finished)
             if self.mtp_step:
@@ -287,7 +286,9 @@ class Engine:
             out.prompt_tokens = req.num_prompt_tokens
             out.cached_tokens = req.num_cached_tokens or 0
             if req.prompt_logprobs >= 0 and out.ids:  # an abort before any sample has none
-                out.prompt_logprobs, out.prompt_top_logprobs = req.take_prompt_scores()
+                scores = req.take_prompt_scores()
+                out.prompt_logprobs, out.prompt_ranks = scores.logprobs, scores.ranks
+                out.prompt_top_logprobs = scores.top
         return out
 
     # -- observation --------------------------------------------------------------------------

@@ -19,7 +19,7 @@ import enum
 import math
 from dataclasses import dataclass, field
 
-from glm47.worker.batch import SamplingParams
+from glm47.worker.batch import PromptScores, SamplingParams
 
 
 class RequestState(enum.Enum):
@@ -67,8 +67,9 @@ class Request:
     first_output_sent: bool = field(default=False, init=False)  # prompt_tokens already reported
     num_preemptions: int = field(default=0, init=False)
     # The prompt logprobs computed so far, position p - 1 holding prompt token p's (p >= 1), NaN
-    # where none arrived: allocated with the first ones, handed to the first output.
+    # where none arrived (rank 0 there): allocated with the first ones, handed to the first output.
     prompt_scores: list[float] | None = field(default=None, init=False, repr=False)
+    prompt_ranks: list[int] | None = field(default=None, init=False, repr=False)
     prompt_top: list[list[tuple[int, float]]] | None = field(default=None, init=False, repr=False)
     # The ids masked while fewer than min_new_tokens are generated; built on first use.
     _min_tokens_ban: tuple[int, ...] | None = field(default=None, init=False, repr=False)
@@ -90,34 +91,36 @@ class Request:
         positions then run through the model (no prefix-cache hit) and are scored."""
         return self.prompt_logprobs >= 0 and not self.first_output_sent
 
-    def take_prompt_scores(self) -> tuple[list[float], list[list[tuple[int, float]]] | None]:
-        """The prompt's logprobs (NaN where none were computed) and, with prompt_logprobs > 0,
-        its top alternatives; the request keeps no copy."""
+    def take_prompt_scores(self) -> PromptScores:
+        """The prompt's logprobs from prompt token 1 on (NaN where none were computed), their
+        ranks (0 there) and, with prompt_logprobs > 0, the top alternatives; the request keeps no
+        copy."""
         if self.prompt_scores is None:
             self._allocate_prompt_scores()
-        scores, top = self.prompt_scores or [], self.prompt_top
-        self.prompt_scores = self.prompt_top = None
-        return scores, top
+        assert self.prompt_scores is not None and self.prompt_ranks is not None
+        scores = PromptScores(self.rid, 0, self.prompt_scores, self.prompt_ranks, self.prompt_top)
+        self.prompt_scores = self.prompt_ranks = self.prompt_top = None
+        return scores
 
     def _allocate_prompt_scores(self) -> None:
-        """NaN scores (and empty alternatives, with prompt_logprobs > 0) for every position."""
+        """NaN scores, rank 0 (and empty alternatives, with prompt_logprobs > 0) everywhere."""
         size = max(0, self.num_prompt_tokens - 1)
         self.prompt_scores = [math.nan] * size
+        self.prompt_ranks = [0] * size
         self.prompt_top = [[] for _ in range(size)] if self.prompt_logprobs > 0 else None
 
-    def record_prompt_scores(
-        self, start_pos: int, logprobs: list[float], top: list[list[tuple[int, float]]] | None
-    ) -> None:
+    def record_prompt_scores(self, scores: PromptScores) -> None:
         """Store the scores of prompt tokens start_pos + 1 .. start_pos + len(logprobs)."""
         if self.prompt_scores is None:
             self._allocate_prompt_scores()
-        assert self.prompt_scores is not None
-        end = start_pos + len(logprobs)
+        assert self.prompt_scores is not None and self.prompt_ranks is not None
+        start, end = scores.start_pos, scores.start_pos + len(scores.logprobs)
         size = len(self.prompt_scores)
         assert end <= size, f"{self.rid}: scores past the prompt ({end} > {size})"
-        self.prompt_scores[start_pos:end] = logprobs
-        if self.prompt_top is not None and top is not None:
-            self.prompt_top[start_pos:end] = top
+        self.prompt_scores[start:end] = scores.logprobs
+        self.prompt_ranks[start:end] = scores.ranks
+        if self.prompt_top is not None and scores.top is not None:
+            self.prompt_top[start:end] = scores.top
 
     @property
     def num_tokens(self) -> int:

@@ -56,25 +56,28 @@ impl StopMatcher {
             return (text.to_string(), false);
         }
         self.held.push_str(text);
-        if let Some((start, index)) = self.first_match() {
-            self.matched = Some(index);
-            let mut emit = std::mem::take(&mut self.held);
-            let end = if self.include_match {
-                start + self.stops[index].len()
-            } else {
-                start
-            };
-            emit.truncate(end);
-            return (emit, true);
-        }
         let keep_from = self.held_tail_start();
+        if let Some((start, index)) = self.first_match() {
+            // A stop string that starts earlier may still be completed by the text to come
+            // ("b/" of "b/<" before a whole "/"): the match waits until that one is decided.
+            if keep_from >= start {
+                return (self.stop_at(start, index), true);
+            }
+        }
         let rest = self.held.split_off(keep_from);
         (std::mem::replace(&mut self.held, rest), false)
     }
 
-    /// Ends the stream: returns the held-back text (none after a stop).
-    pub fn finish(&mut self) -> String {
-        std::mem::take(&mut self.held)
+    /// Ends the stream: returns the held-back text and whether a stop string matched in it (one
+    /// that was waiting on an earlier, unfinished one). After a stop, `("", true)`.
+    pub fn finish(&mut self) -> (String, bool) {
+        if self.matched.is_some() {
+            return (String::new(), true);
+        }
+        match self.first_match() {
+            Some((start, index)) => (self.stop_at(start, index), true),
+            None => (std::mem::take(&mut self.held), false),
+        }
     }
 
     /// The stop string that matched, if any.
@@ -87,6 +90,19 @@ impl StopMatcher {
         self.matched.is_some()
     }
 
+    /// Stops at stop string `index`, found at byte `start` of `held`: the text before it (and
+    /// the stop string, when included).
+    fn stop_at(&mut self, start: usize, index: usize) -> String {
+        self.matched = Some(index);
+        let mut emit = std::mem::take(&mut self.held);
+        emit.truncate(if self.include_match {
+            start + self.stops[index].len()
+        } else {
+            start
+        });
+        emit
+    }
+
     /// Byte offset in `held` and stop index of the earliest match.
     fn first_match(&self) -> Option<(usize, usize)> {
         self.stops
@@ -96,8 +112,8 @@ impl StopMatcher {
             .min()
     }
 
-    /// Start of the longest tail of `held` that is a proper prefix of some stop string
-    /// (`held.len()` when there is none).
+    /// Start of the longest tail of `held` that is a prefix of some stop string (`held.len()`
+    /// when there is none). No earlier text can begin a match.
     fn held_tail_start(&self) -> usize {
         let longest = self.stops.iter().map(String::len).max().unwrap_or(0);
         let lowest = self.held.len().saturating_sub(longest.saturating_sub(1));
@@ -128,8 +144,9 @@ mod tests {
                 return (out, true, Some(i));
             }
         }
-        out.push_str(&m.finish());
-        (out, false, None)
+        let (tail, stopped) = m.finish();
+        out.push_str(&tail);
+        (out, stopped, None)
     }
 
     #[test]
@@ -160,7 +177,7 @@ mod tests {
         let mut m = StopMatcher::new(["STOP"]);
         assert_eq!(m.push("xST"), ("x".to_string(), false));
         assert_eq!(m.push("Ox"), ("STOx".to_string(), false));
-        assert_eq!(m.finish(), "");
+        assert_eq!(m.finish(), (String::new(), false));
     }
 
     #[test]
@@ -172,6 +189,25 @@ mod tests {
         assert_eq!(m.push("a").0, "");
         assert_eq!(m.push("ab"), ("a".to_string(), true));
         assert_eq!(m.matched(), Some("aab"));
+    }
+
+    #[test]
+    fn a_whole_stop_waits_for_an_earlier_one_still_in_progress() {
+        // "/" is whole at byte 3 while "b/<" may still begin at byte 2: the text after "é" is
+        // held until the next piece decides which stop string comes first.
+        let mut m = StopMatcher::new(["b/<", "/"]);
+        assert_eq!(m.push("éb/"), ("é".to_string(), false));
+        assert_eq!(m.push("<x"), (String::new(), true));
+        assert_eq!(m.matched(), Some("b/<"));
+        let mut m = StopMatcher::new(["b/<", "/"]);
+        assert_eq!(m.push("éb/"), ("é".to_string(), false));
+        assert_eq!(m.push("x"), ("b".to_string(), true));
+        assert_eq!(m.matched(), Some("/"));
+        // The output ends while the earlier one is undecided: the whole one stops it.
+        let mut m = StopMatcher::new(["b/<", "/"]).including_match(true);
+        assert_eq!(m.push("éb/"), ("é".to_string(), false));
+        assert_eq!(m.finish(), ("b/".to_string(), true));
+        assert_eq!(m.matched(), Some("/"));
     }
 
     #[test]

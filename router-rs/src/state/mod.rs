@@ -203,10 +203,15 @@ impl Pipeline {
         if reason.is_none() {
             reason = out.finish.map(finish_reason);
             if reason.is_some() {
-                let (emit, stopped) = self.stop.push(&self.detok.finish());
+                let (emit, mut stopped) = self.stop.push(&self.detok.finish());
                 text.push_str(&emit);
                 if !stopped {
-                    text.push_str(&self.stop.finish());
+                    let (tail, tail_stopped) = self.stop.finish();
+                    text.push_str(&tail);
+                    stopped = tail_stopped;
+                }
+                if stopped {
+                    reason = Some(FinishReason::Stop);
                 }
             }
         }

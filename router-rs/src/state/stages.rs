@@ -14,8 +14,9 @@ pub trait StopStrings: Send {
     /// Feeds `text`; returns the text now safe to release and whether a stop string matched (the
     /// match and everything after it are never released).
     fn push(&mut self, text: &str) -> (String, bool);
-    /// Releases the text held back at the end of the output.
-    fn finish(&mut self) -> String;
+    /// Releases the text held back at the end of the output, and whether a stop string matched
+    /// in it.
+    fn finish(&mut self) -> (String, bool);
 }
 
 impl Detokenize for crate::detokenize::Detokenizer {
@@ -39,7 +40,7 @@ impl StopStrings for crate::stop::StopMatcher {
         crate::stop::StopMatcher::push(self, text)
     }
 
-    fn finish(&mut self) -> String {
+    fn finish(&mut self) -> (String, bool) {
         crate::stop::StopMatcher::finish(self)
     }
 }

@@ -39,8 +39,8 @@ impl StopStrings for OneStop {
         self.held.drain(..self.held.len() - keep);
         (emit, false)
     }
-    fn finish(&mut self) -> String {
-        std::mem::take(&mut self.held)
+    fn finish(&mut self) -> (String, bool) {
+        (std::mem::take(&mut self.held), false)
     }
 }
 
@@ -118,6 +118,17 @@ fn a_stop_string_split_over_outputs_ends_the_choice_and_drops_later_tokens() {
     );
     assert!(p.is_done());
     assert!(p.push(&output("more", None)).is_empty());
+}
+
+#[test]
+fn a_stop_string_decided_only_by_the_end_of_the_output_finishes_as_stop() {
+    // "/" is whole but "b/<" may still start before it; the output ends first, so "/" stops
+    // the choice: its text ends before the "/" and the reason is a stop, not the length.
+    let stop = crate::stop::StopMatcher::new(["b/<", "/"]);
+    let p = Pipeline::new(tokenizer(), Box::new(CharDetok), Box::new(stop));
+    let got = run(p, &[("ab/", None), ("", Some(wire::FinishReason::Length))]);
+    assert_eq!(got.content, "ab");
+    assert_eq!(got.finish.map(|f| f.reason), Some(FinishReason::Stop));
 }
 
 #[test]

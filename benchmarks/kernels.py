@@ -204,10 +204,11 @@ def _sdpa_err(out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tens
     return f"rel err vs fp32 sdpa = {float((out.float() - ref).norm() / ref.norm()):.2e}"
 
 
-# Launches of kernels/varlen_attention swept at head dims 256 / 256 (block_m, block_n, warps, stages)
+# Launches of kernels/varlen_attention swept at head dims 256 / 256 (block_m, block_n, warps,
+# stages). (256, 64, 16, 1) is left out: ptxas cannot fit it in 128 registers a thread (run BR).
 VARLEN_CFGS = [(64, 64, 4, 2), (64, 32, 4, 2), (64, 64, 8, 2), (128, 64, 8, 2), (128, 32, 8, 2),
                (64, 32, 4, 3), (128, 64, 8, 1), (128, 128, 8, 1), (128, 32, 8, 3),
-               (128, 64, 16, 2), (256, 64, 16, 1)]  # fmt: skip
+               (128, 64, 16, 2)]  # fmt: skip
 
 
 def bench_varlen(ceil: dict) -> list[Row]:

@@ -122,6 +122,19 @@ impl Tokenizer {
         }
     }
 
+    /// A word-level tokenizer of `size` tokens named `t0`, `t1`, … (id i is `t{i}`, id 0 the
+    /// unknown token and the end of sequence), for tests.
+    #[cfg(test)]
+    pub fn word_level(size: u32) -> Self {
+        let vocab = (0..size).map(|i| (format!("t{i}"), i)).collect();
+        let model = tokenizers::models::wordlevel::WordLevel::builder()
+            .vocab(vocab)
+            .unk_token("t0".into())
+            .build()
+            .expect("vocab builds");
+        Self::new(tokenizers::Tokenizer::new(model), vec![0])
+    }
+
     /// Encodes `text` without adding BOS or any other token; special tokens in the text are kept
     /// as their ids. Fails only if the underlying tokenizer reports an error.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {

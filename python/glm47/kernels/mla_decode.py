@@ -62,9 +62,7 @@ def _tile_slots(
 
 
 @triton.jit
-def _cached_rows(
-    kv_ptr, slot, mask_n, stride_kv, D_LAT: tl.constexpr, D_ROPE: tl.constexpr
-):  # fmt: skip
+def _cached_rows(kv_ptr, slot, mask_n, stride_kv, D_LAT: tl.constexpr, D_ROPE: tl.constexpr):
     """The cached rows at `slot` ([N]): the two halves of the latent part [N, D_LAT / 2] each and
     the rope part [N, D_ROPE]; masked rows read as zeros."""
     kv_row = kv_ptr + slot[:, None] * stride_kv

@@ -185,13 +185,7 @@ mod tests {
     use super::*;
 
     fn tokenizer() -> Tokenizer {
-        let vocab = (0u32..16).map(|i| (format!("t{i}"), i)).collect();
-        let model = tokenizers::models::wordlevel::WordLevel::builder()
-            .vocab(vocab)
-            .unk_token("t0".into())
-            .build()
-            .expect("vocab builds");
-        Tokenizer::new(tokenizers::Tokenizer::new(model), vec![0])
+        Tokenizer::word_level(16)
     }
 
     #[test]

@@ -45,13 +45,7 @@ impl StopStrings for OneStop {
 }
 
 fn tokenizer() -> Arc<Tokenizer> {
-    let vocab = (0u32..128).map(|i| (format!("t{i}"), i)).collect();
-    let model = tokenizers::models::wordlevel::WordLevel::builder()
-        .vocab(vocab)
-        .unk_token("t0".into())
-        .build()
-        .expect("vocab builds");
-    Arc::new(Tokenizer::new(tokenizers::Tokenizer::new(model), vec![0]))
+    Arc::new(Tokenizer::word_level(128))
 }
 
 fn pipeline(stop: &str) -> Pipeline {

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from glm47.kernels.moe_align import moe_align_torch
 from glm47.kernels.rmsnorm import rmsnorm_ref
 from glm47.kernels.routing import norm_route_align, route_align, route_topk, route_topk_ref
+from glm47.kernels.skinny_gemm import SkinnyLaunch, skinny_gemm_parts
 from glm47.worker.model.layers.moe import select_experts
 
 
@@ -147,3 +148,23 @@ def test_norm_route_align_is_rmsnorm_router_and_route_align(
     assert torch.equal(align.num_padded.cpu(), ref.num_padded.cpu())
     with pytest.raises(ValueError, match="fp32"):
         norm_route_align(x, residual, norm_w, 1e-5, gate.to(dtype), bias, top_k, True, 1.8, 16)
+
+
+def test_norm_route_align_sums_a_split_product(device: str, dtype: torch.dtype) -> None:
+    """The attention block's output as a SplitProduct (o_proj's K slices): the same norm, new
+    residual and routing as from the summed product."""
+    tokens, hidden, experts, top_k, k = 3, 256, 64, 4, 96
+    a = torch.randn(tokens, k, device=device).to(dtype)
+    w = (torch.randn(hidden, k, device=device) / k**0.5).to(dtype)
+    prod = skinny_gemm_parts(a, w, launch=SkinnyLaunch(32, 32, 3, 32, 4, 2))
+    residual = torch.randn(tokens, hidden, device=device).to(dtype)
+    norm_w = (torch.rand(hidden, device=device) + 0.5).to(dtype)
+    gate = torch.randn(experts, hidden, device=device)
+    bias = torch.rand(experts, device=device) * 0.1
+    got = norm_route_align(prod, residual, norm_w, 1e-5, gate, bias, top_k, True, 1.8, 16)
+    ref = norm_route_align(prod.total(), residual, norm_w, 1e-5, gate, bias, top_k, True, 1.8, 16)
+    step = 2**-9 if not got[0].is_cuda else 0.0  # the interpreter's casts may round a step off
+    for g, r in zip(got[:2], ref[:2], strict=True):  # normed, new residual
+        torch.testing.assert_close(g, r, rtol=step, atol=step)
+    assert torch.equal(got[2], ref[2])  # ids
+    torch.testing.assert_close(got[3], ref[3], rtol=1e-4, atol=1e-5)

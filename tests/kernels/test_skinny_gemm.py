@@ -17,9 +17,11 @@ from glm47.kernels.skinny_gemm import (
     MAX_ROWS,
     SkinnyLaunch,
     skinny_gemm,
+    skinny_gemm_parts,
     skinny_gemm_ref,
     skinny_launch,
 )
+from glm47.kernels.split_k import SplitProduct
 
 # (N, K): on the GPU the decode projections of the real model (q_a + kv_a, q_b, o_proj, the
 # shared expert's gate_up and down, the fp32 router); on the CPU small ragged shapes.
@@ -65,6 +67,31 @@ def test_k_split_over_programs_sums_every_part(
         out = skinny_gemm(x, w, launch=launch)
         assert rel_err(out, skinny_gemm_ref(x, w)) < 5e-3
         assert counters_at_rest()
+
+
+@pytest.mark.parametrize("fma_rows", [0, 4], ids=["tensor-core", "cuda-core"])
+@pytest.mark.parametrize("split_k", [1, 2, 3])
+def test_parts_are_the_k_slices_whose_sum_is_the_product(
+    split_k: int, fma_rows: int, device: str, dtype: torch.dtype, pdl: bool
+) -> None:
+    """`skinny_gemm_parts` leaves one fp32 partial per K slice; summed in slice order and rounded
+    they are bit for bit what the same launch returns summed in the kernel."""
+    n, k = 70, 96 * split_k
+    launch = SkinnyLaunch(32 if fma_rows == 0 else 8, 32, split_k, 96, 4, 2, fma_rows)
+    x = torch.randn((3, k), dtype=dtype, device=device)
+    w = torch.randn((n, k), dtype=dtype, device=device) / k**0.5
+    prod = skinny_gemm_parts(x, w, launch=launch)
+    assert isinstance(prod, SplitProduct)
+    assert prod.parts.shape == (split_k, 3, n) and prod.parts.dtype == torch.float32
+    assert prod.shape == (3, n) and prod.dtype == dtype and prod.parts.is_contiguous()
+    for s in range(split_k):  # each part is its slice's product
+        cols = slice(s * 96, (s + 1) * 96)
+        ref = x[:, cols].float() @ w[:, cols].float().T
+        torch.testing.assert_close(prod.parts[s], ref, rtol=2e-3, atol=2e-3)
+    assert torch.equal(prod.total(), skinny_gemm(x, w, launch=launch))
+    assert counters_at_rest()
+    with pytest.raises(ValueError, match="non-empty"):
+        skinny_gemm_parts(x[:0], w, launch=launch)
 
 
 @pytest.mark.parametrize("launch", [None, SkinnyLaunch(32, 32, 3, 32, 4, 2)])

@@ -16,6 +16,8 @@ from glm47.kernels.rope import (
     rope_ref,
     write_kv_ref,
 )
+from glm47.kernels.skinny_gemm import SkinnyLaunch, skinny_gemm_parts
+from glm47.kernels.split_k import SplitProduct
 
 HIDDEN = 2048 if ON_GPU else 96
 
@@ -42,7 +44,8 @@ def test_rmsnorm_pair_normalises_both_ranges_of_each_row(device: str, dtype: tor
     before = x.clone()
     w_a = torch.rand(d_a, dtype=dtype, device=device) + 0.5
     w_b = torch.rand(d_b, dtype=dtype, device=device) + 0.5
-    out_a, out_b = rmsnorm_pair(x, w_a, w_b, d_a, 1e-6)
+    out_a, out_b, tail = rmsnorm_pair(x, w_a, w_b, d_a, 1e-6)
+    assert tail is None
     ref_a, _ = rmsnorm_ref(x[:, :d_a], w_a, 1e-6)
     ref_b, _ = rmsnorm_ref(x[:, d_a : d_a + d_b], w_b, 1e-6)
     assert out_a.is_contiguous() and out_b.is_contiguous()
@@ -52,6 +55,57 @@ def test_rmsnorm_pair_normalises_both_ranges_of_each_row(device: str, dtype: tor
     assert torch.equal(x, before)
     with pytest.raises(ValueError, match="do not fit"):
         rmsnorm_pair(x, w_a, w_b, d_a + rest + 1, 1e-6)
+    with pytest.raises(ValueError, match="outside"):
+        rmsnorm_pair(x, w_a, w_b, d_a, 1e-6, tail_from=x.shape[1])
+
+
+def split_product(t: int, n: int, device: str, dtype: torch.dtype) -> SplitProduct:
+    """A random [t, n] product left as three K slices' partials."""
+    k = 3 * 32
+    x = torch.randn((t, k), dtype=dtype, device=device)
+    w = torch.randn((n, k), dtype=dtype, device=device) / k**0.5
+    return skinny_gemm_parts(x, w, launch=SkinnyLaunch(32, 32, 3, 32, 4, 2))
+
+
+def assert_same_rows(out: torch.Tensor, ref: torch.Tensor) -> None:
+    """Equal, up to one rounding step of the interpreter's casts on the CPU."""
+    step = 0.0 if out.is_cuda else 2**-9
+    torch.testing.assert_close(out, ref, rtol=step, atol=step)
+
+
+@pytest.mark.parametrize("with_residual", [False, True])
+def test_rmsnorm_sums_a_split_product_as_it_loads_it(
+    with_residual: bool, device: str, dtype: torch.dtype
+) -> None:
+    """A SplitProduct's partials summed in the norm's loads: the norm of the summed product."""
+    prod = split_product(5, HIDDEN, device, dtype)
+    w = torch.rand(HIDDEN, dtype=dtype, device=device) + 0.5
+    res = torch.randn((5, HIDDEN), dtype=dtype, device=device) if with_residual else None
+    out, new_res = rmsnorm(prod, w, 1e-5, res)
+    ref, ref_res = rmsnorm(prod.total(), w, 1e-5, res)
+    assert_same_rows(out, ref)
+    if with_residual:
+        assert new_res is not None and ref_res is not None
+        assert_same_rows(new_res, ref_res)
+
+
+def test_rmsnorm_pair_sums_a_split_product_and_returns_its_tail(
+    device: str, dtype: torch.dtype
+) -> None:
+    """[q_a | latent | k_rope] as a SplitProduct: both norms of the summed rows, and k_rope
+    summed (the tail), in one launch."""
+    d_a, d_b, rest = (768, 512, 64) if ON_GPU else (24, 16, 8)
+    prod = split_product(4, d_a + d_b + rest, device, dtype)
+    w_a = torch.rand(d_a, dtype=dtype, device=device) + 0.5
+    w_b = torch.rand(d_b, dtype=dtype, device=device) + 0.5
+    out_a, out_b, tail = rmsnorm_pair(prod, w_a, w_b, d_a, 1e-6, tail_from=d_a + d_b)
+    summed = prod.total()
+    ref_a, ref_b, ref_tail = rmsnorm_pair(summed, w_a, w_b, d_a, 1e-6, tail_from=d_a + d_b)
+    assert tail is not None and ref_tail is not None and tail.shape == (4, rest)
+    assert_same_rows(out_a, ref_a)
+    assert_same_rows(out_b, ref_b)
+    assert_same_rows(tail, ref_tail)
+    assert torch.equal(ref_tail, summed[:, d_a + d_b :])  # a plain tensor's tail: copied as is
 
 
 def assert_rotated(out: torch.Tensor, x: torch.Tensor, pos: torch.Tensor, cs: torch.Tensor) -> None:

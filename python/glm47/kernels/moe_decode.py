@@ -10,6 +10,7 @@ import torch
 
 from glm47.kernels.fused_moe import choose_config, fused_experts
 from glm47.kernels.routing import norm_route_align, route_align
+from glm47.kernels.split_k import SplitProduct
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,7 @@ def fused_moe_from_logits(
 
 
 def fused_moe_from_residual(
-    x: torch.Tensor,  # [T, H], T <= routing.ROUTE_ALIGN_MAX_TOKENS: the attention block's output
+    x: torch.Tensor | SplitProduct,  # [T, H], T <= ROUTE_ALIGN_MAX_TOKENS: attention's output
     residual: torch.Tensor,  # [T, H]
     norm_weight: torch.Tensor,  # [H]: the RMSNorm before the MoE
     eps: float,
@@ -54,7 +55,7 @@ def fused_moe_from_residual(
     with the router's product, the routing with the pairs' layout (`routing.norm_route_align`),
     the two grouped GEMMs (with the shared expert as one more expert when given) and the top-k
     sum."""
-    cfg = choose_config(x, moe.w13, moe.w2, moe.top_k)
+    cfg = choose_config(residual, moe.w13, moe.w2, moe.top_k)  # x's shape, dtype and device
     normed, new_residual, ids, weights, align = norm_route_align(
         x, residual, norm_weight, eps, gate_weight, moe.correction_bias, moe.top_k,
         moe.renormalize, moe.scale, cfg.block_m, shared=moe.shared is not None,

@@ -27,6 +27,7 @@ from glm47.kernels.moe_align import (
 )
 from glm47.kernels.pdl import pdl_wait, prefetch_l2, use_pdl
 from glm47.kernels.rmsnorm import rms_normed
+from glm47.kernels.split_k import SplitProduct, load_summed, summed_args
 
 # Tokens up to which `route_align` runs (one program holds every token's logits and pairs).
 ROUTE_ALIGN_MAX_TOKENS = 64
@@ -238,7 +239,7 @@ def route_align(
 
 @triton.jit
 def _norm_router_kernel(
-    x_ptr,  # [T, D]
+    x_ptr,  # [T, D], or a SplitProduct's partials [NUM_PARTS, T, D]
     res_ptr,  # [T, D]
     norm_w_ptr,  # [D]
     out_ptr,  # [T, D]: the normalised rows (the experts' input)
@@ -247,10 +248,12 @@ def _norm_router_kernel(
     logits_ptr,  # [T, E] fp32
     num_tokens,
     stride_x,
+    stride_xs,
     stride_r,
     eps,
     D: tl.constexpr,
     BLOCK_D: tl.constexpr,
+    NUM_PARTS: tl.constexpr,
     EXPERTS_PER_PROGRAM: tl.constexpr,
     TOKENS_PER_PROGRAM: tl.constexpr,
     NUM_EXPERTS: tl.constexpr,
@@ -272,7 +275,8 @@ def _norm_router_kernel(
         rows = tl.minimum(offs_e, NUM_EXPERTS - 1)[:, None] * D
         prefetch_l2(gate_ptr + rows + tl.minimum(lines, D - 1)[None, :])
     pdl_wait(USE_PDL)
-    row = tl.load(x_ptr + offs_t[:, None] * stride_x + offs_d[None, :], mask=mask, other=0.0)
+    row = load_summed(x_ptr + offs_t[:, None] * stride_x + offs_d[None, :], mask, stride_xs,
+                      NUM_PARTS, out_ptr.dtype.element_ty)  # fmt: skip
     res = tl.load(res_ptr + offs_t[:, None] * stride_r + offs_d[None, :], mask=mask, other=0.0)
     h = (row.to(tl.float32) + res.to(tl.float32)).to(row.dtype)  # [TOKENS, BLOCK_D]
     y = rms_normed(h, norm_w[None, :], eps, D, 1)
@@ -294,7 +298,7 @@ NORM_ROUTE_TOKENS_PER_PROGRAM = 4
 
 
 def norm_route_align(
-    x: torch.Tensor,  # [T, D]
+    x: torch.Tensor | SplitProduct,  # [T, D]
     residual: torch.Tensor,  # [T, D]
     norm_weight: torch.Tensor,  # [D]
     eps: float,
@@ -309,7 +313,8 @@ def norm_route_align(
     """The MoE layer's input and routing in two launches: `normed, new_residual =
     rmsnorm(x, norm_weight, eps, residual)` (kernels/rmsnorm) with the router's logits
     `normed.float() @ gate_weight.T` in one, then `route_align` of them (one program of one warp:
-    its top-k and scans are chains of reductions, which cost least inside one warp). Returns
+    its top-k and scans are chains of reductions, which cost least inside one warp). `x` may be a
+    `SplitProduct` (the attention block's output projection), summed as it loads. Returns
     (normed, new_residual, ids, weights, alignment)."""
     t, d = x.shape
     e = gate_weight.shape[0]
@@ -318,7 +323,8 @@ def norm_route_align(
             f"x {tuple(x.shape)}, residual {tuple(residual.shape)} and norm weight "
             f"{tuple(norm_weight.shape)} do not fit"
         )
-    if x.stride(1) != 1 or residual.stride(1) != 1 or not norm_weight.is_contiguous():
+    src, stride_s, num_parts = summed_args(x)
+    if src.stride(-1) != 1 or residual.stride(1) != 1 or not norm_weight.is_contiguous():
         raise ValueError("x, residual and the norm weight need a contiguous last dimension")
     if gate_weight.shape != (e, d) or gate_weight.dtype != torch.float32:
         raise ValueError(f"gate_weight must be [E, {d}] fp32, got {tuple(gate_weight.shape)}")
@@ -334,10 +340,11 @@ def norm_route_align(
     tokens = min(NORM_ROUTE_TOKENS_PER_PROGRAM, triton.next_power_of_2(t))
     grid = (triton.cdiv(e, per_program), triton.cdiv(t, tokens))
     block_d = triton.next_power_of_2(d)
-    pdl = use_pdl(x)
+    pdl = use_pdl(src)
     _norm_router_kernel[grid](
-        x, residual, norm_weight, normed, new_residual, gate_weight, logits, t, x.stride(0),
-        residual.stride(0), eps, D=d, BLOCK_D=block_d, EXPERTS_PER_PROGRAM=per_program,
+        src, residual, norm_weight, normed, new_residual, gate_weight, logits, t, src.stride(-2),
+        stride_s, residual.stride(0), eps, D=d, BLOCK_D=block_d, NUM_PARTS=num_parts,
+        EXPERTS_PER_PROGRAM=per_program,
         TOKENS_PER_PROGRAM=tokens, NUM_EXPERTS=e, USE_PDL=pdl,
         num_warps=min(8, max(1, block_d // 256)), launch_pdl=pdl,
     )  # fmt: skip

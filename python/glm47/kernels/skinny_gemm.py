@@ -8,6 +8,11 @@ the tail) weigh as much as the bytes. So:
   every multiprocessor streaming; the last program of a column block to finish (a counter per
   block, reset by that program) sums the fp32 partials and writes the output, so a split product
   is still one launch;
+- or the sum is left to the kernel that reads the product (`skinny_gemm_parts`, a
+  `SplitProduct`): that kernel loads the K slices' partials where it would load the product, all
+  at once, and sums them in order (kernels/split_k), so no program waits for the others (the
+  counter's round trip and the last program's loads took 1.6-1.9 µs of each split projection at
+  batch 1 on an H200);
 - with programmatic dependent launch (kernels/pdl) a program first asks for the start of its
   weight slice in L2, then waits for the kernel before it: the weight read overlaps that kernel;
 - the products run on the tensor cores (rows padded to 16), or for a single row on the CUDA
@@ -31,6 +36,7 @@ import triton.language as tl
 from glm47.kernels.counters import launch_counters
 from glm47.kernels.device import num_sms, runs_triton
 from glm47.kernels.pdl import pdl_wait, prefetch_l2, use_pdl
+from glm47.kernels.split_k import SplitProduct
 
 MAX_ROWS = 16  # one tensor-core tile of rows; larger batches belong to a GEMM library
 # At most this many weight bytes a launch are prefetched into L2 ahead of the wait: about what
@@ -128,6 +134,7 @@ def _skinny_gemm_kernel(
     SPLIT_K: tl.constexpr,
     K_PER_SPLIT: tl.constexpr,
     UNROLL: tl.constexpr,  # the K loop unrolled
+    PARTS: tl.constexpr,  # every program stores its partial and no program sums (SplitProduct)
     # Before the wait, a program asks for a [PF_ROWS, PF_COLS] grid of 128-byte lines of its
     # weight slice, steps PF_ROW_STEP along N and PF_COL_STEP along K (PF_ROWS = 0: none).
     PF_ROWS: tl.constexpr,
@@ -167,7 +174,11 @@ def _skinny_gemm_kernel(
 
     out = out_ptr + g * stride_og + offs_m[:, None] * stride_om + offs_n[None, :]
     mask = mask_m[:, None] & mask_n[None, :]
-    if SPLIT_K == 1:
+    if PARTS:
+        num_g = tl.num_programs(2)
+        part = part_ptr + (pid_k * num_g + g) * m * n + offs_m[:, None] * n + offs_n[None, :]
+        tl.store(part, acc, mask=mask)
+    elif SPLIT_K == 1:
         if ACCUMULATE:
             acc += tl.load(out, mask=mask, other=0.0).to(tl.float32)
         tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=mask)
@@ -202,8 +213,10 @@ _MEASURED: dict[tuple[int, int, int, int], tuple[SkinnyLaunch, SkinnyLaunch]] = 
     (20, 512, 192, 2): (SkinnyLaunch(32, 256, 1, 256, 4, 3, 0),) * 2,
     # W_UV: 3.94 us with CUDA-core sums (library 4.18); 5.62 us with tensor cores
     (20, 256, 512, 2): (SkinnyLaunch(8, 512, 1, 512, 4, 3, 1), SkinnyLaunch(32, 128, 4, 128, 4, 3, 0)),
-    # o_proj: 9.39 us (library 10.89)
-    (1, 2048, 5120, 2): (SkinnyLaunch(32, 128, 8, 640, 4, 3, 0),) * 2,
+    # o_proj: 9.39 us with K split in 8 (library 10.89), 8.9 us in 4. Its partials go to the norm
+    # after it (a SplitProduct), which reads fewer of them in 4: batch 1-16 0.08-0.17 ms faster
+    # than in 8 in the chain (H200, 2026-12-03)
+    (1, 2048, 5120, 2): (SkinnyLaunch(32, 128, 4, 1280, 4, 3, 0),) * 2,
     # the fp32 router: 3.75 us with CUDA-core sums (library, with the cast, 7.73); 6.33 us
     (1, 64, 2048, 4): (SkinnyLaunch(8, 256, 8, 256, 4, 3, 1), SkinnyLaunch(16, 128, 16, 128, 4, 3, 0)),
     # the shared expert's gate_up: 7.72 us (library 6.39); 7.74 us with tensor cores
@@ -252,14 +265,8 @@ def _prefetch_grid(cfg: SkinnyLaunch, w3: torch.Tensor, rows: int) -> tuple[int,
     return 0, 1, 1, 1
 
 
-def skinny_gemm(
-    x: torch.Tensor,  # [M, K] or [G, M, K], M <= MAX_ROWS
-    w: torch.Tensor,  # [N, K] (an nn.Linear weight) or [G, N, K]
-    out: torch.Tensor | None = None,  # [M, N] or [G, M, N]
-    accumulate: bool = False,
-    launch: SkinnyLaunch | None = None,
-) -> torch.Tensor:  # [M, N] or [G, M, N] in out's dtype (w's without out)
-    """`x @ w.T` per group, or `out += x @ w.T` with `accumulate`; fp32 accumulation, rounded once."""
+def _as_groups(x: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x and w as [G, M, K] and [G, N, K], checked."""
     batched = x.dim() == 3
     if x.dim() not in (2, 3) or w.dim() != x.dim() or x.shape[-1] != w.shape[-1]:
         raise ValueError(
@@ -268,45 +275,90 @@ def skinny_gemm(
     if batched and x.shape[0] != w.shape[0]:
         raise ValueError(f"x has {x.shape[0]} groups, w {w.shape[0]}")
     x3 = x if batched else x.unsqueeze(0)
-    w3 = w if batched else w.unsqueeze(0)
+    if x3.shape[1] > MAX_ROWS:
+        raise ValueError(f"skinny_gemm takes at most {MAX_ROWS} rows, got {x3.shape[1]}")
+    return x3, w if batched else w.unsqueeze(0)
+
+
+def _launch(
+    x3: torch.Tensor,  # [G, M, K]
+    w3: torch.Tensor,  # [G, N, K]
+    o3: torch.Tensor | None,  # [G, M, N]; None: leave the partials (a SplitProduct's)
+    accumulate: bool,
+    launch: SkinnyLaunch | None,
+) -> torch.Tensor | None:  # the partials [S, G, M, N] fp32 when o3 is None
     g, m, k = x3.shape
     n = w3.shape[1]
-    if m > MAX_ROWS:
-        raise ValueError(f"skinny_gemm takes at most {MAX_ROWS} rows, got {m}")
+    cfg = launch or skinny_launch(n, k, num_sms(x3.device), m, g, w3.element_size())
+    n_blocks = triton.cdiv(n, cfg.block_n)
+    pdl = use_pdl(x3)
+    pf = _prefetch_grid(cfg, w3, g * n) if pdl else (0, 1, 1, 1)
+    part = None
+    if o3 is None or cfg.split_k > 1:
+        part = torch.empty((cfg.split_k, g, m, n), dtype=torch.float32, device=x3.device)
+    counters = (
+        launch_counters("skinny_gemm", w3, g * n_blocks)
+        if o3 is not None and cfg.split_k > 1
+        else None
+    )
+    precision = "ieee" if w3.dtype == torch.float32 else "tf32"
+    use_dot = m > cfg.fma_rows
+    if use_dot and cfg.block_n < 16:
+        raise ValueError(f"tensor-core products need block_n >= 16, got {cfg}")
+    block_m = 16 if use_dot else triton.next_power_of_2(m)
+    dst = o3 if o3 is not None else part
+    assert dst is not None
+    _skinny_gemm_kernel[(n_blocks, cfg.split_k, g)](
+        x3, w3, dst, dst if part is None else part, dst if counters is None else counters,
+        m, n, k,
+        x3.stride(0), x3.stride(1), x3.stride(2), w3.stride(0), w3.stride(1), w3.stride(2),
+        dst.stride(-3), dst.stride(-2),
+        ACCUMULATE=accumulate, PRECISION=precision, USE_DOT=use_dot, BLOCK_M=block_m,
+        BLOCK_N=cfg.block_n,
+        BLOCK_K=cfg.block_k, SPLIT_K=cfg.split_k, K_PER_SPLIT=cfg.k_per_split, UNROLL=cfg.unroll,
+        PARTS=o3 is None, PF_ROWS=pf[0], PF_ROW_STEP=pf[1], PF_COLS=pf[2], PF_COL_STEP=pf[3],
+        USE_PDL=pdl, num_warps=cfg.num_warps, num_stages=cfg.num_stages, launch_pdl=pdl,
+    )  # fmt: skip
+    return part
+
+
+def skinny_gemm(
+    x: torch.Tensor,  # [M, K] or [G, M, K], M <= MAX_ROWS
+    w: torch.Tensor,  # [N, K] (an nn.Linear weight) or [G, N, K]
+    out: torch.Tensor | None = None,  # [M, N] or [G, M, N]
+    accumulate: bool = False,
+    launch: SkinnyLaunch | None = None,
+) -> torch.Tensor:  # [M, N] or [G, M, N] in out's dtype (w's without out)
+    """`x @ w.T` per group, or `out += x @ w.T` with `accumulate`; fp32 accumulation, rounded once."""
+    x3, w3 = _as_groups(x, w)
+    g, m, _ = x3.shape
+    n = w3.shape[1]
     if out is None:
         if accumulate:
             raise ValueError("accumulate needs out")
         out = torch.empty((*x.shape[:-1], n), dtype=w.dtype, device=x.device)
     if out.shape != (*x.shape[:-1], n) or out.stride(-1) != 1:
         raise ValueError(f"out must be {(*x.shape[:-1], n)} with a contiguous last dim")
-    o3 = out if batched else out.unsqueeze(0)
-    if m == 0 or n == 0 or g == 0:
-        return out
-    cfg = launch or skinny_launch(n, k, num_sms(x.device), m, g, w.element_size())
-    n_blocks = triton.cdiv(n, cfg.block_n)
-    pdl = use_pdl(x)
-    pf = _prefetch_grid(cfg, w3, g * n) if pdl else (0, 1, 1, 1)
-    if cfg.split_k > 1:
-        part = torch.empty((cfg.split_k, g, m, n), dtype=torch.float32, device=x.device)
-        counters = launch_counters("skinny_gemm", w, g * n_blocks)
-    else:
-        part = counters = o3  # unused
-    precision = "ieee" if w.dtype == torch.float32 else "tf32"
-    use_dot = m > cfg.fma_rows
-    if use_dot and cfg.block_n < 16:
-        raise ValueError(f"tensor-core products need block_n >= 16, got {cfg}")
-    block_m = 16 if use_dot else triton.next_power_of_2(m)
-    _skinny_gemm_kernel[(n_blocks, cfg.split_k, g)](
-        x3, w3, o3, part, counters, m, n, k,
-        x3.stride(0), x3.stride(1), x3.stride(2), w3.stride(0), w3.stride(1), w3.stride(2),
-        o3.stride(0), o3.stride(1),
-        ACCUMULATE=accumulate, PRECISION=precision, USE_DOT=use_dot, BLOCK_M=block_m,
-        BLOCK_N=cfg.block_n,
-        BLOCK_K=cfg.block_k, SPLIT_K=cfg.split_k, K_PER_SPLIT=cfg.k_per_split, UNROLL=cfg.unroll,
-        PF_ROWS=pf[0], PF_ROW_STEP=pf[1], PF_COLS=pf[2], PF_COL_STEP=pf[3], USE_PDL=pdl,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages, launch_pdl=pdl,
-    )  # fmt: skip
+    if m and n and g:
+        _launch(x3, w3, out if x.dim() == 3 else out.unsqueeze(0), accumulate, launch)
     return out
+
+
+def skinny_gemm_parts(
+    x: torch.Tensor,  # [M, K], 1 <= M <= MAX_ROWS
+    w: torch.Tensor,  # [N, K]
+    launch: SkinnyLaunch | None = None,
+) -> SplitProduct:  # of [M, N], rounding to w's dtype
+    """`x @ w.T` as its K slices' partials, for a kernel that sums them as it reads the product
+    (`load_summed`): one launch, no program waiting for the others."""
+    if x.dim() != 2:
+        raise ValueError(f"x must be [M, K], got {tuple(x.shape)}")
+    x3, w3 = _as_groups(x, w)
+    if x.shape[0] == 0 or w.shape[0] == 0:
+        raise ValueError("skinny_gemm_parts needs a non-empty product")
+    part = _launch(x3, w3, None, False, launch)
+    assert part is not None
+    return SplitProduct(part[:, 0], w.dtype)
 
 
 def skinny_gemm_ref(
@@ -323,6 +375,7 @@ __all__ = [
     "MAX_ROWS",
     "SkinnyLaunch",
     "skinny_gemm",
+    "skinny_gemm_parts",
     "skinny_gemm_ref",
     "skinny_launch",
     "takes_rows",

@@ -11,6 +11,7 @@ import triton
 import triton.language as tl
 
 from glm47.kernels.pdl import pdl_wait, use_pdl
+from glm47.kernels.split_k import load_summed
 
 
 @triton.jit
@@ -18,11 +19,8 @@ def _pair_row(pairs_ptr, row, offs, ok, stride_split, SPLITS: tl.constexpr, dtyp
     """One pair's output row in `dtype`: as stored, or its SPLITS fp32 parts summed and rounded
     (where the unsplit GEMM rounds)."""
     if SPLITS == 1:
-        return tl.load(pairs_ptr + row + offs, mask=ok, other=0.0)
-    total = tl.zeros(offs.shape, dtype=tl.float32)
-    for s in tl.static_range(SPLITS):
-        total += tl.load(pairs_ptr + s * stride_split + row + offs, mask=ok, other=0.0)
-    return total.to(dtype)
+        return load_summed(pairs_ptr + row + offs, ok, stride_split, 0, dtype)
+    return load_summed(pairs_ptr + row + offs, ok, stride_split, SPLITS, dtype)
 
 
 @triton.jit

@@ -92,20 +92,29 @@ def test_fused_path_matches_torch_path_and_transformers(model_dir: tuple[Path, o
 
 def test_skinny_gemm_path_matches_the_library_path(model_dir: tuple[Path, object]) -> None:
     """Every step of the session has at most 16 tokens, so every dense projection (attention's
-    and the shared expert's, the latter accumulating into the routed output) takes the kernel."""
+    and the shared expert's, the latter accumulating into the routed output) takes the kernel;
+    qkv_a and o_proj as partials, which the norms after them sum."""
     path, _ = model_dir
     r = runner(path, fused=True, skinny=True)
     linears = {name: m for name, m in r.model.named_modules() if isinstance(m, Linear)}
     assert linears and all(m.skinny for m in linears.values())
     served: set[int] = set()  # the weights the kernel multiplied
-    real = linear_module.skinny_gemm
+    parted: set[int] = set()  # those left as partials to the fused norm after them
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(
-            linear_module,
-            "skinny_gemm",
-            lambda x, w, **kw: served.add(w.data_ptr()) or real(x, w, **kw),
-        )
+        for fn, seen in (("skinny_gemm", served), ("skinny_gemm_parts", parted)):
+            real = getattr(linear_module, fn)
+            mp.setattr(
+                linear_module,
+                fn,
+                lambda x, w, real=real, seen=seen, **kw: seen.add(w.data_ptr()) or real(x, w, **kw),
+            )
         skinny_logits, _ = session(r)
+    assert parted == {
+        m.weight.data_ptr()
+        for name, m in linears.items()
+        if name.endswith(("qkv_a_proj", "o_proj")) and not name.startswith("mtp")
+    }
+    served |= parted
     # kv_b_proj only feeds the absorbed weights (decode) and prefill expansions, not a forward
     # of its own here; the MTP layer does not run in these steps.
     expected = {

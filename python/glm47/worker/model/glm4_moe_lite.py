@@ -73,9 +73,12 @@ class DecoderLayer(nn.Module):
         self, attended: torch.Tensor, residual: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The layer after attention: o_proj, post-attention norm (with the add), MLP. A MoE
-        layer that folds this step's shared expert takes the norm into its routing launch."""
-        out = self.self_attn.output(attended)
+        layer that folds this step's shared expert takes the norm into its routing launch. A
+        fused norm takes o_proj's product as a `SplitProduct` where the skinny kernel makes it."""
         mlp, norm = self.mlp, self.post_attention_layernorm
+        # A fused norm sums o_proj's split-K partials itself.
+        attn = self.self_attn
+        out = attn.output_parts(attended) if norm.fused else attn.output(attended)
         if isinstance(mlp, MoE) and norm.fused and mlp.folds(out.shape[0]):
             return mlp.forward_from_residual(out, residual, norm)
         hidden, residual = norm(out, residual)

@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from glm47.kernels.skinny_gemm import skinny_gemm, takes_rows
+from glm47.kernels.skinny_gemm import skinny_gemm, skinny_gemm_parts, takes_rows
+from glm47.kernels.split_k import SplitProduct
 
 
 class Linear(nn.Module):
@@ -16,7 +17,7 @@ class Linear(nn.Module):
     the loader's name table says which rows each checkpoint tensor fills. With `skinny` set (see
     `enable_skinny_gemm`; on by default on CUDA devices), inputs of at most `MAX_ROWS` rows go
     through the Triton kernel for few-row products (kernels/skinny_gemm) instead of the GEMM
-    library.
+    library; `forward_parts` leaves such a product's split-K sum to the kernel that reads it.
     """
 
     skinny = False
@@ -31,6 +32,13 @@ class Linear(nn.Module):
         if self._takes_skinny(x):
             return skinny_gemm(x, self.weight)
         return F.linear(x, self.weight)
+
+    def forward_parts(self, x: torch.Tensor) -> torch.Tensor | SplitProduct:  # [T, out]
+        """`forward(x)`, as a `SplitProduct` where the skinny kernel takes `x`: for a consumer
+        that sums the partials as it loads them (kernels/rmsnorm, kernels/routing)."""
+        if self._takes_skinny(x) and x.shape[0] > 0:
+            return skinny_gemm_parts(x, self.weight)
+        return self(x)
 
     def add_into(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         """`out += x @ W^T` in place (one matmul that accumulates: no copy, one rounding)."""

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from glm47.kernels.rmsnorm import rmsnorm_pair
+from glm47.kernels.split_k import SplitProduct
 from glm47.worker.attention.base import MLAWeights
 from glm47.worker.model.config import ModelConfig
 from glm47.worker.model.context import CacheWrite, ForwardContext
@@ -69,14 +70,19 @@ class MLAAttention(nn.Module):
         """Everything before attention: the query, rope applied, and the new latents stored in
         this layer's cache at `cache.slot_mapping`."""
         num_tokens = x.shape[0]
-        qkv_a = self.qkv_a_proj(x)  # [T, q_lora_rank + kv_lora_rank + rope_dim]
-        k_rope = qkv_a[:, self.q_lora_rank + self.kv_lora_rank :]  # [T, rope_dim]
-        if self.q_a_layernorm.fused:  # both norms in one launch
-            q_a, latent = rmsnorm_pair(
-                qkv_a, self.q_a_layernorm.weight, self.kv_a_layernorm.weight, self.q_lora_rank,
-                self.q_a_layernorm.eps,
+        rope_from = self.q_lora_rank + self.kv_lora_rank
+        if self.q_a_layernorm.fused:
+            # Both norms and k_rope in one launch, which sums a split product's partials.
+            q_a, latent, tail = rmsnorm_pair(
+                self.qkv_a_proj.forward_parts(x), self.q_a_layernorm.weight,
+                self.kv_a_layernorm.weight, self.q_lora_rank, self.q_a_layernorm.eps,
+                tail_from=rope_from,
             )  # fmt: skip
+            assert tail is not None
+            k_rope = tail  # [T, rope_dim]
         else:
+            qkv_a = self.qkv_a_proj(x)  # [T, q_lora_rank + kv_lora_rank + rope_dim]
+            k_rope = qkv_a[:, rope_from:]
             q_a = self.q_a_layernorm(qkv_a[:, : self.q_lora_rank])
             latent = self.kv_a_layernorm(
                 qkv_a[:, self.q_lora_rank : self.q_lora_rank + self.kv_lora_rank]
@@ -101,7 +107,16 @@ class MLAAttention(nn.Module):
         )
 
     def output(self, attended: torch.Tensor) -> torch.Tensor:  # [T, heads, v_dim] -> [T, H]
-        return self.o_proj(attended.reshape(attended.shape[0], self.num_heads * self.v_dim))
+        return self.o_proj(self._flat(attended))
+
+    def output_parts(self, attended: torch.Tensor) -> torch.Tensor | SplitProduct:  # [T, H]
+        """o_proj, as a `SplitProduct` where the skinny kernel makes it (for a fused norm)."""
+        return self.o_proj.forward_parts(self._flat(attended))
+
+    def _flat(
+        self, attended: torch.Tensor
+    ) -> torch.Tensor:  # [T, heads, v_dim] -> [T, heads * v_dim]
+        return attended.reshape(attended.shape[0], self.num_heads * self.v_dim)
 
     def forward(
         self,

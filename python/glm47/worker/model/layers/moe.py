@@ -20,6 +20,7 @@ from glm47.kernels.moe_decode import (
 )
 from glm47.kernels.routing import route_topk
 from glm47.kernels.skinny_gemm import skinny_gemm, takes_rows
+from glm47.kernels.split_k import SplitProduct
 from glm47.worker.model.config import ModelConfig
 from glm47.worker.model.layers.experts import ExpertsBackend
 from glm47.worker.model.layers.mlp import DenseMLP
@@ -192,7 +193,7 @@ class MoE(nn.Module):
         return 0 < num_tokens <= self.fold_max_tokens
 
     def forward_from_residual(
-        self, x: torch.Tensor, residual: torch.Tensor, norm: RMSNorm
+        self, x: torch.Tensor | SplitProduct, residual: torch.Tensor, norm: RMSNorm
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """`(self(norm(x + residual)), x + residual)` for a step that `folds`: the norm with the
         router's product, the routing, then the experts as `_forward_folded`."""

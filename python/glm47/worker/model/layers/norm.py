@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from glm47.kernels.rmsnorm import rmsnorm
+from glm47.kernels.split_k import SplitProduct, product_tensor
 
 
 class RMSNorm(nn.Module):
@@ -18,7 +19,8 @@ class RMSNorm(nn.Module):
     and the result is `(norm(new_residual), new_residual)`.
 
     With `fused` set (see `enable_fused_kernels`), both run as one Triton kernel (kernels/rmsnorm)
-    with the same rounding points; `x` must then be 2-D with a contiguous last dimension.
+    with the same rounding points; `x` must then be 2-D with a contiguous last dimension. `x` may
+    be a `SplitProduct` (a projection's partials), which the kernel sums as it loads.
     """
 
     fused = False
@@ -29,19 +31,20 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.empty(size), requires_grad=False)
 
     @overload
-    def forward(self, x: torch.Tensor, residual: None = None) -> torch.Tensor: ...
+    def forward(self, x: torch.Tensor | SplitProduct, residual: None = None) -> torch.Tensor: ...
 
     @overload
     def forward(
-        self, x: torch.Tensor, residual: torch.Tensor
+        self, x: torch.Tensor | SplitProduct, residual: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]: ...
 
     def forward(
-        self, x: torch.Tensor, residual: torch.Tensor | None = None
+        self, x: torch.Tensor | SplitProduct, residual: torch.Tensor | None = None
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         if self.fused:
             normed, new_residual = rmsnorm(x, self.weight, self.eps, residual)
             return normed if new_residual is None else (normed, new_residual)
+        x = product_tensor(x)
         if residual is None:
             return self._norm(x)
         summed = x + residual  # [T, H]

@@ -40,6 +40,22 @@ def test_route_topk_bias_chooses_but_does_not_weight(device: str) -> None:
     torch.testing.assert_close(weights[0].cpu(), expect)
 
 
+@pytest.mark.parametrize("fma_rows", [0, 4], ids=["tensor-core", "cuda-core"])
+def test_route_topk_sums_the_routers_split_product(fma_rows: int, device: str) -> None:
+    """The router's fp32 product left as K slices (the skinny kernel's parts): the same experts
+    and weights as from the summed logits."""
+    x = torch.randn(3, 96, device=device, dtype=torch.float16)
+    gate = torch.randn(64, 96, device=device) * 0.05
+    bias = torch.rand(64, device=device) * 0.1
+    launch = SkinnyLaunch(32 if fma_rows == 0 else 8, 32, 3, 32, 4, 2, fma_rows)
+    prod = skinny_gemm_parts(x, gate, launch=launch)
+    assert prod.parts.shape == (3, 3, 64) and prod.dtype == torch.float32
+    ids, weights = route_topk(prod, bias, 4, True, 1.8)
+    ref_ids, ref_weights = route_topk(prod.total(), bias, 4, True, 1.8)
+    assert torch.equal(ids, ref_ids)
+    torch.testing.assert_close(weights, ref_weights, rtol=0, atol=0)
+
+
 def test_route_topk_equals_select_experts(device: str) -> None:
     """The model's routing: same experts, same weights, up to the order within a token."""
     x = torch.randn(23, 128, device=device, dtype=torch.float16)

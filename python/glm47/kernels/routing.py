@@ -35,23 +35,25 @@ ROUTE_ALIGN_MAX_TOKENS = 64
 
 @triton.jit
 def _route_kernel(
-    logits_ptr,  # [T, E] fp32
+    logits_ptr,  # [T, E] fp32, or a SplitProduct's partials [NUM_PARTS, T, E]
     bias_ptr,  # [E] fp32
     ids_ptr,  # [T, K] int32
     weights_ptr,  # [T, K] fp32
     stride_l,
+    stride_ls,
     num_experts,
     scale,
     K: tl.constexpr,
     RENORMALIZE: tl.constexpr,
     BLOCK_E: tl.constexpr,
+    NUM_PARTS: tl.constexpr,
     USE_PDL: tl.constexpr,
 ):
     pdl_wait(USE_PDL)
     t = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK_E)
     valid = offs < num_experts
-    logit = tl.load(logits_ptr + t * stride_l + offs, mask=valid, other=0.0)
+    logit = load_summed(logits_ptr + t * stride_l + offs, valid, stride_ls, NUM_PARTS, tl.float32)
     score = tl.sigmoid(logit)
     choice = score + tl.load(bias_ptr + offs, mask=valid, other=0.0)
     choice = tl.where(valid, choice, float("-inf"))
@@ -73,22 +75,27 @@ def _route_kernel(
 
 
 def route_topk(
-    logits: torch.Tensor,  # [T, E] fp32 router logits
+    logits: torch.Tensor | SplitProduct,  # [T, E] fp32 router logits
     correction_bias: torch.Tensor,  # [E] fp32
     top_k: int,
     renormalize: bool,
     scale: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:  # ids [T, k] int32, weights [T, k] fp32
-    """The k experts of each token and their routing weights."""
-    t, e = _check_routing(logits.shape, logits, correction_bias, top_k)
-    ids = torch.empty(t, top_k, dtype=torch.int32, device=logits.device)
-    weights = torch.empty(t, top_k, dtype=torch.float32, device=logits.device)
+    """The k experts of each token and their routing weights. The logits may be the router's
+    product as a `SplitProduct`, summed as the kernel loads them."""
+    src, stride_s, num_parts = summed_args(logits)
+    t, e = _check_routing(logits.shape, src if num_parts == 0 else None, correction_bias, top_k)
+    if num_parts and logits.dtype != torch.float32:
+        raise ValueError(f"logits must be fp32, got {logits.dtype}")
+    ids = torch.empty(t, top_k, dtype=torch.int32, device=src.device)
+    weights = torch.empty(t, top_k, dtype=torch.float32, device=src.device)
     if t == 0:
         return ids, weights
+    pdl = use_pdl(src)
     _route_kernel[(t,)](
-        logits, correction_bias.contiguous(), ids, weights, logits.stride(0), e, scale,
-        K=top_k, RENORMALIZE=renormalize, BLOCK_E=triton.next_power_of_2(e), num_warps=1,
-        USE_PDL=use_pdl(logits), launch_pdl=use_pdl(logits),
+        src, correction_bias.contiguous(), ids, weights, src.stride(-2), stride_s, e, scale,
+        K=top_k, RENORMALIZE=renormalize, BLOCK_E=triton.next_power_of_2(e),
+        NUM_PARTS=num_parts, num_warps=1, USE_PDL=pdl, launch_pdl=pdl,
     )  # fmt: skip
     return ids, weights
 

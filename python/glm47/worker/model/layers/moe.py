@@ -19,7 +19,7 @@ from glm47.kernels.moe_decode import (
     fused_moe_from_residual,
 )
 from glm47.kernels.routing import route_topk
-from glm47.kernels.skinny_gemm import skinny_gemm, takes_rows
+from glm47.kernels.skinny_gemm import skinny_gemm, skinny_gemm_parts, takes_rows
 from glm47.kernels.split_k import SplitProduct
 from glm47.worker.model.config import ModelConfig
 from glm47.worker.model.layers.experts import ExpertsBackend
@@ -121,7 +121,12 @@ class MoE(nn.Module):
         cfg = self.cfg
         k = cfg.num_experts_per_tok
         if self.routes_in_kernel:
-            logits = self.router_logits(x)  # [T, E] fp32
+            # [T, E] fp32; from the skinny kernel as its K slices, which the routing sums
+            logits: torch.Tensor | SplitProduct = (
+                skinny_gemm_parts(x, self.gate_weight)
+                if self.skinny and takes_rows(x, x.shape[0])
+                else self.router_logits(x)
+            )
             return route_topk(
                 logits,
                 self.e_score_correction_bias,

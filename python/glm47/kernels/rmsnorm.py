@@ -6,8 +6,8 @@
 `rmsnorm_pair` normalises two column ranges of each row with their own weights in one launch: MLA's
 compressed query and latent, which sit side by side in the output of one projection.
 
-Both take the projection before them as a tensor or as a `SplitProduct` (kernels/skinny_gemm),
-whose partials they sum as they load it.
+Both take the projection before them as a tensor or as a `SplitProduct` (kernels/split_k), whose
+partials they sum as they load it.
 """
 
 from __future__ import annotations
@@ -151,8 +151,9 @@ def rmsnorm_pair(
     dtype = x.dtype
     out_a = torch.empty((t, d_a), dtype=dtype, device=x.device)
     out_b = torch.empty((t, d_b), dtype=dtype, device=x.device)
-    tail = None if tail_from is None else torch.empty((t, width - tail_from), dtype=dtype,
-                                                      device=x.device)  # fmt: skip
+    tail = None
+    if tail_from is not None:
+        tail = torch.empty((t, width - tail_from), dtype=dtype, device=x.device)
     if t == 0:
         return out_a, out_b, tail
     src, stride_s, num_parts = summed_args(x)

@@ -65,27 +65,23 @@ async fn a_completion_lists_each_prompt_token_with_its_rank_and_alternatives() {
 async fn with_an_echo_the_larger_top_is_scored_and_each_part_shows_its_own() {
     let (model, worker, server) = setup(" world", 2, &[]).await;
     let ids = model.encode("hello");
-    let body = json!({"prompt": "hello", "echo": true, "logprobs": 1, "max_tokens": 2,
-                      "prompt_logprobs": 2});
-    let (status, answer) = server.post("/v1/completions", body).await;
-    assert_eq!(status, 200, "{answer}");
-    assert_eq!(worker.requests()[0].prompt_logprobs, 2);
-    let choice = &answer["choices"][0];
-    assert_eq!(choice["text"], "hello w");
-    assert_eq!(choice["logprobs"]["top_logprobs"][1], json!({"e": -0.25}));
-    assert_eq!(choice["prompt_logprobs"], expected(&model, &ids, 2));
-
-    let body = json!({"prompt": "hello", "echo": true, "logprobs": 2, "max_tokens": 2,
-                      "prompt_logprobs": 0});
-    let (status, answer) = server.post("/v1/completions", body).await;
-    assert_eq!(status, 200, "{answer}");
-    assert_eq!(worker.requests()[1].prompt_logprobs, 2);
-    let choice = &answer["choices"][0];
-    assert_eq!(
-        choice["logprobs"]["top_logprobs"][1],
-        json!({"e": -0.25, "f": -3.0})
-    );
-    assert_eq!(choice["prompt_logprobs"], expected(&model, &ids, 0));
+    // (echo's logprobs, prompt_logprobs, the echo's alternatives at position 1): the worker
+    // scores the larger top, 2, both times
+    let cases = [
+        (1, 2, json!({"e": -0.25})),
+        (2, 0, json!({"e": -0.25, "f": -3.0})),
+    ];
+    for (i, (echo_top, listed, echo_alternatives)) in cases.into_iter().enumerate() {
+        let body = json!({"prompt": "hello", "echo": true, "logprobs": echo_top, "max_tokens": 2,
+                          "prompt_logprobs": listed});
+        let (status, answer) = server.post("/v1/completions", body).await;
+        assert_eq!(status, 200, "{answer}");
+        assert_eq!(worker.requests()[i].prompt_logprobs, 2);
+        let choice = &answer["choices"][0];
+        assert_eq!(choice["text"], "hello w");
+        assert_eq!(choice["logprobs"]["top_logprobs"][1], echo_alternatives);
+        assert_eq!(choice["prompt_logprobs"], expected(&model, &ids, listed));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -81,14 +81,17 @@ def tag(cfg: MoeConfig) -> str:
     )
 
 
-# (block_n, warps, stages, rescale slack). Slack 0 rescales the accumulator whenever a head's
-# maximum grows (as the kernel did before the slack). 8 warps capped at 128 registers (two
-# programs a multiprocessor) measured slower on the H200 (2026-12-02) and were dropped.
+# (block_n, warps, stages, rescale slack, head groups). Slack 0 rescales the accumulator whenever
+# a head's maximum grows (as the kernel did before the slack). 8 warps capped at 128 registers
+# (two programs a multiprocessor) measured slower on the H200 (2026-12-02) and were dropped. Two
+# head groups (10 heads a program) only where the batch is small.
 DECODE_CFGS = [
-    (32, 4, 3, 0.0),
-    (32, 4, 3, 8.0),
-    (32, 4, 2, 8.0),
-    (64, 8, 2, 8.0),
+    (32, 4, 3, 0.0, 1),
+    (32, 4, 3, 8.0, 1),
+    (32, 4, 2, 8.0, 1),
+    (64, 8, 2, 8.0, 1),
+    (64, 8, 2, 8.0, 2),
+    (32, 4, 2, 8.0, 2),
 ]
 
 
@@ -105,7 +108,9 @@ def bench_decode(ceil: dict, sms: int) -> list[Row]:
                 q = torch.randn((batch, HEADS, WIDTH), dtype=BF16, device=DEV)
                 sets.append((q, cache, table, lens, 16, SCALE))
             base = default_num_splits(batch, sms)
-            for bn, warps, stages, slack in DECODE_CFGS:
+            for bn, warps, stages, slack, groups in DECODE_CFGS:
+                if groups > 1 and batch >= 16:
+                    continue
                 # Besides the default and its neighbours, fewer slices for short contexts: each
                 # slice writes a 20 x 512 fp32 partial, which at batch 1 and 1K tokens with 64
                 # slices is twice the bytes of the cache it reads.
@@ -113,9 +118,10 @@ def bench_decode(ceil: dict, sms: int) -> list[Row]:
                 for splits in sorted({base, max(1, base // 2), min(64, base * 2), *few}):
                     ms = graph_ms(
                         mla_decode, sets, num_splits=splits, block_n=bn, num_warps=warps,
-                        num_stages=stages, rescale_slack=slack,
+                        num_stages=stages, rescale_slack=slack, head_groups=groups,
                     )  # fmt: skip
                     var = f"graph x{copies} bn{bn} w{warps} s{stages} slack{slack:g} splits{splits}"
+                    var += f" hg{groups}" if groups > 1 else ""
                     shape = f"B={batch} ctx={ctx}"
                     rows.append(row("mla_decode", shape, var, ms, nbytes, flops, ceil))
             del sets

@@ -116,6 +116,29 @@ def test_query_parts_must_match_in_shape_and_dtype(device: str) -> None:
         mla_decode(q, cache, table, lens, 8, 0.1, d_rope=16, q_rope=torch.randn(2, 3, 16).half())
 
 
+@pytest.mark.parametrize("head_groups", [2, 3])
+def test_heads_split_over_programs_give_the_same_attention(
+    head_groups: int, device: str, dtype: torch.dtype
+) -> None:
+    """Each group of heads in its own programs (20 heads in 2 groups of 10, or 3 of 7, 7 and 6;
+    on the CPU 7 heads in 4 and 3, or 3, 3 and 1): every head as with one program for all."""
+    heads, d_lat, d_rope = (20, 512, 64) if ON_GPU else (7, 32, 16)
+    lens = [1, 300, 77]
+    width = d_lat + d_rope
+    cache, table = make_paged_cache(lens, width, 16, dtype, device)
+    q = torch.randn((len(lens), heads, width), dtype=dtype, device=device)
+    seq_lens = torch.tensor(lens, dtype=torch.int32, device=device)
+    scale = (d_lat // 2) ** -0.5
+    args = (q, cache, table, seq_lens, 16, scale)
+    whole = mla_decode(*args, d_rope=d_rope, num_splits=3, block_n=32)
+    grouped = mla_decode(*args, d_rope=d_rope, num_splits=3, block_n=32, head_groups=head_groups)
+    ref = mla_decode_ref(q.double(), cache.double(), table, seq_lens, 16, scale, d_rope)
+    assert rel_err(grouped, ref) < 1e-2
+    torch.testing.assert_close(grouped, whole, rtol=2e-2, atol=2e-2)
+    with pytest.raises(ValueError, match="head_groups"):
+        mla_decode(*args, d_rope=d_rope, head_groups=heads + 1)
+
+
 def test_mla_decode_rejects_mismatched_dtype_and_negative_slack(device: str) -> None:
     q = torch.randn((1, 2, 48), dtype=torch.float16, device=device)
     cache = torch.randn((8, 48), dtype=torch.float32, device=device)

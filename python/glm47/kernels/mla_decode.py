@@ -189,6 +189,7 @@ def _mla_decode_split_kernel(
     stride_plb,
     stride_pls,
     num_heads,
+    heads_per_group,  # heads a program takes (grid axis 2 walks the groups)
     num_splits,
     scale_log2,
     PAGE_SIZE: tl.constexpr,
@@ -202,7 +203,9 @@ def _mla_decode_split_kernel(
     KV_BLOCK_L: tl.constexpr = 16,  # KV_LINES rounded up to a power of two
     KV_LINE_ELEMS: tl.constexpr = 64,
 ):
-    """One slice of one sequence, all heads: partial output and log-sum-exp.
+    """One slice of one sequence, one group of heads (all of them unless the launch splits the
+    heads: then each group's programs read the slice's rows again): partial output and
+    log-sum-exp.
 
     Per tile of BLOCK_N cached rows: scores `Q @ K^T` ([BLOCK_H, BLOCK_N]) and the accumulator
     `P @ V` ([BLOCK_H, D_LAT]). The latent columns are taken in two halves, so each product is two
@@ -224,20 +227,23 @@ def _mla_decode_split_kernel(
         _prefetch_rows(kv_ptr, slot, stride_kv, KV_LINES, KV_BLOCK_L, KV_LINE_ELEMS)
     pdl_wait(USE_PDL)
 
-    lse_row = part_lse_ptr + b * stride_plb + split * stride_pls
+    h0 = tl.program_id(2) * heads_per_group  # the group's first head
+    group_heads = tl.minimum(heads_per_group, num_heads - h0)
+    lse_row = part_lse_ptr + b * stride_plb + split * stride_pls + h0
     if start < end:
         _attend_slice(
-            q_ptr + b * stride_qb, qr_ptr + b * stride_qrb, kv_ptr, page_table_ptr,
-            part_out_ptr + b * stride_pob + split * stride_pos, lse_row, b, start, end,
-            stride_qh, stride_qrh, stride_kv, stride_pt, stride_poh, num_heads, scale_log2,
-            mask_n, slot, PAGE_SIZE, D_LAT, D_ROPE, BLOCK_H, BLOCK_N, RESCALE_SLACK,
+            q_ptr + b * stride_qb + h0 * stride_qh, qr_ptr + b * stride_qrb + h0 * stride_qrh,
+            kv_ptr, page_table_ptr,
+            part_out_ptr + b * stride_pob + split * stride_pos + h0 * stride_poh, lse_row, b,
+            start, end, stride_qh, stride_qrh, stride_kv, stride_pt, stride_poh, group_heads,
+            scale_log2, mask_n, slot, PAGE_SIZE, D_LAT, D_ROPE, BLOCK_H, BLOCK_N, RESCALE_SLACK,
         )  # fmt: skip
     else:
         # Past the sequence's end (most slices at small batches): the partial is left unwritten
         # and its log-sum-exp at -inf, so the merge neither weighs nor reads it.
         offs_h = tl.arange(0, BLOCK_H)
         tl.store(lse_row + offs_h, tl.full([BLOCK_H], float("-inf"), tl.float32),
-                 mask=offs_h < num_heads)  # fmt: skip
+                 mask=offs_h < group_heads)  # fmt: skip
 
 
 @triton.jit(do_not_specialize=["stride_plb", "num_splits"],
@@ -353,12 +359,16 @@ def mla_decode(
     num_stages: int | None = None,
     q_rope: torch.Tensor | None = None,  # [B, H, D_ROPE]: the roped part, when q holds D_LAT
     rescale_slack: float = RESCALE_SLACK,
+    head_groups: int = 1,
 ) -> torch.Tensor:  # [B, H, D_LAT]
     """Attention of one query token per sequence over its cached latents (values = first D_LAT).
 
     Launch settings left as None take `default_launch(B)`. `rescale_slack` (log2 units, 0-15) is
     how far a head's score may pass the running maximum before the accumulator is rescaled (see
-    `_mla_decode_split_kernel`); every value gives the same result up to rounding.
+    `_mla_decode_split_kernel`); every value gives the same result up to rounding. `head_groups`
+    > 1 splits the heads over that many programs per slice (each reading the slice's rows), so a
+    program's products are narrower: for small batches, where a few programs' chains of
+    instructions are the step's time.
     """
     q_lat, q_pe = split_query(q, q_rope, d_rope)
     b, h, d_lat = q_lat.shape
@@ -386,18 +396,22 @@ def mla_decode(
         raise ValueError(f"page_size must be a power of two, got {page_size}")
     if not 1 <= num_splits <= 64:
         raise ValueError(f"num_splits must be in [1, 64], got {num_splits}")
-    block_h = max(16, triton.next_power_of_2(h))
+    if not 1 <= head_groups <= h:
+        raise ValueError(f"head_groups must be in [1, {h}], got {head_groups}")
+    heads_per_group = triton.cdiv(h, head_groups)
+    head_groups = triton.cdiv(h, heads_per_group)  # none empty
+    block_h = max(16, triton.next_power_of_2(heads_per_group))
     pdl = use_pdl(q_lat)
     kv_lines = triton.cdiv((d_lat + d_rope) * kv_cache.element_size(), 128)  # a cached row's
     part_out = torch.empty((b, num_splits, h, d_lat), dtype=torch.float32, device=q_lat.device)
     part_lse = torch.empty((b, num_splits, h), dtype=torch.float32, device=q_lat.device)
-    _mla_decode_split_kernel[(b, num_splits)](
+    _mla_decode_split_kernel[(b, num_splits, head_groups)](
         q_lat, q_pe, kv_cache, page_table, seq_lens, part_out, part_lse,
         q_lat.stride(0), q_lat.stride(1), q_pe.stride(0), q_pe.stride(1),
         kv_cache.stride(0), page_table.stride(0),
         part_out.stride(0), part_out.stride(1), part_out.stride(2),
         part_lse.stride(0), part_lse.stride(1),
-        h, num_splits, scale * LOG2E,
+        h, heads_per_group, num_splits, scale * LOG2E,
         PAGE_SIZE=page_size, D_LAT=d_lat, D_ROPE=d_rope, BLOCK_H=block_h, BLOCK_N=block_n,
         RESCALE_SLACK=float(rescale_slack), num_warps=num_warps, num_stages=num_stages,
         USE_PDL=pdl, launch_pdl=pdl, KV_LINES=kv_lines,

@@ -86,7 +86,7 @@ async fn with_an_echo_the_larger_top_is_scored_and_each_part_shows_its_own() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_puts_prompt_logprobs_in_each_choices_first_chunk() {
-    let (model, _worker, server) = setup(" world", 2, &[]).await;
+    let (model, worker, server) = setup(" world", 2, &[]).await;
     let ids = model.encode("hello");
     let body = json!({"prompt": "hello", "echo": true, "max_tokens": 6, "n": 2,
                       "stream": true, "prompt_logprobs": 1});
@@ -106,6 +106,59 @@ async fn a_stream_puts_prompt_logprobs_in_each_choices_first_chunk() {
         let text: String = own.iter().filter_map(|c| c["text"].as_str()).collect();
         assert_eq!(text, "hello world");
     }
+    let scored: Vec<i32> = worker
+        .requests()
+        .iter()
+        .map(|r| r.prompt_logprobs)
+        .collect();
+    assert_eq!(
+        scored,
+        [1, -1],
+        "the second choice shares the first one's scores"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_prompt_is_scored_once_and_its_choices_share_the_scores() {
+    let (model, worker, server) = setup(" world", 2, &[]).await;
+    let prompts = ["hello", "hi there"];
+    let body = json!({"prompt": prompts, "n": 2, "max_tokens": 2, "echo": true, "logprobs": 0,
+                      "prompt_logprobs": 1});
+    let (status, answer) = server.post("/v1/completions", body).await;
+    assert_eq!(status, 200, "{answer}");
+    let choices = answer["choices"].as_array().unwrap();
+    assert_eq!(choices.len(), 4);
+    for (choice, i) in choices.iter().zip(0usize..) {
+        let ids = model.encode(prompts[i / 2]);
+        assert_eq!(choice["index"], i);
+        assert_eq!(
+            choice["prompt_logprobs"],
+            expected(&model, &ids, 1),
+            "choice {i}"
+        );
+        let echoed = &choice["logprobs"]["token_logprobs"];
+        assert_eq!(echoed[0], Value::Null, "choice {i}");
+        assert_eq!(
+            echoed[1],
+            json!(-0.25),
+            "choice {i}: the echo's logprobs are shared too"
+        );
+    }
+    for prompt in prompts {
+        let ids = model.encode(prompt);
+        let scored: Vec<i32> = worker
+            .requests()
+            .iter()
+            .filter(|r| r.input_ids == ids)
+            .map(|r| r.prompt_logprobs)
+            .collect();
+        assert_eq!(scored.len(), 2);
+        assert_eq!(
+            scored.iter().filter(|&&k| k == 1).count(),
+            1,
+            "{prompt}: {scored:?}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -118,6 +171,11 @@ async fn a_chat_answer_lists_the_rendered_prompt_and_a_chat_stream_is_refused() 
     let ids = worker.requests()[0].input_ids.clone();
     assert_eq!(ids, model.encode("<|user|>hi<|assistant|><think>"));
     assert_eq!(worker.requests()[0].prompt_logprobs, 2);
+    assert_eq!(
+        worker.requests()[1].prompt_logprobs,
+        -1,
+        "one choice scores the prompt"
+    );
     assert_eq!(answer["prompt_logprobs"], expected(&model, &ids, 2));
     assert_eq!(
         answer["prompt_logprobs"][1][ids[1].to_string()]["decoded_token"],

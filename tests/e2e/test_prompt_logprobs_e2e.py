@@ -90,6 +90,19 @@ def test_completions_list_the_prompt_like_transformers_and_like_the_echo(
     assert all(c.choices[0].model_extra.get("prompt_logprobs") is None for c in streamed[1:])
     assert "".join(c.choices[0].text for c in streamed) == plain.text
 
+    # n choices: the worker scores the prompt once and every choice lists (and echoes) it
+    choices = client.completions.create(
+        **kwargs, n=3, echo=True, logprobs=1, extra_body={"prompt_logprobs": TOP}
+    ).choices
+    assert [c.index for c in choices] == [0, 1, 2]
+    shared = choices[0].model_extra["prompt_logprobs"]
+    check_listed(shared, ids, tok, hf_model)  # scored in a batch of three: equal up to rounding
+    for choice in choices:
+        assert choice.model_extra["prompt_logprobs"] == shared
+        assert choice.logprobs.token_logprobs[1 : len(ids)] == [
+            p[str(t)]["logprob"] for p, t in zip(shared[1:], ids[1:], strict=True)
+        ]
+
 
 def test_chat_lists_the_rendered_prompt_and_refuses_a_stream(
     client: openai.OpenAI, tok: glm47.Tokenizer, hf_model: Any

@@ -11,7 +11,7 @@ use super::prepare::{
     max_new_tokens, plain_pipeline, prompt_ids, prompt_pieces, prompt_text, ready_worker,
     wire_requests,
 };
-use super::run::{collect, drive, merge, start, ChoiceDelta, ChoiceStream};
+use super::run::{collect, drive, merge, share_prompt_scores, start, ChoiceDelta, ChoiceStream};
 use super::{logprobs, sse, ApiError, AppState, JsonBody, Meta};
 use crate::protocol::completions::{
     Completion, CompletionChoice, CompletionRequest, DEFAULT_MAX_TOKENS,
@@ -126,6 +126,9 @@ pub async fn completions(
         streams.push(drive(handles, pipelines, p * req.n));
     }
     let mut stream = merge(streams);
+    if req.sampling.score_prompt.is_some() {
+        stream = share_prompt_scores(stream, req.n);
+    }
     if req.score_only {
         stream = stream
             .map(|item| {

@@ -234,7 +234,8 @@ pub fn max_new_tokens(
 }
 
 /// One wire request per choice (`seed + i` for choice `i` when a seed is given), with the model's
-/// generation_config defaults filling what the client left out.
+/// generation_config defaults filling what the client left out. Only the first choice has the
+/// worker score the prompt: the others share its scores (`run::share_prompt_scores`).
 pub fn wire_requests(
     state: &AppState,
     ids: &[u32],
@@ -265,7 +266,10 @@ pub fn wire_requests(
             r.stop_token_ids = sampling.stop_token_ids.clone();
             r.ignore_eos = sampling.ignore_eos;
             r.logprobs = sampling.logprobs;
-            r.prompt_logprobs = sampling.score_prompt.map_or(-1, |k| k as i32);
+            r.prompt_logprobs = match sampling.score_prompt {
+                Some(k) if i == 0 => k as i32,
+                _ => -1,
+            };
             r.logit_bias = sampling
                 .logit_bias
                 .iter()

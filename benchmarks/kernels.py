@@ -85,14 +85,8 @@ def tag(cfg: MoeConfig) -> str:
 # a head's maximum grows (as the kernel did before the slack). 8 warps capped at 128 registers
 # (two programs a multiprocessor) measured slower on the H200 (2026-12-02) and were dropped. Two
 # head groups (10 heads a program) only where the batch is small.
-DECODE_CFGS = [
-    (32, 4, 3, 0.0, 1),
-    (32, 4, 3, 8.0, 1),
-    (32, 4, 2, 8.0, 1),
-    (64, 8, 2, 8.0, 1),
-    (64, 8, 2, 8.0, 2),
-    (32, 4, 2, 8.0, 2),
-]
+DECODE_CFGS = [(32, 4, 3, 0.0, 1), (32, 4, 3, 8.0, 1), (32, 4, 2, 8.0, 1), (64, 8, 2, 8.0, 1),
+               (64, 8, 2, 8.0, 2), (32, 4, 2, 8.0, 2)]  # fmt: skip
 
 
 def bench_decode(ceil: dict, sms: int) -> list[Row]:

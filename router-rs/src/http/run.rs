@@ -2,7 +2,7 @@
 //! deltas. Streaming answers forward the stream; non-streaming answers [`collect`] it. Dropping
 //! the stream drops the request handles, which aborts unfinished requests in the worker.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use futures::stream::{self, BoxStream, StreamExt};
 
@@ -87,7 +87,7 @@ pub fn share_prompt_scores(stream: ChoiceStream, n: u32) -> ChoiceStream {
         n,
         known: HashMap::new(),
         waiting: HashMap::new(),
-        given: Vec::new(),
+        given: HashSet::new(),
     };
     stream::unfold(
         (stream, sharing, VecDeque::new(), false),
@@ -122,7 +122,7 @@ struct ScoreSharing {
     /// Deltas of siblings whose prompt's scores are not known yet, by choice.
     waiting: HashMap<u32, Vec<ChoiceDelta>>,
     /// The choices whose first delta has gone out.
-    given: Vec<u32>,
+    given: HashSet<u32>,
 }
 
 type Ready = VecDeque<Result<ChoiceDelta, ApiError>>;
@@ -172,10 +172,9 @@ impl ScoreSharing {
 
     /// Gives a sibling's first delta its prompt's scores.
     fn stamp(&mut self, choice: &mut ChoiceDelta) {
-        if self.given.contains(&choice.index) {
+        if !self.given.insert(choice.index) {
             return;
         }
-        self.given.push(choice.index);
         let scores = self.known.get(&(choice.index / self.n)).cloned().flatten();
         if choice.delta.prompt_logprobs.is_none() {
             choice.delta.prompt_logprobs = scores;

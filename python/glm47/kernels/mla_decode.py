@@ -199,6 +199,7 @@ def _mla_decode_split_kernel(
     BLOCK_N: tl.constexpr,
     RESCALE_SLACK: tl.constexpr,
     USE_PDL: tl.constexpr,
+    HEAD_GROUPS: tl.constexpr = 1,  # grid axis 2; 1: every head in one program
     KV_LINES: tl.constexpr = 9,  # 128-byte lines of a cached row
     KV_BLOCK_L: tl.constexpr = 16,  # KV_LINES rounded up to a power of two
     KV_LINE_ELEMS: tl.constexpr = 64,
@@ -227,8 +228,11 @@ def _mla_decode_split_kernel(
         _prefetch_rows(kv_ptr, slot, stride_kv, KV_LINES, KV_BLOCK_L, KV_LINE_ELEMS)
     pdl_wait(USE_PDL)
 
-    h0 = tl.program_id(2) * heads_per_group  # the group's first head
-    group_heads = tl.minimum(heads_per_group, num_heads - h0)
+    h0 = 0  # the group's first head
+    group_heads = num_heads
+    if HEAD_GROUPS > 1:
+        h0 = tl.program_id(2) * heads_per_group
+        group_heads = tl.minimum(heads_per_group, num_heads - h0)
     lse_row = part_lse_ptr + b * stride_plb + split * stride_pls + h0
     if start < end:
         _attend_slice(
@@ -413,7 +417,8 @@ def mla_decode(
         part_lse.stride(0), part_lse.stride(1),
         h, heads_per_group, num_splits, scale * LOG2E,
         PAGE_SIZE=page_size, D_LAT=d_lat, D_ROPE=d_rope, BLOCK_H=block_h, BLOCK_N=block_n,
-        RESCALE_SLACK=float(rescale_slack), num_warps=num_warps, num_stages=num_stages,
+        RESCALE_SLACK=float(rescale_slack), HEAD_GROUPS=head_groups, num_warps=num_warps,
+        num_stages=num_stages,
         USE_PDL=pdl, launch_pdl=pdl, KV_LINES=kv_lines,
         KV_BLOCK_L=triton.next_power_of_2(kv_lines), KV_LINE_ELEMS=128 // kv_cache.element_size(),
     )  # fmt: skip

@@ -35,6 +35,13 @@ def add_kernel_flags(parser: argparse.ArgumentParser) -> None:
         help="steps of at most this many tokens run the shared expert inside the routed experts' "
         "grouped GEMMs (default: kernel_options.SHARED_FOLD_TOKENS; 0: never)",
     )
+    parser.add_argument(
+        "--mla-head-groups",
+        type=int,
+        default=None,
+        help="decode steps below batch 16 split MLA decode's heads over this many programs a "
+        "slice (default: 1)",
+    )
 
 
 def kernel_options(args: argparse.Namespace) -> KernelOptions:
@@ -43,4 +50,5 @@ def kernel_options(args: argparse.Namespace) -> KernelOptions:
         pdl=args.pdl,
         shared_overlap_tokens=args.shared_overlap_tokens,
         shared_fold_tokens=args.shared_fold_tokens,
+        mla_head_groups=args.mla_head_groups,
     )

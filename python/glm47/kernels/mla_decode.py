@@ -32,6 +32,9 @@ STEP_VARYING_DECODE = ["stride_pt", "stride_plb", "num_splits"]
 STEP_VARYING_POINTERS = ["page_table_ptr", "seq_lens_ptr"]
 # Programs per head of the merge below batch 16 (each takes D_LAT / this many value columns).
 MERGE_COLUMN_BLOCKS = 4
+# Head groups of the decode steps below batch 16 (`small_batch_head_groups`; set once per process
+# by the model runner's kernel options, like dependent launch). 1 until measured faster.
+_small_batch_groups = 1
 
 
 @triton.jit
@@ -333,6 +336,20 @@ def default_launch(batch: int) -> tuple[int, int, int]:
     return (32, 4, 3) if batch >= 16 else (64, 8, 2)
 
 
+def set_small_batch_head_groups(groups: int) -> None:
+    """The `head_groups` that `small_batch_head_groups` gives below batch 16, process-wide."""
+    global _small_batch_groups
+    if groups < 1:
+        raise ValueError(f"head groups must be >= 1, got {groups}")
+    _small_batch_groups = groups
+
+
+def small_batch_head_groups(batch: int, heads: int) -> int:
+    """`head_groups` for a decode step of `batch` sequences: the process-wide setting below batch
+    16 (at most one group per head), one group from there up."""
+    return min(_small_batch_groups, heads) if batch < 16 else 1
+
+
 def default_num_splits(batch: int, num_sms: int = 132, max_seq_len: int | None = None) -> int:
     """Slices per sequence so that all programs are resident at once, none waiting for a slot.
 
@@ -488,5 +505,7 @@ __all__ = [
     "gather_latents",
     "mla_decode",
     "mla_decode_ref",
+    "set_small_batch_head_groups",
+    "small_batch_head_groups",
     "split_query",
 ]

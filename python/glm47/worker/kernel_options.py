@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+from glm47.kernels.mla_decode import set_small_batch_head_groups
 from glm47.kernels.pdl import pdl_supported, set_pdl
 from glm47.worker.model.glm4_moe_lite import Glm4MoeLiteForCausalLM
 
@@ -44,13 +45,16 @@ class KernelOptions:
     0: never).
     `shared_fold_tokens`: on a GPU with the Triton experts, steps of at most this many tokens run
     the shared expert inside the routed experts' grouped GEMMs instead (None: SHARED_FOLD_TOKENS;
-    0: never; takes precedence over the overlap)."""
+    0: never; takes precedence over the overlap).
+    `mla_head_groups`: decode steps below batch 16 split the Triton MLA decode kernel's heads over
+    this many programs a slice (kernels/mla_decode `head_groups`; None: 1), process-wide."""
 
     fused_kernels: bool | None = None
     skinny_gemm: bool | None = None
     pdl: bool | None = None
     shared_overlap_tokens: int | None = None
     shared_fold_tokens: int | None = None
+    mla_head_groups: int | None = None
 
     def apply(self, model: Glm4MoeLiteForCausalLM, device: torch.device) -> KernelOptions:
         """Switch the model's paths for `device`; the options that took effect, none left None."""
@@ -77,6 +81,8 @@ class KernelOptions:
         if fold < 0:
             raise ValueError(f"shared_fold_tokens must be >= 0, got {fold}")
         fold = model.fold_shared_experts(fold)
+        head_groups = 1 if self.mla_head_groups is None else self.mla_head_groups
+        set_small_batch_head_groups(head_groups)
         return dataclasses.replace(
             self,
             fused_kernels=fused,
@@ -84,6 +90,7 @@ class KernelOptions:
             pdl=pdl,
             shared_overlap_tokens=overlap,
             shared_fold_tokens=fold,
+            mla_head_groups=head_groups,
         )
 
     def describe(self) -> str:
@@ -91,5 +98,6 @@ class KernelOptions:
         return (
             f"fused norm/rope/routing={self.fused_kernels} skinny gemm={self.skinny_gemm} "
             f"pdl={self.pdl} shared expert overlap up to {self.shared_overlap_tokens} tokens, "
-            f"folded into the routed experts up to {self.shared_fold_tokens}"
+            f"folded into the routed experts up to {self.shared_fold_tokens}, "
+            f"MLA decode head groups below batch 16 {self.mla_head_groups}"
         )

@@ -120,13 +120,14 @@ class ModelRunner:
         pdl: bool | None = None,
         shared_overlap_tokens: int | None = None,
         shared_fold_tokens: int | None = None,
+        mla_head_groups: int | None = None,
         warmup_tokens: int = 0,
         segment_graph_max_tokens: int = 0,
         segment_capturer: Capturer | None = None,
         verify_tokens: int = 0,
     ) -> None:
-        """`fused_kernels`, `skinny_gemm`, `pdl`, `shared_overlap_tokens` and `shared_fold_tokens`:
-        the model's kernel paths (`KernelOptions`).
+        """`fused_kernels`, `skinny_gemm`, `pdl`, `shared_overlap_tokens`, `shared_fold_tokens` and
+        `mla_head_groups`: the model's kernel paths (`KernelOptions`).
         `warmup_tokens`: on a GPU, run prefill steps of up to this many tokens before returning,
         so that the kernels' first-call compilation is not paid by the first requests.
         `segment_graph_max_tokens`: capture the steps that decode graphs do not serve, up to this
@@ -164,8 +165,9 @@ class ModelRunner:
             seed=seed,
         )
         self.kernels = KernelOptions(
-            fused_kernels, skinny_gemm, pdl, shared_overlap_tokens, shared_fold_tokens
-        ).apply(self.model, self.device)
+            fused_kernels, skinny_gemm, pdl, shared_overlap_tokens, shared_fold_tokens,
+            mla_head_groups,
+        ).apply(self.model, self.device)  # fmt: skip
         self.pdl = bool(self.kernels.pdl)
         self.num_pages = self._pool_pages(num_pages, kv_tokens, mem_fraction)
         self.kv_cache = torch.zeros(

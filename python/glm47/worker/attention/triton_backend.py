@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 
 from glm47.kernels.device import num_sms
-from glm47.kernels.mla_decode import default_num_splits, mla_decode
+from glm47.kernels.mla_decode import default_num_splits, mla_decode, small_batch_head_groups
 from glm47.kernels.mla_prefill import mla_prefill
 from glm47.kernels.varlen_attention import varlen_attention
 from glm47.worker.attention.base import (
@@ -107,10 +107,12 @@ class TritonMLABackend:
         if q_pe.stride(-1) != 1:
             q_pe = q_pe.contiguous()
         if meta.is_decode:
-            splits = default_num_splits(q_lat.shape[0], num_sms(q_lat.device))
+            batch, heads = q_lat.shape[:2]
+            splits = default_num_splits(batch, num_sms(q_lat.device))
             att = mla_decode(
                 q_lat, kv_cache, meta.page_table, meta.seq_lens, meta.page_size, scale,
                 d_rope=rope_dim, num_splits=splits, q_rope=q_pe,
+                head_groups=small_batch_head_groups(batch, heads),
             )  # fmt: skip
         else:
             att = mla_prefill(

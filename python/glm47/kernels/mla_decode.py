@@ -13,9 +13,9 @@ import torch
 import triton
 import triton.language as tl
 
+from glm47.kernels.mla_common import LOG2E, check_q_and_cache, gather_latents, split_query
 from glm47.kernels.pdl import pdl_wait, prefetch_l2, use_pdl
 
-LOG2E = 1.4426950408889634  # softmax runs in exp2: scores are pre-scaled by log2(e)
 # How far (log2 units) a head's score may pass the running maximum before the decode kernel
 # rescales its accumulator: probabilities stay below 2**8, far inside fp32 and bf16.
 RESCALE_SLACK = 8.0
@@ -301,33 +301,6 @@ def _mla_decode_merge_kernel(
     tl.store(out_ptr + b * stride_ob + h * stride_oh + offs_c, out.to(out_ptr.dtype.element_ty))
 
 
-def check_q_and_cache(q: torch.Tensor, kv_cache: torch.Tensor, width: int) -> None:
-    """The checks shared by the MLA launchers: the query is W wide, kv_cache [slots, >= W], both
-    with a contiguous last dimension and one dtype."""
-    if kv_cache.dim() != 2 or kv_cache.shape[1] < width:
-        raise ValueError(f"kv_cache must be [slots, >= {width}], got {tuple(kv_cache.shape)}")
-    if kv_cache.stride(1) != 1 or q.stride(-1) != 1:
-        raise ValueError("q and kv_cache need a contiguous last dimension")
-    if q.dtype != kv_cache.dtype:
-        raise ValueError(f"q dtype {q.dtype} != kv_cache dtype {kv_cache.dtype}")
-
-
-def split_query(
-    q: torch.Tensor, q_rope: torch.Tensor | None, d_rope: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(latent part [.., H, D_LAT], rope part [.., H, D_ROPE]) of the query: views of one
-    `[.., H, D_LAT + D_ROPE]` tensor, or `q` and `q_rope` given apart (then no concatenation is
-    needed before the launch). Both need a contiguous last dimension and q's dtype."""
-    if q_rope is None:
-        d_lat = q.shape[-1] - d_rope
-        return q[..., :d_lat], q[..., d_lat:]
-    if q_rope.shape[:-1] != q.shape[:-1] or q_rope.shape[-1] != d_rope:
-        raise ValueError(f"q_rope must be {(*q.shape[:-1], d_rope)}, got {tuple(q_rope.shape)}")
-    if q_rope.stride(-1) != 1 or q_rope.dtype != q.dtype:
-        raise ValueError("q_rope needs a contiguous last dimension and the dtype of q")
-    return q, q_rope
-
-
 def default_launch(batch: int) -> tuple[int, int, int]:
     """(block_n, num_warps, num_stages) measured best on an H100 for this batch size, and again
     on an H200 (2026-12-02) against 8 warps capped at 128 registers (two programs a
@@ -453,18 +426,6 @@ def mla_decode(
     return out
 
 
-def gather_latents(
-    kv_cache: torch.Tensor,  # [num_slots, W]
-    page_ids: torch.Tensor,  # [max_pages] int
-    length: int,
-    page_size: int,
-) -> torch.Tensor:  # [length, W]
-    """The cached rows of positions [0, length) of one sequence."""
-    pos = torch.arange(length, device=kv_cache.device)
-    slots = page_ids.long()[pos // page_size] * page_size + pos % page_size
-    return kv_cache[slots]
-
-
 def mla_decode_ref(
     q: torch.Tensor,  # [B, H, D_LAT + D_ROPE]
     kv_cache: torch.Tensor,  # [num_slots, D_LAT + D_ROPE]
@@ -495,17 +456,13 @@ def decode_flops(batch: int, heads: int, seq_len: int, width: int = 576, d_lat: 
 
 
 __all__ = [
-    "LOG2E",
     "RESCALE_SLACK",
-    "check_q_and_cache",
     "decode_bytes",
     "decode_flops",
     "default_launch",
     "default_num_splits",
-    "gather_latents",
     "mla_decode",
     "mla_decode_ref",
     "set_small_batch_head_groups",
     "small_batch_head_groups",
-    "split_query",
 ]

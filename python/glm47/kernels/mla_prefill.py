@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from glm47.kernels.mla_decode import LOG2E, check_q_and_cache, gather_latents, split_query
+from glm47.kernels.mla_common import LOG2E, check_q_and_cache, gather_latents, split_query
 
 
 @triton.jit(

@@ -132,15 +132,15 @@ impl ScoreSharing {
         let prompt = choice.index / self.n;
         if choice.index.is_multiple_of(self.n) {
             let delta = &choice.delta;
-            if !self.known.contains_key(&prompt)
-                && (delta.prompt_logprobs.is_some() || delta.finish.is_some())
-            {
+            let settles = !self.known.contains_key(&prompt)
+                && (delta.prompt_logprobs.is_some() || delta.finish.is_some());
+            if settles {
                 self.known.insert(prompt, delta.prompt_logprobs.clone());
-                ready.push_back(Ok(choice));
-                self.release(prompt, ready);
-                return;
             }
             ready.push_back(Ok(choice));
+            if settles {
+                self.release(prompt, ready);
+            }
         } else if self.known.contains_key(&prompt) {
             self.stamp(&mut choice);
             ready.push_back(Ok(choice));

@@ -36,7 +36,7 @@ class Linear(nn.Module):
     def forward_parts(self, x: torch.Tensor) -> torch.Tensor | SplitProduct:  # [T, out]
         """`forward(x)`, as a `SplitProduct` where the skinny kernel takes `x`: for a consumer
         that sums the partials as it loads them (kernels/rmsnorm, kernels/routing)."""
-        if self._takes_skinny(x) and x.shape[0] > 0:
+        if self._takes_skinny(x):  # 1 to MAX_ROWS rows
             return skinny_gemm_parts(x, self.weight)
         return self(x)
 

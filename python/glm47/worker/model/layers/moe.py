@@ -112,9 +112,13 @@ class MoE(nn.Module):
         return self.cfg.n_shared_experts == 1 and self.routes_in_kernel
 
     def router_logits(self, x: torch.Tensor) -> torch.Tensor:  # [T, H] -> [T, E] fp32
-        if self.skinny and takes_rows(x, x.shape[0]):
+        if self._skinny_router(x):
             return skinny_gemm(x, self.gate_weight)  # x cast in the kernel
         return F.linear(x.float(), self.gate_weight)
+
+    def _skinny_router(self, x: torch.Tensor) -> bool:
+        """Whether the router's product of `x` runs through kernels/skinny_gemm."""
+        return self.skinny and takes_rows(x, x.shape[0])
 
     def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """topk_ids [T, k] int32 and topk_weights [T, k] fp32 for this layer's router."""
@@ -124,7 +128,7 @@ class MoE(nn.Module):
             # [T, E] fp32; from the skinny kernel as its K slices, which the routing sums
             logits: torch.Tensor | SplitProduct = (
                 skinny_gemm_parts(x, self.gate_weight)
-                if self.skinny and takes_rows(x, x.shape[0])
+                if self._skinny_router(x)
                 else self.router_logits(x)
             )
             return route_topk(

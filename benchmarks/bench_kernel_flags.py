@@ -39,8 +39,8 @@ def add_kernel_flags(parser: argparse.ArgumentParser) -> None:
         "--mla-head-groups",
         type=int,
         default=None,
-        help="decode steps below batch 16 split MLA decode's heads over this many programs a "
-        "slice (default: 1)",
+        help="decode steps of at most 2 sequences split MLA decode's heads over this many "
+        "programs a slice (default: 2)",
     )
 
 

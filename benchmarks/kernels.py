@@ -1,6 +1,7 @@
 """Kernel timings at the real GLM-4.7-Flash shapes against the ceilings measured in the same run.
 
     python benchmarks/kernels.py [--only ceil,decode,fi_decode,prefill,varlen,moe,small,skinny,align,fa3] [--moe-sweep] [--json F]
+        [--decode-batches 1,32,256]
 
 Every time is the median of `triton.testing.do_bench` (L2 flushed before each run, events around
 the call). Fractions are of the measured device-to-device copy bandwidth (memory-bound kernels) or
@@ -86,12 +87,12 @@ def tag(cfg: MoeConfig) -> str:
 # (two programs a multiprocessor) measured slower on the H200 (2026-12-02) and were dropped. Two
 # head groups (10 heads a program) only where the batch is small.
 DECODE_CFGS = [(32, 4, 3, 0.0, 1), (32, 4, 3, 8.0, 1), (32, 4, 2, 8.0, 1), (64, 8, 2, 8.0, 1),
-               (64, 8, 2, 8.0, 2), (32, 4, 2, 8.0, 2)]  # fmt: skip
+               (64, 8, 2, 8.0, 2), (64, 4, 2, 8.0, 2), (32, 8, 2, 8.0, 2), (32, 4, 2, 8.0, 2)]  # fmt: skip
 
 
-def bench_decode(ceil: dict, sms: int) -> list[Row]:
+def bench_decode(ceil: dict, sms: int, batches: tuple[int, ...] = (1, 32, 256)) -> list[Row]:
     rows = []
-    for batch in (1, 32, 256):
+    for batch in batches:
         for ctx in (1024, 8192):
             nbytes, flops = decode_bytes(batch, HEADS, ctx), decode_flops(batch, HEADS, ctx)
             copies = min(64, max(1, -(-200_000_000 // nbytes)))
@@ -448,6 +449,7 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--skinny-shapes", default=None, help="e.g. o_proj,q_b (default: all)")
     ap.add_argument("--skinny-sweep-s", type=float, default=200.0)
+    ap.add_argument("--decode-batches", default="1,32,256", help="batch sizes of the decode part")
     args = ap.parse_args()
     skinny_shapes = set(args.skinny_shapes.split(",")) if args.skinny_shapes else None
     parts = set(args.only.split(","))
@@ -459,7 +461,9 @@ def main() -> None:
     rows: list[Row] = []
     tuned: dict[int, MoeConfig] = {}
     benches: dict[str, Callable[[], list[Row]]] = {
-        "decode": lambda: bench_decode(ceil, sms),
+        "decode": lambda: bench_decode(
+            ceil, sms, tuple(int(b) for b in args.decode_batches.split(","))
+        ),
         "fi_decode": lambda: bench_fi_decode(ceil),
         "prefill": lambda: bench_prefill(ceil),
         "small": lambda: bench_small(ceil),

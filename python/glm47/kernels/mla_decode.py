@@ -32,9 +32,14 @@ STEP_VARYING_DECODE = ["stride_pt", "stride_plb", "num_splits"]
 STEP_VARYING_POINTERS = ["page_table_ptr", "seq_lens_ptr"]
 # Programs per head of the merge below batch 16 (each takes D_LAT / this many value columns).
 MERGE_COLUMN_BLOCKS = 4
-# Head groups of the decode steps below batch 16 (`small_batch_head_groups`; set once per process
-# by the model runner's kernel options, like dependent launch). 1 until measured faster.
-_small_batch_groups = 1
+# Head groups of the decode steps of at most HEAD_GROUP_MAX_BATCH sequences
+# (`small_batch_head_groups`; set once per process by the model runner's kernel options, like
+# dependent launch). Two groups measured faster at batch 1 and 2 on an H200 (run CA: the split
+# kernel's advance in the batch-1 layer 7.08 to 5.33 µs, steps 3.79 to 3.71 and 5.11 to 5.00 ms)
+# and slower at batch 4 (6.43 to 6.66 ms).
+DEFAULT_HEAD_GROUPS = 2
+HEAD_GROUP_MAX_BATCH = 2
+_small_batch_groups = DEFAULT_HEAD_GROUPS
 
 
 @triton.jit
@@ -310,7 +315,8 @@ def default_launch(batch: int) -> tuple[int, int, int]:
 
 
 def set_small_batch_head_groups(groups: int) -> None:
-    """The `head_groups` that `small_batch_head_groups` gives below batch 16, process-wide."""
+    """The `head_groups` that `small_batch_head_groups` gives up to HEAD_GROUP_MAX_BATCH
+    sequences, process-wide."""
     global _small_batch_groups
     if groups < 1:
         raise ValueError(f"head groups must be >= 1, got {groups}")
@@ -318,9 +324,9 @@ def set_small_batch_head_groups(groups: int) -> None:
 
 
 def small_batch_head_groups(batch: int, heads: int) -> int:
-    """`head_groups` for a decode step of `batch` sequences: the process-wide setting below batch
-    16 (at most one group per head), one group from there up."""
-    return min(_small_batch_groups, heads) if batch < 16 else 1
+    """`head_groups` for a decode step of `batch` sequences: the process-wide setting up to
+    HEAD_GROUP_MAX_BATCH sequences (at most one group per head), one group above."""
+    return min(_small_batch_groups, heads) if batch <= HEAD_GROUP_MAX_BATCH else 1
 
 
 def default_num_splits(batch: int, num_sms: int = 132, max_seq_len: int | None = None) -> int:
@@ -456,6 +462,8 @@ def decode_flops(batch: int, heads: int, seq_len: int, width: int = 576, d_lat: 
 
 
 __all__ = [
+    "DEFAULT_HEAD_GROUPS",
+    "HEAD_GROUP_MAX_BATCH",
     "RESCALE_SLACK",
     "decode_bytes",
     "decode_flops",

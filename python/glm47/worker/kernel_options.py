@@ -11,7 +11,11 @@ from dataclasses import dataclass
 
 import torch
 
-from glm47.kernels.mla_decode import set_small_batch_head_groups
+from glm47.kernels.mla_decode import (
+    DEFAULT_HEAD_GROUPS,
+    HEAD_GROUP_MAX_BATCH,
+    set_small_batch_head_groups,
+)
 from glm47.kernels.pdl import pdl_supported, set_pdl
 from glm47.worker.model.glm4_moe_lite import Glm4MoeLiteForCausalLM
 
@@ -46,8 +50,9 @@ class KernelOptions:
     `shared_fold_tokens`: on a GPU with the Triton experts, steps of at most this many tokens run
     the shared expert inside the routed experts' grouped GEMMs instead (None: SHARED_FOLD_TOKENS;
     0: never; takes precedence over the overlap).
-    `mla_head_groups`: decode steps below batch 16 split the Triton MLA decode kernel's heads over
-    this many programs a slice (kernels/mla_decode `head_groups`; None: 1), process-wide."""
+    `mla_head_groups`: decode steps of at most HEAD_GROUP_MAX_BATCH (2) sequences split the
+    Triton MLA decode kernel's heads over this many programs a slice (kernels/mla_decode
+    `head_groups`; None: DEFAULT_HEAD_GROUPS, 2; 1: one program for all heads), process-wide."""
 
     fused_kernels: bool | None = None
     skinny_gemm: bool | None = None
@@ -81,7 +86,7 @@ class KernelOptions:
         if fold < 0:
             raise ValueError(f"shared_fold_tokens must be >= 0, got {fold}")
         fold = model.fold_shared_experts(fold)
-        head_groups = 1 if self.mla_head_groups is None else self.mla_head_groups
+        head_groups = DEFAULT_HEAD_GROUPS if self.mla_head_groups is None else self.mla_head_groups
         set_small_batch_head_groups(head_groups)
         return dataclasses.replace(
             self,
@@ -99,5 +104,5 @@ class KernelOptions:
             f"fused norm/rope/routing={self.fused_kernels} skinny gemm={self.skinny_gemm} "
             f"pdl={self.pdl} shared expert overlap up to {self.shared_overlap_tokens} tokens, "
             f"folded into the routed experts up to {self.shared_fold_tokens}, "
-            f"MLA decode head groups below batch 16 {self.mla_head_groups}"
+            f"MLA decode head groups up to batch {HEAD_GROUP_MAX_BATCH} {self.mla_head_groups}"
         )

@@ -9,7 +9,11 @@ from typing import Any
 import pytest
 import torch
 
-from glm47.kernels.mla_decode import small_batch_head_groups
+from glm47.kernels.mla_decode import (
+    DEFAULT_HEAD_GROUPS,
+    HEAD_GROUP_MAX_BATCH,
+    small_batch_head_groups,
+)
 from glm47.worker.attention import triton_backend
 from glm47.worker.kernel_options import KernelOptions
 from glm47.worker.model.layers import linear as linear_module
@@ -190,26 +194,31 @@ def test_kernel_options_resolve_against_the_device(model_dir: tuple[Path, object
     """On the CPU the defaults take the torch paths, nothing overlaps or folds, and no dependent
     launch takes effect; asked for, the fused and skinny paths and the fold do."""
     plain = make_runner(model_dir[0], torch.float32, page_size=4, kv_tokens=256).kernels
-    assert plain == KernelOptions(False, False, False, 0, 0, 1)
+    assert plain == KernelOptions(False, False, False, 0, 0, DEFAULT_HEAD_GROUPS)
     asked = runner(
         model_dir[0], fused=True, skinny=True, pdl=True, moe_backend="triton",
-        shared_fold_tokens=8, mla_head_groups=2,
+        shared_fold_tokens=8, mla_head_groups=3,
     ).kernels  # fmt: skip
-    assert asked == KernelOptions(True, True, False, 0, 8, 2)
+    assert asked == KernelOptions(True, True, False, 0, 8, 3)
     assert "folded into the routed experts up to 8" in asked.describe()
-    assert (small_batch_head_groups(1, 20), small_batch_head_groups(16, 20)) == (2, 1)
+    assert "MLA decode head groups up to batch 2 3" in asked.describe()
+    groups = [small_batch_head_groups(b, 20) for b in (1, HEAD_GROUP_MAX_BATCH, 3, 16)]
+    assert groups == [3, 3, 1, 1]
     assert small_batch_head_groups(1, 1) == 1  # at most a group per head
     with pytest.raises(ValueError, match="shared_fold_tokens"):
         runner(model_dir[0], fused=True, shared_fold_tokens=-1)
     with pytest.raises(ValueError, match="head groups"):
         runner(model_dir[0], fused=True, mla_head_groups=0)
-    runner(model_dir[0], fused=True)  # the default again: one group
+    runner(model_dir[0], fused=True)  # the default again
+    assert small_batch_head_groups(1, 20) == DEFAULT_HEAD_GROUPS == 2
+    runner(model_dir[0], fused=True, mla_head_groups=1)
     assert small_batch_head_groups(1, 20) == 1
 
 
 def test_mla_head_groups_give_the_same_logits(model_dir: tuple[Path, object]) -> None:
-    """Decode steps with MLA decode's heads over two programs a slice (every step here is below
-    batch 16), through the Triton backend: the logits of one program for all heads."""
+    """Decode steps with MLA decode's heads over two programs a slice (the default; every decode
+    step here has at most two sequences), through the Triton backend: the logits of one program
+    for all heads."""
     triton = dict(prefill_backend="triton", decode_backend="triton")
     grouped_runner = runner(model_dir[0], fused=True, mla_head_groups=2, **triton)
     real = triton_backend.mla_decode
@@ -222,6 +231,6 @@ def test_mla_head_groups_give_the_same_logits(model_dir: tuple[Path, object]) ->
         )
         grouped, _ = session(grouped_runner)
     assert groups and set(groups) == {2}
-    plain, _ = session(runner(model_dir[0], fused=True, **triton))
+    plain, _ = session(runner(model_dir[0], fused=True, mla_head_groups=1, **triton))
     for g, p in zip(grouped, plain, strict=True):
         torch.testing.assert_close(g, p, rtol=1e-4, atol=1e-4)

@@ -8,6 +8,7 @@ crosses this seam.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,15 @@ class SampleOutput:
     token_id: int
     logprob: float | None = None  # log_softmax of the penalised logits at token_id
     top_logprobs: list[tuple[int, float]] | None = None  # best first
+
+
+@dataclass
+class TokenFeed:
+    """Input tokens of a decode step taken on the device from an earlier step's samples (the
+    step's batch holds placeholders): row i of the step reads `tokens[rows[i]]`."""
+
+    tokens: Any  # [N] int64 tensor on the runner's device (`DeferredSamples.tokens`)
+    rows: list[int]
 
 
 @dataclass

@@ -93,6 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _flag(
         p,
+        ["--disable-overlap-schedule", "--disable_overlap_schedule"],
+        action="store_true",
+        help="read each step's samples before planning the next (no step queued ahead)",
+    )
+    _flag(
+        p,
         ["--log-stats-interval", "--log_stats_interval"],
         type=float,
         default=5.0,
@@ -210,6 +216,7 @@ def parse_args(argv: list[str]) -> WorkerArgs:
             max_running_requests=ns.max_running_requests,
             max_waiting_requests=ns.max_waiting_requests,
             max_wait_steps=ns.max_wait_steps,
+            overlap_schedule=not ns.disable_overlap_schedule,
             enable_prefix_cache=not ns.disable_prefix_cache,
             log_stats_interval=0.0 if ns.disable_log_stats else ns.log_stats_interval,
             server_warmup=not ns.skip_server_warmup,

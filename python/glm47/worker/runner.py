@@ -37,6 +37,7 @@ from glm47.worker.batch import (
     SampleOutput,
     ScheduledBatch,
     ScheduledSeq,
+    TokenFeed,
 )
 from glm47.worker.cuda_graph import (
     Capturer,
@@ -52,7 +53,7 @@ from glm47.worker.model.context import ForwardContext
 from glm47.worker.model.layers.experts import ExpertsBackend, registered_experts_backends
 from glm47.worker.model.layers.moe import MoE
 from glm47.worker.model.loader import load_model
-from glm47.worker.sampling import score_tokens
+from glm47.worker.sampling import DeferredSamples, score_tokens
 from glm47.worker.segment_graph import SegmentGraphRunner, segment_sizes
 from glm47.worker.step_inputs import SHORT_QUERY, StepInputBuilder, StepInputs
 
@@ -66,6 +67,10 @@ SCORE_ROWS = 512
 class Sampler(Protocol):
     def sample(self, logits: torch.Tensor, seqs: list[ScheduledSeq]) -> list[SampleOutput]:
         """logits [N, V] fp32, one row per entry of `seqs` (the sequences with sample=True)."""
+        ...
+
+    def sample_deferred(self, logits: torch.Tensor, seqs: list[ScheduledSeq]) -> DeferredSamples:
+        """`sample` with the results left on the device (sampling.Sampler.sample_deferred)."""
         ...
 
 
@@ -92,6 +97,23 @@ def resolve_experts_backend(name: str, device: torch.device) -> str:
     if device.type == "cuda" and "triton" in registered_experts_backends():
         return "triton"
     return "torch"
+
+
+class LaunchedStep:
+    """A step queued on the device (`ModelRunner.launch`); `collect` waits for its samples."""
+
+    def __init__(self, samples: DeferredSamples | None, scores: list[PromptScores]) -> None:
+        self.samples = samples
+        self._scores = scores
+
+    @property
+    def tokens(self) -> torch.Tensor | None:
+        """The sampled tokens on the device, in sample order (None: the step sampled nothing)."""
+        return self.samples.tokens if self.samples is not None else None
+
+    def collect(self) -> RunnerOutput:
+        samples = self.samples.collect() if self.samples is not None else []
+        return RunnerOutput(samples=samples, scores=self._scores)
 
 
 class ModelRunner:
@@ -405,15 +427,29 @@ class ModelRunner:
     @torch.inference_mode()
     def run(self, batch: ScheduledBatch, sampler: Sampler) -> RunnerOutput:
         """One forward pass; a sample for every sampled row (see `ScheduledSeq.num_samples`)."""
+        return self.launch(batch, sampler).collect()
+
+    @torch.inference_mode()
+    def launch(
+        self, batch: ScheduledBatch, sampler: Sampler, feed: TokenFeed | None = None
+    ) -> LaunchedStep:
+        """`run` up to the samples, which stay on the device (their host copy queued): the host
+        may queue the next step before it reads them. With `feed`, the step's input tokens are
+        taken on the device from an earlier step's samples (the batch holds placeholders)."""
         inputs = self.prepare(batch)
+        if feed is not None:
+            if not inputs.meta.is_decode or len(feed.rows) != inputs.input_ids.shape[0]:
+                raise ValueError("a token feed needs a decode step with one row a sequence")
+            rows = torch.tensor(feed.rows, dtype=torch.int64).to(self.device, non_blocking=True)
+            inputs.input_ids.copy_(feed.tokens.index_select(0, rows))
         hidden = self.forward(inputs)
         if self.model.mtp is not None:
             self._last_hidden = hidden  # the drafter's input, read before the next forward
         scores = self._score_prompts(batch, hidden) if batch.scores_prompts else []
         if not inputs.sample_seqs:
-            return RunnerOutput(samples=[], scores=scores)
+            return LaunchedStep(None, scores)
         logits = self.model.compute_logits(hidden[inputs.sample_rows])  # [N, V] fp32
-        return RunnerOutput(samples=sampler.sample(logits, inputs.sample_seqs), scores=scores)
+        return LaunchedStep(sampler.sample_deferred(logits, inputs.sample_seqs), scores)
 
     def _score_prompts(self, batch: ScheduledBatch, hidden: torch.Tensor) -> list[PromptScores]:
         """The prompt logprobs of the sequences with `score_ids`, their logits computed

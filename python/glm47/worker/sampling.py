@@ -17,6 +17,9 @@ requests to gather their settings into a few small tensors. Order of operations 
 The race noise of a row with a seed is a counter-based hash of (seed, tokens generated so far,
 token id), so a seeded request gives the same tokens whatever else is in the batch. Rows without a
 seed draw their noise from the sampler's generator.
+
+`sample_deferred` leaves the samples on the device, their copy to the host queued behind them:
+the engine can queue the next step before it reads them (see engine.py, running ahead).
 """
 
 from __future__ import annotations
@@ -116,6 +119,41 @@ def _needs_sorting(p: SamplingParams, vocab: int) -> bool:
     return _top_k(p, vocab) < vocab or p.top_p < 1.0
 
 
+class DeferredSamples:
+    """A batch's samples on the device, with their copy to the host queued right behind them.
+
+    `tokens` ([N] int64, row i = seqs[i]) can feed the next step's input on the device;
+    `collect` waits for the copy alone (not for work queued after it) and builds the outputs."""
+
+    def __init__(
+        self,
+        tokens: torch.Tensor,  # [N] int64
+        packed: torch.Tensor,  # [N, C] float64: token, logprob, top ids, top logprobs
+        seqs: list[ScheduledSeq],
+        want: list[int],  # per row: the logprobs asked for (-1: none)
+    ) -> None:
+        self.tokens = tokens
+        self.seqs = seqs
+        self._want = want
+        self._event: torch.cuda.Event | None = None
+        if packed.is_cuda:
+            self._host = torch.empty(packed.shape, dtype=packed.dtype, pin_memory=True)
+            self._host.copy_(packed, non_blocking=True)
+            self._event = torch.cuda.Event()
+            self._event.record()
+        else:
+            self._host = packed
+        self._outputs: list[SampleOutput] | None = None
+
+    def collect(self) -> list[SampleOutput]:
+        """The samples on the host (waits for their copy the first time)."""
+        if self._outputs is None:
+            if self._event is not None:
+                self._event.synchronize()
+            self._outputs = _outputs(self._host.tolist(), self.seqs, self._want)
+        return self._outputs
+
+
 class Sampler:
     """Samples one token per row of a logits batch.
 
@@ -146,6 +184,14 @@ class Sampler:
         seqs: list[ScheduledSeq],
     ) -> list[SampleOutput]:
         """Sample the next token of every row; `seqs[i]` holds row i's settings and history."""
+        return self.sample_deferred(logits, seqs).collect()
+
+    def sample_deferred(
+        self,
+        logits: torch.Tensor,  # [N, V] fp32, row i belongs to seqs[i]
+        seqs: list[ScheduledSeq],
+    ) -> DeferredSamples:
+        """`sample`, its results left on the device with their host copy queued."""
         if logits.dim() != 2 or logits.shape[0] != len(seqs):
             raise ValueError(f"logits {tuple(logits.shape)} do not match {len(seqs)} sequences")
         self._history.retain({s.rid for s in seqs})
@@ -154,13 +200,8 @@ class Sampler:
             logits = apply_logit_bias(logits, seqs)
         logits = apply_bans(apply_penalties(logits, seqs, self._history), seqs)
         tokens = self._choose(logits, seqs)  # [N] int64
-        want_lp = [s.sampling.logprobs for s in seqs]
-        if max(want_lp, default=-1) < 0:
-            ids = tokens.tolist()
-            return [
-                SampleOutput(rid=s.rid, token_id=int(t)) for s, t in zip(seqs, ids, strict=True)
-            ]
-        return _with_logprobs(logits, tokens, seqs, want_lp)
+        want = [s.sampling.logprobs for s in seqs]
+        return DeferredSamples(tokens, _packed(logits, tokens, want), seqs, want)
 
     def _choose(self, logits: torch.Tensor, seqs: list[ScheduledSeq]) -> torch.Tensor:  # [N]
         """Greedy rows take the argmax; the others are split by whether they need sorting."""
@@ -244,13 +285,15 @@ class Sampler:
         return noise.clamp_min_(1e-30).log_()
 
 
-def _with_logprobs(
+def _packed(
     logits: torch.Tensor,  # [N, V] penalised
     tokens: torch.Tensor,  # [N] int64
-    seqs: list[ScheduledSeq],
     want: list[int],
-) -> list[SampleOutput]:
-    """Attach the sampled token's logprob and the requested top-k pairs, with one host transfer."""
+) -> torch.Tensor:  # [N, 1] or [N, 2 + 2k] float64
+    """The sampled tokens and, where asked, each one's logprob and the top-k pairs: one tensor,
+    so one host transfer."""
+    if max(want, default=-1) < 0:
+        return tokens.double()[:, None]
     log_norm = logits.logsumexp(dim=-1, keepdim=True)  # [N, 1]: log_softmax without [N, V]
     chosen = (logits.gather(1, tokens[:, None]) - log_norm)[:, 0]  # [N]
     k = max(want)
@@ -258,8 +301,14 @@ def _with_logprobs(
     if k > 0:
         top_vals, top_ids = logits.topk(min(k, logits.shape[1]), dim=-1)  # [N, k] each
         cols += [top_ids.double().T, (top_vals - log_norm).double().T]
-    host = torch.cat([c.reshape(-1, logits.shape[0]) for c in cols], dim=0).T.tolist()  # [N, 2+2k]
-    width = (len(host[0]) - 2) // 2 if host else 0
+    return torch.cat([c.reshape(-1, logits.shape[0]) for c in cols], dim=0).T  # [N, 2+2k]
+
+
+def _outputs(
+    host: list[list[float]], seqs: list[ScheduledSeq], want: list[int]
+) -> list[SampleOutput]:
+    """SampleOutputs from `_packed`'s rows on the host."""
+    width = (len(host[0]) - 2) // 2 if host and len(host[0]) > 1 else 0
     out = []
     for seq, row, k_i in zip(seqs, host, want, strict=True):
         sample = SampleOutput(rid=seq.rid, token_id=int(row[0]))

@@ -19,6 +19,7 @@ from glm47.worker.batch import (
     SampleOutput,
     ScheduledBatch,
     ScheduledSeq,
+    TokenFeed,
 )
 from glm47.worker.config import EngineConfig
 from glm47.worker.engine import Engine, Request, StepOutput
@@ -40,6 +41,7 @@ class FakeRunner:
         self.kv: list[int | None] = [None] * (num_pages * page_size)  # token id per cache row
         self.script = script or {}  # rid -> tokens to return, in order, instead of next_token
         self.batches: list[ScheduledBatch] = []  # snapshots of every batch run
+        self.launches = 0
         self.draft_calls = []
 
     def run(self, batch: ScheduledBatch, sampler: Any) -> RunnerOutput:
@@ -54,6 +56,20 @@ class FakeRunner:
             for j in range(seq.num_samples):  # the last known token's row, then each draft's
                 samples.append(self._sample(seq, seq.num_samples - 1 - j))
         return RunnerOutput(samples)
+
+    def launch(
+        self, batch: ScheduledBatch, sampler: Any, feed: TokenFeed | None = None
+    ) -> FakeLaunched:
+        """`run`, its samples handed over by `collect`; with `feed`, the batch's placeholder
+        tokens replaced by the fed samples first (as the real runner does on the device)."""
+        if feed is not None:
+            seqs = [
+                replace(s, token_ids=[feed.tokens[r]])
+                for s, r in zip(batch.seqs, feed.rows, strict=True)
+            ]
+            batch = replace(batch, seqs=seqs)
+        self.launches += 1
+        return FakeLaunched(self.run(batch, sampler))
 
     # -- drafting (speculative decoding) -------------------------------------------------------
 
@@ -118,6 +134,17 @@ class FakeRunner:
         logprob = -0.25 if seq.sampling.logprobs >= 0 else None
         top = [(token, -0.25), (token + 1, -2.0)] if seq.sampling.logprobs > 0 else None
         return SampleOutput(seq.rid, token, logprob=logprob, top_logprobs=top)
+
+
+class FakeLaunched:
+    """A fake step on the device: its samples are known at once, handed over by `collect`."""
+
+    def __init__(self, out: RunnerOutput) -> None:
+        self._out = out
+        self.tokens = [s.token_id for s in out.samples] or None
+
+    def collect(self) -> RunnerOutput:
+        return self._out
 
 
 @dataclass

@@ -56,7 +56,9 @@ def test_running_requests_decode_one_token_each_in_one_batch(make_harness: MakeH
 
 
 def test_a_request_that_arrives_mid_way_joins_the_running_batch(make_harness: MakeHarness) -> None:
-    h = make_harness(max_wait_steps=1)
+    # Each step planned after the samples of the one before (with a step run ahead, an arrival
+    # joins one step later: test_overlap.py).
+    h = make_harness(max_wait_steps=1, overlap_schedule=False)
     h.add("first", [5, 6, 7], max_new_tokens=6)
     h.step()
     h.step()
@@ -110,7 +112,7 @@ def test_pages_are_allocated_per_chunk_not_for_the_whole_prompt(make_harness: Ma
 def test_admissions_wait_for_max_wait_steps_while_requests_decode(
     make_harness: MakeHarness,
 ) -> None:
-    h = make_harness(max_wait_steps=3)
+    h = make_harness(max_wait_steps=3, overlap_schedule=False)
     h.add("first", [5, 6, 7], max_new_tokens=10)
     h.step()  # nothing was decoding: admitted at once
     assert chunk_sizes(h, 0) == {"first": 3}

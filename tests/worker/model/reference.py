@@ -13,6 +13,7 @@ from transformers import Glm4MoeLiteConfig, Glm4MoeLiteForCausalLM
 from glm47.worker.batch import SampleOutput, ScheduledBatch, ScheduledSeq
 from glm47.worker.model.config import ModelConfig
 from glm47.worker.runner import ModelRunner
+from glm47.worker.sampling import DeferredSamples
 
 TINY_HF: dict[str, Any] = dict(
     vocab_size=96,
@@ -101,8 +102,11 @@ class PageAllocator:
 
 class GreedySampler:
     def sample(self, logits: torch.Tensor, seqs: list[ScheduledSeq]) -> list[SampleOutput]:
-        ids = logits.argmax(dim=-1).tolist()
-        return [SampleOutput(rid=s.rid, token_id=t) for s, t in zip(seqs, ids, strict=True)]
+        return self.sample_deferred(logits, seqs).collect()
+
+    def sample_deferred(self, logits: torch.Tensor, seqs: list[ScheduledSeq]) -> DeferredSamples:
+        tokens = logits.argmax(dim=-1)
+        return DeferredSamples(tokens, tokens.double()[:, None], seqs, [-1] * len(seqs))
 
 
 def seq(

@@ -3,6 +3,17 @@
 One step = schedule (tokens under a budget) → runner.run (model + sampler) → apply samples (append,
 check stop) → free finished requests → outputs. The service calls `add_request`, `abort` and `step`
 from one thread; nothing here is thread-safe or blocking besides the runner.
+
+Running ahead (`EngineConfig.overlap_schedule`): while every running request decodes one token a
+step and the next step is sure to hold the same requests, the engine queues step n + 1 on the
+device before it reads step n's samples, so the host's work between steps (applying samples,
+sending outputs, planning, building inputs) overlaps the device's. Step n + 1 is planned with a
+placeholder for each request's unknown token n; the runner takes the real one on the device
+from step n's samples (`TokenFeed`), and the placeholder is replaced when step n's samples
+arrive. A request that step n finishes (a stop or eos token) has had one more step computed for
+nothing; its result is dropped. Steps with prompt tokens, drafts, prompt scores, penalties,
+waiting requests, too few free pages or a request whose length would end with step n's token
+are not run ahead, so planning step n + 1 early never preempts, admits or outlives a request.
 """
 
 from __future__ import annotations
@@ -14,7 +25,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from glm47.worker.batch import DraftInput, RunnerOutput, SampleOutput, ScheduledBatch
+from glm47.worker.batch import (
+    DraftInput,
+    RunnerOutput,
+    SampleOutput,
+    SamplingParams,
+    ScheduledBatch,
+    TokenFeed,
+)
 from glm47.worker.config import EngineConfig
 from glm47.worker.engine.errors import InvalidRequestError, QueueFullError, TooLongError
 from glm47.worker.engine.page_pool import PagePool
@@ -42,6 +60,31 @@ class Runner(Protocol):
     def run(self, batch: ScheduledBatch, sampler: Any) -> RunnerOutput: ...
 
     def propose_drafts(self, items: list[DraftInput]) -> dict[str, list[int]]: ...
+
+
+class Launched(Protocol):
+    """A step queued on the device (`ModelRunner.launch`)."""
+
+    @property
+    def tokens(self) -> Any: ...  # [N] sampled tokens on the device, in sample order; or None
+
+    def collect(self) -> RunnerOutput: ...
+
+
+# The token id a request holds for its sample of a step still on the device (running ahead). Any
+# valid id: the runner replaces it on the device before the model reads it.
+PLACEHOLDER = 0
+
+
+@dataclass
+class _Queued:
+    """A step on the device whose samples are not applied yet; `ahead` when the requests of
+    `placeholders` hold a placeholder for its samples (the next step is queued after it)."""
+
+    batch: ScheduledBatch
+    launched: Launched | None  # None: already run (`result`)
+    result: RunnerOutput | None = None
+    placeholders: list[Request] | None = None
 
 
 @dataclass
@@ -81,6 +124,9 @@ class Engine:
         self.max_req_total_len = min(config.max_req_total_len, self.pool.capacity_tokens)
         self._requests: dict[str, Request] = {}  # waiting and running, by rid
         self._pending: list[StepOutput] = []  # abort outputs for the next step
+        self._queued: _Queued | None = None  # a step run ahead, its samples still on the device
+        self.overlap = config.overlap_schedule and hasattr(runner, "launch")
+        self.steps_ahead = 0  # cumulative steps queued before the samples of the one before
         self.spec_drafted = 0  # cumulative draft tokens proposed
         self.spec_accepted = 0  # cumulative draft tokens accepted
         self.step_log = StepLog(config.log_stats_interval)
@@ -139,9 +185,18 @@ class Engine:
         """Run one engine step; returns every request's news (possibly none)."""
         outputs, self._pending = self._pending, []
         start = time.perf_counter()
-        batch = self.scheduler.schedule()
-        if batch.seqs:
-            result = self.runner.run(batch, self.sampler)
+        current, self._queued = self._queued, None
+        if current is None:
+            batch = self.scheduler.schedule()
+            if batch.seqs:
+                current = self._launch(batch)
+        if current is not None:
+            batch = current.batch
+            self._queued = self._queue_next(current)
+            result = current.result or current.launched.collect()  # type: ignore[union-attr]
+            for req in current.placeholders or ():
+                req.output_ids.pop()  # the samples below take their place
+                req.all_token_ids.pop()
             for scores in result.scores:
                 self._requests[scores.rid].record_prompt_scores(scores)
             finished = self._apply_samples(batch, result.samples, outputs)
@@ -166,6 +221,54 @@ class Engine:
             self.check_accounting()
         return outputs
 
+    def _launch(self, batch: ScheduledBatch) -> _Queued:
+        if self.overlap:
+            return _Queued(batch, self.runner.launch(batch, self.sampler))  # type: ignore[attr-defined]
+        return _Queued(batch, None, self.runner.run(batch, self.sampler))
+
+    def _queue_next(self, current: _Queued) -> _Queued | None:
+        """Plan and queue the step after `current` before its samples are read, when that step is
+        sure to be the same requests' next decode step (see the module doc); else None."""
+        if not self.overlap or self.mtp_step or self.scheduler.waiting or current.launched is None:
+            return None
+        tokens = current.launched.tokens
+        seqs = current.batch.seqs
+        if tokens is None or current.batch.num_prompt_tokens or current.batch.scores_prompts:
+            return None
+        live = [s for s in seqs if s.rid in self._requests]
+        running = self.scheduler.running
+        if not live or len(live) != len(running) or self.pool.num_free < len(live):
+            return None
+        max_len = self.max_req_total_len
+        reqs = []
+        for seq in live:
+            req = self._requests[seq.rid]
+            if (
+                len(seq.token_ids) != 1
+                or not seq.sample
+                or seq.draft_ids
+                or req.state is not RequestState.RUNNING
+                or _penalised(req.sampling)
+                or req.num_output_tokens + 1 >= req.max_new_tokens
+                or req.num_tokens + 1 >= max_len
+            ):
+                return None
+            reqs.append(req)
+        if {r.rid for r in running} != {r.rid for r in reqs}:
+            return None
+        row_of = {s.rid: i for i, s in enumerate(seqs)}  # one sample a sequence, in batch order
+        for req in reqs:
+            req.append_output(PLACEHOLDER)
+        batch = self.scheduler.schedule()
+        assert len(batch.seqs) == len(reqs) and all(
+            len(s.token_ids) == 1 and s.sample and s.rid in row_of for s in batch.seqs
+        ), "a step run ahead must continue the same requests' decoding"
+        feed = TokenFeed(tokens, [row_of[s.rid] for s in batch.seqs])
+        launched = self.runner.launch(batch, self.sampler, feed)  # type: ignore[attr-defined]
+        current.placeholders = reqs
+        self.steps_ahead += 1
+        return _Queued(batch, launched)
+
     def _apply_samples(
         self, batch: ScheduledBatch, samples: list[SampleOutput], outputs: list[StepOutput]
     ) -> list[Request]:
@@ -186,7 +289,10 @@ class Engine:
             assert first is not None and first.rid == seq.rid, (
                 f"the runner sampled no row for {seq.rid}"
             )
-            req = self._requests[seq.rid]
+            req = self._requests.get(seq.rid)
+            if req is None:  # finished or aborted after this step was queued (running ahead)
+                assert not seq.draft_ids, "a step with drafts is never run ahead"
+                continue
             if seq.draft_ids:
                 out, reason = self._verify(req, seq.draft_ids, first, rows)
             else:
@@ -294,8 +400,9 @@ class Engine:
     # -- observation --------------------------------------------------------------------------
 
     def has_work(self) -> bool:
-        """True while requests are queued or running, or outputs are pending."""
-        return bool(self._requests or self._pending)
+        """True while requests are queued or running, outputs are pending or a step run ahead
+        is still on the device."""
+        return bool(self._requests or self._pending or self._queued)
 
     @property
     def kv_capacity_tokens(self) -> int:
@@ -330,3 +437,9 @@ class Engine:
             )
         for req in self.scheduler.waiting:
             assert not req.page_ids, f"waiting request {req.rid} holds pages"
+
+
+def _penalised(p: SamplingParams) -> bool:
+    """Whether a row's sampling reads its output history (which holds a placeholder while its
+    step runs ahead)."""
+    return p.repetition_penalty != 1.0 or p.frequency_penalty != 0.0 or p.presence_penalty != 0.0

@@ -1,0 +1,115 @@
+"""Running ahead (`EngineConfig.overlap_schedule`): a decode step queued on the device before the
+samples of the step before it are read. The fake runner checks every step's KV rows against the
+requests' known tokens, so a placeholder that leaked into a step's context, the cache or a
+prefix would fail there; here the outputs are compared with the engine that reads each step's
+samples before planning the next."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from glm47.worker.batch import SamplingParams
+from tests.worker.engine.engine_fakes import EOS, Harness, MakeHarness
+
+REQUESTS: dict[str, tuple[list[int], dict[str, Any]]] = {
+    "a": ([5, 6, 7], dict(max_new_tokens=9)),
+    "b": ([8, 9], dict(max_new_tokens=12, sampling=SamplingParams(logprobs=2))),
+    "c": ([5, 6, 7, 1, 2], dict(max_new_tokens=3)),
+    "d": ([11] * 9, dict(max_new_tokens=7, min_new_tokens=2)),
+}
+
+
+def serve(make_harness: MakeHarness, overlap: bool, **kw: Any) -> Harness:
+    h = make_harness(overlap_schedule=overlap, **kw)
+    for rid, (prompt, args) in REQUESTS.items():
+        h.add(rid, prompt, **args)
+    h.run()
+    return h
+
+
+def news(h: Harness) -> dict[str, list[tuple[Any, ...]]]:
+    return {
+        rid: [(o.ids, o.logprobs, o.top_logprobs, o.finish) for o in outs]
+        for rid, outs in h.outputs.items()
+    }
+
+
+def test_running_ahead_gives_the_outputs_of_planning_after_the_samples(
+    make_harness: MakeHarness,
+) -> None:
+    plain = serve(make_harness, overlap=False)
+    ahead = serve(make_harness, overlap=True)
+    assert news(ahead) == news(plain)
+    assert plain.engine.steps_ahead == 0
+    assert ahead.engine.steps_ahead > 0
+    assert ahead.engine.pool.num_in_use == 0
+    for rid, (_, args) in REQUESTS.items():
+        assert len(ahead.tokens(rid)) == args["max_new_tokens"]
+        assert ahead.finish(rid) == "length"
+
+
+def test_a_stop_found_while_the_next_step_runs_ends_the_request_there(
+    make_harness: MakeHarness,
+) -> None:
+    script = {"s": [40, 41, EOS, 43, 44, 45], "t": [50 + i for i in range(8)]}
+    outs, steps_of_s = {}, {}
+    for overlap in (False, True):
+        h = make_harness(overlap_schedule=overlap, script=script)
+        h.add("s", [3, 4], max_new_tokens=6)
+        h.add("t", [3, 5], max_new_tokens=8)
+        h.run()
+        assert h.tokens("s") == [40, 41, EOS] and h.finish("s") == "stop"
+        assert h.tokens("t") == script["t"] and h.finish("t") == "length"
+        outs[overlap] = news(h)
+        steps_of_s[overlap] = sum("s" in {q.rid for q in b.seqs} for b in h.runner.batches)
+    assert outs[True] == outs[False]
+    # Running ahead, the step after the stop was already queued for "s": computed, dropped.
+    assert steps_of_s == {False: 3, True: 4}
+
+
+def test_an_abort_while_a_step_is_queued_drops_its_sample(make_harness: MakeHarness) -> None:
+    h = make_harness(overlap_schedule=True)
+    h.add("a", [5, 6, 7], max_new_tokens=20)
+    h.add("b", [5, 6, 8], max_new_tokens=20)
+    for _ in range(4):
+        h.step()
+    assert h.engine._queued is not None  # a step for both is on the "device"
+    before = len(h.tokens("a"))
+    h.engine.abort("a")
+    h.step()  # applies the queued step: a's sample is dropped
+    assert h.finish("a") == "abort" and len(h.tokens("a")) == before
+    h.run()
+    assert len(h.tokens("b")) == 20 and h.finish("b") == "length"
+    assert h.engine.pool.num_in_use == 0 and not h.engine.has_work()
+
+
+def test_an_arrival_joins_the_step_after_the_queued_one(make_harness: MakeHarness) -> None:
+    h = make_harness(overlap_schedule=True, max_wait_steps=1)
+    h.add("first", [5, 6, 7], max_new_tokens=8)
+    h.step()
+    h.step()  # decoding: the next step is queued before this one's samples are read
+    h.add("late", [8, 9, 10], max_new_tokens=2)
+    h.step()  # applies the queued step; a waiting request: nothing is queued ahead of it
+    assert {s.rid for s in h.runner.batches[-1].seqs} == {"first"}
+    h.step()
+    assert {s.rid: len(s.token_ids) for s in h.runner.batches[-1].seqs} == {"first": 1, "late": 3}
+    h.run()
+    assert len(h.tokens("first")) == 8 and len(h.tokens("late")) == 2
+
+
+def test_what_is_not_run_ahead(make_harness: MakeHarness) -> None:
+    """Penalties read the history a placeholder would sit in; a request whose length ends with
+    the step's token has no next step to queue."""
+    penalised = make_harness(overlap_schedule=True)
+    penalised.add("p", [5, 6], max_new_tokens=6, sampling=SamplingParams(repetition_penalty=1.2))
+    penalised.run()
+    assert penalised.engine.steps_ahead == 0 and len(penalised.tokens("p")) == 6
+    short = make_harness(overlap_schedule=True)
+    short.add("s", [5, 6], max_new_tokens=2)
+    short.run()
+    assert short.engine.steps_ahead == 0 and len(short.runner.batches) == 2
+    long = make_harness(overlap_schedule=True)
+    long.add("l", [5, 6], max_new_tokens=6)
+    long.run()
+    # Steps 2-4 are queued ahead (each step's token is not the request's last); none after.
+    assert long.engine.steps_ahead == 4 and len(long.runner.batches) == 6

@@ -140,7 +140,7 @@ class DeferredSamples:
             self._host = torch.empty(packed.shape, dtype=packed.dtype, pin_memory=True)
             self._host.copy_(packed, non_blocking=True)
             self._event = torch.cuda.Event()
-            self._event.record()
+            self._event.record(torch.cuda.current_stream(packed.device))
         else:
             self._host = packed
         self._outputs: list[SampleOutput] | None = None

@@ -113,3 +113,25 @@ def test_what_is_not_run_ahead(make_harness: MakeHarness) -> None:
     long.run()
     # Steps 2-4 are queued ahead (each step's token is not the request's last); none after.
     assert long.engine.steps_ahead == 4 and len(long.runner.batches) == 6
+
+
+def test_an_id_taken_again_while_its_old_step_is_queued_gets_only_its_own_samples(
+    make_harness: MakeHarness,
+) -> None:
+    """A request stopped by a token of step n leaves step n + 1 queued with a row for it; a new
+    request under the same id (allowed once the finish is out) must not receive that row."""
+    h = make_harness(
+        overlap_schedule=True, script={"x": [40, EOS, 43, 44], "y": list(range(60, 68))}
+    )
+    h.add("x", [3, 4], max_new_tokens=6)
+    h.add("y", [3, 5], max_new_tokens=8)
+    while h.finish("x") is None:
+        h.step()
+    assert h.engine._queued is not None and "x" in {s.rid for s in h.engine._queued.batch.seqs}
+    seen = len(h.outputs["x"])
+    h.runner.script["x"] = [70, 71, 72]
+    h.add("x", [9, 9, 9], max_new_tokens=3)
+    h.run()
+    again = h.outputs["x"][seen:]
+    assert [t for o in again for t in o.ids] == [70, 71, 72] and again[-1].finish == "length"
+    assert again[0].prompt_tokens == 3

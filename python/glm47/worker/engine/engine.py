@@ -199,12 +199,14 @@ class Engine:
                 req.all_token_ids.pop()
             for scores in result.scores:
                 self._requests[scores.rid].record_prompt_scores(scores)
+            before = len(outputs)
             finished = self._apply_samples(batch, result.samples, outputs)
             self.scheduler.finish(finished)
             if self.mtp_step:
                 self._propose_drafts(batch)
             seconds = time.perf_counter() - start
-            self.step_log.record(seconds, batch.num_prompt_tokens, len(result.samples))
+            emitted = sum(len(out.ids) for out in outputs[before:])
+            self.step_log.record(seconds, batch.num_prompt_tokens, emitted)
             if seconds >= SLOW_STEP_S:
                 log.warning(
                     "slow step: %.2f s for %d sequences, %d tokens (%d of them prompt tokens)",
@@ -290,7 +292,9 @@ class Engine:
                 f"the runner sampled no row for {seq.rid}"
             )
             req = self._requests.get(seq.rid)
-            if req is None:  # finished or aborted after this step was queued (running ahead)
+            if req is None or req.output_ids is not seq.output_ids:
+                # Finished or aborted after this step was queued (running ahead), its id perhaps
+                # taken by a new request since: the sample is dropped.
                 assert not seq.draft_ids, "a step with drafts is never run ahead"
                 continue
             if seq.draft_ids:

@@ -135,3 +135,28 @@ def test_an_id_taken_again_while_its_old_step_is_queued_gets_only_its_own_sample
     again = h.outputs["x"][seen:]
     assert [t for o in again for t in o.ids] == [70, 71, 72] and again[-1].finish == "length"
     assert again[0].prompt_tokens == 3
+
+
+def test_a_request_not_yet_due_for_admission_does_not_stop_running_ahead(
+    make_harness: MakeHarness,
+) -> None:
+    """While requests decode, a newcomer waits up to `max_wait_steps` steps (test_scheduler_budget);
+    the steps it waits through are run ahead, and it is admitted when the rule says so."""
+    waits = {}
+    for overlap in (False, True):
+        h = make_harness(overlap_schedule=overlap, max_wait_steps=4)
+        h.add("first", [5, 6, 7], max_new_tokens=12)
+        h.step()
+        h.step()
+        h.add("second", [8, 9], max_new_tokens=3)
+        ahead_before = h.engine.steps_ahead
+        steps = 0
+        while "second" not in {s.rid for s in h.runner.batches[-1].seqs}:
+            h.step()
+            steps += 1
+        waits[overlap] = steps
+        if overlap:
+            assert h.engine.steps_ahead > ahead_before  # ran ahead while "second" waited
+        h.run()
+        assert len(h.tokens("first")) == 12 and len(h.tokens("second")) == 3
+    assert waits[True] <= waits[False] + 1  # at most the one step queued when it arrived

@@ -11,9 +11,11 @@ sending outputs, planning, building inputs) overlaps the device's. Step n + 1 is
 placeholder for each request's unknown token n; the runner takes the real one on the device
 from step n's samples (`TokenFeed`), and the placeholder is replaced when step n's samples
 arrive. A request that step n finishes (a stop or eos token) has had one more step computed for
-nothing; its result is dropped. Steps with prompt tokens, drafts, prompt scores, penalties,
-waiting requests, too few free pages or a request whose length would end with step n's token
-are not run ahead, so planning step n + 1 early never preempts, admits or outlives a request.
+nothing; its result is dropped. Steps with prompt tokens, drafts, prompt scores, penalties, too
+few free pages, a waiting request the admission rule would let in (`Scheduler.admits_next`) or a
+request whose length would end with step n's token are not run ahead, so planning step n + 1
+early never preempts, admits or outlives a request. A request that arrives while a step is
+queued joins the step after it.
 """
 
 from __future__ import annotations
@@ -231,7 +233,9 @@ class Engine:
     def _queue_next(self, current: _Queued) -> _Queued | None:
         """Plan and queue the step after `current` before its samples are read, when that step is
         sure to be the same requests' next decode step (see the module doc); else None."""
-        if not self.overlap or self.mtp_step or self.scheduler.waiting or current.launched is None:
+        if not self.overlap or self.mtp_step or current.launched is None:
+            return None
+        if self.scheduler.admits_next():
             return None
         tokens = current.launched.tokens
         seqs = current.batch.seqs

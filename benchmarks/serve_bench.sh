@@ -51,18 +51,9 @@ if [ "$MODEL_BENCH" = 1 ]; then
   sed -n '/^== model bench/,$p' "$RES/model_bench.log"
 fi
 
-# shellcheck disable=SC2086
-python3 -m glm47.cli serve --model-dir .bench-model --host 127.0.0.1 --port 8000 $SERVE_FLAGS \
-  >"$RES/serve.log" 2>&1 &
-SERVE_PID=$!
+source benchmarks/serve_common.sh
+start_serve "$RES"
 trap 'kill -INT $SERVE_PID 2>/dev/null; wait $SERVE_PID; pack' EXIT
-t0=$(date +%s)
-for _ in $(seq 1 300); do
-  curl -sf http://127.0.0.1:8000/health >/dev/null && break
-  kill -0 $SERVE_PID 2>/dev/null || { tail -50 "$RES/serve.log"; exit 1; }
-  sleep 1
-done
-echo "server ready after $(( $(date +%s) - t0 )) s"
 grep -E 'backends|runner:|graphs|warm-up|KV cache' "$RES/serve.log" | cut -c1-240
 
 LABEL="$(cat "$RES/gpu.txt"); dummy weights; stand-in tokenizer; glm47 serve $SERVE_FLAGS"

@@ -27,18 +27,9 @@ source benchmarks/gpu_env.sh
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$RES/gpu.txt"
 git describe --always --dirty 2>/dev/null | tee "$RES/commit.txt"
 
-# shellcheck disable=SC2086
-python3 -m glm47.cli serve --model-dir .bench-model --host 127.0.0.1 --port 8000 $SERVE_FLAGS \
-  >"$RES/serve.log" 2>&1 &
-SERVE_PID=$!
+source benchmarks/serve_common.sh
+start_serve "$RES"
 trap 'kill -INT $SERVE_PID 2>/dev/null; wait $SERVE_PID' EXIT
-t0=$(date +%s)
-for _ in $(seq 1 300); do
-  curl -sf http://127.0.0.1:8000/health >/dev/null && break
-  kill -0 $SERVE_PID 2>/dev/null || { tail -50 "$RES/serve.log"; exit 1; }
-  sleep 1
-done
-echo "server ready after $(( $(date +%s) - t0 )) s"
 grep -E 'backends|runner:|kernels|graphs|KV cache' "$RES/serve.log" | cut -c1-240
 
 ARGS=(--base-url http://127.0.0.1:8000 --dataset random --random-input-len "$INPUT_LEN"

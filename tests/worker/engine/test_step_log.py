@@ -64,7 +64,7 @@ def test_interval_zero_never_reports_and_negative_is_refused() -> None:
 def test_the_scheduler_counts_the_prompt_tokens_of_each_step(make_harness: MakeHarness) -> None:
     h = make_harness(num_pages=64, page_size=4, chunked_prefill_size=4)
     recorded: list[tuple[int, int]] = []  # (prompt tokens, samples) per step
-    h.engine.step_log.record = lambda s, p, g: recorded.append((p, g))  # type: ignore[method-assign]
+    h.engine.step_log.record = lambda s, p, g, a=False: recorded.append((p, g))  # type: ignore[method-assign]
     h.add("a", list(range(3, 13)), max_new_tokens=2)  # 10 prompt tokens: chunks of 4, 4, 2
     h.add("b", [20, 21], max_new_tokens=2)
     h.run()
@@ -88,6 +88,14 @@ def test_the_engine_logs_its_summary_while_it_works(
     lines = [r.getMessage() for r in caplog.records if " steps in " in r.getMessage()]
     assert len(lines) == 1
     assert lines[0].startswith("2 steps in 1.5 s") and "running 1, waiting 0" in lines[0]
+    with caplog.at_level(logging.INFO, logger="glm47.worker.engine.engine"):
+        for _ in range(3):
+            h.engine.step()
+        clock.now += 1.5
+        h.engine.step()
+    lines = [r.getMessage() for r in caplog.records if " steps" in r.getMessage()]
+    # The steps of its tokens 3-6 were each queued before the samples of the step before.
+    assert lines[-1].startswith("4 steps, 4 run ahead in 1.5 s"), lines[-1]
 
 
 def test_a_slow_step_is_logged_with_its_shape(

@@ -25,7 +25,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from glm47.worker.batch import (
     DraftInput,
@@ -73,6 +73,15 @@ class Launched(Protocol):
     def collect(self) -> RunnerOutput: ...
 
 
+class Launcher(Protocol):
+    """A runner that can queue a step and hand its samples over later (`ModelRunner.launch`);
+    the engine runs ahead only with one."""
+
+    def launch(
+        self, batch: ScheduledBatch, sampler: Any, feed: TokenFeed | None = None
+    ) -> Launched: ...
+
+
 # The token id a request holds for its sample of a step still on the device (running ahead). Any
 # valid id: the runner replaces it on the device before the model reads it.
 PLACEHOLDER = 0
@@ -87,6 +96,13 @@ class _Queued:
     launched: Launched | None  # None: already run (`result`)
     result: RunnerOutput | None = None
     placeholders: list[Request] | None = None
+    ahead: bool = False  # queued before the samples of the step before were read
+
+    def collect(self) -> RunnerOutput:
+        if self.result is None:
+            assert self.launched is not None
+            self.result = self.launched.collect()
+        return self.result
 
 
 @dataclass
@@ -127,7 +143,8 @@ class Engine:
         self._requests: dict[str, Request] = {}  # waiting and running, by rid
         self._pending: list[StepOutput] = []  # abort outputs for the next step
         self._queued: _Queued | None = None  # a step run ahead, its samples still on the device
-        self.overlap = config.overlap_schedule and hasattr(runner, "launch")
+        launches = config.overlap_schedule and hasattr(runner, "launch")
+        self._launcher: Launcher | None = cast(Launcher, runner) if launches else None
         self.steps_ahead = 0  # cumulative steps queued before the samples of the one before
         self.spec_drafted = 0  # cumulative draft tokens proposed
         self.spec_accepted = 0  # cumulative draft tokens accepted
@@ -195,7 +212,7 @@ class Engine:
         if current is not None:
             batch = current.batch
             self._queued = self._queue_next(current)
-            result = current.result or current.launched.collect()  # type: ignore[union-attr]
+            result = current.collect()
             for req in current.placeholders or ():
                 req.output_ids.pop()  # the samples below take their place
                 req.all_token_ids.pop()
@@ -208,7 +225,7 @@ class Engine:
                 self._propose_drafts(batch)
             seconds = time.perf_counter() - start
             emitted = sum(len(out.ids) for out in outputs[before:])
-            self.step_log.record(seconds, batch.num_prompt_tokens, emitted)
+            self.step_log.record(seconds, batch.num_prompt_tokens, emitted, current.ahead)
             if seconds >= SLOW_STEP_S:
                 log.warning(
                     "slow step: %.2f s for %d sequences, %d tokens (%d of them prompt tokens)",
@@ -226,14 +243,14 @@ class Engine:
         return outputs
 
     def _launch(self, batch: ScheduledBatch) -> _Queued:
-        if self.overlap:
-            return _Queued(batch, self.runner.launch(batch, self.sampler))  # type: ignore[attr-defined]
+        if self._launcher is not None:
+            return _Queued(batch, self._launcher.launch(batch, self.sampler))
         return _Queued(batch, None, self.runner.run(batch, self.sampler))
 
     def _queue_next(self, current: _Queued) -> _Queued | None:
         """Plan and queue the step after `current` before its samples are read, when that step is
         sure to be the same requests' next decode step (see the module doc); else None."""
-        if not self.overlap or self.mtp_step or current.launched is None:
+        if self._launcher is None or self.mtp_step or current.launched is None:
             return None
         if self.scheduler.admits_next():
             return None
@@ -270,10 +287,10 @@ class Engine:
             len(s.token_ids) == 1 and s.sample and s.rid in row_of for s in batch.seqs
         ), "a step run ahead must continue the same requests' decoding"
         feed = TokenFeed(tokens, [row_of[s.rid] for s in batch.seqs])
-        launched = self.runner.launch(batch, self.sampler, feed)  # type: ignore[attr-defined]
+        launched = self._launcher.launch(batch, self.sampler, feed)
         current.placeholders = reqs
         self.steps_ahead += 1
-        return _Queued(batch, launched)
+        return _Queued(batch, launched, ahead=True)
 
     def _apply_samples(
         self, batch: ScheduledBatch, samples: list[SampleOutput], outputs: list[StepOutput]

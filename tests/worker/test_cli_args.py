@@ -169,6 +169,12 @@ def test_log_stats_flags() -> None:
     assert parse_args([*BASE, "--log_stats_interval", "1"]).engine.log_stats_interval == 1.0
 
 
+def test_decode_steps_run_ahead_unless_disabled() -> None:
+    assert parse_args(BASE).engine.overlap_schedule
+    assert not parse_args([*BASE, "--disable-overlap-schedule"]).engine.overlap_schedule
+    assert not parse_args([*BASE, "--disable_overlap_schedule"]).engine.overlap_schedule
+
+
 def test_server_warmup_is_on_unless_skipped() -> None:
     assert parse_args(BASE).engine.server_warmup
     assert not parse_args([*BASE, "--skip-server-warmup"]).engine.server_warmup

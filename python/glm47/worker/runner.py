@@ -16,7 +16,6 @@ import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Protocol
 
 import torch
 
@@ -32,9 +31,7 @@ from glm47.worker.attention.base import (
 from glm47.worker.attention.select import flashinfer_probe, resolve_backends
 from glm47.worker.batch import (
     DraftInput,
-    PromptScores,
     RunnerOutput,
-    SampleOutput,
     ScheduledBatch,
     ScheduledSeq,
     TokenFeed,
@@ -53,26 +50,11 @@ from glm47.worker.model.context import ForwardContext
 from glm47.worker.model.layers.experts import ExpertsBackend, registered_experts_backends
 from glm47.worker.model.layers.moe import MoE
 from glm47.worker.model.loader import load_model
-from glm47.worker.sampling import DeferredSamples, score_tokens
 from glm47.worker.segment_graph import SegmentGraphRunner, segment_sizes
 from glm47.worker.step_inputs import SHORT_QUERY, StepInputBuilder, StepInputs
+from glm47.worker.step_results import LaunchedStep, Sampler, score_prompts
 
 log = logging.getLogger(__name__)
-
-# Rows whose logits are computed at once for prompt logprobs: [SCORE_ROWS, vocab] fp32 is 0.3 GiB
-# at the real vocabulary.
-SCORE_ROWS = 512
-
-
-class Sampler(Protocol):
-    def sample(self, logits: torch.Tensor, seqs: list[ScheduledSeq]) -> list[SampleOutput]:
-        """logits [N, V] fp32, one row per entry of `seqs` (the sequences with sample=True)."""
-        ...
-
-    def sample_deferred(self, logits: torch.Tensor, seqs: list[ScheduledSeq]) -> DeferredSamples:
-        """`sample` with the results left on the device (sampling.Sampler.sample_deferred)."""
-        ...
-
 
 # Modules whose import registers optional backends; one that fails to import (no Triton) just
 # leaves its names unregistered.
@@ -97,23 +79,6 @@ def resolve_experts_backend(name: str, device: torch.device) -> str:
     if device.type == "cuda" and "triton" in registered_experts_backends():
         return "triton"
     return "torch"
-
-
-class LaunchedStep:
-    """A step queued on the device (`ModelRunner.launch`); `collect` waits for its samples."""
-
-    def __init__(self, samples: DeferredSamples | None, scores: list[PromptScores]) -> None:
-        self.samples = samples
-        self._scores = scores
-
-    @property
-    def tokens(self) -> torch.Tensor | None:
-        """The sampled tokens on the device, in sample order (None: the step sampled nothing)."""
-        return self.samples.tokens if self.samples is not None else None
-
-    def collect(self) -> RunnerOutput:
-        samples = self.samples.collect() if self.samples is not None else []
-        return RunnerOutput(samples=samples, scores=self._scores)
 
 
 class ModelRunner:
@@ -445,34 +410,11 @@ class ModelRunner:
         hidden = self.forward(inputs)
         if self.model.mtp is not None:
             self._last_hidden = hidden  # the drafter's input, read before the next forward
-        scores = self._score_prompts(batch, hidden) if batch.scores_prompts else []
+        scores = score_prompts(self.model.compute_logits, batch, hidden)
         if not inputs.sample_seqs:
             return LaunchedStep(None, scores)
         logits = self.model.compute_logits(hidden[inputs.sample_rows])  # [N, V] fp32
         return LaunchedStep(sampler.sample_deferred(logits, inputs.sample_seqs), scores)
-
-    def _score_prompts(self, batch: ScheduledBatch, hidden: torch.Tensor) -> list[PromptScores]:
-        """The prompt logprobs of the sequences with `score_ids`, their logits computed
-        `SCORE_ROWS` rows at a time (a whole chunk's [T, V] logits would not fit)."""
-        scores = []
-        first_row = 0  # a sequence's rows are consecutive, in batch order
-        for seq in batch.seqs:
-            if seq.score_ids:
-                logprobs: list[float] = []
-                ranks: list[int] = []
-                top: list[list[tuple[int, float]]] | None = [] if seq.score_top > 0 else None
-                next_ids = torch.tensor(seq.score_ids, dtype=torch.int64, device=hidden.device)
-                for lo in range(0, len(seq.score_ids), SCORE_ROWS):
-                    hi = min(lo + SCORE_ROWS, len(seq.score_ids))
-                    logits = self.model.compute_logits(hidden[first_row + lo : first_row + hi])
-                    values, places, best = score_tokens(logits, next_ids[lo:hi], seq.score_top)
-                    logprobs += values
-                    ranks += places
-                    if top is not None and best is not None:
-                        top += best
-                scores.append(PromptScores(seq.rid, seq.start_pos, logprobs, ranks, top))
-            first_row += len(seq.token_ids)
-        return scores
 
     @property
     def can_draft(self) -> bool:

@@ -89,14 +89,15 @@ PLACEHOLDER = 0
 
 @dataclass
 class _Queued:
-    """A step on the device whose samples are not applied yet; `ahead` when the requests of
-    `placeholders` hold a placeholder for its samples (the next step is queued after it)."""
+    """A step on the device whose samples are not applied yet."""
 
     batch: ScheduledBatch
     launched: Launched | None  # None: already run (`result`)
     result: RunnerOutput | None = None
+    # The requests holding a placeholder for this step's samples while the step after it is
+    # queued (None: nothing was queued after it).
     placeholders: list[Request] | None = None
-    ahead: bool = False  # queued before the samples of the step before were read
+    ahead: bool = False  # itself queued before the samples of the step before were read
 
     def collect(self) -> RunnerOutput:
         if self.result is None:

@@ -257,7 +257,9 @@ class Sampler:
         tokens = ids.gather(1, chosen)[:, 0]  # [n]
         if width < vocab:
             cut = top_k_off[:, 0] & (probs.sum(dim=-1) < rows.top_p[:, 0])  # [n]
-            redo = cut.nonzero()[:, 0]  # [r] (a host sync)
+            # A host sync: a step queued ahead (engine.py) whose batch has top-k / top-p rows waits
+            # here for its own forward pass, so running ahead hides no host work for such steps.
+            redo = cut.nonzero()[:, 0]  # [r]
             if redo.numel() > 0:
                 again = [seqs[i] for i in redo.tolist()]
                 tokens[redo] = self._draw_ranked(logits[redo], again, width=vocab)

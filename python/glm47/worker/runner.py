@@ -405,8 +405,11 @@ class ModelRunner:
         if feed is not None:
             if not inputs.meta.is_decode or len(feed.rows) != inputs.input_ids.shape[0]:
                 raise ValueError("a token feed needs a decode step with one row a sequence")
-            rows = torch.tensor(feed.rows, dtype=torch.int64).to(self.device, non_blocking=True)
-            inputs.input_ids.copy_(feed.tokens.index_select(0, rows))
+            if feed.rows == list(range(len(feed.tokens))):  # the same sequences in the same order
+                inputs.input_ids.copy_(feed.tokens)
+            else:
+                rows = torch.tensor(feed.rows, dtype=torch.int64).to(self.device, non_blocking=True)
+                inputs.input_ids.copy_(feed.tokens.index_select(0, rows))
         hidden = self.forward(inputs)
         if self.model.mtp is not None:
             self._last_hidden = hidden  # the drafter's input, read before the next forward

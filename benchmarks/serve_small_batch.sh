@@ -9,7 +9,9 @@
 #   python benchmarks/bench_model.py .bench-model
 #   maturin build --release -o .whl     # plus the pyzmq wheel for the GPU machine's Python in .whl
 # and carry `.bench-model` and `.whl`. Knobs: CONCS ("1 2 4"), NUM_PROMPTS (16 a workload),
-# INPUT_LEN (1024), OUTPUT_LEN (256), SERVE_FLAGS, MODEL_BENCH (1: run model_bench.py after).
+# INPUT_LEN (1024), OUTPUT_LEN (256), SERVE_FLAGS, MODEL_BENCH (1: run model_bench.py after),
+# SAMPLING (glm47 bench's sampling flags, default greedy; the model card's settings:
+# "--temperature 1.0 --top-p 0.95").
 # Everything lands in $OUT/results (bench.json / bench.md, serve.log, model_bench.log).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -21,6 +23,7 @@ NUM_PROMPTS=${NUM_PROMPTS:-16}
 INPUT_LEN=${INPUT_LEN:-1024}
 OUTPUT_LEN=${OUTPUT_LEN:-256}
 MODEL_BENCH=${MODEL_BENCH:-1}
+SAMPLING=${SAMPLING:-}
 SERVE_FLAGS=${SERVE_FLAGS:-"--load-format dummy --graph-max-batch-size 16 \
 --tool-call-parser glm47 --reasoning-parser glm45"}
 source benchmarks/gpu_env.sh
@@ -34,8 +37,10 @@ grep -E 'backends|runner:|kernels|graphs|KV cache' "$RES/serve.log" | cut -c1-24
 
 ARGS=(--base-url http://127.0.0.1:8000 --dataset random --random-input-len "$INPUT_LEN"
       --random-output-len "$OUTPUT_LEN" --num-prompts "$NUM_PROMPTS" --output-dir "$RES"
-      --label "$(cat "$RES/gpu.txt"); dummy weights; stand-in tokenizer; glm47 serve $SERVE_FLAGS"
-      --no-progress)
+      --label "$(cat "$RES/gpu.txt"); dummy weights; stand-in tokenizer; glm47 serve $SERVE_FLAGS; \
+sampling: ${SAMPLING:-greedy}" --no-progress)
+# shellcheck disable=SC2206
+ARGS+=($SAMPLING)
 for c in $CONCS; do ARGS+=(--workload "conc:$c"); done
 timeout -k 10 300 python3 -m glm47.cli bench "${ARGS[@]}" 2>&1 | tee "$RES/bench.log"
 kill -INT $SERVE_PID; wait $SERVE_PID

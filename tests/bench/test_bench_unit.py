@@ -118,10 +118,11 @@ def test_send_offsets_follow_the_arrival_mode() -> None:
 def test_client_processes_never_exceed_the_concurrency(monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """conc:N over more processes than N: at most N processes, each with its share of N."""
     import glm47.bench.client as client
-    from glm47.bench.client import Arrival, Endpoint, RequestResult
+    from glm47.bench.client import Arrival, Endpoint, RequestResult, Sampling
     from glm47.bench.dataset import BenchRequest
 
     shares: list[Arrival] = []
+    samplings: list[Sampling] = []
 
     class FakePool:
         def __init__(self, procs: int, **kwargs: object) -> None:
@@ -133,10 +134,11 @@ def test_client_processes_never_exceed_the_concurrency(monkeypatch) -> None:  # 
         def __exit__(self, *exc: object) -> None:
             return None
 
-        def submit(self, fn, base_url, model, reqs, endpoint, share, offsets, start_at):  # type: ignore[no-untyped-def]
+        def submit(self, fn, base_url, model, reqs, endpoint, share, offsets, start_at, sampling):  # type: ignore[no-untyped-def]
             import concurrent.futures
 
             shares.append(share)
+            samplings.append(sampling)
             done: concurrent.futures.Future = concurrent.futures.Future()
             results = [RequestResult(prompt_len=r.prompt_len, output_len_wanted=1) for r in reqs]
             done.set_result((results, 1.0))
@@ -150,7 +152,22 @@ def test_client_processes_never_exceed_the_concurrency(monkeypatch) -> None:  # 
     assert sorted(s.concurrency for s in shares) == [1, 1, 1]  # type: ignore[type-var]
     assert [r.prompt_len for r in results] == list(range(10))  # merged back in request order
     shares.clear()
+    sampled = Sampling(temperature=1.0, top_p=0.95)
     client.run_workload_procs(
-        "http://x", "m", reqs, Endpoint.COMPLETIONS, Arrival(concurrency=5), procs=2, progress=False
-    )
+        "http://x", "m", reqs, Endpoint.COMPLETIONS, Arrival(concurrency=5), procs=2,
+        progress=False, sampling=sampled,
+    )  # fmt: skip
     assert sorted(s.concurrency for s in shares) == [2, 3]  # type: ignore[type-var]
+    assert samplings[:3] == [Sampling()] * 3 and samplings[3:] == [sampled] * 2
+
+
+def test_requests_carry_the_runs_sampling_settings() -> None:
+    from glm47.bench.client import Endpoint, Sampling, _payload
+    from glm47.bench.dataset import BenchRequest
+
+    req = BenchRequest(prompt=[1, 2], prompt_len=2, output_len=8)
+    greedy = _payload(req, Endpoint.COMPLETIONS, "m", Sampling())
+    assert greedy["temperature"] == 0.0 and "top_p" not in greedy and "top_k" not in greedy
+    sampled = _payload(req, Endpoint.CHAT, "m", Sampling(temperature=1.0, top_p=0.95, top_k=40))
+    assert (sampled["temperature"], sampled["top_p"], sampled["top_k"]) == (1.0, 0.95, 40)
+    assert sampled["messages"][0]["content"] == "[1, 2]" and sampled["max_tokens"] == 8

@@ -11,7 +11,7 @@ import urllib.request
 from collections import Counter
 from pathlib import Path
 
-from glm47.bench.client import Arrival, Endpoint, run_workload_procs
+from glm47.bench.client import Arrival, Endpoint, Sampling, run_workload_procs
 from glm47.bench.dataset import (
     BenchRequest,
     load_requests,
@@ -85,6 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="burst | high-conc | moderate | steady | conc:N | rate:R (repeatable)",
     )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--temperature", type=float, default=0.0, help="sent with every request (default: greedy)"
+    )
+    p.add_argument("--top-p", type=float, default=None, help="sent with every request when set")
+    p.add_argument("--top-k", type=int, default=None, help="sent with every request when set")
     p.add_argument(
         "--client-procs",
         type=int,
@@ -190,6 +195,7 @@ def write_reports(
         "dataset": args.dataset,
         "num_prompts": num_prompts,
         "seed": args.seed,
+        "sampling": Sampling(args.temperature, args.top_p, args.top_k).body(),
         "label": args.label,
     }
     write_json(out_dir / "bench.json", meta, rows)
@@ -219,7 +225,7 @@ def main(argv: list[str]) -> int:
         before = server_totals(args.base_url)
         results, wall = run_workload_procs(
             args.base_url, model, requests, endpoint, arrival, args.client_procs,
-            not args.no_progress,
+            not args.no_progress, Sampling(args.temperature, args.top_p, args.top_k),
         )  # fmt: skip
         means = server_means(before, server_totals(args.base_url))
         rows[name] = dataclasses.replace(

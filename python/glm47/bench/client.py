@@ -33,6 +33,22 @@ class Arrival:
     seed: int = 0
 
 
+@dataclass(frozen=True)
+class Sampling:
+    """The sampling settings every request of a run sends (greedy unless set)."""
+
+    temperature: float = 0.0
+    top_p: float | None = None
+    top_k: int | None = None
+
+    def body(self) -> dict[str, float | int]:
+        fields = {"temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k}
+        return {k: v for k, v in fields.items() if v is not None}
+
+
+GREEDY = Sampling()
+
+
 @dataclass
 class RequestResult:
     """Timings of one request, in seconds since the benchmark started."""
@@ -65,14 +81,14 @@ class RequestResult:
         return (self.latency - self.ttft) / (self.output_tokens - 1)
 
 
-def _payload(req: BenchRequest, endpoint: Endpoint, model: str) -> dict:
+def _payload(req: BenchRequest, endpoint: Endpoint, model: str, sampling: Sampling) -> dict:
     body: dict = {
         "model": model,
         "max_tokens": req.output_len,
         "stream": True,
         "stream_options": {"include_usage": True},
         "ignore_eos": True,
-        "temperature": 0.0,
+        **sampling.body(),
     }
     if endpoint is Endpoint.CHAT:
         content = req.prompt if isinstance(req.prompt, str) else json.dumps(req.prompt)
@@ -106,13 +122,19 @@ async def sse_lines(resp: httpx.Response) -> AsyncIterator[str]:
 
 
 async def send_one(
-    http: httpx.AsyncClient, url: str, req: BenchRequest, endpoint: Endpoint, model: str, t0: float
+    http: httpx.AsyncClient,
+    url: str,
+    req: BenchRequest,
+    endpoint: Endpoint,
+    model: str,
+    t0: float,
+    sampling: Sampling = GREEDY,
 ) -> RequestResult:
     """Stream one request and record its timings; errors are recorded, never raised."""
     res = RequestResult(prompt_len=req.prompt_len, output_len_wanted=req.output_len)
     res.start = time.perf_counter() - t0
     try:
-        async with http.stream("POST", url, json=_payload(req, endpoint, model)) as resp:
+        async with http.stream("POST", url, json=_payload(req, endpoint, model, sampling)) as resp:
             res.headers_at = time.perf_counter() - t0
             if resp.status_code != 200:
                 res.error = f"HTTP {resp.status_code}: {(await resp.aread())[:200]!r}"
@@ -166,6 +188,7 @@ async def run_workload(
     progress: Any = True,
     offsets: list[float] | None = None,
     start_at: float | None = None,
+    sampling: Sampling = GREEDY,
 ) -> tuple[list[RequestResult], float]:
     """Run every request; returns the results (in request order) and the wall time in seconds.
 
@@ -190,10 +213,10 @@ async def run_workload(
 
         async def one(req: BenchRequest) -> RequestResult:
             if gate is None:
-                out = await send_one(http, url, req, endpoint, model, t0)
+                out = await send_one(http, url, req, endpoint, model, t0, sampling)
             else:
                 async with gate:
-                    out = await send_one(http, url, req, endpoint, model, t0)
+                    out = await send_one(http, url, req, endpoint, model, t0, sampling)
             if bar is not None:
                 bar.update(1)
             return out
@@ -238,11 +261,20 @@ def _run_share(
     arrival: Arrival,
     offsets: list[float],
     start_at: float,
+    sampling: Sampling,
 ) -> tuple[list[RequestResult], float]:
     """One client process's share (module level, so that it can be sent to a process)."""
     return asyncio.run(
         run_workload(
-            base_url, model, requests, endpoint, arrival, _SharedCount(), offsets, start_at
+            base_url,
+            model,
+            requests,
+            endpoint,
+            arrival,
+            _SharedCount(),
+            offsets,
+            start_at,
+            sampling,
         )
     )
 
@@ -255,6 +287,7 @@ def run_workload_procs(
     arrival: Arrival,
     procs: int,
     progress: bool = True,
+    sampling: Sampling = GREEDY,
 ) -> tuple[list[RequestResult], float]:
     """`run_workload` spread over `procs` client processes, so that reading thousands of streams
     does not make the client the bottleneck (a single Python event loop falls behind a fast
@@ -263,10 +296,14 @@ def run_workload_procs(
     processes (no more processes than that limit). All processes start on one wall-clock instant, and the timings are merged in
     request order."""
     if procs <= 1 or len(requests) < 2:
-        return asyncio.run(run_workload(base_url, model, requests, endpoint, arrival, progress))
+        return asyncio.run(
+            run_workload(base_url, model, requests, endpoint, arrival, progress, sampling=sampling)
+        )
     procs = min(procs, len(requests), arrival.concurrency or len(requests))
     if procs <= 1:
-        return asyncio.run(run_workload(base_url, model, requests, endpoint, arrival, progress))
+        return asyncio.run(
+            run_workload(base_url, model, requests, endpoint, arrival, progress, sampling=sampling)
+        )
     offsets = send_offsets(len(requests), arrival)
     shares = []
     for i in range(procs):
@@ -283,7 +320,9 @@ def run_workload_procs(
         procs, mp_context=ctx, initializer=_init_share, initargs=(counter,)
     ) as pool:
         futures = [
-            pool.submit(_run_share, base_url, model, reqs, endpoint, share, offs, start_at)
+            pool.submit(
+                _run_share, base_url, model, reqs, endpoint, share, offs, start_at, sampling
+            )
             for reqs, share, offs in shares
         ]
         while concurrent.futures.wait(futures, timeout=0.5).not_done:

@@ -1,7 +1,7 @@
 """Batched sampling on the logits' device.
 
-One call handles the whole batch with tensor operations over [N, V]; Python only loops over the
-requests to gather their settings into a few small tensors. Order of operations per row:
+One call handles the whole batch on the device; Python only loops over the requests to gather
+their settings into a few small tensors, and nothing is read back until the samples are. Order of operations per row:
 
 1. the row's `logit_bias` added to the raw logits; then penalties: repetition (HF/CTRL: prompt
    and output tokens), then frequency and presence (OpenAI: output tokens only), then the row's
@@ -11,12 +11,12 @@ requests to gather their settings into a few small tensors. Order of operations 
 3. greedy rows (temperature 0 or top_k 1) take the argmax of the penalised logits;
 4. the other rows: temperature, then top-k, top-p and min-p masks, then an exponential race
    (`argmax(p / q)` with `q ~ Exp(1)`, computed as `argmax(logits / T - log q)`), which draws
-   exactly from `p`. Rows with top-k or top-p only look at their best tokens (`torch.topk`, much
-   cheaper than sorting the vocab) unless the kept set may reach past them.
+   exactly from `p`: one launch for all of them (kernels/sampling.py, where the rule is exact,
+   ties included).
 
-The race noise of a row with a seed is a counter-based hash of (seed, tokens generated so far,
-token id), so a seeded request gives the same tokens whatever else is in the batch. Rows without a
-seed draw their noise from the sampler's generator.
+The race noise is a counter-based hash of a row's 64-bit key and the token id. A row with a seed
+has the key of (seed, tokens generated so far), so a seeded request gives the same tokens whatever
+else is in the batch; a row without one takes the next key of the sampler's random stream.
 
 `sample_deferred` leaves the samples on the device, their copy to the host queued behind them:
 the engine can queue the next step before it reads them (see engine.py, running ahead).
@@ -24,10 +24,12 @@ the engine can queue the next step before it reads them (see engine.py, running 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+import random
 
 import torch
 
+from glm47.kernels.sampling import candidate_width, race_sample, race_sample_ref
 from glm47.worker.batch import SampleOutput, SamplingParams, ScheduledSeq
 from glm47.worker.sampling_penalties import (
     TokenHistory,
@@ -40,8 +42,7 @@ _MASK64 = (1 << 64) - 1
 _GOLDEN = 0x9E3779B97F4A7C15
 _MIX1 = 0xBF58476D1CE4E5B9
 _MIX2 = 0x94D049BB133111EB
-CANDIDATES = 1024  # tokens a top-k/top-p row is drawn from when they hold its whole kept set
-_SEEDED_CHUNK_ROWS = 32  # rows of seeded noise built at once (bounds the [rows, V] int64 buffer)
+CANDIDATES = 1024  # best tokens a row with top-p alone is drawn from when they hold its kept set
 
 
 def _signed64(x: int) -> int:
@@ -58,65 +59,13 @@ def _splitmix64_int(x: int) -> int:
     return z ^ (z >> 31)
 
 
-def _shr(x: torch.Tensor, bits: int) -> torch.Tensor:
-    """Logical right shift of int64 values seen as unsigned 64-bit integers."""
-    return (x >> bits) & ((1 << (64 - bits)) - 1)
-
-
-def _splitmix64(x: torch.Tensor) -> torch.Tensor:
-    """splitmix64 finaliser on int64 tensors; multiplication wraps modulo 2**64."""
-    z = x + _signed64(_GOLDEN)
-    z = (z ^ _shr(z, 30)) * _signed64(_MIX1)
-    z = (z ^ _shr(z, 27)) * _signed64(_MIX2)
-    return z ^ _shr(z, 31)
-
-
 def row_key(seed: int, step: int) -> int:
     """The int64 key of one seeded row at one decoding step (step = tokens generated so far)."""
     return _signed64(_splitmix64_int(_splitmix64_int(seed & _MASK64) ^ (step & _MASK64)))
 
 
-def seeded_exponentials(
-    keys: torch.Tensor,  # [R] int64, from row_key
-    tokens: torch.Tensor,  # [R, K] or [1, K] int64 token ids
-) -> torch.Tensor:  # [R, K] fp32
-    """Exp(1) noise, a pure function of (key, token id): the same on any batch and device."""
-    h = _splitmix64(keys[:, None] + tokens * _signed64(_GOLDEN))  # [R, K]
-    bits = _shr(h, 11)  # [R, K] uniform in [0, 2**53)
-    u = (bits.to(torch.float64) + 0.5) * (1.0 / (1 << 53))  # [R, K] in (0, 1)
-    return (-torch.log(u)).to(torch.float32)
-
-
-@dataclass
-class _Rows:
-    """Sampling settings of a set of rows as device columns."""
-
-    temperature: torch.Tensor  # [n, 1] fp32 (> 0: greedy rows never get here)
-    top_k: torch.Tensor  # [n, 1] int64, V when off
-    top_p: torch.Tensor  # [n, 1] fp32
-    log_min_p: torch.Tensor  # [n, 1] fp32, -inf when off
-
-    @staticmethod
-    def of(params: list[SamplingParams], vocab: int, device: torch.device) -> _Rows:
-        host = torch.tensor(
-            [[p.temperature, _top_k(p, vocab), p.top_p, p.min_p] for p in params],
-            dtype=torch.float64,
-        )  # [n, 4]: one host-to-device copy
-        dev = host.to(device, non_blocking=True)
-        return _Rows(
-            temperature=dev[:, 0:1].float(),
-            top_k=dev[:, 1:2].long(),
-            top_p=dev[:, 2:3].float(),
-            log_min_p=dev[:, 3:4].float().log(),
-        )
-
-
 def _top_k(p: SamplingParams, vocab: int) -> int:
     return p.top_k if 0 < p.top_k < vocab else vocab
-
-
-def _needs_sorting(p: SamplingParams, vocab: int) -> bool:
-    return _top_k(p, vocab) < vocab or p.top_p < 1.0
 
 
 class DeferredSamples:
@@ -157,26 +106,14 @@ class DeferredSamples:
 class Sampler:
     """Samples one token per row of a logits batch.
 
-    State: the generator of rows without a seed (one per device), and the token history that makes
-    penalties cheap. Rows with top-k or top-p draw from their best `CANDIDATES` tokens (or top_k,
-    if larger) when those hold the whole kept set, which is exact; other rows use the whole vocab.
+    State: the random stream of the noise keys of rows without a seed, and the token history that
+    makes penalties cheap. Nothing in a call waits for the device: what it queues depends on the
+    rows' settings alone, so the engine can queue the next step before the samples are read.
     """
 
     def __init__(self, seed: int | None = None) -> None:
-        self._seed = seed
-        self._generators: dict[torch.device, torch.Generator] = {}
+        self._random = random.Random(seed)  # the noise keys of rows without a seed
         self._history = TokenHistory()
-
-    def generator(self, device: torch.device) -> torch.Generator:
-        """The global generator for rows without a seed, one per device."""
-        if device not in self._generators:
-            gen = torch.Generator(device=device)
-            if self._seed is None:
-                gen.seed()
-            else:
-                gen.manual_seed(self._seed)
-            self._generators[device] = gen
-        return self._generators[device]
 
     def sample(
         self,
@@ -204,87 +141,45 @@ class Sampler:
         return DeferredSamples(tokens, _packed(logits, tokens, want), seqs, want)
 
     def _choose(self, logits: torch.Tensor, seqs: list[ScheduledSeq]) -> torch.Tensor:  # [N]
-        """Greedy rows take the argmax; the others are split by whether they need sorting."""
+        """Greedy rows take the argmax; the others are drawn in one launch (`_draw`)."""
+        drawn = [i for i, s in enumerate(seqs) if not s.sampling.greedy]
+        if len(drawn) == len(seqs):
+            return self._draw(logits, seqs)
         tokens = logits.argmax(dim=-1)  # [N]
-        vocab = logits.shape[1]
-        plain: list[int] = []
-        ranked: list[int] = []
-        for i, s in enumerate(seqs):
-            if not s.sampling.greedy:
-                (ranked if _needs_sorting(s.sampling, vocab) else plain).append(i)
-        for rows, draw in ((plain, self._draw_full), (ranked, self._draw_ranked)):
-            if len(rows) == len(seqs):
-                return draw(logits, seqs)
-            if rows:
-                idx = torch.tensor(rows, dtype=torch.int64).to(logits.device, non_blocking=True)
-                tokens.index_copy_(0, idx, draw(logits[idx], [seqs[i] for i in rows]))
+        if drawn:
+            idx = torch.tensor(drawn, dtype=torch.int64).to(logits.device, non_blocking=True)
+            tokens.index_copy_(0, idx, self._draw(logits[idx], [seqs[i] for i in drawn]))
         return tokens
 
-    def _draw_full(self, logits: torch.Tensor, seqs: list[ScheduledSeq]) -> torch.Tensor:  # [n]
-        """Temperature and min-p over the whole vocab, then the exponential race."""
-        rows = _Rows.of([s.sampling for s in seqs], logits.shape[1], logits.device)
-        scaled = logits / rows.temperature  # [n, V]
-        if any(s.sampling.min_p > 0.0 for s in seqs):
-            floor = scaled.amax(dim=-1, keepdim=True) + rows.log_min_p  # [n, 1]
-            scaled = scaled.masked_fill(scaled < floor, float("-inf"))
-        log_q = self._log_noise(seqs, logits.shape[1], None, logits.device)  # [n, V]
-        return (scaled - log_q).argmax(dim=-1)
-
-    def _draw_ranked(
-        self, logits: torch.Tensor, seqs: list[ScheduledSeq], width: int | None = None
-    ) -> torch.Tensor:  # [n]
-        """Top-k, top-p and min-p over each row's best `width` tokens, then the exponential race.
-        Rows whose kept set may reach past the candidates are drawn again over the whole vocab."""
+    def _draw(self, logits: torch.Tensor, seqs: list[ScheduledSeq]) -> torch.Tensor:  # [n]
+        """Temperature, top-k, top-p and min-p, then the exponential race (kernels/sampling):
+        the Triton kernel on a GPU, its torch reference elsewhere. The settings and noise keys
+        go over in two small copies; nothing comes back."""
         vocab = logits.shape[1]
         params = [s.sampling for s in seqs]
-        rows = _Rows.of(params, vocab, logits.device)
         top_ks = [_top_k(p, vocab) for p in params]
-        width = width or min(vocab, max([CANDIDATES] + [k for k in top_ks if k < vocab]))
-        vals, ids = logits.topk(width, dim=-1)  # [n, W] each, best first
-        rank = torch.arange(width, device=logits.device)[None, :]  # [1, W]
-        drop = rank >= rows.top_k  # [n, W]
-        vals = (vals / rows.temperature).masked_fill(drop, float("-inf"))  # [n, W]
-        log_norm = vals.logsumexp(dim=-1, keepdim=True)  # [n, 1] over the top-k set
-        top_k_off = rows.top_k >= vocab  # [n, 1]
-        if width < vocab and any(k >= vocab for k in top_ks):
-            full = (logits / rows.temperature).logsumexp(dim=-1, keepdim=True)  # [n, 1]
-            log_norm = torch.where(top_k_off, full, log_norm)
-        probs = (vals - log_norm).exp()  # [n, W]
-        before = probs.cumsum(dim=-1) - probs  # [n, W] mass of the better tokens
-        drop = drop | ((before >= rows.top_p) & (rank > 0)) | (vals < vals[:, :1] + rows.log_min_p)
-        log_q = self._log_noise(seqs, width, ids, logits.device)  # [n, W]
-        chosen = (vals.masked_fill(drop, float("-inf")) - log_q).argmax(dim=-1, keepdim=True)
-        tokens = ids.gather(1, chosen)[:, 0]  # [n]
-        if width < vocab:
-            cut = top_k_off[:, 0] & (probs.sum(dim=-1) < rows.top_p[:, 0])  # [n]
-            # A host sync: a step queued ahead (engine.py) whose batch has top-k / top-p rows waits
-            # here for its own forward pass, so running ahead hides no host work for such steps.
-            redo = cut.nonzero()[:, 0]  # [r]
-            if redo.numel() > 0:
-                again = [seqs[i] for i in redo.tolist()]
-                tokens[redo] = self._draw_ranked(logits[redo], again, width=vocab)
-        return tokens
+        host = torch.tensor(
+            [
+                [1.0 / p.temperature, k, p.top_p, math.log(p.min_p) if p.min_p > 0 else -math.inf]
+                for p, k in zip(params, top_ks, strict=True)
+            ],
+            dtype=torch.float32,
+        )  # [n, 4]
+        keys = torch.tensor([self._key(s) for s in seqs], dtype=torch.int64)  # [n]
+        if not logits.is_cuda:
+            return race_sample_ref(logits, host.to(logits.device), keys.to(logits.device))
+        top_ps = [p.top_p for p in params]
+        width = candidate_width(top_ks, top_ps, vocab, CANDIDATES)
+        alone = any(k >= vocab and p < 1.0 for k, p in zip(top_ks, top_ps, strict=True))
+        dev_params = host.to(logits.device, non_blocking=True)
+        dev_keys = keys.to(logits.device, non_blocking=True)
+        return race_sample(logits, dev_params, dev_keys, width, alone)
 
-    def _log_noise(
-        self,
-        seqs: list[ScheduledSeq],
-        width: int,
-        token_ids: torch.Tensor | None,  # [n, W] token id of each column; None: column = token id
-        device: torch.device,
-    ) -> torch.Tensor:  # [n, W] fp32, log of Exp(1) noise
-        """Unseeded rows draw from the generator; seeded rows hash (seed, step, token id)."""
-        noise = torch.empty(len(seqs), width, device=device)
-        noise.exponential_(generator=self.generator(device))
-        seeded = [i for i, s in enumerate(seqs) if s.sampling.seed is not None]
-        columns = torch.arange(width, device=device, dtype=torch.int64)[None, :]  # [1, W]
-        for start in range(0, len(seeded), _SEEDED_CHUNK_ROWS):
-            chunk = seeded[start : start + _SEEDED_CHUNK_ROWS]
-            keys = [row_key(seqs[i].sampling.seed or 0, len(seqs[i].output_ids)) for i in chunk]
-            key_t = torch.tensor(keys, dtype=torch.int64).to(device, non_blocking=True)
-            idx = torch.tensor(chunk, dtype=torch.int64).to(device, non_blocking=True)
-            toks = columns if token_ids is None else token_ids[idx]  # [1 or c, W]
-            noise.index_copy_(0, idx, seeded_exponentials(key_t, toks))
-        return noise.clamp_min_(1e-30).log_()
+    def _key(self, seq: ScheduledSeq) -> int:
+        """The row's noise key: from its seed and output length, else from the sampler's stream."""
+        if seq.sampling.seed is not None:
+            return row_key(seq.sampling.seed, len(seq.output_ids))
+        return _signed64(self._random.getrandbits(64))
 
 
 def _packed(

@@ -4,16 +4,18 @@ seeded rows (the seeded noise is a pure function of seed, step and token id)."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
-from glm47.worker.batch import SamplingParams, ScheduledSeq
 from glm47.worker.sampling import Sampler
 
-VOCAB = 154880
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+from sampler_bench import VOCAB, seqs_for
 
 SETTINGS: list[dict[str, Any]] = [
     {"temperature": 0.0},
@@ -24,21 +26,6 @@ SETTINGS: list[dict[str, Any]] = [
     {"temperature": 1.0, "top_k": 40, "top_p": 0.9, "logprobs": 5},
     {"temperature": 1.0, "min_p": 0.05, "seed": 3},
 ]
-
-
-def seqs_for(settings: dict[str, Any], n: int) -> list[ScheduledSeq]:
-    return [
-        ScheduledSeq(
-            rid=f"r{i}",
-            token_ids=[1],
-            start_pos=0,
-            page_ids=[0],
-            sample=True,
-            sampling=SamplingParams(**settings),
-            prompt_ids=[1, 2, 3],
-        )
-        for i in range(n)
-    ]
 
 
 @pytest.fixture
@@ -57,7 +44,7 @@ def test_queuing_samples_does_not_synchronise(
     sampler = Sampler(seed=0)
     for flat in (True, False):
         logits = torch.randn(4, VOCAB, device=cuda) * (0.1 if flat else 4.0)
-        deferred = sampler.sample_deferred(logits, seqs_for(settings, 4))
+        deferred = sampler.sample_deferred(logits, seqs_for(4, settings))
         torch.cuda.set_sync_debug_mode("default")
         outputs = deferred.collect()
         torch.cuda.set_sync_debug_mode("error")
@@ -72,7 +59,7 @@ def test_seeded_rows_draw_the_same_tokens_on_the_gpu_and_the_cpu(cuda: torch.dev
         {"temperature": 0.8, "top_k": 30, "seed": 12},
         {"temperature": 1.2, "min_p": 0.02, "seed": 13},
     ):
-        seqs = seqs_for(settings, 8)
+        seqs = seqs_for(8, settings)
         cpu = [o.token_id for o in Sampler().sample(logits, seqs)]
         gpu = [o.token_id for o in Sampler().sample(logits.to(cuda), seqs)]
         assert gpu == cpu, settings

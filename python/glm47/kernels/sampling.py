@@ -32,6 +32,7 @@ import torch
 import triton
 import triton.language as tl
 
+_MASK64 = (1 << 64) - 1
 _GOLDEN = 0x9E3779B97F4A7C15
 _MIX1 = 0xBF58476D1CE4E5B9
 _MIX2 = 0x94D049BB133111EB
@@ -41,9 +42,23 @@ SUB = 512  # tokens per step of a bisection round's loop over its chunk
 CHUNK = 4096  # tokens per program of the passes split over a row's chunks
 
 
-def _signed64(x: int) -> int:
-    x &= (1 << 64) - 1
+def signed64(x: int) -> int:
+    """The two's-complement int64 value of an unsigned 64-bit integer."""
+    x &= _MASK64
     return x - (1 << 64) if x >= 1 << 63 else x
+
+
+def _splitmix64_int(x: int) -> int:
+    """splitmix64 on Python ints (unsigned 64-bit arithmetic): `race_noise`'s hash."""
+    z = (x + _GOLDEN) & _MASK64
+    z = ((z ^ (z >> 30)) * _MIX1) & _MASK64
+    z = ((z ^ (z >> 27)) * _MIX2) & _MASK64
+    return z ^ (z >> 31)
+
+
+def row_key(seed: int, step: int) -> int:
+    """The noise key of a seeded row at one decoding step (step = tokens generated so far)."""
+    return signed64(_splitmix64_int(_splitmix64_int(seed & _MASK64) ^ (step & _MASK64)))
 
 
 def _shr(x: torch.Tensor, bits: int) -> torch.Tensor:
@@ -55,9 +70,9 @@ def race_noise(keys: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
     """log(E), E ~ Exp(1), of each (row key, token id): [R, 1] int64 keys and [R or 1, K] int64
     ids give [R, K] fp32. splitmix64 of `key + id * golden` gives 23 uniform bits, u = (2 * bits +
     1) / 2**24 (exact in fp32), E = -log(u)."""
-    z = keys + token_ids * _signed64(_GOLDEN) + _signed64(_GOLDEN)
-    z = (z ^ _shr(z, 30)) * _signed64(_MIX1)
-    z = (z ^ _shr(z, 27)) * _signed64(_MIX2)
+    z = keys + token_ids * signed64(_GOLDEN) + signed64(_GOLDEN)
+    z = (z ^ _shr(z, 30)) * signed64(_MIX1)
+    z = (z ^ _shr(z, 27)) * signed64(_MIX2)
     z = z ^ _shr(z, 31)
     u = (_shr(z, 41) * 2 + 1).to(torch.float32) * (1.0 / (1 << 24))
     return (-torch.log(u)).clamp_min(1e-30).log()

@@ -29,7 +29,7 @@ import random
 
 import torch
 
-from glm47.kernels.sampling import candidate_width, race_sample, race_sample_ref
+from glm47.kernels.sampling import candidate_width, race_sample, race_sample_ref, row_key, signed64
 from glm47.worker.batch import SampleOutput, SamplingParams, ScheduledSeq
 from glm47.worker.sampling_penalties import (
     TokenHistory,
@@ -38,30 +38,7 @@ from glm47.worker.sampling_penalties import (
     apply_penalties,
 )
 
-_MASK64 = (1 << 64) - 1
-_GOLDEN = 0x9E3779B97F4A7C15
-_MIX1 = 0xBF58476D1CE4E5B9
-_MIX2 = 0x94D049BB133111EB
 CANDIDATES = 1024  # best tokens a row with top-p alone is drawn from when they hold its kept set
-
-
-def _signed64(x: int) -> int:
-    """The two's-complement int64 value of an unsigned 64-bit integer."""
-    x &= _MASK64
-    return x - (1 << 64) if x >= 1 << 63 else x
-
-
-def _splitmix64_int(x: int) -> int:
-    """splitmix64 on Python ints (unsigned 64-bit arithmetic)."""
-    z = (x + _GOLDEN) & _MASK64
-    z = ((z ^ (z >> 30)) * _MIX1) & _MASK64
-    z = ((z ^ (z >> 27)) * _MIX2) & _MASK64
-    return z ^ (z >> 31)
-
-
-def row_key(seed: int, step: int) -> int:
-    """The int64 key of one seeded row at one decoding step (step = tokens generated so far)."""
-    return _signed64(_splitmix64_int(_splitmix64_int(seed & _MASK64) ^ (step & _MASK64)))
 
 
 def _top_k(p: SamplingParams, vocab: int) -> int:
@@ -179,7 +156,7 @@ class Sampler:
         """The row's noise key: from its seed and output length, else from the sampler's stream."""
         if seq.sampling.seed is not None:
             return row_key(seq.sampling.seed, len(seq.output_ids))
-        return _signed64(self._random.getrandbits(64))
+        return signed64(self._random.getrandbits(64))
 
 
 def _packed(

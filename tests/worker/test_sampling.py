@@ -156,6 +156,30 @@ def test_seeded_rows_repeat_across_batch_compositions() -> None:
     assert len(draws) > 3  # the step counter moves the noise
 
 
+def test_an_unseeded_request_draws_the_same_whatever_else_is_sampled() -> None:
+    """A request without a seed gets one from the sampler's stream when first sampled: its
+    tokens then depend neither on the other rows nor on rows drawn for nothing."""
+    logits = rand_logits(1, seed=31)[0]
+
+    def run(others: list[list[str]]) -> list[int]:
+        sampler = Sampler(seed=9)
+        a = seq("a", temperature=1.5, top_p=0.9)
+        extra: dict[str, ScheduledSeq] = {}
+        tokens = []
+        for step, names in enumerate(others):
+            batch = [a] + [extra.setdefault(n, seq(n, temperature=1.2)) for n in names]
+            out = sampler.sample(logits[None].repeat(len(batch), 1), batch)
+            a.output_ids.append(out[0].token_id)
+            tokens.append(out[0].token_id)
+            if step % 3 == 2:  # a row drawn for nothing (a step run ahead past its stop)
+                sampler.sample(logits[None].repeat(2, 1), [a, seq(f"x{step}", temperature=1.2)])
+        return tokens
+
+    alone = run([[] for _ in range(30)])
+    assert run([["b", "c"][: i % 3] for i in range(30)]) == alone
+    assert len(set(alone)) > 5
+
+
 def test_seeded_noise_is_exponential() -> None:
     keys = torch.tensor([row_key(s, 0) for s in range(64)], dtype=torch.int64)
     noise = race_noise(keys[:, None], torch.arange(4096)[None, :]).double().exp()  # [64, 4096]
@@ -299,6 +323,8 @@ def test_a_mixed_batch_applies_each_rows_own_settings() -> None:
     spread: set[int] = set()
     for _ in range(10):
         out = sampler.sample(logits, seqs)
+        for s, o in zip(seqs, out, strict=True):
+            s.output_ids.append(o.token_id)  # the next step: a new position, new noise
         for i, o in enumerate(out):
             best2 = logits[i].topk(2).indices.tolist()
             if i % 4 in (0, 3):
@@ -327,6 +353,8 @@ def test_banned_ids_are_never_sampled_and_logprobs_see_the_mask() -> None:
     drawn: set[int] = set()
     for _ in range(50):
         out = sampler.sample(logits, seqs)
+        for s, o in zip(seqs, out, strict=True):
+            s.output_ids.append(o.token_id)  # the next step: a new position, new noise
         drawn |= {o.token_id for o in out[:3]}
         assert out[0].token_id == 6 and out[3].token_id == 3
     assert drawn.isdisjoint({3, 5}) and len(drawn) > 2  # the sampled rows do vary

@@ -14,9 +14,10 @@ their settings into a few small tensors, and nothing is read back until the samp
    exactly from `p`: one launch for all of them (kernels/sampling.py, where the rule is exact,
    ties included).
 
-The race noise is a counter-based hash of a row's 64-bit key and the token id. A row with a seed
-has the key of (seed, tokens generated so far), so a seeded request gives the same tokens whatever
-else is in the batch; a row without one takes the next key of the sampler's random stream.
+The race noise is a counter-based hash of a row's 64-bit key and the token id; the key is that of
+(the request's seed, tokens generated so far). A request without a seed gets one from the
+sampler's random stream when it is first sampled. So a request's tokens do not depend on what
+else is in the batch, nor on rows computed for nothing (a step run ahead past a stop).
 
 `sample_deferred` leaves the samples on the device, their copy to the host queued behind them:
 the engine can queue the next step before it reads them (see engine.py, running ahead).
@@ -29,7 +30,7 @@ import random
 
 import torch
 
-from glm47.kernels.sampling import candidate_width, race_sample, race_sample_ref, row_key, signed64
+from glm47.kernels.sampling import candidate_width, race_sample, race_sample_ref, row_key
 from glm47.worker.batch import SampleOutput, SamplingParams, ScheduledSeq
 from glm47.worker.sampling_penalties import (
     TokenHistory,
@@ -83,13 +84,15 @@ class DeferredSamples:
 class Sampler:
     """Samples one token per row of a logits batch.
 
-    State: the random stream of the noise keys of rows without a seed, and the token history that
-    makes penalties cheap. Nothing in a call waits for the device: what it queues depends on the
+    State: the seeds given to requests without one (and the stream they come from), and the token
+    history that makes penalties cheap. Nothing in a call waits for the device: what it queues depends on the
     rows' settings alone, so the engine can queue the next step before the samples are read.
     """
 
     def __init__(self, seed: int | None = None) -> None:
-        self._random = random.Random(seed)  # the noise keys of rows without a seed
+        self._random = random.Random(seed)  # the seeds of requests without one
+        # rid -> (the request's prompt list, its seed): a new prompt list is a new request
+        self._seeds: dict[str, tuple[list[int], int]] = {}
         self._history = TokenHistory()
 
     def sample(
@@ -108,7 +111,10 @@ class Sampler:
         """`sample`, its results left on the device with their host copy queued."""
         if logits.dim() != 2 or logits.shape[0] != len(seqs):
             raise ValueError(f"logits {tuple(logits.shape)} do not match {len(seqs)} sequences")
-        self._history.retain({s.rid for s in seqs})
+        rids = {s.rid for s in seqs}
+        self._history.retain(rids)
+        for rid in [r for r in self._seeds if r not in rids]:
+            del self._seeds[rid]
         logits = logits.float()
         if any(s.sampling.logit_bias_ids for s in seqs):
             logits = apply_logit_bias(logits, seqs)
@@ -153,10 +159,16 @@ class Sampler:
         return race_sample(logits, dev_params, dev_keys, width, alone)
 
     def _key(self, seq: ScheduledSeq) -> int:
-        """The row's noise key: from its seed and output length, else from the sampler's stream."""
-        if seq.sampling.seed is not None:
-            return row_key(seq.sampling.seed, len(seq.output_ids))
-        return signed64(self._random.getrandbits(64))
+        """The row's noise key: from the request's seed (or the one it was given) and its output
+        length."""
+        seed = seq.sampling.seed
+        if seed is None:
+            held = self._seeds.get(seq.rid)
+            if held is None or held[0] is not seq.prompt_ids:
+                held = (seq.prompt_ids, self._random.getrandbits(64))
+                self._seeds[seq.rid] = held
+            seed = held[1]
+        return row_key(seed, len(seq.output_ids))
 
 
 def _packed(

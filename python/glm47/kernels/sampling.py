@@ -40,6 +40,7 @@ _NEG_INF_KEY = tl.constexpr(-2139095041)  # the order key of -inf (below it: eve
 BLOCK = 1024  # candidates a program handles per step of its loops
 SUB = 512  # tokens per step of a bisection round's loop over its chunk
 CHUNK = 4096  # tokens per program of the passes split over a row's chunks
+SEARCH_ROUNDS = 8  # 16-way rounds of the flat rows' threshold search: 4 bits each, 32 in all
 
 
 def signed64(x: int) -> int:
@@ -392,11 +393,13 @@ def race_sample(
     )  # fmt: skip
     if 0 < width < vocab and top_p_alone:  # flat rows may need the threshold past the candidates
         masses = torch.empty(2, n, chunks, 16, dtype=torch.float32, device=dev)
-        for r in range(9):  # round r reads brackets[r % 2] and writes brackets[(r + 1) % 2]
+        # Round r reads brackets[r % 2] and writes brackets[(r + 1) % 2]; the one after the
+        # last search round only narrows the bracket and writes the threshold.
+        for r in range(SEARCH_ROUNDS + 1):
             _bisect_kernel[(n, chunks)](
                 logits, params, whole, row_max, limit, brackets[r % 2], masses[(r + 1) % 2],
                 brackets[(r + 1) % 2], masses[r % 2], floor_key, vocab, stride, chunks,
-                FIRST=r == 0, LAST=r == 8, CHUNK=CHUNK, SUB=SUB, BLOCK_P=block_p, num_warps=4,
+                FIRST=r == 0, LAST=r == SEARCH_ROUNDS, CHUNK=CHUNK, SUB=SUB, BLOCK_P=block_p, num_warps=4,
             )  # fmt: skip
     _race_chunks_kernel[(n, chunks)](
         logits, params, keys, floor, floor_key, whole, best, best_id, vocab, stride,

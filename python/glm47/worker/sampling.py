@@ -11,7 +11,7 @@ their settings into a few small tensors, and nothing is read back until the samp
 3. greedy rows (temperature 0 or top_k 1) take the argmax of the penalised logits;
 4. the other rows: temperature, then top-k, top-p and min-p masks, then an exponential race
    (`argmax(p / q)` with `q ~ Exp(1)`, computed as `argmax(logits / T - log q)`), which draws
-   exactly from `p`: one launch for all of them (kernels/sampling.py, where the rule is exact,
+   exactly from `p`: the same kernels for all of them (kernels/sampling.py, where the rule is exact,
    ties included).
 
 The race noise is a counter-based hash of a row's 64-bit key and the token id; the key is that of
@@ -124,7 +124,7 @@ class Sampler:
         return DeferredSamples(tokens, _packed(logits, tokens, want), seqs, want)
 
     def _choose(self, logits: torch.Tensor, seqs: list[ScheduledSeq]) -> torch.Tensor:  # [N]
-        """Greedy rows take the argmax; the others are drawn in one launch (`_draw`)."""
+        """Greedy rows take the argmax; the others are drawn together (`_draw`)."""
         drawn = [i for i, s in enumerate(seqs) if not s.sampling.greedy]
         if len(drawn) == len(seqs):
             return self._draw(logits, seqs)

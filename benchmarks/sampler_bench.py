@@ -12,8 +12,9 @@ For each setting and batch size N, on [N, 154880] fp32 logits:
   waited for the device (a host sync); far below it: it only queued work, so a decode step queued
   ahead of its samples (engine.py, running ahead) gains.
 Settings: greedy; temperature 1; top_k 50; top_p 0.95 on peaked logits (the best 20 tokens hold
-about 99% of the mass) and on flat ones (random logits, as dummy weights give); min_p 0.05. Then
-the raw `topk(1024)` and full-row `sort` the sampler's top-k / top-p path is built from.
+about 99% of the mass), on wide ones (the best 500 hold about 98%: a kept set of a few hundred)
+and on flat ones (random logits, as dummy weights give); min_p 0.05. Then the raw `topk(1024)`
+and full-row `sort` that top-k rows (and, before the compacted candidates, top-p rows) start from.
 
 Usage: python3 benchmarks/sampler_bench.py [--batches 1,4,16,64] [--json out.json]
 (measures the `glm47` on PYTHONPATH, so a variant tree can be measured with the same script)
@@ -38,6 +39,7 @@ SETTINGS: dict[str, dict[str, float | int]] = {
     "temperature": {"temperature": 1.0},
     "top_k_50": {"temperature": 1.0, "top_k": 50},
     "top_p_peaked": {"temperature": 1.0, "top_p": 0.95},
+    "top_p_wide": {"temperature": 1.0, "top_p": 0.95},
     "top_p_flat": {"temperature": 1.0, "top_p": 0.95},
     "min_p": {"temperature": 1.0, "min_p": 0.05},
 }
@@ -58,9 +60,13 @@ def seqs_for(n: int, params: dict[str, float | int]) -> list[ScheduledSeq]:
     ]
 
 
-def logits_for(n: int, peaked: bool) -> torch.Tensor:
+def logits_for(n: int, setting: str) -> torch.Tensor:
+    """Random logits, the best 20 tokens raised by 14 (the best 500 by 10 for `_wide`, none for
+    `_flat` and the raw ops)."""
     logits = torch.randn(n, VOCAB, device="cuda")
-    if peaked:
+    if setting.endswith("_wide"):
+        logits[:, 1000:1500] += 10.0
+    elif not setting.endswith("_flat") and setting in SETTINGS:
         logits[:, :20] += 14.0
     return logits
 
@@ -129,7 +135,7 @@ def profile(sampler: Sampler, name: str, n: int, iters: int) -> None:
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
-    logits = logits_for(n, peaked=name != "top_p_flat")
+    logits = logits_for(n, name)
     seqs = seqs_for(n, SETTINGS[name])
     sampler.sample(logits, seqs)
     torch.cuda.synchronize()
@@ -167,7 +173,7 @@ def main() -> None:
     print(f"{'setting':>14} {'N':>4} {'step_us':>9} {'device_us':>10} {'host_us_busy':>13}")
     for name, params in SETTINGS.items():
         for n in batches:
-            logits = logits_for(n, peaked=name != "top_p_flat")
+            logits = logits_for(n, name)
             seqs = seqs_for(n, params)
 
             def call(logits: torch.Tensor = logits, seqs: list[ScheduledSeq] = seqs) -> object:
@@ -189,7 +195,7 @@ def main() -> None:
                 f"{row['host_us_busy']:>13.1f}"
             )
     for n in batches:
-        logits = logits_for(n, peaked=False)
+        logits = logits_for(n, "raw")
         for op, fn in (
             ("topk_1024", lambda x=logits: x.topk(1024, dim=-1)),
             ("topk_256", lambda x=logits: x.topk(256, dim=-1)),

@@ -31,9 +31,8 @@ def params_of(rows: list[dict[str, float]], vocab: int) -> torch.Tensor:
     return torch.tensor(out, dtype=torch.float32)
 
 
-def width_of(params: torch.Tensor, vocab: int, candidates: int) -> int:
-    top_ks = [int(k) for k in params[:, 1].tolist()]
-    return candidate_width(top_ks, params[:, 2].tolist(), vocab, candidates)
+def width_of(params: torch.Tensor, vocab: int) -> int:
+    return candidate_width([int(k) for k in params[:, 1].tolist()], vocab)
 
 
 ROWS = [
@@ -52,45 +51,63 @@ ROWS = [
     "scale", [0.05, 1.0, 6.0]
 )  # flat rows (kept sets past the candidates) to peaked
 def test_kernel_draws_the_references_tokens(device: str, scale: float) -> None:
-    n = 4 * len(ROWS)
+    n = 2 * len(ROWS)
     logits = torch.randn(n, VOCAB) * scale
     logits[1::5, :7] = float("-inf")  # banned tokens
-    params = params_of(ROWS * 4, VOCAB)
+    params = params_of(ROWS * 2, VOCAB)
     keys = torch.randint(-(2**62), 2**62, (n,), dtype=torch.int64)
-    for candidates in (64, 256):
-        width = width_of(params, VOCAB, candidates)
-        got = race_sample(logits.to(device), params.to(device), keys.to(device), width).cpu()
-        ref = race_sample_ref(logits, params, keys)
-        assert got.tolist() == ref.tolist(), (scale, candidates)
+    width = width_of(params, VOCAB)
+    ref = race_sample_ref(logits, params, keys)
+    for cap in (64, 1024):
+        got = race_sample(
+            logits.to(device), params.to(device), keys.to(device), width, cap=cap
+        ).cpu()
+        assert got.tolist() == ref.tolist(), (scale, cap)
         assert torch.isfinite(logits.gather(1, got[:, None])).all()  # never a banned token
 
 
+def test_candidates_from_every_chunk_are_raced_among(device: str) -> None:
+    # Top-p alone on rows whose best tokens lie in different chunks, the kept set well inside
+    # the candidates: every draw is a kept token and equals the reference's.
+    n, vocab = 12, 9000 if not ON_GPU else 154880  # three chunks or more
+    logits = torch.randn(n, vocab)
+    hot = torch.tensor([5, vocab // 2 + 3, vocab - 2])  # in the first, a middle and the last chunk
+    logits[:, hot] += torch.tensor([13.5, 14.0, 14.0])
+    params = params_of([{"top_p": 0.9}] * n, vocab)
+    keys = torch.arange(n, dtype=torch.int64) * 7919 + 1
+    got = race_sample(logits.to(device), params.to(device), keys.to(device), 0).cpu()
+    assert got.tolist() == race_sample_ref(logits, params, keys).tolist()
+    assert set(got.tolist()) <= set(hot.tolist()) and len(set(got.tolist())) >= 2
+
+
 def test_ties_at_the_top_p_boundary_are_all_kept(device: str) -> None:
-    # Three tokens tied at the boundary, past a candidate list of 2: top-p 0.5 keeps 0, 1, 2, 3.
+    # Three tokens tied at the boundary: top-p 0.5 keeps 0, 1, 2, 3, whether the candidates hold
+    # them (cap 4) or not (cap 2: the threshold is searched over the whole row).
     vocab = 300
     row = torch.full((vocab,), -30.0)
     row[0] = 2.0
     row[1:4] = 1.0
-    n = 120
+    n = 48
     logits = row[None].repeat(n, 1)
     params = params_of([{"top_p": 0.5}] * n, vocab)
     keys = torch.arange(n, dtype=torch.int64) * 7919
-    got = race_sample(logits.to(device), params.to(device), keys.to(device), 2).cpu()
-    assert got.tolist() == race_sample_ref(logits, params, keys).tolist()
-    assert set(got.tolist()) == {0, 1, 2, 3}
+    for cap in (2, 4):
+        got = race_sample(logits.to(device), params.to(device), keys.to(device), 0, cap=cap)
+        assert got.tolist() == race_sample_ref(logits, params, keys).tolist()
+        assert set(got.tolist()) == {0, 1, 2, 3}
 
 
 def test_a_flat_row_keeps_the_smallest_prefix_reaching_top_p(device: str) -> None:
     # Uniform over 1000 ids and 2000 others far below: top-p 0.9 keeps exactly those 1000, and with
-    # 64 candidates the kernel has to find that threshold over the whole row.
+    # room for 64 candidates the kernel has to find that threshold over the whole row.
     vocab = 3000
     row = torch.full((vocab,), -40.0)
     row[1000:2000] = 0.0
-    n = 120
+    n = 80
     logits = row[None].repeat(n, 1)
     params = params_of([{"top_p": 0.9}] * n, vocab)
     keys = torch.randint(-(2**62), 2**62, (n,), dtype=torch.int64)
-    got = race_sample(logits.to(device), params.to(device), keys.to(device), 64).cpu()
+    got = race_sample(logits.to(device), params.to(device), keys.to(device), 0, cap=64).cpu()
     assert got.tolist() == race_sample_ref(logits, params, keys).tolist()
     assert all(1000 <= t < 2000 for t in got.tolist())
     assert len(set(got.tolist())) > 64  # draws over the whole kept set, not the candidates

@@ -13,13 +13,16 @@ The rule, per row, with `s = logits * (1 / temperature)` (the inverse rounded to
 
 How: four launches at least, none of them writing anything of the row's size. The chunks of each row
 (`CHUNK` tokens a program) give their maximum and mass; one program per row takes the row's
-maximum and mass from them and finds the kept set's threshold from the row's best `W` tokens
-(`torch.topk`; W is at least every row's top_k, and `CANDIDATES` in the sampler when a row has
-top-p alone). A row whose kept set lies among its candidates is raced there. The others are raced
-chunk by chunk over the whole row above their threshold, and a last program per row takes the
-best chunk: rows without top-k or top-p, and rows with top-p alone whose kept set may reach past
-the candidates (flat rows). For the latter the threshold is searched on the values' bit patterns,
-16 ways a round over the row's chunks: nine more launches (when the batch has a row with top-p
+maximum and mass from them and finds the kept set's threshold among the row's candidates:
+- a row with top-k: its best `top_k` tokens (`torch.topk` of the batch's largest top_k, ranked);
+- a row with top-p alone: every token within some distance of the max, at most `CAP` of them. Two
+  more passes over the chunks count the row's tokens in bins of a quarter nat below the max and
+  write the tokens of the most bins that fit `CAP`, which the row's program sorts by value.
+A row whose kept set lies among its candidates is raced there. The others are raced chunk by
+chunk over the whole row above their threshold, and a last program per row takes the best chunk:
+rows without top-k or top-p, and rows with top-p alone whose kept set reaches past the
+candidates (flat rows). For the latter the threshold is searched on the values' bit patterns, 16
+ways a round over the row's chunks: nine more launches (when the batch has a row with top-p
 alone), which the other rows leave at once.
 
 `race_sample_ref` is the same rule in plain torch (a stable sort of every row), for the CPU and as
@@ -41,6 +44,9 @@ BLOCK = 1024  # candidates a program handles per step of its loops
 SUB = 512  # tokens per step of a bisection round's loop over its chunk
 CHUNK = 4096  # tokens per program of the passes split over a row's chunks
 SEARCH_ROUNDS = 8  # 16-way rounds of the flat rows' threshold search: 4 bits each, 32 in all
+CAP = 1024  # most candidates a row with top-p alone is raced among (a power of two)
+BINS = 64  # bins of the candidates' count: 62 of 1 / BIN_SCALE nats below the max, the rest, none
+BIN_SCALE = 4.0
 
 
 def signed64(x: int) -> int:
@@ -121,6 +127,110 @@ def _stats_kernel(
 
 
 @triton.jit
+def _row_max(stats_ptr, row, num_chunks, BLOCK_P: tl.constexpr):
+    """The row's max of s from its chunks' stats."""
+    p_offs = tl.arange(0, BLOCK_P)
+    cmax = tl.load(
+        stats_ptr + (row * num_chunks + p_offs) * 2, mask=p_offs < num_chunks, other=float("-inf")
+    )
+    return tl.max(cmax, axis=0)
+
+
+@triton.jit
+def _bin_of(s, ok, m, BINS: tl.constexpr, BIN_SCALE: tl.constexpr):
+    """A token's bin: floor((m - s) * BIN_SCALE) up to BINS - 2 (every token further below the
+    max); BINS - 1 for no token (past the vocabulary, or banned). Monotone in s, so the tokens of
+    the first B bins are every token above some value."""
+    d = tl.minimum((m - s) * BIN_SCALE, BINS - 2)
+    return tl.where(ok & (s > float("-inf")), d.to(tl.int32), BINS - 1)
+
+
+@triton.jit
+def _hist_kernel(
+    logits_ptr,  # [N, V] fp32
+    params_ptr,  # [N, 4] fp32
+    stats_ptr,  # [N, P, 2] fp32 from _stats_kernel
+    hist_ptr,  # [N, P, BINS] int32 out: each chunk's token count per bin (rows with top-p alone)
+    vocab,
+    stride_l,
+    CHUNK: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+    BINS: tl.constexpr,
+    BIN_SCALE: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    chunk = tl.program_id(1)
+    top_k = tl.load(params_ptr + row * 4 + 1).to(tl.int32)
+    top_p = tl.load(params_ptr + row * 4 + 2)
+    if (top_k >= vocab) & (top_p < 1.0):
+        num_chunks = tl.num_programs(1)
+        m = _row_max(stats_ptr, row, num_chunks, BLOCK_P)
+        offs = chunk * CHUNK + tl.arange(0, CHUNK)
+        ok = offs < vocab
+        inv_t = tl.load(params_ptr + row * 4)
+        s = tl.load(logits_ptr + row * stride_l + offs, mask=ok, other=float("-inf")) * inv_t
+        counts = tl.histogram(_bin_of(s, ok, m, BINS, BIN_SCALE), BINS)
+        tl.store(hist_ptr + (row * num_chunks + chunk) * BINS + tl.arange(0, BINS), counts)
+
+
+@triton.jit
+def _compact_kernel(
+    logits_ptr,  # [N, V] fp32
+    params_ptr,  # [N, 4] fp32
+    stats_ptr,  # [N, P, 2] fp32
+    hist_ptr,  # [N, P, BINS] int32 from _hist_kernel
+    cand_ptr,  # [N, CAP] int32 out: the candidates' ids, chunk by chunk (rows with top-p alone)
+    count_ptr,  # [N] int32 out: how many
+    vocab,
+    stride_l,
+    CHUNK: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+    BINS: tl.constexpr,
+    BIN_SCALE: tl.constexpr,
+    CAP: tl.constexpr,
+):
+    """The candidates of a row with top-p alone: the tokens of its first B bins, B the most bins
+    whose tokens number at most CAP (possibly none). Each chunk writes its own at the offset the
+    chunks before it take, known from their counts."""
+    row = tl.program_id(0).to(tl.int64)
+    chunk = tl.program_id(1)
+    top_k = tl.load(params_ptr + row * 4 + 1).to(tl.int32)
+    top_p = tl.load(params_ptr + row * 4 + 2)
+    if (top_k >= vocab) & (top_p < 1.0):
+        num_chunks = tl.num_programs(1)
+        p = tl.arange(0, BLOCK_P)
+        b = tl.arange(0, BINS)
+        hist = tl.load(
+            hist_ptr + (row * num_chunks + p[:, None]) * BINS + b[None, :],
+            mask=p[:, None] < num_chunks,
+            other=0,
+        )  # [BLOCK_P, BINS]
+        total = tl.cumsum(tl.sum(hist, axis=0), axis=0)  # [BINS]: tokens in bins 0..b
+        taken = tl.sum(((total <= CAP) & (b < BINS - 1)).to(tl.int32), axis=0)  # B
+        per_chunk = tl.sum(tl.where(b[None, :] < taken, hist, 0), axis=1)  # [BLOCK_P]
+        start = tl.sum(tl.where(p < chunk, per_chunk, 0), axis=0)
+        if chunk == 0:
+            tl.store(count_ptr + row, tl.sum(per_chunk, axis=0))
+        m = _row_max(stats_ptr, row, num_chunks, BLOCK_P)
+        offs = chunk * CHUNK + tl.arange(0, CHUNK)
+        ok = offs < vocab
+        inv_t = tl.load(params_ptr + row * 4)
+        s = tl.load(logits_ptr + row * stride_l + offs, mask=ok, other=float("-inf")) * inv_t
+        pick = _bin_of(s, ok, m, BINS, BIN_SCALE) < taken
+        at = start + tl.cumsum(pick.to(tl.int32), axis=0) - 1
+        tl.store(cand_ptr + row * CAP + at, offs, mask=pick)
+
+
+@triton.jit
+def _race_among(s, ids, ok, floor, key, vocab):
+    """The race's winner among a block of tokens: the largest s - log(E) of those kept (`ok` and
+    s >= floor), the smallest id on a tie."""
+    score = tl.where(ok & (s >= floor), s - _noise(key, ids), float("-inf"))
+    top = tl.max(score, axis=0)
+    return tl.min(tl.where(score == top, ids, vocab), axis=0)
+
+
+@triton.jit
 def _threshold_kernel(
     logits_ptr,  # [N, V] fp32
     vals_ptr,  # [N, W] fp32: each row's best W logits, best first (W may be 0)
@@ -128,10 +238,12 @@ def _threshold_kernel(
     params_ptr,  # [N, 4] fp32: 1 / temperature, top_k (V when off), top_p, log(min_p) or -inf
     keys_ptr,  # [N] int64: the rows' noise keys
     stats_ptr,  # [N, P, 2] fp32 from _stats_kernel
+    cand_ptr,  # [N, CAP] int32 from _compact_kernel (COMPACT)
+    count_ptr,  # [N] int32 from _compact_kernel (COMPACT)
     floor_ptr,  # [N] fp32 out: the smallest s kept (rows raced over the whole row)
     floor_key_ptr,  # [N] int32 out: the smallest order key kept (same rows)
-    whole_ptr,  # [N] int32 out: 0 raced over its candidates, 1 over the whole row, 2 after bisection
-    out_ptr,  # [N] int64 out: the sample of rows raced over their candidates
+    whole_ptr,  # [N] int32 out: 0 raced here, 1 over the whole row, 2 after bisection
+    out_ptr,  # [N] int64 out: the sample of rows raced here
     max_ptr,  # [N] fp32 out: the row's max of s
     limit_ptr,  # [N] fp32 out: top_p times the mass of the row's top-k set
     bracket_ptr,  # [N, 2] int64 out: the bisection's first bracket (rows with whole 2)
@@ -142,10 +254,14 @@ def _threshold_kernel(
     stride_c,
     BLOCK: tl.constexpr,
     BLOCK_P: tl.constexpr,
+    COMPACT: tl.constexpr,  # whether rows with top-p alone have candidates (else none exist)
+    CAP: tl.constexpr,
 ):
     """Per row: the maximum and mass from the chunks' stats, then the kept set's threshold. A
-    row whose kept set lies among its candidates is raced here; the others are left to the
-    chunks (`_race_chunks_kernel`) with their threshold."""
+    row with top-k is raced among its top-k candidates; a row with top-p alone among its
+    compacted candidates when they hold its kept set, else it is left to the bisection rounds
+    (`_bisect_kernel`) and the chunks (`_race_chunks_kernel`); a row with neither is left to the
+    chunks with its min-p floor."""
     row = tl.program_id(0).to(tl.int64)
     inv_t = tl.load(params_ptr + row * 4)
     top_k = tl.load(params_ptr + row * 4 + 1).to(tl.int32)
@@ -162,19 +278,17 @@ def _threshold_kernel(
     floor_key = tl.full([], _NEG_INF_KEY, tl.int64)
     whole = tl.full([], 1, tl.int32)
     limit = tl.full([], float("inf"), tl.float32)
-    if (top_k < vocab) | (top_p < 1.0):
+    if top_k < vocab:  # among the best `top_k` (ranks of the [N, W] candidates, W >= top_k)
+        whole = tl.full([], 0, tl.int32)
+        kk = tl.minimum(top_k, width)
         offs = tl.arange(0, BLOCK)
         c_vals = vals_ptr + row * stride_c
         c_ids = ids_ptr + row * stride_c
-        kk = tl.minimum(top_k, width)  # the ranks in the top-k set (all candidates when off)
-        total = row_mass
-        if top_k < vocab:  # the top-k set's mass
-            acc = tl.zeros([BLOCK], dtype=tl.float32)
-            for start in range(0, kk, BLOCK):
-                s = tl.load(c_vals + start + offs, mask=start + offs < kk, other=float("-inf"))
-                acc += tl.exp(s * inv_t - m)
-            total = tl.sum(acc, axis=0)
-        limit = tl.where(top_p < 1.0, top_p * total, float("inf"))  # top-p off: every rank
+        acc = tl.zeros([BLOCK], dtype=tl.float32)
+        for start in range(0, kk, BLOCK):  # the top-k set's mass
+            s = tl.load(c_vals + start + offs, mask=start + offs < kk, other=float("-inf"))
+            acc += tl.exp(s * inv_t - m)
+        limit = tl.where(top_p < 1.0, top_p * tl.sum(acc, axis=0), float("inf"))
         # Top-p over the candidates: the last rank whose better tokens hold less than the limit.
         carry = 0.0
         cut = m
@@ -186,34 +300,47 @@ def _threshold_kernel(
             keep = (ranks < kk) & ((before < limit) | (ranks == 0))
             cut = tl.minimum(cut, tl.min(tl.where(keep, s, float("inf")), axis=0))
             carry += tl.sum(e, axis=0)
-        last = tl.load(c_vals + kk - 1) * inv_t
-        if (top_k >= vocab) & (width < vocab) & (cut <= last):
-            # Top-p alone and the candidates all kept: the kept set may reach past them. The
-            # threshold is the smallest order key whose mass above stays below the limit.
-            if carry < limit:  # found by the bisection rounds (_bisect_kernel), from this bracket
+        floor = tl.maximum(floor, cut)
+        best = tl.full([BLOCK], float("-inf"), dtype=tl.float32)
+        best_id = tl.zeros([BLOCK], dtype=tl.int64)
+        for start in range(0, kk, BLOCK):
+            ranks = start + offs
+            ok = ranks < kk
+            s = tl.load(c_vals + ranks, mask=ok, other=float("-inf")) * inv_t
+            ids = tl.load(c_ids + ranks, mask=ok, other=0)
+            score = tl.where(ok & (s >= floor), s - _noise(key, ids), float("-inf"))
+            better = score > best
+            best = tl.where(better, score, best)
+            best_id = tl.where(better, ids, best_id)
+        top = tl.max(best, axis=0)
+        tl.store(out_ptr + row, tl.min(tl.where(best == top, best_id, vocab), axis=0))
+    elif top_p < 1.0:
+        if COMPACT:  # among the compacted candidates: every token above some value
+            limit = top_p * row_mass
+            count = tl.load(count_ptr + row)
+            ranks = tl.arange(0, CAP)
+            ok = ranks < count
+            ids = tl.load(cand_ptr + row * CAP + ranks, mask=ok, other=0)
+            s = tl.load(logits_ptr + row * stride_l + ids, mask=ok, other=float("-inf")) * inv_t
+            # The values best first: each one's better tokens' mass is a running sum (tied
+            # tokens after the first of their tie count each other, which keeps them all when
+            # the first is kept, since the race keeps every token >= the smallest kept value).
+            v = tl.sort(s, descending=True)
+            e = tl.where(ok, tl.exp(v - m), 0.0)
+            before = tl.cumsum(e, axis=0) - e
+            keep = ok & ((before < limit) | (ranks == 0))
+            if tl.sum(e, axis=0) < limit:
+                # The kept set reaches past the candidates: its threshold is found by the
+                # bisection rounds, from this bracket (above the last candidate, or above the
+                # max when there is none, lies less than the limit).
                 whole = tl.full([], 2, tl.int32)
-                tl.store(
-                    bracket_ptr + row * 2, tl.full([], _NEG_INF_KEY - 1, tl.int64)
-                )  # above it: the whole mass
+                last = tl.min(tl.where(ok, v, m), axis=0)
+                tl.store(bracket_ptr + row * 2, tl.full([], _NEG_INF_KEY - 1, tl.int64))
                 tl.store(bracket_ptr + row * 2 + 1, _order_key(last).to(tl.int64))
-            else:  # they hold the limit: the threshold is the last candidate kept, `cut`
-                floor_key = _order_key(cut).to(tl.int64)
-        else:
-            whole = tl.full([], 0, tl.int32)
-            floor = tl.maximum(floor, cut)
-            best = tl.full([BLOCK], float("-inf"), dtype=tl.float32)
-            best_id = tl.zeros([BLOCK], dtype=tl.int64)
-            for start in range(0, kk, BLOCK):
-                ranks = start + offs
-                ok = ranks < kk
-                s = tl.load(c_vals + ranks, mask=ok, other=float("-inf")) * inv_t
-                ids = tl.load(c_ids + ranks, mask=ok, other=0)
-                score = tl.where(ok & (s >= floor), s - _noise(key, ids), float("-inf"))
-                better = score > best
-                best = tl.where(better, score, best)
-                best_id = tl.where(better, ids, best_id)
-            top = tl.max(best, axis=0)
-            tl.store(out_ptr + row, tl.min(tl.where(best == top, best_id, vocab), axis=0))
+            else:
+                whole = tl.full([], 0, tl.int32)
+                floor = tl.maximum(floor, tl.min(tl.where(keep, v, float("inf")), axis=0))
+                tl.store(out_ptr + row, _race_among(s, ids.to(tl.int64), ok, floor, key, vocab))
     tl.store(floor_ptr + row, floor)
     tl.store(floor_key_ptr + row, floor_key.to(tl.int32))
     tl.store(whole_ptr + row, whole)
@@ -338,16 +465,9 @@ def _pick_kernel(
         tl.store(out_ptr + row, tl.sum(tl.where(p_offs == first, ids, 0), axis=0))
 
 
-def candidate_width(top_ks: list[int], top_ps: list[float], vocab: int, candidates: int) -> int:
-    """The W of a batch: at least every row's top_k (when on), and at least `candidates` when a
-    row has top-p alone; 0 when no row needs ranked tokens."""
-    width = 0
-    for k, p in zip(top_ks, top_ps, strict=True):
-        if k < vocab:
-            width = max(width, k)
-        elif p < 1.0:
-            width = max(width, candidates)
-    return min(width, vocab)
+def candidate_width(top_ks: list[int], vocab: int) -> int:
+    """The W of a batch: its largest top_k among the rows with top-k on; 0 when none has."""
+    return max((k for k in top_ks if k < vocab), default=0)
 
 
 def race_sample(
@@ -355,10 +475,11 @@ def race_sample(
     params: torch.Tensor,  # [N, 4] fp32: 1 / temperature, top_k (V when off), top_p, log(min_p)
     keys: torch.Tensor,  # [N] int64
     width: int,  # from candidate_width
-    top_p_alone: bool = True,  # whether a row has top-p without top-k (False: skip its search)
+    top_p_alone: bool = True,  # whether a row has top-p without top-k (False: skip their work)
+    cap: int = CAP,  # most candidates of a row with top-p alone (a power of two)
 ) -> torch.Tensor:  # [N] int64
     """One token per row by the rule of this module. `width` must be at least every row's top_k
-    (when on); rows with top-k or top-p need it above 0."""
+    (when on)."""
     n, vocab = logits.shape
     if params.shape != (n, 4) or keys.shape != (n,) or logits.stride(1) != 1:
         raise ValueError(f"race_sample: logits {tuple(logits.shape)}, params "
@@ -375,23 +496,34 @@ def race_sample(
     params = params.contiguous()
     chunks = triton.cdiv(vocab, CHUNK)
     block_p = triton.next_power_of_2(chunks)
+    stride = logits.stride(0)
     stats = torch.empty(n, chunks, 2, dtype=torch.float32, device=dev)
+    _stats_kernel[(n, chunks)](logits, params, stats, vocab, stride, CHUNK=CHUNK, num_warps=4)
+    cands = torch.empty(n, cap if top_p_alone else 1, dtype=torch.int32, device=dev)
+    counts = torch.empty(n, dtype=torch.int32, device=dev)
+    if top_p_alone:
+        hist = torch.empty(n, chunks, BINS, dtype=torch.int32, device=dev)
+        grid = (n, chunks)
+        _hist_kernel[grid](
+            logits, params, stats, hist, vocab, stride, CHUNK=CHUNK, BLOCK_P=block_p, BINS=BINS,
+            BIN_SCALE=BIN_SCALE, num_warps=4,
+        )  # fmt: skip
+        _compact_kernel[grid](
+            logits, params, stats, hist, cands, counts, vocab, stride, CHUNK=CHUNK,
+            BLOCK_P=block_p, BINS=BINS, BIN_SCALE=BIN_SCALE, CAP=cap, num_warps=4,
+        )  # fmt: skip
     floor = torch.empty(n, dtype=torch.float32, device=dev)
     floor_key = torch.empty(n, dtype=torch.int32, device=dev)
     whole = torch.empty(n, dtype=torch.int32, device=dev)
-    best = torch.empty(n, chunks, dtype=torch.float32, device=dev)
-    best_id = torch.empty(n, chunks, dtype=torch.int64, device=dev)
-    stride = logits.stride(0)
-    _stats_kernel[(n, chunks)](logits, params, stats, vocab, stride, CHUNK=CHUNK, num_warps=4)
     row_max = torch.empty(n, dtype=torch.float32, device=dev)
     limit = torch.empty(n, dtype=torch.float32, device=dev)
     brackets = torch.empty(2, n, 2, dtype=torch.int64, device=dev)
     _threshold_kernel[(n,)](
-        logits, vals, ids, params, keys, stats, floor, floor_key, whole, out, row_max, limit,
-        brackets[0], vocab, width, chunks, stride, vals.stride(0), BLOCK=BLOCK, BLOCK_P=block_p,
-        num_warps=8,
+        logits, vals, ids, params, keys, stats, cands, counts, floor, floor_key, whole, out,
+        row_max, limit, brackets[0], vocab, width, chunks, stride, vals.stride(0), BLOCK=BLOCK,
+        BLOCK_P=block_p, COMPACT=top_p_alone, CAP=cap, num_warps=8,
     )  # fmt: skip
-    if 0 < width < vocab and top_p_alone:  # flat rows may need the threshold past the candidates
+    if top_p_alone:  # flat rows: the threshold past the candidates
         masses = torch.empty(2, n, chunks, 16, dtype=torch.float32, device=dev)
         # Round r reads brackets[r % 2] and writes brackets[(r + 1) % 2]; the one after the
         # last search round only narrows the bracket and writes the threshold.
@@ -401,6 +533,8 @@ def race_sample(
                 brackets[(r + 1) % 2], masses[r % 2], floor_key, vocab, stride, chunks,
                 FIRST=r == 0, LAST=r == SEARCH_ROUNDS, CHUNK=CHUNK, SUB=SUB, BLOCK_P=block_p, num_warps=4,
             )  # fmt: skip
+    best = torch.empty(n, chunks, dtype=torch.float32, device=dev)
+    best_id = torch.empty(n, chunks, dtype=torch.int64, device=dev)
     _race_chunks_kernel[(n, chunks)](
         logits, params, keys, floor, floor_key, whole, best, best_id, vocab, stride,
         CHUNK=CHUNK, num_warps=4,

@@ -39,8 +39,6 @@ from glm47.worker.sampling_penalties import (
     apply_penalties,
 )
 
-CANDIDATES = 1024  # best tokens a row with top-p alone is drawn from when they hold its kept set
-
 
 def _top_k(p: SamplingParams, vocab: int) -> int:
     return p.top_k if 0 < p.top_k < vocab else vocab
@@ -151,9 +149,8 @@ class Sampler:
         keys = torch.tensor([self._key(s) for s in seqs], dtype=torch.int64)  # [n]
         if not logits.is_cuda:
             return race_sample_ref(logits, host.to(logits.device), keys.to(logits.device))
-        top_ps = [p.top_p for p in params]
-        width = candidate_width(top_ks, top_ps, vocab, CANDIDATES)
-        alone = any(k >= vocab and p < 1.0 for k, p in zip(top_ks, top_ps, strict=True))
+        width = candidate_width(top_ks, vocab)
+        alone = any(k >= vocab and p.top_p < 1.0 for p, k in zip(params, top_ks, strict=True))
         dev_params = host.to(logits.device, non_blocking=True)
         dev_keys = keys.to(logits.device, non_blocking=True)
         return race_sample(logits, dev_params, dev_keys, width, alone)

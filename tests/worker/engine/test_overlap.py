@@ -98,8 +98,8 @@ def test_an_arrival_joins_the_step_after_the_queued_one(make_harness: MakeHarnes
 
 
 def test_what_is_not_run_ahead(make_harness: MakeHarness) -> None:
-    """Penalties read the history a placeholder would sit in; a request whose length ends with
-    the step's token has no next step to queue."""
+    """Penalties read the history a placeholder would sit in; a lone request whose length ends
+    with the step's token has no next step to queue."""
     penalised = make_harness(overlap_schedule=True)
     penalised.add("p", [5, 6], max_new_tokens=6, sampling=SamplingParams(repetition_penalty=1.2))
     penalised.run()
@@ -113,6 +113,32 @@ def test_what_is_not_run_ahead(make_harness: MakeHarness) -> None:
     long.run()
     # Steps 2-4 are queued ahead (each step's token is not the request's last); none after.
     assert long.engine.steps_ahead == 4 and len(long.runner.batches) == 6
+
+
+def test_a_request_ending_by_length_is_left_out_of_the_step_queued_ahead(
+    make_harness: MakeHarness,
+) -> None:
+    """With many requests running one ends by length nearly every step; the others' next step
+    is queued without it rather than not at all."""
+    outs = {}
+    for overlap in (False, True):
+        h = make_harness(overlap_schedule=overlap)
+        h.add("a", [5, 6, 7], max_new_tokens=3)
+        h.add("b", [8, 9], max_new_tokens=10)
+        h.run()
+        assert len(h.tokens("a")) == 3 and len(h.tokens("b")) == 10
+        assert h.finish("a") == h.finish("b") == "length"
+        assert h.engine.pool.num_in_use == 0
+        outs[overlap] = news(h)
+        if overlap:
+            # Step 1 carries the prompts; steps 3-10 are queued ahead, step 4 (b's alone) too.
+            assert h.engine.steps_ahead == 8
+            assert [sorted(s.rid for s in b.seqs) for b in h.runner.batches[2:5]] == [
+                ["a", "b"],
+                ["b"],
+                ["b"],
+            ]
+    assert outs[True] == outs[False]
 
 
 def test_an_id_taken_again_while_its_old_step_is_queued_gets_only_its_own_samples(

@@ -11,9 +11,10 @@ sending outputs, planning, building inputs) overlaps the device's. Step n + 1 is
 placeholder for each request's unknown token n; the runner takes the real one on the device
 from step n's samples (`TokenFeed`), and the placeholder is replaced when step n's samples
 arrive. A request that step n finishes (a stop or eos token) has had one more step computed for
-nothing; its result is dropped. Steps with prompt tokens, drafts, prompt scores, penalties, too
-few free pages, a waiting request the admission rule would let in (`Scheduler.admits_next`) or a
-request whose length would end with step n's token are not run ahead, so planning step n + 1
+nothing; its result is dropped. A request whose length ends with step n's token is left out of
+step n + 1 (with many requests running, one of them ends so nearly every step). Steps with
+prompt tokens, drafts, prompt scores, penalties, too few free pages or a waiting request the
+admission rule would let in (`Scheduler.admits_next`) are not run ahead, so planning step n + 1
 early never preempts, admits or outlives a request. A request that arrives while a step is
 queued joins the step after it.
 """
@@ -265,6 +266,7 @@ class Engine:
             return None
         max_len = self.max_req_total_len
         reqs = []
+        ending = set()  # requests whose length ends with this step's token: no next step
         for seq in live:
             req = self._requests[seq.rid]
             if (
@@ -273,17 +275,20 @@ class Engine:
                 or seq.draft_ids
                 or req.state is not RequestState.RUNNING
                 or _penalised(req.sampling)
-                or req.num_output_tokens + 1 >= req.max_new_tokens
-                or req.num_tokens + 1 >= max_len
             ):
                 return None
-            reqs.append(req)
-        if {r.rid for r in running} != {r.rid for r in reqs}:
+            if req.num_output_tokens + 1 >= req.max_new_tokens or req.num_tokens + 1 >= max_len:
+                ending.add(req)
+            else:
+                reqs.append(req)
+        if not reqs or {r.rid for r in running} != {r.rid for r in reqs} | {
+            r.rid for r in ending
+        }:
             return None
         row_of = {s.rid: i for i, s in enumerate(seqs)}  # one sample a sequence, in batch order
         for req in reqs:
             req.append_output(PLACEHOLDER)
-        batch = self.scheduler.schedule()
+        batch = self.scheduler.schedule(skip=ending)
         assert len(batch.seqs) == len(reqs) and all(
             len(s.token_ids) == 1 and s.sample and s.rid in row_of for s in batch.seqs
         ), "a step run ahead must continue the same requests' decoding"

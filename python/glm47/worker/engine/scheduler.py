@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from glm47.worker.batch import ScheduledBatch, ScheduledSeq
@@ -72,12 +73,16 @@ class Scheduler:
 
     # -- planning -----------------------------------------------------------------------------
 
-    def schedule(self) -> ScheduledBatch:
-        """Plan one step and advance every scheduled request's `num_computed_tokens`."""
+    def schedule(self, skip: Collection[Request] = ()) -> ScheduledBatch:
+        """Plan one step and advance every scheduled request's `num_computed_tokens`. Running
+        requests in `skip` are left out (the engine's: their last token is still on the device)."""
         plan = _Plan(budget=self.config.token_budget)
         # Decoding requests (at most the last known token left) first, then those part-way
         # through their prompt; the sort is stable, so each group keeps admission order.
-        order = sorted(self.running, key=lambda r: r.num_computed_tokens < r.num_tokens - 1)
+        order = sorted(
+            (r for r in self.running if r not in skip),
+            key=lambda r: r.num_computed_tokens < r.num_tokens - 1,
+        )
         for req in order:
             if plan.budget == 0:
                 break

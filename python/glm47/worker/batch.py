@@ -102,11 +102,13 @@ class SampleOutput:
 
 @dataclass
 class TokenFeed:
-    """Input tokens of a decode step taken on the device from an earlier step's samples (the
-    step's batch holds placeholders): row i of the step reads `tokens[rows[i]]`."""
+    """Input tokens of a step taken on the device from an earlier step's samples (the step's
+    batch holds placeholders for them): sequence `seqs[i]` of the batch, which computes one
+    token, reads `tokens[rows[i]]`."""
 
     tokens: Any  # [N] int64 tensor on the runner's device (`DeferredSamples.tokens`)
     rows: list[int]
+    seqs: list[int]  # indices into the batch's seqs, ascending
 
 
 @dataclass

@@ -403,13 +403,7 @@ class ModelRunner:
         taken on the device from an earlier step's samples (the batch holds placeholders)."""
         inputs = self.prepare(batch)
         if feed is not None:
-            if not inputs.meta.is_decode or len(feed.rows) != inputs.input_ids.shape[0]:
-                raise ValueError("a token feed needs a decode step with one row a sequence")
-            if feed.rows == list(range(len(feed.tokens))):  # the same sequences in the same order
-                inputs.input_ids.copy_(feed.tokens)
-            else:
-                rows = torch.tensor(feed.rows, dtype=torch.int64).to(self.device, non_blocking=True)
-                inputs.input_ids.copy_(feed.tokens.index_select(0, rows))
+            self._feed(batch, inputs.input_ids, feed)
         hidden = self.forward(inputs)
         if self.model.mtp is not None:
             self._last_hidden = hidden  # the drafter's input, read before the next forward
@@ -418,6 +412,23 @@ class ModelRunner:
             return LaunchedStep(None, scores)
         logits = self.model.compute_logits(hidden[inputs.sample_rows])  # [N, V] fp32
         return LaunchedStep(sampler.sample_deferred(logits, inputs.sample_seqs), scores)
+
+    def _feed(self, batch: ScheduledBatch, input_ids: torch.Tensor, feed: TokenFeed) -> None:
+        """Put the fed sequences' tokens into the step's input on the device."""
+        starts, at = [], 0
+        for seq in batch.seqs:
+            starts.append(at)
+            at += len(seq.token_ids)
+        if at != input_ids.shape[0] or len(feed.rows) != len(feed.seqs):
+            raise ValueError("a token feed does not match its step")
+        if any(len(batch.seqs[i].token_ids) != 1 for i in feed.seqs):
+            raise ValueError("a fed sequence computes one token")
+        if len(feed.rows) == at == len(feed.tokens) and feed.rows == list(range(at)):
+            input_ids.copy_(feed.tokens)  # the same sequences in the same order, all fed
+            return
+        idx = torch.tensor([feed.rows, [starts[i] for i in feed.seqs]], dtype=torch.int64)
+        idx = idx.to(self.device, non_blocking=True)
+        input_ids.index_copy_(0, idx[1], feed.tokens.index_select(0, idx[0]))
 
     @property
     def can_draft(self) -> bool:

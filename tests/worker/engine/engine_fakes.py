@@ -63,10 +63,10 @@ class FakeRunner:
         """`run`, its samples handed over by `collect`; with `feed`, the batch's placeholder
         tokens replaced by the fed samples first (as the real runner does on the device)."""
         if feed is not None:
-            seqs = [
-                replace(s, token_ids=[feed.tokens[r]])
-                for s, r in zip(batch.seqs, feed.rows, strict=True)
-            ]
+            seqs = list(batch.seqs)
+            for r, i in zip(feed.rows, feed.seqs, strict=True):
+                assert len(seqs[i].token_ids) == 1, "a fed sequence computes one token"
+                seqs[i] = replace(seqs[i], token_ids=[feed.tokens[r]])
             batch = replace(batch, seqs=seqs)
         self.launches += 1
         return FakeLaunched(self.run(batch, sampler))

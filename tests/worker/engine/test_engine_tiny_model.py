@@ -65,6 +65,9 @@ def test_greedy_output_with_a_tight_pool_and_prefix_cache_equals_a_roomy_pool(
     assert all(len(ids) == 6 for ids in roomy.values())
     assert engine.scheduler.num_preemptions > 0
     assert engine.stats()["prefix_hit_tokens"] > 0
+    # Steps queued ahead of their inputs' samples that also admit or carry prompt chunks (the
+    # runner feeds the decoding rows among the prompt rows on the device).
+    assert engine.steps_ahead > 0
 
 
 def decode_all(model_dir: Path, overlap: bool, stop: dict[str, int]) -> tuple[dict, Engine]:

@@ -6,6 +6,7 @@ samples before planning the next."""
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 from glm47.worker.batch import SamplingParams
@@ -83,23 +84,22 @@ def test_an_abort_while_a_step_is_queued_drops_its_sample(make_harness: MakeHarn
     assert h.engine.pool.num_in_use == 0 and not h.engine.has_work()
 
 
-def test_an_arrival_joins_the_step_after_the_queued_one(make_harness: MakeHarness) -> None:
+def test_an_arrival_is_admitted_in_the_next_step_queued_ahead(make_harness: MakeHarness) -> None:
     h = make_harness(overlap_schedule=True, max_wait_steps=1)
     h.add("first", [5, 6, 7], max_new_tokens=8)
-    h.step()
-    h.step()  # decoding: the next step is queued before this one's samples are read
+    h.step()  # the prompt's step; the step of token 2 is queued before its sample is read
     h.add("late", [8, 9, 10], max_new_tokens=2)
-    h.step()  # applies the queued step; a waiting request: nothing is queued ahead of it
-    assert {s.rid for s in h.runner.batches[-1].seqs} == {"first"}
-    h.step()
+    h.step()  # applies token 1; the next step, queued ahead, admits "late"
     assert {s.rid: len(s.token_ids) for s in h.runner.batches[-1].seqs} == {"first": 1, "late": 3}
+    assert h.engine.steps_ahead == 2
     h.run()
     assert len(h.tokens("first")) == 8 and len(h.tokens("late")) == 2
+    assert h.finish("first") == h.finish("late") == "length"
 
 
 def test_what_is_not_run_ahead(make_harness: MakeHarness) -> None:
     """Penalties read the history a placeholder would sit in; a lone request whose length ends
-    with the step's token has no next step to queue."""
+    with a step's token has no step to queue after it."""
     penalised = make_harness(overlap_schedule=True)
     penalised.add("p", [5, 6], max_new_tokens=6, sampling=SamplingParams(repetition_penalty=1.2))
     penalised.run()
@@ -107,12 +107,13 @@ def test_what_is_not_run_ahead(make_harness: MakeHarness) -> None:
     short = make_harness(overlap_schedule=True)
     short.add("s", [5, 6], max_new_tokens=2)
     short.run()
-    assert short.engine.steps_ahead == 0 and len(short.runner.batches) == 2
+    # The step of its second and last token is queued ahead of the prompt step's sample; none
+    # after it.
+    assert short.engine.steps_ahead == 1 and len(short.runner.batches) == 2
     long = make_harness(overlap_schedule=True)
     long.add("l", [5, 6], max_new_tokens=6)
     long.run()
-    # Steps 2-4 are queued ahead (each step's token is not the request's last); none after.
-    assert long.engine.steps_ahead == 4 and len(long.runner.batches) == 6
+    assert long.engine.steps_ahead == 5 and len(long.runner.batches) == 6
 
 
 def test_a_request_ending_by_length_is_left_out_of_the_step_queued_ahead(
@@ -131,8 +132,8 @@ def test_a_request_ending_by_length_is_left_out_of_the_step_queued_ahead(
         assert h.engine.pool.num_in_use == 0
         outs[overlap] = news(h)
         if overlap:
-            # Step 1 carries the prompts; steps 3-10 are queued ahead, step 4 (b's alone) too.
-            assert h.engine.steps_ahead == 8
+            # Steps 2-10 are queued ahead, step 4 (b's alone) too.
+            assert h.engine.steps_ahead == 9
             assert [sorted(s.rid for s in b.seqs) for b in h.runner.batches[2:5]] == [
                 ["a", "b"],
                 ["b"],
@@ -186,3 +187,50 @@ def test_a_request_not_yet_due_for_admission_does_not_stop_running_ahead(
         h.run()
         assert len(h.tokens("first")) == 12 and len(h.tokens("second")) == 3
     assert waits[True] <= waits[False] + 1  # at most the one step queued when it arrived
+
+
+def test_a_busy_workload_gives_the_outputs_of_planning_after_the_samples(
+    make_harness: MakeHarness,
+) -> None:
+    """Arrivals while others decode, chunked prompts sharing prefixes, stops, lengths ending in
+    the same steps and a pool small enough to preempt: running ahead (admitting and carrying
+    prompt chunks in steps queued ahead) changes no request's tokens, and the fake runner's KV
+    checks pass in every step."""
+    rng = random.Random(0)
+    base = [rng.randrange(10, 1000) for _ in range(12)]
+    arrivals: dict[int, list[tuple[str, list[int], int]]] = {}
+    for i in range(24):
+        prompt = base[: rng.randrange(0, 13)] + [
+            rng.randrange(10, 1000) for _ in range(rng.randrange(1, 14))
+        ]
+        arrivals.setdefault(rng.randrange(0, 30), []).append(
+            (f"r{i}", prompt, rng.randrange(1, 12))
+        )
+    script = {"r3": [50, 51, EOS] + [9] * 20, "r7": [60, EOS] + [9] * 20}
+    results, ahead, preempted = {}, {}, {}
+    for overlap in (False, True):
+        h = make_harness(
+            overlap_schedule=overlap,
+            num_pages=12,
+            page_size=4,
+            chunked_prefill_size=8,
+            max_num_batched_tokens=16,
+            max_wait_steps=2,
+            reserve_output_ratio=0.0,  # admitted on their prompts alone: the pool runs short
+            script=script,
+        )
+        step = 0
+        while step < 30 or h.engine.has_work():
+            for rid, prompt, n in arrivals.get(step, []):
+                h.add(rid, prompt, max_new_tokens=n)
+            h.step()
+            step += 1
+            assert step < 1000
+        assert h.engine.pool.num_in_use == 0
+        results[overlap] = news(h)
+        ahead[overlap] = h.engine.steps_ahead
+        preempted[overlap] = h.engine.scheduler.num_preemptions
+    assert results[True] == results[False]
+    assert len(results[True]) == 24
+    assert ahead[False] == 0 and ahead[True] > 20
+    assert preempted[False] > 0 and preempted[True] > 0

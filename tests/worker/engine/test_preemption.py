@@ -69,7 +69,9 @@ def test_no_waiting_request_is_admitted_in_a_step_that_preempted(
 
 
 def test_a_resumed_request_recomputes_prompt_and_output_so_far(make_harness: MakeHarness) -> None:
-    h = make_harness(num_pages=5, page_size=2, enable_prefix_cache=False, **EAGER)
+    h = make_harness(
+        num_pages=5, page_size=2, enable_prefix_cache=False, overlap_schedule=False, **EAGER
+    )
     h.add("old", [1, 2, 3], max_new_tokens=3)
     h.add("new", [4, 5, 6], max_new_tokens=4)
     h.step()

@@ -12,7 +12,7 @@ PROMPT = list(range(40, 50))  # 10 tokens: two full pages of 4 and a partial one
 def test_a_repeated_prompt_reports_cached_tokens_and_computes_fewer(
     make_harness: MakeHarness,
 ) -> None:
-    h = make_harness(page_size=4)
+    h = make_harness(page_size=4, overlap_schedule=False)
     h.add("a", PROMPT, max_new_tokens=3)
     h.run()
     h.add("b", PROMPT, max_new_tokens=3)
@@ -29,7 +29,7 @@ def test_a_repeated_prompt_reports_cached_tokens_and_computes_fewer(
 def test_running_requests_share_prefix_pages_with_one_reference_each(
     make_harness: MakeHarness,
 ) -> None:
-    h = make_harness(page_size=4)
+    h = make_harness(page_size=4, overlap_schedule=False)
     h.add("warm", PROMPT, max_new_tokens=1)
     h.run()
     b = h.add("b", [*PROMPT, 1000, 1001], max_new_tokens=4)
@@ -96,7 +96,9 @@ def test_least_recently_used_prefixes_are_evicted_to_admit_new_requests(
 def test_a_request_arriving_while_another_decodes_shares_its_prompt_pages(
     make_harness: MakeHarness,
 ) -> None:
-    h = make_harness(page_size=4, max_wait_steps=1)  # admitted in the step it arrives
+    h = make_harness(
+        page_size=4, max_wait_steps=1, overlap_schedule=False
+    )  # admitted in the step it arrives
     first = h.add("first", PROMPT, max_new_tokens=6)
     h.step()  # the prompt is computed and offered to the cache
     h.add("second", [*PROMPT, 3], max_new_tokens=2)

@@ -10,7 +10,7 @@ def chunk_sizes(h: Harness, step: int) -> dict[str, int]:
 
 
 def test_requests_are_admitted_until_the_token_budget_is_spent(make_harness: MakeHarness) -> None:
-    h = make_harness(chunked_prefill_size=16, max_num_batched_tokens=16)
+    h = make_harness(chunked_prefill_size=16, max_num_batched_tokens=16, overlap_schedule=False)
     for rid in "abc":
         h.add(rid, [ord(rid)] * 6, max_new_tokens=3)
     h.step()
@@ -72,7 +72,7 @@ def test_a_request_that_arrives_mid_way_joins_the_running_batch(make_harness: Ma
 
 
 def test_decodes_are_served_before_a_continuing_prefill(make_harness: MakeHarness) -> None:
-    h = make_harness(chunked_prefill_size=8, max_num_batched_tokens=8)
+    h = make_harness(chunked_prefill_size=8, max_num_batched_tokens=8, overlap_schedule=False)
     h.add("short", [3, 4, 5], max_new_tokens=5)
     h.add("long", list(range(200, 220)), max_new_tokens=1)
     h.step()
@@ -151,7 +151,9 @@ def test_a_burst_larger_than_the_budget_is_admitted_step_after_step(
 
 
 def test_a_step_continuing_a_chunked_prompt_admits_at_once(make_harness: MakeHarness) -> None:
-    h = make_harness(max_wait_steps=50, chunked_prefill_size=4, max_num_batched_tokens=8)
+    h = make_harness(
+        max_wait_steps=50, chunked_prefill_size=4, max_num_batched_tokens=8, overlap_schedule=False
+    )
     h.add("short", [3, 4], max_new_tokens=10)
     h.add("long", list(range(30, 42)), max_new_tokens=2)
     h.step()

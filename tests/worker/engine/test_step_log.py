@@ -85,9 +85,12 @@ def test_the_engine_logs_its_summary_while_it_works(
         h.engine.step()
         clock.now += 1.5
         h.engine.step()
-    lines = [r.getMessage() for r in caplog.records if " steps in " in r.getMessage()]
+    lines = [r.getMessage() for r in caplog.records if " steps" in r.getMessage()]
     assert len(lines) == 1
-    assert lines[0].startswith("2 steps in 1.5 s") and "running 1, waiting 0" in lines[0]
+    # The prompt's step, then the step of token 2 queued before the prompt step's sample is read.
+    assert (
+        lines[0].startswith("2 steps, 1 run ahead in 1.5 s") and "running 1, waiting 0" in lines[0]
+    )
     with caplog.at_level(logging.INFO, logger="glm47.worker.engine.engine"):
         for _ in range(3):
             h.engine.step()

@@ -4,19 +4,20 @@ One step = schedule (tokens under a budget) → runner.run (model + sampler) →
 check stop) → free finished requests → outputs. The service calls `add_request`, `abort` and `step`
 from one thread; nothing here is thread-safe or blocking besides the runner.
 
-Running ahead (`EngineConfig.overlap_schedule`): while every running request decodes one token a
-step and the next step is sure to hold the same requests, the engine queues step n + 1 on the
-device before it reads step n's samples, so the host's work between steps (applying samples,
-sending outputs, planning, building inputs) overlaps the device's. Step n + 1 is planned with a
-placeholder for each request's unknown token n; the runner takes the real one on the device
-from step n's samples (`TokenFeed`), and the placeholder is replaced when step n's samples
-arrive. A request that step n finishes (a stop or eos token) has had one more step computed for
-nothing; its result is dropped. A request whose length ends with step n's token is left out of
-step n + 1 (with many requests running, one of them ends so nearly every step). Steps with
-prompt tokens, drafts, prompt scores, penalties, too few free pages or a waiting request the
-admission rule would let in (`Scheduler.admits_next`) are not run ahead, so planning step n + 1
-early never preempts, admits or outlives a request. A request that arrives while a step is
-queued joins the step after it.
+Running ahead (`EngineConfig.overlap_schedule`): the engine queues step n + 1 on the device
+before it reads step n's samples, so the host's work between steps (applying samples, sending
+outputs, planning, building inputs) overlaps the device's. Step n + 1 is planned with a
+placeholder for each sampled request's unknown token n; the runner takes the real one on the
+device from step n's samples (`TokenFeed`), and the placeholder is replaced when step n's samples
+arrive. Planning early gives the step that planning after the samples would, except for
+requests that step n stops (a stop or eos token): they have had one more step computed for
+nothing, whose result is dropped. So step n + 1 may admit waiting requests and carry prompt
+chunks, and a request whose length ends with step n's token is left out of it (with many
+requests running, one ends so nearly every step). Not run ahead: a step after one with drafts
+or prompt scores, one with a penalised request to feed (penalties read the history the
+placeholder sits in), one with a running request that step n left out, and one whose requests
+may need more pages than are free (planning it could preempt). A request that arrives while a
+step is queued joins the step after it.
 """
 
 from __future__ import annotations
@@ -250,51 +251,54 @@ class Engine:
         return _Queued(batch, None, self.runner.run(batch, self.sampler))
 
     def _queue_next(self, current: _Queued) -> _Queued | None:
-        """Plan and queue the step after `current` before its samples are read, when that step is
-        sure to be the same requests' next decode step (see the module doc); else None."""
+        """Plan and queue the step after `current` before its samples are read, when planning it
+        now gives the step that planning after them would (see the module doc); else None."""
         if self._launcher is None or self.mtp_step or current.launched is None:
-            return None
-        if self.scheduler.admits_next():
             return None
         tokens = current.launched.tokens
         seqs = current.batch.seqs
-        if tokens is None or current.batch.num_prompt_tokens or current.batch.scores_prompts:
+        if tokens is None or current.batch.scores_prompts:
             return None
         live = [s for s in seqs if s.rid in self._requests]
-        running = self.scheduler.running
-        if not live or len(live) != len(running) or self.pool.num_free < len(live):
-            return None
+        if not live or len(live) != len(self.scheduler.running):
+            return None  # a running request without tokens in `current` (budget): plan after
         max_len = self.max_req_total_len
-        reqs = []
-        ending = set()  # requests whose length ends with this step's token: no next step
+        fed: list[Request] = []  # sampled in `current`: their next step's token is its sample
+        ending = set()  # requests whose length ends with their sample in `current`
+        pages = 0  # pages the running requests' next chunks may take
         for seq in live:
             req = self._requests[seq.rid]
-            if (
-                len(seq.token_ids) != 1
-                or not seq.sample
-                or seq.draft_ids
-                or req.state is not RequestState.RUNNING
-                or _penalised(req.sampling)
-            ):
+            if seq.draft_ids or req.state is not RequestState.RUNNING:
                 return None
-            if req.num_output_tokens + 1 >= req.max_new_tokens or req.num_tokens + 1 >= max_len:
+            if not seq.sample:  # part-way through its prompt: the next chunk is known
+                n = min(req.num_tokens_to_compute, self.config.chunked_prefill_size)
+                pages += self.pool.pages_for(req.num_computed_tokens + n) - len(req.page_ids)
+            elif req.num_output_tokens + 1 >= req.max_new_tokens or req.num_tokens + 1 >= max_len:
                 ending.add(req)
+            elif _penalised(req.sampling):  # penalties read the history a placeholder sits in
+                return None
             else:
-                reqs.append(req)
-        if not reqs or {r.rid for r in running} != {r.rid for r in reqs} | {
-            r.rid for r in ending
-        }:
-            return None
-        row_of = {s.rid: i for i, s in enumerate(seqs)}  # one sample a sequence, in batch order
-        for req in reqs:
+                fed.append(req)
+                pages += self.pool.pages_for(req.num_tokens + 1) - len(req.page_ids)
+        if not fed or pages > self.pool.num_free:
+            return None  # nothing to feed, or room only by preempting: plan after the samples
+        rows = [s.rid for s in seqs if s.sample]  # one sample a sampled sequence, in batch order
+        row_of = {rid: i for i, rid in enumerate(rows)}
+        for req in fed:
             req.append_output(PLACEHOLDER)
         batch = self.scheduler.schedule(skip=ending)
-        assert len(batch.seqs) == len(reqs) and all(
-            len(s.token_ids) == 1 and s.sample and s.rid in row_of for s in batch.seqs
-        ), "a step run ahead must continue the same requests' decoding"
-        feed = TokenFeed(tokens, [row_of[s.rid] for s in batch.seqs])
-        launched = self._launcher.launch(batch, self.sampler, feed)
-        current.placeholders = reqs
+        feed_rows, feed_seqs = [], []
+        fed_ids = {r.rid for r in fed}
+        for i, s in enumerate(batch.seqs):
+            if s.rid in fed_ids:
+                assert len(s.token_ids) == 1 and s.sample, "a fed request decodes one token"
+                feed_rows.append(row_of[s.rid])
+                feed_seqs.append(i)
+        assert len(feed_rows) == len(fed), "every fed request is in the step queued ahead"
+        launched = self._launcher.launch(
+            batch, self.sampler, TokenFeed(tokens, feed_rows, feed_seqs)
+        )
+        current.placeholders = fed
         self.steps_ahead += 1
         return _Queued(batch, launched, ahead=True)
 

@@ -107,13 +107,6 @@ class Scheduler:
         self.reserve.on_step(plan.preempted)
         return self._build(plan)
 
-    def admits_next(self) -> bool:
-        """Whether the next `schedule` may admit a waiting request while every running request
-        decodes (the admission rule of `schedule` for such a step)."""
-        if not self.waiting:
-            return False
-        return self._backlog or self._steps_since_admission + 1 >= self.config.max_wait_steps
-
     def _schedule_running(self, req: Request, plan: _Plan) -> None:
         """Give a running request its chunk, preempting the newest requests for pages."""
         n = min(req.num_tokens_to_compute, plan.budget, self.config.chunked_prefill_size)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import random
 from typing import Any
 
+import pytest
+
 from glm47.worker.batch import SamplingParams
 from tests.worker.engine.engine_fakes import EOS, Harness, MakeHarness
 
@@ -234,3 +236,51 @@ def test_a_busy_workload_gives_the_outputs_of_planning_after_the_samples(
     assert len(results[True]) == 24
     assert ahead[False] == 0 and ahead[True] > 20
     assert preempted[False] > 0 and preempted[True] > 0
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_random_workloads_give_the_outputs_of_planning_after_the_samples(
+    make_harness: MakeHarness, seed: int
+) -> None:
+    """Random arrivals, prompt lengths, shared prefixes, lengths, min-tokens, stops, penalties
+    (whose requests are never fed) and pool sizes: the same outputs either way."""
+    rng = random.Random(seed)
+    base = [rng.randrange(10, 1000) for _ in range(16)]
+    arrivals: dict[int, list[tuple[str, list[int], dict[str, Any]]]] = {}
+    script: dict[str, list[int]] = {}
+    for i in range(rng.randrange(4, 30)):
+        rid = f"r{i}"
+        prompt = base[: rng.randrange(0, 17)] + [
+            rng.randrange(10, 1000) for _ in range(rng.randrange(1, 20))
+        ]
+        kw: dict[str, Any] = {"max_new_tokens": rng.randrange(1, 16)}
+        if rng.random() < 0.2:
+            kw["sampling"] = SamplingParams(repetition_penalty=1.3)
+        if rng.random() < 0.3:  # stops at a scripted eos, unless min-tokens holds it off
+            script[rid] = [rng.randrange(10, 1000) for _ in range(20)]
+            script[rid][rng.randrange(0, 10)] = EOS
+            kw["min_new_tokens"] = rng.randrange(0, 3)
+        arrivals.setdefault(rng.randrange(0, 25), []).append((rid, prompt, kw))
+    config = {
+        "num_pages": rng.choice([24, 40, 64]),
+        "page_size": rng.choice([2, 4]),
+        "chunked_prefill_size": rng.choice([4, 8, 32]),
+        "max_wait_steps": rng.randrange(1, 5),
+        "reserve_output_ratio": rng.choice([0.0, 0.5]),
+        "script": script,
+    }
+    config["max_num_batched_tokens"] = config["chunked_prefill_size"] * rng.choice([1, 2])
+    results = {}
+    for overlap in (False, True):
+        h = make_harness(overlap_schedule=overlap, **config)
+        step = 0
+        while step < 25 or h.engine.has_work():
+            for rid, prompt, kw in arrivals.get(step, []):
+                h.add(rid, prompt, **kw)
+            h.step()
+            step += 1
+            assert step < 2000
+        assert h.engine.pool.num_in_use == 0
+        results[overlap] = news(h)
+    assert results[True] == results[False]
+    assert len(results[True]) == sum(len(v) for v in arrivals.values())

@@ -260,7 +260,8 @@ def supervise(p: ServePlan) -> int:
                     break
             time.sleep(0.2)
     finally:
-        _stop(procs)
+        _stop([router])  # the front first: it stops taking requests and lets its workers go
+        _stop(workers)
     return code
 
 

@@ -29,6 +29,9 @@ def test_ctrl_c_stops_worker_and_router_and_exits_0(tiny_model_dir: Path, tmp_pa
     assert stop_server(proc) == 0
     _, alive = psutil.wait_procs(kids, timeout=10)
     assert not alive
+    # The router stops before its worker, so it does not report the worker's going as a fault.
+    log = (tmp_path / "serve.log").read_text()
+    assert "shutting down" in log and " WARN " not in log and "ERROR" not in log
 
 
 def test_a_dead_worker_stops_serve_with_an_error(tiny_model_dir: Path, tmp_path: Path) -> None:

@@ -116,6 +116,29 @@ def test_frequency_and_presence_penalties_use_output_counts() -> None:
     assert apply_penalties(logits, [seq("c", out=[1])] * 3) is logits
 
 
+def test_a_fed_rows_penalties_read_its_last_token_from_the_device() -> None:
+    """Running ahead, a row's last output token is a placeholder (`ScheduledSeq.fed`) whose value
+    is the row's input token on the device: its penalties equal those of the row that holds the
+    real token, over steps whose history the same `TokenHistory` mirrors."""
+    logits = rand_logits(1, seed=13).repeat(2, 1)
+    kw = dict(repetition_penalty=1.4, frequency_penalty=0.6, presence_penalty=0.3)
+    real_out, fed_out = [9, 9], [9, 9]
+    history = TokenHistory()
+    for token in (4, 7, 4):
+        real_out.append(token)
+        fed_out.append(0)  # the placeholder
+        real = seq("a", prompt=[3, 5], out=real_out, **kw)
+        fed = seq("b", prompt=[3, 5], out=fed_out, **kw)
+        fed.fed = True
+        last = torch.tensor([0, token])  # row 1's input token: the fed one
+        got = apply_penalties(logits, [real, fed], history, last)
+        assert torch.equal(got[1], got[0])
+        assert not torch.equal(got[1], logits[1])
+        fed_out[-1] = token  # the sample arrives and replaces the placeholder
+    with pytest.raises(ValueError, match="input tokens"):
+        apply_penalties(logits[1:], [fed], TokenHistory())
+
+
 def test_logprobs_match_log_softmax_of_penalised_logits() -> None:
     logits = rand_logits(3, seed=9)
     seqs = [

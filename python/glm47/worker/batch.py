@@ -62,6 +62,9 @@ class ScheduledSeq:
     # `score_top` there), unpenalised. Empty: nothing to score.
     score_ids: list[int] = field(default_factory=list)
     score_top: int = 0
+    # Running ahead: the last of output_ids (and token_ids) is a placeholder for a token still on
+    # the device, which the runner takes from an earlier step's samples (`TokenFeed`).
+    fed: bool = False
 
     @property
     def num_samples(self) -> int:

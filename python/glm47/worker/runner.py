@@ -411,7 +411,9 @@ class ModelRunner:
         if not inputs.sample_seqs:
             return LaunchedStep(None, scores)
         logits = self.model.compute_logits(hidden[inputs.sample_rows])  # [N, V] fp32
-        return LaunchedStep(sampler.sample_deferred(logits, inputs.sample_seqs), scores)
+        # Fed rows' penalties read their last output token, which is their input token here.
+        last = inputs.input_ids[inputs.sample_rows] if feed is not None else None
+        return LaunchedStep(sampler.sample_deferred(logits, inputs.sample_seqs, last), scores)
 
     def _feed(self, batch: ScheduledBatch, input_ids: torch.Tensor, feed: TokenFeed) -> None:
         """Put the fed sequences' tokens into the step's input on the device."""

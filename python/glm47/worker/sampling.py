@@ -105,8 +105,10 @@ class Sampler:
         self,
         logits: torch.Tensor,  # [N, V] fp32, row i belongs to seqs[i]
         seqs: list[ScheduledSeq],
+        last: torch.Tensor | None = None,  # [N] int64: each row's input token (fed rows' need)
     ) -> DeferredSamples:
-        """`sample`, its results left on the device with their host copy queued."""
+        """`sample`, its results left on the device with their host copy queued. `last` gives
+        the penalties the real last output token of rows fed on the device (`ScheduledSeq.fed`)."""
         if logits.dim() != 2 or logits.shape[0] != len(seqs):
             raise ValueError(f"logits {tuple(logits.shape)} do not match {len(seqs)} sequences")
         rids = {s.rid for s in seqs}
@@ -116,7 +118,7 @@ class Sampler:
         logits = logits.float()
         if any(s.sampling.logit_bias_ids for s in seqs):
             logits = apply_logit_bias(logits, seqs)
-        logits = apply_bans(apply_penalties(logits, seqs, self._history), seqs)
+        logits = apply_bans(apply_penalties(logits, seqs, self._history, last), seqs)
         tokens = self._choose(logits, seqs)  # [N] int64
         want = [s.sampling.logprobs for s in seqs]
         return DeferredSamples(tokens, _packed(logits, tokens, want), seqs, want)

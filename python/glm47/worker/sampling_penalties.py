@@ -10,6 +10,8 @@ Before `min_new_tokens` outputs, a row's `banned_token_ids` (its stop and eos id
 Building the (row, token) index pairs from Python lists each step would cost O(prompt) host work
 per request and step; `TokenHistory` keeps each request's prompt on the device and its output in a
 growing host buffer, keyed by request id and checked against the list objects it was built from.
+A row fed on the device (running ahead, `ScheduledSeq.fed`) has a placeholder as its last output
+token: that one is taken from the row's input token on the device instead.
 """
 
 from __future__ import annotations
@@ -38,9 +40,15 @@ class TokenHistory:
         self._entries: dict[str, _Entry] = {}
 
     def gather(
-        self, seqs: list[ScheduledSeq], rows: list[int], device: torch.device, prompt: bool
+        self,
+        seqs: list[ScheduledSeq],
+        rows: list[int],
+        device: torch.device,
+        prompt: bool,
+        last: torch.Tensor | None = None,  # [N] int64 on device: each row's input token
     ) -> tuple[torch.Tensor, torch.Tensor]:  # ([M] row index, [M] token id), int64 on device
-        """(row, token) pairs of the listed rows: output tokens, plus prompt tokens if `prompt`."""
+        """(row, token) pairs of the listed rows: output tokens, plus prompt tokens if `prompt`.
+        A fed row's last output token is its input token on the device, `last[row]`."""
         entries = [self._entry(seqs[i], device) for i in rows]
         outputs = [e.output[: e.filled] for e in entries]
         out_lens = [len(o) for o in outputs]
@@ -48,9 +56,17 @@ class TokenHistory:
         tokens = [torch.from_numpy(flat_out).to(device, non_blocking=True)]
         lengths = out_lens
         row_ids = list(rows)
+        fed = [i for i in rows if seqs[i].fed]
+        if fed:
+            if last is None:
+                raise ValueError("penalties of fed rows need the rows' input tokens")
+            fed_t = torch.tensor(fed, dtype=torch.int64).to(device, non_blocking=True)
+            tokens.append(last.index_select(0, fed_t))
+            lengths = lengths + [1] * len(fed)
+            row_ids = row_ids + fed
         if prompt:
             tokens += [e.prompt for e in entries]
-            lengths = out_lens + [int(e.prompt.shape[0]) for e in entries]
+            lengths = lengths + [int(e.prompt.shape[0]) for e in entries]
             row_ids = row_ids + list(rows)
         flat = torch.cat(tokens)  # [M]
         row_t = torch.tensor(row_ids, dtype=torch.int64).to(device, non_blocking=True)
@@ -69,7 +85,7 @@ class TokenHistory:
             prompt = torch.tensor(seq.prompt_ids, dtype=torch.int64).to(device, non_blocking=True)
             e = _Entry(seq.prompt_ids, prompt, seq.output_ids, np.zeros(64, dtype=np.int64), 0)
             self._entries[seq.rid] = e
-        n = len(seq.output_ids)
+        n = len(seq.output_ids) - seq.fed  # a placeholder is not mirrored (gather adds it)
         if n < e.filled:  # the output list shrank (a rollback): rebuild it
             e.filled = 0
         if n > e.output.shape[0]:
@@ -86,6 +102,7 @@ def apply_penalties(
     logits: torch.Tensor,  # [N, V] fp32
     seqs: list[ScheduledSeq],
     history: TokenHistory | None = None,
+    last: torch.Tensor | None = None,  # [N] int64: each row's input token (needed for fed rows)
 ) -> torch.Tensor:  # [N, V] fp32
     """Penalised logits: a new tensor when any row has a penalty, else `logits` itself."""
     params = [s.sampling for s in seqs]
@@ -100,14 +117,14 @@ def apply_penalties(
     device = logits.device  # below, every step makes a new tensor: `logits` is never written
     if rep_rows:
         seen = torch.zeros(n, vocab, dtype=torch.bool, device=device)  # [N, V]
-        row_idx, tok_idx = history.gather(seqs, rep_rows, device, prompt=True)
+        row_idx, tok_idx = history.gather(seqs, rep_rows, device, prompt=True, last=last)
         seen[row_idx, tok_idx] = True
         penalty = _column([p.repetition_penalty for p in params], device)  # [N, 1]
         penalised = torch.where(logits > 0, logits / penalty, logits * penalty)
         logits = torch.where(seen, penalised, logits)
     if oai_rows:
         counts = torch.zeros(n, vocab, dtype=torch.float32, device=device)  # [N, V]
-        row_idx, tok_idx = history.gather(seqs, oai_rows, device, prompt=False)
+        row_idx, tok_idx = history.gather(seqs, oai_rows, device, prompt=False, last=last)
         ones = torch.ones(tok_idx.shape, dtype=torch.float32, device=device)  # [M]
         counts.index_put_((row_idx, tok_idx), ones, accumulate=True)
         freq = _column([p.frequency_penalty for p in params], device)  # [N, 1]

@@ -27,8 +27,11 @@ class Sampler(Protocol):
         """logits [N, V] fp32, one row per entry of `seqs` (the sequences with sample=True)."""
         ...
 
-    def sample_deferred(self, logits: torch.Tensor, seqs: list[ScheduledSeq]) -> DeferredSamples:
-        """`sample` with the results left on the device (sampling.Sampler.sample_deferred)."""
+    def sample_deferred(
+        self, logits: torch.Tensor, seqs: list[ScheduledSeq], last: torch.Tensor | None = None
+    ) -> DeferredSamples:
+        """`sample` with the results left on the device (sampling.Sampler.sample_deferred);
+        `last` [N]: each row's input token, which fed rows' penalties read."""
         ...
 
 

@@ -72,7 +72,7 @@ def test_greedy_output_with_a_tight_pool_and_prefix_cache_equals_a_roomy_pool(
 
 def decode_all(model_dir: Path, overlap: bool, stop: dict[str, int]) -> tuple[dict, Engine]:
     """Five requests admitted together, then decoded to the end: greedy, seeded sampling with
-    top-p, logprobs with their top 3; `stop` gives a request a stop id."""
+    top-p, logprobs with their top 3, penalties; `stop` gives a request a stop id."""
     runner = make_runner(model_dir, torch.float32, PAGE_SIZE, 512)
     config = EngineConfig(
         device="cpu", dtype="float32", page_size=PAGE_SIZE, max_req_total_len=512,
@@ -83,8 +83,8 @@ def decode_all(model_dir: Path, overlap: bool, stop: dict[str, int]) -> tuple[di
         SamplingParams(),
         SamplingParams(temperature=0.8, top_p=0.9, seed=11),
         SamplingParams(temperature=1.0, seed=12, logprobs=3),
-        SamplingParams(logprobs=0),
-        SamplingParams(temperature=0.7, top_k=5, seed=13),
+        SamplingParams(logprobs=0, repetition_penalty=1.3, frequency_penalty=0.4),
+        SamplingParams(temperature=0.7, top_k=5, seed=13, presence_penalty=0.5),
     ]
     for (rid, prompt), sampling in zip(prompts().items(), settings, strict=True):
         stops = frozenset({stop[rid]}) if rid in stop else frozenset()

@@ -99,13 +99,15 @@ def test_an_arrival_is_admitted_in_the_next_step_queued_ahead(make_harness: Make
     assert h.finish("first") == h.finish("late") == "length"
 
 
-def test_what_is_not_run_ahead(make_harness: MakeHarness) -> None:
-    """Penalties read the history a placeholder would sit in; a lone request whose length ends
-    with a step's token has no step to queue after it."""
+def test_what_is_run_ahead(make_harness: MakeHarness) -> None:
+    """A penalised request is fed like any other (its history's last token read on the device,
+    `ScheduledSeq.fed`); a lone request whose length ends with a step's token has no step to
+    queue after it."""
     penalised = make_harness(overlap_schedule=True)
     penalised.add("p", [5, 6], max_new_tokens=6, sampling=SamplingParams(repetition_penalty=1.2))
     penalised.run()
-    assert penalised.engine.steps_ahead == 0 and len(penalised.tokens("p")) == 6
+    assert penalised.engine.steps_ahead == 5 and len(penalised.tokens("p")) == 6
+    assert sum(s.fed for b in penalised.runner.batches for s in b.seqs) == 5
     short = make_harness(overlap_schedule=True)
     short.add("s", [5, 6], max_new_tokens=2)
     short.run()

@@ -104,7 +104,9 @@ class GreedySampler:
     def sample(self, logits: torch.Tensor, seqs: list[ScheduledSeq]) -> list[SampleOutput]:
         return self.sample_deferred(logits, seqs).collect()
 
-    def sample_deferred(self, logits: torch.Tensor, seqs: list[ScheduledSeq]) -> DeferredSamples:
+    def sample_deferred(
+        self, logits: torch.Tensor, seqs: list[ScheduledSeq], last: torch.Tensor | None = None
+    ) -> DeferredSamples:
         tokens = logits.argmax(dim=-1)
         return DeferredSamples(tokens, tokens.double()[:, None], seqs, [-1] * len(seqs))
 

@@ -13,10 +13,10 @@ arrive. Planning early gives the step that planning after the samples would, exc
 requests that step n stops (a stop or eos token): they have had one more step computed for
 nothing, whose result is dropped. So step n + 1 may admit waiting requests and carry prompt
 chunks, and a request whose length ends with step n's token is left out of it (with many
-requests running, one ends so nearly every step). Not run ahead: a step after one with drafts
-or prompt scores, one with a penalised request to feed (penalties read the history the
-placeholder sits in), one with a running request that step n left out, and one whose requests
-may need more pages than are free (planning it could preempt). A request that arrives while a
+requests running, one ends so nearly every step). Penalties read the fed token on the device
+too (`ScheduledSeq.fed`). Not run ahead: a step after one with drafts or prompt scores, one with
+a running request that step n left out, and one whose requests may need more pages than are
+free (planning it could preempt). A request that arrives while a
 step is queued joins the step after it.
 """
 
@@ -33,7 +33,6 @@ from glm47.worker.batch import (
     DraftInput,
     RunnerOutput,
     SampleOutput,
-    SamplingParams,
     ScheduledBatch,
     TokenFeed,
 )
@@ -275,8 +274,6 @@ class Engine:
                 pages += self.pool.pages_for(req.num_computed_tokens + n) - len(req.page_ids)
             elif req.num_output_tokens + 1 >= req.max_new_tokens or req.num_tokens + 1 >= max_len:
                 ending.add(req)
-            elif _penalised(req.sampling):  # penalties read the history a placeholder sits in
-                return None
             else:
                 fed.append(req)
                 pages += self.pool.pages_for(req.num_tokens + 1) - len(req.page_ids)
@@ -292,6 +289,7 @@ class Engine:
         for i, s in enumerate(batch.seqs):
             if s.rid in fed_ids:
                 assert len(s.token_ids) == 1 and s.sample, "a fed request decodes one token"
+                s.fed = True
                 feed_rows.append(row_of[s.rid])
                 feed_seqs.append(i)
         assert len(feed_rows) == len(fed), "every fed request is in the step queued ahead"
@@ -472,9 +470,3 @@ class Engine:
             )
         for req in self.scheduler.waiting:
             assert not req.page_ids, f"waiting request {req.rid} holds pages"
-
-
-def _penalised(p: SamplingParams) -> bool:
-    """Whether a row's sampling reads its output history (which holds a placeholder while its
-    step runs ahead)."""
-    return p.repetition_penalty != 1.0 or p.frequency_penalty != 0.0 or p.presence_penalty != 0.0

@@ -286,3 +286,49 @@ def test_random_workloads_give_the_outputs_of_planning_after_the_samples(
         results[overlap] = news(h)
     assert results[True] == results[False]
     assert len(results[True]) == sum(len(v) for v in arrivals.values())
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_random_aborts_while_steps_run_ahead_leave_consistent_requests(
+    make_harness: MakeHarness, seed: int
+) -> None:
+    """Aborts at random steps, some while a step holding the request is queued: every request's
+    tokens are a prefix of what it generates without aborts, aborted ones finish "abort", and
+    the pool is empty at the end (the harness checks the page accounting after every step)."""
+    rng = random.Random(100 + seed)
+    arrivals: dict[int, list[tuple[str, list[int], int]]] = {}
+    aborts: dict[int, list[str]] = {}
+    for i in range(rng.randrange(6, 20)):
+        rid = f"r{i}"
+        prompt = [rng.randrange(10, 1000) for _ in range(rng.randrange(1, 12))]
+        at = rng.randrange(0, 15)
+        arrivals.setdefault(at, []).append((rid, prompt, rng.randrange(2, 14)))
+        if rng.random() < 0.4:
+            aborts.setdefault(at + rng.randrange(0, 10), []).append(rid)
+    config = {"num_pages": 40, "page_size": 2, "chunked_prefill_size": 8, "max_wait_steps": 2}
+
+    def serve(overlap: bool, abort: bool) -> Harness:
+        h = make_harness(overlap_schedule=overlap, **config)
+        step = 0
+        while step < 30 or h.engine.has_work():
+            for rid, prompt, n in arrivals.get(step, []):
+                h.add(rid, prompt, max_new_tokens=n)
+            for rid in aborts.get(step, []) if abort else []:
+                h.engine.abort(rid)
+            h.step()
+            step += 1
+            assert step < 2000
+        assert h.engine.pool.num_in_use == 0
+        return h
+
+    full = serve(overlap=False, abort=False)
+    aborted = {rid for rids in aborts.values() for rid in rids}
+    for overlap in (False, True):
+        h = serve(overlap, abort=True)
+        for rid, *_ in (a for arr in arrivals.values() for a in arr):
+            got, want = h.tokens(rid), full.tokens(rid)
+            assert got == want[: len(got)], (overlap, rid)
+            if rid not in aborted:
+                assert got == want and h.finish(rid) == full.finish(rid)
+            else:
+                assert h.finish(rid) in ("abort", full.finish(rid))

@@ -332,3 +332,21 @@ def test_random_aborts_while_steps_run_ahead_leave_consistent_requests(
                 assert got == want and h.finish(rid) == full.finish(rid)
             else:
                 assert h.finish(rid) in ("abort", full.finish(rid))
+
+
+def test_steps_run_ahead_when_the_pool_is_full_of_cached_prefixes(
+    make_harness: MakeHarness,
+) -> None:
+    """A long-lived server's pool fills with prefix-cache pages; a step queued ahead takes its
+    new pages by evicting them as any step does (no running request holds them)."""
+    h = make_harness(overlap_schedule=True, num_pages=25, page_size=2)
+    for i in range(5):  # finished requests leave their pages to the prefix cache
+        h.add(f"old{i}", [100 + 10 * i + j for j in range(7)], max_new_tokens=2)
+    h.run()
+    pool = h.engine.pool
+    assert pool.num_free < 6 and pool.num_cached_only > 10
+    before = h.engine.steps_ahead
+    h.add("new", [7, 8, 9], max_new_tokens=12)  # a page every second token
+    h.run()
+    assert len(h.tokens("new")) == 12
+    assert h.engine.steps_ahead - before == 11  # every step after its prompt's

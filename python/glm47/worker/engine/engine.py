@@ -264,7 +264,7 @@ class Engine:
         max_len = self.max_req_total_len
         fed: list[Request] = []  # sampled in `current`: their next step's token is its sample
         ending = set()  # requests whose length ends with their sample in `current`
-        pages = 0  # pages the running requests' next chunks may take
+        pages = 0  # pages the running requests' next chunks may take (free or evicted for them)
         for seq in live:
             req = self._requests[seq.rid]
             if seq.draft_ids or req.state is not RequestState.RUNNING:
@@ -277,7 +277,7 @@ class Engine:
             else:
                 fed.append(req)
                 pages += self.pool.pages_for(req.num_tokens + 1) - len(req.page_ids)
-        if not fed or pages > self.pool.num_free:
+        if not fed or pages > self.pool.num_free + self.pool.num_cached_only:
             return None  # nothing to feed, or room only by preempting: plan after the samples
         rows = [s.rid for s in seqs if s.sample]  # one sample a sampled sequence, in batch order
         row_of = {rid: i for i, rid in enumerate(rows)}

@@ -16,8 +16,8 @@ chunks, and a request whose length ends with step n's token is left out of it (w
 requests running, one ends so nearly every step). Penalties read the fed token on the device
 too (`ScheduledSeq.fed`). Not run ahead: a step after one with drafts or prompt scores, one with
 a running request that step n left out, and one whose requests may need more pages than are
-free (planning it could preempt). A request that arrives while a
-step is queued joins the step after it.
+free or held by the prefix cache alone (planning it could preempt). A request that arrives while
+a step is queued joins the step after it.
 """
 
 from __future__ import annotations

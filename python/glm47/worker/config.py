@@ -49,8 +49,8 @@ class EngineConfig:
     # router_max_wait_tokens). A request arriving after a quiet stretch is admitted at once. 1:
     # admit whenever there is room.
     max_wait_steps: int = 6
-    # While every running request decodes, queue step n + 1 on the device before reading step n's
-    # samples, so the host's work between steps overlaps the device's (engine.py, running ahead).
+    # Queue step n + 1 on the device before reading step n's samples, so the host's work between
+    # steps overlaps the device's (engine.py, running ahead).
     overlap_schedule: bool = True
     enable_prefix_cache: bool = True  # share KV pages of common prompt prefixes (radix cache)
     # Seconds between the engine's summary lines in the log (steps, step times, throughput, batch

@@ -146,41 +146,13 @@ def _bin_of(s, ok, m, BINS: tl.constexpr, BIN_SCALE: tl.constexpr):
 
 
 @triton.jit
-def _hist_kernel(
+def _bins_kernel(
     logits_ptr,  # [N, V] fp32
     params_ptr,  # [N, 4] fp32
     stats_ptr,  # [N, P, 2] fp32 from _stats_kernel
-    hist_ptr,  # [N, P, BINS] int32 out: each chunk's token count per bin (rows with top-p alone)
-    vocab,
-    stride_l,
-    CHUNK: tl.constexpr,
-    BLOCK_P: tl.constexpr,
-    BINS: tl.constexpr,
-    BIN_SCALE: tl.constexpr,
-):
-    row = tl.program_id(0).to(tl.int64)
-    chunk = tl.program_id(1)
-    top_k = tl.load(params_ptr + row * 4 + 1).to(tl.int32)
-    top_p = tl.load(params_ptr + row * 4 + 2)
-    if (top_k >= vocab) & (top_p < 1.0):
-        num_chunks = tl.num_programs(1)
-        m = _row_max(stats_ptr, row, num_chunks, BLOCK_P)
-        offs = chunk * CHUNK + tl.arange(0, CHUNK)
-        ok = offs < vocab
-        inv_t = tl.load(params_ptr + row * 4)
-        s = tl.load(logits_ptr + row * stride_l + offs, mask=ok, other=float("-inf")) * inv_t
-        counts = tl.histogram(_bin_of(s, ok, m, BINS, BIN_SCALE), BINS)
-        tl.store(hist_ptr + (row * num_chunks + chunk) * BINS + tl.arange(0, BINS), counts)
-
-
-@triton.jit
-def _compact_kernel(
-    logits_ptr,  # [N, V] fp32
-    params_ptr,  # [N, 4] fp32
-    stats_ptr,  # [N, P, 2] fp32
-    hist_ptr,  # [N, P, BINS] int32 from _hist_kernel
-    cand_ptr,  # [N, CAP] int32 out: the candidates' ids, chunk by chunk (rows with top-p alone)
-    count_ptr,  # [N] int32 out: how many
+    hist_ptr,  # [N, P, BINS] int32: each chunk's token count per bin (out when not WRITE)
+    cand_ptr,  # [N, CAP] int32 out (WRITE): the candidates' ids, chunk by chunk
+    count_ptr,  # [N] int32 out (WRITE): how many
     vocab,
     stride_l,
     CHUNK: tl.constexpr,
@@ -188,37 +160,44 @@ def _compact_kernel(
     BINS: tl.constexpr,
     BIN_SCALE: tl.constexpr,
     CAP: tl.constexpr,
+    WRITE: tl.constexpr,
 ):
-    """The candidates of a row with top-p alone: the tokens of its first B bins, B the most bins
-    whose tokens number at most CAP (possibly none). Each chunk writes its own at the offset the
-    chunks before it take, known from their counts."""
+    """Two passes over the chunks of the rows with top-p alone. The first counts each chunk's
+    tokens per bin (`_bin_of`). The second writes the row's candidates: the tokens of its first
+    B bins, B the most bins whose tokens number at most CAP (possibly none), each chunk at the
+    offset that the counts of the chunks before it give."""
     row = tl.program_id(0).to(tl.int64)
     chunk = tl.program_id(1)
     top_k = tl.load(params_ptr + row * 4 + 1).to(tl.int32)
     top_p = tl.load(params_ptr + row * 4 + 2)
     if (top_k >= vocab) & (top_p < 1.0):
         num_chunks = tl.num_programs(1)
-        p = tl.arange(0, BLOCK_P)
-        b = tl.arange(0, BINS)
-        hist = tl.load(
-            hist_ptr + (row * num_chunks + p[:, None]) * BINS + b[None, :],
-            mask=p[:, None] < num_chunks,
-            other=0,
-        )  # [BLOCK_P, BINS]
-        total = tl.cumsum(tl.sum(hist, axis=0), axis=0)  # [BINS]: tokens in bins 0..b
-        taken = tl.sum(((total <= CAP) & (b < BINS - 1)).to(tl.int32), axis=0)  # B
-        per_chunk = tl.sum(tl.where(b[None, :] < taken, hist, 0), axis=1)  # [BLOCK_P]
-        start = tl.sum(tl.where(p < chunk, per_chunk, 0), axis=0)
-        if chunk == 0:
-            tl.store(count_ptr + row, tl.sum(per_chunk, axis=0))
         m = _row_max(stats_ptr, row, num_chunks, BLOCK_P)
         offs = chunk * CHUNK + tl.arange(0, CHUNK)
         ok = offs < vocab
         inv_t = tl.load(params_ptr + row * 4)
         s = tl.load(logits_ptr + row * stride_l + offs, mask=ok, other=float("-inf")) * inv_t
-        pick = _bin_of(s, ok, m, BINS, BIN_SCALE) < taken
-        at = start + tl.cumsum(pick.to(tl.int32), axis=0) - 1
-        tl.store(cand_ptr + row * CAP + at, offs, mask=pick)
+        bins = _bin_of(s, ok, m, BINS, BIN_SCALE)
+        b = tl.arange(0, BINS)
+        if WRITE:
+            p = tl.arange(0, BLOCK_P)
+            hist = tl.load(
+                hist_ptr + (row * num_chunks + p[:, None]) * BINS + b[None, :],
+                mask=p[:, None] < num_chunks,
+                other=0,
+            )  # [BLOCK_P, BINS]
+            total = tl.cumsum(tl.sum(hist, axis=0), axis=0)  # [BINS]: tokens in bins 0..b
+            taken = tl.sum(((total <= CAP) & (b < BINS - 1)).to(tl.int32), axis=0)  # B
+            per_chunk = tl.sum(tl.where(b[None, :] < taken, hist, 0), axis=1)  # [BLOCK_P]
+            start = tl.sum(tl.where(p < chunk, per_chunk, 0), axis=0)
+            if chunk == 0:
+                tl.store(count_ptr + row, tl.sum(per_chunk, axis=0))
+            pick = bins < taken
+            at = start + tl.cumsum(pick.to(tl.int32), axis=0) - 1
+            tl.store(cand_ptr + row * CAP + at, offs, mask=pick)
+        else:
+            counts = tl.histogram(bins, BINS)
+            tl.store(hist_ptr + (row * num_chunks + chunk) * BINS + b, counts)
 
 
 @triton.jit
@@ -238,8 +217,8 @@ def _threshold_kernel(
     params_ptr,  # [N, 4] fp32: 1 / temperature, top_k (V when off), top_p, log(min_p) or -inf
     keys_ptr,  # [N] int64: the rows' noise keys
     stats_ptr,  # [N, P, 2] fp32 from _stats_kernel
-    cand_ptr,  # [N, CAP] int32 from _compact_kernel (COMPACT)
-    count_ptr,  # [N] int32 from _compact_kernel (COMPACT)
+    cand_ptr,  # [N, CAP] int32 from _bins_kernel (COMPACT)
+    count_ptr,  # [N] int32 from _bins_kernel (COMPACT)
     floor_ptr,  # [N] fp32 out: the smallest s kept (rows raced over the whole row)
     floor_key_ptr,  # [N] int32 out: the smallest order key kept (same rows)
     whole_ptr,  # [N] int32 out: 0 raced here, 1 over the whole row, 2 after bisection
@@ -503,15 +482,11 @@ def race_sample(
     counts = torch.empty(n, dtype=torch.int32, device=dev)
     if top_p_alone:
         hist = torch.empty(n, chunks, BINS, dtype=torch.int32, device=dev)
-        grid = (n, chunks)
-        _hist_kernel[grid](
-            logits, params, stats, hist, vocab, stride, CHUNK=CHUNK, BLOCK_P=block_p, BINS=BINS,
-            BIN_SCALE=BIN_SCALE, num_warps=4,
-        )  # fmt: skip
-        _compact_kernel[grid](
-            logits, params, stats, hist, cands, counts, vocab, stride, CHUNK=CHUNK,
-            BLOCK_P=block_p, BINS=BINS, BIN_SCALE=BIN_SCALE, CAP=cap, num_warps=4,
-        )  # fmt: skip
+        for write in (False, True):  # count, then write the candidates
+            _bins_kernel[(n, chunks)](
+                logits, params, stats, hist, cands, counts, vocab, stride, CHUNK=CHUNK,
+                BLOCK_P=block_p, BINS=BINS, BIN_SCALE=BIN_SCALE, CAP=cap, WRITE=write, num_warps=4,
+            )  # fmt: skip
     floor = torch.empty(n, dtype=torch.float32, device=dev)
     floor_key = torch.empty(n, dtype=torch.int32, device=dev)
     whole = torch.empty(n, dtype=torch.int32, device=dev)

@@ -240,7 +240,7 @@ def test_a_busy_workload_gives_the_outputs_of_planning_after_the_samples(
     assert preempted[False] > 0 and preempted[True] > 0
 
 
-@pytest.mark.parametrize("seed", range(8))
+@pytest.mark.parametrize("seed", [*range(8), 125])  # 125: a cached page under a referenced one
 def test_random_workloads_give_the_outputs_of_planning_after_the_samples(
     make_harness: MakeHarness, seed: int
 ) -> None:
@@ -269,6 +269,7 @@ def test_random_workloads_give_the_outputs_of_planning_after_the_samples(
         "chunked_prefill_size": rng.choice([4, 8, 32]),
         "max_wait_steps": rng.randrange(1, 5),
         "reserve_output_ratio": rng.choice([0.0, 0.5]),
+        "max_running_requests": rng.choice([3, 8, 256]),
         "script": script,
     }
     config["max_num_batched_tokens"] = config["chunked_prefill_size"] * rng.choice([1, 2])

@@ -107,3 +107,21 @@ def test_a_disabled_cache_matches_nothing_and_keeps_nothing() -> None:
     assert pool.num_free == pool.total
     assert cache.match(list(range(9))) == (0, []) and cache.evict(3) == 0
     cache.check()
+
+
+def test_can_evict_counts_no_more_than_evict_frees() -> None:
+    """An unreferenced page under a referenced one (a running request that computed the same
+    prefix in its own pages, then published its later pages below the cached ones) is cached
+    but not evictable until the page below it is."""
+    pool, cache = cache_with(num_pages=9)
+    finish(pool, cache, list(range(8)))  # two cached pages, unreferenced
+    own = pool.allocate(3)  # a request that computed tokens 0-11 itself
+    cache.insert(list(range(12)), own)  # its duplicates of 0-7 go back; its third page is adopted
+    assert pool.num_cached_only == 2 and pool.ref(own[2]) == 1
+    assert not cache.can_evict(1)
+    assert cache.evict(2) == 0
+    pool.release(own)
+    assert cache.can_evict(1) and not cache.can_evict(2)  # a lower bound: the leaves' tails
+    assert cache.evict(3) == 3 and pool.num_free == pool.total
+    cache.check()
+    pool.check()

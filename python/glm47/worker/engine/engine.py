@@ -277,7 +277,7 @@ class Engine:
             else:
                 fed.append(req)
                 pages += self.pool.pages_for(req.num_tokens + 1) - len(req.page_ids)
-        if not fed or pages > self.pool.num_free + self.pool.num_cached_only:
+        if not fed or not self.cache.can_evict(pages - self.pool.num_free):
             return None  # nothing to feed, or room only by preempting: plan after the samples
         rows = [s.rid for s in seqs if s.sample]  # one sample a sampled sequence, in batch order
         row_of = {rid: i for i, rid in enumerate(rows)}

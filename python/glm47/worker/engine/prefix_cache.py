@@ -134,6 +134,25 @@ class PrefixCache:
 
     # -- eviction -----------------------------------------------------------------------------
 
+    def can_evict(self, num_pages: int) -> bool:
+        """Whether `evict` can surely free `num_pages` pages now: counts the unreferenced tails
+        of the leaves, which it frees first (a lower bound: it may climb to their parents too;
+        an unreferenced page under a referenced one is not freeable), stopping once there are
+        enough."""
+        if num_pages <= 0:
+            return True
+        if not self.enabled:
+            return False
+        found = 0
+        for leaf in self._leaves:
+            idle = 0
+            while idle < len(leaf.pages) and self.pool.ref(leaf.pages[-1 - idle]) == 0:
+                idle += 1
+            found += idle
+            if found >= num_pages:
+                return True
+        return False
+
     def evict(self, num_pages: int) -> int:
         """Free up to `num_pages` unreferenced pages, least recently used leaves first, trimming
         each leaf from its tail. Returns the pages freed (fewer when everything left is in use)."""

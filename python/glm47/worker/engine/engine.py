@@ -14,9 +14,10 @@ requests that step n stops (a stop or eos token): they have had one more step co
 nothing, whose result is dropped. So step n + 1 may admit waiting requests and carry prompt
 chunks, and a request whose length ends with step n's token is left out of it (with many
 requests running, one ends so nearly every step). Penalties read the fed token on the device
-too (`ScheduledSeq.fed`). Not run ahead: a step after one with drafts or prompt scores, one with
-a running request that step n left out, and one whose requests may need more pages than are
-free or held by the prefix cache alone (planning it could preempt). A request that arrives while
+too (`ScheduledSeq.fed`). Not run ahead: a step after one with drafts, one with a running
+request that step n left out, and one whose requests may need more pages than are free or held
+by the prefix cache alone (planning it could preempt). (A step with prompt scores is queued
+ahead too, though computing them waits for the step on the host.) A request that arrives while
 a step is queued joins the step after it.
 """
 
@@ -256,7 +257,7 @@ class Engine:
             return None
         tokens = current.launched.tokens
         seqs = current.batch.seqs
-        if tokens is None or current.batch.scores_prompts:
+        if tokens is None:
             return None
         live = [s for s in seqs if s.rid in self._requests]
         if not live or len(live) != len(self.scheduler.running):

@@ -9,7 +9,8 @@ import pytest
 import torch
 from kernel_utils import ON_GPU
 
-from glm47.kernels.sampling import candidate_width, race_noise, race_sample, race_sample_ref
+from glm47.kernels.race_noise import race_noise
+from glm47.kernels.sampling import candidate_width, race_sample, race_sample_ref
 
 VOCAB = 3000 if not ON_GPU else 154880
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from glm47.kernels.sampling import race_noise
+from glm47.kernels.race_noise import race_noise
 from glm47.worker.batch import SamplingParams, ScheduledSeq
 from glm47.worker.sampling import (
     Sampler,

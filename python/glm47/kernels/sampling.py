@@ -35,10 +35,8 @@ import torch
 import triton
 import triton.language as tl
 
-_MASK64 = (1 << 64) - 1
-_GOLDEN = 0x9E3779B97F4A7C15
-_MIX1 = 0xBF58476D1CE4E5B9
-_MIX2 = 0x94D049BB133111EB
+from glm47.kernels.race_noise import race_noise, race_noise_block
+
 _NEG_INF_KEY = tl.constexpr(-2139095041)  # the order key of -inf (below it: every float)
 BLOCK = 1024  # candidates a program handles per step of its loops
 SUB = 512  # tokens per step of a bisection round's loop over its chunk
@@ -47,54 +45,6 @@ SEARCH_ROUNDS = 8  # 16-way rounds of the flat rows' threshold search: 4 bits ea
 CAP = 1024  # most candidates a row with top-p alone is raced among (a power of two)
 BINS = 64  # bins of the candidates' count: 62 of 1 / BIN_SCALE nats below the max, the rest, none
 BIN_SCALE = 4.0
-
-
-def signed64(x: int) -> int:
-    """The two's-complement int64 value of an unsigned 64-bit integer."""
-    x &= _MASK64
-    return x - (1 << 64) if x >= 1 << 63 else x
-
-
-def _splitmix64_int(x: int) -> int:
-    """splitmix64 on Python ints (unsigned 64-bit arithmetic): `race_noise`'s hash."""
-    z = (x + _GOLDEN) & _MASK64
-    z = ((z ^ (z >> 30)) * _MIX1) & _MASK64
-    z = ((z ^ (z >> 27)) * _MIX2) & _MASK64
-    return z ^ (z >> 31)
-
-
-def row_key(seed: int, step: int) -> int:
-    """The noise key of a seeded row at one decoding step (step = tokens generated so far)."""
-    return signed64(_splitmix64_int(_splitmix64_int(seed & _MASK64) ^ (step & _MASK64)))
-
-
-def _shr(x: torch.Tensor, bits: int) -> torch.Tensor:
-    """Logical right shift of int64 values seen as unsigned 64-bit integers."""
-    return (x >> bits) & ((1 << (64 - bits)) - 1)
-
-
-def race_noise(keys: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
-    """log(E), E ~ Exp(1), of each (row key, token id): [R, 1] int64 keys and [R or 1, K] int64
-    ids give [R, K] fp32. splitmix64 of `key + id * golden` gives 23 uniform bits, u = (2 * bits +
-    1) / 2**24 (exact in fp32), E = -log(u)."""
-    z = keys + token_ids * signed64(_GOLDEN) + signed64(_GOLDEN)
-    z = (z ^ _shr(z, 30)) * signed64(_MIX1)
-    z = (z ^ _shr(z, 27)) * signed64(_MIX2)
-    z = z ^ _shr(z, 31)
-    u = (_shr(z, 41) * 2 + 1).to(torch.float32) * (1.0 / (1 << 24))
-    return (-torch.log(u)).clamp_min(1e-30).log()
-
-
-@triton.jit
-def _noise(key, ids):
-    """`race_noise` of one row's key (int64 scalar) and a block of int64 token ids."""
-    z = (key + ids * -7046029254386353131).to(tl.uint64, bitcast=True)  # ids * golden
-    z = z + 0x9E3779B97F4A7C15
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EB
-    z = z ^ (z >> 31)
-    u = ((z >> 41) * 2 + 1).to(tl.float32) * (1.0 / 16777216.0)
-    return tl.log(tl.maximum(-tl.log(u), 1e-30))
 
 
 @triton.jit
@@ -204,7 +154,7 @@ def _bins_kernel(
 def _race_among(s, ids, ok, floor, key, vocab):
     """The race's winner among a block of tokens: the largest s - log(E) of those kept (`ok` and
     s >= floor), the smallest id on a tie."""
-    score = tl.where(ok & (s >= floor), s - _noise(key, ids), float("-inf"))
+    score = tl.where(ok & (s >= floor), s - race_noise_block(key, ids), float("-inf"))
     top = tl.max(score, axis=0)
     return tl.min(tl.where(score == top, ids, vocab), axis=0)
 
@@ -287,7 +237,7 @@ def _threshold_kernel(
             ok = ranks < kk
             s = tl.load(c_vals + ranks, mask=ok, other=float("-inf")) * inv_t
             ids = tl.load(c_ids + ranks, mask=ok, other=0)
-            score = tl.where(ok & (s >= floor), s - _noise(key, ids), float("-inf"))
+            score = tl.where(ok & (s >= floor), s - race_noise_block(key, ids), float("-inf"))
             better = score > best
             best = tl.where(better, score, best)
             best_id = tl.where(better, ids, best_id)
@@ -417,7 +367,7 @@ def _race_chunks_kernel(
         s = tl.load(logits_ptr + row * stride_l + ids, mask=ok, other=float("-inf")) * inv_t
         kept = ok & (s >= tl.load(floor_ptr + row))
         kept = kept & (_order_key(s) >= tl.load(floor_key_ptr + row))
-        score = tl.where(kept, s - _noise(tl.load(keys_ptr + row), ids), float("-inf"))
+        score = tl.where(kept, s - race_noise_block(tl.load(keys_ptr + row), ids), float("-inf"))
         top = tl.max(score, axis=0)
         out = row * tl.num_programs(1) + chunk
         tl.store(best_ptr + out, top)

@@ -30,7 +30,8 @@ import random
 
 import torch
 
-from glm47.kernels.sampling import candidate_width, race_sample, race_sample_ref, row_key
+from glm47.kernels.race_noise import row_key
+from glm47.kernels.sampling import candidate_width, race_sample, race_sample_ref
 from glm47.worker.batch import SampleOutput, SamplingParams, ScheduledSeq
 from glm47.worker.sampling_penalties import (
     TokenHistory,

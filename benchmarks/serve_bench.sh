@@ -20,7 +20,9 @@
 # -k expression: run those GPU tests first), BENCH_LIMIT_S (480: the limit of all workloads),
 # PROFILE_S (0; N: for the first N seconds of the workloads, per-process CPU from top every 2 s and,
 # the router's thread count, memory and busiest threads (router_threads.log) and, where py-spy is
-# installed (its wheel in .whl), py-spy samples of the worker (worker.pyspy.txt, collapsed stacks)).
+# installed (its wheel in .whl), py-spy samples of the worker (worker.pyspy.txt, collapsed stacks)),
+# SAMPLING (glm47 bench's sampling flags, default greedy; the model card's settings:
+# "--temperature 1.0 --top-p 0.95").
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/glm47-bench}
@@ -31,6 +33,7 @@ WORKLOADS=${WORKLOADS:-"burst high-conc moderate steady"}
 BASELINE_BUDGET_S=${BASELINE_BUDGET_S:-60}
 MODEL_BENCH=${MODEL_BENCH:-0}
 BENCH_LIMIT_S=${BENCH_LIMIT_S:-480}
+SAMPLING=${SAMPLING:-}
 SERVE_FLAGS=${SERVE_FLAGS:-"--load-format dummy --chunked-prefill-size 8192 --graph-max-batch-size 512 \
 --max-running-requests 2048 --tool-call-parser glm47 --reasoning-parser glm45"}
 source benchmarks/gpu_env.sh
@@ -56,10 +59,13 @@ start_serve "$RES"
 trap 'kill -INT $SERVE_PID 2>/dev/null; wait $SERVE_PID; pack' EXIT
 grep -E 'backends|runner:|graphs|warm-up|KV cache' "$RES/serve.log" | cut -c1-240
 
-LABEL="$(cat "$RES/gpu.txt"); dummy weights; stand-in tokenizer; glm47 serve $SERVE_FLAGS"
+LABEL="$(cat "$RES/gpu.txt"); dummy weights; stand-in tokenizer; glm47 serve $SERVE_FLAGS; \
+sampling: ${SAMPLING:-greedy}"
 ARGS=(--base-url http://127.0.0.1:8000 --dataset file --dataset-path .bench-model/requests.jsonl
       --num-prompts "$NUM_PROMPTS" --output-dir "$RES" --label "$LABEL" --no-progress)
 for w in $WORKLOADS; do ARGS+=(--workload "$w"); done
+# shellcheck disable=SC2206  # the sampling flags split into words on purpose
+ARGS+=($SAMPLING)
 PROFILE_S=${PROFILE_S:-0}
 PROF_PIDS=()
 if [ "$PROFILE_S" != 0 ]; then

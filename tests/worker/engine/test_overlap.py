@@ -351,3 +351,20 @@ def test_steps_run_ahead_when_the_pool_is_full_of_cached_prefixes(
     h.run()
     assert len(h.tokens("new")) == 12
     assert h.engine.steps_ahead - before == 11  # every step after its prompt's
+
+
+def test_the_step_after_one_with_prompt_scores_is_queued_ahead(make_harness: MakeHarness) -> None:
+    """Prompt scores are recorded when their step is collected, so they keep nothing from
+    being planned early: the step after the prompt's last (scoring) chunk runs ahead."""
+    outs = {}
+    for overlap in (False, True):
+        h = make_harness(overlap_schedule=overlap, chunked_prefill_size=4)
+        h.add("p", list(range(20, 30)), max_new_tokens=4, prompt_logprobs=1)
+        h.run()
+        assert len(h.tokens("p")) == 4 and h.outputs["p"][0].prompt_logprobs is not None
+        outs[overlap] = [(o.ids, o.finish, len(o.prompt_logprobs or [])) for o in h.outputs["p"]]
+        if overlap:
+            # Chunks of 4, 4 and 2 prompt tokens (scoring each), then the steps of tokens 2-4,
+            # each queued before the samples of the step before.
+            assert h.engine.steps_ahead == 3
+    assert outs[True] == outs[False]

@@ -417,6 +417,11 @@ class ModelRunner:
 
     def _feed(self, batch: ScheduledBatch, input_ids: torch.Tensor, feed: TokenFeed) -> None:
         """Put the fed sequences' tokens into the step's input on the device."""
+        if input_ids.shape[0] == len(feed.seqs) == len(feed.tokens) and feed.rows == feed.seqs:
+            # As many input rows as fed sequences: every sequence is fed one token, in the order
+            # of the samples (the common decode step).
+            input_ids.copy_(feed.tokens)
+            return
         starts, at = [], 0
         for seq in batch.seqs:
             starts.append(at)
@@ -425,9 +430,6 @@ class ModelRunner:
             raise ValueError("a token feed does not match its step")
         if any(len(batch.seqs[i].token_ids) != 1 for i in feed.seqs):
             raise ValueError("a fed sequence computes one token")
-        if len(feed.rows) == at == len(feed.tokens) and feed.rows == list(range(at)):
-            input_ids.copy_(feed.tokens)  # the same sequences in the same order, all fed
-            return
         idx = torch.tensor([feed.rows, [starts[i] for i in feed.seqs]], dtype=torch.int64)
         idx = idx.to(self.device, non_blocking=True)
         input_ids.index_copy_(0, idx[1], feed.tokens.index_select(0, idx[0]))

@@ -171,3 +171,18 @@ def test_requests_carry_the_runs_sampling_settings() -> None:
     sampled = _payload(req, Endpoint.CHAT, "m", Sampling(temperature=1.0, top_p=0.95, top_k=40))
     assert (sampled["temperature"], sampled["top_p"], sampled["top_k"]) == (1.0, 0.95, 40)
     assert sampled["messages"][0]["content"] == "[1, 2]" and sampled["max_tokens"] == 8
+    assert "frequency_penalty" not in sampled and "repetition_penalty" not in sampled
+
+
+def test_penalty_flags_reach_the_requests() -> None:
+    from glm47.bench.cli import build_parser, sampling_of
+    from glm47.bench.client import Endpoint, _payload
+    from glm47.bench.dataset import BenchRequest
+
+    args = build_parser().parse_args(
+        ["--temperature", "1", "--frequency-penalty", "0.5", "--repetition-penalty", "1.1"]
+    )
+    body = _payload(BenchRequest(prompt=[1], prompt_len=1, output_len=4), Endpoint.COMPLETIONS,
+                    "m", sampling_of(args))  # fmt: skip
+    assert (body["frequency_penalty"], body["repetition_penalty"]) == (0.5, 1.1)
+    assert "presence_penalty" not in body

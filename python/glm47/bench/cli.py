@@ -90,6 +90,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--top-p", type=float, default=None, help="sent with every request when set")
     p.add_argument("--top-k", type=int, default=None, help="sent with every request when set")
+    for penalty in ("frequency", "presence", "repetition"):
+        p.add_argument(
+            f"--{penalty}-penalty",
+            type=float,
+            default=None,
+            help="sent with every request when set",
+        )
     p.add_argument(
         "--client-procs",
         type=int,
@@ -195,11 +202,18 @@ def write_reports(
         "dataset": args.dataset,
         "num_prompts": num_prompts,
         "seed": args.seed,
-        "sampling": Sampling(args.temperature, args.top_p, args.top_k).body(),
+        "sampling": sampling_of(args).body(),
         "label": args.label,
     }
     write_json(out_dir / "bench.json", meta, rows)
     (out_dir / "bench.md").write_text(f"{args.label}\n\n{markdown_table(rows)}")
+
+
+def sampling_of(args: argparse.Namespace) -> Sampling:
+    return Sampling(
+        args.temperature, args.top_p, args.top_k,
+        args.frequency_penalty, args.presence_penalty, args.repetition_penalty,
+    )  # fmt: skip
 
 
 def main(argv: list[str]) -> int:
@@ -225,7 +239,7 @@ def main(argv: list[str]) -> int:
         before = server_totals(args.base_url)
         results, wall = run_workload_procs(
             args.base_url, model, requests, endpoint, arrival, args.client_procs,
-            not args.no_progress, Sampling(args.temperature, args.top_p, args.top_k),
+            not args.no_progress, sampling_of(args),
         )  # fmt: skip
         means = server_means(before, server_totals(args.base_url))
         rows[name] = dataclasses.replace(

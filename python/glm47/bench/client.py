@@ -40,9 +40,19 @@ class Sampling:
     temperature: float = 0.0
     top_p: float | None = None
     top_k: int | None = None
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
+    repetition_penalty: float | None = None
 
     def body(self) -> dict[str, float | int]:
-        fields = {"temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k}
+        fields = {
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "top_k": self.top_k,
+            "frequency_penalty": self.frequency_penalty,
+            "presence_penalty": self.presence_penalty,
+            "repetition_penalty": self.repetition_penalty,
+        }
         return {k: v for k, v in fields.items() if v is not None}
 
 

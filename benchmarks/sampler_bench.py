@@ -13,7 +13,9 @@ For each setting and batch size N, on [N, 154880] fp32 logits:
   ahead of its samples (engine.py, running ahead) gains.
 Settings: greedy; temperature 1; top_k 50; top_p 0.95 on peaked logits (the best 20 tokens hold
 about 99% of the mass), on wide ones (the best 500 hold about 98%: a kept set of a few hundred)
-and on flat ones (random logits, as dummy weights give); min_p 0.05. Then the raw `topk(1024)`
+and on flat ones (random logits, as dummy weights give); min_p 0.05; repetition, frequency and
+presence penalties over a history of 512 prompt and 256 output tokens, one more output token
+each call. Then the raw `topk(1024)`
 and full-row `sort` that top-k rows (and, before the compacted candidates, top-p rows) start from.
 
 Usage: python3 benchmarks/sampler_bench.py [--batches 1,4,16,64] [--json out.json]
@@ -42,10 +44,21 @@ SETTINGS: dict[str, dict[str, float | int]] = {
     "top_p_wide": {"temperature": 1.0, "top_p": 0.95},
     "top_p_flat": {"temperature": 1.0, "top_p": 0.95},
     "min_p": {"temperature": 1.0, "min_p": 0.05},
+    "penalties": {
+        "temperature": 1.0,
+        "repetition_penalty": 1.1,
+        "frequency_penalty": 0.3,
+        "presence_penalty": 0.2,
+    },
 }
+# (prompt, output) tokens of each request in the settings with penalties: its history, which
+# grows by one output token a call, as a decoding request's does
+HISTORY = {"penalties": (512, 256)}
 
 
-def seqs_for(n: int, params: dict[str, float | int]) -> list[ScheduledSeq]:
+def seqs_for(n: int, name: str) -> list[ScheduledSeq]:
+    prompt, output = HISTORY.get(name, (3, 0))
+    gen = torch.Generator().manual_seed(n)
     return [
         ScheduledSeq(
             rid=f"r{i}",
@@ -53,11 +66,19 @@ def seqs_for(n: int, params: dict[str, float | int]) -> list[ScheduledSeq]:
             start_pos=0,
             page_ids=[0],
             sample=True,
-            sampling=SamplingParams(**params),  # type: ignore[arg-type]
-            prompt_ids=[1, 2, 3],
+            sampling=SamplingParams(**SETTINGS[name]),  # type: ignore[arg-type]
+            prompt_ids=torch.randint(0, VOCAB, (prompt,), generator=gen).tolist(),
+            output_ids=torch.randint(0, VOCAB, (output,), generator=gen).tolist(),
         )
         for i in range(n)
     ]
+
+
+def grown(seqs: list[ScheduledSeq]) -> list[ScheduledSeq]:
+    """`seqs` after each request's last sample joined its output."""
+    for s in seqs:
+        s.output_ids.append(len(s.output_ids) % VOCAB)
+    return seqs
 
 
 def logits_for(n: int, setting: str) -> torch.Tensor:
@@ -124,7 +145,7 @@ def host_us_busy(
         torch.cuda.synchronize()
         torch.cuda._sleep(cycles)
         t0 = time.perf_counter()
-        deferred = sampler.sample_deferred(logits, seqs)
+        deferred = sampler.sample_deferred(logits, grown(seqs))
         times.append((time.perf_counter() - t0) * 1e6)
         deferred.collect()
     return statistics.median(times)
@@ -136,12 +157,12 @@ def profile(sampler: Sampler, name: str, n: int, iters: int) -> None:
     from torch.profiler import profile as torch_profile
 
     logits = logits_for(n, name)
-    seqs = seqs_for(n, SETTINGS[name])
+    seqs = seqs_for(n, name)
     sampler.sample(logits, seqs)
     torch.cuda.synchronize()
     with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         for _ in range(iters):
-            sampler.sample(logits, seqs)
+            sampler.sample(logits, grown(seqs))
         torch.cuda.synchronize()
     print(f"== kernels of {name} at N={n}, {iters} calls")
     print(
@@ -154,6 +175,8 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--batches", default="1,4,16,64")
+    ap.add_argument("--settings", default=",".join(SETTINGS), help="which settings to time")
+    ap.add_argument("--no-raw", action="store_true", help="skip the raw topk and sort timings")
     ap.add_argument("--iters", type=int, default=30)
     ap.add_argument("--busy-ms", type=float, default=5.0)
     ap.add_argument("--json", default=None)
@@ -171,16 +194,16 @@ def main() -> None:
     rows: list[dict[str, object]] = []
     print(f"{torch.cuda.get_device_name()}, vocab {VOCAB}, device kept busy {args.busy_ms} ms")
     print(f"{'setting':>14} {'N':>4} {'step_us':>9} {'device_us':>10} {'host_us_busy':>13}")
-    for name, params in SETTINGS.items():
+    for name in args.settings.split(","):
         for n in batches:
             logits = logits_for(n, name)
-            seqs = seqs_for(n, params)
+            seqs = seqs_for(n, name)
 
             def call(logits: torch.Tensor = logits, seqs: list[ScheduledSeq] = seqs) -> object:
-                return sampler.sample(logits, seqs)
+                return sampler.sample(logits, grown(seqs))
 
             def queue(logits: torch.Tensor = logits, seqs: list[ScheduledSeq] = seqs) -> object:
-                return sampler.sample_deferred(logits, seqs)
+                return sampler.sample_deferred(logits, grown(seqs))
 
             row = {
                 "setting": name,
@@ -194,7 +217,7 @@ def main() -> None:
                 f"{name:>14} {n:>4} {row['step_us']:>9.1f} {row['device_us']:>10.1f} "
                 f"{row['host_us_busy']:>13.1f}"
             )
-    for n in batches:
+    for n in [] if args.no_raw else batches:
         logits = logits_for(n, "raw")
         for op, fn in (
             ("topk_1024", lambda x=logits: x.topk(1024, dim=-1)),

@@ -16,7 +16,7 @@ from glm47.worker.sampling import (
     row_key,
     score_tokens,
 )
-from glm47.worker.sampling_penalties import TokenHistory, apply_penalties
+from glm47.worker.sampling_penalties import PenaltyCounts, apply_penalties
 
 V = 50
 
@@ -119,11 +119,11 @@ def test_frequency_and_presence_penalties_use_output_counts() -> None:
 def test_a_fed_rows_penalties_read_its_last_token_from_the_device() -> None:
     """Running ahead, a row's last output token is a placeholder (`ScheduledSeq.fed`) whose value
     is the row's input token on the device: its penalties equal those of the row that holds the
-    real token, over steps whose history the same `TokenHistory` mirrors."""
+    real token, over steps whose counts the same `PenaltyCounts` keeps."""
     logits = rand_logits(1, seed=13).repeat(2, 1)
     kw = dict(repetition_penalty=1.4, frequency_penalty=0.6, presence_penalty=0.3)
     real_out, fed_out = [9, 9], [9, 9]
-    history = TokenHistory()
+    counts = PenaltyCounts()
     for token in (4, 7, 4):
         real_out.append(token)
         fed_out.append(0)  # the placeholder
@@ -131,12 +131,12 @@ def test_a_fed_rows_penalties_read_its_last_token_from_the_device() -> None:
         fed = seq("b", prompt=[3, 5], out=fed_out, **kw)
         fed.fed = True
         last = torch.tensor([0, token])  # row 1's input token: the fed one
-        got = apply_penalties(logits, [real, fed], history, last)
+        got = apply_penalties(logits, [real, fed], counts, last)
         assert torch.equal(got[1], got[0])
         assert not torch.equal(got[1], logits[1])
         fed_out[-1] = token  # the sample arrives and replaces the placeholder
     with pytest.raises(ValueError, match="input tokens"):
-        apply_penalties(logits[1:], [fed], TokenHistory())
+        apply_penalties(logits[1:], [fed], PenaltyCounts())
 
 
 def test_logprobs_match_log_softmax_of_penalised_logits() -> None:
@@ -320,16 +320,16 @@ def test_queuing_the_samples_reads_nothing_back_from_the_device(settings: dict[s
     assert len(deferred.collect()) == 6
 
 
-def test_token_history_follows_growing_outputs_and_new_requests() -> None:
-    history = TokenHistory()
+def test_penalty_counts_follow_growing_outputs_and_new_requests() -> None:
+    counts = PenaltyCounts()
     logits = torch.ones(1, 8)
     s = seq("a", prompt=[1], out=[2], repetition_penalty=2.0, frequency_penalty=1.0)
-    first = apply_penalties(logits, [s], history)
+    first = apply_penalties(logits, [s], counts)
     s.output_ids.append(3)
-    second = apply_penalties(logits, [s], history)
+    second = apply_penalties(logits, [s], counts)
     assert second[0, 3] == 0.5 - 1.0 and first[0, 3] == 1.0
     reused = seq("a", prompt=[5], out=[], repetition_penalty=2.0)  # same rid, new lists
-    third = apply_penalties(logits, [reused], history)
+    third = apply_penalties(logits, [reused], counts)
     assert third[0].tolist() == [1, 1, 1, 1, 1, 0.5, 1, 1]
 
 

@@ -34,7 +34,7 @@ from glm47.kernels.race_noise import row_key
 from glm47.kernels.sampling import candidate_width, race_sample, race_sample_ref
 from glm47.worker.batch import SampleOutput, SamplingParams, ScheduledSeq
 from glm47.worker.sampling_penalties import (
-    TokenHistory,
+    PenaltyCounts,
     apply_bans,
     apply_logit_bias,
     apply_penalties,
@@ -83,8 +83,8 @@ class DeferredSamples:
 class Sampler:
     """Samples one token per row of a logits batch.
 
-    State: the seeds given to requests without one (and the stream they come from), and the token
-    history that makes penalties cheap. Nothing in a call waits for the device: what it queues depends on the
+    State: the seeds given to requests without one (and the stream they come from), and the
+    penalised requests' token counts on the device. Nothing in a call waits for the device: what it queues depends on the
     rows' settings alone, so the engine can queue the next step before the samples are read.
     """
 
@@ -92,7 +92,7 @@ class Sampler:
         self._random = random.Random(seed)  # the seeds of requests without one
         # rid -> (the request's prompt list, its seed): a new prompt list is a new request
         self._seeds: dict[str, tuple[list[int], int]] = {}
-        self._history = TokenHistory()
+        self._counts = PenaltyCounts()
 
     def sample(
         self,
@@ -113,13 +113,13 @@ class Sampler:
         if logits.dim() != 2 or logits.shape[0] != len(seqs):
             raise ValueError(f"logits {tuple(logits.shape)} do not match {len(seqs)} sequences")
         rids = {s.rid for s in seqs}
-        self._history.retain(rids)
+        self._counts.retain(rids)
         for rid in [r for r in self._seeds if r not in rids]:
             del self._seeds[rid]
         logits = logits.float()
         if any(s.sampling.logit_bias_ids for s in seqs):
             logits = apply_logit_bias(logits, seqs)
-        logits = apply_bans(apply_penalties(logits, seqs, self._history, last), seqs)
+        logits = apply_bans(apply_penalties(logits, seqs, self._counts, last), seqs)
         tokens = self._choose(logits, seqs)  # [N] int64
         want = [s.sampling.logprobs for s in seqs]
         return DeferredSamples(tokens, _packed(logits, tokens, want), seqs, want)

@@ -7,130 +7,195 @@ token of the prompt or the output. Frequency and presence (OpenAI) subtract
 Before `min_new_tokens` outputs, a row's `banned_token_ids` (its stop and eos ids) are set to
 -inf after the penalties, so they are never sampled and the logprobs reflect the mask.
 
-Building the (row, token) index pairs from Python lists each step would cost O(prompt) host work
-per request and step; `TokenHistory` keeps each request's prompt on the device and its output in a
-growing host buffer, keyed by request id and checked against the list objects it was built from.
-A row fed on the device (running ahead, `ScheduledSeq.fed`) has a placeholder as its last output
-token: that one is taken from the row's input token on the device instead.
+`PenaltyCounts` keeps each penalised request's token counts on the device across steps
+(kernels/penalties: a row of a counts table, its prompt marked there when it has a repetition
+penalty), so a step sends only the tokens a request gained since its last step (one, or none when
+it runs ahead) and the logits go through one pass, whatever the outputs' lengths. A row fed on the
+device (running ahead, `ScheduledSeq.fed`) has a placeholder as its last output token: that one
+is counted from the row's input token on the device instead, and the host's copy of it, when it
+arrives, is not counted again. The rows of a sequence's drafts (speculative decoding) see the
+drafts before them as output: each takes a copy of its sequence's row for the step.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
+from glm47.kernels.penalties import PROMPT_BIT, apply_counts, apply_counts_ref
 from glm47.worker.batch import ScheduledSeq
 
 
 @dataclass
-class _Entry:
-    prompt_src: list[int]  # the list the device copy was made from (held: identity check)
-    prompt: torch.Tensor  # [P] int64 on the device
+class _Slot:
+    index: int  # the request's row of the counts table
+    prompt_src: list[int]  # the lists the row was built from (held: identity checks)
     output_src: list[int]
-    output: np.ndarray  # [capacity] int64; the first `filled` entries mirror output_src
-    filled: int
+    counted: int  # output_src[:counted] are counted (the last perhaps fed, not yet on the host)
 
 
-class TokenHistory:
-    """Per-request token ids in forms cheap to scatter; entries not used in a step are dropped."""
+def penalised(seq: ScheduledSeq) -> bool:
+    p = seq.sampling
+    return p.repetition_penalty != 1.0 or p.frequency_penalty != 0.0 or p.presence_penalty != 0.0
+
+
+class PenaltyCounts:
+    """Penalised requests' token counts on the device, one row of `table` a request, kept while
+    the request is in every step (`retain`)."""
 
     def __init__(self) -> None:
-        self._entries: dict[str, _Entry] = {}
-
-    def gather(
-        self,
-        seqs: list[ScheduledSeq],
-        rows: list[int],
-        device: torch.device,
-        prompt: bool,
-        last: torch.Tensor | None = None,  # [N] int64 on device: each row's input token
-    ) -> tuple[torch.Tensor, torch.Tensor]:  # ([M] row index, [M] token id), int64 on device
-        """(row, token) pairs of the listed rows: output tokens, plus prompt tokens if `prompt`.
-        A fed row's last output token is its input token on the device, `last[row]`."""
-        entries = [self._entry(seqs[i], device) for i in rows]
-        outputs = [e.output[: e.filled] for e in entries]
-        out_lens = [len(o) for o in outputs]
-        flat_out = np.concatenate(outputs) if outputs else np.zeros(0, dtype=np.int64)
-        tokens = [torch.from_numpy(flat_out).to(device, non_blocking=True)]
-        lengths = out_lens
-        row_ids = list(rows)
-        fed = [i for i in rows if seqs[i].fed]
-        if fed:
-            if last is None:
-                raise ValueError("penalties of fed rows need the rows' input tokens")
-            fed_t = torch.tensor(fed, dtype=torch.int64).to(device, non_blocking=True)
-            tokens.append(last.index_select(0, fed_t))
-            lengths = lengths + [1] * len(fed)
-            row_ids = row_ids + fed
-        if prompt:
-            tokens += [e.prompt for e in entries]
-            lengths = lengths + [int(e.prompt.shape[0]) for e in entries]
-            row_ids = row_ids + list(rows)
-        flat = torch.cat(tokens)  # [M]
-        row_t = torch.tensor(row_ids, dtype=torch.int64).to(device, non_blocking=True)
-        len_t = torch.tensor(lengths, dtype=torch.int64).to(device, non_blocking=True)
-        row_idx = torch.repeat_interleave(row_t, len_t, output_size=int(flat.shape[0]))  # [M]
-        return row_idx, flat
+        self._slots: dict[str, _Slot] = {}
+        self._free: list[int] = []
+        self.table: torch.Tensor | None = None  # [S, V] int32: counts, PROMPT_BIT on prompts
 
     def retain(self, rids: set[str]) -> None:
-        """Forget every request not in `rids` (called once per step with that step's requests)."""
-        for rid in [r for r in self._entries if r not in rids]:
-            del self._entries[rid]
+        """Free the rows of every request not in `rids` (called once a step with its requests)."""
+        for rid in [r for r in self._slots if r not in rids]:
+            self._free.append(self._slots.pop(rid).index)
 
-    def _entry(self, seq: ScheduledSeq, device: torch.device) -> _Entry:
-        e = self._entries.get(seq.rid)
-        if e is None or e.prompt_src is not seq.prompt_ids or e.output_src is not seq.output_ids:
-            prompt = torch.tensor(seq.prompt_ids, dtype=torch.int64).to(device, non_blocking=True)
-            e = _Entry(seq.prompt_ids, prompt, seq.output_ids, np.zeros(64, dtype=np.int64), 0)
-            self._entries[seq.rid] = e
-        n = len(seq.output_ids) - seq.fed  # a placeholder is not mirrored (gather adds it)
-        if n < e.filled:  # the output list shrank (a rollback): rebuild it
-            e.filled = 0
-        if n > e.output.shape[0]:
-            grown = np.zeros(max(n, 2 * e.output.shape[0]), dtype=np.int64)
-            grown[: e.filled] = e.output[: e.filled]
-            e.output = grown
-        if n > e.filled:
-            e.output[e.filled : n] = seq.output_ids[e.filled : n]
-            e.filled = n
-        return e
+    def rows(
+        self,
+        seqs: list[ScheduledSeq],
+        vocab: int,
+        device: torch.device,
+        last: torch.Tensor | None = None,  # [N] int64: each row's input token (fed rows)
+    ) -> torch.Tensor:  # [N] int64: each row's table row, -1 for rows without penalties
+        """Bring the penalised rows' counts up to date on the device (queued, nothing waits) and
+        give each row its table row."""
+        if self.table is None or self.table.shape[1] != vocab or self.table.device != device:
+            self._slots.clear()
+            self._free = []
+            self.table = torch.zeros(0, vocab, dtype=torch.int32, device=device)
+        out = [-1] * len(seqs)
+        fresh: list[tuple[int, list[int]]] = []  # rows to zero, and the prompt to mark (or [])
+        adds: tuple[list[int], list[int]] = ([], [])  # (row, token) counted from the host
+        fed: tuple[list[int], list[int]] = ([], [])  # (row, batch row) counted from the device
+        first: dict[str, int] = {}  # rid -> its first batch row
+        drafts: list[tuple[int, int, list[int]]] = []  # (batch row, its sequence's row, drafts)
+        for i, seq in enumerate(seqs):
+            if not penalised(seq):
+                continue
+            if seq.rid in first:  # a draft's row: the drafts before it are output too
+                base = seqs[first[seq.rid]]
+                extra = seq.output_ids[len(base.output_ids) :]
+                drafts.append((i, out[first[seq.rid]], extra))
+                continue
+            first[seq.rid] = i
+            slot = self._slot(seq, fresh)
+            out[i] = slot.index
+            real = len(seq.output_ids) - seq.fed  # a fed placeholder is not on the host yet
+            if slot.counted > real:  # counted a token the host does not hold: recount
+                fresh.append((slot.index, seq.prompt_ids if self._marks(seq) else []))
+                slot.counted = 0
+            new = seq.output_ids[slot.counted : real]
+            adds[0].extend([slot.index] * len(new))
+            adds[1].extend(new)
+            slot.counted = real
+            if seq.fed:
+                fed[0].append(slot.index)
+                fed[1].append(i)
+                slot.counted += 1
+        if fed[0] and last is None:
+            raise ValueError("penalties of fed rows need the rows' input tokens")
+        for i, _, _ in drafts:
+            out[i] = self._take()
+        self._update(fresh, adds, fed, drafts, out, last, device)
+        for i, _, _ in drafts:  # the copies are the step's alone (reused in stream order)
+            self._free.append(out[i])
+        return torch.tensor(out, dtype=torch.int64).to(device, non_blocking=True)
+
+    @staticmethod
+    def _marks(seq: ScheduledSeq) -> bool:
+        """Whether the request's prompt tokens count as seen (a repetition penalty)."""
+        return seq.sampling.repetition_penalty != 1.0
+
+    def _slot(self, seq: ScheduledSeq, fresh: list[tuple[int, list[int]]]) -> _Slot:
+        """The request's slot; a new one (queued to be zeroed and its prompt marked) for a new
+        request or a rebuilt output list."""
+        slot = self._slots.get(seq.rid)
+        if slot is not None and slot.prompt_src is seq.prompt_ids:
+            if slot.output_src is seq.output_ids:
+                return slot
+            self._free.append(slot.index)
+        slot = _Slot(self._take(), seq.prompt_ids, seq.output_ids, 0)
+        self._slots[seq.rid] = slot
+        fresh.append((slot.index, seq.prompt_ids if self._marks(seq) else []))
+        return slot
+
+    def _take(self) -> int:
+        """A free table row, the table grown (doubled) when none is."""
+        if not self._free:
+            assert self.table is not None
+            size = self.table.shape[0]
+            grown = self.table.new_zeros(max(8, 2 * size), self.table.shape[1])
+            grown[:size] = self.table
+            self.table = grown
+            self._free = list(range(grown.shape[0] - 1, size - 1, -1))
+        return self._free.pop()
+
+    def _update(
+        self,
+        fresh: list[tuple[int, list[int]]],
+        adds: tuple[list[int], list[int]],
+        fed: tuple[list[int], list[int]],
+        drafts: list[tuple[int, int, list[int]]],
+        out: list[int],
+        last: torch.Tensor | None,
+        device: torch.device,
+    ) -> None:
+        """Queue the table's changes, in order: rows zeroed and prompts marked, host tokens
+        counted, fed tokens counted, then the drafts' rows copied and their drafts counted."""
+        table = self.table
+        assert table is not None
+
+        def dev(values: list[int]) -> torch.Tensor:
+            return torch.tensor(values, dtype=torch.int64).to(device, non_blocking=True)
+
+        if fresh:
+            table.index_fill_(0, dev([r for r, _ in fresh]), 0)
+            marks = [(r, t) for r, prompt in fresh for t in prompt]
+            if marks:
+                where = dev([r for r, _ in marks]), dev([t for _, t in marks])
+                table.index_put_(where, torch.tensor(PROMPT_BIT, dtype=torch.int32, device=device))
+        ones = torch.ones(1, dtype=torch.int32, device=device)
+        if adds[0]:
+            table.index_put_(
+                (dev(adds[0]), dev(adds[1])), ones.expand(len(adds[0])), accumulate=True
+            )
+        if fed[0]:
+            assert last is not None
+            tokens = last.index_select(0, dev(fed[1]))
+            table.index_put_((dev(fed[0]), tokens), ones.expand(len(fed[0])), accumulate=True)
+        if drafts:
+            table.index_copy_(0, dev([out[i] for i, _, _ in drafts]),
+                              table.index_select(0, dev([b for _, b, _ in drafts])))  # fmt: skip
+            rows = [out[i] for i, _, extra in drafts for _ in extra]
+            if rows:
+                tokens_t = dev([t for _, _, extra in drafts for t in extra])
+                table.index_put_((dev(rows), tokens_t), ones.expand(len(rows)), accumulate=True)
 
 
 def apply_penalties(
     logits: torch.Tensor,  # [N, V] fp32
     seqs: list[ScheduledSeq],
-    history: TokenHistory | None = None,
+    counts: PenaltyCounts | None = None,
     last: torch.Tensor | None = None,  # [N] int64: each row's input token (needed for fed rows)
 ) -> torch.Tensor:  # [N, V] fp32
-    """Penalised logits: a new tensor when any row has a penalty, else `logits` itself."""
-    params = [s.sampling for s in seqs]
-    rep_rows = [i for i, p in enumerate(params) if p.repetition_penalty != 1.0]
-    oai_rows = [
-        i for i, p in enumerate(params) if p.frequency_penalty != 0.0 or p.presence_penalty != 0.0
-    ]
-    if not rep_rows and not oai_rows:
+    """Penalised logits: a new tensor when any row has a penalty, else `logits` itself. `counts`
+    carries the requests' counts from step to step (a fresh one counts every token again)."""
+    if not any(penalised(s) for s in seqs):
         return logits
-    history = history or TokenHistory()
-    n, vocab = logits.shape
-    device = logits.device  # below, every step makes a new tensor: `logits` is never written
-    if rep_rows:
-        seen = torch.zeros(n, vocab, dtype=torch.bool, device=device)  # [N, V]
-        row_idx, tok_idx = history.gather(seqs, rep_rows, device, prompt=True, last=last)
-        seen[row_idx, tok_idx] = True
-        penalty = _column([p.repetition_penalty for p in params], device)  # [N, 1]
-        penalised = torch.where(logits > 0, logits / penalty, logits * penalty)
-        logits = torch.where(seen, penalised, logits)
-    if oai_rows:
-        counts = torch.zeros(n, vocab, dtype=torch.float32, device=device)  # [N, V]
-        row_idx, tok_idx = history.gather(seqs, oai_rows, device, prompt=False, last=last)
-        ones = torch.ones(tok_idx.shape, dtype=torch.float32, device=device)  # [M]
-        counts.index_put_((row_idx, tok_idx), ones, accumulate=True)
-        freq = _column([p.frequency_penalty for p in params], device)  # [N, 1]
-        pres = _column([p.presence_penalty for p in params], device)  # [N, 1]
-        logits = logits - freq * counts - pres * (counts > 0).float()
-    return logits
+    counts = counts or PenaltyCounts()
+    slots = counts.rows(seqs, logits.shape[1], logits.device, last)
+    params = torch.tensor(
+        [[p.repetition_penalty, p.frequency_penalty, p.presence_penalty]
+         for p in (s.sampling for s in seqs)],
+        dtype=torch.float32,
+    ).to(logits.device, non_blocking=True)  # fmt: skip
+    assert counts.table is not None
+    apply = apply_counts if logits.is_cuda else apply_counts_ref
+    return apply(logits, counts.table, slots, params)
 
 
 def apply_logit_bias(
@@ -175,7 +240,3 @@ def apply_bans(
     pairs = torch.tensor([rows, ids], dtype=torch.int64).to(logits.device, non_blocking=True)
     fill = torch.full((len(ids),), float("-inf"), dtype=logits.dtype, device=logits.device)
     return logits.index_put((pairs[0], pairs[1]), fill)  # [N, V]
-
-
-def _column(values: list[float], device: torch.device) -> torch.Tensor:  # [N, 1] fp32
-    return torch.tensor(values, dtype=torch.float32).to(device, non_blocking=True)[:, None]

@@ -56,8 +56,11 @@ SETTINGS: dict[str, dict[str, float | int]] = {
 HISTORY = {"penalties": (512, 256)}
 
 
-def seqs_for(n: int, name: str) -> list[ScheduledSeq]:
-    prompt, output = HISTORY.get(name, (3, 0))
+def seqs_for(
+    n: int, params: dict[str, float | int], history: tuple[int, int] = (3, 0)
+) -> list[ScheduledSeq]:
+    """`n` requests of one setting, with `history` (prompt, output) random tokens each."""
+    prompt, output = history
     gen = torch.Generator().manual_seed(n)
     return [
         ScheduledSeq(
@@ -66,7 +69,7 @@ def seqs_for(n: int, name: str) -> list[ScheduledSeq]:
             start_pos=0,
             page_ids=[0],
             sample=True,
-            sampling=SamplingParams(**SETTINGS[name]),  # type: ignore[arg-type]
+            sampling=SamplingParams(**params),  # type: ignore[arg-type]
             prompt_ids=torch.randint(0, VOCAB, (prompt,), generator=gen).tolist(),
             output_ids=torch.randint(0, VOCAB, (output,), generator=gen).tolist(),
         )
@@ -157,7 +160,7 @@ def profile(sampler: Sampler, name: str, n: int, iters: int) -> None:
     from torch.profiler import profile as torch_profile
 
     logits = logits_for(n, name)
-    seqs = seqs_for(n, name)
+    seqs = seqs_for(n, SETTINGS[name], HISTORY.get(name, (3, 0)))
     sampler.sample(logits, seqs)
     torch.cuda.synchronize()
     with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
@@ -197,7 +200,7 @@ def main() -> None:
     for name in args.settings.split(","):
         for n in batches:
             logits = logits_for(n, name)
-            seqs = seqs_for(n, name)
+            seqs = seqs_for(n, SETTINGS[name], HISTORY.get(name, (3, 0)))
 
             def call(logits: torch.Tensor = logits, seqs: list[ScheduledSeq] = seqs) -> object:
                 return sampler.sample(logits, grown(seqs))

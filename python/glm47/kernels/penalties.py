@@ -89,6 +89,7 @@ def apply_counts(
     _penalty_kernel[(n, triton.cdiv(vocab, BLOCK))](
         logits, out, counts, slots, params.contiguous(), vocab, logits.stride(0), out.stride(0),
         counts.stride(0), PROMPT_BIT=PROMPT_BIT, BLOCK=BLOCK, num_warps=4,
+        enable_fp_fusion=False,  # each product rounded, as the reference's (no fused multiply-add)
     )  # fmt: skip
     return out
 

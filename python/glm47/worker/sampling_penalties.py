@@ -157,7 +157,7 @@ class PenaltyCounts:
             marks = [(r, t) for r, prompt in fresh for t in prompt]
             if marks:
                 where = dev([r for r, _ in marks]), dev([t for _, t in marks])
-                table.index_put_(where, torch.tensor(PROMPT_BIT, dtype=torch.int32, device=device))
+                table.index_put_(where, table.new_full((len(marks),), PROMPT_BIT))
         ones = torch.ones(1, dtype=torch.int32, device=device)
         if adds[0]:
             table.index_put_(

@@ -99,7 +99,9 @@ def test_logprobs_come_one_per_token(make_harness: MakeHarness) -> None:
     assert any(len(out.ids) > 1 for out in h.outputs["lp"])
 
 
-def test_no_drafts_under_penalties_min_tokens_or_when_disabled(make_harness: MakeHarness) -> None:
+def test_no_drafts_under_min_tokens_or_when_disabled_but_under_penalties(
+    make_harness: MakeHarness,
+) -> None:
     h = make_harness(drafter=oracle, mtp_step=2, eos=())
     h.add("pen", [3, 4], max_new_tokens=5, sampling=SamplingParams(repetition_penalty=1.2))
     h.add("min", [5, 6], max_new_tokens=5, min_new_tokens=3)
@@ -109,7 +111,8 @@ def test_no_drafts_under_penalties_min_tokens_or_when_disabled(make_harness: Mak
     for call in h.runner.draft_calls:
         for it in call:
             drafts.setdefault(it.rid, []).append(it.num_drafts)
-    assert set(drafts["pen"]) == {0} and set(drafts["off"]) == {0}
+    assert set(drafts["off"]) == {0}
+    assert drafts["pen"][0] == 2  # each draft's row is penalised with the drafts before it
     assert drafts["min"][:3] == [0, 0, 1]  # drafts start once 3 outputs exist
 
 

@@ -1,5 +1,6 @@
 """MTP speculative decoding with the real runner on the tiny model (CPU): its MTP layer drafts,
-the model verifies, and greedy and seeded sampled outputs equal decoding without drafts."""
+the model verifies, and greedy and seeded sampled outputs, penalised or not, equal decoding
+without drafts."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from glm47.worker.batch import SamplingParams
+from glm47.worker.batch import DraftInput, SamplingParams
 from glm47.worker.config import EngineConfig
 from glm47.worker.engine import Engine, Request
 from glm47.worker.model.tiny import make_tiny_model
@@ -26,7 +27,12 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def generate(model_dir: Path, mtp_step: int, sampling: SamplingParams) -> tuple[dict, Engine]:
+def generate(
+    model_dir: Path, mtp_step: int, sampling: SamplingParams,
+    oracle: dict[str, list[int]] | None = None,
+) -> tuple[dict, Engine]:  # fmt: skip
+    """Each request's tokens. With `oracle` (the tokens of a run without drafts) the MTP layer's
+    drafts are replaced by those tokens, every third one wrong, so that drafts are accepted."""
     runner = make_runner(model_dir, torch.float32, PAGE_SIZE, kv_tokens=512)
     config = EngineConfig(
         device="cpu",
@@ -38,8 +44,22 @@ def generate(model_dir: Path, mtp_step: int, sampling: SamplingParams) -> tuple[
         mtp_step=mtp_step,
     )
     engine = Engine(config, runner, Sampler(seed=0), eos_token_ids=[])
-    for rid, prompt in PROMPTS.items():
-        engine.add_request(Request(rid, prompt, max_new_tokens=12, sampling=sampling))
+    requests = {rid: Request(rid, prompt, max_new_tokens=12, sampling=sampling)
+                for rid, prompt in PROMPTS.items()}  # fmt: skip
+    if oracle is not None:
+        propose = runner.propose_drafts
+
+        def from_oracle(items: list[DraftInput]) -> dict[str, list[int]]:
+            drafted = propose(items)  # the MTP layer's passes still run
+            for rid, ids in drafted.items():
+                done = len(requests[rid].output_ids)
+                right = oracle[rid][done : done + len(ids)]
+                drafted[rid] = [t + (k % 3 == 2) for k, t in enumerate(right)] + ids[len(right) :]
+            return drafted
+
+        runner.propose_drafts = from_oracle  # type: ignore[method-assign]
+    for req in requests.values():
+        engine.add_request(req)
     tokens: dict[str, list[int]] = {}
     while engine.has_work():
         for out in engine.step():
@@ -48,11 +68,17 @@ def generate(model_dir: Path, mtp_step: int, sampling: SamplingParams) -> tuple[
     return tokens, engine
 
 
-@pytest.mark.parametrize(
-    "sampling",
-    [SamplingParams(temperature=0.0), SamplingParams(temperature=0.9, top_p=0.95, seed=11)],
-    ids=["greedy", "seeded"],
-)
+SETTINGS = [
+    SamplingParams(temperature=0.0),
+    SamplingParams(temperature=0.9, top_p=0.95, seed=11),
+    SamplingParams(temperature=0.0, repetition_penalty=3.0, frequency_penalty=2.0,
+                   presence_penalty=1.0),
+    SamplingParams(temperature=0.9, seed=12, frequency_penalty=0.6),
+]  # fmt: skip
+IDS = ["greedy", "seeded", "greedy-penalised", "seeded-penalised"]
+
+
+@pytest.mark.parametrize("sampling", SETTINGS, ids=IDS)
 def test_mtp_drafting_leaves_the_output_unchanged(
     model_dir: Path, sampling: SamplingParams
 ) -> None:
@@ -62,3 +88,15 @@ def test_mtp_drafting_leaves_the_output_unchanged(
     assert all(len(t) == 12 for t in spec.values())
     assert engine.spec_drafted > 0
     assert 0 <= engine.spec_accepted <= engine.spec_drafted
+
+
+@pytest.mark.parametrize("sampling", SETTINGS, ids=IDS)
+def test_accepted_drafts_leave_the_output_unchanged(
+    model_dir: Path, sampling: SamplingParams
+) -> None:
+    """Drafts that are often right: the rows after an accepted draft are sampled (and
+    penalised) with the drafts before them as output, as decoding one token a step would."""
+    plain, _ = generate(model_dir, 0, sampling)
+    spec, engine = generate(model_dir, 2, sampling, oracle=plain)
+    assert spec == plain
+    assert engine.spec_accepted >= engine.spec_drafted // 3

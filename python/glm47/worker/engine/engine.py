@@ -400,16 +400,10 @@ class Engine:
 
     def _draft_count(self, req: Request) -> int:
         """Drafts to propose for `req`: up to `mtp_step`, none past its length limits, none while
-        penalties (which read the output history row by row) or a min-tokens ban apply, and only
-        when the pool has the pages they (and the drafter's chained steps) will take."""
-        p = req.sampling
-        if (
-            not req.mtp
-            or p.presence_penalty
-            or p.frequency_penalty
-            or p.repetition_penalty != 1.0
-            or req.num_output_tokens < req.min_new_tokens
-        ):
+        a min-tokens ban applies (its rows would all see the ban of the first), and only when the
+        pool has the pages they (and the drafter's chained steps) will take. Penalised requests
+        are drafted for: each draft's row is penalised with the drafts before it as output."""
+        if not req.mtp or req.num_output_tokens < req.min_new_tokens:
             return 0
         room = min(
             req.max_new_tokens - req.num_output_tokens, self.max_req_total_len - req.num_tokens

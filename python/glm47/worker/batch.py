@@ -54,6 +54,8 @@ class ScheduledSeq:
     # Ids the sampler sets to -inf after penalties: the stop and eos ids while fewer than
     # min_new_tokens tokens are generated, else empty.
     banned_token_ids: tuple[int, ...] = ()
+    # The output count from which the ban lifts (min_new_tokens): a draft's row past it has none.
+    ban_lifts_at: int = 0
     # Draft tokens (speculative decoding) at the end of token_ids, to verify: the runner samples
     # the row of the last known token and the row of every draft, in order.
     draft_ids: list[int] = field(default_factory=list)

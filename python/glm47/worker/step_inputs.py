@@ -235,7 +235,7 @@ def _draft_rows(
 ) -> tuple[np.ndarray, list[ScheduledSeq]]:
     """Sampled rows when some sequences carry drafts: the last `num_samples` rows of each, and per
     row the sequence as the sampler must see it there (the drafts before that row count as its
-    output, for penalties and seeded draws)."""
+    output, for penalties, seeded draws and the min-tokens ban)."""
     rows: list[int] = []
     views: list[ScheduledSeq] = []
     for i, seq in enumerate(seqs):
@@ -246,7 +246,9 @@ def _draft_rows(
         rows.extend(range(end - count, end))
         views.append(seq)
         for j in range(1, count):
-            views.append(replace(seq, output_ids=seq.output_ids + seq.draft_ids[:j]))
+            output = seq.output_ids + seq.draft_ids[:j]
+            banned = seq.banned_token_ids if len(output) < seq.ban_lifts_at else ()
+            views.append(replace(seq, output_ids=output, banned_token_ids=banned))
     return np.array(rows, dtype=np.int64), views
 
 

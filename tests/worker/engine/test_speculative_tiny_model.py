@@ -5,6 +5,7 @@ without drafts."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -29,7 +30,7 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def generate(
     model_dir: Path, mtp_step: int, sampling: SamplingParams,
-    oracle: dict[str, list[int]] | None = None,
+    oracle: dict[str, list[int]] | None = None, **request_kw: Any,
 ) -> tuple[dict, Engine]:  # fmt: skip
     """Each request's tokens. With `oracle` (the tokens of a run without drafts) the MTP layer's
     drafts are replaced by those tokens, every third one wrong, so that drafts are accepted."""
@@ -44,7 +45,7 @@ def generate(
         mtp_step=mtp_step,
     )
     engine = Engine(config, runner, Sampler(seed=0), eos_token_ids=[])
-    requests = {rid: Request(rid, prompt, max_new_tokens=12, sampling=sampling)
+    requests = {rid: Request(rid, prompt, max_new_tokens=12, sampling=sampling, **request_kw)
                 for rid, prompt in PROMPTS.items()}  # fmt: skip
     if oracle is not None:
         propose = runner.propose_drafts
@@ -100,3 +101,23 @@ def test_accepted_drafts_leave_the_output_unchanged(
     spec, engine = generate(model_dir, 2, sampling, oracle=plain)
     assert spec == plain
     assert engine.spec_accepted >= engine.spec_drafted // 3
+
+
+@pytest.mark.parametrize("window, min_new", [((3, 8), 8), ((2, 6), 2), ((2, 6), 5)])
+def test_drafts_across_the_min_tokens_boundary_leave_the_output_unchanged(
+    model_dir: Path, window: tuple[int, int], min_new: int
+) -> None:
+    """Stop ids (the tokens a run without them emits in `window`) banned for the first `min_new`
+    outputs: a draft's row before the boundary keeps the ban, one past it does not, as decoding
+    one token a step; requests then stop where they did. (Each case fails when drafts' rows all
+    take the first row's ban, or none.)"""
+    greedy = SamplingParams(temperature=0.0)
+    free, _ = generate(model_dir, 0, greedy)
+    stops = frozenset(t for tokens in free.values() for t in tokens[window[0] : window[1]])
+    kw: dict[str, Any] = {"min_new_tokens": min_new, "stop_token_ids": stops}
+    plain, _ = generate(model_dir, 0, greedy, **kw)
+    spec, engine = generate(model_dir, 2, greedy, oracle=plain, **kw)
+    assert spec == plain
+    assert any(len(t) < 12 for t in plain.values())  # some stop after the boundary
+    assert all(not stops & set(t[:min_new]) for t in plain.values())
+    assert engine.spec_accepted > 0

@@ -399,11 +399,11 @@ class Engine:
             self._requests[rid].draft_token_ids = ids
 
     def _draft_count(self, req: Request) -> int:
-        """Drafts to propose for `req`: up to `mtp_step`, none past its length limits, none while
-        a min-tokens ban applies (its rows would all see the ban of the first), and only when the
-        pool has the pages they (and the drafter's chained steps) will take. Penalised requests
-        are drafted for: each draft's row is penalised with the drafts before it as output."""
-        if not req.mtp or req.num_output_tokens < req.min_new_tokens:
+        """Drafts to propose for `req`: up to `mtp_step`, none past its length limits, and only
+        when the pool has the pages they (and the drafter's chained steps) will take. Each draft's
+        row is sampled with the drafts before it as output: its penalties, seeded draw and
+        min-tokens ban are those of decoding one token a step."""
+        if not req.mtp:
             return 0
         room = min(
             req.max_new_tokens - req.num_output_tokens, self.max_req_total_len - req.num_tokens

@@ -213,6 +213,7 @@ class Scheduler:
                     prompt_ids=req.prompt_ids,
                     output_ids=req.output_ids,
                     banned_token_ids=req.banned_token_ids() if sample else (),
+                    ban_lifts_at=req.min_new_tokens,
                     draft_ids=drafts,
                     score_ids=score_ids,
                     score_top=score_top,

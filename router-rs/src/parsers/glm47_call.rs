@@ -1,19 +1,24 @@
 //! The inside of a GLM-4.7 tool call: argument keys and values, streamed as JSON fragments.
 //!
 //! Inside a call whose name is declared, text between tags is skipped, a key without a value is
-//! dropped, a value ends at `</arg_value>` or `</tool_call>`, and the end of the output closes the
-//! call; every such repair is logged once per call.
+//! dropped, a repeated key's later values are dropped (the arguments stay valid JSON: the first
+//! value has already streamed), a value ends at `</arg_value>` or `</tool_call>`, a `<tool_call>`
+//! between pairs closes the call and opens the next, and the end of the output closes the call;
+//! every such repair is logged once per call.
 
 use super::{Glm47ToolParser, State};
-use crate::parsers::glm47_name::{CALL_CLOSE, KEY_CLOSE, KEY_OPEN, VALUE_CLOSE, VALUE_OPEN};
+use crate::parsers::glm47_name::{
+    CALL_CLOSE, CALL_OPEN, KEY_CLOSE, KEY_OPEN, VALUE_CLOSE, VALUE_OPEN,
+};
 use crate::parsers::scan::{escape_json_into, find_tag, json_string, TagScan};
 use crate::parsers::schema::{render_json_value, ValueKind};
 
 impl Glm47ToolParser {
     pub(super) fn step_before_key(&mut self, eof: bool) -> bool {
-        match self.skip_to(&[KEY_OPEN, CALL_CLOSE]) {
+        match self.skip_to(&[KEY_OPEN, CALL_CLOSE, CALL_OPEN]) {
             Some(0) => self.state = State::Key,
-            Some(_) => self.close_call(),
+            Some(1) => self.close_call(),
+            Some(_) => self.next_call_opened(),
             None if eof => {
                 self.pos = self.buf.len();
                 self.cut_off();
@@ -50,15 +55,19 @@ impl Glm47ToolParser {
     }
 
     pub(super) fn step_before_value(&mut self, eof: bool) -> bool {
-        match self.skip_to(&[VALUE_OPEN, KEY_OPEN, CALL_CLOSE]) {
+        match self.skip_to(&[VALUE_OPEN, KEY_OPEN, CALL_CLOSE, CALL_OPEN]) {
             Some(0) => self.open_value(),
             Some(1) => {
                 self.warn_once("argument key without a value dropped");
                 self.state = State::Key;
             }
-            Some(_) => {
+            Some(2) => {
                 self.warn_once("argument key without a value dropped");
                 self.close_call();
+            }
+            Some(_) => {
+                self.warn_once("argument key without a value dropped");
+                self.next_call_opened();
             }
             None if eof => {
                 self.pos = self.buf.len();
@@ -103,6 +112,9 @@ impl Glm47ToolParser {
             }
         };
         self.push_arguments(&tail);
+        if let Some(call) = self.call.as_mut() {
+            call.dropping = false;
+        }
         match closer {
             Some(0) => {
                 self.pos += VALUE_CLOSE.len();
@@ -156,10 +168,26 @@ impl Glm47ToolParser {
         found
     }
 
+    /// A `<tool_call>` (just consumed) between the pairs of a call: the model began the next call
+    /// without closing this one, which closes with the arguments so far; the tag opens the next.
+    fn next_call_opened(&mut self) {
+        self.pos -= CALL_OPEN.len();
+        self.warn_once("a tool call began before the previous one's </tool_call>; that one closed");
+        self.close_call();
+        self.state = State::Name;
+    }
+
     pub(super) fn open_value(&mut self) {
         let Some(call) = self.call.as_mut() else {
             return;
         };
+        if !call.keys.insert(call.key.clone()) {
+            // Its first value has streamed: this one is read (as JSON, held back) and dropped.
+            call.dropping = true;
+            self.warn_once("repeated argument key: its later values dropped");
+            self.state = State::Value(ValueKind::Json);
+            return;
+        }
         let kind = self.schemas.kind(&call.name, &call.key);
         let mut head = String::from(if call.args == 0 { "{" } else { ", " });
         head.push_str(&json_string(&call.key));

@@ -8,8 +8,11 @@
 //! Failure behaviour: a `<tool_call>` whose name is unknown, malformed or cut off by the end of
 //! the output is plain content, byte for byte. Once a declared name is complete the call is
 //! emitted and is always closed with valid JSON arguments: stray text between tags is skipped, a
-//! key without a value is dropped, and a call cut off by `finish` keeps the pairs seen so far (an
-//! open string value is closed). Each of these is logged as a warning.
+//! key without a value is dropped, a repeated key's later values are dropped, a `<tool_call>`
+//! between pairs closes the open call and starts the next, and a call cut off by `finish` keeps
+//! the pairs seen so far (an open string value is closed). Each of these is logged as a warning.
+
+use std::collections::HashSet;
 
 use rand::distr::Alphanumeric;
 use rand::rngs::StdRng;
@@ -50,6 +53,10 @@ struct OpenCall {
     args: usize,
     /// Key of the pair being read.
     key: String,
+    /// Keys whose values were emitted.
+    keys: HashSet<String>,
+    /// Whether the value being read is dropped (its key was seen before).
+    dropping: bool,
     /// Whether a recovery warning was already logged for this call.
     warned: bool,
 }
@@ -259,6 +266,8 @@ impl Glm47ToolParser {
             name,
             args: 0,
             key: String::new(),
+            keys: HashSet::new(),
+            dropping: false,
             warned: false,
         });
         match end {
@@ -269,12 +278,15 @@ impl Glm47ToolParser {
     }
 
     fn push_arguments(&mut self, text: &str) {
-        if let Some(call) = &self.call {
+        if let Some(call) = self.call.as_ref().filter(|c| !c.dropping) {
             self.events.arguments(call.index, text);
         }
     }
 
     fn close_call(&mut self) {
+        if let Some(call) = self.call.as_mut() {
+            call.dropping = false;
+        }
         let closing = match &self.call {
             Some(call) if call.args == 0 => "{}",
             _ => "}",

@@ -4,7 +4,7 @@
 //! concatenated output never depends on how the text was split; docs/parsers.md states the rules.
 
 mod glm45_reasoning;
-mod glm47_name;
+pub(crate) mod glm47_name;
 mod glm47_tool;
 mod scan;
 mod schema;

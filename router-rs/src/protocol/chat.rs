@@ -8,6 +8,7 @@ use super::openai::{
 };
 use super::sampling::{OpenAiSampling, SamplingParams, MAX_TOP_LOGPROBS};
 use super::{check_range, from_value, ValidationError};
+use crate::parsers::glm47_name::MAX_NAME_BYTES;
 
 /// How the model may use the request's tools.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -246,14 +247,36 @@ fn check_tools(tools: &[Value]) -> Result<(), ValidationError> {
                 "tool type must be function",
             ));
         }
-        if tool_name(tool).is_none() {
+        let Some(name) = tool_name(tool) else {
             return Err(ValidationError::new(
                 format!("tools[{i}].function.name"),
                 "a tool needs a function name",
             ));
+        };
+        if let Some(why) = unmatchable_name(name) {
+            return Err(ValidationError::new(
+                format!("tools[{i}].function.name"),
+                format!("function name {name:?} {why}"),
+            ));
         }
     }
     Ok(())
+}
+
+/// Why the model's calls to a function of this name could never be recognised (the name ends at
+/// the first `<` or newline, is trimmed and must fit `MAX_NAME_BYTES`), or None.
+fn unmatchable_name(name: &str) -> Option<String> {
+    if name.trim().is_empty() {
+        Some("is blank".into())
+    } else if name.trim() != name {
+        Some("has leading or trailing whitespace".into())
+    } else if name.contains(['<', '\n']) {
+        Some("contains '<' or a newline".into())
+    } else if name.len() > MAX_NAME_BYTES {
+        Some(format!("is longer than {MAX_NAME_BYTES} bytes"))
+    } else {
+        None
+    }
 }
 
 fn parse_tool_choice(

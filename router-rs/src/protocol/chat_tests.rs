@@ -30,6 +30,32 @@ fn tool_choice_none_drops_the_tools() {
 }
 
 #[test]
+fn function_names_a_call_could_never_match_are_refused() {
+    let long = "f".repeat(257);
+    for (name, why) in [
+        ("", "blank"),
+        ("spaced ", "whitespace"),
+        (" spaced", "whitespace"),
+        ("a<b", "'<'"),
+        ("two\nlines", "newline"),
+        (long.as_str(), "longer than 256"),
+    ] {
+        let err = ChatRequest::from_json(&json!({"messages": [{"role": "user", "content": "hi"}],
+            "tools": [{"type": "function", "function": {"name": "ok"}},
+                      {"type": "function", "function": {"name": name}}]}))
+        .unwrap_err();
+        assert_eq!(err.param, "tools[1].function.name");
+        assert!(err.message.contains(why), "{name:?}: {}", err.message);
+    }
+    for name in ["get_weather", "a.b-c:d", "f".repeat(256).as_str(), "名前"] {
+        let tools = json!([{"type": "function", "function": {"name": name}}]);
+        let req = ChatRequest::from_json(&json!({"messages": [{"role": "user", "content": "hi"}],
+            "tools": tools}));
+        assert!(req.is_ok(), "{name:?}");
+    }
+}
+
+#[test]
 fn a_named_tool_choice_must_exist() {
     let err = ChatRequest::from_json(&json!({"messages": [{"role": "user", "content": "hi"}],
         "tools": [{"type": "function", "function": {"name": "f"}}],

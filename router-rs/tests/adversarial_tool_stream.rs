@@ -6,6 +6,8 @@
 //! call per feed; indices dense and in order), and the semantic result is the documented one
 //! (docs/parsers.md), malformed calls included.
 
+mod http_support;
+
 use std::collections::HashSet;
 use std::sync::Arc;
 
@@ -15,6 +17,7 @@ use glm47_router::parsers::{
 };
 use glm47_router::state::{Collected, Pipeline};
 use glm47_router::stop::StopMatcher;
+use glm47_router::tokenizer::OUTPUT_TAGS;
 use glm47_router::wire;
 use proptest::prelude::*;
 use serde_json::{json, Value};
@@ -516,13 +519,8 @@ fn a_call_fed_whole_is_one_event() {
 // Tool parser: random texts from adversarial pieces, random splits
 // ---------------------------------------------------------------------------------------------
 
+/// Pieces of random outputs, besides every tag the parsers read (`OUTPUT_TAGS`).
 const PIECES: &[&str] = &[
-    "<tool_call>",
-    "</tool_call>",
-    "<arg_key>",
-    "</arg_key>",
-    "<arg_value>",
-    "</arg_value>",
     "<tool_call>get_weather<arg_key>city</arg_key><arg_value>",
     "<tool_call>get_weather<arg_key>days</arg_key><arg_value>",
     "<tool_call>search\n<arg_key>query</arg_key>\n<arg_value>",
@@ -557,12 +555,11 @@ const PIECES: &[&str] = &[
     "null",
     "12",
     "-0.5",
-    "<think>",
-    "</think>",
 ];
 
 fn texts() -> impl Strategy<Value = String> {
-    prop::collection::vec(prop::sample::select(PIECES), 0..30).prop_map(|v| v.concat())
+    let pieces: Vec<&str> = PIECES.iter().chain(&OUTPUT_TAGS).copied().collect();
+    prop::collection::vec(prop::sample::select(pieces), 0..30).prop_map(|v| v.concat())
 }
 
 fn random_cuts(text: &str, picks: &[prop::sample::Index]) -> Vec<usize> {
@@ -749,22 +746,7 @@ fn byte_tokenizer() -> (
     tokenizers::Tokenizer,
     Arc<glm47_router::tokenizer::Tokenizer>,
 ) {
-    use tokenizers::models::bpe::{Vocab, BPE};
-    use tokenizers::pre_tokenizers::byte_level::ByteLevel;
-    let mut chars: Vec<char> = ByteLevel::alphabet().into_iter().collect();
-    chars.sort_unstable();
-    let vocab: Vocab = chars
-        .iter()
-        .zip(0u32..)
-        .map(|(c, i)| (c.to_string(), i))
-        .collect();
-    let bpe = BPE::builder()
-        .vocab_and_merges(vocab, vec![])
-        .build()
-        .expect("bpe");
-    let mut tok = tokenizers::Tokenizer::new(bpe);
-    tok.with_pre_tokenizer(Some(ByteLevel::default().add_prefix_space(false)));
-    tok.with_decoder(Some(ByteLevel::default()));
+    let mut tok = http_support::byte_level_tokenizer();
     tok.add_special_tokens(&[tokenizers::AddedToken::from("<|endoftext|>", true)]);
     let eos = tok.token_to_id("<|endoftext|>").expect("eos");
     let ours = glm47_router::tokenizer::Tokenizer::new(tok.clone(), vec![eos]);

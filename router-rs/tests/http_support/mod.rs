@@ -39,6 +39,25 @@ pub const TAGS: [&str; 8] = [
     "</arg_value>",
 ];
 
+/// Byte-level BPE without merges: one token per byte, so tokens split characters and tags.
+pub fn byte_level_tokenizer() -> Tokenizer {
+    let mut chars: Vec<char> = ByteLevel::alphabet().into_iter().collect();
+    chars.sort_unstable();
+    let vocab: Vocab = chars
+        .iter()
+        .zip(0u32..)
+        .map(|(c, i)| (c.to_string(), i))
+        .collect();
+    let bpe = BPE::builder()
+        .vocab_and_merges(vocab, vec![])
+        .build()
+        .expect("bpe");
+    let mut tokenizer = Tokenizer::new(bpe);
+    tokenizer.with_pre_tokenizer(Some(ByteLevel::default().add_prefix_space(false)));
+    tokenizer.with_decoder(Some(ByteLevel::default()));
+    tokenizer
+}
+
 /// A model directory in the temp dir, removed on drop.
 pub struct ModelDir {
     pub path: PathBuf,
@@ -53,20 +72,7 @@ impl ModelDir {
         let path =
             std::env::temp_dir().join(format!("glm47-http-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&path).expect("temp dir");
-        let mut chars: Vec<char> = ByteLevel::alphabet().into_iter().collect();
-        chars.sort_unstable();
-        let vocab: Vocab = chars
-            .iter()
-            .zip(0u32..)
-            .map(|(c, i)| (c.to_string(), i))
-            .collect();
-        let bpe = BPE::builder()
-            .vocab_and_merges(vocab, vec![])
-            .build()
-            .expect("bpe");
-        let mut tokenizer = Tokenizer::new(bpe);
-        tokenizer.with_pre_tokenizer(Some(ByteLevel::default().add_prefix_space(false)));
-        tokenizer.with_decoder(Some(ByteLevel::default()));
+        let mut tokenizer = byte_level_tokenizer();
         let special: Vec<_> = SPECIAL.iter().map(|t| AddedToken::from(*t, true)).collect();
         tokenizer.add_special_tokens(&special);
         let tags: Vec<_> = TAGS.iter().map(|t| AddedToken::from(*t, false)).collect();

@@ -130,3 +130,18 @@ def test_a_request_gaining_one_token_sends_one_token() -> None:
         torch.Tensor.index_put_ = real_index_put  # type: ignore[method-assign]
     assert sent == [1]
     assert got[0, 7].item() == pytest.approx(-0.7 * 2 + 0.3)
+
+
+def test_the_table_is_let_go_once_no_request_holds_a_row() -> None:
+    counts = PenaltyCounts()
+    reqs = [Req(f"r{i}", random.Random(i), 1) for i in range(9)]
+    logits = torch.zeros(9, VOCAB)
+    apply_penalties(logits, [r.seq() for r in reqs], counts, torch.zeros(9, dtype=torch.long))
+    assert counts.table is not None and counts.table.shape[0] >= 9
+    counts.retain({"r0"})
+    assert counts.table.shape[0] >= 9  # r0 still holds its row
+    counts.retain(set())
+    assert counts.table.shape[0] == 0
+    got = apply_penalties(logits[:1], [reqs[3].seq()], counts, torch.zeros(1, dtype=torch.long))
+    want = from_lists(logits[:1], [reqs[3].seq()], torch.zeros(1, dtype=torch.long))
+    torch.testing.assert_close(got, want)

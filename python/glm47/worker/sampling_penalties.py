@@ -50,9 +50,13 @@ class PenaltyCounts:
         self.table: torch.Tensor | None = None  # [S, V] int32: counts, PROMPT_BIT on prompts
 
     def retain(self, rids: set[str]) -> None:
-        """Free the rows of every request not in `rids` (called once a step with its requests)."""
+        """Free the rows of every request not in `rids` (called once a step with its requests);
+        the table itself once no request holds a row (a warm-up's, say, or a burst's)."""
         for rid in [r for r in self._slots if r not in rids]:
             self._free.append(self._slots.pop(rid).index)
+        if not self._slots and self.table is not None and self.table.shape[0]:
+            self.table = self.table.new_zeros(0, self.table.shape[1])
+            self._free = []
 
     def rows(
         self,

@@ -59,6 +59,19 @@ pub struct GenerationDefaults {
     pub top_k: Option<i64>,
 }
 
+/// Text up to this many bytes is tokenized in one piece (see `Tokenizer::encode_within`).
+const PIECE_BYTES: usize = 1 << 18;
+/// Tokens that cutting a text between two pieces may add or remove, counted generously.
+const SPLIT_SLACK: usize = 16;
+
+/// What `Tokenizer::encode_within` found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Bounded {
+    Ids(Vec<u32>),
+    /// Surely above the limit: at least this many tokens.
+    TooLong(usize),
+}
+
 /// Tags the output parsers read in the model's text. Some tokenizer files mark them special; they
 /// are never dropped from generated text, whatever `skip_special_tokens` says.
 pub const OUTPUT_TAGS: [&str; 8] = [
@@ -144,6 +157,44 @@ impl Tokenizer {
             .encode_fast(text, false)
             .map_err(|e| TokenizerError::Codec(e.to_string()))?;
         Ok(encoding.get_ids().to_vec())
+    }
+
+    /// `encode(text)` when the text may fit `limit` tokens. Text longer than `PIECE_BYTES` is
+    /// first counted piece by piece, so that a prompt which cannot fit is refused without holding
+    /// the tokenizer's working memory (a few hundred bytes per byte of text) for all of it at once.
+    pub fn encode_within(&self, text: &str, limit: usize) -> Result<Bounded, TokenizerError> {
+        if let Some(at_least) = self.surely_over(text, limit)? {
+            return Ok(Bounded::TooLong(at_least));
+        }
+        self.encode(text).map(Bounded::Ids)
+    }
+
+    /// A lower bound on the tokens of `text` when it is surely above `limit`: the pieces'
+    /// counts, less `SPLIT_SLACK` for each piece (what cutting the text there may change).
+    fn surely_over(&self, text: &str, limit: usize) -> Result<Option<usize>, TokenizerError> {
+        // A token covers at least a byte of the text: a text of at most `limit` bytes fits.
+        if text.len() <= PIECE_BYTES || text.len() <= limit {
+            return Ok(None);
+        }
+        let (mut count, mut pieces, mut rest) = (0usize, 0usize, text);
+        while !rest.is_empty() {
+            let mut cut = PIECE_BYTES.min(rest.len());
+            while !rest.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            count += self
+                .inner
+                .encode_fast(&rest[..cut], false)
+                .map_err(|e| TokenizerError::Codec(e.to_string()))?
+                .len();
+            pieces += 1;
+            rest = &rest[cut..];
+            let at_least = count.saturating_sub(pieces * SPLIT_SLACK);
+            if at_least > limit {
+                return Ok(Some(at_least));
+            }
+        }
+        Ok(None)
     }
 
     /// Decodes `ids` to text, dropping special tokens when `skip_special_tokens` is set. Bytes

@@ -106,6 +106,30 @@ fn encode_adds_no_tokens_and_round_trips() {
 }
 
 #[test]
+fn a_text_that_cannot_fit_is_refused_from_its_pieces_counts() {
+    let tok = tiny_tokenizer();
+    let text = "hello 你好 😀! <|user|>".repeat(12_000); // 300 KB, 2 pieces
+    let exact = tok.encode(&text).unwrap().len();
+    match tok.encode_within(&text, exact / 2).unwrap() {
+        Bounded::TooLong(at_least) => assert!(exact / 2 < at_least && at_least <= exact),
+        Bounded::Ids(_) => panic!("{exact} tokens fit {}", exact / 2),
+    }
+    // at the limit, or a little under it, the whole text is tokenized as one
+    for limit in [exact, exact - 20] {
+        assert_eq!(
+            tok.encode_within(&text, limit).unwrap(),
+            Bounded::Ids(tok.encode(&text).unwrap()),
+            "limit {limit}"
+        );
+    }
+    let short = "hello".repeat(100);
+    assert!(matches!(
+        tok.encode_within(&short, 3).unwrap(),
+        Bounded::Ids(_)
+    ));
+}
+
+#[test]
 fn special_tokens_in_text_become_single_ids() {
     let tok = tiny_tokenizer();
     let ids = tok

@@ -154,6 +154,26 @@ async fn prompts_over_max_req_total_len_are_400_and_max_tokens_is_capped_or_reje
         .post("/generate", json!({"inputs": "0123456789abc"}))
         .await;
     assert_error(status, &body, 400, Some("inputs"));
+    // a prompt far too long is refused from the counts of its first pieces
+    let huge = "x".repeat(3 << 20);
+    for (path, body, param) in [
+        ("/v1/completions", json!({"prompt": huge}), "prompt"),
+        (
+            "/v1/chat/completions",
+            json!({"messages": [{"role": "user", "content": huge}]}),
+            "messages",
+        ),
+    ] {
+        let (status, body) = server.post(path, body).await;
+        assert_error(status, &body, 400, Some(param));
+        let message = body["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains("at least"), "{message}");
+    }
+    assert_eq!(
+        worker.requests().len(),
+        1,
+        "only the capped one reached the worker"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -50,6 +50,15 @@ def test_greedy_rows_take_the_argmax() -> None:
     assert all(o.logprob is None and o.top_logprobs is None for o in out)
 
 
+def test_temperatures_too_small_for_fp32_are_greedy() -> None:
+    logits = rand_logits(6, seed=2)
+    for temperature in (1e-40, 1e-30, 9e-6):
+        seqs = [seq(f"r{i}", temperature=temperature, logprobs=0) for i in range(6)]
+        out = Sampler(seed=1).sample(logits, seqs)
+        assert [o.token_id for o in out] == logits.argmax(-1).tolist(), temperature
+        assert all(math.isfinite(o.logprob or 0.0) for o in out)
+
+
 def test_top_k_one_and_tiny_top_p_equal_greedy() -> None:
     logits = rand_logits(8, seed=3)
     want = logits.argmax(-1).tolist()

@@ -11,11 +11,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
+# Temperatures below this sample greedily: 1 / temperature would leave fp32 (1e-40 gives inf, and
+# the scaled logits inf and NaN), and the draw is the argmax well before that.
+GREEDY_BELOW = 1e-5
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     """Per-request sampling settings (the `Request` fields of docs/wire.md)."""
 
-    temperature: float = 1.0  # 0 = greedy
+    temperature: float = 1.0  # below GREEDY_BELOW (0 included): greedy
     top_p: float = 1.0  # (0, 1]
     top_k: int = -1  # -1 or 0 = off
     min_p: float = 0.0
@@ -31,7 +36,7 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature <= 0.0 or self.top_k == 1
+        return self.temperature < GREEDY_BELOW or self.top_k == 1
 
 
 @dataclass

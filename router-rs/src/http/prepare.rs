@@ -15,6 +15,7 @@ use crate::protocol::sampling::SamplingParams;
 use crate::protocol::ValidationError;
 use crate::state::Pipeline;
 use crate::stop::StopMatcher;
+use crate::tokenizer::Bounded;
 use crate::wire;
 
 /// A rendered and tokenized chat prompt.
@@ -71,11 +72,7 @@ pub async fn chat_prompt(state: &Arc<AppState>, req: &ChatRequest) -> Result<Cha
             }
             text.push_str(prefix);
         }
-        let ids = state
-            .model
-            .tokenizer
-            .encode(&text)
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        let ids = encode_prompt(&state, &text, "messages")?;
         Ok(ChatPrompt {
             ids,
             in_reasoning,
@@ -84,6 +81,34 @@ pub async fn chat_prompt(state: &Arc<AppState>, req: &ChatRequest) -> Result<Cha
     })
     .await
     .map_err(|e| ApiError::Internal(e.to_string()))?
+}
+
+/// The prompt's ids; a prompt surely longer than `max_req_total_len` allows is refused before
+/// all of it is tokenized (`Tokenizer::encode_within`). `param` names the prompt in the error.
+fn encode_prompt(state: &AppState, text: &str, param: &str) -> Result<Vec<u32>, ApiError> {
+    let limit = total_len_limit(state, state.dispatcher.ready_worker().as_ref());
+    let fits = limit.saturating_sub(1) as usize;
+    match state.model.tokenizer.encode_within(text, fits) {
+        Ok(Bounded::Ids(ids)) => Ok(ids),
+        Ok(Bounded::TooLong(at_least)) => {
+            let msg = format!(
+                "the prompt has at least {at_least} tokens; at most {fits} fit (max_req_total_len \
+                 {limit})"
+            );
+            Err(ValidationError::new(param, msg).into())
+        }
+        Err(e) => Err(ApiError::Internal(e.to_string())),
+    }
+}
+
+/// `max_req_total_len`: the router's flag where set, at most the worker's (u32::MAX before a
+/// worker is ready and without the flag).
+fn total_len_limit(state: &AppState, worker: Option<&WorkerInfo>) -> u32 {
+    let worker_limit = worker.map_or(u32::MAX, |w| w.max_req_total_len);
+    state
+        .options
+        .max_req_total_len
+        .map_or(worker_limit, |l| l.min(worker_limit))
 }
 
 /// Closes the reasoning a generation prompt left open, before a forced call.
@@ -122,11 +147,7 @@ pub async fn prompt_ids(
         prompts
             .into_iter()
             .map(|p| match p {
-                PromptInput::Text(text) => state
-                    .model
-                    .tokenizer
-                    .encode(&text)
-                    .map_err(|e| ApiError::Internal(e.to_string())),
+                PromptInput::Text(text) => encode_prompt(&state, &text, param),
                 PromptInput::Ids(ids) if ids.iter().any(|&id| id as usize >= vocab) => Err(
                     ValidationError::new(param, format!("token ids must be below {vocab}")).into(),
                 ),
@@ -207,12 +228,7 @@ pub fn max_new_tokens(
         vocab,
     )?;
     let (requested, max_param) = (sampling.max_new_tokens, sampling.max_new_tokens_param);
-    let limit = state
-        .options
-        .max_req_total_len
-        .map_or(worker.max_req_total_len, |l| {
-            l.min(worker.max_req_total_len)
-        });
+    let limit = total_len_limit(state, Some(worker));
     let prompt_len = u32::try_from(prompt_len).unwrap_or(u32::MAX);
     if prompt_len >= limit {
         let msg = format!(

@@ -7,7 +7,7 @@ use super::openai::{
     ChatLogprobs, FinishReason, PromptLogprobList, ToolCall, ToolCallDelta, Usage,
 };
 use super::sampling::{OpenAiSampling, SamplingParams, MAX_TOP_LOGPROBS};
-use super::{check_range, from_value, ValidationError};
+use super::{check_range, from_value, refuse_constrained, ValidationError};
 use crate::parsers::glm47_name::MAX_NAME_BYTES;
 
 /// How the model may use the request's tools.
@@ -57,7 +57,6 @@ struct RawChat {
     stream_options: Option<StreamOptions>,
     logprobs: Option<bool>,
     top_logprobs: Option<u32>,
-    response_format: Option<Value>,
     chat_template_kwargs: Option<Map<String, Value>>,
 }
 
@@ -76,7 +75,7 @@ impl ChatRequest {
                 "prompt_logprobs is not available with stream: true on chat completions",
             ));
         }
-        check_response_format(raw.response_format.as_ref())?;
+        refuse_constrained(body)?;
         let messages = normalize_messages(raw.messages)?;
         let tools = raw.tools.unwrap_or_default();
         check_tools(&tools)?;
@@ -113,22 +112,6 @@ fn chat_logprobs(logprobs: Option<bool>, top: Option<u32>) -> Result<i32, Valida
             "top_logprobs requires logprobs to be true",
         )),
         (false, _) => Ok(-1),
-    }
-}
-
-fn check_response_format(format: Option<&Value>) -> Result<(), ValidationError> {
-    let Some(format) = format else { return Ok(()) };
-    match format.get("type").and_then(Value::as_str) {
-        Some("text") => Ok(()),
-        // Constrained decoding is not implemented: a format that would not be enforced is refused.
-        Some(other) => Err(ValidationError::new(
-            "response_format.type",
-            format!("response_format type {other:?} is not supported (only text)"),
-        )),
-        None => Err(ValidationError::new(
-            "response_format",
-            "response_format needs a type",
-        )),
     }
 }
 

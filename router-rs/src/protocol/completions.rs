@@ -5,7 +5,7 @@ use serde_json::Value;
 
 use super::openai::{CompletionLogprobs, FinishReason, PromptLogprobList, Usage};
 use super::sampling::{OpenAiSampling, SamplingParams, MAX_TOP_LOGPROBS};
-use super::{check_range, from_value, token_ids, ValidationError};
+use super::{check_range, from_value, refuse_constrained, token_ids, ValidationError};
 
 /// Output budget of a completion when `max_tokens` is not given (OpenAI's default).
 pub const DEFAULT_MAX_TOKENS: u32 = 16;
@@ -103,6 +103,7 @@ impl CompletionRequest {
     pub fn from_json(body: &Value) -> Result<Self, ValidationError> {
         let raw: RawCompletion = from_value(body)?;
         let mut sampling: OpenAiSampling = from_value(body)?;
+        refuse_constrained(body)?;
         let score_only = raw.echo == Some(true)
             && sampling.max_completion_tokens.or(sampling.max_tokens) == Some(0);
         if score_only {
@@ -224,6 +225,32 @@ mod tests {
         assert!(
             CompletionRequest::from_json(&json!({"prompt": "hi", "best_of": 2, "n": 2})).is_ok()
         );
+        for (field, value, param) in [
+            (
+                "response_format",
+                json!({"type": "json_object"}),
+                "response_format.type",
+            ),
+            ("guided_choice", json!(["yes", "no"]), "guided_choice"),
+            ("guided_json", json!({"type": "object"}), "guided_json"),
+            ("guided_regex", json!("[a-z]+"), "guided_regex"),
+            (
+                "structured_outputs",
+                json!({"choice": ["a"]}),
+                "structured_outputs",
+            ),
+            ("regex", json!("a|b"), "regex"),
+        ] {
+            let body = json!({"prompt": "hi", field: value});
+            let err = CompletionRequest::from_json(&body).unwrap_err();
+            assert_eq!(err.param, param, "{field}");
+            let chat = json!({"messages": [{"role": "user", "content": "hi"}], field: value});
+            let err = crate::protocol::chat::ChatRequest::from_json(&chat).unwrap_err();
+            assert_eq!(err.param, param, "chat {field}");
+        }
+        let text =
+            json!({"prompt": "hi", "response_format": {"type": "text"}, "guided_json": null});
+        assert!(CompletionRequest::from_json(&text).is_ok());
     }
 
     #[test]

@@ -36,6 +36,8 @@ struct RawParameters {
     seed: Option<i64>,
     return_details: Option<bool>,
     skip_special_tokens: Option<bool>,
+    /// TGI's constrained decoding (refused).
+    grammar: Option<Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -64,12 +66,25 @@ impl GenerateRequest {
                 "max_new_tokens must be at least 1",
             ));
         }
+        let min_new_tokens = p.min_new_tokens.unwrap_or(0);
+        if min_new_tokens > max_new_tokens {
+            return Err(ValidationError::new(
+                "parameters.min_new_tokens",
+                format!("min_new_tokens ({min_new_tokens}) must not exceed max_new_tokens ({max_new_tokens})"),
+            ));
+        }
+        if p.grammar.as_ref().is_some_and(|g| !g.is_null()) {
+            return Err(ValidationError::new(
+                "parameters.grammar",
+                "grammar is not supported: constrained decoding is not implemented",
+            ));
+        }
         let greedy = !p.do_sample.unwrap_or(false);
-        let sampling = SamplingParams {
+        let mut sampling = SamplingParams {
             max_new_tokens: Some(max_new_tokens),
             max_new_tokens_param: "parameters.max_new_tokens",
-            min_new_tokens: p.min_new_tokens.unwrap_or(0).min(max_new_tokens),
-            temperature: if greedy { Some(0.0) } else { p.temperature },
+            min_new_tokens,
+            temperature: p.temperature,
             top_p: p.top_p,
             top_k: p.top_k,
             min_p: p.min_p,
@@ -93,6 +108,10 @@ impl GenerateRequest {
         sampling
             .check()
             .map_err(|e| ValidationError::new(format!("parameters.{}", e.param), e.message))?;
+        if greedy {
+            // Checked as given first: an invalid temperature is refused even when unused.
+            sampling.temperature = Some(0.0);
+        }
         Ok(Self {
             input: inputs.remove(0),
             return_details: p.return_details.unwrap_or(false),
@@ -155,6 +174,25 @@ mod tests {
         let sampled = GenerateRequest::from_json(&body).unwrap();
         assert_eq!(sampled.sampling.temperature, Some(0.7));
         assert_eq!(sampled.input, PromptInput::Ids(vec![5, 6]));
+    }
+
+    #[test]
+    fn invalid_parameters_are_refused_even_when_greedy_leaves_them_unused() {
+        for (parameters, param) in [
+            (json!({"temperature": -1.0}), "parameters.temperature"),
+            (json!({"top_p": 0.0}), "parameters.top_p"),
+            (
+                json!({"max_new_tokens": 4, "min_new_tokens": 50}),
+                "parameters.min_new_tokens",
+            ),
+            (
+                json!({"grammar": {"type": "json", "value": {}}}),
+                "parameters.grammar",
+            ),
+        ] {
+            let body = json!({"inputs": "x", "parameters": parameters});
+            assert_eq!(GenerateRequest::from_json(&body).unwrap_err().param, param);
+        }
     }
 
     #[test]

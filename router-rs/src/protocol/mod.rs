@@ -32,6 +32,48 @@ impl ValidationError {
     }
 }
 
+/// Fields of constrained decoding (vLLM's and SGLang's extras), which is not implemented: a request
+/// asking for it is refused rather than answered unconstrained.
+const CONSTRAINED: [&str; 9] = [
+    "guided_json",
+    "guided_regex",
+    "guided_choice",
+    "guided_grammar",
+    "guided_decoding_backend",
+    "structured_outputs",
+    "regex",
+    "ebnf",
+    "json_schema",
+];
+
+/// Refuses a chat or completions body that asks for constrained decoding: one of `CONSTRAINED`,
+/// or a `response_format` other than text.
+pub fn refuse_constrained(body: &Value) -> Result<(), ValidationError> {
+    if let Some(field) = CONSTRAINED
+        .iter()
+        .find(|f| body.get(**f).is_some_and(|v| !v.is_null()))
+    {
+        return Err(ValidationError::new(
+            *field,
+            format!("{field} is not supported: constrained decoding is not implemented"),
+        ));
+    }
+    let Some(format) = body.get("response_format").filter(|f| !f.is_null()) else {
+        return Ok(());
+    };
+    match format.get("type").and_then(Value::as_str) {
+        Some("text") => Ok(()),
+        Some(other) => Err(ValidationError::new(
+            "response_format.type",
+            format!("response_format type {other:?} is not supported (only text)"),
+        )),
+        None => Err(ValidationError::new(
+            "response_format",
+            "response_format needs a type",
+        )),
+    }
+}
+
 /// Deserializes `T` from `body`, naming the field that is missing or has the wrong type.
 pub fn from_value<T: DeserializeOwned>(body: &Value) -> Result<T, ValidationError> {
     serde_path_to_error::deserialize(body).map_err(|err| {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -231,13 +232,22 @@ def test_bad_requests_get_per_request_errors(running: Running) -> None:
     assert "max_new_tokens" in errors["t"].message and "already in use" in errors["d"].message
 
 
-def test_queue_full_maps_to_its_error_code(running: Running) -> None:
+def test_queue_full_maps_to_its_error_code_and_one_log_line(
+    running: Running, caplog: pytest.LogCaptureFixture
+) -> None:
     sock = running.dealer()
-    send(sock, Submit(reqs=[req(f"r{i}", [1], 10_000) for i in range(5)]))
-    err = recv(sock)
-    while not isinstance(err, Error):
-        err = recv(sock)
-    assert (err.rid, err.code, err.fatal) == ("r4", "queue_full", False)
+    with caplog.at_level(logging.WARNING, logger="glm47.worker.service"):
+        send(sock, Submit(reqs=[req(f"r{i}", [1], 10_000) for i in range(7)]))
+        errs: list[Error] = []
+        while len(errs) < 3:
+            msg = recv(sock)
+            if isinstance(msg, Error):
+                errs.append(msg)
+    assert [(e.rid, e.code, e.fatal) for e in errs] == [
+        (f"r{i}", "queue_full", False) for i in (4, 5, 6)
+    ]
+    refusals = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    assert len(refusals) == 1 and "3 request(s)" in refusals[0] and "'r4', ..." in refusals[0]
     send(sock, Abort(rids=[f"r{i}" for i in range(4)]))
     assert set(collect(sock, {f"r{i}" for i in range(4)})) == {"r0", "r1", "r2", "r3"}
 

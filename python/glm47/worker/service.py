@@ -203,6 +203,7 @@ class Service:
         for err in msg.rejected:
             log.warning("rejected request %r from %s: %s", err.rid, identity.hex(), err.message)
             self._send(identity, err.to_message())
+        full: list[tuple[str, str]] = []  # (rid, why) refused for a full queue: logged together
         for w in msg.reqs:
             engine_rid = self._engine_rid(identity, w.rid)
             problem = self._check_ids(w, engine_rid)
@@ -215,13 +216,20 @@ class Service:
             except Exception as exc:
                 code = getattr(exc, "code", "internal")
                 code = code if code in ("invalid_request", "queue_full", "too_long") else "internal"
-                log.warning("engine refused %r from %s: %s (%s)", w.rid, identity.hex(), exc, code)
+                if code == "queue_full":
+                    full.append((w.rid, str(exc)))
+                else:
+                    log.warning("engine refused %r from %s: %s (%s)", w.rid, identity.hex(), exc, code)
                 self._error(identity, w.rid, code, str(exc), False)
                 continue
             self._live[engine_rid] = _Live(identity=identity, rid=w.rid)
             log.debug(
                 "request %r from %s: %d prompt tokens", w.rid, identity.hex(), len(w.input_ids)
             )
+        if full:
+            log.warning("engine refused %d request(s) from %s (%r%s): %s", len(full),
+                        identity.hex(), full[0][0], ", ..." if len(full) > 1 else "",
+                        full[0][1])  # fmt: skip
 
     def _check_ids(self, w: WireRequest, engine_rid: str) -> str | None:
         if engine_rid in self._live:

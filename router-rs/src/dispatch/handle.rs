@@ -88,11 +88,16 @@ impl RequestHandle {
 }
 
 impl Drop for RequestHandle {
-    /// Dropped before its final event: the client went away (or its stream was dropped), so the
-    /// worker is told to stop, and the log says so.
+    /// Dropped before its final event: nothing reads the answer any more (the client went away,
+    /// or another choice of the same request failed and the request was answered with that
+    /// error), so the worker is told to stop, and the log says so.
     fn drop(&mut self) {
         if !self.done {
-            tracing::info!(rid = %self.rid, "request cancelled before it finished: the client disconnected");
+            tracing::info!(
+                rid = %self.rid,
+                "request cancelled before it finished: the client disconnected, or another \
+                 choice of its request failed"
+            );
             self.abort();
         }
     }

@@ -91,9 +91,12 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        match self.status() {
-            StatusCode::INTERNAL_SERVER_ERROR => tracing::warn!("request failed: {self}"),
-            status => tracing::debug!("request answered {status}: {self}"),
+        match (self.status(), &self) {
+            (StatusCode::INTERNAL_SERVER_ERROR, _) => tracing::warn!("request failed: {self}"),
+            (status, ApiError::Invalid(e)) if !e.param.is_empty() => {
+                tracing::info!(param = %e.param, "request refused ({status}): {self}");
+            }
+            (status, _) => tracing::info!("request refused ({status}): {self}"),
         }
         (self.status(), Json(self.body())).into_response()
     }

@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-
 # Temperatures below this sample greedily: 1 / temperature would leave fp32 (1e-40 gives inf, and
 # the scaled logits inf and NaN), and the draw is the argmax well before that.
 GREEDY_BELOW = 1e-5

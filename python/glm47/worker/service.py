@@ -219,7 +219,9 @@ class Service:
                 if code == "queue_full":
                     full.append((w.rid, str(exc)))
                 else:
-                    log.warning("engine refused %r from %s: %s (%s)", w.rid, identity.hex(), exc, code)
+                    log.warning(
+                        "engine refused %r from %s: %s (%s)", w.rid, identity.hex(), exc, code
+                    )
                 self._error(identity, w.rid, code, str(exc), False)
                 continue
             self._live[engine_rid] = _Live(identity=identity, rid=w.rid)

@@ -58,6 +58,8 @@ struct RawChat {
     logprobs: Option<bool>,
     top_logprobs: Option<u32>,
     chat_template_kwargs: Option<Map<String, Value>>,
+    echo: Option<bool>,
+    best_of: Option<u32>,
 }
 
 impl ChatRequest {
@@ -76,6 +78,18 @@ impl ChatRequest {
             ));
         }
         refuse_constrained(body)?;
+        if raw.echo == Some(true) {
+            return Err(ValidationError::new(
+                "echo",
+                "echo is not supported on chat completions",
+            ));
+        }
+        if raw.best_of.is_some_and(|b| b != n) {
+            return Err(ValidationError::new(
+                "best_of",
+                "best_of is not supported (only best_of equal to n)",
+            ));
+        }
         let messages = normalize_messages(raw.messages)?;
         let tools = raw.tools.unwrap_or_default();
         check_tools(&tools)?;
@@ -236,6 +250,13 @@ fn check_tools(tools: &[Value]) -> Result<(), ValidationError> {
                 "a tool needs a function name",
             ));
         };
+        let parameters = tool.get("function").and_then(|f| f.get("parameters"));
+        if parameters.is_some_and(|p| !p.is_null() && !p.is_object()) {
+            return Err(ValidationError::new(
+                format!("tools[{i}].function.parameters"),
+                "parameters must be a JSON Schema object",
+            ));
+        }
         if let Some(why) = unmatchable_name(name) {
             return Err(ValidationError::new(
                 format!("tools[{i}].function.name"),

@@ -56,6 +56,27 @@ fn function_names_a_call_could_never_match_are_refused() {
 }
 
 #[test]
+fn chat_options_that_would_be_ignored_are_refused() {
+    let hi = json!([{"role": "user", "content": "hi"}]);
+    for (extra, param) in [
+        (json!({"echo": true}), "echo"),
+        (json!({"best_of": 3}), "best_of"),
+        (
+            json!({"tools": [{"type": "function", "function": {"name": "f", "parameters": "{}"}}]}),
+            "tools[0].function.parameters",
+        ),
+    ] {
+        let mut body = extra.clone();
+        body["messages"] = hi.clone();
+        let err = ChatRequest::from_json(&body).unwrap_err();
+        assert_eq!(err.param, param, "{extra}");
+    }
+    let fine = json!({"messages": hi, "echo": false, "best_of": 2, "n": 2,
+        "tools": [{"type": "function", "function": {"name": "f", "parameters": null}}]});
+    assert!(ChatRequest::from_json(&fine).is_ok());
+}
+
+#[test]
 fn a_named_tool_choice_must_exist() {
     let err = ChatRequest::from_json(&json!({"messages": [{"role": "user", "content": "hi"}],
         "tools": [{"type": "function", "function": {"name": "f"}}],

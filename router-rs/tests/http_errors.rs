@@ -211,6 +211,25 @@ async fn bodies_over_max_body_bytes_are_413() {
         .await;
     assert_eq!(status, 200);
     assert_eq!(worker.requests().len(), 1);
+    // a declared length over the limit is answered at once, before any of the body arrives
+    let host = server.url.trim_start_matches("http://").to_owned();
+    let text = tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut conn = std::net::TcpStream::connect(&host).unwrap();
+        conn.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        let head = format!(
+            "POST /v1/completions HTTP/1.1\r\nhost: {host}\r\ncontent-type: application/json\r\n\
+             content-length: 99999999999\r\n\r\n{{"
+        );
+        conn.write_all(head.as_bytes()).unwrap();
+        let mut answer = vec![0u8; 512];
+        let n = conn.read(&mut answer).expect("answered without the body");
+        String::from_utf8_lossy(&answer[..n]).into_owned()
+    })
+    .await
+    .unwrap();
+    assert!(text.starts_with("HTTP/1.1 413"), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,10 +6,12 @@
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
+use axum::http::header::CONTENT_LENGTH;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
+use std::time::Duration;
 
 use crate::dispatch::DispatchError;
 use crate::protocol::ValidationError;
@@ -27,6 +29,9 @@ pub enum ApiError {
     /// The body is larger than `--max-body-bytes` (413).
     #[error("the body is larger than {limit} bytes")]
     BodyTooLarge { limit: usize },
+    /// The body did not arrive within `BODY_READ_TIMEOUT` (408).
+    #[error("the body did not arrive within {0} s")]
+    BodyTimeout(u64),
     /// No such route (404).
     #[error("no route for {method} {path}")]
     NotFound { method: String, path: String },
@@ -53,6 +58,7 @@ impl ApiError {
         match self {
             ApiError::Invalid(_) | ApiError::MalformedJson(_) => StatusCode::BAD_REQUEST,
             ApiError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::NoWorkerReady => StatusCode::SERVICE_UNAVAILABLE,
@@ -70,7 +76,7 @@ impl ApiError {
     pub fn body(&self) -> Value {
         let status = self.status();
         let kind = match status.as_u16() {
-            400 | 413 => "invalid_request_error",
+            400 | 408 | 413 => "invalid_request_error",
             404 | 405 => "not_found_error",
             429 => "rate_limit_error",
             503 => "service_unavailable_error",
@@ -117,6 +123,9 @@ impl From<crate::template::TemplateError> for ApiError {
     }
 }
 
+/// How long a request's body may take to arrive, from the end of its headers.
+const BODY_READ_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// A request body parsed as a JSON object. Malformed JSON is a 400, an oversized body a 413
 /// (the limit is axum's `DefaultBodyLimit`, set from `--max-body-bytes`).
 pub struct JsonBody(pub Value);
@@ -126,13 +135,24 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
         let limit = req.extensions().get::<BodyLimit>().map_or(0, |l| l.0);
-        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
-            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::BodyTooLarge { limit }
-            } else {
-                ApiError::MalformedJson(e.body_text())
-            }
-        })?;
+        let declared = req
+            .headers()
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > limit as u64) {
+            return Err(ApiError::BodyTooLarge { limit }); // without waiting for the body
+        }
+        let read = Bytes::from_request(req, state);
+        let bytes = tokio::time::timeout(BODY_READ_TIMEOUT, read)
+            .await
+            .map_err(|_| ApiError::BodyTimeout(BODY_READ_TIMEOUT.as_secs()))?
+            .map_err(|e| {
+                if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::BodyTooLarge { limit }
+                } else {
+                    ApiError::MalformedJson(e.body_text())
+                }
+            })?;
         let value: Value =
             serde_json::from_slice(&bytes).map_err(|e| ApiError::MalformedJson(e.to_string()))?;
         if !value.is_object() {

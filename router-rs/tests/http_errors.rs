@@ -198,6 +198,20 @@ async fn unknown_routes_are_404_and_wrong_methods_405_in_json() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_of_more_sequences_than_the_queue_holds_is_400() {
+    let (_model, worker, server) = setup("x", 1, &[]).await;
+    let prompts: Vec<String> = (0..20).map(|i| format!("p{i}")).collect();
+    let body = json!({"prompt": prompts, "n": 4, "max_tokens": 1});
+    let (status, body) = server.post("/v1/completions", body).await;
+    assert_error(status, &body, 400, Some("n"));
+    assert!(worker.requests().is_empty(), "nothing was queued");
+    let body = json!({"prompt": prompts, "n": 3, "max_tokens": 1});
+    let (status, _) = server.post("/v1/completions", body).await;
+    assert_eq!(status, 200);
+    assert_eq!(worker.requests().len(), 60);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bodies_over_max_body_bytes_are_413() {
     let (_model, worker, server) = setup("x", 1, &["--max-body-bytes", "1000"]).await;
     let big = "y".repeat(2000);

@@ -192,6 +192,7 @@ def test_worker_messages_round_trip() -> None:
             eos_token_ids=[1, 2],
             max_req_total_len=4096,
             max_running_requests=64,
+            max_waiting_requests=128,
             kv_capacity_tokens=8192,
             mtp_step=0,
             worker_id="w0",

@@ -137,6 +137,7 @@ def build(args: WorkerArgs) -> tuple[Engine, Ready]:
         eos_token_ids=eos,
         max_req_total_len=engine.max_req_total_len,
         max_running_requests=cfg.max_running_requests,
+        max_waiting_requests=cfg.max_waiting_requests,
         kv_capacity_tokens=engine.kv_capacity_tokens,
         mtp_step=cfg.mtp_step,
         worker_id=args.worker_id,

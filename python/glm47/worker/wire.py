@@ -310,11 +310,12 @@ _READY_FIELDS = {
     "kv_capacity_tokens": (_is_int, "int"),
     "mtp_step": (_is_int, "int"),
     "worker_id": (lambda v: isinstance(v, str), "str"),
+    "max_waiting_requests": (_is_int, "int"),
 }
 
 
 def _decode_ready(body: dict[str, Any]) -> Ready:
-    required = tuple(k for k in _READY_FIELDS if k != "protocol")
+    required = tuple(k for k in _READY_FIELDS if k not in ("protocol", "max_waiting_requests"))
     return Ready(**_checked(body, _READY_FIELDS, required, "ready", "protocol", None))
 
 

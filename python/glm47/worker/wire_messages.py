@@ -75,6 +75,7 @@ class Ready:
     kv_capacity_tokens: int
     mtp_step: int
     worker_id: str
+    max_waiting_requests: int = 0  # capacity of the waiting queue (0: not stated)
     protocol: int = PROTOCOL_VERSION
 
 

@@ -111,6 +111,8 @@ pub struct WorkerInfo {
     pub max_req_total_len: u32,
     /// Capacity of the running batch.
     pub max_running_requests: u32,
+    /// Capacity of the waiting queue (0: not stated).
+    pub max_waiting_requests: u32,
     /// Tokens the KV cache holds.
     pub kv_capacity_tokens: u64,
     /// Draft tokens per step (0: no speculation).
@@ -127,6 +129,7 @@ impl WorkerInfo {
             eos_token_ids: ready.eos_token_ids,
             max_req_total_len: ready.max_req_total_len,
             max_running_requests: ready.max_running_requests,
+            max_waiting_requests: ready.max_waiting_requests,
             kv_capacity_tokens: ready.kv_capacity_tokens,
             mtp_step: ready.mtp_step,
         }

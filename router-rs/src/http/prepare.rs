@@ -28,6 +28,19 @@ pub struct ChatPrompt {
     pub tool_prefix: Option<String>,
 }
 
+/// Refuses a request of more sequences (prompts x `n`) than the worker's waiting queue holds:
+/// it could never be queued whole, so waiting (a 429) would not help.
+pub fn check_sequences(worker: &WorkerInfo, sequences: usize) -> Result<(), ApiError> {
+    let queue = worker.max_waiting_requests as usize;
+    if queue > 0 && sequences > queue {
+        let msg = format!(
+            "the request needs {sequences} sequences (prompts x n); the server queues at most {queue}"
+        );
+        return Err(ValidationError::new("n", msg).into());
+    }
+    Ok(())
+}
+
 /// The worker that will answer, or 503.
 pub fn ready_worker(state: &AppState) -> Result<WorkerInfo, ApiError> {
     state

@@ -125,6 +125,9 @@ pub struct Ready {
     /// Capacity of the running batch.
     #[serde(default)]
     pub max_running_requests: u32,
+    /// Capacity of the waiting queue (0: not stated).
+    #[serde(default)]
+    pub max_waiting_requests: u32,
     /// Tokens the KV cache holds.
     #[serde(default)]
     pub kv_capacity_tokens: u64,

@@ -141,6 +141,7 @@ pub fn ready(model: &str) -> wire::Ready {
         eos_token_ids: vec![2, 3],
         max_req_total_len: 4096,
         max_running_requests: 8,
+        max_waiting_requests: 0,
         kv_capacity_tokens: 65536,
         mtp_step: 0,
         worker_id: format!("{model}-worker"),

@@ -216,6 +216,7 @@ fn ready(max_req_total_len: u32) -> wire::Ready {
         eos_token_ids: vec![256],
         max_req_total_len,
         max_running_requests: 8,
+        max_waiting_requests: 64,
         kv_capacity_tokens: 4096,
         mtp_step: 0,
         worker_id: "fake".into(),

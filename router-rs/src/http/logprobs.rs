@@ -80,15 +80,24 @@ fn push(
     top: Option<&[(u32, f32)]>,
     offset: &mut usize,
 ) {
-    out.tokens.push(token_text(tokenizer, id));
+    let token = token_text(tokenizer, id);
     out.text_offset.push(*offset);
     *offset += text.chars().count();
     out.token_logprobs.push(logprob);
     out.top_logprobs.push(top.map(|alts| {
-        alts.iter()
-            .map(|&(id, logprob)| (token_text(tokenizer, id), Value::from(f64::from(logprob))))
-            .collect::<Map<String, Value>>()
+        // The same f32 as `token_logprobs` (its shortest form), so that equal logprobs compare
+        // equal in the client (lm-eval's greedy check compares the two).
+        let mut map: Map<String, Value> = alts
+            .iter()
+            .map(|&(id, logprob)| (token_text(tokenizer, id), Value::from(logprob)))
+            .collect();
+        // The chosen token is always listed, so there may be k + 1 entries (OpenAI, vLLM).
+        if let Some(logprob) = logprob.filter(|_| !map.contains_key(&token)) {
+            map.insert(token.clone(), Value::from(logprob));
+        }
+        map
     }));
+    out.tokens.push(token);
 }
 
 /// `choices[i].logprobs` of an echoed prompt followed by generated `tokens`: one entry per
@@ -238,8 +247,40 @@ mod tests {
         let lp = echoed_prompt(&tok, &[1, 2], &pieces, Some(&scores), 2, &[], &mut offset);
         let alts = lp.top_logprobs[1].as_ref().expect("alternatives");
         assert_eq!(alts.keys().collect::<Vec<_>>(), ["t5", "t2"]);
+        let lp = echoed_prompt(&tok, &[1, 2], &pieces, Some(&scores), 1, &[], &mut offset);
+        let alts = lp.top_logprobs[1].as_ref().expect("alternatives");
+        assert_eq!(
+            alts.keys().collect::<Vec<_>>(),
+            ["t5", "t2"],
+            "the token itself, after"
+        );
         let lp = echoed_prompt(&tok, &[1, 2], &pieces, Some(&scores), 0, &[], &mut offset);
-        assert_eq!(lp.top_logprobs[1].as_ref().map(Map::len), Some(0));
+        let alts = lp.top_logprobs[1].as_ref().expect("the token itself");
+        assert_eq!(
+            alts,
+            &Map::from_iter([("t2".to_string(), Value::from(-1.0f32))])
+        );
+        // the two fields hold one number the same way
+        let text = serde_json::to_string(&lp).unwrap();
+        assert!(text.contains("\"token_logprobs\":[null,-1.0]") && text.contains("\"t2\":-1.0"));
+    }
+
+    #[test]
+    fn a_logprob_reads_alike_in_token_logprobs_and_top_logprobs() {
+        let tok = tokenizer();
+        let pieces: Vec<String> = ["a", "b"].iter().map(|s| s.to_string()).collect();
+        let scores = PromptLogprobs {
+            logprobs: vec![-4.865_332_6],
+            top: vec![vec![(2, -4.865_332_6)]],
+            ranks: vec![1],
+        };
+        let mut offset = 0;
+        let lp = echoed_prompt(&tok, &[1, 2], &pieces, Some(&scores), 1, &[], &mut offset);
+        let text = serde_json::to_string(&lp).unwrap();
+        assert!(
+            text.contains("[null,-4.8653326]") && text.contains("{\"t2\":-4.8653326}"),
+            "{text}"
+        );
     }
 
     /// The JSON of a `prompt_list` answer.

@@ -214,6 +214,30 @@ async fn generate_stops_at_max_new_tokens_with_length() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generate_keeps_the_stop_sequence_and_its_tokens_spell_the_text() {
+    let (_model, _worker, server) = setup("abcdef", 2, &[]).await;
+    let body =
+        json!({"inputs": "q", "parameters": {"max_new_tokens": 9, "stop_sequences": ["cd"]}});
+    let (status, answer) = server.post("/generate", body).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["generated_text"], "abcd");
+    assert_eq!(answer["finish_reason"], "stop");
+    let (status, events) = server.post_stream("/generate_stream", body_of("cd")).await;
+    assert_eq!(status, 200);
+    let events: Vec<Value> = json_events(&events);
+    let text: String = events
+        .iter()
+        .filter_map(|e| e["token"]["text"].as_str())
+        .collect();
+    assert_eq!(text, "abcd");
+    assert_eq!(events.last().unwrap()["generated_text"], "abcd");
+}
+
+fn body_of(stop: &str) -> Value {
+    json!({"inputs": "q", "parameters": {"max_new_tokens": 9, "stop_sequences": [stop]}})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn generate_stream_sends_one_event_per_token_and_the_text_at_the_end() {
     let (_model, _worker, server) = setup("ab😀", 2, &[]).await;
     let body =

@@ -102,7 +102,7 @@ impl GenerateRequest {
             prompt_logprobs: None,
             score_prompt: None,
             skip_special_tokens: p.skip_special_tokens.unwrap_or(true),
-            include_stop_str: false,
+            include_stop_str: true, // as LightLLM and TGI: the text ends with the stop
             logit_bias: Vec::new(),
         };
         sampling

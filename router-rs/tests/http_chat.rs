@@ -69,6 +69,19 @@ async fn a_chat_stream_sends_role_deltas_finish_usage_and_done() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_of_reasoning_alone_has_null_content() {
+    let parsers = ["--reasoning-parser", "glm45"];
+    let (_model, _worker, server) = setup("still thinking", 2, &parsers).await;
+    let (status, answer) = server
+        .post("/v1/chat/completions", json!({"messages": user("hi")}))
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    let message = &answer["choices"][0]["message"];
+    assert_eq!(message["reasoning_content"], "still thinking");
+    assert!(message["content"].is_null(), "{message}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stop_string_split_across_tokens_ends_the_answer_and_aborts_the_worker() {
     let slow = |s: &mut http_support::Script| s.delay = std::time::Duration::from_millis(15);
     let (_model, worker, server) = setup_with("one two STOP three four five", &[], slow).await;

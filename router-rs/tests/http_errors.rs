@@ -363,3 +363,25 @@ async fn a_worker_error_mid_stream_ends_the_stream_with_an_error_event() {
     assert_eq!(last["error"]["code"], 500, "{last}");
     assert_eq!(last["error"]["message"], "scripted");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_options_without_a_stream_are_refused() {
+    let (_model, worker, server) = setup("Hello", 2, &[]).await;
+    let options = json!({"include_usage": true});
+    let chat = json!({"messages": user(), "stream_options": options});
+    let (status, body) = server.post("/v1/chat/completions", chat).await;
+    assert_error(status, &body, 400, Some("stream_options"));
+    let completion = json!({"prompt": "hi", "stream": false, "stream_options": options});
+    let (status, body) = server.post("/v1/completions", completion).await;
+    assert_error(status, &body, 400, Some("stream_options"));
+    let every_chunk = json!({"continuous_usage_stats": true});
+    let completion = json!({"prompt": "hi", "stream": true, "stream_options": every_chunk});
+    let (status, body) = server.post("/v1/completions", completion).await;
+    assert_error(
+        status,
+        &body,
+        400,
+        Some("stream_options.continuous_usage_stats"),
+    );
+    assert!(worker.requests().is_empty());
+}

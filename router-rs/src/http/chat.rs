@@ -81,7 +81,9 @@ fn answer(
                     function: FunctionCall { name, arguments },
                 })
                 .collect();
-            let content = (!c.content.is_empty() || tool_calls.is_empty()).then_some(c.content);
+            // Null when the message is all tool calls or all reasoning (as vLLM writes it).
+            let only_else = !tool_calls.is_empty() || !c.reasoning.is_empty();
+            let content = (!c.content.is_empty() || !only_else).then_some(c.content);
             let logprobs =
                 (req.sampling.logprobs >= 0).then(|| logprobs::chat(tokenizer, &c.tokens));
             ChatChoice {

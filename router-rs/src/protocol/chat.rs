@@ -42,8 +42,10 @@ pub struct ChatRequest {
 }
 
 #[derive(Debug, Deserialize)]
-struct StreamOptions {
-    include_usage: Option<bool>,
+pub(super) struct StreamOptions {
+    pub(super) include_usage: Option<bool>,
+    /// vLLM's usage in every chunk: not implemented, refused.
+    continuous_usage_stats: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -78,6 +80,7 @@ impl ChatRequest {
             ));
         }
         refuse_constrained(body)?;
+        check_stream_options(raw.stream_options.as_ref(), raw.stream)?;
         if raw.echo == Some(true) {
             return Err(ValidationError::new(
                 "echo",
@@ -115,6 +118,29 @@ impl ChatRequest {
             sampling,
         })
     }
+}
+
+/// `stream_options` only with a stream, and without what is not implemented.
+pub(super) fn check_stream_options(
+    options: Option<&StreamOptions>,
+    stream: Option<bool>,
+) -> Result<(), ValidationError> {
+    let Some(options) = options else {
+        return Ok(());
+    };
+    if stream != Some(true) {
+        return Err(ValidationError::new(
+            "stream_options",
+            "stream_options is only allowed with stream: true",
+        ));
+    }
+    if options.continuous_usage_stats == Some(true) {
+        return Err(ValidationError::new(
+            "stream_options.continuous_usage_stats",
+            "continuous_usage_stats is not supported (include_usage gives the usage at the end)",
+        ));
+    }
+    Ok(())
 }
 
 fn chat_logprobs(logprobs: Option<bool>, top: Option<u32>) -> Result<i32, ValidationError> {

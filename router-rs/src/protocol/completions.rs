@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::chat::{check_stream_options, StreamOptions};
 use super::openai::{CompletionLogprobs, FinishReason, PromptLogprobList, Usage};
 use super::sampling::{OpenAiSampling, SamplingParams, MAX_TOP_LOGPROBS};
 use super::{check_range, from_value, refuse_constrained, token_ids, ValidationError};
@@ -82,11 +83,6 @@ pub struct CompletionRequest {
 }
 
 #[derive(Debug, Deserialize)]
-struct StreamOptions {
-    include_usage: Option<bool>,
-}
-
-#[derive(Debug, Deserialize)]
 struct RawCompletion {
     model: Option<String>,
     prompt: Option<Value>,
@@ -104,6 +100,7 @@ impl CompletionRequest {
         let raw: RawCompletion = from_value(body)?;
         let mut sampling: OpenAiSampling = from_value(body)?;
         refuse_constrained(body)?;
+        check_stream_options(raw.stream_options.as_ref(), raw.stream)?;
         let score_only = raw.echo == Some(true)
             && sampling.max_completion_tokens.or(sampling.max_tokens) == Some(0);
         if score_only {

@@ -59,6 +59,19 @@ pub struct GenerationDefaults {
     pub top_k: Option<i64>,
 }
 
+/// The byte a byte-level character stands for (GPT-2's table: printable bytes are themselves,
+/// the others U+0100 onward in byte order), or None for a character outside the table.
+fn byte_of_char(c: char) -> Option<u8> {
+    let printable = |b: u8| (33..=126).contains(&b) || (161..=172).contains(&b) || b >= 174;
+    match u32::from(c) {
+        n @ 0..=255 => u8::try_from(n).ok().filter(|&b| printable(b)),
+        n @ 256..=323 => (0..=255u8)
+            .filter(|&b| !printable(b))
+            .nth((n - 256) as usize),
+        _ => None,
+    }
+}
+
 /// Text up to this many bytes is tokenized in one piece (see `Tokenizer::encode_within`).
 const PIECE_BYTES: usize = 1 << 18;
 /// Tokens that cutting a text between two pieces may add or remove, counted generously.
@@ -100,6 +113,10 @@ pub struct Tokenizer {
     /// Number of ids, added tokens included. Counted once: `tokenizers` counts by building the
     /// whole vocabulary map (about 10 MB and tens of milliseconds for this model's vocabulary).
     vocab_size: usize,
+    /// Added tokens (special or not): their text is their own, not byte-level characters.
+    added_ids: BTreeSet<u32>,
+    /// Whether the decoder is byte-level (GPT-2's byte-to-character table).
+    byte_level: bool,
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -126,12 +143,17 @@ impl Tokenizer {
             .collect();
         let output_skip_ids = special_ids.difference(&tag_ids).copied().collect();
         let vocab_size = inner.get_vocab_size(true);
+        let added_ids = inner.get_added_tokens_decoder().into_keys().collect();
+        let byte_level =
+            serde_json::to_string(&inner.get_decoder()).is_ok_and(|d| d.contains("\"ByteLevel\""));
         Self {
             inner,
             special_ids,
             output_skip_ids,
             eos_token_ids,
             vocab_size,
+            added_ids,
+            byte_level,
         }
     }
 
@@ -195,6 +217,18 @@ impl Tokenizer {
             }
         }
         Ok(None)
+    }
+
+    /// The bytes token `id` stands for: a byte-level token's own bytes (a part of a UTF-8
+    /// character included, where `decode` gives U+FFFD), an added token's text.
+    pub fn token_bytes(&self, id: u32) -> Vec<u8> {
+        if self.byte_level && !self.added_ids.contains(&id) {
+            let raw = self.inner.id_to_token(id);
+            if let Some(bytes) = raw.and_then(|t| t.chars().map(byte_of_char).collect()) {
+                return bytes;
+            }
+        }
+        self.decode(&[id], false).unwrap_or_default().into_bytes()
     }
 
     /// Decodes `ids` to text, dropping special tokens when `skip_special_tokens` is set. Bytes

@@ -130,6 +130,29 @@ fn a_text_that_cannot_fit_is_refused_from_its_pieces_counts() {
 }
 
 #[test]
+fn a_tokens_bytes_are_its_own_even_inside_a_character() {
+    let tok = tiny_tokenizer();
+    let ids = tok.encode("a你😀<|user|>").unwrap();
+    let bytes: Vec<u8> = ids.iter().flat_map(|&id| tok.token_bytes(id)).collect();
+    assert_eq!(
+        bytes,
+        "a你😀<|user|>".as_bytes(),
+        "the tokens' bytes spell the text"
+    );
+    let split = ids
+        .iter()
+        .find(|&&id| tok.decode(&[id], false).unwrap() == "\u{fffd}");
+    let part = tok.token_bytes(*split.expect("a token holding part of a character"));
+    assert!(
+        !part.is_empty() && std::str::from_utf8(&part).is_err(),
+        "{part:?}"
+    );
+    for b in 0..=255u8 {
+        assert_eq!(byte_of_char(byte_char(b)), Some(b));
+    }
+}
+
+#[test]
 fn special_tokens_in_text_become_single_ids() {
     let tok = tiny_tokenizer();
     let ids = tok

@@ -23,17 +23,14 @@ pub fn chat(tokenizer: &Tokenizer, tokens: &[TokenInfo]) -> ChatLogprobs {
             let top_logprobs = t
                 .top
                 .iter()
-                .map(|&(id, logprob)| {
-                    let token = token_text(tokenizer, id);
-                    ChatTopLogprob {
-                        bytes: token.as_bytes().to_vec(),
-                        token,
-                        logprob,
-                    }
+                .map(|&(id, logprob)| ChatTopLogprob {
+                    bytes: tokenizer.token_bytes(id),
+                    token: token_text(tokenizer, id),
+                    logprob,
                 })
                 .collect();
             ChatTokenLogprob {
-                bytes: token.as_bytes().to_vec(),
+                bytes: tokenizer.token_bytes(t.id),
                 token,
                 logprob: t.logprob.unwrap_or(f32::NAN),
                 top_logprobs,

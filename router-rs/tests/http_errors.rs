@@ -174,6 +174,11 @@ async fn prompts_over_max_req_total_len_are_400_and_max_tokens_is_capped_or_reje
         1,
         "only the capped one reached the worker"
     );
+    // /tokenize lists a prompt whatever its length, as vLLM's does
+    let long = "x".repeat(300_000);
+    let (status, body) = server.post("/tokenize", json!({"prompt": long})).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["count"], 300_000);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,7 +7,9 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures::stream::{self, StreamExt};
 
-use super::prepare::{chat_pipeline, chat_prompt, max_new_tokens, ready_worker, wire_requests};
+use super::prepare::{
+    chat_pipeline, chat_prompt, max_new_tokens, ready_worker, wire_requests, PromptUse,
+};
 use super::run::{collect, drive, start, ChoiceDelta, ChoiceStream};
 use super::{logprobs, sse, ApiError, AppState, JsonBody, Meta};
 use crate::protocol::chat::{
@@ -22,7 +24,7 @@ pub async fn chat(
 ) -> Result<Response, ApiError> {
     let req = ChatRequest::from_json(&body)?;
     let worker = ready_worker(&state)?;
-    let prompt = chat_prompt(&state, &req).await?;
+    let prompt = chat_prompt(&state, &req, PromptUse::Generation).await?;
     let max_new = max_new_tokens(&state, &worker, prompt.ids.len(), &req.sampling, "messages")?;
     let handles = state.dispatcher.submit_many(wire_requests(
         &state,

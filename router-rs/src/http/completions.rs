@@ -9,7 +9,7 @@ use futures::stream::{self, StreamExt};
 
 use super::prepare::{
     check_sequences, max_new_tokens, plain_pipeline, prompt_ids, prompt_pieces, prompt_text,
-    ready_worker, wire_requests,
+    ready_worker, wire_requests, PromptUse,
 };
 use super::run::{collect, drive, merge, share_prompt_scores, start, ChoiceDelta, ChoiceStream};
 use super::{logprobs, sse, ApiError, AppState, JsonBody, Meta};
@@ -99,7 +99,7 @@ pub async fn completions(
     let req = CompletionRequest::from_json(&body)?;
     let worker = ready_worker(&state)?;
     check_sequences(&worker, req.prompts.len() * req.n as usize)?;
-    let prompts = prompt_ids(&state, req.prompts.clone(), "prompt").await?;
+    let prompts = prompt_ids(&state, req.prompts.clone(), "prompt", PromptUse::Generation).await?;
     let requested = req.sampling.max_new_tokens;
     let budgets = prompts
         .iter()

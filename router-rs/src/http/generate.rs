@@ -7,7 +7,9 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures::stream::{self, StreamExt};
 
-use super::prepare::{max_new_tokens, plain_pipeline, prompt_ids, ready_worker, wire_requests};
+use super::prepare::{
+    max_new_tokens, plain_pipeline, prompt_ids, ready_worker, wire_requests, PromptUse,
+};
 use super::run::{collect, drive, start, ChoiceDelta, ChoiceStream};
 use super::{sse, ApiError, AppState, JsonBody};
 use crate::protocol::generate::{
@@ -22,7 +24,13 @@ async fn submit(
     req: &GenerateRequest,
 ) -> Result<(ChoiceStream, u32), ApiError> {
     let worker = ready_worker(state)?;
-    let mut prompts = prompt_ids(state, vec![req.input.clone()], "inputs").await?;
+    let mut prompts = prompt_ids(
+        state,
+        vec![req.input.clone()],
+        "inputs",
+        PromptUse::Generation,
+    )
+    .await?;
     let ids = prompts.pop().unwrap_or_default();
     let budget = max_new_tokens(state, &worker, ids.len(), &req.sampling, "inputs")?;
     let handles =

@@ -58,7 +58,11 @@ pub fn ready_worker(state: &AppState) -> Result<WorkerInfo, ApiError> {
 /// reasoning is skipped for a forced call, and the reasoning parser starts outside reasoning.
 /// With `tool_choice` none the request carries no tools, so the template renders none and no
 /// call is parsed.
-pub async fn chat_prompt(state: &Arc<AppState>, req: &ChatRequest) -> Result<ChatPrompt, ApiError> {
+pub async fn chat_prompt(
+    state: &Arc<AppState>,
+    req: &ChatRequest,
+    purpose: PromptUse,
+) -> Result<ChatPrompt, ApiError> {
     let state = state.clone();
     let messages = req.messages.clone();
     let tools = (!req.tools.is_empty()).then(|| Value::Array(req.tools.clone()));
@@ -85,7 +89,7 @@ pub async fn chat_prompt(state: &Arc<AppState>, req: &ChatRequest) -> Result<Cha
             }
             text.push_str(prefix);
         }
-        let ids = encode_prompt(&state, &text, "messages")?;
+        let ids = encode_prompt(&state, &text, "messages", purpose)?;
         Ok(ChatPrompt {
             ids,
             in_reasoning,
@@ -96,9 +100,28 @@ pub async fn chat_prompt(state: &Arc<AppState>, req: &ChatRequest) -> Result<Cha
     .map_err(|e| ApiError::Internal(e.to_string()))?
 }
 
-/// The prompt's ids; a prompt surely longer than `max_req_total_len` allows is refused before
-/// all of it is tokenized (`Tokenizer::encode_within`). `param` names the prompt in the error.
-fn encode_prompt(state: &AppState, text: &str, param: &str) -> Result<Vec<u32>, ApiError> {
+/// What a prompt is tokenized for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PromptUse {
+    /// To generate from: a prompt surely over `max_req_total_len` is refused early.
+    Generation,
+    /// Only to list its ids (`/tokenize`): tokenized whole, whatever its length, as vLLM does.
+    Listing,
+}
+
+/// The prompt's ids; for generation, a prompt surely longer than `max_req_total_len` allows is
+/// refused before all of it is tokenized (`Tokenizer::encode_within`). `param` names the prompt
+/// in the error.
+fn encode_prompt(
+    state: &AppState,
+    text: &str,
+    param: &str,
+    purpose: PromptUse,
+) -> Result<Vec<u32>, ApiError> {
+    if purpose == PromptUse::Listing {
+        let ids = state.model.tokenizer.encode(text);
+        return ids.map_err(|e| ApiError::Internal(e.to_string()));
+    }
     let limit = total_len_limit(state, state.dispatcher.ready_worker().as_ref());
     let fits = limit.saturating_sub(1) as usize;
     match state.model.tokenizer.encode_within(text, fits) {
@@ -153,6 +176,7 @@ pub async fn prompt_ids(
     state: &Arc<AppState>,
     prompts: Vec<PromptInput>,
     param: &'static str,
+    purpose: PromptUse,
 ) -> Result<Vec<Vec<u32>>, ApiError> {
     let state = state.clone();
     tokio::task::spawn_blocking(move || {
@@ -160,7 +184,7 @@ pub async fn prompt_ids(
         prompts
             .into_iter()
             .map(|p| match p {
-                PromptInput::Text(text) => encode_prompt(&state, &text, param),
+                PromptInput::Text(text) => encode_prompt(&state, &text, param, purpose),
                 PromptInput::Ids(ids) if ids.iter().any(|&id| id as usize >= vocab) => Err(
                     ValidationError::new(param, format!("token ids must be below {vocab}")).into(),
                 ),

@@ -9,7 +9,7 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::prepare::{chat_prompt, prompt_ids, prompt_text};
+use super::prepare::{chat_prompt, prompt_ids, prompt_text, PromptUse};
 use super::{ApiError, AppState, JsonBody};
 use crate::protocol::chat::ChatRequest;
 use crate::protocol::completions::PromptInput;
@@ -37,11 +37,17 @@ pub async fn tokenize(
             let msg = "give either prompt or messages, not both";
             return Err(ValidationError::new("messages", msg).into());
         }
-        (Some(text), false) => {
-            only(prompt_ids(&state, vec![PromptInput::Text(text)], "prompt").await?)
-        }
+        (Some(text), false) => only(
+            prompt_ids(
+                &state,
+                vec![PromptInput::Text(text)],
+                "prompt",
+                PromptUse::Listing,
+            )
+            .await?,
+        ),
         (None, true) => {
-            chat_prompt(&state, &ChatRequest::from_json(&body)?)
+            chat_prompt(&state, &ChatRequest::from_json(&body)?, PromptUse::Listing)
                 .await?
                 .ids
         }
@@ -76,7 +82,15 @@ pub async fn detokenize(
 ) -> Result<Json<Value>, ApiError> {
     let bad = || ValidationError::new("tokens", "tokens must be a list of token ids");
     let ids = token_ids(body.get("tokens").ok_or_else(bad)?).ok_or_else(bad)?;
-    let ids = only(prompt_ids(&state, vec![PromptInput::Ids(ids)], "tokens").await?);
+    let ids = only(
+        prompt_ids(
+            &state,
+            vec![PromptInput::Ids(ids)],
+            "tokens",
+            PromptUse::Listing,
+        )
+        .await?,
+    );
     Ok(Json(json!({"prompt": prompt_text(&state, ids).await?})))
 }
 

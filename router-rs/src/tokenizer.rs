@@ -63,13 +63,15 @@ pub struct GenerationDefaults {
 /// the others U+0100 onward in byte order), or None for a character outside the table.
 fn byte_of_char(c: char) -> Option<u8> {
     let printable = |b: u8| (33..=126).contains(&b) || (161..=172).contains(&b) || b >= 174;
-    match u32::from(c) {
-        n @ 0..=255 => u8::try_from(n).ok().filter(|&b| printable(b)),
-        n @ 256..=323 => (0..=255u8)
-            .filter(|&b| !printable(b))
-            .nth((n - 256) as usize),
-        _ => None,
-    }
+    // The 68 others, in order: 0..=32, 127..=160, 173.
+    let byte = match u32::from(c) {
+        n @ 0..=255 => return u8::try_from(n).ok().filter(|&b| printable(b)),
+        n @ 256..=288 => n - 256,
+        n @ 289..=322 => n - 289 + 127,
+        323 => 173,
+        _ => return None,
+    };
+    u8::try_from(byte).ok()
 }
 
 /// Text up to this many bytes is tokenized in one piece (see `Tokenizer::encode_within`).

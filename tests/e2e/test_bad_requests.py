@@ -44,6 +44,8 @@ def test_invalid_chat_field_is_400_and_named(server: Server, field: str, value: 
     resp = requests.post(f"{server.base_url}/v1/chat/completions", json=body, timeout=10)
     err = _error(resp, 400)
     assert field in (err.get("param") or "") + err["message"]
+    refused = [line for line in server.log().splitlines() if "request refused (400" in line]
+    assert any(field in line for line in refused), refused[-3:]  # the log says what happened
 
 
 def test_prompt_longer_than_the_limit_is_400(server: Server) -> None:

@@ -142,17 +142,7 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
         if declared.is_some_and(|n| n > limit as u64) {
             return Err(ApiError::BodyTooLarge { limit }); // without waiting for the body
         }
-        let read = Bytes::from_request(req, state);
-        let bytes = tokio::time::timeout(BODY_READ_TIMEOUT, read)
-            .await
-            .map_err(|_| ApiError::BodyTimeout(BODY_READ_TIMEOUT.as_secs()))?
-            .map_err(|e| {
-                if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                    ApiError::BodyTooLarge { limit }
-                } else {
-                    ApiError::MalformedJson(e.body_text())
-                }
-            })?;
+        let bytes = read_body(req, state, limit, BODY_READ_TIMEOUT).await?;
         let value: Value =
             serde_json::from_slice(&bytes).map_err(|e| ApiError::MalformedJson(e.to_string()))?;
         if !value.is_object() {
@@ -162,6 +152,43 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
     }
 }
 
+/// The body's bytes, or 408 when they have not all arrived within `timeout`.
+async fn read_body<S: Send + Sync>(
+    req: Request,
+    state: &S,
+    limit: usize,
+    timeout: Duration,
+) -> Result<Bytes, ApiError> {
+    tokio::time::timeout(timeout, Bytes::from_request(req, state))
+        .await
+        .map_err(|_| ApiError::BodyTimeout(timeout.as_secs()))?
+        .map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::BodyTooLarge { limit }
+            } else {
+                ApiError::MalformedJson(e.body_text())
+            }
+        })
+}
+
 /// The body limit in force, put into request extensions so errors can state it.
 #[derive(Debug, Clone, Copy)]
 pub struct BodyLimit(pub usize);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_body_that_does_not_arrive_in_time_is_408() {
+        let never = futures::stream::pending::<Result<Bytes, std::io::Error>>();
+        let req = Request::new(axum::body::Body::from_stream(never));
+        let err = read_body(req, &(), 1000, Duration::from_millis(50))
+            .await
+            .unwrap_err();
+        assert_eq!(err.status(), StatusCode::REQUEST_TIMEOUT);
+        let req = Request::new(axum::body::Body::from("{}"));
+        let got = read_body(req, &(), 1000, Duration::from_millis(50)).await;
+        assert_eq!(got.unwrap(), Bytes::from("{}"));
+    }
+}

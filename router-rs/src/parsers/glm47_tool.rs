@@ -284,9 +284,6 @@ impl Glm47ToolParser {
     }
 
     fn close_call(&mut self) {
-        if let Some(call) = self.call.as_mut() {
-            call.dropping = false;
-        }
         let closing = match &self.call {
             Some(call) if call.args == 0 => "{}",
             _ => "}",

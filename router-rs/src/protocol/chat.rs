@@ -7,7 +7,10 @@ use super::openai::{
     ChatLogprobs, FinishReason, PromptLogprobList, ToolCall, ToolCallDelta, Usage,
 };
 use super::sampling::{OpenAiSampling, SamplingParams, MAX_TOP_LOGPROBS};
-use super::{check_range, from_value, refuse_constrained, ValidationError};
+use super::{
+    check_best_of, check_range, check_stream_options, from_value, refuse_constrained,
+    StreamOptions, ValidationError,
+};
 use crate::parsers::glm47_name::MAX_NAME_BYTES;
 
 /// How the model may use the request's tools.
@@ -39,13 +42,6 @@ pub struct ChatRequest {
     pub template_kwargs: Map<String, Value>,
     pub n: u32,
     pub sampling: SamplingParams,
-}
-
-#[derive(Debug, Deserialize)]
-pub(super) struct StreamOptions {
-    pub(super) include_usage: Option<bool>,
-    /// vLLM's usage in every chunk: not implemented, refused.
-    continuous_usage_stats: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -87,12 +83,7 @@ impl ChatRequest {
                 "echo is not supported on chat completions",
             ));
         }
-        if raw.best_of.is_some_and(|b| b != n) {
-            return Err(ValidationError::new(
-                "best_of",
-                "best_of is not supported (only best_of equal to n)",
-            ));
-        }
+        check_best_of(raw.best_of, n)?;
         let messages = normalize_messages(raw.messages)?;
         let tools = raw.tools.unwrap_or_default();
         check_tools(&tools)?;
@@ -118,29 +109,6 @@ impl ChatRequest {
             sampling,
         })
     }
-}
-
-/// `stream_options` only with a stream, and without what is not implemented.
-pub(super) fn check_stream_options(
-    options: Option<&StreamOptions>,
-    stream: Option<bool>,
-) -> Result<(), ValidationError> {
-    let Some(options) = options else {
-        return Ok(());
-    };
-    if stream != Some(true) {
-        return Err(ValidationError::new(
-            "stream_options",
-            "stream_options is only allowed with stream: true",
-        ));
-    }
-    if options.continuous_usage_stats == Some(true) {
-        return Err(ValidationError::new(
-            "stream_options.continuous_usage_stats",
-            "continuous_usage_stats is not supported (include_usage gives the usage at the end)",
-        ));
-    }
-    Ok(())
 }
 
 fn chat_logprobs(logprobs: Option<bool>, top: Option<u32>) -> Result<i32, ValidationError> {

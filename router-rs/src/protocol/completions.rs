@@ -3,10 +3,12 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::chat::{check_stream_options, StreamOptions};
 use super::openai::{CompletionLogprobs, FinishReason, PromptLogprobList, Usage};
 use super::sampling::{OpenAiSampling, SamplingParams, MAX_TOP_LOGPROBS};
-use super::{check_range, from_value, refuse_constrained, token_ids, ValidationError};
+use super::{
+    check_best_of, check_range, check_stream_options, from_value, refuse_constrained, token_ids,
+    StreamOptions, ValidationError,
+};
 
 /// Output budget of a completion when `max_tokens` is not given (OpenAI's default).
 pub const DEFAULT_MAX_TOKENS: u32 = 16;
@@ -120,12 +122,7 @@ impl CompletionRequest {
         if raw.suffix.is_some_and(|s| !s.is_empty()) {
             return Err(ValidationError::new("suffix", "suffix is not supported"));
         }
-        if raw.best_of.is_some_and(|b| b != n) {
-            return Err(ValidationError::new(
-                "best_of",
-                "best_of is not supported (only best_of equal to n)",
-            ));
-        }
+        check_best_of(raw.best_of, n)?;
         if raw.echo == Some(true) {
             // The echoed prompt carries its tokens' logprobs too (the first token's is null); the
             // worker scores the larger top k of this and `prompt_logprobs`.

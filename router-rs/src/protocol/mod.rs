@@ -12,6 +12,7 @@ pub mod openai;
 pub mod sampling;
 
 use serde::de::DeserializeOwned;
+use serde::Deserialize;
 use serde_json::Value;
 
 /// A client error in one request field: becomes HTTP 400 with `param` set to `param`.
@@ -72,6 +73,48 @@ pub fn refuse_constrained(body: &Value) -> Result<(), ValidationError> {
             "response_format needs a type",
         )),
     }
+}
+
+/// `stream_options` of chat and completions.
+#[derive(Debug, Deserialize)]
+pub struct StreamOptions {
+    pub include_usage: Option<bool>,
+    /// vLLM's usage in every chunk: not implemented, refused.
+    pub continuous_usage_stats: Option<bool>,
+}
+
+/// `stream_options` only with a stream, and without what is not implemented.
+pub fn check_stream_options(
+    options: Option<&StreamOptions>,
+    stream: Option<bool>,
+) -> Result<(), ValidationError> {
+    let Some(options) = options else {
+        return Ok(());
+    };
+    if stream != Some(true) {
+        return Err(ValidationError::new(
+            "stream_options",
+            "stream_options is only allowed with stream: true",
+        ));
+    }
+    if options.continuous_usage_stats == Some(true) {
+        return Err(ValidationError::new(
+            "stream_options.continuous_usage_stats",
+            "continuous_usage_stats is not supported (include_usage gives the usage at the end)",
+        ));
+    }
+    Ok(())
+}
+
+/// `best_of` is not implemented beyond its trivial value, `n`: anything else is refused.
+pub fn check_best_of(best_of: Option<u32>, n: u32) -> Result<(), ValidationError> {
+    if best_of.is_some_and(|b| b != n) {
+        return Err(ValidationError::new(
+            "best_of",
+            "best_of is not supported (only best_of equal to n)",
+        ));
+    }
+    Ok(())
 }
 
 /// Deserializes `T` from `body`, naming the field that is missing or has the wrong type.

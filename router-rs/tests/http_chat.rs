@@ -345,6 +345,24 @@ async fn chat_logprobs_come_in_the_openai_shape() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_logprob_bytes_spell_a_character_split_over_tokens() {
+    let (_model, _worker, server) = setup("é", 2, &[]).await;
+    let body = json!({"messages": user("x"), "logprobs": true});
+    let (status, answer) = server.post("/v1/chat/completions", body).await;
+    assert_eq!(status, 200, "{answer}");
+    let content = answer["choices"][0]["logprobs"]["content"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(content.len(), 2, "one token a byte");
+    let bytes: Vec<Value> = content
+        .iter()
+        .flat_map(|t| t["bytes"].as_array().unwrap().clone())
+        .collect();
+    assert_eq!(bytes, json!([0xc3, 0xa9]).as_array().unwrap().clone());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_leaving_mid_stream_aborts_its_worker_request() {
     use futures::StreamExt;
     let slow = |s: &mut http_support::Script| s.delay = std::time::Duration::from_millis(20);

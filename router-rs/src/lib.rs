@@ -7,6 +7,7 @@ pub mod app;
 pub mod config;
 pub mod detokenize;
 pub mod dispatch;
+pub mod grammar;
 pub mod http;
 pub mod metrics;
 pub mod parsers;

@@ -233,6 +233,14 @@ impl Tokenizer {
         self.decode(&[id], false).unwrap_or_default().into_bytes()
     }
 
+    /// The bytes of every id, None for added tokens (special or not): what a grammar may allow
+    /// (`grammar::Vocab`).
+    pub fn grammar_bytes(&self) -> Vec<Option<Vec<u8>>> {
+        (0..self.vocab_size as u32)
+            .map(|id| (!self.added_ids.contains(&id)).then(|| self.token_bytes(id)))
+            .collect()
+    }
+
     /// Decodes `ids` to text, dropping special tokens when `skip_special_tokens` is set. Bytes
     /// that do not form complete UTF-8 characters come out as U+FFFD. Unknown ids are an error.
     pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String, TokenizerError> {

@@ -88,6 +88,9 @@ fn the_full_submit_keeps_every_field() {
     assert_eq!(req.logprobs, 3);
     assert_eq!(req.prompt_logprobs, 2);
     assert_eq!(req.logit_bias, vec![(13, -100.0), (872, 2.5)]);
+    let grammar = req.grammar.as_ref().expect("the grammar");
+    assert_eq!(grammar.schema.as_deref(), Some(r#"{"type": "object"}"#));
+    assert_eq!(grammar.start_after, Some(151351));
     assert!(!req.mtp);
     assert!((req.repetition_penalty - 1.1).abs() < 1e-12);
 }

@@ -34,6 +34,7 @@ FULL_REQUEST: dict[str, Any] = {
     "mtp": False,
     "prompt_logprobs": 2,
     "logit_bias": [[13, -100.0], [872, 2.5]],
+    "grammar": {"schema": '{"type": "object"}', "start_after": 151351},
 }
 
 EXAMPLES: dict[str, tuple[list[Any], bool]] = {

@@ -127,6 +127,10 @@ def test_submit_applies_defaults_and_ignores_unknown_keys() -> None:
         ("logit_bias", [[3, 1.0], [3, 2.0]]),
         ("logit_bias", [[3, 100.5]]),
         ("logit_bias", [[-1, 1.0]]),
+        ("grammar", "json"),
+        ("grammar", {"schema": 3}),
+        ("grammar", {"start_after": -1}),
+        ("grammar", {"schema": None, "regex": "a+"}),
     ],
 )
 def test_a_bad_request_is_rejected_with_its_rid_and_others_pass(field: str, value: Any) -> None:

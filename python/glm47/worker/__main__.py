@@ -64,6 +64,7 @@ def build(args: WorkerArgs) -> tuple[Engine, Ready]:
     from glm47.worker.compile_watch import CompileWatch
     from glm47.worker.engine.engine import Engine
     from glm47.worker.engine.warmup import warm_up
+    from glm47.worker.grammar import Grammars
     from glm47.worker.runner import ModelRunner
     from glm47.worker.sampling import Sampler
 
@@ -130,7 +131,8 @@ def build(args: WorkerArgs) -> tuple[Engine, Ready]:
         # state in the one that serves.
         warm_up(Engine(cfg, runner, Sampler(seed=cfg.seed), eos), model_cfg.vocab_size)
     compiles.start_serving()
-    engine = Engine(cfg, runner, Sampler(seed=cfg.seed), eos)
+    grammars = Grammars(model_dir, model_cfg.vocab_size)
+    engine = Engine(cfg, runner, Sampler(seed=cfg.seed), eos, grammars)
     ready = Ready(
         model=args.model_name or Path(model_dir).resolve().name,
         vocab_size=model_cfg.vocab_size,

@@ -71,6 +71,9 @@ class ScheduledSeq:
     # Running ahead: the last of output_ids (and token_ids) is a placeholder for a token still on
     # the device, which the runner takes from an earlier step's samples (`TokenFeed`).
     fed: bool = False
+    # Constrained decoding: the ids the sample may take (packed, `grammar.Constraint.mask`);
+    # None: any.
+    allowed: bytes | None = None
 
     @property
     def num_samples(self) -> int:

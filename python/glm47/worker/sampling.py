@@ -6,7 +6,7 @@ their settings into a few small tensors, and nothing is read back until the samp
 1. the row's `logit_bias` added to the raw logits; then penalties: repetition (HF/CTRL: prompt
    and output tokens), then frequency and presence (OpenAI: output tokens only), then the row's
    `banned_token_ids` set to -inf (its stop and eos ids while fewer than min_new_tokens tokens
-   are generated);
+   are generated), and under a JSON grammar every id outside the row's `allowed` mask;
 2. logprobs = log_softmax of the penalised, masked logits (independent of the sampling settings);
 3. greedy rows (temperature 0 or top_k 1) take the argmax of the penalised logits;
 4. the other rows: temperature, then top-k, top-p and min-p masks, then an exponential race
@@ -33,6 +33,7 @@ import torch
 from glm47.kernels.race_noise import row_key
 from glm47.kernels.sampling import candidate_width, race_sample, race_sample_ref
 from glm47.worker.batch import SampleOutput, SamplingParams, ScheduledSeq
+from glm47.worker.grammar import apply_masks
 from glm47.worker.sampling_penalties import (
     PenaltyCounts,
     apply_bans,
@@ -120,6 +121,9 @@ class Sampler:
         if any(s.sampling.logit_bias_ids for s in seqs):
             logits = apply_logit_bias(logits, seqs)
         logits = apply_bans(apply_penalties(logits, seqs, self._counts, last), seqs)
+        masked = [i for i, s in enumerate(seqs) if s.allowed is not None]
+        if masked:
+            logits = apply_masks(logits, masked, [seqs[i].allowed or b"" for i in masked])
         tokens = self._choose(logits, seqs)  # [N] int64
         want = [s.sampling.logprobs for s in seqs]
         return DeferredSamples(tokens, _packed(logits, tokens, want), seqs, want)

@@ -91,6 +91,7 @@ def to_engine_request(engine_rid: str, w: WireRequest) -> Request:
         ignore_eos=w.ignore_eos,
         mtp=w.mtp,
         prompt_logprobs=w.prompt_logprobs,
+        grammar=w.grammar,
     )
 
 

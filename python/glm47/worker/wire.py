@@ -28,6 +28,7 @@ from glm47.worker.wire_messages import (
     Step,
     Submit,
     WireError,
+    WireGrammar,
     WireRequest,
 )
 
@@ -43,6 +44,7 @@ __all__ = [
     "Step",
     "Submit",
     "WireError",
+    "WireGrammar",
     "WireRequest",
     "decode",
     "decode_request",
@@ -159,6 +161,16 @@ def _is_top_row(v: object) -> bool:
     )
 
 
+def _is_grammar(v: object) -> bool:
+    """A `Grammar` map: `schema` a string or nil, `start_after` a non-negative int or nil."""
+    if not isinstance(v, dict) or not set(v) <= {"schema", "start_after"}:
+        return False
+    schema, start = v.get("schema"), v.get("start_after")
+    return (schema is None or isinstance(schema, str)) and (
+        start is None or (_is_int(start) and start >= 0)
+    )
+
+
 # OpenAI's `logit_bias` limits: entries per request and magnitude of a bias.
 MAX_LOGIT_BIAS_ENTRIES = 1024
 MAX_LOGIT_BIAS = 100.0
@@ -187,6 +199,7 @@ _REQUEST_FIELDS = {
     "mtp": (lambda v: isinstance(v, bool), "bool"),
     "prompt_logprobs": (_is_int, "int"),
     "logit_bias": (_is_top_row, "array of [int, float] pairs"),
+    "grammar": (_is_grammar, "a map with schema (str or nil), start_after (int or nil)"),
 }
 _FLOAT_FIELDS = {k for k, (check, _) in _REQUEST_FIELDS.items() if check is _is_float}
 _REQUIRED_REQUEST = ("rid", "input_ids", "max_new_tokens")
@@ -233,6 +246,9 @@ def decode_request(raw: object) -> WireRequest:
         values[key] = float(values[key])
     if "logit_bias" in values:
         values["logit_bias"] = [(int(t), float(b)) for t, b in values["logit_bias"]]
+    if "grammar" in values:
+        g = values["grammar"]
+        values["grammar"] = WireGrammar(schema=g.get("schema"), start_after=g.get("start_after"))
     req = WireRequest(**values)
     problem = _range_problem(req)
     if problem:

@@ -26,6 +26,15 @@ class WireError(Exception):
 
 
 @dataclass(frozen=True)
+class WireGrammar:
+    """A request's output grammar (docs/wire.md `Grammar`): JSON under `schema` (JSON text; None
+    for any JSON object), from the token after `start_after` (None: from the first)."""
+
+    schema: str | None = None
+    start_after: int | None = None
+
+
+@dataclass(frozen=True)
 class WireRequest:
     """One request of a `submit` (docs/wire.md `Request`)."""
 
@@ -47,6 +56,7 @@ class WireRequest:
     mtp: bool = True
     prompt_logprobs: int = -1
     logit_bias: list[tuple[int, float]] = field(default_factory=list)
+    grammar: WireGrammar | None = None
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,8 @@ use axum::Json;
 use futures::stream::{self, StreamExt};
 
 use super::prepare::{
-    chat_pipeline, chat_prompt, max_new_tokens, ready_worker, wire_requests, PromptUse,
+    chat_pipeline, chat_prompt, grammar_after_reasoning, max_new_tokens, ready_worker,
+    wire_requests, PromptUse,
 };
 use super::run::{collect, drive, start, ChoiceDelta, ChoiceStream};
 use super::{logprobs, sse, ApiError, AppState, JsonBody, Meta};
@@ -26,13 +27,9 @@ pub async fn chat(
     let worker = ready_worker(&state)?;
     let prompt = chat_prompt(&state, &req, PromptUse::Generation).await?;
     let max_new = max_new_tokens(&state, &worker, prompt.ids.len(), &req.sampling, "messages")?;
-    let handles = state.dispatcher.submit_many(wire_requests(
-        &state,
-        &prompt.ids,
-        &req.sampling,
-        max_new,
-        req.n,
-    ))?;
+    let mut reqs = wire_requests(&state, &prompt.ids, &req.sampling, max_new, req.n);
+    grammar_after_reasoning(&state, &prompt, &mut reqs);
+    let handles = state.dispatcher.submit_many(reqs)?;
     let pipelines = (0..req.n)
         .map(|_| chat_pipeline(&state, &req, &prompt))
         .collect();

@@ -328,9 +328,25 @@ pub fn wire_requests(
                 .iter()
                 .map(|&(id, bias)| (id, f64::from(bias)))
                 .collect();
+            r.grammar = sampling.json_output.as_ref().map(|json| wire::Grammar {
+                schema: json.schema.clone(),
+                start_after: None,
+            });
             r
         })
         .collect()
+}
+
+/// Where a chat prompt leaves the model inside reasoning, a JSON grammar applies from the token
+/// after the one that closes it (`</think>`), as the reasoning is free text.
+pub fn grammar_after_reasoning(state: &AppState, prompt: &ChatPrompt, reqs: &mut [wire::Request]) {
+    if !prompt.in_reasoning {
+        return;
+    }
+    let close = state.model.tokenizer.token_to_id(THINK_CLOSE);
+    for grammar in reqs.iter_mut().filter_map(|r| r.grammar.as_mut()) {
+        grammar.start_after = close;
+    }
 }
 
 /// A pipeline for one choice of a `prompt_len`-token prompt: detokenizer and stop strings, no

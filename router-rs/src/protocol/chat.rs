@@ -8,8 +8,8 @@ use super::openai::{
 };
 use super::sampling::{OpenAiSampling, SamplingParams, MAX_TOP_LOGPROBS};
 use super::{
-    check_best_of, check_range, check_stream_options, from_value, refuse_constrained,
-    StreamOptions, ValidationError,
+    check_best_of, check_range, check_stream_options, from_value, json_output, StreamOptions,
+    ValidationError,
 };
 use crate::parsers::glm47_name::MAX_NAME_BYTES;
 
@@ -67,7 +67,7 @@ impl ChatRequest {
         let sampling: OpenAiSampling = from_value(body)?;
         let n = sampling.n.unwrap_or(1);
         let logprobs = chat_logprobs(raw.logprobs, raw.top_logprobs)?;
-        let sampling = sampling.validate(logprobs)?;
+        let mut sampling = sampling.validate(logprobs)?;
         if raw.stream == Some(true) && sampling.prompt_logprobs.is_some() {
             // A chat stream has no place for them (vLLM refuses the pair too).
             return Err(ValidationError::new(
@@ -75,7 +75,7 @@ impl ChatRequest {
                 "prompt_logprobs is not available with stream: true on chat completions",
             ));
         }
-        refuse_constrained(body)?;
+        sampling.json_output = json_output(body)?;
         check_stream_options(raw.stream_options.as_ref(), raw.stream)?;
         if raw.echo == Some(true) {
             return Err(ValidationError::new(
@@ -88,6 +88,13 @@ impl ChatRequest {
         let tools = raw.tools.unwrap_or_default();
         check_tools(&tools)?;
         let tool_choice = parse_tool_choice(raw.tool_choice.as_ref(), &tools)?;
+        let forced = matches!(tool_choice, ToolChoice::Required | ToolChoice::Named(_));
+        if forced && sampling.json_output.is_some() {
+            return Err(ValidationError::new(
+                "tool_choice",
+                "a forced tool call and a JSON response_format exclude each other",
+            ));
+        }
         let tools = if tool_choice == ToolChoice::None {
             Vec::new()
         } else {

@@ -1,4 +1,5 @@
 use super::*;
+use crate::protocol::JsonOutput;
 use serde_json::json;
 
 #[test]
@@ -109,11 +110,45 @@ fn logprobs_turn_into_the_wire_count() {
 }
 
 #[test]
-fn an_unenforced_response_format_is_refused_and_empty_arguments_are_an_empty_object() {
-    let fmt = json!({"messages": [{"role": "user", "content": "x"}],
-        "response_format": {"type": "json_object"}});
-    let err = ChatRequest::from_json(&fmt).unwrap_err();
-    assert_eq!(err.param, "response_format.type");
+fn json_response_formats_are_read_and_empty_arguments_are_an_empty_object() {
+    let user = json!([{"role": "user", "content": "x"}]);
+    let object = json!({"messages": user, "response_format": {"type": "json_object"}});
+    let req = ChatRequest::from_json(&object).unwrap();
+    assert_eq!(req.sampling.json_output, Some(JsonOutput { schema: None }));
+    let schema = json!({"type": "object", "properties": {"a": {"type": "integer"}}});
+    let named = json!({"messages": user, "response_format": {"type": "json_schema",
+        "json_schema": {"name": "n", "schema": schema, "strict": true}}});
+    let req = ChatRequest::from_json(&named).unwrap();
+    let sent: Value =
+        serde_json::from_str(req.sampling.json_output.unwrap().schema.as_deref().unwrap()).unwrap();
+    assert_eq!(sent, schema);
+    for (body, param) in [
+        (
+            json!({"messages": user, "response_format": {"type": "json_schema"}}),
+            "response_format.json_schema.schema",
+        ),
+        (
+            json!({"messages": user, "response_format": {"type": "json_schema", "json_schema":
+            {"schema": {"type": "string", "pattern": "x"}}}}),
+            "response_format.json_schema.schema",
+        ),
+        (
+            json!({"messages": user, "response_format": {"type": "json_object"},
+            "guided_json": {"type": "object"}}),
+            "guided_json",
+        ),
+        (
+            json!({"messages": user, "response_format": {"type": "json_object"}, "tool_choice":
+            "required", "tools": [{"type": "function", "function": {"name": "f"}}]}),
+            "tool_choice",
+        ),
+    ] {
+        assert_eq!(
+            ChatRequest::from_json(&body).unwrap_err().param,
+            param,
+            "{body}"
+        );
+    }
     let text = json!({"messages": [{"role": "user", "content": "x"}],
         "response_format": {"type": "text"}});
     assert!(ChatRequest::from_json(&text).is_ok());

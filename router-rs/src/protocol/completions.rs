@@ -6,7 +6,7 @@ use serde_json::Value;
 use super::openai::{CompletionLogprobs, FinishReason, PromptLogprobList, Usage};
 use super::sampling::{OpenAiSampling, SamplingParams, MAX_TOP_LOGPROBS};
 use super::{
-    check_best_of, check_range, check_stream_options, from_value, refuse_constrained, token_ids,
+    check_best_of, check_range, check_stream_options, from_value, json_output, token_ids,
     StreamOptions, ValidationError,
 };
 
@@ -101,7 +101,6 @@ impl CompletionRequest {
     pub fn from_json(body: &Value) -> Result<Self, ValidationError> {
         let raw: RawCompletion = from_value(body)?;
         let mut sampling: OpenAiSampling = from_value(body)?;
-        refuse_constrained(body)?;
         check_stream_options(raw.stream_options.as_ref(), raw.stream)?;
         let score_only = raw.echo == Some(true)
             && sampling.max_completion_tokens.or(sampling.max_tokens) == Some(0);
@@ -119,6 +118,7 @@ impl CompletionRequest {
         check_range("logprobs", raw.logprobs, 0, MAX_TOP_LOGPROBS)?;
         let logprobs = raw.logprobs.map_or(-1, |k| k as i32);
         let mut sampling = sampling.validate(logprobs)?;
+        sampling.json_output = json_output(body)?;
         if raw.suffix.is_some_and(|s| !s.is_empty()) {
             return Err(ValidationError::new("suffix", "suffix is not supported"));
         }
@@ -222,11 +222,11 @@ mod tests {
         for (field, value, param) in [
             (
                 "response_format",
-                json!({"type": "json_object"}),
-                "response_format.type",
+                json!({"type": "json_schema", "json_schema": {"schema": {"minimum": 1}}}),
+                "response_format.json_schema.schema",
             ),
             ("guided_choice", json!(["yes", "no"]), "guided_choice"),
-            ("guided_json", json!({"type": "object"}), "guided_json"),
+            ("guided_json", json!("{not json"), "guided_json"),
             ("guided_regex", json!("[a-z]+"), "guided_regex"),
             (
                 "structured_outputs",
@@ -245,6 +245,24 @@ mod tests {
         let text =
             json!({"prompt": "hi", "response_format": {"type": "text"}, "guided_json": null});
         assert!(CompletionRequest::from_json(&text).is_ok());
+        // JSON output, in each spelling; a schema may come as its JSON text
+        for (field, value) in [
+            ("response_format", json!({"type": "json_object"})),
+            ("guided_json", json!({"type": "object"})),
+            ("guided_json", json!("{\"type\": \"object\"}")),
+            ("json_schema", json!("{\"type\": \"object\"}")),
+            ("structured_outputs", json!({"json": {"type": "object"}})),
+        ] {
+            let req = CompletionRequest::from_json(&json!({"prompt": "hi", field: value})).unwrap();
+            let json = req.sampling.json_output.expect("json output");
+            if field != "response_format" {
+                assert_eq!(
+                    json.schema.as_deref(),
+                    Some(r#"{"type":"object"}"#),
+                    "{field}"
+                );
+            }
+        }
     }
 
     #[test]

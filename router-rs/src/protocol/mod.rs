@@ -33,44 +33,117 @@ impl ValidationError {
     }
 }
 
-/// Fields of constrained decoding (vLLM's and SGLang's extras), which is not implemented: a request
-/// asking for it is refused rather than answered unconstrained.
-const CONSTRAINED: [&str; 9] = [
-    "guided_json",
+/// Fields of constrained decoding (vLLM's and SGLang's extras) other than JSON, which is not
+/// implemented: a request asking for one is refused rather than answered unconstrained.
+const CONSTRAINED: [&str; 6] = [
     "guided_regex",
     "guided_choice",
     "guided_grammar",
-    "guided_decoding_backend",
-    "structured_outputs",
     "regex",
     "ebnf",
-    "json_schema",
+    "structural_tag",
 ];
 
-/// Refuses a chat or completions body that asks for constrained decoding: one of `CONSTRAINED`,
-/// or a `response_format` other than text.
-pub fn refuse_constrained(body: &Value) -> Result<(), ValidationError> {
-    if let Some(field) = CONSTRAINED
-        .iter()
-        .find(|f| body.get(**f).is_some_and(|v| !v.is_null()))
-    {
+/// JSON output a request asks for: `response_format` `json_object` or `json_schema`, vLLM's
+/// `guided_json` or `structured_outputs.json`, SGLang's `json_schema`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JsonOutput {
+    /// The schema as JSON text; None for any JSON object.
+    pub schema: Option<String>,
+}
+
+/// Reads the JSON output a chat or completions body asks for (None: free text). A schema the
+/// grammar cannot enforce, two ways of asking at once, and every other kind of constrained
+/// decoding are refused.
+pub fn json_output(body: &Value) -> Result<Option<JsonOutput>, ValidationError> {
+    let set = |f: &str| body.get(f).filter(|v| !v.is_null());
+    if let Some(field) = CONSTRAINED.iter().find(|f| set(f).is_some()) {
         return Err(ValidationError::new(
             *field,
-            format!("{field} is not supported: constrained decoding is not implemented"),
+            format!("{field} is not supported: only JSON output can be constrained"),
         ));
     }
-    let Some(format) = body.get("response_format").filter(|f| !f.is_null()) else {
-        return Ok(());
-    };
-    match format.get("type").and_then(Value::as_str) {
-        Some("text") => Ok(()),
-        Some(other) => Err(ValidationError::new(
-            "response_format.type",
-            format!("response_format type {other:?} is not supported (only text)"),
-        )),
-        None => Err(ValidationError::new(
-            "response_format",
-            "response_format needs a type",
+    let mut asked: Vec<(&str, Option<&Value>)> = Vec::new();
+    if let Some(format) = set("response_format") {
+        match format.get("type").and_then(Value::as_str) {
+            Some("text") => {}
+            Some("json_object") => asked.push(("response_format", None)),
+            Some("json_schema") => {
+                let schema = format
+                    .get("json_schema")
+                    .and_then(|j| j.get("schema"))
+                    .filter(|s| !s.is_null())
+                    .ok_or_else(|| {
+                        ValidationError::new(
+                            "response_format.json_schema.schema",
+                            "response_format json_schema needs json_schema.schema",
+                        )
+                    })?;
+                asked.push(("response_format.json_schema.schema", Some(schema)));
+            }
+            Some(other) => {
+                return Err(ValidationError::new(
+                    "response_format.type",
+                    format!(
+                        "response_format type {other:?} is not supported (text, json_object, \
+                         json_schema)"
+                    ),
+                ))
+            }
+            None => {
+                return Err(ValidationError::new(
+                    "response_format",
+                    "response_format needs a type",
+                ))
+            }
+        }
+    }
+    for field in ["guided_json", "json_schema"] {
+        if let Some(schema) = set(field) {
+            asked.push((field, Some(schema)));
+        }
+    }
+    if let Some(outputs) = set("structured_outputs") {
+        let json = outputs.as_object().and_then(|o| {
+            let keys: Vec<&String> = o
+                .iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, _)| k)
+                .collect();
+            (keys == ["json"]).then(|| &o["json"])
+        });
+        let json = json.ok_or_else(|| {
+            ValidationError::new(
+                "structured_outputs",
+                "structured_outputs is supported only with json (a schema)",
+            )
+        })?;
+        asked.push(("structured_outputs.json", Some(json)));
+    }
+    match asked.as_slice() {
+        [] => Ok(None),
+        [(_, None)] => Ok(Some(JsonOutput { schema: None })),
+        [(param, Some(schema))] => {
+            // vLLM and SGLang take the schema as an object or as its JSON text.
+            let parsed;
+            let schema = match schema {
+                Value::String(text) => {
+                    parsed = serde_json::from_str::<Value>(text).map_err(|e| {
+                        ValidationError::new(*param, format!("the schema is not JSON: {e}"))
+                    })?;
+                    &parsed
+                }
+                other => *other,
+            };
+            crate::grammar::compile(Some(schema))
+                .map_err(|e| ValidationError::new(*param, format!("unsupported schema: {e}")))?;
+            Ok(Some(JsonOutput {
+                schema: Some(schema.to_string()),
+            }))
+        }
+        [(first, _), (second, _), ..] => Err(ValidationError::new(
+            *second,
+            format!("{second} and {first} both constrain the output: give one"),
         )),
     }
 }

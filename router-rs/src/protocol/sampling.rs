@@ -47,6 +47,8 @@ pub struct SamplingParams {
     pub include_stop_str: bool,
     /// `(token id, bias)` added to the logits before sampling, ids ascending.
     pub logit_bias: Vec<(u32, f32)>,
+    /// JSON output the request asks for (constrained decoding); None: free text.
+    pub json_output: Option<super::JsonOutput>,
 }
 
 /// `stop`: one string or a list of strings.
@@ -185,6 +187,7 @@ impl OpenAiSampling {
             skip_special_tokens: self.skip_special_tokens.unwrap_or(true),
             include_stop_str: self.include_stop_str_in_output.unwrap_or(false),
             logit_bias: logit_bias(self.logit_bias)?,
+            json_output: None,
         };
         params.check()?;
         Ok(params)

@@ -2,6 +2,7 @@
 
 use pyo3::prelude::*;
 
+mod grammar;
 mod parsers;
 mod server;
 mod tokenizer;
@@ -9,6 +10,7 @@ mod tokenizer;
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     tokenizer::register(m)?;
+    grammar::register(m)?;
     parsers::register(m)?;
     server::register(m)?;
     Ok(())

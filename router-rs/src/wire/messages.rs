@@ -72,6 +72,21 @@ pub struct Request {
     /// `(token id, bias)` pairs added to the logits before sampling (OpenAI's `logit_bias`).
     #[serde(default)]
     pub logit_bias: Vec<(u32, f64)>,
+    /// Constrained decoding: the output must be JSON under this grammar.
+    #[serde(default)]
+    pub grammar: Option<Grammar>,
+}
+
+/// A request's output grammar (`response_format` `json_object` or `json_schema`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Grammar {
+    /// The JSON Schema as JSON text; nil for any JSON object.
+    #[serde(default)]
+    pub schema: Option<String>,
+    /// The grammar applies from the token after this one (the end of a reasoning block the
+    /// prompt opened); nil: from the first token.
+    #[serde(default)]
+    pub start_after: Option<u32>,
 }
 
 impl Request {
@@ -96,6 +111,7 @@ impl Request {
             mtp: true,
             prompt_logprobs: -1,
             logit_bias: Vec::new(),
+            grammar: None,
         }
     }
 }

@@ -14,7 +14,8 @@ requests that step n stops (a stop or eos token): they have had one more step co
 nothing, whose result is dropped. So step n + 1 may admit waiting requests and carry prompt
 chunks, and a request whose length ends with step n's token is left out of it (with many
 requests running, one ends so nearly every step). Penalties read the fed token on the device
-too (`ScheduledSeq.fed`). Not run ahead: a step after one with drafts, one with a running
+too (`ScheduledSeq.fed`). Not run ahead: a step after one with drafts or with a sample of a
+JSON-constrained request (its next mask needs that sample), one with a running
 request that step n left out, and one whose requests may need more pages than are free or held
 by the prefix cache alone (planning it could preempt). (A step with prompt scores is queued
 ahead too, though computing them waits for the step on the host.) A request that arrives while
@@ -44,6 +45,7 @@ from glm47.worker.engine.prefix_cache import PrefixCache
 from glm47.worker.engine.request import FinishReason, Request, RequestState
 from glm47.worker.engine.scheduler import Scheduler
 from glm47.worker.engine.step_log import StepLog
+from glm47.worker.grammar import Constraint, Grammars
 
 log = logging.getLogger(__name__)
 
@@ -129,14 +131,22 @@ class Engine:
     """Continuous batching over a paged KV cache with chunked prefill, prefix cache, preemption."""
 
     def __init__(
-        self, config: EngineConfig, runner: Runner, sampler: Any, eos_token_ids: list[int]
+        self,
+        config: EngineConfig,
+        runner: Runner,
+        sampler: Any,
+        eos_token_ids: list[int],
+        grammars: Grammars | None = None,
     ) -> None:
+        """`grammars` builds the JSON constraints of requests that ask for one (None: such
+        requests are refused)."""
         if config.max_req_total_len is None:
             raise ValueError("EngineConfig.max_req_total_len unset: use config.with_model_limits()")
         self.config = config
         self.runner = runner
         self.sampler = sampler
         self.eos_token_ids = frozenset(eos_token_ids)
+        self.grammars = grammars
         self.pool = PagePool(runner.num_pages, runner.page_size)
         self.cache = PrefixCache(self.pool, enabled=config.enable_prefix_cache)
         self.scheduler = Scheduler(config, self.pool, self.cache)
@@ -165,6 +175,8 @@ class Engine:
         self._validate(req)
         if not req.eos_token_ids:
             req.eos_token_ids = self.eos_token_ids
+        if req.grammar is not None:
+            req.constraint = self._constraint(req)
         self._requests[req.rid] = req
         self.scheduler.add(req)
 
@@ -189,6 +201,18 @@ class Engine:
             raise QueueFullError(
                 req.rid, f"waiting queue full ({self.config.max_waiting_requests} requests)"
             )
+
+    def _constraint(self, req: Request) -> Constraint:
+        """The JSON constraint of `req`, whose grammar ends at its stop ids and (unless it
+        ignores them) the eos ids."""
+        assert req.grammar is not None
+        if self.grammars is None:
+            raise InvalidRequestError(req.rid, "constrained decoding is not available here")
+        ends = set(req.stop_token_ids) | (set() if req.ignore_eos else set(req.eos_token_ids))
+        try:
+            return self.grammars.constraint(req.grammar, sorted(ends))
+        except ValueError as exc:
+            raise InvalidRequestError(req.rid, f"grammar: {exc}") from exc
 
     def abort(self, rid: str) -> None:
         """Stop a request now and free its pages; the next step reports finish "abort". Unknown
@@ -246,6 +270,7 @@ class Engine:
         return outputs
 
     def _launch(self, batch: ScheduledBatch) -> _Queued:
+        self._attach_masks(batch)
         if self._launcher is not None:
             return _Queued(batch, self._launcher.launch(batch, self.sampler))
         return _Queued(batch, None, self.runner.run(batch, self.sampler))
@@ -255,6 +280,9 @@ class Engine:
         now gives the step that planning after them would (see the module doc); else None."""
         if self._launcher is None or self.mtp_step or current.launched is None:
             return None
+        if any(s.allowed is not None or self._constrained(s.rid) for s in current.batch.seqs
+               if s.sample):  # fmt: skip
+            return None  # a constrained request's next mask needs its sample
         tokens = current.launched.tokens
         seqs = current.batch.seqs
         if tokens is None:
@@ -294,12 +322,30 @@ class Engine:
                 feed_rows.append(row_of[s.rid])
                 feed_seqs.append(i)
         assert len(feed_rows) == len(fed), "every fed request is in the step queued ahead"
+        self._attach_masks(batch)
         launched = self._launcher.launch(
             batch, self.sampler, TokenFeed(tokens, feed_rows, feed_seqs)
         )
         current.placeholders = fed
         self.steps_ahead += 1
         return _Queued(batch, launched, ahead=True)
+
+    def _constrained(self, rid: str) -> bool:
+        req = self._requests.get(rid)
+        return req is not None and req.constraint is not None
+
+    def _attach_masks(self, batch: ScheduledBatch) -> None:
+        """Gives each sample of a request under an active JSON grammar its allowed ids."""
+        for seq in batch.seqs:
+            req = self._requests.get(seq.rid) if seq.sample else None
+            if req is None or req.constraint is None or not req.constraint.active:
+                continue
+            mask = req.constraint.mask()
+            if mask.count(0) == len(mask):  # no token continues the document (never expected)
+                log.warning("request %s: its grammar allows no token; sampling unconstrained",
+                            req.rid)  # fmt: skip
+                continue
+            seq.allowed = mask
 
     def _apply_samples(
         self, batch: ScheduledBatch, samples: list[SampleOutput], outputs: list[StepOutput]
@@ -332,6 +378,9 @@ class Engine:
             else:
                 token = first.token_id
                 req.append_output(token)
+                if req.constraint is not None and not req.constraint.accept(token):
+                    # Only a row the mask did not cover (see _attach_masks) can get here.
+                    log.warning("request %s: token %d is outside its grammar", req.rid, token)
                 out = StepOutput(rid=req.rid, ids=[token])
                 if req.sampling.logprobs >= 0 and first.logprob is not None:
                     out.logprobs = [first.logprob]
@@ -403,7 +452,7 @@ class Engine:
         when the pool has the pages they (and the drafter's chained steps) will take. Each draft's
         row is sampled with the drafts before it as output: its penalties, seeded draw and
         min-tokens ban are those of decoding one token a step."""
-        if not req.mtp:
+        if not req.mtp or req.constraint is not None:
             return 0
         room = min(
             req.max_new_tokens - req.num_output_tokens, self.max_req_total_len - req.num_tokens

@@ -20,6 +20,8 @@ import math
 from dataclasses import dataclass, field
 
 from glm47.worker.batch import PromptScores, SamplingParams
+from glm47.worker.grammar import Constraint
+from glm47.worker.wire_messages import WireGrammar
 
 
 class RequestState(enum.Enum):
@@ -53,8 +55,12 @@ class Request:
     # Prompt logprobs: -1 none; 0: the logprob of each prompt token after the first, under the
     # model's logits at the position before it; k > 0: also the top k there.
     prompt_logprobs: int = -1
+    # JSON output under this grammar (constrained decoding); None: free text.
+    grammar: WireGrammar | None = None
 
     # Engine-owned state below; never set by the caller.
+    # The grammar's matcher (`Engine.add_request` builds it), told every sampled token.
+    constraint: Constraint | None = field(default=None, init=False, repr=False)
     state: RequestState = field(default=RequestState.WAITING, init=False)
     output_ids: list[int] = field(default_factory=list, init=False)  # [O] generated tokens
     all_token_ids: list[int] = field(default_factory=list, init=False)  # [P + O] prompt + output
@@ -167,6 +173,8 @@ class Request:
             last = self.output_ids[-1]
             if last in self.stop_token_ids or (not self.ignore_eos and last in self.eos_token_ids):
                 return FinishReason.STOP
+        if self.constraint is not None and self.constraint.is_done():
+            return FinishReason.STOP  # the JSON document is complete
         if num_out >= self.max_new_tokens or len(self.all_token_ids) >= max_total_len:
             return FinishReason.LENGTH
         return None

@@ -1,0 +1,662 @@
+//! A byte-level pushdown matcher for JSON text under a compiled [`Schema`].
+//!
+//! The state is a set of threads, each a stack of frames (the values being read, innermost
+//! last); a schema's `anyOf` forks a thread, and a thread dies on a byte it cannot take. A byte
+//! sequence is a valid prefix of a document exactly when some thread survives it, so a token is
+//! allowed exactly when its bytes leave a thread alive (vocab.rs walks every token that way).
+//!
+//! Whitespace runs are capped at [`MAX_WHITESPACE_RUN`] bytes and numbers at
+//! [`MAX_NUMBER_BYTES`], and nothing may follow the top-level value: a model that keeps writing
+//! spaces or digits is still brought to an end.
+
+use std::sync::Arc;
+
+use super::schema::{Node, NodeId, Prop, Schema};
+
+/// Longest run of whitespace between tokens of the document.
+pub const MAX_WHITESPACE_RUN: u8 = 40;
+/// Longest number, sign and exponent included.
+pub const MAX_NUMBER_BYTES: u8 = 32;
+
+/// Where a string's bytes are: between characters, inside an escape, inside a UTF-8 sequence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Chars {
+    /// 0: between characters; 1: after a backslash; 2..=5: hex digits of `\u` left, plus one.
+    esc: u8,
+    /// Continuation bytes of the current UTF-8 character still to come, and the range the next
+    /// one must fall in.
+    utf8_left: u8,
+    lo: u8,
+    hi: u8,
+}
+
+enum CharStep {
+    Open,
+    Close,
+    Dead,
+}
+
+impl Chars {
+    /// Between characters: the next byte starts a character or closes the string.
+    pub(crate) fn at_boundary(&self) -> bool {
+        self.esc == 0 && self.utf8_left == 0
+    }
+
+    /// Takes one byte inside a string (the opening quote already read).
+    fn step(&mut self, b: u8) -> CharStep {
+        if self.utf8_left > 0 {
+            if b < self.lo || b > self.hi {
+                return CharStep::Dead;
+            }
+            self.utf8_left -= 1;
+            (self.lo, self.hi) = (0x80, 0xBF);
+            return CharStep::Open;
+        }
+        match self.esc {
+            0 => {
+                let (left, lo, hi) = match b {
+                    b'"' => return CharStep::Close,
+                    b'\\' => {
+                        self.esc = 1;
+                        return CharStep::Open;
+                    }
+                    0x00..=0x1F | 0x80..=0xC1 | 0xF5..=0xFF => return CharStep::Dead,
+                    0x20..=0x7F => return CharStep::Open,
+                    0xC2..=0xDF => (1, 0x80, 0xBF),
+                    0xE0 => (2, 0xA0, 0xBF),
+                    0xED => (2, 0x80, 0x9F),
+                    0xE1..=0xEF => (2, 0x80, 0xBF),
+                    0xF0 => (3, 0x90, 0xBF),
+                    0xF4 => (3, 0x80, 0x8F),
+                    0xF1..=0xF3 => (3, 0x80, 0xBF),
+                };
+                (self.utf8_left, self.lo, self.hi) = (left, lo, hi);
+                CharStep::Open
+            }
+            1 => match b {
+                b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => {
+                    self.esc = 0;
+                    CharStep::Open
+                }
+                b'u' => {
+                    self.esc = 5;
+                    CharStep::Open
+                }
+                _ => CharStep::Dead,
+            },
+            n => {
+                if !b.is_ascii_hexdigit() {
+                    return CharStep::Dead;
+                }
+                self.esc = if n == 2 { 0 } else { n - 1 };
+                CharStep::Open
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ObjAt {
+    /// After `{`: a key or `}`.
+    Open,
+    /// After `,`: a key.
+    Comma,
+    /// After a key: `:`, then a value of this node.
+    Colon(NodeId),
+    /// After a member's value: `,` or `}`.
+    Value,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ArrAt {
+    Open,
+    Comma,
+    Value,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum NumAt {
+    Minus,
+    Zero,
+    Int,
+    Dot,
+    Frac,
+    Exp,
+    ExpSign,
+    ExpDigits,
+}
+
+impl NumAt {
+    fn complete(self) -> bool {
+        matches!(
+            self,
+            NumAt::Zero | NumAt::Int | NumAt::Frac | NumAt::ExpDigits
+        )
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Frame {
+    /// A value of this node comes next (whitespace allowed before it).
+    Value(NodeId),
+    /// Inside an object; `seen` holds the listed properties already given (by sorted index).
+    Object {
+        node: NodeId,
+        seen: u128,
+        at: ObjAt,
+    },
+    /// Inside a member name of object `node`: the listed names in `lo..hi` still match the
+    /// `pos` bytes read.
+    Key {
+        node: NodeId,
+        lo: u32,
+        hi: u32,
+        pos: u32,
+        chars: Chars,
+    },
+    Array {
+        node: NodeId,
+        count: u32,
+        at: ArrAt,
+    },
+    /// Inside a string of `len` characters so far.
+    Str {
+        len: u32,
+        min: u32,
+        max: u32,
+        chars: Chars,
+    },
+    Number {
+        integer: bool,
+        at: NumAt,
+        len: u8,
+    },
+    /// Inside one of the texts of `Node::Choices` `node`: those in `lo..hi` match the `pos`
+    /// bytes read.
+    Choice {
+        node: NodeId,
+        lo: u32,
+        hi: u32,
+        pos: u32,
+    },
+}
+
+/// One reading of the bytes so far.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Thread {
+    pub(crate) stack: Vec<Frame>,
+    /// Whitespace bytes just read.
+    ws: u8,
+}
+
+impl Clone for Thread {
+    fn clone(&self) -> Self {
+        Thread {
+            stack: self.stack.clone(),
+            ws: self.ws,
+        }
+    }
+
+    fn clone_from(&mut self, source: &Self) {
+        self.stack.clone_from(&source.stack);
+        self.ws = source.ws;
+    }
+}
+
+fn is_ws(b: u8) -> bool {
+    matches!(b, b' ' | b'\n' | b'\t' | b'\r')
+}
+
+/// The texts in `lo..hi` (sorted, all sharing their first `pos` bytes) whose byte `pos` is `b`.
+fn narrow(texts: &[Vec<u8>], lo: u32, hi: u32, pos: u32, b: u8) -> (u32, u32) {
+    let range = &texts[lo as usize..hi as usize];
+    let p = pos as usize;
+    let key = |t: &Vec<u8>| t.get(p).copied();
+    let start = range.partition_point(|t| key(t) < Some(b));
+    let end = range.partition_point(|t| key(t) <= Some(b));
+    (lo + start as u32, lo + end as u32)
+}
+
+/// The schema and the stepping rules; shared by every matcher of a request.
+#[derive(Debug)]
+pub struct Grammar {
+    schema: Schema,
+    /// Per node: the texts of a `Choices` node and the keys of an `Object` node, as slices.
+    texts: Vec<Vec<Vec<u8>>>,
+}
+
+impl Grammar {
+    pub fn new(schema: Schema) -> Arc<Self> {
+        let texts = schema
+            .nodes
+            .iter()
+            .map(|n| match n {
+                Node::Choices(t) => t.clone(),
+                Node::Object { props, .. } => props.iter().map(|p: &Prop| p.key.clone()).collect(),
+                _ => Vec::new(),
+            })
+            .collect();
+        Arc::new(Grammar { schema, texts })
+    }
+
+    pub fn schema(&self) -> &Schema {
+        &self.schema
+    }
+
+    pub(crate) fn start(&self) -> Vec<Thread> {
+        vec![Thread {
+            stack: vec![Frame::Value(self.schema.root)],
+            ws: 0,
+        }]
+    }
+
+    /// Every thread `threads` become after byte `b`, appended to `out` (deduplicated).
+    pub(crate) fn step_all(&self, threads: &[Thread], b: u8, out: &mut Vec<Thread>) {
+        for t in threads {
+            self.feed(t.clone(), b, out);
+        }
+    }
+
+    fn emit(mut t: Thread, out: &mut Vec<Thread>) {
+        t.ws = 0;
+        if !out.contains(&t) {
+            out.push(t);
+        }
+    }
+
+    fn space(mut t: Thread, out: &mut Vec<Thread>) {
+        if t.ws < MAX_WHITESPACE_RUN {
+            t.ws += 1;
+            if !out.contains(&t) {
+                out.push(t);
+            }
+        }
+    }
+
+    fn feed(&self, mut t: Thread, b: u8, out: &mut Vec<Thread>) {
+        let Some(top) = t.stack.last_mut() else {
+            return; // the document is complete: nothing may follow
+        };
+        match top {
+            Frame::Value(id) => {
+                let id = *id;
+                if is_ws(b) {
+                    return Self::space(t, out);
+                }
+                t.stack.pop();
+                self.start_value(t, id, b, out);
+            }
+            Frame::Object { node, seen, at } => {
+                let (node, seen, at) = (*node, *seen, *at);
+                let Node::Object { props, additional } = &self.schema.nodes[node] else {
+                    unreachable!("an object frame holds an object node")
+                };
+                if is_ws(b) {
+                    return Self::space(t, out);
+                }
+                let more = additional.is_some() || (seen.count_ones() as usize) < props.len();
+                let done = props
+                    .iter()
+                    .enumerate()
+                    .all(|(i, p)| !p.required || seen & (1 << i) != 0);
+                match (at, b) {
+                    (ObjAt::Open | ObjAt::Comma, b'"') if more => {
+                        t.stack.push(Frame::Key {
+                            node,
+                            lo: 0,
+                            hi: props.len() as u32,
+                            pos: 0,
+                            chars: Chars::default(),
+                        });
+                        Self::emit(t, out);
+                    }
+                    (ObjAt::Open | ObjAt::Value, b'}') if done => {
+                        t.stack.pop();
+                        Self::emit(t, out);
+                    }
+                    (ObjAt::Value, b',') if more => {
+                        *t.stack.last_mut().expect("the object frame") = Frame::Object {
+                            node,
+                            seen,
+                            at: ObjAt::Comma,
+                        };
+                        Self::emit(t, out);
+                    }
+                    (ObjAt::Colon(target), b':') => {
+                        *t.stack.last_mut().expect("the object frame") = Frame::Object {
+                            node,
+                            seen,
+                            at: ObjAt::Value,
+                        };
+                        t.stack.push(Frame::Value(target));
+                        Self::emit(t, out);
+                    }
+                    _ => {}
+                }
+            }
+            Frame::Key { node, .. } => {
+                let node = *node;
+                let Node::Object { props, additional } = &self.schema.nodes[node] else {
+                    unreachable!("a key frame holds an object node")
+                };
+                let n = t.stack.len();
+                let Frame::Object { seen, .. } = t.stack[n - 2] else {
+                    unreachable!("a key frame sits on its object frame")
+                };
+                let Frame::Key {
+                    lo, hi, pos, chars, ..
+                } = &mut t.stack[n - 1]
+                else {
+                    unreachable!()
+                };
+                if chars.at_boundary() && b == b'"' {
+                    // The name is complete: a listed one not given yet, or another member.
+                    let exact = (*lo < *hi && props[*lo as usize].key.len() == *pos as usize)
+                        .then_some(*lo as usize);
+                    let (seen, target) = match exact {
+                        Some(i) if seen & (1 << i) == 0 => (seen | (1 << i), props[i].node),
+                        Some(_) => return, // a member given twice
+                        None => match additional {
+                            Some(a) => (seen, *a),
+                            None => return,
+                        },
+                    };
+                    t.stack.pop();
+                    t.stack[n - 2] = Frame::Object {
+                        node,
+                        seen,
+                        at: ObjAt::Colon(target),
+                    };
+                    return Self::emit(t, out);
+                }
+                if matches!(chars.step(b), CharStep::Dead) {
+                    return;
+                }
+                (*lo, *hi) = narrow(&self.texts[node], *lo, *hi, *pos, b);
+                *pos += 1;
+                let listed_left = (*lo..*hi).any(|i| seen & (1 << i) == 0);
+                if additional.is_none() && !listed_left {
+                    return;
+                }
+                Self::emit(t, out);
+            }
+            Frame::Array { node, count, at } => {
+                let (node, count, at) = (*node, *count, *at);
+                let Node::Array { items, min, max } = &self.schema.nodes[node] else {
+                    unreachable!("an array frame holds an array node")
+                };
+                if is_ws(b) {
+                    return Self::space(t, out);
+                }
+                let room = max.is_none_or(|m| count < m);
+                match (at, b) {
+                    (ArrAt::Open | ArrAt::Value, b']') if count >= *min => {
+                        t.stack.pop();
+                        Self::emit(t, out);
+                    }
+                    (ArrAt::Value, b',') if room => {
+                        *t.stack.last_mut().expect("the array frame") = Frame::Array {
+                            node,
+                            count,
+                            at: ArrAt::Comma,
+                        };
+                        Self::emit(t, out);
+                    }
+                    (ArrAt::Open | ArrAt::Comma, _) if room => {
+                        *t.stack.last_mut().expect("the array frame") = Frame::Array {
+                            node,
+                            count: count + 1,
+                            at: ArrAt::Value,
+                        };
+                        let items = *items;
+                        self.start_value(t, items, b, out);
+                    }
+                    _ => {}
+                }
+            }
+            Frame::Str {
+                len,
+                min,
+                max,
+                chars,
+            } => {
+                if chars.at_boundary() {
+                    if b == b'"' {
+                        if *len >= *min {
+                            t.stack.pop();
+                            Self::emit(t, out);
+                        }
+                        return;
+                    }
+                    if *len >= *max {
+                        return;
+                    }
+                    *len += 1;
+                }
+                if !matches!(chars.step(b), CharStep::Dead) {
+                    Self::emit(t, out);
+                }
+            }
+            Frame::Number { integer, at, len } => {
+                let (integer, at, len) = (*integer, *at, *len);
+                let digit = b.is_ascii_digit();
+                let next = match (at, b) {
+                    (NumAt::Minus, b'0') => Some(NumAt::Zero),
+                    (NumAt::Minus | NumAt::Int, _) if digit => Some(NumAt::Int),
+                    (NumAt::Zero | NumAt::Int, b'.') if !integer => Some(NumAt::Dot),
+                    (NumAt::Dot | NumAt::Frac, _) if digit => Some(NumAt::Frac),
+                    (NumAt::Zero | NumAt::Int | NumAt::Frac, b'e' | b'E') if !integer => {
+                        Some(NumAt::Exp)
+                    }
+                    (NumAt::Exp, b'+' | b'-') => Some(NumAt::ExpSign),
+                    (NumAt::Exp | NumAt::ExpSign | NumAt::ExpDigits, _) if digit => {
+                        Some(NumAt::ExpDigits)
+                    }
+                    _ => None,
+                };
+                if let Some(next) = next.filter(|_| len < MAX_NUMBER_BYTES) {
+                    let mut u = t.clone();
+                    *u.stack.last_mut().expect("the number frame") = Frame::Number {
+                        integer,
+                        at: next,
+                        len: len + 1,
+                    };
+                    Self::emit(u, out);
+                }
+                if at.complete() {
+                    // The number ended before `b`, which belongs to what holds it.
+                    t.stack.pop();
+                    self.feed(t, b, out);
+                }
+            }
+            Frame::Choice { node, lo, hi, pos } => {
+                let (node, lo, hi, pos) = (*node, *lo, *hi, *pos);
+                let texts = &self.texts[node];
+                let exact = lo < hi && texts[lo as usize].len() == pos as usize;
+                let (nlo, nhi) = narrow(texts, lo, hi, pos, b);
+                if nlo < nhi {
+                    let mut u = t.clone();
+                    *u.stack.last_mut().expect("the choice frame") = Frame::Choice {
+                        node,
+                        lo: nlo,
+                        hi: nhi,
+                        pos: pos + 1,
+                    };
+                    Self::emit(u, out);
+                }
+                if exact {
+                    t.stack.pop();
+                    self.feed(t, b, out);
+                }
+            }
+        }
+    }
+
+    /// `b` is the first byte of a value of `id` (the thread's frames hold what contains it).
+    fn start_value(&self, mut t: Thread, id: NodeId, b: u8, out: &mut Vec<Thread>) {
+        match &self.schema.nodes[id] {
+            Node::AnyOf(alts) => {
+                for &alt in alts {
+                    self.start_value(t.clone(), alt, b, out);
+                }
+            }
+            Node::Object { .. } => {
+                if b == b'{' {
+                    t.stack.push(Frame::Object {
+                        node: id,
+                        seen: 0,
+                        at: ObjAt::Open,
+                    });
+                    Self::emit(t, out);
+                }
+            }
+            Node::Array { .. } => {
+                if b == b'[' {
+                    t.stack.push(Frame::Array {
+                        node: id,
+                        count: 0,
+                        at: ArrAt::Open,
+                    });
+                    Self::emit(t, out);
+                }
+            }
+            Node::Str { min, max } => {
+                if b == b'"' {
+                    t.stack.push(Frame::Str {
+                        len: 0,
+                        min: *min,
+                        max: max.unwrap_or(u32::MAX),
+                        chars: Chars::default(),
+                    });
+                    Self::emit(t, out);
+                }
+            }
+            Node::Number { integer } => {
+                let at = match b {
+                    b'-' => NumAt::Minus,
+                    b'0' => NumAt::Zero,
+                    b'1'..=b'9' => NumAt::Int,
+                    _ => return,
+                };
+                t.stack.push(Frame::Number {
+                    integer: *integer,
+                    at,
+                    len: 1,
+                });
+                Self::emit(t, out);
+            }
+            Node::Choices(texts) => {
+                t.stack.push(Frame::Choice {
+                    node: id,
+                    lo: 0,
+                    hi: texts.len() as u32,
+                    pos: 0,
+                });
+                self.feed(t, b, out);
+            }
+        }
+    }
+
+    /// Whether the thread's document can end here: its stack is empty once the frames that end
+    /// only when something else follows (a number, a choice text) are closed.
+    fn can_end(&self, t: &Thread) -> bool {
+        for frame in t.stack.iter().rev() {
+            let complete = match frame {
+                Frame::Number { at, .. } => at.complete(),
+                Frame::Choice { node, lo, hi, pos } => {
+                    lo < hi && self.texts[*node][*lo as usize].len() == *pos as usize
+                }
+                _ => false,
+            };
+            if !complete {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// A document being read: the grammar and the threads alive after the bytes so far.
+#[derive(Debug, Clone)]
+pub struct Matcher {
+    grammar: Arc<Grammar>,
+    pub(crate) threads: Vec<Thread>,
+}
+
+impl Matcher {
+    pub fn new(grammar: Arc<Grammar>) -> Self {
+        let threads = grammar.start();
+        Matcher { grammar, threads }
+    }
+
+    pub fn grammar(&self) -> &Arc<Grammar> {
+        &self.grammar
+    }
+
+    /// The threads after `bytes` from `threads` (empty: the bytes cannot continue the document).
+    pub(crate) fn after(&self, threads: &[Thread], bytes: &[u8]) -> Vec<Thread> {
+        let mut cur = threads.to_vec();
+        let mut next = Vec::new();
+        for &b in bytes {
+            next.clear();
+            self.grammar.step_all(&cur, b, &mut next);
+            if next.is_empty() {
+                return next;
+            }
+            std::mem::swap(&mut cur, &mut next);
+        }
+        cur
+    }
+
+    /// Takes `bytes` if they continue the document; false (and nothing taken) if not.
+    pub fn accept(&mut self, bytes: &[u8]) -> bool {
+        let next = self.after(&self.threads, bytes);
+        if next.is_empty() {
+            return false;
+        }
+        self.threads = next;
+        true
+    }
+
+    /// Whether the bytes so far are a whole document.
+    pub fn can_end(&self) -> bool {
+        self.threads.iter().any(|t| self.grammar.can_end(t))
+    }
+
+    /// Whether the document is whole and no byte can extend it.
+    pub fn is_terminated(&self) -> bool {
+        if !self.can_end() {
+            return false;
+        }
+        let mut out = Vec::new();
+        (0..=255u8).all(|b| {
+            out.clear();
+            self.grammar.step_all(&self.threads, b, &mut out);
+            out.is_empty()
+        })
+    }
+
+    /// A single thread between the characters of a string that takes any character (a value,
+    /// or a member name where other members are allowed): the characters it may still take (the
+    /// fast path of the token masks). None otherwise.
+    pub(crate) fn in_plain_string(&self) -> Option<u32> {
+        let [t] = self.threads.as_slice() else {
+            return None;
+        };
+        match t.stack.last()? {
+            Frame::Str {
+                len, max, chars, ..
+            } if chars.at_boundary() => Some(max - len),
+            Frame::Key { node, chars, .. } if chars.at_boundary() => {
+                match &self.grammar.schema.nodes[*node] {
+                    Node::Object {
+                        additional: Some(_),
+                        ..
+                    } => Some(u32::MAX),
+                    _ => None,
+                }
+            }
+            _ => None,
+        }
+    }
+}

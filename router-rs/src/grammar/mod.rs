@@ -1,0 +1,104 @@
+//! Constrained decoding: JSON output under `response_format` (`json_object`, `json_schema`).
+//!
+//! The router compiles a request's schema to refuse what cannot be enforced (400) and sends the
+//! schema to the worker (docs/wire.md, `Request.grammar`); the worker keeps a [`Constraint`] per
+//! request (through `glm47._native.JsonConstraint`), asks it before each sampled token for the
+//! allowed-token mask and tells it every token sampled. A request whose prompt ends inside a
+//! reasoning block is constrained only from the token that closes it (`start_after`).
+
+pub mod matcher;
+pub mod schema;
+pub mod vocab;
+
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+
+use serde_json::Value;
+
+pub use matcher::{Grammar, Matcher};
+pub use schema::{Schema, SchemaError};
+pub use vocab::Vocab;
+
+/// The grammar of a `response_format`: a schema, or None for any JSON object.
+pub fn compile(schema: Option<&Value>) -> Result<Arc<Grammar>, SchemaError> {
+    let schema = match schema {
+        None => Schema::any_object(),
+        Some(s) => Schema::compile(s)?,
+    };
+    Ok(Grammar::new(schema))
+}
+
+/// One request's constraint: unconstrained until `start_after` is sampled (when given), then
+/// JSON under the grammar; done once the document is whole and nothing can extend it, or an id
+/// in `ends` was taken where the document could end.
+#[derive(Debug, Clone)]
+pub struct Constraint {
+    matcher: Matcher,
+    vocab: Arc<Vocab>,
+    ends: Vec<u32>,
+    start_after: Option<u32>,
+    active: bool,
+    ended: bool,
+}
+
+impl Constraint {
+    pub fn new(
+        grammar: Arc<Grammar>,
+        vocab: Arc<Vocab>,
+        ends: Vec<u32>,
+        start_after: Option<u32>,
+    ) -> Self {
+        Constraint {
+            matcher: Matcher::new(grammar),
+            vocab,
+            ends,
+            start_after,
+            active: start_after.is_none(),
+            ended: false,
+        }
+    }
+
+    /// Whether the grammar applies to the next token.
+    pub fn active(&self) -> bool {
+        self.active && !self.ended
+    }
+
+    /// Takes a sampled token. False when the grammar does not allow it (nothing changes then).
+    pub fn accept(&mut self, id: u32) -> bool {
+        if !self.active {
+            self.active = Some(id) == self.start_after;
+            return true;
+        }
+        if self.ended {
+            return false;
+        }
+        if self.ends.contains(&id) {
+            self.ended = self.matcher.can_end();
+            return self.ended;
+        }
+        match self.vocab.bytes(id) {
+            Some(bytes) => self.matcher.accept(bytes),
+            None => false,
+        }
+    }
+
+    /// Whether the document is complete and no token can extend it: the request is done.
+    pub fn is_done(&self) -> bool {
+        self.active && (self.ended || self.matcher.is_terminated())
+    }
+
+    /// The allowed-token mask for the next token (see [`Vocab::fill_mask`]); all zero once done.
+    pub fn fill_mask(&self, words: &mut [u32]) {
+        if self.ended {
+            words.fill(0);
+            return;
+        }
+        self.vocab.fill_mask(&self.matcher, &self.ends, words);
+    }
+
+    pub fn vocab(&self) -> &Arc<Vocab> {
+        &self.vocab
+    }
+}

@@ -1,0 +1,366 @@
+use std::sync::Arc;
+
+use proptest::prelude::*;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::{json, Value};
+
+use super::matcher::{MAX_NUMBER_BYTES, MAX_WHITESPACE_RUN};
+use super::*;
+
+fn grammar(schema: Value) -> Arc<Grammar> {
+    compile(Some(&schema)).expect("the schema compiles")
+}
+
+fn accepts(g: &Arc<Grammar>, text: &str) -> bool {
+    let mut m = Matcher::new(g.clone());
+    text.bytes().all(|b| m.accept(&[b])) && m.can_end()
+}
+
+/// A test vocabulary: every single byte, some JSON pieces, some words and partial characters.
+fn test_vocab() -> Vec<Option<Vec<u8>>> {
+    let mut v: Vec<Option<Vec<u8>>> = (0..=255u8).map(|b| Some(vec![b])).collect();
+    for piece in [
+        "{\"", "\":", "\": ", "\",", "\"}", "}}", "],", "\n  ", "  ", "true", "false", "null",
+        "na", "name", "age", "\"name\"", "tags", "12", "3.5", "-0", "e+", "hello", " world", "é",
+        "日本", "\\n", "\\u00", "\\\"", "\":\"", "[\"", "\"]", "[]", "{}", ",\"", "ok\"", "\"a",
+        "red",
+    ] {
+        v.push(Some(piece.as_bytes().to_vec()));
+    }
+    v.push(Some(vec![0xE6, 0x97])); // the first two bytes of 日
+    v.push(None); // an added token: never allowed
+    v
+}
+
+const END: u32 = 1000;
+
+fn vocab() -> Arc<Vocab> {
+    Arc::new(Vocab::new(test_vocab(), END as usize + 1))
+}
+
+fn allowed(c: &Constraint) -> Vec<u32> {
+    let mut words = vec![0u32; c.vocab().mask_words()];
+    c.fill_mask(&mut words);
+    (0..c.vocab().size() as u32)
+        .filter(|&id| words[id as usize / 32] & (1 << (id % 32)) != 0)
+        .collect()
+}
+
+/// What the masks must equal: the tokens after whose bytes some thread is alive.
+fn brute_force(m: &Matcher, v: &Vocab) -> Vec<u32> {
+    let mut out: Vec<u32> = (0..v.size() as u32)
+        .filter(|&id| {
+            v.bytes(id)
+                .is_some_and(|b| !b.is_empty() && !m.after(&m.threads, b).is_empty())
+        })
+        .collect();
+    if m.can_end() {
+        out.push(END);
+    }
+    out
+}
+
+/// Checks `doc` against the subset of JSON Schema the grammar enforces.
+fn conforms(doc: &Value, schema: &Value, root: &Value) -> bool {
+    let Some(map) = schema.as_object() else {
+        return schema == &Value::Bool(true);
+    };
+    if let Some(r) = map.get("$ref").and_then(Value::as_str) {
+        return conforms(doc, root.pointer(&r[1..]).unwrap(), root);
+    }
+    if let Some(alts) = map.get("anyOf").or_else(|| map.get("oneOf")) {
+        return alts
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| conforms(doc, a, root));
+    }
+    if let Some(values) = map.get("enum") {
+        return values.as_array().unwrap().contains(doc);
+    }
+    if let Some(value) = map.get("const") {
+        return value == doc;
+    }
+    let types: Vec<&str> = match map.get("type") {
+        Some(Value::String(t)) => vec![t],
+        Some(Value::Array(ts)) => ts.iter().map(|t| t.as_str().unwrap()).collect(),
+        _ => return true,
+    };
+    let count = |k: &str| map.get(k).and_then(Value::as_u64);
+    types.iter().any(|t| match (*t, doc) {
+        ("object", Value::Object(o)) => {
+            let props = map.get("properties").and_then(Value::as_object);
+            let required = map.get("required").and_then(Value::as_array);
+            let open = match map.get("additionalProperties") {
+                None => props.is_none(),
+                Some(Value::Bool(b)) => *b,
+                Some(_) => true,
+            };
+            required.is_none_or(|r| r.iter().all(|k| o.contains_key(k.as_str().unwrap())))
+                && o.iter().all(|(k, v)| match props.and_then(|p| p.get(k)) {
+                    Some(s) => conforms(v, s, root),
+                    None => {
+                        open && map
+                            .get("additionalProperties")
+                            .filter(|a| a.is_object())
+                            .is_none_or(|a| conforms(v, a, root))
+                    }
+                })
+        }
+        ("array", Value::Array(a)) => {
+            count("minItems").is_none_or(|m| a.len() as u64 >= m)
+                && count("maxItems").is_none_or(|m| a.len() as u64 <= m)
+                && map
+                    .get("items")
+                    .is_none_or(|s| a.iter().all(|x| conforms(x, s, root)))
+        }
+        ("string", Value::String(s)) => {
+            let n = s.chars().count() as u64;
+            count("minLength").is_none_or(|m| n >= m) && count("maxLength").is_none_or(|m| n <= m)
+        }
+        ("integer", Value::Number(n)) => n.is_i64() || n.is_u64(),
+        ("number", Value::Number(_)) | ("boolean", Value::Bool(_)) | ("null", Value::Null) => true,
+        _ => false,
+    })
+}
+
+fn schemas() -> Vec<Value> {
+    vec![
+        json!({"type": "object", "properties": {
+            "name": {"type": "string", "maxLength": 6},
+            "age": {"type": "integer"},
+            "tags": {"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": 3}
+        }, "required": ["name", "age"]}),
+        json!({"type": "object", "properties": {
+            "color": {"enum": ["red", "green", 7, null]},
+            "ok": {"type": "boolean"},
+            "score": {"type": ["number", "null"]}
+        }, "required": ["color", "ok", "score"], "additionalProperties": false}),
+        json!({"$defs": {"node": {"type": "object", "properties": {
+            "v": {"type": "integer"},
+            "next": {"anyOf": [{"$ref": "#/$defs/node"}, {"type": "null"}]}
+        }, "required": ["v", "next"]}}, "$ref": "#/$defs/node"}),
+        json!({"type": "object", "properties": {"a": {"const": "x\"y"}},
+               "additionalProperties": {"type": "number"}}),
+        json!({"type": "array", "items": {"type": "string", "minLength": 2}, "maxItems": 2}),
+        json!({"type": "object"}),
+        json!({"enum": ["ab", "a", "abc"]}),
+        json!({"type": "number"}),
+    ]
+}
+
+#[test]
+fn documents_of_a_schema_are_taken_and_others_are_not() {
+    let g = grammar(schemas()[0].clone());
+    for ok in [
+        r#"{"name": "Al", "age": 3}"#,
+        r#"{"age":-12,"name":"","tags":["x"]}"#,
+        "{\n  \"name\": \"\\u00e9t\\n\",\n  \"age\": 0\n}",
+        r#"{"name":"日本語","age":7,"tags":["a","b","c"]}"#,
+    ] {
+        assert!(accepts(&g, ok), "{ok}");
+    }
+    for bad in [
+        r#"{"name": "Al"}"#,                        // age required
+        r#"{"name": "Al", "age": 3.5}"#,            // integer
+        r#"{"name": "Alberta", "age": 3}"#,         // maxLength 6
+        r#"{"name": "Al", "age": 3, "x": 1}"#,      // no other members
+        r#"{"name": "Al", "age": 03}"#,             // leading zero
+        r#"{"name": "Al", "age": 3, "tags": []}"#,  // minItems 1
+        r#"{"name": "Al", "name": "B", "age": 3}"#, // twice
+        r#"{"name": "A\l", "age": 3}"#,             // bad escape
+        r#"{"name": "Al", "age": 3} "#,             // nothing after the document
+        r#"{"name": "Al", "age": 3,}"#,             // trailing comma
+    ] {
+        assert!(!accepts(&g, bad), "{bad}");
+    }
+    let choice = grammar(schemas()[6].clone());
+    for (text, ok) in [
+        ("\"a\"", true),
+        ("\"ab\"", true),
+        ("\"abc\"", true),
+        ("\"b\"", false),
+    ] {
+        assert_eq!(accepts(&choice, text), ok, "{text}");
+    }
+    let open = compile(None).unwrap();
+    assert!(accepts(
+        &open,
+        r#"{"k": [1, {"z": null}, "s", -2.5e+3, true]}"#
+    ));
+    assert!(!accepts(&open, "[1]"), "json_object takes objects only");
+    assert!(!accepts(&open, "{\"a\": 1}\n"));
+}
+
+#[test]
+fn whitespace_runs_and_numbers_are_bounded() {
+    let g = compile(None).unwrap();
+    let spaces = |n: usize| format!("{{{}}}", " ".repeat(n));
+    assert!(accepts(&g, &spaces(MAX_WHITESPACE_RUN as usize)));
+    assert!(!accepts(&g, &spaces(MAX_WHITESPACE_RUN as usize + 1)));
+    let number = |n: usize| format!("{{\"n\": {}}}", "1".repeat(n));
+    assert!(accepts(&g, &number(MAX_NUMBER_BYTES as usize)));
+    assert!(!accepts(&g, &number(MAX_NUMBER_BYTES as usize + 1)));
+}
+
+#[test]
+fn unsupported_schemas_are_refused_with_their_place() {
+    for (schema, path, words) in [
+        (
+            json!({"type": "string", "pattern": "a+"}),
+            "#",
+            "\"pattern\"",
+        ),
+        (
+            json!({"properties": {"n": {"type": "integer", "minimum": 0}}}),
+            "#/properties/n",
+            "\"minimum\"",
+        ),
+        (
+            json!({"type": "array", "uniqueItems": true}),
+            "#",
+            "\"uniqueItems\"",
+        ),
+        (
+            json!({"type": "object", "properties": {}, "required": ["x"]}),
+            "#",
+            "required property",
+        ),
+        (json!({"$ref": "#"}), "#", "leads back"),
+        (
+            json!({"$ref": "https://example.com/s.json"}),
+            "#",
+            "local references",
+        ),
+        (json!({"type": "strings"}), "#", "unknown type"),
+        (json!(false), "#", "no value"),
+        (
+            json!({"allOf": [{"type": "string"}, {"maxLength": 2}]}),
+            "#",
+            "exactly one",
+        ),
+        (
+            json!({"type": "string", "minLength": 3, "maxLength": 2}),
+            "#",
+            "above its maximum",
+        ),
+    ] {
+        let e = compile(Some(&schema)).unwrap_err();
+        assert_eq!(e.path, path, "{schema}");
+        assert!(e.message.contains(words), "{schema}: {e}");
+    }
+    // annotations are fine
+    let annotated = json!({"title": "T", "description": "d", "type": "string", "format": "date"});
+    assert!(compile(Some(&annotated)).is_ok());
+}
+
+#[test]
+fn masks_equal_the_brute_force_on_every_step_of_random_documents() {
+    let v = vocab();
+    let mut rng = StdRng::seed_from_u64(7);
+    for schema in schemas() {
+        let g = grammar(schema.clone());
+        let mut whole = 0;
+        for _ in 0..20 {
+            let mut c = Constraint::new(g.clone(), v.clone(), vec![END], None);
+            let mut text = Vec::new();
+            for _ in 0..400 {
+                let mask = allowed(&c);
+                assert_eq!(mask, brute_force(&c.matcher, &v), "{schema} after {text:?}");
+                assert!(
+                    !mask.is_empty(),
+                    "a dead end after {:?}",
+                    String::from_utf8_lossy(&text)
+                );
+                // prefer ending once possible, so documents stay short
+                let id = if mask.contains(&END) && rng.random_bool(0.5) {
+                    END
+                } else {
+                    mask[rng.random_range(0..mask.len())]
+                };
+                assert!(c.accept(id));
+                if id != END {
+                    text.extend_from_slice(v.bytes(id).unwrap());
+                }
+                if c.is_done() {
+                    break;
+                }
+            }
+            if !c.is_done() {
+                continue; // cut off by the step limit: a prefix, not a document
+            }
+            let doc: Value = serde_json::from_slice(&text)
+                .unwrap_or_else(|e| panic!("{e}: {:?}", String::from_utf8_lossy(&text)));
+            assert!(conforms(&doc, &schema, &schema), "{schema}: {doc}");
+            whole += 1;
+        }
+        assert!(whole >= 5, "{schema}: only {whole} whole documents");
+    }
+}
+
+#[test]
+fn a_constraint_waits_for_its_start_token_and_refuses_what_the_grammar_does_not_allow() {
+    let v = vocab();
+    let think_end = 999;
+    let mut c = Constraint::new(
+        compile(None).unwrap(),
+        v.clone(),
+        vec![END],
+        Some(think_end),
+    );
+    assert!(!c.active());
+    assert!(c.accept(b'x' as u32), "anything before the start token");
+    assert!(c.accept(think_end));
+    assert!(c.active());
+    assert!(!c.accept(b'x' as u32));
+    assert!(!c.accept(END), "an end before the document is whole");
+    for b in b"{\"a\":1}" {
+        assert!(c.accept(*b as u32));
+    }
+    assert!(c.is_done(), "a closed object cannot be extended");
+    assert!(!allowed(&c).iter().any(|&id| id != END));
+    let added = test_vocab().len() as u32 - 1; // the added token of test_vocab (no bytes)
+    let fresh = Constraint::new(compile(None).unwrap(), v.clone(), vec![END], None);
+    assert!(!allowed(&fresh).contains(&added));
+}
+
+#[test]
+fn a_top_level_number_ends_only_at_an_end_token() {
+    let v = vocab();
+    let mut c = Constraint::new(grammar(json!({"type": "number"})), v, vec![END], None);
+    for b in b"12" {
+        assert!(c.accept(*b as u32));
+    }
+    assert!(!c.is_done(), "more digits may follow");
+    assert!(allowed(&c).contains(&END));
+    assert!(c.accept(END));
+    assert!(c.is_done());
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Any split of a conforming document into pieces is taken piece by piece.
+    #[test]
+    fn documents_are_taken_in_any_split(
+        name in "[a-z\u{e9}\u{65e5}\"\\\\]{0,6}",
+        age in -1000i64..1000,
+        tags in proptest::collection::vec("[a-z ]{0,4}", 1..4),
+        pretty in any::<bool>(),
+        cuts in proptest::collection::vec(0usize..200, 0..12),
+    ) {
+        let g = grammar(schemas()[0].clone());
+        let doc = json!({"name": name, "age": age, "tags": tags});
+        let text = if pretty { serde_json::to_vec_pretty(&doc) } else { serde_json::to_vec(&doc) }.unwrap();
+        let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c % (text.len() + 1)).collect();
+        cuts.push(0);
+        cuts.push(text.len());
+        cuts.sort();
+        let mut m = Matcher::new(g);
+        for w in cuts.windows(2) {
+            prop_assert!(m.accept(&text[w[0]..w[1]]));
+        }
+        prop_assert!(m.can_end());
+    }
+}

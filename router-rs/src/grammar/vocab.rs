@@ -1,0 +1,197 @@
+//! The vocabulary as byte strings, in prefix trees, and the allowed-token masks they give.
+//!
+//! A token is allowed when the matcher survives its bytes. Tokens sharing a prefix share its
+//! work: the masks walk a prefix tree of the vocabulary depth-first, keep the matcher's threads
+//! of each depth, and skip a whole subtree where the threads die. Inside a string (a single
+//! thread between characters) every "plain" token (whole UTF-8 characters, no quote, backslash
+//! or control byte) is allowed while the string has room for its characters, so that walk takes
+//! only the other tokens' tree.
+
+use super::matcher::{Matcher, Thread};
+
+/// `Vocab::plain` of a token that is not plain.
+const NOT_PLAIN: u32 = u32::MAX;
+
+/// A prefix tree of byte strings, its nodes in depth-first order.
+#[derive(Debug, Default)]
+struct Trie {
+    /// Per node (node 0 is the root, the empty prefix): its last byte, its depth, the index
+    /// after its subtree, and its tokens as a range of `token_ids`.
+    byte: Vec<u8>,
+    depth: Vec<u16>,
+    end: Vec<u32>,
+    tokens: Vec<(u32, u32)>,
+    token_ids: Vec<u32>,
+    max_depth: usize,
+}
+
+impl Trie {
+    /// `tokens`: (bytes, id), in any order; empty byte strings are left out.
+    fn build(mut tokens: Vec<(&[u8], u32)>) -> Self {
+        tokens.retain(|(b, _)| !b.is_empty());
+        tokens.sort();
+        let mut t = Trie::default();
+        t.push_node(0, 0);
+        let mut path: Vec<u32> = vec![0]; // the nodes of the previous token's bytes
+        let mut prev: &[u8] = &[];
+        for &(bytes, id) in &tokens {
+            let common = prev.iter().zip(bytes).take_while(|(a, b)| a == b).count();
+            while path.len() > common + 1 {
+                let node = path.pop().expect("a node on the path");
+                t.end[node as usize] = t.byte.len() as u32;
+            }
+            for (d, &b) in bytes.iter().enumerate().skip(common) {
+                path.push(t.byte.len() as u32);
+                t.push_node(b, d + 1);
+            }
+            let node = *path.last().expect("the token's node") as usize;
+            if t.tokens[node].0 == t.tokens[node].1 {
+                t.tokens[node] = (t.token_ids.len() as u32, t.token_ids.len() as u32);
+            }
+            t.token_ids.push(id);
+            t.tokens[node].1 += 1;
+            t.max_depth = t.max_depth.max(bytes.len());
+            prev = bytes;
+        }
+        let total = t.byte.len() as u32;
+        for node in path {
+            t.end[node as usize] = total;
+        }
+        t
+    }
+
+    fn push_node(&mut self, byte: u8, depth: usize) {
+        self.byte.push(byte);
+        self.depth
+            .push(u16::try_from(depth).expect("tokens shorter than 64K bytes"));
+        self.end.push(0);
+        self.tokens.push((0, 0));
+    }
+
+    /// Sets the bit of every token whose bytes `matcher` survives.
+    fn mark(&self, matcher: &Matcher, words: &mut [u32], levels: &mut Vec<Vec<Thread>>) {
+        levels.resize_with(self.max_depth + 1, Vec::new);
+        levels[0].clone_from(&matcher.threads);
+        let mut i = 1;
+        while i < self.byte.len() {
+            let d = self.depth[i] as usize;
+            let (before, after) = levels.split_at_mut(d);
+            let cur = &mut after[0];
+            cur.clear();
+            matcher
+                .grammar()
+                .step_all(&before[d - 1], self.byte[i], cur);
+            if cur.is_empty() {
+                i = self.end[i] as usize;
+                continue;
+            }
+            let (lo, hi) = self.tokens[i];
+            for &id in &self.token_ids[lo as usize..hi as usize] {
+                words[id as usize / 32] |= 1 << (id % 32);
+            }
+            i += 1;
+        }
+    }
+}
+
+/// Code points of `bytes` if they are whole UTF-8 characters with no quote, backslash or
+/// control character (what a JSON string takes as is).
+fn plain_chars(bytes: &[u8]) -> Option<u32> {
+    let text = std::str::from_utf8(bytes).ok()?;
+    if text
+        .chars()
+        .any(|c| c == '"' || c == '\\' || (c as u32) < 0x20)
+    {
+        return None;
+    }
+    Some(text.chars().count() as u32)
+}
+
+/// The vocabulary the masks cover: each id's bytes (None: never allowed under a grammar, e.g.
+/// added and special tokens), `size` ids in all (the logits' width).
+#[derive(Debug)]
+pub struct Vocab {
+    bytes: Vec<Option<Vec<u8>>>,
+    size: usize,
+    all: Trie,
+    /// The tokens that are not plain.
+    rest: Trie,
+    /// Per id: its characters when plain, else NOT_PLAIN.
+    plain: Vec<u32>,
+}
+
+impl Vocab {
+    /// `bytes[id]` for the ids the tokenizer knows; ids from `bytes.len()` to `size` have none.
+    pub fn new(bytes: Vec<Option<Vec<u8>>>, size: usize) -> Self {
+        let size = size.max(bytes.len());
+        let entries: Vec<(&[u8], u32)> = bytes
+            .iter()
+            .enumerate()
+            .filter_map(|(id, b)| b.as_deref().map(|b| (b, id as u32)))
+            .collect();
+        let plain: Vec<u32> = (0..size)
+            .map(|id| {
+                bytes
+                    .get(id)
+                    .and_then(|b| b.as_deref())
+                    .filter(|b| !b.is_empty())
+                    .and_then(plain_chars)
+                    .unwrap_or(NOT_PLAIN)
+            })
+            .collect();
+        let rest: Vec<(&[u8], u32)> = entries
+            .iter()
+            .copied()
+            .filter(|&(_, id)| plain[id as usize] == NOT_PLAIN)
+            .collect();
+        let all = Trie::build(entries);
+        let rest = Trie::build(rest);
+        Vocab {
+            bytes,
+            size,
+            all,
+            rest,
+            plain,
+        }
+    }
+
+    /// Ids covered by the masks.
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    /// The bytes of `id`, None for tokens never allowed under a grammar (and unknown ids).
+    pub fn bytes(&self, id: u32) -> Option<&[u8]> {
+        self.bytes.get(id as usize).and_then(|b| b.as_deref())
+    }
+
+    /// 32-bit words of the allowed-token mask: bit `id % 32` of word `id / 32`.
+    pub fn mask_words(&self) -> usize {
+        self.size.div_ceil(32)
+    }
+
+    /// Fills `words` (`mask_words` of them) with the tokens `matcher` can take next; `ends`
+    /// (the ids that end generation) are allowed when the document is whole.
+    pub fn fill_mask(&self, matcher: &Matcher, ends: &[u32], words: &mut [u32]) {
+        words.fill(0);
+        let mut levels = Vec::new();
+        match matcher.in_plain_string() {
+            Some(room) => {
+                for (id, &chars) in self.plain.iter().enumerate() {
+                    if chars != NOT_PLAIN && chars <= room {
+                        words[id / 32] |= 1 << (id % 32);
+                    }
+                }
+                self.rest.mark(matcher, words, &mut levels);
+            }
+            None => self.all.mark(matcher, words, &mut levels),
+        }
+        if matcher.can_end() {
+            for &id in ends {
+                if (id as usize) < self.size {
+                    words[id as usize / 32] |= 1 << (id % 32);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,106 @@
+//! `glm47._native.JsonVocab` and `JsonConstraint`: the worker's side of constrained decoding
+//! (src/grammar).
+
+use std::sync::Arc;
+
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyModule};
+
+use crate::grammar::{self, Constraint, Vocab};
+use crate::tokenizer::ModelFiles;
+
+fn value_error(e: impl std::fmt::Display) -> PyErr {
+    PyValueError::new_err(e.to_string())
+}
+
+/// A model's vocabulary as byte strings, for the masks: built once per worker.
+#[pyclass(name = "JsonVocab", module = "glm47._native", frozen)]
+struct PyJsonVocab {
+    vocab: Arc<Vocab>,
+}
+
+#[pymethods]
+impl PyJsonVocab {
+    /// The vocabulary of `model_dir`'s tokenizer, masks `size` ids wide (the logits' width;
+    /// ids the tokenizer does not know are never allowed). Raises ValueError when the tokenizer
+    /// cannot be loaded.
+    #[new]
+    fn new(py: Python<'_>, model_dir: &str, size: usize) -> PyResult<Self> {
+        let files = ModelFiles::load(model_dir).map_err(value_error)?;
+        let vocab = py.allow_threads(|| Vocab::new(files.tokenizer.grammar_bytes(), size));
+        Ok(Self {
+            vocab: Arc::new(vocab),
+        })
+    }
+
+    /// Ids the masks cover.
+    #[getter]
+    fn size(&self) -> usize {
+        self.vocab.size()
+    }
+}
+
+/// One request's JSON constraint.
+#[pyclass(name = "JsonConstraint", module = "glm47._native")]
+struct PyJsonConstraint {
+    inner: Constraint,
+}
+
+#[pymethods]
+impl PyJsonConstraint {
+    /// `schema`: a JSON Schema as JSON text, or None for any JSON object; `ends`: the ids that
+    /// end generation; `start_after`: the id from which the grammar applies (None: at once).
+    /// Raises ValueError for a schema that cannot be enforced.
+    #[new]
+    #[pyo3(signature = (vocab, schema, ends, start_after = None))]
+    fn new(
+        vocab: &Bound<'_, PyJsonVocab>,
+        schema: Option<&str>,
+        ends: Vec<u32>,
+        start_after: Option<u32>,
+    ) -> PyResult<Self> {
+        let schema = schema
+            .map(serde_json::from_str::<serde_json::Value>)
+            .transpose()
+            .map_err(|e| value_error(format!("the schema is not JSON: {e}")))?;
+        let grammar = grammar::compile(schema.as_ref()).map_err(value_error)?;
+        let vocab = vocab.get().vocab.clone();
+        Ok(Self {
+            inner: Constraint::new(grammar, vocab, ends, start_after),
+        })
+    }
+
+    /// Whether the grammar applies to the next token.
+    #[getter]
+    fn active(&self) -> bool {
+        self.inner.active()
+    }
+
+    /// Takes a sampled token; False when the grammar does not allow it.
+    fn accept(&mut self, token: u32) -> bool {
+        self.inner.accept(token)
+    }
+
+    /// Whether the document is whole and nothing can extend it.
+    fn is_done(&self) -> bool {
+        self.inner.is_done()
+    }
+
+    /// The allowed next tokens as little-endian 32-bit words (bit `id % 32` of word `id / 32`).
+    fn mask<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        let words = py.allow_threads(|| {
+            let mut words = vec![0u32; self.inner.vocab().mask_words()];
+            self.inner.fill_mask(&mut words);
+            words
+        });
+        let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+        PyBytes::new(py, &bytes)
+    }
+}
+
+/// Adds the constraint classes to the module.
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PyJsonVocab>()?;
+    m.add_class::<PyJsonConstraint>()
+}

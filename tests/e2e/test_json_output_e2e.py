@@ -1,0 +1,117 @@
+"""JSON output (`response_format`, `guided_json`) through the real router and worker on the tiny
+model, with the `openai` client: whatever the random weights prefer, the answer is a document of
+the schema, streamed or not."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import openai
+import pytest
+import requests
+
+import glm47
+
+from .conftest import Server
+
+pytestmark = pytest.mark.e2e
+
+SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "city": {"type": "string", "maxLength": 10},
+        "rain": {"type": "boolean"},
+        "days": {"type": "array", "items": {"enum": ["mon", "tue"]}, "maxItems": 2},
+    },
+    "required": ["city", "rain", "days"],
+    "additionalProperties": False,
+}
+NO_THINKING = {"chat_template_kwargs": {"enable_thinking": False}}
+
+
+@pytest.fixture(scope="module")
+def client(server: Server) -> openai.OpenAI:
+    return openai.OpenAI(base_url=server.openai_base, api_key="unused", max_retries=0)
+
+
+def conforms(doc: Any) -> bool:
+    return (
+        isinstance(doc, dict)
+        and set(doc) == {"city", "rain", "days"}
+        and isinstance(doc["city"], str)
+        and len(doc["city"]) <= 10
+        and isinstance(doc["rain"], bool)
+        and isinstance(doc["days"], list)
+        and len(doc["days"]) <= 2
+        and all(d in ("mon", "tue") for d in doc["days"])
+    )
+
+
+def schema_format() -> dict[str, Any]:
+    return {"type": "json_schema", "json_schema": {"name": "weather", "schema": SCHEMA}}
+
+
+def test_chat_answers_follow_the_schema_streamed_or_not(client: openai.OpenAI) -> None:
+    messages = [{"role": "user", "content": "What is the weather? Answer in JSON."}]
+    whole = client.chat.completions.create(
+        model="m", messages=messages, max_tokens=600, temperature=1.0, seed=3, n=2,
+        response_format=schema_format(), extra_body=NO_THINKING,  # type: ignore[arg-type]
+    )  # fmt: skip
+    for choice in whole.choices:
+        assert choice.finish_reason == "stop", choice
+        assert conforms(json.loads(choice.message.content or "")), choice.message.content
+    stream = client.chat.completions.create(
+        model="m", messages=messages, max_tokens=600, temperature=1.0, seed=4, stream=True,
+        response_format=schema_format(), extra_body=NO_THINKING,  # type: ignore[arg-type]
+    )  # fmt: skip
+    text, finish = "", None
+    for chunk in stream:
+        if chunk.choices:
+            text += chunk.choices[0].delta.content or ""
+            finish = chunk.choices[0].finish_reason or finish
+    assert finish == "stop"
+    assert conforms(json.loads(text)), text
+
+
+def test_completions_take_guided_json_as_vllm_does(client: openai.OpenAI) -> None:
+    out = client.completions.create(
+        model="m", prompt="weather as JSON:", max_tokens=600, temperature=1.0, seed=5,
+        extra_body={"guided_json": SCHEMA},
+    )  # fmt: skip
+    assert out.choices[0].finish_reason == "stop"
+    assert conforms(json.loads(out.choices[0].text)), out.choices[0].text
+
+
+def test_the_grammar_starts_after_the_reasoning(client: openai.OpenAI, server: Server) -> None:
+    """Thinking on: the prompt ends inside `<think>`; reasoning is free text and the answer after
+    `</think>` is the document (here `</think>` is made the first token by a logit bias)."""
+    close = glm47.Tokenizer(str(server.model_dir)).encode("</think>")
+    assert len(close) == 1
+    out = client.chat.completions.create(
+        model="m", messages=[{"role": "user", "content": "weather?"}], max_tokens=600,
+        temperature=1.0, seed=6, logit_bias={str(close[0]): 100},
+        response_format=schema_format(),  # type: ignore[arg-type]
+    )  # fmt: skip
+    message = out.choices[0].message
+    assert out.choices[0].finish_reason == "stop"
+    assert not getattr(message, "reasoning_content", None)
+    assert conforms(json.loads(message.content or "")), message.content
+
+
+def test_unenforceable_schemas_and_other_constraints_are_refused(server: Server) -> None:
+    url = f"{server.openai_base}/chat/completions"
+    base = {"model": "m", "messages": [{"role": "user", "content": "x"}], "max_tokens": 4}
+    cases = [
+        ({"response_format": {"type": "json_schema", "json_schema": {"name": "n", "schema": {
+            "type": "string", "pattern": "^a+$"}}}}, "response_format.json_schema.schema"),
+        ({"response_format": {"type": "json_schema", "json_schema": {"name": "n"}}},
+         "response_format.json_schema.schema"),
+        ({"guided_regex": "a+"}, "guided_regex"),
+        ({"response_format": {"type": "json_object"}, "guided_json": {"type": "object"}},
+         "guided_json"),
+    ]  # fmt: skip
+    for extra, param in cases:
+        r = requests.post(url, json={**base, **extra}, timeout=30)
+        assert r.status_code == 400, (extra, r.text)
+        assert r.json()["error"]["param"] == param, r.text

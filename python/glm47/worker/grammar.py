@@ -11,6 +11,7 @@ the tokens outside the mask to -inf. A request whose document is complete finish
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import Protocol
 
@@ -19,6 +20,10 @@ import torch
 from glm47.worker.wire_messages import WireGrammar
 
 log = logging.getLogger(__name__)
+
+# Threads that compute a step's masks (each takes well under a millisecond on the real
+# vocabulary; a step of many constrained requests spreads them).
+MASK_THREADS = 8
 
 
 class Constraint(Protocol):
@@ -63,6 +68,13 @@ class Grammars:
             self._vocab, grammar.schema, ends, grammar.start_after
         )
         return constraint
+
+    def masks(self, constraints: list[Constraint]) -> list[bytes]:
+        """`c.mask()` of each constraint, computed on several threads (a step's constrained
+        requests wait for all of them)."""
+        threads = min(MASK_THREADS, os.cpu_count() or 1)
+        masks: list[bytes] = self._native.json_masks(constraints, threads)
+        return masks
 
 
 def unpack_masks(

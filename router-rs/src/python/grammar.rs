@@ -94,13 +94,51 @@ impl PyJsonConstraint {
             self.inner.fill_mask(&mut words);
             words
         });
-        let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
-        PyBytes::new(py, &bytes)
+        PyBytes::new(py, &packed(&words))
     }
+}
+
+fn packed(words: &[u32]) -> Vec<u8> {
+    words.iter().flat_map(|w| w.to_le_bytes()).collect()
+}
+
+/// The masks of several constraints (`JsonConstraint.mask` of each, in order), computed on up
+/// to `threads` threads at once.
+#[pyfunction]
+#[pyo3(signature = (constraints, threads = 8))]
+fn json_masks<'py>(
+    py: Python<'py>,
+    constraints: Vec<PyRef<'py, PyJsonConstraint>>,
+    threads: usize,
+) -> Vec<Bound<'py, PyBytes>> {
+    let inner: Vec<&Constraint> = constraints.iter().map(|c| &c.inner).collect();
+    let masks: Vec<Vec<u8>> = py.allow_threads(|| {
+        let mask = |c: &Constraint| {
+            let mut words = vec![0u32; c.vocab().mask_words()];
+            c.fill_mask(&mut words);
+            packed(&words)
+        };
+        let chunk = inner.len().div_ceil(threads.max(1)).max(1);
+        if inner.len() <= 1 || chunk == inner.len() {
+            return inner.iter().map(|c| mask(c)).collect();
+        }
+        std::thread::scope(|scope| {
+            let parts: Vec<_> = inner
+                .chunks(chunk)
+                .map(|part| scope.spawn(move || part.iter().map(|c| mask(c)).collect::<Vec<_>>()))
+                .collect();
+            parts
+                .into_iter()
+                .flat_map(|h| h.join().expect("a mask thread panicked"))
+                .collect()
+        })
+    });
+    masks.iter().map(|m| PyBytes::new(py, m)).collect()
 }
 
 /// Adds the constraint classes to the module.
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyJsonVocab>()?;
-    m.add_class::<PyJsonConstraint>()
+    m.add_class::<PyJsonConstraint>()?;
+    m.add_function(wrap_pyfunction!(json_masks, m)?)
 }

@@ -155,3 +155,18 @@ def test_masks_unpack_and_set_disallowed_logits_to_minus_infinity() -> None:
     chosen = [s.token_id for s in Sampler(seed=0).sample(logits, seqs)]
     assert allowed[0, chosen[0]] and allowed[1, chosen[2]]
     assert chosen[1] == int(logits[1].argmax())
+
+
+def test_masks_of_many_constraints_on_threads_equal_their_own(tiny_dir: Path) -> None:
+    cfg = ModelConfig.from_dir(tiny_dir)
+    grammars = Grammars(str(tiny_dir), cfg.vocab_size)
+    tok = _native.Tokenizer(str(tiny_dir))
+    texts = ['{"name": "Al', '{"name": "Al", "ok": tr', '{"name": "", "ok": false, "n": 1', "", "{"]
+    constraints = []
+    for i in range(12):
+        c = grammars.constraint(WireGrammar(schema=json.dumps(SCHEMA)), tok.eos_token_ids)
+        for t in tok.encode(texts[i % len(texts)]):
+            assert c.accept(t)
+        constraints.append(c)
+    assert grammars.masks(constraints) == [c.mask() for c in constraints]
+    assert len({m for m in grammars.masks(constraints)}) == len(texts)

@@ -36,6 +36,7 @@ from glm47.worker.batch import (
     RunnerOutput,
     SampleOutput,
     ScheduledBatch,
+    ScheduledSeq,
     TokenFeed,
 )
 from glm47.worker.config import EngineConfig
@@ -336,11 +337,17 @@ class Engine:
 
     def _attach_masks(self, batch: ScheduledBatch) -> None:
         """Gives each sample of a request under an active JSON grammar its allowed ids."""
+        if self.grammars is None:
+            return
+        masked: list[tuple[ScheduledSeq, Request]] = []
         for seq in batch.seqs:
             req = self._requests.get(seq.rid) if seq.sample else None
-            if req is None or req.constraint is None or not req.constraint.active:
-                continue
-            mask = req.constraint.mask()
+            if req is not None and req.constraint is not None and req.constraint.active:
+                masked.append((seq, req))
+        if not masked:
+            return
+        masks = self.grammars.masks([req.constraint for _, req in masked if req.constraint])
+        for (seq, req), mask in zip(masked, masks, strict=True):
             if mask.count(0) == len(mask):  # no token continues the document (never expected)
                 log.warning("request %s: its grammar allows no token; sampling unconstrained",
                             req.rid)  # fmt: skip

@@ -22,7 +22,8 @@
 # the router's thread count, memory and busiest threads (router_threads.log) and, where py-spy is
 # installed (its wheel in .whl), py-spy samples of the worker (worker.pyspy.txt, collapsed stacks)),
 # SAMPLING (glm47 bench's sampling flags, default greedy; the model card's settings:
-# "--temperature 1.0 --top-p 0.95").
+# "--temperature 1.0 --top-p 0.95"), JSON_BENCH (concurrencies, e.g. "1 32": after the workloads,
+# benchmarks/json_output_bench.py against the same server).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/glm47-bench}
@@ -91,6 +92,11 @@ timeout -k 10 "$BENCH_LIMIT_S" python3 -m glm47.cli bench "${ARGS[@]}" 2>&1 | te
 if [ ${#PROF_PIDS[@]} -gt 0 ]; then  # profilers still sampling (a short run) write what they have
   kill -INT "${PROF_PIDS[@]}" 2>/dev/null
   wait "${PROF_PIDS[@]}" 2>/dev/null
+fi
+if [ -n "${JSON_BENCH:-}" ]; then  # JSON output against free text, e.g. JSON_BENCH="1 32"
+  # shellcheck disable=SC2086  # the concurrencies split into words on purpose
+  timeout -k 10 240 python3 benchmarks/json_output_bench.py --concurrency $JSON_BENCH \
+    --json "$RES/json_output.json" 2>&1 | tee "$RES/json_output.log"
 fi
 curl -s http://127.0.0.1:8000/metrics >"$RES/metrics.txt"
 grep -E '^glm47_(preemptions|request_finish|generation_tokens|prompt_tokens|cached)' "$RES/metrics.txt"

@@ -137,6 +137,13 @@ def test_stop_string_cuts_the_output(client: openai.OpenAI, model_name: str) -> 
     cut = client.completions.create(max_tokens=20, stop=[stop], **kwargs).choices[0]
     assert cut.text == full[: full.index(stop)]
     assert cut.finish_reason == "stop"
+    assert cut.model_extra and cut.model_extra["stop_reason"] == stop, "vLLM's stop_reason"
+    streamed = client.completions.create(max_tokens=20, stop=[stop], stream=True, **kwargs)
+    last = [c.choices[0] for c in streamed if c.choices][-1]
+    assert (last.finish_reason, (last.model_extra or {}).get("stop_reason")) == ("stop", stop)
+    long = client.completions.create(max_tokens=20, **kwargs).choices[0]
+    assert long.model_extra and "stop_reason" in long.model_extra
+    assert long.model_extra["stop_reason"] is None
 
 
 def test_same_seed_gives_same_sample_and_n_gives_n_choices(

@@ -68,7 +68,7 @@ fn answer(
         .into_iter()
         .zip(0u32..)
         .map(|(c, index)| {
-            if let Some(f) = c.finish {
+            if let Some(f) = &c.finish {
                 usage = add_choice(&usage, f);
             }
             let tool_calls: Vec<ToolCall> = c
@@ -94,7 +94,8 @@ fn answer(
                     tool_calls,
                 },
                 logprobs,
-                finish_reason: c.finish.map(|f| f.reason),
+                finish_reason: c.finish.as_ref().map(|f| f.reason),
+                stop_reason: c.finish.and_then(|f| f.stop_reason),
             }
         })
         .collect();
@@ -110,7 +111,7 @@ fn answer(
 }
 
 /// `usage` plus one finished choice (every choice of a chat request shares its prompt).
-fn add_choice(usage: &Usage, f: Finish) -> Usage {
+fn add_choice(usage: &Usage, f: &Finish) -> Usage {
     Usage {
         completion_tokens_details: usage.completion_tokens_details.clone(),
         ..Usage::new(
@@ -145,6 +146,7 @@ fn chunks(
                 delta,
                 logprobs: None,
                 finish_reason: None,
+                stop_reason: None,
             };
             sse::json(&chunk(&meta, vec![choice], usage_field.clone()))
         })
@@ -161,7 +163,7 @@ fn chunks(
     });
     let body = body.map(move |item| {
         let ChoiceDelta { index, delta } = item?;
-        if let Some(f) = delta.finish {
+        if let Some(f) = &delta.finish {
             let mut u = usage.lock().unwrap_or_else(|e| e.into_inner());
             *u = add_choice(&u, f);
         }
@@ -175,7 +177,8 @@ fn chunks(
                 tool_calls: delta.tool_calls,
             },
             logprobs,
-            finish_reason: delta.finish.map(|f| f.reason),
+            finish_reason: delta.finish.as_ref().map(|f| f.reason),
+            stop_reason: delta.finish.and_then(|f| f.stop_reason),
         };
         sse::json(&chunk(&meta, vec![choice], usage_field.clone()))
     });

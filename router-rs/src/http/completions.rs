@@ -195,9 +195,9 @@ fn answer(
         .zip(leads)
         .zip(0u32..)
         .map(|((c, lead), index)| {
-            if let Some(f) = c.finish {
+            if let Some(f) = &c.finish {
                 let cached = (index % req.n == 0).then_some(f.cached_tokens);
-                usage = add_choice(&usage, &f, cached);
+                usage = add_choice(&usage, f, cached);
             }
             let mut offset = 0;
             let scores = c.prompt_logprobs.as_ref();
@@ -212,7 +212,8 @@ fn answer(
                 prompt_logprobs: lead.listed(tokenizer, scores),
                 text: lead.text + &c.content,
                 logprobs,
-                finish_reason: c.finish.map(|f| f.reason),
+                finish_reason: c.finish.as_ref().map(|f| f.reason),
+                stop_reason: c.finish.and_then(|f| f.stop_reason),
             }
         })
         .collect();
@@ -258,6 +259,7 @@ fn chunks(
                 text: lead.text.clone(),
                 logprobs: None,
                 finish_reason: None,
+                stop_reason: None,
                 prompt_logprobs: None,
             };
             sse::json(&completion(&meta, vec![choice], usage_field.clone()))
@@ -284,9 +286,9 @@ fn chunks(
     // and alternative) are built on the blocking pool.
     let body = stream.then(move |item| {
         let taken = item.map(|ChoiceDelta { index, delta }| {
-            if let Some(f) = delta.finish {
+            if let Some(f) = &delta.finish {
                 let mut u = usage.lock().unwrap_or_else(|e| e.into_inner());
-                *u = add_choice(&u, &f, (index % n == 0).then_some(f.cached_tokens));
+                *u = add_choice(&u, f, (index % n == 0).then_some(f.cached_tokens));
             }
             let head = waiting.get_mut(index as usize).and_then(Option::take);
             let start = offsets.get_mut(index as usize).map(|offset| {
@@ -329,7 +331,8 @@ fn chunks(
                 index,
                 text,
                 logprobs,
-                finish_reason: delta.finish.map(|f| f.reason),
+                finish_reason: delta.finish.as_ref().map(|f| f.reason),
+                stop_reason: delta.finish.and_then(|f| f.stop_reason),
                 prompt_logprobs: listed,
             };
             sse::json(&completion(&meta, vec![choice], usage_field))

@@ -61,6 +61,7 @@ pub async fn generate(
     let choice = collect(stream, 1).await?.pop().unwrap_or_default();
     let count = choice
         .finish
+        .as_ref()
         .map_or(choice.tokens.len() as u32, |f| f.completion_tokens);
     let details = req.return_details.then(|| GenerateDetails {
         tokens: choice
@@ -69,7 +70,7 @@ pub async fn generate(
             .zip(1u32..)
             .map(|(t, k)| token(t, k, prompt_tokens))
             .collect(),
-        cached_tokens: choice.finish.map_or(0, |f| f.cached_tokens),
+        cached_tokens: choice.finish.as_ref().map_or(0, |f| f.cached_tokens),
     });
     Ok(Json(GenerateResponse {
         generated_text: choice.content,
@@ -145,7 +146,7 @@ fn event(
         generated_text: finished.then(|| text.to_owned()),
         finished,
         finish_reason: if finished {
-            finish.map(|f| f.reason.as_str())
+            finish.as_ref().map(|f| f.reason.as_str())
         } else {
             None
         },

@@ -357,6 +357,7 @@ pub fn plain_pipeline(state: &AppState, sampling: &SamplingParams, prompt_len: u
     let stop = StopMatcher::new(&sampling.stop).including_match(sampling.include_stop_str);
     Pipeline::new(tokenizer, Box::new(detok), Box::new(stop))
         .with_prompt_tokens(u32::try_from(prompt_len).unwrap_or(u32::MAX))
+        .with_stop_token_ids(&sampling.stop_token_ids)
 }
 
 /// A pipeline for one chat choice, with the parsers the server was started with.

@@ -220,6 +220,7 @@ mod tests {
     fn delta(index: u32, text: &str, scored: Option<f32>, last: bool) -> ChoiceDelta {
         let finish = last.then_some(Finish {
             reason: FinishReason::Length,
+            stop_reason: None,
             prompt_tokens: 2,
             completion_tokens: 1,
             cached_tokens: 0,

@@ -336,6 +336,8 @@ pub struct ChatChoice {
     pub message: ChatMessage,
     pub logprobs: Option<ChatLogprobs>,
     pub finish_reason: Option<FinishReason>,
+    /// vLLM's: the stop string or stop token id that ended the choice (null otherwise).
+    pub stop_reason: Option<crate::protocol::openai::StopReason>,
 }
 
 /// The body of a non-streaming chat answer.
@@ -371,6 +373,8 @@ pub struct ChatChunkChoice {
     pub delta: ChatDelta,
     pub logprobs: Option<ChatLogprobs>,
     pub finish_reason: Option<FinishReason>,
+    /// vLLM's: the stop string or stop token id that ended the choice (null otherwise).
+    pub stop_reason: Option<crate::protocol::openai::StopReason>,
 }
 
 /// One streamed chat chunk (`object: chat.completion.chunk`).

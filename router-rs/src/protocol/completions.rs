@@ -153,6 +153,8 @@ pub struct CompletionChoice {
     pub text: String,
     pub logprobs: Option<CompletionLogprobs>,
     pub finish_reason: Option<FinishReason>,
+    /// vLLM's: the stop string or stop token id that ended the choice (null otherwise).
+    pub stop_reason: Option<crate::protocol::openai::StopReason>,
     /// vLLM's `prompt_logprobs`, when asked for (on a stream, in the choice's first chunk).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub prompt_logprobs: Option<PromptLogprobList>,

@@ -27,6 +27,14 @@ impl FinishReason {
     }
 }
 
+/// vLLM's `stop_reason` of a choice: the stop token id or the stop string that ended it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum StopReason {
+    Token(u32),
+    Text(String),
+}
+
 /// Token counts of a request (over all its choices).
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Usage {

@@ -14,7 +14,7 @@ mod tests;
 use std::sync::Arc;
 
 use crate::parsers::{Glm45ReasoningParser, Glm47ToolParser, ToolEvent};
-use crate::protocol::openai::{FinishReason, FunctionDelta, ToolCallDelta};
+use crate::protocol::openai::{FinishReason, FunctionDelta, StopReason, ToolCallDelta};
 use crate::tokenizer::Tokenizer;
 use crate::wire;
 
@@ -65,9 +65,12 @@ impl PromptLogprobs {
 }
 
 /// How a choice ended, with its token counts.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Finish {
     pub reason: FinishReason,
+    /// vLLM's `stop_reason`: the stop string or stop token id that ended the choice; None for an
+    /// eos id, a complete JSON document or any other finish.
+    pub stop_reason: Option<StopReason>,
     pub prompt_tokens: u32,
     pub completion_tokens: u32,
     pub cached_tokens: u32,
@@ -123,6 +126,8 @@ pub struct Pipeline {
     accepted_draft_tokens: u32,
     called_tool: bool,
     done: bool,
+    /// The request's `stop_token_ids` (a finish on one reports it as `stop_reason`).
+    stop_token_ids: Vec<u32>,
 }
 
 impl Pipeline {
@@ -146,7 +151,14 @@ impl Pipeline {
             accepted_draft_tokens: 0,
             called_tool: false,
             done: false,
+            stop_token_ids: Vec::new(),
         }
+    }
+
+    /// The request's stop token ids, for `Finish::stop_reason`.
+    pub fn with_stop_token_ids(mut self, ids: &[u32]) -> Self {
+        self.stop_token_ids = ids.to_vec();
+        self
     }
 
     /// Splits reasoning from the answer (the parser knows whether the prompt left the model
@@ -189,6 +201,7 @@ impl Pipeline {
         delta.prompt_logprobs = PromptLogprobs::from_output(out);
         let mut text = String::new();
         let mut reason = None;
+        let mut stop_reason = None;
         for (k, &id) in out.ids.iter().enumerate() {
             self.completion_tokens += 1;
             let piece = self.detok.push(id);
@@ -202,6 +215,12 @@ impl Pipeline {
         }
         if reason.is_none() {
             reason = out.finish.map(finish_reason);
+            let last = out.ids.last().copied();
+            if reason == Some(FinishReason::Stop) {
+                stop_reason = last
+                    .filter(|id| self.stop_token_ids.contains(id))
+                    .map(StopReason::Token);
+            }
             if reason.is_some() {
                 let (emit, mut stopped) = self.stop.push(&self.detok.finish());
                 text.push_str(&emit);
@@ -218,7 +237,10 @@ impl Pipeline {
         self.parse(&text, reason.is_some(), &mut delta);
         if let Some(reason) = reason {
             self.done = true;
-            delta.finish = Some(self.finish(reason));
+            if let Some(matched) = self.stop.matched() {
+                stop_reason = Some(StopReason::Text(matched));
+            }
+            delta.finish = Some(self.finish(reason, stop_reason));
         }
         delta
     }
@@ -244,13 +266,14 @@ impl Pipeline {
         }
     }
 
-    fn finish(&self, reason: FinishReason) -> Finish {
+    fn finish(&self, reason: FinishReason, stop_reason: Option<StopReason>) -> Finish {
         let reason = match reason {
             FinishReason::Stop if self.called_tool => FinishReason::ToolCalls,
             other => other,
         };
         Finish {
             reason,
+            stop_reason,
             prompt_tokens: self.prompt_tokens,
             completion_tokens: self.completion_tokens,
             cached_tokens: self.cached_tokens,

@@ -17,6 +17,10 @@ pub trait StopStrings: Send {
     /// Releases the text held back at the end of the output, and whether a stop string matched
     /// in it.
     fn finish(&mut self) -> (String, bool);
+    /// The stop string that matched, if one did.
+    fn matched(&self) -> Option<String> {
+        None
+    }
 }
 
 impl Detokenize for crate::detokenize::Detokenizer {
@@ -42,5 +46,9 @@ impl StopStrings for crate::stop::StopMatcher {
 
     fn finish(&mut self) -> (String, bool) {
         crate::stop::StopMatcher::finish(self)
+    }
+
+    fn matched(&self) -> Option<String> {
+        crate::stop::StopMatcher::matched(self).map(str::to_owned)
     }
 }

@@ -126,6 +126,36 @@ fn a_stop_string_decided_only_by_the_end_of_the_output_finishes_as_stop() {
 }
 
 #[test]
+fn the_stop_reason_names_the_stop_string_or_stop_id_and_is_null_otherwise() {
+    let matcher = || Box::new(crate::stop::StopMatcher::new(["b/<", "/"]));
+    let p = Pipeline::new(tokenizer(), Box::new(CharDetok), matcher());
+    let got = run(p, &[("ab/", None), ("", Some(wire::FinishReason::Length))]);
+    assert_eq!(
+        got.finish.and_then(|f| f.stop_reason),
+        Some(StopReason::Text("/".into()))
+    );
+    // a finish on a stop id reports it; on any other id (an eos) nothing
+    for (last, reason) in [('z', Some(StopReason::Token('z' as u32))), ('y', None)] {
+        let p = Pipeline::new(tokenizer(), Box::new(CharDetok), matcher())
+            .with_stop_token_ids(&['z' as u32]);
+        let got = run(p, &[(&format!("a{last}"), Some(wire::FinishReason::Stop))]);
+        assert_eq!(
+            got.finish.as_ref().map(|f| f.reason),
+            Some(FinishReason::Stop)
+        );
+        assert_eq!(got.finish.and_then(|f| f.stop_reason), reason, "{last}");
+    }
+    let p = Pipeline::new(tokenizer(), Box::new(CharDetok), matcher())
+        .with_stop_token_ids(&['z' as u32]);
+    let got = run(p, &[("az", Some(wire::FinishReason::Length))]);
+    assert_eq!(
+        got.finish.and_then(|f| f.stop_reason),
+        None,
+        "a length finish"
+    );
+}
+
+#[test]
 fn logprobs_follow_their_tokens() {
     let mut out = output("ab", Some(wire::FinishReason::Stop));
     out.logprobs = Some(vec![-0.5, -1.5]);

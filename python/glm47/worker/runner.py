@@ -396,11 +396,17 @@ class ModelRunner:
 
     @torch.inference_mode()
     def launch(
-        self, batch: ScheduledBatch, sampler: Sampler, feed: TokenFeed | None = None
+        self,
+        batch: ScheduledBatch,
+        sampler: Sampler,
+        feed: TokenFeed | None = None,
+        defer_sampling: bool = False,
     ) -> LaunchedStep:
         """`run` up to the samples, which stay on the device (their host copy queued): the host
         may queue the next step before it reads them. With `feed`, the step's input tokens are
-        taken on the device from an earlier step's samples (the batch holds placeholders)."""
+        taken on the device from an earlier step's samples (the batch holds placeholders). With
+        `defer_sampling`, only the forward pass and the logits are queued; the returned step's
+        `sample` queues the sampling, with the sequences' settings as they are then."""
         inputs = self.prepare(batch)
         if feed is not None:
             self._feed(batch, inputs.input_ids, feed)
@@ -413,6 +419,9 @@ class ModelRunner:
         logits = self.model.compute_logits(hidden[inputs.sample_rows])  # [N, V] fp32
         # Fed rows' penalties read their last output token, which is their input token here.
         last = inputs.input_ids[inputs.sample_rows] if feed is not None else None
+        if defer_sampling:
+            seqs = inputs.sample_seqs
+            return LaunchedStep(None, scores, lambda: sampler.sample_deferred(logits, seqs, last))
         return LaunchedStep(sampler.sample_deferred(logits, inputs.sample_seqs, last), scores)
 
     def _feed(self, batch: ScheduledBatch, input_ids: torch.Tensor, feed: TokenFeed) -> None:

@@ -36,11 +36,30 @@ class Sampler(Protocol):
 
 
 class LaunchedStep:
-    """A step queued on the device (`ModelRunner.launch`); `collect` waits for its samples."""
+    """A step queued on the device (`ModelRunner.launch`); `collect` waits for its samples.
 
-    def __init__(self, samples: DeferredSamples | None, scores: list[PromptScores]) -> None:
+    With `pending`, the step's forward pass is queued but its sampling is not: `sample` queues it
+    (the engine calls it once the rows' allowed-token masks are known)."""
+
+    def __init__(
+        self,
+        samples: DeferredSamples | None,
+        scores: list[PromptScores],
+        pending: Callable[[], DeferredSamples] | None = None,
+    ) -> None:
         self.samples = samples
         self._scores = scores
+        self._pending = pending
+
+    @property
+    def waits_to_sample(self) -> bool:
+        """True while the sampling is not queued yet (`sample`)."""
+        return self._pending is not None
+
+    def sample(self) -> None:
+        """Queue the sampling that `launch` left pending, reading the rows' settings now."""
+        assert self._pending is not None, "the step's sampling is queued already"
+        self.samples, self._pending = self._pending(), None
 
     @property
     def tokens(self) -> torch.Tensor | None:
@@ -48,6 +67,7 @@ class LaunchedStep:
         return self.samples.tokens if self.samples is not None else None
 
     def collect(self) -> RunnerOutput:
+        assert self._pending is None, "collect before sample"
         samples = self.samples.collect() if self.samples is not None else []
         return RunnerOutput(samples=samples, scores=self._scores)
 

@@ -58,7 +58,11 @@ class FakeRunner:
         return RunnerOutput(samples)
 
     def launch(
-        self, batch: ScheduledBatch, sampler: Any, feed: TokenFeed | None = None
+        self,
+        batch: ScheduledBatch,
+        sampler: Any,
+        feed: TokenFeed | None = None,
+        defer_sampling: bool = False,
     ) -> FakeLaunched:
         """`run`, its samples handed over by `collect`; with `feed`, the batch's placeholder
         tokens replaced by the fed samples first (as the real runner does on the device)."""
@@ -69,6 +73,7 @@ class FakeRunner:
                 seqs[i] = replace(seqs[i], token_ids=[feed.tokens[r]])
             batch = replace(batch, seqs=seqs)
         self.launches += 1
+        assert not defer_sampling, "the fake runner serves no constrained requests"
         return FakeLaunched(self.run(batch, sampler))
 
     # -- drafting (speculative decoding) -------------------------------------------------------
@@ -139,9 +144,14 @@ class FakeRunner:
 class FakeLaunched:
     """A fake step on the device: its samples are known at once, handed over by `collect`."""
 
+    waits_to_sample = False  # no constrained requests: sampled at launch
+
     def __init__(self, out: RunnerOutput) -> None:
         self._out = out
         self.tokens = [s.token_id for s in out.samples] or None
+
+    def sample(self) -> None:
+        raise AssertionError("sampled at launch")
 
     def collect(self) -> RunnerOutput:
         return self._out

@@ -94,11 +94,8 @@ def run(tiny_dir: Path, overlap: bool) -> tuple[dict[str, list[int]], dict[str, 
     return tokens, {rid: f"{finish[rid]}:{texts[rid]}" for rid in tokens}, engine
 
 
-@pytest.mark.parametrize("overlap", [False, True])
-def test_constrained_requests_write_documents_of_their_schema(
-    tiny_dir: Path, overlap: bool
-) -> None:
-    _, results, engine = run(tiny_dir, overlap)
+def test_constrained_requests_write_documents_of_their_schema(tiny_dir: Path) -> None:
+    tokens, results, _ = run(tiny_dir, overlap=False)
     for rid in ("schema0", "schema1", "schema2"):
         reason, text = results[rid].split(":", 1)
         assert reason == "stop", results[rid]
@@ -106,9 +103,12 @@ def test_constrained_requests_write_documents_of_their_schema(
     reason, text = results["object"].split(":", 1)
     assert reason == "stop" and isinstance(json.loads(text), dict), text
     assert results["free"].startswith("length:")
-    if overlap:
-        # the free request alone in its last steps runs ahead again
-        assert engine.steps_ahead > 0
+    # Queued ahead, a constrained step's sampling waits for the masks, which wait for the
+    # samples before: the same tokens, with the forward passes run ahead.
+    ahead, _, engine = run(tiny_dir, overlap=True)
+    assert ahead == tokens
+    longest = max(len(ids) for rid, ids in tokens.items() if rid != "free")
+    assert engine.steps_ahead >= longest - 2
 
 
 def test_a_schema_the_grammar_cannot_enforce_is_refused(tiny_dir: Path) -> None:

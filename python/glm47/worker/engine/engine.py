@@ -14,8 +14,10 @@ requests that step n stops (a stop or eos token): they have had one more step co
 nothing, whose result is dropped. So step n + 1 may admit waiting requests and carry prompt
 chunks, and a request whose length ends with step n's token is left out of it (with many
 requests running, one ends so nearly every step). Penalties read the fed token on the device
-too (`ScheduledSeq.fed`). Not run ahead: a step after one with drafts or with a sample of a
-JSON-constrained request (its next mask needs that sample), one with a running
+too (`ScheduledSeq.fed`). A step with JSON-constrained samples is queued ahead without its
+sampling: the masks need the samples before, so its forward pass runs while the host applies
+them, and its sampling is queued after (`LaunchedStep.sample`). Not run ahead: a step after one
+with drafts, one with a running
 request that step n left out, and one whose requests may need more pages than are free or held
 by the prefix cache alone (planning it could preempt). (A step with prompt scores is queued
 ahead too, though computing them waits for the step on the host.) A request that arrives while
@@ -75,6 +77,11 @@ class Launched(Protocol):
     @property
     def tokens(self) -> Any: ...  # [N] sampled tokens on the device, in sample order; or None
 
+    @property
+    def waits_to_sample(self) -> bool: ...  # launched with defer_sampling, `sample` not called
+
+    def sample(self) -> None: ...  # queue the sampling deferred at launch
+
     def collect(self) -> RunnerOutput: ...
 
 
@@ -83,7 +90,11 @@ class Launcher(Protocol):
     the engine runs ahead only with one."""
 
     def launch(
-        self, batch: ScheduledBatch, sampler: Any, feed: TokenFeed | None = None
+        self,
+        batch: ScheduledBatch,
+        sampler: Any,
+        feed: TokenFeed | None = None,
+        defer_sampling: bool = False,
     ) -> Launched: ...
 
 
@@ -249,6 +260,12 @@ class Engine:
             before = len(outputs)
             finished = self._apply_samples(batch, result.samples, outputs)
             self.scheduler.finish(finished)
+            queued = self._queued
+            if queued is not None and queued.launched is not None:
+                if queued.launched.waits_to_sample:
+                    # Its forward pass is on the device; its masks need the samples above.
+                    self._attach_masks(queued.batch)
+                    queued.launched.sample()
             if self.mtp_step:
                 self._propose_drafts(batch)
             seconds = time.perf_counter() - start
@@ -281,9 +298,6 @@ class Engine:
         now gives the step that planning after them would (see the module doc); else None."""
         if self._launcher is None or self.mtp_step or current.launched is None:
             return None
-        if any(s.allowed is not None or self._constrained(s.rid) for s in current.batch.seqs
-               if s.sample):  # fmt: skip
-            return None  # a constrained request's next mask needs its sample
         tokens = current.launched.tokens
         seqs = current.batch.seqs
         if tokens is None:
@@ -323,9 +337,10 @@ class Engine:
                 feed_rows.append(row_of[s.rid])
                 feed_seqs.append(i)
         assert len(feed_rows) == len(fed), "every fed request is in the step queued ahead"
-        self._attach_masks(batch)
+        # Masks of constrained samples need `current`'s samples: sampling is queued after them.
+        defer = any(s.sample and self._constrained(s.rid) for s in batch.seqs)
         launched = self._launcher.launch(
-            batch, self.sampler, TokenFeed(tokens, feed_rows, feed_seqs)
+            batch, self.sampler, TokenFeed(tokens, feed_rows, feed_seqs), defer_sampling=defer
         )
         current.placeholders = fed
         self.steps_ahead += 1

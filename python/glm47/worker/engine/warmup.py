@@ -7,7 +7,8 @@ covers single prompts; real traffic then compiled the rest inside its first step
 took 11 s on the H200 while 2000 requests waited. This traffic takes the paths serving takes: several
 prompts in one step, prompts longer than a step's budget (chunked, beside decoding sequences), prefix
 cache hits (partial and whole-prompt), decode batches growing and shrinking, every sampling
-transform, and drafts when the engine drafts.
+transform, and drafts when the engine drafts. Then the sampler alone on synthetic rows, flat and
+peaked (`warm_up_sampler`): which of its kernels a row takes depends on its logits.
 
 Run it on a throwaway `Engine` over the real runner and serve with a fresh one: the synthetic
 requests then leave no prefix-cache entries, counters or sampler state behind.
@@ -19,19 +20,23 @@ import logging
 import random
 import time
 from dataclasses import dataclass
+from typing import Any
 
-from glm47.worker.batch import SamplingParams
+import torch
+
+from glm47.worker.batch import SamplingParams, ScheduledSeq
 from glm47.worker.engine.engine import Engine
 from glm47.worker.engine.errors import EngineError
 from glm47.worker.engine.request import Request
 
 log = logging.getLogger(__name__)
 
-# The sampling settings the requests cycle through: greedy, every filter, the penalties, a seed,
-# log probabilities.
+# The sampling settings the requests cycle through: greedy, every filter, top-p alone (the model
+# card's settings), the penalties, a seed, log probabilities.
 SAMPLINGS = (
     SamplingParams(temperature=0.0),
     SamplingParams(temperature=0.8, top_p=0.9, top_k=40, min_p=0.05),
+    SamplingParams(temperature=1.0, top_p=0.95),
     SamplingParams(temperature=1.0, presence_penalty=0.5, frequency_penalty=0.3),
     SamplingParams(temperature=0.7, repetition_penalty=1.1, seed=7, logprobs=3),
     SamplingParams(temperature=0.0, logprobs=0),
@@ -129,6 +134,9 @@ def warm_up(engine: Engine, vocab_size: int, seed: int = 0) -> WarmUpReport:
         step += 1
         report.mixed_steps += bool(decoding and prefilling)
         report.largest_decode_batch = max(report.largest_decode_batch, decoding)
+    device = getattr(engine.runner, "device", None)
+    if isinstance(device, torch.device):
+        warm_up_sampler(engine.sampler, vocab_size, device)
     report.steps = step
     report.prefix_hit_tokens = engine.cache.hit_tokens
     report.drafted = engine.spec_drafted
@@ -146,3 +154,17 @@ def warm_up(engine: Engine, vocab_size: int, seed: int = 0) -> WarmUpReport:
         report.drafted,
     )
     return report
+
+
+def warm_up_sampler(sampler: Any, vocab_size: int, device: torch.device, seed: int = 0) -> None:
+    """Every sampling setting on a flat row and on a peaked one, in one batch: a top-p row whose
+    kept set passes the candidates' room takes the bisection kernels, another the compaction,
+    and random prompts through random or real weights need not produce both kinds of row."""
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    seqs, rows = [], []
+    for i, sampling in enumerate(SAMPLINGS):
+        for scale in (0.01, 8.0):  # flat, peaked
+            rows.append(torch.randn(vocab_size, generator=gen) * scale)
+            seqs.append(ScheduledSeq(f"warmup-sampler-{i}-{scale}", [1], 0, [1], True,
+                                     sampling=sampling, prompt_ids=[1]))  # fmt: skip
+    sampler.sample(torch.stack(rows).to(device), seqs)

@@ -5,7 +5,8 @@ The matcher is Rust (`glm47._native.JsonConstraint`, router-rs/src/grammar): the
 request's constraint for the allowed-token mask before each of its samples (`Constraint.mask`,
 packed 32-bit words) and tells it every sampled token (`accept`); the sampler sets the logits of
 the tokens outside the mask to -inf. A request whose document is complete finishes with reason
-"stop". Such requests are never run ahead (the mask needs the token before) and get no drafts.
+"stop". Such requests get no drafts; a step with their samples is queued ahead without its
+sampling, which waits for the masks (engine.py).
 """
 
 from __future__ import annotations

@@ -157,14 +157,21 @@ def warm_up(engine: Engine, vocab_size: int, seed: int = 0) -> WarmUpReport:
 
 
 def warm_up_sampler(sampler: Any, vocab_size: int, device: torch.device, seed: int = 0) -> None:
-    """Every sampling setting on a flat row and on a peaked one, in one batch: a top-p row whose
-    kept set passes the candidates' room takes the bisection kernels, another the compaction,
-    and random prompts through random or real weights need not produce both kinds of row."""
+    """Every sampling setting on a flat row and on a peaked one, each setting alone and all in
+    one batch: a top-p row whose kept set passes the candidates' room takes the bisection
+    kernels, another the compaction, and a batch's mix of settings decides some launches'
+    arguments (Triton specialises a stride or width of 1), which random prompts through random
+    or real weights need not all produce."""
     gen = torch.Generator(device="cpu").manual_seed(seed)
-    seqs, rows = [], []
+    batches: list[tuple[list[ScheduledSeq], list[torch.Tensor]]] = []
     for i, sampling in enumerate(SAMPLINGS):
+        seqs, rows = [], []
         for scale in (0.01, 8.0):  # flat, peaked
             rows.append(torch.randn(vocab_size, generator=gen) * scale)
             seqs.append(ScheduledSeq(f"warmup-sampler-{i}-{scale}", [1], 0, [1], True,
                                      sampling=sampling, prompt_ids=[1]))  # fmt: skip
-    sampler.sample(torch.stack(rows).to(device), seqs)
+        batches += [([seqs[0]], rows[:1]), ([seqs[1]], rows[1:]), (seqs, rows)]
+    everything = [b for batch in batches[2::3] for b in batch[0]]
+    batches.append((everything, [r for batch in batches[2::3] for r in batch[1]]))
+    for seqs, rows in batches:
+        sampler.sample(torch.stack(rows).to(device), seqs)

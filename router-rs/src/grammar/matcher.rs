@@ -203,6 +203,12 @@ impl Clone for Thread {
     }
 }
 
+/// `t` with its innermost frame replaced by `frame`.
+fn with_top(mut t: Thread, frame: Frame) -> Thread {
+    *t.stack.last_mut().expect("a frame to replace") = frame;
+    t
+}
+
 fn is_ws(b: u8) -> bool {
     matches!(b, b' ' | b'\n' | b'\t' | b'\r')
 }
@@ -315,19 +321,12 @@ impl Grammar {
                         Self::emit(t, out);
                     }
                     (ObjAt::Value, b',') if more => {
-                        *t.stack.last_mut().expect("the object frame") = Frame::Object {
-                            node,
-                            seen,
-                            at: ObjAt::Comma,
-                        };
-                        Self::emit(t, out);
+                        let at = ObjAt::Comma;
+                        Self::emit(with_top(t, Frame::Object { node, seen, at }), out);
                     }
                     (ObjAt::Colon(target), b':') => {
-                        *t.stack.last_mut().expect("the object frame") = Frame::Object {
-                            node,
-                            seen,
-                            at: ObjAt::Value,
-                        };
+                        let at = ObjAt::Value;
+                        let mut t = with_top(t, Frame::Object { node, seen, at });
                         t.stack.push(Frame::Value(target));
                         Self::emit(t, out);
                     }
@@ -395,21 +394,18 @@ impl Grammar {
                         Self::emit(t, out);
                     }
                     (ArrAt::Value, b',') if room => {
-                        *t.stack.last_mut().expect("the array frame") = Frame::Array {
-                            node,
-                            count,
-                            at: ArrAt::Comma,
-                        };
-                        Self::emit(t, out);
+                        let at = ArrAt::Comma;
+                        Self::emit(with_top(t, Frame::Array { node, count, at }), out);
                     }
                     (ArrAt::Open | ArrAt::Comma, _) if room => {
-                        *t.stack.last_mut().expect("the array frame") = Frame::Array {
-                            node,
-                            count: count + 1,
-                            at: ArrAt::Value,
-                        };
+                        let (count, at) = (count + 1, ArrAt::Value);
                         let items = *items;
-                        self.start_value(t, items, b, out);
+                        self.start_value(
+                            with_top(t, Frame::Array { node, count, at }),
+                            items,
+                            b,
+                            out,
+                        );
                     }
                     _ => {}
                 }
@@ -455,13 +451,8 @@ impl Grammar {
                     _ => None,
                 };
                 if let Some(next) = next.filter(|_| len < MAX_NUMBER_BYTES) {
-                    let mut u = t.clone();
-                    *u.stack.last_mut().expect("the number frame") = Frame::Number {
-                        integer,
-                        at: next,
-                        len: len + 1,
-                    };
-                    Self::emit(u, out);
+                    let (at, len) = (next, len + 1);
+                    Self::emit(with_top(t.clone(), Frame::Number { integer, at, len }), out);
                 }
                 if at.complete() {
                     // The number ended before `b`, which belongs to what holds it.
@@ -475,14 +466,11 @@ impl Grammar {
                 let exact = lo < hi && texts[lo as usize].len() == pos as usize;
                 let (nlo, nhi) = narrow(texts, lo, hi, pos, b);
                 if nlo < nhi {
-                    let mut u = t.clone();
-                    *u.stack.last_mut().expect("the choice frame") = Frame::Choice {
-                        node,
-                        lo: nlo,
-                        hi: nhi,
-                        pos: pos + 1,
-                    };
-                    Self::emit(u, out);
+                    let (lo, hi, pos) = (nlo, nhi, pos + 1);
+                    Self::emit(
+                        with_top(t.clone(), Frame::Choice { node, lo, hi, pos }),
+                        out,
+                    );
                 }
                 if exact {
                     t.stack.pop();
@@ -494,66 +482,54 @@ impl Grammar {
 
     /// `b` is the first byte of a value of `id` (the thread's frames hold what contains it).
     fn start_value(&self, mut t: Thread, id: NodeId, b: u8, out: &mut Vec<Thread>) {
-        match &self.schema.nodes[id] {
+        let opened = match &self.schema.nodes[id] {
             Node::AnyOf(alts) => {
                 for &alt in alts {
                     self.start_value(t.clone(), alt, b, out);
                 }
-            }
-            Node::Object { .. } => {
-                if b == b'{' {
-                    t.stack.push(Frame::Object {
-                        node: id,
-                        seen: 0,
-                        at: ObjAt::Open,
-                    });
-                    Self::emit(t, out);
-                }
-            }
-            Node::Array { .. } => {
-                if b == b'[' {
-                    t.stack.push(Frame::Array {
-                        node: id,
-                        count: 0,
-                        at: ArrAt::Open,
-                    });
-                    Self::emit(t, out);
-                }
-            }
-            Node::Str { min, max } => {
-                if b == b'"' {
-                    t.stack.push(Frame::Str {
-                        len: 0,
-                        min: *min,
-                        max: max.unwrap_or(u32::MAX),
-                        chars: Chars::default(),
-                    });
-                    Self::emit(t, out);
-                }
-            }
-            Node::Number { integer } => {
-                let at = match b {
-                    b'-' => NumAt::Minus,
-                    b'0' => NumAt::Zero,
-                    b'1'..=b'9' => NumAt::Int,
-                    _ => return,
-                };
-                t.stack.push(Frame::Number {
-                    integer: *integer,
-                    at,
-                    len: 1,
-                });
-                Self::emit(t, out);
+                return;
             }
             Node::Choices(texts) => {
+                let hi = texts.len() as u32;
                 t.stack.push(Frame::Choice {
                     node: id,
                     lo: 0,
-                    hi: texts.len() as u32,
+                    hi,
                     pos: 0,
                 });
-                self.feed(t, b, out);
+                return self.feed(t, b, out);
             }
+            Node::Object { .. } => (b == b'{').then_some(Frame::Object {
+                node: id,
+                seen: 0,
+                at: ObjAt::Open,
+            }),
+            Node::Array { .. } => (b == b'[').then_some(Frame::Array {
+                node: id,
+                count: 0,
+                at: ArrAt::Open,
+            }),
+            Node::Str { min, max } => (b == b'"').then(|| Frame::Str {
+                len: 0,
+                min: *min,
+                max: max.unwrap_or(u32::MAX),
+                chars: Chars::default(),
+            }),
+            Node::Number { integer } => match b {
+                b'-' => Some(NumAt::Minus),
+                b'0' => Some(NumAt::Zero),
+                b'1'..=b'9' => Some(NumAt::Int),
+                _ => None,
+            }
+            .map(|at| Frame::Number {
+                integer: *integer,
+                at,
+                len: 1,
+            }),
+        };
+        if let Some(frame) = opened {
+            t.stack.push(frame);
+            Self::emit(t, out);
         }
     }
 

@@ -83,6 +83,22 @@ def test_completions_take_guided_json_as_vllm_does(client: openai.OpenAI) -> Non
     assert conforms(json.loads(out.choices[0].text)), out.choices[0].text
 
 
+def test_guided_choice_answers_one_of_its_strings(client: openai.OpenAI) -> None:
+    choices = ["sunny", "rainy", "rain"]
+    for seed in range(3):
+        out = client.completions.create(
+            model="m", prompt="The weather tomorrow:", max_tokens=50, temperature=1.0, seed=seed,
+            extra_body={"guided_choice": choices},
+        )  # fmt: skip
+        assert out.choices[0].finish_reason == "stop"
+        assert out.choices[0].text in choices, out.choices[0].text
+    chat = client.chat.completions.create(
+        model="m", messages=[{"role": "user", "content": "Weather?"}], max_tokens=50,
+        temperature=1.0, extra_body={"structured_outputs": {"choice": choices}, **NO_THINKING},
+    )  # fmt: skip
+    assert chat.choices[0].message.content in choices
+
+
 def test_the_grammar_starts_after_the_reasoning(client: openai.OpenAI, server: Server) -> None:
     """Thinking on: the prompt ends inside `<think>`; reasoning is free text and the answer after
     `</think>` is the document (here `</think>` is made the first token by a logit bias)."""

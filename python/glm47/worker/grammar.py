@@ -1,5 +1,5 @@
-"""Constrained decoding in the worker: JSON output under a request's grammar (docs/wire.md
-`Grammar`).
+"""Constrained decoding in the worker: JSON output under a request's grammar, or one of a
+list of strings (docs/wire.md `Grammar`).
 
 The matcher is Rust (`glm47._native.JsonConstraint`, router-rs/src/grammar): the engine asks a
 request's constraint for the allowed-token mask before each of its samples (`Constraint.mask`,
@@ -66,7 +66,7 @@ class Grammars:
         if self._vocab is None:
             raise ValueError(f"constrained decoding is not available: {self._why}")
         constraint: Constraint = self._native.JsonConstraint(
-            self._vocab, grammar.schema, ends, grammar.start_after
+            self._vocab, grammar.schema, ends, grammar.start_after, grammar.choices
         )
         return constraint
 

@@ -162,12 +162,23 @@ def _is_top_row(v: object) -> bool:
 
 
 def _is_grammar(v: object) -> bool:
-    """A `Grammar` map: `schema` a string or nil, `start_after` a non-negative int or nil."""
-    if not isinstance(v, dict) or not set(v) <= {"schema", "start_after"}:
+    """A `Grammar` map: `schema` a string or nil, `choices` nil or a non-empty array of
+    non-empty strings (then no schema), `start_after` a non-negative int or nil."""
+    if not isinstance(v, dict) or not set(v) <= {"schema", "start_after", "choices"}:
         return False
-    schema, start = v.get("schema"), v.get("start_after")
-    return (schema is None or isinstance(schema, str)) and (
-        start is None or (_is_int(start) and start >= 0)
+    schema, start, choices = v.get("schema"), v.get("start_after"), v.get("choices")
+    return (
+        (schema is None or isinstance(schema, str))
+        and (start is None or (_is_int(start) and start >= 0))
+        and (
+            choices is None
+            or (
+                schema is None
+                and isinstance(choices, list)
+                and len(choices) > 0
+                and all(isinstance(c, str) and c for c in choices)
+            )
+        )
     )
 
 
@@ -199,7 +210,7 @@ _REQUEST_FIELDS = {
     "mtp": (lambda v: isinstance(v, bool), "bool"),
     "prompt_logprobs": (_is_int, "int"),
     "logit_bias": (_is_top_row, "array of [int, float] pairs"),
-    "grammar": (_is_grammar, "a map with schema (str or nil), start_after (int or nil)"),
+    "grammar": (_is_grammar, "a Grammar map (schema, choices, start_after)"),
 }
 _FLOAT_FIELDS = {k for k, (check, _) in _REQUEST_FIELDS.items() if check is _is_float}
 _REQUIRED_REQUEST = ("rid", "input_ids", "max_new_tokens")
@@ -248,7 +259,9 @@ def decode_request(raw: object) -> WireRequest:
         values["logit_bias"] = [(int(t), float(b)) for t, b in values["logit_bias"]]
     if "grammar" in values:
         g = values["grammar"]
-        values["grammar"] = WireGrammar(schema=g.get("schema"), start_after=g.get("start_after"))
+        values["grammar"] = WireGrammar(
+            schema=g.get("schema"), start_after=g.get("start_after"), choices=g.get("choices")
+        )
     req = WireRequest(**values)
     problem = _range_problem(req)
     if problem:

@@ -250,8 +250,19 @@ impl Grammar {
     }
 
     pub(crate) fn start(&self) -> Vec<Thread> {
+        let root = self.schema.root;
+        let first = match &self.schema.nodes[root] {
+            // raw text: the choice's first byte at once, no whitespace before it
+            Node::Choices(texts) if self.schema.raw => Frame::Choice {
+                node: root,
+                lo: 0,
+                hi: texts.len() as u32,
+                pos: 0,
+            },
+            _ => Frame::Value(root),
+        };
         vec![Thread {
-            stack: vec![Frame::Value(self.schema.root)],
+            stack: vec![first],
             ws: 0,
         }]
     }

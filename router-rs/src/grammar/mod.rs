@@ -21,6 +21,11 @@ pub use matcher::{Grammar, Matcher};
 pub use schema::{Schema, SchemaError};
 pub use vocab::Vocab;
 
+/// Exactly one of `choices` (vLLM's `guided_choice`).
+pub fn one_of(choices: &[String]) -> Arc<Grammar> {
+    Grammar::new(Schema::one_of(choices))
+}
+
 /// The grammar of a `response_format`: a schema, or None for any JSON object.
 pub fn compile(schema: Option<&Value>) -> Result<Arc<Grammar>, SchemaError> {
     let schema = match schema {

@@ -64,6 +64,8 @@ pub struct Prop {
 pub struct Schema {
     pub nodes: Vec<Node>,
     pub root: NodeId,
+    /// The root is raw text (a choice of strings): no whitespace before it.
+    pub raw: bool,
 }
 
 /// A schema the matcher cannot enforce, with where in it (a JSON pointer) and why.
@@ -129,6 +131,18 @@ impl Schema {
         Schema {
             nodes: b.nodes,
             root,
+            raw: false,
+        }
+    }
+
+    /// Exactly one of `choices` (raw text, not JSON).
+    pub fn one_of(choices: &[String]) -> Self {
+        let mut b = Builder::new(&Value::Null);
+        let root = b.push(choices_node(choices.iter().map(String::as_bytes)));
+        Schema {
+            nodes: b.nodes,
+            root,
+            raw: true,
         }
     }
 
@@ -139,6 +153,7 @@ impl Schema {
         let compiled = Schema {
             nodes: b.nodes,
             root,
+            raw: false,
         };
         compiled.check_alternatives()?;
         Ok(compiled)
@@ -215,7 +230,7 @@ impl<'a> Builder<'a> {
             max: None,
         });
         let number = b.push(Node::Number { integer: false });
-        let literals = b.push(choices(["true", "false", "null"].map(str::as_bytes)));
+        let literals = b.push(choices_node(["true", "false", "null"].map(str::as_bytes)));
         b.nodes[ANY] = Node::AnyOf(vec![object, array, ANY_STRING, number, literals]);
         b
     }
@@ -274,7 +289,7 @@ impl<'a> Builder<'a> {
         }
         let node = self.compile_constraints(map, path)?;
         if map.get("nullable") == Some(&Value::Bool(true)) {
-            let null = self.push(choices([b"null".as_slice()]));
+            let null = self.push(choices_node([b"null".as_slice()]));
             return Ok(self.push(Node::AnyOf(vec![node, null])));
         }
         Ok(node)
@@ -309,7 +324,7 @@ impl<'a> Builder<'a> {
             }
         }
         if let Some(value) = map.get("const") {
-            return Ok(self.push(choices([json_text(value).as_slice()])));
+            return Ok(self.push(choices_node([json_text(value).as_slice()])));
         }
         if let Some(values) = map.get("enum") {
             let values = values
@@ -317,7 +332,7 @@ impl<'a> Builder<'a> {
                 .filter(|a| !a.is_empty())
                 .ok_or_else(|| err(path, "enum must be a non-empty array"))?;
             let texts: Vec<Vec<u8>> = values.iter().map(json_text).collect();
-            return Ok(self.push(choices(texts.iter().map(Vec::as_slice))));
+            return Ok(self.push(choices_node(texts.iter().map(Vec::as_slice))));
         }
         let types: Vec<&str> = match map.get("type") {
             None => {
@@ -376,8 +391,8 @@ impl<'a> Builder<'a> {
             "integer" | "number" => Ok(self.push(Node::Number {
                 integer: kind == "integer",
             })),
-            "boolean" => Ok(self.push(choices([b"true".as_slice(), b"false"]))),
-            "null" => Ok(self.push(choices([b"null".as_slice()]))),
+            "boolean" => Ok(self.push(choices_node([b"true".as_slice(), b"false"]))),
+            "null" => Ok(self.push(choices_node([b"null".as_slice()]))),
             other => Err(err(path, format!("unknown type {other:?}"))),
         }
     }
@@ -458,7 +473,7 @@ impl<'a> Builder<'a> {
     }
 }
 
-fn choices<'b>(texts: impl IntoIterator<Item = &'b [u8]>) -> Node {
+fn choices_node<'b>(texts: impl IntoIterator<Item = &'b [u8]>) -> Node {
     let mut texts: Vec<Vec<u8>> = texts.into_iter().map(<[u8]>::to_vec).collect();
     texts.sort();
     texts.dedup();

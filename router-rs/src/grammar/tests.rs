@@ -326,6 +326,35 @@ fn a_constraint_waits_for_its_start_token_and_refuses_what_the_grammar_does_not_
 }
 
 #[test]
+fn a_choice_takes_exactly_one_of_its_strings_and_ends_there() {
+    let v = vocab();
+    let choices = ["yes".to_string(), "no".into(), "nope".into(), "日本".into()];
+    let g = one_of(&choices);
+    for (text, ok) in [
+        ("yes", true),
+        ("no", true),
+        ("nope", true),
+        ("日本", true),
+        ("\"yes\"", false),
+        (" yes", false),
+        ("yess", false),
+        ("nop", false),
+        ("", false),
+    ] {
+        assert_eq!(accepts(&g, text), ok, "{text:?}");
+    }
+    let mut c = Constraint::new(g.clone(), v.clone(), vec![END], None);
+    for b in b"yes" {
+        assert!(c.accept(*b as u32));
+    }
+    assert!(c.is_done(), "nothing extends yes");
+    let mut c = Constraint::new(g, v, vec![END], None);
+    assert!(c.accept(b'n' as u32) && c.accept(b'o' as u32));
+    assert!(!c.is_done(), "no may go on to nope");
+    assert!(allowed(&c).contains(&END) && allowed(&c).contains(&(b'p' as u32)));
+}
+
+#[test]
 fn a_top_level_number_ends_only_at_an_end_token() {
     let v = vocab();
     let mut c = Constraint::new(grammar(json!({"type": "number"})), v, vec![END], None);

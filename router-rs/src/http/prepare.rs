@@ -328,8 +328,9 @@ pub fn wire_requests(
                 .iter()
                 .map(|&(id, bias)| (id, f64::from(bias)))
                 .collect();
-            r.grammar = sampling.json_output.as_ref().map(|json| wire::Grammar {
-                schema: json.schema.clone(),
+            r.grammar = sampling.output_constraint.as_ref().map(|c| wire::Grammar {
+                schema: c.schema.clone(),
+                choices: c.choices.clone(),
                 start_after: None,
             });
             r

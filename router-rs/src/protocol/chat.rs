@@ -8,7 +8,7 @@ use super::openai::{
 };
 use super::sampling::{OpenAiSampling, SamplingParams, MAX_TOP_LOGPROBS};
 use super::{
-    check_best_of, check_range, check_stream_options, from_value, json_output, StreamOptions,
+    check_best_of, check_range, check_stream_options, from_value, output_constraint, StreamOptions,
     ValidationError,
 };
 use crate::parsers::glm47_name::MAX_NAME_BYTES;
@@ -75,7 +75,7 @@ impl ChatRequest {
                 "prompt_logprobs is not available with stream: true on chat completions",
             ));
         }
-        sampling.json_output = json_output(body)?;
+        sampling.output_constraint = output_constraint(body)?;
         check_stream_options(raw.stream_options.as_ref(), raw.stream)?;
         if raw.echo == Some(true) {
             return Err(ValidationError::new(
@@ -89,7 +89,7 @@ impl ChatRequest {
         check_tools(&tools)?;
         let tool_choice = parse_tool_choice(raw.tool_choice.as_ref(), &tools)?;
         let forced = matches!(tool_choice, ToolChoice::Required | ToolChoice::Named(_));
-        if forced && sampling.json_output.is_some() {
+        if forced && sampling.output_constraint.is_some() {
             return Err(ValidationError::new(
                 "tool_choice",
                 "a forced tool call and a JSON response_format exclude each other",

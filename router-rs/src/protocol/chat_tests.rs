@@ -1,5 +1,5 @@
 use super::*;
-use crate::protocol::JsonOutput;
+use crate::protocol::OutputConstraint;
 use serde_json::json;
 
 #[test]
@@ -114,13 +114,23 @@ fn json_response_formats_are_read_and_empty_arguments_are_an_empty_object() {
     let user = json!([{"role": "user", "content": "x"}]);
     let object = json!({"messages": user, "response_format": {"type": "json_object"}});
     let req = ChatRequest::from_json(&object).unwrap();
-    assert_eq!(req.sampling.json_output, Some(JsonOutput { schema: None }));
+    assert_eq!(
+        req.sampling.output_constraint,
+        Some(OutputConstraint::default())
+    );
     let schema = json!({"type": "object", "properties": {"a": {"type": "integer"}}});
     let named = json!({"messages": user, "response_format": {"type": "json_schema",
         "json_schema": {"name": "n", "schema": schema, "strict": true}}});
     let req = ChatRequest::from_json(&named).unwrap();
-    let sent: Value =
-        serde_json::from_str(req.sampling.json_output.unwrap().schema.as_deref().unwrap()).unwrap();
+    let sent: Value = serde_json::from_str(
+        req.sampling
+            .output_constraint
+            .unwrap()
+            .schema
+            .as_deref()
+            .unwrap(),
+    )
+    .unwrap();
     assert_eq!(sent, schema);
     for (body, param) in [
         (

@@ -6,7 +6,7 @@ use serde_json::Value;
 use super::openai::{CompletionLogprobs, FinishReason, PromptLogprobList, Usage};
 use super::sampling::{OpenAiSampling, SamplingParams, MAX_TOP_LOGPROBS};
 use super::{
-    check_best_of, check_range, check_stream_options, from_value, json_output, token_ids,
+    check_best_of, check_range, check_stream_options, from_value, output_constraint, token_ids,
     StreamOptions, ValidationError,
 };
 
@@ -118,7 +118,7 @@ impl CompletionRequest {
         check_range("logprobs", raw.logprobs, 0, MAX_TOP_LOGPROBS)?;
         let logprobs = raw.logprobs.map_or(-1, |k| k as i32);
         let mut sampling = sampling.validate(logprobs)?;
-        sampling.json_output = json_output(body)?;
+        sampling.output_constraint = output_constraint(body)?;
         if raw.suffix.is_some_and(|s| !s.is_empty()) {
             return Err(ValidationError::new("suffix", "suffix is not supported"));
         }
@@ -227,12 +227,13 @@ mod tests {
                 json!({"type": "json_schema", "json_schema": {"schema": {"minimum": 1}}}),
                 "response_format.json_schema.schema",
             ),
-            ("guided_choice", json!(["yes", "no"]), "guided_choice"),
+            ("guided_choice", json!([]), "guided_choice"),
+            ("guided_choice", json!(["yes", 3]), "guided_choice"),
             ("guided_json", json!("{not json"), "guided_json"),
             ("guided_regex", json!("[a-z]+"), "guided_regex"),
             (
                 "structured_outputs",
-                json!({"choice": ["a"]}),
+                json!({"regex": "a+"}),
                 "structured_outputs",
             ),
             ("regex", json!("a|b"), "regex"),
@@ -254,10 +255,15 @@ mod tests {
             ("guided_json", json!("{\"type\": \"object\"}")),
             ("json_schema", json!("{\"type\": \"object\"}")),
             ("structured_outputs", json!({"json": {"type": "object"}})),
+            ("guided_choice", json!(["a", "b"])),
+            ("structured_outputs", json!({"choice": ["a", "b"]})),
         ] {
             let req = CompletionRequest::from_json(&json!({"prompt": "hi", field: value})).unwrap();
-            let json = req.sampling.json_output.expect("json output");
-            if field != "response_format" {
+            let json = req.sampling.output_constraint.expect("json output");
+            if json.choices.is_some() {
+                assert_eq!(json.choices, Some(vec!["a".to_string(), "b".into()]));
+                assert_eq!(json.schema, None);
+            } else if field != "response_format" {
                 assert_eq!(
                     json.schema.as_deref(),
                     Some(r#"{"type":"object"}"#),

@@ -104,7 +104,7 @@ impl GenerateRequest {
             skip_special_tokens: p.skip_special_tokens.unwrap_or(true),
             include_stop_str: true, // as LightLLM and TGI: the text ends with the stop
             logit_bias: Vec::new(),
-            json_output: None,
+            output_constraint: None,
         };
         sampling
             .check()

@@ -33,41 +33,51 @@ impl ValidationError {
     }
 }
 
-/// Fields of constrained decoding (vLLM's and SGLang's extras) other than JSON, which is not
-/// implemented: a request asking for one is refused rather than answered unconstrained.
-const CONSTRAINED: [&str; 6] = [
+/// Fields of constrained decoding (vLLM's and SGLang's extras) other than JSON and a choice,
+/// which are not implemented: a request asking for one is refused rather than answered
+/// unconstrained.
+const CONSTRAINED: [&str; 5] = [
     "guided_regex",
-    "guided_choice",
     "guided_grammar",
     "regex",
     "ebnf",
     "structural_tag",
 ];
 
-/// JSON output a request asks for: `response_format` `json_object` or `json_schema`, vLLM's
-/// `guided_json` or `structured_outputs.json`, SGLang's `json_schema`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct JsonOutput {
-    /// The schema as JSON text; None for any JSON object.
+/// The constrained output a request asks for: JSON (`response_format` `json_object` or
+/// `json_schema`, vLLM's `guided_json` or `structured_outputs.json`, SGLang's `json_schema`) or
+/// one of some strings (vLLM's `guided_choice` or `structured_outputs.choice`).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct OutputConstraint {
+    /// The schema as JSON text; None for any JSON object (unless `choices`).
     pub schema: Option<String>,
+    /// The output is exactly one of these strings (no JSON).
+    pub choices: Option<Vec<String>>,
 }
 
-/// Reads the JSON output a chat or completions body asks for (None: free text). A schema the
-/// grammar cannot enforce, two ways of asking at once, and every other kind of constrained
+/// One way a body asks for constrained output.
+enum Asked<'a> {
+    AnyObject,
+    Schema(&'a Value),
+    Choice(&'a Value),
+}
+
+/// Reads the constrained output a chat or completions body asks for (None: free text). A schema
+/// the grammar cannot enforce, two ways of asking at once, and every other kind of constrained
 /// decoding are refused.
-pub fn json_output(body: &Value) -> Result<Option<JsonOutput>, ValidationError> {
+pub fn output_constraint(body: &Value) -> Result<Option<OutputConstraint>, ValidationError> {
     let set = |f: &str| body.get(f).filter(|v| !v.is_null());
     if let Some(field) = CONSTRAINED.iter().find(|f| set(f).is_some()) {
         return Err(ValidationError::new(
             *field,
-            format!("{field} is not supported: only JSON output can be constrained"),
+            format!("{field} is not supported: only JSON output and a choice can be constrained"),
         ));
     }
-    let mut asked: Vec<(&str, Option<&Value>)> = Vec::new();
+    let mut asked: Vec<(&str, Asked)> = Vec::new();
     if let Some(format) = set("response_format") {
         match format.get("type").and_then(Value::as_str) {
             Some("text") => {}
-            Some("json_object") => asked.push(("response_format", None)),
+            Some("json_object") => asked.push(("response_format", Asked::AnyObject)),
             Some("json_schema") => {
                 let schema = format
                     .get("json_schema")
@@ -79,7 +89,7 @@ pub fn json_output(body: &Value) -> Result<Option<JsonOutput>, ValidationError> 
                             "response_format json_schema needs json_schema.schema",
                         )
                     })?;
-                asked.push(("response_format.json_schema.schema", Some(schema)));
+                asked.push(("response_format.json_schema.schema", Asked::Schema(schema)));
             }
             Some(other) => {
                 return Err(ValidationError::new(
@@ -100,30 +110,36 @@ pub fn json_output(body: &Value) -> Result<Option<JsonOutput>, ValidationError> 
     }
     for field in ["guided_json", "json_schema"] {
         if let Some(schema) = set(field) {
-            asked.push((field, Some(schema)));
+            asked.push((field, Asked::Schema(schema)));
         }
     }
+    if let Some(choices) = set("guided_choice") {
+        asked.push(("guided_choice", Asked::Choice(choices)));
+    }
     if let Some(outputs) = set("structured_outputs") {
-        let json = outputs.as_object().and_then(|o| {
-            let keys: Vec<&String> = o
-                .iter()
-                .filter(|(_, v)| !v.is_null())
-                .map(|(k, _)| k)
-                .collect();
-            (keys == ["json"]).then(|| &o["json"])
-        });
-        let json = json.ok_or_else(|| {
-            ValidationError::new(
-                "structured_outputs",
-                "structured_outputs is supported only with json (a schema)",
-            )
-        })?;
-        asked.push(("structured_outputs.json", Some(json)));
+        let given: Vec<(&String, &Value)> = outputs
+            .as_object()
+            .map(|o| o.iter().filter(|(_, v)| !v.is_null()).collect())
+            .unwrap_or_default();
+        match given.as_slice() {
+            [(key, value)] if key.as_str() == "json" => {
+                asked.push(("structured_outputs.json", Asked::Schema(value)));
+            }
+            [(key, value)] if key.as_str() == "choice" => {
+                asked.push(("structured_outputs.choice", Asked::Choice(value)));
+            }
+            _ => {
+                return Err(ValidationError::new(
+                    "structured_outputs",
+                    "structured_outputs is supported with one of json (a schema) or choice",
+                ))
+            }
+        }
     }
     match asked.as_slice() {
         [] => Ok(None),
-        [(_, None)] => Ok(Some(JsonOutput { schema: None })),
-        [(param, Some(schema))] => {
+        [(_, Asked::AnyObject)] => Ok(Some(OutputConstraint::default())),
+        [(param, Asked::Schema(schema))] => {
             // vLLM and SGLang take the schema as an object or as its JSON text.
             let parsed;
             let schema = match schema {
@@ -137,8 +153,26 @@ pub fn json_output(body: &Value) -> Result<Option<JsonOutput>, ValidationError> 
             };
             crate::grammar::compile(Some(schema))
                 .map_err(|e| ValidationError::new(*param, format!("unsupported schema: {e}")))?;
-            Ok(Some(JsonOutput {
+            Ok(Some(OutputConstraint {
                 schema: Some(schema.to_string()),
+                choices: None,
+            }))
+        }
+        [(param, Asked::Choice(choices))] => {
+            let choices: Vec<String> = choices
+                .as_array()
+                .filter(|c| !c.is_empty())
+                .and_then(|c| c.iter().map(|s| s.as_str().map(str::to_owned)).collect())
+                .filter(|c: &Vec<String>| c.iter().all(|s| !s.is_empty()))
+                .ok_or_else(|| {
+                    ValidationError::new(
+                        *param,
+                        "a choice needs a non-empty list of non-empty strings",
+                    )
+                })?;
+            Ok(Some(OutputConstraint {
+                schema: None,
+                choices: Some(choices),
             }))
         }
         [(first, _), (second, _), ..] => Err(ValidationError::new(

@@ -48,7 +48,7 @@ pub struct SamplingParams {
     /// `(token id, bias)` added to the logits before sampling, ids ascending.
     pub logit_bias: Vec<(u32, f32)>,
     /// JSON output the request asks for (constrained decoding); None: free text.
-    pub json_output: Option<super::JsonOutput>,
+    pub output_constraint: Option<super::OutputConstraint>,
 }
 
 /// `stop`: one string or a list of strings.
@@ -187,7 +187,7 @@ impl OpenAiSampling {
             skip_special_tokens: self.skip_special_tokens.unwrap_or(true),
             include_stop_str: self.include_stop_str_in_output.unwrap_or(false),
             logit_bias: logit_bias(self.logit_bias)?,
-            json_output: None,
+            output_constraint: None,
         };
         params.check()?;
         Ok(params)

@@ -49,22 +49,32 @@ struct PyJsonConstraint {
 
 #[pymethods]
 impl PyJsonConstraint {
-    /// `schema`: a JSON Schema as JSON text, or None for any JSON object; `ends`: the ids that
-    /// end generation; `start_after`: the id from which the grammar applies (None: at once).
-    /// Raises ValueError for a schema that cannot be enforced.
+    /// `schema`: a JSON Schema as JSON text, or None for any JSON object; `choices` instead: the
+    /// output is exactly one of these strings; `ends`: the ids that end generation;
+    /// `start_after`: the id from which the grammar applies (None: at once). Raises ValueError
+    /// for a schema that cannot be enforced.
     #[new]
-    #[pyo3(signature = (vocab, schema, ends, start_after = None))]
+    #[pyo3(signature = (vocab, schema, ends, start_after = None, choices = None))]
     fn new(
         vocab: &Bound<'_, PyJsonVocab>,
         schema: Option<&str>,
         ends: Vec<u32>,
         start_after: Option<u32>,
+        choices: Option<Vec<String>>,
     ) -> PyResult<Self> {
-        let schema = schema
-            .map(serde_json::from_str::<serde_json::Value>)
-            .transpose()
-            .map_err(|e| value_error(format!("the schema is not JSON: {e}")))?;
-        let grammar = grammar::compile(schema.as_ref()).map_err(value_error)?;
+        let grammar = match choices {
+            Some(choices) if choices.is_empty() || choices.iter().any(String::is_empty) => {
+                return Err(value_error("a choice needs non-empty strings"))
+            }
+            Some(choices) => grammar::one_of(&choices),
+            None => {
+                let schema = schema
+                    .map(serde_json::from_str::<serde_json::Value>)
+                    .transpose()
+                    .map_err(|e| value_error(format!("the schema is not JSON: {e}")))?;
+                grammar::compile(schema.as_ref()).map_err(value_error)?
+            }
+        };
         let vocab = vocab.get().vocab.clone();
         Ok(Self {
             inner: Constraint::new(grammar, vocab, ends, start_after),

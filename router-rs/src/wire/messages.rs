@@ -77,12 +77,15 @@ pub struct Request {
     pub grammar: Option<Grammar>,
 }
 
-/// A request's output grammar (`response_format` `json_object` or `json_schema`).
+/// A request's output grammar (`response_format` `json_object` or `json_schema`, or a choice).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Grammar {
-    /// The JSON Schema as JSON text; nil for any JSON object.
+    /// The JSON Schema as JSON text; nil for any JSON object (unless `choices`).
     #[serde(default)]
     pub schema: Option<String>,
+    /// The output is exactly one of these strings (raw text, not JSON); `schema` is then nil.
+    #[serde(default)]
+    pub choices: Option<Vec<String>>,
     /// The grammar applies from the token after this one (the end of a reasoning block the
     /// prompt opened); nil: from the first token.
     #[serde(default)]

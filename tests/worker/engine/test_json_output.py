@@ -82,6 +82,10 @@ def run(tiny_dir: Path, overlap: bool) -> tuple[dict[str, list[int]], dict[str, 
                                 logit_bias_values=(3.0, 3.0)),
         grammar=WireGrammar(schema=None),
     ))  # fmt: skip
+    engine.add_request(Request(
+        rid="choice", prompt_ids=prompt, max_new_tokens=50, sampling=SamplingParams(seed=9),
+        grammar=WireGrammar(choices=["positive", "negative", "neg"]),
+    ))  # fmt: skip
     engine.add_request(Request(rid="free", prompt_ids=prompt, max_new_tokens=300))
     tokens: dict[str, list[int]] = {}
     finish: dict[str, str] = {}
@@ -102,12 +106,14 @@ def test_constrained_requests_write_documents_of_their_schema(tiny_dir: Path) ->
         assert conforms(json.loads(text)), text
     reason, text = results["object"].split(":", 1)
     assert reason == "stop" and isinstance(json.loads(text), dict), text
+    reason, text = results["choice"].split(":", 1)
+    assert reason == "stop" and text in ("positive", "negative", "neg"), results["choice"]
     assert results["free"].startswith("length:")
     # Queued ahead, a constrained step's sampling waits for the masks, which wait for the
     # samples before: the same tokens, with the forward passes run ahead.
     ahead, _, engine = run(tiny_dir, overlap=True)
     assert ahead == tokens
-    longest = max(len(ids) for rid, ids in tokens.items() if rid != "free")
+    longest = max(len(ids) for rid, ids in tokens.items() if rid not in ("free", "choice"))
     assert engine.steps_ahead >= longest - 2
 
 

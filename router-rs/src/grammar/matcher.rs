@@ -5,9 +5,9 @@
 //! sequence is a valid prefix of a document exactly when some thread survives it, so a token is
 //! allowed exactly when its bytes leave a thread alive (vocab.rs walks every token that way).
 //!
-//! Whitespace runs are capped at [`MAX_WHITESPACE_RUN`] bytes and numbers at
-//! [`MAX_NUMBER_BYTES`], and nothing may follow the top-level value: a model that keeps writing
-//! spaces or digits is still brought to an end.
+//! Whitespace runs are capped at [`MAX_WHITESPACE_RUN`] bytes, numbers at [`MAX_NUMBER_BYTES`]
+//! and nesting at [`MAX_DEPTH`] containers, and nothing may follow the top-level value: a model
+//! that keeps writing spaces, digits or brackets is still brought to an end.
 
 use std::sync::Arc;
 
@@ -17,6 +17,8 @@ use super::schema::{Node, NodeId, Prop, Schema};
 pub const MAX_WHITESPACE_RUN: u8 = 40;
 /// Longest number, sign and exponent included.
 pub const MAX_NUMBER_BYTES: u8 = 32;
+/// Deepest nesting of objects and arrays (each mask copies a thread's stack per byte it tries).
+pub const MAX_DEPTH: usize = 64;
 
 /// Where a string's bytes are: between characters, inside an escape, inside a UTF-8 sequence.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -510,6 +512,7 @@ impl Grammar {
                 });
                 return self.feed(t, b, out);
             }
+            Node::Object { .. } | Node::Array { .. } if t.stack.len() >= MAX_DEPTH => None,
             Node::Object { .. } => (b == b'{').then_some(Frame::Object {
                 node: id,
                 seen: 0,

@@ -5,7 +5,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 
-use super::matcher::{MAX_NUMBER_BYTES, MAX_WHITESPACE_RUN};
+use super::matcher::{MAX_DEPTH, MAX_NUMBER_BYTES, MAX_WHITESPACE_RUN};
 use super::*;
 
 fn grammar(schema: Value) -> Arc<Grammar> {
@@ -202,6 +202,10 @@ fn whitespace_runs_and_numbers_are_bounded() {
     let number = |n: usize| format!("{{\"n\": {}}}", "1".repeat(n));
     assert!(accepts(&g, &number(MAX_NUMBER_BYTES as usize)));
     assert!(!accepts(&g, &number(MAX_NUMBER_BYTES as usize + 1)));
+    // the object, then arrays inside it
+    let nested = |n: usize| format!("{{\"a\": {}{}}}", "[".repeat(n), "]".repeat(n));
+    assert!(accepts(&g, &nested(MAX_DEPTH - 1)));
+    assert!(!accepts(&g, &nested(MAX_DEPTH)));
 }
 
 #[test]

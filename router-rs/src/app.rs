@@ -134,6 +134,16 @@ pub async fn shutdown_signal() {
     }
 }
 
+/// Hands memory the allocator holds but no longer uses back to the system (glibc keeps freed
+/// heap for reuse: one 5 MB prompt's tokenization left the router about 300 MB larger).
+pub fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free heap pages to the system.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

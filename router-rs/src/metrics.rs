@@ -166,6 +166,15 @@ impl Metrics {
             "glm47_e2e_request_latency_seconds",
             "Seconds from submission to the finish of a request.",
         );
+        if let Some(bytes) = resident_bytes() {
+            header(
+                &mut out,
+                "process_resident_memory_bytes",
+                "Resident memory of the router process, in bytes.",
+                "gauge",
+            );
+            let _ = writeln!(out, "process_resident_memory_bytes {bytes}");
+        }
         out
     }
 
@@ -301,6 +310,18 @@ impl Metrics {
             }
         }
     }
+}
+
+/// This process's resident memory (Linux: /proc/self/statm), None elsewhere.
+fn resident_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    #[cfg(unix)]
+    // SAFETY: sysconf only reads a configuration value.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    #[cfg(not(unix))]
+    let page = 4096;
+    Some(pages * u64::try_from(page).ok()?)
 }
 
 fn header(out: &mut String, name: &str, help: &str, kind: &str) {

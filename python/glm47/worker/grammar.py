@@ -14,10 +14,12 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from typing import Protocol
 
 import torch
 
+from glm47.worker.batch import ScheduledSeq
 from glm47.worker.wire_messages import WireGrammar
 
 log = logging.getLogger(__name__)
@@ -69,6 +71,25 @@ class Grammars:
             self._vocab, grammar.schema, ends, grammar.start_after, grammar.choices
         )
         return constraint
+
+    def attach_masks(
+        self, seqs: list[ScheduledSeq], constraint_of: Callable[[str], Constraint | None]
+    ) -> None:
+        """Sets `allowed` on each sampled sequence whose request (`constraint_of` its id) is
+        under an active grammar; all of a step's masks are computed together."""
+        masked: list[tuple[ScheduledSeq, Constraint]] = []
+        for seq in seqs:
+            c = constraint_of(seq.rid) if seq.sample else None
+            if c is not None and c.active:
+                masked.append((seq, c))
+        if not masked:
+            return
+        for (seq, _), mask in zip(masked, self.masks([c for _, c in masked]), strict=True):
+            if mask.count(0) == len(mask):  # no token continues the document (never expected)
+                log.warning("request %s: its grammar allows no token; sampling unconstrained",
+                            seq.rid)  # fmt: skip
+                continue
+            seq.allowed = mask
 
     def masks(self, constraints: list[Constraint]) -> list[bytes]:
         """`c.mask()` of each constraint, computed on several threads (a step's constrained

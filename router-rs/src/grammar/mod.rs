@@ -6,10 +6,14 @@
 //! allowed-token mask and tells it every token sampled. A request whose prompt ends inside a
 //! reasoning block is constrained only from the token that closes it (`start_after`).
 
+mod chars;
+mod frame;
 pub mod matcher;
 pub mod schema;
 pub mod vocab;
 
+#[cfg(test)]
+mod conformance_tests;
 #[cfg(test)]
 mod tests;
 

@@ -7,7 +7,8 @@
 //! or control byte) is allowed while the string has room for its characters, so that walk takes
 //! only the other tokens' tree.
 
-use super::matcher::{Matcher, Thread};
+use super::frame::Thread;
+use super::matcher::Matcher;
 
 /// `Vocab::plain` of a token that is not plain.
 const NOT_PLAIN: u32 = u32::MAX;

@@ -38,7 +38,6 @@ from glm47.worker.batch import (
     RunnerOutput,
     SampleOutput,
     ScheduledBatch,
-    ScheduledSeq,
     TokenFeed,
 )
 from glm47.worker.config import EngineConfig
@@ -215,13 +214,13 @@ class Engine:
             )
 
     def _constraint(self, req: Request) -> Constraint:
-        """The JSON constraint of `req`, whose grammar ends at its stop ids and (unless it
-        ignores them) the eos ids."""
+        """The constraint of `req`'s grammar, which ends at its stop ids and (unless it ignores
+        them) the eos ids."""
         assert req.grammar is not None
-        if self.grammars is None:
-            raise InvalidRequestError(req.rid, "constrained decoding is not available here")
         ends = set(req.stop_token_ids) | (set() if req.ignore_eos else set(req.eos_token_ids))
         try:
+            if self.grammars is None:
+                raise ValueError("constrained decoding is not available here")
             return self.grammars.constraint(req.grammar, sorted(ends))
         except ValueError as exc:
             raise InvalidRequestError(req.rid, f"grammar: {exc}") from exc
@@ -338,7 +337,7 @@ class Engine:
                 feed_seqs.append(i)
         assert len(feed_rows) == len(fed), "every fed request is in the step queued ahead"
         # Masks of constrained samples need `current`'s samples: sampling is queued after them.
-        defer = any(s.sample and self._constrained(s.rid) for s in batch.seqs)
+        defer = any(s.sample and self._constraint_of(s.rid) is not None for s in batch.seqs)
         launched = self._launcher.launch(
             batch, self.sampler, TokenFeed(tokens, feed_rows, feed_seqs), defer_sampling=defer
         )
@@ -346,28 +345,14 @@ class Engine:
         self.steps_ahead += 1
         return _Queued(batch, launched, ahead=True)
 
-    def _constrained(self, rid: str) -> bool:
-        req = self._requests.get(rid)
-        return req is not None and req.constraint is not None
-
     def _attach_masks(self, batch: ScheduledBatch) -> None:
-        """Gives each sample of a request under an active JSON grammar its allowed ids."""
-        if self.grammars is None:
-            return
-        masked: list[tuple[ScheduledSeq, Request]] = []
-        for seq in batch.seqs:
-            req = self._requests.get(seq.rid) if seq.sample else None
-            if req is not None and req.constraint is not None and req.constraint.active:
-                masked.append((seq, req))
-        if not masked:
-            return
-        masks = self.grammars.masks([req.constraint for _, req in masked if req.constraint])
-        for (seq, req), mask in zip(masked, masks, strict=True):
-            if mask.count(0) == len(mask):  # no token continues the document (never expected)
-                log.warning("request %s: its grammar allows no token; sampling unconstrained",
-                            req.rid)  # fmt: skip
-                continue
-            seq.allowed = mask
+        """Gives each sample of a request under an active grammar its allowed ids."""
+        if self.grammars is not None:
+            self.grammars.attach_masks(batch.seqs, self._constraint_of)
+
+    def _constraint_of(self, rid: str) -> Constraint | None:
+        req = self._requests.get(rid)
+        return req.constraint if req is not None else None
 
     def _apply_samples(
         self, batch: ScheduledBatch, samples: list[SampleOutput], outputs: list[StepOutput]

@@ -1,0 +1,118 @@
+//! The matcher's state: a thread is a stack of frames, the values being read, innermost last.
+
+use super::chars::Chars;
+use super::schema::NodeId;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ObjAt {
+    /// After `{`: a key or `}`.
+    Open,
+    /// After `,`: a key.
+    Comma,
+    /// After a key: `:`, then a value of this node.
+    Colon(NodeId),
+    /// After a member's value: `,` or `}`.
+    Value,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ArrAt {
+    Open,
+    Comma,
+    Value,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum NumAt {
+    Minus,
+    Zero,
+    Int,
+    Dot,
+    Frac,
+    Exp,
+    ExpSign,
+    ExpDigits,
+}
+
+impl NumAt {
+    pub(crate) fn complete(self) -> bool {
+        matches!(
+            self,
+            NumAt::Zero | NumAt::Int | NumAt::Frac | NumAt::ExpDigits
+        )
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Frame {
+    /// A value of this node comes next (whitespace allowed before it).
+    Value(NodeId),
+    /// Inside an object; `seen` holds the listed properties already given (by sorted index).
+    Object {
+        node: NodeId,
+        seen: u128,
+        at: ObjAt,
+    },
+    /// Inside a member name of object `node`: the listed names in `lo..hi` still match the
+    /// `pos` bytes read.
+    Key {
+        node: NodeId,
+        lo: u32,
+        hi: u32,
+        pos: u32,
+        chars: Chars,
+    },
+    Array {
+        node: NodeId,
+        count: u32,
+        at: ArrAt,
+    },
+    /// Inside a string of `len` characters so far.
+    Str {
+        len: u32,
+        min: u32,
+        max: u32,
+        chars: Chars,
+    },
+    Number {
+        integer: bool,
+        at: NumAt,
+        len: u8,
+    },
+    /// Inside one of the texts of `Node::Choices` `node`: those in `lo..hi` match the `pos`
+    /// bytes read.
+    Choice {
+        node: NodeId,
+        lo: u32,
+        hi: u32,
+        pos: u32,
+    },
+}
+
+/// One reading of the bytes so far.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Thread {
+    pub(crate) stack: Vec<Frame>,
+    /// Whitespace bytes just read.
+    pub(crate) ws: u8,
+}
+
+impl Clone for Thread {
+    fn clone(&self) -> Self {
+        Thread {
+            stack: self.stack.clone(),
+            ws: self.ws,
+        }
+    }
+
+    fn clone_from(&mut self, source: &Self) {
+        self.stack.clone_from(&source.stack);
+        self.ws = source.ws;
+    }
+}
+
+/// `t` with its innermost frame replaced by `frame`.
+pub(crate) fn with_top(mut t: Thread, frame: Frame) -> Thread {
+    *t.stack.last_mut().expect("a frame to replace") = frame;
+    t
+}

@@ -3,8 +3,8 @@
 use serde_json::{Map, Value};
 
 use crate::protocol::openai::{
-    ChatLogprobs, ChatTokenLogprob, ChatTopLogprob, CompletionLogprobs, PromptLogprobList,
-    PromptPosition, PromptTokenLogprob,
+    finite_logprob, ChatLogprobs, ChatTokenLogprob, ChatTopLogprob, CompletionLogprobs,
+    PromptLogprobList, PromptPosition, PromptTokenLogprob,
 };
 use crate::state::{PromptLogprobs, TokenInfo};
 use crate::tokenizer::Tokenizer;
@@ -133,17 +133,10 @@ fn alternatives(scores: &PromptLogprobs, j: usize, top: usize) -> &[(u32, f32)] 
     &all[..top.min(all.len())]
 }
 
-/// vLLM writes an infinitely unlikely token's logprob as this (JSON has no infinity).
-const NEG_INF_LOGPROB: f32 = -9999.0;
-
 /// A prompt logprob as the JSON holds it: null for NaN (not scored), -9999 for -inf (as vLLM
 /// clamps it).
 fn json_logprob(logprob: f32) -> Option<f32> {
-    match logprob {
-        l if l.is_nan() => None,
-        f32::NEG_INFINITY => Some(NEG_INF_LOGPROB),
-        l => Some(l),
-    }
+    (!logprob.is_nan()).then(|| finite_logprob(logprob))
 }
 
 /// vLLM's `prompt_logprobs` of prompt `ids`: null for the first token, then per token the

@@ -27,6 +27,19 @@ impl FinishReason {
     }
 }
 
+/// vLLM writes an infinitely unlikely token's logprob as this (JSON has no infinity): a token
+/// the grammar or a ban masked.
+pub const NEG_INF_LOGPROB: f32 = -9999.0;
+
+/// `logprob` with -inf written as [`NEG_INF_LOGPROB`].
+pub fn finite_logprob(logprob: f32) -> f32 {
+    if logprob == f32::NEG_INFINITY {
+        NEG_INF_LOGPROB
+    } else {
+        logprob
+    }
+}
+
 /// vLLM's `stop_reason` of a choice: the stop token id or the stop string that ended it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(untagged)]

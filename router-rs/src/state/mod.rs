@@ -14,7 +14,9 @@ mod tests;
 use std::sync::Arc;
 
 use crate::parsers::{Glm45ReasoningParser, Glm47ToolParser, ToolEvent};
-use crate::protocol::openai::{FinishReason, FunctionDelta, StopReason, ToolCallDelta};
+use crate::protocol::openai::{
+    finite_logprob, FinishReason, FunctionDelta, StopReason, ToolCallDelta,
+};
 use crate::tokenizer::Tokenizer;
 use crate::wire;
 
@@ -250,12 +252,16 @@ impl Pipeline {
             .logprobs
             .as_ref()
             .and_then(|l| l.get(k))
-            .map(|&l| l as f32);
+            .map(|&l| finite_logprob(l as f32));
         let top = out
             .top_logprobs
             .as_ref()
             .and_then(|t| t.get(k))
-            .map(|alts| alts.iter().map(|&(i, l)| (i, l as f32)).collect())
+            .map(|alts| {
+                alts.iter()
+                    .map(|&(i, l)| (i, finite_logprob(l as f32)))
+                    .collect()
+            })
             .unwrap_or_default();
         TokenInfo {
             id,

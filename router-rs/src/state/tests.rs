@@ -164,6 +164,12 @@ fn logprobs_follow_their_tokens() {
     assert_eq!(delta.tokens[1].text, "b");
     assert_eq!(delta.tokens[1].logprob, Some(-1.5));
     assert_eq!(delta.tokens[1].top, vec![(98, -1.5), (99, -2.0)]);
+    // a masked alternative (-inf) is written as vLLM writes it
+    let mut masked = output("a", None);
+    masked.logprobs = Some(vec![0.0]);
+    masked.top_logprobs = Some(vec![vec![(97, 0.0), (98, f64::NEG_INFINITY)]]);
+    let delta = pipeline("zz").push(&masked);
+    assert_eq!(delta.tokens[0].top, vec![(97, 0.0), (98, -9999.0)]);
 }
 
 #[test]

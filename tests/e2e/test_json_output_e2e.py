@@ -92,6 +92,14 @@ def test_guided_choice_answers_one_of_its_strings(client: openai.OpenAI) -> None
         )  # fmt: skip
         assert out.choices[0].finish_reason == "stop"
         assert out.choices[0].text in choices, out.choices[0].text
+    # masked alternatives in the top logprobs read -9999, as vLLM writes them (not null)
+    scored = client.completions.create(
+        model="m", prompt="The weather tomorrow:", max_tokens=50, temperature=0, logprobs=5,
+        extra_body={"guided_choice": choices},
+    )  # fmt: skip
+    tops = scored.choices[0].logprobs.top_logprobs
+    assert tops and all(isinstance(v, float) for top in tops for v in top.values()), tops
+    assert any(v == -9999.0 for top in tops for v in top.values()), tops
     chat = client.chat.completions.create(
         model="m", messages=[{"role": "user", "content": "Weather?"}], max_tokens=50,
         temperature=1.0, extra_body={"structured_outputs": {"choice": choices}, **NO_THINKING},

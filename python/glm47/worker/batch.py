@@ -72,8 +72,9 @@ class ScheduledSeq:
     # the device, which the runner takes from an earlier step's samples (`TokenFeed`).
     fed: bool = False
     # Constrained decoding: the ids the sample may take (packed, `grammar.Constraint.mask`);
-    # None: any.
+    # None: any. `draft_allowed`: the same for each draft's row.
     allowed: bytes | None = None
+    draft_allowed: list[bytes | None] = field(default_factory=list)
 
     @property
     def num_samples(self) -> int:

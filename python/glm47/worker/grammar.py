@@ -5,8 +5,9 @@ The matcher is Rust (`glm47._native.JsonConstraint`, router-rs/src/grammar): the
 request's constraint for the allowed-token mask before each of its samples (`Constraint.mask`,
 packed 32-bit words) and tells it every sampled token (`accept`); the sampler sets the logits of
 the tokens outside the mask to -inf. A request whose document is complete finishes with reason
-"stop". Such requests get no drafts; a step with their samples is queued ahead without its
-sampling, which waits for the masks (engine.py).
+"stop". Their MTP drafts are cut where the grammar stops allowing them, and each draft's row
+is masked by the grammar read on through the drafts before it (`Constraint.fork`). A step with
+their samples is queued ahead without its sampling, which waits for the masks (engine.py).
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ class Constraint(Protocol):
     def is_done(self) -> bool: ...  # the document is complete and cannot be extended
 
     def mask(self) -> bytes: ...  # allowed ids: bit id % 32 of little-endian word id / 32
+
+    def fork(self) -> Constraint: ...  # a copy that reads on independently
 
 
 class Grammars:
@@ -75,21 +78,46 @@ class Grammars:
     def attach_masks(
         self, seqs: list[ScheduledSeq], constraint_of: Callable[[str], Constraint | None]
     ) -> None:
-        """Sets `allowed` on each sampled sequence whose request (`constraint_of` its id) is
-        under an active grammar; all of a step's masks are computed together."""
-        masked: list[tuple[ScheduledSeq, Constraint]] = []
+        """Sets the masks of each sampled sequence whose request (`constraint_of` its id) has a
+        grammar: `allowed` for the row of its last known token and `draft_allowed` for the row
+        of each draft (the grammar read on through the drafts before it), None where the grammar
+        does not apply yet. All of a step's masks are computed together."""
+        rows: list[tuple[ScheduledSeq, int, Constraint]] = []  # (seq, row, its constraint)
         for seq in seqs:
             c = constraint_of(seq.rid) if seq.sample else None
-            if c is not None and c.active:
-                masked.append((seq, c))
-        if not masked:
+            if c is None:
+                continue
+            seq.draft_allowed = [None] * len(seq.draft_ids)
+            for j in range(1 + len(seq.draft_ids)):
+                if j > 0:
+                    c = c.fork()
+                    c.accept(seq.draft_ids[j - 1])  # drafts are cut where the grammar ends
+                if c.active and not c.is_done():  # a row after the document ends is dropped
+                    rows.append((seq, j, c))
+        if not rows:
             return
-        for (seq, _), mask in zip(masked, self.masks([c for _, c in masked]), strict=True):
+        for (seq, j, _), mask in zip(rows, self.masks([c for _, _, c in rows]), strict=True):
             if mask.count(0) == len(mask):  # no token continues the document (never expected)
                 log.warning("request %s: its grammar allows no token; sampling unconstrained",
                             seq.rid)  # fmt: skip
-                continue
-            seq.allowed = mask
+            elif j == 0:
+                seq.allowed = mask
+            else:
+                seq.draft_allowed[j - 1] = mask
+
+    @staticmethod
+    def cut_drafts(constraint: Constraint, drafts: list[int]) -> list[int]:
+        """The drafts up to the first the grammar does not allow (or the one that completes the
+        document)."""
+        c = constraint.fork()
+        kept: list[int] = []
+        for token in drafts:
+            if not c.accept(token):
+                break
+            kept.append(token)
+            if c.is_done():
+                break
+        return kept
 
     def masks(self, constraints: list[Constraint]) -> list[bytes]:
         """`c.mask()` of each constraint, computed on several threads (a step's constrained

@@ -248,7 +248,8 @@ def _draft_rows(
         for j in range(1, count):
             output = seq.output_ids + seq.draft_ids[:j]
             banned = seq.banned_token_ids if len(output) < seq.ban_lifts_at else ()
-            views.append(replace(seq, output_ids=output, banned_token_ids=banned))
+            allowed = seq.draft_allowed[j - 1] if seq.draft_allowed else None
+            views.append(replace(seq, output_ids=output, banned_token_ids=banned, allowed=allowed))
     return np.array(rows, dtype=np.int64), views
 
 

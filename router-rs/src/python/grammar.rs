@@ -92,6 +92,13 @@ impl PyJsonConstraint {
         self.inner.accept(token)
     }
 
+    /// A copy that reads on independently (the rows after a request's drafts).
+    fn fork(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+        }
+    }
+
     /// Whether the document is whole and nothing can extend it.
     fn is_done(&self) -> bool {
         self.inner.is_done()

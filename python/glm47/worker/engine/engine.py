@@ -424,6 +424,8 @@ class Engine:
         for sample in picked[: accepted + 1]:
             req.append_output(sample.token_id)
             out.ids.append(sample.token_id)
+            if req.constraint is not None and not req.constraint.accept(sample.token_id):
+                log.warning("request %s: token %d is outside its grammar", req.rid, sample.token_id)
             if req.sampling.logprobs >= 0 and sample.logprob is not None:
                 out.logprobs = (out.logprobs or []) + [sample.logprob]
                 if req.sampling.logprobs > 0 and sample.top_logprobs is not None:
@@ -452,14 +454,17 @@ class Engine:
             drafts = self._draft_count(req) if seq.sample else 0
             items.append(DraftInput(seq.rid, row, seq.start_pos, next_ids, req.page_ids, drafts))
         for rid, ids in self.runner.propose_drafts(items).items():
-            self._requests[rid].draft_token_ids = ids
+            req = self._requests[rid]
+            if req.constraint is not None:
+                ids = self.grammars.cut_drafts(req.constraint, ids) if self.grammars else []
+            req.draft_token_ids = ids
 
     def _draft_count(self, req: Request) -> int:
         """Drafts to propose for `req`: up to `mtp_step`, none past its length limits, and only
         when the pool has the pages they (and the drafter's chained steps) will take. Each draft's
         row is sampled with the drafts before it as output: its penalties, seeded draw and
         min-tokens ban are those of decoding one token a step."""
-        if not req.mtp or req.constraint is not None:
+        if not req.mtp:
             return 0
         room = min(
             req.max_new_tokens - req.num_output_tokens, self.max_req_total_len - req.num_tokens

@@ -158,6 +158,7 @@ class Engine:
         self.sampler = sampler
         self.eos_token_ids = frozenset(eos_token_ids)
         self.grammars = grammars
+        self._constrained: set[str] = set()  # the rids of live requests with a grammar
         self.pool = PagePool(runner.num_pages, runner.page_size)
         self.cache = PrefixCache(self.pool, enabled=config.enable_prefix_cache)
         self.scheduler = Scheduler(config, self.pool, self.cache)
@@ -188,6 +189,7 @@ class Engine:
             req.eos_token_ids = self.eos_token_ids
         if req.grammar is not None:
             req.constraint = self._constraint(req)
+            self._constrained.add(req.rid)
         self._requests[req.rid] = req
         self.scheduler.add(req)
 
@@ -231,6 +233,7 @@ class Engine:
         req = self._requests.pop(rid, None)
         if req is None:
             return
+        self._constrained.discard(rid)
         self.scheduler.finish([req])
         req.finish_reason = FinishReason.ABORT
         out = StepOutput(rid=rid, ids=[], finish=FinishReason.ABORT.value)
@@ -337,7 +340,9 @@ class Engine:
                 feed_seqs.append(i)
         assert len(feed_rows) == len(fed), "every fed request is in the step queued ahead"
         # Masks of constrained samples need `current`'s samples: sampling is queued after them.
-        defer = any(s.sample and self._constraint_of(s.rid) is not None for s in batch.seqs)
+        defer = bool(self._constrained) and any(
+            s.sample and s.rid in self._constrained for s in batch.seqs
+        )
         launched = self._launcher.launch(
             batch, self.sampler, TokenFeed(tokens, feed_rows, feed_seqs), defer_sampling=defer
         )
@@ -347,7 +352,7 @@ class Engine:
 
     def _attach_masks(self, batch: ScheduledBatch) -> None:
         """Gives each sample of a request under an active grammar its allowed ids."""
-        if self.grammars is not None:
+        if self.grammars is not None and self._constrained:
             self.grammars.attach_masks(batch.seqs, self._constraint_of)
 
     def _constraint_of(self, rid: str) -> Constraint | None:
@@ -399,6 +404,7 @@ class Engine:
                 out.finish = reason.value
                 finished.append(req)
                 del self._requests[req.rid]
+                self._constrained.discard(req.rid)
             elif req.num_output_tokens == len(out.ids):
                 self.scheduler.publish_prefix(req)  # its prompt is computed: share it
             outputs.append(self._first_output_fields(req, out))
@@ -526,3 +532,5 @@ class Engine:
             )
         for req in self.scheduler.waiting:
             assert not req.page_ids, f"waiting request {req.rid} holds pages"
+        constrained = {rid for rid, r in self._requests.items() if r.constraint is not None}
+        assert self._constrained == constrained, "the constrained set follows the requests"

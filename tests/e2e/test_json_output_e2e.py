@@ -5,6 +5,7 @@ the schema, streamed or not."""
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import openai
@@ -107,6 +108,18 @@ def test_guided_choice_answers_one_of_its_strings(client: openai.OpenAI) -> None
     assert chat.choices[0].message.content in choices
 
 
+def test_guided_regex_answers_match_it_whole(client: openai.OpenAI) -> None:
+    pattern = r"(sun|rain) at [0-9]{1,2}(am|pm)"
+    whole = re.compile(pattern)
+    for seed in range(3):
+        out = client.completions.create(
+            model="m", prompt="Forecast:", max_tokens=50, temperature=1.0, seed=seed,
+            extra_body={"guided_regex": pattern},
+        )  # fmt: skip
+        assert out.choices[0].finish_reason == "stop"
+        assert whole.fullmatch(out.choices[0].text), out.choices[0].text
+
+
 def test_the_grammar_starts_after_the_reasoning(client: openai.OpenAI, server: Server) -> None:
     """Thinking on: the prompt ends inside `<think>`; reasoning is free text and the answer after
     `</think>` is the document (here `</think>` is made the first token by a logit bias)."""
@@ -131,7 +144,8 @@ def test_unenforceable_schemas_and_other_constraints_are_refused(server: Server)
             "type": "string", "pattern": "^a+$"}}}}, "response_format.json_schema.schema"),
         ({"response_format": {"type": "json_schema", "json_schema": {"name": "n"}}},
          "response_format.json_schema.schema"),
-        ({"guided_regex": "a+"}, "guided_regex"),
+        ({"guided_regex": "a("}, "guided_regex"),
+        ({"guided_grammar": "root ::= x"}, "guided_grammar"),
         ({"response_format": {"type": "json_object"}, "guided_json": {"type": "object"}},
          "guided_json"),
     ]  # fmt: skip

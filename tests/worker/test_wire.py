@@ -130,10 +130,12 @@ def test_submit_applies_defaults_and_ignores_unknown_keys() -> None:
         ("grammar", "json"),
         ("grammar", {"schema": 3}),
         ("grammar", {"start_after": -1}),
-        ("grammar", {"schema": None, "regex": "a+"}),
+        ("grammar", {"schema": None, "pattern": "a+"}),
         ("grammar", {"choices": []}),
         ("grammar", {"choices": ["a", ""]}),
         ("grammar", {"choices": ["a"], "schema": "{}"}),
+        ("grammar", {"regex": ""}),
+        ("grammar", {"regex": "a+", "choices": ["a"]}),
     ],
 )
 def test_a_bad_request_is_rejected_with_its_rid_and_others_pass(field: str, value: Any) -> None:

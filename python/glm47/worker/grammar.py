@@ -71,7 +71,7 @@ class Grammars:
         if self._vocab is None:
             raise ValueError(f"constrained decoding is not available: {self._why}")
         constraint: Constraint = self._native.JsonConstraint(
-            self._vocab, grammar.schema, ends, grammar.start_after, grammar.choices
+            self._vocab, grammar.schema, ends, grammar.start_after, grammar.choices, grammar.regex
         )
         return constraint
 

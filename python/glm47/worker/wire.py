@@ -164,9 +164,12 @@ def _is_top_row(v: object) -> bool:
 def _is_grammar(v: object) -> bool:
     """A `Grammar` map: `schema` a string or nil, `choices` nil or a non-empty array of
     non-empty strings (then no schema), `start_after` a non-negative int or nil."""
-    if not isinstance(v, dict) or not set(v) <= {"schema", "start_after", "choices"}:
+    if not isinstance(v, dict) or not set(v) <= {"schema", "start_after", "choices", "regex"}:
         return False
     schema, start, choices = v.get("schema"), v.get("start_after"), v.get("choices")
+    regex = v.get("regex")
+    if regex is not None and (not isinstance(regex, str) or not regex or schema or choices):
+        return False
     return (
         (schema is None or isinstance(schema, str))
         and (start is None or (_is_int(start) and start >= 0))
@@ -260,7 +263,10 @@ def decode_request(raw: object) -> WireRequest:
     if "grammar" in values:
         g = values["grammar"]
         values["grammar"] = WireGrammar(
-            schema=g.get("schema"), start_after=g.get("start_after"), choices=g.get("choices")
+            schema=g.get("schema"),
+            start_after=g.get("start_after"),
+            choices=g.get("choices"),
+            regex=g.get("regex"),
         )
     req = WireRequest(**values)
     problem = _range_problem(req)

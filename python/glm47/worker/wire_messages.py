@@ -34,6 +34,7 @@ class WireGrammar:
     schema: str | None = None
     start_after: int | None = None
     choices: list[str] | None = None
+    regex: str | None = None
 
 
 @dataclass(frozen=True)

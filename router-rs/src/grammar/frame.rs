@@ -87,6 +87,10 @@ pub(crate) enum Frame {
         hi: u32,
         pos: u32,
     },
+    /// Inside the output of a regular expression (`Grammar::regex`), at this DFA state.
+    Regex {
+        state: u32,
+    },
 }
 
 /// One reading of the bytes so far.

@@ -13,7 +13,8 @@ use std::sync::Arc;
 
 use super::chars::{CharStep, Chars};
 use super::frame::{with_top, ArrAt, Frame, NumAt, ObjAt, Thread};
-use super::schema::{Node, NodeId, Prop, Schema};
+use super::regex::Regex;
+use super::schema::{Node, NodeId, Prop, Schema, SchemaError};
 
 /// Longest run of whitespace between tokens of the document.
 pub const MAX_WHITESPACE_RUN: u8 = 40;
@@ -42,6 +43,8 @@ pub struct Grammar {
     schema: Schema,
     /// Per node: the texts of a `Choices` node and the keys of an `Object` node, as slices.
     texts: Vec<Vec<Vec<u8>>>,
+    /// The whole output matches this instead of a schema.
+    regex: Option<Regex>,
 }
 
 impl Grammar {
@@ -55,7 +58,20 @@ impl Grammar {
                 _ => Vec::new(),
             })
             .collect();
-        Arc::new(Grammar { schema, texts })
+        Arc::new(Grammar {
+            schema,
+            texts,
+            regex: None,
+        })
+    }
+
+    /// Output matching `pattern` whole.
+    pub fn regex(pattern: &str) -> Result<Arc<Self>, SchemaError> {
+        Ok(Arc::new(Grammar {
+            schema: Schema::one_of(&[]),
+            texts: Vec::new(),
+            regex: Some(Regex::new(pattern)?),
+        }))
     }
 
     pub fn schema(&self) -> &Schema {
@@ -63,6 +79,13 @@ impl Grammar {
     }
 
     pub(crate) fn start(&self) -> Vec<Thread> {
+        if let Some(regex) = &self.regex {
+            let state = regex.start();
+            return vec![Thread {
+                stack: vec![Frame::Regex { state }],
+                ws: 0,
+            }];
+        }
         let root = self.schema.root;
         let first = match &self.schema.nodes[root] {
             // raw text: the choice's first byte at once, no whitespace before it
@@ -284,6 +307,12 @@ impl Grammar {
                     self.feed(t, b, out);
                 }
             }
+            Frame::Regex { state } => {
+                let regex = self.regex.as_ref().expect("a regex frame has its regex");
+                if let Some(state) = regex.next(*state, b) {
+                    Self::emit(with_top(t, Frame::Regex { state }), out);
+                }
+            }
             Frame::Choice { node, lo, hi, pos } => {
                 let (node, lo, hi, pos) = (*node, *lo, *hi, *pos);
                 let texts = &self.texts[node];
@@ -367,6 +396,7 @@ impl Grammar {
                 Frame::Choice { node, lo, hi, pos } => {
                     lo < hi && self.texts[*node][*lo as usize].len() == *pos as usize
                 }
+                Frame::Regex { state } => self.regex.as_ref().is_some_and(|r| r.can_end(*state)),
                 _ => false,
             };
             if !complete {

@@ -9,6 +9,7 @@
 mod chars;
 mod frame;
 pub mod matcher;
+pub mod regex;
 pub mod schema;
 pub mod vocab;
 
@@ -24,6 +25,11 @@ use serde_json::Value;
 pub use matcher::{Grammar, Matcher};
 pub use schema::{Schema, SchemaError};
 pub use vocab::Vocab;
+
+/// Output matching `pattern` whole (vLLM's `guided_regex`).
+pub fn regex(pattern: &str) -> Result<Arc<Grammar>, SchemaError> {
+    Grammar::regex(pattern)
+}
 
 /// Exactly one of `choices` (vLLM's `guided_choice`).
 pub fn one_of(choices: &[String]) -> Arc<Grammar> {

@@ -397,3 +397,53 @@ proptest! {
         prop_assert!(m.can_end());
     }
 }
+
+#[test]
+fn a_regex_grammar_takes_whole_matches_and_its_masks_equal_the_brute_force() {
+    let pattern = r"[a-z]{2,4}@(x|yz)\.com( [0-9]+)?";
+    let g = regex(pattern).unwrap();
+    for (text, ok) in [
+        ("ab@x.com", true),
+        ("abcd@yz.com 42", true),
+        ("a@x.com", false),
+        ("ab@x.co", false),
+        ("ab@x.comm", false),
+        ("ab@x.com ", false),
+    ] {
+        assert_eq!(accepts(&g, text), ok, "{text:?}");
+    }
+    let whole = regex_automata::meta::Regex::new(&format!("^(?:{pattern})$")).unwrap();
+    let v = vocab();
+    let mut rng = StdRng::seed_from_u64(3);
+    let mut ended = 0;
+    for _ in 0..30 {
+        let mut c = Constraint::new(g.clone(), v.clone(), vec![END], None);
+        let mut text = Vec::new();
+        while !c.is_done() && text.len() < 60 {
+            let mask = allowed(&c);
+            assert_eq!(mask, brute_force(&c.matcher, &v), "after {text:?}");
+            assert!(
+                !mask.is_empty(),
+                "a dead end after {:?}",
+                String::from_utf8_lossy(&text)
+            );
+            let id = mask[rng.random_range(0..mask.len())];
+            assert!(c.accept(id));
+            if id != END {
+                text.extend_from_slice(v.bytes(id).unwrap());
+            }
+        }
+        if c.is_done() {
+            ended += 1;
+            assert!(
+                whole.is_match(&text),
+                "{:?}",
+                String::from_utf8_lossy(&text)
+            );
+        }
+    }
+    assert!(ended > 10);
+    for bad in ["(", "a{2,1}", "[z-a]"] {
+        assert!(regex(bad).is_err(), "{bad}");
+    }
+}

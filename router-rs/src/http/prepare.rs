@@ -331,6 +331,7 @@ pub fn wire_requests(
             r.grammar = sampling.output_constraint.as_ref().map(|c| wire::Grammar {
                 schema: c.schema.clone(),
                 choices: c.choices.clone(),
+                regex: c.regex.clone(),
                 start_after: None,
             });
             r

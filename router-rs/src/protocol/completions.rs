@@ -230,13 +230,14 @@ mod tests {
             ("guided_choice", json!([]), "guided_choice"),
             ("guided_choice", json!(["yes", 3]), "guided_choice"),
             ("guided_json", json!("{not json"), "guided_json"),
-            ("guided_regex", json!("[a-z]+"), "guided_regex"),
+            ("guided_regex", json!("[a-z"), "guided_regex"),
+            ("guided_grammar", json!("root ::= \"a\""), "guided_grammar"),
             (
                 "structured_outputs",
-                json!({"regex": "a+"}),
+                json!({"grammar": "root ::= \"a\""}),
                 "structured_outputs",
             ),
-            ("regex", json!("a|b"), "regex"),
+            ("ebnf", json!("root ::= \"a\""), "ebnf"),
         ] {
             let body = json!({"prompt": "hi", field: value});
             let err = CompletionRequest::from_json(&body).unwrap_err();
@@ -257,10 +258,15 @@ mod tests {
             ("structured_outputs", json!({"json": {"type": "object"}})),
             ("guided_choice", json!(["a", "b"])),
             ("structured_outputs", json!({"choice": ["a", "b"]})),
+            ("guided_regex", json!("a|b")),
+            ("regex", json!("a|b")),
+            ("structured_outputs", json!({"regex": "a|b"})),
         ] {
             let req = CompletionRequest::from_json(&json!({"prompt": "hi", field: value})).unwrap();
             let json = req.sampling.output_constraint.expect("json output");
-            if json.choices.is_some() {
+            if json.regex.is_some() {
+                assert_eq!(json.regex.as_deref(), Some("a|b"), "{field}");
+            } else if json.choices.is_some() {
                 assert_eq!(json.choices, Some(vec!["a".to_string(), "b".into()]));
                 assert_eq!(json.schema, None);
             } else if field != "response_format" {

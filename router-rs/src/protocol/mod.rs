@@ -33,26 +33,24 @@ impl ValidationError {
     }
 }
 
-/// Fields of constrained decoding (vLLM's and SGLang's extras) other than JSON and a choice,
+/// Fields of constrained decoding (vLLM's and SGLang's extras) other than JSON, a choice and a
+/// regular expression,
 /// which are not implemented: a request asking for one is refused rather than answered
 /// unconstrained.
-const CONSTRAINED: [&str; 5] = [
-    "guided_regex",
-    "guided_grammar",
-    "regex",
-    "ebnf",
-    "structural_tag",
-];
+const CONSTRAINED: [&str; 3] = ["guided_grammar", "ebnf", "structural_tag"];
 
 /// The constrained output a request asks for: JSON (`response_format` `json_object` or
 /// `json_schema`, vLLM's `guided_json` or `structured_outputs.json`, SGLang's `json_schema`) or
-/// one of some strings (vLLM's `guided_choice` or `structured_outputs.choice`).
+/// one of some strings (vLLM's `guided_choice` or `structured_outputs.choice`) or a match of a
+/// regular expression (vLLM's `guided_regex` or `structured_outputs.regex`, SGLang's `regex`).
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct OutputConstraint {
     /// The schema as JSON text; None for any JSON object (unless `choices`).
     pub schema: Option<String>,
     /// The output is exactly one of these strings (no JSON).
     pub choices: Option<Vec<String>>,
+    /// The whole output matches this regular expression (no JSON).
+    pub regex: Option<String>,
 }
 
 /// One way a body asks for constrained output.
@@ -60,6 +58,7 @@ enum Asked<'a> {
     AnyObject,
     Schema(&'a Value),
     Choice(&'a Value),
+    Regex(&'a Value),
 }
 
 /// Reads the constrained output a chat or completions body asks for (None: free text). A schema
@@ -70,7 +69,10 @@ pub fn output_constraint(body: &Value) -> Result<Option<OutputConstraint>, Valid
     if let Some(field) = CONSTRAINED.iter().find(|f| set(f).is_some()) {
         return Err(ValidationError::new(
             *field,
-            format!("{field} is not supported: only JSON output and a choice can be constrained"),
+            format!(
+                "{field} is not supported: only JSON output, a choice and a regular expression \
+                 can be constrained"
+            ),
         ));
     }
     let mut asked: Vec<(&str, Asked)> = Vec::new();
@@ -116,6 +118,11 @@ pub fn output_constraint(body: &Value) -> Result<Option<OutputConstraint>, Valid
     if let Some(choices) = set("guided_choice") {
         asked.push(("guided_choice", Asked::Choice(choices)));
     }
+    for field in ["guided_regex", "regex"] {
+        if let Some(pattern) = set(field) {
+            asked.push((field, Asked::Regex(pattern)));
+        }
+    }
     if let Some(outputs) = set("structured_outputs") {
         let given: Vec<(&String, &Value)> = outputs
             .as_object()
@@ -128,10 +135,13 @@ pub fn output_constraint(body: &Value) -> Result<Option<OutputConstraint>, Valid
             [(key, value)] if key.as_str() == "choice" => {
                 asked.push(("structured_outputs.choice", Asked::Choice(value)));
             }
+            [(key, value)] if key.as_str() == "regex" => {
+                asked.push(("structured_outputs.regex", Asked::Regex(value)));
+            }
             _ => {
                 return Err(ValidationError::new(
                     "structured_outputs",
-                    "structured_outputs is supported with one of json (a schema) or choice",
+                    "structured_outputs is supported with one of json (a schema), choice or regex",
                 ))
             }
         }
@@ -155,7 +165,7 @@ pub fn output_constraint(body: &Value) -> Result<Option<OutputConstraint>, Valid
                 .map_err(|e| ValidationError::new(*param, format!("unsupported schema: {e}")))?;
             Ok(Some(OutputConstraint {
                 schema: Some(schema.to_string()),
-                choices: None,
+                ..OutputConstraint::default()
             }))
         }
         [(param, Asked::Choice(choices))] => {
@@ -171,8 +181,19 @@ pub fn output_constraint(body: &Value) -> Result<Option<OutputConstraint>, Valid
                     )
                 })?;
             Ok(Some(OutputConstraint {
-                schema: None,
                 choices: Some(choices),
+                ..OutputConstraint::default()
+            }))
+        }
+        [(param, Asked::Regex(pattern))] => {
+            let pattern = pattern.as_str().filter(|p| !p.is_empty()).ok_or_else(|| {
+                ValidationError::new(*param, "a regex must be a non-empty string")
+            })?;
+            crate::grammar::regex(pattern)
+                .map_err(|e| ValidationError::new(*param, format!("unsupported regex: {e}")))?;
+            Ok(Some(OutputConstraint {
+                regex: Some(pattern.to_owned()),
+                ..OutputConstraint::default()
             }))
         }
         [(first, _), (second, _), ..] => Err(ValidationError::new(

@@ -50,24 +50,26 @@ struct PyJsonConstraint {
 #[pymethods]
 impl PyJsonConstraint {
     /// `schema`: a JSON Schema as JSON text, or None for any JSON object; `choices` instead: the
-    /// output is exactly one of these strings; `ends`: the ids that end generation;
+    /// output is exactly one of these strings; `regex` instead: the output matches it whole; `ends`: the ids that end generation;
     /// `start_after`: the id from which the grammar applies (None: at once). Raises ValueError
     /// for a schema that cannot be enforced.
     #[new]
-    #[pyo3(signature = (vocab, schema, ends, start_after = None, choices = None))]
+    #[pyo3(signature = (vocab, schema, ends, start_after = None, choices = None, regex = None))]
     fn new(
         vocab: &Bound<'_, PyJsonVocab>,
         schema: Option<&str>,
         ends: Vec<u32>,
         start_after: Option<u32>,
         choices: Option<Vec<String>>,
+        regex: Option<&str>,
     ) -> PyResult<Self> {
-        let grammar = match choices {
-            Some(choices) if choices.is_empty() || choices.iter().any(String::is_empty) => {
+        let grammar = match (regex, choices) {
+            (Some(pattern), _) => grammar::regex(pattern).map_err(value_error)?,
+            (None, Some(choices)) if choices.is_empty() || choices.iter().any(String::is_empty) => {
                 return Err(value_error("a choice needs non-empty strings"))
             }
-            Some(choices) => grammar::one_of(&choices),
-            None => {
+            (None, Some(choices)) => grammar::one_of(&choices),
+            (None, None) => {
                 let schema = schema
                     .map(serde_json::from_str::<serde_json::Value>)
                     .transpose()

@@ -86,6 +86,9 @@ pub struct Grammar {
     /// The output is exactly one of these strings (raw text, not JSON); `schema` is then nil.
     #[serde(default)]
     pub choices: Option<Vec<String>>,
+    /// The whole output matches this regular expression (raw text); `schema` is then nil.
+    #[serde(default)]
+    pub regex: Option<String>,
     /// The grammar applies from the token after this one (the end of a reasoning block the
     /// prompt opened); nil: from the first token.
     #[serde(default)]

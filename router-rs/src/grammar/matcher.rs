@@ -467,6 +467,18 @@ impl Matcher {
         })
     }
 
+    /// A single thread reading a regular expression: the pattern and its DFA state (the masks
+    /// then walk the vocabulary with DFA states alone).
+    pub(crate) fn in_regex(&self) -> Option<(&Regex, u32)> {
+        match self.threads.as_slice() {
+            [t] => match (t.stack.as_slice(), &self.grammar.regex) {
+                ([Frame::Regex { state }], Some(regex)) => Some((regex, *state)),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
     /// A single thread between the characters of a string that takes any character (a value,
     /// or a member name where other members are allowed): the characters it may still take (the
     /// fast path of the token masks). None otherwise.

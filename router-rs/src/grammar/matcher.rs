@@ -228,7 +228,13 @@ impl Grammar {
             }
             Frame::Array { node, count, at } => {
                 let (node, count, at) = (*node, *count, *at);
-                let Node::Array { items, min, max } = &self.schema.nodes[node] else {
+                let Node::Array {
+                    prefix,
+                    items,
+                    min,
+                    max,
+                } = &self.schema.nodes[node]
+                else {
                     unreachable!("an array frame holds an array node")
                 };
                 if is_ws(b) {
@@ -245,8 +251,9 @@ impl Grammar {
                         Self::emit(with_top(t, Frame::Array { node, count, at }), out);
                     }
                     (ArrAt::Open | ArrAt::Comma, _) if room => {
+                        // the item after `count` others: the tuple's schema there, or `items`
+                        let items = prefix.get(count as usize).copied().unwrap_or(*items);
                         let (count, at) = (count + 1, ArrAt::Value);
-                        let items = *items;
                         self.start_value(
                             with_top(t, Frame::Array { node, count, at }),
                             items,

@@ -1,7 +1,8 @@
 //! JSON Schema to the matcher's nodes.
 //!
 //! Supported: `type` (one or a list), `properties`, `required`, `additionalProperties` (bool or a
-//! schema), `items`, `minItems`, `maxItems`, `minLength`, `maxLength`, `enum`, `const`, `anyOf`,
+//! schema), `items`, `prefixItems` (and draft 7's list `items` with `additionalItems`), `minItems`,
+//! `maxItems`, `minLength`, `maxLength`, `enum`, `const`, `anyOf`,
 //! `oneOf` (taken as `anyOf`: exclusivity is not enforced), `allOf` of one schema, `$ref` to
 //! `#`, `#/$defs/…` and `#/definitions/…` (recursion allowed), `nullable`. Annotations are
 //! ignored (`title`, `description`, `default`, `examples`, `format`, …). Any keyword that asserts
@@ -31,7 +32,9 @@ pub enum Node {
         props: Vec<Prop>,
         additional: Option<NodeId>,
     },
+    /// An array: its first items take `prefix` in order (a tuple), the others `items`.
     Array {
+        prefix: Vec<NodeId>,
         items: NodeId,
         min: u32,
         max: Option<u32>,
@@ -107,6 +110,8 @@ const HANDLED: &[&str] = &[
     "required",
     "additionalProperties",
     "items",
+    "prefixItems",
+    "additionalItems",
     "minItems",
     "maxItems",
     "minLength",
@@ -225,6 +230,7 @@ impl<'a> Builder<'a> {
             additional: Some(ANY),
         });
         let array = b.push(Node::Array {
+            prefix: Vec::new(),
             items: ANY,
             min: 0,
             max: None,
@@ -338,7 +344,7 @@ impl<'a> Builder<'a> {
             None => {
                 if map.contains_key("properties") || map.contains_key("additionalProperties") {
                     vec!["object"]
-                } else if map.contains_key("items") {
+                } else if map.contains_key("items") || map.contains_key("prefixItems") {
                     vec!["array"]
                 } else if map.contains_key("minLength") || map.contains_key("maxLength") {
                     vec!["string"]
@@ -373,14 +379,39 @@ impl<'a> Builder<'a> {
         match kind {
             "object" => self.compile_properties(map, path),
             "array" => {
-                let items = match map.get("items") {
-                    None => ANY,
-                    Some(items) => self.compile(items, &format!("{path}/items"))?,
+                // 2020-12: `prefixItems` then `items`; draft 7: `items` as a list, then
+                // `additionalItems`. An item schema `false` ends the array after the prefix.
+                let (tuple, rest, rest_key) = match (map.get("prefixItems"), map.get("items")) {
+                    (Some(Value::Array(t)), rest) => (t.as_slice(), rest, "items"),
+                    (None, Some(Value::Array(t))) => {
+                        (t.as_slice(), map.get("additionalItems"), "additionalItems")
+                    }
+                    (Some(_), _) => return Err(err(path, "prefixItems must be an array")),
+                    (None, rest) => (&[][..], rest, "items"),
                 };
+                let prefix = tuple
+                    .iter()
+                    .enumerate()
+                    .map(|(i, s)| self.compile(s, &format!("{path}/prefixItems/{i}")))
+                    .collect::<Result<Vec<_>, _>>()?;
                 let min = count(map, "minItems", path)?.unwrap_or(0);
-                let max = count(map, "maxItems", path)?;
+                let mut max = count(map, "maxItems", path)?;
+                let items = match rest {
+                    None | Some(Value::Bool(true)) => ANY,
+                    Some(Value::Bool(false)) => {
+                        let len = prefix.len() as u32;
+                        max = Some(max.map_or(len, |m| m.min(len)));
+                        ANY
+                    }
+                    Some(items) => self.compile(items, &format!("{path}/{rest_key}"))?,
+                };
                 check_range(min, max, "minItems", path)?;
-                Ok(self.push(Node::Array { items, min, max }))
+                Ok(self.push(Node::Array {
+                    prefix,
+                    items,
+                    min,
+                    max,
+                }))
             }
             "string" => {
                 let min = count(map, "minLength", path)?.unwrap_or(0);

@@ -447,3 +447,30 @@ fn a_regex_grammar_takes_whole_matches_and_its_masks_equal_the_brute_force() {
         assert!(regex(bad).is_err(), "{bad}");
     }
 }
+
+#[test]
+fn tuples_take_their_items_in_order() {
+    let modern = json!({"type": "array", "prefixItems": [{"type": "string"}, {"type": "integer"}],
+                        "items": false});
+    let draft7 = json!({"items": [{"type": "string"}, {"type": "integer"}],
+                        "additionalItems": {"type": "boolean"}, "minItems": 1});
+    let modern = grammar(modern);
+    for (text, ok) in [
+        (r#"["a", 1]"#, true),
+        (r#"["a"]"#, true),
+        ("[]", true),
+        (r#"[1, "a"]"#, false),
+        (r#"["a", 1, 2]"#, false),
+    ] {
+        assert_eq!(accepts(&modern, text), ok, "{text}");
+    }
+    let draft7 = grammar(draft7);
+    for (text, ok) in [
+        (r#"["a", 1, true, false]"#, true),
+        (r#"["a"]"#, true),
+        ("[]", false),
+        (r#"["a", 1, 2]"#, false),
+    ] {
+        assert_eq!(accepts(&draft7, text), ok, "{text}");
+    }
+}

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -243,6 +244,12 @@ def test_queue_full_maps_to_its_error_code_and_one_log_line(
             msg = recv(sock)
             if isinstance(msg, Error):
                 errs.append(msg)
+        # the service logs the refusals once it has sent their errors: wait for the line
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not any(
+            "refused" in r.getMessage() for r in caplog.records
+        ):
+            time.sleep(0.01)
     assert [(e.rid, e.code, e.fatal) for e in errs] == [
         (f"r{i}", "queue_full", False) for i in (4, 5, 6)
     ]

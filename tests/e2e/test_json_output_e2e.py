@@ -84,15 +84,22 @@ def test_completions_take_guided_json_as_vllm_does(client: openai.OpenAI) -> Non
     assert conforms(json.loads(out.choices[0].text)), out.choices[0].text
 
 
-def test_guided_choice_answers_one_of_its_strings(client: openai.OpenAI) -> None:
-    choices = ["sunny", "rainy", "rain"]
+def seeded_answers(client: openai.OpenAI, prompt: str, extra: dict[str, Any]) -> list[str]:
+    """Three sampled completions under `extra`'s constraint, each ended by it (finish stop)."""
+    texts = []
     for seed in range(3):
         out = client.completions.create(
-            model="m", prompt="The weather tomorrow:", max_tokens=50, temperature=1.0, seed=seed,
-            extra_body={"guided_choice": choices},
-        )  # fmt: skip
+            model="m", prompt=prompt, max_tokens=50, temperature=1.0, seed=seed, extra_body=extra
+        )
         assert out.choices[0].finish_reason == "stop"
-        assert out.choices[0].text in choices, out.choices[0].text
+        texts.append(out.choices[0].text)
+    return texts
+
+
+def test_guided_choice_answers_one_of_its_strings(client: openai.OpenAI) -> None:
+    choices = ["sunny", "rainy", "rain"]
+    for text in seeded_answers(client, "The weather tomorrow:", {"guided_choice": choices}):
+        assert text in choices, text
     # masked alternatives in the top logprobs read -9999, as vLLM writes them (not null)
     scored = client.completions.create(
         model="m", prompt="The weather tomorrow:", max_tokens=50, temperature=0, logprobs=5,
@@ -111,13 +118,8 @@ def test_guided_choice_answers_one_of_its_strings(client: openai.OpenAI) -> None
 def test_guided_regex_answers_match_it_whole(client: openai.OpenAI) -> None:
     pattern = r"(sun|rain) at [0-9]{1,2}(am|pm)"
     whole = re.compile(pattern)
-    for seed in range(3):
-        out = client.completions.create(
-            model="m", prompt="Forecast:", max_tokens=50, temperature=1.0, seed=seed,
-            extra_body={"guided_regex": pattern},
-        )  # fmt: skip
-        assert out.choices[0].finish_reason == "stop"
-        assert whole.fullmatch(out.choices[0].text), out.choices[0].text
+    for text in seeded_answers(client, "Forecast:", {"guided_regex": pattern}):
+        assert whole.fullmatch(text), text
 
 
 def test_the_grammar_starts_after_the_reasoning(client: openai.OpenAI, server: Server) -> None:

@@ -42,6 +42,12 @@ def add_kernel_flags(parser: argparse.ArgumentParser) -> None:
         help="decode steps of at most 2 sequences split MLA decode's heads over this many "
         "programs a slice (default: 2)",
     )
+    parser.add_argument(
+        "--early-weights",
+        **on_off,  # type: ignore[arg-type]
+        help="one-token skinny products load their weight slices into registers before the "
+        "dependent launch's wait (default: kernel_options.EARLY_WEIGHTS)",
+    )
 
 
 def kernel_options(args: argparse.Namespace) -> KernelOptions:
@@ -51,4 +57,5 @@ def kernel_options(args: argparse.Namespace) -> KernelOptions:
         shared_overlap_tokens=args.shared_overlap_tokens,
         shared_fold_tokens=args.shared_fold_tokens,
         mla_head_groups=args.mla_head_groups,
+        early_weights=args.early_weights,
     )

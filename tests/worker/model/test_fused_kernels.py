@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import torch
 
+from glm47.kernels import skinny_gemm as skinny_module
 from glm47.kernels.mla_decode import (
     DEFAULT_HEAD_GROUPS,
     HEAD_GROUP_MAX_BATCH,
@@ -194,12 +195,12 @@ def test_kernel_options_resolve_against_the_device(model_dir: tuple[Path, object
     """On the CPU the defaults take the torch paths, nothing overlaps or folds, and no dependent
     launch takes effect; asked for, the fused and skinny paths and the fold do."""
     plain = make_runner(model_dir[0], torch.float32, page_size=4, kv_tokens=256).kernels
-    assert plain == KernelOptions(False, False, False, 0, 0, DEFAULT_HEAD_GROUPS)
+    assert plain == KernelOptions(False, False, False, 0, 0, DEFAULT_HEAD_GROUPS, False)
     asked = runner(
         model_dir[0], fused=True, skinny=True, pdl=True, moe_backend="triton",
         shared_fold_tokens=8, mla_head_groups=3,
     ).kernels  # fmt: skip
-    assert asked == KernelOptions(True, True, False, 0, 8, 3)
+    assert asked == KernelOptions(True, True, False, 0, 8, 3, False)
     assert "folded into the routed experts up to 8" in asked.describe()
     assert "MLA decode head groups up to batch 2 3" in asked.describe()
     groups = [small_batch_head_groups(b, 20) for b in (1, HEAD_GROUP_MAX_BATCH, 3, 16)]
@@ -234,3 +235,34 @@ def test_mla_head_groups_give_the_same_logits(model_dir: tuple[Path, object]) ->
     plain, _ = session(runner(model_dir[0], fused=True, mla_head_groups=1, **triton))
     for g, p in zip(grouped, plain, strict=True):
         torch.testing.assert_close(g, p, rtol=1e-4, atol=1e-4)
+
+
+def test_early_weights_give_the_same_logits_at_one_sequence(
+    model_dir: tuple[Path, object],
+) -> None:
+    """One-sequence decode steps with `early_weights` take the early launches for their skinny
+    products (each program's weight slice loaded before the wait) and give the logits of the
+    launches without."""
+    path, _ = model_dir
+
+    def one_sequence(r: ModelRunner) -> list[torch.Tensor]:
+        alloc = PageAllocator(r.num_pages, r.page_size, seed=1)
+        prompt = PROMPTS["a"]
+        steps = [r.run_logits(batch(seq(alloc, "a", prompt, 0)))]
+        for i, (tok, _) in enumerate(FORCED):
+            steps.append(r.run_logits(batch(seq(alloc, "a", [tok], len(prompt) + i))))
+        return steps
+
+    early_runner = runner(path, fused=True, skinny=True, early_weights=True)
+    assert early_runner.kernels.early_weights
+    taken: list[tuple[int, int]] = []
+    real = skinny_module.early_launch
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(
+            skinny_module, "early_launch", lambda n, k, *a: taken.append((n, k)) or real(n, k, *a)
+        )
+        early = one_sequence(early_runner)
+    assert len(set(taken)) >= 4  # qkv_a, q_b, the absorbed products, o_proj, the MLPs
+    plain = one_sequence(runner(path, fused=True, skinny=True, early_weights=False))
+    for e, p in zip(early, plain, strict=True):
+        torch.testing.assert_close(e, p, rtol=1e-4, atol=1e-4)

@@ -9,10 +9,8 @@ import pytest
 import torch
 from kernel_utils import ON_GPU, rel_err
 
-from glm47.kernels import fused_moe as fused_moe_module
 from glm47.kernels.fused_moe import (
     choose_config,
-    early_down,
     fused_experts,
     fused_experts_ref,
     tune_config,
@@ -27,7 +25,6 @@ from glm47.kernels.moe_align import (
 )
 from glm47.kernels.moe_config import MoeConfig, default_config
 from glm47.kernels.moe_decode import RoutedExperts, fused_moe_from_logits
-from glm47.kernels.pdl import EARLY_SLICE_BYTES, set_early_weights
 from glm47.kernels.routing import route_topk_ref
 from glm47.kernels.topk_sum import topk_sum, topk_sum_ref
 
@@ -305,54 +302,3 @@ def test_fused_moe_from_logits_with_the_shared_expert(
     assert rel_err(got_split, got) < 1e-2
     with pytest.raises(ValueError, match="laid out as one expert"):
         fused_experts(x, w13, w2, weights, ids, shared=(shared_w13[:, :-1], shared_w2))
-
-
-EARLY_SHAPES = [(64, 48, 8, 2), (64, 80, 8, 3)] if not ON_GPU else [(2048, 1536, 64, 4)]
-
-
-@pytest.mark.parametrize(("hidden", "inter", "e", "k"), EARLY_SHAPES)
-def test_early_down_gemm_at_one_token(
-    hidden: int, inter: int, e: int, k: int, device: str, dtype: torch.dtype
-) -> None:
-    """With early weights a one-token down GEMM loads each program's K slice (one block, ragged
-    where K does not split evenly) before the wait, from the expert the alignment gives; the
-    experts' sum, the shared expert's included, is the reference's. On the CPU the slices are
-    shrunk so that K splits in two and three."""
-    x = torch.randn((1, hidden), dtype=dtype, device=device)
-    w13 = torch.randn((e, 2 * inter, hidden), dtype=dtype, device=device) * hidden**-0.5
-    w2 = torch.randn((e, hidden, inter), dtype=dtype, device=device) * inter**-0.5
-    shared_w13 = torch.randn((2 * inter, hidden), dtype=dtype, device=device) * hidden**-0.5
-    shared_w2 = torch.randn((hidden, inter), dtype=dtype, device=device) * inter**-0.5
-    weights, ids = random_routing(1, e, k, device)
-    ones = torch.ones((1, 1), dtype=torch.float32, device=device)
-    ids_e = torch.cat([ids, torch.full((1, 1), e, dtype=torch.int32, device=device)], 1)
-    routed = fused_experts_ref(x.double(), w13.double(), w2.double(), weights.double(), ids)
-    shared = fused_experts_ref(
-        x.double(), shared_w13[None].double(), shared_w2[None].double(), ones.double(),
-        torch.zeros((1, 1), dtype=torch.int32, device=device),
-    )  # fmt: skip
-    cfg = choose_config(x, w13, w2, k)
-    limit = EARLY_SLICE_BYTES if ON_GPU else 16 * 32 * x.element_size()
-    early_launches: list[bool] = []
-    real = fused_moe_module.moe_gemm
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(fused_moe_module, "EARLY_SLICE_BYTES", limit)
-        mp.setattr(
-            fused_moe_module,
-            "moe_gemm",
-            lambda *a, **kw: early_launches.append(kw.get("early", False)) or real(*a, **kw),
-        )
-        down, splits = early_down(cfg.down(), inter, cfg.down_splits, x.element_size())
-        set_early_weights(True)
-        try:
-            got = fused_experts(
-                x, w13, w2, torch.cat([weights, ones], 1), ids_e, cfg,
-                shared=(shared_w13, shared_w2),
-            )  # fmt: skip
-        finally:
-            set_early_weights(False)
-    if not ON_GPU:
-        assert splits == -(-inter // 32)  # one 32-column block a slice
-    assert early_launches == [False, True]  # gate/up as ever, the down GEMM early
-    assert down.block_n == 16 and splits >= cfg.down_splits
-    assert rel_err(got, routed + shared) < 2e-2

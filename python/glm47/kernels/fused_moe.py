@@ -21,7 +21,6 @@ programs, which write fp32 parts that the top-k sum adds and rounds where GEMM 2
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -32,7 +31,7 @@ import triton.language as tl
 
 from glm47.kernels.moe_align import MoeAlignment, moe_align
 from glm47.kernels.moe_config import MoeConfig, down_candidates, select_config, shape_key
-from glm47.kernels.pdl import EARLY_SLICE_BYTES, pdl_wait, prefetch_l2, use_early_weights, use_pdl
+from glm47.kernels.pdl import pdl_wait, prefetch_l2, use_pdl
 from glm47.kernels.topk_sum import topk_sum
 
 log = logging.getLogger(__name__)
@@ -85,9 +84,6 @@ def _moe_gemm_kernel(
     PREFETCH_K: tl.constexpr,
     LINE_ELEMS: tl.constexpr,
     HINT_FROM_PAIRS: tl.constexpr,
-    # GEMM 2 only: the program's K slice is one block (BLOCK_K >= K_PER_SPLIT), loaded into
-    # registers before the wait from the expert the alignment gives (complete by then, as above)
-    EARLY: tl.constexpr,
     USE_PDL: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -99,21 +95,6 @@ def _moe_gemm_kernel(
     pid_m = first_m + (pid % per_group) % group_size
     pid_n = (pid % per_group) // group_size
     k_start = tl.program_id(1) * K_PER_SPLIT
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    col_ok = offs_n < N
-    offs_k = k_start + tl.arange(0, BLOCK_K)
-    if EARLY:
-        k_ok = offs_k < tl.minimum(K, k_start + K_PER_SPLIT)
-        in_use = pid_m * BLOCK_M < tl.load(num_padded_ptr, cache_modifier=".cg")
-        last: tl.constexpr = NUM_EXPERTS if HAS_SHARED else NUM_EXPERTS - 1
-        e = tl.load(expert_ids_ptr + pid_m, cache_modifier=".cg")
-        e = tl.minimum(tl.maximum(e, 0), last).to(tl.int64)
-        w_base = _expert_weights(w_ptr, shared_w_ptr, e, stride_we, NUM_EXPERTS, HAS_SHARED)
-        w_early = tl.load(
-            w_base + offs_n[None, :] * stride_wn + offs_k[:, None],
-            mask=in_use & k_ok[:, None] & col_ok[None, :],
-            other=0.0,
-        )  # [BLOCK_K, BLOCK_N]
     if PREFETCH_K > 0:
         _prefetch_expert_tile(
             w_ptr, shared_w_ptr, hint_ids_ptr, expert_ids_ptr, num_padded_ptr, pid_m, pid_n, N,
@@ -128,16 +109,17 @@ def _moe_gemm_kernel(
     pair = tl.load(sorted_ids_ptr + offs_m)  # [BLOCK_M]
     row_ok = pair < num_pairs
     a_row = pair // TOP_K if A_PER_TOKEN else pair
-    a_ptrs = a_ptr + a_row[:, None].to(tl.int64) * stride_am + offs_k[None, :]  # [BM, BK]
-    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    acc_up = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    if EARLY:
-        a = tl.load(a_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-        acc = tl.dot(a, w_early, acc)
     expert = tl.load(expert_ids_ptr + pid_m).to(tl.int64)
     w_base = _expert_weights(w_ptr, shared_w_ptr, expert, stride_we, NUM_EXPERTS, HAS_SHARED)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    col_ok = offs_n < N
+    offs_k = k_start + tl.arange(0, BLOCK_K)
+    a_ptrs = a_ptr + a_row[:, None].to(tl.int64) * stride_am + offs_k[None, :]  # [BM, BK]
     w_ptrs = w_base + offs_n[None, :] * stride_wn + offs_k[:, None]  # [BK, BN]
-    for k0 in range(0, 0 if EARLY else tl.minimum(K_PER_SPLIT, K - k_start), BLOCK_K):
+
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    acc_up = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for k0 in range(0, tl.minimum(K_PER_SPLIT, K - k_start), BLOCK_K):
         k_ok = offs_k < K - k0
         a = tl.load(a_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
         w = tl.load(w_ptrs, mask=k_ok[:, None] & col_ok[None, :], other=0.0)
@@ -212,23 +194,12 @@ def moe_gemm(
     hint_ids: torch.Tensor | None = None,  # [P] int32: the pairs' experts, for the L2 prefetch
     shared_w: torch.Tensor | None = None,  # [2N or N, K]: expert E's weights
     split_k: int = 1,
-    early: bool = False,
 ) -> None:
     """One grouped GEMM over the aligned pairs (see the module docstring). With `split_k` > 1
     (not gated), K is split over that many programs a tile, each writing its fp32 part of the
-    (weighted) product to `out[split]`; `topk_sum` adds the parts. `early` (not gated): each
-    program's K slice is one block (cfg.block_k is replaced), loaded into registers before the
-    dependent launch's wait."""
+    (weighted) product to `out[split]`; `topk_sum` adds the parts."""
     k = a.shape[1]
-    if early and gated:
-        raise ValueError("only the down GEMM loads its weights early")
-    block_k = cfg.block_k
-    if early:
-        k_per_split = triton.cdiv(k, max(1, split_k))
-        block_k = max(16, triton.next_power_of_2(k_per_split))
-        splits = triton.cdiv(k, k_per_split)
-    else:
-        k_per_split, splits = k_splits(k, cfg.block_k, split_k)
+    k_per_split, splits = k_splits(k, cfg.block_k, split_k)
     parts = out if splits > 1 else out.unsqueeze(0)
     if splits > 1 and (gated or out.dim() != 3 or out.shape[0] != splits
                        or out.dtype != torch.float32):  # fmt: skip
@@ -253,7 +224,7 @@ def moe_gemm(
     grid = (num_blocks * triton.cdiv(n, cfg.block_n), splits)
     pdl = use_pdl(a)
     prefetch_k = 0
-    if pdl and hint_ids is not None and not early:  # GEMM 1 guesses one block per pair
+    if pdl and hint_ids is not None:  # GEMM 1 guesses one block per pair
         hinted = min(num_blocks, parts.shape[1]) if a_per_token else num_blocks
         prefetch_k = _prefetch_columns(
             min(k, k_per_split), hinted * w.shape[1] * w.element_size() * grid[1], w.element_size()
@@ -263,9 +234,9 @@ def moe_gemm(
         hint_ids if hint_ids is not None else align.expert_ids,
         n, k, parts.shape[1], max_padded, a.stride(0), w.stride(0), w.stride(1), parts.stride(1),
         parts.stride(0), TOP_K=top_k, A_PER_TOKEN=a_per_token, GATED=gated, MUL_WEIGHT=mul_weight,
-        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=block_k, GROUP_M=cfg.group_m,
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m,
         NUM_EXPERTS=w.shape[0], HAS_SHARED=shared_w is not None, K_PER_SPLIT=k_per_split, PREFETCH_K=prefetch_k, LINE_ELEMS=128 // w.element_size(),
-        HINT_FROM_PAIRS=a_per_token, EARLY=early, USE_PDL=pdl,
+        HINT_FROM_PAIRS=a_per_token, USE_PDL=pdl,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, launch_pdl=pdl,
     )  # fmt: skip
 
@@ -275,19 +246,6 @@ def k_splits(k: int, block_k: int, split_k: int) -> tuple[int, int]:
     whole BLOCK_K steps: fewer where K has fewer steps."""
     k_per_split = triton.cdiv(triton.cdiv(k, block_k), max(1, split_k)) * block_k
     return k_per_split, triton.cdiv(k, k_per_split)
-
-
-def early_down(down: MoeConfig, inter: int, split_k: int, elem: int) -> tuple[MoeConfig, int]:
-    """The down GEMM's early launch at one token (kernels/pdl `set_early_weights`): 16 columns a
-    program and K in at least `split_k` slices, each one block of at most EARLY_SLICE_BYTES; the
-    config and the number of slices."""
-    down = dataclasses.replace(down, block_n=16)
-    split = max(1, split_k)
-    while (
-        down.block_n * triton.next_power_of_2(triton.cdiv(inter, split)) * elem > EARLY_SLICE_BYTES
-    ):
-        split += 1
-    return down, triton.cdiv(inter, triton.cdiv(inter, split))
 
 
 def _prefetch_columns(k: int, bytes_per_column: int, elem: int) -> int:
@@ -346,18 +304,14 @@ def fused_experts(
     moe_gemm(x, w13, inter_act, weights, align, top_k, a_per_token=True, gated=True,
              mul_weight=False, cfg=cfg, hint_ids=hint_ids, shared_w=shared_w13)  # fmt: skip
     down = cfg.down()
-    early = t == 1 and use_early_weights()
-    if early:
-        down, splits = early_down(down, inter, cfg.down_splits, x.element_size())
-    else:
-        _, splits = k_splits(inter, down.block_k, cfg.down_splits)
+    _, splits = k_splits(inter, down.block_k, cfg.down_splits)
     per_pair = torch.empty(  # [P, H], or [S, P, H] fp32 parts
         (pairs, hidden) if splits == 1 else (splits, pairs, hidden),
         dtype=x.dtype if splits == 1 else torch.float32, device=x.device,
     )  # fmt: skip
     moe_gemm(inter_act, w2, per_pair, weights, align, top_k, a_per_token=False, gated=False,
              mul_weight=True, cfg=down, hint_ids=hint_ids, shared_w=shared_w2,
-             split_k=splits, early=early)  # fmt: skip
+             split_k=splits)  # fmt: skip
     return topk_sum(
         per_pair, top_k, add=None if extra is None else extra(), shared_last=shared is not None,
         dtype=x.dtype,

@@ -48,9 +48,9 @@ def use_pdl(t: torch.Tensor) -> bool:
 
 
 def set_early_weights(enabled: bool) -> None:
-    """One-token products (kernels/skinny_gemm's `early_launch`, the fused MoE's down GEMM) load
-    each program's whole weight slice into registers before the wait, not only ask for its start
-    in L2. Process-wide, set by the model runner before any graph capture, as `set_pdl`."""
+    """One-token products with an early launch (kernels/skinny_gemm's `EARLY_LAUNCHES`) load each
+    program's whole weight slice into registers before the wait, not only ask for its start in L2.
+    Process-wide, set by the model runner before any graph capture, as `set_pdl`."""
     global _early_weights
     _early_weights = enabled
 

@@ -15,8 +15,8 @@ the tail) weigh as much as the bytes. So:
   batch 1 on an H200);
 - with programmatic dependent launch (kernels/pdl) a program first asks for the start of its
   weight slice in L2, then waits for the kernel before it: the weight read overlaps that kernel;
-- or (`early` launches, one row, kernels/pdl's `set_early_weights`) a program loads its whole weight slice
-  into registers before the wait, so that after it only the activations are read;
+- or (`EARLY_LAUNCHES`, one row, kernels/pdl's `set_early_weights`) a program loads its whole
+  weight slice into registers before the wait, so that after it only the activations are read;
 - the products run on the tensor cores (rows padded to 16), or for a single row on the CUDA
   cores with the weight tile loaded straight into registers; the launch settings of the model's
   shapes are the fastest measured (`_MEASURED`).
@@ -284,29 +284,14 @@ _MEASURED: dict[tuple[int, int, int, int], tuple[SkinnyLaunch, SkinnyLaunch]] = 
 }  # fmt: skip
 
 # One-row launches that load each program's weight slice into registers before the wait
-# (kernels/pdl's `set_early_weights`), slices of at most EARLY_SLICE_BYTES: the model's shapes
-# here, others by the rule in `early_launch`.
-_EARLY: dict[tuple[int, int, int, int], SkinnyLaunch] = {
-    (1, 1344, 2048, 2): SkinnyLaunch(32, 512, 4, 512, 8, 1, 1, early=True),  # qkv_a
-    (1, 5120, 768, 2): SkinnyLaunch(16, 1024, 1, 768, 8, 1, 1, early=True),  # q_b
-    (20, 512, 192, 2): SkinnyLaunch(32, 256, 1, 192, 4, 1, 1, early=True),  # W_UK
-    (20, 256, 512, 2): SkinnyLaunch(8, 512, 1, 512, 4, 1, 1, early=True),  # W_UV
+# (kernels/pdl's `set_early_weights`), per (groups, N, K, weight bytes), slices of at most
+# EARLY_SLICE_BYTES. Only where that was measured to pay: a projection whose kernel before it
+# runs long enough to cover the loads. On an H200 (run EA, docs/gpu-notes.md) o_proj, after W_UV,
+# went from 8.48 to 7.20 µs of the batch-1 layer; qkv_a (after a norm), q_b, W_UK and W_UV took
+# 0.1-1.8 µs longer each. Benchmarks may add entries (`--early-launch`).
+EARLY_LAUNCHES: dict[tuple[int, int, int, int], SkinnyLaunch] = {
     (1, 2048, 5120, 2): SkinnyLaunch(16, 1024, 5, 1024, 8, 1, 1, early=True),  # o_proj
-}  # fmt: skip
-
-
-def early_launch(n: int, k: int, groups: int = 1, elem_bytes: int = 2) -> SkinnyLaunch:
-    """A one-row launch whose programs each hold their K slice in one block of at most
-    EARLY_SLICE_BYTES: the model's shapes as listed, else 16 columns a program and K split into
-    as few slices as fit."""
-    measured = _EARLY.get((groups, n, k, elem_bytes))
-    if measured is not None:
-        return measured
-    block_n = 16
-    block_k = min(triton.next_power_of_2(k), max(16, EARLY_SLICE_BYTES // (block_n * elem_bytes)))
-    split = triton.cdiv(k, block_k)
-    warps = 8 if block_n * block_k * elem_bytes > EARLY_SLICE_BYTES // 2 else 4
-    return SkinnyLaunch(block_n, block_k, split, triton.cdiv(k, split), warps, 1, 1, early=True)
+}
 
 
 def skinny_launch(
@@ -316,8 +301,9 @@ def skinny_launch(
     K split so that about two programs per multiprocessor stream the weight (each at least two K
     blocks, so the pipeline has something to overlap)."""
     key = (groups, n, k, elem_bytes)
-    if m == 1 and use_early_weights():
-        return early_launch(n, k, groups, elem_bytes)
+    early = EARLY_LAUNCHES.get(key) if m == 1 and use_early_weights() else None
+    if early is not None:
+        return early
     measured = _MEASURED.get(key)
     if measured is not None:
         return (
@@ -380,6 +366,8 @@ def _launch(
     pdl = use_pdl(x3)
     if cfg.early and cfg.block_k < cfg.k_per_split:
         raise ValueError(f"an early launch holds its K slice in one block: {cfg}")
+    if cfg.early and cfg.block_n * cfg.block_k * w3.element_size() > EARLY_SLICE_BYTES:
+        raise ValueError(f"an early launch's slice is at most {EARLY_SLICE_BYTES} bytes: {cfg}")
     pf = _prefetch_grid(cfg, w3, g * n) if pdl and not cfg.early else (0, 1, 1, 1)
     part = None
     if o3 is None or cfg.split_k > 1:
@@ -461,9 +449,9 @@ def skinny_gemm_ref(
 
 
 __all__ = [
+    "EARLY_LAUNCHES",
     "MAX_ROWS",
     "SkinnyLaunch",
-    "early_launch",
     "skinny_gemm",
     "skinny_gemm_parts",
     "skinny_gemm_ref",

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 import torch
+import triton
 
 from glm47.kernels import skinny_gemm as skinny_module
 from glm47.kernels.mla_decode import (
@@ -15,6 +16,8 @@ from glm47.kernels.mla_decode import (
     HEAD_GROUP_MAX_BATCH,
     small_batch_head_groups,
 )
+from glm47.kernels.pdl import set_early_weights
+from glm47.kernels.skinny_gemm import SkinnyLaunch
 from glm47.worker.attention import triton_backend
 from glm47.worker.kernel_options import KernelOptions
 from glm47.worker.model.layers import linear as linear_module
@@ -240,9 +243,9 @@ def test_mla_head_groups_give_the_same_logits(model_dir: tuple[Path, object]) ->
 def test_early_weights_give_the_same_logits_at_one_sequence(
     model_dir: tuple[Path, object],
 ) -> None:
-    """One-sequence decode steps with `early_weights` take the early launches for their skinny
-    products (each program's weight slice loaded before the wait) and give the logits of the
-    launches without."""
+    """One-sequence decode steps with `early_weights` take the early launch listed for o_proj's
+    shape (here the tiny model's, K in two ragged slices) and give the logits of the launches
+    without."""
     path, _ = model_dir
 
     def one_sequence(r: ModelRunner) -> list[torch.Tensor]:
@@ -253,16 +256,23 @@ def test_early_weights_give_the_same_logits_at_one_sequence(
             steps.append(r.run_logits(batch(seq(alloc, "a", [tok], len(prompt) + i))))
         return steps
 
+    plain = one_sequence(runner(path, fused=True, skinny=True, early_weights=False))
     early_runner = runner(path, fused=True, skinny=True, early_weights=True)
     assert early_runner.kernels.early_weights
-    taken: list[tuple[int, int]] = []
-    real = skinny_module.early_launch
+    o_proj = early_runner.model.decoder_layers[0].self_attn.o_proj.weight
+    n, k = o_proj.shape
+    launch = SkinnyLaunch(8, triton.next_power_of_2(-(-k // 2)), 2, -(-k // 2), 4, 1, 1, early=True)
+    taken: list[SkinnyLaunch] = []
+    real = skinny_module.skinny_launch
     with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(skinny_module.EARLY_LAUNCHES, (1, n, k, o_proj.element_size()), launch)
         mp.setattr(
-            skinny_module, "early_launch", lambda n, k, *a: taken.append((n, k)) or real(n, k, *a)
+            skinny_module,
+            "skinny_launch",
+            lambda *a, **kw: (cfg := real(*a, **kw), taken.append(cfg))[0],
         )
         early = one_sequence(early_runner)
-    assert len(set(taken)) >= 4  # qkv_a, q_b, the absorbed products, o_proj, the MLPs
-    plain = one_sequence(runner(path, fused=True, skinny=True, early_weights=False))
+    set_early_weights(False)  # process-wide, as the last runner left it
+    assert launch in taken  # o_proj's early launch, at every one-token step
     for e, p in zip(early, plain, strict=True):
         torch.testing.assert_close(e, p, rtol=1e-4, atol=1e-4)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 
-from glm47.kernels.skinny_gemm import EARLY_LAUNCHES, SkinnyLaunch
 from glm47.worker.kernel_options import KernelOptions
 
 
@@ -43,38 +42,13 @@ def add_kernel_flags(parser: argparse.ArgumentParser) -> None:
         help="decode steps of at most 2 sequences split MLA decode's heads over this many "
         "programs a slice (default: 2)",
     )
-    parser.add_argument(
-        "--early-weights",
-        **on_off,  # type: ignore[arg-type]
-        help="one-token skinny products with an early launch load their weight slices into "
-        "registers before the dependent launch's wait (default: kernel_options.EARLY_WEIGHTS)",
-    )
-    parser.add_argument(
-        "--early-launch",
-        action="append",
-        default=[],
-        metavar="G,N,K,BYTES=BN,BK,SPLIT,KPS,WARPS,FMA_ROWS",
-        help="add or replace the early launch of a product shape (kernels/skinny_gemm "
-        "EARLY_LAUNCHES; FMA_ROWS 0: tensor cores); 'G,N,K,BYTES=-' removes one (repeatable)",
-    )
 
 
 def kernel_options(args: argparse.Namespace) -> KernelOptions:
-    for spec in args.early_launch:
-        shape, _, launch = spec.partition("=")
-        g, n, k, elem = (int(v) for v in shape.split(","))
-        if launch == "-":
-            EARLY_LAUNCHES.pop((g, n, k, elem), None)
-            continue
-        bn, bk, split, kps, warps, fma = (int(v) for v in launch.split(","))
-        EARLY_LAUNCHES[(g, n, k, elem)] = SkinnyLaunch(
-            bn, bk, split, kps, warps, 1, fma, early=True
-        )
     return KernelOptions(
         skinny_gemm=args.skinny_gemm,
         pdl=args.pdl,
         shared_overlap_tokens=args.shared_overlap_tokens,
         shared_fold_tokens=args.shared_fold_tokens,
         mla_head_groups=args.mla_head_groups,
-        early_weights=args.early_weights,
     )

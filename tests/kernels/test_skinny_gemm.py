@@ -12,9 +12,8 @@ import torch
 from kernel_utils import ON_GPU, rel_err
 
 from glm47.kernels.counters import counters_at_rest
-from glm47.kernels.pdl import EARLY_SLICE_BYTES, pdl_supported, set_early_weights, set_pdl
+from glm47.kernels.pdl import pdl_supported, set_pdl
 from glm47.kernels.skinny_gemm import (
-    EARLY_LAUNCHES,
     MAX_ROWS,
     SkinnyLaunch,
     skinny_gemm,
@@ -93,57 +92,6 @@ def test_parts_are_the_k_slices_whose_sum_is_the_product(
     assert counters_at_rest()
     with pytest.raises(ValueError, match="non-empty"):
         skinny_gemm_parts(x[:0], w, launch=launch)
-
-
-@pytest.mark.parametrize("transposed", [False, True], ids=["rows", "w-transposed"])
-@pytest.mark.parametrize("fma_rows", [0, 4], ids=["tensor-core", "cuda-core"])
-@pytest.mark.parametrize("split_k", [1, 3])
-def test_early_launch_holds_a_ragged_k_slice_in_one_block(
-    split_k: int, fma_rows: int, transposed: bool, device: str, dtype: torch.dtype, pdl: bool
-) -> None:
-    """An early launch loads each program's K slice (here 48 columns in a 64-column block, the
-    last slice shorter still) before the wait; summed in the kernel or left as parts, it is the
-    product."""
-    g, n, k = 2, 70, 48 * split_k - 5
-    launch = SkinnyLaunch(32 if fma_rows == 0 else 8, 64, split_k, 48, 4, 1, fma_rows, early=True)
-    x = torch.randn((g, 3, k), dtype=dtype, device=device)
-    w = torch.randn((g, k, n) if transposed else (g, n, k), dtype=dtype, device=device) / k**0.5
-    w = w.transpose(1, 2) if transposed else w
-    ref = skinny_gemm_ref(x, w)
-    assert rel_err(skinny_gemm(x, w, launch=launch), ref) < 5e-3
-    assert counters_at_rest()
-    prod = skinny_gemm_parts(x[0], w[0], launch=launch)
-    assert prod.parts.shape == (split_k, 3, n)
-    assert rel_err(prod.total(), ref[0]) < 5e-3
-    with pytest.raises(ValueError, match="one block"):
-        skinny_gemm(x, w, launch=launch._replace(block_k=32))
-    with pytest.raises(ValueError, match="at most"):
-        skinny_gemm(x, w, launch=launch._replace(block_n=64, block_k=1024))
-
-
-def test_early_weights_switch_takes_the_listed_early_launches_for_one_row() -> None:
-    """Switched on, a one-row product of a listed shape takes its early launch (one block a
-    slice, within the registers' budget); other shapes and row counts their usual launches."""
-    shapes = [(1, 1344, 2048, 2), (1, 5120, 768, 2), (20, 512, 192, 2), (20, 256, 512, 2),
-              (1, 2048, 5120, 2), (1, 64, 2048, 4), (1, 40, 96, 2)]  # fmt: skip
-    set_early_weights(False)  # the switch is process-wide
-    usual = {s: [skinny_launch(s[1], s[2], 132, m, s[0], s[3]) for m in (1, 2)] for s in shapes}
-    assert not any(launch.early for launches in usual.values() for launch in launches)
-    assert EARLY_LAUNCHES and set(EARLY_LAUNCHES) <= set(shapes)
-    set_early_weights(True)
-    try:
-        for g, n, k, elem in shapes:
-            cfg = skinny_launch(n, k, 132, 1, g, elem)
-            if (g, n, k, elem) not in EARLY_LAUNCHES:
-                assert cfg == usual[(g, n, k, elem)][0]
-                continue
-            assert cfg.early and cfg.k_per_split <= cfg.block_k, (g, n, k, cfg)
-            assert cfg.split_k * cfg.k_per_split >= k > (cfg.split_k - 1) * cfg.k_per_split
-            assert cfg.block_n * cfg.block_k * elem <= EARLY_SLICE_BYTES  # the slice's registers
-            assert cfg.fma_rows >= 1 or cfg.block_n >= 16
-            assert skinny_launch(n, k, 132, 2, g, elem) == usual[(g, n, k, elem)][1]
-    finally:
-        set_early_weights(False)
 
 
 @pytest.mark.parametrize("launch", [None, SkinnyLaunch(32, 32, 3, 32, 4, 2)])

@@ -23,10 +23,6 @@ import triton
 import triton.language as tl
 
 _enabled = False
-_early_weights = False
-# An early launch's program holds at most this many weight bytes in registers (64 registers a
-# thread at 8 warps), so that several programs a multiprocessor hold theirs during the wait.
-EARLY_SLICE_BYTES = 32 << 10
 
 
 def pdl_supported(device: torch.device) -> bool:
@@ -45,19 +41,6 @@ def set_pdl(enabled: bool) -> None:
 def use_pdl(t: torch.Tensor) -> bool:
     """Whether a launcher whose kernel reads `t` launches with it."""
     return _enabled and t.is_cuda
-
-
-def set_early_weights(enabled: bool) -> None:
-    """One-token products with an early launch (kernels/skinny_gemm's `EARLY_LAUNCHES`) load each
-    program's whole weight slice into registers before the wait, not only ask for its start in L2.
-    Process-wide, set by the model runner before any graph capture, as `set_pdl`."""
-    global _early_weights
-    _early_weights = enabled
-
-
-def use_early_weights() -> bool:
-    """Whether one-token products take their early launches (`set_early_weights`)."""
-    return _early_weights
 
 
 @triton.jit
@@ -83,13 +66,4 @@ def prefetch_l2(ptrs):
     )
 
 
-__all__ = [
-    "EARLY_SLICE_BYTES",
-    "pdl_supported",
-    "pdl_wait",
-    "prefetch_l2",
-    "set_early_weights",
-    "set_pdl",
-    "use_early_weights",
-    "use_pdl",
-]
+__all__ = ["pdl_supported", "pdl_wait", "prefetch_l2", "set_pdl", "use_pdl"]

@@ -15,8 +15,6 @@ the tail) weigh as much as the bytes. So:
   batch 1 on an H200);
 - with programmatic dependent launch (kernels/pdl) a program first asks for the start of its
   weight slice in L2, then waits for the kernel before it: the weight read overlaps that kernel;
-- or (`EARLY_LAUNCHES`, one row, kernels/pdl's `set_early_weights`) a program loads its whole
-  weight slice into registers before the wait, so that after it only the activations are read;
 - the products run on the tensor cores (rows padded to 16), or for a single row on the CUDA
   cores with the weight tile loaded straight into registers; the launch settings of the model's
   shapes are the fastest measured (`_MEASURED`).
@@ -37,13 +35,7 @@ import triton.language as tl
 
 from glm47.kernels.counters import launch_counters
 from glm47.kernels.device import num_sms, runs_triton
-from glm47.kernels.pdl import (
-    EARLY_SLICE_BYTES,
-    pdl_wait,
-    prefetch_l2,
-    use_early_weights,
-    use_pdl,
-)
+from glm47.kernels.pdl import pdl_wait, prefetch_l2, use_pdl
 from glm47.kernels.split_k import SplitProduct
 
 MAX_ROWS = 16  # one tensor-core tile of rows; larger batches belong to a GEMM library
@@ -63,7 +55,7 @@ class SkinnyLaunch(NamedTuple):
     block_n: int
     block_k: int
     split_k: int
-    k_per_split: int  # a multiple of block_k (an early launch: at most block_k)
+    k_per_split: int  # a multiple of block_k
     num_warps: int
     num_stages: int
     # Up to this many rows the products run on the CUDA cores; above, on the tensor cores
@@ -72,61 +64,6 @@ class SkinnyLaunch(NamedTuple):
     # The K loop unrolled (k_per_split // block_k steps), so its loads need not wait for the
     # products before them.
     unroll: bool = False
-    # A program's K slice is one block (block_k >= k_per_split) loaded into registers before the
-    # dependent launch's wait (kernels/pdl), not just asked into L2.
-    early: bool = False
-
-
-@triton.jit
-def _load_w(
-    w_base,
-    offs_n,
-    offs_k,
-    mask_n,
-    mask_k,
-    stride_wn,
-    stride_wk,
-    USE_DOT: tl.constexpr,
-):
-    """The weight tile w[offs_n, offs_k]: [BLOCK_K, BLOCK_N] for the tensor cores, else
-    [BLOCK_N, BLOCK_K] (straight to registers for the CUDA-core sums)."""
-    if USE_DOT:
-        w = tl.load(
-            w_base + offs_n[None, :].to(tl.int64) * stride_wn + offs_k[:, None] * stride_wk,
-            mask=mask_n[None, :] & mask_k[:, None],
-            other=0.0,
-        )
-    else:
-        w = tl.load(
-            w_base + offs_n[:, None].to(tl.int64) * stride_wn + offs_k[None, :] * stride_wk,
-            mask=mask_n[:, None] & mask_k[None, :],
-            other=0.0,
-        )
-    return w
-
-
-@triton.jit
-def _mul_block(
-    acc,  # [BLOCK_M, BLOCK_N] fp32
-    x_base,  # [BLOCK_M, 1] row pointers of x
-    w,  # the tile of _load_w
-    offs_k,
-    mask_m,
-    mask_k,
-    stride_xk,
-    PRECISION: tl.constexpr,
-    USE_DOT: tl.constexpr,
-):
-    """acc + x[:, offs_k] @ (the tile w).T"""
-    x = tl.load(
-        x_base + offs_k[None, :] * stride_xk, mask=mask_m[:, None] & mask_k[None, :], other=0.0
-    )  # [BLOCK_M, BLOCK_K]
-    if USE_DOT:
-        acc = acc + tl.dot(x.to(w.dtype), w, input_precision=PRECISION)
-    else:  # a few rows: products and sums on the CUDA cores
-        xf = x.to(w.dtype).to(tl.float32)
-        acc = acc + tl.sum(xf[:, None, :] * w.to(tl.float32)[None, :, :], axis=2)
-    return acc
 
 
 @triton.jit
@@ -149,8 +86,24 @@ def _add_block(
     """acc + x[:, k0:k0 + BLOCK_K] @ w[offs_n, k0:k0 + BLOCK_K].T"""
     offs_k = k0 + tl.arange(0, BLOCK_K)
     mask_k = offs_k < k
-    w = _load_w(w_base, offs_n, offs_k, mask_n, mask_k, stride_wn, stride_wk, USE_DOT)
-    return _mul_block(acc, x_base, w, offs_k, mask_m, mask_k, stride_xk, PRECISION, USE_DOT)
+    x = tl.load(
+        x_base + offs_k[None, :] * stride_xk, mask=mask_m[:, None] & mask_k[None, :], other=0.0
+    )  # [BLOCK_M, BLOCK_K]
+    if USE_DOT:
+        w = tl.load(
+            w_base + offs_n[None, :].to(tl.int64) * stride_wn + offs_k[:, None] * stride_wk,
+            mask=mask_n[None, :] & mask_k[:, None],
+            other=0.0,
+        )  # [BLOCK_K, BLOCK_N]
+        return acc + tl.dot(x.to(w.dtype), w, input_precision=PRECISION)
+    # a few rows: products and sums on the CUDA cores, the tile straight to registers
+    w = tl.load(
+        w_base + offs_n[:, None].to(tl.int64) * stride_wn + offs_k[None, :] * stride_wk,
+        mask=mask_n[:, None] & mask_k[None, :],
+        other=0.0,
+    )  # [BLOCK_N, BLOCK_K]
+    xf = x.to(w.dtype).to(tl.float32)
+    return acc + tl.sum(xf[:, None, :] * w.to(tl.float32)[None, :, :], axis=2)
 
 
 # The row count changes from step to step outside CUDA graphs: one compiled variant serves all.
@@ -181,9 +134,6 @@ def _skinny_gemm_kernel(
     SPLIT_K: tl.constexpr,
     K_PER_SPLIT: tl.constexpr,
     UNROLL: tl.constexpr,  # the K loop unrolled
-    # The program's whole K slice is one block (BLOCK_K >= K_PER_SPLIT), loaded into registers
-    # before the wait: only the activations' loads and the products come after it
-    EARLY: tl.constexpr,
     PARTS: tl.constexpr,  # every program stores its partial and no program sums (SplitProduct)
     # Before the wait, a program asks for a [PF_ROWS, PF_COLS] grid of 128-byte lines of its
     # weight slice, steps PF_ROW_STEP along N and PF_COL_STEP along K (PF_ROWS = 0: none).
@@ -200,10 +150,6 @@ def _skinny_gemm_kernel(
     mask_n = offs_n < n
     k_start = pid_k * K_PER_SPLIT
     w_base = w_ptr + g * stride_wg
-    if EARLY:
-        offs_k = k_start + tl.arange(0, BLOCK_K)
-        mask_k = offs_k < tl.minimum(k, k_start + K_PER_SPLIT)
-        w_early = _load_w(w_base, offs_n, offs_k, mask_n, mask_k, stride_wn, stride_wk, USE_DOT)
     if PF_ROWS > 0:
         # Addresses clamped into the weight: a hint must not point outside it.
         rows = tl.minimum(pid_n * BLOCK_N + tl.arange(0, PF_ROWS) * PF_ROW_STEP, n - 1)
@@ -217,11 +163,7 @@ def _skinny_gemm_kernel(
     mask_m = offs_m < m
     x_base = x_ptr + g * stride_xg + offs_m[:, None] * stride_xm
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    if EARLY:
-        acc = _mul_block(
-            acc, x_base, w_early, offs_k, mask_m, mask_k, stride_xk, PRECISION, USE_DOT
-        )
-    elif UNROLL:  # every load of the slice issued up front, none waiting for an earlier product
+    if UNROLL:  # every load of the slice issued up front, none waiting for an earlier product
         for i in tl.static_range(K_PER_SPLIT // BLOCK_K):
             acc = _add_block(acc, x_base, w_base, k_start + i * BLOCK_K, offs_n, mask_m, mask_n,
                              k, stride_xk, stride_wn, stride_wk, PRECISION, USE_DOT, BLOCK_K)  # fmt: skip
@@ -283,16 +225,6 @@ _MEASURED: dict[tuple[int, int, int, int], tuple[SkinnyLaunch, SkinnyLaunch]] = 
     (1, 2048, 1536, 2): (SkinnyLaunch(8, 512, 1, 1536, 4, 3, 1), SkinnyLaunch(32, 128, 4, 384, 4, 3, 0)),
 }  # fmt: skip
 
-# One-row launches that load each program's weight slice into registers before the wait
-# (kernels/pdl's `set_early_weights`), per (groups, N, K, weight bytes), slices of at most
-# EARLY_SLICE_BYTES. Only where that was measured to pay: a projection whose kernel before it
-# runs long enough to cover the loads. On an H200 (run EA, docs/gpu-notes.md) o_proj, after W_UV,
-# went from 8.48 to 7.20 µs of the batch-1 layer; qkv_a (after a norm), q_b, W_UK and W_UV took
-# 0.1-1.8 µs longer each. Benchmarks may add entries (`--early-launch`).
-EARLY_LAUNCHES: dict[tuple[int, int, int, int], SkinnyLaunch] = {
-    (1, 2048, 5120, 2): SkinnyLaunch(16, 1024, 5, 1024, 8, 1, 1, early=True),  # o_proj
-}
-
 
 def skinny_launch(
     n: int, k: int, num_sms: int = 132, m: int = 1, groups: int = 1, elem_bytes: int = 2
@@ -300,11 +232,7 @@ def skinny_launch(
     """The measured launch of a known shape, else: tensor-core products, column blocks of 32, and
     K split so that about two programs per multiprocessor stream the weight (each at least two K
     blocks, so the pipeline has something to overlap)."""
-    key = (groups, n, k, elem_bytes)
-    early = EARLY_LAUNCHES.get(key) if m == 1 and use_early_weights() else None
-    if early is not None:
-        return early
-    measured = _MEASURED.get(key)
+    measured = _MEASURED.get((groups, n, k, elem_bytes))
     if measured is not None:
         return (
             measured[0] if m <= measured[0].fma_rows or measured[0].fma_rows == 0 else measured[1]
@@ -364,11 +292,7 @@ def _launch(
     cfg = launch or skinny_launch(n, k, num_sms(x3.device), m, g, w3.element_size())
     n_blocks = triton.cdiv(n, cfg.block_n)
     pdl = use_pdl(x3)
-    if cfg.early and cfg.block_k < cfg.k_per_split:
-        raise ValueError(f"an early launch holds its K slice in one block: {cfg}")
-    if cfg.early and cfg.block_n * cfg.block_k * w3.element_size() > EARLY_SLICE_BYTES:
-        raise ValueError(f"an early launch's slice is at most {EARLY_SLICE_BYTES} bytes: {cfg}")
-    pf = _prefetch_grid(cfg, w3, g * n) if pdl and not cfg.early else (0, 1, 1, 1)
+    pf = _prefetch_grid(cfg, w3, g * n) if pdl else (0, 1, 1, 1)
     part = None
     if o3 is None or cfg.split_k > 1:
         part = torch.empty((cfg.split_k, g, m, n), dtype=torch.float32, device=x3.device)
@@ -392,7 +316,6 @@ def _launch(
         ACCUMULATE=accumulate, PRECISION=precision, USE_DOT=use_dot, BLOCK_M=block_m,
         BLOCK_N=cfg.block_n,
         BLOCK_K=cfg.block_k, SPLIT_K=cfg.split_k, K_PER_SPLIT=cfg.k_per_split, UNROLL=cfg.unroll,
-        EARLY=cfg.early,
         PARTS=o3 is None, PF_ROWS=pf[0], PF_ROW_STEP=pf[1], PF_COLS=pf[2], PF_COL_STEP=pf[3],
         USE_PDL=pdl, num_warps=cfg.num_warps, num_stages=cfg.num_stages, launch_pdl=pdl,
     )  # fmt: skip
@@ -449,7 +372,6 @@ def skinny_gemm_ref(
 
 
 __all__ = [
-    "EARLY_LAUNCHES",
     "MAX_ROWS",
     "SkinnyLaunch",
     "skinny_gemm",

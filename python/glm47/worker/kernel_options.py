@@ -16,7 +16,7 @@ from glm47.kernels.mla_decode import (
     HEAD_GROUP_MAX_BATCH,
     set_small_batch_head_groups,
 )
-from glm47.kernels.pdl import pdl_supported, set_early_weights, set_pdl
+from glm47.kernels.pdl import pdl_supported, set_pdl
 from glm47.worker.model.glm4_moe_lite import Glm4MoeLiteForCausalLM
 
 log = logging.getLogger(__name__)
@@ -32,9 +32,6 @@ SHARED_OVERLAP_TOKENS = 128
 # (run AZ, docs/gpu-notes.md) that took batch 1 from 5.29 to 5.00 ms and left batch 2, 8 and 16
 # within 0.03 ms; batch 4 was 0.14 ms slower. So one-token steps only.
 SHARED_FOLD_TOKENS = 1
-# One-token steps' skinny products load their weight slices into registers before the dependent
-# launch's wait (kernels/skinny_gemm `_EARLY`): not yet measured against the L2 prefetch alone.
-EARLY_WEIGHTS = False
 
 
 @dataclass(frozen=True)
@@ -55,10 +52,7 @@ class KernelOptions:
     0: never; takes precedence over the overlap).
     `mla_head_groups`: decode steps of at most HEAD_GROUP_MAX_BATCH (2) sequences split the
     Triton MLA decode kernel's heads over this many programs a slice (kernels/mla_decode
-    `head_groups`; None: DEFAULT_HEAD_GROUPS, 2; 1: one program for all heads), process-wide.
-    `early_weights`: one-token steps' skinny products load each program's weight slice into
-    registers before the dependent launch's wait (kernels/skinny_gemm `set_early_weights`; None:
-    EARLY_WEIGHTS where dependent launch is on), process-wide."""
+    `head_groups`; None: DEFAULT_HEAD_GROUPS, 2; 1: one program for all heads), process-wide."""
 
     fused_kernels: bool | None = None
     skinny_gemm: bool | None = None
@@ -66,7 +60,6 @@ class KernelOptions:
     shared_overlap_tokens: int | None = None
     shared_fold_tokens: int | None = None
     mla_head_groups: int | None = None
-    early_weights: bool | None = None
 
     def apply(self, model: Glm4MoeLiteForCausalLM, device: torch.device) -> KernelOptions:
         """Switch the model's paths for `device`; the options that took effect, none left None."""
@@ -95,9 +88,6 @@ class KernelOptions:
         fold = model.fold_shared_experts(fold)
         head_groups = DEFAULT_HEAD_GROUPS if self.mla_head_groups is None else self.mla_head_groups
         set_small_batch_head_groups(head_groups)
-        # asked for, the early launches run without dependent launch too (a tiling like another)
-        early = EARLY_WEIGHTS and pdl if self.early_weights is None else self.early_weights
-        set_early_weights(early)
         return dataclasses.replace(
             self,
             fused_kernels=fused,
@@ -106,7 +96,6 @@ class KernelOptions:
             shared_overlap_tokens=overlap,
             shared_fold_tokens=fold,
             mla_head_groups=head_groups,
-            early_weights=early,
         )
 
     def describe(self) -> str:
@@ -115,6 +104,5 @@ class KernelOptions:
             f"fused norm/rope/routing={self.fused_kernels} skinny gemm={self.skinny_gemm} "
             f"pdl={self.pdl} shared expert overlap up to {self.shared_overlap_tokens} tokens, "
             f"folded into the routed experts up to {self.shared_fold_tokens}, "
-            f"MLA decode head groups up to batch {HEAD_GROUP_MAX_BATCH} {self.mla_head_groups}, "
-            f"early weights={self.early_weights}"
+            f"MLA decode head groups up to batch {HEAD_GROUP_MAX_BATCH} {self.mla_head_groups}"
         )

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 import glm47.worker.attention.torch_backend  # noqa: F401  (registers "torch")
-from glm47.kernels.pdl import set_early_weights, set_pdl
+from glm47.kernels.pdl import set_pdl
 from glm47.worker.attention.base import (
     AttentionBackend,
     AttentionMetadata,
@@ -108,14 +108,13 @@ class ModelRunner:
         shared_overlap_tokens: int | None = None,
         shared_fold_tokens: int | None = None,
         mla_head_groups: int | None = None,
-        early_weights: bool | None = None,
         warmup_tokens: int = 0,
         segment_graph_max_tokens: int = 0,
         segment_capturer: Capturer | None = None,
         verify_tokens: int = 0,
     ) -> None:
-        """`fused_kernels`, `skinny_gemm`, `pdl`, `shared_overlap_tokens`, `shared_fold_tokens`,
-        `mla_head_groups` and `early_weights`: the model's kernel paths (`KernelOptions`).
+        """`fused_kernels`, `skinny_gemm`, `pdl`, `shared_overlap_tokens`, `shared_fold_tokens` and
+        `mla_head_groups`: the model's kernel paths (`KernelOptions`).
         `warmup_tokens`: on a GPU, run prefill steps of up to this many tokens before returning,
         so that the kernels' first-call compilation is not paid by the first requests.
         `segment_graph_max_tokens`: capture the steps that decode graphs do not serve, up to this
@@ -154,7 +153,7 @@ class ModelRunner:
         )
         self.kernels = KernelOptions(
             fused_kernels, skinny_gemm, pdl, shared_overlap_tokens, shared_fold_tokens,
-            mla_head_groups, early_weights,
+            mla_head_groups,
         ).apply(self.model, self.device)  # fmt: skip
         self.pdl = bool(self.kernels.pdl)
         self.num_pages = self._pool_pages(num_pages, kv_tokens, mem_fraction)
@@ -369,9 +368,7 @@ class ModelRunner:
 
     @torch.inference_mode()
     def forward(self, inputs: StepInputs) -> torch.Tensor:  # [T, H] final hidden states
-        # the launch switches are process-wide; tests hold several runners
-        set_pdl(self.pdl)
-        set_early_weights(bool(self.kernels.early_weights))
+        set_pdl(self.pdl)  # the launch switch is process-wide; tests hold several runners
         decode = self.graphs
         if decode is not None and self.large_graphs is not None:
             assert self._prefers_large is not None  # set with large_graphs

@@ -8,16 +8,12 @@ from typing import Any
 
 import pytest
 import torch
-import triton
 
-from glm47.kernels import skinny_gemm as skinny_module
 from glm47.kernels.mla_decode import (
     DEFAULT_HEAD_GROUPS,
     HEAD_GROUP_MAX_BATCH,
     small_batch_head_groups,
 )
-from glm47.kernels.pdl import set_early_weights
-from glm47.kernels.skinny_gemm import SkinnyLaunch
 from glm47.worker.attention import triton_backend
 from glm47.worker.kernel_options import KernelOptions
 from glm47.worker.model.layers import linear as linear_module
@@ -198,12 +194,12 @@ def test_kernel_options_resolve_against_the_device(model_dir: tuple[Path, object
     """On the CPU the defaults take the torch paths, nothing overlaps or folds, and no dependent
     launch takes effect; asked for, the fused and skinny paths and the fold do."""
     plain = make_runner(model_dir[0], torch.float32, page_size=4, kv_tokens=256).kernels
-    assert plain == KernelOptions(False, False, False, 0, 0, DEFAULT_HEAD_GROUPS, False)
+    assert plain == KernelOptions(False, False, False, 0, 0, DEFAULT_HEAD_GROUPS)
     asked = runner(
         model_dir[0], fused=True, skinny=True, pdl=True, moe_backend="triton",
         shared_fold_tokens=8, mla_head_groups=3,
     ).kernels  # fmt: skip
-    assert asked == KernelOptions(True, True, False, 0, 8, 3, False)
+    assert asked == KernelOptions(True, True, False, 0, 8, 3)
     assert "folded into the routed experts up to 8" in asked.describe()
     assert "MLA decode head groups up to batch 2 3" in asked.describe()
     groups = [small_batch_head_groups(b, 20) for b in (1, HEAD_GROUP_MAX_BATCH, 3, 16)]
@@ -238,41 +234,3 @@ def test_mla_head_groups_give_the_same_logits(model_dir: tuple[Path, object]) ->
     plain, _ = session(runner(model_dir[0], fused=True, mla_head_groups=1, **triton))
     for g, p in zip(grouped, plain, strict=True):
         torch.testing.assert_close(g, p, rtol=1e-4, atol=1e-4)
-
-
-def test_early_weights_give_the_same_logits_at_one_sequence(
-    model_dir: tuple[Path, object],
-) -> None:
-    """One-sequence decode steps with `early_weights` take the early launch listed for o_proj's
-    shape (here the tiny model's, K in two ragged slices) and give the logits of the launches
-    without."""
-    path, _ = model_dir
-
-    def one_sequence(r: ModelRunner) -> list[torch.Tensor]:
-        alloc = PageAllocator(r.num_pages, r.page_size, seed=1)
-        prompt = PROMPTS["a"]
-        steps = [r.run_logits(batch(seq(alloc, "a", prompt, 0)))]
-        for i, (tok, _) in enumerate(FORCED):
-            steps.append(r.run_logits(batch(seq(alloc, "a", [tok], len(prompt) + i))))
-        return steps
-
-    plain = one_sequence(runner(path, fused=True, skinny=True, early_weights=False))
-    early_runner = runner(path, fused=True, skinny=True, early_weights=True)
-    assert early_runner.kernels.early_weights
-    o_proj = early_runner.model.decoder_layers[0].self_attn.o_proj.weight
-    n, k = o_proj.shape
-    launch = SkinnyLaunch(8, triton.next_power_of_2(-(-k // 2)), 2, -(-k // 2), 4, 1, 1, early=True)
-    taken: list[SkinnyLaunch] = []
-    real = skinny_module.skinny_launch
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setitem(skinny_module.EARLY_LAUNCHES, (1, n, k, o_proj.element_size()), launch)
-        mp.setattr(
-            skinny_module,
-            "skinny_launch",
-            lambda *a, **kw: (cfg := real(*a, **kw), taken.append(cfg))[0],
-        )
-        early = one_sequence(early_runner)
-    set_early_weights(False)  # process-wide, as the last runner left it
-    assert launch in taken  # o_proj's early launch, at every one-token step
-    for e, p in zip(early, plain, strict=True):
-        torch.testing.assert_close(e, p, rtol=1e-4, atol=1e-4)

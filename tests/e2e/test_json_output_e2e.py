@@ -122,6 +122,30 @@ def test_guided_regex_answers_match_it_whole(client: openai.OpenAI) -> None:
         assert whole.fullmatch(text), text
 
 
+def test_schema_patterns_hold_in_every_answer(client: openai.OpenAI) -> None:
+    """`pattern`, anchored or found anywhere in the string, with a length bound beside it."""
+    schema = {
+        "type": "object",
+        "properties": {
+            "code": {"type": "string", "pattern": "^[A-Z]{2}-[0-9]{3}$"},
+            "note": {"type": "string", "pattern": "ok", "maxLength": 8},
+        },
+        "required": ["code", "note"],
+        "additionalProperties": False,
+    }
+    out = client.chat.completions.create(
+        model="m", messages=[{"role": "user", "content": "A code and a note, in JSON."}],
+        max_tokens=400, temperature=1.0, seed=8, n=3, extra_body=NO_THINKING,
+        response_format={"type": "json_schema", "json_schema": {"name": "c", "schema": schema}},  # type: ignore[typeddict-item]
+    )  # fmt: skip
+    for choice in out.choices:
+        assert choice.finish_reason == "stop", choice
+        doc = json.loads(choice.message.content or "")
+        assert set(doc) == {"code", "note"}, doc
+        assert re.fullmatch(r"[A-Z]{2}-[0-9]{3}", doc["code"]), doc
+        assert "ok" in doc["note"] and len(doc["note"]) <= 8, doc
+
+
 def test_the_grammar_starts_after_the_reasoning(client: openai.OpenAI, server: Server) -> None:
     """Thinking on: the prompt ends inside `<think>`; reasoning is free text and the answer after
     `</think>` is the document (here `</think>` is made the first token by a logit bias)."""
@@ -143,7 +167,10 @@ def test_unenforceable_schemas_and_other_constraints_are_refused(server: Server)
     base = {"model": "m", "messages": [{"role": "user", "content": "x"}], "max_tokens": 4}
     cases = [
         ({"response_format": {"type": "json_schema", "json_schema": {"name": "n", "schema": {
-            "type": "string", "pattern": "^a+$"}}}}, "response_format.json_schema.schema"),
+            "type": "string", "pattern": "^a+$", "minLength": 2}}}},
+         "response_format.json_schema.schema"),
+        ({"response_format": {"type": "json_schema", "json_schema": {"name": "n", "schema": {
+            "type": "integer", "minimum": 0}}}}, "response_format.json_schema.schema"),
         ({"response_format": {"type": "json_schema", "json_schema": {"name": "n"}}},
          "response_format.json_schema.schema"),
         ({"guided_regex": "a("}, "guided_regex"),

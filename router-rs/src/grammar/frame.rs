@@ -87,9 +87,17 @@ pub(crate) enum Frame {
         hi: u32,
         pos: u32,
     },
-    /// Inside the output of a regular expression (`Grammar::regex`), at this DFA state.
+    /// Inside the raw text of `Node::Pattern` `node` (the root of `Grammar::regex`), at this
+    /// DFA state.
     Regex {
+        node: NodeId,
         state: u32,
+    },
+    /// Inside a string of `Node::Pattern` `node`, at this DFA state, `len` characters so far.
+    Pattern {
+        node: NodeId,
+        state: u32,
+        len: u32,
     },
 }
 

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use super::chars::{CharStep, Chars};
 use super::frame::{with_top, ArrAt, Frame, NumAt, ObjAt, Thread};
 use super::regex::Regex;
-use super::schema::{Node, NodeId, Prop, Schema, SchemaError};
+use super::schema::{unescaped, Node, NodeId, Pattern, Prop, Schema, SchemaError};
 
 /// Longest run of whitespace between tokens of the document.
 pub const MAX_WHITESPACE_RUN: u8 = 40;
@@ -43,8 +43,6 @@ pub struct Grammar {
     schema: Schema,
     /// Per node: the texts of a `Choices` node and the keys of an `Object` node, as slices.
     texts: Vec<Vec<Vec<u8>>>,
-    /// The whole output matches this instead of a schema.
-    regex: Option<Regex>,
 }
 
 impl Grammar {
@@ -58,20 +56,12 @@ impl Grammar {
                 _ => Vec::new(),
             })
             .collect();
-        Arc::new(Grammar {
-            schema,
-            texts,
-            regex: None,
-        })
+        Arc::new(Grammar { schema, texts })
     }
 
     /// Output matching `pattern` whole.
     pub fn regex(pattern: &str) -> Result<Arc<Self>, SchemaError> {
-        Ok(Arc::new(Grammar {
-            schema: Schema::one_of(&[]),
-            texts: Vec::new(),
-            regex: Some(Regex::new(pattern)?),
-        }))
+        Ok(Grammar::new(Schema::regex(pattern)?))
     }
 
     pub fn schema(&self) -> &Schema {
@@ -79,15 +69,13 @@ impl Grammar {
     }
 
     pub(crate) fn start(&self) -> Vec<Thread> {
-        if let Some(regex) = &self.regex {
-            let state = regex.start();
-            return vec![Thread {
-                stack: vec![Frame::Regex { state }],
-                ws: 0,
-            }];
-        }
         let root = self.schema.root;
         let first = match &self.schema.nodes[root] {
+            // raw text of a pattern
+            Node::Pattern { regex, .. } if self.schema.raw => Frame::Regex {
+                node: root,
+                state: regex.regex.start(),
+            },
             // raw text: the choice's first byte at once, no whitespace before it
             Node::Choices(texts) if self.schema.raw => Frame::Choice {
                 node: root,
@@ -314,10 +302,38 @@ impl Grammar {
                     self.feed(t, b, out);
                 }
             }
-            Frame::Regex { state } => {
-                let regex = self.regex.as_ref().expect("a regex frame has its regex");
-                if let Some(state) = regex.next(*state, b) {
-                    Self::emit(with_top(t, Frame::Regex { state }), out);
+            Frame::Regex { node, state } => {
+                let node = *node;
+                if let Some(state) = self.pattern(node).next(*state, b) {
+                    Self::emit(with_top(t, Frame::Regex { node, state }), out);
+                }
+            }
+            Frame::Pattern { node, state, len } => {
+                let (node, state, len) = (*node, *state, *len);
+                let Node::Pattern { regex, max } = &self.schema.nodes[node] else {
+                    unreachable!("a pattern frame reads a pattern node");
+                };
+                if b == b'"' {
+                    if regex.regex.can_end(state) {
+                        t.stack.pop();
+                        Self::emit(t, out);
+                    }
+                    return;
+                }
+                if !unescaped(b) {
+                    return;
+                }
+                // characters counted at their first byte; a state is taken only while a match
+                // can still follow within the length
+                let len = len + u32::from(b & 0xC0 != 0x80);
+                let Some(state) = regex.regex.next(state, b) else {
+                    return;
+                };
+                let Some(rest) = regex.chars_to_match.get(state) else {
+                    return;
+                };
+                if max.is_none_or(|max| len + rest <= max) {
+                    Self::emit(with_top(t, Frame::Pattern { node, state, len }), out);
                 }
             }
             Frame::Choice { node, lo, hi, pos } => {
@@ -376,6 +392,11 @@ impl Grammar {
                 max: max.unwrap_or(u32::MAX),
                 chars: Chars::default(),
             }),
+            Node::Pattern { regex, .. } => (b == b'"').then(|| Frame::Pattern {
+                node: id,
+                state: regex.regex.start(),
+                len: 0,
+            }),
             Node::Number { integer } => match b {
                 b'-' => Some(NumAt::Minus),
                 b'0' => Some(NumAt::Zero),
@@ -394,6 +415,14 @@ impl Grammar {
         }
     }
 
+    /// The regular expression of `Node::Pattern` `node`.
+    fn pattern(&self, node: NodeId) -> &Regex {
+        match &self.schema.nodes[node] {
+            Node::Pattern { regex, .. } => &regex.regex,
+            _ => unreachable!("a regex frame reads a pattern node"),
+        }
+    }
+
     /// Whether the thread's document can end here: its stack is empty once the frames that end
     /// only when something else follows (a number, a choice text) are closed.
     fn can_end(&self, t: &Thread) -> bool {
@@ -403,7 +432,7 @@ impl Grammar {
                 Frame::Choice { node, lo, hi, pos } => {
                     lo < hi && self.texts[*node][*lo as usize].len() == *pos as usize
                 }
-                Frame::Regex { state } => self.regex.as_ref().is_some_and(|r| r.can_end(*state)),
+                Frame::Regex { node, state } => self.pattern(*node).can_end(*state),
                 _ => false,
             };
             if !complete {
@@ -412,6 +441,15 @@ impl Grammar {
         }
         true
     }
+}
+
+/// Where a thread inside a `pattern` string stands: DFA state and characters so far.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PatternAt<'a> {
+    pub(crate) pattern: &'a Pattern,
+    pub(crate) state: u32,
+    pub(crate) len: u32,
+    pub(crate) max: Option<u32>,
 }
 
 /// A document being read: the grammar and the threads alive after the bytes so far.
@@ -478,10 +516,30 @@ impl Matcher {
     /// then walk the vocabulary with DFA states alone).
     pub(crate) fn in_regex(&self) -> Option<(&Regex, u32)> {
         match self.threads.as_slice() {
-            [t] => match (t.stack.as_slice(), &self.grammar.regex) {
-                ([Frame::Regex { state }], Some(regex)) => Some((regex, *state)),
+            [t] => match t.stack.as_slice() {
+                [Frame::Regex { node, state }] => Some((self.grammar.pattern(*node), *state)),
                 _ => None,
             },
+            _ => None,
+        }
+    }
+
+    /// A single thread inside a string of a `pattern`: where its DFA stands (the masks then walk
+    /// the tokens that stay in the string with DFA states alone).
+    pub(crate) fn in_pattern(&self) -> Option<PatternAt<'_>> {
+        let [t] = self.threads.as_slice() else {
+            return None;
+        };
+        let Frame::Pattern { node, state, len } = *t.stack.last()? else {
+            return None;
+        };
+        match &self.grammar.schema.nodes[node] {
+            Node::Pattern { regex, max } => Some(PatternAt {
+                pattern: regex,
+                state,
+                len,
+                max: *max,
+            }),
             _ => None,
         }
     }

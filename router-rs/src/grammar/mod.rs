@@ -1,4 +1,5 @@
-//! Constrained decoding: JSON output under `response_format` (`json_object`, `json_schema`).
+//! Constrained decoding: JSON output under `response_format` (`json_object`, `json_schema`),
+//! one of a list of strings, or text that a regular expression matches.
 //!
 //! The router compiles a request's schema to refuse what cannot be enforced (400) and sends the
 //! schema to the worker (docs/wire.md, `Request.grammar`); the worker keeps a [`Constraint`] per
@@ -15,6 +16,8 @@ pub mod vocab;
 
 #[cfg(test)]
 mod conformance_tests;
+#[cfg(test)]
+mod pattern_tests;
 #[cfg(test)]
 mod tests;
 

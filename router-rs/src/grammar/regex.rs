@@ -1,13 +1,18 @@
-//! Output that matches a regular expression whole (vLLM's `guided_regex`): a dense DFA over
-//! bytes, walked by the matcher one byte at a time (a thread's single `Frame::Regex`).
+//! Text that matches a regular expression whole: the output of vLLM's `guided_regex`, or the
+//! characters of a JSON string under a schema's `pattern`. A dense DFA over bytes, walked by the
+//! matcher one byte at a time.
 //!
 //! The DFA is built for the pattern followed by the byte 0xFF, which UTF-8 text never holds:
-//! its matches then end only where the output ends (a DFA reports a match one byte late, so
+//! its matches then end only where the text ends (a DFA reports a match one byte late, so
 //! without the end byte every byte after a match would look alive), and a state that is not
-//! dead can still reach a match.
+//! dead can still reach a match. `^` and `$` are line anchors whose line ends at that byte, so
+//! they match at the ends of the text.
+
+use std::collections::{HashMap, VecDeque};
 
 use regex_automata::dfa::{dense, Automaton, StartKind};
 use regex_automata::nfa::thompson;
+use regex_automata::util::look::LookMatcher;
 use regex_automata::util::primitives::StateID;
 use regex_automata::util::{start, syntax};
 use regex_automata::Anchored;
@@ -19,26 +24,46 @@ const END: u8 = 0xFF;
 
 /// Largest DFA a pattern may build (bytes): beyond it the pattern is refused.
 const MAX_DFA_BYTES: usize = 16 << 20;
+/// Most DFA states a string pattern may reach (`chars_to_match` walks them all).
+const MAX_STATES: usize = 1 << 16;
 
-/// A compiled pattern: the whole output must match it.
+/// A compiled pattern: the whole text must match it.
 #[derive(Debug, Clone)]
 pub struct Regex {
+    pattern: String,
     dfa: dense::DFA<Vec<u32>>,
     start: u32,
+}
+
+impl PartialEq for Regex {
+    fn eq(&self, other: &Self) -> bool {
+        self.pattern == other.pattern
+    }
 }
 
 impl Regex {
     /// Compiles `pattern` (regex crate syntax, anchored at both ends); an error names why.
     pub fn new(pattern: &str) -> Result<Self, SchemaError> {
+        Self::build(pattern, pattern, "regex")
+    }
+
+    /// A JSON Schema `pattern` (at `path`): it matches anywhere in the string, unless anchored.
+    pub fn search(pattern: &str, path: &str) -> Result<Self, SchemaError> {
+        Self::build(pattern, &format!("(?s:.*)(?:{pattern})(?s:.*)"), path)
+    }
+
+    fn build(pattern: &str, whole: &str, path: &str) -> Result<Self, SchemaError> {
         let err = |message: String| SchemaError {
-            path: "regex".into(),
+            path: path.into(),
             message,
         };
         syntax::parse(pattern).map_err(|e| err(format!("the pattern is not valid: {e}")))?;
-        let ended = format!("(?:{pattern})(?-u:\\xFF)");
+        let ended = format!("(?:{whole})(?-u:\\xFF)");
+        let mut anchors = LookMatcher::new();
+        anchors.set_line_terminator(END);
         let dfa = dense::Builder::new()
-            .syntax(syntax::Config::new().utf8(false))
-            .thompson(thompson::Config::new().utf8(false))
+            .syntax(syntax::Config::new().utf8(false).multi_line(true))
+            .thompson(thompson::Config::new().utf8(false).look_matcher(anchors))
             .configure(
                 dense::Config::new()
                     .start_kind(StartKind::Anchored)
@@ -51,9 +76,70 @@ impl Regex {
             .start_state(&start::Config::new().anchored(Anchored::Yes))
             .map_err(|e| err(format!("the pattern cannot be used: {e}")))?;
         Ok(Regex {
+            pattern: pattern.to_string(),
             dfa,
             start: start.as_u32(),
         })
+    }
+
+    /// For every state that text of bytes `allowed` reaches from the start and can lead on to a
+    /// match: the fewest characters (UTF-8 lead bytes) that lead there. None for the start when
+    /// it cannot reach a match; an error past MAX_STATES states.
+    pub(crate) fn chars_to_match(
+        &self,
+        allowed: impl Fn(u8) -> bool,
+    ) -> Result<CharsToMatch, String> {
+        // the reachable states and, per state, the states that step into it (and whether the
+        // byte starts a character)
+        let mut into: HashMap<u32, Vec<(u32, u32)>> = HashMap::from([(self.start, Vec::new())]);
+        let mut todo = vec![self.start];
+        while let Some(state) = todo.pop() {
+            for b in (0..=255u8).filter(|&b| allowed(b)) {
+                let Some(next) = self.next(state, b) else {
+                    continue;
+                };
+                if !into.contains_key(&next) {
+                    if into.len() >= MAX_STATES {
+                        return Err(format!("the pattern has more than {MAX_STATES} states"));
+                    }
+                    todo.push(next);
+                }
+                into.entry(next)
+                    .or_default()
+                    .push((state, u32::from(b & 0xC0 != 0x80)));
+            }
+        }
+        // 0-1 breadth-first search back from the matches
+        let mut dist: HashMap<u32, u32> = HashMap::new();
+        let mut queue: VecDeque<(u32, u32)> = into
+            .keys()
+            .filter(|&&s| self.can_end(s))
+            .map(|&s| (s, 0))
+            .collect();
+        while let Some((state, d)) = queue.pop_front() {
+            if dist.get(&state).is_some_and(|&seen| seen <= d) {
+                continue;
+            }
+            dist.insert(state, d);
+            for &(prev, w) in &into[&state] {
+                if w == 0 {
+                    queue.push_front((prev, d));
+                } else {
+                    queue.push_back((prev, d + 1));
+                }
+            }
+        }
+        let shift = self.dfa.stride2() as u32;
+        let slots = into
+            .keys()
+            .map(|&s| (s >> shift) as usize + 1)
+            .max()
+            .unwrap_or(0);
+        let mut chars = vec![u32::MAX; slots];
+        for (state, d) in dist {
+            chars[(state >> shift) as usize] = d;
+        }
+        Ok(CharsToMatch { shift, chars })
     }
 
     pub(crate) fn start(&self) -> u32 {
@@ -78,4 +164,22 @@ impl Regex {
 
 fn id(state: u32) -> StateID {
     StateID::new(state as usize).expect("a state id of this DFA")
+}
+
+/// `Regex::chars_to_match`: per state (a premultiplied DFA id shifted to an index), the fewest
+/// characters to a match, u32::MAX where none can follow.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CharsToMatch {
+    shift: u32,
+    chars: Vec<u32>,
+}
+
+impl CharsToMatch {
+    /// The fewest characters from `state` to a match; None where no match can follow.
+    pub(crate) fn get(&self, state: u32) -> Option<u32> {
+        self.chars
+            .get((state >> self.shift) as usize)
+            .copied()
+            .filter(|&c| c != u32::MAX)
+    }
 }

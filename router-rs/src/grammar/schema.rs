@@ -2,20 +2,27 @@
 //!
 //! Supported: `type` (one or a list), `properties`, `required`, `additionalProperties` (bool or a
 //! schema), `items`, `prefixItems` (and draft 7's list `items` with `additionalItems`), `minItems`,
-//! `maxItems`, `minLength`, `maxLength`, `enum`, `const`, `anyOf`,
+//! `maxItems`, `minLength`, `maxLength`, `pattern`, `enum`, `const`, `anyOf`,
 //! `oneOf` (taken as `anyOf`: exclusivity is not enforced), `allOf` of one schema, `$ref` to
 //! `#`, `#/$defs/…` and `#/definitions/…` (recursion allowed), `nullable`. Annotations are
 //! ignored (`title`, `description`, `default`, `examples`, `format`, …). Any keyword that asserts
-//! something the matcher cannot enforce (`pattern`, `minimum`, `uniqueItems`, …) is an error, so
-//! a request never gets output that silently breaks its schema.
+//! something the matcher cannot enforce (`minimum`, `uniqueItems`, …) is an error, so a request
+//! never gets output that silently breaks its schema.
+//!
+//! A `pattern` (regex crate syntax; it may match anywhere in the string unless anchored with `^`
+//! and `$`) is matched against the string's characters as written: its strings hold no escape
+//! sequences, so it cannot require `"`, `\` or control characters.
 //!
 //! An object with `properties` and no `additionalProperties` takes only those properties (the
 //! strict reading that OpenAI's structured outputs use); an object without `properties` takes
 //! any members.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use serde_json::{Map, Value};
+
+use super::regex::{CharsToMatch, Regex};
 
 /// Index of a node in [`Schema::nodes`].
 pub type NodeId = usize;
@@ -44,6 +51,12 @@ pub enum Node {
         min: u32,
         max: Option<u32>,
     },
+    /// A string of at most `max` characters, written without escapes, that `regex` matches
+    /// whole; as the root of a raw schema, the output itself (no quotes).
+    Pattern {
+        regex: Arc<Pattern>,
+        max: Option<u32>,
+    },
     Number {
         integer: bool,
     },
@@ -51,6 +64,15 @@ pub enum Node {
     Choices(Vec<Vec<u8>>),
     /// Any of these nodes.
     AnyOf(Vec<NodeId>),
+}
+
+/// A compiled pattern and, for a string's, the fewest characters from each DFA state that can
+/// still lead to a match (states missing there cannot; empty for raw output, where every live
+/// state can).
+#[derive(Debug, PartialEq)]
+pub struct Pattern {
+    pub regex: Regex,
+    pub chars_to_match: CharsToMatch,
 }
 
 /// One listed property of an object.
@@ -67,7 +89,7 @@ pub struct Prop {
 pub struct Schema {
     pub nodes: Vec<Node>,
     pub root: NodeId,
-    /// The root is raw text (a choice of strings): no whitespace before it.
+    /// The root is raw text (a choice of strings, or a pattern's text): no whitespace before it.
     pub raw: bool,
 }
 
@@ -116,6 +138,7 @@ const HANDLED: &[&str] = &[
     "maxItems",
     "minLength",
     "maxLength",
+    "pattern",
     "enum",
     "const",
     "anyOf",
@@ -149,6 +172,23 @@ impl Schema {
             root,
             raw: true,
         }
+    }
+
+    /// Output that `pattern` matches whole (raw text, not JSON).
+    pub fn regex(pattern: &str) -> Result<Self, SchemaError> {
+        let mut b = Builder::new(&Value::Null);
+        let root = b.push(Node::Pattern {
+            regex: Arc::new(Pattern {
+                regex: Regex::new(pattern)?,
+                chars_to_match: CharsToMatch::default(),
+            }),
+            max: None,
+        });
+        Ok(Schema {
+            nodes: b.nodes,
+            root,
+            raw: true,
+        })
     }
 
     /// Compiles a JSON Schema (an object or a boolean).
@@ -329,6 +369,9 @@ impl<'a> Builder<'a> {
                 return Ok(self.push(Node::AnyOf(ids)));
             }
         }
+        if map.contains_key("pattern") && (map.contains_key("enum") || map.contains_key("const")) {
+            return Err(err(path, "pattern beside enum or const is not supported"));
+        }
         if let Some(value) = map.get("const") {
             return Ok(self.push(choices_node([json_text(value).as_slice()])));
         }
@@ -346,7 +389,10 @@ impl<'a> Builder<'a> {
                     vec!["object"]
                 } else if map.contains_key("items") || map.contains_key("prefixItems") {
                     vec!["array"]
-                } else if map.contains_key("minLength") || map.contains_key("maxLength") {
+                } else if ["minLength", "maxLength", "pattern"]
+                    .iter()
+                    .any(|k| map.contains_key(*k))
+                {
                     vec!["string"]
                 } else {
                     return Ok(ANY);
@@ -417,7 +463,14 @@ impl<'a> Builder<'a> {
                 let min = count(map, "minLength", path)?.unwrap_or(0);
                 let max = count(map, "maxLength", path)?;
                 check_range(min, max, "minLength", path)?;
-                Ok(self.push(Node::Str { min, max }))
+                let Some(pattern) = map.get("pattern") else {
+                    return Ok(self.push(Node::Str { min, max }));
+                };
+                if min > 0 {
+                    return Err(err(path, "minLength beside pattern is not supported"));
+                }
+                let regex = Arc::new(string_pattern(pattern, &format!("{path}/pattern"))?);
+                Ok(self.push(Node::Pattern { regex, max }))
             }
             "integer" | "number" => Ok(self.push(Node::Number {
                 integer: kind == "integer",
@@ -509,6 +562,32 @@ fn choices_node<'b>(texts: impl IntoIterator<Item = &'b [u8]>) -> Node {
     texts.sort();
     texts.dedup();
     Node::Choices(texts)
+}
+
+/// Bytes a string under a `pattern` may hold as they are: printable ASCII but `"` and `\`, and
+/// every byte of a multi-byte UTF-8 character (the pattern's DFA keeps the sequences valid).
+pub(crate) fn unescaped(b: u8) -> bool {
+    b >= 0x80 || (b >= 0x20 && b != b'"' && b != b'\\')
+}
+
+fn string_pattern(pattern: &Value, path: &str) -> Result<Pattern, SchemaError> {
+    let pattern = pattern
+        .as_str()
+        .ok_or_else(|| err(path, "pattern must be a string"))?;
+    let regex = Regex::search(pattern, path)?;
+    let chars_to_match = regex
+        .chars_to_match(unescaped)
+        .map_err(|message| err(path, message))?;
+    if chars_to_match.get(regex.start()).is_none() {
+        return Err(err(
+            path,
+            "the pattern matches no string without escaped characters (\", \\, control characters)",
+        ));
+    }
+    Ok(Pattern {
+        regex,
+        chars_to_match,
+    })
 }
 
 fn count(map: &Map<String, Value>, key: &str, path: &str) -> Result<Option<u32>, SchemaError> {

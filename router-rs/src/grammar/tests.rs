@@ -33,13 +33,13 @@ fn test_vocab() -> Vec<Option<Vec<u8>>> {
     v
 }
 
-const END: u32 = 1000;
+pub(super) const END: u32 = 1000;
 
-fn vocab() -> Arc<Vocab> {
+pub(super) fn vocab() -> Arc<Vocab> {
     Arc::new(Vocab::new(test_vocab(), END as usize + 1))
 }
 
-fn allowed(c: &Constraint) -> Vec<u32> {
+pub(super) fn allowed(c: &Constraint) -> Vec<u32> {
     let mut words = vec![0u32; c.vocab().mask_words()];
     c.fill_mask(&mut words);
     (0..c.vocab().size() as u32)
@@ -48,7 +48,7 @@ fn allowed(c: &Constraint) -> Vec<u32> {
 }
 
 /// What the masks must equal: the tokens after whose bytes some thread is alive.
-fn brute_force(m: &Matcher, v: &Vocab) -> Vec<u32> {
+pub(super) fn brute_force(m: &Matcher, v: &Vocab) -> Vec<u32> {
     let mut out: Vec<u32> = (0..v.size() as u32)
         .filter(|&id| {
             v.bytes(id)
@@ -212,10 +212,17 @@ fn whitespace_runs_and_numbers_are_bounded() {
 fn unsupported_schemas_are_refused_with_their_place() {
     for (schema, path, words) in [
         (
-            json!({"type": "string", "pattern": "a+"}),
-            "#",
-            "\"pattern\"",
+            json!({"type": "string", "pattern": "a(", "maxLength": 3}),
+            "#/pattern",
+            "not valid",
         ),
+        (
+            json!({"properties": {"q": {"pattern": "^\"$"}}}),
+            "#/properties/q/pattern",
+            "without escaped characters",
+        ),
+        (json!({"pattern": "a", "enum": ["a"]}), "#", "beside enum"),
+        (json!({"pattern": 3}), "#/pattern", "must be a string"),
         (
             json!({"properties": {"n": {"type": "integer", "minimum": 0}}}),
             "#/properties/n",

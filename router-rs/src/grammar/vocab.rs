@@ -5,11 +5,13 @@
 //! of each depth, and skip a whole subtree where the threads die. Inside a string (a single
 //! thread between characters) every "plain" token (whole UTF-8 characters, no quote, backslash
 //! or control byte) is allowed while the string has room for its characters, so that walk takes
-//! only the other tokens' tree.
+//! only the other tokens' tree. Inside a string under a `pattern` (or the output of a regular
+//! expression) the walk steps DFA states instead of threads.
 
 use super::frame::Thread;
-use super::matcher::Matcher;
+use super::matcher::{Matcher, PatternAt};
 use super::regex::Regex;
+use super::schema::unescaped;
 
 /// `Vocab::plain` of a token that is not plain.
 const NOT_PLAIN: u32 = u32::MAX;
@@ -83,6 +85,47 @@ impl Trie {
                     continue;
                 }
                 Some(next) => states[d] = next,
+            }
+            let (lo, hi) = self.tokens[i];
+            for &id in &self.token_ids[lo as usize..hi as usize] {
+                words[id as usize / 32] |= 1 << (id % 32);
+            }
+            i += 1;
+        }
+    }
+
+    /// Sets the bit of every token whose bytes stay inside a string of `pattern`, from DFA
+    /// state `state` after `len` characters: the walk of `mark` with a state and a count per
+    /// depth, leaving out every subtree from a quote on (the tokens that close the string).
+    fn mark_pattern(&self, at: PatternAt, words: &mut [u32]) {
+        let PatternAt {
+            pattern,
+            state,
+            len,
+            max,
+        } = at;
+        let mut states = vec![(state, len); self.max_depth + 1];
+        let mut i = 1;
+        while i < self.byte.len() {
+            let d = self.depth[i] as usize;
+            let (state, len) = states[d - 1];
+            let b = self.byte[i];
+            let len = len + u32::from(b & 0xC0 != 0x80);
+            let next = unescaped(b)
+                .then(|| pattern.regex.next(state, b))
+                .flatten()
+                .filter(|next| {
+                    pattern
+                        .chars_to_match
+                        .get(*next)
+                        .is_some_and(|rest| max.is_none_or(|max| len + rest <= max))
+                });
+            match next {
+                None => {
+                    i = self.end[i] as usize;
+                    continue;
+                }
+                Some(next) => states[d] = (next, len),
             }
             let (lo, hi) = self.tokens[i];
             for &id in &self.token_ids[lo as usize..hi as usize] {
@@ -201,6 +244,11 @@ impl Vocab {
         let mut levels = Vec::new();
         if let Some((regex, state)) = matcher.in_regex() {
             self.all.mark_regex(regex, state, words);
+        } else if let Some(at) = matcher.in_pattern() {
+            // the tokens inside the string by DFA states; those with a quote (all in `rest`,
+            // which is walked whole) by the matcher
+            self.all.mark_pattern(at, words);
+            self.rest.mark(matcher, words, &mut levels);
         } else {
             match matcher.in_plain_string() {
                 Some(room) => {

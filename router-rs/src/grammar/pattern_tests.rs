@@ -1,0 +1,126 @@
+//! JSON Schema `pattern` strings and anchored regular expressions: what they take, and masks
+//! equal to the brute force on random walks.
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::{json, Value};
+
+use super::tests::{accepts, allowed, brute_force, grammar, vocab, END};
+use super::*;
+
+#[test]
+fn a_pattern_matches_anywhere_in_the_string_unless_anchored() {
+    let g = grammar(json!({
+        "type": "object",
+        "properties": {
+            "code": {"type": "string", "pattern": "^[A-Z]{2}-[0-9]{3}$"},
+            "note": {"pattern": "ab+c", "maxLength": 6},
+        },
+        "required": ["code", "note"],
+    }));
+    for (text, ok) in [
+        (r#"{"code": "AB-123", "note": "abc"}"#, true),
+        (r#"{"code":"XY-000","note":"xxabbc"}"#, true),
+        (r#"{"code": "AB-123", "note": "abcxyz"}"#, true),
+        (r#"{"code": "AB-12", "note": "abc"}"#, false),
+        (r#"{"code": "AB-1234", "note": "abc"}"#, false),
+        (r#"{"code": " AB-123", "note": "abc"}"#, false),
+        (r#"{"code": "AB-123", "note": "ac"}"#, false),
+        (r#"{"code": "AB-123", "note": "xxxabbc"}"#, false), // 7 characters
+        (r#"{"code": "AB-123", "note": "a\nbc"}"#, false),   // an escape
+        (r#"{"code": "AB-123", "note": "ab\"c"}"#, false),
+    ] {
+        assert_eq!(accepts(&g, text), ok, "{text}");
+    }
+}
+
+#[test]
+fn a_pattern_string_counts_characters_not_bytes() {
+    let g = grammar(json!({"type": "string", "pattern": "^é+$", "maxLength": 3}));
+    for (text, ok) in [
+        ("\"\"", false),
+        ("\"é\"", true),
+        ("\"éé\"", true),
+        ("\"ééé\"", true),
+        ("\"éééé\"", false),
+        ("\"ée\"", false),
+    ] {
+        assert_eq!(accepts(&g, text), ok, "{text}");
+    }
+    let nullable = grammar(json!({"type": ["string", "null"], "pattern": "^x"}));
+    assert!(accepts(&nullable, "null") && accepts(&nullable, "\"xy\""));
+    assert!(!accepts(&nullable, "\"yx\""));
+}
+
+#[test]
+fn anchors_of_a_regex_grammar_match_at_the_ends_of_the_output() {
+    let g = regex(r"^(ab|cd)+$").unwrap();
+    for (text, ok) in [("ab", true), ("abcd", true), ("", false), ("abc", false)] {
+        assert_eq!(accepts(&g, text), ok, "{text:?}");
+    }
+}
+
+#[test]
+fn masks_under_a_pattern_equal_the_brute_force_and_every_document_matches() {
+    let schema = json!({
+        "type": "object",
+        "properties": {"id": {"type": "string", "pattern": "^(na|[a-z]{1,3}[0-9]?)( [a-z]+)?$"},
+                       "tag": {"type": "string", "pattern": "é|日本|\\d\\d", "maxLength": 4}},
+        "required": ["id", "tag"],
+        "additionalProperties": false,
+    });
+    let id_re = regex_automata::meta::Regex::new("^(na|[a-z]{1,3}[0-9]?)( [a-z]+)?$").unwrap();
+    let tag_re = regex_automata::meta::Regex::new("é|日本|\\d\\d").unwrap();
+    let g = grammar(schema);
+    let v = vocab();
+    let mut rng = StdRng::seed_from_u64(11);
+    let mut whole = 0;
+    for _ in 0..30 {
+        let mut c = Constraint::new(g.clone(), v.clone(), vec![END], None);
+        let mut text = Vec::new();
+        while !c.is_done() && text.len() < 120 {
+            let mask = allowed(&c);
+            assert_eq!(mask, brute_force(&c.matcher, &v), "after {text:?}");
+            assert!(!mask.is_empty(), "a dead end after {text:?}");
+            let id = if mask.contains(&END) && rng.random_bool(0.5) {
+                END
+            } else {
+                mask[rng.random_range(0..mask.len())]
+            };
+            assert!(c.accept(id));
+            if id != END {
+                text.extend_from_slice(v.bytes(id).unwrap());
+            }
+        }
+        if !c.is_done() {
+            continue;
+        }
+        let doc: Value = serde_json::from_slice(&text).unwrap();
+        assert!(id_re.is_match(doc["id"].as_str().unwrap()), "{doc}");
+        assert!(tag_re.is_match(doc["tag"].as_str().unwrap()), "{doc}");
+        whole += 1;
+    }
+    assert!(whole >= 10, "only {whole} whole documents");
+}
+
+#[test]
+fn a_pattern_string_never_enters_a_state_it_cannot_leave() {
+    // after `a` only a raw `"` would match: `a` is not taken
+    let g = grammar(json!({"type": "string", "pattern": "^(a\"|b)$"}));
+    assert!(accepts(&g, "\"b\""));
+    let mut m = Matcher::new(g);
+    assert!(m.accept(b"\""));
+    assert!(!m.accept(b"a"));
+    // within a length: after four characters without a digit, only a digit may follow
+    let g = grammar(json!({"type": "string", "pattern": "[0-9]", "maxLength": 5}));
+    let mut m = Matcher::new(g);
+    assert!(m.accept(b"\"abcd"));
+    assert!(!m.accept(b"e") && !m.accept(b"\""));
+    assert!(m.accept(b"7\""));
+    assert!(m.can_end());
+    let e = compile(Some(
+        &json!({"type": "string", "pattern": "a", "minLength": 1}),
+    ))
+    .unwrap_err();
+    assert!(e.message.contains("minLength beside pattern"), "{e}");
+}

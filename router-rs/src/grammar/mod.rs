@@ -8,10 +8,12 @@
 //! reasoning block is constrained only from the token that closes it (`start_after`).
 
 mod chars;
+mod compile;
 mod frame;
 pub mod matcher;
 pub mod regex;
 pub mod schema;
+mod step;
 pub mod vocab;
 
 #[cfg(test)]

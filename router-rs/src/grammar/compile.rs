@@ -1,0 +1,421 @@
+//! Compiling a JSON Schema document to the matcher's nodes (see schema.rs for the subset).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde_json::{Map, Value};
+
+use super::regex::Regex;
+use super::schema::{unescaped, Node, NodeId, Pattern, Prop, SchemaError, MAX_PROPERTIES};
+
+/// Ids of the nodes every schema has.
+pub(super) const ANY: NodeId = 0;
+const ANY_STRING: NodeId = 1;
+
+/// Keywords that only describe, never constrain.
+const ANNOTATIONS: &[&str] = &[
+    "$schema",
+    "$id",
+    "$comment",
+    "$anchor",
+    "title",
+    "description",
+    "default",
+    "examples",
+    "format",
+    "deprecated",
+    "readOnly",
+    "writeOnly",
+    "contentEncoding",
+    "contentMediaType",
+    "$defs",
+    "definitions",
+];
+
+/// Keywords handled by `compile_keywords` (with `type`).
+const HANDLED: &[&str] = &[
+    "type",
+    "properties",
+    "required",
+    "additionalProperties",
+    "items",
+    "prefixItems",
+    "additionalItems",
+    "minItems",
+    "maxItems",
+    "minLength",
+    "maxLength",
+    "pattern",
+    "enum",
+    "const",
+    "anyOf",
+    "oneOf",
+    "allOf",
+    "$ref",
+    "nullable",
+];
+
+pub(super) struct Builder<'a> {
+    pub(super) nodes: Vec<Node>,
+    document: &'a Value,
+    /// `$ref` targets already compiled (or being compiled: recursion), by pointer.
+    refs: HashMap<String, NodeId>,
+}
+
+pub(super) fn err(path: &str, message: impl Into<String>) -> SchemaError {
+    SchemaError {
+        path: path.to_string(),
+        message: message.into(),
+    }
+}
+
+fn json_text(v: &Value) -> Vec<u8> {
+    serde_json::to_vec(v).expect("a JSON value serializes")
+}
+
+impl<'a> Builder<'a> {
+    pub(super) fn new(document: &'a Value) -> Self {
+        let mut b = Builder {
+            nodes: Vec::new(),
+            document,
+            refs: HashMap::new(),
+        };
+        // ANY: object | array | string | number | literal; its object and array hold ANY again.
+        b.nodes.push(Node::AnyOf(Vec::new()));
+        b.nodes.push(Node::Str { min: 0, max: None });
+        let object = b.push(Node::Object {
+            props: Vec::new(),
+            additional: Some(ANY),
+        });
+        let array = b.push(Node::Array {
+            prefix: Vec::new(),
+            items: ANY,
+            min: 0,
+            max: None,
+        });
+        let number = b.push(Node::Number { integer: false });
+        let literals = b.push(choices_node(["true", "false", "null"].map(str::as_bytes)));
+        b.nodes[ANY] = Node::AnyOf(vec![object, array, ANY_STRING, number, literals]);
+        b
+    }
+
+    pub(super) fn push(&mut self, node: Node) -> NodeId {
+        self.nodes.push(node);
+        self.nodes.len() - 1
+    }
+
+    pub(super) fn compile(&mut self, schema: &Value, path: &str) -> Result<NodeId, SchemaError> {
+        match schema {
+            Value::Bool(true) => Ok(ANY),
+            Value::Bool(false) => Err(err(path, "the schema `false` admits no value")),
+            Value::Object(map) => self.compile_object(map, path),
+            _ => Err(err(path, "a schema must be an object or a boolean")),
+        }
+    }
+
+    fn compile_object(
+        &mut self,
+        map: &Map<String, Value>,
+        path: &str,
+    ) -> Result<NodeId, SchemaError> {
+        for key in map.keys() {
+            if !HANDLED.contains(&key.as_str()) && !ANNOTATIONS.contains(&key.as_str()) {
+                return Err(err(
+                    path,
+                    format!("the keyword {key:?} is not supported in a response format schema"),
+                ));
+            }
+        }
+        if let Some(target) = map.get("$ref") {
+            if map
+                .keys()
+                .any(|k| HANDLED.contains(&k.as_str()) && k != "$ref")
+            {
+                return Err(err(path, "$ref beside other constraints is not supported"));
+            }
+            let target = target
+                .as_str()
+                .ok_or_else(|| err(path, "$ref must be a string"))?;
+            return self.reference(target, path);
+        }
+        if let Some(all) = map.get("allOf") {
+            let items = all
+                .as_array()
+                .filter(|a| a.len() == 1)
+                .ok_or_else(|| err(path, "allOf is supported only with exactly one schema"))?;
+            if map
+                .keys()
+                .any(|k| HANDLED.contains(&k.as_str()) && k != "allOf")
+            {
+                return Err(err(path, "allOf beside other constraints is not supported"));
+            }
+            return self.compile(&items[0], &format!("{path}/allOf/0"));
+        }
+        let node = self.compile_constraints(map, path)?;
+        if map.get("nullable") == Some(&Value::Bool(true)) {
+            let null = self.push(choices_node([b"null".as_slice()]));
+            return Ok(self.push(Node::AnyOf(vec![node, null])));
+        }
+        Ok(node)
+    }
+
+    fn compile_constraints(
+        &mut self,
+        map: &Map<String, Value>,
+        path: &str,
+    ) -> Result<NodeId, SchemaError> {
+        for key in ["anyOf", "oneOf"] {
+            if let Some(alts) = map.get(key) {
+                let alts = alts
+                    .as_array()
+                    .filter(|a| !a.is_empty())
+                    .ok_or_else(|| err(path, format!("{key} must be a non-empty array")))?;
+                if map.keys().any(|k| {
+                    HANDLED.contains(&k.as_str())
+                        && !matches!(k.as_str(), "anyOf" | "oneOf" | "nullable")
+                }) {
+                    return Err(err(
+                        path,
+                        format!("{key} beside other constraints is not supported"),
+                    ));
+                }
+                let ids = alts
+                    .iter()
+                    .enumerate()
+                    .map(|(i, alt)| self.compile(alt, &format!("{path}/{key}/{i}")))
+                    .collect::<Result<Vec<_>, _>>()?;
+                return Ok(self.push(Node::AnyOf(ids)));
+            }
+        }
+        if map.contains_key("pattern") && (map.contains_key("enum") || map.contains_key("const")) {
+            return Err(err(path, "pattern beside enum or const is not supported"));
+        }
+        if let Some(value) = map.get("const") {
+            return Ok(self.push(choices_node([json_text(value).as_slice()])));
+        }
+        if let Some(values) = map.get("enum") {
+            let values = values
+                .as_array()
+                .filter(|a| !a.is_empty())
+                .ok_or_else(|| err(path, "enum must be a non-empty array"))?;
+            let texts: Vec<Vec<u8>> = values.iter().map(json_text).collect();
+            return Ok(self.push(choices_node(texts.iter().map(Vec::as_slice))));
+        }
+        let types: Vec<&str> = match map.get("type") {
+            None => {
+                if map.contains_key("properties") || map.contains_key("additionalProperties") {
+                    vec!["object"]
+                } else if map.contains_key("items") || map.contains_key("prefixItems") {
+                    vec!["array"]
+                } else if ["minLength", "maxLength", "pattern"]
+                    .iter()
+                    .any(|k| map.contains_key(*k))
+                {
+                    vec!["string"]
+                } else {
+                    return Ok(ANY);
+                }
+            }
+            Some(Value::String(t)) => vec![t.as_str()],
+            Some(Value::Array(ts)) if !ts.is_empty() => ts
+                .iter()
+                .map(|t| t.as_str().ok_or_else(|| err(path, "type must name types")))
+                .collect::<Result<_, _>>()?,
+            Some(_) => return Err(err(path, "type must be a string or a non-empty array")),
+        };
+        let ids = types
+            .iter()
+            .map(|t| self.compile_type(t, map, path))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(if ids.len() == 1 {
+            ids[0]
+        } else {
+            self.push(Node::AnyOf(ids))
+        })
+    }
+
+    fn compile_type(
+        &mut self,
+        kind: &str,
+        map: &Map<String, Value>,
+        path: &str,
+    ) -> Result<NodeId, SchemaError> {
+        match kind {
+            "object" => self.compile_properties(map, path),
+            "array" => {
+                // 2020-12: `prefixItems` then `items`; draft 7: `items` as a list, then
+                // `additionalItems`. An item schema `false` ends the array after the prefix.
+                let (tuple, rest, rest_key) = match (map.get("prefixItems"), map.get("items")) {
+                    (Some(Value::Array(t)), rest) => (t.as_slice(), rest, "items"),
+                    (None, Some(Value::Array(t))) => {
+                        (t.as_slice(), map.get("additionalItems"), "additionalItems")
+                    }
+                    (Some(_), _) => return Err(err(path, "prefixItems must be an array")),
+                    (None, rest) => (&[][..], rest, "items"),
+                };
+                let prefix = tuple
+                    .iter()
+                    .enumerate()
+                    .map(|(i, s)| self.compile(s, &format!("{path}/prefixItems/{i}")))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let min = count(map, "minItems", path)?.unwrap_or(0);
+                let mut max = count(map, "maxItems", path)?;
+                let items = match rest {
+                    None | Some(Value::Bool(true)) => ANY,
+                    Some(Value::Bool(false)) => {
+                        let len = prefix.len() as u32;
+                        max = Some(max.map_or(len, |m| m.min(len)));
+                        ANY
+                    }
+                    Some(items) => self.compile(items, &format!("{path}/{rest_key}"))?,
+                };
+                check_range(min, max, "minItems", path)?;
+                Ok(self.push(Node::Array {
+                    prefix,
+                    items,
+                    min,
+                    max,
+                }))
+            }
+            "string" => {
+                let min = count(map, "minLength", path)?.unwrap_or(0);
+                let max = count(map, "maxLength", path)?;
+                check_range(min, max, "minLength", path)?;
+                let Some(pattern) = map.get("pattern") else {
+                    return Ok(self.push(Node::Str { min, max }));
+                };
+                if min > 0 {
+                    return Err(err(path, "minLength beside pattern is not supported"));
+                }
+                let regex = Arc::new(string_pattern(pattern, &format!("{path}/pattern"))?);
+                Ok(self.push(Node::Pattern { regex, max }))
+            }
+            "integer" | "number" => Ok(self.push(Node::Number {
+                integer: kind == "integer",
+            })),
+            "boolean" => Ok(self.push(choices_node([b"true".as_slice(), b"false"]))),
+            "null" => Ok(self.push(choices_node([b"null".as_slice()]))),
+            other => Err(err(path, format!("unknown type {other:?}"))),
+        }
+    }
+
+    fn compile_properties(
+        &mut self,
+        map: &Map<String, Value>,
+        path: &str,
+    ) -> Result<NodeId, SchemaError> {
+        let empty = Map::new();
+        let listed = match map.get("properties") {
+            None => &empty,
+            Some(Value::Object(p)) => p,
+            Some(_) => return Err(err(path, "properties must be an object")),
+        };
+        if listed.len() > MAX_PROPERTIES {
+            return Err(err(
+                path,
+                format!("more than {MAX_PROPERTIES} properties in one object"),
+            ));
+        }
+        let required: Vec<&str> = match map.get("required") {
+            None => Vec::new(),
+            Some(Value::Array(names)) => names
+                .iter()
+                .map(|n| {
+                    n.as_str()
+                        .ok_or_else(|| err(path, "required must list names"))
+                })
+                .collect::<Result<_, _>>()?,
+            Some(_) => return Err(err(path, "required must be an array")),
+        };
+        if let Some(missing) = required.iter().find(|n| !listed.contains_key(**n)) {
+            return Err(err(
+                path,
+                format!("required property {missing:?} must be listed in properties"),
+            ));
+        }
+        let additional = match map.get("additionalProperties") {
+            None => (listed.is_empty()).then_some(ANY),
+            Some(Value::Bool(open)) => open.then_some(ANY),
+            Some(schema) => Some(self.compile(schema, &format!("{path}/additionalProperties"))?),
+        };
+        let mut props = Vec::with_capacity(listed.len());
+        for (name, schema) in listed {
+            let node = self.compile(schema, &format!("{path}/properties/{name}"))?;
+            let quoted = json_text(&Value::String(name.clone()));
+            props.push(Prop {
+                key: quoted[1..quoted.len() - 1].to_vec(),
+                node,
+                required: required.contains(&name.as_str()),
+            });
+        }
+        props.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(self.push(Node::Object { props, additional }))
+    }
+
+    fn reference(&mut self, target: &str, path: &str) -> Result<NodeId, SchemaError> {
+        if let Some(&id) = self.refs.get(target) {
+            return Ok(id);
+        }
+        let pointer = target.strip_prefix('#').ok_or_else(|| {
+            err(
+                path,
+                format!("$ref {target:?}: only local references (#…) are supported"),
+            )
+        })?;
+        let document = self.document;
+        let schema = document
+            .pointer(pointer)
+            .ok_or_else(|| err(path, format!("$ref {target:?} points at nothing")))?;
+        // A placeholder first, so a recursive reference finds the node it is inside.
+        let id = self.push(Node::AnyOf(Vec::new()));
+        self.refs.insert(target.to_string(), id);
+        let inner = self.compile(schema, target)?;
+        self.nodes[id] = Node::AnyOf(vec![inner]);
+        Ok(id)
+    }
+}
+
+pub(super) fn choices_node<'b>(texts: impl IntoIterator<Item = &'b [u8]>) -> Node {
+    let mut texts: Vec<Vec<u8>> = texts.into_iter().map(<[u8]>::to_vec).collect();
+    texts.sort();
+    texts.dedup();
+    Node::Choices(texts)
+}
+
+fn string_pattern(pattern: &Value, path: &str) -> Result<Pattern, SchemaError> {
+    let pattern = pattern
+        .as_str()
+        .ok_or_else(|| err(path, "pattern must be a string"))?;
+    let regex = Regex::search(pattern, path)?;
+    let chars_to_match = regex
+        .chars_to_match(unescaped)
+        .map_err(|message| err(path, message))?;
+    if chars_to_match.get(regex.start()).is_none() {
+        return Err(err(
+            path,
+            "the pattern matches no string without escaped characters (\", \\, control characters)",
+        ));
+    }
+    Ok(Pattern {
+        regex,
+        chars_to_match,
+    })
+}
+
+fn count(map: &Map<String, Value>, key: &str, path: &str) -> Result<Option<u32>, SchemaError> {
+    match map.get(key) {
+        None => Ok(None),
+        Some(v) => v
+            .as_u64()
+            .and_then(|n| u32::try_from(n).ok())
+            .map(Some)
+            .ok_or_else(|| err(path, format!("{key} must be a non-negative integer"))),
+    }
+}
+
+fn check_range(min: u32, max: Option<u32>, what: &str, path: &str) -> Result<(), SchemaError> {
+    if max.is_some_and(|max| max < min) {
+        return Err(err(path, format!("{what} is above its maximum")));
+    }
+    Ok(())
+}

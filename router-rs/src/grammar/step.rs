@@ -1,0 +1,340 @@
+//! The stepping rules: what a thread becomes after one byte, frame by frame.
+
+use super::chars::{CharStep, Chars};
+use super::frame::{with_top, ArrAt, Frame, NumAt, ObjAt, Thread};
+use super::matcher::{Grammar, MAX_DEPTH, MAX_NUMBER_BYTES, MAX_WHITESPACE_RUN};
+use super::schema::{unescaped, Node, NodeId};
+
+fn is_ws(b: u8) -> bool {
+    matches!(b, b' ' | b'\n' | b'\t' | b'\r')
+}
+
+/// The texts in `lo..hi` (sorted, all sharing their first `pos` bytes) whose byte `pos` is `b`.
+fn narrow(texts: &[Vec<u8>], lo: u32, hi: u32, pos: u32, b: u8) -> (u32, u32) {
+    let range = &texts[lo as usize..hi as usize];
+    let p = pos as usize;
+    let key = |t: &Vec<u8>| t.get(p).copied();
+    let start = range.partition_point(|t| key(t) < Some(b));
+    let end = range.partition_point(|t| key(t) <= Some(b));
+    (lo + start as u32, lo + end as u32)
+}
+
+impl Grammar {
+    fn emit(mut t: Thread, out: &mut Vec<Thread>) {
+        t.ws = 0;
+        if !out.contains(&t) {
+            out.push(t);
+        }
+    }
+
+    fn space(mut t: Thread, out: &mut Vec<Thread>) {
+        if t.ws < MAX_WHITESPACE_RUN {
+            t.ws += 1;
+            if !out.contains(&t) {
+                out.push(t);
+            }
+        }
+    }
+
+    /// Appends to `out` what `t` becomes after byte `b` (nothing: it dies).
+    pub(super) fn feed(&self, mut t: Thread, b: u8, out: &mut Vec<Thread>) {
+        let Some(top) = t.stack.last_mut() else {
+            return; // the document is complete: nothing may follow
+        };
+        match top {
+            Frame::Value(id) => {
+                let id = *id;
+                if is_ws(b) {
+                    return Self::space(t, out);
+                }
+                t.stack.pop();
+                self.start_value(t, id, b, out);
+            }
+            Frame::Object { node, seen, at } => {
+                let (node, seen, at) = (*node, *seen, *at);
+                let Node::Object { props, additional } = &self.schema.nodes[node] else {
+                    unreachable!("an object frame holds an object node")
+                };
+                if is_ws(b) {
+                    return Self::space(t, out);
+                }
+                let more = additional.is_some() || (seen.count_ones() as usize) < props.len();
+                let done = props
+                    .iter()
+                    .enumerate()
+                    .all(|(i, p)| !p.required || seen & (1 << i) != 0);
+                match (at, b) {
+                    (ObjAt::Open | ObjAt::Comma, b'"') if more => {
+                        t.stack.push(Frame::Key {
+                            node,
+                            lo: 0,
+                            hi: props.len() as u32,
+                            pos: 0,
+                            chars: Chars::default(),
+                        });
+                        Self::emit(t, out);
+                    }
+                    (ObjAt::Open | ObjAt::Value, b'}') if done => {
+                        t.stack.pop();
+                        Self::emit(t, out);
+                    }
+                    (ObjAt::Value, b',') if more => {
+                        let at = ObjAt::Comma;
+                        Self::emit(with_top(t, Frame::Object { node, seen, at }), out);
+                    }
+                    (ObjAt::Colon(target), b':') => {
+                        let at = ObjAt::Value;
+                        let mut t = with_top(t, Frame::Object { node, seen, at });
+                        t.stack.push(Frame::Value(target));
+                        Self::emit(t, out);
+                    }
+                    _ => {}
+                }
+            }
+            Frame::Key { node, .. } => {
+                let node = *node;
+                let Node::Object { props, additional } = &self.schema.nodes[node] else {
+                    unreachable!("a key frame holds an object node")
+                };
+                let n = t.stack.len();
+                let Frame::Object { seen, .. } = t.stack[n - 2] else {
+                    unreachable!("a key frame sits on its object frame")
+                };
+                let Frame::Key {
+                    lo, hi, pos, chars, ..
+                } = &mut t.stack[n - 1]
+                else {
+                    unreachable!()
+                };
+                if chars.at_boundary() && b == b'"' {
+                    // The name is complete: a listed one not given yet, or another member.
+                    let exact = (*lo < *hi && props[*lo as usize].key.len() == *pos as usize)
+                        .then_some(*lo as usize);
+                    let (seen, target) = match exact {
+                        Some(i) if seen & (1 << i) == 0 => (seen | (1 << i), props[i].node),
+                        Some(_) => return, // a member given twice
+                        None => match additional {
+                            Some(a) => (seen, *a),
+                            None => return,
+                        },
+                    };
+                    t.stack.pop();
+                    t.stack[n - 2] = Frame::Object {
+                        node,
+                        seen,
+                        at: ObjAt::Colon(target),
+                    };
+                    return Self::emit(t, out);
+                }
+                if matches!(chars.step(b), CharStep::Dead) {
+                    return;
+                }
+                (*lo, *hi) = narrow(&self.texts[node], *lo, *hi, *pos, b);
+                *pos += 1;
+                let listed_left = (*lo..*hi).any(|i| seen & (1 << i) == 0);
+                if additional.is_none() && !listed_left {
+                    return;
+                }
+                Self::emit(t, out);
+            }
+            Frame::Array { node, count, at } => {
+                let (node, count, at) = (*node, *count, *at);
+                let Node::Array {
+                    prefix,
+                    items,
+                    min,
+                    max,
+                } = &self.schema.nodes[node]
+                else {
+                    unreachable!("an array frame holds an array node")
+                };
+                if is_ws(b) {
+                    return Self::space(t, out);
+                }
+                let room = max.is_none_or(|m| count < m);
+                match (at, b) {
+                    (ArrAt::Open | ArrAt::Value, b']') if count >= *min => {
+                        t.stack.pop();
+                        Self::emit(t, out);
+                    }
+                    (ArrAt::Value, b',') if room => {
+                        let at = ArrAt::Comma;
+                        Self::emit(with_top(t, Frame::Array { node, count, at }), out);
+                    }
+                    (ArrAt::Open | ArrAt::Comma, _) if room => {
+                        // the item after `count` others: the tuple's schema there, or `items`
+                        let items = prefix.get(count as usize).copied().unwrap_or(*items);
+                        let (count, at) = (count + 1, ArrAt::Value);
+                        self.start_value(
+                            with_top(t, Frame::Array { node, count, at }),
+                            items,
+                            b,
+                            out,
+                        );
+                    }
+                    _ => {}
+                }
+            }
+            Frame::Str {
+                len,
+                min,
+                max,
+                chars,
+            } => {
+                if chars.at_boundary() {
+                    if b == b'"' {
+                        if *len >= *min {
+                            t.stack.pop();
+                            Self::emit(t, out);
+                        }
+                        return;
+                    }
+                    if *len >= *max {
+                        return;
+                    }
+                    *len += 1;
+                }
+                if !matches!(chars.step(b), CharStep::Dead) {
+                    Self::emit(t, out);
+                }
+            }
+            Frame::Number { integer, at, len } => {
+                let (integer, at, len) = (*integer, *at, *len);
+                let digit = b.is_ascii_digit();
+                let next = match (at, b) {
+                    (NumAt::Minus, b'0') => Some(NumAt::Zero),
+                    (NumAt::Minus | NumAt::Int, _) if digit => Some(NumAt::Int),
+                    (NumAt::Zero | NumAt::Int, b'.') if !integer => Some(NumAt::Dot),
+                    (NumAt::Dot | NumAt::Frac, _) if digit => Some(NumAt::Frac),
+                    (NumAt::Zero | NumAt::Int | NumAt::Frac, b'e' | b'E') if !integer => {
+                        Some(NumAt::Exp)
+                    }
+                    (NumAt::Exp, b'+' | b'-') => Some(NumAt::ExpSign),
+                    (NumAt::Exp | NumAt::ExpSign | NumAt::ExpDigits, _) if digit => {
+                        Some(NumAt::ExpDigits)
+                    }
+                    _ => None,
+                };
+                if let Some(next) = next.filter(|_| len < MAX_NUMBER_BYTES) {
+                    let (at, len) = (next, len + 1);
+                    Self::emit(with_top(t.clone(), Frame::Number { integer, at, len }), out);
+                }
+                if at.complete() {
+                    // The number ended before `b`, which belongs to what holds it.
+                    t.stack.pop();
+                    self.feed(t, b, out);
+                }
+            }
+            Frame::Regex { node, state } => {
+                let node = *node;
+                if let Some(state) = self.pattern(node).next(*state, b) {
+                    Self::emit(with_top(t, Frame::Regex { node, state }), out);
+                }
+            }
+            Frame::Pattern { node, state, len } => {
+                let (node, state, len) = (*node, *state, *len);
+                let Node::Pattern { regex, max } = &self.schema.nodes[node] else {
+                    unreachable!("a pattern frame reads a pattern node");
+                };
+                if b == b'"' {
+                    if regex.regex.can_end(state) {
+                        t.stack.pop();
+                        Self::emit(t, out);
+                    }
+                    return;
+                }
+                if !unescaped(b) {
+                    return;
+                }
+                // characters counted at their first byte; a state is taken only while a match
+                // can still follow within the length
+                let len = len + u32::from(b & 0xC0 != 0x80);
+                let Some(state) = regex.regex.next(state, b) else {
+                    return;
+                };
+                let Some(rest) = regex.chars_to_match.get(state) else {
+                    return;
+                };
+                if max.is_none_or(|max| len + rest <= max) {
+                    Self::emit(with_top(t, Frame::Pattern { node, state, len }), out);
+                }
+            }
+            Frame::Choice { node, lo, hi, pos } => {
+                let (node, lo, hi, pos) = (*node, *lo, *hi, *pos);
+                let texts = &self.texts[node];
+                let exact = lo < hi && texts[lo as usize].len() == pos as usize;
+                let (nlo, nhi) = narrow(texts, lo, hi, pos, b);
+                if nlo < nhi {
+                    let (lo, hi, pos) = (nlo, nhi, pos + 1);
+                    Self::emit(
+                        with_top(t.clone(), Frame::Choice { node, lo, hi, pos }),
+                        out,
+                    );
+                }
+                if exact {
+                    t.stack.pop();
+                    self.feed(t, b, out);
+                }
+            }
+        }
+    }
+
+    /// `b` is the first byte of a value of `id` (the thread's frames hold what contains it).
+    fn start_value(&self, mut t: Thread, id: NodeId, b: u8, out: &mut Vec<Thread>) {
+        let opened = match &self.schema.nodes[id] {
+            Node::AnyOf(alts) => {
+                for &alt in alts {
+                    self.start_value(t.clone(), alt, b, out);
+                }
+                return;
+            }
+            Node::Choices(texts) => {
+                let hi = texts.len() as u32;
+                t.stack.push(Frame::Choice {
+                    node: id,
+                    lo: 0,
+                    hi,
+                    pos: 0,
+                });
+                return self.feed(t, b, out);
+            }
+            Node::Object { .. } | Node::Array { .. } if t.stack.len() >= MAX_DEPTH => None,
+            Node::Object { .. } => (b == b'{').then_some(Frame::Object {
+                node: id,
+                seen: 0,
+                at: ObjAt::Open,
+            }),
+            Node::Array { .. } => (b == b'[').then_some(Frame::Array {
+                node: id,
+                count: 0,
+                at: ArrAt::Open,
+            }),
+            Node::Str { min, max } => (b == b'"').then(|| Frame::Str {
+                len: 0,
+                min: *min,
+                max: max.unwrap_or(u32::MAX),
+                chars: Chars::default(),
+            }),
+            Node::Pattern { regex, .. } => (b == b'"').then(|| Frame::Pattern {
+                node: id,
+                state: regex.regex.start(),
+                len: 0,
+            }),
+            Node::Number { integer } => match b {
+                b'-' => Some(NumAt::Minus),
+                b'0' => Some(NumAt::Zero),
+                b'1'..=b'9' => Some(NumAt::Int),
+                _ => None,
+            }
+            .map(|at| Frame::Number {
+                integer: *integer,
+                at,
+                len: 1,
+            }),
+        };
+        if let Some(frame) = opened {
+            t.stack.push(frame);
+            Self::emit(t, out);
+        }
+    }
+}

@@ -1,11 +1,13 @@
-"""JSON output against free text on a running server: the same chat prompts at a given
-concurrency, once with a `response_format` json_schema and once free (`ignore_eos`, a fixed
-budget). Reports for each how many answers were documents of the schema, their finish reasons,
+"""Constrained output against free text on a running server: the same chat prompts at a given
+concurrency, under each of `--modes`: `json` (a `response_format` json_schema), `pattern` (a
+schema whose strings have `pattern`s), `choice` (vLLM's `guided_choice`), `regex`
+(`guided_regex`) and `free` (`ignore_eos`, a fixed budget). Reports for each how many answers
+were valid (a document of the schema, one of the choices, a whole match), their finish reasons,
 completion tokens, and the time per output token (a request's latency over its tokens) and the
 output tokens per second of the whole run.
 
     python benchmarks/json_output_bench.py --base-url http://127.0.0.1:8000 \
-        --concurrency 1 32 --requests 64 --json out.json
+        --concurrency 1 32 --requests 64 [--modes json pattern choice regex free] --json out.json
 
 Standard library only (it runs beside the server on the GPU machine). With dummy weights the
 content is random: the point is that every constrained answer parses and fits the schema, and
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import time
 import urllib.request
@@ -50,6 +53,52 @@ def conforms(doc: Any) -> bool:
     )
 
 
+PATTERN_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "code": {"type": "string", "pattern": "^[A-Z]{2}-[0-9]{3}$"},
+        "note": {"type": "string", "pattern": "ok", "maxLength": 24},
+    },
+    "required": ["code", "note"],
+    "additionalProperties": False,
+}
+CHOICES = ["sunny", "rainy", "cloudy with a chance of rain"]
+REGEX = r"(sun|rain) at [0-9]{1,2}(am|pm)"
+
+
+def parses_to(text: str, check: Any) -> bool:
+    try:
+        return bool(check(json.loads(text)))
+    except json.JSONDecodeError:
+        return False
+
+
+def pattern_conforms(doc: Any) -> bool:
+    return (
+        isinstance(doc, dict)
+        and set(doc) == {"code", "note"}
+        and re.fullmatch(r"[A-Z]{2}-[0-9]{3}", doc["code"]) is not None
+        and "ok" in doc["note"]
+        and len(doc["note"]) <= 24
+    )
+
+
+# mode: (request fields, whether the answer's text is valid)
+MODES: dict[str, tuple[dict[str, Any], Any]] = {
+    "json": (
+        {"response_format": {"type": "json_schema", "json_schema": {"name": "weather", "schema": SCHEMA}}},
+        lambda text: parses_to(text, conforms),
+    ),
+    "pattern": (
+        {"response_format": {"type": "json_schema", "json_schema": {"name": "code", "schema": PATTERN_SCHEMA}}},
+        lambda text: parses_to(text, pattern_conforms),
+    ),
+    "choice": ({"guided_choice": CHOICES}, lambda text: text in CHOICES),
+    "regex": ({"guided_regex": REGEX}, lambda text: re.fullmatch(REGEX, text) is not None),
+    "free": ({"ignore_eos": True}, lambda text: True),
+}  # fmt: skip
+
+
 def post(url: str, body: dict[str, Any]) -> tuple[dict[str, Any], float]:
     req = urllib.request.Request(
         url, data=json.dumps(body).encode(), headers={"content-type": "application/json"}
@@ -60,10 +109,11 @@ def post(url: str, body: dict[str, Any]) -> tuple[dict[str, Any], float]:
     return answer, time.perf_counter() - start
 
 
-def run(base: str, concurrency: int, count: int, constrained: bool, max_tokens: int) -> dict:
-    """`count` requests, `concurrency` at a time; `max_tokens` each (the free ones always that
-    many)."""
+def run(base: str, concurrency: int, count: int, mode: str, max_tokens: int) -> dict:
+    """`count` requests of `mode`, `concurrency` at a time; `max_tokens` each (the free ones
+    always that many)."""
     url = f"{base}/v1/chat/completions"
+    fields, valid_text = MODES[mode]
 
     def one(i: int) -> tuple[dict[str, Any], float]:
         body: dict[str, Any] = {
@@ -73,14 +123,8 @@ def run(base: str, concurrency: int, count: int, constrained: bool, max_tokens: 
             "temperature": 1.0,
             "seed": i,
             "chat_template_kwargs": {"enable_thinking": False},
+            **fields,
         }
-        if constrained:
-            body["response_format"] = {
-                "type": "json_schema",
-                "json_schema": {"name": "weather", "schema": SCHEMA},
-            }
-        else:
-            body["ignore_eos"] = True
         return post(url, body)
 
     start = time.perf_counter()
@@ -94,15 +138,12 @@ def run(base: str, concurrency: int, count: int, constrained: bool, max_tokens: 
     for answer, _ in results:
         choice = answer["choices"][0]
         finishes[choice["finish_reason"]] = finishes.get(choice["finish_reason"], 0) + 1
-        try:
-            valid += conforms(json.loads(choice["message"]["content"] or ""))
-        except json.JSONDecodeError:
-            pass
+        valid += bool(valid_text(choice["message"]["content"] or ""))
     return {
-        "constrained": constrained,
+        "mode": mode,
         "concurrency": concurrency,
         "requests": count,
-        "valid_documents": valid,
+        "valid": valid,
         "finish_reasons": finishes,
         "completion_tokens_mean": statistics.mean(tokens),
         "ms_per_token_mean": statistics.mean(per_token),
@@ -119,14 +160,15 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=16, help="requests per concurrency and mode")
     ap.add_argument("--max-tokens", type=int, default=512, help="budget of a JSON answer")
     ap.add_argument("--free-tokens", type=int, default=128, help="length of a free answer")
+    ap.add_argument("--modes", nargs="+", choices=list(MODES), default=["json", "free"])
     ap.add_argument("--json", help="write the rows here")
     args = ap.parse_args()
     rows = []
     for conc in args.concurrency:
         count = max(args.requests, conc)
-        for constrained in (True, False):
-            budget = args.max_tokens if constrained else args.free_tokens
-            row = run(args.base_url, conc, count, constrained, budget)
+        for mode in args.modes:
+            budget = args.free_tokens if mode == "free" else args.max_tokens
+            row = run(args.base_url, conc, count, mode, budget)
             rows.append(row)
             print(json.dumps(row), flush=True)
     if args.json:

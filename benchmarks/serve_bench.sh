@@ -23,7 +23,8 @@
 # installed (its wheel in .whl), py-spy samples of the worker (worker.pyspy.txt, collapsed stacks)),
 # SAMPLING (glm47 bench's sampling flags, default greedy; the model card's settings:
 # "--temperature 1.0 --top-p 0.95"), JSON_BENCH (concurrencies, e.g. "1 32": after the workloads,
-# benchmarks/json_output_bench.py against the same server).
+# benchmarks/json_output_bench.py against the same server; JSON_MODES: its --modes, default
+# "json free").
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/glm47-bench}
@@ -95,8 +96,9 @@ if [ ${#PROF_PIDS[@]} -gt 0 ]; then  # profilers still sampling (a short run) wr
 fi
 if [ -n "${JSON_BENCH:-}" ]; then  # JSON output against free text, e.g. JSON_BENCH="1 32"
   # shellcheck disable=SC2086  # the concurrencies split into words on purpose
+  # shellcheck disable=SC2086  # and the modes (JSON_MODES, default "json free")
   timeout -k 10 240 python3 benchmarks/json_output_bench.py --concurrency $JSON_BENCH \
-    --json "$RES/json_output.json" 2>&1 | tee "$RES/json_output.log"
+    --modes ${JSON_MODES:-json free} --json "$RES/json_output.json" 2>&1 | tee "$RES/json_output.log"
 fi
 curl -s http://127.0.0.1:8000/metrics >"$RES/metrics.txt"
 grep -E '^glm47_(preemptions|request_finish|generation_tokens|prompt_tokens|cached)' "$RES/metrics.txt"

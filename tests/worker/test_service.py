@@ -18,8 +18,8 @@ import msgpack
 import pytest
 import zmq
 
-from glm47.worker.engine.engine import StepOutput
 from glm47.worker.engine.errors import QueueFullError
+from glm47.worker.engine.interfaces import StepOutput
 from glm47.worker.engine.request import Request
 from glm47.worker.service import EngineFailure, Service
 from glm47.worker.wire import (

@@ -44,6 +44,7 @@ from glm47.worker.cuda_graph import (
     supports_cuda_graph,
     supports_multi_token_graphs,
 )
+from glm47.worker.drafter import MtpDrafter
 from glm47.worker.kernel_options import KernelOptions
 from glm47.worker.model.config import ModelConfig
 from glm47.worker.model.context import ForwardContext
@@ -165,7 +166,15 @@ class ModelRunner:
             device=self.device,
         )  # [num_cache_layers, num_slots, kv_lora_rank + rope_dim]
         self.inputs = StepInputBuilder(page_size, self.device)
-        self.draft_inputs = StepInputBuilder(page_size, self.device)  # the MTP layer's passes
+        self.drafter = (
+            None
+            if self.model.mtp is None
+            else MtpDrafter(
+                self.model.mtp,
+                StepInputBuilder(page_size, self.device),
+                partial(self._context, draft=True),
+            )
+        )
         self._last_hidden: torch.Tensor | None = None  # final hidden states of the last run()
         log.info(
             "runner: device=%s dtype=%s attention prefill=%s decode=%s experts=%s %s "
@@ -446,60 +455,10 @@ class ModelRunner:
     @property
     def can_draft(self) -> bool:
         """True when the model has its MTP layer (speculative decoding is possible)."""
-        return self.model.mtp is not None
+        return self.drafter is not None
 
-    @torch.inference_mode()
     def propose_drafts(self, items: list[DraftInput]) -> dict[str, list[int]]:
-        """Run the MTP layer over the rows of the last step whose next token is known (filling its
-        KV cache layer at those positions), then propose `num_drafts` greedy tokens per sequence
-        that asks for them, chaining the MTP layer on its own output past the first.
-
-        MTP at position i reads the main model's hidden state at i and token i + 1 and predicts
-        token i + 2. A chained step at position i + 1 stands in its own output at i for the main
-        model's hidden state there; the positions it writes are rewritten with the main model's
-        hidden states once the drafts are verified."""
-        mtp = self.model.mtp
-        hidden = self._last_hidden
-        assert mtp is not None and hidden is not None, "propose_drafts follows run()"
-        items = [it for it in items if it.next_ids]
-        if not items:
-            return {}
-        seqs = [ScheduledSeq(it.rid, it.next_ids, it.start_pos, it.page_ids, it.num_drafts > 0)
-                for it in items]  # fmt: skip
-        rows = [r for it in items for r in range(it.first_row, it.first_row + len(it.next_ids))]
-        prev = hidden[torch.tensor(rows, device=hidden.device)]
-        inputs = self.draft_inputs.build(ScheduledBatch(seqs))
-        out = self._mtp_forward(inputs, prev)
-        drafting = [it for it in items if it.num_drafts > 0]
-        drafts: dict[str, list[int]] = {it.rid: [] for it in drafting}
-        last = out[inputs.sample_rows]  # [D, H]: the last row of each drafting sequence
-        for step in range(max((it.num_drafts for it in drafting), default=0)):
-            tokens = mtp.compute_logits(last).argmax(dim=-1).tolist()
-            for it, token in zip(drafting, tokens, strict=True):
-                drafts[it.rid].append(int(token))
-            drafting, last = self._still_drafting(drafting, last, step)
-            if not drafting:
-                break
-            chain = [ScheduledSeq(it.rid, [drafts[it.rid][-1]], it.start_pos + len(it.next_ids)
-                                  + step, it.page_ids, True) for it in drafting]  # fmt: skip
-            inputs = self.draft_inputs.build(ScheduledBatch(chain))
-            last = self._mtp_forward(inputs, last)
-        return drafts
-
-    @staticmethod
-    def _still_drafting(
-        drafting: list[DraftInput], last: torch.Tensor, step: int
-    ) -> tuple[list[DraftInput], torch.Tensor]:
-        """The sequences that want more drafts after `step + 1`, and their rows of `last`."""
-        keep = [i for i, it in enumerate(drafting) if it.num_drafts > step + 1]
-        if len(keep) == len(drafting):
-            return drafting, last
-        index = torch.tensor(keep, device=last.device, dtype=torch.long)
-        return [drafting[i] for i in keep], last[index]
-
-    def _mtp_forward(self, inputs: StepInputs, prev_hidden: torch.Tensor) -> torch.Tensor:
-        mtp = self.model.mtp
-        assert mtp is not None
-        meta = inputs.meta
-        ctx = self._context(meta, draft=True)
-        return mtp(inputs.input_ids, prev_hidden, meta.positions, ctx)
+        """The MTP layer's drafts after the last step (`MtpDrafter.propose` over its hidden
+        states)."""
+        assert self.drafter is not None and self._last_hidden is not None, "drafts follow run()"
+        return self.drafter.propose(items, self._last_hidden)

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 import zmq
 
 from glm47.worker.batch import SamplingParams
-from glm47.worker.engine.engine import StepOutput
+from glm47.worker.engine.interfaces import StepOutput
 from glm47.worker.engine.request import Request
 from glm47.worker.wire import (
     STATS_KEYS,

@@ -16,7 +16,7 @@ from transformers import Glm4MoeLiteForCausalLM
 from glm47.worker.batch import PromptScores
 from glm47.worker.config import EngineConfig
 from glm47.worker.engine import Engine, Request
-from glm47.worker.engine.engine import StepOutput
+from glm47.worker.engine.interfaces import StepOutput
 from glm47.worker.engine.page_pool import PagePool
 from glm47.worker.engine.prefix_cache import PrefixCache
 from glm47.worker.engine.scheduler import Scheduler

@@ -31,7 +31,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Protocol, cast
+from typing import Any, cast
 
 from glm47.worker.batch import (
     DraftInput,
@@ -42,6 +42,7 @@ from glm47.worker.batch import (
 )
 from glm47.worker.config import EngineConfig
 from glm47.worker.engine.errors import InvalidRequestError, QueueFullError, TooLongError
+from glm47.worker.engine.interfaces import Launched, Launcher, Runner, StepOutput
 from glm47.worker.engine.page_pool import PagePool
 from glm47.worker.engine.prefix_cache import PrefixCache
 from glm47.worker.engine.request import FinishReason, Request, RequestState
@@ -54,47 +55,6 @@ log = logging.getLogger(__name__)
 # A step this long is logged with its shape: far above any steady-state step, so it points at a
 # stall (a kernel compiled at run time, a host-side hitch) rather than at load.
 SLOW_STEP_S = 1.0
-
-
-class Runner(Protocol):
-    """What the engine needs of `worker.runner.ModelRunner`."""
-
-    @property
-    def num_pages(self) -> int: ...  # KV pages, padding page 0 included
-
-    @property
-    def page_size(self) -> int: ...
-
-    def run(self, batch: ScheduledBatch, sampler: Any) -> RunnerOutput: ...
-
-    def propose_drafts(self, items: list[DraftInput]) -> dict[str, list[int]]: ...
-
-
-class Launched(Protocol):
-    """A step queued on the device (`ModelRunner.launch`)."""
-
-    @property
-    def tokens(self) -> Any: ...  # [N] sampled tokens on the device, in sample order; or None
-
-    @property
-    def waits_to_sample(self) -> bool: ...  # launched with defer_sampling, `sample` not called
-
-    def sample(self) -> None: ...  # queue the sampling deferred at launch
-
-    def collect(self) -> RunnerOutput: ...
-
-
-class Launcher(Protocol):
-    """A runner that can queue a step and hand its samples over later (`ModelRunner.launch`);
-    the engine runs ahead only with one."""
-
-    def launch(
-        self,
-        batch: ScheduledBatch,
-        sampler: Any,
-        feed: TokenFeed | None = None,
-        defer_sampling: bool = False,
-    ) -> Launched: ...
 
 
 # The token id a request holds for its sample of a step still on the device (running ahead). Any
@@ -119,23 +79,6 @@ class _Queued:
             assert self.launched is not None
             self.result = self.launched.collect()
         return self.result
-
-
-@dataclass
-class StepOutput:
-    """One request's news from one step: the fields of the wire `Output` (docs/wire.md)."""
-
-    rid: str
-    ids: list[int]  # new token ids (empty on an abort)
-    logprobs: list[float] | None = None  # one per id, when the request asked for logprobs >= 0
-    top_logprobs: list[list[tuple[int, float]]] | None = None  # per id, best first (logprobs > 0)
-    finish: str | None = None  # "stop" | "length" | "abort" on the last output
-    prompt_tokens: int | None = None  # on a request's first output
-    cached_tokens: int | None = None  # on a request's first output
-    spec_accepted: int | None = None  # draft tokens accepted this step (MTP)
-    prompt_logprobs: list[float] | None = None  # prompt tokens 1..P-1, on the first output
-    prompt_top_logprobs: list[list[tuple[int, float]]] | None = None  # per prompt token 1..P-1
-    prompt_ranks: list[int] | None = None  # per prompt token 1..P-1: its rank, 0 where unscored
 
 
 class Engine:

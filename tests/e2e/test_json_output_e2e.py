@@ -122,15 +122,17 @@ def test_guided_regex_answers_match_it_whole(client: openai.OpenAI) -> None:
         assert whole.fullmatch(text), text
 
 
-def test_schema_patterns_hold_in_every_answer(client: openai.OpenAI) -> None:
-    """`pattern`, anchored or found anywhere in the string, with a length bound beside it."""
+def test_schema_patterns_and_integer_bounds_hold_in_every_answer(client: openai.OpenAI) -> None:
+    """`pattern`, anchored or found anywhere in the string, with a length bound beside it; an
+    integer within `minimum` / `exclusiveMaximum`."""
     schema = {
         "type": "object",
         "properties": {
             "code": {"type": "string", "pattern": "^[A-Z]{2}-[0-9]{3}$"},
             "note": {"type": "string", "pattern": "ok", "maxLength": 8},
+            "n": {"type": "integer", "minimum": -5, "exclusiveMaximum": 40},
         },
-        "required": ["code", "note"],
+        "required": ["code", "note", "n"],
         "additionalProperties": False,
     }
     out = client.chat.completions.create(
@@ -141,7 +143,8 @@ def test_schema_patterns_hold_in_every_answer(client: openai.OpenAI) -> None:
     for choice in out.choices:
         assert choice.finish_reason == "stop", choice
         doc = json.loads(choice.message.content or "")
-        assert set(doc) == {"code", "note"}, doc
+        assert set(doc) == {"code", "note", "n"}, doc
+        assert isinstance(doc["n"], int) and -5 <= doc["n"] < 40, doc
         assert re.fullmatch(r"[A-Z]{2}-[0-9]{3}", doc["code"]), doc
         assert "ok" in doc["note"] and len(doc["note"]) <= 8, doc
 
@@ -170,7 +173,7 @@ def test_unenforceable_schemas_and_other_constraints_are_refused(server: Server)
             "type": "string", "pattern": "^a+$", "minLength": 2}}}},
          "response_format.json_schema.schema"),
         ({"response_format": {"type": "json_schema", "json_schema": {"name": "n", "schema": {
-            "type": "integer", "minimum": 0}}}}, "response_format.json_schema.schema"),
+            "type": "number", "minimum": 0}}}}, "response_format.json_schema.schema"),
         ({"response_format": {"type": "json_schema", "json_schema": {"name": "n"}}},
          "response_format.json_schema.schema"),
         ({"guided_regex": "a("}, "guided_regex"),

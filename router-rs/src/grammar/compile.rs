@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
+use super::integer::IntRange;
 use super::regex::Regex;
 use super::schema::{unescaped, Node, NodeId, Pattern, Prop, SchemaError, MAX_PROPERTIES};
 
@@ -46,6 +47,10 @@ const HANDLED: &[&str] = &[
     "minLength",
     "maxLength",
     "pattern",
+    "minimum",
+    "maximum",
+    "exclusiveMinimum",
+    "exclusiveMaximum",
     "enum",
     "const",
     "anyOf",
@@ -187,8 +192,17 @@ impl<'a> Builder<'a> {
                 return Ok(self.push(Node::AnyOf(ids)));
             }
         }
-        if map.contains_key("pattern") && (map.contains_key("enum") || map.contains_key("const")) {
-            return Err(err(path, "pattern beside enum or const is not supported"));
+        if map.contains_key("enum") || map.contains_key("const") {
+            if let Some(key) = ["pattern"]
+                .iter()
+                .chain(&BOUNDS)
+                .find(|k| map.contains_key(**k))
+            {
+                return Err(err(
+                    path,
+                    format!("{key} beside enum or const is not supported"),
+                ));
+            }
         }
         if let Some(value) = map.get("const") {
             return Ok(self.push(choices_node([json_text(value).as_slice()])));
@@ -212,6 +226,11 @@ impl<'a> Builder<'a> {
                     .any(|k| map.contains_key(*k))
                 {
                     vec!["string"]
+                } else if let Some(key) = BOUNDS.iter().find(|k| map.contains_key(**k)) {
+                    return Err(err(
+                        path,
+                        format!("{key} is supported only with type integer"),
+                    ));
                 } else {
                     return Ok(ANY);
                 }
@@ -290,9 +309,15 @@ impl<'a> Builder<'a> {
                 let regex = Arc::new(string_pattern(pattern, &format!("{path}/pattern"))?);
                 Ok(self.push(Node::Pattern { regex, max }))
             }
-            "integer" | "number" => Ok(self.push(Node::Number {
-                integer: kind == "integer",
+            "integer" => Ok(self.push(match int_range(map, path)? {
+                Some(range) => Node::Integer(range),
+                None => Node::Number { integer: true },
             })),
+            "number" if BOUNDS.iter().any(|k| map.contains_key(*k)) => Err(err(
+                path,
+                "minimum, maximum and their exclusive forms are supported on integers only",
+            )),
+            "number" => Ok(self.push(Node::Number { integer: false })),
             "boolean" => Ok(self.push(choices_node([b"true".as_slice(), b"false"]))),
             "null" => Ok(self.push(choices_node([b"null".as_slice()]))),
             other => Err(err(path, format!("unknown type {other:?}"))),
@@ -400,6 +425,59 @@ fn string_pattern(pattern: &Value, path: &str) -> Result<Pattern, SchemaError> {
         regex,
         chars_to_match,
     })
+}
+
+/// The keywords that bound a number.
+const BOUNDS: [&str; 4] = ["minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"];
+
+/// The integers an `integer` schema's bounds allow (draft 4's boolean `exclusiveMinimum` /
+/// `exclusiveMaximum` too); None without bounds.
+fn int_range(map: &Map<String, Value>, path: &str) -> Result<Option<IntRange>, SchemaError> {
+    if !BOUNDS.iter().any(|k| map.contains_key(*k)) {
+        return Ok(None);
+    }
+    let bound = |key: &str| -> Result<Option<f64>, SchemaError> {
+        match map.get(key) {
+            None | Some(Value::Bool(_)) => Ok(None),
+            Some(v) => v
+                .as_f64()
+                .filter(|f| f.is_finite())
+                .map(Some)
+                .ok_or_else(|| err(path, format!("{key} must be a number"))),
+        }
+    };
+    let flag = |key: &str| map.get(key) == Some(&Value::Bool(true));
+    // the least and greatest integers the bounds admit, as floats (clamped to i64 below)
+    let mut lo = f64::NEG_INFINITY;
+    let mut hi = f64::INFINITY;
+    if let Some(m) = bound("minimum")? {
+        lo = lo.max(if flag("exclusiveMinimum") {
+            m.floor() + 1.0
+        } else {
+            m.ceil()
+        });
+    }
+    if let Some(m) = bound("exclusiveMinimum")? {
+        lo = lo.max(m.floor() + 1.0);
+    }
+    if let Some(m) = bound("maximum")? {
+        hi = hi.min(if flag("exclusiveMaximum") {
+            m.ceil() - 1.0
+        } else {
+            m.floor()
+        });
+    }
+    if let Some(m) = bound("exclusiveMaximum")? {
+        hi = hi.min(m.ceil() - 1.0);
+    }
+    if lo > hi {
+        return Err(err(path, "no integer lies within minimum and maximum"));
+    }
+    // f64 to i64 casts saturate
+    Ok(Some(IntRange {
+        min: lo as i64,
+        max: hi as i64,
+    }))
 }
 
 fn count(map: &Map<String, Value>, key: &str, path: &str) -> Result<Option<u32>, SchemaError> {

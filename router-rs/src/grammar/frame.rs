@@ -1,6 +1,7 @@
 //! The matcher's state: a thread is a stack of frames, the values being read, innermost last.
 
 use super::chars::Chars;
+use super::integer::IntAt;
 use super::schema::NodeId;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,6 +79,11 @@ pub(crate) enum Frame {
         integer: bool,
         at: NumAt,
         len: u8,
+    },
+    /// Inside an integer of `Node::Integer` `node`.
+    Integer {
+        node: NodeId,
+        at: IntAt,
     },
     /// Inside one of the texts of `Node::Choices` `node`: those in `lo..hi` match the `pos`
     /// bytes read.

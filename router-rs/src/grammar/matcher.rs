@@ -13,6 +13,7 @@
 use std::sync::Arc;
 
 use super::frame::{Frame, Thread};
+use super::integer::IntRange;
 use super::regex::Regex;
 use super::schema::{Node, NodeId, Pattern, Prop, Schema, SchemaError};
 
@@ -84,6 +85,14 @@ impl Grammar {
         }
     }
 
+    /// The range of `Node::Integer` `node`.
+    pub(super) fn int_range(&self, node: NodeId) -> IntRange {
+        match &self.schema.nodes[node] {
+            Node::Integer(range) => *range,
+            _ => unreachable!("an integer frame reads an integer node"),
+        }
+    }
+
     /// The regular expression of `Node::Pattern` `node`.
     pub(super) fn pattern(&self, node: NodeId) -> &Regex {
         match &self.schema.nodes[node] {
@@ -98,6 +107,7 @@ impl Grammar {
         for frame in t.stack.iter().rev() {
             let complete = match frame {
                 Frame::Number { at, .. } => at.complete(),
+                Frame::Integer { node, at } => self.int_range(*node).holds(*at),
                 Frame::Choice { node, lo, hi, pos } => {
                     lo < hi && self.texts[*node][*lo as usize].len() == *pos as usize
                 }

@@ -10,6 +10,7 @@
 mod chars;
 mod compile;
 mod frame;
+pub mod integer;
 pub mod matcher;
 pub mod regex;
 pub mod schema;
@@ -18,6 +19,8 @@ pub mod vocab;
 
 #[cfg(test)]
 mod conformance_tests;
+#[cfg(test)]
+mod integer_tests;
 #[cfg(test)]
 mod pattern_tests;
 #[cfg(test)]

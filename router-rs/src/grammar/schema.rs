@@ -2,12 +2,13 @@
 //!
 //! Supported: `type` (one or a list), `properties`, `required`, `additionalProperties` (bool or a
 //! schema), `items`, `prefixItems` (and draft 7's list `items` with `additionalItems`), `minItems`,
-//! `maxItems`, `minLength`, `maxLength`, `pattern`, `enum`, `const`, `anyOf`,
+//! `maxItems`, `minLength`, `maxLength`, `pattern`, `minimum`, `maximum`, `exclusiveMinimum`,
+//! `exclusiveMaximum` (on integers), `enum`, `const`, `anyOf`,
 //! `oneOf` (taken as `anyOf`: exclusivity is not enforced), `allOf` of one schema, `$ref` to
 //! `#`, `#/$defs/…` and `#/definitions/…` (recursion allowed), `nullable`. Annotations are
 //! ignored (`title`, `description`, `default`, `examples`, `format`, …). Any keyword that asserts
-//! something the matcher cannot enforce (`minimum`, `uniqueItems`, …) is an error, so a request
-//! never gets output that silently breaks its schema.
+//! something the matcher cannot enforce (`uniqueItems`, `multipleOf`, bounds on a `number`, …) is
+//! an error, so a request never gets output that silently breaks its schema.
 //!
 //! A `pattern` (regex crate syntax; it may match anywhere in the string unless anchored with `^`
 //! and `$`) is matched against the string's characters as written: its strings hold no escape
@@ -22,6 +23,7 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use super::compile::{choices_node, err, Builder, ANY};
+use super::integer::IntRange;
 use super::regex::{CharsToMatch, Regex};
 
 /// Index of a node in [`Schema::nodes`].
@@ -60,6 +62,8 @@ pub enum Node {
     Number {
         integer: bool,
     },
+    /// An integer within `range`.
+    Integer(IntRange),
     /// One of these exact JSON texts, sorted (enum, const, true/false, null).
     Choices(Vec<Vec<u8>>),
     /// Any of these nodes.

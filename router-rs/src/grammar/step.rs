@@ -2,6 +2,7 @@
 
 use super::chars::{CharStep, Chars};
 use super::frame::{with_top, ArrAt, Frame, NumAt, ObjAt, Thread};
+use super::integer::IntAt;
 use super::matcher::{Grammar, MAX_DEPTH, MAX_NUMBER_BYTES, MAX_WHITESPACE_RUN};
 use super::schema::{unescaped, Node, NodeId};
 
@@ -225,6 +226,18 @@ impl Grammar {
                     self.feed(t, b, out);
                 }
             }
+            Frame::Integer { node, at } => {
+                let (node, at) = (*node, *at);
+                let range = self.int_range(node);
+                if let Some(next) = at.push(b).filter(|&next| range.reachable(next)) {
+                    Self::emit(with_top(t.clone(), Frame::Integer { node, at: next }), out);
+                }
+                if range.holds(at) {
+                    // The integer ended before `b`, which belongs to what holds it.
+                    t.stack.pop();
+                    self.feed(t, b, out);
+                }
+            }
             Frame::Regex { node, state } => {
                 let node = *node;
                 if let Some(state) = self.pattern(node).next(*state, b) {
@@ -320,6 +333,9 @@ impl Grammar {
                 state: regex.regex.start(),
                 len: 0,
             }),
+            Node::Integer(range) => IntAt::first(b)
+                .filter(|&at| range.reachable(at))
+                .map(|at| Frame::Integer { node: id, at }),
             Node::Number { integer } => match b {
                 b'-' => Some(NumAt::Minus),
                 b'0' => Some(NumAt::Zero),

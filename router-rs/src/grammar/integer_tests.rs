@@ -1,0 +1,150 @@
+//! Bounded integers: what they take, and masks equal to the brute force on random walks.
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::{json, Value};
+
+use super::tests::{accepts, allowed, brute_force, grammar, vocab, END};
+use super::*;
+
+#[test]
+fn bounded_integers_take_exactly_the_integers_in_range() {
+    for (schema, cases) in [
+        (
+            json!({"type": "integer", "minimum": 3, "maximum": 120}),
+            vec![
+                ("3", true),
+                ("120", true),
+                ("57", true),
+                ("2", false),
+                ("121", false),
+                ("-1", false),
+                ("0", false),
+                ("03", false),
+                ("3.0", false),
+                ("1e2", false),
+            ],
+        ),
+        (
+            json!({"type": "integer", "minimum": -20, "maximum": -5}),
+            vec![
+                ("-5", true),
+                ("-20", true),
+                ("-13", true),
+                ("-4", false),
+                ("-21", false),
+                ("5", false),
+                ("-0", false),
+            ],
+        ),
+        (
+            json!({"type": "integer", "exclusiveMinimum": 0, "exclusiveMaximum": 10}),
+            vec![("1", true), ("9", true), ("0", false), ("10", false)],
+        ),
+        (
+            json!({"type": "integer", "minimum": 2.5, "maximum": 1e3}),
+            vec![("3", true), ("1000", true), ("2", false), ("1001", false)],
+        ),
+        (
+            json!({"type": "integer", "minimum": 0, "exclusiveMinimum": true, "maximum": 0.5}),
+            vec![("0", false), ("1", false)],
+        ),
+        (
+            json!({"type": "integer", "maximum": 0}),
+            vec![
+                ("0", true),
+                ("-0", true),
+                ("-123456789", true),
+                ("1", false),
+            ],
+        ),
+        (
+            json!({"type": ["integer", "string"], "minimum": 10}),
+            vec![("10", true), ("9", false), ("\"9\"", true)],
+        ),
+    ] {
+        let e = compile(Some(&schema));
+        if cases.iter().all(|(_, ok)| !ok) {
+            assert!(e.is_err(), "{schema}: no integer in range");
+            continue;
+        }
+        let g = grammar(schema.clone());
+        for (text, ok) in cases {
+            assert_eq!(accepts(&g, text), ok, "{schema}: {text}");
+        }
+    }
+    // a digit is offered only while the range can still be reached
+    let g = grammar(json!({"type": "integer", "minimum": 40, "maximum": 45}));
+    let mut m = Matcher::new(g);
+    assert!(!m.accept(b"5") && !m.accept(b"-"));
+    assert!(m.accept(b"4"));
+    assert!(!m.accept(b"6") && m.accept(b"2"));
+    assert!(m.can_end() && !m.accept(b"0"));
+}
+
+#[test]
+fn bounds_that_cannot_be_enforced_are_refused() {
+    for (schema, words) in [
+        (json!({"type": "number", "minimum": 0}), "integers only"),
+        (json!({"minimum": 0}), "only with type integer"),
+        (
+            json!({"type": "integer", "minimum": 5, "maximum": 4}),
+            "no integer",
+        ),
+        (
+            json!({"type": "integer", "minimum": "1"}),
+            "must be a number",
+        ),
+        (
+            json!({"type": "integer", "maximum": 3, "enum": [1, 2]}),
+            "beside enum",
+        ),
+    ] {
+        let e = compile(Some(&schema)).unwrap_err();
+        assert!(e.message.contains(words), "{schema}: {e}");
+    }
+}
+
+#[test]
+fn masks_under_integer_bounds_equal_the_brute_force_and_every_document_is_in_range() {
+    let schema = json!({
+        "type": "object",
+        "properties": {"age": {"type": "integer", "minimum": 18, "maximum": 130},
+                       "delta": {"type": "integer", "minimum": -1000, "exclusiveMaximum": -99}},
+        "required": ["age", "delta"],
+        "additionalProperties": false,
+    });
+    let g = grammar(schema);
+    let v = vocab();
+    let mut rng = StdRng::seed_from_u64(5);
+    let mut whole = 0;
+    for _ in 0..30 {
+        let mut c = Constraint::new(g.clone(), v.clone(), vec![END], None);
+        let mut text = Vec::new();
+        while !c.is_done() && text.len() < 200 {
+            let mask = allowed(&c);
+            assert_eq!(mask, brute_force(&c.matcher, &v), "after {text:?}");
+            assert!(!mask.is_empty(), "a dead end after {text:?}");
+            let id = if mask.contains(&END) && rng.random_bool(0.5) {
+                END
+            } else {
+                mask[rng.random_range(0..mask.len())]
+            };
+            assert!(c.accept(id));
+            if id != END {
+                text.extend_from_slice(v.bytes(id).unwrap());
+            }
+        }
+        if !c.is_done() {
+            continue;
+        }
+        let doc: Value = serde_json::from_slice(&text).unwrap();
+        let (age, delta) = (doc["age"].as_i64().unwrap(), doc["delta"].as_i64().unwrap());
+        assert!(
+            (18..=130).contains(&age) && (-1000..-99).contains(&delta),
+            "{doc}"
+        );
+        whole += 1;
+    }
+    assert!(whole >= 10, "only {whole} whole documents");
+}

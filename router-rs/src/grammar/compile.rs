@@ -300,13 +300,25 @@ impl<'a> Builder<'a> {
                 let min = count(map, "minLength", path)?.unwrap_or(0);
                 let max = count(map, "maxLength", path)?;
                 check_range(min, max, "minLength", path)?;
-                let Some(pattern) = map.get("pattern") else {
-                    return Ok(self.push(Node::Str { min, max }));
+                // a known `format` is enforced as its pattern where no pattern or minimum
+                // length is given (otherwise it stays the annotation it is by default)
+                let format = map
+                    .get("format")
+                    .and_then(Value::as_str)
+                    .and_then(format_pattern)
+                    .filter(|_| min == 0)
+                    .map(|p| (Value::from(p), format!("{path}/format")));
+                let (pattern, at) = match map.get("pattern") {
+                    Some(p) => (p.clone(), format!("{path}/pattern")),
+                    None => match format {
+                        Some(f) => f,
+                        None => return Ok(self.push(Node::Str { min, max })),
+                    },
                 };
                 if min > 0 {
                     return Err(err(path, "minLength beside pattern is not supported"));
                 }
-                let regex = Arc::new(string_pattern(pattern, &format!("{path}/pattern"))?);
+                let regex = Arc::new(string_pattern(&pattern, &at)?);
                 Ok(self.push(Node::Pattern { regex, max }))
             }
             "integer" => Ok(self.push(match int_range(map, path)? {
@@ -425,6 +437,36 @@ fn string_pattern(pattern: &Value, path: &str) -> Result<Pattern, SchemaError> {
         regex,
         chars_to_match,
     })
+}
+
+/// The patterns of the string formats that are enforced (RFC 3339 dates and times, UUIDs,
+/// IPv4 addresses, e-mail addresses and host names, in ASCII).
+fn format_pattern(format: &str) -> Option<&'static str> {
+    const DATE: &str = "[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])";
+    const TIME: &str =
+        "([01][0-9]|2[0-3]):[0-5][0-9]:([0-5][0-9]|60)(\\.[0-9]{1,9})?(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])";
+    const OCTET: &str = "(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])";
+    const LABEL: &str = "[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?";
+    static PATTERNS: std::sync::OnceLock<HashMap<&'static str, String>> =
+        std::sync::OnceLock::new();
+    let patterns = PATTERNS.get_or_init(|| {
+        HashMap::from([
+            ("date", format!("^{DATE}$")),
+            ("time", format!("^{TIME}$")),
+            ("date-time", format!("^{DATE}T{TIME}$")),
+            (
+                "uuid",
+                "^[0-9a-fA-F]{8}(-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}$".to_string(),
+            ),
+            ("ipv4", format!("^({OCTET}\\.){{3}}{OCTET}$")),
+            (
+                "email",
+                format!("^[A-Za-z0-9._%+-]{{1,64}}@{LABEL}(\\.{LABEL})+$"),
+            ),
+            ("hostname", format!("^{LABEL}(\\.{LABEL})*$")),
+        ])
+    });
+    patterns.get(format).map(String::as_str)
 }
 
 /// The keywords that bound a number.

@@ -124,3 +124,65 @@ fn a_pattern_string_never_enters_a_state_it_cannot_leave() {
     .unwrap_err();
     assert!(e.message.contains("minLength beside pattern"), "{e}");
 }
+
+#[test]
+fn known_string_formats_are_enforced_as_their_patterns() {
+    for (format, cases) in [
+        (
+            "date",
+            vec![
+                ("2026-12-04", true),
+                ("2026-13-01", false),
+                ("2026-1-01", false),
+            ],
+        ),
+        (
+            "date-time",
+            vec![
+                ("2026-12-04T10:20:30Z", true),
+                ("2026-12-04T10:20:30.123+02:00", true),
+                ("2026-12-04 10:20:30Z", false),
+                ("2026-12-04T24:00:00Z", false),
+            ],
+        ),
+        ("time", vec![("23:59:60Z", true), ("23:59:59", false)]),
+        (
+            "uuid",
+            vec![
+                ("123e4567-e89b-12d3-a456-426614174000", true),
+                ("123e4567e89b12d3a456426614174000", false),
+            ],
+        ),
+        (
+            "ipv4",
+            vec![
+                ("192.168.0.1", true),
+                ("256.1.1.1", false),
+                ("1.2.3", false),
+            ],
+        ),
+        (
+            "email",
+            vec![
+                ("a.b+c@example.co", true),
+                ("a@b", false),
+                ("@example.com", false),
+            ],
+        ),
+        (
+            "hostname",
+            vec![("example.com", true), ("a-b.c", true), ("-a.com", false)],
+        ),
+        ("color", vec![("anything at all", true)]), // unknown: an annotation
+    ] {
+        let g = grammar(json!({"type": "string", "format": format}));
+        for (text, ok) in cases {
+            assert_eq!(accepts(&g, &format!("\"{text}\"")), ok, "{format}: {text}");
+        }
+    }
+    // beside a minimum length the format stays an annotation; an explicit pattern wins
+    let g = grammar(json!({"type": "string", "format": "date", "minLength": 1}));
+    assert!(accepts(&g, "\"not a date\""));
+    let g = grammar(json!({"type": "string", "format": "date", "pattern": "^x+$"}));
+    assert!(accepts(&g, "\"xx\"") && !accepts(&g, "\"2026-12-04\""));
+}

@@ -5,8 +5,10 @@
 //! `maxItems`, `minLength`, `maxLength`, `pattern`, `minimum`, `maximum`, `exclusiveMinimum`,
 //! `exclusiveMaximum` (on integers), `enum`, `const`, `anyOf`,
 //! `oneOf` (taken as `anyOf`: exclusivity is not enforced), `allOf` of one schema, `$ref` to
-//! `#`, `#/$defs/…` and `#/definitions/…` (recursion allowed), `nullable`. Annotations are
-//! ignored (`title`, `description`, `default`, `examples`, `format`, …). Any keyword that asserts
+//! `#`, `#/$defs/…` and `#/definitions/…` (recursion allowed), `nullable`, and the string
+//! formats `date`, `time`, `date-time`, `uuid`, `ipv4`, `email` and `hostname` (enforced as
+//! patterns where neither a pattern nor a minimum length is given). Annotations are ignored
+//! (`title`, `description`, `default`, `examples`, other formats, …). Any keyword that asserts
 //! something the matcher cannot enforce (`uniqueItems`, `multipleOf`, bounds on a `number`, …) is
 //! an error, so a request never gets output that silently breaks its schema.
 //!

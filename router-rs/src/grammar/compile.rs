@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
+use super::decimal::Bounds;
 use super::integer::IntRange;
 use super::regex::Regex;
 use super::schema::{unescaped, Node, NodeId, Pattern, Prop, SchemaError, MAX_PROPERTIES};
@@ -229,7 +230,7 @@ impl<'a> Builder<'a> {
                 } else if let Some(key) = BOUNDS.iter().find(|k| map.contains_key(**k)) {
                     return Err(err(
                         path,
-                        format!("{key} is supported only with type integer"),
+                        format!("{key} is supported only with type integer or number"),
                     ));
                 } else {
                     return Ok(ANY);
@@ -325,11 +326,10 @@ impl<'a> Builder<'a> {
                 Some(range) => Node::Integer(range),
                 None => Node::Number { integer: true },
             })),
-            "number" if BOUNDS.iter().any(|k| map.contains_key(*k)) => Err(err(
-                path,
-                "minimum, maximum and their exclusive forms are supported on integers only",
-            )),
-            "number" => Ok(self.push(Node::Number { integer: false })),
+            "number" => Ok(self.push(match bounds(map, path)? {
+                Some(bounds) => Node::Decimal(bounds),
+                None => Node::Number { integer: false },
+            })),
             "boolean" => Ok(self.push(choices_node([b"true".as_slice(), b"false"]))),
             "null" => Ok(self.push(choices_node([b"null".as_slice()]))),
             other => Err(err(path, format!("unknown type {other:?}"))),
@@ -472,22 +472,59 @@ fn format_pattern(format: &str) -> Option<&'static str> {
 /// The keywords that bound a number.
 const BOUNDS: [&str; 4] = ["minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"];
 
+/// A `number` schema's bounds (draft 4's boolean exclusive forms too); None without bounds.
+fn bounds(map: &Map<String, Value>, path: &str) -> Result<Option<Bounds>, SchemaError> {
+    if !BOUNDS.iter().any(|k| map.contains_key(*k)) {
+        return Ok(None);
+    }
+    let mut b = Bounds {
+        lo: f64::NEG_INFINITY,
+        lo_open: false,
+        hi: f64::INFINITY,
+        hi_open: false,
+    };
+    let flag = |key: &str| map.get(key) == Some(&Value::Bool(true));
+    if let Some(m) = bound(map, "minimum", path)? {
+        (b.lo, b.lo_open) = (m, flag("exclusiveMinimum"));
+    }
+    if let Some(m) = bound(map, "exclusiveMinimum", path)? {
+        if m >= b.lo {
+            (b.lo, b.lo_open) = (m, true);
+        }
+    }
+    if let Some(m) = bound(map, "maximum", path)? {
+        (b.hi, b.hi_open) = (m, flag("exclusiveMaximum"));
+    }
+    if let Some(m) = bound(map, "exclusiveMaximum", path)? {
+        if m <= b.hi {
+            (b.hi, b.hi_open) = (m, true);
+        }
+    }
+    if b.lo > b.hi || (b.lo == b.hi && (b.lo_open || b.hi_open)) {
+        return Err(err(path, "no number lies within minimum and maximum"));
+    }
+    Ok(Some(b))
+}
+
+/// A numeric bound's value (None when absent or a draft 4 boolean).
+fn bound(map: &Map<String, Value>, key: &str, path: &str) -> Result<Option<f64>, SchemaError> {
+    match map.get(key) {
+        None | Some(Value::Bool(_)) => Ok(None),
+        Some(v) => v
+            .as_f64()
+            .filter(|f| f.is_finite())
+            .map(Some)
+            .ok_or_else(|| err(path, format!("{key} must be a number"))),
+    }
+}
+
 /// The integers an `integer` schema's bounds allow (draft 4's boolean `exclusiveMinimum` /
 /// `exclusiveMaximum` too); None without bounds.
 fn int_range(map: &Map<String, Value>, path: &str) -> Result<Option<IntRange>, SchemaError> {
     if !BOUNDS.iter().any(|k| map.contains_key(*k)) {
         return Ok(None);
     }
-    let bound = |key: &str| -> Result<Option<f64>, SchemaError> {
-        match map.get(key) {
-            None | Some(Value::Bool(_)) => Ok(None),
-            Some(v) => v
-                .as_f64()
-                .filter(|f| f.is_finite())
-                .map(Some)
-                .ok_or_else(|| err(path, format!("{key} must be a number"))),
-        }
-    };
+    let bound = |key: &str| bound(map, key, path);
     let flag = |key: &str| map.get(key) == Some(&Value::Bool(true));
     // the least and greatest integers the bounds admit, as floats (clamped to i64 below)
     let mut lo = f64::NEG_INFINITY;

@@ -1,6 +1,7 @@
 //! The matcher's state: a thread is a stack of frames, the values being read, innermost last.
 
 use super::chars::Chars;
+use super::decimal::DecAt;
 use super::integer::IntAt;
 use super::schema::NodeId;
 
@@ -84,6 +85,11 @@ pub(crate) enum Frame {
     Integer {
         node: NodeId,
         at: IntAt,
+    },
+    /// Inside a number of `Node::Decimal` `node`.
+    Decimal {
+        node: NodeId,
+        at: DecAt,
     },
     /// Inside one of the texts of `Node::Choices` `node`: those in `lo..hi` match the `pos`
     /// bytes read.

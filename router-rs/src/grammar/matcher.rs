@@ -12,6 +12,7 @@
 
 use std::sync::Arc;
 
+use super::decimal::Bounds;
 use super::frame::{Frame, Thread};
 use super::integer::IntRange;
 use super::regex::Regex;
@@ -93,6 +94,14 @@ impl Grammar {
         }
     }
 
+    /// The bounds of `Node::Decimal` `node`.
+    pub(super) fn bounds(&self, node: NodeId) -> Bounds {
+        match &self.schema.nodes[node] {
+            Node::Decimal(bounds) => *bounds,
+            _ => unreachable!("a decimal frame reads a decimal node"),
+        }
+    }
+
     /// The regular expression of `Node::Pattern` `node`.
     pub(super) fn pattern(&self, node: NodeId) -> &Regex {
         match &self.schema.nodes[node] {
@@ -108,6 +117,7 @@ impl Grammar {
             let complete = match frame {
                 Frame::Number { at, .. } => at.complete(),
                 Frame::Integer { node, at } => self.int_range(*node).holds(*at),
+                Frame::Decimal { node, at } => self.bounds(*node).holds(*at),
                 Frame::Choice { node, lo, hi, pos } => {
                     lo < hi && self.texts[*node][*lo as usize].len() == *pos as usize
                 }

@@ -9,6 +9,7 @@
 
 mod chars;
 mod compile;
+pub mod decimal;
 mod frame;
 pub mod integer;
 pub mod matcher;
@@ -18,9 +19,9 @@ mod step;
 pub mod vocab;
 
 #[cfg(test)]
-mod conformance_tests;
+mod bounds_tests;
 #[cfg(test)]
-mod integer_tests;
+mod conformance_tests;
 #[cfg(test)]
 mod pattern_tests;
 #[cfg(test)]

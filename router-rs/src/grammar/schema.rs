@@ -3,14 +3,14 @@
 //! Supported: `type` (one or a list), `properties`, `required`, `additionalProperties` (bool or a
 //! schema), `items`, `prefixItems` (and draft 7's list `items` with `additionalItems`), `minItems`,
 //! `maxItems`, `minLength`, `maxLength`, `pattern`, `minimum`, `maximum`, `exclusiveMinimum`,
-//! `exclusiveMaximum` (on integers), `enum`, `const`, `anyOf`,
+//! `exclusiveMaximum` (numbers with them are written as plain decimals of at most 15 digits),
+//! `enum`, `const`, `anyOf`,
 //! `oneOf` (taken as `anyOf`: exclusivity is not enforced), `allOf` of one schema, `$ref` to
 //! `#`, `#/$defs/…` and `#/definitions/…` (recursion allowed), `nullable`, and the string
 //! formats `date`, `time`, `date-time`, `uuid`, `ipv4`, `email` and `hostname` (enforced as
 //! patterns where neither a pattern nor a minimum length is given). Annotations are ignored
 //! (`title`, `description`, `default`, `examples`, other formats, …). Any keyword that asserts
-//! something the matcher cannot enforce (`uniqueItems`, `multipleOf`, bounds on a `number`, …) is
-//! an error, so a request never gets output that silently breaks its schema.
+//! something the matcher cannot enforce (`uniqueItems`, `multipleOf`, …) is an error, so a request never gets output that silently breaks its schema.
 //!
 //! A `pattern` (regex crate syntax; it may match anywhere in the string unless anchored with `^`
 //! and `$`) is matched against the string's characters as written: its strings hold no escape
@@ -25,6 +25,7 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use super::compile::{choices_node, err, Builder, ANY};
+use super::decimal::Bounds;
 use super::integer::IntRange;
 use super::regex::{CharsToMatch, Regex};
 
@@ -66,6 +67,8 @@ pub enum Node {
     },
     /// An integer within `range`.
     Integer(IntRange),
+    /// A plain decimal within `bounds`.
+    Decimal(Bounds),
     /// One of these exact JSON texts, sorted (enum, const, true/false, null).
     Choices(Vec<Vec<u8>>),
     /// Any of these nodes.

@@ -1,6 +1,7 @@
 //! The stepping rules: what a thread becomes after one byte, frame by frame.
 
 use super::chars::{CharStep, Chars};
+use super::decimal::DecAt;
 use super::frame::{with_top, ArrAt, Frame, NumAt, ObjAt, Thread};
 use super::integer::IntAt;
 use super::matcher::{Grammar, MAX_DEPTH, MAX_NUMBER_BYTES, MAX_WHITESPACE_RUN};
@@ -238,6 +239,18 @@ impl Grammar {
                     self.feed(t, b, out);
                 }
             }
+            Frame::Decimal { node, at } => {
+                let (node, at) = (*node, *at);
+                let bounds = self.bounds(node);
+                if let Some(next) = at.push(b).filter(|&next| bounds.reachable(next)) {
+                    Self::emit(with_top(t.clone(), Frame::Decimal { node, at: next }), out);
+                }
+                if bounds.holds(at) {
+                    // The number ended before `b`, which belongs to what holds it.
+                    t.stack.pop();
+                    self.feed(t, b, out);
+                }
+            }
             Frame::Regex { node, state } => {
                 let node = *node;
                 if let Some(state) = self.pattern(node).next(*state, b) {
@@ -336,6 +349,9 @@ impl Grammar {
             Node::Integer(range) => IntAt::first(b)
                 .filter(|&at| range.reachable(at))
                 .map(|at| Frame::Integer { node: id, at }),
+            Node::Decimal(bounds) => DecAt::first(b)
+                .filter(|&at| bounds.reachable(at))
+                .map(|at| Frame::Decimal { node: id, at }),
             Node::Number { integer } => match b {
                 b'-' => Some(NumAt::Minus),
                 b'0' => Some(NumAt::Zero),

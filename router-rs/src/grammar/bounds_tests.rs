@@ -1,4 +1,5 @@
-//! Bounded integers: what they take, and masks equal to the brute force on random walks.
+//! Bounded integers and numbers: what they take, and masks equal to the brute force on random
+//! walks.
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -85,8 +86,11 @@ fn bounded_integers_take_exactly_the_integers_in_range() {
 #[test]
 fn bounds_that_cannot_be_enforced_are_refused() {
     for (schema, words) in [
-        (json!({"type": "number", "minimum": 0}), "integers only"),
-        (json!({"minimum": 0}), "only with type integer"),
+        (
+            json!({"type": "number", "minimum": 1, "exclusiveMaximum": 1}),
+            "no number",
+        ),
+        (json!({"minimum": 0}), "only with type integer or number"),
         (
             json!({"type": "integer", "minimum": 5, "maximum": 4}),
             "no integer",
@@ -110,8 +114,10 @@ fn masks_under_integer_bounds_equal_the_brute_force_and_every_document_is_in_ran
     let schema = json!({
         "type": "object",
         "properties": {"age": {"type": "integer", "minimum": 18, "maximum": 130},
-                       "delta": {"type": "integer", "minimum": -1000, "exclusiveMaximum": -99}},
-        "required": ["age", "delta"],
+                       "delta": {"type": "integer", "minimum": -1000, "exclusiveMaximum": -99},
+                       "p": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+                       "t": {"type": "number", "minimum": -2.5, "maximum": 40.25}},
+        "required": ["age", "delta", "p", "t"],
         "additionalProperties": false,
     });
     let g = grammar(schema);
@@ -147,4 +153,61 @@ fn masks_under_integer_bounds_equal_the_brute_force_and_every_document_is_in_ran
         whole += 1;
     }
     assert!(whole >= 10, "only {whole} whole documents");
+}
+
+#[test]
+fn bounded_numbers_take_plain_decimals_within_their_bounds() {
+    for (schema, cases) in [
+        (
+            json!({"type": "number", "minimum": 0, "maximum": 1}),
+            vec![
+                ("0", true),
+                ("1", true),
+                ("0.5", true),
+                ("1.0", true),
+                ("1.01", false),
+                ("-0.1", false),
+                ("2", false),
+                ("1e-1", false),
+                ("00.5", false),
+                ("0.", false),
+            ],
+        ),
+        (
+            json!({"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 0.5}),
+            vec![
+                ("0.25", true),
+                ("0.4999", true),
+                ("0", false),
+                ("0.0", false),
+                ("0.5", false),
+            ],
+        ),
+        (
+            json!({"type": "number", "minimum": -10.5, "maximum": -3}),
+            vec![
+                ("-10.5", true),
+                ("-3", true),
+                ("-7.25", true),
+                ("-10.51", false),
+                ("-2.9", false),
+                ("3", false),
+            ],
+        ),
+        (
+            json!({"type": "number", "minimum": 100}),
+            vec![("100", true), ("12345.678", true), ("99.99", false)],
+        ),
+    ] {
+        let g = grammar(schema.clone());
+        for (text, ok) in cases {
+            assert_eq!(accepts(&g, text), ok, "{schema}: {text}");
+        }
+    }
+    // after "0." under (0, 0.5): zeros only while digits remain for a non-zero one
+    let g = grammar(json!({"type": "number", "exclusiveMinimum": 0, "maximum": 0.5}));
+    let mut m = Matcher::new(g);
+    assert!(m.accept(b"0.") && !m.accept(b"6") && m.accept(b"0000000000000"));
+    assert!(!m.accept(b"0") && m.accept(b"7"));
+    assert!(m.can_end());
 }

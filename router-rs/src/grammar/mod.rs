@@ -12,6 +12,7 @@ mod compile;
 pub mod decimal;
 mod frame;
 pub mod integer;
+mod keywords;
 pub mod matcher;
 pub mod regex;
 pub mod schema;

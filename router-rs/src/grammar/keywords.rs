@@ -1,0 +1,185 @@
+//! The values of single keywords: a string's `pattern` or `format`, a number's bounds, counts.
+
+use std::collections::HashMap;
+
+use serde_json::{Map, Value};
+
+use super::compile::err;
+use super::decimal::Bounds;
+use super::integer::IntRange;
+use super::regex::Regex;
+use super::schema::{unescaped, Pattern, SchemaError};
+
+pub(super) fn string_pattern(pattern: &Value, path: &str) -> Result<Pattern, SchemaError> {
+    let pattern = pattern
+        .as_str()
+        .ok_or_else(|| err(path, "pattern must be a string"))?;
+    let regex = Regex::search(pattern, path)?;
+    let chars_to_match = regex
+        .chars_to_match(unescaped)
+        .map_err(|message| err(path, message))?;
+    if chars_to_match.get(regex.start()).is_none() {
+        return Err(err(
+            path,
+            "the pattern matches no string without escaped characters (\", \\, control characters)",
+        ));
+    }
+    Ok(Pattern {
+        regex,
+        chars_to_match,
+    })
+}
+
+/// The patterns of the string formats that are enforced (RFC 3339 dates and times, UUIDs,
+/// IPv4 addresses, e-mail addresses and host names, in ASCII).
+pub(super) fn format_pattern(format: &str) -> Option<&'static str> {
+    const DATE: &str = "[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])";
+    const TIME: &str =
+        "([01][0-9]|2[0-3]):[0-5][0-9]:([0-5][0-9]|60)(\\.[0-9]{1,9})?(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])";
+    const OCTET: &str = "(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])";
+    const LABEL: &str = "[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?";
+    static PATTERNS: std::sync::OnceLock<HashMap<&'static str, String>> =
+        std::sync::OnceLock::new();
+    let patterns = PATTERNS.get_or_init(|| {
+        HashMap::from([
+            ("date", format!("^{DATE}$")),
+            ("time", format!("^{TIME}$")),
+            ("date-time", format!("^{DATE}T{TIME}$")),
+            (
+                "uuid",
+                "^[0-9a-fA-F]{8}(-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}$".to_string(),
+            ),
+            ("ipv4", format!("^({OCTET}\\.){{3}}{OCTET}$")),
+            (
+                "email",
+                format!("^[A-Za-z0-9._%+-]{{1,64}}@{LABEL}(\\.{LABEL})+$"),
+            ),
+            ("hostname", format!("^{LABEL}(\\.{LABEL})*$")),
+        ])
+    });
+    patterns.get(format).map(String::as_str)
+}
+
+/// The keywords that bound a number.
+pub(super) const BOUNDS: [&str; 4] = ["minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"];
+
+/// A `number` schema's bounds (draft 4's boolean exclusive forms too); None without bounds.
+pub(super) fn bounds(map: &Map<String, Value>, path: &str) -> Result<Option<Bounds>, SchemaError> {
+    if !BOUNDS.iter().any(|k| map.contains_key(*k)) {
+        return Ok(None);
+    }
+    let mut b = Bounds {
+        lo: f64::NEG_INFINITY,
+        lo_open: false,
+        hi: f64::INFINITY,
+        hi_open: false,
+    };
+    let flag = |key: &str| map.get(key) == Some(&Value::Bool(true));
+    if let Some(m) = bound(map, "minimum", path)? {
+        (b.lo, b.lo_open) = (m, flag("exclusiveMinimum"));
+    }
+    if let Some(m) = bound(map, "exclusiveMinimum", path)? {
+        if m >= b.lo {
+            (b.lo, b.lo_open) = (m, true);
+        }
+    }
+    if let Some(m) = bound(map, "maximum", path)? {
+        (b.hi, b.hi_open) = (m, flag("exclusiveMaximum"));
+    }
+    if let Some(m) = bound(map, "exclusiveMaximum", path)? {
+        if m <= b.hi {
+            (b.hi, b.hi_open) = (m, true);
+        }
+    }
+    if b.lo > b.hi || (b.lo == b.hi && (b.lo_open || b.hi_open)) {
+        return Err(err(path, "no number lies within minimum and maximum"));
+    }
+    Ok(Some(b))
+}
+
+/// A numeric bound's value (None when absent or a draft 4 boolean).
+pub(super) fn bound(
+    map: &Map<String, Value>,
+    key: &str,
+    path: &str,
+) -> Result<Option<f64>, SchemaError> {
+    match map.get(key) {
+        None | Some(Value::Bool(_)) => Ok(None),
+        Some(v) => v
+            .as_f64()
+            .filter(|f| f.is_finite())
+            .map(Some)
+            .ok_or_else(|| err(path, format!("{key} must be a number"))),
+    }
+}
+
+/// The integers an `integer` schema's bounds allow (draft 4's boolean `exclusiveMinimum` /
+/// `exclusiveMaximum` too); None without bounds.
+pub(super) fn int_range(
+    map: &Map<String, Value>,
+    path: &str,
+) -> Result<Option<IntRange>, SchemaError> {
+    if !BOUNDS.iter().any(|k| map.contains_key(*k)) {
+        return Ok(None);
+    }
+    let bound = |key: &str| bound(map, key, path);
+    let flag = |key: &str| map.get(key) == Some(&Value::Bool(true));
+    // the least and greatest integers the bounds admit, as floats (clamped to i64 below)
+    let mut lo = f64::NEG_INFINITY;
+    let mut hi = f64::INFINITY;
+    if let Some(m) = bound("minimum")? {
+        lo = lo.max(if flag("exclusiveMinimum") {
+            m.floor() + 1.0
+        } else {
+            m.ceil()
+        });
+    }
+    if let Some(m) = bound("exclusiveMinimum")? {
+        lo = lo.max(m.floor() + 1.0);
+    }
+    if let Some(m) = bound("maximum")? {
+        hi = hi.min(if flag("exclusiveMaximum") {
+            m.ceil() - 1.0
+        } else {
+            m.floor()
+        });
+    }
+    if let Some(m) = bound("exclusiveMaximum")? {
+        hi = hi.min(m.ceil() - 1.0);
+    }
+    if lo > hi {
+        return Err(err(path, "no integer lies within minimum and maximum"));
+    }
+    // f64 to i64 casts saturate
+    Ok(Some(IntRange {
+        min: lo as i64,
+        max: hi as i64,
+    }))
+}
+
+pub(super) fn count(
+    map: &Map<String, Value>,
+    key: &str,
+    path: &str,
+) -> Result<Option<u32>, SchemaError> {
+    match map.get(key) {
+        None => Ok(None),
+        Some(v) => v
+            .as_u64()
+            .and_then(|n| u32::try_from(n).ok())
+            .map(Some)
+            .ok_or_else(|| err(path, format!("{key} must be a non-negative integer"))),
+    }
+}
+
+pub(super) fn check_range(
+    min: u32,
+    max: Option<u32>,
+    what: &str,
+    path: &str,
+) -> Result<(), SchemaError> {
+    if max.is_some_and(|max| max < min) {
+        return Err(err(path, format!("{what} is above its maximum")));
+    }
+    Ok(())
+}

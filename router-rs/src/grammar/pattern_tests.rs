@@ -1,11 +1,9 @@
 //! JSON Schema `pattern` strings and anchored regular expressions: what they take, and masks
 //! equal to the brute force on random walks.
 
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 
-use super::tests::{accepts, allowed, brute_force, grammar, vocab, END};
+use super::tests::{accepts, grammar, whole_documents};
 use super::*;
 
 #[test]
@@ -72,35 +70,13 @@ fn masks_under_a_pattern_equal_the_brute_force_and_every_document_matches() {
     let id_re = regex_automata::meta::Regex::new("^(na|[a-z]{1,3}[0-9]?)( [a-z]+)?$").unwrap();
     let tag_re = regex_automata::meta::Regex::new("é|日本|\\d\\d").unwrap();
     let g = grammar(schema);
-    let v = vocab();
-    let mut rng = StdRng::seed_from_u64(11);
-    let mut whole = 0;
-    for _ in 0..30 {
-        let mut c = Constraint::new(g.clone(), v.clone(), vec![END], None);
-        let mut text = Vec::new();
-        while !c.is_done() && text.len() < 120 {
-            let mask = allowed(&c);
-            assert_eq!(mask, brute_force(&c.matcher, &v), "after {text:?}");
-            assert!(!mask.is_empty(), "a dead end after {text:?}");
-            let id = if mask.contains(&END) && rng.random_bool(0.5) {
-                END
-            } else {
-                mask[rng.random_range(0..mask.len())]
-            };
-            assert!(c.accept(id));
-            if id != END {
-                text.extend_from_slice(v.bytes(id).unwrap());
-            }
-        }
-        if !c.is_done() {
-            continue;
-        }
-        let doc: Value = serde_json::from_slice(&text).unwrap();
+    let docs = whole_documents(&g, 11, 30, 120);
+    for text in &docs {
+        let doc: Value = serde_json::from_slice(text).unwrap();
         assert!(id_re.is_match(doc["id"].as_str().unwrap()), "{doc}");
         assert!(tag_re.is_match(doc["tag"].as_str().unwrap()), "{doc}");
-        whole += 1;
     }
-    assert!(whole >= 10, "only {whole} whole documents");
+    assert!(docs.len() >= 10, "only {} whole documents", docs.len());
 }
 
 #[test]

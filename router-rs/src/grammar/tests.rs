@@ -61,6 +61,46 @@ pub(super) fn brute_force(m: &Matcher, v: &Vocab) -> Vec<u32> {
     out
 }
 
+/// Random walks through `g` (`walks` of them, at most `max_bytes` each, tokens picked at random
+/// among the allowed ones, the end preferred half the time once allowed): every mask equals the
+/// brute force and none is empty. Returns the walks that ended in a whole document.
+pub(super) fn whole_documents(
+    g: &Arc<Grammar>,
+    seed: u64,
+    walks: usize,
+    max_bytes: usize,
+) -> Vec<Vec<u8>> {
+    let v = vocab();
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut done = Vec::new();
+    for _ in 0..walks {
+        let mut c = Constraint::new(g.clone(), v.clone(), vec![END], None);
+        let mut text = Vec::new();
+        while !c.is_done() && text.len() < max_bytes {
+            let mask = allowed(&c);
+            assert_eq!(mask, brute_force(&c.matcher, &v), "after {text:?}");
+            assert!(
+                !mask.is_empty(),
+                "a dead end after {:?}",
+                String::from_utf8_lossy(&text)
+            );
+            let id = if mask.contains(&END) && rng.random_bool(0.5) {
+                END
+            } else {
+                mask[rng.random_range(0..mask.len())]
+            };
+            assert!(c.accept(id));
+            if id != END {
+                text.extend_from_slice(v.bytes(id).unwrap());
+            }
+        }
+        if c.is_done() {
+            done.push(text);
+        }
+    }
+    done
+}
+
 /// Checks `doc` against the subset of JSON Schema the grammar enforces.
 pub(super) fn conforms(doc: &Value, schema: &Value, root: &Value) -> bool {
     let Some(map) = schema.as_object() else {
@@ -268,45 +308,20 @@ fn unsupported_schemas_are_refused_with_their_place() {
 
 #[test]
 fn masks_equal_the_brute_force_on_every_step_of_random_documents() {
-    let v = vocab();
-    let mut rng = StdRng::seed_from_u64(7);
-    for schema in schemas() {
+    for (i, schema) in schemas().into_iter().enumerate() {
         let g = grammar(schema.clone());
-        let mut whole = 0;
-        for _ in 0..20 {
-            let mut c = Constraint::new(g.clone(), v.clone(), vec![END], None);
-            let mut text = Vec::new();
-            for _ in 0..400 {
-                let mask = allowed(&c);
-                assert_eq!(mask, brute_force(&c.matcher, &v), "{schema} after {text:?}");
-                assert!(
-                    !mask.is_empty(),
-                    "a dead end after {:?}",
-                    String::from_utf8_lossy(&text)
-                );
-                // prefer ending once possible, so documents stay short
-                let id = if mask.contains(&END) && rng.random_bool(0.5) {
-                    END
-                } else {
-                    mask[rng.random_range(0..mask.len())]
-                };
-                assert!(c.accept(id));
-                if id != END {
-                    text.extend_from_slice(v.bytes(id).unwrap());
-                }
-                if c.is_done() {
-                    break;
-                }
-            }
-            if !c.is_done() {
-                continue; // cut off by the step limit: a prefix, not a document
-            }
-            let doc: Value = serde_json::from_slice(&text)
-                .unwrap_or_else(|e| panic!("{e}: {:?}", String::from_utf8_lossy(&text)));
+        // walks cut off by the length limit are prefixes, not documents, and left out
+        let docs = whole_documents(&g, 7 + i as u64, 20, 1200);
+        for text in &docs {
+            let doc: Value = serde_json::from_slice(text)
+                .unwrap_or_else(|e| panic!("{e}: {:?}", String::from_utf8_lossy(text)));
             assert!(conforms(&doc, &schema, &schema), "{schema}: {doc}");
-            whole += 1;
         }
-        assert!(whole >= 5, "{schema}: only {whole} whole documents");
+        assert!(
+            docs.len() >= 5,
+            "{schema}: only {} whole documents",
+            docs.len()
+        );
     }
 }
 
@@ -420,36 +435,11 @@ fn a_regex_grammar_takes_whole_matches_and_its_masks_equal_the_brute_force() {
         assert_eq!(accepts(&g, text), ok, "{text:?}");
     }
     let whole = regex_automata::meta::Regex::new(&format!("^(?:{pattern})$")).unwrap();
-    let v = vocab();
-    let mut rng = StdRng::seed_from_u64(3);
-    let mut ended = 0;
-    for _ in 0..30 {
-        let mut c = Constraint::new(g.clone(), v.clone(), vec![END], None);
-        let mut text = Vec::new();
-        while !c.is_done() && text.len() < 60 {
-            let mask = allowed(&c);
-            assert_eq!(mask, brute_force(&c.matcher, &v), "after {text:?}");
-            assert!(
-                !mask.is_empty(),
-                "a dead end after {:?}",
-                String::from_utf8_lossy(&text)
-            );
-            let id = mask[rng.random_range(0..mask.len())];
-            assert!(c.accept(id));
-            if id != END {
-                text.extend_from_slice(v.bytes(id).unwrap());
-            }
-        }
-        if c.is_done() {
-            ended += 1;
-            assert!(
-                whole.is_match(&text),
-                "{:?}",
-                String::from_utf8_lossy(&text)
-            );
-        }
+    let docs = whole_documents(&g, 3, 30, 60);
+    for text in &docs {
+        assert!(whole.is_match(text), "{:?}", String::from_utf8_lossy(text));
     }
-    assert!(ended > 10);
+    assert!(docs.len() > 10);
     for bad in ["(", "a{2,1}", "[z-a]"] {
         assert!(regex(bad).is_err(), "{bad}");
     }

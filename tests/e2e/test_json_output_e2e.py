@@ -122,17 +122,18 @@ def test_guided_regex_answers_match_it_whole(client: openai.OpenAI) -> None:
         assert whole.fullmatch(text), text
 
 
-def test_schema_patterns_and_integer_bounds_hold_in_every_answer(client: openai.OpenAI) -> None:
+def test_schema_patterns_and_numeric_bounds_hold_in_every_answer(client: openai.OpenAI) -> None:
     """`pattern`, anchored or found anywhere in the string, with a length bound beside it; an
-    integer within `minimum` / `exclusiveMaximum`."""
+    integer and a number within their bounds."""
     schema = {
         "type": "object",
         "properties": {
             "code": {"type": "string", "pattern": "^[A-Z]{2}-[0-9]{3}$"},
             "note": {"type": "string", "pattern": "ok", "maxLength": 8},
             "n": {"type": "integer", "minimum": -5, "exclusiveMaximum": 40},
+            "p": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
         },
-        "required": ["code", "note", "n"],
+        "required": ["code", "note", "n", "p"],
         "additionalProperties": False,
     }
     out = client.chat.completions.create(
@@ -143,8 +144,9 @@ def test_schema_patterns_and_integer_bounds_hold_in_every_answer(client: openai.
     for choice in out.choices:
         assert choice.finish_reason == "stop", choice
         doc = json.loads(choice.message.content or "")
-        assert set(doc) == {"code", "note", "n"}, doc
+        assert set(doc) == {"code", "note", "n", "p"}, doc
         assert isinstance(doc["n"], int) and -5 <= doc["n"] < 40, doc
+        assert 0 < doc["p"] <= 1, doc
         assert re.fullmatch(r"[A-Z]{2}-[0-9]{3}", doc["code"]), doc
         assert "ok" in doc["note"] and len(doc["note"]) <= 8, doc
 

@@ -91,6 +91,10 @@ fn bounds_that_cannot_be_enforced_are_refused() {
         (json!({"minimum": 0}), "only with type integer or number"),
         (
             json!({"type": "integer", "minimum": 5, "maximum": 4}),
+            "no number",
+        ),
+        (
+            json!({"type": "integer", "minimum": 4.2, "maximum": 4.8}),
             "no integer",
         ),
         (

@@ -113,44 +113,28 @@ pub(super) fn bound(
     }
 }
 
-/// The integers an `integer` schema's bounds allow (draft 4's boolean `exclusiveMinimum` /
-/// `exclusiveMaximum` too); None without bounds.
+/// The integers an `integer` schema's bounds allow; None without bounds.
 pub(super) fn int_range(
     map: &Map<String, Value>,
     path: &str,
 ) -> Result<Option<IntRange>, SchemaError> {
-    if !BOUNDS.iter().any(|k| map.contains_key(*k)) {
+    let Some(b) = bounds(map, path)? else {
         return Ok(None);
-    }
-    let bound = |key: &str| bound(map, key, path);
-    let flag = |key: &str| map.get(key) == Some(&Value::Bool(true));
-    // the least and greatest integers the bounds admit, as floats (clamped to i64 below)
-    let mut lo = f64::NEG_INFINITY;
-    let mut hi = f64::INFINITY;
-    if let Some(m) = bound("minimum")? {
-        lo = lo.max(if flag("exclusiveMinimum") {
-            m.floor() + 1.0
-        } else {
-            m.ceil()
-        });
-    }
-    if let Some(m) = bound("exclusiveMinimum")? {
-        lo = lo.max(m.floor() + 1.0);
-    }
-    if let Some(m) = bound("maximum")? {
-        hi = hi.min(if flag("exclusiveMaximum") {
-            m.ceil() - 1.0
-        } else {
-            m.floor()
-        });
-    }
-    if let Some(m) = bound("exclusiveMaximum")? {
-        hi = hi.min(m.ceil() - 1.0);
-    }
+    };
+    // the least and greatest integers within them (f64 to i64 casts saturate)
+    let lo = if b.lo_open {
+        b.lo.floor() + 1.0
+    } else {
+        b.lo.ceil()
+    };
+    let hi = if b.hi_open {
+        b.hi.ceil() - 1.0
+    } else {
+        b.hi.floor()
+    };
     if lo > hi {
         return Err(err(path, "no integer lies within minimum and maximum"));
     }
-    // f64 to i64 casts saturate
     Ok(Some(IntRange {
         min: lo as i64,
         max: hi as i64,

@@ -217,39 +217,26 @@ impl Grammar {
                     }
                     _ => None,
                 };
-                if let Some(next) = next.filter(|_| len < MAX_NUMBER_BYTES) {
-                    let (at, len) = (next, len + 1);
-                    Self::emit(with_top(t.clone(), Frame::Number { integer, at, len }), out);
-                }
-                if at.complete() {
-                    // The number ended before `b`, which belongs to what holds it.
-                    t.stack.pop();
-                    self.feed(t, b, out);
-                }
+                let next = next
+                    .filter(|_| len < MAX_NUMBER_BYTES)
+                    .map(|at| Frame::Number {
+                        integer,
+                        at,
+                        len: len + 1,
+                    });
+                self.number_step(t, b, out, next, at.complete());
             }
             Frame::Integer { node, at } => {
-                let (node, at) = (*node, *at);
-                let range = self.int_range(node);
-                if let Some(next) = at.push(b).filter(|&next| range.reachable(next)) {
-                    Self::emit(with_top(t.clone(), Frame::Integer { node, at: next }), out);
-                }
-                if range.holds(at) {
-                    // The integer ended before `b`, which belongs to what holds it.
-                    t.stack.pop();
-                    self.feed(t, b, out);
-                }
+                let (node, at, range) = (*node, *at, self.int_range(*node));
+                let next = at.push(b).filter(|&next| range.reachable(next));
+                let next = next.map(|at| Frame::Integer { node, at });
+                self.number_step(t, b, out, next, range.holds(at));
             }
             Frame::Decimal { node, at } => {
-                let (node, at) = (*node, *at);
-                let bounds = self.bounds(node);
-                if let Some(next) = at.push(b).filter(|&next| bounds.reachable(next)) {
-                    Self::emit(with_top(t.clone(), Frame::Decimal { node, at: next }), out);
-                }
-                if bounds.holds(at) {
-                    // The number ended before `b`, which belongs to what holds it.
-                    t.stack.pop();
-                    self.feed(t, b, out);
-                }
+                let (node, at, bounds) = (*node, *at, self.bounds(*node));
+                let next = at.push(b).filter(|&next| bounds.reachable(next));
+                let next = next.map(|at| Frame::Decimal { node, at });
+                self.number_step(t, b, out, next, bounds.holds(at));
             }
             Frame::Regex { node, state } => {
                 let node = *node;
@@ -302,6 +289,26 @@ impl Grammar {
                     self.feed(t, b, out);
                 }
             }
+        }
+    }
+
+    /// A number frame after byte `b`: `next` (the frame that takes it) if any, and, where the
+    /// number read so far is `complete`, the number closed and `b` fed to what holds it.
+    fn number_step(
+        &self,
+        mut t: Thread,
+        b: u8,
+        out: &mut Vec<Thread>,
+        next: Option<Frame>,
+        complete: bool,
+    ) {
+        // fmt: skip
+        if let Some(frame) = next {
+            Self::emit(with_top(t.clone(), frame), out);
+        }
+        if complete {
+            t.stack.pop();
+            self.feed(t, b, out);
         }
     }
 

@@ -302,7 +302,6 @@ impl Grammar {
         next: Option<Frame>,
         complete: bool,
     ) {
-        // fmt: skip
         if let Some(frame) = next {
             Self::emit(with_top(t.clone(), frame), out);
         }

@@ -10,7 +10,8 @@
 //! that keeps writing spaces, digits or brackets is still brought to an end. The stepping rules
 //! per frame are in step.rs.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use super::decimal::Bounds;
 use super::frame::{Frame, Thread};
@@ -31,7 +32,19 @@ pub struct Grammar {
     pub(super) schema: Schema,
     /// Per node: the texts of a `Choices` node and the keys of an `Object` node, as slices.
     pub(super) texts: Vec<Vec<Vec<u8>>>,
+    /// The tokens that stay inside a `pattern` string and the room each needs (vocab.rs), by
+    /// vocabulary, node and DFA state: a string's state repeats from token to token.
+    pattern_tokens: Mutex<HashMap<PatternKey, PatternTokens>>,
 }
+
+/// (vocabulary address, pattern node, DFA state)
+pub(crate) type PatternKey = (usize, NodeId, u32);
+/// (token id, room it needs) of the tokens that stay inside a `pattern` string.
+pub(crate) type PatternTokens = Arc<Vec<(u32, u32)>>;
+
+/// Token lists a grammar keeps in `Grammar::pattern_tokens` (up to about 1.2 MB each on a 155K
+/// vocabulary).
+const MAX_PATTERN_LISTS: usize = 8;
 
 impl Grammar {
     pub fn new(schema: Schema) -> Arc<Self> {
@@ -44,7 +57,33 @@ impl Grammar {
                 _ => Vec::new(),
             })
             .collect();
-        Arc::new(Grammar { schema, texts })
+        Arc::new(Grammar {
+            schema,
+            texts,
+            pattern_tokens: Mutex::default(),
+        })
+    }
+
+    /// The token list cached under `key`, else `fill()`'s (kept while the cache has room).
+    pub(crate) fn pattern_tokens(
+        &self,
+        key: PatternKey,
+        fill: impl FnOnce() -> Vec<(u32, u32)>,
+    ) -> PatternTokens {
+        let lock = || {
+            self.pattern_tokens
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+        };
+        if let Some(tokens) = lock().get(&key) {
+            return tokens.clone();
+        }
+        let tokens = Arc::new(fill());
+        let mut cache = lock();
+        if cache.len() < MAX_PATTERN_LISTS {
+            cache.insert(key, tokens.clone());
+        }
+        tokens
     }
 
     /// Output matching `pattern` whole.
@@ -135,6 +174,7 @@ impl Grammar {
 /// Where a thread inside a `pattern` string stands: DFA state and characters so far.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct PatternAt<'a> {
+    pub(crate) node: NodeId,
     pub(crate) pattern: &'a Pattern,
     pub(crate) state: u32,
     pub(crate) len: u32,
@@ -224,6 +264,7 @@ impl Matcher {
         };
         match &self.grammar.schema.nodes[node] {
             Node::Pattern { regex, max } => Some(PatternAt {
+                node,
                 pattern: regex,
                 state,
                 len,

@@ -9,9 +9,9 @@
 //! expression) the walk steps DFA states instead of threads.
 
 use super::frame::Thread;
-use super::matcher::{Matcher, PatternAt};
+use super::matcher::Matcher;
 use super::regex::Regex;
-use super::schema::unescaped;
+use super::schema::{unescaped, Pattern};
 
 /// `Vocab::plain` of a token that is not plain.
 const NOT_PLAIN: u32 = u32::MAX;
@@ -94,45 +94,35 @@ impl Trie {
         }
     }
 
-    /// Sets the bit of every token whose bytes stay inside a string of `pattern`, from DFA
-    /// state `state` after `len` characters: the walk of `mark` with a state and a count per
-    /// depth, leaving out every subtree from a quote on (the tokens that close the string).
-    fn mark_pattern(&self, at: PatternAt, words: &mut [u32]) {
-        let PatternAt {
-            pattern,
-            state,
-            len,
-            max,
-        } = at;
-        let mut states = vec![(state, len); self.max_depth + 1];
+    /// Every token whose bytes stay inside a string of `pattern` from DFA state `state`, with
+    /// the room it needs: its characters plus the fewest a match takes after it. The walk of
+    /// `mark` with a state and a count per depth, leaving out every subtree from a quote on
+    /// (the tokens that close the string).
+    fn pattern_tokens(&self, pattern: &Pattern, state: u32) -> Vec<(u32, u32)> {
+        let mut out = Vec::new();
+        let mut states = vec![(state, 0u32); self.max_depth + 1];
         let mut i = 1;
         while i < self.byte.len() {
             let d = self.depth[i] as usize;
-            let (state, len) = states[d - 1];
+            let (state, chars) = states[d - 1];
             let b = self.byte[i];
-            let len = len + u32::from(b & 0xC0 != 0x80);
+            let chars = chars + u32::from(b & 0xC0 != 0x80);
             let next = unescaped(b)
                 .then(|| pattern.regex.next(state, b))
                 .flatten()
-                .filter(|next| {
-                    pattern
-                        .chars_to_match
-                        .get(*next)
-                        .is_some_and(|rest| max.is_none_or(|max| len + rest <= max))
-                });
-            match next {
-                None => {
-                    i = self.end[i] as usize;
-                    continue;
-                }
-                Some(next) => states[d] = (next, len),
-            }
+                .and_then(|next| Some((next, pattern.chars_to_match.get(next)?)));
+            let Some((next, rest)) = next else {
+                i = self.end[i] as usize;
+                continue;
+            };
+            states[d] = (next, chars);
             let (lo, hi) = self.tokens[i];
             for &id in &self.token_ids[lo as usize..hi as usize] {
-                words[id as usize / 32] |= 1 << (id % 32);
+                out.push((id, chars + rest));
             }
             i += 1;
         }
+        out
     }
 
     /// Sets the bit of every token whose bytes `matcher` survives.
@@ -245,9 +235,19 @@ impl Vocab {
         if let Some((regex, state)) = matcher.in_regex() {
             self.all.mark_regex(regex, state, words);
         } else if let Some(at) = matcher.in_pattern() {
-            // the tokens inside the string by DFA states; those with a quote (all in `rest`,
-            // which is walked whole) by the matcher
-            self.all.mark_pattern(at, words);
+            // the tokens inside the string by DFA states, kept per state with the room each
+            // needs (a string's state repeats from token to token); those with a quote (all in
+            // `rest`, which is walked whole) by the matcher
+            let room = at.max.map_or(u32::MAX, |max| max.saturating_sub(at.len));
+            let key = (self as *const Self as usize, at.node, at.state);
+            let inside = matcher
+                .grammar()
+                .pattern_tokens(key, || self.all.pattern_tokens(at.pattern, at.state));
+            for &(id, needs) in inside.iter() {
+                if needs <= room {
+                    words[id as usize / 32] |= 1 << (id % 32);
+                }
+            }
             self.rest.mark(matcher, words, &mut levels);
         } else {
             match matcher.in_plain_string() {

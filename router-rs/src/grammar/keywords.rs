@@ -98,11 +98,7 @@ pub(super) fn bounds(map: &Map<String, Value>, path: &str) -> Result<Option<Boun
 }
 
 /// A numeric bound's value (None when absent or a draft 4 boolean).
-pub(super) fn bound(
-    map: &Map<String, Value>,
-    key: &str,
-    path: &str,
-) -> Result<Option<f64>, SchemaError> {
+fn bound(map: &Map<String, Value>, key: &str, path: &str) -> Result<Option<f64>, SchemaError> {
     match map.get(key) {
         None | Some(Value::Bool(_)) => Ok(None),
         Some(v) => v

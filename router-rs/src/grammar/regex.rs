@@ -30,6 +30,7 @@ const MAX_STATES: usize = 1 << 16;
 /// A compiled pattern: the whole text must match it.
 #[derive(Debug, Clone)]
 pub struct Regex {
+    /// The text compiled (a search pattern wrapped), which equality compares.
     pattern: String,
     dfa: dense::DFA<Vec<u32>>,
     start: u32,
@@ -76,7 +77,7 @@ impl Regex {
             .start_state(&start::Config::new().anchored(Anchored::Yes))
             .map_err(|e| err(format!("the pattern cannot be used: {e}")))?;
         Ok(Regex {
-            pattern: pattern.to_string(),
+            pattern: whole.to_string(),
             dfa,
             start: start.as_u32(),
         })

@@ -84,6 +84,18 @@ pub struct Pattern {
     pub chars_to_match: CharsToMatch,
 }
 
+impl Pattern {
+    /// Inside a string of this pattern: the DFA state after byte `b` and the fewest characters
+    /// a match then takes; None where `b` cannot be written there or no match can follow.
+    pub(crate) fn step(&self, state: u32, b: u8) -> Option<(u32, u32)> {
+        if !unescaped(b) {
+            return None;
+        }
+        let next = self.regex.next(state, b)?;
+        Some((next, self.chars_to_match.get(next)?))
+    }
+}
+
 /// One listed property of an object.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Prop {

@@ -5,7 +5,7 @@ use super::decimal::DecAt;
 use super::frame::{with_top, ArrAt, Frame, NumAt, ObjAt, Thread};
 use super::integer::IntAt;
 use super::matcher::{Grammar, MAX_DEPTH, MAX_NUMBER_BYTES, MAX_WHITESPACE_RUN};
-use super::schema::{unescaped, Node, NodeId};
+use super::schema::{Node, NodeId};
 
 fn is_ws(b: u8) -> bool {
     matches!(b, b' ' | b'\n' | b'\t' | b'\r')
@@ -256,16 +256,10 @@ impl Grammar {
                     }
                     return;
                 }
-                if !unescaped(b) {
-                    return;
-                }
                 // characters counted at their first byte; a state is taken only while a match
                 // can still follow within the length
                 let len = len + u32::from(b & 0xC0 != 0x80);
-                let Some(state) = regex.regex.next(state, b) else {
-                    return;
-                };
-                let Some(rest) = regex.chars_to_match.get(state) else {
+                let Some((state, rest)) = regex.step(state, b) else {
                     return;
                 };
                 if max.is_none_or(|max| len + rest <= max) {

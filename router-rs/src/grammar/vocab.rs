@@ -11,7 +11,7 @@
 use super::frame::Thread;
 use super::matcher::Matcher;
 use super::regex::Regex;
-use super::schema::{unescaped, Pattern};
+use super::schema::Pattern;
 
 /// `Vocab::plain` of a token that is not plain.
 const NOT_PLAIN: u32 = u32::MAX;
@@ -107,11 +107,7 @@ impl Trie {
             let (state, chars) = states[d - 1];
             let b = self.byte[i];
             let chars = chars + u32::from(b & 0xC0 != 0x80);
-            let next = unescaped(b)
-                .then(|| pattern.regex.next(state, b))
-                .flatten()
-                .and_then(|next| Some((next, pattern.chars_to_match.get(next)?)));
-            let Some((next, rest)) = next else {
+            let Some((next, rest)) = pattern.step(state, b) else {
                 i = self.end[i] as usize;
                 continue;
             };

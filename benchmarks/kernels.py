@@ -1,6 +1,6 @@
 """Kernel timings at the real GLM-4.7-Flash shapes against the ceilings measured in the same run.
 
-    python benchmarks/kernels.py [--only ceil,decode,fi_decode,prefill,varlen,moe,small,skinny,align,fa3] [--moe-sweep] [--json F]
+    python benchmarks/kernels.py [--only ceil,decode,fi_decode,prefill,varlen,moe,moe_decode,small,skinny,align,fa3] [--moe-sweep] [--json F]
         [--decode-batches 1,32,256]
 
 Every time is the median of `triton.testing.do_bench` (L2 flushed before each run, events around
@@ -45,6 +45,7 @@ from bench_common import (
     time_ms,
 )
 from bench_decode import bench_decode, bench_fi_decode
+from bench_moe_decode import bench_moe_decode
 from bench_skinny import bench_skinny
 
 from glm47.kernels.activation import silu_and_mul, silu_and_mul_ref
@@ -352,7 +353,8 @@ def bench_fa3(ceil: dict) -> list[Row]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument(
-        "--only", default="ceil,decode,fi_decode,prefill,varlen,moe,small,skinny,align,fa3"
+        "--only",
+        default="ceil,decode,fi_decode,prefill,varlen,moe,moe_decode,small,skinny,align,fa3",
     )
     ap.add_argument("--moe-sweep", action="store_true", help="time every candidate MoE config")
     ap.add_argument("--json", type=Path, default=None)
@@ -374,6 +376,7 @@ def main() -> None:
             ceil, sms, tuple(int(b) for b in args.decode_batches.split(","))
         ),
         "fi_decode": lambda: bench_fi_decode(ceil),
+        "moe_decode": lambda: bench_moe_decode(ceil),
         "prefill": lambda: bench_prefill(ceil),
         "small": lambda: bench_small(ceil),
         "skinny": lambda: bench_skinny(ceil, args.skinny_sweep_s, skinny_shapes),
@@ -381,8 +384,8 @@ def main() -> None:
         "fa3": lambda: bench_fa3(ceil),
         "varlen": lambda: bench_varlen(ceil),
     }
-    for part in ("decode", "fi_decode", "prefill", "varlen", "moe", "small", "skinny", "align",
-                 "fa3"):  # fmt: skip
+    for part in ("decode", "fi_decode", "prefill", "varlen", "moe", "moe_decode", "small", "skinny",
+                 "align", "fa3"):  # fmt: skip
         if part not in parts:
             continue
         try:  # one failing part does not lose the others' rows

@@ -109,7 +109,7 @@ def _moe_gemm_kernel(
         a_ptr, w_ptr, shared_w_ptr, c_ptr, topk_w_ptr, sorted_ids_ptr, expert_ids_ptr, pid_m,
         pid_n, tl.program_id(1), N, K, num_pairs, stride_am, stride_we, stride_wn, stride_cm,
         stride_cs, TOP_K, A_PER_TOKEN, GATED, MUL_WEIGHT, BLOCK_M, BLOCK_N, BLOCK_K, NUM_EXPERTS,
-        HAS_SHARED, K_PER_SPLIT, "", "",
+        HAS_SHARED, K_PER_SPLIT, "",
     )  # fmt: skip
 
 

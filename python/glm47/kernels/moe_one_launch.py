@@ -8,7 +8,7 @@ start. Here the grid holds the gate/up tiles first and the down tiles after them
 tile waits only for its own inputs: the intermediate rows of its row block over its split of K,
 written by `expected` gate/up tiles, each of which adds one to the block's and split's `ready`
 counter after its stores. Meanwhile a waiting down program has asked for its whole weight tile in
-L2, and the gate/up tiles read their weights with the evict-first policy, so the down weights stay.
+L2.
 
 Waiting inside a launch is safe because the hardware starts a launch's programs in grid order:
 every gate/up program starts before any down program, and none of them waits. (The Triton
@@ -36,7 +36,7 @@ from glm47.kernels.moe_tile import (
 from glm47.kernels.pdl import pdl_wait, prefetch_l2, use_pdl
 
 # Lines of a down tile's weight asked into L2 at a time (a power of two).
-_DOWN_PREFETCH_LINES = 4
+_DOWN_PREFETCH_LINES = tl.constexpr(4)
 
 
 @triton.jit
@@ -100,7 +100,7 @@ def _moe_one_launch_kernel(
                 x_ptr, w13_ptr, shared_w13_ptr, inter_ptr, topk_w_ptr, sorted_ids_ptr,
                 expert_ids_ptr, pid_m, pid_n, 0, inter, hidden, num_pairs, stride_xm,
                 stride_w13e, stride_w13n, inter, 0, TOP_K, True, True, False, BLOCK_M, G_BLOCK_N,
-                G_BLOCK_K, NUM_EXPERTS, HAS_SHARED, G_K, "", "evict_first",
+                G_BLOCK_K, NUM_EXPERTS, HAS_SHARED, G_K, "",
             )  # fmt: skip
             tl.debug_barrier()  # every thread's rows are stored before the count moves
             split = (pid_n * G_BLOCK_N) // D_K_PER_SPLIT
@@ -136,7 +136,7 @@ def _moe_one_launch_kernel(
                 inter_ptr, w2_ptr, shared_w2_ptr, out_ptr, topk_w_ptr, sorted_ids_ptr,
                 expert_ids_ptr, pid_m, pid_n, split, hidden, inter, num_pairs, inter, stride_w2e,
                 stride_w2n, hidden, stride_os, TOP_K, False, False, True, BLOCK_M, D_BLOCK_N,
-                D_BLOCK_K, NUM_EXPERTS, HAS_SHARED, D_K_PER_SPLIT, ".cg", "",
+                D_BLOCK_K, NUM_EXPERTS, HAS_SHARED, D_K_PER_SPLIT, ".cg",
             )  # fmt: skip
             if tl.atomic_add(done_ptr + counter, 1, sem="acq_rel") == d_cols - 1:
                 tl.atomic_xchg(ready_ptr + counter, 0)

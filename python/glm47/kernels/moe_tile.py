@@ -93,7 +93,6 @@ def moe_tile(
     HAS_SHARED: tl.constexpr,
     K_PER_SPLIT: tl.constexpr,
     A_CACHE: tl.constexpr,  # the activations' cache modifier ("" or ".cg": from L2, not L1)
-    W_EVICT: tl.constexpr,  # the weights' L2 eviction policy ("" or "evict_first")
 ):
     """One [BLOCK_M, BLOCK_N] tile of a grouped GEMM over row block pid_m of the aligned pairs
     (see the module docstring). The block must hold pairs (below the alignment's padded count)."""
@@ -116,12 +115,10 @@ def moe_tile(
         k_ok = offs_k < K - k0
         a = tl.load(a_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0,
                     cache_modifier=A_CACHE)  # fmt: skip
-        w = tl.load(w_ptrs, mask=k_ok[:, None] & col_ok[None, :], other=0.0,
-                    eviction_policy=W_EVICT)  # fmt: skip
+        w = tl.load(w_ptrs, mask=k_ok[:, None] & col_ok[None, :], other=0.0)
         acc = tl.dot(a, w, acc)
         if GATED:
-            w_up = tl.load(w_ptrs + N * stride_wn, mask=k_ok[:, None] & col_ok[None, :],
-                           other=0.0, eviction_policy=W_EVICT)  # fmt: skip
+            w_up = tl.load(w_ptrs + N * stride_wn, mask=k_ok[:, None] & col_ok[None, :], other=0.0)
             acc_up = tl.dot(a, w_up, acc_up)
         a_ptrs += BLOCK_K
         w_ptrs += BLOCK_K

@@ -1,12 +1,11 @@
 """The MoE of a decode step as the model runs it (`kernels.py --only moe_decode`): from the
-router's logits, the routing with the pairs' layout (one launch), the grouped GEMMs in two
-launches or in one (kernels/moe_one_launch), and the top-k sum, with programmatic dependent launch
-where the GPU has it, replayed from a CUDA graph over rotating routings (so the experts' weights
-come from memory, not L2). With and without the shared expert as one more expert."""
+router's logits, the routing with the pairs' layout (one launch), the two grouped GEMMs and the
+top-k sum, with programmatic dependent launch where the GPU has it, replayed from a CUDA graph over
+rotating routings (so the experts' weights come from memory, not L2). With and without the shared
+expert as one more expert (kernels/moe_decode folds it in at one token)."""
 
 from __future__ import annotations
 
-from dataclasses import replace
 from functools import partial
 
 import torch
@@ -14,7 +13,6 @@ from bench_common import BF16, DEV, EXPERTS, HIDDEN, INTER, TOP_K, Row, graph_ms
 
 from glm47.kernels.fused_moe import choose_config, fused_experts, moe_bytes, moe_flops
 from glm47.kernels.moe_config import MoeConfig
-from glm47.kernels.moe_one_launch import fits_one_launch
 from glm47.kernels.pdl import pdl_supported, set_pdl
 from glm47.kernels.routing import route_align
 
@@ -64,16 +62,11 @@ def bench_moe_decode(ceil: dict, tokens: tuple[int, ...] = (1, 2, 4, 8, 16)) -> 
                 nbytes = moe_bytes(t, 1, HIDDEN, INTER, TOP_K) - 2 * 3 * HIDDEN * INTER
                 nbytes += int(experts * 2 * 3 * HIDDEN * INTER)
                 flops = moe_flops(t, HIDDEN, INTER, TOP_K + (shared is not None))
-                for one in (False, True):
-                    cfg = replace(stored, one_launch=one)
-                    if one and not fits_one_launch(cfg, INTER):
-                        continue
-                    ms = graph_ms(partial(_moe, bias=bias, w13=w13, w2=w2, shared=shared, cfg=cfg),
-                                  sets)  # fmt: skip
-                    shape = f"T={t} experts={experts:.1f}"
-                    variant = (f"{'one launch' if one else 'two launches'}"
-                               f"{' +shared' if shared else ''} pdl={int(pdl)}")  # fmt: skip
-                    rows.append(row("moe_decode", shape, variant, ms, nbytes, flops, ceil))
+                ms = graph_ms(partial(_moe, bias=bias, w13=w13, w2=w2, shared=shared, cfg=stored),
+                              sets)  # fmt: skip
+                shape = f"T={t} experts={experts:.1f}"
+                variant = f"routing+GEMMs+sum{' +shared' if shared else ''} pdl={int(pdl)}"
+                rows.append(row("moe_decode", shape, variant, ms, nbytes, flops, ceil))
     finally:
         set_pdl(False)
     return rows

@@ -17,8 +17,6 @@ decode-sized entry points that route and run the experts are in kernels/moe_deco
 At decode sizes a tile row of GEMM 2 has few programs (one per active expert and column block),
 each streaming its weight over the whole of K; `MoeConfig.down_split_k` splits K over more
 programs, which write fp32 parts that the top-k sum adds and rounds where GEMM 2 would have.
-With `MoeConfig.one_launch` both GEMMs run in one launch (kernels/moe_one_launch); a tile of
-either is kernels/moe_tile's.
 """
 
 from __future__ import annotations
@@ -33,9 +31,7 @@ import triton.language as tl
 
 from glm47.kernels.moe_align import MoeAlignment, moe_align
 from glm47.kernels.moe_config import MoeConfig, down_candidates, select_config, shape_key
-from glm47.kernels.moe_one_launch import fits_one_launch, moe_gemms_one_launch
-from glm47.kernels.moe_tile import k_splits, moe_tile, prefetch_columns, prefetch_expert_tile
-from glm47.kernels.pdl import pdl_wait, use_pdl
+from glm47.kernels.pdl import pdl_wait, prefetch_l2, use_pdl
 from glm47.kernels.topk_sum import topk_sum
 
 log = logging.getLogger(__name__)
@@ -43,6 +39,9 @@ log = logging.getLogger(__name__)
 # The tuner cycles through routings whose expert weights add up to at least this many bytes, so
 # that one replay's experts are not left in L2 for the next (an H200 has 50 MB of L2).
 TUNE_ROTATION_BYTES = 256 << 20
+# With programmatic dependent launch, at most this many expert-weight bytes a launch are asked into
+# L2 before the wait (see kernels/pdl): about what the memory moves during the kernel before.
+PREFETCH_BYTES = 16 << 20
 
 
 @triton.jit
@@ -97,7 +96,7 @@ def _moe_gemm_kernel(
     pid_n = (pid % per_group) // group_size
     k_start = tl.program_id(1) * K_PER_SPLIT
     if PREFETCH_K > 0:
-        prefetch_expert_tile(
+        _prefetch_expert_tile(
             w_ptr, shared_w_ptr, hint_ids_ptr, expert_ids_ptr, num_padded_ptr, pid_m, pid_n, N,
             k_start, num_pairs, stride_we, stride_wn, GATED, NUM_EXPERTS, HAS_SHARED, BLOCK_M,
             BLOCK_N, PREFETCH_K, LINE_ELEMS, HINT_FROM_PAIRS,
@@ -105,12 +104,79 @@ def _moe_gemm_kernel(
     pdl_wait(USE_PDL)
     if pid_m * BLOCK_M >= tl.load(num_padded_ptr):
         return
-    moe_tile(
-        a_ptr, w_ptr, shared_w_ptr, c_ptr, topk_w_ptr, sorted_ids_ptr, expert_ids_ptr, pid_m,
-        pid_n, tl.program_id(1), N, K, num_pairs, stride_am, stride_we, stride_wn, stride_cm,
-        stride_cs, TOP_K, A_PER_TOKEN, GATED, MUL_WEIGHT, BLOCK_M, BLOCK_N, BLOCK_K, NUM_EXPERTS,
-        HAS_SHARED, K_PER_SPLIT, "",
-    )  # fmt: skip
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    pair = tl.load(sorted_ids_ptr + offs_m)  # [BLOCK_M]
+    row_ok = pair < num_pairs
+    a_row = pair // TOP_K if A_PER_TOKEN else pair
+    expert = tl.load(expert_ids_ptr + pid_m).to(tl.int64)
+    w_base = _expert_weights(w_ptr, shared_w_ptr, expert, stride_we, NUM_EXPERTS, HAS_SHARED)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    col_ok = offs_n < N
+    offs_k = k_start + tl.arange(0, BLOCK_K)
+    a_ptrs = a_ptr + a_row[:, None].to(tl.int64) * stride_am + offs_k[None, :]  # [BM, BK]
+    w_ptrs = w_base + offs_n[None, :] * stride_wn + offs_k[:, None]  # [BK, BN]
+
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    acc_up = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for k0 in range(0, tl.minimum(K_PER_SPLIT, K - k_start), BLOCK_K):
+        k_ok = offs_k < K - k0
+        a = tl.load(a_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+        w = tl.load(w_ptrs, mask=k_ok[:, None] & col_ok[None, :], other=0.0)
+        acc = tl.dot(a, w, acc)
+        if GATED:
+            w_up = tl.load(w_ptrs + N * stride_wn, mask=k_ok[:, None] & col_ok[None, :], other=0.0)
+            acc_up = tl.dot(a, w_up, acc_up)
+        a_ptrs += BLOCK_K
+        w_ptrs += BLOCK_K
+
+    if GATED:
+        acc = acc * tl.sigmoid(acc) * acc_up
+    if MUL_WEIGHT:
+        acc = acc * tl.load(topk_w_ptr + pair, mask=row_ok, other=0.0)[:, None]
+    c_ptrs = c_ptr + tl.program_id(1) * stride_cs + pair[:, None].to(tl.int64) * stride_cm
+    c_ptrs += offs_n[None, :]
+    tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
+
+
+@triton.jit
+def _expert_weights(w_ptr, shared_w_ptr, expert, stride_we, NUM_EXPERTS: tl.constexpr,
+                    HAS_SHARED: tl.constexpr):  # fmt: skip
+    """The first weight of `expert`: a routed expert's slice of w, or the shared expert's tensor
+    for id NUM_EXPERTS."""
+    base = w_ptr + expert * stride_we
+    if HAS_SHARED:
+        if expert == NUM_EXPERTS:
+            base = shared_w_ptr
+    return base
+
+
+@triton.jit
+def _prefetch_expert_tile(
+    w_ptr, shared_w_ptr, hint_ids_ptr, expert_ids_ptr, num_padded_ptr, pid_m, pid_n, N, k_start,
+    num_pairs, stride_we, stride_wn, GATED: tl.constexpr, NUM_EXPERTS: tl.constexpr,
+    HAS_SHARED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    PREFETCH_K: tl.constexpr, LINE_ELEMS: tl.constexpr, HINT_FROM_PAIRS: tl.constexpr,
+):  # fmt: skip
+    """Ask for the start (from column k_start) of this block's weight tile in L2. Only a hint: what it reads was written
+    by kernels that finished before the previous one started, and a wrong guess costs bandwidth,
+    never a result (the addresses are clamped into the weights)."""
+    if HINT_FROM_PAIRS:
+        wanted = pid_m < num_pairs
+        expert = tl.load(hint_ids_ptr + tl.minimum(pid_m, num_pairs - 1), cache_modifier=".cg")
+    else:
+        wanted = pid_m * BLOCK_M < tl.load(num_padded_ptr, cache_modifier=".cg")
+        expert = tl.load(expert_ids_ptr + pid_m, cache_modifier=".cg")
+    if wanted:
+        last: tl.constexpr = NUM_EXPERTS if HAS_SHARED else NUM_EXPERTS - 1
+        e = tl.minimum(tl.maximum(expert, 0), last).to(tl.int64)
+        base = _expert_weights(w_ptr, shared_w_ptr, e, stride_we, NUM_EXPERTS, HAS_SHARED)
+        rows = tl.minimum(pid_n * BLOCK_N + tl.arange(0, BLOCK_N), N - 1)
+        cols = k_start + tl.arange(0, PREFETCH_K // LINE_ELEMS) * LINE_ELEMS
+        tile = base + rows[:, None] * stride_wn + cols[None, :]
+        prefetch_l2(tile)
+        if GATED:
+            prefetch_l2(tile + N * stride_wn)
 
 
 def moe_gemm(
@@ -160,7 +226,7 @@ def moe_gemm(
     prefetch_k = 0
     if pdl and hint_ids is not None:  # GEMM 1 guesses one block per pair
         hinted = min(num_blocks, parts.shape[1]) if a_per_token else num_blocks
-        prefetch_k = prefetch_columns(
+        prefetch_k = _prefetch_columns(
             min(k, k_per_split), hinted * w.shape[1] * w.element_size() * grid[1], w.element_size()
         )
     _moe_gemm_kernel[grid](
@@ -173,6 +239,21 @@ def moe_gemm(
         HINT_FROM_PAIRS=a_per_token, USE_PDL=pdl,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, launch_pdl=pdl,
     )  # fmt: skip
+
+
+def k_splits(k: int, block_k: int, split_k: int) -> tuple[int, int]:
+    """(columns a split, number of splits) when K is split over about `split_k` programs in
+    whole BLOCK_K steps: fewer where K has fewer steps."""
+    k_per_split = triton.cdiv(triton.cdiv(k, block_k), max(1, split_k)) * block_k
+    return k_per_split, triton.cdiv(k, k_per_split)
+
+
+def _prefetch_columns(k: int, bytes_per_column: int, elem: int) -> int:
+    """Weight columns a GEMM asks into L2 ahead of its wait: a power of two that keeps the launch
+    within PREFETCH_BYTES, at least one 128-byte line, at most K; 0 when none fits."""
+    cols = min(k, PREFETCH_BYTES // max(1, bytes_per_column))
+    cols = 1 << (cols.bit_length() - 1) if cols > 0 else 0
+    return cols if cols * elem >= 128 else 0
 
 
 def fused_experts(
@@ -214,34 +295,12 @@ def fused_experts(
     x = x.contiguous()
     if align is None:
         align = moe_align(topk_ids, num_experts + int(shared is not None), cfg.block_m)
+    shared_w13, shared_w2 = shared if shared is not None else (None, None)
+    pairs = t * top_k
     weights = topk_weights.reshape(-1).contiguous()  # [P]
+    inter_act = torch.empty((pairs, inter), dtype=x.dtype, device=x.device)  # [P, I]
     flat_ids = topk_ids.reshape(-1)
     hint_ids = flat_ids if flat_ids.dtype == torch.int32 and flat_ids.is_contiguous() else None
-    if cfg.one_launch and hint_ids is not None and fits_one_launch(cfg, inter):
-        per_pair = moe_gemms_one_launch(x, w13, w2, weights, align, top_k, cfg, hint_ids, shared)
-    else:
-        per_pair = _two_launches(x, w13, w2, weights, align, top_k, cfg, hint_ids, shared)
-    return topk_sum(
-        per_pair, top_k, add=None if extra is None else extra(), shared_last=shared is not None,
-        dtype=x.dtype,
-    )  # fmt: skip
-
-
-def _two_launches(
-    x: torch.Tensor,  # [T, H]
-    w13: torch.Tensor,
-    w2: torch.Tensor,
-    weights: torch.Tensor,  # [P] fp32
-    align: MoeAlignment,
-    top_k: int,
-    cfg: MoeConfig,
-    hint_ids: torch.Tensor | None,
-    shared: tuple[torch.Tensor, torch.Tensor] | None,
-) -> torch.Tensor:  # [P, H] in x's dtype, or [splits, P, H] fp32 parts
-    """The gate/up GEMM, then the down GEMM, each its own launch."""
-    pairs, hidden, inter = weights.shape[0], x.shape[1], w2.shape[2]
-    shared_w13, shared_w2 = shared if shared is not None else (None, None)
-    inter_act = torch.empty((pairs, inter), dtype=x.dtype, device=x.device)  # [P, I]
     moe_gemm(x, w13, inter_act, weights, align, top_k, a_per_token=True, gated=True,
              mul_weight=False, cfg=cfg, hint_ids=hint_ids, shared_w=shared_w13)  # fmt: skip
     down = cfg.down()
@@ -253,7 +312,10 @@ def _two_launches(
     moe_gemm(inter_act, w2, per_pair, weights, align, top_k, a_per_token=False, gated=False,
              mul_weight=True, cfg=down, hint_ids=hint_ids, shared_w=shared_w2,
              split_k=splits)  # fmt: skip
-    return per_pair
+    return topk_sum(
+        per_pair, top_k, add=None if extra is None else extra(), shared_last=shared is not None,
+        dtype=x.dtype,
+    )  # fmt: skip
 
 
 def _gpu_name(device: torch.device) -> str:

@@ -91,9 +91,6 @@ class MoeConfig:
     # The down GEMM's K split over this many programs a tile (0 or 1: none); the top-k sum adds
     # the fp32 parts (see fused_moe.fused_experts)
     down_split_k: int = 0
-    # Both GEMMs in one launch, each down tile starting when its inputs are stored
-    # (kernels/moe_one_launch), where the tiles fit that form (`fits_one_launch`)
-    one_launch: bool = False
 
     def __post_init__(self) -> None:
         for name in ("block_m", "block_n", "block_k"):
@@ -129,11 +126,7 @@ class MoeConfig:
 
     def stored(self) -> dict[str, int]:
         """The fields written to a config file: the down GEMM's own settings only where set."""
-        return {
-            k: v
-            for k, v in asdict(self).items()
-            if not ((k.startswith("down_") or k == "one_launch") and not v)
-        }
+        return {k: v for k, v in asdict(self).items() if not (k.startswith("down_") and v == 0)}
 
 
 def shape_key(num_experts: int, hidden: int, inter: int, top_k: int, dtype: str) -> str:

@@ -1,4 +1,5 @@
-//! The bytes of a JSON string: escapes, whole UTF-8 characters, no control characters.
+//! The bytes of a JSON string (escapes, whole UTF-8 characters, no control characters) and of
+//! raw text (whole UTF-8 characters).
 
 /// Where a string's bytes are: between characters, inside an escape, inside a UTF-8 sequence.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -10,6 +11,8 @@ pub(crate) struct Chars {
     utf8_left: u8,
     lo: u8,
     hi: u8,
+    /// The last character read is `<`.
+    lt: bool,
 }
 
 pub(crate) enum CharStep {
@@ -24,8 +27,18 @@ impl Chars {
         self.esc == 0 && self.utf8_left == 0
     }
 
+    /// Whether the last character read is `<` (and nothing of the next one yet).
+    pub(crate) fn after_lt(&self) -> bool {
+        self.lt
+    }
+
     /// Takes one byte inside a string (the opening quote already read).
     pub(crate) fn step(&mut self, b: u8) -> CharStep {
+        self.lt = b == b'<' && self.at_boundary();
+        self.step_char(b)
+    }
+
+    fn step_char(&mut self, b: u8) -> CharStep {
         if self.utf8_left > 0 {
             if b < self.lo || b > self.hi {
                 return CharStep::Dead;
@@ -42,15 +55,12 @@ impl Chars {
                         self.esc = 1;
                         return CharStep::Open;
                     }
-                    0x00..=0x1F | 0x80..=0xC1 | 0xF5..=0xFF => return CharStep::Dead,
-                    0x20..=0x7F => return CharStep::Open,
-                    0xC2..=0xDF => (1, 0x80, 0xBF),
-                    0xE0 => (2, 0xA0, 0xBF),
-                    0xED => (2, 0x80, 0x9F),
-                    0xE1..=0xEF => (2, 0x80, 0xBF),
-                    0xF0 => (3, 0x90, 0xBF),
-                    0xF4 => (3, 0x80, 0x8F),
-                    0xF1..=0xF3 => (3, 0x80, 0xBF),
+                    0x00..=0x1F => return CharStep::Dead,
+                    _ => match utf8_lead(b) {
+                        None => return CharStep::Dead,
+                        Some((0, _, _)) => return CharStep::Open,
+                        Some(lead) => lead,
+                    },
                 };
                 (self.utf8_left, self.lo, self.hi) = (left, lo, hi);
                 CharStep::Open
@@ -73,6 +83,55 @@ impl Chars {
                 self.esc = if n == 2 { 0 } else { n - 1 };
                 CharStep::Open
             }
+        }
+    }
+}
+
+/// What a UTF-8 sequence's first byte `b` asks of the rest: (continuation bytes to come, the range
+/// the next must fall in); None where `b` cannot start a character.
+fn utf8_lead(b: u8) -> Option<(u8, u8, u8)> {
+    Some(match b {
+        0x00..=0x7F => (0, 0, 0),
+        0x80..=0xC1 | 0xF5..=0xFF => return None,
+        0xC2..=0xDF => (1, 0x80, 0xBF),
+        0xE0 => (2, 0xA0, 0xBF),
+        0xED => (2, 0x80, 0x9F),
+        0xE1..=0xEF => (2, 0x80, 0xBF),
+        0xF0 => (3, 0x90, 0xBF),
+        0xF4 => (3, 0x80, 0x8F),
+        0xF1..=0xF3 => (3, 0x80, 0xBF),
+    })
+}
+
+/// Where raw text's bytes are: between characters or inside one (any character, no escapes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Utf8 {
+    left: u8,
+    lo: u8,
+    hi: u8,
+}
+
+impl Utf8 {
+    pub(crate) fn at_boundary(&self) -> bool {
+        self.left == 0
+    }
+
+    /// Takes one byte; false where it cannot continue valid UTF-8.
+    pub(crate) fn step(&mut self, b: u8) -> bool {
+        if self.left > 0 {
+            if b < self.lo || b > self.hi {
+                return false;
+            }
+            self.left -= 1;
+            (self.lo, self.hi) = (0x80, 0xBF);
+            return true;
+        }
+        match utf8_lead(b) {
+            Some((left, lo, hi)) => {
+                (self.left, self.lo, self.hi) = (left, lo, hi);
+                true
+            }
+            None => false,
         }
     }
 }

@@ -105,6 +105,13 @@ impl<'a> Builder<'a> {
         b
     }
 
+    /// Compiles schemas of `document` from here on: its `$ref`s resolve in it (and none
+    /// compiled before is reused).
+    pub(super) fn set_document(&mut self, document: &'a Value) {
+        self.document = document;
+        self.refs.clear();
+    }
+
     pub(super) fn push(&mut self, node: Node) -> NodeId {
         self.nodes.push(node);
         self.nodes.len() - 1

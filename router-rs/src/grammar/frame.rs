@@ -1,6 +1,6 @@
 //! The matcher's state: a thread is a stack of frames, the values being read, innermost last.
 
-use super::chars::Chars;
+use super::chars::{Chars, Utf8};
 use super::decimal::DecAt;
 use super::integer::IntAt;
 use super::schema::NodeId;
@@ -111,6 +111,54 @@ pub(crate) enum Frame {
         state: u32,
         len: u32,
     },
+    /// Raw text of this node starts at the next byte (no whitespace before it).
+    Raw(NodeId),
+    /// Inside `Node::Seq` `node`, its items before `next` started.
+    Seq {
+        node: NodeId,
+        next: u32,
+    },
+    /// Inside `Node::Text` `node`: the last `matched` bytes begin its stop (bit 0 of `begin`)
+    /// or its banned text (bit 1).
+    Text {
+        node: NodeId,
+        matched: u8,
+        begin: u8,
+        chars: Utf8,
+    },
+    /// Between the pairs of `Node::Args` `node`; `seen` holds the listed keys given (by index).
+    Args {
+        node: NodeId,
+        seen: u128,
+    },
+    /// Inside the opening of a pair of `Node::Args` `node` (the frame below): the openings in
+    /// `lo..hi` match the `pos` bytes read.
+    ArgKey {
+        node: NodeId,
+        lo: u32,
+        hi: u32,
+        pos: u32,
+    },
+    /// Inside `Node::Repeat` `node`, `count` items started.
+    Repeat {
+        node: NodeId,
+        count: u32,
+    },
+}
+
+impl Frame {
+    /// Whether this frame reads raw text (its steps are in step_raw.rs).
+    pub(crate) fn is_raw(&self) -> bool {
+        matches!(
+            self,
+            Frame::Raw(_)
+                | Frame::Seq { .. }
+                | Frame::Text { .. }
+                | Frame::Args { .. }
+                | Frame::ArgKey { .. }
+                | Frame::Repeat { .. }
+        )
+    }
 }
 
 /// One reading of the bytes so far.

@@ -17,7 +17,7 @@ use super::decimal::Bounds;
 use super::frame::{Frame, Thread};
 use super::integer::IntRange;
 use super::regex::Regex;
-use super::schema::{Node, NodeId, Pattern, Prop, Schema, SchemaError};
+use super::schema::{arg_opening, Node, NodeId, Pattern, Prop, Schema, SchemaError};
 
 /// Longest run of whitespace between tokens of the document.
 pub const MAX_WHITESPACE_RUN: u8 = 40;
@@ -54,6 +54,7 @@ impl Grammar {
             .map(|n| match n {
                 Node::Choices(t) => t.clone(),
                 Node::Object { props, .. } => props.iter().map(|p: &Prop| p.key.clone()).collect(),
+                Node::Args { props, .. } => props.iter().map(|p| arg_opening(&p.key)).collect(),
                 _ => Vec::new(),
             })
             .collect();
@@ -110,6 +111,10 @@ impl Grammar {
                 hi: texts.len() as u32,
                 pos: 0,
             },
+            // raw text of tool calls
+            Node::Seq(_) | Node::Text { .. } | Node::Args { .. } | Node::Repeat { .. } => {
+                Frame::Raw(root)
+            }
             _ => Frame::Value(root),
         };
         vec![Thread {
@@ -161,6 +166,8 @@ impl Grammar {
                     lo < hi && self.texts[*node][*lo as usize].len() == *pos as usize
                 }
                 Frame::Regex { node, state } => self.pattern(*node).can_end(*state),
+                Frame::Raw(node) => self.nullable(*node),
+                frame if frame.is_raw() => self.raw_complete(frame),
                 _ => false,
             };
             if !complete {
@@ -274,6 +281,26 @@ impl Matcher {
         }
     }
 
+    /// A single thread between the characters of raw text that runs up to a stop (a tool
+    /// call's key or value), none of the stop read yet: the stop's first byte.
+    pub(crate) fn in_text(&self) -> Option<u8> {
+        let [t] = self.threads.as_slice() else {
+            return None;
+        };
+        match t.stack.last()? {
+            Frame::Text {
+                node,
+                matched: 0,
+                chars,
+                ..
+            } if chars.at_boundary() => match &self.grammar.schema.nodes[*node] {
+                Node::Text { stop, .. } => stop.first().copied(),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
     /// A single thread between the characters of a string that takes any character (a value,
     /// or a member name where other members are allowed): the characters it may still take (the
     /// fast path of the token masks). None otherwise.
@@ -281,6 +308,16 @@ impl Matcher {
         let [t] = self.threads.as_slice() else {
             return None;
         };
+        if self.grammar.schema.no_close_tags {
+            // after a `<` a token that starts with `/` dies: the slow path sees it
+            let chars = match t.stack.last()? {
+                Frame::Str { chars, .. } | Frame::Key { chars, .. } => chars,
+                _ => return None,
+            };
+            if chars.after_lt() {
+                return None;
+            }
+        }
         match t.stack.last()? {
             Frame::Str {
                 len, max, chars, ..

@@ -17,6 +17,8 @@ pub mod matcher;
 pub mod regex;
 pub mod schema;
 mod step;
+mod step_raw;
+pub mod tools;
 pub mod vocab;
 
 #[cfg(test)]
@@ -27,6 +29,8 @@ mod conformance_tests;
 mod pattern_tests;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tools_tests;
 
 use std::sync::Arc;
 
@@ -34,6 +38,7 @@ use serde_json::Value;
 
 pub use matcher::{Grammar, Matcher};
 pub use schema::{Schema, SchemaError};
+pub use tools::{tool_calls, ToolCallSpec, TOOL_TAGS};
 pub use vocab::Vocab;
 
 /// Output matching `pattern` whole (vLLM's `guided_regex`).

@@ -73,6 +73,33 @@ pub enum Node {
     Choices(Vec<Vec<u8>>),
     /// Any of these nodes.
     AnyOf(Vec<NodeId>),
+    /// Raw text (tool calls, tools.rs): these nodes one after the other, nothing between.
+    Seq(Vec<NodeId>),
+    /// Raw text: any characters up to the first `stop`, which it reads too, without `banned`
+    /// anywhere before (both start with `<` and hold no other).
+    Text {
+        stop: Vec<u8>,
+        banned: Vec<u8>,
+    },
+    /// Raw text: a tool call's arguments, pairs `<arg_key>K</arg_key><arg_value>` and the value
+    /// (K's node, which reads the closing `</arg_value>`), each listed K at most once, in any
+    /// order, the required ones all given. `props` sorted by their pair's opening text
+    /// ([`arg_opening`]); other keys, where `additional`, through that node (a whole pair).
+    Args {
+        props: Vec<Prop>,
+        additional: Option<NodeId>,
+    },
+    /// Raw text: `item` `min..=max` times, nothing between.
+    Repeat {
+        item: NodeId,
+        min: u32,
+        max: Option<u32>,
+    },
+}
+
+/// What opens the value of argument `key` in a tool call: `<arg_key>key</arg_key><arg_value>`.
+pub fn arg_opening(key: &[u8]) -> Vec<u8> {
+    [b"<arg_key>".as_slice(), key, b"</arg_key><arg_value>"].concat()
 }
 
 /// A compiled pattern and, for a string's, the fewest characters from each DFA state that can
@@ -96,10 +123,10 @@ impl Pattern {
     }
 }
 
-/// One listed property of an object.
+/// One listed property of an object (or argument of a tool call).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Prop {
-    /// The name as it appears between the quotes in JSON (escaped).
+    /// The name as it appears between the quotes in JSON (escaped); an argument's as written.
     pub key: Vec<u8>,
     pub node: NodeId,
     pub required: bool,
@@ -112,6 +139,9 @@ pub struct Schema {
     pub root: NodeId,
     /// The root is raw text (a choice of strings, or a pattern's text): no whitespace before it.
     pub raw: bool,
+    /// JSON strings and member names never hold `</` (tool calls, tools.rs: the tool parser
+    /// would take it for the start of a closing tag; `<\/` writes the same text).
+    pub no_close_tags: bool,
 }
 
 /// A schema the matcher cannot enforce, with where in it (a JSON pointer) and why.
@@ -134,6 +164,7 @@ impl Schema {
             nodes: b.nodes,
             root,
             raw: false,
+            no_close_tags: false,
         }
     }
 
@@ -145,6 +176,7 @@ impl Schema {
             nodes: b.nodes,
             root,
             raw: true,
+            no_close_tags: false,
         }
     }
 
@@ -162,6 +194,7 @@ impl Schema {
             nodes: b.nodes,
             root,
             raw: true,
+            no_close_tags: false,
         })
     }
 
@@ -173,6 +206,7 @@ impl Schema {
             nodes: b.nodes,
             root,
             raw: false,
+            no_close_tags: false,
         };
         compiled.check_alternatives()?;
         Ok(compiled)
@@ -181,7 +215,7 @@ impl Schema {
     /// Refuses alternatives that lead back to themselves with no value read in between
     /// (`{"$ref": "#"}`, or two definitions that only refer to each other): the matcher would
     /// expand them forever.
-    fn check_alternatives(&self) -> Result<(), SchemaError> {
+    pub(super) fn check_alternatives(&self) -> Result<(), SchemaError> {
         // 0: not visited, 1: on the current path, 2: done
         let mut state = vec![0u8; self.nodes.len()];
         fn visit(nodes: &[Node], id: NodeId, state: &mut [u8]) -> bool {

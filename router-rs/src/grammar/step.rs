@@ -12,7 +12,7 @@ fn is_ws(b: u8) -> bool {
 }
 
 /// The texts in `lo..hi` (sorted, all sharing their first `pos` bytes) whose byte `pos` is `b`.
-fn narrow(texts: &[Vec<u8>], lo: u32, hi: u32, pos: u32, b: u8) -> (u32, u32) {
+pub(super) fn narrow(texts: &[Vec<u8>], lo: u32, hi: u32, pos: u32, b: u8) -> (u32, u32) {
     let range = &texts[lo as usize..hi as usize];
     let p = pos as usize;
     let key = |t: &Vec<u8>| t.get(p).copied();
@@ -22,7 +22,7 @@ fn narrow(texts: &[Vec<u8>], lo: u32, hi: u32, pos: u32, b: u8) -> (u32, u32) {
 }
 
 impl Grammar {
-    fn emit(mut t: Thread, out: &mut Vec<Thread>) {
+    pub(super) fn emit(mut t: Thread, out: &mut Vec<Thread>) {
         t.ws = 0;
         if !out.contains(&t) {
             out.push(t);
@@ -38,11 +38,19 @@ impl Grammar {
         }
     }
 
+    /// Whether `b` would make a JSON string (at `chars`) hold `</` where that is not allowed.
+    fn close_tag(&self, chars: &Chars, b: u8) -> bool {
+        self.schema.no_close_tags && b == b'/' && chars.after_lt()
+    }
+
     /// Appends to `out` what `t` becomes after byte `b` (nothing: it dies).
     pub(super) fn feed(&self, mut t: Thread, b: u8, out: &mut Vec<Thread>) {
         let Some(top) = t.stack.last_mut() else {
             return; // the document is complete: nothing may follow
         };
+        if top.is_raw() {
+            return self.feed_raw(t, b, out);
+        }
         match top {
             Frame::Value(id) => {
                 let id = *id;
@@ -128,7 +136,7 @@ impl Grammar {
                     };
                     return Self::emit(t, out);
                 }
-                if matches!(chars.step(b), CharStep::Dead) {
+                if self.close_tag(chars, b) || matches!(chars.step(b), CharStep::Dead) {
                     return;
                 }
                 (*lo, *hi) = narrow(&self.texts[node], *lo, *hi, *pos, b);
@@ -196,7 +204,7 @@ impl Grammar {
                     }
                     *len += 1;
                 }
-                if !matches!(chars.step(b), CharStep::Dead) {
+                if !self.close_tag(chars, b) && !matches!(chars.step(b), CharStep::Dead) {
                     Self::emit(t, out);
                 }
             }
@@ -266,6 +274,12 @@ impl Grammar {
                     Self::emit(with_top(t, Frame::Pattern { node, state, len }), out);
                 }
             }
+            Frame::Raw(_)
+            | Frame::Seq { .. }
+            | Frame::Text { .. }
+            | Frame::Args { .. }
+            | Frame::ArgKey { .. }
+            | Frame::Repeat { .. } => unreachable!("raw-text frames step in feed_raw"),
             Frame::Choice { node, lo, hi, pos } => {
                 let (node, lo, hi, pos) = (*node, *lo, *hi, *pos);
                 let texts = &self.texts[node];
@@ -306,13 +320,16 @@ impl Grammar {
     }
 
     /// `b` is the first byte of a value of `id` (the thread's frames hold what contains it).
-    fn start_value(&self, mut t: Thread, id: NodeId, b: u8, out: &mut Vec<Thread>) {
+    pub(super) fn start_value(&self, mut t: Thread, id: NodeId, b: u8, out: &mut Vec<Thread>) {
         let opened = match &self.schema.nodes[id] {
             Node::AnyOf(alts) => {
                 for &alt in alts {
                     self.start_value(t.clone(), alt, b, out);
                 }
                 return;
+            }
+            Node::Seq(_) | Node::Text { .. } | Node::Args { .. } | Node::Repeat { .. } => {
+                return self.start_raw(t, id, b, out);
             }
             Node::Choices(texts) => {
                 let hi = texts.len() as u32;

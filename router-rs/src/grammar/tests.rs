@@ -18,7 +18,7 @@ pub(super) fn accepts(g: &Arc<Grammar>, text: &str) -> bool {
 }
 
 /// A test vocabulary: every single byte, some JSON pieces, some words and partial characters.
-fn test_vocab() -> Vec<Option<Vec<u8>>> {
+pub(super) fn test_vocab() -> Vec<Option<Vec<u8>>> {
     let mut v: Vec<Option<Vec<u8>>> = (0..=255u8).map(|b| Some(vec![b])).collect();
     for piece in [
         "{\"", "\":", "\": ", "\",", "\"}", "}}", "],", "\n  ", "  ", "true", "false", "null",
@@ -70,7 +70,17 @@ pub(super) fn whole_documents(
     walks: usize,
     max_bytes: usize,
 ) -> Vec<Vec<u8>> {
-    let v = vocab();
+    whole_documents_in(g, &vocab(), seed, walks, max_bytes)
+}
+
+/// `whole_documents` over the vocabulary `v`.
+pub(super) fn whole_documents_in(
+    g: &Arc<Grammar>,
+    v: &Arc<Vocab>,
+    seed: u64,
+    walks: usize,
+    max_bytes: usize,
+) -> Vec<Vec<u8>> {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut done = Vec::new();
     for _ in 0..walks {
@@ -78,7 +88,7 @@ pub(super) fn whole_documents(
         let mut text = Vec::new();
         while !c.is_done() && text.len() < max_bytes {
             let mask = allowed(&c);
-            assert_eq!(mask, brute_force(&c.matcher, &v), "after {text:?}");
+            assert_eq!(mask, brute_force(&c.matcher, v), "after {text:?}");
             assert!(
                 !mask.is_empty(),
                 "a dead end after {:?}",

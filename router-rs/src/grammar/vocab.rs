@@ -171,6 +171,28 @@ pub struct Vocab {
     rest: Trie,
     /// Per id: its characters when plain, else NOT_PLAIN.
     plain: Vec<u32>,
+    /// For raw text up to a stop that starts with `<` (tool calls; `Vocab::for_tool_calls`).
+    text: Option<TextTokens>,
+}
+
+/// The tokens of whole UTF-8 characters without a `<`, which raw text up to a `<…` stop takes
+/// as they are, and a prefix tree of the others.
+#[derive(Debug)]
+struct TextTokens {
+    free: Vec<u32>,
+    rest: Trie,
+}
+
+impl TextTokens {
+    fn new(entries: &[(&[u8], u32)]) -> Self {
+        let free_of_lt = |b: &[u8]| !b.contains(&b'<') && std::str::from_utf8(b).is_ok();
+        let (free, rest): (Vec<_>, Vec<_>) =
+            entries.iter().copied().partition(|(b, _)| free_of_lt(b));
+        TextTokens {
+            free: free.into_iter().map(|(_, id)| id).collect(),
+            rest: Trie::build(rest),
+        }
+    }
 }
 
 impl Vocab {
@@ -205,7 +227,49 @@ impl Vocab {
             all,
             rest,
             plain,
+            text: None,
         }
+    }
+
+    /// `Vocab::new` for tool-call grammars (`bytes` with the tool tags' texts, tools.rs), with
+    /// the token lists that make their masks inside keys and values quick.
+    pub fn for_tool_calls(bytes: Vec<Option<Vec<u8>>>, size: usize) -> Self {
+        let mut vocab = Vocab::new(bytes, size);
+        // a JSON string there never holds `</` (Schema::no_close_tags): such tokens are not
+        // plain, the masks walk them
+        let mut moved = Vec::new();
+        for (id, b) in vocab.bytes.iter().enumerate() {
+            let holds = b
+                .as_deref()
+                .is_some_and(|b| b.windows(2).any(|w| w == b"</"));
+            if holds && vocab.plain[id] != NOT_PLAIN {
+                vocab.plain[id] = NOT_PLAIN;
+                moved.push(id);
+            }
+        }
+        if !moved.is_empty() {
+            let rest: Vec<(&[u8], u32)> = vocab
+                .bytes
+                .iter()
+                .enumerate()
+                .filter(|&(id, _)| vocab.plain.get(id) == Some(&NOT_PLAIN))
+                .filter_map(|(id, b)| b.as_deref().map(|b| (b, id as u32)))
+                .collect();
+            vocab.rest = Trie::build(rest);
+        }
+        let entries: Vec<(&[u8], u32)> = vocab
+            .bytes
+            .iter()
+            .enumerate()
+            .filter_map(|(id, b)| {
+                b.as_deref()
+                    .filter(|b| !b.is_empty())
+                    .map(|b| (b, id as u32))
+            })
+            .collect();
+        let text = TextTokens::new(&entries);
+        vocab.text = Some(text);
+        vocab
     }
 
     /// Ids covered by the masks.
@@ -245,6 +309,12 @@ impl Vocab {
                 }
             }
             self.rest.mark(matcher, words, &mut levels);
+        } else if let (Some(b'<'), Some(text)) = (matcher.in_text(), &self.text) {
+            // raw text up to a `<…` stop: every token without a `<` stays in it
+            for &id in &text.free {
+                words[id as usize / 32] |= 1 << (id % 32);
+            }
+            text.rest.mark(matcher, words, &mut levels);
         } else {
             match matcher.in_plain_string() {
                 Some(room) => {

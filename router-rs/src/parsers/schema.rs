@@ -71,7 +71,7 @@ fn kind_of(schema: &Value) -> ValueKind {
     }
 }
 
-fn allows_string(schema: &Value) -> bool {
+pub fn allows_string(schema: &Value) -> bool {
     let by_type = match schema.get("type") {
         Some(Value::String(t)) => t == "string",
         Some(Value::Array(types)) => types.iter().any(|t| t.as_str() == Some("string")),

@@ -1,0 +1,210 @@
+//! Tool calls as a grammar, for a forced `tool_choice` (`required`, or a function by name): the
+//! model writes calls of the declared functions in the chat template's format,
+//! `<tool_call>NAME<arg_key>K</arg_key><arg_value>V</arg_value>…</tool_call>`, each key one of
+//! the function's parameters (at most once, the required ones all given) and each value one of
+//! its schema.
+//!
+//! A parameter the tool parser keeps as a string (its schema allows a string,
+//! `parsers::allows_string`) takes any text, or exactly one of its strings where its schema is
+//! an `enum` / `const` of strings only (lengths, patterns and formats of strings are not
+//! enforced); any other parameter takes a JSON value of its schema (schema.rs's subset; where
+//! the schema uses more, any JSON value). Keys outside `properties` are allowed where the
+//! parameters' schema has no `properties` or allows `additionalProperties`; those are not checked
+//! against repeats. The prompt already ends with the forced call's opening (`<tool_call>`, or
+//! `<tool_call>NAME`), so the grammar starts after it.
+
+use std::sync::Arc;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::compile::{choices_node, err, Builder, ANY};
+use super::matcher::Grammar;
+use super::schema::{arg_opening, Node, NodeId, Prop, Schema, SchemaError, MAX_PROPERTIES};
+use crate::parsers::allows_string;
+use crate::parsers::glm47_name::{
+    CALL_CLOSE, CALL_OPEN, KEY_CLOSE, KEY_OPEN, MAX_NAME_BYTES, VALUE_CLOSE, VALUE_OPEN,
+};
+
+/// The tags a tool-call grammar writes, which the tokenizer has as added tokens (left out of the
+/// vocabulary of the other grammars): a tool-call grammar's vocabulary has them as their text.
+pub const TOOL_TAGS: [&str; 6] = [
+    CALL_OPEN,
+    CALL_CLOSE,
+    KEY_OPEN,
+    KEY_CLOSE,
+    VALUE_OPEN,
+    VALUE_CLOSE,
+];
+
+/// The calls a request forces (docs/wire.md `Grammar.tool_calls`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct ToolCallSpec {
+    /// OpenAI `tools` entries (`{"type":"function","function":{…}}`, or the function alone).
+    pub tools: Vec<Value>,
+    /// The function the prompt's forced call names (its `<tool_call>NAME` is in the prompt);
+    /// None: any declared function, its name written first.
+    #[serde(default)]
+    pub function: Option<String>,
+    /// More calls may follow the first (`parallel_tool_calls`); never for a named function.
+    #[serde(default)]
+    pub parallel: bool,
+}
+
+/// The grammar of the calls `spec` forces.
+pub fn tool_calls(spec: &ToolCallSpec) -> Result<Arc<Grammar>, SchemaError> {
+    Ok(Grammar::new(tool_calls_schema(spec)?))
+}
+
+fn tool_calls_schema(spec: &ToolCallSpec) -> Result<Schema, SchemaError> {
+    let mut b = Builder::new(&Value::Null);
+    let close = b.push(literal(CALL_CLOSE.as_bytes()));
+    let mut functions = Vec::new(); // (name, arguments node)
+    for (i, tool) in spec.tools.iter().enumerate() {
+        let function = tool.get("function").unwrap_or(tool);
+        let Some(name) = function.get("name").and_then(Value::as_str) else {
+            continue;
+        };
+        if name.is_empty() || name.len() > MAX_NAME_BYTES || name.contains(['<', '\n']) {
+            continue; // a name the tool parser would not read back
+        }
+        let params = function.get("parameters").unwrap_or(&Value::Null);
+        let path = format!("#/tools/{i}/function/parameters");
+        functions.push((name, arguments(&mut b, params, &path)?));
+    }
+    let root = match &spec.function {
+        Some(wanted) => {
+            let &(_, args) = functions
+                .iter()
+                .find(|(name, _)| name == wanted)
+                .ok_or_else(|| err("#", format!("no declared function is named {wanted:?}")))?;
+            b.push(Node::Seq(vec![args, close]))
+        }
+        None => {
+            if functions.is_empty() {
+                return Err(err("#/tools", "no function to call"));
+            }
+            let mut first = Vec::new();
+            let mut more = Vec::new();
+            for &(name, args) in &functions {
+                let named = b.push(literal(name.as_bytes()));
+                first.push(b.push(Node::Seq(vec![named, args, close])));
+                let opened = b.push(literal(format!("{CALL_OPEN}{name}").as_bytes()));
+                more.push(b.push(Node::Seq(vec![opened, args, close])));
+            }
+            let first = b.push(Node::AnyOf(first));
+            if spec.parallel {
+                let call = b.push(Node::AnyOf(more));
+                let rest = b.push(Node::Repeat {
+                    item: call,
+                    min: 0,
+                    max: None,
+                });
+                b.push(Node::Seq(vec![first, rest]))
+            } else {
+                first
+            }
+        }
+    };
+    let schema = Schema {
+        nodes: b.nodes,
+        root,
+        raw: true,
+        no_close_tags: true,
+    };
+    schema.check_alternatives()?;
+    Ok(schema)
+}
+
+fn literal(text: &[u8]) -> Node {
+    choices_node([text])
+}
+
+/// The arguments of a function whose parameters' schema is `params`.
+fn arguments<'a>(
+    b: &mut Builder<'a>,
+    params: &'a Value,
+    path: &str,
+) -> Result<NodeId, SchemaError> {
+    b.set_document(params);
+    let listed = params.get("properties").and_then(Value::as_object);
+    let required: Vec<&str> = params
+        .get("required")
+        .and_then(Value::as_array)
+        .map(|r| r.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let mut props = Vec::new();
+    for (key, schema) in listed.into_iter().flatten() {
+        if key.contains('<') {
+            return Err(err(path, format!("the parameter name {key:?} holds a `<`")));
+        }
+        let node = argument_value(b, params, schema);
+        props.push(Prop {
+            key: key.as_bytes().to_vec(),
+            node,
+            required: required.contains(&key.as_str()),
+        });
+    }
+    if props.len() > MAX_PROPERTIES {
+        return Err(err(path, format!("more than {MAX_PROPERTIES} parameters")));
+    }
+    props.sort_by_cached_key(|p| arg_opening(&p.key));
+    let others = match params.get("additionalProperties") {
+        None => listed.is_none(),
+        Some(Value::Bool(allowed)) => *allowed,
+        Some(_) => true,
+    };
+    let additional = others.then(|| any_pair(b));
+    Ok(b.push(Node::Args { props, additional }))
+}
+
+/// A parameter's value and the `</arg_value>` after it.
+fn argument_value<'a>(b: &mut Builder<'a>, params: &'a Value, schema: &'a Value) -> NodeId {
+    if allows_string(schema) {
+        if let Some(strings) = only_strings(schema) {
+            let choices = b.push(choices_node(strings.iter().map(|s| s.as_bytes())));
+            let close = b.push(literal(VALUE_CLOSE.as_bytes()));
+            return b.push(Node::Seq(vec![choices, close]));
+        }
+        return b.push(text(VALUE_CLOSE));
+    }
+    let json = b.compile(schema, "#").unwrap_or_else(|_| {
+        b.set_document(params); // forget the `$ref`s the failed compile left half made
+        ANY
+    });
+    let close = b.push(literal(VALUE_CLOSE.as_bytes()));
+    b.push(Node::Seq(vec![json, close]))
+}
+
+/// The strings of a string-only `enum` or `const` (with `type` string or none), if that is what
+/// `schema` is.
+fn only_strings(schema: &Value) -> Option<Vec<&str>> {
+    if schema.get("type").is_some_and(|t| t != "string") {
+        return None;
+    }
+    let values: Vec<&Value> = match (schema.get("enum"), schema.get("const")) {
+        (Some(Value::Array(values)), None) => values.iter().collect(),
+        (None, Some(value)) => vec![value],
+        _ => return None,
+    };
+    let strings: Vec<&str> = values.iter().filter_map(|v| v.as_str()).collect();
+    (!strings.is_empty() && strings.len() == values.len()).then_some(strings)
+}
+
+/// Raw text up to `stop`, without a `</tool_call>` before it (where the tool parser would end
+/// the call).
+fn text(stop: &str) -> Node {
+    Node::Text {
+        stop: stop.as_bytes().to_vec(),
+        banned: CALL_CLOSE.as_bytes().to_vec(),
+    }
+}
+
+/// A pair of a key outside the listed ones: `<arg_key>K</arg_key><arg_value>V</arg_value>`.
+fn any_pair(b: &mut Builder<'_>) -> NodeId {
+    let open = b.push(literal(KEY_OPEN.as_bytes()));
+    let key = b.push(text(KEY_CLOSE));
+    let value_open = b.push(literal(VALUE_OPEN.as_bytes()));
+    let value = b.push(text(VALUE_CLOSE));
+    b.push(Node::Seq(vec![open, key, value_open, value]))
+}

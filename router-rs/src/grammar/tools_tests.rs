@@ -1,0 +1,225 @@
+//! Tool calls as a grammar (tools.rs): what a forced call may be, the masks on random calls, and
+//! every call the grammar lets through read back by the tool parser as valid arguments.
+
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+
+use super::tests::{conforms, test_vocab, whole_documents_in, END};
+use super::*;
+use crate::parsers::Glm47ToolParser;
+
+fn tools() -> Vec<Value> {
+    vec![
+        json!({"type": "function", "function": {"name": "get_weather", "parameters": {
+            "type": "object",
+            "properties": {
+                "city": {"type": "string"},
+                "days": {"type": "integer", "minimum": 1, "maximum": 7},
+                "unit": {"enum": ["c", "f"]},
+                "hourly": {"type": "boolean"},
+            },
+            "required": ["city"],
+        }}}),
+        json!({"type": "function", "function": {"name": "get_time", "parameters": {
+            "type": "object",
+            "properties": {"zone": {"type": "string"}, "at": {"$ref": "#/$defs/at"}},
+            "required": ["zone", "at"],
+            "$defs": {"at": {"type": "object", "properties": {"h": {"type": "integer"}},
+                             "required": ["h"]}},
+        }}}),
+        json!({"name": "note", "parameters": {}}),
+    ]
+}
+
+fn forced(function: Option<&str>, parallel: bool) -> Arc<Grammar> {
+    let spec = ToolCallSpec {
+        tools: tools(),
+        function: function.map(str::to_string),
+        parallel,
+    };
+    tool_calls(&spec).expect("the tools compile")
+}
+
+fn accepts(g: &Arc<Grammar>, text: &str) -> bool {
+    super::tests::accepts(g, text)
+}
+
+/// The test vocabulary with the tool tags (as a tokenizer's added tokens) and pieces of calls.
+fn tool_vocab() -> Arc<Vocab> {
+    let mut v = test_vocab();
+    for piece in TOOL_TAGS.iter().copied().chain([
+        "get_", "weather", "time", "city", "zone", "days", "unit", "Rome", "</", "<a",
+    ]) {
+        v.push(Some(piece.as_bytes().to_vec()));
+    }
+    Arc::new(Vocab::for_tool_calls(v, END as usize + 1))
+}
+
+#[test]
+fn a_required_call_is_one_declared_function_with_its_parameters() {
+    let g = forced(None, false);
+    for ok in [
+        "get_weather<arg_key>city</arg_key><arg_value>Rome</arg_value></tool_call>",
+        "get_weather<arg_key>unit</arg_key><arg_value>f</arg_value><arg_key>city</arg_key>\
+         <arg_value>a < b, </arg_ \"x\"\n</arg_value><arg_key>days</arg_key><arg_value>7\
+         </arg_value><arg_key>hourly</arg_key><arg_value>false</arg_value></tool_call>",
+        "get_time<arg_key>at</arg_key><arg_value>{\"h\": 3}</arg_value><arg_key>zone</arg_key>\
+         <arg_value></arg_value></tool_call>",
+        "note</tool_call>",
+        "note<arg_key>any key</arg_key><arg_value>any value</arg_value></tool_call>",
+    ] {
+        assert!(accepts(&g, ok), "{ok}");
+    }
+    for bad in [
+        "get_stock</tool_call>",   // not declared
+        "get_weather</tool_call>", // city is required
+        "get_weather<arg_key>country</arg_key><arg_value>IT</arg_value></tool_call>",
+        "get_weather<arg_key>city</arg_key><arg_value>a</arg_value><arg_key>city</arg_key>\
+         <arg_value>b</arg_value></tool_call>", // twice
+        "get_weather<arg_key>city</arg_key><arg_value>a</arg_value><arg_key>days</arg_key>\
+         <arg_value>8</arg_value></tool_call>", // above the maximum
+        "get_weather<arg_key>city</arg_key><arg_value>a</arg_value><arg_key>unit</arg_key>\
+         <arg_value>k</arg_value></tool_call>", // not in the enum
+        "get_weather<arg_key>city</arg_key><arg_value>a</arg_value><arg_key>hourly</arg_key>\
+         <arg_value>yes</arg_value></tool_call>",
+        "get_weather\n<arg_key>city</arg_key><arg_value>a</arg_value></tool_call>",
+        "get_time<arg_key>zone</arg_key><arg_value>CET</arg_value><arg_key>at</arg_key>\
+         <arg_value>{}</arg_value></tool_call>", // h is required
+        "get_weather<arg_key>city</arg_key><arg_value>Rome</arg_value></tool_call>\
+         <tool_call>note</tool_call>", // one call only
+    ] {
+        assert!(!accepts(&g, bad), "{bad}");
+    }
+    let mut m = Matcher::new(g.clone());
+    assert!(m.accept(b"note</tool_call>"));
+    assert!(m.is_terminated(), "nothing may follow the only call");
+}
+
+#[test]
+fn parallel_calls_follow_the_first_and_may_end_after_any() {
+    let g = forced(None, true);
+    let one = "note</tool_call>";
+    let two = "note</tool_call><tool_call>get_weather<arg_key>city</arg_key><arg_value>x\
+               </arg_value></tool_call>";
+    assert!(accepts(&g, one) && accepts(&g, two));
+    assert!(!accepts(
+        &g,
+        "note</tool_call>\n<tool_call>note</tool_call>"
+    ));
+    assert!(!accepts(&g, "note</tool_call><tool_call>nope</tool_call>"));
+    let mut m = Matcher::new(g);
+    assert!(m.accept(one.as_bytes()));
+    assert!(m.can_end() && !m.is_terminated());
+}
+
+#[test]
+fn a_named_call_starts_at_its_arguments() {
+    let g = forced(Some("get_time"), true);
+    assert!(accepts(
+        &g,
+        "<arg_key>zone</arg_key><arg_value>CET</arg_value><arg_key>at</arg_key>\
+         <arg_value>{\"h\":1}</arg_value></tool_call>"
+    ));
+    assert!(!accepts(
+        &g,
+        "get_time<arg_key>zone</arg_key><arg_value>CET</arg_value></tool_call>"
+    ));
+    let mut m = Matcher::new(g);
+    assert!(m.accept(
+        b"<arg_key>at</arg_key><arg_value>{\"h\":1}</arg_value><arg_key>zone</arg_key>\
+          <arg_value></arg_value></tool_call>"
+    ));
+    assert!(m.is_terminated(), "a named function is called once");
+}
+
+#[test]
+fn a_parameter_schema_the_grammar_cannot_enforce_takes_any_json_value() {
+    let tools = vec![
+        json!({"name": "f", "parameters": {"type": "object", "properties": {
+        "even": {"type": "integer", "multipleOf": 2}}}}),
+    ];
+    let spec = ToolCallSpec {
+        tools,
+        function: Some("f".into()),
+        parallel: false,
+    };
+    let g = tool_calls(&spec).unwrap();
+    let call = |v: &str| format!("<arg_key>even</arg_key><arg_value>{v}</arg_value></tool_call>");
+    assert!(accepts(&g, &call("3")) && accepts(&g, &call("\"three\"")));
+    assert!(
+        !accepts(&g, &call("three")),
+        "still JSON: the parser reads it as JSON"
+    );
+}
+
+#[test]
+fn what_cannot_be_forced_is_an_error() {
+    let spec = |tools: Vec<Value>, function: Option<&str>| ToolCallSpec {
+        tools,
+        function: function.map(str::to_string),
+        parallel: false,
+    };
+    assert!(tool_calls(&spec(tools(), Some("get_stock"))).is_err());
+    assert!(tool_calls(&spec(vec![], None)).is_err());
+    let odd = json!({"name": "f", "parameters": {"properties": {"a<b": {}}}});
+    assert!(tool_calls(&spec(vec![odd], None)).is_err());
+}
+
+#[test]
+fn masks_equal_the_brute_force_and_every_call_reads_back_valid() {
+    let v = tool_vocab();
+    let by_name: Vec<(String, Value)> = tools()
+        .iter()
+        .map(|t| {
+            let f = t.get("function").unwrap_or(t);
+            (
+                f["name"].as_str().unwrap().to_string(),
+                f["parameters"].clone(),
+            )
+        })
+        .collect();
+    for (function, parallel, seed) in [
+        (None, false, 1),
+        (None, true, 2),
+        (Some("get_weather"), false, 3),
+        (Some("get_time"), false, 4),
+    ] {
+        let g = forced(function, parallel);
+        let docs = whole_documents_in(&g, &v, seed, 16, 1500);
+        assert!(docs.len() >= 4, "only {} whole calls", docs.len());
+        for doc in docs {
+            let prefix = match function {
+                Some(name) => format!("<tool_call>{name}"),
+                None => "<tool_call>".to_string(),
+            };
+            let text = prefix + std::str::from_utf8(&doc).expect("UTF-8");
+            let parsed = Glm47ToolParser::parse(&text, &tools());
+            assert_eq!(parsed.content, "", "{text}");
+            assert!(!parsed.tool_calls.is_empty(), "{text}");
+            if function.is_some() || !parallel {
+                assert_eq!(parsed.tool_calls.len(), 1, "{text}");
+            }
+            for call in parsed.tool_calls {
+                let (_, params) = by_name
+                    .iter()
+                    .find(|(n, _)| *n == call.name)
+                    .expect("declared");
+                let args: Value = serde_json::from_str(&call.arguments).expect("JSON arguments");
+                let schema = if params.get("properties").is_some() {
+                    params.clone()
+                } else {
+                    json!({"type": "object"})
+                };
+                assert!(conforms(&args, &schema, params), "{text} -> {args}");
+            }
+        }
+    }
+}
+
+#[test]
+fn nothing_comes_before_the_name() {
+    let g = forced(None, true);
+    assert!(!accepts(&g, "\tnote</tool_call>"));
+    assert!(!accepts(&g, " note</tool_call>"));
+}

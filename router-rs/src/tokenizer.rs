@@ -241,6 +241,21 @@ impl Tokenizer {
             .collect()
     }
 
+    /// `grammar_bytes`, with the added tokens among `tags` as their text (the tool-call tags
+    /// a tool-call grammar writes).
+    pub fn grammar_bytes_with(&self, tags: &[&str]) -> Vec<Option<Vec<u8>>> {
+        let mut bytes = self.grammar_bytes();
+        for tag in tags {
+            if let Some(slot) = self
+                .token_to_id(tag)
+                .and_then(|id| bytes.get_mut(id as usize))
+            {
+                *slot = Some(tag.as_bytes().to_vec());
+            }
+        }
+        bytes
+    }
+
     /// Decodes `ids` to text, dropping special tokens when `skip_special_tokens` is set. Bytes
     /// that do not form complete UTF-8 characters come out as U+FFFD. Unknown ids are an error.
     pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String, TokenizerError> {

@@ -20,6 +20,7 @@ from glm47.worker.wire import (
     Step,
     Submit,
     WireError,
+    WireGrammar,
     WireRequest,
     decode,
     encode,
@@ -136,6 +137,10 @@ def test_submit_applies_defaults_and_ignores_unknown_keys() -> None:
         ("grammar", {"choices": ["a"], "schema": "{}"}),
         ("grammar", {"regex": ""}),
         ("grammar", {"regex": "a+", "choices": ["a"]}),
+        ("grammar", {"tool_calls": ""}),
+        ("grammar", {"tool_calls": 3}),
+        ("grammar", {"tool_calls": "{}", "regex": "a+"}),
+        ("grammar", {"tool_calls": "{}", "schema": "{}"}),
     ],
 )
 def test_a_bad_request_is_rejected_with_its_rid_and_others_pass(field: str, value: Any) -> None:
@@ -255,3 +260,11 @@ def test_step_outputs_are_plain_msgpack_maps() -> None:
     assert out["top_logprobs"] == [[[6, -0.5], [3, -2.0]]]
     assert set(out) == {"rid", "ids", "logprobs", "top_logprobs"}  # nil fields are left out
     assert body["stats"] == {}
+
+
+def test_a_tool_call_grammar_is_read_as_its_json_text() -> None:
+    spec = '{"tools": [{"name": "f"}], "function": null, "parallel": true}'
+    req = {"rid": "r", "input_ids": [1], "max_new_tokens": 3, "grammar": {"tool_calls": spec}}
+    msg = decode(pack(["submit", 1, {"reqs": [req]}]))
+    assert isinstance(msg, Submit) and not msg.rejected
+    assert msg.reqs[0].grammar == WireGrammar(tool_calls=spec)

@@ -1,5 +1,5 @@
-"""Constrained decoding in the worker: JSON output under a request's grammar, or one of a
-list of strings (docs/wire.md `Grammar`).
+"""Constrained decoding in the worker: JSON output under a request's grammar, one of a list of
+strings, a match of a regular expression, or forced tool calls (docs/wire.md `Grammar`).
 
 The matcher is Rust (`glm47._native.JsonConstraint`, router-rs/src/grammar): the engine asks a
 request's constraint for the allowed-token mask before each of its samples (`Constraint.mask`,
@@ -71,8 +71,9 @@ class Grammars:
         if self._vocab is None:
             raise ValueError(f"constrained decoding is not available: {self._why}")
         constraint: Constraint = self._native.JsonConstraint(
-            self._vocab, grammar.schema, ends, grammar.start_after, grammar.choices, grammar.regex
-        )
+            self._vocab, grammar.schema, ends, grammar.start_after, grammar.choices, grammar.regex,
+            grammar.tool_calls,
+        )  # fmt: skip
         return constraint
 
     def attach_masks(

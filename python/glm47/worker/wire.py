@@ -163,13 +163,17 @@ def _is_top_row(v: object) -> bool:
 
 def _is_grammar(v: object) -> bool:
     """A `Grammar` map: `schema` a string or nil, `choices` nil or a non-empty array of
-    non-empty strings (then no schema), `start_after` a non-negative int or nil."""
-    if not isinstance(v, dict) or not set(v) <= {"schema", "start_after", "choices", "regex"}:
+    non-empty strings (then no schema), `regex` or `tool_calls` a non-empty string (then
+    neither), `start_after` a non-negative int or nil."""
+    keys = {"schema", "start_after", "choices", "regex", "tool_calls"}
+    if not isinstance(v, dict) or not set(v) <= keys:
         return False
     schema, start, choices = v.get("schema"), v.get("start_after"), v.get("choices")
-    regex = v.get("regex")
-    if regex is not None and (not isinstance(regex, str) or not regex or schema or choices):
-        return False
+    for only in ("regex", "tool_calls"):
+        text = v.get(only)
+        others = [v.get(k) for k in ("schema", "choices", "regex", "tool_calls") if k != only]
+        if text is not None and (not isinstance(text, str) or not text or any(others)):
+            return False
     return (
         (schema is None or isinstance(schema, str))
         and (start is None or (_is_int(start) and start >= 0))
@@ -213,7 +217,7 @@ _REQUEST_FIELDS = {
     "mtp": (lambda v: isinstance(v, bool), "bool"),
     "prompt_logprobs": (_is_int, "int"),
     "logit_bias": (_is_top_row, "array of [int, float] pairs"),
-    "grammar": (_is_grammar, "a Grammar map (schema, choices, start_after)"),
+    "grammar": (_is_grammar, "a Grammar map (schema, choices, regex, tool_calls, start_after)"),
 }
 _FLOAT_FIELDS = {k for k, (check, _) in _REQUEST_FIELDS.items() if check is _is_float}
 _REQUIRED_REQUEST = ("rid", "input_ids", "max_new_tokens")
@@ -267,6 +271,7 @@ def decode_request(raw: object) -> WireRequest:
             start_after=g.get("start_after"),
             choices=g.get("choices"),
             regex=g.get("regex"),
+            tool_calls=g.get("tool_calls"),
         )
     req = WireRequest(**values)
     problem = _range_problem(req)

@@ -104,7 +104,7 @@ fn utf8_lead(b: u8) -> Option<(u8, u8, u8)> {
 }
 
 /// Where raw text's bytes are: between characters or inside one (any character, no escapes).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub(crate) struct Utf8 {
     left: u8,
     lo: u8,
@@ -112,10 +112,6 @@ pub(crate) struct Utf8 {
 }
 
 impl Utf8 {
-    pub(crate) fn at_boundary(&self) -> bool {
-        self.left == 0
-    }
-
     /// Takes one byte; false where it cannot continue valid UTF-8.
     pub(crate) fn step(&mut self, b: u8) -> bool {
         if self.left > 0 {

@@ -13,6 +13,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use super::chars::Utf8;
 use super::decimal::Bounds;
 use super::frame::{Frame, Thread};
 use super::integer::IntRange;
@@ -111,10 +112,8 @@ impl Grammar {
                 hi: texts.len() as u32,
                 pos: 0,
             },
-            // raw text of tool calls
-            Node::Seq(_) | Node::Text { .. } | Node::Args { .. } | Node::Repeat { .. } => {
-                Frame::Raw(root)
-            }
+            // other raw text (tool calls): no whitespace before it either
+            _ if self.schema.raw => Frame::Raw(root),
             _ => Frame::Value(root),
         };
         vec![Thread {
@@ -186,6 +185,16 @@ pub(crate) struct PatternAt<'a> {
     pub(crate) state: u32,
     pub(crate) len: u32,
     pub(crate) max: Option<u32>,
+}
+
+/// Where a thread inside raw text up to a stop stands (see `Frame::Text`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct TextAt<'a> {
+    pub(crate) stop: &'a [u8],
+    pub(crate) banned: &'a [u8],
+    pub(crate) matched: u8,
+    pub(crate) begin: u8,
+    pub(crate) chars: Utf8,
 }
 
 /// A document being read: the grammar and the threads alive after the bytes so far.
@@ -281,22 +290,30 @@ impl Matcher {
         }
     }
 
-    /// A single thread between the characters of raw text that runs up to a stop (a tool
-    /// call's key or value), none of the stop read yet: the stop's first byte.
-    pub(crate) fn in_text(&self) -> Option<u8> {
+    /// A single thread inside raw text that runs up to a stop (a tool call's key or value, or
+    /// just before it): where the text stands.
+    pub(crate) fn in_text(&self) -> Option<TextAt<'_>> {
         let [t] = self.threads.as_slice() else {
             return None;
         };
-        match t.stack.last()? {
+        let (node, matched, begin, chars) = match *t.stack.last()? {
             Frame::Text {
                 node,
-                matched: 0,
+                matched,
+                begin,
                 chars,
-                ..
-            } if chars.at_boundary() => match &self.grammar.schema.nodes[*node] {
-                Node::Text { stop, .. } => stop.first().copied(),
-                _ => None,
-            },
+            } => (node, matched, begin, chars),
+            Frame::Raw(node) => (node, 0, 0, Utf8::default()),
+            _ => return None,
+        };
+        match &self.grammar.schema.nodes[node] {
+            Node::Text { stop, banned } => Some(TextAt {
+                stop,
+                banned,
+                matched,
+                begin,
+                chars,
+            }),
             _ => None,
         }
     }

@@ -9,7 +9,7 @@ use super::step::narrow;
 /// Where raw text stands after `b`, the last `matched` bytes having begun its stop (bit 0 of
 /// `begin`) or its banned text (bit 1): both start with `<` and hold no other, so a `<` starts
 /// both again and any other byte that continues neither starts nothing.
-fn next_match(stop: &[u8], banned: &[u8], matched: u8, begin: u8, b: u8) -> (u8, u8) {
+pub(super) fn next_match(stop: &[u8], banned: &[u8], matched: u8, begin: u8, b: u8) -> (u8, u8) {
     let at = matched as usize;
     let goes_on = |text: &[u8], bit: u8| if text.get(at) == Some(&b) { bit } else { 0 };
     let still = if matched > 0 {

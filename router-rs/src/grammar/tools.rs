@@ -15,7 +15,7 @@
 
 use std::sync::Arc;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::compile::{choices_node, err, Builder, ANY};
@@ -38,7 +38,7 @@ pub const TOOL_TAGS: [&str; 6] = [
 ];
 
 /// The calls a request forces (docs/wire.md `Grammar.tool_calls`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ToolCallSpec {
     /// OpenAI `tools` entries (`{"type":"function","function":{…}}`, or the function alone).
     pub tools: Vec<Value>,

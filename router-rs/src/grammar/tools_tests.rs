@@ -218,8 +218,12 @@ fn masks_equal_the_brute_force_and_every_call_reads_back_valid() {
 }
 
 #[test]
-fn nothing_comes_before_the_name() {
-    let g = forced(None, true);
-    assert!(!accepts(&g, "\tnote</tool_call>"));
-    assert!(!accepts(&g, " note</tool_call>"));
+fn nothing_comes_before_the_name_or_the_arguments() {
+    for g in [forced(None, true), forced(None, false)] {
+        assert!(accepts(&g, "note</tool_call>"));
+        assert!(!accepts(&g, "\tnote</tool_call>"));
+        assert!(!accepts(&g, " note</tool_call>"));
+    }
+    let g = forced(Some("note"), false);
+    assert!(accepts(&g, "</tool_call>") && !accepts(&g, " </tool_call>"));
 }

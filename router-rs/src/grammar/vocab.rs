@@ -8,10 +8,15 @@
 //! only the other tokens' tree. Inside a string under a `pattern` (or the output of a regular
 //! expression) the walk steps DFA states instead of threads.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use super::chars::Utf8;
 use super::frame::Thread;
-use super::matcher::Matcher;
+use super::matcher::{Matcher, TextAt};
 use super::regex::Regex;
 use super::schema::Pattern;
+use super::step_raw::next_match;
 
 /// `Vocab::plain` of a token that is not plain.
 const NOT_PLAIN: u32 = u32::MAX;
@@ -171,28 +176,71 @@ pub struct Vocab {
     rest: Trie,
     /// Per id: its characters when plain, else NOT_PLAIN.
     plain: Vec<u32>,
-    /// For raw text up to a stop that starts with `<` (tool calls; `Vocab::for_tool_calls`).
-    text: Option<TextTokens>,
+    /// Masks inside raw text up to a stop (tool calls' keys and values), by where the text
+    /// stands (a few states recur), each computed once per vocabulary.
+    text_masks: Mutex<HashMap<TextKey, Arc<TextMask>>>,
 }
 
-/// The tokens of whole UTF-8 characters without a `<`, which raw text up to a `<…` stop takes
-/// as they are, and a prefix tree of the others.
+/// Raw text's (stop, banned, matched, begin, chars): its texts and where it stands.
+type TextKey = (Vec<u8>, Vec<u8>, u8, u8, Utf8);
+
+/// Inside raw text up to a stop, in one state (`TextAt`): the tokens whose bytes stay in the
+/// text or end with the stop (as mask words), and those that run on past the stop (what follows
+/// decides: the matcher takes them).
 #[derive(Debug)]
-struct TextTokens {
-    free: Vec<u32>,
-    rest: Trie,
+struct TextMask {
+    words: Vec<u32>,
+    past_stop: Vec<u32>,
 }
 
-impl TextTokens {
-    fn new(entries: &[(&[u8], u32)]) -> Self {
-        let free_of_lt = |b: &[u8]| !b.contains(&b'<') && std::str::from_utf8(b).is_ok();
-        let (free, rest): (Vec<_>, Vec<_>) =
-            entries.iter().copied().partition(|(b, _)| free_of_lt(b));
-        TextTokens {
-            free: free.into_iter().map(|(_, id)| id).collect(),
-            rest: Trie::build(rest),
+impl TextMask {
+    fn new(vocab: &Vocab, at: TextAt<'_>) -> Self {
+        let mut words = vec![0u32; vocab.mask_words()];
+        let mut past_stop = Vec::new();
+        for (id, bytes) in vocab.bytes.iter().enumerate() {
+            let Some(bytes) = bytes.as_deref().filter(|b| !b.is_empty()) else {
+                continue;
+            };
+            match text_run(bytes, at) {
+                TextRun::Inside => words[id / 32] |= 1 << (id % 32),
+                TextRun::PastStop => past_stop.push(id as u32),
+                TextRun::Dead => {}
+            }
+        }
+        TextMask { words, past_stop }
+    }
+}
+
+enum TextRun {
+    /// The bytes stay in the text, or end exactly with its stop.
+    Inside,
+    /// The stop ends before the bytes do.
+    PastStop,
+    Dead,
+}
+
+/// What raw text up to a stop, standing at `at`, makes of `bytes`.
+fn text_run(bytes: &[u8], at: TextAt<'_>) -> TextRun {
+    let (stop, banned) = (at.stop, at.banned);
+    let (mut chars, mut matched, mut begin) = (at.chars, at.matched, at.begin);
+    for (i, &b) in bytes.iter().enumerate() {
+        if !chars.step(b) {
+            return TextRun::Dead;
+        }
+        (matched, begin) = next_match(stop, banned, matched, begin, b);
+        let whole = |text: &[u8], bit: u8| begin & bit != 0 && text.len() == matched as usize;
+        if whole(banned, 2) {
+            return TextRun::Dead;
+        }
+        if whole(stop, 1) {
+            return if i + 1 == bytes.len() {
+                TextRun::Inside
+            } else {
+                TextRun::PastStop
+            };
         }
     }
+    TextRun::Inside
 }
 
 impl Vocab {
@@ -227,7 +275,7 @@ impl Vocab {
             all,
             rest,
             plain,
-            text: None,
+            text_masks: Mutex::default(),
         }
     }
 
@@ -257,19 +305,24 @@ impl Vocab {
                 .collect();
             vocab.rest = Trie::build(rest);
         }
-        let entries: Vec<(&[u8], u32)> = vocab
-            .bytes
-            .iter()
-            .enumerate()
-            .filter_map(|(id, b)| {
-                b.as_deref()
-                    .filter(|b| !b.is_empty())
-                    .map(|b| (b, id as u32))
-            })
-            .collect();
-        let text = TextTokens::new(&entries);
-        vocab.text = Some(text);
         vocab
+    }
+
+    fn text_mask(&self, at: TextAt<'_>) -> Arc<TextMask> {
+        let key = (
+            at.stop.to_vec(),
+            at.banned.to_vec(),
+            at.matched,
+            at.begin,
+            at.chars,
+        );
+        let lock = || self.text_masks.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(mask) = lock().get(&key) {
+            return mask.clone();
+        }
+        let mask = Arc::new(TextMask::new(self, at));
+        lock().insert(key, mask.clone());
+        mask
     }
 
     /// Ids covered by the masks.
@@ -309,12 +362,19 @@ impl Vocab {
                 }
             }
             self.rest.mark(matcher, words, &mut levels);
-        } else if let (Some(b'<'), Some(text)) = (matcher.in_text(), &self.text) {
-            // raw text up to a `<…` stop: every token without a `<` stays in it
-            for &id in &text.free {
-                words[id as usize / 32] |= 1 << (id % 32);
+        } else if let Some(at) = matcher.in_text() {
+            // raw text up to a stop: the tokens that stay in it or end with the stop, the same
+            // every time it stands there, then those that run past the stop by the matcher
+            let text = self.text_mask(at);
+            for (w, t) in words.iter_mut().zip(&text.words) {
+                *w |= t;
             }
-            text.rest.mark(matcher, words, &mut levels);
+            for &id in &text.past_stop {
+                let bytes = self.bytes(id).expect("a token with bytes");
+                if !matcher.after(&matcher.threads, bytes).is_empty() {
+                    words[id as usize / 32] |= 1 << (id % 32);
+                }
+            }
         } else {
             match matcher.in_plain_string() {
                 Some(room) => {

@@ -8,6 +8,7 @@ use serde_json::Value;
 use super::{ApiError, AppState};
 use crate::detokenize::Detokenizer;
 use crate::dispatch::WorkerInfo;
+use crate::grammar::{self, ToolCallSpec};
 use crate::parsers::{Glm45ReasoningParser, Glm47ToolParser};
 use crate::protocol::chat::{ChatRequest, ToolChoice};
 use crate::protocol::completions::PromptInput;
@@ -332,7 +333,7 @@ pub fn wire_requests(
                 schema: c.schema.clone(),
                 choices: c.choices.clone(),
                 regex: c.regex.clone(),
-                start_after: None,
+                ..wire::Grammar::default()
             });
             r
         })
@@ -349,6 +350,35 @@ pub fn grammar_after_reasoning(state: &AppState, prompt: &ChatPrompt, reqs: &mut
     for grammar in reqs.iter_mut().filter_map(|r| r.grammar.as_mut()) {
         grammar.start_after = close;
     }
+}
+
+/// Where `tool_choice` forces a call, the rest of it (and for `required` with
+/// `parallel_tool_calls` the calls after it) follows the declared functions and their parameters'
+/// schemas (grammar/tools.rs): the worker masks every token that would leave them. Tools whose
+/// schemas give no such grammar (a named function it cannot write) are a 400 on `tools`.
+pub fn forced_call_grammar(req: &ChatRequest, reqs: &mut [wire::Request]) -> Result<(), ApiError> {
+    let function = match &req.tool_choice {
+        ToolChoice::Required => None,
+        ToolChoice::Named(name) => Some(name.clone()),
+        ToolChoice::None | ToolChoice::Auto => return Ok(()),
+    };
+    if req.tools.is_empty() {
+        return Ok(());
+    }
+    let spec = ToolCallSpec {
+        tools: req.tools.clone(),
+        function,
+        parallel: req.parallel_tool_calls,
+    };
+    grammar::tool_calls(&spec).map_err(|e| ValidationError::new("tools", e.to_string()))?;
+    let text = serde_json::to_string(&spec).map_err(|e| ApiError::Internal(e.to_string()))?;
+    for r in reqs {
+        r.grammar = Some(wire::Grammar {
+            tool_calls: Some(text.clone()),
+            ..wire::Grammar::default()
+        });
+    }
+    Ok(())
 }
 
 /// A pipeline for one choice of a `prompt_len`-token prompt: detokenizer and stop strings, no

@@ -14,10 +14,12 @@ fn value_error(e: impl std::fmt::Display) -> PyErr {
     PyValueError::new_err(e.to_string())
 }
 
-/// A model's vocabulary as byte strings, for the masks: built once per worker.
+/// A model's vocabulary as byte strings, for the masks: built once per worker, and once more
+/// with the tool-call tags for forced tool calls (`grammar::tools`).
 #[pyclass(name = "JsonVocab", module = "glm47._native", frozen)]
 struct PyJsonVocab {
     vocab: Arc<Vocab>,
+    tools: Arc<Vocab>,
 }
 
 #[pymethods]
@@ -28,9 +30,20 @@ impl PyJsonVocab {
     #[new]
     fn new(py: Python<'_>, model_dir: &str, size: usize) -> PyResult<Self> {
         let files = ModelFiles::load(model_dir).map_err(value_error)?;
-        let vocab = py.allow_threads(|| Vocab::new(files.tokenizer.grammar_bytes(), size));
+        let tokenizer = &files.tokenizer;
+        let (vocab, tools) = py.allow_threads(|| {
+            std::thread::scope(|scope| {
+                let tools = scope.spawn(|| {
+                    let bytes = tokenizer.grammar_bytes_with(&grammar::TOOL_TAGS);
+                    Vocab::for_tool_calls(bytes, size)
+                });
+                let vocab = Vocab::new(tokenizer.grammar_bytes(), size);
+                (vocab, tools.join().expect("the tool vocabulary's thread"))
+            })
+        });
         Ok(Self {
             vocab: Arc::new(vocab),
+            tools: Arc::new(tools),
         })
     }
 
@@ -50,11 +63,14 @@ struct PyJsonConstraint {
 #[pymethods]
 impl PyJsonConstraint {
     /// `schema`: a JSON Schema as JSON text, or None for any JSON object; `choices` instead: the
-    /// output is exactly one of these strings; `regex` instead: the output matches it whole; `ends`: the ids that end generation;
-    /// `start_after`: the id from which the grammar applies (None: at once). Raises ValueError
-    /// for a schema that cannot be enforced.
+    /// output is exactly one of these strings; `regex` instead: the output matches it whole;
+    /// `tool_calls` instead: the rest of a forced tool call (a `grammar::ToolCallSpec` as JSON
+    /// text); `ends`: the ids that end generation; `start_after`: the id from which the grammar
+    /// applies (None: at once). Raises ValueError for a grammar that cannot be enforced.
     #[new]
-    #[pyo3(signature = (vocab, schema, ends, start_after = None, choices = None, regex = None))]
+    #[pyo3(signature = (
+        vocab, schema, ends, start_after = None, choices = None, regex = None, tool_calls = None
+    ))]
     fn new(
         vocab: &Bound<'_, PyJsonVocab>,
         schema: Option<&str>,
@@ -62,7 +78,17 @@ impl PyJsonConstraint {
         start_after: Option<u32>,
         choices: Option<Vec<String>>,
         regex: Option<&str>,
+        tool_calls: Option<&str>,
     ) -> PyResult<Self> {
+        if let Some(spec) = tool_calls {
+            let spec: grammar::ToolCallSpec = serde_json::from_str(spec)
+                .map_err(|e| value_error(format!("the tool-call grammar is not valid: {e}")))?;
+            let grammar = grammar::tool_calls(&spec).map_err(value_error)?;
+            let vocab = vocab.get().tools.clone();
+            return Ok(Self {
+                inner: Constraint::new(grammar, vocab, ends, start_after),
+            });
+        }
         let grammar = match (regex, choices) {
             (Some(pattern), _) => grammar::regex(pattern).map_err(value_error)?,
             (None, Some(choices)) if choices.is_empty() || choices.iter().any(String::is_empty) => {

@@ -77,8 +77,9 @@ pub struct Request {
     pub grammar: Option<Grammar>,
 }
 
-/// A request's output grammar (`response_format` `json_object` or `json_schema`, or a choice).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// A request's output grammar (`response_format` `json_object` or `json_schema`, a choice, a
+/// regular expression, or a forced tool call).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Grammar {
     /// The JSON Schema as JSON text; nil for any JSON object (unless `choices`).
     #[serde(default)]
@@ -89,6 +90,10 @@ pub struct Grammar {
     /// The whole output matches this regular expression (raw text); `schema` is then nil.
     #[serde(default)]
     pub regex: Option<String>,
+    /// The output is the rest of a forced tool call (and the calls after it): a
+    /// `grammar::ToolCallSpec` as JSON text; the others are then nil.
+    #[serde(default)]
+    pub tool_calls: Option<String>,
     /// The grammar applies from the token after this one (the end of a reasoning block the
     /// prompt opened); nil: from the first token.
     #[serde(default)]

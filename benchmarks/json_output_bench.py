@@ -1,13 +1,14 @@
 """Constrained output against free text on a running server: the same chat prompts at a given
 concurrency, under each of `--modes`: `json` (a `response_format` json_schema), `pattern` (a
 schema whose strings have `pattern`s), `choice` (vLLM's `guided_choice`), `regex`
-(`guided_regex`) and `free` (`ignore_eos`, a fixed budget). Reports for each how many answers
-were valid (a document of the schema, one of the choices, a whole match), their finish reasons,
+(`guided_regex`), `tool` (a forced `tool_choice`) and `free` (`ignore_eos`, a fixed budget).
+Reports for each how many answers were valid (a document of the schema, one of the choices, a
+whole match, one call of a declared function with valid arguments), their finish reasons,
 completion tokens, and the time per output token (a request's latency over its tokens) and the
 output tokens per second of the whole run.
 
     python benchmarks/json_output_bench.py --base-url http://127.0.0.1:8000 \
-        --concurrency 1 32 --requests 64 [--modes json pattern choice regex free] --json out.json
+        --concurrency 1 32 --requests 64 [--modes json pattern choice regex tool free] --json out.json
 
 Standard library only (it runs beside the server on the GPU machine). With dummy weights the
 content is random: the point is that every constrained answer parses and fits the schema, and
@@ -83,19 +84,53 @@ def pattern_conforms(doc: Any) -> bool:
     )
 
 
-# mode: (request fields, whether the answer's text is valid)
+# A forced call's tools: bounded arguments only (a free string would run to the budget with
+# dummy weights).
+TOOLS: list[dict[str, Any]] = [
+    {"type": "function", "function": {"name": "set_alarm", "parameters": {
+        "type": "object",
+        "properties": {"hour": {"type": "integer", "minimum": 0, "maximum": 23},
+                       "day": {"enum": ["mon", "tue", "wed"]}, "loud": {"type": "boolean"}},
+        "required": ["hour", "day"]}}},
+    {"type": "function", "function": {"name": "stop_alarm",
+                                      "parameters": {"type": "object", "properties": {}}}},
+]  # fmt: skip
+
+
+def tool_call_valid(message: dict[str, Any]) -> bool:
+    calls = message.get("tool_calls") or []
+    if len(calls) != 1:
+        return False
+    name, args = calls[0]["function"]["name"], json.loads(calls[0]["function"]["arguments"])
+    if name == "stop_alarm":
+        return args == {}
+    return (
+        name == "set_alarm" and {"hour", "day"} <= set(args) <= {"hour", "day", "loud"}
+        and type(args["hour"]) is int and 0 <= args["hour"] <= 23
+        and args["day"] in ("mon", "tue", "wed") and type(args.get("loud", True)) is bool
+    )  # fmt: skip
+
+
+def content(check: Any) -> Any:
+    """A check of the answer's message by its content."""
+    return lambda message: check(message.get("content") or "")
+
+
+# mode: (request fields, whether the answer's message is valid)
 MODES: dict[str, tuple[dict[str, Any], Any]] = {
     "json": (
         {"response_format": {"type": "json_schema", "json_schema": {"name": "weather", "schema": SCHEMA}}},
-        lambda text: parses_to(text, conforms),
+        content(lambda text: parses_to(text, conforms)),
     ),
     "pattern": (
         {"response_format": {"type": "json_schema", "json_schema": {"name": "code", "schema": PATTERN_SCHEMA}}},
-        lambda text: parses_to(text, pattern_conforms),
+        content(lambda text: parses_to(text, pattern_conforms)),
     ),
-    "choice": ({"guided_choice": CHOICES}, lambda text: text in CHOICES),
-    "regex": ({"guided_regex": REGEX}, lambda text: re.fullmatch(REGEX, text) is not None),
-    "free": ({"ignore_eos": True}, lambda text: True),
+    "choice": ({"guided_choice": CHOICES}, content(lambda text: text in CHOICES)),
+    "regex": ({"guided_regex": REGEX}, content(lambda text: re.fullmatch(REGEX, text) is not None)),
+    "tool": ({"tools": TOOLS, "tool_choice": "required", "parallel_tool_calls": False},
+             tool_call_valid),
+    "free": ({"ignore_eos": True}, content(lambda text: True)),
 }  # fmt: skip
 
 
@@ -113,7 +148,7 @@ def run(base: str, concurrency: int, count: int, mode: str, max_tokens: int) -> 
     """`count` requests of `mode`, `concurrency` at a time; `max_tokens` each (the free ones
     always that many)."""
     url = f"{base}/v1/chat/completions"
-    fields, valid_text = MODES[mode]
+    fields, valid_message = MODES[mode]
 
     def one(i: int) -> tuple[dict[str, Any], float]:
         body: dict[str, Any] = {
@@ -138,7 +173,7 @@ def run(base: str, concurrency: int, count: int, mode: str, max_tokens: int) -> 
     for answer, _ in results:
         choice = answer["choices"][0]
         finishes[choice["finish_reason"]] = finishes.get(choice["finish_reason"], 0) + 1
-        valid += bool(valid_text(choice["message"]["content"] or ""))
+        valid += bool(valid_message(choice["message"]))
     return {
         "mode": mode,
         "concurrency": concurrency,

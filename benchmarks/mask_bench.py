@@ -43,6 +43,11 @@ CASES: list[tuple[str, dict[str, Any]]] = [
     ("choice", {"schema": None, "choices": ["sunny", "rainy", "cloudy with a chance of rain"]}),
     ("regex", {"schema": None, "regex": r"(sun|rain) at [0-9]{1,2}(am|pm)"}),
     ("regex open", {"schema": None, "regex": r"[a-z ]{1,64}\."}),
+    ("tool call", {"schema": None, "tool_calls": json.dumps({"tools": [
+        {"type": "function", "function": {"name": "get_weather", "parameters": OBJECT}},
+        {"type": "function", "function": {"name": "search", "parameters": {
+            "type": "object", "properties": {"query": {"type": "string"}},
+            "required": ["query"]}}}], "function": None, "parallel": True})}),
 ]  # fmt: skip
 
 

@@ -123,3 +123,24 @@ def test_tools_the_grammar_cannot_follow_are_a_400_on_tools(client: openai.OpenA
             model="m", messages=MESSAGES, tools=odd, tool_choice="required"
         )  # type: ignore[call-overload]
     assert err.value.body["param"] == "tools"  # type: ignore[index]
+
+
+def test_auto_calls_of_a_strict_function_follow_its_schema(
+    client: openai.OpenAI, server: Server
+) -> None:
+    """`tool_choice` auto with `"strict": true`: once the model opens a call (here pushed to with
+    `logit_bias`), the call follows the declared functions and the strict one's schema."""
+    from glm47 import _native
+
+    [open_id] = _native.Tokenizer(str(server.model_dir)).encode("<tool_call>")
+    strict = [{**t, "function": {**t["function"], "strict": True}} for t in TOOLS]
+    for seed in (6, 7, 8):
+        resp = client.chat.completions.create(
+            model="m", messages=MESSAGES, tools=strict, max_tokens=300, temperature=1.0,
+            seed=seed, logit_bias={str(open_id): 100}, parallel_tool_calls=False,
+            extra_body={"chat_template_kwargs": {"enable_thinking": False}},
+        )  # type: ignore[call-overload]  # fmt: skip
+        choice = resp.choices[0]
+        assert choice.finish_reason == "tool_calls", choice
+        calls = _calls(choice.message.tool_calls)
+        assert len(calls) == 1 and valid(*calls[0]), calls

@@ -38,7 +38,7 @@ use serde_json::Value;
 
 pub use matcher::{Grammar, Matcher};
 pub use schema::{Schema, SchemaError};
-pub use tools::{tool_calls, ToolCallSpec, TOOL_TAGS};
+pub use tools::{is_strict, tool_calls, ToolCallSpec, TOOL_TAGS};
 pub use vocab::Vocab;
 
 /// Output matching `pattern` whole (vLLM's `guided_regex`).
@@ -60,15 +60,17 @@ pub fn compile(schema: Option<&Value>) -> Result<Arc<Grammar>, SchemaError> {
     Ok(Grammar::new(schema))
 }
 
-/// One request's constraint: unconstrained until `start_after` is sampled (when given), then
-/// JSON under the grammar; done once the document is whole and nothing can extend it, or an id
-/// in `ends` was taken where the document could end.
+/// One request's constraint: unconstrained until `start_after` is sampled (when given; and then
+/// each id added by `also_after`, in order), then the grammar; done once the document is whole
+/// and nothing can extend it, or an id in `ends` was taken where the document could end.
 #[derive(Debug, Clone)]
 pub struct Constraint {
     matcher: Matcher,
     vocab: Arc<Vocab>,
     ends: Vec<u32>,
-    start_after: Option<u32>,
+    /// The ids sampled in this order before the grammar applies, and how many were.
+    wait: Vec<u32>,
+    waited: usize,
     active: bool,
     ended: bool,
 }
@@ -84,10 +86,19 @@ impl Constraint {
             matcher: Matcher::new(grammar),
             vocab,
             ends,
-            start_after,
+            wait: start_after.into_iter().collect(),
+            waited: 0,
             active: start_after.is_none(),
             ended: false,
         }
+    }
+
+    /// The grammar waits for `id` too, after the ids before it (tool calls the model opens
+    /// itself: from its `<tool_call>`).
+    pub fn also_after(mut self, id: u32) -> Self {
+        self.wait.push(id);
+        self.active = false;
+        self
     }
 
     /// Whether the grammar applies to the next token.
@@ -98,7 +109,10 @@ impl Constraint {
     /// Takes a sampled token. False when the grammar does not allow it (nothing changes then).
     pub fn accept(&mut self, id: u32) -> bool {
         if !self.active {
-            self.active = Some(id) == self.start_after;
+            if self.wait.get(self.waited) == Some(&id) {
+                self.waited += 1;
+                self.active = self.waited == self.wait.len();
+            }
             return true;
         }
         if self.ended {

@@ -11,7 +11,9 @@
 //! the schema uses more, any JSON value). Keys outside `properties` are allowed where the
 //! parameters' schema has no `properties` or allows `additionalProperties`; those are not checked
 //! against repeats. The prompt already ends with the forced call's opening (`<tool_call>`, or
-//! `<tool_call>NAME`), so the grammar starts after it.
+//! `<tool_call>NAME`), so the grammar starts after it. With `tool_choice` auto and functions
+//! marked `"strict": true`, the model opens the calls itself and the same grammar applies from
+//! its `<tool_call>` (`ToolCallSpec::open_id`), the strict functions' parameters enforced.
 
 use std::sync::Arc;
 
@@ -49,6 +51,16 @@ pub struct ToolCallSpec {
     /// More calls may follow the first (`parallel_tool_calls`); never for a named function.
     #[serde(default)]
     pub parallel: bool,
+    /// The model opens the calls itself (`tool_choice` auto): the grammar applies from the
+    /// token of this id (`<tool_call>`) on, and only the functions marked `"strict": true` have
+    /// their parameters enforced (the others take any arguments).
+    #[serde(default)]
+    pub open_id: Option<u32>,
+}
+
+/// Whether an OpenAI `tools` entry asks for its arguments to follow its schema (`strict`).
+pub fn is_strict(tool: &Value) -> bool {
+    tool.get("function").unwrap_or(tool).get("strict") == Some(&Value::Bool(true))
 }
 
 /// The grammar of the calls `spec` forces.
@@ -70,7 +82,16 @@ fn tool_calls_schema(spec: &ToolCallSpec) -> Result<Schema, SchemaError> {
         }
         let params = function.get("parameters").unwrap_or(&Value::Null);
         let path = format!("#/tools/{i}/function/parameters");
-        functions.push((name, arguments(&mut b, params, &path)?));
+        let args = if spec.open_id.is_some() && !is_strict(tool) {
+            let pair = any_pair(&mut b);
+            b.push(Node::Args {
+                props: Vec::new(),
+                additional: Some(pair),
+            })
+        } else {
+            arguments(&mut b, params, &path)?
+        };
+        functions.push((name, args));
     }
     let root = match &spec.function {
         Some(wanted) => {

@@ -37,6 +37,7 @@ fn forced(function: Option<&str>, parallel: bool) -> Arc<Grammar> {
         tools: tools(),
         function: function.map(str::to_string),
         parallel,
+        open_id: None,
     };
     tool_calls(&spec).expect("the tools compile")
 }
@@ -143,6 +144,7 @@ fn a_parameter_schema_the_grammar_cannot_enforce_takes_any_json_value() {
         tools,
         function: Some("f".into()),
         parallel: false,
+        open_id: None,
     };
     let g = tool_calls(&spec).unwrap();
     let call = |v: &str| format!("<arg_key>even</arg_key><arg_value>{v}</arg_value></tool_call>");
@@ -159,6 +161,7 @@ fn what_cannot_be_forced_is_an_error() {
         tools,
         function: function.map(str::to_string),
         parallel: false,
+        open_id: None,
     };
     assert!(tool_calls(&spec(tools(), Some("get_stock"))).is_err());
     assert!(tool_calls(&spec(vec![], None)).is_err());
@@ -226,4 +229,73 @@ fn nothing_comes_before_the_name_or_the_arguments() {
     }
     let g = forced(Some("note"), false);
     assert!(accepts(&g, "</tool_call>") && !accepts(&g, " </tool_call>"));
+}
+
+#[test]
+fn opened_by_the_model_only_strict_functions_have_their_parameters_enforced() {
+    let mut tools = tools();
+    tools[0]["function"]["strict"] = json!(true);
+    let spec = ToolCallSpec {
+        tools,
+        function: None,
+        parallel: false,
+        open_id: Some(7),
+    };
+    let g = tool_calls(&spec).unwrap();
+    // get_weather is strict: its schema holds
+    assert!(!accepts(
+        &g,
+        "get_weather<arg_key>country</arg_key><arg_value>IT</arg_value></tool_call>"
+    ));
+    assert!(accepts(
+        &g,
+        "get_weather<arg_key>city</arg_key><arg_value>x</arg_value></tool_call>"
+    ));
+    // get_time is not: any arguments, none required
+    assert!(accepts(&g, "get_time</tool_call>"));
+    assert!(accepts(
+        &g,
+        "get_time<arg_key>zone</arg_key><arg_value>not json {</arg_value></tool_call>"
+    ));
+    assert!(
+        !accepts(&g, "get_stock</tool_call>"),
+        "still a declared function"
+    );
+}
+
+#[test]
+fn a_constraint_waits_for_each_id_in_turn() {
+    let spec = ToolCallSpec {
+        tools: tools(),
+        function: None,
+        parallel: false,
+        open_id: Some(END - 1),
+    };
+    let v = tool_vocab();
+    let think_close = END - 2;
+    let c = Constraint::new(
+        tool_calls(&spec).unwrap(),
+        v.clone(),
+        vec![END],
+        Some(think_close),
+    );
+    let mut c = c.also_after(END - 1);
+    let open = END - 1;
+    for id in [open, 5, think_close, 9] {
+        assert!(
+            c.accept(id) && !c.active(),
+            "{id}: the open id before </think> does not count"
+        );
+    }
+    assert!(c.accept(open) && c.active());
+    let word = |c: &Constraint| {
+        let mut words = vec![0u32; v.mask_words()];
+        c.fill_mask(&mut words);
+        words
+    };
+    assert!(word(&c).iter().any(|&w| w != 0));
+    for b in "note</tool_call>".bytes() {
+        assert!(c.accept(u32::from(b)), "byte {b}");
+    }
+    assert!(c.is_done());
 }

@@ -8,8 +8,8 @@ use axum::Json;
 use futures::stream::{self, StreamExt};
 
 use super::prepare::{
-    chat_pipeline, chat_prompt, forced_call_grammar, grammar_after_reasoning, max_new_tokens,
-    ready_worker, wire_requests, PromptUse,
+    chat_pipeline, chat_prompt, grammar_after_reasoning, max_new_tokens, ready_worker,
+    tool_call_grammar, wire_requests, PromptUse,
 };
 use super::run::{collect, drive, start, ChoiceDelta, ChoiceStream};
 use super::{logprobs, sse, ApiError, AppState, JsonBody, Meta};
@@ -29,7 +29,7 @@ pub async fn chat(
     let max_new = max_new_tokens(&state, &worker, prompt.ids.len(), &req.sampling, "messages")?;
     let mut reqs = wire_requests(&state, &prompt.ids, &req.sampling, max_new, req.n);
     grammar_after_reasoning(&state, &prompt, &mut reqs);
-    forced_call_grammar(&req, &mut reqs)?;
+    tool_call_grammar(&state, &req, &prompt, &mut reqs)?;
     let handles = state.dispatcher.submit_many(reqs)?;
     let pipelines = (0..req.n)
         .map(|_| chat_pipeline(&state, &req, &prompt))

@@ -9,6 +9,7 @@ use super::{ApiError, AppState};
 use crate::detokenize::Detokenizer;
 use crate::dispatch::WorkerInfo;
 use crate::grammar::{self, ToolCallSpec};
+use crate::parsers::glm47_name::CALL_OPEN;
 use crate::parsers::{Glm45ReasoningParser, Glm47ToolParser};
 use crate::protocol::chat::{ChatRequest, ToolChoice};
 use crate::protocol::completions::PromptInput;
@@ -352,29 +353,54 @@ pub fn grammar_after_reasoning(state: &AppState, prompt: &ChatPrompt, reqs: &mut
     }
 }
 
-/// Where `tool_choice` forces a call, the rest of it (and for `required` with
-/// `parallel_tool_calls` the calls after it) follows the declared functions and their parameters'
-/// schemas (grammar/tools.rs): the worker masks every token that would leave them. Tools whose
-/// schemas give no such grammar (a named function it cannot write) are a 400 on `tools`.
-pub fn forced_call_grammar(req: &ChatRequest, reqs: &mut [wire::Request]) -> Result<(), ApiError> {
-    let function = match &req.tool_choice {
-        ToolChoice::Required => None,
-        ToolChoice::Named(name) => Some(name.clone()),
-        ToolChoice::None | ToolChoice::Auto => return Ok(()),
-    };
-    if req.tools.is_empty() {
+/// The grammar of a chat's tool calls, where it has one (grammar/tools.rs): with `tool_choice`
+/// `required` or a named function, the rest of the forced call (and for `required` with
+/// `parallel_tool_calls` the calls after it); with `tool_choice` auto and functions marked
+/// `"strict": true` (and no JSON output asked), the calls the model opens itself, from its
+/// `<tool_call>` on (after the reasoning a prompt opened), the strict functions' arguments
+/// following their schemas. The worker masks every token that would leave it. Tools that give no
+/// such grammar (a named function it cannot write) are a 400 on `tools`.
+pub fn tool_call_grammar(
+    state: &AppState,
+    req: &ChatRequest,
+    prompt: &ChatPrompt,
+    reqs: &mut [wire::Request],
+) -> Result<(), ApiError> {
+    if req.tools.is_empty() || state.options.tool_call_parser.is_none() {
         return Ok(());
     }
+    let tokenizer = &state.model.tokenizer;
+    let (function, open_id) = match &req.tool_choice {
+        ToolChoice::Required => (None, None),
+        ToolChoice::Named(name) => (Some(name.clone()), None),
+        ToolChoice::Auto
+            if req.sampling.output_constraint.is_none()
+                && req.tools.iter().any(grammar::is_strict) =>
+        {
+            match tokenizer.token_to_id(CALL_OPEN) {
+                Some(open) => (None, Some(open)),
+                None => return Ok(()),
+            }
+        }
+        ToolChoice::Auto | ToolChoice::None => return Ok(()),
+    };
     let spec = ToolCallSpec {
         tools: req.tools.clone(),
         function,
         parallel: req.parallel_tool_calls,
+        open_id,
     };
     grammar::tool_calls(&spec).map_err(|e| ValidationError::new("tools", e.to_string()))?;
     let text = serde_json::to_string(&spec).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let start_after = if open_id.is_some() && prompt.in_reasoning {
+        tokenizer.token_to_id(THINK_CLOSE)
+    } else {
+        None
+    };
     for r in reqs {
         r.grammar = Some(wire::Grammar {
             tool_calls: Some(text.clone()),
+            start_after,
             ..wire::Grammar::default()
         });
     }

@@ -85,9 +85,11 @@ impl PyJsonConstraint {
                 .map_err(|e| value_error(format!("the tool-call grammar is not valid: {e}")))?;
             let grammar = grammar::tool_calls(&spec).map_err(value_error)?;
             let vocab = vocab.get().tools.clone();
-            return Ok(Self {
-                inner: Constraint::new(grammar, vocab, ends, start_after),
-            });
+            let mut inner = Constraint::new(grammar, vocab, ends, start_after);
+            if let Some(open) = spec.open_id {
+                inner = inner.also_after(open);
+            }
+            return Ok(Self { inner });
         }
         let grammar = match (regex, choices) {
             (Some(pattern), _) => grammar::regex(pattern).map_err(value_error)?,

@@ -214,3 +214,15 @@ def harness_factory() -> MakeHarness:
         return Harness(Engine(cfg, runner, sampler=None, eos_token_ids=list(eos)), runner)
 
     return make
+
+
+def drain(engine: Engine) -> tuple[dict[str, list[int]], dict[str, str]]:
+    """Steps `engine` until it has no work: each request's tokens and finish reason."""
+    tokens: dict[str, list[int]] = {}
+    finish: dict[str, str] = {}
+    while engine.has_work():
+        for out in engine.step():
+            tokens.setdefault(out.rid, []).extend(out.ids)
+            if out.finish:
+                finish[out.rid] = out.finish
+    return tokens, finish

@@ -21,6 +21,7 @@ from glm47.worker.model.config import ModelConfig
 from glm47.worker.model.tiny import make_tiny_model
 from glm47.worker.sampling import Sampler
 from glm47.worker.wire_messages import WireGrammar
+from tests.worker.engine.engine_fakes import drain
 from tests.worker.model.reference import make_runner
 
 SCHEMA: dict[str, Any] = {
@@ -87,13 +88,7 @@ def run(tiny_dir: Path, overlap: bool) -> tuple[dict[str, list[int]], dict[str, 
         grammar=WireGrammar(choices=["positive", "negative", "neg"]),
     ))  # fmt: skip
     engine.add_request(Request(rid="free", prompt_ids=prompt, max_new_tokens=300))
-    tokens: dict[str, list[int]] = {}
-    finish: dict[str, str] = {}
-    while engine.has_work():
-        for out in engine.step():
-            tokens.setdefault(out.rid, []).extend(out.ids)
-            if out.finish:
-                finish[out.rid] = out.finish
+    tokens, finish = drain(engine)
     texts = {rid: tok.decode(ids) for rid, ids in tokens.items()}
     return tokens, {rid: f"{finish[rid]}:{texts[rid]}" for rid in tokens}, engine
 

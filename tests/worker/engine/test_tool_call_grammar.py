@@ -23,6 +23,7 @@ from glm47.worker.model.config import ModelConfig
 from glm47.worker.model.tiny import make_tiny_model
 from glm47.worker.sampling import Sampler
 from glm47.worker.wire_messages import WireGrammar
+from tests.worker.engine.engine_fakes import drain
 from tests.worker.model.reference import make_runner
 
 TOOLS: list[dict[str, Any]] = [
@@ -99,13 +100,7 @@ def test_forced_calls_read_back_as_valid_calls(tiny_dir: Path) -> None:
             max_new_tokens=400, sampling=replace(bias, seed=i),
             grammar=WireGrammar(tool_calls=spec),
         ))  # fmt: skip
-    tokens: dict[str, list[int]] = {}
-    finish: dict[str, str] = {}
-    while engine.has_work():
-        for out in engine.step():
-            tokens.setdefault(out.rid, []).extend(out.ids)
-            if out.finish:
-                finish[out.rid] = out.finish
+    tokens, finish = drain(engine)
     for rid, (function, parallel) in cases.items():
         text = tok.decode(tokens[rid], skip_special_tokens=False)
         assert finish[rid] == "stop", (rid, text)

@@ -148,7 +148,7 @@ impl Grammar {
     /// The regular expression of `Node::Pattern` `node`.
     pub(super) fn pattern(&self, node: NodeId) -> &Regex {
         match &self.schema.nodes[node] {
-            Node::Pattern { regex, .. } => &regex.regex,
+            Node::Pattern { regex, .. } | Node::RawRegex(regex) => &regex.regex,
             _ => unreachable!("a regex frame reads a pattern node"),
         }
     }

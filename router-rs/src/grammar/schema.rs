@@ -75,6 +75,9 @@ pub enum Node {
     AnyOf(Vec<NodeId>),
     /// Raw text (tool calls, tools.rs): these nodes one after the other, nothing between.
     Seq(Vec<NodeId>),
+    /// Raw text that this regular expression matches whole (a tool call's string value of a
+    /// `format`; then whatever follows in the sequence holding it).
+    RawRegex(Arc<Pattern>),
     /// Raw text: any characters up to the first `stop`, which it reads too, without `banned`
     /// anywhere before (both start with `<` and hold no other).
     Text {

@@ -247,9 +247,16 @@ impl Grammar {
                 self.number_step(t, b, out, next, bounds.holds(at));
             }
             Frame::Regex { node, state } => {
-                let node = *node;
-                if let Some(state) = self.pattern(node).next(*state, b) {
-                    Self::emit(with_top(t, Frame::Regex { node, state }), out);
+                let (node, state) = (*node, *state);
+                let regex = self.pattern(node);
+                if let Some(next) = regex.next(state, b) {
+                    let frame = Frame::Regex { node, state: next };
+                    Self::emit(with_top(t.clone(), frame), out);
+                }
+                // inside raw text (a tool call's value): a whole match may end before `b`
+                if t.stack.len() > 1 && regex.can_end(state) {
+                    t.stack.pop();
+                    self.feed(t, b, out);
                 }
             }
             Frame::Pattern { node, state, len } => {
@@ -330,6 +337,11 @@ impl Grammar {
             }
             Node::Seq(_) | Node::Text { .. } | Node::Args { .. } | Node::Repeat { .. } => {
                 return self.start_raw(t, id, b, out);
+            }
+            Node::RawRegex(pattern) => {
+                let state = pattern.regex.start();
+                t.stack.push(Frame::Regex { node: id, state });
+                return self.feed(t, b, out);
             }
             Node::Choices(texts) => {
                 let hi = texts.len() as u32;

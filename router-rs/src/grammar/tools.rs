@@ -5,9 +5,9 @@
 //! its schema.
 //!
 //! A parameter the tool parser keeps as a string (its schema allows a string,
-//! `parsers::allows_string`) takes any text, or exactly one of its strings where its schema is
-//! an `enum` / `const` of strings only (lengths, patterns and formats of strings are not
-//! enforced); any other parameter takes a JSON value of its schema (schema.rs's subset; where
+//! `parsers::allows_string`) takes any text, exactly one of its strings where its schema is an
+//! `enum` / `const` of strings only, or a text of its `format` where it is `type` string with one
+//! of the formats schema.rs enforces (lengths and patterns of strings are not); any other parameter takes a JSON value of its schema (schema.rs's subset; where
 //! the schema uses more, any JSON value). Keys outside `properties` are allowed where the
 //! parameters' schema has no `properties` or allows `additionalProperties`; those are not checked
 //! against repeats. The prompt already ends with the forced call's opening (`<tool_call>`, or
@@ -21,8 +21,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::compile::{choices_node, err, Builder, ANY};
+use super::keywords::format_pattern;
 use super::matcher::Grammar;
-use super::schema::{arg_opening, Node, NodeId, Prop, Schema, SchemaError, MAX_PROPERTIES};
+use super::regex::Regex;
+use super::schema::{
+    arg_opening, Node, NodeId, Pattern, Prop, Schema, SchemaError, MAX_PROPERTIES,
+};
 use crate::parsers::allows_string;
 use crate::parsers::glm47_name::{
     CALL_CLOSE, CALL_OPEN, KEY_CLOSE, KEY_OPEN, MAX_NAME_BYTES, VALUE_CLOSE, VALUE_OPEN,
@@ -187,6 +191,14 @@ fn argument_value<'a>(b: &mut Builder<'a>, params: &'a Value, schema: &'a Value)
             let close = b.push(literal(VALUE_CLOSE.as_bytes()));
             return b.push(Node::Seq(vec![choices, close]));
         }
+        if let Some(regex) = format_regex(schema) {
+            let value = b.push(Node::RawRegex(Arc::new(Pattern {
+                regex,
+                chars_to_match: Default::default(),
+            })));
+            let close = b.push(literal(VALUE_CLOSE.as_bytes()));
+            return b.push(Node::Seq(vec![value, close]));
+        }
         return b.push(text(VALUE_CLOSE));
     }
     let json = b.compile(schema, "#").unwrap_or_else(|_| {
@@ -195,6 +207,17 @@ fn argument_value<'a>(b: &mut Builder<'a>, params: &'a Value, schema: &'a Value)
     });
     let close = b.push(literal(VALUE_CLOSE.as_bytes()));
     b.push(Node::Seq(vec![json, close]))
+}
+
+/// The regular expression of a string parameter's `format` (`date`, `time`, `date-time`,
+/// `uuid`, `ipv4`, `email`, `hostname`: texts without `<`), where its schema is `type` string
+/// with that format and no `pattern`.
+fn format_regex(schema: &Value) -> Option<Regex> {
+    if schema.get("type")? != "string" || schema.get("pattern").is_some() {
+        return None;
+    }
+    let pattern = format_pattern(schema.get("format")?.as_str()?)?;
+    Regex::new(pattern).ok()
 }
 
 /// The strings of a string-only `enum` or `const` (with `type` string or none), if that is what

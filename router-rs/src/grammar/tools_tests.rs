@@ -23,7 +23,8 @@ fn tools() -> Vec<Value> {
         }}}),
         json!({"type": "function", "function": {"name": "get_time", "parameters": {
             "type": "object",
-            "properties": {"zone": {"type": "string"}, "at": {"$ref": "#/$defs/at"}},
+            "properties": {"zone": {"type": "string"}, "at": {"$ref": "#/$defs/at"},
+                           "day": {"type": "string", "format": "date"}},
             "required": ["zone", "at"],
             "$defs": {"at": {"type": "object", "properties": {"h": {"type": "integer"}},
                              "required": ["h"]}},
@@ -95,6 +96,22 @@ fn a_required_call_is_one_declared_function_with_its_parameters() {
     let mut m = Matcher::new(g.clone());
     assert!(m.accept(b"note</tool_call>"));
     assert!(m.is_terminated(), "nothing may follow the only call");
+}
+
+#[test]
+fn a_string_parameter_with_a_format_takes_texts_of_it() {
+    let g = forced(Some("get_time"), false);
+    let call = |day: &str| {
+        format!(
+            "<arg_key>zone</arg_key><arg_value>CET</arg_value><arg_key>at</arg_key>\
+             <arg_value>{{\"h\":1}}</arg_value><arg_key>day</arg_key><arg_value>{day}\
+             </arg_value></tool_call>"
+        )
+    };
+    assert!(accepts(&g, &call("2026-12-04")));
+    for bad in ["tomorrow", "2026-13-01", "2026-12-04T10:00:00Z", ""] {
+        assert!(!accepts(&g, &call(bad)), "{bad}");
+    }
 }
 
 #[test]

@@ -44,6 +44,8 @@ const HANDLED: &[&str] = &[
     "prefixItems",
     "additionalItems",
     "minItems",
+    "minProperties",
+    "maxProperties",
     "maxItems",
     "minLength",
     "maxLength",
@@ -92,6 +94,8 @@ impl<'a> Builder<'a> {
         let object = b.push(Node::Object {
             props: Vec::new(),
             additional: Some(ANY),
+            min: 0,
+            max: None,
         });
         let array = b.push(Node::Array {
             prefix: Vec::new(),
@@ -393,7 +397,28 @@ impl<'a> Builder<'a> {
             });
         }
         props.sort_by(|a, b| a.key.cmp(&b.key));
-        Ok(self.push(Node::Object { props, additional }))
+        let min = count(map, "minProperties", path)?.unwrap_or(0);
+        let max = count(map, "maxProperties", path)?;
+        check_range(min, max, "minProperties", path)?;
+        if additional.is_none() && min as usize > props.len() {
+            return Err(err(
+                path,
+                "minProperties is more than the properties allowed",
+            ));
+        }
+        let required = props.iter().filter(|p| p.required).count();
+        if max.is_some_and(|max| (max as usize) < required) {
+            return Err(err(
+                path,
+                "maxProperties is less than the required properties",
+            ));
+        }
+        Ok(self.push(Node::Object {
+            props,
+            additional,
+            min,
+            max,
+        }))
     }
 
     fn reference(&mut self, target: &str, path: &str) -> Result<NodeId, SchemaError> {

@@ -49,10 +49,12 @@ impl NumAt {
 pub(crate) enum Frame {
     /// A value of this node comes next (whitespace allowed before it).
     Value(NodeId),
-    /// Inside an object; `seen` holds the listed properties already given (by sorted index).
+    /// Inside an object; `seen` holds the listed properties already given (by sorted index),
+    /// `count` the members so far (listed or not).
     Object {
         node: NodeId,
         seen: u128,
+        count: u32,
         at: ObjAt,
     },
     /// Inside a member name of object `node`: the listed names in `lo..hi` still match the

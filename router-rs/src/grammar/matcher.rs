@@ -340,11 +340,16 @@ impl Matcher {
                 len, max, chars, ..
             } if chars.at_boundary() => Some(max - len),
             Frame::Key { node, chars, .. } if chars.at_boundary() => {
+                // any name only where another member may still come (maxProperties)
+                let n = t.stack.len();
+                let Frame::Object { seen, count, .. } = t.stack[n - 2] else {
+                    return None;
+                };
                 match &self.grammar.schema.nodes[*node] {
                     Node::Object {
                         additional: Some(_),
                         ..
-                    } => Some(u32::MAX),
+                    } if self.grammar.object_room(*node, seen, count).1 => Some(u32::MAX),
                     _ => None,
                 }
             }

@@ -2,7 +2,8 @@
 //!
 //! Supported: `type` (one or a list), `properties`, `required`, `additionalProperties` (bool or a
 //! schema), `items`, `prefixItems` (and draft 7's list `items` with `additionalItems`), `minItems`,
-//! `maxItems`, `minLength`, `maxLength`, `pattern`, `minimum`, `maximum`, `exclusiveMinimum`,
+//! `maxItems`, `minProperties`, `maxProperties`, `minLength`, `maxLength`, `pattern`, `minimum`,
+//! `maximum`, `exclusiveMinimum`,
 //! `exclusiveMaximum` (numbers with them are written as plain decimals of at most 15 digits),
 //! `enum`, `const`, `anyOf`,
 //! `oneOf` (taken as `anyOf`: exclusivity is not enforced), `allOf` of one schema, `$ref` to
@@ -38,11 +39,13 @@ pub const MAX_PROPERTIES: usize = 128;
 /// What a value must look like.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Node {
-    /// An object: `props` sorted by their JSON-escaped names; members other than those take
-    /// `additional` (None: no other members).
+    /// An object of `min..=max` members: `props` sorted by their JSON-escaped names; members
+    /// other than those take `additional` (None: no other members).
     Object {
         props: Vec<Prop>,
         additional: Option<NodeId>,
+        min: u32,
+        max: Option<u32>,
     },
     /// An array: its first items take `prefix` in order (a tuple), the others `items`.
     Array {
@@ -162,6 +165,8 @@ impl Schema {
         let root = b.push(Node::Object {
             props: Vec::new(),
             additional: Some(ANY),
+            min: 0,
+            max: None,
         });
         Schema {
             nodes: b.nodes,

@@ -38,6 +38,21 @@ impl Grammar {
         }
     }
 
+    /// For an object of `node` with the listed keys `seen` given and `count` members: the
+    /// required keys still missing, and whether another member may come before them (they must
+    /// still fit under `maxProperties` after it).
+    pub(super) fn object_room(&self, node: NodeId, seen: u128, count: u32) -> (u32, bool) {
+        let Node::Object { props, max, .. } = &self.schema.nodes[node] else {
+            unreachable!("an object frame holds an object node")
+        };
+        let missing = props
+            .iter()
+            .enumerate()
+            .filter(|(i, p)| p.required && seen & (1 << i) == 0)
+            .count() as u32;
+        (missing, max.is_none_or(|max| count + 1 + missing <= max))
+    }
+
     /// Whether `b` would make a JSON string (at `chars`) hold `</` where that is not allowed.
     fn close_tag(&self, chars: &Chars, b: u8) -> bool {
         self.schema.no_close_tags && b == b'/' && chars.after_lt()
@@ -60,19 +75,29 @@ impl Grammar {
                 t.stack.pop();
                 self.start_value(t, id, b, out);
             }
-            Frame::Object { node, seen, at } => {
-                let (node, seen, at) = (*node, *seen, *at);
-                let Node::Object { props, additional } = &self.schema.nodes[node] else {
+            Frame::Object {
+                node,
+                seen,
+                count,
+                at,
+            } => {
+                let (node, seen, count, at) = (*node, *seen, *count, *at);
+                let Node::Object {
+                    props,
+                    additional,
+                    min,
+                    ..
+                } = &self.schema.nodes[node]
+                else {
                     unreachable!("an object frame holds an object node")
                 };
                 if is_ws(b) {
                     return Self::space(t, out);
                 }
-                let more = additional.is_some() || (seen.count_ones() as usize) < props.len();
-                let done = props
-                    .iter()
-                    .enumerate()
-                    .all(|(i, p)| !p.required || seen & (1 << i) != 0);
+                let (missing, room) = self.object_room(node, seen, count);
+                let others = additional.is_some() || (seen.count_ones() as usize) < props.len();
+                let more = missing > 0 || (room && others);
+                let done = missing == 0 && count >= *min;
                 match (at, b) {
                     (ObjAt::Open | ObjAt::Comma, b'"') if more => {
                         t.stack.push(Frame::Key {
@@ -90,11 +115,23 @@ impl Grammar {
                     }
                     (ObjAt::Value, b',') if more => {
                         let at = ObjAt::Comma;
-                        Self::emit(with_top(t, Frame::Object { node, seen, at }), out);
+                        let frame = Frame::Object {
+                            node,
+                            seen,
+                            count,
+                            at,
+                        };
+                        Self::emit(with_top(t, frame), out);
                     }
                     (ObjAt::Colon(target), b':') => {
                         let at = ObjAt::Value;
-                        let mut t = with_top(t, Frame::Object { node, seen, at });
+                        let frame = Frame::Object {
+                            node,
+                            seen,
+                            count,
+                            at,
+                        };
+                        let mut t = with_top(t, frame);
                         t.stack.push(Frame::Value(target));
                         Self::emit(t, out);
                     }
@@ -103,13 +140,18 @@ impl Grammar {
             }
             Frame::Key { node, .. } => {
                 let node = *node;
-                let Node::Object { props, additional } = &self.schema.nodes[node] else {
+                let Node::Object {
+                    props, additional, ..
+                } = &self.schema.nodes[node]
+                else {
                     unreachable!("a key frame holds an object node")
                 };
                 let n = t.stack.len();
-                let Frame::Object { seen, .. } = t.stack[n - 2] else {
+                let Frame::Object { seen, count, .. } = t.stack[n - 2] else {
                     unreachable!("a key frame sits on its object frame")
                 };
+                // Under maxProperties with required members missing, only those may come.
+                let (_, room) = self.object_room(node, seen, count);
                 let Frame::Key {
                     lo, hi, pos, chars, ..
                 } = &mut t.stack[n - 1]
@@ -121,17 +163,20 @@ impl Grammar {
                     let exact = (*lo < *hi && props[*lo as usize].key.len() == *pos as usize)
                         .then_some(*lo as usize);
                     let (seen, target) = match exact {
-                        Some(i) if seen & (1 << i) == 0 => (seen | (1 << i), props[i].node),
-                        Some(_) => return, // a member given twice
+                        Some(i) if seen & (1 << i) == 0 && (room || props[i].required) => {
+                            (seen | (1 << i), props[i].node)
+                        }
+                        Some(_) => return, // given twice, or no room left for it
                         None => match additional {
-                            Some(a) => (seen, *a),
-                            None => return,
+                            Some(a) if room => (seen, *a),
+                            _ => return,
                         },
                     };
                     t.stack.pop();
                     t.stack[n - 2] = Frame::Object {
                         node,
                         seen,
+                        count: count + 1,
                         at: ObjAt::Colon(target),
                     };
                     return Self::emit(t, out);
@@ -141,8 +186,9 @@ impl Grammar {
                 }
                 (*lo, *hi) = narrow(&self.texts[node], *lo, *hi, *pos, b);
                 *pos += 1;
-                let listed_left = (*lo..*hi).any(|i| seen & (1 << i) == 0);
-                if additional.is_none() && !listed_left {
+                let listed_left = (*lo..*hi)
+                    .any(|i| seen & (1 << i) == 0 && (room || props[i as usize].required));
+                if (additional.is_none() || !room) && !listed_left {
                     return;
                 }
                 Self::emit(t, out);
@@ -357,6 +403,7 @@ impl Grammar {
             Node::Object { .. } => (b == b'{').then_some(Frame::Object {
                 node: id,
                 seen: 0,
+                count: 0,
                 at: ObjAt::Open,
             }),
             Node::Array { .. } => (b == b'[').then_some(Frame::Array {

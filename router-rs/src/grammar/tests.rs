@@ -148,6 +148,8 @@ pub(super) fn conforms(doc: &Value, schema: &Value, root: &Value) -> bool {
                 Some(_) => true,
             };
             required.is_none_or(|r| r.iter().all(|k| o.contains_key(k.as_str().unwrap())))
+                && count("minProperties").is_none_or(|m| o.len() as u64 >= m)
+                && count("maxProperties").is_none_or(|m| o.len() as u64 <= m)
                 && o.iter().all(|(k, v)| match props.and_then(|p| p.get(k)) {
                     Some(s) => conforms(v, s, root),
                     None => {
@@ -197,6 +199,12 @@ pub(super) fn schemas() -> Vec<Value> {
         json!({"type": "object"}),
         json!({"enum": ["ab", "a", "abc"]}),
         json!({"type": "number"}),
+        json!({"type": "object", "properties": {
+            "a": {"type": "integer"}, "b": {"type": "boolean"}, "c": {"type": "null"}
+        }, "required": ["c"], "minProperties": 2, "maxProperties": 2}),
+        json!({"type": "object", "maxProperties": 2, "properties": {"x": {"type": "null"}},
+               "required": ["x"], "additionalProperties": {"type": "integer"}}),
+        json!({"type": "object", "minProperties": 1, "additionalProperties": {"type": "integer"}}),
     ]
 }
 
@@ -303,6 +311,23 @@ fn unsupported_schemas_are_refused_with_their_place() {
         ),
         (
             json!({"type": "string", "minLength": 3, "maxLength": 2}),
+            "#",
+            "above its maximum",
+        ),
+        (
+            json!({"type": "object", "properties": {"a": {}}, "additionalProperties": false,
+                   "minProperties": 2}),
+            "#",
+            "more than the properties allowed",
+        ),
+        (
+            json!({"type": "object", "properties": {"a": {}, "b": {}}, "required": ["a", "b"],
+                   "maxProperties": 1}),
+            "#",
+            "less than the required",
+        ),
+        (
+            json!({"type": "object", "minProperties": 3, "maxProperties": 2}),
             "#",
             "above its maximum",
         ),
@@ -480,4 +505,25 @@ fn tuples_take_their_items_in_order() {
     ] {
         assert_eq!(accepts(&draft7, text), ok, "{text}");
     }
+}
+
+#[test]
+fn member_counts_are_bounded_and_never_dead_end() {
+    let g = grammar(json!({"type": "object", "maxProperties": 2,
+        "properties": {"x": {"type": "null"}, "y": {"type": "null"}}, "required": ["x"],
+        "additionalProperties": {"type": "integer"}}));
+    assert!(accepts(&g, r#"{"x": null}"#));
+    assert!(accepts(&g, r#"{"k": 1, "x": null}"#));
+    assert!(accepts(&g, r#"{"y": null, "x": null}"#));
+    assert!(
+        !accepts(&g, r#"{"k": 1, "x": null, "y": null}"#),
+        "three members"
+    );
+    // after one member other than x, only x may come: neither y nor another name
+    let mut m = Matcher::new(g.clone());
+    assert!(m.accept(br#"{"k": 1, ""#));
+    assert!(!m.clone().accept(b"y\"") && !m.clone().accept(b"z\""));
+    assert!(m.accept(b"x\": null}"));
+    let g = grammar(json!({"type": "object", "minProperties": 2}));
+    assert!(!accepts(&g, r#"{"a": 1}"#) && accepts(&g, r#"{"a": 1, "b": []}"#));
 }

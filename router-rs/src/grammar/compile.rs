@@ -46,6 +46,7 @@ const HANDLED: &[&str] = &[
     "minItems",
     "minProperties",
     "maxProperties",
+    "multipleOf",
     "maxItems",
     "minLength",
     "maxLength",
@@ -205,7 +206,7 @@ impl<'a> Builder<'a> {
             }
         }
         if map.contains_key("enum") || map.contains_key("const") {
-            if let Some(key) = ["pattern"]
+            if let Some(key) = ["pattern", "multipleOf"]
                 .iter()
                 .chain(&BOUNDS)
                 .find(|k| map.contains_key(**k))
@@ -238,7 +239,11 @@ impl<'a> Builder<'a> {
                     .any(|k| map.contains_key(*k))
                 {
                     vec!["string"]
-                } else if let Some(key) = BOUNDS.iter().find(|k| map.contains_key(**k)) {
+                } else if let Some(key) = BOUNDS
+                    .iter()
+                    .chain(&["multipleOf"])
+                    .find(|k| map.contains_key(**k))
+                {
                     return Err(err(
                         path,
                         format!("{key} is supported only with type integer or number"),
@@ -337,6 +342,9 @@ impl<'a> Builder<'a> {
                 Some(range) => Node::Integer(range),
                 None => Node::Number { integer: true },
             })),
+            "number" if map.contains_key("multipleOf") => {
+                Err(err(path, "multipleOf is supported only with type integer"))
+            }
             "number" => Ok(self.push(match bounds(map, path)? {
                 Some(bounds) => Node::Decimal(bounds),
                 None => Node::Number { integer: false },

@@ -1,15 +1,18 @@
-//! Integers within bounds (`minimum`, `maximum` and their exclusive forms on an `integer`): the
-//! matcher reads the sign and digits and takes a digit only while some completion of what it
-//! has read lands in the range, so the model is never left with a number it cannot finish.
+//! Integers within bounds (`minimum`, `maximum` and their exclusive forms on an `integer`) and
+//! multiples of a step (`multipleOf`): the matcher reads the sign and digits and takes a digit
+//! only while some completion of what it has read is such an integer, so the model is never left
+//! with a number it cannot finish.
 
 /// Most digits of a bounded integer (the bounds are i64s: 19 digits hold every one of them).
 const MAX_DIGITS: u8 = 19;
 
-/// The integers `min..=max`.
+/// The multiples of `step` in `min..=max`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IntRange {
     pub min: i64,
     pub max: i64,
+    /// At least 1.
+    pub step: u64,
 }
 
 /// What an integer frame has read: a sign, the magnitude of the digits and how many.
@@ -62,7 +65,18 @@ impl IntAt {
 impl IntRange {
     /// Whether what `at` has read is a whole integer in the range.
     pub(crate) fn holds(&self, at: IntAt) -> bool {
-        at.digits > 0 && (i128::from(self.min)..=i128::from(self.max)).contains(&at.value())
+        let value = at.value();
+        at.digits > 0
+            && (i128::from(self.min)..=i128::from(self.max)).contains(&value)
+            && value.rem_euclid(i128::from(self.step)) == 0
+    }
+
+    /// Whether `lo..=hi` holds an integer of the range.
+    pub(crate) fn meets(&self, lo: i128, hi: i128) -> bool {
+        let (lo, hi) = (lo.max(i128::from(self.min)), hi.min(i128::from(self.max)));
+        let step = i128::from(self.step);
+        let first = lo + (step - lo.rem_euclid(step)) % step; // the least multiple from lo
+        first <= hi
     }
 
     /// Whether some completion of `at` (it, or it with more digits) is in the range. The values
@@ -74,14 +88,13 @@ impl IntRange {
         if at.digits == 1 && at.mag == 0 {
             return false; // a leading zero is the whole number
         }
-        let (min, max) = (i128::from(self.min), i128::from(self.max));
         let mut scale: i128 = 1;
         for _ in at.digits..MAX_DIGITS {
             scale *= 10;
             let lo = i128::from(at.mag) * scale;
             let hi = lo + scale - 1;
             let (lo, hi) = if at.neg { (-hi, -lo) } else { (lo, hi) };
-            if lo <= max && min <= hi {
+            if self.meets(lo, hi) {
                 return true;
             }
         }

@@ -114,27 +114,51 @@ pub(super) fn int_range(
     map: &Map<String, Value>,
     path: &str,
 ) -> Result<Option<IntRange>, SchemaError> {
-    let Some(b) = bounds(map, path)? else {
+    let step = match map.get("multipleOf") {
+        None => None,
+        Some(v) => Some(
+            v.as_u64()
+                .or_else(|| {
+                    v.as_f64()
+                        .filter(|f| f.fract() == 0.0 && *f >= 1.0 && *f < 1e18)
+                        .map(|f| f as u64)
+                })
+                .filter(|&s| s > 0)
+                .ok_or_else(|| err(path, "multipleOf on an integer must be a positive integer"))?,
+        ),
+    };
+    let b = bounds(map, path)?;
+    if b.is_none() && step.is_none() {
         return Ok(None);
-    };
-    // the least and greatest integers within them (f64 to i64 casts saturate)
-    let lo = if b.lo_open {
-        b.lo.floor() + 1.0
-    } else {
-        b.lo.ceil()
-    };
-    let hi = if b.hi_open {
-        b.hi.ceil() - 1.0
-    } else {
-        b.hi.floor()
-    };
-    if lo > hi {
-        return Err(err(path, "no integer lies within minimum and maximum"));
     }
-    Ok(Some(IntRange {
+    let (lo, hi) = match b {
+        // the least and greatest integers within them (f64 to i64 casts saturate)
+        Some(b) => (
+            if b.lo_open {
+                b.lo.floor() + 1.0
+            } else {
+                b.lo.ceil()
+            },
+            if b.hi_open {
+                b.hi.ceil() - 1.0
+            } else {
+                b.hi.floor()
+            },
+        ),
+        None => (i64::MIN as f64, i64::MAX as f64),
+    };
+    let range = IntRange {
         min: lo as i64,
         max: hi as i64,
-    }))
+        step: step.unwrap_or(1),
+    };
+    if lo > hi || !range.meets(i128::from(range.min), i128::from(range.max)) {
+        return Err(err(
+            path,
+            "no integer lies within minimum and maximum (and multipleOf)",
+        ));
+    }
+    Ok(Some(range))
 }
 
 pub(super) fn count(

@@ -3,15 +3,16 @@
 //! Supported: `type` (one or a list), `properties`, `required`, `additionalProperties` (bool or a
 //! schema), `items`, `prefixItems` (and draft 7's list `items` with `additionalItems`), `minItems`,
 //! `maxItems`, `minProperties`, `maxProperties`, `minLength`, `maxLength`, `pattern`, `minimum`,
-//! `maximum`, `exclusiveMinimum`,
-//! `exclusiveMaximum` (numbers with them are written as plain decimals of at most 15 digits),
-//! `enum`, `const`, `anyOf`,
-//! `oneOf` (taken as `anyOf`: exclusivity is not enforced), `allOf` of one schema, `$ref` to
+//! `maximum`, `exclusiveMinimum`, `exclusiveMaximum` (numbers with them are written as plain
+//! decimals of at most 15 digits), `multipleOf` (a positive integer, on integers), `enum`,
+//! `const`, `anyOf`, `oneOf` (taken as `anyOf`: exclusivity is not enforced), `allOf` of one
+//! schema, `$ref` to
 //! `#`, `#/$defs/…` and `#/definitions/…` (recursion allowed), `nullable`, and the string
 //! formats `date`, `time`, `date-time`, `uuid`, `ipv4`, `email` and `hostname` (enforced as
 //! patterns where neither a pattern nor a minimum length is given). Annotations are ignored
 //! (`title`, `description`, `default`, `examples`, other formats, …). Any keyword that asserts
-//! something the matcher cannot enforce (`uniqueItems`, `multipleOf`, …) is an error, so a request never gets output that silently breaks its schema.
+//! something the matcher cannot enforce (`uniqueItems`, `multipleOf` on a number, …) is an error,
+//! so a request never gets output that silently breaks its schema.
 //!
 //! A `pattern` (regex crate syntax; it may match anywhere in the string unless anchored with `^`
 //! and `$`) is matched against the string's characters as written: its strings hold no escape

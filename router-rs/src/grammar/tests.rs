@@ -282,9 +282,9 @@ fn unsupported_schemas_are_refused_with_their_place() {
         (json!({"pattern": "a", "enum": ["a"]}), "#", "beside enum"),
         (json!({"pattern": 3}), "#/pattern", "must be a string"),
         (
-            json!({"properties": {"n": {"type": "integer", "multipleOf": 2}}}),
+            json!({"properties": {"n": {"type": "number", "multipleOf": 0.5}}}),
             "#/properties/n",
-            "\"multipleOf\"",
+            "only with type integer",
         ),
         (
             json!({"type": "array", "uniqueItems": true}),
@@ -330,6 +330,16 @@ fn unsupported_schemas_are_refused_with_their_place() {
             json!({"type": "object", "minProperties": 3, "maxProperties": 2}),
             "#",
             "above its maximum",
+        ),
+        (
+            json!({"type": "integer", "multipleOf": 1.5}),
+            "#",
+            "positive integer",
+        ),
+        (
+            json!({"type": "integer", "minimum": 1, "maximum": 4, "multipleOf": 5}),
+            "#",
+            "no integer lies",
         ),
     ] {
         let e = compile(Some(&schema)).unwrap_err();
@@ -526,4 +536,46 @@ fn member_counts_are_bounded_and_never_dead_end() {
     assert!(m.accept(b"x\": null}"));
     let g = grammar(json!({"type": "object", "minProperties": 2}));
     assert!(!accepts(&g, r#"{"a": 1}"#) && accepts(&g, r#"{"a": 1, "b": []}"#));
+}
+
+#[test]
+fn multiples_are_taken_and_others_not() {
+    let g = grammar(json!({"type": "integer", "multipleOf": 4}));
+    for (text, ok) in [
+        ("0", true),
+        ("8", true),
+        ("-12", true),
+        ("6", false),
+        ("-2", false),
+    ] {
+        assert_eq!(accepts(&g, text), ok, "{text}");
+    }
+    let g = grammar(json!({"type": "integer", "minimum": 5, "maximum": 12, "multipleOf": 5}));
+    for (text, ok) in [
+        ("5", true),
+        ("10", true),
+        ("0", false),
+        ("15", false),
+        ("1", false),
+    ] {
+        assert_eq!(accepts(&g, text), ok, "{text}");
+    }
+    // "1" can still become 10: the digit is offered; "2" cannot become a multiple in 5..=12
+    let mut m = Matcher::new(g);
+    assert!(m.clone().accept(b"1") && !m.clone().accept(b"2"));
+    assert!(m.accept(b"1") && !m.can_end());
+    // random arrays of them: masks equal the brute force, no dead end, every item a multiple
+    let schema = json!({"type": "array", "items": {"type": "integer", "multipleOf": 7,
+                        "minimum": -30, "maximum": 100}, "maxItems": 4});
+    let docs = whole_documents(&grammar(schema), 5, 20, 400);
+    assert!(docs.len() >= 5);
+    for doc in docs {
+        let items: Vec<i64> = serde_json::from_slice(&doc).unwrap();
+        assert!(
+            items
+                .iter()
+                .all(|&x| x % 7 == 0 && (-30..=100).contains(&x)),
+            "{items:?}"
+        );
+    }
 }

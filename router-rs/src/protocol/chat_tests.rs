@@ -139,7 +139,7 @@ fn json_response_formats_are_read_and_empty_arguments_are_an_empty_object() {
         ),
         (
             json!({"messages": user, "response_format": {"type": "json_schema", "json_schema":
-            {"schema": {"type": "string", "multipleOf": 2}}}}),
+            {"schema": {"type": "array", "uniqueItems": true}}}}),
             "response_format.json_schema.schema",
         ),
         (

@@ -44,6 +44,7 @@ const HANDLED: &[&str] = &[
     "prefixItems",
     "additionalItems",
     "minItems",
+    "uniqueItems",
     "minProperties",
     "maxProperties",
     "multipleOf",
@@ -103,6 +104,7 @@ impl<'a> Builder<'a> {
             items: ANY,
             min: 0,
             max: None,
+            unique: false,
         });
         let number = b.push(Node::Number { integer: false });
         let literals = b.push(choices_node(["true", "false", "null"].map(str::as_bytes)));
@@ -305,12 +307,43 @@ impl<'a> Builder<'a> {
                     }
                     Some(items) => self.compile(items, &format!("{path}/{rest_key}"))?,
                 };
+                let unique = match map.get("uniqueItems") {
+                    None | Some(Value::Bool(false)) => false,
+                    Some(Value::Bool(true)) => true,
+                    Some(_) => return Err(err(path, "uniqueItems must be a boolean")),
+                };
+                if unique {
+                    // distinct texts of a choice, counted in the array frame
+                    let choices = match (&prefix[..], self.resolved(items)) {
+                        ([], Node::Choices(texts)) if texts.len() <= 128 => texts.len() as u32,
+                        _ => {
+                            return Err(err(
+                                path,
+                                "uniqueItems is supported only on arrays of enum, const or \
+                                 boolean items (at most 128 values), without prefixItems",
+                            ))
+                        }
+                    };
+                    if min > choices {
+                        return Err(err(
+                            path,
+                            "minItems is more than the distinct items allowed",
+                        ));
+                    }
+                    max = Some(max.map_or(choices, |m| m.min(choices)));
+                }
                 check_range(min, max, "minItems", path)?;
+                let items = if unique {
+                    self.resolved_id(items)
+                } else {
+                    items
+                };
                 Ok(self.push(Node::Array {
                     prefix,
                     items,
                     min,
                     max,
+                    unique,
                 }))
             }
             "string" => {
@@ -427,6 +460,21 @@ impl<'a> Builder<'a> {
             min,
             max,
         }))
+    }
+
+    /// `id` past the `anyOf`s of one alternative (a `$ref`'s placeholder).
+    fn resolved_id(&self, mut id: NodeId) -> NodeId {
+        while let Node::AnyOf(alts) = &self.nodes[id] {
+            match alts.as_slice() {
+                [one] => id = *one,
+                _ => break,
+            }
+        }
+        id
+    }
+
+    fn resolved(&self, id: NodeId) -> &Node {
+        &self.nodes[self.resolved_id(id)]
     }
 
     fn reference(&mut self, target: &str, path: &str) -> Result<NodeId, SchemaError> {

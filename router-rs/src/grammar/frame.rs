@@ -66,10 +66,12 @@ pub(crate) enum Frame {
         pos: u32,
         chars: Chars,
     },
+    /// Inside an array of `count` items; `used`: the choice texts given (a `unique` array's).
     Array {
         node: NodeId,
         count: u32,
         at: ArrAt,
+        used: u128,
     },
     /// Inside a string of `len` characters so far.
     Str {

@@ -2,7 +2,7 @@
 //!
 //! Supported: `type` (one or a list), `properties`, `required`, `additionalProperties` (bool or a
 //! schema), `items`, `prefixItems` (and draft 7's list `items` with `additionalItems`), `minItems`,
-//! `maxItems`, `minProperties`, `maxProperties`, `minLength`, `maxLength`, `pattern`, `minimum`,
+//! `maxItems`, `uniqueItems` (on arrays of `enum` / `const` / boolean items), `minProperties`, `maxProperties`, `minLength`, `maxLength`, `pattern`, `minimum`,
 //! `maximum`, `exclusiveMinimum`, `exclusiveMaximum` (numbers with them are written as plain
 //! decimals of at most 15 digits), `multipleOf` (a positive integer, on integers), `enum`,
 //! `const`, `anyOf`, `oneOf` (taken as `anyOf`: exclusivity is not enforced), `allOf` of one
@@ -11,7 +11,8 @@
 //! formats `date`, `time`, `date-time`, `uuid`, `ipv4`, `email` and `hostname` (enforced as
 //! patterns where neither a pattern nor a minimum length is given). Annotations are ignored
 //! (`title`, `description`, `default`, `examples`, other formats, …). Any keyword that asserts
-//! something the matcher cannot enforce (`uniqueItems`, `multipleOf` on a number, …) is an error,
+//! something the matcher cannot enforce (`uniqueItems` on other items, `multipleOf` on a number, …)
+//! is an error,
 //! so a request never gets output that silently breaks its schema.
 //!
 //! A `pattern` (regex crate syntax; it may match anywhere in the string unless anchored with `^`
@@ -48,12 +49,15 @@ pub enum Node {
         min: u32,
         max: Option<u32>,
     },
-    /// An array: its first items take `prefix` in order (a tuple), the others `items`.
+    /// An array: its first items take `prefix` in order (a tuple), the others `items`; with
+    /// `unique` (`uniqueItems`; no prefix, `items` a `Choices` node of at most 128 texts) no
+    /// text twice.
     Array {
         prefix: Vec<NodeId>,
         items: NodeId,
         min: u32,
         max: Option<u32>,
+        unique: bool,
     },
     /// A string of `min..=max` characters (code points).
     Str {

@@ -53,6 +53,26 @@ impl Grammar {
         (missing, max.is_none_or(|max| count + 1 + missing <= max))
     }
 
+    /// The texts already given in the array below a choice frame of `node`, where that array
+    /// is `unique` and `node` its items; None otherwise.
+    fn unique_items(&self, t: &Thread, node: NodeId) -> Option<u128> {
+        let n = t.stack.len();
+        let Frame::Array {
+            node: array, used, ..
+        } = *t.stack.get(n.checked_sub(2)?)?
+        else {
+            return None;
+        };
+        match &self.schema.nodes[array] {
+            Node::Array {
+                unique: true,
+                items,
+                ..
+            } if *items == node => Some(used),
+            _ => None,
+        }
+    }
+
     /// Whether `b` would make a JSON string (at `chars`) hold `</` where that is not allowed.
     fn close_tag(&self, chars: &Chars, b: u8) -> bool {
         self.schema.no_close_tags && b == b'/' && chars.after_lt()
@@ -193,13 +213,19 @@ impl Grammar {
                 }
                 Self::emit(t, out);
             }
-            Frame::Array { node, count, at } => {
-                let (node, count, at) = (*node, *count, *at);
+            Frame::Array {
+                node,
+                count,
+                at,
+                used,
+            } => {
+                let (node, count, at, used) = (*node, *count, *at, *used);
                 let Node::Array {
                     prefix,
                     items,
                     min,
                     max,
+                    ..
                 } = &self.schema.nodes[node]
                 else {
                     unreachable!("an array frame holds an array node")
@@ -208,25 +234,25 @@ impl Grammar {
                     return Self::space(t, out);
                 }
                 let room = max.is_none_or(|m| count < m);
+                let array = |count, at| Frame::Array {
+                    node,
+                    count,
+                    at,
+                    used,
+                };
                 match (at, b) {
                     (ArrAt::Open | ArrAt::Value, b']') if count >= *min => {
                         t.stack.pop();
                         Self::emit(t, out);
                     }
                     (ArrAt::Value, b',') if room => {
-                        let at = ArrAt::Comma;
-                        Self::emit(with_top(t, Frame::Array { node, count, at }), out);
+                        Self::emit(with_top(t, array(count, ArrAt::Comma)), out);
                     }
                     (ArrAt::Open | ArrAt::Comma, _) if room => {
                         // the item after `count` others: the tuple's schema there, or `items`
                         let items = prefix.get(count as usize).copied().unwrap_or(*items);
-                        let (count, at) = (count + 1, ArrAt::Value);
-                        self.start_value(
-                            with_top(t, Frame::Array { node, count, at }),
-                            items,
-                            b,
-                            out,
-                        );
+                        let t = with_top(t, array(count + 1, ArrAt::Value));
+                        self.start_value(t, items, b, out);
                     }
                     _ => {}
                 }
@@ -338,15 +364,23 @@ impl Grammar {
                 let texts = &self.texts[node];
                 let exact = lo < hi && texts[lo as usize].len() == pos as usize;
                 let (nlo, nhi) = narrow(texts, lo, hi, pos, b);
-                if nlo < nhi {
+                // an item of a unique array: only the texts not given yet
+                let used = self.unique_items(&t, node);
+                let unused = |i: u32| used.is_none_or(|u| u & (1 << i) == 0);
+                if nlo < nhi && (nlo..nhi).any(unused) {
                     let (lo, hi, pos) = (nlo, nhi, pos + 1);
                     Self::emit(
                         with_top(t.clone(), Frame::Choice { node, lo, hi, pos }),
                         out,
                     );
                 }
-                if exact {
+                if exact && unused(lo) {
                     t.stack.pop();
+                    if used.is_some() {
+                        if let Some(Frame::Array { used, .. }) = t.stack.last_mut() {
+                            *used |= 1 << lo;
+                        }
+                    }
                     self.feed(t, b, out);
                 }
             }
@@ -410,6 +444,7 @@ impl Grammar {
                 node: id,
                 count: 0,
                 at: ArrAt::Open,
+                used: 0,
             }),
             Node::Str { min, max } => (b == b'"').then(|| Frame::Str {
                 len: 0,

@@ -241,17 +241,11 @@ impl Tokenizer {
             .collect()
     }
 
-    /// `grammar_bytes`, with the added tokens among `tags` as their text (the tool-call tags
-    /// a tool-call grammar writes).
+    /// `grammar_bytes`, with the added tokens among `tags` as their text (the tool-call tags).
     pub fn grammar_bytes_with(&self, tags: &[&str]) -> Vec<Option<Vec<u8>>> {
         let mut bytes = self.grammar_bytes();
-        for tag in tags {
-            if let Some(slot) = self
-                .token_to_id(tag)
-                .and_then(|id| bytes.get_mut(id as usize))
-            {
-                *slot = Some(tag.as_bytes().to_vec());
-            }
+        for (id, tag) in tags.iter().filter_map(|t| Some((self.token_to_id(t)?, t))) {
+            bytes[id as usize] = Some(tag.as_bytes().to_vec());
         }
         bytes
     }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use serde_json::{Map, Value};
 
 use super::keywords::{
-    bounds, check_range, count, format_pattern, int_range, string_pattern, BOUNDS,
+    bounds, check_range, count, format_pattern, int_range, string_pattern, unique_items, BOUNDS,
 };
 use super::schema::{Node, NodeId, Prop, SchemaError, MAX_PROPERTIES};
 
@@ -307,37 +307,19 @@ impl<'a> Builder<'a> {
                     }
                     Some(items) => self.compile(items, &format!("{path}/{rest_key}"))?,
                 };
-                let unique = match map.get("uniqueItems") {
-                    None | Some(Value::Bool(false)) => false,
-                    Some(Value::Bool(true)) => true,
-                    Some(_) => return Err(err(path, "uniqueItems must be a boolean")),
-                };
-                if unique {
-                    // distinct texts of a choice, counted in the array frame
-                    let choices = match (&prefix[..], self.resolved(items)) {
-                        ([], Node::Choices(texts)) if texts.len() <= 128 => texts.len() as u32,
-                        _ => {
-                            return Err(err(
-                                path,
-                                "uniqueItems is supported only on arrays of enum, const or \
-                                 boolean items (at most 128 values), without prefixItems",
-                            ))
-                        }
-                    };
-                    if min > choices {
+                let items = self.resolved_id(items);
+                let unique = unique_items(map, path, !prefix.is_empty(), &self.nodes[items])?;
+                if let Some(distinct) = unique {
+                    if min > distinct {
                         return Err(err(
                             path,
                             "minItems is more than the distinct items allowed",
                         ));
                     }
-                    max = Some(max.map_or(choices, |m| m.min(choices)));
+                    max = Some(max.map_or(distinct, |m| m.min(distinct)));
                 }
                 check_range(min, max, "minItems", path)?;
-                let items = if unique {
-                    self.resolved_id(items)
-                } else {
-                    items
-                };
+                let unique = unique.is_some();
                 Ok(self.push(Node::Array {
                     prefix,
                     items,
@@ -471,10 +453,6 @@ impl<'a> Builder<'a> {
             }
         }
         id
-    }
-
-    fn resolved(&self, id: NodeId) -> &Node {
-        &self.nodes[self.resolved_id(id)]
     }
 
     fn reference(&mut self, target: &str, path: &str) -> Result<NodeId, SchemaError> {

@@ -8,7 +8,7 @@ use super::compile::err;
 use super::decimal::Bounds;
 use super::integer::IntRange;
 use super::regex::Regex;
-use super::schema::{unescaped, Pattern, SchemaError};
+use super::schema::{unescaped, Node, Pattern, SchemaError};
 
 pub(super) fn string_pattern(pattern: &Value, path: &str) -> Result<Pattern, SchemaError> {
     let pattern = pattern
@@ -186,4 +186,27 @@ pub(super) fn check_range(
         return Err(err(path, format!("{what} is above its maximum")));
     }
     Ok(())
+}
+
+/// `uniqueItems` of an array whose items are `items` (after a tuple where `tuple`): None when
+/// not asked, else how many distinct items there are (the texts of a choice, counted in the
+/// array frame: `enum`, `const` or boolean items, at most 128).
+pub(super) fn unique_items(
+    map: &Map<String, Value>,
+    path: &str,
+    tuple: bool,
+    items: &Node,
+) -> Result<Option<u32>, SchemaError> {
+    match map.get("uniqueItems") {
+        None | Some(Value::Bool(false)) => Ok(None),
+        Some(Value::Bool(true)) => match items {
+            Node::Choices(texts) if !tuple && texts.len() <= 128 => Ok(Some(texts.len() as u32)),
+            _ => Err(err(
+                path,
+                "uniqueItems is supported only on arrays of enum, const or boolean items (at \
+                 most 128 values), without prefixItems",
+            )),
+        },
+        Some(_) => Err(err(path, "uniqueItems must be a boolean")),
+    }
 }

@@ -26,6 +26,8 @@ mod bounds_tests;
 #[cfg(test)]
 mod conformance_tests;
 #[cfg(test)]
+mod keyword_tests;
+#[cfg(test)]
 mod pattern_tests;
 #[cfg(test)]
 mod tests;

@@ -1,6 +1,7 @@
 //! The stepping rules of raw text (the nodes of tool calls, tools.rs): sequences, text up to a
 //! stop, a call's arguments, repetition. No whitespace is skipped anywhere in them.
 
+use super::chars::Utf8;
 use super::frame::{with_top, Frame, Thread};
 use super::matcher::Grammar;
 use super::schema::{Node, NodeId};
@@ -9,7 +10,7 @@ use super::step::narrow;
 /// Where raw text stands after `b`, the last `matched` bytes having begun its stop (bit 0 of
 /// `begin`) or its banned text (bit 1): both start with `<` and hold no other, so a `<` starts
 /// both again and any other byte that continues neither starts nothing.
-pub(super) fn next_match(stop: &[u8], banned: &[u8], matched: u8, begin: u8, b: u8) -> (u8, u8) {
+fn next_match(stop: &[u8], banned: &[u8], matched: u8, begin: u8, b: u8) -> (u8, u8) {
     let at = matched as usize;
     let goes_on = |text: &[u8], bit: u8| if text.get(at) == Some(&b) { bit } else { 0 };
     let still = if matched > 0 {
@@ -21,6 +22,39 @@ pub(super) fn next_match(stop: &[u8], banned: &[u8], matched: u8, begin: u8, b: 
         (0, b'<') => (1, 3),
         (0, _) => (0, 0),
         _ => (matched + 1, still),
+    }
+}
+
+/// What raw text up to a stop (`Node::Text`) makes of one byte.
+pub(super) enum TextStep {
+    /// The byte breaks UTF-8 or completes the banned text.
+    Dead,
+    /// Still inside, the last `matched` bytes beginning the stop or the banned text (`begin`).
+    Inside { matched: u8, begin: u8 },
+    /// The byte completes the stop: the text is read.
+    Stopped,
+}
+
+/// One byte of raw text up to `stop` without `banned`, standing at (`chars`, `matched`, `begin`).
+pub(super) fn text_step(
+    stop: &[u8],
+    banned: &[u8],
+    chars: &mut Utf8,
+    matched: u8,
+    begin: u8,
+    b: u8,
+) -> TextStep {
+    if !chars.step(b) {
+        return TextStep::Dead;
+    }
+    let (matched, begin) = next_match(stop, banned, matched, begin, b);
+    let whole = |text: &[u8], bit: u8| begin & bit != 0 && text.len() == matched as usize;
+    if whole(banned, 2) {
+        TextStep::Dead
+    } else if whole(stop, 1) {
+        TextStep::Stopped
+    } else {
+        TextStep::Inside { matched, begin }
     }
 }
 
@@ -120,26 +154,22 @@ impl Grammar {
                 let Node::Text { stop, banned } = &self.schema.nodes[node] else {
                     unreachable!("a text frame reads a text node")
                 };
-                if !chars.step(b) {
-                    return;
+                match text_step(stop, banned, &mut chars, matched, begin, b) {
+                    TextStep::Dead => {}
+                    TextStep::Stopped => {
+                        t.stack.pop();
+                        Self::emit(t, out);
+                    }
+                    TextStep::Inside { matched, begin } => {
+                        let frame = Frame::Text {
+                            node,
+                            matched,
+                            begin,
+                            chars,
+                        };
+                        Self::emit(with_top(t, frame), out);
+                    }
                 }
-                let (matched, begin) = next_match(stop, banned, matched, begin, b);
-                let whole =
-                    |text: &[u8], bit: u8| begin & bit != 0 && text.len() == matched as usize;
-                if whole(banned, 2) {
-                    return;
-                }
-                if whole(stop, 1) {
-                    t.stack.pop();
-                    return Self::emit(t, out);
-                }
-                let frame = Frame::Text {
-                    node,
-                    matched,
-                    begin,
-                    chars,
-                };
-                Self::emit(with_top(t, frame), out);
             }
             Frame::Args { node, seen } => {
                 let Node::Args { props, additional } = &self.schema.nodes[node] else {

@@ -16,7 +16,7 @@ use super::frame::Thread;
 use super::matcher::{Matcher, TextAt};
 use super::regex::Regex;
 use super::schema::Pattern;
-use super::step_raw::next_match;
+use super::step_raw::{text_step, TextStep};
 
 /// `Vocab::plain` of a token that is not plain.
 const NOT_PLAIN: u32 = u32::MAX;
@@ -221,23 +221,16 @@ enum TextRun {
 
 /// What raw text up to a stop, standing at `at`, makes of `bytes`.
 fn text_run(bytes: &[u8], at: TextAt<'_>) -> TextRun {
-    let (stop, banned) = (at.stop, at.banned);
     let (mut chars, mut matched, mut begin) = (at.chars, at.matched, at.begin);
     for (i, &b) in bytes.iter().enumerate() {
-        if !chars.step(b) {
-            return TextRun::Dead;
-        }
-        (matched, begin) = next_match(stop, banned, matched, begin, b);
-        let whole = |text: &[u8], bit: u8| begin & bit != 0 && text.len() == matched as usize;
-        if whole(banned, 2) {
-            return TextRun::Dead;
-        }
-        if whole(stop, 1) {
-            return if i + 1 == bytes.len() {
-                TextRun::Inside
-            } else {
-                TextRun::PastStop
-            };
+        match text_step(at.stop, at.banned, &mut chars, matched, begin, b) {
+            TextStep::Dead => return TextRun::Dead,
+            TextStep::Stopped if i + 1 == bytes.len() => return TextRun::Inside,
+            TextStep::Stopped => return TextRun::PastStop,
+            TextStep::Inside {
+                matched: m,
+                begin: g,
+            } => (matched, begin) = (m, g),
         }
     }
     TextRun::Inside

@@ -349,7 +349,7 @@ impl Matcher {
                     Node::Object {
                         additional: Some(_),
                         ..
-                    } if self.grammar.object_room(*node, seen, count).1 => Some(u32::MAX),
+                    } if self.grammar.room_for_others(*node, seen, count) => Some(u32::MAX),
                     _ => None,
                 }
             }

@@ -38,19 +38,27 @@ impl Grammar {
         }
     }
 
-    /// For an object of `node` with the listed keys `seen` given and `count` members: the
-    /// required keys still missing, and whether another member may come before them (they must
-    /// still fit under `maxProperties` after it).
-    pub(super) fn object_room(&self, node: NodeId, seen: u128, count: u32) -> (u32, bool) {
-        let Node::Object { props, max, .. } = &self.schema.nodes[node] else {
+    /// The required keys of object `node` not in `seen`.
+    fn missing(&self, node: NodeId, seen: u128) -> u32 {
+        let Node::Object { props, .. } = &self.schema.nodes[node] else {
             unreachable!("an object frame holds an object node")
         };
         let missing = props
             .iter()
             .enumerate()
-            .filter(|(i, p)| p.required && seen & (1 << i) == 0)
-            .count() as u32;
-        (missing, max.is_none_or(|max| count + 1 + missing <= max))
+            .filter(|(i, p)| p.required && seen & (1 << i) == 0);
+        missing.count() as u32
+    }
+
+    /// Whether an object of `node` with the listed keys `seen` given and `count` members may
+    /// take a member other than its missing required ones (they must still fit under
+    /// `maxProperties` after it).
+    pub(super) fn room_for_others(&self, node: NodeId, seen: u128, count: u32) -> bool {
+        match &self.schema.nodes[node] {
+            Node::Object { max: None, .. } => true,
+            Node::Object { max: Some(max), .. } => count + 1 + self.missing(node, seen) <= *max,
+            _ => unreachable!("an object frame holds an object node"),
+        }
     }
 
     /// The texts already given in the array below a choice frame of `node`, where that array
@@ -114,7 +122,10 @@ impl Grammar {
                 if is_ws(b) {
                     return Self::space(t, out);
                 }
-                let (missing, room) = self.object_room(node, seen, count);
+                let (missing, room) = (
+                    self.missing(node, seen),
+                    self.room_for_others(node, seen, count),
+                );
                 let others = additional.is_some() || (seen.count_ones() as usize) < props.len();
                 let more = missing > 0 || (room && others);
                 let done = missing == 0 && count >= *min;
@@ -171,7 +182,7 @@ impl Grammar {
                     unreachable!("a key frame sits on its object frame")
                 };
                 // Under maxProperties with required members missing, only those may come.
-                let (_, room) = self.object_room(node, seen, count);
+                let room = self.room_for_others(node, seen, count);
                 let Frame::Key {
                     lo, hi, pos, chars, ..
                 } = &mut t.stack[n - 1]

@@ -129,6 +129,12 @@ impl Grammar {
                 let others = additional.is_some() || (seen.count_ones() as usize) < props.len();
                 let more = missing > 0 || (room && others);
                 let done = missing == 0 && count >= *min;
+                let object = |at| Frame::Object {
+                    node,
+                    seen,
+                    count,
+                    at,
+                };
                 match (at, b) {
                     (ObjAt::Open | ObjAt::Comma, b'"') if more => {
                         t.stack.push(Frame::Key {
@@ -145,24 +151,10 @@ impl Grammar {
                         Self::emit(t, out);
                     }
                     (ObjAt::Value, b',') if more => {
-                        let at = ObjAt::Comma;
-                        let frame = Frame::Object {
-                            node,
-                            seen,
-                            count,
-                            at,
-                        };
-                        Self::emit(with_top(t, frame), out);
+                        Self::emit(with_top(t, object(ObjAt::Comma)), out);
                     }
                     (ObjAt::Colon(target), b':') => {
-                        let at = ObjAt::Value;
-                        let frame = Frame::Object {
-                            node,
-                            seen,
-                            count,
-                            at,
-                        };
-                        let mut t = with_top(t, frame);
+                        let mut t = with_top(t, object(ObjAt::Value));
                         t.stack.push(Frame::Value(target));
                         Self::emit(t, out);
                     }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use serde_json::{json, Value};
 
-use super::tests::{conforms, test_vocab, whole_documents_in, END};
+use super::tests::{conforms, grammar, test_vocab, whole_documents_in, END};
 use super::*;
 use crate::parsers::Glm47ToolParser;
 
@@ -24,7 +24,8 @@ fn tools() -> Vec<Value> {
         json!({"type": "function", "function": {"name": "get_time", "parameters": {
             "type": "object",
             "properties": {"zone": {"type": "string"}, "at": {"$ref": "#/$defs/at"},
-                           "day": {"type": "string", "format": "date"}},
+                           "day": {"type": "string", "format": "date"},
+                           "meta": {"type": "object", "properties": {"note": {"type": "string"}}}},
             "required": ["zone", "at"],
             "$defs": {"at": {"type": "object", "properties": {"h": {"type": "integer"}},
                              "required": ["h"]}},
@@ -315,4 +316,22 @@ fn a_constraint_waits_for_each_id_in_turn() {
         assert!(c.accept(u32::from(b)), "byte {b}");
     }
     assert!(c.is_done());
+}
+
+#[test]
+fn a_json_string_in_an_argument_never_holds_a_closing_tag_start() {
+    let g = forced(Some("get_time"), false);
+    let call = |meta: &str| {
+        format!(
+            "<arg_key>zone</arg_key><arg_value>CET</arg_value><arg_key>at</arg_key>\
+             <arg_value>{{\"h\":1}}</arg_value><arg_key>meta</arg_key><arg_value>{meta}\
+             </arg_value></tool_call>"
+        )
+    };
+    assert!(accepts(&g, &call(r#"{"note": "a<b"}"#)));
+    assert!(accepts(&g, &call(r#"{"note": "a<\/b"}"#)));
+    assert!(!accepts(&g, &call(r#"{"note": "a</b"}"#)));
+    // the JSON grammar of a response format takes it
+    let json = grammar(json!({"type": "object", "properties": {"note": {"type": "string"}}}));
+    assert!(accepts(&json, r#"{"note": "a</b"}"#));
 }

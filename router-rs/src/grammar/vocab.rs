@@ -239,18 +239,30 @@ fn text_run(bytes: &[u8], at: TextAt<'_>) -> TextRun {
 impl Vocab {
     /// `bytes[id]` for the ids the tokenizer knows; ids from `bytes.len()` to `size` have none.
     pub fn new(bytes: Vec<Option<Vec<u8>>>, size: usize) -> Self {
+        Vocab::build(bytes, size, false)
+    }
+
+    /// `Vocab::new` for tool-call grammars (`bytes` with the tool tags' texts, tools.rs): a JSON
+    /// string there never holds `</` (`Schema::no_close_tags`), so tokens holding it are not
+    /// plain and the masks walk them.
+    pub fn for_tool_calls(bytes: Vec<Option<Vec<u8>>>, size: usize) -> Self {
+        Vocab::build(bytes, size, true)
+    }
+
+    fn build(bytes: Vec<Option<Vec<u8>>>, size: usize, no_close_tags: bool) -> Self {
         let size = size.max(bytes.len());
         let entries: Vec<(&[u8], u32)> = bytes
             .iter()
             .enumerate()
             .filter_map(|(id, b)| b.as_deref().map(|b| (b, id as u32)))
             .collect();
+        let holds_close_tag = |b: &[u8]| no_close_tags && b.windows(2).any(|w| w == b"</");
         let plain: Vec<u32> = (0..size)
             .map(|id| {
                 bytes
                     .get(id)
                     .and_then(|b| b.as_deref())
-                    .filter(|b| !b.is_empty())
+                    .filter(|b| !b.is_empty() && !holds_close_tag(b))
                     .and_then(plain_chars)
                     .unwrap_or(NOT_PLAIN)
             })
@@ -270,35 +282,6 @@ impl Vocab {
             plain,
             text_masks: Mutex::default(),
         }
-    }
-
-    /// `Vocab::new` for tool-call grammars (`bytes` with the tool tags' texts, tools.rs), with
-    /// the token lists that make their masks inside keys and values quick.
-    pub fn for_tool_calls(bytes: Vec<Option<Vec<u8>>>, size: usize) -> Self {
-        let mut vocab = Vocab::new(bytes, size);
-        // a JSON string there never holds `</` (Schema::no_close_tags): such tokens are not
-        // plain, the masks walk them
-        let mut moved = Vec::new();
-        for (id, b) in vocab.bytes.iter().enumerate() {
-            let holds = b
-                .as_deref()
-                .is_some_and(|b| b.windows(2).any(|w| w == b"</"));
-            if holds && vocab.plain[id] != NOT_PLAIN {
-                vocab.plain[id] = NOT_PLAIN;
-                moved.push(id);
-            }
-        }
-        if !moved.is_empty() {
-            let rest: Vec<(&[u8], u32)> = vocab
-                .bytes
-                .iter()
-                .enumerate()
-                .filter(|&(id, _)| vocab.plain.get(id) == Some(&NOT_PLAIN))
-                .filter_map(|(id, b)| b.as_deref().map(|b| (b, id as u32)))
-                .collect();
-            vocab.rest = Trie::build(rest);
-        }
-        vocab
     }
 
     fn text_mask(&self, at: TextAt<'_>) -> Arc<TextMask> {

@@ -366,10 +366,27 @@ pub fn tool_call_grammar(
     prompt: &ChatPrompt,
     reqs: &mut [wire::Request],
 ) -> Result<(), ApiError> {
-    if req.tools.is_empty() || state.options.tool_call_parser.is_none() {
+    if state.options.tool_call_parser.is_none() {
         return Ok(());
     }
     let tokenizer = &state.model.tokenizer;
+    let grammar = tool_call_wire_grammar(req, prompt.in_reasoning, |t| tokenizer.token_to_id(t))?;
+    for r in reqs {
+        r.grammar = grammar.clone().or(r.grammar.take());
+    }
+    Ok(())
+}
+
+/// `tool_call_grammar`'s wire grammar, if any, for a prompt that leaves the model inside
+/// reasoning or not; `id_of` gives a tag's token id.
+fn tool_call_wire_grammar(
+    req: &ChatRequest,
+    in_reasoning: bool,
+    id_of: impl Fn(&str) -> Option<u32>,
+) -> Result<Option<wire::Grammar>, ApiError> {
+    if req.tools.is_empty() {
+        return Ok(None);
+    }
     let (function, open_id) = match &req.tool_choice {
         ToolChoice::Required => (None, None),
         ToolChoice::Named(name) => (Some(name.clone()), None),
@@ -377,12 +394,12 @@ pub fn tool_call_grammar(
             if req.sampling.output_constraint.is_none()
                 && req.tools.iter().any(grammar::is_strict) =>
         {
-            match tokenizer.token_to_id(CALL_OPEN) {
+            match id_of(CALL_OPEN) {
                 Some(open) => (None, Some(open)),
-                None => return Ok(()),
+                None => return Ok(None),
             }
         }
-        ToolChoice::Auto | ToolChoice::None => return Ok(()),
+        ToolChoice::Auto | ToolChoice::None => return Ok(None),
     };
     let spec = ToolCallSpec {
         tools: req.tools.clone(),
@@ -392,19 +409,16 @@ pub fn tool_call_grammar(
     };
     grammar::tool_calls(&spec).map_err(|e| ValidationError::new("tools", e.to_string()))?;
     let text = serde_json::to_string(&spec).map_err(|e| ApiError::Internal(e.to_string()))?;
-    let start_after = if open_id.is_some() && prompt.in_reasoning {
-        tokenizer.token_to_id(THINK_CLOSE)
+    let start_after = if open_id.is_some() && in_reasoning {
+        id_of(THINK_CLOSE)
     } else {
         None
     };
-    for r in reqs {
-        r.grammar = Some(wire::Grammar {
-            tool_calls: Some(text.clone()),
-            start_after,
-            ..wire::Grammar::default()
-        });
-    }
-    Ok(())
+    Ok(Some(wire::Grammar {
+        tool_calls: Some(text),
+        start_after,
+        ..wire::Grammar::default()
+    }))
 }
 
 /// A pipeline for one choice of a `prompt_len`-token prompt: detokenizer and stop strings, no
@@ -435,16 +449,5 @@ pub fn chat_pipeline(state: &AppState, req: &ChatRequest, prompt: &ChatPrompt) -
 }
 
 #[cfg(test)]
-mod tests {
-    use super::ends_in_reasoning;
-
-    #[test]
-    fn the_last_think_tag_decides_where_the_answer_starts() {
-        assert!(ends_in_reasoning("<|user|>hi<|assistant|><think>"));
-        assert!(!ends_in_reasoning("<|user|>hi<|assistant|></think>"));
-        assert!(ends_in_reasoning(
-            "<think>a</think><|user|>b<|assistant|><think>"
-        ));
-        assert!(!ends_in_reasoning("<|user|>plain template<|assistant|>"));
-    }
-}
+#[path = "prepare_tests.rs"]
+mod tests;

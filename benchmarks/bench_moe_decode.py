@@ -2,7 +2,8 @@
 router's logits, the routing with the pairs' layout (one launch), the two grouped GEMMs and the
 top-k sum, with programmatic dependent launch where the GPU has it, replayed from a CUDA graph over
 rotating routings (so the experts' weights come from memory, not L2). With and without the shared
-expert as one more expert (kernels/moe_decode folds it in at one token)."""
+expert as one more expert (kernels/moe_decode folds it in at one token); at one token also the GEMMs that rank
+their experts themselves (`fused_moe_one_token`, no routing launch)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from bench_common import BF16, DEV, EXPERTS, HIDDEN, INTER, TOP_K, Row, graph_ms
 
 from glm47.kernels.fused_moe import choose_config, fused_experts, moe_bytes, moe_flops
 from glm47.kernels.moe_config import MoeConfig
+from glm47.kernels.moe_decode import RoutedExperts, fused_moe_one_token
 from glm47.kernels.pdl import pdl_supported, set_pdl
 from glm47.kernels.routing import route_align
 
@@ -29,8 +31,13 @@ def _moe(
     w2: torch.Tensor,
     shared: tuple[torch.Tensor, torch.Tensor] | None,
     cfg: MoeConfig,
+    one_token: bool = False,
 ) -> torch.Tensor:
-    """kernels/moe_decode.fused_moe_from_logits with the config given."""
+    """kernels/moe_decode.fused_moe_from_logits with the config given: with `one_token`, the
+    one-token GEMMs that rank their experts themselves, else the routing launch first."""
+    if one_token:
+        moe = RoutedExperts(bias, TOP_K, True, ROUTED_SCALE, w13, w2, shared)
+        return fused_moe_one_token(x, logits, moe, cfg)
     ids, weights, align = route_align(
         logits, bias, TOP_K, True, ROUTED_SCALE, cfg.block_m, shared=shared is not None
     )
@@ -62,11 +69,14 @@ def bench_moe_decode(ceil: dict, tokens: tuple[int, ...] = (1, 2, 4, 8, 16)) -> 
                 nbytes = moe_bytes(t, 1, HIDDEN, INTER, TOP_K) - 2 * 3 * HIDDEN * INTER
                 nbytes += int(experts * 2 * 3 * HIDDEN * INTER)
                 flops = moe_flops(t, HIDDEN, INTER, TOP_K + (shared is not None))
-                ms = graph_ms(partial(_moe, bias=bias, w13=w13, w2=w2, shared=shared, cfg=stored),
-                              sets)  # fmt: skip
-                shape = f"T={t} experts={experts:.1f}"
-                variant = f"routing+GEMMs+sum{' +shared' if shared else ''} pdl={int(pdl)}"
-                rows.append(row("moe_decode", shape, variant, ms, nbytes, flops, ceil))
+                for one_token in (False, True) if t == 1 else (False,):
+                    run = partial(_moe, bias=bias, w13=w13, w2=w2, shared=shared, cfg=stored,
+                                  one_token=one_token)  # fmt: skip
+                    ms = graph_ms(run, sets)
+                    shape = f"T={t} experts={experts:.1f}"
+                    what = "ranking GEMMs+sum" if one_token else "routing+GEMMs+sum"
+                    variant = f"{what}{' +shared' if shared else ''} pdl={int(pdl)}"
+                    rows.append(row("moe_decode", shape, variant, ms, nbytes, flops, ceil))
     finally:
         set_pdl(False)
     return rows

@@ -29,7 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_kernel_flags import add_kernel_flags, kernel_options
-from model_bench import build_runner, decode_batch, logits_step
+from model_bench import build_runner, decode_batch, fresh_ids, logits_step
 
 
 def kernel_spans(trace_path: Path) -> list[tuple[str, float, float]]:
@@ -70,10 +70,17 @@ def find_period(names: list[str], min_period: int = 4) -> tuple[int, int]:
     return best[1], best[2]
 
 
-def profile_batch(runner, batch: int, context: int, iters: int) -> dict:  # type: ignore[no-untyped-def]
+def profile_batch(runner, batch: int, context: int, iters: int, fresh: bool = False) -> dict:  # type: ignore[no-untyped-def]
     step, _ = decode_batch(runner, batch, context)
     inputs = runner.prepare(step)
-    fn = logits_step(runner, inputs)
+    step_fn = logits_step(runner, inputs)
+    new_ids = fresh_ids(inputs, runner.cfg.vocab_size)
+
+    def fn() -> None:  # with `fresh`, other tokens (other experts) every replay
+        if fresh:
+            new_ids()
+        step_fn()
+
     for _ in range(3):
         fn()
     torch.cuda.synchronize()
@@ -146,6 +153,8 @@ def main() -> None:
     parser.add_argument("--batches", default="1,8")
     parser.add_argument("--context", type=int, default=1024)
     parser.add_argument("--iters", type=int, default=3)
+    parser.add_argument("--fresh-tokens", action="store_true",
+                        help="other random tokens (other experts) every replay")  # fmt: skip
     parser.add_argument("--json", default=None)
     add_kernel_flags(parser)
     args = parser.parse_args()
@@ -156,7 +165,7 @@ def main() -> None:
     results = []
     with torch.inference_mode():
         for batch in batches:
-            p = profile_batch(runner, batch, args.context, args.iters)
+            p = profile_batch(runner, batch, args.context, args.iters, args.fresh_tokens)
             print_profile(p)
             results.append(p)
     if args.json:

@@ -94,12 +94,20 @@ class PrefillRow:
     tok_per_s: float
 
 
-def time_cuda(fn: Callable[[], object], iters: int, warmup: int = 3) -> float:
-    """Median milliseconds of `fn` over `iters` runs, CUDA events around each."""
+def time_cuda(
+    fn: Callable[[], object],
+    iters: int,
+    warmup: int = 3,
+    before: Callable[[], object] | None = None,
+) -> float:
+    """Median milliseconds of `fn` over `iters` runs, CUDA events around each; `before` runs
+    ahead of each, untimed."""
     for _ in range(warmup):
         fn()
     times = []
     for _ in range(iters):
+        if before is not None:
+            before()
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
         fn()
@@ -236,6 +244,11 @@ def decode_batch(runner: ModelRunner, batch: int, context: int) -> tuple[Schedul
     return ScheduledBatch(seqs), kv_sets
 
 
+def fresh_ids(inputs: StepInputs, vocab: int) -> Callable[[], object]:
+    """What writes other random tokens into a step's inputs, in place."""
+    return lambda: inputs.input_ids.random_(0, vocab)
+
+
 def logits_step(runner: ModelRunner, inputs: StepInputs) -> Callable[[], torch.Tensor]:
     """What one timed step computes: the forward pass, then lm_head on the sampled rows."""
 
@@ -248,15 +261,26 @@ def logits_step(runner: ModelRunner, inputs: StepInputs) -> Callable[[], torch.T
 
 @torch.inference_mode()
 def run_decode(
-    runner: ModelRunner, w: WeightBytes, ceil: Ceilings, batch: int, context: int, iters: int
+    runner: ModelRunner,
+    w: WeightBytes,
+    ceil: Ceilings,
+    batch: int,
+    context: int,
+    iters: int,
+    fresh_tokens: bool = False,
 ) -> DecodeRow:
+    """With `fresh_tokens`, every timed step decodes other random tokens: other experts in
+    every layer, as consecutive tokens of a served sequence take; else the same tokens each
+    step (the same experts: what a step reads may be left in L2 or asked for ahead by the
+    one before)."""
     step, kv_sets = decode_batch(runner, batch, context)
     start = time.perf_counter()
     inputs = runner.prepare(step)
     prepare_ms = (time.perf_counter() - start) * 1e3
     graphed = runner.graphs is not None and runner.graphs.can_run(inputs.input_ids, inputs.meta)
     one_step = logits_step(runner, inputs)
-    ms = time_cuda(one_step, iters)
+    vocab = runner.cfg.vocab_size
+    ms = time_cuda(one_step, iters, before=fresh_ids(inputs, vocab) if fresh_tokens else None)
     graphs, runner.graphs = runner.graphs, None
     try:
         eager_ms = time_cuda(one_step, max(3, iters // 2))
@@ -365,6 +389,8 @@ def main() -> None:
     parser.add_argument("--context", type=int, default=1024)
     parser.add_argument("--prefill-tokens", type=int, default=8192, help="0: no prefill rows")
     parser.add_argument("--iters", type=int, default=20)
+    parser.add_argument("--fresh-tokens", action="store_true",
+                        help="decode other random tokens every timed step (other experts)")  # fmt: skip
     parser.add_argument("--budget-s", type=float, default=280.0, help="skip what would start later")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument(
@@ -421,7 +447,9 @@ def main() -> None:
             print(f"decode batch {batch}: skipped, over the time budget")
             continue
         try:
-            decode.append(run_decode(runner, w, ceil, batch, args.context, args.iters))
+            decode.append(
+                run_decode(runner, w, ceil, batch, args.context, args.iters, args.fresh_tokens)
+            )
         except RuntimeError as err:  # out of memory included: the other sizes still run
             print(f"decode batch {batch}: failed: {err}")
             continue

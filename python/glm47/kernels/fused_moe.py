@@ -110,28 +110,15 @@ def _moe_gemm_kernel(
     row_ok = pair < num_pairs
     a_row = pair // TOP_K if A_PER_TOKEN else pair
     expert = tl.load(expert_ids_ptr + pid_m).to(tl.int64)
-    w_base = _expert_weights(w_ptr, shared_w_ptr, expert, stride_we, NUM_EXPERTS, HAS_SHARED)
+    w_base = expert_weights(w_ptr, shared_w_ptr, expert, stride_we, NUM_EXPERTS, HAS_SHARED)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     col_ok = offs_n < N
     offs_k = k_start + tl.arange(0, BLOCK_K)
     a_ptrs = a_ptr + a_row[:, None].to(tl.int64) * stride_am + offs_k[None, :]  # [BM, BK]
     w_ptrs = w_base + offs_n[None, :] * stride_wn + offs_k[:, None]  # [BK, BN]
 
-    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    acc_up = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    for k0 in range(0, tl.minimum(K_PER_SPLIT, K - k_start), BLOCK_K):
-        k_ok = offs_k < K - k0
-        a = tl.load(a_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-        w = tl.load(w_ptrs, mask=k_ok[:, None] & col_ok[None, :], other=0.0)
-        acc = tl.dot(a, w, acc)
-        if GATED:
-            w_up = tl.load(w_ptrs + N * stride_wn, mask=k_ok[:, None] & col_ok[None, :], other=0.0)
-            acc_up = tl.dot(a, w_up, acc_up)
-        a_ptrs += BLOCK_K
-        w_ptrs += BLOCK_K
-
-    if GATED:
-        acc = acc * tl.sigmoid(acc) * acc_up
+    acc = tile_product(a_ptrs, w_ptrs, N * stride_wn, row_ok, col_ok, offs_k, K,
+                       tl.minimum(K_PER_SPLIT, K - k_start), BLOCK_M, BLOCK_N, BLOCK_K, GATED)  # fmt: skip
     if MUL_WEIGHT:
         acc = acc * tl.load(topk_w_ptr + pair, mask=row_ok, other=0.0)[:, None]
     c_ptrs = c_ptr + tl.program_id(1) * stride_cs + pair[:, None].to(tl.int64) * stride_cm
@@ -140,7 +127,41 @@ def _moe_gemm_kernel(
 
 
 @triton.jit
-def _expert_weights(w_ptr, shared_w_ptr, expert, stride_we, NUM_EXPERTS: tl.constexpr,
+def tile_product(
+    a_ptrs,  # [BLOCK_M, BLOCK_K]: the rows' first K block
+    w_ptrs,  # [BLOCK_K, BLOCK_N]: the weight tile's first K block (the gate rows when GATED)
+    up_offset,  # from a gate row to its up row (read when GATED)
+    row_ok,  # [BLOCK_M]
+    col_ok,  # [BLOCK_N]
+    offs_k,  # [BLOCK_K]: the first block's columns
+    K,
+    k_len,  # columns from the first block on (a multiple of BLOCK_K, or up to K)
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    GATED: tl.constexpr,
+):
+    """One tile of a grouped GEMM in fp32: `a @ w` over k_len columns, or `silu(a @ w_gate) *
+    (a @ w_up)` when GATED."""
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    acc_up = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for k0 in range(0, k_len, BLOCK_K):
+        k_ok = offs_k < K - k0
+        a = tl.load(a_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+        w = tl.load(w_ptrs, mask=k_ok[:, None] & col_ok[None, :], other=0.0)
+        acc = tl.dot(a, w, acc)
+        if GATED:
+            w_up = tl.load(w_ptrs + up_offset, mask=k_ok[:, None] & col_ok[None, :], other=0.0)
+            acc_up = tl.dot(a, w_up, acc_up)
+        a_ptrs += BLOCK_K
+        w_ptrs += BLOCK_K
+    if GATED:
+        acc = acc * tl.sigmoid(acc) * acc_up
+    return acc
+
+
+@triton.jit
+def expert_weights(w_ptr, shared_w_ptr, expert, stride_we, NUM_EXPERTS: tl.constexpr,
                     HAS_SHARED: tl.constexpr):  # fmt: skip
     """The first weight of `expert`: a routed expert's slice of w, or the shared expert's tensor
     for id NUM_EXPERTS."""
@@ -170,7 +191,7 @@ def _prefetch_expert_tile(
     if wanted:
         last: tl.constexpr = NUM_EXPERTS if HAS_SHARED else NUM_EXPERTS - 1
         e = tl.minimum(tl.maximum(expert, 0), last).to(tl.int64)
-        base = _expert_weights(w_ptr, shared_w_ptr, e, stride_we, NUM_EXPERTS, HAS_SHARED)
+        base = expert_weights(w_ptr, shared_w_ptr, e, stride_we, NUM_EXPERTS, HAS_SHARED)
         rows = tl.minimum(pid_n * BLOCK_N + tl.arange(0, BLOCK_N), N - 1)
         cols = k_start + tl.arange(0, PREFETCH_K // LINE_ELEMS) * LINE_ELEMS
         tile = base + rows[:, None] * stride_wn + cols[None, :]
@@ -226,7 +247,7 @@ def moe_gemm(
     prefetch_k = 0
     if pdl and hint_ids is not None:  # GEMM 1 guesses one block per pair
         hinted = min(num_blocks, parts.shape[1]) if a_per_token else num_blocks
-        prefetch_k = _prefetch_columns(
+        prefetch_k = prefetch_columns(
             min(k, k_per_split), hinted * w.shape[1] * w.element_size() * grid[1], w.element_size()
         )
     _moe_gemm_kernel[grid](
@@ -248,7 +269,7 @@ def k_splits(k: int, block_k: int, split_k: int) -> tuple[int, int]:
     return k_per_split, triton.cdiv(k, k_per_split)
 
 
-def _prefetch_columns(k: int, bytes_per_column: int, elem: int) -> int:
+def prefetch_columns(k: int, bytes_per_column: int, elem: int) -> int:
     """Weight columns a GEMM asks into L2 ahead of its wait: a power of two that keeps the launch
     within PREFETCH_BYTES, at least one 128-byte line, at most K; 0 when none fits."""
     cols = min(k, PREFETCH_BYTES // max(1, bytes_per_column))

@@ -304,25 +304,17 @@ NORM_ROUTE_EXPERTS_PER_PROGRAM = 4
 NORM_ROUTE_TOKENS_PER_PROGRAM = 4
 
 
-def norm_route_align(
+def norm_router(
     x: torch.Tensor | SplitProduct,  # [T, D]
     residual: torch.Tensor,  # [T, D]
     norm_weight: torch.Tensor,  # [D]
     eps: float,
     gate_weight: torch.Tensor,  # [E, D] fp32, the router
-    correction_bias: torch.Tensor,  # [E] fp32
-    top_k: int,
-    renormalize: bool,
-    scale: float,
-    block_m: int,
-    shared: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, MoeAlignment]:
-    """The MoE layer's input and routing in two launches: `normed, new_residual =
-    rmsnorm(x, norm_weight, eps, residual)` (kernels/rmsnorm) with the router's logits
-    `normed.float() @ gate_weight.T` in one, then `route_align` of them (one program of one warp:
-    its top-k and scans are chains of reductions, which cost least inside one warp). `x` may be a
-    `SplitProduct` (the attention block's output projection), summed as it loads. Returns
-    (normed, new_residual, ids, weights, alignment)."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # normed, new residual, logits [T, E] fp32
+    """The MoE layer's input and its router logits in one launch: `normed, new_residual =
+    rmsnorm(x, norm_weight, eps, residual)` (kernels/rmsnorm) and `normed.float() @
+    gate_weight.T`. `x` may be a `SplitProduct` (the attention block's output projection), summed
+    as it loads."""
     t, d = x.shape
     e = gate_weight.shape[0]
     if residual.shape != x.shape or residual.dtype != x.dtype or norm_weight.shape != (d,):
@@ -337,12 +329,12 @@ def norm_route_align(
         raise ValueError(f"gate_weight must be [E, {d}] fp32, got {tuple(gate_weight.shape)}")
     if not gate_weight.is_contiguous():
         raise ValueError("gate_weight must be contiguous")
-    _check_routing((t, e), None, correction_bias, top_k)  # before any launch
-    _check_route_align(t, e, block_m)
     dev = x.device
     normed = torch.empty((t, d), dtype=x.dtype, device=dev)
     new_residual = torch.empty((t, d), dtype=x.dtype, device=dev)
     logits = torch.empty((t, e), dtype=torch.float32, device=dev)
+    if t == 0:
+        return normed, new_residual, logits
     per_program = NORM_ROUTE_EXPERTS_PER_PROGRAM
     tokens = min(NORM_ROUTE_TOKENS_PER_PROGRAM, triton.next_power_of_2(t))
     grid = (triton.cdiv(e, per_program), triton.cdiv(t, tokens))
@@ -355,6 +347,28 @@ def norm_route_align(
         TOKENS_PER_PROGRAM=tokens, NUM_EXPERTS=e, USE_PDL=pdl,
         num_warps=min(8, max(1, block_d // 256)), launch_pdl=pdl,
     )  # fmt: skip
+    return normed, new_residual, logits
+
+
+def norm_route_align(
+    x: torch.Tensor | SplitProduct,  # [T, D]
+    residual: torch.Tensor,  # [T, D]
+    norm_weight: torch.Tensor,  # [D]
+    eps: float,
+    gate_weight: torch.Tensor,  # [E, D] fp32, the router
+    correction_bias: torch.Tensor,  # [E] fp32
+    top_k: int,
+    renormalize: bool,
+    scale: float,
+    block_m: int,
+    shared: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, MoeAlignment]:
+    """The MoE layer's input and routing in two launches: `norm_router`, then `route_align` of
+    its logits (one program of one warp: its top-k and scans are chains of reductions, which cost
+    least inside one warp). Returns (normed, new_residual, ids, weights, alignment)."""
+    _check_routing((x.shape[0], gate_weight.shape[0]), None, correction_bias, top_k)
+    _check_route_align(x.shape[0], gate_weight.shape[0], block_m)  # both before any launch
+    normed, new_residual, logits = norm_router(x, residual, norm_weight, eps, gate_weight)
     ids, weights, al = route_align(
         logits, correction_bias, top_k, renormalize, scale, block_m, shared=shared
     )

@@ -37,8 +37,9 @@ def slots(
     e = logits.shape[1]
     ids = torch.empty((1, k + 1), dtype=torch.int32, device=logits.device)
     weights = torch.empty((1, k + 1), dtype=torch.float32, device=logits.device)
+    block_e = triton.next_power_of_2(e)
     _slots_kernel[(k + 1,)](logits, bias, ids, weights, scale, E=e, K=k,
-                            RENORMALIZE=renormalize, BLOCK_E=triton.next_power_of_2(e), num_warps=4)  # fmt: skip
+                            RENORMALIZE=renormalize, BLOCK_E=block_e, num_warps=4)  # fmt: skip
     return ids, weights
 
 
@@ -86,8 +87,10 @@ def experts(
 
 
 def routed_path(x: torch.Tensor, logits: torch.Tensor, moe: RoutedExperts, cfg) -> torch.Tensor:
-    ids, weights, align = route_align(logits, moe.correction_bias, moe.top_k, moe.renormalize,
-                                      moe.scale, cfg.block_m, shared=moe.shared is not None)  # fmt: skip
+    ids, weights, align = route_align(
+        logits, moe.correction_bias, moe.top_k, moe.renormalize, moe.scale, cfg.block_m,
+        shared=moe.shared is not None,
+    )  # fmt: skip
     return fused_experts(x, moe.w13, moe.w2, weights, ids, cfg, shared=moe.shared, align=align)
 
 

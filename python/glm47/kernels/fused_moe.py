@@ -117,8 +117,9 @@ def _moe_gemm_kernel(
     a_ptrs = a_ptr + a_row[:, None].to(tl.int64) * stride_am + offs_k[None, :]  # [BM, BK]
     w_ptrs = w_base + offs_n[None, :] * stride_wn + offs_k[:, None]  # [BK, BN]
 
-    acc = tile_product(a_ptrs, w_ptrs, N * stride_wn, row_ok, col_ok, offs_k, K,
-                       tl.minimum(K_PER_SPLIT, K - k_start), BLOCK_M, BLOCK_N, BLOCK_K, GATED)  # fmt: skip
+    k_len = tl.minimum(K_PER_SPLIT, K - k_start)
+    acc = tile_product(a_ptrs, w_ptrs, N * stride_wn, row_ok, col_ok, offs_k, K, k_len,
+                       BLOCK_M, BLOCK_N, BLOCK_K, GATED)  # fmt: skip
     if MUL_WEIGHT:
         acc = acc * tl.load(topk_w_ptr + pair, mask=row_ok, other=0.0)[:, None]
     c_ptrs = c_ptr + tl.program_id(1) * stride_cs + pair[:, None].to(tl.int64) * stride_cm

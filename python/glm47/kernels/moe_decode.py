@@ -173,22 +173,30 @@ def _one_token_gemm_kernel(
     (pair row `slot` of the intermediates, times its routing weight). The gate/up GEMM ranks after
     its wait (the logits are the previous kernel's output); the down GEMM ranks before it, since
     it launches only after every gate/up program has passed its own wait, when the logits are
-    complete, and asks the start of its weight tile into L2 meanwhile."""
+    complete, and asks the start of its weight tile into L2 meanwhile. Before its wait the gate/up
+    GEMM asks the shared expert's tiles (PREFETCH_K columns) into L2, in the shared slot's
+    programs: the one weight it knows before the logits."""
     K1: tl.constexpr = TOP_K + SHARED
     slot = tl.program_id(0) % K1
     pid_n = tl.program_id(0) // K1
     k_start = tl.program_id(1) * K_PER_SPLIT
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     col_ok = offs_n < N
+    LINES: tl.constexpr = max(PREFETCH_K // LINE_ELEMS, 1)
+    cols = k_start + tl.arange(0, LINES) * LINE_ELEMS
+    rows = tl.minimum(offs_n, N - 1)
     if not GATED:
         expert, weight = one_token_route(logits_ptr, bias_ptr, slot, scale, NUM_EXPERTS, TOP_K,
                                          RENORMALIZE, BLOCK_E, WARPS)  # fmt: skip
         w_base = expert_weights(w_ptr, shared_w_ptr, expert.to(tl.int64), stride_we, NUM_EXPERTS,
                                 SHARED)  # fmt: skip
         if PREFETCH_K > 0:
-            cols = k_start + tl.arange(0, PREFETCH_K // LINE_ELEMS) * LINE_ELEMS
-            rows = tl.minimum(offs_n, N - 1)
             prefetch_l2(w_base + rows[:, None] * stride_wn + cols[None, :])
+    elif PREFETCH_K > 0 and SHARED:  # the shared expert's programs know their weight already
+        if slot == TOP_K:
+            tile = shared_w_ptr + rows[:, None] * stride_wn + cols[None, :]
+            prefetch_l2(tile)
+            prefetch_l2(tile + N * stride_wn)
     pdl_wait(USE_PDL)
     if GATED:
         expert, weight = one_token_route(logits_ptr, bias_ptr, slot, scale, NUM_EXPERTS, TOP_K,
@@ -201,8 +209,9 @@ def _one_token_gemm_kernel(
     offs_k = k_start + tl.arange(0, BLOCK_K)
     a_ptrs = a_ptr + a_row * stride_am + offs_m[:, None] * 0 + offs_k[None, :]  # [BM, BK]
     w_ptrs = w_base + offs_n[None, :] * stride_wn + offs_k[:, None]  # [BK, BN]
-    acc = tile_product(a_ptrs, w_ptrs, N * stride_wn, row_ok, col_ok, offs_k, K,
-                       tl.minimum(K_PER_SPLIT, K - k_start), BLOCK_M, BLOCK_N, BLOCK_K, GATED)  # fmt: skip
+    k_len = tl.minimum(K_PER_SPLIT, K - k_start)
+    acc = tile_product(a_ptrs, w_ptrs, N * stride_wn, row_ok, col_ok, offs_k, K, k_len,
+                       BLOCK_M, BLOCK_N, BLOCK_K, GATED)  # fmt: skip
     if not GATED:
         acc = acc * weight
     c_ptrs = c_ptr + tl.program_id(1) * stride_cs + slot * N + offs_m[:, None] * 0
@@ -258,10 +267,12 @@ def fused_moe_one_token(
         launch_pdl=pdl,
     )  # fmt: skip
     grid = (k1 * triton.cdiv(inter, cfg.block_n), 1)
+    elem = x.element_size()
+    shared_k = prefetch_columns(hidden, two_inter * elem, elem) if pdl and shared else 0
     _one_token_gemm_kernel[grid](
         x, moe.w13, shared_w13, inter_act, logits, moe.correction_bias, inter, hidden, moe.scale,
         0, moe.w13.stride(0), moe.w13.stride(1), 0, GATED=True, BLOCK_M=cfg.block_m,
-        BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, K_PER_SPLIT=hidden, PREFETCH_K=0,
+        BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, K_PER_SPLIT=hidden, PREFETCH_K=shared_k,
         WARPS=cfg.num_warps, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **common,
     )  # fmt: skip
     down = cfg.down()

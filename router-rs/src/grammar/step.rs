@@ -324,7 +324,15 @@ impl Grammar {
             Frame::Regex { node, state } => {
                 let (node, state) = (*node, *state);
                 let regex = self.pattern(node);
-                if let Some(next) = regex.next(state, b) {
+                // a tool call's value: no `<`, and only states that still reach a match
+                let live = match &self.schema.nodes[node] {
+                    Node::RawRegex(p) => Some(&p.chars_to_match),
+                    _ => None,
+                };
+                let next = regex
+                    .next(state, b)
+                    .filter(|&next| live.is_none_or(|live| b != b'<' && live.get(next).is_some()));
+                if let Some(next) = next {
                     let frame = Frame::Regex { node, state: next };
                     Self::emit(with_top(t.clone(), frame), out);
                 }

@@ -169,7 +169,10 @@ pub(super) fn conforms(doc: &Value, schema: &Value, root: &Value) -> bool {
         }
         ("string", Value::String(s)) => {
             let n = s.chars().count() as u64;
-            count("minLength").is_none_or(|m| n >= m) && count("maxLength").is_none_or(|m| n <= m)
+            let pattern = map.get("pattern").and_then(Value::as_str);
+            count("minLength").is_none_or(|m| n >= m)
+                && count("maxLength").is_none_or(|m| n <= m)
+                && pattern.is_none_or(|p| regex_automata::meta::Regex::new(p).unwrap().is_match(s))
         }
         ("integer", Value::Number(n)) => n.is_i64() || n.is_u64(),
         ("number", Value::Number(_)) | ("boolean", Value::Bool(_)) | ("null", Value::Null) => true,

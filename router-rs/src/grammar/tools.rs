@@ -6,9 +6,12 @@
 //!
 //! A parameter the tool parser keeps as a string (its schema allows a string,
 //! `parsers::allows_string`) takes any text, exactly one of its strings where its schema is an
-//! `enum` / `const` of strings only, or a text of its `format` where it is `type` string with one
-//! of the formats schema.rs enforces (lengths and patterns of strings are not); any other parameter takes a JSON value of its schema (schema.rs's subset; where
-//! the schema uses more, any JSON value). Keys outside `properties` are allowed where the
+//! `enum` / `const` of strings only; where it is `type` string, a text without `<` that its
+//! `pattern` finds (or of its `format`, one of those schema.rs enforces, where it has no pattern
+//! and no `minLength`; or of its `minLength` / `maxLength`, where it has neither). A pattern the
+//! regex engine cannot compile or that only texts with `<` match, or lengths beside a pattern,
+//! leave the text that far unchecked. Any other parameter takes a JSON
+//! value of its schema (schema.rs's subset; where the schema uses more, any JSON value). Keys outside `properties` are allowed where the
 //! parameters' schema has no `properties` or allows `additionalProperties`; those are not checked
 //! against repeats. The prompt already ends with the forced call's opening (`<tool_call>`, or
 //! `<tool_call>NAME`), so the grammar starts after it. With `tool_choice` auto and functions
@@ -191,11 +194,8 @@ fn argument_value<'a>(b: &mut Builder<'a>, params: &'a Value, schema: &'a Value)
             let close = b.push(literal(VALUE_CLOSE.as_bytes()));
             return b.push(Node::Seq(vec![choices, close]));
         }
-        if let Some(regex) = format_regex(schema) {
-            let value = b.push(Node::RawRegex(Arc::new(Pattern {
-                regex,
-                chars_to_match: Default::default(),
-            })));
+        if let Some(pattern) = string_regex(schema).and_then(value_pattern) {
+            let value = b.push(Node::RawRegex(Arc::new(pattern)));
             let close = b.push(literal(VALUE_CLOSE.as_bytes()));
             return b.push(Node::Seq(vec![value, close]));
         }
@@ -209,15 +209,45 @@ fn argument_value<'a>(b: &mut Builder<'a>, params: &'a Value, schema: &'a Value)
     b.push(Node::Seq(vec![json, close]))
 }
 
-/// The regular expression of a string parameter's `format` (`date`, `time`, `date-time`,
-/// `uuid`, `ipv4`, `email`, `hostname`: texts without `<`), where its schema is `type` string
-/// with that format and no `pattern`.
-fn format_regex(schema: &Value) -> Option<Regex> {
-    if schema.get("type")? != "string" || schema.get("pattern").is_some() {
+/// The regular expression a string parameter's text matches whole, where its schema is `type`
+/// string with a `pattern` (found anywhere in the text unless anchored), else a `format` of
+/// those enforced (`date`, `time`, `date-time`, `uuid`, `ipv4`, `email`, `hostname`: texts
+/// without `<`) and no `minLength`, else a `minLength` or `maxLength`.
+fn string_regex(schema: &Value) -> Option<Regex> {
+    if schema.get("type")? != "string" {
         return None;
     }
-    let pattern = format_pattern(schema.get("format")?.as_str()?)?;
-    Regex::new(pattern).ok()
+    if let Some(pattern) = schema.get("pattern") {
+        return Regex::search(pattern.as_str()?, "#").ok();
+    }
+    let length = |key: &str| schema.get(key).and_then(Value::as_u64);
+    let (min, max) = (length("minLength").unwrap_or(0), length("maxLength"));
+    if min == 0 {
+        if let Some(pattern) = schema
+            .get("format")
+            .and_then(Value::as_str)
+            .and_then(format_pattern)
+        {
+            return Regex::new(pattern).ok();
+        }
+    }
+    if (min == 0 && max.is_none()) || max.is_some_and(|max| max < min) {
+        return None;
+    }
+    let max = max.map_or(String::new(), |max| max.to_string());
+    Regex::new(&format!("(?s:.){{{min},{max}}}")).ok()
+}
+
+/// `regex` as a value's pattern: texts without `<` (none holds `</`, where the tool parser would
+/// end the value), walked only through states that still reach a match; None where no such
+/// text matches (or the pattern has too many states).
+fn value_pattern(regex: Regex) -> Option<Pattern> {
+    let chars_to_match = regex.chars_to_match(|b| b != b'<').ok()?;
+    chars_to_match.get(regex.start())?;
+    Some(Pattern {
+        regex,
+        chars_to_match,
+    })
 }
 
 /// The strings of a string-only `enum` or `const` (with `type` string or none), if that is what

@@ -31,6 +31,19 @@ fn tools() -> Vec<Value> {
                              "required": ["h"]}},
         }}}),
         json!({"name": "note", "parameters": {}}),
+        json!({"type": "function", "function": {"name": "set_code", "parameters": {
+            "type": "object",
+            "properties": {
+                "code": {"type": "string", "pattern": "^[A-Z]{2}-[0-9]{2}$"},
+                "tag": {"type": "string", "pattern": "ab"},
+                "nick": {"type": "string", "minLength": 2, "maxLength": 3},
+            },
+            "required": ["code"],
+        }}}),
+        json!({"name": "odd_patterns", "parameters": {"properties": {
+            "bad": {"type": "string", "pattern": "(?=x)"},
+            "angle": {"type": "string", "pattern": "a<b"},
+        }}}),
     ]
 }
 
@@ -52,7 +65,8 @@ fn accepts(g: &Arc<Grammar>, text: &str) -> bool {
 fn tool_vocab() -> Arc<Vocab> {
     let mut v = test_vocab();
     for piece in TOOL_TAGS.iter().copied().chain([
-        "get_", "weather", "time", "city", "zone", "days", "unit", "Rome", "</", "<a",
+        "get_", "weather", "time", "city", "zone", "days", "unit", "Rome", "</", "<a", "set_code",
+        "code", "tag", "nick", "IT-", "07", "ab",
     ]) {
         v.push(Some(piece.as_bytes().to_vec()));
     }
@@ -112,6 +126,45 @@ fn a_string_parameter_with_a_format_takes_texts_of_it() {
     assert!(accepts(&g, &call("2026-12-04")));
     for bad in ["tomorrow", "2026-13-01", "2026-12-04T10:00:00Z", ""] {
         assert!(!accepts(&g, &call(bad)), "{bad}");
+    }
+}
+
+#[test]
+fn a_string_parameter_with_a_pattern_or_lengths_takes_texts_of_them() {
+    let g = forced(Some("set_code"), false);
+    let call = |key: &str, value: &str| {
+        format!(
+            "<arg_key>code</arg_key><arg_value>IT-07</arg_value><arg_key>{key}</arg_key>\
+             <arg_value>{value}</arg_value></tool_call>"
+        )
+    };
+    assert!(accepts(
+        &g,
+        "<arg_key>code</arg_key><arg_value>IT-07</arg_value></tool_call>"
+    ));
+    for bad in ["it-07", "IT-7", "IT-07 ", "", "IT-07\nX"] {
+        let text = format!("<arg_key>code</arg_key><arg_value>{bad}</arg_value></tool_call>");
+        assert!(!accepts(&g, &text), "{bad}");
+    }
+    // an unanchored pattern is found anywhere, in a text without `<`
+    for ok in ["ab", "x ab y", "abab"] {
+        assert!(accepts(&g, &call("tag", ok)), "{ok}");
+    }
+    for bad in ["a b", "ba", "ab<", "<ab"] {
+        assert!(!accepts(&g, &call("tag", bad)), "{bad}");
+    }
+    // lengths in characters
+    for ok in ["ab", "été", "日本"] {
+        assert!(accepts(&g, &call("nick", ok)), "{ok}");
+    }
+    for bad in ["a", "abcd", ""] {
+        assert!(!accepts(&g, &call("nick", bad)), "{bad}");
+    }
+    // a pattern the regex engine cannot compile, or that needs a `<`, leaves the text unchecked
+    let g = forced(Some("odd_patterns"), false);
+    for (key, value) in [("bad", "anything"), ("angle", "a < b")] {
+        let text = format!("<arg_key>{key}</arg_key><arg_value>{value}</arg_value></tool_call>");
+        assert!(accepts(&g, &text), "{text}");
     }
 }
 
@@ -205,6 +258,7 @@ fn masks_equal_the_brute_force_and_every_call_reads_back_valid() {
         (None, true, 2),
         (Some("get_weather"), false, 3),
         (Some("get_time"), false, 4),
+        (Some("set_code"), false, 5),
     ] {
         let g = forced(function, parallel);
         let docs = whole_documents_in(&g, &v, seed, 16, 1500);

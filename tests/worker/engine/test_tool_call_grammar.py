@@ -1,11 +1,12 @@
 """Forced tool calls under their grammar (docs/wire.md `Grammar.tool_calls`) on the built-in tiny
 model (random weights, CPU): whatever the model prefers, the text after the prompt's
 `<tool_call>` reads back through the tool parser as calls of declared functions whose arguments
-follow the parameters' schemas."""
+follow the parameters' schemas (a string's pattern included)."""
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -38,8 +39,9 @@ TOOLS: list[dict[str, Any]] = [
                     "loud": {"type": "boolean"},
                     "day": {"enum": ["mon", "tue"]},
                     "label": {"type": "string"},
+                    "code": {"type": "string", "pattern": "^[a-c]{2}[0-9]$"},
                 },
-                "required": ["hour", "day"],
+                "required": ["hour", "day", "code"],
             },
         },
     },
@@ -59,13 +61,14 @@ def valid_call(name: str, args: dict[str, Any], function: str | None) -> bool:
         return True
     return (
         name == "set_alarm"
-        and set(args) <= {"hour", "loud", "day", "label"}
-        and {"hour", "day"} <= set(args)
+        and set(args) <= {"hour", "loud", "day", "label", "code"}
+        and {"hour", "day", "code"} <= set(args)
         and isinstance(args["hour"], int)
         and 0 <= args["hour"] <= 9
         and args["day"] in ("mon", "tue")
         and isinstance(args.get("loud", True), bool)
         and isinstance(args.get("label", ""), str)
+        and re.fullmatch("[a-c]{2}[0-9]", args["code"]) is not None
     )
 
 

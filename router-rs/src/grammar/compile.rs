@@ -70,6 +70,8 @@ pub(super) struct Builder<'a> {
     document: &'a Value,
     /// `$ref` targets already compiled (or being compiled: recursion), by pointer.
     refs: HashMap<String, NodeId>,
+    /// Strings of a `pattern` hold no `<` (a tool call's arguments; see `Pattern::no_lt`).
+    pub(super) no_lt: bool,
 }
 
 pub(super) fn err(path: &str, message: impl Into<String>) -> SchemaError {
@@ -89,6 +91,7 @@ impl<'a> Builder<'a> {
             nodes: Vec::new(),
             document,
             refs: HashMap::new(),
+            no_lt: false,
         };
         // ANY: object | array | string | number | literal; its object and array hold ANY again.
         b.nodes.push(Node::AnyOf(Vec::new()));
@@ -350,7 +353,7 @@ impl<'a> Builder<'a> {
                 if min > 0 {
                     return Err(err(path, "minLength beside pattern is not supported"));
                 }
-                let regex = Arc::new(string_pattern(&pattern, &at)?);
+                let regex = Arc::new(string_pattern(&pattern, &at, self.no_lt)?);
                 Ok(self.push(Node::Pattern { regex, max }))
             }
             "integer" => Ok(self.push(match int_range(map, path)? {

@@ -10,13 +10,17 @@ use super::integer::IntRange;
 use super::regex::Regex;
 use super::schema::{unescaped, Node, Pattern, SchemaError};
 
-pub(super) fn string_pattern(pattern: &Value, path: &str) -> Result<Pattern, SchemaError> {
+pub(super) fn string_pattern(
+    pattern: &Value,
+    path: &str,
+    no_lt: bool,
+) -> Result<Pattern, SchemaError> {
     let pattern = pattern
         .as_str()
         .ok_or_else(|| err(path, "pattern must be a string"))?;
     let regex = Regex::search(pattern, path)?;
     let chars_to_match = regex
-        .chars_to_match(unescaped)
+        .chars_to_match(|b| unescaped(b) && !(no_lt && b == b'<'))
         .map_err(|message| err(path, message))?;
     if chars_to_match.get(regex.start()).is_none() {
         return Err(err(
@@ -27,6 +31,7 @@ pub(super) fn string_pattern(pattern: &Value, path: &str) -> Result<Pattern, Sch
     Ok(Pattern {
         regex,
         chars_to_match,
+        no_lt,
     })
 }
 

@@ -115,18 +115,20 @@ pub fn arg_opening(key: &[u8]) -> Vec<u8> {
 
 /// A compiled pattern and, for a string's, the fewest characters from each DFA state that can
 /// still lead to a match (states missing there cannot; empty for raw output, where every live
-/// state can).
+/// state can). `no_lt`: the text holds no `<` (a tool call's argument, which never holds `</`);
+/// `chars_to_match` then counts only texts without it.
 #[derive(Debug, PartialEq)]
 pub struct Pattern {
     pub regex: Regex,
     pub chars_to_match: CharsToMatch,
+    pub no_lt: bool,
 }
 
 impl Pattern {
     /// Inside a string of this pattern: the DFA state after byte `b` and the fewest characters
     /// a match then takes; None where `b` cannot be written there or no match can follow.
     pub(crate) fn step(&self, state: u32, b: u8) -> Option<(u32, u32)> {
-        if !unescaped(b) {
+        if !unescaped(b) || (self.no_lt && b == b'<') {
             return None;
         }
         let next = self.regex.next(state, b)?;
@@ -200,6 +202,7 @@ impl Schema {
             regex: Arc::new(Pattern {
                 regex: Regex::new(pattern)?,
                 chars_to_match: CharsToMatch::default(),
+                no_lt: false,
             }),
             max: None,
         });

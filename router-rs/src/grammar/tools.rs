@@ -10,10 +10,11 @@
 //! `pattern` finds (or of its `format`, one of those schema.rs enforces, where it has no pattern
 //! and no `minLength`; or of its `minLength` / `maxLength`, where it has neither). A pattern the
 //! regex engine cannot compile or that only texts with `<` match, or lengths beside a pattern,
-//! leave the text that far unchecked. Any other parameter takes a JSON
-//! value of its schema (schema.rs's subset; where the schema uses more, any JSON value). Keys outside `properties` are allowed where the
-//! parameters' schema has no `properties` or allows `additionalProperties`; those are not checked
-//! against repeats. The prompt already ends with the forced call's opening (`<tool_call>`, or
+//! leave the text that far unchecked. Any other parameter takes a JSON value of its schema
+//! (schema.rs's subset; where the schema uses more, any JSON value), whose strings never hold
+//! `</` (where the tool parser would end the value), nor any `<` under a `pattern`. Keys outside
+//! `properties` are allowed where the parameters' schema has no `properties` or allows
+//! `additionalProperties`; those are not checked against repeats. The prompt already ends with the forced call's opening (`<tool_call>`, or
 //! `<tool_call>NAME`), so the grammar starts after it. With `tool_choice` auto and functions
 //! marked `"strict": true`, the model opens the calls itself and the same grammar applies from
 //! its `<tool_call>` (`ToolCallSpec::open_id`), the strict functions' parameters enforced.
@@ -77,6 +78,7 @@ pub fn tool_calls(spec: &ToolCallSpec) -> Result<Arc<Grammar>, SchemaError> {
 
 fn tool_calls_schema(spec: &ToolCallSpec) -> Result<Schema, SchemaError> {
     let mut b = Builder::new(&Value::Null);
+    b.no_lt = true; // JSON strings of a pattern in arguments: no `</` either
     let close = b.push(literal(CALL_CLOSE.as_bytes()));
     let mut functions = Vec::new(); // (name, arguments node)
     for (i, tool) in spec.tools.iter().enumerate() {
@@ -247,6 +249,7 @@ fn value_pattern(regex: Regex) -> Option<Pattern> {
     Some(Pattern {
         regex,
         chars_to_match,
+        no_lt: true,
     })
 }
 

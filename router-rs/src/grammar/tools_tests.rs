@@ -25,7 +25,9 @@ fn tools() -> Vec<Value> {
             "type": "object",
             "properties": {"zone": {"type": "string"}, "at": {"$ref": "#/$defs/at"},
                            "day": {"type": "string", "format": "date"},
-                           "meta": {"type": "object", "properties": {"note": {"type": "string"}}}},
+                           "meta": {"type": "object", "properties": {
+                               "note": {"type": "string"},
+                               "id": {"type": "string", "pattern": "^x"}}}},
             "required": ["zone", "at"],
             "$defs": {"at": {"type": "object", "properties": {"h": {"type": "integer"}},
                              "required": ["h"]}},
@@ -385,6 +387,11 @@ fn a_json_string_in_an_argument_never_holds_a_closing_tag_start() {
     assert!(accepts(&g, &call(r#"{"note": "a<b"}"#)));
     assert!(accepts(&g, &call(r#"{"note": "a<\/b"}"#)));
     assert!(!accepts(&g, &call(r#"{"note": "a</b"}"#)));
+    // a string of a pattern: no `<` at all (its masks walk the pattern's states alone)
+    assert!(accepts(&g, &call(r#"{"id": "xa/b"}"#)));
+    for bad in [r#"{"id": "x</b"}"#, r#"{"id": "x<b"}"#, r#"{"id": "ax"}"#] {
+        assert!(!accepts(&g, &call(bad)), "{bad}");
+    }
     // the JSON grammar of a response format takes it
     let json = grammar(json!({"type": "object", "properties": {"note": {"type": "string"}}}));
     assert!(accepts(&json, r#"{"note": "a</b"}"#));

@@ -48,12 +48,22 @@ CASES: list[tuple[str, dict[str, Any]]] = [
         {"type": "function", "function": {"name": "search", "parameters": {
             "type": "object", "properties": {"query": {"type": "string"}},
             "required": ["query"]}}}], "function": None, "parallel": True})}),
+    ("ebnf", {"ebnf": 'root ::= forecast ("; " forecast)*\n'
+                      'forecast ::= ("sun" | "rain") " at " [1-9] [0-9]? ("am" | "pm")'}),
+    ("ebnf nested", {"ebnf": 'root ::= value\n'
+                             'value ::= "[" (value ("," value)*)? "]" | [a-z]+ | [0-9]{1,4}'}),
 ]  # fmt: skip
+
+
+def constraint(vocab: Any, kwargs: dict[str, Any], end: int) -> Any:
+    if "ebnf" in kwargs:
+        return JsonConstraint.from_ebnf(vocab, kwargs["ebnf"], [end])
+    return JsonConstraint(vocab, ends=[end], **kwargs)
 
 
 def walk(vocab: Any, kwargs: dict[str, Any], end: int, steps: int, rng: Any) -> list[float]:
     """Mask times (ms) along one random walk of at most `steps` tokens."""
-    c = JsonConstraint(vocab, ends=[end], **kwargs)
+    c = constraint(vocab, kwargs, end)
     times = []
     for _ in range(steps):
         start = time.perf_counter()
@@ -86,7 +96,7 @@ def main() -> None:
     rng = np.random.default_rng(0)
     for name, kwargs in CASES:
         start = time.perf_counter()
-        JsonConstraint(vocab, ends=[args.end_id], **kwargs)
+        constraint(vocab, kwargs, args.end_id)
         compile_ms = (time.perf_counter() - start) * 1e3
         times = [
             t for _ in range(args.walks) for t in walk(vocab, kwargs, args.end_id, args.steps, rng)

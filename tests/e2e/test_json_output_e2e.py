@@ -122,6 +122,25 @@ def test_guided_regex_answers_match_it_whole(client: openai.OpenAI) -> None:
         assert whole.fullmatch(text), text
 
 
+def test_guided_grammar_answers_are_sentences_of_it(client: openai.OpenAI) -> None:
+    """vLLM's `guided_grammar` and SGLang's `ebnf`: an EBNF grammar (rules, alternatives, a
+    class, bounded and optional repetition) holds in every answer."""
+    grammar = (
+        'root ::= forecast ("; " forecast)?\n'
+        'forecast ::= ("sun" | "rain") " at " [1-9] [0-9]? ("am" | "pm")  # one forecast\n'
+    )
+    one = r"(sun|rain) at [1-9][0-9]?(am|pm)"
+    sentence = re.compile(f"{one}(; {one})?")
+    for text in seeded_answers(client, "Forecast:", {"guided_grammar": grammar}):
+        assert sentence.fullmatch(text), text
+    chat = client.chat.completions.create(
+        model="m", messages=[{"role": "user", "content": "Forecast?"}], max_tokens=50,
+        temperature=1.0, seed=3, extra_body={"ebnf": grammar, **NO_THINKING},
+    )  # fmt: skip
+    assert chat.choices[0].finish_reason == "stop"
+    assert sentence.fullmatch(chat.choices[0].message.content or ""), chat
+
+
 def test_schema_patterns_and_numeric_bounds_hold_in_every_answer(client: openai.OpenAI) -> None:
     """`pattern`, anchored or found anywhere in the string, with a length bound beside it; an
     integer and a number within their bounds."""
@@ -180,6 +199,8 @@ def test_unenforceable_schemas_and_other_constraints_are_refused(server: Server)
          "response_format.json_schema.schema"),
         ({"guided_regex": "a("}, "guided_regex"),
         ({"guided_grammar": "root ::= x"}, "guided_grammar"),
+        ({"ebnf": "root ::= root \"a\""}, "ebnf"),
+        ({"structural_tag": {"structures": []}}, "structural_tag"),
         ({"response_format": {"type": "json_object"}, "guided_json": {"type": "object"}},
          "guided_json"),
     ]  # fmt: skip

@@ -141,6 +141,8 @@ def test_submit_applies_defaults_and_ignores_unknown_keys() -> None:
         ("grammar", {"tool_calls": 3}),
         ("grammar", {"tool_calls": "{}", "regex": "a+"}),
         ("grammar", {"tool_calls": "{}", "schema": "{}"}),
+        ("grammar", {"ebnf": ""}),
+        ("grammar", {"ebnf": 'root ::= "a"', "regex": "a"}),
     ],
 )
 def test_a_bad_request_is_rejected_with_its_rid_and_others_pass(field: str, value: Any) -> None:
@@ -268,3 +270,11 @@ def test_a_tool_call_grammar_is_read_as_its_json_text() -> None:
     msg = decode(pack(["submit", 1, {"reqs": [req]}]))
     assert isinstance(msg, Submit) and not msg.rejected
     assert msg.reqs[0].grammar == WireGrammar(tool_calls=spec)
+
+
+def test_an_ebnf_grammar_is_read_as_its_text() -> None:
+    text = 'root ::= "a" | "b"'
+    req = {"rid": "r", "input_ids": [1], "max_new_tokens": 3, "grammar": {"ebnf": text}}
+    msg = decode(pack(["submit", 1, {"reqs": [req]}]))
+    assert isinstance(msg, Submit) and not msg.rejected
+    assert msg.reqs[0].grammar == WireGrammar(ebnf=text)

@@ -70,6 +70,11 @@ class Grammars:
         schema the matcher cannot enforce, or when the vocabulary could not be loaded."""
         if self._vocab is None:
             raise ValueError(f"constrained decoding is not available: {self._why}")
+        if grammar.ebnf is not None:
+            from_ebnf: Constraint = self._native.JsonConstraint.from_ebnf(
+                self._vocab, grammar.ebnf, ends, grammar.start_after
+            )
+            return from_ebnf
         constraint: Constraint = self._native.JsonConstraint(
             self._vocab, grammar.schema, ends, grammar.start_after, grammar.choices, grammar.regex,
             grammar.tool_calls,

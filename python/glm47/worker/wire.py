@@ -163,15 +163,16 @@ def _is_top_row(v: object) -> bool:
 
 def _is_grammar(v: object) -> bool:
     """A `Grammar` map: `schema` a string or nil, `choices` nil or a non-empty array of
-    non-empty strings (then no schema), `regex` or `tool_calls` a non-empty string (then
-    neither), `start_after` a non-negative int or nil."""
-    keys = {"schema", "start_after", "choices", "regex", "tool_calls"}
+    non-empty strings (then no schema), `regex`, `tool_calls` or `ebnf` a non-empty string
+    (then none of the others), `start_after` a non-negative int or nil."""
+    kinds = ("schema", "choices", "regex", "tool_calls", "ebnf")
+    keys = {"start_after", *kinds}
     if not isinstance(v, dict) or not set(v) <= keys:
         return False
     schema, start, choices = v.get("schema"), v.get("start_after"), v.get("choices")
-    for only in ("regex", "tool_calls"):
+    for only in ("regex", "tool_calls", "ebnf"):
         text = v.get(only)
-        others = [v.get(k) for k in ("schema", "choices", "regex", "tool_calls") if k != only]
+        others = [v.get(k) for k in kinds if k != only]
         if text is not None and (not isinstance(text, str) or not text or any(others)):
             return False
     return (
@@ -217,7 +218,10 @@ _REQUEST_FIELDS = {
     "mtp": (lambda v: isinstance(v, bool), "bool"),
     "prompt_logprobs": (_is_int, "int"),
     "logit_bias": (_is_top_row, "array of [int, float] pairs"),
-    "grammar": (_is_grammar, "a Grammar map (schema, choices, regex, tool_calls, start_after)"),
+    "grammar": (
+        _is_grammar,
+        "a Grammar map (schema, choices, regex, tool_calls, ebnf, start_after)",
+    ),
 }
 _FLOAT_FIELDS = {k for k, (check, _) in _REQUEST_FIELDS.items() if check is _is_float}
 _REQUIRED_REQUEST = ("rid", "input_ids", "max_new_tokens")
@@ -272,6 +276,7 @@ def decode_request(raw: object) -> WireRequest:
             choices=g.get("choices"),
             regex=g.get("regex"),
             tool_calls=g.get("tool_calls"),
+            ebnf=g.get("ebnf"),
         )
     req = WireRequest(**values)
     problem = _range_problem(req)

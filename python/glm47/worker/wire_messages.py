@@ -28,15 +28,16 @@ class WireError(Exception):
 @dataclass(frozen=True)
 class WireGrammar:
     """A request's output grammar (docs/wire.md `Grammar`): JSON under `schema` (JSON text; None
-    for any JSON object), exactly one of `choices`, a match of `regex`, or the rest of a forced
-    tool call (`tool_calls`, JSON text); from the token after `start_after` (None: from the
-    first)."""
+    for any JSON object), exactly one of `choices`, a match of `regex`, a sentence of the EBNF
+    grammar `ebnf`, or the rest of a forced tool call (`tool_calls`, JSON text); from the token
+    after `start_after` (None: from the first)."""
 
     schema: str | None = None
     start_after: int | None = None
     choices: list[str] | None = None
     regex: str | None = None
     tool_calls: str | None = None
+    ebnf: str | None = None
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 //! raw text (whole UTF-8 characters).
 
 /// Where a string's bytes are: between characters, inside an escape, inside a UTF-8 sequence.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub(crate) struct Chars {
     /// 0: between characters; 1: after a backslash; 2..=5: hex digits of `\u` left, plus one.
     esc: u8,

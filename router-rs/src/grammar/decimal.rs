@@ -18,7 +18,7 @@ pub struct Bounds {
 }
 
 /// What a bounded-number frame has read: sign, integer digits, whether a dot, fraction digits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) struct DecAt {
     pub(crate) neg: bool,
     pub(crate) int: u64,

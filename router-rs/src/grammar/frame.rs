@@ -5,7 +5,7 @@ use super::decimal::DecAt;
 use super::integer::IntAt;
 use super::schema::NodeId;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum ObjAt {
     /// After `{`: a key or `}`.
     Open,
@@ -17,14 +17,14 @@ pub(crate) enum ObjAt {
     Value,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum ArrAt {
     Open,
     Comma,
     Value,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum NumAt {
     Minus,
     Zero,
@@ -45,7 +45,7 @@ impl NumAt {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) enum Frame {
     /// A value of this node comes next (whitespace allowed before it).
     Value(NodeId),
@@ -166,7 +166,7 @@ impl Frame {
 }
 
 /// One reading of the bytes so far.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq, Hash)]
 pub(crate) struct Thread {
     pub(crate) stack: Vec<Frame>,
     /// Whitespace bytes just read.

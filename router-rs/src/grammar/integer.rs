@@ -7,7 +7,7 @@
 const MAX_DIGITS: u8 = 19;
 
 /// The multiples of `step` in `min..=max`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct IntRange {
     pub min: i64,
     pub max: i64,
@@ -16,7 +16,7 @@ pub struct IntRange {
 }
 
 /// What an integer frame has read: a sign, the magnitude of the digits and how many.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) struct IntAt {
     pub(crate) neg: bool,
     pub(crate) mag: u64,

@@ -36,7 +36,16 @@ pub struct Grammar {
     /// The tokens that stay inside a `pattern` string and the room each needs (vocab.rs), by
     /// vocabulary, node and DFA state: a string's state repeats from token to token.
     pattern_tokens: Mutex<HashMap<PatternKey, PatternTokens>>,
+    /// Masks that walked the whole vocabulary with the matcher, by vocabulary and threads (an
+    /// EBNF grammar's positions repeat: the items of a repetition, a word's letters).
+    walked_masks: Mutex<HashMap<(usize, Vec<Thread>), WalkedMask>>,
 }
+
+/// The mask words of `Vocab::fill_mask`'s walk (before the ends are added).
+pub(crate) type WalkedMask = Arc<Vec<u32>>;
+
+/// Masks a grammar keeps in `Grammar::walked_masks` (19 KB each on a 155K vocabulary).
+const MAX_WALKED_MASKS: usize = 256;
 
 /// (vocabulary address, pattern node, DFA state)
 pub(crate) type PatternKey = (usize, NodeId, u32);
@@ -63,7 +72,29 @@ impl Grammar {
             schema,
             texts,
             pattern_tokens: Mutex::default(),
+            walked_masks: Mutex::default(),
         })
+    }
+
+    /// The walked mask kept for (`vocab`, `threads`), else `walk()`'s (kept while there is
+    /// room).
+    pub(crate) fn walked_mask(
+        &self,
+        vocab: usize,
+        threads: &[Thread],
+        walk: impl FnOnce() -> Vec<u32>,
+    ) -> WalkedMask {
+        let lock = || self.walked_masks.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (vocab, threads.to_vec());
+        if let Some(mask) = lock().get(&key) {
+            return mask.clone();
+        }
+        let mask = Arc::new(walk());
+        let mut cache = lock();
+        if cache.len() < MAX_WALKED_MASKS {
+            cache.insert(key, mask.clone());
+        }
+        mask
     }
 
     /// The token list cached under `key`, else `fill()`'s (kept while the cache has room).

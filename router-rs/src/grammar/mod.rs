@@ -1,5 +1,5 @@
 //! Constrained decoding: JSON output under `response_format` (`json_object`, `json_schema`),
-//! one of a list of strings, or text that a regular expression matches.
+//! one of a list of strings, text that a regular expression matches, or text of an EBNF grammar.
 //!
 //! The router compiles a request's schema to refuse what cannot be enforced (400) and sends the
 //! schema to the worker (docs/wire.md, `Request.grammar`); the worker keeps a [`Constraint`] per
@@ -10,6 +10,7 @@
 mod chars;
 mod compile;
 pub mod decimal;
+pub mod ebnf;
 mod frame;
 pub mod integer;
 mod keywords;
@@ -25,6 +26,8 @@ pub mod vocab;
 mod bounds_tests;
 #[cfg(test)]
 mod conformance_tests;
+#[cfg(test)]
+mod ebnf_tests;
 #[cfg(test)]
 mod keyword_tests;
 #[cfg(test)]
@@ -46,6 +49,11 @@ pub use vocab::Vocab;
 /// Output matching `pattern` whole (vLLM's `guided_regex`).
 pub fn regex(pattern: &str) -> Result<Arc<Grammar>, SchemaError> {
     Grammar::regex(pattern)
+}
+
+/// Output of an EBNF grammar (vLLM's `guided_grammar`, SGLang's `ebnf`; see [`ebnf`]).
+pub fn ebnf(text: &str) -> Result<Arc<Grammar>, SchemaError> {
+    Ok(Grammar::new(ebnf::compile(text)?))
 }
 
 /// Exactly one of `choices` (vLLM's `guided_choice`).

@@ -326,7 +326,7 @@ impl Grammar {
                 let regex = self.pattern(node);
                 // a tool call's value: no `<`, and only states that still reach a match
                 let live = match &self.schema.nodes[node] {
-                    Node::RawRegex(p) => Some(&p.chars_to_match),
+                    Node::RawRegex(p) if p.no_lt => Some(&p.chars_to_match),
                     _ => None,
                 };
                 let next = regex

@@ -7,6 +7,9 @@ use super::matcher::Grammar;
 use super::schema::{Node, NodeId};
 use super::step::narrow;
 
+/// Most frames a thread of raw text holds (an EBNF grammar's recursion grows them).
+pub(super) const MAX_RAW_DEPTH: usize = 1024;
+
 /// Where raw text stands after `b`, the last `matched` bytes having begun its stop (bit 0 of
 /// `begin`) or its banned text (bit 1): both start with `<` and hold no other, so a `<` starts
 /// both again and any other byte that continues neither starts nothing.
@@ -100,6 +103,9 @@ impl Grammar {
 
     /// `b` is the first byte of raw text of `id` (a `Seq`, `Text`, `Args` or `Repeat` node).
     pub(super) fn start_raw(&self, mut t: Thread, id: NodeId, b: u8, out: &mut Vec<Thread>) {
+        if t.stack.len() >= MAX_RAW_DEPTH {
+            return; // an EBNF grammar's recursion this deep is cut
+        }
         let frame = match &self.schema.nodes[id] {
             Node::Seq(_) => Frame::Seq { node: id, next: 0 },
             Node::Text { .. } => Frame::Text {
@@ -222,13 +228,13 @@ impl Grammar {
                     unreachable!("a repeat frame reads a repeat node")
                 };
                 if max.is_none_or(|m| count < m) {
-                    let next = with_top(
-                        t.clone(),
-                        Frame::Repeat {
-                            node,
-                            count: count + 1,
-                        },
-                    );
+                    // unbounded: only whether `min` is reached matters, so the count stops
+                    // there (equal positions stay equal threads)
+                    let count = match max {
+                        None => (count + 1).min(*min),
+                        Some(_) => count + 1,
+                    };
+                    let next = with_top(t.clone(), Frame::Repeat { node, count });
                     self.start_value(next, *item, b, out);
                 }
                 if count >= *min {

@@ -361,7 +361,19 @@ impl Vocab {
                     }
                     self.rest.mark(matcher, words, &mut levels);
                 }
-                None => self.all.mark(matcher, words, &mut levels),
+                None => {
+                    // the whole vocabulary through the matcher, once per set of threads
+                    let walked = matcher.grammar().walked_mask(
+                        self as *const Self as usize,
+                        &matcher.threads,
+                        || {
+                            let mut walked = vec![0u32; words.len()];
+                            self.all.mark(matcher, &mut walked, &mut levels);
+                            walked
+                        },
+                    );
+                    words.copy_from_slice(&walked);
+                }
             }
         }
         if matcher.can_end() {

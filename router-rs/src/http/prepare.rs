@@ -334,6 +334,7 @@ pub fn wire_requests(
                 schema: c.schema.clone(),
                 choices: c.choices.clone(),
                 regex: c.regex.clone(),
+                ebnf: c.ebnf.clone(),
                 ..wire::Grammar::default()
             });
             r

@@ -231,13 +231,23 @@ mod tests {
             ("guided_choice", json!(["yes", 3]), "guided_choice"),
             ("guided_json", json!("{not json"), "guided_json"),
             ("guided_regex", json!("[a-z"), "guided_regex"),
-            ("guided_grammar", json!("root ::= \"a\""), "guided_grammar"),
+            (
+                "guided_grammar",
+                json!("root ::= root \"a\""),
+                "guided_grammar",
+            ),
+            ("guided_grammar", json!("  "), "guided_grammar"),
+            ("ebnf", json!("start ::= \"a\""), "ebnf"),
             (
                 "structured_outputs",
-                json!({"grammar": "root ::= \"a\""}),
+                json!({"grammar": "root ::= \"a\"", "regex": "a"}),
                 "structured_outputs",
             ),
-            ("ebnf", json!("root ::= \"a\""), "ebnf"),
+            (
+                "structural_tag",
+                json!({"structures": []}),
+                "structural_tag",
+            ),
         ] {
             let body = json!({"prompt": "hi", field: value});
             let err = CompletionRequest::from_json(&body).unwrap_err();
@@ -261,10 +271,22 @@ mod tests {
             ("guided_regex", json!("a|b")),
             ("regex", json!("a|b")),
             ("structured_outputs", json!({"regex": "a|b"})),
+            ("guided_grammar", json!("root ::= \"a\" | \"b\"")),
+            ("ebnf", json!("root ::= \"a\" | \"b\"")),
+            (
+                "structured_outputs",
+                json!({"grammar": "root ::= \"a\" | \"b\""}),
+            ),
         ] {
             let req = CompletionRequest::from_json(&json!({"prompt": "hi", field: value})).unwrap();
             let json = req.sampling.output_constraint.expect("json output");
-            if json.regex.is_some() {
+            if json.ebnf.is_some() {
+                assert_eq!(
+                    json.ebnf.as_deref(),
+                    Some("root ::= \"a\" | \"b\""),
+                    "{field}"
+                );
+            } else if json.regex.is_some() {
                 assert_eq!(json.regex.as_deref(), Some("a|b"), "{field}");
             } else if json.choices.is_some() {
                 assert_eq!(json.choices, Some(vec!["a".to_string(), "b".into()]));

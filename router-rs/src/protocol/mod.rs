@@ -33,16 +33,17 @@ impl ValidationError {
     }
 }
 
-/// Fields of constrained decoding (vLLM's and SGLang's extras) other than JSON, a choice and a
-/// regular expression,
-/// which are not implemented: a request asking for one is refused rather than answered
-/// unconstrained.
-const CONSTRAINED: [&str; 3] = ["guided_grammar", "ebnf", "structural_tag"];
+/// Fields of constrained decoding (vLLM's and SGLang's extras) other than JSON, a choice, a
+/// regular expression and an EBNF grammar, which are not implemented: a request asking for one
+/// is refused rather than answered unconstrained.
+const CONSTRAINED: [&str; 1] = ["structural_tag"];
 
 /// The constrained output a request asks for: JSON (`response_format` `json_object` or
 /// `json_schema`, vLLM's `guided_json` or `structured_outputs.json`, SGLang's `json_schema`) or
-/// one of some strings (vLLM's `guided_choice` or `structured_outputs.choice`) or a match of a
-/// regular expression (vLLM's `guided_regex` or `structured_outputs.regex`, SGLang's `regex`).
+/// one of some strings (vLLM's `guided_choice` or `structured_outputs.choice`), a match of a
+/// regular expression (vLLM's `guided_regex` or `structured_outputs.regex`, SGLang's `regex`) or
+/// a sentence of an EBNF grammar (vLLM's `guided_grammar` or `structured_outputs.grammar`,
+/// SGLang's `ebnf`).
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct OutputConstraint {
     /// The schema as JSON text; None for any JSON object (unless `choices`).
@@ -51,6 +52,8 @@ pub struct OutputConstraint {
     pub choices: Option<Vec<String>>,
     /// The whole output matches this regular expression (no JSON).
     pub regex: Option<String>,
+    /// The whole output is a sentence of this EBNF grammar (no JSON; grammar/ebnf.rs).
+    pub ebnf: Option<String>,
 }
 
 /// One way a body asks for constrained output.
@@ -59,6 +62,7 @@ enum Asked<'a> {
     Schema(&'a Value),
     Choice(&'a Value),
     Regex(&'a Value),
+    Ebnf(&'a Value),
 }
 
 /// Reads the constrained output a chat or completions body asks for (None: free text). A schema
@@ -70,8 +74,8 @@ pub fn output_constraint(body: &Value) -> Result<Option<OutputConstraint>, Valid
         return Err(ValidationError::new(
             *field,
             format!(
-                "{field} is not supported: only JSON output, a choice and a regular expression \
-                 can be constrained"
+                "{field} is not supported: only JSON output, a choice, a regular expression and \
+                 an EBNF grammar can be constrained"
             ),
         ));
     }
@@ -123,6 +127,11 @@ pub fn output_constraint(body: &Value) -> Result<Option<OutputConstraint>, Valid
             asked.push((field, Asked::Regex(pattern)));
         }
     }
+    for field in ["guided_grammar", "ebnf"] {
+        if let Some(text) = set(field) {
+            asked.push((field, Asked::Ebnf(text)));
+        }
+    }
     if let Some(outputs) = set("structured_outputs") {
         let given: Vec<(&String, &Value)> = outputs
             .as_object()
@@ -138,12 +147,14 @@ pub fn output_constraint(body: &Value) -> Result<Option<OutputConstraint>, Valid
             [(key, value)] if key.as_str() == "regex" => {
                 asked.push(("structured_outputs.regex", Asked::Regex(value)));
             }
-            _ => {
-                return Err(ValidationError::new(
-                    "structured_outputs",
-                    "structured_outputs is supported with one of json (a schema), choice or regex",
-                ))
+            [(key, value)] if key.as_str() == "grammar" => {
+                asked.push(("structured_outputs.grammar", Asked::Ebnf(value)));
             }
+            _ => return Err(ValidationError::new(
+                "structured_outputs",
+                "structured_outputs is supported with one of json (a schema), choice, regex or \
+                     grammar",
+            )),
         }
     }
     match asked.as_slice() {
@@ -193,6 +204,20 @@ pub fn output_constraint(body: &Value) -> Result<Option<OutputConstraint>, Valid
                 .map_err(|e| ValidationError::new(*param, format!("unsupported regex: {e}")))?;
             Ok(Some(OutputConstraint {
                 regex: Some(pattern.to_owned()),
+                ..OutputConstraint::default()
+            }))
+        }
+        [(param, Asked::Ebnf(text))] => {
+            let text = text
+                .as_str()
+                .filter(|t| !t.trim().is_empty())
+                .ok_or_else(|| {
+                    ValidationError::new(*param, "a grammar must be a non-empty string")
+                })?;
+            crate::grammar::ebnf(text)
+                .map_err(|e| ValidationError::new(*param, format!("unsupported grammar: {e}")))?;
+            Ok(Some(OutputConstraint {
+                ebnf: Some(text.to_owned()),
                 ..OutputConstraint::default()
             }))
         }

@@ -111,6 +111,24 @@ impl PyJsonConstraint {
         })
     }
 
+    /// A constraint to the sentences of the EBNF grammar `text` (grammar/ebnf.rs); `ends` and
+    /// `start_after` as for the constructor. Raises ValueError for a grammar that cannot be
+    /// enforced.
+    #[staticmethod]
+    #[pyo3(signature = (vocab, text, ends, start_after = None))]
+    fn from_ebnf(
+        vocab: &Bound<'_, PyJsonVocab>,
+        text: &str,
+        ends: Vec<u32>,
+        start_after: Option<u32>,
+    ) -> PyResult<Self> {
+        let grammar = grammar::ebnf(text).map_err(value_error)?;
+        let vocab = vocab.get().vocab.clone();
+        Ok(Self {
+            inner: Constraint::new(grammar, vocab, ends, start_after),
+        })
+    }
+
     /// Whether the grammar applies to the next token.
     #[getter]
     fn active(&self) -> bool {

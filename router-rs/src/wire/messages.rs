@@ -78,7 +78,7 @@ pub struct Request {
 }
 
 /// A request's output grammar (`response_format` `json_object` or `json_schema`, a choice, a
-/// regular expression, or a forced tool call).
+/// regular expression, an EBNF grammar, or a forced tool call).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Grammar {
     /// The JSON Schema as JSON text; nil for any JSON object (unless `choices`).
@@ -90,6 +90,10 @@ pub struct Grammar {
     /// The whole output matches this regular expression (raw text); `schema` is then nil.
     #[serde(default)]
     pub regex: Option<String>,
+    /// The whole output is a sentence of this EBNF grammar (raw text; grammar/ebnf.rs); the
+    /// others are then nil.
+    #[serde(default)]
+    pub ebnf: Option<String>,
     /// The output is the rest of a forced tool call (and the calls after it): a
     /// `grammar::ToolCallSpec` as JSON text; the others are then nil.
     #[serde(default)]

@@ -9,7 +9,8 @@
 //! The rules become the raw-text nodes of tool calls (sequences, alternatives, repetition,
 //! literal text, a regular expression per class), which the matcher walks as a pushdown
 //! automaton. Refused, since the walk would never end: left recursion (a rule that can reach
-//! itself before reading anything) and unbounded repetition of what can be empty.
+//! itself before reading anything), unbounded repetition of what can be empty, and a rule with
+//! no finite text (every way through it recurses).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -365,26 +366,19 @@ pub fn compile(text: &str) -> Result<Schema, SchemaError> {
 /// Refuses what the matcher's walk would never finish: a rule reached again before any byte is
 /// read (left recursion), and unbounded repetition of what may read nothing.
 fn check_walks_end(nodes: &[Node], names: &HashMap<NodeId, String>) -> Result<(), SchemaError> {
-    // which nodes may read nothing, to a fixed point (rules refer to each other)
-    let mut empty = vec![false; nodes.len()];
-    loop {
-        let mut changed = false;
-        for (id, node) in nodes.iter().enumerate() {
-            let now = match node {
-                Node::Seq(items) => items.iter().all(|&i| empty[i]),
-                Node::AnyOf(alts) => alts.iter().any(|&a| empty[a]),
-                Node::Repeat { item, min, .. } => *min == 0 || empty[*item],
-                Node::Choices(texts) => texts.iter().any(Vec::is_empty),
-                _ => false,
-            };
-            if now && !empty[id] {
-                empty[id] = true;
-                changed = true;
-            }
-        }
-        if !changed {
-            break;
-        }
+    // which nodes may read nothing, and which may end at all (to fixed points: rules refer to
+    // each other)
+    let empty = fixed_point(
+        nodes,
+        |node, _| matches!(node, Node::Choices(t) if t.iter().any(Vec::is_empty)),
+    );
+    let ends = fixed_point(nodes, |node, _| {
+        matches!(node, Node::Choices(_) | Node::RawRegex(_))
+    });
+    if let Some(name) = names.iter().find(|(&id, _)| !ends[id]).map(|r| r.1) {
+        return Err(err(format!(
+            "rule {name} never ends: every way through it recurses"
+        )));
     }
     // what each node may start with before reading anything
     let first: Vec<Vec<NodeId>> = nodes
@@ -447,6 +441,31 @@ fn check_walks_end(nodes: &[Node], names: &HashMap<NodeId, String>) -> Result<()
         }
     }
     Ok(())
+}
+
+/// Per node, whether it has a property that `leaf` gives the leaves (the nodes other than
+/// sequences, alternatives and repetitions): a sequence where all its items have it, an
+/// alternative where one does, a repetition where its least count is 0 or its item has it.
+fn fixed_point(nodes: &[Node], leaf: impl Fn(&Node, NodeId) -> bool) -> Vec<bool> {
+    let mut has = vec![false; nodes.len()];
+    loop {
+        let mut changed = false;
+        for (id, node) in nodes.iter().enumerate() {
+            let now = match node {
+                Node::Seq(items) => items.iter().all(|&i| has[i]),
+                Node::AnyOf(alts) => alts.iter().any(|&a| has[a]),
+                Node::Repeat { item, min, .. } => *min == 0 || has[*item],
+                other => leaf(other, id),
+            };
+            if now && !has[id] {
+                has[id] = true;
+                changed = true;
+            }
+        }
+        if !changed {
+            return has;
+        }
+    }
 }
 
 /// The rule holding node `id`, for a message.

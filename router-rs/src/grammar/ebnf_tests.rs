@@ -90,8 +90,12 @@ fn masks_equal_the_brute_force_and_every_walk_is_a_sentence() {
 fn what_the_walk_could_not_finish_or_read_is_refused() {
     for (text, why) in [
         ("root ::= root \"a\" | \"b\"", "left-recursive"),
-        ("root ::= a\na ::= \"b\"? root", "left-recursive"),
+        ("root ::= a | \"z\"\na ::= \"b\"? root", "left-recursive"),
         ("root ::= (\"a\"?)*", "can be empty"),
+        (
+            "root ::= \"a\" | \"b\" tail\ntail ::= \"c\" tail",
+            "tail never ends",
+        ),
         ("root ::= item\n", "item is used but not defined"),
         ("start ::= \"a\"", "no rule named root"),
         ("root ::= \"a\"\nroot ::= \"b\"", "defined twice"),

@@ -263,6 +263,13 @@ def moe_gemm(
     )  # fmt: skip
 
 
+def down_output(x: torch.Tensor, pairs: int, hidden: int, splits: int) -> torch.Tensor:
+    """The down GEMM's output: [P, H] in x's dtype, or [S, P, H] fp32 parts when split."""
+    if splits == 1:
+        return torch.empty((pairs, hidden), dtype=x.dtype, device=x.device)
+    return torch.empty((splits, pairs, hidden), dtype=torch.float32, device=x.device)
+
+
 def k_splits(k: int, block_k: int, split_k: int) -> tuple[int, int]:
     """(columns a split, number of splits) when K is split over about `split_k` programs in
     whole BLOCK_K steps: fewer where K has fewer steps."""
@@ -327,10 +334,7 @@ def fused_experts(
              mul_weight=False, cfg=cfg, hint_ids=hint_ids, shared_w=shared_w13)  # fmt: skip
     down = cfg.down()
     _, splits = k_splits(inter, down.block_k, cfg.down_splits)
-    per_pair = torch.empty(  # [P, H], or [S, P, H] fp32 parts
-        (pairs, hidden) if splits == 1 else (splits, pairs, hidden),
-        dtype=x.dtype if splits == 1 else torch.float32, device=x.device,
-    )  # fmt: skip
+    per_pair = down_output(x, pairs, hidden, splits)
     moe_gemm(inter_act, w2, per_pair, weights, align, top_k, a_per_token=False, gated=False,
              mul_weight=True, cfg=down, hint_ids=hint_ids, shared_w=shared_w2,
              split_k=splits)  # fmt: skip

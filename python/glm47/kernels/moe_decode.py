@@ -18,6 +18,7 @@ import triton.language as tl
 
 from glm47.kernels.fused_moe import (
     choose_config,
+    down_output,
     expert_weights,
     fused_experts,
     k_splits,
@@ -277,10 +278,7 @@ def fused_moe_one_token(
     )  # fmt: skip
     down = cfg.down()
     k_per_split, splits = k_splits(inter, down.block_k, cfg.down_splits)
-    per_pair = torch.empty(  # [K1, H], or [S, K1, H] fp32 parts
-        (k1, hidden) if splits == 1 else (splits, k1, hidden),
-        dtype=x.dtype if splits == 1 else torch.float32, device=x.device,
-    )  # fmt: skip
+    per_pair = down_output(x, k1, hidden, splits)
     grid = (k1 * triton.cdiv(hidden, down.block_n), splits)
     prefetch_k = prefetch_columns(k_per_split, k1 * hidden * x.element_size() * splits,
                                   x.element_size()) if pdl else 0  # fmt: skip

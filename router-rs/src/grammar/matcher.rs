@@ -56,6 +56,26 @@ pub(crate) type PatternTokens = Arc<Vec<(u32, u32)>>;
 /// vocabulary).
 const MAX_PATTERN_LISTS: usize = 8;
 
+/// The value `cache` keeps under `key`, else `fill()`'s, kept while the cache holds fewer than
+/// `room` (a poisoned lock is taken as it is: the map stays whole).
+fn kept<K: std::hash::Hash + Eq, V>(
+    cache: &Mutex<HashMap<K, Arc<V>>>,
+    key: K,
+    room: usize,
+    fill: impl FnOnce() -> V,
+) -> Arc<V> {
+    let lock = || cache.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(value) = lock().get(&key) {
+        return value.clone();
+    }
+    let value = Arc::new(fill());
+    let mut map = lock();
+    if map.len() < room {
+        map.insert(key, value.clone());
+    }
+    value
+}
+
 impl Grammar {
     pub fn new(schema: Schema) -> Arc<Self> {
         let texts = schema
@@ -84,17 +104,8 @@ impl Grammar {
         threads: &[Thread],
         walk: impl FnOnce() -> Vec<u32>,
     ) -> WalkedMask {
-        let lock = || self.walked_masks.lock().unwrap_or_else(|e| e.into_inner());
         let key = (vocab, threads.to_vec());
-        if let Some(mask) = lock().get(&key) {
-            return mask.clone();
-        }
-        let mask = Arc::new(walk());
-        let mut cache = lock();
-        if cache.len() < MAX_WALKED_MASKS {
-            cache.insert(key, mask.clone());
-        }
-        mask
+        kept(&self.walked_masks, key, MAX_WALKED_MASKS, walk)
     }
 
     /// The token list cached under `key`, else `fill()`'s (kept while the cache has room).
@@ -103,20 +114,7 @@ impl Grammar {
         key: PatternKey,
         fill: impl FnOnce() -> Vec<(u32, u32)>,
     ) -> PatternTokens {
-        let lock = || {
-            self.pattern_tokens
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-        };
-        if let Some(tokens) = lock().get(&key) {
-            return tokens.clone();
-        }
-        let tokens = Arc::new(fill());
-        let mut cache = lock();
-        if cache.len() < MAX_PATTERN_LISTS {
-            cache.insert(key, tokens.clone());
-        }
-        tokens
+        kept(&self.pattern_tokens, key, MAX_PATTERN_LISTS, fill)
     }
 
     /// Output matching `pattern` whole.

@@ -143,7 +143,7 @@ def test_guided_grammar_answers_are_sentences_of_it(client: openai.OpenAI) -> No
 
 def test_schema_patterns_and_numeric_bounds_hold_in_every_answer(client: openai.OpenAI) -> None:
     """`pattern`, anchored or found anywhere in the string, with a length bound beside it; an
-    integer and a number within their bounds."""
+    integer and a number within their bounds; a number with at most two fraction digits."""
     schema = {
         "type": "object",
         "properties": {
@@ -151,8 +151,9 @@ def test_schema_patterns_and_numeric_bounds_hold_in_every_answer(client: openai.
             "note": {"type": "string", "pattern": "ok", "maxLength": 8},
             "n": {"type": "integer", "minimum": -5, "exclusiveMaximum": 40},
             "p": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+            "price": {"type": "number", "exclusiveMinimum": 0, "multipleOf": 0.01},
         },
-        "required": ["code", "note", "n", "p"],
+        "required": ["code", "note", "n", "p", "price"],
         "additionalProperties": False,
     }
     out = client.chat.completions.create(
@@ -163,11 +164,14 @@ def test_schema_patterns_and_numeric_bounds_hold_in_every_answer(client: openai.
     for choice in out.choices:
         assert choice.finish_reason == "stop", choice
         doc = json.loads(choice.message.content or "")
-        assert set(doc) == {"code", "note", "n", "p"}, doc
+        assert set(doc) == {"code", "note", "n", "p", "price"}, doc
         assert isinstance(doc["n"], int) and -5 <= doc["n"] < 40, doc
         assert 0 < doc["p"] <= 1, doc
         assert re.fullmatch(r"[A-Z]{2}-[0-9]{3}", doc["code"]), doc
         assert "ok" in doc["note"] and len(doc["note"]) <= 8, doc
+        price = re.search(r"\"price\"\s*:\s*([-0-9.]+)", choice.message.content or "")
+        assert price and re.fullmatch(r"[0-9]+(\.[0-9]{1,2})?", price[1]), doc
+        assert doc["price"] > 0, doc
 
 
 def test_the_grammar_starts_after_the_reasoning(client: openai.OpenAI, server: Server) -> None:

@@ -109,6 +109,15 @@ fn bounds_that_cannot_be_enforced_are_refused() {
         let e = compile(Some(&schema)).unwrap_err();
         assert!(e.message.contains(words), "{schema}: {e}");
     }
+    for schema in [
+        json!({"type": "number", "multipleOf": 0.1, "minimum": 0.05, "maximum": 0.08}),
+        json!({"type": "number", "multipleOf": 1, "exclusiveMinimum": 2, "exclusiveMaximum": 3}),
+        json!({"type": "number", "multipleOf": 10}),
+        json!({"type": "number", "multipleOf": 0.25}),
+        json!({"type": "number", "multipleOf": 1e-7}),
+    ] {
+        assert!(compile(Some(&schema)).is_err(), "{schema}");
+    }
 }
 
 #[test]
@@ -118,8 +127,10 @@ fn masks_under_integer_bounds_equal_the_brute_force_and_every_document_is_in_ran
         "properties": {"age": {"type": "integer", "minimum": 18, "maximum": 130},
                        "delta": {"type": "integer", "minimum": -1000, "exclusiveMaximum": -99},
                        "p": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
-                       "t": {"type": "number", "minimum": -2.5, "maximum": 40.25}},
-        "required": ["age", "delta", "p", "t"],
+                       "t": {"type": "number", "minimum": -2.5, "maximum": 40.25},
+                       "c": {"type": "number", "exclusiveMinimum": 0, "maximum": 0.3,
+                             "multipleOf": 0.01}},
+        "required": ["age", "delta", "p", "t", "c"],
         "additionalProperties": false,
     });
     let g = grammar(schema);
@@ -129,6 +140,12 @@ fn masks_under_integer_bounds_equal_the_brute_force_and_every_document_is_in_ran
         let (age, delta) = (doc["age"].as_i64().unwrap(), doc["delta"].as_i64().unwrap());
         assert!(
             (18..=130).contains(&age) && (-1000..-99).contains(&delta),
+            "{doc}"
+        );
+        let c = doc["c"].to_string(); // as written: at most two fraction digits
+        let frac = c.split_once('.').map_or(0, |(_, f)| f.len());
+        assert!(
+            frac <= 2 && doc["c"].as_f64().is_some_and(|c| c > 0.0 && c <= 0.3),
             "{doc}"
         );
     }
@@ -184,6 +201,46 @@ fn bounded_numbers_take_plain_decimals_within_their_bounds() {
             assert_eq!(accepts(&g, text), ok, "{schema}: {text}");
         }
     }
+    // multipleOf a power of ten: at most that many fraction digits, the bounds on its grid
+    for (schema, cases) in [
+        (
+            json!({"type": "number", "multipleOf": 0.01, "exclusiveMinimum": 0}),
+            vec![
+                ("0.01", true),
+                ("12.5", true),
+                ("3", true),
+                ("0.10", true),
+                ("0", false),
+                ("0.00", false),
+                ("0.001", false),
+                ("1.234", false),
+                ("-1", false),
+            ],
+        ),
+        (
+            json!({"type": "number", "multipleOf": 1, "minimum": -2.5, "maximum": 2.5}),
+            vec![
+                ("-2", true),
+                ("2", true),
+                ("0", true),
+                ("2.0", false),
+                ("3", false),
+            ],
+        ),
+        (
+            json!({"type": "number", "multipleOf": 0.1}),
+            vec![("-0.5", true), ("100.2", true), ("1.25", false)],
+        ),
+    ] {
+        let g = grammar(schema.clone());
+        for (text, ok) in cases {
+            assert_eq!(accepts(&g, text), ok, "{schema}: {text}");
+        }
+    }
+    // under (0, ...) with two fraction digits "0.0" has only "1"-"9" left
+    let g = grammar(json!({"type": "number", "multipleOf": 0.01, "exclusiveMinimum": 0}));
+    let mut m = Matcher::new(g);
+    assert!(m.accept(b"0.0") && !m.accept(b"0") && m.accept(b"7") && m.can_end());
     // after "0." under (0, 0.5): zeros only while digits remain for a non-zero one
     let g = grammar(json!({"type": "number", "exclusiveMinimum": 0, "maximum": 0.5}));
     let mut m = Matcher::new(g);

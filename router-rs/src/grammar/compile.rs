@@ -360,10 +360,7 @@ impl<'a> Builder<'a> {
                 Some(range) => Node::Integer(range),
                 None => Node::Number { integer: true },
             })),
-            "number" if map.contains_key("multipleOf") => {
-                Err(err(path, "multipleOf is supported only with type integer"))
-            }
-            "number" => Ok(self.push(match bounds(map, path)? {
+            "number" => Ok(self.push(match bounds(map, path, true)? {
                 Some(bounds) => Node::Decimal(bounds),
                 None => Node::Number { integer: false },
             })),

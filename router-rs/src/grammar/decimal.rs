@@ -1,6 +1,8 @@
-//! Numbers within bounds (`minimum`, `maximum` and their exclusive forms on a `number`): written
+//! Numbers within bounds (`minimum`, `maximum` and their exclusive forms on a `number`, and a
+//! `multipleOf` that is a power of ten up to 1: at most that many fraction digits): written
 //! as plain decimals (no exponent, at most MAX_DIGITS significant digits), and the matcher takes
-//! a byte only while some completion of what it has read lands within the bounds. Values compare
+//! a byte only while some completion of what it has read lands within the bounds (on the grid of
+//! the `multipleOf`). Values compare
 //! as the f64s a JSON parser reads; with at most 15 digits every prefix is exact in an f64.
 //! The continuations of a prefix are taken as the interval they fill, which they do but at the
 //! last digits: bounds that need 15-digit precision to hit can leave a prefix without an end.
@@ -15,6 +17,8 @@ pub struct Bounds {
     pub lo_open: bool,
     pub hi: f64,
     pub hi_open: bool,
+    /// At most this many fraction digits (`multipleOf` 10^-frac); None: any.
+    pub frac: Option<u8>,
 }
 
 /// What a bounded-number frame has read: sign, integer digits, whether a dot, fraction digits.
@@ -86,6 +90,14 @@ impl DecAt {
 }
 
 impl Bounds {
+    /// Whether any number (a multiple of the `multipleOf`) lies within the bounds.
+    pub(crate) fn any(&self) -> bool {
+        match self.frac {
+            Some(frac) => on_grid(self.lo, self.lo_open, self.hi, self.hi_open, frac),
+            None => self.lo < self.hi || (self.lo == self.hi && !self.lo_open && !self.hi_open),
+        }
+    }
+
     fn admits(&self, x: f64) -> bool {
         (x > self.lo || (!self.lo_open && x == self.lo))
             && (x < self.hi || (!self.hi_open && x == self.hi))
@@ -117,17 +129,26 @@ impl Bounds {
         } else {
             (hi, hi_open)
         };
-        from < to || (from == to && !from_open && !to_open)
+        match self.frac {
+            Some(frac) => on_grid(from, from_open, to, to_open, frac),
+            None => from < to || (from == to && !from_open && !to_open),
+        }
     }
 
     /// Whether some completion of `at` (it, or it with more digits or a fraction) lies within
     /// the bounds: for each count of further integer digits the values make one interval.
     pub(crate) fn reachable(&self, at: DecAt) -> bool {
+        if self.frac.is_some_and(|frac| at.frac_digits > frac) {
+            return false;
+        }
         if self.holds(at) {
             return true;
         }
         let left = MAX_DIGITS - at.int_digits - at.frac_digits;
         if at.dot {
+            let left = self
+                .frac
+                .map_or(left, |frac| left.min(frac - at.frac_digits));
             let scale = 10f64.powi(i32::from(at.frac_digits));
             let a = (at.int as f64 * scale + at.frac as f64) / scale;
             let b = (at.int as f64 * scale + at.frac as f64 + 1.0) / scale;
@@ -152,5 +173,30 @@ impl Bounds {
             }
         }
         false
+    }
+}
+
+/// Whether a multiple of 10^-frac lies from `from` to `to` (each end open or closed), each
+/// multiple as a JSON parser reads its text (the integer over 10^frac, correctly rounded).
+fn on_grid(from: f64, from_open: bool, to: f64, to_open: bool, frac: u8) -> bool {
+    let scale = 10f64.powi(i32::from(frac));
+    let at = |k: f64| k / scale;
+    let after_from = |v: f64| v > from || (v == from && !from_open);
+    let before_to = |v: f64| v < to || (v == to && !to_open);
+    const EXACT: f64 = (1u64 << 53) as f64; // integers an f64 holds exactly
+    if from.is_finite() && (from * scale).abs() < EXACT {
+        let mut k = (from * scale).floor() - 1.0;
+        while !after_from(at(k)) {
+            k += 1.0;
+        }
+        before_to(at(k))
+    } else if to.is_finite() && (to * scale).abs() < EXACT {
+        let mut k = (to * scale).ceil() + 1.0;
+        while !before_to(at(k)) {
+            k -= 1.0;
+        }
+        after_from(at(k))
+    } else {
+        from < to || (from == to && !from_open && !to_open) // too large for the grid to matter
     }
 }

@@ -68,9 +68,31 @@ pub(super) fn format_pattern(format: &str) -> Option<&'static str> {
 /// The keywords that bound a number.
 pub(super) const BOUNDS: [&str; 4] = ["minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"];
 
-/// A `number` schema's bounds (draft 4's boolean exclusive forms too); None without bounds.
-pub(super) fn bounds(map: &Map<String, Value>, path: &str) -> Result<Option<Bounds>, SchemaError> {
-    if !BOUNDS.iter().any(|k| map.contains_key(*k)) {
+/// Most fraction digits a number's `multipleOf` may ask for (0.000001).
+const MAX_FRAC: u8 = 6;
+
+/// A `number` schema's bounds (draft 4's boolean exclusive forms too) and, with `step`, its
+/// `multipleOf` (a power of ten up to 1: 1, 0.1, 0.01, …); None without either.
+pub(super) fn bounds(
+    map: &Map<String, Value>,
+    path: &str,
+    step: bool,
+) -> Result<Option<Bounds>, SchemaError> {
+    let frac = match map.get("multipleOf").filter(|_| step) {
+        None => None,
+        Some(m) => Some(
+            m.as_f64()
+                .and_then(|m| (0..=MAX_FRAC).find(|&d| m * 10f64.powi(i32::from(d)) == 1.0))
+                .ok_or_else(|| {
+                    err(
+                        path,
+                        "multipleOf on a number is supported as a power of ten up to 1 \
+                         (1, 0.1, 0.01, ... 0.000001)",
+                    )
+                })?,
+        ),
+    };
+    if frac.is_none() && !BOUNDS.iter().any(|k| map.contains_key(*k)) {
         return Ok(None);
     }
     let mut b = Bounds {
@@ -78,6 +100,7 @@ pub(super) fn bounds(map: &Map<String, Value>, path: &str) -> Result<Option<Boun
         lo_open: false,
         hi: f64::INFINITY,
         hi_open: false,
+        frac,
     };
     let flag = |key: &str| map.get(key) == Some(&Value::Bool(true));
     if let Some(m) = bound(map, "minimum", path)? {
@@ -96,8 +119,11 @@ pub(super) fn bounds(map: &Map<String, Value>, path: &str) -> Result<Option<Boun
             (b.hi, b.hi_open) = (m, true);
         }
     }
-    if b.lo > b.hi || (b.lo == b.hi && (b.lo_open || b.hi_open)) {
-        return Err(err(path, "no number lies within minimum and maximum"));
+    if !b.any() {
+        return Err(err(
+            path,
+            "no number lies within minimum and maximum (and multipleOf)",
+        ));
     }
     Ok(Some(b))
 }
@@ -132,7 +158,7 @@ pub(super) fn int_range(
                 .ok_or_else(|| err(path, "multipleOf on an integer must be a positive integer"))?,
         ),
     };
-    let b = bounds(map, path)?;
+    let b = bounds(map, path, false)?;
     if b.is_none() && step.is_none() {
         return Ok(None);
     }

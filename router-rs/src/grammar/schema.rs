@@ -4,14 +4,15 @@
 //! schema), `items`, `prefixItems` (and draft 7's list `items` with `additionalItems`), `minItems`,
 //! `maxItems`, `uniqueItems` (on arrays of `enum` / `const` / boolean items), `minProperties`, `maxProperties`, `minLength`, `maxLength`, `pattern`, `minimum`,
 //! `maximum`, `exclusiveMinimum`, `exclusiveMaximum` (numbers with them are written as plain
-//! decimals of at most 15 digits), `multipleOf` (a positive integer, on integers), `enum`,
+//! decimals of at most 15 digits), `multipleOf` (a positive integer on integers; on numbers a power of ten up to 1, as
+//! at most that many fraction digits), `enum`,
 //! `const`, `anyOf`, `oneOf` (taken as `anyOf`: exclusivity is not enforced), `allOf` of one
 //! schema, `$ref` to
 //! `#`, `#/$defs/…` and `#/definitions/…` (recursion allowed), `nullable`, and the string
 //! formats `date`, `time`, `date-time`, `uuid`, `ipv4`, `email` and `hostname` (enforced as
 //! patterns where neither a pattern nor a minimum length is given). Annotations are ignored
 //! (`title`, `description`, `default`, `examples`, other formats, …). Any keyword that asserts
-//! something the matcher cannot enforce (`uniqueItems` on other items, `multipleOf` on a number, …)
+//! something the matcher cannot enforce (`uniqueItems` on other items, another `multipleOf` on a number, …)
 //! is an error,
 //! so a request never gets output that silently breaks its schema.
 //!

@@ -195,14 +195,7 @@ fn bounded_numbers_take_plain_decimals_within_their_bounds() {
             json!({"type": "number", "minimum": 100}),
             vec![("100", true), ("12345.678", true), ("99.99", false)],
         ),
-    ] {
-        let g = grammar(schema.clone());
-        for (text, ok) in cases {
-            assert_eq!(accepts(&g, text), ok, "{schema}: {text}");
-        }
-    }
-    // multipleOf a power of ten: at most that many fraction digits, the bounds on its grid
-    for (schema, cases) in [
+        // multipleOf a power of ten: at most that many fraction digits, bounds on its grid
         (
             json!({"type": "number", "multipleOf": 0.01, "exclusiveMinimum": 0}),
             vec![

@@ -78,7 +78,6 @@ def fused_moe_from_residual(
     sum; in four at one token (`fused_moe_one_token`)."""
     cfg = choose_config(residual, moe.w13, moe.w2, moe.top_k)  # x's shape, dtype and device
     if x.shape[0] == 1:
-        _check_one_token(gate_weight.shape[0], moe)
         normed, new_residual, logits = norm_router(x, residual, norm_weight, eps, gate_weight)
         return fused_moe_one_token(normed, logits, moe, cfg), new_residual
     normed, new_residual, ids, weights, align = norm_route_align(

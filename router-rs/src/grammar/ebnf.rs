@@ -265,11 +265,15 @@ impl Parser<'_> {
             self.at += 1;
             alts.push(self.sequence()?);
         }
-        Ok(if alts.len() == 1 {
-            alts[0]
-        } else {
-            self.b.push(Node::AnyOf(alts))
-        })
+        Ok(self.joined(alts, Node::AnyOf))
+    }
+
+    /// The one node of `ids`, else `node` of them all.
+    fn joined(&mut self, ids: Vec<NodeId>, node: fn(Vec<NodeId>) -> Node) -> NodeId {
+        match ids.as_slice() {
+            [one] => *one,
+            _ => self.b.push(node(ids)),
+        }
     }
 
     fn sequence(&mut self) -> Result<NodeId, SchemaError> {
@@ -277,11 +281,7 @@ impl Parser<'_> {
         while !matches!(self.peek(), None | Some(Tok::Bar | Tok::Close)) && !self.at_rule() {
             items.push(self.item()?);
         }
-        Ok(if items.len() == 1 {
-            items[0]
-        } else {
-            self.b.push(Node::Seq(items))
-        })
+        Ok(self.joined(items, Node::Seq))
     }
 
     fn item(&mut self) -> Result<NodeId, SchemaError> {

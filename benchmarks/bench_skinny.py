@@ -16,12 +16,14 @@ from glm47.kernels.skinny_gemm import SkinnyLaunch, skinny_gemm, skinny_launch
 
 # (name, groups, N, K, weight dtype, transposed) of the small-step products of a decode step: the
 # fused q_a + kv_a down-projection, q_b, MLA's absorbed per-head products (W_UK read through a
-# transposed view), o_proj, the fp32 router, and the shared expert's gate_up and down.
+# transposed view), o_proj, the fp32 router, the shared expert's gate_up and down, and the dense
+# first layer's gate_up and down.
 SKINNY_SHAPES = [
     ("qkv_a", 1, 1344, 2048, BF16, False), ("q_b", 1, 5120, 768, BF16, False),
     ("w_uk", HEADS, 512, 192, BF16, True), ("w_uv", HEADS, 256, 512, BF16, False),
     ("o_proj", 1, 2048, 5120, BF16, False), ("router", 1, EXPERTS, 2048, torch.float32, False),
     ("shared gate_up", 1, 3072, 2048, BF16, False), ("shared down", 1, 2048, 1536, BF16, False),
+    ("dense gate_up", 1, 20480, 2048, BF16, False), ("dense down", 1, 2048, 10240, BF16, False),
 ]  # fmt: skip
 
 

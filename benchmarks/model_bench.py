@@ -250,11 +250,11 @@ def fresh_ids(inputs: StepInputs, vocab: int) -> Callable[[], object]:
 
 
 def logits_step(runner: ModelRunner, inputs: StepInputs) -> Callable[[], torch.Tensor]:
-    """What one timed step computes: the forward pass, then lm_head on the sampled rows."""
+    """What one timed step computes: the forward pass and the logits of the sampled rows, as a
+    served step does (in the decode graph where it computes them)."""
 
     def step() -> torch.Tensor:
-        hidden = runner.forward(inputs)
-        return runner.model.compute_logits(hidden[inputs.sample_rows])
+        return runner.forward_sampled(inputs)[1]
 
     return step
 

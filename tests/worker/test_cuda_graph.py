@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import glm47.worker.cuda_graph as cuda_graph_module
 import glm47.worker.runner as runner_module
 from glm47.worker.attention.base import AttentionMetadata, SplitAttention
 from glm47.worker.attention.hybrid import TritonFlashInferBackend
@@ -24,6 +25,7 @@ from glm47.worker.cuda_graph import (
 )
 from glm47.worker.model.tiny import make_tiny_model
 from glm47.worker.runner import ModelRunner
+from glm47.worker.step_inputs import StepInputs
 from tests.worker.model.reference import PageAllocator, batch, make_runner, seq
 
 
@@ -236,6 +238,61 @@ def test_verification_steps_replay_their_graph_with_the_eager_logits(tiny: Path)
         assert not graphs.can_run(mixed.input_ids, mixed.meta)
         decode = runner.prepare(batch(seq(alloc2, "z", [7], 0)))
         assert not graphs.can_run(decode.input_ids, decode.meta)
+
+
+def test_small_decode_graphs_give_the_logits_of_their_rows(
+    tiny: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Graphs up to LOGITS_MAX_BATCH (2 here) compute the logits: a step whose rows are all
+    sampled takes them from the replay; a step with an unsampled row, or in a larger graph,
+    gathers its sampled rows; either way the eager step's logits."""
+    monkeypatch.setattr(cuda_graph_module, "LOGITS_MAX_BATCH", 2)
+    monkeypatch.setattr(runner_module, "supports_cuda_graph", lambda backend: True)
+    runner = make_runner(tiny, torch.float32, page_size=2)
+    runner._graph_capturer = eager_capturer
+    runner.capture_decode_graphs([1, 2, 4], max_pages=16)
+    graphs = runner.graphs
+    assert graphs is not None
+    alloc = PageAllocator(runner.num_pages, 2)
+    prompts = {"a": [5, 6, 7], "b": [30, 31, 32, 33, 34], "c": [100]}
+    lm_head_rows: list[int] = []
+    real_logits = runner.model.compute_logits
+
+    def eager_logits(inputs: StepInputs) -> torch.Tensor:
+        saved, runner.graphs, cache = runner.graphs, None, runner.kv_cache.clone()
+        try:
+            return runner.forward_sampled(inputs)[1]
+        finally:
+            runner.graphs, runner.kv_cache[:] = saved, cache
+
+    with torch.inference_mode():
+        runner.run_logits(batch(*[seq(alloc, r, p, 0) for r, p in prompts.items()]))
+        monkeypatch.setattr(
+            runner.model,
+            "compute_logits",
+            lambda h: lm_head_rows.append(h.shape[0]) or real_logits(h),
+        )
+        cases = [  # (rids, sampled, graph logits used)
+            (["a", "b"], [True, True], True),
+            (["c"], [True], True),
+            (["a", "b"], [True, False], False),  # b's row is not sampled
+            (["a", "b", "c"], [True, True, True], False),  # the graph of 4 leaves them
+        ]
+        for rids, sampled, from_graph in cases:
+            step = batch(
+                *[
+                    seq(alloc, r, [9], len(prompts[r]), sample=s)
+                    for r, s in zip(rids, sampled, strict=True)
+                ]
+            )
+            inputs = runner.prepare(step)
+            expected = eager_logits(inputs)
+            lm_head_rows.clear()
+            hidden, logits = runner.forward_sampled(inputs)
+            assert hidden.shape[0] == len(rids)
+            assert (graphs.last_logits is not None) == (len(rids) <= 2)
+            assert lm_head_rows == ([] if from_graph else [sum(sampled)])
+            torch.testing.assert_close(logits, expected, atol=1e-5, rtol=1e-5)
 
 
 def test_a_dispatching_decode_backend_gets_a_graph_set_per_part_and_each_step_the_right_one(

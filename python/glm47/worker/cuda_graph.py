@@ -20,7 +20,11 @@ The attention backend's side of the contract (docs/style.md point 7):
 The experts backend must be capturable too (`supports_cuda_graph`, same rule). Verification graphs
 also need `supports_multi_token_cuda_graph` on the decode backend.
 
-Logits are computed outside the graph from the returned hidden states, exactly as in eager mode.
+Decode graphs of at most `LOGITS_MAX_BATCH` sequences also compute the logits of every row
+(`logits`, given to the runner: lm_head and the fp32 cast, as in eager mode): a step whose
+sampled rows are all its rows in order takes them from the replay (`last_logits`) rather than
+gathering the rows and launching lm_head after it. Larger graphs, verification graphs and other
+steps leave the logits to the caller.
 """
 
 from __future__ import annotations
@@ -39,9 +43,14 @@ log = logging.getLogger(__name__)
 # Backends written before the `supports_cuda_graph` attribute existed, known to be capturable.
 GRAPH_SAFE_BY_NAME = frozenset({"triton"})
 WARMUP_RUNS = 2  # eager runs before a capture: compile kernels, settle allocator and plans
+# Decode graphs up to this batch compute the logits as well: each holds a [G, V] fp32 output,
+# 54 MB for the default sizes up to 32 with the real vocabulary.
+LOGITS_MAX_BATCH = 32
 
 # Forward of the model on decode inputs: (input_ids [G] int64, meta) -> hidden [G, H].
 DecodeForward = Callable[[torch.Tensor, AttentionMetadata], torch.Tensor]
+# The logits of hidden rows: [G, H] -> [G, V] fp32.
+Logits = Callable[[torch.Tensor], torch.Tensor]
 # Records `body` and returns (replay, output): `replay()` recomputes `output` in place.
 Capturer = Callable[[Callable[[], torch.Tensor]], tuple[Callable[[], None], torch.Tensor]]
 
@@ -195,7 +204,10 @@ class DecodeGraphRunner:
         device: torch.device,
         capturer: Capturer,
         tokens_per_seq: int = 1,
+        logits: Logits | None = None,
     ) -> None:
+        """With `logits` (decode graphs only), graphs up to `LOGITS_MAX_BATCH` sequences
+        compute the logits of their rows too."""
         self.sizes = sorted(sizes)
         self.max_pages = max_pages
         self.tokens_per_seq = tokens_per_seq
@@ -205,7 +217,13 @@ class DecodeGraphRunner:
         self._forward = forward
         self._backend = backend
         self._capturer = capturer
+        self._logits = logits if tokens_per_seq == 1 else None
         self._graphs: dict[int, tuple[Callable[[], None], torch.Tensor, AttentionMetadata]] = {}
+        # Per size, what the body last computed besides the hidden states: after a CUDA capture,
+        # the graph's own logits tensor; under the eager stand-in, the latest replay's.
+        self._extra: dict[int, dict[str, torch.Tensor]] = {}
+        # [B, V] fp32: the logits of the rows of the latest `run`, when its graph computed them
+        self.last_logits: torch.Tensor | None = None
 
     def capture(self) -> None:
         """Capture every size, largest first (smaller graphs then reuse the pool's memory)."""
@@ -214,7 +232,8 @@ class DecodeGraphRunner:
             meta = self.inputs.meta(size)
             ids = self.inputs.input_ids[: size * self.tokens_per_seq]
             self._prepare(meta)
-            replay, out = self._capturer(self._body(ids, meta))
+            self._extra[size] = {}
+            replay, out = self._capturer(self._body(ids, meta, self._extra[size]))
             self._graphs[size] = (replay, out, meta)
         log.info(
             "captured %d %s graphs (batch %d..%d) in %.1f s",
@@ -225,9 +244,16 @@ class DecodeGraphRunner:
             time.perf_counter() - start,
         )
 
-    def _body(self, ids: torch.Tensor, meta: AttentionMetadata) -> Callable[[], torch.Tensor]:
+    def _body(
+        self, ids: torch.Tensor, meta: AttentionMetadata, extra: dict[str, torch.Tensor]
+    ) -> Callable[[], torch.Tensor]:
+        logits = self._logits if meta.num_seqs <= LOGITS_MAX_BATCH else None
+
         def body() -> torch.Tensor:
-            return self._forward(ids, meta)
+            hidden = self._forward(ids, meta)
+            if logits is not None:
+                extra["logits"] = logits(hidden)
+            return hidden
 
         return body
 
@@ -247,7 +273,8 @@ class DecodeGraphRunner:
         )
 
     def run(self, input_ids: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
-        """Hidden states [B * Q, H] of the step's rows (a view, valid until the next replay)."""
+        """Hidden states [B * Q, H] of the step's rows (a view, valid until the next replay);
+        `last_logits` then holds their logits when the graph computes them, else None."""
         batch = meta.num_seqs
         size = padded_batch_size(batch, self.sizes)
         if size is None or not self.can_run(input_ids, meta):
@@ -256,6 +283,8 @@ class DecodeGraphRunner:
         self.inputs.fill(input_ids, meta, size)
         self._prepare(graph_meta)
         replay()
+        logits = self._extra[size].get("logits")
+        self.last_logits = None if logits is None else logits[:batch]
         return out[: batch * self.tokens_per_seq]
 
     def _prepare(self, meta: AttentionMetadata) -> None:

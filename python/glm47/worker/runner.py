@@ -312,6 +312,7 @@ class ModelRunner:
             device=self.device,
             capturer=self._graph_capturer,
             tokens_per_seq=tokens_per_seq,
+            logits=self.model.compute_logits,
         )
         graphs.capture()
         used = free_before - torch.cuda.mem_get_info(self.device)[0] if on_gpu else 0
@@ -377,6 +378,11 @@ class ModelRunner:
 
     @torch.inference_mode()
     def forward(self, inputs: StepInputs) -> torch.Tensor:  # [T, H] final hidden states
+        return self._forward(inputs)[0]
+
+    def _forward(self, inputs: StepInputs) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The final hidden states [T, H], and the logits of every row [T, V] fp32 when a
+        decode graph computed them."""
         set_pdl(self.pdl)  # the launch switch is process-wide; tests hold several runners
         decode = self.graphs
         if decode is not None and self.large_graphs is not None:
@@ -385,18 +391,26 @@ class ModelRunner:
                 decode = self.large_graphs
         for graphs in (decode, self.verify_graphs):
             if graphs is not None and graphs.can_run(inputs.input_ids, inputs.meta):
-                return graphs.run(inputs.input_ids, inputs.meta)
+                hidden = graphs.run(inputs.input_ids, inputs.meta)
+                return hidden, graphs.last_logits
         ctx = self._context(inputs.meta)
         if self.segments is not None and self.segments.can_run(inputs.input_ids.shape[0]):
-            return self.segments.run(inputs.input_ids, ctx)
-        return self.model(inputs.input_ids, inputs.meta.positions, ctx)
+            return self.segments.run(inputs.input_ids, ctx), None
+        return self.model(inputs.input_ids, inputs.meta.positions, ctx), None
+
+    @torch.inference_mode()
+    def forward_sampled(self, inputs: StepInputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """The final hidden states [T, H] and the logits of the sampled rows [N, V] fp32: a
+        decode graph's own when every row is sampled, else lm_head on the gathered rows."""
+        hidden, logits = self._forward(inputs)
+        if logits is None or not inputs.every_row_sampled:
+            logits = self.model.compute_logits(hidden[inputs.sample_rows])
+        return hidden, logits
 
     @torch.inference_mode()
     def run_logits(self, batch: ScheduledBatch) -> torch.Tensor:  # [N, V] fp32
         """Logits of the sequences with sample=True, in batch order."""
-        inputs = self.prepare(batch)
-        hidden = self.forward(inputs)
-        return self.model.compute_logits(hidden[inputs.sample_rows])
+        return self.forward_sampled(self.prepare(batch))[1]
 
     @torch.inference_mode()
     def run(self, batch: ScheduledBatch, sampler: Sampler) -> RunnerOutput:
@@ -419,13 +433,15 @@ class ModelRunner:
         inputs = self.prepare(batch)
         if feed is not None:
             self._feed(batch, inputs.input_ids, feed)
-        hidden = self.forward(inputs)
+        if inputs.sample_seqs:
+            hidden, logits = self.forward_sampled(inputs)  # [T, H], [N, V] fp32
+        else:
+            hidden = self.forward(inputs)
         if self.model.mtp is not None:
             self._last_hidden = hidden  # the drafter's input, read before the next forward
         scores = score_prompts(self.model.compute_logits, batch, hidden)
         if not inputs.sample_seqs:
             return LaunchedStep(None, scores)
-        logits = self.model.compute_logits(hidden[inputs.sample_rows])  # [N, V] fp32
         # Fed rows' penalties read their last output token, which is their input token here.
         last = inputs.input_ids[inputs.sample_rows] if feed is not None else None
         if defer_sampling:

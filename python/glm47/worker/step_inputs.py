@@ -32,6 +32,7 @@ class StepInputs:
     # of its draft tokens
     sample_rows: torch.Tensor
     sample_seqs: list[ScheduledSeq]  # the sequence of each sampled row, as the sampler sees it
+    every_row_sampled: bool = False  # sample_rows is [0, T) in order (a plain decode step)
 
 
 class StaticBuffers:
@@ -184,6 +185,7 @@ class StepInputBuilder:
             meta=meta,
             sample_rows=stage("sample_rows", torch.from_numpy(rows)),
             sample_seqs=views,
+            every_row_sampled=len(rows) == t and bool((rows == np.arange(t)).all()),
         )
 
     def _split(

@@ -141,6 +141,44 @@ def test_guided_grammar_answers_are_sentences_of_it(client: openai.OpenAI) -> No
     assert sentence.fullmatch(chat.choices[0].message.content or ""), chat
 
 
+def test_structural_tags_hold_in_every_answer(client: openai.OpenAI) -> None:
+    """`response_format` `structural_tag`: a forced tag (`at_least_one`, `stop_after_first`) is
+    the whole answer, its content a document of the schema; with free text around structures
+    (the first form, as SGLang's `structural_tag` field), every trigger opens one."""
+    schema = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 8}},
+              "required": ["city"], "additionalProperties": False}  # fmt: skip
+    tag = {"begin": "<f=weather>", "content": {"type": "json_schema", "json_schema": schema},
+           "end": "</f>"}  # fmt: skip
+    forced = {"type": "structural_tag", "format": {
+        "type": "triggered_tags", "triggers": ["<f="], "tags": [tag], "at_least_one": True,
+        "stop_after_first": True}}  # fmt: skip
+    out = client.chat.completions.create(
+        model="m", messages=[{"role": "user", "content": "Weather in a city?"}], max_tokens=200,
+        temperature=1.0, seed=5, n=2, response_format=forced, extra_body=NO_THINKING,  # type: ignore[arg-type]
+    )  # fmt: skip
+    for choice in out.choices:
+        assert choice.finish_reason == "stop", choice
+        call = re.fullmatch(r"<f=weather>(.*)</f>", choice.message.content or "", re.S)
+        assert call, choice.message.content
+        doc = json.loads(call[1])
+        assert set(doc) == {"city"} and len(doc["city"]) <= 8, doc
+    legacy = {"triggers": ["<f="], "structures": [
+        {"begin": "<f=weather>", "schema": schema, "end": "</f>"}]}  # fmt: skip
+    for seed in range(3):
+        text = client.completions.create(
+            model="m", prompt="Call:", max_tokens=60, temperature=1.0, seed=seed,
+            extra_body={"structural_tag": json.dumps(legacy)},
+        ).choices[0].text  # fmt: skip
+        parts = text.split("<f=")[1:]  # what follows each trigger
+        for i, part in enumerate(parts):
+            call = re.match(r"weather>(\{.*?\})</f>", part, re.S)
+            if call is None and i == len(parts) - 1:  # cut short by max_tokens
+                assert part[:9] == "weather>{"[: len(part)], text
+                continue
+            assert call, text
+            assert set(json.loads(call[1])) == {"city"}, text
+
+
 def test_schema_patterns_and_numeric_bounds_hold_in_every_answer(client: openai.OpenAI) -> None:
     """`pattern`, anchored or found anywhere in the string, with a length bound beside it; an
     integer and a number within their bounds; a number with at most two fraction digits."""
@@ -205,6 +243,8 @@ def test_unenforceable_schemas_and_other_constraints_are_refused(server: Server)
         ({"guided_grammar": "root ::= x"}, "guided_grammar"),
         ({"ebnf": "root ::= root \"a\""}, "ebnf"),
         ({"structural_tag": {"structures": []}}, "structural_tag"),
+        ({"response_format": {"type": "structural_tag", "triggers": ["<a"], "structures": [
+            {"begin": "<b>", "schema": {}, "end": ""}]}}, "response_format"),
         ({"response_format": {"type": "json_object"}, "guided_json": {"type": "object"}},
          "guided_json"),
     ]  # fmt: skip

@@ -278,3 +278,15 @@ def test_an_ebnf_grammar_is_read_as_its_text() -> None:
     msg = decode(pack(["submit", 1, {"reqs": [req]}]))
     assert isinstance(msg, Submit) and not msg.rejected
     assert msg.reqs[0].grammar == WireGrammar(ebnf=text)
+
+
+def test_a_structural_tag_is_read_as_its_text_and_alone() -> None:
+    tag = json.dumps({"triggers": ["<f="], "structures": [
+        {"begin": "<f=a>", "schema": {"type": "object"}, "end": "</f>"}]})  # fmt: skip
+    req = {"rid": "r", "input_ids": [1], "max_new_tokens": 3, "grammar": {"structural_tag": tag}}
+    msg = decode(pack(["submit", 1, {"reqs": [req]}]))
+    assert isinstance(msg, Submit) and not msg.rejected
+    assert msg.reqs[0].grammar == WireGrammar(structural_tag=tag)
+    both = {**req, "grammar": {"structural_tag": tag, "regex": "a"}}
+    msg = decode(pack(["submit", 1, {"reqs": [both]}]))
+    assert isinstance(msg, Submit) and [r.rid for r in msg.rejected] == ["r"]

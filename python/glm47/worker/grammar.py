@@ -75,6 +75,11 @@ class Grammars:
                 self._vocab, grammar.ebnf, ends, grammar.start_after
             )
             return from_ebnf
+        if grammar.structural_tag is not None:
+            tagged: Constraint = self._native.JsonConstraint.from_structural_tag(
+                self._vocab, grammar.structural_tag, ends, grammar.start_after
+            )
+            return tagged
         constraint: Constraint = self._native.JsonConstraint(
             self._vocab, grammar.schema, ends, grammar.start_after, grammar.choices, grammar.regex,
             grammar.tool_calls,

@@ -163,14 +163,14 @@ def _is_top_row(v: object) -> bool:
 
 def _is_grammar(v: object) -> bool:
     """A `Grammar` map: `schema` a string or nil, `choices` nil or a non-empty array of
-    non-empty strings (then no schema), `regex`, `tool_calls` or `ebnf` a non-empty string
-    (then none of the others), `start_after` a non-negative int or nil."""
-    kinds = ("schema", "choices", "regex", "tool_calls", "ebnf")
+    non-empty strings (then no schema), `regex`, `tool_calls`, `ebnf` or `structural_tag` a
+    non-empty string (then none of the others), `start_after` a non-negative int or nil."""
+    kinds = ("schema", "choices", "regex", "tool_calls", "ebnf", "structural_tag")
     keys = {"start_after", *kinds}
     if not isinstance(v, dict) or not set(v) <= keys:
         return False
     schema, start, choices = v.get("schema"), v.get("start_after"), v.get("choices")
-    for only in ("regex", "tool_calls", "ebnf"):
+    for only in ("regex", "tool_calls", "ebnf", "structural_tag"):
         text = v.get(only)
         others = [v.get(k) for k in kinds if k != only]
         if text is not None and (not isinstance(text, str) or not text or any(others)):
@@ -220,7 +220,7 @@ _REQUEST_FIELDS = {
     "logit_bias": (_is_top_row, "array of [int, float] pairs"),
     "grammar": (
         _is_grammar,
-        "a Grammar map (schema, choices, regex, tool_calls, ebnf, start_after)",
+        "a Grammar map (schema, choices, regex, tool_calls, ebnf, structural_tag, start_after)",
     ),
 }
 _FLOAT_FIELDS = {k for k, (check, _) in _REQUEST_FIELDS.items() if check is _is_float}
@@ -277,6 +277,7 @@ def decode_request(raw: object) -> WireRequest:
             regex=g.get("regex"),
             tool_calls=g.get("tool_calls"),
             ebnf=g.get("ebnf"),
+            structural_tag=g.get("structural_tag"),
         )
     req = WireRequest(**values)
     problem = _range_problem(req)

@@ -29,8 +29,9 @@ class WireError(Exception):
 class WireGrammar:
     """A request's output grammar (docs/wire.md `Grammar`): JSON under `schema` (JSON text; None
     for any JSON object), exactly one of `choices`, a match of `regex`, a sentence of the EBNF
-    grammar `ebnf`, or the rest of a forced tool call (`tool_calls`, JSON text); from the token
-    after `start_after` (None: from the first)."""
+    grammar `ebnf`, text under the structural tag `structural_tag` (JSON text), or the rest of a
+    forced tool call (`tool_calls`, JSON text); from the token after `start_after` (None: from
+    the first)."""
 
     schema: str | None = None
     start_after: int | None = None
@@ -38,6 +39,7 @@ class WireGrammar:
     regex: str | None = None
     tool_calls: str | None = None
     ebnf: str | None = None
+    structural_tag: str | None = None
 
 
 @dataclass(frozen=True)

@@ -112,6 +112,11 @@ pub(crate) struct Utf8 {
 }
 
 impl Utf8 {
+    /// Whether no character is begun.
+    pub(crate) fn at_boundary(&self) -> bool {
+        self.left == 0
+    }
+
     /// Takes one byte; false where it cannot continue valid UTF-8.
     pub(crate) fn step(&mut self, b: u8) -> bool {
         if self.left > 0 {

@@ -130,6 +130,12 @@ pub(crate) enum Frame {
         begin: u8,
         chars: Utf8,
     },
+    /// Inside `Node::Free` `node`, its words' automaton at `state`.
+    Free {
+        node: NodeId,
+        state: u32,
+        chars: Utf8,
+    },
     /// Between the pairs of `Node::Args` `node`; `seen` holds the listed keys given (by index).
     Args {
         node: NodeId,
@@ -158,6 +164,7 @@ impl Frame {
             Frame::Raw(_)
                 | Frame::Seq { .. }
                 | Frame::Text { .. }
+                | Frame::Free { .. }
                 | Frame::Args { .. }
                 | Frame::ArgKey { .. }
                 | Frame::Repeat { .. }

@@ -19,8 +19,10 @@ pub mod regex;
 pub mod schema;
 mod step;
 mod step_raw;
+pub mod structural;
 pub mod tools;
 pub mod vocab;
+pub mod words;
 
 #[cfg(test)]
 mod bounds_tests;
@@ -32,6 +34,8 @@ mod ebnf_tests;
 mod keyword_tests;
 #[cfg(test)]
 mod pattern_tests;
+#[cfg(test)]
+mod structural_tests;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
@@ -54,6 +58,11 @@ pub fn regex(pattern: &str) -> Result<Arc<Grammar>, SchemaError> {
 /// Output of an EBNF grammar (vLLM's `guided_grammar`, SGLang's `ebnf`; see [`ebnf`]).
 pub fn ebnf(text: &str) -> Result<Arc<Grammar>, SchemaError> {
     Ok(Grammar::new(ebnf::compile(text)?))
+}
+
+/// Output of a structural tag (`response_format` `structural_tag`; see [`structural`]).
+pub fn structural_tag(tag: &Value) -> Result<Arc<Grammar>, SchemaError> {
+    Ok(Grammar::new(structural::compile(tag)?))
 }
 
 /// Exactly one of `choices` (vLLM's `guided_choice`).

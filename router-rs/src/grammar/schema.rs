@@ -32,6 +32,7 @@ use super::compile::{choices_node, err, Builder, ANY};
 use super::decimal::Bounds;
 use super::integer::IntRange;
 use super::regex::{CharsToMatch, Regex};
+use super::words::Words;
 
 /// Index of a node in [`Schema::nodes`].
 pub type NodeId = usize;
@@ -100,6 +101,14 @@ pub enum Node {
     Args {
         props: Vec<Prop>,
         additional: Option<NodeId>,
+    },
+    /// Raw text: any characters up to the first of `words` to end in them; after word k the
+    /// text is read and `then[k]` follows (None: the text may not hold word k). With `open`,
+    /// the text may also end anywhere before a word (a structural tag's free text).
+    Free {
+        words: Arc<Words>,
+        then: Vec<Option<NodeId>>,
+        open: bool,
     },
     /// Raw text: `item` `min..=max` times, nothing between.
     Repeat {

@@ -367,6 +367,7 @@ impl Grammar {
             Frame::Raw(_)
             | Frame::Seq { .. }
             | Frame::Text { .. }
+            | Frame::Free { .. }
             | Frame::Args { .. }
             | Frame::ArgKey { .. }
             | Frame::Repeat { .. } => unreachable!("raw-text frames step in feed_raw"),
@@ -426,7 +427,11 @@ impl Grammar {
                 }
                 return;
             }
-            Node::Seq(_) | Node::Text { .. } | Node::Args { .. } | Node::Repeat { .. } => {
+            Node::Seq(_)
+            | Node::Text { .. }
+            | Node::Free { .. }
+            | Node::Args { .. }
+            | Node::Repeat { .. } => {
                 return self.start_raw(t, id, b, out);
             }
             Node::RawRegex(pattern) => {

@@ -70,6 +70,7 @@ impl Grammar {
             Node::Args { props, .. } => props.iter().all(|p| !p.required),
             Node::AnyOf(alts) => alts.iter().any(|&a| self.nullable(a)),
             Node::Choices(texts) => texts.iter().any(Vec::is_empty),
+            Node::Free { open, .. } => *open,
             _ => false,
         }
     }
@@ -86,6 +87,10 @@ impl Grammar {
                 _ => unreachable!("a repeat frame reads a repeat node"),
             },
             Frame::Args { node, seen } => self.args_given(node, seen),
+            Frame::Free { node, chars, .. } => {
+                chars.at_boundary()
+                    && matches!(self.schema.nodes[node], Node::Free { open: true, .. })
+            }
             _ => false,
         }
     }
@@ -112,6 +117,11 @@ impl Grammar {
                 node: id,
                 matched: 0,
                 begin: 0,
+                chars: Default::default(),
+            },
+            Node::Free { words, .. } => Frame::Free {
+                node: id,
+                state: words.start(),
                 chars: Default::default(),
             },
             Node::Args { .. } => Frame::Args { node: id, seen: 0 },
@@ -175,6 +185,34 @@ impl Grammar {
                         };
                         Self::emit(with_top(t, frame), out);
                     }
+                }
+            }
+            Frame::Free {
+                node,
+                state,
+                mut chars,
+            } => {
+                let Node::Free { words, then, .. } = &self.schema.nodes[node] else {
+                    unreachable!("a free-text frame reads a free-text node")
+                };
+                if !chars.step(b) {
+                    return;
+                }
+                let state = words.step(state, b);
+                let ended = words.ends(state);
+                if ended.is_empty() {
+                    return Self::emit(with_top(t, Frame::Free { node, state, chars }), out);
+                }
+                // a word ends here: the text is read, unless it may not hold that word
+                let Some(next) = ended
+                    .iter()
+                    .map(|&k| then[k as usize])
+                    .collect::<Option<Vec<NodeId>>>()
+                else {
+                    return;
+                };
+                for n in next {
+                    Self::emit(with_top(t.clone(), Frame::Raw(n)), out);
                 }
             }
             Frame::Args { node, seen } => {

@@ -335,6 +335,7 @@ pub fn wire_requests(
                 choices: c.choices.clone(),
                 regex: c.regex.clone(),
                 ebnf: c.ebnf.clone(),
+                structural_tag: c.structural_tag.clone(),
                 ..wire::Grammar::default()
             });
             r

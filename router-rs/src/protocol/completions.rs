@@ -302,6 +302,41 @@ mod tests {
     }
 
     #[test]
+    fn a_structural_tag_is_taken_in_each_spelling_and_refused_where_it_cannot_be_kept() {
+        let tag = json!({"structures": [{"begin": "<f=a>", "schema": {"type": "object"},
+                                         "end": "</f>"}], "triggers": ["<f="]});
+        let mut format = tag.clone();
+        format["type"] = json!("structural_tag");
+        for (field, value) in [
+            ("response_format", format.clone()),
+            ("structural_tag", json!(tag.to_string())),
+            (
+                "structured_outputs",
+                json!({"structural_tag": tag.to_string()}),
+            ),
+        ] {
+            let req = CompletionRequest::from_json(&json!({"prompt": "hi", field: value}))
+                .unwrap_or_else(|e| panic!("{field}: {e}"));
+            let constraint = req.sampling.output_constraint.expect("a constraint");
+            let sent: Value = serde_json::from_str(&constraint.structural_tag.unwrap()).unwrap();
+            assert_eq!(sent["triggers"], json!(["<f="]), "{field}");
+            assert_eq!(constraint.schema, None);
+        }
+        format["triggers"] = json!(["<g="]);
+        let err = CompletionRequest::from_json(&json!({"prompt": "hi", "response_format": format}))
+            .unwrap_err();
+        assert_eq!(err.param, "response_format");
+        assert!(
+            err.message.contains("exactly one trigger"),
+            "{}",
+            err.message
+        );
+        let err = CompletionRequest::from_json(&json!({"prompt": "hi", "structural_tag": "{x"}))
+            .unwrap_err();
+        assert_eq!(err.param, "structural_tag");
+    }
+
+    #[test]
     fn max_tokens_zero_is_a_scoring_request_with_echo_only() {
         let req = |body: Value| CompletionRequest::from_json(&body);
         let score = req(json!({"prompt": "hi", "echo": true, "logprobs": 1, "max_tokens": 0}))

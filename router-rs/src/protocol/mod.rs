@@ -33,17 +33,13 @@ impl ValidationError {
     }
 }
 
-/// Fields of constrained decoding (vLLM's and SGLang's extras) other than JSON, a choice, a
-/// regular expression and an EBNF grammar, which are not implemented: a request asking for one
-/// is refused rather than answered unconstrained.
-const CONSTRAINED: [&str; 1] = ["structural_tag"];
-
 /// The constrained output a request asks for: JSON (`response_format` `json_object` or
 /// `json_schema`, vLLM's `guided_json` or `structured_outputs.json`, SGLang's `json_schema`) or
 /// one of some strings (vLLM's `guided_choice` or `structured_outputs.choice`), a match of a
 /// regular expression (vLLM's `guided_regex` or `structured_outputs.regex`, SGLang's `regex`) or
 /// a sentence of an EBNF grammar (vLLM's `guided_grammar` or `structured_outputs.grammar`,
-/// SGLang's `ebnf`).
+/// SGLang's `ebnf`) or text with structures in it (`response_format` `structural_tag`, vLLM's
+/// `structured_outputs.structural_tag`, SGLang's `structural_tag`).
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct OutputConstraint {
     /// The schema as JSON text; None for any JSON object (unless `choices`).
@@ -54,6 +50,8 @@ pub struct OutputConstraint {
     pub regex: Option<String>,
     /// The whole output is a sentence of this EBNF grammar (no JSON; grammar/ebnf.rs).
     pub ebnf: Option<String>,
+    /// The output follows this structural tag, as JSON text (grammar/structural.rs).
+    pub structural_tag: Option<String>,
 }
 
 /// One way a body asks for constrained output.
@@ -63,6 +61,7 @@ enum Asked<'a> {
     Choice(&'a Value),
     Regex(&'a Value),
     Ebnf(&'a Value),
+    StructuralTag(&'a Value),
 }
 
 /// Reads the constrained output a chat or completions body asks for (None: free text). A schema
@@ -70,15 +69,6 @@ enum Asked<'a> {
 /// decoding are refused.
 pub fn output_constraint(body: &Value) -> Result<Option<OutputConstraint>, ValidationError> {
     let set = |f: &str| body.get(f).filter(|v| !v.is_null());
-    if let Some(field) = CONSTRAINED.iter().find(|f| set(f).is_some()) {
-        return Err(ValidationError::new(
-            *field,
-            format!(
-                "{field} is not supported: only JSON output, a choice, a regular expression and \
-                 an EBNF grammar can be constrained"
-            ),
-        ));
-    }
     let mut asked: Vec<(&str, Asked)> = Vec::new();
     if let Some(format) = set("response_format") {
         match format.get("type").and_then(Value::as_str) {
@@ -97,12 +87,13 @@ pub fn output_constraint(body: &Value) -> Result<Option<OutputConstraint>, Valid
                     })?;
                 asked.push(("response_format.json_schema.schema", Asked::Schema(schema)));
             }
+            Some("structural_tag") => asked.push(("response_format", Asked::StructuralTag(format))),
             Some(other) => {
                 return Err(ValidationError::new(
                     "response_format.type",
                     format!(
                         "response_format type {other:?} is not supported (text, json_object, \
-                         json_schema)"
+                         json_schema, structural_tag)"
                     ),
                 ))
             }
@@ -132,6 +123,9 @@ pub fn output_constraint(body: &Value) -> Result<Option<OutputConstraint>, Valid
             asked.push((field, Asked::Ebnf(text)));
         }
     }
+    if let Some(tag) = set("structural_tag") {
+        asked.push(("structural_tag", Asked::StructuralTag(tag)));
+    }
     if let Some(outputs) = set("structured_outputs") {
         let given: Vec<(&String, &Value)> = outputs
             .as_object()
@@ -150,11 +144,19 @@ pub fn output_constraint(body: &Value) -> Result<Option<OutputConstraint>, Valid
             [(key, value)] if key.as_str() == "grammar" => {
                 asked.push(("structured_outputs.grammar", Asked::Ebnf(value)));
             }
-            _ => return Err(ValidationError::new(
-                "structured_outputs",
-                "structured_outputs is supported with one of json (a schema), choice, regex or \
-                     grammar",
-            )),
+            [(key, value)] if key.as_str() == "structural_tag" => {
+                asked.push((
+                    "structured_outputs.structural_tag",
+                    Asked::StructuralTag(value),
+                ));
+            }
+            _ => {
+                return Err(ValidationError::new(
+                    "structured_outputs",
+                    "structured_outputs is supported with one of json (a schema), choice, regex, \
+                     grammar or structural_tag",
+                ))
+            }
         }
     }
     match asked.as_slice() {
@@ -218,6 +220,26 @@ pub fn output_constraint(body: &Value) -> Result<Option<OutputConstraint>, Valid
                 .map_err(|e| ValidationError::new(*param, format!("unsupported grammar: {e}")))?;
             Ok(Some(OutputConstraint {
                 ebnf: Some(text.to_owned()),
+                ..OutputConstraint::default()
+            }))
+        }
+        [(param, Asked::StructuralTag(tag))] => {
+            // an object, or its JSON text (vLLM's structured_outputs, SGLang's field)
+            let parsed;
+            let tag = match tag {
+                Value::String(text) => {
+                    parsed = serde_json::from_str::<Value>(text).map_err(|e| {
+                        ValidationError::new(*param, format!("the structural tag is not JSON: {e}"))
+                    })?;
+                    &parsed
+                }
+                other => *other,
+            };
+            crate::grammar::structural_tag(tag).map_err(|e| {
+                ValidationError::new(*param, format!("unsupported structural tag: {e}"))
+            })?;
+            Ok(Some(OutputConstraint {
+                structural_tag: Some(tag.to_string()),
                 ..OutputConstraint::default()
             }))
         }

@@ -129,6 +129,27 @@ impl PyJsonConstraint {
         })
     }
 
+    /// A constraint to the output of the structural tag `tag` (JSON text,
+    /// grammar/structural.rs), over the vocabulary with the tool-call tags as their text;
+    /// `ends` and `start_after` as for the constructor. Raises ValueError for a tag that cannot
+    /// be enforced.
+    #[staticmethod]
+    #[pyo3(signature = (vocab, tag, ends, start_after = None))]
+    fn from_structural_tag(
+        vocab: &Bound<'_, PyJsonVocab>,
+        tag: &str,
+        ends: Vec<u32>,
+        start_after: Option<u32>,
+    ) -> PyResult<Self> {
+        let tag: serde_json::Value = serde_json::from_str(tag)
+            .map_err(|e| value_error(format!("the structural tag is not JSON: {e}")))?;
+        let grammar = grammar::structural_tag(&tag).map_err(value_error)?;
+        let vocab = vocab.get().tools.clone();
+        Ok(Self {
+            inner: Constraint::new(grammar, vocab, ends, start_after),
+        })
+    }
+
     /// Whether the grammar applies to the next token.
     #[getter]
     fn active(&self) -> bool {

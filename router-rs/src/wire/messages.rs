@@ -94,6 +94,10 @@ pub struct Grammar {
     /// others are then nil.
     #[serde(default)]
     pub ebnf: Option<String>,
+    /// The output follows this structural tag, as JSON text (raw text; grammar/structural.rs);
+    /// the others are then nil.
+    #[serde(default)]
+    pub structural_tag: Option<String>,
     /// The output is the rest of a forced tool call (and the calls after it): a
     /// `grammar::ToolCallSpec` as JSON text; the others are then nil.
     #[serde(default)]

@@ -52,12 +52,20 @@ CASES: list[tuple[str, dict[str, Any]]] = [
                       'forecast ::= ("sun" | "rain") " at " [1-9] [0-9]? ("am" | "pm")'}),
     ("ebnf nested", {"ebnf": 'root ::= value\n'
                              'value ::= "[" (value ("," value)*)? "]" | [a-z]+ | [0-9]{1,4}'}),
+    ("structural tag", {"structural_tag": json.dumps({"triggers": ["<function="], "structures": [
+        {"begin": "<function=get_weather>", "schema": OBJECT, "end": "</function>"}]})}),
+    ("structural tag forced", {"structural_tag": json.dumps({"format": {
+        "type": "triggered_tags", "triggers": ["<function="], "at_least_one": True,
+        "tags": [{"begin": "<function=get_weather>", "end": "</function>",
+                  "content": {"type": "json_schema", "json_schema": OBJECT}}]}})}),
 ]  # fmt: skip
 
 
 def constraint(vocab: Any, kwargs: dict[str, Any], end: int) -> Any:
     if "ebnf" in kwargs:
         return JsonConstraint.from_ebnf(vocab, kwargs["ebnf"], [end])
+    if "structural_tag" in kwargs:
+        return JsonConstraint.from_structural_tag(vocab, kwargs["structural_tag"], [end])
     return JsonConstraint(vocab, ends=[end], **kwargs)
 
 

@@ -19,6 +19,7 @@ use super::frame::{Frame, Thread};
 use super::integer::IntRange;
 use super::regex::Regex;
 use super::schema::{arg_opening, Node, NodeId, Pattern, Prop, Schema, SchemaError};
+use super::words::Words;
 
 /// Longest run of whitespace between tokens of the document.
 pub const MAX_WHITESPACE_RUN: u8 = 40;
@@ -39,7 +40,18 @@ pub struct Grammar {
     /// Masks that walked the whole vocabulary with the matcher, by vocabulary and threads (an
     /// EBNF grammar's positions repeat: the items of a repetition, a word's letters).
     walked_masks: Mutex<HashMap<(usize, Vec<Thread>), WalkedMask>>,
+    /// Inside free text (`Node::Free`), by vocabulary, node and where the text stands: the
+    /// tokens that stay in it and those that end one of its words (vocab.rs).
+    free_tokens: Mutex<HashMap<FreeKey, FreeTokens>>,
 }
+
+/// (vocabulary address, free-text node, words' automaton state, UTF-8 state)
+pub(crate) type FreeKey = (usize, NodeId, u32, Utf8);
+/// The mask words of the tokens that stay in free text, and the ids of those that end a word.
+pub(crate) type FreeTokens = Arc<(Vec<u32>, Vec<u32>)>;
+
+/// Free-text token sets a grammar keeps in `Grammar::free_tokens` (19 KB each and the ids).
+const MAX_FREE_TOKENS: usize = 64;
 
 /// The mask words of `Vocab::fill_mask`'s walk (before the ends are added).
 pub(crate) type WalkedMask = Arc<Vec<u32>>;
@@ -93,6 +105,7 @@ impl Grammar {
             texts,
             pattern_tokens: Mutex::default(),
             walked_masks: Mutex::default(),
+            free_tokens: Mutex::default(),
         })
     }
 
@@ -106,6 +119,15 @@ impl Grammar {
     ) -> WalkedMask {
         let key = (vocab, threads.to_vec());
         kept(&self.walked_masks, key, MAX_WALKED_MASKS, walk)
+    }
+
+    /// The free-text token sets kept under `key`, else `fill()`'s (kept while there is room).
+    pub(crate) fn free_tokens(
+        &self,
+        key: FreeKey,
+        fill: impl FnOnce() -> (Vec<u32>, Vec<u32>),
+    ) -> FreeTokens {
+        kept(&self.free_tokens, key, MAX_FREE_TOKENS, fill)
     }
 
     /// The token list cached under `key`, else `fill()`'s (kept while the cache has room).
@@ -216,6 +238,16 @@ pub(crate) struct PatternAt<'a> {
     pub(crate) max: Option<u32>,
 }
 
+/// Where every thread inside free text stands (see `Frame::Free`): one node's words, at one
+/// state.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FreeAt<'a> {
+    pub(crate) node: NodeId,
+    pub(crate) words: &'a Words,
+    pub(crate) state: u32,
+    pub(crate) chars: Utf8,
+}
+
 /// Where a thread inside raw text up to a stop stands (see `Frame::Text`).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct TextAt<'a> {
@@ -317,6 +349,35 @@ impl Matcher {
             }),
             _ => None,
         }
+    }
+
+    /// Every thread inside free text of the same words, standing at the same place (a
+    /// structural tag's text between its structures: the masks then step the words' automaton
+    /// alone, but for the tokens that end a word).
+    pub(crate) fn in_free(&self) -> Option<FreeAt<'_>> {
+        let mut at: Option<FreeAt<'_>> = None;
+        for t in &self.threads {
+            let Some(&Frame::Free { node, state, chars }) = t.stack.last() else {
+                return None;
+            };
+            let Node::Free { words, .. } = &self.grammar.schema.nodes[node] else {
+                return None;
+            };
+            match at {
+                None => {
+                    at = Some(FreeAt {
+                        node,
+                        words,
+                        state,
+                        chars,
+                    })
+                }
+                Some(a)
+                    if std::ptr::eq(a.words, &**words) && (a.state, a.chars) == (state, chars) => {}
+                Some(_) => return None,
+            }
+        }
+        at
     }
 
     /// A single thread inside raw text that runs up to a stop (a tool call's key or value, or

@@ -7,6 +7,7 @@
 //! allowed-token mask and tells it every token sampled. A request whose prompt ends inside a
 //! reasoning block is constrained only from the token that closes it (`start_after`).
 
+pub mod cache;
 mod chars;
 mod compile;
 pub mod decimal;

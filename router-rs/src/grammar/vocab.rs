@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use super::chars::Utf8;
 use super::frame::Thread;
-use super::matcher::{Matcher, TextAt};
+use super::matcher::{FreeAt, Matcher, TextAt};
 use super::regex::Regex;
 use super::schema::Pattern;
 use super::step_raw::{text_step, TextStep};
@@ -301,6 +301,31 @@ impl Vocab {
         mask
     }
 
+    /// Inside free text standing at `at`: the mask words of the tokens whose bytes stay in it
+    /// (whole UTF-8, no word ended), and the ids of those that end one of its words.
+    fn free_tokens(&self, at: FreeAt<'_>) -> (Vec<u32>, Vec<u32>) {
+        let mut words = vec![0u32; self.mask_words()];
+        let mut ends_word = Vec::new();
+        'tokens: for (id, bytes) in self.bytes.iter().enumerate() {
+            let Some(bytes) = bytes.as_deref().filter(|b| !b.is_empty()) else {
+                continue;
+            };
+            let (mut chars, mut state) = (at.chars, at.state);
+            for &b in bytes {
+                if !chars.step(b) {
+                    continue 'tokens;
+                }
+                state = at.words.step(state, b);
+                if !at.words.ends(state).is_empty() {
+                    ends_word.push(id as u32);
+                    continue 'tokens;
+                }
+            }
+            words[id / 32] |= 1 << (id % 32);
+        }
+        (words, ends_word)
+    }
+
     /// Ids covered by the masks.
     pub fn size(&self) -> usize {
         self.size
@@ -338,6 +363,18 @@ impl Vocab {
                 }
             }
             self.rest.mark(matcher, words, &mut levels);
+        } else if let Some(at) = matcher.in_free() {
+            // free text: the tokens that stay in it, the same every time it stands there, then
+            // those that end one of its words by the matcher (what follows the word decides)
+            let key = (self as *const Self as usize, at.node, at.state, at.chars);
+            let free = matcher.grammar().free_tokens(key, || self.free_tokens(at));
+            words.copy_from_slice(&free.0);
+            for &id in &free.1 {
+                let bytes = self.bytes(id).expect("a token with bytes");
+                if !matcher.after(&matcher.threads, bytes).is_empty() {
+                    words[id as usize / 32] |= 1 << (id % 32);
+                }
+            }
         } else if let Some(at) = matcher.in_text() {
             // raw text up to a stop: the tokens that stay in it or end with the stop, the same
             // every time it stands there, then those that run past the stop by the matcher

@@ -80,10 +80,10 @@ impl PyJsonConstraint {
         regex: Option<&str>,
         tool_calls: Option<&str>,
     ) -> PyResult<Self> {
-        if let Some(spec) = tool_calls {
-            let spec: grammar::ToolCallSpec = serde_json::from_str(spec)
+        if let Some(spec_text) = tool_calls {
+            let spec: grammar::ToolCallSpec = serde_json::from_str(spec_text)
                 .map_err(|e| value_error(format!("the tool-call grammar is not valid: {e}")))?;
-            let grammar = grammar::tool_calls(&spec).map_err(value_error)?;
+            let grammar = cached("tool_calls", spec_text, || grammar::tool_calls(&spec))?;
             let vocab = vocab.get().tools.clone();
             let mut inner = Constraint::new(grammar, vocab, ends, start_after);
             if let Some(open) = spec.open_id {
@@ -92,17 +92,22 @@ impl PyJsonConstraint {
             return Ok(Self { inner });
         }
         let grammar = match (regex, choices) {
-            (Some(pattern), _) => grammar::regex(pattern).map_err(value_error)?,
+            (Some(pattern), _) => cached("regex", pattern, || grammar::regex(pattern))?,
             (None, Some(choices)) if choices.is_empty() || choices.iter().any(String::is_empty) => {
                 return Err(value_error("a choice needs non-empty strings"))
             }
-            (None, Some(choices)) => grammar::one_of(&choices),
+            (None, Some(choices)) => {
+                let key = serde_json::to_string(&choices).map_err(value_error)?;
+                cached("choices", &key, || Ok(grammar::one_of(&choices)))?
+            }
             (None, None) => {
-                let schema = schema
+                let parsed = schema
                     .map(serde_json::from_str::<serde_json::Value>)
                     .transpose()
                     .map_err(|e| value_error(format!("the schema is not JSON: {e}")))?;
-                grammar::compile(schema.as_ref()).map_err(value_error)?
+                cached("schema", schema.unwrap_or(""), || {
+                    grammar::compile(parsed.as_ref())
+                })?
             }
         };
         let vocab = vocab.get().vocab.clone();
@@ -122,7 +127,7 @@ impl PyJsonConstraint {
         ends: Vec<u32>,
         start_after: Option<u32>,
     ) -> PyResult<Self> {
-        let grammar = grammar::ebnf(text).map_err(value_error)?;
+        let grammar = cached("ebnf", text, || grammar::ebnf(text))?;
         let vocab = vocab.get().vocab.clone();
         Ok(Self {
             inner: Constraint::new(grammar, vocab, ends, start_after),
@@ -141,9 +146,9 @@ impl PyJsonConstraint {
         ends: Vec<u32>,
         start_after: Option<u32>,
     ) -> PyResult<Self> {
-        let tag: serde_json::Value = serde_json::from_str(tag)
+        let parsed: serde_json::Value = serde_json::from_str(tag)
             .map_err(|e| value_error(format!("the structural tag is not JSON: {e}")))?;
-        let grammar = grammar::structural_tag(&tag).map_err(value_error)?;
+        let grammar = cached("structural_tag", tag, || grammar::structural_tag(&parsed))?;
         let vocab = vocab.get().tools.clone();
         Ok(Self {
             inner: Constraint::new(grammar, vocab, ends, start_after),
@@ -182,6 +187,16 @@ impl PyJsonConstraint {
         });
         PyBytes::new(py, &packed(&words))
     }
+}
+
+/// The grammar compiled before from (`kind`, `text`) in this process, else `build()`'s
+/// (grammar/cache.rs).
+fn cached(
+    kind: &'static str,
+    text: &str,
+    build: impl FnOnce() -> Result<Arc<grammar::Grammar>, grammar::SchemaError>,
+) -> PyResult<Arc<grammar::Grammar>> {
+    grammar::cache::grammar(kind, text, build).map_err(value_error)
 }
 
 fn packed(words: &[u32]) -> Vec<u8> {

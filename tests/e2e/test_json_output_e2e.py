@@ -180,13 +180,13 @@ def test_structural_tags_hold_in_every_answer(client: openai.OpenAI) -> None:
 
 
 def test_schema_patterns_and_numeric_bounds_hold_in_every_answer(client: openai.OpenAI) -> None:
-    """`pattern`, anchored or found anywhere in the string, with a length bound beside it; an
+    """`pattern`, anchored or found anywhere in the string, with length bounds beside it; an
     integer and a number within their bounds; a number with at most two fraction digits."""
     schema = {
         "type": "object",
         "properties": {
             "code": {"type": "string", "pattern": "^[A-Z]{2}-[0-9]{3}$"},
-            "note": {"type": "string", "pattern": "ok", "maxLength": 8},
+            "note": {"type": "string", "pattern": "ok", "minLength": 4, "maxLength": 8},
             "n": {"type": "integer", "minimum": -5, "exclusiveMaximum": 40},
             "p": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
             "price": {"type": "number", "exclusiveMinimum": 0, "multipleOf": 0.01},
@@ -206,7 +206,7 @@ def test_schema_patterns_and_numeric_bounds_hold_in_every_answer(client: openai.
         assert isinstance(doc["n"], int) and -5 <= doc["n"] < 40, doc
         assert 0 < doc["p"] <= 1, doc
         assert re.fullmatch(r"[A-Z]{2}-[0-9]{3}", doc["code"]), doc
-        assert "ok" in doc["note"] and len(doc["note"]) <= 8, doc
+        assert "ok" in doc["note"] and 4 <= len(doc["note"]) <= 8, doc
         price = re.search(r"\"price\"\s*:\s*([-0-9.]+)", choice.message.content or "")
         assert price and re.fullmatch(r"[0-9]+(\.[0-9]{1,2})?", price[1]), doc
         assert doc["price"] > 0, doc
@@ -233,7 +233,7 @@ def test_unenforceable_schemas_and_other_constraints_are_refused(server: Server)
     base = {"model": "m", "messages": [{"role": "user", "content": "x"}], "max_tokens": 4}
     cases = [
         ({"response_format": {"type": "json_schema", "json_schema": {"name": "n", "schema": {
-            "type": "string", "pattern": "^a+$", "minLength": 2}}}},
+            "type": "string", "pattern": "^a$", "minLength": 2}}}},
          "response_format.json_schema.schema"),
         ({"response_format": {"type": "json_schema", "json_schema": {"name": "n", "schema": {
             "type": "number", "multipleOf": 0.5}}}}, "response_format.json_schema.schema"),

@@ -8,7 +8,8 @@ use serde_json::{Map, Value};
 use super::keywords::{
     bounds, check_range, count, format_pattern, int_range, string_pattern, unique_items, BOUNDS,
 };
-use super::schema::{Node, NodeId, Prop, SchemaError, MAX_PROPERTIES};
+use super::lengths::Lengths;
+use super::schema::{unescaped, Node, NodeId, Prop, SchemaError, MAX_PROPERTIES};
 
 /// Ids of the nodes every schema has.
 pub(super) const ANY: NodeId = 0;
@@ -350,11 +351,28 @@ impl<'a> Builder<'a> {
                         None => return Ok(self.push(Node::Str { min, max })),
                     },
                 };
-                if min > 0 {
-                    return Err(err(path, "minLength beside pattern is not supported"));
-                }
                 let regex = Arc::new(string_pattern(&pattern, &at, self.no_lt)?);
-                Ok(self.push(Node::Pattern { regex, max }))
+                let lengths = if min > 0 {
+                    let no_lt = self.no_lt;
+                    let allowed = |b: u8| unescaped(b) && !(no_lt && b == b'<');
+                    let live = &regex.chars_to_match;
+                    let lengths = Lengths::new(&regex.regex, allowed, live, min, max)
+                        .map_err(|m| err(path, m))?;
+                    if !lengths.fits(regex.regex.start(), 0) {
+                        return Err(err(
+                            path,
+                            "no string of the pattern has that many characters",
+                        ));
+                    }
+                    Some(Arc::new(lengths))
+                } else {
+                    None
+                };
+                Ok(self.push(Node::Pattern {
+                    regex,
+                    max,
+                    lengths,
+                }))
             }
             "integer" => Ok(self.push(match int_range(map, path)? {
                 Some(range) => Node::Integer(range),

@@ -17,6 +17,7 @@ use super::chars::Utf8;
 use super::decimal::Bounds;
 use super::frame::{Frame, Thread};
 use super::integer::IntRange;
+use super::lengths::Lengths;
 use super::regex::Regex;
 use super::schema::{arg_opening, Node, NodeId, Pattern, Prop, Schema, SchemaError};
 use super::words::Words;
@@ -61,8 +62,9 @@ const MAX_WALKED_MASKS: usize = 256;
 
 /// (vocabulary address, pattern node, DFA state)
 pub(crate) type PatternKey = (usize, NodeId, u32);
-/// (token id, room it needs) of the tokens that stay inside a `pattern` string.
-pub(crate) type PatternTokens = Arc<Vec<(u32, u32)>>;
+/// (token id, room it needs, DFA state after it) of the tokens that stay inside a `pattern`
+/// string.
+pub(crate) type PatternTokens = Arc<Vec<(u32, u32, u32)>>;
 
 /// Token lists a grammar keeps in `Grammar::pattern_tokens` (up to about 1.2 MB each on a 155K
 /// vocabulary).
@@ -134,7 +136,7 @@ impl Grammar {
     pub(crate) fn pattern_tokens(
         &self,
         key: PatternKey,
-        fill: impl FnOnce() -> Vec<(u32, u32)>,
+        fill: impl FnOnce() -> Vec<(u32, u32, u32)>,
     ) -> PatternTokens {
         kept(&self.pattern_tokens, key, MAX_PATTERN_LISTS, fill)
     }
@@ -236,6 +238,7 @@ pub(crate) struct PatternAt<'a> {
     pub(crate) state: u32,
     pub(crate) len: u32,
     pub(crate) max: Option<u32>,
+    pub(crate) lengths: Option<&'a Lengths>,
 }
 
 /// Where every thread inside free text stands (see `Frame::Free`): one node's words, at one
@@ -340,12 +343,17 @@ impl Matcher {
             return None;
         };
         match &self.grammar.schema.nodes[node] {
-            Node::Pattern { regex, max } => Some(PatternAt {
+            Node::Pattern {
+                regex,
+                max,
+                lengths,
+            } => Some(PatternAt {
                 node,
                 pattern: regex,
                 state,
                 len,
                 max: *max,
+                lengths: lengths.as_deref(),
             }),
             _ => None,
         }

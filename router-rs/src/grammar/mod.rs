@@ -15,6 +15,7 @@ pub mod ebnf;
 mod frame;
 pub mod integer;
 mod keywords;
+mod lengths;
 pub mod matcher;
 pub mod regex;
 pub mod schema;

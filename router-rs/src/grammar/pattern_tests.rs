@@ -94,11 +94,62 @@ fn a_pattern_string_never_enters_a_state_it_cannot_leave() {
     assert!(!m.accept(b"e") && !m.accept(b"\""));
     assert!(m.accept(b"7\""));
     assert!(m.can_end());
+    // no string of the pattern has that many characters
     let e = compile(Some(
-        &json!({"type": "string", "pattern": "a", "minLength": 1}),
+        &json!({"type": "string", "pattern": "^a{1,3}$", "minLength": 4}),
     ))
     .unwrap_err();
-    assert!(e.message.contains("minLength beside pattern"), "{e}");
+    assert!(e.message.contains("that many characters"), "{e}");
+    let e = compile(Some(
+        &json!({"type": "string", "pattern": "^(aa)+$", "minLength": 3, "maxLength": 3}),
+    ))
+    .unwrap_err();
+    assert!(e.message.contains("that many characters"), "{e}");
+}
+
+#[test]
+fn a_min_length_beside_a_pattern_closes_the_string_only_at_a_match_that_long() {
+    let cases = [
+        // lengths not an interval: (aa)+ within 3..=6 is 4 or 6
+        (
+            json!({"pattern": "^(aa)+$", "minLength": 3, "maxLength": 6}),
+            &["aaaa", "aaaaaa"][..],
+            &["aa", "aaa", "aaaaa", "aaaaaaaa"][..],
+        ),
+        // no maximum, found anywhere; characters, not bytes
+        (
+            json!({"pattern": "ok", "minLength": 4}),
+            &["okok", "xxok", "okéé"],
+            &["ok", "oké", "xxxx"],
+        ),
+        // a bounded pattern with a bounded length
+        (
+            json!({"pattern": "^[a-z]{2,5}[0-9]?$", "minLength": 5, "maxLength": 5}),
+            &["abcde", "abcd1"],
+            &["abc1", "abcdef", "ab12"],
+        ),
+        // an unbounded pattern that must go on past its first match
+        (
+            json!({"pattern": "^x(yz)*$", "minLength": 4}),
+            &["xyzyz", "xyzyzyz"],
+            &["x", "xyz"],
+        ),
+    ];
+    for (schema, good, bad) in cases {
+        let g = grammar(schema.clone());
+        for ok in good {
+            assert!(accepts(&g, &format!("\"{ok}\"")), "{schema}: {ok}");
+        }
+        for no in bad {
+            assert!(!accepts(&g, &format!("\"{no}\"")), "{schema}: {no}");
+        }
+        // every walk ends in a string of the schema: no dead end, masks as the brute force
+        let docs = whole_documents(&g, 5, 24, 60);
+        assert!(docs.len() >= 3, "{schema}: {} whole documents", docs.len());
+        for doc in docs {
+            assert!(accepts(&g, std::str::from_utf8(&doc).unwrap()), "{schema}");
+        }
+    }
 }
 
 #[test]

@@ -18,7 +18,8 @@
 //!
 //! A `pattern` (regex crate syntax; it may match anywhere in the string unless anchored with `^`
 //! and `$`) is matched against the string's characters as written: its strings hold no escape
-//! sequences, so it cannot require `"`, `\` or control characters.
+//! sequences, so it cannot require `"`, `\` or control characters. A `minLength` beside it
+//! closes the string only at a match of `minLength..=maxLength` characters (lengths.rs).
 //!
 //! An object with `properties` and no `additionalProperties` takes only those properties (the
 //! strict reading that OpenAI's structured outputs use); an object without `properties` takes
@@ -31,6 +32,7 @@ use serde_json::Value;
 use super::compile::{choices_node, err, Builder, ANY};
 use super::decimal::Bounds;
 use super::integer::IntRange;
+use super::lengths::Lengths;
 use super::regex::{CharsToMatch, Regex};
 use super::words::Words;
 
@@ -67,10 +69,12 @@ pub enum Node {
         max: Option<u32>,
     },
     /// A string of at most `max` characters, written without escapes, that `regex` matches
-    /// whole; as the root of a raw schema, the output itself (no quotes).
+    /// whole; as the root of a raw schema, the output itself (no quotes). With `lengths` (a
+    /// `minLength` beside the pattern), only a match of its `min..=max` characters.
     Pattern {
         regex: Arc<Pattern>,
         max: Option<u32>,
+        lengths: Option<Arc<Lengths>>,
     },
     Number {
         integer: bool,
@@ -215,6 +219,7 @@ impl Schema {
                 no_lt: false,
             }),
             max: None,
+            lengths: None,
         });
         Ok(Schema {
             nodes: b.nodes,

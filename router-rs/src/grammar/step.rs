@@ -344,11 +344,17 @@ impl Grammar {
             }
             Frame::Pattern { node, state, len } => {
                 let (node, state, len) = (*node, *state, *len);
-                let Node::Pattern { regex, max } = &self.schema.nodes[node] else {
+                let Node::Pattern {
+                    regex,
+                    max,
+                    lengths,
+                } = &self.schema.nodes[node]
+                else {
                     unreachable!("a pattern frame reads a pattern node");
                 };
                 if b == b'"' {
-                    if regex.regex.can_end(state) {
+                    let long_enough = lengths.as_ref().is_none_or(|l| len >= l.min());
+                    if regex.regex.can_end(state) && long_enough {
                         t.stack.pop();
                         Self::emit(t, out);
                     }
@@ -360,7 +366,11 @@ impl Grammar {
                 let Some((state, rest)) = regex.step(state, b) else {
                     return;
                 };
-                if max.is_none_or(|max| len + rest <= max) {
+                let fits = match lengths {
+                    Some(lengths) => lengths.fits(state, len),
+                    None => max.is_none_or(|max| len + rest <= max),
+                };
+                if fits {
                     Self::emit(with_top(t, Frame::Pattern { node, state, len }), out);
                 }
             }

@@ -47,7 +47,7 @@ fn free_text_holds_structures_where_a_trigger_opens_them() {
         assert!(!accepts(&w, bad), "{bad}");
     }
     assert!(!Matcher::new(w.clone()).accept(&[0xFF])); // not UTF-8
-    // between structures every thread stands in the same free text: the masks' short path
+                                                       // between structures every thread stands in the same free text: the masks' short path
     let mut m = Matcher::new(w.clone());
     assert!(m.accept(b"hi <") && m.in_free().is_some_and(|at| at.state != 0));
     assert!(m.accept(b"f=weather>") && m.in_free().is_none());

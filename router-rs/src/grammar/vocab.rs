@@ -100,10 +100,11 @@ impl Trie {
     }
 
     /// Every token whose bytes stay inside a string of `pattern` from DFA state `state`, with
-    /// the room it needs: its characters plus the fewest a match takes after it. The walk of
+    /// the room it needs (its characters plus the fewest a match takes after it) and the state
+    /// after it. The walk of
     /// `mark` with a state and a count per depth, leaving out every subtree from a quote on
     /// (the tokens that close the string).
-    fn pattern_tokens(&self, pattern: &Pattern, state: u32) -> Vec<(u32, u32)> {
+    fn pattern_tokens(&self, pattern: &Pattern, state: u32) -> Vec<(u32, u32, u32)> {
         let mut out = Vec::new();
         let mut states = vec![(state, 0u32); self.max_depth + 1];
         let mut i = 1;
@@ -119,7 +120,7 @@ impl Trie {
             states[d] = (next, chars);
             let (lo, hi) = self.tokens[i];
             for &id in &self.token_ids[lo as usize..hi as usize] {
-                out.push((id, chars + rest));
+                out.push((id, chars + rest, next));
             }
             i += 1;
         }
@@ -357,8 +358,16 @@ impl Vocab {
             let inside = matcher
                 .grammar()
                 .pattern_tokens(key, || self.all.pattern_tokens(at.pattern, at.state));
-            for &(id, needs) in inside.iter() {
-                if needs <= room {
+            for &(id, needs, state) in inside.iter() {
+                let fits = match at.lengths {
+                    // a `minLength` too: a match of min..=max characters after the token
+                    Some(lengths) => {
+                        let rest = at.pattern.chars_to_match.get(state).unwrap_or(0);
+                        lengths.fits(state, at.len + needs - rest)
+                    }
+                    None => needs <= room,
+                };
+                if fits {
                     words[id as usize / 32] |= 1 << (id % 32);
                 }
             }

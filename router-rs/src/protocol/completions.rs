@@ -266,6 +266,10 @@ mod tests {
             ("guided_json", json!("{\"type\": \"object\"}")),
             ("json_schema", json!("{\"type\": \"object\"}")),
             ("structured_outputs", json!({"json": {"type": "object"}})),
+            (
+                "structured_outputs",
+                json!({"json_object": true, "disable_fallback": true}),
+            ),
             ("guided_choice", json!(["a", "b"])),
             ("structured_outputs", json!({"choice": ["a", "b"]})),
             ("guided_regex", json!("a|b")),
@@ -291,7 +295,13 @@ mod tests {
             } else if json.choices.is_some() {
                 assert_eq!(json.choices, Some(vec!["a".to_string(), "b".into()]));
                 assert_eq!(json.schema, None);
-            } else if field != "response_format" {
+            } else if field == "response_format" || value.get("json_object").is_some() {
+                assert_eq!(
+                    json,
+                    crate::protocol::OutputConstraint::default(),
+                    "{field}"
+                );
+            } else {
                 assert_eq!(
                     json.schema.as_deref(),
                     Some(r#"{"type":"object"}"#),

@@ -127,9 +127,14 @@ pub fn output_constraint(body: &Value) -> Result<Option<OutputConstraint>, Valid
         asked.push(("structural_tag", Asked::StructuralTag(tag)));
     }
     if let Some(outputs) = set("structured_outputs") {
+        // `disable_fallback` picks among vLLM's backends: there is one here
         let given: Vec<(&String, &Value)> = outputs
             .as_object()
-            .map(|o| o.iter().filter(|(_, v)| !v.is_null()).collect())
+            .map(|o| {
+                o.iter()
+                    .filter(|(k, v)| !v.is_null() && k.as_str() != "disable_fallback")
+                    .collect()
+            })
             .unwrap_or_default();
         match given.as_slice() {
             [(key, value)] if key.as_str() == "json" => {
@@ -144,6 +149,9 @@ pub fn output_constraint(body: &Value) -> Result<Option<OutputConstraint>, Valid
             [(key, value)] if key.as_str() == "grammar" => {
                 asked.push(("structured_outputs.grammar", Asked::Ebnf(value)));
             }
+            [(key, Value::Bool(true))] if key.as_str() == "json_object" => {
+                asked.push(("structured_outputs.json_object", Asked::AnyObject));
+            }
             [(key, value)] if key.as_str() == "structural_tag" => {
                 asked.push((
                     "structured_outputs.structural_tag",
@@ -153,8 +161,8 @@ pub fn output_constraint(body: &Value) -> Result<Option<OutputConstraint>, Valid
             _ => {
                 return Err(ValidationError::new(
                     "structured_outputs",
-                    "structured_outputs is supported with one of json (a schema), choice, regex, \
-                     grammar or structural_tag",
+                    "structured_outputs is supported with one of json (a schema), json_object \
+                     (true), choice, regex, grammar or structural_tag",
                 ))
             }
         }

@@ -295,6 +295,31 @@ def test_small_decode_graphs_give_the_logits_of_their_rows(
             torch.testing.assert_close(logits, expected, atol=1e-5, rtol=1e-5)
 
 
+def test_logits_from_a_graph_outlive_its_next_replay_where_a_caller_keeps_them(
+    tiny: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A graph's logits are its output tensor, overwritten by its next replay (the stand-in
+    copies into one tensor as a CUDA graph writes one): `run_logits` hands out its own copy."""
+    monkeypatch.setattr(runner_module, "supports_cuda_graph", lambda backend: True)
+    runner = make_runner(tiny, torch.float32, page_size=2)
+    runner._graph_capturer = eager_capturer
+    runner.capture_decode_graphs([1, 2], max_pages=16)
+    graphs = runner.graphs
+    assert graphs is not None
+    alloc = PageAllocator(runner.num_pages, 2)
+    with torch.inference_mode():
+        runner.run_logits(batch(seq(alloc, "a", [5, 6, 7], 0), seq(alloc, "b", [8, 9], 0)))
+        first = runner.run_logits(batch(seq(alloc, "a", [11], 3)))
+        kept = first.clone()
+        view = graphs.last_logits
+        assert view is not None
+        second = runner.run_logits(batch(seq(alloc, "b", [12], 2)))
+        assert graphs.last_logits is not None
+        assert graphs.last_logits.data_ptr() == view.data_ptr()  # one output tensor
+        assert not torch.equal(first, second)
+        torch.testing.assert_close(first, kept, atol=0, rtol=0)
+
+
 def test_a_dispatching_decode_backend_gets_a_graph_set_per_part_and_each_step_the_right_one(
     tiny: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -222,7 +222,11 @@ class DecodeGraphRunner:
         # Per size, what the body last computed besides the hidden states: after a CUDA capture,
         # the graph's own logits tensor; under the eager stand-in, the latest replay's.
         self._extra: dict[int, dict[str, torch.Tensor]] = {}
+        # Per size, the logits tensor every replay writes (a CUDA graph's output, overwritten by
+        # its next replay; the eager stand-in's replays are copied into it, to behave the same).
+        self._logits_out: dict[int, torch.Tensor] = {}
         # [B, V] fp32: the logits of the rows of the latest `run`, when its graph computed them
+        # (a view of the graph's output: valid until its next replay)
         self.last_logits: torch.Tensor | None = None
 
     def capture(self) -> None:
@@ -235,6 +239,8 @@ class DecodeGraphRunner:
             self._extra[size] = {}
             replay, out = self._capturer(self._body(ids, meta, self._extra[size]))
             self._graphs[size] = (replay, out, meta)
+            if "logits" in self._extra[size]:  # the graph's own output tensor
+                self._logits_out[size] = self._extra[size]["logits"]
         log.info(
             "captured %d %s graphs (batch %d..%d) in %.1f s",
             len(self.sizes),
@@ -283,7 +289,9 @@ class DecodeGraphRunner:
         self.inputs.fill(input_ids, meta, size)
         self._prepare(graph_meta)
         replay()
-        logits = self._extra[size].get("logits")
+        logits = self._logits_out.get(size)
+        if logits is not None and self._extra[size]["logits"] is not logits:
+            logits.copy_(self._extra[size]["logits"])  # the eager stand-in's new tensor
         self.last_logits = None if logits is None else logits[:batch]
         return out[: batch * self.tokens_per_seq]
 

@@ -409,8 +409,9 @@ class ModelRunner:
 
     @torch.inference_mode()
     def run_logits(self, batch: ScheduledBatch) -> torch.Tensor:  # [N, V] fp32
-        """Logits of the sequences with sample=True, in batch order."""
-        return self.forward_sampled(self.prepare(batch))[1]
+        """Logits of the sequences with sample=True, in batch order (a tensor of their own: a
+        decode graph's are overwritten by its next replay)."""
+        return self.forward_sampled(self.prepare(batch))[1].clone()
 
     @torch.inference_mode()
     def run(self, batch: ScheduledBatch, sampler: Sampler) -> RunnerOutput:

@@ -46,10 +46,11 @@ pub struct Grammar {
     free_tokens: Mutex<HashMap<FreeKey, FreeTokens>>,
 }
 
-/// (vocabulary address, free-text node, words' automaton state, UTF-8 state)
+/// (vocabulary id, free-text node, words' automaton state, UTF-8 state)
 pub(crate) type FreeKey = (usize, NodeId, u32, Utf8);
-/// The mask words of the tokens that stay in free text, and the ids of those that end a word.
-pub(crate) type FreeTokens = Arc<(Vec<u32>, Vec<u32>)>;
+/// The mask words of the tokens that stay in free text, the ids of those that end a word, and
+/// the ids of those that break UTF-8 there.
+pub(crate) type FreeTokens = Arc<(Vec<u32>, Vec<u32>, Vec<u32>)>;
 
 /// Free-text token sets a grammar keeps in `Grammar::free_tokens` (19 KB each and the ids).
 const MAX_FREE_TOKENS: usize = 64;
@@ -60,7 +61,7 @@ pub(crate) type WalkedMask = Arc<Vec<u32>>;
 /// Masks a grammar keeps in `Grammar::walked_masks` (19 KB each on a 155K vocabulary).
 const MAX_WALKED_MASKS: usize = 256;
 
-/// (vocabulary address, pattern node, DFA state)
+/// (vocabulary id, pattern node, DFA state)
 pub(crate) type PatternKey = (usize, NodeId, u32);
 /// (token id, room it needs, DFA state after it) of the tokens that stay inside a `pattern`
 /// string.
@@ -127,7 +128,7 @@ impl Grammar {
     pub(crate) fn free_tokens(
         &self,
         key: FreeKey,
-        fill: impl FnOnce() -> (Vec<u32>, Vec<u32>),
+        fill: impl FnOnce() -> (Vec<u32>, Vec<u32>, Vec<u32>),
     ) -> FreeTokens {
         kept(&self.free_tokens, key, MAX_FREE_TOKENS, fill)
     }
@@ -249,6 +250,8 @@ pub(crate) struct FreeAt<'a> {
     pub(crate) words: &'a Words,
     pub(crate) state: u32,
     pub(crate) chars: Utf8,
+    /// Some thread's text may end here (what follows it then reads the next bytes).
+    pub(crate) open: bool,
 }
 
 /// Where a thread inside raw text up to a stop stands (see `Frame::Text`).
@@ -368,20 +371,25 @@ impl Matcher {
             let Some(&Frame::Free { node, state, chars }) = t.stack.last() else {
                 return None;
             };
-            let Node::Free { words, .. } = &self.grammar.schema.nodes[node] else {
+            let Node::Free { words, open, .. } = &self.grammar.schema.nodes[node] else {
                 return None;
             };
-            match at {
+            let open = *open && chars.at_boundary();
+            match &mut at {
                 None => {
                     at = Some(FreeAt {
                         node,
                         words,
                         state,
                         chars,
+                        open,
                     })
                 }
                 Some(a)
-                    if std::ptr::eq(a.words, &**words) && (a.state, a.chars) == (state, chars) => {}
+                    if std::ptr::eq(a.words, &**words) && (a.state, a.chars) == (state, chars) =>
+                {
+                    a.open |= open
+                }
                 Some(_) => return None,
             }
         }

@@ -22,6 +22,7 @@ pub mod schema;
 mod step;
 mod step_raw;
 pub mod structural;
+mod structural_read;
 pub mod tools;
 pub mod vocab;
 pub mod words;

@@ -48,6 +48,18 @@ impl Regex {
         Self::build(pattern, pattern, "regex")
     }
 
+    /// `self`, or an error where no text matches it (a grammar of it would have no document).
+    /// Patterns too large to tell are taken.
+    pub fn matching_some(self) -> Result<Self, SchemaError> {
+        match self.chars_to_match(|b| b != END) {
+            Ok(live) if live.get(self.start).is_none() => Err(SchemaError {
+                path: "regex".into(),
+                message: "the pattern matches no text".into(),
+            }),
+            _ => Ok(self),
+        }
+    }
+
     /// A JSON Schema `pattern` (at `path`): it matches anywhere in the string, unless anchored.
     pub fn search(pattern: &str, path: &str) -> Result<Self, SchemaError> {
         Self::build(pattern, &format!("(?s:.*)(?:{pattern})(?s:.*)"), path)

@@ -214,7 +214,7 @@ impl Schema {
         let mut b = Builder::new(&Value::Null);
         let root = b.push(Node::Pattern {
             regex: Arc::new(Pattern {
-                regex: Regex::new(pattern)?,
+                regex: Regex::new(pattern)?.matching_some()?,
                 chars_to_match: CharsToMatch::default(),
                 no_lt: false,
             }),

@@ -192,9 +192,15 @@ impl Grammar {
                 state,
                 mut chars,
             } => {
-                let Node::Free { words, then, .. } = &self.schema.nodes[node] else {
+                let Node::Free { words, then, open } = &self.schema.nodes[node] else {
                     unreachable!("a free-text frame reads a free-text node")
                 };
+                if *open && chars.at_boundary() {
+                    // the text may end here: what holds it reads `b`
+                    let mut done = t.clone();
+                    done.stack.pop();
+                    self.feed(done, b, out);
+                }
                 if !chars.step(b) {
                     return;
                 }

@@ -33,12 +33,14 @@ use serde_json::{Map, Value};
 use super::compile::{choices_node, err, Builder};
 use super::regex::{CharsToMatch, Regex};
 use super::schema::{Node, NodeId, Pattern, Schema, SchemaError};
+use super::structural_read::{elements, excluded, flags, object, string, triggers};
 use super::words::Words;
 
 /// The schema of a structural tag: the `response_format` object (its `type` aside).
 pub fn compile(tag: &Value) -> Result<Schema, SchemaError> {
     let mut t = Tags {
         b: Builder::new(&Value::Null),
+        word_bytes: 0,
     };
     let root = match (tag.get("format"), tag.get("structures")) {
         (Some(format), None) => t.format(format, "#/format")?,
@@ -62,7 +64,12 @@ pub fn compile(tag: &Value) -> Result<Schema, SchemaError> {
 
 struct Tags<'a> {
     b: Builder<'a>,
+    /// Bytes of the words of every free text so far (each byte a 1 KB table row).
+    word_bytes: usize,
 }
+
+/// Most bytes the triggers, ends and excluded strings of one structural tag hold together.
+const MAX_WORD_BYTES: usize = 16 << 10;
 
 /// One tag: the text that opens it, its content's node, and the text that closes it.
 struct Tag<'a> {
@@ -111,6 +118,7 @@ impl<'a> Tags<'a> {
             }
             "regex" => {
                 let regex = Regex::new(string(obj, "pattern", path)?)
+                    .and_then(Regex::matching_some)
                     .map_err(|e| err(&format!("{path}/pattern"), e.message))?;
                 Ok(self.b.push(Node::RawRegex(Arc::new(Pattern {
                     regex,
@@ -281,7 +289,7 @@ impl<'a> Tags<'a> {
             .map(|r| (!r.is_empty()).then(|| self.b.push(Node::AnyOf(r))))
             .collect();
         let words: Vec<Vec<u8>> = triggers.iter().map(|t| t.as_bytes().to_vec()).collect();
-        let words = Arc::new(Words::new(&words).map_err(|m| err(path, m))?);
+        let words = self.words(&words, path)?;
         // text up to a trigger and its tag; text without a trigger to the end
         let to_tag = self.b.push(Node::Free {
             words: words.clone(),
@@ -326,6 +334,12 @@ impl<'a> Tags<'a> {
         let mut words: Vec<Vec<u8>> = Vec::new();
         let mut then = Vec::new();
         if let Some((word, next)) = stop {
+            if let Some(e) = excluded.iter().find(|e| word.contains(**e)) {
+                return Err(err(
+                    path,
+                    format!("the excluded {e:?} is in the end {word:?}"),
+                ));
+            }
             words.push(word.as_bytes().to_vec());
             then.push(Some(next));
         }
@@ -333,16 +347,30 @@ impl<'a> Tags<'a> {
             words.push(e.as_bytes().to_vec());
             then.push(None);
         }
-        let words = Arc::new(Words::new(&words).map_err(|m| err(path, m))?);
+        let words = self.words(&words, path)?;
         Ok(self.b.push(Node::Free { words, then, open }))
+    }
+
+    /// The automaton of `words`, counted against [`MAX_WORD_BYTES`].
+    fn words(&mut self, words: &[Vec<u8>], path: &str) -> Result<Arc<Words>, SchemaError> {
+        self.word_bytes += words.iter().map(Vec::len).sum::<usize>();
+        if self.word_bytes > MAX_WORD_BYTES {
+            return Err(err(
+                path,
+                format!("the tag's triggers, ends and excluded strings hold more than {MAX_WORD_BYTES} bytes"),
+            ));
+        }
+        Ok(Arc::new(Words::new(words).map_err(|m| err(path, m))?))
     }
 
     fn json(&mut self, schema: &'a Value, path: &str) -> Result<NodeId, SchemaError> {
         self.b.set_document(schema);
-        self.b.compile(schema, "#").map_err(|e| {
+        let value = self.b.compile(schema, "#").map_err(|e| {
             let inner = e.path.trim_start_matches('#');
             err(&format!("{path}{inner}"), e.message)
-        })
+        })?;
+        // in a sequence: a root pattern or choice would be read as raw text, not as JSON
+        Ok(self.b.push(Node::Seq(vec![value])))
     }
 
     fn literal(&mut self, text: &str) -> NodeId {
@@ -439,59 +467,4 @@ fn nullable(nodes: &[Node], id: NodeId) -> bool {
         empty
     }
     go(nodes, id, &mut Vec::new())
-}
-
-fn object<'v>(v: &'v Value, path: &str) -> Result<&'v Map<String, Value>, SchemaError> {
-    v.as_object().ok_or_else(|| err(path, "must be an object"))
-}
-
-fn string<'v>(obj: &'v Map<String, Value>, key: &str, path: &str) -> Result<&'v str, SchemaError> {
-    obj.get(key)
-        .and_then(Value::as_str)
-        .ok_or_else(|| err(path, format!("`{key}` must be a string")))
-}
-
-fn elements<'v>(
-    obj: &'v Map<String, Value>,
-    key: &str,
-    path: &str,
-) -> Result<&'v Vec<Value>, SchemaError> {
-    obj.get(key)
-        .and_then(Value::as_array)
-        .filter(|e| !e.is_empty())
-        .ok_or_else(|| err(path, format!("`{key}` must be a non-empty list")))
-}
-
-fn triggers<'v>(v: Option<&'v Value>, path: &str) -> Result<Vec<&'v str>, SchemaError> {
-    v.and_then(Value::as_array)
-        .filter(|t| !t.is_empty())
-        .and_then(|t| t.iter().map(Value::as_str).collect::<Option<Vec<_>>>())
-        .filter(|t| t.iter().all(|s| !s.is_empty()))
-        .ok_or_else(|| {
-            err(
-                path,
-                "triggers must be a non-empty list of non-empty strings",
-            )
-        })
-}
-
-fn excluded<'v>(obj: &'v Map<String, Value>, path: &str) -> Result<Vec<&'v str>, SchemaError> {
-    match obj.get("excluded_str") {
-        None | Some(Value::Null) => Ok(Vec::new()),
-        Some(v) => v
-            .as_array()
-            .and_then(|e| e.iter().map(Value::as_str).collect::<Option<Vec<_>>>())
-            .filter(|e| e.iter().all(|s| !s.is_empty()))
-            .ok_or_else(|| err(path, "excluded_str must be a list of non-empty strings")),
-    }
-}
-
-/// `at_least_one` and `stop_after_first` (false where left out).
-fn flags(obj: &Map<String, Value>, path: &str) -> Result<(bool, bool), SchemaError> {
-    let flag = |key: &str| match obj.get(key) {
-        None | Some(Value::Null) => Ok(false),
-        Some(Value::Bool(b)) => Ok(*b),
-        Some(_) => Err(err(path, format!("`{key}` must be a boolean"))),
-    };
-    Ok((flag("at_least_one")?, flag("stop_after_first")?))
 }

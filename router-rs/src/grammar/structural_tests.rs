@@ -204,3 +204,84 @@ fn tags_the_matcher_cannot_read_are_refused_with_where() {
         assert_eq!(e.path, path, "{tag}: {e}");
     }
 }
+
+#[test]
+fn text_that_may_end_anywhere_lets_what_follows_it_start_anywhere() {
+    let seq = |elements: Value| g(json!({"format": {"type": "sequence", "elements": elements}}));
+    let x = seq(json!([{"type": "any_text"}, {"type": "const_string", "value": "X"}]));
+    for (text, ok) in [
+        ("aX", true),
+        ("X", true),
+        ("XX", true),
+        ("a", false),
+        ("", false),
+    ] {
+        assert_eq!(accepts(&x, text), ok, "{text:?}");
+    }
+    let call = json!({"type": "triggered_tags", "triggers": ["<f"], "tags": [
+        {"begin": "<f>", "content": {"type": "const_string", "value": "1"}, "end": "</f>"}]});
+    let end = seq(json!([call, {"type": "const_string", "value": "END"}]));
+    for (text, ok) in [
+        ("xEND", true),
+        ("x<f>1</f>yEND", true),
+        ("END", true),
+        ("x<fEND", false),
+    ] {
+        assert_eq!(accepts(&end, text), ok, "{text:?}");
+    }
+    let nested =
+        g(json!({"format": {"type": "tag", "begin": "<a>", "content": call, "end": "</a>"}}));
+    for (text, ok) in [
+        ("<a>x</a>", true),
+        ("<a></a>", true),
+        ("<a><f>1</f></a>", true),
+        ("<a>", false),
+    ] {
+        assert_eq!(accepts(&nested, text), ok, "{text:?}");
+    }
+    // the masks (the free text's short path where some thread's text may end) on random walks
+    let v = Arc::new(Vocab::new(
+        super::tests::test_vocab()
+            .into_iter()
+            .chain(
+                ["<f>", "</f>", "END", "EN", "D", "<a>", "</a>"]
+                    .map(|s| Some(s.as_bytes().to_vec())),
+            )
+            .collect(),
+        super::tests::END as usize + 1,
+    ));
+    for (seed, grammar) in [end, nested, x].into_iter().enumerate() {
+        let docs = whole_documents_in(&grammar, &v, 10 + seed as u64, 40, 120);
+        assert!(docs.len() >= 3, "only {} whole documents", docs.len());
+        for doc in docs {
+            assert!(accepts(&grammar, std::str::from_utf8(&doc).unwrap()));
+        }
+    }
+}
+
+#[test]
+fn a_json_schema_format_is_json_even_as_the_whole_output() {
+    let s = g(
+        json!({"format": {"type": "json_schema", "json_schema": {"type": "string", "pattern": "^a+$"}}}),
+    );
+    assert!(accepts(&s, "\"aa\""));
+    assert!(!accepts(&s, "aa"));
+}
+
+#[test]
+fn tags_with_no_document_or_too_many_words_are_refused() {
+    let refused = [
+        // the excluded string is in the end: the tag could never close
+        json!({"format": {"type": "tag", "begin": "<t>", "end": "</t>",
+                          "content": {"type": "any_text", "excluded_str": ["<"]}}}),
+        // a pattern no text matches
+        json!({"format": {"type": "regex", "pattern": "[^\\s\\S]"}}),
+        // 5 x 4000 bytes of excluded strings
+        json!({"format": {"type": "or", "elements": (0..5).map(|i| json!({"type": "any_text",
+            "excluded_str": [format!("{i}{}", "x".repeat(3999))]})).collect::<Vec<_>>()}}),
+    ];
+    for tag in refused {
+        assert!(structural_tag(&tag).is_err(), "{tag}");
+    }
+    assert!(regex("[^\\s\\S]").is_err());
+}

@@ -170,6 +170,9 @@ fn plain_chars(bytes: &[u8]) -> Option<u32> {
 /// added and special tokens), `size` ids in all (the logits' width).
 #[derive(Debug)]
 pub struct Vocab {
+    /// Unique in the process: what the grammars' caches key this vocabulary's masks by (a
+    /// grammar kept across requests may outlive a vocabulary, whose address is then reused).
+    id: usize,
     bytes: Vec<Option<Vec<u8>>>,
     size: usize,
     all: Trie,
@@ -275,7 +278,9 @@ impl Vocab {
             .collect();
         let all = Trie::build(entries);
         let rest = Trie::build(rest);
+        static NEXT_ID: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         Vocab {
+            id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             bytes,
             size,
             all,
@@ -303,10 +308,11 @@ impl Vocab {
     }
 
     /// Inside free text standing at `at`: the mask words of the tokens whose bytes stay in it
-    /// (whole UTF-8, no word ended), and the ids of those that end one of its words.
-    fn free_tokens(&self, at: FreeAt<'_>) -> (Vec<u32>, Vec<u32>) {
+    /// (whole UTF-8, no word ended), the ids of those that end one of its words, and of those
+    /// that break UTF-8.
+    fn free_tokens(&self, at: FreeAt<'_>) -> (Vec<u32>, Vec<u32>, Vec<u32>) {
         let mut words = vec![0u32; self.mask_words()];
-        let mut ends_word = Vec::new();
+        let (mut ends_word, mut broken) = (Vec::new(), Vec::new());
         'tokens: for (id, bytes) in self.bytes.iter().enumerate() {
             let Some(bytes) = bytes.as_deref().filter(|b| !b.is_empty()) else {
                 continue;
@@ -314,6 +320,7 @@ impl Vocab {
             let (mut chars, mut state) = (at.chars, at.state);
             for &b in bytes {
                 if !chars.step(b) {
+                    broken.push(id as u32);
                     continue 'tokens;
                 }
                 state = at.words.step(state, b);
@@ -324,7 +331,7 @@ impl Vocab {
             }
             words[id / 32] |= 1 << (id % 32);
         }
-        (words, ends_word)
+        (words, ends_word, broken)
     }
 
     /// Ids covered by the masks.
@@ -354,7 +361,7 @@ impl Vocab {
             // needs (a string's state repeats from token to token); those with a quote (all in
             // `rest`, which is walked whole) by the matcher
             let room = at.max.map_or(u32::MAX, |max| max.saturating_sub(at.len));
-            let key = (self as *const Self as usize, at.node, at.state);
+            let key = (self.id, at.node, at.state);
             let inside = matcher
                 .grammar()
                 .pattern_tokens(key, || self.all.pattern_tokens(at.pattern, at.state));
@@ -375,10 +382,12 @@ impl Vocab {
         } else if let Some(at) = matcher.in_free() {
             // free text: the tokens that stay in it, the same every time it stands there, then
             // those that end one of its words by the matcher (what follows the word decides)
-            let key = (self as *const Self as usize, at.node, at.state, at.chars);
+            let key = (self.id, at.node, at.state, at.chars);
             let free = matcher.grammar().free_tokens(key, || self.free_tokens(at));
             words.copy_from_slice(&free.0);
-            for &id in &free.1 {
+            // where the text may end, what follows it decides the tokens the text refuses
+            let others: &[u32] = if at.open { &free.2 } else { &[] };
+            for &id in free.1.iter().chain(others) {
                 let bytes = self.bytes(id).expect("a token with bytes");
                 if !matcher.after(&matcher.threads, bytes).is_empty() {
                     words[id as usize / 32] |= 1 << (id % 32);
@@ -409,15 +418,13 @@ impl Vocab {
                 }
                 None => {
                     // the whole vocabulary through the matcher, once per set of threads
-                    let walked = matcher.grammar().walked_mask(
-                        self as *const Self as usize,
-                        &matcher.threads,
-                        || {
+                    let walked = matcher
+                        .grammar()
+                        .walked_mask(self.id, &matcher.threads, || {
                             let mut walked = vec![0u32; words.len()];
                             self.all.mark(matcher, &mut walked, &mut levels);
                             walked
-                        },
-                    );
+                        });
                     words.copy_from_slice(&walked);
                 }
             }

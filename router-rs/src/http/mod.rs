@@ -11,6 +11,7 @@ mod error;
 mod generate;
 mod logprobs;
 mod prepare;
+mod responses;
 mod run;
 mod sse;
 mod tokenize;
@@ -191,6 +192,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(chat::chat))
         .route("/v1/completions", post(completions::completions))
+        .route("/v1/responses", post(responses::responses))
         .route("/generate", post(generate::generate))
         .route("/generate_stream", post(generate::generate_stream))
         .route("/tokenize", post(tokenize::tokenize))

@@ -9,6 +9,7 @@ pub mod chat;
 pub mod completions;
 pub mod generate;
 pub mod openai;
+pub mod responses;
 pub mod sampling;
 
 use serde::de::DeserializeOwned;

@@ -1,0 +1,322 @@
+//! `POST /v1/responses`: the chat pipeline (protocol/responses.rs reads the request as a chat
+//! request), its output as output items (`reasoning`, `message` with `output_text`,
+//! `function_call`), streamed as the Responses API's events.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use futures::stream::{self, StreamExt};
+use serde_json::{json, Map, Value};
+
+use super::prepare::{
+    chat_pipeline, chat_prompt, grammar_after_reasoning, max_new_tokens, ready_worker,
+    tool_call_grammar, wire_requests, PromptUse,
+};
+use super::run::{drive, start, ChoiceDelta, ChoiceStream};
+use super::{sse, ApiError, AppState, JsonBody, Meta};
+use crate::protocol::openai::{random_id, FinishReason};
+use crate::protocol::responses::ResponsesRequest;
+use crate::state::{Delta, Finish};
+
+pub async fn responses(
+    State(state): State<Arc<AppState>>,
+    JsonBody(body): JsonBody,
+) -> Result<Response, ApiError> {
+    let req = ResponsesRequest::from_json(&body)?;
+    let chat = &req.chat;
+    let worker = ready_worker(&state)?;
+    let prompt = chat_prompt(&state, chat, PromptUse::Generation).await?;
+    let max_new = max_new_tokens(&state, &worker, prompt.ids.len(), &chat.sampling, "input")?;
+    let mut reqs = wire_requests(&state, &prompt.ids, &chat.sampling, max_new, 1);
+    grammar_after_reasoning(&state, &prompt, &mut reqs);
+    tool_call_grammar(&state, chat, &prompt, &mut reqs)?;
+    let handles = state.dispatcher.submit_many(reqs)?;
+    let stream = drive(handles, vec![chat_pipeline(&state, chat, &prompt)], 0);
+    let output = Output::new(Meta::new(&state, "resp_"), req.echo);
+    if req.chat.stream {
+        let stream = start(stream).await?;
+        Ok(sse::respond(events(output, stream), false))
+    } else {
+        let mut output = output;
+        let mut stream = stream;
+        while let Some(item) = stream.next().await {
+            output.delta(item?.delta);
+        }
+        Ok(Json(output.response()).into_response())
+    }
+}
+
+/// The events of a streamed response: created and in progress, the items' events as the
+/// deltas come, then completed (or incomplete).
+fn events(mut output: Output, stream: ChoiceStream) -> sse::JsonEvents {
+    let first = output.take_events(Output::opening);
+    let out = Arc::new(std::sync::Mutex::new(output));
+    let body = stream.map(move |item| {
+        let ChoiceDelta { delta, .. } = item?;
+        let mut o = out.lock().unwrap_or_else(|e| e.into_inner());
+        o.delta(delta);
+        Ok(std::mem::take(&mut o.events))
+    });
+    let body = body.flat_map(|r: Result<Vec<Value>, ApiError>| match r {
+        Ok(events) => stream::iter(
+            events
+                .into_iter()
+                .map(|e| sse::json(&e))
+                .collect::<Vec<_>>(),
+        ),
+        Err(e) => stream::iter(vec![Err(e)]),
+    });
+    stream::iter(first.into_iter().map(|e| sse::json(&e)))
+        .chain(body)
+        .boxed()
+}
+
+/// The output item being written.
+enum Open {
+    Reasoning {
+        id: String,
+        text: String,
+    },
+    Message {
+        id: String,
+        text: String,
+    },
+    Call {
+        id: String,
+        call_id: String,
+        name: String,
+        args: String,
+        index: usize,
+    },
+}
+
+/// A response built from the deltas of its one choice, with the events that tell it.
+struct Output {
+    meta: Meta,
+    echo: Map<String, Value>,
+    /// Output items done, in order.
+    items: Vec<Value>,
+    open: Option<Open>,
+    finish: Option<Finish>,
+    /// Tokens of the deltas that carried reasoning text alone.
+    reasoning_tokens: u32,
+    /// Events not sent yet, and the next one's sequence number.
+    events: Vec<Value>,
+    sequence: u64,
+}
+
+impl Output {
+    fn new(meta: Meta, echo: Map<String, Value>) -> Self {
+        Output {
+            meta,
+            echo,
+            items: Vec::new(),
+            open: None,
+            finish: None,
+            reasoning_tokens: 0,
+            events: Vec::new(),
+            sequence: 0,
+        }
+    }
+
+    fn take_events(&mut self, f: impl FnOnce(&mut Self)) -> Vec<Value> {
+        f(self);
+        std::mem::take(&mut self.events)
+    }
+
+    fn emit(&mut self, kind: &str, mut event: Value) {
+        event["type"] = Value::from(kind);
+        event["sequence_number"] = Value::from(self.sequence);
+        self.sequence += 1;
+        self.events.push(event);
+    }
+
+    fn opening(&mut self) {
+        let response = self.response();
+        self.emit("response.created", json!({"response": response}));
+        let response = self.response();
+        self.emit("response.in_progress", json!({"response": response}));
+    }
+
+    /// The index the open item has (or the next item will have).
+    fn index(&self) -> usize {
+        self.items.len()
+    }
+
+    fn delta(&mut self, delta: Delta) {
+        if !delta.reasoning.is_empty() && delta.content.is_empty() && delta.tool_calls.is_empty() {
+            self.reasoning_tokens += delta.tokens.len() as u32;
+        }
+        if !delta.reasoning.is_empty() {
+            if !matches!(self.open, Some(Open::Reasoning { .. })) {
+                self.close();
+                let id = random_id("rs_");
+                let item = json!({"type": "reasoning", "id": id, "summary": [], "content": [],
+                                  "status": "in_progress"});
+                self.emit(
+                    "response.output_item.added",
+                    json!({"output_index": self.index(), "item": item}),
+                );
+                self.open = Some(Open::Reasoning {
+                    id,
+                    text: String::new(),
+                });
+            }
+            let index = self.index();
+            if let Some(Open::Reasoning { id, text }) = &mut self.open {
+                text.push_str(&delta.reasoning);
+                let event = json!({"item_id": id, "output_index": index, "content_index": 0,
+                                   "delta": delta.reasoning});
+                self.emit("response.reasoning_text.delta", event);
+            }
+        }
+        if !delta.content.is_empty() {
+            if !matches!(self.open, Some(Open::Message { .. })) {
+                self.close();
+                let id = random_id("msg_");
+                let item = json!({"type": "message", "id": id, "role": "assistant", "content": [],
+                                  "status": "in_progress"});
+                let index = self.index();
+                self.emit(
+                    "response.output_item.added",
+                    json!({"output_index": index, "item": item}),
+                );
+                let part = json!({"type": "output_text", "text": "", "annotations": []});
+                let event =
+                    json!({"item_id": id, "output_index": index, "content_index": 0, "part": part});
+                self.emit("response.content_part.added", event);
+                self.open = Some(Open::Message {
+                    id,
+                    text: String::new(),
+                });
+            }
+            let index = self.index();
+            if let Some(Open::Message { id, text }) = &mut self.open {
+                text.push_str(&delta.content);
+                let event = json!({"item_id": id, "output_index": index, "content_index": 0,
+                                   "delta": delta.content, "logprobs": []});
+                self.emit("response.output_text.delta", event);
+            }
+        }
+        for call in delta.tool_calls {
+            if !matches!(&self.open, Some(Open::Call { index, .. }) if *index == call.index) {
+                self.close();
+                let id = random_id("fc_");
+                let call_id = call.id.clone().unwrap_or_else(|| random_id("call_"));
+                let name = call.function.name.clone().unwrap_or_default();
+                let item = json!({"type": "function_call", "id": id, "call_id": call_id,
+                                  "name": name, "arguments": "", "status": "in_progress"});
+                self.emit(
+                    "response.output_item.added",
+                    json!({"output_index": self.index(), "item": item}),
+                );
+                self.open = Some(Open::Call {
+                    id,
+                    call_id,
+                    name,
+                    args: String::new(),
+                    index: call.index,
+                });
+            }
+            let index = self.index();
+            if let (Some(Open::Call { id, args, .. }), Some(fragment)) =
+                (&mut self.open, call.function.arguments)
+            {
+                if !fragment.is_empty() {
+                    args.push_str(&fragment);
+                    let event = json!({"item_id": id, "output_index": index, "delta": fragment});
+                    self.emit("response.function_call_arguments.delta", event);
+                }
+            }
+        }
+        if let Some(finish) = delta.finish {
+            self.close();
+            self.finish = Some(finish);
+            let response = self.response();
+            let kind = if response["status"] == "incomplete" {
+                "response.incomplete"
+            } else {
+                "response.completed"
+            };
+            self.emit(kind, json!({"response": response}));
+        }
+    }
+
+    /// Ends the open item: its closing events, and the item among the done ones.
+    fn close(&mut self) {
+        let index = self.index();
+        let item = match self.open.take() {
+            None => return,
+            Some(Open::Reasoning { id, text }) => {
+                let event =
+                    json!({"item_id": id, "output_index": index, "content_index": 0, "text": text});
+                self.emit("response.reasoning_text.done", event);
+                json!({"type": "reasoning", "id": id, "summary": [], "status": "completed",
+                       "content": [{"type": "reasoning_text", "text": text}]})
+            }
+            Some(Open::Message { id, text }) => {
+                let part =
+                    json!({"type": "output_text", "text": text, "annotations": [], "logprobs": []});
+                let event = json!({"item_id": id, "output_index": index, "content_index": 0, "text": text,
+                                   "logprobs": []});
+                self.emit("response.output_text.done", event);
+                let event =
+                    json!({"item_id": id, "output_index": index, "content_index": 0, "part": part});
+                self.emit("response.content_part.done", event);
+                json!({"type": "message", "id": id, "role": "assistant", "status": "completed",
+                       "content": [part]})
+            }
+            Some(Open::Call {
+                id,
+                call_id,
+                name,
+                args,
+                ..
+            }) => {
+                let event =
+                    json!({"item_id": id, "output_index": index, "name": name, "arguments": args});
+                self.emit("response.function_call_arguments.done", event);
+                json!({"type": "function_call", "id": id, "call_id": call_id, "name": name,
+                       "arguments": args, "status": "completed"})
+            }
+        };
+        self.emit(
+            "response.output_item.done",
+            json!({"output_index": index, "item": item}),
+        );
+        self.items.push(item);
+    }
+
+    /// The response object as it stands.
+    fn response(&self) -> Value {
+        let (status, incomplete) = match &self.finish {
+            None => ("in_progress", Value::Null),
+            Some(f) if f.reason == FinishReason::Length => {
+                ("incomplete", json!({"reason": "max_output_tokens"}))
+            }
+            Some(_) => ("completed", Value::Null),
+        };
+        let usage = self.finish.as_ref().map(|f| {
+            json!({"input_tokens": f.prompt_tokens,
+                   "input_tokens_details": {"cached_tokens": f.cached_tokens},
+                   "output_tokens": f.completion_tokens,
+                   "output_tokens_details": {"reasoning_tokens": self.reasoning_tokens},
+                   "total_tokens": f.prompt_tokens + f.completion_tokens})
+        });
+        let mut r = json!({
+            "id": self.meta.id, "object": "response", "created_at": self.meta.created,
+            "model": self.meta.model, "status": status, "incomplete_details": incomplete,
+            "error": null, "output": self.items, "usage": usage, "store": false,
+            "previous_response_id": null, "truncation": "disabled", "parallel_tool_calls": true,
+            "tool_choice": "auto", "tools": [], "text": {"format": {"type": "text"}},
+            "instructions": null, "metadata": {}, "temperature": null, "top_p": null,
+            "max_output_tokens": null, "reasoning": null,
+        });
+        for (k, v) in &self.echo {
+            r[k.as_str()] = v.clone();
+        }
+        r
+    }
+}

@@ -1,0 +1,394 @@
+//! `POST /v1/responses` (OpenAI's Responses API), read as the chat request it amounts to: the
+//! `input` items become messages (`function_call` items an assistant message's tool calls,
+//! `function_call_output` items tool messages, `reasoning` items the next assistant message's
+//! reasoning), `instructions` a system message first, function `tools` the chat form, `text.format`
+//! a `response_format`, `max_output_tokens` the token limit, `reasoning.effort` `none` or
+//! `minimal` thinking off. Nothing is stored: `previous_response_id`, `conversation` and
+//! `background` are refused, as are tools other than functions and inputs other than text.
+
+use serde_json::{json, Map, Value};
+
+use super::chat::ChatRequest;
+use super::ValidationError;
+
+/// Fields passed to the chat request as they are (the sampling extras vLLM takes too).
+const PASSED: [&str; 16] = [
+    "model",
+    "stream",
+    "temperature",
+    "top_p",
+    "parallel_tool_calls",
+    "top_k",
+    "min_p",
+    "repetition_penalty",
+    "presence_penalty",
+    "frequency_penalty",
+    "seed",
+    "stop",
+    "ignore_eos",
+    "min_tokens",
+    "logit_bias",
+    "chat_template_kwargs",
+];
+
+/// Fields that need what this server does not keep or do.
+const REFUSED: [(&str, &str); 5] = [
+    (
+        "previous_response_id",
+        "responses are not stored: send the whole conversation as input",
+    ),
+    (
+        "conversation",
+        "conversations are not stored: send the whole conversation as input",
+    ),
+    ("prompt", "stored prompt templates are not supported"),
+    (
+        "top_logprobs",
+        "log probabilities are not supported on responses",
+    ),
+    ("n", "responses have one output"),
+];
+
+/// A validated responses request: the chat request it amounts to, and what the response
+/// repeats of it.
+#[derive(Debug, Clone)]
+pub struct ResponsesRequest {
+    pub chat: ChatRequest,
+    /// `instructions`, `max_output_tokens`, `tools`, `tool_choice`, `text`, ... as given.
+    pub echo: Map<String, Value>,
+}
+
+impl ResponsesRequest {
+    pub fn from_json(body: &Value) -> Result<Self, ValidationError> {
+        let obj = body
+            .as_object()
+            .ok_or_else(|| ValidationError::new("", "the body must be a JSON object"))?;
+        for (field, why) in REFUSED {
+            if obj.get(field).is_some_and(|v| !v.is_null()) {
+                return Err(ValidationError::new(field, format!("{field}: {why}")));
+            }
+        }
+        if obj.get("background") == Some(&Value::Bool(true)) {
+            return Err(ValidationError::new(
+                "background",
+                "background responses are not supported",
+            ));
+        }
+        let mut chat = Map::new();
+        for field in PASSED {
+            if let Some(v) = obj.get(field).filter(|v| !v.is_null()) {
+                chat.insert(field.into(), v.clone());
+            }
+        }
+        chat.insert("messages".into(), Value::Array(messages(obj)?));
+        if let Some(max) = obj.get("max_output_tokens").filter(|v| !v.is_null()) {
+            chat.insert("max_tokens".into(), max.clone());
+        }
+        if let Some(tools) = obj.get("tools").filter(|v| !v.is_null()) {
+            chat.insert("tools".into(), chat_tools(tools)?);
+        }
+        if let Some(choice) = obj.get("tool_choice").filter(|v| !v.is_null()) {
+            chat.insert("tool_choice".into(), chat_tool_choice(choice)?);
+        }
+        if let Some(format) = obj.get("text").and_then(|t| t.get("format")) {
+            if let Some(f) = response_format(format)? {
+                chat.insert("response_format".into(), f);
+            }
+        }
+        let effort = obj
+            .get("reasoning")
+            .and_then(|r| r.get("effort"))
+            .and_then(Value::as_str);
+        if matches!(effort, Some("none" | "minimal")) {
+            let kwargs = chat
+                .entry("chat_template_kwargs")
+                .or_insert_with(|| json!({}));
+            if let Some(k) = kwargs.as_object_mut() {
+                k.entry("enable_thinking").or_insert(Value::Bool(false));
+            }
+        }
+        let chat = ChatRequest::from_json(&Value::Object(chat)).map_err(|e| ValidationError {
+            param: responses_param(&e.param),
+            message: e.message,
+        })?;
+        let echo = [
+            "instructions",
+            "max_output_tokens",
+            "metadata",
+            "parallel_tool_calls",
+            "reasoning",
+            "temperature",
+            "text",
+            "tool_choice",
+            "tools",
+            "top_p",
+            "user",
+        ]
+        .into_iter()
+        .filter_map(|k| obj.get(k).map(|v| (k.to_owned(), v.clone())))
+        .collect();
+        Ok(Self { chat, echo })
+    }
+}
+
+/// The name a chat field has in a responses request.
+fn responses_param(chat: &str) -> String {
+    if chat.starts_with("messages") {
+        return "input".into();
+    }
+    match chat {
+        "max_tokens" | "max_completion_tokens" => "max_output_tokens".into(),
+        "response_format" => "text.format".into(),
+        other => other.into(),
+    }
+}
+
+/// `instructions` and `input` as chat messages.
+fn messages(obj: &Map<String, Value>) -> Result<Vec<Value>, ValidationError> {
+    let mut out = Vec::new();
+    if let Some(text) = obj.get("instructions").filter(|v| !v.is_null()) {
+        let text = text
+            .as_str()
+            .ok_or_else(|| ValidationError::new("instructions", "instructions must be a string"))?;
+        out.push(json!({"role": "system", "content": text}));
+    }
+    let items = match obj.get("input") {
+        Some(Value::String(text)) => {
+            return Ok([out, vec![json!({"role": "user", "content": text})]].concat())
+        }
+        Some(Value::Array(items)) if !items.is_empty() => items,
+        _ => {
+            return Err(ValidationError::new(
+                "input",
+                "input must be a string or a non-empty list of items",
+            ))
+        }
+    };
+    let mut reasoning = String::new(); // for the next assistant message
+    for (i, item) in items.iter().enumerate() {
+        let param = format!("input[{i}]");
+        let kind = item.get("type").and_then(Value::as_str);
+        let kind = kind.unwrap_or(if item.get("role").is_some() {
+            "message"
+        } else {
+            ""
+        });
+        match kind {
+            "message" => {
+                let role = item.get("role").and_then(Value::as_str).unwrap_or("");
+                let text = text_of(item.get("content"), &format!("{param}.content"))?;
+                let mut m = json!({"role": role, "content": text});
+                if role == "assistant" && !reasoning.is_empty() {
+                    m["reasoning_content"] = Value::String(std::mem::take(&mut reasoning));
+                }
+                out.push(m);
+            }
+            "function_call" => {
+                let field = |k: &str| {
+                    item.get(k).and_then(Value::as_str).ok_or_else(|| {
+                        ValidationError::new(format!("{param}.{k}"), format!("a function_call needs {k}"))
+                    })
+                };
+                let call = json!({"id": field("call_id")?, "type": "function",
+                                  "function": {"name": field("name")?, "arguments": field("arguments")?}});
+                // calls right after an assistant message (or other calls) belong to it
+                match out.last_mut() {
+                    Some(last) if last["role"] == "assistant" => {
+                        let calls = last.as_object_mut().expect("a message object");
+                        let calls = calls.entry("tool_calls").or_insert_with(|| json!([]));
+                        calls.as_array_mut().expect("a list of calls").push(call);
+                    }
+                    _ => {
+                        let mut m = json!({"role": "assistant", "content": "", "tool_calls": [call]});
+                        if !reasoning.is_empty() {
+                            m["reasoning_content"] = Value::String(std::mem::take(&mut reasoning));
+                        }
+                        out.push(m);
+                    }
+                }
+            }
+            "function_call_output" => {
+                let id = item.get("call_id").and_then(Value::as_str).ok_or_else(|| {
+                    ValidationError::new(format!("{param}.call_id"), "a function_call_output needs call_id")
+                })?;
+                let output = text_of(item.get("output"), &format!("{param}.output"))?;
+                out.push(json!({"role": "tool", "tool_call_id": id, "content": output}));
+            }
+            "reasoning" => {
+                let parts = item.get("content").or_else(|| item.get("summary"));
+                for part in parts.and_then(Value::as_array).into_iter().flatten() {
+                    if let Some(text) = part.get("text").and_then(Value::as_str) {
+                        reasoning.push_str(text);
+                    }
+                }
+            }
+            other => {
+                return Err(ValidationError::new(
+                    param,
+                    format!("input items of type {other:?} are not supported (message, function_call, function_call_output, reasoning)"),
+                ))
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A message's or an output's text: a string, or text parts joined.
+fn text_of(content: Option<&Value>, param: &str) -> Result<String, ValidationError> {
+    match content {
+        Some(Value::String(text)) => Ok(text.clone()),
+        Some(Value::Array(parts)) => {
+            let mut text = String::new();
+            for part in parts {
+                match part.get("type").and_then(Value::as_str) {
+                    Some("input_text" | "output_text" | "text" | "refusal") => {
+                        let t = part.get("text").or_else(|| part.get("refusal"));
+                        text.push_str(t.and_then(Value::as_str).unwrap_or(""));
+                    }
+                    other => {
+                        return Err(ValidationError::new(
+                            param,
+                            format!(
+                                "content parts of type {other:?} are not supported (text only)"
+                            ),
+                        ))
+                    }
+                }
+            }
+            Ok(text)
+        }
+        _ => Err(ValidationError::new(
+            param,
+            "must be a string or a list of text parts",
+        )),
+    }
+}
+
+/// Function tools in the chat form.
+fn chat_tools(tools: &Value) -> Result<Value, ValidationError> {
+    let list = tools
+        .as_array()
+        .ok_or_else(|| ValidationError::new("tools", "tools must be a list"))?;
+    let mut out = Vec::new();
+    for (i, tool) in list.iter().enumerate() {
+        if tool.get("type").and_then(Value::as_str) != Some("function") {
+            return Err(ValidationError::new(
+                format!("tools[{i}].type"),
+                "only function tools are supported",
+            ));
+        }
+        let mut function = tool.as_object().cloned().unwrap_or_default();
+        function.remove("type");
+        out.push(json!({"type": "function", "function": function}));
+    }
+    Ok(Value::Array(out))
+}
+
+fn chat_tool_choice(choice: &Value) -> Result<Value, ValidationError> {
+    match choice {
+        Value::String(_) => Ok(choice.clone()),
+        Value::Object(o) if o.get("type").and_then(Value::as_str) == Some("function") => {
+            let name = o.get("name").cloned().unwrap_or(Value::Null);
+            Ok(json!({"type": "function", "function": {"name": name}}))
+        }
+        _ => Err(ValidationError::new(
+            "tool_choice",
+            "tool_choice must be auto, none, required or a function",
+        )),
+    }
+}
+
+/// `text.format` as a chat `response_format` (None for plain text).
+fn response_format(format: &Value) -> Result<Option<Value>, ValidationError> {
+    match format.get("type").and_then(Value::as_str) {
+        Some("text") => Ok(None),
+        Some("json_object") => Ok(Some(json!({"type": "json_object"}))),
+        Some("json_schema") => {
+            let mut schema = format.as_object().cloned().unwrap_or_default();
+            schema.remove("type");
+            Ok(Some(json!({"type": "json_schema", "json_schema": schema})))
+        }
+        _ => Err(ValidationError::new(
+            "text.format",
+            "text.format must be of type text, json_object or json_schema",
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::ResponsesRequest;
+    use crate::protocol::chat::ToolChoice;
+
+    #[test]
+    fn items_become_the_chat_messages_they_stand_for() {
+        let body = json!({
+            "instructions": "Be brief.",
+            "input": [
+                {"role": "developer", "content": "Use tools."},
+                {"role": "user", "content": [{"type": "input_text", "text": "Weather "},
+                                              {"type": "input_text", "text": "in Paris?"}]},
+                {"type": "reasoning", "summary": [{"type": "summary_text", "text": "Look it up."}]},
+                {"type": "function_call", "call_id": "c1", "name": "w", "arguments": "{\"city\":\"Paris\"}"},
+                {"type": "function_call", "call_id": "c2", "name": "w", "arguments": "{}"},
+                {"type": "function_call_output", "call_id": "c1", "output": "sunny"},
+                {"type": "message", "role": "assistant",
+                 "content": [{"type": "output_text", "text": "Sunny."}]},
+            ],
+            "tools": [{"type": "function", "name": "w", "parameters": {"type": "object"}}],
+            "tool_choice": {"type": "function", "name": "w"},
+            "max_output_tokens": 7,
+            "parallel_tool_calls": false,
+            "reasoning": {"effort": "minimal"},
+        });
+        let req = ResponsesRequest::from_json(&body).unwrap();
+        let m = req.chat.messages.as_array().unwrap();
+        let roles: Vec<&str> = m.iter().map(|x| x["role"].as_str().unwrap()).collect();
+        assert_eq!(
+            roles,
+            ["system", "system", "user", "assistant", "tool", "assistant"]
+        );
+        assert_eq!(m[2]["content"], "Weather in Paris?");
+        assert_eq!(m[3]["reasoning_content"], "Look it up.");
+        assert_eq!(m[3]["tool_calls"].as_array().unwrap().len(), 2);
+        assert_eq!(m[4]["tool_call_id"], "c1");
+        assert_eq!(req.chat.tool_choice, ToolChoice::Named("w".into()));
+        assert_eq!(req.chat.sampling.max_new_tokens, Some(7));
+        assert!(!req.chat.parallel_tool_calls);
+        let json = json!({"input": "hi", "text": {"format": {"type": "json_schema", "name": "n",
+                                                             "schema": {"type": "object"}}}});
+        let json = ResponsesRequest::from_json(&json).unwrap();
+        assert!(json.chat.sampling.output_constraint.is_some());
+        assert_eq!(req.chat.template_kwargs["enable_thinking"], false);
+        assert_eq!(req.echo["max_output_tokens"], 7);
+    }
+
+    #[test]
+    fn what_is_not_kept_or_offered_names_its_field() {
+        for (body, param) in [
+            (
+                json!({"input": "hi", "previous_response_id": "r"}),
+                "previous_response_id",
+            ),
+            (json!({"input": "hi", "background": true}), "background"),
+            (
+                json!({"input": "hi", "tools": [{"type": "file_search"}]}),
+                "tools[0].type",
+            ),
+            (
+                json!({"input": [{"type": "item_reference", "id": "x"}]}),
+                "input[0]",
+            ),
+            (json!({"input": 3}), "input"),
+            (
+                json!({"input": "hi", "max_output_tokens": 0}),
+                "max_output_tokens",
+            ),
+        ] {
+            let e = ResponsesRequest::from_json(&body).unwrap_err();
+            assert_eq!(e.param, param, "{body}");
+        }
+    }
+}

@@ -1,0 +1,151 @@
+"""`POST /v1/responses` with the `openai` client's Responses API: a scripted worker's text as
+reasoning, message and function-call items, streamed or not; a multi-turn input with calls and
+their outputs; the real tiny model under a forced call; what is refused."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+import requests
+
+from .conftest import Server, scripted_router
+
+pytestmark = pytest.mark.e2e
+
+MODEL_TEXT = (
+    "The user wants weather.</think>Let me check.\n"
+    "<tool_call>get_weather<arg_key>city</arg_key><arg_value>Paris</arg_value>"
+    "<arg_key>days</arg_key><arg_value>3</arg_value></tool_call>"
+)
+TOOLS: list[dict[str, Any]] = [
+    {
+        "type": "function",
+        "name": "get_weather",
+        "description": "Weather of a city",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
+            "required": ["city"],
+        },
+    }
+]
+
+
+@pytest.fixture(scope="module")
+def scripted(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with scripted_router(tiny_model_dir, tmp_path_factory.mktemp("responses"), MODEL_TEXT) as base:
+        yield base
+
+
+def _client(base: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0)
+
+
+def test_the_output_is_reasoning_then_a_message_then_the_call(scripted: str) -> None:
+    resp = _client(scripted).responses.create(
+        model="m",
+        input="Weather in Paris?",
+        tools=TOOLS,
+        instructions="Be brief.",  # type: ignore[arg-type]
+    )
+    assert resp.status == "completed" and resp.object == "response"
+    kinds = [item.type for item in resp.output]
+    assert kinds == ["reasoning", "message", "function_call"], resp.output
+    reasoning, _, call = resp.output
+    assert reasoning.content[0].text == "The user wants weather."  # type: ignore[union-attr,index]
+    assert resp.output_text == "Let me check.\n"
+    assert call.name == "get_weather"  # type: ignore[union-attr]
+    assert json.loads(call.arguments) == {"city": "Paris", "days": 3}  # type: ignore[union-attr]
+    assert call.call_id.startswith("call_")  # type: ignore[union-attr]
+    usage = resp.usage
+    assert usage is not None and usage.input_tokens > 0 and usage.output_tokens > 0
+    assert usage.total_tokens == usage.input_tokens + usage.output_tokens
+    assert 0 < usage.output_tokens_details.reasoning_tokens < usage.output_tokens
+    assert resp.instructions == "Be brief."
+
+
+def test_the_stream_tells_each_item_and_ends_with_the_whole_response(scripted: str) -> None:
+    events = list(
+        _client(scripted).responses.create(
+            model="m",
+            input="Weather in Paris?",
+            tools=TOOLS,
+            stream=True,  # type: ignore[arg-type]
+        )
+    )
+    types = [e.type for e in events]
+    assert types[:2] == ["response.created", "response.in_progress"]
+    assert types[-1] == "response.completed"
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    added = [e.item.type for e in events if e.type == "response.output_item.added"]  # type: ignore[union-attr]
+    done = [e.item.type for e in events if e.type == "response.output_item.done"]  # type: ignore[union-attr]
+    assert added == done == ["reasoning", "message", "function_call"]
+    text = "".join(e.delta for e in events if e.type == "response.output_text.delta")  # type: ignore[union-attr]
+    thought = "".join(e.delta for e in events if e.type == "response.reasoning_text.delta")  # type: ignore[union-attr]
+    args = "".join(e.delta for e in events if e.type == "response.function_call_arguments.delta")  # type: ignore[union-attr]
+    final = events[-1].response  # type: ignore[union-attr]
+    assert final.status == "completed"
+    assert text == final.output_text == "Let me check.\n"
+    assert thought == "The user wants weather."
+    assert json.loads(args) == json.loads(final.output[2].arguments) == {"city": "Paris", "days": 3}
+    # every item's events come between its added and done, in output order
+    order = [e.output_index for e in events if hasattr(e, "output_index")]  # type: ignore[union-attr]
+    assert order == sorted(order)
+
+
+def test_a_conversation_with_calls_and_their_outputs_is_taken(server: Server) -> None:
+    client = openai.OpenAI(base_url=server.openai_base, api_key="unused", max_retries=0)
+    turns: list[Any] = [
+        {"role": "user", "content": "Weather in Paris?"},
+        {"type": "reasoning", "id": "rs_1", "summary": [],
+         "content": [{"type": "reasoning_text", "text": "Call the tool."}]},
+        {"type": "function_call", "call_id": "call_1", "name": "get_weather",
+         "arguments": '{"city": "Paris"}'},
+        {"type": "function_call_output", "call_id": "call_1", "output": "sunny, 21 C"},
+        {"role": "user", "content": [{"type": "input_text", "text": "And tomorrow?"}]},
+    ]  # fmt: skip
+    resp = client.responses.create(model="m", tools=TOOLS, input=turns, max_output_tokens=4)  # type: ignore[arg-type]
+    short = client.responses.create(model="m", tools=TOOLS, input=turns[:1], max_output_tokens=4)  # type: ignore[arg-type]
+    assert resp.usage is not None and short.usage is not None
+    assert resp.usage.input_tokens > short.usage.input_tokens + 10  # the whole conversation
+
+
+def test_a_forced_call_on_the_tiny_model_follows_the_schema(server: Server) -> None:
+    client = openai.OpenAI(base_url=server.openai_base, api_key="unused", max_retries=0)
+    resp = client.responses.create(
+        model="m", input="Weather?", tools=TOOLS, max_output_tokens=200, temperature=1.0,  # type: ignore[arg-type]
+        tool_choice={"type": "function", "name": "get_weather"},
+        reasoning={"effort": "none"},
+    )  # fmt: skip
+    calls = [item for item in resp.output if item.type == "function_call"]
+    assert calls and all(c.name == "get_weather" for c in calls), resp.output
+    for c in calls:
+        args = json.loads(c.arguments)
+        assert isinstance(args.get("city"), str), args
+    assert not [item for item in resp.output if item.type == "reasoning"]
+    short = client.responses.create(model="m", input="Tell me a story.", max_output_tokens=3)
+    assert short.status == "incomplete"
+    assert short.incomplete_details is not None
+    assert short.incomplete_details.reason == "max_output_tokens"
+
+
+def test_what_is_not_kept_or_offered_is_refused(server: Server) -> None:
+    url = f"{server.base_url}/v1/responses"
+    cases = [
+        ({"input": "hi", "previous_response_id": "resp_1"}, "previous_response_id"),
+        ({"input": "hi", "tools": [{"type": "web_search"}]}, "tools[0].type"),
+        ({"input": [{"type": "input_image", "image_url": "x"}]}, "input[0]"),
+        ({"input": [{"role": "user", "content": [{"type": "input_image"}]}]}, "input[0].content"),
+        ({"input": []}, "input"),
+        ({"input": "hi", "max_output_tokens": 0}, "max_output_tokens"),
+        ({"input": "hi", "text": {"format": {"type": "yaml"}}}, "text.format"),
+    ]
+    for body, param in cases:
+        r = requests.post(url, json={"model": "m", **body}, timeout=30)
+        assert r.status_code == 400, (body, r.text)
+        assert r.json()["error"]["param"] == param, r.text

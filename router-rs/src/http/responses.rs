@@ -235,10 +235,10 @@ impl Output {
             self.close();
             self.finish = Some(finish);
             let response = self.response();
-            let kind = if response["status"] == "incomplete" {
-                "response.incomplete"
-            } else {
-                "response.completed"
+            let kind = match response["status"].as_str() {
+                Some("incomplete") => "response.incomplete",
+                Some("cancelled") => "response.cancelled",
+                _ => "response.completed",
             };
             self.emit(kind, json!({"response": response}));
         }
@@ -296,6 +296,7 @@ impl Output {
             Some(f) if f.reason == FinishReason::Length => {
                 ("incomplete", json!({"reason": "max_output_tokens"}))
             }
+            Some(f) if f.reason == FinishReason::Abort => ("cancelled", Value::Null),
             Some(_) => ("completed", Value::Null),
         };
         let usage = self.finish.as_ref().map(|f| {

@@ -237,7 +237,7 @@ impl Output {
             let response = self.response();
             let kind = match response["status"].as_str() {
                 Some("incomplete") => "response.incomplete",
-                Some("cancelled") => "response.cancelled",
+                Some("failed") => "response.failed",
                 _ => "response.completed",
             };
             self.emit(kind, json!({"response": response}));
@@ -296,7 +296,7 @@ impl Output {
             Some(f) if f.reason == FinishReason::Length => {
                 ("incomplete", json!({"reason": "max_output_tokens"}))
             }
-            Some(f) if f.reason == FinishReason::Abort => ("cancelled", Value::Null),
+            Some(f) if f.reason == FinishReason::Abort => ("failed", Value::Null),
             Some(_) => ("completed", Value::Null),
         };
         let usage = self.finish.as_ref().map(|f| {
@@ -309,7 +309,9 @@ impl Output {
         let mut r = json!({
             "id": self.meta.id, "object": "response", "created_at": self.meta.created,
             "model": self.meta.model, "status": status, "incomplete_details": incomplete,
-            "error": null, "output": self.items, "usage": usage, "store": false,
+            "error": (status == "failed").then(|| json!({"code": "server_error",
+                "message": "the request was aborted before it finished"})),
+            "output": self.items, "usage": usage, "store": false,
             "previous_response_id": null, "truncation": "disabled", "parallel_tool_calls": true,
             "tool_choice": "auto", "tools": [], "text": {"format": {"type": "text"}},
             "instructions": null, "metadata": {}, "temperature": null, "top_p": null,

@@ -98,10 +98,25 @@ impl Lengths {
                     return false;
                 };
                 let set = &bits[i * words..(i + 1) * words];
-                (lo..=hi).any(|c| set[c as usize / 64] & (1 << (c % 64)) != 0)
+                lo <= hi && any_in(set, lo as usize, hi as usize)
             }
         }
     }
+}
+
+/// Whether `set` has a bit in `lo..=hi`, a word at a time.
+fn any_in(set: &[u64], lo: usize, hi: usize) -> bool {
+    let (first, last) = (lo / 64, (hi / 64).min(set.len() - 1));
+    (first..=last).any(|w| {
+        let mut word = set[w];
+        if w == first {
+            word &= u64::MAX << (lo % 64);
+        }
+        if w == hi / 64 {
+            word &= u64::MAX >> (63 - hi % 64);
+        }
+        word != 0
+    })
 }
 
 /// Per state, the most characters to a match (ANY where a cycle that reads characters can be
@@ -274,5 +289,21 @@ mod tests {
             panic!("one word of lengths");
         };
         assert_eq!(bits, vec![0b100, 0b10, 0b10, 0b1, 0b1110]);
+    }
+}
+
+#[cfg(test)]
+mod range_tests {
+    use super::any_in;
+
+    #[test]
+    fn a_range_test_by_words_equals_the_bit_by_bit_one() {
+        let set = [0x8000_0000_0000_0001u64, 0, 0x10];
+        for lo in 0..192 {
+            for hi in lo..192 {
+                let slow = (lo..=hi).any(|c| set[c / 64] & (1 << (c % 64)) != 0);
+                assert_eq!(any_in(&set, lo, hi), slow, "{lo}..={hi}");
+            }
+        }
     }
 }

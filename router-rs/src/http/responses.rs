@@ -16,7 +16,7 @@ use super::prepare::{
 };
 use super::run::{drive, start, ChoiceDelta, ChoiceStream};
 use super::{sse, ApiError, AppState, JsonBody, Meta};
-use crate::protocol::openai::{random_id, FinishReason};
+use crate::protocol::openai::{random_id, FinishReason, ToolCallDelta};
 use crate::protocol::responses::ResponsesRequest;
 use crate::state::{Delta, Finish};
 
@@ -102,6 +102,8 @@ struct Output {
     finish: Option<Finish>,
     /// Tokens of the deltas that carried reasoning text alone.
     reasoning_tokens: u32,
+    /// Answer text of whitespace alone, not yet in a message.
+    held: String,
     /// Events not sent yet, and the next one's sequence number.
     events: Vec<Value>,
     sequence: u64,
@@ -116,6 +118,7 @@ impl Output {
             open: None,
             finish: None,
             reasoning_tokens: 0,
+            held: String::new(),
             events: Vec::new(),
             sequence: 0,
         }
@@ -145,93 +148,37 @@ impl Output {
         self.items.len()
     }
 
+    /// One delta's text, in the order it was written: the open call's last fragments (a
+    /// delta's text after a call ends the call), reasoning, answer text, then new calls.
     fn delta(&mut self, delta: Delta) {
         if !delta.reasoning.is_empty() && delta.content.is_empty() && delta.tool_calls.is_empty() {
             self.reasoning_tokens += delta.tokens.len() as u32;
         }
+        let open_call = match &self.open {
+            Some(Open::Call { index, .. }) => Some(*index),
+            _ => None,
+        };
+        let (tail, calls): (Vec<_>, Vec<_>) = delta
+            .tool_calls
+            .into_iter()
+            .partition(|c| Some(c.index) == open_call);
+        for call in tail {
+            self.call(call);
+        }
         if !delta.reasoning.is_empty() {
-            if !matches!(self.open, Some(Open::Reasoning { .. })) {
-                self.close();
-                let id = random_id("rs_");
-                let item = json!({"type": "reasoning", "id": id, "summary": [], "content": [],
-                                  "status": "in_progress"});
-                self.emit(
-                    "response.output_item.added",
-                    json!({"output_index": self.index(), "item": item}),
-                );
-                self.open = Some(Open::Reasoning {
-                    id,
-                    text: String::new(),
-                });
-            }
-            let index = self.index();
-            if let Some(Open::Reasoning { id, text }) = &mut self.open {
-                text.push_str(&delta.reasoning);
-                let event = json!({"item_id": id, "output_index": index, "content_index": 0,
-                                   "delta": delta.reasoning});
-                self.emit("response.reasoning_text.delta", event);
-            }
+            self.reasoning(&delta.reasoning);
         }
         if !delta.content.is_empty() {
-            if !matches!(self.open, Some(Open::Message { .. })) {
-                self.close();
-                let id = random_id("msg_");
-                let item = json!({"type": "message", "id": id, "role": "assistant", "content": [],
-                                  "status": "in_progress"});
-                let index = self.index();
-                self.emit(
-                    "response.output_item.added",
-                    json!({"output_index": index, "item": item}),
-                );
-                let part = json!({"type": "output_text", "text": "", "annotations": []});
-                let event =
-                    json!({"item_id": id, "output_index": index, "content_index": 0, "part": part});
-                self.emit("response.content_part.added", event);
-                self.open = Some(Open::Message {
-                    id,
-                    text: String::new(),
-                });
-            }
-            let index = self.index();
-            if let Some(Open::Message { id, text }) = &mut self.open {
-                text.push_str(&delta.content);
-                let event = json!({"item_id": id, "output_index": index, "content_index": 0,
-                                   "delta": delta.content, "logprobs": []});
-                self.emit("response.output_text.delta", event);
-            }
+            self.text(&delta.content);
         }
-        for call in delta.tool_calls {
-            if !matches!(&self.open, Some(Open::Call { index, .. }) if *index == call.index) {
-                self.close();
-                let id = random_id("fc_");
-                let call_id = call.id.clone().unwrap_or_else(|| random_id("call_"));
-                let name = call.function.name.clone().unwrap_or_default();
-                let item = json!({"type": "function_call", "id": id, "call_id": call_id,
-                                  "name": name, "arguments": "", "status": "in_progress"});
-                self.emit(
-                    "response.output_item.added",
-                    json!({"output_index": self.index(), "item": item}),
-                );
-                self.open = Some(Open::Call {
-                    id,
-                    call_id,
-                    name,
-                    args: String::new(),
-                    index: call.index,
-                });
-            }
-            let index = self.index();
-            if let (Some(Open::Call { id, args, .. }), Some(fragment)) =
-                (&mut self.open, call.function.arguments)
-            {
-                if !fragment.is_empty() {
-                    args.push_str(&fragment);
-                    let event = json!({"item_id": id, "output_index": index, "delta": fragment});
-                    self.emit("response.function_call_arguments.delta", event);
-                }
-            }
+        for call in calls {
+            self.call(call);
         }
         if let Some(finish) = delta.finish {
+            if !self.held.is_empty() && self.items.is_empty() && self.open.is_none() {
+                self.open_message(); // an answer of whitespace alone is still the answer
+                self.text("");
+            }
             self.close();
             self.finish = Some(finish);
             let response = self.response();
@@ -241,6 +188,104 @@ impl Output {
                 _ => "response.completed",
             };
             self.emit(kind, json!({"response": response}));
+        }
+    }
+
+    fn reasoning(&mut self, piece: &str) {
+        if !matches!(self.open, Some(Open::Reasoning { .. })) {
+            self.close();
+            let id = random_id("rs_");
+            let item = json!({"type": "reasoning", "id": id, "summary": [], "content": [],
+                              "status": "in_progress"});
+            let index = self.index();
+            self.emit(
+                "response.output_item.added",
+                json!({"output_index": index, "item": item}),
+            );
+            self.open = Some(Open::Reasoning {
+                id,
+                text: String::new(),
+            });
+        }
+        let index = self.index();
+        if let Some(Open::Reasoning { id, text }) = &mut self.open {
+            text.push_str(piece);
+            let event = json!({"item_id": id, "output_index": index, "content_index": 0,
+                               "delta": piece});
+            self.emit("response.reasoning_text.delta", event);
+        }
+    }
+
+    /// Answer text; whitespace alone (as between two calls) waits for more text to open a
+    /// message with (or for the end, where the output has nothing else).
+    fn text(&mut self, piece: &str) {
+        self.held.push_str(piece);
+        if !matches!(self.open, Some(Open::Message { .. })) {
+            if self.held.trim().is_empty() {
+                return;
+            }
+            self.open_message();
+        }
+        let piece = std::mem::take(&mut self.held);
+        let index = self.index();
+        if let Some(Open::Message { id, text }) = &mut self.open {
+            text.push_str(&piece);
+            let event = json!({"item_id": id, "output_index": index, "content_index": 0,
+                               "delta": piece, "logprobs": []});
+            self.emit("response.output_text.delta", event);
+        }
+    }
+
+    fn open_message(&mut self) {
+        self.close();
+        let id = random_id("msg_");
+        let item = json!({"type": "message", "id": id, "role": "assistant", "content": [],
+                          "status": "in_progress"});
+        let index = self.index();
+        self.emit(
+            "response.output_item.added",
+            json!({"output_index": index, "item": item}),
+        );
+        let part = json!({"type": "output_text", "text": "", "annotations": []});
+        let event = json!({"item_id": id, "output_index": index, "content_index": 0, "part": part});
+        self.emit("response.content_part.added", event);
+        self.open = Some(Open::Message {
+            id,
+            text: String::new(),
+        });
+    }
+
+    fn call(&mut self, call: ToolCallDelta) {
+        if !matches!(&self.open, Some(Open::Call { index, .. }) if *index == call.index) {
+            self.close();
+            self.held.clear(); // whitespace before a call is no message
+            let id = random_id("fc_");
+            let call_id = call.id.clone().unwrap_or_else(|| random_id("call_"));
+            let name = call.function.name.clone().unwrap_or_default();
+            let item = json!({"type": "function_call", "id": id, "call_id": call_id,
+                              "name": name, "arguments": "", "status": "in_progress"});
+            let index = self.index();
+            self.emit(
+                "response.output_item.added",
+                json!({"output_index": index, "item": item}),
+            );
+            self.open = Some(Open::Call {
+                id,
+                call_id,
+                name,
+                args: String::new(),
+                index: call.index,
+            });
+        }
+        let index = self.index();
+        if let (Some(Open::Call { id, args, .. }), Some(fragment)) =
+            (&mut self.open, call.function.arguments)
+        {
+            if !fragment.is_empty() {
+                args.push_str(&fragment);
+                let event = json!({"item_id": id, "output_index": index, "delta": fragment});
+                self.emit("response.function_call_arguments.delta", event);
+            }
         }
     }
 
@@ -321,5 +366,94 @@ impl Output {
             r[k.as_str()] = v.clone();
         }
         r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{Map, Value};
+
+    use super::{Meta, Output};
+    use crate::protocol::openai::{FinishReason, FunctionDelta, ToolCallDelta};
+    use crate::state::{Delta, Finish};
+
+    fn call(index: usize, name: Option<&str>, args: &str) -> ToolCallDelta {
+        ToolCallDelta {
+            index,
+            id: name.map(|_| format!("call_{index}")),
+            kind: name.map(|_| "function"),
+            function: FunctionDelta {
+                name: name.map(str::to_owned),
+                arguments: Some(args.to_owned()),
+            },
+        }
+    }
+
+    fn text(content: &str, calls: Vec<ToolCallDelta>) -> Delta {
+        Delta {
+            content: content.into(),
+            tool_calls: calls,
+            ..Delta::default()
+        }
+    }
+
+    #[test]
+    fn a_delta_ending_one_call_and_starting_another_keeps_each_call_whole() {
+        let meta = Meta {
+            id: "resp_x".into(),
+            created: 0,
+            model: "m".into(),
+        };
+        let mut out = Output::new(meta, Map::new());
+        out.delta(text(
+            "Checking.",
+            vec![call(0, Some("w"), "{\"city\": \"Pa")],
+        ));
+        // the end of call 0, the newline after it and call 1, all in one delta
+        out.delta(text(
+            "\n",
+            vec![call(0, None, "ris\"}"), call(1, Some("w"), "{}")],
+        ));
+        out.delta(Delta {
+            finish: Some(Finish {
+                reason: FinishReason::ToolCalls,
+                stop_reason: None,
+                prompt_tokens: 3,
+                completion_tokens: 9,
+                cached_tokens: 0,
+                accepted_draft_tokens: 0,
+            }),
+            ..Delta::default()
+        });
+        let r = out.response();
+        let items: Vec<(&str, &str)> = r["output"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| {
+                (
+                    i["type"].as_str().unwrap(),
+                    i["arguments"].as_str().unwrap_or(""),
+                )
+            })
+            .collect();
+        assert_eq!(
+            items,
+            [
+                ("message", ""),
+                ("function_call", "{\"city\": \"Paris\"}"),
+                ("function_call", "{}")
+            ]
+        );
+        assert_eq!(r["output"][0]["content"][0]["text"], "Checking.");
+        assert_eq!(r["status"], "completed");
+        let kinds: Vec<Value> = out.events.iter().map(|e| e["type"].clone()).collect();
+        assert_eq!(kinds.last().unwrap(), "response.completed");
+        let seq: Vec<u64> = out
+            .events
+            .iter()
+            .map(|e| e["sequence_number"].as_u64().unwrap())
+            .collect();
+        assert!(seq.windows(2).all(|w| w[1] == w[0] + 1));
     }
 }

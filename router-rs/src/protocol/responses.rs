@@ -32,7 +32,7 @@ const PASSED: [&str; 16] = [
 ];
 
 /// Fields that need what this server does not keep or do.
-const REFUSED: [(&str, &str); 5] = [
+const REFUSED: [(&str, &str); 4] = [
     (
         "previous_response_id",
         "responses are not stored: send the whole conversation as input",
@@ -42,10 +42,6 @@ const REFUSED: [(&str, &str); 5] = [
         "conversations are not stored: send the whole conversation as input",
     ),
     ("prompt", "stored prompt templates are not supported"),
-    (
-        "top_logprobs",
-        "log probabilities are not supported on responses",
-    ),
     ("n", "responses have one output"),
 ];
 
@@ -67,6 +63,16 @@ impl ResponsesRequest {
             if obj.get(field).is_some_and(|v| !v.is_null()) {
                 return Err(ValidationError::new(field, format!("{field}: {why}")));
             }
+        }
+        if obj
+            .get("top_logprobs")
+            .and_then(Value::as_u64)
+            .is_some_and(|k| k > 0)
+        {
+            return Err(ValidationError::new(
+                "top_logprobs",
+                "log probabilities are not supported on responses",
+            ));
         }
         if obj.get("background") == Some(&Value::Bool(true)) {
             return Err(ValidationError::new(
@@ -136,9 +142,15 @@ fn responses_param(chat: &str) -> String {
     if chat.starts_with("messages") {
         return "input".into();
     }
+    if let Some(rest) = chat.strip_prefix("response_format") {
+        let rest = rest.strip_prefix(".json_schema").unwrap_or(rest);
+        return format!("text.format{rest}");
+    }
+    if chat.starts_with("tools") {
+        return chat.replacen(".function", "", 1);
+    }
     match chat {
         "max_tokens" | "max_completion_tokens" => "max_output_tokens".into(),
-        "response_format" => "text.format".into(),
         other => other.into(),
     }
 }
@@ -192,8 +204,17 @@ fn messages(obj: &Map<String, Value>) -> Result<Vec<Value>, ValidationError> {
                 let call = json!({"id": field("call_id")?, "type": "function",
                                   "function": {"name": field("name")?, "arguments": field("arguments")?}});
                 // calls right after an assistant message (or other calls) belong to it
+                // (a reasoning item between them starts a message of its own, unless that one
+                // has none)
+                let joins = |last: &Value| {
+                    last["role"] == "assistant"
+                        && (reasoning.is_empty() || last.get("reasoning_content").is_none())
+                };
                 match out.last_mut() {
-                    Some(last) if last["role"] == "assistant" => {
+                    Some(last) if joins(last) => {
+                        if !reasoning.is_empty() {
+                            last["reasoning_content"] = Value::String(std::mem::take(&mut reasoning));
+                        }
                         let calls = last.as_object_mut().expect("a message object");
                         let calls = calls.entry("tool_calls").or_insert_with(|| json!([]));
                         calls.as_array_mut().expect("a list of calls").push(call);
@@ -215,8 +236,10 @@ fn messages(obj: &Map<String, Value>) -> Result<Vec<Value>, ValidationError> {
                 out.push(json!({"role": "tool", "tool_call_id": id, "content": output}));
             }
             "reasoning" => {
-                let parts = item.get("content").or_else(|| item.get("summary"));
-                for part in parts.and_then(Value::as_array).into_iter().flatten() {
+                // its text, else its summary
+                let listed = |k: &str| item.get(k).and_then(Value::as_array).filter(|p| !p.is_empty());
+                let parts = listed("content").or_else(|| listed("summary"));
+                for part in parts.into_iter().flatten() {
                     if let Some(text) = part.get("text").and_then(Value::as_str) {
                         reasoning.push_str(text);
                     }
@@ -385,6 +408,16 @@ mod tests {
             (
                 json!({"input": "hi", "max_output_tokens": 0}),
                 "max_output_tokens",
+            ),
+            (json!({"input": "hi", "top_logprobs": 2}), "top_logprobs"),
+            (
+                json!({"input": "hi", "text": {"format": {"type": "json_schema", "name": "n",
+                                                          "schema": {"type": "object", "not": {}}}}}),
+                "text.format.schema",
+            ),
+            (
+                json!({"input": "hi", "tools": [{"type": "function", "name": "a<b"}]}),
+                "tools[0].name",
             ),
         ] {
             let e = ResponsesRequest::from_json(&body).unwrap_err();

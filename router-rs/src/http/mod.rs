@@ -10,6 +10,7 @@ mod completions;
 mod error;
 mod generate;
 mod logprobs;
+mod messages;
 mod prepare;
 mod responses;
 mod run;
@@ -193,6 +194,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/chat/completions", post(chat::chat))
         .route("/v1/completions", post(completions::completions))
         .route("/v1/responses", post(responses::responses))
+        .route("/v1/messages", post(messages::messages))
+        .route("/v1/messages/count_tokens", post(messages::count_tokens))
         .route("/generate", post(generate::generate))
         .route("/generate_stream", post(generate::generate_stream))
         .route("/tokenize", post(tokenize::tokenize))

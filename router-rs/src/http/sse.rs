@@ -13,6 +13,39 @@ use super::ApiError;
 /// A stream of JSON events, already serialized.
 pub type JsonEvents = BoxStream<'static, Result<String, ApiError>>;
 
+/// A stream of events with their names (`event:` lines), already serialized.
+pub type NamedEvents = BoxStream<'static, Result<(String, String), ApiError>>;
+
+/// Answers with named `events` (Anthropic's stream: `event:` and `data:` lines, no end marker);
+/// a failure mid-stream is an `error` event and the last.
+pub fn respond_named(events: NamedEvents) -> Response {
+    let body = events
+        .scan(false, |failed, item| {
+            if *failed {
+                return futures::future::ready(None);
+            }
+            let (name, data) = match item {
+                Ok(event) => event,
+                Err(e) => {
+                    *failed = true;
+                    let message = e.body()["error"]["message"].clone();
+                    let error = serde_json::json!({"type": "error",
+                        "error": {"type": "api_error", "message": message}});
+                    ("error".to_owned(), error.to_string())
+                }
+            };
+            futures::future::ready(Some(name_event(name, data)))
+        })
+        .map(Ok::<_, Infallible>);
+    Sse::new(body)
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}
+
+fn name_event(name: String, data: String) -> Event {
+    Event::default().event(name).data(data)
+}
+
 /// Serializes `value` for a `data:` line.
 pub fn json<T: Serialize>(value: &T) -> Result<String, ApiError> {
     serde_json::to_string(value).map_err(|e| ApiError::Internal(e.to_string()))

@@ -8,6 +8,7 @@
 pub mod chat;
 pub mod completions;
 pub mod generate;
+pub mod messages;
 pub mod openai;
 pub mod responses;
 pub mod sampling;

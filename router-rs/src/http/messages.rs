@@ -1,0 +1,276 @@
+//! `POST /v1/messages` and `/v1/messages/count_tokens`: the chat pipeline (protocol/messages.rs
+//! reads the request as a chat request), its output as Anthropic content blocks (`thinking`,
+//! `text`, `tool_use`), streamed as the Messages API's named events.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use futures::stream::{self, StreamExt};
+use serde_json::{json, Value};
+
+use super::prepare::{
+    chat_pipeline, chat_prompt, grammar_after_reasoning, max_new_tokens, ready_worker,
+    tool_call_grammar, wire_requests, PromptUse,
+};
+use super::run::{drive, start, ChoiceDelta, ChoiceStream};
+use super::{sse, ApiError, AppState, JsonBody, Meta};
+use crate::protocol::messages::MessagesRequest;
+use crate::protocol::openai::{FinishReason, StopReason, ToolCallDelta};
+use crate::state::{Delta, Finish};
+
+pub async fn messages(
+    State(state): State<Arc<AppState>>,
+    JsonBody(body): JsonBody,
+) -> Result<Response, ApiError> {
+    let chat = MessagesRequest::from_json(&body)?.chat;
+    let worker = ready_worker(&state)?;
+    let prompt = chat_prompt(&state, &chat, PromptUse::Generation).await?;
+    let max_new = max_new_tokens(
+        &state,
+        &worker,
+        prompt.ids.len(),
+        &chat.sampling,
+        "messages",
+    )?;
+    let mut reqs = wire_requests(&state, &prompt.ids, &chat.sampling, max_new, 1);
+    grammar_after_reasoning(&state, &prompt, &mut reqs);
+    tool_call_grammar(&state, &chat, &prompt, &mut reqs)?;
+    let handles = state.dispatcher.submit_many(reqs)?;
+    let stream = drive(handles, vec![chat_pipeline(&state, &chat, &prompt)], 0);
+    let mut blocks = Blocks::new(Meta::new(&state, "msg_"), prompt.ids.len() as u32);
+    if chat.stream {
+        let stream = start(stream).await?;
+        Ok(sse::respond_named(events(blocks, stream)))
+    } else {
+        let mut stream = stream;
+        while let Some(item) = stream.next().await {
+            blocks.delta(item?.delta);
+        }
+        Ok(Json(blocks.message()).into_response())
+    }
+}
+
+/// `{"input_tokens": N}`: the prompt's tokens, as `/v1/messages` would render it.
+pub async fn count_tokens(
+    State(state): State<Arc<AppState>>,
+    JsonBody(body): JsonBody,
+) -> Result<Response, ApiError> {
+    let chat = MessagesRequest::from_json(&body)?.chat;
+    let prompt = chat_prompt(&state, &chat, PromptUse::Listing).await?;
+    Ok(Json(json!({"input_tokens": prompt.ids.len()})).into_response())
+}
+
+/// The events of a streamed message: message_start, each block's start, deltas and stop,
+/// message_delta with the stop reason and usage, message_stop.
+fn events(blocks: Blocks, stream: ChoiceStream) -> sse::NamedEvents {
+    let start = json!({"type": "message_start", "message": blocks.message()});
+    let blocks = Arc::new(std::sync::Mutex::new(blocks));
+    let body = stream.map(move |item| {
+        let ChoiceDelta { delta, .. } = item?;
+        let mut b = blocks.lock().unwrap_or_else(|e| e.into_inner());
+        b.delta(delta);
+        Ok(std::mem::take(&mut b.events))
+    });
+    let body = body.flat_map(|r: Result<Vec<Value>, ApiError>| match r {
+        Ok(events) => stream::iter(events.into_iter().map(named).collect::<Vec<_>>()),
+        Err(e) => stream::iter(vec![Err(e)]),
+    });
+    stream::once(async move { named(start) })
+        .chain(body)
+        .boxed()
+}
+
+/// An event under its `type`.
+fn named(event: Value) -> Result<(String, String), ApiError> {
+    let name = event["type"].as_str().unwrap_or("message").to_owned();
+    Ok((name, sse::json(&event)?))
+}
+
+/// The block being written.
+enum Open {
+    Thinking {
+        text: String,
+    },
+    Text {
+        text: String,
+    },
+    ToolUse {
+        id: String,
+        name: String,
+        json: String,
+        index: usize,
+    },
+}
+
+/// A message built from the deltas of its one choice, with the events that tell it.
+struct Blocks {
+    meta: Meta,
+    input_tokens: u32,
+    content: Vec<Value>,
+    open: Option<Open>,
+    /// Answer text of whitespace alone, not yet in a block.
+    held: String,
+    finish: Option<Finish>,
+    events: Vec<Value>,
+}
+
+impl Blocks {
+    fn new(meta: Meta, input_tokens: u32) -> Self {
+        Blocks {
+            meta,
+            input_tokens,
+            content: Vec::new(),
+            open: None,
+            held: String::new(),
+            finish: None,
+            events: Vec::new(),
+        }
+    }
+
+    /// The index the open block has (or the next block will have).
+    fn index(&self) -> usize {
+        self.content.len()
+    }
+
+    /// One delta's text in the order it was written (see http/responses.rs).
+    fn delta(&mut self, delta: Delta) {
+        let open_call = match &self.open {
+            Some(Open::ToolUse { index, .. }) => Some(*index),
+            _ => None,
+        };
+        let (tail, calls): (Vec<_>, Vec<_>) = delta
+            .tool_calls
+            .into_iter()
+            .partition(|c| Some(c.index) == open_call);
+        for call in tail {
+            self.tool_use(call);
+        }
+        if !delta.reasoning.is_empty() {
+            if !matches!(self.open, Some(Open::Thinking { .. })) {
+                self.begin(json!({"type": "thinking", "thinking": "", "signature": ""}));
+                self.open = Some(Open::Thinking {
+                    text: String::new(),
+                });
+            }
+            if let Some(Open::Thinking { text }) = &mut self.open {
+                text.push_str(&delta.reasoning);
+            }
+            self.piece(json!({"type": "thinking_delta", "thinking": delta.reasoning}));
+        }
+        if !delta.content.is_empty() {
+            self.text(&delta.content);
+        }
+        for call in calls {
+            self.tool_use(call);
+        }
+        if let Some(finish) = delta.finish {
+            if !self.held.is_empty() && self.content.is_empty() && self.open.is_none() {
+                self.text(""); // an answer of whitespace alone is still the answer
+            }
+            self.close();
+            self.finish = Some(finish);
+            let m = self.message();
+            let delta =
+                json!({"stop_reason": m["stop_reason"], "stop_sequence": m["stop_sequence"]});
+            let event = json!({"type": "message_delta", "delta": delta, "usage": m["usage"]});
+            self.events.push(event);
+            self.events.push(json!({"type": "message_stop"}));
+        }
+    }
+
+    fn text(&mut self, piece: &str) {
+        self.held.push_str(piece);
+        if !matches!(self.open, Some(Open::Text { .. })) {
+            if self.held.trim().is_empty() && !piece.is_empty() {
+                return; // whitespace alone (as between two calls) waits for more text
+            }
+            self.begin(json!({"type": "text", "text": ""}));
+            self.open = Some(Open::Text {
+                text: String::new(),
+            });
+        }
+        let piece = std::mem::take(&mut self.held);
+        if let Some(Open::Text { text }) = &mut self.open {
+            text.push_str(&piece);
+        }
+        self.piece(json!({"type": "text_delta", "text": piece}));
+    }
+
+    fn tool_use(&mut self, call: ToolCallDelta) {
+        if !matches!(&self.open, Some(Open::ToolUse { index, .. }) if *index == call.index) {
+            self.held.clear(); // whitespace before a call is no text block
+            let id = call
+                .id
+                .clone()
+                .unwrap_or_else(|| crate::protocol::openai::random_id("toolu_"));
+            let name = call.function.name.clone().unwrap_or_default();
+            self.begin(json!({"type": "tool_use", "id": id, "name": name, "input": {}}));
+            self.open = Some(Open::ToolUse {
+                id,
+                name,
+                json: String::new(),
+                index: call.index,
+            });
+        }
+        if let Some(fragment) = call.function.arguments.filter(|f| !f.is_empty()) {
+            if let Some(Open::ToolUse { json, .. }) = &mut self.open {
+                json.push_str(&fragment);
+            }
+            self.piece(json!({"type": "input_json_delta", "partial_json": fragment}));
+        }
+    }
+
+    /// Closes the open block and starts one.
+    fn begin(&mut self, block: Value) {
+        self.close();
+        let event =
+            json!({"type": "content_block_start", "index": self.index(), "content_block": block});
+        self.events.push(event);
+    }
+
+    fn piece(&mut self, delta: Value) {
+        let event = json!({"type": "content_block_delta", "index": self.index(), "delta": delta});
+        self.events.push(event);
+    }
+
+    fn close(&mut self) {
+        let block = match self.open.take() {
+            None => return,
+            Some(Open::Thinking { text }) => {
+                json!({"type": "thinking", "thinking": text, "signature": ""})
+            }
+            Some(Open::Text { text }) => json!({"type": "text", "text": text}),
+            Some(Open::ToolUse { id, name, json, .. }) => {
+                let input: Value = serde_json::from_str(&json).unwrap_or_else(|_| json!({}));
+                json!({"type": "tool_use", "id": id, "name": name, "input": input})
+            }
+        };
+        self.events
+            .push(json!({"type": "content_block_stop", "index": self.index()}));
+        self.content.push(block);
+    }
+
+    /// The message as it stands.
+    fn message(&self) -> Value {
+        let (reason, sequence) = match &self.finish {
+            None => (Value::Null, Value::Null),
+            Some(f) => match (f.reason, &f.stop_reason) {
+                (FinishReason::Length, _) => (json!("max_tokens"), Value::Null),
+                (FinishReason::ToolCalls, _) => (json!("tool_use"), Value::Null),
+                (_, Some(StopReason::Text(s))) => (json!("stop_sequence"), json!(s)),
+                _ => (json!("end_turn"), Value::Null),
+            },
+        };
+        let (input, output, cached) = self.finish.as_ref().map_or((self.input_tokens, 0, 0), |f| {
+            (f.prompt_tokens, f.completion_tokens, f.cached_tokens)
+        });
+        json!({
+            "id": self.meta.id, "type": "message", "role": "assistant", "model": self.meta.model,
+            "content": self.content, "stop_reason": reason, "stop_sequence": sequence,
+            "usage": {"input_tokens": input - cached.min(input), "output_tokens": output,
+                      "cache_read_input_tokens": cached, "cache_creation_input_tokens": 0},
+        })
+    }
+}

@@ -1,0 +1,364 @@
+//! `POST /v1/messages` (Anthropic's Messages API, as coding agents send it), read as the chat
+//! request it amounts to: `system` a system message, each message's content blocks chat
+//! messages (`text`; `tool_use` an assistant message's tool calls; `tool_result` tool messages;
+//! `thinking` the assistant message's reasoning), `tools` with their `input_schema` as chat
+//! functions, `tool_choice` (`auto`, `any`, `tool`, `none`, `disable_parallel_tool_use`),
+//! `stop_sequences`, `thinking` `disabled` thinking off. Images and documents are refused.
+
+use serde_json::{json, Map, Value};
+
+use super::chat::ChatRequest;
+use super::ValidationError;
+
+/// Fields passed to the chat request as they are.
+const PASSED: [&str; 6] = [
+    "model",
+    "stream",
+    "temperature",
+    "top_p",
+    "top_k",
+    "max_tokens",
+];
+
+/// A validated messages request: the chat request it amounts to.
+#[derive(Debug, Clone)]
+pub struct MessagesRequest {
+    pub chat: ChatRequest,
+}
+
+impl MessagesRequest {
+    pub fn from_json(body: &Value) -> Result<Self, ValidationError> {
+        let obj = body
+            .as_object()
+            .ok_or_else(|| ValidationError::new("", "the body must be a JSON object"))?;
+        let mut chat = Map::new();
+        for field in PASSED {
+            if let Some(v) = obj.get(field).filter(|v| !v.is_null()) {
+                chat.insert(field.into(), v.clone());
+            }
+        }
+        chat.insert("messages".into(), Value::Array(messages(obj)?));
+        if let Some(stop) = obj.get("stop_sequences").filter(|v| !v.is_null()) {
+            chat.insert("stop".into(), stop.clone());
+        }
+        if let Some(tools) = obj.get("tools").filter(|v| !v.is_null()) {
+            chat.insert("tools".into(), chat_tools(tools)?);
+        }
+        if let Some(choice) = obj.get("tool_choice").filter(|v| !v.is_null()) {
+            let (choice, parallel) = chat_tool_choice(choice)?;
+            chat.insert("tool_choice".into(), choice);
+            if !parallel {
+                chat.insert("parallel_tool_calls".into(), Value::Bool(false));
+            }
+        }
+        match obj
+            .get("thinking")
+            .and_then(|t| t.get("type"))
+            .and_then(Value::as_str)
+        {
+            Some("disabled") => {
+                chat.insert(
+                    "chat_template_kwargs".into(),
+                    json!({"enable_thinking": false}),
+                );
+            }
+            None | Some("enabled" | "adaptive") => {}
+            Some(other) => {
+                return Err(ValidationError::new(
+                    "thinking.type",
+                    format!("thinking type {other:?} is not supported (enabled, disabled)"),
+                ))
+            }
+        }
+        let chat = ChatRequest::from_json(&Value::Object(chat)).map_err(|e| ValidationError {
+            param: messages_param(&e.param),
+            message: e.message,
+        })?;
+        Ok(Self { chat })
+    }
+}
+
+/// The name a chat field has in a messages request.
+fn messages_param(chat: &str) -> String {
+    if chat.starts_with("tools") {
+        return chat
+            .replacen(".function.parameters", ".input_schema", 1)
+            .replacen(".function", "", 1);
+    }
+    match chat {
+        "stop" => "stop_sequences".into(),
+        "max_completion_tokens" => "max_tokens".into(),
+        other if other.starts_with("messages") => "messages".into(),
+        other => other.into(),
+    }
+}
+
+/// `system` and `messages` as chat messages.
+fn messages(obj: &Map<String, Value>) -> Result<Vec<Value>, ValidationError> {
+    let mut out = Vec::new();
+    match obj.get("system") {
+        None | Some(Value::Null) => {}
+        Some(system) => {
+            let text = text_of(system, "system")?;
+            out.push(json!({"role": "system", "content": text}));
+        }
+    }
+    let list = obj
+        .get("messages")
+        .and_then(Value::as_array)
+        .filter(|m| !m.is_empty())
+        .ok_or_else(|| ValidationError::new("messages", "messages must be a non-empty list"))?;
+    for (i, m) in list.iter().enumerate() {
+        let param = format!("messages[{i}]");
+        let role = m.get("role").and_then(Value::as_str);
+        let content = m.get("content").unwrap_or(&Value::Null);
+        match role {
+            Some("user") => user(content, &param, &mut out)?,
+            Some("assistant") => out.push(assistant(content, &param)?),
+            _ => {
+                return Err(ValidationError::new(
+                    format!("{param}.role"),
+                    "role must be user or assistant",
+                ))
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A user message: its tool results as tool messages, then its text.
+fn user(content: &Value, param: &str, out: &mut Vec<Value>) -> Result<(), ValidationError> {
+    let blocks = match content {
+        Value::String(text) => {
+            out.push(json!({"role": "user", "content": text}));
+            return Ok(());
+        }
+        Value::Array(blocks) => blocks,
+        _ => {
+            return Err(ValidationError::new(
+                param,
+                "content must be a string or a list of blocks",
+            ))
+        }
+    };
+    let mut text = String::new();
+    for (j, block) in blocks.iter().enumerate() {
+        let at = format!("{param}.content[{j}]");
+        match block.get("type").and_then(Value::as_str) {
+            Some("text") => text.push_str(block.get("text").and_then(Value::as_str).unwrap_or("")),
+            Some("tool_result") => {
+                let id = block
+                    .get("tool_use_id")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| {
+                        ValidationError::new(
+                            format!("{at}.tool_use_id"),
+                            "a tool_result needs tool_use_id",
+                        )
+                    })?;
+                let result = match block.get("content") {
+                    None | Some(Value::Null) => String::new(),
+                    Some(c) => text_of(c, &format!("{at}.content"))?,
+                };
+                let error = block.get("is_error") == Some(&Value::Bool(true));
+                let result = if error {
+                    format!("Error: {result}")
+                } else {
+                    result
+                };
+                out.push(json!({"role": "tool", "tool_call_id": id, "content": result}));
+            }
+            other => return Err(unsupported(&at, other)),
+        }
+    }
+    if !text.is_empty() {
+        out.push(json!({"role": "user", "content": text}));
+    }
+    Ok(())
+}
+
+/// An assistant message: its text, thinking as reasoning, tool uses as tool calls.
+fn assistant(content: &Value, param: &str) -> Result<Value, ValidationError> {
+    let blocks = match content {
+        Value::String(text) => return Ok(json!({"role": "assistant", "content": text})),
+        Value::Array(blocks) => blocks,
+        _ => {
+            return Err(ValidationError::new(
+                param,
+                "content must be a string or a list of blocks",
+            ))
+        }
+    };
+    let (mut text, mut thinking, mut calls) = (String::new(), String::new(), Vec::new());
+    for (j, block) in blocks.iter().enumerate() {
+        let at = format!("{param}.content[{j}]");
+        let field = |k: &str| block.get(k).and_then(Value::as_str);
+        match field("type") {
+            Some("text") => text.push_str(field("text").unwrap_or("")),
+            Some("thinking") => thinking.push_str(field("thinking").unwrap_or("")),
+            Some("redacted_thinking") => {}
+            Some("tool_use") => {
+                let (Some(id), Some(name)) = (field("id"), field("name")) else {
+                    return Err(ValidationError::new(at, "a tool_use needs id and name"));
+                };
+                let input = block.get("input").cloned().unwrap_or_else(|| json!({}));
+                calls.push(json!({"id": id, "type": "function",
+                                  "function": {"name": name, "arguments": input.to_string()}}));
+            }
+            other => return Err(unsupported(&at, other)),
+        }
+    }
+    let mut m = json!({"role": "assistant", "content": text});
+    if !thinking.is_empty() {
+        m["reasoning_content"] = Value::String(thinking);
+    }
+    if !calls.is_empty() {
+        m["tool_calls"] = Value::Array(calls);
+    }
+    Ok(m)
+}
+
+fn unsupported(at: &str, kind: Option<&str>) -> ValidationError {
+    ValidationError::new(
+        at,
+        format!("content blocks of type {kind:?} are not supported (text, tool_use, tool_result, thinking)"),
+    )
+}
+
+/// A string, or the text of a list of text blocks.
+fn text_of(v: &Value, param: &str) -> Result<String, ValidationError> {
+    match v {
+        Value::String(text) => Ok(text.clone()),
+        Value::Array(blocks) => {
+            let mut text = String::new();
+            for b in blocks {
+                match (
+                    b.get("type").and_then(Value::as_str),
+                    b.get("text").and_then(Value::as_str),
+                ) {
+                    (Some("text"), Some(t)) => text.push_str(t),
+                    (other, _) => return Err(unsupported(param, other)),
+                }
+            }
+            Ok(text)
+        }
+        _ => Err(ValidationError::new(
+            param,
+            "must be a string or a list of text blocks",
+        )),
+    }
+}
+
+/// Tools in the chat form (`input_schema` as the parameters).
+fn chat_tools(tools: &Value) -> Result<Value, ValidationError> {
+    let list = tools
+        .as_array()
+        .ok_or_else(|| ValidationError::new("tools", "tools must be a list"))?;
+    let mut out = Vec::new();
+    for (i, tool) in list.iter().enumerate() {
+        let kind = tool.get("type").and_then(Value::as_str);
+        if !matches!(kind, None | Some("custom")) || tool.get("input_schema").is_none() {
+            return Err(ValidationError::new(
+                format!("tools[{i}]"),
+                "only client tools with an input_schema are supported",
+            ));
+        }
+        let mut function = json!({"name": tool.get("name").cloned().unwrap_or(Value::Null),
+                                  "parameters": tool["input_schema"].clone()});
+        if let Some(d) = tool.get("description") {
+            function["description"] = d.clone();
+        }
+        out.push(json!({"type": "function", "function": function}));
+    }
+    Ok(Value::Array(out))
+}
+
+/// The chat `tool_choice`, and whether several calls may come.
+fn chat_tool_choice(choice: &Value) -> Result<(Value, bool), ValidationError> {
+    let parallel = choice.get("disable_parallel_tool_use") != Some(&Value::Bool(true));
+    let chat = match choice.get("type").and_then(Value::as_str) {
+        Some("auto") => json!("auto"),
+        Some("any") => json!("required"),
+        Some("none") => json!("none"),
+        Some("tool") => json!({"type": "function",
+                               "function": {"name": choice.get("name").cloned().unwrap_or(Value::Null)}}),
+        _ => {
+            return Err(ValidationError::new(
+                "tool_choice",
+                "tool_choice must be of type auto, any, tool or none",
+            ))
+        }
+    };
+    Ok((chat, parallel))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::MessagesRequest;
+    use crate::protocol::chat::ToolChoice;
+
+    #[test]
+    fn blocks_become_the_chat_messages_they_stand_for() {
+        let body = json!({
+            "model": "m", "max_tokens": 9, "system": [{"type": "text", "text": "Be brief."}],
+            "messages": [
+                {"role": "user", "content": "Weather in Paris?"},
+                {"role": "assistant", "content": [
+                    {"type": "thinking", "thinking": "Look it up.", "signature": "x"},
+                    {"type": "text", "text": "Checking."},
+                    {"type": "tool_use", "id": "t1", "name": "w", "input": {"city": "Paris"}}]},
+                {"role": "user", "content": [
+                    {"type": "tool_result", "tool_use_id": "t1", "content": [{"type": "text", "text": "sunny"}]},
+                    {"type": "text", "text": "And tomorrow?"}]},
+            ],
+            "tools": [{"name": "w", "description": "weather", "input_schema": {"type": "object"}}],
+            "tool_choice": {"type": "tool", "name": "w", "disable_parallel_tool_use": true},
+            "stop_sequences": ["END"],
+            "thinking": {"type": "disabled"},
+        });
+        let req = MessagesRequest::from_json(&body).unwrap().chat;
+        let m = req.messages.as_array().unwrap();
+        let roles: Vec<&str> = m.iter().map(|x| x["role"].as_str().unwrap()).collect();
+        assert_eq!(roles, ["system", "user", "assistant", "tool", "user"]);
+        assert_eq!(m[2]["reasoning_content"], "Look it up.");
+        assert_eq!(m[2]["tool_calls"][0]["function"]["name"], "w");
+        assert_eq!(m[3]["content"], "sunny");
+        assert_eq!(req.tool_choice, ToolChoice::Named("w".into()));
+        assert!(!req.parallel_tool_calls);
+        assert_eq!(req.sampling.max_new_tokens, Some(9));
+        assert_eq!(req.sampling.stop, vec!["END".to_string()]);
+        assert_eq!(req.template_kwargs["enable_thinking"], false);
+    }
+
+    #[test]
+    fn what_is_not_offered_names_its_field() {
+        for (body, param) in [
+            (json!({"messages": []}), "messages"),
+            (
+                json!({"messages": [{"role": "system", "content": "x"}]}),
+                "messages[0].role",
+            ),
+            (
+                json!({"messages": [{"role": "user", "content": [{"type": "image"}]}]}),
+                "messages[0].content[0]",
+            ),
+            (
+                json!({"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "web_search_20250305", "name": "s"}]}),
+                "tools[0]",
+            ),
+            (
+                json!({"messages": [{"role": "user", "content": "x"}], "tool_choice": {"type": "maybe"}}),
+                "tool_choice",
+            ),
+            (
+                json!({"messages": [{"role": "user", "content": "x"}], "max_tokens": 0}),
+                "max_tokens",
+            ),
+        ] {
+            let e = MessagesRequest::from_json(&body).unwrap_err();
+            assert_eq!(e.param, param, "{body}");
+        }
+    }
+}

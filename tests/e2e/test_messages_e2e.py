@@ -1,0 +1,135 @@
+"""`POST /v1/messages` with the `anthropic` client: a scripted worker's text as thinking, text and
+tool_use blocks, streamed or not; a conversation with tool results; token counting; the real
+tiny model under a forced tool; what is refused."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anthropic
+import pytest
+import requests
+
+from .conftest import Server, scripted_router
+
+pytestmark = pytest.mark.e2e
+
+MODEL_TEXT = (
+    "The user wants weather.</think>Let me check.\n"
+    "<tool_call>get_weather<arg_key>city</arg_key><arg_value>Paris</arg_value>"
+    "<arg_key>days</arg_key><arg_value>3</arg_value></tool_call>"
+)
+TOOLS: list[dict[str, Any]] = [
+    {
+        "name": "get_weather",
+        "description": "Weather of a city",
+        "input_schema": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
+            "required": ["city"],
+        },
+    }
+]
+ASK = [{"role": "user", "content": "Weather in Paris?"}]
+
+
+@pytest.fixture(scope="module")
+def scripted(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with scripted_router(tiny_model_dir, tmp_path_factory.mktemp("messages"), MODEL_TEXT) as base:
+        yield base
+
+
+def _client(base: str) -> anthropic.Anthropic:
+    return anthropic.Anthropic(base_url=base, api_key="unused", max_retries=0)
+
+
+def test_the_message_is_thinking_then_text_then_the_tool_use(scripted: str) -> None:
+    msg = _client(scripted).messages.create(
+        model="m",
+        max_tokens=200,
+        messages=ASK,
+        tools=TOOLS,
+        system="Be brief.",  # type: ignore[arg-type]
+    )
+    assert msg.type == "message" and msg.role == "assistant"
+    assert [b.type for b in msg.content] == ["thinking", "text", "tool_use"], msg.content
+    thinking, text, call = msg.content
+    assert thinking.thinking == "The user wants weather."  # type: ignore[union-attr]
+    assert text.text == "Let me check.\n"  # type: ignore[union-attr]
+    assert call.name == "get_weather"  # type: ignore[union-attr]
+    assert call.input == {"city": "Paris", "days": 3}  # type: ignore[union-attr]
+    assert msg.stop_reason == "tool_use"
+    assert msg.usage.input_tokens > 0 and msg.usage.output_tokens > 0
+
+
+def test_the_stream_tells_each_block_and_ends_with_the_stop_reason(scripted: str) -> None:
+    client = _client(scripted)
+    with client.messages.stream(model="m", max_tokens=200, messages=ASK, tools=TOOLS) as stream:  # type: ignore[arg-type]
+        events = list(stream)
+        final = stream.get_final_message()
+    types = [e.type for e in events]
+    assert types[0] == "message_start" and types[-1] == "message_stop"
+    starts = [e.content_block.type for e in events if e.type == "content_block_start"]  # type: ignore[union-attr]
+    assert starts == ["thinking", "text", "tool_use"]
+    assert types.count("content_block_stop") == 3
+    assert [b.type for b in final.content] == ["thinking", "text", "tool_use"]
+    assert final.content[2].input == {"city": "Paris", "days": 3}  # type: ignore[union-attr]
+    assert final.stop_reason == "tool_use"
+    partial = "".join(
+        e.delta.partial_json  # type: ignore[union-attr]
+        for e in events
+        if e.type == "content_block_delta" and e.delta.type == "input_json_delta"  # type: ignore[union-attr]
+    )
+    assert json.loads(partial) == {"city": "Paris", "days": 3}
+
+
+def test_a_conversation_with_tool_results_and_its_token_count(server: Server) -> None:
+    client = _client(server.base_url)
+    turns: list[Any] = [
+        *ASK,
+        {"role": "assistant", "content": [
+            {"type": "thinking", "thinking": "Call the tool.", "signature": ""},
+            {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {"city": "Paris"}}]},
+        {"role": "user", "content": [
+            {"type": "tool_result", "tool_use_id": "toolu_1", "content": "sunny, 21 C"},
+            {"type": "text", "text": "And tomorrow?"}]},
+    ]  # fmt: skip
+    long = client.messages.count_tokens(model="m", messages=turns, tools=TOOLS)  # type: ignore[arg-type]
+    short = client.messages.count_tokens(model="m", messages=ASK, tools=TOOLS)  # type: ignore[arg-type]
+    assert long.input_tokens > short.input_tokens + 10
+    msg = client.messages.create(model="m", max_tokens=3, messages=turns, tools=TOOLS)  # type: ignore[arg-type]
+    assert msg.stop_reason == "max_tokens"
+    assert msg.usage.input_tokens + (msg.usage.cache_read_input_tokens or 0) == long.input_tokens
+
+
+def test_a_forced_tool_on_the_tiny_model_follows_its_schema(server: Server) -> None:
+    pick = {"name": "pick", "input_schema": {"type": "object", "required": ["city"],
+            "properties": {"city": {"enum": ["Paris", "Rome"]}, "days": {"type": "integer"}}}}  # fmt: skip
+    msg = _client(server.base_url).messages.create(
+        model="m", max_tokens=200, messages=ASK, tools=[pick],  # type: ignore[list-item]
+        tool_choice={"type": "tool", "name": "pick"}, thinking={"type": "disabled"},
+        extra_body={"temperature": 1.0, "seed": 1},
+    )  # fmt: skip
+    assert [b.type for b in msg.content] == ["tool_use"], msg.content
+    use = msg.content[0]
+    assert use.name == "pick" and use.input["city"] in ("Paris", "Rome"), use  # type: ignore[union-attr,index]
+    assert msg.stop_reason == "tool_use"
+
+
+def test_what_is_not_offered_is_refused(server: Server) -> None:
+    url = f"{server.base_url}/v1/messages"
+    cases = [
+        ({"messages": [{"role": "user", "content": [{"type": "image", "source": {}}]}]},
+         "messages[0].content[0]"),
+        ({"messages": ASK, "tools": [{"type": "web_search_20250305", "name": "web_search"}]},
+         "tools[0]"),
+        ({"messages": [{"role": "system", "content": "x"}]}, "messages[0].role"),
+        ({"messages": ASK, "max_tokens": 0}, "max_tokens"),
+    ]  # fmt: skip
+    for body, param in cases:
+        r = requests.post(url, json={"model": "m", **body}, timeout=30)
+        assert r.status_code == 400, (body, r.text)
+        assert r.json()["error"]["param"] == param, r.text

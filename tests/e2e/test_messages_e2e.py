@@ -1,6 +1,6 @@
 """`POST /v1/messages` with the `anthropic` client: a scripted worker's text as thinking, text and
-tool_use blocks, streamed or not; a conversation with tool results; token counting; the real
-tiny model under a forced tool; what is refused."""
+tool_use blocks, streamed or not; a conversation with tool results (an image among them as a
+placeholder); token counting; the real tiny model under a forced tool; what is refused."""
 
 from __future__ import annotations
 
@@ -34,6 +34,7 @@ TOOLS: list[dict[str, Any]] = [
     }
 ]
 ASK = [{"role": "user", "content": "Weather in Paris?"}]
+THINK = {"type": "enabled", "budget_tokens": 1024}  # thinking is off unless asked for
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +53,8 @@ def test_the_message_is_thinking_then_text_then_the_tool_use(scripted: str) -> N
         max_tokens=200,
         messages=ASK,
         tools=TOOLS,
-        system="Be brief.",  # type: ignore[arg-type]
+        system="Be brief.",
+        thinking=THINK,  # type: ignore[arg-type]
     )
     assert msg.type == "message" and msg.role == "assistant"
     assert [b.type for b in msg.content] == ["thinking", "text", "tool_use"], msg.content
@@ -67,7 +69,13 @@ def test_the_message_is_thinking_then_text_then_the_tool_use(scripted: str) -> N
 
 def test_the_stream_tells_each_block_and_ends_with_the_stop_reason(scripted: str) -> None:
     client = _client(scripted)
-    with client.messages.stream(model="m", max_tokens=200, messages=ASK, tools=TOOLS) as stream:  # type: ignore[arg-type]
+    with client.messages.stream(
+        model="m",
+        max_tokens=200,
+        messages=ASK,
+        tools=TOOLS,
+        thinking=THINK,  # type: ignore[arg-type]
+    ) as stream:
         events = list(stream)
         final = stream.get_final_message()
     types = [e.type for e in events]
@@ -94,7 +102,9 @@ def test_a_conversation_with_tool_results_and_its_token_count(server: Server) ->
             {"type": "thinking", "thinking": "Call the tool.", "signature": ""},
             {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {"city": "Paris"}}]},
         {"role": "user", "content": [
-            {"type": "tool_result", "tool_use_id": "toolu_1", "content": "sunny, 21 C"},
+            {"type": "tool_result", "tool_use_id": "toolu_1", "content": [
+                {"type": "text", "text": "sunny, 21 C"},
+                {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "AA=="}}]},
             {"type": "text", "text": "And tomorrow?"}]},
     ]  # fmt: skip
     long = client.messages.count_tokens(model="m", messages=turns, tools=TOOLS)  # type: ignore[arg-type]
@@ -102,7 +112,11 @@ def test_a_conversation_with_tool_results_and_its_token_count(server: Server) ->
     assert long.input_tokens > short.input_tokens + 10
     msg = client.messages.create(model="m", max_tokens=3, messages=turns, tools=TOOLS)  # type: ignore[arg-type]
     assert msg.stop_reason == "max_tokens"
-    assert msg.usage.input_tokens + (msg.usage.cache_read_input_tokens or 0) == long.input_tokens
+    # a max_tokens past what the prompt leaves room for is cut to that room
+    body = {"model": "m", "max_tokens": 10**7, "messages": ASK, "stop_sequences": ["a"]}
+    big = requests.post(f"{server.base_url}/v1/messages", json=body, timeout=60)
+    assert big.status_code == 200, big.text
+    assert big.json()["stop_reason"] in ("end_turn", "stop_sequence", "max_tokens")
 
 
 def test_a_forced_tool_on_the_tiny_model_follows_its_schema(server: Server) -> None:
@@ -122,7 +136,7 @@ def test_a_forced_tool_on_the_tiny_model_follows_its_schema(server: Server) -> N
 def test_what_is_not_offered_is_refused(server: Server) -> None:
     url = f"{server.base_url}/v1/messages"
     cases = [
-        ({"messages": [{"role": "user", "content": [{"type": "image", "source": {}}]}]},
+        ({"messages": [{"role": "user", "content": [{"type": "audio", "source": {}}]}]},
          "messages[0].content[0]"),
         ({"messages": ASK, "tools": [{"type": "web_search_20250305", "name": "web_search"}]},
          "tools[0]"),

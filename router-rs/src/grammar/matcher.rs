@@ -366,15 +366,30 @@ impl Matcher {
     /// structural tag's text between its structures: the masks then step the words' automaton
     /// alone, but for the tokens that end a word).
     pub(crate) fn in_free(&self) -> Option<FreeAt<'_>> {
+        self.free_among(&self.threads)
+    }
+
+    /// Whether, with its innermost frame done, thread `t` could still read a byte (rather
+    /// than end the document there).
+    fn more_after(&self, t: &Thread) -> bool {
+        let mut done = t.clone();
+        done.stack.pop();
+        let settled = self.grammar.settled(std::slice::from_ref(&done));
+        settled.iter().any(|s| !s.stack.is_empty())
+    }
+
+    /// `in_free` of `threads` (the matcher's, or what they settle to).
+    pub(crate) fn free_among(&self, threads: &[Thread]) -> Option<FreeAt<'_>> {
         let mut at: Option<FreeAt<'_>> = None;
-        for t in &self.threads {
+        for t in threads {
             let Some(&Frame::Free { node, state, chars }) = t.stack.last() else {
                 return None;
             };
             let Node::Free { words, open, .. } = &self.grammar.schema.nodes[node] else {
                 return None;
             };
-            let open = *open && chars.at_boundary();
+            // the text may end here and something after it read the next bytes
+            let open = *open && chars.at_boundary() && self.more_after(t);
             match &mut at {
                 None => {
                     at = Some(FreeAt {

@@ -106,6 +106,109 @@ impl Grammar {
             .all(|(i, p)| !p.required || seen & (1 << i) != 0)
     }
 
+    /// The threads `threads` stand for, each raw frame that waits for a byte entered as far
+    /// as no byte is needed (a sequence's next item, a repetition's next item or its end,
+    /// each alternative, free text, a whole single literal left): every byte reads them as it
+    /// reads `threads`. The masks' free-text short path looks through them.
+    pub(crate) fn settled(&self, threads: &[Thread]) -> Vec<Thread> {
+        let mut out = Vec::new();
+        for t in threads {
+            self.settle(t.clone(), &mut out, 0);
+        }
+        out
+    }
+
+    fn settle(&self, mut t: Thread, out: &mut Vec<Thread>, steps: usize) {
+        let keep = |t: Thread, out: &mut Vec<Thread>| {
+            if !out.contains(&t) {
+                out.push(t);
+            }
+        };
+        let Some(top) = t.stack.last().cloned() else {
+            return keep(t, out);
+        };
+        if steps > 64 || t.stack.len() + 1 >= MAX_RAW_DEPTH {
+            return keep(t, out); // as it is: the bytes read it the same
+        }
+        let next = steps + 1;
+        match top {
+            Frame::Raw(id) => match &self.schema.nodes[id] {
+                Node::Seq(_) => {
+                    self.settle(with_top(t, Frame::Seq { node: id, next: 0 }), out, next)
+                }
+                Node::Repeat { .. } => {
+                    self.settle(with_top(t, Frame::Repeat { node: id, count: 0 }), out, next)
+                }
+                Node::AnyOf(alts) => {
+                    for &alt in alts {
+                        self.settle(with_top(t.clone(), Frame::Raw(alt)), out, next);
+                    }
+                }
+                Node::Free { words, .. } => {
+                    let state = words.start();
+                    let chars = Default::default();
+                    keep(
+                        with_top(
+                            t,
+                            Frame::Free {
+                                node: id,
+                                state,
+                                chars,
+                            },
+                        ),
+                        out,
+                    );
+                }
+                _ => keep(t, out),
+            },
+            Frame::Seq { node, next: k } => {
+                let Node::Seq(items) = &self.schema.nodes[node] else {
+                    unreachable!("a sequence frame reads a sequence node")
+                };
+                match items.get(k as usize) {
+                    Some(&item) => {
+                        let mut t = with_top(t, Frame::Seq { node, next: k + 1 });
+                        t.stack.push(Frame::Raw(item));
+                        self.settle(t, out, next);
+                    }
+                    None => {
+                        t.stack.pop();
+                        self.settle(t, out, next);
+                    }
+                }
+            }
+            Frame::Repeat { node, count } => {
+                let Node::Repeat { item, min, max } = &self.schema.nodes[node] else {
+                    unreachable!("a repeat frame reads a repeat node")
+                };
+                if max.is_none_or(|m| count < m) {
+                    let count = match max {
+                        None => (count + 1).min(*min),
+                        Some(_) => count + 1,
+                    };
+                    let mut n = with_top(t.clone(), Frame::Repeat { node, count });
+                    n.stack.push(Frame::Raw(*item));
+                    self.settle(n, out, next);
+                }
+                if count >= *min {
+                    t.stack.pop();
+                    self.settle(t, out, next);
+                }
+            }
+            // a whole literal that nothing longer shares: what holds it reads the next byte
+            Frame::Choice { node, lo, hi, pos }
+                if hi == lo + 1
+                    && self.texts[node][lo as usize].len() == pos as usize
+                    && t.stack.len() >= 2
+                    && t.stack[t.stack.len() - 2].is_raw() =>
+            {
+                t.stack.pop();
+                self.settle(t, out, next);
+            }
+            _ => keep(t, out),
+        }
+    }
+
     /// `b` is the first byte of raw text of `id` (a `Seq`, `Text`, `Args` or `Repeat` node).
     pub(super) fn start_raw(&self, mut t: Thread, id: NodeId, b: u8, out: &mut Vec<Thread>) {
         if t.stack.len() >= MAX_RAW_DEPTH {

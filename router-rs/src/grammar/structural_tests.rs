@@ -285,3 +285,39 @@ fn tags_with_no_document_or_too_many_words_are_refused() {
     }
     assert!(regex("[^\\s\\S]").is_err());
 }
+
+#[test]
+fn settled_threads_read_every_text_as_the_threads_they_stand_for() {
+    let w = g(weather());
+    let m = Matcher::new(w.clone());
+    let settled = w.settled(&m.threads);
+    assert!(m.free_among(&settled).is_some()); // the masks' short path from the first token
+    let texts = [
+        "",
+        "a",
+        "<f=",
+        "<f=weather>{\"city\":\"x\"}</f>",
+        "<f=weather>{",
+        "x<f=weather>{\"city\":\"ab\"}</f>y",
+        "<g",
+    ];
+    for text in texts {
+        for prefix in 0..=text.len() {
+            let bytes = &text.as_bytes()[..prefix];
+            let a = m.after(&m.threads, bytes);
+            let b = m.after(&settled, bytes);
+            assert_eq!(a.is_empty(), b.is_empty(), "{:?}", &text[..prefix]);
+            let ends = |ts: &[super::frame::Thread]| {
+                let mut n = Matcher::new(w.clone());
+                n.threads = ts.to_vec();
+                n.can_end()
+            };
+            assert_eq!(ends(&a), ends(&b), "{:?}", &text[..prefix]);
+        }
+    }
+    // after a structure's end: its literal closed, free text again
+    let mut m = Matcher::new(w.clone());
+    assert!(m.accept(b"<f=weather>{\"city\":\"x\"}</f>"));
+    assert!(m.in_free().is_none());
+    assert!(m.free_among(&w.settled(&m.threads)).is_some());
+}

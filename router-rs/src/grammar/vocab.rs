@@ -379,7 +379,12 @@ impl Vocab {
                 }
             }
             self.rest.mark(matcher, words, &mut levels);
-        } else if let Some(at) = matcher.in_free() {
+        } else if let Some(at) = matcher.in_free().or_else(|| {
+            // at the start of free text (after a literal, or at the output's start)
+            let settled = matcher.grammar().settled(&matcher.threads);
+            let at = matcher.free_among(&settled)?;
+            Some(at)
+        }) {
             // free text: the tokens that stay in it, the same every time it stands there, then
             // those that end one of its words by the matcher (what follows the word decides)
             let key = (self.id, at.node, at.state, at.chars);

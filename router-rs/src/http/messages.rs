@@ -20,6 +20,9 @@ use crate::protocol::messages::MessagesRequest;
 use crate::protocol::openai::{FinishReason, StopReason, ToolCallDelta};
 use crate::state::{Delta, Finish};
 
+/// Why an aborted request has no answer.
+const ABORTED: &str = "the request was aborted before it finished";
+
 pub async fn messages(
     State(state): State<Arc<AppState>>,
     JsonBody(body): JsonBody,
@@ -27,13 +30,11 @@ pub async fn messages(
     let chat = MessagesRequest::from_json(&body)?.chat;
     let worker = ready_worker(&state)?;
     let prompt = chat_prompt(&state, &chat, PromptUse::Generation).await?;
-    let max_new = max_new_tokens(
-        &state,
-        &worker,
-        prompt.ids.len(),
-        &chat.sampling,
-        "messages",
-    )?;
+    // `max_tokens` past the room the prompt leaves is cut to it (agents ask for 32K and more)
+    let mut open = chat.sampling.clone();
+    open.max_new_tokens = None;
+    let room = max_new_tokens(&state, &worker, prompt.ids.len(), &open, "messages")?;
+    let max_new = chat.sampling.max_new_tokens.map_or(room, |n| n.min(room));
     let mut reqs = wire_requests(&state, &prompt.ids, &chat.sampling, max_new, 1);
     grammar_after_reasoning(&state, &prompt, &mut reqs);
     tool_call_grammar(&state, &chat, &prompt, &mut reqs)?;
@@ -47,6 +48,9 @@ pub async fn messages(
         let mut stream = stream;
         while let Some(item) = stream.next().await {
             blocks.delta(item?.delta);
+        }
+        if blocks.aborted() {
+            return Err(ApiError::Internal(ABORTED.into()));
         }
         Ok(Json(blocks.message()).into_response())
     }
@@ -129,6 +133,13 @@ impl Blocks {
         }
     }
 
+    /// Whether the request ended without an answer (aborted in the worker).
+    fn aborted(&self) -> bool {
+        self.finish
+            .as_ref()
+            .is_some_and(|f| f.reason == FinishReason::Abort)
+    }
+
     /// The index the open block has (or the next block will have).
     fn index(&self) -> usize {
         self.content.len()
@@ -171,6 +182,11 @@ impl Blocks {
             }
             self.close();
             self.finish = Some(finish);
+            if self.aborted() {
+                let error = json!({"type": "api_error", "message": ABORTED});
+                self.events.push(json!({"type": "error", "error": error}));
+                return;
+            }
             let m = self.message();
             let delta =
                 json!({"stop_reason": m["stop_reason"], "stop_sequence": m["stop_sequence"]});
@@ -272,5 +288,104 @@ impl Blocks {
             "usage": {"input_tokens": input - cached.min(input), "output_tokens": output,
                       "cache_read_input_tokens": cached, "cache_creation_input_tokens": 0},
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::Value;
+
+    use super::{Blocks, Meta};
+    use crate::protocol::openai::{FinishReason, FunctionDelta, ToolCallDelta};
+    use crate::state::{Delta, Finish};
+
+    fn call(index: usize, name: Option<&str>, args: &str) -> ToolCallDelta {
+        ToolCallDelta {
+            index,
+            id: name.map(|_| format!("toolu_{index}")),
+            kind: name.map(|_| "function"),
+            function: FunctionDelta {
+                name: name.map(str::to_owned),
+                arguments: Some(args.to_owned()),
+            },
+        }
+    }
+
+    fn finish(reason: FinishReason) -> Delta {
+        Delta {
+            finish: Some(Finish {
+                reason,
+                stop_reason: None,
+                prompt_tokens: 5,
+                completion_tokens: 9,
+                cached_tokens: 2,
+                accepted_draft_tokens: 0,
+            }),
+            ..Delta::default()
+        }
+    }
+
+    fn blocks() -> Blocks {
+        let meta = Meta {
+            id: "msg_x".into(),
+            created: 0,
+            model: "m".into(),
+        };
+        Blocks::new(meta, 5)
+    }
+
+    #[test]
+    fn a_delta_ending_one_call_and_starting_another_keeps_each_call_whole() {
+        let mut b = blocks();
+        b.delta(Delta {
+            reasoning: "Think.".into(),
+            ..Delta::default()
+        });
+        b.delta(Delta {
+            content: "Checking.".into(),
+            tool_calls: vec![call(0, Some("w"), "{\"city\": \"Pa")],
+            ..Delta::default()
+        });
+        b.delta(Delta {
+            content: "\n".into(),
+            tool_calls: vec![call(0, None, "ris\"}"), call(1, Some("w"), "{}")],
+            ..Delta::default()
+        });
+        b.delta(finish(FinishReason::ToolCalls));
+        let m = b.message();
+        let kinds: Vec<&str> = m["content"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["type"].as_str().unwrap())
+            .collect();
+        assert_eq!(kinds, ["thinking", "text", "tool_use", "tool_use"]);
+        assert_eq!(m["content"][2]["input"]["city"], "Paris");
+        assert_eq!(m["stop_reason"], "tool_use");
+        assert_eq!(m["usage"]["input_tokens"], 3); // the prompt less what the cache held
+        let types: Vec<Value> = b.events.iter().map(|e| e["type"].clone()).collect();
+        assert_eq!(
+            types.iter().filter(|t| *t == "content_block_start").count(),
+            4
+        );
+        assert_eq!(
+            types.iter().filter(|t| *t == "content_block_stop").count(),
+            4
+        );
+        assert_eq!(&types[types.len() - 2..], ["message_delta", "message_stop"]);
+    }
+
+    #[test]
+    fn an_aborted_request_ends_its_stream_with_an_error() {
+        let mut b = blocks();
+        b.delta(Delta {
+            content: "Half".into(),
+            ..Delta::default()
+        });
+        b.delta(finish(FinishReason::Abort));
+        assert!(b.aborted());
+        let last = b.events.last().unwrap();
+        assert_eq!(last["type"], "error");
+        assert!(!b.events.iter().any(|e| e["type"] == "message_stop"));
     }
 }

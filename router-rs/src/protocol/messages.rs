@@ -3,7 +3,8 @@
 //! messages (`text`; `tool_use` an assistant message's tool calls; `tool_result` tool messages;
 //! `thinking` the assistant message's reasoning), `tools` with their `input_schema` as chat
 //! functions, `tool_choice` (`auto`, `any`, `tool`, `none`, `disable_parallel_tool_use`),
-//! `stop_sequences`, `thinking` `disabled` thinking off. Images and documents are refused.
+//! `stop_sequences`, `thinking` (off unless `enabled`). Images and documents stand as a
+//! placeholder (the model reads text only).
 
 use serde_json::{json, Map, Value};
 
@@ -51,18 +52,19 @@ impl MessagesRequest {
                 chat.insert("parallel_tool_calls".into(), Value::Bool(false));
             }
         }
+        // as Anthropic's models: no thinking unless asked for
         match obj
             .get("thinking")
             .and_then(|t| t.get("type"))
             .and_then(Value::as_str)
         {
-            Some("disabled") => {
+            None | Some("disabled") => {
                 chat.insert(
                     "chat_template_kwargs".into(),
                     json!({"enable_thinking": false}),
                 );
             }
-            None | Some("enabled" | "adaptive") => {}
+            Some("enabled" | "adaptive") => {}
             Some(other) => {
                 return Err(ValidationError::new(
                     "thinking.type",
@@ -99,7 +101,7 @@ fn messages(obj: &Map<String, Value>) -> Result<Vec<Value>, ValidationError> {
     match obj.get("system") {
         None | Some(Value::Null) => {}
         Some(system) => {
-            let text = text_of(system, "system")?;
+            let text = text_of(system, "system", "\n\n")?;
             out.push(json!({"role": "system", "content": text}));
         }
     }
@@ -145,7 +147,12 @@ fn user(content: &Value, param: &str, out: &mut Vec<Value>) -> Result<(), Valida
     for (j, block) in blocks.iter().enumerate() {
         let at = format!("{param}.content[{j}]");
         match block.get("type").and_then(Value::as_str) {
-            Some("text") => text.push_str(block.get("text").and_then(Value::as_str).unwrap_or("")),
+            Some("text") => join(
+                &mut text,
+                block.get("text").and_then(Value::as_str).unwrap_or(""),
+                "\n\n",
+            ),
+            Some(kind @ ("image" | "document")) => join(&mut text, &omitted(kind), "\n\n"),
             Some("tool_result") => {
                 let id = block
                     .get("tool_use_id")
@@ -158,7 +165,7 @@ fn user(content: &Value, param: &str, out: &mut Vec<Value>) -> Result<(), Valida
                     })?;
                 let result = match block.get("content") {
                     None | Some(Value::Null) => String::new(),
-                    Some(c) => text_of(c, &format!("{at}.content"))?,
+                    Some(c) => text_of(c, &format!("{at}.content"), "\n")?,
                 };
                 let error = block.get("is_error") == Some(&Value::Bool(true));
                 let result = if error {
@@ -219,14 +226,30 @@ fn assistant(content: &Value, param: &str) -> Result<Value, ValidationError> {
 }
 
 fn unsupported(at: &str, kind: Option<&str>) -> ValidationError {
+    let kind = kind.map_or("without a type".to_owned(), |k| format!("of type {k}"));
     ValidationError::new(
         at,
-        format!("content blocks of type {kind:?} are not supported (text, tool_use, tool_result, thinking)"),
+        format!("content blocks {kind} are not supported (text, image, document, tool_use, tool_result, thinking)"),
     )
 }
 
-/// A string, or the text of a list of text blocks.
-fn text_of(v: &Value, param: &str) -> Result<String, ValidationError> {
+/// What stands for an image or a document: the model reads text only, and an agent keeps
+/// what it was given in its history (a refusal would fail every later request).
+fn omitted(kind: &str) -> String {
+    format!("[{kind} omitted: this model reads text only]")
+}
+
+/// `text` and `more`, `sep` between them when both have text.
+fn join(text: &mut String, more: &str, sep: &str) {
+    if !text.is_empty() && !more.is_empty() {
+        text.push_str(sep);
+    }
+    text.push_str(more);
+}
+
+/// A string, or the text of a list of text blocks (images and documents as a placeholder),
+/// joined by `sep`.
+fn text_of(v: &Value, param: &str, sep: &str) -> Result<String, ValidationError> {
     match v {
         Value::String(text) => Ok(text.clone()),
         Value::Array(blocks) => {
@@ -236,7 +259,10 @@ fn text_of(v: &Value, param: &str) -> Result<String, ValidationError> {
                     b.get("type").and_then(Value::as_str),
                     b.get("text").and_then(Value::as_str),
                 ) {
-                    (Some("text"), Some(t)) => text.push_str(t),
+                    (Some("text"), Some(t)) => join(&mut text, t, sep),
+                    (Some(kind @ ("image" | "document")), _) => {
+                        join(&mut text, &omitted(kind), sep)
+                    }
                     (other, _) => return Err(unsupported(param, other)),
                 }
             }
@@ -341,7 +367,7 @@ mod tests {
                 "messages[0].role",
             ),
             (
-                json!({"messages": [{"role": "user", "content": [{"type": "image"}]}]}),
+                json!({"messages": [{"role": "user", "content": [{"type": "audio"}]}]}),
                 "messages[0].content[0]",
             ),
             (

@@ -28,6 +28,16 @@ fn next_match(stop: &[u8], banned: &[u8], matched: u8, begin: u8, b: u8) -> (u8,
     }
 }
 
+/// A repetition's count once one more item starts, None where `max` items started already.
+/// Unbounded, only whether `min` is reached matters, so the count stops there (equal
+/// positions stay equal threads).
+fn item_count(count: u32, min: u32, max: Option<u32>) -> Option<u32> {
+    match max {
+        None => Some((count + 1).min(min)),
+        Some(m) => (count < m).then_some(count + 1),
+    }
+}
+
 /// What raw text up to a stop (`Node::Text`) makes of one byte.
 pub(super) enum TextStep {
     /// The byte breaks UTF-8 or completes the banned text.
@@ -181,11 +191,7 @@ impl Grammar {
                 let Node::Repeat { item, min, max } = &self.schema.nodes[node] else {
                     unreachable!("a repeat frame reads a repeat node")
                 };
-                if max.is_none_or(|m| count < m) {
-                    let count = match max {
-                        None => (count + 1).min(*min),
-                        Some(_) => count + 1,
-                    };
+                if let Some(count) = item_count(count, *min, *max) {
                     let mut n = with_top(t.clone(), Frame::Repeat { node, count });
                     n.stack.push(Frame::Raw(*item));
                     self.settle(n, out, next);
@@ -374,13 +380,7 @@ impl Grammar {
                 let Node::Repeat { item, min, max } = &self.schema.nodes[node] else {
                     unreachable!("a repeat frame reads a repeat node")
                 };
-                if max.is_none_or(|m| count < m) {
-                    // unbounded: only whether `min` is reached matters, so the count stops
-                    // there (equal positions stay equal threads)
-                    let count = match max {
-                        None => (count + 1).min(*min),
-                        Some(_) => count + 1,
-                    };
+                if let Some(count) = item_count(count, *min, *max) {
                     let next = with_top(t.clone(), Frame::Repeat { node, count });
                     self.start_value(next, *item, b, out);
                 }

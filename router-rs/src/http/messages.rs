@@ -14,7 +14,7 @@ use super::prepare::{
     chat_pipeline, chat_prompt, grammar_after_reasoning, max_new_tokens, ready_worker,
     tool_call_grammar, wire_requests, PromptUse,
 };
-use super::run::{drive, start, ChoiceDelta, ChoiceStream};
+use super::run::{built_events, drive, start, ChoiceStream, EventBuilder};
 use super::{sse, ApiError, AppState, JsonBody, Meta};
 use crate::protocol::messages::MessagesRequest;
 use crate::protocol::openai::{FinishReason, StopReason, ToolCallDelta};
@@ -70,19 +70,9 @@ pub async fn count_tokens(
 /// message_delta with the stop reason and usage, message_stop.
 fn events(blocks: Blocks, stream: ChoiceStream) -> sse::NamedEvents {
     let start = json!({"type": "message_start", "message": blocks.message()});
-    let blocks = Arc::new(std::sync::Mutex::new(blocks));
-    let body = stream.map(move |item| {
-        let ChoiceDelta { delta, .. } = item?;
-        let mut b = blocks.lock().unwrap_or_else(|e| e.into_inner());
-        b.delta(delta);
-        Ok(std::mem::take(&mut b.events))
-    });
-    let body = body.flat_map(|r: Result<Vec<Value>, ApiError>| match r {
-        Ok(events) => stream::iter(events.into_iter().map(named).collect::<Vec<_>>()),
-        Err(e) => stream::iter(vec![Err(e)]),
-    });
-    stream::once(async move { named(start) })
-        .chain(body)
+    stream::once(async move { Ok(start) })
+        .chain(built_events(blocks, stream))
+        .map(|e| named(e?))
         .boxed()
 }
 
@@ -90,6 +80,16 @@ fn events(blocks: Blocks, stream: ChoiceStream) -> sse::NamedEvents {
 fn named(event: Value) -> Result<(String, String), ApiError> {
     let name = event["type"].as_str().unwrap_or("message").to_owned();
     Ok((name, sse::json(&event)?))
+}
+
+impl EventBuilder for Blocks {
+    fn delta(&mut self, delta: Delta) {
+        Blocks::delta(self, delta);
+    }
+
+    fn take_events(&mut self) -> Vec<Value> {
+        std::mem::take(&mut self.events)
+    }
 }
 
 /// The block being written.
@@ -296,20 +296,8 @@ mod tests {
     use serde_json::Value;
 
     use super::{Blocks, Meta};
-    use crate::protocol::openai::{FinishReason, FunctionDelta, ToolCallDelta};
+    use crate::protocol::openai::{FinishReason, ToolCallDelta};
     use crate::state::{Delta, Finish};
-
-    fn call(index: usize, name: Option<&str>, args: &str) -> ToolCallDelta {
-        ToolCallDelta {
-            index,
-            id: name.map(|_| format!("toolu_{index}")),
-            kind: name.map(|_| "function"),
-            function: FunctionDelta {
-                name: name.map(str::to_owned),
-                arguments: Some(args.to_owned()),
-            },
-        }
-    }
 
     fn finish(reason: FinishReason) -> Delta {
         Delta {
@@ -343,12 +331,15 @@ mod tests {
         });
         b.delta(Delta {
             content: "Checking.".into(),
-            tool_calls: vec![call(0, Some("w"), "{\"city\": \"Pa")],
+            tool_calls: vec![ToolCallDelta::fragment(0, Some("w"), "{\"city\": \"Pa")],
             ..Delta::default()
         });
         b.delta(Delta {
             content: "\n".into(),
-            tool_calls: vec![call(0, None, "ris\"}"), call(1, Some("w"), "{}")],
+            tool_calls: vec![
+                ToolCallDelta::fragment(0, None, "ris\"}"),
+                ToolCallDelta::fragment(1, Some("w"), "{}"),
+            ],
             ..Delta::default()
         });
         b.delta(finish(FinishReason::ToolCalls));

@@ -14,7 +14,7 @@ use super::prepare::{
     chat_pipeline, chat_prompt, grammar_after_reasoning, max_new_tokens, ready_worker,
     tool_call_grammar, wire_requests, PromptUse,
 };
-use super::run::{drive, start, ChoiceDelta, ChoiceStream};
+use super::run::{built_events, drive, start, ChoiceStream, EventBuilder};
 use super::{sse, ApiError, AppState, JsonBody, Meta};
 use crate::protocol::openai::{random_id, FinishReason, ToolCallDelta};
 use crate::protocol::responses::ResponsesRequest;
@@ -51,26 +51,22 @@ pub async fn responses(
 /// The events of a streamed response: created and in progress, the items' events as the
 /// deltas come, then completed (or incomplete).
 fn events(mut output: Output, stream: ChoiceStream) -> sse::JsonEvents {
-    let first = output.take_events(Output::opening);
-    let out = Arc::new(std::sync::Mutex::new(output));
-    let body = stream.map(move |item| {
-        let ChoiceDelta { delta, .. } = item?;
-        let mut o = out.lock().unwrap_or_else(|e| e.into_inner());
-        o.delta(delta);
-        Ok(std::mem::take(&mut o.events))
-    });
-    let body = body.flat_map(|r: Result<Vec<Value>, ApiError>| match r {
-        Ok(events) => stream::iter(
-            events
-                .into_iter()
-                .map(|e| sse::json(&e))
-                .collect::<Vec<_>>(),
-        ),
-        Err(e) => stream::iter(vec![Err(e)]),
-    });
-    stream::iter(first.into_iter().map(|e| sse::json(&e)))
-        .chain(body)
+    output.opening();
+    let first: Vec<_> = output.take_events().into_iter().map(Ok).collect();
+    stream::iter(first)
+        .chain(built_events(output, stream))
+        .map(|e| sse::json(&e?))
         .boxed()
+}
+
+impl EventBuilder for Output {
+    fn delta(&mut self, delta: Delta) {
+        Output::delta(self, delta);
+    }
+
+    fn take_events(&mut self) -> Vec<Value> {
+        std::mem::take(&mut self.events)
+    }
 }
 
 /// The output item being written.
@@ -122,11 +118,6 @@ impl Output {
             events: Vec::new(),
             sequence: 0,
         }
-    }
-
-    fn take_events(&mut self, f: impl FnOnce(&mut Self)) -> Vec<Value> {
-        f(self);
-        std::mem::take(&mut self.events)
     }
 
     fn emit(&mut self, kind: &str, mut event: Value) {
@@ -374,20 +365,8 @@ mod tests {
     use serde_json::{Map, Value};
 
     use super::{Meta, Output};
-    use crate::protocol::openai::{FinishReason, FunctionDelta, ToolCallDelta};
+    use crate::protocol::openai::{FinishReason, ToolCallDelta};
     use crate::state::{Delta, Finish};
-
-    fn call(index: usize, name: Option<&str>, args: &str) -> ToolCallDelta {
-        ToolCallDelta {
-            index,
-            id: name.map(|_| format!("call_{index}")),
-            kind: name.map(|_| "function"),
-            function: FunctionDelta {
-                name: name.map(str::to_owned),
-                arguments: Some(args.to_owned()),
-            },
-        }
-    }
 
     fn text(content: &str, calls: Vec<ToolCallDelta>) -> Delta {
         Delta {
@@ -407,12 +386,15 @@ mod tests {
         let mut out = Output::new(meta, Map::new());
         out.delta(text(
             "Checking.",
-            vec![call(0, Some("w"), "{\"city\": \"Pa")],
+            vec![ToolCallDelta::fragment(0, Some("w"), "{\"city\": \"Pa")],
         ));
         // the end of call 0, the newline after it and call 1, all in one delta
         out.delta(text(
             "\n",
-            vec![call(0, None, "ris\"}"), call(1, Some("w"), "{}")],
+            vec![
+                ToolCallDelta::fragment(0, None, "ris\"}"),
+                ToolCallDelta::fragment(1, Some("w"), "{}"),
+            ],
         ));
         out.delta(Delta {
             finish: Some(Finish {

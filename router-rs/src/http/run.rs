@@ -194,6 +194,34 @@ pub async fn collect(mut stream: ChoiceStream, choices: usize) -> Result<Vec<Col
     Ok(collected)
 }
 
+/// What turns a choice's deltas into the events of a stream (the Responses and Messages
+/// APIs): each delta adds its events, taken after it.
+pub trait EventBuilder: Send + 'static {
+    fn delta(&mut self, delta: crate::state::Delta);
+    fn take_events(&mut self) -> Vec<serde_json::Value>;
+}
+
+/// The events `builder` makes of `stream`'s deltas (of its one choice), in order; a failure
+/// ends them.
+pub fn built_events(
+    builder: impl EventBuilder,
+    stream: ChoiceStream,
+) -> BoxStream<'static, Result<serde_json::Value, ApiError>> {
+    let builder = std::sync::Arc::new(std::sync::Mutex::new(builder));
+    stream
+        .map(move |item| {
+            let ChoiceDelta { delta, .. } = item?;
+            let mut b = builder.lock().unwrap_or_else(|e| e.into_inner());
+            b.delta(delta);
+            Ok(b.take_events())
+        })
+        .flat_map(|r: Result<Vec<serde_json::Value>, ApiError>| match r {
+            Ok(events) => stream::iter(events.into_iter().map(Ok).collect::<Vec<_>>()),
+            Err(e) => stream::iter(vec![Err(e)]),
+        })
+        .boxed()
+}
+
 /// Waits for the first delta so that an early failure (queue full, prompt rejected by the worker)
 /// is answered with its HTTP status instead of inside an event stream.
 pub async fn start(mut stream: ChoiceStream) -> Result<ChoiceStream, ApiError> {

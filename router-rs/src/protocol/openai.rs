@@ -183,6 +183,22 @@ pub struct ToolCallDelta {
     pub function: FunctionDelta,
 }
 
+#[cfg(test)]
+impl ToolCallDelta {
+    /// A fragment of call `index`: its first (with its `name` and an id) or a later one.
+    pub fn fragment(index: usize, name: Option<&str>, arguments: &str) -> Self {
+        ToolCallDelta {
+            index,
+            id: name.map(|_| format!("call_{index}")),
+            kind: name.map(|_| "function"),
+            function: FunctionDelta {
+                name: name.map(str::to_owned),
+                arguments: Some(arguments.to_owned()),
+            },
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct FunctionDelta {
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -453,3 +453,19 @@ pub fn chat_pipeline(state: &AppState, req: &ChatRequest, prompt: &ChatPrompt) -
 #[cfg(test)]
 #[path = "prepare_tests.rs"]
 mod tests;
+
+/// Submits the one choice of a chat request (the Responses and Messages APIs), its grammars
+/// attached, and returns its deltas through the chat pipeline.
+pub fn submit_one_choice(
+    state: &Arc<AppState>,
+    chat: &ChatRequest,
+    prompt: &ChatPrompt,
+    max_new: u32,
+) -> Result<super::run::ChoiceStream, ApiError> {
+    let mut reqs = wire_requests(state, &prompt.ids, &chat.sampling, max_new, 1);
+    grammar_after_reasoning(state, prompt, &mut reqs);
+    tool_call_grammar(state, chat, prompt, &mut reqs)?;
+    let handles = state.dispatcher.submit_many(reqs)?;
+    let pipeline = chat_pipeline(state, chat, prompt);
+    Ok(super::run::drive(handles, vec![pipeline], 0))
+}

@@ -10,11 +10,8 @@ use axum::Json;
 use futures::stream::{self, StreamExt};
 use serde_json::{json, Map, Value};
 
-use super::prepare::{
-    chat_pipeline, chat_prompt, grammar_after_reasoning, max_new_tokens, ready_worker,
-    tool_call_grammar, wire_requests, PromptUse,
-};
-use super::run::{built_events, drive, start, ChoiceStream, EventBuilder};
+use super::prepare::{chat_prompt, max_new_tokens, ready_worker, submit_one_choice, PromptUse};
+use super::run::{built_events, start, ChoiceStream, EventBuilder};
 use super::{sse, ApiError, AppState, JsonBody, Meta};
 use crate::protocol::openai::{random_id, FinishReason, ToolCallDelta};
 use crate::protocol::responses::ResponsesRequest;
@@ -29,11 +26,7 @@ pub async fn responses(
     let worker = ready_worker(&state)?;
     let prompt = chat_prompt(&state, chat, PromptUse::Generation).await?;
     let max_new = max_new_tokens(&state, &worker, prompt.ids.len(), &chat.sampling, "input")?;
-    let mut reqs = wire_requests(&state, &prompt.ids, &chat.sampling, max_new, 1);
-    grammar_after_reasoning(&state, &prompt, &mut reqs);
-    tool_call_grammar(&state, chat, &prompt, &mut reqs)?;
-    let handles = state.dispatcher.submit_many(reqs)?;
-    let stream = drive(handles, vec![chat_pipeline(&state, chat, &prompt)], 0);
+    let stream = submit_one_choice(&state, chat, &prompt, max_new)?;
     let output = Output::new(Meta::new(&state, "resp_"), req.echo);
     if req.chat.stream {
         let stream = start(stream).await?;

@@ -9,7 +9,7 @@ use super::keywords::{
     bounds, check_range, count, format_pattern, int_range, string_pattern, unique_items, BOUNDS,
 };
 use super::lengths::Lengths;
-use super::schema::{unescaped, Node, NodeId, Prop, SchemaError, MAX_PROPERTIES};
+use super::schema::{Node, NodeId, Prop, SchemaError, MAX_PROPERTIES};
 
 /// Ids of the nodes every schema has.
 pub(super) const ANY: NodeId = 0;
@@ -352,22 +352,7 @@ impl<'a> Builder<'a> {
                     },
                 };
                 let regex = Arc::new(string_pattern(&pattern, &at, self.no_lt)?);
-                let lengths = if min > 0 {
-                    let no_lt = self.no_lt;
-                    let allowed = |b: u8| unescaped(b) && !(no_lt && b == b'<');
-                    let live = &regex.chars_to_match;
-                    let lengths = Lengths::new(&regex.regex, allowed, live, min, max)
-                        .map_err(|m| err(path, m))?;
-                    if !lengths.fits(regex.regex.start(), 0) {
-                        return Err(err(
-                            path,
-                            "no string of the pattern has that many characters",
-                        ));
-                    }
-                    Some(Arc::new(lengths))
-                } else {
-                    None
-                };
+                let lengths = Lengths::of_string(&regex, min, max, path)?;
                 Ok(self.push(Node::Pattern {
                     regex,
                     max,

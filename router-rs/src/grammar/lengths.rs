@@ -3,8 +3,11 @@
 //! characters, so the matcher enters a state only where such a match can still follow.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
+use super::compile::err;
 use super::regex::{CharsToMatch, Regex};
+use super::schema::{unescaped, Pattern, SchemaError};
 
 /// Most mask words (64 bits each) the sets of lengths may take over all states.
 const MAX_SET_WORDS: usize = 1 << 20;
@@ -78,9 +81,35 @@ impl Lengths {
         })
     }
 
-    /// The fewest characters a string takes.
-    pub(crate) fn min(&self) -> u32 {
-        self.min
+    /// What a string of `pattern` with `min..=max` characters needs: None without a minimum
+    /// (the pattern's own `chars_to_match` keeps the maximum); an error where no string of
+    /// the pattern has that many characters, or working that out costs too much.
+    pub(crate) fn of_string(
+        pattern: &Pattern,
+        min: u32,
+        max: Option<u32>,
+        path: &str,
+    ) -> Result<Option<Arc<Self>>, SchemaError> {
+        if min == 0 {
+            return Ok(None);
+        }
+        let allowed = |b: u8| unescaped(b) && !(pattern.no_lt && b == b'<');
+        let regex = &pattern.regex;
+        let lengths = Lengths::new(regex, allowed, &pattern.chars_to_match, min, max)
+            .map_err(|m| err(path, m))?;
+        if !lengths.fits(regex.start(), 0) {
+            return Err(err(
+                path,
+                "no string of the pattern has that many characters",
+            ));
+        }
+        Ok(Some(Arc::new(lengths)))
+    }
+
+    /// Whether a string of `len` characters at `state` may close (a match `min` long at least:
+    /// the caller checks the match).
+    pub(crate) fn closes(lengths: Option<&Arc<Self>>, len: u32) -> bool {
+        lengths.is_none_or(|l| len >= l.min)
     }
 
     /// Whether from `state`, `len` characters read, a match of `min..=max` characters can

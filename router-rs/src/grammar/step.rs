@@ -4,6 +4,7 @@ use super::chars::{CharStep, Chars};
 use super::decimal::DecAt;
 use super::frame::{with_top, ArrAt, Frame, NumAt, ObjAt, Thread};
 use super::integer::IntAt;
+use super::lengths::Lengths;
 use super::matcher::{Grammar, MAX_DEPTH, MAX_NUMBER_BYTES, MAX_WHITESPACE_RUN};
 use super::schema::{Node, NodeId};
 
@@ -353,8 +354,7 @@ impl Grammar {
                     unreachable!("a pattern frame reads a pattern node");
                 };
                 if b == b'"' {
-                    let long_enough = lengths.as_ref().is_none_or(|l| len >= l.min());
-                    if regex.regex.can_end(state) && long_enough {
+                    if regex.regex.can_end(state) && Lengths::closes(lengths.as_ref(), len) {
                         t.stack.pop();
                         Self::emit(t, out);
                     }
@@ -366,21 +366,11 @@ impl Grammar {
                 let Some((state, rest)) = regex.step(state, b) else {
                     return;
                 };
-                let fits = match lengths {
-                    Some(lengths) => lengths.fits(state, len),
-                    None => max.is_none_or(|max| len + rest <= max),
-                };
-                if fits {
+                let fits = lengths.as_ref().map(|l| l.fits(state, len));
+                if fits.unwrap_or_else(|| max.is_none_or(|max| len + rest <= max)) {
                     Self::emit(with_top(t, Frame::Pattern { node, state, len }), out);
                 }
             }
-            Frame::Raw(_)
-            | Frame::Seq { .. }
-            | Frame::Text { .. }
-            | Frame::Free { .. }
-            | Frame::Args { .. }
-            | Frame::ArgKey { .. }
-            | Frame::Repeat { .. } => unreachable!("raw-text frames step in feed_raw"),
             Frame::Choice { node, lo, hi, pos } => {
                 let (node, lo, hi, pos) = (*node, *lo, *hi, *pos);
                 let texts = &self.texts[node];
@@ -406,6 +396,7 @@ impl Grammar {
                     self.feed(t, b, out);
                 }
             }
+            _ => unreachable!("raw-text frames step in feed_raw"),
         }
     }
 

@@ -44,6 +44,8 @@ pub struct Grammar {
     /// Inside free text (`Node::Free`), by vocabulary, node and where the text stands: the
     /// tokens that stay in it and those that end one of its words (vocab.rs).
     free_tokens: Mutex<HashMap<FreeKey, FreeTokens>>,
+    /// The schema has free text (`Node::Free`): its masks may look for it past raw frames.
+    pub(crate) has_free: bool,
 }
 
 /// (vocabulary id, free-text node, words' automaton state, UTF-8 state)
@@ -103,12 +105,14 @@ impl Grammar {
                 _ => Vec::new(),
             })
             .collect();
+        let has_free = schema.nodes.iter().any(|n| matches!(n, Node::Free { .. }));
         Arc::new(Grammar {
             schema,
             texts,
             pattern_tokens: Mutex::default(),
             walked_masks: Mutex::default(),
             free_tokens: Mutex::default(),
+            has_free,
         })
     }
 

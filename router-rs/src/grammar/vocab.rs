@@ -381,9 +381,9 @@ impl Vocab {
             self.rest.mark(matcher, words, &mut levels);
         } else if let Some(at) = matcher.in_free().or_else(|| {
             // at the start of free text (after a literal, or at the output's start)
-            let settled = matcher.grammar().settled(&matcher.threads);
-            let at = matcher.free_among(&settled)?;
-            Some(at)
+            let g = matcher.grammar();
+            g.has_free
+                .then(|| matcher.free_among(&g.settled(&matcher.threads)))?
         }) {
             // free text: the tokens that stay in it, the same every time it stands there, then
             // those that end one of its words by the matcher (what follows the word decides)

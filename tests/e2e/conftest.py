@@ -114,6 +114,14 @@ def server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> It
         stop_server(proc)
 
 
+# What a scripted worker writes in the API tests: reasoning, a sentence, then one call.
+WEATHER_CALL_TEXT = (
+    "The user wants weather.</think>Let me check.\n"
+    "<tool_call>get_weather<arg_key>city</arg_key><arg_value>Paris</arg_value>"
+    "<arg_key>days</arg_key><arg_value>3</arg_value></tool_call>"
+)
+
+
 @contextmanager
 def scripted_router(model_dir: Path, tmp: Path, text: str) -> Iterator[str]:
     """The real router in front of tests/e2e/scripted_worker.py answering every request with

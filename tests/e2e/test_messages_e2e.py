@@ -13,15 +13,10 @@ import anthropic
 import pytest
 import requests
 
-from .conftest import Server, scripted_router
+from .conftest import WEATHER_CALL_TEXT, Server, scripted_router
 
 pytestmark = pytest.mark.e2e
 
-MODEL_TEXT = (
-    "The user wants weather.</think>Let me check.\n"
-    "<tool_call>get_weather<arg_key>city</arg_key><arg_value>Paris</arg_value>"
-    "<arg_key>days</arg_key><arg_value>3</arg_value></tool_call>"
-)
 TOOLS: list[dict[str, Any]] = [
     {
         "name": "get_weather",
@@ -39,7 +34,9 @@ THINK = {"type": "enabled", "budget_tokens": 1024}  # thinking is off unless ask
 
 @pytest.fixture(scope="module")
 def scripted(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with scripted_router(tiny_model_dir, tmp_path_factory.mktemp("messages"), MODEL_TEXT) as base:
+    with scripted_router(
+        tiny_model_dir, tmp_path_factory.mktemp("messages"), WEATHER_CALL_TEXT
+    ) as base:
         yield base
 
 

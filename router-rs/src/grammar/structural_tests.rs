@@ -321,3 +321,23 @@ fn settled_threads_read_every_text_as_the_threads_they_stand_for() {
     assert!(m.in_free().is_none());
     assert!(m.free_among(&w.settled(&m.threads)).is_some());
 }
+
+#[test]
+fn a_grammar_kept_past_its_vocabulary_gives_the_next_vocabulary_its_own_masks() {
+    // masks are kept per vocabulary: a new one (perhaps at the freed one's address) walks anew
+    let grammar = g(weather());
+    for size in [
+        super::tests::END as usize + 1,
+        super::tests::END as usize + 65,
+    ] {
+        let v = Arc::new(Vocab::new(super::tests::test_vocab(), size));
+        let c = Constraint::new(grammar.clone(), v.clone(), vec![super::tests::END], None);
+        let mut words = vec![0u32; v.mask_words()];
+        c.fill_mask(&mut words);
+        let allowed = words.iter().map(|w| w.count_ones()).sum::<u32>();
+        assert_eq!(
+            allowed as usize,
+            super::tests::brute_force(&Matcher::new(grammar.clone()), &v).len()
+        );
+    }
+}

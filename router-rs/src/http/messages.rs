@@ -11,7 +11,7 @@ use futures::stream::{self, StreamExt};
 use serde_json::{json, Value};
 
 use super::prepare::{chat_prompt, max_new_tokens, ready_worker, submit_one_choice, PromptUse};
-use super::run::{built_events, start, ChoiceStream, EventBuilder};
+use super::run::{built_events, start, written_order, ChoiceStream, EventBuilder, Piece};
 use super::{sse, ApiError, AppState, JsonBody, Meta};
 use crate::protocol::messages::MessagesRequest;
 use crate::protocol::openai::{FinishReason, StopReason, ToolCallDelta};
@@ -139,35 +139,17 @@ impl Blocks {
     }
 
     /// One delta's text in the order it was written (see http/responses.rs).
-    fn delta(&mut self, delta: Delta) {
+    fn delta(&mut self, mut delta: Delta) {
         let open_call = match &self.open {
             Some(Open::ToolUse { index, .. }) => Some(*index),
             _ => None,
         };
-        let (tail, calls): (Vec<_>, Vec<_>) = delta
-            .tool_calls
-            .into_iter()
-            .partition(|c| Some(c.index) == open_call);
-        for call in tail {
-            self.tool_use(call);
-        }
-        if !delta.reasoning.is_empty() {
-            if !matches!(self.open, Some(Open::Thinking { .. })) {
-                self.begin(json!({"type": "thinking", "thinking": "", "signature": ""}));
-                self.open = Some(Open::Thinking {
-                    text: String::new(),
-                });
+        for piece in written_order(&mut delta, open_call) {
+            match piece {
+                Piece::Call(call) => self.tool_use(call),
+                Piece::Reasoning(text) => self.thinking(text),
+                Piece::Text(text) => self.text(&text),
             }
-            if let Some(Open::Thinking { text }) = &mut self.open {
-                text.push_str(&delta.reasoning);
-            }
-            self.piece(json!({"type": "thinking_delta", "thinking": delta.reasoning}));
-        }
-        if !delta.content.is_empty() {
-            self.text(&delta.content);
-        }
-        for call in calls {
-            self.tool_use(call);
         }
         if let Some(finish) = delta.finish {
             if !self.held.is_empty() && self.content.is_empty() && self.open.is_none() {
@@ -187,6 +169,19 @@ impl Blocks {
             self.events.push(event);
             self.events.push(json!({"type": "message_stop"}));
         }
+    }
+
+    fn thinking(&mut self, piece: String) {
+        if !matches!(self.open, Some(Open::Thinking { .. })) {
+            self.begin(json!({"type": "thinking", "thinking": "", "signature": ""}));
+            self.open = Some(Open::Thinking {
+                text: String::new(),
+            });
+        }
+        if let Some(Open::Thinking { text }) = &mut self.open {
+            text.push_str(&piece);
+        }
+        self.piece(json!({"type": "thinking_delta", "thinking": piece}));
     }
 
     fn text(&mut self, piece: &str) {

@@ -11,7 +11,7 @@ use futures::stream::{self, StreamExt};
 use serde_json::{json, Map, Value};
 
 use super::prepare::{chat_prompt, max_new_tokens, ready_worker, submit_one_choice, PromptUse};
-use super::run::{built_events, start, ChoiceStream, EventBuilder};
+use super::run::{built_events, start, written_order, ChoiceStream, EventBuilder, Piece};
 use super::{sse, ApiError, AppState, JsonBody, Meta};
 use crate::protocol::openai::{random_id, FinishReason, ToolCallDelta};
 use crate::protocol::responses::ResponsesRequest;
@@ -134,7 +134,7 @@ impl Output {
 
     /// One delta's text, in the order it was written: the open call's last fragments (a
     /// delta's text after a call ends the call), reasoning, answer text, then new calls.
-    fn delta(&mut self, delta: Delta) {
+    fn delta(&mut self, mut delta: Delta) {
         if !delta.reasoning.is_empty() && delta.content.is_empty() && delta.tool_calls.is_empty() {
             self.reasoning_tokens += delta.tokens.len() as u32;
         }
@@ -142,21 +142,12 @@ impl Output {
             Some(Open::Call { index, .. }) => Some(*index),
             _ => None,
         };
-        let (tail, calls): (Vec<_>, Vec<_>) = delta
-            .tool_calls
-            .into_iter()
-            .partition(|c| Some(c.index) == open_call);
-        for call in tail {
-            self.call(call);
-        }
-        if !delta.reasoning.is_empty() {
-            self.reasoning(&delta.reasoning);
-        }
-        if !delta.content.is_empty() {
-            self.text(&delta.content);
-        }
-        for call in calls {
-            self.call(call);
+        for piece in written_order(&mut delta, open_call) {
+            match piece {
+                Piece::Call(call) => self.call(call),
+                Piece::Reasoning(text) => self.reasoning(&text),
+                Piece::Text(text) => self.text(&text),
+            }
         }
         if let Some(finish) = delta.finish {
             if !self.held.is_empty() && self.items.is_empty() && self.open.is_none() {

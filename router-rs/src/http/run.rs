@@ -194,6 +194,33 @@ pub async fn collect(mut stream: ChoiceStream, choices: usize) -> Result<Vec<Col
     Ok(collected)
 }
 
+/// A piece of a delta's text.
+pub enum Piece {
+    Call(crate::protocol::openai::ToolCallDelta),
+    Reasoning(String),
+    Text(String),
+}
+
+/// The text of `delta` (taken out of it) in the order it was written: the fragments of
+/// `open_call` (the call being written: text after a call ends it), reasoning, answer text, then
+/// the other calls.
+pub fn written_order(delta: &mut crate::state::Delta, open_call: Option<usize>) -> Vec<Piece> {
+    let (tail, calls): (Vec<_>, Vec<_>) = std::mem::take(&mut delta.tool_calls)
+        .into_iter()
+        .partition(|c| Some(c.index) == open_call);
+    let mut pieces: Vec<Piece> = tail.into_iter().map(Piece::Call).collect();
+    let reasoning = std::mem::take(&mut delta.reasoning);
+    if !reasoning.is_empty() {
+        pieces.push(Piece::Reasoning(reasoning));
+    }
+    let content = std::mem::take(&mut delta.content);
+    if !content.is_empty() {
+        pieces.push(Piece::Text(content));
+    }
+    pieces.extend(calls.into_iter().map(Piece::Call));
+    pieces
+}
+
 /// What turns a choice's deltas into the events of a stream (the Responses and Messages
 /// APIs): each delta adds its events, taken after it.
 pub trait EventBuilder: Send + 'static {

@@ -116,6 +116,18 @@ impl ChatTemplate {
     }
 }
 
+/// Where a prompt that continues its last message ends: `rendered` (the messages rendered
+/// without a generation prompt) cut after the last message's text as the template writes it
+/// (stripped), or after its reasoning when it has no text, so the model goes on from there.
+/// `None` when the template did not write that text.
+pub fn continued_end(rendered: &str, last: &Json) -> Option<usize> {
+    let text = |k: &str| last.get(k).and_then(Json::as_str).unwrap_or("").trim();
+    let tail = [text("content"), text("reasoning_content")]
+        .into_iter()
+        .find(|t| !t.is_empty())?;
+    rendered.rfind(tail).map(|at| at + tail.len())
+}
+
 /// Converts messages to template values, parsing tool-call `arguments` strings into objects.
 fn prepare_messages(messages: &Json) -> Result<Value, TemplateError> {
     let list = messages

@@ -401,3 +401,34 @@ async fn a_chat_keeps_its_stop_string_when_asked_to() {
     assert_eq!(answer["choices"][0]["message"]["content"], "Hello there.");
     assert_eq!(answer["choices"][0]["finish_reason"], "stop");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_continued_last_message_is_the_end_of_the_prompt() {
+    let parsers = ["--reasoning-parser", "glm45"];
+    let (model, worker, server) = setup(" more</think>Done", 2, &parsers).await;
+    let ask = |last: Value| {
+        json!({"messages": [{"role": "user", "content": "hi"}, last],
+               "continue_final_message": true})
+    };
+    // the answer goes on from the prefill; its reasoning stays open in the prompt
+    let last = json!({"role": "assistant", "content": "<think>I think "});
+    let (status, answer) = server.post("/v1/chat/completions", ask(last)).await;
+    assert_eq!(status, 200, "{answer}");
+    let prompt = model.encode("<|user|>hi<|assistant|><think>I think");
+    assert_eq!(worker.requests()[0].input_ids, prompt);
+    let message = &answer["choices"][0]["message"];
+    assert_eq!(message["reasoning_content"], " more");
+    assert_eq!(message["content"], "Done");
+    assert_eq!(answer["usage"]["prompt_tokens"], prompt.len());
+    // a template that does not write the reasoning cannot continue it
+    let thought = json!({"role": "assistant", "content": "", "reasoning_content": "Hm"});
+    let (status, answer) = server.post("/v1/chat/completions", ask(thought)).await;
+    assert_eq!(status, 400, "{answer}");
+    assert_eq!(answer["error"]["param"], "continue_final_message");
+    // without a generation prompt the messages end the prompt
+    let body = json!({"messages": [{"role": "user", "content": "hi"}],
+                      "add_generation_prompt": false});
+    let (status, answer) = server.post("/tokenize", body).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["tokens"], json!(model.encode("<|user|>hi")));
+}

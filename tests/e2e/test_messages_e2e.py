@@ -1,6 +1,7 @@
 """`POST /v1/messages` with the `anthropic` client: a scripted worker's text as thinking, text and
 tool_use blocks, streamed or not; a conversation with tool results (an image among them as a
-placeholder); token counting; the real tiny model under a forced tool; what is refused."""
+placeholder); token counting; the real tiny model under a forced tool; a prefill; what is refused,
+in Anthropic's error shape."""
 
 from __future__ import annotations
 
@@ -143,4 +144,29 @@ def test_what_is_not_offered_is_refused(server: Server) -> None:
     for body, param in cases:
         r = requests.post(url, json={"model": "m", **body}, timeout=30)
         assert r.status_code == 400, (body, r.text)
-        assert r.json()["error"]["param"] == param, r.text
+        # Anthropic's error shape, the message led by the field
+        assert r.json()["type"] == "error", r.text
+        assert r.json()["error"]["type"] == "invalid_request_error", r.text
+        assert r.json()["error"]["message"].startswith(f"{param}: "), r.text
+    bad_json = requests.post(url, data=b"{", timeout=30)
+    assert bad_json.status_code == 400
+    assert bad_json.json()["error"]["type"] == "invalid_request_error", bad_json.text
+    with pytest.raises(anthropic.BadRequestError, match="max_tokens"):
+        _client(server.base_url).messages.create(model="m", max_tokens=0, messages=ASK)  # type: ignore[arg-type]
+
+
+def test_a_last_assistant_turn_is_a_prefill_the_answer_continues(server: Server) -> None:
+    client = _client(server.base_url)
+    prefill = [*ASK, {"role": "assistant", "content": "The weather in Paris is"}]
+    counted = client.messages.count_tokens(model="m", messages=prefill)  # type: ignore[arg-type]
+    plain = client.messages.count_tokens(model="m", messages=ASK)  # type: ignore[arg-type]
+    assert counted.input_tokens > plain.input_tokens
+    msg = client.messages.create(model="m", max_tokens=3, messages=prefill)  # type: ignore[arg-type]
+    assert msg.usage.input_tokens == counted.input_tokens
+    assert msg.stop_reason == "max_tokens"
+    # the same prompt through the chat API's continue_final_message
+    chat = {"model": "m", "max_tokens": 1, "messages": prefill, "continue_final_message": True,
+            "chat_template_kwargs": {"enable_thinking": False}}  # fmt: skip
+    r = requests.post(f"{server.base_url}/v1/chat/completions", json=chat, timeout=60)
+    assert r.status_code == 200, r.text
+    assert r.json()["usage"]["prompt_tokens"] == counted.input_tokens

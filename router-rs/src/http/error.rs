@@ -93,18 +93,65 @@ impl ApiError {
             "code": status.as_u16(),
         }})
     }
-}
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        match (self.status(), &self) {
+    /// The Messages API's error object (`{"type": "error", "error": {"type", "message"}}`), the
+    /// message led by the field it is about.
+    pub fn anthropic_body(&self) -> Value {
+        let kind = match self.status().as_u16() {
+            400 | 408 => "invalid_request_error",
+            404 | 405 => "not_found_error",
+            413 => "request_too_large",
+            429 => "rate_limit_error",
+            503 => "overloaded_error",
+            _ => "api_error",
+        };
+        let message = match self {
+            // as Anthropic names the field: `messages.0.content: ...`
+            ApiError::Invalid(e) if !e.param.is_empty() => format!("{}: {self}", e.param),
+            _ => self.to_string(),
+        };
+        json!({"type": "error", "error": {"type": kind, "message": message}})
+    }
+
+    /// Logs the error as it is answered: a warning for our failures, a note for refusals.
+    fn log(&self) {
+        match (self.status(), self) {
             (StatusCode::INTERNAL_SERVER_ERROR, _) => tracing::warn!("request failed: {self}"),
             (status, ApiError::Invalid(e)) if !e.param.is_empty() => {
                 tracing::info!(param = %e.param, "request refused ({status}): {self}");
             }
             (status, _) => tracing::info!("request refused ({status}): {self}"),
         }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        self.log();
         (self.status(), Json(self.body())).into_response()
+    }
+}
+
+/// An [`ApiError`] answered in the Messages API's shape ([`ApiError::anthropic_body`]).
+#[derive(Debug)]
+pub struct AnthropicError(pub ApiError);
+
+impl From<ApiError> for AnthropicError {
+    fn from(e: ApiError) -> Self {
+        AnthropicError(e)
+    }
+}
+
+impl From<ValidationError> for AnthropicError {
+    fn from(e: ValidationError) -> Self {
+        AnthropicError(e.into())
+    }
+}
+
+impl IntoResponse for AnthropicError {
+    fn into_response(self) -> Response {
+        self.0.log();
+        (self.0.status(), Json(self.0.anthropic_body())).into_response()
     }
 }
 
@@ -190,5 +237,29 @@ mod tests {
         let req = Request::new(axum::body::Body::from("{}"));
         let got = read_body(req, &(), 1000, Duration::from_millis(50)).await;
         assert_eq!(got.unwrap(), Bytes::from("{}"));
+    }
+}
+
+#[cfg(test)]
+mod anthropic_tests {
+    use super::*;
+
+    #[test]
+    fn the_messages_shape_names_the_field_in_its_message() {
+        let e = ApiError::from(ValidationError::new(
+            "messages[0].role",
+            "role must be user",
+        ));
+        let body = e.anthropic_body();
+        assert_eq!(body["type"], "error");
+        assert_eq!(body["error"]["type"], "invalid_request_error");
+        assert_eq!(
+            body["error"]["message"],
+            "messages[0].role: role must be user"
+        );
+        let busy = ApiError::NoWorkerReady.anthropic_body();
+        assert_eq!(busy["error"]["type"], "overloaded_error");
+        let ours = ApiError::Internal("x".into()).anthropic_body();
+        assert_eq!(ours["error"]["type"], "api_error");
     }
 }

@@ -10,6 +10,7 @@ use axum::Json;
 use futures::stream::{self, StreamExt};
 use serde_json::{json, Value};
 
+use super::error::AnthropicError;
 use super::prepare::{chat_prompt, max_new_tokens, ready_worker, submit_one_choice, PromptUse};
 use super::run::{built_events, start, written_order, ChoiceStream, EventBuilder, Piece};
 use super::{sse, ApiError, AppState, JsonBody, Meta};
@@ -22,8 +23,9 @@ const ABORTED: &str = "the request was aborted before it finished";
 
 pub async fn messages(
     State(state): State<Arc<AppState>>,
-    JsonBody(body): JsonBody,
-) -> Result<Response, ApiError> {
+    body: Result<JsonBody, ApiError>,
+) -> Result<Response, AnthropicError> {
+    let JsonBody(body) = body?;
     let chat = MessagesRequest::from_json(&body)?.chat;
     let worker = ready_worker(&state)?;
     let prompt = chat_prompt(&state, &chat, PromptUse::Generation).await?;
@@ -43,7 +45,7 @@ pub async fn messages(
             blocks.delta(item?.delta);
         }
         if blocks.aborted() {
-            return Err(ApiError::Internal(ABORTED.into()));
+            return Err(ApiError::Internal(ABORTED.into()).into());
         }
         Ok(Json(blocks.message()).into_response())
     }
@@ -52,8 +54,9 @@ pub async fn messages(
 /// `{"input_tokens": N}`: the prompt's tokens, as `/v1/messages` would render it.
 pub async fn count_tokens(
     State(state): State<Arc<AppState>>,
-    JsonBody(body): JsonBody,
-) -> Result<Response, ApiError> {
+    body: Result<JsonBody, ApiError>,
+) -> Result<Response, AnthropicError> {
+    let JsonBody(body) = body?;
     let chat = MessagesRequest::from_json(&body)?.chat;
     let prompt = chat_prompt(&state, &chat, PromptUse::Listing).await?;
     Ok(Json(json!({"input_tokens": prompt.ids.len()})).into_response())

@@ -17,6 +17,7 @@ use crate::protocol::sampling::SamplingParams;
 use crate::protocol::ValidationError;
 use crate::state::Pipeline;
 use crate::stop::StopMatcher;
+use crate::template::continued_end;
 use crate::tokenizer::Bounded;
 use crate::wire;
 
@@ -59,7 +60,9 @@ pub fn ready_worker(state: &AppState) -> Result<WorkerInfo, ApiError> {
 /// generation prompt ends inside reasoning (`<think>`, thinking on), `</think>` is appended first:
 /// reasoning is skipped for a forced call, and the reasoning parser starts outside reasoning.
 /// With `tool_choice` none the request carries no tools, so the template renders none and no
-/// call is parsed.
+/// call is parsed. With `continue_final_message` the prompt ends inside the last (assistant)
+/// message, after its text, or after its reasoning when it has none (the reasoning parser then
+/// starts inside reasoning).
 pub async fn chat_prompt(
     state: &Arc<AppState>,
     req: &ChatRequest,
@@ -69,6 +72,8 @@ pub async fn chat_prompt(
     let messages = req.messages.clone();
     let tools = (!req.tools.is_empty()).then(|| Value::Array(req.tools.clone()));
     let kwargs = req.template_kwargs.clone();
+    let (add_generation_prompt, continued) =
+        (req.add_generation_prompt, req.continue_final_message);
     let tool_prefix = forced_call(req);
     if tool_prefix.is_some() && state.options.tool_call_parser.is_none() {
         // Without the parser the call could neither be forced nor returned as a call.
@@ -80,9 +85,19 @@ pub async fn chat_prompt(
         .into());
     }
     tokio::task::spawn_blocking(move || {
-        let mut text = state
-            .template
-            .render(&messages, tools.as_ref(), true, &kwargs)?;
+        let mut text =
+            state
+                .template
+                .render(&messages, tools.as_ref(), add_generation_prompt, &kwargs)?;
+        if continued {
+            let last = messages.as_array().and_then(|m| m.last());
+            let end = last.and_then(|m| continued_end(&text, m)).ok_or_else(|| {
+                let msg = "the chat template did not write the last message's text, so it \
+                           cannot be continued";
+                ValidationError::new("continue_final_message", msg)
+            })?;
+            text.truncate(end);
+        }
         let mut in_reasoning = ends_in_reasoning(&text);
         if let Some(prefix) = &tool_prefix {
             if in_reasoning {

@@ -28,10 +28,7 @@ pub fn respond_named(events: NamedEvents) -> Response {
                 Ok(event) => event,
                 Err(e) => {
                     *failed = true;
-                    let message = e.body()["error"]["message"].clone();
-                    let error = serde_json::json!({"type": "error",
-                        "error": {"type": "api_error", "message": message}});
-                    ("error".to_owned(), error.to_string())
+                    ("error".to_owned(), e.anthropic_body().to_string())
                 }
             };
             futures::future::ready(Some(name_event(name, data)))

@@ -40,6 +40,11 @@ pub struct ChatRequest {
     pub include_usage: bool,
     /// Extra variables for the chat template (`enable_thinking`, `clear_thinking`, ...).
     pub template_kwargs: Map<String, Value>,
+    /// The prompt ends in the template's generation prompt (an opened assistant turn).
+    pub add_generation_prompt: bool,
+    /// The prompt ends inside the last message, an assistant's, which the model continues
+    /// (vLLM's `continue_final_message`; the Messages API's prefill).
+    pub continue_final_message: bool,
     pub n: u32,
     pub sampling: SamplingParams,
 }
@@ -58,6 +63,8 @@ struct RawChat {
     chat_template_kwargs: Option<Map<String, Value>>,
     echo: Option<bool>,
     best_of: Option<u32>,
+    add_generation_prompt: Option<bool>,
+    continue_final_message: Option<bool>,
 }
 
 impl ChatRequest {
@@ -85,6 +92,19 @@ impl ChatRequest {
         }
         check_best_of(raw.best_of, n)?;
         let messages = normalize_messages(raw.messages)?;
+        let continue_final_message = raw.continue_final_message.unwrap_or(false);
+        let add_generation_prompt = match raw.add_generation_prompt {
+            Some(true) if continue_final_message => {
+                return Err(ValidationError::new(
+                    "add_generation_prompt",
+                    "add_generation_prompt and continue_final_message exclude each other",
+                ))
+            }
+            given => given.unwrap_or(!continue_final_message),
+        };
+        if continue_final_message {
+            check_continued(&messages)?;
+        }
         let tools = raw.tools.unwrap_or_default();
         check_tools(&tools)?;
         let tool_choice = parse_tool_choice(raw.tool_choice.as_ref(), &tools)?;
@@ -112,6 +132,8 @@ impl ChatRequest {
                 .and_then(|o| o.include_usage)
                 .unwrap_or(false),
             template_kwargs: raw.chat_template_kwargs.unwrap_or_default(),
+            add_generation_prompt,
+            continue_final_message,
             n,
             sampling,
         })
@@ -128,6 +150,32 @@ fn chat_logprobs(logprobs: Option<bool>, top: Option<u32>) -> Result<i32, Valida
         )),
         (false, _) => Ok(-1),
     }
+}
+
+/// A message the model can continue: the last, an assistant's without tool calls, with text or
+/// reasoning to continue.
+fn check_continued(messages: &[Value]) -> Result<(), ValidationError> {
+    let last = messages.last().unwrap_or(&Value::Null);
+    let at = format!("messages[{}]", messages.len().saturating_sub(1));
+    let text = |k: &str| last.get(k).and_then(Value::as_str).unwrap_or("").trim();
+    let refuse = |why: &str| {
+        let msg = format!("continue_final_message needs {why}");
+        Err(ValidationError::new(at.clone(), msg))
+    };
+    if last.get("role").and_then(Value::as_str) != Some("assistant") {
+        return refuse("the last message to be an assistant's");
+    }
+    if last
+        .get("tool_calls")
+        .and_then(Value::as_array)
+        .is_some_and(|c| !c.is_empty())
+    {
+        return refuse("a last message without tool calls");
+    }
+    if text("content").is_empty() && text("reasoning_content").is_empty() {
+        return refuse("a last message with content or reasoning_content");
+    }
+    Ok(())
 }
 
 /// Joins text parts into strings and parses assistant tool-call arguments into objects.

@@ -195,3 +195,36 @@ fn prompt_logprobs_are_scored_but_refused_on_a_stream() {
         ChatRequest::from_json(&json!({"messages": messages, "prompt_logprobs": -1})).unwrap_err();
     assert_eq!(err.param, "prompt_logprobs");
 }
+
+#[test]
+fn continuing_the_last_message_replaces_the_generation_prompt() {
+    let chat = |extra: serde_json::Value, last: serde_json::Value| {
+        let mut body = json!({"messages": [{"role": "user", "content": "hi"}, last]});
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        ChatRequest::from_json(&body)
+    };
+    let prefill = json!({"role": "assistant", "content": "The answer is"});
+    let plain = chat(json!({}), prefill.clone()).unwrap();
+    assert!(plain.add_generation_prompt && !plain.continue_final_message);
+    let go_on = chat(json!({"continue_final_message": true}), prefill.clone()).unwrap();
+    assert!(!go_on.add_generation_prompt && go_on.continue_final_message);
+    let none = chat(json!({"add_generation_prompt": false}), prefill.clone()).unwrap();
+    assert!(!none.add_generation_prompt && !none.continue_final_message);
+    let both = json!({"continue_final_message": true, "add_generation_prompt": true});
+    let err = chat(both, prefill).unwrap_err();
+    assert_eq!(err.param, "add_generation_prompt");
+    let go_on = json!({"continue_final_message": true});
+    for last in [
+        json!({"role": "user", "content": "more"}),
+        json!({"role": "assistant", "content": "  "}),
+        json!({"role": "assistant", "content": "x", "tool_calls": [
+            {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}),
+    ] {
+        let err = chat(go_on.clone(), last.clone()).unwrap_err();
+        assert_eq!(err.param, "messages[1]", "{last}");
+    }
+    let thought = json!({"role": "assistant", "content": "", "reasoning_content": "Hmm"});
+    assert!(chat(go_on, thought).unwrap().continue_final_message);
+}

@@ -38,7 +38,16 @@ impl MessagesRequest {
                 chat.insert(field.into(), v.clone());
             }
         }
-        chat.insert("messages".into(), Value::Array(messages(obj)?));
+        let mut messages = merged(messages(obj)?);
+        if messages.last().is_some_and(|m| m["role"] == "assistant") {
+            // a last assistant message is a prefill the answer continues; an empty one is none
+            if prefill_is_empty(&messages[messages.len() - 1]) {
+                messages.pop();
+            } else {
+                chat.insert("continue_final_message".into(), Value::Bool(true));
+            }
+        }
+        chat.insert("messages".into(), Value::Array(messages));
         if let Some(stop) = obj.get("stop_sequences").filter(|v| !v.is_null()) {
             chat.insert("stop".into(), stop.clone());
         }
@@ -126,6 +135,53 @@ fn messages(obj: &Map<String, Value>) -> Result<Vec<Value>, ValidationError> {
         }
     }
     Ok(out)
+}
+
+/// Consecutive user messages, and consecutive assistant messages, as one (Anthropic combines
+/// consecutive turns of one role): texts joined by a blank line, reasoning joined, tool calls
+/// in order.
+fn merged(messages: Vec<Value>) -> Vec<Value> {
+    let mut out: Vec<Value> = Vec::with_capacity(messages.len());
+    for m in messages {
+        let role = m["role"].as_str().unwrap_or("");
+        let prev = out
+            .last_mut()
+            .filter(|p| p["role"] == role && matches!(role, "user" | "assistant"));
+        let Some(prev) = prev else {
+            out.push(m);
+            continue;
+        };
+        for key in ["content", "reasoning_content"] {
+            if let Some(more) = m.get(key).and_then(Value::as_str) {
+                let mut text = prev
+                    .get(key)
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_owned();
+                join(&mut text, more, "\n\n");
+                prev[key] = Value::String(text);
+            }
+        }
+        if let Some(Value::Array(calls)) = m.get("tool_calls") {
+            match prev.get_mut("tool_calls") {
+                Some(Value::Array(have)) => have.extend(calls.iter().cloned()),
+                _ => prev["tool_calls"] = Value::Array(calls.clone()),
+            }
+        }
+    }
+    out
+}
+
+/// A last assistant message that gives nothing to continue.
+fn prefill_is_empty(m: &Value) -> bool {
+    let blank = |k: &str| {
+        m.get(k)
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .trim()
+            .is_empty()
+    };
+    blank("content") && blank("reasoning_content") && m.get("tool_calls").is_none()
 }
 
 /// A user message: its tool results as tool messages, then its text.
@@ -356,6 +412,36 @@ mod tests {
         assert_eq!(req.sampling.max_new_tokens, Some(9));
         assert_eq!(req.sampling.stop, vec!["END".to_string()]);
         assert_eq!(req.template_kwargs["enable_thinking"], false);
+    }
+
+    #[test]
+    fn turns_of_one_role_are_merged_and_a_last_assistant_turn_is_continued() {
+        let body = json!({"messages": [
+            {"role": "user", "content": "a"},
+            {"role": "user", "content": [{"type": "text", "text": "b"}]},
+            {"role": "assistant", "content": [{"type": "thinking", "thinking": "t"}]},
+            {"role": "assistant", "content": "The answer is"},
+        ]});
+        let req = MessagesRequest::from_json(&body).unwrap().chat;
+        let m = req.messages.as_array().unwrap();
+        assert_eq!(m.len(), 2);
+        assert_eq!(m[0]["content"], "a\n\nb");
+        assert_eq!(m[1]["reasoning_content"], "t");
+        assert_eq!(m[1]["content"], "The answer is");
+        assert!(req.continue_final_message && !req.add_generation_prompt);
+        // an empty last assistant turn is no prefill
+        let body = json!({"messages": [
+            {"role": "user", "content": "a"}, {"role": "assistant", "content": ""}]});
+        let req = MessagesRequest::from_json(&body).unwrap().chat;
+        assert_eq!(req.messages.as_array().unwrap().len(), 1);
+        assert!(req.add_generation_prompt && !req.continue_final_message);
+        // a tool use cannot be continued
+        let body = json!({"messages": [{"role": "user", "content": "a"}, {"role": "assistant",
+            "content": [{"type": "tool_use", "id": "t", "name": "w", "input": {}}]}]});
+        assert_eq!(
+            MessagesRequest::from_json(&body).unwrap_err().param,
+            "messages"
+        );
     }
 
     #[test]

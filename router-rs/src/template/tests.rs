@@ -165,3 +165,22 @@ fn template_is_shareable_across_threads() {
     fn assert_send_sync<T: Send + Sync>() {}
     assert_send_sync::<ChatTemplate>();
 }
+
+#[test]
+fn a_continued_prompt_ends_after_the_last_text_or_its_reasoning() {
+    let cut = |last: Json| {
+        let msgs = json!([{"role": "user", "content": "hi"}, last.clone()]);
+        let text = glm47().render(&msgs, None, false, &Map::new()).unwrap();
+        let end = continued_end(&text, &last).expect("the text is in the prompt");
+        text[..end].to_owned()
+    };
+    let prefix = "[gMASK]<sop><|user|>hi<|assistant|>";
+    let answer = json!({"role": "assistant", "content": "The answer is "});
+    assert_eq!(cut(answer), format!("{prefix}</think>The answer is"));
+    let both = json!({"role": "assistant", "content": "Yes", "reasoning_content": "Easy."});
+    assert_eq!(cut(both), format!("{prefix}<think>Easy.</think>Yes"));
+    let thought = json!({"role": "assistant", "content": "", "reasoning_content": "Let me"});
+    assert_eq!(cut(thought), format!("{prefix}<think>Let me"));
+    let empty = json!({"role": "assistant", "content": ""});
+    assert_eq!(continued_end("anything", &empty), None);
+}

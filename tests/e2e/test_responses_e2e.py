@@ -90,6 +90,14 @@ def test_the_stream_tells_each_item_and_ends_with_the_whole_response(scripted: s
     assert text == final.output_text == "Let me check.\n"
     assert thought == "The user wants weather."
     assert json.loads(args) == json.loads(final.output[2].arguments) == {"city": "Paris", "days": 3}
+    # the reasoning and the message each open and close their one content part
+    parts = [(e.type, e.output_index, e.part.type) for e in events if "content_part" in e.type]  # type: ignore[union-attr]
+    assert parts == [
+        ("response.content_part.added", 0, "reasoning_text"),
+        ("response.content_part.done", 0, "reasoning_text"),
+        ("response.content_part.added", 1, "output_text"),
+        ("response.content_part.done", 1, "output_text"),
+    ]
     # every item's events come between its added and done, in output order
     order = [e.output_index for e in events if hasattr(e, "output_index")]  # type: ignore[union-attr]
     assert order == sorted(order)

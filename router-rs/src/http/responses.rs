@@ -177,6 +177,10 @@ impl Output {
                 "response.output_item.added",
                 json!({"output_index": index, "item": item}),
             );
+            let part = json!({"type": "reasoning_text", "text": ""});
+            let event =
+                json!({"item_id": id, "output_index": index, "content_index": 0, "part": part});
+            self.emit("response.content_part.added", event);
             self.open = Some(Open::Reasoning {
                 id,
                 text: String::new(),
@@ -273,8 +277,12 @@ impl Output {
                 let event =
                     json!({"item_id": id, "output_index": index, "content_index": 0, "text": text});
                 self.emit("response.reasoning_text.done", event);
+                let part = json!({"type": "reasoning_text", "text": text});
+                let event =
+                    json!({"item_id": id, "output_index": index, "content_index": 0, "part": part});
+                self.emit("response.content_part.done", event);
                 json!({"type": "reasoning", "id": id, "summary": [], "status": "completed",
-                       "content": [{"type": "reasoning_text", "text": text}]})
+                       "content": [part]})
             }
             Some(Open::Message { id, text }) => {
                 let part =

@@ -284,3 +284,71 @@ async fn a_stop_string_is_kept_when_asked_to() {
     assert_eq!(answer["choices"][0]["text"], " world,");
     assert_eq!(answer["choices"][0]["finish_reason"], "stop");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prompt_is_cut_to_its_last_tokens_when_asked_to() {
+    let (model, worker, server) = setup("x", 1, &[]).await;
+    let body = json!({"prompt": "hello world", "max_tokens": 1, "truncate_prompt_tokens": 3});
+    let (status, answer) = server.post("/v1/completions", body).await;
+    assert_eq!(status, 200, "{answer}");
+    let ids = model.encode("hello world");
+    assert_eq!(worker.requests()[0].input_ids, ids[ids.len() - 3..]);
+    assert_eq!(answer["usage"]["prompt_tokens"], 3);
+    // -1: as much as fits (the fake worker's 4096 less one output token), ids too
+    let long: Vec<u32> = (0..5000).map(|i| 1 + i % 50).collect();
+    let body = json!({"prompt": long, "max_tokens": 1, "truncate_prompt_tokens": -1});
+    let (status, answer) = server.post("/v1/completions", body).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(worker.requests()[1].input_ids, long[5000 - 4095..]);
+    // TGI's `truncate` on /generate
+    let body = json!({"inputs": "hello world", "parameters": {"truncate": 2}});
+    let (status, answer) = server.post("/generate", body).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(worker.requests()[2].input_ids, ids[ids.len() - 2..]);
+    for (path, body, param) in [
+        (
+            "/v1/completions",
+            json!({"prompt": "a", "truncate_prompt_tokens": 0}),
+            "truncate_prompt_tokens",
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": "a", "truncate_prompt_tokens": -2}),
+            "truncate_prompt_tokens",
+        ),
+        (
+            "/generate",
+            json!({"inputs": "a", "parameters": {"truncate": 0}}),
+            "parameters.truncate",
+        ),
+    ] {
+        let (status, answer) = server.post(path, body.clone()).await;
+        assert_eq!(status, 400, "{body}: {answer}");
+        assert_eq!(answer["error"]["param"], param, "{body}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logprobs_name_tokens_by_id_when_asked_to() {
+    let (model, _worker, server) = setup("ab", 1, &[]).await;
+    let body = json!({"prompt": "hi", "logprobs": 1, "max_tokens": 5,
+                      "return_tokens_as_token_ids": true});
+    let (status, answer) = server.post("/v1/completions", body).await;
+    assert_eq!(status, 200, "{answer}");
+    let ids = model.encode("ab");
+    let lp = &answer["choices"][0]["logprobs"];
+    let named: Vec<String> = ids.iter().map(|id| format!("token_id:{id}")).collect();
+    assert_eq!(lp["tokens"], json!(named));
+    let top = lp["top_logprobs"][0].as_object().unwrap();
+    assert!(top.keys().all(|k| k.starts_with("token_id:")), "{top:?}");
+    let body = json!({"messages": [{"role": "user", "content": "hi"}], "logprobs": true,
+                      "top_logprobs": 1, "return_tokens_as_token_ids": true, "stream": true});
+    let (_, events) = server.post_stream("/v1/chat/completions", body).await;
+    let tokens: Vec<String> = json_events(&events)
+        .iter()
+        .filter_map(|c| c["choices"][0]["logprobs"]["content"].as_array().cloned())
+        .flatten()
+        .map(|t| t["token"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(tokens, named);
+}

@@ -7,12 +7,14 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures::stream::{self, StreamExt};
 
+use super::logprobs::{self, Names};
 use super::prepare::{
     chat_pipeline, chat_prompt, grammar_after_reasoning, max_new_tokens, ready_worker,
-    tool_call_grammar, wire_requests, PromptUse,
+    tool_call_grammar, wire_requests,
 };
+use super::prompt::PromptUse;
 use super::run::{collect, drive, start, ChoiceDelta, ChoiceStream};
-use super::{logprobs, sse, ApiError, AppState, JsonBody, Meta};
+use super::{sse, ApiError, AppState, JsonBody, Meta};
 use crate::protocol::chat::{
     ChatChoice, ChatChunk, ChatChunkChoice, ChatCompletion, ChatDelta, ChatMessage, ChatRequest,
 };
@@ -25,7 +27,7 @@ pub async fn chat(
 ) -> Result<Response, ApiError> {
     let req = ChatRequest::from_json(&body)?;
     let worker = ready_worker(&state)?;
-    let prompt = chat_prompt(&state, &req, PromptUse::Generation).await?;
+    let prompt = chat_prompt(&state, &req, PromptUse::generating(&req.sampling)).await?;
     let max_new = max_new_tokens(&state, &worker, prompt.ids.len(), &req.sampling, "messages")?;
     let mut reqs = wire_requests(&state, &prompt.ids, &req.sampling, max_new, req.n);
     grammar_after_reasoning(&state, &prompt, &mut reqs);
@@ -59,10 +61,10 @@ fn answer(
     prompt_ids: &[u32],
     collected: Vec<Collected>,
 ) -> ChatCompletion {
-    let tokenizer = &state.model.tokenizer;
+    let names = Names::new(&state.model.tokenizer, req.sampling.tokens_as_ids);
     let prompt_logprobs = req.sampling.prompt_logprobs.map(|k| {
         let scores = collected.iter().find_map(|c| c.prompt_logprobs.as_ref());
-        logprobs::prompt_list(tokenizer, prompt_ids, scores, k as usize)
+        logprobs::prompt_list(names, prompt_ids, scores, k as usize)
     });
     let mut usage = Usage::default();
     let choices = collected
@@ -84,8 +86,7 @@ fn answer(
             // Null when the message is all tool calls or all reasoning (as vLLM writes it).
             let only_else = !tool_calls.is_empty() || !c.reasoning.is_empty();
             let content = (!c.content.is_empty() || !only_else).then_some(c.content);
-            let logprobs =
-                (req.sampling.logprobs >= 0).then(|| logprobs::chat(tokenizer, &c.tokens));
+            let logprobs = (req.sampling.logprobs >= 0).then(|| logprobs::chat(names, &c.tokens));
             ChatChoice {
                 index,
                 message: ChatMessage {
@@ -134,6 +135,7 @@ fn chunks(
 ) -> sse::JsonEvents {
     let include_usage = req.include_usage;
     let want_logprobs = req.sampling.logprobs >= 0;
+    let as_ids = req.sampling.tokens_as_ids;
     let usage_field = include_usage.then_some(None);
     let roles: Vec<_> = (0..req.n)
         .map(|index| {
@@ -168,7 +170,8 @@ fn chunks(
             let mut u = usage.lock().unwrap_or_else(|e| e.into_inner());
             *u = add_choice(&u, f);
         }
-        let logprobs = want_logprobs.then(|| logprobs::chat(&state.model.tokenizer, &delta.tokens));
+        let logprobs = want_logprobs
+            .then(|| logprobs::chat(Names::new(&state.model.tokenizer, as_ids), &delta.tokens));
         let choice = ChatChunkChoice {
             index,
             delta: ChatDelta {

@@ -7,18 +7,18 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures::stream::{self, StreamExt};
 
+use super::logprobs::{self, Names};
 use super::prepare::{
-    check_sequences, max_new_tokens, plain_pipeline, prompt_ids, prompt_pieces, prompt_text,
-    ready_worker, wire_requests, PromptUse,
+    check_sequences, max_new_tokens, plain_pipeline, ready_worker, wire_requests,
 };
+use super::prompt::{prompt_ids, prompt_pieces, prompt_text, PromptUse};
 use super::run::{collect, drive, merge, share_prompt_scores, start, ChoiceDelta, ChoiceStream};
-use super::{logprobs, sse, ApiError, AppState, JsonBody, Meta};
+use super::{sse, ApiError, AppState, JsonBody, Meta};
 use crate::protocol::completions::{
     Completion, CompletionChoice, CompletionRequest, DEFAULT_MAX_TOKENS,
 };
 use crate::protocol::openai::{CompletionLogprobs, FinishReason, PromptLogprobList, Usage};
 use crate::state::{Collected, Delta, Finish, PromptLogprobs, TokenInfo};
-use crate::tokenizer::Tokenizer;
 
 /// What a choice's answer starts with: the echoed prompt (under `echo`) and, when the prompt is
 /// scored (an echo with `logprobs`, vLLM's `prompt_logprobs`), its ids. A scored lead waits for
@@ -72,23 +72,23 @@ impl Lead {
     /// The choice's logprobs: the echoed prompt's (when scored), then those of `tokens`.
     fn logprobs(
         &self,
-        tokenizer: &Tokenizer,
+        names: Names<'_>,
         scores: Option<&PromptLogprobs>,
         tokens: &[TokenInfo],
         offset: &mut usize,
     ) -> CompletionLogprobs {
         let (ids, pieces, top) = (&self.ids, &self.pieces, self.echo_top);
-        logprobs::echoed_prompt(tokenizer, ids, pieces, scores, top, tokens, offset)
+        logprobs::echoed_prompt(names, ids, pieces, scores, top, tokens, offset)
     }
 
     /// The choice's `prompt_logprobs`, when asked for.
     fn listed(
         &self,
-        tokenizer: &Tokenizer,
+        names: Names<'_>,
         scores: Option<&PromptLogprobs>,
     ) -> Option<PromptLogprobList> {
         let top = self.listed_top?;
-        Some(logprobs::prompt_list(tokenizer, &self.ids, scores, top))
+        Some(logprobs::prompt_list(names, &self.ids, scores, top))
     }
 }
 
@@ -99,7 +99,13 @@ pub async fn completions(
     let req = CompletionRequest::from_json(&body)?;
     let worker = ready_worker(&state)?;
     check_sequences(&worker, req.prompts.len() * req.n as usize)?;
-    let prompts = prompt_ids(&state, req.prompts.clone(), "prompt", PromptUse::Generation).await?;
+    let prompts = prompt_ids(
+        &state,
+        req.prompts.clone(),
+        "prompt",
+        PromptUse::generating(&req.sampling),
+    )
+    .await?;
     let requested = req.sampling.max_new_tokens;
     let budgets = prompts
         .iter()
@@ -188,7 +194,7 @@ fn answer(
     leads: Vec<Lead>,
     prompt_tokens: u32,
 ) -> Completion {
-    let tokenizer = &state.model.tokenizer;
+    let names = Names::new(&state.model.tokenizer, req.sampling.tokens_as_ids);
     let mut usage = Usage::new(prompt_tokens, 0, 0);
     let choices = collected
         .into_iter()
@@ -205,11 +211,11 @@ fn answer(
                 if lead.pieces.is_empty() {
                     offset = lead.text.chars().count();
                 }
-                lead.logprobs(tokenizer, scores, &c.tokens, &mut offset)
+                lead.logprobs(names, scores, &c.tokens, &mut offset)
             });
             CompletionChoice {
                 index,
-                prompt_logprobs: lead.listed(tokenizer, scores),
+                prompt_logprobs: lead.listed(names, scores),
                 text: lead.text + &c.content,
                 logprobs,
                 finish_reason: c.finish.as_ref().map(|f| f.reason),
@@ -247,6 +253,7 @@ fn chunks(
 ) -> sse::JsonEvents {
     let include_usage = req.include_usage;
     let want_logprobs = req.sampling.logprobs >= 0;
+    let as_ids = req.sampling.tokens_as_ids;
     let usage_field = include_usage.then_some(None);
     let n = req.n;
     let heads: Vec<_> = leads
@@ -309,16 +316,18 @@ fn chunks(
             let tokenizer = state.model.tokenizer.clone();
             let (logprobs, listed, delta, head) = match (start, head) {
                 (Some(mut offset), Some(lead)) => tokio::task::spawn_blocking(move || {
+                    let names = Names::new(&tokenizer, as_ids);
                     let scores = delta.prompt_logprobs.as_ref();
                     let lp = want_logprobs
-                        .then(|| lead.logprobs(&tokenizer, scores, &delta.tokens, &mut offset));
-                    let listed = lead.listed(&tokenizer, scores);
+                        .then(|| lead.logprobs(names, scores, &delta.tokens, &mut offset));
+                    let listed = lead.listed(names, scores);
                     (lp, listed, delta, Some(lead))
                 })
                 .await
                 .map_err(|e| ApiError::Internal(e.to_string()))?,
                 (Some(mut offset), None) if want_logprobs => {
-                    let lp = logprobs::completion(&tokenizer, &delta.tokens, &mut offset);
+                    let names = Names::new(&tokenizer, as_ids);
+                    let lp = logprobs::completion(names, &delta.tokens, &mut offset);
                     (Some(lp), None, delta, None)
                 }
                 (_, head) => (None, None, delta, head),

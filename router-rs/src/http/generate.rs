@@ -7,9 +7,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures::stream::{self, StreamExt};
 
-use super::prepare::{
-    max_new_tokens, plain_pipeline, prompt_ids, ready_worker, wire_requests, PromptUse,
-};
+use super::prepare::{max_new_tokens, plain_pipeline, ready_worker, wire_requests};
+use super::prompt::{prompt_ids, PromptUse};
 use super::run::{collect, drive, start, ChoiceDelta, ChoiceStream};
 use super::{sse, ApiError, AppState, JsonBody};
 use crate::protocol::generate::{
@@ -28,7 +27,7 @@ async fn submit(
         state,
         vec![req.input.clone()],
         "inputs",
-        PromptUse::Generation,
+        PromptUse::generating(&req.sampling),
     )
     .await?;
     let ids = prompts.pop().unwrap_or_default();

@@ -9,28 +9,49 @@ use crate::protocol::openai::{
 use crate::state::{PromptLogprobs, TokenInfo};
 use crate::tokenizer::Tokenizer;
 
-/// The text of one token on its own (special tokens included).
-fn token_text(tokenizer: &Tokenizer, id: u32) -> String {
-    tokenizer.decode(&[id], false).unwrap_or_default()
+/// How logprobs name tokens: by the text of each on its own (special tokens included), or as
+/// `token_id:N` (vLLM's `return_tokens_as_token_ids`, for tokens whose text is not whole UTF-8).
+#[derive(Clone, Copy)]
+pub struct Names<'a> {
+    tokenizer: &'a Tokenizer,
+    as_ids: bool,
+}
+
+impl<'a> Names<'a> {
+    pub fn new(tokenizer: &'a Tokenizer, as_ids: bool) -> Self {
+        Names { tokenizer, as_ids }
+    }
+
+    fn of(&self, id: u32) -> String {
+        if self.as_ids {
+            return format!("token_id:{id}");
+        }
+        self.tokenizer.decode(&[id], false).unwrap_or_default()
+    }
+
+    /// The token's own bytes, whichever way it is named.
+    fn bytes(&self, id: u32) -> Vec<u8> {
+        self.tokenizer.token_bytes(id)
+    }
 }
 
 /// `choices[i].logprobs` of a chat answer or chunk.
-pub fn chat(tokenizer: &Tokenizer, tokens: &[TokenInfo]) -> ChatLogprobs {
+pub fn chat(names: Names<'_>, tokens: &[TokenInfo]) -> ChatLogprobs {
     let content = tokens
         .iter()
         .map(|t| {
-            let token = token_text(tokenizer, t.id);
+            let token = names.of(t.id);
             let top_logprobs = t
                 .top
                 .iter()
                 .map(|&(id, logprob)| ChatTopLogprob {
-                    bytes: tokenizer.token_bytes(id),
-                    token: token_text(tokenizer, id),
+                    bytes: names.bytes(id),
+                    token: names.of(id),
                     logprob,
                 })
                 .collect();
             ChatTokenLogprob {
-                bytes: tokenizer.token_bytes(t.id),
+                bytes: names.bytes(t.id),
                 token,
                 logprob: t.logprob.unwrap_or(f32::NAN),
                 top_logprobs,
@@ -44,25 +65,25 @@ pub fn chat(tokenizer: &Tokenizer, tokens: &[TokenInfo]) -> ChatLogprobs {
 /// of the text already returned for this choice) and advance by each token's text, counted in
 /// characters (as OpenAI and vLLM count them).
 pub fn completion(
-    tokenizer: &Tokenizer,
+    names: Names<'_>,
     tokens: &[TokenInfo],
     offset: &mut usize,
 ) -> CompletionLogprobs {
     let mut out = CompletionLogprobs::default();
-    push_tokens(&mut out, tokenizer, tokens, offset);
+    push_tokens(&mut out, names, tokens, offset);
     out
 }
 
 /// Appends the entries of generated `tokens`.
 fn push_tokens(
     out: &mut CompletionLogprobs,
-    tokenizer: &Tokenizer,
+    names: Names<'_>,
     tokens: &[TokenInfo],
     offset: &mut usize,
 ) {
     for t in tokens {
         let top = Some(&t.top[..]);
-        push(out, tokenizer, t.id, &t.text, t.logprob, top, offset);
+        push(out, names, t.id, &t.text, t.logprob, top, offset);
     }
 }
 
@@ -70,14 +91,14 @@ fn push_tokens(
 /// null, for a token no logits came before).
 fn push(
     out: &mut CompletionLogprobs,
-    tokenizer: &Tokenizer,
+    names: Names<'_>,
     id: u32,
     text: &str,
     logprob: Option<f32>,
     top: Option<&[(u32, f32)]>,
     offset: &mut usize,
 ) {
-    let token = token_text(tokenizer, id);
+    let token = names.of(id);
     out.text_offset.push(*offset);
     *offset += text.chars().count();
     out.token_logprobs.push(logprob);
@@ -86,7 +107,7 @@ fn push(
         // equal in the client (lm-eval's greedy check compares the two).
         let mut map: Map<String, Value> = alts
             .iter()
-            .map(|&(id, logprob)| (token_text(tokenizer, id), Value::from(logprob)))
+            .map(|&(id, logprob)| (names.of(id), Value::from(logprob)))
             .collect();
         // The chosen token is always listed, so there may be k + 1 entries (OpenAI, vLLM).
         if let Some(logprob) = logprob.filter(|_| !map.contains_key(&token)) {
@@ -105,7 +126,7 @@ fn push(
 /// ended before its first token, a NaN for a position the worker did not score) read as null
 /// too.
 pub fn echoed_prompt(
-    tokenizer: &Tokenizer,
+    names: Names<'_>,
     ids: &[u32],
     pieces: &[String],
     scores: Option<&PromptLogprobs>,
@@ -121,9 +142,9 @@ pub fn echoed_prompt(
             Some((logprob, alternatives(s, j, top)))
         });
         let (logprob, top) = (scored.map(|s| s.0), scored.map(|s| s.1));
-        push(&mut out, tokenizer, id, piece, logprob, top, offset);
+        push(&mut out, names, id, piece, logprob, top, offset);
     }
-    push_tokens(&mut out, tokenizer, tokens, offset);
+    push_tokens(&mut out, names, tokens, offset);
     out
 }
 
@@ -147,7 +168,7 @@ fn json_logprob(logprob: f32) -> Option<f32> {
 /// missing, for a request that ended before its first token) holds the prompt's token alone,
 /// with null logprob and rank. A rank of 0, or one the worker did not send, reads as null.
 pub fn prompt_list(
-    tokenizer: &Tokenizer,
+    names: Names<'_>,
     ids: &[u32],
     scores: Option<&PromptLogprobs>,
     top: usize,
@@ -155,7 +176,7 @@ pub fn prompt_list(
     let entry = |id: u32, logprob: Option<f32>, rank: Option<u32>| PromptTokenLogprob {
         logprob,
         rank,
-        decoded_token: token_text(tokenizer, id),
+        decoded_token: names.of(id),
     };
     let position = |j: usize, id: u32| {
         let logprob = scores.and_then(|s| s.logprobs.get(j).copied().and_then(json_logprob));
@@ -205,7 +226,7 @@ mod tests {
         }];
         let mut offset = 0;
         let lp = echoed_prompt(
-            &tok,
+            Names::new(&tok, false),
             &[1, 2, 3],
             &pieces,
             Some(&scores),
@@ -220,7 +241,15 @@ mod tests {
         assert_eq!(lp.text_offset, vec![0, 2, 3, 4], "offsets count characters");
         assert_eq!(offset, 5);
         let mut offset = 0;
-        let lp = echoed_prompt(&tok, &[1, 2], &pieces[..2], None, 1, &[], &mut offset);
+        let lp = echoed_prompt(
+            Names::new(&tok, false),
+            &[1, 2],
+            &pieces[..2],
+            None,
+            1,
+            &[],
+            &mut offset,
+        );
         assert_eq!(lp.token_logprobs, vec![None, None]);
     }
 
@@ -234,17 +263,41 @@ mod tests {
             ranks: vec![2],
         };
         let mut offset = 0;
-        let lp = echoed_prompt(&tok, &[1, 2], &pieces, Some(&scores), 2, &[], &mut offset);
+        let lp = echoed_prompt(
+            Names::new(&tok, false),
+            &[1, 2],
+            &pieces,
+            Some(&scores),
+            2,
+            &[],
+            &mut offset,
+        );
         let alts = lp.top_logprobs[1].as_ref().expect("alternatives");
         assert_eq!(alts.keys().collect::<Vec<_>>(), ["t5", "t2"]);
-        let lp = echoed_prompt(&tok, &[1, 2], &pieces, Some(&scores), 1, &[], &mut offset);
+        let lp = echoed_prompt(
+            Names::new(&tok, false),
+            &[1, 2],
+            &pieces,
+            Some(&scores),
+            1,
+            &[],
+            &mut offset,
+        );
         let alts = lp.top_logprobs[1].as_ref().expect("alternatives");
         assert_eq!(
             alts.keys().collect::<Vec<_>>(),
             ["t5", "t2"],
             "the token itself, after"
         );
-        let lp = echoed_prompt(&tok, &[1, 2], &pieces, Some(&scores), 0, &[], &mut offset);
+        let lp = echoed_prompt(
+            Names::new(&tok, false),
+            &[1, 2],
+            &pieces,
+            Some(&scores),
+            0,
+            &[],
+            &mut offset,
+        );
         let alts = lp.top_logprobs[1].as_ref().expect("the token itself");
         assert_eq!(
             alts,
@@ -265,7 +318,15 @@ mod tests {
             ranks: vec![1],
         };
         let mut offset = 0;
-        let lp = echoed_prompt(&tok, &[1, 2], &pieces, Some(&scores), 1, &[], &mut offset);
+        let lp = echoed_prompt(
+            Names::new(&tok, false),
+            &[1, 2],
+            &pieces,
+            Some(&scores),
+            1,
+            &[],
+            &mut offset,
+        );
         let text = serde_json::to_string(&lp).unwrap();
         assert!(
             text.contains("[null,-4.8653326]") && text.contains("{\"t2\":-4.8653326}"),
@@ -275,7 +336,13 @@ mod tests {
 
     /// The JSON of a `prompt_list` answer.
     fn listed(ids: &[u32], scores: Option<&PromptLogprobs>, top: usize) -> Value {
-        serde_json::to_value(prompt_list(&tokenizer(), ids, scores, top)).expect("serializes")
+        serde_json::to_value(prompt_list(
+            Names::new(&tokenizer(), false),
+            ids,
+            scores,
+            top,
+        ))
+        .expect("serializes")
     }
 
     #[test]

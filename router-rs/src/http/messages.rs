@@ -11,7 +11,8 @@ use futures::stream::{self, StreamExt};
 use serde_json::{json, Value};
 
 use super::error::AnthropicError;
-use super::prepare::{chat_prompt, max_new_tokens, ready_worker, submit_one_choice, PromptUse};
+use super::prepare::{chat_prompt, max_new_tokens, ready_worker, submit_one_choice};
+use super::prompt::PromptUse;
 use super::run::{built_events, start, written_order, ChoiceStream, EventBuilder, Piece};
 use super::{sse, ApiError, AppState, JsonBody, Meta};
 use crate::protocol::messages::MessagesRequest;
@@ -28,7 +29,7 @@ pub async fn messages(
     let JsonBody(body) = body?;
     let chat = MessagesRequest::from_json(&body)?.chat;
     let worker = ready_worker(&state)?;
-    let prompt = chat_prompt(&state, &chat, PromptUse::Generation).await?;
+    let prompt = chat_prompt(&state, &chat, PromptUse::generating(&chat.sampling)).await?;
     // `max_tokens` past the room the prompt leaves is cut to it (agents ask for 32K and more)
     let mut open = chat.sampling.clone();
     open.max_new_tokens = None;

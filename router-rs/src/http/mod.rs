@@ -12,6 +12,7 @@ mod generate;
 mod logprobs;
 mod messages;
 mod prepare;
+mod prompt;
 mod responses;
 mod run;
 mod sse;

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
+use super::prompt::{below_vocab, encode_prompt, total_len_limit, PromptUse};
 use super::{ApiError, AppState};
 use crate::detokenize::Detokenizer;
 use crate::dispatch::WorkerInfo;
@@ -12,13 +13,11 @@ use crate::grammar::{self, ToolCallSpec};
 use crate::parsers::glm47_name::CALL_OPEN;
 use crate::parsers::{Glm45ReasoningParser, Glm47ToolParser};
 use crate::protocol::chat::{ChatRequest, ToolChoice};
-use crate::protocol::completions::PromptInput;
 use crate::protocol::sampling::SamplingParams;
 use crate::protocol::ValidationError;
 use crate::state::Pipeline;
 use crate::stop::StopMatcher;
 use crate::template::continued_end;
-use crate::tokenizer::Bounded;
 use crate::wire;
 
 /// A rendered and tokenized chat prompt.
@@ -117,53 +116,6 @@ pub async fn chat_prompt(
     .map_err(|e| ApiError::Internal(e.to_string()))?
 }
 
-/// What a prompt is tokenized for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PromptUse {
-    /// To generate from: a prompt surely over `max_req_total_len` is refused early.
-    Generation,
-    /// Only to list its ids (`/tokenize`): tokenized whole, whatever its length, as vLLM does.
-    Listing,
-}
-
-/// The prompt's ids; for generation, a prompt surely longer than `max_req_total_len` allows is
-/// refused before all of it is tokenized (`Tokenizer::encode_within`). `param` names the prompt
-/// in the error.
-fn encode_prompt(
-    state: &AppState,
-    text: &str,
-    param: &str,
-    purpose: PromptUse,
-) -> Result<Vec<u32>, ApiError> {
-    if purpose == PromptUse::Listing {
-        let ids = state.model.tokenizer.encode(text);
-        return ids.map_err(|e| ApiError::Internal(e.to_string()));
-    }
-    let limit = total_len_limit(state, state.dispatcher.ready_worker().as_ref());
-    let fits = limit.saturating_sub(1) as usize;
-    match state.model.tokenizer.encode_within(text, fits) {
-        Ok(Bounded::Ids(ids)) => Ok(ids),
-        Ok(Bounded::TooLong(at_least)) => {
-            let msg = format!(
-                "the prompt has at least {at_least} tokens; at most {fits} fit (max_req_total_len \
-                 {limit})"
-            );
-            Err(ValidationError::new(param, msg).into())
-        }
-        Err(e) => Err(ApiError::Internal(e.to_string())),
-    }
-}
-
-/// `max_req_total_len`: the router's flag where set, at most the worker's (u32::MAX before a
-/// worker is ready and without the flag).
-fn total_len_limit(state: &AppState, worker: Option<&WorkerInfo>) -> u32 {
-    let worker_limit = worker.map_or(u32::MAX, |w| w.max_req_total_len);
-    state
-        .options
-        .max_req_total_len
-        .map_or(worker_limit, |l| l.min(worker_limit))
-}
-
 /// Closes the reasoning a generation prompt left open, before a forced call.
 const THINK_CLOSE: &str = "</think>";
 
@@ -186,77 +138,6 @@ fn ends_in_reasoning(prompt: &str) -> bool {
         (Some(_), None) => true,
         _ => false,
     }
-}
-
-/// Tokenizes text prompts (ids pass through, checked against the vocabulary) on the blocking pool.
-pub async fn prompt_ids(
-    state: &Arc<AppState>,
-    prompts: Vec<PromptInput>,
-    param: &'static str,
-    purpose: PromptUse,
-) -> Result<Vec<Vec<u32>>, ApiError> {
-    let state = state.clone();
-    tokio::task::spawn_blocking(move || {
-        let vocab = state.model.tokenizer.vocab_size();
-        prompts
-            .into_iter()
-            .map(|p| match p {
-                PromptInput::Text(text) => encode_prompt(&state, &text, param, purpose),
-                PromptInput::Ids(ids) if ids.iter().any(|&id| id as usize >= vocab) => Err(
-                    ValidationError::new(param, format!("token ids must be below {vocab}")).into(),
-                ),
-                PromptInput::Ids(ids) => Ok(ids),
-            })
-            .collect()
-    })
-    .await
-    .map_err(|e| ApiError::Internal(e.to_string()))?
-}
-
-/// Decodes a prompt back to text (for `echo`) on the blocking pool.
-pub async fn prompt_text(state: &Arc<AppState>, ids: Vec<u32>) -> Result<String, ApiError> {
-    let state = state.clone();
-    tokio::task::spawn_blocking(move || state.model.tokenizer.decode(&ids, false))
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?
-        .map_err(|e| ApiError::Internal(e.to_string()))
-}
-
-/// A 400 naming `param` when one of `ids` is not below `vocab`.
-fn below_vocab(
-    param: &str,
-    mut ids: impl Iterator<Item = u32>,
-    vocab: u32,
-) -> Result<(), ApiError> {
-    match ids.find(|&id| id >= vocab) {
-        Some(id) => {
-            let msg = format!("token id {id} is not below the vocabulary size {vocab}");
-            Err(ValidationError::new(param, msg).into())
-        }
-        None => Ok(()),
-    }
-}
-
-/// The text each prompt token adds to the prompt's text, decoded incrementally on the blocking
-/// pool (special tokens kept, as in [`prompt_text`]); their concatenation is the prompt's text.
-pub async fn prompt_pieces(state: &Arc<AppState>, ids: Vec<u32>) -> Result<Vec<String>, ApiError> {
-    let tokenizer = state.model.tokenizer.clone();
-    let pieces = tokio::task::spawn_blocking(move || {
-        let mut detok = Detokenizer::new(tokenizer, false);
-        let mut pieces = ids
-            .iter()
-            .map(|&id| detok.push(&[id]))
-            .collect::<Result<Vec<_>, _>>()?;
-        let tail = detok.finish()?;
-        if let Some(last) = pieces.last_mut() {
-            last.push_str(&tail);
-        }
-        Ok::<_, crate::tokenizer::TokenizerError>(pieces)
-    });
-    pieces
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?
-        .map_err(|e| ApiError::Internal(e.to_string()))
 }
 
 /// The output budget for a prompt of `prompt_len` tokens: the requested one when it fits, all

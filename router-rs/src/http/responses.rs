@@ -10,7 +10,8 @@ use axum::Json;
 use futures::stream::{self, StreamExt};
 use serde_json::{json, Map, Value};
 
-use super::prepare::{chat_prompt, max_new_tokens, ready_worker, submit_one_choice, PromptUse};
+use super::prepare::{chat_prompt, max_new_tokens, ready_worker, submit_one_choice};
+use super::prompt::PromptUse;
 use super::run::{built_events, start, written_order, ChoiceStream, EventBuilder, Piece};
 use super::{sse, ApiError, AppState, JsonBody, Meta};
 use crate::protocol::openai::{random_id, FinishReason, ToolCallDelta};
@@ -24,7 +25,7 @@ pub async fn responses(
     let req = ResponsesRequest::from_json(&body)?;
     let chat = &req.chat;
     let worker = ready_worker(&state)?;
-    let prompt = chat_prompt(&state, chat, PromptUse::Generation).await?;
+    let prompt = chat_prompt(&state, chat, PromptUse::generating(&chat.sampling)).await?;
     let max_new = max_new_tokens(&state, &worker, prompt.ids.len(), &chat.sampling, "input")?;
     let stream = submit_one_choice(&state, chat, &prompt, max_new)?;
     let output = Output::new(Meta::new(&state, "resp_"), req.echo);

@@ -9,7 +9,8 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::prepare::{chat_prompt, prompt_ids, prompt_text, PromptUse};
+use super::prepare::chat_prompt;
+use super::prompt::{prompt_ids, prompt_text, PromptUse};
 use super::{ApiError, AppState, JsonBody};
 use crate::protocol::chat::ChatRequest;
 use crate::protocol::completions::PromptInput;

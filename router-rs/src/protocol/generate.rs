@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::completions::PromptInput;
-use super::sampling::{SamplingParams, StopField};
+use super::sampling::{PromptCut, SamplingParams, StopField};
 use super::{from_value, ValidationError};
 
 /// Output budget when `max_new_tokens` is not given (LightLLM's default).
@@ -38,6 +38,8 @@ struct RawParameters {
     skip_special_tokens: Option<bool>,
     /// TGI's constrained decoding (refused).
     grammar: Option<Value>,
+    /// TGI's `truncate`: the prompt is cut to its last this many tokens.
+    truncate: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -105,6 +107,14 @@ impl GenerateRequest {
             include_stop_str: true, // as LightLLM and TGI: the text ends with the stop
             logit_bias: Vec::new(),
             output_constraint: None,
+            truncate_prompt: match p.truncate {
+                Some(0) => {
+                    let msg = "truncate must be a positive token count";
+                    return Err(ValidationError::new("parameters.truncate", msg));
+                }
+                k => k.map(PromptCut::Last),
+            },
+            tokens_as_ids: false,
         };
         sampling
             .check()

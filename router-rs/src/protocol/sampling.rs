@@ -49,6 +49,19 @@ pub struct SamplingParams {
     pub logit_bias: Vec<(u32, f32)>,
     /// JSON output the request asks for (constrained decoding); None: free text.
     pub output_constraint: Option<super::OutputConstraint>,
+    /// vLLM's `truncate_prompt_tokens`: the prompt is cut to its last tokens.
+    pub truncate_prompt: Option<PromptCut>,
+    /// vLLM's `return_tokens_as_token_ids`: logprobs name tokens `token_id:N`.
+    pub tokens_as_ids: bool,
+}
+
+/// How much of a prompt `truncate_prompt_tokens` keeps: its end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PromptCut {
+    /// The last this many tokens.
+    Last(u32),
+    /// As many as leave room for an output token (`-1`).
+    Fit,
 }
 
 /// `stop`: one string or a list of strings.
@@ -91,6 +104,8 @@ pub struct OpenAiSampling {
     pub n: Option<u32>,
     /// Signed, so that a negative value is refused by [`check_range`] under its own name.
     pub prompt_logprobs: Option<i64>,
+    pub truncate_prompt_tokens: Option<i64>,
+    pub return_tokens_as_token_ids: Option<bool>,
 }
 
 /// Largest bias magnitude `logit_bias` accepts (OpenAI's range).
@@ -166,6 +181,17 @@ impl OpenAiSampling {
         )?;
         // In range, so it fits.
         let prompt_logprobs = self.prompt_logprobs.and_then(|k| u32::try_from(k).ok());
+        let truncate_prompt = match self.truncate_prompt_tokens {
+            None => None,
+            Some(-1) => Some(PromptCut::Fit),
+            Some(k) => match u32::try_from(k) {
+                Ok(k) if k > 0 => Some(PromptCut::Last(k)),
+                _ => {
+                    let msg = "truncate_prompt_tokens must be a positive token count, or -1";
+                    return Err(ValidationError::new("truncate_prompt_tokens", msg));
+                }
+            },
+        };
         let params = SamplingParams {
             max_new_tokens,
             max_new_tokens_param: max_param,
@@ -188,6 +214,8 @@ impl OpenAiSampling {
             include_stop_str: self.include_stop_str_in_output.unwrap_or(false),
             logit_bias: logit_bias(self.logit_bias)?,
             output_constraint: None,
+            truncate_prompt,
+            tokens_as_ids: self.return_tokens_as_token_ids.unwrap_or(false),
         };
         params.check()?;
         Ok(params)

@@ -2,6 +2,7 @@
 
 mod http_support;
 
+use glm47_router::wire;
 use http_support::{json_events, setup, setup_with};
 use serde_json::{json, Value};
 
@@ -431,4 +432,39 @@ async fn a_continued_last_message_is_the_end_of_the_prompt() {
     let (status, answer) = server.post("/tokenize", body).await;
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["tokens"], json!(model.encode("<|user|>hi")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thinking_budget_bounds_the_reasoning_the_prompt_opens() {
+    let (model, worker, server) = setup("x", 1, &["--reasoning-parser", "glm45"]).await;
+    let close = model.encode("</think>");
+    assert_eq!(close.len(), 1);
+    let body = json!({"messages": user("hi"), "thinking_budget": 7});
+    let (status, answer) = server.post("/v1/chat/completions", body).await;
+    assert_eq!(status, 200, "{answer}");
+    let budget = wire::ReasoningBudget {
+        tokens: 7,
+        end_id: close[0],
+    };
+    assert_eq!(worker.requests()[0].reasoning_budget, Some(budget));
+    // thinking off: no reasoning to bound
+    let body = json!({"messages": user("hi"), "thinking_budget": 7,
+                      "chat_template_kwargs": {"enable_thinking": false}});
+    let (status, answer) = server.post("/v1/chat/completions", body).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(worker.requests()[1].reasoning_budget, None);
+    // the Messages API's thinking.budget_tokens
+    let body = json!({"max_tokens": 50, "messages": user("hi"),
+                      "thinking": {"type": "enabled", "budget_tokens": 1024}});
+    let (status, answer) = server.post("/v1/messages", body).await;
+    assert_eq!(status, 200, "{answer}");
+    let budget = wire::ReasoningBudget {
+        tokens: 1024,
+        end_id: close[0],
+    };
+    assert_eq!(worker.requests()[2].reasoning_budget, Some(budget));
+    let body = json!({"messages": user("hi"), "thinking_budget": -1});
+    let (status, answer) = server.post("/v1/chat/completions", body).await;
+    assert_eq!(status, 400, "{answer}");
+    assert_eq!(answer["error"]["param"], "thinking_budget");
 }

@@ -91,6 +91,11 @@ fn the_full_submit_keeps_every_field() {
     let grammar = req.grammar.as_ref().expect("the grammar");
     assert_eq!(grammar.schema.as_deref(), Some(r#"{"type": "object"}"#));
     assert_eq!(grammar.start_after, Some(151351));
+    let budget = wire::ReasoningBudget {
+        tokens: 512,
+        end_id: 151351,
+    };
+    assert_eq!(req.reasoning_budget, Some(budget));
     assert!(!req.mtp);
     assert!((req.repetition_penalty - 1.1).abs() < 1e-12);
 }

@@ -241,3 +241,27 @@ def test_logit_bias_steers_and_out_of_range_ids_are_refused(
     with pytest.raises(openai.BadRequestError) as err:
         client.completions.create(logit_bias={"99999999": 5}, **kwargs)
     assert "is not below the vocabulary size" in str(err.value)
+
+
+def test_a_thinking_budget_closes_the_reasoning_after_its_tokens(server: Server) -> None:
+    tokenized = requests.post(
+        f"{server.base_url}/tokenize", json={"prompt": "</think>"}, timeout=30
+    )
+    (close,) = tokenized.json()["tokens"]
+    body = {
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": 8,
+        "thinking_budget": 3,
+        "ignore_eos": True,
+        "logit_bias": {str(close): -100},  # only the budget closes the reasoning
+        "logprobs": True,
+        "return_tokens_as_token_ids": True,
+        "seed": 4,
+    }
+    r = requests.post(f"{server.openai_base}/chat/completions", json=body, timeout=60)
+    assert r.status_code == 200, r.text
+    choice = r.json()["choices"][0]
+    tokens = [t["token"] for t in choice["logprobs"]["content"]]
+    assert len(tokens) == 8 and tokens[3] == f"token_id:{close}", tokens
+    assert f"token_id:{close}" not in tokens[:3]
+    assert choice["message"]["reasoning_content"]

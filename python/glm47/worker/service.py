@@ -92,6 +92,7 @@ def to_engine_request(engine_rid: str, w: WireRequest) -> Request:
         mtp=w.mtp,
         prompt_logprobs=w.prompt_logprobs,
         grammar=w.grammar,
+        reasoning_budget=w.reasoning_budget,
     )
 
 

@@ -29,6 +29,7 @@ from glm47.worker.wire_messages import (
     Submit,
     WireError,
     WireGrammar,
+    WireReasoningBudget,
     WireRequest,
 )
 
@@ -45,6 +46,7 @@ __all__ = [
     "Submit",
     "WireError",
     "WireGrammar",
+    "WireReasoningBudget",
     "WireRequest",
     "decode",
     "decode_request",
@@ -190,6 +192,15 @@ def _is_grammar(v: object) -> bool:
     )
 
 
+def _is_budget(v: object) -> bool:
+    """A `ReasoningBudget` map: `tokens` and `end_id` non-negative ints."""
+    return (
+        isinstance(v, dict)
+        and set(v) == {"tokens", "end_id"}
+        and all(_is_int(v[k]) and v[k] >= 0 for k in ("tokens", "end_id"))
+    )
+
+
 # OpenAI's `logit_bias` limits: entries per request and magnitude of a bias.
 MAX_LOGIT_BIAS_ENTRIES = 1024
 MAX_LOGIT_BIAS = 100.0
@@ -222,6 +233,7 @@ _REQUEST_FIELDS = {
         _is_grammar,
         "a Grammar map (schema, choices, regex, tool_calls, ebnf, structural_tag, start_after)",
     ),
+    "reasoning_budget": (_is_budget, "a ReasoningBudget map (tokens, end_id)"),
 }
 _FLOAT_FIELDS = {k for k, (check, _) in _REQUEST_FIELDS.items() if check is _is_float}
 _REQUIRED_REQUEST = ("rid", "input_ids", "max_new_tokens")
@@ -279,6 +291,9 @@ def decode_request(raw: object) -> WireRequest:
             ebnf=g.get("ebnf"),
             structural_tag=g.get("structural_tag"),
         )
+    if "reasoning_budget" in values:
+        b = values["reasoning_budget"]
+        values["reasoning_budget"] = WireReasoningBudget(tokens=b["tokens"], end_id=b["end_id"])
     req = WireRequest(**values)
     problem = _range_problem(req)
     if problem:

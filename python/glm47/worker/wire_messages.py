@@ -43,6 +43,15 @@ class WireGrammar:
 
 
 @dataclass(frozen=True)
+class WireReasoningBudget:
+    """A bound on the reasoning a prompt opened (docs/wire.md `ReasoningBudget`): once `tokens`
+    tokens have been generated inside it, the next token is `end_id` (`</think>`)."""
+
+    tokens: int
+    end_id: int
+
+
+@dataclass(frozen=True)
 class WireRequest:
     """One request of a `submit` (docs/wire.md `Request`)."""
 
@@ -65,6 +74,7 @@ class WireRequest:
     prompt_logprobs: int = -1
     logit_bias: list[tuple[int, float]] = field(default_factory=list)
     grammar: WireGrammar | None = None
+    reasoning_budget: WireReasoningBudget | None = None
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,8 @@ use futures::stream::{self, StreamExt};
 
 use super::logprobs::{self, Names};
 use super::prepare::{
-    chat_pipeline, chat_prompt, grammar_after_reasoning, max_new_tokens, ready_worker,
-    tool_call_grammar, wire_requests,
+    chat_pipeline, chat_prompt, max_new_tokens, ready_worker, reasoning_bounds, tool_call_grammar,
+    wire_requests,
 };
 use super::prompt::PromptUse;
 use super::run::{collect, drive, start, ChoiceDelta, ChoiceStream};
@@ -30,7 +30,7 @@ pub async fn chat(
     let prompt = chat_prompt(&state, &req, PromptUse::generating(&req.sampling)).await?;
     let max_new = max_new_tokens(&state, &worker, prompt.ids.len(), &req.sampling, "messages")?;
     let mut reqs = wire_requests(&state, &prompt.ids, &req.sampling, max_new, req.n);
-    grammar_after_reasoning(&state, &prompt, &mut reqs);
+    reasoning_bounds(&state, &req, &prompt, &mut reqs)?;
     tool_call_grammar(&state, &req, &prompt, &mut reqs)?;
     let handles = state.dispatcher.submit_many(reqs)?;
     let pipelines = (0..req.n)

@@ -240,15 +240,32 @@ pub fn wire_requests(
 }
 
 /// Where a chat prompt leaves the model inside reasoning, a JSON grammar applies from the token
-/// after the one that closes it (`</think>`), as the reasoning is free text.
-pub fn grammar_after_reasoning(state: &AppState, prompt: &ChatPrompt, reqs: &mut [wire::Request]) {
+/// after the one that closes it (`</think>`), as the reasoning is free text; and a
+/// `thinking_budget` closes the reasoning after that many tokens (a 400 when `</think>` is not one
+/// token of the vocabulary). A prompt outside reasoning has none to bound.
+pub fn reasoning_bounds(
+    state: &AppState,
+    req: &ChatRequest,
+    prompt: &ChatPrompt,
+    reqs: &mut [wire::Request],
+) -> Result<(), ApiError> {
     if !prompt.in_reasoning {
-        return;
+        return Ok(());
     }
     let close = state.model.tokenizer.token_to_id(THINK_CLOSE);
     for grammar in reqs.iter_mut().filter_map(|r| r.grammar.as_mut()) {
         grammar.start_after = close;
     }
+    if let Some(tokens) = req.thinking_budget {
+        let end_id = close.ok_or_else(|| {
+            let msg = format!("the vocabulary has no {THINK_CLOSE} token to close reasoning with");
+            ValidationError::new("thinking_budget", msg)
+        })?;
+        for r in reqs {
+            r.reasoning_budget = Some(wire::ReasoningBudget { tokens, end_id });
+        }
+    }
+    Ok(())
 }
 
 /// The grammar of a chat's tool calls, where it has one (grammar/tools.rs): with `tool_choice`
@@ -359,7 +376,7 @@ pub fn submit_one_choice(
     max_new: u32,
 ) -> Result<super::run::ChoiceStream, ApiError> {
     let mut reqs = wire_requests(state, &prompt.ids, &chat.sampling, max_new, 1);
-    grammar_after_reasoning(state, prompt, &mut reqs);
+    reasoning_bounds(state, chat, prompt, &mut reqs)?;
     tool_call_grammar(state, chat, prompt, &mut reqs)?;
     let handles = state.dispatcher.submit_many(reqs)?;
     let pipeline = chat_pipeline(state, chat, prompt);

@@ -45,6 +45,9 @@ pub struct ChatRequest {
     /// The prompt ends inside the last message, an assistant's, which the model continues
     /// (vLLM's `continue_final_message`; the Messages API's prefill).
     pub continue_final_message: bool,
+    /// The reasoning the prompt opens is closed after this many tokens (SGLang's
+    /// `thinking_budget`; the Messages API's `thinking.budget_tokens`).
+    pub thinking_budget: Option<u32>,
     pub n: u32,
     pub sampling: SamplingParams,
 }
@@ -65,6 +68,7 @@ struct RawChat {
     best_of: Option<u32>,
     add_generation_prompt: Option<bool>,
     continue_final_message: Option<bool>,
+    thinking_budget: Option<u32>,
 }
 
 impl ChatRequest {
@@ -134,6 +138,7 @@ impl ChatRequest {
             template_kwargs: raw.chat_template_kwargs.unwrap_or_default(),
             add_generation_prompt,
             continue_final_message,
+            thinking_budget: raw.thinking_budget,
             n,
             sampling,
         })

@@ -73,7 +73,14 @@ impl MessagesRequest {
                     json!({"enable_thinking": false}),
                 );
             }
-            Some("enabled" | "adaptive") => {}
+            Some("enabled" | "adaptive") => {
+                let budget = obj["thinking"]
+                    .get("budget_tokens")
+                    .filter(|b| !b.is_null());
+                if let Some(budget) = budget {
+                    chat.insert("thinking_budget".into(), budget.clone());
+                }
+            }
             Some(other) => {
                 return Err(ValidationError::new(
                     "thinking.type",
@@ -98,6 +105,7 @@ fn messages_param(chat: &str) -> String {
     }
     match chat {
         "stop" => "stop_sequences".into(),
+        "thinking_budget" => "thinking.budget_tokens".into(),
         "max_completion_tokens" => "max_tokens".into(),
         other if other.starts_with("messages") => "messages".into(),
         other => other.into(),

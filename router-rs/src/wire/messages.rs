@@ -75,6 +75,17 @@ pub struct Request {
     /// Constrained decoding: the output must be JSON under this grammar.
     #[serde(default)]
     pub grammar: Option<Grammar>,
+    /// The reasoning the prompt opened is closed after this many of its tokens.
+    #[serde(default)]
+    pub reasoning_budget: Option<ReasoningBudget>,
+}
+
+/// A bound on the reasoning a prompt opened: once `tokens` tokens have been generated inside it,
+/// the next token is `end_id` (`</think>`), which closes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReasoningBudget {
+    pub tokens: u32,
+    pub end_id: u32,
 }
 
 /// A request's output grammar (`response_format` `json_object` or `json_schema`, a choice, a
@@ -131,6 +142,7 @@ impl Request {
             prompt_logprobs: -1,
             logit_bias: Vec::new(),
             grammar: None,
+            reasoning_budget: None,
         }
     }
 }

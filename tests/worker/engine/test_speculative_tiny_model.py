@@ -17,7 +17,7 @@ from glm47.worker.grammar import Grammars
 from glm47.worker.model.config import ModelConfig
 from glm47.worker.model.tiny import make_tiny_model
 from glm47.worker.sampling import Sampler
-from glm47.worker.wire_messages import WireGrammar
+from glm47.worker.wire_messages import WireGrammar, WireReasoningBudget
 from tests.worker.model.reference import make_runner
 
 PAGE_SIZE = 4
@@ -48,7 +48,7 @@ def generate(
         mtp_step=mtp_step,
     )
     grammars = None
-    if request_kw.get("grammar") is not None:
+    if request_kw.get("grammar") is not None or request_kw.get("reasoning_budget") is not None:
         grammars = Grammars(str(model_dir), ModelConfig.from_dir(model_dir).vocab_size)
     engine = Engine(config, runner, Sampler(seed=0), eos_token_ids=[], grammars=grammars)
     requests = {rid: Request(rid, prompt, max_new_tokens=12, sampling=sampling, **request_kw)
@@ -142,4 +142,19 @@ def test_drafts_under_a_grammar_leave_the_output_unchanged(
     spec, engine = generate(model_dir, 2, sampling, oracle=plain, **kw)
     assert spec == plain
     assert all(t and t[0] != 0 for t in plain.values())
+    assert engine.spec_accepted > 0
+
+
+@pytest.mark.parametrize("sampling", SETTINGS[:2], ids=IDS[:2])
+def test_drafts_under_a_reasoning_budget_leave_the_output_unchanged(
+    model_dir: Path, sampling: SamplingParams
+) -> None:
+    """A reasoning budget with drafts: a draft past the budget other than the close is cut, the
+    row at the budget allows the close alone, and the output is decoding's."""
+    close = 3
+    kw: dict[str, Any] = {"reasoning_budget": WireReasoningBudget(tokens=5, end_id=close)}
+    plain, _ = generate(model_dir, 0, sampling, **kw)
+    spec, engine = generate(model_dir, 2, sampling, oracle=plain, **kw)
+    assert spec == plain
+    assert all(close in t and t.index(close) <= 5 for t in plain.values()), plain
     assert engine.spec_accepted > 0

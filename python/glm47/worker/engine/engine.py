@@ -130,7 +130,7 @@ class Engine:
         self._validate(req)
         if not req.eos_token_ids:
             req.eos_token_ids = self.eos_token_ids
-        if req.grammar is not None:
+        if req.grammar is not None or req.reasoning_budget is not None:
             req.constraint = self._constraint(req)
             self._constrained.add(req.rid)
         self._requests[req.rid] = req
@@ -160,13 +160,18 @@ class Engine:
 
     def _constraint(self, req: Request) -> Constraint:
         """The constraint of `req`'s grammar, which ends at its stop ids and (unless it ignores
-        them) the eos ids."""
-        assert req.grammar is not None
+        them) the eos ids, under its reasoning budget."""
         ends = set(req.stop_token_ids) | (set() if req.ignore_eos else set(req.eos_token_ids))
         try:
             if self.grammars is None:
                 raise ValueError("constrained decoding is not available here")
-            return self.grammars.constraint(req.grammar, sorted(ends))
+            inner = None
+            if req.grammar is not None:
+                inner = self.grammars.constraint(req.grammar, sorted(ends))
+            if req.reasoning_budget is None:
+                assert inner is not None
+                return inner
+            return self.grammars.budgeted(req.reasoning_budget, inner)
         except ValueError as exc:
             raise InvalidRequestError(req.rid, f"grammar: {exc}") from exc
 

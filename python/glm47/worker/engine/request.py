@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from glm47.worker.batch import PromptScores, SamplingParams
 from glm47.worker.grammar import Constraint
-from glm47.worker.wire_messages import WireGrammar
+from glm47.worker.wire_messages import WireGrammar, WireReasoningBudget
 
 
 class RequestState(enum.Enum):
@@ -57,6 +57,8 @@ class Request:
     prompt_logprobs: int = -1
     # JSON output under this grammar (constrained decoding); None: free text.
     grammar: WireGrammar | None = None
+    # The reasoning the prompt opened is closed after this many tokens; None: unbounded.
+    reasoning_budget: WireReasoningBudget | None = None
 
     # Engine-owned state below; never set by the caller.
     # The grammar's matcher (`Engine.add_request` builds it), told every sampled token.

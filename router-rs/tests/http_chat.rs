@@ -468,3 +468,39 @@ async fn a_thinking_budget_bounds_the_reasoning_the_prompt_opens() {
     assert_eq!(status, 400, "{answer}");
     assert_eq!(answer["error"]["param"], "thinking_budget");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn continuous_usage_puts_each_choices_usage_so_far_in_every_chunk() {
+    let (model, _worker, server) = setup("Hello world", 2, &[]).await;
+    let replied = model.encode("Hello world").len() as u64;
+    let prompt = model.encode("<|user|>hi<|assistant|><think>").len() as u64;
+    let options = json!({"include_usage": true, "continuous_usage_stats": true});
+    let body = json!({"messages": user("hi"), "stream": true, "n": 2, "stream_options": options});
+    let (_, events) = server.post_stream("/v1/chat/completions", body).await;
+    let chunks = json_events(&events);
+    let mut seen = [0u64; 2];
+    for c in &chunks[..chunks.len() - 1] {
+        let usage = &c["usage"];
+        let index = c["choices"][0]["index"].as_u64().unwrap() as usize;
+        let done = usage["completion_tokens"].as_u64().unwrap();
+        assert_eq!(usage["prompt_tokens"], prompt, "{c}");
+        assert_eq!(usage["total_tokens"].as_u64().unwrap(), prompt + done);
+        assert!(done >= seen[index], "{c}");
+        seen[index] = done;
+    }
+    assert_eq!(seen, [replied; 2]);
+    let last = chunks.last().unwrap();
+    assert_eq!(last["usage"]["completion_tokens"], 2 * replied);
+    // completions: a choice's own prompt
+    let body = json!({"prompt": ["a", "b c d"], "stream": true, "max_tokens": 20,
+                      "stream_options": options});
+    let (_, events) = server.post_stream("/v1/completions", body).await;
+    for c in json_events(&events)
+        .iter()
+        .filter(|c| !c["choices"][0].is_null())
+    {
+        let index = c["choices"][0]["index"].as_u64().unwrap();
+        let text = if index == 0 { "a" } else { "b c d" };
+        assert_eq!(c["usage"]["prompt_tokens"], model.encode(text).len(), "{c}");
+    }
+}

@@ -13,7 +13,7 @@ use super::prepare::{
     wire_requests,
 };
 use super::prompt::PromptUse;
-use super::run::{collect, drive, start, ChoiceDelta, ChoiceStream};
+use super::run::{collect, drive, start, ChoiceDelta, ChoiceStream, RunningUsage};
 use super::{sse, ApiError, AppState, JsonBody, Meta};
 use crate::protocol::chat::{
     ChatChoice, ChatChunk, ChatChunkChoice, ChatCompletion, ChatDelta, ChatMessage, ChatRequest,
@@ -40,7 +40,11 @@ pub async fn chat(
     let meta = Meta::new(&state, "chatcmpl-");
     if req.stream {
         let stream = start(stream).await?;
-        Ok(sse::respond(chunks(state, meta, &req, stream), true))
+        let prompt_tokens = prompt.ids.len() as u32;
+        Ok(sse::respond(
+            chunks(state, meta, &req, prompt_tokens, stream),
+            true,
+        ))
     } else {
         let collected = collect(stream, req.n as usize).await?;
         // Token texts for logprobs are decoded one token at a time: off the async threads.
@@ -131,12 +135,20 @@ fn chunks(
     state: Arc<AppState>,
     meta: Meta,
     req: &ChatRequest,
+    prompt_tokens: u32,
     stream: ChoiceStream,
 ) -> sse::JsonEvents {
     let include_usage = req.include_usage;
     let want_logprobs = req.sampling.logprobs >= 0;
     let as_ids = req.sampling.tokens_as_ids;
     let usage_field = include_usage.then_some(None);
+    let mut running = req
+        .continuous_usage
+        .then(|| RunningUsage::new(vec![prompt_tokens; req.n as usize]));
+    let usage_of = |running: &Option<RunningUsage>, index: u32| match running {
+        Some(r) => Some(Some(r.of(index))),
+        None => usage_field.clone(),
+    };
     let roles: Vec<_> = (0..req.n)
         .map(|index| {
             let delta = ChatDelta {
@@ -151,20 +163,30 @@ fn chunks(
                 finish_reason: None,
                 stop_reason: None,
             };
-            sse::json(&chunk(&meta, vec![choice], usage_field.clone()))
+            sse::json(&chunk(&meta, vec![choice], usage_of(&running, index)))
         })
         .collect();
     let usage = Arc::new(Mutex::new(Usage::default()));
     let (tail_meta, tail_usage) = (meta.clone(), usage.clone());
     // Tokens held back by the parsers (a partial tag, a value still being read) add nothing to
     // send unless their logprobs were asked for.
-    let body = stream.filter(move |item| {
+    let body = stream.map(move |item| {
+        let so_far = match (&mut running, &item) {
+            (Some(r), Ok(ChoiceDelta { index, delta })) => {
+                r.add(*index, delta);
+                Some(Some(r.of(*index)))
+            }
+            _ => None,
+        };
+        (item, so_far)
+    });
+    let body = body.filter(move |(item, _)| {
         futures::future::ready(match item {
             Ok(ChoiceDelta { delta, .. }) => !delta.is_silent(want_logprobs),
             Err(_) => true,
         })
     });
-    let body = body.map(move |item| {
+    let body = body.map(move |(item, so_far)| {
         let ChoiceDelta { index, delta } = item?;
         if let Some(f) = &delta.finish {
             let mut u = usage.lock().unwrap_or_else(|e| e.into_inner());
@@ -184,7 +206,7 @@ fn chunks(
             finish_reason: delta.finish.as_ref().map(|f| f.reason),
             stop_reason: delta.finish.and_then(|f| f.stop_reason),
         };
-        sse::json(&chunk(&meta, vec![choice], usage_field.clone()))
+        sse::json(&chunk(&meta, vec![choice], so_far.or(usage_field.clone())))
     });
     let tail = stream::once(async move {
         let usage = tail_usage.lock().unwrap_or_else(|e| e.into_inner()).clone();

@@ -12,7 +12,9 @@ use super::prepare::{
     check_sequences, max_new_tokens, plain_pipeline, ready_worker, wire_requests,
 };
 use super::prompt::{prompt_ids, prompt_pieces, prompt_text, PromptUse};
-use super::run::{collect, drive, merge, share_prompt_scores, start, ChoiceDelta, ChoiceStream};
+use super::run::{
+    collect, drive, merge, share_prompt_scores, start, ChoiceDelta, ChoiceStream, RunningUsage,
+};
 use super::{sse, ApiError, AppState, JsonBody, Meta};
 use crate::protocol::completions::{
     Completion, CompletionChoice, CompletionRequest, DEFAULT_MAX_TOKENS,
@@ -151,11 +153,16 @@ pub async fn completions(
         .map(|i| leads.get(i / req.n as usize).cloned().unwrap_or_default())
         .collect();
     let prompt_tokens: u32 = prompts.iter().map(|p| p.len() as u32).sum();
+    let choice_prompts = leads
+        .iter()
+        .enumerate()
+        .map(|(i, _)| prompts[i / req.n as usize].len() as u32)
+        .collect();
     let meta = Meta::new(&state, "cmpl-");
     if req.stream {
         let stream = start(stream).await?;
         Ok(sse::respond(
-            chunks(state, meta, &req, leads, prompt_tokens, stream),
+            chunks(state, meta, &req, leads, choice_prompts, stream),
             true,
         ))
     } else {
@@ -248,9 +255,16 @@ fn chunks(
     meta: Meta,
     req: &CompletionRequest,
     leads: Vec<Lead>,
-    prompt_tokens: u32,
+    choice_prompts: Vec<u32>,
     stream: ChoiceStream,
 ) -> sse::JsonEvents {
+    let prompt_tokens = (0..choice_prompts.len())
+        .step_by(req.n as usize)
+        .map(|i| choice_prompts[i])
+        .sum();
+    let mut running = req
+        .continuous_usage
+        .then(|| RunningUsage::new(choice_prompts));
     let include_usage = req.include_usage;
     let want_logprobs = req.sampling.logprobs >= 0;
     let as_ids = req.sampling.tokens_as_ids;
@@ -269,7 +283,11 @@ fn chunks(
                 stop_reason: None,
                 prompt_logprobs: None,
             };
-            sse::json(&completion(&meta, vec![choice], usage_field.clone()))
+            let usage = match &running {
+                Some(r) => Some(Some(r.of(index))),
+                None => usage_field.clone(),
+            };
+            sse::json(&completion(&meta, vec![choice], usage))
         })
         .collect();
     let mut offsets: Vec<usize> = leads
@@ -308,11 +326,15 @@ fn chunks(
                 *offset += pieces.sum::<usize>() + tokens.sum::<usize>();
                 from
             });
-            (index, delta, head, start)
+            let so_far = running.as_mut().map(|r| {
+                r.add(index, &delta);
+                Some(r.of(index))
+            });
+            (index, delta, head, start, so_far)
         });
         let (state, meta, usage_field) = (state.clone(), meta.clone(), usage_field.clone());
         async move {
-            let (index, delta, head, start) = taken?;
+            let (index, delta, head, start, so_far) = taken?;
             let tokenizer = state.model.tokenizer.clone();
             let (logprobs, listed, delta, head) = match (start, head) {
                 (Some(mut offset), Some(lead)) => tokio::task::spawn_blocking(move || {
@@ -344,7 +366,7 @@ fn chunks(
                 stop_reason: delta.finish.and_then(|f| f.stop_reason),
                 prompt_logprobs: listed,
             };
-            sse::json(&completion(&meta, vec![choice], usage_field))
+            sse::json(&completion(&meta, vec![choice], so_far.or(usage_field)))
         }
     });
     let tail = stream::once(async move {

@@ -194,6 +194,44 @@ pub async fn collect(mut stream: ChoiceStream, choices: usize) -> Result<Vec<Col
     Ok(collected)
 }
 
+/// vLLM's `continuous_usage_stats`: the usage a chunk of choice `index` carries, its prompt and
+/// the tokens it has so far (silent deltas count too, so `add` takes every delta).
+pub struct RunningUsage {
+    /// Prompt tokens by choice.
+    prompt: Vec<u32>,
+    /// Completion tokens so far by choice.
+    completion: Vec<u32>,
+}
+
+impl RunningUsage {
+    /// Usage for choices answering prompts of these lengths (by choice).
+    pub fn new(prompt: Vec<u32>) -> Self {
+        let completion = vec![0; prompt.len()];
+        RunningUsage { prompt, completion }
+    }
+
+    /// The usage of choice `index` so far.
+    pub fn of(&self, index: u32) -> crate::protocol::openai::Usage {
+        let i = index as usize;
+        let (prompt, done) = (self.prompt.get(i), self.completion.get(i));
+        crate::protocol::openai::Usage::new(
+            prompt.copied().unwrap_or(0),
+            done.copied().unwrap_or(0),
+            0,
+        )
+    }
+
+    /// Counts `delta`'s tokens (at a finish, the worker's count) for choice `index`.
+    pub fn add(&mut self, index: u32, delta: &Delta) {
+        if let Some(done) = self.completion.get_mut(index as usize) {
+            *done = match &delta.finish {
+                Some(f) => f.completion_tokens,
+                None => *done + delta.tokens.len() as u32,
+            };
+        }
+    }
+}
+
 /// A piece of a delta's text.
 pub enum Piece {
     Call(crate::protocol::openai::ToolCallDelta),

@@ -38,6 +38,8 @@ pub struct ChatRequest {
     pub parallel_tool_calls: bool,
     pub stream: bool,
     pub include_usage: bool,
+    /// Every chunk carries its choice's usage so far (vLLM's `continuous_usage_stats`).
+    pub continuous_usage: bool,
     /// Extra variables for the chat template (`enable_thinking`, `clear_thinking`, ...).
     pub template_kwargs: Map<String, Value>,
     /// The prompt ends in the template's generation prompt (an opened assistant turn).
@@ -124,6 +126,7 @@ impl ChatRequest {
         } else {
             tools
         };
+        let (include_usage, continuous_usage) = StreamOptions::usage(raw.stream_options.as_ref());
         Ok(Self {
             model: raw.model,
             messages: Value::Array(messages),
@@ -131,10 +134,8 @@ impl ChatRequest {
             tool_choice,
             parallel_tool_calls: raw.parallel_tool_calls.unwrap_or(true),
             stream: raw.stream.unwrap_or(false),
-            include_usage: raw
-                .stream_options
-                .and_then(|o| o.include_usage)
-                .unwrap_or(false),
+            include_usage,
+            continuous_usage,
             template_kwargs: raw.chat_template_kwargs.unwrap_or_default(),
             add_generation_prompt,
             continue_final_message,

@@ -80,6 +80,8 @@ pub struct CompletionRequest {
     pub score_only: bool,
     pub stream: bool,
     pub include_usage: bool,
+    /// Every chunk carries its choice's usage so far (vLLM's `continuous_usage_stats`).
+    pub continuous_usage: bool,
     pub n: u32,
     pub sampling: SamplingParams,
 }
@@ -131,16 +133,15 @@ impl CompletionRequest {
         let prompt = raw
             .prompt
             .ok_or_else(|| ValidationError::new("prompt", "prompt is required"))?;
+        let (include_usage, continuous_usage) = StreamOptions::usage(raw.stream_options.as_ref());
         Ok(Self {
             model: raw.model,
             prompts: PromptInput::list_from(&prompt, "prompt")?,
             echo: raw.echo.unwrap_or(false),
             score_only,
             stream: raw.stream.unwrap_or(false),
-            include_usage: raw
-                .stream_options
-                .and_then(|o| o.include_usage)
-                .unwrap_or(false),
+            include_usage,
+            continuous_usage,
             n,
             sampling,
         })

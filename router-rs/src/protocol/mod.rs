@@ -264,28 +264,31 @@ pub fn output_constraint(body: &Value) -> Result<Option<OutputConstraint>, Valid
 #[derive(Debug, Deserialize)]
 pub struct StreamOptions {
     pub include_usage: Option<bool>,
-    /// vLLM's usage in every chunk: not implemented, refused.
+    /// vLLM's usage in every chunk (with `include_usage`).
     pub continuous_usage_stats: Option<bool>,
 }
 
-/// `stream_options` only with a stream, and without what is not implemented.
+impl StreamOptions {
+    /// Whether the stream ends with the usage (`include_usage`), and whether every chunk also
+    /// carries its choice's usage so far (`continuous_usage_stats` beside it, as vLLM reads it).
+    pub fn usage(options: Option<&StreamOptions>) -> (bool, bool) {
+        let include = options.and_then(|o| o.include_usage).unwrap_or(false);
+        let every = options
+            .and_then(|o| o.continuous_usage_stats)
+            .unwrap_or(false);
+        (include, include && every)
+    }
+}
+
+/// `stream_options` only with a stream.
 pub fn check_stream_options(
     options: Option<&StreamOptions>,
     stream: Option<bool>,
 ) -> Result<(), ValidationError> {
-    let Some(options) = options else {
-        return Ok(());
-    };
-    if stream != Some(true) {
+    if options.is_some() && stream != Some(true) {
         return Err(ValidationError::new(
             "stream_options",
             "stream_options is only allowed with stream: true",
-        ));
-    }
-    if options.continuous_usage_stats == Some(true) {
-        return Err(ValidationError::new(
-            "stream_options.continuous_usage_stats",
-            "continuous_usage_stats is not supported (include_usage gives the usage at the end)",
         ));
     }
     Ok(())

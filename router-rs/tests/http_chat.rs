@@ -504,3 +504,37 @@ async fn continuous_usage_puts_each_choices_usage_so_far_in_every_chunk() {
         assert_eq!(c["usage"]["prompt_tokens"], model.encode(text).len(), "{c}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_request_id_names_the_answer_and_comes_back_in_the_header() {
+    let (_model, worker, server) = setup("x", 1, &[]).await;
+    let post = |id: Option<&str>| {
+        let mut req = server
+            .client
+            .post(format!("{}/v1/chat/completions", server.url))
+            .json(&json!({"messages": user("hi")}));
+        if let Some(id) = id {
+            req = req.header("X-Request-Id", id);
+        }
+        req.send()
+    };
+    let answer = post(Some("job-7.a")).await.expect("answers");
+    assert_eq!(answer.headers()["x-request-id"], "job-7.a");
+    let body: Value = answer.json().await.expect("json");
+    assert_eq!(body["id"], "chatcmpl-job-7.a");
+    assert!(worker.requests()[0].rid.starts_with("job-7.a-"));
+    // without one, the header names the answer; an id with a space is not taken
+    for id in [None, Some("has space")] {
+        let answer = post(id).await.expect("answers");
+        let header = answer.headers()["x-request-id"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let body: Value = answer.json().await.expect("json");
+        assert_eq!(body["id"], header.as_str());
+        assert!(
+            header.starts_with("chatcmpl-") && header.len() > 20,
+            "{header}"
+        );
+    }
+}

@@ -13,6 +13,7 @@ mod logprobs;
 mod messages;
 mod prepare;
 mod prompt;
+mod request_id;
 mod responses;
 mod run;
 mod sse;
@@ -96,10 +97,11 @@ struct Meta {
 }
 
 impl Meta {
-    /// A fresh answer id (`id_prefix` and random characters), the current time and model name.
+    /// A fresh answer id (`id_prefix` and the client's `X-Request-Id`, or random characters),
+    /// the current time and model name.
     fn new(state: &AppState, id_prefix: &str) -> Self {
         Self {
-            id: crate::protocol::openai::random_id(id_prefix),
+            id: request_id::answer_id(id_prefix),
             created: crate::protocol::openai::unix_now(),
             model: state.model_name(),
         }
@@ -232,7 +234,11 @@ async fn count_requests(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
         .is_some_and(|n| n >= LARGE_BODY_BYTES);
-    let response = next.run(req).await;
+    let given = request_id::given(req.headers());
+    let (mut response, id) = request_id::scoped(given, next.run(req)).await;
+    if let Some(value) = id.as_deref().and_then(request_id::header_value) {
+        response.headers_mut().insert(request_id::HEADER, value);
+    }
     if large {
         // Tokenizing megabytes leaves hundreds of megabytes freed but held by the allocator.
         tokio::task::spawn_blocking(crate::app::release_freed_memory);

@@ -197,7 +197,11 @@ pub fn wire_requests(
     let gen = &state.model.generation;
     (0..n)
         .map(|i| {
-            let mut r = wire::Request::new("", ids.to_vec(), max_new_tokens);
+            let mut r = wire::Request::new(
+                super::request_id::wire_prefix(),
+                ids.to_vec(),
+                max_new_tokens,
+            );
             r.min_new_tokens = sampling.min_new_tokens.min(max_new_tokens);
             r.temperature = sampling
                 .temperature

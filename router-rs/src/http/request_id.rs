@@ -1,0 +1,86 @@
+//! `X-Request-Id`: a client's id for its request. It names the answer (`chatcmpl-<id>`, as vLLM
+//! names it), leads the worker request ids (so the worker's logs show it), and comes back in the
+//! response's `X-Request-Id` header; without one the header carries the answer's own id.
+
+use std::cell::RefCell;
+use std::future::Future;
+
+use axum::http::{HeaderMap, HeaderValue};
+
+/// The header, lower-case as HTTP/2 and axum spell it.
+pub const HEADER: &str = "x-request-id";
+
+/// Longest id taken from a client.
+const MAX_LEN: usize = 128;
+
+tokio::task_local! {
+    /// The id of the request this task answers: the client's, or once the answer is named, its id.
+    static CURRENT: RefCell<Current>;
+}
+
+#[derive(Default)]
+struct Current {
+    given: Option<String>,
+    named: Option<String>,
+}
+
+/// The client's id: printable ASCII without spaces, at most `MAX_LEN` long; others are ignored.
+pub fn given(headers: &HeaderMap) -> Option<String> {
+    let id = headers.get(HEADER)?.to_str().ok()?;
+    let ok = !id.is_empty() && id.len() <= MAX_LEN && id.bytes().all(|b| b.is_ascii_graphic());
+    ok.then(|| id.to_owned())
+}
+
+/// Runs `answer` with `given` as the request's id; returns its output and the id the response
+/// header carries (the given one, else the answer's, if it named one).
+pub async fn scoped<F: Future>(given: Option<String>, answer: F) -> (F::Output, Option<String>) {
+    let cell = RefCell::new(Current { given, named: None });
+    CURRENT
+        .scope(cell, async move {
+            let out = answer.await;
+            let current = CURRENT.with(|c| {
+                let c = c.borrow();
+                c.given.clone().or_else(|| c.named.clone())
+            });
+            (out, current)
+        })
+        .await
+}
+
+/// The answer's id: `prefix` and the client's id, or `prefix` and random characters.
+pub fn answer_id(prefix: &str) -> String {
+    let given = CURRENT
+        .try_with(|c| c.borrow().given.clone())
+        .ok()
+        .flatten();
+    let id = match given {
+        Some(given) => format!("{prefix}{given}"),
+        None => crate::protocol::openai::random_id(prefix),
+    };
+    let _ = CURRENT.try_with(|c| {
+        c.borrow_mut().named.get_or_insert_with(|| id.clone());
+    });
+    id
+}
+
+/// What leads the worker request ids: the client's id where it is made of letters, digits and
+/// `._:-` and at most 64 long (it reaches the worker's logs), else nothing.
+pub fn wire_prefix() -> String {
+    let given = CURRENT
+        .try_with(|c| c.borrow().given.clone())
+        .ok()
+        .flatten();
+    given
+        .filter(|id| {
+            id.len() <= 64
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b))
+        })
+        .unwrap_or_default()
+}
+
+/// The header value of `id` (always valid: printable ASCII).
+pub fn header_value(id: &str) -> Option<HeaderValue> {
+    HeaderValue::from_str(id).ok()
+}

@@ -118,14 +118,40 @@ impl ChatTemplate {
 
 /// Where a prompt that continues its last message ends: `rendered` (the messages rendered
 /// without a generation prompt) cut after the last message's text as the template writes it
-/// (stripped), or after its reasoning when it has no text, so the model goes on from there.
-/// `None` when the template did not write that text.
-pub fn continued_end(rendered: &str, last: &Json) -> Option<usize> {
-    let text = |k: &str| last.get(k).and_then(Json::as_str).unwrap_or("").trim();
-    let tail = [text("content"), text("reasoning_content")]
+/// (stripped; reasoning written inline as `<think>…</think>` split off as the template splits
+/// it), or after its reasoning when it has no text, so the model goes on from there. Only the
+/// part of `rendered` past `before` (the messages before the last, rendered alike) is searched,
+/// so an earlier message with the same text is never taken for it. `None` when the template did
+/// not write that text.
+pub fn continued_end(rendered: &str, before: &str, last: &Json) -> Option<usize> {
+    let field = |k: &str| last.get(k).and_then(Json::as_str).unwrap_or("");
+    let (mut content, mut reasoning) = (field("content"), field("reasoning_content"));
+    if last
+        .get("reasoning_content")
+        .and_then(Json::as_str)
+        .is_none()
+    {
+        if let Some((head, tail)) = content.split_once("</think>") {
+            let head = head.trim_end_matches('\n');
+            reasoning = head.rsplit("<think>").next().unwrap_or(head);
+            content = tail.rsplit("</think>").next().unwrap_or(tail);
+        }
+    }
+    let tail = [content.trim(), reasoning.trim()]
         .into_iter()
         .find(|t| !t.is_empty())?;
-    rendered.rfind(tail).map(|at| at + tail.len())
+    let from = common_prefix(rendered, before);
+    rendered[from..]
+        .rfind(tail)
+        .map(|at| from + at + tail.len())
+}
+
+/// The length of the longest common prefix of `a` and `b`, at a character boundary.
+fn common_prefix(a: &str, b: &str) -> usize {
+    a.char_indices()
+        .zip(b.chars())
+        .find(|((_, x), y)| x != y)
+        .map_or(a.len().min(b.len()), |((i, _), _)| i)
 }
 
 /// Converts messages to template values, parsing tool-call `arguments` strings into objects.

@@ -300,11 +300,16 @@ async fn a_prompt_is_cut_to_its_last_tokens_when_asked_to() {
     let (status, answer) = server.post("/v1/completions", body).await;
     assert_eq!(status, 200, "{answer}");
     assert_eq!(worker.requests()[1].input_ids, long[5000 - 4095..]);
+    // the room left is the max_tokens asked for
+    let body = json!({"prompt": long, "max_tokens": 100, "truncate_prompt_tokens": -1});
+    let (status, answer) = server.post("/v1/completions", body).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(worker.requests()[2].input_ids, long[5000 - 3996..]);
     // TGI's `truncate` on /generate
     let body = json!({"inputs": "hello world", "parameters": {"truncate": 2}});
     let (status, answer) = server.post("/generate", body).await;
     assert_eq!(status, 200, "{answer}");
-    assert_eq!(worker.requests()[2].input_ids, ids[ids.len() - 2..]);
+    assert_eq!(worker.requests()[3].input_ids, ids[ids.len() - 2..]);
     for (path, body, param) in [
         (
             "/v1/completions",
@@ -351,4 +356,40 @@ async fn logprobs_name_tokens_by_id_when_asked_to() {
         .map(|t| t["token"].as_str().unwrap().to_owned())
         .collect();
     assert_eq!(tokens, named);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allowed_ids_and_bad_words_reach_the_worker_as_ids() {
+    let (model, worker, server) = setup("x", 1, &[]).await;
+    let body = json!({"prompt": "hi", "max_tokens": 2, "allowed_token_ids": [9, 4, 9],
+                      "bad_words": ["  hello", "x y"]});
+    let (status, answer) = server.post("/v1/completions", body).await;
+    assert_eq!(status, 200, "{answer}");
+    let req = &worker.requests()[0];
+    assert_eq!(req.allowed_token_ids, vec![4, 9]);
+    // each word alone, and after a space where that is as many tokens
+    for word in ["hello", "x y"] {
+        assert!(req.bad_words.contains(&model.encode(word)), "{word}");
+        let spaced = model.encode(&format!(" {word}"));
+        if spaced.len() == model.encode(word).len() {
+            assert!(req.bad_words.contains(&spaced), "{word}");
+        }
+    }
+    let too_long = "w".repeat(65);
+    for (body, param) in [
+        (
+            json!({"prompt": "a", "allowed_token_ids": []}),
+            "allowed_token_ids",
+        ),
+        (
+            json!({"prompt": "a", "allowed_token_ids": [99_999_999]}),
+            "allowed_token_ids",
+        ),
+        (json!({"prompt": "a", "bad_words": [" "]}), "bad_words"),
+        (json!({"prompt": "a", "bad_words": [too_long]}), "bad_words"),
+    ] {
+        let (status, answer) = server.post("/v1/completions", body.clone()).await;
+        assert_eq!(status, 400, "{body}: {answer}");
+        assert_eq!(answer["error"]["param"], param, "{body}");
+    }
 }

@@ -265,3 +265,31 @@ def test_a_thinking_budget_closes_the_reasoning_after_its_tokens(server: Server)
     assert len(tokens) == 8 and tokens[3] == f"token_id:{close}", tokens
     assert f"token_id:{close}" not in tokens[:3]
     assert choice["message"]["reasoning_content"]
+
+
+def test_allowed_token_ids_and_bad_words_hold_through_the_server(server: Server) -> None:
+    body = {
+        "prompt": "hello",
+        "max_tokens": 12,
+        "ignore_eos": True,
+        "allowed_token_ids": [40, 41, 42],
+        "bad_words": [],
+        "logprobs": 0,
+        "return_tokens_as_token_ids": True,
+        "seed": 5,
+    }
+    r = requests.post(f"{server.openai_base}/completions", json=body, timeout=60)
+    assert r.status_code == 200, r.text
+    tokens = r.json()["choices"][0]["logprobs"]["tokens"]
+    assert len(tokens) == 12 and set(tokens) <= {f"token_id:{i}" for i in (40, 41, 42)}, tokens
+    # a word favoured by logit_bias and banned by bad_words is never written
+    tok = glm47.Tokenizer(str(server.model_dir))
+    (word,) = tok.encode(" the")
+    body = {"prompt": "hello", "max_tokens": 12, "ignore_eos": True, "seed": 5,
+            "logit_bias": {str(word): 20}, "bad_words": ["the"]}  # fmt: skip
+    r = requests.post(f"{server.openai_base}/completions", json=body, timeout=60)
+    assert r.status_code == 200, r.text
+    del body["bad_words"]
+    free = requests.post(f"{server.openai_base}/completions", json=body, timeout=60)
+    assert "the" in free.json()["choices"][0]["text"]
+    assert "the" not in r.json()["choices"][0]["text"]

@@ -9,9 +9,8 @@ the tokens outside the mask to -inf. A request whose document is complete finish
 is masked by the grammar read on through the drafts before it (`Constraint.fork`). A step with
 their samples is queued ahead without its sampling, which waits for the masks (engine.py).
 
-A request's reasoning budget (`ReasoningBudget`) is a constraint too, around its grammar if it
-has one: once the budget is spent inside the reasoning its prompt opened, its mask holds the
-closing token alone.
+A request's reasoning budget, allowed token ids and bad words are constraints too, layered
+around its grammar if it has one (token_rules.py).
 """
 
 from __future__ import annotations
@@ -25,6 +24,7 @@ from typing import Protocol
 import torch
 
 from glm47.worker.batch import ScheduledSeq
+from glm47.worker.token_rules import Layer, ReasoningBudget, TokenRules, packed
 from glm47.worker.wire_messages import WireGrammar, WireReasoningBudget
 
 log = logging.getLogger(__name__)
@@ -57,6 +57,7 @@ class Grammars:
         from glm47 import _native
 
         self._native = _native
+        self._vocab_size = vocab_size
         self._mask_bytes = 4 * ((vocab_size + 31) // 32)  # a mask's packed 32-bit words
         self._vocab = None
         self._why: str | None = None
@@ -91,14 +92,29 @@ class Grammars:
         )  # fmt: skip
         return constraint
 
-    def budgeted(self, budget: WireReasoningBudget, inner: Constraint | None) -> Constraint:
-        """`inner` (None: no grammar) under a reasoning budget; raises ValueError for an
-        `end_id` outside the masks."""
-        if budget.end_id >= self._mask_bytes * 8:
-            raise ValueError(f"reasoning_budget end_id {budget.end_id} is outside the vocabulary")
-        forced = bytearray(self._mask_bytes)
-        forced[budget.end_id // 8] = 1 << (budget.end_id % 8)  # little-endian words: bit id % 8
-        return ReasoningBudget(budget.end_id, budget.tokens, bytes(forced), inner)
+    def layered(
+        self,
+        inner: Constraint | None,
+        budget: WireReasoningBudget | None,
+        allowed_ids: list[int],
+        bad_words: list[list[int]],
+    ) -> Constraint:
+        """`inner` (None: no grammar) under a reasoning budget and token rules (token_rules.py),
+        those given; raises ValueError for a closing id outside the masks."""
+        c = inner
+        if budget is not None:
+            if budget.end_id >= self._vocab_size:
+                raise ValueError(
+                    f"reasoning_budget end_id {budget.end_id} is outside the vocabulary"
+                )
+            forced = packed([budget.end_id], self._mask_bytes)
+            c = ReasoningBudget(budget.end_id, budget.tokens, forced, c)
+        if allowed_ids or bad_words:
+            allowed = packed(allowed_ids, self._mask_bytes) if allowed_ids else None
+            bad = [tuple(w) for w in bad_words if w]
+            c = TokenRules(allowed, bad, self._mask_bytes, c)
+        assert c is not None, "a layered constraint has a grammar or a rule"
+        return c
 
     def attach_masks(
         self, seqs: list[ScheduledSeq], constraint_of: Callable[[str], Constraint | None]
@@ -145,82 +161,20 @@ class Grammars:
         return kept
 
     def masks(self, constraints: list[Constraint]) -> list[bytes]:
-        """`c.mask()` of each constraint, computed on several threads (a step's constrained
-        requests wait for all of them)."""
-        masks: list[bytes | None] = [None] * len(constraints)
-        native: list[tuple[int, Constraint]] = []
-        for i, c in enumerate(constraints):
-            if isinstance(c, ReasoningBudget):
-                if c.forcing or c.inner is None:
-                    masks[i] = c.forced_mask
-                    continue
-                c = c.inner
-            native.append((i, c))
+        """`c.mask()` of each constraint, the native grammars' computed on several threads (a
+        step's constrained requests wait for all of them), the layers' built on them."""
+        native = [(i, c.needs() if isinstance(c, Layer) else c) for i, c in enumerate(constraints)]
+        native = [(i, c) for i, c in native if c is not None]
+        computed: dict[int, bytes] = {}
         if native:
             threads = min(MASK_THREADS, os.cpu_count() or 1)
-            computed = self._native.json_masks([c for _, c in native], threads)
-            for (i, _), mask in zip(native, computed, strict=True):
-                masks[i] = mask
-        return [m if m is not None else b"" for m in masks]
-
-
-class ReasoningBudget:
-    """A request's reasoning budget (docs/wire.md `ReasoningBudget`) around its grammar, if any:
-    while the reasoning the prompt opened is open, its tokens are counted, and once `budget` of
-    them have been generated the only token allowed is `end_id`, which closes it; from then on
-    `inner` (whose grammar starts after `end_id`) is the constraint. A `Constraint`."""
-
-    def __init__(
-        self,
-        end_id: int,
-        budget: int,
-        forced_mask: bytes,
-        inner: Constraint | None,
-        spent: int = 0,
-        reasoning: bool = True,
-    ) -> None:
-        self.end_id = end_id
-        self.budget = budget
-        self.forced_mask = forced_mask  # `end_id` alone
-        self.inner = inner
-        self.spent = spent  # reasoning tokens generated
-        self.reasoning = reasoning  # the reasoning is still open
-
-    @property
-    def forcing(self) -> bool:
-        """The next token must close the reasoning."""
-        return self.reasoning and self.spent >= self.budget
-
-    @property
-    def active(self) -> bool:
-        return self.forcing or (self.inner is not None and self.inner.active)
-
-    def accept(self, token: int) -> bool:
-        ok = True
-        if self.reasoning:
-            if token == self.end_id:
-                self.reasoning = False
-            elif self.forcing:
-                ok = False
-            else:
-                self.spent += 1
-        if self.inner is not None:
-            ok = self.inner.accept(token) and ok
-        return ok
-
-    def is_done(self) -> bool:
-        return self.inner is not None and self.inner.is_done()
-
-    def mask(self) -> bytes:
-        if self.forcing or self.inner is None:
-            return self.forced_mask
-        return self.inner.mask()
-
-    def fork(self) -> ReasoningBudget:
-        inner = self.inner.fork() if self.inner is not None else None
-        return ReasoningBudget(
-            self.end_id, self.budget, self.forced_mask, inner, self.spent, self.reasoning
-        )
+            masks = self._native.json_masks([c for _, c in native], threads)
+            computed = {i: m for (i, _), m in zip(native, masks, strict=True)}
+        out = []
+        for i, c in enumerate(constraints):
+            mask = c.mask_from(computed.get(i)) if isinstance(c, Layer) else computed.get(i)
+            out.append(mask if mask is not None else b"\xff" * self._mask_bytes)
+        return out
 
 
 def unpack_masks(

@@ -205,6 +205,10 @@ def _is_budget(v: object) -> bool:
 MAX_LOGIT_BIAS_ENTRIES = 1024
 MAX_LOGIT_BIAS = 100.0
 
+# vLLM's `bad_words` limits: sequences per request, tokens per sequence (the router's too).
+MAX_BAD_WORDS = 256
+MAX_BAD_WORD_TOKENS = 128
+
 # Most alternatives a prompt position reports (the OpenAI `logprobs` limit): a prompt's top lists
 # stay on the host until its first output.
 MAX_PROMPT_TOP = 20
@@ -234,6 +238,11 @@ _REQUEST_FIELDS = {
         "a Grammar map (schema, choices, regex, tool_calls, ebnf, structural_tag, start_after)",
     ),
     "reasoning_budget": (_is_budget, "a ReasoningBudget map (tokens, end_id)"),
+    "allowed_token_ids": (_is_int_list, "array of int"),
+    "bad_words": (
+        lambda v: isinstance(v, list) and all(_is_int_list(w) and w for w in v),
+        "array of non-empty arrays of int",
+    ),
 }
 _FLOAT_FIELDS = {k for k, (check, _) in _REQUEST_FIELDS.items() if check is _is_float}
 _REQUIRED_REQUEST = ("rid", "input_ids", "max_new_tokens")
@@ -323,6 +332,13 @@ def _range_problem(r: WireRequest) -> str | None:
             f"prompt_logprobs must be in [-1, {MAX_PROMPT_TOP}]",
         ),
         (min(r.stop_token_ids, default=0) >= 0, "stop_token_ids must be non-negative"),
+        (min(r.allowed_token_ids, default=0) >= 0, "allowed_token_ids must be non-negative"),
+        (
+            len(r.bad_words) <= MAX_BAD_WORDS
+            and all(min(w) >= 0 and len(w) <= MAX_BAD_WORD_TOKENS for w in r.bad_words),
+            f"bad_words needs at most {MAX_BAD_WORDS} sequences of at most "
+            f"{MAX_BAD_WORD_TOKENS} non-negative ids",
+        ),
         (
             len(r.logit_bias) <= MAX_LOGIT_BIAS_ENTRIES
             and len({t for t, _ in r.logit_bias}) == len(r.logit_bias)

@@ -75,6 +75,8 @@ class WireRequest:
     logit_bias: list[tuple[int, float]] = field(default_factory=list)
     grammar: WireGrammar | None = None
     reasoning_budget: WireReasoningBudget | None = None
+    allowed_token_ids: list[int] = field(default_factory=list)
+    bad_words: list[list[int]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

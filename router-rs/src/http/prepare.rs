@@ -89,12 +89,26 @@ pub async fn chat_prompt(
                 .template
                 .render(&messages, tools.as_ref(), add_generation_prompt, &kwargs)?;
         if continued {
-            let last = messages.as_array().and_then(|m| m.last());
-            let end = last.and_then(|m| continued_end(&text, m)).ok_or_else(|| {
-                let msg = "the chat template did not write the last message's text, so it \
+            let list = messages.as_array().map_or(&[][..], Vec::as_slice);
+            let (last, earlier) = list.split_last().unzip();
+            // the messages before the last, rendered alike: the last one's text is after them
+            let before = earlier
+                .filter(|m| !m.is_empty())
+                .and_then(|m| {
+                    let earlier = Value::Array(m.to_vec());
+                    state
+                        .template
+                        .render(&earlier, tools.as_ref(), false, &kwargs)
+                        .ok()
+                })
+                .unwrap_or_default();
+            let end = last
+                .and_then(|m| continued_end(&text, &before, m))
+                .ok_or_else(|| {
+                    let msg = "the chat template did not write the last message's text, so it \
                            cannot be continued";
-                ValidationError::new("continue_final_message", msg)
-            })?;
+                    ValidationError::new("continue_final_message", msg)
+                })?;
             text.truncate(end);
         }
         let mut in_reasoning = ends_in_reasoning(&text);
@@ -162,6 +176,11 @@ pub fn max_new_tokens(
         sampling.logit_bias.iter().map(|&(id, _)| id),
         vocab,
     )?;
+    below_vocab(
+        "allowed_token_ids",
+        sampling.allowed_token_ids.iter().copied(),
+        vocab,
+    )?;
     let (requested, max_param) = (sampling.max_new_tokens, sampling.max_new_tokens_param);
     let limit = total_len_limit(state, Some(worker));
     let prompt_len = u32::try_from(prompt_len).unwrap_or(u32::MAX);
@@ -195,6 +214,7 @@ pub fn wire_requests(
     n: u32,
 ) -> Vec<wire::Request> {
     let gen = &state.model.generation;
+    let bad_words = bad_word_ids(state, &sampling.bad_words);
     (0..n)
         .map(|i| {
             let mut r = wire::Request::new(
@@ -238,9 +258,31 @@ pub fn wire_requests(
                 structural_tag: c.structural_tag.clone(),
                 ..wire::Grammar::default()
             });
+            r.allowed_token_ids = sampling.allowed_token_ids.clone();
+            r.bad_words = bad_words.clone();
             r
         })
         .collect()
+}
+
+/// The token sequences of `words` as vLLM bans them: each word (its leading spaces dropped) on
+/// its own, and after a space where that tokenizes to as many tokens, the first one different
+/// (the word within text).
+fn bad_word_ids(state: &AppState, words: &[String]) -> Vec<Vec<u32>> {
+    let encode = |text: &str| state.model.tokenizer.encode(text).unwrap_or_default();
+    let mut out: Vec<Vec<u32>> = Vec::new();
+    for word in words {
+        let word = word.trim_start();
+        let alone = encode(word);
+        let spaced = encode(&format!(" {word}"));
+        if spaced.len() == alone.len() && spaced.first() != alone.first() {
+            out.push(spaced);
+        }
+        out.push(alone);
+    }
+    out.retain(|ids| !ids.is_empty());
+    out.dedup();
+    out
 }
 
 /// Where a chat prompt leaves the model inside reasoning, a JSON grammar applies from the token

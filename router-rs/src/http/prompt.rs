@@ -17,8 +17,9 @@ use crate::tokenizer::Bounded;
 pub enum PromptUse {
     /// To generate from: a prompt surely over `max_req_total_len` is refused early.
     Generation,
-    /// To generate from, cut to its end first (`truncate_prompt_tokens`).
-    Truncated(PromptCut),
+    /// To generate from, cut to its end first (`truncate_prompt_tokens`); the second field is
+    /// the output room a cut to fit leaves.
+    Truncated(PromptCut, u32),
     /// Only to list its ids (`/tokenize`): tokenized whole, whatever its length, as vLLM does.
     Listing,
 }
@@ -26,17 +27,24 @@ pub enum PromptUse {
 impl PromptUse {
     /// Generation, with the cut the request asks for.
     pub fn generating(sampling: &SamplingParams) -> Self {
+        // a cut to fit leaves the output asked for, or `FIT_ROOM` tokens
+        let room = sampling.max_new_tokens.unwrap_or(FIT_ROOM).max(1);
         sampling
             .truncate_prompt
-            .map_or(PromptUse::Generation, PromptUse::Truncated)
+            .map_or(PromptUse::Generation, |cut| PromptUse::Truncated(cut, room))
     }
 }
 
-/// `ids` cut to their last tokens as `cut` says; `fits` is what leaves room for an output token.
-fn cut_ids(mut ids: Vec<u32>, cut: PromptCut, fits: usize) -> Vec<u32> {
+/// The output room a prompt cut to fit leaves when the request gives no `max_tokens` (the
+/// completions default).
+const FIT_ROOM: u32 = 16;
+
+/// `ids` cut to their last tokens as `cut` says; a cut to fit leaves `room` of `limit` for the
+/// output (at least one prompt token is kept).
+fn cut_ids(mut ids: Vec<u32>, cut: PromptCut, limit: u32, room: u32) -> Vec<u32> {
     let keep = match cut {
         PromptCut::Last(k) => k as usize,
-        PromptCut::Fit => fits,
+        PromptCut::Fit => limit.saturating_sub(room).max(1) as usize,
     };
     ids.drain(..ids.len().saturating_sub(keep));
     ids
@@ -60,7 +68,7 @@ pub(super) fn encode_prompt(
     match purpose {
         PromptUse::Listing => return whole(),
         // a cut longer than fits is refused by the output budget check, naming the length
-        PromptUse::Truncated(cut) => return Ok(cut_ids(whole()?, cut, fits)),
+        PromptUse::Truncated(cut, room) => return Ok(cut_ids(whole()?, cut, limit, room)),
         PromptUse::Generation => {}
     }
     match state.model.tokenizer.encode_within(text, fits) {
@@ -104,10 +112,10 @@ pub async fn prompt_ids(
                     ValidationError::new(param, format!("token ids must be below {vocab}")).into(),
                 ),
                 PromptInput::Ids(ids) => match purpose {
-                    PromptUse::Truncated(cut) => {
+                    PromptUse::Truncated(cut, room) => {
                         let limit =
                             total_len_limit(&state, state.dispatcher.ready_worker().as_ref());
-                        Ok(cut_ids(ids, cut, limit.saturating_sub(1) as usize))
+                        Ok(cut_ids(ids, cut, limit, room))
                     }
                     _ => Ok(ids),
                 },

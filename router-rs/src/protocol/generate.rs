@@ -115,6 +115,8 @@ impl GenerateRequest {
                 k => k.map(PromptCut::Last),
             },
             tokens_as_ids: false,
+            allowed_token_ids: Vec::new(),
+            bad_words: Vec::new(),
         };
         sampling
             .check()

@@ -41,7 +41,12 @@ impl MessagesRequest {
         let mut messages = merged(messages(obj)?);
         if messages.last().is_some_and(|m| m["role"] == "assistant") {
             // a last assistant message is a prefill the answer continues; an empty one is none
-            if prefill_is_empty(&messages[messages.len() - 1]) {
+            let last = &messages[messages.len() - 1];
+            if last.get("tool_calls").is_some() {
+                let msg = "a last assistant turn is a prefill to continue: it cannot hold tool_use";
+                return Err(ValidationError::new("messages", msg));
+            }
+            if prefill_is_empty(last) {
                 messages.pop();
             } else {
                 chat.insert("continue_final_message".into(), Value::Bool(true));

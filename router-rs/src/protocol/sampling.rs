@@ -53,6 +53,10 @@ pub struct SamplingParams {
     pub truncate_prompt: Option<PromptCut>,
     /// vLLM's `return_tokens_as_token_ids`: logprobs name tokens `token_id:N`.
     pub tokens_as_ids: bool,
+    /// vLLM's `allowed_token_ids`: every sampled token is one of these; empty: any.
+    pub allowed_token_ids: Vec<u32>,
+    /// vLLM's `bad_words`: words the output never contains (tokenized by the router).
+    pub bad_words: Vec<String>,
 }
 
 /// How much of a prompt `truncate_prompt_tokens` keeps: its end.
@@ -106,6 +110,8 @@ pub struct OpenAiSampling {
     pub prompt_logprobs: Option<i64>,
     pub truncate_prompt_tokens: Option<i64>,
     pub return_tokens_as_token_ids: Option<bool>,
+    pub allowed_token_ids: Option<Vec<u32>>,
+    pub bad_words: Option<Vec<String>>,
 }
 
 /// Largest bias magnitude `logit_bias` accepts (OpenAI's range).
@@ -143,6 +149,41 @@ fn logit_bias(map: Option<BTreeMap<String, f32>>) -> Result<Vec<(u32, f32)>, Val
         .collect::<Result<Vec<_>, _>>()?;
     pairs.sort_unstable_by_key(|&(id, _)| id);
     Ok(pairs)
+}
+
+/// Most `bad_words` entries, and the longest (in bytes, so at most as many tokens).
+pub const MAX_BAD_WORDS: usize = 128;
+pub const MAX_BAD_WORD_BYTES: usize = 64;
+
+/// `allowed_token_ids`: given, not empty (vLLM refuses an empty list); ascending, without repeats.
+fn allowed_token_ids(ids: Option<Vec<u32>>) -> Result<Vec<u32>, ValidationError> {
+    let Some(mut ids) = ids else {
+        return Ok(Vec::new());
+    };
+    if ids.is_empty() {
+        let msg = "allowed_token_ids must not be empty";
+        return Err(ValidationError::new("allowed_token_ids", msg));
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    Ok(ids)
+}
+
+/// `bad_words`: at most `MAX_BAD_WORDS` words of text, each at most `MAX_BAD_WORD_BYTES` long.
+fn bad_words(words: Option<Vec<String>>) -> Result<Vec<String>, ValidationError> {
+    let words = words.unwrap_or_default();
+    if words.len() > MAX_BAD_WORDS {
+        let msg = format!("at most {MAX_BAD_WORDS} bad words, got {}", words.len());
+        return Err(ValidationError::new("bad_words", msg));
+    }
+    if let Some(w) = words
+        .iter()
+        .find(|w| w.trim().is_empty() || w.len() > MAX_BAD_WORD_BYTES)
+    {
+        let msg = format!("{w:?}: a bad word has text, at most {MAX_BAD_WORD_BYTES} bytes");
+        return Err(ValidationError::new("bad_words", msg));
+    }
+    Ok(words)
 }
 
 /// Most choices one request may ask for.
@@ -216,6 +257,8 @@ impl OpenAiSampling {
             output_constraint: None,
             truncate_prompt,
             tokens_as_ids: self.return_tokens_as_token_ids.unwrap_or(false),
+            allowed_token_ids: allowed_token_ids(self.allowed_token_ids)?,
+            bad_words: bad_words(self.bad_words)?,
         };
         params.check()?;
         Ok(params)

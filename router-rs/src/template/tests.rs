@@ -168,19 +168,30 @@ fn template_is_shareable_across_threads() {
 
 #[test]
 fn a_continued_prompt_ends_after_the_last_text_or_its_reasoning() {
-    let cut = |last: Json| {
-        let msgs = json!([{"role": "user", "content": "hi"}, last.clone()]);
+    let cut = |first: &str, last: Json| {
+        let earlier = json!([{"role": "user", "content": first}]);
+        let msgs = json!([{"role": "user", "content": first}, last.clone()]);
         let text = glm47().render(&msgs, None, false, &Map::new()).unwrap();
-        let end = continued_end(&text, &last).expect("the text is in the prompt");
+        let before = glm47().render(&earlier, None, false, &Map::new()).unwrap();
+        let end = continued_end(&text, &before, &last).expect("the text is in the prompt");
         text[..end].to_owned()
     };
     let prefix = "[gMASK]<sop><|user|>hi<|assistant|>";
     let answer = json!({"role": "assistant", "content": "The answer is "});
-    assert_eq!(cut(answer), format!("{prefix}</think>The answer is"));
+    assert_eq!(cut("hi", answer), format!("{prefix}</think>The answer is"));
     let both = json!({"role": "assistant", "content": "Yes", "reasoning_content": "Easy."});
-    assert_eq!(cut(both), format!("{prefix}<think>Easy.</think>Yes"));
+    assert_eq!(cut("hi", both), format!("{prefix}<think>Easy.</think>Yes"));
     let thought = json!({"role": "assistant", "content": "", "reasoning_content": "Let me"});
-    assert_eq!(cut(thought), format!("{prefix}<think>Let me"));
+    assert_eq!(cut("hi", thought), format!("{prefix}<think>Let me"));
+    // reasoning written inline, as a model writes it, is split off as the template splits it
+    let inline = json!({"role": "assistant", "content": "<think>\nA\n</think>\nB"});
+    assert_eq!(cut("hi", inline), format!("{prefix}<think>A</think>B"));
+    let open = json!({"role": "assistant", "content": "<think>\nA\n</think>"});
+    assert_eq!(cut("hi", open), format!("{prefix}<think>A"));
+    // an earlier message with the same text is not taken for the last
+    let same = json!({"role": "assistant", "content": "B"});
+    let user = "[gMASK]<sop><|user|>B<|assistant|>";
+    assert_eq!(cut("B", same), format!("{user}</think>B"));
     let empty = json!({"role": "assistant", "content": ""});
-    assert_eq!(continued_end("anything", &empty), None);
+    assert_eq!(continued_end("anything", "", &empty), None);
 }

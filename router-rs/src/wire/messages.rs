@@ -78,6 +78,12 @@ pub struct Request {
     /// The reasoning the prompt opened is closed after this many of its tokens.
     #[serde(default)]
     pub reasoning_budget: Option<ReasoningBudget>,
+    /// Every sampled token is one of these (vLLM's `allowed_token_ids`); empty: any.
+    #[serde(default)]
+    pub allowed_token_ids: Vec<u32>,
+    /// Token sequences the output never completes (vLLM's `bad_words`, tokenized).
+    #[serde(default)]
+    pub bad_words: Vec<Vec<u32>>,
 }
 
 /// A bound on the reasoning a prompt opened: once `tokens` tokens have been generated inside it,
@@ -143,6 +149,8 @@ impl Request {
             logit_bias: Vec::new(),
             grammar: None,
             reasoning_budget: None,
+            allowed_token_ids: Vec::new(),
+            bad_words: Vec::new(),
         }
     }
 }

@@ -15,10 +15,11 @@ from glm47.worker.batch import SamplingParams
 from glm47.worker.config import EngineConfig
 from glm47.worker.engine import Engine, Request
 from glm47.worker.engine.errors import InvalidRequestError
-from glm47.worker.grammar import Grammars, ReasoningBudget, unpack_masks
+from glm47.worker.grammar import Grammars, unpack_masks
 from glm47.worker.model.config import ModelConfig
 from glm47.worker.model.tiny import make_tiny_model
 from glm47.worker.sampling import Sampler
+from glm47.worker.token_rules import ReasoningBudget
 from glm47.worker.wire_messages import WireGrammar, WireReasoningBudget
 from tests.worker.engine.engine_fakes import drain
 from tests.worker.model.reference import make_runner
@@ -41,7 +42,7 @@ def _unpacked(mask: bytes, vocab: int) -> torch.Tensor:
 def test_the_budget_counts_reasoning_tokens_then_forces_the_close(tiny_dir: Path) -> None:
     grammars = _grammars(tiny_dir)
     vocab = ModelConfig.from_dir(tiny_dir).vocab_size
-    budget = grammars.budgeted(WireReasoningBudget(tokens=2, end_id=77), None)
+    budget = grammars.layered(None, WireReasoningBudget(tokens=2, end_id=77), [], [])
     assert isinstance(budget, ReasoningBudget)
     assert not budget.active
     assert budget.accept(5) and budget.accept(6)
@@ -53,11 +54,17 @@ def test_the_budget_counts_reasoning_tokens_then_forces_the_close(tiny_dir: Path
     assert fork.accept(77) and not fork.active and not fork.is_done()
     assert fork.accept(9), "after the close the output is free"
     # the model closing its reasoning early ends the count
-    early = grammars.budgeted(WireReasoningBudget(tokens=3, end_id=77), None)
+    early = grammars.layered(None, WireReasoningBudget(tokens=3, end_id=77), [], [])
     assert early.accept(77) and early.accept(1) and early.accept(2) and early.accept(3)
     assert not early.active
     with pytest.raises(ValueError, match="outside the vocabulary"):
-        grammars.budgeted(WireReasoningBudget(tokens=1, end_id=vocab + 40), None)
+        grammars.layered(None, WireReasoningBudget(tokens=1, end_id=vocab), [], [])
+    # a step queued ahead (a sample one token past what was seen) waits for masks only near the end
+    near = grammars.layered(None, WireReasoningBudget(tokens=3, end_id=77), [], [])
+    assert isinstance(near, ReasoningBudget) and not near.may_mask(1)
+    assert near.accept(5) and not near.may_mask(1)
+    assert near.accept(6) and near.may_mask(1)
+    assert near.accept(77) and not near.may_mask(1)
 
 
 def _engine(tiny_dir: Path, overlap: bool, mtp_step: int = 0) -> Engine:
@@ -105,6 +112,8 @@ def test_an_engine_closes_reasoning_at_the_budget_and_applies_the_grammar_after(
     assert json.loads(tok.decode(out[5:], False)) in ({"ok": True}, {"ok": False})
     assert finish["json"] == "stop"
     assert close not in tokens["unbounded"]
+    if overlap:  # steps were queued ahead, waiting for masks only near a budget's end
+        assert engine.steps_ahead > 0
     engine.check_accounting()
 
 

@@ -49,6 +49,7 @@ from glm47.worker.engine.request import FinishReason, Request, RequestState
 from glm47.worker.engine.scheduler import Scheduler
 from glm47.worker.engine.step_log import StepLog
 from glm47.worker.grammar import Constraint, Grammars
+from glm47.worker.token_rules import Layer
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +131,7 @@ class Engine:
         self._validate(req)
         if not req.eos_token_ids:
             req.eos_token_ids = self.eos_token_ids
-        if req.grammar is not None or req.reasoning_budget is not None:
+        if req.grammar is not None or _has_rules(req):
             req.constraint = self._constraint(req)
             self._constrained.add(req.rid)
         self._requests[req.rid] = req
@@ -160,7 +161,7 @@ class Engine:
 
     def _constraint(self, req: Request) -> Constraint:
         """The constraint of `req`'s grammar, which ends at its stop ids and (unless it ignores
-        them) the eos ids, under its reasoning budget."""
+        them) the eos ids, under its reasoning budget and token rules."""
         ends = set(req.stop_token_ids) | (set() if req.ignore_eos else set(req.eos_token_ids))
         try:
             if self.grammars is None:
@@ -168,10 +169,10 @@ class Engine:
             inner = None
             if req.grammar is not None:
                 inner = self.grammars.constraint(req.grammar, sorted(ends))
-            if req.reasoning_budget is None:
-                assert inner is not None
+            if inner is not None and not _has_rules(req):
                 return inner
-            return self.grammars.budgeted(req.reasoning_budget, inner)
+            g = self.grammars
+            return g.layered(inner, req.reasoning_budget, req.allowed_token_ids, req.bad_words)
         except ValueError as exc:
             raise InvalidRequestError(req.rid, f"grammar: {exc}") from exc
 
@@ -289,7 +290,7 @@ class Engine:
         assert len(feed_rows) == len(fed), "every fed request is in the step queued ahead"
         # Masks of constrained samples need `current`'s samples: sampling is queued after them.
         defer = bool(self._constrained) and any(
-            s.sample and s.rid in self._constrained for s in batch.seqs
+            s.sample and s.rid in self._constrained and self._may_mask(s.rid) for s in batch.seqs
         )
         launched = self._launcher.launch(
             batch, self.sampler, TokenFeed(tokens, feed_rows, feed_seqs), defer_sampling=defer
@@ -302,6 +303,13 @@ class Engine:
         """Gives each sample of a request under an active grammar its allowed ids."""
         if self.grammars is not None and self._constrained:
             self.grammars.attach_masks(batch.seqs, self._constraint_of)
+
+    def _may_mask(self, rid: str) -> bool:
+        """Whether the sample of `rid` in a step queued ahead (one token past those its
+        constraint has seen) may need a mask: a grammar's always, a reasoning budget's only
+        near its end."""
+        c = self._constraint_of(rid)
+        return c is not None and (not isinstance(c, Layer) or c.may_mask(1))
 
     def _constraint_of(self, rid: str) -> Constraint | None:
         req = self._requests.get(rid)
@@ -482,3 +490,8 @@ class Engine:
             assert not req.page_ids, f"waiting request {req.rid} holds pages"
         constrained = {rid for rid, r in self._requests.items() if r.constraint is not None}
         assert self._constrained == constrained, "the constrained set follows the requests"
+
+
+def _has_rules(req: Request) -> bool:
+    """Whether `req` has token rules beside its grammar (grammar.py `Grammars.layered`)."""
+    return req.reasoning_budget is not None or bool(req.allowed_token_ids or req.bad_words)

@@ -59,6 +59,8 @@ class Request:
     grammar: WireGrammar | None = None
     # The reasoning the prompt opened is closed after this many tokens; None: unbounded.
     reasoning_budget: WireReasoningBudget | None = None
+    allowed_token_ids: list[int] = field(default_factory=list)  # every sample is one; empty: any
+    bad_words: list[list[int]] = field(default_factory=list)  # token sequences never completed
 
     # Engine-owned state below; never set by the caller.
     # The grammar's matcher (`Engine.add_request` builds it), told every sampled token.

@@ -53,6 +53,8 @@ def test_serve_sends_router_flags_to_the_router_and_the_rest_to_the_worker(tmp_p
             "debug",
             "--worker-listen",
             "tcp://127.0.0.1:7001",
+            "--api-key",
+            "s3cret",
         ]
     )
     (worker_cmd,) = p.worker_cmds
@@ -60,6 +62,7 @@ def test_serve_sends_router_flags_to_the_router_and_the_rest_to_the_worker(tmp_p
     assert p.worker_envs == [{}]
     assert "--tool-call-parser glm47" in router and "--reasoning-parser=glm45" in router
     assert "--chunked_prefill_size 512" in worker and "chunked" not in router
+    assert "--api-key s3cret" in router and "s3cret" not in worker
     assert "--log-level debug" in router and "--log-level debug" in worker
     assert (
         "--worker-addr tcp://127.0.0.1:7001" in router and "--listen tcp://127.0.0.1:7001" in worker

@@ -36,6 +36,8 @@ ROUTER_FLAGS = {
     "--served-model-name": "--served-model-name",
     "--served_model_name": "--served-model-name",
     "--max-body-bytes": "--max-body-bytes",
+    "--api-key": "--api-key",
+    "--api_key": "--api-key",
 }
 # Flags that both processes need.
 SHARED_FLAGS = {"--log-level": "--log-level", "--log_level": "--log-level"}

@@ -94,6 +94,17 @@ pub struct RouterConfig {
     /// balanced, else to the least loaded; `least-loaded` always to the least loaded.
     #[arg(long = "balance-policy", alias = "balance_policy", value_enum, default_value_t = BalancePolicy::Prefix)]
     pub balance_policy: BalancePolicy,
+
+    /// Clients must give this key (`Authorization: Bearer KEY`, or Anthropic's `x-api-key: KEY`)
+    /// on the `/v1` routes; repeat for several keys. Also read from `GLM47_API_KEY` (one key),
+    /// which keeps it out of the process list.
+    #[arg(
+        long = "api-key",
+        alias = "api_key",
+        env = "GLM47_API_KEY",
+        num_args = 1
+    )]
+    pub api_key: Vec<String>,
 }
 
 impl RouterConfig {

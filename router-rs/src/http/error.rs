@@ -32,6 +32,9 @@ pub enum ApiError {
     /// The body did not arrive within `BODY_READ_TIMEOUT` (408).
     #[error("the body did not arrive within {0} s")]
     BodyTimeout(u64),
+    /// The server wants an API key the request does not give (401).
+    #[error("a valid API key is needed (Authorization: Bearer KEY)")]
+    Unauthorized,
     /// No such route (404).
     #[error("no route for {method} {path}")]
     NotFound { method: String, path: String },
@@ -59,6 +62,7 @@ impl ApiError {
             ApiError::Invalid(_) | ApiError::MalformedJson(_) => StatusCode::BAD_REQUEST,
             ApiError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::NoWorkerReady => StatusCode::SERVICE_UNAVAILABLE,
@@ -77,6 +81,7 @@ impl ApiError {
         let status = self.status();
         let kind = match status.as_u16() {
             400 | 408 | 413 => "invalid_request_error",
+            401 => "authentication_error",
             404 | 405 => "not_found_error",
             429 => "rate_limit_error",
             503 => "service_unavailable_error",
@@ -99,6 +104,7 @@ impl ApiError {
     pub fn anthropic_body(&self) -> Value {
         let kind = match self.status().as_u16() {
             400 | 408 => "invalid_request_error",
+            401 => "authentication_error",
             404 | 405 => "not_found_error",
             413 => "request_too_large",
             429 => "rate_limit_error",

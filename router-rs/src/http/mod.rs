@@ -49,6 +49,8 @@ pub struct HttpOptions {
     pub tool_call_parser: Option<ToolCallParser>,
     pub reasoning_parser: Option<ReasoningParser>,
     pub max_body_bytes: usize,
+    /// Keys a client must give on the `/v1` routes; empty: no key needed.
+    pub api_keys: Vec<String>,
 }
 
 impl HttpOptions {
@@ -59,6 +61,12 @@ impl HttpOptions {
             tool_call_parser: config.tool_call_parser,
             reasoning_parser: config.reasoning_parser,
             max_body_bytes: config.max_body_bytes,
+            api_keys: config
+                .api_key
+                .iter()
+                .filter(|k| !k.is_empty())
+                .cloned()
+                .collect(),
         }
     }
 }
@@ -209,6 +217,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(state.clone(), authorize))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             count_requests,
@@ -257,6 +266,32 @@ async fn count_requests(
             .observe(arrived.elapsed().as_secs_f64());
     }
     response
+}
+
+/// With `--api-key`, a `/v1` request without one of the keys (`Authorization: Bearer KEY` or
+/// `x-api-key: KEY`) is a 401; the other routes (health, metrics, tokenize) stay open, as in
+/// vLLM.
+async fn authorize(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let (open, messages) = {
+        let keys = &state.options.api_keys;
+        let path = req.uri().path();
+        let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
+        let bearer = header("authorization").and_then(|v| v.strip_prefix("Bearer "));
+        let given = [bearer, header("x-api-key")];
+        let known = given
+            .into_iter()
+            .flatten()
+            .any(|g| keys.iter().any(|k| k == g));
+        let open = keys.is_empty() || !path.starts_with("/v1/") || known;
+        (open, path.starts_with("/v1/messages"))
+    };
+    if open {
+        return next.run(req).await;
+    }
+    if messages {
+        return error::AnthropicError(ApiError::Unauthorized).into_response();
+    }
+    ApiError::Unauthorized.into_response()
 }
 
 /// A request body this large has its freed memory handed back to the system after it is

@@ -393,3 +393,50 @@ async fn allowed_ids_and_bad_words_reach_the_worker_as_ids() {
         assert_eq!(answer["error"]["param"], param, "{body}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_ids_come_back_when_asked_for() {
+    let (model, _worker, server) = setup("Hello world", 2, &[]).await;
+    let reply = model.encode("Hello world");
+    let prompt = model.encode("hi");
+    let body = json!({"prompt": "hi", "max_tokens": 20, "return_token_ids": true});
+    let (status, answer) = server.post("/v1/completions", body.clone()).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["choices"][0]["prompt_token_ids"], json!(prompt));
+    assert_eq!(answer["choices"][0]["token_ids"], json!(reply));
+    let mut streamed = body;
+    streamed["stream"] = json!(true);
+    let (_, events) = server.post_stream("/v1/completions", streamed).await;
+    let chunks = json_events(&events);
+    assert_eq!(chunks[0]["choices"][0]["prompt_token_ids"], json!(prompt));
+    assert!(chunks[1..]
+        .iter()
+        .all(|c| c["choices"][0].get("prompt_token_ids").is_none()));
+    let ids: Vec<Value> = chunks
+        .iter()
+        .flat_map(|c| c["choices"][0]["token_ids"].as_array().cloned().unwrap())
+        .collect();
+    assert_eq!(json!(ids), json!(reply));
+    // chat: the rendered prompt's ids at the top, each choice's (or chunk's) own
+    let chat = json!({"messages": [{"role": "user", "content": "hi"}], "return_token_ids": true});
+    let (status, answer) = server.post("/v1/chat/completions", chat.clone()).await;
+    assert_eq!(status, 200, "{answer}");
+    let rendered = model.encode("<|user|>hi<|assistant|><think>");
+    assert_eq!(answer["prompt_token_ids"], json!(rendered));
+    assert_eq!(answer["choices"][0]["token_ids"], json!(reply));
+    let mut streamed = chat;
+    streamed["stream"] = json!(true);
+    let (_, events) = server.post_stream("/v1/chat/completions", streamed).await;
+    let chunks = json_events(&events);
+    assert_eq!(chunks[0]["prompt_token_ids"], json!(rendered));
+    let ids: Vec<Value> = chunks
+        .iter()
+        .flat_map(|c| c["choices"][0]["token_ids"].as_array().cloned().unwrap())
+        .collect();
+    assert_eq!(json!(ids), json!(reply));
+    // not asked for: not there
+    let (_, answer) = server
+        .post("/v1/completions", json!({"prompt": "hi", "max_tokens": 3}))
+        .await;
+    assert!(answer["choices"][0].get("token_ids").is_none());
+}

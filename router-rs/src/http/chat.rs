@@ -19,7 +19,7 @@ use crate::protocol::chat::{
     ChatChoice, ChatChunk, ChatChunkChoice, ChatCompletion, ChatDelta, ChatMessage, ChatRequest,
 };
 use crate::protocol::openai::{FunctionCall, ToolCall, Usage};
-use crate::state::{Collected, Finish};
+use crate::state::{Collected, Finish, TokenInfo};
 
 pub async fn chat(
     State(state): State<Arc<AppState>>,
@@ -40,9 +40,8 @@ pub async fn chat(
     let meta = Meta::new(&state, "chatcmpl-");
     if req.stream {
         let stream = start(stream).await?;
-        let prompt_tokens = prompt.ids.len() as u32;
         Ok(sse::respond(
-            chunks(state, meta, &req, prompt_tokens, stream),
+            chunks(state, meta, &req, &prompt.ids, stream),
             true,
         ))
     } else {
@@ -91,6 +90,7 @@ fn answer(
             let only_else = !tool_calls.is_empty() || !c.reasoning.is_empty();
             let content = (!c.content.is_empty() || !only_else).then_some(c.content);
             let logprobs = (req.sampling.logprobs >= 0).then(|| logprobs::chat(names, &c.tokens));
+            let token_ids = returned_ids(req, &c.tokens);
             ChatChoice {
                 index,
                 message: ChatMessage {
@@ -102,6 +102,7 @@ fn answer(
                 logprobs,
                 finish_reason: c.finish.as_ref().map(|f| f.reason),
                 stop_reason: c.finish.and_then(|f| f.stop_reason),
+                token_ids,
             }
         })
         .collect();
@@ -113,7 +114,15 @@ fn answer(
         choices,
         usage,
         prompt_logprobs,
+        prompt_token_ids: req.sampling.return_token_ids.then(|| prompt_ids.to_vec()),
     }
+}
+
+/// The ids of `tokens` when the request asks for them (vLLM's `return_token_ids`).
+fn returned_ids(req: &ChatRequest, tokens: &[TokenInfo]) -> Option<Vec<u32>> {
+    req.sampling
+        .return_token_ids
+        .then(|| tokens.iter().map(|t| t.id).collect())
 }
 
 /// `usage` plus one finished choice (every choice of a chat request shares its prompt).
@@ -135,9 +144,11 @@ fn chunks(
     state: Arc<AppState>,
     meta: Meta,
     req: &ChatRequest,
-    prompt_tokens: u32,
+    prompt_ids: &[u32],
     stream: ChoiceStream,
 ) -> sse::JsonEvents {
+    let prompt_tokens = prompt_ids.len() as u32;
+    let want_ids = req.sampling.return_token_ids;
     let include_usage = req.include_usage;
     let want_logprobs = req.sampling.logprobs >= 0;
     let as_ids = req.sampling.tokens_as_ids;
@@ -162,8 +173,11 @@ fn chunks(
                 logprobs: None,
                 finish_reason: None,
                 stop_reason: None,
+                token_ids: want_ids.then(Vec::new),
             };
-            sse::json(&chunk(&meta, vec![choice], usage_of(&running, index)))
+            let mut first = chunk(&meta, vec![choice], usage_of(&running, index));
+            first.prompt_token_ids = want_ids.then(|| prompt_ids.to_vec());
+            sse::json(&first)
         })
         .collect();
     let usage = Arc::new(Mutex::new(Usage::default()));
@@ -182,7 +196,7 @@ fn chunks(
     });
     let body = body.filter(move |(item, _)| {
         futures::future::ready(match item {
-            Ok(ChoiceDelta { delta, .. }) => !delta.is_silent(want_logprobs),
+            Ok(ChoiceDelta { delta, .. }) => !delta.is_silent(want_logprobs || want_ids),
             Err(_) => true,
         })
     });
@@ -194,6 +208,7 @@ fn chunks(
         }
         let logprobs = want_logprobs
             .then(|| logprobs::chat(Names::new(&state.model.tokenizer, as_ids), &delta.tokens));
+        let token_ids = want_ids.then(|| delta.tokens.iter().map(|t| t.id).collect());
         let choice = ChatChunkChoice {
             index,
             delta: ChatDelta {
@@ -205,6 +220,7 @@ fn chunks(
             logprobs,
             finish_reason: delta.finish.as_ref().map(|f| f.reason),
             stop_reason: delta.finish.and_then(|f| f.stop_reason),
+            token_ids,
         };
         sse::json(&chunk(&meta, vec![choice], so_far.or(usage_field.clone())))
     });
@@ -224,5 +240,6 @@ fn chunk(meta: &Meta, choices: Vec<ChatChunkChoice>, usage: Option<Option<Usage>
         model: meta.model.clone(),
         choices,
         usage,
+        prompt_token_ids: None,
     }
 }

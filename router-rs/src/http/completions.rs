@@ -38,6 +38,8 @@ struct Lead {
     echo_top: usize,
     /// Alternatives per position in vLLM's `prompt_logprobs`; `None` when not asked for.
     listed_top: Option<usize>,
+    /// The prompt's ids when vLLM's `return_token_ids` asks for them.
+    returned_ids: Option<Vec<u32>>,
 }
 
 impl Lead {
@@ -63,6 +65,7 @@ impl Lead {
             pieces,
             echo_top: echo_top.unwrap_or(0),
             listed_top: req.sampling.prompt_logprobs.map(|k| k as usize),
+            returned_ids: req.sampling.return_token_ids.then(|| ids.to_vec()),
         })
     }
 
@@ -220,9 +223,12 @@ fn answer(
                 }
                 lead.logprobs(names, scores, &c.tokens, &mut offset)
             });
+            let want_ids = req.sampling.return_token_ids;
             CompletionChoice {
                 index,
                 prompt_logprobs: lead.listed(names, scores),
+                prompt_token_ids: lead.returned_ids.clone(),
+                token_ids: want_ids.then(|| c.tokens.iter().map(|t| t.id).collect()),
                 text: lead.text + &c.content,
                 logprobs,
                 finish_reason: c.finish.as_ref().map(|f| f.reason),
@@ -270,6 +276,10 @@ fn chunks(
     let as_ids = req.sampling.tokens_as_ids;
     let usage_field = include_usage.then_some(None);
     let n = req.n;
+    let want_ids = req.sampling.return_token_ids;
+    // the prompt's ids go in each choice's first chunk
+    let mut unsent_ids: Vec<Option<Vec<u32>>> =
+        leads.iter().map(|l| l.returned_ids.clone()).collect();
     let heads: Vec<_> = leads
         .iter()
         .zip(0u32..)
@@ -282,6 +292,8 @@ fn chunks(
                 finish_reason: None,
                 stop_reason: None,
                 prompt_logprobs: None,
+                prompt_token_ids: unsent_ids[index as usize].take(),
+                token_ids: want_ids.then(Vec::new),
             };
             let usage = match &running {
                 Some(r) => Some(Some(r.of(index))),
@@ -330,11 +342,13 @@ fn chunks(
                 r.add(index, &delta);
                 Some(r.of(index))
             });
-            (index, delta, head, start, so_far)
+            let prompt_ids = unsent_ids.get_mut(index as usize).and_then(Option::take);
+            (index, delta, head, start, so_far, prompt_ids)
         });
         let (state, meta, usage_field) = (state.clone(), meta.clone(), usage_field.clone());
         async move {
-            let (index, delta, head, start, so_far) = taken?;
+            let (index, delta, head, start, so_far, prompt_token_ids) = taken?;
+            let token_ids = want_ids.then(|| delta.tokens.iter().map(|t| t.id).collect());
             let tokenizer = state.model.tokenizer.clone();
             let (logprobs, listed, delta, head) = match (start, head) {
                 (Some(mut offset), Some(lead)) => tokio::task::spawn_blocking(move || {
@@ -365,6 +379,8 @@ fn chunks(
                 finish_reason: delta.finish.as_ref().map(|f| f.reason),
                 stop_reason: delta.finish.and_then(|f| f.stop_reason),
                 prompt_logprobs: listed,
+                prompt_token_ids,
+                token_ids,
             };
             sse::json(&completion(&meta, vec![choice], so_far.or(usage_field)))
         }

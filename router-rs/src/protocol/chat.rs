@@ -392,6 +392,9 @@ pub struct ChatChoice {
     pub finish_reason: Option<FinishReason>,
     /// vLLM's: the stop string or stop token id that ended the choice (null otherwise).
     pub stop_reason: Option<crate::protocol::openai::StopReason>,
+    /// vLLM's `return_token_ids`: the choice's token ids (a chunk's own).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_ids: Option<Vec<u32>>,
 }
 
 /// The body of a non-streaming chat answer.
@@ -406,6 +409,9 @@ pub struct ChatCompletion {
     /// vLLM's `prompt_logprobs` of the rendered prompt, when asked for.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub prompt_logprobs: Option<PromptLogprobList>,
+    /// vLLM's `return_token_ids`: the prompt's token ids (on a stream, in the first chunks).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prompt_token_ids: Option<Vec<u32>>,
 }
 
 /// The `delta` of a streamed chat chunk; empty fields are left out.
@@ -429,6 +435,9 @@ pub struct ChatChunkChoice {
     pub finish_reason: Option<FinishReason>,
     /// vLLM's: the stop string or stop token id that ended the choice (null otherwise).
     pub stop_reason: Option<crate::protocol::openai::StopReason>,
+    /// vLLM's `return_token_ids`: the choice's token ids (a chunk's own).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_ids: Option<Vec<u32>>,
 }
 
 /// One streamed chat chunk (`object: chat.completion.chunk`).
@@ -442,6 +451,9 @@ pub struct ChatChunk {
     /// `null` on every chunk but the last when usage was asked for; absent otherwise.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub usage: Option<Option<Usage>>,
+    /// vLLM's `return_token_ids`: the prompt's token ids (on a stream, in the first chunks).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prompt_token_ids: Option<Vec<u32>>,
 }
 
 #[cfg(test)]

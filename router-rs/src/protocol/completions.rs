@@ -159,6 +159,12 @@ pub struct CompletionChoice {
     /// vLLM's `prompt_logprobs`, when asked for (on a stream, in the choice's first chunk).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub prompt_logprobs: Option<PromptLogprobList>,
+    /// vLLM's `return_token_ids`: the prompt's token ids (on a stream, in the first chunks).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prompt_token_ids: Option<Vec<u32>>,
+    /// vLLM's `return_token_ids`: the choice's token ids (a chunk's own).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_ids: Option<Vec<u32>>,
 }
 
 /// The body of a completions answer, and of each streamed chunk (`object: text_completion`).

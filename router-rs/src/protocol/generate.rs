@@ -115,6 +115,7 @@ impl GenerateRequest {
                 k => k.map(PromptCut::Last),
             },
             tokens_as_ids: false,
+            return_token_ids: false,
             allowed_token_ids: Vec::new(),
             bad_words: Vec::new(),
         };

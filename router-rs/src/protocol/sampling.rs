@@ -53,6 +53,8 @@ pub struct SamplingParams {
     pub truncate_prompt: Option<PromptCut>,
     /// vLLM's `return_tokens_as_token_ids`: logprobs name tokens `token_id:N`.
     pub tokens_as_ids: bool,
+    /// vLLM's `return_token_ids`: answers list the prompt's and the choices' token ids.
+    pub return_token_ids: bool,
     /// vLLM's `allowed_token_ids`: every sampled token is one of these; empty: any.
     pub allowed_token_ids: Vec<u32>,
     /// vLLM's `bad_words`: words the output never contains (tokenized by the router).
@@ -112,6 +114,7 @@ pub struct OpenAiSampling {
     pub return_tokens_as_token_ids: Option<bool>,
     pub allowed_token_ids: Option<Vec<u32>>,
     pub bad_words: Option<Vec<String>>,
+    pub return_token_ids: Option<bool>,
 }
 
 /// Largest bias magnitude `logit_bias` accepts (OpenAI's range).
@@ -257,6 +260,7 @@ impl OpenAiSampling {
             output_constraint: None,
             truncate_prompt,
             tokens_as_ids: self.return_tokens_as_token_ids.unwrap_or(false),
+            return_token_ids: self.return_token_ids.unwrap_or(false),
             allowed_token_ids: allowed_token_ids(self.allowed_token_ids)?,
             bad_words: bad_words(self.bad_words)?,
         };

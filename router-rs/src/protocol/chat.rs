@@ -71,6 +71,7 @@ struct RawChat {
     add_generation_prompt: Option<bool>,
     continue_final_message: Option<bool>,
     thinking_budget: Option<u32>,
+    reasoning_effort: Option<String>,
 }
 
 impl ChatRequest {
@@ -136,7 +137,10 @@ impl ChatRequest {
             stream: raw.stream.unwrap_or(false),
             include_usage,
             continuous_usage,
-            template_kwargs: raw.chat_template_kwargs.unwrap_or_default(),
+            template_kwargs: with_effort(
+                raw.chat_template_kwargs.unwrap_or_default(),
+                raw.reasoning_effort.as_deref(),
+            )?,
             add_generation_prompt,
             continue_final_message,
             thinking_budget: raw.thinking_budget,
@@ -156,6 +160,29 @@ fn chat_logprobs(logprobs: Option<bool>, top: Option<u32>) -> Result<i32, Valida
         )),
         (false, _) => Ok(-1),
     }
+}
+
+/// OpenAI's `reasoning_effort` as the template reads it: `none` or `minimal` turns thinking off
+/// (unless `chat_template_kwargs` says otherwise); `low`, `medium` and `high` leave it on.
+fn with_effort(
+    mut kwargs: Map<String, Value>,
+    effort: Option<&str>,
+) -> Result<Map<String, Value>, ValidationError> {
+    match effort {
+        None | Some("low" | "medium" | "high") => {}
+        Some("none" | "minimal") => {
+            kwargs
+                .entry("enable_thinking")
+                .or_insert(Value::Bool(false));
+        }
+        Some(other) => {
+            let msg = format!(
+                "reasoning_effort {other:?} is not one of none, minimal, low, medium, high"
+            );
+            return Err(ValidationError::new("reasoning_effort", msg));
+        }
+    }
+    Ok(kwargs)
 }
 
 /// A message the model can continue: the last, an assistant's without tool calls, with text or

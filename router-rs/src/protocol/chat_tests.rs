@@ -228,3 +228,23 @@ fn continuing_the_last_message_replaces_the_generation_prompt() {
     let thought = json!({"role": "assistant", "content": "", "reasoning_content": "Hmm"});
     assert!(chat(go_on, thought).unwrap().continue_final_message);
 }
+
+#[test]
+fn a_low_reasoning_effort_turns_thinking_off() {
+    let chat = |extra: serde_json::Value| {
+        let mut body = json!({"messages": [{"role": "user", "content": "hi"}]});
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        ChatRequest::from_json(&body)
+    };
+    let off = chat(json!({"reasoning_effort": "minimal"})).unwrap();
+    assert_eq!(off.template_kwargs["enable_thinking"], false);
+    let on = chat(json!({"reasoning_effort": "high"})).unwrap();
+    assert!(on.template_kwargs.get("enable_thinking").is_none());
+    let kept =
+        json!({"reasoning_effort": "none", "chat_template_kwargs": {"enable_thinking": true}});
+    assert_eq!(chat(kept).unwrap().template_kwargs["enable_thinking"], true);
+    let err = chat(json!({"reasoning_effort": "max"})).unwrap_err();
+    assert_eq!(err.param, "reasoning_effort");
+}

@@ -362,11 +362,12 @@ async fn logprobs_name_tokens_by_id_when_asked_to() {
 async fn allowed_ids_and_bad_words_reach_the_worker_as_ids() {
     let (model, worker, server) = setup("x", 1, &[]).await;
     let body = json!({"prompt": "hi", "max_tokens": 2, "allowed_token_ids": [9, 4, 9],
-                      "bad_words": ["  hello", "x y"]});
+                      "bad_words": ["  hello", "x y"], "priority": -3});
     let (status, answer) = server.post("/v1/completions", body).await;
     assert_eq!(status, 200, "{answer}");
     let req = &worker.requests()[0];
     assert_eq!(req.allowed_token_ids, vec![4, 9]);
+    assert_eq!(req.priority, -3);
     // each word alone, and after a space where that is as many tokens
     for word in ["hello", "x y"] {
         assert!(req.bad_words.contains(&model.encode(word)), "{word}");

@@ -293,3 +293,8 @@ def test_allowed_token_ids_and_bad_words_hold_through_the_server(server: Server)
     free = requests.post(f"{server.openai_base}/completions", json=body, timeout=60)
     assert "the" in free.json()["choices"][0]["text"]
     assert "the" not in r.json()["choices"][0]["text"]
+    # a priority needs the worker's priority policy (this one serves first come, first served)
+    r = requests.post(
+        f"{server.openai_base}/completions", json={"prompt": "a", "priority": 2}, timeout=60
+    )
+    assert r.status_code == 400 and "scheduling-policy" in r.text, r.text

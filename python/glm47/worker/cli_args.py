@@ -93,6 +93,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _flag(
         p,
+        ["--scheduling-policy", "--scheduling_policy"],
+        choices=["fcfs", "priority"],
+        default="fcfs",
+        help="fcfs: oldest first; priority: requests' `priority` (lower first), then oldest",
+    )
+    _flag(
+        p,
         ["--disable-overlap-schedule", "--disable_overlap_schedule"],
         action="store_true",
         help="read each step's samples before planning the next (no step queued ahead)",
@@ -216,6 +223,7 @@ def parse_args(argv: list[str]) -> WorkerArgs:
             max_running_requests=ns.max_running_requests,
             max_waiting_requests=ns.max_waiting_requests,
             max_wait_steps=ns.max_wait_steps,
+            scheduling_policy=ns.scheduling_policy,
             overlap_schedule=not ns.disable_overlap_schedule,
             enable_prefix_cache=not ns.disable_prefix_cache,
             log_stats_interval=0.0 if ns.disable_log_stats else ns.log_stats_interval,

@@ -19,6 +19,9 @@ MTP_MODE_CHOICES = ("vanilla_with_att", "eagle_with_att")
 DTYPE_CHOICES = ("bfloat16", "float16", "float32")
 
 
+SCHEDULING_POLICIES = ("fcfs", "priority")
+
+
 @dataclass(frozen=True)
 class EngineConfig:
     """Settings of one worker's engine. Invalid values raise `ValueError` at construction."""
@@ -49,6 +52,10 @@ class EngineConfig:
     # router_max_wait_tokens). A request arriving after a quiet stretch is admitted at once. 1:
     # admit whenever there is room.
     max_wait_steps: int = 6
+    # Which waiting request is admitted first and which running one is preempted: "fcfs" (oldest
+    # first; the newest is preempted) or "priority" (vLLM's: lowest `priority` value first, then
+    # oldest; the highest value, then newest, is preempted).
+    scheduling_policy: str = "fcfs"
     # Queue step n + 1 on the device before reading step n's samples, so the host's work between
     # steps overlaps the device's (engine.py, running ahead).
     overlap_schedule: bool = True
@@ -112,6 +119,10 @@ class EngineConfig:
         _check(0.0 < self.mem_fraction <= 1.0, "mem_fraction must be in (0, 1]")
         _check(self.chunked_prefill_size >= 1, "chunked_prefill_size must be >= 1")
         _check(self.max_wait_steps >= 1, "max_wait_steps must be >= 1")
+        _check(
+            self.scheduling_policy in SCHEDULING_POLICIES,
+            f"scheduling_policy must be one of {', '.join(SCHEDULING_POLICIES)}",
+        )
         _check(self.log_stats_interval >= 0, "log_stats_interval must be >= 0")
         assert self.max_num_batched_tokens is not None and self.segment_graph_max_tokens is not None
         _check(self.segment_graph_max_tokens >= 0, "segment_graph_max_tokens must be >= 0")

@@ -93,6 +93,7 @@ def to_engine_request(engine_rid: str, w: WireRequest) -> Request:
         prompt_logprobs=w.prompt_logprobs,
         grammar=w.grammar,
         reasoning_budget=w.reasoning_budget,
+        priority=w.priority,
         allowed_token_ids=list(w.allowed_token_ids),
         bad_words=[list(b) for b in w.bad_words],
     )

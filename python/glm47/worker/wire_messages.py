@@ -77,6 +77,7 @@ class WireRequest:
     reasoning_budget: WireReasoningBudget | None = None
     allowed_token_ids: list[int] = field(default_factory=list)
     bad_words: list[list[int]] = field(default_factory=list)
+    priority: int = 0
 
 
 @dataclass(frozen=True)

@@ -258,6 +258,7 @@ pub fn wire_requests(
                 structural_tag: c.structural_tag.clone(),
                 ..wire::Grammar::default()
             });
+            r.priority = sampling.priority;
             r.allowed_token_ids = sampling.allowed_token_ids.clone();
             r.bad_words = bad_words.clone();
             r

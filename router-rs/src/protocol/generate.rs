@@ -116,6 +116,7 @@ impl GenerateRequest {
             },
             tokens_as_ids: false,
             return_token_ids: false,
+            priority: 0,
             allowed_token_ids: Vec::new(),
             bad_words: Vec::new(),
         };

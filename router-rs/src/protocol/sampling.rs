@@ -53,6 +53,8 @@ pub struct SamplingParams {
     pub truncate_prompt: Option<PromptCut>,
     /// vLLM's `return_tokens_as_token_ids`: logprobs name tokens `token_id:N`.
     pub tokens_as_ids: bool,
+    /// vLLM's `priority`: lower values are served first (the worker's priority policy).
+    pub priority: i32,
     /// vLLM's `return_token_ids`: answers list the prompt's and the choices' token ids.
     pub return_token_ids: bool,
     /// vLLM's `allowed_token_ids`: every sampled token is one of these; empty: any.
@@ -115,6 +117,7 @@ pub struct OpenAiSampling {
     pub allowed_token_ids: Option<Vec<u32>>,
     pub bad_words: Option<Vec<String>>,
     pub return_token_ids: Option<bool>,
+    pub priority: Option<i32>,
 }
 
 /// Largest bias magnitude `logit_bias` accepts (OpenAI's range).
@@ -261,6 +264,7 @@ impl OpenAiSampling {
             truncate_prompt,
             tokens_as_ids: self.return_tokens_as_token_ids.unwrap_or(false),
             return_token_ids: self.return_token_ids.unwrap_or(false),
+            priority: self.priority.unwrap_or(0),
             allowed_token_ids: allowed_token_ids(self.allowed_token_ids)?,
             bad_words: bad_words(self.bad_words)?,
         };

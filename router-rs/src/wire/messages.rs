@@ -84,6 +84,9 @@ pub struct Request {
     /// Token sequences the output never completes (vLLM's `bad_words`, tokenized).
     #[serde(default)]
     pub bad_words: Vec<Vec<u32>>,
+    /// Under the worker's priority policy, lower values are served first (vLLM's `priority`).
+    #[serde(default)]
+    pub priority: i32,
 }
 
 /// A bound on the reasoning a prompt opened: once `tokens` tokens have been generated inside it,
@@ -151,6 +154,7 @@ impl Request {
             reasoning_budget: None,
             allowed_token_ids: Vec::new(),
             bad_words: Vec::new(),
+            priority: 0,
         }
     }
 }

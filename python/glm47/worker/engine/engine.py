@@ -131,7 +131,7 @@ class Engine:
         self._validate(req)
         if not req.eos_token_ids:
             req.eos_token_ids = self.eos_token_ids
-        if req.grammar is not None or _has_rules(req):
+        if req.grammar is not None or req.has_token_rules:
             req.constraint = self._constraint(req)
             self._constrained.add(req.rid)
         self._requests[req.rid] = req
@@ -154,6 +154,10 @@ class Engine:
                 req.rid,
                 f"prompt of {req.num_prompt_tokens} tokens leaves no room for output under {why}",
             )
+        if req.priority and self.config.scheduling_policy != "priority":
+            raise InvalidRequestError(
+                req.rid, "priority needs the worker started with --scheduling-policy priority"
+            )
         if len(self.scheduler.waiting) >= self.config.max_waiting_requests:
             raise QueueFullError(
                 req.rid, f"waiting queue full ({self.config.max_waiting_requests} requests)"
@@ -169,7 +173,7 @@ class Engine:
             inner = None
             if req.grammar is not None:
                 inner = self.grammars.constraint(req.grammar, sorted(ends))
-            if inner is not None and not _has_rules(req):
+            if inner is not None and not req.has_token_rules:
                 return inner
             g = self.grammars
             return g.layered(inner, req.reasoning_budget, req.allowed_token_ids, req.bad_words)
@@ -490,8 +494,3 @@ class Engine:
             assert not req.page_ids, f"waiting request {req.rid} holds pages"
         constrained = {rid for rid, r in self._requests.items() if r.constraint is not None}
         assert self._constrained == constrained, "the constrained set follows the requests"
-
-
-def _has_rules(req: Request) -> bool:
-    """Whether `req` has token rules beside its grammar (grammar.py `Grammars.layered`)."""
-    return req.reasoning_budget is not None or bool(req.allowed_token_ids or req.bad_words)

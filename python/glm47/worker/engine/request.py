@@ -59,6 +59,7 @@ class Request:
     grammar: WireGrammar | None = None
     # The reasoning the prompt opened is closed after this many tokens; None: unbounded.
     reasoning_budget: WireReasoningBudget | None = None
+    priority: int = 0  # under the priority policy, lower values are served (and kept) first
     allowed_token_ids: list[int] = field(default_factory=list)  # every sample is one; empty: any
     bad_words: list[list[int]] = field(default_factory=list)  # token sequences never completed
 
@@ -86,6 +87,12 @@ class Request:
 
     def __post_init__(self) -> None:
         self.all_token_ids = list(self.prompt_ids)
+
+    @property
+    def has_token_rules(self) -> bool:
+        """Whether a reasoning budget, allowed ids or bad words constrain the samples beside the
+        grammar (grammar.py `Grammars.layered`)."""
+        return self.reasoning_budget is not None or bool(self.allowed_token_ids or self.bad_words)
 
     @property
     def num_prompt_tokens(self) -> int:

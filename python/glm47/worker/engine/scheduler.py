@@ -20,10 +20,17 @@ When a running request needs a page and none is free (after evicting unreference
 the newest running request is preempted: its full pages are offered to the prefix cache, its
 references dropped, and it goes back to the front of the waiting queue to be recomputed from
 prompt + output so far. No waiting request is admitted in a step that preempted.
+
+Under the `priority` policy (vLLM's), the waiting queue is ordered by (priority, arrival) instead:
+lower `priority` values first, the oldest first among equals, a preempted request back at its
+place; and the running request preempted for pages is the one of the highest value, the newest
+among equals.
 """
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import logging
 from collections import deque
 from collections.abc import Collection
@@ -66,10 +73,32 @@ class Scheduler:
         self.reserve = GrowthReserve(config.reserve_output_ratio)
         self._steps_since_admission = config.max_wait_steps  # the first arrival is admitted at once
         self._backlog = False  # the last admission stopped at the step's token budget
+        self._by_priority = config.scheduling_policy == "priority"
+        self._arrivals = itertools.count()
+        self._order: dict[Request, tuple[int, int]] = {}  # (priority, arrival) of live requests
 
     def add(self, req: Request) -> None:
         req.state = RequestState.WAITING
-        self.waiting.append(req)
+        self._order[req] = (req.priority, next(self._arrivals))
+        self._enqueue(req, front=False)
+
+    def _enqueue(self, req: Request, front: bool) -> None:
+        """Into the waiting queue: at the back (a new request) or the front (a preempted one),
+        or, under the priority policy, at its place by (priority, arrival)."""
+        if self._by_priority:
+            keys = [self._order[r] for r in self.waiting]
+            self.waiting.insert(bisect.bisect(keys, self._order[req]), req)
+        elif front:
+            self.waiting.appendleft(req)
+        else:
+            self.waiting.append(req)
+
+    def _victim(self) -> Request:
+        """The running request preempted for pages: the newest, or under the priority policy
+        the one of the highest (priority, arrival)."""
+        if self._by_priority:
+            return max(self.running, key=self._order.__getitem__)
+        return self.running[-1]
 
     # -- planning -----------------------------------------------------------------------------
 
@@ -112,7 +141,7 @@ class Scheduler:
         n = min(req.num_tokens_to_compute, plan.budget, self.config.chunked_prefill_size)
         need = self.pool.pages_for(req.num_computed_tokens + n) - len(req.page_ids)
         while need > 0 and not self._make_room(need):
-            victim = self.running[-1]
+            victim = self._victim()
             plan.preempted = True
             plan.budget += plan.chunks.pop(victim, 0)
             self.preempt(victim)
@@ -240,7 +269,7 @@ class Scheduler:
         req.draft_token_ids.clear()
         req.num_preemptions += 1
         req.state = RequestState.PREEMPTED
-        self.waiting.appendleft(req)
+        self._enqueue(req, front=True)
         self.num_preemptions += 1
         log.info(
             "preempted request %s: %d known tokens to recompute, %d pages free, %d running",
@@ -257,6 +286,7 @@ class Scheduler:
             return
         gone = set(reqs)
         for req in reqs:
+            self._order.pop(req, None)
             if req.state is RequestState.RUNNING:
                 self._release_pages(req)
             req.state = RequestState.FINISHED

@@ -96,7 +96,7 @@ pub struct RouterConfig {
     pub balance_policy: BalancePolicy,
 
     /// Clients must give this key (`Authorization: Bearer KEY`, or Anthropic's `x-api-key: KEY`)
-    /// on the `/v1` routes; repeat for several keys. Also read from `GLM47_API_KEY` (one key),
+    /// on every route but health, version, metrics and tokenizing; repeat for several keys. Also read from `GLM47_API_KEY` (one key),
     /// which keeps it out of the process list.
     #[arg(
         long = "api-key",

@@ -403,6 +403,15 @@ async fn with_an_api_key_the_v1_routes_need_it() {
         assert_eq!(ok.status(), 200, "{key:?}");
     }
     assert_eq!(get("/health", None).await.expect("answers").status(), 200);
+    let (status, _) = server
+        .post(
+            "/generate",
+            json!({"inputs": "hi", "parameters": {"max_new_tokens": 1}}),
+        )
+        .await;
+    assert_eq!(status, 401, "generation needs the key on every route");
+    let (status, _) = server.post("/tokenize", json!({"prompt": "hi"})).await;
+    assert_eq!(status, 200);
     // the Messages API answers in its own shape
     let (status, body) = server
         .post("/v1/messages", json!({"max_tokens": 5, "messages": []}))

@@ -100,7 +100,7 @@ class Grammars:
         bad_words: list[list[int]],
     ) -> Constraint:
         """`inner` (None: no grammar) under a reasoning budget and token rules (token_rules.py),
-        those given; raises ValueError for a closing id outside the masks."""
+        those given; raises ValueError for a closing or allowed id outside the vocabulary."""
         c = inner
         if budget is not None:
             if budget.end_id >= self._vocab_size:
@@ -110,6 +110,9 @@ class Grammars:
             forced = packed([budget.end_id], self._mask_bytes)
             c = ReasoningBudget(budget.end_id, budget.tokens, forced, c)
         if allowed_ids or bad_words:
+            outside = [i for i in allowed_ids if not 0 <= i < self._vocab_size]
+            if outside:
+                raise ValueError(f"allowed_token_ids {outside[:5]} are outside the vocabulary")
             allowed = packed(allowed_ids, self._mask_bytes) if allowed_ids else None
             bad = [tuple(w) for w in bad_words if w]
             c = TokenRules(allowed, bad, self._mask_bytes, c)

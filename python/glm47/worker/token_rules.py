@@ -180,14 +180,21 @@ class TokenRules(Layer):
         return self.inner is not None and self.inner.is_done()
 
     def mask_from(self, native: bytes | None) -> bytes | None:
+        """The rules within the mask beneath; where they leave no token of it (the client's
+        rules exclude all a grammar or a forced close allows), the mask beneath alone, so that
+        the grammar's document and the reasoning's close still come."""
         base = self.inner_mask(native)
-        words = [np.frombuffer(m, dtype=np.uint8) for m in (base, self.allowed) if m is not None]
         mask = np.full(self.mask_bytes, 0xFF, dtype=np.uint8)
-        for w in words:
-            mask &= w[: self.mask_bytes]
+        if self.allowed is not None:
+            mask &= np.frombuffer(self.allowed, dtype=np.uint8)[: self.mask_bytes]
         for token in self.banned():
             if token < self.mask_bytes * 8:
                 mask[token // 8] &= ~np.uint8(1 << (token % 8))
+        if base is not None:
+            within = mask & np.frombuffer(base, dtype=np.uint8)[: self.mask_bytes]
+            if not within.any():
+                return base
+            mask = within
         return mask.tobytes()
 
     def fork(self) -> TokenRules:

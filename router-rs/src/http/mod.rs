@@ -268,9 +268,18 @@ async fn count_requests(
     response
 }
 
-/// With `--api-key`, a `/v1` request without one of the keys (`Authorization: Bearer KEY` or
-/// `x-api-key: KEY`) is a 401; the other routes (health, metrics, tokenize) stay open, as in
-/// vLLM.
+/// Routes open without a key under `--api-key`: health, version and metrics (for probes and
+/// scrapers), and tokenizing (the model's public tokenizer; vLLM leaves them open too).
+const OPEN_ROUTES: [&str; 5] = [
+    "/health",
+    "/version",
+    "/metrics",
+    "/tokenize",
+    "/detokenize",
+];
+
+/// With `--api-key`, a request without one of the keys (`Authorization: Bearer KEY` or
+/// `x-api-key: KEY`) is a 401, on every route but `OPEN_ROUTES`.
 async fn authorize(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     let (open, messages) = {
         let keys = &state.options.api_keys;
@@ -281,8 +290,8 @@ async fn authorize(State(state): State<Arc<AppState>>, req: Request, next: Next)
         let known = given
             .into_iter()
             .flatten()
-            .any(|g| keys.iter().any(|k| k == g));
-        let open = keys.is_empty() || !path.starts_with("/v1/") || known;
+            .any(|g| keys.iter().any(|k| same_key(k, g)));
+        let open = keys.is_empty() || OPEN_ROUTES.contains(&path) || known;
         (open, path.starts_with("/v1/messages"))
     };
     if open {
@@ -292,6 +301,12 @@ async fn authorize(State(state): State<Arc<AppState>>, req: Request, next: Next)
         return error::AnthropicError(ApiError::Unauthorized).into_response();
     }
     ApiError::Unauthorized.into_response()
+}
+
+/// Key equality in time independent of where the keys differ.
+fn same_key(key: &str, given: &str) -> bool {
+    let (a, b) = (key.as_bytes(), given.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
 }
 
 /// A request body this large has its freed memory handed back to the system after it is

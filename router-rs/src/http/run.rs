@@ -195,39 +195,49 @@ pub async fn collect(mut stream: ChoiceStream, choices: usize) -> Result<Vec<Col
 }
 
 /// vLLM's `continuous_usage_stats`: the usage a chunk of choice `index` carries, its prompt and
-/// the tokens it has so far (silent deltas count too, so `add` takes every delta).
+/// the tokens it has so far (silent deltas count too, so `add` takes every delta); the cached
+/// prompt tokens are known from the choice's finish on (0 before).
 pub struct RunningUsage {
     /// Prompt tokens by choice.
     prompt: Vec<u32>,
     /// Completion tokens so far by choice.
     completion: Vec<u32>,
+    /// Prompt tokens the prefix cache served, by choice (known at its finish).
+    cached: Vec<u32>,
 }
 
 impl RunningUsage {
     /// Usage for choices answering prompts of these lengths (by choice).
     pub fn new(prompt: Vec<u32>) -> Self {
         let completion = vec![0; prompt.len()];
-        RunningUsage { prompt, completion }
+        let cached = completion.clone();
+        RunningUsage {
+            prompt,
+            completion,
+            cached,
+        }
     }
 
     /// The usage of choice `index` so far.
     pub fn of(&self, index: u32) -> crate::protocol::openai::Usage {
         let i = index as usize;
-        let (prompt, done) = (self.prompt.get(i), self.completion.get(i));
+        let at = |v: &[u32]| v.get(i).copied().unwrap_or(0);
         crate::protocol::openai::Usage::new(
-            prompt.copied().unwrap_or(0),
-            done.copied().unwrap_or(0),
-            0,
+            at(&self.prompt),
+            at(&self.completion),
+            at(&self.cached),
         )
     }
 
     /// Counts `delta`'s tokens (at a finish, the worker's count) for choice `index`.
     pub fn add(&mut self, index: u32, delta: &Delta) {
-        if let Some(done) = self.completion.get_mut(index as usize) {
+        let i = index as usize;
+        if let (Some(done), Some(cached)) = (self.completion.get_mut(i), self.cached.get_mut(i)) {
             *done = match &delta.finish {
                 Some(f) => f.completion_tokens,
                 None => *done + delta.tokens.len() as u32,
             };
+            *cached = delta.finish.as_ref().map_or(*cached, |f| f.cached_tokens);
         }
     }
 }

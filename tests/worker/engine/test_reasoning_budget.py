@@ -112,8 +112,6 @@ def test_an_engine_closes_reasoning_at_the_budget_and_applies_the_grammar_after(
     assert json.loads(tok.decode(out[5:], False)) in ({"ok": True}, {"ok": False})
     assert finish["json"] == "stop"
     assert close not in tokens["unbounded"]
-    if overlap:  # steps were queued ahead, waiting for masks only near a budget's end
-        assert engine.steps_ahead > 0
     engine.check_accounting()
 
 
@@ -127,3 +125,30 @@ def test_a_budget_needs_the_grammar_machinery(tiny_dir: Path) -> None:
             Request(rid="r", prompt_ids=[5, 6], max_new_tokens=4, reasoning_budget=budget)
         )
     assert not without.has_work()
+
+
+def test_steps_queued_ahead_wait_for_masks_only_near_the_budgets_end(tiny_dir: Path) -> None:
+    tok = _native.Tokenizer(str(tiny_dir))
+    (close,) = tok.encode("</think>")
+    engine = _engine(tiny_dir, overlap=True)
+    assert engine._launcher is not None
+    launch = engine._launcher.launch
+    deferred: list[bool] = []  # per step queued ahead: whether its sampling waited for masks
+
+    def spy(*args: object, **kw: object) -> object:
+        if len(args) > 2:  # a step queued ahead carries the token feed
+            deferred.append(bool(kw.get("defer_sampling")))
+        return launch(*args, **kw)  # type: ignore[arg-type]
+
+    engine._launcher.launch = spy  # type: ignore[method-assign]
+    unlikely = SamplingParams(temperature=1.0, seed=3, logit_bias_ids=(close,),
+                              logit_bias_values=(-100.0,))  # fmt: skip
+    prompt = tok.encode("Think.<think>")
+    engine.add_request(Request(
+        rid="r", prompt_ids=prompt, max_new_tokens=20, sampling=unlikely,
+        reasoning_budget=WireReasoningBudget(tokens=8, end_id=close),
+    ))  # fmt: skip
+    tokens, _ = drain(engine)
+    assert tokens["r"].index(close) == 8
+    assert any(deferred) and not all(deferred), deferred
+    assert sum(deferred) <= 2, "only the steps whose sample may be the forced close wait"

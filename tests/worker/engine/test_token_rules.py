@@ -49,13 +49,14 @@ def test_rules_mask_what_is_not_allowed_and_what_would_complete_a_bad_word(
     assert fork.accept(6)
     assert _allowed(grammars, fork, vocab) == [4, 6]  # "4 6 5"
     assert not fork.accept(7), "outside the allowed ids"
-    # around a reasoning budget: the forced close must also pass the rules
-    layered = grammars.layered(None, WireReasoningBudget(tokens=1, end_id=6), [], [[8, 6]])
-    assert layered.accept(8)
-    assert _allowed(grammars, layered, vocab) == [], "the bad word bans the forced close"
-    layered = grammars.layered(None, WireReasoningBudget(tokens=1, end_id=6), [], [[7, 6]])
-    assert layered.accept(8)
-    assert _allowed(grammars, layered, vocab) == [6]
+    # around a reasoning budget: the forced close passes the rules where they allow it, and
+    # comes anyway where they do not (the rules give way to the close, not the other way)
+    for bad in ([[7, 6]], [[8, 6]]):
+        layered = grammars.layered(None, WireReasoningBudget(tokens=1, end_id=6), [], bad)
+        assert layered.accept(8)
+        assert _allowed(grammars, layered, vocab) == [6]
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        grammars.layered(None, None, [3, vocab], [])
 
 
 def _engine(tiny_dir: Path, overlap: bool) -> Engine:
@@ -99,7 +100,13 @@ def test_an_engine_samples_only_allowed_ids_and_never_completes_a_bad_word(
                                 logit_bias_values=(8.0,) * len(x_first)),
         bad_words=x_first,
     ))  # fmt: skip
+    # rules that leave no token of the grammar give way to it
+    engine.add_request(Request(
+        rid="conflict", prompt_ids=prompt, max_new_tokens=30, sampling=SamplingParams(seed=4),
+        grammar=WireGrammar(choices=["b"]), allowed_token_ids=allowed,
+    ))  # fmt: skip
     tokens, finish = drain(engine)
+    assert tok.decode(tokens["conflict"], False) == "b" and finish["conflict"] == "stop"
     assert set(tokens["allowed"]) <= set(allowed) and len(tokens["allowed"]) == 20
     bad = tokens["bad"]
     assert 52 not in bad and 50 in bad, bad

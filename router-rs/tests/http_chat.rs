@@ -538,3 +538,27 @@ async fn a_client_request_id_names_the_answer_and_comes_back_in_the_header() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sagemaker_invocations_route_by_the_body_and_ping_answers() {
+    let (_model, _worker, server) = setup("x", 1, &[]).await;
+    let (status, answer) = server
+        .post("/invocations", json!({"messages": user("hi")}))
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["object"], "chat.completion");
+    let (status, answer) = server
+        .post("/invocations", json!({"prompt": "hi", "max_tokens": 2}))
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["object"], "text_completion");
+    let (status, _) = server.post("/invocations", json!({"input": "hi"})).await;
+    assert_eq!(status, 400);
+    let ping = server.client.get(format!("{}/ping", server.url)).send();
+    assert_eq!(ping.await.expect("answers").status(), 200);
+    // an unknown route under the Messages API answers in its shape
+    let (status, answer) = server.post("/v1/messages/batches", json!({})).await;
+    assert_eq!(status, 404);
+    assert_eq!(answer["error"]["type"], "not_found_error");
+    assert_eq!(answer["type"], "error");
+}

@@ -213,6 +213,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/detokenize", post(tokenize::detokenize))
         .route("/v1/models", get(models))
         .route("/health", get(health))
+        .route("/ping", get(health).post(health))
+        .route("/invocations", post(invocations))
         .route("/version", get(version))
         .route("/metrics", get(metrics))
         .fallback(not_found)
@@ -270,8 +272,9 @@ async fn count_requests(
 
 /// Routes open without a key under `--api-key`: health, version and metrics (for probes and
 /// scrapers), and tokenizing (the model's public tokenizer; vLLM leaves them open too).
-const OPEN_ROUTES: [&str; 5] = [
+const OPEN_ROUTES: [&str; 6] = [
     "/health",
+    "/ping",
     "/version",
     "/metrics",
     "/tokenize",
@@ -321,18 +324,46 @@ fn is_event_stream(response: &Response) -> bool {
         .is_some_and(|v| v.starts_with("text/event-stream"))
 }
 
-async fn not_found(method: Method, uri: Uri) -> ApiError {
-    ApiError::NotFound {
-        method: method.to_string(),
-        path: uri.path().to_owned(),
-    }
+async fn not_found(method: Method, uri: Uri) -> Response {
+    in_shape_of(
+        &uri,
+        ApiError::NotFound {
+            method: method.to_string(),
+            path: uri.path().to_owned(),
+        },
+    )
 }
 
-async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
-    ApiError::MethodNotAllowed {
-        method: method.to_string(),
-        path: uri.path().to_owned(),
+async fn method_not_allowed(method: Method, uri: Uri) -> Response {
+    in_shape_of(
+        &uri,
+        ApiError::MethodNotAllowed {
+            method: method.to_string(),
+            path: uri.path().to_owned(),
+        },
+    )
+}
+
+/// `e` in the error shape of the API `uri` belongs to (Anthropic's under `/v1/messages`).
+fn in_shape_of(uri: &Uri, e: ApiError) -> Response {
+    if uri.path().starts_with("/v1/messages") {
+        return error::AnthropicError(e).into_response();
     }
+    e.into_response()
+}
+
+/// SageMaker's `/invocations`: a body with `messages` is a chat completion, one with `prompt` a
+/// completion (as vLLM routes it).
+async fn invocations(state: State<Arc<AppState>>, JsonBody(body): JsonBody) -> Response {
+    let answer = if body.get("messages").is_some() {
+        chat::chat(state, JsonBody(body)).await
+    } else if body.get("prompt").is_some() {
+        completions::completions(state, JsonBody(body)).await
+    } else {
+        let msg = "an invocation needs messages (a chat) or prompt (a completion)";
+        Err(crate::protocol::ValidationError::new("", msg).into())
+    };
+    answer.unwrap_or_else(IntoResponse::into_response)
 }
 
 /// 200 while a worker is ready, else 503.

@@ -139,6 +139,16 @@ def test_guided_grammar_answers_are_sentences_of_it(client: openai.OpenAI) -> No
     )  # fmt: skip
     assert chat.choices[0].finish_reason == "stop"
     assert sentence.fullmatch(chat.choices[0].message.content or ""), chat
+    # the same language in Lark's notation, left-recursive as LR grammars are written
+    lark = (
+        "start: forecasts\n"
+        'forecasts: forecast | forecasts "; " forecast\n'
+        'forecast: ("sun" | "rain") " at " HOUR /[ap]m/\n'
+        "HOUR: /[1-9][0-9]?/\n"
+    )
+    many = re.compile(f"{one}(; {one})*")
+    for text in seeded_answers(client, "Forecast:", {"guided_grammar": lark}):
+        assert many.fullmatch(text), text
 
 
 def test_structural_tags_hold_in_every_answer(client: openai.OpenAI) -> None:

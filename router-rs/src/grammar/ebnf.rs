@@ -1,5 +1,6 @@
 //! Output of an EBNF grammar (vLLM's `guided_grammar`, SGLang's `ebnf`) in the notation that
 //! llama.cpp's GBNF and XGrammar read: rules `name ::= expression`, the output being `root`'s.
+//! A grammar without `::=` is read as Lark's notation instead (lark.rs).
 //! An expression is alternatives (`|`) of sequences of items; an item is a string (`"..."`, with
 //! `\n`, `\t`, `\r`, `\\`, `\"`, `\xHH`, `\uHHHH` escapes), a character class (`[a-z]`,
 //! `[^"\\]`), `.` (any character), a rule's name or a group in parentheses, each optionally
@@ -34,7 +35,7 @@ fn err(message: impl Into<String>) -> SchemaError {
 }
 
 #[derive(Debug, Clone, PartialEq)]
-enum Tok {
+pub(super) enum Tok {
     Name(String),
     Define,
     Text(Vec<u8>),
@@ -147,7 +148,7 @@ fn lex(text: &str) -> Result<Vec<(Tok, usize)>, SchemaError> {
 }
 
 /// The character of the escape after a backslash and the characters it took.
-fn escape(rest: &[char]) -> Option<(char, usize)> {
+pub(super) fn escape(rest: &[char]) -> Option<(char, usize)> {
     let hex = |n: usize| {
         let digits: String = rest.get(1..1 + n)?.iter().collect();
         char::from_u32(u32::from_str_radix(&digits, 16).ok()?).map(|c| (c, 1 + n))
@@ -333,8 +334,13 @@ pub fn compile(text: &str) -> Result<Schema, SchemaError> {
     if text.len() > MAX_TEXT {
         return Err(err(format!("the grammar is longer than {MAX_TEXT} bytes")));
     }
+    let lark = super::lark::is_lark(text);
+    let (toks, root_name) = match lark {
+        true => (super::lark::lex(text)?, "start"),
+        false => (lex(text)?, "root"),
+    };
     let mut p = Parser {
-        toks: lex(text)?,
+        toks: super::left_recursion::removed(toks),
         at: 0,
         b: Builder::new(&Value::Null),
         rules: HashMap::new(),
@@ -349,10 +355,8 @@ pub fn compile(text: &str) -> Result<Schema, SchemaError> {
     {
         return Err(err(format!("rule {name} is used but not defined")));
     }
-    let root = *p
-        .rules
-        .get("root")
-        .ok_or_else(|| err("no rule named root"))?;
+    let missing = || err(format!("no rule named {root_name}"));
+    let root = *p.rules.get(root_name).ok_or_else(missing)?;
     let nodes = p.b.nodes;
     check_walks_end(&nodes, &p.defined)?;
     Ok(Schema {

@@ -15,6 +15,8 @@ pub mod ebnf;
 mod frame;
 pub mod integer;
 mod keywords;
+mod lark;
+mod left_recursion;
 mod lengths;
 pub mod matcher;
 pub mod regex;
@@ -35,6 +37,8 @@ mod conformance_tests;
 mod ebnf_tests;
 #[cfg(test)]
 mod keyword_tests;
+#[cfg(test)]
+mod lark_tests;
 #[cfg(test)]
 mod pattern_tests;
 #[cfg(test)]

@@ -556,6 +556,19 @@ async fn sagemaker_invocations_route_by_the_body_and_ping_answers() {
     assert_eq!(status, 400);
     let ping = server.client.get(format!("{}/ping", server.url)).send();
     assert_eq!(ping.await.expect("answers").status(), 200);
+    // one model, by its listed name
+    let get = |path: String| server.client.get(format!("{}{path}", server.url)).send();
+    let list: Value = get("/v1/models".into())
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let name = list["data"][0]["id"].as_str().unwrap().to_owned();
+    let one = get(format!("/v1/models/{name}")).await.unwrap();
+    assert_eq!(one.status(), 200);
+    assert_eq!(one.json::<Value>().await.unwrap()["id"], name.as_str());
+    assert_eq!(get("/v1/models/other".into()).await.unwrap().status(), 404);
     // an unknown route under the Messages API answers in its shape
     let (status, answer) = server.post("/v1/messages/batches", json!({})).await;
     assert_eq!(status, 404);

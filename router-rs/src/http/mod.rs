@@ -212,6 +212,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/tokenize", post(tokenize::tokenize))
         .route("/detokenize", post(tokenize::detokenize))
         .route("/v1/models", get(models))
+        .route("/v1/models/{name}", get(model))
         .route("/health", get(health))
         .route("/ping", get(health).post(health))
         .route("/invocations", post(invocations))
@@ -376,14 +377,36 @@ async fn health(State(state): State<Arc<AppState>>) -> Response {
 }
 
 async fn models(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
+    Json(json!({"object": "list", "data": [model_card(&state)]}))
+}
+
+/// `GET /v1/models/{name}` (the `openai` client's `models.retrieve`): the served model, by the
+/// name `/v1/models` lists.
+async fn model(
+    State(state): State<Arc<AppState>>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    if name != state.model_name() {
+        return Err(ApiError::NotFound {
+            method: "GET".into(),
+            path: format!(
+                "/v1/models/{name} (the model served is {})",
+                state.model_name()
+            ),
+        });
+    }
+    Ok(Json(model_card(&state)))
+}
+
+fn model_card(state: &AppState) -> serde_json::Value {
     let max_len = state.dispatcher.ready_worker().map(|w| w.max_req_total_len);
-    Json(json!({"object": "list", "data": [{
+    json!({
         "id": state.model_name(),
         "object": "model",
         "created": crate::protocol::openai::unix_now(),
         "owned_by": "glm47",
         "max_model_len": max_len,
-    }]}))
+    })
 }
 
 /// The router's version (vLLM's `/version`).

@@ -96,8 +96,8 @@ pub struct RouterConfig {
     pub balance_policy: BalancePolicy,
 
     /// Clients must give this key (`Authorization: Bearer KEY`, or Anthropic's `x-api-key: KEY`)
-    /// on every route but health, version, metrics and tokenizing; repeat for several keys. Also read from `GLM47_API_KEY` (one key),
-    /// which keeps it out of the process list.
+    /// on every route but health, version, metrics and tokenizing; repeat for several keys.
+    /// Also read from `GLM47_API_KEY` (one key), which keeps it out of the process list.
     #[arg(
         long = "api-key",
         alias = "api_key",
@@ -105,6 +105,15 @@ pub struct RouterConfig {
         num_args = 1
     )]
     pub api_key: Vec<String>,
+
+    /// `/v1/responses` kept in memory for `previous_response_id` and `GET /v1/responses/{id}`
+    /// (the oldest dropped past this many, or 256 MiB); 0 stores none.
+    #[arg(
+        long = "max-stored-responses",
+        alias = "max_stored_responses",
+        default_value_t = 1000
+    )]
+    pub max_stored_responses: usize,
 }
 
 impl RouterConfig {

@@ -139,6 +139,35 @@ def test_a_forced_call_on_the_tiny_model_follows_the_schema(server: Server) -> N
     assert short.incomplete_details.reason == "max_output_tokens"
 
 
+def test_stored_responses_are_continued_retrieved_and_deleted(server: Server) -> None:
+    client = openai.OpenAI(base_url=server.openai_base, api_key="unused", max_retries=0)
+    first = client.responses.create(model="m", input="Hello there", max_output_tokens=4)
+    assert first.store is True
+    again = client.responses.retrieve(first.id)
+    assert again.id == first.id and again.output_text == first.output_text
+    second = client.responses.create(
+        model="m", input="And more?", previous_response_id=first.id, max_output_tokens=4
+    )
+    assert second.previous_response_id == first.id
+    assert first.usage is not None and second.usage is not None
+    assert second.usage.input_tokens > first.usage.input_tokens  # the first turn came first
+    url = f"{server.openai_base}/responses/{second.id}/input_items"
+    items = requests.get(url, timeout=30).json()["data"]
+    assert items[0]["content"] == "Hello there" and items[-1]["content"] == "And more?"
+    assert len(items) == 2 + len(first.output)  # the first's input, its output, the new input
+    client.responses.delete(first.id)
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(first.id)
+    # a streamed response is stored once it completes
+    events = list(client.responses.create(model="m", input="hi", max_output_tokens=3, stream=True))
+    done = events[-1].response  # type: ignore[union-attr]
+    assert client.responses.retrieve(done.id).output_text == done.output_text
+    unkept = client.responses.create(model="m", input="hi", max_output_tokens=2, store=False)
+    assert unkept.store is False
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(unkept.id)
+
+
 def test_what_is_not_kept_or_offered_is_refused(server: Server) -> None:
     url = f"{server.base_url}/v1/responses"
     cases = [

@@ -14,6 +14,7 @@ mod messages;
 mod prepare;
 mod prompt;
 mod request_id;
+mod response_store;
 mod responses;
 mod run;
 mod sse;
@@ -77,6 +78,8 @@ pub struct AppState {
     pub model: ModelFiles,
     pub template: ChatTemplate,
     pub options: HttpOptions,
+    /// `/v1/responses` kept for `previous_response_id` and `GET /v1/responses/{id}`.
+    pub responses: response_store::ResponseStore,
 }
 
 impl AppState {
@@ -189,6 +192,7 @@ pub async fn serve_on(
         model,
         template,
         options: HttpOptions::from_config(&config),
+        responses: response_store::ResponseStore::new(config.max_stored_responses),
     });
     tracing::info!("listening on {}", listener.local_addr()?);
     let served = axum::serve(listener.tap_io(tune_accepted), router(state))
@@ -205,6 +209,14 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/chat/completions", post(chat::chat))
         .route("/v1/completions", post(completions::completions))
         .route("/v1/responses", post(responses::responses))
+        .route(
+            "/v1/responses/{id}",
+            get(response_store::get).delete(response_store::delete),
+        )
+        .route(
+            "/v1/responses/{id}/input_items",
+            get(response_store::input_items),
+        )
         .route("/v1/messages", post(messages::messages))
         .route("/v1/messages/count_tokens", post(messages::count_tokens))
         .route("/generate", post(generate::generate))

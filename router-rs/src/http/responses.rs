@@ -12,6 +12,7 @@ use serde_json::{json, Map, Value};
 
 use super::prepare::{chat_prompt, max_new_tokens, ready_worker, submit_one_choice};
 use super::prompt::PromptUse;
+use super::response_store::resolved_input;
 use super::run::{built_events, start, written_order, ChoiceStream, EventBuilder, Piece};
 use super::{sse, ApiError, AppState, JsonBody, Meta};
 use crate::protocol::openai::{random_id, FinishReason, ToolCallDelta};
@@ -20,15 +21,24 @@ use crate::state::{Delta, Finish};
 
 pub async fn responses(
     State(state): State<Arc<AppState>>,
-    JsonBody(body): JsonBody,
+    JsonBody(mut body): JsonBody,
 ) -> Result<Response, ApiError> {
-    let req = ResponsesRequest::from_json(&body)?;
+    let previous = body.get("previous_response_id").cloned();
+    let input = resolved_input(&state, &mut body)?;
+    let store = body.get("store").and_then(Value::as_bool).unwrap_or(true) && state.responses.on();
+    let mut req = ResponsesRequest::from_json(&body)?;
+    req.echo.insert("store".into(), Value::Bool(store));
+    req.echo.insert(
+        "previous_response_id".into(),
+        previous.unwrap_or(Value::Null),
+    );
     let chat = &req.chat;
     let worker = ready_worker(&state)?;
     let prompt = chat_prompt(&state, chat, PromptUse::generating(&chat.sampling)).await?;
     let max_new = max_new_tokens(&state, &worker, prompt.ids.len(), &chat.sampling, "input")?;
     let stream = submit_one_choice(&state, chat, &prompt, max_new)?;
-    let output = Output::new(Meta::new(&state, "resp_"), req.echo);
+    let mut output = Output::new(Meta::new(&state, "resp_"), req.echo);
+    output.keep = store.then(|| (state.clone(), input));
     if req.chat.stream {
         let stream = start(stream).await?;
         Ok(sse::respond(events(output, stream), false))
@@ -97,6 +107,8 @@ struct Output {
     /// Events not sent yet, and the next one's sequence number.
     events: Vec<Value>,
     sequence: u64,
+    /// Where the finished response is stored, with the input items it answered (`store`).
+    keep: Option<(Arc<AppState>, Vec<Value>)>,
 }
 
 impl Output {
@@ -111,6 +123,7 @@ impl Output {
             held: String::new(),
             events: Vec::new(),
             sequence: 0,
+            keep: None,
         }
     }
 
@@ -163,6 +176,11 @@ impl Output {
                 Some("failed") => "response.failed",
                 _ => "response.completed",
             };
+            if let Some((state, input)) = self.keep.take().filter(|_| kind != "response.failed") {
+                state
+                    .responses
+                    .insert(self.meta.id.clone(), input, response.clone());
+            }
             self.emit(kind, json!({"response": response}));
         }
     }

@@ -3,8 +3,9 @@
 //! `function_call_output` items tool messages, `reasoning` items the next assistant message's
 //! reasoning), `instructions` a system message first, function `tools` the chat form, `text.format`
 //! a `response_format`, `max_output_tokens` the token limit, `reasoning.effort` `none` or
-//! `minimal` thinking off. Nothing is stored: `previous_response_id`, `conversation` and
-//! `background` are refused, as are tools other than functions and inputs other than text.
+//! `minimal` thinking off. `previous_response_id` is resolved before (http/response_store.rs);
+//! `conversation` and `background` are refused, as are tools other than functions and inputs
+//! other than text.
 
 use serde_json::{json, Map, Value};
 
@@ -32,11 +33,7 @@ const PASSED: [&str; 16] = [
 ];
 
 /// Fields that need what this server does not keep or do.
-const REFUSED: [(&str, &str); 4] = [
-    (
-        "previous_response_id",
-        "responses are not stored: send the whole conversation as input",
-    ),
+const REFUSED: [(&str, &str); 3] = [
     (
         "conversation",
         "conversations are not stored: send the whole conversation as input",
@@ -391,10 +388,6 @@ mod tests {
     #[test]
     fn what_is_not_kept_or_offered_names_its_field() {
         for (body, param) in [
-            (
-                json!({"input": "hi", "previous_response_id": "r"}),
-                "previous_response_id",
-            ),
             (json!({"input": "hi", "background": true}), "background"),
             (
                 json!({"input": "hi", "tools": [{"type": "file_search"}]}),

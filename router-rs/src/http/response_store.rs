@@ -1,0 +1,224 @@
+//! Stored responses of `/v1/responses` (`store`, true unless the request says false): a
+//! response's input items and the response itself, kept in memory so that a later request can
+//! continue it (`previous_response_id`: its input and output come before the new input) and
+//! `GET` / `DELETE /v1/responses/{id}` find it. The oldest are dropped past a count or a size
+//! (`--max-stored-responses`; nothing survives a restart).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use axum::extract::{Path, State};
+use axum::Json;
+use serde_json::{json, Value};
+
+use super::{ApiError, AppState};
+use crate::protocol::ValidationError;
+
+/// Most bytes (of the stored JSON) kept, whatever the count allows.
+const MAX_BYTES: usize = 256 << 20;
+
+/// One stored response.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    /// The input items it answered (a previous response's included).
+    pub input: Vec<Value>,
+    /// The response object.
+    pub response: Value,
+    bytes: usize,
+}
+
+/// The stored responses, oldest first.
+#[derive(Debug)]
+pub struct ResponseStore {
+    capacity: usize,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    by_id: HashMap<String, Arc<Stored>>,
+    order: VecDeque<String>,
+    bytes: usize,
+}
+
+impl ResponseStore {
+    /// A store of at most `capacity` responses (0: none is stored).
+    pub fn new(capacity: usize) -> Self {
+        ResponseStore {
+            capacity,
+            inner: Mutex::new(Inner::default()),
+        }
+    }
+
+    pub fn insert(&self, id: String, input: Vec<Value>, response: Value) {
+        if self.capacity == 0 {
+            return;
+        }
+        let bytes = input.iter().map(json_len).sum::<usize>() + json_len(&response);
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let stored = Arc::new(Stored {
+            input,
+            response,
+            bytes,
+        });
+        if let Some(old) = inner.by_id.insert(id.clone(), stored) {
+            inner.bytes -= old.bytes;
+            inner.order.retain(|o| *o != id);
+        }
+        inner.order.push_back(id);
+        inner.bytes += bytes;
+        while inner.order.len() > self.capacity || inner.bytes > MAX_BYTES {
+            let Some(oldest) = inner.order.pop_front() else {
+                break;
+            };
+            if let Some(gone) = inner.by_id.remove(&oldest) {
+                inner.bytes -= gone.bytes;
+            }
+        }
+    }
+
+    /// Whether responses are stored at all.
+    pub fn on(&self) -> bool {
+        self.capacity > 0
+    }
+
+    pub fn get(&self, id: &str) -> Option<Arc<Stored>> {
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner.by_id.get(id).cloned()
+    }
+
+    pub fn remove(&self, id: &str) -> bool {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        match inner.by_id.remove(id) {
+            Some(gone) => {
+                inner.bytes -= gone.bytes;
+                inner.order.retain(|o| o != id);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+fn json_len(v: &Value) -> usize {
+    serde_json::to_vec(v).map_or(0, |b| b.len())
+}
+
+/// The input items of a request body: `input` as items (a string is one user message), after
+/// the input and output of the response `previous_response_id` names, when it names one
+/// (unknown: a 400). The body's `input` is replaced by them.
+pub fn resolved_input(state: &AppState, body: &mut Value) -> Result<Vec<Value>, ApiError> {
+    let own = match body.get("input") {
+        Some(Value::String(text)) => vec![json!({"role": "user", "content": text})],
+        Some(Value::Array(items)) => items.clone(),
+        _ => Vec::new(), // refused by the request's own checks
+    };
+    let previous = body
+        .as_object_mut()
+        .and_then(|o| o.remove("previous_response_id"))
+        .filter(|v| !v.is_null());
+    let Some(previous) = previous else {
+        return Ok(own);
+    };
+    let id = previous.as_str().unwrap_or("");
+    let stored = state.responses.get(id).ok_or_else(|| {
+        let msg =
+            format!("no stored response {previous} (stored responses do not outlive the server)");
+        ValidationError::new("previous_response_id", msg)
+    })?;
+    let mut input = stored.input.clone();
+    if let Some(output) = stored.response["output"].as_array() {
+        input.extend(output.iter().cloned());
+    }
+    input.extend(own);
+    body["input"] = Value::Array(input.clone());
+    Ok(input)
+}
+
+fn not_found(id: &str) -> ApiError {
+    ApiError::NotFound {
+        method: "GET".into(),
+        path: format!("/v1/responses/{id} (no such stored response)"),
+    }
+}
+
+/// `GET /v1/responses/{id}`.
+pub async fn get(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let stored = state.responses.get(&id).ok_or_else(|| not_found(&id))?;
+    Ok(Json(stored.response.clone()))
+}
+
+/// `GET /v1/responses/{id}/input_items`: the items it answered, as a list.
+pub async fn input_items(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let stored = state.responses.get(&id).ok_or_else(|| not_found(&id))?;
+    let data: Vec<Value> = stored
+        .input
+        .iter()
+        .enumerate()
+        .map(|(i, item)| {
+            let mut item = item.clone();
+            if item.get("type").is_none() && item.get("role").is_some() {
+                item["type"] = json!("message");
+            }
+            if item.get("id").is_none() {
+                item["id"] = json!(format!("item_{i}"));
+            }
+            item
+        })
+        .collect();
+    let first = data
+        .first()
+        .and_then(|i| i["id"].as_str())
+        .map(str::to_owned);
+    let last = data
+        .last()
+        .and_then(|i| i["id"].as_str())
+        .map(str::to_owned);
+    Ok(Json(
+        json!({"object": "list", "data": data, "first_id": first, "last_id": last,
+                   "has_more": false}),
+    ))
+}
+
+/// `DELETE /v1/responses/{id}`.
+pub async fn delete(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    if !state.responses.remove(&id) {
+        return Err(not_found(&id));
+    }
+    Ok(Json(
+        json!({"id": id, "object": "response.deleted", "deleted": true}),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_oldest_responses_go_first_past_the_capacity() {
+        let store = ResponseStore::new(2);
+        for id in ["a", "b", "c"] {
+            store.insert(
+                id.into(),
+                vec![json!({"role": "user", "content": id})],
+                json!({}),
+            );
+        }
+        assert!(store.get("a").is_none());
+        assert_eq!(store.get("c").unwrap().input[0]["content"], "c");
+        assert!(store.remove("b") && !store.remove("b"));
+        assert!(store.get("b").is_none() && store.get("c").is_some());
+        let none = ResponseStore::new(0);
+        none.insert("x".into(), Vec::new(), json!({}));
+        assert!(none.get("x").is_none());
+    }
+}

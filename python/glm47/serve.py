@@ -38,6 +38,8 @@ ROUTER_FLAGS = {
     "--max-body-bytes": "--max-body-bytes",
     "--api-key": "--api-key",
     "--api_key": "--api-key",
+    "--max-stored-responses": "--max-stored-responses",
+    "--max_stored_responses": "--max-stored-responses",
 }
 # Flags that both processes need.
 SHARED_FLAGS = {"--log-level": "--log-level", "--log_level": "--log-level"}

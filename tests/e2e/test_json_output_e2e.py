@@ -96,6 +96,18 @@ def seeded_answers(client: openai.OpenAI, prompt: str, extra: dict[str, Any]) ->
     return texts
 
 
+def test_vllm_json_options_give_compact_closed_objects(client: openai.OpenAI) -> None:
+    """`structured_outputs` with `disable_any_whitespace` (no whitespace between tokens) and
+    `disable_additional_properties` (objects closed unless their schema says)."""
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+    extra = {"structured_outputs": {"json": schema, "disable_any_whitespace": True,
+                                    "disable_additional_properties": True}}  # fmt: skip
+    for text in seeded_answers(client, "A number as JSON:", extra):
+        doc = json.loads(text)
+        assert set(doc) == {"n"} and isinstance(doc["n"], int), text
+        assert text == json.dumps(doc, separators=(",", ":")), text
+
+
 def test_guided_choice_answers_one_of_its_strings(client: openai.OpenAI) -> None:
     choices = ["sunny", "rainy", "rain"]
     for text in seeded_answers(client, "The weather tomorrow:", {"guided_choice": choices}):

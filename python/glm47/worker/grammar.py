@@ -88,7 +88,7 @@ class Grammars:
             return tagged
         constraint: Constraint = self._native.JsonConstraint(
             self._vocab, grammar.schema, ends, grammar.start_after, grammar.choices, grammar.regex,
-            grammar.tool_calls,
+            grammar.tool_calls, compact=grammar.compact,
         )  # fmt: skip
         return constraint
 

@@ -168,7 +168,9 @@ def _is_grammar(v: object) -> bool:
     non-empty strings (then no schema), `regex`, `tool_calls`, `ebnf` or `structural_tag` a
     non-empty string (then none of the others), `start_after` a non-negative int or nil."""
     kinds = ("schema", "choices", "regex", "tool_calls", "ebnf", "structural_tag")
-    keys = {"start_after", *kinds}
+    keys = {"start_after", "compact", *kinds}
+    if not isinstance(v, dict) or not isinstance(v.get("compact", False), bool):
+        return False
     if not isinstance(v, dict) or not set(v) <= keys:
         return False
     schema, start, choices = v.get("schema"), v.get("start_after"), v.get("choices")
@@ -300,6 +302,7 @@ def decode_request(raw: object) -> WireRequest:
             tool_calls=g.get("tool_calls"),
             ebnf=g.get("ebnf"),
             structural_tag=g.get("structural_tag"),
+            compact=bool(g.get("compact", False)),
         )
     if "reasoning_budget" in values:
         b = values["reasoning_budget"]

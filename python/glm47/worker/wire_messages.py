@@ -40,6 +40,7 @@ class WireGrammar:
     tool_calls: str | None = None
     ebnf: str | None = None
     structural_tag: str | None = None
+    compact: bool = False  # JSON without whitespace between tokens
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,8 @@ pub struct Grammar {
     free_tokens: Mutex<HashMap<FreeKey, FreeTokens>>,
     /// The schema has free text (`Node::Free`): its masks may look for it past raw frames.
     pub(crate) has_free: bool,
+    /// Longest run of whitespace between JSON tokens (0: compact JSON).
+    pub(super) max_ws: u8,
 }
 
 /// (vocabulary id, free-text node, words' automaton state, UTF-8 state)
@@ -95,6 +97,12 @@ fn kept<K: std::hash::Hash + Eq, V>(
 
 impl Grammar {
     pub fn new(schema: Schema) -> Arc<Self> {
+        Self::with_whitespace(schema, MAX_WHITESPACE_RUN)
+    }
+
+    /// [`Grammar::new`] with whitespace runs between JSON tokens capped at `max_ws` bytes (0:
+    /// none, vLLM's `disable_any_whitespace`).
+    pub fn with_whitespace(schema: Schema, max_ws: u8) -> Arc<Self> {
         let texts = schema
             .nodes
             .iter()
@@ -113,6 +121,7 @@ impl Grammar {
             walked_masks: Mutex::default(),
             free_tokens: Mutex::default(),
             has_free,
+            max_ws,
         })
     }
 

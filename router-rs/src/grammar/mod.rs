@@ -86,6 +86,15 @@ pub fn compile(schema: Option<&Value>) -> Result<Arc<Grammar>, SchemaError> {
     Ok(Grammar::new(schema))
 }
 
+/// [`compile`] for compact JSON: no whitespace between tokens (vLLM's `disable_any_whitespace`).
+pub fn compile_compact(schema: Option<&Value>) -> Result<Arc<Grammar>, SchemaError> {
+    let schema = match schema {
+        None => Schema::any_object(),
+        Some(s) => Schema::compile(s)?,
+    };
+    Ok(Grammar::with_whitespace(schema, 0))
+}
+
 /// One request's constraint: unconstrained until `start_after` is sampled (when given; and then
 /// each id added by `also_after`, in order), then the grammar; done once the document is whole
 /// and nothing can extend it, or an id in `ends` was taken where the document could end.

@@ -5,7 +5,7 @@ use super::decimal::DecAt;
 use super::frame::{with_top, ArrAt, Frame, NumAt, ObjAt, Thread};
 use super::integer::IntAt;
 use super::lengths::Lengths;
-use super::matcher::{Grammar, MAX_DEPTH, MAX_NUMBER_BYTES, MAX_WHITESPACE_RUN};
+use super::matcher::{Grammar, MAX_DEPTH, MAX_NUMBER_BYTES};
 use super::schema::{Node, NodeId};
 
 fn is_ws(b: u8) -> bool {
@@ -30,8 +30,8 @@ impl Grammar {
         }
     }
 
-    fn space(mut t: Thread, out: &mut Vec<Thread>) {
-        if t.ws < MAX_WHITESPACE_RUN {
+    fn space(&self, mut t: Thread, out: &mut Vec<Thread>) {
+        if t.ws < self.max_ws {
             t.ws += 1;
             if !out.contains(&t) {
                 out.push(t);
@@ -99,7 +99,7 @@ impl Grammar {
             Frame::Value(id) => {
                 let id = *id;
                 if is_ws(b) {
-                    return Self::space(t, out);
+                    return self.space(t, out);
                 }
                 t.stack.pop();
                 self.start_value(t, id, b, out);
@@ -121,7 +121,7 @@ impl Grammar {
                     unreachable!("an object frame holds an object node")
                 };
                 if is_ws(b) {
-                    return Self::space(t, out);
+                    return self.space(t, out);
                 }
                 let (missing, room) = (
                     self.missing(node, seen),
@@ -235,7 +235,7 @@ impl Grammar {
                     unreachable!("an array frame holds an array node")
                 };
                 if is_ws(b) {
-                    return Self::space(t, out);
+                    return self.space(t, out);
                 }
                 let room = max.is_none_or(|m| count < m);
                 let array = |count, at| Frame::Array {

@@ -260,6 +260,13 @@ fn whitespace_runs_and_numbers_are_bounded() {
     let spaces = |n: usize| format!("{{{}}}", " ".repeat(n));
     assert!(accepts(&g, &spaces(MAX_WHITESPACE_RUN as usize)));
     assert!(!accepts(&g, &spaces(MAX_WHITESPACE_RUN as usize + 1)));
+    // compact JSON: no whitespace between tokens, inside strings as ever
+    let schema = json!({"type": "object", "properties": {"a": {"type": "array"}}});
+    let compact = compile_compact(Some(&schema)).unwrap();
+    assert!(accepts(&compact, r#"{"a":[1,"x y"]}"#));
+    for spaced in [r#"{"a": [1]}"#, r#" {"a":[]}"#, r#"{"a":[1 ,2]}"#, "{\n}"] {
+        assert!(!accepts(&compact, spaced), "{spaced}");
+    }
     let number = |n: usize| format!("{{\"n\": {}}}", "1".repeat(n));
     assert!(accepts(&g, &number(MAX_NUMBER_BYTES as usize)));
     assert!(!accepts(&g, &number(MAX_NUMBER_BYTES as usize + 1)));

@@ -256,6 +256,7 @@ pub fn wire_requests(
                 regex: c.regex.clone(),
                 ebnf: c.ebnf.clone(),
                 structural_tag: c.structural_tag.clone(),
+                compact: c.compact,
                 ..wire::Grammar::default()
             });
             r.priority = sampling.priority;

@@ -248,3 +248,40 @@ fn a_low_reasoning_effort_turns_thinking_off() {
     let err = chat(json!({"reasoning_effort": "max"})).unwrap_err();
     assert_eq!(err.param, "reasoning_effort");
 }
+
+#[test]
+fn vllm_json_options_shape_the_schema_and_the_whitespace() {
+    let chat = |outputs: serde_json::Value| {
+        ChatRequest::from_json(&json!({"messages": [{"role": "user", "content": "hi"}],
+                                       "structured_outputs": outputs}))
+    };
+    let schema = json!({"type": "object", "properties": {
+        "inner": {"properties": {"x": {"const": {"properties": 1}}}}}});
+    let opts = json!({"json": schema, "disable_any_whitespace": true,
+                      "disable_additional_properties": true});
+    let c = chat(opts).unwrap().sampling.output_constraint.unwrap();
+    assert!(c.compact);
+    let sent: serde_json::Value = serde_json::from_str(c.schema.as_deref().unwrap()).unwrap();
+    assert_eq!(sent["additionalProperties"], false);
+    assert_eq!(sent["properties"]["inner"]["additionalProperties"], false);
+    assert_eq!(
+        sent["properties"]["inner"]["properties"]["x"]["const"],
+        json!({"properties": 1}),
+        "data is left as it is"
+    );
+    let open = json!({"json": schema, "disable_additional_properties": false});
+    let c = chat(open).unwrap().sampling.output_constraint.unwrap();
+    assert!(!c.compact && !c.schema.unwrap().contains("additionalProperties"));
+    // whitespace rules for raw text mean nothing: a regex stays as it is
+    let regex = json!({"regex": "a b", "disable_any_whitespace": true});
+    assert!(
+        !chat(regex)
+            .unwrap()
+            .sampling
+            .output_constraint
+            .unwrap()
+            .compact
+    );
+    let err = chat(json!({"json": {}, "whitespace_pattern": " "})).unwrap_err();
+    assert_eq!(err.param, "structured_outputs");
+}

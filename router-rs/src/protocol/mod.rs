@@ -54,6 +54,8 @@ pub struct OutputConstraint {
     pub ebnf: Option<String>,
     /// The output follows this structural tag, as JSON text (grammar/structural.rs).
     pub structural_tag: Option<String>,
+    /// JSON without whitespace between tokens (vLLM's `disable_any_whitespace`).
+    pub compact: bool,
 }
 
 /// One way a body asks for constrained output.
@@ -128,13 +130,19 @@ pub fn output_constraint(body: &Value) -> Result<Option<OutputConstraint>, Valid
     if let Some(tag) = set("structural_tag") {
         asked.push(("structural_tag", Asked::StructuralTag(tag)));
     }
+    let mut options = JsonOptions::default();
     if let Some(outputs) = set("structured_outputs") {
         // `disable_fallback` picks among vLLM's backends: there is one here
+        let flag = |k: &str| outputs.get(k) == Some(&Value::Bool(true));
+        options = JsonOptions {
+            compact: flag("disable_any_whitespace"),
+            closed: flag("disable_additional_properties"),
+        };
         let given: Vec<(&String, &Value)> = outputs
             .as_object()
             .map(|o| {
                 o.iter()
-                    .filter(|(k, v)| !v.is_null() && k.as_str() != "disable_fallback")
+                    .filter(|(k, v)| !v.is_null() && !JSON_OPTIONS.contains(&k.as_str()))
                     .collect()
             })
             .unwrap_or_default();
@@ -169,7 +177,78 @@ pub fn output_constraint(body: &Value) -> Result<Option<OutputConstraint>, Valid
             }
         }
     }
-    match asked.as_slice() {
+    let constraint = constraint_of(&asked, options.closed)?;
+    Ok(constraint.map(|mut c| {
+        c.compact = options.compact && c.is_json();
+        c
+    }))
+}
+
+/// `structured_outputs` keys that shape the JSON rather than ask for output.
+const JSON_OPTIONS: [&str; 3] = [
+    "disable_fallback",
+    "disable_any_whitespace",
+    "disable_additional_properties",
+];
+
+/// vLLM's JSON options: no whitespace between tokens, objects closed unless their schema says.
+#[derive(Default)]
+struct JsonOptions {
+    compact: bool,
+    closed: bool,
+}
+
+impl OutputConstraint {
+    /// JSON output: a schema's or any object's.
+    fn is_json(&self) -> bool {
+        self.choices.is_none()
+            && self.regex.is_none()
+            && self.ebnf.is_none()
+            && self.structural_tag.is_none()
+    }
+}
+
+/// `schema` with `additionalProperties: false` in every object schema that does not say
+/// (vLLM's `disable_additional_properties`).
+fn closed_objects(schema: &Value) -> Value {
+    match schema {
+        Value::Object(o) => {
+            // values that are data, not schemas, are kept as they are
+            let data = |k: &str| matches!(k, "enum" | "const" | "default" | "examples");
+            let mut o: serde_json::Map<String, Value> = o
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.clone(),
+                        if data(k) {
+                            v.clone()
+                        } else {
+                            closed_objects(v)
+                        },
+                    )
+                })
+                .collect();
+            let object = o.get("type").is_some_and(|t| {
+                t == "object"
+                    || t.as_array()
+                        .is_some_and(|a| a.iter().any(|x| x == "object"))
+            }) || o.contains_key("properties");
+            if object && !o.contains_key("additionalProperties") {
+                o.insert("additionalProperties".into(), Value::Bool(false));
+            }
+            Value::Object(o)
+        }
+        Value::Array(items) => Value::Array(items.iter().map(closed_objects).collect()),
+        other => other.clone(),
+    }
+}
+
+/// The constraint `asked` amounts to (None: free text); `closed`: object schemas closed.
+fn constraint_of(
+    asked: &[(&str, Asked)],
+    closed: bool,
+) -> Result<Option<OutputConstraint>, ValidationError> {
+    match asked {
         [] => Ok(None),
         [(_, Asked::AnyObject)] => Ok(Some(OutputConstraint::default())),
         [(param, Asked::Schema(schema))] => {
@@ -183,6 +262,13 @@ pub fn output_constraint(body: &Value) -> Result<Option<OutputConstraint>, Valid
                     &parsed
                 }
                 other => *other,
+            };
+            let closed_schema;
+            let schema = if closed {
+                closed_schema = closed_objects(schema);
+                &closed_schema
+            } else {
+                schema
             };
             crate::grammar::compile(Some(schema))
                 .map_err(|e| ValidationError::new(*param, format!("unsupported schema: {e}")))?;

@@ -66,11 +66,14 @@ impl PyJsonConstraint {
     /// output is exactly one of these strings; `regex` instead: the output matches it whole;
     /// `tool_calls` instead: the rest of a forced tool call (a `grammar::ToolCallSpec` as JSON
     /// text); `ends`: the ids that end generation; `start_after`: the id from which the grammar
-    /// applies (None: at once). Raises ValueError for a grammar that cannot be enforced.
+    /// applies (None: at once); `compact`: JSON without whitespace between tokens. Raises
+    /// ValueError for a grammar that cannot be enforced.
     #[new]
     #[pyo3(signature = (
-        vocab, schema, ends, start_after = None, choices = None, regex = None, tool_calls = None
+        vocab, schema, ends, start_after = None, choices = None, regex = None, tool_calls = None,
+        compact = false
     ))]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         vocab: &Bound<'_, PyJsonVocab>,
         schema: Option<&str>,
@@ -79,6 +82,7 @@ impl PyJsonConstraint {
         choices: Option<Vec<String>>,
         regex: Option<&str>,
         tool_calls: Option<&str>,
+        compact: bool,
     ) -> PyResult<Self> {
         if let Some(spec_text) = tool_calls {
             let spec: grammar::ToolCallSpec = serde_json::from_str(spec_text)
@@ -105,8 +109,10 @@ impl PyJsonConstraint {
                     .map(serde_json::from_str::<serde_json::Value>)
                     .transpose()
                     .map_err(|e| value_error(format!("the schema is not JSON: {e}")))?;
-                cached("schema", schema.unwrap_or(""), || {
-                    grammar::compile(parsed.as_ref())
+                let kind = if compact { "schema-compact" } else { "schema" };
+                cached(kind, schema.unwrap_or(""), || match compact {
+                    true => grammar::compile_compact(parsed.as_ref()),
+                    false => grammar::compile(parsed.as_ref()),
                 })?
             }
         };

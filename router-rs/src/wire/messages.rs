@@ -126,6 +126,10 @@ pub struct Grammar {
     /// prompt opened); nil: from the first token.
     #[serde(default)]
     pub start_after: Option<u32>,
+    /// JSON without whitespace between tokens (a `schema` grammar's; vLLM's
+    /// `disable_any_whitespace`).
+    #[serde(default)]
+    pub compact: bool,
 }
 
 impl Request {

@@ -147,6 +147,7 @@ class TokenRules(Layer):
         self.inner = inner
         self.keep = max((len(b) for b in bad), default=1) - 1  # output tokens a ban looks back on
         self.recent = recent  # the last `keep` output tokens
+        self.gave_way = False  # the last mask was the one beneath alone (see mask_from)
 
     @property
     def active(self) -> bool:
@@ -169,7 +170,8 @@ class TokenRules(Layer):
         return token not in self.banned()
 
     def accept(self, token: int) -> bool:
-        ok = self.allows(token)
+        ok = self.allows(token) or self.gave_way
+        self.gave_way = False
         if self.keep:
             self.recent = (*self.recent, token)[-self.keep :]
         if self.inner is not None:
@@ -190,13 +192,17 @@ class TokenRules(Layer):
         for token in self.banned():
             if token < self.mask_bytes * 8:
                 mask[token // 8] &= ~np.uint8(1 << (token % 8))
+        self.gave_way = False
         if base is not None:
             within = mask & np.frombuffer(base, dtype=np.uint8)[: self.mask_bytes]
             if not within.any():
+                self.gave_way = True  # the token sampled from it is not the rules' to refuse
                 return base
             mask = within
         return mask.tobytes()
 
     def fork(self) -> TokenRules:
         inner = self.inner.fork() if self.inner is not None else None
-        return TokenRules(self.allowed, self.bad, self.mask_bytes, inner, self.recent)
+        fork = TokenRules(self.allowed, self.bad, self.mask_bytes, inner, self.recent)
+        fork.gave_way = self.gave_way
+        return fork

@@ -14,6 +14,9 @@
 use super::ebnf::{escape, Tok};
 use super::schema::SchemaError;
 
+/// Most repetitions `~ n..m` may name (as `{m,n}` in ebnf.rs).
+const MAX_BOUND: u32 = 1 << 16;
+
 fn err(line: usize, message: impl Into<String>) -> SchemaError {
     SchemaError {
         path: "grammar".into(),
@@ -21,9 +24,16 @@ fn err(line: usize, message: impl Into<String>) -> SchemaError {
     }
 }
 
-/// Whether `text` reads as Lark rather than GBNF: no `::=` anywhere.
+/// Whether `text` reads as Lark rather than GBNF: no line starts a GBNF rule (`name ::=`);
+/// a `::=` inside a Lark string, regex or comment does not.
 pub fn is_lark(text: &str) -> bool {
-    !text.contains("::=")
+    !text.lines().any(|line| {
+        let line = line.trim_start();
+        let name = line
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '-'))
+            .unwrap_or(line.len());
+        name > 0 && line[name..].trim_start().starts_with("::=")
+    })
 }
 
 /// The terminals of Lark's `common.lark`, as regular expressions.
@@ -126,12 +136,18 @@ impl Lexer {
         if self.chars.get(j) == Some(&'{') {
             return Err(err(self.line, "rule templates are not supported"));
         }
-        if self.chars.get(j) == Some(&'.')
-            && self.chars.get(j + 1).is_some_and(char::is_ascii_digit)
-        {
-            j += 1;
-            while self.chars.get(j).is_some_and(char::is_ascii_digit) {
-                j += 1;
+        if self.chars.get(j) == Some(&'.') {
+            // a priority, signed or not: `NAME.2`, `name.-1`
+            let sign = usize::from(matches!(self.chars.get(j + 1), Some('-' | '+')));
+            if self
+                .chars
+                .get(j + 1 + sign)
+                .is_some_and(char::is_ascii_digit)
+            {
+                j += 1 + sign;
+                while self.chars.get(j).is_some_and(char::is_ascii_digit) {
+                    j += 1;
+                }
             }
         }
         j = self.blank_from(j);
@@ -299,13 +315,13 @@ impl Lexer {
             None => (num(rest), num(rest)),
         };
         match (min, max) {
-            (Some(min), Some(max)) if min <= max => {
+            (Some(min), Some(max)) if min <= max && max <= MAX_BOUND => {
                 self.push(Tok::Bound(min, Some(max)));
                 Ok(())
             }
             _ => Err(err(
                 self.line,
-                "a repetition `~ n` or `~ n..m` is malformed",
+                format!("a repetition `~ n` or `~ n..m` is malformed (n, m at most {MAX_BOUND})"),
             )),
         }
     }

@@ -50,6 +50,12 @@ NAME: "a".."z"+
     for bad in ["HI!", "hello,!", "hello!!!!", "hello,Bob!"] {
         assert!(!accepts(&options, bad), "{bad}");
     }
+    // `::=` in a string or a comment is Lark's text, not a GBNF rule; signed priorities
+    let bnf = g("start: NAME \"::=\" NAME  // a ::= b\nNAME.-1: /[a-z]+/\n");
+    assert!(accepts(&bnf, "x::=y") && !accepts(&bnf, "x::="));
+    // an alternative that is the rule alone adds nothing
+    let bare = g("start: a\na: a | \"c\"\n");
+    assert!(accepts(&bare, "c") && !accepts(&bare, "cc"));
 }
 
 #[test]
@@ -89,6 +95,8 @@ fn what_lark_grammars_cannot_say_here_is_refused() {
         ("_sep{x}: x\nstart: \"a\"\n", "templates"),
         ("start: \"ab\"..\"z\"\n", "single characters"),
         ("start: x \"a\" | \"b\"\nx: start\n", "left-recursive"),
+        ("start: start \"a\"* | \"b\"\n", "left-recursive"),
+        ("start: \"a\" ~ 4000000000\n", "at most"),
     ] {
         let e = ebnf(text)
             .err()

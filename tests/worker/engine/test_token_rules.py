@@ -55,6 +55,7 @@ def test_rules_mask_what_is_not_allowed_and_what_would_complete_a_bad_word(
         layered = grammars.layered(None, WireReasoningBudget(tokens=1, end_id=6), [], bad)
         assert layered.accept(8)
         assert _allowed(grammars, layered, vocab) == [6]
+        assert layered.accept(6), "the close the mask gave is taken"
     with pytest.raises(ValueError, match="outside the vocabulary"):
         grammars.layered(None, None, [3, vocab], [])
 

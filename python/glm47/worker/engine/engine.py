@@ -482,6 +482,7 @@ class Engine:
         """Assert that page tables, reference counts, the prefix tree and the free list agree."""
         self.pool.check()
         self.cache.check()
+        self.scheduler.check()
         held = Counter(p for req in self.scheduler.running for p in req.page_ids)
         refs = self.pool.referenced()
         if held != refs:

@@ -86,12 +86,19 @@ class Scheduler:
         """Into the waiting queue: at the back (a new request) or the front (a preempted one),
         or, under the priority policy, at its place by (priority, arrival)."""
         if self._by_priority:
-            keys = [self._order[r] for r in self.waiting]
-            self.waiting.insert(bisect.bisect(keys, self._order[req]), req)
+            bisect.insort(self.waiting, req, key=self._order.__getitem__)
         elif front:
             self.waiting.appendleft(req)
         else:
             self.waiting.append(req)
+
+    def check(self) -> None:
+        """Assert that the order keys follow the live requests, and the waiting queue its order."""
+        live = set(self.waiting) | set(self.running)
+        assert set(self._order) == live, "order keys follow the waiting and running requests"
+        if self._by_priority:
+            keys = [self._order[r] for r in self.waiting]
+            assert keys == sorted(keys), "the waiting queue is in (priority, arrival) order"
 
     def _victim(self) -> Request:
         """The running request preempted for pages: the newest, or under the priority policy

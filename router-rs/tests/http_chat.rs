@@ -575,3 +575,33 @@ async fn sagemaker_invocations_route_by_the_body_and_ping_answers() {
     assert_eq!(answer["error"]["type"], "not_found_error");
     assert_eq!(answer["type"], "error");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn echo_leads_the_answer_with_the_continued_message() {
+    let (_model, _worker, server) = setup(" 42.", 2, &[]).await;
+    let body = json!({"messages": [{"role": "user", "content": "hi"},
+                                   {"role": "assistant", "content": "The answer is"}],
+                      "continue_final_message": true, "echo": true});
+    let (status, answer) = server.post("/v1/chat/completions", body.clone()).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        answer["choices"][0]["message"]["content"],
+        "The answer is 42."
+    );
+    let mut streamed = body;
+    streamed["stream"] = json!(true);
+    let (_, events) = server.post_stream("/v1/chat/completions", streamed).await;
+    let text: String = json_events(&events)
+        .iter()
+        .filter_map(|c| {
+            c["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .collect();
+    assert_eq!(text, "The answer is 42.");
+    // the last message a user's: nothing to echo
+    let body = json!({"messages": user("hi"), "echo": true});
+    let (_, answer) = server.post("/v1/chat/completions", body).await;
+    assert_eq!(answer["choices"][0]["message"]["content"], " 42.");
+}

@@ -88,7 +88,11 @@ fn answer(
                 .collect();
             // Null when the message is all tool calls or all reasoning (as vLLM writes it).
             let only_else = !tool_calls.is_empty() || !c.reasoning.is_empty();
-            let content = (!c.content.is_empty() || !only_else).then_some(c.content);
+            let text = match &req.echo {
+                Some(lead) => format!("{lead}{}", c.content),
+                None => c.content,
+            };
+            let content = (!text.is_empty() || !only_else).then_some(text);
             let logprobs = (req.sampling.logprobs >= 0).then(|| logprobs::chat(names, &c.tokens));
             let token_ids = returned_ids(req, &c.tokens);
             ChatChoice {
@@ -164,7 +168,7 @@ fn chunks(
         .map(|index| {
             let delta = ChatDelta {
                 role: Some("assistant"),
-                content: Some(String::new()),
+                content: Some(req.echo.clone().unwrap_or_default()),
                 ..Default::default()
             };
             let choice = ChatChunkChoice {

@@ -50,6 +50,8 @@ pub struct ChatRequest {
     /// The reasoning the prompt opens is closed after this many tokens (SGLang's
     /// `thinking_budget`; the Messages API's `thinking.budget_tokens`).
     pub thinking_budget: Option<u32>,
+    /// vLLM's `echo`: the last message's text, an assistant's, leads each choice's content.
+    pub echo: Option<String>,
     pub n: u32,
     pub sampling: SamplingParams,
 }
@@ -91,12 +93,6 @@ impl ChatRequest {
         }
         sampling.output_constraint = output_constraint(body)?;
         check_stream_options(raw.stream_options.as_ref(), raw.stream)?;
-        if raw.echo == Some(true) {
-            return Err(ValidationError::new(
-                "echo",
-                "echo is not supported on chat completions",
-            ));
-        }
         check_best_of(raw.best_of, n)?;
         let messages = normalize_messages(raw.messages)?;
         let continue_final_message = raw.continue_final_message.unwrap_or(false);
@@ -112,6 +108,13 @@ impl ChatRequest {
         if continue_final_message {
             check_continued(&messages)?;
         }
+        // vLLM's chat `echo`: a last assistant message leads each choice's content
+        let echo = match messages.last() {
+            Some(last) if raw.echo == Some(true) && last["role"] == "assistant" => {
+                last["content"].as_str().map(str::to_owned)
+            }
+            _ => None,
+        };
         let tools = raw.tools.unwrap_or_default();
         check_tools(&tools)?;
         let tool_choice = parse_tool_choice(raw.tool_choice.as_ref(), &tools)?;
@@ -144,6 +147,7 @@ impl ChatRequest {
             add_generation_prompt,
             continue_final_message,
             thinking_budget: raw.thinking_budget,
+            echo,
             n,
             sampling,
         })

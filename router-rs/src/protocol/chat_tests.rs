@@ -60,7 +60,6 @@ fn function_names_a_call_could_never_match_are_refused() {
 fn chat_options_that_would_be_ignored_are_refused() {
     let hi = json!([{"role": "user", "content": "hi"}]);
     for (extra, param) in [
-        (json!({"echo": true}), "echo"),
         (json!({"best_of": 3}), "best_of"),
         (
             json!({"tools": [{"type": "function", "function": {"name": "f", "parameters": "{}"}}]}),

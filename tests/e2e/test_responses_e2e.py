@@ -168,6 +168,21 @@ def test_stored_responses_are_continued_retrieved_and_deleted(server: Server) ->
         client.responses.retrieve(unkept.id)
 
 
+def test_logprobs_of_the_answer_text_come_with_it(server: Server) -> None:
+    client = openai.OpenAI(base_url=server.openai_base, api_key="unused", max_retries=0)
+    ask: dict[str, Any] = {"model": "m", "input": "Hi", "max_output_tokens": 6, "top_logprobs": 2,
+                           "include": ["message.output_text.logprobs"],
+                           "reasoning": {"effort": "minimal"}, "temperature": 0}  # fmt: skip
+    resp = client.responses.create(**ask)
+    (message,) = [item for item in resp.output if item.type == "message"]
+    part = message.content[0]  # type: ignore[union-attr]
+    assert part.logprobs and all(len(lp.top_logprobs) <= 2 for lp in part.logprobs)  # type: ignore[union-attr]
+    assert all(lp.bytes is not None for lp in part.logprobs)  # type: ignore[union-attr]
+    events = list(client.responses.create(**ask, stream=True))
+    deltas = [e for e in events if e.type == "response.output_text.delta"]
+    assert sum(len(e.logprobs) for e in deltas) == len(part.logprobs)  # type: ignore[union-attr]
+
+
 def test_what_is_not_kept_or_offered_is_refused(server: Server) -> None:
     url = f"{server.base_url}/v1/responses"
     cases = [

@@ -10,6 +10,7 @@ use axum::Json;
 use futures::stream::{self, StreamExt};
 use serde_json::{json, Map, Value};
 
+use super::logprobs::{self, Names};
 use super::prepare::{chat_prompt, max_new_tokens, ready_worker, submit_one_choice};
 use super::prompt::PromptUse;
 use super::response_store::resolved_input;
@@ -18,6 +19,7 @@ use super::{sse, ApiError, AppState, JsonBody, Meta};
 use crate::protocol::openai::{random_id, FinishReason, ToolCallDelta};
 use crate::protocol::responses::ResponsesRequest;
 use crate::state::{Delta, Finish};
+use crate::tokenizer::Tokenizer;
 
 pub async fn responses(
     State(state): State<Arc<AppState>>,
@@ -39,6 +41,9 @@ pub async fn responses(
     let stream = submit_one_choice(&state, chat, &prompt, max_new)?;
     let mut output = Output::new(Meta::new(&state, "resp_"), req.echo);
     output.keep = store.then(|| (state.clone(), input));
+    if chat.sampling.logprobs >= 0 {
+        output.logprobs = Some(state.model.tokenizer.clone());
+    }
     if req.chat.stream {
         let stream = start(stream).await?;
         Ok(sse::respond(events(output, stream), false))
@@ -109,6 +114,11 @@ struct Output {
     sequence: u64,
     /// Where the finished response is stored, with the input items it answered (`store`).
     keep: Option<(Arc<AppState>, Vec<Value>)>,
+    /// With logprobs asked for (`top_logprobs`, `include`), the tokenizer naming the tokens.
+    logprobs: Option<Arc<Tokenizer>>,
+    /// The logprobs of the answer tokens of the delta being read, and of the open message.
+    pending_logprobs: Vec<Value>,
+    message_logprobs: Vec<Value>,
 }
 
 impl Output {
@@ -124,6 +134,9 @@ impl Output {
             events: Vec::new(),
             sequence: 0,
             keep: None,
+            logprobs: None,
+            pending_logprobs: Vec::new(),
+            message_logprobs: Vec::new(),
         }
     }
 
@@ -151,6 +164,12 @@ impl Output {
     fn delta(&mut self, mut delta: Delta) {
         if !delta.reasoning.is_empty() && delta.content.is_empty() && delta.tool_calls.is_empty() {
             self.reasoning_tokens += delta.tokens.len() as u32;
+        }
+        if let Some(tokenizer) = self.logprobs.as_ref().filter(|_| !delta.content.is_empty()) {
+            // the delta's tokens go with its answer text
+            let lps = logprobs::chat(Names::new(tokenizer, false), &delta.tokens).content;
+            let lps = lps.iter().filter_map(|l| serde_json::to_value(l).ok());
+            self.pending_logprobs.extend(lps);
         }
         let open_call = match &self.open {
             Some(Open::Call { index, .. }) => Some(*index),
@@ -226,10 +245,12 @@ impl Output {
         }
         let piece = std::mem::take(&mut self.held);
         let index = self.index();
+        let lps = std::mem::take(&mut self.pending_logprobs);
         if let Some(Open::Message { id, text }) = &mut self.open {
             text.push_str(&piece);
             let event = json!({"item_id": id, "output_index": index, "content_index": 0,
-                               "delta": piece, "logprobs": []});
+                               "delta": piece, "logprobs": lps});
+            self.message_logprobs.extend(lps);
             self.emit("response.output_text.delta", event);
         }
     }
@@ -304,10 +325,11 @@ impl Output {
                        "content": [part]})
             }
             Some(Open::Message { id, text }) => {
-                let part =
-                    json!({"type": "output_text", "text": text, "annotations": [], "logprobs": []});
+                let mut lps = std::mem::take(&mut self.message_logprobs);
+                lps.append(&mut self.pending_logprobs); // of text still held, if any
+                let part = json!({"type": "output_text", "text": text, "annotations": [], "logprobs": lps});
                 let event = json!({"item_id": id, "output_index": index, "content_index": 0, "text": text,
-                                   "logprobs": []});
+                                   "logprobs": lps});
                 self.emit("response.output_text.done", event);
                 let event =
                     json!({"item_id": id, "output_index": index, "content_index": 0, "part": part});

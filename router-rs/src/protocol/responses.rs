@@ -5,7 +5,8 @@
 //! a `response_format`, `max_output_tokens` the token limit, `reasoning.effort` `none` or
 //! `minimal` thinking off. `previous_response_id` is resolved before (http/response_store.rs);
 //! `conversation` and `background` are refused, as are tools other than functions and inputs
-//! other than text.
+//! other than text. `top_logprobs` or `include: ["message.output_text.logprobs"]` asks for the
+//! answer text's logprobs.
 
 use serde_json::{json, Map, Value};
 
@@ -61,16 +62,13 @@ impl ResponsesRequest {
                 return Err(ValidationError::new(field, format!("{field}: {why}")));
             }
         }
-        if obj
-            .get("top_logprobs")
-            .and_then(Value::as_u64)
-            .is_some_and(|k| k > 0)
-        {
-            return Err(ValidationError::new(
-                "top_logprobs",
-                "log probabilities are not supported on responses",
-            ));
-        }
+        // logprobs of the answer text: `top_logprobs` alternatives, or none beside the token's
+        // own when only `include` asks for them
+        let included = obj
+            .get("include")
+            .and_then(Value::as_array)
+            .is_some_and(|i| i.iter().any(|x| x == "message.output_text.logprobs"));
+        let top = obj.get("top_logprobs").filter(|v| !v.is_null());
         if obj.get("background") == Some(&Value::Bool(true)) {
             return Err(ValidationError::new(
                 "background",
@@ -84,6 +82,10 @@ impl ResponsesRequest {
             }
         }
         chat.insert("messages".into(), Value::Array(messages(obj)?));
+        if included || top.is_some() {
+            chat.insert("logprobs".into(), Value::Bool(true));
+            chat.insert("top_logprobs".into(), top.cloned().unwrap_or(json!(0)));
+        }
         if let Some(max) = obj.get("max_output_tokens").filter(|v| !v.is_null()) {
             chat.insert("max_tokens".into(), max.clone());
         }
@@ -402,7 +404,7 @@ mod tests {
                 json!({"input": "hi", "max_output_tokens": 0}),
                 "max_output_tokens",
             ),
-            (json!({"input": "hi", "top_logprobs": 2}), "top_logprobs"),
+            (json!({"input": "hi", "top_logprobs": 21}), "top_logprobs"),
             (
                 json!({"input": "hi", "text": {"format": {"type": "json_schema", "name": "n",
                                                           "schema": {"type": "object", "not": {}}}}}),

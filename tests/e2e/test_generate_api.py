@@ -70,3 +70,22 @@ def test_health_models_and_metrics(server: Server) -> None:
     metrics = requests.get(f"{server.base_url}/metrics", timeout=5)
     assert metrics.status_code == 200
     assert "# TYPE" in metrics.text
+
+
+def test_sglang_generate_with_a_schema_and_its_stream(server: Server) -> None:
+    """SGLang's native `/generate` shape: `text` + `sampling_params` (a JSON schema among them),
+    answered as `{"text", "output_ids", "meta_info"}`; streamed, the text so far each time."""
+    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]}
+    params = {"max_new_tokens": 60, "temperature": 0, "json_schema": json.dumps(schema)}
+    body = {"text": "Answer in JSON:", "sampling_params": params}
+    r = requests.post(f"{server.base_url}/generate", json=body, timeout=60)
+    assert r.status_code == 200, r.text
+    answer = r.json()
+    assert isinstance(json.loads(answer["text"])["ok"], bool), answer
+    assert answer["meta_info"]["finish_reason"]["type"] == "stop"
+    assert answer["meta_info"]["completion_tokens"] == len(answer["output_ids"])
+    streamed = requests.post(
+        f"{server.base_url}/generate", json={**body, "stream": True}, timeout=60, stream=True
+    )
+    events = _sse_events(streamed)
+    assert events[-1]["text"] == answer["text"] and events[-1]["output_ids"] == answer["output_ids"]

@@ -55,6 +55,9 @@ pub async fn generate(
     State(state): State<Arc<AppState>>,
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
+    if crate::protocol::sglang::is_sglang(&body) {
+        return super::sglang::generate(state, body).await;
+    }
     let req = GenerateRequest::from_json(&body)?;
     let (stream, prompt_tokens) = submit(&state, &req).await?;
     let choice = collect(stream, 1).await?.pop().unwrap_or_default();

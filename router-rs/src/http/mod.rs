@@ -17,6 +17,7 @@ mod request_id;
 mod response_store;
 mod responses;
 mod run;
+mod sglang;
 mod sse;
 mod tokenize;
 

@@ -12,6 +12,7 @@ pub mod messages;
 pub mod openai;
 pub mod responses;
 pub mod sampling;
+pub mod sglang;
 
 use serde::de::DeserializeOwned;
 use serde::Deserialize;

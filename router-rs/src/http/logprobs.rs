@@ -208,6 +208,25 @@ mod tests {
         Tokenizer::word_level(16)
     }
 
+    /// The echo of prompt ids 1, 2 (with `pieces`) and no generated tokens.
+    fn echo(
+        tok: &Tokenizer,
+        pieces: &[String],
+        scores: Option<&PromptLogprobs>,
+        top: usize,
+        offset: &mut usize,
+    ) -> CompletionLogprobs {
+        echoed_prompt(
+            Names::new(tok, false),
+            &[1, 2],
+            pieces,
+            scores,
+            top,
+            &[],
+            offset,
+        )
+    }
+
     #[test]
     fn an_echoed_prompt_has_null_where_nothing_was_scored() {
         let tok = tokenizer();
@@ -241,15 +260,7 @@ mod tests {
         assert_eq!(lp.text_offset, vec![0, 2, 3, 4], "offsets count characters");
         assert_eq!(offset, 5);
         let mut offset = 0;
-        let lp = echoed_prompt(
-            Names::new(&tok, false),
-            &[1, 2],
-            &pieces[..2],
-            None,
-            1,
-            &[],
-            &mut offset,
-        );
+        let lp = echo(&tok, &pieces[..2], None, 1, &mut offset);
         assert_eq!(lp.token_logprobs, vec![None, None]);
     }
 
@@ -263,41 +274,17 @@ mod tests {
             ranks: vec![2],
         };
         let mut offset = 0;
-        let lp = echoed_prompt(
-            Names::new(&tok, false),
-            &[1, 2],
-            &pieces,
-            Some(&scores),
-            2,
-            &[],
-            &mut offset,
-        );
+        let lp = echo(&tok, &pieces, Some(&scores), 2, &mut offset);
         let alts = lp.top_logprobs[1].as_ref().expect("alternatives");
         assert_eq!(alts.keys().collect::<Vec<_>>(), ["t5", "t2"]);
-        let lp = echoed_prompt(
-            Names::new(&tok, false),
-            &[1, 2],
-            &pieces,
-            Some(&scores),
-            1,
-            &[],
-            &mut offset,
-        );
+        let lp = echo(&tok, &pieces, Some(&scores), 1, &mut offset);
         let alts = lp.top_logprobs[1].as_ref().expect("alternatives");
         assert_eq!(
             alts.keys().collect::<Vec<_>>(),
             ["t5", "t2"],
             "the token itself, after"
         );
-        let lp = echoed_prompt(
-            Names::new(&tok, false),
-            &[1, 2],
-            &pieces,
-            Some(&scores),
-            0,
-            &[],
-            &mut offset,
-        );
+        let lp = echo(&tok, &pieces, Some(&scores), 0, &mut offset);
         let alts = lp.top_logprobs[1].as_ref().expect("the token itself");
         assert_eq!(
             alts,
@@ -318,15 +305,7 @@ mod tests {
             ranks: vec![1],
         };
         let mut offset = 0;
-        let lp = echoed_prompt(
-            Names::new(&tok, false),
-            &[1, 2],
-            &pieces,
-            Some(&scores),
-            1,
-            &[],
-            &mut offset,
-        );
+        let lp = echo(&tok, &pieces, Some(&scores), 1, &mut offset);
         let text = serde_json::to_string(&lp).unwrap();
         assert!(
             text.contains("[null,-4.8653326]") && text.contains("{\"t2\":-4.8653326}"),

@@ -7,7 +7,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::Json;
 use serde_json::{json, Value};
 
@@ -50,9 +50,17 @@ impl ResponseStore {
         }
     }
 
-    pub fn insert(&self, id: String, input: Vec<Value>, response: Value) {
+    pub fn insert(&self, id: String, input: Vec<Value>, mut response: Value) {
         if self.capacity == 0 {
             return;
+        }
+        // logprobs are kept out: one JSON value per byte of every token would dwarf the text
+        for item in response["output"].as_array_mut().into_iter().flatten() {
+            for part in item["content"].as_array_mut().into_iter().flatten() {
+                if part.get("logprobs").is_some() {
+                    part["logprobs"] = json!([]);
+                }
+            }
         }
         let bytes = input.iter().map(json_len).sum::<usize>() + json_len(&response);
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
@@ -128,7 +136,9 @@ pub fn resolved_input(state: &AppState, body: &mut Value) -> Result<Vec<Value>, 
     })?;
     let mut input = stored.input.clone();
     if let Some(output) = stored.response["output"].as_array() {
-        input.extend(output.iter().cloned());
+        // a call cut off by the token budget has no whole arguments to continue from
+        let whole = |item: &&Value| item["status"] != "incomplete";
+        input.extend(output.iter().filter(whole).cloned());
     }
     input.extend(own);
     body["input"] = Value::Array(input.clone());
@@ -151,10 +161,12 @@ pub async fn get(
     Ok(Json(stored.response.clone()))
 }
 
-/// `GET /v1/responses/{id}/input_items`: the items it answered, as a list.
+/// `GET /v1/responses/{id}/input_items`: the items it answered, as OpenAI lists them: newest
+/// first unless `order=asc`, `limit` (1 to 100, 20 by default) from after the item `after`.
 pub async fn input_items(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
+    Query(page): Query<Page>,
 ) -> Result<Json<Value>, ApiError> {
     let stored = state.responses.get(&id).ok_or_else(|| not_found(&id))?;
     let data: Vec<Value> = stored
@@ -172,18 +184,31 @@ pub async fn input_items(
             item
         })
         .collect();
-    let first = data
-        .first()
-        .and_then(|i| i["id"].as_str())
-        .map(str::to_owned);
-    let last = data
-        .last()
-        .and_then(|i| i["id"].as_str())
-        .map(str::to_owned);
+    let mut data = data;
+    if page.order.as_deref() != Some("asc") {
+        data.reverse();
+    }
+    if let Some(after) = &page.after {
+        let at = data.iter().position(|i| i["id"] == after.as_str());
+        data.drain(..at.map_or(data.len(), |at| at + 1));
+    }
+    let limit = page.limit.unwrap_or(20).clamp(1, 100);
+    let has_more = data.len() > limit;
+    data.truncate(limit);
+    let id_of = |i: Option<&Value>| i.and_then(|i| i["id"].as_str()).map(str::to_owned);
+    let (first, last) = (id_of(data.first()), id_of(data.last()));
     Ok(Json(
         json!({"object": "list", "data": data, "first_id": first, "last_id": last,
-                   "has_more": false}),
+                   "has_more": has_more}),
     ))
+}
+
+/// The paging of `input_items`.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct Page {
+    order: Option<String>,
+    limit: Option<usize>,
+    after: Option<String>,
 }
 
 /// `DELETE /v1/responses/{id}`.

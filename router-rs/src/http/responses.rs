@@ -119,6 +119,8 @@ struct Output {
     /// The logprobs of the answer tokens of the delta being read, and of the open message.
     pending_logprobs: Vec<Value>,
     message_logprobs: Vec<Value>,
+    /// The output ends at the token budget: the item it cuts off is incomplete.
+    cut: bool,
 }
 
 impl Output {
@@ -137,6 +139,7 @@ impl Output {
             logprobs: None,
             pending_logprobs: Vec::new(),
             message_logprobs: Vec::new(),
+            cut: false,
         }
     }
 
@@ -165,8 +168,13 @@ impl Output {
         if !delta.reasoning.is_empty() && delta.content.is_empty() && delta.tool_calls.is_empty() {
             self.reasoning_tokens += delta.tokens.len() as u32;
         }
-        if let Some(tokenizer) = self.logprobs.as_ref().filter(|_| !delta.content.is_empty()) {
-            // the delta's tokens go with its answer text
+        // a delta's tokens go with its answer text: those of text, and those held (a split
+        // character, a stop string's start) outside reasoning and calls
+        let answer = delta.reasoning.is_empty()
+            && delta.tool_calls.is_empty()
+            && (!delta.content.is_empty()
+                || matches!(self.open, None | Some(Open::Message { .. })));
+        if let Some(tokenizer) = self.logprobs.as_ref().filter(|_| answer) {
             let lps = logprobs::chat(Names::new(tokenizer, false), &delta.tokens).content;
             let lps = lps.iter().filter_map(|l| serde_json::to_value(l).ok());
             self.pending_logprobs.extend(lps);
@@ -187,6 +195,8 @@ impl Output {
                 self.open_message(); // an answer of whitespace alone is still the answer
                 self.text("");
             }
+            // a call the token budget cut off is incomplete (and not continued from)
+            self.cut = finish.reason == FinishReason::Length;
             self.close();
             self.finish = Some(finish);
             let response = self.response();
@@ -278,6 +288,7 @@ impl Output {
         if !matches!(&self.open, Some(Open::Call { index, .. }) if *index == call.index) {
             self.close();
             self.held.clear(); // whitespace before a call is no message
+            self.pending_logprobs.clear();
             let id = random_id("fc_");
             let call_id = call.id.clone().unwrap_or_else(|| random_id("call_"));
             let name = call.function.name.clone().unwrap_or_default();
@@ -347,8 +358,9 @@ impl Output {
                 let event =
                     json!({"item_id": id, "output_index": index, "name": name, "arguments": args});
                 self.emit("response.function_call_arguments.done", event);
+                let status = if self.cut { "incomplete" } else { "completed" };
                 json!({"type": "function_call", "id": id, "call_id": call_id, "name": name,
-                       "arguments": args, "status": "completed"})
+                       "arguments": args, "status": status})
             }
         };
         self.emit(
@@ -470,5 +482,34 @@ mod tests {
             .map(|e| e["sequence_number"].as_u64().unwrap())
             .collect();
         assert!(seq.windows(2).all(|w| w[1] == w[0] + 1));
+    }
+
+    #[test]
+    fn a_call_the_token_budget_cuts_off_is_incomplete() {
+        let meta = Meta {
+            id: "resp_y".into(),
+            created: 0,
+            model: "m".into(),
+        };
+        let mut out = Output::new(meta, Map::new());
+        out.delta(text(
+            "",
+            vec![ToolCallDelta::fragment(0, Some("w"), "{\"city\": \"Pa")],
+        ));
+        out.delta(Delta {
+            finish: Some(Finish {
+                reason: FinishReason::Length,
+                stop_reason: None,
+                prompt_tokens: 3,
+                completion_tokens: 4,
+                cached_tokens: 0,
+                accepted_draft_tokens: 0,
+            }),
+            ..Delta::default()
+        });
+        let r = out.response();
+        assert_eq!(r["status"], "incomplete");
+        assert_eq!(r["output"][0]["type"], "function_call");
+        assert_eq!(r["output"][0]["status"], "incomplete");
     }
 }

@@ -255,7 +255,9 @@ fn vllm_json_options_shape_the_schema_and_the_whitespace() {
                                        "structured_outputs": outputs}))
     };
     let schema = json!({"type": "object", "properties": {
-        "inner": {"properties": {"x": {"const": {"properties": 1}}}}}});
+        "inner": {"properties": {"x": {"const": {"properties": 1}}}},
+        "properties": {"type": "object", "properties": {"a": {}}},
+        "free": {"type": "object"}}});
     let opts = json!({"json": schema, "disable_any_whitespace": true,
                       "disable_additional_properties": true});
     let c = chat(opts).unwrap().sampling.output_constraint.unwrap();
@@ -268,6 +270,16 @@ fn vllm_json_options_shape_the_schema_and_the_whitespace() {
         json!({"properties": 1}),
         "data is left as it is"
     );
+    // a property named `properties` is a schema, not a map; an object without properties
+    // stays free
+    assert_eq!(
+        sent["properties"]["properties"]["additionalProperties"],
+        false
+    );
+    assert!(sent["properties"].get("additionalProperties").is_none());
+    assert!(sent["properties"]["free"]
+        .get("additionalProperties")
+        .is_none());
     let open = json!({"json": schema, "disable_additional_properties": false});
     let c = chat(open).unwrap().sampling.output_constraint.unwrap();
     assert!(!c.compact && !c.schema.unwrap().contains("additionalProperties"));

@@ -209,39 +209,56 @@ impl OutputConstraint {
     }
 }
 
-/// `schema` with `additionalProperties: false` in every object schema that does not say
-/// (vLLM's `disable_additional_properties`).
+/// `schema` with `additionalProperties: false` in every object schema with `properties` or
+/// `patternProperties` that does not say (vLLM's `disable_additional_properties`), walked by
+/// keyword: maps of schemas by name, lists of schemas, single schemas; data is left alone.
 fn closed_objects(schema: &Value) -> Value {
-    match schema {
-        Value::Object(o) => {
-            // values that are data, not schemas, are kept as they are
-            let data = |k: &str| matches!(k, "enum" | "const" | "default" | "examples");
-            let mut o: serde_json::Map<String, Value> = o
-                .iter()
-                .map(|(k, v)| {
-                    (
-                        k.clone(),
-                        if data(k) {
-                            v.clone()
-                        } else {
-                            closed_objects(v)
-                        },
-                    )
-                })
-                .collect();
-            let object = o.get("type").is_some_and(|t| {
-                t == "object"
-                    || t.as_array()
-                        .is_some_and(|a| a.iter().any(|x| x == "object"))
-            }) || o.contains_key("properties");
-            if object && !o.contains_key("additionalProperties") {
-                o.insert("additionalProperties".into(), Value::Bool(false));
-            }
-            Value::Object(o)
-        }
-        Value::Array(items) => Value::Array(items.iter().map(closed_objects).collect()),
-        other => other.clone(),
+    let Value::Object(o) = schema else {
+        return schema.clone();
+    };
+    let each = |v: &Value| match v {
+        Value::Array(list) => Value::Array(list.iter().map(closed_objects).collect()),
+        other => closed_objects(other),
+    };
+    let mut out: serde_json::Map<String, Value> = o
+        .iter()
+        .map(|(k, v)| {
+            let v = match k.as_str() {
+                "properties" | "patternProperties" | "$defs" | "definitions"
+                | "dependentSchemas" => match v {
+                    Value::Object(named) => Value::Object(
+                        named
+                            .iter()
+                            .map(|(n, s)| (n.clone(), closed_objects(s)))
+                            .collect(),
+                    ),
+                    other => other.clone(),
+                },
+                "items"
+                | "prefixItems"
+                | "anyOf"
+                | "oneOf"
+                | "allOf"
+                | "additionalProperties"
+                | "additionalItems"
+                | "not"
+                | "if"
+                | "then"
+                | "else"
+                | "contains"
+                | "propertyNames"
+                | "unevaluatedProperties"
+                | "unevaluatedItems" => each(v),
+                _ => v.clone(),
+            };
+            (k.clone(), v)
+        })
+        .collect();
+    let object = out.contains_key("properties") || out.contains_key("patternProperties");
+    if object && !out.contains_key("additionalProperties") {
+        out.insert("additionalProperties".into(), Value::Bool(false));
     }
+    Value::Object(out)
 }
 
 /// The constraint `asked` amounts to (None: free text); `closed`: object schemas closed.

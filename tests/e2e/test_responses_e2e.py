@@ -189,6 +189,7 @@ def test_what_is_not_kept_or_offered_is_refused(server: Server) -> None:
     url = f"{server.base_url}/v1/responses"
     cases = [
         ({"input": "hi", "previous_response_id": "resp_1"}, "previous_response_id"),
+        ({"input": 5, "previous_response_id": "resp_1"}, "input"),
         ({"input": "hi", "tools": [{"type": "web_search"}]}, "tools[0].type"),
         ({"input": [{"type": "input_image", "image_url": "x"}]}, "input[0]"),
         ({"input": [{"role": "user", "content": [{"type": "input_image"}]}]}, "input[0].content"),

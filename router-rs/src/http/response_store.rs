@@ -119,7 +119,11 @@ pub fn resolved_input(state: &AppState, body: &mut Value) -> Result<Vec<Value>, 
     let own = match body.get("input") {
         Some(Value::String(text)) => vec![json!({"role": "user", "content": text})],
         Some(Value::Array(items)) => items.clone(),
-        _ => Vec::new(), // refused by the request's own checks
+        None | Some(Value::Null) => Vec::new(),
+        Some(_) => {
+            let msg = "input must be a string or a list of items";
+            return Err(ValidationError::new("input", msg).into());
+        }
     };
     let previous = body
         .as_object_mut()

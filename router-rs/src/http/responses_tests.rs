@@ -1,0 +1,107 @@
+//! The Responses builder (responses.rs): output items from deltas.
+
+use serde_json::{Map, Value};
+
+use super::{Meta, Output};
+use crate::protocol::openai::{FinishReason, ToolCallDelta};
+use crate::state::{Delta, Finish};
+
+fn text(content: &str, calls: Vec<ToolCallDelta>) -> Delta {
+    Delta {
+        content: content.into(),
+        tool_calls: calls,
+        ..Delta::default()
+    }
+}
+
+#[test]
+fn a_delta_ending_one_call_and_starting_another_keeps_each_call_whole() {
+    let meta = Meta {
+        id: "resp_x".into(),
+        created: 0,
+        model: "m".into(),
+    };
+    let mut out = Output::new(meta, Map::new());
+    out.delta(text(
+        "Checking.",
+        vec![ToolCallDelta::fragment(0, Some("w"), "{\"city\": \"Pa")],
+    ));
+    // the end of call 0, the newline after it and call 1, all in one delta
+    out.delta(text(
+        "\n",
+        vec![
+            ToolCallDelta::fragment(0, None, "ris\"}"),
+            ToolCallDelta::fragment(1, Some("w"), "{}"),
+        ],
+    ));
+    out.delta(Delta {
+        finish: Some(Finish {
+            reason: FinishReason::ToolCalls,
+            stop_reason: None,
+            prompt_tokens: 3,
+            completion_tokens: 9,
+            cached_tokens: 0,
+            accepted_draft_tokens: 0,
+        }),
+        ..Delta::default()
+    });
+    let r = out.response();
+    let items: Vec<(&str, &str)> = r["output"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            (
+                i["type"].as_str().unwrap(),
+                i["arguments"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(
+        items,
+        [
+            ("message", ""),
+            ("function_call", "{\"city\": \"Paris\"}"),
+            ("function_call", "{}")
+        ]
+    );
+    assert_eq!(r["output"][0]["content"][0]["text"], "Checking.");
+    assert_eq!(r["status"], "completed");
+    let kinds: Vec<Value> = out.events.iter().map(|e| e["type"].clone()).collect();
+    assert_eq!(kinds.last().unwrap(), "response.completed");
+    let seq: Vec<u64> = out
+        .events
+        .iter()
+        .map(|e| e["sequence_number"].as_u64().unwrap())
+        .collect();
+    assert!(seq.windows(2).all(|w| w[1] == w[0] + 1));
+}
+
+#[test]
+fn a_call_the_token_budget_cuts_off_is_incomplete() {
+    let meta = Meta {
+        id: "resp_y".into(),
+        created: 0,
+        model: "m".into(),
+    };
+    let mut out = Output::new(meta, Map::new());
+    out.delta(text(
+        "",
+        vec![ToolCallDelta::fragment(0, Some("w"), "{\"city\": \"Pa")],
+    ));
+    out.delta(Delta {
+        finish: Some(Finish {
+            reason: FinishReason::Length,
+            stop_reason: None,
+            prompt_tokens: 3,
+            completion_tokens: 4,
+            cached_tokens: 0,
+            accepted_draft_tokens: 0,
+        }),
+        ..Delta::default()
+    });
+    let r = out.response();
+    assert_eq!(r["status"], "incomplete");
+    assert_eq!(r["output"][0]["type"], "function_call");
+    assert_eq!(r["output"][0]["status"], "incomplete");
+}

@@ -465,6 +465,17 @@ async fn sglang_generate_answers_in_its_own_shape() {
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer.as_array().map(Vec::len), Some(2));
     assert_eq!(answer[1]["meta_info"]["finish_reason"]["type"], "length");
+    // one sampling_params per prompt
+    let body = json!({"input_ids": [[1, 2], [3]],
+                      "sampling_params": [{"max_new_tokens": 2}, {"max_new_tokens": 3}]});
+    let (status, answer) = server.post("/generate", body).await;
+    assert_eq!(status, 200, "{answer}");
+    let mut budgets: Vec<u32> = worker.requests()[3..]
+        .iter()
+        .map(|r| r.max_new_tokens)
+        .collect();
+    budgets.sort_unstable();
+    assert_eq!(budgets, [2, 3]);
     let body = json!({"text": "hi", "stream": true});
     let (_, events) = server.post_stream("/generate", body).await;
     assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
@@ -489,6 +500,10 @@ async fn sglang_generate_answers_in_its_own_shape() {
             "sampling_params.temperature",
         ),
         (json!({"text": "a", "input_ids": [1]}), "text"),
+        (
+            json!({"text": ["a", "b", "c"], "sampling_params": [{}, {}]}),
+            "sampling_params",
+        ),
     ] {
         let (status, answer) = server.post("/generate", body.clone()).await;
         assert_eq!(status, 400, "{body}: {answer}");

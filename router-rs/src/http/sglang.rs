@@ -23,20 +23,20 @@ pub async fn generate(state: Arc<AppState>, body: Value) -> Result<Response, Api
     let req = SglangRequest::from_json(&body)?;
     let worker = ready_worker(&state)?;
     check_sequences(&worker, req.prompts.len())?;
-    let use_ = PromptUse::generating(&req.sampling);
-    let prompts = prompt_ids(&state, req.prompts.clone(), "text", use_).await?;
+    let prompts = prompt_ids(&state, req.prompts.clone(), "text", PromptUse::Generation).await?;
     let mut streams = Vec::with_capacity(prompts.len());
     for (ids, index) in prompts.iter().zip(0u32..) {
-        let budget = max_new_tokens(&state, &worker, ids.len(), &req.sampling, "text")?;
-        let reqs = wire_requests(&state, ids, &req.sampling, budget, 1);
+        let sampling = req.sampling_of(index as usize);
+        let budget = max_new_tokens(&state, &worker, ids.len(), sampling, "text")?;
+        let reqs = wire_requests(&state, ids, sampling, budget, 1);
         let handles = state.dispatcher.submit_many(reqs)?;
-        let pipeline = plain_pipeline(&state, &req.sampling, ids.len());
+        let pipeline = plain_pipeline(&state, sampling, ids.len());
         streams.push(drive(handles, vec![pipeline], index));
     }
     let stream = merge(streams);
     let rids: Vec<String> = prompts.iter().map(|_| random_id("")).collect();
     let lens: Vec<u32> = prompts.iter().map(|p| p.len() as u32).collect();
-    let top = req.sampling.logprobs;
+    let top = req.sampling_of(0).logprobs;
     if req.stream {
         let stream = start(stream).await?;
         let mut so_far: Vec<Answer> = rids.iter().map(|_| Answer::default()).collect();

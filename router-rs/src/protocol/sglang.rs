@@ -26,7 +26,9 @@ pub struct SglangRequest {
     /// The prompt came as a list: the answer is a list too.
     pub batched: bool,
     pub stream: bool,
-    pub sampling: SamplingParams,
+    /// The sampling settings of each prompt (one `sampling_params` object shared, or one per
+    /// prompt).
+    pub sampling: Vec<SamplingParams>,
 }
 
 /// SGLang's `sampling_params`; a key not named here is a 400. The constrained-output keys and
@@ -71,6 +73,11 @@ struct RawGenerate {
 }
 
 impl SglangRequest {
+    /// The sampling settings of prompt `i`.
+    pub fn sampling_of(&self, i: usize) -> &SamplingParams {
+        &self.sampling[i.min(self.sampling.len() - 1)]
+    }
+
     pub fn from_json(body: &Value) -> Result<Self, ValidationError> {
         let raw: RawGenerate = from_value(body)?;
         let (value, param) = match (&raw.text, &raw.input_ids) {
@@ -87,28 +94,39 @@ impl SglangRequest {
             _ => false,
         };
         let params = match raw.sampling_params {
-            None | Some(Value::Null) => Value::Object(Map::new()),
-            Some(Value::Array(list)) if list.len() == 1 => list[0].clone(),
+            None | Some(Value::Null) => vec![Value::Object(Map::new())],
+            Some(Value::Array(list))
+                if !list.is_empty() && (list.len() == 1 || list.len() == prompts.len()) =>
+            {
+                list
+            }
             Some(Value::Array(_)) => {
-                let msg = "one sampling_params object for every prompt is supported";
+                let msg = "sampling_params is one object, or a list of one per prompt";
                 return Err(ValidationError::new("sampling_params", msg));
             }
-            Some(other) => other,
+            Some(other) => vec![other],
         };
-        let p: RawSampling = from_value(&params).map_err(|e| ValidationError {
-            param: format!("sampling_params.{}", e.param)
-                .trim_end_matches('.')
-                .into(),
-            message: e.message,
-        })?;
-        let mut sampling = sampling(&p, &params)?;
         let top = raw.top_logprobs_num.unwrap_or(0);
         check_range("top_logprobs_num", Some(top), 0, MAX_TOP_LOGPROBS)?;
-        sampling.logprobs = if raw.return_logprob == Some(true) {
+        let logprobs = if raw.return_logprob == Some(true) {
             top as i32
         } else {
             -1
         };
+        let sampling = params
+            .iter()
+            .map(|params| {
+                let p: RawSampling = from_value(params).map_err(|e| ValidationError {
+                    param: format!("sampling_params.{}", e.param)
+                        .trim_end_matches('.')
+                        .into(),
+                    message: e.message,
+                })?;
+                let mut s = sampling(&p, params)?;
+                s.logprobs = logprobs;
+                Ok(s)
+            })
+            .collect::<Result<Vec<_>, ValidationError>>()?;
         Ok(Self {
             prompts,
             batched,

@@ -10,6 +10,7 @@ constraints do, so MTP drafts are cut and masked through them alike (grammar.py)
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -27,7 +28,7 @@ def packed(ids: list[int] | tuple[int, ...], mask_bytes: int) -> bytes:
     return np.packbits(bits, bitorder="little").tobytes()
 
 
-class Layer:
+class Layer(ABC):
     """A Python constraint around `inner` (None: nothing beneath it)."""
 
     inner: Constraint | None
@@ -39,9 +40,9 @@ class Layer:
             return inner.needs()
         return inner if inner is not None and inner.active else None
 
+    @abstractmethod
     def mask_from(self, native: bytes | None) -> bytes | None:
         """This layer's mask given the mask of `needs()` (None: every token allowed)."""
-        raise NotImplementedError
 
     def may_mask(self, unseen: int) -> bool:
         """Whether a sample `unseen` tokens past those accepted may need a mask (a step queued

@@ -6,6 +6,31 @@ use super::{Meta, Output};
 use crate::protocol::openai::{FinishReason, ToolCallDelta};
 use crate::state::{Delta, Finish};
 
+/// A builder with no request fields to repeat.
+fn output(id: &str) -> Output {
+    let meta = Meta {
+        id: id.into(),
+        created: 0,
+        model: "m".into(),
+    };
+    Output::new(meta, Map::new())
+}
+
+/// The last delta: a finish for `reason` after `completion_tokens` tokens.
+fn finished(reason: FinishReason, completion_tokens: u32) -> Delta {
+    Delta {
+        finish: Some(Finish {
+            reason,
+            stop_reason: None,
+            prompt_tokens: 3,
+            completion_tokens,
+            cached_tokens: 0,
+            accepted_draft_tokens: 0,
+        }),
+        ..Delta::default()
+    }
+}
+
 fn text(content: &str, calls: Vec<ToolCallDelta>) -> Delta {
     Delta {
         content: content.into(),
@@ -16,12 +41,7 @@ fn text(content: &str, calls: Vec<ToolCallDelta>) -> Delta {
 
 #[test]
 fn a_delta_ending_one_call_and_starting_another_keeps_each_call_whole() {
-    let meta = Meta {
-        id: "resp_x".into(),
-        created: 0,
-        model: "m".into(),
-    };
-    let mut out = Output::new(meta, Map::new());
+    let mut out = output("resp_x");
     out.delta(text(
         "Checking.",
         vec![ToolCallDelta::fragment(0, Some("w"), "{\"city\": \"Pa")],
@@ -34,17 +54,7 @@ fn a_delta_ending_one_call_and_starting_another_keeps_each_call_whole() {
             ToolCallDelta::fragment(1, Some("w"), "{}"),
         ],
     ));
-    out.delta(Delta {
-        finish: Some(Finish {
-            reason: FinishReason::ToolCalls,
-            stop_reason: None,
-            prompt_tokens: 3,
-            completion_tokens: 9,
-            cached_tokens: 0,
-            accepted_draft_tokens: 0,
-        }),
-        ..Delta::default()
-    });
+    out.delta(finished(FinishReason::ToolCalls, 9));
     let r = out.response();
     let items: Vec<(&str, &str)> = r["output"]
         .as_array()
@@ -79,27 +89,12 @@ fn a_delta_ending_one_call_and_starting_another_keeps_each_call_whole() {
 
 #[test]
 fn a_call_the_token_budget_cuts_off_is_incomplete() {
-    let meta = Meta {
-        id: "resp_y".into(),
-        created: 0,
-        model: "m".into(),
-    };
-    let mut out = Output::new(meta, Map::new());
+    let mut out = output("resp_y");
     out.delta(text(
         "",
         vec![ToolCallDelta::fragment(0, Some("w"), "{\"city\": \"Pa")],
     ));
-    out.delta(Delta {
-        finish: Some(Finish {
-            reason: FinishReason::Length,
-            stop_reason: None,
-            prompt_tokens: 3,
-            completion_tokens: 4,
-            cached_tokens: 0,
-            accepted_draft_tokens: 0,
-        }),
-        ..Delta::default()
-    });
+    out.delta(finished(FinishReason::Length, 4));
     let r = out.response();
     assert_eq!(r["status"], "incomplete");
     assert_eq!(r["output"][0]["type"], "function_call");

@@ -213,3 +213,13 @@ async fn echo_leads_the_answer_with_the_continued_message() {
     let (_, answer) = server.post("/v1/chat/completions", body).await;
     assert_eq!(answer["choices"][0]["message"]["content"], " 42.");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_served_name_with_a_slash_is_found() {
+    let (_model, _worker, server) = setup("x", 1, &["--served-model-name", "org/model"]).await;
+    let get = |path: &str| server.client.get(format!("{}{path}", server.url)).send();
+    let one = get("/v1/models/org/model").await.expect("answers");
+    assert_eq!(one.status(), 200);
+    assert_eq!(one.json::<Value>().await.unwrap()["id"], "org/model");
+    assert_eq!(get("/v1/models/org").await.unwrap().status(), 404);
+}

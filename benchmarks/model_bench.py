@@ -66,6 +66,7 @@ class DecodeRow:
     kv_sets: int  # distinct page sets among the batch's sequences
     graphed: bool
     eager_ms: float  # the same step without CUDA graphs
+    queued_ms: float  # a step's share of consecutive steps queued back to back (graphed)
 
 
 @dataclass
@@ -114,6 +115,32 @@ def time_cuda(
         end.record()
         end.synchronize()
         times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def time_cuda_back_to_back(
+    fn: Callable[[], object],
+    steps: int,
+    repeats: int = 5,
+    before: Callable[[], object] | None = None,
+) -> float:
+    """Median milliseconds a run of `fn` takes when `steps` runs are queued back to back (CUDA
+    events around the whole run, divided by `steps`): the host queues a run while the device
+    works on the one before, as the server's engine does when it runs steps ahead, so the host's
+    launch latency between two runs is hidden unless it exceeds a run's device time."""
+    fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(steps):
+            if before is not None:
+                before()
+            fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / steps)
     return statistics.median(times)
 
 
@@ -280,14 +307,18 @@ def run_decode(
     graphed = runner.graphs is not None and runner.graphs.can_run(inputs.input_ids, inputs.meta)
     one_step = logits_step(runner, inputs)
     vocab = runner.cfg.vocab_size
-    ms = time_cuda(one_step, iters, before=fresh_ids(inputs, vocab) if fresh_tokens else None)
+    before = fresh_ids(inputs, vocab) if fresh_tokens else None
+    ms = time_cuda(one_step, iters, before=before)
+    queued_ms = time_cuda_back_to_back(one_step, max(5, iters // 2), before=before)
     graphs, runner.graphs = runner.graphs, None
     try:
         eager_ms = time_cuda(one_step, max(3, iters // 2))
     finally:
         runner.graphs = graphs
     floor = decode_floor_ms(runner, w, batch, context, ceil.copy_bytes_per_s)
-    return DecodeRow(batch, ms, floor, batch / ms * 1e3, prepare_ms, kv_sets, graphed, eager_ms)
+    return DecodeRow(
+        batch, ms, floor, batch / ms * 1e3, prepare_ms, kv_sets, graphed, eager_ms, queued_ms
+    )
 
 
 @torch.inference_mode()
@@ -355,13 +386,14 @@ def print_tables(
     )
     print(f"decode ({args.decode_backend_name} attention, {args.kernels}, BLAS library "
           f"{args.blas_library}), context {args.context}, step = forward + lm_head (median of "
-          f"{args.iters})")  # fmt: skip
+          f"{args.iters}); queued = a step's share of steps queued back to back")  # fmt: skip
     print(f"{'batch':>6} {'step ms':>8} {'floor ms':>9} {'ratio':>6} {'tok/s':>8} "
-          f"{'eager ms':>8} {'prep ms':>8} {'kv_sets':>7} graph")  # fmt: skip
+          f"{'queued ms':>9} {'ratio':>6} {'eager ms':>8} {'prep ms':>8} {'kv_sets':>7} "
+          f"graph")  # fmt: skip
     for r in decode:
         print(f"{r.batch:>6} {r.step_ms:>8.2f} {r.floor_ms:>9.2f} {r.step_ms / r.floor_ms:>6.2f} "
-              f"{r.tok_per_s:>8.0f} {r.eager_ms:>8.2f} {r.prepare_ms:>8.1f} {r.kv_sets:>7} "
-              f"{r.graphed}")  # fmt: skip
+              f"{r.tok_per_s:>8.0f} {r.queued_ms:>9.2f} {r.queued_ms / r.floor_ms:>6.2f} "
+              f"{r.eager_ms:>8.2f} {r.prepare_ms:>8.1f} {r.kv_sets:>7} {r.graphed}")  # fmt: skip
     if verify:
         plain = {r.batch: r.step_ms for r in decode}
         print(f"verification steps ({verify[0].tokens} tokens a sequence) against the decode step")

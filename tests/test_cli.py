@@ -105,3 +105,21 @@ def test_serve_with_dp_starts_one_worker_per_gpu_behind_one_router(
     for bad in (["--dp", "3"], ["--dp", "0"], ["--dp", "2", "--worker-listen", "tcp://x:1"]):
         with pytest.raises(SystemExit):
             serve.plan(["--model-dir", str(tmp_path), *bad])
+
+
+def test_serve_with_tp_gives_each_replica_its_group_of_gpus(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    p = serve.plan(["--model-dir", str(tmp_path), "--tp", "2"])
+    (cmd,) = p.worker_cmds
+    assert cmd[cmd.index("--tp") + 1] == "2" and p.worker_envs == [{}]
+    p = serve.plan(["--model-dir", str(tmp_path), "--dp", "2", "--tensor-parallel-size", "2"])
+    assert all(c[c.index("--tp") + 1] == "2" for c in p.worker_cmds)
+    assert p.worker_envs == [{"CUDA_VISIBLE_DEVICES": "0,1"}, {"CUDA_VISIBLE_DEVICES": "2,3"}]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5,6,7")
+    p = serve.plan(["--model-dir", str(tmp_path), "--dp", "2", "--tp-size", "2"])
+    assert p.worker_envs == [{"CUDA_VISIBLE_DEVICES": "4,5"}, {"CUDA_VISIBLE_DEVICES": "6,7"}]
+    for bad in (["--dp", "3", "--tp", "2"], ["--tp", "0"]):
+        with pytest.raises(SystemExit):
+            serve.plan(["--model-dir", str(tmp_path), *bad])

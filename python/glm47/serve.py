@@ -145,6 +145,16 @@ def plan(argv: list[str]) -> ServePlan:
         "CUDA_VISIBLE_DEVICES, else GPU i), behind one router",
     )
     parser.add_argument(
+        "--tp",
+        "--tp-size",
+        "--tensor-parallel-size",
+        dest="tp",
+        type=int,
+        default=1,
+        help="tensor-parallel GPUs of each worker (with --dp, replica i takes GPUs "
+        "i*tp .. i*tp+tp-1)",
+    )
+    parser.add_argument(
         "--startup-timeout",
         type=float,
         default=1800.0,
@@ -160,6 +170,10 @@ def plan(argv: list[str]) -> ServePlan:
             worker_args += ["--device", "cpu"]
     if args.dp < 1:
         parser.error(f"--dp {args.dp}: need at least one replica")
+    if args.tp < 1:
+        parser.error(f"--tp {args.tp}: need at least one rank")
+    if args.tp > 1:
+        worker_args += ["--tp", str(args.tp)]
     if args.dp > 1 and args.worker_listen:
         parser.error("--worker-listen names one worker's address: leave it out with --dp above 1")
     listens = [args.worker_listen or f"tcp://127.0.0.1:{free_port()}" for _ in range(args.dp)]
@@ -182,23 +196,28 @@ def plan(argv: list[str]) -> ServePlan:
     probe_host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
     return ServePlan(
         worker_cmds=worker_cmds,
-        worker_envs=_replica_envs(args.dp, parser),
+        worker_envs=_replica_envs(args.dp, parser, args.tp),
         router_cmd=router_cmd + router_args,
         health_url=f"http://{probe_host}:{args.port}/health",
         startup_timeout_s=args.startup_timeout,
     )
 
 
-def _replica_envs(dp: int, parser: argparse.ArgumentParser) -> list[dict[str, str]]:
-    """Each worker's extra environment: with several replicas, its own GPU (the i-th of
-    CUDA_VISIBLE_DEVICES when that is set, else GPU i); with one, nothing."""
+def _replica_envs(dp: int, parser: argparse.ArgumentParser, tp: int = 1) -> list[dict[str, str]]:
+    """Each worker's extra environment: with several replicas, its own `tp` GPUs (replica i the
+    i-th group of `tp` in CUDA_VISIBLE_DEVICES when that is set, else GPUs i*tp ..); with one,
+    nothing."""
     if dp == 1:
         return [{}]
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     gpus = [g.strip() for g in visible.split(",") if g.strip()] if visible else []
-    if visible and len(gpus) < dp:
-        parser.error(f"--dp {dp} needs {dp} GPUs; CUDA_VISIBLE_DEVICES names {len(gpus)}")
-    return [{"CUDA_VISIBLE_DEVICES": gpus[i] if gpus else str(i)} for i in range(dp)]
+    need = dp * tp
+    if visible and len(gpus) < need:
+        parser.error(
+            f"--dp {dp} with --tp {tp} needs {need} GPUs; CUDA_VISIBLE_DEVICES names {len(gpus)}"
+        )
+    names = gpus or [str(i) for i in range(need)]
+    return [{"CUDA_VISIBLE_DEVICES": ",".join(names[i * tp : (i + 1) * tp])} for i in range(dp)]
 
 
 def _healthy(url: str) -> bool:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from glm47.worker.__main__ import eos_token_ids
+from glm47.worker.build import eos_token_ids
 from glm47.worker.cli_args import parse_args
 from glm47.worker.model.config import ModelConfig
 
@@ -96,7 +96,8 @@ def test_defaults() -> None:
         ([*BASE, "--tool_call_parser", "glm47"], "router"),
         ([*BASE, "--no-such-flag"], "unrecognized"),
         ([*BASE, "--max-req"], "unrecognized"),  # no abbreviations
-        ([*BASE, "--tp", "2"], "one GPU"),
+        ([*BASE, "--tp", "2", "--mtp-step", "1"], "one GPU only"),
+        ([*BASE, "--tp", "0"], "tp must be >= 1"),
         ([*BASE, "--page-size", "3"], "power of two"),
         ([*BASE, "--shared-expert-overlap-tokens", "-1"], "shared_expert_overlap_tokens must be"),
         ([*BASE, "--shared-expert-fold-tokens", "-2"], "shared_expert_fold_tokens must be"),

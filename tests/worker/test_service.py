@@ -317,7 +317,7 @@ def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_the_real_engine_on_the_tiny_model_through_the_socket(tiny_dir: Path) -> None:
-    from glm47.worker.__main__ import build
+    from glm47.worker.build import build
     from glm47.worker.cli_args import parse_args
 
     args = parse_args(

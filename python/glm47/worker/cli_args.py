@@ -68,7 +68,14 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(p, ["--log-level", "--log_level"], default="info", choices=LOG_LEVELS)
     _flag(p, ["--device"], default=None, help="cuda, cuda:N or cpu (default: cuda if available)")
     _flag(p, ["--dtype", "--data-type", "--data_type"], default=None, choices=DTYPE_CHOICES)
-    _flag(p, ["--tp"], type=int, default=1, help="tensor-parallel GPUs")
+    _flag(
+        p,
+        ["--tp", "--tp-size", "--tensor-parallel-size"],
+        type=int,
+        default=1,
+        help="tensor-parallel ranks: one process and one GPU each (the worker's device and the "
+        "next ones), the heads and intermediate columns split over them",
+    )
     _flag(p, ["--seed"], type=int, default=0, help="seed of sampling and dummy weights")
     _flag(p, ["--load-format", "--load_format"], default="auto", choices=LOAD_FORMAT_CHOICES)
     _flag(p, ["--page-size", "--page_size"], type=int, default=16, help="tokens per KV page")
@@ -204,8 +211,11 @@ def parse_args(argv: list[str]) -> WorkerArgs:
     ns = parser.parse_args(argv)
     device = ns.device or default_device()
     dtype = ns.dtype or ("bfloat16" if device.startswith("cuda") else "float32")
-    if ns.tp != 1:
-        parser.error(f"--tp {ns.tp}: this worker runs on one GPU; start one worker per GPU")
+    if ns.tp > 1 and ns.mtp_step > 0:
+        parser.error(
+            f"--mtp-step with --tp {ns.tp}: speculative decoding runs on one GPU only (leave out "
+            "--mtp-step, or use --dp for more GPUs)"
+        )
     try:
         engine = EngineConfig(
             model_dir=ns.model_dir,

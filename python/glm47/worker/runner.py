@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
+from typing import Protocol
 
 import torch
 
@@ -51,11 +52,20 @@ from glm47.worker.model.context import ForwardContext
 from glm47.worker.model.layers.experts import ExpertsBackend, registered_experts_backends
 from glm47.worker.model.layers.moe import MoE
 from glm47.worker.model.loader import load_model
+from glm47.worker.model.parallel import SINGLE, TensorParallel
 from glm47.worker.segment_graph import SegmentGraphRunner, segment_sizes
 from glm47.worker.step_inputs import SHORT_QUERY, StepInputBuilder, StepInputs
 from glm47.worker.step_results import LaunchedStep, Sampler, score_prompts
 
 log = logging.getLogger(__name__)
+
+
+class StepAnnouncer(Protocol):
+    """Rank 0's side of tensor parallelism: tells the other ranks about a forward pass before
+    its first collective (worker/tp_worker.py)."""
+
+    def announce(self, inputs: StepInputs) -> None: ...
+
 
 # Modules whose import registers optional backends; one that fails to import (no Triton) just
 # leaves its names unregistered.
@@ -113,6 +123,7 @@ class ModelRunner:
         segment_graph_max_tokens: int = 0,
         segment_capturer: Capturer | None = None,
         verify_tokens: int = 0,
+        tp: TensorParallel = SINGLE,
     ) -> None:
         """`fused_kernels`, `skinny_gemm`, `pdl`, `shared_overlap_tokens`, `shared_fold_tokens` and
         `mla_head_groups`: the model's kernel paths (`KernelOptions`).
@@ -123,16 +134,23 @@ class ModelRunner:
         `segment_capturer` replaces CUDA graph capture (tests on the CPU).
         `verify_tokens`: with speculative decoding, the tokens a sequence verifies per step (1 +
         drafts); decode graphs are also captured for steps where every sequence has that many,
-        up to `graph_max_batch_size // verify_tokens` sequences."""
+        up to `graph_max_batch_size // verify_tokens` sequences.
+        `tp`: this rank's place under tensor parallelism (model/parallel.py). Every rank builds
+        its runner with the same arguments, in step (the graph captures and the warm-up run the
+        same collectives); then rank 0 sets `mirror`, and every forward pass it runs is announced
+        to the other ranks, which run it too (worker/tp_worker.py)."""
         if page_size < 1 or page_size & (page_size - 1):
             raise ValueError(f"page_size must be a power of two, got {page_size}")
         self.cfg = model_config
         self.device = torch.device(device)
         self.dtype = dtype
         self.page_size = page_size
+        self.tp = tp
+        # Rank 0 under tensor parallelism: what announces each forward pass to the other ranks.
+        self.mirror: StepAnnouncer | None = None
         import_optional_backends()
         probe = flashinfer_probe(
-            model_config.num_attention_heads,
+            tp.part(model_config.num_attention_heads, "num_attention_heads"),
             model_config.kv_lora_rank,
             model_config.qk_rope_head_dim,
             dtype,
@@ -151,6 +169,7 @@ class ModelRunner:
             load_format=load_format,
             experts_backend=moe,
             seed=seed,
+            tp=tp,
         )
         self.kernels = KernelOptions(
             fused_kernels, skinny_gemm, pdl, shared_overlap_tokens, shared_fold_tokens,
@@ -244,6 +263,7 @@ class ModelRunner:
             budget = free - (1.0 - mem_fraction) * total
             num_pages = int(budget // self.bytes_per_page)
             log.info("free GPU memory %.2f GiB of %.2f GiB", free / 2**30, total / 2**30)
+        num_pages = self.tp.min_over_ranks(num_pages)  # every rank holds the same pool
         if num_pages < 2:
             raise ValueError(f"the KV pool needs at least 2 pages, got {num_pages}")
         return num_pages
@@ -374,7 +394,9 @@ class ModelRunner:
 
     def prepare(self, batch: ScheduledBatch) -> StepInputs:
         """Host-side layout of the batch, staged into the static device buffers."""
-        return self.inputs.build(batch)
+        inputs = self.inputs.build(batch)
+        inputs.batch = batch
+        return inputs
 
     @torch.inference_mode()
     def forward(self, inputs: StepInputs) -> torch.Tensor:  # [T, H] final hidden states
@@ -383,6 +405,8 @@ class ModelRunner:
     def _forward(self, inputs: StepInputs) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The final hidden states [T, H], and the logits of every row [T, V] fp32 when a
         decode graph computed them."""
+        if self.mirror is not None:
+            self.mirror.announce(inputs)
         set_pdl(self.pdl)  # the launch switch is process-wide; tests hold several runners
         decode = self.graphs
         if decode is not None and self.large_graphs is not None:

@@ -56,7 +56,7 @@ class _Buffers:
     def __init__(self, model: Glm4MoeLiteForCausalLM, size: int, device: torch.device) -> None:
         cfg = model.cfg
         dtype = model.embed_tokens.weight.dtype
-        heads = cfg.num_attention_heads
+        heads = model.decoder_layers[0].self_attn.num_heads  # this rank's (tensor parallelism)
 
         def zeros(*shape: int, dt: torch.dtype = dtype) -> torch.Tensor:
             return torch.zeros(*shape, dtype=dt, device=device)

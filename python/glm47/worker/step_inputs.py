@@ -33,6 +33,7 @@ class StepInputs:
     sample_rows: torch.Tensor
     sample_seqs: list[ScheduledSeq]  # the sequence of each sampled row, as the sampler sees it
     every_row_sampled: bool = False  # sample_rows is [0, T) in order (a plain decode step)
+    batch: ScheduledBatch | None = None  # what `ModelRunner.prepare` built it from
 
 
 class StaticBuffers:

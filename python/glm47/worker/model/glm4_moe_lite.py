@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from glm47.kernels.routing import ROUTE_ALIGN_MAX_TOKENS
+from glm47.kernels.split_k import SplitProduct
 from glm47.worker.model.config import ModelConfig
 from glm47.worker.model.context import CacheWrite, ForwardContext
 from glm47.worker.model.layers.embedding import LMHead, VocabEmbedding
@@ -24,22 +25,32 @@ from glm47.worker.model.layers.moe import MoE
 from glm47.worker.model.layers.norm import RMSNorm
 from glm47.worker.model.layers.rope import InterleavedRope
 from glm47.worker.model.mtp import MTPLayer
+from glm47.worker.model.parallel import SINGLE, TensorParallel
 
 
 class DecoderLayer(nn.Module):
     """`h += attn(input_layernorm(h)); h += mlp(post_attention_layernorm(h))`, with the residual
-    adds fused into the norms: the layer takes and returns (hidden, residual)."""
+    adds fused into the norms: the layer takes and returns (hidden, residual). Under tensor
+    parallelism (model/parallel.py) the attention and MLP outputs are summed over the ranks."""
 
     def __init__(
-        self, cfg: ModelConfig, layer: int, rope: InterleavedRope, experts: ExpertsBackend
+        self,
+        cfg: ModelConfig,
+        layer: int,
+        rope: InterleavedRope,
+        experts: ExpertsBackend,
+        tp: TensorParallel = SINGLE,
     ) -> None:
         super().__init__()
-        self.self_attn = MLAAttention(cfg, layer, rope)
+        self.tp = tp
+        self.self_attn = MLAAttention(cfg, layer, rope, tp)
         self.mlp: nn.Module
         if cfg.is_moe_layer(layer):
-            self.mlp = MoE(cfg, experts)
+            self.mlp = MoE(cfg, experts, tp)
         else:
-            self.mlp = DenseMLP(cfg.hidden_size, cfg.intermediate_size)
+            self.mlp = DenseMLP(
+                cfg.hidden_size, tp.part(cfg.intermediate_size, "intermediate_size")
+            )
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
@@ -75,20 +86,31 @@ class DecoderLayer(nn.Module):
         """The layer after attention: o_proj, post-attention norm (with the add), MLP. A MoE
         layer that folds this step's shared expert takes the norm into its routing launch. A
         fused norm takes o_proj's product as a `SplitProduct` where the skinny kernel makes it."""
-        mlp, norm = self.mlp, self.post_attention_layernorm
-        # A fused norm sums o_proj's split-K partials itself.
+        mlp, norm, tp = self.mlp, self.post_attention_layernorm, self.tp
         attn = self.self_attn
-        out = attn.output_parts(attended) if norm.fused else attn.output(attended)
+        if tp.enabled:  # each rank's o_proj covers its heads: the sum over the ranks first
+            out: torch.Tensor | SplitProduct = tp.all_reduce(attn.output(attended))
+        else:  # a fused norm sums o_proj's split-K partials itself
+            out = attn.output_parts(attended) if norm.fused else attn.output(attended)
         if isinstance(mlp, MoE) and norm.fused and mlp.folds(out.shape[0]):
-            return mlp.forward_from_residual(out, residual, norm)
+            hidden, residual = mlp.forward_from_residual(out, residual, norm)
+            return tp.all_reduce(hidden), residual
         hidden, residual = norm(out, residual)
-        return mlp(hidden), residual
+        return tp.all_reduce(mlp(hidden)), residual
 
 
 class Glm4MoeLiteForCausalLM(nn.Module):
-    def __init__(self, cfg: ModelConfig, experts: ExpertsBackend, *, with_mtp: bool) -> None:
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        experts: ExpertsBackend,
+        *,
+        with_mtp: bool,
+        tp: TensorParallel = SINGLE,
+    ) -> None:
         super().__init__()
         self.cfg = cfg
+        self.tp = tp
         dtype = torch.get_default_dtype()
         rope = InterleavedRope(
             cfg.qk_rope_head_dim, cfg.max_position_embeddings, cfg.rope_theta, dtype
@@ -96,13 +118,13 @@ class Glm4MoeLiteForCausalLM(nn.Module):
         self.rope = rope
         self.embed_tokens = VocabEmbedding(cfg.vocab_size, cfg.hidden_size)
         self.layers = nn.ModuleList(
-            DecoderLayer(cfg, i, rope, experts) for i in range(cfg.num_hidden_layers)
+            DecoderLayer(cfg, i, rope, experts, tp) for i in range(cfg.num_hidden_layers)
         )
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.lm_head = LMHead(cfg.vocab_size, cfg.hidden_size)
         self.mtp: MTPLayer | None = None
         if with_mtp:
-            mtp_layer = DecoderLayer(cfg, cfg.mtp_layer_index, rope, experts)
+            mtp_layer = DecoderLayer(cfg, cfg.mtp_layer_index, rope, experts, tp)
             self.mtp = MTPLayer(cfg, mtp_layer, self.embed_tokens, self.lm_head)
 
     @property

@@ -4,7 +4,8 @@ random "dummy" weights of the real shapes.
 Checkpoint files are read in parallel by a thread pool of `LOADWORKER` threads (environment,
 declared in worker/config.py). Unknown checkpoint keys, missing keys and shape mismatches raise
 with the offending names. The MTP layer is loaded when the config declares it and the checkpoint
-holds it; its optional copies of the embedding and lm_head are checked and skipped.
+holds it; its optional copies of the embedding and lm_head are checked and skipped. Under tensor
+parallelism each rank reads only its block of the split tensors (model/parallel.py).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from glm47.worker.model.config import ModelConfig
 from glm47.worker.model.glm4_moe_lite import Glm4MoeLiteForCausalLM
 from glm47.worker.model.layers.experts import create_experts_backend
 from glm47.worker.model.layers.norm import RMSNorm
+from glm47.worker.model.parallel import SINGLE, TensorParallel
 from glm47.worker.model.weight_map import (
     Target,
     build_name_table,
@@ -62,11 +64,13 @@ def build_model(
     dtype: torch.dtype,
     with_mtp: bool,
     experts_backend: str = "torch",
+    tp: TensorParallel = SINGLE,
 ) -> Glm4MoeLiteForCausalLM:
-    """The model with uninitialised parameters, created directly on `device` in `dtype`."""
+    """The model (this rank's part of it) with uninitialised parameters, created directly on
+    `device` in `dtype`."""
     experts = create_experts_backend(experts_backend)
     with torch.device(device), _default_dtype(dtype):
-        model = Glm4MoeLiteForCausalLM(cfg, experts, with_mtp=with_mtp)
+        model = Glm4MoeLiteForCausalLM(cfg, experts, with_mtp=with_mtp, tp=tp)
     return model.eval()
 
 
@@ -79,14 +83,21 @@ def load_model(
     load_format: str = "safetensors",
     experts_backend: str = "torch",
     seed: int = 0,
+    tp: TensorParallel = SINGLE,
 ) -> Glm4MoeLiteForCausalLM:
-    """Build and fill the model. `dummy` needs no files and always includes the MTP layer when the
-    config declares one."""
+    """Build and fill the model (this rank's part). `dummy` needs no files and always includes the
+    MTP layer when the config declares one; every rank draws the same values for the same seed,
+    so the replicated weights agree."""
     if load_format not in LOAD_FORMATS:
         raise ValueError(f"unknown load_format {load_format!r} (known: {', '.join(LOAD_FORMATS)})")
     if load_format == "dummy":
         model = build_model(
-            cfg, device=device, dtype=dtype, with_mtp=cfg.has_mtp, experts_backend=experts_backend
+            cfg,
+            device=device,
+            dtype=dtype,
+            with_mtp=cfg.has_mtp,
+            experts_backend=experts_backend,
+            tp=tp,
         )
         init_dummy_weights(model, seed)
         return model
@@ -96,12 +107,12 @@ def load_model(
     shapes = read_checkpoint_shapes(files)
     with_mtp = cfg.has_mtp and any(is_mtp_name(cfg, name) for name in shapes)
     model = build_model(
-        cfg, device=device, dtype=dtype, with_mtp=with_mtp, experts_backend=experts_backend
+        cfg, device=device, dtype=dtype, with_mtp=with_mtp, experts_backend=experts_backend, tp=tp
     )
     table = build_name_table(cfg, with_mtp)
     params = dict(model.named_parameters())
-    plan = plan_load(cfg, table, shapes, params, with_mtp)
-    _copy_files(files, plan, params)
+    plan = plan_load(cfg, table, shapes, params, with_mtp, tp)
+    _copy_files(files, plan, params, tp)
     return model
 
 
@@ -130,8 +141,10 @@ def plan_load(
     shapes: dict[str, tuple[Path, tuple[int, ...]]],
     params: dict[str, torch.nn.Parameter],
     with_mtp: bool,
+    tp: TensorParallel = SINGLE,
 ) -> dict[str, Target]:
-    """Check names and shapes; return the tensors to copy (checkpoint name → target)."""
+    """Check names and shapes (a split tensor's whole shape: this rank's block times the ranks);
+    return the tensors to copy (checkpoint name → target)."""
     duplicates = mtp_duplicate_names(cfg) if with_mtp else {}
     unknown = sorted(n for n in shapes if n not in table and n not in duplicates)
     if unknown:
@@ -144,7 +157,12 @@ def plan_load(
         if name in duplicates:
             expected = tuple(params[duplicates[name]].shape)
         else:
-            expected = tuple(param_slice(params[table[name].param], table[name]).shape)
+            target = table[name]
+            expected = tuple(param_slice(params[target.param], target).shape)
+            if target.split is not None:
+                whole = list(expected)
+                whole[target.split] *= tp.size
+                expected = tuple(whole)
         if shape != expected:
             wrong.append(f"{name} {list(shape)} (expected {list(expected)})")
     if wrong:
@@ -164,7 +182,10 @@ def param_slice(param: torch.Tensor, target: Target) -> torch.Tensor:
 
 
 def _copy_files(
-    files: list[Path], plan: dict[str, Target], params: dict[str, torch.nn.Parameter]
+    files: list[Path],
+    plan: dict[str, Target],
+    params: dict[str, torch.nn.Parameter],
+    tp: TensorParallel = SINGLE,
 ) -> None:
     progress = tqdm(total=len(plan), desc="Loading weights", unit="tensor")
     lock = threading.Lock()
@@ -175,7 +196,14 @@ def _copy_files(
                 target = plan.get(name)
                 if target is None:
                     continue
-                param_slice(params[target.param], target).copy_(f.get_tensor(name))
+                dst = param_slice(params[target.param], target)
+                if target.split is None or not tp.enabled:
+                    dst.copy_(f.get_tensor(name))
+                else:  # read only this rank's block
+                    width = dst.shape[target.split]
+                    block = slice(tp.rank * width, (tp.rank + 1) * width)
+                    part = f.get_slice(name)
+                    dst.copy_(part[block] if target.split == 0 else part[:, block])
                 with lock:
                     progress.update(1)
 

@@ -3,7 +3,8 @@
 Each rule maps a checkpoint name template to a parameter name template and says where in the
 parameter the tensor goes: the whole parameter, a block of rows of a fused projection (gate_up:
 [gate | up]; qkv_a: [q_a | kv_a], blocks of unequal height), or one expert of a fused expert tensor
-(w13: [E, gate | up, H], w2: [E, H, I]).
+(w13: [E, gate | up, H], w2: [E, H, I]). Under tensor parallelism (model/parallel.py) a rule's
+`split` names the dimension of the checkpoint tensor whose equal blocks go to the ranks in order.
 `build_name_table` expands the rules for one config into a dict keyed by checkpoint name, which
 the loader uses both to place tensors and to report unknown and missing keys.
 """
@@ -25,6 +26,7 @@ class Rule:
     # Unequal row blocks: the config attributes giving each block's height, in order (then
     # `shard` indexes them and num_shards is ignored).
     block_heights: tuple[str, ...] = ()
+    split: int | None = None  # tensor parallelism: the dimension split over the ranks
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,7 @@ class Target:
     shard: int | None  # row block (along the first dim after `expert`), None: the whole tensor
     num_shards: int
     rows: tuple[int, int] | None = None  # [start, stop) of the block, when blocks are unequal
+    split: int | None = None  # the checkpoint tensor's dimension split over tensor-parallel ranks
 
 
 GLOBAL_RULES = (
@@ -54,7 +57,7 @@ ATTENTION_RULES = (
         "{p}.self_attn.q_a_proj.weight", "{p}.self_attn.qkv_a_proj.weight", 0, block_heights=_QKV_A
     ),
     Rule("{p}.self_attn.q_a_layernorm.weight", "{p}.self_attn.q_a_layernorm.weight"),
-    Rule("{p}.self_attn.q_b_proj.weight", "{p}.self_attn.q_b_proj.weight"),
+    Rule("{p}.self_attn.q_b_proj.weight", "{p}.self_attn.q_b_proj.weight", split=0),
     Rule(
         "{p}.self_attn.kv_a_proj_with_mqa.weight",
         "{p}.self_attn.qkv_a_proj.weight",
@@ -62,26 +65,26 @@ ATTENTION_RULES = (
         block_heights=_QKV_A,
     ),
     Rule("{p}.self_attn.kv_a_layernorm.weight", "{p}.self_attn.kv_a_layernorm.weight"),
-    Rule("{p}.self_attn.kv_b_proj.weight", "{p}.self_attn.kv_b_proj.weight"),
-    Rule("{p}.self_attn.o_proj.weight", "{p}.self_attn.o_proj.weight"),
+    Rule("{p}.self_attn.kv_b_proj.weight", "{p}.self_attn.kv_b_proj.weight", split=0),
+    Rule("{p}.self_attn.o_proj.weight", "{p}.self_attn.o_proj.weight", split=1),
 )
 
 DENSE_MLP_RULES = (
-    Rule("{p}.mlp.gate_proj.weight", "{p}.mlp.gate_up_proj.weight", shard=0, num_shards=2),
-    Rule("{p}.mlp.up_proj.weight", "{p}.mlp.gate_up_proj.weight", shard=1, num_shards=2),
-    Rule("{p}.mlp.down_proj.weight", "{p}.mlp.down_proj.weight"),
+    Rule("{p}.mlp.gate_proj.weight", "{p}.mlp.gate_up_proj.weight", 0, 2, split=0),
+    Rule("{p}.mlp.up_proj.weight", "{p}.mlp.gate_up_proj.weight", 1, 2, split=0),
+    Rule("{p}.mlp.down_proj.weight", "{p}.mlp.down_proj.weight", split=1),
 )
 
 _SHARED = "{p}.mlp.shared_experts"
 MOE_RULES = (
     Rule("{p}.mlp.gate.weight", "{p}.mlp.gate_weight"),
     Rule("{p}.mlp.gate.e_score_correction_bias", "{p}.mlp.e_score_correction_bias"),
-    Rule("{p}.mlp.experts.{e}.gate_proj.weight", "{p}.mlp.w13", 0, 2, per_expert=True),
-    Rule("{p}.mlp.experts.{e}.up_proj.weight", "{p}.mlp.w13", 1, 2, per_expert=True),
-    Rule("{p}.mlp.experts.{e}.down_proj.weight", "{p}.mlp.w2", per_expert=True),
-    Rule(f"{_SHARED}.gate_proj.weight", f"{_SHARED}.gate_up_proj.weight", 0, 2),
-    Rule(f"{_SHARED}.up_proj.weight", f"{_SHARED}.gate_up_proj.weight", 1, 2),
-    Rule(f"{_SHARED}.down_proj.weight", f"{_SHARED}.down_proj.weight"),
+    Rule("{p}.mlp.experts.{e}.gate_proj.weight", "{p}.mlp.w13", 0, 2, per_expert=True, split=0),
+    Rule("{p}.mlp.experts.{e}.up_proj.weight", "{p}.mlp.w13", 1, 2, per_expert=True, split=0),
+    Rule("{p}.mlp.experts.{e}.down_proj.weight", "{p}.mlp.w2", per_expert=True, split=1),
+    Rule(f"{_SHARED}.gate_proj.weight", f"{_SHARED}.gate_up_proj.weight", 0, 2, split=0),
+    Rule(f"{_SHARED}.up_proj.weight", f"{_SHARED}.gate_up_proj.weight", 1, 2, split=0),
+    Rule(f"{_SHARED}.down_proj.weight", f"{_SHARED}.down_proj.weight", split=1),
 )
 
 # The MTP layer's own head: {p} is the checkpoint prefix, the parameter is mtp.{name}.
@@ -148,4 +151,4 @@ def _add(
     for expert in experts:
         name = rule.checkpoint.format(p=ckpt_prefix, e=expert)
         param = rule.param.format(p=module)
-        table[name] = Target(param, expert, rule.shard, rule.num_shards, rows)
+        table[name] = Target(param, expert, rule.shard, rule.num_shards, rows, rule.split)

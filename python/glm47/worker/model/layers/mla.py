@@ -15,6 +15,7 @@ from glm47.worker.model.context import CacheWrite, ForwardContext
 from glm47.worker.model.layers.linear import Linear
 from glm47.worker.model.layers.norm import RMSNorm
 from glm47.worker.model.layers.rope import InterleavedRope
+from glm47.worker.model.parallel import SINGLE, TensorParallel
 
 
 class AttentionInputs(NamedTuple):
@@ -28,23 +29,31 @@ class AttentionInputs(NamedTuple):
 class MLAAttention(nn.Module):
     """[q_a | c | k_rope] = qkv_a(x); q = q_b(norm(q_a)), c normalised; rope on q_rope and k_rope,
     and [c | k_rope] stored in KV cache layer `cache_layer` (the same launch on the fused path);
-    the backend attends over the cache; then o_proj.
+    the backend attends over the cache; then o_proj. Under tensor parallelism the module holds
+    its rank's heads (`num_heads` of them) and o_proj's columns for them: its output is this
+    rank's share of the sum.
 
     `mla_weights` are views of `kv_b_proj.weight`, so the weight must be filled in place (the
     loader copies into it) and the module must be built on its final device.
     """
 
-    def __init__(self, cfg: ModelConfig, cache_layer: int, rope: InterleavedRope) -> None:
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        cache_layer: int,
+        rope: InterleavedRope,
+        tp: TensorParallel = SINGLE,
+    ) -> None:
         super().__init__()
         self.cache_layer = cache_layer
-        self.num_heads = cfg.num_attention_heads
+        heads = tp.part(cfg.num_attention_heads, "num_attention_heads")
+        self.num_heads = heads
         self.nope_dim = cfg.qk_nope_head_dim
         self.rope_dim = cfg.qk_rope_head_dim
         self.v_dim = cfg.v_head_dim
         self.kv_lora_rank = cfg.kv_lora_rank
         self.scale = cfg.softmax_scale
         self.rope = rope
-        heads = cfg.num_attention_heads
         self.q_lora_rank = cfg.q_lora_rank
         self.kv_cache_dim = cfg.kv_cache_dim
         # q_a_proj and kv_a_proj_with_mqa in one matmul: rows [q_a | kv_a] (the loader fills them)

@@ -25,6 +25,7 @@ from glm47.worker.model.config import ModelConfig
 from glm47.worker.model.layers.experts import ExpertsBackend
 from glm47.worker.model.layers.mlp import DenseMLP
 from glm47.worker.model.layers.norm import RMSNorm
+from glm47.worker.model.parallel import SINGLE, TensorParallel
 
 
 def select_experts(
@@ -85,11 +86,15 @@ class MoE(nn.Module):
     overlap_max_tokens = 0
     fold_max_tokens = 0
 
-    def __init__(self, cfg: ModelConfig, experts: ExpertsBackend) -> None:
+    def __init__(
+        self, cfg: ModelConfig, experts: ExpertsBackend, tp: TensorParallel = SINGLE
+    ) -> None:
         super().__init__()
         self.cfg = cfg
         self.experts = experts
-        num_e, hidden, inter = cfg.n_routed_experts, cfg.hidden_size, cfg.moe_intermediate_size
+        num_e, hidden = cfg.n_routed_experts, cfg.hidden_size
+        # Under tensor parallelism: this rank's intermediate columns of every expert.
+        inter = tp.part(cfg.moe_intermediate_size, "moe_intermediate_size")
         self.gate_weight = nn.Parameter(
             torch.empty(num_e, hidden, dtype=torch.float32), requires_grad=False
         )

@@ -1,0 +1,227 @@
+"""Tensor-parallel ranks of one worker (`--tp N`): starting them, and what the ranks say to each
+other.
+
+Rank 0 is the worker process the router talks to: it runs the engine (scheduler, sampler,
+grammars) and its own part of the model. It starts ranks 1..N-1 as child processes, each on its
+own GPU (`cuda:i` counted from the worker's device; the CPU with gloo when the worker runs there).
+Every rank builds the same runner, in step. Then, before each forward pass, rank 0 sends the
+other ranks the step's layout (`StepMirror.announce`: the sequences' tokens, positions and page
+tables over a gloo group) and its input token ids (a broadcast over the device group: tokens fed
+from the last step's samples exist only on rank 0's device); each follower lays out the same
+inputs, takes the ids and runs the same forward pass, whose all-reduces join rank 0's. The
+followers sample nothing: rank 0 holds the sums, so its logits are the whole model's.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+import torch
+
+from glm47.worker.batch import ScheduledBatch, ScheduledSeq
+from glm47.worker.model.parallel import TensorParallel
+from glm47.worker.step_inputs import StepInputs
+
+log = logging.getLogger(__name__)
+
+# How long a collective may wait for the other ranks (their start-up included: each loads its part
+# of the checkpoint and captures its graphs).
+COLLECTIVE_TIMEOUT = timedelta(minutes=30)
+
+# A step's layout as the followers need it: per sequence (rid, token_ids, start_pos, page_ids,
+# sample, draft_ids).
+SeqLayout = tuple[str, list[int], int, list[int], bool, list[int]]
+
+
+def rank_device(device: str, rank: int) -> str:
+    """Rank `rank`'s device: the CPU for every rank, else the GPU `rank` places after the worker's
+    (`cuda` is `cuda:0`)."""
+    dev = torch.device(device)
+    if dev.type != "cuda":
+        return device
+    return f"cuda:{(dev.index or 0) + rank}"
+
+
+def check_devices(device: str, size: int) -> None:
+    """Raises ValueError when the worker's device leaves fewer than `size` GPUs for the ranks."""
+    dev = torch.device(device)
+    if dev.type != "cuda" or size == 1:
+        return
+    have = torch.cuda.device_count()
+    if (dev.index or 0) + size > have:
+        raise ValueError(
+            f"--tp {size} from {device} needs GPUs {dev.index or 0}..{(dev.index or 0) + size - 1};"
+            f" {have} visible"
+        )
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def init_rank(rank: int, size: int, device: str, port: int) -> TensorParallel:
+    """Join the group (NCCL on GPUs, gloo on the CPU) and make the gloo group for host messages."""
+    import torch.distributed as dist
+
+    on_gpu = torch.device(device).type == "cuda"
+    if on_gpu:
+        torch.cuda.set_device(torch.device(device))
+    dist.init_process_group(
+        backend="nccl" if on_gpu else "gloo",
+        init_method=f"tcp://127.0.0.1:{port}",
+        rank=rank,
+        world_size=size,
+        timeout=COLLECTIVE_TIMEOUT,
+    )
+    group = dist.group.WORLD
+    host = dist.new_group(backend="gloo", timeout=COLLECTIVE_TIMEOUT) if on_gpu else group
+    return TensorParallel(rank=rank, size=size, group=group, host_group=host)
+
+
+def _layout(batch: ScheduledBatch) -> list[SeqLayout]:
+    return [
+        (s.rid, s.token_ids, s.start_pos, s.page_ids, s.sample, s.draft_ids) for s in batch.seqs
+    ]
+
+
+def _batch(layout: list[SeqLayout]) -> ScheduledBatch:
+    return ScheduledBatch(
+        [
+            ScheduledSeq(rid, ids, start, pages, sample, draft_ids=drafts)
+            for rid, ids, start, pages, sample, drafts in layout
+        ]
+    )
+
+
+class StepMirror:
+    """Rank 0's side: announces each forward pass to the other ranks (`ModelRunner.mirror`)."""
+
+    def __init__(self, tp: TensorParallel) -> None:
+        self.tp = tp
+
+    def announce(self, inputs: StepInputs) -> None:
+        import torch.distributed as dist
+
+        if inputs.batch is None:
+            raise ValueError("a forward pass under tensor parallelism needs its batch")
+        dist.broadcast_object_list([_layout(inputs.batch)], src=0, group=self.tp.host_group)
+        dist.broadcast(inputs.input_ids, src=0, group=self.tp.group)
+
+    def stop(self) -> None:
+        """Tells the other ranks to leave their loop."""
+        import torch.distributed as dist
+
+        dist.broadcast_object_list([None], src=0, group=self.tp.host_group)
+
+
+@torch.inference_mode()
+def follow(runner: Any, tp: TensorParallel) -> int:
+    """A follower's loop: run each forward pass rank 0 announces, until it says stop. Returns the
+    passes run."""
+    import torch.distributed as dist
+
+    steps = 0
+    while True:
+        box: list[Any] = [None]
+        dist.broadcast_object_list(box, src=0, group=tp.host_group)
+        if box[0] is None:
+            return steps
+        inputs = runner.prepare(_batch(box[0]))
+        dist.broadcast(inputs.input_ids, src=0, group=tp.group)
+        runner.forward(inputs)
+        steps += 1
+
+
+def _follower_main(
+    build: Callable[[TensorParallel], Any],
+    rank: int,
+    size: int,
+    device: str,
+    port: int,
+    log_level: str,
+) -> None:
+    """A follower process: join the group, build the runner (as rank 0 does), follow."""
+    logging.basicConfig(
+        level=log_level.upper(),
+        format=f"%(asctime)s %(levelname)s %(name)s [tp{rank}]: %(message)s",
+    )
+    tp = init_rank(rank, size, device, port)
+    runner = build(tp)
+    steps = follow(runner, tp)
+    log.info("tensor-parallel rank %d stopped after %d forward passes", rank, steps)
+    import torch.distributed as dist
+
+    dist.destroy_process_group()
+
+
+class Followers:
+    """Ranks 1..size-1 as child processes (spawned: CUDA needs fresh processes)."""
+
+    def __init__(
+        self,
+        build: Callable[[TensorParallel], Any],
+        size: int,
+        device: str,
+        port: int,
+        log_level: str = "info",
+    ) -> None:
+        """`build(tp)` makes a rank's runner; it must pickle (a module-level function, or a
+        partial of one over plain data)."""
+        ctx = multiprocessing.get_context("spawn")
+        self.procs = [
+            ctx.Process(
+                target=_follower_main,
+                args=(build, rank, size, rank_device(device, rank), port, log_level),
+                name=f"glm47-tp{rank}",
+                daemon=True,
+            )
+            for rank in range(1, size)
+        ]
+        for proc in self.procs:
+            proc.start()
+        self._stopping = threading.Event()
+
+    def watch(self, on_exit: Callable[[str], None]) -> None:
+        """Calls `on_exit(reason)` from a thread if a follower exits before `stop`: rank 0 would
+        otherwise wait for it in its next collective forever."""
+
+        def run() -> None:
+            while not self._stopping.wait(1.0):
+                for proc in self.procs:
+                    if not proc.is_alive() and not self._stopping.is_set():
+                        on_exit(f"tensor-parallel rank {proc.name} exited ({proc.exitcode})")
+                        return
+
+        threading.Thread(target=run, name="glm47-tp-watch", daemon=True).start()
+
+    def stop(self, mirror: StepMirror | None, timeout_s: float = 30.0) -> None:
+        """Ask the followers to leave (when the group still works), then reap them."""
+        self._stopping.set()
+        if mirror is not None and all(p.is_alive() for p in self.procs):
+            try:
+                mirror.stop()
+            except RuntimeError as err:
+                log.warning("could not tell the tensor-parallel ranks to stop: %s", err)
+        deadline = time.monotonic() + timeout_s
+        for proc in self.procs:
+            proc.join(max(0.0, deadline - time.monotonic()))
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+
+
+def exit_now(reason: str) -> None:
+    """The watch's answer to a lost rank: say so and end the worker (the router sees it go)."""
+    log.error("%s: the worker cannot go on without it; exiting", reason)
+    logging.shutdown()
+    os._exit(1)

@@ -1,0 +1,54 @@
+"""`glm47 serve --tp 2` on the tiny model (two CPU ranks joined by gloo): through the real router
+and worker, greedy and seeded answers equal the single-process server's, streamed or not, and the
+second rank stops with the server."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import requests
+from openai import OpenAI
+
+from .conftest import Server, start_server, stop_server
+
+pytestmark = pytest.mark.e2e
+
+PROMPTS = ["Hello there", "The weather in Paris is", "1 2 3 4"]
+
+
+def answers(base: str) -> list[str]:
+    texts = []
+    for i, prompt in enumerate(PROMPTS):
+        for temperature in (0.0, 1.0):
+            body = {"model": "x", "prompt": prompt, "max_tokens": 12,
+                    "temperature": temperature, "seed": i}  # fmt: skip
+            resp = requests.post(f"{base}/v1/completions", json=body, timeout=120)
+            assert resp.status_code == 200, resp.text
+            texts.append(resp.json()["choices"][0]["text"])
+    client = OpenAI(base_url=f"{base}/v1", api_key="x")
+    stream = client.chat.completions.create(
+        model="x",
+        messages=[{"role": "user", "content": "Tell me about Paris"}],
+        max_tokens=16,
+        temperature=0,
+        stream=True,
+        extra_body={"chat_template_kwargs": {"enable_thinking": False}},
+    )
+    texts.append("".join(c.choices[0].delta.content or "" for c in stream if c.choices))
+    return texts
+
+
+def test_two_ranks_serve_the_single_rank_answers(server: Server, tmp_path: Path) -> None:
+    log_path = tmp_path / "serve-tp.log"
+    proc, base = start_server(server.model_dir, log_path, "--tp", "2")
+    try:
+        with_tp = answers(base)
+    finally:
+        code = stop_server(proc)
+    assert with_tp == answers(server.base_url)
+    assert all(with_tp), with_tp
+    assert code == 0
+    log = log_path.read_text()
+    assert "tensor parallelism over 2 ranks: this process is rank 0" in log
+    assert "tensor-parallel rank 1 stopped after" in log, log[-3000:]

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import signal
 import socket
 import threading
 import time
@@ -32,9 +33,12 @@ from glm47.worker.step_inputs import StepInputs
 
 log = logging.getLogger(__name__)
 
-# How long a collective may wait for the other ranks (their start-up included: each loads its part
-# of the checkpoint and captures its graphs).
+# How long a device collective may wait for the other ranks (their start-up included: each loads
+# its part of the checkpoint and captures its graphs).
 COLLECTIVE_TIMEOUT = timedelta(minutes=30)
+# The host group's: a follower waits there for rank 0's next step for as long as the server idles.
+# (A rank that dies closes its connections, which ends the others' waits at once.)
+HOST_WAIT_TIMEOUT = timedelta(days=365)
 
 # A step's layout as the followers need it: per sequence (rid, token_ids, start_pos, page_ids,
 # sample, draft_ids).
@@ -70,7 +74,7 @@ def free_port() -> int:
 
 
 def init_rank(rank: int, size: int, device: str, port: int) -> TensorParallel:
-    """Join the group (NCCL on GPUs, gloo on the CPU) and make the gloo group for host messages."""
+    """Join the group (NCCL on GPUs, gloo on the CPU) and make a gloo group for host messages."""
     import torch.distributed as dist
 
     on_gpu = torch.device(device).type == "cuda"
@@ -83,9 +87,8 @@ def init_rank(rank: int, size: int, device: str, port: int) -> TensorParallel:
         world_size=size,
         timeout=COLLECTIVE_TIMEOUT,
     )
-    group = dist.group.WORLD
-    host = dist.new_group(backend="gloo", timeout=COLLECTIVE_TIMEOUT) if on_gpu else group
-    return TensorParallel(rank=rank, size=size, group=group, host_group=host)
+    host = dist.new_group(backend="gloo", timeout=HOST_WAIT_TIMEOUT)
+    return TensorParallel(rank=rank, size=size, group=dist.group.WORLD, host_group=host)
 
 
 def _layout(batch: ScheduledBatch) -> list[SeqLayout]:
@@ -150,11 +153,16 @@ def _follower_main(
     port: int,
     log_level: str,
 ) -> None:
-    """A follower process: join the group, build the runner (as rank 0 does), follow."""
+    """A follower process: join the group, build the runner (as rank 0 does), follow. It ignores
+    SIGINT and SIGTERM (a terminal's Ctrl-C reaches the whole process group): it stops when rank
+    0 says so, or when rank 0's end closes the group's connections."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     logging.basicConfig(
         level=log_level.upper(),
         format=f"%(asctime)s %(levelname)s %(name)s [tp{rank}]: %(message)s",
     )
+    _exit_with_parent()
     tp = init_rank(rank, size, device, port)
     runner = build(tp)
     steps = follow(runner, tp)
@@ -162,6 +170,19 @@ def _follower_main(
     import torch.distributed as dist
 
     dist.destroy_process_group()
+
+
+def _exit_with_parent() -> None:
+    """End this process when rank 0's process is gone (killed, say, where it could not say stop):
+    a follower inside a device collective would otherwise wait for it until the timeout."""
+    parent = os.getppid()
+
+    def run() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=run, name="glm47-tp-parent", daemon=True).start()
 
 
 class Followers:

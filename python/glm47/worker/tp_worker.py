@@ -73,22 +73,27 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def init_rank(rank: int, size: int, device: str, port: int) -> TensorParallel:
-    """Join the group (NCCL on GPUs, gloo on the CPU) and make a gloo group for host messages."""
+def init_rank(
+    rank: int, size: int, device: str, port: int, backend: str | None = None
+) -> TensorParallel:
+    """Join the group (NCCL on GPUs, gloo on the CPU; `backend` overrides: gloo on GPUs stages
+    the device collectives through host memory) and make a gloo group for host messages."""
     import torch.distributed as dist
 
     on_gpu = torch.device(device).type == "cuda"
     if on_gpu:
         torch.cuda.set_device(torch.device(device))
+    backend = backend or ("nccl" if on_gpu else "gloo")
     dist.init_process_group(
-        backend="nccl" if on_gpu else "gloo",
+        backend=backend,
         init_method=f"tcp://127.0.0.1:{port}",
         rank=rank,
         world_size=size,
         timeout=COLLECTIVE_TIMEOUT,
     )
     host = dist.new_group(backend="gloo", timeout=HOST_WAIT_TIMEOUT)
-    return TensorParallel(rank=rank, size=size, group=dist.group.WORLD, host_group=host)
+    staged = on_gpu and backend == "gloo"
+    return TensorParallel(rank, size, dist.group.WORLD, host, staged)
 
 
 def _layout(batch: ScheduledBatch) -> list[SeqLayout]:
@@ -118,7 +123,7 @@ class StepMirror:
         if inputs.batch is None:
             raise ValueError("a forward pass under tensor parallelism needs its batch")
         dist.broadcast_object_list([_layout(inputs.batch)], src=0, group=self.tp.host_group)
-        dist.broadcast(inputs.input_ids, src=0, group=self.tp.group)
+        self.tp.broadcast(inputs.input_ids)
 
     def stop(self) -> None:
         """Tells the other ranks to leave their loop."""
@@ -140,7 +145,7 @@ def follow(runner: Any, tp: TensorParallel) -> int:
         if box[0] is None:
             return steps
         inputs = runner.prepare(_batch(box[0]))
-        dist.broadcast(inputs.input_ids, src=0, group=tp.group)
+        tp.broadcast(inputs.input_ids)
         runner.forward(inputs)
         steps += 1
 
@@ -164,12 +169,16 @@ def _follower_main(
     )
     _exit_with_parent()
     tp = init_rank(rank, size, device, port)
-    runner = build(tp)
-    steps = follow(runner, tp)
-    log.info("tensor-parallel rank %d stopped after %d forward passes", rank, steps)
-    import torch.distributed as dist
+    follow_and_exit(build(tp), tp)
 
-    dist.destroy_process_group()
+
+def follow_and_exit(runner: Any, tp: TensorParallel) -> None:
+    """`follow`, then end the process without tearing the group down: rank 0 may be gone
+    already, and gloo aborts a process when a peer's connections close under its teardown."""
+    steps = follow(runner, tp)
+    log.info("tensor-parallel rank %d stopped after %d forward passes", tp.rank, steps)
+    logging.shutdown()
+    os._exit(0)
 
 
 def _exit_with_parent() -> None:

@@ -25,6 +25,9 @@ class TensorParallel:
     size: int = 1
     group: Any = None  # torch.distributed group of the device collectives
     host_group: Any = None  # a gloo group over the same ranks, for host-side messages
+    # The device collectives go through host memory (gloo over GPU tensors: ranks that share a
+    # GPU, which NCCL refuses; the GPU tests run two ranks on one device this way).
+    staged: bool = False
 
     @property
     def enabled(self) -> bool:
@@ -49,10 +52,25 @@ class TensorParallel:
             return x
         import torch.distributed as dist
 
+        if self.staged:
+            host = x.float().cpu()
+            dist.all_reduce(host, group=self.group)
+            return x.copy_(host)
         if not x.is_contiguous():
             x = x.contiguous()
         dist.all_reduce(x, group=self.group)
         return x
+
+    def broadcast(self, x: torch.Tensor) -> None:
+        """Rank 0's `x` into every rank's `x`, in place."""
+        import torch.distributed as dist
+
+        if self.staged:
+            host = x.cpu()
+            dist.broadcast(host, src=0, group=self.group)
+            x.copy_(host)
+        else:
+            dist.broadcast(x, src=0, group=self.group)
 
     def min_over_ranks(self, value: int) -> int:
         """The smallest of every rank's `value` (host-side)."""

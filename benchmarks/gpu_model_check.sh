@@ -52,7 +52,7 @@ section info 60 bash -c '
 PYTEST=(python3 -m pytest -q -s -rA -p no:cacheprovider)
 section flashinfer_tests 220 "${PYTEST[@]}" tests/gpu/test_model_parity_gpu.py -k flashinfer &
 FI_PID=$!
-section gpu_tests 170 "${PYTEST[@]}" tests/gpu -k "not flashinfer"
+section gpu_tests 260 "${PYTEST[@]}" tests/gpu -k "not flashinfer"
 wait $FI_PID
 
 section model_bench 220 python3 benchmarks/model_bench.py --budget-s 170 --iters 10 --verify-tokens 2 \

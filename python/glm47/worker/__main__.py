@@ -9,7 +9,7 @@ import sys
 import threading
 from functools import partial
 
-from glm47.worker.build import build, make_runner
+from glm47.worker.build import build, check_split, make_runner
 from glm47.worker.cli_args import parse_args
 from glm47.worker.model.parallel import SINGLE
 from glm47.worker.service import EngineFailure, Service
@@ -54,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         size = args.engine.tp
         if size > 1:
             check_devices(args.engine.device, size)
+            check_split(args.engine, size)
             port = free_port()
             followers = Followers(
                 partial(make_runner, args), size, args.engine.device, port, args.log_level
@@ -68,19 +69,28 @@ def main(argv: list[str] | None = None) -> int:
         if followers is not None:
             followers.stop(None, timeout_s=0.0)
         return 1
+    except BaseException:  # Ctrl-C while loading, say: the followers must not outlive it
+        if followers is not None:
+            followers.stop(None, timeout_s=0.0)
+        raise
     service = Service(engine, ready, args.listen)
     tune_gc()
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda signum, frame: stop.set())
+    failed = False
     try:
         service.serve(stop)
     except EngineFailure:
-        return 1
+        failed = True
     finally:
         service.close()
         if followers is not None:
-            followers.stop(mirror)
+            # After a failure a follower may be inside a step that never completes: no message.
+            followers.stop(None if failed else mirror, timeout_s=0.0 if failed else 30.0)
+            followers.close_group()
+    if failed:
+        return 1
     log.info("worker %s stopped", ready.worker_id)
     return 0
 

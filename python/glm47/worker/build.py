@@ -155,3 +155,14 @@ def build(
         eos,
     )
     return engine, ready
+
+
+def check_split(cfg: EngineConfig, size: int) -> None:
+    """Raises ValueError when the model's heads or intermediate columns do not split over `size`
+    tensor-parallel ranks (before any rank starts)."""
+    assert cfg.model_dir is not None
+    model = ModelConfig.from_dir(cfg.model_dir)
+    tp = TensorParallel(rank=0, size=size)
+    tp.part(model.num_attention_heads, "num_attention_heads")
+    tp.part(model.intermediate_size, "intermediate_size")
+    tp.part(model.moe_intermediate_size, "moe_intermediate_size")

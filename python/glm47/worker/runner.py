@@ -146,6 +146,10 @@ class ModelRunner:
         self.dtype = dtype
         self.page_size = page_size
         self.tp = tp
+        if tp.enabled and verify_tokens > 0:
+            raise ValueError("speculative decoding (MTP) runs on one rank only, not with --tp")
+        if tp.staged and not (disable_cuda_graph and segment_graph_max_tokens == 0):
+            raise ValueError("collectives staged through host memory cannot be graphed")
         # Rank 0 under tensor parallelism: what announces each forward pass to the other ranks.
         self.mirror: StepAnnouncer | None = None
         import_optional_backends()
@@ -187,7 +191,7 @@ class ModelRunner:
         self.inputs = StepInputBuilder(page_size, self.device)
         self.drafter = (
             None
-            if self.model.mtp is None
+            if self.model.mtp is None or tp.enabled  # its passes are not announced
             else MtpDrafter(
                 self.model.mtp,
                 StepInputBuilder(page_size, self.device),

@@ -40,9 +40,10 @@ COLLECTIVE_TIMEOUT = timedelta(minutes=30)
 # (A rank that dies closes its connections, which ends the others' waits at once.)
 HOST_WAIT_TIMEOUT = timedelta(days=365)
 
-# A step's layout as the followers need it: per sequence (rid, token_ids, start_pos, page_ids,
-# sample, draft_ids).
-SeqLayout = tuple[str, list[int], int, list[int], bool, list[int]]
+# A step's layout as the followers need it: per sequence (rid, token_ids, start_pos, pages,
+# sample, draft_ids), where pages is the whole page list, or (when the sequence was in the last
+# announced step with the same list) a tuple of the pages appended since.
+SeqLayout = tuple[str, list[int], int, "list[int] | tuple[int, ...]", bool, list[int]]
 
 
 def rank_device(device: str, rank: int) -> str:
@@ -96,19 +97,48 @@ def init_rank(
     return TensorParallel(rank, size, dist.group.WORLD, host, staged)
 
 
-def _layout(batch: ScheduledBatch) -> list[SeqLayout]:
-    return [
-        (s.rid, s.token_ids, s.start_pos, s.page_ids, s.sample, s.draft_ids) for s in batch.seqs
-    ]
+class _PageLists:
+    """Rank 0's record of the page lists the followers hold, so that a step sends only the pages
+    a running sequence gained (a running request's list only grows, by appending; the scheduler
+    replaces the list when the request leaves the running batch)."""
+
+    def __init__(self) -> None:
+        self._sent: dict[str, tuple[list[int], int]] = {}  # rid -> (list, pages sent)
+
+    def layout(self, batch: ScheduledBatch) -> list[SeqLayout]:
+        sent: dict[str, tuple[list[int], int]] = {}
+        out: list[SeqLayout] = []
+        for s in batch.seqs:
+            pages: list[int] | tuple[int, ...] = s.page_ids
+            known = self._sent.get(s.rid)
+            if known is not None and known[0] is s.page_ids and len(s.page_ids) >= known[1]:
+                pages = tuple(s.page_ids[known[1] :])
+            sent[s.rid] = (s.page_ids, len(s.page_ids))
+            out.append((s.rid, s.token_ids, s.start_pos, pages, s.sample, s.draft_ids))
+        self._sent = sent
+        return out
 
 
-def _batch(layout: list[SeqLayout]) -> ScheduledBatch:
-    return ScheduledBatch(
-        [
-            ScheduledSeq(rid, ids, start, pages, sample, draft_ids=drafts)
-            for rid, ids, start, pages, sample, drafts in layout
-        ]
-    )
+class _FollowerPages:
+    """A follower's page lists, kept from step to step and extended in place (its runner's page
+    tables then copy only the new pages, as rank 0's do)."""
+
+    def __init__(self) -> None:
+        self._lists: dict[str, list[int]] = {}
+
+    def batch(self, layout: list[SeqLayout]) -> ScheduledBatch:
+        lists: dict[str, list[int]] = {}
+        seqs = []
+        for rid, ids, start, pages, sample, drafts in layout:
+            if isinstance(pages, tuple):
+                held = self._lists[rid]
+                held.extend(pages)
+            else:
+                held = pages
+            lists[rid] = held
+            seqs.append(ScheduledSeq(rid, ids, start, held, sample, draft_ids=drafts))
+        self._lists = lists
+        return ScheduledBatch(seqs)
 
 
 class StepMirror:
@@ -116,13 +146,15 @@ class StepMirror:
 
     def __init__(self, tp: TensorParallel) -> None:
         self.tp = tp
+        self._pages = _PageLists()
 
     def announce(self, inputs: StepInputs) -> None:
         import torch.distributed as dist
 
         if inputs.batch is None:
             raise ValueError("a forward pass under tensor parallelism needs its batch")
-        dist.broadcast_object_list([_layout(inputs.batch)], src=0, group=self.tp.host_group)
+        layout = self._pages.layout(inputs.batch)
+        dist.broadcast_object_list([layout], src=0, group=self.tp.host_group)
         self.tp.broadcast(inputs.input_ids)
 
     def stop(self) -> None:
@@ -139,12 +171,13 @@ def follow(runner: Any, tp: TensorParallel) -> int:
     import torch.distributed as dist
 
     steps = 0
+    pages = _FollowerPages()
     while True:
         box: list[Any] = [None]
         dist.broadcast_object_list(box, src=0, group=tp.host_group)
         if box[0] is None:
             return steps
-        inputs = runner.prepare(_batch(box[0]))
+        inputs = runner.prepare(pages.batch(box[0]))
         tp.broadcast(inputs.input_ids)
         runner.forward(inputs)
         steps += 1
@@ -157,17 +190,17 @@ def _follower_main(
     device: str,
     port: int,
     log_level: str,
+    parent: int,
 ) -> None:
     """A follower process: join the group, build the runner (as rank 0 does), follow. It ignores
-    SIGINT and SIGTERM (a terminal's Ctrl-C reaches the whole process group): it stops when rank
-    0 says so, or when rank 0's end closes the group's connections."""
+    SIGINT (a terminal's Ctrl-C reaches the whole process group; rank 0 decides): it stops when
+    rank 0 says so, is terminated by it, or finds it gone."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     logging.basicConfig(
         level=log_level.upper(),
         format=f"%(asctime)s %(levelname)s %(name)s [tp{rank}]: %(message)s",
     )
-    _exit_with_parent()
+    _exit_with_parent(parent)
     tp = init_rank(rank, size, device, port)
     follow_and_exit(build(tp), tp)
 
@@ -181,10 +214,10 @@ def follow_and_exit(runner: Any, tp: TensorParallel) -> None:
     os._exit(0)
 
 
-def _exit_with_parent() -> None:
-    """End this process when rank 0's process is gone (killed, say, where it could not say stop):
-    a follower inside a device collective would otherwise wait for it until the timeout."""
-    parent = os.getppid()
+def _exit_with_parent(parent: int) -> None:
+    """End this process when rank 0's process (`parent`) is gone (killed, say, where it could not
+    say stop): a follower inside a device collective would otherwise wait for it until the
+    timeout."""
 
     def run() -> None:
         while os.getppid() == parent:
@@ -211,7 +244,7 @@ class Followers:
         self.procs = [
             ctx.Process(
                 target=_follower_main,
-                args=(build, rank, size, rank_device(device, rank), port, log_level),
+                args=(build, rank, size, rank_device(device, rank), port, log_level, os.getpid()),
                 name=f"glm47-tp{rank}",
                 daemon=True,
             )
@@ -234,8 +267,19 @@ class Followers:
 
         threading.Thread(target=run, name="glm47-tp-watch", daemon=True).start()
 
+    def close_group(self) -> None:
+        """Rank 0's side of the group, once the followers are gone."""
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            try:
+                dist.destroy_process_group()
+            except RuntimeError as err:
+                log.warning("tensor-parallel group teardown: %s", err)
+
     def stop(self, mirror: StepMirror | None, timeout_s: float = 30.0) -> None:
-        """Ask the followers to leave (when the group still works), then reap them."""
+        """Ask the followers to leave (with `mirror`, while the group still works), then reap
+        them: those not gone within `timeout_s` are killed."""
         self._stopping.set()
         if mirror is not None and all(p.is_alive() for p in self.procs):
             try:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import multiprocessing
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -14,12 +15,20 @@ import pytest
 import torch
 
 from glm47.worker.batch import ScheduledBatch, ScheduledSeq
+from glm47.worker.config import EngineConfig
 from glm47.worker.model.config import ModelConfig
 from glm47.worker.model.loader import load_model
 from glm47.worker.model.parallel import SINGLE, TensorParallel
 from glm47.worker.model.tiny import make_tiny_model
 from glm47.worker.runner import ModelRunner
-from glm47.worker.tp_worker import Followers, StepMirror, free_port, init_rank
+from glm47.worker.tp_worker import (
+    Followers,
+    StepMirror,
+    _FollowerPages,
+    _PageLists,
+    free_port,
+    init_rank,
+)
 
 PAGE = 4
 
@@ -147,3 +156,39 @@ def test_each_rank_reads_its_block_of_the_split_tensors(tiny: str) -> None:
             dim=1,
         )
         assert torch.equal(moe.w13, mine)
+
+
+def test_steps_send_only_the_pages_a_running_sequence_gained() -> None:
+    """The followers' page lists follow rank 0's: whole when a list is new or replaced, else the
+    appended pages, extended into the same list object (so the page tables copy only those)."""
+    sent, held = _PageLists(), _FollowerPages()
+    a, b = [1, 2], [7]
+    seq = ScheduledSeq
+
+    def step(*seqs: ScheduledSeq) -> tuple[list[Any], ScheduledBatch]:
+        layout = sent.layout(ScheduledBatch(list(seqs)))
+        layout = pickle.loads(pickle.dumps(layout))  # as the broadcast carries it
+        return layout, held.batch(layout)
+
+    layout, got = step(seq("a", [5], 0, a, True), seq("b", [6], 0, b, True))
+    assert [r[3] for r in layout] == [[1, 2], [7]]
+    first_a = got.seqs[0].page_ids
+    a.append(3)
+    layout, got = step(seq("a", [5], 8, a, True), seq("b", [6], 1, b, True))
+    assert [r[3] for r in layout] == [(3,), ()]
+    assert got.seqs[0].page_ids is first_a and first_a == [1, 2, 3]
+    b = [9, 8]  # b left the batch and came back with a new list
+    layout, got = step(seq("b", [6], 0, b, True))
+    assert [r[3] for r in layout] == [[9, 8]] and got.seqs[0].page_ids == [9, 8]
+    layout, got = step(seq("a", [5], 9, a, True))  # a skipped a step: its list is sent whole
+    assert [r[3] for r in layout] == [[1, 2, 3]] and got.seqs[0].page_ids == [1, 2, 3]
+
+
+def test_speculative_decoding_is_refused_with_tensor_parallelism(tiny: str) -> None:
+    with pytest.raises(ValueError, match="one rank only"):
+        ModelRunner(
+            ModelConfig.from_dir(tiny), tiny, device="cpu", dtype=torch.float32, kv_tokens=64,
+            verify_tokens=3, tp=TensorParallel(rank=0, size=2),
+        )  # fmt: skip
+    with pytest.raises(ValueError, match="mtp_step needs tp 1"):
+        EngineConfig(model_dir=tiny, tp=2, mtp_step=2)

@@ -1,6 +1,6 @@
-"""`glm47 serve --tp 2` on the tiny model (two CPU ranks joined by gloo): through the real router
-and worker, greedy and seeded answers equal the single-process server's, streamed or not, and the
-second rank stops with the server."""
+"""`glm47 serve --tp 2` on the tiny model (two CPU ranks joined by gloo), with and without MTP:
+through the real router and worker, greedy and seeded answers equal the single-process server's,
+streamed or not, and the second rank stops with the server."""
 
 from __future__ import annotations
 
@@ -39,11 +39,16 @@ def answers(base: str) -> list[str]:
     return texts
 
 
-def test_two_ranks_serve_the_single_rank_answers(server: Server, tmp_path: Path) -> None:
+@pytest.mark.parametrize("mtp", [False, True])
+def test_two_ranks_serve_the_single_rank_answers(server: Server, tmp_path: Path, mtp: bool) -> None:
+    """With MTP the ranks draft too (each from its copy of the hidden states); greedy output and
+    seeded samples are the single-rank server's without drafts either way."""
     log_path = tmp_path / "serve-tp.log"
-    proc, base = start_server(server.model_dir, log_path, "--tp", "2")
+    extra = ["--mtp-step", "2"] if mtp else []
+    proc, base = start_server(server.model_dir, log_path, "--tp", "2", *extra)
     try:
         with_tp = answers(base)
+        metrics = requests.get(f"{base}/metrics", timeout=30).text
     finally:
         code = stop_server(proc)
     assert with_tp == answers(server.base_url)
@@ -52,3 +57,6 @@ def test_two_ranks_serve_the_single_rank_answers(server: Server, tmp_path: Path)
     log = log_path.read_text()
     assert "tensor parallelism over 2 ranks: this process is rank 0" in log
     assert "tensor-parallel rank 1 stopped after" in log, log[-3000:]
+    if mtp:  # the worker's acceptance rate exists once it has proposed drafts (random weights
+        # accept few or none)
+        assert "glm47_spec_acceptance_rate{worker=" in metrics, metrics

@@ -211,11 +211,6 @@ def parse_args(argv: list[str]) -> WorkerArgs:
     ns = parser.parse_args(argv)
     device = ns.device or default_device()
     dtype = ns.dtype or ("bfloat16" if device.startswith("cuda") else "float32")
-    if ns.tp > 1 and ns.mtp_step > 0:
-        parser.error(
-            f"--mtp-step with --tp {ns.tp}: speculative decoding runs on one GPU only (leave out "
-            "--mtp-step, or use --dp for more GPUs)"
-        )
     try:
         engine = EngineConfig(
             model_dir=ns.model_dir,

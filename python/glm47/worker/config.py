@@ -149,10 +149,6 @@ class EngineConfig:
             "shared_expert_fold_tokens must be >= 0",
         )
         _check(self.mtp_step >= 0, "mtp_step must be >= 0")
-        _check(
-            self.mtp_step == 0 or self.tp == 1,
-            "mtp_step needs tp 1 (speculative decoding runs on one GPU only)",
-        )
         _check(self.mtp_mode in MTP_MODE_CHOICES, f"mtp_mode must be one of {MTP_MODE_CHOICES}")
 
     def with_model_limits(self, max_position_embeddings: int) -> EngineConfig:

@@ -66,6 +66,8 @@ class StepAnnouncer(Protocol):
 
     def announce(self, inputs: StepInputs) -> None: ...
 
+    def announce_drafts(self, items: list[DraftInput]) -> None: ...
+
 
 # Modules whose import registers optional backends; one that fails to import (no Triton) just
 # leaves its names unregistered.
@@ -146,8 +148,6 @@ class ModelRunner:
         self.dtype = dtype
         self.page_size = page_size
         self.tp = tp
-        if tp.enabled and verify_tokens > 0:
-            raise ValueError("speculative decoding (MTP) runs on one rank only, not with --tp")
         if tp.staged and not (disable_cuda_graph and segment_graph_max_tokens == 0):
             raise ValueError("collectives staged through host memory cannot be graphed")
         # Rank 0 under tensor parallelism: what announces each forward pass to the other ranks.
@@ -191,7 +191,7 @@ class ModelRunner:
         self.inputs = StepInputBuilder(page_size, self.device)
         self.drafter = (
             None
-            if self.model.mtp is None or tp.enabled  # its passes are not announced
+            if self.model.mtp is None
             else MtpDrafter(
                 self.model.mtp,
                 StepInputBuilder(page_size, self.device),
@@ -427,6 +427,14 @@ class ModelRunner:
         return self.model(inputs.input_ids, inputs.meta.positions, ctx), None
 
     @torch.inference_mode()
+    def follow(self, inputs: StepInputs) -> None:
+        """A tensor-parallel follower's pass (worker/tp_worker.py): `forward`, its hidden states
+        kept for the drafter as `launch` keeps rank 0's."""
+        hidden = self.forward(inputs)
+        if self.model.mtp is not None:
+            self._last_hidden = hidden
+
+    @torch.inference_mode()
     def forward_sampled(self, inputs: StepInputs) -> tuple[torch.Tensor, torch.Tensor]:
         """The final hidden states [T, H] and the logits of the sampled rows [N, V] fp32: a
         decode graph's own when every row is sampled, else lm_head on the gathered rows."""
@@ -506,4 +514,6 @@ class ModelRunner:
         """The MTP layer's drafts after the last step (`MtpDrafter.propose` over its hidden
         states)."""
         assert self.drafter is not None and self._last_hidden is not None, "drafts follow run()"
+        if self.mirror is not None:
+            self.mirror.announce_drafts(items)
         return self.drafter.propose(items, self._last_hidden)

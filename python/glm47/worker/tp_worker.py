@@ -9,7 +9,10 @@ other ranks the step's layout (`StepMirror.announce`: the sequences' tokens, pos
 tables over a gloo group) and its input token ids (a broadcast over the device group: tokens fed
 from the last step's samples exist only on rank 0's device); each follower lays out the same
 inputs, takes the ids and runs the same forward pass, whose all-reduces join rank 0's. The
-followers sample nothing: rank 0 holds the sums, so its logits are the whole model's.
+followers sample nothing: rank 0 holds the sums, so its logits are the whole model's. With MTP,
+rank 0 also announces each drafting round (`announce_drafts`: the sequences and their rows); every
+rank runs the drafter over its own copy of the last step's hidden states, which the all-reduces
+made equal on every rank, so each computes the same greedy drafts without being sent them.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from typing import Any
 
 import torch
 
-from glm47.worker.batch import ScheduledBatch, ScheduledSeq
+from glm47.worker.batch import DraftInput, ScheduledBatch, ScheduledSeq
 from glm47.worker.model.parallel import TensorParallel
 from glm47.worker.step_inputs import StepInputs
 
@@ -154,8 +157,13 @@ class StepMirror:
         if inputs.batch is None:
             raise ValueError("a forward pass under tensor parallelism needs its batch")
         layout = self._pages.layout(inputs.batch)
-        dist.broadcast_object_list([layout], src=0, group=self.tp.host_group)
+        dist.broadcast_object_list([("step", layout)], src=0, group=self.tp.host_group)
         self.tp.broadcast(inputs.input_ids)
+
+    def announce_drafts(self, items: list[DraftInput]) -> None:
+        import torch.distributed as dist
+
+        dist.broadcast_object_list([("draft", items)], src=0, group=self.tp.host_group)
 
     def stop(self) -> None:
         """Tells the other ranks to leave their loop."""
@@ -177,9 +185,13 @@ def follow(runner: Any, tp: TensorParallel) -> int:
         dist.broadcast_object_list(box, src=0, group=tp.host_group)
         if box[0] is None:
             return steps
-        inputs = runner.prepare(pages.batch(box[0]))
+        kind, body = box[0]
+        if kind == "draft":
+            runner.propose_drafts(body)
+            continue
+        inputs = runner.prepare(pages.batch(body))
         tp.broadcast(inputs.input_ids)
-        runner.forward(inputs)
+        runner.follow(inputs)
         steps += 1
 
 

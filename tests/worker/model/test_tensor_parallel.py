@@ -15,7 +15,6 @@ import pytest
 import torch
 
 from glm47.worker.batch import ScheduledBatch, ScheduledSeq
-from glm47.worker.config import EngineConfig
 from glm47.worker.model.config import ModelConfig
 from glm47.worker.model.loader import load_model
 from glm47.worker.model.parallel import SINGLE, TensorParallel
@@ -182,13 +181,3 @@ def test_steps_send_only_the_pages_a_running_sequence_gained() -> None:
     assert [r[3] for r in layout] == [[9, 8]] and got.seqs[0].page_ids == [9, 8]
     layout, got = step(seq("a", [5], 9, a, True))  # a skipped a step: its list is sent whole
     assert [r[3] for r in layout] == [[1, 2, 3]] and got.seqs[0].page_ids == [1, 2, 3]
-
-
-def test_speculative_decoding_is_refused_with_tensor_parallelism(tiny: str) -> None:
-    with pytest.raises(ValueError, match="one rank only"):
-        ModelRunner(
-            ModelConfig.from_dir(tiny), tiny, device="cpu", dtype=torch.float32, kv_tokens=64,
-            verify_tokens=3, tp=TensorParallel(rank=0, size=2),
-        )  # fmt: skip
-    with pytest.raises(ValueError, match="mtp_step needs tp 1"):
-        EngineConfig(model_dir=tiny, tp=2, mtp_step=2)

@@ -40,7 +40,11 @@ ROUTER_FLAGS = {
     "--api_key": "--api-key",
     "--max-stored-responses": "--max-stored-responses",
     "--max_stored_responses": "--max-stored-responses",
+    "--chat-template": "--chat-template",
+    "--chat_template": "--chat-template",
 }
+# Router switches (no value).
+ROUTER_SWITCHES = {"--enable-auto-tool-choice": "--enable-auto-tool-choice"}
 # Flags that both processes need.
 SHARED_FLAGS = {"--log-level": "--log-level", "--log_level": "--log-level"}
 
@@ -93,6 +97,10 @@ def _split_args(rest: list[str]) -> tuple[list[str], list[str]]:
     i = 0
     while i < len(rest):
         flag, _, inline = rest[i].partition("=")
+        if flag in ROUTER_SWITCHES:
+            router.append(ROUTER_SWITCHES[flag])
+            i += 1
+            continue
         canonical = ROUTER_FLAGS.get(flag) or SHARED_FLAGS.get(flag)
         if canonical is None:
             worker.append(rest[i])
@@ -118,11 +126,13 @@ def plan(argv: list[str]) -> ServePlan:
         prog="glm47 serve",
         description="Start a glm47 worker and router. Flags not listed here go to the worker "
         "(see `glm47 worker --help`); router flags: "
-        + ", ".join(sorted(set(ROUTER_FLAGS.values()))),
+        + ", ".join(sorted(set(ROUTER_FLAGS.values()) | set(ROUTER_SWITCHES.values()))),
     )
     parser.add_argument(
         "--model-dir",
         "--model_dir",
+        "--model",
+        "--model-path",
         dest="model_dir",
         default=None,
         help="model directory (default: the built-in tiny model, on the CPU)",

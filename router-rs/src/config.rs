@@ -114,9 +114,36 @@ pub struct RouterConfig {
         default_value_t = 1000
     )]
     pub max_stored_responses: usize,
+
+    /// A chat template to use instead of the model directory's: a Jinja file, or the template
+    /// text itself (vLLM's `--chat-template`).
+    #[arg(long = "chat-template", alias = "chat_template")]
+    pub chat_template: Option<String>,
+
+    /// vLLM's switch for `tool_choice: "auto"`; here automatic tool calls follow from
+    /// `--tool-call-parser`, which this flag requires.
+    #[arg(long = "enable-auto-tool-choice", requires = "tool_call_parser")]
+    pub enable_auto_tool_choice: bool,
 }
 
 impl RouterConfig {
+    /// `--chat-template`'s text: the file's content when it names a file, else the value itself.
+    pub fn chat_template_source(&self) -> anyhow::Result<Option<String>> {
+        let Some(value) = &self.chat_template else {
+            return Ok(None);
+        };
+        let path = std::path::Path::new(value);
+        if path.is_file() {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| anyhow::anyhow!("--chat-template {value}: {e}"))?;
+            return Ok(Some(text));
+        }
+        if !value.contains("{{") && !value.contains("{%") {
+            anyhow::bail!("--chat-template {value}: no such file, and not a Jinja template");
+        }
+        Ok(Some(value.clone()))
+    }
+
     /// `host:port` for binding the HTTP listener.
     pub fn listen_addr(&self) -> String {
         if self.host.contains(':') && !self.host.starts_with('[') {
@@ -190,6 +217,52 @@ mod tests {
         assert_eq!(c.tool_call_parser, Some(ToolCallParser::Glm47));
         assert_eq!(c.reasoning_parser, Some(ReasoningParser::Glm45));
         assert_eq!(c.max_req_total_len, Some(202752));
+    }
+
+    #[test]
+    fn chat_template_reads_a_file_or_takes_the_text() {
+        let dir = std::env::temp_dir().join(format!("glm47-template-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let file = dir.join("t.jinja");
+        std::fs::write(&file, "{{ messages[0].content }}").expect("write");
+        let file_arg = file.to_string_lossy().into_owned();
+        let c = parse(&["--worker-addr", "tcp://a:1", "--chat-template", &file_arg]).expect("ok");
+        let source = c.chat_template_source().expect("reads");
+        assert_eq!(source.as_deref(), Some("{{ messages[0].content }}"));
+        let inline = "{% for m in messages %}{{ m.content }}{% endfor %}";
+        let c = parse(&["--worker-addr", "tcp://a:1", "--chat_template", inline]).expect("ok");
+        assert_eq!(
+            c.chat_template_source().expect("text").as_deref(),
+            Some(inline)
+        );
+        let c = parse(&[
+            "--worker-addr",
+            "tcp://a:1",
+            "--chat-template",
+            "/no/such.jinja",
+        ]);
+        let err = c
+            .expect("parses")
+            .chat_template_source()
+            .expect_err("neither");
+        assert!(err.to_string().contains("no such file"), "{err}");
+        let c = parse(&["--worker-addr", "tcp://a:1"]).expect("parses");
+        assert_eq!(c.chat_template_source().expect("none"), None);
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn auto_tool_choice_needs_a_tool_call_parser() {
+        assert!(parse(&["--worker-addr", "tcp://a:1", "--enable-auto-tool-choice"]).is_err());
+        let c = parse(&[
+            "--worker-addr",
+            "tcp://a:1",
+            "--enable-auto-tool-choice",
+            "--tool-call-parser",
+            "glm47",
+        ])
+        .expect("parses");
+        assert!(c.enable_auto_tool_choice);
     }
 
     #[test]

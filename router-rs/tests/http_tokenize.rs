@@ -73,3 +73,13 @@ async fn version_names_the_package_version() {
         .expect("json");
     assert_eq!(answer["version"], env!("CARGO_PKG_VERSION"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chat_template_flag_replaces_the_model_directorys() {
+    let template = "{% for m in messages %}[{{ m.role }}]{{ m.content }}{% endfor %}";
+    let (model, _worker, server) = setup("x", 1, &["--chat-template", template]).await;
+    let chat = json!({"messages": [{"role": "user", "content": "hi"}]});
+    let (status, body) = server.post("/tokenize", chat).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["tokens"], json!(model.encode("[user]hi")));
+}

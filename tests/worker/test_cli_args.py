@@ -178,3 +178,50 @@ def test_decode_steps_run_ahead_unless_disabled() -> None:
 def test_server_warmup_is_on_unless_skipped() -> None:
     assert parse_args(BASE).engine.server_warmup
     assert not parse_args([*BASE, "--skip-server-warmup"]).engine.server_warmup
+
+
+def test_vllm_and_sglang_spellings_are_aliases() -> None:
+    vllm = parse_args(
+        ["--listen", "tcp://127.0.0.1:5557", "--model", "/m", "--gpu-memory-utilization", "0.8",
+         "--max-model-len", "4096", "--enforce-eager", "--max-num-seqs", "64", "--block-size",
+         "32", "--no-enable-prefix-caching", "--tensor-parallel-size", "2", "--kv-cache-dtype",
+         "auto", "--trust-remote-code", "--speculative-config",
+         '{"method": "mtp", "num_speculative_tokens": 2}']
+    ).engine  # fmt: skip
+    assert (vllm.model_dir, vllm.mem_fraction, vllm.max_req_total_len) == ("/m", 0.8, 4096)
+    assert vllm.disable_cuda_graph and not vllm.enable_prefix_cache
+    assert (vllm.max_running_requests, vllm.page_size, vllm.tp, vllm.mtp_step) == (64, 32, 2, 2)
+    sglang = parse_args(
+        ["--listen", "tcp://127.0.0.1:5557", "--model-path", "/m", "--mem-fraction-static",
+         "0.85", "--context-length", "8192", "--cuda-graph-max-bs", "64", "--disable-radix-cache",
+         "--tp-size", "2", "--speculative-algorithm", "eagle", "--speculative-num-steps", "3"]
+    ).engine  # fmt: skip
+    assert (sglang.mem_fraction, sglang.max_req_total_len, sglang.graph_max_batch_size) == (
+        0.85,
+        8192,
+        64,
+    )
+    assert not sglang.enable_prefix_cache and (sglang.tp, sglang.mtp_step) == (2, 3)
+    assert parse_args([*BASE, "--enable-prefix-caching"]).engine.enable_prefix_cache
+
+
+@pytest.mark.parametrize(
+    ("flags", "says"),
+    [
+        (["--speculative-config", "{nope"], "not JSON"),
+        (["--speculative-config", '{"method": "ngram", "num_speculative_tokens": 2}'], "ngram"),
+        (["--speculative-config", '{"method": "mtp"}'], "num_speculative_tokens"),
+        (["--speculative-config", '{"model": "x", "num_speculative_tokens": 1}'], "draft model"),
+        (["--speculative-config", '{"num_speculative_tokens": 1, "top_k": 2}'], "top_k"),
+        (["--mtp-step", "1", "--speculative-config", '{"num_speculative_tokens": 2}'], "differ"),
+        (["--speculative-algorithm", "EAGLE"], "--speculative-num-steps"),
+        (["--speculative-algorithm", "medusa", "--speculative-num-steps", "2"], "invalid choice"),
+        (["--kv-cache-dtype", "fp8"], "invalid choice"),
+    ],
+)
+def test_bad_speculative_and_cache_flags_are_refused(
+    flags: list[str], says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit):
+        parse_args([*BASE, *flags])
+    assert says in capsys.readouterr().err

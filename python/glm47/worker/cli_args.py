@@ -1,13 +1,17 @@
 """Command line of the worker: `python -m glm47.worker --listen ADDR --model-dir DIR [flags]`.
 
 Flags use dashes; LightLLM's underscore spellings (`--model_dir`, `--max_req_total_len`,
-`--llm_prefill_att_backend`, ...) are accepted as aliases so deployments can keep their flags.
+`--llm_prefill_att_backend`, ...) and the vLLM and SGLang names of the same settings
+(`--max-model-len`, `--gpu-memory-utilization`, `--context-length`, `--mem-fraction-static`,
+`--enforce-eager`, `--speculative-config`, ...) are accepted as aliases so deployments can keep
+their flags.
 Unknown flags are an error; router flags given to the worker get a hint instead of a bare refusal.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,9 +54,44 @@ def default_device() -> str:
 
 
 def _flag(parser: argparse.ArgumentParser, names: list[str], **kw: Any) -> None:
-    """Add a flag under its dashed name and every alias; the dest is the first name's."""
-    dest = names[0].lstrip("-").replace("-", "_")
+    """Add a flag under its dashed name and every alias; the dest is the first name's (or
+    `dest_override`'s)."""
+    dest = kw.pop("dest_override", None) or names[0].lstrip("-").replace("-", "_")
     parser.add_argument(*names, dest=dest, **kw)
+
+
+# SGLang's names of the draft method a GLM-4.7 checkpoint's MTP layer serves.
+SPECULATIVE_ALGORITHMS = ("EAGLE", "EAGLE3", "NEXTN", "MTP")
+# vLLM's `--speculative-config` methods that mean the checkpoint's own MTP layer.
+SPECULATIVE_METHODS = ("mtp", "glm4_moe_mtp", "deepseek_mtp", "eagle", "nextn")
+
+
+def _speculative_config(text: str) -> int:
+    """vLLM's `--speculative-config` JSON: the draft tokens a step, from the model's MTP layer."""
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from None
+    if not isinstance(raw, dict):
+        raise argparse.ArgumentTypeError("a JSON object is expected")
+    method = raw.get("method", "mtp")
+    if method not in SPECULATIVE_METHODS:
+        raise argparse.ArgumentTypeError(
+            f"method {method!r}: drafts come from the model's MTP layer "
+            f"({', '.join(SPECULATIVE_METHODS)})"
+        )
+    model = raw.get("model")
+    if model is not None:
+        raise argparse.ArgumentTypeError(
+            "a separate draft model is not supported (leave out model)"
+        )
+    tokens = raw.get("num_speculative_tokens")
+    if not isinstance(tokens, int) or isinstance(tokens, bool) or tokens < 1:
+        raise argparse.ArgumentTypeError("num_speculative_tokens must be an integer >= 1")
+    unknown = sorted(set(raw) - {"method", "model", "num_speculative_tokens"})
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unsupported keys: {', '.join(unknown)}")
+    return tokens
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,7 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
         allow_abbrev=False,
     )
     _flag(p, ["--listen"], required=True, help="address to bind, e.g. tcp://0.0.0.0:5557")
-    _flag(p, ["--model-dir", "--model_dir"], required=True, help="checkpoint directory")
+    _flag(
+        p,
+        ["--model-dir", "--model_dir", "--model", "--model-path"],
+        required=True,
+        help="checkpoint directory",
+    )
     _flag(p, ["--model-name", "--model_name"], help="model name announced to routers")
     _flag(p, ["--worker-id", "--worker_id"], default=None, help="name of this worker in logs")
     _flag(p, ["--log-level", "--log_level"], default="info", choices=LOG_LEVELS)
@@ -78,13 +122,36 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _flag(p, ["--seed"], type=int, default=0, help="seed of sampling and dummy weights")
     _flag(p, ["--load-format", "--load_format"], default="auto", choices=LOAD_FORMAT_CHOICES)
-    _flag(p, ["--page-size", "--page_size"], type=int, default=16, help="tokens per KV page")
+    _flag(
+        p,
+        ["--page-size", "--page_size", "--block-size"],
+        type=int,
+        default=16,
+        help="tokens per KV page",
+    )
     _flag(p, ["--kv-cache-tokens", "--kv_cache_tokens"], type=int, default=None)
-    _flag(p, ["--mem-fraction", "--mem_fraction"], type=float, default=0.9)
+    _flag(
+        p,
+        ["--mem-fraction", "--mem_fraction", "--gpu-memory-utilization", "--mem-fraction-static"],
+        type=float,
+        default=0.9,
+        help="share of the GPU's memory the worker may fill (weights, graphs, KV cache)",
+    )
     _flag(p, ["--chunked-prefill-size", "--chunked_prefill_size"], type=int, default=8192)
     _flag(p, ["--max-num-batched-tokens", "--max_num_batched_tokens"], type=int, default=None)
-    _flag(p, ["--max-req-total-len", "--max_req_total_len"], type=int, default=None)
-    _flag(p, ["--max-running-requests", "--max_running_requests"], type=int, default=1024)
+    _flag(
+        p,
+        ["--max-req-total-len", "--max_req_total_len", "--max-model-len", "--context-length"],
+        type=int,
+        default=None,
+        help="longest prompt + output (default: the model's max_position_embeddings)",
+    )
+    _flag(
+        p,
+        ["--max-running-requests", "--max_running_requests", "--max-num-seqs"],
+        type=int,
+        default=1024,
+    )
     _flag(p, ["--max-waiting-requests", "--max_waiting_requests"], type=int, default=4096)
     _flag(
         p,
@@ -133,9 +200,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _flag(
         p,
-        ["--disable-prefix-cache", "--disable_prefix_cache"],
+        ["--disable-prefix-cache", "--disable_prefix_cache", "--disable-radix-cache",
+         "--no-enable-prefix-caching"],
         action="store_true",
         help="no KV sharing between requests with a common prefix",
+    )  # fmt: skip
+    _flag(
+        p,
+        ["--enable-prefix-caching"],
+        action="store_false",
+        dest_override="disable_prefix_cache",
+        help="share KV between requests with a common prefix (the default)",
+    )
+    _flag(
+        p,
+        ["--kv-cache-dtype"],
+        choices=["auto"],
+        default="auto",
+        help="the KV cache holds the model's dtype (auto); quantised caches are not supported",
+    )
+    _flag(
+        p,
+        ["--trust-remote-code"],
+        action="store_true",
+        help="accepted for compatibility: the model's code is built in, none is loaded",
     )
     backends: dict[str, Any] = {"choices": ATTENTION_BACKEND_CHOICES, "default": "auto"}
     _flag(
@@ -148,8 +236,15 @@ def build_parser() -> argparse.ArgumentParser:
         ["--decode-att-backend", "--llm_decode_att_backend", "--llm-decode-att-backend"],
         **backends,
     )
-    _flag(p, ["--graph-max-batch-size", "--graph_max_batch_size"], type=int, default=512)
-    _flag(p, ["--disable-cuda-graph", "--disable_cuda_graph"], action="store_true")
+    _flag(
+        p,
+        ["--graph-max-batch-size", "--graph_max_batch_size", "--cuda-graph-max-bs"],
+        type=int,
+        default=512,
+    )
+    _flag(
+        p, ["--disable-cuda-graph", "--disable_cuda_graph", "--enforce-eager"], action="store_true"
+    )
     _flag(
         p,
         ["--skinny-gemm", "--skinny_gemm"],
@@ -195,10 +290,45 @@ def build_parser() -> argparse.ArgumentParser:
         "to this many tokens, as CUDA graphs between the attention calls (default: the step "
         "token budget; 0: run them eagerly)",
     )
-    _flag(p, ["--mtp-step", "--mtp_step"], type=int, default=0, help="MTP draft tokens per step")
+    _flag(
+        p,
+        ["--mtp-step", "--mtp_step", "--speculative-num-steps"],
+        type=int,
+        default=None,
+        help="MTP draft tokens per step",
+    )
+    _flag(
+        p,
+        ["--speculative-algorithm"],
+        type=str.upper,
+        choices=SPECULATIVE_ALGORITHMS,
+        default=None,
+        help="SGLang's name of the draft method: the model's MTP layer, any of these",
+    )
+    _flag(
+        p,
+        ["--speculative-config"],
+        type=_speculative_config,
+        default=None,
+        help='vLLM\'s JSON: {"method": "mtp", "num_speculative_tokens": N} (N drafts a step)',
+    )
     _flag(p, ["--mtp-mode", "--mtp_mode"], default="vanilla_with_att", choices=MTP_MODE_CHOICES)
     _flag(p, ["--mtp-draft-model-dir", "--mtp_draft_model_dir"], default=None)
     return p
+
+
+def _mtp_step(ns: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """Draft tokens a step from `--mtp-step` (SGLang: `--speculative-num-steps`) or vLLM's
+    `--speculative-config`; SGLang's `--speculative-algorithm` needs a step count."""
+    steps, config = ns.mtp_step, ns.speculative_config
+    if steps is not None and config is not None and steps != config:
+        parser.error(
+            f"--mtp-step {steps} and --speculative-config's num_speculative_tokens {config} differ"
+        )
+    chosen = steps if steps is not None else config
+    if ns.speculative_algorithm is not None and not chosen:
+        parser.error("--speculative-algorithm needs --speculative-num-steps N (drafts a step)")
+    return chosen or 0
 
 
 def parse_args(argv: list[str]) -> WorkerArgs:
@@ -242,7 +372,7 @@ def parse_args(argv: list[str]) -> WorkerArgs:
             shared_expert_overlap_tokens=ns.shared_expert_overlap_tokens,
             shared_expert_fold_tokens=ns.shared_expert_fold_tokens,
             segment_graph_max_tokens=ns.segment_graph_max_tokens,
-            mtp_step=ns.mtp_step,
+            mtp_step=_mtp_step(ns, parser),
             mtp_mode=ns.mtp_mode,
             mtp_draft_model_dir=ns.mtp_draft_model_dir,
         )

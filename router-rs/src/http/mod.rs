@@ -180,7 +180,11 @@ pub async fn serve_on(
         .model_dir
         .clone()
         .ok_or_else(|| anyhow::anyhow!("--model-dir is required"))?;
-    let model = tokio::task::spawn_blocking(move || ModelFiles::load(dir)).await??;
+    let mut model = tokio::task::spawn_blocking(move || ModelFiles::load(dir)).await??;
+    if let Some(source) = config.chat_template_source()? {
+        tracing::info!("chat template from --chat-template");
+        model.chat_template = source;
+    }
     let template = ChatTemplate::new(&model.chat_template)?;
     let metrics = Arc::new(Metrics::new());
     let dispatcher = Dispatcher::start_with(

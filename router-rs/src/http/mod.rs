@@ -17,6 +17,7 @@ mod request_id;
 mod response_store;
 mod responses;
 mod run;
+mod server_info;
 mod sglang;
 mod sse;
 mod tokenize;
@@ -234,6 +235,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/ping", get(health).post(health))
         .route("/invocations", post(invocations))
         .route("/version", get(version))
+        .route("/health_generate", get(server_info::health_generate))
+        .route("/get_model_info", get(server_info::model_info))
+        .route("/get_server_info", get(server_info::server_info))
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -290,8 +294,9 @@ async fn count_requests(
 
 /// Routes open without a key under `--api-key`: health, version and metrics (for probes and
 /// scrapers), and tokenizing (the model's public tokenizer; vLLM leaves them open too).
-const OPEN_ROUTES: [&str; 6] = [
+const OPEN_ROUTES: [&str; 7] = [
     "/health",
+    "/health_generate",
     "/ping",
     "/version",
     "/metrics",

@@ -1,0 +1,113 @@
+//! SGLang's server routes: `GET /health_generate` (healthy only when a worker generates a
+//! token), `GET /get_model_info` and `GET /get_server_info`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Value};
+
+use super::prepare::{plain_pipeline, ready_worker, wire_requests};
+use super::run::{collect, drive};
+use super::{ApiError, AppState};
+use crate::protocol::sampling::SamplingParams;
+
+/// How long `/health_generate` waits for its one token.
+const GENERATE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// One greedy token from the prompt "hi" through a ready worker: 200 when it comes back within
+/// `GENERATE_TIMEOUT`, else 503 (a worker that answers probes but cannot run a step).
+pub async fn health_generate(State(state): State<Arc<AppState>>) -> Response {
+    match tokio::time::timeout(GENERATE_TIMEOUT, generate_one(&state)).await {
+        Ok(Ok(())) => (StatusCode::OK, Json(json!({"status": "ok"}))).into_response(),
+        Ok(Err(err)) => {
+            tracing::warn!("health_generate: {err}");
+            unhealthy(&err.to_string())
+        }
+        Err(_) => {
+            tracing::warn!("health_generate: no token within {GENERATE_TIMEOUT:?}");
+            unhealthy("no token generated in time")
+        }
+    }
+}
+
+fn unhealthy(why: &str) -> Response {
+    let body = json!({"status": "unhealthy", "message": why});
+    (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+}
+
+async fn generate_one(state: &AppState) -> Result<(), ApiError> {
+    ready_worker(state)?;
+    let mut ids = state.model.tokenizer.encode("hi").unwrap_or_default();
+    if ids.is_empty() {
+        ids.push(0);
+    }
+    let sampling = SamplingParams {
+        max_new_tokens: Some(1),
+        temperature: Some(0.0),
+        ignore_eos: true,
+        ..SamplingParams::default()
+    };
+    let reqs = wire_requests(state, &ids, &sampling, 1, 1);
+    let handles = state.dispatcher.submit_many(reqs)?;
+    let stream = drive(
+        handles,
+        vec![plain_pipeline(state, &sampling, ids.len())],
+        0,
+    );
+    let answers = collect(stream, 1).await?;
+    match answers.first() {
+        Some(answer) if !answer.tokens.is_empty() => Ok(()),
+        _ => Err(ApiError::Internal(
+            "the worker answered without a token".into(),
+        )),
+    }
+}
+
+/// The model's directory and whether it generates (SGLang's `/get_model_info`).
+pub async fn model_info(State(state): State<Arc<AppState>>) -> Json<Value> {
+    let dir = state.model.dir.to_string_lossy().into_owned();
+    Json(json!({
+        "model_path": dir,
+        "tokenizer_path": dir,
+        "served_model_name": state.model_name(),
+        "is_generation": true,
+    }))
+}
+
+/// The serving settings and each ready worker's (SGLang's `/get_server_info`).
+pub async fn server_info(State(state): State<Arc<AppState>>) -> Json<Value> {
+    let workers: Vec<Value> = state
+        .dispatcher
+        .ready_workers()
+        .into_iter()
+        .map(|w| {
+            json!({
+                "worker_id": w.worker_id,
+                "addr": w.addr,
+                "max_req_total_len": w.max_req_total_len,
+                "max_running_requests": w.max_running_requests,
+                "max_waiting_requests": w.max_waiting_requests,
+                "kv_capacity_tokens": w.kv_capacity_tokens,
+                "mtp_step": w.mtp_step,
+            })
+        })
+        .collect();
+    let options = &state.options;
+    let context = workers
+        .first()
+        .and_then(|w| w["max_req_total_len"].as_u64());
+    Json(json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "model_path": state.model.dir.to_string_lossy(),
+        "served_model_name": state.model_name(),
+        "context_length": context,
+        "tool_call_parser": options.tool_call_parser.map(|_| "glm47"),
+        "reasoning_parser": options.reasoning_parser.map(|_| "glm45"),
+        "speculative_num_steps": workers.first().map(|w| w["mtp_step"].clone()),
+        "workers": workers,
+    }))
+}

@@ -57,3 +57,23 @@ async fn model_and_server_info_describe_the_model_and_its_worker() {
     assert_eq!(workers.len(), 1);
     assert_eq!(workers[0]["max_req_total_len"], 4096);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flush_cache_reaches_every_ready_worker() {
+    let (_model, worker, server) = setup("x", 1, &[]).await;
+    let (status, body) = server.post("/flush_cache", serde_json::json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["workers"], 1);
+    let (status, _) = server
+        .post("/reset_prefix_cache", serde_json::json!({}))
+        .await;
+    assert_eq!(status, 200);
+    let (status, _) = get(&server, "/flush_cache").await; // SGLang answers GET too
+    assert_eq!(status, 200);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let flushes = || worker.flushes.load(std::sync::atomic::Ordering::SeqCst);
+    while flushes() < 3 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(flushes(), 3);
+}

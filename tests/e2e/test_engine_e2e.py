@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+import requests
 
 from .conftest import Server
 from .engine_client import (
@@ -138,6 +139,21 @@ def test_prefix_cache_in_openai_usage(default_server: Server, nocache_server: Se
             assert cached == 0
         texts += [text, again]
     assert len(set(texts)) == 1
+
+
+def test_flush_cache_drops_the_cached_prefixes(default_server: Server) -> None:
+    """SGLang's `/flush_cache` and vLLM's `/reset_prefix_cache`: the next identical prompt finds
+    nothing cached, and the one after it hits again."""
+    prompt = random_prompt(random.Random(9), 70)
+    text, _, _ = completion(default_server, prompt, 4)
+    assert completion(default_server, prompt, 4)[2] > 0
+    for route in ("/flush_cache", "/reset_prefix_cache"):
+        resp = requests.post(f"{default_server.base_url}{route}", timeout=30)
+        assert resp.status_code == 200 and resp.json()["workers"] == 1, resp.text
+        again, _, cached = completion(default_server, prompt, 4)
+        assert (again, cached) == (text, 0)
+    assert completion(default_server, prompt, 4)[2] > 0
+    assert "prefix cache flushed" in default_server.log()
 
 
 def test_preemption_keeps_outputs_and_fails_nothing(

@@ -75,6 +75,7 @@ EXAMPLES: dict[str, tuple[list[Any], bool]] = {
         False,
     ),
     "abort": (["abort", 1, {"rids": ["chat-1", "gen-7"]}], False),
+    "flush_cache": (["flush_cache", 1, {}], False),
     "step": (
         [
             "step",

@@ -25,6 +25,7 @@ from glm47.worker.service import EngineFailure, Service
 from glm47.worker.wire import (
     Abort,
     Error,
+    FlushCache,
     Hello,
     Message,
     Ready,
@@ -58,11 +59,16 @@ class FakeEngine:
     requests: dict[str, Request] = field(default_factory=dict)
     pending: list[StepOutput] = field(default_factory=list)
     steps: int = 0
+    flushes: int = 0
 
     def add_request(self, req: Request) -> None:
         if len(self.requests) >= self.max_waiting:
             raise QueueFullError(req.rid, "queue full")
         self.requests[req.rid] = req
+
+    def flush_prefix_cache(self) -> int:
+        self.flushes += 1
+        return 3
 
     def abort(self, rid: str) -> None:
         if self.requests.pop(rid, None) is not None:
@@ -189,6 +195,15 @@ def test_abort_ends_a_request_with_finish_abort(running: Running) -> None:
     outs = collect(sock, {"long"})
     assert outs["long"][-1].finish == "abort" and outs["long"][-1].ids == []
     assert not running.engine.requests
+
+
+def test_flush_cache_reaches_the_engine_in_order_and_serving_goes_on(running: Running) -> None:
+    sock = running.dealer()
+    send(sock, FlushCache())
+    send(sock, Submit(reqs=[req("after", [1], 2)]))
+    outs = collect(sock, {"after"})  # handled after the flush, in the order sent
+    assert outs["after"][-1].finish == "length"
+    assert running.engine.flushes == 1
 
 
 @pytest.mark.parametrize(

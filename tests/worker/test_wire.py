@@ -13,6 +13,7 @@ import pytest
 from glm47.worker.wire import (
     Abort,
     Error,
+    FlushCache,
     Hello,
     Message,
     Output,
@@ -60,7 +61,7 @@ def test_fixture_decodes_to_its_value_and_round_trips(path: Path) -> None:
     data = bytes.fromhex(fixture["hex"])
     assert same(msgpack.unpackb(data, raw=False), fixture["value"])
     msg = decode(data)
-    assert isinstance(msg, Hello | Submit | Abort | Ready | Step | Error)
+    assert isinstance(msg, Hello | Submit | Abort | FlushCache | Ready | Step | Error)
     if isinstance(msg, Submit):
         assert msg.rejected == [], [e.message for e in msg.rejected]
     again = decode(encode(msg))

@@ -27,6 +27,7 @@ from glm47.worker.wire import (
     STATS_KEYS,
     Abort,
     Error,
+    FlushCache,
     Hello,
     Message,
     Ready,
@@ -49,6 +50,7 @@ class EngineLike(Protocol):
 
     def add_request(self, req: Request) -> None: ...
     def abort(self, rid: str) -> None: ...
+    def flush_prefix_cache(self) -> int: ...
     def step(self) -> list[StepOutput]: ...
     def has_work(self) -> bool: ...
     def stats(self) -> dict[str, int]: ...
@@ -199,6 +201,9 @@ class Service:
             self._submit(identity, msg)
         elif isinstance(msg, Abort):
             self._abort(identity, msg.rids)
+        elif isinstance(msg, FlushCache):
+            freed = self.engine.flush_prefix_cache()
+            log.info("prefix cache flushed (asked by %s): %d pages freed", identity.hex(), freed)
         else:
             kind = type(msg).__name__.lower()
             log.warning("unexpected %r message from %s", kind, identity.hex())

@@ -98,6 +98,11 @@ class Abort:
 
 
 @dataclass(frozen=True)
+class FlushCache:
+    """Drop every prefix-cache page no request holds (no answer)."""
+
+
+@dataclass(frozen=True)
 class Ready:
     model: str
     vocab_size: int
@@ -149,4 +154,4 @@ class Error:
     fatal: bool = False
 
 
-Message = Hello | Submit | Abort | Ready | Step | Error
+Message = Hello | Submit | Abort | FlushCache | Ready | Step | Error

@@ -148,6 +148,7 @@ impl IoLoop {
                     rid,
                     reason,
                 } => self.abort(worker, rid, reason),
+                Command::FlushCaches => self.flush_caches(),
                 Command::Shutdown => return false,
             }
         }
@@ -164,6 +165,21 @@ impl IoLoop {
                 let addr = &self.shared.workers[worker].addr;
                 self.table
                     .fail(&req.rid, &format!("worker {addr} became unavailable"));
+            }
+        }
+    }
+
+    /// Sends what is queued, then `flush_cache`, to every ready worker: a request submitted after
+    /// the flush finds none of the pages it dropped.
+    fn flush_caches(&mut self) {
+        self.flush();
+        for worker in 0..self.links.len() {
+            if !self.shared.workers[worker].ready.load(Ordering::SeqCst) {
+                continue;
+            }
+            if let Err(reason) = self.send(worker, &Message::FlushCache(wire::FlushCache {})) {
+                let addr = &self.shared.workers[worker].addr;
+                tracing::warn!("cannot send flush_cache to {addr}: {reason}");
             }
         }
     }

@@ -310,6 +310,16 @@ impl Dispatcher {
 
     /// Stops the I/O thread: in-flight requests get an error event, later submits fail with
     /// [`DispatchError::Closed`]. Idempotent; also done on drop.
+    /// Asks every ready worker to drop the prefix-cache pages no request holds; returns how many
+    /// were asked (0: none ready).
+    pub fn flush_caches(&self) -> usize {
+        let ready = self.ready_workers().len();
+        if ready > 0 {
+            let _ = self.shared.push(Command::FlushCaches);
+        }
+        ready
+    }
+
     pub fn shutdown(&self) {
         let _ = self.shared.push(Command::Shutdown);
         self.shared.closed.store(true, Ordering::SeqCst);

@@ -28,6 +28,9 @@ pub(super) enum Command {
         rid: String,
         reason: &'static str,
     },
+    /// Tell every ready worker to drop its unreferenced prefix-cache pages (after anything
+    /// already queued for it).
+    FlushCaches,
     /// Fail every in-flight request and end the thread.
     Shutdown,
 }

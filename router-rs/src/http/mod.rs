@@ -238,6 +238,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/health_generate", get(server_info::health_generate))
         .route("/get_model_info", get(server_info::model_info))
         .route("/get_server_info", get(server_info::server_info))
+        .route(
+            "/flush_cache",
+            get(server_info::flush_cache).post(server_info::flush_cache),
+        )
+        .route("/reset_prefix_cache", post(server_info::flush_cache))
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

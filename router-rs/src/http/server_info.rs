@@ -1,5 +1,6 @@
 //! SGLang's server routes: `GET /health_generate` (healthy only when a worker generates a
-//! token), `GET /get_model_info` and `GET /get_server_info`.
+//! token), `GET /get_model_info`, `GET /get_server_info` and `/flush_cache` (vLLM's
+//! `POST /reset_prefix_cache`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -110,4 +111,16 @@ pub async fn server_info(State(state): State<Arc<AppState>>) -> Json<Value> {
         "speculative_num_steps": workers.first().map(|w| w["mtp_step"].clone()),
         "workers": workers,
     }))
+}
+
+/// Every ready worker drops the prefix-cache pages no request holds (running requests keep
+/// theirs); a request sent after this answer finds none of the dropped prefixes. 503 without a
+/// ready worker.
+pub async fn flush_cache(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
+    let workers = state.dispatcher.flush_caches();
+    if workers == 0 {
+        return Err(ApiError::NoWorkerReady);
+    }
+    tracing::info!("prefix caches flushed on {workers} worker(s)");
+    Ok(Json(json!({"status": "ok", "workers": workers})))
 }

@@ -170,6 +170,11 @@ pub struct Abort {
     pub rids: Vec<String>,
 }
 
+/// Router → worker: drop every prefix-cache page no request holds (`/flush_cache`). No answer;
+/// the worker handles it in order with the router's other messages.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct FlushCache {}
+
 /// Worker → router: the answer to [`Hello`], describing what the worker serves.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Ready {
@@ -388,6 +393,7 @@ pub enum Message {
     Hello(Hello),
     Submit(Submit),
     Abort(Abort),
+    FlushCache(FlushCache),
     Ready(Ready),
     Step(Step),
     Error(WorkerError),
@@ -399,6 +405,7 @@ impl Message {
         match self {
             Self::Hello(_) => "hello",
             Self::Submit(_) => "submit",
+            Self::FlushCache(_) => "flush_cache",
             Self::Abort(_) => "abort",
             Self::Ready(_) => "ready",
             Self::Step(_) => "step",

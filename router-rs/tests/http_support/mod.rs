@@ -4,7 +4,7 @@
 #![allow(dead_code)]
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -144,6 +144,8 @@ pub struct FakeWorker {
     pub addr: String,
     pub requests: Arc<Mutex<Vec<wire::Request>>>,
     pub aborts: Arc<Mutex<Vec<String>>>,
+    /// `flush_cache` messages received.
+    pub flushes: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -157,6 +159,8 @@ impl FakeWorker {
         let addr = sock.get_last_endpoint().expect("endpoint").expect("utf-8");
         let requests = Arc::new(Mutex::new(Vec::new()));
         let aborts = Arc::new(Mutex::new(Vec::new()));
+        let flushes = Arc::new(AtomicUsize::new(0));
+        let f = flushes.clone();
         let stop = Arc::new(AtomicBool::new(false));
         let (r, a, s) = (requests.clone(), aborts.clone(), stop.clone());
         let thread = std::thread::spawn(move || {
@@ -181,6 +185,9 @@ impl FakeWorker {
                         }
                     }
                     Message::Abort(abort) => a.lock().expect("lock").extend(abort.rids),
+                    Message::FlushCache(_) => {
+                        f.fetch_add(1, Ordering::SeqCst);
+                    }
                     _ => {}
                 }
             }
@@ -189,6 +196,7 @@ impl FakeWorker {
             addr,
             requests,
             aborts,
+            flushes,
             stop,
             thread: Some(thread),
         }

@@ -113,3 +113,19 @@ def test_a_request_arriving_while_another_decodes_shares_its_prompt_pages(
     fresh.add("second", [*PROMPT, 3], max_new_tokens=2)
     fresh.run()
     assert h.tokens("second") == fresh.tokens("second")
+
+
+def test_a_flush_drops_idle_prefixes_and_keeps_the_running_ones(make_harness: MakeHarness) -> None:
+    h = make_harness(page_size=4, overlap_schedule=False)
+    h.add("a", PROMPT, max_new_tokens=2)
+    h.run()
+    running = h.add("b", [*range(70, 80)], max_new_tokens=50)
+    h.step()
+    held = list(running.page_ids)
+    assert h.engine.flush_prefix_cache() == 2  # a's two full pages; b's are in use
+    assert all(h.engine.pool.ref(p) == 1 for p in held)
+    h.add("c", PROMPT, max_new_tokens=2)
+    h.run()
+    assert h.outputs["c"][0].cached_tokens == 0
+    assert h.tokens("c") == h.tokens("a")
+    h.engine.cache.check()

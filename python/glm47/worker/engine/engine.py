@@ -180,6 +180,10 @@ class Engine:
         except ValueError as exc:
             raise InvalidRequestError(req.rid, f"grammar: {exc}") from exc
 
+    def flush_prefix_cache(self) -> int:
+        """Drop every prefix-cache page no request holds; returns the pages freed."""
+        return self.cache.evict(self.pool.num_pages)
+
     def abort(self, rid: str) -> None:
         """Stop a request now and free its pages; the next step reports finish "abort". Unknown
         or already finished ids are ignored."""

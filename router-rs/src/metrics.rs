@@ -98,6 +98,11 @@ impl Metrics {
     }
 
     /// Adds generated tokens, of which `spec_accepted` came from accepted drafts.
+    /// Tokens generated for clients so far.
+    pub fn generation_tokens(&self) -> u64 {
+        self.generation_tokens.load(Ordering::Relaxed)
+    }
+
     pub fn add_generation_tokens(&self, tokens: u64, spec_accepted: u64) {
         self.generation_tokens.fetch_add(tokens, Ordering::Relaxed);
         self.spec_accepted_tokens

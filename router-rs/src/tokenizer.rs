@@ -313,6 +313,15 @@ impl ModelFiles {
     /// generation_config.json and config.json. A malformed file or field is an error; a missing
     /// optional file is not. At least one eos id must be found.
     pub fn load(dir: impl AsRef<Path>) -> Result<Self, TokenizerError> {
+        Self::load_with_template(dir, None)
+    }
+
+    /// [`ModelFiles::load`] with `template` (`--chat-template`) in place of the directory's,
+    /// which then need not have one.
+    pub fn load_with_template(
+        dir: impl AsRef<Path>,
+        template: Option<String>,
+    ) -> Result<Self, TokenizerError> {
         let dir = dir.as_ref().to_path_buf();
         let tokenizer_path = dir.join("tokenizer.json");
         let inner = tokenizers::Tokenizer::from_file(&tokenizer_path).map_err(|e| {
@@ -324,7 +333,10 @@ impl ModelFiles {
         let tokenizer_config = read_json_if_exists(&dir.join("tokenizer_config.json"))?;
         let generation_config = read_json_if_exists(&dir.join("generation_config.json"))?;
         let config = read_json_if_exists(&dir.join("config.json"))?;
-        let chat_template = read_chat_template(&dir, tokenizer_config.as_ref())?;
+        let chat_template = match template {
+            Some(source) => source,
+            None => read_chat_template(&dir, tokenizer_config.as_ref())?,
+        };
         let eos = find_eos_ids(&dir, &inner, &generation_config, &config, &tokenizer_config)?;
         let generation = match &generation_config {
             Some((path, json)) => parse_generation(path, json)?,

@@ -25,6 +25,25 @@ async fn health_generate_is_ok_once_a_worker_generates_a_token() {
     let reqs = worker.requests();
     assert_eq!(reqs.len(), 1);
     assert_eq!(reqs[0].max_new_tokens, 1);
+    assert!(reqs[0].rid.starts_with("~probe"), "{}", reqs[0].rid);
+    // the probe's tokens and times are not the clients'
+    let metrics = server
+        .client
+        .get(format!("{}/metrics", server.url))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains("glm47_generation_tokens_total 0"),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains("glm47_request_finish_total{"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

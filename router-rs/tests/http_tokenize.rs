@@ -79,7 +79,16 @@ async fn a_chat_template_flag_replaces_the_model_directorys() {
     let template = "{% for m in messages %}[{{ m.role }}]{{ m.content }}{% endfor %}";
     let (model, _worker, server) = setup("x", 1, &["--chat-template", template]).await;
     let chat = json!({"messages": [{"role": "user", "content": "hi"}]});
-    let (status, body) = server.post("/tokenize", chat).await;
+    let (status, body) = server.post("/tokenize", chat.clone()).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["tokens"], json!(model.encode("[user]hi")));
+    // a model directory without a template of its own serves with the flag's
+    let bare = http_support::ModelDir::create();
+    std::fs::remove_file(bare.path.join("chat_template.jinja")).expect("remove");
+    let worker = http_support::FakeWorker::start(http_support::Script::reply(vec![1], 1), 4096);
+    let args = ["--chat-template", template];
+    let server = http_support::Server::start(&bare, &worker.addr, &args, true).await;
+    let (status, body) = server.post("/tokenize", chat).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["tokens"], json!(bare.encode("[user]hi")));
 }

@@ -202,6 +202,10 @@ def test_vllm_and_sglang_spellings_are_aliases() -> None:
         64,
     )
     assert not sglang.enable_prefix_cache and (sglang.tp, sglang.mtp_step) == (2, 3)
+    recipe = ["--speculative-algorithm", "EAGLE", "--speculative-eagle-topk", "1",
+              "--speculative-num-draft-tokens", "4"]  # fmt: skip
+    assert parse_args([*BASE, *recipe]).engine.mtp_step == 3
+    assert parse_args([*BASE, *recipe, "--speculative-num-steps", "3"]).engine.mtp_step == 3
     assert parse_args([*BASE, "--enable-prefix-caching"]).engine.enable_prefix_cache
 
 
@@ -215,6 +219,8 @@ def test_vllm_and_sglang_spellings_are_aliases() -> None:
         (["--speculative-config", '{"num_speculative_tokens": 1, "top_k": 2}'], "top_k"),
         (["--mtp-step", "1", "--speculative-config", '{"num_speculative_tokens": 2}'], "differ"),
         (["--speculative-algorithm", "EAGLE"], "--speculative-num-steps"),
+        (["--speculative-num-steps", "3", "--speculative-eagle-topk", "4"], "topk 1"),
+        (["--speculative-num-steps", "3", "--speculative-num-draft-tokens", "3"], "plus one"),
         (["--speculative-algorithm", "medusa", "--speculative-num-steps", "2"], "invalid choice"),
         (["--kv-cache-dtype", "fp8"], "invalid choice"),
     ],

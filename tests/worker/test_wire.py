@@ -183,7 +183,7 @@ def test_missing_required_keys_are_errors() -> None:
         b"\xc1",  # a reserved msgpack byte
         pack({"type": "hello"}),
         pack(["hello", 1]),
-        pack(["nope", 1, {}]),
+        pack([7, 1, {}]),
         pack(["hello", 1, []]),
         pack(["hello", "1", {}]),
     ],
@@ -192,6 +192,13 @@ def test_malformed_envelopes_raise_fatal_protocol_errors(data: bytes) -> None:
     with pytest.raises(WireError) as info:
         decode(data)
     assert info.value.code == "protocol" and info.value.fatal and info.value.rid is None
+
+
+def test_an_unknown_message_type_is_refused_without_ending_the_connection() -> None:
+    """A newer router's message: a `protocol` error that keeps the worker in service."""
+    with pytest.raises(WireError) as info:
+        decode(pack(["nope", 1, {}]))
+    assert info.value.code == "protocol" and not info.value.fatal and "nope" in info.value.message
 
 
 def test_an_unknown_version_is_fatal() -> None:

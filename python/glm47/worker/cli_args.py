@@ -307,6 +307,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _flag(
         p,
+        ["--speculative-eagle-topk"],
+        type=int,
+        default=None,
+        help="SGLang's draft tree width: 1 (a chain of drafts) is what the MTP layer drafts",
+    )
+    _flag(
+        p,
+        ["--speculative-num-draft-tokens"],
+        type=int,
+        default=None,
+        help="SGLang's tokens verified a step: the drafts plus one (--speculative-num-steps + 1)",
+    )
+    _flag(
+        p,
         ["--speculative-config"],
         type=_speculative_config,
         default=None,
@@ -326,9 +340,20 @@ def _mtp_step(ns: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             f"--mtp-step {steps} and --speculative-config's num_speculative_tokens {config} differ"
         )
     chosen = steps if steps is not None else config
+    if ns.speculative_eagle_topk not in (None, 1):
+        parser.error("--speculative-eagle-topk: the MTP layer drafts a chain (topk 1)")
+    verified = ns.speculative_num_draft_tokens
+    if verified is not None:
+        if chosen is None:
+            chosen = verified - 1
+        elif verified != chosen + 1:
+            parser.error(
+                f"--speculative-num-draft-tokens {verified} must be the drafts a step plus one "
+                f"({chosen + 1})"
+            )
     if ns.speculative_algorithm is not None and not chosen:
         parser.error("--speculative-algorithm needs --speculative-num-steps N (drafts a step)")
-    return chosen or 0
+    return max(chosen or 0, 0)
 
 
 def parse_args(argv: list[str]) -> WorkerArgs:

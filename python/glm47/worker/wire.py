@@ -128,8 +128,10 @@ def decode(data: bytes) -> Message:
     if not isinstance(raw, list) or len(raw) != 3:
         raise WireError("a message must be an array [type, version, body]", fatal=True)
     kind, version, body = raw
-    if not isinstance(kind, str) or kind not in _DECODERS:
-        raise WireError(f"unknown message type {kind!r}", fatal=True)
+    if not isinstance(kind, str):
+        raise WireError(f"a message type must be a string, got {kind!r}", fatal=True)
+    if kind not in _DECODERS:  # a newer router's message: refused, the connection stays
+        raise WireError(f"unknown message type {kind!r}", fatal=False)
     if not _is_int(version) or version != PROTOCOL_VERSION:
         raise WireError(
             f"protocol version {version!r} not spoken (this worker speaks {PROTOCOL_VERSION})",

@@ -181,6 +181,13 @@ impl IoLoop {
                 let addr = &self.shared.workers[worker].addr;
                 tracing::warn!("cannot send flush_cache to {addr}: {reason}");
             }
+            // the prefixes it held are gone: balance as if it had none
+            let mut prefixes = self
+                .shared
+                .prefixes
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            prefixes.forget(worker);
         }
     }
 

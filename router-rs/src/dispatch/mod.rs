@@ -31,6 +31,8 @@ mod shared;
 mod sockets;
 mod table;
 
+pub use table::PROBE_PREFIX;
+
 pub use handle::RequestHandle;
 pub use prefix::{BalanceOptions, BalancePolicy, BLOCK_TOKENS};
 
@@ -308,18 +310,18 @@ impl Dispatcher {
         &self.shared.metrics
     }
 
-    /// Stops the I/O thread: in-flight requests get an error event, later submits fail with
-    /// [`DispatchError::Closed`]. Idempotent; also done on drop.
     /// Asks every ready worker to drop the prefix-cache pages no request holds; returns how many
-    /// were asked (0: none ready).
+    /// were asked (0: none ready, or the dispatcher is closed).
     pub fn flush_caches(&self) -> usize {
         let ready = self.ready_workers().len();
-        if ready > 0 {
-            let _ = self.shared.push(Command::FlushCaches);
+        if ready == 0 || self.shared.push(Command::FlushCaches).is_err() {
+            return 0;
         }
         ready
     }
 
+    /// Stops the I/O thread: in-flight requests get an error event, later submits fail with
+    /// [`DispatchError::Closed`]. Idempotent; also done on drop.
     pub fn shutdown(&self) {
         let _ = self.shared.push(Command::Shutdown);
         self.shared.closed.store(true, Ordering::SeqCst);

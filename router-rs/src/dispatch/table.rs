@@ -19,7 +19,13 @@ struct Tracked {
     events: mpsc::UnboundedSender<RequestEvent>,
     submitted: Instant,
     last_token: Option<Instant>,
+    /// A health probe (`PROBE_PREFIX`): left out of the metrics.
+    probe: bool,
 }
+
+/// What leads the id of a request the router makes itself to probe a worker (`/health_generate`);
+/// no client id can (they hold no `~`).
+pub const PROBE_PREFIX: &str = "~probe";
 
 pub(super) struct RequestTable {
     entries: HashMap<String, Tracked>,
@@ -46,6 +52,7 @@ impl RequestTable {
             events,
             submitted: Instant::now(),
             last_token: None,
+            probe: rid.starts_with(PROBE_PREFIX),
         };
         self.entries.insert(rid, tracked);
         self.publish_in_flight();
@@ -67,11 +74,13 @@ impl RequestTable {
         };
         let metrics = &self.shared.metrics;
         let now = Instant::now();
-        if let Some(prompt) = out.prompt_tokens {
+        if tracked.probe {
+            // a health probe's tokens and times are not the clients'
+        } else if let Some(prompt) = out.prompt_tokens {
             let cached = out.cached_tokens.unwrap_or(0);
             metrics.add_prompt_tokens(u64::from(prompt), u64::from(cached));
         }
-        if !out.ids.is_empty() {
+        if !out.ids.is_empty() && !tracked.probe {
             let n = out.ids.len();
             match tracked.last_token {
                 None => metrics
@@ -129,10 +138,12 @@ impl RequestTable {
         self.shared.workers[tracked.worker]
             .in_flight
             .fetch_sub(1, Ordering::SeqCst);
-        metrics
-            .e2e
-            .observe(tracked.submitted.elapsed().as_secs_f64());
-        metrics.inc_finish(reason);
+        if !tracked.probe {
+            metrics
+                .e2e
+                .observe(tracked.submitted.elapsed().as_secs_f64());
+            metrics.inc_finish(reason);
+        }
         self.publish_in_flight();
     }
 

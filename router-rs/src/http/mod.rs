@@ -181,11 +181,12 @@ pub async fn serve_on(
         .model_dir
         .clone()
         .ok_or_else(|| anyhow::anyhow!("--model-dir is required"))?;
-    let mut model = tokio::task::spawn_blocking(move || ModelFiles::load(dir)).await??;
-    if let Some(source) = config.chat_template_source()? {
+    let custom = config.chat_template_source()?;
+    if custom.is_some() {
         tracing::info!("chat template from --chat-template");
-        model.chat_template = source;
     }
+    let model =
+        tokio::task::spawn_blocking(move || ModelFiles::load_with_template(dir, custom)).await??;
     let template = ChatTemplate::new(&model.chat_template)?;
     let metrics = Arc::new(Metrics::new());
     let dispatcher = Dispatcher::start_with(
@@ -223,6 +224,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/v1/responses/{id}/input_items",
             get(response_store::input_items),
         )
+        .route("/v1/responses/{id}/cancel", post(response_store::cancel))
         .route("/v1/messages", post(messages::messages))
         .route("/v1/messages/count_tokens", post(messages::count_tokens))
         .route("/generate", post(generate::generate))

@@ -6,10 +6,12 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::extract::{Path, Query, State};
 use axum::Json;
 use serde_json::{json, Value};
+use tokio::sync::Notify;
 
 use super::{ApiError, AppState};
 use crate::protocol::ValidationError;
@@ -27,11 +29,20 @@ pub struct Stored {
     bytes: usize,
 }
 
-/// The stored responses, oldest first.
+/// The stored responses, oldest first, and the background ones still running.
 #[derive(Debug)]
 pub struct ResponseStore {
     capacity: usize,
     inner: Mutex<Inner>,
+    running: Mutex<HashMap<String, Arc<Background>>>,
+}
+
+/// A background response's task: `cancel` asks it to stop, `done` tells when it has stored its
+/// last state.
+#[derive(Debug, Default)]
+pub struct Background {
+    pub cancel: Notify,
+    pub done: Notify,
 }
 
 #[derive(Debug, Default)]
@@ -47,6 +58,7 @@ impl ResponseStore {
         ResponseStore {
             capacity,
             inner: Mutex::new(Inner::default()),
+            running: Mutex::new(HashMap::new()),
         }
     }
 
@@ -93,6 +105,26 @@ impl ResponseStore {
     pub fn get(&self, id: &str) -> Option<Arc<Stored>> {
         let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         inner.by_id.get(id).cloned()
+    }
+
+    /// Registers a running background response.
+    pub fn start_background(&self, id: &str) -> Arc<Background> {
+        let entry = Arc::new(Background::default());
+        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        running.insert(id.to_owned(), entry.clone());
+        entry
+    }
+
+    /// Forgets a background response that has stored its last state.
+    pub fn end_background(&self, id: &str) {
+        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        running.remove(id);
+    }
+
+    /// The running background response `id`, if any.
+    pub fn background(&self, id: &str) -> Option<Arc<Background>> {
+        let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        running.get(id).cloned()
     }
 
     pub fn remove(&self, id: &str) -> bool {
@@ -213,6 +245,33 @@ pub struct Page {
     order: Option<String>,
     limit: Option<usize>,
     after: Option<String>,
+}
+
+/// How long `cancel` waits for a background response to store its last state.
+const CANCEL_WAIT: Duration = Duration::from_secs(10);
+
+/// `POST /v1/responses/{id}/cancel`: a running background response stops (its request is
+/// aborted in the worker) and is stored `cancelled` with what it had written; a finished
+/// background response is answered as it is; any other is a 400.
+pub async fn cancel(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    if let Some(task) = state.responses.background(&id) {
+        let done = task.done.notified();
+        task.cancel.notify_one();
+        if tokio::time::timeout(CANCEL_WAIT, done).await.is_err() {
+            tracing::warn!("background response {id} did not stop within {CANCEL_WAIT:?}");
+        }
+    }
+    let stored = state.responses.get(&id).ok_or_else(|| not_found(&id))?;
+    if stored.response["background"] != json!(true) {
+        return Err(ApiError::Invalid(ValidationError::new(
+            "response_id",
+            format!("response {id} was not created in the background: only those can be cancelled"),
+        )));
+    }
+    Ok(Json(stored.response.clone()))
 }
 
 /// `DELETE /v1/responses/{id}`.

@@ -18,6 +18,7 @@ use super::run::{built_events, start, written_order, ChoiceStream, EventBuilder,
 use super::{sse, ApiError, AppState, JsonBody, Meta};
 use crate::protocol::openai::{random_id, FinishReason, ToolCallDelta};
 use crate::protocol::responses::ResponsesRequest;
+use crate::protocol::ValidationError;
 use crate::state::{Delta, Finish};
 use crate::tokenizer::Tokenizer;
 
@@ -29,7 +30,16 @@ pub async fn responses(
     let input = resolved_input(&state, &mut body)?;
     let store = body.get("store").and_then(Value::as_bool).unwrap_or(true) && state.responses.on();
     let mut req = ResponsesRequest::from_json(&body)?;
+    if req.background && !store {
+        return Err(ApiError::Invalid(ValidationError::new(
+            "background",
+            "a background response is kept to be polled: this server stores none \
+             (--max-stored-responses 0)",
+        )));
+    }
     req.echo.insert("store".into(), Value::Bool(store));
+    req.echo
+        .insert("background".into(), Value::Bool(req.background));
     req.echo.insert(
         "previous_response_id".into(),
         previous.unwrap_or(Value::Null),
@@ -40,10 +50,13 @@ pub async fn responses(
     let max_new = max_new_tokens(&state, &worker, prompt.ids.len(), &chat.sampling, "input")?;
     let stream = submit_one_choice(&state, chat, &prompt, max_new)?;
     let mut output = Output::new(Meta::new(&state, "resp_"), req.echo);
-    output.keep = store.then(|| (state.clone(), input));
     if chat.sampling.logprobs >= 0 {
         output.logprobs = Some(state.model.tokenizer.clone());
     }
+    if req.background {
+        return Ok(Json(run_in_background(state, output, stream, input)).into_response());
+    }
+    output.keep = store.then(|| (state.clone(), input));
     if req.chat.stream {
         let stream = start(stream).await?;
         Ok(sse::respond(events(output, stream), false))
@@ -55,6 +68,48 @@ pub async fn responses(
         }
         Ok(Json(output.response()).into_response())
     }
+}
+
+/// Stores the response `in_progress` and returns it; a task then reads its deltas and stores it
+/// again as it ends: completed, incomplete, failed (with the error), or cancelled (by
+/// `POST /v1/responses/{id}/cancel`, which aborts the request in the worker).
+fn run_in_background(
+    state: Arc<AppState>,
+    mut output: Output,
+    mut stream: ChoiceStream,
+    input: Vec<Value>,
+) -> Value {
+    let id = output.meta.id.clone();
+    let first = output.response();
+    state
+        .responses
+        .insert(id.clone(), input.clone(), first.clone());
+    let task = state.responses.start_background(&id);
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                item = stream.next() => match item {
+                    Some(Ok(item)) => output.delta(item.delta),
+                    Some(Err(err)) => {
+                        output.error = Some(err.to_string());
+                        break;
+                    }
+                    None => break,
+                },
+                () = task.cancel.notified() => {
+                    output.cancelled = output.finish.is_none();
+                    break;
+                }
+            }
+        }
+        drop(stream); // an unfinished request is aborted in the worker
+        let last = output.response();
+        tracing::debug!("background response {id}: {}", last["status"]);
+        state.responses.insert(id.clone(), input, last);
+        state.responses.end_background(&id);
+        task.done.notify_waiters();
+    });
+    first
 }
 
 /// The events of a streamed response: created and in progress, the items' events as the
@@ -121,6 +176,10 @@ struct Output {
     message_logprobs: Vec<Value>,
     /// The output ends at the token budget: the item it cuts off is incomplete.
     cut: bool,
+    /// A background response stopped by `cancel` before it finished.
+    cancelled: bool,
+    /// Why a background response failed before it finished.
+    error: Option<String>,
 }
 
 impl Output {
@@ -140,6 +199,8 @@ impl Output {
             pending_logprobs: Vec::new(),
             message_logprobs: Vec::new(),
             cut: false,
+            cancelled: false,
+            error: None,
         }
     }
 
@@ -373,6 +434,8 @@ impl Output {
     /// The response object as it stands.
     fn response(&self) -> Value {
         let (status, incomplete) = match &self.finish {
+            None if self.cancelled => ("cancelled", Value::Null),
+            None if self.error.is_some() => ("failed", Value::Null),
             None => ("in_progress", Value::Null),
             Some(f) if f.reason == FinishReason::Length => {
                 ("incomplete", json!({"reason": "max_output_tokens"}))
@@ -391,7 +454,8 @@ impl Output {
             "id": self.meta.id, "object": "response", "created_at": self.meta.created,
             "model": self.meta.model, "status": status, "incomplete_details": incomplete,
             "error": (status == "failed").then(|| json!({"code": "server_error",
-                "message": "the request was aborted before it finished"})),
+                "message": self.error.as_deref()
+                    .unwrap_or("the request was aborted before it finished")})),
             "output": self.items, "usage": usage, "store": false,
             "previous_response_id": null, "truncation": "disabled", "parallel_tool_calls": true,
             "tool_choice": "auto", "tools": [], "text": {"format": {"type": "text"}},

@@ -4,8 +4,8 @@
 //! reasoning), `instructions` a system message first, function `tools` the chat form, `text.format`
 //! a `response_format`, `max_output_tokens` the token limit, `reasoning.effort` `none` or
 //! `minimal` thinking off. `previous_response_id` is resolved before (http/response_store.rs);
-//! `conversation` and `background` are refused, as are tools other than functions and inputs
-//! other than text. `top_logprobs` or `include: ["message.output_text.logprobs"]` asks for the
+//! `background` answers at once and runs on (not streamed); `conversation` is refused, as are tools
+//! other than functions and inputs other than text. `top_logprobs` or `include: ["message.output_text.logprobs"]` asks for the
 //! answer text's logprobs.
 
 use serde_json::{json, Map, Value};
@@ -50,6 +50,8 @@ pub struct ResponsesRequest {
     pub chat: ChatRequest,
     /// `instructions`, `max_output_tokens`, `tools`, `tool_choice`, `text`, ... as given.
     pub echo: Map<String, Value>,
+    /// `background`: the answer comes at once, the response runs on and is polled for.
+    pub background: bool,
 }
 
 impl ResponsesRequest {
@@ -69,10 +71,21 @@ impl ResponsesRequest {
             .and_then(Value::as_array)
             .is_some_and(|i| i.iter().any(|x| x == "message.output_text.logprobs"));
         let top = obj.get("top_logprobs").filter(|v| !v.is_null());
-        if obj.get("background") == Some(&Value::Bool(true)) {
+        let background = match obj.get("background") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => *b,
+            Some(_) => return Err(ValidationError::new("background", "must be a boolean")),
+        };
+        if background && obj.get("stream") == Some(&Value::Bool(true)) {
             return Err(ValidationError::new(
                 "background",
-                "background responses are not supported",
+                "a background response is not streamed: poll GET /v1/responses/{id}",
+            ));
+        }
+        if background && obj.get("store") == Some(&Value::Bool(false)) {
+            return Err(ValidationError::new(
+                "background",
+                "a background response is kept to be polled: it needs store true",
             ));
         }
         let mut chat = Map::new();
@@ -132,7 +145,11 @@ impl ResponsesRequest {
         .into_iter()
         .filter_map(|k| obj.get(k).map(|v| (k.to_owned(), v.clone())))
         .collect();
-        Ok(Self { chat, echo })
+        Ok(Self {
+            chat,
+            echo,
+            background,
+        })
     }
 }
 
@@ -390,7 +407,15 @@ mod tests {
     #[test]
     fn what_is_not_kept_or_offered_names_its_field() {
         for (body, param) in [
-            (json!({"input": "hi", "background": true}), "background"),
+            (
+                json!({"input": "hi", "background": true, "stream": true}),
+                "background",
+            ),
+            (
+                json!({"input": "hi", "background": true, "store": false}),
+                "background",
+            ),
+            (json!({"input": "hi", "background": 1}), "background"),
             (
                 json!({"input": "hi", "tools": [{"type": "file_search"}]}),
                 "tools[0].type",

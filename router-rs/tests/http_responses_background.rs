@@ -1,0 +1,113 @@
+//! `/v1/responses` with `background: true` through the real router: answered at once, polled
+//! until it ends, cancelled (its request aborted in the worker).
+
+mod http_support;
+
+use std::time::{Duration, Instant};
+
+use http_support::{setup, setup_with, Server};
+use serde_json::{json, Value};
+
+async fn get(server: &Server, path: &str) -> (u16, Value) {
+    let r = server
+        .client
+        .get(format!("{}{path}", server.url))
+        .send()
+        .await
+        .expect("answers");
+    (r.status().as_u16(), r.json().await.expect("json"))
+}
+
+/// Polls the stored response until its status is no longer `in_progress`.
+async fn settled(server: &Server, id: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, body) = get(server, &format!("/v1/responses/{id}")).await;
+        assert_eq!(status, 200, "{body}");
+        if body["status"] != "in_progress" || Instant::now() > deadline {
+            return body;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_background_response_is_answered_at_once_and_polled_until_it_completes() {
+    let slow = |s: &mut http_support::Script| s.delay = Duration::from_millis(30);
+    let (_model, _worker, server) = setup_with("hello there", &[], slow).await;
+    let body = json!({"input": "hi", "background": true});
+    let (status, first) = server.post("/v1/responses", body).await;
+    assert_eq!(status, 200, "{first}");
+    assert_eq!(first["status"], "in_progress");
+    assert_eq!(first["background"], true);
+    assert!(
+        first["output"].as_array().is_some_and(Vec::is_empty),
+        "{first}"
+    );
+    let id = first["id"].as_str().expect("id").to_owned();
+    let done = settled(&server, &id).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["output"][0]["content"][0]["text"], "hello there");
+    assert!(done["usage"]["output_tokens"]
+        .as_u64()
+        .is_some_and(|n| n > 0));
+    // a finished background response is answered as it is
+    let (status, again) = server
+        .post(&format!("/v1/responses/{id}/cancel"), json!({}))
+        .await;
+    assert_eq!((status, &again["status"]), (200, &json!("completed")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_stops_a_running_background_response_and_aborts_its_request() {
+    // the fake worker reads the abort once it has written its whole reply (about 1.8 s)
+    let slow = |s: &mut http_support::Script| s.delay = Duration::from_millis(50);
+    let (_model, worker, server) =
+        setup_with("a long answer that takes many steps", &[], slow).await;
+    let body = json!({"input": "hi", "background": true});
+    let (_, first) = server.post("/v1/responses", body).await;
+    let id = first["id"].as_str().expect("id").to_owned();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (status, cancelled) = server
+        .post(&format!("/v1/responses/{id}/cancel"), json!({}))
+        .await;
+    assert_eq!(status, 200, "{cancelled}");
+    assert_eq!(cancelled["status"], "cancelled", "{cancelled}");
+    let (_, stored) = get(&server, &format!("/v1/responses/{id}")).await;
+    assert_eq!(stored["status"], "cancelled");
+    let deadline = Instant::now() + Duration::from_secs(8);
+    while worker.aborts.lock().expect("lock").is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let rid = worker.requests()[0].rid.clone();
+    assert_eq!(*worker.aborts.lock().expect("lock"), vec![rid]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_cannot_run_in_the_background_is_refused() {
+    let (_model, _worker, server) = setup("x", 1, &[]).await;
+    for body in [
+        json!({"input": "hi", "background": true, "stream": true}),
+        json!({"input": "hi", "background": true, "store": false}),
+    ] {
+        let (status, answer) = server.post("/v1/responses", body).await;
+        assert_eq!(status, 400, "{answer}");
+        assert_eq!(answer["error"]["param"], "background");
+    }
+    let (_, plain) = server.post("/v1/responses", json!({"input": "hi"})).await;
+    assert_eq!(plain["background"], false);
+    let id = plain["id"].as_str().expect("id");
+    let (status, answer) = server
+        .post(&format!("/v1/responses/{id}/cancel"), json!({}))
+        .await;
+    assert_eq!(status, 400, "{answer}");
+    let (status, _) = server
+        .post("/v1/responses/resp_nope/cancel", json!({}))
+        .await;
+    assert_eq!(status, 404);
+    let (_model, _worker, none) = setup("x", 1, &["--max-stored-responses", "0"]).await;
+    let (status, answer) = none
+        .post("/v1/responses", json!({"input": "hi", "background": true}))
+        .await;
+    assert_eq!(status, 400, "{answer}");
+}

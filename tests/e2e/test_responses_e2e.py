@@ -5,6 +5,7 @@ their outputs; the real tiny model under a forced call; what is refused."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,31 @@ import requests
 from .conftest import WEATHER_CALL_TEXT, Server, scripted_router
 
 pytestmark = pytest.mark.e2e
+
+
+def test_a_background_response_is_polled_and_one_is_cancelled(server: Server) -> None:
+    client = openai.OpenAI(base_url=server.openai_base, api_key="unused", max_retries=0)
+    started = client.responses.create(
+        model="m", input="Hello there", max_output_tokens=6, background=True, temperature=0
+    )
+    assert started.status == "in_progress" and started.background is True
+    deadline = time.monotonic() + 60
+    polled = client.responses.retrieve(started.id)
+    while polled.status == "in_progress" and time.monotonic() < deadline:
+        time.sleep(0.05)
+        polled = client.responses.retrieve(started.id)
+    plain = client.responses.create(model="m", input="Hello there", max_output_tokens=6,
+                                    temperature=0)  # fmt: skip
+    assert polled.status in ("completed", "incomplete"), polled.status
+    assert polled.output_text == plain.output_text  # the same greedy answer
+    long = client.responses.create(
+        model="m", input="Tell a story", max_output_tokens=3000, background=True,
+        extra_body={"ignore_eos": True},
+    )  # fmt: skip
+    cancelled = client.responses.cancel(long.id)
+    assert cancelled.status == "cancelled", cancelled.status
+    assert client.responses.retrieve(long.id).status == "cancelled"
+
 
 TOOLS: list[dict[str, Any]] = [
     {

@@ -4,6 +4,8 @@ streamed or not, and the second rank stops with the server."""
 
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -60,3 +62,46 @@ def test_two_ranks_serve_the_single_rank_answers(server: Server, tmp_path: Path,
     if mtp:  # the worker's acceptance rate exists once it has proposed drafts (random weights
         # accept few or none)
         assert "glm47_spec_acceptance_rate{worker=" in metrics, metrics
+
+
+def _children(pid: int) -> list[int]:
+    """Process ids whose parent is `pid` (from /proc)."""
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            kids.append(int(stat.parent.name))
+    return kids
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
+def test_a_lost_rank_ends_the_server_with_the_reason_in_its_log(
+    server: Server, tmp_path: Path
+) -> None:
+    log_path = tmp_path / "serve-tp-lost.log"
+    proc, base = start_server(server.model_dir, log_path, "--tp", "2")
+    try:
+        assert answers(base)  # serving
+        workers = [
+            p
+            for p in _children(proc.pid)
+            if b"glm47.worker" in Path(f"/proc/{p}/cmdline").read_bytes()
+        ]
+        assert len(workers) == 1, workers
+        followers = [
+            p for p in _children(workers[0])
+            if b"multiprocessing" in Path(f"/proc/{p}/cmdline").read_bytes()
+            and b"resource_tracker" not in Path(f"/proc/{p}/cmdline").read_bytes()
+        ]  # fmt: skip
+        assert len(followers) == 1, followers
+        os.kill(followers[0], signal.SIGKILL)
+        code = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            stop_server(proc)
+    assert code != 0
+    log = log_path.read_text()
+    assert "tensor-parallel rank glm47-tp1 exited" in log, log[-3000:]

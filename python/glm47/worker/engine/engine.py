@@ -194,7 +194,7 @@ class Engine:
         self.scheduler.finish([req])
         req.finish_reason = FinishReason.ABORT
         out = StepOutput(rid=rid, ids=[], finish=FinishReason.ABORT.value)
-        self._pending.append(self._first_output_fields(req, out))
+        self._pending.append(req.first_output(out))
 
     # -- the step -----------------------------------------------------------------------------
 
@@ -371,7 +371,7 @@ class Engine:
                 self._constrained.discard(req.rid)
             elif req.num_output_tokens == len(out.ids):
                 self.scheduler.publish_prefix(req)  # its prompt is computed: share it
-            outputs.append(self._first_output_fields(req, out))
+            outputs.append(req.first_output(out))
         assert next(rows, None) is None, "the runner sampled rows of no sequence"
         return finished
 
@@ -443,18 +443,6 @@ class Engine:
         if count and not self.scheduler.grow_from_free(req, req.num_tokens + count):
             return 0
         return count
-
-    @staticmethod
-    def _first_output_fields(req: Request, out: StepOutput) -> StepOutput:
-        if not req.first_output_sent:
-            req.first_output_sent = True
-            out.prompt_tokens = req.num_prompt_tokens
-            out.cached_tokens = req.num_cached_tokens or 0
-            if req.prompt_logprobs >= 0 and out.ids:  # an abort before any sample has none
-                scores = req.take_prompt_scores()
-                out.prompt_logprobs, out.prompt_ranks = scores.logprobs, scores.ranks
-                out.prompt_top_logprobs = scores.top
-        return out
 
     # -- observation --------------------------------------------------------------------------
 

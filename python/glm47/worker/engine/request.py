@@ -20,6 +20,7 @@ import math
 from dataclasses import dataclass, field
 
 from glm47.worker.batch import PromptScores, SamplingParams
+from glm47.worker.engine.interfaces import StepOutput
 from glm47.worker.grammar import Constraint
 from glm47.worker.wire_messages import WireGrammar, WireReasoningBudget
 
@@ -107,6 +108,19 @@ class Request:
         """True while the prompt's logprobs are still to be computed and reported: its prompt
         positions then run through the model (no prefix-cache hit) and are scored."""
         return self.prompt_logprobs >= 0 and not self.first_output_sent
+
+    def first_output(self, out: StepOutput) -> StepOutput:
+        """`out`, with the fields only a request's first output carries when it is the first:
+        the prompt's token counts and, when asked for, its logprobs."""
+        if not self.first_output_sent:
+            self.first_output_sent = True
+            out.prompt_tokens = self.num_prompt_tokens
+            out.cached_tokens = self.num_cached_tokens or 0
+            if self.prompt_logprobs >= 0 and out.ids:  # an abort before any sample has none
+                scores = self.take_prompt_scores()
+                out.prompt_logprobs, out.prompt_ranks = scores.logprobs, scores.ranks
+                out.prompt_top_logprobs = scores.top
+        return out
 
     def take_prompt_scores(self) -> PromptScores:
         """The prompt's logprobs from prompt token 1 on (NaN where none were computed), their

@@ -14,7 +14,9 @@ from typing import Any
 import pytest
 import torch
 
+import glm47.worker.runner as runner_module
 from glm47.worker.batch import ScheduledBatch, ScheduledSeq
+from glm47.worker.cuda_graph import eager_capturer
 from glm47.worker.model.config import ModelConfig
 from glm47.worker.model.loader import load_model
 from glm47.worker.model.parallel import SINGLE, TensorParallel
@@ -32,16 +34,28 @@ from glm47.worker.tp_worker import (
 PAGE = 4
 
 
-def _runner(model_dir: str, tp: TensorParallel) -> ModelRunner:
-    return ModelRunner(
-        ModelConfig.from_dir(model_dir),
-        model_dir,
-        device="cpu",
-        dtype=torch.float32,
-        page_size=PAGE,
-        kv_tokens=256,
-        tp=tp,
-    )
+def _runner(model_dir: str, tp: TensorParallel, graphs: bool = False) -> ModelRunner:
+    """With `graphs`, decode graphs (batch 1, 2, 4) and segment graphs (up to 64 tokens) through
+    the eager stand-in of capture: padded replays, each rank choosing its path by itself."""
+    if not graphs:
+        return ModelRunner(
+            ModelConfig.from_dir(model_dir), model_dir, device="cpu", dtype=torch.float32,
+            page_size=PAGE, kv_tokens=256, tp=tp,
+        )  # fmt: skip
+    saved = runner_module.supports_cuda_graph
+    runner_module.supports_cuda_graph = lambda backend: True
+    try:
+        runner = ModelRunner(
+            ModelConfig.from_dir(model_dir), model_dir, device="cpu", dtype=torch.float32,
+            page_size=PAGE, kv_tokens=256, tp=tp, segment_graph_max_tokens=64,
+            segment_capturer=eager_capturer,
+        )  # fmt: skip
+        runner._graph_capturer = eager_capturer
+        runner.capture_decode_graphs([1, 2, 4], max_pages=16)
+    finally:
+        runner_module.supports_cuda_graph = saved
+    assert runner.graphs is not None and runner.segments is not None
+    return runner
 
 
 def _steps() -> list[ScheduledBatch]:
@@ -78,9 +92,9 @@ def _run(runner: ModelRunner, fed: bool) -> list[torch.Tensor]:
     return out
 
 
-def _rank0(model_dir: str, port: int, fed: bool, results: Any) -> None:
+def _rank0(model_dir: str, port: int, fed: bool, graphs: bool, results: Any) -> None:
     tp = init_rank(0, 2, "cpu", port)
-    runner = _runner(model_dir, tp)
+    runner = _runner(model_dir, tp, graphs)
     mirror = StepMirror(tp)
     runner.mirror = mirror
     try:
@@ -94,14 +108,15 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> str:
     return str(make_tiny_model(tmp_path_factory.mktemp("tiny"), seed=0))
 
 
-@pytest.mark.parametrize("fed", [False, True])
-def test_two_ranks_give_the_single_process_logits(tiny: str, fed: bool) -> None:
+@pytest.mark.parametrize(("fed", "graphs"), [(False, False), (True, False), (True, True)])
+def test_two_ranks_give_the_single_process_logits(tiny: str, fed: bool, graphs: bool) -> None:
     expected = _run(_runner(tiny, SINGLE), fed)
     port = free_port()
-    followers = Followers(functools.partial(_runner, tiny), 2, "cpu", port, "warning")
+    build = functools.partial(_runner, tiny, graphs=graphs)
+    followers = Followers(build, 2, "cpu", port, "warning")
     ctx = multiprocessing.get_context("spawn")
     results = ctx.Queue()
-    rank0 = ctx.Process(target=_rank0, args=(tiny, port, fed, results))
+    rank0 = ctx.Process(target=_rank0, args=(tiny, port, fed, graphs, results))
     rank0.start()
     try:
         got = results.get(timeout=240)

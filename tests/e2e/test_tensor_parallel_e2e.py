@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -77,6 +78,23 @@ def _children(pid: int) -> list[int]:
     return kids
 
 
+def _ranks(serve_pid: int) -> tuple[int, int]:
+    """(the worker's pid, its one follower's pid) under `glm47 serve`."""
+    workers = [
+        p
+        for p in _children(serve_pid)
+        if b"glm47.worker" in Path(f"/proc/{p}/cmdline").read_bytes()
+    ]
+    assert len(workers) == 1, workers
+    followers = [
+        p for p in _children(workers[0])
+        if b"multiprocessing" in Path(f"/proc/{p}/cmdline").read_bytes()
+        and b"resource_tracker" not in Path(f"/proc/{p}/cmdline").read_bytes()
+    ]  # fmt: skip
+    assert len(followers) == 1, followers
+    return workers[0], followers[0]
+
+
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
 def test_a_lost_rank_ends_the_server_with_the_reason_in_its_log(
     server: Server, tmp_path: Path
@@ -85,19 +103,8 @@ def test_a_lost_rank_ends_the_server_with_the_reason_in_its_log(
     proc, base = start_server(server.model_dir, log_path, "--tp", "2")
     try:
         assert answers(base)  # serving
-        workers = [
-            p
-            for p in _children(proc.pid)
-            if b"glm47.worker" in Path(f"/proc/{p}/cmdline").read_bytes()
-        ]
-        assert len(workers) == 1, workers
-        followers = [
-            p for p in _children(workers[0])
-            if b"multiprocessing" in Path(f"/proc/{p}/cmdline").read_bytes()
-            and b"resource_tracker" not in Path(f"/proc/{p}/cmdline").read_bytes()
-        ]  # fmt: skip
-        assert len(followers) == 1, followers
-        os.kill(followers[0], signal.SIGKILL)
+        _, follower = _ranks(proc.pid)
+        os.kill(follower, signal.SIGKILL)
         code = proc.wait(timeout=60)
     finally:
         if proc.poll() is None:
@@ -105,3 +112,22 @@ def test_a_lost_rank_ends_the_server_with_the_reason_in_its_log(
     assert code != 0
     log = log_path.read_text()
     assert "tensor-parallel rank glm47-tp1 exited" in log, log[-3000:]
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
+def test_a_follower_ends_when_its_rank_0_is_killed(server: Server, tmp_path: Path) -> None:
+    proc, _ = start_server(server.model_dir, tmp_path / "serve-tp-killed.log", "--tp", "2")
+    try:
+        worker, follower = _ranks(proc.pid)
+        os.kill(worker, signal.SIGKILL)  # no word to the follower
+        deadline = time.monotonic() + 20
+        while Path(f"/proc/{follower}").exists() and time.monotonic() < deadline:
+            state = Path(f"/proc/{follower}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            if state == "Z":  # exited, waiting to be reaped
+                break
+            time.sleep(0.1)
+        gone = not Path(f"/proc/{follower}").exists() or state == "Z"
+        assert gone, "the follower outlived its rank 0"
+    finally:
+        if proc.poll() is None:
+            stop_server(proc)

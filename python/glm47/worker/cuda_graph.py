@@ -36,7 +36,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from glm47.worker.attention.base import AttentionMetadata
+from glm47.worker.attention.base import AttentionMetadata, with_token_rows
 
 log = logging.getLogger(__name__)
 
@@ -256,6 +256,7 @@ class DecodeGraphRunner:
         logits = self._logits if meta.num_seqs <= LOGITS_MAX_BATCH else None
 
         def body() -> torch.Tensor:
+            with_token_rows(meta)  # verification graphs: each token a decode row
             hidden = self._forward(ids, meta)
             if logits is not None:
                 extra["logits"] = logits(hidden)

@@ -28,6 +28,7 @@ from glm47.worker.attention.base import (
     DispatchingBackend,
     SplitAttention,
     create_backend,
+    with_token_rows,
 )
 from glm47.worker.attention.select import flashinfer_probe, resolve_backends
 from glm47.worker.batch import (
@@ -394,7 +395,7 @@ class ModelRunner:
         if draft and isinstance(decode, DispatchingBackend):
             decode = decode.small
         backend = decode if meta.is_decode else SplitAttention(decode, self.prefill_backend)
-        return ForwardContext(meta=meta, kv_cache=self.kv_cache, backend=backend)
+        return ForwardContext(meta=with_token_rows(meta), kv_cache=self.kv_cache, backend=backend)
 
     def prepare(self, batch: ScheduledBatch) -> StepInputs:
         """Host-side layout of the batch, staged into the static device buffers."""

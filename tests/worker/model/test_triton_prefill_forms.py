@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import glm47.worker.attention.triton_backend as triton_backend
+import glm47.worker.runner as runner_module
 from tests.worker.model.reference import (
     PageAllocator,
     batch,
@@ -54,3 +55,49 @@ def test_both_prefill_forms_match_transformers(
         torch.testing.assert_close(logits[0], ref, rtol=1e-3, atol=1e-3)
     layers = r.cfg.num_hidden_layers  # one choice a layer and step: the prompt expanded only
     assert chosen == [True] * layers + [False] * layers * (1 + len(DECODE))
+
+
+def test_short_query_steps_attend_as_decode_rows(
+    model_dir: tuple[Path, object], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A step where each sequence computes 1-3 tokens after its cached prompt (drafts being
+    verified): each token as a decode row of the split decode kernel gives the logits of the
+    per-sequence prefill kernel, and transformers' at every row."""
+    path, hf = model_dir
+    prompts = {"a": PROMPT[:13], "b": PROMPT[5:30], "c": PROMPT[20:27]}
+    step = {"a": [5, 81, 19], "b": [44], "c": [23, 9]}
+
+    decode_rows: list[int] = []
+    real_decode = triton_backend.mla_decode
+
+    def logits_of_step(runner_rows: bool) -> torch.Tensor:
+        if not runner_rows:
+            monkeypatch.setattr(runner_module, "with_token_rows", lambda meta: meta)
+        monkeypatch.setattr(
+            triton_backend,
+            "mla_decode",
+            lambda q, *a, **k: decode_rows.append(q.shape[0]) or real_decode(q, *a, **k),
+        )
+        r = make_runner(path, torch.float32, page_size=4, kv_tokens=256, prefill_backend="triton",
+                        decode_backend="triton")  # fmt: skip
+        alloc = PageAllocator(r.num_pages, r.page_size, seed=5)
+        r.run_logits(batch(*[seq(alloc, rid, p, 0) for rid, p in prompts.items()]))
+        seqs = [seq(alloc, rid, step[rid], len(p)) for rid, p in prompts.items()]
+        for s in seqs:  # every row sampled, as a verification step samples each draft's row
+            s.draft_ids = s.token_ids[1:]
+        out = r.run_logits(batch(*seqs))
+        monkeypatch.undo()
+        return out
+
+    rows = logits_of_step(True)
+    assert rows.shape[0] == sum(len(t) for t in step.values())
+    assert decode_rows == [6] * 3  # the step's six tokens, in each of the three layers
+    decode_rows.clear()
+    torch.testing.assert_close(rows, logits_of_step(False), rtol=1e-4, atol=1e-4)
+    assert decode_rows == []  # the prefill kernel took the step
+    i = 0
+    for rid, prompt in prompts.items():
+        for k in range(len(step[rid])):
+            ref = hf_last_logits(hf, prompt + step[rid][: k + 1])  # type: ignore[arg-type]
+            torch.testing.assert_close(rows[i], ref, rtol=1e-3, atol=1e-3)
+            i += 1

@@ -114,6 +114,17 @@ class TritonMLABackend:
                 d_rope=rope_dim, num_splits=splits, q_rope=q_pe,
                 head_groups=small_batch_head_groups(batch, heads),
             )  # fmt: skip
+        elif meta.token_rows is not None:
+            # A few tokens a sequence (verifying drafts): each token a decode row over its own
+            # causal length, split over the sequence like a decode step (the prefill kernel
+            # walks each sequence's cache in one program per query block).
+            rows, heads = q_lat.shape[:2]
+            lens, table = meta.token_rows
+            att = mla_decode(
+                q_lat, kv_cache, table, lens, meta.page_size, scale, d_rope=rope_dim,
+                num_splits=default_num_splits(rows, num_sms(q_lat.device)), q_rope=q_pe,
+                head_groups=small_batch_head_groups(rows, heads),
+            )  # fmt: skip
         else:
             att = mla_prefill(
                 q_lat, kv_cache, meta.page_table, meta.query_start_loc, meta.seq_lens,

@@ -8,21 +8,11 @@ use std::time::{Duration, Instant};
 use http_support::{setup, setup_with, Server};
 use serde_json::{json, Value};
 
-async fn get(server: &Server, path: &str) -> (u16, Value) {
-    let r = server
-        .client
-        .get(format!("{}{path}", server.url))
-        .send()
-        .await
-        .expect("answers");
-    (r.status().as_u16(), r.json().await.expect("json"))
-}
-
 /// Polls the stored response until its status is no longer `in_progress`.
 async fn settled(server: &Server, id: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let (status, body) = get(server, &format!("/v1/responses/{id}")).await;
+        let (status, body) = server.get(&format!("/v1/responses/{id}")).await;
         assert_eq!(status, 200, "{body}");
         if body["status"] != "in_progress" || Instant::now() > deadline {
             return body;
@@ -73,7 +63,7 @@ async fn cancel_stops_a_running_background_response_and_aborts_its_request() {
         .await;
     assert_eq!(status, 200, "{cancelled}");
     assert_eq!(cancelled["status"], "cancelled", "{cancelled}");
-    let (_, stored) = get(&server, &format!("/v1/responses/{id}")).await;
+    let (_, stored) = server.get(&format!("/v1/responses/{id}")).await;
     assert_eq!(stored["status"], "cancelled");
     let deadline = Instant::now() + Duration::from_secs(8);
     while worker.aborts.lock().expect("lock").is_empty() && Instant::now() < deadline {

@@ -6,20 +6,10 @@ mod http_support;
 use http_support::{setup, setup_with, Script};
 use serde_json::Value;
 
-async fn get(server: &http_support::Server, path: &str) -> (u16, Value) {
-    let r = server
-        .client
-        .get(format!("{}{path}", server.url))
-        .send()
-        .await
-        .expect("answers");
-    (r.status().as_u16(), r.json().await.expect("json"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_generate_is_ok_once_a_worker_generates_a_token() {
     let (_model, worker, server) = setup("abc", 1, &["--api-key", "k"]).await;
-    let (status, body) = get(&server, "/health_generate").await; // open, as /health is
+    let (status, body) = server.get("/health_generate").await; // open, as /health is
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["status"], "ok");
     let reqs = worker.requests();
@@ -50,7 +40,7 @@ async fn health_generate_is_ok_once_a_worker_generates_a_token() {
 async fn health_generate_is_503_when_the_worker_fails_the_request() {
     let failing = |s: &mut Script| s.error = Some(glm47_router::wire::ErrorCode::Internal);
     let (_model, _worker, server) = setup_with("x", &[], failing).await;
-    let (status, body) = get(&server, "/health_generate").await;
+    let (status, body) = server.get("/health_generate").await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["status"], "unhealthy");
     assert!(
@@ -62,12 +52,12 @@ async fn health_generate_is_503_when_the_worker_fails_the_request() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn model_and_server_info_describe_the_model_and_its_worker() {
     let (model, _worker, server) = setup("x", 1, &["--tool-call-parser", "glm47"]).await;
-    let (status, info) = get(&server, "/get_model_info").await;
+    let (status, info) = server.get("/get_model_info").await;
     assert_eq!(status, 200, "{info}");
     let dir = model.path.to_string_lossy().into_owned();
     assert_eq!(info["model_path"], dir.as_str());
     assert_eq!(info["is_generation"], true);
-    let (status, info) = get(&server, "/get_server_info").await;
+    let (status, info) = server.get("/get_server_info").await;
     assert_eq!(status, 200, "{info}");
     assert_eq!(info["context_length"], 4096);
     assert_eq!(info["tool_call_parser"], "glm47");
@@ -87,7 +77,7 @@ async fn flush_cache_reaches_every_ready_worker() {
         .post("/reset_prefix_cache", serde_json::json!({}))
         .await;
     assert_eq!(status, 200);
-    let (status, _) = get(&server, "/flush_cache").await; // SGLang answers GET too
+    let (status, _) = server.get("/flush_cache").await; // SGLang answers GET too
     assert_eq!(status, 200);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     let flushes = || worker.flushes.load(std::sync::atomic::Ordering::SeqCst);

@@ -8,6 +8,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::prefix::PrefixIndex;
 use super::shared::{Command, Shared, Submitted};
 use super::sockets::{read_link_events, LinkEvent, WorkerSockets};
 use super::table::RequestTable;
@@ -138,6 +139,14 @@ impl IoLoop {
         }
     }
 
+    /// The router's record of which worker was sent which prefixes.
+    fn prefixes(&self) -> std::sync::MutexGuard<'_, PrefixIndex> {
+        self.shared
+            .prefixes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Applies queued commands; false on shutdown.
     fn apply_commands(&mut self) -> bool {
         for cmd in self.shared.take_commands() {
@@ -182,12 +191,7 @@ impl IoLoop {
                 tracing::warn!("cannot send flush_cache to {addr}: {reason}");
             }
             // the prefixes it held are gone: balance as if it had none
-            let mut prefixes = self
-                .shared
-                .prefixes
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            prefixes.forget(worker);
+            self.prefixes().forget(worker);
         }
     }
 
@@ -303,12 +307,7 @@ impl IoLoop {
             })
             .sum();
         let blocks = usize::try_from(tokens / BLOCK_TOKENS as u64).unwrap_or(usize::MAX);
-        let mut prefixes = self
-            .shared
-            .prefixes
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        prefixes.set_capacity(blocks);
+        self.prefixes().set_capacity(blocks);
     }
 
     /// Marks a worker not ready and fails its in-flight requests. Those already sent are also
@@ -318,12 +317,7 @@ impl IoLoop {
         if slot.ready.swap(false, Ordering::SeqCst) {
             tracing::warn!("worker {} is not ready: {reason}", slot.addr);
             // It may come back with an empty cache.
-            let mut prefixes = self
-                .shared
-                .prefixes
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            prefixes.forget(worker);
+            self.prefixes().forget(worker);
         }
         self.shared.metrics.set_worker_ready(&slot.addr, false);
         let unsent: HashSet<String> = self.links[worker]

@@ -372,6 +372,17 @@ impl Server {
             .expect("post")
     }
 
+    /// GETs `path`: the status and the JSON body.
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let r = self
+            .client
+            .get(format!("{}{path}", self.url))
+            .send()
+            .await
+            .expect("get");
+        (r.status().as_u16(), r.json().await.expect("json body"))
+    }
+
     pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
         let r = self.send(path, body).await;
         let status = r.status().as_u16();

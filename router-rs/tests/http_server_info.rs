@@ -4,7 +4,6 @@
 mod http_support;
 
 use http_support::{setup, setup_with, Script};
-use serde_json::Value;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_generate_is_ok_once_a_worker_generates_a_token() {

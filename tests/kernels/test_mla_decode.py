@@ -149,3 +149,30 @@ def test_mla_decode_rejects_mismatched_dtype_and_negative_slack(device: str) -> 
     for slack in (-1.0, 16.0):  # fp16 probabilities overflow from 2**16
         with pytest.raises(ValueError, match="rescale_slack"):
             mla_decode(q, cache.half(), table, lens, 8, 0.1, d_rope=16, rescale_slack=slack)
+
+
+@pytest.mark.parametrize("rows_per_seq", [2, 3])
+def test_rows_sharing_a_page_table_row_attend_up_to_their_own_lengths(
+    rows_per_seq: int, device: str, dtype: torch.dtype
+) -> None:
+    """The tokens of sequences verifying drafts: consecutive query rows read one page-table row,
+    each over the cache up to its own length; as with a page-table row per query row."""
+    heads, d_lat, d_rope = (20, 512, 64) if ON_GPU else (4, 32, 16)
+    seq_lens = [1000, 37] if ON_GPU else [70, 9]
+    width = d_lat + d_rope
+    cache, table = make_paged_cache(seq_lens, width, 16, dtype, device)
+    lens = [n - rows_per_seq + 1 + i for n in seq_lens for i in range(rows_per_seq)]
+    rows = torch.tensor(lens, dtype=torch.int32, device=device)
+    q = torch.randn((len(lens), heads, width), dtype=dtype, device=device)
+    scale = (d_lat // 2) ** -0.5
+    shared = mla_decode(
+        q, cache, table, rows, 16, scale, d_rope=d_rope, num_splits=3,
+        rows_per_table_row=rows_per_seq,
+    )  # fmt: skip
+    per_row = table.repeat_interleave(rows_per_seq, dim=0)
+    apart = mla_decode(q, cache, per_row, rows, 16, scale, d_rope=d_rope, num_splits=3)
+    ref = mla_decode_ref(q.double(), cache.double(), per_row, rows, 16, scale, d_rope)
+    assert rel_err(shared, ref) < 1e-2
+    torch.testing.assert_close(shared, apart, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="rows_per_table_row"):
+        mla_decode(q, cache, table, rows, 16, scale, d_rope=d_rope, rows_per_table_row=5)

@@ -105,7 +105,7 @@ def _attend_slice(
     page_table_ptr,
     po_ptr,  # this slice's partial output [H, D_LAT]
     lse_ptr,  # this slice's log-sum-exp [H]
-    b,
+    pt_row,  # the page-table row the slice's rows are read through
     start,
     end,
     stride_qh,
@@ -146,8 +146,8 @@ def _attend_slice(
     for n0 in range(start, end, BLOCK_N):
         k_lo, k_hi, k_rope = _cached_rows(kv_ptr, slot, mask_n, stride_kv, D_LAT, D_ROPE)
         tile_mask = mask_n
-        mask_n, slot = _tile_slots(page_table_ptr, b, stride_pt, n0 + BLOCK_N, end, PAGE_SIZE,
-                                   BLOCK_N)  # fmt: skip
+        mask_n, slot = _tile_slots(page_table_ptr, pt_row, stride_pt, n0 + BLOCK_N, end,
+                                   PAGE_SIZE, BLOCK_N)  # fmt: skip
         s = tl.dot(q_lo, tl.trans(k_lo)) + tl.dot(q_hi, tl.trans(k_hi))
         s += tl.dot(q_rope, tl.trans(k_rope))  # [BLOCK_H, N]
         s = tl.where(tile_mask[None, :], s * scale_log2, float("-inf"))
@@ -211,6 +211,7 @@ def _mla_decode_split_kernel(
     KV_LINES: tl.constexpr = 9,  # 128-byte lines of a cached row
     KV_BLOCK_L: tl.constexpr = 16,  # KV_LINES rounded up to a power of two
     KV_LINE_ELEMS: tl.constexpr = 64,
+    ROWS_PER_TABLE_ROW: tl.constexpr = 1,  # query rows sharing a page-table row (in order)
 ):
     """One slice of one sequence, one group of heads (all of them unless the launch splits the
     heads: then each group's programs read the slice's rows again): partial output and
@@ -231,7 +232,8 @@ def _mla_decode_split_kernel(
     b = tl.program_id(0)
     split = tl.program_id(1)
     start, end = _slice_bounds(seq_lens_ptr, b, split, num_splits, BLOCK_N)
-    mask_n, slot = _tile_slots(page_table_ptr, b, stride_pt, start, end, PAGE_SIZE, BLOCK_N)
+    pt_row = b // ROWS_PER_TABLE_ROW
+    mask_n, slot = _tile_slots(page_table_ptr, pt_row, stride_pt, start, end, PAGE_SIZE, BLOCK_N)
     if USE_PDL and start < end:
         _prefetch_rows(kv_ptr, slot, stride_kv, KV_LINES, KV_BLOCK_L, KV_LINE_ELEMS)
     pdl_wait(USE_PDL)
@@ -246,7 +248,7 @@ def _mla_decode_split_kernel(
         _attend_slice(
             q_ptr + b * stride_qb + h0 * stride_qh, qr_ptr + b * stride_qrb + h0 * stride_qrh,
             kv_ptr, page_table_ptr,
-            part_out_ptr + b * stride_pob + split * stride_pos + h0 * stride_poh, lse_row, b,
+            part_out_ptr + b * stride_pob + split * stride_pos + h0 * stride_poh, lse_row, pt_row,
             start, end, stride_qh, stride_qrh, stride_kv, stride_pt, stride_poh, group_heads,
             scale_log2, mask_n, slot, PAGE_SIZE, D_LAT, D_ROPE, BLOCK_H, BLOCK_N, RESCALE_SLACK,
         )  # fmt: skip
@@ -360,6 +362,7 @@ def mla_decode(
     q_rope: torch.Tensor | None = None,  # [B, H, D_ROPE]: the roped part, when q holds D_LAT
     rescale_slack: float = RESCALE_SLACK,
     head_groups: int = 1,
+    rows_per_table_row: int = 1,
 ) -> torch.Tensor:  # [B, H, D_LAT]
     """Attention of one query token per sequence over its cached latents (values = first D_LAT).
 
@@ -368,7 +371,9 @@ def mla_decode(
     `_mla_decode_split_kernel`); every value gives the same result up to rounding. `head_groups`
     > 1 splits the heads over that many programs per slice (each reading the slice's rows), so a
     program's products are narrower: for small batches, where a few programs' chains of
-    instructions are the step's time.
+    instructions are the step's time. With `rows_per_table_row` r > 1, query rows [i*r, i*r + r)
+    read the cache through page-table row i (each row its own length in `seq_lens`): the tokens
+    of a sequence verifying drafts, each attending up to its own position.
     """
     q_lat, q_pe = split_query(q, q_rope, d_rope)
     b, h, d_lat = q_lat.shape
@@ -379,8 +384,10 @@ def mla_decode(
     check_q_and_cache(q_lat, kv_cache, d_lat + d_rope)
     if page_table.dtype != torch.int32 or seq_lens.dtype != torch.int32:
         raise ValueError("page_table and seq_lens must be int32")
-    if page_table.shape[0] != b or seq_lens.shape != (b,):
-        raise ValueError("page_table and seq_lens need one row per sequence")
+    if rows_per_table_row < 1 or page_table.shape[0] * rows_per_table_row != b:
+        raise ValueError("page_table needs one row per rows_per_table_row query rows")
+    if seq_lens.shape != (b,):
+        raise ValueError("seq_lens needs one length per query row")
     for dim in (d_lat, d_rope):
         if dim & (dim - 1):
             raise ValueError(f"latent and rope widths must be powers of two, got {dim}")
@@ -417,6 +424,7 @@ def mla_decode(
         num_stages=num_stages,
         USE_PDL=pdl, launch_pdl=pdl, KV_LINES=kv_lines,
         KV_BLOCK_L=triton.next_power_of_2(kv_lines), KV_LINE_ELEMS=128 // kv_cache.element_size(),
+        ROWS_PER_TABLE_ROW=rows_per_table_row,
     )  # fmt: skip
     out = torch.empty((b, h, d_lat), dtype=q_lat.dtype, device=q_lat.device)
     # Small batches spread each head's columns over MERGE_COLUMN_BLOCKS programs, so the few

@@ -337,7 +337,8 @@ class ModelRunner:
             device=self.device,
             capturer=self._graph_capturer,
             tokens_per_seq=tokens_per_seq,
-            logits=self.model.compute_logits,
+            # the other tensor-parallel ranks sample nothing: no logits in their graphs
+            logits=self.model.compute_logits if self.tp.rank == 0 else None,
         )
         graphs.capture()
         used = free_before - torch.cuda.mem_get_info(self.device)[0] if on_gpu else 0

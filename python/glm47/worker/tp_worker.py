@@ -6,8 +6,8 @@ grammars) and its own part of the model. It starts ranks 1..N-1 as child process
 own GPU (`cuda:i` counted from the worker's device; the CPU with gloo when the worker runs there).
 Every rank builds the same runner, in step. Then, before each forward pass, rank 0 sends the
 other ranks the step's layout (`StepMirror.announce`: the sequences' tokens, positions and page
-tables over a gloo group) and its input token ids (a broadcast over the device group: tokens fed
-from the last step's samples exist only on rank 0's device); each follower lays out the same
+tables over a gloo group) and, when some were fed from the last step's samples (which exist only
+on rank 0's device), its input token ids (a broadcast over the device group); each follower lays out the same
 inputs, takes the ids and runs the same forward pass, whose all-reduces join rank 0's. The
 followers sample nothing: rank 0 holds the sums, so its logits are the whole model's. With MTP,
 rank 0 also announces each drafting round (`announce_drafts`: the sequences and their rows); every
@@ -25,6 +25,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
@@ -109,17 +110,23 @@ class _PageLists:
         self._sent: dict[str, tuple[list[int], int]] = {}  # rid -> (list, pages sent)
 
     def layout(self, batch: ScheduledBatch) -> list[SeqLayout]:
-        sent: dict[str, tuple[list[int], int]] = {}
-        out: list[SeqLayout] = []
-        for s in batch.seqs:
-            pages: list[int] | tuple[int, ...] = s.page_ids
-            known = self._sent.get(s.rid)
-            if known is not None and known[0] is s.page_ids and len(s.page_ids) >= known[1]:
-                pages = tuple(s.page_ids[known[1] :])
-            sent[s.rid] = (s.page_ids, len(s.page_ids))
-            out.append((s.rid, s.token_ids, s.start_pos, pages, s.sample, s.draft_ids))
-        self._sent = sent
-        return out
+        """The step's layout; the record keeps the step's sequences only."""
+        previous, self._sent = self._sent, {}
+        return [
+            (s.rid, s.token_ids, s.start_pos, self.encode(s.rid, s.page_ids, previous), s.sample,
+             s.draft_ids)
+            for s in batch.seqs
+        ]  # fmt: skip
+
+    def encode(
+        self, rid: str, pages: list[int], known: dict[str, tuple[list[int], int]] | None = None
+    ) -> list[int] | tuple[int, ...]:
+        """`pages` whole, or as the tuple of pages appended to the list the followers hold."""
+        held = (self._sent if known is None else known).get(rid)
+        self._sent[rid] = (pages, len(pages))
+        if held is not None and held[0] is pages and len(pages) >= held[1]:
+            return tuple(pages[held[1] :])
+        return pages
 
 
 class _FollowerPages:
@@ -130,18 +137,28 @@ class _FollowerPages:
         self._lists: dict[str, list[int]] = {}
 
     def batch(self, layout: list[SeqLayout]) -> ScheduledBatch:
-        lists: dict[str, list[int]] = {}
-        seqs = []
-        for rid, ids, start, pages, sample, drafts in layout:
-            if isinstance(pages, tuple):
-                held = self._lists[rid]
-                held.extend(pages)
-            else:
-                held = pages
-            lists[rid] = held
-            seqs.append(ScheduledSeq(rid, ids, start, held, sample, draft_ids=drafts))
-        self._lists = lists
+        previous, self._lists = self._lists, {}
+        seqs = [
+            ScheduledSeq(rid, ids, start, self.decode(rid, pages, previous), sample,
+                         draft_ids=drafts)
+            for rid, ids, start, pages, sample, drafts in layout
+        ]  # fmt: skip
         return ScheduledBatch(seqs)
+
+    def decode(
+        self,
+        rid: str,
+        pages: list[int] | tuple[int, ...],
+        known: dict[str, list[int]] | None = None,
+    ) -> list[int]:
+        """The list `_PageLists.encode` describes, kept for the next step."""
+        if isinstance(pages, tuple):
+            held = (self._lists if known is None else known)[rid]
+            held.extend(pages)
+        else:
+            held = pages
+        self._lists[rid] = held
+        return held
 
 
 class StepMirror:
@@ -157,13 +174,17 @@ class StepMirror:
         if inputs.batch is None:
             raise ValueError("a forward pass under tensor parallelism needs its batch")
         layout = self._pages.layout(inputs.batch)
-        dist.broadcast_object_list([("step", layout)], src=0, group=self.tp.host_group)
-        self.tp.broadcast(inputs.input_ids)
+        fed = any(s.fed for s in inputs.batch.seqs)  # ids only on this device: sent after
+        dist.broadcast_object_list([("step", (layout, fed))], src=0, group=self.tp.host_group)
+        if fed:
+            self.tp.broadcast(inputs.input_ids)
 
     def announce_drafts(self, items: list[DraftInput]) -> None:
+        """A drafting round: its sequences, their page lists as the steps send them."""
         import torch.distributed as dist
 
-        dist.broadcast_object_list([("draft", items)], src=0, group=self.tp.host_group)
+        body = [(replace(it, page_ids=[]), self._pages.encode(it.rid, it.page_ids)) for it in items]
+        dist.broadcast_object_list([("draft", body)], src=0, group=self.tp.host_group)
 
     def stop(self) -> None:
         """Tells the other ranks to leave their loop."""
@@ -187,10 +208,13 @@ def follow(runner: Any, tp: TensorParallel) -> int:
             return steps
         kind, body = box[0]
         if kind == "draft":
-            runner.propose_drafts(body)
+            items = [replace(it, page_ids=pages.decode(it.rid, p)) for it, p in body]
+            runner.propose_drafts(items)
             continue
-        inputs = runner.prepare(pages.batch(body))
-        tp.broadcast(inputs.input_ids)
+        layout, fed = body
+        inputs = runner.prepare(pages.batch(layout))
+        if fed:
+            tp.broadcast(inputs.input_ids)
         runner.follow(inputs)
         steps += 1
 

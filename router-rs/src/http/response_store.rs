@@ -260,7 +260,9 @@ pub async fn cancel(
     if let Some(task) = state.responses.background(&id) {
         let done = task.done.notified();
         task.cancel.notify_one();
-        if tokio::time::timeout(CANCEL_WAIT, done).await.is_err() {
+        // it may have ended between the lookup and `notified`: then nothing is left to wait for
+        let running = state.responses.background(&id).is_some();
+        if running && tokio::time::timeout(CANCEL_WAIT, done).await.is_err() {
             tracing::warn!("background response {id} did not stop within {CANCEL_WAIT:?}");
         }
     }

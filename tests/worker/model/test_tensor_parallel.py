@@ -83,7 +83,7 @@ def _run(runner: ModelRunner, fed: bool) -> list[torch.Tensor]:
         if fed and i == len(steps) - 1:
             real = [s.token_ids[0] for s in step.seqs]
             for s in step.seqs:
-                s.token_ids = [0]
+                s.token_ids, s.fed = [0], True
             inputs = runner.prepare(step)
             inputs.input_ids.copy_(torch.tensor(real))
             out.append(runner.forward_sampled(inputs)[1].clone())
@@ -196,3 +196,7 @@ def test_steps_send_only_the_pages_a_running_sequence_gained() -> None:
     assert [r[3] for r in layout] == [[9, 8]] and got.seqs[0].page_ids == [9, 8]
     layout, got = step(seq("a", [5], 9, a, True))  # a skipped a step: its list is sent whole
     assert [r[3] for r in layout] == [[1, 2, 3]] and got.seqs[0].page_ids == [1, 2, 3]
+    a.append(4)  # room for drafts, taken after the step: the drafting round sends the new page
+    encoded = pickle.loads(pickle.dumps(sent.encode("a", a)))
+    assert encoded == (4,)
+    assert held.decode("a", encoded) is got.seqs[0].page_ids == [1, 2, 3, 4]

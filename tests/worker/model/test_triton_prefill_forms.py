@@ -57,15 +57,20 @@ def test_both_prefill_forms_match_transformers(
     assert chosen == [True] * layers + [False] * layers * (1 + len(DECODE))
 
 
+@pytest.mark.parametrize(
+    "step",
+    [{"a": [5, 81, 19], "b": [44], "c": [23, 9]}, {"a": [5, 81], "b": [44, 3], "c": [23, 9]}],
+    ids=["uneven", "even"],
+)
 def test_short_query_steps_attend_as_decode_rows(
-    model_dir: tuple[Path, object], monkeypatch: pytest.MonkeyPatch
+    model_dir: tuple[Path, object], monkeypatch: pytest.MonkeyPatch, step: dict[str, list[int]]
 ) -> None:
     """A step where each sequence computes 1-3 tokens after its cached prompt (drafts being
-    verified): each token as a decode row of the split decode kernel gives the logits of the
-    per-sequence prefill kernel, and transformers' at every row."""
+    verified; as many each, as in a verification graph, or not): each token as a decode row of
+    the split decode kernel gives the logits of the per-sequence prefill kernel, and
+    transformers' at every row."""
     path, hf = model_dir
     prompts = {"a": PROMPT[:13], "b": PROMPT[5:30], "c": PROMPT[20:27]}
-    step = {"a": [5, 81, 19], "b": [44], "c": [23, 9]}
 
     decode_rows: list[int] = []
     real_decode = triton_backend.mla_decode
@@ -91,7 +96,8 @@ def test_short_query_steps_attend_as_decode_rows(
 
     rows = logits_of_step(True)
     assert rows.shape[0] == sum(len(t) for t in step.values())
-    assert decode_rows == [6] * 3  # the step's six tokens, in each of the three layers
+    tokens = sum(len(t) for t in step.values())
+    assert decode_rows == [tokens] * 3  # the step's tokens, in each of the three layers
     decode_rows.clear()
     torch.testing.assert_close(rows, logits_of_step(False), rtol=1e-4, atol=1e-4)
     assert decode_rows == []  # the prefill kernel took the step

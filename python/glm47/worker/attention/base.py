@@ -47,10 +47,11 @@ class AttentionMetadata:
     # (the leading ones, the rest), each with its own metadata over its rows; None otherwise. The
     # decode backend takes the first part and the prefill backend the second (`SplitAttention`).
     parts: tuple[AttentionMetadata, AttentionMetadata] | None = None
-    # A short-query step's tokens as decode rows, set once per forward pass (`with_token_rows`):
-    # [T] int32 each token's causal length (position + 1) and [T, max_pages] int32 its
-    # sequence's page table row. None: not computed (the backends then read the sequences).
-    token_rows: tuple[torch.Tensor, torch.Tensor] | None = None
+    # A short-query step's tokens as decode rows, set once a forward pass (`with_token_rows`):
+    # [T] int32 each token's causal length (position + 1), the page table its rows read through
+    # and how many consecutive rows share each of its rows (every sequence's token count, when
+    # they all have as many; else 1, the table a row per token). None: not computed.
+    token_rows: tuple[torch.Tensor, torch.Tensor, int] | None = None
 
     @property
     def num_seqs(self) -> int:
@@ -59,16 +60,22 @@ class AttentionMetadata:
 
 def with_token_rows(meta: AttentionMetadata) -> AttentionMetadata:
     """Sets `token_rows` on a short-query step's metadata (and on a split step's short part),
-    from its tensors alone (graph-safe: in a graph it is recomputed at every replay); each new
-    token then attends like a decode row whose cache ends at its own position."""
+    from its tensors and host fields alone (graph-safe: in a graph it is recomputed at every
+    replay); each new token then attends like a decode row whose cache ends at its own position.
+    Where every sequence computes as many tokens (a verification graph, a step whose sequences
+    all verify as many drafts) the rows read the sequences' own page-table rows, else a gathered
+    copy."""
     short = meta.parts[0] if meta.parts is not None else meta
     if short.is_decode or not short.short_queries:
         return meta
-    t = short.positions.shape[0]
+    t, b, q = short.positions.shape[0], short.num_seqs, short.max_query_len
+    lens = (short.positions + 1).to(torch.int32)  # [T]
+    if t == b * q:
+        short.token_rows = (lens, short.page_table, q)
+        return meta
     steps = torch.arange(t, dtype=torch.int32, device=short.positions.device)  # [T]
     seq = torch.searchsorted(short.query_start_loc[1:], steps, right=True)  # [T]
-    lens = (short.positions + 1).to(torch.int32)  # [T]
-    short.token_rows = (lens, short.page_table.index_select(0, seq))
+    short.token_rows = (lens, short.page_table.index_select(0, seq), 1)
     return meta
 
 

@@ -119,11 +119,11 @@ class TritonMLABackend:
             # causal length, split over the sequence like a decode step (the prefill kernel
             # walks each sequence's cache in one program per query block).
             rows, heads = q_lat.shape[:2]
-            lens, table = meta.token_rows
+            lens, table, per_row = meta.token_rows
             att = mla_decode(
                 q_lat, kv_cache, table, lens, meta.page_size, scale, d_rope=rope_dim,
                 num_splits=default_num_splits(rows, num_sms(q_lat.device)), q_rope=q_pe,
-                head_groups=small_batch_head_groups(rows, heads),
+                head_groups=small_batch_head_groups(rows, heads), rows_per_table_row=per_row,
             )  # fmt: skip
         else:
             att = mla_prefill(

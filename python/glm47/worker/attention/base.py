@@ -58,15 +58,24 @@ class AttentionMetadata:
         return int(self.seq_lens.shape[0])
 
 
+# Short-query steps of at most this many sequences attend as decode rows. The prefill kernel runs
+# one program per sequence over its whole cache (at 20 heads and a few tokens): below about one
+# sequence per multiprocessor most of the GPU idles while each program walks its cache, where the
+# decode kernel splits every row's cache over programs; with more sequences than that the
+# prefill kernel fills the GPU and reads each sequence's cache once, the decode rows once per
+# token. (A model of the two, not measured at large batches.)
+TOKEN_ROWS_MAX_SEQS = 128
+
+
 def with_token_rows(meta: AttentionMetadata) -> AttentionMetadata:
     """Sets `token_rows` on a short-query step's metadata (and on a split step's short part),
     from its tensors and host fields alone (graph-safe: in a graph it is recomputed at every
     replay); each new token then attends like a decode row whose cache ends at its own position.
     Where every sequence computes as many tokens (a verification graph, a step whose sequences
     all verify as many drafts) the rows read the sequences' own page-table rows, else a gathered
-    copy."""
+    copy. Steps of more than `TOKEN_ROWS_MAX_SEQS` sequences keep the prefill kernel."""
     short = meta.parts[0] if meta.parts is not None else meta
-    if short.is_decode or not short.short_queries:
+    if short.is_decode or not short.short_queries or short.num_seqs > TOKEN_ROWS_MAX_SEQS:
         return meta
     t, b, q = short.positions.shape[0], short.num_seqs, short.max_query_len
     lens = (short.positions + 1).to(torch.int32)  # [T]

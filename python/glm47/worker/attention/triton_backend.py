@@ -3,8 +3,9 @@ for long prefill steps.
 
 Per layer (the layer has stored the step's new latents in the cache): project the queries into
 the latent space with W_UK, attend with the split-K decode kernel when every sequence has one new
-token and with the variable-length causal prefill kernel otherwise, then map the attended latents
-to values with W_UV. Both absorbed kernels read the cache in place; nothing is expanded per head.
+token, or a few (verifying drafts: each token a decode row over its own causal length, the rows
+`with_token_rows` set), and with the variable-length causal prefill kernel otherwise, then map
+the attended latents to values with W_UV. Both absorbed kernels read the cache in place; nothing is expanded per head.
 
 The absorbed form weighs every (query, key) pair over 576 + 512 columns a head, the expanded form
 (attention/expanded with kernels/varlen_attention) over 256 + 256 on the real model but first
@@ -69,8 +70,9 @@ class TritonMLABackend:
 
     name = "triton"
     supports_cuda_graph = True
-    # Its short-query path (mla_prefill) takes its grid from max_query_len and the batch, and
-    # every position from the metadata tensors: graphs of verification steps hold.
+    # Its short-query paths (decode rows from `token_rows`, else mla_prefill) take their grids
+    # from the host fields of the metadata and every position from its tensors: graphs of
+    # verification steps hold.
     supports_multi_token_cuda_graph = True
 
     def __init__(self, prefill_form: str = "auto") -> None:

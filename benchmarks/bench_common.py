@@ -1,9 +1,11 @@
 """What the kernel benchmarks share: the real shapes, the ceilings measured in the same run, the
-timers (L2-flushed events, CUDA-graph replays over rotating inputs), the result rows and their
+timers (L2-flushed events, CUDA-graph replays over rotating inputs, and the model bench's step
+timers: events around one call, or around calls queued back to back), the result rows and their
 tables."""
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -96,3 +98,52 @@ def best_rows(rows: list[Row]) -> list[Row]:
         if key not in best or r.ms < best[key].ms:
             best[key] = r
     return list(best.values())
+
+
+def time_cuda(
+    fn: Callable[[], object],
+    iters: int,
+    warmup: int = 3,
+    before: Callable[[], object] | None = None,
+) -> float:
+    """Median milliseconds of `fn` over `iters` runs, CUDA events around each; `before` runs
+    ahead of each, untimed."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(iters):
+        if before is not None:
+            before()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def time_cuda_back_to_back(
+    fn: Callable[[], object],
+    steps: int,
+    repeats: int = 5,
+    before: Callable[[], object] | None = None,
+) -> float:
+    """Median milliseconds a run of `fn` takes when `steps` runs are queued back to back (CUDA
+    events around the whole run, divided by `steps`): the host queues a run while the device
+    works on the one before, as the server's engine does when it runs steps ahead, so the host's
+    launch latency between two runs is hidden unless it exceeds a run's device time."""
+    fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(steps):
+            if before is not None:
+                before()
+            fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / steps)
+    return statistics.median(times)

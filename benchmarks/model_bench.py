@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -35,6 +34,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import time_cuda, time_cuda_back_to_back
 from bench_kernel_flags import add_kernel_flags, kernel_options
 from bench_model import GLM47_FLASH_CONFIG
 
@@ -93,55 +93,6 @@ class PrefillRow:
     ms: float
     floor_ms: float
     tok_per_s: float
-
-
-def time_cuda(
-    fn: Callable[[], object],
-    iters: int,
-    warmup: int = 3,
-    before: Callable[[], object] | None = None,
-) -> float:
-    """Median milliseconds of `fn` over `iters` runs, CUDA events around each; `before` runs
-    ahead of each, untimed."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(iters):
-        if before is not None:
-            before()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
-
-
-def time_cuda_back_to_back(
-    fn: Callable[[], object],
-    steps: int,
-    repeats: int = 5,
-    before: Callable[[], object] | None = None,
-) -> float:
-    """Median milliseconds a run of `fn` takes when `steps` runs are queued back to back (CUDA
-    events around the whole run, divided by `steps`): the host queues a run while the device
-    works on the one before, as the server's engine does when it runs steps ahead, so the host's
-    launch latency between two runs is hidden unless it exceeds a run's device time."""
-    fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(steps):
-            if before is not None:
-                before()
-            fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / steps)
-    return statistics.median(times)
 
 
 def measure_ceilings() -> Ceilings:

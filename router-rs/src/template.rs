@@ -313,6 +313,34 @@ fn raise_exception(message: String) -> Result<Value, Error> {
     Err(Error::new(ErrorKind::InvalidOperation, message))
 }
 
+/// The chat template of a model directory: chat_template.jinja, else tokenizer_config.json's
+/// `chat_template` (one string, or the one named "default" of a list).
+pub(crate) fn read_from_dir(
+    dir: &std::path::Path,
+    tokenizer_config: Option<&(std::path::PathBuf, Json)>,
+) -> Result<String, crate::tokenizer::TokenizerError> {
+    let path = dir.join("chat_template.jinja");
+    if path.exists() {
+        return std::fs::read_to_string(&path)
+            .map_err(|source| crate::tokenizer::TokenizerError::Io { path, source });
+    }
+    // Either one template string or a list of `{"name", "template"}`, of which "default" is used.
+    let source = match tokenizer_config.and_then(|(_, json)| json.get("chat_template")) {
+        Some(Json::String(source)) => Some(source.as_str()),
+        Some(Json::Array(named)) => named
+            .iter()
+            .find(|t| t.get("name").and_then(Json::as_str) == Some("default"))
+            .and_then(|t| t.get("template"))
+            .and_then(Json::as_str),
+        _ => None,
+    };
+    source.map(str::to_string).ok_or_else(|| {
+        crate::tokenizer::TokenizerError::MissingChatTemplate {
+            dir: dir.to_path_buf(),
+        }
+    })
+}
+
 #[cfg(test)]
 #[path = "template/tests.rs"]
 mod tests;

@@ -335,7 +335,7 @@ impl ModelFiles {
         let config = read_json_if_exists(&dir.join("config.json"))?;
         let chat_template = match template {
             Some(source) => source,
-            None => read_chat_template(&dir, tokenizer_config.as_ref())?,
+            None => crate::template::read_from_dir(&dir, tokenizer_config.as_ref())?,
         };
         let eos = find_eos_ids(&dir, &inner, &generation_config, &config, &tokenizer_config)?;
         let generation = match &generation_config {
@@ -378,32 +378,6 @@ fn read_json_if_exists(path: &Path) -> Result<JsonFile, TokenizerError> {
         source,
     })?;
     Ok(Some((path.to_path_buf(), json)))
-}
-
-fn read_chat_template(
-    dir: &Path,
-    tokenizer_config: Option<&(PathBuf, Json)>,
-) -> Result<String, TokenizerError> {
-    let path = dir.join("chat_template.jinja");
-    if path.exists() {
-        return std::fs::read_to_string(&path)
-            .map_err(|source| TokenizerError::Io { path, source });
-    }
-    // Either one template string or a list of `{"name", "template"}`, of which "default" is used.
-    let source = match tokenizer_config.and_then(|(_, json)| json.get("chat_template")) {
-        Some(Json::String(source)) => Some(source.as_str()),
-        Some(Json::Array(named)) => named
-            .iter()
-            .find(|t| t.get("name").and_then(Json::as_str) == Some("default"))
-            .and_then(|t| t.get("template"))
-            .and_then(Json::as_str),
-        _ => None,
-    };
-    source
-        .map(str::to_string)
-        .ok_or_else(|| TokenizerError::MissingChatTemplate {
-            dir: dir.to_path_buf(),
-        })
 }
 
 /// Reads an eos id field that may be an integer or a list of integers.

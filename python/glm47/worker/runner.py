@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -55,19 +55,13 @@ from glm47.worker.model.layers.moe import MoE
 from glm47.worker.model.loader import load_model
 from glm47.worker.model.parallel import SINGLE, TensorParallel
 from glm47.worker.segment_graph import SegmentGraphRunner, segment_sizes
-from glm47.worker.step_inputs import SHORT_QUERY, StepInputBuilder, StepInputs
+from glm47.worker.step_inputs import SHORT_QUERY, StepInputBuilder, StepInputs, feed_input_ids
 from glm47.worker.step_results import LaunchedStep, Sampler, score_prompts
 
+if TYPE_CHECKING:
+    from glm47.worker.tp_worker import StepMirror
+
 log = logging.getLogger(__name__)
-
-
-class StepAnnouncer(Protocol):
-    """Rank 0's side of tensor parallelism: tells the other ranks about a forward pass before
-    its first collective (worker/tp_worker.py)."""
-
-    def announce(self, inputs: StepInputs) -> None: ...
-
-    def announce_drafts(self, items: list[DraftInput]) -> None: ...
 
 
 # Modules whose import registers optional backends; one that fails to import (no Triton) just
@@ -152,7 +146,7 @@ class ModelRunner:
         if tp.staged and not (disable_cuda_graph and segment_graph_max_tokens == 0):
             raise ValueError("collectives staged through host memory cannot be graphed")
         # Rank 0 under tensor parallelism: what announces each forward pass to the other ranks.
-        self.mirror: StepAnnouncer | None = None
+        self.mirror: StepMirror | None = None
         import_optional_backends()
         probe = flashinfer_probe(
             tp.part(model_config.num_attention_heads, "num_attention_heads"),
@@ -471,7 +465,7 @@ class ModelRunner:
         `sample` queues the sampling, with the sequences' settings as they are then."""
         inputs = self.prepare(batch)
         if feed is not None:
-            self._feed(batch, inputs.input_ids, feed)
+            feed_input_ids(batch, inputs.input_ids, feed)
         if inputs.sample_seqs:
             hidden, logits = self.forward_sampled(inputs)  # [T, H], [N, V] fp32
         else:
@@ -487,25 +481,6 @@ class ModelRunner:
             seqs = inputs.sample_seqs
             return LaunchedStep(None, scores, lambda: sampler.sample_deferred(logits, seqs, last))
         return LaunchedStep(sampler.sample_deferred(logits, inputs.sample_seqs, last), scores)
-
-    def _feed(self, batch: ScheduledBatch, input_ids: torch.Tensor, feed: TokenFeed) -> None:
-        """Put the fed sequences' tokens into the step's input on the device."""
-        if input_ids.shape[0] == len(feed.seqs) == len(feed.tokens) and feed.rows == feed.seqs:
-            # As many input rows as fed sequences: every sequence is fed one token, in the order
-            # of the samples (the common decode step).
-            input_ids.copy_(feed.tokens)
-            return
-        starts, at = [], 0
-        for seq in batch.seqs:
-            starts.append(at)
-            at += len(seq.token_ids)
-        if at != input_ids.shape[0] or len(feed.rows) != len(feed.seqs):
-            raise ValueError("a token feed does not match its step")
-        if any(len(batch.seqs[i].token_ids) != 1 for i in feed.seqs):
-            raise ValueError("a fed sequence computes one token")
-        idx = torch.tensor([feed.rows, [starts[i] for i in feed.seqs]], dtype=torch.int64)
-        idx = idx.to(self.device, non_blocking=True)
-        input_ids.index_copy_(0, idx[1], feed.tokens.index_select(0, idx[0]))
 
     @property
     def can_draft(self) -> bool:

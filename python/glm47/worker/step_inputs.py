@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from glm47.worker.attention.base import AttentionMetadata
-from glm47.worker.batch import ScheduledBatch, ScheduledSeq
+from glm47.worker.batch import ScheduledBatch, ScheduledSeq, TokenFeed
 
 # Sequences computing at most this many tokens (decoding, or verifying a few drafts) attend
 # through the decode backend, which reads the paged cache in place; longer chunks through the
@@ -269,3 +269,24 @@ def _check(
     raise ValueError(
         f"sequence {seqs[i].rid} has {len(seqs[i].page_ids)} pages for {end[i]} tokens"
     )
+
+
+def feed_input_ids(batch: ScheduledBatch, input_ids: torch.Tensor, feed: TokenFeed) -> None:
+    """Put the fed sequences' tokens into the step's input on the device (the batch holds
+    placeholders for them; see `TokenFeed`)."""
+    if input_ids.shape[0] == len(feed.seqs) == len(feed.tokens) and feed.rows == feed.seqs:
+        # As many input rows as fed sequences: every sequence is fed one token, in the order
+        # of the samples (the common decode step).
+        input_ids.copy_(feed.tokens)
+        return
+    starts, at = [], 0
+    for seq in batch.seqs:
+        starts.append(at)
+        at += len(seq.token_ids)
+    if at != input_ids.shape[0] or len(feed.rows) != len(feed.seqs):
+        raise ValueError("a token feed does not match its step")
+    if any(len(batch.seqs[i].token_ids) != 1 for i in feed.seqs):
+        raise ValueError("a fed sequence computes one token")
+    idx = torch.tensor([feed.rows, [starts[i] for i in feed.seqs]], dtype=torch.int64)
+    idx = idx.to(input_ids.device, non_blocking=True)
+    input_ids.index_copy_(0, idx[1], feed.tokens.index_select(0, idx[0]))

@@ -59,12 +59,15 @@ class AttentionMetadata:
 
 
 # Short-query steps of at most this many sequences attend as decode rows. The prefill kernel runs
-# one program per sequence over its whole cache (at 20 heads and a few tokens): below about one
-# sequence per multiprocessor most of the GPU idles while each program walks its cache, where the
-# decode kernel splits every row's cache over programs; with more sequences than that the
-# prefill kernel fills the GPU and reads each sequence's cache once, the decode rows once per
-# token. (A model of the two, not measured at large batches.)
-TOKEN_ROWS_MAX_SEQS = 128
+# one program per sequence over its whole cache (at 20 heads and a few tokens), so with few
+# sequences most of the GPU idles while each program walks its cache, where the decode kernel
+# splits every row's cache over programs; with many, the prefill kernel fills the GPU and reads
+# each sequence's cache once, the decode rows once per token. Measured on an H200 with 2-token
+# verification steps (run FC, benchmarks/results/2026-12-05-h200/): decode rows 4.91 / 12.19 /
+# 17.96 ms at batch 1 / 8 / 32 and 1K cached tokens (prefill kernel 8.49 / 15.10 / 20.39 in run
+# FA), 14.12 against 38.08 ms at batch 8 and 8K tokens, but 54.88 against 52.88 ms at batch 64
+# and 8K tokens.
+TOKEN_ROWS_MAX_SEQS = 32
 
 
 def with_token_rows(meta: AttentionMetadata) -> AttentionMetadata:

@@ -12,7 +12,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from glm47.worker.tp_worker import StepMirror, follow_and_exit, free_port, init_rank
+from glm47.worker.tp_worker import (
+    StepMirror,
+    exit_now_with,
+    follow_and_exit,
+    free_port,
+    init_rank,
+)
 from tests.gpu.conftest import Checkpoint
 from tests.gpu.harness import (
     SessionResult,
@@ -43,6 +49,7 @@ def _rank(rank: int, path: str, port: int, out: str) -> None:
         torch.save({"logits": logits, "contexts": result.contexts}, out)
     finally:
         mirror.stop()
+        exit_now_with(0)
 
 
 def test_two_ranks_match_transformers(checkpoint: Checkpoint, tmp_path: Path) -> None:

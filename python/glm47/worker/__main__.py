@@ -18,6 +18,7 @@ from glm47.worker.tp_worker import (
     StepMirror,
     check_devices,
     exit_now,
+    exit_now_with,
     free_port,
     init_rank,
     rank_device,
@@ -88,11 +89,11 @@ def main(argv: list[str] | None = None) -> int:
         if followers is not None:
             # After a failure a follower may be inside a step that never completes: no message.
             followers.stop(None if failed else mirror, timeout_s=0.0 if failed else 30.0)
-            followers.close_group()
-    if failed:
-        return 1
-    log.info("worker %s stopped", ready.worker_id)
-    return 0
+    if not failed:
+        log.info("worker %s stopped", ready.worker_id)
+    if followers is not None:
+        exit_now_with(1 if failed else 0)  # past the group's teardown (see tp_worker)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

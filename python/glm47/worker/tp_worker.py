@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import timedelta
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 
@@ -246,8 +246,7 @@ def follow_and_exit(runner: Any, tp: TensorParallel) -> None:
     already, and gloo aborts a process when a peer's connections close under its teardown."""
     steps = follow(runner, tp)
     log.info("tensor-parallel rank %d stopped after %d forward passes", tp.rank, steps)
-    logging.shutdown()
-    os._exit(0)
+    exit_now_with(0)
 
 
 def _exit_with_parent(parent: int) -> None:
@@ -303,16 +302,6 @@ class Followers:
 
         threading.Thread(target=run, name="glm47-tp-watch", daemon=True).start()
 
-    def close_group(self) -> None:
-        """Rank 0's side of the group, once the followers are gone."""
-        import torch.distributed as dist
-
-        if dist.is_initialized():
-            try:
-                dist.destroy_process_group()
-            except RuntimeError as err:
-                log.warning("tensor-parallel group teardown: %s", err)
-
     def stop(self, mirror: StepMirror | None, timeout_s: float = 30.0) -> None:
         """Ask the followers to leave (with `mirror`, while the group still works), then reap
         them: those not gone within `timeout_s` are killed."""
@@ -333,5 +322,12 @@ class Followers:
 def exit_now(reason: str) -> None:
     """The watch's answer to a lost rank: say so and end the worker (the router sees it go)."""
     log.error("%s: the worker cannot go on without it; exiting", reason)
+    exit_now_with(1)
+
+
+def exit_now_with(code: int) -> NoReturn:
+    """End a process of a tensor-parallel group with `code`, its logs flushed, without the
+    interpreter's teardown: gloo aborts a process whose group is torn down while a peer's
+    connections close (every rank ends this way once the others are gone or going)."""
     logging.shutdown()
-    os._exit(1)
+    os._exit(code)

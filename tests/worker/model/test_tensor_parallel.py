@@ -27,6 +27,7 @@ from glm47.worker.tp_worker import (
     StepMirror,
     _FollowerPages,
     _PageLists,
+    exit_now_with,
     free_port,
     init_rank,
 )
@@ -101,6 +102,9 @@ def _rank0(model_dir: str, port: int, fed: bool, graphs: bool, results: Any) -> 
         results.put([t.tolist() for t in _run(runner, fed)])
     finally:
         mirror.stop()
+        results.close()
+        results.join_thread()  # the answer is out before the process ends
+        exit_now_with(0)
 
 
 @pytest.fixture(scope="module")

@@ -441,3 +441,32 @@ async fn token_ids_come_back_when_asked_for() {
         .await;
     assert!(answer["choices"][0].get("token_ids").is_none());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generate_constraints_reach_the_worker_as_grammars() {
+    let (_model, worker, server) = setup("7", 1, &[]).await;
+    let schema = json!({"type": "object", "properties": {"n": {"type": "integer"}}});
+    let bodies = [
+        json!({"grammar": {"type": "json", "value": schema}}),
+        json!({"grammar": {"type": "regex", "value": "[0-9]"}}),
+        json!({"regular_constraint": "[0-9]", "allowed_token_ids": [5, 2]}),
+        json!({"guided_grammar": "root ::= [0-9]"}),
+    ];
+    for parameters in &bodies {
+        let body = json!({"inputs": "q", "parameters": parameters});
+        let (status, answer) = server.post("/generate", body).await;
+        assert_eq!(status, 200, "{parameters}: {answer}");
+    }
+    let sent = worker.requests();
+    let grammar = |i: usize| sent[i].grammar.clone().expect("a grammar");
+    let sent_schema: Value = serde_json::from_str(&grammar(0).schema.unwrap()).unwrap();
+    assert_eq!(sent_schema, schema);
+    assert_eq!(grammar(1).regex.as_deref(), Some("[0-9]"));
+    assert_eq!(grammar(2).regex.as_deref(), Some("[0-9]"));
+    assert_eq!(sent[2].allowed_token_ids, vec![2, 5]);
+    assert_eq!(grammar(3).ebnf.as_deref(), Some("root ::= [0-9]"));
+    let body = json!({"inputs": "q", "parameters": {"grammar": {"type": "regex", "value": "("}}});
+    let (status, answer) = server.post("/generate", body).await;
+    assert_eq!(status, 400, "{answer}");
+    assert_eq!(answer["error"]["param"], "parameters.grammar.value");
+}

@@ -89,3 +89,45 @@ def test_sglang_generate_with_a_schema_and_its_stream(server: Server) -> None:
     )
     events = _sse_events(streamed)
     assert events[-1]["text"] == answer["text"] and events[-1]["output_ids"] == answer["output_ids"]
+
+
+@pytest.mark.parametrize(
+    "constraint",
+    [
+        {"grammar": {"type": "regex", "value": "(yes|no)-[0-9]{3}"}},
+        {"regular_constraint": "(yes|no)-[0-9]{3}"},
+    ],
+)
+def test_generate_output_matches_a_tgi_or_lightllm_pattern(
+    server: Server, constraint: dict
+) -> None:
+    """TGI's `grammar` and LightLLM's `regular_constraint`: the whole output matches, sampled."""
+    import re
+
+    for seed in range(3):
+        params = {"max_new_tokens": 30, "do_sample": True, "temperature": 1.0, "seed": seed}
+        body = {"inputs": "Answer:", "parameters": {**params, **constraint}}
+        r = requests.post(f"{server.base_url}/generate", json=body, timeout=60)
+        assert r.status_code == 200, r.text
+        out = r.json()
+        assert re.fullmatch(r"(yes|no)-[0-9]{3}", out["generated_text"]), out
+        assert out["finish_reason"] == "stop"
+
+
+def test_generate_json_grammar_and_its_errors(server: Server) -> None:
+    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]}
+    params = {"max_new_tokens": 60, "grammar": {"type": "json", "value": schema}}
+    r = requests.post(
+        f"{server.base_url}/generate", json={"inputs": "JSON:", "parameters": params}, timeout=60
+    )
+    assert r.status_code == 200, r.text
+    assert isinstance(json.loads(r.json()["generated_text"])["ok"], bool)
+    for parameters, param in [
+        ({"grammar": {"type": "regex", "value": "a("}}, "parameters.grammar.value"),
+        ({"grammar": {"type": "lark", "value": "x"}}, "parameters.grammar.type"),
+        ({"regular_constraint": "a", "guided_json": {}}, "parameters."),
+    ]:
+        body = {"inputs": "x", "parameters": parameters}
+        r = requests.post(f"{server.base_url}/generate", json=body, timeout=60)
+        assert r.status_code == 400, r.text
+        assert r.json()["error"]["param"].startswith(param), r.text

@@ -4,8 +4,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::completions::PromptInput;
-use super::sampling::{PromptCut, SamplingParams, StopField};
-use super::{from_value, ValidationError};
+use super::sampling::{allowed_token_ids, PromptCut, SamplingParams, StopField};
+use super::{from_value, output_constraint, OutputConstraint, ValidationError};
 
 /// Output budget when `max_new_tokens` is not given (LightLLM's default).
 pub const DEFAULT_MAX_NEW_TOKENS: u32 = 16;
@@ -36,8 +36,13 @@ struct RawParameters {
     seed: Option<i64>,
     return_details: Option<bool>,
     skip_special_tokens: Option<bool>,
-    /// TGI's constrained decoding (refused).
+    /// TGI's constrained decoding: `{"type": "json" | "json_schema" | "regex", "value": ...}`.
     grammar: Option<Value>,
+    /// LightLLM's constrained decoding: a regular expression, an EBNF grammar, a JSON Schema.
+    regular_constraint: Option<Value>,
+    guided_grammar: Option<Value>,
+    guided_json: Option<Value>,
+    allowed_token_ids: Option<Vec<u32>>,
     /// TGI's `truncate`: the prompt is cut to its last this many tokens.
     truncate: Option<u32>,
 }
@@ -75,12 +80,7 @@ impl GenerateRequest {
                 format!("min_new_tokens ({min_new_tokens}) must not exceed max_new_tokens ({max_new_tokens})"),
             ));
         }
-        if p.grammar.as_ref().is_some_and(|g| !g.is_null()) {
-            return Err(ValidationError::new(
-                "parameters.grammar",
-                "grammar is not supported: constrained decoding is not implemented",
-            ));
-        }
+        let constraint = constraint(&p)?;
         let greedy = !p.do_sample.unwrap_or(false);
         let mut sampling = SamplingParams {
             max_new_tokens: Some(max_new_tokens),
@@ -106,7 +106,7 @@ impl GenerateRequest {
             skip_special_tokens: p.skip_special_tokens.unwrap_or(true),
             include_stop_str: true, // as LightLLM and TGI: the text ends with the stop
             logit_bias: Vec::new(),
-            output_constraint: None,
+            output_constraint: constraint,
             truncate_prompt: match p.truncate {
                 Some(0) => {
                     let msg = "truncate must be a positive token count";
@@ -117,12 +117,10 @@ impl GenerateRequest {
             tokens_as_ids: false,
             return_token_ids: false,
             priority: 0,
-            allowed_token_ids: Vec::new(),
+            allowed_token_ids: allowed_token_ids(p.allowed_token_ids).map_err(at_parameters)?,
             bad_words: Vec::new(),
         };
-        sampling
-            .check()
-            .map_err(|e| ValidationError::new(format!("parameters.{}", e.param), e.message))?;
+        sampling.check().map_err(at_parameters)?;
         if greedy {
             // Checked as given first: an invalid temperature is refused even when unused.
             sampling.temperature = Some(0.0);
@@ -133,6 +131,51 @@ impl GenerateRequest {
             sampling,
         })
     }
+}
+
+fn at_parameters(e: ValidationError) -> ValidationError {
+    ValidationError::new(format!("parameters.{}", e.param), e.message)
+}
+
+/// The constrained output `p` asks for, read by the chat reader's rules (one way at a time) under
+/// the names those rules know: TGI's `grammar` as a schema or a pattern, LightLLM's
+/// `regular_constraint` as a pattern, `guided_grammar` and `guided_json` as they are.
+fn constraint(p: &RawParameters) -> Result<Option<OutputConstraint>, ValidationError> {
+    let mut asked = serde_json::Map::new();
+    let mut ask = |key: &str, value: &Option<Value>| {
+        if let Some(v) = value.as_ref().filter(|v| !v.is_null()) {
+            asked.insert(key.into(), v.clone());
+        }
+    };
+    ask("regex", &p.regular_constraint);
+    ask("guided_grammar", &p.guided_grammar);
+    ask("guided_json", &p.guided_json);
+    if let Some(grammar) = p.grammar.as_ref().filter(|g| !g.is_null()) {
+        let value = grammar.get("value").filter(|v| !v.is_null());
+        let (key, value) = match (grammar.get("type").and_then(Value::as_str), value) {
+            // an object or its JSON text, as TGI takes it
+            (Some("json" | "json_schema"), Some(schema)) => ("json_schema", schema.clone()),
+            (Some("regex"), Some(pattern)) => ("guided_regex", pattern.clone()),
+            (Some(_), None) => {
+                let msg = "grammar needs a value";
+                return Err(ValidationError::new("parameters.grammar.value", msg));
+            }
+            _ => {
+                let msg = "grammar type is json, json_schema or regex";
+                return Err(ValidationError::new("parameters.grammar.type", msg));
+            }
+        };
+        asked.insert(key.into(), value);
+    }
+    output_constraint(&Value::Object(asked)).map_err(|e| {
+        let p = e.param.as_str();
+        let param = match ["json_schema", "guided_regex", "regex"].map(|k| p.strip_prefix(k)) {
+            [Some(rest), _, _] | [_, Some(rest), _] => format!("grammar.value{rest}"),
+            [_, _, Some(rest)] => format!("regular_constraint{rest}"),
+            _ => e.param.clone(),
+        };
+        ValidationError::new(format!("parameters.{param}"), e.message)
+    })
 }
 
 /// One generated token as `/generate_stream` and `details` report it.
@@ -201,13 +244,68 @@ mod tests {
                 "parameters.min_new_tokens",
             ),
             (
-                json!({"grammar": {"type": "json", "value": {}}}),
-                "parameters.grammar",
+                json!({"grammar": {"type": "xml", "value": "<a/>"}}),
+                "parameters.grammar.type",
+            ),
+            (
+                json!({"grammar": {"type": "regex"}}),
+                "parameters.grammar.value",
+            ),
+            (
+                json!({"grammar": {"type": "json", "value": "{not json"}}),
+                "parameters.grammar.value",
+            ),
+            (
+                json!({"grammar": {"type": "json", "value": {"type": "object", "not": {}}}}),
+                "parameters.grammar.value",
+            ),
+            (
+                json!({"regular_constraint": 7}),
+                "parameters.regular_constraint",
+            ),
+            (
+                json!({"allowed_token_ids": []}),
+                "parameters.allowed_token_ids",
             ),
         ] {
             let body = json!({"inputs": "x", "parameters": parameters});
             assert_eq!(GenerateRequest::from_json(&body).unwrap_err().param, param);
         }
+    }
+
+    #[test]
+    fn tgi_and_lightllm_constraints_are_read() {
+        let read = |parameters: Value| {
+            let body = json!({"inputs": "x", "parameters": parameters});
+            GenerateRequest::from_json(&body).unwrap().sampling
+        };
+        let schema = json!({"type": "object", "properties": {"a": {"type": "integer"}}});
+        for given in [schema.clone(), Value::String(schema.to_string())] {
+            let s = read(json!({"grammar": {"type": "json", "value": given}}));
+            let c = s.output_constraint.expect("a schema");
+            assert_eq!(
+                serde_json::from_str::<Value>(c.schema.as_deref().unwrap()).unwrap(),
+                schema
+            );
+        }
+        let s = read(json!({"grammar": {"type": "regex", "value": "[0-9]+"}}));
+        assert_eq!(
+            s.output_constraint.unwrap().regex.as_deref(),
+            Some("[0-9]+")
+        );
+        let s = read(json!({"regular_constraint": "a|b", "allowed_token_ids": [7, 3, 7]}));
+        assert_eq!(s.output_constraint.unwrap().regex.as_deref(), Some("a|b"));
+        assert_eq!(s.allowed_token_ids, vec![3, 7]);
+        let s = read(json!({"guided_grammar": "root ::= \"yes\""}));
+        assert!(s.output_constraint.unwrap().ebnf.is_some());
+        let s = read(json!({"guided_json": schema}));
+        assert!(s.output_constraint.unwrap().schema.is_some());
+        let two =
+            json!({"inputs": "x", "parameters": {"regular_constraint": "a", "guided_json": {}}});
+        assert!(
+            GenerateRequest::from_json(&two).is_err(),
+            "one way at a time"
+        );
     }
 
     #[test]

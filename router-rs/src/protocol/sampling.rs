@@ -162,7 +162,7 @@ pub const MAX_BAD_WORDS: usize = 128;
 pub const MAX_BAD_WORD_BYTES: usize = 64;
 
 /// `allowed_token_ids`: given, not empty (vLLM refuses an empty list); ascending, without repeats.
-fn allowed_token_ids(ids: Option<Vec<u32>>) -> Result<Vec<u32>, ValidationError> {
+pub(super) fn allowed_token_ids(ids: Option<Vec<u32>>) -> Result<Vec<u32>, ValidationError> {
     let Some(mut ids) = ids else {
         return Ok(Vec::new());
     };

@@ -89,6 +89,12 @@ pub struct RouterConfig {
           value_parser = parse_positive_seconds)]
     pub worker_timeout: f64,
 
+    /// Seconds `/health_generate` waits for its probe's token (or for client tokens, when the
+    /// workers are busy) before answering 503.
+    #[arg(long = "health-generate-timeout", alias = "health_generate_timeout", default_value_t = 20.0,
+          value_parser = parse_positive_seconds)]
+    pub health_generate_timeout: f64,
+
     /// How requests are spread over several `--worker-addr`: `prefix` sends a prompt to the
     /// worker that was sent its longest prefix (its KV cache likely holds it) while the load is
     /// balanced, else to the least loaded; `least-loaded` always to the least loaded.
@@ -270,6 +276,13 @@ mod tests {
         assert!(parse(&[]).is_err());
         assert!(parse(&["--worker-addr", "tcp://a:1", "--tool-call-parser", "hermes"]).is_err());
         assert!(parse(&["--worker-addr", "tcp://a:1", "--worker-timeout", "-1"]).is_err());
+        let zero = [
+            "--worker-addr",
+            "tcp://a:1",
+            "--health-generate-timeout",
+            "0",
+        ];
+        assert!(parse(&zero).is_err());
     }
 
     #[test]
@@ -299,5 +312,6 @@ mod tests {
             c.dispatch_options().silence_timeout,
             Duration::from_secs(60)
         );
+        assert_eq!(c.health_generate_timeout, 20.0);
     }
 }

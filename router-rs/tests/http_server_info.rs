@@ -3,7 +3,45 @@
 
 mod http_support;
 
-use http_support::{setup, setup_with, Script};
+use std::time::{Duration, Instant};
+
+use glm47_router::wire::ErrorCode;
+use http_support::{setup, setup_with, FakeWorker, ModelDir, Probes, Script, Server};
+use serde_json::json;
+
+/// Waits until `cond` holds, failing the test after 5 s.
+async fn wait_for(what: &str, cond: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// A worker that streams 40 tokens, one per 25 ms, and treats probes as `probes`.
+async fn slow_worker(probes: Probes, extra: &[&str]) -> (ModelDir, FakeWorker, Server) {
+    let slow = move |s: &mut Script| {
+        s.delay = Duration::from_millis(25);
+        s.probes = probes;
+    };
+    setup_with(&"a".repeat(40), extra, slow).await
+}
+
+/// `/health_generate`'s answer while a client's 40-token completion streams.
+async fn health_while_streaming(worker: &FakeWorker, server: &Server) -> (u16, serde_json::Value) {
+    let client = server.post("/v1/completions", json!({"prompt": "x", "max_tokens": 40}));
+    let health = async {
+        wait_for("the client's request is streaming", || {
+            !worker.requests().is_empty()
+        })
+        .await;
+        server.get("/health_generate").await
+    };
+    let ((status, answer), health) = tokio::join!(client, health);
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["usage"]["completion_tokens"], 40);
+    health
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_generate_is_ok_once_a_worker_generates_a_token() {
@@ -46,6 +84,45 @@ async fn health_generate_is_503_when_the_worker_fails_the_request() {
         body["message"].as_str().is_some_and(|m| !m.is_empty()),
         "{body}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_generate_is_ok_when_the_probe_waits_while_clients_get_tokens() {
+    let timeout = ["--health-generate-timeout", "0.3"];
+    let (_model, worker, server) = slow_worker(Probes::Ignore, &timeout).await;
+    let (status, body) = health_while_streaming(&worker, &server).await;
+    assert_eq!(status, 200, "{body}"); // busy, not stuck
+    let reqs = worker.requests();
+    assert!(reqs.iter().any(|r| r.rid.starts_with("~probe")), "no probe");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_generate_is_ok_when_the_probe_is_refused_while_clients_get_tokens() {
+    // The refusal comes at once, before the next client token: that token must still count.
+    let (_model, worker, server) = slow_worker(Probes::Refuse(ErrorCode::QueueFull), &[]).await;
+    let (status, body) = health_while_streaming(&worker, &server).await;
+    assert_eq!(status, 200, "{body}");
+    // With nothing in flight, a refusal is a 503 at once, not after the 20 s timeout.
+    let started = Instant::now();
+    let (status, body) = server.get("/health_generate").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_generate_is_503_when_no_token_comes_in_time() {
+    let timeout = ["--health-generate-timeout", "0.3"];
+    let ignore = |s: &mut Script| s.probes = Probes::Ignore;
+    let (_model, worker, server) = setup_with("x", &timeout, ignore).await;
+    let started = Instant::now();
+    let (status, body) = server.get("/health_generate").await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["message"], "no token generated in time");
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    // the abandoned probe is withdrawn from the worker
+    let probe = worker.requests()[0].rid.clone();
+    let aborted = || worker.aborts.lock().expect("lock").contains(&probe);
+    wait_for("the probe is aborted", aborted).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -179,7 +179,8 @@ impl IoLoop {
     }
 
     /// Sends what is queued, then `flush_cache`, to every ready worker: a request submitted after
-    /// the flush finds none of the pages it dropped.
+    /// the flush finds none of the pages it dropped. (`Dispatcher::flush_caches` has already
+    /// forgotten their prefixes; what was recorded since went out after the flush.)
     fn flush_caches(&mut self) {
         self.flush();
         for worker in 0..self.links.len() {
@@ -190,8 +191,6 @@ impl IoLoop {
                 let addr = &self.shared.workers[worker].addr;
                 tracing::warn!("cannot send flush_cache to {addr}: {reason}");
             }
-            // the prefixes it held are gone: balance as if it had none
-            self.prefixes().forget(worker);
         }
     }
 

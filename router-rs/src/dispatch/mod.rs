@@ -310,14 +310,29 @@ impl Dispatcher {
         &self.shared.metrics
     }
 
-    /// Asks every ready worker to drop the prefix-cache pages no request holds; returns how many
-    /// were asked (0: none ready, or the dispatcher is closed).
+    /// Asks every ready worker to drop the prefix-cache pages no request holds, and forgets the
+    /// prefixes recorded for them, so a request submitted once this returns is balanced as if
+    /// they held none; returns how many were asked (0: none ready, or the dispatcher is closed).
     pub fn flush_caches(&self) -> usize {
-        let ready = self.ready_workers().len();
-        if ready == 0 || self.shared.push(Command::FlushCaches).is_err() {
+        let ready: Vec<usize> = (0..self.shared.workers.len())
+            .filter(|&w| self.shared.workers[w].ready.load(Ordering::SeqCst))
+            .collect();
+        if ready.is_empty() {
             return 0;
         }
-        ready
+        // Here, not on the I/O thread: a submit right after this call would otherwise still be
+        // pinned by the prefixes until that thread's next turn. Held across the push, so that a
+        // prompt recorded after the forget is submitted after the flush.
+        let mut index = self
+            .shared
+            .prefixes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if self.shared.push(Command::FlushCaches).is_err() {
+            return 0;
+        }
+        ready.iter().for_each(|&w| index.forget(w));
+        ready.len()
     }
 
     /// Stops the I/O thread: in-flight requests get an error event, later submits fail with

@@ -54,6 +54,8 @@ pub struct HttpOptions {
     pub max_body_bytes: usize,
     /// Keys a client must give on the `/v1` routes; empty: no key needed.
     pub api_keys: Vec<String>,
+    /// How long `/health_generate` waits for a token.
+    pub health_generate_timeout: std::time::Duration,
 }
 
 impl HttpOptions {
@@ -70,6 +72,9 @@ impl HttpOptions {
                 .filter(|k| !k.is_empty())
                 .cloned()
                 .collect(),
+            health_generate_timeout: std::time::Duration::from_secs_f64(
+                config.health_generate_timeout,
+            ),
         }
     }
 }

@@ -17,29 +17,46 @@ use super::{ApiError, AppState};
 use crate::dispatch::PROBE_PREFIX;
 use crate::protocol::sampling::SamplingParams;
 
-/// How long `/health_generate` waits for its one token.
-const GENERATE_TIMEOUT: Duration = Duration::from_secs(20);
+/// How often `/health_generate` looks for client tokens after its probe was refused.
+const PROGRESS_POLL: Duration = Duration::from_millis(10);
 
 /// One greedy token from the prompt "hi" through a ready worker (a probe, left out of the
-/// metrics): 200 when it comes back within `GENERATE_TIMEOUT`, or when the probe waited or was
-/// refused but the workers generated tokens for clients meanwhile (busy, not stuck); else 503 (a
-/// worker that answers hellos but cannot run a step).
+/// metrics): 200 when it comes back within `--health-generate-timeout`, or when the probe waited
+/// or was refused but the workers generated tokens for clients meanwhile (busy, not stuck); else
+/// 503 (a worker that answers hellos but cannot run a step).
 pub async fn health_generate(State(state): State<Arc<AppState>>) -> Response {
-    let ok = || (StatusCode::OK, Json(json!({"status": "ok"}))).into_response();
+    let timeout = state.options.health_generate_timeout;
+    let deadline = tokio::time::Instant::now() + timeout;
     let before = state.metrics().generation_tokens();
-    let outcome = tokio::time::timeout(GENERATE_TIMEOUT, generate_one(&state)).await;
-    let busy = state.metrics().generation_tokens() > before;
+    let outcome = tokio::time::timeout_at(deadline, generate_one(&state)).await;
+    if matches!(outcome, Ok(Ok(()))) || progressed(&state, before, deadline).await {
+        return (StatusCode::OK, Json(json!({"status": "ok"}))).into_response();
+    }
     match outcome {
-        Ok(Ok(())) => ok(),
-        Ok(Err(_)) | Err(_) if busy => ok(),
         Ok(Err(err)) => {
             tracing::warn!("health_generate: {err}");
             unhealthy(&err.to_string())
         }
-        Err(_) => {
-            tracing::warn!("health_generate: no token within {GENERATE_TIMEOUT:?}");
+        _ => {
+            tracing::warn!("health_generate: no token within {timeout:?}");
             unhealthy("no token generated in time")
         }
+    }
+}
+
+/// Whether clients got tokens since `before`. A refusal (a full queue) comes at once, long before
+/// the next step could show progress, so while client requests are in flight this waits for
+/// their tokens until `deadline`.
+async fn progressed(state: &AppState, before: u64, deadline: tokio::time::Instant) -> bool {
+    loop {
+        if state.metrics().generation_tokens() > before {
+            return true;
+        }
+        let idle = state.dispatcher.in_flight().iter().sum::<usize>() == 0;
+        if idle || tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(PROGRESS_POLL).await;
     }
 }
 

@@ -3,13 +3,15 @@
 
 #![allow(dead_code)]
 
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use glm47_router::config::RouterConfig;
+use glm47_router::dispatch::PROBE_PREFIX;
 use glm47_router::wire::{self, ErrorCode, Message};
 use serde_json::Value;
 use tokenizers::models::bpe::{Vocab, BPE};
@@ -123,6 +125,19 @@ pub struct Script {
     pub logprobs: bool,
     /// Pause before each `step` after the first.
     pub delay: Duration,
+    /// How `/health_generate`'s probes are answered.
+    pub probes: Probes,
+}
+
+/// How the fake worker treats health probes (`PROBE_PREFIX` ids).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Probes {
+    /// Like any request.
+    Answer,
+    /// Never: a worker stuck, or too busy to reach them.
+    Ignore,
+    /// With this error at once, as a worker with a full queue does, even mid-stream.
+    Refuse(ErrorCode),
 }
 
 impl Script {
@@ -135,11 +150,13 @@ impl Script {
             error_after: 0,
             logprobs: true,
             delay: Duration::ZERO,
+            probes: Probes::Answer,
         }
     }
 }
 
-/// A worker thread: answers `hello` with `ready` and every request with its [`Script`].
+/// A worker thread: answers `hello` with `ready` and every request with its [`Script`], one
+/// request's steps after another's; it reads messages while it streams.
 pub struct FakeWorker {
     pub addr: String,
     pub requests: Arc<Mutex<Vec<wire::Request>>>,
@@ -165,23 +182,39 @@ impl FakeWorker {
         let (r, a, s) = (requests.clone(), aborts.clone(), stop.clone());
         let thread = std::thread::spawn(move || {
             let _ctx = ctx;
+            // Steps due, in order: (when, the router's identity, the message).
+            let mut due: VecDeque<(Instant, Vec<u8>, Message)> = VecDeque::new();
+            let send = |id: &[u8], m: &Message| {
+                let bytes = wire::encode(m).expect("encode");
+                sock.send_multipart([id, &bytes[..]], 0).expect("send");
+            };
             while !s.load(Ordering::SeqCst) {
-                if sock.poll(zmq::POLLIN, 20).expect("poll") == 0 {
+                while due.front().is_some_and(|(at, _, _)| *at <= Instant::now()) {
+                    let (_, id, m) = due.pop_front().expect("front");
+                    send(&id, &m);
+                }
+                let next = due.front().map_or(Duration::from_millis(20), |(at, _, _)| {
+                    at.saturating_duration_since(Instant::now())
+                });
+                let wait = next.min(Duration::from_millis(20)).as_millis() as i64;
+                if sock.poll(zmq::POLLIN, wait).expect("poll") == 0 {
                     continue;
                 }
                 let frames = sock.recv_multipart(0).expect("recv");
-                let msg = wire::decode(&frames[1]).expect("valid message");
-                let send = |m: &Message| {
-                    let bytes = wire::encode(m).expect("encode");
-                    sock.send_multipart([&frames[0][..], &bytes[..]], 0)
-                        .expect("send");
-                };
-                match msg {
-                    Message::Hello(_) => send(&Message::Ready(ready(max_req_total_len))),
+                let id = &frames[0];
+                match wire::decode(&frames[1]).expect("valid message") {
+                    Message::Hello(_) => send(id, &Message::Ready(ready(max_req_total_len))),
                     Message::Submit(submit) => {
                         for req in submit.reqs {
                             r.lock().expect("lock").push(req.clone());
-                            answer(&script, &req, &send);
+                            let probe = req.rid.starts_with(PROBE_PREFIX);
+                            match script.probes {
+                                Probes::Ignore if probe => {}
+                                Probes::Refuse(code) if probe => {
+                                    send(id, &Message::Error(worker_error(&req, code)))
+                                }
+                                _ => schedule(&mut due, id, answer(&script, &req)),
+                            }
                         }
                     }
                     Message::Abort(abort) => a.lock().expect("lock").extend(abort.rids),
@@ -231,7 +264,33 @@ fn ready(max_req_total_len: u32) -> wire::Ready {
     }
 }
 
-fn answer(script: &Script, req: &wire::Request, send: &dyn Fn(&Message)) {
+/// Queues `steps` (each after its pause) behind what is already due: requests are answered one
+/// after another.
+fn schedule(
+    due: &mut VecDeque<(Instant, Vec<u8>, Message)>,
+    id: &[u8],
+    steps: Vec<(Duration, Message)>,
+) {
+    let mut at = due.back().map_or_else(Instant::now, |(at, _, _)| *at);
+    at = at.max(Instant::now());
+    for (pause, m) in steps {
+        at += pause;
+        due.push_back((at, id.to_vec(), m));
+    }
+}
+
+fn worker_error(req: &wire::Request, code: ErrorCode) -> wire::WorkerError {
+    wire::WorkerError {
+        rid: Some(req.rid.clone()),
+        code,
+        message: "scripted".into(),
+        fatal: false,
+    }
+}
+
+/// The messages answering `req`, each with the pause before it.
+fn answer(script: &Script, req: &wire::Request) -> Vec<(Duration, Message)> {
+    let mut steps = Vec::new();
     let budget = req.max_new_tokens as usize;
     let (ids, finish) = if script.reply.len() > budget {
         (&script.reply[..budget], wire::FinishReason::Length)
@@ -242,19 +301,11 @@ fn answer(script: &Script, req: &wire::Request, send: &dyn Fn(&Message)) {
     let mut done = 0usize;
     for (k, chunk) in chunks.iter().enumerate() {
         if let Some(code) = script.error.filter(|_| k == script.error_after) {
-            let err = wire::WorkerError {
-                rid: Some(req.rid.clone()),
-                code,
-                message: "scripted".into(),
-                fatal: false,
-            };
-            send(&Message::Error(err));
-            return;
+            steps.push((Duration::ZERO, Message::Error(worker_error(req, code))));
+            return steps;
         }
         let last = k + 1 == chunks.len();
-        if k > 0 {
-            std::thread::sleep(script.delay);
-        }
+        let pause = if k > 0 { script.delay } else { Duration::ZERO };
         let want = req.logprobs >= 0 && script.logprobs;
         let logprobs: Vec<f64> = (done..done + chunk.len())
             .map(|i| -0.5 * (i as f64 + 1.0))
@@ -298,11 +349,13 @@ fn answer(script: &Script, req: &wire::Request, send: &dyn Fn(&Message)) {
             prompt_top_logprobs: prompt_top,
             prompt_ranks,
         };
-        send(&Message::Step(wire::Step {
+        let step = wire::Step {
             outs: vec![out],
             stats: wire::Stats::default(),
-        }));
+        };
+        steps.push((pause, Message::Step(step)));
     }
+    steps
 }
 
 /// The router, serving on 127.0.0.1 until dropped.

@@ -76,14 +76,10 @@ async fn cancel_stops_a_running_background_response_and_aborts_its_request() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_cannot_run_in_the_background_is_refused() {
     let (_model, _worker, server) = setup("x", 1, &[]).await;
-    for body in [
-        json!({"input": "hi", "background": true, "stream": true}),
-        json!({"input": "hi", "background": true, "store": false}),
-    ] {
-        let (status, answer) = server.post("/v1/responses", body).await;
-        assert_eq!(status, 400, "{answer}");
-        assert_eq!(answer["error"]["param"], "background");
-    }
+    let body = json!({"input": "hi", "background": true, "store": false});
+    let (status, answer) = server.post("/v1/responses", body).await;
+    assert_eq!(status, 400, "{answer}");
+    assert_eq!(answer["error"]["param"], "background");
     let (_, plain) = server.post("/v1/responses", json!({"input": "hi"})).await;
     assert_eq!(plain["background"], false);
     let id = plain["id"].as_str().expect("id");
@@ -100,4 +96,35 @@ async fn what_cannot_run_in_the_background_is_refused() {
         .post("/v1/responses", json!({"input": "hi", "background": true}))
         .await;
     assert_eq!(status, 400, "{answer}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_running_background_response_stops_it_for_good() {
+    let slow = |s: &mut http_support::Script| s.delay = Duration::from_millis(50);
+    let (_model, worker, server) =
+        setup_with("a long answer that takes many steps", &[], slow).await;
+    let body = json!({"input": "hi", "background": true});
+    let (_, first) = server.post("/v1/responses", body).await;
+    let id = first["id"].as_str().expect("id").to_owned();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let url = format!("{}/v1/responses/{id}", server.url);
+    let deleted: Value = server
+        .client
+        .delete(&url)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(deleted["deleted"], true, "{deleted}");
+    // its request is aborted, and the task's end does not store it again
+    let deadline = Instant::now() + Duration::from_secs(8);
+    while worker.aborts.lock().expect("lock").is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(worker.aborts.lock().expect("lock").len(), 1);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (status, body) = server.get(&format!("/v1/responses/{id}")).await;
+    assert_eq!(status, 404, "{body}");
 }

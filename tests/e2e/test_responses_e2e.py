@@ -1,6 +1,7 @@
 """`POST /v1/responses` with the `openai` client's Responses API: a scripted worker's text as
-reasoning, message and function-call items, streamed or not; a multi-turn input with calls and
-their outputs; the real tiny model under a forced call; what is refused."""
+reasoning, message and function-call items, streamed or not, in the background or not; a
+multi-turn input with calls and their outputs; the real tiny model under a forced call; what is
+refused."""
 
 from __future__ import annotations
 
@@ -127,6 +128,39 @@ def test_the_stream_tells_each_item_and_ends_with_the_whole_response(scripted: s
     # every item's events come between its added and done, in output order
     order = [e.output_index for e in events if hasattr(e, "output_index")]  # type: ignore[union-attr]
     assert order == sorted(order)
+
+
+def test_a_background_stream_is_left_and_picked_up_again(scripted: str) -> None:
+    client = _client(scripted)
+    stream: Any = client.responses.create(
+        model="m", input="Weather in Paris?", tools=TOOLS, background=True, stream=True,  # type: ignore[arg-type]
+    )  # fmt: skip
+    head: list[Any] = []
+    for event in stream:
+        head.append(event)
+        if len(head) == 3:
+            break
+    stream.close()  # leaving stops nothing: the response runs on
+    assert [e.type for e in head[:2]] == ["response.created", "response.in_progress"]
+    first = head[0].response
+    assert first.background is True and first.status == "in_progress"
+    after = head[-1].sequence_number
+    events: list[Any] = head + list(
+        client.responses.retrieve(first.id, stream=True, starting_after=after)
+    )
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    assert events[-1].type == "response.completed"
+    whole: list[Any] = list(client.responses.retrieve(first.id, stream=True))
+    assert [e.model_dump() for e in whole] == [e.model_dump() for e in events]
+    final = events[-1].response
+    text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    stored = client.responses.retrieve(first.id)
+    assert text == final.output_text == stored.output_text == "Let me check.\n"
+    assert [i.type for i in stored.output] == ["reasoning", "message", "function_call"]
+    # a response made otherwise keeps no events to stream
+    plain = client.responses.create(model="m", input="hi", max_output_tokens=2)
+    with pytest.raises(openai.BadRequestError):
+        list(client.responses.retrieve(plain.id, stream=True))
 
 
 def test_a_conversation_with_calls_and_their_outputs_is_taken(server: Server) -> None:

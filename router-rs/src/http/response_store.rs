@@ -2,19 +2,25 @@
 //! response's input items and the response itself, kept in memory so that a later request can
 //! continue it (`previous_response_id`: its input and output come before the new input) and
 //! `GET` / `DELETE /v1/responses/{id}` find it. The oldest are dropped past a count or a size
-//! (`--max-stored-responses`; nothing survives a restart).
+//! (`--max-stored-responses`; nothing survives a restart). A background response that was
+//! streamed keeps its events too (response_events.rs), for `GET ?stream=true` to replay.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::{Path, Query, State};
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
 use tokio::sync::Notify;
 
-use super::{ApiError, AppState};
+use super::{sse, ApiError, AppState};
 use crate::protocol::ValidationError;
+
+#[path = "response_events.rs"]
+mod events;
+pub use events::EventLog;
 
 /// Most bytes (of the stored JSON) kept, whatever the count allows.
 const MAX_BYTES: usize = 256 << 20;
@@ -26,6 +32,8 @@ pub struct Stored {
     pub input: Vec<Value>,
     /// The response object.
     pub response: Value,
+    /// The events of a background response that was streamed.
+    pub events: Option<Arc<EventLog>>,
     bytes: usize,
 }
 
@@ -62,7 +70,18 @@ impl ResponseStore {
         }
     }
 
-    pub fn insert(&self, id: String, input: Vec<Value>, mut response: Value) {
+    pub fn insert(&self, id: String, input: Vec<Value>, response: Value) {
+        self.insert_with_events(id, input, response, None);
+    }
+
+    /// Stores a response with its event log (which goes when the response does).
+    pub fn insert_with_events(
+        &self,
+        id: String,
+        input: Vec<Value>,
+        mut response: Value,
+        events: Option<Arc<EventLog>>,
+    ) {
         if self.capacity == 0 {
             return;
         }
@@ -74,11 +93,14 @@ impl ResponseStore {
                 }
             }
         }
-        let bytes = input.iter().map(json_len).sum::<usize>() + json_len(&response);
+        // a log still growing is counted as it stands (its own bound holds it meanwhile)
+        let logged = events.as_ref().map_or(0, |log| log.bytes());
+        let bytes = input.iter().map(json_len).sum::<usize>() + json_len(&response) + logged;
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let stored = Arc::new(Stored {
             input,
             response,
+            events,
             bytes,
         });
         if let Some(old) = inner.by_id.insert(id.clone(), stored) {
@@ -115,10 +137,20 @@ impl ResponseStore {
         entry
     }
 
-    /// Forgets a background response that has stored its last state.
-    pub fn end_background(&self, id: &str) {
+    /// Stores the last state of the background response `id` and forgets its task, unless it
+    /// was deleted while it ran (`remove`): then it stays deleted.
+    pub fn end_background(
+        &self,
+        id: &str,
+        input: Vec<Value>,
+        last: Value,
+        events: Option<Arc<EventLog>>,
+    ) {
+        // held across the store: `remove` cannot fall between the check and it
         let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
-        running.remove(id);
+        if running.remove(id).is_some() {
+            self.insert_with_events(id.to_owned(), input, last, events);
+        }
     }
 
     /// The running background response `id`, if any.
@@ -127,7 +159,14 @@ impl ResponseStore {
         running.get(id).cloned()
     }
 
+    /// Deletes the response `id`; one running in the background is cancelled and not stored
+    /// again as it ends.
     pub fn remove(&self, id: &str) -> bool {
+        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(task) = running.remove(id) {
+            task.cancel.notify_one();
+        }
+        drop(running);
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         match inner.by_id.remove(id) {
             Some(gone) => {
@@ -188,13 +227,34 @@ fn not_found(id: &str) -> ApiError {
     }
 }
 
-/// `GET /v1/responses/{id}`.
+/// The query of `GET /v1/responses/{id}`.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct Retrieve {
+    #[serde(default)]
+    stream: bool,
+    starting_after: Option<u64>,
+}
+
+/// `GET /v1/responses/{id}`; with `stream=true`, the events of a background response that was
+/// streamed, after sequence number `starting_after` (all without it), then the new ones until
+/// it ends. Only those have their events kept: any other is a 400.
 pub async fn get(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+    Query(query): Query<Retrieve>,
+) -> Result<Response, ApiError> {
     let stored = state.responses.get(&id).ok_or_else(|| not_found(&id))?;
-    Ok(Json(stored.response.clone()))
+    if !query.stream {
+        return Ok(Json(stored.response.clone()).into_response());
+    }
+    let log = stored.events.clone().ok_or_else(|| {
+        let msg = format!(
+            "response {id} was not created with background and stream both true: it has no \
+             events to stream (GET it without stream)"
+        );
+        ValidationError::new("stream", msg)
+    })?;
+    Ok(sse::respond(log.follow(query.starting_after), false))
 }
 
 /// `GET /v1/responses/{id}/input_items`: the items it answered, as OpenAI lists them: newest

@@ -1,6 +1,7 @@
 //! `POST /v1/responses`: the chat pipeline (protocol/responses.rs reads the request as a chat
 //! request), its output as output items (`reasoning`, `message` with `output_text`,
-//! `function_call`), streamed as the Responses API's events.
+//! `function_call`), streamed as the Responses API's events. A background response
+//! (responses_background.rs) is built by the same [`Output`].
 
 use std::sync::Arc;
 
@@ -13,7 +14,7 @@ use serde_json::{json, Map, Value};
 use super::logprobs::{self, Names};
 use super::prepare::{chat_prompt, max_new_tokens, ready_worker, submit_one_choice};
 use super::prompt::PromptUse;
-use super::response_store::resolved_input;
+use super::response_store::{resolved_input, EventLog};
 use super::run::{built_events, start, written_order, ChoiceStream, EventBuilder, Piece};
 use super::{sse, ApiError, AppState, JsonBody, Meta};
 use crate::protocol::openai::{random_id, FinishReason, ToolCallDelta};
@@ -54,7 +55,13 @@ pub async fn responses(
         output.logprobs = Some(state.model.tokenizer.clone());
     }
     if req.background {
-        return Ok(Json(run_in_background(state, output, stream, input)).into_response());
+        // streamed, its events are logged for every reader: the answer is one of them
+        let log = req.chat.stream.then(|| Arc::new(EventLog::default()));
+        let first = background::run(state, output, stream, input, log.clone());
+        return Ok(match log {
+            Some(log) => sse::respond(log.follow(None), false),
+            None => Json(first).into_response(),
+        });
     }
     output.keep = store.then(|| (state.clone(), input));
     if req.chat.stream {
@@ -68,48 +75,6 @@ pub async fn responses(
         }
         Ok(Json(output.response()).into_response())
     }
-}
-
-/// Stores the response `in_progress` and returns it; a task then reads its deltas and stores it
-/// again as it ends: completed, incomplete, failed (with the error), or cancelled (by
-/// `POST /v1/responses/{id}/cancel`, which aborts the request in the worker).
-fn run_in_background(
-    state: Arc<AppState>,
-    mut output: Output,
-    mut stream: ChoiceStream,
-    input: Vec<Value>,
-) -> Value {
-    let id = output.meta.id.clone();
-    let first = output.response();
-    state
-        .responses
-        .insert(id.clone(), input.clone(), first.clone());
-    let task = state.responses.start_background(&id);
-    tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                item = stream.next() => match item {
-                    Some(Ok(item)) => output.delta(item.delta),
-                    Some(Err(err)) => {
-                        output.error = Some(err.to_string());
-                        break;
-                    }
-                    None => break,
-                },
-                () = task.cancel.notified() => {
-                    output.cancelled = output.finish.is_none();
-                    break;
-                }
-            }
-        }
-        drop(stream); // an unfinished request is aborted in the worker
-        let last = output.response();
-        tracing::debug!("background response {id}: {}", last["status"]);
-        state.responses.insert(id.clone(), input, last);
-        state.responses.end_background(&id);
-        task.done.notify_waiters();
-    });
-    first
 }
 
 /// The events of a streamed response: created and in progress, the items' events as the
@@ -260,19 +225,38 @@ impl Output {
             self.cut = finish.reason == FinishReason::Length;
             self.close();
             self.finish = Some(finish);
-            let response = self.response();
-            let kind = match response["status"].as_str() {
-                Some("incomplete") => "response.incomplete",
-                Some("failed") => "response.failed",
-                _ => "response.completed",
-            };
-            if let Some((state, input)) = self.keep.take().filter(|_| kind != "response.failed") {
-                state
-                    .responses
-                    .insert(self.meta.id.clone(), input, response.clone());
-            }
-            self.emit(kind, json!({"response": response}));
+            self.end();
         }
+    }
+
+    /// Ends a response that stops before its finish (cancelled, or failed): the open item is
+    /// closed with what it has, as incomplete, and the last event tells the status.
+    fn stop(&mut self) {
+        if self.finish.is_some() {
+            return;
+        }
+        if !self.cancelled && self.error.is_none() {
+            self.error = Some("the request ended without finishing".into());
+        }
+        self.cut = true;
+        self.close();
+        self.end();
+    }
+
+    /// The last event: `response.completed`, `.incomplete`, `.failed` or `.cancelled`, with the
+    /// whole response (stored first when `keep` says so).
+    fn end(&mut self) {
+        let response = self.response();
+        let status = response["status"]
+            .as_str()
+            .unwrap_or("completed")
+            .to_owned();
+        if let Some((state, input)) = self.keep.take().filter(|_| status != "failed") {
+            state
+                .responses
+                .insert(self.meta.id.clone(), input, response.clone());
+        }
+        self.emit(&format!("response.{status}"), json!({"response": response}));
     }
 
     fn reasoning(&mut self, piece: &str) {
@@ -383,6 +367,12 @@ impl Output {
     /// Ends the open item: its closing events, and the item among the done ones.
     fn close(&mut self) {
         let index = self.index();
+        // an item cut off (a call by the token budget, any by a cancel or failure) is incomplete
+        let status = if self.cancelled || self.error.is_some() {
+            "incomplete"
+        } else {
+            "completed"
+        };
         let item = match self.open.take() {
             None => return,
             Some(Open::Reasoning { id, text }) => {
@@ -393,7 +383,7 @@ impl Output {
                 let event =
                     json!({"item_id": id, "output_index": index, "content_index": 0, "part": part});
                 self.emit("response.content_part.done", event);
-                json!({"type": "reasoning", "id": id, "summary": [], "status": "completed",
+                json!({"type": "reasoning", "id": id, "summary": [], "status": status,
                        "content": [part]})
             }
             Some(Open::Message { id, text }) => {
@@ -406,7 +396,7 @@ impl Output {
                 let event =
                     json!({"item_id": id, "output_index": index, "content_index": 0, "part": part});
                 self.emit("response.content_part.done", event);
-                json!({"type": "message", "id": id, "role": "assistant", "status": "completed",
+                json!({"type": "message", "id": id, "role": "assistant", "status": status,
                        "content": [part]})
             }
             Some(Open::Call {
@@ -419,7 +409,7 @@ impl Output {
                 let event =
                     json!({"item_id": id, "output_index": index, "name": name, "arguments": args});
                 self.emit("response.function_call_arguments.done", event);
-                let status = if self.cut { "incomplete" } else { "completed" };
+                let status = if self.cut { "incomplete" } else { status };
                 json!({"type": "function_call", "id": id, "call_id": call_id, "name": name,
                        "arguments": args, "status": status})
             }
@@ -468,6 +458,9 @@ impl Output {
         r
     }
 }
+
+#[path = "responses_background.rs"]
+mod background;
 
 #[cfg(test)]
 #[path = "responses_tests.rs"]

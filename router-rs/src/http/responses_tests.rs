@@ -100,3 +100,33 @@ fn a_call_the_token_budget_cuts_off_is_incomplete() {
     assert_eq!(r["output"][0]["type"], "function_call");
     assert_eq!(r["output"][0]["status"], "incomplete");
 }
+
+#[test]
+fn a_cancelled_response_closes_its_open_item_and_ends_cancelled() {
+    let mut out = output("resp_z");
+    out.opening();
+    out.delta(text("Half an ans", vec![]));
+    out.cancelled = true;
+    out.stop();
+    let kinds: Vec<&str> = out
+        .events
+        .iter()
+        .map(|e| e["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds[..2], ["response.created", "response.in_progress"]);
+    assert_eq!(
+        kinds[kinds.len() - 2..],
+        ["response.output_item.done", "response.cancelled"]
+    );
+    let r = &out.events.last().unwrap()["response"];
+    assert_eq!(r["status"], "cancelled");
+    assert_eq!(r["output"][0]["status"], "incomplete");
+    assert_eq!(r["output"][0]["content"][0]["text"], "Half an ans");
+    // a response that had finished is left as it was
+    let mut done = output("resp_w");
+    done.delta(finished(FinishReason::Stop, 1));
+    let before = done.events.len();
+    done.stop();
+    assert_eq!(done.events.len(), before);
+    assert_eq!(done.response()["status"], "completed");
+}

@@ -4,7 +4,8 @@
 //! reasoning), `instructions` a system message first, function `tools` the chat form, `text.format`
 //! a `response_format`, `max_output_tokens` the token limit, `reasoning.effort` `none` or
 //! `minimal` thinking off. `previous_response_id` is resolved before (http/response_store.rs);
-//! `background` answers at once and runs on (not streamed); `conversation` is refused, as are tools
+//! `background` runs on past the answer (the response at once, or with `stream` its events, which
+//! a reader may leave and pick up again); `conversation` is refused, as are tools
 //! other than functions and inputs other than text. `top_logprobs` or `include: ["message.output_text.logprobs"]` asks for the
 //! answer text's logprobs.
 
@@ -50,7 +51,7 @@ pub struct ResponsesRequest {
     pub chat: ChatRequest,
     /// `instructions`, `max_output_tokens`, `tools`, `tool_choice`, `text`, ... as given.
     pub echo: Map<String, Value>,
-    /// `background`: the answer comes at once, the response runs on and is polled for.
+    /// `background`: the response runs on past the answer, polled for or its stream followed.
     pub background: bool,
 }
 
@@ -76,12 +77,6 @@ impl ResponsesRequest {
             Some(Value::Bool(b)) => *b,
             Some(_) => return Err(ValidationError::new("background", "must be a boolean")),
         };
-        if background && obj.get("stream") == Some(&Value::Bool(true)) {
-            return Err(ValidationError::new(
-                "background",
-                "a background response is not streamed: poll GET /v1/responses/{id}",
-            ));
-        }
         if background && obj.get("store") == Some(&Value::Bool(false)) {
             return Err(ValidationError::new(
                 "background",
@@ -407,10 +402,6 @@ mod tests {
     #[test]
     fn what_is_not_kept_or_offered_names_its_field() {
         for (body, param) in [
-            (
-                json!({"input": "hi", "background": true, "stream": true}),
-                "background",
-            ),
             (
                 json!({"input": "hi", "background": true, "store": false}),
                 "background",

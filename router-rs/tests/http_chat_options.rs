@@ -223,3 +223,31 @@ async fn a_served_name_with_a_slash_is_found() {
     assert_eq!(one.json::<Value>().await.unwrap()["id"], "org/model");
     assert_eq!(get("/v1/models/org").await.unwrap().status(), 404);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cache_salt_reaches_the_worker_and_an_empty_one_is_refused() {
+    let (_model, worker, server) = setup("ok", 1, &[]).await;
+    let routes = [
+        ("/v1/chat/completions", json!({"messages": user("hi")})),
+        ("/v1/completions", json!({"prompt": "hi"})),
+        ("/v1/responses", json!({"input": "hi"})),
+    ];
+    for (route, body) in &routes {
+        let mut salted = body.clone();
+        salted["cache_salt"] = json!("tenant-1");
+        let (status, answer) = server.post(route, salted).await;
+        assert_eq!(status, 200, "{route}: {answer}");
+        let sent = worker.requests().pop().expect("a request");
+        assert_eq!(sent.cache_salt.as_deref(), Some("tenant-1"), "{route}");
+        let mut empty = body.clone();
+        empty["cache_salt"] = json!("");
+        let (status, answer) = server.post(route, empty).await;
+        assert_eq!(status, 400, "{route}: {answer}");
+        assert_eq!(answer["error"]["param"], "cache_salt", "{route}");
+    }
+    let (status, _) = server
+        .post("/v1/completions", json!({"prompt": "hi"}))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(worker.requests().pop().expect("a request").cache_salt, None);
+}

@@ -75,13 +75,19 @@ def generate_concurrently(server: Server, jobs: list[Job]) -> list[Greedy]:
         return list(pool.map(lambda job: generate(server, job), jobs))
 
 
-def completion(server: Server, prompt: list[int], n: int) -> tuple[str, int, int]:
-    """Greedy /v1/completions by token ids: the text, usage.prompt_tokens and
-    usage.prompt_tokens_details.cached_tokens."""
+def completion(
+    server: Server, prompt: list[int], n: int, salt: str | None = None
+) -> tuple[str, int, int]:
+    """Greedy /v1/completions by token ids (under the prefix-cache salt `salt`): the text,
+    usage.prompt_tokens and usage.prompt_tokens_details.cached_tokens."""
     client = openai.OpenAI(base_url=server.openai_base, api_key="unused", max_retries=0)
     model = client.models.list().data[0].id
     resp = client.completions.create(
-        model=model, prompt=prompt, max_tokens=n, temperature=0, extra_body={"ignore_eos": True}
+        model=model,
+        prompt=prompt,
+        max_tokens=n,
+        temperature=0,
+        extra_body={"ignore_eos": True, **({"cache_salt": salt} if salt else {})},
     )
     usage = resp.usage
     assert usage is not None and usage.prompt_tokens_details is not None

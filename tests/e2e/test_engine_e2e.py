@@ -141,6 +141,18 @@ def test_prefix_cache_in_openai_usage(default_server: Server, nocache_server: Se
     assert len(set(texts)) == 1
 
 
+def test_a_cache_salt_keeps_prefixes_apart(default_server: Server) -> None:
+    """vLLM's `cache_salt`: a prompt finds the pages of its own salt only."""
+    prompt = random_prompt(random.Random(10), 70)
+    text, _, cached = completion(default_server, prompt, 4, salt="a")
+    assert cached == 0
+    for salt in ("b", None):
+        again, _, cached = completion(default_server, prompt, 4, salt=salt)
+        assert (again, cached) == (text, 0), salt
+    assert completion(default_server, prompt, 4, salt="a")[2] > 0
+    assert completion(default_server, prompt, 4, salt="b")[2] > 0
+
+
 def test_flush_cache_drops_the_cached_prefixes(default_server: Server) -> None:
     """SGLang's `/flush_cache` and vLLM's `/reset_prefix_cache`: the next identical prompt finds
     nothing cached, and the one after it hits again."""

@@ -36,6 +36,7 @@ FULL_REQUEST: dict[str, Any] = {
     "logit_bias": [[13, -100.0], [872, 2.5]],
     "grammar": {"schema": '{"type": "object"}', "start_after": 151351},
     "reasoning_budget": {"tokens": 512, "end_id": 151351},
+    "cache_salt": "tenant-7",
 }
 
 EXAMPLES: dict[str, tuple[list[Any], bool]] = {

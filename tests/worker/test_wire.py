@@ -148,6 +148,8 @@ def test_submit_applies_defaults_and_ignores_unknown_keys() -> None:
         ("reasoning_budget", {"tokens": 1}),
         ("reasoning_budget", {"tokens": -1, "end_id": 3}),
         ("reasoning_budget", {"tokens": 1, "end_id": 3, "more": 1}),
+        ("cache_salt", ""),
+        ("cache_salt", 7),
     ],
 )
 def test_a_bad_request_is_rejected_with_its_rid_and_others_pass(field: str, value: Any) -> None:

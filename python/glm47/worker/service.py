@@ -98,6 +98,7 @@ def to_engine_request(engine_rid: str, w: WireRequest) -> Request:
         priority=w.priority,
         allowed_token_ids=list(w.allowed_token_ids),
         bad_words=[list(b) for b in w.bad_words],
+        cache_salt=w.cache_salt,
     )
 
 

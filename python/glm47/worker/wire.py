@@ -247,6 +247,7 @@ _REQUEST_FIELDS = {
     "reasoning_budget": (_is_budget, "a ReasoningBudget map (tokens, end_id)"),
     "allowed_token_ids": (_is_int_list, "array of int"),
     "priority": (_is_int, "int"),
+    "cache_salt": (lambda v: isinstance(v, str) and v != "", "a non-empty str or nil"),
     "bad_words": (
         lambda v: isinstance(v, list) and all(_is_int_list(w) and w for w in v),
         "array of non-empty arrays of int",

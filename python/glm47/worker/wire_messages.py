@@ -79,6 +79,7 @@ class WireRequest:
     allowed_token_ids: list[int] = field(default_factory=list)
     bad_words: list[list[int]] = field(default_factory=list)
     priority: int = 0
+    cache_salt: str | None = None
 
 
 @dataclass(frozen=True)

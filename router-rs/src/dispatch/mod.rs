@@ -235,9 +235,10 @@ impl Dispatcher {
         let prompt = reqs.first().map_or(&[][..], |r| &r.input_ids[..]);
         // A prompt whose logprobs are asked for is computed whole: no cache can serve it.
         let cacheable = reqs.first().is_some_and(|r| r.prompt_logprobs < 0);
+        let salt = reqs.first().and_then(|r| r.cache_salt.as_deref());
         let worker = self
             .shared
-            .pick_worker(prompt, cacheable, n)
+            .pick_worker(prompt, salt, cacheable, n)
             .ok_or(DispatchError::NoWorkerReady)?;
         let mut handles = Vec::with_capacity(n);
         let mut submitted = Vec::with_capacity(n);

@@ -61,9 +61,14 @@ impl Default for BalanceOptions {
     }
 }
 
-/// The chained hashes of `ids`' full blocks.
-pub fn block_hashes(ids: &[u32]) -> Vec<u64> {
-    let mut prev = 0u64;
+/// The chained hashes of `ids`' full blocks, the chain seeded by `salt` (the prompts of one salt
+/// share blocks only with each other, as in the workers' caches).
+pub fn block_hashes(ids: &[u32], salt: Option<&str>) -> Vec<u64> {
+    let mut prev = salt.map_or(0, |s| {
+        let mut h = DefaultHasher::new();
+        s.hash(&mut h);
+        h.finish()
+    });
     ids.chunks_exact(BLOCK_TOKENS)
         .map(|block| {
             let mut h = DefaultHasher::new();
@@ -226,46 +231,52 @@ mod tests {
     fn a_match_counts_the_leading_blocks_recorded_for_each_worker() {
         let mut index = PrefixIndex::new(1000);
         let a = prompt(1, 64); // 4 blocks
-        index.insert(&block_hashes(&a), 0);
-        index.insert(&block_hashes(&a[..32]), 2);
+        index.insert(&block_hashes(&a, None), 0);
+        index.insert(&block_hashes(&a[..32], None), 2);
         let mut b = a.clone();
         b[40] = 7; // differs in block 2
-        assert_eq!(index.matches(&block_hashes(&a), 3), vec![4, 0, 2]);
-        assert_eq!(index.matches(&block_hashes(&b), 3), vec![2, 0, 2]);
+        assert_eq!(index.matches(&block_hashes(&a, None), 3), vec![4, 0, 2]);
+        assert_eq!(index.matches(&block_hashes(&b, None), 3), vec![2, 0, 2]);
         // A prompt that shares a later block but not the first matches nothing: hashes chain.
         let mut c = a.clone();
         c[0] = 9;
-        assert_eq!(index.matches(&block_hashes(&c), 3), vec![0, 0, 0]);
+        assert_eq!(index.matches(&block_hashes(&c, None), 3), vec![0, 0, 0]);
         assert_eq!(
-            block_hashes(&a[..15]),
+            block_hashes(&a[..15], None),
             Vec::<u64>::new(),
             "only full blocks"
         );
+        // the prompts of a salt match only each other's blocks
+        let salted = |salt| block_hashes(&a, Some(salt));
+        index.insert(&salted("tenant-1"), 1);
+        assert_eq!(index.matches(&salted("tenant-1"), 3), vec![0, 4, 0]);
+        assert_eq!(index.matches(&salted("tenant-2"), 3), vec![0, 0, 0]);
+        assert_eq!(index.matches(&block_hashes(&a, None), 3), vec![4, 0, 2]);
     }
 
     #[test]
     fn the_least_recently_used_blocks_go_first_and_a_lost_worker_is_forgotten() {
         let mut index = PrefixIndex::new(6);
         let (a, b) = (prompt(1, 64), prompt(2, 64));
-        index.insert(&block_hashes(&a), 0);
-        index.insert(&block_hashes(&a[..16]), 1); // a's first block used again
-        index.insert(&block_hashes(&b[..48]), 1);
+        index.insert(&block_hashes(&a, None), 0);
+        index.insert(&block_hashes(&a[..16], None), 1); // a's first block used again
+        index.insert(&block_hashes(&b[..48], None), 1);
         assert_eq!(index.entries.len(), 6);
         // a's last block was the least recently used: a now matches three blocks on worker 0,
         // and its first one on worker 1.
-        assert_eq!(index.matches(&block_hashes(&a), 2), vec![3, 1]);
-        assert_eq!(index.matches(&block_hashes(&b), 2), vec![0, 3]);
+        assert_eq!(index.matches(&block_hashes(&a, None), 2), vec![3, 1]);
+        assert_eq!(index.matches(&block_hashes(&b, None), 2), vec![0, 3]);
         index.forget(1);
-        assert_eq!(index.matches(&block_hashes(&a), 2), vec![3, 0]);
+        assert_eq!(index.matches(&block_hashes(&a, None), 2), vec![3, 0]);
         assert_eq!(index.entries.len(), 3, "a's blocks 0 to 2 stay, worker 0's");
         index.set_capacity(2);
         assert_eq!(
-            index.matches(&block_hashes(&a), 2),
+            index.matches(&block_hashes(&a, None), 2),
             vec![2, 0],
             "its tail goes first"
         );
         for k in 0..100 {
-            index.insert(&block_hashes(&prompt(10 + k, 32)), (k % 2) as usize);
+            index.insert(&block_hashes(&prompt(10 + k, 32), None), (k % 2) as usize);
         }
         assert_eq!(index.entries.len(), 2);
         assert!(index.order.len() <= 2 * 2 + 2, "use records stay bounded");

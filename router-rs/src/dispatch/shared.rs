@@ -85,8 +85,15 @@ impl Shared {
 
     /// The worker for `n` requests of one prompt under the balance policy (prefix.rs), charged
     /// with them; the prompt is recorded as sent there. A prompt that is not `cacheable` (its
-    /// worker will compute it whole) goes by load alone, and is recorded all the same.
-    pub fn pick_worker(&self, prompt: &[u32], cacheable: bool, n: usize) -> Option<usize> {
+    /// worker will compute it whole) goes by load alone, and is recorded all the same. Prompts
+    /// of another `salt` (the workers' caches share nothing across salts) never match.
+    pub fn pick_worker(
+        &self,
+        prompt: &[u32],
+        salt: Option<&str>,
+        cacheable: bool,
+        n: usize,
+    ) -> Option<usize> {
         let loads: Vec<Option<usize>> = self
             .workers
             .iter()
@@ -98,7 +105,7 @@ impl Shared {
             .collect();
         let by_prefix = self.balance.policy == BalancePolicy::Prefix && self.workers.len() > 1;
         let best = if by_prefix {
-            let hashes = block_hashes(prompt);
+            let hashes = block_hashes(prompt, salt);
             let mut index = self.prefixes.lock().unwrap_or_else(|e| e.into_inner());
             let mut matched = index.matches(&hashes, self.workers.len());
             if !cacheable {

@@ -260,6 +260,7 @@ pub fn wire_requests(
                 ..wire::Grammar::default()
             });
             r.priority = sampling.priority;
+            r.cache_salt = sampling.cache_salt.clone();
             r.allowed_token_ids = sampling.allowed_token_ids.clone();
             r.bad_words = bad_words.clone();
             r

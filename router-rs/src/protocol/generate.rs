@@ -119,6 +119,7 @@ impl GenerateRequest {
             priority: 0,
             allowed_token_ids: allowed_token_ids(p.allowed_token_ids).map_err(at_parameters)?,
             bad_words: Vec::new(),
+            cache_salt: None,
         };
         sampling.check().map_err(at_parameters)?;
         if greedy {

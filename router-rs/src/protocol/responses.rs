@@ -15,7 +15,7 @@ use super::chat::ChatRequest;
 use super::ValidationError;
 
 /// Fields passed to the chat request as they are (the sampling extras vLLM takes too).
-const PASSED: [&str; 16] = [
+const PASSED: [&str; 18] = [
     "model",
     "stream",
     "temperature",
@@ -32,6 +32,8 @@ const PASSED: [&str; 16] = [
     "min_tokens",
     "logit_bias",
     "chat_template_kwargs",
+    "cache_salt",
+    "priority",
 ];
 
 /// Fields that need what this server does not keep or do.

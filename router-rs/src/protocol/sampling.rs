@@ -61,6 +61,8 @@ pub struct SamplingParams {
     pub allowed_token_ids: Vec<u32>,
     /// vLLM's `bad_words`: words the output never contains (tokenized by the router).
     pub bad_words: Vec<String>,
+    /// vLLM's `cache_salt`: the prompt shares cached prefixes only with prompts of this salt.
+    pub cache_salt: Option<String>,
 }
 
 /// How much of a prompt `truncate_prompt_tokens` keeps: its end.
@@ -118,6 +120,7 @@ pub struct OpenAiSampling {
     pub bad_words: Option<Vec<String>>,
     pub return_token_ids: Option<bool>,
     pub priority: Option<i32>,
+    pub cache_salt: Option<String>,
 }
 
 /// Largest bias magnitude `logit_bias` accepts (OpenAI's range).
@@ -173,6 +176,22 @@ pub(super) fn allowed_token_ids(ids: Option<Vec<u32>>) -> Result<Vec<u32>, Valid
     ids.sort_unstable();
     ids.dedup();
     Ok(ids)
+}
+
+/// Longest `cache_salt` accepted, in bytes.
+pub const MAX_CACHE_SALT_BYTES: usize = 1024;
+
+/// `cache_salt`: not empty (as vLLM checks), at most `MAX_CACHE_SALT_BYTES` long.
+pub(super) fn cache_salt(salt: Option<String>) -> Result<Option<String>, ValidationError> {
+    match salt {
+        Some(s) if s.is_empty() || s.len() > MAX_CACHE_SALT_BYTES => {
+            let msg = format!(
+                "cache_salt must be a non-empty string of at most {MAX_CACHE_SALT_BYTES} bytes"
+            );
+            Err(ValidationError::new("cache_salt", msg))
+        }
+        salt => Ok(salt),
+    }
 }
 
 /// `bad_words`: at most `MAX_BAD_WORDS` words of text, each at most `MAX_BAD_WORD_BYTES` long.
@@ -267,6 +286,7 @@ impl OpenAiSampling {
             priority: self.priority.unwrap_or(0),
             allowed_token_ids: allowed_token_ids(self.allowed_token_ids)?,
             bad_words: bad_words(self.bad_words)?,
+            cache_salt: cache_salt(self.cache_salt)?,
         };
         params.check()?;
         Ok(params)

@@ -87,6 +87,10 @@ pub struct Request {
     /// Under the worker's priority policy, lower values are served first (vLLM's `priority`).
     #[serde(default)]
     pub priority: i32,
+    /// Prefix-cache pages are shared only among requests of the same salt (vLLM's
+    /// `cache_salt`); nil: the unsalted cache. Never empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_salt: Option<String>,
 }
 
 /// A bound on the reasoning a prompt opened: once `tokens` tokens have been generated inside it,
@@ -159,6 +163,7 @@ impl Request {
             allowed_token_ids: Vec::new(),
             bad_words: Vec::new(),
             priority: 0,
+            cache_salt: None,
         }
     }
 }

@@ -125,3 +125,23 @@ def test_can_evict_counts_no_more_than_evict_frees() -> None:
     assert cache.evict(3) == 3 and pool.num_free == pool.total
     cache.check()
     pool.check()
+
+
+def test_salted_prompts_share_pages_only_with_their_own_salt() -> None:
+    pool, cache = cache_with(num_pages=16)
+    plain = finish(pool, cache, list(range(8)))
+    pages = pool.allocate(2)
+    assert cache.insert(list(range(8)), pages, salt="tenant-a") == 2  # its own copy
+    pool.release(pages)
+    prompt = [*range(8), 99]
+    assert cache.match(prompt) == (8, plain)
+    assert cache.match(prompt, "tenant-a") == (8, pages)
+    assert cache.match(prompt, "tenant-b") == (0, [])
+    cache.check()
+    # evicting a salt's last pages drops its root; the plain tree stays
+    cache.match(prompt)  # the plain prefix is now the most recently used
+    assert cache.evict(2) == 2
+    assert cache.match(prompt, "tenant-a") == (0, []) and cache.match(prompt) == (8, plain)
+    assert cache._salted == {}
+    cache.check()
+    pool.check()

@@ -129,3 +129,13 @@ def test_a_flush_drops_idle_prefixes_and_keeps_the_running_ones(make_harness: Ma
     assert h.outputs["c"][0].cached_tokens == 0
     assert h.tokens("c") == h.tokens("a")
     h.engine.cache.check()
+
+
+def test_a_salted_prompt_hits_only_the_prefixes_of_its_salt(make_harness: MakeHarness) -> None:
+    h = make_harness(page_size=4, overlap_schedule=False)
+    for rid, salt in [("a", "s1"), ("b", "s2"), ("c", None), ("d", "s1"), ("e", None)]:
+        h.add(rid, PROMPT, max_new_tokens=2, cache_salt=salt)
+        h.run()
+    cached = {rid: h.outputs[rid][0].cached_tokens for rid in "abcde"}
+    assert cached == {"a": 0, "b": 0, "c": 0, "d": 8, "e": 8}
+    assert h.tokens("d") == h.tokens("a")

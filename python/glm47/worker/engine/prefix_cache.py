@@ -5,6 +5,10 @@ the latents of `tokens[i * page_size : (i + 1) * page_size]` given every token a
 child is keyed by the tuple of its first page's tokens, so siblings never share a first page. Only
 full pages are shared: a partly filled last page stays private to its request.
 
+Requests with a `cache_salt` (vLLM's) share only with requests of the same salt: each salt has a
+root of its own, so a prompt never finds pages another tenant computed (and cannot tell from its
+speed that they exist). Requests without one share the plain root.
+
 Ownership: a page in the tree is "cached" in the `PagePool`. Requests that match a prefix take one
 reference per page (`PagePool.retain`); a running request that offered its pages keeps its own
 references. A referenced page is never evicted: eviction trims the unreferenced tail pages of
@@ -21,12 +25,19 @@ from glm47.worker.engine.page_pool import PagePool
 
 
 class _Node:
-    __slots__ = ("children", "last_access", "pages", "parent", "tokens")
+    __slots__ = ("children", "last_access", "pages", "parent", "salt", "tokens")
 
-    def __init__(self, tokens: tuple[int, ...], pages: list[int], parent: _Node | None) -> None:
+    def __init__(
+        self,
+        tokens: tuple[int, ...],
+        pages: list[int],
+        parent: _Node | None,
+        salt: str | None = None,
+    ) -> None:
         self.tokens = tokens  # [len(pages) * page_size]
         self.pages = pages  # [len(pages)] page ids, in position order
-        self.parent = parent
+        self.parent = parent  # None: a root
+        self.salt = salt  # a root's salt
         self.children: dict[tuple[int, ...], _Node] = {}  # first page's tokens -> child
         self.last_access = 0  # logical clock of the last match or insert through this node
 
@@ -39,6 +50,7 @@ class PrefixCache:
         self.enabled = enabled
         self.page_size = pool.page_size
         self._root = _Node((), [], None)
+        self._salted: dict[str, _Node] = {}  # a root per salt while it has children
         self._leaves: set[_Node] = set()  # nodes without children, root excluded
         self._clock = itertools.count(1)
         self.queried_tokens = 0  # cumulative prompt tokens looked up at first admission
@@ -46,15 +58,25 @@ class PrefixCache:
 
     # -- lookup -------------------------------------------------------------------------------
 
-    def match(self, tokens: list[int]) -> tuple[int, list[int]]:
-        """The longest cached prefix of `tokens` in whole pages, leaving at least one token out
-        (its logits must be computed). Returns (num_cached_tokens, pages); takes no references."""
-        if not self.enabled:
+    def _root_of(self, salt: str | None, create: bool = False) -> _Node | None:
+        if salt is None:
+            return self._root
+        root = self._salted.get(salt)
+        if root is None and create:
+            root = self._salted[salt] = _Node((), [], None, salt)
+        return root
+
+    def match(self, tokens: list[int], salt: str | None = None) -> tuple[int, list[int]]:
+        """The longest cached prefix of `tokens` in whole pages under `salt`, leaving at least one
+        token out (its logits must be computed). Returns (num_cached_tokens, pages); takes no
+        references."""
+        root = self._root_of(salt)
+        if not self.enabled or root is None:
             return 0, []
         ps = self.page_size
         max_pages = (len(tokens) - 1) // ps
         now = next(self._clock)
-        node, pages = self._root, list[int]()
+        node, pages = root, list[int]()
         while len(pages) < max_pages:
             start = len(pages) * ps
             child = node.children.get(tuple(tokens[start : start + ps]))
@@ -89,16 +111,18 @@ class PrefixCache:
 
     # -- insertion ----------------------------------------------------------------------------
 
-    def insert(self, tokens: list[int], pages: list[int]) -> int:
-        """Offer a request's full pages (`tokens` spans exactly `pages`). Pages of a prefix already
-        in the tree stay the request's (they are freed when it releases them); the rest are adopted
-        by the tree. The request must still reference `pages`. Returns the pages adopted."""
+    def insert(self, tokens: list[int], pages: list[int], salt: str | None = None) -> int:
+        """Offer a request's full pages (`tokens` spans exactly `pages`) under `salt`. Pages of a
+        prefix already in the tree stay the request's (they are freed when it releases them); the
+        rest are adopted by the tree. The request must still reference `pages`. Returns the pages
+        adopted."""
         if not self.enabled or not pages:
             return 0
         ps = self.page_size
         assert len(tokens) == len(pages) * ps, "insert takes whole pages"
         now = next(self._clock)
-        node, i = self._root, 0
+        node, i = self._root_of(salt, create=True), 0
+        assert node is not None
         while i < len(pages):
             child = node.children.get(tuple(tokens[i * ps : (i + 1) * ps]))
             if child is None:
@@ -187,9 +211,13 @@ class PrefixCache:
         assert parent is not None
         del parent.children[next(k for k, c in parent.children.items() if c is leaf)]
         self._leaves.discard(leaf)
-        if parent is not self._root and not parent.children:
+        if parent.children:
+            return None
+        if parent.parent is not None:
             self._leaves.add(parent)
             return parent
+        if parent.salt is not None:
+            del self._salted[parent.salt]  # an empty salted root goes
         return None
 
     # -- introspection ------------------------------------------------------------------------
@@ -210,12 +238,14 @@ class PrefixCache:
             pages.extend(node.pages)
         assert len(set(pages)) == len(pages), "a page appears twice in the prefix tree"
         assert self.pool.all_cached(pages), "a tree page is not marked cached in the pool"
+        assert all(r.children for r in self._salted.values()), "an empty salted root is kept"
         assert self.pool.num_cached == len(pages), (
             f"the pool marks {self.pool.num_cached} pages cached, the tree holds {len(pages)}"
         )
 
     def _walk(self) -> list[_Node]:
-        out, stack = [], list(self._root.children.values())
+        roots = [self._root, *self._salted.values()]
+        out, stack = [], [c for root in roots for c in root.children.values()]
         while stack:
             node = stack.pop()
             out.append(node)

@@ -63,6 +63,8 @@ class Request:
     priority: int = 0  # under the priority policy, lower values are served (and kept) first
     allowed_token_ids: list[int] = field(default_factory=list)  # every sample is one; empty: any
     bad_words: list[list[int]] = field(default_factory=list)  # token sequences never completed
+    # Shares prefix-cache pages only with requests of the same salt (vLLM's `cache_salt`).
+    cache_salt: str | None = None
 
     # Engine-owned state below; never set by the caller.
     # The grammar's matcher (`Engine.add_request` builds it), told every sampled token.

@@ -173,7 +173,7 @@ class Scheduler:
             shared: list[int] = []
             num_cached = 0
             if not req.scores_prompt:
-                num_cached, shared = self.cache.match(req.all_token_ids)
+                num_cached, shared = self.cache.match(req.all_token_ids, req.cache_salt)
             cost = self.reserve.cost(req, num_cached)
             if self.running and cost > room:
                 return admitted
@@ -306,7 +306,8 @@ class Scheduler:
         prompt is computed) so that requests arriving while it decodes can share them."""
         full = min(req.num_computed_tokens, req.num_tokens) // self.pool.page_size
         if full:
-            self.cache.insert(req.all_token_ids[: full * self.pool.page_size], req.page_ids[:full])
+            ids = req.all_token_ids[: full * self.pool.page_size]
+            self.cache.insert(ids, req.page_ids[:full], req.cache_salt)
 
     def _release_pages(self, req: Request) -> None:
         self.publish_prefix(req)

@@ -465,8 +465,19 @@ async fn generate_constraints_reach_the_worker_as_grammars() {
     assert_eq!(grammar(2).regex.as_deref(), Some("[0-9]"));
     assert_eq!(sent[2].allowed_token_ids, vec![2, 5]);
     assert_eq!(grammar(3).ebnf.as_deref(), Some("root ::= [0-9]"));
-    let body = json!({"inputs": "q", "parameters": {"grammar": {"type": "regex", "value": "("}}});
-    let (status, answer) = server.post("/generate", body).await;
-    assert_eq!(status, 400, "{answer}");
-    assert_eq!(answer["error"]["param"], "parameters.grammar.value");
+    for (parameters, param) in [
+        (
+            json!({"grammar": {"type": "regex", "value": "("}}),
+            "parameters.grammar.value",
+        ),
+        (
+            json!({"allowed_token_ids": [99_999_999]}),
+            "parameters.allowed_token_ids",
+        ),
+    ] {
+        let body = json!({"inputs": "q", "parameters": parameters});
+        let (status, answer) = server.post("/generate", body).await;
+        assert_eq!(status, 400, "{answer}");
+        assert_eq!(answer["error"]["param"], param);
+    }
 }

@@ -125,7 +125,7 @@ def test_generate_json_grammar_and_its_errors(server: Server) -> None:
     for parameters, param in [
         ({"grammar": {"type": "regex", "value": "a("}}, "parameters.grammar.value"),
         ({"grammar": {"type": "lark", "value": "x"}}, "parameters.grammar.type"),
-        ({"regular_constraint": "a", "guided_json": {}}, "parameters."),
+        ({"regular_constraint": "a", "guided_json": {}}, "parameters.guided_json"),
     ]:
         body = {"inputs": "x", "parameters": parameters}
         r = requests.post(f"{server.base_url}/generate", json=body, timeout=60)

@@ -166,21 +166,15 @@ pub fn max_new_tokens(
     param: &str,
 ) -> Result<u32, ApiError> {
     let vocab = worker.vocab_size;
-    below_vocab(
-        "stop_token_ids",
-        sampling.stop_token_ids.iter().copied(),
-        vocab,
-    )?;
-    below_vocab(
-        "logit_bias",
-        sampling.logit_bias.iter().map(|&(id, _)| id),
-        vocab,
-    )?;
-    below_vocab(
-        "allowed_token_ids",
-        sampling.allowed_token_ids.iter().copied(),
-        vocab,
-    )?;
+    // named as the request wrote them: `parameters.…` on /generate, `sampling_params.…` on SGLang's
+    let within = sampling.max_new_tokens_param.rsplit_once('.');
+    let named = |field: &str| within.map_or(field.to_owned(), |(at, _)| format!("{at}.{field}"));
+    let stops = sampling.stop_token_ids.iter().copied();
+    below_vocab(&named("stop_token_ids"), stops, vocab)?;
+    let biased = sampling.logit_bias.iter().map(|&(id, _)| id);
+    below_vocab(&named("logit_bias"), biased, vocab)?;
+    let allowed = sampling.allowed_token_ids.iter().copied();
+    below_vocab(&named("allowed_token_ids"), allowed, vocab)?;
     let (requested, max_param) = (sampling.max_new_tokens, sampling.max_new_tokens_param);
     let limit = total_len_limit(state, Some(worker));
     let prompt_len = u32::try_from(prompt_len).unwrap_or(u32::MAX);

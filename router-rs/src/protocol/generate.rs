@@ -138,45 +138,72 @@ fn at_parameters(e: ValidationError) -> ValidationError {
     ValidationError::new(format!("parameters.{}", e.param), e.message)
 }
 
-/// The constrained output `p` asks for, read by the chat reader's rules (one way at a time) under
+/// The constrained output `p` asks for (one way at a time), read by the chat reader's rules under
 /// the names those rules know: TGI's `grammar` as a schema or a pattern, LightLLM's
-/// `regular_constraint` as a pattern, `guided_grammar` and `guided_json` as they are.
+/// `regular_constraint` as a pattern, `guided_grammar` and `guided_json` as they are. Errors
+/// name the parameter as the request gave it.
 fn constraint(p: &RawParameters) -> Result<Option<OutputConstraint>, ValidationError> {
-    let mut asked = serde_json::Map::new();
-    let mut ask = |key: &str, value: &Option<Value>| {
-        if let Some(v) = value.as_ref().filter(|v| !v.is_null()) {
-            asked.insert(key.into(), v.clone());
+    let set = |v: &Option<Value>| v.clone().filter(|v| !v.is_null());
+    // (the request's name, the reader's name, the value)
+    let mut given: Vec<(&str, &str, Value)> = [
+        ("regular_constraint", "regex", set(&p.regular_constraint)),
+        ("guided_grammar", "guided_grammar", set(&p.guided_grammar)),
+        ("guided_json", "guided_json", set(&p.guided_json)),
+    ]
+    .into_iter()
+    .filter_map(|(name, key, v)| v.map(|v| (name, key, v)))
+    .collect();
+    if let Some(grammar) = set(&p.grammar) {
+        given.push(tgi_grammar(&grammar)?);
+    }
+    let (name, key, value) = match given.len() {
+        0 => return Ok(None),
+        1 => given.remove(0),
+        _ => {
+            let names: Vec<_> = given.iter().map(|g| g.0).collect();
+            let msg = format!("one constraint at a time, got {}", names.join(" and "));
+            return Err(ValidationError::new(
+                format!("parameters.{}", names[1]),
+                msg,
+            ));
         }
     };
-    ask("regex", &p.regular_constraint);
-    ask("guided_grammar", &p.guided_grammar);
-    ask("guided_json", &p.guided_json);
-    if let Some(grammar) = p.grammar.as_ref().filter(|g| !g.is_null()) {
-        let value = grammar.get("value").filter(|v| !v.is_null());
-        let (key, value) = match (grammar.get("type").and_then(Value::as_str), value) {
-            // an object or its JSON text, as TGI takes it
-            (Some("json" | "json_schema"), Some(schema)) => ("json_schema", schema.clone()),
-            (Some("regex"), Some(pattern)) => ("guided_regex", pattern.clone()),
-            (Some(_), None) => {
-                let msg = "grammar needs a value";
-                return Err(ValidationError::new("parameters.grammar.value", msg));
-            }
-            _ => {
-                let msg = "grammar type is json, json_schema or regex";
-                return Err(ValidationError::new("parameters.grammar.type", msg));
-            }
-        };
-        asked.insert(key.into(), value);
-    }
-    output_constraint(&Value::Object(asked)).map_err(|e| {
-        let p = e.param.as_str();
-        let param = match ["json_schema", "guided_regex", "regex"].map(|k| p.strip_prefix(k)) {
-            [Some(rest), _, _] | [_, Some(rest), _] => format!("grammar.value{rest}"),
-            [_, _, Some(rest)] => format!("regular_constraint{rest}"),
-            _ => e.param.clone(),
-        };
-        ValidationError::new(format!("parameters.{param}"), e.message)
+    let body = serde_json::json!({ key: value });
+    output_constraint(&body).map_err(|e| {
+        let rest = e.param.strip_prefix(key).unwrap_or_default();
+        ValidationError::new(format!("parameters.{name}{rest}"), e.message)
     })
+}
+
+/// TGI's `grammar` as (its name, the reader's name, the value): `{"type": "json" (or
+/// "json_object"), "value": schema}`, `{"type": "json_schema", "value": {"name"?, "schema"}}`,
+/// `{"type": "regex", "value": pattern}`; a schema as an object or its JSON text.
+fn tgi_grammar(grammar: &Value) -> Result<(&'static str, &'static str, Value), ValidationError> {
+    let value = grammar.get("value").filter(|v| !v.is_null());
+    let kind = grammar.get("type").and_then(Value::as_str);
+    let need = |param: &str, what: &str| {
+        let msg = format!("grammar {what}");
+        ValidationError::new(format!("parameters.grammar.{param}"), msg)
+    };
+    match (kind, value) {
+        (Some("json" | "json_object" | "json_schema" | "regex"), None) => {
+            Err(need("value", "needs a value"))
+        }
+        (Some("json" | "json_object"), Some(schema)) => {
+            Ok(("grammar.value", "json_schema", schema.clone()))
+        }
+        (Some("json_schema"), Some(config)) => match config.get("schema") {
+            Some(schema) if !schema.is_null() => {
+                Ok(("grammar.value.schema", "json_schema", schema.clone()))
+            }
+            _ => Err(need("value.schema", "json_schema needs value.schema")),
+        },
+        (Some("regex"), Some(pattern)) => Ok(("grammar.value", "guided_regex", pattern.clone())),
+        _ => Err(need(
+            "type",
+            "type is json, json_object, json_schema or regex",
+        )),
+    }
 }
 
 /// One generated token as `/generate_stream` and `details` report it.
@@ -249,6 +276,26 @@ mod tests {
                 "parameters.grammar.type",
             ),
             (
+                json!({"grammar": {"type": "xml"}}),
+                "parameters.grammar.type",
+            ),
+            (
+                json!({"grammar": {"type": "json_schema", "value": {"name": "a"}}}),
+                "parameters.grammar.value.schema",
+            ),
+            (
+                json!({"grammar": {"type": "json_schema", "value": {"schema": {"not": {}}}}}),
+                "parameters.grammar.value.schema",
+            ),
+            (
+                json!({"regular_constraint": "a", "grammar": {"type": "json", "value": {}}}),
+                "parameters.grammar.value",
+            ),
+            (
+                json!({"guided_grammar": "root ::= ("}),
+                "parameters.guided_grammar",
+            ),
+            (
                 json!({"grammar": {"type": "regex"}}),
                 "parameters.grammar.value",
             ),
@@ -281,8 +328,13 @@ mod tests {
             GenerateRequest::from_json(&body).unwrap().sampling
         };
         let schema = json!({"type": "object", "properties": {"a": {"type": "integer"}}});
-        for given in [schema.clone(), Value::String(schema.to_string())] {
-            let s = read(json!({"grammar": {"type": "json", "value": given}}));
+        let text = Value::String(schema.to_string());
+        for grammar in [
+            json!({"type": "json", "value": schema}),
+            json!({"type": "json_object", "value": text}),
+            json!({"type": "json_schema", "value": {"name": "a", "schema": schema}}),
+        ] {
+            let s = read(json!({ "grammar": grammar }));
             let c = s.output_constraint.expect("a schema");
             assert_eq!(
                 serde_json::from_str::<Value>(c.schema.as_deref().unwrap()).unwrap(),

@@ -211,12 +211,6 @@ def test_stored_responses_are_continued_retrieved_and_deleted(server: Server) ->
     assert second.previous_response_id == first.id
     assert first.usage is not None and second.usage is not None
     assert second.usage.input_tokens > first.usage.input_tokens  # the first turn came first
-    url = f"{server.openai_base}/responses/{second.id}/input_items?order=asc"
-    items = requests.get(url, timeout=30).json()["data"]
-    newest = requests.get(url.replace("asc", "desc") + "&limit=1", timeout=30).json()
-    assert newest["data"] == items[-1:] and newest["has_more"] is True
-    assert items[0]["content"] == "Hello there" and items[-1]["content"] == "And more?"
-    assert len(items) == 2 + len(first.output)  # the first's input, its output, the new input
     client.responses.delete(first.id)
     with pytest.raises(openai.NotFoundError):
         client.responses.retrieve(first.id)
@@ -228,6 +222,44 @@ def test_stored_responses_are_continued_retrieved_and_deleted(server: Server) ->
     assert unkept.store is False
     with pytest.raises(openai.NotFoundError):
         client.responses.retrieve(unkept.id)
+
+
+def test_input_items_are_the_requests_own_a_page_at_a_time(server: Server) -> None:
+    client = openai.OpenAI(base_url=server.openai_base, api_key="unused", max_retries=0)
+    first = client.responses.create(model="m", input="Hello there", max_output_tokens=4)
+    turns: list[Any] = [
+        {"role": "user", "content": "Weather in Paris?"},
+        {"type": "function_call", "call_id": "call_1", "name": "get_weather",
+         "arguments": '{"city": "Paris"}'},
+        {"type": "function_call_output", "call_id": "call_1", "output": "sunny, 21 C"},
+        {"type": "message", "id": "msg_mine", "role": "user",
+         "content": [{"type": "input_text", "text": "And tomorrow?"}]},
+    ]  # fmt: skip
+    second = client.responses.create(
+        model="m", tools=TOOLS, input=turns, previous_response_id=first.id, max_output_tokens=4,  # type: ignore[arg-type]
+    )  # fmt: skip
+    # the client follows `has_more` and `after` through both pages
+    listed = client.responses.input_items.list(second.id, order="asc", limit=3)
+    items = [item.model_dump(exclude_none=True) for item in listed]
+    assert [i["type"] for i in items] == ["message", "function_call", "function_call_output",
+                                          "message"]  # fmt: skip
+    assert items[0]["content"] == [{"type": "input_text", "text": "Weather in Paris?"}]
+    assert items[0]["status"] == "completed" and items[0]["role"] == "user"
+    assert items[1]["call_id"] == "call_1" and items[2]["output"] == "sunny, 21 C"
+    assert items[3]["id"] == "msg_mine"
+    ids = [i["id"] for i in items]
+    assert len(set(ids)) == 4
+    newest = client.responses.input_items.list(
+        second.id, limit=3, include=["message.input_image.image_url"]
+    )
+    assert newest.has_more is True
+    assert [i.id for i in newest.data] == ids[::-1][:3]  # newest first, the same ids again
+    (own,) = [i.model_dump(exclude_none=True) for i in client.responses.input_items.list(first.id)]
+    assert own["content"] == [{"type": "input_text", "text": "Hello there"}]
+    with pytest.raises(openai.BadRequestError):
+        client.responses.input_items.list(second.id, limit=101)
+    with pytest.raises(openai.NotFoundError):
+        client.responses.input_items.list("resp_unknown")
 
 
 def test_logprobs_of_the_answer_text_come_with_it(server: Server) -> None:

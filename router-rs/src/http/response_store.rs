@@ -1,7 +1,8 @@
 //! Stored responses of `/v1/responses` (`store`, true unless the request says false): a
 //! response's input items and the response itself, kept in memory so that a later request can
 //! continue it (`previous_response_id`: its input and output come before the new input) and
-//! `GET` / `DELETE /v1/responses/{id}` find it. The oldest are dropped past a count or a size
+//! `GET` / `DELETE /v1/responses/{id}` find it, and `GET /v1/responses/{id}/input_items` its
+//! request's own items (response_items.rs). The oldest are dropped past a count or a size
 //! (`--max-stored-responses`; nothing survives a restart). A background response that was
 //! streamed keeps its events too (response_events.rs), for `GET ?stream=true` to replay.
 
@@ -22,19 +23,41 @@ use crate::protocol::ValidationError;
 mod events;
 pub use events::EventLog;
 
+#[path = "response_items.rs"]
+mod items;
+pub use items::input_items;
+
 /// Most bytes (of the stored JSON) kept, whatever the count allows.
 const MAX_BYTES: usize = 256 << 20;
+
+/// The input items a response answers: those of the response it continues (its input and
+/// output), then the request's own.
+#[derive(Debug, Clone, Default)]
+pub struct Input {
+    pub items: Vec<Value>,
+    /// How many of the last `items` the request gave: `input_items` lists those alone.
+    pub own: usize,
+}
 
 /// One stored response.
 #[derive(Debug, Clone)]
 pub struct Stored {
     /// The input items it answered (a previous response's included).
     pub input: Vec<Value>,
+    /// How many of the last `input` items its request gave.
+    own: usize,
     /// The response object.
     pub response: Value,
     /// The events of a background response that was streamed.
     pub events: Option<Arc<EventLog>>,
     bytes: usize,
+}
+
+impl Stored {
+    /// The input items its request gave, without those of the response it continued.
+    pub fn own_input(&self) -> &[Value] {
+        &self.input[self.input.len() - self.own..]
+    }
 }
 
 /// The stored responses, oldest first, and the background ones still running.
@@ -70,7 +93,7 @@ impl ResponseStore {
         }
     }
 
-    pub fn insert(&self, id: String, input: Vec<Value>, response: Value) {
+    pub fn insert(&self, id: String, input: Input, response: Value) {
         self.insert_with_events(id, input, response, None);
     }
 
@@ -78,7 +101,7 @@ impl ResponseStore {
     pub fn insert_with_events(
         &self,
         id: String,
-        input: Vec<Value>,
+        input: Input,
         mut response: Value,
         events: Option<Arc<EventLog>>,
     ) {
@@ -95,10 +118,11 @@ impl ResponseStore {
         }
         // a log still growing is counted as it stands (its own bound holds it meanwhile)
         let logged = events.as_ref().map_or(0, |log| log.bytes());
-        let bytes = input.iter().map(json_len).sum::<usize>() + json_len(&response) + logged;
+        let bytes = input.items.iter().map(json_len).sum::<usize>() + json_len(&response) + logged;
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let stored = Arc::new(Stored {
-            input,
+            own: input.own.min(input.items.len()),
+            input: input.items,
             response,
             events,
             bytes,
@@ -142,7 +166,7 @@ impl ResponseStore {
     pub fn end_background(
         &self,
         id: &str,
-        input: Vec<Value>,
+        input: Input,
         last: Value,
         events: Option<Arc<EventLog>>,
     ) {
@@ -186,7 +210,7 @@ fn json_len(v: &Value) -> usize {
 /// The input items of a request body: `input` as items (a string is one user message), after
 /// the input and output of the response `previous_response_id` names, when it names one
 /// (unknown: a 400). The body's `input` is replaced by them.
-pub fn resolved_input(state: &AppState, body: &mut Value) -> Result<Vec<Value>, ApiError> {
+pub fn resolved_input(state: &AppState, body: &mut Value) -> Result<Input, ApiError> {
     let own = match body.get("input") {
         Some(Value::String(text)) => vec![json!({"role": "user", "content": text})],
         Some(Value::Array(items)) => items.clone(),
@@ -201,7 +225,11 @@ pub fn resolved_input(state: &AppState, body: &mut Value) -> Result<Vec<Value>, 
         .and_then(|o| o.remove("previous_response_id"))
         .filter(|v| !v.is_null());
     let Some(previous) = previous else {
-        return Ok(own);
+        let own_count = own.len();
+        return Ok(Input {
+            items: own,
+            own: own_count,
+        });
     };
     let id = previous.as_str().unwrap_or("");
     let stored = state.responses.get(id).ok_or_else(|| {
@@ -215,9 +243,13 @@ pub fn resolved_input(state: &AppState, body: &mut Value) -> Result<Vec<Value>, 
         let whole = |item: &&Value| item["status"] != "incomplete";
         input.extend(output.iter().filter(whole).cloned());
     }
+    let own_count = own.len();
     input.extend(own);
     body["input"] = Value::Array(input.clone());
-    Ok(input)
+    Ok(Input {
+        items: input,
+        own: own_count,
+    })
 }
 
 fn not_found(id: &str) -> ApiError {
@@ -255,56 +287,6 @@ pub async fn get(
         ValidationError::new("stream", msg)
     })?;
     Ok(sse::respond(log.follow(query.starting_after), false))
-}
-
-/// `GET /v1/responses/{id}/input_items`: the items it answered, as OpenAI lists them: newest
-/// first unless `order=asc`, `limit` (1 to 100, 20 by default) from after the item `after`.
-pub async fn input_items(
-    State(state): State<Arc<AppState>>,
-    Path(id): Path<String>,
-    Query(page): Query<Page>,
-) -> Result<Json<Value>, ApiError> {
-    let stored = state.responses.get(&id).ok_or_else(|| not_found(&id))?;
-    let data: Vec<Value> = stored
-        .input
-        .iter()
-        .enumerate()
-        .map(|(i, item)| {
-            let mut item = item.clone();
-            if item.get("type").is_none() && item.get("role").is_some() {
-                item["type"] = json!("message");
-            }
-            if item.get("id").is_none() {
-                item["id"] = json!(format!("item_{i}"));
-            }
-            item
-        })
-        .collect();
-    let mut data = data;
-    if page.order.as_deref() != Some("asc") {
-        data.reverse();
-    }
-    if let Some(after) = &page.after {
-        let at = data.iter().position(|i| i["id"] == after.as_str());
-        data.drain(..at.map_or(data.len(), |at| at + 1));
-    }
-    let limit = page.limit.unwrap_or(20).clamp(1, 100);
-    let has_more = data.len() > limit;
-    data.truncate(limit);
-    let id_of = |i: Option<&Value>| i.and_then(|i| i["id"].as_str()).map(str::to_owned);
-    let (first, last) = (id_of(data.first()), id_of(data.last()));
-    Ok(Json(
-        json!({"object": "list", "data": data, "first_id": first, "last_id": last,
-                   "has_more": has_more}),
-    ))
-}
-
-/// The paging of `input_items`.
-#[derive(Debug, Default, serde::Deserialize)]
-pub struct Page {
-    order: Option<String>,
-    limit: Option<usize>,
-    after: Option<String>,
 }
 
 /// How long `cancel` waits for a background response to store its last state.
@@ -357,18 +339,15 @@ mod tests {
     fn the_oldest_responses_go_first_past_the_capacity() {
         let store = ResponseStore::new(2);
         for id in ["a", "b", "c"] {
-            store.insert(
-                id.into(),
-                vec![json!({"role": "user", "content": id})],
-                json!({}),
-            );
+            let items = vec![json!({"role": "user", "content": id})];
+            store.insert(id.into(), Input { items, own: 1 }, json!({}));
         }
         assert!(store.get("a").is_none());
         assert_eq!(store.get("c").unwrap().input[0]["content"], "c");
         assert!(store.remove("b") && !store.remove("b"));
         assert!(store.get("b").is_none() && store.get("c").is_some());
         let none = ResponseStore::new(0);
-        none.insert("x".into(), Vec::new(), json!({}));
+        none.insert("x".into(), Input::default(), json!({}));
         assert!(none.get("x").is_none());
     }
 }

@@ -14,7 +14,7 @@ use serde_json::{json, Map, Value};
 use super::logprobs::{self, Names};
 use super::prepare::{chat_prompt, max_new_tokens, ready_worker, submit_one_choice};
 use super::prompt::PromptUse;
-use super::response_store::{resolved_input, EventLog};
+use super::response_store::{resolved_input, EventLog, Input};
 use super::run::{built_events, start, written_order, ChoiceStream, EventBuilder, Piece};
 use super::{sse, ApiError, AppState, JsonBody, Meta};
 use crate::protocol::openai::{random_id, FinishReason, ToolCallDelta};
@@ -133,7 +133,7 @@ struct Output {
     events: Vec<Value>,
     sequence: u64,
     /// Where the finished response is stored, with the input items it answered (`store`).
-    keep: Option<(Arc<AppState>, Vec<Value>)>,
+    keep: Option<(Arc<AppState>, Input)>,
     /// With logprobs asked for (`top_logprobs`, `include`), the tokenizer naming the tokens.
     logprobs: Option<Arc<Tokenizer>>,
     /// The logprobs of the answer tokens of the delta being read, and of the open message.

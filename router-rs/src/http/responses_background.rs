@@ -7,7 +7,7 @@ use std::sync::Arc;
 use futures::StreamExt;
 use serde_json::Value;
 
-use super::{AppState, ChoiceStream, EventBuilder, EventLog, Output};
+use super::{AppState, ChoiceStream, EventBuilder, EventLog, Input, Output};
 
 /// Stores the response `in_progress` and returns it; a task then reads its deltas and stores it
 /// as it ends: completed, incomplete, failed (with the error), or cancelled (by
@@ -18,7 +18,7 @@ pub(super) fn run(
     state: Arc<AppState>,
     mut output: Output,
     mut stream: ChoiceStream,
-    input: Vec<Value>,
+    input: Input,
     log: Option<Arc<EventLog>>,
 ) -> Value {
     let id = output.meta.id.clone();

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Iterator
 
 import pytest
 import requests
@@ -13,14 +15,16 @@ pytestmark = pytest.mark.e2e
 
 
 def _sse_events(resp: requests.Response) -> list[dict]:
-    events = []
+    return list(_sse_events_iter(resp))
+
+
+def _sse_events_iter(resp: requests.Response) -> Iterator[dict]:
     for raw in resp.iter_lines():
         line = raw.decode("utf-8")  # SSE is always UTF-8, whatever the content type says
         if line.startswith("data:"):
             payload = line[len("data:") :].strip()
             if payload != "[DONE]":
-                events.append(json.loads(payload))
-    return events
+                yield json.loads(payload)
 
 
 def test_generate_and_generate_stream_agree(server: Server) -> None:
@@ -131,3 +135,40 @@ def test_generate_json_grammar_and_its_errors(server: Server) -> None:
         r = requests.post(f"{server.base_url}/generate", json=body, timeout=60)
         assert r.status_code == 400, r.text
         assert r.json()["error"]["param"].startswith(param), r.text
+
+
+def test_abort_request_ends_a_streaming_generate_early(server: Server) -> None:
+    """SGLang's `/abort_request` with the request's `rid`: the stream ends with an abort finish
+    long before its token budget."""
+    import threading
+
+    body = {
+        "text": "Tell me everything",
+        "rid": "long-job",
+        "stream": True,
+        "sampling_params": {"max_new_tokens": 3000, "ignore_eos": True},
+    }
+    events: list[dict] = []
+
+    def read() -> None:
+        with requests.post(
+            f"{server.base_url}/generate", json=body, stream=True, timeout=120
+        ) as resp:
+            assert resp.status_code == 200
+            for event in _sse_events_iter(resp):
+                events.append(event)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    deadline = time.monotonic() + 60
+    while not events and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert events, "the stream started"
+    r = requests.post(f"{server.base_url}/abort_request", json={"rid": "long-job"}, timeout=10)
+    assert r.status_code == 200, r.text
+    reader.join(timeout=60)
+    assert not reader.is_alive()
+    last = events[-1]
+    assert last["meta_info"]["id"] == "long-job"
+    assert last["meta_info"]["finish_reason"]["type"] == "abort", last["meta_info"]
+    assert last["meta_info"]["completion_tokens"] < 3000

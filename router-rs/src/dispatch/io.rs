@@ -158,6 +158,7 @@ impl IoLoop {
                     reason,
                 } => self.abort(worker, rid, reason),
                 Command::FlushCaches => self.flush_caches(),
+                Command::AbortClient { client } => self.abort_client(client.as_deref()),
                 Command::Shutdown => return false,
             }
         }
@@ -166,8 +167,13 @@ impl IoLoop {
 
     fn admit(&mut self, worker: usize, reqs: Vec<Submitted>) {
         let ready = self.shared.workers[worker].ready.load(Ordering::SeqCst);
-        for Submitted { req, events } in reqs {
-            self.table.insert(req.rid.clone(), worker, events);
+        for Submitted {
+            req,
+            events,
+            client,
+        } in reqs
+        {
+            self.table.insert(req.rid.clone(), worker, events, client);
             if ready {
                 self.links[worker].pending_submit.push(req);
             } else {
@@ -204,6 +210,31 @@ impl IoLoop {
         if link.pending_submit.len() == before {
             link.pending_abort.push(rid);
         }
+    }
+
+    /// Asks the workers to abort the requests of `client` (every client's when `None`), leaving
+    /// them tracked: the worker's `abort` finish ends each as it ends a request it stopped
+    /// itself. One still queued for its worker is dropped from the queue and ended here.
+    fn abort_client(&mut self, client: Option<&str>) {
+        for (rid, worker) in self.table.rids_of(client) {
+            let link = &mut self.links[worker];
+            let before = link.pending_submit.len();
+            link.pending_submit.retain(|r| r.rid != rid);
+            if link.pending_submit.len() == before {
+                link.pending_abort.push(rid);
+            } else {
+                let out = wire::Output {
+                    rid: rid.clone(),
+                    finish: Some(wire::FinishReason::Abort),
+                    ..wire::Output::default()
+                };
+                self.table.finish(&rid, RequestEvent::Output(out), "abort");
+            }
+        }
+        tracing::info!(
+            "abort asked for the requests of {}",
+            client.unwrap_or("every client")
+        );
     }
 
     /// Reads every waiting message of one worker.

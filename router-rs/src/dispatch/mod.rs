@@ -228,6 +228,17 @@ impl Dispatcher {
         &self,
         reqs: Vec<wire::Request>,
     ) -> Result<Vec<RequestHandle>, DispatchError> {
+        self.submit_many_for(reqs, None)
+    }
+
+    /// [`Dispatcher::submit_many`] for the client that calls them `client`: that id aborts them
+    /// ([`Dispatcher::abort_client`]).
+    pub fn submit_many_for(
+        &self,
+        reqs: Vec<wire::Request>,
+        client: Option<&str>,
+    ) -> Result<Vec<RequestHandle>, DispatchError> {
+        let client: Option<Arc<str>> = client.map(Arc::from);
         if self.shared.closed.load(Ordering::SeqCst) {
             return Err(DispatchError::Closed);
         }
@@ -251,7 +262,11 @@ impl Dispatcher {
                 rx,
                 self.shared.clone(),
             ));
-            submitted.push(Submitted { req, events: tx });
+            submitted.push(Submitted {
+                req,
+                events: tx,
+                client: client.clone(),
+            });
         }
         let pushed = self.shared.push(Command::Submit {
             worker,
@@ -334,6 +349,14 @@ impl Dispatcher {
         }
         ready.iter().for_each(|&w| index.forget(w));
         ready.len()
+    }
+
+    /// Aborts the in-flight requests submitted for `client` (every client's when `None`): each
+    /// ends with an `abort` finish once its worker has freed it. False when the dispatcher is
+    /// closed.
+    pub fn abort_client(&self, client: Option<&str>) -> bool {
+        let client = client.map(str::to_owned);
+        self.shared.push(Command::AbortClient { client }).is_ok()
     }
 
     /// Stops the I/O thread: in-flight requests get an error event, later submits fail with

@@ -14,6 +14,8 @@ use crate::wire;
 pub(super) struct Submitted {
     pub req: wire::Request,
     pub events: mpsc::UnboundedSender<RequestEvent>,
+    /// The client's id for it (`X-Request-Id`, SGLang's `rid`), which `/abort_request` names.
+    pub client: Option<Arc<str>>,
 }
 
 /// Work for the I/O thread.
@@ -31,6 +33,9 @@ pub(super) enum Command {
     /// Tell every ready worker to drop its unreferenced prefix-cache pages (after anything
     /// already queued for it).
     FlushCaches,
+    /// Abort the in-flight requests of this client id (every client's when `None`; never the
+    /// health probes): each ends with an `abort` finish, as the worker reports it.
+    AbortClient { client: Option<String> },
     /// Fail every in-flight request and end the thread.
     Shutdown,
 }

@@ -21,6 +21,8 @@ struct Tracked {
     last_token: Option<Instant>,
     /// A health probe (`PROBE_PREFIX`): left out of the metrics.
     probe: bool,
+    /// The client's id for it.
+    client: Option<Arc<str>>,
 }
 
 /// What leads the id of a request the router makes itself to probe a worker (`/health_generate`);
@@ -46,6 +48,7 @@ impl RequestTable {
         rid: String,
         worker: usize,
         events: mpsc::UnboundedSender<RequestEvent>,
+        client: Option<Arc<str>>,
     ) {
         let tracked = Tracked {
             worker,
@@ -53,6 +56,7 @@ impl RequestTable {
             submitted: Instant::now(),
             last_token: None,
             probe: rid.starts_with(PROBE_PREFIX),
+            client,
         };
         self.entries.insert(rid, tracked);
         self.publish_in_flight();
@@ -122,6 +126,15 @@ impl RequestTable {
             message: message.to_owned(),
         };
         self.finish(rid, event, "error");
+    }
+
+    /// `(id, worker)` of the requests of `client` (every client's when `None`), probes left out.
+    pub(super) fn rids_of(&self, client: Option<&str>) -> Vec<(String, usize)> {
+        self.entries
+            .iter()
+            .filter(|(_, t)| !t.probe && client.is_none_or(|c| t.client.as_deref() == Some(c)))
+            .map(|(rid, t)| (rid.clone(), t.worker))
+            .collect()
     }
 
     /// Ids of the requests on `worker` (every worker when `None`).

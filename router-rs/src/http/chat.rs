@@ -9,8 +9,8 @@ use futures::stream::{self, StreamExt};
 
 use super::logprobs::{self, Names};
 use super::prepare::{
-    chat_pipeline, chat_prompt, max_new_tokens, ready_worker, reasoning_bounds, tool_call_grammar,
-    wire_requests,
+    chat_pipeline, chat_prompt, max_new_tokens, ready_worker, reasoning_bounds, submit,
+    tool_call_grammar, wire_requests,
 };
 use super::prompt::PromptUse;
 use super::run::{collect, drive, start, ChoiceDelta, ChoiceStream, RunningUsage};
@@ -32,7 +32,7 @@ pub async fn chat(
     let mut reqs = wire_requests(&state, &prompt.ids, &req.sampling, max_new, req.n);
     reasoning_bounds(&state, &req, &prompt, &mut reqs)?;
     tool_call_grammar(&state, &req, &prompt, &mut reqs)?;
-    let handles = state.dispatcher.submit_many(reqs)?;
+    let handles = submit(&state, reqs)?;
     let pipelines = (0..req.n)
         .map(|_| chat_pipeline(&state, &req, &prompt))
         .collect();

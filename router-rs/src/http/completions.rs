@@ -9,7 +9,7 @@ use futures::stream::{self, StreamExt};
 
 use super::logprobs::{self, Names};
 use super::prepare::{
-    check_sequences, max_new_tokens, plain_pipeline, ready_worker, wire_requests,
+    check_sequences, max_new_tokens, plain_pipeline, ready_worker, submit, wire_requests,
 };
 use super::prompt::{prompt_ids, prompt_pieces, prompt_text, PromptUse};
 use super::run::{
@@ -125,13 +125,8 @@ pub async fn completions(
     }
     let mut streams = Vec::with_capacity(prompts.len());
     for ((ids, budget), p) in prompts.iter().zip(budgets).zip(0u32..) {
-        let handles = state.dispatcher.submit_many(wire_requests(
-            &state,
-            ids,
-            &req.sampling,
-            budget,
-            req.n,
-        ))?;
+        let reqs = wire_requests(&state, ids, &req.sampling, budget, req.n);
+        let handles = submit(&state, reqs)?;
         let pipelines = (0..req.n)
             .map(|_| plain_pipeline(&state, &req.sampling, ids.len()))
             .collect();

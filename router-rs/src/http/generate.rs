@@ -32,10 +32,8 @@ async fn submit(
     .await?;
     let ids = prompts.pop().unwrap_or_default();
     let budget = max_new_tokens(state, &worker, ids.len(), &req.sampling, "inputs")?;
-    let handles =
-        state
-            .dispatcher
-            .submit_many(wire_requests(state, &ids, &req.sampling, budget, 1))?;
+    let reqs = wire_requests(state, &ids, &req.sampling, budget, 1);
+    let handles = super::prepare::submit(state, reqs)?;
     let pipeline = plain_pipeline(state, &req.sampling, ids.len());
     Ok((drive(handles, vec![pipeline], 0), ids.len() as u32))
 }

@@ -250,6 +250,10 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(server_info::flush_cache).post(server_info::flush_cache),
         )
         .route("/reset_prefix_cache", post(server_info::flush_cache))
+        .route(
+            "/abort_request",
+            post(server_info::abort_request).put(server_info::abort_request),
+        )
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -412,6 +412,16 @@ mod tests;
 
 /// Submits the one choice of a chat request (the Responses and Messages APIs), its grammars
 /// attached, and returns its deltas through the chat pipeline.
+/// Submits `reqs` for the client of this request (its `X-Request-Id`, which `/abort_request`
+/// may name).
+pub fn submit(
+    state: &AppState,
+    reqs: Vec<wire::Request>,
+) -> Result<Vec<crate::dispatch::RequestHandle>, crate::dispatch::DispatchError> {
+    let client = super::request_id::given_id();
+    state.dispatcher.submit_many_for(reqs, client.as_deref())
+}
+
 pub fn submit_one_choice(
     state: &Arc<AppState>,
     chat: &ChatRequest,
@@ -421,7 +431,7 @@ pub fn submit_one_choice(
     let mut reqs = wire_requests(state, &prompt.ids, &chat.sampling, max_new, 1);
     reasoning_bounds(state, chat, prompt, &mut reqs)?;
     tool_call_grammar(state, chat, prompt, &mut reqs)?;
-    let handles = state.dispatcher.submit_many(reqs)?;
+    let handles = submit(state, reqs)?;
     let pipeline = chat_pipeline(state, chat, prompt);
     Ok(super::run::drive(handles, vec![pipeline], 0))
 }

@@ -63,14 +63,18 @@ pub fn answer_id(prefix: &str) -> String {
     id
 }
 
+/// The client's id of the request this task answers, if it gave one.
+pub fn given_id() -> Option<String> {
+    CURRENT
+        .try_with(|c| c.borrow().given.clone())
+        .ok()
+        .flatten()
+}
+
 /// What leads the worker request ids: the client's id where it is made of letters, digits and
 /// `._:-` and at most 64 long (it reaches the worker's logs), else nothing.
 pub fn wire_prefix() -> String {
-    let given = CURRENT
-        .try_with(|c| c.borrow().given.clone())
-        .ok()
-        .flatten();
-    given
+    given_id()
         .filter(|id| {
             id.len() <= 64
                 && id

@@ -1,6 +1,6 @@
 //! SGLang's server routes: `GET /health_generate` (healthy only when a worker generates a
-//! token), `GET /get_model_info`, `GET /get_server_info` and `/flush_cache` (vLLM's
-//! `POST /reset_prefix_cache`).
+//! token), `GET /get_model_info`, `GET /get_server_info`, `/flush_cache` (vLLM's
+//! `POST /reset_prefix_cache`) and `/abort_request`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,9 +13,10 @@ use serde_json::{json, Value};
 
 use super::prepare::{plain_pipeline, ready_worker, wire_requests};
 use super::run::{collect, drive};
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, JsonBody};
 use crate::dispatch::PROBE_PREFIX;
 use crate::protocol::sampling::SamplingParams;
+use crate::protocol::ValidationError;
 
 /// How often `/health_generate` looks for client tokens after its probe was refused.
 const PROGRESS_POLL: Duration = Duration::from_millis(10);
@@ -151,4 +152,34 @@ pub async fn flush_cache(State(state): State<Arc<AppState>>) -> Result<Json<Valu
     }
     tracing::info!("prefix caches flushed on {workers} worker(s)");
     Ok(Json(json!({"status": "ok", "workers": workers})))
+}
+
+/// SGLang's `/abort_request`: `{"rid": id}` stops the in-flight requests of that client id (SGLang's
+/// `rid`, `meta_info.id`, or an `X-Request-Id`), `{"abort_all": true}` every request; each ends
+/// with finish reason `abort`. An unknown or finished id is no error (as in SGLang): 200 either
+/// way.
+pub async fn abort_request(
+    State(state): State<Arc<AppState>>,
+    JsonBody(body): JsonBody,
+) -> Result<Json<Value>, ApiError> {
+    let all = match body.get("abort_all") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(all)) => *all,
+        Some(_) => return Err(ValidationError::new("abort_all", "must be a boolean").into()),
+    };
+    let rid = match body.get("rid") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(rid)) if !rid.is_empty() => Some(rid.as_str()),
+        Some(Value::String(_)) if all => None,
+        Some(_) => return Err(ValidationError::new("rid", "must be a non-empty string").into()),
+    };
+    if rid.is_none() && !all {
+        let msg = "name the request to abort (rid), or set abort_all";
+        return Err(ValidationError::new("rid", msg).into());
+    }
+    let client = if all { None } else { rid };
+    if !state.dispatcher.abort_client(client) {
+        return Err(ApiError::NoWorkerReady);
+    }
+    Ok(Json(json!({"status": "ok"})))
 }

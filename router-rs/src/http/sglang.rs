@@ -24,17 +24,20 @@ pub async fn generate(state: Arc<AppState>, body: Value) -> Result<Response, Api
     let worker = ready_worker(&state)?;
     check_sequences(&worker, req.prompts.len())?;
     let prompts = prompt_ids(&state, req.prompts.clone(), "text", PromptUse::Generation).await?;
+    // the client's ids, else fresh ones: each names its answer and what `/abort_request` stops
+    let rids =
+        (req.rids.clone()).unwrap_or_else(|| prompts.iter().map(|_| random_id("")).collect());
     let mut streams = Vec::with_capacity(prompts.len());
     for (ids, index) in prompts.iter().zip(0u32..) {
         let sampling = req.sampling_of(index as usize);
         let budget = max_new_tokens(&state, &worker, ids.len(), sampling, "text")?;
         let reqs = wire_requests(&state, ids, sampling, budget, 1);
-        let handles = state.dispatcher.submit_many(reqs)?;
+        let client = Some(rids[index as usize].as_str());
+        let handles = state.dispatcher.submit_many_for(reqs, client)?;
         let pipeline = plain_pipeline(&state, sampling, ids.len());
         streams.push(drive(handles, vec![pipeline], index));
     }
     let stream = merge(streams);
-    let rids: Vec<String> = prompts.iter().map(|_| random_id("")).collect();
     let lens: Vec<u32> = prompts.iter().map(|p| p.len() as u32).collect();
     let top = req.sampling_of(0).logprobs;
     if req.stream {

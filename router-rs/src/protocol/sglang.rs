@@ -29,6 +29,8 @@ pub struct SglangRequest {
     /// The sampling settings of each prompt (one `sampling_params` object shared, or one per
     /// prompt).
     pub sampling: Vec<SamplingParams>,
+    /// The client's id of each prompt (`rid`: `meta_info.id`, what `/abort_request` names).
+    pub rids: Option<Vec<String>>,
 }
 
 /// SGLang's `sampling_params`; a key not named here is a 400. The constrained-output keys and
@@ -70,6 +72,7 @@ struct RawGenerate {
     stream: Option<bool>,
     return_logprob: Option<bool>,
     top_logprobs_num: Option<u32>,
+    rid: Option<Value>,
 }
 
 impl SglangRequest {
@@ -127,11 +130,31 @@ impl SglangRequest {
                 Ok(s)
             })
             .collect::<Result<Vec<_>, ValidationError>>()?;
+        let rids = match raw.rid {
+            None | Some(Value::Null) => None,
+            Some(Value::String(id)) if prompts.len() == 1 && !id.is_empty() => Some(vec![id]),
+            Some(Value::Array(ids)) if ids.len() == prompts.len() => Some(
+                ids.into_iter()
+                    .map(|id| match id {
+                        Value::String(id) if !id.is_empty() => Some(id),
+                        _ => None,
+                    })
+                    .collect::<Option<Vec<_>>>()
+                    .ok_or_else(|| {
+                        ValidationError::new("rid", "every rid is a non-empty string")
+                    })?,
+            ),
+            Some(_) => {
+                let msg = "rid is a non-empty string for one prompt, or a list of one per prompt";
+                return Err(ValidationError::new("rid", msg));
+            }
+        };
         Ok(Self {
             prompts,
             batched,
             stream: raw.stream.unwrap_or(false),
             sampling,
+            rids,
         })
     }
 }

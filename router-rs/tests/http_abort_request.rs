@@ -1,0 +1,127 @@
+//! SGLang's `/abort_request` through the real router: a client's id (SGLang's `rid`, or an
+//! `X-Request-Id`) names the requests to stop; `abort_all` stops every one.
+
+mod http_support;
+
+use std::time::{Duration, Instant};
+
+use http_support::{setup_with, FakeWorker, Server};
+use serde_json::{json, Value};
+
+/// Starts a slow SGLang `/generate` named `rid` in the background.
+fn start_generate(server: &Server, rid: &str) -> tokio::task::JoinHandle<()> {
+    let url = format!("{}/generate", server.url);
+    let client = server.client.clone();
+    let body = json!({"text": "hi", "rid": rid, "sampling_params": {"max_new_tokens": 64}});
+    tokio::spawn(async move {
+        let _ = client.post(url).json(&body).send().await;
+    })
+}
+
+/// Waits until the worker has been sent `n` requests; their worker ids by client id order.
+async fn sent(worker: &FakeWorker, n: usize) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while worker.requests().len() < n && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    worker.requests().iter().map(|r| r.rid.clone()).collect()
+}
+
+async fn aborted(worker: &FakeWorker, n: usize) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while worker.aborts.lock().expect("lock").len() < n && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut rids = worker.aborts.lock().expect("lock").clone();
+    rids.sort();
+    rids.dedup(); // abort_all asks again for one the fake worker, unlike a real one, did not end
+    rids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rid_aborts_its_own_requests_and_abort_all_the_rest() {
+    let slow = |s: &mut http_support::Script| s.delay = Duration::from_millis(100);
+    let (_model, worker, server) =
+        setup_with("a long answer that takes many steps", &[], slow).await;
+    let first_task = start_generate(&server, "job-1");
+    let job1 = sent(&worker, 1).await;
+    let tasks = [first_task, start_generate(&server, "job-2")];
+    let rids = sent(&worker, 2).await;
+    assert_eq!(rids.len(), 2);
+    // an id the server never saw is no error, and stops nothing
+    let (status, _) = server.post("/abort_request", json!({"rid": "job-9"})).await;
+    assert_eq!(status, 200);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(worker.aborts.lock().expect("lock").is_empty());
+    let (status, _) = server.post("/abort_request", json!({"rid": "job-1"})).await;
+    assert_eq!(status, 200);
+    assert_eq!(aborted(&worker, 1).await, job1);
+    let (status, _) = server
+        .post("/abort_request", json!({"abort_all": true}))
+        .await;
+    assert_eq!(status, 200);
+    let all = aborted(&worker, 2).await;
+    let mut expected = rids.clone();
+    expected.sort();
+    assert_eq!(all, expected);
+    for task in tasks {
+        task.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_x_request_id_names_an_openai_request_for_abort() {
+    let slow = |s: &mut http_support::Script| s.delay = Duration::from_millis(100);
+    let (_model, worker, server) =
+        setup_with("a long answer that takes many steps", &[], slow).await;
+    let url = format!("{}/v1/completions", server.url);
+    let client = server.client.clone();
+    let task = tokio::spawn(async move {
+        let body = json!({"prompt": "hi", "max_tokens": 64});
+        client
+            .post(url)
+            .header("x-request-id", "mine-7")
+            .json(&body)
+            .send()
+            .await
+    });
+    let rids = sent(&worker, 1).await;
+    let (status, _) = server
+        .post("/abort_request", json!({"rid": "mine-7"}))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(aborted(&worker, 1).await, rids);
+    task.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_abort_bodies_and_sglang_rids_are_refused() {
+    let (_model, _worker, server) = setup_with("x", &[], |_| {}).await;
+    for (body, param) in [
+        (json!({}), "rid"),
+        (json!({"rid": ""}), "rid"),
+        (json!({"rid": 3}), "rid"),
+        (json!({"abort_all": "yes"}), "abort_all"),
+    ] {
+        let (status, answer) = server.post("/abort_request", body.clone()).await;
+        assert_eq!(status, 400, "{body}: {answer}");
+        assert_eq!(answer["error"]["param"], param, "{body}");
+    }
+    for rid in [json!(""), json!(["a", "b"]), json!(7)] {
+        let body = json!({"text": "hi", "rid": rid});
+        let (status, answer) = server.post("/generate", body).await;
+        assert_eq!(status, 400, "{rid}: {answer}");
+        assert_eq!(answer["error"]["param"], "rid");
+    }
+    // the client's rid names the answer
+    let body = json!({"text": ["a", "b"], "rid": ["r-a", "r-b"]});
+    let (status, answer) = server.post("/generate", body).await;
+    assert_eq!(status, 200, "{answer}");
+    let ids: Vec<&Value> = answer
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| &a["meta_info"]["id"])
+        .collect();
+    assert_eq!(ids, [&json!("r-a"), &json!("r-b")]);
+}

@@ -128,3 +128,31 @@ async fn deleting_a_running_background_response_stops_it_for_good() {
     let (status, body) = server.get(&format!("/v1/responses/{id}")).await;
     assert_eq!(status, 404, "{body}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_running_background_response_the_store_dropped_answers_deleted() {
+    let slow = |s: &mut http_support::Script| s.delay = Duration::from_millis(50);
+    let extra = ["--max-stored-responses", "1"];
+    let (_model, worker, server) =
+        setup_with("a long answer that takes many steps", &extra, slow).await;
+    let body = json!({"input": "hi", "background": true});
+    let (_, first) = server.post("/v1/responses", body).await;
+    let id = first["id"].as_str().expect("id").to_owned();
+    // one more pushes it out of the store while it runs
+    let body = json!({"input": "more", "background": true});
+    let (_, second) = server.post("/v1/responses", body).await;
+    assert_ne!(second["id"], first["id"]);
+    let (status, _) = server.get(&format!("/v1/responses/{id}")).await;
+    assert_eq!(status, 404);
+    let url = format!("{}/v1/responses/{id}", server.url);
+    let r = server.client.delete(&url).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let deleted: Value = r.json().await.unwrap();
+    assert_eq!(deleted["deleted"], true, "{deleted}");
+    let deadline = Instant::now() + Duration::from_secs(8);
+    while worker.aborts.lock().expect("lock").is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // the first is aborted, the second runs on
+    assert_eq!(worker.aborts.lock().expect("lock").len(), 1);
+}

@@ -148,12 +148,16 @@ async fn leaving_the_stream_stops_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_is_replayed_after_a_sequence_number_and_followed_live() {
-    let (_model, _worker, server) = setup_with("replay me please", &[], slow(30)).await;
+    // about 1.5 s of steps: the second reader surely joins before the end
+    let (_model, _worker, server) = setup_with("replay me please", &[], slow(100)).await;
     let mut first = start(&server).await;
     let created = first.next().await.expect("created");
     let id = created["response"]["id"].as_str().unwrap().to_owned();
     // a second reader joins while it runs, from after event 1
     let live = Events::new(replay(&server, &id, Some(1)).await);
+    // still running once it has joined: what it reads past here it followed live
+    let (_, now) = server.get(&format!("/v1/responses/{id}")).await;
+    assert_eq!(now["status"], "in_progress", "{now}");
     let mut all = vec![created];
     all.extend(first.rest().await);
     let live = live.rest().await;
@@ -217,6 +221,7 @@ async fn only_a_background_stream_has_events_to_replay() {
     let (_, plain) = server.post("/v1/responses", json!({"input": "hi"})).await;
     let body = json!({"input": "hi", "background": true});
     let (_, polled) = server.post("/v1/responses", body).await;
+    let polled_id = polled["id"].as_str().expect("id").to_owned();
     for answer in [plain, polled] {
         let id = answer["id"].as_str().expect("id");
         let r = replay(&server, id, None).await;
@@ -228,4 +233,15 @@ async fn only_a_background_stream_has_events_to_replay() {
         assert_eq!(status, 200);
     }
     assert_eq!(replay(&server, "resp_nope", None).await.status(), 404);
+    // a bad query is an OpenAI error naming its parameter
+    let id = polled_id.as_str();
+    for (query, param) in [
+        ("stream=maybe", "stream"),
+        ("starting_after=-1", "starting_after"),
+    ] {
+        let (status, error) = server.get(&format!("/v1/responses/{id}?{query}")).await;
+        assert_eq!(status, 400, "{error}");
+        assert_eq!(error["error"]["param"], param, "{error}");
+        assert_eq!(error["error"]["type"], "invalid_request_error", "{error}");
+    }
 }

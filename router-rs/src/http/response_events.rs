@@ -17,7 +17,12 @@ use crate::http::ApiError;
 /// Most bytes of events one log keeps (a long answer with logprobs runs to many): past it the
 /// oldest go, and a reader that had not read them is told so instead of skipping them. The
 /// last event, with the whole response, always stays.
-const MAX_LOG_BYTES: usize = 16 << 20;
+pub(super) const MAX_LOG_BYTES: usize = 16 << 20;
+
+/// Most events, and bytes of them, one read takes: the log's lock is held while they are
+/// picked out (each a cheap `Arc` clone), and a reader from 0 would otherwise take them all.
+const READ_EVENTS: usize = 256;
+const READ_BYTES: usize = 1 << 20;
 
 /// One response's events, serialized, in sequence-number order.
 #[derive(Debug, Default)]
@@ -64,8 +69,32 @@ impl EventLog {
         self.grew.notify_waiters();
     }
 
+    /// Appends `event`, numbered after the last one logged (its builder may have lost count,
+    /// as a task that panicked has), and ends the log; one already ended is left as it is.
+    pub fn end_with(&self, mut event: Value) {
+        let mut inner = self.lock();
+        if inner.ended {
+            return;
+        }
+        event["sequence_number"] = Value::from(inner.first + inner.events.len() as u64);
+        let text: Arc<str> = event.to_string().into();
+        inner.bytes += text.len();
+        inner.events.push_back(text);
+        inner.ended = true;
+        drop(inner);
+        self.grew.notify_waiters();
+    }
+
     /// Bytes of the events kept.
     pub fn bytes(&self) -> usize {
+        self.lock().bytes
+    }
+
+    /// What the store counts for the log: its bytes as they stand. A log still growing is
+    /// counted again as it ends ([`super::ResponseStore::end_log`]); meanwhile its own bound
+    /// holds it, rather than a charge at that bound, which would evict the responses of other
+    /// clients (running ones among them) whenever a few dozen streams ran at once.
+    pub fn charge(&self) -> usize {
         self.lock().bytes
     }
 
@@ -93,7 +122,9 @@ impl EventLog {
                 return match read {
                     Read::Events(batch) => {
                         let next = next + batch.len() as u64;
-                        Some((batch.into_iter().map(Ok).collect(), Some((log, next))))
+                        // copied out of the log here, outside its lock
+                        let batch = batch.iter().map(|e| Ok(e.to_string())).collect();
+                        Some((batch, Some((log, next))))
                     }
                     Read::Lost(first) => {
                         let msg = format!(
@@ -111,7 +142,8 @@ impl EventLog {
         .boxed()
     }
 
-    /// What a reader at sequence number `next` finds.
+    /// What a reader at sequence number `next` finds (a batch of at most `READ_EVENTS` events
+    /// and `READ_BYTES` bytes, one at least).
     fn read(&self, next: u64) -> Read {
         let inner = self.lock();
         if next < inner.first {
@@ -119,7 +151,13 @@ impl EventLog {
         }
         let at = usize::try_from(next - inner.first).unwrap_or(usize::MAX);
         if at < inner.events.len() {
-            return Read::Events(inner.events.range(at..).map(|e| e.to_string()).collect());
+            let mut bytes = 0;
+            let batch = inner.events.range(at..).take(READ_EVENTS).enumerate();
+            let batch = batch.take_while(|(i, e)| {
+                bytes += e.len();
+                *i == 0 || bytes <= READ_BYTES
+            });
+            return Read::Events(batch.map(|(_, e)| e.clone()).collect());
         }
         if inner.ended {
             Read::Ended
@@ -130,8 +168,8 @@ impl EventLog {
 }
 
 enum Read {
-    /// The events from the one asked for to the last logged.
-    Events(Vec<String>),
+    /// The events from the one asked for on (not all of them, past a batch's bounds).
+    Events(Vec<Arc<str>>),
     /// Those from the one asked for are gone: the log starts at this one.
     Lost(u64),
     Ended,
@@ -177,5 +215,37 @@ mod tests {
         let read: Vec<_> = log.clone().follow(None).collect().await;
         assert!(matches!(read.as_slice(), [Err(ApiError::Internal(_))]));
         assert_eq!(numbers(log.follow(Some(1)).collect().await), [2]);
+    }
+
+    #[tokio::test]
+    async fn a_read_shares_the_logged_events_and_takes_a_bounded_batch() {
+        let log = Arc::new(EventLog::default());
+        let many = 3 * READ_EVENTS as u64;
+        log.extend((0..many).map(|n| json!({"sequence_number": n})).collect());
+        let Read::Events(batch) = log.read(0) else {
+            panic!("events")
+        };
+        assert_eq!(batch.len(), READ_EVENTS);
+        assert!(Arc::ptr_eq(&batch[0], &log.lock().events[0]));
+        let big = "x".repeat(READ_BYTES / 2 + 1);
+        let events = (many..many + 3).map(|n| json!({"sequence_number": n, "pad": big}));
+        log.extend(events.collect());
+        let Read::Events(batch) = log.read(many) else {
+            panic!("events")
+        };
+        assert_eq!(batch.len(), 1);
+        log.end();
+        let all = numbers(log.clone().follow(None).collect().await);
+        assert_eq!(all, (0..many + 3).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn ending_with_an_event_numbers_it_after_the_last_logged() {
+        let log = Arc::new(EventLog::default());
+        log.extend((0..2).map(|n| json!({"sequence_number": n})).collect());
+        log.end_with(json!({"type": "response.failed"}));
+        log.end_with(json!({"type": "twice"}));
+        assert_eq!(numbers(log.clone().follow(Some(0)).collect().await), [1, 2]);
+        assert_eq!(log.charge(), log.bytes());
     }
 }

@@ -27,7 +27,7 @@ pub use events::EventLog;
 mod items;
 pub use items::input_items;
 
-/// Most bytes (of the stored JSON) kept, whatever the count allows.
+/// Most bytes (of the stored JSON and event logs) kept, whatever the count allows.
 const MAX_BYTES: usize = 256 << 20;
 
 /// The input items a response answers: those of the response it continues (its input and
@@ -50,7 +50,6 @@ pub struct Stored {
     pub response: Value,
     /// The events of a background response that was streamed.
     pub events: Option<Arc<EventLog>>,
-    bytes: usize,
 }
 
 impl Stored {
@@ -78,9 +77,33 @@ pub struct Background {
 
 #[derive(Debug, Default)]
 struct Inner {
-    by_id: HashMap<String, Arc<Stored>>,
+    by_id: HashMap<String, Entry>,
     order: VecDeque<String>,
+    /// The sum of the entries' `base` and `logged`.
     bytes: usize,
+}
+
+#[derive(Debug)]
+struct Entry {
+    stored: Arc<Stored>,
+    /// Bytes of its input items and response.
+    base: usize,
+    /// What its event log is counted for ([`EventLog::charge`]), as of the last count.
+    logged: usize,
+}
+
+impl Inner {
+    /// Drops the oldest entries past `capacity` or `MAX_BYTES`.
+    fn evict(&mut self, capacity: usize) {
+        while self.order.len() > capacity || self.bytes > MAX_BYTES {
+            let Some(oldest) = self.order.pop_front() else {
+                break;
+            };
+            if let Some(gone) = self.by_id.remove(&oldest) {
+                self.bytes -= gone.base + gone.logged;
+            }
+        }
+    }
 }
 
 impl ResponseStore {
@@ -116,31 +139,50 @@ impl ResponseStore {
                 }
             }
         }
-        // a log still growing is counted as it stands (its own bound holds it meanwhile)
-        let logged = events.as_ref().map_or(0, |log| log.bytes());
-        let bytes = input.items.iter().map(json_len).sum::<usize>() + json_len(&response) + logged;
+        // a log still growing is counted as it stands ([`Self::end_log`] counts it as it ends)
+        let logged = events.as_ref().map_or(0, |log| log.charge());
+        let base = input.items.iter().map(json_len).sum::<usize>() + json_len(&response);
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let stored = Arc::new(Stored {
             own: input.own.min(input.items.len()),
             input: input.items,
             response,
             events,
-            bytes,
         });
-        if let Some(old) = inner.by_id.insert(id.clone(), stored) {
-            inner.bytes -= old.bytes;
+        let entry = Entry {
+            stored,
+            base,
+            logged,
+        };
+        if let Some(old) = inner.by_id.insert(id.clone(), entry) {
+            inner.bytes -= old.base + old.logged;
             inner.order.retain(|o| *o != id);
         }
         inner.order.push_back(id);
-        inner.bytes += bytes;
-        while inner.order.len() > self.capacity || inner.bytes > MAX_BYTES {
-            let Some(oldest) = inner.order.pop_front() else {
-                break;
-            };
-            if let Some(gone) = inner.by_id.remove(&oldest) {
-                inner.bytes -= gone.bytes;
-            }
+        inner.bytes += base + logged;
+        inner.evict(self.capacity);
+    }
+
+    /// Ends `log`, the event log of the response `id`, and counts it at its final size (its
+    /// last events come after the response is stored as it ended).
+    pub fn end_log(&self, id: &str, log: &Arc<EventLog>) {
+        log.end();
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(entry) = inner.by_id.get_mut(id) else {
+            return;
+        };
+        if !entry
+            .stored
+            .events
+            .as_ref()
+            .is_some_and(|e| Arc::ptr_eq(e, log))
+        {
+            return;
         }
+        let (old, new) = (entry.logged, log.charge());
+        entry.logged = new;
+        inner.bytes = inner.bytes - old + new;
+        inner.evict(self.capacity);
     }
 
     /// Whether responses are stored at all.
@@ -150,7 +192,7 @@ impl ResponseStore {
 
     pub fn get(&self, id: &str) -> Option<Arc<Stored>> {
         let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        inner.by_id.get(id).cloned()
+        inner.by_id.get(id).map(|entry| entry.stored.clone())
     }
 
     /// Registers a running background response.
@@ -184,21 +226,23 @@ impl ResponseStore {
     }
 
     /// Deletes the response `id`; one running in the background is cancelled and not stored
-    /// again as it ends.
+    /// again as it ends. Whether there was one (running counts: the store may have dropped it
+    /// meanwhile, past its count).
     pub fn remove(&self, id: &str) -> bool {
         let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(task) = running.remove(id) {
+        let task = running.remove(id);
+        drop(running);
+        if let Some(task) = &task {
             task.cancel.notify_one();
         }
-        drop(running);
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         match inner.by_id.remove(id) {
             Some(gone) => {
-                inner.bytes -= gone.bytes;
+                inner.bytes -= gone.base + gone.logged;
                 inner.order.retain(|o| o != id);
                 true
             }
-            None => false,
+            None => task.is_some(),
         }
     }
 }
@@ -260,11 +304,38 @@ fn not_found(id: &str) -> ApiError {
 }
 
 /// The query of `GET /v1/responses/{id}`.
-#[derive(Debug, Default, serde::Deserialize)]
-pub struct Retrieve {
-    #[serde(default)]
+#[derive(Debug, Default, PartialEq)]
+struct Retrieve {
     stream: bool,
     starting_after: Option<u64>,
+}
+
+impl Retrieve {
+    /// Reads `stream` and `starting_after` (the last of each given; others, such as `include`,
+    /// change nothing) into an OpenAI error naming the one that is wrong, where axum's own
+    /// `Query` would answer a plain-text 400.
+    fn parse(query: &[(String, String)]) -> Result<Self, ValidationError> {
+        let mut retrieve = Retrieve::default();
+        for (key, value) in query {
+            match key.as_str() {
+                "stream" => {
+                    retrieve.stream = value.parse().map_err(|_| {
+                        let msg = format!("stream must be true or false, not {value}");
+                        ValidationError::new("stream", msg)
+                    })?;
+                }
+                "starting_after" => {
+                    let n = value.parse().map_err(|_| {
+                        let msg = format!("starting_after must be a sequence number, not {value}");
+                        ValidationError::new("starting_after", msg)
+                    })?;
+                    retrieve.starting_after = Some(n);
+                }
+                _ => {}
+            }
+        }
+        Ok(retrieve)
+    }
 }
 
 /// `GET /v1/responses/{id}`; with `stream=true`, the events of a background response that was
@@ -273,8 +344,9 @@ pub struct Retrieve {
 pub async fn get(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
-    Query(query): Query<Retrieve>,
+    Query(query): Query<Vec<(String, String)>>,
 ) -> Result<Response, ApiError> {
+    let query = Retrieve::parse(&query)?;
     let stored = state.responses.get(&id).ok_or_else(|| not_found(&id))?;
     if !query.stream {
         return Ok(Json(stored.response.clone()).into_response());
@@ -333,6 +405,7 @@ pub async fn delete(
 
 #[cfg(test)]
 mod tests {
+    use super::events::MAX_LOG_BYTES;
     use super::*;
 
     #[test]
@@ -349,5 +422,77 @@ mod tests {
         let none = ResponseStore::new(0);
         none.insert("x".into(), Input::default(), json!({}));
         assert!(none.get("x").is_none());
+    }
+
+    fn total(store: &ResponseStore) -> usize {
+        store.inner.lock().unwrap().bytes
+    }
+
+    #[test]
+    fn an_event_log_counts_as_it_stands_and_at_its_size_once_ended() {
+        let store = ResponseStore::new(100);
+        let log = Arc::new(EventLog::default());
+        let input = || Input::default();
+        let (id, base) = ("a".to_owned(), json_len(&json!({"output": []})));
+        store.insert_with_events(
+            id.clone(),
+            input(),
+            json!({"output": []}),
+            Some(log.clone()),
+        );
+        assert_eq!(total(&store), base);
+        // as the task ends: stored, then its last events (the whole text again), then ended
+        store.start_background(&id);
+        log.extend(vec![json!({"pad": "x".repeat(1000)})]);
+        store.end_background(&id, input(), json!({"output": []}), Some(log.clone()));
+        log.extend(vec![json!({"pad": "y".repeat(5000)})]);
+        store.end_log(&id, &log);
+        assert!(log.bytes() > 6000);
+        assert_eq!(total(&store), base + log.bytes());
+        // logs that end large push the oldest out
+        let count = MAX_BYTES / MAX_LOG_BYTES;
+        for n in 0..count {
+            let (id, log) = (format!("r{n}"), Arc::new(EventLog::default()));
+            let events = Some(log.clone());
+            store.insert_with_events(id.clone(), input(), json!({"output": []}), events);
+            log.extend(vec![json!({"pad": "z".repeat(MAX_LOG_BYTES - 64)})]);
+            store.end_log(&id, &log);
+        }
+        let last = format!("r{}", count - 1);
+        assert!(store.get("a").is_none() && store.get(&last).is_some());
+        assert!(total(&store) <= MAX_BYTES);
+    }
+
+    #[test]
+    fn deleting_a_running_response_the_store_dropped_still_deletes_it() {
+        let store = ResponseStore::new(1);
+        store.insert("a".into(), Input::default(), json!({}));
+        store.start_background("a");
+        store.insert("b".into(), Input::default(), json!({}));
+        assert!(store.get("a").is_none());
+        assert!(store.remove("a"));
+        assert!(store.background("a").is_none() && !store.remove("a"));
+    }
+
+    #[test]
+    fn the_retrieve_query_names_what_is_wrong() {
+        let query = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            let pairs = pairs.iter();
+            pairs.map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        };
+        let read = Retrieve::parse(&query(&[("stream", "true"), ("starting_after", "7")]));
+        let want = Retrieve {
+            stream: true,
+            starting_after: Some(7),
+        };
+        assert_eq!(read.unwrap(), want);
+        assert_eq!(
+            Retrieve::parse(&query(&[("include[]", "x")])),
+            Ok(Retrieve::default())
+        );
+        for (key, value) in [("stream", "maybe"), ("starting_after", "-1")] {
+            let e = Retrieve::parse(&query(&[(key, value)])).unwrap_err();
+            assert_eq!(e.param, key);
+        }
     }
 }

@@ -1,8 +1,14 @@
 //! The Responses builder (responses.rs): output items from deltas.
 
-use serde_json::{Map, Value};
+use std::sync::Arc;
+use std::time::Duration;
 
-use super::{Meta, Output};
+use futures::StreamExt;
+use serde_json::{json, Map, Value};
+
+use super::background::Unfinished;
+use super::{EventLog, Input, Meta, Output};
+use crate::http::response_store::ResponseStore;
 use crate::protocol::openai::{FinishReason, ToolCallDelta};
 use crate::state::{Delta, Finish};
 
@@ -129,4 +135,51 @@ fn a_cancelled_response_closes_its_open_item_and_ends_cancelled() {
     done.stop();
     assert_eq!(done.events.len(), before);
     assert_eq!(done.response()["status"], "completed");
+}
+
+impl AsRef<ResponseStore> for ResponseStore {
+    fn as_ref(&self) -> &ResponseStore {
+        self
+    }
+}
+
+#[tokio::test]
+async fn a_background_task_that_panics_ends_its_log_and_is_stored_failed() {
+    let store = Arc::new(ResponseStore::new(10));
+    let log = Arc::new(EventLog::default());
+    let (id, first) = ("resp_p", json!({"id": "resp_p", "status": "in_progress"}));
+    let kept = Some(log.clone());
+    store.insert_with_events(id.into(), Input::default(), first.clone(), kept.clone());
+    let task = store.start_background(id);
+    log.extend((0..2).map(|n| json!({"sequence_number": n})).collect());
+    let reader = tokio::spawn(log.clone().follow(None).collect::<Vec<_>>());
+    let unfinished = Unfinished::new(store.clone(), id, Input::default(), &first, kept, &task);
+    let ran = tokio::spawn(async move {
+        let _unfinished = unfinished;
+        tokio::task::yield_now().await;
+        panic!("a bug in the task");
+    });
+    assert!(ran.await.unwrap_err().is_panic());
+    let read = tokio::time::timeout(Duration::from_secs(5), reader).await;
+    let read = read.expect("the reader ends").expect("joined");
+    let last: Value = serde_json::from_str(read.last().unwrap().as_ref().unwrap()).unwrap();
+    assert_eq!((read.len(), &last["type"]), (3, &json!("response.failed")));
+    assert_eq!(last["sequence_number"], 2);
+    assert!(store.background(id).is_none());
+    let stored = store.get(id).expect("stored");
+    assert_eq!(stored.response["status"], "failed");
+    assert_eq!(stored.response["error"]["code"], "server_error");
+    // a task that ends as it should is left as it stored itself
+    let task = store.start_background("resp_q");
+    let mut done = Unfinished::new(
+        store.clone(),
+        "resp_q",
+        Input::default(),
+        &first,
+        None,
+        &task,
+    );
+    done.ended = true;
+    drop(done);
+    assert!(store.background("resp_q").is_some());
 }

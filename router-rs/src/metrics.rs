@@ -125,6 +125,12 @@ impl Metrics {
         map.entry(addr.to_owned()).or_default().ready = ready;
     }
 
+    /// The last load the worker at `addr` reported (every key `None` before its first step).
+    pub fn worker_stats(&self, addr: &str) -> Stats {
+        let map = self.workers.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(addr).map(|w| w.stats.clone()).unwrap_or_default()
+    }
+
     /// Merges a worker's `stats` into its gauges (absent keys keep their last value).
     pub fn set_worker_stats(&self, addr: &str, stats: &Stats) {
         let mut map = self.workers.lock().unwrap_or_else(|e| e.into_inner());

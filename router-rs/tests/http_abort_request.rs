@@ -1,5 +1,5 @@
 //! SGLang's `/abort_request` through the real router: a client's id (SGLang's `rid`, or an
-//! `X-Request-Id`) names the requests to stop; `abort_all` stops every one.
+//! `X-Request-Id`) names the requests to stop; `abort_all` stops every one. The load routes.
 
 mod http_support;
 
@@ -124,4 +124,27 @@ async fn bad_abort_bodies_and_sglang_rids_are_refused() {
         .map(|a| &a["meta_info"]["id"])
         .collect();
     assert_eq!(ids, [&json!("r-a"), &json!("r-b")]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_routes_count_the_requests_in_flight() {
+    let slow = |s: &mut http_support::Script| s.delay = Duration::from_millis(100);
+    let (_model, worker, server) =
+        setup_with("a long answer that takes many steps", &[], slow).await;
+    let (_, idle) = server.get("/load").await;
+    assert_eq!(idle, json!({"server_load": 0}));
+    let task = start_generate(&server, "busy");
+    sent(&worker, 1).await;
+    let (_, busy) = server.get("/load").await;
+    assert_eq!(busy, json!({"server_load": 1}));
+    let (status, loads) = server.get("/get_load").await;
+    assert_eq!(status, 200, "{loads}");
+    let one = &loads.as_array().expect("a list")[0];
+    assert_eq!((&one["dp_rank"], &one["in_flight"]), (&json!(0), &json!(1)));
+    for key in ["num_reqs", "num_waiting_reqs", "num_tokens"] {
+        assert!(one[key].is_u64(), "{key}: {one}");
+    }
+    let (status, _) = server.post("/abort_request", json!({"rid": "busy"})).await;
+    assert_eq!(status, 200);
+    task.abort();
 }

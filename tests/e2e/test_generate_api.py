@@ -164,10 +164,18 @@ def test_abort_request_ends_a_streaming_generate_early(server: Server) -> None:
     while not events and time.monotonic() < deadline:
         time.sleep(0.02)
     assert events, "the stream started"
+    # SGLang's /get_load while it runs: the worker reports it running and holding KV tokens
+    loads: list[dict] = []
+    while time.monotonic() < deadline:
+        loads = requests.get(f"{server.base_url}/get_load", timeout=10).json()
+        if loads[0]["num_reqs"] >= 1:
+            break
+        time.sleep(0.02)
     r = requests.post(f"{server.base_url}/abort_request", json={"rid": "long-job"}, timeout=10)
     assert r.status_code == 200, r.text
     reader.join(timeout=60)
     assert not reader.is_alive()
+    assert loads and loads[0]["num_reqs"] >= 1 and loads[0]["num_tokens"] > 0, loads
     last = events[-1]
     assert last["meta_info"]["id"] == "long-job"
     assert last["meta_info"]["finish_reason"]["type"] == "abort", last["meta_info"]

@@ -321,6 +321,13 @@ impl Dispatcher {
             .collect()
     }
 
+    /// [`Dispatcher::in_flight`] by worker address.
+    pub fn in_flight_by_addr(&self) -> std::collections::HashMap<String, usize> {
+        let workers = &self.shared.workers;
+        let counts = workers.iter().map(|w| w.in_flight.load(Ordering::SeqCst));
+        workers.iter().map(|w| w.addr.clone()).zip(counts).collect()
+    }
+
     /// The metrics this dispatcher records into.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.shared.metrics

@@ -250,6 +250,8 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(server_info::flush_cache).post(server_info::flush_cache),
         )
         .route("/reset_prefix_cache", post(server_info::flush_cache))
+        .route("/get_load", get(server_info::get_load))
+        .route("/load", get(server_info::load))
         .route(
             "/abort_request",
             post(server_info::abort_request).put(server_info::abort_request),

@@ -1,6 +1,6 @@
 //! SGLang's server routes: `GET /health_generate` (healthy only when a worker generates a
 //! token), `GET /get_model_info`, `GET /get_server_info`, `/flush_cache` (vLLM's
-//! `POST /reset_prefix_cache`) and `/abort_request`.
+//! `POST /reset_prefix_cache`), `/abort_request`, `GET /get_load` and vLLM's `GET /load`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -182,4 +182,41 @@ pub async fn abort_request(
         return Err(ApiError::NoWorkerReady);
     }
     Ok(Json(json!({"status": "ok"})))
+}
+
+/// SGLang's `GET /get_load`: each ready worker's load as it last reported it, by `dp_rank` (its
+/// place among them): requests running and waiting (`num_reqs`), waiting alone, and the KV cache
+/// tokens its running requests hold (`num_tokens`), with the requests this router has in flight
+/// there.
+pub async fn get_load(State(state): State<Arc<AppState>>) -> Json<Value> {
+    let in_flight = state.dispatcher.in_flight_by_addr();
+    let loads: Vec<Value> = state
+        .dispatcher
+        .ready_workers()
+        .into_iter()
+        .enumerate()
+        .map(|(rank, w)| {
+            let stats = state.metrics().worker_stats(&w.addr);
+            let (waiting, running) = (stats.waiting.unwrap_or(0), stats.running.unwrap_or(0));
+            let page = match (stats.kv_pages_total, w.kv_capacity_tokens) {
+                (Some(pages), tokens) if pages > 0 => tokens / pages,
+                _ => 0,
+            };
+            json!({
+                "dp_rank": rank,
+                "addr": w.addr,
+                "num_reqs": waiting + running,
+                "num_waiting_reqs": waiting,
+                "num_tokens": stats.kv_pages_used.unwrap_or(0) * page,
+                "in_flight": in_flight.get(&w.addr).copied().unwrap_or(0),
+            })
+        })
+        .collect();
+    Json(Value::Array(loads))
+}
+
+/// vLLM's `GET /load`: the requests in flight on the workers (`server_load`).
+pub async fn load(State(state): State<Arc<AppState>>) -> Json<Value> {
+    let total: usize = state.dispatcher.in_flight().iter().sum();
+    Json(json!({ "server_load": total }))
 }

@@ -148,6 +148,43 @@ async fn a_client_request_id_names_the_answer_and_comes_back_in_the_header() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_request_id_names_the_answer_unless_a_header_does() {
+    let (_model, worker, server) = setup("x", 1, &[]).await;
+    let url = |route: &str| format!("{}{route}", server.url);
+    let chat = json!({"messages": user("hi"), "request_id": "body-1"});
+    let answer = server
+        .client
+        .post(url("/v1/chat/completions"))
+        .json(&chat)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.headers()["x-request-id"], "body-1");
+    let body: Value = answer.json().await.unwrap();
+    assert_eq!(body["id"], "chatcmpl-body-1");
+    assert!(worker.requests()[0].rid.starts_with("body-1-"));
+    let completion = json!({"prompt": "hi", "max_tokens": 1, "request_id": "body-2"});
+    let (_, body) = server.post("/v1/completions", completion.clone()).await;
+    assert_eq!(body["id"], "cmpl-body-2");
+    let answer = server
+        .client
+        .post(url("/v1/completions"))
+        .header("X-Request-Id", "head-3")
+        .json(&completion)
+        .send()
+        .await
+        .unwrap();
+    let body: Value = answer.json().await.unwrap();
+    assert_eq!(body["id"], "cmpl-head-3");
+    for bad in [json!("has space"), json!(""), json!(5)] {
+        let body = json!({"messages": user("hi"), "request_id": bad});
+        let (status, answer) = server.post("/v1/chat/completions", body).await;
+        assert_eq!(status, 400, "{answer}");
+        assert_eq!(answer["error"]["param"], "request_id");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sagemaker_invocations_route_by_the_body_and_ping_answers() {
     let (_model, _worker, server) = setup("x", 1, &[]).await;
     let (status, answer) = server

@@ -26,6 +26,7 @@ pub async fn chat(
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
     let req = ChatRequest::from_json(&body)?;
+    super::request_id::adopt(&body)?;
     let worker = ready_worker(&state)?;
     let prompt = chat_prompt(&state, &req, PromptUse::generating(&req.sampling)).await?;
     let max_new = max_new_tokens(&state, &worker, prompt.ids.len(), &req.sampling, "messages")?;

@@ -102,6 +102,7 @@ pub async fn completions(
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
     let req = CompletionRequest::from_json(&body)?;
+    super::request_id::adopt(&body)?;
     let worker = ready_worker(&state)?;
     check_sequences(&worker, req.prompts.len() * req.n as usize)?;
     let prompts = prompt_ids(

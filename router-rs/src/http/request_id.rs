@@ -7,6 +7,8 @@ use std::future::Future;
 
 use axum::http::{HeaderMap, HeaderValue};
 
+use crate::protocol::ValidationError;
+
 /// The header, lower-case as HTTP/2 and axum spell it.
 pub const HEADER: &str = "x-request-id";
 
@@ -27,8 +29,29 @@ struct Current {
 /// The client's id: printable ASCII without spaces, at most `MAX_LEN` long; others are ignored.
 pub fn given(headers: &HeaderMap) -> Option<String> {
     let id = headers.get(HEADER)?.to_str().ok()?;
-    let ok = !id.is_empty() && id.len() <= MAX_LEN && id.bytes().all(|b| b.is_ascii_graphic());
-    ok.then(|| id.to_owned())
+    valid(id).then(|| id.to_owned())
+}
+
+fn valid(id: &str) -> bool {
+    !id.is_empty() && id.len() <= MAX_LEN && id.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// vLLM's `request_id` body field (chat and completions): the client's id where no
+/// `X-Request-Id` header gave one (the header wins); one that could not be a header's is a 400.
+pub fn adopt(body: &serde_json::Value) -> Result<(), ValidationError> {
+    let id = match body.get("request_id") {
+        None | Some(serde_json::Value::Null) => return Ok(()),
+        Some(serde_json::Value::String(id)) if valid(id) => id,
+        Some(_) => {
+            let msg =
+                format!("request_id must be printable ASCII without spaces, 1 to {MAX_LEN} long");
+            return Err(ValidationError::new("request_id", msg));
+        }
+    };
+    let _ = CURRENT.try_with(|c| {
+        c.borrow_mut().given.get_or_insert_with(|| id.clone());
+    });
+    Ok(())
 }
 
 /// Runs `answer` with `given` as the request's id; returns its output and the id the response

@@ -5,7 +5,7 @@ mod http_support;
 
 use std::time::{Duration, Instant};
 
-use http_support::{setup, setup_with, Server};
+use http_support::{setup, setup_with, FakeWorker, ModelDir, Server};
 use serde_json::{json, Value};
 
 /// Polls the stored response until its status is no longer `in_progress`.
@@ -18,6 +18,27 @@ async fn settled(server: &Server, id: &str) -> Value {
             return body;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A slow background response, 200 ms into its run: the model dir, the worker, the server and
+/// the response's id.
+async fn running_background_response() -> (ModelDir, FakeWorker, Server, String) {
+    let slow = |s: &mut http_support::Script| s.delay = Duration::from_millis(50);
+    let (model, worker, server) =
+        setup_with("a long answer that takes many steps", &[], slow).await;
+    let body = json!({"input": "hi", "background": true});
+    let (_, first) = server.post("/v1/responses", body).await;
+    let id = first["id"].as_str().expect("id").to_owned();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    (model, worker, server, id)
+}
+
+/// Waits (up to 8 s) for the worker to be sent an abort.
+async fn aborts_sent(worker: &FakeWorker) {
+    let deadline = Instant::now() + Duration::from_secs(8);
+    while worker.aborts.lock().expect("lock").is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
@@ -50,14 +71,7 @@ async fn a_background_response_is_answered_at_once_and_polled_until_it_completes
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_stops_a_running_background_response_and_aborts_its_request() {
-    // the fake worker reads the abort once it has written its whole reply (about 1.8 s)
-    let slow = |s: &mut http_support::Script| s.delay = Duration::from_millis(50);
-    let (_model, worker, server) =
-        setup_with("a long answer that takes many steps", &[], slow).await;
-    let body = json!({"input": "hi", "background": true});
-    let (_, first) = server.post("/v1/responses", body).await;
-    let id = first["id"].as_str().expect("id").to_owned();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (_model, worker, server, id) = running_background_response().await;
     let (status, cancelled) = server
         .post(&format!("/v1/responses/{id}/cancel"), json!({}))
         .await;
@@ -65,10 +79,7 @@ async fn cancel_stops_a_running_background_response_and_aborts_its_request() {
     assert_eq!(cancelled["status"], "cancelled", "{cancelled}");
     let (_, stored) = server.get(&format!("/v1/responses/{id}")).await;
     assert_eq!(stored["status"], "cancelled");
-    let deadline = Instant::now() + Duration::from_secs(8);
-    while worker.aborts.lock().expect("lock").is_empty() && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    aborts_sent(&worker).await;
     let rid = worker.requests()[0].rid.clone();
     assert_eq!(*worker.aborts.lock().expect("lock"), vec![rid]);
 }
@@ -100,13 +111,7 @@ async fn what_cannot_run_in_the_background_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_a_running_background_response_stops_it_for_good() {
-    let slow = |s: &mut http_support::Script| s.delay = Duration::from_millis(50);
-    let (_model, worker, server) =
-        setup_with("a long answer that takes many steps", &[], slow).await;
-    let body = json!({"input": "hi", "background": true});
-    let (_, first) = server.post("/v1/responses", body).await;
-    let id = first["id"].as_str().expect("id").to_owned();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (_model, worker, server, id) = running_background_response().await;
     let url = format!("{}/v1/responses/{id}", server.url);
     let deleted: Value = server
         .client
@@ -119,10 +124,7 @@ async fn deleting_a_running_background_response_stops_it_for_good() {
         .unwrap();
     assert_eq!(deleted["deleted"], true, "{deleted}");
     // its request is aborted, and the task's end does not store it again
-    let deadline = Instant::now() + Duration::from_secs(8);
-    while worker.aborts.lock().expect("lock").is_empty() && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    aborts_sent(&worker).await;
     assert_eq!(worker.aborts.lock().expect("lock").len(), 1);
     tokio::time::sleep(Duration::from_millis(100)).await;
     let (status, body) = server.get(&format!("/v1/responses/{id}")).await;
@@ -149,10 +151,7 @@ async fn deleting_a_running_background_response_the_store_dropped_answers_delete
     assert_eq!(r.status(), 200);
     let deleted: Value = r.json().await.unwrap();
     assert_eq!(deleted["deleted"], true, "{deleted}");
-    let deadline = Instant::now() + Duration::from_secs(8);
-    while worker.aborts.lock().expect("lock").is_empty() && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    aborts_sent(&worker).await;
     // the first is aborted, the second runs on
     assert_eq!(worker.aborts.lock().expect("lock").len(), 1);
 }

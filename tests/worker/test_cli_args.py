@@ -207,6 +207,14 @@ def test_vllm_and_sglang_spellings_are_aliases() -> None:
     assert parse_args([*BASE, *recipe]).engine.mtp_step == 3
     assert parse_args([*BASE, *recipe, "--speculative-num-steps", "3"]).engine.mtp_step == 3
     assert parse_args([*BASE, "--enable-prefix-caching"]).engine.enable_prefix_cache
+    more = parse_args(
+        [*BASE, "--max-total-tokens", "4096", "--schedule-policy", "priority",
+         "--enable-chunked-prefill", "--attention-backend", "triton", "--decode-att-backend",
+         "flashinfer"]
+    ).engine  # fmt: skip
+    assert (more.kv_cache_tokens, more.scheduling_policy) == (4096, "priority")
+    assert (more.prefill_att_backend, more.decode_att_backend) == ("triton", "flashinfer")
+    assert parse_args(BASE).engine.prefill_att_backend == "auto"
 
 
 @pytest.mark.parametrize(

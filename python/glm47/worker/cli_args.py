@@ -129,7 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=16,
         help="tokens per KV page",
     )
-    _flag(p, ["--kv-cache-tokens", "--kv_cache_tokens"], type=int, default=None)
+    _flag(
+        p, ["--kv-cache-tokens", "--kv_cache_tokens", "--max-total-tokens"], type=int, default=None
+    )
     _flag(
         p,
         ["--mem-fraction", "--mem_fraction", "--gpu-memory-utilization", "--mem-fraction-static"],
@@ -138,6 +140,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="share of the GPU's memory the worker may fill (weights, graphs, KV cache)",
     )
     _flag(p, ["--chunked-prefill-size", "--chunked_prefill_size"], type=int, default=8192)
+    _flag(
+        p,
+        ["--enable-chunked-prefill"],
+        action="store_true",
+        help="accepted for compatibility: prompts are always prefilled in chunks",
+    )
     _flag(p, ["--max-num-batched-tokens", "--max_num_batched_tokens"], type=int, default=None)
     _flag(
         p,
@@ -167,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _flag(
         p,
-        ["--scheduling-policy", "--scheduling_policy"],
+        ["--scheduling-policy", "--scheduling_policy", "--schedule-policy"],
         choices=["fcfs", "priority"],
         default="fcfs",
         help="fcfs: oldest first; priority: requests' `priority` (lower first), then oldest",
@@ -225,7 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="accepted for compatibility: the model's code is built in, none is loaded",
     )
-    backends: dict[str, Any] = {"choices": ATTENTION_BACKEND_CHOICES, "default": "auto"}
+    # unset: --attention-backend's (SGLang's one backend for both phases), else auto
+    backends: dict[str, Any] = {"choices": ATTENTION_BACKEND_CHOICES, "default": None}
     _flag(
         p,
         ["--prefill-att-backend", "--llm_prefill_att_backend", "--llm-prefill-att-backend"],
@@ -235,6 +244,12 @@ def build_parser() -> argparse.ArgumentParser:
         p,
         ["--decode-att-backend", "--llm_decode_att_backend", "--llm-decode-att-backend"],
         **backends,
+    )
+    _flag(
+        p,
+        ["--attention-backend"],
+        **backends,
+        help="both phases' backend where --prefill-att-backend / --decode-att-backend is not given",
     )
     _flag(
         p,
@@ -388,8 +403,8 @@ def parse_args(argv: list[str]) -> WorkerArgs:
             enable_prefix_cache=not ns.disable_prefix_cache,
             log_stats_interval=0.0 if ns.disable_log_stats else ns.log_stats_interval,
             server_warmup=not ns.skip_server_warmup,
-            prefill_att_backend=ns.prefill_att_backend,
-            decode_att_backend=ns.decode_att_backend,
+            prefill_att_backend=ns.prefill_att_backend or ns.attention_backend or "auto",
+            decode_att_backend=ns.decode_att_backend or ns.attention_backend or "auto",
             graph_max_batch_size=ns.graph_max_batch_size,
             disable_cuda_graph=ns.disable_cuda_graph,
             skinny_gemm=ns.skinny_gemm,

@@ -129,13 +129,16 @@ def test_serve_takes_vllm_and_sglang_spellings(tmp_path: Path) -> None:
     p = serve.plan(
         ["--model", str(tmp_path), "--chat-template", "t.jinja", "--enable-auto-tool-choice",
          "--tool-call-parser", "glm47", "--gpu-memory-utilization", "0.8", "--max-model-len",
-         "4096", "--tensor-parallel-size", "2"]
+         "4096", "--tensor-parallel-size", "2", "--allowed-origins", '["https://a.example"]',
+         "--allow-credentials"]
     )  # fmt: skip
     (worker,) = p.worker_cmds
     router = " ".join(p.router_cmd)
     assert f"--model-dir {tmp_path}" in " ".join(worker) and f"--model-dir {tmp_path}" in router
     assert "--chat-template t.jinja" in router and "--enable-auto-tool-choice" in router
     assert "--chat-template" not in worker and "--enable-auto-tool-choice" not in worker
+    assert p.router_cmd[p.router_cmd.index("--allowed-origins") + 1] == '["https://a.example"]'
+    assert "--allow-credentials" in router and "--allow" not in " ".join(worker)
     assert "--gpu-memory-utilization 0.8 --max-model-len 4096" in " ".join(worker)
     assert worker[worker.index("--tp") + 1] == "2"
     p = serve.plan(["--model-path", str(tmp_path)])

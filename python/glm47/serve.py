@@ -42,9 +42,15 @@ ROUTER_FLAGS = {
     "--max_stored_responses": "--max-stored-responses",
     "--chat-template": "--chat-template",
     "--chat_template": "--chat-template",
+    "--allowed-origins": "--allowed-origins",
+    "--allowed-methods": "--allowed-methods",
+    "--allowed-headers": "--allowed-headers",
 }
 # Router switches (no value).
-ROUTER_SWITCHES = {"--enable-auto-tool-choice": "--enable-auto-tool-choice"}
+ROUTER_SWITCHES = {
+    "--enable-auto-tool-choice": "--enable-auto-tool-choice",
+    "--allow-credentials": "--allow-credentials",
+}
 # Flags that both processes need.
 SHARED_FLAGS = {"--log-level": "--log-level", "--log_level": "--log-level"}
 

@@ -130,6 +130,30 @@ pub struct RouterConfig {
     /// `--tool-call-parser`, which this flag requires.
     #[arg(long = "enable-auto-tool-choice", requires = "tool_call_parser")]
     pub enable_auto_tool_choice: bool,
+
+    /// Origins a browser page may call from (CORS): a JSON list or comma-separated; `*` any.
+    #[arg(long = "allowed-origins", default_value = "*", value_parser = cors_list)]
+    pub allowed_origins: CorsList,
+
+    /// Methods cross-origin requests may use; `*` any.
+    #[arg(long = "allowed-methods", default_value = "*", value_parser = cors_list)]
+    pub allowed_methods: CorsList,
+
+    /// Headers cross-origin requests may send; `*` any.
+    #[arg(long = "allowed-headers", default_value = "*", value_parser = cors_list)]
+    pub allowed_headers: CorsList,
+
+    /// Cross-origin requests may carry credentials (cookies, authorization).
+    #[arg(long = "allow-credentials")]
+    pub allow_credentials: bool,
+}
+
+/// A `--allowed-*` list.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CorsList(pub Vec<String>);
+
+fn cors_list(text: &str) -> Result<CorsList, String> {
+    crate::http::cors::parse_list(text).map(CorsList)
 }
 
 impl RouterConfig {

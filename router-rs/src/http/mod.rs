@@ -7,6 +7,7 @@
 
 mod chat;
 mod completions;
+pub mod cors;
 mod error;
 mod generate;
 mod logprobs;
@@ -56,6 +57,8 @@ pub struct HttpOptions {
     pub api_keys: Vec<String>,
     /// How long `/health_generate` waits for a token.
     pub health_generate_timeout: std::time::Duration,
+    /// Cross-origin requests.
+    pub cors: cors::CorsOptions,
 }
 
 impl HttpOptions {
@@ -75,6 +78,12 @@ impl HttpOptions {
             health_generate_timeout: std::time::Duration::from_secs_f64(
                 config.health_generate_timeout,
             ),
+            cors: cors::CorsOptions {
+                origins: config.allowed_origins.0.clone(),
+                methods: config.allowed_methods.0.clone(),
+                headers: config.allowed_headers.0.clone(),
+                credentials: config.allow_credentials,
+            },
         }
     }
 }
@@ -187,6 +196,8 @@ pub async fn serve_on(
         .clone()
         .ok_or_else(|| anyhow::anyhow!("--model-dir is required"))?;
     let custom = config.chat_template_source()?;
+    let options = HttpOptions::from_config(&config);
+    let cors = options.cors.layer().map_err(anyhow::Error::msg)?;
     if custom.is_some() {
         tracing::info!("chat template from --chat-template");
     }
@@ -203,11 +214,12 @@ pub async fn serve_on(
         dispatcher: dispatcher.clone(),
         model,
         template,
-        options: HttpOptions::from_config(&config),
+        options,
         responses: response_store::ResponseStore::new(config.max_stored_responses),
     });
     tracing::info!("listening on {}", listener.local_addr()?);
-    let served = axum::serve(listener.tap_io(tune_accepted), router(state))
+    let app = router(state).layer(cors); // outermost: a preflight needs no key
+    let served = axum::serve(listener.tap_io(tune_accepted), app)
         .with_graceful_shutdown(shutdown)
         .await;
     dispatcher.shutdown();

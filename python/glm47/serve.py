@@ -50,6 +50,8 @@ ROUTER_FLAGS = {
 ROUTER_SWITCHES = {
     "--enable-auto-tool-choice": "--enable-auto-tool-choice",
     "--allow-credentials": "--allow-credentials",
+    "--enable-log-requests": "--enable-log-requests",
+    "--disable-log-requests": "--disable-log-requests",
 }
 # Flags that both processes need.
 SHARED_FLAGS = {"--log-level": "--log-level", "--log_level": "--log-level"}

@@ -143,6 +143,19 @@ pub struct RouterConfig {
     #[arg(long = "allowed-headers", default_value = "*", value_parser = cors_list)]
     pub allowed_headers: CorsList,
 
+    /// Log every request as it is sent to a worker (its id, prompt length and sampling) and as it
+    /// ends (its finish, tokens and seconds). `--disable-log-requests`, vLLM's older switch
+    /// for the default, is accepted too.
+    #[arg(long = "enable-log-requests")]
+    pub enable_log_requests: bool,
+
+    #[arg(
+        long = "disable-log-requests",
+        hide = true,
+        conflicts_with = "enable_log_requests"
+    )]
+    pub disable_log_requests: bool,
+
     /// Cross-origin requests may carry credentials (cookies, authorization).
     #[arg(long = "allow-credentials")]
     pub allow_credentials: bool,
@@ -191,6 +204,7 @@ impl RouterConfig {
                 policy: self.balance_policy,
                 ..BalanceOptions::default()
             },
+            log_requests: self.enable_log_requests,
             ..crate::dispatch::DispatchOptions::default()
         }
     }

@@ -106,7 +106,13 @@ def stop_server(proc: subprocess.Popen[bytes]) -> int:
 def server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     log_path = tmp_path_factory.mktemp("serve") / "serve.log"
     proc, base = start_server(
-        tiny_model_dir, log_path, "--tool-call-parser", "glm47", "--reasoning-parser", "glm45"
+        tiny_model_dir,
+        log_path,
+        "--tool-call-parser",
+        "glm47",
+        "--reasoning-parser",
+        "glm45",
+        "--enable-log-requests",
     )
     try:
         yield Server(base_url=base, model_dir=tiny_model_dir, log_path=log_path)

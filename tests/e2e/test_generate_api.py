@@ -180,3 +180,22 @@ def test_abort_request_ends_a_streaming_generate_early(server: Server) -> None:
     assert last["meta_info"]["id"] == "long-job"
     assert last["meta_info"]["finish_reason"]["type"] == "abort", last["meta_info"]
     assert last["meta_info"]["completion_tokens"] < 3000
+
+
+def test_requests_are_logged_as_they_are_sent_and_end(server: Server) -> None:
+    """`--enable-log-requests` (on for this server): one line as a request goes to the worker,
+    one as it ends, under the client's id."""
+    body = {"inputs": "Log me", "parameters": {"max_new_tokens": 3, "ignore_eos": True}}
+    headers = {"X-Request-Id": "logged-1"}
+    r = requests.post(f"{server.base_url}/generate", json=body, headers=headers, timeout=60)
+    assert r.status_code == 200, r.text
+
+    def logged() -> list[str]:
+        return [line for line in server.log().splitlines() if "request logged-1-" in line]
+
+    deadline = time.monotonic() + 10
+    while not any("ended" in line for line in logged()) and time.monotonic() < deadline:
+        time.sleep(0.05)  # the worker's last output reaches the client before the line is written
+    lines = logged()
+    assert any("sent to" in line and "max_new_tokens 3" in line for line in lines), lines
+    assert any("ended (length): 3 tokens generated" in line for line in lines), lines

@@ -65,7 +65,7 @@ impl IoLoop {
             })
             .collect();
         Self {
-            table: RequestTable::new(shared.clone()),
+            table: RequestTable::new(shared.clone(), options.log_requests),
             shared,
             wake,
             links,
@@ -173,6 +173,22 @@ impl IoLoop {
             client,
         } in reqs
         {
+            if self.options.log_requests {
+                tracing::info!(
+                    "request {} sent to {}: {} prompt tokens, max_new_tokens {}, temperature {}, \
+                     top_p {}, top_k {}, seed {:?}, grammar {}, client id {:?}",
+                    req.rid,
+                    self.shared.workers[worker].addr,
+                    req.input_ids.len(),
+                    req.max_new_tokens,
+                    req.temperature,
+                    req.top_p,
+                    req.top_k,
+                    req.seed,
+                    req.grammar.is_some(),
+                    client.as_deref(),
+                );
+            }
             self.table.insert(req.rid.clone(), worker, events, client);
             if ready {
                 self.links[worker].pending_submit.push(req);

@@ -83,6 +83,8 @@ pub struct DispatchOptions {
     pub client_name: String,
     /// How requests are spread over several workers.
     pub balance: BalanceOptions,
+    /// Log every request as it is sent and as it ends (`--enable-log-requests`).
+    pub log_requests: bool,
 }
 
 impl Default for DispatchOptions {
@@ -92,6 +94,7 @@ impl Default for DispatchOptions {
             silence_timeout: Duration::from_secs(60),
             client_name: format!("glm47-router {}", env!("CARGO_PKG_VERSION")),
             balance: BalanceOptions::default(),
+            log_requests: false,
         }
     }
 }

@@ -23,6 +23,8 @@ struct Tracked {
     probe: bool,
     /// The client's id for it.
     client: Option<Arc<str>>,
+    /// Tokens generated for it so far.
+    tokens: u64,
 }
 
 /// What leads the id of a request the router makes itself to probe a worker (`/health_generate`);
@@ -32,13 +34,16 @@ pub const PROBE_PREFIX: &str = "~probe";
 pub(super) struct RequestTable {
     entries: HashMap<String, Tracked>,
     shared: Arc<Shared>,
+    /// Log each request's end (`--enable-log-requests`).
+    log: bool,
 }
 
 impl RequestTable {
-    pub(super) fn new(shared: Arc<Shared>) -> Self {
+    pub(super) fn new(shared: Arc<Shared>, log: bool) -> Self {
         Self {
             entries: HashMap::new(),
             shared,
+            log,
         }
     }
 
@@ -57,6 +62,7 @@ impl RequestTable {
             last_token: None,
             probe: rid.starts_with(PROBE_PREFIX),
             client,
+            tokens: 0,
         };
         self.entries.insert(rid, tracked);
         self.publish_in_flight();
@@ -67,7 +73,7 @@ impl RequestTable {
         let Some(tracked) = self.entries.remove(rid) else {
             return false;
         };
-        self.release(&tracked, reason);
+        self.release(rid, &tracked, reason);
         true
     }
 
@@ -84,6 +90,7 @@ impl RequestTable {
             let cached = out.cached_tokens.unwrap_or(0);
             metrics.add_prompt_tokens(u64::from(prompt), u64::from(cached));
         }
+        tracked.tokens += out.ids.len() as u64;
         if !out.ids.is_empty() && !tracked.probe {
             let n = out.ids.len();
             match tracked.last_token {
@@ -116,7 +123,7 @@ impl RequestTable {
             return;
         };
         let _ = tracked.events.send(event);
-        self.release(&tracked, reason);
+        self.release(rid, &tracked, reason);
     }
 
     /// Fails a request with an `internal` error.
@@ -146,7 +153,14 @@ impl RequestTable {
             .collect()
     }
 
-    fn release(&self, tracked: &Tracked, reason: &str) {
+    fn release(&self, rid: &str, tracked: &Tracked, reason: &str) {
+        if self.log {
+            tracing::info!(
+                "request {rid} ended ({reason}): {} tokens generated in {:.3} s",
+                tracked.tokens,
+                tracked.submitted.elapsed().as_secs_f64()
+            );
+        }
         let metrics = &self.shared.metrics;
         self.shared.workers[tracked.worker]
             .in_flight

@@ -155,6 +155,7 @@ pub fn options(silence_timeout: Duration) -> DispatchOptions {
         silence_timeout,
         client_name: "dispatch-test".into(),
         balance: BalanceOptions::default(),
+        log_requests: true, // the log lines run in every dispatch test
     }
 }
 

@@ -96,7 +96,7 @@ async fn an_x_request_id_names_an_openai_request_for_abort() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_abort_bodies_and_sglang_rids_are_refused() {
-    let (_model, _worker, server) = setup_with("x", &[], |_| {}).await;
+    let (_model, worker, server) = setup_with("x", &[], |_| {}).await;
     for (body, param) in [
         (json!({}), "rid"),
         (json!({"rid": ""}), "rid"),
@@ -124,6 +124,13 @@ async fn bad_abort_bodies_and_sglang_rids_are_refused() {
         .map(|a| &a["meta_info"]["id"])
         .collect();
     assert_eq!(ids, [&json!("r-a"), &json!("r-b")]);
+    // and leads the worker's ids (its logs)
+    let mut sent: Vec<String> = worker.requests().iter().map(|r| r.rid.clone()).collect();
+    sent.sort();
+    assert!(
+        sent[0].starts_with("r-a-") && sent[1].starts_with("r-b-"),
+        "{sent:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -97,14 +97,16 @@ pub fn given_id() -> Option<String> {
 /// What leads the worker request ids: the client's id where it is made of letters, digits and
 /// `._:-` and at most 64 long (it reaches the worker's logs), else nothing.
 pub fn wire_prefix() -> String {
-    given_id()
-        .filter(|id| {
-            id.len() <= 64
-                && id
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b))
-        })
-        .unwrap_or_default()
+    given_id().and_then(|id| loggable(&id)).unwrap_or_default()
+}
+
+/// `id` where it may lead worker request ids (see [`wire_prefix`]).
+pub fn loggable(id: &str) -> Option<String> {
+    let ok = id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b));
+    ok.then(|| id.to_owned())
 }
 
 /// The header value of `id` (always valid: printable ASCII).

@@ -31,8 +31,11 @@ pub async fn generate(state: Arc<AppState>, body: Value) -> Result<Response, Api
     for (ids, index) in prompts.iter().zip(0u32..) {
         let sampling = req.sampling_of(index as usize);
         let budget = max_new_tokens(&state, &worker, ids.len(), sampling, "text")?;
-        let reqs = wire_requests(&state, ids, sampling, budget, 1);
+        let mut reqs = wire_requests(&state, ids, sampling, budget, 1);
         let client = Some(rids[index as usize].as_str());
+        if let Some(prefix) = client.and_then(super::request_id::loggable) {
+            reqs.iter_mut().for_each(|r| r.rid = prefix.clone()); // the worker's logs name it
+        }
         let handles = state.dispatcher.submit_many_for(reqs, client)?;
         let pipeline = plain_pipeline(&state, sampling, ids.len());
         streams.push(drive(handles, vec![pipeline], index));

@@ -8,14 +8,22 @@ use std::time::{Duration, Instant};
 use http_support::{setup_with, FakeWorker, Server};
 use serde_json::{json, Value};
 
-/// Starts a slow SGLang `/generate` named `rid` in the background.
-fn start_generate(server: &Server, rid: &str) -> tokio::task::JoinHandle<()> {
+/// Starts a slow SGLang `/generate` named `rid` in the background; the task ends with its answer.
+fn start_generate(server: &Server, rid: &str) -> tokio::task::JoinHandle<Value> {
     let url = format!("{}/generate", server.url);
     let client = server.client.clone();
     let body = json!({"text": "hi", "rid": rid, "sampling_params": {"max_new_tokens": 64}});
     tokio::spawn(async move {
-        let _ = client.post(url).json(&body).send().await;
+        let answer = client.post(url).json(&body).send().await.expect("answers");
+        answer.json().await.expect("json")
     })
+}
+
+/// The finish of an SGLang answer, once it comes (within 5 s).
+async fn finish_of(task: tokio::task::JoinHandle<Value>) -> Value {
+    let answer = tokio::time::timeout(Duration::from_secs(5), task).await;
+    let answer = answer.expect("ends in time").expect("joins");
+    answer["meta_info"]["finish_reason"]["type"].clone()
 }
 
 /// Waits until the worker has been sent `n` requests; their worker ids by client id order.
@@ -34,7 +42,6 @@ async fn aborted(worker: &FakeWorker, n: usize) -> Vec<String> {
     }
     let mut rids = worker.aborts.lock().expect("lock").clone();
     rids.sort();
-    rids.dedup(); // abort_all asks again for one the fake worker, unlike a real one, did not end
     rids
 }
 
@@ -43,9 +50,9 @@ async fn a_rid_aborts_its_own_requests_and_abort_all_the_rest() {
     let slow = |s: &mut http_support::Script| s.delay = Duration::from_millis(100);
     let (_model, worker, server) =
         setup_with("a long answer that takes many steps", &[], slow).await;
-    let first_task = start_generate(&server, "job-1");
+    let job1_task = start_generate(&server, "job-1");
     let job1 = sent(&worker, 1).await;
-    let tasks = [first_task, start_generate(&server, "job-2")];
+    let job2_task = start_generate(&server, "job-2");
     let rids = sent(&worker, 2).await;
     assert_eq!(rids.len(), 2);
     // an id the server never saw is no error, and stops nothing
@@ -56,6 +63,9 @@ async fn a_rid_aborts_its_own_requests_and_abort_all_the_rest() {
     let (status, _) = server.post("/abort_request", json!({"rid": "job-1"})).await;
     assert_eq!(status, 200);
     assert_eq!(aborted(&worker, 1).await, job1);
+    // its answer ends there, with an abort finish; the other runs on
+    assert_eq!(finish_of(job1_task).await, "abort");
+    assert!(!job2_task.is_finished());
     let (status, _) = server
         .post("/abort_request", json!({"abort_all": true}))
         .await;
@@ -63,35 +73,75 @@ async fn a_rid_aborts_its_own_requests_and_abort_all_the_rest() {
     let all = aborted(&worker, 2).await;
     let mut expected = rids.clone();
     expected.sort();
-    assert_eq!(all, expected);
-    for task in tasks {
-        task.abort();
-    }
+    assert_eq!(all, expected, "each request asked to stop once");
+    assert_eq!(finish_of(job2_task).await, "abort");
+    let metrics = server
+        .client
+        .get(format!("{}/metrics", server.url))
+        .send()
+        .await;
+    let text = metrics.expect("answers").text().await.expect("text");
+    assert!(
+        text.contains("glm47_request_finish_total{reason=\"abort\"} 2"),
+        "{text}"
+    );
+    let (_, load) = server.get("/load").await;
+    assert_eq!(load["server_load"], 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_x_request_id_names_an_openai_request_for_abort() {
+async fn an_x_request_id_names_a_request_for_abort() {
     let slow = |s: &mut http_support::Script| s.delay = Duration::from_millis(100);
     let (_model, worker, server) =
         setup_with("a long answer that takes many steps", &[], slow).await;
-    let url = format!("{}/v1/completions", server.url);
-    let client = server.client.clone();
-    let task = tokio::spawn(async move {
-        let body = json!({"prompt": "hi", "max_tokens": 64});
-        client
-            .post(url)
-            .header("x-request-id", "mine-7")
-            .json(&body)
-            .send()
-            .await
-    });
-    let rids = sent(&worker, 1).await;
-    let (status, _) = server
-        .post("/abort_request", json!({"rid": "mine-7"}))
-        .await;
-    assert_eq!(status, 200);
-    assert_eq!(aborted(&worker, 1).await, rids);
-    task.abort();
+    let routes = [
+        (
+            "/v1/completions",
+            json!({"prompt": "hi", "max_tokens": 64}),
+            "/choices/0/finish_reason",
+        ),
+        (
+            "/generate",
+            json!({"text": "hi"}),
+            "/meta_info/finish_reason/type",
+        ),
+    ];
+    for (n, (route, body, finish)) in routes.into_iter().enumerate() {
+        let id = format!("mine-{n}");
+        let (url, client, header) = (
+            format!("{}{route}", server.url),
+            server.client.clone(),
+            id.clone(),
+        );
+        let task = tokio::spawn(async move {
+            let answer = client
+                .post(url)
+                .header("x-request-id", header)
+                .json(&body)
+                .send()
+                .await;
+            answer
+                .expect("answers")
+                .json::<Value>()
+                .await
+                .expect("json")
+        });
+        let rids = sent(&worker, n + 1).await;
+        assert!(
+            rids[n].starts_with(&format!("{id}-")),
+            "the worker's logs name it: {rids:?}"
+        );
+        let (status, _) = server.post("/abort_request", json!({ "rid": id })).await;
+        assert_eq!(status, 200);
+        assert_eq!(aborted(&worker, n + 1).await.len(), n + 1);
+        let answer = tokio::time::timeout(Duration::from_secs(5), task).await;
+        let answer = answer.expect("ends in time").expect("joins");
+        assert_eq!(
+            answer.pointer(finish),
+            Some(&json!("abort")),
+            "{route}: {answer}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

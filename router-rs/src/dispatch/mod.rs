@@ -324,6 +324,11 @@ impl Dispatcher {
             .collect()
     }
 
+    /// The workers' addresses, in the order they were given.
+    pub fn worker_addrs(&self) -> Vec<String> {
+        self.shared.workers.iter().map(|w| w.addr.clone()).collect()
+    }
+
     /// [`Dispatcher::in_flight`] by worker address.
     pub fn in_flight_by_addr(&self) -> std::collections::HashMap<String, usize> {
         let workers = &self.shared.workers;

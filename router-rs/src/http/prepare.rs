@@ -410,8 +410,6 @@ pub fn chat_pipeline(state: &AppState, req: &ChatRequest, prompt: &ChatPrompt) -
 #[path = "prepare_tests.rs"]
 mod tests;
 
-/// Submits the one choice of a chat request (the Responses and Messages APIs), its grammars
-/// attached, and returns its deltas through the chat pipeline.
 /// Submits `reqs` for the client of this request (its `X-Request-Id`, which `/abort_request`
 /// may name).
 pub fn submit(
@@ -422,6 +420,8 @@ pub fn submit(
     state.dispatcher.submit_many_for(reqs, client.as_deref())
 }
 
+/// Submits the one choice of a chat request (the Responses and Messages APIs), its grammars
+/// attached, and returns its deltas through the chat pipeline.
 pub fn submit_one_choice(
     state: &Arc<AppState>,
     chat: &ChatRequest,

@@ -221,8 +221,10 @@ impl Output {
                 self.open_message(); // an answer of whitespace alone is still the answer
                 self.text("");
             }
-            // a call the token budget cut off is incomplete (and not continued from)
+            // a call the token budget cut off is incomplete (and not continued from); an abort
+            // (`/abort_request`) cuts the open item as a cancel does
             self.cut = finish.reason == FinishReason::Length;
+            self.cancelled |= finish.reason == FinishReason::Abort;
             self.close();
             self.finish = Some(finish);
             self.end();
@@ -430,7 +432,8 @@ impl Output {
             Some(f) if f.reason == FinishReason::Length => {
                 ("incomplete", json!({"reason": "max_output_tokens"}))
             }
-            Some(f) if f.reason == FinishReason::Abort => ("failed", Value::Null),
+            // stopped by `/abort_request`, as a cancel stops it
+            Some(f) if f.reason == FinishReason::Abort => ("cancelled", Value::Null),
             Some(_) => ("completed", Value::Null),
         };
         let usage = self.finish.as_ref().map(|f| {

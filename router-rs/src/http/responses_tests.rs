@@ -108,6 +108,19 @@ fn a_call_the_token_budget_cuts_off_is_incomplete() {
 }
 
 #[test]
+fn a_request_aborted_by_abort_request_ends_cancelled_with_its_item_incomplete() {
+    let mut out = output("resp_a");
+    out.opening();
+    out.delta(text("Cut sho", vec![]));
+    out.delta(finished(FinishReason::Abort, 2));
+    let last = out.events.last().unwrap();
+    assert_eq!(last["type"], "response.cancelled");
+    assert_eq!(last["response"]["status"], "cancelled");
+    assert_eq!(last["response"]["error"], Value::Null);
+    assert_eq!(last["response"]["output"][0]["status"], "incomplete");
+}
+
+#[test]
 fn a_cancelled_response_closes_its_open_item_and_ends_cancelled() {
     let mut out = output("resp_z");
     out.opening();

@@ -185,17 +185,18 @@ pub async fn abort_request(
 }
 
 /// SGLang's `GET /get_load`: each ready worker's load as it last reported it, by `dp_rank` (its
-/// place among them): requests running and waiting (`num_reqs`), waiting alone, and the KV cache
+/// place among the `--worker-addr`s): requests running and waiting (`num_reqs`), waiting alone, and the KV cache
 /// tokens its running requests hold (`num_tokens`), with the requests this router has in flight
 /// there.
 pub async fn get_load(State(state): State<Arc<AppState>>) -> Json<Value> {
     let in_flight = state.dispatcher.in_flight_by_addr();
+    let ranks = state.dispatcher.worker_addrs();
     let loads: Vec<Value> = state
         .dispatcher
         .ready_workers()
         .into_iter()
-        .enumerate()
-        .map(|(rank, w)| {
+        .map(|w| {
+            let rank = ranks.iter().position(|a| *a == w.addr);
             let stats = state.metrics().worker_stats(&w.addr);
             let (waiting, running) = (stats.waiting.unwrap_or(0), stats.running.unwrap_or(0));
             let page = match (stats.kv_pages_total, w.kv_capacity_tokens) {

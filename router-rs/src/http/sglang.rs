@@ -24,7 +24,9 @@ pub async fn generate(state: Arc<AppState>, body: Value) -> Result<Response, Api
     let worker = ready_worker(&state)?;
     check_sequences(&worker, req.prompts.len())?;
     let prompts = prompt_ids(&state, req.prompts.clone(), "text", PromptUse::Generation).await?;
-    // the client's ids, else fresh ones: each names its answer and what `/abort_request` stops
+    // the client's ids (else fresh ones) name the answers; what `/abort_request` names is the
+    // client's id, else an `X-Request-Id` (as on the other routes), else the answer's id
+    let given = super::request_id::given_id();
     let rids =
         (req.rids.clone()).unwrap_or_else(|| prompts.iter().map(|_| random_id("")).collect());
     let mut streams = Vec::with_capacity(prompts.len());
@@ -32,10 +34,11 @@ pub async fn generate(state: Arc<AppState>, body: Value) -> Result<Response, Api
         let sampling = req.sampling_of(index as usize);
         let budget = max_new_tokens(&state, &worker, ids.len(), sampling, "text")?;
         let mut reqs = wire_requests(&state, ids, sampling, budget, 1);
-        let client = Some(rids[index as usize].as_str());
-        if let Some(prefix) = client.and_then(super::request_id::loggable) {
+        let own = req.rids.as_ref().map(|ids| ids[index as usize].as_str());
+        if let Some(prefix) = own.and_then(super::request_id::loggable) {
             reqs.iter_mut().for_each(|r| r.rid = prefix.clone()); // the worker's logs name it
         }
+        let client = own.or(given.as_deref()).or(Some(&rids[index as usize]));
         let handles = state.dispatcher.submit_many_for(reqs, client)?;
         let pipeline = plain_pipeline(&state, sampling, ids.len());
         streams.push(drive(handles, vec![pipeline], index));

@@ -176,7 +176,7 @@ impl IoLoop {
             if self.options.log_requests {
                 tracing::info!(
                     "request {} sent to {}: {} prompt tokens, max_new_tokens {}, temperature {}, \
-                     top_p {}, top_k {}, seed {:?}, grammar {}, client id {:?}",
+                     top_p {}, top_k {}, seed {}, grammar {}, client id {}",
                     req.rid,
                     self.shared.workers[worker].addr,
                     req.input_ids.len(),
@@ -184,9 +184,9 @@ impl IoLoop {
                     req.temperature,
                     req.top_p,
                     req.top_k,
-                    req.seed,
+                    req.seed.map_or("-".into(), |s| s.to_string()),
                     req.grammar.is_some(),
-                    client.as_deref(),
+                    client.as_deref().unwrap_or("-"),
                 );
             }
             self.table.insert(req.rid.clone(), worker, events, client);

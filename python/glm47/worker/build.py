@@ -43,15 +43,18 @@ def resolve_config(cfg: EngineConfig, model_cfg: ModelConfig) -> EngineConfig:
     return cfg
 
 
-def make_runner(args: WorkerArgs, tp: TensorParallel = SINGLE) -> ModelRunner:
-    """This rank's model runner (every tensor-parallel rank builds it the same way, in step)."""
+def make_runner(
+    args: WorkerArgs, tp: TensorParallel = SINGLE, model_cfg: ModelConfig | None = None
+) -> ModelRunner:
+    """This rank's model runner (every tensor-parallel rank builds it the same way, in step);
+    `model_cfg`: the model directory's config where the caller has read it already."""
     import torch
 
     from glm47.worker.runner import ModelRunner
 
     assert args.engine.model_dir is not None
     model_dir = args.engine.model_dir
-    model_cfg = ModelConfig.from_dir(model_dir)
+    model_cfg = model_cfg or ModelConfig.from_dir(model_dir)
     cfg = resolve_config(args.engine, model_cfg)
     log.info(
         "worker %s: model %s, device %s, dtype %s, attention prefill=%s decode=%s, page size %d",
@@ -123,7 +126,7 @@ def build(
             cfg.mtp_step,
             cfg.mtp_mode,
         )
-    runner = make_runner(args, tp)
+    runner = make_runner(args, tp, model_cfg)
     runner.mirror = mirror  # from here on the other ranks follow rank 0's passes
     if cfg.mtp_step > 0 and not runner.can_draft:
         raise SystemExit(f"--mtp-step {cfg.mtp_step}: no MTP layer weights in {model_dir}")

@@ -205,3 +205,20 @@ async fn load_routes_count_the_requests_in_flight() {
     assert_eq!(status, 200);
     task.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_health_probe_is_not_the_clients_load() {
+    let ignore = |s: &mut http_support::Script| s.probes = http_support::Probes::Ignore;
+    let (_model, worker, server) =
+        setup_with("x", &["--health-generate-timeout", "1"], ignore).await;
+    let url = format!("{}/health_generate", server.url);
+    let client = server.client.clone();
+    let probe = tokio::spawn(async move { client.get(url).send().await });
+    sent(&worker, 1).await; // the probe reached the worker, which leaves it unanswered
+    let (_, load) = server.get("/load").await;
+    assert_eq!(load, json!({"server_load": 0}));
+    let (_, loads) = server.get("/get_load").await;
+    assert_eq!(loads[0]["in_flight"], 0);
+    let answer = probe.await.expect("joins").expect("answers");
+    assert_eq!(answer.status(), 503);
+}

@@ -192,6 +192,7 @@ impl Dispatcher {
                     addr,
                     ready: AtomicBool::new(false),
                     in_flight: AtomicUsize::new(0),
+                    probes: AtomicUsize::new(0),
                     info: RwLock::new(None),
                 })
                 .collect(),
@@ -329,10 +330,13 @@ impl Dispatcher {
         self.shared.workers.iter().map(|w| w.addr.clone()).collect()
     }
 
-    /// [`Dispatcher::in_flight`] by worker address.
-    pub fn in_flight_by_addr(&self) -> std::collections::HashMap<String, usize> {
+    /// The clients' requests in flight (the router's health probes left out), by worker address.
+    pub fn client_load(&self) -> std::collections::HashMap<String, usize> {
         let workers = &self.shared.workers;
-        let counts = workers.iter().map(|w| w.in_flight.load(Ordering::SeqCst));
+        let counts = workers.iter().map(|w| {
+            let all = w.in_flight.load(Ordering::SeqCst);
+            all.saturating_sub(w.probes.load(Ordering::SeqCst))
+        });
         workers.iter().map(|w| w.addr.clone()).zip(counts).collect()
     }
 

@@ -46,6 +46,8 @@ pub(super) struct WorkerSlot {
     pub ready: AtomicBool,
     /// Requests submitted to this worker and not finished.
     pub in_flight: AtomicUsize,
+    /// Of those, the router's own health probes.
+    pub probes: AtomicUsize,
     pub info: RwLock<Option<WorkerInfo>>,
 }
 

@@ -64,6 +64,11 @@ impl RequestTable {
             client,
             tokens: 0,
         };
+        if tracked.probe {
+            self.shared.workers[worker]
+                .probes
+                .fetch_add(1, Ordering::SeqCst);
+        }
         self.entries.insert(rid, tracked);
         self.publish_in_flight();
     }
@@ -165,7 +170,11 @@ impl RequestTable {
         self.shared.workers[tracked.worker]
             .in_flight
             .fetch_sub(1, Ordering::SeqCst);
-        if !tracked.probe {
+        if tracked.probe {
+            self.shared.workers[tracked.worker]
+                .probes
+                .fetch_sub(1, Ordering::SeqCst);
+        } else {
             metrics
                 .e2e
                 .observe(tracked.submitted.elapsed().as_secs_f64());

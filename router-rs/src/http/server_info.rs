@@ -189,7 +189,7 @@ pub async fn abort_request(
 /// tokens its running requests hold (`num_tokens`), with the requests this router has in flight
 /// there.
 pub async fn get_load(State(state): State<Arc<AppState>>) -> Json<Value> {
-    let in_flight = state.dispatcher.in_flight_by_addr();
+    let in_flight = state.dispatcher.client_load();
     let ranks = state.dispatcher.worker_addrs();
     let loads: Vec<Value> = state
         .dispatcher
@@ -216,8 +216,8 @@ pub async fn get_load(State(state): State<Arc<AppState>>) -> Json<Value> {
     Json(Value::Array(loads))
 }
 
-/// vLLM's `GET /load`: the requests in flight on the workers (`server_load`).
+/// vLLM's `GET /load`: the clients' requests in flight on the workers (`server_load`).
 pub async fn load(State(state): State<Arc<AppState>>) -> Json<Value> {
-    let total: usize = state.dispatcher.in_flight().iter().sum();
+    let total: usize = state.dispatcher.client_load().values().sum();
     Json(json!({ "server_load": total }))
 }

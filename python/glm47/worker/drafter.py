@@ -51,29 +51,42 @@ class MtpDrafter:
         drafting = [it for it in items if it.num_drafts > 0]
         drafts: dict[str, list[int]] = {it.rid: [] for it in drafting}
         last = out[inputs.sample_rows]  # [D, H]: the last row of each drafting sequence
+        # Each step's drafting sequences and their tokens, kept on the device: a chained pass
+        # takes its input ids from there, so the host queues every pass without waiting for one,
+        # and reads all the drafts in one copy at the end.
+        steps: list[tuple[list[DraftInput], torch.Tensor]] = []
         for step in range(max((it.num_drafts for it in drafting), default=0)):
-            tokens = self.mtp.compute_logits(last).argmax(dim=-1).tolist()
-            for it, token in zip(drafting, tokens, strict=True):
-                drafts[it.rid].append(int(token))
-            drafting, last = self._still_drafting(drafting, last, step)
+            tokens = self.mtp.compute_logits(last).argmax(dim=-1)  # [D]
+            steps.append((drafting, tokens))
+            drafting, keep = self._still_drafting(drafting, step, tokens.device)
             if not drafting:
                 break
-            chain = [ScheduledSeq(it.rid, [drafts[it.rid][-1]], it.start_pos + len(it.next_ids)
-                                  + step, it.page_ids, True) for it in drafting]  # fmt: skip
+            if keep is not None:
+                last, tokens = last[keep], tokens[keep]
+            # a placeholder id for each chained row: the device's tokens overwrite them
+            chain = [ScheduledSeq(it.rid, [0], it.start_pos + len(it.next_ids) + step,
+                                  it.page_ids, True) for it in drafting]  # fmt: skip
             inputs = self.inputs.build(ScheduledBatch(chain))
+            inputs.input_ids.copy_(tokens)
             last = self._forward(inputs, last)
+        if steps:
+            proposed = iter(torch.cat([tokens for _, tokens in steps]).tolist())
+            for asked, _ in steps:
+                for it in asked:
+                    drafts[it.rid].append(next(proposed))
         return drafts
 
     @staticmethod
     def _still_drafting(
-        drafting: list[DraftInput], last: torch.Tensor, step: int
-    ) -> tuple[list[DraftInput], torch.Tensor]:
-        """The sequences that want more drafts after `step + 1`, and their rows of `last`."""
+        drafting: list[DraftInput], step: int, device: torch.device
+    ) -> tuple[list[DraftInput], torch.Tensor | None]:
+        """The sequences that want more drafts after `step + 1`, and the index of their rows
+        among `drafting`'s (None: all of them)."""
         keep = [i for i, it in enumerate(drafting) if it.num_drafts > step + 1]
         if len(keep) == len(drafting):
-            return drafting, last
-        index = torch.tensor(keep, device=last.device, dtype=torch.long)
-        return [drafting[i] for i in keep], last[index]
+            return drafting, None
+        index = torch.tensor(keep, device=device, dtype=torch.long)
+        return [drafting[i] for i in keep], index
 
     def _forward(self, inputs: StepInputs, prev_hidden: torch.Tensor) -> torch.Tensor:
         meta = inputs.meta

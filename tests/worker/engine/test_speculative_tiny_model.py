@@ -158,3 +158,57 @@ def test_drafts_under_a_reasoning_budget_leave_the_output_unchanged(
     assert spec == plain
     assert all(close in t and t.index(close) <= 5 for t in plain.values()), plain
     assert engine.spec_accepted > 0
+
+
+@torch.inference_mode()
+def chained_drafts(runner: Any, items: list[DraftInput]) -> dict[str, list[int]]:
+    """The MTP layer's drafts for `items`, one sequence at a time, each chained pass fed the
+    token the one before it chose on the host: what `MtpDrafter.propose` must give."""
+    from glm47.worker.batch import ScheduledBatch, ScheduledSeq
+
+    drafter, hidden = runner.drafter, runner._last_hidden
+    out: dict[str, list[int]] = {}
+    for it in items:
+        if not it.next_ids or not it.num_drafts:
+            continue
+        rows = torch.arange(it.first_row, it.first_row + len(it.next_ids))
+        seq = ScheduledSeq(it.rid, it.next_ids, it.start_pos, it.page_ids, True)
+        inputs = drafter.inputs.build(ScheduledBatch([seq]))
+        last = drafter._forward(inputs, hidden[rows])[inputs.sample_rows]
+        out[it.rid] = []
+        for step in range(it.num_drafts):
+            token = int(drafter.mtp.compute_logits(last).argmax(dim=-1).item())
+            out[it.rid].append(token)
+            if step + 1 < it.num_drafts:
+                pos = it.start_pos + len(it.next_ids) + step
+                seq = ScheduledSeq(it.rid, [token], pos, it.page_ids, True)
+                inputs = drafter.inputs.build(ScheduledBatch([seq]))
+                last = drafter._forward(inputs, last)
+    return out
+
+
+def test_batched_drafts_equal_each_sequence_drafted_alone(model_dir: Path) -> None:
+    """The drafter chains its passes on the device for every sequence at once, sequences asking
+    for different draft counts among them; each sequence's drafts are the ones it gets alone."""
+    runner = make_runner(model_dir, torch.float32, PAGE_SIZE, kv_tokens=512)
+    config = EngineConfig(device="cpu", dtype="float32", page_size=PAGE_SIZE,
+                          max_req_total_len=256, mtp_step=3)  # fmt: skip
+    engine = Engine(config, runner, Sampler(seed=0), eos_token_ids=[])
+    propose, checked = runner.propose_drafts, []
+
+    def compared(items: list[DraftInput]) -> dict[str, list[int]]:
+        # fewer drafts for some sequences: 3, 1, 2, 3, ... of what each may take
+        items = [DraftInput(it.rid, it.first_row, it.start_pos, it.next_ids, it.page_ids,
+                            min(it.num_drafts, (3, 1, 2)[k % 3])) for k, it in enumerate(items)]  # fmt: skip
+        want = chained_drafts(runner, items)
+        got = propose(items)
+        assert {rid: ids for rid, ids in got.items() if ids} == want
+        checked.append(sorted({len(ids) for ids in want.values()}))
+        return got
+
+    runner.propose_drafts = compared  # type: ignore[method-assign]
+    for rid, prompt in PROMPTS.items():
+        engine.add_request(Request(rid, prompt, max_new_tokens=8, sampling=SamplingParams()))
+    while engine.has_work():
+        engine.step()
+    assert [1, 2, 3] in checked, checked  # a step drafted 1, 2 and 3 tokens at once

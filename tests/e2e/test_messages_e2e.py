@@ -58,6 +58,7 @@ def test_the_message_is_thinking_then_text_then_the_tool_use(scripted: str) -> N
     assert [b.type for b in msg.content] == ["thinking", "text", "tool_use"], msg.content
     thinking, text, call = msg.content
     assert thinking.thinking == "The user wants weather."  # type: ignore[union-attr]
+    assert thinking.signature.startswith("glm47-")  # type: ignore[union-attr]
     assert text.text == "Let me check.\n"  # type: ignore[union-attr]
     assert call.name == "get_weather"  # type: ignore[union-attr]
     assert call.input == {"city": "Paris", "days": 3}  # type: ignore[union-attr]
@@ -90,6 +91,15 @@ def test_the_stream_tells_each_block_and_ends_with_the_stop_reason(scripted: str
         if e.type == "content_block_delta" and e.delta.type == "input_json_delta"  # type: ignore[union-attr]
     )
     assert json.loads(partial) == {"city": "Paris", "days": 3}
+    # the thinking block's signature comes last in it, before its stop
+    deltas = [
+        (i, e.delta)  # type: ignore[union-attr]
+        for i, e in enumerate(events)
+        if e.type == "content_block_delta" and e.index == 0  # type: ignore[union-attr]
+    ]
+    last, signed = deltas[-1]
+    assert signed.type == "signature_delta" and last < types.index("content_block_stop")
+    assert final.content[0].signature == signed.signature != ""  # type: ignore[union-attr]
 
 
 def test_a_conversation_with_tool_results_and_its_token_count(server: Server) -> None:

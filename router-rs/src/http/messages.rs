@@ -247,7 +247,10 @@ impl Blocks {
         let block = match self.open.take() {
             None => return,
             Some(Open::Thinking { text }) => {
-                json!({"type": "thinking", "thinking": text, "signature": ""})
+                // as Anthropic's API streams it: the block's signature last, before its stop
+                let signature = thinking_signature(&text);
+                self.piece(json!({"type": "signature_delta", "signature": signature}));
+                json!({"type": "thinking", "thinking": text, "signature": signature})
             }
             Some(Open::Text { text }) => json!({"type": "text", "text": text}),
             Some(Open::ToolUse { id, name, json, .. }) => {
@@ -371,4 +374,14 @@ mod tests {
         assert_eq!(last["type"], "error");
         assert!(!b.events.iter().any(|e| e["type"] == "message_stop"));
     }
+}
+
+/// A thinking block's `signature`: clients keep it and send the block back with it (some drop a
+/// block without one). Nothing is secret here, so it is a digest of the text, not a key's
+/// signature, and blocks sent back are taken as they come.
+fn thinking_signature(text: &str) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    text.hash(&mut h);
+    format!("glm47-{:016x}", h.finish())
 }

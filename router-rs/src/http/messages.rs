@@ -286,6 +286,16 @@ impl Blocks {
     }
 }
 
+/// A thinking block's `signature`: clients keep it and send the block back with it (some drop a
+/// block without one). Nothing is secret here, so it is a digest of the text, not a key's
+/// signature, and blocks sent back are taken as they come.
+fn thinking_signature(text: &str) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    text.hash(&mut h);
+    format!("glm47-{:016x}", h.finish())
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::Value;
@@ -374,14 +384,4 @@ mod tests {
         assert_eq!(last["type"], "error");
         assert!(!b.events.iter().any(|e| e["type"] == "message_stop"));
     }
-}
-
-/// A thinking block's `signature`: clients keep it and send the block back with it (some drop a
-/// block without one). Nothing is secret here, so it is a digest of the text, not a key's
-/// signature, and blocks sent back are taken as they come.
-fn thinking_signature(text: &str) -> String {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    text.hash(&mut h);
-    format!("glm47-{:016x}", h.finish())
 }

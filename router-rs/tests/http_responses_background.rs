@@ -6,20 +6,7 @@ mod http_support;
 use std::time::{Duration, Instant};
 
 use http_support::{setup, setup_with, FakeWorker, ModelDir, Server};
-use serde_json::{json, Value};
-
-/// Polls the stored response until its status is no longer `in_progress`.
-async fn settled(server: &Server, id: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let (status, body) = server.get(&format!("/v1/responses/{id}")).await;
-        assert_eq!(status, 200, "{body}");
-        if body["status"] != "in_progress" || Instant::now() > deadline {
-            return body;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
+use serde_json::json;
 
 /// A slow background response, 200 ms into its run: the model dir, the worker, the server and
 /// the response's id.
@@ -56,7 +43,7 @@ async fn a_background_response_is_answered_at_once_and_polled_until_it_completes
         "{first}"
     );
     let id = first["id"].as_str().expect("id").to_owned();
-    let done = settled(&server, &id).await;
+    let done = server.settled(&id).await;
     assert_eq!(done["status"], "completed", "{done}");
     assert_eq!(done["output"][0]["content"][0]["text"], "hello there");
     assert!(done["usage"]["output_tokens"]
@@ -112,16 +99,7 @@ async fn what_cannot_run_in_the_background_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_a_running_background_response_stops_it_for_good() {
     let (_model, worker, server, id) = running_background_response().await;
-    let url = format!("{}/v1/responses/{id}", server.url);
-    let deleted: Value = server
-        .client
-        .delete(&url)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, deleted) = server.delete(&format!("/v1/responses/{id}")).await;
     assert_eq!(deleted["deleted"], true, "{deleted}");
     // its request is aborted, and the task's end does not store it again
     aborts_sent(&worker).await;
@@ -146,10 +124,8 @@ async fn deleting_a_running_background_response_the_store_dropped_answers_delete
     assert_ne!(second["id"], first["id"]);
     let (status, _) = server.get(&format!("/v1/responses/{id}")).await;
     assert_eq!(status, 404);
-    let url = format!("{}/v1/responses/{id}", server.url);
-    let r = server.client.delete(&url).send().await.unwrap();
-    assert_eq!(r.status(), 200);
-    let deleted: Value = r.json().await.unwrap();
+    let (status, deleted) = server.delete(&format!("/v1/responses/{id}")).await;
+    assert_eq!(status, 200);
     assert_eq!(deleted["deleted"], true, "{deleted}");
     aborts_sent(&worker).await;
     // the first is aborted, the second runs on

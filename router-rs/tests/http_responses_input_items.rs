@@ -161,9 +161,8 @@ async fn a_bad_query_is_a_400_and_an_unknown_response_a_404() {
     let (status, body) = server.get("/v1/responses/resp_nope/input_items").await;
     assert_eq!(status, 404, "{body}");
     assert_eq!(body["error"]["type"], "not_found_error");
-    let url = format!("{}/v1/responses/{id}", server.url);
-    let deleted = server.client.delete(&url).send().await.expect("delete");
-    assert_eq!(deleted.status(), 200);
+    let (status, _) = server.delete(&format!("/v1/responses/{id}")).await;
+    assert_eq!(status, 200);
     let (status, _) = server.get(&format!("/v1/responses/{id}/input_items")).await;
     assert_eq!(status, 404);
 }

@@ -130,14 +130,7 @@ async fn leaving_the_stream_stops_nothing() {
     let id = created["response"]["id"].as_str().unwrap().to_owned();
     events.next().await.expect("in progress");
     drop(events);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let done = loop {
-        let (_, body) = server.get(&format!("/v1/responses/{id}")).await;
-        if body["status"] != "in_progress" || Instant::now() > deadline {
-            break body;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let done = server.settled(&id).await;
     assert_eq!(done["status"], "completed", "{done}");
     assert_eq!(
         done["output"][0]["content"][0]["text"],

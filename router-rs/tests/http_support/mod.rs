@@ -306,6 +306,26 @@ impl Server {
             .expect("post")
     }
 
+    /// DELETEs `path`: the status and the JSON body.
+    pub async fn delete(&self, path: &str) -> (u16, Value) {
+        let url = format!("{}{path}", self.url);
+        let r = self.client.delete(url).send().await.expect("delete");
+        (r.status().as_u16(), r.json().await.expect("json body"))
+    }
+
+    /// Polls the stored response `id` until its status is no longer `in_progress` (at most 10 s).
+    pub async fn settled(&self, id: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (status, body) = self.get(&format!("/v1/responses/{id}")).await;
+            assert_eq!(status, 200, "{body}");
+            if body["status"] != "in_progress" || Instant::now() > deadline {
+                return body;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// GETs `path`: the status and the JSON body.
     pub async fn get(&self, path: &str) -> (u16, Value) {
         let r = self

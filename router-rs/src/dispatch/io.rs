@@ -220,12 +220,18 @@ impl IoLoop {
         if !self.table.abort(&rid, reason) {
             return;
         }
-        let link = &mut self.links[worker];
-        let before = link.pending_submit.len();
-        link.pending_submit.retain(|r| r.rid != rid);
-        if link.pending_submit.len() == before {
-            link.pending_abort.push(rid);
+        if !self.unqueue(worker, &rid) {
+            self.links[worker].pending_abort.push(rid);
         }
+    }
+
+    /// Drops `rid` from the requests queued for `worker`; false when it was not queued (it has
+    /// gone out: only an `abort` stops it now).
+    fn unqueue(&mut self, worker: usize, rid: &str) -> bool {
+        let queued = &mut self.links[worker].pending_submit;
+        let before = queued.len();
+        queued.retain(|r| r.rid != rid);
+        queued.len() != before
     }
 
     /// Asks the workers to abort the requests of `client` (every client's when `None`), leaving
@@ -233,18 +239,15 @@ impl IoLoop {
     /// itself. One still queued for its worker is dropped from the queue and ended here.
     fn abort_client(&mut self, client: Option<&str>) {
         for (rid, worker) in self.table.rids_of(client) {
-            let link = &mut self.links[worker];
-            let before = link.pending_submit.len();
-            link.pending_submit.retain(|r| r.rid != rid);
-            if link.pending_submit.len() == before {
-                link.pending_abort.push(rid);
-            } else {
+            if self.unqueue(worker, &rid) {
                 let out = wire::Output {
                     rid: rid.clone(),
                     finish: Some(wire::FinishReason::Abort),
                     ..wire::Output::default()
                 };
                 self.table.finish(&rid, RequestEvent::Output(out), "abort");
+            } else {
+                self.links[worker].pending_abort.push(rid);
             }
         }
         tracing::info!(

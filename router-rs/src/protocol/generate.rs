@@ -162,16 +162,13 @@ fn constraint(p: &RawParameters) -> Result<Option<OutputConstraint>, ValidationE
         _ => {
             let names: Vec<_> = given.iter().map(|g| g.0).collect();
             let msg = format!("one constraint at a time, got {}", names.join(" and "));
-            return Err(ValidationError::new(
-                format!("parameters.{}", names[1]),
-                msg,
-            ));
+            return Err(at_parameters(ValidationError::new(names[1], msg)));
         }
     };
     let body = serde_json::json!({ key: value });
     output_constraint(&body).map_err(|e| {
         let rest = e.param.strip_prefix(key).unwrap_or_default();
-        ValidationError::new(format!("parameters.{name}{rest}"), e.message)
+        at_parameters(ValidationError::new(format!("{name}{rest}"), e.message))
     })
 }
 
@@ -182,8 +179,10 @@ fn tgi_grammar(grammar: &Value) -> Result<(&'static str, &'static str, Value), V
     let value = grammar.get("value").filter(|v| !v.is_null());
     let kind = grammar.get("type").and_then(Value::as_str);
     let need = |param: &str, what: &str| {
-        let msg = format!("grammar {what}");
-        ValidationError::new(format!("parameters.grammar.{param}"), msg)
+        at_parameters(ValidationError::new(
+            format!("grammar.{param}"),
+            format!("grammar {what}"),
+        ))
     };
     match (kind, value) {
         (Some("json" | "json_object" | "json_schema" | "regex"), None) => {

@@ -176,12 +176,41 @@ async fn a_body_request_id_names_the_answer_unless_a_header_does() {
         .unwrap();
     let body: Value = answer.json().await.unwrap();
     assert_eq!(body["id"], "cmpl-head-3");
-    for bad in [json!("has space"), json!(""), json!(5)] {
+    for bad in [json!(5), json!(["a"]), json!({"id": "a"})] {
         let body = json!({"messages": user("hi"), "request_id": bad});
         let (status, answer) = server.post("/v1/chat/completions", body).await;
         assert_eq!(status, 400, "{answer}");
         assert_eq!(answer["error"]["param"], "request_id");
     }
+    // any string names the answer, as in vLLM; the header carries it where it can
+    let post = |id: &str| {
+        let body = json!({"messages": user("hi"), "request_id": id});
+        server
+            .client
+            .post(url("/v1/chat/completions"))
+            .json(&body)
+            .send()
+    };
+    let answer = post("has space").await.unwrap();
+    assert_eq!(answer.headers()["x-request-id"], "has space");
+    let body: Value = answer.json().await.unwrap();
+    assert_eq!(body["id"], "chatcmpl-has space");
+    let answer = post("naïve\nid").await.unwrap();
+    assert!(!answer.headers().contains_key("x-request-id"), "{answer:?}");
+    let body: Value = answer.json().await.unwrap();
+    assert_eq!(body["id"], "chatcmpl-naïve\nid");
+    // an empty one is no id: the answer is named at random
+    let answer = post("").await.unwrap();
+    let header = answer.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let body: Value = answer.json().await.unwrap();
+    assert!(
+        header.starts_with("chatcmpl-") && header.len() > 20,
+        "{header}"
+    );
+    assert_eq!(body["id"], header.as_str());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

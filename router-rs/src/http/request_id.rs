@@ -37,15 +37,19 @@ fn valid(id: &str) -> bool {
 }
 
 /// vLLM's `request_id` body field (chat and completions): the client's id where no
-/// `X-Request-Id` header gave one (the header wins); one that could not be a header's is a 400.
+/// `X-Request-Id` header gave one (the header wins). Any string names the answer, as in vLLM;
+/// an empty one is no id; one that could not be a header's leaves the header to the answer's
+/// id; a value that is not a string is a 400.
 pub fn adopt(body: &serde_json::Value) -> Result<(), ValidationError> {
     let id = match body.get("request_id") {
         None | Some(serde_json::Value::Null) => return Ok(()),
-        Some(serde_json::Value::String(id)) if valid(id) => id,
+        Some(serde_json::Value::String(id)) if id.is_empty() => return Ok(()),
+        Some(serde_json::Value::String(id)) => id,
         Some(_) => {
-            let msg =
-                format!("request_id must be printable ASCII without spaces, 1 to {MAX_LEN} long");
-            return Err(ValidationError::new("request_id", msg));
+            return Err(ValidationError::new(
+                "request_id",
+                "request_id must be a string",
+            ));
         }
     };
     let _ = CURRENT.try_with(|c| {
@@ -55,7 +59,8 @@ pub fn adopt(body: &serde_json::Value) -> Result<(), ValidationError> {
 }
 
 /// Runs `answer` with `given` as the request's id; returns its output and the id the response
-/// header carries (the given one, else the answer's, if it named one).
+/// header carries (the given one where it can be a header's, else the answer's, if it named
+/// one).
 pub async fn scoped<F: Future>(given: Option<String>, answer: F) -> (F::Output, Option<String>) {
     let cell = RefCell::new(Current { given, named: None });
     CURRENT
@@ -63,7 +68,11 @@ pub async fn scoped<F: Future>(given: Option<String>, answer: F) -> (F::Output, 
             let out = answer.await;
             let current = CURRENT.with(|c| {
                 let c = c.borrow();
-                c.given.clone().or_else(|| c.named.clone())
+                let header = |id: &String| header_value(id).is_some();
+                c.given
+                    .clone()
+                    .filter(header)
+                    .or_else(|| c.named.clone().filter(header))
             });
             (out, current)
         })

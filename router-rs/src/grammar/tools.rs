@@ -31,10 +31,10 @@ use super::regex::Regex;
 use super::schema::{
     arg_opening, Node, NodeId, Pattern, Prop, Schema, SchemaError, MAX_PROPERTIES,
 };
-use crate::parsers::allows_string;
 use crate::parsers::glm47_name::{
     CALL_CLOSE, CALL_OPEN, KEY_CLOSE, KEY_OPEN, MAX_NAME_BYTES, VALUE_CLOSE, VALUE_OPEN,
 };
+use crate::parsers::{allows_string, resolve_ref};
 
 /// The tags a tool-call grammar writes, which the tokenizer has as added tokens (left out of the
 /// vocabulary of the other grammars): a tool-call grammar's vocabulary has them as their text.
@@ -190,7 +190,9 @@ fn arguments<'a>(
 
 /// A parameter's value and the `</arg_value>` after it.
 fn argument_value<'a>(b: &mut Builder<'a>, params: &'a Value, schema: &'a Value) -> NodeId {
-    if allows_string(schema) {
+    if allows_string(schema, params) {
+        // A `$ref` to a string schema (pydantic's enums): its strings and pattern are the target's.
+        let schema = resolve_ref(schema, params).unwrap_or(schema);
         if let Some(strings) = only_strings(schema) {
             let choices = b.push(choices_node(strings.iter().map(|s| s.as_bytes())));
             let close = b.push(literal(VALUE_CLOSE.as_bytes()));

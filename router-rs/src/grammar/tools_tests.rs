@@ -132,6 +132,46 @@ fn a_string_parameter_with_a_format_takes_texts_of_it() {
 }
 
 #[test]
+fn a_referenced_string_schema_takes_raw_text_as_the_parser_reads_it() {
+    // As `pydantic_function_tool` writes a string enum and a pattern-typed alias.
+    let spec = ToolCallSpec {
+        tools: vec![json!({"name": "ship", "parameters": {
+            "$defs": {
+                "Code": {"enum": ["100", "200"], "type": "string"},
+                "Ref": {"type": "string", "pattern": "^[A-Z]{2}$"},
+            },
+            "properties": {
+                "code": {"$ref": "#/$defs/Code"},
+                "maybe": {"anyOf": [{"$ref": "#/$defs/Ref"}, {"type": "null"}]},
+            },
+            "required": ["code"],
+        }})],
+        function: Some("ship".into()),
+        parallel: false,
+        open_id: None,
+    };
+    let g = tool_calls(&spec).expect("the tools compile");
+    let call =
+        |code: &str| format!("<arg_key>code</arg_key><arg_value>{code}</arg_value></tool_call>");
+    assert!(accepts(&g, &call("100")));
+    for bad in ["\"100\"", "300", "100 "] {
+        assert!(!accepts(&g, &call(bad)), "{bad}");
+    }
+    let maybe = |v: &str| {
+        format!("<arg_key>code</arg_key><arg_value>200</arg_value><arg_key>maybe</arg_key><arg_value>{v}</arg_value></tool_call>")
+    };
+    assert!(accepts(&g, &maybe("IT")));
+    let text = maybe("IT");
+    let parsed = Glm47ToolParser::parse(&format!("<tool_call>ship{text}"), &spec.tools);
+    let arguments: Value = serde_json::from_str(&parsed.tool_calls[0].arguments).unwrap();
+    assert_eq!(
+        arguments,
+        json!({"code": "200", "maybe": "IT"}),
+        "{parsed:?}"
+    );
+}
+
+#[test]
 fn a_string_parameter_with_a_pattern_or_lengths_takes_texts_of_them() {
     let g = forced(Some("set_code"), false);
     let call = |key: &str, value: &str| {

@@ -1,7 +1,7 @@
 //! The inside of a GLM-4.7 tool call: argument keys and values, streamed as JSON fragments.
 //!
 //! Inside a call whose name is declared, text between tags is skipped, a key without a value is
-//! dropped, a repeated key's later values are dropped (the arguments stay valid JSON: the first
+//! dropped, a key without its closing tag ends at `<arg_value>`, a repeated key's later values are dropped (the arguments stay valid JSON: the first
 //! value has already streamed), a value ends at `</arg_value>` or `</tool_call>`, a `<tool_call>`
 //! between pairs closes the call and opens the next, and the end of the output closes the call;
 //! every such repair is logged once per call.
@@ -29,16 +29,26 @@ impl Glm47ToolParser {
     }
 
     pub(super) fn step_key(&mut self, eof: bool) -> bool {
-        let scan = self.scan_accumulating(&[KEY_CLOSE, CALL_CLOSE]);
+        let scan = self.scan_accumulating(&[KEY_CLOSE, CALL_CLOSE, VALUE_OPEN]);
         let rest = &self.buf[self.pos..];
         match scan {
-            TagScan::Found { at, tag: 0 } => {
+            TagScan::Found {
+                at,
+                tag: tag @ (0 | 2),
+            } => {
                 let key = rest[..at].trim().to_string();
-                self.pos += at + KEY_CLOSE.len();
                 if let Some(call) = self.call.as_mut() {
                     call.key = key;
                 }
-                self.state = State::BeforeValue;
+                if tag == 0 {
+                    self.pos += at + KEY_CLOSE.len();
+                    self.state = State::BeforeValue;
+                } else {
+                    // `<arg_key>k<arg_value>`: the key's closing tag is missing, not its value.
+                    self.pos += at + VALUE_OPEN.len();
+                    self.warn_once("argument key without </arg_key> read up to <arg_value>");
+                    self.open_value();
+                }
             }
             TagScan::Found { at, .. } => {
                 self.pos += at + CALL_CLOSE.len();

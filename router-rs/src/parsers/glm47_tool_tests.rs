@@ -332,6 +332,27 @@ fn recovery_inside_a_call_keeps_valid_json() {
 }
 
 #[test]
+fn a_key_without_its_closing_tag_ends_at_the_value_at_every_split() {
+    let text = "<tool_call>get_weather<arg_key>city<arg_value>Paris</arg_value>\
+                <arg_key> days <arg_value>3</arg_value></tool_call>after";
+    let whole = Glm47ToolParser::parse(text, &tools());
+    assert_eq!(whole.content, "after");
+    assert_eq!(args(&whole, 0), json!({"city": "Paris", "days": 3}));
+    for cut in 0..=text.len() {
+        if text.is_char_boundary(cut) {
+            assert_eq!(
+                streamed(&[&text[..cut], &text[cut..]]),
+                whole,
+                "cut at {cut}"
+            );
+        }
+    }
+    // cut off inside such a key's value: the pairs so far, the open string closed
+    let got = Glm47ToolParser::parse("<tool_call>get_weather<arg_key>city<arg_value>Pa", &tools());
+    assert_eq!(args(&got, 0), json!({"city": "Pa"}));
+}
+
+#[test]
 fn a_prefix_from_the_prompt_is_parsed_but_never_emitted() {
     let body = "<arg_key>city</arg_key><arg_value>Rome</arg_value></tool_call>";
     for (prefix, text) in [

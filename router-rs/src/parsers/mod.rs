@@ -15,5 +15,5 @@ mod partition_tests;
 
 pub use glm45_reasoning::{Glm45ReasoningParser, ReasoningDelta};
 pub use glm47_tool::Glm47ToolParser;
-pub use schema::{allows_string, ToolSchemas, ValueKind};
+pub use schema::{allows_string, resolve_ref, ToolSchemas, ValueKind};
 pub use tool_events::{ParsedToolCall, ParsedToolCalls, ToolEvent};

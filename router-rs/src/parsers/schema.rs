@@ -34,12 +34,10 @@ impl ToolSchemas {
                 continue;
             };
             let mut params = HashMap::new();
-            let properties = function
-                .get("parameters")
-                .and_then(|p| p.get("properties"))
-                .and_then(Value::as_object);
+            let root = function.get("parameters").unwrap_or(&Value::Null);
+            let properties = root.get("properties").and_then(Value::as_object);
             for (key, schema) in properties.into_iter().flatten() {
-                params.insert(key.clone(), kind_of(schema));
+                params.insert(key.clone(), kind_of(schema, root));
             }
             functions.insert(name.to_string(), params);
         }
@@ -62,16 +60,47 @@ impl ToolSchemas {
 }
 
 /// A parameter is a string when any type its schema allows is "string" (`type`, type lists such as
-/// `["string","null"]`, `anyOf`/`oneOf`/`allOf` branches, or an `enum`/`const` of strings only).
-fn kind_of(schema: &Value) -> ValueKind {
-    if allows_string(schema) {
+/// `["string","null"]`, `anyOf`/`oneOf`/`allOf` branches, an `enum`/`const` of strings only, or
+/// what a local `$ref` points at, as pydantic writes enums and nested models).
+fn kind_of(schema: &Value, root: &Value) -> ValueKind {
+    if allows_string(schema, root) {
         ValueKind::String
     } else {
         ValueKind::Json
     }
 }
 
-pub fn allows_string(schema: &Value) -> bool {
+/// `$ref`s followed at most, through chains and branches (a schema that refers to itself ends).
+const MAX_REF_DEPTH: usize = 16;
+
+/// Whether `schema` (a part of the document `root`, which its local `$ref`s point into) allows a
+/// string; see [`kind_of`].
+pub fn allows_string(schema: &Value, root: &Value) -> bool {
+    allows_string_within(schema, root, MAX_REF_DEPTH)
+}
+
+/// The schema that `schema`'s local `$ref` (`#/$defs/Name`, `#/definitions/Name`, any JSON
+/// pointer into `root`) points at, followed through chains of references; `schema` itself when
+/// it has none; None when a reference does not resolve or the chain is longer than
+/// [`MAX_REF_DEPTH`].
+pub fn resolve_ref<'a>(schema: &'a Value, root: &'a Value) -> Option<&'a Value> {
+    let mut current = schema;
+    for _ in 0..=MAX_REF_DEPTH {
+        let Some(reference) = current.get("$ref") else {
+            return Some(current);
+        };
+        current = reference
+            .as_str()
+            .and_then(|r| r.strip_prefix('#'))
+            .and_then(|pointer| root.pointer(pointer))?;
+    }
+    None
+}
+
+fn allows_string_within(schema: &Value, root: &Value, depth: usize) -> bool {
+    let by_ref = depth > 0
+        && schema.get("$ref").is_some()
+        && resolve_ref(schema, root).is_some_and(|t| allows_string_within(t, root, depth - 1));
     let by_type = match schema.get("type") {
         Some(Value::String(t)) => t == "string",
         Some(Value::Array(types)) => types.iter().any(|t| t.as_str() == Some("string")),
@@ -81,7 +110,11 @@ pub fn allows_string(schema: &Value) -> bool {
         schema
             .get(*combinator)
             .and_then(Value::as_array)
-            .is_some_and(|branches| branches.iter().any(allows_string))
+            .is_some_and(|branches| {
+                branches
+                    .iter()
+                    .any(|branch| allows_string_within(branch, root, depth))
+            })
     });
     let by_enum = match (schema.get("enum"), schema.get("const")) {
         (Some(Value::Array(values)), _) if schema.get("type").is_none() => {
@@ -90,7 +123,7 @@ pub fn allows_string(schema: &Value) -> bool {
         (None, Some(Value::String(_))) => schema.get("type").is_none(),
         _ => false,
     };
-    by_type || by_branches || by_enum
+    by_ref || by_type || by_branches || by_enum
 }
 
 /// Renders a complete non-string value: its JSON (numbers keep every digit) when `raw` parses as
@@ -138,6 +171,37 @@ mod tests {
         assert_eq!(s.kind("g", "s"), ValueKind::Json);
         assert!(s.has_function("f"));
         assert!(!s.has_function("g"));
+    }
+
+    #[test]
+    fn references_are_followed_into_the_parameters_document() {
+        // As `pydantic_function_tool` writes an enum field, an optional one and a nested model.
+        let s = ToolSchemas::new(&[json!({"type": "function", "function": {"name": "ship",
+        "parameters": {
+            "$defs": {
+                "Code": {"enum": ["100", "200"], "title": "Code", "type": "string"},
+                "Alias": {"$ref": "#/$defs/Code"},
+                "Box": {"type": "object", "properties": {"w": {"type": "number"}}},
+                "Loop": {"anyOf": [{"$ref": "#/$defs/Loop"}, {"type": "integer"}]}
+            },
+            "definitions": {"Legacy": {"type": "string"}},
+            "properties": {
+                "code": {"$ref": "#/$defs/Code"},
+                "alias": {"$ref": "#/$defs/Alias", "description": "a code"},
+                "maybe": {"anyOf": [{"$ref": "#/$defs/Code"}, {"type": "null"}]},
+                "box": {"$ref": "#/$defs/Box"},
+                "legacy": {"$ref": "#/definitions/Legacy"},
+                "loop": {"$ref": "#/$defs/Loop"},
+                "dangling": {"$ref": "#/$defs/Missing"},
+                "remote": {"$ref": "https://example.com/schema.json"}
+            }
+        }}})]);
+        for key in ["code", "alias", "maybe", "legacy"] {
+            assert_eq!(s.kind("ship", key), ValueKind::String, "{key}");
+        }
+        for key in ["box", "loop", "dangling", "remote"] {
+            assert_eq!(s.kind("ship", key), ValueKind::Json, "{key}");
+        }
     }
 
     #[test]

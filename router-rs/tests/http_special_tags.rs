@@ -87,3 +87,60 @@ async fn skip_special_tokens_false_keeps_control_tokens_in_the_answer() {
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["choices"][0]["message"]["content"], "a<|user|>b");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_token_that_ends_the_output_is_left_out_unless_asked_for() {
+    let model = ModelDir::create();
+    mark_tags_special(&model);
+    let mut reply = model.encode("a<|user|>b");
+    reply.push(model.eos);
+    let worker = FakeWorker::start(Script::reply(reply, 1), 4096);
+    let server = Server::start(&model, &worker.addr, &[], true).await;
+    let ask = |include: bool, stream: bool| {
+        json!({"messages": [{"role": "user", "content": "go"}], "stream": stream,
+            "skip_special_tokens": false, "include_stop_str_in_output": include,
+            "logprobs": true, "chat_template_kwargs": {"enable_thinking": false}})
+    };
+    for (include, text) in [(false, "a<|user|>b"), (true, "a<|user|>b<|endoftext|>")] {
+        let (status, answer) = server
+            .post("/v1/chat/completions", ask(include, false))
+            .await;
+        assert_eq!(status, 200, "{answer}");
+        let choice = &answer["choices"][0];
+        assert_eq!(choice["message"]["content"], text, "{answer}");
+        assert_eq!(choice["finish_reason"], "stop");
+        // the eos token keeps its place among the logprobs
+        let tokens = choice["logprobs"]["content"].as_array().expect("logprobs");
+        assert_eq!(tokens.last().unwrap()["token"], "<|endoftext|>", "{answer}");
+        let (_, events) = server
+            .post_stream("/v1/chat/completions", ask(include, true))
+            .await;
+        let streamed: String = json_events(&events)
+            .iter()
+            .filter_map(|c| {
+                c["choices"][0]["delta"]["content"]
+                    .as_str()
+                    .map(str::to_owned)
+            })
+            .collect();
+        assert_eq!(streamed, text);
+    }
+    // the same on completions
+    let body = json!({"prompt": "go", "skip_special_tokens": false, "max_tokens": 9});
+    let (status, answer) = server.post("/v1/completions", body).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["choices"][0]["text"], "a<|user|>b", "{answer}");
+
+    // and for a stop token id of the request's (the worker ends on it)
+    let stop_id = *model.encode("b").last().unwrap();
+    let worker = FakeWorker::start(Script::reply(model.encode("a<|user|>b"), 1), 4096);
+    let server = Server::start(&model, &worker.addr, &[], true).await;
+    for (include, text) in [(false, "a<|user|>"), (true, "a<|user|>b")] {
+        let body = json!({"prompt": "go", "skip_special_tokens": false, "max_tokens": 9,
+            "stop_token_ids": [stop_id], "include_stop_str_in_output": include});
+        let (status, answer) = server.post("/v1/completions", body).await;
+        assert_eq!(status, 200, "{answer}");
+        assert_eq!(answer["choices"][0]["text"], text, "{answer}");
+        assert_eq!(answer["choices"][0]["stop_reason"], stop_id, "{answer}");
+    }
+}

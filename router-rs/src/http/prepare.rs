@@ -385,9 +385,15 @@ pub fn plain_pipeline(state: &AppState, sampling: &SamplingParams, prompt_len: u
     let tokenizer = state.model.tokenizer.clone();
     let detok = Detokenizer::new(tokenizer.clone(), sampling.skip_special_tokens);
     let stop = StopMatcher::new(&sampling.stop).including_match(sampling.include_stop_str);
+    let mut end_ids = Vec::new();
+    if !sampling.include_stop_str {
+        end_ids.extend_from_slice(tokenizer.eos_token_ids());
+        end_ids.extend_from_slice(&sampling.stop_token_ids);
+    }
     Pipeline::new(tokenizer, Box::new(detok), Box::new(stop))
         .with_prompt_tokens(u32::try_from(prompt_len).unwrap_or(u32::MAX))
         .with_stop_token_ids(&sampling.stop_token_ids)
+        .hiding_end_tokens(&end_ids)
 }
 
 /// A pipeline for one chat choice, with the parsers the server was started with.

@@ -130,6 +130,9 @@ pub struct Pipeline {
     done: bool,
     /// The request's `stop_token_ids` (a finish on one reports it as `stop_reason`).
     stop_token_ids: Vec<u32>,
+    /// Ids whose text is left out of the answer when the worker's stop finish is on them (the
+    /// eos and stop token ids, as vLLM leaves them out unless `include_stop_str_in_output`).
+    hidden_end_ids: Vec<u32>,
 }
 
 impl Pipeline {
@@ -154,7 +157,15 @@ impl Pipeline {
             called_tool: false,
             done: false,
             stop_token_ids: Vec::new(),
+            hidden_end_ids: Vec::new(),
         }
+    }
+
+    /// Leaves the text of the token that ends the output out of the answer when it is one of
+    /// `ids` (it stays in the token's logprobs and details).
+    pub fn hiding_end_tokens(mut self, ids: &[u32]) -> Self {
+        self.hidden_end_ids = ids.to_vec();
+        self
     }
 
     /// The request's stop token ids, for `Finish::stop_reason`.
@@ -204,8 +215,14 @@ impl Pipeline {
         let mut text = String::new();
         let mut reason = None;
         let mut stop_reason = None;
+        let stop_finish = out.finish == Some(wire::FinishReason::Stop);
         for (k, &id) in out.ids.iter().enumerate() {
             self.completion_tokens += 1;
+            if stop_finish && k + 1 == out.ids.len() && self.hidden_end_ids.contains(&id) {
+                let text = self.tokenizer.decode(&[id], false).unwrap_or_default();
+                delta.tokens.push(self.token_info(out, k, id, text));
+                break;
+            }
             let piece = self.detok.push(id);
             let (emit, stopped) = self.stop.push(&piece);
             delta.tokens.push(self.token_info(out, k, id, piece));

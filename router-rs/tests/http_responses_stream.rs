@@ -238,3 +238,26 @@ async fn only_a_background_stream_has_events_to_replay() {
         assert_eq!(error["error"]["type"], "invalid_request_error", "{error}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reasoning_tokens_are_the_tokens_between_the_think_tags_however_they_arrive() {
+    for chunk in [1, 2, 5] {
+        // a multi-byte character and a `<` held back while they may start a tag
+        let parsers = ["--reasoning-parser", "glm45"];
+        let (model, _worker, server) = setup("思考 a <b é</think>answer", chunk, &parsers).await;
+        let reasoning = model.encode("思考 a <b é").len();
+        let (status, r) = server
+            .post("/v1/responses", json!({"input": "hi", "stream": false}))
+            .await;
+        assert_eq!(status, 200, "{r}");
+        let usage = &r["usage"];
+        assert_eq!(
+            usage["output_tokens_details"]["reasoning_tokens"], reasoning,
+            "chunk {chunk}: {r}"
+        );
+        assert_eq!(
+            usage["output_tokens"],
+            model.encode("思考 a <b é</think>answer").len()
+        );
+    }
+}

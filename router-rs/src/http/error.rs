@@ -38,6 +38,9 @@ pub enum ApiError {
     /// No such route (404).
     #[error("no route for {method} {path}")]
     NotFound { method: String, path: String },
+    /// The route exists but the object it names does not (404), e.g. a stored response.
+    #[error("{0}")]
+    NoSuchObject(String),
     /// The route exists but not for this method (405).
     #[error("method {method} is not allowed on {path}")]
     MethodNotAllowed { method: String, path: String },
@@ -63,7 +66,7 @@ impl ApiError {
             ApiError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
-            ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
+            ApiError::NotFound { .. } | ApiError::NoSuchObject(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::NoWorkerReady => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Overloaded(_) => StatusCode::TOO_MANY_REQUESTS,

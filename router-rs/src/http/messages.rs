@@ -313,6 +313,8 @@ mod tests {
                 completion_tokens: 9,
                 cached_tokens: 2,
                 accepted_draft_tokens: 0,
+                inside_call: false,
+                reasoning_tokens: 0,
             }),
             ..Delta::default()
         }

@@ -133,6 +133,15 @@ impl Meta {
             model: state.model_name(),
         }
     }
+
+    /// The same with an id of random characters whatever the client gave (stored responses).
+    fn unique(state: &AppState, id_prefix: &str) -> Self {
+        Self {
+            id: request_id::unique_answer_id(id_prefix),
+            created: crate::protocol::openai::unix_now(),
+            model: state.model_name(),
+        }
+    }
 }
 
 /// Loads the model directory, starts the dispatcher, binds `host:port` and serves until

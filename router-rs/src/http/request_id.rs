@@ -95,6 +95,17 @@ pub fn answer_id(prefix: &str) -> String {
     id
 }
 
+/// An answer id of `prefix` and random characters even where the client gave an id (ids a
+/// server keeps, such as stored responses', must not repeat); the response header carries it
+/// where the client gave none.
+pub fn unique_answer_id(prefix: &str) -> String {
+    let id = crate::protocol::openai::random_id(prefix);
+    let _ = CURRENT.try_with(|c| {
+        c.borrow_mut().named.get_or_insert_with(|| id.clone());
+    });
+    id
+}
+
 /// The client's id of the request this task answers, if it gave one.
 pub fn given_id() -> Option<String> {
     CURRENT

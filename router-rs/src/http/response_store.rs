@@ -281,10 +281,19 @@ pub fn resolved_input(state: &AppState, body: &mut Value) -> Result<Input, ApiEr
             format!("no stored response {previous} (stored responses do not outlive the server)");
         ValidationError::new("previous_response_id", msg)
     })?;
+    if matches!(
+        stored.response["status"].as_str(),
+        Some("in_progress" | "queued")
+    ) {
+        let msg = format!("previous response {previous} is still in progress: continue from it once it has finished");
+        return Err(ValidationError::new("previous_response_id", msg).into());
+    }
     let mut input = stored.input.clone();
     if let Some(output) = stored.response["output"].as_array() {
-        // a call cut off by the token budget has no whole arguments to continue from
-        let whole = |item: &&Value| item["status"] != "incomplete";
+        // a call cut off by the token budget has no whole arguments to continue from (a message
+        // or reasoning cut off is continued from as it stands)
+        let whole =
+            |item: &&Value| item["type"] != "function_call" || item["status"] != "incomplete";
         input.extend(output.iter().filter(whole).cloned());
     }
     let own_count = own.len();
@@ -297,10 +306,10 @@ pub fn resolved_input(state: &AppState, body: &mut Value) -> Result<Input, ApiEr
 }
 
 fn not_found(id: &str) -> ApiError {
-    ApiError::NotFound {
-        method: "GET".into(),
-        path: format!("/v1/responses/{id} (no such stored response)"),
-    }
+    ApiError::NoSuchObject(format!(
+        "Response with id '{id}' not found (responses are stored while the server runs, and not \
+         with store false)"
+    ))
 }
 
 /// The query of `GET /v1/responses/{id}`.

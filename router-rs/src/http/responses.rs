@@ -50,7 +50,7 @@ pub async fn responses(
     let prompt = chat_prompt(&state, chat, PromptUse::generating(&chat.sampling)).await?;
     let max_new = max_new_tokens(&state, &worker, prompt.ids.len(), &chat.sampling, "input")?;
     let stream = submit_one_choice(&state, chat, &prompt, max_new)?;
-    let mut output = Output::new(Meta::new(&state, "resp_"), req.echo);
+    let mut output = Output::new(Meta::unique(&state, "resp_"), req.echo);
     if chat.sampling.logprobs >= 0 {
         output.logprobs = Some(state.model.tokenizer.clone());
     }
@@ -125,8 +125,6 @@ struct Output {
     items: Vec<Value>,
     open: Option<Open>,
     finish: Option<Finish>,
-    /// Tokens of the deltas that carried reasoning text alone.
-    reasoning_tokens: u32,
     /// Answer text of whitespace alone, not yet in a message.
     held: String,
     /// Events not sent yet, and the next one's sequence number.
@@ -139,8 +137,10 @@ struct Output {
     /// The logprobs of the answer tokens of the delta being read, and of the open message.
     pending_logprobs: Vec<Value>,
     message_logprobs: Vec<Value>,
-    /// The output ends at the token budget: the item it cuts off is incomplete.
+    /// The output ends at the token budget: the item it cuts off is incomplete (a call only
+    /// where the output ended inside it, `inside_call`).
     cut: bool,
+    inside_call: bool,
     /// A background response stopped by `cancel` before it finished.
     cancelled: bool,
     /// Why a background response failed before it finished.
@@ -155,7 +155,6 @@ impl Output {
             items: Vec::new(),
             open: None,
             finish: None,
-            reasoning_tokens: 0,
             held: String::new(),
             events: Vec::new(),
             sequence: 0,
@@ -164,6 +163,7 @@ impl Output {
             pending_logprobs: Vec::new(),
             message_logprobs: Vec::new(),
             cut: false,
+            inside_call: false,
             cancelled: false,
             error: None,
         }
@@ -191,9 +191,6 @@ impl Output {
     /// One delta's text, in the order it was written: the open call's last fragments (a
     /// delta's text after a call ends the call), reasoning, answer text, then new calls.
     fn delta(&mut self, mut delta: Delta) {
-        if !delta.reasoning.is_empty() && delta.content.is_empty() && delta.tool_calls.is_empty() {
-            self.reasoning_tokens += delta.tokens.len() as u32;
-        }
         // a delta's tokens go with its answer text: those of text, and those held (a split
         // character, a stop string's start) outside reasoning and calls
         let answer = delta.reasoning.is_empty()
@@ -224,6 +221,7 @@ impl Output {
             // a call the token budget cut off is incomplete (and not continued from); an abort
             // (`/abort_request`) cuts the open item as a cancel does
             self.cut = finish.reason == FinishReason::Length;
+            self.inside_call = finish.inside_call;
             self.cancelled |= finish.reason == FinishReason::Abort;
             self.close();
             self.finish = Some(finish);
@@ -241,6 +239,7 @@ impl Output {
             self.error = Some("the request ended without finishing".into());
         }
         self.cut = true;
+        self.inside_call = true;
         self.close();
         self.end();
     }
@@ -369,8 +368,9 @@ impl Output {
     /// Ends the open item: its closing events, and the item among the done ones.
     fn close(&mut self) {
         let index = self.index();
-        // an item cut off (a call by the token budget, any by a cancel or failure) is incomplete
-        let status = if self.cancelled || self.error.is_some() {
+        // an item cut off (by the token budget, a cancel or a failure) is incomplete; a call
+        // whose `</tool_call>` came is whole, even as the last tokens of the budget
+        let status = if self.cancelled || self.error.is_some() || self.cut {
             "incomplete"
         } else {
             "completed"
@@ -411,7 +411,8 @@ impl Output {
                 let event =
                     json!({"item_id": id, "output_index": index, "name": name, "arguments": args});
                 self.emit("response.function_call_arguments.done", event);
-                let status = if self.cut { "incomplete" } else { status };
+                let cut = self.cut && !self.inside_call && !self.cancelled && self.error.is_none();
+                let status = if cut { "completed" } else { status };
                 json!({"type": "function_call", "id": id, "call_id": call_id, "name": name,
                        "arguments": args, "status": status})
             }
@@ -440,7 +441,7 @@ impl Output {
             json!({"input_tokens": f.prompt_tokens,
                    "input_tokens_details": {"cached_tokens": f.cached_tokens},
                    "output_tokens": f.completion_tokens,
-                   "output_tokens_details": {"reasoning_tokens": self.reasoning_tokens},
+                   "output_tokens_details": {"reasoning_tokens": f.reasoning_tokens},
                    "total_tokens": f.prompt_tokens + f.completion_tokens})
         });
         let mut r = json!({

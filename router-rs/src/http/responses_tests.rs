@@ -32,6 +32,8 @@ fn finished(reason: FinishReason, completion_tokens: u32) -> Delta {
             completion_tokens,
             cached_tokens: 0,
             accepted_draft_tokens: 0,
+            inside_call: false,
+            reasoning_tokens: 0,
         }),
         ..Delta::default()
     }
@@ -94,17 +96,47 @@ fn a_delta_ending_one_call_and_starting_another_keeps_each_call_whole() {
 }
 
 #[test]
-fn a_call_the_token_budget_cuts_off_is_incomplete() {
-    let mut out = output("resp_y");
-    out.delta(text(
-        "",
-        vec![ToolCallDelta::fragment(0, Some("w"), "{\"city\": \"Pa")],
-    ));
+fn a_call_the_token_budget_cuts_off_is_incomplete_and_one_it_ends_after_is_whole() {
+    for inside_call in [true, false] {
+        let mut out = output("resp_y");
+        out.delta(text(
+            "",
+            vec![ToolCallDelta::fragment(0, Some("w"), "{\"city\": \"Pa")],
+        ));
+        let mut last = finished(FinishReason::Length, 4);
+        last.finish.as_mut().unwrap().inside_call = inside_call;
+        out.delta(last);
+        let r = out.response();
+        assert_eq!(r["status"], "incomplete");
+        assert_eq!(r["output"][0]["type"], "function_call");
+        let status = if inside_call {
+            "incomplete"
+        } else {
+            "completed"
+        };
+        assert_eq!(r["output"][0]["status"], status);
+    }
+}
+
+#[test]
+fn reasoning_and_a_message_the_token_budget_cuts_off_are_incomplete() {
+    let mut out = output("resp_m");
+    out.delta(Delta {
+        reasoning: "Think".into(),
+        ..Delta::default()
+    });
+    out.delta(text("Half an ans", vec![]));
     out.delta(finished(FinishReason::Length, 4));
     let r = out.response();
     assert_eq!(r["status"], "incomplete");
-    assert_eq!(r["output"][0]["type"], "function_call");
-    assert_eq!(r["output"][0]["status"], "incomplete");
+    assert_eq!(r["incomplete_details"]["reason"], "max_output_tokens");
+    assert_eq!(r["output"][0]["type"], "reasoning");
+    assert_eq!(
+        r["output"][0]["status"], "completed",
+        "the answer came after it"
+    );
+    assert_eq!(r["output"][1]["type"], "message");
+    assert_eq!(r["output"][1]["status"], "incomplete");
 }
 
 #[test]

@@ -328,6 +328,8 @@ mod tests {
             completion_tokens: 1,
             cached_tokens: 0,
             accepted_draft_tokens: 0,
+            inside_call: false,
+            reasoning_tokens: 0,
         });
         let delta = Delta {
             content: text.into(),

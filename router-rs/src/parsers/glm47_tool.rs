@@ -78,6 +78,8 @@ pub struct Glm47ToolParser {
     next_index: usize,
     rng: StdRng,
     events: EventSink,
+    /// The output ended inside a call, which was closed with the arguments so far.
+    cut: bool,
 }
 
 impl Glm47ToolParser {
@@ -110,6 +112,7 @@ impl Glm47ToolParser {
             next_index: 0,
             rng,
             events: EventSink::default(),
+            cut: false,
         };
         // Events of the prefix (a call header when its name is already complete) are returned
         // by the first `feed` or `finish`.
@@ -296,7 +299,14 @@ impl Glm47ToolParser {
 
     fn cut_off(&mut self) {
         self.warn_once("tool call cut off before </tool_call>; closed with the arguments so far");
+        self.cut = true;
         self.close_call();
+    }
+
+    /// Whether the output ended inside a call (before its `</tool_call>`), which `finish` closed
+    /// with the arguments so far.
+    pub fn ended_inside_a_call(&self) -> bool {
+        self.cut
     }
 
     fn warn_once(&mut self, what: &'static str) {

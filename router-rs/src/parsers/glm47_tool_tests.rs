@@ -353,6 +353,23 @@ fn a_key_without_its_closing_tag_ends_at_the_value_at_every_split() {
 }
 
 #[test]
+fn the_parser_tells_whether_the_output_ended_inside_a_call() {
+    let whole =
+        "<tool_call>get_weather<arg_key>city</arg_key><arg_value>Rome</arg_value></tool_call>";
+    for (text, inside) in [
+        (whole.to_string(), false),
+        (format!("{whole}after"), false),
+        (whole[..whole.len() - 3].to_string(), true),
+        ("<tool_call>get_weather<arg_key>ci".to_string(), true),
+        ("no call".to_string(), false),
+    ] {
+        let mut parser = seeded();
+        parser.finish_with(&text);
+        assert_eq!(parser.ended_inside_a_call(), inside, "{text}");
+    }
+}
+
+#[test]
 fn a_prefix_from_the_prompt_is_parsed_but_never_emitted() {
     let body = "<arg_key>city</arg_key><arg_value>Rome</arg_value></tool_call>";
     for (prefix, text) in [

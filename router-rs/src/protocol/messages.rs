@@ -136,6 +136,8 @@ fn messages(obj: &Map<String, Value>) -> Result<Vec<Value>, ValidationError> {
         let param = format!("messages[{i}]");
         let role = m.get("role").and_then(Value::as_str);
         let content = m.get("content").unwrap_or(&Value::Null);
+        let last_assistant = i + 1 == list.len() && role == Some("assistant");
+        check_not_empty(content, &param, last_assistant)?;
         match role {
             Some("user") => user(content, &param, &mut out)?,
             Some("assistant") => out.push(assistant(content, &param)?),
@@ -195,6 +197,36 @@ fn prefill_is_empty(m: &Value) -> bool {
             .is_empty()
     };
     blank("content") && blank("reasoning_content") && m.get("tool_calls").is_none()
+}
+
+/// Anthropic's rules: every message has content, but for a final assistant message (which the
+/// answer continues), and no text block is empty.
+fn check_not_empty(
+    content: &Value,
+    param: &str,
+    last_assistant: bool,
+) -> Result<(), ValidationError> {
+    let empty = match content {
+        Value::String(text) => text.is_empty(),
+        Value::Array(blocks) => blocks.is_empty(),
+        _ => false, // not content at all: the message's reader says so
+    };
+    if empty && !last_assistant {
+        let msg = "all messages must have non-empty content except for the optional final assistant message";
+        return Err(ValidationError::new(format!("{param}.content"), msg));
+    }
+    for (j, block) in content.as_array().into_iter().flatten().enumerate() {
+        if block.get("type").and_then(Value::as_str) == Some("text")
+            && block.get("text").and_then(Value::as_str) == Some("")
+        {
+            let at = format!("{param}.content[{j}].text");
+            return Err(ValidationError::new(
+                at,
+                "text content blocks must be non-empty",
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// A user message: its tool results as tool messages, then its text.
@@ -358,11 +390,16 @@ fn chat_tools(tools: &Value) -> Result<Value, ValidationError> {
                 "only client tools with an input_schema are supported",
             ));
         }
-        let mut function = json!({"name": tool.get("name").cloned().unwrap_or(Value::Null),
-                                  "parameters": tool["input_schema"].clone()});
+        // in the order OpenAI clients write a function: name, description, parameters
+        let mut function = Map::new();
+        function.insert(
+            "name".into(),
+            tool.get("name").cloned().unwrap_or(Value::Null),
+        );
         if let Some(d) = tool.get("description") {
-            function["description"] = d.clone();
+            function.insert("description".into(), d.clone());
         }
+        function.insert("parameters".into(), tool["input_schema"].clone());
         out.push(json!({"type": "function", "function": function}));
     }
     Ok(Value::Array(out))
@@ -425,6 +462,10 @@ mod tests {
         assert_eq!(req.sampling.max_new_tokens, Some(9));
         assert_eq!(req.sampling.stop, vec!["END".to_string()]);
         assert_eq!(req.template_kwargs["enable_thinking"], false);
+        // a tool as OpenAI clients write a function, for the same prompt as chat's
+        let function = req.tools[0]["function"].as_object().unwrap();
+        let keys: Vec<&str> = function.keys().map(String::as_str).collect();
+        assert_eq!(keys, ["name", "description", "parameters"]);
     }
 
     #[test]
@@ -461,6 +502,22 @@ mod tests {
     fn what_is_not_offered_names_its_field() {
         for (body, param) in [
             (json!({"messages": []}), "messages"),
+            (
+                json!({"messages": [{"role": "user", "content": ""}]}),
+                "messages[0].content",
+            ),
+            (
+                json!({"messages": [{"role": "user", "content": []}]}),
+                "messages[0].content",
+            ),
+            (
+                json!({"messages": [{"role": "assistant", "content": ""}, {"role": "user", "content": "x"}]}),
+                "messages[0].content",
+            ),
+            (
+                json!({"messages": [{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": ""}]}]}),
+                "messages[0].content[1].text",
+            ),
             (
                 json!({"messages": [{"role": "system", "content": "x"}]}),
                 "messages[0].role",

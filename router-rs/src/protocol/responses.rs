@@ -74,6 +74,35 @@ impl ResponsesRequest {
             .and_then(Value::as_array)
             .is_some_and(|i| i.iter().any(|x| x == "message.output_text.logprobs"));
         let top = obj.get("top_logprobs").filter(|v| !v.is_null());
+        for (field, kind) in [
+            ("store", "a boolean"),
+            ("text", "an object"),
+            ("reasoning", "an object"),
+            ("metadata", "an object"),
+        ] {
+            let ok = match obj.get(field) {
+                None | Some(Value::Null) => true,
+                Some(v) if kind == "a boolean" => v.is_boolean(),
+                Some(v) => v.is_object(),
+            };
+            if !ok {
+                return Err(ValidationError::new(
+                    field,
+                    format!("{field} must be {kind}"),
+                ));
+            }
+        }
+        if let Some(metadata) = obj.get("metadata").and_then(Value::as_object) {
+            // as OpenAI bounds it: 16 pairs, keys of 64 and values of 512 characters
+            let ok = metadata.len() <= 16
+                && metadata.iter().all(|(k, v)| {
+                    k.chars().count() <= 64 && v.as_str().is_some_and(|v| v.chars().count() <= 512)
+                });
+            if !ok {
+                let msg = "metadata holds at most 16 string values, keys of at most 64 and values of at most 512 characters";
+                return Err(ValidationError::new("metadata", msg));
+            }
+        }
         let background = match obj.get("background") {
             None | Some(Value::Null) => false,
             Some(Value::Bool(b)) => *b,
@@ -201,6 +230,12 @@ fn messages(obj: &Map<String, Value>) -> Result<Vec<Value>, ValidationError> {
         match kind {
             "message" => {
                 let role = item.get("role").and_then(Value::as_str).unwrap_or("");
+                if !matches!(role, "user" | "assistant" | "system" | "developer") {
+                    return Err(ValidationError::new(
+                        format!("{param}.role"),
+                        format!("role {role:?} is not one of user, assistant, system, developer (a tool's output is a function_call_output item)"),
+                    ));
+                }
                 let text = text_of(item.get("content"), &format!("{param}.content"))?;
                 let mut m = json!({"role": role, "content": text});
                 if role == "assistant" && !reasoning.is_empty() {
@@ -314,7 +349,7 @@ fn chat_tools(tools: &Value) -> Result<Value, ValidationError> {
             ));
         }
         let mut function = tool.as_object().cloned().unwrap_or_default();
-        function.remove("type");
+        function.shift_remove("type");
         out.push(json!({"type": "function", "function": function}));
     }
     Ok(Value::Array(out))
@@ -341,7 +376,7 @@ fn response_format(format: &Value) -> Result<Option<Value>, ValidationError> {
         Some("json_object") => Ok(Some(json!({"type": "json_object"}))),
         Some("json_schema") => {
             let mut schema = format.as_object().cloned().unwrap_or_default();
-            schema.remove("type");
+            schema.shift_remove("type");
             Ok(Some(json!({"type": "json_schema", "json_schema": schema})))
         }
         _ => Err(ValidationError::new(
@@ -399,6 +434,13 @@ mod tests {
         assert!(json.chat.sampling.output_constraint.is_some());
         assert_eq!(req.chat.template_kwargs["enable_thinking"], false);
         assert_eq!(req.echo["max_output_tokens"], 7);
+        // a function keeps its keys' order, as the prompt renders them
+        let tool = json!({"type": "function", "name": "w", "description": "d",
+                          "parameters": {"type": "object"}, "strict": true});
+        let req = ResponsesRequest::from_json(&json!({"input": "hi", "tools": [tool]})).unwrap();
+        let function = req.chat.tools[0]["function"].as_object().unwrap();
+        let keys: Vec<&str> = function.keys().map(String::as_str).collect();
+        assert_eq!(keys, ["name", "description", "parameters", "strict"]);
     }
 
     #[test]
@@ -409,6 +451,15 @@ mod tests {
                 "background",
             ),
             (json!({"input": "hi", "background": 1}), "background"),
+            (json!({"input": "hi", "store": "no"}), "store"),
+            (json!({"input": "hi", "text": "plain"}), "text"),
+            (json!({"input": "hi", "reasoning": "high"}), "reasoning"),
+            (json!({"input": "hi", "metadata": "x"}), "metadata"),
+            (json!({"input": "hi", "metadata": {"k": 1}}), "metadata"),
+            (
+                json!({"input": [{"role": "tool", "content": "sunny"}]}),
+                "input[0].role",
+            ),
             (
                 json!({"input": "hi", "tools": [{"type": "file_search"}]}),
                 "tools[0].type",

@@ -78,6 +78,11 @@ pub struct Finish {
     pub cached_tokens: u32,
     /// Completion tokens that were accepted speculative drafts (MTP).
     pub accepted_draft_tokens: u32,
+    /// The output ended inside a tool call (before its `</tool_call>`), which was closed with
+    /// the arguments so far.
+    pub inside_call: bool,
+    /// Completion tokens inside the reasoning (between the think tags, which are not counted).
+    pub reasoning_tokens: u32,
 }
 
 /// What one worker output added to a choice.
@@ -133,6 +138,11 @@ pub struct Pipeline {
     /// Ids whose text is left out of the answer when the worker's stop finish is on them (the
     /// eos and stop token ids, as vLLM leaves them out unless `include_stop_str_in_output`).
     hidden_end_ids: Vec<u32>,
+    /// With a reasoning parser: the ids of `<think>` and `</think>`, whether the output is in
+    /// reasoning after the tokens so far, and the tokens counted in it.
+    think_ids: Option<(u32, u32)>,
+    in_reasoning: bool,
+    reasoning_tokens: u32,
 }
 
 impl Pipeline {
@@ -158,6 +168,9 @@ impl Pipeline {
             done: false,
             stop_token_ids: Vec::new(),
             hidden_end_ids: Vec::new(),
+            think_ids: None,
+            in_reasoning: false,
+            reasoning_tokens: 0,
         }
     }
 
@@ -177,6 +190,9 @@ impl Pipeline {
     /// Splits reasoning from the answer (the parser knows whether the prompt left the model
     /// inside `<think>`).
     pub fn with_reasoning(mut self, parser: Glm45ReasoningParser) -> Self {
+        self.in_reasoning = parser.in_reasoning();
+        let id = |tag: &str| self.tokenizer.token_to_id(tag);
+        self.think_ids = id("<think>").zip(id("</think>"));
         self.reasoning = Some(parser);
         self
     }
@@ -223,6 +239,7 @@ impl Pipeline {
                 delta.tokens.push(self.token_info(out, k, id, text));
                 break;
             }
+            self.count_reasoning(id);
             let piece = self.detok.push(id);
             let (emit, stopped) = self.stop.push(&piece);
             delta.tokens.push(self.token_info(out, k, id, piece));
@@ -264,6 +281,16 @@ impl Pipeline {
         delta
     }
 
+    /// Follows the think tags by their ids and counts the tokens between them.
+    fn count_reasoning(&mut self, id: u32) {
+        match self.think_ids {
+            Some((open, _)) if id == open => self.in_reasoning = true,
+            Some((_, close)) if id == close => self.in_reasoning = false,
+            Some(_) if self.in_reasoning => self.reasoning_tokens += 1,
+            _ => {}
+        }
+    }
+
     fn token_info(&self, out: &wire::Output, k: usize, id: u32, piece: String) -> TokenInfo {
         let logprob = out
             .logprobs
@@ -301,6 +328,11 @@ impl Pipeline {
             completion_tokens: self.completion_tokens,
             cached_tokens: self.cached_tokens,
             accepted_draft_tokens: self.accepted_draft_tokens,
+            inside_call: self
+                .tools
+                .as_ref()
+                .is_some_and(Glm47ToolParser::ended_inside_a_call),
+            reasoning_tokens: self.reasoning_tokens,
         }
     }
 

@@ -96,6 +96,21 @@ impl EventBuilder for Output {
     fn take_events(&mut self) -> Vec<Value> {
         std::mem::take(&mut self.events)
     }
+
+    /// The open item closed as incomplete, an `error` event, then `response.failed` with the
+    /// response as it stood.
+    fn failed(&mut self, err: &ApiError) -> Option<Vec<Value>> {
+        self.error = Some(err.to_string());
+        self.close();
+        let body = err.body();
+        let code = body["error"]["type"].clone();
+        self.emit(
+            "error",
+            json!({"code": code, "message": err.to_string(), "param": body["error"]["param"]}),
+        );
+        self.stop();
+        Some(self.take_events())
+    }
 }
 
 /// The output item being written.

@@ -228,3 +228,58 @@ async fn a_background_task_that_panics_ends_its_log_and_is_stored_failed() {
     drop(done);
     assert!(store.background("resp_q").is_some());
 }
+
+#[tokio::test]
+async fn a_stream_that_fails_ends_with_an_error_event_and_response_failed() {
+    use crate::http::run::{built_events, ChoiceDelta};
+    use crate::http::ApiError;
+    let mut out = output("resp_f");
+    out.opening();
+    let deltas: Vec<Result<ChoiceDelta, ApiError>> = vec![
+        Ok(ChoiceDelta {
+            index: 0,
+            delta: text("Half", vec![]),
+        }),
+        Err(ApiError::Internal("the worker went away".into())),
+        Ok(ChoiceDelta {
+            index: 0,
+            delta: text(" more", vec![]),
+        }),
+    ];
+    let mut events: Vec<Value> = std::mem::take(&mut out.events);
+    let built: Vec<_> = built_events(out, futures::stream::iter(deltas).boxed())
+        .collect()
+        .await;
+    events.extend(
+        built
+            .into_iter()
+            .map(|e| e.expect("the failure is told in events")),
+    );
+    let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(
+        kinds[kinds.len() - 2..],
+        ["error", "response.failed"],
+        "{kinds:?}"
+    );
+    let seq: Vec<u64> = events
+        .iter()
+        .map(|e| e["sequence_number"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seq, (0..events.len() as u64).collect::<Vec<_>>());
+    let error = &events[events.len() - 2];
+    assert_eq!(error["code"], "server_error");
+    assert!(error["message"]
+        .as_str()
+        .unwrap()
+        .contains("the worker went away"));
+    let failed = &events.last().unwrap()["response"];
+    assert_eq!(failed["status"], "failed");
+    assert_eq!(failed["output"][0]["content"][0]["text"], "Half");
+    assert_eq!(failed["output"][0]["status"], "incomplete");
+    let texts: String = events
+        .iter()
+        .filter(|e| e["type"] == "response.output_text.delta")
+        .map(|e| e["delta"].as_str().unwrap())
+        .collect();
+    assert_eq!(texts, "Half", "nothing after the failure");
+}

@@ -274,21 +274,37 @@ pub fn written_order(delta: &mut crate::state::Delta, open_call: Option<usize>) 
 pub trait EventBuilder: Send + 'static {
     fn delta(&mut self, delta: crate::state::Delta);
     fn take_events(&mut self) -> Vec<serde_json::Value>;
+    /// The events that tell `err` and end the stream, where the API has its own (None: the
+    /// error object ends it).
+    fn failed(&mut self, _err: &ApiError) -> Option<Vec<serde_json::Value>> {
+        None
+    }
 }
 
 /// The events `builder` makes of `stream`'s deltas (of its one choice), in order; a failure
-/// ends them.
+/// ends them (with the builder's own events for it, if it has them).
 pub fn built_events(
     builder: impl EventBuilder,
     stream: ChoiceStream,
 ) -> BoxStream<'static, Result<serde_json::Value, ApiError>> {
     let builder = std::sync::Arc::new(std::sync::Mutex::new(builder));
     stream
+        .scan(false, |failed, item| {
+            if *failed {
+                return futures::future::ready(None);
+            }
+            *failed = item.is_err();
+            futures::future::ready(Some(item))
+        })
         .map(move |item| {
-            let ChoiceDelta { delta, .. } = item?;
             let mut b = builder.lock().unwrap_or_else(|e| e.into_inner());
-            b.delta(delta);
-            Ok(b.take_events())
+            match item {
+                Ok(ChoiceDelta { delta, .. }) => {
+                    b.delta(delta);
+                    Ok(b.take_events())
+                }
+                Err(e) => b.failed(&e).ok_or(e),
+            }
         })
         .flat_map(|r: Result<Vec<serde_json::Value>, ApiError>| match r {
             Ok(events) => stream::iter(events.into_iter().map(Ok).collect::<Vec<_>>()),

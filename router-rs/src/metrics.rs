@@ -264,7 +264,7 @@ impl Metrics {
     fn render_workers(&self, out: &mut String) {
         let workers = self.workers.lock().unwrap_or_else(|e| e.into_inner());
         type Getter = fn(&WorkerGauges) -> Option<f64>;
-        let gauges: [(&str, &str, Getter); 9] = [
+        let gauges: [(&str, &str, Getter); 8] = [
             (
                 "glm47_worker_ready",
                 "1 when the worker answered hello.",
@@ -301,11 +301,6 @@ impl Metrics {
                 |w| ratio(w.stats.prefix_hit_tokens, w.stats.prompt_tokens),
             ),
             (
-                "glm47_preemptions",
-                "Requests preempted so far (pages freed, recomputed later).",
-                |w| w.stats.preemptions.map(|v| v as f64),
-            ),
-            (
                 "glm47_spec_acceptance_rate",
                 "Accepted / proposed MTP draft tokens.",
                 |w| ratio(w.stats.spec_accepted, w.stats.spec_drafted),
@@ -318,6 +313,16 @@ impl Metrics {
                     let addr = escape_label(addr);
                     let _ = writeln!(out, "{name}{{worker=\"{addr}\"}} {}", format_float(v));
                 }
+            }
+        }
+        // counted by the worker since it started (a restarted worker counts from zero again)
+        let name = "glm47_preemptions_total";
+        let help = "Requests preempted (pages freed, recomputed later).";
+        header(out, name, help, "counter");
+        for (addr, w) in workers.iter() {
+            if let Some(v) = w.stats.preemptions {
+                let addr = escape_label(addr);
+                let _ = writeln!(out, "{name}{{worker=\"{addr}\"}} {v}");
             }
         }
     }

@@ -199,7 +199,9 @@ async fn unknown_routes_are_404_and_wrong_methods_405_in_json() {
         .await
         .unwrap();
     let status = r.status().as_u16();
-    assert_error(status, &r.json().await.unwrap(), 405, None);
+    let body: Value = r.json().await.unwrap();
+    assert_error(status, &body, 405, None);
+    assert_eq!(body["error"]["type"], "invalid_request_error");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

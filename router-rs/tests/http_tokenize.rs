@@ -38,6 +38,19 @@ async fn text_and_chat_prompts_tokenize_as_generation_would_see_them() {
         .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["prompt"], "<|user|>héllo");
+    // SGLang's spellings under /v1 answer the same
+    let (status, again) = server
+        .post(
+            "/v1/detokenize",
+            json!({"tokens": model.encode("<|user|>héllo")}),
+        )
+        .await;
+    assert_eq!((status, &again), (200, &body));
+    let (status, again) = server
+        .post("/v1/tokenize", json!({"prompt": "héllo"}))
+        .await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(again["tokens"], json!(model.encode("héllo")));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -185,7 +185,7 @@ def test_preemption_keeps_outputs_and_fails_nothing(
     after = metrics(tiny_kv_server)
     assert worker_gauge(after, "glm47_kv_pages_used") == 0
     assert worker_gauge(after, "glm47_kv_pages_total") == TINY_KV_TOKENS // PAGE_SIZE
-    assert worker_gauge(after, "glm47_preemptions") >= 1
+    assert worker_gauge(after, "glm47_preemptions_total") >= 1
 
 
 def _wait_for_queue(server: Server, timeout_s: float = 5.0) -> float:

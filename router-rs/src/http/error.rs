@@ -83,9 +83,9 @@ impl ApiError {
     pub fn body(&self) -> Value {
         let status = self.status();
         let kind = match status.as_u16() {
-            400 | 408 | 413 => "invalid_request_error",
+            400 | 405 | 408 | 413 => "invalid_request_error",
             401 => "authentication_error",
-            404 | 405 => "not_found_error",
+            404 => "not_found_error",
             429 => "rate_limit_error",
             503 => "service_unavailable_error",
             _ => "server_error",
@@ -106,9 +106,9 @@ impl ApiError {
     /// message led by the field it is about.
     pub fn anthropic_body(&self) -> Value {
         let kind = match self.status().as_u16() {
-            400 | 408 => "invalid_request_error",
+            400 | 405 | 408 => "invalid_request_error",
             401 => "authentication_error",
-            404 | 405 => "not_found_error",
+            404 => "not_found_error",
             413 => "request_too_large",
             429 => "rate_limit_error",
             503 => "overloaded_error",

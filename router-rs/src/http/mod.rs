@@ -257,6 +257,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/generate_stream", post(generate::generate_stream))
         .route("/tokenize", post(tokenize::tokenize))
         .route("/detokenize", post(tokenize::detokenize))
+        .route("/v1/tokenize", post(tokenize::tokenize))
+        .route("/v1/detokenize", post(tokenize::detokenize))
         .route("/v1/models", get(models))
         .route("/v1/models/{*name}", get(model))
         .route("/health", get(health))
@@ -333,7 +335,7 @@ async fn count_requests(
 
 /// Routes open without a key under `--api-key`: health, version and metrics (for probes and
 /// scrapers), and tokenizing (the model's public tokenizer; vLLM leaves them open too).
-const OPEN_ROUTES: [&str; 7] = [
+const OPEN_ROUTES: [&str; 9] = [
     "/health",
     "/health_generate",
     "/ping",
@@ -341,6 +343,8 @@ const OPEN_ROUTES: [&str; 7] = [
     "/metrics",
     "/tokenize",
     "/detokenize",
+    "/v1/tokenize",
+    "/v1/detokenize",
 ];
 
 /// With `--api-key`, a request without one of the keys (`Authorization: Bearer KEY` or

@@ -125,8 +125,12 @@ fn worker_stats_become_gauges_and_ratios() {
         Some("0.25")
     );
     assert_eq!(
-        line_value(&text, &format!("glm47_preemptions{label}")).as_deref(),
+        line_value(&text, &format!("glm47_preemptions_total{label}")).as_deref(),
         Some("2")
+    );
+    assert!(
+        text.contains("# TYPE glm47_preemptions_total counter\n"),
+        "{text}"
     );
     assert!(line_value(&text, &format!("glm47_spec_acceptance_rate{label}")).is_none());
 }

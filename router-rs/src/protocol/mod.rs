@@ -409,12 +409,61 @@ pub fn check_best_of(best_of: Option<u32>, n: u32) -> Result<(), ValidationError
     Ok(())
 }
 
+/// Top-level fields of whole numbers, where a float without a fraction (`5.0`) is read as its
+/// integer, as vLLM's request models read it.
+const WHOLE_FIELDS: [&str; 16] = [
+    "max_tokens",
+    "max_completion_tokens",
+    "max_output_tokens",
+    "max_new_tokens",
+    "min_tokens",
+    "top_k",
+    "seed",
+    "n",
+    "best_of",
+    "logprobs",
+    "top_logprobs",
+    "prompt_logprobs",
+    "truncate_prompt_tokens",
+    "priority",
+    "thinking_budget",
+    "max_thinking_tokens",
+];
+
+/// `body` with its [`WHOLE_FIELDS`] written as floats without a fraction made integers; None
+/// when it has none.
+fn whole_numbers(body: &Value) -> Option<Value> {
+    let whole = |v: &Value| {
+        let n = v.as_number().filter(|n| n.is_f64())?.as_f64()?;
+        (n.fract() == 0.0 && n.abs() <= 9.0e15).then_some(n as i64)
+    };
+    let obj = body.as_object()?;
+    if !WHOLE_FIELDS
+        .iter()
+        .any(|f| obj.get(*f).and_then(whole).is_some())
+    {
+        return None;
+    }
+    let mut fixed = obj.clone();
+    for field in WHOLE_FIELDS {
+        if let Some(n) = fixed.get(field).and_then(whole) {
+            fixed.insert(field.to_owned(), Value::from(n));
+        }
+    }
+    Some(Value::Object(fixed))
+}
+
 /// Deserializes `T` from `body`, naming the field that is missing or has the wrong type.
 pub fn from_value<T: DeserializeOwned>(body: &Value) -> Result<T, ValidationError> {
+    let fixed = whole_numbers(body);
+    let body = fixed.as_ref().unwrap_or(body);
     serde_path_to_error::deserialize(body).map_err(|err| {
         let path = err.path().to_string();
         let path = if path == "." { String::new() } else { path };
-        let message = err.into_inner().to_string();
+        let mut message = err.into_inner().to_string();
+        if message == "invalid number" {
+            message = format!("{path} must be a whole number");
+        }
         let missing = message
             .strip_prefix("missing field `")
             .and_then(|rest| rest.split('`').next());

@@ -371,6 +371,26 @@ mod tests {
     }
 
     #[test]
+    fn whole_numbers_written_as_floats_are_read_as_integers() {
+        let p =
+            sampling(serde_json::json!({"max_tokens": 5.0, "top_k": 3.0, "seed": -2.0})).unwrap();
+        assert_eq!(
+            (p.max_new_tokens, p.top_k, p.seed),
+            (Some(5), Some(3), Some(-2))
+        );
+        let e = sampling(serde_json::json!({"max_tokens": 5.5})).unwrap_err();
+        assert_eq!(e.param, "max_tokens");
+        assert_eq!(e.message, "max_tokens must be a whole number");
+        // only numbers: a temperature of 1.0 stays a float, a string stays wrong
+        let p = sampling(serde_json::json!({"temperature": 1.0})).unwrap();
+        assert_eq!(p.temperature, Some(1.0));
+        assert_eq!(
+            sampling(serde_json::json!({"n": "2"})).unwrap_err().param,
+            "n"
+        );
+    }
+
+    #[test]
     fn max_completion_tokens_wins_over_max_tokens() {
         let p = sampling(serde_json::json!({"max_tokens": 5, "max_completion_tokens": 7})).unwrap();
         assert_eq!(p.max_new_tokens, Some(7));

@@ -2,7 +2,7 @@
 
 mod http_support;
 
-use http_support::{json_events, setup, setup_with};
+use http_support::{json_events, setup, setup_with, streamed_content};
 use serde_json::{json, Value};
 
 fn user(text: &str) -> Value {
@@ -52,11 +52,7 @@ async fn a_chat_stream_sends_role_deltas_finish_usage_and_done() {
     assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
     let chunks = json_events(&events);
     assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
-    let text: String = chunks
-        .iter()
-        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
-        .collect();
-    assert_eq!(text, "Hello there");
+    assert_eq!(streamed_content(&chunks), "Hello there");
     let last_choice = &chunks[chunks.len() - 2];
     assert_eq!(last_choice["choices"][0]["finish_reason"], "stop");
     assert!(last_choice["usage"].is_null());

@@ -4,7 +4,7 @@
 mod http_support;
 
 use glm47_router::wire;
-use http_support::{json_events, setup};
+use http_support::{json_events, setup, streamed_content};
 use serde_json::{json, Value};
 
 fn user(text: &str) -> Value {
@@ -265,14 +265,7 @@ async fn echo_leads_the_answer_with_the_continued_message() {
     let mut streamed = body;
     streamed["stream"] = json!(true);
     let (_, events) = server.post_stream("/v1/chat/completions", streamed).await;
-    let text: String = json_events(&events)
-        .iter()
-        .filter_map(|c| {
-            c["choices"][0]["delta"]["content"]
-                .as_str()
-                .map(str::to_owned)
-        })
-        .collect();
+    let text = streamed_content(&json_events(&events));
     assert_eq!(text, "The answer is 42.");
     // the last message a user's: nothing to echo
     let body = json!({"messages": user("hi"), "echo": true});

@@ -361,11 +361,7 @@ async fn a_worker_error_mid_stream_ends_the_stream_with_an_error_event() {
     let (status, events) = server.post_stream("/v1/chat/completions", body).await;
     assert_eq!(status, 200, "the stream had started");
     let payloads = http_support::json_events(&events);
-    let text: String = payloads
-        .iter()
-        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
-        .collect();
-    assert_eq!(text, "ab");
+    assert_eq!(http_support::streamed_content(&payloads), "ab");
     let last = payloads.last().expect("events");
     assert_eq!(last["error"]["code"], 500, "{last}");
     assert_eq!(last["error"]["message"], "scripted");

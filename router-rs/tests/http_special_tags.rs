@@ -4,7 +4,7 @@
 mod http_support;
 
 use glm47_router::tokenizer::ModelFiles;
-use http_support::{json_events, FakeWorker, ModelDir, Script, Server, TAGS};
+use http_support::{json_events, streamed_content, FakeWorker, ModelDir, Script, Server, TAGS};
 use serde_json::{json, Value};
 
 /// Rewrites the model directory's tokenizer.json with every output tag marked `"special": true`.
@@ -115,15 +115,7 @@ async fn the_token_that_ends_the_output_is_left_out_unless_asked_for() {
         let (_, events) = server
             .post_stream("/v1/chat/completions", ask(include, true))
             .await;
-        let streamed: String = json_events(&events)
-            .iter()
-            .filter_map(|c| {
-                c["choices"][0]["delta"]["content"]
-                    .as_str()
-                    .map(str::to_owned)
-            })
-            .collect();
-        assert_eq!(streamed, text);
+        assert_eq!(streamed_content(&json_events(&events)), text);
     }
     // the same on completions
     let body = json!({"prompt": "go", "skip_special_tokens": false, "max_tokens": 9});

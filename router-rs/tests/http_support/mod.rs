@@ -387,6 +387,14 @@ pub async fn setup_with(
     (model, worker, server)
 }
 
+/// The answer text of a chat stream's chunks (choice 0's `delta.content`, joined).
+pub fn streamed_content(chunks: &[Value]) -> String {
+    chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect()
+}
+
 /// Parses every event but `[DONE]` as JSON.
 pub fn json_events(events: &[String]) -> Vec<Value> {
     events

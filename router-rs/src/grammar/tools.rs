@@ -191,18 +191,32 @@ fn arguments<'a>(
 /// A parameter's value and the `</arg_value>` after it.
 fn argument_value<'a>(b: &mut Builder<'a>, params: &'a Value, schema: &'a Value) -> NodeId {
     if allows_string(schema, params) {
-        // A `$ref` to a string schema (pydantic's enums): its strings and pattern are the target's.
-        let schema = resolve_ref(schema, params).unwrap_or(schema);
-        if let Some(strings) = only_strings(schema) {
-            let choices = b.push(choices_node(strings.iter().map(|s| s.as_bytes())));
+        // The parser reads the raw text as a string: what the schema's string parts allow.
+        let mut branches = Vec::new();
+        string_branches(schema, params, MAX_BRANCH_DEPTH, &mut branches);
+        let (mut choices, mut patterns, mut free) = (Vec::new(), Vec::new(), branches.is_empty());
+        for branch in branches {
+            if let Some(strings) = only_strings(branch) {
+                choices.extend(strings);
+            } else if let Some(regex) = string_regex(branch) {
+                patterns.push(regex);
+            } else {
+                free = true;
+            }
+        }
+        if !free && patterns.is_empty() {
+            let choices = b.push(choices_node(choices.iter().map(|s| s.as_bytes())));
             let close = b.push(literal(VALUE_CLOSE.as_bytes()));
             return b.push(Node::Seq(vec![choices, close]));
         }
-        if let Some(pattern) = string_regex(schema).and_then(value_pattern) {
-            let value = b.push(Node::RawRegex(Arc::new(pattern)));
-            let close = b.push(literal(VALUE_CLOSE.as_bytes()));
-            return b.push(Node::Seq(vec![value, close]));
+        if !free && choices.is_empty() && patterns.len() == 1 {
+            if let Some(pattern) = patterns.pop().and_then(value_pattern) {
+                let value = b.push(Node::RawRegex(Arc::new(pattern)));
+                let close = b.push(literal(VALUE_CLOSE.as_bytes()));
+                return b.push(Node::Seq(vec![value, close]));
+            }
         }
+        // any text: an unconstrained string part, or strings and patterns mixed in one union
         return b.push(text(VALUE_CLOSE));
     }
     let json = b.compile(schema, "#").unwrap_or_else(|_| {
@@ -213,12 +227,49 @@ fn argument_value<'a>(b: &mut Builder<'a>, params: &'a Value, schema: &'a Value)
     b.push(Node::Seq(vec![json, close]))
 }
 
+/// `$ref`s and nested unions followed at most when gathering a parameter's string parts.
+const MAX_BRANCH_DEPTH: usize = 16;
+
+/// Gathers the parts of a string parameter's schema that say which strings it takes: the schema
+/// itself (its `$ref`'s target), or where it is a union (`anyOf`/`oneOf` without a `type`,
+/// `enum` or `const` of its own, as pydantic writes `Optional[...]`), each branch that allows a
+/// string. Branches of other types add nothing: the parser reads any text as a string.
+fn string_branches<'a>(schema: &'a Value, root: &'a Value, depth: usize, out: &mut Vec<&'a Value>) {
+    let Some(schema) = resolve_ref(schema, root) else {
+        out.push(&Value::Null); // a reference that does not resolve: any text
+        return;
+    };
+    let own = ["type", "enum", "const"]
+        .iter()
+        .any(|k| schema.get(*k).is_some());
+    let union = ["anyOf", "oneOf"]
+        .iter()
+        .find_map(|k| schema.get(*k).and_then(Value::as_array));
+    match union {
+        Some(branches) if !own && depth > 0 => {
+            for branch in branches.iter().filter(|b| allows_string(b, root)) {
+                string_branches(branch, root, depth - 1, out);
+            }
+        }
+        _ => out.push(schema),
+    }
+}
+
+/// Whether `schema`'s `type` is string or a list of types with string in it.
+fn typed_string(schema: &Value) -> bool {
+    match schema.get("type") {
+        Some(Value::String(t)) => t == "string",
+        Some(Value::Array(types)) => types.iter().any(|t| t == "string"),
+        _ => false,
+    }
+}
+
 /// The regular expression a string parameter's text matches whole, where its schema is `type`
 /// string with a `pattern` (found anywhere in the text unless anchored), else a `format` of
 /// those enforced (`date`, `time`, `date-time`, `uuid`, `ipv4`, `email`, `hostname`: texts
 /// without `<`) and no `minLength`, else a `minLength` or `maxLength`.
 fn string_regex(schema: &Value) -> Option<Regex> {
-    if schema.get("type")? != "string" {
+    if !typed_string(schema) {
         return None;
     }
     if let Some(pattern) = schema.get("pattern") {
@@ -255,10 +306,11 @@ fn value_pattern(regex: Regex) -> Option<Pattern> {
     })
 }
 
-/// The strings of a string-only `enum` or `const` (with `type` string or none), if that is what
+/// The strings of an `enum` or `const` of strings (a `null` among them aside, as a nullable
+/// enum has it), with `type` string (or a list with string in it) or none, if that is what
 /// `schema` is.
 fn only_strings(schema: &Value) -> Option<Vec<&str>> {
-    if schema.get("type").is_some_and(|t| t != "string") {
+    if schema.get("type").is_some() && !typed_string(schema) {
         return None;
     }
     let values: Vec<&Value> = match (schema.get("enum"), schema.get("const")) {
@@ -267,7 +319,8 @@ fn only_strings(schema: &Value) -> Option<Vec<&str>> {
         _ => return None,
     };
     let strings: Vec<&str> = values.iter().filter_map(|v| v.as_str()).collect();
-    (!strings.is_empty() && strings.len() == values.len()).then_some(strings)
+    let others_null = values.iter().all(|v| v.is_string() || v.is_null());
+    (!strings.is_empty() && others_null).then_some(strings)
 }
 
 /// Raw text up to `stop`, without a `</tool_call>` before it (where the tool parser would end

@@ -172,6 +172,47 @@ fn a_referenced_string_schema_takes_raw_text_as_the_parser_reads_it() {
 }
 
 #[test]
+fn a_union_with_strings_takes_the_strings_its_string_parts_allow() {
+    // As pydantic writes `Optional[Literal[...]]`, `Optional[str]` with a bound, and others.
+    let spec = ToolCallSpec {
+        tools: vec![json!({"name": "order", "parameters": {
+            "$defs": {"Size": {"enum": ["S", "M", "L"], "type": "string"}},
+            "properties": {
+                "size": {"anyOf": [{"enum": ["S", "M", "L"], "type": "string"}, {"type": "null"}]},
+                "ref": {"anyOf": [{"$ref": "#/$defs/Size"}, {"type": "null"}]},
+                "nick": {"type": ["string", "null"], "maxLength": 2},
+                "tint": {"enum": ["red", null]},
+                "two": {"oneOf": [{"const": "a"}, {"anyOf": [{"const": "b"}, {"type": "null"}]}]},
+                "mixed": {"anyOf": [{"type": "string"}, {"type": "integer"}]},
+            },
+        }})],
+        function: Some("order".into()),
+        parallel: false,
+        open_id: None,
+    };
+    let g = tool_calls(&spec).expect("the tools compile");
+    let call = |key: &str, value: &str| {
+        format!("<arg_key>{key}</arg_key><arg_value>{value}</arg_value></tool_call>")
+    };
+    for (key, ok, bad) in [
+        ("size", &["S", "L"][..], &["Paris", "null", "XL", ""][..]),
+        ("ref", &["M"], &["m", "null"]),
+        ("nick", &["ab", "", "x"], &["abc"]),
+        // not a string type: JSON, so that its null can be written
+        ("tint", &["\"red\"", "null"], &["blue", "red"]),
+        ("two", &["a", "b"], &["c", "ab"]),
+        ("mixed", &["anything at all", "12"], &[]),
+    ] {
+        for value in ok {
+            assert!(accepts(&g, &call(key, value)), "{key}: {value}");
+        }
+        for value in bad {
+            assert!(!accepts(&g, &call(key, value)), "{key}: {value}");
+        }
+    }
+}
+
+#[test]
 fn a_string_parameter_with_a_pattern_or_lengths_takes_texts_of_them() {
     let g = forced(Some("set_code"), false);
     let call = |key: &str, value: &str| {

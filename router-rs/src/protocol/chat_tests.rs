@@ -295,4 +295,9 @@ fn vllm_json_options_shape_the_schema_and_the_whitespace() {
     );
     let err = chat(json!({"json": {}, "whitespace_pattern": " "})).unwrap_err();
     assert_eq!(err.param, "structured_outputs");
+    // nor vLLM's older spelling of it
+    let body = json!({"messages": [{"role": "user", "content": "hi"}],
+                      "guided_json": {}, "guided_whitespace_pattern": " "});
+    let err = ChatRequest::from_json(&body).unwrap_err();
+    assert_eq!(err.param, "guided_whitespace_pattern");
 }

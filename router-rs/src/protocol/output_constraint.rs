@@ -79,6 +79,13 @@ pub fn output_constraint(body: &Value) -> Result<Option<OutputConstraint>, Valid
             }
         }
     }
+    if set("guided_whitespace_pattern").is_some() {
+        return Err(ValidationError::new(
+            "guided_whitespace_pattern",
+            "a whitespace pattern is not supported (structured_outputs.disable_any_whitespace \
+             leaves all whitespace out)",
+        ));
+    }
     for field in ["guided_json", "json_schema"] {
         if let Some(schema) = set(field) {
             asked.push((field, Asked::Schema(schema)));

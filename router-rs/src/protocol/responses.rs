@@ -15,7 +15,7 @@ use super::chat::ChatRequest;
 use super::ValidationError;
 
 /// Fields passed to the chat request as they are (the sampling extras vLLM takes too).
-const PASSED: [&str; 18] = [
+const PASSED: [&str; 23] = [
     "model",
     "stream",
     "temperature",
@@ -34,16 +34,31 @@ const PASSED: [&str; 18] = [
     "chat_template_kwargs",
     "cache_salt",
     "priority",
+    // vLLM's constrained output, read as chat reads it
+    "guided_json",
+    "guided_choice",
+    "guided_regex",
+    "guided_grammar",
+    "structured_outputs",
 ];
 
 /// Fields that need what this server does not keep or do.
-const REFUSED: [(&str, &str); 3] = [
+const REFUSED: [(&str, &str); 5] = [
     (
         "conversation",
         "conversations are not stored: send the whole conversation as input",
     ),
     ("prompt", "stored prompt templates are not supported"),
     ("n", "responses have one output"),
+    (
+        "response_format",
+        "JSON output is asked for with text.format here",
+    ),
+    (
+        "guided_whitespace_pattern",
+        "a whitespace pattern is not supported (structured_outputs.disable_any_whitespace \
+         leaves all whitespace out)",
+    ),
 ];
 
 /// A validated responses request: the chat request it amounts to, and what the response
@@ -441,6 +456,17 @@ mod tests {
         let function = req.chat.tools[0]["function"].as_object().unwrap();
         let keys: Vec<&str> = function.keys().map(String::as_str).collect();
         assert_eq!(keys, ["name", "description", "parameters", "strict"]);
+        // vLLM's constrained output is read as chat reads it
+        for (field, value) in [
+            ("guided_choice", json!(["yes", "no"])),
+            ("structured_outputs", json!({"choice": ["yes", "no"]})),
+        ] {
+            let mut body = json!({"input": "hi"});
+            body[field] = value;
+            let req = ResponsesRequest::from_json(&body).unwrap();
+            let c = req.chat.sampling.output_constraint.expect(field);
+            assert_eq!(c.choices, Some(vec!["yes".to_string(), "no".to_string()]));
+        }
     }
 
     #[test]
@@ -452,6 +478,15 @@ mod tests {
             ),
             (json!({"input": "hi", "background": 1}), "background"),
             (json!({"input": "hi", "store": "no"}), "store"),
+            (
+                json!({"input": "hi", "response_format": {"type": "json_object"}}),
+                "response_format",
+            ),
+            (
+                json!({"input": "hi", "guided_json": {}, "guided_whitespace_pattern": " "}),
+                "guided_whitespace_pattern",
+            ),
+            (json!({"input": "hi", "guided_regex": "("}), "guided_regex"),
             (json!({"input": "hi", "text": "plain"}), "text"),
             (json!({"input": "hi", "reasoning": "high"}), "reasoning"),
             (json!({"input": "hi", "metadata": "x"}), "metadata"),

@@ -27,6 +27,16 @@ impl Chars {
         self.esc == 0 && self.utf8_left == 0
     }
 
+    /// Right after the backslash of an escape.
+    pub(crate) fn after_backslash(&self) -> bool {
+        self.esc == 1
+    }
+
+    /// Inside a `\u` escape: which of its four hex digits comes next (0 to 3).
+    pub(crate) fn hex_digit(&self) -> Option<u8> {
+        (2..=5).contains(&self.esc).then(|| 5 - self.esc)
+    }
+
     /// Whether the last character read is `<` (and nothing of the next one yet).
     pub(crate) fn after_lt(&self) -> bool {
         self.lt

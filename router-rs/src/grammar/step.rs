@@ -13,6 +13,19 @@ fn is_ws(b: u8) -> bool {
 }
 
 /// The texts in `lo..hi` (sorted, all sharing their first `pos` bytes) whose byte `pos` is `b`.
+/// Whether `b` keeps a member name in its one JSON spelling (serde_json's, that of the listed
+/// names): `\u` only for a control character (`\u0000` to `\u001f`), never `\/`. Another
+/// spelling of a listed name (`"\u0061"` for `"a"`) would read as another member and give
+/// that name twice.
+fn canonical_name_byte(chars: &Chars, b: u8) -> bool {
+    match chars.hex_digit() {
+        Some(0 | 1) => b == b'0',
+        Some(2) => matches!(b, b'0' | b'1'),
+        Some(_) => b.is_ascii_digit() || (b'a'..=b'f').contains(&b),
+        None => !(chars.after_backslash() && b == b'/'),
+    }
+}
+
 pub(super) fn narrow(texts: &[Vec<u8>], lo: u32, hi: u32, pos: u32, b: u8) -> (u32, u32) {
     let range = &texts[lo as usize..hi as usize];
     let p = pos as usize;
@@ -205,7 +218,10 @@ impl Grammar {
                     };
                     return Self::emit(t, out);
                 }
-                if self.close_tag(chars, b) || matches!(chars.step(b), CharStep::Dead) {
+                if !canonical_name_byte(chars, b)
+                    || self.close_tag(chars, b)
+                    || matches!(chars.step(b), CharStep::Dead)
+                {
                     return;
                 }
                 (*lo, *hi) = narrow(&self.texts[node], *lo, *hi, *pos, b);

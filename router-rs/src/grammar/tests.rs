@@ -255,6 +255,34 @@ fn documents_of_a_schema_are_taken_and_others_are_not() {
 }
 
 #[test]
+fn member_names_are_read_in_their_one_json_spelling() {
+    // `"\u0061"` is the name `"a"`: read as another member it would give `a` twice, the second
+    // time with the other members' type
+    let schema = json!({"type": "object", "properties": {"a": {"type": "integer"}, "q\"t": {}},
+                        "additionalProperties": {"type": "string"}});
+    let g = grammar(schema);
+    for ok in [
+        r#"{"a": 1, "b": "x"}"#,
+        r#"{"q\"t": 2}"#,
+        r#"{"é": "x", "b\n\u001f": "y"}"#,
+    ] {
+        assert!(accepts(&g, ok), "{ok}");
+    }
+    for bad in [
+        r#"{"a": 1, "\u0061": "x"}"#,
+        r#"{"\u0061": "x"}"#,
+        r#"{"q\u0022t": "x"}"#,
+        r#"{"\/": "x"}"#,
+        r#"{"b\u00e9": "y"}"#,
+        r#"{"b\u001F": "y"}"#,
+    ] {
+        assert!(!accepts(&g, bad), "{bad}");
+    }
+    // values keep every spelling
+    assert!(accepts(&g, r#"{"b": "\u0061\/\u00E9"}"#));
+}
+
+#[test]
 fn whitespace_runs_and_numbers_are_bounded() {
     let g = compile(None).unwrap();
     let spaces = |n: usize| format!("{{{}}}", " ".repeat(n));

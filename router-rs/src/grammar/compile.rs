@@ -36,6 +36,36 @@ const ANNOTATIONS: &[&str] = &[
 ];
 
 /// Keywords handled by `compile_keywords` (with `type`).
+/// Keywords on the value itself, which an `enum` or `const` beside them would leave unchecked.
+const VALUE_KEYWORDS: [&str; 10] = [
+    "pattern",
+    "multipleOf",
+    "minLength",
+    "maxLength",
+    "minItems",
+    "maxItems",
+    "uniqueItems",
+    "minProperties",
+    "maxProperties",
+    "required",
+];
+
+/// Whether `value` is of JSON Schema type `kind` (an integer: a number without a fraction).
+fn of_type(value: &Value, kind: &str) -> bool {
+    match kind {
+        "string" => value.is_string(),
+        "integer" => {
+            value.as_f64().is_some_and(|n| n.fract() == 0.0) || value.is_i64() || value.is_u64()
+        }
+        "number" => value.is_number(),
+        "boolean" => value.is_boolean(),
+        "null" => value.is_null(),
+        "object" => value.is_object(),
+        "array" => value.is_array(),
+        _ => false,
+    }
+}
+
 const HANDLED: &[&str] = &[
     "type",
     "properties",
@@ -212,7 +242,7 @@ impl<'a> Builder<'a> {
             }
         }
         if map.contains_key("enum") || map.contains_key("const") {
-            if let Some(key) = ["pattern", "multipleOf"]
+            if let Some(key) = VALUE_KEYWORDS
                 .iter()
                 .chain(&BOUNDS)
                 .find(|k| map.contains_key(**k))
@@ -222,24 +252,54 @@ impl<'a> Builder<'a> {
                     format!("{key} beside enum or const is not supported"),
                 ));
             }
-        }
-        if let Some(value) = map.get("const") {
-            return Ok(self.push(choices_node([json_text(value).as_slice()])));
-        }
-        if let Some(values) = map.get("enum") {
-            let values = values
-                .as_array()
-                .filter(|a| !a.is_empty())
-                .ok_or_else(|| err(path, "enum must be a non-empty array"))?;
-            let texts: Vec<Vec<u8>> = values.iter().map(json_text).collect();
-            return Ok(self.push(choices_node(texts.iter().map(Vec::as_slice))));
+            // the values of the types `type` allows, if it says
+            let typed = |v: &&Value| match map.get("type") {
+                None => Ok(true),
+                Some(Value::String(t)) => Ok(of_type(v, t)),
+                Some(Value::Array(ts)) => {
+                    Ok(ts.iter().any(|t| t.as_str().is_some_and(|t| of_type(v, t))))
+                }
+                Some(_) => Err(err(path, "type must be a string or a non-empty array")),
+            };
+            let values: Vec<&Value> = match (map.get("const"), map.get("enum")) {
+                (Some(value), _) => vec![value],
+                (None, Some(Value::Array(values))) if !values.is_empty() => values.iter().collect(),
+                _ => return Err(err(path, "enum must be a non-empty array")),
+            };
+            let mut kept = Vec::with_capacity(values.len());
+            for v in values {
+                if typed(&v)? {
+                    kept.push(json_text(v));
+                }
+            }
+            if kept.is_empty() {
+                return Err(err(
+                    path,
+                    "no value of enum or const is of the type the schema names",
+                ));
+            }
+            return Ok(self.push(choices_node(kept.iter().map(Vec::as_slice))));
         }
         let types: Vec<&str> = match map.get("type") {
             None => {
                 if map.contains_key("properties") || map.contains_key("additionalProperties") {
                     vec!["object"]
-                } else if map.contains_key("items") || map.contains_key("prefixItems") {
+                } else if [
+                    "items",
+                    "prefixItems",
+                    "minItems",
+                    "maxItems",
+                    "uniqueItems",
+                ]
+                .iter()
+                .any(|k| map.contains_key(*k))
+                {
                     vec!["array"]
+                } else if ["required", "minProperties", "maxProperties"]
+                    .iter()
+                    .any(|k| map.contains_key(*k))
+                {
+                    vec!["object"]
                 } else if ["minLength", "maxLength", "pattern"]
                     .iter()
                     .any(|k| map.contains_key(*k))

@@ -87,6 +87,13 @@ fn unsupported_schemas_are_refused_with_their_place() {
             "#",
             "no integer lies",
         ),
+        (json!({"maxLength": 2, "enum": ["a"]}), "#", "beside enum"),
+        (json!({"required": ["a"]}), "#", "required property"),
+        (
+            json!({"type": "integer", "const": "x"}),
+            "#",
+            "of the type the schema names",
+        ),
     ] {
         let e = compile(Some(&schema)).unwrap_err();
         assert_eq!(e.path, path, "{schema}");
@@ -94,7 +101,41 @@ fn unsupported_schemas_are_refused_with_their_place() {
     }
     // annotations are fine
     let annotated = json!({"title": "T", "description": "d", "type": "string", "format": "date"});
-    assert!(compile(Some(&annotated)).is_ok());
+    if let Err(e) = compile(Some(&annotated)) {
+        panic!("{e}");
+    }
+}
+
+#[test]
+fn enum_values_keep_to_the_type_and_untyped_keywords_name_their_type() {
+    for (schema, ok, bad) in [
+        (
+            json!({"type": "string", "enum": ["a", 1, null]}),
+            &["\"a\""][..],
+            &["1", "null"][..],
+        ),
+        (
+            json!({"type": ["integer", "null"], "enum": [2, 2.5, "2", null]}),
+            &["2", "null"],
+            &["2.5", "\"2\""],
+        ),
+        // array and object keywords without a type: an array, an object
+        (json!({"minItems": 2}), &["[1, 2]"], &["[1]", "\"ab\"", "3"]),
+        (json!({"maxItems": 1}), &["[]", "[true]"], &["[1, 2]"]),
+        (
+            json!({"maxProperties": 1}),
+            &["{}", r#"{"x": 1}"#],
+            &[r#"{"x": 1, "y": 2}"#],
+        ),
+    ] {
+        let g = compile(Some(&schema)).unwrap_or_else(|e| panic!("{schema}: {e}"));
+        for text in ok {
+            assert!(accepts(&g, text), "{schema}: {text}");
+        }
+        for text in bad {
+            assert!(!accepts(&g, text), "{schema}: {text}");
+        }
+    }
 }
 
 #[test]

@@ -111,10 +111,69 @@ pub fn decode(bytes: &[u8]) -> Result<Message, WireError> {
         "abort" => Message::Abort(decode_body("abort", body)?),
         "flush_cache" => Message::FlushCache(decode_body("flush_cache", body)?),
         "ready" => Message::Ready(decode_body("ready", body)?),
-        "step" => Message::Step(decode_body("step", body)?),
+        "step" => Message::Step(decode_step(body)?),
         "error" => Message::Error(decode_body("error", body)?),
         _ => return Err(WireError::UnknownType(kind)),
     })
+}
+
+/// A step's body, read output by output: one the router cannot read (a wrongly typed field, an
+/// unknown finish) is set apart in `unreadable` rather than losing the step's other outputs,
+/// and a stats value of the wrong type is left unknown.
+fn decode_step(body: rmpv::Value) -> Result<Step, WireError> {
+    let bad = |reason: &str| WireError::Body {
+        kind: "step",
+        reason: reason.into(),
+    };
+    let rmpv::Value::Map(entries) = body else {
+        return Err(bad("not a map"));
+    };
+    let mut step = Step::default();
+    for (key, value) in entries {
+        match key.as_str() {
+            Some("outs") => {
+                let rmpv::Value::Array(outs) = value else {
+                    return Err(bad("outs is not an array"));
+                };
+                for out in outs {
+                    let rid = out.as_map().and_then(|m| {
+                        m.iter()
+                            .find(|(k, _)| k.as_str() == Some("rid"))
+                            .and_then(|(_, v)| v.as_str().map(str::to_owned))
+                    });
+                    match rmpv::ext::from_value::<Output>(out) {
+                        Ok(out) => step.outs.push(out),
+                        Err(e) => step.unreadable.push((rid, e.to_string())),
+                    }
+                }
+            }
+            Some("stats") => step.stats = decode_stats(value),
+            _ => {}
+        }
+    }
+    Ok(step)
+}
+
+/// The stats of a step, each field that is not a non-negative integer left unknown.
+fn decode_stats(value: rmpv::Value) -> Stats {
+    let mut stats = Stats::default();
+    for (key, value) in value.as_map().into_iter().flatten() {
+        let n = value.as_u64();
+        match key.as_str() {
+            Some("waiting") => stats.waiting = n,
+            Some("running") => stats.running = n,
+            Some("kv_pages_used") => stats.kv_pages_used = n,
+            Some("kv_pages_cached") => stats.kv_pages_cached = n,
+            Some("kv_pages_total") => stats.kv_pages_total = n,
+            Some("prefix_hit_tokens") => stats.prefix_hit_tokens = n,
+            Some("prompt_tokens") => stats.prompt_tokens = n,
+            Some("spec_drafted") => stats.spec_drafted = n,
+            Some("spec_accepted") => stats.spec_accepted = n,
+            Some("preemptions") => stats.preemptions = n,
+            _ => {}
+        }
+    }
+    stats
 }
 
 /// Builds a message from its JSON form `[type, version, body]` (the fixtures' `value`).

@@ -54,6 +54,52 @@ async fn a_request_error_ends_only_that_request() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_output_fails_its_request_and_the_rest_of_the_step_arrives() {
+    use rmpv::Value as V;
+    let worker = FakeWorker::bind();
+    let (d, _metrics) = start(vec![worker.addr.clone()], Duration::from_secs(30));
+    let id = worker.handshake("tiny");
+    wait_until("ready", || d.is_ready());
+    let mut bad = d.submit(request("bad")).expect("submitted");
+    let mut good = d.submit(request("good")).expect("submitted");
+    let mut seen = 0;
+    while seen < 2 {
+        seen += worker.recv_submit().1.len();
+    }
+    let map =
+        |fields: Vec<(&str, V)>| V::Map(fields.into_iter().map(|(k, v)| (V::from(k), v)).collect());
+    let outs = V::Array(vec![
+        map(vec![
+            ("rid", V::from(bad.rid())),
+            ("ids", V::Array(vec![V::from(-3)])),
+        ]),
+        map(vec![
+            ("rid", V::from(good.rid())),
+            ("ids", V::Array(vec![V::from(4)])),
+            ("finish", V::from("stop")),
+        ]),
+    ]);
+    let step = V::Array(vec![
+        V::from("step"),
+        V::from(1),
+        map(vec![
+            ("outs", outs),
+            ("stats", map(vec![("waiting", V::from(-5))])),
+        ]),
+    ]);
+    let mut bytes = Vec::new();
+    rmpv::encode::write_value(&mut bytes, &step).expect("encodes");
+    worker.send_raw(&id, &bytes);
+    match next_event(&mut good).await {
+        Some(RequestEvent::Output(out)) => assert_eq!(out.ids, vec![4]),
+        other => panic!("expected the good output, got {other:?}"),
+    }
+    assert_eq!(error_code(next_event(&mut bad).await), ErrorCode::Protocol);
+    // the worker is asked to stop what nobody reads now
+    assert_eq!(worker.recv_abort(), vec![bad.rid().to_owned()]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fatal_error_fails_every_request_until_the_worker_is_ready_again() {
     let worker = FakeWorker::bind();
     let (d, _) = start(vec![worker.addr.clone()], Duration::from_secs(30));

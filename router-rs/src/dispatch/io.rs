@@ -293,6 +293,20 @@ impl IoLoop {
                     self.table.route(out);
                 }
                 self.shared.metrics.set_worker_stats(addr, &step.stats);
+                for (rid, reason) in step.unreadable {
+                    tracing::warn!("worker {addr} sent an unreadable output of {rid:?}: {reason}");
+                    let Some(rid) = rid else { continue };
+                    let event = RequestEvent::Error {
+                        code: wire::ErrorCode::Protocol,
+                        message: format!(
+                            "the worker sent an output the router cannot read: {reason}"
+                        ),
+                    };
+                    if self.table.finish(&rid, event, "error") {
+                        // its request would run on for nobody
+                        self.links[worker].pending_abort.push(rid);
+                    }
+                }
             }
             Message::Error(err) => match err.rid {
                 Some(rid) => {

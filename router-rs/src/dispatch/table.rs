@@ -123,12 +123,14 @@ impl RequestTable {
     }
 
     /// Delivers a request's final event and forgets it; `reason` labels the finish metric.
-    pub(super) fn finish(&mut self, rid: &str, event: RequestEvent, reason: &str) {
+    /// False when it was not tracked (already ended).
+    pub(super) fn finish(&mut self, rid: &str, event: RequestEvent, reason: &str) -> bool {
         let Some(tracked) = self.entries.remove(rid) else {
-            return;
+            return false;
         };
         let _ = tracked.events.send(event);
         self.release(rid, &tracked, reason);
+        true
     }
 
     /// Fails a request with an `internal` error.

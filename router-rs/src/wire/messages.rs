@@ -263,6 +263,10 @@ pub struct Step {
     /// The worker's load after this step.
     #[serde(default)]
     pub stats: Stats,
+    /// Outputs this side could not read (decoding a step keeps the others): each with its
+    /// request id where that much was readable, and why.
+    #[serde(skip)]
+    pub unreadable: Vec<(Option<String>, String)>,
 }
 
 /// New tokens (and possibly the finish) of one request.

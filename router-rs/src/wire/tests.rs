@@ -30,7 +30,52 @@ fn every_message_kind_survives_a_roundtrip() {
             running: Some(1),
             ..Stats::default()
         },
+        ..Step::default()
     }));
+}
+
+#[test]
+fn an_unreadable_output_is_set_apart_and_the_rest_of_its_step_kept() {
+    use rmpv::Value as V;
+    let out =
+        |fields: Vec<(&str, V)>| V::Map(fields.into_iter().map(|(k, v)| (V::from(k), v)).collect());
+    let body = out(vec![
+        (
+            "outs",
+            V::Array(vec![
+                out(vec![
+                    ("rid", V::from("good")),
+                    ("ids", V::Array(vec![V::from(5)])),
+                    ("finish", V::from("stop")),
+                ]),
+                out(vec![
+                    ("rid", V::from("bad")),
+                    ("ids", V::Array(vec![V::from(-1)])),
+                ]),
+                out(vec![
+                    ("rid", V::from("odd")),
+                    ("finish", V::from("exploded")),
+                ]),
+                V::from(7),
+            ]),
+        ),
+        (
+            "stats",
+            out(vec![("running", V::from(2)), ("waiting", V::from(-5))]),
+        ),
+    ]);
+    let envelope = V::Array(vec![V::from("step"), V::from(1), body]);
+    let mut bytes = Vec::new();
+    rmpv::encode::write_value(&mut bytes, &envelope).expect("encodes");
+    let Message::Step(step) = decode(&bytes).expect("decodes") else {
+        panic!("not a step");
+    };
+    assert_eq!(step.outs.len(), 1);
+    assert_eq!(step.outs[0].rid, "good");
+    assert_eq!(step.outs[0].finish, Some(FinishReason::Stop));
+    let rids: Vec<Option<&str>> = step.unreadable.iter().map(|(r, _)| r.as_deref()).collect();
+    assert_eq!(rids, [Some("bad"), Some("odd"), None]);
+    assert_eq!((step.stats.running, step.stats.waiting), (Some(2), None));
 }
 
 #[test]

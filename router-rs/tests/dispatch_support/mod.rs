@@ -128,6 +128,7 @@ impl FakeWorker {
                 running: Some(1),
                 ..wire::Stats::default()
             },
+            ..wire::Step::default()
         };
         self.send(id, &Message::Step(step));
     }

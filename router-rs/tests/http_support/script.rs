@@ -138,7 +138,7 @@ pub(super) fn answer(script: &Script, req: &wire::Request) -> Vec<(Duration, Mes
         };
         let step = wire::Step {
             outs: vec![out],
-            stats: wire::Stats::default(),
+            ..wire::Step::default()
         };
         steps.push((pause, Message::Step(step)));
     }

@@ -55,15 +55,35 @@ def test_serve_sends_router_flags_to_the_router_and_the_rest_to_the_worker(tmp_p
             "tcp://127.0.0.1:7001",
             "--api-key",
             "s3cret",
+            "--worker_timeout",
+            "30",
+            "--health-generate-timeout=5",
+            "--balance-policy",
+            "least-loaded",
+            "--shutdown-timeout",
+            "2",
         ]
     )
     (worker_cmd,) = p.worker_cmds
     router, worker = " ".join(p.router_cmd), " ".join(worker_cmd)
     assert p.worker_envs == [{}]
-    assert "--tool-call-parser glm47" in router and "--reasoning-parser=glm45" in router
+    assert "--tool-call-parser glm47" in router and "--reasoning-parser glm45" in router
     assert "--chunked_prefill_size 512" in worker and "chunked" not in router
     assert "--api-key s3cret" in router and "s3cret" not in worker
     assert "--log-level debug" in router and "--log-level debug" in worker
+    for flag in [
+        "--worker-timeout 30",
+        "--health-generate-timeout 5",
+        "--balance-policy least-loaded",
+        "--shutdown-timeout 2",
+    ]:
+        assert flag in router, router
+    assert "timeout" not in worker and "balance" not in worker, worker
+    # the router's level names as the worker's logging knows them
+    for given, worker_level in [("warn", "warning"), ("TRACE", "debug"), ("error", "error")]:
+        plan = serve.plan(["--model-dir", str(tmp_path), "--log-level", given])
+        assert f"--log-level {worker_level}" in " ".join(plan.worker_cmds[0])
+        assert f"--log-level {given}" in " ".join(plan.router_cmd)
     assert (
         "--worker-addr tcp://127.0.0.1:7001" in router and "--listen tcp://127.0.0.1:7001" in worker
     )

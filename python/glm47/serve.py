@@ -10,6 +10,7 @@ folder and served on the CPU.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import logging
 import os
 import shutil
@@ -20,6 +21,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,6 +47,14 @@ ROUTER_FLAGS = {
     "--allowed-origins": "--allowed-origins",
     "--allowed-methods": "--allowed-methods",
     "--allowed-headers": "--allowed-headers",
+    "--worker-timeout": "--worker-timeout",
+    "--worker_timeout": "--worker-timeout",
+    "--health-generate-timeout": "--health-generate-timeout",
+    "--health_generate_timeout": "--health-generate-timeout",
+    "--balance-policy": "--balance-policy",
+    "--balance_policy": "--balance-policy",
+    "--shutdown-timeout": "--shutdown-timeout",
+    "--shutdown_timeout": "--shutdown-timeout",
 }
 # Router switches (no value).
 ROUTER_SWITCHES = {
@@ -55,8 +65,11 @@ ROUTER_SWITCHES = {
 }
 # Flags that both processes need.
 SHARED_FLAGS = {"--log-level": "--log-level", "--log_level": "--log-level"}
+# The router's log levels as the worker (Python logging) names them.
+WORKER_LOG_LEVELS = {"warn": "warning", "trace": "debug", "critical": "error", "fatal": "error"}
 
 CACHE_DIR_ENV = "GLM47_CACHE_DIR"
+PR_SET_PDEATHSIG = 1  # prctl(2): the signal a process gets when its parent dies
 
 
 @dataclass(frozen=True)
@@ -115,16 +128,16 @@ def _split_args(rest: list[str]) -> tuple[list[str], list[str]]:
             i += 1
             continue
         if inline:
-            values = [f"{canonical}={inline}"]
+            value = inline
             i += 1
         else:
             if i + 1 >= len(rest):
                 raise SystemExit(f"glm47 serve: {flag} needs a value")
-            values = [canonical, rest[i + 1]]
+            value = rest[i + 1]
             i += 2
-        router += values
+        router += [canonical, value]
         if flag in SHARED_FLAGS:
-            worker += values
+            worker += [canonical, WORKER_LOG_LEVELS.get(value.lower(), value.lower())]
     return router, worker
 
 
@@ -260,6 +273,26 @@ def _stop(procs: list[subprocess.Popen[bytes]], grace_s: float = 10.0) -> None:
             p.wait()
 
 
+def _dying_with(parent: int) -> Callable[[], None]:
+    """What a child runs before its program: on Linux, ask for SIGTERM when the process that
+    started it dies, however it dies (SIGKILL, an OOM kill), so that no worker or router
+    outlives `glm47 serve`; and exit at once if that has already happened."""
+
+    def arm() -> None:
+        if sys.platform.startswith("linux"):
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return arm
+
+
+def _exit_code(returncode: int) -> int:
+    """A child's exit status as a shell reports it (128 + N for a death by signal N)."""
+    return 128 - returncode if returncode < 0 else returncode or 1
+
+
 def supervise(p: ServePlan) -> int:
     """Start the workers and the router, report readiness, and stop them all when one exits or
     on a signal."""
@@ -270,13 +303,14 @@ def supervise(p: ServePlan) -> int:
         log.info("received signal %d, shutting down", signum)
         stopping = True
 
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, on_signal)
+    arm = _dying_with(os.getpid())
     workers = [
-        subprocess.Popen(cmd, env={**os.environ, **env})
+        subprocess.Popen(cmd, env={**os.environ, **env}, preexec_fn=arm)
         for cmd, env in zip(p.worker_cmds, p.worker_envs, strict=True)
     ]
-    router = subprocess.Popen(p.router_cmd)
+    router = subprocess.Popen(p.router_cmd, preexec_fn=arm)
     procs = [*workers, router]
     started = time.monotonic()
     ready = False
@@ -288,7 +322,7 @@ def supervise(p: ServePlan) -> int:
                 name = "router" if exited[0] is router else "worker"
                 if len(workers) > 1 and exited[0] is not router:
                     name = f"worker {workers.index(exited[0])}"
-                code = exited[0].returncode or 1
+                code = _exit_code(exited[0].returncode)
                 log.error("%s exited with code %s; stopping", name, exited[0].returncode)
                 break
             if not ready:

@@ -95,6 +95,13 @@ pub struct RouterConfig {
           value_parser = parse_positive_seconds)]
     pub health_generate_timeout: f64,
 
+    /// Seconds requests in flight may take to finish after SIGINT or SIGTERM (no new
+    /// connection is taken meanwhile); those still running then end with an error (a stream
+    /// with its error event and `[DONE]`). A second signal ends them at once.
+    #[arg(long = "shutdown-timeout", alias = "shutdown_timeout", default_value_t = 5.0,
+          value_parser = parse_seconds)]
+    pub shutdown_timeout: f64,
+
     /// How requests are spread over several `--worker-addr`: `prefix` sends a prompt to the
     /// worker that was sent its longest prefix (its KV cache likely holds it) while the load is
     /// balanced, else to the least loaded; `least-loaded` always to the least loaded.
@@ -207,6 +214,15 @@ impl RouterConfig {
             log_requests: self.enable_log_requests,
             ..crate::dispatch::DispatchOptions::default()
         }
+    }
+}
+
+fn parse_seconds(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|e| format!("{e}"))?;
+    if v.is_finite() && (0.0..1e9).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("{s} is not a number of seconds (0 or more)"))
     }
 }
 

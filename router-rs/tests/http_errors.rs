@@ -2,6 +2,8 @@
 
 mod http_support;
 
+use std::time::Duration;
+
 use http_support::{setup, setup_with, FakeWorker, ModelDir, Script, Server};
 use serde_json::{json, Value};
 
@@ -417,4 +419,49 @@ async fn with_an_api_key_the_v1_routes_need_it() {
     assert_eq!(status, 401);
     assert_eq!(body["type"], "error");
     assert_eq!(body["error"]["type"], "authentication_error");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_still_running_after_the_shutdown_drain_ends_with_its_error_and_done() {
+    let slow = |s: &mut Script| s.delay = Duration::from_millis(150);
+    let drain = ["--shutdown-timeout", "0.3"];
+    let (_model, _worker, mut server) = setup_with("a b c d e f g h i j", &drain, slow).await;
+    let body = json!({"messages": user(), "stream": true});
+    let url = format!("{}/v1/chat/completions", server.url);
+    let response = server.client.post(url).json(&body).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let started = std::time::Instant::now();
+    server.begin_shutdown();
+    let text = tokio::time::timeout(Duration::from_secs(5), response.text())
+        .await
+        .expect("the stream ends after the drain")
+        .expect("body");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    let events: Vec<&str> = text
+        .split("\n\n")
+        .filter_map(|e| e.strip_prefix("data: "))
+        .collect();
+    assert_eq!(events.last(), Some(&"[DONE]"), "{text}");
+    let error: Value = serde_json::from_str(events[events.len() - 2]).expect("json");
+    assert!(error["error"]["message"].is_string(), "{text}");
+    assert!(server.stopped_within(Duration::from_secs(5)).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_that_ends_within_the_shutdown_drain_is_answered_whole() {
+    let slow = |s: &mut Script| s.delay = Duration::from_millis(50);
+    let (_model, _worker, mut server) =
+        setup_with("a b c d", &["--shutdown-timeout", "5"], slow).await;
+    let body = json!({"messages": user(), "stream": true});
+    let url = format!("{}/v1/chat/completions", server.url);
+    let response = server.client.post(url).json(&body).send().await.unwrap();
+    server.begin_shutdown();
+    let text = response.text().await.expect("body");
+    assert!(text.contains("\"finish_reason\":\"stop\""), "{text}");
+    assert!(!text.contains("\"error\""), "{text}");
+    assert!(server.stopped_within(Duration::from_secs(5)).await);
 }

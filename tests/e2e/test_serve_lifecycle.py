@@ -43,9 +43,23 @@ def test_a_dead_worker_stops_serve_with_an_error(tiny_model_dir: Path, tmp_path:
     except subprocess.TimeoutExpired:
         proc.kill()
         raise
-    assert code != 0
+    assert code == 128 + signal.SIGKILL, "a death by signal N reads as 128 + N"
     time.sleep(0.5)
     assert "worker exited" in (tmp_path / "serve.log").read_text()
+
+
+def test_serve_killed_takes_its_worker_and_router_with_it(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    proc, _ = start_server(tiny_model_dir, tmp_path / "serve.log")
+    kids = _children(proc.pid)
+    assert len(kids) >= 2
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=10)
+    _, alive = psutil.wait_procs(kids, timeout=20)
+    for k in alive:
+        k.kill()
+    assert not alive, [" ".join(k.cmdline()) for k in alive]
 
 
 def test_dp_serves_from_two_workers_and_stops_them_all(

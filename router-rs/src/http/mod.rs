@@ -23,8 +23,9 @@ mod sglang;
 mod sse;
 mod tokenize;
 
-use std::future::Future;
+use std::future::{Future, IntoFuture};
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{header, Method, StatusCode, Uri};
@@ -228,11 +229,55 @@ pub async fn serve_on(
     });
     tracing::info!("listening on {}", listener.local_addr()?);
     let app = router(state).layer(cors); // outermost: a preflight needs no key
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let stop = async move {
+        shutdown.await;
+        let _ = stop_tx.send(());
+    };
     let served = axum::serve(listener.tap_io(tune_accepted), app)
-        .with_graceful_shutdown(shutdown)
-        .await;
+        .with_graceful_shutdown(stop)
+        .into_future();
+    let drain = Duration::from_secs_f64(config.shutdown_timeout);
+    let served = drained(served, stop_rx, drain, &dispatcher).await;
     dispatcher.shutdown();
     Ok(served?)
+}
+
+/// Runs the server until it has shut down: once `stopped` fires (no new connection is taken),
+/// requests in flight have `drain` to finish; then (or at a second SIGINT or SIGTERM) the
+/// dispatcher fails those left, which ends their answers, and their connections get a moment
+/// to send that before the server is dropped.
+async fn drained(
+    served: impl Future<Output = std::io::Result<()>>,
+    stopped: tokio::sync::oneshot::Receiver<()>,
+    drain: Duration,
+    dispatcher: &Dispatcher,
+) -> std::io::Result<()> {
+    /// How long connections may take to send the errors that end their requests.
+    const LAST_WORDS: Duration = Duration::from_secs(2);
+    tokio::pin!(served);
+    tokio::select! {
+        out = &mut served => return out,
+        Ok(()) = stopped => {}
+    }
+    tokio::select! {
+        out = &mut served => return out,
+        () = tokio::time::sleep(drain) => {
+            tracing::warn!("requests still running {:.0} s after the signal: ending them", drain.as_secs_f64());
+        }
+        () = crate::app::shutdown_signal() => tracing::warn!("second signal: ending the requests in flight"),
+    }
+    dispatcher.shutdown();
+    tokio::time::timeout(LAST_WORDS, &mut served)
+        .await
+        .unwrap_or_else(|_| {
+            // dropping the server future (on return) closes them
+            tracing::warn!(
+                "connections still open {} s later: closing them",
+                LAST_WORDS.as_secs()
+            );
+            Ok(())
+        })
 }
 
 /// Every route, the JSON 404 and 405 answers, the body limit and request counting.

@@ -285,6 +285,25 @@ impl Server {
         server
     }
 
+    /// Signals the server to shut down (as SIGINT or SIGTERM would).
+    pub fn begin_shutdown(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+
+    /// Whether the server has stopped within `patience` (after [`Server::begin_shutdown`]).
+    pub async fn stopped_within(&mut self, patience: Duration) -> bool {
+        let Some(task) = self.task.as_mut() else {
+            return true;
+        };
+        let done = tokio::time::timeout(patience, task).await.is_ok();
+        if done {
+            self.task = None;
+        }
+        done
+    }
+
     async fn wait_ready(&self) {
         for _ in 0..200 {
             if let Ok(r) = self.client.get(format!("{}/health", self.url)).send().await {

@@ -287,6 +287,29 @@ def test_two_connections_are_isolated(running: Running) -> None:
     assert recv(one) == READY
 
 
+def test_a_closed_connection_has_its_requests_aborted_and_others_go_on(
+    running: Running, caplog: pytest.LogCaptureFixture
+) -> None:
+    gone, stays = running.dealer(), running.dealer()
+    send(gone, Submit(reqs=[req("long", [1], 10_000), req("longer", [2], 10_000)]))
+    send(stays, Submit(reqs=[req("long", [3], 10_000)]))
+    assert isinstance(recv(gone), Step) and isinstance(recv(stays), Step)
+    with caplog.at_level(logging.WARNING, logger="glm47.worker.service"):
+        gone.close(linger=0)
+        deadline = time.monotonic() + 5
+        while len(running.engine.requests) > 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    left = [r.prompt_ids for r in running.engine.requests.values()]
+    assert left == [[3]], "the other connection's request runs on"
+    assert "closed: aborting its 2 request(s)" in caplog.text
+    send(stays, Abort(rids=["long"]))
+    assert collect(stays, {"long"})["long"][-1].finish == "abort"
+    # a new connection is served as any
+    again = running.dealer()
+    send(again, Submit(reqs=[req("long", [7], 2)]))
+    assert [t for o in collect(again, {"long"})["long"] for t in o.ids] == [8, 9]
+
+
 def test_stopping_fails_the_unfinished_requests() -> None:
     run, stop = start(FakeEngine())
     try:

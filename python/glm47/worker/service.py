@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from glm47.worker.batch import SamplingParams
 from glm47.worker.engine.interfaces import StepOutput
@@ -102,6 +103,16 @@ def to_engine_request(engine_rid: str, w: WireRequest) -> Request:
     )
 
 
+def _source_fd(frame: zmq.Frame) -> int | None:
+    """The file descriptor of the connection `frame` came on (None where the transport has
+    none, e.g. inproc)."""
+    try:
+        fd = int(frame.get(zmq.SRCFD))
+    except zmq.ZMQError:
+        return None
+    return fd if fd >= 0 else None
+
+
 class Service:
     """Serves one engine on one bound ROUTER socket. Single-threaded: call `serve` once."""
 
@@ -119,13 +130,19 @@ class Service:
         self._sock: zmq.Socket[bytes] = self._ctx.socket(zmq.ROUTER)
         self._sock.setsockopt(zmq.LINGER, 2000)  # let final errors out on close
         self._sock.setsockopt(zmq.SNDHWM, 0)  # never drop or block on a slow router
+        # Closed connections (a router that exited or crashed): their requests are aborted.
+        self._monitor = self._sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
         self._sock.bind(listen)
         self.endpoint: str = self._sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self._conn_ids: dict[bytes, int] = {}  # identity -> small connection number
+        self._next_conn = 0
+        self._fds: dict[bytes, int] = {}  # identity -> the socket its messages last came on
         self._live: dict[str, _Live] = {}  # engine rid -> owner
         log.info("worker %s listening on %s", ready.worker_id, self.endpoint)
 
     def close(self) -> None:
+        self._sock.disable_monitor()
+        self._monitor.close()
         self._sock.close()
 
     # -- the loop ------------------------------------------------------------------------------
@@ -144,19 +161,50 @@ class Service:
 
     def _drain(self, block: bool) -> None:
         """Handle every message already queued; first wait up to POLL_MS when `block`."""
+        self._reap_closed()
         if block and not self._sock.poll(POLL_MS, zmq.POLLIN):
             return
+        self._reap_closed()  # before the messages after it, which a new connection may send
         while True:
             try:
-                frames = self._sock.recv_multipart(zmq.NOBLOCK)
+                frames = self._sock.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
             if len(frames) != 2:
                 log.warning("dropping a message of %d frames (want identity + body)", len(frames))
                 if frames:
-                    self._error(frames[0], None, "protocol", "one msgpack frame per message", True)
+                    identity = frames[0].bytes
+                    self._error(identity, None, "protocol", "one msgpack frame per message", True)
                 continue
-            self._handle(frames[0], frames[1])
+            identity = frames[0].bytes
+            fd = _source_fd(frames[1])
+            if fd is not None:
+                self._fds[identity] = fd
+            self._handle(identity, frames[1].bytes)
+
+    def _reap_closed(self) -> None:
+        """Aborts the requests of every connection that has closed since the last call: nobody
+        reads their tokens any more."""
+        while True:
+            try:
+                event = recv_monitor_message(self._monitor, zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if event["event"] != zmq.EVENT_DISCONNECTED:
+                continue
+            fd = int(event["value"])
+            for identity in [i for i, f in self._fds.items() if f == fd]:
+                del self._fds[identity]
+                self._conn_ids.pop(identity, None)
+                gone = [rid for rid, live in self._live.items() if live.identity == identity]
+                if gone:
+                    log.warning(
+                        "connection %s closed: aborting its %d request(s)",
+                        identity.hex(),
+                        len(gone),
+                    )
+                for engine_rid in gone:
+                    self.engine.abort(engine_rid)  # its finish goes nowhere and is dropped
 
     def _step(self) -> None:
         try:
@@ -187,7 +235,9 @@ class Service:
 
     def _handle(self, identity: bytes, data: bytes) -> None:
         first_contact = identity not in self._conn_ids
-        self._conn_ids.setdefault(identity, len(self._conn_ids))
+        if first_contact:
+            self._conn_ids[identity] = self._next_conn
+            self._next_conn += 1
         try:
             msg: Message = decode(data)
         except WireError as err:

@@ -21,7 +21,7 @@ import zmq
 from glm47.worker.engine.errors import QueueFullError
 from glm47.worker.engine.interfaces import StepOutput
 from glm47.worker.engine.request import Request
-from glm47.worker.service import EngineFailure, Service
+from glm47.worker.service import EngineFailure, Service, bind
 from glm47.worker.wire import (
     Abort,
     Error,
@@ -308,6 +308,16 @@ def test_a_closed_connection_has_its_requests_aborted_and_others_go_on(
     again = running.dealer()
     send(again, Submit(reqs=[req("long", [7], 2)]))
     assert [t for o in collect(again, {"long"})["long"] for t in o.ids] == [8, 9]
+
+
+def test_an_address_in_use_is_found_when_binding(running: Running) -> None:
+    with pytest.raises(zmq.ZMQError):
+        bind(running.service.endpoint, running.ctx)
+    bound = bind("tcp://127.0.0.1:*", running.ctx)  # and a free one serves
+    assert bound.endpoint.startswith("tcp://127.0.0.1:")
+    bound.sock.disable_monitor()
+    bound.monitor.close(linger=0)
+    bound.sock.close(linger=0)
 
 
 def test_stopping_fails_the_unfinished_requests() -> None:

@@ -9,10 +9,12 @@ import sys
 import threading
 from functools import partial
 
+import zmq
+
 from glm47.worker.build import build, check_split, make_runner
 from glm47.worker.cli_args import parse_args
 from glm47.worker.model.parallel import SINGLE
-from glm47.worker.service import EngineFailure, Service
+from glm47.worker.service import EngineFailure, Service, bind
 from glm47.worker.tp_worker import (
     Followers,
     StepMirror,
@@ -52,6 +54,11 @@ def main(argv: list[str] | None = None) -> int:
     mirror: StepMirror | None = None
     tp = SINGLE
     try:
+        bound = bind(args.listen)
+    except zmq.ZMQError as exc:
+        log.error("cannot listen on %s: %s", args.listen, exc)
+        return 1
+    try:
         size = args.engine.tp
         if size > 1:
             check_devices(args.engine.device, size)
@@ -74,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         if followers is not None:
             followers.stop(None, timeout_s=0.0)
         raise
-    service = Service(engine, ready, args.listen)
+    service = Service(engine, ready, bound)
     tune_gc()
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

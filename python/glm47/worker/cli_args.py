@@ -418,6 +418,9 @@ def parse_args(argv: list[str]) -> WorkerArgs:
         )
     except ValueError as exc:
         parser.error(str(exc))
+    problem = _listen_problem(ns.listen)
+    if problem is not None:
+        parser.error(f"--listen {ns.listen}: {problem}")
     return WorkerArgs(
         listen=ns.listen,
         worker_id=ns.worker_id or f"worker@{ns.listen}",
@@ -425,3 +428,17 @@ def parse_args(argv: list[str]) -> WorkerArgs:
         log_level=ns.log_level,
         engine=engine,
     )
+
+
+def _listen_problem(listen: str) -> str | None:
+    """What is wrong with a `--listen` address, if anything ZeroMQ would not catch (a TCP port
+    out of range, which it would take modulo 65536)."""
+    transport, sep, rest = listen.partition("://")
+    if not sep:
+        return "an address is transport://where, e.g. tcp://0.0.0.0:5557"
+    if transport != "tcp":
+        return None
+    port = rest.rpartition(":")[2]
+    if port == "*" or (port.isdigit() and 0 < int(port) < 65536):
+        return None
+    return f"the port must be 1 to 65535 or *, not {port!r}"

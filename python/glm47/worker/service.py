@@ -113,6 +113,35 @@ def _source_fd(frame: zmq.Frame) -> int | None:
     return fd if fd >= 0 else None
 
 
+@dataclass
+class Bound:
+    """A ROUTER socket bound where routers connect, with the monitor that tells when one of
+    their connections closes."""
+
+    sock: zmq.Socket[bytes]
+    monitor: zmq.Socket[bytes]
+    endpoint: str  # the address bound (a `*` port resolved)
+
+
+def bind(listen: str, context: zmq.Context[zmq.Socket[bytes]] | None = None) -> Bound:
+    """Binds the worker's socket at `listen` (before the model loads, so that a bad or taken
+    address is found at once). Raises `zmq.ZMQError`."""
+    ctx = context or zmq.Context.instance()
+    sock: zmq.Socket[bytes] = ctx.socket(zmq.ROUTER)
+    sock.setsockopt(zmq.LINGER, 2000)  # let final errors out on close
+    sock.setsockopt(zmq.SNDHWM, 0)  # never drop or block on a slow router
+    # Closed connections (a router that exited or crashed): their requests are aborted.
+    monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+    try:
+        sock.bind(listen)
+    except zmq.ZMQError:
+        sock.disable_monitor()
+        monitor.close(linger=0)
+        sock.close(linger=0)
+        raise
+    return Bound(sock, monitor, sock.getsockopt_string(zmq.LAST_ENDPOINT))
+
+
 class Service:
     """Serves one engine on one bound ROUTER socket. Single-threaded: call `serve` once."""
 
@@ -120,20 +149,17 @@ class Service:
         self,
         engine: EngineLike,
         ready: Ready,
-        listen: str,
+        listen: str | Bound,
         *,
         context: zmq.Context[zmq.Socket[bytes]] | None = None,
     ) -> None:
+        """`listen`: the address to bind, or a socket `bind` bound."""
         self.engine = engine
         self.ready = ready
-        self._ctx = context or zmq.Context.instance()
-        self._sock: zmq.Socket[bytes] = self._ctx.socket(zmq.ROUTER)
-        self._sock.setsockopt(zmq.LINGER, 2000)  # let final errors out on close
-        self._sock.setsockopt(zmq.SNDHWM, 0)  # never drop or block on a slow router
-        # Closed connections (a router that exited or crashed): their requests are aborted.
-        self._monitor = self._sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
-        self._sock.bind(listen)
-        self.endpoint: str = self._sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        bound = bind(listen, context) if isinstance(listen, str) else listen
+        self._sock = bound.sock
+        self._monitor = bound.monitor
+        self.endpoint: str = bound.endpoint
         self._conn_ids: dict[bytes, int] = {}  # identity -> small connection number
         self._next_conn = 0
         self._fds: dict[bytes, int] = {}  # identity -> the socket its messages last came on

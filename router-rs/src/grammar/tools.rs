@@ -19,6 +19,7 @@
 //! marked `"strict": true`, the model opens the calls itself and the same grammar applies from
 //! its `<tool_call>` (`ToolCallSpec::open_id`), the strict functions' parameters enforced.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -193,7 +194,7 @@ fn argument_value<'a>(b: &mut Builder<'a>, params: &'a Value, schema: &'a Value)
     if allows_string(schema, params) {
         // The parser reads the raw text as a string: what the schema's string parts allow.
         let mut branches = Vec::new();
-        string_branches(schema, params, MAX_BRANCH_DEPTH, &mut branches);
+        string_branches(schema, params, &mut HashSet::new(), &mut branches);
         let (mut choices, mut patterns, mut free) = (Vec::new(), Vec::new(), branches.is_empty());
         for branch in branches {
             if let Some(strings) = only_strings(branch) {
@@ -227,18 +228,26 @@ fn argument_value<'a>(b: &mut Builder<'a>, params: &'a Value, schema: &'a Value)
     b.push(Node::Seq(vec![json, close]))
 }
 
-/// `$ref`s and nested unions followed at most when gathering a parameter's string parts.
-const MAX_BRANCH_DEPTH: usize = 16;
-
 /// Gathers the parts of a string parameter's schema that say which strings it takes: the schema
 /// itself (its `$ref`'s target), or where it is a union (`anyOf`/`oneOf` without a `type`,
 /// `enum` or `const` of its own, as pydantic writes `Optional[...]`), each branch that allows a
-/// string. Branches of other types add nothing: the parser reads any text as a string.
-fn string_branches<'a>(schema: &'a Value, root: &'a Value, depth: usize, out: &mut Vec<&'a Value>) {
-    let Some(schema) = resolve_ref(schema, root) else {
+/// string. Branches of other types add nothing: the parser reads any text as a string. A
+/// referenced schema is gathered once (`seen`, by address): one that refers back to itself adds
+/// nothing more.
+fn string_branches<'a>(
+    schema: &'a Value,
+    root: &'a Value,
+    seen: &mut HashSet<*const Value>,
+    out: &mut Vec<&'a Value>,
+) {
+    let Some(target) = resolve_ref(schema, root) else {
         out.push(&Value::Null); // a reference that does not resolve: any text
         return;
     };
+    if !std::ptr::eq(target, schema) && !seen.insert(std::ptr::from_ref(target)) {
+        return;
+    }
+    let schema = target;
     let own = ["type", "enum", "const"]
         .iter()
         .any(|k| schema.get(*k).is_some());
@@ -246,9 +255,9 @@ fn string_branches<'a>(schema: &'a Value, root: &'a Value, depth: usize, out: &m
         .iter()
         .find_map(|k| schema.get(*k).and_then(Value::as_array));
     match union {
-        Some(branches) if !own && depth > 0 => {
+        Some(branches) if !own => {
             for branch in branches.iter().filter(|b| allows_string(b, root)) {
-                string_branches(branch, root, depth - 1, out);
+                string_branches(branch, root, seen, out);
             }
         }
         _ => out.push(schema),

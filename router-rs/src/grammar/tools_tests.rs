@@ -176,7 +176,13 @@ fn a_union_with_strings_takes_the_strings_its_string_parts_allow() {
     // As pydantic writes `Optional[Literal[...]]`, `Optional[str]` with a bound, and others.
     let spec = ToolCallSpec {
         tools: vec![json!({"name": "order", "parameters": {
-            "$defs": {"Size": {"enum": ["S", "M", "L"], "type": "string"}},
+            "$defs": {
+                "Size": {"enum": ["S", "M", "L"], "type": "string"},
+                "Loop": {"anyOf": [{"const": "a"}, {"const": "b"},
+                                   {"$ref": "#/$defs/Loop"}, {"$ref": "#/$defs/Loop"},
+                                   {"$ref": "#/$defs/Loop"}, {"$ref": "#/$defs/Loop"},
+                                   {"$ref": "#/$defs/Loop"}, {"$ref": "#/$defs/Loop"}]},
+            },
             "properties": {
                 "size": {"anyOf": [{"enum": ["S", "M", "L"], "type": "string"}, {"type": "null"}]},
                 "ref": {"anyOf": [{"$ref": "#/$defs/Size"}, {"type": "null"}]},
@@ -184,6 +190,8 @@ fn a_union_with_strings_takes_the_strings_its_string_parts_allow() {
                 "tint": {"enum": ["red", null]},
                 "two": {"oneOf": [{"const": "a"}, {"anyOf": [{"const": "b"}, {"type": "null"}]}]},
                 "mixed": {"anyOf": [{"type": "string"}, {"type": "integer"}]},
+                // branches that refer back to their union, eight times over
+                "loop": {"$ref": "#/$defs/Loop"},
             },
         }})],
         function: Some("order".into()),
@@ -202,6 +210,7 @@ fn a_union_with_strings_takes_the_strings_its_string_parts_allow() {
         ("tint", &["\"red\"", "null"], &["blue", "red"]),
         ("two", &["a", "b"], &["c", "ab"]),
         ("mixed", &["anything at all", "12"], &[]),
+        ("loop", &["a", "b"], &["c"]),
     ] {
         for value in ok {
             assert!(accepts(&g, &call(key, value)), "{key}: {value}");

@@ -1,6 +1,6 @@
 //! Argument typing from the OpenAI `tools` list: which values stay strings, which are JSON.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use serde_json::Value;
 
@@ -70,13 +70,16 @@ fn kind_of(schema: &Value, root: &Value) -> ValueKind {
     }
 }
 
-/// `$ref`s followed at most, through chains and branches (a schema that refers to itself ends).
+/// `$ref`s followed at most in one chain of references.
 const MAX_REF_DEPTH: usize = 16;
 
 /// Whether `schema` (a part of the document `root`, which its local `$ref`s point into) allows a
-/// string; see [`kind_of`].
+/// string; see [`kind_of`]. Each referenced schema is looked at once (a schema that refers back
+/// to itself, directly or through others, adds nothing the second time), so the work is linear
+/// in the document whatever its references.
 pub fn allows_string(schema: &Value, root: &Value) -> bool {
-    allows_string_within(schema, root, MAX_REF_DEPTH)
+    let mut seen = HashSet::new();
+    allows_string_in(schema, root, &mut seen)
 }
 
 /// The schema that `schema`'s local `$ref` (`#/$defs/Name`, `#/definitions/Name`, any JSON
@@ -97,10 +100,12 @@ pub fn resolve_ref<'a>(schema: &'a Value, root: &'a Value) -> Option<&'a Value> 
     None
 }
 
-fn allows_string_within(schema: &Value, root: &Value, depth: usize) -> bool {
-    let by_ref = depth > 0
-        && schema.get("$ref").is_some()
-        && resolve_ref(schema, root).is_some_and(|t| allows_string_within(t, root, depth - 1));
+/// [`allows_string`], `seen` holding the referenced schemas already looked at (by address).
+fn allows_string_in(schema: &Value, root: &Value, seen: &mut HashSet<*const Value>) -> bool {
+    let by_ref = schema.get("$ref").is_some()
+        && resolve_ref(schema, root).is_some_and(|target| {
+            seen.insert(std::ptr::from_ref(target)) && allows_string_in(target, root, seen)
+        });
     let by_type = match schema.get("type") {
         Some(Value::String(t)) => t == "string",
         Some(Value::Array(types)) => types.iter().any(|t| t.as_str() == Some("string")),
@@ -113,7 +118,7 @@ fn allows_string_within(schema: &Value, root: &Value, depth: usize) -> bool {
             .is_some_and(|branches| {
                 branches
                     .iter()
-                    .any(|branch| allows_string_within(branch, root, depth))
+                    .any(|branch| allows_string_in(branch, root, seen))
             })
     });
     let by_enum = match (schema.get("enum"), schema.get("const")) {
@@ -202,6 +207,22 @@ mod tests {
         for key in ["box", "loop", "dangling", "remote"] {
             assert_eq!(s.kind("ship", key), ValueKind::Json, "{key}");
         }
+    }
+
+    #[test]
+    fn references_that_branch_back_to_themselves_are_read_in_linear_time() {
+        // each of 8 branches refers back to the schema, in a chain of such schemas
+        let branches = |next: &str| json!({"anyOf": vec![json!({"$ref": next}); 8]});
+        let root = json!({
+            "$defs": {"A": branches("#/$defs/B"), "B": branches("#/$defs/A")},
+            "properties": {"x": {"$ref": "#/$defs/A"}, "y": {"anyOf": [{"$ref": "#/$defs/A"},
+                                                                          {"type": "string"}]}}
+        });
+        let started = std::time::Instant::now();
+        let s = ToolSchemas::new(&[json!({"name": "f", "parameters": root})]);
+        assert_eq!(s.kind("f", "x"), ValueKind::Json);
+        assert_eq!(s.kind("f", "y"), ValueKind::String);
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
     }
 
     #[test]

@@ -261,3 +261,31 @@ async fn reasoning_tokens_are_the_tokens_between_the_think_tags_however_they_arr
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_stream_ends_with_an_error_event_and_response_failed_in_both_modes() {
+    let fail = |s: &mut http_support::Script| {
+        s.error = Some(glm47_router::wire::ErrorCode::Internal);
+        s.error_after = 2;
+    };
+    let (_model, _worker, server) = setup_with("one two three four", &[], fail).await;
+    for background in [true, false] {
+        let body = json!({"input": "hi", "background": background, "stream": true});
+        let url = format!("{}/v1/responses", server.url);
+        let r = server.client.post(url).json(&body).send().await.unwrap();
+        let events = Events::new(r).rest().await;
+        let kinds = kinds(&events);
+        assert_eq!(
+            kinds[kinds.len() - 2..],
+            ["error", "response.failed"],
+            "background {background}: {kinds:?}"
+        );
+        assert_eq!(
+            numbers(&events),
+            (0..events.len() as u64).collect::<Vec<_>>()
+        );
+        let last = &events.last().unwrap()["response"];
+        assert_eq!(last["status"], "failed");
+        assert_eq!(last["output"][0]["status"], "incomplete", "{last}");
+    }
+}

@@ -97,17 +97,9 @@ impl EventBuilder for Output {
         std::mem::take(&mut self.events)
     }
 
-    /// The open item closed as incomplete, an `error` event, then `response.failed` with the
-    /// response as it stood.
+    /// [`Output::fail`], then `response.failed` with the response as it stood.
     fn failed(&mut self, err: &ApiError) -> Option<Vec<Value>> {
-        self.error = Some(err.to_string());
-        self.close();
-        let body = err.body();
-        let code = body["error"]["type"].clone();
-        self.emit(
-            "error",
-            json!({"code": code, "message": err.to_string(), "param": body["error"]["param"]}),
-        );
+        self.fail(err);
         self.stop();
         Some(self.take_events())
     }
@@ -242,6 +234,19 @@ impl Output {
             self.finish = Some(finish);
             self.end();
         }
+    }
+
+    /// A failure before the finish: the open item closed as incomplete and an `error` event
+    /// (the `response.failed` after it is [`Output::stop`]'s).
+    fn fail(&mut self, err: &ApiError) {
+        self.error = Some(err.to_string());
+        self.close();
+        let body = err.body();
+        let code = body["error"]["type"].clone();
+        self.emit(
+            "error",
+            json!({"code": code, "message": err.to_string(), "param": body["error"]["param"]}),
+        );
     }
 
     /// Ends a response that stops before its finish (cancelled, or failed): the open item is

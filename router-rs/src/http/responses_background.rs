@@ -47,7 +47,7 @@ pub(super) fn run(
                         publish(&mut output, log.as_deref());
                     }
                     Some(Err(err)) => {
-                        output.error = Some(err.to_string());
+                        output.fail(&err);
                         break;
                     }
                     None => break,

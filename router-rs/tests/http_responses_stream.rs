@@ -289,3 +289,31 @@ async fn a_failing_stream_ends_with_an_error_event_and_response_failed_in_both_m
         assert_eq!(last["output"][0]["status"], "incomplete", "{last}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whole_call_before_a_dropped_one_cut_by_the_budget_stays_completed() {
+    let reply = "<tool_call>f<arg_key>a</arg_key><arg_value>1</arg_value></tool_call>\
+                 <tool_call>f<arg_key>a</arg_key><arg_value>2";
+    let parsers = ["--tool-call-parser", "glm47"];
+    let length = |s: &mut http_support::Script| s.finish = glm47_router::wire::FinishReason::Length;
+    let (_model, _worker, server) = setup_with(reply, &parsers, length).await;
+    let tool = json!({"type": "function", "name": "f",
+                      "parameters": {"type": "object", "properties": {"a": {"type": "integer"}}}});
+    for (parallel, statuses) in [
+        (false, vec!["completed"]),
+        (true, vec!["completed", "incomplete"]),
+    ] {
+        let body = json!({"input": "hi", "tools": [tool], "parallel_tool_calls": parallel});
+        let (status, r) = server.post("/v1/responses", body).await;
+        assert_eq!(status, 200, "{r}");
+        assert_eq!(r["status"], "incomplete");
+        let got: Vec<&str> = r["output"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|i| i["type"] == "function_call")
+            .map(|i| i["status"].as_str().unwrap())
+            .collect();
+        assert_eq!(got, statuses, "parallel {parallel}: {r}");
+    }
+}

@@ -78,8 +78,9 @@ pub struct Glm47ToolParser {
     next_index: usize,
     rng: StdRng,
     events: EventSink,
-    /// The output ended inside a call, which was closed with the arguments so far.
-    cut: bool,
+    /// The index of the call the output ended inside, which was closed with the arguments so
+    /// far.
+    cut: Option<usize>,
 }
 
 impl Glm47ToolParser {
@@ -112,7 +113,7 @@ impl Glm47ToolParser {
             next_index: 0,
             rng,
             events: EventSink::default(),
-            cut: false,
+            cut: None,
         };
         // Events of the prefix (a call header when its name is already complete) are returned
         // by the first `feed` or `finish`.
@@ -299,13 +300,13 @@ impl Glm47ToolParser {
 
     fn cut_off(&mut self) {
         self.warn_once("tool call cut off before </tool_call>; closed with the arguments so far");
-        self.cut = true;
+        self.cut = self.call.as_ref().map(|c| c.index);
         self.close_call();
     }
 
-    /// Whether the output ended inside a call (before its `</tool_call>`), which `finish` closed
-    /// with the arguments so far.
-    pub fn ended_inside_a_call(&self) -> bool {
+    /// The index of the call the output ended inside (before its `</tool_call>`), which
+    /// `finish` closed with the arguments so far; None when it ended outside any.
+    pub fn call_cut_off(&self) -> Option<usize> {
         self.cut
     }
 

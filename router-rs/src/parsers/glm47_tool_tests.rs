@@ -357,15 +357,16 @@ fn the_parser_tells_whether_the_output_ended_inside_a_call() {
     let whole =
         "<tool_call>get_weather<arg_key>city</arg_key><arg_value>Rome</arg_value></tool_call>";
     for (text, inside) in [
-        (whole.to_string(), false),
-        (format!("{whole}after"), false),
-        (whole[..whole.len() - 3].to_string(), true),
-        ("<tool_call>get_weather<arg_key>ci".to_string(), true),
-        ("no call".to_string(), false),
+        (whole.to_string(), None),
+        (format!("{whole}after"), None),
+        (whole[..whole.len() - 3].to_string(), Some(0)),
+        ("<tool_call>get_weather<arg_key>ci".to_string(), Some(0)),
+        (format!("{whole}<tool_call>noop<arg_key>a"), Some(1)),
+        ("no call".to_string(), None),
     ] {
         let mut parser = seeded();
         parser.finish_with(&text);
-        assert_eq!(parser.ended_inside_a_call(), inside, "{text}");
+        assert_eq!(parser.call_cut_off(), inside, "{text}");
     }
 }
 

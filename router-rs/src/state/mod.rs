@@ -328,10 +328,12 @@ impl Pipeline {
             completion_tokens: self.completion_tokens,
             cached_tokens: self.cached_tokens,
             accepted_draft_tokens: self.accepted_draft_tokens,
+            // a call dropped by `parallel_tool_calls: false` was never the client's
             inside_call: self
                 .tools
                 .as_ref()
-                .is_some_and(Glm47ToolParser::ended_inside_a_call),
+                .and_then(Glm47ToolParser::call_cut_off)
+                .is_some_and(|index| !self.single_call || index == 0),
             reasoning_tokens: self.reasoning_tokens,
         }
     }

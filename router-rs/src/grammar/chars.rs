@@ -13,6 +13,8 @@ pub(crate) struct Chars {
     hi: u8,
     /// The last character read is `<`.
     lt: bool,
+    /// Inside a `\u` escape: the value of its hex digits so far.
+    code: u16,
 }
 
 pub(crate) enum CharStep {
@@ -30,6 +32,11 @@ impl Chars {
     /// Right after the backslash of an escape.
     pub(crate) fn after_backslash(&self) -> bool {
         self.esc == 1
+    }
+
+    /// Inside a `\u` escape: the value of the hex digits read so far.
+    pub(crate) fn escape_code(&self) -> u16 {
+        self.code
     }
 
     /// Inside a `\u` escape: which of its four hex digits comes next (0 to 3).
@@ -82,14 +89,16 @@ impl Chars {
                 }
                 b'u' => {
                     self.esc = 5;
+                    self.code = 0;
                     CharStep::Open
                 }
                 _ => CharStep::Dead,
             },
             n => {
-                if !b.is_ascii_hexdigit() {
+                let Some(digit) = (b as char).to_digit(16) else {
                     return CharStep::Dead;
-                }
+                };
+                self.code = (self.code << 4) | digit as u16;
                 self.esc = if n == 2 { 0 } else { n - 1 };
                 CharStep::Open
             }

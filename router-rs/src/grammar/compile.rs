@@ -35,7 +35,6 @@ const ANNOTATIONS: &[&str] = &[
     "definitions",
 ];
 
-/// Keywords handled by `compile_keywords` (with `type`).
 /// Keywords on the value itself, which an `enum` or `const` beside them would leave unchecked.
 const VALUE_KEYWORDS: [&str; 10] = [
     "pattern",
@@ -66,6 +65,7 @@ fn of_type(value: &Value, kind: &str) -> bool {
     }
 }
 
+/// Keywords handled by `compile_keywords` (with `type`).
 const HANDLED: &[&str] = &[
     "type",
     "properties",

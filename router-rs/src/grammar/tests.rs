@@ -264,7 +264,7 @@ fn member_names_are_read_in_their_one_json_spelling() {
     for ok in [
         r#"{"a": 1, "b": "x"}"#,
         r#"{"q\"t": 2}"#,
-        r#"{"é": "x", "b\n\u001f": "y"}"#,
+        r#"{"é": "x", "b\n\u001f\u000b": "y"}"#,
     ] {
         assert!(accepts(&g, ok), "{ok}");
     }
@@ -275,6 +275,8 @@ fn member_names_are_read_in_their_one_json_spelling() {
         r#"{"\/": "x"}"#,
         r#"{"b\u00e9": "y"}"#,
         r#"{"b\u001F": "y"}"#,
+        r#"{"b\u000a": "y"}"#,
+        r#"{"b\u0009": "y"}"#,
     ] {
         assert!(!accepts(&g, bad), "{bad}");
     }

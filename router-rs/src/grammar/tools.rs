@@ -315,9 +315,9 @@ fn value_pattern(regex: Regex) -> Option<Pattern> {
     })
 }
 
-/// The strings of an `enum` or `const` of strings (a `null` among them aside, as a nullable
-/// enum has it), with `type` string (or a list with string in it) or none, if that is what
-/// `schema` is.
+/// The strings of an `enum` or `const`: with `type` string (or a list with string in it), its
+/// strings; without a `type`, its values if all are strings (a `null` among them aside, as a
+/// nullable enum has it).
 fn only_strings(schema: &Value) -> Option<Vec<&str>> {
     if schema.get("type").is_some() && !typed_string(schema) {
         return None;
@@ -328,8 +328,9 @@ fn only_strings(schema: &Value) -> Option<Vec<&str>> {
         _ => return None,
     };
     let strings: Vec<&str> = values.iter().filter_map(|v| v.as_str()).collect();
-    let others_null = values.iter().all(|v| v.is_string() || v.is_null());
-    (!strings.is_empty() && others_null).then_some(strings)
+    // with `type` string the others are not its values (as the JSON grammar reads an enum)
+    let others_out = typed_string(schema) || values.iter().all(|v| v.is_string() || v.is_null());
+    (!strings.is_empty() && others_out).then_some(strings)
 }
 
 /// Raw text up to `stop`, without a `</tool_call>` before it (where the tool parser would end

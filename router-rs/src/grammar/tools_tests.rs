@@ -192,6 +192,7 @@ fn a_union_with_strings_takes_the_strings_its_string_parts_allow() {
                 "mixed": {"anyOf": [{"type": "string"}, {"type": "integer"}]},
                 // branches that refer back to their union, eight times over
                 "loop": {"$ref": "#/$defs/Loop"},
+                "typed": {"type": "string", "enum": ["x", 1]},
             },
         }})],
         function: Some("order".into()),
@@ -211,6 +212,7 @@ fn a_union_with_strings_takes_the_strings_its_string_parts_allow() {
         ("two", &["a", "b"], &["c", "ab"]),
         ("mixed", &["anything at all", "12"], &[]),
         ("loop", &["a", "b"], &["c"]),
+        ("typed", &["x"], &["1", "y"]),
     ] {
         for value in ok {
             assert!(accepts(&g, &call(key, value)), "{key}: {value}");

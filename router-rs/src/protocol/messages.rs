@@ -355,11 +355,18 @@ fn text_of(v: &Value, param: &str, sep: &str) -> Result<String, ValidationError>
         Value::String(text) => Ok(text.clone()),
         Value::Array(blocks) => {
             let mut text = String::new();
-            for b in blocks {
+            for (j, b) in blocks.iter().enumerate() {
                 match (
                     b.get("type").and_then(Value::as_str),
                     b.get("text").and_then(Value::as_str),
                 ) {
+                    (Some("text"), Some("")) => {
+                        let at = format!("{param}[{j}].text");
+                        return Err(ValidationError::new(
+                            at,
+                            "text content blocks must be non-empty",
+                        ));
+                    }
                     (Some("text"), Some(t)) => join(&mut text, t, sep),
                     (Some(kind @ ("image" | "document")), _) => {
                         join(&mut text, &omitted(kind), sep)

@@ -77,6 +77,15 @@ fn what_is_not_offered_names_its_field() {
     for (body, param) in [
         (json!({"messages": []}), "messages"),
         (
+            json!({"system": [{"type": "text", "text": ""}], "messages": [{"role": "user", "content": "x"}]}),
+            "system[0].text",
+        ),
+        (
+            json!({"messages": [{"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t",
+                   "content": [{"type": "text", "text": ""}]}]}]}),
+            "messages[0].content[0].content[0].text",
+        ),
+        (
             json!({"messages": [{"role": "user", "content": ""}]}),
             "messages[0].content",
         ),

@@ -136,7 +136,7 @@ pub fn from_value<T: DeserializeOwned>(body: &Value) -> Result<T, ValidationErro
         let path = if path == "." { String::new() } else { path };
         let mut message = err.into_inner().to_string();
         if message == "invalid number" {
-            message = format!("{path} must be a whole number");
+            message = format!("{path} must be a whole number within its range");
         }
         let missing = message
             .strip_prefix("missing field `")

@@ -132,6 +132,7 @@ def test_submit_applies_defaults_and_ignores_unknown_keys() -> None:
         ("grammar", "json"),
         ("grammar", {"schema": 3}),
         ("grammar", {"start_after": -1}),
+        ("grammar", {"start_after": 2**62}),
         ("grammar", {"schema": None, "pattern": "a+"}),
         ("grammar", {"choices": []}),
         ("grammar", {"choices": ["a", ""]}),

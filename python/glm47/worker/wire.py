@@ -171,7 +171,7 @@ def _is_top_row(v: object) -> bool:
 def _is_grammar(v: object) -> bool:
     """A `Grammar` map: `schema` a string or nil, `choices` nil or a non-empty array of
     non-empty strings (then no schema), `regex`, `tool_calls`, `ebnf` or `structural_tag` a
-    non-empty string (then none of the others), `start_after` a non-negative int or nil."""
+    non-empty string (then none of the others), `start_after` a token id (below 2^32) or nil."""
     kinds = ("schema", "choices", "regex", "tool_calls", "ebnf", "structural_tag")
     keys = {"start_after", "compact", *kinds}
     if not isinstance(v, dict) or not isinstance(v.get("compact", False), bool):
@@ -186,7 +186,7 @@ def _is_grammar(v: object) -> bool:
             return False
     return (
         (schema is None or isinstance(schema, str))
-        and (start is None or (_is_int(start) and start >= 0))
+        and (start is None or (_is_int(start) and 0 <= start < 2**32))
         and (
             choices is None
             or (

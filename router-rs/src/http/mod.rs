@@ -485,7 +485,9 @@ async fn health(State(state): State<Arc<AppState>>) -> Response {
     if state.dispatcher.is_ready() {
         (StatusCode::OK, Json(json!({"status": "ok"}))).into_response()
     } else {
-        ApiError::NoWorkerReady.into_response()
+        // not logged: a supervisor polls it while the workers load (ApiError's answers are)
+        let err = ApiError::NoWorkerReady;
+        (err.status(), Json(err.body())).into_response()
     }
 }
 

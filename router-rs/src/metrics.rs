@@ -119,10 +119,15 @@ impl Metrics {
         self.in_flight.store(n, Ordering::Relaxed);
     }
 
-    /// Records whether the worker at `addr` is ready.
+    /// Records whether the worker at `addr` is ready; one that is not has no load to report (a
+    /// lost worker's last stats would otherwise stand for the one that replaces it).
     pub fn set_worker_ready(&self, addr: &str, ready: bool) {
         let mut map = self.workers.lock().unwrap_or_else(|e| e.into_inner());
-        map.entry(addr.to_owned()).or_default().ready = ready;
+        let slot = map.entry(addr.to_owned()).or_default();
+        slot.ready = ready;
+        if !ready {
+            slot.stats = Stats::default();
+        }
     }
 
     /// The last load the worker at `addr` reported (every key `None` before its first step).

@@ -133,6 +133,10 @@ fn worker_stats_become_gauges_and_ratios() {
         "{text}"
     );
     assert!(line_value(&text, &format!("glm47_spec_acceptance_rate{label}")).is_none());
+    // a lost worker has no load: the one that replaces it reports its own
+    m.set_worker_ready("tcp://w:1", false);
+    assert_eq!(m.worker_stats("tcp://w:1"), Stats::default());
+    assert!(line_value(&m.render(), &format!("glm47_num_requests_running{label}")).is_none());
 }
 
 #[test]

@@ -380,7 +380,10 @@ mod tests {
         );
         let e = sampling(serde_json::json!({"max_tokens": 5.5})).unwrap_err();
         assert_eq!(e.param, "max_tokens");
-        assert_eq!(e.message, "max_tokens must be a whole number within its range");
+        assert_eq!(
+            e.message,
+            "max_tokens must be a whole number within its range"
+        );
         let e = sampling(serde_json::json!({"max_tokens": 1e20})).unwrap_err();
         assert_eq!(e.param, "max_tokens");
         // only numbers: a temperature of 1.0 stays a float, a string stays wrong

@@ -61,6 +61,31 @@ fn bounded_integers_take_exactly_the_integers_in_range() {
             json!({"type": ["integer", "string"], "minimum": 10}),
             vec![("10", true), ("9", false), ("\"9\"", true)],
         ),
+        // integer bounds past 2^53 are read exactly, not through an f64
+        (
+            json!({"type": "integer", "minimum": 9007199254740993_u64,
+                   "maximum": 9007199254740993_u64}),
+            vec![
+                ("9007199254740993", true),
+                ("9007199254740992", false),
+                ("9007199254740994", false),
+            ],
+        ),
+        (
+            json!({"type": "integer", "exclusiveMinimum": 9007199254740993_u64,
+                   "exclusiveMaximum": 9007199254740996_u64}),
+            vec![
+                ("9007199254740994", true),
+                ("9007199254740995", true),
+                ("9007199254740993", false),
+                ("9007199254740996", false),
+            ],
+        ),
+        (
+            json!({"type": "integer", "minimum": 3, "exclusiveMinimum": true,
+                   "maximum": 5.0, "exclusiveMaximum": true}),
+            vec![("4", true), ("3", false), ("5", false)],
+        ),
     ] {
         let e = compile(Some(&schema));
         if cases.iter().all(|(_, ok)| !ok) {

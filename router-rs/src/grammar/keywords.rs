@@ -128,6 +128,56 @@ pub(super) fn bounds(
     Ok(Some(b))
 }
 
+/// The least (`low`) or greatest integer an integer schema's bounds allow: the tightest of
+/// `minimum` (draft 4's `exclusiveMinimum: true` beside it) and a numeric `exclusiveMinimum`, or
+/// of their maximum twins; each integer bound read exactly, a fractional one through its f64.
+/// The bounds are known to be numbers ([`bounds`] checked them).
+fn int_bound(map: &Map<String, Value>, low: bool) -> i128 {
+    let (inclusive, exclusive) = if low {
+        ("minimum", "exclusiveMinimum")
+    } else {
+        ("maximum", "exclusiveMaximum")
+    };
+    // the integer bound `v` gives, `open` when it excludes itself
+    let of = |v: &Value, open: bool| -> Option<i128> {
+        let step = i128::from(open);
+        if let Some(n) = v
+            .as_i64()
+            .map(i128::from)
+            .or_else(|| v.as_u64().map(i128::from))
+        {
+            return Some(if low { n + step } else { n - step });
+        }
+        let f = v.as_f64()?;
+        // a whole f64 is an integer bound too; `open` then steps past it
+        let n = if low {
+            if f.fract() == 0.0 {
+                f + step as f64
+            } else {
+                f.ceil()
+            }
+        } else if f.fract() == 0.0 {
+            f - step as f64
+        } else {
+            f.floor()
+        };
+        Some(n.clamp(i64::MIN as f64, i64::MAX as f64) as i128)
+    };
+    let draft4_open = map.get(exclusive) == Some(&Value::Bool(true));
+    let candidates = [
+        map.get(inclusive).and_then(|v| of(v, draft4_open)),
+        map.get(exclusive)
+            .filter(|v| v.is_number())
+            .and_then(|v| of(v, true)),
+    ];
+    let bounds = candidates.into_iter().flatten();
+    if low {
+        bounds.max().unwrap_or(i128::from(i64::MIN))
+    } else {
+        bounds.min().unwrap_or(i128::from(i64::MAX))
+    }
+}
+
 /// A numeric bound's value (None when absent or a draft 4 boolean).
 fn bound(map: &Map<String, Value>, key: &str, path: &str) -> Result<Option<f64>, SchemaError> {
     match map.get(key) {
@@ -163,24 +213,15 @@ pub(super) fn int_range(
         return Ok(None);
     }
     let (lo, hi) = match b {
-        // the least and greatest integers within them (f64 to i64 casts saturate)
-        Some(b) => (
-            if b.lo_open {
-                b.lo.floor() + 1.0
-            } else {
-                b.lo.ceil()
-            },
-            if b.hi_open {
-                b.hi.ceil() - 1.0
-            } else {
-                b.hi.floor()
-            },
-        ),
-        None => (i64::MIN as f64, i64::MAX as f64),
+        // the least and greatest integers within them: exact where the bounds are integers
+        // (past 2^53 an f64 would round them), else through the f64s (their casts saturate)
+        Some(_) => (int_bound(map, true), int_bound(map, false)),
+        None => (i128::from(i64::MIN), i128::from(i64::MAX)),
     };
+    let clamp = |n: i128| i64::try_from(n).unwrap_or(if n < 0 { i64::MIN } else { i64::MAX });
     let range = IntRange {
-        min: lo as i64,
-        max: hi as i64,
+        min: clamp(lo),
+        max: clamp(hi),
         step: step.unwrap_or(1),
     };
     if lo > hi || !range.meets(i128::from(range.min), i128::from(range.max)) {

@@ -310,6 +310,48 @@ def test_a_closed_connection_has_its_requests_aborted_and_others_go_on(
     assert [t for o in collect(again, {"long"})["long"] for t in o.ids] == [8, 9]
 
 
+@dataclass
+class SlowEngine(FakeEngine):
+    """Takes 0.8 s to add a request with prompt [99] (as a grammar compiling would): the service
+    is busy in its receive loop meanwhile."""
+
+    def add_request(self, req: Request) -> None:
+        if req.prompt_ids == [99]:
+            time.sleep(0.8)
+        super().add_request(req)
+
+
+def test_a_connection_on_a_closed_ones_descriptor_is_not_taken_for_it() -> None:
+    run, stop = start(SlowEngine(max_waiting=100))
+    try:
+        old, busy = run.dealer(), run.dealer()
+        send(old, Submit(reqs=[req("a", [1], 10_000)]))
+        assert isinstance(recv(old), Step)
+        send(busy, Hello())
+        recv(busy)
+        new: list[zmq.Socket[bytes]] = []
+
+        def swap() -> None:  # while the service is busy: close one, open another
+            time.sleep(0.2)
+            old.close(linger=0)  # its disconnect is queued for the monitor
+            time.sleep(0.1)
+            sock = run.dealer()  # likely on the descriptor just freed
+            send(sock, Submit(reqs=[req("b", [5], 3)]))
+            new.append(sock)
+
+        thread = threading.Thread(target=swap)
+        thread.start()
+        send(busy, Submit(reqs=[req("s", [99], 1)]))
+        thread.join()
+        outs = collect(new[0], {"b"})["b"]
+        assert [t for o in outs for t in o.ids] == [6, 7, 8]
+        assert outs[-1].finish == "length", "the new connection's request was not aborted"
+    finally:
+        stop.set()
+        run.thread.join(timeout=5)
+        run.ctx.destroy(linger=0)
+
+
 def test_an_address_in_use_is_found_when_binding(running: Running) -> None:
     with pytest.raises(zmq.ZMQError):
         bind(running.service.endpoint, running.ctx)

@@ -190,7 +190,6 @@ class Service:
         self._reap_closed()
         if block and not self._sock.poll(POLL_MS, zmq.POLLIN):
             return
-        self._reap_closed()  # before the messages after it, which a new connection may send
         while True:
             try:
                 frames = self._sock.recv_multipart(zmq.NOBLOCK, copy=False)
@@ -204,7 +203,10 @@ class Service:
                 continue
             identity = frames[0].bytes
             fd = _source_fd(frames[1])
-            if fd is not None:
+            if fd is not None and self._fds.get(identity) != fd:
+                # A connection on a descriptor a closed one had: that one's disconnect is queued
+                # before this message could come, so reap it first (it must not take this one).
+                self._reap_closed()
                 self._fds[identity] = fd
             self._handle(identity, frames[1].bytes)
 

@@ -67,23 +67,29 @@ def test_serve_sends_router_flags_to_the_router_and_the_rest_to_the_worker(tmp_p
     (worker_cmd,) = p.worker_cmds
     router, worker = " ".join(p.router_cmd), " ".join(worker_cmd)
     assert p.worker_envs == [{}]
-    assert "--tool-call-parser glm47" in router and "--reasoning-parser glm45" in router
+    assert "--tool-call-parser=glm47" in router and "--reasoning-parser=glm45" in router
     assert "--chunked_prefill_size 512" in worker and "chunked" not in router
-    assert "--api-key s3cret" in router and "s3cret" not in worker
-    assert "--log-level debug" in router and "--log-level debug" in worker
+    assert "--api-key=s3cret" in router and "s3cret" not in worker
+    assert "--log-level=debug" in router and "--log-level=debug" in worker
     for flag in [
-        "--worker-timeout 30",
-        "--health-generate-timeout 5",
-        "--balance-policy least-loaded",
-        "--shutdown-timeout 2",
+        "--worker-timeout=30",
+        "--health-generate-timeout=5",
+        "--balance-policy=least-loaded",
+        "--shutdown-timeout=2",
     ]:
         assert flag in router, router
     assert "timeout" not in worker and "balance" not in worker, worker
     # the router's level names as the worker's logging knows them
     for given, worker_level in [("warn", "warning"), ("TRACE", "debug"), ("error", "error")]:
         plan = serve.plan(["--model-dir", str(tmp_path), "--log-level", given])
-        assert f"--log-level {worker_level}" in " ".join(plan.worker_cmds[0])
-        assert f"--log-level {given}" in " ".join(plan.router_cmd)
+        assert f"--log-level={worker_level}" in " ".join(plan.worker_cmds[0])
+        assert f"--log-level={given}" in " ".join(plan.router_cmd)
+    # a value that starts with `-` stays the flag's (one word), an empty one too
+    plan = serve.plan(["--model-dir", str(tmp_path), "--api-key", "-Xk3", "--api-key=", "--port=1"])
+    assert "--api-key=-Xk3" in plan.router_cmd and "--api-key=" in plan.router_cmd
+    # the router's drain, its last words and a margin before it is killed
+    assert p.router_grace_s == 2 + 2 + 3
+    assert serve.plan(["--model-dir", str(tmp_path)]).router_grace_s == 5 + 2 + 3
     assert (
         "--worker-addr tcp://127.0.0.1:7001" in router and "--listen tcp://127.0.0.1:7001" in worker
     )
@@ -155,9 +161,9 @@ def test_serve_takes_vllm_and_sglang_spellings(tmp_path: Path) -> None:
     (worker,) = p.worker_cmds
     router = " ".join(p.router_cmd)
     assert f"--model-dir {tmp_path}" in " ".join(worker) and f"--model-dir {tmp_path}" in router
-    assert "--chat-template t.jinja" in router and "--enable-auto-tool-choice" in router
+    assert "--chat-template=t.jinja" in router and "--enable-auto-tool-choice" in router
     assert "--chat-template" not in worker and "--enable-auto-tool-choice" not in worker
-    assert p.router_cmd[p.router_cmd.index("--allowed-origins") + 1] == '["https://a.example"]'
+    assert '--allowed-origins=["https://a.example"]' in p.router_cmd
     assert "--allow-credentials" in router and "--allow" not in " ".join(worker)
     assert "--gpu-memory-utilization 0.8 --max-model-len 4096" in " ".join(worker)
     assert worker[worker.index("--tp") + 1] == "2"

@@ -38,6 +38,7 @@ ROUTER_FLAGS = {
     "--served-model-name": "--served-model-name",
     "--served_model_name": "--served-model-name",
     "--max-body-bytes": "--max-body-bytes",
+    "--max_body_bytes": "--max-body-bytes",
     "--api-key": "--api-key",
     "--api_key": "--api-key",
     "--max-stored-responses": "--max-stored-responses",
@@ -82,6 +83,7 @@ class ServePlan:
     router_cmd: list[str]
     health_url: str
     startup_timeout_s: float
+    router_grace_s: float = 10.0  # how long the router may take to stop before it is killed
 
 
 def default_cache_dir() -> Path:
@@ -117,7 +119,7 @@ def _split_args(rest: list[str]) -> tuple[list[str], list[str]]:
     worker: list[str] = []
     i = 0
     while i < len(rest):
-        flag, _, inline = rest[i].partition("=")
+        flag, given, inline = rest[i].partition("=")
         if flag in ROUTER_SWITCHES:
             router.append(ROUTER_SWITCHES[flag])
             i += 1
@@ -127,7 +129,7 @@ def _split_args(rest: list[str]) -> tuple[list[str], list[str]]:
             worker.append(rest[i])
             i += 1
             continue
-        if inline:
+        if given:
             value = inline
             i += 1
         else:
@@ -135,10 +137,24 @@ def _split_args(rest: list[str]) -> tuple[list[str], list[str]]:
                 raise SystemExit(f"glm47 serve: {flag} needs a value")
             value = rest[i + 1]
             i += 2
-        router += [canonical, value]
+        # one word, so that a value starting with `-` is not read as a flag
+        router.append(f"{canonical}={value}")
         if flag in SHARED_FLAGS:
-            worker += [canonical, WORKER_LOG_LEVELS.get(value.lower(), value.lower())]
+            worker.append(f"{canonical}={WORKER_LOG_LEVELS.get(value.lower(), value.lower())}")
     return router, worker
+
+
+def _router_grace_s(router_args: list[str]) -> float:
+    """How long the router may take to stop: its `--shutdown-timeout` drain, the 2 s its
+    connections get to send their last errors, and a margin."""
+    drain = 5.0
+    for arg in router_args:
+        if arg.startswith("--shutdown-timeout="):
+            try:
+                drain = float(arg.partition("=")[2])
+            except ValueError:
+                pass  # the router refuses it and exits
+    return drain + 2.0 + 3.0
 
 
 def plan(argv: list[str]) -> ServePlan:
@@ -231,6 +247,7 @@ def plan(argv: list[str]) -> ServePlan:
         router_cmd=router_cmd + router_args,
         health_url=f"http://{probe_host}:{args.port}/health",
         startup_timeout_s=args.startup_timeout,
+        router_grace_s=_router_grace_s(router_args),
     )
 
 
@@ -276,12 +293,13 @@ def _stop(procs: list[subprocess.Popen[bytes]], grace_s: float = 10.0) -> None:
 def _dying_with(parent: int) -> Callable[[], None]:
     """What a child runs before its program: on Linux, ask for SIGTERM when the process that
     started it dies, however it dies (SIGKILL, an OOM kill), so that no worker or router
-    outlives `glm47 serve`; and exit at once if that has already happened."""
+    outlives `glm47 serve`; and exit at once if that has already happened. `prctl` is looked up
+    here, in the parent: between fork and exec the child only calls it."""
+    prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
 
     def arm() -> None:
-        if sys.platform.startswith("linux"):
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if prctl is not None:
+            prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
         if os.getppid() != parent:
             os._exit(1)
 
@@ -295,22 +313,32 @@ def _exit_code(returncode: int) -> int:
 
 def supervise(p: ServePlan) -> int:
     """Start the workers and the router, report readiness, and stop them all when one exits or
-    on a signal."""
+    on a signal. The children run in their own process group, so that a terminal's Ctrl-C
+    reaches this process alone: the router is stopped first (one SIGTERM: it drains its
+    requests), and a second signal here is passed on to it (it then ends them at once)."""
     stopping = False
+    router: subprocess.Popen[bytes] | None = None
 
     def on_signal(signum: int, _frame: object) -> None:
         nonlocal stopping
+        if stopping:
+            log.info("received signal %d again: ending the requests in flight", signum)
+            if router is not None and router.poll() is None:
+                router.send_signal(signal.SIGTERM)
+            return
         log.info("received signal %d, shutting down", signum)
         stopping = True
 
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        if signum == signal.SIGHUP and signal.getsignal(signum) is signal.SIG_IGN:
+            continue  # under nohup: a hangup is not ours to act on
         signal.signal(signum, on_signal)
     arm = _dying_with(os.getpid())
     workers = [
-        subprocess.Popen(cmd, env={**os.environ, **env}, preexec_fn=arm)
+        subprocess.Popen(cmd, env={**os.environ, **env}, preexec_fn=arm, process_group=0)
         for cmd, env in zip(p.worker_cmds, p.worker_envs, strict=True)
     ]
-    router = subprocess.Popen(p.router_cmd, preexec_fn=arm)
+    router = subprocess.Popen(p.router_cmd, preexec_fn=arm, process_group=0)
     procs = [*workers, router]
     started = time.monotonic()
     ready = False
@@ -335,7 +363,9 @@ def supervise(p: ServePlan) -> int:
                     break
             time.sleep(0.2)
     finally:
-        _stop([router])  # the front first: it stops taking requests and lets its workers go
+        stopping = True  # a signal from here on is a second one
+        # the front first: it drains its requests, then lets its workers go
+        _stop([router], grace_s=p.router_grace_s)
         _stop(workers)
     return code
 

@@ -85,3 +85,26 @@ def test_dp_serves_from_two_workers_and_stops_them_all(
         assert stop_server(proc) == 0
     _, alive = psutil.wait_procs(kids, timeout=10)
     assert not alive
+
+
+def test_a_signal_to_serve_drains_a_stream_then_ends_it_with_its_error_and_done(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    proc, base = start_server(tiny_model_dir, tmp_path / "serve.log", "--shutdown-timeout", "1")
+    try:
+        body = {"prompt": "hello", "max_tokens": 4000, "ignore_eos": True, "stream": True}
+        with requests.post(f"{base}/v1/completions", json=body, stream=True, timeout=60) as r:
+            lines = r.iter_lines()
+            first = next(line for line in lines if line.startswith(b"data:"))
+            assert b'"text"' in first
+            signalled = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            rest = [line for line in lines if line.startswith(b"data:")]
+        # the stream ran on through the drain, then ended with its error and [DONE]
+        assert time.monotonic() - signalled >= 0.9
+        assert rest[-1] == b"data: [DONE]", rest[-3:]
+        assert b'"error"' in rest[-2], rest[-3:]
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()

@@ -137,8 +137,8 @@ async fn a_fatal_error_fails_every_request_until_the_worker_is_ready_again() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_worker_is_lost_and_its_requests_fail() {
     let worker = FakeWorker::bind();
-    let (d, _) = start(vec![worker.addr.clone()], Duration::from_millis(300));
-    worker.handshake("tiny");
+    let (d, metrics) = start(vec![worker.addr.clone()], Duration::from_millis(300));
+    let id = worker.handshake("tiny");
     wait_until("ready", || d.is_ready());
     let mut handle = d.submit(request("stuck")).expect("submitted");
     worker.recv_submit();
@@ -147,6 +147,10 @@ async fn a_silent_worker_is_lost_and_its_requests_fail() {
         ErrorCode::Internal
     );
     assert!(!d.is_ready());
+    // a step it sends late tells no load while it is not ready
+    worker.step(&id, vec![output(handle.rid(), vec![4], None)]);
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(metrics.worker_stats(&worker.addr).running, None);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

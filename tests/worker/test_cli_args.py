@@ -102,8 +102,9 @@ def test_defaults() -> None:
         ([*BASE, "--shared-expert-fold-tokens", "-2"], "shared_expert_fold_tokens must be"),
         ([*BASE, "--prefill-att-backend", "cudnn"], "invalid choice"),
         (["--model-dir", "/m"], "--listen"),
-        (["--listen", "tcp://127.0.0.1:99999", "--model-dir", "/m"], "port must be 1 to 65535"),
-        (["--listen", "tcp://127.0.0.1:x", "--model-dir", "/m"], "port must be 1 to 65535"),
+        (["--listen", "tcp://127.0.0.1:99999", "--model-dir", "/m"], "port must be 0 to 65535"),
+        (["--listen", "tcp://127.0.0.1:x", "--model-dir", "/m"], "port must be 0 to 65535"),
+        (["--listen", "tcp://127.0.0.1:²", "--model-dir", "/m"], "port must be 0 to 65535"),
         (["--listen", "127.0.0.1:5557", "--model-dir", "/m"], "transport://where"),
     ],
 )

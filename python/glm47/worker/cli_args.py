@@ -439,6 +439,6 @@ def _listen_problem(listen: str) -> str | None:
     if transport != "tcp":
         return None
     port = rest.rpartition(":")[2]
-    if port == "*" or (port.isdigit() and 0 < int(port) < 65536):
+    if port == "*" or (port.isascii() and port.isdecimal() and int(port) < 65536):
         return None
-    return f"the port must be 1 to 65535 or *, not {port!r}"
+    return f"the port must be 0 to 65535 or *, not {port!r}"

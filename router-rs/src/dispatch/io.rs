@@ -292,7 +292,10 @@ impl IoLoop {
                 for out in step.outs {
                     self.table.route(out);
                 }
-                self.shared.metrics.set_worker_stats(addr, &step.stats);
+                // a worker given up on (silent too long) has no load until it is ready again
+                if self.shared.workers[worker].ready.load(Ordering::SeqCst) {
+                    self.shared.metrics.set_worker_stats(addr, &step.stats);
+                }
                 for (rid, reason) in step.unreadable {
                     tracing::warn!("worker {addr} sent an unreadable output of {rid:?}: {reason}");
                     let Some(rid) = rid else { continue };

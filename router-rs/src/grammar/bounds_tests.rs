@@ -86,6 +86,31 @@ fn bounded_integers_take_exactly_the_integers_in_range() {
                    "maximum": 5.0, "exclusiveMaximum": true}),
             vec![("4", true), ("3", false), ("5", false)],
         ),
+        // exclusive bounds an f64 would round together still leave the integer between
+        (
+            json!({"type": "integer", "exclusiveMinimum": 9007199254740995_u64,
+                   "exclusiveMaximum": 9007199254740997_u64}),
+            vec![("9007199254740996", true), ("9007199254740995", false)],
+        ),
+        // at the ends of 64 bits
+        (
+            json!({"type": "integer", "minimum": 9223372036854775806_u64,
+                   "maximum": 9223372036854775808_u64}),
+            vec![
+                ("9223372036854775806", true),
+                ("9223372036854775807", true),
+                ("9223372036854775805", false),
+            ],
+        ),
+        (
+            json!({"type": "integer", "maximum": -9223372036854775807_i64,
+                   "exclusiveMaximum": -9.2e18}),
+            vec![
+                ("-9223372036854775808", true),
+                ("-9223372036854775807", true),
+                ("-9223372036854775806", false),
+            ],
+        ),
     ] {
         let e = compile(Some(&schema));
         if cases.iter().all(|(_, ok)| !ok) {
@@ -107,6 +132,18 @@ fn bounded_integers_take_exactly_the_integers_in_range() {
 }
 
 #[test]
+fn integer_ranges_outside_64_bits_are_refused() {
+    for schema in [
+        json!({"type": "integer", "minimum": 9223372036854775808_u64,
+               "maximum": 9223372036854775809_u64}),
+        json!({"type": "integer", "maximum": -1e20}),
+        json!({"type": "integer", "exclusiveMaximum": -9223372036854775808.0}),
+    ] {
+        assert!(compile(Some(&schema)).is_err(), "{schema}");
+    }
+}
+
+#[test]
 fn bounds_that_cannot_be_enforced_are_refused() {
     for (schema, words) in [
         (
@@ -116,7 +153,7 @@ fn bounds_that_cannot_be_enforced_are_refused() {
         (json!({"minimum": 0}), "only with type integer or number"),
         (
             json!({"type": "integer", "minimum": 5, "maximum": 4}),
-            "no number",
+            "no integer",
         ),
         (
             json!({"type": "integer", "minimum": 4.2, "maximum": 4.8}),

@@ -149,19 +149,13 @@ fn int_bound(map: &Map<String, Value>, low: bool) -> i128 {
             return Some(if low { n + step } else { n - step });
         }
         let f = v.as_f64()?;
-        // a whole f64 is an integer bound too; `open` then steps past it
-        let n = if low {
-            if f.fract() == 0.0 {
-                f + step as f64
-            } else {
-                f.ceil()
-            }
-        } else if f.fract() == 0.0 {
-            f - step as f64
-        } else {
-            f.floor()
-        };
-        Some(n.clamp(i64::MIN as f64, i64::MAX as f64) as i128)
+        // a whole f64 is an integer bound too (`open` then steps past it); the casts saturate
+        Some(match (f.fract() == 0.0, low) {
+            (true, true) => (f as i128).saturating_add(step),
+            (true, false) => (f as i128).saturating_sub(step),
+            (false, true) => f.ceil() as i128,
+            (false, false) => f.floor() as i128,
+        })
     };
     let draft4_open = map.get(exclusive) == Some(&Value::Bool(true));
     let candidates = [
@@ -208,20 +202,25 @@ pub(super) fn int_range(
                 .ok_or_else(|| err(path, "multipleOf on an integer must be a positive integer"))?,
         ),
     };
-    let b = bounds(map, path, false)?;
-    if b.is_none() && step.is_none() {
+    for key in BOUNDS {
+        bound(map, key, path)?; // a number, or draft 4's boolean beside its twin
+    }
+    if !BOUNDS.iter().any(|k| map.contains_key(*k)) && step.is_none() {
         return Ok(None);
     }
-    let (lo, hi) = match b {
-        // the least and greatest integers within them: exact where the bounds are integers
-        // (past 2^53 an f64 would round them), else through the f64s (their casts saturate)
-        Some(_) => (int_bound(map, true), int_bound(map, false)),
-        None => (i128::from(i64::MIN), i128::from(i64::MAX)),
-    };
-    let clamp = |n: i128| i64::try_from(n).unwrap_or(if n < 0 { i64::MIN } else { i64::MAX });
+    // the least and greatest integers within the bounds, in i128: exact where the bounds are
+    // integers (past 2^53 an f64 would round them), else through the f64s
+    let (lo, hi) = (int_bound(map, true), int_bound(map, false));
+    let (min, max) = (i128::from(i64::MIN), i128::from(i64::MAX));
+    if lo <= hi && (lo > max || hi < min) {
+        return Err(err(
+            path,
+            "the integers within minimum and maximum lie outside 64 bits",
+        ));
+    }
     let range = IntRange {
-        min: clamp(lo),
-        max: clamp(hi),
+        min: i64::try_from(lo.max(min)).unwrap_or(i64::MIN),
+        max: i64::try_from(hi.min(max)).unwrap_or(i64::MAX),
         step: step.unwrap_or(1),
     };
     if lo > hi || !range.meets(i128::from(range.min), i128::from(range.max)) {

@@ -44,6 +44,29 @@ impl Chars {
         (2..=5).contains(&self.esc).then(|| 5 - self.esc)
     }
 
+    /// Whether `b` keeps a member name in its one JSON spelling (serde_json's, that of the listed
+    /// names): `\u` only for a control character without a short escape (`\u0000` to `\u001f`
+    /// but for `\b`, `\t`, `\n`, `\f`, `\r`), in lower-case hex, never `\/`. Another spelling
+    /// of a listed name (`"\u0061"` for `"a"`) would read as another member and give that name
+    /// twice.
+    pub(crate) fn keeps_name_canonical(&self, b: u8) -> bool {
+        match self.hex_digit() {
+            Some(0 | 1) => b == b'0',
+            Some(2) => matches!(b, b'0' | b'1'),
+            Some(_) => {
+                let Some(digit) = (b as char).to_digit(16).filter(|_| !b.is_ascii_uppercase())
+                else {
+                    return false;
+                };
+                !matches!(
+                    (self.escape_code() << 4) | digit as u16,
+                    0x08 | 0x09 | 0x0a | 0x0c | 0x0d
+                )
+            }
+            None => !(self.after_backslash() && b == b'/'),
+        }
+    }
+
     /// Whether the last character read is `<` (and nothing of the next one yet).
     pub(crate) fn after_lt(&self) -> bool {
         self.lt

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use serde_json::{Map, Value};
 
 use super::keywords::{
-    bounds, check_range, count, format_pattern, int_range, string_pattern, unique_items, BOUNDS,
+    bounds, check_range, count, format_pattern, int_range, of_type, string_pattern, unique_items,
+    ANNOTATIONS, BOUNDS, HANDLED, VALUE_KEYWORDS,
 };
 use super::lengths::Lengths;
 use super::schema::{Node, NodeId, Prop, SchemaError, MAX_PROPERTIES};
@@ -14,87 +15,6 @@ use super::schema::{Node, NodeId, Prop, SchemaError, MAX_PROPERTIES};
 /// Ids of the nodes every schema has.
 pub(super) const ANY: NodeId = 0;
 const ANY_STRING: NodeId = 1;
-
-/// Keywords that only describe, never constrain.
-const ANNOTATIONS: &[&str] = &[
-    "$schema",
-    "$id",
-    "$comment",
-    "$anchor",
-    "title",
-    "description",
-    "default",
-    "examples",
-    "format",
-    "deprecated",
-    "readOnly",
-    "writeOnly",
-    "contentEncoding",
-    "contentMediaType",
-    "$defs",
-    "definitions",
-];
-
-/// Keywords on the value itself, which an `enum` or `const` beside them would leave unchecked.
-const VALUE_KEYWORDS: [&str; 10] = [
-    "pattern",
-    "multipleOf",
-    "minLength",
-    "maxLength",
-    "minItems",
-    "maxItems",
-    "uniqueItems",
-    "minProperties",
-    "maxProperties",
-    "required",
-];
-
-/// Whether `value` is of JSON Schema type `kind` (an integer: a number without a fraction).
-fn of_type(value: &Value, kind: &str) -> bool {
-    match kind {
-        "string" => value.is_string(),
-        "integer" => {
-            value.as_f64().is_some_and(|n| n.fract() == 0.0) || value.is_i64() || value.is_u64()
-        }
-        "number" => value.is_number(),
-        "boolean" => value.is_boolean(),
-        "null" => value.is_null(),
-        "object" => value.is_object(),
-        "array" => value.is_array(),
-        _ => false,
-    }
-}
-
-/// Keywords handled by `compile_keywords` (with `type`).
-const HANDLED: &[&str] = &[
-    "type",
-    "properties",
-    "required",
-    "additionalProperties",
-    "items",
-    "prefixItems",
-    "additionalItems",
-    "minItems",
-    "uniqueItems",
-    "minProperties",
-    "maxProperties",
-    "multipleOf",
-    "maxItems",
-    "minLength",
-    "maxLength",
-    "pattern",
-    "minimum",
-    "maximum",
-    "exclusiveMinimum",
-    "exclusiveMaximum",
-    "enum",
-    "const",
-    "anyOf",
-    "oneOf",
-    "allOf",
-    "$ref",
-    "nullable",
-];
 
 pub(super) struct Builder<'a> {
     pub(super) nodes: Vec<Node>,

@@ -12,28 +12,6 @@ fn is_ws(b: u8) -> bool {
     matches!(b, b' ' | b'\n' | b'\t' | b'\r')
 }
 
-/// Whether `b` keeps a member name in its one JSON spelling (serde_json's, that of the listed
-/// names): `\u` only for a control character without a short escape (`\u0000` to `\u001f`
-/// but for `\b`, `\t`, `\n`, `\f`, `\r`), in lower-case hex, never `\/`. Another spelling
-/// of a listed name (`"\u0061"` for `"a"`) would read as another member and give that name
-/// twice.
-fn canonical_name_byte(chars: &Chars, b: u8) -> bool {
-    match chars.hex_digit() {
-        Some(0 | 1) => b == b'0',
-        Some(2) => matches!(b, b'0' | b'1'),
-        Some(_) => {
-            let Some(digit) = (b as char).to_digit(16).filter(|_| !b.is_ascii_uppercase()) else {
-                return false;
-            };
-            !matches!(
-                (chars.escape_code() << 4) | digit as u16,
-                0x08 | 0x09 | 0x0a | 0x0c | 0x0d
-            )
-        }
-        None => !(chars.after_backslash() && b == b'/'),
-    }
-}
-
 /// The texts in `lo..hi` (sorted, all sharing their first `pos` bytes) whose byte `pos` is `b`.
 pub(super) fn narrow(texts: &[Vec<u8>], lo: u32, hi: u32, pos: u32, b: u8) -> (u32, u32) {
     let range = &texts[lo as usize..hi as usize];
@@ -227,7 +205,7 @@ impl Grammar {
                     };
                     return Self::emit(t, out);
                 }
-                if !canonical_name_byte(chars, b)
+                if !chars.keeps_name_canonical(b)
                     || self.close_tag(chars, b)
                     || matches!(chars.step(b), CharStep::Dead)
                 {

@@ -19,16 +19,10 @@ fn error_code(event: Option<RequestEvent>) -> ErrorCode {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_error_ends_only_that_request() {
-    let worker = FakeWorker::bind();
-    let (d, metrics) = start(vec![worker.addr.clone()], Duration::from_secs(30));
-    let id = worker.handshake("tiny");
-    wait_until("ready", || d.is_ready());
+    let (worker, d, metrics, id) = ready_pair(Duration::from_secs(30));
     let mut bad = d.submit(request("bad")).expect("submitted");
     let mut good = d.submit(request("good")).expect("submitted");
-    let mut seen = 0;
-    while seen < 2 {
-        seen += worker.recv_submit().1.len();
-    }
+    worker.recv_requests(2);
     let err = WorkerError {
         rid: Some(bad.rid().to_owned()),
         code: ErrorCode::QueueFull,
@@ -56,16 +50,10 @@ async fn a_request_error_ends_only_that_request() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreadable_output_fails_its_request_and_the_rest_of_the_step_arrives() {
     use rmpv::Value as V;
-    let worker = FakeWorker::bind();
-    let (d, _metrics) = start(vec![worker.addr.clone()], Duration::from_secs(30));
-    let id = worker.handshake("tiny");
-    wait_until("ready", || d.is_ready());
+    let (worker, d, _metrics, id) = ready_pair(Duration::from_secs(30));
     let mut bad = d.submit(request("bad")).expect("submitted");
     let mut good = d.submit(request("good")).expect("submitted");
-    let mut seen = 0;
-    while seen < 2 {
-        seen += worker.recv_submit().1.len();
-    }
+    worker.recv_requests(2);
     let map =
         |fields: Vec<(&str, V)>| V::Map(fields.into_iter().map(|(k, v)| (V::from(k), v)).collect());
     let outs = V::Array(vec![

@@ -59,16 +59,10 @@ async fn requests_submitted_together_travel_in_one_message_in_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outputs_reach_their_own_handles_until_the_finish() {
-    let worker = FakeWorker::bind();
-    let (d, metrics) = start(vec![worker.addr.clone()], Duration::from_secs(30));
-    let id = worker.handshake("tiny");
-    wait_until("ready", || d.is_ready());
+    let (worker, d, metrics, id) = ready_pair(Duration::from_secs(30));
     let mut a = d.submit(request("a")).expect("submitted");
     let mut b = d.submit(request("b")).expect("submitted");
-    let mut seen = 0;
-    while seen < 2 {
-        seen += worker.recv_submit().1.len();
-    }
+    worker.recv_requests(2);
     let mut first_b = output(b.rid(), vec![10], None);
     first_b.prompt_tokens = Some(1);
     first_b.cached_tokens = Some(0);

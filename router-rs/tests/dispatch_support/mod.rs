@@ -74,6 +74,15 @@ impl FakeWorker {
         }
     }
 
+    /// Reads `submit`s until `n` requests have come; returns them in order.
+    pub fn recv_requests(&self, n: usize) -> Vec<wire::Request> {
+        let mut reqs = Vec::new();
+        while reqs.len() < n {
+            reqs.extend(self.recv_submit().1);
+        }
+        reqs
+    }
+
     /// The next `abort`'s request ids.
     pub fn recv_abort(&self) -> Vec<String> {
         match self.recv_work() {
@@ -165,6 +174,18 @@ pub fn start(addrs: Vec<String>, silence_timeout: Duration) -> (Arc<Dispatcher>,
     let d = Dispatcher::start_with(addrs, metrics.clone(), options(silence_timeout))
         .expect("dispatcher starts");
     (d, metrics)
+}
+
+/// A fake worker and a dispatcher for it (`silence_timeout`), the handshake done and the
+/// dispatcher ready; the last item is the dispatcher's identity at the worker.
+pub fn ready_pair(
+    silence_timeout: Duration,
+) -> (FakeWorker, Arc<Dispatcher>, Arc<Metrics>, Vec<u8>) {
+    let worker = FakeWorker::bind();
+    let (d, metrics) = start(vec![worker.addr.clone()], silence_timeout);
+    let id = worker.handshake("tiny");
+    wait_until("ready", || d.is_ready());
+    (worker, d, metrics, id)
 }
 
 /// Blocks until `cond` holds, failing the test after the patience.

@@ -47,7 +47,7 @@ pub struct RouterConfig {
     pub worker_addr: Vec<String>,
 
     /// Model directory holding tokenizer.json, tokenizer_config.json and the chat template.
-    #[arg(long = "model-dir", alias = "model_dir")]
+    #[arg(long = "model-dir", visible_aliases = ["model_dir", "model", "model-path"])]
     pub model_dir: Option<PathBuf>,
 
     /// Address the HTTP server listens on.
@@ -67,7 +67,8 @@ pub struct RouterConfig {
     pub reasoning_parser: Option<ReasoningParser>,
 
     /// Longest prompt + output accepted; default (and upper bound): the worker's own limit.
-    #[arg(long = "max-req-total-len", alias = "max_req_total_len")]
+    #[arg(long = "max-req-total-len",
+          visible_aliases = ["max_req_total_len", "max-model-len", "context-length"])]
     pub max_req_total_len: Option<u32>,
 
     /// Model name reported by `/v1/models` and in responses; default: the worker's model name.
@@ -277,6 +278,16 @@ mod tests {
         assert_eq!(c.tool_call_parser, Some(ToolCallParser::Glm47));
         assert_eq!(c.reasoning_parser, Some(ReasoningParser::Glm45));
         assert_eq!(c.max_req_total_len, Some(202752));
+        // and vLLM's and SGLang's names of the same settings
+        for (model, len) in [
+            ("--model", "--max-model-len"),
+            ("--model-path", "--context-length"),
+        ] {
+            let c =
+                parse(&["--worker-addr", "tcp://a:1", model, "/n", len, "4096"]).expect("parses");
+            assert_eq!(c.model_dir, Some(PathBuf::from("/n")));
+            assert_eq!(c.max_req_total_len, Some(4096));
+        }
     }
 
     #[test]

@@ -393,6 +393,7 @@ pub fn plain_pipeline(state: &AppState, sampling: &SamplingParams, prompt_len: u
     Pipeline::new(tokenizer, Box::new(detok), Box::new(stop))
         .with_prompt_tokens(u32::try_from(prompt_len).unwrap_or(u32::MAX))
         .with_stop_token_ids(&sampling.stop_token_ids)
+        .with_min_tokens(sampling.min_new_tokens)
         .hiding_end_tokens(&end_ids)
 }
 

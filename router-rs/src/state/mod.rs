@@ -138,6 +138,9 @@ pub struct Pipeline {
     /// Ids whose text is left out of the answer when the worker's stop finish is on them (the
     /// eos and stop token ids, as vLLM leaves them out unless `include_stop_str_in_output`).
     hidden_end_ids: Vec<u32>,
+    /// Stop strings are looked for only after this many tokens, in the text after them (vLLM's
+    /// `min_tokens`).
+    min_tokens: u32,
     /// With a reasoning parser: the ids of `<think>` and `</think>`, whether the output is in
     /// reasoning after the tokens so far, and the tokens counted in it.
     think_ids: Option<(u32, u32)>,
@@ -168,10 +171,17 @@ impl Pipeline {
             done: false,
             stop_token_ids: Vec::new(),
             hidden_end_ids: Vec::new(),
+            min_tokens: 0,
             think_ids: None,
             in_reasoning: false,
             reasoning_tokens: 0,
         }
+    }
+
+    /// Looks for stop strings only after `n` tokens, in the text after them.
+    pub fn with_min_tokens(mut self, n: u32) -> Self {
+        self.min_tokens = n;
+        self
     }
 
     /// Leaves the text of the token that ends the output out of the answer when it is one of
@@ -241,7 +251,11 @@ impl Pipeline {
             }
             self.count_reasoning(id);
             let piece = self.detok.push(id);
-            let (emit, stopped) = self.stop.push(&piece);
+            let (emit, stopped) = if self.completion_tokens <= self.min_tokens {
+                (piece.clone(), false) // before `min_tokens`: no stop string yet
+            } else {
+                self.stop.push(&piece)
+            };
             delta.tokens.push(self.token_info(out, k, id, piece));
             text.push_str(&emit);
             if stopped {

@@ -115,6 +115,19 @@ fn a_stop_string_split_over_outputs_ends_the_choice_and_drops_later_tokens() {
 }
 
 #[test]
+fn stop_strings_are_looked_for_only_after_min_tokens_in_the_text_after_them() {
+    // "ab" within the first 4 tokens (one reaching past them too) stays; the next one stops
+    let got = run(
+        pipeline("ab").with_min_tokens(4),
+        &[("xaba", None), ("b ab tail", None)],
+    );
+    assert_eq!(got.content, "xabab ");
+    assert_eq!(got.finish.map(|f| f.reason), Some(FinishReason::Stop));
+    let got = run(pipeline("ab").with_min_tokens(0), &[("xab", None)]);
+    assert_eq!(got.content, "x");
+}
+
+#[test]
 fn a_stop_string_decided_only_by_the_end_of_the_output_finishes_as_stop() {
     // "/" is whole but "b/<" may still start before it; the output ends first, so "/" stops
     // the choice: its text ends before the "/" and the reason is a stop, not the length.

@@ -465,3 +465,27 @@ async fn a_request_that_ends_within_the_shutdown_drain_is_answered_whole() {
     assert!(!text.contains("\"error\""), "{text}");
     assert!(server.stopped_within(Duration::from_secs(5)).await);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_messages_api_asks_for_max_tokens_as_anthropic_does_but_count_tokens_does_not() {
+    let (_model, _worker, server) = setup("x", 1, &[]).await;
+    let messages = json!([{"role": "user", "content": "hi"}]);
+    let (status, body) = server
+        .post("/v1/messages", json!({"messages": messages}))
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["type"], "error");
+    assert_eq!(body["error"]["type"], "invalid_request_error");
+    assert_eq!(body["error"]["message"], "max_tokens: Field required");
+    let (status, body) = server
+        .post("/v1/messages/count_tokens", json!({"messages": messages}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = server
+        .post(
+            "/v1/messages",
+            json!({"messages": messages, "max_tokens": 2}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+}

@@ -317,3 +317,28 @@ async fn a_whole_call_before_a_dropped_one_cut_by_the_budget_stays_completed() {
         assert_eq!(got, statuses, "parallel {parallel}: {r}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_event_is_named_by_its_type_as_the_api_streams_them() {
+    let (_model, _worker, server) = setup_with("hello there", &[], slow(5)).await;
+    for background in [false, true] {
+        let body = json!({"input": "hi", "stream": true, "background": background});
+        let url = format!("{}/v1/responses", server.url);
+        let r = server.client.post(url).json(&body).send().await.unwrap();
+        let text = r.text().await.unwrap();
+        let blocks: Vec<&str> = text.split("\n\n").filter(|b| b.contains("data:")).collect();
+        assert!(blocks.len() > 4, "{text}");
+        for block in blocks {
+            let name = block
+                .lines()
+                .find_map(|l| l.strip_prefix("event: "))
+                .expect(block);
+            let data = block
+                .lines()
+                .find_map(|l| l.strip_prefix("data: "))
+                .expect(block);
+            let event: Value = serde_json::from_str(data).unwrap();
+            assert_eq!(event["type"], name, "{block}");
+        }
+    }
+}

@@ -17,6 +17,7 @@ use super::run::{built_events, start, written_order, ChoiceStream, EventBuilder,
 use super::{sse, ApiError, AppState, JsonBody, Meta};
 use crate::protocol::messages::MessagesRequest;
 use crate::protocol::openai::{FinishReason, StopReason, ToolCallDelta};
+use crate::protocol::ValidationError;
 use crate::state::{Delta, Finish};
 
 /// Why an aborted request has no answer.
@@ -27,6 +28,11 @@ pub async fn messages(
     body: Result<JsonBody, ApiError>,
 ) -> Result<Response, AnthropicError> {
     let JsonBody(body) = body?;
+    if body.get("max_tokens").is_none_or(Value::is_null) {
+        // as Anthropic asks for it (count_tokens, which reads the same body, does not)
+        let missing = ValidationError::new("max_tokens", "Field required");
+        return Err(ApiError::Invalid(missing).into());
+    }
     let chat = MessagesRequest::from_json(&body)?.chat;
     let worker = ready_worker(&state)?;
     let prompt = chat_prompt(&state, &chat, PromptUse::generating(&chat.sampling)).await?;

@@ -367,7 +367,7 @@ pub async fn get(
         );
         ValidationError::new("stream", msg)
     })?;
-    Ok(sse::respond(log.follow(query.starting_after), false))
+    Ok(sse::respond_typed(log.follow(query.starting_after)))
 }
 
 /// How long `cancel` waits for a background response to store its last state.

@@ -59,14 +59,14 @@ pub async fn responses(
         let log = req.chat.stream.then(|| Arc::new(EventLog::default()));
         let first = background::run(state, output, stream, input, log.clone());
         return Ok(match log {
-            Some(log) => sse::respond(log.follow(None), false),
+            Some(log) => sse::respond_typed(log.follow(None)),
             None => Json(first).into_response(),
         });
     }
     output.keep = store.then(|| (state.clone(), input));
     if req.chat.stream {
         let stream = start(stream).await?;
-        Ok(sse::respond(events(output, stream), false))
+        Ok(sse::respond_typed(events(output, stream)))
     } else {
         let mut output = output;
         let mut stream = stream;

@@ -39,6 +39,40 @@ pub fn respond_named(events: NamedEvents) -> Response {
         .into_response()
 }
 
+/// Answers with `events`, JSON objects with a `type`, each an SSE event of that name (`event:
+/// response.created`, then its `data:` line), as the Responses API streams them; a failure
+/// mid-stream is an `error` event (the OpenAI error object) and the last.
+pub fn respond_typed(events: JsonEvents) -> Response {
+    let body = events
+        .scan(false, |failed, item| {
+            if *failed {
+                return futures::future::ready(None);
+            }
+            let (name, data) = match item {
+                Ok(data) => (event_type(&data), data),
+                Err(e) => {
+                    *failed = true;
+                    ("error".to_owned(), e.body().to_string())
+                }
+            };
+            futures::future::ready(Some(name_event(name, data)))
+        })
+        .map(Ok::<_, Infallible>);
+    Sse::new(body)
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}
+
+/// The `type` of a serialized event (`message`, SSE's default name, where it has none).
+fn event_type(data: &str) -> String {
+    #[derive(serde::Deserialize)]
+    struct Typed {
+        #[serde(rename = "type")]
+        kind: String,
+    }
+    serde_json::from_str::<Typed>(data).map_or_else(|_| "message".to_owned(), |t| t.kind)
+}
+
 fn name_event(name: String, data: String) -> Event {
     Event::default().event(name).data(data)
 }

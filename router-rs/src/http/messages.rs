@@ -28,12 +28,12 @@ pub async fn messages(
     body: Result<JsonBody, ApiError>,
 ) -> Result<Response, AnthropicError> {
     let JsonBody(body) = body?;
+    let chat = MessagesRequest::from_json(&body)?.chat;
     if body.get("max_tokens").is_none_or(Value::is_null) {
         // as Anthropic asks for it (count_tokens, which reads the same body, does not)
         let missing = ValidationError::new("max_tokens", "Field required");
         return Err(ApiError::Invalid(missing).into());
     }
-    let chat = MessagesRequest::from_json(&body)?.chat;
     let worker = ready_worker(&state)?;
     let prompt = chat_prompt(&state, &chat, PromptUse::generating(&chat.sampling)).await?;
     // `max_tokens` past the room the prompt leaves is cut to it (agents ask for 32K and more)

@@ -146,7 +146,12 @@ def test_serve_with_tp_gives_each_replica_its_group_of_gpus(
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5,6,7")
     p = serve.plan(["--model-dir", str(tmp_path), "--dp", "2", "--tp-size", "2"])
     assert p.worker_envs == [{"CUDA_VISIBLE_DEVICES": "4,5"}, {"CUDA_VISIBLE_DEVICES": "6,7"}]
-    for bad in (["--dp", "3", "--tp", "2"], ["--tp", "0"]):
+    for bad in (
+        ["--dp", "3", "--tp", "2"],
+        ["--tp", "0"],
+        ["--worker-listen", "tcp://127.0.0.1:0"],
+        ["--worker-listen", "tcp://127.0.0.1:*"],
+    ):
         with pytest.raises(SystemExit):
             serve.plan(["--model-dir", str(tmp_path), *bad])
 

@@ -70,6 +70,9 @@ SHARED_FLAGS = {"--log-level": "--log-level", "--log_level": "--log-level"}
 WORKER_LOG_LEVELS = {"warn": "warning", "trace": "debug", "critical": "error", "fatal": "error"}
 
 CACHE_DIR_ENV = "GLM47_CACHE_DIR"
+# Set in the children's environment: SIGINT (a terminal's Ctrl-C, which reaches the whole
+# process group) is left to `glm47 serve`, which stops them in order; they act on SIGTERM.
+SUPERVISED_ENV = "GLM47_SUPERVISED"
 PR_SET_PDEATHSIG = 1  # prctl(2): the signal a process gets when its parent dies
 
 
@@ -223,6 +226,8 @@ def plan(argv: list[str]) -> ServePlan:
         worker_args += ["--tp", str(args.tp)]
     if args.dp > 1 and args.worker_listen:
         parser.error("--worker-listen names one worker's address: leave it out with --dp above 1")
+    if args.worker_listen and args.worker_listen.rpartition(":")[2] in ("0", "*"):
+        parser.error("--worker-listen needs a fixed port: the router connects to that address")
     listens = [args.worker_listen or f"tcp://127.0.0.1:{free_port()}" for _ in range(args.dp)]
     py = sys.executable
     worker_cmds = [
@@ -313,9 +318,10 @@ def _exit_code(returncode: int) -> int:
 
 def supervise(p: ServePlan) -> int:
     """Start the workers and the router, report readiness, and stop them all when one exits or
-    on a signal. The children run in their own process group, so that a terminal's Ctrl-C
-    reaches this process alone: the router is stopped first (one SIGTERM: it drains its
-    requests), and a second signal here is passed on to it (it then ends them at once)."""
+    on a signal. The children stay in this process group (a kill of the group reaches them)
+    but leave SIGINT to it (`SUPERVISED_ENV`): a terminal's Ctrl-C is handled here, which
+    stops the router first (one SIGTERM: it drains its requests) and passes a second signal on
+    to it (it then ends them at once)."""
     stopping = False
     router: subprocess.Popen[bytes] | None = None
 
@@ -334,11 +340,12 @@ def supervise(p: ServePlan) -> int:
             continue  # under nohup: a hangup is not ours to act on
         signal.signal(signum, on_signal)
     arm = _dying_with(os.getpid())
+    supervised = {**os.environ, SUPERVISED_ENV: "1"}
     workers = [
-        subprocess.Popen(cmd, env={**os.environ, **env}, preexec_fn=arm, process_group=0)
+        subprocess.Popen(cmd, env={**supervised, **env}, preexec_fn=arm)
         for cmd, env in zip(p.worker_cmds, p.worker_envs, strict=True)
     ]
-    router = subprocess.Popen(p.router_cmd, preexec_fn=arm, process_group=0)
+    router = subprocess.Popen(p.router_cmd, env=supervised, preexec_fn=arm)
     procs = [*workers, router]
     started = time.monotonic()
     ready = False

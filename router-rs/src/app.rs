@@ -37,7 +37,7 @@ pub fn run_blocking(args: Vec<String>) -> anyhow::Result<()> {
         .enable_all()
         .thread_name("glm47-router")
         .build()?;
-    runtime.block_on(crate::http::serve(config, shutdown_signal()))
+    runtime.block_on(async { crate::http::serve(config, StopSignals::new()).await })
 }
 
 /// Lifts the soft limit on open files towards the hard one (at most 65536: one socket per HTTP
@@ -105,32 +105,75 @@ fn log_directive(level: &str) -> String {
     }
 }
 
-/// Resolves on the first SIGINT or SIGTERM (or Ctrl-C where there are no Unix signals).
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            tracing::error!("cannot listen for SIGINT: {e}");
-            std::future::pending::<()>().await;
-        }
-    };
+/// Set by `glm47 serve` in its children's environment: a terminal's Ctrl-C reaches the whole
+/// process group, and serve stops the router itself (SIGTERM), so SIGINT is left to it.
+pub const SUPERVISED_ENV: &str = "GLM47_SUPERVISED";
+
+/// The signals that stop the router: SIGTERM, and SIGINT unless `glm47 serve` supervises it
+/// ([`SUPERVISED_ENV`]). Listened to from start-up on, so that a second signal is not lost
+/// while the first is being handled.
+pub struct StopSignals {
     #[cfg(unix)]
-    let terminate = async {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                tracing::error!("cannot listen for SIGTERM: {e}");
-                std::future::pending::<()>().await;
+    int: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    term: Option<tokio::signal::unix::Signal>,
+}
+
+impl StopSignals {
+    /// Starts listening (inside the runtime).
+    pub fn new() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let listen = |kind: SignalKind, name: &str| {
+                signal(kind)
+                    .map_err(|e| tracing::error!("cannot listen for {name}: {e}"))
+                    .ok()
+            };
+            let supervised = std::env::var_os(SUPERVISED_ENV).is_some();
+            Self {
+                int: (!supervised)
+                    .then(|| listen(SignalKind::interrupt(), "SIGINT"))
+                    .flatten(),
+                term: listen(SignalKind::terminate(), "SIGTERM"),
             }
         }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => tracing::info!("SIGINT received, shutting down"),
-        () = terminate => tracing::info!("SIGTERM received, shutting down"),
+        #[cfg(not(unix))]
+        Self {}
+    }
+
+    /// Resolves on the next signal, naming it.
+    pub async fn next(&mut self) -> &'static str {
+        #[cfg(unix)]
+        {
+            let int = async {
+                match self.int.as_mut() {
+                    Some(s) => s.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            let term = async {
+                match self.term.as_mut() {
+                    Some(s) => s.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = int => "SIGINT",
+                _ = term => "SIGTERM",
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            "Ctrl-C"
+        }
+    }
+}
+
+impl Default for StopSignals {
+    fn default() -> Self {
+        Self::new()
     }
 }
 

@@ -58,8 +58,10 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def start_server(
-    model_dir: Path, log_path: Path, *extra: str
+    model_dir: Path, log_path: Path, *extra: str, session: bool = False
 ) -> tuple[subprocess.Popen[bytes], str]:
+    """Starts `glm47 serve` and waits until it is healthy; with `session`, in a session (and
+    process group) of its own, as a terminal would start it."""
     port = free_port()
     cmd = [
         sys.executable,
@@ -82,7 +84,9 @@ def start_server(
     # so outputs compared between servers come from the same thread count.
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
     with log_path.open("wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=session
+        )
     base = f"http://127.0.0.1:{port}"
     if _wait_healthy(base, 180, [proc]):
         return proc, base

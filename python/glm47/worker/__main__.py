@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import signal
 import sys
 import threading
@@ -43,6 +44,14 @@ def tune_gc() -> None:
     gc.set_threshold(GC_GEN0_THRESHOLD, gen1, gen2)
 
 
+# Set by `glm47 serve` (see glm47.serve.SUPERVISED_ENV).
+SUPERVISED_ENV = "GLM47_SUPERVISED"
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the worker until SIGINT/SIGTERM (exit 0) or an engine failure (exit 1)."""
     args = parse_args(sys.argv[1:] if argv is None else argv)
@@ -50,6 +59,11 @@ def main(argv: list[str] | None = None) -> int:
         level=args.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if os.environ.get(SUPERVISED_ENV):
+        # `glm47 serve` handles the terminal's Ctrl-C and stops this process with SIGTERM;
+        # while the model loads, that ends it through the clean-up below
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, _interrupt)
     followers: Followers | None = None
     mirror: StepMirror | None = None
     tp = SINGLE
@@ -85,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     tune_gc()
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda signum, frame: stop.set())
+        if signal.getsignal(sig) is not signal.SIG_IGN:
+            signal.signal(sig, lambda signum, frame: stop.set())
     failed = False
     try:
         service.serve(stop)

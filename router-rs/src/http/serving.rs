@@ -8,6 +8,7 @@ use std::time::Duration;
 use axum::serve::ListenerExt;
 
 use super::{response_store, router, AppState, HttpOptions};
+use crate::app::StopSignals;
 use crate::config::RouterConfig;
 use crate::dispatch::Dispatcher;
 use crate::metrics::Metrics;
@@ -16,12 +17,16 @@ use crate::tokenizer::ModelFiles;
 
 /// Loads the model directory, starts the dispatcher, binds `host:port` and serves until
 /// `shutdown` resolves.
-pub async fn serve(
-    config: RouterConfig,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
+pub async fn serve(config: RouterConfig, signals: StopSignals) -> anyhow::Result<()> {
     let listener = bind(&config.listen_addr()).await?;
-    serve_on(config, listener, shutdown).await
+    let signals = Arc::new(tokio::sync::Mutex::new(signals));
+    let next = |signals: Arc<tokio::sync::Mutex<StopSignals>>, what: &'static str| async move {
+        let name = signals.lock().await.next().await;
+        tracing::info!("{name} received, {what}");
+    };
+    let first = next(signals.clone(), "shutting down");
+    let again = next(signals, "ending the requests in flight");
+    serve_on_with(config, listener, first, again).await
 }
 
 /// Pending connections the kernel queues before they are accepted: a burst of thousands of
@@ -64,11 +69,22 @@ pub fn tune_accepted(stream: &mut tokio::net::TcpStream) {
     }
 }
 
-/// [`serve`] on an already bound listener (tests bind port 0 and read the port first).
+/// [`serve`] on an already bound listener (tests bind port 0 and read the port first), until
+/// `shutdown` resolves (then the drain runs its whole `--shutdown-timeout`).
 pub async fn serve_on(
     config: RouterConfig,
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    serve_on_with(config, listener, shutdown, std::future::pending()).await
+}
+
+/// [`serve_on`], the drain cut short when `again` resolves (a second signal).
+async fn serve_on_with(
+    config: RouterConfig,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    again: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let dir = config
         .model_dir
@@ -107,7 +123,7 @@ pub async fn serve_on(
         .with_graceful_shutdown(stop)
         .into_future();
     let drain = Duration::from_secs_f64(config.shutdown_timeout);
-    let served = drained(served, stop_rx, drain, &dispatcher).await;
+    let served = drained(served, stop_rx, drain, again, &dispatcher).await;
     dispatcher.shutdown();
     Ok(served?)
 }
@@ -120,6 +136,7 @@ async fn drained(
     served: impl Future<Output = std::io::Result<()>>,
     stopped: tokio::sync::oneshot::Receiver<()>,
     drain: Duration,
+    again: impl Future<Output = ()>,
     dispatcher: &Dispatcher,
 ) -> std::io::Result<()> {
     /// How long connections may take to send the errors that end their requests.
@@ -134,7 +151,7 @@ async fn drained(
         () = tokio::time::sleep(drain) => {
             tracing::warn!("requests still running {:.0} s after the signal: ending them", drain.as_secs_f64());
         }
-        () = crate::app::shutdown_signal() => tracing::warn!("second signal: ending the requests in flight"),
+        () = again => {}
     }
     dispatcher.shutdown();
     tokio::time::timeout(LAST_WORDS, &mut served)

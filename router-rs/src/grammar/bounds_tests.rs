@@ -133,13 +133,71 @@ fn bounded_integers_take_exactly_the_integers_in_range() {
 
 #[test]
 fn integer_ranges_outside_64_bits_are_refused() {
-    for schema in [
-        json!({"type": "integer", "minimum": 9223372036854775808_u64,
-               "maximum": 9223372036854775809_u64}),
-        json!({"type": "integer", "maximum": -1e20}),
-        json!({"type": "integer", "exclusiveMaximum": -9223372036854775808.0}),
+    for (text, words) in [
+        (
+            r#"{"type": "integer", "minimum": 9223372036854775808, "maximum": 9223372036854775809}"#,
+            "outside 64 bits",
+        ),
+        (
+            r#"{"type": "integer", "minimum": 9223372036854775808}"#,
+            "outside 64 bits",
+        ),
+        (
+            r#"{"type": "integer", "maximum": -1e20}"#,
+            "outside 64 bits",
+        ),
+        (
+            r#"{"type": "integer", "maximum": -9223372036854775809}"#,
+            "outside 64 bits",
+        ),
+        (
+            r#"{"type": "integer", "exclusiveMaximum": -9223372036854775808.0}"#,
+            "outside 64 bits",
+        ),
+        (
+            r#"{"type": "integer", "minimum": 9007199254740992.5, "maximum": 9007199254740992}"#,
+            "no integer",
+        ),
     ] {
-        assert!(compile(Some(&schema)).is_err(), "{schema}");
+        let schema: Value = serde_json::from_str(text).unwrap();
+        let e = compile(Some(&schema)).unwrap_err();
+        assert!(e.message.contains(words), "{schema}: {e}");
+    }
+}
+
+#[test]
+fn integer_bounds_are_read_from_their_text_exactly() {
+    for (text, ok, bad) in [
+        (
+            r#"{"type": "integer", "exclusiveMinimum": 9007199254740993.0,
+                "maximum": 9007199254740995}"#,
+            &["9007199254740994"][..],
+            &["9007199254740993"][..],
+        ),
+        (
+            r#"{"type": "integer", "minimum": 9007199254740992, "maximum": 9007199254740993.5}"#,
+            &["9007199254740993"],
+            &["9007199254740994"],
+        ),
+        (
+            r#"{"type": "integer", "minimum": -2.5, "maximum": 25e-1}"#,
+            &["-2", "2"],
+            &["-3", "3"],
+        ),
+        (
+            r#"{"type": "integer", "exclusiveMinimum": -1E1, "exclusiveMaximum": 0.1e2}"#,
+            &["-9", "9"],
+            &["-10", "10"],
+        ),
+    ] {
+        let schema: Value = serde_json::from_str(text).unwrap();
+        let g = grammar(schema.clone());
+        for t in ok {
+            assert!(accepts(&g, t), "{schema}: {t}");
+        }
+        for t in bad {
+            assert!(!accepts(&g, t), "{schema}: {t}");
+        }
     }
 }
 

@@ -219,18 +219,15 @@ fn int_bound(map: &Map<String, Value>, low: bool) -> i128 {
     } else {
         ("maximum", "exclusiveMaximum")
     };
-    // the integer bound `v` gives, `open` when it excludes itself
+    // the integer bound `v` gives, `open` when it excludes itself (read from its JSON text,
+    // exactly; f64 only where the text is not a plain JSON number)
     let of = |v: &Value, open: bool| -> Option<i128> {
-        let step = i128::from(open);
-        if let Some(n) = v
-            .as_i64()
-            .map(i128::from)
-            .or_else(|| v.as_u64().map(i128::from))
-        {
-            return Some(if low { n + step } else { n - step });
+        let number = v.as_number()?;
+        if let Some(n) = exact_integer_bound(&number.to_string(), low, open) {
+            return Some(n);
         }
-        let f = v.as_f64()?;
-        // a whole f64 is an integer bound too (`open` then steps past it); the casts saturate
+        let f = number.as_f64()?;
+        let step = i128::from(open);
         Some(match (f.fract() == 0.0, low) {
             (true, true) => (f as i128).saturating_add(step),
             (true, false) => (f as i128).saturating_sub(step),
@@ -247,10 +244,62 @@ fn int_bound(map: &Map<String, Value>, low: bool) -> i128 {
     ];
     let bounds = candidates.into_iter().flatten();
     if low {
-        bounds.max().unwrap_or(i128::from(i64::MIN))
+        bounds.max().unwrap_or(i128::MIN)
     } else {
-        bounds.min().unwrap_or(i128::from(i64::MAX))
+        bounds.min().unwrap_or(i128::MAX)
     }
+}
+
+/// Magnitudes past this many decimal digits saturate (far outside 64 bits either way).
+const MAX_BOUND_DIGITS: usize = 30;
+
+/// The least (`low`) or greatest integer a bound written as the JSON number `text` allows,
+/// `open` when it excludes itself: worked out on the decimal digits, so that no bound is
+/// rounded. None where `text` is not a plain JSON number.
+fn exact_integer_bound(text: &str, low: bool, open: bool) -> Option<i128> {
+    let (negative, rest) = match text.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, text),
+    };
+    let (mantissa, exponent) = match rest.find(['e', 'E']) {
+        Some(at) => (&rest[..at], rest[at + 1..].parse::<i64>().ok()?),
+        None => (rest, 0),
+    };
+    let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    if int.is_empty() || !int.bytes().chain(frac.bytes()).all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    // the digits and where the point falls among them
+    let digits: String = format!("{int}{frac}");
+    let point = i64::try_from(int.len()).ok()? + exponent;
+    let (whole, fraction) = if point <= 0 {
+        ("", digits.as_str())
+    } else if point as usize >= digits.len() {
+        (digits.as_str(), "")
+    } else {
+        digits.split_at(point as usize)
+    };
+    let pad = (point.max(0) as usize).saturating_sub(whole.len()); // zeros past the digits
+    let whole = whole.trim_start_matches('0');
+    let inexact = fraction.bytes().any(|b| b != b'0');
+    let magnitude = if whole.len() + pad > MAX_BOUND_DIGITS {
+        i128::MAX / 2
+    } else {
+        let n: i128 = if whole.is_empty() {
+            0
+        } else {
+            whole.parse().ok()?
+        };
+        n * 10i128.pow(pad as u32)
+    };
+    let value = if negative { -magnitude } else { magnitude };
+    // the integers on the allowed side of value (value itself when whole and not open)
+    Some(match (low, inexact) {
+        (true, true) => value + i128::from(!negative), // ceil: toward +inf past the fraction
+        (false, true) => value - i128::from(negative), // floor: toward -inf past it
+        (true, false) => value + i128::from(open),
+        (false, false) => value - i128::from(open),
+    })
 }
 
 /// A numeric bound's value (None when absent or a draft 4 boolean).

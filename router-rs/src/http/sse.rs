@@ -17,10 +17,23 @@ pub type JsonEvents = BoxStream<'static, Result<String, ApiError>>;
 pub type NamedEvents = BoxStream<'static, Result<(String, String), ApiError>>;
 
 /// Answers with named `events` (Anthropic's stream: `event:` and `data:` lines, no end marker);
-/// a failure mid-stream is an `error` event and the last.
+/// a failure mid-stream is an `error` event (Anthropic's error object) and the last.
 pub fn respond_named(events: NamedEvents) -> Response {
+    named(events, |e| e.anthropic_body().to_string())
+}
+
+/// Answers with `events`, JSON objects with a `type`, each an SSE event of that name (`event:
+/// response.created`, then its `data:` line), as the Responses API streams them; a failure
+/// mid-stream is an `error` event (the OpenAI error object) and the last.
+pub fn respond_typed(events: JsonEvents) -> Response {
+    let events = events.map(|item| item.map(|data| (event_type(&data), data)));
+    named(events.boxed(), |e| e.body().to_string())
+}
+
+/// Named events up to the first failure, which `error_body` tells as the last event.
+fn named(events: NamedEvents, error_body: fn(&ApiError) -> String) -> Response {
     let body = events
-        .scan(false, |failed, item| {
+        .scan(false, move |failed, item| {
             if *failed {
                 return futures::future::ready(None);
             }
@@ -28,31 +41,7 @@ pub fn respond_named(events: NamedEvents) -> Response {
                 Ok(event) => event,
                 Err(e) => {
                     *failed = true;
-                    ("error".to_owned(), e.anthropic_body().to_string())
-                }
-            };
-            futures::future::ready(Some(name_event(name, data)))
-        })
-        .map(Ok::<_, Infallible>);
-    Sse::new(body)
-        .keep_alive(KeepAlive::default())
-        .into_response()
-}
-
-/// Answers with `events`, JSON objects with a `type`, each an SSE event of that name (`event:
-/// response.created`, then its `data:` line), as the Responses API streams them; a failure
-/// mid-stream is an `error` event (the OpenAI error object) and the last.
-pub fn respond_typed(events: JsonEvents) -> Response {
-    let body = events
-        .scan(false, |failed, item| {
-            if *failed {
-                return futures::future::ready(None);
-            }
-            let (name, data) = match item {
-                Ok(data) => (event_type(&data), data),
-                Err(e) => {
-                    *failed = true;
-                    ("error".to_owned(), e.body().to_string())
+                    ("error".to_owned(), error_body(&e))
                 }
             };
             futures::future::ready(Some(name_event(name, data)))

@@ -305,6 +305,9 @@ def _dying_with(parent: int) -> Callable[[], None]:
     def arm() -> None:
         if prctl is not None:
             prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        # a terminal's Ctrl-C is serve's to handle, from the child's first instruction on
+        # (an ignored signal stays ignored across exec, and Python leaves it so)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         if os.getppid() != parent:
             os._exit(1)
 

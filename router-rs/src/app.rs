@@ -130,7 +130,11 @@ impl StopSignals {
                     .map_err(|e| tracing::error!("cannot listen for {name}: {e}"))
                     .ok()
             };
-            let supervised = std::env::var_os(SUPERVISED_ENV).is_some();
+            let supervised = std::env::var(SUPERVISED_ENV).is_ok_and(|v| v == "1");
+            if supervised {
+                // SAFETY: setting a signal's disposition to "ignore" touches no memory of ours.
+                unsafe { libc::signal(libc::SIGINT, libc::SIG_IGN) };
+            }
             Self {
                 int: (!supervised)
                     .then(|| listen(SignalKind::interrupt(), "SIGINT"))

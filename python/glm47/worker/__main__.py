@@ -59,9 +59,10 @@ def main(argv: list[str] | None = None) -> int:
         level=args.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    if os.environ.get(SUPERVISED_ENV):
-        # `glm47 serve` handles the terminal's Ctrl-C and stops this process with SIGTERM;
-        # while the model loads, that ends it through the clean-up below
+    if os.environ.get(SUPERVISED_ENV) == "1":
+        # `glm47 serve` handles the terminal's Ctrl-C (it started this process with SIGINT
+        # ignored) and stops it with SIGTERM; while the model loads, that ends it through the
+        # clean-up below
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, _interrupt)
     followers: Followers | None = None
@@ -91,7 +92,13 @@ def main(argv: list[str] | None = None) -> int:
         if followers is not None:
             followers.stop(None, timeout_s=0.0)
         return 1
-    except BaseException:  # Ctrl-C while loading, say: the followers must not outlive it
+    except KeyboardInterrupt:  # stopped while loading: the followers must not outlive it
+        log.info("stopped while loading")
+        if followers is not None:
+            followers.stop(None, timeout_s=0.0)
+            exit_now_with(0)  # past the group's teardown (see tp_worker)
+        return 0
+    except BaseException:
         if followers is not None:
             followers.stop(None, timeout_s=0.0)
         raise

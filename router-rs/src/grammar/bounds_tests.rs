@@ -158,6 +158,11 @@ fn integer_ranges_outside_64_bits_are_refused() {
             r#"{"type": "integer", "minimum": 9007199254740992.5, "maximum": 9007199254740992}"#,
             "no integer",
         ),
+        (
+            r#"{"type": "integer", "minimum": 1e-99999999999999999999,
+                "exclusiveMaximum": 0e9223372036854775807}"#,
+            "no integer",
+        ),
     ] {
         let schema: Value = serde_json::from_str(text).unwrap();
         let e = compile(Some(&schema)).unwrap_err();
@@ -188,6 +193,17 @@ fn integer_bounds_are_read_from_their_text_exactly() {
             r#"{"type": "integer", "exclusiveMinimum": -1E1, "exclusiveMaximum": 0.1e2}"#,
             &["-9", "9"],
             &["-10", "10"],
+        ),
+        // zero however written; exponents of any length
+        (
+            r#"{"type": "integer", "minimum": 0e31, "maximum": -0.0E100}"#,
+            &["0"],
+            &["1", "-1"],
+        ),
+        (
+            r#"{"type": "integer", "exclusiveMinimum": -1e-99999999999999999999, "maximum": 1}"#,
+            &["0", "1"],
+            &["-1"],
         ),
     ] {
         let schema: Value = serde_json::from_str(text).unwrap();

@@ -250,6 +250,21 @@ fn int_bound(map: &Map<String, Value>, low: bool) -> i128 {
     }
 }
 
+/// An exponent's value (`+12`, `-3`, `7`); one too long for 62 bits is read as ±2^61, which
+/// every bound past it equals in effect (the value saturates or comes to a fraction of one).
+fn exponent_of(text: &str) -> Option<i64> {
+    let (negative, digits) = match text.as_bytes().first()? {
+        b'-' => (true, &text[1..]),
+        b'+' => (false, &text[1..]),
+        _ => (false, text),
+    };
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let magnitude = digits.parse::<i64>().unwrap_or(i64::MAX).min(1 << 61);
+    Some(if negative { -magnitude } else { magnitude })
+}
+
 /// Magnitudes past this many decimal digits saturate (far outside 64 bits either way).
 const MAX_BOUND_DIGITS: usize = 30;
 
@@ -262,16 +277,23 @@ fn exact_integer_bound(text: &str, low: bool, open: bool) -> Option<i128> {
         None => (false, text),
     };
     let (mantissa, exponent) = match rest.find(['e', 'E']) {
-        Some(at) => (&rest[..at], rest[at + 1..].parse::<i64>().ok()?),
+        Some(at) => (&rest[..at], exponent_of(&rest[at + 1..])?),
         None => (rest, 0),
     };
     let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
     if int.is_empty() || !int.bytes().chain(frac.bytes()).all(|b| b.is_ascii_digit()) {
         return None;
     }
+    if int.bytes().chain(frac.bytes()).all(|b| b == b'0') {
+        return Some(if low {
+            i128::from(open)
+        } else {
+            -i128::from(open)
+        }); // zero
+    }
     // the digits and where the point falls among them
     let digits: String = format!("{int}{frac}");
-    let point = i64::try_from(int.len()).ok()? + exponent;
+    let point = i64::try_from(int.len()).ok()?.checked_add(exponent)?;
     let (whole, fraction) = if point <= 0 {
         ("", digits.as_str())
     } else if point as usize >= digits.len() {

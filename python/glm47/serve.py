@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from glm47.system import raise_open_file_limit
+from glm47.system import SUPERVISED_ENV, raise_open_file_limit
 
 log = logging.getLogger("glm47.serve")
 
@@ -70,9 +70,6 @@ SHARED_FLAGS = {"--log-level": "--log-level", "--log_level": "--log-level"}
 WORKER_LOG_LEVELS = {"warn": "warning", "trace": "debug", "critical": "error", "fatal": "error"}
 
 CACHE_DIR_ENV = "GLM47_CACHE_DIR"
-# Set in the children's environment: SIGINT (a terminal's Ctrl-C, which reaches the whole
-# process group) is left to `glm47 serve`, which stops them in order; they act on SIGTERM.
-SUPERVISED_ENV = "GLM47_SUPERVISED"
 PR_SET_PDEATHSIG = 1  # prctl(2): the signal a process gets when its parent dies
 
 

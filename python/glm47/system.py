@@ -1,8 +1,13 @@
-"""Process limits shared by the commands."""
+"""Process settings shared by the commands."""
 
 from __future__ import annotations
 
 WANTED_OPEN_FILES = 65536
+
+# Set to "1" by `glm47 serve` in its children's environment: SIGINT (a terminal's Ctrl-C, which
+# reaches the whole process group) is left to serve, which stops them in order; they act on
+# SIGTERM. The router reads it too (router-rs/src/app.rs).
+SUPERVISED_ENV = "GLM47_SUPERVISED"
 
 
 def raise_open_file_limit() -> None:

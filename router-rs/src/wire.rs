@@ -156,24 +156,11 @@ fn decode_step(body: rmpv::Value) -> Result<Step, WireError> {
 
 /// The stats of a step, each field that is not a non-negative integer left unknown.
 fn decode_stats(value: rmpv::Value) -> Stats {
-    let mut stats = Stats::default();
-    for (key, value) in value.as_map().into_iter().flatten() {
-        let n = value.as_u64();
-        match key.as_str() {
-            Some("waiting") => stats.waiting = n,
-            Some("running") => stats.running = n,
-            Some("kv_pages_used") => stats.kv_pages_used = n,
-            Some("kv_pages_cached") => stats.kv_pages_cached = n,
-            Some("kv_pages_total") => stats.kv_pages_total = n,
-            Some("prefix_hit_tokens") => stats.prefix_hit_tokens = n,
-            Some("prompt_tokens") => stats.prompt_tokens = n,
-            Some("spec_drafted") => stats.spec_drafted = n,
-            Some("spec_accepted") => stats.spec_accepted = n,
-            Some("preemptions") => stats.preemptions = n,
-            _ => {}
-        }
-    }
-    stats
+    let rmpv::Value::Map(entries) = value else {
+        return Stats::default();
+    };
+    let counts = entries.into_iter().filter(|(_, v)| v.as_u64().is_some());
+    rmpv::ext::from_value(rmpv::Value::Map(counts.collect())).unwrap_or_default()
 }
 
 /// Builds a message from its JSON form `[type, version, body]` (the fixtures' `value`).

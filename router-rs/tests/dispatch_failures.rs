@@ -89,10 +89,7 @@ async fn an_unreadable_output_fails_its_request_and_the_rest_of_the_step_arrives
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fatal_error_fails_every_request_until_the_worker_is_ready_again() {
-    let worker = FakeWorker::bind();
-    let (d, _) = start(vec![worker.addr.clone()], Duration::from_secs(30));
-    let id = worker.handshake("tiny");
-    wait_until("ready", || d.is_ready());
+    let (worker, d, _, id) = ready_pair(Duration::from_secs(30));
     let mut handles = d
         .submit_many(vec![request("x"), request("y")])
         .expect("submitted");
@@ -124,10 +121,7 @@ async fn a_fatal_error_fails_every_request_until_the_worker_is_ready_again() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_worker_is_lost_and_its_requests_fail() {
-    let worker = FakeWorker::bind();
-    let (d, metrics) = start(vec![worker.addr.clone()], Duration::from_millis(300));
-    let id = worker.handshake("tiny");
-    wait_until("ready", || d.is_ready());
+    let (worker, d, metrics, id) = ready_pair(Duration::from_millis(300));
     let mut handle = d.submit(request("stuck")).expect("submitted");
     worker.recv_submit();
     assert_eq!(

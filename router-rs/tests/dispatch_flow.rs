@@ -108,10 +108,7 @@ async fn outputs_reach_their_own_handles_until_the_finish() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropping_an_unfinished_handle_aborts_its_request() {
-    let worker = FakeWorker::bind();
-    let (d, _) = start(vec![worker.addr.clone()], Duration::from_secs(30));
-    let id = worker.handshake("tiny");
-    wait_until("ready", || d.is_ready());
+    let (worker, d, _, id) = ready_pair(Duration::from_secs(30));
     let mut handle = d.submit(request("gone")).expect("submitted");
     let rid = handle.rid().to_owned();
     worker.recv_submit();
@@ -135,10 +132,7 @@ async fn dropping_an_unfinished_handle_aborts_its_request() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_finished_handle_sends_no_abort_when_dropped() {
-    let worker = FakeWorker::bind();
-    let (d, _) = start(vec![worker.addr.clone()], Duration::from_secs(30));
-    let id = worker.handshake("tiny");
-    wait_until("ready", || d.is_ready());
+    let (worker, d, _, id) = ready_pair(Duration::from_secs(30));
     let mut handle = d.submit(request("done")).expect("submitted");
     worker.recv_submit();
     worker.step(
@@ -263,10 +257,7 @@ async fn the_least_loaded_policy_ignores_prefixes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_round_trip_takes_far_less_than_the_idle_poll_period() {
-    let worker = FakeWorker::bind();
-    let (d, _) = start(vec![worker.addr.clone()], Duration::from_secs(30));
-    let id = worker.handshake("tiny");
-    wait_until("ready", || d.is_ready());
+    let (worker, d, _, id) = ready_pair(Duration::from_secs(30));
     let rounds = 50;
     let started = std::time::Instant::now();
     for i in 0..rounds {

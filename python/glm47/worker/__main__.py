@@ -12,6 +12,7 @@ from functools import partial
 
 import zmq
 
+from glm47.system import SUPERVISED_ENV
 from glm47.worker.build import build, check_split, make_runner
 from glm47.worker.cli_args import parse_args
 from glm47.worker.model.parallel import SINGLE
@@ -42,10 +43,6 @@ def tune_gc() -> None:
     gc.freeze()
     _, gen1, gen2 = gc.get_threshold()
     gc.set_threshold(GC_GEN0_THRESHOLD, gen1, gen2)
-
-
-# Set by `glm47 serve` (see glm47.serve.SUPERVISED_ENV).
-SUPERVISED_ENV = "GLM47_SUPERVISED"
 
 
 def _interrupt(signum: int, frame: object) -> None:

@@ -29,41 +29,28 @@ impl Chars {
         self.esc == 0 && self.utf8_left == 0
     }
 
-    /// Right after the backslash of an escape.
-    pub(crate) fn after_backslash(&self) -> bool {
-        self.esc == 1
-    }
-
-    /// Inside a `\u` escape: the value of the hex digits read so far.
-    pub(crate) fn escape_code(&self) -> u16 {
-        self.code
-    }
-
-    /// Inside a `\u` escape: which of its four hex digits comes next (0 to 3).
-    pub(crate) fn hex_digit(&self) -> Option<u8> {
-        (2..=5).contains(&self.esc).then(|| 5 - self.esc)
-    }
-
     /// Whether `b` keeps a member name in its one JSON spelling (serde_json's, that of the listed
     /// names): `\u` only for a control character without a short escape (`\u0000` to `\u001f`
     /// but for `\b`, `\t`, `\n`, `\f`, `\r`), in lower-case hex, never `\/`. Another spelling
     /// of a listed name (`"\u0061"` for `"a"`) would read as another member and give that name
     /// twice.
     pub(crate) fn keeps_name_canonical(&self, b: u8) -> bool {
-        match self.hex_digit() {
-            Some(0 | 1) => b == b'0',
-            Some(2) => matches!(b, b'0' | b'1'),
-            Some(_) => {
+        // `esc` 5 to 2: the first to the last hex digit of a `\u` escape comes next
+        match self.esc {
+            5 | 4 => b == b'0',
+            3 => matches!(b, b'0' | b'1'),
+            2 => {
                 let Some(digit) = (b as char).to_digit(16).filter(|_| !b.is_ascii_uppercase())
                 else {
                     return false;
                 };
                 !matches!(
-                    (self.escape_code() << 4) | digit as u16,
+                    (self.code << 4) | digit as u16,
                     0x08 | 0x09 | 0x0a | 0x0c | 0x0d
                 )
             }
-            None => !(self.after_backslash() && b == b'/'),
+            1 => b != b'/', // right after the backslash: no `\/`
+            _ => true,
         }
     }
 

@@ -219,22 +219,8 @@ fn int_bound(map: &Map<String, Value>, low: bool) -> i128 {
     } else {
         ("maximum", "exclusiveMaximum")
     };
-    // the integer bound `v` gives, `open` when it excludes itself (read from its JSON text,
-    // exactly; f64 only where the text is not a plain JSON number)
-    let of = |v: &Value, open: bool| -> Option<i128> {
-        let number = v.as_number()?;
-        if let Some(n) = exact_integer_bound(&number.to_string(), low, open) {
-            return Some(n);
-        }
-        let f = number.as_f64()?;
-        let step = i128::from(open);
-        Some(match (f.fract() == 0.0, low) {
-            (true, true) => (f as i128).saturating_add(step),
-            (true, false) => (f as i128).saturating_sub(step),
-            (false, true) => f.ceil() as i128,
-            (false, false) => f.floor() as i128,
-        })
-    };
+    // the integer bound `v` gives, `open` when it excludes itself, read from its JSON text
+    let of = |v: &Value, open: bool| exact_integer_bound(&v.as_number()?.to_string(), low, open);
     let draft4_open = map.get(exclusive) == Some(&Value::Bool(true));
     let candidates = [
         map.get(inclusive).and_then(|v| of(v, draft4_open)),

@@ -281,3 +281,13 @@ impl Schema {
 pub(crate) fn unescaped(b: u8) -> bool {
     b >= 0x80 || (b >= 0x20 && b != b'"' && b != b'\\')
 }
+
+/// The texts in `lo..hi` (sorted, all sharing their first `pos` bytes) whose byte `pos` is `b`.
+pub(super) fn narrow(texts: &[Vec<u8>], lo: u32, hi: u32, pos: u32, b: u8) -> (u32, u32) {
+    let range = &texts[lo as usize..hi as usize];
+    let p = pos as usize;
+    let key = |t: &Vec<u8>| t.get(p).copied();
+    let start = range.partition_point(|t| key(t) < Some(b));
+    let end = range.partition_point(|t| key(t) <= Some(b));
+    (lo + start as u32, lo + end as u32)
+}

@@ -6,20 +6,10 @@ use super::frame::{with_top, ArrAt, Frame, NumAt, ObjAt, Thread};
 use super::integer::IntAt;
 use super::lengths::Lengths;
 use super::matcher::{Grammar, MAX_DEPTH, MAX_NUMBER_BYTES};
-use super::schema::{Node, NodeId};
+use super::schema::{narrow, Node, NodeId};
 
 fn is_ws(b: u8) -> bool {
     matches!(b, b' ' | b'\n' | b'\t' | b'\r')
-}
-
-/// The texts in `lo..hi` (sorted, all sharing their first `pos` bytes) whose byte `pos` is `b`.
-pub(super) fn narrow(texts: &[Vec<u8>], lo: u32, hi: u32, pos: u32, b: u8) -> (u32, u32) {
-    let range = &texts[lo as usize..hi as usize];
-    let p = pos as usize;
-    let key = |t: &Vec<u8>| t.get(p).copied();
-    let start = range.partition_point(|t| key(t) < Some(b));
-    let end = range.partition_point(|t| key(t) <= Some(b));
-    (lo + start as u32, lo + end as u32)
 }
 
 impl Grammar {

@@ -4,8 +4,7 @@
 use super::chars::Utf8;
 use super::frame::{with_top, Frame, Thread};
 use super::matcher::Grammar;
-use super::schema::{Node, NodeId};
-use super::step::narrow;
+use super::schema::{narrow, Node, NodeId};
 
 /// Most frames a thread of raw text holds (an EBNF grammar's recursion grows them).
 pub(super) const MAX_RAW_DEPTH: usize = 1024;

@@ -127,17 +127,17 @@ impl Meta {
     /// A fresh answer id (`id_prefix` and the client's `X-Request-Id`, or random characters),
     /// the current time and model name.
     fn new(state: &AppState, id_prefix: &str) -> Self {
-        Self {
-            id: request_id::answer_id(id_prefix),
-            created: crate::protocol::openai::unix_now(),
-            model: state.model_name(),
-        }
+        Self::named(state, request_id::answer_id(id_prefix))
     }
 
     /// The same with an id of random characters whatever the client gave (stored responses).
     fn unique(state: &AppState, id_prefix: &str) -> Self {
+        Self::named(state, request_id::unique_answer_id(id_prefix))
+    }
+
+    fn named(state: &AppState, id: String) -> Self {
         Self {
-            id: request_id::unique_answer_id(id_prefix),
+            id,
             created: crate::protocol::openai::unix_now(),
             model: state.model_name(),
         }

@@ -89,6 +89,11 @@ pub fn answer_id(prefix: &str) -> String {
         Some(given) => format!("{prefix}{given}"),
         None => crate::protocol::openai::random_id(prefix),
     };
+    named(id)
+}
+
+/// Records `id` as the answer's (the first one named stands) and returns it.
+fn named(id: String) -> String {
     let _ = CURRENT.try_with(|c| {
         c.borrow_mut().named.get_or_insert_with(|| id.clone());
     });
@@ -99,11 +104,7 @@ pub fn answer_id(prefix: &str) -> String {
 /// server keeps, such as stored responses', must not repeat); the response header carries it
 /// where the client gave none.
 pub fn unique_answer_id(prefix: &str) -> String {
-    let id = crate::protocol::openai::random_id(prefix);
-    let _ = CURRENT.try_with(|c| {
-        c.borrow_mut().named.get_or_insert_with(|| id.clone());
-    });
-    id
+    named(crate::protocol::openai::random_id(prefix))
 }
 
 /// The client's id of the request this task answers, if it gave one.

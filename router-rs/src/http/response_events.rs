@@ -11,7 +11,7 @@ use futures::stream::{self, StreamExt};
 use serde_json::Value;
 use tokio::sync::Notify;
 
-use crate::http::sse::JsonEvents;
+use crate::http::sse::{typed, NamedEvents};
 use crate::http::ApiError;
 
 /// Most bytes of events one log keeps (a long answer with logprobs runs to many): past it the
@@ -24,7 +24,7 @@ pub(super) const MAX_LOG_BYTES: usize = 16 << 20;
 const READ_EVENTS: usize = 256;
 const READ_BYTES: usize = 1 << 20;
 
-/// One response's events, serialized, in sequence-number order.
+/// One response's events, serialized and named by their type, in sequence-number order.
 #[derive(Debug, Default)]
 pub struct EventLog {
     inner: Mutex<Inner>,
@@ -34,7 +34,7 @@ pub struct EventLog {
 #[derive(Debug, Default)]
 struct Inner {
     /// `events[i]` has sequence number `first + i`.
-    events: VecDeque<Arc<str>>,
+    events: VecDeque<Arc<(String, String)>>,
     first: u64,
     bytes: usize,
     /// No event comes after these.
@@ -49,13 +49,13 @@ impl EventLog {
         }
         let mut inner = self.lock();
         for event in events {
-            let text: Arc<str> = event.to_string().into();
-            inner.bytes += text.len();
-            inner.events.push_back(text);
+            let logged = Arc::new(typed(&event));
+            inner.bytes += logged.1.len();
+            inner.events.push_back(logged);
         }
         while inner.bytes > MAX_LOG_BYTES && inner.events.len() > 1 {
             if let Some(gone) = inner.events.pop_front() {
-                inner.bytes -= gone.len();
+                inner.bytes -= gone.1.len();
                 inner.first += 1;
             }
         }
@@ -77,9 +77,9 @@ impl EventLog {
             return;
         }
         event["sequence_number"] = Value::from(inner.first + inner.events.len() as u64);
-        let text: Arc<str> = event.to_string().into();
-        inner.bytes += text.len();
-        inner.events.push_back(text);
+        let logged = Arc::new(typed(&event));
+        inner.bytes += logged.1.len();
+        inner.events.push_back(logged);
         inner.ended = true;
         drop(inner);
         self.grew.notify_waiters();
@@ -104,7 +104,7 @@ impl EventLog {
 
     /// The events after sequence number `after` (all when `None`), then each new one until the
     /// log ends.
-    pub fn follow(self: Arc<Self>, after: Option<u64>) -> JsonEvents {
+    pub fn follow(self: Arc<Self>, after: Option<u64>) -> NamedEvents {
         let next = after.map_or(0, |n| n.saturating_add(1));
         stream::unfold(Some((self, next)), |reading| async move {
             let (log, next) = reading?;
@@ -123,7 +123,7 @@ impl EventLog {
                     Read::Events(batch) => {
                         let next = next + batch.len() as u64;
                         // copied out of the log here, outside its lock
-                        let batch = batch.iter().map(|e| Ok(e.to_string())).collect();
+                        let batch = batch.iter().map(|e| Ok(e.as_ref().clone())).collect();
                         Some((batch, Some((log, next))))
                     }
                     Read::Lost(first) => {
@@ -154,7 +154,7 @@ impl EventLog {
             let mut bytes = 0;
             let batch = inner.events.range(at..).take(READ_EVENTS).enumerate();
             let batch = batch.take_while(|(i, e)| {
-                bytes += e.len();
+                bytes += e.1.len();
                 *i == 0 || bytes <= READ_BYTES
             });
             return Read::Events(batch.map(|(_, e)| e.clone()).collect());
@@ -169,7 +169,7 @@ impl EventLog {
 
 enum Read {
     /// The events from the one asked for on (not all of them, past a batch's bounds).
-    Events(Vec<Arc<str>>),
+    Events(Vec<Arc<(String, String)>>),
     /// Those from the one asked for are gone: the log starts at this one.
     Lost(u64),
     Ended,
@@ -181,11 +181,11 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn numbers(events: Vec<Result<String, ApiError>>) -> Vec<u64> {
+    fn numbers(events: Vec<Result<(String, String), ApiError>>) -> Vec<u64> {
         events
             .into_iter()
             .map(|e| {
-                let v: Value = serde_json::from_str(&e.expect("an event")).expect("json");
+                let v: Value = serde_json::from_str(&e.expect("an event").1).expect("json");
                 v["sequence_number"].as_u64().expect("number")
             })
             .collect()

@@ -79,12 +79,12 @@ pub async fn responses(
 
 /// The events of a streamed response: created and in progress, the items' events as the
 /// deltas come, then completed (or incomplete).
-fn events(mut output: Output, stream: ChoiceStream) -> sse::JsonEvents {
+fn events(mut output: Output, stream: ChoiceStream) -> sse::NamedEvents {
     output.opening();
     let first: Vec<_> = output.take_events().into_iter().map(Ok).collect();
     stream::iter(first)
         .chain(built_events(output, stream))
-        .map(|e| sse::json(&e?))
+        .map(|e| Ok(sse::typed(&e?)))
         .boxed()
 }
 

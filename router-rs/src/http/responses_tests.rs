@@ -207,7 +207,7 @@ async fn a_background_task_that_panics_ends_its_log_and_is_stored_failed() {
     assert!(ran.await.unwrap_err().is_panic());
     let read = tokio::time::timeout(Duration::from_secs(5), reader).await;
     let read = read.expect("the reader ends").expect("joined");
-    let last: Value = serde_json::from_str(read.last().unwrap().as_ref().unwrap()).unwrap();
+    let last: Value = serde_json::from_str(&read.last().unwrap().as_ref().unwrap().1).unwrap();
     assert_eq!((read.len(), &last["type"]), (3, &json!("response.failed")));
     assert_eq!(last["sequence_number"], 2);
     assert!(store.background(id).is_none());

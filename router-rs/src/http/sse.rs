@@ -22,12 +22,17 @@ pub fn respond_named(events: NamedEvents) -> Response {
     named(events, |e| e.anthropic_body().to_string())
 }
 
-/// Answers with `events`, JSON objects with a `type`, each an SSE event of that name (`event:
-/// response.created`, then its `data:` line), as the Responses API streams them; a failure
-/// mid-stream is an `error` event (the OpenAI error object) and the last.
-pub fn respond_typed(events: JsonEvents) -> Response {
-    let events = events.map(|item| item.map(|data| (event_type(&data), data)));
-    named(events.boxed(), |e| e.body().to_string())
+/// Answers with named `events` as the Responses API streams them (each named by its type,
+/// [`typed`]); a failure mid-stream is an `error` event (the OpenAI error object) and the last.
+pub fn respond_typed(events: NamedEvents) -> Response {
+    named(events, |e| e.body().to_string())
+}
+
+/// An event serialized and named by its `type` (`message`, SSE's default name, where it has
+/// none): `event: response.created`, then its `data:` line.
+pub fn typed(event: &serde_json::Value) -> (String, String) {
+    let name = event["type"].as_str().unwrap_or("message").to_owned();
+    (name, event.to_string())
 }
 
 /// Named events up to the first failure, which `error_body` tells as the last event.
@@ -50,16 +55,6 @@ fn named(events: NamedEvents, error_body: fn(&ApiError) -> String) -> Response {
     Sse::new(body)
         .keep_alive(KeepAlive::default())
         .into_response()
-}
-
-/// The `type` of a serialized event (`message`, SSE's default name, where it has none).
-fn event_type(data: &str) -> String {
-    #[derive(serde::Deserialize)]
-    struct Typed {
-        #[serde(rename = "type")]
-        kind: String,
-    }
-    serde_json::from_str::<Typed>(data).map_or_else(|_| "message".to_owned(), |t| t.kind)
 }
 
 fn name_event(name: String, data: String) -> Event {

@@ -131,3 +131,48 @@ async fn deleting_a_running_background_response_the_store_dropped_answers_delete
     // the first is aborted, the second runs on
     assert_eq!(worker.aborts.lock().expect("lock").len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_response_cannot_be_continued_until_it_ends() {
+    let (_model, _worker, server, id) = running_background_response().await;
+    let body = json!({"input": "and then?", "previous_response_id": id});
+    let (status, answer) = server.post("/v1/responses", body.clone()).await;
+    assert_eq!(status, 400, "{answer}");
+    assert_eq!(answer["error"]["param"], "previous_response_id");
+    assert!(answer["error"]["message"]
+        .as_str()
+        .is_some_and(|m| m.contains("still in progress")));
+    assert_eq!(server.settled(&id).await["status"], "completed");
+    let (status, answer) = server.post("/v1/responses", body).await;
+    assert_eq!(status, 200, "{answer}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn response_ids_are_the_servers_own_whatever_x_request_id_says() {
+    let (_model, _worker, server) = setup("hello", 1, &[]).await;
+    let mut ids = Vec::new();
+    for input in ["first", "second"] {
+        let answer: serde_json::Value = server
+            .client
+            .post(format!("{}/v1/responses", server.url))
+            .header("X-Request-Id", "same-id")
+            .json(&json!({"input": input}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        ids.push(answer["id"].as_str().expect("id").to_owned());
+    }
+    assert_ne!(ids[0], ids[1]);
+    assert!(ids
+        .iter()
+        .all(|id| id.starts_with("resp_") && id != "resp_same-id"));
+    // each is stored as itself: the second did not replace the first
+    for (id, input) in ids.iter().zip(["first", "second"]) {
+        let (status, items) = server.get(&format!("/v1/responses/{id}/input_items")).await;
+        assert_eq!(status, 200, "{items}");
+        assert_eq!(items["data"][0]["content"][0]["text"], input, "{items}");
+    }
+}

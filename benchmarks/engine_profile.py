@@ -75,6 +75,17 @@ def layer_runs(names: list[str], block: list[str]) -> list[tuple[int, int]]:
     return runs
 
 
+def step_layer_runs(names: list[str], steps: int) -> tuple[int, list[tuple[int, int]]]:
+    """(kernels a layer, each step's run of layers) in the GPU events of `steps` engine steps.
+
+    A layer is shorter than half a step (a longer repeating block would be the step itself), and
+    of four points a quarter of a step apart, at least one is inside a step's layers."""
+    step_len = len(names) // max(1, steps)
+    ends = tuple(len(names) // 2 + k * step_len // 4 for k in range(4))
+    start, period = find_period(names, max_period=step_len // 2, ends=ends)
+    return period, layer_runs(names, names[start : start + period]) if period else []
+
+
 def between_runs(events: list[tuple[str, float, float]], runs: list[tuple[int, int]]) -> list[dict]:
     """For each stretch between two layer runs: its length (end of the last layer kernel to the
     start of the next run's first) and its events with the idle gap before each."""
@@ -135,9 +146,11 @@ def run(args: argparse.Namespace) -> dict:
         prof.export_chrome_trace(str(path))
         events = gpu_events(path)
     names = [e[0] for e in events]
-    start, period = find_period(names)
-    block = names[start : start + period]
-    runs = layer_runs(names, block)
+    period, runs = step_layer_runs(names, args.steps)
+    if len(runs) < 2:
+        raise SystemExit(
+            f"{len(runs)} layer runs found in {len(names)} GPU events (period {period})"
+        )
     stretches = between_runs(events, runs)
     layer_us = [events[j - 1][2] - events[i][1] for i, j in runs]
     window = events[runs[-1][0]][1] - events[runs[0][0]][1]  # from the first run to the last

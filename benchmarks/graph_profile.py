@@ -47,12 +47,23 @@ def short(name: str) -> str:
     return name if len(name) <= 48 else name[:45] + "..."
 
 
-def find_period(names: list[str], min_period: int = 4) -> tuple[int, int]:
-    """(first index, period) of the longest run of a repeating block of kernel names."""
+def find_period(
+    names: list[str],
+    min_period: int = 4,
+    max_period: int | None = None,
+    ends: tuple[int, ...] | None = None,
+) -> tuple[int, int]:
+    """(first index, period) of the longest run of a repeating block of kernel names, the block
+    at most `max_period` names long (a third of them by default) and ending at one of `ends`
+    (the middle by default: the middle of a step is inside its decoder layers)."""
     n = len(names)
     best = (0, 0, 0)  # (repeats, start, period)
-    for period in range(min_period, n // 3 + 1):
-        start = n // 2 - period  # the middle of the step is inside the decoder layers
+    candidates = [
+        (period, end - period)
+        for period in range(min_period, min(n // 3, max_period or n) + 1)
+        for end in ends or (n // 2,)
+    ]
+    for period, start in candidates:
         if start < 0:
             continue
         block = names[start : start + period]

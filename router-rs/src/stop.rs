@@ -4,7 +4,9 @@
 //! text as soon as it cannot be the start of a stop string, holds back the longest tail that is
 //! still a prefix of one, and on a match emits the text before the stop string (and the stop
 //! string itself only when asked: vLLM's `include_stop_str_in_output`) and reports the stop. With
-//! no stop strings nothing is ever held back.
+//! no stop strings nothing is ever held back. Text fed with [`StopMatcher::push_unchecked`] (the
+//! tokens before vLLM's `min_tokens`) ends no match, but a match ending in later text may begin
+//! in it, as vLLM finds one.
 
 /// Finds the first occurrence of any stop string in a stream of text.
 #[derive(Debug, Clone, Default)]
@@ -13,6 +15,8 @@ pub struct StopMatcher {
     stops: Vec<String>,
     /// Text received but not yet emitted: a tail that may begin a stop string.
     held: String,
+    /// Bytes at the start of `held` fed unchecked: a match must end after them.
+    unchecked: usize,
     /// Index into `stops` of the string that matched, once one has.
     matched: Option<usize>,
     /// Emit the matched stop string too.
@@ -33,6 +37,7 @@ impl StopMatcher {
                 .filter(|s| !s.is_empty())
                 .collect(),
             held: String::new(),
+            unchecked: 0,
             matched: None,
             include_match: false,
         }
@@ -64,8 +69,28 @@ impl StopMatcher {
                 return (self.stop_at(start, index), true);
             }
         }
+        (self.release_to(keep_from), false)
+    }
+
+    /// Feeds `text` in which no stop string may end; returns the text that is safe to emit (a
+    /// tail that may begin a stop string ending in later text is held back).
+    pub fn push_unchecked(&mut self, text: &str) -> String {
+        if self.matched.is_some() {
+            return String::new();
+        }
+        if self.stops.is_empty() {
+            return text.to_string();
+        }
+        self.held.push_str(text);
+        self.unchecked = self.held.len();
+        self.release_to(self.held_tail_start())
+    }
+
+    /// Emits `held` up to byte `keep_from`, keeping the rest.
+    fn release_to(&mut self, keep_from: usize) -> String {
         let rest = self.held.split_off(keep_from);
-        (std::mem::replace(&mut self.held, rest), false)
+        self.unchecked = self.unchecked.saturating_sub(keep_from);
+        std::mem::replace(&mut self.held, rest)
     }
 
     /// Ends the stream: returns the held-back text and whether a stop string matched in it (one
@@ -103,12 +128,19 @@ impl StopMatcher {
         emit
     }
 
-    /// Byte offset in `held` and stop index of the earliest match.
+    /// Byte offset in `held` and stop index of the earliest match that ends after the
+    /// unchecked text.
     fn first_match(&self) -> Option<(usize, usize)> {
         self.stops
             .iter()
             .enumerate()
-            .filter_map(|(i, stop)| self.held.find(stop.as_str()).map(|at| (at, i)))
+            .filter_map(|(i, stop)| {
+                let from = (self.unchecked + 1).saturating_sub(stop.len());
+                let from = (from..=self.held.len()).find(|&b| self.held.is_char_boundary(b))?;
+                self.held[from..]
+                    .find(stop.as_str())
+                    .map(|at| (from + at, i))
+            })
             .min()
     }
 
@@ -156,6 +188,38 @@ mod tests {
             &["The end", "<", "/an", "s", "wer", "> tail"],
         );
         assert_eq!((out.as_str(), stopped, at), ("The end", true, Some(5)));
+    }
+
+    #[test]
+    fn unchecked_text_ends_no_match_but_may_begin_one() {
+        let mut m = StopMatcher::new(["abc", "b"]);
+        // "b" ends in the unchecked text; "ab" may begin "abc", so it is held
+        assert_eq!(m.push_unchecked("xab"), "x");
+        assert_eq!(m.push("c tail"), (String::new(), true));
+        assert_eq!(m.matched(), Some("abc"));
+        // the held "ab" released: "b" within it stays unmatched, the next "b" stops
+        let mut m = StopMatcher::new(["abc", "b"]);
+        assert_eq!(m.push_unchecked("xab"), "x");
+        assert_eq!(m.push("xyb!"), ("abxy".to_string(), true));
+        assert_eq!(m.matched(), Some("b"));
+        // a whole stop string at the end of unchecked text: only a tail that may begin a later
+        // match is held
+        let mut m = StopMatcher::new(["éé"]);
+        assert_eq!(m.push_unchecked("aéé"), "aé");
+        assert_eq!(m.push("x"), ("éx".to_string(), false));
+        // the search for "bc" would start inside the held "é": it starts after it
+        let mut m = StopMatcher::new(["bc", "aéé"]);
+        assert_eq!(m.push_unchecked("aé"), "");
+        assert_eq!(m.push("bc"), ("aé".to_string(), true));
+        let mut m = StopMatcher::new(["éé"]);
+        assert_eq!(m.push_unchecked("é"), "");
+        assert_eq!(m.push("é"), (String::new(), true));
+        assert_eq!(m.finish(), (String::new(), true));
+        // without stop strings nothing is held
+        assert_eq!(
+            StopMatcher::new(Vec::<String>::new()).push_unchecked("ab"),
+            "ab"
+        );
     }
 
     #[test]

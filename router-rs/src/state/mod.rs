@@ -138,8 +138,8 @@ pub struct Pipeline {
     /// Ids whose text is left out of the answer when the worker's stop finish is on them (the
     /// eos and stop token ids, as vLLM leaves them out unless `include_stop_str_in_output`).
     hidden_end_ids: Vec<u32>,
-    /// Stop strings are looked for only after this many tokens, in the text after them (vLLM's
-    /// `min_tokens`).
+    /// No stop string may end in the text of the first this many tokens (vLLM's `min_tokens`);
+    /// one ending later may begin there.
     min_tokens: u32,
     /// With a reasoning parser: the ids of `<think>` and `</think>`, whether the output is in
     /// reasoning after the tokens so far, and the tokens counted in it.
@@ -178,7 +178,7 @@ impl Pipeline {
         }
     }
 
-    /// Looks for stop strings only after `n` tokens, in the text after them.
+    /// Lets no stop string end in the text of the first `n` tokens.
     pub fn with_min_tokens(mut self, n: u32) -> Self {
         self.min_tokens = n;
         self
@@ -252,7 +252,7 @@ impl Pipeline {
             self.count_reasoning(id);
             let piece = self.detok.push(id);
             let (emit, stopped) = if self.completion_tokens <= self.min_tokens {
-                (piece.clone(), false) // before `min_tokens`: no stop string yet
+                (self.stop.push_unchecked(&piece), false) // no stop string ends here yet
             } else {
                 self.stop.push(&piece)
             };

@@ -14,6 +14,9 @@ pub trait StopStrings: Send {
     /// Feeds `text`; returns the text now safe to release and whether a stop string matched (the
     /// match and everything after it are never released).
     fn push(&mut self, text: &str) -> (String, bool);
+    /// Feeds `text` in which no stop string may end (the tokens before `min_tokens`); a match
+    /// ending in later text may still begin in it. Returns the text now safe to release.
+    fn push_unchecked(&mut self, text: &str) -> String;
     /// Releases the text held back at the end of the output, and whether a stop string matched
     /// in it.
     fn finish(&mut self) -> (String, bool);
@@ -42,6 +45,10 @@ impl Detokenize for crate::detokenize::Detokenizer {
 impl StopStrings for crate::stop::StopMatcher {
     fn push(&mut self, text: &str) -> (String, bool) {
         crate::stop::StopMatcher::push(self, text)
+    }
+
+    fn push_unchecked(&mut self, text: &str) -> String {
+        crate::stop::StopMatcher::push_unchecked(self, text)
     }
 
     fn finish(&mut self) -> (String, bool) {

@@ -17,43 +17,13 @@ impl Detokenize for CharDetok {
     }
 }
 
-/// Holds back any suffix that could start `stop`.
-struct OneStop {
-    stop: String,
-    held: String,
-}
-
-impl StopStrings for OneStop {
-    fn push(&mut self, text: &str) -> (String, bool) {
-        self.held.push_str(text);
-        if let Some(at) = self.held.find(&self.stop) {
-            let emit = self.held[..at].to_owned();
-            self.held.clear();
-            return (emit, true);
-        }
-        let keep = (1..self.stop.len())
-            .rev()
-            .find(|&n| self.held.ends_with(&self.stop[..n]))
-            .unwrap_or(0);
-        let emit = self.held[..self.held.len() - keep].to_owned();
-        self.held.drain(..self.held.len() - keep);
-        (emit, false)
-    }
-    fn finish(&mut self) -> (String, bool) {
-        (std::mem::take(&mut self.held), false)
-    }
-}
-
 fn tokenizer() -> Arc<Tokenizer> {
     Arc::new(Tokenizer::word_level(128))
 }
 
 fn pipeline(stop: &str) -> Pipeline {
-    let stop = Box::new(OneStop {
-        stop: stop.into(),
-        held: String::new(),
-    });
-    Pipeline::new(tokenizer(), Box::new(CharDetok), stop)
+    let stop = crate::stop::StopMatcher::new([stop]);
+    Pipeline::new(tokenizer(), Box::new(CharDetok), Box::new(stop))
 }
 
 fn output(text: &str, finish: Option<wire::FinishReason>) -> wire::Output {
@@ -115,16 +85,29 @@ fn a_stop_string_split_over_outputs_ends_the_choice_and_drops_later_tokens() {
 }
 
 #[test]
-fn stop_strings_are_looked_for_only_after_min_tokens_in_the_text_after_them() {
-    // "ab" within the first 4 tokens (one reaching past them too) stays; the next one stops
+fn no_stop_string_ends_within_min_tokens_but_one_may_begin_there() {
+    // "ab" within the first 4 tokens stays; the "a" of token 4 and the "b" of token 5 stop, as
+    // vLLM finds a stop string ending in a token after `min_tokens`
     let got = run(
         pipeline("ab").with_min_tokens(4),
         &[("xaba", None), ("b ab tail", None)],
     );
-    assert_eq!(got.content, "xabab ");
+    assert_eq!(got.content, "xab");
     assert_eq!(got.finish.map(|f| f.reason), Some(FinishReason::Stop));
+    // wholly within them: the next whole one stops
+    let got = run(
+        pipeline("ab").with_min_tokens(4),
+        &[("xabx", None), ("y ab tail", None)],
+    );
+    assert_eq!(got.content, "xabxy ");
     let got = run(pipeline("ab").with_min_tokens(0), &[("xab", None)]);
     assert_eq!(got.content, "x");
+    // a stop string's start at the end of the first tokens is held back, then released
+    let got = run(
+        pipeline("ab").with_min_tokens(2),
+        &[("xa", None), ("c", Some(wire::FinishReason::Length))],
+    );
+    assert_eq!(got.content, "xac");
 }
 
 #[test]

@@ -59,6 +59,40 @@ fn anchors_of_a_regex_grammar_match_at_the_ends_of_the_output() {
 }
 
 #[test]
+fn text_anchors_match_at_the_ends_and_line_anchors_are_refused() {
+    for pattern in [r"\A(ab|cd)+\z", r"(?:ab|cd)+\z", r"\A(?:ab|cd)+$"] {
+        let g = regex(pattern).unwrap();
+        for (text, ok) in [("ab", true), ("abcd", true), ("", false), ("abc", false)] {
+            assert_eq!(accepts(&g, text), ok, "{pattern} {text:?}");
+        }
+    }
+    let alt = regex(r"a\z|b").unwrap();
+    assert!(accepts(&alt, "a") && accepts(&alt, "b") && !accepts(&alt, "ab"));
+    for pattern in [r"(?m)^a$", r"(?m:a$)", r"x(?m:^)", r"(?Rm)^a"] {
+        let err = regex(pattern).unwrap_err();
+        assert!(
+            err.message.contains("multi-line anchors"),
+            "{pattern}: {err:?}"
+        );
+    }
+    // (?m) without anchors changes nothing
+    assert!(accepts(&regex(r"(?m)a+").unwrap(), "aa"));
+    let g = grammar(json!({"type": "string", "pattern": r"x\z"}));
+    assert!(accepts(&g, r#""abx""#) && !accepts(&g, r#""xa""#));
+}
+
+#[test]
+fn a_verbose_pattern_comment_ends_with_its_line_not_with_the_pattern() {
+    // the comment runs to the end of the pattern: nothing after it may be read as part of it
+    let g = regex("(?x) a b  # two letters").unwrap();
+    assert!(accepts(&g, "ab") && !accepts(&g, "a b") && !accepts(&g, "abx"));
+    let g = grammar(json!({"type": "string", "pattern": "(?x) ^ a b # two letters"}));
+    for (text, ok) in [(r#""ab""#, true), (r#""abzz""#, true), (r#""zab""#, false)] {
+        assert_eq!(accepts(&g, text), ok, "{text}");
+    }
+}
+
+#[test]
 fn masks_under_a_pattern_equal_the_brute_force_and_every_document_matches() {
     let schema = json!({
         "type": "object",

@@ -5,8 +5,10 @@
 //! The DFA is built for the pattern followed by the byte 0xFF, which UTF-8 text never holds:
 //! its matches then end only where the text ends (a DFA reports a match one byte late, so
 //! without the end byte every byte after a match would look alive), and a state that is not
-//! dead can still reach a match. `^` and `$` are line anchors whose line ends at that byte, so
-//! they match at the ends of the text.
+//! dead can still reach a match. The text's end (`$`, `\z`) is read as the end of a line that
+//! ends at that byte; multi-line anchors (`(?m)`) are refused. The pattern is parsed alone and
+//! joined to what surrounds it as syntax trees, so none of its text (a `(?x)` comment, say) can
+//! reach past it.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -16,6 +18,7 @@ use regex_automata::util::look::LookMatcher;
 use regex_automata::util::primitives::StateID;
 use regex_automata::util::{start, syntax};
 use regex_automata::Anchored;
+use regex_syntax::hir::{Capture, Hir, HirKind, Look, Repetition};
 
 use super::schema::SchemaError;
 
@@ -45,7 +48,7 @@ impl PartialEq for Regex {
 impl Regex {
     /// Compiles `pattern` (regex crate syntax, anchored at both ends); an error names why.
     pub fn new(pattern: &str) -> Result<Self, SchemaError> {
-        Self::build(pattern, pattern, "regex")
+        Self::build(pattern, false, "regex")
     }
 
     /// `self`, or an error where no text matches it (a grammar of it would have no document).
@@ -62,29 +65,47 @@ impl Regex {
 
     /// A JSON Schema `pattern` (at `path`): it matches anywhere in the string, unless anchored.
     pub fn search(pattern: &str, path: &str) -> Result<Self, SchemaError> {
-        Self::build(pattern, &format!("(?s:.*)(?:{pattern})(?s:.*)"), path)
+        Self::build(pattern, true, path)
     }
 
-    fn build(pattern: &str, whole: &str, path: &str) -> Result<Self, SchemaError> {
+    /// `pattern` matched whole, or with `search` anywhere in the text.
+    fn build(pattern: &str, search: bool, path: &str) -> Result<Self, SchemaError> {
         let err = |message: String| SchemaError {
             path: path.into(),
             message,
         };
-        syntax::parse(pattern).map_err(|e| err(format!("the pattern is not valid: {e}")))?;
-        let ended = format!("(?:{whole})(?-u:\\xFF)");
+        let parse = |text: &str| {
+            syntax::parse_with(text, &syntax::Config::new().utf8(false)).map_err(Box::new)
+        };
+        let user = parse(pattern).map_err(|e| err(format!("the pattern is not valid: {e}")))?;
+        let user = ending_at_end_byte(user)
+            .map_err(|e| err(format!("the pattern cannot be used: {e}")))?;
+        let wrapper = |text: &str| parse(text).expect("a valid wrapper pattern");
+        let mut parts = vec![user, wrapper("(?-u:\\xFF)")];
+        if search {
+            parts.insert(0, wrapper("(?s:.*)"));
+            parts.insert(2, wrapper("(?s:.*)"));
+        }
         let mut anchors = LookMatcher::new();
         anchors.set_line_terminator(END);
+        let nfa = thompson::Compiler::new()
+            .configure(thompson::Config::new().utf8(false).look_matcher(anchors))
+            .build_from_hir(&Hir::concat(parts))
+            .map_err(|e| err(format!("the pattern cannot be used: {e}")))?;
         let dfa = dense::Builder::new()
-            .syntax(syntax::Config::new().utf8(false).multi_line(true))
-            .thompson(thompson::Config::new().utf8(false).look_matcher(anchors))
             .configure(
                 dense::Config::new()
                     .start_kind(StartKind::Anchored)
                     .dfa_size_limit(Some(MAX_DFA_BYTES))
                     .determinize_size_limit(Some(MAX_DFA_BYTES)),
             )
-            .build(&ended)
+            .build_from_nfa(&nfa)
             .map_err(|e| err(format!("the pattern cannot be used: {e}")))?;
+        let whole = if search {
+            format!("(?s:.*)(?:{pattern})(?s:.*)")
+        } else {
+            pattern.to_string()
+        };
         let start = dfa
             .start_state(&start::Config::new().anchored(Anchored::Yes))
             .map_err(|e| err(format!("the pattern cannot be used: {e}")))?;
@@ -173,6 +194,35 @@ impl Regex {
         let ended = self.dfa.next_state(id(state), END);
         self.dfa.is_match_state(self.dfa.next_eoi_state(ended))
     }
+}
+
+/// `hir` with the text's end (`$` outside multi-line mode, `\z`) read as the end of the line that
+/// the END byte ends; an error for multi-line anchors, whose lines would end at newlines too.
+/// (`^` and `\A` need nothing: the DFA starts anchored at the text's start.)
+fn ending_at_end_byte(hir: Hir) -> Result<Hir, String> {
+    let each = |subs: Vec<Hir>| -> Result<Vec<Hir>, String> {
+        subs.into_iter().map(ending_at_end_byte).collect()
+    };
+    Ok(match hir.into_kind() {
+        HirKind::Look(Look::End) => Hir::look(Look::EndLF),
+        HirKind::Look(Look::StartLF | Look::EndLF | Look::StartCRLF | Look::EndCRLF) => {
+            return Err("multi-line anchors ((?m) with ^ or $) are not supported".into())
+        }
+        HirKind::Look(look) => Hir::look(look),
+        HirKind::Empty => Hir::empty(),
+        HirKind::Literal(lit) => Hir::literal(lit.0),
+        HirKind::Class(class) => Hir::class(class),
+        HirKind::Repetition(rep) => Hir::repetition(Repetition {
+            sub: Box::new(ending_at_end_byte(*rep.sub)?),
+            ..rep
+        }),
+        HirKind::Capture(cap) => Hir::capture(Capture {
+            sub: Box::new(ending_at_end_byte(*cap.sub)?),
+            ..cap
+        }),
+        HirKind::Concat(subs) => Hir::concat(each(subs)?),
+        HirKind::Alternation(subs) => Hir::alternation(each(subs)?),
+    })
 }
 
 fn id(state: u32) -> StateID {

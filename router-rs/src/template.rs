@@ -62,7 +62,18 @@ impl ChatTemplate {
         let mut env = Environment::new();
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
-        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.set_unknown_method_callback(|state, value, method, args| {
+            // Python strips its own whitespace, which has \x1c-\x1f beyond Unicode's
+            if let (Some(text), []) = (value.as_str(), args) {
+                match method {
+                    "strip" => return Ok(Value::from(py_strip(text))),
+                    "lstrip" => return Ok(Value::from(text.trim_start_matches(py_space))),
+                    "rstrip" => return Ok(Value::from(text.trim_end_matches(py_space))),
+                    _ => {}
+                }
+            }
+            minijinja_contrib::pycompat::unknown_method_callback(state, value, method, args)
+        });
         env.set_formatter(|out, _state, value| {
             let text = pyjson::python_str(value)?;
             out.write_str(&text)
@@ -137,13 +148,24 @@ pub fn continued_end(rendered: &str, before: &str, last: &Json) -> Option<usize>
             content = tail.rsplit("</think>").next().unwrap_or(tail);
         }
     }
-    let tail = [content.trim(), reasoning.trim()]
+    let tail = [py_strip(content), py_strip(reasoning)]
         .into_iter()
         .find(|t| !t.is_empty())?;
     let from = common_prefix(rendered, before);
     rendered[from..]
         .rfind(tail)
         .map(|at| from + at + tail.len())
+}
+
+/// Whether Python's `str.isspace` holds for `c`: Unicode's white space and the separators
+/// \x1c-\x1f.
+pub fn py_space(c: char) -> bool {
+    c.is_whitespace() || ('\x1c'..='\x1f').contains(&c)
+}
+
+/// `text.strip()` as Python strips it.
+pub fn py_strip(text: &str) -> &str {
+    text.trim_matches(py_space)
 }
 
 /// The length of the longest common prefix of `a` and `b`, at a character boundary.

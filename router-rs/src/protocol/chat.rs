@@ -194,7 +194,8 @@ fn with_effort(
 fn check_continued(messages: &[Value]) -> Result<(), ValidationError> {
     let last = messages.last().unwrap_or(&Value::Null);
     let at = format!("messages[{}]", messages.len().saturating_sub(1));
-    let text = |k: &str| last.get(k).and_then(Value::as_str).unwrap_or("").trim();
+    let text =
+        |k: &str| crate::template::py_strip(last.get(k).and_then(Value::as_str).unwrap_or(""));
     let refuse = |why: &str| {
         let msg = format!("continue_final_message needs {why}");
         Err(ValidationError::new(at.clone(), msg))

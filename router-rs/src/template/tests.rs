@@ -167,6 +167,32 @@ fn template_is_shareable_across_threads() {
 }
 
 #[test]
+fn strip_takes_python_whitespace_with_the_separators() {
+    // Python's isspace holds for \x1c-\x1f; Unicode's White_Space (Rust's trim) does not
+    let msgs = json!([
+        {"role": "user", "content": "q"},
+        {"role": "assistant", "content": "\u{1f}hello\u{a0}\u{1c}", "reasoning_content": "\u{1e}R\n"},
+        {"role": "user", "content": "q2"},
+        {"role": "assistant", "content": "\u{1d}"},
+    ]);
+    let kw = kwargs(json!({"clear_thinking": false}));
+    let text = glm47().render(&msgs, None, false, &kw).unwrap();
+    assert_eq!(
+        text,
+        "[gMASK]<sop><|user|>q<|assistant|><think>R</think>hello<|user|>q2<|assistant|></think>"
+    );
+    // a method with arguments is still pycompat's
+    let t =
+        ChatTemplate::new("{{ messages[0].content.strip('x') }}|{{ ' a '.lstrip() }}|").unwrap();
+    let msgs = json!([{"role": "user", "content": "xx\u{1f}axx"}]);
+    assert_eq!(
+        t.render(&msgs, None, false, &Map::new()).unwrap(),
+        "\u{1f}a|a |"
+    );
+    assert_eq!(py_strip("\u{1c}\t a \u{3000}\u{1f}"), "a");
+}
+
+#[test]
 fn a_continued_prompt_ends_after_the_last_text_or_its_reasoning() {
     let cut = |first: &str, last: Json| {
         let earlier = json!([{"role": "user", "content": first}]);
@@ -194,4 +220,7 @@ fn a_continued_prompt_ends_after_the_last_text_or_its_reasoning() {
     assert_eq!(cut("B", same), format!("{user}</think>B"));
     let empty = json!({"role": "assistant", "content": ""});
     assert_eq!(continued_end("anything", "", &empty), None);
+    // stripped as Python strips: the separator after the text is not in the prompt
+    let separated = json!({"role": "assistant", "content": "Hello\u{1f}"});
+    assert_eq!(cut("hi", separated), format!("{prefix}</think>Hello"));
 }

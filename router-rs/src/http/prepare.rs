@@ -114,6 +114,11 @@ pub async fn chat_prompt(
         let mut in_reasoning = ends_in_reasoning(&text);
         if let Some(prefix) = &tool_prefix {
             if in_reasoning {
+                // a generation prompt left at `<think>` becomes the template's turn without
+                // reasoning (`</think>` alone); reasoning the prompt continues is closed
+                if let Some(open) = text.strip_suffix(THINK_OPEN).map(str::len) {
+                    text.truncate(open);
+                }
                 text.push_str(THINK_CLOSE);
                 in_reasoning = false;
             }
@@ -132,6 +137,8 @@ pub async fn chat_prompt(
 
 /// Closes the reasoning a generation prompt left open, before a forced call.
 const THINK_CLOSE: &str = "</think>";
+/// What a generation prompt with thinking on ends with.
+const THINK_OPEN: &str = "<think>";
 
 /// The opened call that `tool_choice` forces, if any (`required`, or a function by name).
 fn forced_call(req: &ChatRequest) -> Option<String> {

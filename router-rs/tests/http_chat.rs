@@ -285,6 +285,29 @@ async fn a_required_tool_choice_with_thinking_takes_the_turn_without_reasoning_a
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_ended_at_the_token_limit_finishes_as_tool_calls_and_a_cut_one_as_length() {
+    let call = "<tool_call>get<arg_key>city</arg_key><arg_value>Rome</arg_value></tool_call>";
+    let parser = ["--tool-call-parser", "glm47"];
+    let (model, _worker, server) = setup(&format!("{call} and more"), 2, &parser).await;
+    let whole = model.encode(call).len();
+    for (max_tokens, reason) in [(whole, "tool_calls"), (whole - 1, "length")] {
+        let body = json!({"messages": user("go"), "tools": get_tool(), "max_tokens": max_tokens});
+        let (status, answer) = server.post("/v1/chat/completions", body.clone()).await;
+        assert_eq!(status, 200, "{answer}");
+        assert_eq!(answer["choices"][0]["finish_reason"], reason, "{answer}");
+        assert_eq!(first_call_args(&answer), json!({"city": "Rome"}));
+        let mut streamed = body;
+        streamed["stream"] = json!(true);
+        let (_, events) = server.post_stream("/v1/chat/completions", streamed).await;
+        let finish = json_events(&events)
+            .iter()
+            .rev()
+            .find_map(|c| c["choices"][0]["finish_reason"].as_str().map(str::to_owned));
+        assert_eq!(finish.as_deref(), Some(reason), "max_tokens {max_tokens}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_named_tool_choice_with_thinking_forces_that_call_and_keeps_one_without_parallel() {
     let reply = "<arg_key>city</arg_key><arg_value>Rome</arg_value></tool_call>\
         <tool_call>get<arg_key>city</arg_key><arg_value>Oslo</arg_value></tool_call>";

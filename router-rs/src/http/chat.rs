@@ -105,7 +105,7 @@ fn answer(
                     tool_calls,
                 },
                 logprobs,
-                finish_reason: c.finish.as_ref().map(|f| f.reason),
+                finish_reason: c.finish.as_ref().map(Finish::chat_reason),
                 stop_reason: c.finish.and_then(|f| f.stop_reason),
                 token_ids,
             }
@@ -223,7 +223,7 @@ fn chunks(
                 tool_calls: delta.tool_calls,
             },
             logprobs,
-            finish_reason: delta.finish.as_ref().map(|f| f.reason),
+            finish_reason: delta.finish.as_ref().map(Finish::chat_reason),
             stop_reason: delta.finish.and_then(|f| f.stop_reason),
             token_ids,
         };

@@ -320,6 +320,7 @@ mod tests {
                 cached_tokens: 2,
                 accepted_draft_tokens: 0,
                 inside_call: false,
+                called_tool: false,
                 reasoning_tokens: 0,
             }),
             ..Delta::default()

@@ -33,6 +33,7 @@ fn finished(reason: FinishReason, completion_tokens: u32) -> Delta {
             cached_tokens: 0,
             accepted_draft_tokens: 0,
             inside_call: false,
+            called_tool: false,
             reasoning_tokens: 0,
         }),
         ..Delta::default()

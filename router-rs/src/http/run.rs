@@ -345,6 +345,7 @@ mod tests {
             cached_tokens: 0,
             accepted_draft_tokens: 0,
             inside_call: false,
+            called_tool: false,
             reasoning_tokens: 0,
         });
         let delta = Delta {

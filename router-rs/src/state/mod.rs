@@ -81,8 +81,24 @@ pub struct Finish {
     /// The output ended inside a tool call (before its `</tool_call>`), which was closed with
     /// the arguments so far.
     pub inside_call: bool,
+    /// A tool call reached the client.
+    pub called_tool: bool,
     /// Completion tokens inside the reasoning (between the think tags, which are not counted).
     pub reasoning_tokens: u32,
+}
+
+impl Finish {
+    /// The chat completion's `finish_reason`: `tool_calls` when a call reached the client and
+    /// none was cut off, also where the token budget ran out right after it (as vLLM reports
+    /// it).
+    pub fn chat_reason(&self) -> FinishReason {
+        match self.reason {
+            FinishReason::Length if self.called_tool && !self.inside_call => {
+                FinishReason::ToolCalls
+            }
+            reason => reason,
+        }
+    }
 }
 
 /// What one worker output added to a choice.
@@ -348,6 +364,7 @@ impl Pipeline {
                 .as_ref()
                 .and_then(Glm47ToolParser::call_cut_off)
                 .is_some_and(|index| !self.single_call || index == 0),
+            called_tool: self.called_tool,
             reasoning_tokens: self.reasoning_tokens,
         }
     }

@@ -131,6 +131,12 @@ async fn prompts_over_max_req_total_len_are_400_and_max_tokens_is_capped_or_reje
         .post("/v1/chat/completions", json!({"messages": long}))
         .await;
     assert_error(status, &body, 400, Some("messages"));
+    // worded as vLLM and OpenAI word it, which clients look for to shorten and retry
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.starts_with("This model's maximum context length is"),
+        "{message}"
+    );
     let (status, body) = server
         .post(
             "/v1/completions",
@@ -138,6 +144,8 @@ async fn prompts_over_max_req_total_len_are_400_and_max_tokens_is_capped_or_reje
         )
         .await;
     assert_error(status, &body, 400, Some("max_tokens"));
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("maximum context length is 24 tokens. However, you requested 30 tokens (10 in the prompt, 20 for the completion)"), "{message}");
     let short = json!({"messages": user(), "max_completion_tokens": 100});
     let (status, body) = server.post("/v1/chat/completions", short).await;
     assert_error(status, &body, 400, Some("max_completion_tokens"));
@@ -169,6 +177,7 @@ async fn prompts_over_max_req_total_len_are_400_and_max_tokens_is_capped_or_reje
         let (status, body) = server.post(path, body).await;
         assert_error(status, &body, 400, Some(param));
         let message = body["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains("maximum context length"), "{message}");
         assert!(message.contains("at least"), "{message}");
     }
     assert_eq!(

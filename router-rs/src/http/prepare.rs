@@ -187,7 +187,8 @@ pub fn max_new_tokens(
     let prompt_len = u32::try_from(prompt_len).unwrap_or(u32::MAX);
     if prompt_len >= limit {
         let msg = format!(
-            "the prompt has {prompt_len} tokens; at most {} fit (max_req_total_len {limit})",
+            "This model's maximum context length is {limit} tokens. However, the prompt has \
+             {prompt_len} tokens: at most {} fit with one output token (max_req_total_len).",
             limit.saturating_sub(1)
         );
         return Err(ValidationError::new(param, msg).into());
@@ -198,7 +199,12 @@ pub fn max_new_tokens(
         Some(n) if n <= room => Ok(n),
         Some(n) => Err(ValidationError::new(
             max_param,
-            format!("{n} output tokens do not fit: the prompt has {prompt_len} tokens and max_req_total_len is {limit}"),
+            format!(
+                "This model's maximum context length is {limit} tokens. However, you requested \
+                 {} tokens ({prompt_len} in the prompt, {n} for the completion): {n} output \
+                 tokens do not fit (max_req_total_len).",
+                u64::from(prompt_len) + u64::from(n)
+            ),
         )
         .into()),
     }

@@ -75,8 +75,9 @@ pub(super) fn encode_prompt(
         Ok(Bounded::Ids(ids)) => Ok(ids),
         Ok(Bounded::TooLong(at_least)) => {
             let msg = format!(
-                "the prompt has at least {at_least} tokens; at most {fits} fit (max_req_total_len \
-                 {limit})"
+                "This model's maximum context length is {limit} tokens. However, the prompt has \
+                 at least {at_least} tokens: at most {fits} fit with one output token \
+                 (max_req_total_len)."
             );
             Err(ValidationError::new(param, msg).into())
         }

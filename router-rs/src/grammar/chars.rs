@@ -15,6 +15,11 @@ pub(crate) struct Chars {
     lt: bool,
     /// Inside a `\u` escape: the value of its hex digits so far.
     code: u16,
+    /// The last character read is a `\u` escape of a high surrogate (`\ud800` to `\udbff`).
+    high: bool,
+    /// The last byte read ended a low surrogate's escape right after a high one's: the two
+    /// escapes are one character.
+    paired: bool,
 }
 
 pub(crate) enum CharStep {
@@ -59,9 +64,16 @@ impl Chars {
         self.lt
     }
 
+    /// Whether the last byte read ended the second escape of a surrogate pair
+    /// (`\ud83d\ude00`): the pair is one character, which the first escape began.
+    pub(crate) fn ended_pair(&self) -> bool {
+        self.paired
+    }
+
     /// Takes one byte inside a string (the opening quote already read).
     pub(crate) fn step(&mut self, b: u8) -> CharStep {
         self.lt = b == b'<' && self.at_boundary();
+        self.paired = false;
         self.step_char(b)
     }
 
@@ -76,12 +88,16 @@ impl Chars {
         }
         match self.esc {
             0 => {
+                if b != b'\\' {
+                    self.high = false; // a character other than an escape comes between
+                }
                 let (left, lo, hi) = match b {
                     b'"' => return CharStep::Close,
                     b'\\' => {
                         self.esc = 1;
                         return CharStep::Open;
                     }
+
                     0x00..=0x1F => return CharStep::Dead,
                     _ => match utf8_lead(b) {
                         None => return CharStep::Dead,
@@ -95,6 +111,7 @@ impl Chars {
             1 => match b {
                 b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => {
                     self.esc = 0;
+                    self.high = false;
                     CharStep::Open
                 }
                 b'u' => {
@@ -110,6 +127,10 @@ impl Chars {
                 };
                 self.code = (self.code << 4) | digit as u16;
                 self.esc = if n == 2 { 0 } else { n - 1 };
+                if n == 2 {
+                    self.paired = self.high && (0xDC00..=0xDFFF).contains(&self.code);
+                    self.high = !self.paired && (0xD800..=0xDBFF).contains(&self.code);
+                }
                 CharStep::Open
             }
         }

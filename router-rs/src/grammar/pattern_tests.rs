@@ -51,6 +51,30 @@ fn a_pattern_string_counts_characters_not_bytes() {
 }
 
 #[test]
+fn an_escaped_surrogate_pair_is_one_character_under_length_bounds() {
+    // as a JSON parser reads the string (Python's json: one code point for the pair, one for
+    // each lone surrogate)
+    let g = grammar(json!({"type": "string", "minLength": 2, "maxLength": 2}));
+    for (text, ok) in [
+        (r#""\ud83d\ude00""#, false),
+        (r#""\ud83d\ude00a""#, true),
+        // never past maxLength, but a pair may not start at its last character: whether the
+        // next escape ends a pair or is a character of its own is not known at its backslash
+        (r#""a\uD83D\uDE00""#, false),
+        (r#""\uD83D\uDE00\u00e9""#, true),
+        (r#""\ud83da""#, true),
+        (r#""\ud83d\ud83d""#, true),
+        (r#""\ude00\ud83d""#, true),
+        (r#""\ud83d\n\ude00""#, false), // three characters
+        ("\"\u{1f600}a\"", true),
+        (r#""\ud83d\ude00\ud83d\ude00""#, false), // the second pair starts at the last one
+    ] {
+        let n = serde_json::from_str::<String>(text).map_or(0, |s| s.chars().count());
+        assert_eq!(accepts(&g, text), ok, "{text} ({n} characters)");
+    }
+}
+
+#[test]
 fn anchors_of_a_regex_grammar_match_at_the_ends_of_the_output() {
     let g = regex(r"^(ab|cd)+$").unwrap();
     for (text, ok) in [("ab", true), ("abcd", true), ("", false), ("abc", false)] {

@@ -274,6 +274,9 @@ impl Grammar {
                     *len += 1;
                 }
                 if !self.close_tag(chars, b) && !matches!(chars.step(b), CharStep::Dead) {
+                    if chars.ended_pair() {
+                        *len -= 1; // the pair's first escape began its one character
+                    }
                     Self::emit(t, out);
                 }
             }

@@ -105,10 +105,12 @@ fn push(
     out.top_logprobs.push(top.map(|alts| {
         // The same f32 as `token_logprobs` (its shortest form), so that equal logprobs compare
         // equal in the client (lm-eval's greedy check compares the two).
-        let mut map: Map<String, Value> = alts
-            .iter()
-            .map(|&(id, logprob)| (names.of(id), Value::from(logprob)))
-            .collect();
+        // Tokens whose text is the same (byte pieces of one character all read "\u{fffd}") share
+        // a key: it keeps the first, most likely one.
+        let mut map: Map<String, Value> = Map::new();
+        for &(id, logprob) in alts {
+            map.entry(names.of(id)).or_insert(Value::from(logprob));
+        }
         // The chosen token is always listed, so there may be k + 1 entries (OpenAI, vLLM).
         if let Some(logprob) = logprob.filter(|_| !map.contains_key(&token)) {
             map.insert(token.clone(), Value::from(logprob));
@@ -293,6 +295,22 @@ mod tests {
         // the two fields hold one number the same way
         let text = serde_json::to_string(&lp).unwrap();
         assert!(text.contains("\"token_logprobs\":[null,-1.0]") && text.contains("\"t2\":-1.0"));
+    }
+
+    #[test]
+    fn alternatives_of_one_text_keep_the_most_likely() {
+        let tok = tokenizer();
+        let mut out = CompletionLogprobs::default();
+        let names = Names::new(&tok, false);
+        let same = names.of(3);
+        let mut offset = 0;
+        // two alternatives under one name (as the byte tokens of one character are): the later,
+        // less likely one must not overwrite the first
+        let top = [(3, -1.5f32), (9, -2.0), (3, -4.0)];
+        push(&mut out, names, 3, "x", Some(-1.5), Some(&top), &mut offset);
+        let alts = out.top_logprobs[0].as_ref().expect("alternatives");
+        assert_eq!(alts[&same], Value::from(-1.5f32));
+        assert_eq!(alts.len(), 2);
     }
 
     #[test]

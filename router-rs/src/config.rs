@@ -81,7 +81,8 @@ pub struct RouterConfig {
 
     /// Log filter (`error`, `warn`, `info`, `debug`, `trace`, or a tracing directive such as
     /// `glm47_router=debug`); `RUST_LOG` overrides it when set.
-    #[arg(long = "log-level", alias = "log_level", default_value = "info")]
+    #[arg(long = "log-level", alias = "log_level", default_value = "info",
+          value_parser = parse_log_level)]
     pub log_level: String,
 
     /// Seconds a ready worker may stay silent (not answering probes) before it is considered lost
@@ -227,6 +228,29 @@ fn parse_seconds(s: &str) -> Result<f64, String> {
     }
 }
 
+/// A level name (Python's too: `glm47 serve` passes one value to both processes) or tracing
+/// directives of `target=level` (a bare word would be a target at every level: `verbose` would
+/// log nothing of ours).
+fn parse_log_level(s: &str) -> Result<String, String> {
+    const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+    let level = |l: &str| LEVELS.contains(&l.to_ascii_lowercase().as_str());
+    let python = ["warning", "critical", "fatal"];
+    let ok = !s.is_empty()
+        && (python.contains(&s.to_ascii_lowercase().as_str())
+            || s.split(',').all(|d| match d.split_once('=') {
+                Some((target, l)) => !target.is_empty() && level(l),
+                None => level(d),
+            }));
+    if ok {
+        Ok(s.to_owned())
+    } else {
+        Err(format!(
+            "{s:?} is neither a level ({}) nor directives such as glm47_router=debug",
+            LEVELS.join(", ")
+        ))
+    }
+}
+
 fn parse_positive_seconds(s: &str) -> Result<f64, String> {
     let v: f64 = s.parse().map_err(|e| format!("{e}"))?;
     if v.is_finite() && v > 0.0 && v < 1e9 {
@@ -254,6 +278,24 @@ mod tests {
         assert_eq!(c.tool_call_parser, None);
         assert_eq!(c.max_req_total_len, None);
         assert_eq!(c.listen_addr(), "0.0.0.0:8000");
+    }
+
+    #[test]
+    fn log_levels_are_levels_or_target_directives() {
+        for ok in [
+            "info",
+            "WARNING",
+            "debug,glm47_router=trace",
+            "tower_http=off",
+            "error",
+        ] {
+            let cfg = parse(&["--worker-addr", "tcp://x:1", "--log-level", ok]).unwrap();
+            assert_eq!(cfg.log_level, ok);
+        }
+        for bad in ["verbose", "", "glm47_router=loud", "=debug", "info,verbose"] {
+            let err = parse(&["--worker-addr", "tcp://x:1", "--log-level", bad]).unwrap_err();
+            assert!(err.to_string().contains("neither a level"), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -160,6 +160,15 @@ async fn prompts_over_max_req_total_len_are_400_and_max_tokens_is_capped_or_reje
     );
     let flag = ["--max-req-total-len", "12"];
     let capped = Server::start(&model, &worker.addr, &flag, true).await;
+    // the limit served is the router's where it is the lower
+    let (_, models) = capped.get("/v1/models").await;
+    assert_eq!(models["data"][0]["max_model_len"], 12, "{models}");
+    let (_, info) = capped.get("/get_server_info").await;
+    assert_eq!(info["context_length"], 12, "{info}");
+    let (_, counted) = capped.post("/tokenize", json!({"prompt": "ab"})).await;
+    assert_eq!(counted["max_model_len"], 12, "{counted}");
+    let (_, models) = server.get("/v1/models").await;
+    assert_eq!(models["data"][0]["max_model_len"], 24, "{models}");
     let (status, body) = capped
         .post("/generate", json!({"inputs": "0123456789abc"}))
         .await;
@@ -407,7 +416,17 @@ async fn with_an_api_key_the_v1_routes_need_it() {
     assert_eq!(body["error"]["type"], "authentication_error");
     let wrong = get("/v1/models", Some(("Authorization", "Bearer k3"))).await;
     assert_eq!(wrong.expect("answers").status(), 401);
-    for key in [("Authorization", "Bearer k1"), ("x-api-key", "k2")] {
+    for bad in ["Basic k1", "Bearerk1", "k1"] {
+        let wrong = get("/v1/models", Some(("Authorization", bad))).await;
+        assert_eq!(wrong.expect("answers").status(), 401, "{bad}");
+    }
+    // the scheme in any case, as RFC 9110 has it
+    for key in [
+        ("Authorization", "Bearer k1"),
+        ("Authorization", "bearer k1"),
+        ("Authorization", "BEARER k2"),
+        ("x-api-key", "k2"),
+    ] {
         let ok = get("/v1/models", Some(key)).await.expect("answers");
         assert_eq!(ok.status(), 200, "{key:?}");
     }

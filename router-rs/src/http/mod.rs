@@ -69,12 +69,7 @@ impl HttpOptions {
             tool_call_parser: config.tool_call_parser,
             reasoning_parser: config.reasoning_parser,
             max_body_bytes: config.max_body_bytes,
-            api_keys: config
-                .api_key
-                .iter()
-                .filter(|k| !k.is_empty())
-                .cloned()
-                .collect(),
+            api_keys: api_keys(&config.api_key),
             health_generate_timeout: std::time::Duration::from_secs_f64(
                 config.health_generate_timeout,
             ),
@@ -266,7 +261,11 @@ async fn authorize(State(state): State<Arc<AppState>>, req: Request, next: Next)
         let keys = &state.options.api_keys;
         let path = req.uri().path();
         let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
-        let bearer = header("authorization").and_then(|v| v.strip_prefix("Bearer "));
+        // the scheme's case does not matter (RFC 9110)
+        let bearer = header("authorization")
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, key)| key.trim());
         let given = [bearer, header("x-api-key")];
         let known = given
             .into_iter()
@@ -282,6 +281,16 @@ async fn authorize(State(state): State<Arc<AppState>>, req: Request, next: Next)
         return error::AnthropicError(ApiError::Unauthorized).into_response();
     }
     ApiError::Unauthorized.into_response()
+}
+
+/// The keys clients must give: the non-empty ones of `--api-key`. Only empty ones given (an
+/// unset variable in a script, say) leave the server open, which is logged.
+fn api_keys(given: &[String]) -> Vec<String> {
+    let keys: Vec<String> = given.iter().filter(|k| !k.is_empty()).cloned().collect();
+    if keys.is_empty() && !given.is_empty() {
+        tracing::warn!("--api-key (or GLM47_API_KEY) is empty: requests are not authenticated");
+    }
+    keys
 }
 
 /// Key equality in time independent of where the keys differ.
@@ -378,7 +387,7 @@ async fn model(
 }
 
 fn model_card(state: &AppState) -> serde_json::Value {
-    let max_len = state.dispatcher.ready_worker().map(|w| w.max_req_total_len);
+    let max_len = prompt::context_length(state);
     json!({
         "id": state.model_name(),
         "object": "model",

@@ -95,6 +95,13 @@ pub(super) fn total_len_limit(state: &AppState, worker: Option<&WorkerInfo>) -> 
         .map_or(worker_limit, |l| l.min(worker_limit))
 }
 
+/// The context length served (`total_len_limit` of a ready worker), None before one is ready:
+/// what `/v1/models`, `/get_server_info` and `/tokenize` report.
+pub(super) fn context_length(state: &AppState) -> Option<u32> {
+    let worker = state.dispatcher.ready_worker()?;
+    Some(total_len_limit(state, Some(&worker)))
+}
+
 /// Tokenizes text prompts (ids pass through, checked against the vocabulary) on the blocking pool.
 pub async fn prompt_ids(
     state: &Arc<AppState>,

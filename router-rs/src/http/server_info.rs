@@ -127,9 +127,7 @@ pub async fn server_info(State(state): State<Arc<AppState>>) -> Json<Value> {
         })
         .collect();
     let options = &state.options;
-    let context = workers
-        .first()
-        .and_then(|w| w["max_req_total_len"].as_u64());
+    let context = super::prompt::context_length(&state);
     Json(json!({
         "version": env!("CARGO_PKG_VERSION"),
         "model_path": state.model.dir.to_string_lossy(),

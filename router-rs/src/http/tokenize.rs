@@ -58,7 +58,7 @@ pub async fn tokenize(
     };
     let mut answer = json!({
         "count": ids.len(),
-        "max_model_len": state.dispatcher.ready_worker().map(|w| w.max_req_total_len),
+        "max_model_len": super::prompt::context_length(&state),
         "tokens": ids,
     });
     if raw.return_token_strs {

@@ -84,6 +84,12 @@ def test_serve_sends_router_flags_to_the_router_and_the_rest_to_the_worker(tmp_p
         plan = serve.plan(["--model-dir", str(tmp_path), "--log-level", given])
         assert f"--log-level={worker_level}" in " ".join(plan.worker_cmds[0])
         assert f"--log-level={given}" in " ".join(plan.router_cmd)
+    # the router's tracing directives: the worker takes their bare level, or keeps its own
+    for given, worker_level in [("info,glm47_router=debug", "info"), ("glm47_router=debug", None)]:
+        plan = serve.plan(["--model-dir", str(tmp_path), "--log-level", given])
+        worker_levels = [a for a in plan.worker_cmds[0] if a.startswith("--log-level")]
+        assert worker_levels == ([f"--log-level={worker_level}"] if worker_level else [])
+        assert f"--log-level={given}" in plan.router_cmd
     # a value that starts with `-` stays the flag's (one word), an empty one too
     plan = serve.plan(["--model-dir", str(tmp_path), "--api-key", "-Xk3", "--api-key=", "--port=1"])
     assert "--api-key=-Xk3" in plan.router_cmd and "--api-key=" in plan.router_cmd
@@ -95,6 +101,24 @@ def test_serve_sends_router_flags_to_the_router_and_the_rest_to_the_worker(tmp_p
     )
     assert f"--model-dir {tmp_path}" in router and f"--model-dir {tmp_path}" in worker
     assert p.health_url == "http://127.0.0.1:8123/health"
+
+
+def test_serve_reaches_a_wildcard_worker_address_locally_and_needs_a_fixed_http_port(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for listen in ["tcp://*:7002", "tcp://0.0.0.0:7002", "tcp://[::]:7002"]:
+        p = serve.plan(["--model-dir", str(tmp_path), "--worker-listen", listen])
+        router, worker = " ".join(p.router_cmd), " ".join(p.worker_cmds[0])
+        assert f"--listen {listen}" in worker
+        assert "--worker-addr tcp://127.0.0.1:7002" in router, router
+    p = serve.plan(["--model-dir", str(tmp_path), "--worker-listen", "ipc:///tmp/w.sock"])
+    assert "--worker-addr ipc:///tmp/w.sock" in " ".join(p.router_cmd)
+    p = serve.plan(["--model-dir", str(tmp_path), "--host", "::1", "--port", "8125"])
+    assert p.health_url == "http://[::1]:8125/health"
+    with pytest.raises(SystemExit) as exc:
+        serve.plan(["--model-dir", str(tmp_path), "--port", "0"])
+    assert exc.value.code == 2
+    assert "fixed" in capsys.readouterr().err
 
 
 def test_serve_without_a_model_dir_uses_the_cached_tiny_model_on_the_cpu(

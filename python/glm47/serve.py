@@ -139,9 +139,20 @@ def _split_args(rest: list[str]) -> tuple[list[str], list[str]]:
             i += 2
         # one word, so that a value starting with `-` is not read as a flag
         router.append(f"{canonical}={value}")
-        if flag in SHARED_FLAGS:
-            worker.append(f"{canonical}={WORKER_LOG_LEVELS.get(value.lower(), value.lower())}")
+        level = _worker_log_level(value) if flag in SHARED_FLAGS else None
+        if level is not None:
+            worker.append(f"{canonical}={level}")
     return router, worker
+
+
+def _worker_log_level(value: str) -> str | None:
+    """The worker's level for the router's `--log-level`: a level as the worker (Python logging)
+    names it; of the router's tracing directives (`info,glm47_router=debug`) the bare level, or
+    none (the worker keeps its default)."""
+    bare = [d for d in value.lower().split(",") if "=" not in d]
+    if not bare:
+        return None
+    return WORKER_LOG_LEVELS.get(bare[-1], bare[-1])
 
 
 def _router_grace_s(router_args: list[str]) -> float:
@@ -162,7 +173,7 @@ def plan(argv: list[str]) -> ServePlan:
     parser = argparse.ArgumentParser(
         prog="glm47 serve",
         description="Start a glm47 worker and router. Flags not listed here go to the worker "
-        "(see `glm47 worker --help`); router flags: "
+        "(see `glm47 worker --help`); --log-level goes to both; router flags: "
         + ", ".join(sorted(set(ROUTER_FLAGS.values()) | set(ROUTER_SWITCHES.values()))),
     )
     parser.add_argument(
@@ -209,6 +220,8 @@ def plan(argv: list[str]) -> ServePlan:
     )
     args, rest = parser.parse_known_args(argv)
     router_args, worker_args = _split_args(rest)
+    if args.port == 0:
+        parser.error("--port 0: serve waits for the server on its port; give a fixed one")
 
     model_dir = args.model_dir
     if model_dir is None:
@@ -226,14 +239,16 @@ def plan(argv: list[str]) -> ServePlan:
     if args.worker_listen and args.worker_listen.rpartition(":")[2] in ("0", "*"):
         parser.error("--worker-listen needs a fixed port: the router connects to that address")
     listens = [args.worker_listen or f"tcp://127.0.0.1:{free_port()}" for _ in range(args.dp)]
+    # the worker binds what was given; the router connects to it on this machine
+    connects = [_local_connect(listen) for listen in listens]
     py = sys.executable
     worker_cmds = [
         [py, "-m", "glm47.worker", "--listen", listen, "--model-dir", model_dir, *worker_args]
         for listen in listens
     ]
     router_cmd = [py, "-m", "glm47.router"]
-    for listen in listens:
-        router_cmd += ["--worker-addr", listen]
+    for connect in connects:
+        router_cmd += ["--worker-addr", connect]
     router_cmd += [
         "--model-dir",
         model_dir,
@@ -243,6 +258,8 @@ def plan(argv: list[str]) -> ServePlan:
         str(args.port),
     ]
     probe_host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
+    if ":" in probe_host:
+        probe_host = f"[{probe_host}]"  # an IPv6 address in a URL
     return ServePlan(
         worker_cmds=worker_cmds,
         worker_envs=_replica_envs(args.dp, parser, args.tp),
@@ -251,6 +268,16 @@ def plan(argv: list[str]) -> ServePlan:
         startup_timeout_s=args.startup_timeout,
         router_grace_s=_router_grace_s(router_args),
     )
+
+
+def _local_connect(listen: str) -> str:
+    """The address to connect to a worker that binds `listen`: a TCP wildcard host (`*`,
+    `0.0.0.0`, `[::]`) reached on this machine, any other address as it is."""
+    scheme, sep, rest = listen.partition("://")
+    host, colon, port = rest.rpartition(":")
+    if scheme == "tcp" and sep and colon and host in ("*", "0.0.0.0", "[::]", "::"):
+        return f"tcp://127.0.0.1:{port}"
+    return listen
 
 
 def _replica_envs(dp: int, parser: argparse.ArgumentParser, tp: int = 1) -> list[dict[str, str]]:

@@ -291,7 +291,7 @@ impl Metrics {
                 |w| w.stats.kv_pages_used.map(|v| v as f64),
             ),
             (
-                "glm47_kv_pages_total",
+                "glm47_kv_pages_capacity",
                 "Size of the worker's KV page pool.",
                 |w| w.stats.kv_pages_total.map(|v| v as f64),
             ),

@@ -67,7 +67,7 @@ def _ready_workers(base: str) -> int:
 def _has_served(base: str, worker: str) -> bool:
     """True once `worker` has reported a step (its stats reach the router with its steps)."""
     metrics = requests.get(f"{base}/metrics", timeout=5).text
-    return f'glm47_kv_pages_total{{worker="{worker}"}}' in metrics
+    return f'glm47_kv_pages_capacity{{worker="{worker}"}}' in metrics
 
 
 def _complete(base: str, prompt: list[int], max_tokens: int) -> dict:

@@ -184,7 +184,7 @@ def test_preemption_keeps_outputs_and_fails_nothing(
     assert "preempted request" in tiny_kv_server.log()
     after = metrics(tiny_kv_server)
     assert worker_gauge(after, "glm47_kv_pages_used") == 0
-    assert worker_gauge(after, "glm47_kv_pages_total") == TINY_KV_TOKENS // PAGE_SIZE
+    assert worker_gauge(after, "glm47_kv_pages_capacity") == TINY_KV_TOKENS // PAGE_SIZE
     assert worker_gauge(after, "glm47_preemptions_total") >= 1
 
 

@@ -31,7 +31,7 @@ WORKER_GAUGES = (
     "glm47_num_requests_waiting",
     "glm47_num_requests_running",
     "glm47_kv_pages_used",
-    "glm47_kv_pages_total",
+    "glm47_kv_pages_capacity",
     "glm47_kv_cache_usage_ratio",
     "glm47_prefix_cache_hit_rate",
 )
@@ -82,7 +82,7 @@ def test_metrics_report_engine_state_and_latencies(server: Server) -> None:
     for name in WORKER_GAUGES:
         worker_gauge(after, name)  # present, one series for the one worker
     assert worker_gauge(after, "glm47_num_requests_waiting") == 0
-    assert worker_gauge(after, "glm47_kv_pages_total") > 0
+    assert worker_gauge(after, "glm47_kv_pages_capacity") > 0
     assert 0 < worker_gauge(after, "glm47_prefix_cache_hit_rate") <= 1
 
 

@@ -103,6 +103,11 @@ fn worker_stats_become_gauges_and_ratios() {
         },
     );
     let text = m.render();
+    // Prometheus keeps `_total` for counters (promtool flags a gauge named so)
+    for line in text.lines().filter_map(|l| l.strip_prefix("# TYPE ")) {
+        let (name, kind) = line.split_once(' ').expect("a name and a type");
+        assert_eq!(name.ends_with("_total"), kind == "counter", "{line}");
+    }
     let label = "{worker=\"tcp://w:1\"}";
     assert_eq!(
         line_value(&text, &format!("glm47_worker_ready{label}")).as_deref(),

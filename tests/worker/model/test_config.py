@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -70,8 +72,21 @@ def test_rope_parameters_and_mlp_layer_types_spellings() -> None:
         ({"mlp_layer_types": ["dense"]}, "mlp_layer_types"),
         ({"hidden_size": 0}, "hidden_size"),
         ({"rope_theta": None}, "rope_theta"),
+        ({"hidden_size": "abc"}, "hidden_size is 'abc', not an integer"),
+        ({"num_hidden_layers": 2.5}, "num_hidden_layers is 2.5, not an integer"),
+        ({"kv_lora_rank": True}, "kv_lora_rank is True"),
+        ({"rms_norm_eps": [1]}, "rms_norm_eps is \\[1\\], not a number"),
+        ({"vocab_size": None}, "vocab_size is missing"),
     ],
 )
 def test_invalid_configs_raise(change: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         ModelConfig.from_dict({**REAL, **change})
+
+
+def test_a_bad_value_in_config_json_names_the_file_and_the_field(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text(json.dumps({**REAL, "hidden_size": "abc"}))
+    with pytest.raises(ValueError, match=r"config\.json: hidden_size is 'abc'"):
+        ModelConfig.from_dir(tmp_path)
+    whole = {**REAL, "hidden_size": float(REAL["hidden_size"])}  # 2048.0 reads as 2048
+    assert ModelConfig.from_dict(whole).hidden_size == REAL["hidden_size"]

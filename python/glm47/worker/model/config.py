@@ -105,31 +105,31 @@ class ModelConfig:
     def from_dict(cls, raw: dict[str, Any]) -> ModelConfig:
         if raw.get("model_type", MODEL_TYPE) != MODEL_TYPE:
             raise ValueError(f"model_type {raw.get('model_type')!r} is not {MODEL_TYPE!r}")
-        layers = int(raw["num_hidden_layers"])
+        layers = _num(raw, "num_hidden_layers", int)
         return cls(
-            vocab_size=int(raw["vocab_size"]),
-            hidden_size=int(raw["hidden_size"]),
+            vocab_size=_num(raw, "vocab_size", int),
+            hidden_size=_num(raw, "hidden_size", int),
             num_hidden_layers=layers,
-            num_attention_heads=int(raw["num_attention_heads"]),
+            num_attention_heads=_num(raw, "num_attention_heads", int),
             q_lora_rank=_q_lora_rank(raw),
-            kv_lora_rank=int(raw["kv_lora_rank"]),
-            qk_nope_head_dim=int(raw["qk_nope_head_dim"]),
-            qk_rope_head_dim=int(raw["qk_rope_head_dim"]),
-            v_head_dim=int(raw["v_head_dim"]),
-            intermediate_size=int(raw["intermediate_size"]),
-            moe_intermediate_size=int(raw["moe_intermediate_size"]),
-            n_routed_experts=int(raw["n_routed_experts"]),
-            n_shared_experts=int(raw.get("n_shared_experts", 1)),
-            num_experts_per_tok=int(raw["num_experts_per_tok"]),
-            n_group=int(raw.get("n_group") or 1),
-            topk_group=int(raw.get("topk_group") or 1),
-            routed_scaling_factor=float(raw.get("routed_scaling_factor", 1.0)),
+            kv_lora_rank=_num(raw, "kv_lora_rank", int),
+            qk_nope_head_dim=_num(raw, "qk_nope_head_dim", int),
+            qk_rope_head_dim=_num(raw, "qk_rope_head_dim", int),
+            v_head_dim=_num(raw, "v_head_dim", int),
+            intermediate_size=_num(raw, "intermediate_size", int),
+            moe_intermediate_size=_num(raw, "moe_intermediate_size", int),
+            n_routed_experts=_num(raw, "n_routed_experts", int),
+            n_shared_experts=_num(raw, "n_shared_experts", int, 1),
+            num_experts_per_tok=_num(raw, "num_experts_per_tok", int),
+            n_group=_num(raw, "n_group", int, None) or 1,
+            topk_group=_num(raw, "topk_group", int, None) or 1,
+            routed_scaling_factor=_num(raw, "routed_scaling_factor", float, 1.0),
             norm_topk_prob=bool(raw.get("norm_topk_prob", True)),
             mlp_layer_types=_mlp_layer_types(raw, layers),
             rope_theta=_rope_theta(raw),
-            rms_norm_eps=float(raw.get("rms_norm_eps", 1e-5)),
-            max_position_embeddings=int(raw["max_position_embeddings"]),
-            num_nextn_predict_layers=int(raw.get("num_nextn_predict_layers", 0)),
+            rms_norm_eps=_num(raw, "rms_norm_eps", float, 1e-5),
+            max_position_embeddings=_num(raw, "max_position_embeddings", int),
+            num_nextn_predict_layers=_num(raw, "num_nextn_predict_layers", int, 0),
             eos_token_ids=_int_tuple(raw.get("eos_token_id")),
             pad_token_id=raw.get("pad_token_id"),
             tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
@@ -138,9 +138,36 @@ class ModelConfig:
 
     @classmethod
     def from_dir(cls, model_dir: str | Path) -> ModelConfig:
-        """Read `model_dir/config.json`."""
-        with open(Path(model_dir) / "config.json", encoding="utf-8") as f:
-            return cls.from_dict(json.load(f))
+        """Read `model_dir/config.json`; a bad or missing value is an error naming the file."""
+        path = Path(model_dir) / "config.json"
+        with open(path, encoding="utf-8") as f:
+            raw = json.load(f)
+        try:
+            return cls.from_dict(raw)
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"{path}: {e}") from e
+
+
+_REQUIRED = object()
+
+
+def _num(raw: dict[str, Any], key: str, kind: type, default: Any = _REQUIRED) -> Any:
+    """`raw[key]` as an int or float (`default` where it is missing: None passes through), or an
+    error naming the field."""
+    if key not in raw or raw[key] is None:
+        if default is _REQUIRED:
+            raise ValueError(f"{key} is missing")
+        return default
+    value = raw[key]
+    try:
+        if isinstance(value, bool) or (
+            kind is int and isinstance(value, float) and not value.is_integer()
+        ):
+            raise ValueError
+        return kind(value)
+    except (TypeError, ValueError):
+        name = "an integer" if kind is int else "a number"
+        raise ValueError(f"{key} is {value!r}, not {name}") from None
 
 
 def _q_lora_rank(raw: dict[str, Any]) -> int:

@@ -64,7 +64,7 @@ def find_period(
         for end in ends or (n // 2,)
     ]
     for period, start in candidates:
-        if start < 0:
+        if start < 0 or start + period > n:
             continue
         block = names[start : start + period]
         lo = start

@@ -80,7 +80,8 @@ def test_serve_sends_router_flags_to_the_router_and_the_rest_to_the_worker(tmp_p
         assert flag in router, router
     assert "timeout" not in worker and "balance" not in worker, worker
     # the router's level names as the worker's logging knows them
-    for given, worker_level in [("warn", "warning"), ("TRACE", "debug"), ("error", "error")]:
+    levels = [("warn", "warning"), ("TRACE", "debug"), ("error", "error"), ("off", "error")]
+    for given, worker_level in levels:
         plan = serve.plan(["--model-dir", str(tmp_path), "--log-level", given])
         assert f"--log-level={worker_level}" in " ".join(plan.worker_cmds[0])
         assert f"--log-level={given}" in " ".join(plan.router_cmd)
@@ -113,8 +114,9 @@ def test_serve_reaches_a_wildcard_worker_address_locally_and_needs_a_fixed_http_
         assert "--worker-addr tcp://127.0.0.1:7002" in router, router
     p = serve.plan(["--model-dir", str(tmp_path), "--worker-listen", "ipc:///tmp/w.sock"])
     assert "--worker-addr ipc:///tmp/w.sock" in " ".join(p.router_cmd)
-    p = serve.plan(["--model-dir", str(tmp_path), "--host", "::1", "--port", "8125"])
-    assert p.health_url == "http://[::1]:8125/health"
+    for host in ["::1", "[::1]"]:
+        p = serve.plan(["--model-dir", str(tmp_path), "--host", host, "--port", "8125"])
+        assert p.health_url == "http://[::1]:8125/health"
     with pytest.raises(SystemExit) as exc:
         serve.plan(["--model-dir", str(tmp_path), "--port", "0"])
     assert exc.value.code == 2

@@ -1,7 +1,7 @@
 """`glm47 serve`: run the worker (one per data-parallel replica, `--dp N`) and one router as child
 processes and supervise them.
 
-The command line is split between them: the flags in `ROUTER_FLAGS` go to the router, `--host` and
+The command line is split between them (`serve_flags`): the router's flags go to the router, `--host` and
 `--port` to the router, `--model-dir` to all, everything else to the workers (which reject what
 they do not know). Without `--model-dir`, the built-in tiny model is written once into the cache
 folder and served on the CPU.
@@ -25,49 +25,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from glm47.serve_flags import ROUTER_FLAGS, ROUTER_SWITCHES, split_args
 from glm47.system import SUPERVISED_ENV, raise_open_file_limit
 
 log = logging.getLogger("glm47.serve")
-
-# Router flags that take a value, in every accepted spelling (LightLLM's underscores included).
-ROUTER_FLAGS = {
-    "--tool-call-parser": "--tool-call-parser",
-    "--tool_call_parser": "--tool-call-parser",
-    "--reasoning-parser": "--reasoning-parser",
-    "--reasoning_parser": "--reasoning-parser",
-    "--served-model-name": "--served-model-name",
-    "--served_model_name": "--served-model-name",
-    "--max-body-bytes": "--max-body-bytes",
-    "--max_body_bytes": "--max-body-bytes",
-    "--api-key": "--api-key",
-    "--api_key": "--api-key",
-    "--max-stored-responses": "--max-stored-responses",
-    "--max_stored_responses": "--max-stored-responses",
-    "--chat-template": "--chat-template",
-    "--chat_template": "--chat-template",
-    "--allowed-origins": "--allowed-origins",
-    "--allowed-methods": "--allowed-methods",
-    "--allowed-headers": "--allowed-headers",
-    "--worker-timeout": "--worker-timeout",
-    "--worker_timeout": "--worker-timeout",
-    "--health-generate-timeout": "--health-generate-timeout",
-    "--health_generate_timeout": "--health-generate-timeout",
-    "--balance-policy": "--balance-policy",
-    "--balance_policy": "--balance-policy",
-    "--shutdown-timeout": "--shutdown-timeout",
-    "--shutdown_timeout": "--shutdown-timeout",
-}
-# Router switches (no value).
-ROUTER_SWITCHES = {
-    "--enable-auto-tool-choice": "--enable-auto-tool-choice",
-    "--allow-credentials": "--allow-credentials",
-    "--enable-log-requests": "--enable-log-requests",
-    "--disable-log-requests": "--disable-log-requests",
-}
-# Flags that both processes need.
-SHARED_FLAGS = {"--log-level": "--log-level", "--log_level": "--log-level"}
-# The router's log levels as the worker (Python logging) names them.
-WORKER_LOG_LEVELS = {"warn": "warning", "trace": "debug", "critical": "error", "fatal": "error"}
 
 CACHE_DIR_ENV = "GLM47_CACHE_DIR"
 PR_SET_PDEATHSIG = 1  # prctl(2): the signal a process gets when its parent dies
@@ -111,48 +72,6 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def _split_args(rest: list[str]) -> tuple[list[str], list[str]]:
-    """Split unknown flags into (router_args, worker_args)."""
-    router: list[str] = []
-    worker: list[str] = []
-    i = 0
-    while i < len(rest):
-        flag, given, inline = rest[i].partition("=")
-        if flag in ROUTER_SWITCHES:
-            router.append(ROUTER_SWITCHES[flag])
-            i += 1
-            continue
-        canonical = ROUTER_FLAGS.get(flag) or SHARED_FLAGS.get(flag)
-        if canonical is None:
-            worker.append(rest[i])
-            i += 1
-            continue
-        if given:
-            value = inline
-            i += 1
-        else:
-            if i + 1 >= len(rest):
-                raise SystemExit(f"glm47 serve: {flag} needs a value")
-            value = rest[i + 1]
-            i += 2
-        # one word, so that a value starting with `-` is not read as a flag
-        router.append(f"{canonical}={value}")
-        level = _worker_log_level(value) if flag in SHARED_FLAGS else None
-        if level is not None:
-            worker.append(f"{canonical}={level}")
-    return router, worker
-
-
-def _worker_log_level(value: str) -> str | None:
-    """The worker's level for the router's `--log-level`: a level as the worker (Python logging)
-    names it; of the router's tracing directives (`info,glm47_router=debug`) the bare level, or
-    none (the worker keeps its default)."""
-    bare = [d for d in value.lower().split(",") if "=" not in d]
-    if not bare:
-        return None
-    return WORKER_LOG_LEVELS.get(bare[-1], bare[-1])
 
 
 def _router_grace_s(router_args: list[str]) -> float:
@@ -219,7 +138,7 @@ def plan(argv: list[str]) -> ServePlan:
         help="seconds to wait for the server to become ready",
     )
     args, rest = parser.parse_known_args(argv)
-    router_args, worker_args = _split_args(rest)
+    router_args, worker_args = split_args(rest)
     if args.port == 0:
         parser.error("--port 0: serve waits for the server on its port; give a fixed one")
 
@@ -258,7 +177,7 @@ def plan(argv: list[str]) -> ServePlan:
         str(args.port),
     ]
     probe_host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
-    if ":" in probe_host:
+    if ":" in probe_host and not probe_host.startswith("["):
         probe_host = f"[{probe_host}]"  # an IPv6 address in a URL
     return ServePlan(
         worker_cmds=worker_cmds,

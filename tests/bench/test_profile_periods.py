@@ -34,10 +34,11 @@ def test_one_graphed_step_gives_the_layer() -> None:
 
 
 @pytest.mark.parametrize("tail", [["norm", "lm_head", "argmax", "copy"], ["lm_head"]])
-@pytest.mark.parametrize("steps", [3, 20])
+@pytest.mark.parametrize("steps", [1, 3, 20])
 def test_engine_steps_give_one_run_of_layers_each(tail: list[str], steps: int) -> None:
-    """Unbounded, the longest repeating block of many steps is the step itself; and the trace's
-    middle can fall on a step boundary (20 steps), outside any layer."""
+    """Unbounded, the longest repeating block of many steps is the step itself; the trace's
+    middle can fall on a step boundary (20 steps), outside any layer; and one step's points
+    reach past its end."""
     names = step(tail) * steps
     period, runs = step_layer_runs(names, steps)
     assert period == len(LAYER)

@@ -17,13 +17,13 @@ pub(crate) struct Chars {
     code: u16,
     /// The last character read is a `\u` escape of a high surrogate (`\ud800` to `\udbff`).
     high: bool,
-    /// The last byte read ended a low surrogate's escape right after a high one's: the two
-    /// escapes are one character.
-    paired: bool,
 }
 
 pub(crate) enum CharStep {
     Open,
+    /// Still open, the byte having ended the second escape of a surrogate pair (`\ud83d\ude00`):
+    /// the pair is one character, which its first escape began.
+    Paired,
     Close,
     Dead,
 }
@@ -64,16 +64,9 @@ impl Chars {
         self.lt
     }
 
-    /// Whether the last byte read ended the second escape of a surrogate pair
-    /// (`\ud83d\ude00`): the pair is one character, which the first escape began.
-    pub(crate) fn ended_pair(&self) -> bool {
-        self.paired
-    }
-
     /// Takes one byte inside a string (the opening quote already read).
     pub(crate) fn step(&mut self, b: u8) -> CharStep {
         self.lt = b == b'<' && self.at_boundary();
-        self.paired = false;
         self.step_char(b)
     }
 
@@ -97,7 +90,6 @@ impl Chars {
                         self.esc = 1;
                         return CharStep::Open;
                     }
-
                     0x00..=0x1F => return CharStep::Dead,
                     _ => match utf8_lead(b) {
                         None => return CharStep::Dead,
@@ -128,8 +120,11 @@ impl Chars {
                 self.code = (self.code << 4) | digit as u16;
                 self.esc = if n == 2 { 0 } else { n - 1 };
                 if n == 2 {
-                    self.paired = self.high && (0xDC00..=0xDFFF).contains(&self.code);
-                    self.high = !self.paired && (0xD800..=0xDBFF).contains(&self.code);
+                    let paired = self.high && (0xDC00..=0xDFFF).contains(&self.code);
+                    self.high = !paired && (0xD800..=0xDBFF).contains(&self.code);
+                    if paired {
+                        return CharStep::Paired;
+                    }
                 }
                 CharStep::Open
             }

@@ -99,6 +99,11 @@ fn text_anchors_match_at_the_ends_and_line_anchors_are_refused() {
             "{pattern}: {err:?}"
         );
     }
+    // a pattern that can match bytes that are not UTF-8 is refused
+    for pattern in [r"(?-u:\xC3)", r"(?-u:.)+"] {
+        let err = regex(pattern).unwrap_err();
+        assert!(err.message.contains("not valid"), "{pattern}: {err:?}");
+    }
     // (?m) without anchors changes nothing
     assert!(accepts(&regex(r"(?m)a+").unwrap(), "aa"));
     let g = grammar(json!({"type": "string", "pattern": r"x\z"}));

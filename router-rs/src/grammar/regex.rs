@@ -74,13 +74,15 @@ impl Regex {
             path: path.into(),
             message,
         };
-        let parse = |text: &str| {
-            syntax::parse_with(text, &syntax::Config::new().utf8(false)).map_err(Box::new)
+        // the pattern matches UTF-8 text only (the wrapper's end byte is not UTF-8)
+        let parse = |text: &str, utf8: bool| {
+            syntax::parse_with(text, &syntax::Config::new().utf8(utf8)).map_err(Box::new)
         };
-        let user = parse(pattern).map_err(|e| err(format!("the pattern is not valid: {e}")))?;
+        let user =
+            parse(pattern, true).map_err(|e| err(format!("the pattern is not valid: {e}")))?;
         let user = ending_at_end_byte(user)
             .map_err(|e| err(format!("the pattern cannot be used: {e}")))?;
-        let wrapper = |text: &str| parse(text).expect("a valid wrapper pattern");
+        let wrapper = |text: &str| parse(text, false).expect("a valid wrapper pattern");
         let mut parts = vec![user, wrapper("(?-u:\\xFF)")];
         if search {
             parts.insert(0, wrapper("(?s:.*)"));
@@ -110,7 +112,7 @@ impl Regex {
             .start_state(&start::Config::new().anchored(Anchored::Yes))
             .map_err(|e| err(format!("the pattern cannot be used: {e}")))?;
         Ok(Regex {
-            pattern: whole.to_string(),
+            pattern: whole,
             dfa,
             start: start.as_u32(),
         })

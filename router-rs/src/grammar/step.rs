@@ -273,11 +273,17 @@ impl Grammar {
                     }
                     *len += 1;
                 }
-                if !self.close_tag(chars, b) && !matches!(chars.step(b), CharStep::Dead) {
-                    if chars.ended_pair() {
-                        *len -= 1; // the pair's first escape began its one character
+                if self.close_tag(chars, b) {
+                    return;
+                }
+                match chars.step(b) {
+                    CharStep::Dead => {}
+                    step => {
+                        if matches!(step, CharStep::Paired) {
+                            *len -= 1; // the pair's first escape began its one character
+                        }
+                        Self::emit(t, out);
                     }
-                    Self::emit(t, out);
                 }
             }
             Frame::Number { integer, at, len } => {

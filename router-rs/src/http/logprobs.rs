@@ -111,8 +111,9 @@ fn push(
         for &(id, logprob) in alts {
             map.entry(names.of(id)).or_insert(Value::from(logprob));
         }
-        // The chosen token is always listed, so there may be k + 1 entries (OpenAI, vLLM).
-        if let Some(logprob) = logprob.filter(|_| !map.contains_key(&token)) {
+        // The chosen token is always listed, so there may be k + 1 entries (OpenAI, vLLM), and
+        // its key holds its own logprob (where a likelier alternative has its text too).
+        if let Some(logprob) = logprob {
             map.insert(token.clone(), Value::from(logprob));
         }
         map
@@ -304,13 +305,19 @@ mod tests {
         let names = Names::new(&tok, false);
         let same = names.of(3);
         let mut offset = 0;
-        // two alternatives under one name (as the byte tokens of one character are): the later,
-        // less likely one must not overwrite the first
-        let top = [(3, -1.5f32), (9, -2.0), (3, -4.0)];
-        push(&mut out, names, 3, "x", Some(-1.5), Some(&top), &mut offset);
+        // two alternatives under one name (as the byte tokens of one character are; a list
+        // naming one id twice stands for them here): the later, less likely one does not
+        // overwrite the first
+        let top = [(3, -1.5f32), (9, -2.0), (3, -4.0), (9, -5.0)];
+        push(&mut out, names, 9, "x", Some(-2.0), Some(&top), &mut offset);
         let alts = out.top_logprobs[0].as_ref().expect("alternatives");
         assert_eq!(alts[&same], Value::from(-1.5f32));
+        assert_eq!(alts[&names.of(9)], Value::from(-2.0f32));
         assert_eq!(alts.len(), 2);
+        // the chosen token's key holds its own logprob
+        push(&mut out, names, 3, "x", Some(-4.0), Some(&top), &mut offset);
+        let alts = out.top_logprobs[1].as_ref().expect("alternatives");
+        assert_eq!(alts[&same], Value::from(-4.0f32));
     }
 
     #[test]

@@ -89,8 +89,7 @@ pub struct Finish {
 
 impl Finish {
     /// The chat completion's `finish_reason`: `tool_calls` when a call reached the client and
-    /// none was cut off, also where the token budget ran out right after it (as vLLM reports
-    /// it).
+    /// none was cut off, also where the token budget ran out after it (as vLLM reports it).
     pub fn chat_reason(&self) -> FinishReason {
         match self.reason {
             FinishReason::Length if self.called_tool && !self.inside_call => {
@@ -288,7 +287,13 @@ impl Pipeline {
                     .map(StopReason::Token);
             }
             if reason.is_some() {
-                let (emit, mut stopped) = self.stop.push(&self.detok.finish());
+                // the held tail of the last token's text: unchecked as that token's text is
+                let tail = self.detok.finish();
+                let (emit, mut stopped) = if self.completion_tokens <= self.min_tokens {
+                    (self.stop.push_unchecked(&tail), false)
+                } else {
+                    self.stop.push(&tail)
+                };
                 text.push_str(&emit);
                 if !stopped {
                     let (tail, tail_stopped) = self.stop.finish();

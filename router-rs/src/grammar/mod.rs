@@ -23,6 +23,7 @@ pub mod regex;
 pub mod schema;
 mod step;
 mod step_raw;
+mod step_start;
 pub mod structural;
 mod structural_read;
 pub mod tools;

@@ -64,7 +64,8 @@ grep -E 'backends|runner:|graphs|warm-up|KV cache' "$RES/serve.log" | cut -c1-24
 LABEL="$(cat "$RES/gpu.txt"); dummy weights; stand-in tokenizer; glm47 serve $SERVE_FLAGS; \
 sampling: ${SAMPLING:-greedy}"
 ARGS=(--base-url http://127.0.0.1:8000 --dataset file --dataset-path .bench-model/requests.jsonl
-      --num-prompts "$NUM_PROMPTS" --output-dir "$RES" --label "$LABEL" --no-progress)
+      --num-prompts "$NUM_PROMPTS" --output-dir "$RES" --label "$LABEL" --no-progress
+      --flush-cache)  # each workload meets the prompts cold, not in the cache the one before left
 for w in $WORKLOADS; do ARGS+=(--workload "$w"); done
 # shellcheck disable=SC2206  # the sampling flags split into words on purpose
 ARGS+=($SAMPLING)

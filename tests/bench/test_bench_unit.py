@@ -115,50 +115,56 @@ def test_send_offsets_follow_the_arrival_mode() -> None:
     assert 380 < poisson[-1] < 420  # 3999 gaps of mean 0.1 s
 
 
-def test_client_processes_never_exceed_the_concurrency(monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    """conc:N over more processes than N: at most N processes, each with its share of N."""
+def test_client_processes_hold_the_concurrency_until_the_last_request(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """conc:N over several processes (threads here): the streams of all of them take the next
+    request from one shared index, so N are in flight while N are left (an even split of the
+    requests let the processes that finished first drop the concurrency), each request is sent
+    once, and the results come back in request order."""
+    import asyncio
+    import concurrent.futures
+    import threading
+
     import glm47.bench.client as client
     from glm47.bench.client import Arrival, Endpoint, RequestResult, Sampling
     from glm47.bench.dataset import BenchRequest
 
-    shares: list[Arrival] = []
+    lock = threading.Lock()
+    state = {"in_flight": 0, "peak": 0}
+    at_start: list[tuple[int, int]] = []  # (requests started before, in flight) at each start
+    sent: list[int] = []
     samplings: list[Sampling] = []
 
-    class FakePool:
-        def __init__(self, procs: int, **kwargs: object) -> None:
-            self.procs = procs
-
-        def __enter__(self) -> FakePool:
-            return self
-
-        def __exit__(self, *exc: object) -> None:
-            return None
-
-        def submit(self, fn, base_url, model, reqs, endpoint, share, offsets, start_at, sampling):  # type: ignore[no-untyped-def]
-            import concurrent.futures
-
-            shares.append(share)
+    async def fake_send(http, url, req, endpoint, model, t0, sampling):  # type: ignore[no-untyped-def]
+        with lock:
+            at_start.append((len(sent), state["in_flight"]))
+            state["in_flight"] += 1
+            state["peak"] = max(state["peak"], state["in_flight"])
+            sent.append(req.prompt_len)
             samplings.append(sampling)
-            done: concurrent.futures.Future = concurrent.futures.Future()
-            results = [RequestResult(prompt_len=r.prompt_len, output_len_wanted=1) for r in reqs]
-            done.set_result((results, 1.0))
-            return done
+        await asyncio.sleep(0.05 if req.prompt_len < 4 else 0.005)  # the first few are long
+        with lock:
+            state["in_flight"] -= 1
+        return RequestResult(prompt_len=req.prompt_len, output_len_wanted=1)
 
-    monkeypatch.setattr(client.concurrent.futures, "ProcessPoolExecutor", FakePool)
-    reqs = [BenchRequest(prompt=str(i), prompt_len=i, output_len=1) for i in range(10)]
-    results, _ = client.run_workload_procs(
-        "http://x", "m", reqs, Endpoint.COMPLETIONS, Arrival(concurrency=3), procs=8, progress=False
-    )
-    assert sorted(s.concurrency for s in shares) == [1, 1, 1]  # type: ignore[type-var]
-    assert [r.prompt_len for r in results] == list(range(10))  # merged back in request order
-    shares.clear()
+    class Threads(concurrent.futures.ThreadPoolExecutor):
+        def __init__(self, procs: int, mp_context: object = None, **kwargs: object) -> None:
+            super().__init__(procs, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(client, "send_one", fake_send)
+    monkeypatch.setattr(client, "START_DELAY_S", 0.0)
+    monkeypatch.setattr(client.concurrent.futures, "ProcessPoolExecutor", Threads)
+    reqs = [BenchRequest(prompt=str(i), prompt_len=i, output_len=1) for i in range(40)]
     sampled = Sampling(temperature=1.0, top_p=0.95)
-    client.run_workload_procs(
-        "http://x", "m", reqs, Endpoint.COMPLETIONS, Arrival(concurrency=5), procs=2,
+    results, _ = client.run_workload_procs(
+        "http://x", "m", reqs, Endpoint.COMPLETIONS, Arrival(concurrency=4), procs=3,
         progress=False, sampling=sampled,
     )  # fmt: skip
-    assert sorted(s.concurrency for s in shares) == [2, 3]  # type: ignore[type-var]
-    assert samplings[:3] == [Sampling()] * 3 and samplings[3:] == [sampled] * 2
+    assert [r.prompt_len for r in results] == list(range(40))
+    assert sorted(sent) == list(range(40)) and state["peak"] == 4
+    assert samplings == [sampled] * 40
+    # once the first four are under way, every later start finds the other three in flight
+    # (one of the processes' streams just ended), however the processes' streams are spread
+    assert all(in_flight == 3 for before, in_flight in at_start if before >= 4)
 
 
 def test_requests_carry_the_runs_sampling_settings() -> None:
@@ -168,9 +174,12 @@ def test_requests_carry_the_runs_sampling_settings() -> None:
     req = BenchRequest(prompt=[1, 2], prompt_len=2, output_len=8)
     greedy = _payload(req, Endpoint.COMPLETIONS, "m", Sampling())
     assert greedy["temperature"] == 0.0 and "top_p" not in greedy and "top_k" not in greedy
-    sampled = _payload(req, Endpoint.CHAT, "m", Sampling(temperature=1.0, top_p=0.95, top_k=40))
+    text = BenchRequest(prompt="hi", prompt_len=1, output_len=8)
+    sampled = _payload(text, Endpoint.CHAT, "m", Sampling(temperature=1.0, top_p=0.95, top_k=40))
     assert (sampled["temperature"], sampled["top_p"], sampled["top_k"]) == (1.0, 0.95, 40)
-    assert sampled["messages"][0]["content"] == "[1, 2]" and sampled["max_tokens"] == 8
+    assert sampled["messages"][0]["content"] == "hi" and sampled["max_tokens"] == 8
+    with pytest.raises(ValueError, match="text prompts"):  # ids are no chat message
+        _payload(req, Endpoint.CHAT, "m", Sampling())
     assert "frequency_penalty" not in sampled and "repetition_penalty" not in sampled
 
 
@@ -186,3 +195,55 @@ def test_penalty_flags_reach_the_requests() -> None:
                     "m", sampling_of(args))  # fmt: skip
     assert (body["frequency_penalty"], body["repetition_penalty"]) == (0.5, 1.1)
     assert "presence_penalty" not in body
+
+
+def test_a_stream_that_fails_or_carries_nothing_is_an_error() -> None:
+    """An error event after the headers (glm47's, vLLM's and SGLang's way to fail a stream), a
+    200 without output and a chunk that is not an object fail their request; a null count in
+    the usage does not end the run."""
+    import asyncio
+
+    import httpx
+
+    from glm47.bench.client import Endpoint, send_one
+    from glm47.bench.dataset import BenchRequest
+
+    def stream(*events: str) -> bytes:
+        return "".join(f"data: {e}\n\n" for e in events).encode()
+
+    text = json.dumps({"choices": [{"text": "a"}]})
+    null_usage = json.dumps({"choices": [], "usage": {"completion_tokens": None}})
+    lost = json.dumps({"error": {"message": "worker lost"}})
+    cases = {
+        "error event": (stream(text, lost, "[DONE]"), "error event"),
+        "nothing": (stream("[DONE]"), "no output"),
+        "array": (stream("[1]", "[DONE]"), "not a JSON object"),
+        "null usage": (stream(text, null_usage, "[DONE]"), None),
+        "two tokens": (stream(text, text, "[DONE]"), None),
+    }
+
+    async def send(content: bytes):  # type: ignore[no-untyped-def]
+        def answer(request: httpx.Request) -> httpx.Response:
+            return httpx.Response(200, content=content)
+
+        async with httpx.AsyncClient(transport=httpx.MockTransport(answer)) as http:
+            req = BenchRequest(prompt="p", prompt_len=1, output_len=2)
+            return await send_one(
+                http, "http://x/v1/completions", req, Endpoint.COMPLETIONS, "m", 0.0
+            )
+
+    for name, (content, error) in cases.items():
+        res = asyncio.run(send(content))
+        if error is None:
+            assert res.error is None and res.output_tokens >= 1, (name, res)
+        else:
+            assert res.error is not None and error in res.error, (name, res.error)
+
+
+def test_an_empty_workload_writes_strict_json(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from glm47.bench.report import summarize, write_json
+
+    path = tmp_path / "bench.json"
+    write_json(path, {}, {"w": summarize([], 1.0)})
+    row = json.loads(path.read_text())["workloads"]["w"]
+    assert "NaN" not in path.read_text() and row["ttft_ms"]["mean"] is None

@@ -29,6 +29,8 @@ from typing import Any
 
 import httpx
 
+from glm47.bench.client import sse_lines
+
 CATEGORIES = (
     "simple_python",
     "multiple",
@@ -267,7 +269,7 @@ async def ask(
         async with http.stream("POST", url, json=payload) as resp:
             if resp.status_code != 200:
                 raise ValueError(f"HTTP {resp.status_code}: {(await resp.aread())[:200]!r}")
-            async for line in resp.aiter_lines():
+            async for line in sse_lines(resp):
                 if not line.startswith("data:") or line[5:].strip() == "[DONE]":
                     continue
                 chunk = json.loads(line[5:])

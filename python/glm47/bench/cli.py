@@ -107,6 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--output-dir", default=None, help="write bench.json, bench.md and PNG plots here"
     )
+    p.add_argument(
+        "--flush-cache",
+        action="store_true",
+        help="empty the server's prefix cache before each workload (SGLang's /flush_cache, "
+        "else vLLM's /reset_prefix_cache), so that no workload finds the prompts of the one before",
+    )
     p.add_argument("--label", default="", help="free text stored with the results (GPU, flags)")
     p.add_argument("--no-progress", action="store_true")
     return p
@@ -118,7 +124,7 @@ def build_requests(args: argparse.Namespace) -> list[BenchRequest]:
             raise SystemExit("glm47 bench: --dataset file needs --dataset-path")
         return load_requests(args.dataset_path)[: args.num_prompts]
     if args.dataset == "random":
-        return random_requests(
+        requests = random_requests(
             args.num_prompts,
             args.random_input_len,
             args.random_output_len,
@@ -126,6 +132,15 @@ def build_requests(args: argparse.Namespace) -> list[BenchRequest]:
             args.vocab_size,
             args.seed,
         )
+        if args.endpoint != Endpoint.CHAT.value:
+            return requests
+        # a chat message is text: the ids' text, as vLLM's random dataset writes it
+        if args.tokenizer is None:
+            raise SystemExit("glm47 bench: --dataset random --endpoint chat needs --tokenizer")
+        from glm47 import _native
+
+        tok = _native.Tokenizer(args.tokenizer)
+        return [dataclasses.replace(r, prompt=tok.decode(list(r.prompt), False)) for r in requests]
     if args.tokenizer is None:
         raise SystemExit("glm47 bench: --tokenizer MODEL_DIR is required for the sharegpt dataset")
     from glm47 import _native
@@ -185,6 +200,21 @@ def server_means(
     return means
 
 
+def flush_cache(base_url: str) -> None:
+    """Empties the server's prefix cache: SGLang's (and glm47's) `/flush_cache`, else vLLM's
+    `/reset_prefix_cache`; a server with neither is an error (its numbers would not be what
+    was asked for)."""
+    root = base_url.rstrip("/")
+    for path in ("/flush_cache", "/reset_prefix_cache"):
+        try:
+            req = urllib.request.Request(root + path, data=b"", method="POST")
+            with urllib.request.urlopen(req, timeout=60):
+                return
+        except (OSError, ValueError):
+            continue
+    raise SystemExit(f"glm47 bench: {root} has neither /flush_cache nor /reset_prefix_cache")
+
+
 def first_model(base_url: str) -> str:
     with urllib.request.urlopen(base_url.rstrip("/") + "/v1/models", timeout=30) as resp:
         return str(json.load(resp)["data"][0]["id"])
@@ -219,6 +249,8 @@ def sampling_of(args: argparse.Namespace) -> Sampling:
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     requests = build_requests(args)
+    if args.endpoint == Endpoint.CHAT.value and any(isinstance(r.prompt, list) for r in requests):
+        raise SystemExit("glm47 bench: the chat endpoint takes text prompts, not token ids")
     if args.save_requests:
         save_requests(args.save_requests, requests)
     if args.dry_run:
@@ -235,6 +267,8 @@ def main(argv: list[str]) -> int:
     rows: dict[str, Summary] = {}
     for spec in args.workload or ["burst"]:
         name, arrival = parse_workload(spec, args.seed)
+        if args.flush_cache:
+            flush_cache(args.base_url)
         print(f"== {name}: {len(requests)} requests, {arrival}")
         before = server_totals(args.base_url)
         results, wall = run_workload_procs(

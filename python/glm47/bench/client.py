@@ -101,8 +101,9 @@ def _payload(req: BenchRequest, endpoint: Endpoint, model: str, sampling: Sampli
         **sampling.body(),
     }
     if endpoint is Endpoint.CHAT:
-        content = req.prompt if isinstance(req.prompt, str) else json.dumps(req.prompt)
-        body["messages"] = [{"role": "user", "content": content}]
+        if not isinstance(req.prompt, str):
+            raise ValueError("the chat endpoint takes text prompts, not token ids")
+        body["messages"] = [{"role": "user", "content": req.prompt}]
     else:
         body["prompt"] = req.prompt
     return body
@@ -157,6 +158,12 @@ async def send_one(
                 if data == "[DONE]":
                     break
                 chunk = json.loads(data)
+                if not isinstance(chunk, dict):
+                    res.error = f"not a JSON object: {data[:200]!r}"
+                    return res
+                if chunk.get("error"):  # a failure after the headers (vLLM, SGLang, glm47)
+                    res.error = f"error event: {json.dumps(chunk['error'])[:200]}"
+                    return res
                 now = time.perf_counter() - t0
                 if res.first_event_at is None:
                     res.first_event_at = now
@@ -167,9 +174,12 @@ async def send_one(
                         res.ttft = now - res.start
                 usage = chunk.get("usage")
                 if usage:
-                    res.output_tokens = int(usage.get("completion_tokens", 0))
+                    res.output_tokens = int(usage.get("completion_tokens") or 0)
+            if not chunks:  # a 200 that carried no output is no answer
+                res.error = "no output in the stream"
             res.output_tokens = res.output_tokens or chunks
-    except (httpx.HTTPError, json.JSONDecodeError) as e:
+    except (httpx.HTTPError, ValueError, TypeError, AttributeError) as e:
+        # JSON and UTF-8 decoding errors are ValueErrors; a malformed chunk fails this request
         res.error = f"{type(e).__name__}: {e}"
     finally:
         res.end = time.perf_counter() - t0
@@ -206,8 +216,7 @@ async def run_workload(
     delays the start, so that several processes share one clock (see `run_workload_procs`).
     `progress`: True for a progress bar, False for none, or an object with `update(n)` and
     `close()`."""
-    path = "/v1/chat/completions" if endpoint is Endpoint.CHAT else "/v1/completions"
-    url = base_url.rstrip("/") + path
+    url = _url(base_url, endpoint)
     gate = asyncio.Semaphore(arrival.concurrency) if arrival.concurrency else None
     if offsets is None:
         offsets = send_offsets(len(requests), arrival)
@@ -244,12 +253,73 @@ async def run_workload(
     return list(results), wall
 
 
+def _url(base_url: str, endpoint: Endpoint) -> str:
+    path = "/v1/chat/completions" if endpoint is Endpoint.CHAT else "/v1/completions"
+    return base_url.rstrip("/") + path
+
+
+# Seconds from the launch of the client processes to their common start: their start-up (spawn
+# imports) fits in this.
+START_DELAY_S = 2.0
+
 _done_counter: Any = None  # in a client process: the shared count of finished requests
+_next_index: Any = None  # in a client process pulling requests: the next one to send
 
 
-def _init_share(counter: Any) -> None:
-    global _done_counter
-    _done_counter = counter
+def _init_share(counter: Any, next_index: Any = None) -> None:
+    global _done_counter, _next_index
+    _done_counter, _next_index = counter, next_index
+
+
+def _take() -> int:
+    with _next_index.get_lock():
+        i = int(_next_index.value)
+        _next_index.value += 1
+    return i
+
+
+def _run_pull(
+    base_url: str,
+    model: str,
+    requests: list[BenchRequest],
+    endpoint: Endpoint,
+    workers: int,
+    start_at: float,
+    sampling: Sampling,
+) -> tuple[list[tuple[int, RequestResult]], float]:
+    """One client process of a closed-loop workload: `workers` streams, each sending the next
+    request not yet taken by any process, so that the processes together hold the limit until
+    the last request (module level, so that it can be sent to a process)."""
+    return asyncio.run(_pull(base_url, model, requests, endpoint, workers, start_at, sampling))
+
+
+async def _pull(
+    base_url: str,
+    model: str,
+    requests: list[BenchRequest],
+    endpoint: Endpoint,
+    workers: int,
+    start_at: float,
+    sampling: Sampling,
+) -> tuple[list[tuple[int, RequestResult]], float]:
+    url, progress = _url(base_url, endpoint), _SharedCount()
+    raise_open_file_limit()
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
+    done: list[tuple[int, RequestResult]] = []
+    async with httpx.AsyncClient(timeout=httpx.Timeout(None), limits=limits) as http:
+        await asyncio.sleep(max(0.0, start_at - time.time()))
+        t0 = time.perf_counter() - max(0.0, time.time() - start_at)
+
+        async def worker() -> None:
+            while (i := _take()) < len(requests):
+                done.append(
+                    (i, await send_one(http, url, requests[i], endpoint, model, t0, sampling))
+                )
+                progress.update(1)
+
+        await asyncio.gather(*(worker() for _ in range(workers)))
+        wall = time.perf_counter() - t0
+    return done, wall
 
 
 class _SharedCount:
@@ -302,9 +372,11 @@ def run_workload_procs(
     """`run_workload` spread over `procs` client processes, so that reading thousands of streams
     does not make the client the bottleneck (a single Python event loop falls behind a fast
     server, which inflates every latency it measures). Request i goes to process i % procs with
-    its release time from the one shared schedule; a concurrency limit is divided between the
-    processes (no more processes than that limit). All processes start on one wall-clock instant, and the timings are merged in
-    request order."""
+    its release time from the one shared schedule. Under a concurrency limit alone (a closed
+    loop) the limit is divided between the processes, each stream taking the next request not
+    yet taken by any of them (an even split of the requests would let the processes that finish
+    first drop the concurrency at the end). All processes start on one wall-clock instant, and
+    the timings are merged in request order."""
     if procs <= 1 or len(requests) < 2:
         return asyncio.run(
             run_workload(base_url, model, requests, endpoint, arrival, progress, sampling=sampling)
@@ -314,6 +386,9 @@ def run_workload_procs(
         return asyncio.run(
             run_workload(base_url, model, requests, endpoint, arrival, progress, sampling=sampling)
         )
+    if arrival.concurrency and not arrival.rate:
+        return _run_pulling(base_url, model, requests, endpoint, arrival.concurrency, procs,
+                            progress, sampling)  # fmt: skip
     offsets = send_offsets(len(requests), arrival)
     shares = []
     for i in range(procs):
@@ -322,7 +397,7 @@ def run_workload_procs(
             conc = arrival.concurrency // procs + (i < arrival.concurrency % procs)
         share = Arrival(concurrency=conc, rate=arrival.rate, seed=arrival.seed)
         shares.append((requests[i::procs], share, offsets[i::procs]))
-    start_at = time.time() + 2.0  # the processes' start-up (spawn imports) fits in this
+    start_at = time.time() + START_DELAY_S
     ctx = multiprocessing.get_context("spawn")
     counter = ctx.Value("l", 0)
     bar = _progress(len(requests)) if progress else None
@@ -346,6 +421,41 @@ def run_workload_procs(
     for i, (share_results, _) in enumerate(outs):
         results[i::procs] = share_results
     return [r for r in results if r is not None], max(wall for _, wall in outs)
+
+
+def _run_pulling(
+    base_url: str,
+    model: str,
+    requests: list[BenchRequest],
+    endpoint: Endpoint,
+    concurrency: int,
+    procs: int,
+    progress: bool,
+    sampling: Sampling,
+) -> tuple[list[RequestResult], float]:
+    """`run_workload_procs` for a closed loop: `concurrency` streams over `procs` processes,
+    pulling requests from one shared index."""
+    start_at = time.time() + START_DELAY_S
+    ctx = multiprocessing.get_context("spawn")
+    counter, next_index = ctx.Value("l", 0), ctx.Value("l", 0)
+    bar = _progress(len(requests)) if progress else None
+    workers = [concurrency // procs + (i < concurrency % procs) for i in range(procs)]
+    with concurrent.futures.ProcessPoolExecutor(
+        procs, mp_context=ctx, initializer=_init_share, initargs=(counter, next_index)
+    ) as pool:
+        futures = [
+            pool.submit(_run_pull, base_url, model, requests, endpoint, n, start_at, sampling)
+            for n in workers
+        ]
+        while concurrent.futures.wait(futures, timeout=0.5).not_done:
+            if bar is not None:
+                bar.update(counter.value - bar.n)
+        outs = [f.result() for f in futures]
+    if bar is not None:
+        bar.update(counter.value - bar.n)
+        bar.close()
+    results: dict[int, RequestResult] = {i: r for done, _ in outs for i, r in done}
+    return [results[i] for i in range(len(requests))], max(wall for _, wall in outs)
 
 
 def _progress(total: int):  # type: ignore[no-untyped-def]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -81,23 +82,34 @@ def markdown_table(rows: dict[str, Summary]) -> str:
         "|---|---|---|---|---|---|---|---|---|---|\n"
     )
 
-    def d(x: Dist) -> str:
-        return f"{x.mean:.0f} / {x.median:.0f} / {x.p99:.0f}"
+    def d(x: Dist, places: int = 0) -> str:
+        return f"{x.mean:.{places}f} / {x.median:.{places}f} / {x.p99:.{places}f}"
 
+    # per-token times in hundredths: a few ms a token on a fast GPU
     lines = [
         f"| {name} | {s.completed} | {s.errors} | {s.request_throughput:.2f} | "
         f"{s.output_throughput:.0f} | {s.total_throughput:.0f} | {d(s.ttft_ms)} | "
-        f"{d(s.tpot_ms)} | {d(s.itl_ms)} | {d(s.e2e_ms)} |"
+        f"{d(s.tpot_ms, 2)} | {d(s.itl_ms, 2)} | {d(s.e2e_ms)} |"
         for name, s in rows.items()
     ]
     return head + "\n".join(lines) + "\n"
 
 
+def _finite(value: object) -> object:
+    """`value` with NaN and infinities (a distribution of no samples) as null: strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
 def write_json(path: Path, meta: dict, rows: dict[str, Summary]) -> None:
-    path.write_text(
-        json.dumps({"meta": meta, "workloads": {k: asdict(v) for k, v in rows.items()}}, indent=2)
-        + "\n"
-    )
+    workloads = {k: _finite(asdict(v)) for k, v in rows.items()}
+    text = json.dumps({"meta": meta, "workloads": workloads}, indent=2, allow_nan=False)
+    path.write_text(text + "\n")
 
 
 def write_raw(path: Path, results: list[RequestResult]) -> None:

@@ -19,6 +19,7 @@ async fn sglang_generate_answers_in_its_own_shape() {
     assert_eq!(meta["prompt_tokens"], model.encode("hi").len());
     assert_eq!(meta["completion_tokens"], reply.len());
     assert_eq!(meta["finish_reason"]["type"], "stop");
+    assert!(meta["finish_reason"]["matched"].is_null(), "{meta}");
     assert_eq!(meta["output_token_logprobs"][0][1], reply[0]);
     assert_eq!(worker.requests()[0].max_new_tokens, 50);
     assert_eq!(worker.requests()[0].stop_token_ids, vec![7]);
@@ -72,4 +73,18 @@ async fn sglang_generate_answers_in_its_own_shape() {
         assert_eq!(status, 400, "{body}: {answer}");
         assert_eq!(answer["error"]["param"], param, "{body}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_eos_token_that_ends_the_output_is_what_matched() {
+    let (model, _worker, server) = setup("Hi<|endoftext|>", 2, &[]).await;
+    let body = json!({"text": "hi", "sampling_params": {"max_new_tokens": 50}});
+    let (status, answer) = server.post("/generate", body).await;
+    assert_eq!(status, 200, "{answer}");
+    let finish = &answer["meta_info"]["finish_reason"];
+    assert_eq!(
+        finish,
+        &json!({"type": "stop", "matched": model.eos}),
+        "{answer}"
+    );
 }

@@ -352,9 +352,11 @@ impl Output {
 
     fn call(&mut self, call: ToolCallDelta) {
         if !matches!(&self.open, Some(Open::Call { index, .. }) if *index == call.index) {
+            // the tokens held since the last text (the call's opening tag and name, whitespace
+            // before it) are the call's, not the message's it closes
+            self.pending_logprobs.clear();
             self.close();
             self.held.clear(); // whitespace before a call is no message
-            self.pending_logprobs.clear();
             let id = random_id("fc_");
             let call_id = call.id.clone().unwrap_or_else(|| random_id("call_"));
             let name = call.function.name.clone().unwrap_or_default();

@@ -97,6 +97,48 @@ fn a_delta_ending_one_call_and_starting_another_keeps_each_call_whole() {
 }
 
 #[test]
+fn a_messages_logprobs_are_its_texts_tokens_and_the_stream_adds_up_to_them() {
+    use crate::state::TokenInfo;
+    let token = |id: u32, text: &str| TokenInfo {
+        id,
+        text: text.into(),
+        logprob: Some(-0.5),
+        top: Vec::new(),
+        special: false,
+    };
+    let mut out = output("resp_lp");
+    out.logprobs = Some(Arc::new(crate::tokenizer::Tokenizer::word_level(16)));
+    let mut said = text("Let me check.", vec![]);
+    said.tokens = vec![token(1, "Let me"), token(2, " check.")];
+    out.delta(said);
+    // the parser holds the call's opening tag and name, then the call comes
+    let mut held = text("", vec![]);
+    held.tokens = vec![token(3, "<tool_call>"), token(4, "w")];
+    out.delta(held);
+    let mut call = text("", vec![ToolCallDelta::fragment(0, Some("w"), "{}")]);
+    call.tokens = vec![token(5, "</tool_call>")];
+    out.delta(call);
+    out.delta(finished(FinishReason::ToolCalls, 5));
+    let r = out.response();
+    let final_lps = r["output"][0]["content"][0]["logprobs"]
+        .as_array()
+        .unwrap()
+        .len();
+    let streamed: usize = out
+        .events
+        .iter()
+        .filter(|e| e["type"] == "response.output_text.delta")
+        .map(|e| e["logprobs"].as_array().map_or(0, Vec::len))
+        .sum();
+    let done = out
+        .events
+        .iter()
+        .find(|e| e["type"] == "response.output_text.done")
+        .map(|e| e["logprobs"].as_array().unwrap().len());
+    assert_eq!((final_lps, streamed, done), (2, 2, Some(2)));
+}
+
+#[test]
 fn a_call_the_token_budget_cuts_off_is_incomplete_and_one_it_ends_after_is_whole() {
     for inside_call in [true, false] {
         let mut out = output("resp_y");

@@ -99,7 +99,7 @@ impl Answer {
         let f = self.finish.as_ref();
         let mut meta = json!({
             "id": rid,
-            "finish_reason": finish_reason(f),
+            "finish_reason": finish_reason(f, self.tokens.last()),
             "prompt_tokens": prompt_tokens,
             "completion_tokens": f.map_or(self.tokens.len() as u32, |f| f.completion_tokens),
             "cached_tokens": f.map_or(0, |f| f.cached_tokens),

@@ -209,8 +209,12 @@ fn sampling(p: &RawSampling, params: &Value) -> Result<SamplingParams, Validatio
 }
 
 /// SGLang's `meta_info.finish_reason` of a finish: `{"type": "stop", "matched": id or text}`,
-/// `{"type": "length", "length": n}` or `{"type": "abort"}`; null while running.
-pub fn finish_reason(finish: Option<&crate::state::Finish>) -> Value {
+/// `{"type": "length", "length": n}` or `{"type": "abort"}`; null while running. `last` is the
+/// last token read: an eos token that ended the output is what matched, as SGLang reports it.
+pub fn finish_reason(
+    finish: Option<&crate::state::Finish>,
+    last: Option<&crate::state::TokenInfo>,
+) -> Value {
     use super::openai::{FinishReason, StopReason};
     let Some(f) = finish else {
         return Value::Null;
@@ -222,7 +226,9 @@ pub fn finish_reason(finish: Option<&crate::state::Finish>) -> Value {
             let matched = match &f.stop_reason {
                 Some(StopReason::Token(id)) => json!(id),
                 Some(StopReason::Text(text)) => json!(text),
-                None => Value::Null,
+                None => last
+                    .filter(|t| t.special)
+                    .map_or(Value::Null, |t| json!(t.id)),
             };
             json!({"type": "stop", "matched": matched})
         }

@@ -88,3 +88,31 @@ async fn an_eos_token_that_ends_the_output_is_what_matched() {
         "{answer}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logprob_options_not_served_are_refused_not_ignored() {
+    let (_model, worker, server) = setup("Hi", 2, &[]).await;
+    let base = json!({"text": "hi", "return_logprob": true});
+    let with = |key: &str, value: serde_json::Value| {
+        let mut body = base.clone();
+        body[key] = value;
+        body
+    };
+    for (key, value) in [
+        ("logprob_start_len", json!(0)),
+        ("return_text_in_logprobs", json!(true)),
+    ] {
+        let (status, answer) = server.post("/generate", with(key, value)).await;
+        assert_eq!(status, 400, "{answer}");
+        assert_eq!(answer["error"]["param"], key, "{answer}");
+    }
+    assert!(worker.requests().is_empty());
+    // their defaults are what is served
+    for (key, value) in [
+        ("logprob_start_len", json!(-1)),
+        ("return_text_in_logprobs", json!(false)),
+    ] {
+        let (status, answer) = server.post("/generate", with(key, value)).await;
+        assert_eq!(status, 200, "{answer}");
+    }
+}

@@ -73,6 +73,10 @@ struct RawGenerate {
     return_logprob: Option<bool>,
     top_logprobs_num: Option<u32>,
     rid: Option<Value>,
+    /// Only the defaults are taken (-1: no prompt logprobs; no token text in the entries): a
+    /// client asking for more gets a 400 rather than an answer without it.
+    logprob_start_len: Option<i64>,
+    return_text_in_logprobs: Option<bool>,
 }
 
 impl SglangRequest {
@@ -109,6 +113,15 @@ impl SglangRequest {
             }
             Some(other) => vec![other],
         };
+        if raw.logprob_start_len.is_some_and(|start| start != -1) {
+            let msg = "prompt logprobs are not served on /generate: leave logprob_start_len at \
+                       -1 (/v1/completions gives them with echo or prompt_logprobs)";
+            return Err(ValidationError::new("logprob_start_len", msg));
+        }
+        if raw.return_text_in_logprobs == Some(true) {
+            let msg = "token texts in logprob entries are not served: the ids are";
+            return Err(ValidationError::new("return_text_in_logprobs", msg));
+        }
         let top = raw.top_logprobs_num.unwrap_or(0);
         check_range("top_logprobs_num", Some(top), 0, MAX_TOP_LOGPROBS)?;
         let logprobs = if raw.return_logprob == Some(true) {

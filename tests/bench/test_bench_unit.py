@@ -247,3 +247,41 @@ def test_an_empty_workload_writes_strict_json(tmp_path) -> None:  # type: ignore
     write_json(path, {}, {"w": summarize([], 1.0)})
     row = json.loads(path.read_text())["workloads"]["w"]
     assert "NaN" not in path.read_text() and row["ttft_ms"]["mean"] is None
+
+
+def test_flush_cache_asks_sglangs_endpoint_then_vllms_and_fails_without_either() -> None:
+    import http.server
+    import threading
+
+    from glm47.bench.cli import flush_cache
+
+    asked: list[str] = []
+
+    def server(routes: set[str]) -> http.server.ThreadingHTTPServer:
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                asked.append(self.path)
+                self.send_response(200 if self.path in routes else 404)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        return srv
+
+    for routes, want in [
+        ({"/flush_cache"}, ["/flush_cache"]),
+        ({"/reset_prefix_cache"}, ["/flush_cache", "/reset_prefix_cache"]),
+    ]:
+        asked.clear()
+        srv = server(routes)
+        flush_cache(f"http://127.0.0.1:{srv.server_address[1]}/")
+        srv.shutdown()
+        assert asked == want
+    srv = server(set())
+    with pytest.raises(SystemExit, match="neither"):
+        flush_cache(f"http://127.0.0.1:{srv.server_address[1]}")
+    srv.shutdown()

@@ -278,19 +278,9 @@ def _take() -> int:
     return i
 
 
-def _run_pull(
-    base_url: str,
-    model: str,
-    requests: list[BenchRequest],
-    endpoint: Endpoint,
-    workers: int,
-    start_at: float,
-    sampling: Sampling,
-) -> tuple[list[tuple[int, RequestResult]], float]:
-    """One client process of a closed-loop workload: `workers` streams, each sending the next
-    request not yet taken by any process, so that the processes together hold the limit until
-    the last request (module level, so that it can be sent to a process)."""
-    return asyncio.run(_pull(base_url, model, requests, endpoint, workers, start_at, sampling))
+def _run_pull(*args: Any) -> tuple[list[tuple[int, RequestResult]], float]:
+    """`_pull` in a client process (module level, so that it can be sent to one)."""
+    return asyncio.run(_pull(*args))
 
 
 async def _pull(
@@ -302,6 +292,9 @@ async def _pull(
     start_at: float,
     sampling: Sampling,
 ) -> tuple[list[tuple[int, RequestResult]], float]:
+    """One client process of a closed-loop workload: `workers` streams, each sending the next
+    request not yet taken by any process, so that the processes together hold the limit until
+    the last request; (request index, result) pairs and the wall time."""
     url, progress = _url(base_url, endpoint), _SharedCount()
     raise_open_file_limit()
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
@@ -398,25 +391,11 @@ def run_workload_procs(
         share = Arrival(concurrency=conc, rate=arrival.rate, seed=arrival.seed)
         shares.append((requests[i::procs], share, offsets[i::procs]))
     start_at = time.time() + START_DELAY_S
-    ctx = multiprocessing.get_context("spawn")
-    counter = ctx.Value("l", 0)
-    bar = _progress(len(requests)) if progress else None
-    with concurrent.futures.ProcessPoolExecutor(
-        procs, mp_context=ctx, initializer=_init_share, initargs=(counter,)
-    ) as pool:
-        futures = [
-            pool.submit(
-                _run_share, base_url, model, reqs, endpoint, share, offs, start_at, sampling
-            )
-            for reqs, share, offs in shares
-        ]
-        while concurrent.futures.wait(futures, timeout=0.5).not_done:
-            if bar is not None:
-                bar.update(counter.value - bar.n)
-        outs = [f.result() for f in futures]
-    if bar is not None:
-        bar.update(counter.value - bar.n)
-        bar.close()
+    calls = [
+        (_run_share, base_url, model, reqs, endpoint, share, offs, start_at, sampling)
+        for reqs, share, offs in shares
+    ]
+    outs = _in_processes(calls, len(requests), progress, pulling=False)
     results: list[RequestResult | None] = [None] * len(requests)
     for i, (share_results, _) in enumerate(outs):
         results[i::procs] = share_results
@@ -436,17 +415,27 @@ def _run_pulling(
     """`run_workload_procs` for a closed loop: `concurrency` streams over `procs` processes,
     pulling requests from one shared index."""
     start_at = time.time() + START_DELAY_S
-    ctx = multiprocessing.get_context("spawn")
-    counter, next_index = ctx.Value("l", 0), ctx.Value("l", 0)
-    bar = _progress(len(requests)) if progress else None
     workers = [concurrency // procs + (i < concurrency % procs) for i in range(procs)]
+    calls = [
+        (_run_pull, base_url, model, requests, endpoint, n, start_at, sampling) for n in workers
+    ]
+    outs = _in_processes(calls, len(requests), progress, pulling=True)
+    results: dict[int, RequestResult] = {i: r for done, _ in outs for i, r in done}
+    return [results[i] for i in range(len(requests))], max(wall for _, wall in outs)
+
+
+def _in_processes(calls: list[tuple[Any, ...]], total: int, progress: bool, pulling: bool) -> list:
+    """Each call (a function and its arguments) in a client process of its own, the progress
+    bar fed from their shared count of finished requests (and, `pulling`, a shared index of
+    the next request to send); their results in order."""
+    ctx = multiprocessing.get_context("spawn")
+    counter = ctx.Value("l", 0)
+    initargs = (counter, ctx.Value("l", 0)) if pulling else (counter,)
+    bar = _progress(total) if progress else None
     with concurrent.futures.ProcessPoolExecutor(
-        procs, mp_context=ctx, initializer=_init_share, initargs=(counter, next_index)
+        len(calls), mp_context=ctx, initializer=_init_share, initargs=initargs
     ) as pool:
-        futures = [
-            pool.submit(_run_pull, base_url, model, requests, endpoint, n, start_at, sampling)
-            for n in workers
-        ]
+        futures = [pool.submit(*call) for call in calls]
         while concurrent.futures.wait(futures, timeout=0.5).not_done:
             if bar is not None:
                 bar.update(counter.value - bar.n)
@@ -454,8 +443,7 @@ def _run_pulling(
     if bar is not None:
         bar.update(counter.value - bar.n)
         bar.close()
-    results: dict[int, RequestResult] = {i: r for done, _ in outs for i, r in done}
-    return [results[i] for i in range(len(requests))], max(wall for _, wall in outs)
+    return outs
 
 
 def _progress(total: int):  # type: ignore[no-untyped-def]

@@ -285,3 +285,21 @@ def test_flush_cache_asks_sglangs_endpoint_then_vllms_and_fails_without_either()
     with pytest.raises(SystemExit, match="neither"):
         flush_cache(f"http://127.0.0.1:{srv.server_address[1]}")
     srv.shutdown()
+
+
+def test_random_prompts_for_the_chat_endpoint_are_the_ids_text(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from glm47 import _native
+    from glm47.bench.cli import build_parser, build_requests
+    from glm47.worker.model.tiny import make_tiny_model
+
+    make_tiny_model(str(tmp_path), seed=0)
+    argv = ["--dataset", "random", "--num-prompts", "3", "--random-input-len", "12"]
+    argv += ["--vocab-size", "1200", "--endpoint", "chat"]
+    with pytest.raises(SystemExit, match="needs --tokenizer"):
+        build_requests(build_parser().parse_args(argv))
+    chat = build_requests(build_parser().parse_args([*argv, "--tokenizer", str(tmp_path)]))
+    ids = build_requests(build_parser().parse_args(argv[:-2]))  # the completions endpoint
+    tok = _native.Tokenizer(str(tmp_path))
+    for text, raw in zip(chat, ids, strict=True):
+        assert isinstance(text.prompt, str) and isinstance(raw.prompt, list)
+        assert text.prompt == tok.decode(raw.prompt, False) and text.prompt_len == raw.prompt_len

@@ -320,15 +320,7 @@ async fn models_and_metrics_describe_the_server() {
         .post("/v1/completions", json!({"prompt": "a", "max_tokens": 2}))
         .await;
     assert_eq!(status, 200);
-    let models: Value = server
-        .client
-        .get(format!("{}/v1/models", server.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, models) = server.get("/v1/models").await;
     assert_eq!(models["data"][0]["id"], "tiny-glm");
     assert_eq!(models["data"][0]["max_model_len"], 4096);
     let r = server

@@ -266,11 +266,7 @@ impl Pipeline {
             }
             self.count_reasoning(id);
             let piece = self.detok.push(id);
-            let (emit, stopped) = if self.completion_tokens <= self.min_tokens {
-                (self.stop.push_unchecked(&piece), false) // no stop string ends here yet
-            } else {
-                self.stop.push(&piece)
-            };
+            let (emit, stopped) = self.stop_strings(&piece);
             delta.tokens.push(self.token_info(out, k, id, piece));
             text.push_str(&emit);
             if stopped {
@@ -287,13 +283,8 @@ impl Pipeline {
                     .map(StopReason::Token);
             }
             if reason.is_some() {
-                // the held tail of the last token's text: unchecked as that token's text is
-                let tail = self.detok.finish();
-                let (emit, mut stopped) = if self.completion_tokens <= self.min_tokens {
-                    (self.stop.push_unchecked(&tail), false)
-                } else {
-                    self.stop.push(&tail)
-                };
+                let tail = self.detok.finish(); // the rest of the last token's text
+                let (emit, mut stopped) = self.stop_strings(&tail);
                 text.push_str(&emit);
                 if !stopped {
                     let (tail, tail_stopped) = self.stop.finish();
@@ -314,6 +305,16 @@ impl Pipeline {
             delta.finish = Some(self.finish(reason, stop_reason));
         }
         delta
+    }
+
+    /// The latest token's text through the stop strings: the text now safe to release and
+    /// whether one matched; none ends within the first `min_tokens` tokens.
+    fn stop_strings(&mut self, text: &str) -> (String, bool) {
+        if self.completion_tokens <= self.min_tokens {
+            (self.stop.push_unchecked(text), false)
+        } else {
+            self.stop.push(text)
+        }
     }
 
     /// Follows the think tags by their ids and counts the tokens between them.

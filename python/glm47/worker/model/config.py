@@ -173,7 +173,7 @@ def _num(raw: dict[str, Any], key: str, kind: type, default: Any = _REQUIRED) ->
 def _q_lora_rank(raw: dict[str, Any]) -> int:
     if raw.get("q_lora_rank") is None:
         raise ValueError("q_lora_rank is null: only the low-rank query projection is supported")
-    return int(_num(raw, "q_lora_rank", int))
+    return _num(raw, "q_lora_rank", int)
 
 
 def _mlp_layer_types(raw: dict[str, Any], layers: int) -> tuple[str, ...]:
@@ -181,7 +181,7 @@ def _mlp_layer_types(raw: dict[str, Any], layers: int) -> tuple[str, ...]:
     types = raw.get("mlp_layer_types")
     if types is not None:
         return tuple(str(t) for t in types)
-    first_dense = int(_num(raw, "first_k_dense_replace", int, 1))
+    first_dense = _num(raw, "first_k_dense_replace", int, 1)
     return tuple("dense" if i < first_dense else "sparse" for i in range(layers))
 
 

@@ -72,6 +72,7 @@ def test_summary_counts_tokens_and_latencies() -> None:
     assert s.tpot_ms.mean == pytest.approx(300.0)
     assert s.itl_ms.mean == pytest.approx(300.0)
     assert "| w | 1 | 1 |" in markdown_table({"w": s})
+    assert "| 300.00 / 300.00 / 300.00 |" in markdown_table({"w": s})  # per-token, to 0.01 ms
 
 
 def test_p99_of_a_hundred_values() -> None:

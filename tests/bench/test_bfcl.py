@@ -150,3 +150,28 @@ def test_summary_and_table() -> None:
     text = markdown({"no-stream": table, "stream": table})
     assert "| simple_python | 50.00% | 1/2 | 50.00% | 1/2 |" in text
     assert text.splitlines()[-1].startswith("| overall | 75.00% | 2/3 |")
+
+
+def test_a_streamed_call_with_a_line_separator_in_its_arguments_reads_whole() -> None:
+    """The router writes U+2028 raw inside JSON strings; a general line splitter would cut the
+    event there and lose the call."""
+    import asyncio
+
+    import httpx
+
+    from glm47.bench.bfcl import Case, ask
+
+    args = json.dumps({"text": "a\u2028b"}, ensure_ascii=False)
+    delta = {"index": 0, "function": {"name": "echo", "arguments": args}}
+    events = [json.dumps({"choices": [{"delta": {"tool_calls": [delta]}}]}, ensure_ascii=False)]
+    body = "".join(f"data: {e}\n\n" for e in [*events, "[DONE]"]).encode()
+    case = Case("c", "simple_python", [{"role": "user", "content": "x"}],
+                [{"name": "echo", "parameters": {"type": "dict", "properties": {}}}], None)  # fmt: skip
+
+    async def run():  # type: ignore[no-untyped-def]
+        transport = httpx.MockTransport(lambda request: httpx.Response(200, content=body))
+        async with httpx.AsyncClient(transport=transport) as http:
+            return await ask(http, "http://x", "m", case, stream=True)
+
+    (call,) = asyncio.run(run())
+    assert (call.name, call.arguments) == ("echo", {"text": "a\u2028b"})
